@@ -1,0 +1,4 @@
+"""An OpenAI-compatible sidecar gateway for LLM agents."""
+from __future__ import annotations
+
+__version__ = "0.1.0"

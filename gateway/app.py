@@ -1,0 +1,83 @@
+"""Build the aiohttp application: routes, start-up and shutdown of pools and policies."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.appstate import APP_STATE, AppState, Runtime
+from gateway.auth import Authenticator
+from gateway.chain import Next, build_chain
+from gateway.config_model import Config
+from gateway.exchange import Exchange, UpstreamResponse
+from gateway.handler import OPERATIONS, handle_api
+from gateway.health import handle_healthz, handle_readyz
+from gateway.models_api import handle_models
+from gateway.passthrough import handle_other
+from gateway.routing import Router
+from gateway.telemetry.logging import log_request
+from gateway.upstream import UpstreamClient
+from policies.registry import build_policies
+
+log = logging.getLogger("gateway.app")
+
+
+def terminal(st: AppState) -> Next:
+    """The innermost layer: send to the exchange's current upstream with its effective timeouts."""
+
+    async def send(ex: Exchange) -> UpstreamResponse:
+        route = ex.attrs.get("route")
+        timeouts = route.timeouts if route is not None and route.timeouts and ex.upstream == route.upstream else None
+        return await st.upstreams[ex.upstream].send(ex, timeouts)
+
+    return send
+
+
+async def build_runtime(st: AppState, config: Config) -> Runtime:
+    """Everything derived from one config; a reload builds a new one and swaps it in."""
+    policies = await build_policies(st, config)
+    chain = build_chain(policies, terminal(st))
+    return Runtime(config=config, router=Router(config.routes), auth=Authenticator(config.auth), chain=chain,
+                   policies=policies)
+
+
+def build_app(config: Config, config_path: str | None = None) -> web.Application:
+    app = web.Application(client_max_size=config.server.max_body_bytes + 1024, handler_args=None)
+    for path in OPERATIONS:
+        app.router.add_route("*", path, handle_api)
+    app.router.add_route("*", "/v1/models", handle_models)
+    app.router.add_route("*", "/v1/models/{model_id:.+}", handle_models)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.cleanup_ctx.append(_lifespan(config, config_path))
+    app.router.add_route("*", "/{tail:.*}", handle_other)
+    return app
+
+
+def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyped-def]
+    async def lifespan(app: web.Application) -> AsyncIterator[None]:
+        placeholder = Runtime(config=config, router=Router(config.routes), auth=Authenticator(config.auth),
+                              chain=terminal_placeholder)
+        st = AppState(runtime=placeholder, config_path=config_path)
+        app[APP_STATE] = st
+        st.upstreams = {name: UpstreamClient.create(name, cfg) for name, cfg in config.upstreams.items()}
+        st.closers.extend(client.close for client in st.upstreams.values())
+        st.sinks.append(log_request)
+        try:
+            st.runtime = await build_runtime(st, config)
+            st.lifecycle.ready = True
+            yield
+        finally:
+            st.lifecycle.ready = False
+            for close in reversed(st.closers):
+                try:
+                    await close()
+                except Exception:
+                    log.exception("error while closing a component")
+
+    return lifespan
+
+
+async def terminal_placeholder(ex: Exchange) -> UpstreamResponse:
+    raise RuntimeError("the gateway is not started")

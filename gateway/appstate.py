@@ -1,0 +1,73 @@
+"""What lives on the application object: config-derived runtime and long-lived parts.
+
+``Runtime`` holds everything derived from one config (router, auth, policy
+chain); a reload builds a new one and swaps it in one assignment, so a request
+sees one consistent config from start to end. ``AppState`` holds what outlives
+a config: upstream pools, shared-state backends, metrics, the drain lifecycle.
+Components created by policies register here instead of in module globals.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway.auth import Authenticator
+from gateway.chain import Next
+from gateway.config_model import Config
+from gateway.exchange import Exchange
+from gateway.routing import Router
+from gateway.upstream import UpstreamClient
+
+Sink = Callable[[Exchange], None]
+Closer = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Runtime:
+    config: Config
+    router: Router
+    auth: Authenticator
+    chain: Next
+    policies: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Drain bookkeeping: which requests are open and whether shutdown has begun."""
+
+    ready: bool = False
+    draining: bool = False
+    drain_expired: bool = False
+    active: set[asyncio.Task[Any]] = field(default_factory=set)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True, kw_only=True)
+class AppState:
+    runtime: Runtime
+    upstreams: dict[str, UpstreamClient] = field(default_factory=dict)
+    tools: dict[str, UpstreamClient] = field(default_factory=dict)
+    sinks: list[Sink] = field(default_factory=list)  # called with each finished Exchange
+    closers: list[Closer] = field(default_factory=list)  # run at shutdown, last registered first
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    clock: Callable[[], float] = field(default_factory=lambda: asyncio.get_running_loop().time)
+    config_path: str | None = None
+    # Long-lived components, filled in by the features that own them (None when off).
+    tokenizer: Any = None
+    metrics: Any = None
+    tracer: Any = None
+    backend: Any = None
+    ledger: Any = None
+    stats: Any = None
+    components: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+
+APP_STATE: web.AppKey[AppState] = web.AppKey("gateway_state", AppState)

@@ -1,0 +1,213 @@
+"""The configuration schema: frozen dataclasses, one per YAML block.
+
+The whole schema lives here (core blocks) and in ``config_policies`` (policy
+blocks) rather than beside each policy, so that ``gateway check-config`` can
+validate a file as one unit and list every problem, and so that no policy
+module has to be imported to read a config. Policies import their block from
+here. Field names are the YAML keys; defaults are the documented defaults.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway.config_policies import (
+    BudgetsConfig,
+    CacheConfig,
+    CircuitBreakerConfig,
+    CompressionConfig,
+    RateLimitConfig,
+    RetryConfig,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = 4 * 1024 * 1024
+    drain_s: float = 25.0
+    grace_s: float = 2.0  # after SIGTERM, keep accepting new connections this long
+    workers: int | None = None  # None: one per available core (deployment issue)
+    access_log: bool = False
+    log_level: str = "info"
+    max_header_bytes: int = 16384
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    max_connections: int = 256
+    keepalive_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeoutsConfig:
+    connect_s: float = 5.0
+    first_byte_s: float = 60.0
+    idle_s: float = 120.0
+    total_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamConfig:
+    base_url: str
+    api_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    provider: str = "openai"  # gen_ai.provider.name in traces
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    rate_limit: RateLimitConfig | None = None
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    list_models: bool = True  # include this upstream's /models in GET /v1/models
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteMatch:
+    model: str = "*"  # exact name or glob
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackConfig:
+    upstream: str
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """A route; the optional policy blocks are already merged over the global ones."""
+
+    match: RouteMatch = field(default_factory=RouteMatch)
+    upstream: str
+    name: str | None = None  # metric label; defaults to the match pattern
+    model: str | None = None
+    fallbacks: list[FallbackConfig] = field(default_factory=list)
+    cache: CacheConfig | None = None
+    compression: CompressionConfig | None = None
+    budgets: BudgetsConfig | None = None
+    retry: RetryConfig | None = None
+    timeouts: TimeoutsConfig | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.match.model
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateConfig:
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    timeout_ms: float = 50.0
+    replicas_hint: int = 1
+    key_prefix: str = "gw:"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthKeyConfig:
+    key: str
+    tenant: str
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int | None = None
+    daily_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    mode: Literal["passthrough", "keys"] = "passthrough"
+    keys: list[AuthKeyConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelInfo:
+    context_window: int | None = None
+    encoding: str | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    enabled: bool = True
+    port: int | None = None  # serve /metrics on a separate port too
+    models: list[str] = field(default_factory=list)  # extra model names allowed as labels
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TracingConfig:
+    enabled: bool = False
+    endpoint: str | None = None  # OTLP/HTTP traces endpoint; else OTEL_EXPORTER_OTLP_* variables
+    headers: dict[str, str] = field(default_factory=dict)
+    service_name: str = "llm-gateway"
+    sample_ratio: float = 1.0
+    capture_content: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerConfig:
+    enabled: bool = True
+    sqlite_path: str = "gateway-usage.sqlite3"
+    retention_days: float = 30.0
+    batch_size: int = 256
+    flush_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    api_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PriceConfig:
+    """USD per 1M tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cached_input: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKeyParam:
+    value: str
+    query: str | None = None
+    header: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackResponse:
+    status: int = 200
+    json: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolConfig:
+    base_url: str
+    api_key_param: ApiKeyParam | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    read_only: bool = False
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    timeouts: TimeoutsConfig = field(default_factory=lambda: TimeoutsConfig(connect_s=2, first_byte_s=10, total_s=15))
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
+    fallback_response: FallbackResponse | None = None
+    cache_ttl_s: float | None = None  # read-only routes: exact cache TTL (None: cache.exact.ttl_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
+    routes: list[RouteConfig] = field(default_factory=list)
+    passthrough: bool = False
+    state: StateConfig = field(default_factory=StateConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    pricing: dict[str, PriceConfig] = field(default_factory=dict)
+    tools: dict[str, ToolConfig] = field(default_factory=dict)

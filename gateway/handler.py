@@ -1,0 +1,245 @@
+"""The proxy handler: parse once, build the Exchange, run the onion, relay.
+
+The response is relayed chunk by chunk as the upstream produces it; a slow
+client slows the upstream read through the awaited ``write``. A client that
+goes away cancels this task (``handler_cancellation``), which closes the
+upstream body and its socket. A failure after the response has started ends an
+SSE stream with an error event and no ``[DONE]``; a non-stream body is cut,
+so the client can see that it is truncated. Nothing here may raise past the
+handler except a cancellation: every other error becomes an OpenAI-style 4xx/5xx.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.appstate import APP_STATE, AppState
+from gateway.chain import Next
+from gateway.errors import LocalReply, UpstreamFailure, error_body, sse_error_event
+from gateway.exchange import Exchange, UpstreamResponse
+from gateway.request import parse_json, read_body, validate
+from gateway.sse import StreamInspector
+from gateway.telemetry.logging import REQUEST_ID
+from gateway.usage import usage_from_json_bytes
+
+log = logging.getLogger("gateway.handler")
+OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
+}
+ExchangeBuilder = Callable[[float], Awaitable[Exchange]]
+
+
+def request_id_of(request: web.Request) -> str:
+    rid = request.headers.get("x-request-id", "")
+    if 0 < len(rid) <= 128 and rid.isascii() and rid.isprintable():
+        return rid
+    return secrets.token_hex(12)
+
+
+def error_response(rid: str, reply: LocalReply) -> web.Response:
+    headers = {**reply.headers, "x-request-id": rid}
+    return web.Response(status=reply.status, body=reply.body(), headers=headers, content_type="application/json")
+
+
+async def handle_api(request: web.Request) -> web.StreamResponse:
+    """POST /v1/{chat/completions,completions,embeddings,responses}."""
+    st = request.app[APP_STATE]
+    rid = request_id_of(request)
+    REQUEST_ID.set(rid)
+    if request.method != "POST":
+        return error_response(rid, method_not_allowed(request, "POST"))
+    operation = OPERATIONS[request.path]
+    return await proxy(request, st, rid, lambda now: build_exchange(request, st, rid, operation, now))
+
+
+def method_not_allowed(request: web.Request, allowed: str) -> LocalReply:
+    return LocalReply(405, f"Method {request.method} not allowed on {request.path[:200]}; use {allowed}.",
+                      code="method_not_allowed", headers={"allow": allowed})
+
+
+async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBuilder,
+                call: Next | None = None) -> web.StreamResponse:
+    """Run one proxied request: ``build`` parses it, ``call`` (the policy chain by default) answers it."""
+    call = call or st.runtime.chain
+    now = st.clock()
+    task = asyncio.current_task()
+    if task is not None:
+        st.lifecycle.active.add(task)
+    ex: Exchange | None = None
+    try:
+        ex = await build(now)
+        up = await call(ex)
+        return await relay(request, st, ex, up)
+    except LocalReply as reply:
+        if ex is not None:
+            ex.status, ex.source = reply.status, "local"
+            ex.error_kind = ex.error_kind or (reply.code or reply.type)
+        return error_response(rid, reply)
+    except UpstreamFailure as failure:
+        if ex is not None:
+            ex.error_kind = failure.kind
+            ex.status = 504 if failure.is_timeout else 502
+        return error_response(rid, failure.to_reply())
+    except asyncio.CancelledError:
+        if ex is not None and not ex.status:
+            ex.status, ex.stream_outcome = 499, "client_gone"
+        raise
+    except Exception:
+        log.exception("unexpected error while proxying", extra={"fields": {"path": request.path[:200]}})
+        if ex is not None:
+            ex.status, ex.error_kind = 500, "internal"
+        return error_response(rid, LocalReply(500, "The gateway hit an internal error.", type="server_error",
+                                              code="internal_error"))
+    finally:
+        if task is not None:
+            _leave(st, task)
+        if ex is not None:
+            finish(st, ex)
+
+
+def _leave(st: AppState, task: asyncio.Task[Any]) -> None:
+    st.lifecycle.active.discard(task)
+    if not st.lifecycle.active:
+        st.lifecycle.idle.set()
+
+
+def finish(st: AppState, ex: Exchange) -> None:
+    ex.ended_at = st.clock()
+    for sink in st.sinks:
+        try:
+            sink(ex)
+        except Exception:
+            log.exception("request sink failed")
+
+
+async def build_exchange(request: web.Request, st: AppState, rid: str, operation: str, now: float) -> Exchange:
+    runtime = st.runtime
+    cfg = runtime.config
+    identity = runtime.auth.identify(request.headers)
+    raw = await read_body(request, cfg.server.max_body_bytes)
+    body = parse_json(raw)
+    validate(operation, body)
+    model: str = body["model"]
+    route = runtime.router.resolve(model)
+    if route is None:
+        raise LocalReply(404, f"The model `{model[:256]}` does not exist or you do not have access to it.",
+                         code="model_not_found", param="model")
+    upstream_cfg = cfg.upstreams[route.upstream]
+    total_s = (route.timeouts or upstream_cfg.timeouts).total_s
+    ex = Exchange(
+        request_id=rid, method="POST", path=request.path, operation=operation, headers=request.headers,
+        raw_body=raw, body=body, received_at=now, deadline=now + total_s, route_name=route.label, model=model,
+        upstream=route.upstream, upstream_model=route.model or model, tenant=identity.tenant,
+        namespace=identity.namespace, client_key_hash=identity.key_hash, stream=body.get("stream") is True,
+        query_string=request.query_string, upstream_path=request.path[3:],
+    )
+    ex.attrs["route"] = route
+    ex.attrs["identity"] = identity
+    if route.model and route.model != model:
+        ex.set_body({**body, "model": route.model})
+    return ex
+
+
+async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamResponse) -> web.StreamResponse:
+    ex.status, ex.source, ex.upstream = up.status, up.source, up.upstream or ex.upstream
+    headers = {**up.headers, **ex.response_headers, "x-request-id": ex.request_id}
+    if up.upstream:
+        headers["x-gateway-upstream"] = up.upstream
+    resp = web.StreamResponse(status=up.status, headers=headers)
+    sse = up.is_sse
+    inspector = StreamInspector(st.clock) if sse else None
+    ex.attrs["inspector"] = inspector
+    collected: list[bytes] = []
+    try:
+        await resp.prepare(request)
+        async for chunk in up.body:
+            if inspector is not None:
+                inspector.feed(chunk)
+            else:
+                if not collected:
+                    ex.first_token_at = st.clock()
+                collected.append(chunk)
+            await resp.write(chunk)
+        await resp.write_eof()
+    except UpstreamFailure as failure:
+        ex.error_kind = failure.kind
+        await _end_broken(request, resp, ex, sse, failure.message, failure.kind)
+    except asyncio.CancelledError:
+        if not st.lifecycle.drain_expired:
+            ex.stream_outcome = "client_gone"
+            raise
+        _uncancel()
+        ex.error_kind = "shutdown"
+        await _end_broken(request, resp, ex, sse, "The gateway is shutting down; the stream was cut.", "gateway_shutdown")
+    except (ConnectionResetError, ConnectionError):
+        ex.stream_outcome = "client_gone"
+    finally:
+        await _close_body(up)
+        _record_outcome(ex, inspector, collected, up)
+    return resp
+
+
+async def _end_broken(request: web.Request, resp: web.StreamResponse, ex: Exchange, sse: bool, message: str,
+                      code: str) -> None:
+    if not sse or not resp.prepared:
+        ex.stream_outcome = "cut"
+        if request.transport is not None:
+            request.transport.abort()  # a truncated body must look truncated, never complete
+        return
+    ex.stream_outcome = "error_event"
+    try:
+        await resp.write(sse_error_event(message, "upstream_error" if code != "gateway_shutdown" else "server_error",
+                                         code))
+        await resp.write_eof()
+    except (ConnectionError, RuntimeError):
+        ex.stream_outcome = "client_gone"
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+async def _close_body(up: UpstreamResponse) -> None:
+    aclose = getattr(up.body, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # the body already failed; its error was handled above
+            pass
+
+
+def _record_outcome(ex: Exchange, inspector: StreamInspector | None, collected: list[bytes],
+                    up: UpstreamResponse) -> None:
+    if inspector is not None:
+        ex.first_token_at = ex.first_token_at or inspector.first_token_at
+        ex.last_token_at = inspector.last_token_at
+        if inspector.usage is not None and ex.usage is None:
+            ex.usage = inspector.usage
+        ex.finish_reasons = inspector.finish_reasons
+        ex.response_model = inspector.model
+        if not ex.stream_outcome:
+            ex.stream_outcome = "done" if inspector.clean_end else ("error_event" if inspector.error_event else "")
+    elif collected and ex.usage is None and up.status < 300:
+        ex.usage = usage_from_json_bytes(collected[-1] if len(collected) == 1 else b"".join(collected))
+
+
+def json_response(rid: str, payload: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), headers={"x-request-id": rid},
+                        content_type="application/json")
+
+
+def not_found(rid: str, request: web.Request) -> web.Response:
+    return web.Response(status=404, headers={"x-request-id": rid}, content_type="application/json",
+                        body=error_body(f"Invalid URL ({request.method} {request.path[:200]})",
+                                        "invalid_request_error", "unknown_url"))

@@ -1,0 +1,46 @@
+"""Paths the gateway does not model: 404 in the OpenAI shape, or, with
+``passthrough: true``, forwarded unchanged to the first upstream (files,
+batches, fine-tuning...). Passthrough requests skip the policies: they are not
+chat traffic, so caching, budgets and token limits do not apply to them."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.appstate import APP_STATE, AppState
+from gateway.exchange import Exchange
+from gateway.handler import not_found, proxy, request_id_of
+from gateway.request import read_body
+from gateway.telemetry.logging import REQUEST_ID
+
+
+async def handle_other(request: web.Request) -> web.StreamResponse:
+    st = request.app[APP_STATE]
+    rid = request_id_of(request)
+    REQUEST_ID.set(rid)
+    tool_handler = st.components.get("tool_handler")
+    if tool_handler is not None and request.path.startswith("/tools/"):
+        return await tool_handler(request, rid)
+    if st.config.passthrough and request.path.startswith("/v1/") and st.upstreams:
+        return await proxy(request, st, rid, lambda now: _build(request, st, rid, now), _send_direct(st))
+    return not_found(rid, request)
+
+
+async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Exchange:
+    cfg = st.config
+    upstream = next(iter(cfg.upstreams))
+    identity = st.runtime.auth.identify(request.headers)
+    raw = await read_body(request, cfg.server.max_body_bytes)
+    return Exchange(
+        request_id=rid, method=request.method, path=request.path, operation="passthrough",
+        headers=request.headers, raw_body=raw, body=None, received_at=now,
+        deadline=now + cfg.upstreams[upstream].timeouts.total_s, route_name="passthrough", upstream=upstream,
+        tenant=identity.tenant, namespace=identity.namespace, client_key_hash=identity.key_hash,
+        query_string=request.query_string, upstream_path=request.path[3:],
+    )
+
+
+def _send_direct(st: AppState):  # type: ignore[no-untyped-def]
+    async def send(ex: Exchange):  # type: ignore[no-untyped-def]
+        return await st.upstreams[ex.upstream].send(ex)
+
+    return send

@@ -1,0 +1,250 @@
+"""Read, decode and validate a client's request body, once.
+
+Everything here answers bad input with a ``LocalReply`` in the OpenAI error
+shape and the right 4xx: the size limit is applied to the decompressed body
+(gzip bombs stop at the limit, not at memory exhaustion), JSON nesting beyond
+``MAX_DEPTH`` is refused before anything walks it recursively, and fields that
+the gateway or provider would choke on are checked by type. Validation is
+deliberately shallow (the provider remains the judge of semantics) but strict
+enough that no malformed body can raise deeper in the gateway.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
+
+from gateway.errors import LocalReply, bad_request
+
+MAX_DEPTH = 64
+SERVER_DECODED = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Fields that would let a client steer where or how the gateway connects: never accepted.
+FORBIDDEN_FIELDS = frozenset({"api_base", "base_url", "api_key", "api_version", "azure_endpoint", "organization_id"})
+
+
+def too_large(limit: int) -> LocalReply:
+    return LocalReply(413, f"Request body too large: the limit is {limit} bytes.",
+                      type="invalid_request_error", code="request_too_large")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, decompressed, refused past ``limit`` bytes after decompression.
+
+    aiohttp's parser already inflates gzip/deflate/br/zstd bodies as they stream
+    in, so counting what we read here counts decompressed bytes: a gzip bomb is
+    stopped at the limit, not after it filled memory.
+    """
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding and encoding not in SERVER_DECODED:
+        raise LocalReply(415, f"Unsupported Content-Encoding {encoding[:32]!r}: use gzip, deflate or none.",
+                         type="invalid_request_error", code="unsupported_content_encoding")
+    if not encoding and request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+    except web.HTTPException:
+        raise
+    except (RequestPayloadError, ContentEncodingError) as exc:
+        raise bad_request(f"Request body could not be decoded ({encoding or 'identity'}).",
+                          code="invalid_encoding") from exc
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        raise bad_request("Request body is empty: send a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+            raise too_deep() from exc
+        raise bad_request(f"We could not parse the JSON body of your request: {_short(str(exc))}",
+                          code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise bad_request("The JSON body must be an object.", code="invalid_json")
+    # Brackets are an upper bound on depth; only walk the (parsed) containers when it could be too deep.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _too_deep(body, MAX_DEPTH):
+        raise too_deep()
+    return body
+
+
+def too_deep() -> LocalReply:
+    return bad_request(f"JSON nested deeper than {MAX_DEPTH} levels.", code="json_too_deep")
+
+
+def _too_deep(value: Any, budget: int) -> bool:
+    """True when containers nest deeper than ``budget``; walks containers only, never strings."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > budget:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def validate(operation: str, body: dict[str, Any]) -> None:
+    """Shallow, type-level checks; raises ``LocalReply`` 400 on the first problem."""
+    forbidden = FORBIDDEN_FIELDS.intersection(body)
+    if forbidden:
+        name = sorted(forbidden)[0]
+        raise bad_request(f"Unrecognized request argument supplied: {name}", param=name, code="forbidden_field")
+    model = body.get("model")
+    if model is None:
+        raise bad_request("You must provide a model parameter.", param="model", code="missing_model")
+    if not isinstance(model, str) or not model or len(model) > 256:
+        raise bad_request("'model' must be a non-empty string of at most 256 characters.", param="model",
+                          code="invalid_type")
+    _check_common(body)
+    VALIDATORS[operation](body)
+
+
+def _check_common(body: dict[str, Any]) -> None:
+    _typed(body, "stream", bool)
+    _typed(body, "stream_options", dict)
+    _typed(body, "user", str)
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed", "top_logprobs"):
+        _typed(body, name, int)
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if isinstance(body.get(name), int) and body[name] < 1:
+            raise bad_request(f"Invalid '{name}': must be at least 1.", param=name, code="invalid_value")
+    if isinstance(body.get("n"), int) and not 1 <= body["n"] <= 128:
+        raise bad_request("Invalid 'n': must be between 1 and 128.", param="n", code="invalid_value")
+    _ranged(body, "temperature", 0.0, 2.0)
+    _ranged(body, "top_p", 0.0, 1.0)
+    _ranged(body, "presence_penalty", -2.0, 2.0)
+    _ranged(body, "frequency_penalty", -2.0, 2.0)
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (
+            isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise bad_request("'stop' must be a string or a list of strings.", param="stop", code="invalid_type")
+    if "tools" in body:
+        _check_tools(body["tools"])
+
+
+def _typed(body: dict[str, Any], name: str, tp: type) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise bad_request(f"Invalid type for '{name}': expected {_TYPE_NAMES[tp]}.", param=name,
+                          code="invalid_type")
+
+
+_TYPE_NAMES = {bool: "a boolean", dict: "an object", str: "a string", int: "an integer", list: "an array"}
+
+
+def _ranged(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad_request(f"Invalid type for '{name}': expected a number.", param=name, code="invalid_type")
+    if not low <= value <= high:
+        raise bad_request(f"Invalid '{name}': must be between {low:g} and {high:g}.", param=name,
+                          code="invalid_value")
+
+
+def _check_tools(tools: Any) -> None:
+    if not isinstance(tools, list):
+        raise bad_request("Invalid type for 'tools': expected an array.", param="tools", code="invalid_type")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise bad_request(f"Invalid 'tools[{i}]': expected an object with a 'type'.", param=f"tools[{i}]",
+                              code="invalid_type")
+        fn = tool.get("function")
+        if tool["type"] == "function" and "name" not in tool and (
+                not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]):
+            raise bad_request(f"Missing 'tools[{i}].function.name'.", param=f"tools[{i}].function.name",
+                              code="invalid_value")
+
+
+def _check_chat(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("Missing required parameter: 'messages'.", param="messages", code="missing_required")
+    if not isinstance(messages, list):
+        raise bad_request("Invalid type for 'messages': expected an array.", param="messages", code="invalid_type")
+    if not messages:
+        raise bad_request("'messages' must contain at least one message.", param="messages", code="empty_array")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise bad_request(f"Invalid type for 'messages[{i}]': expected an object.", param=f"messages[{i}]",
+                              code="invalid_type")
+        role = msg.get("role")
+        if role not in CHAT_ROLES:
+            raise bad_request(f"Invalid value for 'messages[{i}].role': {str(role)[:40]!r}.",
+                              param=f"messages[{i}].role", code="invalid_value")
+        content = msg.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise bad_request(f"Invalid type for 'messages[{i}].content': expected a string or an array.",
+                              param=f"messages[{i}].content", code="invalid_type")
+        if content is None and role in ("user", "system", "developer"):
+            raise bad_request(f"Missing 'messages[{i}].content'.", param=f"messages[{i}].content",
+                              code="missing_required")
+
+
+def _check_completions(body: dict[str, Any]) -> None:
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise bad_request("Missing required parameter: 'prompt'.", param="prompt", code="missing_required")
+    if not isinstance(prompt, (str, list)):
+        raise bad_request("Invalid type for 'prompt'.", param="prompt", code="invalid_type")
+
+
+def _check_embeddings(body: dict[str, Any]) -> None:
+    value = body.get("input")
+    if value is None:
+        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required")
+    _typed(body, "dimensions", int)
+    if body.get("encoding_format") not in (None, "float", "base64"):
+        raise bad_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format",
+                          code="invalid_value")
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list) or not value:
+        raise bad_request("'input' must be a string or a non-empty array.", param="input", code="invalid_type")
+    first = value[0]
+    if isinstance(first, str):
+        ok = all(isinstance(v, str) for v in value)
+    elif isinstance(first, int):
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    else:
+        ok = all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value)
+    if not ok:
+        raise bad_request("'input' items must all be strings or token arrays.", param="input", code="invalid_type")
+
+
+def _check_responses(body: dict[str, Any]) -> None:
+    value = body.get("input")
+    if value is None and "previous_response_id" not in body and "prompt" not in body:
+        raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required")
+    if value is not None and not isinstance(value, (str, list)):
+        raise bad_request("Invalid type for 'input': expected a string or an array.", param="input",
+                          code="invalid_type")
+    _typed(body, "instructions", str)
+
+
+VALIDATORS = {
+    "chat": _check_chat,
+    "completions": _check_completions,
+    "embeddings": _check_embeddings,
+    "responses": _check_responses,
+}

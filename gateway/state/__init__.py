@@ -1,0 +1,1 @@
+"""State that outlives a request: in-memory backends, and Redis shared by replicas."""

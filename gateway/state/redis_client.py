@@ -1,0 +1,89 @@
+"""One guarded Redis connection pool shared by every feature (limits, cache, ledger).
+
+Redis must never be the reason a request fails or stalls: each call gets the
+configured ``timeout_ms``; after ``failure_threshold`` consecutive failures the
+client stops calling Redis for ``cooldown_s`` (its own small breaker) and every
+caller gets ``RedisUnavailable`` at once, so features fall back to local state
+or a cache miss. The first call after the cooldown probes Redis; success flips
+it back up. Up/down changes are logged once and reported to listeners (the
+``gateway_state_backend_up`` gauge). Lua scripts are run through
+``redis.asyncio``'s Script objects, which re-load themselves after ``NOSCRIPT``
+(a restarted Redis that lost its scripts).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.config_model import StateConfig
+from gateway.telemetry.logging import state_change
+
+T = TypeVar("T")
+
+
+class RedisUnavailable(Exception):
+    """Redis is down, slow or cooling off: use the local fallback."""
+
+
+@dataclass(slots=True)
+class GuardedRedis:
+    client: aioredis.Redis
+    timeout_s: float
+    clock: Callable[[], float]
+    failure_threshold: int = 3
+    cooldown_s: float = 2.0
+    up: bool = True
+    _failures: int = 0
+    _retry_at: float = 0.0
+    listeners: list[Callable[[bool], None]] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, cfg: StateConfig, clock: Callable[[], float]) -> GuardedRedis:
+        timeout = cfg.timeout_ms / 1000
+        client = aioredis.from_url(cfg.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                   retry_on_timeout=False, health_check_interval=0, max_connections=512)
+        return cls(client=client, timeout_s=timeout, clock=clock)
+
+    async def call(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+        """Run ``fn(client)`` within the timeout, or raise ``RedisUnavailable``."""
+        if not self.up and self.clock() < self._retry_at:
+            raise RedisUnavailable("redis cooling off")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await fn(self.client)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed(exc)
+            raise RedisUnavailable(type(exc).__name__) from exc
+        self._succeeded()
+        return result
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        if self.up and self._failures >= self.failure_threshold:
+            self.up = False
+            state_change("state backend down", backend="redis", error=type(exc).__name__)
+            self._notify(False)
+        if not self.up:
+            self._retry_at = self.clock() + self.cooldown_s
+
+    def _succeeded(self) -> None:
+        self._failures = 0
+        if not self.up:
+            self.up = True
+            state_change("state backend up", backend="redis")
+            self._notify(True)
+
+    def _notify(self, up: bool) -> None:
+        for listener in self.listeners:
+            listener(up)
+
+    def script(self, source: str) -> Any:
+        return self.client.register_script(source)
+
+    async def close(self) -> None:
+        await self.client.aclose()

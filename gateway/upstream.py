@@ -1,0 +1,186 @@
+"""One pooled HTTP client per upstream: the innermost layer of the onion.
+
+``send`` returns as soon as the upstream's status and headers arrive; the body
+is an async generator that reads each chunk as it comes (``readany``), so
+nothing is buffered. Failures are mapped to ``UpstreamFailure`` kinds that the
+retry policy and metrics understand. Redirects are never followed. A body that
+is not read to its end closes the connection instead of returning it to the
+pool, so an abandoned attempt can never leak half a response into the next one.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.config_model import TimeoutsConfig, UpstreamConfig
+from gateway.errors import LocalReply, UpstreamFailure
+from gateway.exchange import Attempt, Exchange, UpstreamResponse
+
+# RFC 9110 hop-by-hop fields, plus what we set ourselves.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "proxy-connection",
+})
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "content-encoding", "expect"}
+_RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "content-encoding", "x-request-id"}
+_CLIENT_STEERING_PREFIXES = ("x-gateway-",)
+
+
+def connection_named(headers: Mapping[str, str]) -> set[str]:
+    """Header names listed in ``Connection``: hop-by-hop for this message only."""
+    value = headers.get("connection", "")
+    return {v.strip().lower() for v in value.split(",") if v.strip()} if value else set()
+
+
+def forward_request_headers(client: CIMultiDictProxy[str], extra: Mapping[str, str],
+                            api_key: str | None) -> CIMultiDict[str]:
+    drop = _REQUEST_DROP | connection_named(client) if "connection" in client else _REQUEST_DROP
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in client.items():
+        lower = name.lower()
+        if lower in drop or lower.startswith(_CLIENT_STEERING_PREFIXES):
+            continue
+        if api_key is not None and lower in ("authorization", "api-key"):
+            continue
+        out.add(name, value)
+    out.update(extra)
+    if api_key is not None:
+        out["Authorization"] = f"Bearer {api_key}"
+    return out
+
+
+def forward_response_headers(upstream: CIMultiDictProxy[str], decompressed: bool) -> dict[str, str]:
+    drop = _RESPONSE_DROP | connection_named(upstream) if "connection" in upstream else _RESPONSE_DROP
+    out: dict[str, str] = {}
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower in drop or (decompressed and lower == "content-length"):
+            continue
+        out[lower] = value
+    if "x-request-id" in upstream:
+        out["x-upstream-request-id"] = upstream["x-request-id"]
+    return out
+
+
+@dataclass(slots=True)
+class UpstreamClient:
+    """The pooled client of one named upstream (or tool provider)."""
+
+    name: str
+    base_url: str
+    session: aiohttp.ClientSession
+    timeouts: TimeoutsConfig
+    api_key: str | None = None
+    extra_headers: Mapping[str, str] = ()  # type: ignore[assignment]
+
+    @classmethod
+    def create(cls, name: str, cfg: UpstreamConfig) -> UpstreamClient:
+        connector = aiohttp.TCPConnector(limit=cfg.pool.max_connections, keepalive_timeout=cfg.pool.keepalive_s,
+                                         enable_cleanup_closed=True, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
+                                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeouts.connect_s),
+                                        skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
+        return cls(name=name, base_url=cfg.base_url.rstrip("/"), session=session, timeouts=cfg.timeouts,
+                   api_key=cfg.api_key or None, extra_headers=dict(cfg.headers))
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    def url_for(self, ex: Exchange) -> str:
+        url = self.base_url + ex.upstream_path
+        return f"{url}?{ex.query_string}" if ex.query_string else url
+
+    async def send(self, ex: Exchange, timeouts: TimeoutsConfig | None = None) -> UpstreamResponse:
+        t = timeouts or self.timeouts
+        loop = asyncio.get_running_loop()
+        attempt = Attempt(upstream=self.name, model=ex.upstream_model, started=loop.time())
+        ex.attempts.append(attempt)
+        headers = forward_request_headers(ex.headers, self.extra_headers, self.api_key)
+        headers.update(ex.attrs.get("upstream_headers", ()))
+        first_byte_deadline = min(attempt.started + t.first_byte_s, ex.deadline)
+        try:
+            async with asyncio.timeout_at(first_byte_deadline):
+                resp = await self.session.request(
+                    ex.method, self.url_for(ex), data=ex.body_bytes() if ex.method not in ("GET", "HEAD") else None,
+                    headers=headers, allow_redirects=False, auto_decompress=True)
+        except BaseException as exc:
+            attempt.ended = loop.time()
+            ex.upstream_s += attempt.ended - attempt.started
+            failure = _map_send_error(exc, self.name, ex.deadline <= attempt.ended)
+            attempt.outcome = failure.kind if failure else "cancelled"
+            if failure is None:
+                raise
+            raise failure from exc
+        ex.upstream_s += loop.time() - attempt.started
+        attempt.status = resp.status
+        if 300 <= resp.status < 400:
+            resp.close()
+            attempt.outcome, attempt.ended = "redirect", loop.time()
+            raise LocalReply(502, f"Upstream {self.name} answered with a redirect ({resp.status}); "
+                                  "redirects are never followed.", type="upstream_error", code="upstream_redirect")
+        decompressed = "content-encoding" in resp.headers
+        out_headers = forward_response_headers(resp.headers, decompressed)
+        body = self._body(resp, ex, attempt, t, first_byte_deadline)
+        return UpstreamResponse(status=resp.status, headers=out_headers, body=body, upstream=self.name)
+
+    async def _body(self, resp: aiohttp.ClientResponse, ex: Exchange, attempt: Attempt, t: TimeoutsConfig,
+                    first_byte_deadline: float) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        clean = False
+        committed = False
+        deadline = first_byte_deadline
+        try:
+            while True:
+                waited_from = loop.time()
+                try:
+                    async with asyncio.timeout_at(min(deadline, ex.deadline)):
+                        chunk = await resp.content.readany()
+                except TimeoutError as exc:
+                    kind = "total_timeout" if loop.time() >= ex.deadline else (
+                        "idle_timeout" if committed else "timeout_before_first_byte")
+                    raise UpstreamFailure(kind, f"Upstream {self.name}: {kind.replace('_', ' ')}",
+                                          upstream=self.name, committed=committed) from exc
+                except (aiohttp.ClientError, OSError) as exc:
+                    kind = "reset_mid_stream" if committed else "reset_before_response"
+                    raise UpstreamFailure(kind, f"Upstream {self.name} connection lost: {type(exc).__name__}",
+                                          upstream=self.name, committed=committed) from exc
+                ex.upstream_s += loop.time() - waited_from
+                if not chunk:
+                    clean = True
+                    attempt.outcome = "ok" if resp.status < 400 else f"http_{resp.status}"
+                    return
+                committed = True
+                deadline = loop.time() + t.idle_s
+                yield chunk
+        except UpstreamFailure as failure:
+            attempt.outcome = failure.kind
+            raise
+        except BaseException:
+            attempt.outcome = "cancelled"
+            raise
+        finally:
+            attempt.ended = loop.time()
+            if clean:
+                resp.release()
+            else:
+                resp.close()  # never return a half-read connection to the pool
+
+
+def _map_send_error(exc: BaseException, name: str, past_deadline: bool) -> UpstreamFailure | None:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamFailure("connect_timeout", f"Upstream {name}: connect timeout", upstream=name)
+    if isinstance(exc, TimeoutError):
+        kind = "total_timeout" if past_deadline else "timeout_before_first_byte"
+        return UpstreamFailure(kind, f"Upstream {name}: no response before the first-byte timeout", upstream=name)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamFailure("connect_error", f"Upstream {name} unreachable: {exc.strerror or 'connect failed'}",
+                               upstream=name)
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        return UpstreamFailure("reset_before_response",
+                               f"Upstream {name} closed the connection before answering ({type(exc).__name__})",
+                               upstream=name)
+    return None

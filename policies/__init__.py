@@ -1,0 +1,1 @@
+"""Policies: one file each, composed into the onion by ``policies.registry``."""

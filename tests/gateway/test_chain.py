@@ -1,0 +1,39 @@
+"""The onion composes outermost-first and policies can short-circuit."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.chain import Next, build_chain
+from gateway.exchange import Exchange, UpstreamResponse, single_chunk
+
+
+@dataclass
+class Recorder:
+    name: str
+    log: list[str] = field(default_factory=list)
+    answer: bool = False
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+        self.log.append(f"in:{self.name}")
+        if self.answer:
+            return UpstreamResponse(200, {}, single_chunk(b"local"), source="local")
+        resp = await next(ex)
+        self.log.append(f"out:{self.name}")
+        return resp
+
+
+async def test_order_and_short_circuit(make_exchange) -> None:  # type: ignore[no-untyped-def]
+    """Policies run outermost first; one that answers stops the inner ones and the terminal."""
+    log: list[str] = []
+
+    async def terminal(ex: Exchange) -> UpstreamResponse:
+        log.append("terminal")
+        return UpstreamResponse(200, {}, single_chunk(b"up"))
+
+    outer, inner = Recorder("outer", log), Recorder("inner", log)
+    await build_chain([outer, inner], terminal)(make_exchange())
+    assert log == ["in:outer", "in:inner", "terminal", "out:inner", "out:outer"]
+    log.clear()
+    inner.answer = True
+    resp = await build_chain([outer, inner], terminal)(make_exchange())
+    assert resp.source == "local" and log == ["in:outer", "in:inner", "out:outer"]

@@ -1,0 +1,72 @@
+"""The stream inspector: TTFT, gaps, usage, finish reasons, [DONE] and errors, across chunk splits."""
+from __future__ import annotations
+
+import itertools
+
+import orjson
+
+from gateway.sse import StreamInspector
+
+
+def _event(obj: object) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _chat_stream() -> list[bytes]:
+    chunks = [_event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}], "model": "m-1"})]
+    for word in ("Hello", " world"):
+        chunks.append(_event({"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
+    chunks.append(_event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    chunks.append(_event({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2,
+                                                   "prompt_tokens_details": {"cached_tokens": 3}}}))
+    chunks.append(b"data: [DONE]\n\n")
+    return chunks
+
+
+def test_reads_ttft_usage_finish_and_done() -> None:
+    """The role-only delta is not a token; content deltas are; usage and [DONE] are found."""
+    ticks = itertools.count(1.0)
+    insp = StreamInspector(clock=lambda: float(next(ticks)))
+    for chunk in _chat_stream():
+        insp.feed(chunk)
+    assert insp.first_token_at == 1.0 and insp.content_chunks == 2 and insp.gaps == [1.0]
+    assert insp.usage is not None and (insp.usage.prompt, insp.usage.completion, insp.usage.cached_prompt) == (7, 2, 3)
+    assert insp.finish_reasons == ["stop"] and insp.model == "m-1"
+    assert insp.done and insp.clean_end
+
+
+def test_events_split_across_chunks_are_reassembled() -> None:
+    """Byte-at-a-time delivery finds the same usage and [DONE]."""
+    insp = StreamInspector(clock=lambda: 0.5)
+    for byte in b"".join(_chat_stream()):
+        insp.feed(bytes([byte]))
+    assert insp.usage is not None and insp.usage.prompt == 7
+    assert insp.done and insp.finish_reasons == ["stop"]
+
+
+def test_error_event_is_not_a_clean_end() -> None:
+    """An error event means the stream failed, even if [DONE] follows."""
+    insp = StreamInspector(clock=lambda: 0.0)
+    insp.feed(b'data: {"error": {"message": "boom", "type": "server_error"}}\n\n')
+    insp.feed(b"data: [DONE]\n\n")
+    assert insp.error_event and not insp.clean_end
+
+
+def test_responses_api_events() -> None:
+    """Responses API: output_text.delta is a token; response.completed carries usage and ends."""
+    insp = StreamInspector(clock=lambda: 2.0)
+    insp.feed(b'event: response.created\ndata: {"type":"response.created","response":{"model":"m"}}\n\n')
+    insp.feed(b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}\n\n')
+    insp.feed(b'event: response.completed\ndata: {"type":"response.completed","response":{"model":"m",'
+              b'"usage":{"input_tokens":4,"output_tokens":1,"output_tokens_details":{"reasoning_tokens":1}}}}\n\n')
+    assert insp.first_token_at == 2.0
+    assert insp.usage is not None and insp.usage.prompt == 4 and insp.usage.reasoning == 1
+    assert insp.clean_end
+
+
+def test_stream_without_done_is_not_clean() -> None:
+    """A stream cut before [DONE] is not a clean end."""
+    insp = StreamInspector(clock=lambda: 0.0)
+    for chunk in _chat_stream()[:3]:
+        insp.feed(chunk)
+    assert not insp.clean_end

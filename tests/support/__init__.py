@@ -1,0 +1,1 @@
+"""Test helpers shared by all suites: real servers on loopback, never fakes of our own code."""
