@@ -16,7 +16,10 @@ from gateway.health import handle_healthz, handle_readyz
 from gateway.models_api import handle_models
 from gateway.passthrough import handle_other
 from gateway.routing import Router
+from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.logging import log_request
+from gateway.telemetry.metrics import Metrics
+from gateway.tokens import Tokenizer
 from gateway.upstream import UpstreamClient
 from policies.registry import build_policies
 
@@ -64,6 +67,11 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.upstreams = {name: UpstreamClient.create(name, cfg) for name, cfg in config.upstreams.items()}
         st.closers.extend(client.close for client in st.upstreams.values())
         st.sinks.append(log_request)
+        st.metrics = Metrics(known_models(config))
+        st.tokenizer = Tokenizer({name: m.encoding for name, m in config.models.items() if m.encoding})
+        if config.state.backend == "redis":
+            st.backend = GuardedRedis.from_config(config.state, st.clock)
+            st.closers.append(st.backend.close)
         try:
             st.runtime = await build_runtime(st, config)
             st.lifecycle.ready = True
@@ -77,6 +85,18 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
                     log.exception("error while closing a component")
 
     return lifespan
+
+
+def known_models(config: Config) -> set[str]:
+    """Model names allowed as metric labels: literal route patterns, rewrites, fallbacks, models:, pricing:."""
+    names = set(config.models) | set(config.pricing) | set(config.metrics.models)
+    for route in config.routes:
+        if not any(c in route.match.model for c in "*?["):
+            names.add(route.match.model)
+        if route.model:
+            names.add(route.model)
+        names.update(fb.model for fb in route.fallbacks if fb.model)
+    return names
 
 
 async def terminal_placeholder(ex: Exchange) -> UpstreamResponse:
