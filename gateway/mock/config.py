@@ -1,0 +1,20 @@
+"""Configuration of the mock upstream (kept apart so every mock module can import it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MockConfig:
+    """Knobs that shape the mock's latency profile and output.
+
+    Latency is explicit (not random) so benchmarks measure the gateway, not noise.
+    """
+
+    # Delay before the first content token (streams: after headers + role chunk;
+    # non-stream: before the response).
+    ttft_ms: float = 0.0
+    tokens_per_s: float = 0.0  # 0 = as fast as possible; else delay 1/tokens_per_s between content chunks
+    seed: int = 0
+    default_tokens: int = 16  # completion length when max_tokens absent
