@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway import admin_stats, dashboard
+from gateway.admin_usage import add_usage_route
 from gateway.appstate import APP_STATE, AppState, Runtime
 from gateway.auth import Authenticator
 from gateway.chain import Next, build_chain
@@ -13,12 +15,15 @@ from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.handler import OPERATIONS, handle_api
 from gateway.health import handle_healthz, handle_readyz
+from gateway.metrics_endpoint import add_metrics_route
 from gateway.models_api import handle_models
 from gateway.passthrough import handle_other
 from gateway.routing import Router
 from gateway.state.redis_client import GuardedRedis
+from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
 from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.observability import start_observability
 from gateway.tokens import Tokenizer
 from gateway.upstream import UpstreamClient
 from policies.registry import build_policies
@@ -53,6 +58,10 @@ def build_app(config: Config, config_path: str | None = None) -> web.Application
     app.router.add_route("*", "/v1/models/{model_id:.+}", handle_models)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    add_metrics_route(app)
+    add_usage_route(app)
+    admin_stats.add_routes(app)  # /admin/stats, /admin/stats/stream
+    dashboard.add_routes(app)  # /admin/dashboard
     app.cleanup_ctx.append(_lifespan(config, config_path))
     app.router.add_route("*", "/{tail:.*}", handle_other)
     return app
@@ -73,6 +82,9 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
             st.backend = GuardedRedis.from_config(config.state, st.clock)
             st.closers.append(st.backend.close)
         try:
+            await start_observability(st, config)  # metrics sink, usage accounting, tracing, ledger
+            st.stats = create_live_stats(st)  # after accounting: sees the settled usage and cost
+            st.sinks.append(st.stats.record)
             st.runtime = await build_runtime(st, config)
             st.lifecycle.ready = True
             yield

@@ -21,6 +21,7 @@ from gateway.config_model import Config
 from gateway.exchange import Exchange
 from gateway.routing import Router
 from gateway.upstream import UpstreamClient
+from gateway.workers import workers_from_env
 
 Sink = Callable[[Exchange], None]
 Closer = Callable[[], Awaitable[None]]
@@ -56,6 +57,9 @@ class AppState:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     clock: Callable[[], float] = field(default_factory=lambda: asyncio.get_running_loop().time)
     config_path: str | None = None
+    # Worker processes sharing this port (``--workers``; 1 when not supervised). Memory-backend limits
+    # divide by it so N workers together admit what one process would (docs/kubernetes.md).
+    workers: int = field(default_factory=workers_from_env)
     # Long-lived components, filled in by the features that own them (None when off).
     tokenizer: Any = None
     metrics: Any = None

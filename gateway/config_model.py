@@ -110,6 +110,7 @@ class AuthKeyConfig:
     tpm: int | None = None
     max_concurrency: int | None = None
     daily_tokens: int | None = None
+    enforce: bool = True  # false: shadow mode for this key's limits (counted, never refused)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,6 +131,7 @@ class MetricsConfig:
     enabled: bool = True
     port: int | None = None  # serve /metrics on a separate port too
     models: list[str] = field(default_factory=list)  # extra model names allowed as labels
+    inject_stream_usage: bool = True  # ask streams for usage (stream_options.include_usage), hidden from clients
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +142,7 @@ class TracingConfig:
     service_name: str = "llm-gateway"
     sample_ratio: float = 1.0
     capture_content: bool = False
+    exporter: Literal["otlp", "console", "memory"] = "otlp"  # memory: kept in-process (tests, debugging)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,6 +152,7 @@ class LedgerConfig:
     retention_days: float = 30.0
     batch_size: int = 256
     flush_interval_s: float = 1.0
+    max_queue: int = 100_000  # records waiting for a write; beyond it the oldest are dropped (and counted)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -93,6 +93,8 @@ class EmbeddingsCacheConfig:
     ttl_s: float = 86400.0
     batch_window_ms: float = 5.0
     max_batch: int = 256
+    max_entries: int = 200000  # per-input vectors held in memory
+    max_bytes: int = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +114,7 @@ class CompressionConfig:
     keep_last_turns: int = 6
     min_saving_tokens: int = 200
     stable_prefix: bool = True
+    enforce: bool = True  # false: shadow mode, count what would be done, send the request as is
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,3 +135,4 @@ class BudgetsConfig:
     max_tokens_cap: int | None = None
     on_exceed: Literal["clamp", "reject"] = "clamp"
     classes: list[BudgetClass] = field(default_factory=list)
+    enforce: bool = True  # false: shadow mode, count what would be done, send the request as is

@@ -88,7 +88,10 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
         if ex is not None:
             ex.error_kind = failure.kind
             ex.status = 504 if failure.is_timeout else 502
-        return error_response(rid, failure.to_reply())
+        reply = failure.to_reply()
+        if ex is not None:
+            reply.headers.update(ex.response_headers)  # x-gateway-attempts, x-should-retry (policies/retry.py)
+        return error_response(rid, reply)
     except asyncio.CancelledError:
         if ex is not None and not ex.status:
             ex.status, ex.stream_outcome = 499, "client_gone"

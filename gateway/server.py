@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.appstate import APP_STATE, AppState
 from gateway.config_model import Config
+from gateway.reload import Reloader
 
 log = logging.getLogger("gateway.server")
 
@@ -31,7 +33,9 @@ def make_runner(app: web.Application, config: Config) -> web.AppRunner:
 
 
 async def serve(config: Config, *, host: str, port: int, config_path: str | None = None,
-                sock: socket.socket | None = None, stop: asyncio.Event | None = None) -> int:
+                sock: socket.socket | None = None, stop: asyncio.Event | None = None,
+                reuse_port: bool = False) -> int:
+    """Serve until SIGTERM/SIGINT (or ``stop``), then drain. ``reuse_port``: one of N workers on the port."""
     app = build_app(config, config_path)
     runner = make_runner(app, config)
     await runner.setup()
@@ -41,8 +45,12 @@ async def serve(config: Config, *, host: str, port: int, config_path: str | None
     if sock is not None:
         site = web.SockSite(runner, sock)
     else:
-        site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True)
+        site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
+    st = app[APP_STATE]
+    reloader = Reloader(st, Path(config_path)) if config_path else None
+    if reloader is not None:
+        reloader.start()
     log.info("gateway listening", extra={"fields": {"event": "start", "address": _address(site),
                                                     "upstreams": list(config.upstreams)}})
     stop = stop or asyncio.Event()
@@ -50,7 +58,9 @@ async def serve(config: Config, *, host: str, port: int, config_path: str | None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await drain(app[APP_STATE], runner, config)
+    if reloader is not None:
+        await reloader.stop()
+    await drain(st, runner, st.config)  # the config in force now: drain_s may have been reloaded
     await runner.cleanup()
     log.info("gateway stopped", extra={"fields": {"event": "stop"}})
     return 0

@@ -21,6 +21,7 @@ from gateway.usage import usage_from_response_obj
 # A delta that carries something the user sees: text, reasoning, tool calls, or a responses API delta.
 _TOKEN_MARKERS = (b'"content":"', b'"tool_calls"', b'"text":"', b'"reasoning_content":"', b'.delta"')
 _EMPTY_CONTENT = b'"content":""'
+# What makes a chunk worth splitting into events (spelled out inline in ``feed``; keep both in step).
 _EVENT_MARKERS = (b'"usage":{', b'"finish_reason":"', b"[DONE]", b'"error"', b'"type":"response.')
 _MAX_EVENT = 1 << 20
 _FINISH = re.compile(rb'"finish_reason":"([a-z_]+)"')
@@ -51,14 +52,21 @@ class StreamInspector:
             self.last_token_at = now
             self.content_chunks += 1
         data = self._tail + chunk if self._tail else chunk
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            self._tail = data if len(data) < _MAX_EVENT else b""
-            return
-        complete, self._tail = data[:cut], data[cut + 2 :]
-        if any(m in complete for m in _EVENT_MARKERS) or (not self.model and b'"model":"' in complete):
+        if data.endswith(b"\n\n"):  # the usual case: whole events, nothing to keep, no copy
+            complete, self._tail = data, b""
+        else:
+            cut = data.rfind(b"\n\n")
+            if cut < 0:
+                self._tail = data if len(data) < _MAX_EVENT else b""
+                return
+            complete, self._tail = data[:cut], data[cut + 2 :]
+        # Spelled out rather than any(generator): this runs for every chunk of every stream.
+        if (b'"usage":{' in complete or b'"finish_reason":"' in complete or b"[DONE]" in complete
+                or b'"error"' in complete or b'"type":"response.' in complete
+                or (not self.model and b'"model":"' in complete)):
             for event in complete.split(b"\n\n"):
-                self._on_event(event)
+                if event:
+                    self._on_event(event)
 
     @staticmethod
     def _is_token_chunk(chunk: bytes) -> bool:

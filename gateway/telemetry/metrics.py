@@ -10,13 +10,20 @@ Every feature registers its metrics here through ``counter``/``histogram``/
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # From 5 ms to 5 min: LLM latencies span four orders of magnitude.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+# Inter-token gaps are milliseconds to a few seconds.
+GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Gateway overhead: tens of microseconds normally; the tail shows tokenising huge prompts or a stalled loop.
+OVERHEAD_BUCKETS = FAST_BUCKETS + (0.25, 1.0)
 OTHER = "other"
 
 
@@ -54,3 +61,103 @@ class Metrics:
         if metric is None:
             metric = self._metrics[name] = make()
         return metric
+
+
+def status_class(status: int) -> str:
+    """``2xx``..``5xx``; anything outside 100..599 (0: no response at all) is ``other``."""
+    return f"{status // 100}xx" if 100 <= status < 600 else OTHER
+
+
+def bounded(value: str, allowed: frozenset[str]) -> str:
+    """``value`` when it is one of ``allowed``, else ``other``: the guard for every label from input."""
+    return value if value in allowed else OTHER
+
+
+class Children:
+    """Label children of one metric family, memoised.
+
+    ``family.labels(...)`` validates and takes a lock on every call (~2 us);
+    the request sink touches ten families per request, so it keeps the
+    children it has seen. The memo is as bounded as the label values are.
+    """
+
+    __slots__ = ("_memo", "family")
+
+    def __init__(self, family: Any) -> None:
+        self.family = family
+        self._memo: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._memo.get(labels)
+        if child is None:
+            child = self._memo[labels] = self.family.labels(*labels)
+        return child
+
+
+def observe_many(child: Any, values: Sequence[float]) -> None:
+    """Observe many values in one histogram child (inter-token gaps: one per streamed token).
+
+    ``observe`` costs ~1.5 us per call; a 2,000-token stream would spend 3 ms of
+    loop time in its sink. Values are binned first and each bucket is bumped
+    once. This uses the client's value slots (``_buckets``/``_sum``), which are
+    the same objects in multiprocess mode; if a future client renames them we
+    fall back to plain ``observe``.
+    """
+    bounds = getattr(child, "_upper_bounds", None)
+    if len(values) < 8 or bounds is None or not hasattr(child, "_buckets"):
+        for value in values:
+            child.observe(value)
+        return
+    counts = [0] * len(bounds)  # the last bound is +Inf, so every value lands somewhere
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1
+    slots = child._buckets
+    for index, count in enumerate(counts):
+        if count:
+            slots[index].inc(count)
+    child._sum.inc(sum(values))
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMetrics:
+    """The per-request families of the issue, with memoised children (names and labels are a contract)."""
+
+    requests: Children
+    duration: Children
+    ttft: Children
+    inter_token: Children
+    upstream: Children
+    overhead: Children
+    tokens: Children
+    tokens_estimated: Children
+    inflight: Children
+    cost: Children
+
+    @classmethod
+    def register(cls, m: Metrics) -> RequestMetrics:
+        """Create (or reuse, by name) the families on ``m``'s registry."""
+        return cls(
+            requests=Children(m.counter("gateway_requests_total", "Requests answered, by outcome",
+                                        ("route", "model", "upstream", "status_class", "cache"))),
+            duration=Children(m.histogram("gateway_request_duration_seconds",
+                                          "Whole request as the client saw it", ("route", "model", "upstream"))),
+            ttft=Children(m.histogram("gateway_time_to_first_token_seconds",
+                                      "From request arrival to the first content or tool-call delta sent",
+                                      ("model", "upstream", "source"))),
+            inter_token=Children(m.histogram("gateway_inter_token_latency_seconds", "Gaps between content chunks",
+                                             ("model", "upstream"), buckets=GAP_BUCKETS)),
+            upstream=Children(m.histogram("gateway_upstream_duration_seconds", "One upstream attempt, start to end",
+                                          ("upstream", "outcome"))),
+            overhead=Children(m.histogram("gateway_overhead_seconds",
+                                          "Time spent in the gateway itself (not upstream, not deliberate waits)",
+                                          ("route",), buckets=OVERHEAD_BUCKETS)),
+            tokens=Children(m.counter("gateway_tokens_total", "Tokens processed by upstreams (reported or estimated)",
+                                      ("model", "upstream", "tenant", "kind"))),
+            tokens_estimated=Children(m.counter(
+                "gateway_tokens_estimated_total",
+                "The part of gateway_tokens_total counted by the gateway's tokenizer (no usage from the provider)",
+                ("model", "upstream", "tenant", "kind"))),
+            inflight=Children(m.gauge("gateway_inflight_requests", "Requests being served", ("upstream",))),
+            cost=Children(m.counter("gateway_cost_usd_total", "Cost from the pricing table, USD",
+                                    ("model", "tenant"))),
+        )

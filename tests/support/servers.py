@@ -40,7 +40,7 @@ def bound_socket() -> socket.socket:
 def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     """A config dict with one upstream ``mock`` and a catch-all route; overrides merge on top."""
     cfg: dict[str, Any] = {
-        "server": {"drain_s": 5, "grace_s": 0},
+        "server": {"drain_s": 5, "grace_s": 0, "workers": 1},  # one process unless a test asks for more
         "upstreams": {"mock": {"base_url": upstream_url, "api_key": "sk-upstream-secret"}},
         "routes": [{"match": {"model": "*"}, "upstream": "mock"}],
         "ledger": {"enabled": False},

@@ -1,0 +1,205 @@
+"""Turn a finished upstream answer, streamed or not, into the one canonical JSON form.
+
+A streamed answer is collected as raw bytes while it passes through (never
+parsed chunk by chunk on the hot path) and assembled here once, after the
+stream ended. Assembly follows the providers' accumulation rules: per choice,
+string deltas (``content``, ``reasoning_content``, ``refusal`` ...) concatenate,
+tool calls merge by ``index`` with ``arguments`` concatenated, the last
+``finish_reason`` wins, logprob lists extend. ``None`` means "not a complete,
+clean answer": no ``[DONE]`` / ``response.completed``, an error event, or a body
+that is not the expected object; such answers are never stored.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+_HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+_SET_ONCE = ("id", "type")
+
+
+def answer_from_json(operation: str, data: bytes) -> dict[str, Any] | None:
+    """A non-stream body, if it is a complete answer of ``operation``."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or "error" in obj and obj["error"] is not None and operation != "responses":
+        return None
+    if operation == "responses":
+        return obj if obj.get("object") == "response" and obj.get("status") in ("completed", "incomplete") else None
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+        return None
+    return obj
+
+
+def finish_reasons(operation: str, obj: dict[str, Any]) -> list[str]:
+    """Finish reasons of a canonical answer; a truncated Response counts as ``length``."""
+    if operation == "responses":
+        return ["length"] if obj.get("status") == "incomplete" else ["stop"]
+    return [str(c.get("finish_reason")) for c in obj.get("choices") or () if isinstance(c, dict)]
+
+
+def sse_payloads(data: bytes) -> list[bytes]:
+    """The ``data:`` payload of every event of a complete SSE body."""
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    out: list[bytes] = []
+    for event in data.split(b"\n\n"):
+        lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+        if lines:
+            out.append(b"\n".join(lines))
+    return out
+
+
+def answer_from_sse(operation: str, data: bytes) -> dict[str, Any] | None:
+    """Assemble a streamed answer; ``None`` unless it ended cleanly."""
+    events: list[dict[str, Any]] = []
+    done = False
+    for payload in sse_payloads(data):
+        if payload == b"[DONE]":
+            done = True
+            continue
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(obj, dict) or obj.get("error") is not None and obj.get("type") != "response.completed":
+            return None
+        events.append(obj)
+    if operation == "responses":
+        return _response_from_events(events)
+    if not done or not events:
+        return None
+    return _chat_from_chunks(events) if operation == "chat" else _completion_from_chunks(events)
+
+
+def _response_from_events(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    final: dict[str, Any] | None = None
+    for event in events:
+        kind = event.get("type")
+        if kind in ("error", "response.failed"):
+            return None
+        if kind in ("response.completed", "response.incomplete") and isinstance(event.get("response"), dict):
+            final = event["response"]
+    return final
+
+
+def _head(events: list[dict[str, Any]], obj_type: str) -> dict[str, Any]:
+    head: dict[str, Any] = {}
+    for event in events:
+        for name in _HEAD_FIELDS:
+            if name not in head and event.get(name) is not None:
+                head[name] = event[name]
+    out: dict[str, Any] = {"id": head.get("id", ""), "object": obj_type}
+    out.update((k, head[k]) for k in _HEAD_FIELDS[1:] if k in head)
+    return out
+
+
+def _last_usage(events: list[dict[str, Any]]) -> Any:
+    usage = None
+    for event in events:
+        if isinstance(event.get("usage"), dict):
+            usage = event["usage"]
+    return usage
+
+
+def _chat_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    choices: dict[int, dict[str, Any]] = {}
+    for event in events:
+        for ch in event.get("choices") or ():
+            if not isinstance(ch, dict):
+                return None
+            state = choices.setdefault(int(ch.get("index") or 0),
+                                       {"message": {}, "calls": {}, "finish_reason": None, "logprobs": None})
+            delta = ch.get("delta")
+            if isinstance(delta, dict):
+                _merge_chat_delta(state, delta)
+            if ch.get("finish_reason"):
+                state["finish_reason"] = ch["finish_reason"]
+            if isinstance(ch.get("logprobs"), dict):
+                state["logprobs"] = _merge_logprobs(state["logprobs"], ch["logprobs"])
+    if not choices or any(s["finish_reason"] is None for s in choices.values()):
+        return None
+    out = _head(events, "chat.completion")
+    out["choices"] = [_chat_choice(i, choices[i]) for i in sorted(choices)]
+    usage = _last_usage(events)
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def _merge_chat_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
+    msg = state["message"]
+    for key, value in delta.items():
+        if key == "tool_calls" and isinstance(value, list):
+            for call in value:
+                if isinstance(call, dict):
+                    _merge_call(state["calls"], call)
+        elif isinstance(value, str):
+            msg[key] = value if key == "role" else msg.get(key, "") + value
+        elif isinstance(value, list):
+            msg[key] = [*msg.get(key, []), *value]
+        elif value is None:
+            msg.setdefault(key, None)
+        else:
+            msg[key] = value
+
+
+def _merge_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
+    index = int(delta.get("index") or 0)
+    call = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+    for key in _SET_ONCE:
+        if delta.get(key):
+            call[key] = delta[key]
+    fn = delta.get("function")
+    if isinstance(fn, dict):
+        if fn.get("name") and not call["function"]["name"]:
+            call["function"]["name"] = fn["name"]
+        if isinstance(fn.get("arguments"), str):
+            call["function"]["arguments"] += fn["arguments"]
+
+
+def _merge_logprobs(acc: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    acc = dict(acc or {})
+    for key, value in part.items():
+        if isinstance(value, list):
+            acc[key] = [*(acc.get(key) or []), *value]
+        elif key not in acc:
+            acc[key] = value
+    return acc
+
+
+def _chat_choice(index: int, state: dict[str, Any]) -> dict[str, Any]:
+    msg = state["message"]
+    message: dict[str, Any] = {"role": msg.pop("role", "assistant"), "content": msg.pop("content", None)}
+    message.update(msg)
+    if state["calls"]:
+        message["tool_calls"] = [state["calls"][i] for i in sorted(state["calls"])]
+    return {"index": index, "message": message, "logprobs": state["logprobs"], "finish_reason": state["finish_reason"]}
+
+
+def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    choices: dict[int, dict[str, Any]] = {}
+    for event in events:
+        for ch in event.get("choices") or ():
+            if not isinstance(ch, dict):
+                return None
+            state = choices.setdefault(int(ch.get("index") or 0), {"text": "", "finish_reason": None, "logprobs": None})
+            if isinstance(ch.get("text"), str):
+                state["text"] += ch["text"]
+            if ch.get("finish_reason"):
+                state["finish_reason"] = ch["finish_reason"]
+            if isinstance(ch.get("logprobs"), dict):
+                state["logprobs"] = _merge_logprobs(state["logprobs"], ch["logprobs"])
+    if not choices or any(s["finish_reason"] is None for s in choices.values()):
+        return None
+    out = _head(events, "text_completion")
+    out["choices"] = [{"text": choices[i]["text"], "index": i, "logprobs": choices[i]["logprobs"],
+                       "finish_reason": choices[i]["finish_reason"]} for i in sorted(choices)]
+    usage = _last_usage(events)
+    if usage is not None:
+        out["usage"] = usage
+    return out

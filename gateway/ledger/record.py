@@ -1,0 +1,151 @@
+"""One usage record per request, and the totals ``GET /admin/usage`` reports.
+
+A record is built from the finished Exchange in the request sink: plain
+values only (no headers, no prompt text, no keys), so storing it can never
+leak a secret. Both stores aggregate with ``aggregate`` so SQLite and Redis
+give identical answers for identical records.
+
+Token and cost totals count what upstreams processed (``source == upstream``);
+an answer served from the cache is counted in ``cache_hits`` and its tokens
+in ``tokens_saved`` instead, because nobody paid for them again.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass, field, fields
+from typing import Any
+
+from gateway.exchange import Exchange
+
+GROUP_BY = ("tenant", "model", "route", "upstream")
+_MAX_TEXT = 200
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageRecord:
+    ts: float  # wall-clock arrival, epoch seconds
+    request_id: str
+    tenant: str
+    route: str
+    model: str  # the model served (after route rewrites)
+    requested_model: str
+    upstream: str
+    operation: str
+    stream: bool
+    prompt: int
+    completion: int
+    cached: int
+    reasoning: int
+    estimated: bool
+    duration_s: float
+    ttft_s: float | None
+    cache_result: str
+    source: str
+    attempts: int
+    status: int
+    cost_usd: float | None
+    error: str
+
+    def as_row(self) -> tuple[Any, ...]:
+        return astuple(self)
+
+    @classmethod
+    def from_row(cls, row: Iterable[Any]) -> UsageRecord:
+        values = dict(zip(COLUMNS, row))
+        values["stream"], values["estimated"] = bool(values["stream"]), bool(values["estimated"])
+        return cls(**values)
+
+
+COLUMNS = tuple(f.name for f in fields(UsageRecord))
+
+
+def record_of(ex: Exchange, wall_now: float, cost: float | None) -> UsageRecord:
+    """The record of a finished request; ``wall_now`` is the wall clock at its end."""
+    duration = max(0.0, ex.ended_at - ex.received_at)
+    usage = ex.usage
+    return UsageRecord(
+        ts=wall_now - duration, request_id=ex.request_id[:_MAX_TEXT], tenant=ex.tenant, route=ex.route_name,
+        model=(ex.upstream_model or ex.model)[:_MAX_TEXT], requested_model=ex.model[:_MAX_TEXT],
+        upstream=ex.upstream, operation=ex.operation, stream=ex.stream,
+        prompt=usage.prompt if usage else 0, completion=usage.completion if usage else 0,
+        cached=usage.cached_prompt if usage else 0, reasoning=usage.reasoning if usage else 0,
+        estimated=usage.estimated if usage else False, duration_s=duration,
+        ttft_s=(ex.first_token_at - ex.received_at) if ex.first_token_at else None,
+        cache_result=ex.cache_result, source=ex.source, attempts=len(ex.attempts), status=ex.status,
+        cost_usd=cost, error=_error(ex),
+    )
+
+
+def _error(ex: Exchange) -> str:
+    """What went wrong, if anything: the failure kind, else how a stream ended when not cleanly."""
+    if ex.error_kind:
+        return ex.error_kind
+    return ex.stream_outcome if ex.stream_outcome not in ("", "done") else ""
+
+
+@dataclass(slots=True)
+class _Totals:
+    requests: int = 0
+    errors: int = 0
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    reasoning: int = 0
+    estimated: int = 0
+    cost: float = 0.0
+    cache_hits: int = 0
+    saved: int = 0
+    durations: list[float] = field(default_factory=list)
+    ttfts: list[float] = field(default_factory=list)
+
+    def add(self, r: UsageRecord) -> None:
+        self.requests += 1
+        self.errors += r.status >= 400 or r.status == 0
+        self.durations.append(r.duration_s)
+        if r.ttft_s is not None:
+            self.ttfts.append(r.ttft_s)
+        if r.source != "upstream":
+            self.cache_hits += r.source == "cache"
+            self.saved += r.prompt + r.completion
+            return
+        self.prompt += r.prompt
+        self.completion += r.completion
+        self.cached += r.cached
+        self.reasoning += r.reasoning
+        self.estimated += r.estimated
+        self.cost += r.cost_usd or 0.0
+
+    def to_json(self, key: str) -> dict[str, Any]:
+        return {
+            "key": key, "requests": self.requests, "errors": self.errors,
+            "prompt_tokens": self.prompt, "completion_tokens": self.completion,
+            "cached_prompt_tokens": self.cached, "reasoning_tokens": self.reasoning,
+            "total_tokens": self.prompt + self.completion, "estimated_requests": self.estimated,
+            "cost_usd": round(self.cost, 8), "cache_hits": self.cache_hits, "tokens_saved": self.saved,
+            "latency_p50_s": percentile(self.durations, 0.5), "latency_p95_s": percentile(self.durations, 0.95),
+            "ttft_p50_s": percentile(self.ttfts, 0.5), "ttft_p95_s": percentile(self.ttfts, 0.95),
+        }
+
+
+def aggregate(records: Iterable[UsageRecord], group_by: str) -> list[dict[str, Any]]:
+    """Totals per value of ``group_by`` (one of ``GROUP_BY``), largest request count first."""
+    if group_by not in GROUP_BY:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY)}")
+    groups: dict[str, _Totals] = {}
+    for record in records:
+        key = getattr(record, group_by)
+        totals = groups.get(key)
+        if totals is None:
+            totals = groups[key] = _Totals()
+        totals.add(record)
+    ordered = sorted(groups.items(), key=lambda kv: (-kv[1].requests, kv[0]))
+    return [totals.to_json(key) for key, totals in ordered]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..1), None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 6)

@@ -1,0 +1,87 @@
+"""The metrics sink: one finished Exchange in, the request families of the issue updated.
+
+Called by the handler after every proxied request (and by nothing else), after
+``finalize_usage`` has settled usage and cost. It reads only the record fields
+of the exchange and maps every label through a bounded set: routes, upstreams
+and tenants from config, models through ``bounded_model``, status classes,
+attempt outcomes and cache results from fixed vocabularies. Nothing a client
+sends can add a series.
+
+Timing model (loop clock): ``received_at`` .. ``ended_at`` is the request as the
+client saw it; ``first_token_at`` the first content or tool-call delta written
+to the client; ``upstream_s`` the time spent waiting on upstreams (headers and
+each body read); ``waited_s`` deliberate waits (rate-limit queue, retry
+backoff). Gateway overhead is what remains of the duration after both. It
+also contains time blocked writing to a slow client, which is not the
+gateway's work but cannot be told apart without instrumenting every write.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.appstate import AppState
+from gateway.exchange import Exchange
+from gateway.telemetry.accounting import COST_KEY
+from gateway.telemetry.metrics import OTHER, RequestMetrics, bounded, observe_many, status_class
+
+CACHE_RESULTS = frozenset({"none", "hit", "semantic-hit", "miss", "bypass", "coalesced"})
+ATTEMPT_OUTCOMES = frozenset({
+    "ok", "pending", "cancelled", "redirect", "http_429", "connect_error", "connect_timeout",
+    "reset_before_response", "timeout_before_first_byte", "idle_timeout", "reset_mid_stream", "total_timeout",
+})
+TTFT_SOURCES = frozenset({"upstream", "cache"})
+TOKEN_KINDS = ("prompt", "completion", "cached_prompt", "reasoning")
+INFLIGHT_KEY = "inflight"
+
+
+def attempt_outcome(outcome: str) -> str:
+    """Bounded outcome label: ``http_429`` kept apart, other statuses folded to ``http_4xx``/``http_5xx``."""
+    if outcome in ATTEMPT_OUTCOMES:
+        return outcome
+    if outcome.startswith("http_") and len(outcome) == 8 and outcome[5] in "45":
+        return f"http_{outcome[5]}xx"
+    return OTHER
+
+
+@dataclass(slots=True)
+class MetricsSink:
+    state: AppState
+    m: RequestMetrics
+
+    def __call__(self, ex: Exchange) -> None:
+        inflight = ex.attrs.pop(INFLIGHT_KEY, None)
+        if inflight is not None:
+            inflight.dec()
+        m = self.m
+        route = ex.route_name or OTHER
+        upstream = ex.upstream or OTHER
+        model = self.state.metrics.bounded_model(ex.upstream_model or ex.model)
+        duration = max(0.0, ex.ended_at - ex.received_at)
+        m.requests(route, model, upstream, status_class(ex.status), bounded(ex.cache_result, CACHE_RESULTS)).inc()
+        m.duration(route, model, upstream).observe(duration)
+        m.overhead(route).observe(max(0.0, duration - ex.upstream_s - ex.waited_s))
+        if ex.first_token_at and ex.source in TTFT_SOURCES:
+            m.ttft(model, upstream, ex.source).observe(max(0.0, ex.first_token_at - ex.received_at))
+        inspector = ex.attrs.get("inspector")
+        if inspector is not None and inspector.gaps:
+            observe_many(m.inter_token(model, upstream), inspector.gaps)
+        for attempt in ex.attempts:
+            ended = attempt.ended or ex.ended_at
+            m.upstream(attempt.upstream, attempt_outcome(attempt.outcome)).observe(max(0.0, ended - attempt.started))
+        if ex.usage is not None and ex.source == "upstream":
+            self._tokens(ex, model, upstream)
+
+    def _tokens(self, ex: Exchange, model: str, upstream: str) -> None:
+        usage = ex.usage
+        assert usage is not None
+        tenant = ex.tenant
+        counts = (usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)
+        family = self.m.tokens_estimated if usage.estimated else None
+        for kind, count in zip(TOKEN_KINDS, counts):
+            if count:
+                self.m.tokens(model, upstream, tenant, kind).inc(count)
+                if family is not None:
+                    family(model, upstream, tenant, kind).inc(count)
+        cost = ex.attrs.get(COST_KEY)
+        if cost:
+            self.m.cost(model, tenant).inc(cost)

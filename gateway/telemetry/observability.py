@@ -1,0 +1,32 @@
+"""Start metrics, token accounting, tracing and the usage ledger for one app.
+
+Called once from the app's lifespan, after the metrics registry, tokenizer and
+state backend exist and before the policy chain is built (the usage and
+tracing policies find what they need in ``state``). Sink order matters and is
+fixed here: ``finalize_usage`` runs first so every later sink (log line,
+metrics, trace, ledger) sees the same settled usage and cost.
+"""
+from __future__ import annotations
+
+from gateway.appstate import AppState
+from gateway.config_model import Config
+from gateway.ledger import open_ledger
+from gateway.metrics_endpoint import start_metrics_server
+from gateway.telemetry.accounting import make_finalizer
+from gateway.telemetry.metrics import RequestMetrics
+from gateway.telemetry.metrics_sink import MetricsSink
+from gateway.telemetry.tracing import create_tracing
+
+
+async def start_observability(st: AppState, config: Config) -> None:
+    st.sinks.insert(0, make_finalizer(st))
+    if config.metrics.enabled:
+        families = RequestMetrics.register(st.metrics)
+        st.components["request_metrics"] = families
+        st.sinks.append(MetricsSink(st, families))
+        await start_metrics_server(st, config)
+    st.tracer = create_tracing(config, st.clock)
+    if st.tracer is not None:
+        st.sinks.append(st.tracer.finish)
+        st.closers.append(st.tracer.close)
+    await open_ledger(st, config)

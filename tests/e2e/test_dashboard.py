@@ -1,0 +1,210 @@
+"""The live dashboard in a real headless Chromium, in front of real traffic through the gateway.
+
+Chromium is Debian's package (``apt-get install chromium``) driven by the Python
+``playwright`` package pointed at that executable: no browser download. The test
+skips only when that executable is missing.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from gateway.mock import MockServer
+from tests.e2e.conftest import GatewayFactory
+from tests.support.servers import InProcessGateway
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "dashboard.png"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ADMIN_KEY = "adm-e2e-Zq9-never-in-pages"
+STREAMS, CACHED_CALLS, STORM = 6, 3, 6
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="chromium is not installed: apt-get install chromium (see .ci/run)")
+
+
+async def dashboard_gateway(make_gateway: GatewayFactory, mock_upstream: MockServer) -> InProcessGateway:
+    upstream = {"base_url": mock_upstream.url, "api_key": "sk-upstream-secret",
+                "retry": {"max_attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02, "jitter": "none"},
+                "circuit_breaker": {"consecutive_failures": 3, "open_s": 120, "max_open_s": 300},
+                "rate_limit": {"max_concurrency": 1}}  # the second stream of each pair queues
+    auth = {"mode": "keys", "keys": [{"key": "sk-alpha", "tenant": "alpha"}, {"key": "sk-beta", "tenant": "beta"}]}
+    return await make_gateway(admin={"api_key": ADMIN_KEY}, upstreams={"mock": upstream}, auth=auth,
+                              metrics={"models": ["gpt-4o", "gpt-4o-mini"]},
+                              pricing={"gpt-4o": {"input": 2.5, "output": 10.0},
+                                       "gpt-4o-mini": {"input": 0.15, "output": 0.6}})
+
+
+async def drive_traffic(gw: InProcessGateway) -> int:
+    """Paced streams (80 ms TTFT), a cache miss then hits, a 503 storm, from two tenants; returns failures."""
+    messages = [{"role": "user", "content": "Tell me about the weather."}]
+    failures = 0
+    async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-alpha", max_retries=0) as alpha, \
+            AsyncOpenAI(base_url=gw.base_url, api_key="sk-beta", max_retries=0) as beta:
+
+        async def stream_one() -> None:
+            stream = await alpha.chat.completions.create(
+                model="gpt-4o", messages=messages, stream=True,
+                extra_headers={"x-mock-fault": "ttft_ms=80;tokens_per_s=40"})
+            async for _chunk in stream:
+                pass
+
+        for _ in range(STREAMS // 2):
+            await asyncio.gather(stream_one(), stream_one())
+        for _ in range(CACHED_CALLS):
+            await beta.chat.completions.create(model="gpt-4o-mini", messages=messages, temperature=0)
+        for _ in range(STORM):
+            try:
+                await alpha.chat.completions.create(model="gpt-4o", messages=messages,
+                                                    extra_headers={"x-mock-fault": "status=503"})
+            except openai.APIStatusError:
+                failures += 1
+    return failures
+
+
+async def admin_stats(gw: InProcessGateway) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(
+            gw.url + "/admin/stats", headers={"authorization": f"Bearer {ADMIN_KEY}"}) as resp:
+        assert resp.status == 200
+        return await resp.json()  # type: ignore[no-any-return]
+
+
+async def stat(page: Any, name: str) -> str:
+    return (await page.locator(f'[data-stat="{name}"]').first.inner_text()).strip()
+
+
+async def test_dashboard_shows_live_traffic_in_chromium(make_gateway: GatewayFactory,
+                                                        mock_upstream: MockServer) -> None:
+    """Real traffic, then the page in Chromium: tiles, tables and the breaker show the expected figures."""
+    from playwright.async_api import async_playwright
+
+    gw = await dashboard_gateway(make_gateway, mock_upstream)
+    assert await drive_traffic(gw) == STORM
+    total = STREAMS + CACHED_CALLS + STORM
+    expected = await admin_stats(gw)
+    assert expected["requests"]["total"] == total
+    breakers_on = gw.state.components.get("breakers") is not None
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            resp = await page.goto(f"{gw.url}/admin/dashboard?key={ADMIN_KEY}")
+            assert resp is not None and resp.status == 200
+            assert page.url == f"{gw.url}/admin/dashboard", "the key must be dropped from the URL"
+            await page.wait_for_function(
+                "n => document.querySelector('[data-stat=\"requests-total\"]').textContent === n",
+                arg=str(total), timeout=15000)
+            await page.wait_for_function("document.querySelectorAll('#recent tbody tr[data-status]').length === "
+                                         f"{total}", timeout=10000)
+
+            assert await stat(page, "success-rate") == f"{100 * (total - STORM) / total:.1f}%"
+            assert await stat(page, "cache-hit-rate") == f"{100 * (CACHED_CALLS - 1) / CACHED_CALLS:.1f}%"
+            assert await stat(page, "cache-hits") == str(CACHED_CALLS - 1)
+            ttft = await page.locator('#models tr[data-model="gpt-4o"] td').nth(3).inner_text()
+            assert re.fullmatch(r"\d+ ms", ttft) and 70 <= int(ttft.split()[0]) <= 400, ttft  # queued ones: >450 ms
+            assert await page.locator('#models tr[data-model="gpt-4o-mini"]').count() == 1
+            itl = await page.locator('#models tr[data-model="gpt-4o"] td').nth(5).inner_text()
+            assert re.fullmatch(r"\d+ ms", itl) and 15 <= int(itl.split()[0]) <= 100, itl
+            alpha = page.locator('#tenants tr[data-tenant="alpha"] td')
+            assert await alpha.nth(1).inner_text() == str(STREAMS + STORM)
+            assert await alpha.nth(2).inner_text() == str(STORM)
+            assert await page.locator('#tenants tr[data-tenant="beta"] td').nth(1).inner_text() == str(CACHED_CALLS)
+            assert await stat(page, "tokens-total") == f"{expected['tokens']['prompt'] + expected['tokens']['completion']:,}"
+            assert (await stat(page, "cost")).startswith("$") and expected["cost_usd"] > 0
+            assert await stat(page, "retried") == str(expected["resilience"]["retried_requests"])
+            assert await page.locator("#recent tbody tr[data-status='503'], #recent tbody tr[data-status='502']"
+                                      ).count() == STORM
+            if gw.state.components.get("rate_limit") is not None:
+                backoffs = expected["resilience"]["retried_requests"]  # retry backoff is a deliberate wait too
+                assert await stat(page, "waited") == str(STREAMS // 2 + backoffs)
+                assert await page.locator('#queues dd[data-queue="mock"]').inner_text() == "0"
+            if breakers_on:
+                row = page.locator('#breakers tr[data-upstream="mock"]')
+                await row.wait_for(timeout=5000)
+                assert await row.get_attribute("data-state") == "open"
+                assert (await row.locator(".badge").inner_text()).strip() == "open"
+            else:
+                assert await page.locator('[data-stat="breakers-na"]').is_visible()
+
+            await page.wait_for_function("document.querySelectorAll('.chart canvas').length >= 4", timeout=10000)
+            html = await page.content()
+            assert ADMIN_KEY not in html
+            assert not errors, errors
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+            await check_keyboard(page)
+            await check_phone_and_dark(browser, page)
+        finally:
+            await browser.close()
+
+
+async def check_keyboard(page: Any) -> None:
+    """The first Tab reaches the skip link; Pause is a real button that toggles from the keyboard."""
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.className") == "skip"
+    await page.focus("#pause")
+    await page.keyboard.press("Enter")
+    assert await page.get_attribute("#pause", "aria-pressed") == "true"
+    await page.keyboard.press("Space")
+    assert await page.get_attribute("#pause", "aria-pressed") == "false"
+
+
+async def check_phone_and_dark(browser: Any, page: Any) -> None:
+    """A phone-sized viewport has no page-wide horizontal scroll; dark mode changes the colours."""
+    cookies = await page.context.cookies()
+    phone = await browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark",
+                                      device_scale_factor=2, is_mobile=True, has_touch=True)
+    try:
+        await phone.add_cookies(cookies)
+        p = await phone.new_page()
+        await p.goto(page.url)
+        await p.wait_for_function("document.querySelectorAll('.chart canvas').length >= 4", timeout=10000)
+        assert await p.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        dark_bg = await p.evaluate("getComputedStyle(document.body).backgroundColor")
+        light_bg = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert dark_bg != light_bg
+    finally:
+        await phone.close()
+
+
+async def test_login_form_sets_cookie_without_key_in_page(make_gateway: GatewayFactory,
+                                                         mock_upstream: MockServer) -> None:
+    """Without a session the page is the 401 login form; signing in through it shows the dashboard."""
+    from playwright.async_api import async_playwright
+
+    gw = await dashboard_gateway(make_gateway, mock_upstream)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            resp = await page.goto(f"{gw.url}/admin/dashboard")
+            assert resp is not None and resp.status == 401
+            await page.fill("#key", "wrong-key")
+            await page.click("button[type=submit]")
+            assert await page.locator(".login-error").is_visible()
+            await page.fill("#key", ADMIN_KEY)
+            await page.click("button[type=submit]")
+            await page.wait_for_selector("#conn[data-state=live]", timeout=10000)
+            assert page.url == f"{gw.url}/admin/dashboard"
+            cookie = next(c for c in await page.context.cookies() if c["name"] == "gw_admin")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and ADMIN_KEY not in cookie["value"]
+            assert ADMIN_KEY not in await page.content()
+            await asyncio.wait_for(page.click("text=Sign out"), 10)
+            await page.wait_for_selector("#key", timeout=10000)
+        finally:
+            await browser.close()

@@ -1,0 +1,59 @@
+"""The metrics registry helpers: bounded labels, memoised children, batched histogram observation."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from gateway.telemetry.metrics import (
+    OTHER,
+    Children,
+    Metrics,
+    RequestMetrics,
+    bounded,
+    observe_many,
+    status_class,
+)
+
+
+def test_status_class_and_bounded() -> None:
+    """Status classes are a fixed set; unknown values become `other`."""
+    assert [status_class(s) for s in (200, 299, 404, 499, 502, 0, 42, 600)] == \
+        ["2xx", "2xx", "4xx", "4xx", "5xx", OTHER, OTHER, OTHER]
+    assert bounded("hit", frozenset({"hit"})) == "hit" and bounded("x" * 99, frozenset({"hit"})) == OTHER
+
+
+def test_bounded_model() -> None:
+    """Only configured models become label values."""
+    m = Metrics({"gpt-4o"}, registry=CollectorRegistry())
+    assert m.bounded_model("gpt-4o") == "gpt-4o" and m.bounded_model("gpt-4o-2024") == OTHER
+
+
+def test_children_are_memoised() -> None:
+    """The same label values give the same child object, created once."""
+    m = Metrics(registry=CollectorRegistry())
+    kids = Children(m.counter("t_total", "t", ("a",)))
+    assert kids("x") is kids("x") and kids("x") is not kids("y")
+
+
+def test_observe_many_equals_observe() -> None:
+    """Binned observation produces exactly the exposition of one observe per value."""
+    values = [0.0, 0.001, 0.0011, 0.02, 0.02, 0.3, 7.0, 1e6, 0.005, 0.005, 0.0049]
+    r1, r2 = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("h", "h", ("l",), registry=r1, buckets=(0.001, 0.005, 0.02, 1.0))
+    h2 = Histogram("h", "h", ("l",), registry=r2, buckets=(0.001, 0.005, 0.02, 1.0))
+    for v in values:
+        h1.labels("a").observe(v)
+    observe_many(h2.labels("a"), values)
+    strip = lambda text: [ln for ln in text.splitlines() if "_created" not in ln]
+    assert strip(generate_latest(r1).decode()) == strip(generate_latest(r2).decode())
+
+
+def test_request_metrics_register_is_idempotent() -> None:
+    """Registering twice (a config reload) reuses the same families on the same registry."""
+    m = Metrics(registry=CollectorRegistry())
+    a, b = RequestMetrics.register(m), RequestMetrics.register(m)
+    assert a.requests.family is b.requests.family
+    names = {f.name for f in m.registry.collect()}
+    assert {"gateway_requests", "gateway_request_duration_seconds", "gateway_time_to_first_token_seconds",
+            "gateway_inter_token_latency_seconds", "gateway_upstream_duration_seconds", "gateway_overhead_seconds",
+            "gateway_tokens", "gateway_inflight_requests", "gateway_policy_decisions",
+            "gateway_cost_usd"} <= names
