@@ -4,8 +4,10 @@ Starts the fake provider and one gateway per variant in this process (one
 event loop: client, gateway and provider share it, so a per-request time is
 the CPU all three spend), then times sequential requests to each, interleaved
 in rounds so a noisy machine affects every variant alike. Reported per
-variant: mean and p99 per request, the gateway's share (time minus the same
-request sent straight to the provider) and its ratio to the baseline.
+variant: CPU time per request (process time: the machine may be shared, and
+CPU spent is what the gateway costs), the gateway's share (minus the same
+request sent straight to the provider) and its ratio to the baseline, plus
+wall-clock mean and p99.
 
 Variants: ``baseline`` (metrics off, tracing off, ledger off), ``metrics``
 (the default: metrics on), ``metrics+tracing`` (OTLP/HTTP export with the batch
@@ -25,7 +27,6 @@ import asyncio
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +70,21 @@ async def collector_stub() -> tuple[web.AppRunner, str, list[int]]:
 
 
 async def time_requests(session: aiohttp.ClientSession, url: str, body: dict[str, Any], n: int) -> list[float]:
+    """Wall seconds per request; the batch's process CPU seconds per request is appended last."""
     out: list[float] = []
+    cpu0 = time.process_time()
     for _ in range(n):
         t0 = time.perf_counter()
         async with session.post(url + "/chat/completions", json=body, headers=HEADERS) as r:
             await r.read()
             assert r.status == 200, r.status
         out.append(time.perf_counter() - t0)
+    await asyncio.sleep(0)  # let the last request's sinks run inside this batch's CPU window
+    out.append((time.process_time() - cpu0) / n)
     return out
 
 
-async def run(n: int, rounds: int) -> dict[str, dict[str, list[float]]]:
+async def run(n: int, rounds: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
     mock = await start_mock(MockConfig())
     collector, otlp_url, received = await collector_stub()
     tmp = Path(tempfile.mkdtemp(prefix="bench-obs-"))
@@ -88,6 +93,7 @@ async def run(n: int, rounds: int) -> dict[str, dict[str, list[float]]]:
         gateways[name] = await start_gateway(gateway_config(mock.url, **overrides))
     targets = {"direct": mock.url + "/v1", **{name: gw.base_url for name, gw in gateways.items()}}
     times: dict[str, dict[str, list[float]]] = {t: {k: [] for k in KINDS} for t in targets}
+    cpu: dict[str, dict[str, list[float]]] = {t: {k: [] for k in KINDS} for t in targets}
     per_round = max(1, n // rounds)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
         for target, url in targets.items():  # warm-up: pools, tokenizer, first-use imports
@@ -96,13 +102,15 @@ async def run(n: int, rounds: int) -> dict[str, dict[str, list[float]]]:
         for _ in range(rounds):
             for target, url in targets.items():
                 for kind, body in KINDS.items():
-                    times[target][kind] += await time_requests(session, url, body, per_round)
+                    *wall, cpu_each = await time_requests(session, url, body, per_round)
+                    times[target][kind] += wall
+                    cpu[target][kind].append(cpu_each)
     for gw in gateways.values():
         await gw.close()
     await collector.cleanup()
     await mock.close()
     print(f"(OTLP exports received by the collector stub: {len(received)})")
-    return times
+    return times, cpu
 
 
 def micro(iterations: int) -> dict[str, float]:
@@ -134,36 +142,39 @@ def micro(iterations: int) -> dict[str, float]:
     metrics = Metrics({"gpt-4o"}, registry=CollectorRegistry())
     sink = MetricsSink(SimpleNamespace(metrics=metrics), RequestMetrics.register(metrics))  # type: ignore[arg-type]
     exchanges = [exchange() for _ in range(iterations)]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for ex in exchanges:
         sink(ex)
-    metrics_us = (time.perf_counter() - t0) / iterations * 1e6
+    metrics_us = (time.process_time() - t0) / iterations * 1e6
     cfg = parse_config(gateway_config("http://127.0.0.1:9/v1", tracing={"enabled": True, "exporter": "memory"}), {})
     tracing = create_tracing(cfg, time.monotonic, env={})
     assert tracing is not None
     exchanges = [exchange() for _ in range(iterations)]
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for ex in exchanges:
         tracing.start_request(ex)
         tracing.start_attempt(ex)
         tracing.finish(ex)
-    tracing_us = (time.perf_counter() - t0) / iterations * 1e6
+    tracing_us = (time.process_time() - t0) / iterations * 1e6
     tracing.exporter.clear()  # type: ignore[attr-defined]
     return {"metrics sink": metrics_us, "tracing (3 calls, in-memory export)": tracing_us}
 
 
-def report(times: dict[str, dict[str, list[float]]]) -> None:
-    direct = {k: statistics.fmean(v) for k, v in times["direct"].items()}
-    base = {k: statistics.fmean(v) - direct[k] for k, v in times["baseline"].items()}
-    print(f"{'variant':18} {'kind':7} {'mean ms':>8} {'p99 ms':>8} {'gateway ms':>10} {'vs baseline':>11}")
+def report(times: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, list[float]]]) -> None:
+    """CPU per request is the median over rounds (robust to a neighbour's burst); wall figures are pooled."""
+    cpu_med = {t: {k: statistics.median(v) for k, v in kinds.items()} for t, kinds in cpu.items()}
+    direct = cpu_med["direct"]
+    base = {k: cpu_med["baseline"][k] - direct[k] for k in direct}
+    print(f"{'variant':18} {'kind':7} {'CPU us':>8} {'gateway CPU us':>14} {'vs baseline':>11} "
+          f"{'wall mean ms':>12} {'wall p99 ms':>11}")
     for target, kinds in times.items():
         for kind, values in kinds.items():
-            mean = statistics.fmean(values)
-            p99 = sorted(values)[int(0.99 * (len(values) - 1))]
-            added = mean - direct[kind]
+            mean, p99 = statistics.fmean(values), sorted(values)[int(0.99 * (len(values) - 1))]
+            added = cpu_med[target][kind] - direct[kind]
+            share = "" if target == "direct" else f"{added * 1e6:14.1f}"
             ratio = "" if target == "direct" else f"{added / base[kind]:10.2f}x"
-            share = "" if target == "direct" else f"{added * 1e3:10.3f}"
-            print(f"{target:18} {kind:7} {mean * 1e3:8.3f} {p99 * 1e3:8.3f} {share:>10} {ratio:>11}")
+            print(f"{target:18} {kind:7} {cpu_med[target][kind] * 1e6:8.1f} {share:>14} {ratio:>11} "
+                  f"{mean * 1e3:12.3f} {p99 * 1e3:11.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (noise spreads over all variants)")
     p.add_argument("--micro", type=int, default=20000, help="iterations of the sink microbenchmark")
     args = p.parse_args(argv)
-    runner: Callable[[], Awaitable[dict[str, dict[str, list[float]]]]] = lambda: run(args.n, args.rounds)  # noqa: E731
-    report(asyncio.run(runner()))
+    report(*asyncio.run(run(args.n, args.rounds)))
     print()
     for name, us in micro(args.micro).items():
         print(f"{name:40} {us:8.2f} us per request")

@@ -16,6 +16,7 @@ events so an unknown event format commits early instead of buffering.
 """
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ _PAYLOAD = re.compile(
     rb'|"usage"\s*:\s*\{')
 # The compact form every major provider sends, checked with plain byte searches first;
 # the regexes above only run for rarer shapes (spaces after colons, errors, Responses API).
-_FAST_TEXT = (b'"content":"', b'"reasoning_content":"', b'"refusal":"', b'"text":"', b'"reasoning":"')
+_FAST_TEXT = (b'"reasoning_content":"', b'"reasoning":"', b'"refusal":"', b'"text":"')
 _FAST_OTHER = (b'"tool_calls":[', b'"finish_reason":"', b'"usage":{', b'"function_call":{')
 
 
@@ -57,6 +58,9 @@ def classify_event(event: bytes) -> EventKind:
         payload, name = event[6:].strip(), b""
     else:
         payload, name = _split_event(event)
+    delta = payload.find(b'"delta":{') if not name else -1
+    if delta >= 0:  # a compact chat chunk: the hot case, decided with a few byte searches
+        return "meaningful" if _delta_has_payload(payload, delta) else "skip"
     if name == b"error":
         return "error"
     if not payload:
@@ -67,21 +71,20 @@ def classify_event(event: bytes) -> EventKind:
         return "error"
     if b'"response.' in payload and _LIFECYCLE.search(payload):
         return "skip"
-    if b'"delta":{' in payload:
-        return "meaningful" if _fast_payload(payload) else "skip"  # else: the role-only first delta
     if b'"delta"' in payload and _CHAT_DELTA.search(payload) and not _PAYLOAD.search(payload):
-        return "skip"
+        return "skip"  # a spaced chat chunk with nothing in its delta
     return "meaningful"
 
 
-def _fast_payload(payload: bytes) -> bool:
+def _delta_has_payload(payload: bytes, start: int) -> bool:
+    at = payload.find(b'"content":"', start)
+    if at >= 0 and payload[at + 11:at + 12] != b'"':
+        return True  # the common content chunk: two searches
     for marker in _FAST_TEXT:
         at = payload.find(marker)
         if at >= 0 and payload[at + len(marker):at + len(marker) + 1] != b'"':
             return True
-    if any(marker in payload for marker in _FAST_OTHER):
-        return True
-    return b'": ' in payload and _PAYLOAD.search(payload) is not None  # spaced JSON: the slow, exact check
+    return any(marker in payload for marker in _FAST_OTHER)
 
 
 def _split_event(event: bytes) -> tuple[bytes, bytes]:
@@ -95,36 +98,72 @@ def _split_event(event: bytes) -> tuple[bytes, bytes]:
     return b"\n".join(data).strip(), name
 
 
-async def peek(body: AsyncIterator[bytes], sse: bool) -> Peek:
+async def peek(body: AsyncIterator[bytes], sse: bool, timeout_s: float | None = None) -> Peek:
     """Read ``body`` until the commit point. Exceptions from the body propagate to the caller.
 
+    ``timeout_s`` bounds the reads after the first one: when it passes, ``TimeoutError``.
+    The first read needs no timer of ours (the upstream client bounds it by the same
+    first-byte deadline), so the timer is only armed when a stream's first chunk was
+    not yet meaningful (typically the role-only delta before the first token); the
+    caller passes what is left of the attempt's first-byte deadline at that point.
     ``ended`` means the body finished before anything meaningful: for a stream that is
     a broken answer (no content, no ``[DONE]``); for a non-stream body an empty answer.
     """
     result = Peek()
-    buffer = b""
-    events = 0
-    while True:
-        try:
-            chunk = await body.__anext__()
-        except StopAsyncIteration:
-            result.verdict = "ended"
-            return result
-        result.chunks.append(chunk)
-        if not sse:
-            return result
-        buffer += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
-        while (cut := buffer.find(b"\n\n")) >= 0:
-            event, buffer = buffer[:cut], buffer[cut + 2:]
-            events += 1
+    scan = _Scan() if sse else None
+    if await _read(body, result, scan):
+        return result
+    if timeout_s is None:
+        while not await _read(body, result, scan):
+            pass
+        return result
+    async with asyncio.timeout(timeout_s):
+        while not await _read(body, result, scan):
+            pass
+    return result
+
+
+async def _read(body: AsyncIterator[bytes], result: Peek, scan: _Scan | None) -> bool:
+    """Read one chunk; True once the commit point (or the end) is reached."""
+    try:
+        chunk = await body.__anext__()
+    except StopAsyncIteration:
+        result.verdict = "ended"
+        return True
+    result.chunks.append(chunk)
+    if scan is None:
+        return True  # a non-stream body is committed by its first chunk
+    verdict = scan.feed(chunk)
+    if verdict is None:
+        return False
+    result.verdict = verdict
+    return True
+
+
+class _Scan:
+    """Reassembles SSE events across chunks and classifies each complete one."""
+
+    __slots__ = ("buffer", "events", "size")
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.events = 0
+        self.size = 0
+
+    def feed(self, chunk: bytes) -> Verdict | None:
+        self.size += len(chunk)
+        self.buffer += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
+        while (cut := self.buffer.find(b"\n\n")) >= 0:
+            event, self.buffer = self.buffer[:cut], self.buffer[cut + 2:]
+            self.events += 1
             kind = classify_event(event)
             if kind == "error":
-                result.verdict = "error_event"
-                return result
+                return "error_event"
             if kind != "skip":
-                return result
-        if events >= MAX_PEEK_EVENTS or sum(map(len, result.chunks)) >= MAX_PEEK_BYTES:
-            return result  # not a format we know: commit rather than buffer
+                return "commit"
+        if self.events >= MAX_PEEK_EVENTS or self.size >= MAX_PEEK_BYTES:
+            return "commit"  # not a format we know: commit rather than buffer
+        return None
 
 
 class Replay:

@@ -56,7 +56,7 @@ async def test_reload_applies_a_route_and_refuses_a_broken_file_while_a_stream_s
     mount = ConfigMapMount(tmp_path / "mount", cfg)
     gw = spawn_gateway(cfg, extra_args=["--config", str(mount.path)])
     try:
-        await wait_ready(gw.url)
+        await wait_ready(gw.url, timeout=60)
         async with AsyncOpenAI(base_url=gw.url + "/v1", api_key="sk-client", max_retries=0) as client:
             try:
                 await client.chat.completions.create(model="alias", messages=MESSAGES)
@@ -65,7 +65,7 @@ async def test_reload_applies_a_route_and_refuses_a_broken_file_while_a_stream_s
                 pass
             stream = await client.chat.completions.create(
                 model="gpt-4o", messages=MESSAGES, stream=True, max_tokens=8,
-                extra_headers={"x-mock-fault": "stall_after_chunks=2;stall_ms=5000"})
+                extra_headers={"x-mock-fault": "stall_after_chunks=2;stall_ms=8000"})
             first = asyncio.Event()
             consumer = asyncio.create_task(_consume(stream, first))
             await asyncio.wait_for(first.wait(), 10)

@@ -63,7 +63,7 @@ def worker_env(pid: int, name: str) -> str | None:
     return None
 
 
-async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 40.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.05)
@@ -105,7 +105,7 @@ async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(mock
     gw = spawn_gateway(gateway_config(mock_upstream.url, metrics={"port": metrics_port}), extra_args=["--workers", "2"])
     metrics_url = f"http://127.0.0.1:{metrics_port}"
     try:
-        await wait_ready(gw.url)
+        await wait_ready(gw.url, timeout=60)
         await until(lambda: len(serving_workers(gw)) == 2)
         first = serving_workers(gw)
         metrics_dir = worker_env(next(iter(first)), "PROMETHEUS_MULTIPROC_DIR")
@@ -144,7 +144,7 @@ async def test_sigterm_drains_every_worker_and_exits_zero(mock_upstream: MockSer
     gw = spawn_gateway(gateway_config(mock_upstream.url, server={"drain_s": 10, "grace_s": 0.5}),
                        extra_args=["--workers", "2"])
     try:
-        await wait_ready(gw.url)
+        await wait_ready(gw.url, timeout=60)
         await until(lambda: len(serving_workers(gw)) == 2)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             streams = []
