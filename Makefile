@@ -26,8 +26,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway policies tests bench
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.overhead
+bench: $(STAMP)  # BENCH_ARGS='--only small-c1,stream-c1 --reps 5'; wrk and nginx are used when installed
+	$(BIN)/python -m bench.overhead $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

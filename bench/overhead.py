@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from bench import report
@@ -32,12 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated scenario names (default: all)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per target (median reported)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (streams scale it)")
+    p.add_argument("--targets", help="comma-separated targets to keep in every scenario (default: all)")
     p.add_argument("--loadgen", choices=("auto", "wrk", "asyncio"), default="auto",
                    help="auto: wrk for plain requests when installed, else the asyncio client")
     p.add_argument("--no-nginx", action="store_true", help="skip the nginx columns even when nginx is installed")
     p.add_argument("--quick", action="store_true", help="one 1-second repetition (a smoke run, not a measurement)")
     p.add_argument("--out", help="markdown report path (default: bench/results/<date>.md)")
     p.add_argument("--json", help="also write the raw figures as JSON here")
+    p.add_argument("--baseline", metavar="TREE",
+                   help="also run gw-off and gw-all from this source tree (a baseline checkout) as gw-off@base and "
+                        "gw-all@base, in the same run")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return p
 
@@ -56,11 +61,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         scenarios = [s for s in scenarios if s.name in wanted]
+    if args.baseline:
+        extra = ("gw-off@base", "gw-all@base")
+        scenarios = [replace(s, targets=s.targets + extra) if s.kind in ("requests", "streams") and
+                     s.name != "policies" else s for s in scenarios]
+    if args.targets:
+        keep = set(args.targets.split(","))
+        scenarios = [replace(s, targets=tuple(t for t in s.targets if t in keep)) for s in scenarios]
+        scenarios = [s for s in scenarios if s.targets]
     reps, duration = (1, 1.0) if args.quick else (args.reps, args.duration)
-    env = Env(loadgen=args.loadgen, use_nginx=not args.no_nginx, duration_s=duration, reps=reps)
+    env = Env(loadgen=args.loadgen, use_nginx=not args.no_nginx, duration_s=duration, reps=reps,
+              baseline=args.baseline)
     info = report.machine_info()
-    policies = {name: report.built_policies(gateway_config("http://127.0.0.1:9/v1", cfg))
-                for name, cfg in GATEWAYS.items()}
+    used = {t.split(":")[0] for s in scenarios for t in s.targets}
+    policies = {name: report.built_policies(gateway_config("http://127.0.0.1:9/v1", GATEWAYS[name]))
+                for name in ("gw-off", "gw-all") if name in used}
     results: report.Results = {}
     try:
         for scenario in scenarios:

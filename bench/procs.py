@@ -114,8 +114,12 @@ def start_bare(upstream_url: str) -> Server:
     return server
 
 
-def start_gateway(name: str, config: dict[str, Any], workers: int | None = None) -> Server:
-    """``gateway serve`` on a config dict; its JSON log (one line per request) goes to a file."""
+def start_gateway(name: str, config: dict[str, Any], workers: int | None = None,
+                  source_tree: str | None = None) -> Server:
+    """``gateway serve`` on a config dict; its JSON log (one line per request) goes to a file.
+
+    ``source_tree``: run the gateway from another copy of the code (a baseline checkout) instead.
+    """
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-cfg-"))
     cfg_path = tmp / "config.yaml"
@@ -124,7 +128,7 @@ def start_gateway(name: str, config: dict[str, Any], workers: int | None = None)
             "--port", str(port)]
     if workers is not None:
         argv += ["--workers", str(workers)]
-    server = _spawn(name, argv, port)
+    server = _spawn(name, argv, port, env={"PYTHONPATH": source_tree} if source_tree else None)
     server.meta["config"] = config
     wait_http(server, "/readyz")
     _wait_ready(server)

@@ -81,6 +81,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--out", help="write the collapsed stacks here")
+    p.add_argument("--tree", help="run the gateway from this source tree (a baseline checkout)")
     args = p.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -88,7 +89,8 @@ def main() -> int:
         return 2
     scenario = scenarios[args.scenario]
     mock = procs.start_mock()
-    gw = procs.start_gateway(args.variant, gateway_config(mock.url + "/v1", GATEWAYS[args.variant]), 1)
+    gw = procs.start_gateway(args.variant, gateway_config(mock.url + "/v1", GATEWAYS[args.variant]), 1,
+                             source_tree=args.tree)
     try:
         spec = LoadSpec(url=gw.url + CHAT_PATH, body=scenario.body, headers=scenario.headers,
                         concurrency=scenario.concurrency, duration_s=args.seconds + 2, stream=scenario.stream,
@@ -101,7 +103,8 @@ def main() -> int:
                             "--rate", str(args.rate), "--format", "raw", "--output", str(raw), "--nonblocking"],
                            check=True, capture_output=True)
             load.join()
-            print(f"# {args.variant}, {scenario.title}, {args.seconds:g} s at {args.rate} Hz")
+            tree = f" (code from {args.tree})" if args.tree else ""
+            print(f"# {args.variant}{tree}, {scenario.title}, {args.seconds:g} s at {args.rate} Hz")
             print(summarise(raw.read_text()))
     finally:
         gw.stop()

@@ -57,7 +57,7 @@ def built_policies(config: dict[str, Any]) -> list[str]:
     import json
 
     out = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     for line in out.stdout.splitlines():
         if line.startswith("POLICIES "):
             return list(json.loads(line[9:]))
@@ -161,14 +161,15 @@ def targets_table(results: Results) -> list[str]:
 
 def render(results: Results, scenarios: list[Scenario], info: dict[str, str], policies: dict[str, list[str]],
            notes: list[str], command: str, reps: int, duration: float) -> str:
-    out = [f"# Benchmark {info['date']}", "", f"Command: `{command}` ({reps} repetitions of {duration:g} s per "
-           "target and scenario; figures are medians; every ratio compares targets of the same run).", ""]
+    out = [f"# Benchmark {info['date']}", "", (f"Command: `{command}` ({reps} repetitions of {duration:g} s per "
+           "target and scenario; figures are medians; every ratio compares targets of the same run)."), ""]
     out += [f"- **{k}**: {v}" for k, v in info.items()]
     out += [f"- **policies built** {name}: {', '.join(p) or '(none)'}" for name, p in policies.items()]
     out += [f"- note: {n}" for n in notes]
-    out += ["", "Targets: `direct` = the fake provider itself; `nginx` = nginx proxying to it; `static` = nginx "
-            "answering a fixed completion; `bare` = bench/bare_relay.py; `gw-off` = the gateway with every policy "
-            "off; `gw-all` = every policy on. `+` columns are added to `direct` (cache: to `static`).", "",
+    out += ["", ("Targets: `direct` = the fake provider itself; `nginx` = nginx proxying to it; `static` = nginx "
+                 "answering a fixed completion; `bare` = bench/bare_relay.py; `gw-off` = the gateway with every "
+                 "policy off; `gw+<policy>` = that policy alone on; `gw-all` = every policy on. `+` columns are "
+                 "added to `direct` (cache: to `static`)."), "",
             "## Targets", ""] + targets_table(results)
     for scenario in scenarios:
         if scenario.name in results:
@@ -194,7 +195,7 @@ def _tool_version(argv: list[str]) -> str:
         return "not installed"
     try:
         out = subprocess.run(argv if shutil.which(argv[0]) else [f"/usr/sbin/{argv[0]}", *argv[1:]],
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, text=True, timeout=10, check=False)
     except OSError:
         return "not installed"
     text = (out.stdout + out.stderr).strip().splitlines()

@@ -46,6 +46,7 @@ class Env:
     use_nginx: bool = True
     duration_s: float = 3.0
     reps: int = 3
+    baseline: str | None = None  # another source tree: targets named "<variant>@base" run from it
     servers: dict[str, procs.Server] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -72,7 +73,9 @@ class Env:
         key = f"{variant}:w{workers}:{upstream or 'mock'}"
         if key not in self.servers:
             base = upstream or self.mock.url + "/v1"
-            self.servers[key] = procs.start_gateway(variant, gateway_config(base, GATEWAYS[variant]), workers)
+            name, _, tree = variant.partition("@")
+            self.servers[key] = procs.start_gateway(name, gateway_config(base, GATEWAYS[name]), workers,
+                                                    source_tree=self.baseline if tree else None)
             if workers > 1 and len(procs.descendants(self.servers[key].pid)) < workers:
                 self.notes.append(f"`--workers {workers}` did not start {workers} processes: not implemented yet?")
         return self.servers[key]

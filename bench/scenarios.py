@@ -29,16 +29,16 @@ CHAT_PATH = "/v1/chat/completions"
 def chat_body(content: str, *, stream: bool = False, max_tokens: int = 16) -> bytes:
     """A deterministic (cacheable) chat request; ``NONCE`` is replaced per request when unique."""
     stream_part = ',"stream":true' if stream else ""
-    return ('{"model":"gpt-4o-mini","temperature":0,"max_tokens":%d%s,"messages":['
-            '{"role":"system","content":"You are a terse assistant."},'
-            '{"role":"user","content":"%s"}]}' % (max_tokens, stream_part, content)).encode()
+    return ('{"model":"gpt-4o-mini","temperature":0,"max_tokens":' + str(max_tokens) + stream_part
+            + ',"messages":[{"role":"system","content":"You are a terse assistant."},'
+            '{"role":"user","content":"' + content + '"}]}').encode()
 
 
 SMALL = chat_body("Say hello to bench request NONCE.")
 STREAM = chat_body("Count to twenty, request NONCE.", stream=True, max_tokens=20)
 CACHED = chat_body("The same question every time: what is the capital of France?")
 
-_WORDS = ("the agent reads a file then calls a tool and waits for the model to answer with a plan "
+_WORDS = ("the agent reads a file then calls a tool and waits for the model to answer with a plan "  # noqa: SIM905
           "before it edits code runs tests and reports results back to the user who asked").split()
 
 
@@ -73,7 +73,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 # Every policy off: the cost of the core alone (parse, validate, route, relay, one log line).
 ALL_OFF: dict[str, Any] = {
-    "metrics": {"enabled": False, "inject_stream_usage": False},
+    "metrics": {"enabled": False},
     "upstreams": {"mock": {"retry": {"max_attempts": 1}}},
     "ledger": {"enabled": False},
     "tracing": {"enabled": False},
@@ -101,7 +101,24 @@ ALL_ON: dict[str, Any] = {
                            "retry": {"max_attempts": 3}, "circuit_breaker": {"consecutive_failures": 5}}},
 }
 
-GATEWAYS: dict[str, dict[str, Any]] = {"gw-off": ALL_OFF, "gw-all": ALL_ON}
+
+def _one_on(**blocks: Any) -> dict[str, Any]:
+    return _merge(ALL_OFF, blocks)
+
+
+# One policy (family) on at a time over ALL_OFF: what each costs, so a miss of the CPU target can be placed.
+SINGLE_POLICY: dict[str, dict[str, Any]] = {
+    "gw+metrics": _one_on(metrics=ALL_ON["metrics"]),
+    "gw+ledger": _one_on(ledger=ALL_ON["ledger"]),
+    "gw+cache": _one_on(cache=ALL_ON["cache"]),
+    "gw+ratelimit": _one_on(auth=ALL_ON["auth"], upstreams={"mock": {"rate_limit": ALL_ON["upstreams"]["mock"]
+                                                                     ["rate_limit"]}}),
+    "gw+compression": _one_on(models=ALL_ON["models"], compression=ALL_ON["compression"]),
+    "gw+budget": _one_on(budgets=ALL_ON["budgets"]),
+    "gw+retry": _one_on(upstreams={"mock": {"retry": {"max_attempts": 3}}}),
+}
+
+GATEWAYS: dict[str, dict[str, Any]] = {"gw-off": ALL_OFF, "gw-all": ALL_ON, **SINGLE_POLICY}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +160,8 @@ def all_scenarios() -> list[Scenario]:
                  targets=("direct", "bare", "gw-off", "gw-all"), body=big_prompt_body()),
         Scenario(name="idle-1000", title="1,000 concurrent idle streams", kind="idle",
                  targets=("bare", "gw-off", "gw-all"), body=STREAM, stream=True, fault=IDLE_FAULT, idle_streams=1000),
+        Scenario(name="policies", title="each policy alone over all-off, non-stream small chat, c=1",
+                 kind="requests", targets=("direct", "bare", "gw-off", *SINGLE_POLICY, "gw-all")),
         Scenario(name="workers", title="1 vs 2 workers, non-stream c=64 (upstream: nginx static if present)",
                  kind="workers", targets=("gw-off:w1", "gw-off:w2"), concurrency=64),
     ]

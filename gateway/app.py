@@ -13,7 +13,7 @@ from gateway.auth import Authenticator
 from gateway.chain import Next, build_chain
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
-from gateway.handler import OPERATIONS, handle_api
+from gateway.handler import OPERATIONS, expect_continue, handle_api, openai_errors
 from gateway.health import handle_healthz, handle_readyz
 from gateway.metrics_endpoint import add_metrics_route
 from gateway.models_api import handle_models
@@ -51,9 +51,10 @@ async def build_runtime(st: AppState, config: Config) -> Runtime:
 
 
 def build_app(config: Config, config_path: str | None = None) -> web.Application:
-    app = web.Application(client_max_size=config.server.max_body_bytes + 1024, handler_args=None)
+    app = web.Application(client_max_size=config.server.max_body_bytes + 1024, handler_args=None,
+                          middlewares=[openai_errors])
     for path in OPERATIONS:
-        app.router.add_route("*", path, handle_api)
+        app.router.add_route("*", path, handle_api, expect_handler=expect_continue)
     app.router.add_route("*", "/v1/models", handle_models)
     app.router.add_route("*", "/v1/models/{model_id:.+}", handle_models)
     app.router.add_get("/healthz", handle_healthz)
@@ -63,7 +64,7 @@ def build_app(config: Config, config_path: str | None = None) -> web.Application
     admin_stats.add_routes(app)  # /admin/stats, /admin/stats/stream
     dashboard.add_routes(app)  # /admin/dashboard
     app.cleanup_ctx.append(_lifespan(config, config_path))
-    app.router.add_route("*", "/{tail:.*}", handle_other)
+    app.router.add_route("*", "/{tail:.*}", handle_other, expect_handler=expect_continue)
     return app
 
 

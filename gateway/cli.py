@@ -20,11 +20,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="config file (default: $GATEWAY_CONFIG, else ./config.yaml)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default: server.workers, "
-                       "else the CPUs available to the container, honouring cgroup limits)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (default: "
+                       "server.workers, else the CPUs available to the container, honouring cgroup limits)")
     check = sub.add_parser("check-config", help="validate a config file; exit 2 listing every problem")
     check.add_argument("path")
-    health = sub.add_parser("healthcheck", help="exit 0 if the local gateway answers /healthz (container HEALTHCHECK)")
+    health = sub.add_parser("healthcheck",
+                            help="exit 0 if the local gateway answers /healthz (container HEALTHCHECK)")
     health.add_argument("--config", help="config file, for server.port (default: $GATEWAY_CONFIG)")
     health.add_argument("--port", type=int)
     mock = sub.add_parser("mock-upstream", help="run the fake OpenAI-compatible provider")
@@ -66,21 +67,22 @@ def run_serve(args: argparse.Namespace) -> int:
         for problem in err.problems:
             print(f"config error: {problem}", file=sys.stderr)
         return 2
+    supervised = os.environ.get(WORKER_INDEX_ENV) is not None  # one of N workers started by the supervisor
+    try:
+        workers = 1 if supervised else resolve_workers(args.workers, config.server.workers)
+    except ValueError as err:
+        print(f"config error: server.workers: {err}", file=sys.stderr)
+        return 2
     setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", config.server.log_level))
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     config_path = str(path) if path else None
     _install_uvloop()
-    if os.environ.get(WORKER_INDEX_ENV) is not None:  # started by the supervisor: one of N on the port
+    if supervised:
         from gateway.supervisor import bind_to_parent
 
         bind_to_parent()
         return _serve_one(config, host, port, config_path, reuse_port=True)
-    try:
-        workers = resolve_workers(args.workers, config.server.workers)
-    except ValueError as err:
-        print(f"config error: server.workers: {err}", file=sys.stderr)
-        return 2
     if workers == 1:
         return _serve_one(config, host, port, config_path, reuse_port=False)
     from gateway.supervisor import Supervisor, SupervisorConfig

@@ -32,6 +32,10 @@ class ServerConfig:
     access_log: bool = False
     log_level: str = "info"
     max_header_bytes: int = 16384
+    # Load shedding: proxied requests in flight in this process beyond which new ones get 503 + Retry-After
+    # at once (before their body is read), so overload costs the client a fast retry, not our memory.
+    max_inflight: int = 4096
+    body_timeout_s: float = 60.0  # the whole request body must arrive within this; a trickling client gets 408
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

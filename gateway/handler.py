@@ -23,7 +23,7 @@ from gateway.appstate import APP_STATE, AppState
 from gateway.chain import Next
 from gateway.errors import LocalReply, UpstreamFailure, error_body, sse_error_event
 from gateway.exchange import Exchange, UpstreamResponse
-from gateway.request import parse_json, read_body, validate
+from gateway.request import parse_json, read_body, too_large, validate
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
 from gateway.usage import usage_from_json_bytes
@@ -70,6 +70,8 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
                 call: Next | None = None) -> web.StreamResponse:
     """Run one proxied request: ``build`` parses it, ``call`` (the policy chain by default) answers it."""
     call = call or st.runtime.chain
+    if len(st.lifecycle.active) >= st.config.server.max_inflight:
+        return shed(st, rid)
     now = st.clock()
     task = asyncio.current_task()
     if task is not None:
@@ -107,6 +109,14 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
             _leave(st, task)
         if ex is not None:
             finish(st, ex)
+
+
+def shed(st: AppState, rid: str) -> web.Response:
+    """Over ``server.max_inflight``: 503 + Retry-After at once, before the body is read or anything queues."""
+    st.metrics.decision("admission", "shed")
+    return error_response(rid, LocalReply(
+        503, "The gateway is overloaded; retry after the delay in Retry-After.", type="server_error",
+        code="gateway_overloaded", headers={"retry-after": "1", "x-should-retry": "true"}))
 
 
 def _leave(st: AppState, task: asyncio.Task[Any]) -> None:
@@ -240,6 +250,38 @@ def _record_outcome(ex: Exchange, inspector: StreamInspector | None, collected: 
 def json_response(rid: str, payload: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(payload), headers={"x-request-id": rid},
                         content_type="application/json")
+
+
+@web.middleware
+async def openai_errors(request: web.Request,
+                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """aiohttp's own HTTP errors (no route for a target such as ``*`` or ``host:port``) in the OpenAI shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(request_id_of(request), LocalReply(
+            exc.status, f"{exc.reason} ({request.method} {request.path[:200]})",
+            type="invalid_request_error" if exc.status < 500 else "server_error",
+            code="unknown_url" if exc.status == 404 else f"http_{exc.status}",
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"}))
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: answer 413 at once when the announced body is over the limit (the client never
+    uploads it); any other expectation gets 417 in the OpenAI shape instead of aiohttp's text."""
+    if request.headers.get("expect", "").lower() != "100-continue":
+        return error_response(request_id_of(request), LocalReply(417, "Only 'Expect: 100-continue' is supported.",
+                                                                 code="expectation_failed"))
+    limit = request.app[APP_STATE].config.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit and \
+            not request.headers.get("content-encoding"):
+        return error_response(request_id_of(request), too_large(limit))
+    if request.version == (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's default handler: the real answer has not started
+    return None
 
 
 def not_found(rid: str, request: web.Request) -> web.Response:

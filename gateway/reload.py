@@ -16,8 +16,8 @@ and only when the content hash changes does it reload. Polling (about once a
 second) needs no inotify and works on every volume type.
 
 Some settings are bound at start-up (listening address, workers, the shared
-state backend, the metrics port): a change there is reported as "needs a
-restart" and the rest of the config is still applied.
+state backend, metrics port, tracing, ledger): a change there is reported as
+"needs a restart" and the rest of the config is still applied.
 """
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("gateway.reload")
 Fingerprint = tuple[str, int, int, int, int]
-RESTART_ONLY = ("server.host", "server.port", "server.workers", "server.max_header_bytes", "server.access_log",
-                "state", "metrics.port")
+# Read once at start-up (listening sockets, the shared-state backend, observability set up by the app).
+RESTART_ONLY = ("server.host", "server.port", "server.workers", "server.max_header_bytes",
+                "server.access_log", "state", "metrics.enabled", "metrics.port", "tracing", "ledger")
 
 
 @dataclass(slots=True)
@@ -128,10 +129,11 @@ class Reloader:
         if config.server.log_level != old.server.log_level and "GATEWAY_LOG_LEVEL" not in os.environ:
             logging.getLogger().setLevel(config.server.log_level.upper())
         self._count("applied")
+        retired = sorted({c.name for c in replaced} | set(removed))
         log.warning("config reloaded", extra={"fields": {
             "event": "config_reload", "result": "applied", "digest": self._digest[:12],
-            "upstreams_created": sorted(c.name for c in created), "upstreams_retired": sorted(
-                {c.name for c in replaced} | set(removed)), "needs_restart": restart_only_changes(old, config)}})
+            "upstreams_created": sorted(c.name for c in created), "upstreams_retired": retired,
+            "needs_restart": restart_only_changes(old, config)}})
 
     async def close_clients(self) -> None:
         """Shutdown hook: close pools created by reloads and those still waiting to retire."""
@@ -219,10 +221,10 @@ def plan_upstreams(current: dict[str, UpstreamClient], old: Config, new: Config
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
     """Dotted names of changed settings that only a restart applies."""
-    changed = []
-    for dotted in RESTART_ONLY:
-        if _get(old, dotted) != _get(new, dotted):
-            changed.append(dotted)
+    changed = [dotted for dotted in RESTART_ONLY if _get(old, dotted) != _get(new, dotted)]
+    encodings = ({n: m.encoding for n, m in cfg.models.items() if m.encoding} for cfg in (old, new))
+    if next(encodings) != next(encodings):  # the tokenizer is built once, at start-up
+        changed.append("models.*.encoding")
     return changed
 
 

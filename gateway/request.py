@@ -10,6 +10,7 @@ enough that no malformed body can raise deeper in the gateway.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from gateway.appstate import APP_STATE
 from gateway.errors import LocalReply, bad_request
 
 MAX_DEPTH = 64
@@ -31,13 +33,28 @@ def too_large(limit: int) -> LocalReply:
                       type="invalid_request_error", code="request_too_large")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout_s: float | None = None) -> bytes:
     """The request body, decompressed, refused past ``limit`` bytes after decompression.
 
     aiohttp's parser already inflates gzip/deflate/br/zstd bodies as they stream
     in, so counting what we read here counts decompressed bytes: a gzip bomb is
-    stopped at the limit, not after it filled memory.
+    stopped at the limit, not after it filled memory. The whole body must arrive
+    within ``timeout_s`` (None: ``server.body_timeout_s``): a client that trickles
+    its body gets 408 instead of holding a task and a buffer forever.
     """
+    if request.content.is_eof():  # the whole body is already here (most requests): no timer needed
+        return await _read_body(request, limit)
+    if timeout_s is None:
+        timeout_s = request.app[APP_STATE].config.server.body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, limit)
+    except TimeoutError as exc:
+        raise LocalReply(408, f"The request body did not arrive within {timeout_s:g} s.",
+                         type="invalid_request_error", code="request_timeout") from exc
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding and encoding not in SERVER_DECODED:
         raise LocalReply(415, f"Unsupported Content-Encoding {encoding[:32]!r}: use gzip, deflate or none.",

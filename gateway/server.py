@@ -10,23 +10,75 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.app import build_app
 from gateway.appstate import APP_STATE, AppState
 from gateway.config_model import Config
+from gateway.errors import error_body
 from gateway.reload import Reloader
 
 log = logging.getLogger("gateway.server")
 
 
+class _JsonErrorHandler(web.RequestHandler):
+    """aiohttp answers malformed HTTP (framing, bad or oversized headers) itself, before any route or
+    middleware runs, in text/plain, with an ERROR line quoting the offending bytes (maybe a header with a
+    key). OpenAI clients expect the JSON error shape, and a client's garbage is not our error: same
+    status, OpenAI shape, no echo of the bytes, a DEBUG line naming the exception type only."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0 or status < 400:
+            return super().handle_error(request, status, exc, message)  # raises: nothing can be sent now
+        if status >= 500:
+            self.log_exception("Error handling request", exc_info=exc)
+            text, kind, code = "The gateway hit an internal error.", "server_error", "internal_error"
+        else:
+            log.debug("malformed HTTP request", extra={"fields": {"event": "bad_http", "status": status,
+                                                                  "error": type(exc).__name__}})
+            first = (getattr(exc, "message", None) or message or "").split("\n", 1)[0]
+            first = first.split(": b'")[0].split(": bytearray(")[0].strip(" :.")[:120]  # never echo the bytes
+            text = f"Malformed HTTP request: {first or 'could not be parsed'}."
+            kind, code = "invalid_request_error", "invalid_http_request"
+        resp = web.Response(status=status, body=error_body(text, kind, code), content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, (BadHttpMessage, RequestPayloadError)):
+            # The client's bad bytes (e.g. a body that claims deflate and is not, seen again after the answer).
+            log.debug("malformed HTTP request", extra={"fields": {"event": "bad_http", "error": type(exc).__name__}})
+            return
+        super().log_exception(*args, **kw)
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> web.RequestHandler:  # the protocol factory: one handler per connection
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # the same server; only its protocol factory differs
+        return server
+
+
 def make_runner(app: web.Application, config: Config) -> web.AppRunner:
-    return web.AppRunner(app, handle_signals=False, access_log=None if not config.server.access_log else
+    return GatewayRunner(app, handle_signals=False, access_log=None if not config.server.access_log else
                          logging.getLogger("aiohttp.access"), handler_cancellation=True, shutdown_timeout=1.0,
                          keepalive_timeout=75.0, max_line_size=8190,
                          max_field_size=config.server.max_header_bytes)
@@ -45,14 +97,15 @@ async def serve(config: Config, *, host: str, port: int, config_path: str | None
     if sock is not None:
         site = web.SockSite(runner, sock)
     else:
-        site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True, reuse_port=reuse_port or None)
+        site = web.TCPSite(runner, host, port, backlog=2048, reuse_address=True,
+                           reuse_port=reuse_port or None)
     await site.start()
     st = app[APP_STATE]
     reloader = Reloader(st, Path(config_path)) if config_path else None
     if reloader is not None:
         reloader.start()
     log.info("gateway listening", extra={"fields": {"event": "start", "address": _address(site),
-                                                    "upstreams": list(config.upstreams)}})
+                                                    "pid": os.getpid(), "upstreams": list(config.upstreams)}})
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

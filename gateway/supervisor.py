@@ -149,7 +149,8 @@ class Supervisor:
             slot.young_deaths = slot.young_deaths + 1 if lived < self.cfg.young_s else 0
             delay = self._backoff(slot)
             log.warning("worker exited; restarting", extra={"fields": {
-                "event": "state_change", "state": "worker_restart", "worker": slot.index, "pid": slot.proc.pid,
+                "event": "state_change", "state": "worker_restart", "worker": slot.index,
+                "pid": slot.proc.pid,
                 "exit_code": code, "lived_s": round(lived, 3), "restart_in_s": delay}})
 
     def _backoff(self, slot: _Slot) -> float:

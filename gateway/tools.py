@@ -170,4 +170,3 @@ async def factory(state: AppState, config: Config) -> None:
         state.components["tool_handler"] = ToolGateway(state, config, res)
     else:
         state.components.pop("tool_handler", None)
-    return None

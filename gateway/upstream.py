@@ -197,7 +197,7 @@ class _ReadTimer:
     ``asyncio.timeout`` does, so a client disconnect at the same moment still wins.
     """
 
-    __slots__ = ("_loop", "_handle", "_handle_when", "_when", "_task", "_cancelling", "_expired")
+    __slots__ = ("_cancelling", "_expired", "_handle", "_handle_when", "_loop", "_task", "_when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

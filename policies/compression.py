@@ -73,14 +73,15 @@ class CompressionPolicy:
         if ex.headers.get(OPT_OUT_HEADER, "").strip().lower() == "off":
             return self._decide("opted_out")
         body: dict[str, Any] = ex.body  # type: ignore[assignment]
-        messages = body.get("messages")
         limits = self._limits(ex, body, cfg)
-        if limits is None or not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            return self._decide("no_budget" if limits is None else "not_applicable")
-        before = prompt_tokens(self.state, ex)
-        if before <= limits.budget:
+        if limits is None:
+            return self._decide("no_budget")
+        if prompt_tokens(self.state, ex) <= limits.budget:
             ex.response_headers[SAVED_HEADER] = "0"
             return self._decide("fits")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return self._decide("not_applicable")  # malformed: the provider will say what is wrong
         try:
             outcome = self._compress(ex, body, messages, cfg, limits)
         except CompressionBug:

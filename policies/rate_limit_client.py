@@ -15,8 +15,6 @@ a key counts what would have been refused and lets it through.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from gateway.appstate import AppState
 from gateway.chain import Next
 from gateway.config_model import Config
@@ -55,7 +53,7 @@ class ClientRateLimit:
         if ls is None:
             return await next(ex)
         prompt, tokens = (0, 0)
-        if any(lim.tokens for lim in ls.limits):
+        if ls.counts_tokens:
             prompt, tokens = estimate(self.st, ex, self.default_output.get(ex.upstream, DEFAULT_OUTPUT_TOKENS))
         amounts = ls.amounts(tokens)
         member = self.limiter.member()
@@ -64,12 +62,12 @@ class ClientRateLimit:
         if not verdict.ok:
             decision = "rejected" if key.enforce else "shadow_rejected"
             self.limiter.metrics.decide("client", verdict.failed, decision)
-            self.st.metrics.decision(self.name, decision)
+            self.limiter.metrics.policy(self.name, decision)
             if key.enforce:
                 raise _too_many(ls, verdict, amounts, speed)
             return await next(ex)
-        self.limiter.metrics.allowed("client", tuple(lim.name for lim in ls.limits))
-        self.st.metrics.decision(self.name, "allowed")
+        self.limiter.metrics.allowed("client", ls.names)
+        self.limiter.metrics.policy(self.name, "allowed")
         counted = tokens > 0 and COUNTED not in ex.attrs
         if counted:
             ex.attrs[COUNTED] = True
@@ -80,7 +78,8 @@ class ClientRateLimit:
         except BaseException:
             self.limiter.settle(grant, 0)  # nothing was produced (our own 429, an upstream failure, a cancel)
             raise
-        return replace(resp, body=SettlingBody(resp.body, ex, self.limiter, grant, resp.status, resp.is_sse))
+        body = SettlingBody(resp.body, ex, self.limiter, grant, resp.status, resp.is_sse)
+        return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
 
 
 def _too_many(ls: LimitSet, verdict: Verdict, amounts: tuple[int, ...], speed: float) -> LocalReply:

@@ -15,8 +15,6 @@ false`` never queues or refuses: it counts what it would have done.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from gateway.appstate import AppState
 from gateway.chain import Next
 from gateway.config_model import Config
@@ -47,7 +45,7 @@ class UpstreamRateLimit:
             return await next(ex)
         ls, cfg = entry
         prompt, tokens = (0, 0)
-        if any(lim.tokens for lim in ls.limits):
+        if ls.counts_tokens:
             prompt, tokens = estimate(self.st, ex, cfg.default_output_tokens)
         amounts = ls.amounts(tokens)
         member = self.limiter.member()
@@ -70,7 +68,8 @@ class UpstreamRateLimit:
             self.limiter.settle(grant, 0)
             raise
         self.limiter.observe(grant, resp.status, resp.headers)
-        return replace(resp, body=SettlingBody(resp.body, ex, self.limiter, grant, resp.status, resp.is_sse))
+        body = SettlingBody(resp.body, ex, self.limiter, grant, resp.status, resp.is_sse)
+        return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
 
     async def _admit(self, ex: Exchange, ls: LimitSet, cfg: RateLimitConfig, amounts: tuple[int, ...],
                      member: str) -> Verdict:
@@ -101,11 +100,11 @@ class UpstreamRateLimit:
 
     def _decided(self, ls: LimitSet, limit: str, decision: str) -> None:
         self.limiter.metrics.decide("upstream", limit, decision)
-        self.st.metrics.decision(self.name, decision)
+        self.limiter.metrics.policy(self.name, decision)
 
     def _allowed(self, ls: LimitSet, decision: str) -> None:
-        self.limiter.metrics.allowed("upstream", tuple(lim.name for lim in ls.limits))
-        self.st.metrics.decision(self.name, decision)
+        self.limiter.metrics.allowed("upstream", ls.names)
+        self.limiter.metrics.policy(self.name, decision)
 
 
 def _rejected(ls: LimitSet, cfg: RateLimitConfig, rejected: Rejected, amounts: tuple[int, ...]) -> LocalReply:

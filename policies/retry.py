@@ -106,13 +106,15 @@ class RetryPolicy:
 
     async def _on_target(self, ex: Exchange, next: Next, target: Target, run: _Run) -> UpstreamResponse | _Failed:
         budget = self.res.budget(target.key)
-        budget.record_request()
         tries = 0
         while True:
             tries += 1
             result = await self._attempt(ex, next, target, run)
-            if isinstance(result, UpstreamResponse):
-                return result
+            rejected = isinstance(result, _Failed) and result.reason == "circuit_open"
+            if tries == 1 and not rejected:
+                budget.record_request()  # a request the upstream saw: the base retries are a share of
+            if isinstance(result, UpstreamResponse) or rejected:
+                return result  # a rejection is the breaker's decision (counted there): fail over
             delay = self._retry_delay(ex, target, result, tries, budget)
             if delay is None:
                 return result
@@ -144,10 +146,8 @@ class RetryPolicy:
                       started: float) -> UpstreamResponse | _Failed:
         """Read up to the first meaningful event within the attempt's first-byte timeout."""
         ticket = take_ticket(ex)
-        budget_s = min(started + target.first_byte_s, ex.deadline) - self.clock()
         try:
-            async with asyncio.timeout(max(budget_s, 0.0)):
-                peeked = await peek(resp.body, resp.is_sse)
+            peeked = await peek(resp.body, resp.is_sse, min(started + target.first_byte_s, ex.deadline), self.clock)
         except TimeoutError:
             await close_body(resp.body)
             kind = "total_timeout" if self.clock() >= ex.deadline else "timeout_before_first_byte"
@@ -217,7 +217,6 @@ class RetryPolicy:
 
     def _stop(self, why: str) -> None:
         self.metrics.decision("retry", why)
-        return None
 
     def _fail_over(self, ex: Exchange, target: Target, primary_model: str, run: _Run) -> None:
         self.metrics.child(self.metrics.fallbacks, ex.route_name, ex.upstream, target.upstream).inc()

@@ -40,7 +40,7 @@ INJECT_OPERATIONS = frozenset({"chat", "completions"})
 CAPTURE_OPERATIONS = frozenset({"chat", "completions", "responses"})
 _SPLICE = b'"stream_options":{"include_usage":true},'
 _NULL_USAGE = (b',"usage":null', b', "usage": null', b',"usage": null')
-_MAX_TAIL = 1 << 20
+_MAX_TAIL = 64 * 1024  # an SSE event longer than this (none in practice) disables stripping: never buffer
 
 
 class UsagePolicy:
@@ -117,6 +117,8 @@ async def _relay(body: AsyncIterator[bytes], ex: Exchange, capture: Capture,
     try:
         async for chunk in body:
             capture.add(chunk)
+            if strip and not tail and b"\r\n" in chunk:
+                strip = False  # CRLF-framed SSE: relay untouched rather than risk holding events back
             if not strip:
                 yield chunk
                 continue

@@ -10,12 +10,12 @@ as is).
 The steps, stopping as soon as the conversation fits:
 
 1. ``normalise`` system/developer prompts;
-2. ``truncate`` oversized tool outputs, except in the last ``keep_last_turns``
-   turns (see ``_truncation_stop``): the newest outputs are what the next answer
-   is about, so they are cut only as a last resort (step 2b below);
+2. ``truncate`` oversized tool outputs, except the newest (those of the last
+   turn, see ``_truncation_stop``): they are what the next answer is about, so
+   they are cut only as a last resort (step 2b below);
 3. ``dedupe`` tool outputs identical to an earlier one;
 4. + 5. ``prune`` the oldest turns, in prefix-stable blocks with ``stable_prefix``;
-2b. ``truncate`` the oversized outputs of the last turns too, oldest first, until it fits;
+2b. ``truncate`` the newest outputs too, oldest first, until it fits;
 6. the caller answers ``context_length_exceeded`` when ``Outcome.fits`` is false.
 
 Steps 1-3 are applied whole (every old oversized output, not the first few),
@@ -80,7 +80,7 @@ def compress(messages: Sequence[Message], plan: Plan, meter: Meter) -> Outcome:
     goal = min(plan.budget, before - plan.min_saving_tokens)
     run = _Run(messages=messages, tokens=before, meter=meter)
     run.offer("normalise", normalise(messages))
-    base = run.messages
+    base = normalised = run.messages
     shape = layout(base)  # steps 2 and 3 keep every message in place, so this stays true
     if run.tokens > goal:
         old = oversized(base, plan.tool_output_max_tokens, meter.text, stop=_truncation_stop(shape, plan))
@@ -89,7 +89,7 @@ def compress(messages: Sequence[Message], plan: Plan, meter: Meter) -> Outcome:
     if run.tokens > goal:
         run.offer("dedupe", dedupe(run.messages, meter.text))
     if run.tokens > goal:
-        pruned = prune(base, shape, _prune_spec(plan, goal), meter)
+        pruned = prune(base, shape, _prune_spec(plan, goal), meter, original=normalised)
         if pruned is not None:
             run.offer("prune", pruned)
     if run.tokens > plan.budget:
@@ -124,22 +124,19 @@ def _truncate_recent(run: _Run, plan: Plan) -> None:
 
 
 def _truncation_stop(shape: Layout, plan: Plan) -> int:
-    """Where the outputs spared by step 2 begin: the last ``keep_last_turns`` turns.
+    """Where the outputs spared by step 2 begin: the last turn, the model call being answered.
 
-    With ``stable_prefix`` the boundary moves in steps of ``keep_last_turns``
-    turns (between K and 2K-1 turns are spared): a boundary that moved with
-    every turn would rewrite one more old output, mid-prompt, on every request.
+    Only the newest outputs are spared, not all of the last ``keep_last_turns``:
+    an output is cut once, when the next turn arrives, at the end of the prompt,
+    so the prompt before it stays byte-identical (and cached) across requests.
     """
-    turns, keep = shape.turns, plan.keep_last_turns
-    if len(turns) < keep:
-        return 0
-    first_spared = (len(turns) - keep) // keep * keep if plan.stable_prefix else len(turns) - keep
-    return turns[first_spared].start
+    return shape.turns[-1].start if shape.turns else len(shape.turns)
 
 
 def _prune_spec(plan: Plan, goal: int) -> PruneSpec:
     return PruneSpec(goal=goal, budget=plan.budget, keep_last_turns=plan.keep_last_turns,
-                     stable_prefix=plan.stable_prefix, min_block=plan.min_saving_tokens)
+                     stable_prefix=plan.stable_prefix, min_block=plan.min_saving_tokens,
+                     output_cap=plan.tool_output_max_tokens)
 
 
 def _check_pairing(original: Sequence[Message], result: Sequence[Message]) -> None:

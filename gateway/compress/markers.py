@@ -26,8 +26,8 @@ def duplicate_of(call_id: str) -> str:
 
 def omitted_turns(turns: int, tokens: int) -> str:
     """Says that (and how much of) the middle of the conversation was dropped."""
-    noun = "turn" if turns == 1 else "turns"
-    return f"{PREFIX}{turns} earlier {noun} ({tokens} tokens) were omitted here to fit the context window]"
+    noun = "turn (%d tokens) was" if turns == 1 else "turns (%d tokens) were"
+    return f"{PREFIX}{turns} earlier {noun % tokens} omitted here to fit the context window]"
 
 
 def omitted_message(turns: int, tokens: int, next_role: str) -> dict[str, Any]:

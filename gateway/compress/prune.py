@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from gateway.compress import markers
 from gateway.compress.meter import Meter
 from gateway.compress.steps import dedupe, dedupe_key
-from gateway.compress.turns import Layout, Message, Turn, role_of
+from gateway.compress.turns import ANSWER_ROLES, Layout, Message, Turn, role_of
 from gateway.tokens_request import REPLY_PRIMING_TOKENS
 
 STABLE_BLOCK_FRACTION = 0.25  # of the budget: each jump of the cut frees at least this much
@@ -38,19 +38,27 @@ class PruneSpec:
     keep_last_turns: int
     stable_prefix: bool
     min_block: int = 0  # the block is never smaller than this (min_saving_tokens)
+    output_cap: int | None = None  # tool_output_max_tokens: old outputs are measured as if already cut
 
 
-def prune(messages: Sequence[Message], shape: Layout, spec: PruneSpec, meter: Meter) -> list[Message] | None:
+def prune(messages: Sequence[Message], shape: Layout, spec: PruneSpec, meter: Meter,
+          original: Sequence[Message] | None = None) -> list[Message] | None:
     """The pruned (and re-deduplicated) conversation, or None when nothing may be dropped.
 
     ``messages`` (laid out as ``shape``) must not be deduplicated yet: references
     to outputs in dropped turns would dangle, so dedupe runs on what is kept.
+    ``original`` is the same conversation before its tool outputs were cut
+    (same layout). Which old outputs are cut changes as the conversation grows
+    and the grid must not, so the grid measures each turn on ``original`` with
+    its outputs counted as at most ``output_cap``: the size the turn has once
+    its outputs are cut, known whether or not they are cut yet. The marker
+    counts what the dropped turns really had.
     """
     prunable = shape.prunable(spec.keep_last_turns)
     if not prunable:
         return None
-    pricer = _Pricer(messages, shape, prunable, meter)
-    cuts = _grid(pricer.sizes, _block(spec)) if spec.stable_prefix else list(range(1, len(prunable) + 1))
+    pricer = _Pricer(messages, shape, prunable, meter, original or messages, spec.output_cap)
+    cuts = _grid(pricer.grid_sizes, _block(spec)) if spec.stable_prefix else list(range(1, len(prunable) + 1))
     chosen = len(prunable)
     for limit in (spec.goal, spec.budget):
         found = _smallest_fitting(cuts, limit, pricer)
@@ -103,15 +111,18 @@ class _Pricer:
     copy after the first kept one is paid as a reference instead).
     """
 
-    __slots__ = ("everything", "groups", "messages", "meter", "owner", "prunable", "shape", "sizes", "starts")
+    __slots__ = ("everything", "grid_sizes", "groups", "messages", "meter", "owner", "prunable", "shape",
+                 "starts", "was")
 
-    def __init__(self, messages: Sequence[Message], shape: Layout, prunable: Sequence[Turn], meter: Meter) -> None:
+    def __init__(self, messages: Sequence[Message], shape: Layout, prunable: Sequence[Turn], meter: Meter,
+                 original: Sequence[Message], output_cap: int | None) -> None:
         self.messages, self.shape, self.prunable, self.meter = messages, shape, prunable, meter
         self.everything = meter.fixed + REPLY_PRIMING_TOKENS + sum(meter.cost(m) for m in messages)
-        self.sizes = [meter.span(messages, t.start, t.end) for t in prunable]
-        self.starts = [0]
-        for size in self.sizes:
-            self.starts.append(self.starts[-1] + size)
+        self.starts = _running([meter.span(messages, t.start, t.end) for t in prunable])
+        self.was = _running([meter.span(original, t.start, t.end) for t in prunable])  # before any cut
+        cap = output_cap if output_cap is not None else 1 << 62
+        self.grid_sizes = [sum(min(meter.cost(m), cap) if role_of(m) in ANSWER_ROLES else meter.cost(m)
+                               for m in original[t.start: t.end]) for t in prunable]
         self.owner: dict[int, int] = {}  # message index -> ordinal of its prunable turn
         for ordinal, turn in enumerate(prunable):
             for i in range(turn.start, turn.end):
@@ -126,7 +137,7 @@ class _Pricer:
         gone = {t.start for t in self.prunable[:cut]}
         next_role = next((role_of(self.messages[t.start]) for t in self.shape.turns
                           if t.start > self.prunable[0].start and t.start not in gone), "")
-        return markers.omitted_message(cut, self.starts[cut], next_role)
+        return markers.omitted_message(cut, self.was[cut], next_role)
 
     def _dedupe_delta(self, cut: int) -> int:
         delta = 0
@@ -152,6 +163,14 @@ class _Pricer:
                 marked = True
                 out.append(self.marker(cut))
         return out
+
+
+def _running(sizes: Sequence[int]) -> list[int]:
+    """Prefix sums: ``out[k]`` is the size of the first ``k`` turns."""
+    out = [0]
+    for size in sizes:
+        out.append(out[-1] + size)
+    return out
 
 
 def _duplicate_groups(messages: Sequence[Message]) -> list[tuple[str, list[int]]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from gateway.exchange import Exchange
@@ -48,7 +48,7 @@ class UsageRecord:
     error: str
 
     def as_row(self) -> tuple[Any, ...]:
-        return astuple(self)
+        return tuple([getattr(self, name) for name in COLUMNS])  # dataclasses.astuple deep-copies: 10x slower
 
     @classmethod
     def from_row(cls, row: Iterable[Any]) -> UsageRecord:

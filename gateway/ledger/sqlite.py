@@ -39,7 +39,12 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self) -> None:
-        await self._run(self._open)
+        """Open (creating) the file; a path that cannot be written stops the start with a clear message."""
+        try:
+            await self._run(self._open)
+        except (OSError, sqlite3.Error) as exc:
+            raise RuntimeError(f"ledger.sqlite_path: cannot open {self.path}: {exc} (set a writable path, "
+                               "or ledger.enabled: false)") from exc
 
     def _open(self) -> None:
         if self.path.parent and not self.path.parent.exists():

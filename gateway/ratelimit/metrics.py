@@ -24,6 +24,7 @@ class RateLimitMetrics:
     reserved: Any  # Counter
     reconciled: Children  # direction: refund | charge
     backend_up: Any  # Gauge
+    policy_decisions: Children  # gateway_policy_decisions_total{policy, decision}
 
     @classmethod
     def register(cls, m: Metrics) -> RateLimitMetrics:
@@ -42,6 +43,7 @@ class RateLimitMetrics:
                                           "(excess)", ("direction",))),
             backend_up=m.gauge("gateway_state_backend_up", "1 when the shared state backend answers, else 0",
                                multiprocess_mode="livemin"),
+            policy_decisions=Children(m.decisions),
         )
 
     def decide(self, scope: str, limit: str, decision: str) -> None:
@@ -50,3 +52,7 @@ class RateLimitMetrics:
     def allowed(self, scope: str, limit_names: tuple[str, ...]) -> None:
         for name in limit_names:
             self.decisions(scope, name, "allowed").inc()
+
+    def policy(self, policy: str, decision: str) -> None:
+        """``gateway_policy_decisions_total`` through memoised children (``Metrics.decision`` re-labels)."""
+        self.policy_decisions(policy, decision).inc()

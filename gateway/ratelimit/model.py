@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from gateway.config_model import AuthKeyConfig
@@ -52,6 +52,12 @@ class LimitSet:
     limits: tuple[Limit, ...]
     lease_s: float = 660.0  # how long a concurrency slot survives a replica that died holding it
     cooldown: bool = False  # upstreams can be paused by the provider's 429s
+    counts_tokens: bool = field(init=False, compare=False)  # some limit needs the prompt counted
+    names: tuple[str, ...] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counts_tokens", any(lim.tokens for lim in self.limits))
+        object.__setattr__(self, "names", tuple(lim.name for lim in self.limits))
 
     def amounts(self, tokens: int) -> tuple[int, ...]:
         return tuple(tokens if lim.tokens else 1 for lim in self.limits)
@@ -132,18 +138,18 @@ def check_rate_limit(path: str, cfg: RateLimitConfig) -> list[str]:
         problems.append(f"{path}.headroom: must be in (0, 1]")
     if cfg.max_queue < 0 or cfg.max_queue_wait_s < 0:
         problems.append(f"{path}.max_queue/max_queue_wait_s: must be >= 0")
-    for field in ("rpm", "tpm", "max_concurrency"):
-        value = getattr(cfg, field)
+    for name in ("rpm", "tpm", "max_concurrency"):
+        value = getattr(cfg, name)
         if value is not None and value < 0:
-            problems.append(f"{path}.{field}: must be >= 0")
+            problems.append(f"{path}.{name}: must be >= 0")
     return problems
 
 
 def check_key_limits(path: str, keys: Iterable[AuthKeyConfig]) -> list[str]:
     problems = []
     for i, key in enumerate(keys):
-        for field in ("rpm", "tpm", "max_concurrency", "daily_tokens"):
-            value = getattr(key, field)
+        for name in ("rpm", "tpm", "max_concurrency", "daily_tokens"):
+            value = getattr(key, name)
             if value is not None and value < 0:
-                problems.append(f"{path}[{i}].{field}: must be >= 0")
+                problems.append(f"{path}[{i}].{name}: must be >= 0")
     return problems

@@ -16,6 +16,7 @@ are ``EVALSHA``'d and re-loaded on ``NOSCRIPT`` (a restarted Redis).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -146,6 +147,7 @@ class RedisBuckets:
         self._static: dict[str, tuple[LimitSet, list[Any], int]] = {}
         self._local: dict[str, tuple[LimitSet, int, LimitSet]] = {}
         self.owed: list[tuple[list[str], list[Any]]] = []
+        self._replaying: asyncio.Task[None] | None = None
 
     def keys(self, ls: LimitSet) -> tuple[str, str, str]:
         keys = self._keys.get(ls.key)
@@ -174,8 +176,8 @@ class RedisBuckets:
             raw = await self.guarded.call(lambda r: self._acquire(keys=keys, args=args, client=r))
         except RedisUnavailable:
             return replace(self.fallback.acquire_now(self.local(ls), amounts, member), local=True)
-        if self.owed:
-            await self._replay()
+        if self.owed and (self._replaying is None or self._replaying.done()):
+            self._replaying = asyncio.get_running_loop().create_task(self._replay())  # off the request's path
         return _verdict(ls, raw)
 
     async def settle(self, ls: LimitSet, deltas: Sequence[int], member: str, local: bool = False) -> None:

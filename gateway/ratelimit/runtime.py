@@ -14,6 +14,7 @@ answer really used.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 from collections.abc import Coroutine, Mapping
@@ -59,6 +60,8 @@ class RateLimiter:
     pending: dict[str, Pending] = field(default_factory=dict)
     levels: dict[str, tuple[tuple[float, ...], float]] = field(default_factory=dict)  # last seen, per entity
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _prefix: str = field(default_factory=lambda: secrets.token_hex(6))  # this process, among replicas
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
     def memory(self) -> MemoryBuckets:
@@ -137,8 +140,10 @@ class RateLimiter:
                 continue
             if learned.pause_s > 0 and (status == 429 or (level is not None and level <= 0)):
                 # Exhausted until the reset: the bucket must not refill during the pause either, or it
-                # would let a burst through when the provider has freed only its oldest entries.
-                level = min(0.0 if level is None else level, -lim.rate * learned.pause_s)
+                # would let a burst through when the provider has freed only its oldest entries. One
+                # request may go at the reset; the rest follow at the refill rate.
+                at_reset = 0.0 if lim.tokens else 1.0
+                level = min(at_reset if level is None else level, at_reset - lim.rate * learned.pause_s)
             if level is not None and level < self._projected(grant.ls, name):
                 self._learn(grant.ls, name, level, 0.0)
         if learned.pause_s > 0:
@@ -187,9 +192,9 @@ class RateLimiter:
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
-    @staticmethod
-    def member() -> str:
-        return secrets.token_hex(8)
+    def member(self) -> str:
+        """A request's id in concurrency-slot sets: unique across replicas, cheap to make."""
+        return f"{self._prefix}{next(self._ids)}"
 
 
 def limiter_for(st: AppState) -> RateLimiter:

@@ -34,7 +34,11 @@ def estimate(st: AppState, ex: Exchange, default_output: int) -> tuple[int, int]
     if ex.body is None or ex.operation == "embeddings":
         return prompt, prompt
     limit = st.tokenizer.max_output_tokens(ex.body)
-    return prompt, prompt + (limit if limit is not None else default_output)
+    output = limit if limit is not None else default_output
+    choices = ex.body.get("n")
+    if type(choices) is int and choices > 1:  # every choice may produce the whole output limit
+        output *= choices
+    return prompt, prompt + output
 
 
 def used_tokens(ex: Exchange, grant: Grant, status: int, tail: bytes) -> int:

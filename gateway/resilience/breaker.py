@@ -47,7 +47,7 @@ class CircuitOpen(LocalReply):
 class Ticket:
     """One admitted call; ``settle`` it exactly once (later calls are ignored)."""
 
-    __slots__ = ("breaker", "generation", "counted", "probe", "settled")
+    __slots__ = ("breaker", "counted", "generation", "probe", "settled")
 
     def __init__(self, breaker: CircuitBreaker, generation: int, counted: bool, probe: bool) -> None:
         self.breaker, self.generation, self.counted, self.probe = breaker, generation, counted, probe

@@ -21,7 +21,7 @@ _BUCKETS = 10
 class RetryBudget:
     """Counts first attempts and retries in ``WINDOW_S`` of the injected clock, in buckets."""
 
-    __slots__ = ("ratio", "floor", "_clock", "_width", "_buckets", "_requests", "_retries")
+    __slots__ = ("_buckets", "_clock", "_requests", "_retries", "_width", "floor", "ratio")
 
     def __init__(self, cfg: RetryConfig, clock: Callable[[], float], window_s: float = WINDOW_S) -> None:
         self.ratio = cfg.budget_ratio

@@ -9,19 +9,19 @@ first delta of a chat stream and the Responses API lifecycle events
 stalls or fails has given the client nothing, so the attempt can still be
 retried or fail over. A non-stream body is committed by its first chunk.
 
-Only the few events before the commit are scanned (regexes over a small
-buffer); after it, ``Replay`` hands on the peeked chunks and then the rest of
-the body unchanged, and nothing is parsed. The peek is bounded in bytes and
+Only the few events before the commit are scanned (byte searches; regexes only
+for unusual shapes), never parsed as JSON; after it, ``Replay`` hands on the
+peeked chunks and then the rest of the body unchanged, and nothing is looked at. The peek is bounded in bytes and
 events so an unknown event format commits early instead of buffering.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
-
 
 MAX_PEEK_BYTES = 64 * 1024
 MAX_PEEK_EVENTS = 32
@@ -84,7 +84,10 @@ def _delta_has_payload(payload: bytes, start: int) -> bool:
         at = payload.find(marker)
         if at >= 0 and payload[at + len(marker):at + len(marker) + 1] != b'"':
             return True
-    return any(marker in payload for marker in _FAST_OTHER)
+    for marker in _FAST_OTHER:
+        if marker in payload:
+            return True
+    return False
 
 
 def _split_event(event: bytes) -> tuple[bytes, bytes]:
@@ -98,14 +101,15 @@ def _split_event(event: bytes) -> tuple[bytes, bytes]:
     return b"\n".join(data).strip(), name
 
 
-async def peek(body: AsyncIterator[bytes], sse: bool, timeout_s: float | None = None) -> Peek:
+async def peek(body: AsyncIterator[bytes], sse: bool, deadline: float | None = None,
+               clock: Callable[[], float] | None = None) -> Peek:
     """Read ``body`` until the commit point. Exceptions from the body propagate to the caller.
 
-    ``timeout_s`` bounds the reads after the first one: when it passes, ``TimeoutError``.
-    The first read needs no timer of ours (the upstream client bounds it by the same
-    first-byte deadline), so the timer is only armed when a stream's first chunk was
-    not yet meaningful (typically the role-only delta before the first token); the
-    caller passes what is left of the attempt's first-byte deadline at that point.
+    ``deadline`` (on ``clock``) bounds the reads after the first one: past it,
+    ``TimeoutError``. The first read needs no timer of ours (the upstream client bounds
+    it by the same first-byte deadline), so the timer is only armed when a stream's
+    first chunk was not yet meaningful (typically the role-only delta before the
+    first token).
     ``ended`` means the body finished before anything meaningful: for a stream that is
     a broken answer (no content, no ``[DONE]``); for a non-stream body an empty answer.
     """
@@ -113,11 +117,12 @@ async def peek(body: AsyncIterator[bytes], sse: bool, timeout_s: float | None = 
     scan = _Scan() if sse else None
     if await _read(body, result, scan):
         return result
-    if timeout_s is None:
+    if deadline is None:
         while not await _read(body, result, scan):
             pass
         return result
-    async with asyncio.timeout(timeout_s):
+    now = (clock or asyncio.get_running_loop().time)()
+    async with asyncio.timeout(max(0.0, deadline - now)):
         while not await _read(body, result, scan):
             pass
     return result
@@ -175,7 +180,7 @@ class Replay:
     always reaches the upstream body, even when iteration never started.
     """
 
-    __slots__ = ("_head", "_body", "_ended")
+    __slots__ = ("_body", "_ended", "_head")
 
     def __init__(self, head: list[bytes], body: AsyncIterator[bytes], ended: bool = False) -> None:
         self._head = head[::-1]
@@ -209,7 +214,5 @@ async def close_body(body: AsyncIterator[bytes]) -> None:
     """Close a body we will not read further; closing releases (or closes) its connection."""
     aclose = getattr(body, "aclose", None)
     if aclose is not None:
-        try:
+        with contextlib.suppress(Exception):  # the body already failed; that was handled where it happened
             await aclose()
-        except Exception:  # the body already failed; that failure was handled where it happened
-            pass

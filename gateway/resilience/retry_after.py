@@ -8,6 +8,7 @@ Anything unparsable is ignored: a bad header must never turn into a long sleep.
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -74,7 +75,7 @@ def _number(value: str | None) -> float | None:
         number = float(value.strip())
     except ValueError:
         return None
-    return number if number >= 0 and number == number and number != float("inf") else None
+    return number if number >= 0 and math.isfinite(number) else None
 
 
 def _http_date_in(value: str, wall: Callable[[], float]) -> float | None:

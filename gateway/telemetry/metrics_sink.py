@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.appstate import AppState
-from gateway.exchange import Exchange
+from gateway.exchange import Attempt, Exchange
 from gateway.telemetry.accounting import COST_KEY
 from gateway.telemetry.metrics import OTHER, RequestMetrics, bounded, observe_many, status_class
 
@@ -34,13 +34,25 @@ TOKEN_KINDS = ("prompt", "completion", "cached_prompt", "reasoning")
 INFLIGHT_KEY = "inflight"
 
 
-def attempt_outcome(outcome: str) -> str:
-    """Bounded outcome label: ``http_429`` kept apart, other statuses folded to ``http_4xx``/``http_5xx``."""
+def attempt_outcome(outcome: str, status: int = 0) -> str:
+    """Bounded outcome label: ``http_429`` kept apart, other statuses folded to ``http_4xx``/``http_5xx``.
+
+    An error answer dropped unread (a retried 503) keeps outcome ``pending``; its status tells what it was.
+    """
+    if outcome == "pending" and status >= 400:
+        outcome = f"http_{status}"
     if outcome in ATTEMPT_OUTCOMES:
         return outcome
     if outcome.startswith("http_") and len(outcome) == 8 and outcome[5] in "45":
         return f"http_{outcome[5]}xx"
     return OTHER
+
+
+def attempt_ends(ex: Exchange) -> list[tuple[Attempt, float]]:
+    """Each attempt with its end; one dropped unread has none, so it ends when the next one starts."""
+    attempts = ex.attempts
+    return [(a, a.ended or (attempts[i + 1].started if i + 1 < len(attempts) else ex.ended_at))
+            for i, a in enumerate(attempts)]
 
 
 @dataclass(slots=True)
@@ -65,9 +77,9 @@ class MetricsSink:
         inspector = ex.attrs.get("inspector")
         if inspector is not None and inspector.gaps:
             observe_many(m.inter_token(model, upstream), inspector.gaps)
-        for attempt in ex.attempts:
-            ended = attempt.ended or ex.ended_at
-            m.upstream(attempt.upstream, attempt_outcome(attempt.outcome)).observe(max(0.0, ended - attempt.started))
+        for attempt, ended in attempt_ends(ex):
+            m.upstream(attempt.upstream, attempt_outcome(attempt.outcome, attempt.status)).observe(
+                max(0.0, ended - attempt.started))
         if ex.usage is not None and ex.source == "upstream":
             self._tokens(ex, model, upstream)
 

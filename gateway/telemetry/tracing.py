@@ -48,6 +48,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway.config_model import Config, TracingConfig
 from gateway.exchange import Attempt, Exchange
 from gateway.telemetry.accounting import CAPTURE_KEY, produced_texts
+from gateway.telemetry.metrics_sink import attempt_ends
 
 TRACING_KEY = "tracing"
 SPAN_KEY = "trace.span"
@@ -130,8 +131,9 @@ class Tracing:
         span: Span | None = ex.attrs.get(SPAN_KEY)
         if span is None:
             span = self.start_request(ex)  # passthrough: no policy ran, the span is still wanted
+        ends = {id(a): end for a, end in attempt_ends(ex)}
         for attempt_span, attempt in ex.attrs.get(ATTEMPTS_KEY, ()):
-            self._end_attempt(attempt_span, attempt, ex)
+            self._end_attempt(attempt_span, attempt, ends.get(id(attempt), ex.ended_at))
         if span.is_recording():
             span.set_attributes(self._result_attrs(ex))
             if ex.first_token_at:
@@ -164,14 +166,15 @@ class Tracing:
                 attrs["gen_ai.output.messages"] = "".join(texts)[:MAX_CONTENT]
         return attrs
 
-    def _end_attempt(self, span: Span, attempt: Attempt | None, ex: Exchange) -> None:
-        end = attempt.ended if attempt is not None and attempt.ended else ex.ended_at
+    def _end_attempt(self, span: Span, attempt: Attempt | None, end: float) -> None:
         if span.is_recording():
             outcome = attempt.outcome if attempt is not None else "not_sent"
+            if outcome == "pending" and attempt is not None and attempt.status:
+                outcome = f"http_{attempt.status}"  # an error answer dropped unread (retried)
             span.set_attribute("gateway.attempt.outcome", outcome)
             if attempt is not None and attempt.status:
                 span.set_attribute("http.response.status_code", attempt.status)
-            if outcome != "ok":
+            if outcome != "ok":  # redirect, http_<status>, a failure kind, cancelled, not_sent
                 span.set_attribute("error.type", outcome)
                 span.set_status(Status(StatusCode.ERROR))
         span.end(end_time=self.ns(end) if end else None)

@@ -317,3 +317,35 @@ async def test_client_disconnect_frees_the_upstream(make_gateway: GatewayFactory
     assert outcomes(mock_upstream) == [expected] and finished[0].stream_outcome == "client_gone"
     breaker = gw.state.components["breakers"]["mock"]
     assert breaker.state == "closed" and not breaker.rejecting()
+
+
+async def test_client_disconnect_while_queued_frees_its_place(make_gateway: GatewayFactory,
+                                                             mock_upstream: MockServer) -> None:
+    """A client that leaves while queued for the upstream's concurrency slot is gone within 1 s; slots stay usable."""
+    gw = await make_gateway(upstreams={"mock": upstream(mock_upstream.url, rate_limit={"max_concurrency": 1})})
+    finished: list[Exchange] = []
+    gw.state.sinks.append(finished.append)
+    recorder = mock_upstream.recorder
+    holder_session, queued_session = aiohttp.ClientSession(), aiohttp.ClientSession()
+    holder = await holder_session.post(gw.base_url + "/chat/completions",
+                                       headers={"x-mock-fault": "stall_after_chunks=2;stall_ms=30000"},
+                                       json={"model": "gpt-4o", "messages": CHAT, "stream": True})
+    await holder.content.readline()  # the only slot is taken
+    queued = asyncio.create_task(queued_session.post(gw.base_url + "/chat/completions",
+                                                     json={"model": "gpt-4o", "messages": CHAT}))
+    async with asyncio.timeout(5.0):
+        while len(gw.state.lifecycle.active) < 2:
+            await asyncio.sleep(0.005)
+    left_at = time.perf_counter()
+    queued.cancel()
+    await queued_session.close()
+    async with asyncio.timeout(3.0):
+        while not finished:
+            await asyncio.sleep(0.005)
+    assert time.perf_counter() - left_at < 1.0 and finished[0].stream_outcome == "client_gone"
+    assert len(recorder.attempts) == 1  # the queued request never reached the provider
+    holder.close()
+    await holder_session.close()
+    await recorder.wait_for(lambda: recorder.attempts[0].outcome == "client_disconnected", 3.0)
+    status, _, _, elapsed = await post_chat(gw)
+    assert status == 200 and elapsed < 2.0  # both places were given back

@@ -255,3 +255,36 @@ async def test_admin_usage_auth_and_validation(make_gateway: GatewayFactory, tmp
         async with s.get(on.url + "/admin/usage?group_by=model&since=1h",
                          headers={"authorization": "Bearer adm-key"}) as r:
             assert r.status == 200 and orjson.loads(await r.read())["groups"] == []
+
+
+async def test_otlp_export_configured_by_otel_variables(make_gateway: GatewayFactory,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With only OTEL_* variables set, spans are exported over OTLP/HTTP and flushed when the gateway stops."""
+    from aiohttp import web
+
+    bodies: list[tuple[str, bytes]] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        bodies.append((request.headers.get("content-type", ""), await request.read()))
+        return web.Response(content_type="application/x-protobuf", body=b"")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}/v1/traces")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gw-under-test")
+    try:
+        gw = await make_gateway()
+        assert gw.state.tracer is not None
+        async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-c", max_retries=0) as client:
+            await client.chat.completions.create(model="gpt-4o", messages=CHAT)
+        await settled(gw.url, 1)
+        await gw.close()  # the batch processor flushes on shutdown
+        assert bodies and bodies[0][0] == "application/x-protobuf"
+        assert b"gw-under-test" in bodies[0][1] and b"gen_ai.usage.output_tokens" in bodies[0][1]
+    finally:
+        await runner.cleanup()

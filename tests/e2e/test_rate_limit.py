@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 import pytest_asyncio
@@ -47,6 +48,12 @@ def messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"request number {i}: tell me about sidecars"}]
 
 
+async def post_json(url: str, payload: Any) -> None:
+    """POST to a mock control endpoint."""
+    async with aiohttp.ClientSession() as s, s.post(url, json=payload) as r:
+        assert r.status == 200, await r.text()
+
+
 class Frozen:
     """A limiter clock that does not move: bucket arithmetic in tests becomes exact."""
 
@@ -54,8 +61,13 @@ class Frozen:
         return 1000.0
 
 
-async def max_tokens_storm(gw: InProcessGateway, mock: MockServer, n: int, tpm: int) -> None:
-    """n concurrent streamed requests; checks what was in flight at the provider and the settled bucket."""
+async def max_tokens_storm(gw: InProcessGateway, mock: MockServer, n: int, tpm: int, refill_per_s: float) -> None:
+    """n concurrent streamed requests; checks what was in flight at the provider and the settled bucket.
+
+    A token bucket's promise: what is reserved at once never exceeds the limit plus what refilled
+    meanwhile (``refill_per_s`` x elapsed; 0 on a frozen clock).
+    """
+    started = asyncio.get_running_loop().time()
     async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0) as client:
         in_flight_peak = 0
         done = asyncio.Event()
@@ -80,7 +92,8 @@ async def max_tokens_storm(gw: InProcessGateway, mock: MockServer, n: int, tpm: 
         await watcher
     assert all(isinstance(r, int) for r in results), results
     reservation = gw.state.tokenizer.count_request("chat", {"model": "gpt-4o", "messages": messages(10)}) + 400
-    assert in_flight_peak * reservation <= tpm  # never reserved beyond the limit
+    refilled = refill_per_s * (asyncio.get_running_loop().time() - started)
+    assert in_flight_peak * reservation <= tpm + refilled  # never reserved beyond the limit
     assert in_flight_peak >= tpm // reservation - 2  # and the limit was used, not starved
     await limiter(gw).drain()
     used = sum(chat_prompt_tokens(a.json) + 20 for a in mock.recorder.attempts)  # what the provider reported
@@ -106,7 +119,7 @@ async def test_50_concurrent_never_reserve_beyond_10k_tpm(slow_mock: MockServer)
         "rate_limit": {"tpm": 10_000, "headroom": 1.0, "max_queue_wait_s": 20}}}))
     try:
         limiter(gw).set_clock(LimiterClock(now=Frozen()))
-        await max_tokens_storm(gw, slow_mock, 50, 10_000)
+        await max_tokens_storm(gw, slow_mock, 50, 10_000, refill_per_s=0.0)
         assert sample(gw, "gateway_rate_limit_decisions_total", scope="upstream", limit="tpm",
                       decision="queued") > 0
     finally:
@@ -118,19 +131,19 @@ async def test_burst_of_3x_rpm_queues_and_provider_never_429s() -> None:
 
     The provider enforces a 60 s sliding window, stricter than our continuous bucket: the gateway stays
     under it by learning from the provider's x-ratelimit-* headers (shrink, then pause until the reset).
-    Limiter and provider run on a clock 60x faster than real time (a minute per real second), which also
-    makes every real millisecond of latency count 60x: headroom 0.75 leaves the bucket ~330 real ms
-    to hear the provider's first answer on a loaded test machine (at 0.9 it would be ~110 ms).
+    Limiter and provider run on a clock 40x faster than real time (a minute in 1.5 real seconds), which
+    also makes every real millisecond of latency count 40x: until the first answer's headers arrive,
+    the bucket refills unchecked, and headroom 0.7 leaves it ~640 real ms for that on a loaded test
+    machine (at 0.9 it would be ~170 ms; in real time, 6.7 s).
     """
-    speed = 60.0
+    speed = 40.0
     mock = await start_mock(MockConfig(), clock=lambda: time.monotonic() * speed)
     gw = await start_gateway(gateway_config(mock.url, cache=NO_CACHE, upstreams={"mock": {
         "base_url": mock.url, "api_key": "sk-up", "retry": {"max_attempts": 1},
-        "rate_limit": {"rpm": 20, "headroom": 0.75, "max_queue_wait_s": 15}}}))
+        "rate_limit": {"rpm": 20, "headroom": 0.7, "max_queue_wait_s": 15}}}))
     try:
         limiter(gw).set_clock(LimiterClock(now=lambda: time.monotonic() * speed, speed=speed))
-        async with aiohttp_json(mock.base_url + "/_mock/quota", {"rpm": 20}):
-            pass
+        await post_json(mock.base_url + "/_mock/quota", {"rpm": 20})
         async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0) as client:
             answers = await asyncio.gather(*(client.chat.completions.create(
                 model="gpt-4o", messages=messages(i), max_tokens=5) for i in range(60)), return_exceptions=True)
@@ -143,22 +156,6 @@ async def test_burst_of_3x_rpm_queues_and_provider_never_429s() -> None:
     finally:
         await gw.close()
         await mock.close()
-
-
-class aiohttp_json:  # noqa: N801 - used as a tiny async context manager
-    """POST a JSON body (mock control endpoints)."""
-
-    def __init__(self, url: str, payload: Any) -> None:
-        self.url, self.payload = url, payload
-
-    async def __aenter__(self) -> None:
-        import aiohttp
-
-        async with aiohttp.ClientSession() as s, s.post(self.url, json=self.payload) as r:
-            assert r.status == 200, await r.text()
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
 
 def keys_config(mock: MockServer, **key: Any) -> dict[str, Any]:

@@ -6,26 +6,26 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest_asyncio
 from openai import AsyncOpenAI
 
 from gateway.mock import MockConfig, MockServer, start_mock
 from gateway.mock.recorder import QUOTA_429
-from tests.e2e.test_rate_limit import KEY, NO_CACHE, limiter, max_tokens_storm, messages, sample
-from tests.support.servers import InProcessGateway, RedisServer, free_port, gateway_config, redis_server_binary, \
-    start_gateway
+from tests.e2e.test_rate_limit import KEY, NO_CACHE, limiter, max_tokens_storm, messages, post_json, sample
+from tests.support.servers import (
+    InProcessGateway,
+    RedisServer,
+    free_port,
+    gateway_config,
+    redis_server_binary,
+    start_gateway,
+)
 
 
 def shared_state(url: str, **extra: Any) -> dict[str, Any]:
     """A fresh key prefix; a generous timeout so a loaded test machine is not mistaken for a Redis outage."""
     return {"backend": "redis", "redis_url": url, "key_prefix": f"t{secrets.token_hex(4)}:", "timeout_ms": 1000,
             **extra}
-
-
-async def post_json(url: str, payload: Any) -> None:
-    async with aiohttp.ClientSession() as s, s.post(url, json=payload) as r:
-        assert r.status == 200, await r.text()
 
 
 async def statuses(gw: InProcessGateway, n: int, key: str = "sk-client", start: int = 0) -> list[int]:
@@ -55,7 +55,7 @@ async def test_50_concurrent_against_10k_tpm_in_redis(slow_mock: MockServer, red
                                                                 "rate_limit": {"tpm": 10_000, "headroom": 1.0,
                                                                                "max_queue_wait_s": 20}}}))
     try:
-        await max_tokens_storm(gw, slow_mock, 50, 10_000)
+        await max_tokens_storm(gw, slow_mock, 50, 10_000, refill_per_s=10_000 / 60)
     finally:
         await gw.close()
 

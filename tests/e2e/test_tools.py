@@ -35,10 +35,9 @@ async def call(gw: InProcessGateway, method: str, path: str, **kw: Any) -> tuple
 
 
 async def queue_fault(mock: MockServer, fault: str, path: str, times: int = 1) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(mock.base_url + "/_mock/faults",
-                                json={"fault": fault, "times": times, "match": {"path": path}}) as resp:
-            assert resp.status == 200
+    async with aiohttp.ClientSession() as session, session.post(mock.base_url + "/_mock/faults",
+                            json={"fault": fault, "times": times, "match": {"path": path}}) as resp:
+        assert resp.status == 200
 
 
 async def test_read_proxied_with_query_key_and_no_client_credentials(make_gateway: Any,

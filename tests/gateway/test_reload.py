@@ -209,8 +209,8 @@ def test_restart_only_changes_are_named(mock_upstream: MockServer) -> None:
     base = gateway_config(mock_upstream.url)
     old = parse_config(base, {})
     new = parse_config({**base, "server": {**base["server"], "port": 9999, "workers": 4, "drain_s": 9},
-                        "state": {"backend": "redis"}}, {})
-    assert restart_only_changes(old, new) == ["server.port", "server.workers", "state"]
+                        "state": {"backend": "redis"}, "models": {"m": {"encoding": "o200k_base"}}}, {})
+    assert restart_only_changes(old, new) == ["server.port", "server.workers", "state", "models.*.encoding"]
 
 
 def _sample(gateway: InProcessGateway, name: str, **labels: str) -> float:

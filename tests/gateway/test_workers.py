@@ -88,3 +88,13 @@ def test_workers_from_env() -> None:
     assert workers_from_env({}) == 1
     assert workers_from_env({"GATEWAY_WORKERS": "many"}) == 1
     assert workers_from_env({"GATEWAY_WORKERS": "0"}) == 1
+
+
+def test_serve_refuses_zero_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway serve --workers 0` exits 2 with a config error instead of starting anything."""
+    from gateway.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text("upstreams: {u: {base_url: 'http://127.0.0.1:9/v1'}}\nroutes: [{upstream: u}]\n")
+    assert main(["serve", "--config", str(config), "--workers", "0"]) == 2
+    assert "workers must be >= 1" in capsys.readouterr().err

@@ -223,3 +223,14 @@ async def test_only_chat_and_completions_get_the_flag(make_exchange: Callable[..
     ex = make_exchange(body, raw_body=orjson.dumps(body), stream=True, operation=operation)
     await drain(await UsagePolicy(inject=True, inflight=None)(ex, nxt([b"data: {}\n\n"])))
     assert not ex.modified and ex.raw_body == orjson.dumps(body)
+
+
+async def test_unusual_framing_is_relayed_untouched(make_exchange: Callable[..., Exchange]) -> None:
+    """CRLF-framed events, or an event with no boundary in 64 KiB, pass through as they come: never buffered."""
+    crlf = [c.replace(b"\n", b"\r\n") for c in provider_stream(include_usage=True)]
+    ex = stream_exchange(make_exchange)
+    assert await drain(await UsagePolicy(inject=True, inflight=None)(ex, nxt(crlf))) == b"".join(crlf)
+    huge = [b"data: " + b"x" * 40_000, b"y" * 40_000, b"\n\n"]
+    ex2 = stream_exchange(make_exchange)
+    got = [c async for c in (await UsagePolicy(inject=True, inflight=None)(ex2, nxt(huge))).body]
+    assert b"".join(got) == b"".join(huge) and len(got) >= 2

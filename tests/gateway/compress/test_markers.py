@@ -9,7 +9,7 @@ def test_markers_say_what_was_removed_and_how_much() -> None:
     assert "1234 tokens" in markers.truncated(1234)
     assert "call_7" in markers.duplicate_of("call_7")
     assert "3 earlier turns (900 tokens)" in markers.omitted_turns(3, 900)
-    assert "1 earlier turn " in markers.omitted_turns(1, 10)
+    assert "1 earlier turn (10 tokens) was omitted" in markers.omitted_turns(1, 10)
 
 
 def test_omitted_marker_role_keeps_alternation() -> None:

@@ -75,7 +75,7 @@ def test_pricing_matches_the_built_conversation() -> None:
         messages += [call(f"c{i}"), tool(f"c{i}", same if i % 3 == 0 else blob(i, 10 + i))]
     m = meter(fixed=17)
     shape = layout(messages)
-    pricer = _Pricer(messages, shape, shape.prunable(2), m)
+    pricer = _Pricer(messages, shape, shape.prunable(2), m, messages, None)
     for cut in range(1, len(shape.prunable(2)) + 1):
         assert pricer.total(cut) == m.total(dedupe(pricer.build(cut), m.text))
 

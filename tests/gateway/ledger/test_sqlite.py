@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gateway.ledger.sqlite import SqliteStore
 from tests.gateway.ledger.test_record import rec
 
@@ -35,3 +37,13 @@ async def test_two_stores_share_one_file(tmp_path: Path) -> None:
     assert (await a.query("tenant", 0, 1e12))[0]["requests"] == 7
     await a.close()
     await b.close()
+
+
+async def test_unwritable_path_fails_with_the_config_key(tmp_path: Path) -> None:
+    """A path that cannot be created names ledger.sqlite_path in the error."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    store = SqliteStore(blocker / "ledger.sqlite3")
+    with pytest.raises(RuntimeError, match="ledger.sqlite_path"):
+        await store.open()
+    await store.close()

@@ -61,12 +61,14 @@ async def test_fifo_and_priorities() -> None:
     tasks = []
     for name, rank in (("n1", 1), ("l1", 2), ("n2", 1), ("h1", 0), ("n3", 1)):
         tasks.append(asyncio.create_task(one(name, rank)))
-        await wait_for(lambda n=len(tasks): q.depth == n)
+        queued = len(tasks)
+        await wait_for(lambda n=queued: q.depth == n)
     asked_before = pool.asked
     for i in range(5):
         pool.free += 1
         q.poke()
-        await wait_for(lambda i=i: len(order) == i + 1)
+        admitted = i + 1
+        await wait_for(lambda n=admitted: len(order) == n)
     await asyncio.gather(*tasks)
     assert order == ["h1", "n1", "n2", "n3", "l1"]
     assert pool.asked - asked_before <= 10  # only the head asks: no thundering herd

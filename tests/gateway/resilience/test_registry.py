@@ -28,7 +28,7 @@ def state():  # type: ignore[no-untyped-def]
 
 def test_breakers_for_every_upstream_and_tool(caplog: pytest.LogCaptureFixture) -> None:
     """Each upstream and tool gets a breaker; state changes move the gauge and log one line."""
-    st, now = state()
+    st, _ = state()
     res = resilience_of(st, config())
     assert st.components["breakers"] is res.breakers
     assert set(res.breakers) == {"a", "b", "tool:quotes"} and set(res.budgets) == set(res.breakers)

@@ -1,8 +1,8 @@
 """Provider wait hints: retry-after-ms, Retry-After (seconds or date), x-ratelimit-reset-* on 429."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 import pytest
 
@@ -19,7 +19,7 @@ def test_precedence_ms_then_seconds() -> None:
 def test_http_date() -> None:
     """An HTTP-date Retry-After is turned into seconds from the (injected) wall clock."""
     now = 1_700_000_000.0
-    date = format_datetime(datetime.fromtimestamp(now + 30, tz=timezone.utc), usegmt=True)
+    date = format_datetime(datetime.fromtimestamp(now + 30, tz=UTC), usegmt=True)
     assert retry_after_s({"retry-after": date}, 503, wall=lambda: now) == pytest.approx(30, abs=1)
 
 

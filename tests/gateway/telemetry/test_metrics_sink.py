@@ -110,3 +110,15 @@ def test_inflight_counted_out(sink: MetricsSink, make_exchange: Callable[..., Ex
 def test_attempt_outcome_labels(raw: str, label: str) -> None:
     """Attempt outcomes fold into a fixed vocabulary."""
     assert attempt_outcome(raw) == label
+
+
+def test_attempt_dropped_unread_ends_when_the_next_starts(sink: MetricsSink,
+                                                          make_exchange: Callable[..., Exchange]) -> None:
+    """A retried 503 whose body was never read has no end; it is timed up to the retry and labelled by status."""
+    ex = finished(make_exchange)
+    ex.attempts = [Attempt(upstream="mock", model="gpt-4o", started=10.0, status=503),
+                   Attempt(upstream="mock", model="gpt-4o", started=10.4, ended=12.0, outcome="ok", status=200)]
+    sink(ex)
+    m = sink.state.metrics
+    assert sample(m, "gateway_upstream_duration_seconds_sum", upstream="mock", outcome="http_5xx") == \
+        pytest.approx(0.4)
