@@ -126,9 +126,11 @@ class ToolGateway:
         route = self.routes.get(parts[0]) if parts is not None else None
         if parts is None or route is None:
             return not_found(rid, request)
-        return await proxy(request, self.st, rid, partial(self._build, request, rid, route, parts[1]), self.chain)
+        build = partial(self._build, request, rid, route, parts[1])
+        return await proxy(request, self.st, rid, build, self.chain)
 
-    async def _build(self, request: web.Request, rid: str, route: ToolRoute, raw_rest: str, now: float) -> Exchange:
+    async def _build(self, request: web.Request, rid: str, route: ToolRoute, raw_rest: str,
+                     now: float) -> Exchange:
         upstream_path = safe_subpath(raw_rest)
         identity = self.st.runtime.auth.identify(request.headers)
         raw = await read_body(request, self.config.server.max_body_bytes)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from gateway.config_model import Config, RouteConfig
+from gateway.config_model import Config, RouteConfig, TimeoutsConfig
 from gateway.config_policies import RetryConfig
 from gateway.exchange import Exchange
 
@@ -56,13 +56,14 @@ class RoutePlanner:
 
     def _target(self, upstream: str, model: str | None, route: RouteConfig | None) -> Target:
         up = self.config.upstreams.get(upstream)
-        retry = (route.retry if route is not None and route.retry else None) or (up.retry if up else ONE_ATTEMPT)
-        timeouts = (route.timeouts if route is not None and route.timeouts else None) or (up.timeouts if up else None)
-        first_byte_s = timeouts.first_byte_s if timeouts is not None else 60.0
+        retry = route.retry if route is not None and route.retry else (up.retry if up else ONE_ATTEMPT)
+        timeouts = route.timeouts if route is not None and route.timeouts else (up.timeouts if up else None)
+        first_byte_s = timeouts.first_byte_s if timeouts is not None else TimeoutsConfig().first_byte_s
         return Target(upstream=upstream, key=upstream, model=model, retry=retry, first_byte_s=first_byte_s)
 
 
-def tool_targets(name: str, key: str, retry: RetryConfig, first_byte_s: float, read: bool) -> tuple[Target, ...]:
+def tool_targets(name: str, key: str, retry: RetryConfig, first_byte_s: float,
+                 read: bool) -> tuple[Target, ...]:
     """A tool route has no fallback upstreams; a write gets exactly one attempt."""
     cfg = retry if read else replace(retry, max_attempts=1)
     return (Target(upstream=name, key=key, model=None, retry=cfg, first_byte_s=first_byte_s),)

@@ -23,9 +23,8 @@ from gateway.exchange import Exchange, UpstreamResponse
 from gateway.ratelimit.headers import client_headers, retry_after_value
 from gateway.ratelimit.model import NEVER, LimitSet, Verdict, check_key_limits, client_limits
 from gateway.ratelimit.runtime import RateLimiter, limiter_for
-from gateway.ratelimit.settle import SettlingBody, estimate
+from gateway.ratelimit.settle import COUNTED, SettlingBody, estimate
 
-COUNTED = "rate_limit.counted"  # ex.attrs: the request's tokens are already in gateway_tokens_reserved_total
 DEFAULT_OUTPUT_TOKENS = 1024
 
 

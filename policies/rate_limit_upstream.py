@@ -25,8 +25,7 @@ from gateway.ratelimit.headers import retry_after_value
 from gateway.ratelimit.model import COOLDOWN, LimitSet, Verdict, check_rate_limit, upstream_limits
 from gateway.ratelimit.queue import PRIORITY_RANK, Admission, Rejected
 from gateway.ratelimit.runtime import RateLimiter, limiter_for
-from gateway.ratelimit.settle import SettlingBody, estimate
-from policies.rate_limit_client import COUNTED
+from gateway.ratelimit.settle import COUNTED, SettlingBody, estimate
 
 PRIORITY_HEADER = "x-gateway-priority"
 

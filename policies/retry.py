@@ -104,7 +104,8 @@ class RetryPolicy:
         assert failed is not None, "a plan has at least one target"
         return self._give_up(ex, failed, run)
 
-    async def _on_target(self, ex: Exchange, next: Next, target: Target, run: _Run) -> UpstreamResponse | _Failed:
+    async def _on_target(self, ex: Exchange, next: Next, target: Target,
+                         run: _Run) -> UpstreamResponse | _Failed:
         budget = self.res.budget(target.key)
         tries = 0
         while True:
@@ -124,7 +125,8 @@ class RetryPolicy:
                 ex.waited_s += delay
                 await self.sleep(delay)
 
-    async def _attempt(self, ex: Exchange, next: Next, target: Target, run: _Run) -> UpstreamResponse | _Failed:
+    async def _attempt(self, ex: Exchange, next: Next, target: Target,
+                       run: _Run) -> UpstreamResponse | _Failed:
         started = self.clock()
         try:
             resp = await next(ex)
@@ -147,7 +149,8 @@ class RetryPolicy:
         """Read up to the first meaningful event within the attempt's first-byte timeout."""
         ticket = take_ticket(ex)
         try:
-            peeked = await peek(resp.body, resp.is_sse, min(started + target.first_byte_s, ex.deadline), self.clock)
+            deadline = min(started + target.first_byte_s, ex.deadline)
+            peeked = await peek(resp.body, resp.is_sse, deadline, self.clock)
         except TimeoutError:
             await close_body(resp.body)
             kind = "total_timeout" if self.clock() >= ex.deadline else "timeout_before_first_byte"
@@ -159,7 +162,8 @@ class RetryPolicy:
         except UpstreamFailure as failure:
             await close_body(resp.body)
             kind = _PRECOMMIT_KIND.get(failure.kind, failure.kind)
-            return self._broken(ticket, target, UpstreamFailure(kind, failure.message, upstream=failure.upstream))
+            precommit = UpstreamFailure(kind, failure.message, upstream=failure.upstream)
+            return self._broken(ticket, target, precommit)
         except BaseException:
             _settle(ticket, "ignore")
             await close_body(resp.body)
@@ -167,12 +171,12 @@ class RetryPolicy:
         if peeked.verdict == "error_event" or (peeked.verdict == "ended" and resp.is_sse):
             _settle(ticket, "failure")
             if peeked.verdict == "ended":
+                message = f"Upstream {target.upstream} ended the stream before its first event"
                 return _Failed("reset_before_response", error=UpstreamFailure(
-                    "reset_before_response", f"Upstream {target.upstream} ended the stream before its first event",
-                    upstream=target.upstream))
+                    "reset_before_response", message, upstream=target.upstream))
             body = Replay(peeked.chunks, resp.body)
-            return _Failed("error_event", response=UpstreamResponse(resp.status, resp.headers, body, resp.source,
-                                                                    resp.upstream))
+            answer = UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
+            return _Failed("error_event", response=answer)
         _settle(ticket, "success")
         body = Replay(peeked.chunks, resp.body, ended=peeked.verdict == "ended")
         return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)

@@ -54,9 +54,11 @@ class LimitSet:
     cooldown: bool = False  # upstreams can be paused by the provider's 429s
     counts_tokens: bool = field(init=False, compare=False)  # some limit needs the prompt counted
     names: tuple[str, ...] = field(init=False, compare=False)
+    holds_slots: bool = field(init=False, compare=False)  # something to release when the answer ends
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts_tokens", any(lim.tokens for lim in self.limits))
+        object.__setattr__(self, "holds_slots", any(lim.kind == "slots" for lim in self.limits))
         object.__setattr__(self, "names", tuple(lim.name for lim in self.limits))
 
     def amounts(self, tokens: int) -> tuple[int, ...]:

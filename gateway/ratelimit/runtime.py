@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import logging
 import secrets
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,7 @@ class RateLimiter:
     buckets: MemoryBuckets | RedisBuckets
     metrics: RateLimitMetrics
     clock: LimiterClock
-    loop_time: Any  # real seconds, for queue deadlines
+    loop_time: Callable[[], float]  # real seconds (the loop's clock), for queue deadlines
     queues: dict[str, AdmissionQueue] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
     levels: dict[str, tuple[tuple[float, ...], float]] = field(default_factory=dict)  # last seen, per entity
@@ -97,6 +97,8 @@ class RateLimiter:
         if grant.counted and delta:
             self.metrics.reconciled("refund" if delta > 0 else "charge").inc(abs(delta))
         deltas = tuple(delta if lim.tokens else 0 for lim in grant.ls.limits)
+        if not grant.ls.holds_slots and (not delta or not grant.ls.counts_tokens):
+            return  # nothing to give back: no round trip
         if isinstance(self.buckets, MemoryBuckets):
             self.buckets.settle_now(grant.ls, deltas, grant.member)
             self._poke(grant.ls)

@@ -26,6 +26,7 @@ from gateway.tokencount import prompt_tokens
 from gateway.usage import usage_from_json_bytes
 
 _TAIL = 4096  # bytes of a JSON body searched for its usage object
+COUNTED = "rate_limit.counted"  # ex.attrs: the request's tokens are already in gateway_tokens_reserved_total
 
 
 def estimate(st: AppState, ex: Exchange, default_output: int) -> tuple[int, int]:

@@ -4,9 +4,11 @@ CLOSED opens on ``consecutive_failures`` in a row, or when at least ``min_calls`
 outcomes in the last ``window_s`` have a failure share of ``failure_ratio``. OPEN
 rejects (fast: no I/O) for ``open_s``, doubled with each consecutive opening up to
 ``max_open_s`` and shortened by up to 20% of jitter so replicas do not probe in
-lock-step. Then HALF_OPEN admits ``half_open_probes`` requests; as many successes
-close it, one failure opens it again. Only upstream failures count: 4xx, 429 and
-the gateway's own rejections are neutral (a 429 is the rate limiter's business).
+lock-step. Then HALF_OPEN admits ``half_open_probes`` requests: the first alone,
+the others once it succeeded; as many successes close it, one failure opens it
+again (so a still-broken upstream sees one probe per open interval). Only
+upstream failures count: 4xx, 429 and the gateway's own rejections are neutral
+(a 429 is the rate limiter's business).
 
 With ``enforce: false`` (shadow mode) the state machine runs and logs exactly as
 if enforcing, but a request it would reject passes (counted ``shadow_reject``) and
@@ -95,7 +97,7 @@ class CircuitBreaker:
         if state == "open" and self._clock() >= self.open_until:
             self._transition("half_open")
             state = "half_open"
-        if state == "half_open" and self._probes_admitted < self.config.half_open_probes:
+        if state == "half_open" and self._probe_slot_free():
             self._probes_admitted += 1
             self._decide("probe")
             return Ticket(self, self._generation, True, True)
@@ -111,7 +113,13 @@ class CircuitBreaker:
             return False
         if self.state == "open":
             return self._clock() < self.open_until
-        return self._probes_admitted >= self.config.half_open_probes
+        return not self._probe_slot_free()
+
+    def _probe_slot_free(self) -> bool:
+        """The first probe goes alone (a still-broken upstream costs one attempt per open
+        interval, however many clients wait); after it succeeded, the rest go together."""
+        admitted = self._probes_admitted
+        return admitted == 0 or (self._probes_ok > 0 and admitted < self.config.half_open_probes)
 
     def retry_after_s(self) -> float:
         return max(1.0, self.open_until - self._clock()) if self.state == "open" else 1.0

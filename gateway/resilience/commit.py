@@ -11,8 +11,9 @@ retried or fail over. A non-stream body is committed by its first chunk.
 
 Only the few events before the commit are scanned (byte searches; regexes only
 for unusual shapes), never parsed as JSON; after it, ``Replay`` hands on the
-peeked chunks and then the rest of the body unchanged, and nothing is looked at. The peek is bounded in bytes and
-events so an unknown event format commits early instead of buffering.
+peeked chunks and then the rest of the body unchanged, and nothing is looked
+at. The peek is bounded in bytes and events so an unknown event format commits
+early instead of buffering.
 """
 from __future__ import annotations
 

@@ -22,16 +22,16 @@ class ResilienceMetrics:
         self._metrics = metrics
         self.retries = metrics.counter("gateway_retries_total", "Retries of upstream calls, by reason",
                                        ("upstream", "reason"))
-        self.budget_exhausted = metrics.counter("gateway_retry_budget_exhausted_total",
-                                                "Retries refused because the upstream's retry budget was spent",
-                                                ("upstream",))
-        self.circuit_state = metrics.gauge("gateway_circuit_state",
-                                           "Circuit breaker state (0 closed, 1 half-open, 2 open)", ("upstream",),
-                                           multiprocess_mode="livemax")
+        self.budget_exhausted = metrics.counter(
+            "gateway_retry_budget_exhausted_total", "Retries refused: the upstream's retry budget was spent",
+            ("upstream",))
+        self.circuit_state = metrics.gauge(
+            "gateway_circuit_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", ("upstream",),
+            multiprocess_mode="livemax")
         self.transitions = metrics.counter("gateway_circuit_transitions_total", "Circuit breaker transitions",
                                            ("upstream", "to"))
-        self.fallbacks = metrics.counter("gateway_fallbacks_total", "Requests failed over to a fallback upstream",
-                                         ("route", "from", "to"))
+        self.fallbacks = metrics.counter(
+            "gateway_fallbacks_total", "Requests failed over to a fallback upstream", ("route", "from", "to"))
         self.timeouts = metrics.counter("gateway_timeouts_total", "Upstream timeouts, by phase",
                                         ("upstream", "phase"))
         self._children: dict[tuple[Any, ...], Any] = {}

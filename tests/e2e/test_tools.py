@@ -1,4 +1,4 @@
-"""Tool-provider routes end to end: /tools/{name}/{path} through the real gateway to the fake provider's echo."""
+"""Tool-provider routes end to end: /tools/{name}/{path} through the real gateway to the mock's echo."""
 from __future__ import annotations
 
 import asyncio

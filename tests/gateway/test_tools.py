@@ -50,9 +50,10 @@ class Closable:
 
 
 def with_fallback() -> ToolRoute:
-    return ToolRoute.of("down", parse_config({"upstreams": {"u": {"base_url": "http://x"}}, "tools": {"down": {
-        "base_url": "http://x", "fallback_response": {"status": 200, "json": {"note": "later"},
-                                                      "headers": {"X-Extra": "1"}}}}}, {}).tools["down"])
+    fallback = {"status": 200, "json": {"note": "later"}, "headers": {"X-Extra": "1"}}
+    config = parse_config({"upstreams": {"u": {"base_url": "http://x"}},
+                           "tools": {"down": {"base_url": "http://x", "fallback_response": fallback}}}, {})
+    return ToolRoute.of("down", config.tools["down"])
 
 
 @pytest.mark.parametrize("outcome", [UpstreamFailure("connect_error", "x"), CircuitOpen("tool:down", 3), 503])
@@ -97,7 +98,8 @@ async def test_no_fallback_or_healthy_passes_through() -> None:
 
 
 def app_state() -> SimpleNamespace:
-    return SimpleNamespace(components={}, metrics=Metrics(), clock=lambda: 0.0, tools={}, closers=[], sinks=[])
+    return SimpleNamespace(components={}, metrics=Metrics(), clock=lambda: 0.0, tools={}, closers=[],
+                           sinks=[])
 
 
 def tools_config(**quotes: Any):  # type: ignore[no-untyped-def]

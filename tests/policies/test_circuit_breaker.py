@@ -56,10 +56,13 @@ async def test_failures_open_and_open_rejects_fast() -> None:
         called.append(ex)
         return UpstreamResponse(200, {}, single_chunk(b""))
 
-    started = time.perf_counter()
-    with pytest.raises(CircuitOpen) as exc:
-        await policy(exchange(), next)
-    assert time.perf_counter() - started < 0.005
+    durations = []
+    for _ in range(21):
+        started = time.perf_counter()
+        with pytest.raises(CircuitOpen) as exc:
+            await policy(exchange(), next)
+        durations.append(time.perf_counter() - started)
+    assert sorted(durations)[10] < 0.005  # the median: one slow sample on a busy machine proves nothing
     assert called == [] and exc.value.status == 503 and int(exc.value.headers["retry-after"]) >= 1
 
 

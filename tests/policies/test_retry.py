@@ -79,7 +79,8 @@ class Harness:
     """retry -> circuit breaker -> a scripted terminal, on the configured upstreams a, b, c."""
 
     def __init__(self, *, retry: dict[str, Any] | None = None, breaker: dict[str, Any] | None = None,
-                 fallbacks: list[dict[str, Any]] | None = None, timeouts: dict[str, Any] | None = None) -> None:
+                 fallbacks: list[dict[str, Any]] | None = None,
+                 timeouts: dict[str, Any] | None = None) -> None:
         retry = {"base_delay_s": 0.1, "max_delay_s": 1.0, "budget_floor": 100, **(retry or {})}
         breaker = {"consecutive_failures": 100, "min_calls": 1000, **(breaker or {})}
         ups = {name: {"base_url": "http://127.0.0.1:9/v1", "retry": retry, "circuit_breaker": breaker,
@@ -176,7 +177,7 @@ async def test_retry_after_is_honoured_when_it_fits() -> None:
     ({"retry-after-ms": "5000"}, 3.0),  # more than what is left of the deadline
 ])
 async def test_too_long_retry_after_goes_back_at_once(headers: dict[str, str], deadline_left: float) -> None:
-    """A wait that does not fit min(max_retry_after_s, deadline) is not waited: the 429 returns with its headers."""
+    """A wait beyond min(max_retry_after_s, deadline) is not waited: the 429 returns with its headers."""
     h = Harness()
     h.scripts["a"] = [answer(429, headers=headers)]
     ex = h.exchange()

@@ -72,20 +72,24 @@ def test_failure_ratio_over_min_calls_in_window() -> None:
 
 
 def test_half_open_probes_close_after_successes() -> None:
-    """After open_s, half_open_probes requests pass; as many successes close the breaker."""
+    """After open_s one probe goes alone; once it succeeded the others go; N successes close the breaker."""
     clock = Clock()
-    breaker, changes = make(clock)
+    breaker, changes = make(clock, half_open_probes=3)
     fail(breaker, 3)
     clock.now += 9.99
     assert breaker.rejecting()
     clock.now += 0.02
-    first, second = breaker.admit(), breaker.admit()
-    assert breaker.state == "half_open" and first.probe and second.probe
+    first = breaker.admit()
+    assert breaker.state == "half_open" and first.probe and breaker.rejecting()
     with pytest.raises(CircuitOpen):
-        breaker.admit()  # only two probes
+        breaker.admit()  # the first probe goes alone
     first.settle("success")
-    assert breaker.state == "half_open"
+    second, third = breaker.admit(), breaker.admit()
+    with pytest.raises(CircuitOpen):
+        breaker.admit()  # three probes in all
     second.settle("success")
+    assert breaker.state == "half_open"
+    third.settle("success")
     assert breaker.state == "closed"
     assert changes == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
 
@@ -137,8 +141,8 @@ def test_shadow_mode_never_rejects_but_tracks_state() -> None:
     """enforce: false runs the state machine and counts shadow rejections but lets calls through."""
     clock = Clock()
     decisions: list[str] = []
-    breaker = CircuitBreaker("up", CircuitBreakerConfig(consecutive_failures=2, enforce=False, half_open_probes=1),
-                             clock, lambda: 0.0, on_decision=lambda b, d: decisions.append(d))
+    cfg = CircuitBreakerConfig(consecutive_failures=2, enforce=False, half_open_probes=1)
+    breaker = CircuitBreaker("up", cfg, clock, lambda: 0.0, on_decision=lambda b, d: decisions.append(d))
     fail(breaker, 2)
     assert breaker.state == "open" and not breaker.rejecting()
     passed = breaker.admit()

@@ -25,7 +25,8 @@ def test_timeouts_by_phase_only() -> None:
     """Timeout kinds count under their phase; other failure kinds are not timeouts."""
     metrics = Metrics()
     res = ResilienceMetrics(metrics)
-    for kind in ("connect_timeout", "timeout_before_first_byte", "idle_timeout", "total_timeout", "connect_error"):
+    kinds = ("connect_timeout", "timeout_before_first_byte", "idle_timeout", "total_timeout", "connect_error")
+    for kind in kinds:
         res.failure("up", UpstreamFailure(kind, kind))
     sample = metrics.registry.get_sample_value
     for phase in ("connect", "first_byte", "idle", "total"):

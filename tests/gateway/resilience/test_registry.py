@@ -68,10 +68,12 @@ def test_mid_stream_timeouts_counted_at_finish() -> None:
     st, _ = state()
     res = resilience_of(st, config())
     assert st.sinks == [res.on_finished]
-    cut = SimpleNamespace(error_kind="idle_timeout", stream_outcome="error_event", operation="chat", upstream="a")
+    cut = SimpleNamespace(error_kind="idle_timeout", stream_outcome="error_event", operation="chat",
+                          upstream="a")
     before = SimpleNamespace(error_kind="timeout_before_first_byte", stream_outcome="", operation="chat",
                              upstream="a")  # counted by the retry policy, not here
-    tool = SimpleNamespace(error_kind="total_timeout", stream_outcome="cut", operation="tool", upstream="quotes")
+    tool = SimpleNamespace(error_kind="total_timeout", stream_outcome="cut", operation="tool",
+                           upstream="quotes")
     for ex in (cut, before, tool):
         res.on_finished(ex)  # type: ignore[arg-type]
     sample = st.metrics.registry.get_sample_value
