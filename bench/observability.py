@@ -84,13 +84,15 @@ async def time_requests(session: aiohttp.ClientSession, url: str, body: dict[str
     return out
 
 
-async def run(n: int, rounds: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
+async def run(n: int, rounds: int, only: set[str] | None = None
+              ) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
     mock = await start_mock(MockConfig())
     collector, otlp_url, received = await collector_stub()
     tmp = Path(tempfile.mkdtemp(prefix="bench-obs-"))
     gateways: dict[str, InProcessGateway] = {}
     for name, overrides in variants(mock.url, otlp_url, tmp).items():
-        gateways[name] = await start_gateway(gateway_config(mock.url, **overrides))
+        if only is None or name in only or name == "baseline":
+            gateways[name] = await start_gateway(gateway_config(mock.url, **overrides))
     targets = {"direct": mock.url + "/v1", **{name: gw.base_url for name, gw in gateways.items()}}
     times: dict[str, dict[str, list[float]]] = {t: {k: [] for k in KINDS} for t in targets}
     cpu: dict[str, dict[str, list[float]]] = {t: {k: [] for k in KINDS} for t in targets}
@@ -182,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=2000, help="requests per variant and kind")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (noise spreads over all variants)")
     p.add_argument("--micro", type=int, default=20000, help="iterations of the sink microbenchmark")
+    p.add_argument("--only", help="comma-separated variants besides baseline (default: all)")
     args = p.parse_args(argv)
-    report(*asyncio.run(run(args.n, args.rounds)))
+    report(*asyncio.run(run(args.n, args.rounds, set(args.only.split(",")) if args.only else None)))
     print()
     for name, us in micro(args.micro).items():
         print(f"{name:40} {us:8.2f} us per request")

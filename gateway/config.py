@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.config_model import Config, RouteConfig
+from gateway.ratelimit.model import check_key_limits, check_rate_limit
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ROUTE_OVERRIDABLE = ("cache", "compression", "budgets")
@@ -221,6 +222,12 @@ def check_semantics(cfg: Config) -> list[str]:
         problems += _check_url(f"upstreams.{name}.base_url", up.base_url)
         if up.pool.max_connections < 1:
             problems.append(f"upstreams.{name}.pool.max_connections: must be >= 1")
+        if up.rate_limit is not None:
+            problems += check_rate_limit(f"upstreams.{name}.rate_limit", up.rate_limit)
+        problems += _check_retry_on(f"upstreams.{name}.retry.retry_on", up.retry.retry_on)
+    problems += check_key_limits("auth.keys", cfg.auth.keys)
+    if cfg.server.workers is not None and cfg.server.workers < 1:
+        problems.append("server.workers: must be >= 1 (or null for one per available core)")
     for name, tool in cfg.tools.items():
         problems += _check_url(f"tools.{name}.base_url", tool.base_url)
     for i, route in enumerate(cfg.routes):
@@ -243,6 +250,15 @@ def check_semantics(cfg: Config) -> list[str]:
     if sem != "local" and not (sem.startswith("upstream:") and sem.count(":") >= 2):
         problems.append("cache.semantic.embedder: must be 'local' or 'upstream:<name>:<model>'")
     return problems
+
+
+_RETRY_NAMES = frozenset({"connect_error", "connect_timeout", "reset_before_response", "timeout_before_first_byte",
+                          "idle_timeout", "total_timeout", "error_event", "circuit_open"})
+
+
+def _check_retry_on(path: str, names: list[str]) -> list[str]:
+    return [f"{path}: unknown condition {name!r} (a failure kind, error_event, or an HTTP status)"
+            for name in names if name not in _RETRY_NAMES and not (name.isdigit() and 400 <= int(name) <= 599)]
 
 
 def _check_route(i: int, route: RouteConfig, cfg: Config) -> list[str]:

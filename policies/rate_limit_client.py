@@ -48,7 +48,8 @@ class ClientRateLimit:
         if identity.key_hash in self._sets:
             ls = self._sets[identity.key_hash]
         else:
-            ls = self._sets[identity.key_hash] = client_limits(key, identity.key_hash, self.lease_s)
+            ls = client_limits(key, identity.key_hash, self.lease_s)
+            self._sets[identity.key_hash] = ls = ls.scaled(self.limiter.worker_share) if ls else None
         if ls is None:
             return await next(ex)
         prompt, tokens = (0, 0)

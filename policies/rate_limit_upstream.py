@@ -141,4 +141,6 @@ async def factory(state: AppState, config: Config) -> UpstreamRateLimit | None:
         raise ValueError("; ".join(problems))
     if not sets:
         return None
-    return UpstreamRateLimit(state, limiter_for(state), sets)
+    limiter = limiter_for(state)
+    share = limiter.worker_share
+    return UpstreamRateLimit(state, limiter, {n: (ls.scaled(share), c) for n, (ls, c) in sets.items()})

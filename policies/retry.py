@@ -127,7 +127,7 @@ class RetryPolicy:
 
     async def _attempt(self, ex: Exchange, next: Next, target: Target,
                        run: _Run) -> UpstreamResponse | _Failed:
-        started = self.clock()
+        started, waited_before = self.clock(), ex.waited_s
         try:
             resp = await next(ex)
         except CircuitOpen as exc:
@@ -137,6 +137,7 @@ class RetryPolicy:
             self.metrics.failure(target.key, failure)
             return _Failed(_PRECOMMIT_KIND.get(failure.kind, failure.kind), error=failure)
         run.attempts += 1
+        started += ex.waited_s - waited_before  # time queued by the upstream rate limit is not first-byte time
         status = resp.status
         if status < 300:
             return await self._commit(ex, resp, target, started)

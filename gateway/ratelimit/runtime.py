@@ -60,6 +60,8 @@ class RateLimiter:
     pending: dict[str, Pending] = field(default_factory=dict)
     levels: dict[str, tuple[tuple[float, ...], float]] = field(default_factory=dict)  # last seen, per entity
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Worker processes on this port that each hold their own memory buckets: each enforces 1/share.
+    worker_share: int = 1
     _prefix: str = field(default_factory=lambda: secrets.token_hex(6))  # this process, among replicas
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -217,6 +219,10 @@ def limiter_for(st: AppState) -> RateLimiter:
         limiter = RateLimiter(buckets=buckets, metrics=metrics, clock=clock, loop_time=st.clock)
         st.components[COMPONENT] = limiter
         st.closers.append(limiter.drain)
+    workers = max(1, st.workers)
     if isinstance(limiter.buckets, RedisBuckets):
-        limiter.buckets.replicas_hint = cfg.replicas_hint
+        limiter.buckets.replicas_hint = cfg.replicas_hint * workers  # the fallback share of one worker
+        limiter.worker_share = 1
+    else:
+        limiter.worker_share = workers
     return limiter

@@ -103,3 +103,20 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     lines = bad.stderr.strip().splitlines()
     assert "server.port: must be int, got str" in lines
     assert "wat: unknown key" in lines
+
+
+def test_policy_blocks_are_checked_by_check_config() -> None:
+    """Rate-limit ranges, unknown retry_on conditions and server.workers are config errors, not start-up crashes."""
+    raw = {"server": {"workers": 0},
+           "upstreams": {"a": {"base_url": "http://a/v1", "rate_limit": {"headroom": 2, "rpm": -1},
+                               "retry": {"retry_on": ["503", "sometimes"]}}},
+           "auth": {"mode": "keys", "keys": [{"key": "k", "tenant": "t", "tpm": -5}]},
+           "routes": [{"upstream": "a"}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    problems = err.value.problems
+    assert "upstreams.a.rate_limit.headroom: must be in (0, 1]" in problems
+    assert "upstreams.a.rate_limit.rpm: must be >= 0" in problems
+    assert any(p.startswith("upstreams.a.retry.retry_on: unknown condition 'sometimes'") for p in problems)
+    assert "auth.keys[0].tpm: must be >= 0" in problems
+    assert any(p.startswith("server.workers: must be >= 1") for p in problems)
