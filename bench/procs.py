@@ -130,8 +130,8 @@ def start_gateway(name: str, config: dict[str, Any], workers: int | None = None,
         argv += ["--workers", str(workers)]
     server = _spawn(name, argv, port, env={"PYTHONPATH": source_tree} if source_tree else None)
     server.meta["config"] = config
-    wait_http(server, "/readyz")
-    _wait_ready(server)
+    wait_http(server, "/readyz", timeout=120.0)  # a busy shared machine can take a while to import everything
+    _wait_ready(server, timeout=120.0)
     return server
 
 

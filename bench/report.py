@@ -87,7 +87,7 @@ def scenario_table(scenario: Scenario, measured: dict[str, Measured]) -> list[st
             "| CPU ms/req | x bare CPU | RSS MB |")
     if scenario.kind == "cache":
         head = head.replace("x direct", "x static").replace("+p50", "+p50 vs static").replace("+p99", "+p99 vs static")
-        head += " hit ratio | in-gateway hit p50 ms | in-gateway hit p99 ms |"
+        head += " hit ratio | in-gateway p50 ms (hit - healthz) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for target, m in measured.items():
         row = [target, _fmt(m.median("rps"), 0), _fmt(_ratio(m.median("rps"), base and base.median("rps")), 2),
@@ -101,7 +101,9 @@ def scenario_table(scenario: Scenario, measured: dict[str, Measured]) -> list[st
                _fmt(_ratio(m.median("cpu_ms_per_req"), bare and bare.median("cpu_ms_per_req")), 2),
                _fmt(m.median("rss_mb"), 1)]
         if scenario.kind == "cache":
-            row += [_fmt(m.median("hit_ratio"), 2), _fmt(m.median("inside_p50_ms")), _fmt(m.median("inside_p99_ms"))]
+            health = measured.get(target.split(":")[0] + ":healthz")
+            inside = _diff(m.median("p50_ms"), health.median("p50_ms")) if health and health is not m else None
+            row += [_fmt(m.median("hit_ratio"), 2), _fmt(inside)]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -139,8 +141,9 @@ CHECKS: list[Check] = [
     ("TTFT added p99 at c=32, all policies", "<= 5 ms",
      lambda r: _diff(_get(r, "stream-c32", "gw-all", "ttft_p99_ms"), _get(r, "stream-c32", "direct", "ttft_p99_ms")),
      5.0, " ms"),
-    ("exact-cache hit inside the gateway, p50", "<= 0.3 ms",
-     lambda r: _get(r, "cache-hit", "gw-all", "inside_p50_ms"), 0.3, " ms"),
+    ("exact-cache hit inside the gateway, p50 (hit - /healthz on the same gateway)", "<= 0.3 ms",
+     lambda r: _diff(_get(r, "cache-hit", "gw-all", "p50_ms"), _get(r, "cache-hit", "gw-all:healthz", "p50_ms")),
+     0.3, " ms"),
     ("1,000 idle streams, all policies", "<= 30 MB",
      lambda r: _get(r, "idle-1000", "gw-all", "mb_per_1000"), 30.0, " MB"),
 ]

@@ -26,17 +26,22 @@ IDLE_FAULT = "stall_after_chunks=1;stall_ms=300000"  # role chunk, then nothing 
 CHAT_PATH = "/v1/chat/completions"
 
 
-def chat_body(content: str, *, stream: bool = False, max_tokens: int = 16) -> bytes:
-    """A deterministic (cacheable) chat request; ``NONCE`` is replaced per request when unique."""
+def chat_body(content: str, *, stream: bool = False, max_tokens: int | None = 16) -> bytes:
+    """A deterministic (cacheable) chat request; ``NONCE`` is replaced per request when unique.
+
+    ``max_tokens=None`` lets the answer end on ``stop`` rather than ``length``: only complete answers are cached.
+    """
     stream_part = ',"stream":true' if stream else ""
-    return ('{"model":"gpt-4o-mini","temperature":0,"max_tokens":' + str(max_tokens) + stream_part
+    limit = f',"max_tokens":{max_tokens}' if max_tokens is not None else ""
+    return ('{"model":"gpt-4o-mini","temperature":0' + limit + stream_part
             + ',"messages":[{"role":"system","content":"You are a terse assistant."},'
             '{"role":"user","content":"' + content + '"}]}').encode()
 
 
-SMALL = chat_body("Say hello to bench request NONCE.")
-STREAM = chat_body("Count to twenty, request NONCE.", stream=True, max_tokens=20)
-CACHED = chat_body("The same question every time: what is the capital of France?")
+# No max_tokens: the mock's 16-token answer ends on "stop", so the exact cache really stores each miss.
+SMALL = chat_body("Say hello to bench request NONCE.", max_tokens=None)
+STREAM = chat_body("Count to twenty, request NONCE.", stream=True, max_tokens=None)  # x-mock-tokens: 20
+CACHED = chat_body("The same question every time: what is the capital of France?", max_tokens=None)
 
 _WORDS = ("the agent reads a file then calls a tool and waits for the model to answer with a plan "  # noqa: SIM905
           "before it edits code runs tests and reports results back to the user who asked").split()
@@ -132,13 +137,19 @@ class Scenario:
     unique: bool = True  # a fresh NONCE per request: caches must miss
     stream: bool = False
     fault: str | None = None  # x-mock-fault header
+    mock_tokens: int | None = None  # x-mock-tokens header: answer length (content chunks of a stream)
     duration_scale: float = 1.0
     idle_streams: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def headers(self) -> dict[str, str]:
-        return {**HEADERS, "x-mock-fault": self.fault} if self.fault else dict(HEADERS)
+        out = dict(HEADERS)
+        if self.fault:
+            out["x-mock-fault"] = self.fault
+        if self.mock_tokens:
+            out["x-mock-tokens"] = str(self.mock_tokens)
+        return out
 
 
 REQUEST_TARGETS = ("direct", "nginx", "bare", "gw-off", "gw-all")
@@ -150,9 +161,9 @@ def all_scenarios() -> list[Scenario]:
         Scenario(name="small-c64", title="non-stream small chat, c=64", kind="requests", targets=REQUEST_TARGETS,
                  concurrency=64),
         Scenario(name="stream-c1", title="stream, TTFT 50 ms, 20 chunks, c=1", kind="streams",
-                 targets=REQUEST_TARGETS, body=STREAM, stream=True, fault=STREAM_FAULT, duration_scale=2.0),
+                 targets=REQUEST_TARGETS, body=STREAM, stream=True, fault=STREAM_FAULT, mock_tokens=20, duration_scale=2.0),
         Scenario(name="stream-c32", title="stream, TTFT 50 ms, 20 chunks, c=32", kind="streams",
-                 targets=REQUEST_TARGETS, body=STREAM, stream=True, fault=STREAM_FAULT, concurrency=32,
+                 targets=REQUEST_TARGETS, body=STREAM, stream=True, fault=STREAM_FAULT, mock_tokens=20, concurrency=32,
                  duration_scale=1.5),
         Scenario(name="cache-hit", title="exact-cache hits, c=1", kind="cache",
                  targets=("static", "gw-all:healthz", "gw-all"), body=CACHED, unique=False),

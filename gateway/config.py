@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.config_model import Config, RouteConfig
+from gateway.compress.validate import budget_problems, compression_problems
 from gateway.ratelimit.model import check_key_limits, check_rate_limit
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -226,6 +227,7 @@ def check_semantics(cfg: Config) -> list[str]:
             problems += check_rate_limit(f"upstreams.{name}.rate_limit", up.rate_limit)
         problems += _check_retry_on(f"upstreams.{name}.retry.retry_on", up.retry.retry_on)
     problems += check_key_limits("auth.keys", cfg.auth.keys)
+    problems += compression_problems(cfg) + budget_problems(cfg)
     if cfg.server.workers is not None and cfg.server.workers < 1:
         problems.append("server.workers: must be >= 1 (or null for one per available core)")
     for name, tool in cfg.tools.items():

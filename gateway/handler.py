@@ -56,9 +56,24 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
     rid = request_id_of(request)
     REQUEST_ID.set(rid)
     if request.method != "POST":
-        return error_response(rid, method_not_allowed(request, "POST"))
+        return reject(st, request, rid, method_not_allowed(request, "POST"))
     operation = OPERATIONS[request.path]
     return await proxy(request, st, rid, lambda now: build_exchange(request, st, rid, operation, now))
+
+
+def rejected_exchange(request: web.Request, rid: str, now: float) -> Exchange:
+    """The record of a request refused before it was parsed (bad JSON, auth, size, method, path)."""
+    return Exchange(request_id=rid, method=request.method, path=request.path,
+                    operation=OPERATIONS.get(request.path, "other"), headers=request.headers, raw_body=b"",
+                    body=None, received_at=now, deadline=now, source="local")
+
+
+def reject(st: AppState, request: web.Request, rid: str, reply: LocalReply) -> web.Response:
+    """Answer ``reply`` for a request that never reached the proxy path, and record it like any other."""
+    ex = rejected_exchange(request, rid, st.clock())
+    ex.status, ex.error_kind = reply.status, reply.code or reply.type
+    finish(st, ex)
+    return error_response(rid, reply)
 
 
 def method_not_allowed(request: web.Request, allowed: str) -> LocalReply:
@@ -82,9 +97,10 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
         up = await call(ex)
         return await relay(request, st, ex, up)
     except LocalReply as reply:
-        if ex is not None:
-            ex.status, ex.source = reply.status, "local"
-            ex.error_kind = ex.error_kind or (reply.code or reply.type)
+        if ex is None:  # refused before it became an exchange: still one record for metrics and the ledger
+            ex = rejected_exchange(request, rid, now)
+        ex.status, ex.source = reply.status, "local"
+        ex.error_kind = ex.error_kind or (reply.code or reply.type)
         return error_response(rid, reply)
     except UpstreamFailure as failure:
         if ex is not None:

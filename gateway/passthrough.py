@@ -8,7 +8,8 @@ from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
 from gateway.exchange import Exchange
-from gateway.handler import not_found, proxy, request_id_of
+from gateway.errors import LocalReply
+from gateway.handler import proxy, reject, request_id_of
 from gateway.request import read_body
 from gateway.telemetry.logging import REQUEST_ID
 
@@ -22,7 +23,8 @@ async def handle_other(request: web.Request) -> web.StreamResponse:
         return await tool_handler(request, rid)
     if st.config.passthrough and request.path.startswith("/v1/") and st.upstreams:
         return await proxy(request, st, rid, lambda now: _build(request, st, rid, now), _send_direct(st))
-    return not_found(rid, request)
+    return reject(st, request, rid, LocalReply(404, f"Invalid URL ({request.method} {request.path[:200]})",
+                                               code="unknown_url"))
 
 
 async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Exchange:

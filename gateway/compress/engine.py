@@ -83,7 +83,7 @@ def compress(messages: Sequence[Message], plan: Plan, meter: Meter) -> Outcome:
     base = normalised = run.messages
     shape = layout(base)  # steps 2 and 3 keep every message in place, so this stays true
     if run.tokens > goal:
-        old = oversized(base, plan.tool_output_max_tokens, meter.text, stop=_truncation_stop(shape, plan))
+        old = oversized(base, plan.tool_output_max_tokens, meter.text, stop=_truncation_stop(shape))
         run.offer("truncate", truncate(base, old, plan.tool_output_max_tokens, meter))
         base = run.messages  # pruning restarts from here: dedupe is redone on what it keeps
     if run.tokens > goal:
@@ -116,21 +116,21 @@ class _Run:
 
 
 def _truncate_recent(run: _Run, plan: Plan) -> None:
-    """Step 2 for the last turns, the last resort: oldest output first, until it fits."""
+    """Step 2b, the last resort: cut the newest outputs too, oldest first, until it fits."""
     for i in oversized(run.messages, plan.tool_output_max_tokens, run.meter.text):
         run.offer("truncate", truncate(run.messages, (i,), plan.tool_output_max_tokens, run.meter))
         if run.tokens <= plan.budget:
             return
 
 
-def _truncation_stop(shape: Layout, plan: Plan) -> int:
+def _truncation_stop(shape: Layout) -> int:
     """Where the outputs spared by step 2 begin: the last turn, the model call being answered.
 
     Only the newest outputs are spared, not all of the last ``keep_last_turns``:
     an output is cut once, when the next turn arrives, at the end of the prompt,
     so the prompt before it stays byte-identical (and cached) across requests.
     """
-    return shape.turns[-1].start if shape.turns else len(shape.turns)
+    return shape.turns[-1].start if shape.turns else shape.head_end
 
 
 def _prune_spec(plan: Plan, goal: int) -> PruneSpec:

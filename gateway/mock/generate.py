@@ -66,13 +66,22 @@ def estimate_prompt_tokens(texts: list[str]) -> int:
     return max(1, sum(len(t) for t in texts) // 4 + 4 * len(texts))
 
 
+NATURAL_MAX_TOKENS = 4096
+
+
 def completion_length(
     *, max_tokens: int | None, default_tokens: int, header_tokens: int | None
 ) -> tuple[int, bool]:
-    """(number of content pieces, whether the max_tokens limit was what stopped it)."""
+    """(number of content pieces, whether the max_tokens limit was what stopped it).
+
+    A model stops by itself eventually: answers end naturally at ``NATURAL_MAX_TOKENS``,
+    so a huge ``max_tokens`` cannot make the fake provider generate gigabytes.
+    """
     n = max_tokens if max_tokens is not None else default_tokens
     if header_tokens is not None and header_tokens < n:
         return max(header_tokens, 1), False
+    if n > NATURAL_MAX_TOKENS:
+        return NATURAL_MAX_TOKENS, False
     return max(n, 1), max_tokens is not None
 
 

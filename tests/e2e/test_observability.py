@@ -288,3 +288,17 @@ async def test_otlp_export_configured_by_otel_variables(make_gateway: GatewayFac
         assert b"gw-under-test" in bodies[0][1] and b"gen_ai.usage.output_tokens" in bodies[0][1]
     finally:
         await runner.cleanup()
+
+
+async def test_requests_refused_before_parsing_are_counted(make_gateway: GatewayFactory) -> None:
+    """Malformed JSON, wrong method and unknown paths each leave one 4xx record in gateway_requests_total."""
+    gw = await make_gateway()
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gw.base_url + "/chat/completions", data=b"{not json") as r:
+            assert r.status == 400
+        async with s.get(gw.base_url + "/chat/completions") as r:
+            assert r.status == 405
+        async with s.post(gw.base_url + "/no/such/path", json={}) as r:
+            assert r.status == 404
+    samples = await settled(gw.url, 3)
+    assert val(samples, "gateway_requests_total", status_class="4xx") == 3

@@ -111,10 +111,12 @@ def test_policy_blocks_are_checked_by_check_config() -> None:
            "upstreams": {"a": {"base_url": "http://a/v1", "rate_limit": {"headroom": 2, "rpm": -1},
                                "retry": {"retry_on": ["503", "sometimes"]}}},
            "auth": {"mode": "keys", "keys": [{"key": "k", "tenant": "t", "tpm": -5}]},
+           "compression": {"target": 3},
            "routes": [{"upstream": "a"}]}
     with pytest.raises(ConfigError) as err:
         parse_config(raw, env={})
     problems = err.value.problems
+    assert "compression.target: must be in (0, 1], got 3.0" in problems
     assert "upstreams.a.rate_limit.headroom: must be in (0, 1]" in problems
     assert "upstreams.a.rate_limit.rpm: must be >= 0" in problems
     assert any(p.startswith("upstreams.a.retry.retry_on: unknown condition 'sometimes'") for p in problems)

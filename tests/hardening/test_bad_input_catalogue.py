@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.mock import MockConfig, MockServer, start_mock
@@ -24,7 +25,7 @@ from tests.hardening.bad_cases import KEY, LIMIT, VALID, auth_cases, json_cases,
 from tests.hardening.bad_schema_cases import schema_cases
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+MODULE_LOOP = pytest.mark.asyncio(loop_scope="module")
 CATALOGUE = [*auth_cases(), *method_path_cases(), *size_cases(), *json_cases(), *model_cases(), *schema_cases()]
 
 
@@ -76,15 +77,15 @@ async def env() -> AsyncIterator[Env]:
         logging.getLogger().removeHandler(errors)
 
 
-async def send(env: Env, case: Case) -> tuple[int, bytes, dict[str, str]]:
+async def send(env: Env, case: Case) -> tuple[int, bytes, CIMultiDict[str]]:
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", **case.headers}
     headers = {k: v for k, v in headers.items() if v != ""}  # "" in a case: leave that header out
     url = URL(env.gateway.url + case.path, encoded=True)  # keep //, %2F and %2e%2e as written
     async with env.session.request(case.method, url, data=case.body, headers=headers) as resp:
-        return resp.status, await resp.read(), dict(resp.headers)
+        return resp.status, await resp.read(), CIMultiDict(resp.headers)
 
 
-def assert_openai_error(status: int, body: bytes, headers: dict[str, str], case: Case) -> None:
+def assert_openai_error(status: int, body: bytes, headers: CIMultiDict[str], case: Case) -> None:
     assert status == case.status, (case.name, status, body[:300])
     error = orjson.loads(body)["error"]
     assert set(error) >= {"message", "type", "code", "param"} and isinstance(error["message"], str)
@@ -99,6 +100,7 @@ def test_catalogue_has_200_distinct_named_cases() -> None:
     assert not set(names) & {c.name for c in E2E_CASES}
 
 
+@MODULE_LOOP
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c.name for c in CATALOGUE])
 async def test_bad_request_gets_a_clean_4xx(env: Env, case: Case) -> None:
     """Exact status and error code in the OpenAI shape; no upstream call; no ERROR log line."""
@@ -109,6 +111,7 @@ async def test_bad_request_gets_a_clean_4xx(env: Env, case: Case) -> None:
     assert not env.errors.records, [r.getMessage() for r in env.errors.records]
 
 
+@MODULE_LOOP
 async def test_gateway_still_serves_after_the_catalogue(env: Env) -> None:
     """After every bad request the same gateway answers a valid one normally."""
     status, body, _ = await send(env, Case("valid", VALID, 200))
