@@ -1,8 +1,10 @@
 """Start-up checks of the compression and budgets blocks."""
 from __future__ import annotations
 
+import pytest
+
 from gateway.compress.validate import budget_problems, compression_problems
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 
 UPSTREAM = {"upstreams": {"u": {"base_url": "http://127.0.0.1:1"}}}
 
@@ -14,15 +16,17 @@ def test_defaults_are_valid() -> None:
 
 
 def test_bad_values_are_reported_with_their_path() -> None:
-    """Each bad value gives one dotted-path line, route blocks included."""
-    cfg = parse_config({
+    """Each bad value gives one dotted-path line, route blocks included, and check-config reports them."""
+    raw = {
         **UPSTREAM,
         "compression": {"target": 1.5, "keep_last_turns": 0, "tool_output_max_tokens": 10},
         "budgets": {"max_tokens_cap": 0, "classes": [{"match": {}, "max_tokens": 5},
                                                      {"match": {"regex": "("}, "max_tokens": 0}]},
         "routes": [{"match": {"model": "*"}, "upstream": "u", "compression": {"min_saving_tokens": -1}}],
-    }, {})
-    found = compression_problems(cfg) + budget_problems(cfg)
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, {})
+    found = err.value.problems
     assert any(p.startswith("compression.target:") for p in found)
     assert any(p.startswith("compression.keep_last_turns:") for p in found)
     assert any(p.startswith("compression.tool_output_max_tokens:") for p in found)
