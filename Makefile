@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
+MINUTES ?= 10
 
 .PHONY: run test demo lint bench soak chaos clean
 
@@ -18,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/gateway serve --config $(CONFIG)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
@@ -28,6 +29,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)  # BENCH_ARGS='--only small-c1,stream-c1 --reps 5'; wrk and nginx are used when installed
 	$(BIN)/python -m bench.overhead $(BENCH_ARGS)
+
+soak: $(STAMP)  # MINUTES=N of mixed traffic with faults; prints RSS, files, tasks, pool, CLOSE_WAIT over time
+	$(BIN)/python -m scripts.soak --minutes $(MINUTES)
+
+chaos: $(STAMP)  # the long (slow-marked) hardening variants: 10k bodies, 5x overload, 30 s Redis faults...
+	$(BIN)/python -m pytest -q -m slow tests/hardening $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,7 +6,8 @@ separate process (``python -m bench.loadgen SPEC_JSON``) so that it never shares
 an interpreter or a core's time slice accounting with the server it measures; it
 is the only one that can time a stream's first token, so streams and idle
 streams always use it. A body template may contain ``NONCE``, replaced by a
-per-request counter, so that caches see distinct requests when they must miss.
+random per-run prefix and a per-request counter, so that caches see distinct
+requests when they must miss, across runs and repetitions too.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -37,7 +39,7 @@ class LoadSpec:
     duration_s: float = 3.0
     warmup_s: float = 0.3
     stream: bool = False
-    unique: bool = False  # replace NONCE in the body by a counter
+    unique: bool = False  # replace NONCE in the body by a random per-run prefix and a counter
     idle: int = 0  # idle mode: open this many streams, wait for the first bytes, hold until told
 
     def to_json(self) -> str:
@@ -79,6 +81,10 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[rank]
 
 
+def _run_prefix() -> bytes:
+    return secrets.token_hex(6).encode() + b"-"
+
+
 def wrk_binary() -> str | None:
     return shutil.which("wrk")
 
@@ -110,11 +116,13 @@ def _lua_string(data: bytes) -> str:
 
 
 def _wrk_script(spec: LoadSpec) -> str:
+    """A wrk Lua script for ``spec``; each call draws a new nonce prefix (never reused by another run)."""
     lines = [f'wrk.method = "{spec.method}"']
     for name, value in spec.headers.items():
         lines.append(f'wrk.headers["{name}"] = {_lua_string(value.encode())}')
     if spec.unique and NONCE in spec.body:
         prefix, suffix = spec.body.split(NONCE, 1)
+        prefix += _run_prefix()
         lines += [f"local prefix = {_lua_string(prefix)}", f"local suffix = {_lua_string(suffix)}",
                   "local n = 0", "request = function()", "  n = n + 1",
                   "  return wrk.format(nil, nil, nil, prefix .. n .. suffix)", "end"]
@@ -136,9 +144,10 @@ def _wrk_once(spec: LoadSpec, script: Path, seconds: float) -> dict[str, Any]:
 
 def run_wrk(spec: LoadSpec) -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
-        script = Path(tmp) / "script.lua"
+        warm_script, script = Path(tmp) / "warm.lua", Path(tmp) / "script.lua"
+        warm_script.write_text(_wrk_script(spec))
         script.write_text(_wrk_script(spec))
-        warm = _wrk_once(spec, script, 1) if spec.warmup_s > 0 else {"requests": 0}
+        warm = _wrk_once(spec, warm_script, 1) if spec.warmup_s > 0 else {"requests": 0}
         d = _wrk_once(spec, script, spec.duration_s)
     elapsed = d["duration_us"] / 1e6
     return LoadResult(tool="wrk", requests=d["requests"], total_requests=d["requests"] + warm["requests"],
@@ -178,6 +187,8 @@ class _Client:
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
             timeout=aiohttp.ClientTimeout(total=None, sock_read=120), skip_auto_headers=("User-Agent",))
         self.prefix, _, self.suffix = spec.body.partition(NONCE) if spec.unique else (spec.body, b"", b"")
+        if spec.unique:
+            self.prefix += _run_prefix()
 
     def body(self) -> bytes:
         if not self.spec.unique:

@@ -178,12 +178,23 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     return ex
 
 
+class _HeadersWithBody(web.StreamResponse):
+    """A relayed non-stream answer: its headers leave with the first body bytes, in one write.
+
+    A JSON answer is useless to a client before its body, and providers send both together,
+    so this saves a syscall and a client wake-up per request. Streams keep aiohttp's default
+    (headers at once), so an SSE client sees the status before the first token.
+    """
+
+    _send_headers_immediately = False  # aiohttp >= 3.10; older versions ignore it (headers at once)
+
+
 async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamResponse) -> web.StreamResponse:
     ex.status, ex.source, ex.upstream = up.status, up.source, up.upstream or ex.upstream
     headers = {**up.headers, **ex.response_headers, "x-request-id": ex.request_id}
     if up.upstream:
         headers["x-gateway-upstream"] = up.upstream
-    resp = web.StreamResponse(status=up.status, headers=headers)
+    resp = (web.StreamResponse if up.is_sse else _HeadersWithBody)(status=up.status, headers=headers)
     sse = up.is_sse
     inspector = StreamInspector(st.clock) if sse else None
     ex.attrs["inspector"] = inspector

@@ -12,6 +12,7 @@ from gateway.errors import LocalReply
 from gateway.handler import proxy, reject, request_id_of
 from gateway.request import read_body
 from gateway.telemetry.logging import REQUEST_ID
+from gateway.tools_path import safe_subpath
 
 
 async def handle_other(request: web.Request) -> web.StreamResponse:
@@ -37,7 +38,9 @@ async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Ex
         headers=request.headers, raw_body=raw, body=None, received_at=now,
         deadline=now + cfg.upstreams[upstream].timeouts.total_s, route_name="passthrough", upstream=upstream,
         tenant=identity.tenant, namespace=identity.namespace, client_key_hash=identity.key_hash,
-        query_string=request.query_string, upstream_path=request.path[3:],
+        # The raw path, refused when it has dot segments or encoded slashes: request.path is decoded, and
+        # "/v1/..%2F..%2Fadmin" would leave the upstream's base path (base_url + "/../../admin").
+        query_string=request.query_string, upstream_path=safe_subpath(request.rel_url.raw_path[3:]),
     )
 
 

@@ -11,6 +11,7 @@ enough that no malformed body can raise deeper in the gateway.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from gateway.appstate import APP_STATE
 from gateway.errors import LocalReply, bad_request
 
 MAX_DEPTH = 64
+MAX_TOKENS_PARAM = 2**31 - 1  # no model writes two billion tokens; beyond it is a client bug or an attack
 SERVER_DECODED = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Fields that would let a client steer where or how the gateway connects: never accepted.
@@ -92,7 +94,30 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     # Brackets are an upper bound on depth; only walk the (parsed) containers when it could be too deep.
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _too_deep(body, MAX_DEPTH):
         raise too_deep()
+    # The original bytes are forwarded: a duplicated steering key could be read one way here (last wins)
+    # and another way by the provider (first wins), so route, limits and cache would see another request.
+    if (raw.count(b'"model"') > 1 or raw.count(b'"stream"') > 1) and _has_duplicate_keys(raw):
+        raise bad_request("The JSON body has a duplicate key.", code="duplicate_key")
     return body
+
+
+def _has_duplicate_keys(raw: bytes) -> bool:
+    """Exact and slow (the stdlib parser with a hook): only run when a cheap count says it may be so."""
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            raise _DuplicateKey
+        return out
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs_hook)
+    except _DuplicateKey:
+        return True
+    return False
+
+
+class _DuplicateKey(Exception):
+    pass
 
 
 def too_deep() -> LocalReply:
@@ -129,6 +154,8 @@ def validate(operation: str, body: dict[str, Any]) -> None:
     if not isinstance(model, str) or not model or len(model) > 256:
         raise bad_request("'model' must be a non-empty string of at most 256 characters.", param="model",
                           code="invalid_type")
+    if not model.isprintable():
+        raise bad_request("'model' must not contain control characters.", param="model", code="invalid_value")
     _check_common(body)
     VALIDATORS[operation](body)
 
@@ -140,8 +167,12 @@ def _check_common(body: dict[str, Any]) -> None:
     for name in ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed", "top_logprobs"):
         _typed(body, name, int)
     for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        if isinstance(body.get(name), int) and body[name] < 1:
-            raise bad_request(f"Invalid '{name}': must be at least 1.", param=name, code="invalid_value")
+        if isinstance(body.get(name), int) and not 1 <= body[name] <= MAX_TOKENS_PARAM:
+            raise bad_request(f"Invalid '{name}': must be between 1 and {MAX_TOKENS_PARAM}.", param=name,
+                              code="invalid_value")
+    if isinstance(body.get("top_logprobs"), int) and not 0 <= body["top_logprobs"] <= 20:
+        raise bad_request("Invalid 'top_logprobs': must be between 0 and 20.", param="top_logprobs",
+                          code="invalid_value")
     if isinstance(body.get("n"), int) and not 1 <= body["n"] <= 128:
         raise bad_request("Invalid 'n': must be between 1 and 128.", param="n", code="invalid_value")
     _ranged(body, "temperature", 0.0, 2.0)
@@ -206,7 +237,7 @@ def _check_chat(body: dict[str, Any]) -> None:
             raise bad_request(f"Invalid type for 'messages[{i}]': expected an object.", param=f"messages[{i}]",
                               code="invalid_type")
         role = msg.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             raise bad_request(f"Invalid value for 'messages[{i}].role': {str(role)[:40]!r}.",
                               param=f"messages[{i}].role", code="invalid_value")
         content = msg.get("content")

@@ -6,7 +6,7 @@ from typing import Any
 import orjson
 
 from tests.e2e.test_bad_input import Case
-from tests.hardening.bad_cases import CHAT, CMP, EMB, RSP, USER, bad, chat, chat_msgs
+from tests.hardening.bad_cases import CMP, EMB, RSP, USER, bad, chat, chat_msgs
 
 
 def role_and_message_cases() -> list[Case]:

@@ -32,7 +32,7 @@ import contextlib
 import socket
 import struct
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Self
 
 CHUNK = 64 * 1024
 HOLD_LIMIT = 1024 * 1024  # bytes held per direction while blackholed or delayed, before back pressure
@@ -292,7 +292,7 @@ class FaultProxy:
             task.cancel()
         await self._settle()
 
-    async def __aenter__(self) -> FaultProxy:
+    async def __aenter__(self) -> Self:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
