@@ -24,12 +24,36 @@ from bench import loadgen, procs
 from bench.loadgen import LoadSpec
 from bench.scenarios import CHAT_PATH, GATEWAYS, all_scenarios, gateway_config
 
+CORE_FILES = ("gateway/handler.py", "gateway/upstream.py", "gateway/sse.py", "gateway/request.py", "gateway/auth.py",
+              "gateway/routing.py", "gateway/chain.py", "gateway/server.py", "gateway/exchange.py", "gateway/usage.py",
+              "gateway/errors.py")
+_POLICY_PARTS = ("policies/", "gateway/cache/", "gateway/resilience/", "gateway/ratelimit/", "gateway/compress/",
+                 "gateway/tokens", "tiktoken/", "gateway/tokencount")
+
+
+def owner(path: str) -> str:
+    """Who a frame's self time belongs to: the core, a policy, a sink, or the libraries the bare relay uses too."""
+    if path.endswith(CORE_FILES):
+        return "core (handler, upstream, sse, request, auth, routing, exchange, usage)"
+    if "telemetry/logging" in path or path.startswith("logging/"):
+        return "the request log line (logging)"
+    if "telemetry/" in path or "ledger/" in path or path.startswith("prometheus_client"):
+        return "telemetry sinks (metrics, live stats, accounting, ledger)"
+    if any(part in path for part in _POLICY_PARTS):
+        return "policies (and their tokenizer)"
+    if path.startswith(("aiohttp/", "multidict/", "yarl/")):
+        return "aiohttp (what the bare relay runs too)"
+    if path.startswith("asyncio/"):
+        return "asyncio / uvloop"
+    return "other"
+
 
 def summarise(collapsed: str, top: int = 30) -> str:
     """Inclusive and self sample shares per function from py-spy's raw (collapsed) output."""
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     by_file: collections.Counter[str] = collections.Counter()
+    by_owner: collections.Counter[str] = collections.Counter()
     total = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -42,15 +66,23 @@ def summarise(collapsed: str, top: int = 30) -> str:
             inclusive[name] += count
         own[frames[-1]] += count
         by_file[_file_of(stack.split(";")[-1])] += count
+        by_owner[owner(_file_of(stack.split(";")[-1]))] += count
     if not total:
         return "(no samples)"
-    out = [f"samples: {total}", "", "inclusive (on the stack):"]
+    out = [f"samples: {total}", "", "self time by owner:"]
+    out += [f"  {n / total:6.1%}  {name}" for name, n in by_owner.most_common()]
+    out += ["", "inclusive (on the stack):"]
     out += [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
     out += ["", "self (top of the stack):"]
     out += [f"  {n / total:6.1%}  {name}" for name, n in own.most_common(top)]
     out += ["", "self by file:"]
     out += [f"  {n / total:6.1%}  {name}" for name, n in by_file.most_common(15)]
     return "\n".join(out)
+
+
+def main_summarise(path: str) -> None:
+    """``python -m bench.profile --summarise STACKS``: re-read saved collapsed stacks."""
+    print(summarise(Path(path).read_text()))
 
 
 def _short(frame: str) -> str:
@@ -82,7 +114,11 @@ def main() -> int:
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--out", help="write the collapsed stacks here")
     p.add_argument("--tree", help="run the gateway from this source tree (a baseline checkout)")
+    p.add_argument("--summarise", metavar="STACKS", help="only summarise saved collapsed stacks and exit")
     args = p.parse_args()
+    if args.summarise:
+        main_summarise(args.summarise)
+        return 0
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)

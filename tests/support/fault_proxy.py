@@ -18,7 +18,8 @@ new connection from the next chunk on:
   as after a ``SIGCONT`` or a healed partition;
 - ``reset_after_bytes``: a connection whose response side passed that many bytes
   is reset (RST, ``SO_LINGER`` 0) on both sides; ``0`` resets at accept;
-- ``slow_close_s``: when one side closes, the other side's close is delayed.
+- ``slow_close_s``: when one side closes, the other side's close is delayed (an EOF from either side
+  closes the whole connection: HTTP and Redis clients never half-close, so nothing is lost by that).
 
 ``down()`` stops listening (connections are refused) and resets every open
 connection; ``up()`` listens again on the same port. ``reset_all()`` resets the
