@@ -9,6 +9,7 @@ Components created by policies register here instead of in module globals.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,10 @@ class AppState:
     sinks: list[Sink] = field(default_factory=list)  # called with each finished Exchange
     closers: list[Closer] = field(default_factory=list)  # run at shutdown, last registered first
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
-    clock: Callable[[], float] = field(default_factory=lambda: asyncio.get_running_loop().time)
+    # time.monotonic is the event loop's timebase (asyncio uses it; uvloop's libuv clock is CLOCK_MONOTONIC
+    # too) at full resolution: uvloop's loop.time() moves in whole milliseconds, too coarse for TTFT and
+    # gateway-overhead figures. Deadlines computed from it can be passed to asyncio.timeout_at.
+    clock: Callable[[], float] = time.monotonic
     config_path: str | None = None
     # Worker processes sharing this port (``--workers``; 1 when not supervised). Memory-backend limits
     # divide by it so N workers together admit what one process would (docs/kubernetes.md).

@@ -41,6 +41,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info", stream: Any = None) -> None:
+    # The logging HOWTO's optimisations: no caller lookup (a stack walk per line), no thread/process names.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
