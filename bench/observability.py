@@ -98,7 +98,7 @@ async def run(n: int, rounds: int, only: set[str] | None = None
     cpu: dict[str, dict[str, list[float]]] = {t: {k: [] for k in KINDS} for t in targets}
     per_round = max(1, n // rounds)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        for target, url in targets.items():  # warm-up: pools, tokenizer, first-use imports
+        for url in targets.values():  # warm-up: pools, tokenizer, first-use imports
             for body in KINDS.values():
                 await time_requests(session, url, body, 50)
         for _ in range(rounds):

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.config_model import Config, RouteConfig
 from gateway.compress.validate import budget_problems, compression_problems
+from gateway.config_model import Config, RouteConfig
 from gateway.ratelimit.model import check_key_limits, check_rate_limit
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

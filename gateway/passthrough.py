@@ -7,8 +7,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
-from gateway.exchange import Exchange
 from gateway.errors import LocalReply
+from gateway.exchange import Exchange
 from gateway.handler import proxy, reject, request_id_of
 from gateway.request import read_body
 from gateway.telemetry.logging import REQUEST_ID

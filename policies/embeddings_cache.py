@@ -110,7 +110,7 @@ class EmbeddingsCache:
                                     upstream=resp.upstream)
         vectors, total = parsed
         fresh: dict[CacheKey, tuple[bytes, int]] = {}
-        for key, item, vector, tokens in zip(todo, sub, vectors, split_tokens(total, sub, self._counter(ex)),
+        for key, _item, vector, tokens in zip(todo, sub, vectors, split_tokens(total, sub, self._counter(ex)),
                                              strict=True):
             fresh[key] = (vector, tokens)
             self._put(key, vector, tokens, ttl)

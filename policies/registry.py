@@ -12,13 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from gateway import tools
 from gateway.appstate import AppState
 from gateway.chain import Policy
 from gateway.config_model import Config
-from gateway import tools
-from policies import coalesce, embeddings_cache, exact_cache, semantic_cache
-from policies import circuit_breaker, retry
-from policies import rate_limit_client, rate_limit_upstream
+from policies import (
+    circuit_breaker,
+    coalesce,
+    embeddings_cache,
+    exact_cache,
+    rate_limit_client,
+    rate_limit_upstream,
+    retry,
+    semantic_cache,
+)
 from policies.budget import make_budget
 from policies.compression import make_compression
 from policies.tracing import attempt_span_factory, request_span_factory

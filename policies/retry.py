@@ -88,7 +88,7 @@ class RetryPolicy:
         run = _Run()
         primary_model = ex.upstream_model
         failed: _Failed | None = None
-        for index, target in enumerate(plan):
+        for _index, target in enumerate(plan):
             if failed is not None:
                 if failed.reason == "total_timeout" or self.clock() >= ex.deadline:
                     break
