@@ -113,6 +113,9 @@ class GatewayProcess:
             return self.proc.wait()
 
 
+_SPAWNED: dict[str, GatewayProcess] = {}  # url -> process, so wait_ready can report a crashed start
+
+
 def spawn_gateway(cfg: dict[str, Any], *, extra_args: list[str] | None = None,
                   env: dict[str, str] | None = None, port: int | None = None) -> GatewayProcess:
     tmp = Path(tempfile.mkdtemp(prefix="gw-"))
@@ -125,16 +128,26 @@ def spawn_gateway(cfg: dict[str, Any], *, extra_args: list[str] | None = None,
         [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
          *(extra_args or [])],
         stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=tmp)
-    return GatewayProcess(proc=proc, port=port, config_path=path, log_path=log_path, tmpdir=tmp)
+    gw = GatewayProcess(proc=proc, port=port, config_path=path, log_path=log_path, tmpdir=tmp)
+    _SPAWNED[gw.url] = gw
+    return gw
 
 
-async def wait_ready(url: str, timeout: float = 20.0, path: str = "/readyz") -> None:
-    """Poll until the server answers (startup of a subprocess: nothing to inject)."""
+async def wait_ready(url: str, timeout: float = 30.0, path: str = "/readyz") -> None:
+    """Poll until the server answers (startup of a subprocess: nothing to inject).
+
+    When ``url`` belongs to a gateway started by ``spawn_gateway`` that has exited, fail at
+    once with the end of its log instead of waiting out the timeout.
+    """
     import aiohttp
 
+    spawned = _SPAWNED.get(url)
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
+            if spawned is not None and spawned.proc.poll() is not None:
+                raise RuntimeError(f"gateway at {url} exited with {spawned.proc.returncode}:\n"
+                                   f"{spawned.logs()[-3000:]}")
             try:
                 async with session.get(url + path) as resp:
                     if resp.status == 200:
@@ -142,7 +155,8 @@ async def wait_ready(url: str, timeout: float = 20.0, path: str = "/readyz") -> 
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.05)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
+    tail = f"\n{spawned.logs()[-3000:]}" if spawned is not None else ""
+    raise TimeoutError(f"{url} not ready after {timeout}s{tail}")
 
 
 def redis_server_binary() -> str | None:
