@@ -55,7 +55,6 @@ class _JsonErrorHandler(web.RequestHandler):
         resp.force_close()
         return resp
 
-
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
         if isinstance(exc, (BadHttpMessage, RequestPayloadError)):

@@ -230,9 +230,10 @@ async def run_soak(cfg: SoakConfig) -> SoakReport:
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     (tmp / "config.yaml").write_text(yaml.safe_dump(gateway_config(mock.url, tmp)))
     port, tasks_file = free_port(), tmp / "tasks.json"
-    proc = subprocess.Popen([sys.executable,  # noqa: ASYNC220 - starting it does not block "-m", "scripts.soak", "serve", "--config", str(tmp / "config.yaml"),
-                             "--port", str(port), "--tasks-file", str(tasks_file)], cwd=ROOT,
-                            stdout=(tmp / "gateway.log").open("wb"), stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "scripts.soak", "serve", "--config", str(tmp / "config.yaml"), "--port", str(port),
+            "--tasks-file", str(tasks_file)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=(tmp / "gateway.log").open("wb"),  # noqa: ASYNC220 (no wait)
+                            stderr=subprocess.STDOUT)
     try:
         await wait_ready(f"http://127.0.0.1:{port}")
         url = f"http://127.0.0.1:{port}"
