@@ -82,9 +82,12 @@ class SoakReport:
         rss_growth = max(s.rss_mb for s in tail) - first.rss_mb
         if rss_growth > max(10.0, first.rss_mb * 0.1):
             out.append(f"RSS grew {rss_growth:.1f} MB after the warm-up ({first.rss_mb:.1f} MB)")
-        if max(s.fds for s in tail) > max(s.fds for s in after[:max(1, len(after) // 3)]) + 8:
-            out.append("open files grew after the warm-up")
         idle, base = self.idle_after, self.idle_before
+        # Open files follow the connections in use (clients in, pool out): bounded by the concurrency, not
+        # by time. A leak shows here over a long run and, whatever its rate, in the idle check below.
+        if max(s.fds for s in after) > base.fds + 2 * self.config.concurrency + 8:
+            out.append(f"open files beyond what {self.config.concurrency} clients explain: "
+                       f"{max(s.fds for s in after)} vs {base.fds} idle")
         if idle.tasks > base.tasks + 2:
             out.append(f"tasks did not return to idle: {idle.tasks} vs {base.tasks} before")
         if idle.fds > base.fds + self.config.concurrency + 4:
@@ -116,7 +119,7 @@ def gateway_config(mock_url: str, tmp: Path) -> dict[str, Any]:
         "auth": {"mode": "keys", "keys": [{"key": KEY, "tenant": "soak", "rpm": 10_000_000}]},
         "ledger": {"enabled": True, "sqlite_path": str(tmp / "ledger.sqlite3")},
         # Caps small enough to be reached during the warm-up: the soak then proves they hold.
-        "cache": {"exact": {"max_bytes": 8 * 2**20}, "embeddings": {"max_bytes": 8 * 2**20}},
+        "cache": {"exact": {"max_bytes": 4 * 2**20}, "embeddings": {"max_bytes": 4 * 2**20}},
     }
 
 
