@@ -228,6 +228,10 @@ def check_semantics(cfg: Config) -> list[str]:
         problems += _check_retry_on(f"upstreams.{name}.retry.retry_on", up.retry.retry_on)
     problems += check_key_limits("auth.keys", cfg.auth.keys)
     problems += compression_problems(cfg) + budget_problems(cfg)
+    if cfg.server.max_inflight < 1:
+        problems.append("server.max_inflight: must be >= 1")
+    if cfg.server.body_timeout_s <= 0:
+        problems.append("server.body_timeout_s: must be > 0")
     if cfg.server.workers is not None and cfg.server.workers < 1:
         problems.append("server.workers: must be >= 1 (or null for one per available core)")
     for name, tool in cfg.tools.items():

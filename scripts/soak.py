@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +72,11 @@ class SoakReport:
     counts: dict[str, int] = field(default_factory=dict)
     unexpected: list[str] = field(default_factory=list)
     exit_code: int | None = None
+    workdir: Path | None = None  # the gateway's config, log and ledger: kept when the soak fails
+
+    def cleanup(self) -> None:
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def problems(self) -> list[str]:
         """Every broken promise, in words (empty: the soak passed)."""
@@ -230,7 +236,7 @@ async def wait_idle(pid: int, tasks_file: Path, target: int, timeout: float) -> 
 async def run_soak(cfg: SoakConfig) -> SoakReport:
     report = SoakReport(cfg)
     mock = await start_mock(MockConfig(ttft_ms=5))
-    tmp = Path(tempfile.mkdtemp(prefix="soak-"))
+    tmp = report.workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     (tmp / "config.yaml").write_text(yaml.safe_dump(gateway_config(mock.url, tmp)))
     port, tasks_file = free_port(), tmp / "tasks.json"
     argv = [sys.executable, "-m", "scripts.soak", "serve", "--config", str(tmp / "config.yaml"), "--port", str(port),
@@ -324,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"samples": [asdict(s) for s in report.samples],
                                                "counts": report.counts, "problems": problems}, indent=1))
-    return 1 if problems else 0
+    if problems:
+        print(f"gateway log and ledger kept in {report.workdir}")
+        return 1
+    report.cleanup()
+    return 0
 
 
 if __name__ == "__main__":

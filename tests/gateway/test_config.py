@@ -107,7 +107,7 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
 
 def test_policy_blocks_are_checked_by_check_config() -> None:
     """Rate-limit ranges, unknown retry_on conditions and server.workers are config errors, not start-up crashes."""
-    raw = {"server": {"workers": 0},
+    raw = {"server": {"workers": 0, "max_inflight": 0},
            "upstreams": {"a": {"base_url": "http://a/v1", "rate_limit": {"headroom": 2, "rpm": -1},
                                "retry": {"retry_on": ["503", "sometimes"]}}},
            "auth": {"mode": "keys", "keys": [{"key": "k", "tenant": "t", "tpm": -5}]},
@@ -122,3 +122,4 @@ def test_policy_blocks_are_checked_by_check_config() -> None:
     assert any(p.startswith("upstreams.a.retry.retry_on: unknown condition 'sometimes'") for p in problems)
     assert "auth.keys[0].tpm: must be >= 0" in problems
     assert any(p.startswith("server.workers: must be >= 1") for p in problems)
+    assert "server.max_inflight: must be >= 1" in problems

@@ -14,7 +14,8 @@ async def test_two_minute_soak_holds_steady() -> None:
     """~20,000 mixed requests in ~2 minutes: no growth after warm-up, back to idle, zero CLOSE_WAIT."""
     report = await run_soak(SoakConfig(minutes=1.85, concurrency=12, rate=200, sample_s=5, warmup_s=40))
     print(report.table())
-    assert report.problems() == []
+    assert report.problems() == [], f"gateway log kept in {report.workdir}"
+    report.cleanup()
     assert report.idle_after is not None and report.idle_after.close_wait == 0
     assert sum(report.counts.values()) >= 10_000  # ~22,000 at the 200 req/s asked; less on a starved CPU
     assert sum(v for k, v in report.counts.items() if k.startswith(("reset:", "abort:"))) >= 200
