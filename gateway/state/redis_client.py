@@ -56,7 +56,8 @@ class GuardedRedis:
         try:
             async with asyncio.timeout(self.timeout_s):
                 result = await fn(self.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        # RuntimeError: uvloop refuses writes on a transport that a dying Redis just closed.
+        except (RedisError, OSError, TimeoutError, RuntimeError) as exc:
             self._failed(exc)
             raise RedisUnavailable(type(exc).__name__) from exc
         self._succeeded()

@@ -1,0 +1,49 @@
+"""GuardedRedis: any failure of a Redis call becomes RedisUnavailable; the guard opens and recovers."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _guard(clock: _Clock) -> GuardedRedis:
+    return GuardedRedis(client=None, timeout_s=0.05, clock=clock, failure_threshold=2, cooldown_s=1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError("reset"), TimeoutError(),
+                                   RuntimeError("unable to perform operation on <TCPTransport closed=True>")])
+async def test_failures_become_unavailable_and_open_the_guard(error: Exception) -> None:
+    """Resets, timeouts and uvloop's closed-transport RuntimeError all mean 'fall back', never a 500."""
+    clock, calls = _Clock(), []
+    guard = _guard(clock)
+    seen: list[bool] = []
+    guard.listeners.append(seen.append)
+
+    async def broken(_client: Any) -> None:
+        calls.append(1)
+        raise error
+
+    for _ in range(2):
+        with pytest.raises(RedisUnavailable):
+            await guard.call(broken)
+    assert not guard.up and seen == [False]
+    with pytest.raises(RedisUnavailable):  # cooling off: Redis is not even tried
+        await guard.call(broken)
+    assert len(calls) == 2
+
+    async def healthy(_client: Any) -> str:
+        return "PONG"
+
+    clock.now = 2.0
+    assert await guard.call(healthy) == "PONG"
+    assert guard.up and seen == [False, True]
