@@ -40,13 +40,14 @@ from gateway.auth import Authenticator
 from gateway.config import parse_config
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
-from gateway.ratelimit.runtime import COMPONENT, RateLimiter
 from gateway.routing import Router
 from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.metrics import Metrics
-from gateway.tokencount import prompt_tokens
-from gateway.tokens import Tokenizer
-from policies import rate_limit_client, rate_limit_upstream
+from gateway.tokens.prompt import prompt_tokens
+from gateway.tokens.tokenizer import Tokenizer
+from policies.ratelimit import client_layer as rate_limit_client
+from policies.ratelimit import upstream_layer as rate_limit_upstream
+from policies.ratelimit.runtime import COMPONENT, RateLimiter
 from tests.support.servers import RedisServer, free_port, gateway_config, redis_server_binary
 
 KEY = "sk-bench"

@@ -35,8 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.compress import Plan, compress, tokenizer_meter
-from gateway.tokens import Tokenizer
+from gateway.tokens.tokenizer import Tokenizer
+from policies.compression.engine import Plan, compress
+from policies.compression.meter import tokenizer_meter
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSCRIPTS = ROOT / "tests" / "data" / "transcripts"

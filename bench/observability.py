@@ -127,7 +127,7 @@ def micro(iterations: int) -> dict[str, float]:
     from gateway.sse import StreamInspector
     from gateway.telemetry.metrics import Metrics, RequestMetrics
     from gateway.telemetry.metrics_sink import MetricsSink
-    from gateway.telemetry.tracing import create_tracing
+    from policies.tracing.tracer import create_tracing
 
     def exchange() -> Exchange:
         ex = Exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import admin_stats, dashboard
-from gateway.admin_usage import add_usage_route
 from gateway.appstate import APP_STATE, AppState, Runtime
 from gateway.auth import Authenticator
 from gateway.chain import Next, build_chain
@@ -24,8 +23,9 @@ from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observability import start_observability
-from gateway.tokens import Tokenizer
+from gateway.tokens.tokenizer import Tokenizer
 from gateway.upstream import UpstreamClient
+from policies.ledger.admin import add_usage_route
 from policies.registry import build_policies
 
 log = logging.getLogger("gateway.app")

@@ -21,9 +21,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.compress.validate import budget_problems, compression_problems
 from gateway.config_model import Config, RouteConfig
-from gateway.ratelimit.model import check_key_limits, check_rate_limit
+from policies.config_checks import FEATURE_CHECKS
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ROUTE_OVERRIDABLE = ("cache", "compression", "budgets")
@@ -220,22 +219,17 @@ def check_semantics(cfg: Config) -> list[str]:
     if not cfg.upstreams:
         problems.append("upstreams: at least one upstream is required")
     for name, up in cfg.upstreams.items():
-        problems += _check_url(f"upstreams.{name}.base_url", up.base_url)
+        problems += check_url(f"upstreams.{name}.base_url", up.base_url)
         if up.pool.max_connections < 1:
             problems.append(f"upstreams.{name}.pool.max_connections: must be >= 1")
-        if up.rate_limit is not None:
-            problems += check_rate_limit(f"upstreams.{name}.rate_limit", up.rate_limit)
-        problems += _check_retry_on(f"upstreams.{name}.retry.retry_on", up.retry.retry_on)
-    problems += check_key_limits("auth.keys", cfg.auth.keys)
-    problems += compression_problems(cfg) + budget_problems(cfg)
+    for check in FEATURE_CHECKS:
+        problems += check(cfg)
     if cfg.server.max_inflight < 1:
         problems.append("server.max_inflight: must be >= 1")
     if cfg.server.body_timeout_s <= 0:
         problems.append("server.body_timeout_s: must be > 0")
     if cfg.server.workers is not None and cfg.server.workers < 1:
         problems.append("server.workers: must be >= 1 (or null for one per available core)")
-    for name, tool in cfg.tools.items():
-        problems += _check_url(f"tools.{name}.base_url", tool.base_url)
     for i, route in enumerate(cfg.routes):
         problems += _check_route(i, route, cfg)
     if not 1 <= cfg.server.port <= 65535:
@@ -252,19 +246,7 @@ def check_semantics(cfg: Config) -> list[str]:
         problems.append("state.replicas_hint: must be >= 1")
     if cfg.state.backend == "redis" and not cfg.state.redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("state.redis_url: must start with redis://, rediss:// or unix://")
-    sem = cfg.cache.semantic.embedder
-    if sem != "local" and not (sem.startswith("upstream:") and sem.count(":") >= 2):
-        problems.append("cache.semantic.embedder: must be 'local' or 'upstream:<name>:<model>'")
     return problems
-
-
-_RETRY_NAMES = frozenset({"connect_error", "connect_timeout", "reset_before_response", "timeout_before_first_byte",
-                          "idle_timeout", "total_timeout", "error_event", "circuit_open"})
-
-
-def _check_retry_on(path: str, names: list[str]) -> list[str]:
-    return [f"{path}: unknown condition {name!r} (a failure kind, error_event, or an HTTP status)"
-            for name in names if name not in _RETRY_NAMES and not (name.isdigit() and 400 <= int(name) <= 599)]
 
 
 def _check_route(i: int, route: RouteConfig, cfg: Config) -> list[str]:
@@ -277,7 +259,7 @@ def _check_route(i: int, route: RouteConfig, cfg: Config) -> list[str]:
     return problems
 
 
-def _check_url(path: str, url: str) -> list[str]:
+def check_url(path: str, url: str) -> list[str]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return [f"{path}: must be an http(s) URL, got {url!r}"]

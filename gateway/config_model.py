@@ -1,24 +1,27 @@
 """The configuration schema: frozen dataclasses, one per YAML block.
 
-The whole schema lives here (core blocks) and in ``config_policies`` (policy
-blocks) rather than beside each policy, so that ``gateway check-config`` can
-validate a file as one unit and list every problem, and so that no policy
-module has to be imported to read a config. Policies import their block from
-here. Field names are the YAML keys; defaults are the documented defaults.
+The core blocks live here; each feature's block lives in its own package
+(``policies/<feature>/config.py``: plain dataclasses that import nothing of the
+feature's code) and is composed here, so ``gateway check-config`` still reads a
+file as one unit and lists every problem. Field names are the YAML keys;
+defaults are the documented defaults. Value rules are checked by each feature's
+``validate.problems`` (listed in ``policies/config_checks.py``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from gateway.config_policies import (
-    BudgetsConfig,
-    CacheConfig,
-    CircuitBreakerConfig,
-    CompressionConfig,
-    RateLimitConfig,
-    RetryConfig,
-)
+from gateway.config_common import PoolConfig, TimeoutsConfig
+from policies.budgets.config import BudgetsConfig
+from policies.cache.config import CacheConfig
+from policies.compression.config import CompressionConfig
+from policies.ledger.config import LedgerConfig
+from policies.ratelimit.config import RateLimitConfig
+from policies.resilience.config import CircuitBreakerConfig, RetryConfig
+from policies.tools.config import ToolConfig
+from policies.tracing.config import TracingConfig
+from policies.usage.config import PriceConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,20 +39,6 @@ class ServerConfig:
     # at once (before their body is read), so overload costs the client a fast retry, not our memory.
     max_inflight: int = 4096
     body_timeout_s: float = 60.0  # the whole request body must arrive within this; a trickling client gets 408
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PoolConfig:
-    max_connections: int = 256
-    keepalive_s: float = 30.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TimeoutsConfig:
-    connect_s: float = 5.0
-    first_byte_s: float = 60.0
-    idle_s: float = 120.0
-    total_s: float = 600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,66 +128,8 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TracingConfig:
-    enabled: bool = False
-    endpoint: str | None = None  # OTLP/HTTP traces endpoint; else OTEL_EXPORTER_OTLP_* variables
-    headers: dict[str, str] = field(default_factory=dict)
-    service_name: str = "llm-gateway"
-    sample_ratio: float = 1.0
-    capture_content: bool = False
-    exporter: Literal["otlp", "console", "memory"] = "otlp"  # memory: kept in-process (tests, debugging)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LedgerConfig:
-    enabled: bool = True
-    sqlite_path: str = "gateway-usage.sqlite3"
-    retention_days: float = 30.0
-    batch_size: int = 256
-    flush_interval_s: float = 1.0
-    max_queue: int = 100_000  # records waiting for a write; beyond it the oldest are dropped (and counted)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class AdminConfig:
     api_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PriceConfig:
-    """USD per 1M tokens."""
-
-    input: float = 0.0
-    output: float = 0.0
-    cached_input: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ApiKeyParam:
-    value: str
-    query: str | None = None
-    header: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FallbackResponse:
-    status: int = 200
-    json: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ToolConfig:
-    base_url: str
-    api_key_param: ApiKeyParam | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    read_only: bool = False
-    pool: PoolConfig = field(default_factory=PoolConfig)
-    timeouts: TimeoutsConfig = field(default_factory=lambda: TimeoutsConfig(connect_s=2, first_byte_s=10, total_s=15))
-    retry: RetryConfig = field(default_factory=RetryConfig)
-    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
-    fallback_response: FallbackResponse | None = None
-    cache_ttl_s: float | None = None  # read-only routes: exact cache TTL (None: cache.exact.ttl_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -108,7 +108,7 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
             ex.status = 504 if failure.is_timeout else 502
         reply = failure.to_reply()
         if ex is not None:
-            reply.headers.update(ex.response_headers)  # x-gateway-attempts, x-should-retry (policies.retry)
+            reply.headers.update(ex.response_headers)  # x-gateway-attempts, x-should-retry (policies.resilience.retry_layer)
         return error_response(rid, reply)
     except asyncio.CancelledError:
         if ex is not None and not ex.status:

@@ -12,7 +12,7 @@ from gateway.exchange import Exchange
 from gateway.handler import proxy, reject, request_id_of
 from gateway.request import read_body
 from gateway.telemetry.logging import REQUEST_ID
-from gateway.tools_path import safe_subpath
+from policies.tools.paths import safe_subpath
 
 
 async def handle_other(request: web.Request) -> web.StreamResponse:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config_model import TimeoutsConfig, UpstreamConfig
+from gateway.config_common import TimeoutsConfig
+from gateway.config_model import UpstreamConfig
 from gateway.errors import LocalReply, UpstreamFailure
 from gateway.exchange import Attempt, Exchange, UpstreamResponse
 

@@ -12,24 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from gateway import tools
 from gateway.appstate import AppState
 from gateway.chain import Policy
 from gateway.config_model import Config
-from policies import (
-    circuit_breaker,
-    coalesce,
-    embeddings_cache,
-    exact_cache,
-    rate_limit_client,
-    rate_limit_upstream,
-    retry,
-    semantic_cache,
-)
-from policies.budget import make_budget
-from policies.compression import make_compression
-from policies.tracing import attempt_span_factory, request_span_factory
-from policies.usage import usage_factory
+from policies.budgets.layer import make_budget
+from policies.cache import coalesce_layer as coalesce
+from policies.cache import embeddings_layer as embeddings_cache
+from policies.cache import exact_layer as exact_cache
+from policies.cache import semantic_layer as semantic_cache
+from policies.compression.layer import make_compression
+from policies.ratelimit import client_layer as rate_limit_client
+from policies.ratelimit import upstream_layer as rate_limit_upstream
+from policies.resilience import breaker_layer as circuit_breaker
+from policies.resilience import retry_layer as retry
+from policies.tools import routes as tools
+from policies.tracing.layer import attempt_span_factory, request_span_factory
+from policies.usage.layer import usage_factory
 
 PolicyFactory = Callable[[AppState, Config], Awaitable[Policy | None]]
 

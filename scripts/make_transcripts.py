@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.tokens import Tokenizer
+from gateway.tokens.tokenizer import Tokenizer
 
 MODEL = "gpt-4o"
 SIZES = {"8k": 8_000, "32k": 32_000, "128k": 128_000}

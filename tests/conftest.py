@@ -1,12 +1,14 @@
 """Fixtures: the fake provider, the real gateway and a real Redis, all on loopback."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import pytest_asyncio
 
+from gateway.exchange import Exchange
 from gateway.mock import MockConfig, MockServer, start_mock
+from tests.support.exchange import build_exchange
 from tests.support.servers import RedisServer, free_port, redis_server_binary
 
 
@@ -30,3 +32,9 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def make_exchange() -> Callable[..., Exchange]:
+    """``make_exchange(body, **fields)``: see ``tests.support.exchange.build_exchange``."""
+    return build_exchange

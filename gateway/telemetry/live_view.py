@@ -12,10 +12,10 @@ from typing import Any
 from gateway.appstate import AppState
 from gateway.exchange import Exchange
 from gateway.telemetry import live_window as w
-from gateway.telemetry.accounting import COST_KEY
 from gateway.telemetry.live import SERVED_BY_CACHE, LiveStats, Pricer
 from gateway.telemetry.live_window import Hist, Second
-from gateway.telemetry.pricing import cost_usd, price_for
+from policies.usage.accounting import COST_KEY
+from policies.usage.pricing import cost_usd, price_for
 
 MAX_LISTED = 100  # models, tenants, breakers shown; all are bounded sets already
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from gateway.appstate import AppState
 from gateway.exchange import Attempt, Exchange
-from gateway.telemetry.accounting import COST_KEY
 from gateway.telemetry.metrics import OTHER, RequestMetrics, bounded, observe_many, status_class
+from policies.usage.accounting import COST_KEY
 
 CACHE_RESULTS = frozenset({"none", "hit", "semantic-hit", "miss", "bypass", "coalesced"})
 ATTEMPT_OUTCOMES = frozenset({

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from gateway.appstate import AppState
 from gateway.config_model import Config
-from gateway.ledger import open_ledger
 from gateway.metrics_endpoint import start_metrics_server
-from gateway.telemetry.accounting import make_finalizer
 from gateway.telemetry.metrics import RequestMetrics
 from gateway.telemetry.metrics_sink import MetricsSink
-from gateway.telemetry.tracing import create_tracing
+from policies.ledger.setup import open_ledger
+from policies.tracing.tracer import create_tracing
+from policies.usage.accounting import make_finalizer
 
 
 async def start_observability(st: AppState, config: Config) -> None:

@@ -12,9 +12,9 @@ import pytest
 from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.compress import tool_call_problems
 from gateway.mock import MockServer
-from gateway.tokens import Tokenizer
+from gateway.tokens.tokenizer import Tokenizer
+from policies.compression.turns import tool_call_problems
 from tests.e2e.conftest import GatewayFactory
 
 MODEL = "gpt-4o-mini"

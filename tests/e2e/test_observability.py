@@ -13,7 +13,7 @@ from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.mock import MockServer
-from gateway.tokens import Tokenizer
+from gateway.tokens.tokenizer import Tokenizer
 from tests.support.servers import InProcessGateway, free_port
 
 GatewayFactory = Callable[..., Awaitable[InProcessGateway]]

@@ -16,9 +16,9 @@ from gateway.auth import digest
 from gateway.mock import MockConfig, MockServer, start_mock
 from gateway.mock.chat import chat_prompt_tokens
 from gateway.mock.recorder import QUOTA_429
-from gateway.ratelimit.buckets import LimiterClock
-from gateway.ratelimit.model import LimitSet
-from gateway.ratelimit.runtime import COMPONENT, RateLimiter
+from policies.ratelimit.buckets import LimiterClock
+from policies.ratelimit.model import LimitSet
+from policies.ratelimit.runtime import COMPONENT, RateLimiter
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
 
 KEY = "sk-team-a-secret"

@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from gateway.exchange import Attempt, Exchange, Usage
 from gateway.sse import StreamInspector
-from gateway.telemetry.accounting import COST_KEY
 from gateway.telemetry.metrics import Metrics, RequestMetrics
 from gateway.telemetry.metrics_sink import INFLIGHT_KEY, MetricsSink, attempt_outcome
+from policies.usage.accounting import COST_KEY
 
 
 def sample(m: Metrics, name: str, **labels: str) -> float:

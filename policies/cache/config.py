@@ -1,0 +1,49 @@
+"""The ``cache`` block: exact, semantic, coalescing and embeddings caches."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+CacheMode = Literal["read_write", "read_only", "write_only", "off"]
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExactCacheConfig:
+    enabled: bool = True
+    ttl_s: float = 3600.0
+    max_entries: int = 10000
+    max_bytes: int = 256 * 1024 * 1024
+    deterministic_only: bool = True
+    cache_truncated: bool = False
+    mode: CacheMode = "read_write"
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SemanticCacheConfig:
+    enabled: bool = False
+    threshold: float = 0.95
+    ttl_s: float = 3600.0
+    max_entries: int = 50000
+    embedder: str = "local"  # local | upstream:<name>:<model>
+    skip_tool_turns: bool = True
+    mode: CacheMode = "read_write"
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CoalesceConfig:
+    enabled: bool = True
+    max_waiters: int = 1000
+    nondeterministic: bool = False
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddingsCacheConfig:
+    enabled: bool = True
+    ttl_s: float = 86400.0
+    batch_window_ms: float = 5.0
+    max_batch: int = 256
+    max_entries: int = 200000  # per-input vectors held in memory
+    max_bytes: int = 512 * 1024 * 1024
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    exact: ExactCacheConfig = field(default_factory=ExactCacheConfig)
+    semantic: SemanticCacheConfig = field(default_factory=SemanticCacheConfig)
+    coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
+    embeddings: EmbeddingsCacheConfig = field(default_factory=EmbeddingsCacheConfig)

@@ -1,0 +1,83 @@
+"""One cached answer in its single canonical form, and its compact encoding for Redis.
+
+Every operation is stored as its complete non-stream JSON body (a
+``chat.completion``, a ``text_completion``, a ``response``), however it was
+produced; a streamed request is served by replaying that body as SSE
+(``policies.cache.replay``). One form means a stream can hit an entry made by a
+non-stream call and the reverse, and the entry is never stored twice. The
+rendered SSE bytes are memoised on the in-memory object so a hot entry is
+rendered once.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.exchange import Usage
+from gateway.usage import usage_from_response_obj
+
+_MAGIC = b"GWC1"
+OPAQUE_USAGE = frozenset({"tool", "embedding"})  # bodies without a usage object of their own
+
+
+@dataclass(slots=True, kw_only=True)
+class CachedAnswer:
+    operation: str  # chat | completions | responses | tool
+    body: bytes  # canonical JSON body (or the raw body of a tool answer)
+    created: float  # wall-clock seconds when the original answer was produced
+    content_type: str = "application/json"
+    usage: Usage | None = None
+    text: str = ""  # the question's text, for semantic-cache guards (never sent to clients)
+    _obj: dict[str, Any] | None = None
+    _sse: dict[bool, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_obj(cls, operation: str, obj: dict[str, Any], created: float) -> CachedAnswer:
+        return cls(operation=operation, body=orjson.dumps(obj), created=created, usage=usage_from_response_obj(obj),
+                   _obj=obj)
+
+    def obj(self) -> dict[str, Any]:
+        if self._obj is None:
+            self._obj = orjson.loads(self.body)
+        return self._obj
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(v) for v in self._sse.values()) + len(self.text) + 200
+
+    @property
+    def tokens(self) -> int:
+        return self.usage.total if self.usage is not None else 0
+
+    def encode(self) -> bytes:
+        """Compressed bytes for a shared store: a small JSON header, a newline, the body."""
+        head = orjson.dumps({"op": self.operation, "created": self.created, "ct": self.content_type,
+                             "text": self.text, "tok": self.usage.prompt if self.usage is not None else None})
+        return _MAGIC + zlib.compress(head + b"\n" + self.body, 3)
+
+    @classmethod
+    def decode(cls, data: bytes) -> CachedAnswer | None:
+        """The inverse of :meth:`encode`; ``None`` for anything damaged or of another format."""
+        if not data.startswith(_MAGIC):
+            return None
+        try:
+            raw = zlib.decompress(data[len(_MAGIC):])
+            head_bytes, _, body = raw.partition(b"\n")
+            head = orjson.loads(head_bytes)
+        except (zlib.error, orjson.JSONDecodeError):
+            return None
+        if not isinstance(head, dict) or not isinstance(head.get("op"), str):
+            return None
+        answer = cls(operation=head["op"], body=body, created=float(head.get("created") or 0.0),
+                     content_type=str(head.get("ct") or "application/json"), text=str(head.get("text") or ""))
+        if isinstance(head.get("tok"), int) and answer.operation in OPAQUE_USAGE:
+            answer.usage = Usage(prompt=head["tok"])
+        elif answer.content_type == "application/json" and answer.operation not in OPAQUE_USAGE:
+            try:
+                answer.usage = usage_from_response_obj(answer.obj())
+            except orjson.JSONDecodeError:
+                return None
+        return answer

@@ -1,0 +1,91 @@
+"""Exact response cache: an identical request (same tenant, route, model, parameters) gets the stored answer.
+
+Only clean 200 answers are stored (non-stream: a complete JSON answer; stream:
+``[DONE]`` seen and no error event), by default only for deterministic requests
+(``temperature: 0`` or a ``seed``) and never an answer cut by ``max_tokens``
+unless ``cache_truncated``. One canonical form serves both modes. Hits spend
+no quota and make no upstream call (this layer sits outside rate limiting).
+Client controls (``Cache-Control``, ``x-gateway-cache``...) are read once per
+request in ``policies.cache.controls``.
+"""
+from __future__ import annotations
+
+import time
+
+from gateway.appstate import AppState
+from gateway.chain import Next
+from gateway.config_model import Config
+from gateway.exchange import Exchange, UpstreamResponse
+from policies.cache.config import ExactCacheConfig
+from policies.cache.controls import mode_allows
+from policies.cache.entry import CachedAnswer
+from policies.cache.fill import attach_fill
+from policies.cache.keys import CacheKey
+from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of, deterministic
+from policies.cache.respond import cached_response
+from policies.cache.runtime import CacheRuntime, cache_runtime
+from policies.tools.cache_layer import ToolCache
+
+MAX_ENTRY_BYTES = 32 * 1024 * 1024
+
+
+class ExactCache:
+    name = "exact_cache"
+
+    def __init__(self, state: AppState, config: Config, rt: CacheRuntime) -> None:
+        self.state = state
+        self.config = config
+        self.rt = rt
+        self.keys = KeyMaker(config)
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+        if ex.operation not in ANSWER_OPERATIONS or ex.body is None:
+            return await next(ex)
+        cfg = cache_config(ex, self.config.cache).exact
+        if not cfg.enabled or cfg.mode == "off":
+            return await next(ex)
+        controls = controls_of(ex)
+        key = self.keys.key(ex)
+        read, write = mode_allows(cfg.mode, controls)
+        if not (read or write) or (cfg.deterministic_only and not deterministic(ex)):
+            ex.cache_result = ex.response_headers["x-gateway-cache"] = "bypass"
+            self.rt.metrics.request("exact", "bypass", self.name)
+            return await next(ex)
+        if read:
+            answer = await self.rt.exact.get(key)
+            if answer is not None and (controls.max_age_s is None or _age(answer) <= controls.max_age_s):
+                self.rt.metrics.request("exact", "hit", self.name)
+                self.rt.metrics.saved("exact", ex.model, answer.tokens)
+                return cached_response(ex, answer, "hit", self.state.clock)
+        ex.cache_result = ex.response_headers["x-gateway-cache"] = "miss"
+        self.rt.metrics.request("exact", "miss", self.name)
+        resp = await next(ex)
+        if write and ex.cache_result in ("miss", "coalesced"):
+            ttl = controls.ttl(cfg.ttl_s)
+            resp = attach_fill(ex, resp, self._storer(key, ttl, cfg), min(MAX_ENTRY_BYTES, cfg.max_bytes))
+        return resp
+
+    def _storer(self, key: CacheKey, ttl: float, cfg: ExactCacheConfig):  # type: ignore[no-untyped-def]
+        def store(answer: CachedAnswer, reasons: list[str]) -> None:
+            if "length" in reasons and not cfg.cache_truncated:
+                self.state.metrics.decision(self.name, "not_stored_truncated")
+                return
+            self.rt.exact.set(key, answer, ttl)
+            self.state.metrics.decision(self.name, "stored")
+
+        return store
+
+
+def _age(answer: CachedAnswer) -> float:
+    return time.time() - answer.created
+
+
+async def factory(state: AppState, config: Config) -> ExactCache | None:
+    """Always built (routes may enable the cache even when the global block does not).
+
+    Also registers the read-only tool routes' cache (``state.components["tool_cache"]``),
+    which the tool handler puts outermost in its own chain.
+    """
+    rt = cache_runtime(state, config)
+    state.components["tool_cache"] = ToolCache(config, rt)
+    return ExactCache(state, config, rt)

@@ -1,0 +1,141 @@
+"""Shared answer store: the in-memory LRU in front of Redis (when ``state.backend: redis``).
+
+Reads try memory first, then Redis (one round trip: ``GET`` + ``PTTL``), and a
+Redis hit is copied into memory for its remaining TTL. Writes go to memory at
+once and to Redis in a background task, so a slow Redis never delays an
+answer. Every Redis key has a TTL (``SET ... PX``) and entries are compressed.
+Redis trouble of any kind is a miss, never an error or a stall: calls go
+through ``GuardedRedis`` (short timeout, its own breaker) and every failure is
+swallowed here and counted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from policies.cache.entry import CachedAnswer
+from policies.cache.keys import CacheKey, namespace_token
+from policies.cache.memory_store import MemoryStore
+
+log = logging.getLogger("gateway.cache")
+
+
+class AnswerStore:
+    """One kind of cache (``exact``, ``tool``...): memory, plus Redis when configured."""
+
+    def __init__(self, kind: str, memory: MemoryStore, redis: Any = None, prefix: str = "gw:",
+                 wall: Callable[[], float] = time.time, on_redis_error: Callable[[], None] | None = None) -> None:
+        self.kind = kind
+        self.memory = memory
+        self.redis = redis  # GuardedRedis or None
+        self.prefix = prefix
+        self.wall = wall
+        self.on_redis_error = on_redis_error
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def redis_key(self, key: CacheKey) -> str:
+        return f"{self.prefix}cache:{self.kind}:{namespace_token(key.namespace)}:{key.digest}"
+
+    async def get(self, key: CacheKey) -> CachedAnswer | None:
+        found = self.memory.get(key)
+        if found is not None:
+            return found[0]
+        if self.redis is None:
+            return None
+        return await self._get_shared(key)
+
+    async def get_many(self, keys: list[CacheKey]) -> list[CachedAnswer | None]:
+        """Memory first, then one Redis round trip for everything memory did not have."""
+        out: list[CachedAnswer | None] = []
+        for key in keys:
+            found = self.memory.get(key)
+            out.append(found[0] if found is not None else None)
+        missing = [i for i, a in enumerate(out) if a is None]
+        if not missing or self.redis is None:
+            return out
+        rkeys = [self.redis_key(keys[i]) for i in missing]
+        try:
+            rows = await self.redis.call(lambda r: _get_many_with_ttl(r, rkeys))
+        except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
+            self._redis_failed()
+            return out
+        for i, (data, pttl) in zip(missing, rows, strict=True):
+            answer = CachedAnswer.decode(data) if data else None
+            if answer is not None:
+                out[i] = answer
+                if isinstance(pttl, int) and pttl > 0:
+                    self.memory.set(keys[i], answer, pttl / 1000)
+        return out
+
+    async def _get_shared(self, key: CacheKey) -> CachedAnswer | None:
+        rkey = self.redis_key(key)
+        try:
+            data, pttl = await self.redis.call(lambda r: _get_with_ttl(r, rkey))
+        except Exception:  # noqa: BLE001 - RedisUnavailable or anything odd from the client: a miss
+            self._redis_failed()
+            return None
+        if not data:
+            return None
+        answer = CachedAnswer.decode(data)
+        if answer is None:
+            return None
+        if isinstance(pttl, int) and pttl > 0:
+            self.memory.set(key, answer, pttl / 1000)
+        return answer
+
+    def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
+        """Store now in memory; in Redis from a background task."""
+        if ttl_s <= 0:
+            return
+        self.memory.set(key, answer, ttl_s)
+        if self.redis is not None:
+            task = asyncio.get_running_loop().create_task(self._set_shared(key, answer, ttl_s))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _set_shared(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
+        rkey = self.redis_key(key)
+        data = answer.encode()
+        ms = max(1, int(ttl_s * 1000))
+        try:
+            await self.redis.call(lambda r: r.set(rkey, data, px=ms))
+        except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
+            self._redis_failed()
+
+    async def delete(self, key: CacheKey) -> None:
+        self.memory.delete(key)
+        if self.redis is not None:
+            rkey = self.redis_key(key)
+            try:
+                await self.redis.call(lambda r: r.delete(rkey))
+            except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
+                self._redis_failed()
+
+    def _redis_failed(self) -> None:
+        if self.on_redis_error is not None:
+            self.on_redis_error()
+
+    async def flush(self) -> None:
+        """Wait for pending background writes (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def _get_with_ttl(r: Any, rkey: str) -> tuple[bytes | None, int]:
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.get(rkey)
+        pipe.pttl(rkey)
+        data, pttl = await pipe.execute()
+    return data, pttl
+
+
+async def _get_many_with_ttl(r: Any, rkeys: list[str]) -> list[tuple[bytes | None, int]]:
+    async with r.pipeline(transaction=False) as pipe:
+        for rkey in rkeys:
+            pipe.get(rkey)
+            pipe.pttl(rkey)
+        flat = await pipe.execute()
+    return list(zip(flat[0::2], flat[1::2], strict=True))

@@ -1,0 +1,85 @@
+"""What the semantic cache compares, and inside which exact namespace.
+
+The question is the text of the last user turn; everything else (tenant,
+upstream, model, system prompt, tools, earlier turns, parameters, config
+version) must match exactly, so it is hashed into the namespace with the
+question replaced by a placeholder. A request whose last turn is not plain user
+text (images, files), or, by default, any request with tool calls or tool
+results in it, has no question: agents' tool loops need exact answers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.exchange import Exchange
+from policies.cache.keys import answer_fields, make_key
+
+_PLACEHOLDER = "\x00question\x00"
+_TOOL_ITEM_TYPES = frozenset({"function_call", "function_call_output", "custom_tool_call",
+                              "custom_tool_call_output", "computer_call", "computer_call_output"})
+
+
+def text_of(content: Any) -> str | None:
+    """Plain text of a message content; None when it holds anything but text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
+                return None
+            if not isinstance(part.get("text"), str):
+                return None
+            texts.append(part["text"])
+        return "\n".join(texts)
+    return None
+
+
+def _has_tool_turns(messages: list[Any]) -> bool:
+    for m in messages:
+        if not isinstance(m, dict):
+            return True
+        if m.get("role") in ("tool", "function") or m.get("tool_calls") or m.get("function_call") \
+                or m.get("type") in _TOOL_ITEM_TYPES:
+            return True
+    return False
+
+
+def split_question(operation: str, body: dict[str, Any], skip_tool_turns: bool) -> tuple[str, Any] | None:
+    """(question, the body's fields with the question replaced by a placeholder), or None."""
+    fields = answer_fields(body)
+    if operation == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or (skip_tool_turns and _has_tool_turns(messages)):
+            return None
+        last = messages[-1]
+        if not isinstance(last, dict) or last.get("role") != "user":
+            return None
+        question = text_of(last.get("content"))
+        fields["messages"] = [*messages[:-1], {**last, "content": _PLACEHOLDER}]
+    elif operation == "responses":
+        value = body.get("input")
+        if isinstance(value, str):
+            question, fields["input"] = value, _PLACEHOLDER
+        elif isinstance(value, list) and value and not (skip_tool_turns and _has_tool_turns(value)):
+            last = value[-1]
+            if not isinstance(last, dict) or last.get("role", "user") != "user":
+                return None
+            question = text_of(last.get("content"))
+            fields["input"] = [*value[:-1], {**last, "content": _PLACEHOLDER}]
+        else:
+            return None
+    elif operation == "completions" and isinstance(body.get("prompt"), str):
+        question, fields["prompt"] = body["prompt"], _PLACEHOLDER
+    else:
+        return None
+    if question is None or not question.strip():
+        return None
+    return question, fields
+
+
+def semantic_namespace(ex: Exchange, config_version: str, fields: Any) -> str:
+    """The exact part of a semantic lookup; the tenant namespace is its hard prefix."""
+    key = make_key(namespace=ex.namespace, upstream=ex.upstream, model=ex.upstream_model,
+                   operation="semantic:" + ex.operation, config_version=config_version, fields=fields)
+    return str(key)

@@ -1,0 +1,158 @@
+"""Semantic cache: a question that means the same as one answered before gets that answer.
+
+Opt-in (``cache.semantic.enabled``). The lookup is narrowed first to an exact
+namespace (tenant, upstream, model, system prompt, tools, earlier turns,
+parameters: ``policies.cache.semantic_key``); only inside it is the last user
+message embedded and compared by cosine with ``threshold``, and a candidate
+must also pass ``policies.cache.guards`` (same numbers, negations, names, not a
+reordering). The threshold comes from config only: no request can lower it.
+Tool turns are skipped by default. When the embedder cannot run, the request
+is served as a miss and counted (``result="error"``), never failed.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from gateway.appstate import AppState
+from gateway.chain import Next
+from gateway.config_model import Config
+from gateway.exchange import Exchange, UpstreamResponse
+from policies.cache.config import SemanticCacheConfig
+from policies.cache.controls import mode_allows
+from policies.cache.entry import CachedAnswer
+from policies.cache.fill import attach_fill
+from policies.cache.guards import compatible
+from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of
+from policies.cache.respond import cached_response
+from policies.cache.runtime import CacheRuntime, cache_runtime
+from policies.cache.semantic_key import semantic_namespace, split_question
+
+log = logging.getLogger("gateway.cache")
+PART = "semantic"
+MAX_ENTRY_BYTES = 8 * 1024 * 1024
+
+
+class SemanticParts:
+    """The embedder and index of one process (replaced if the embedder changes)."""
+
+    def __init__(self, spec: str, embedder: Any, index: Any) -> None:
+        self.spec = spec
+        self.embedder = embedder
+        self.index = index
+        self.failed_logged = False
+
+
+class SemanticCache:
+    name = "semantic_cache"
+
+    def __init__(self, state: AppState, config: Config, rt: CacheRuntime, parts: SemanticParts) -> None:
+        self.state = state
+        self.config = config
+        self.rt = rt
+        self.parts = parts
+        self.keys = KeyMaker(config)
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+        if ex.operation not in ANSWER_OPERATIONS or ex.body is None:
+            return await next(ex)
+        cache = cache_config(ex, self.config.cache)
+        cfg = cache.semantic
+        if not cfg.enabled or cfg.mode == "off":
+            return await next(ex)
+        controls = controls_of(ex)
+        read, write = mode_allows(cfg.mode, controls)
+        split = split_question(ex.operation, ex.body, cfg.skip_tool_turns) if read or write else None
+        if split is None:
+            self.state.metrics.decision(self.name, "skip")
+            return await next(ex)
+        question, fields = split
+        namespace = semantic_namespace(ex, self.keys.version(ex), fields)
+        vector = await self._embed(question)
+        if vector is None:
+            self.rt.metrics.request("semantic", "error", self.name)
+            return await next(ex)
+        if read:
+            hit = self._lookup(namespace, vector, question, cfg, controls.max_age_s)
+            if hit is not None:
+                self.rt.metrics.request("semantic", "hit", self.name)
+                self.rt.metrics.saved("semantic", ex.model, hit.tokens)
+                return cached_response(ex, hit, "semantic-hit", self.state.clock)
+        ex.cache_result = ex.response_headers["x-gateway-cache"] = "miss"
+        self.rt.metrics.request("semantic", "miss", self.name)
+        resp = await next(ex)
+        if write and ex.cache_result in ("miss", "coalesced"):
+            store = self._storer(namespace, vector, question, controls.ttl(cfg.ttl_s), cache.exact.cache_truncated)
+            resp = attach_fill(ex, resp, store, MAX_ENTRY_BYTES)
+        return resp
+
+    async def _embed(self, question: str) -> Any:
+        try:
+            return await self.parts.embedder.embed_one(question)
+        except Exception as exc:  # noqa: BLE001 - EmbedderUnavailable, or a broken model: a miss, logged once
+            if not self.parts.failed_logged:
+                self.parts.failed_logged = True
+                log.error("semantic cache embedder unavailable: %s", exc)
+            return None
+
+    def _lookup(self, namespace: str, vector: Any, question: str, cfg: SemanticCacheConfig,
+                max_age_s: float | None) -> CachedAnswer | None:
+        best = 0.0
+        found: CachedAnswer | None = None
+        for score, item in self.parts.index.candidates(namespace, vector):
+            best = max(best, score)
+            if score < cfg.threshold:
+                break
+            if max_age_s is not None and time.time() - item.answer.created > max_age_s:
+                continue
+            if compatible(question, item.text):
+                found = item.answer
+                break
+            self.state.metrics.decision(self.name, "vetoed_by_guard")
+        self.rt.metrics.similarity.observe(best)
+        return found
+
+    def _storer(self, namespace: str, vector: Any, question: str, ttl: float, truncated_ok: bool):  # type: ignore[no-untyped-def]
+        def store(answer: CachedAnswer, reasons: list[str]) -> None:
+            if "length" in reasons and not truncated_ok:
+                return
+            self.parts.index.add(namespace, vector, answer, question, ttl)
+            self.state.metrics.decision(self.name, "stored")
+
+        return store
+
+
+def semantic_enabled(config: Config) -> SemanticCacheConfig | None:
+    """The semantic block in force somewhere (global or a route), if any."""
+    for block in [config.cache, *(r.cache for r in config.routes if r.cache is not None)]:
+        if block.semantic.enabled and block.semantic.mode != "off":
+            return block.semantic
+    return None
+
+
+def semantic_parts(state: AppState, config: Config, rt: CacheRuntime, cfg: SemanticCacheConfig) -> SemanticParts:
+    """Create (or reuse across reloads) the embedder and the index; numpy is imported only here."""
+    from policies.cache.embedder import MemoEmbedder, make_embedder
+    from policies.cache.vector_index import VectorIndex
+
+    parts: SemanticParts | None = rt.parts.get(PART)
+    if parts is not None and parts.spec == cfg.embedder:
+        parts.index.max_entries = cfg.max_entries
+        return parts
+    embedder = MemoEmbedder(make_embedder(cfg.embedder, state.upstreams))
+    index = VectorIndex(cfg.max_entries, state.clock)
+    index.on_change = rt.metrics.gauge_hook("semantic")
+    if parts is not None:
+        state.closers.append(parts.embedder.close)
+    parts = rt.parts[PART] = SemanticParts(cfg.embedder, embedder, index)
+    state.closers.append(embedder.close)
+    return parts
+
+
+async def factory(state: AppState, config: Config) -> SemanticCache | None:
+    cfg = semantic_enabled(config)
+    if cfg is None:
+        return None
+    rt = cache_runtime(state, config)
+    return SemanticCache(state, config, rt, semantic_parts(state, config, rt, cfg))

@@ -1,0 +1,131 @@
+"""In-memory vector index for the semantic cache: exact cosine search per namespace.
+
+Vectors are unit length, so one matrix-vector product scores a whole namespace;
+up to ~50k entries of 384 floats this is well under a millisecond with numpy,
+and exact (no recall lost to an approximate index). Each namespace (tenant +
+model + system prompt + tools + earlier turns + parameters, hashed) has its own
+matrix, so a search never even sees another tenant's vectors. Freed rows are
+zeroed (they score 0, below any threshold) and reused; the global bound evicts
+the oldest entries first.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.cache.entry import CachedAnswer
+
+INITIAL_ROWS = 16
+TOP_K = 4
+
+
+@dataclass(slots=True)
+class Item:
+    answer: CachedAnswer
+    text: str
+    expires: float
+
+
+class _Space:
+    __slots__ = ("free", "items", "matrix", "used")
+
+    def __init__(self, dim: int) -> None:
+        self.matrix = np.zeros((INITIAL_ROWS, dim), dtype=np.float32)
+        self.items: list[Item | None] = []
+        self.free: list[int] = []
+        self.used = 0
+
+    def add(self, vector: np.ndarray, item: Item) -> int:
+        if self.free:
+            row = self.free.pop()
+            self.items[row] = item
+        else:
+            row = len(self.items)
+            if row == self.matrix.shape[0]:
+                grown = np.zeros((row * 2, self.matrix.shape[1]), dtype=np.float32)
+                grown[:row] = self.matrix
+                self.matrix = grown
+            self.items.append(item)
+        self.matrix[row] = vector
+        self.used += 1
+        return row
+
+    def remove(self, row: int) -> None:
+        if row < len(self.items) and self.items[row] is not None:
+            self.items[row] = None
+            self.matrix[row] = 0.0
+            self.free.append(row)
+            self.used -= 1
+
+
+class VectorIndex:
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        self.max_entries = max_entries
+        self.clock = clock
+        self._spaces: dict[str, _Space] = {}
+        self._order: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self.on_change: Callable[[int, int], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.matrix.nbytes + sum(i.answer.size for i in s.items if i) for s in self._spaces.values())
+
+    def candidates(self, namespace: str, vector: np.ndarray) -> Iterator[tuple[float, Item]]:
+        """Live entries of ``namespace``, best score first (at most ``TOP_K``)."""
+        space = self._spaces.get(namespace)
+        if space is None or space.used == 0:
+            return
+        n = len(space.items)
+        scores = space.matrix[:n] @ vector
+        k = min(TOP_K, n)
+        top = np.argpartition(-scores, k - 1)[:k] if n > k else np.arange(n)
+        now = self.clock()
+        for row in sorted(top, key=lambda r: -scores[r]):
+            item = space.items[row]
+            if item is None:
+                continue
+            if item.expires <= now:
+                self._remove(namespace, int(row))
+                continue
+            yield float(scores[row]), item
+
+    def add(self, namespace: str, vector: np.ndarray, answer: CachedAnswer, text: str, ttl_s: float) -> None:
+        if ttl_s <= 0 or self.max_entries <= 0:
+            return
+        space = self._spaces.get(namespace)
+        if space is None:
+            space = self._spaces[namespace] = _Space(vector.shape[0])
+        elif space.matrix.shape[1] != vector.shape[0]:
+            return  # another embedder's dimension: never mix vector spaces
+        row = space.add(vector, Item(answer, text, self.clock() + ttl_s))
+        self._order[(namespace, row)] = None
+        while len(self._order) > self.max_entries:
+            (ns, old), _ = self._order.popitem(last=False)
+            self._remove(ns, old, ordered=False)
+        self._changed()
+
+    def _remove(self, namespace: str, row: int, ordered: bool = True) -> None:
+        space = self._spaces.get(namespace)
+        if space is None:
+            return
+        space.remove(row)
+        if ordered:
+            self._order.pop((namespace, row), None)
+        if space.used == 0:
+            del self._spaces[namespace]
+        self._changed()
+
+    def clear(self) -> None:
+        self._spaces.clear()
+        self._order.clear()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(len(self._order), 0)

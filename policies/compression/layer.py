@@ -1,0 +1,154 @@
+"""Compression policy: fit every chat request into its model's token budget.
+
+Sits inside the caches and the client rate limiter (the cache key is taken on
+what the client sent) and outside retry, so every attempt carries the same
+compressed body. A request that fits is not touched and costs one comparison
+(its prompt size is counted once per request by ``gateway.tokens.prompt`` and
+shared). An oversized one goes through ``gateway.compress``; the result is sent
+re-serialised (``ex.set_body``) and its new size stored for the layers after
+this one. A request that cannot be made to fit is answered here with 400
+``context_length_exceeded``, instead of being sent to a provider that would
+refuse it after queueing and billing nothing useful.
+
+Config: ``compression:`` (global, merged per route) and ``models:`` (context
+windows). ``enforce: false`` counts what would happen and sends requests as
+they are. Per request, ``x-gateway-compression: off`` opts out. The response
+says ``x-gateway-tokens-saved: N`` whenever the request had a budget.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gateway.appstate import AppState
+from gateway.chain import Next
+from gateway.config_model import Config
+from gateway.errors import LocalReply
+from gateway.exchange import Exchange, UpstreamResponse
+from gateway.tokens.prompt import prompt_tokens, set_prompt_tokens
+from policies.compression.config import CompressionConfig
+from policies.compression.engine import CompressionBug, Outcome, Plan, compress
+from policies.compression.meter import tokenizer_meter
+from policies.compression.prompt_fit import (
+    PromptBudget,
+    model_info,
+    output_reserve,
+    prompt_budget,
+    requested_output,
+)
+
+log = logging.getLogger("gateway.compression")
+OPT_OUT_HEADER = "x-gateway-compression"
+SAVED_HEADER = "x-gateway-tokens-saved"
+RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+class CompressionPolicy:
+    name = "compression"
+
+    def __init__(self, state: AppState, config: Config) -> None:
+        self.state = state
+        self.config = config
+        m = state.metrics
+        self.saved = m.counter("gateway_compression_tokens_saved_total", "Prompt tokens removed by compression",
+                               ("route", "step"))
+        self.ratio = m.histogram("gateway_compression_ratio", "Prompt tokens after / before, compressed requests",
+                                 buckets=RATIO_BUCKETS)
+        self.rejected = m.counter("gateway_compression_rejected_total",
+                                  "Requests answered context_length_exceeded because they could not fit",
+                                  ("route",))
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+        if ex.operation == "chat" and ex.body is not None:
+            self.apply(ex)
+        return await next(ex)
+
+    def apply(self, ex: Exchange) -> None:
+        """Compress ``ex`` in place if it is over its budget (or raise the 400)."""
+        route = ex.attrs.get("route")
+        cfg: CompressionConfig = (route.compression if route is not None else None) or self.config.compression
+        if not cfg.enabled:
+            return
+        if ex.headers.get(OPT_OUT_HEADER, "").strip().lower() == "off":
+            return self._decide("opted_out")
+        body: dict[str, Any] = ex.body  # type: ignore[assignment]
+        limits = self._limits(ex, body, cfg)
+        if limits is None:
+            return self._decide("no_budget")
+        if prompt_tokens(self.state, ex) <= limits.budget:
+            ex.response_headers[SAVED_HEADER] = "0"
+            return self._decide("fits")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return self._decide("not_applicable")  # malformed: the provider will say what is wrong
+        try:
+            outcome = self._compress(ex, body, messages, cfg, limits)
+        except CompressionBug:
+            log.error("compression produced an invalid conversation; request sent unchanged",
+                      extra={"fields": {"route": ex.route_name}})
+            return self._decide("error")
+        except Exception:  # a bug here must cost the saving, never the request
+            log.exception("compression failed; request sent unchanged", extra={"fields": {"route": ex.route_name}})
+            return self._decide("error")
+        self._act(ex, body, cfg, limits, outcome)
+
+    def _limits(self, ex: Exchange, body: dict[str, Any], cfg: CompressionConfig) -> PromptBudget | None:
+        info = model_info(self.config.models, ex.upstream_model, ex.model)
+        route = ex.attrs.get("route")
+        budgets = (route.budgets if route is not None else None) or self.config.budgets
+        reserve = output_reserve(requested_output(body, "chat"), budgets, info)
+        return prompt_budget(cfg, info, reserve)
+
+    def _compress(self, ex: Exchange, body: dict[str, Any], messages: list[dict[str, Any]],
+                  cfg: CompressionConfig, limits: PromptBudget) -> Outcome:
+        tokenizer = self.state.tokenizer
+        model = body.get("model") if isinstance(body.get("model"), str) else ex.upstream_model
+        fixed = tokenizer.count_tools(model, body.get("tools")) + tokenizer.count_tools(model, body.get("functions"))
+        plan = Plan(budget=limits.budget, tool_output_max_tokens=cfg.tool_output_max_tokens,
+                    keep_last_turns=cfg.keep_last_turns, min_saving_tokens=cfg.min_saving_tokens,
+                    stable_prefix=cfg.stable_prefix)
+        return compress(messages, plan, tokenizer_meter(tokenizer, model, fixed))
+
+    def _act(self, ex: Exchange, body: dict[str, Any], cfg: CompressionConfig, limits: PromptBudget,
+             outcome: Outcome) -> None:
+        shadow = "" if cfg.enforce else "shadow_"
+        if not outcome.fits:
+            self._decide(shadow + "rejected")
+            if cfg.enforce:
+                self.rejected.labels(ex.route_name).inc()
+                raise context_length_exceeded(limits, outcome)
+            return
+        self._decide(shadow + "compressed")
+        if not cfg.enforce:
+            return
+        for step, tokens in outcome.saved.items():
+            self.saved.labels(ex.route_name, step).inc(tokens)
+        self.ratio.observe(outcome.after / outcome.before)
+        ex.set_body({**body, "messages": list(outcome.messages)})
+        set_prompt_tokens(ex, outcome.after)
+        ex.response_headers[SAVED_HEADER] = str(outcome.before - outcome.after)
+
+    def _decide(self, decision: str) -> None:
+        self.state.metrics.decision(self.name, decision)
+
+
+def context_length_exceeded(limits: PromptBudget, outcome: Outcome) -> LocalReply:
+    """The 400 OpenAI answers for an oversized prompt, with our counts in the message."""
+    window = f"{limits.context_window} tokens of context window, " if limits.context_window else ""
+    return LocalReply(
+        400,
+        f"This request has {outcome.before} prompt tokens, and {outcome.after} after compression; the budget "
+        f"for this model is {limits.budget} prompt tokens ({window}{limits.output_reserve} reserved for the "
+        f"output). Please reduce the length of the messages.",
+        code="context_length_exceeded", param="messages",
+    )
+
+
+async def make_compression(state: AppState, config: Config) -> CompressionPolicy | None:
+    """The policy, or None when no request could have a budget: no enabled block, or
+    no context window in ``models:`` and no ``max_prompt_tokens`` anywhere."""
+    blocks = [b for b in (config.compression, *(r.compression for r in config.routes)) if b is not None and b.enabled]
+    windows = any(m.context_window for m in config.models.values())
+    if not blocks or not (windows or any(b.max_prompt_tokens for b in blocks)):
+        return None
+    return CompressionPolicy(state, config)

@@ -1,0 +1,155 @@
+"""Write usage records off the hot path, in batches, and lose none on a graceful stop.
+
+The request sink only builds a record and appends it to an in-memory queue.
+A background task writes the queue to the store in batches of
+``ledger.batch_size``, at least every ``ledger.flush_interval_s``, and purges
+records older than ``ledger.retention_days`` once an hour. When the store
+fails (Redis down, disk full) the batch stays queued and is retried on the next
+tick; the queue is bounded by ``ledger.max_queue`` and the oldest records are
+dropped beyond it, counted in ``gateway_ledger_dropped_total``.
+
+``close`` (registered in ``state.closers``) stops the task and flushes what is
+left before the store closes; the app runs closers after draining requests.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gateway.exchange import Exchange
+from gateway.telemetry.metrics import Metrics
+from policies.ledger.config import LedgerConfig
+from policies.ledger.record import UsageRecord, record_of
+from policies.usage.accounting import COST_KEY
+
+log = logging.getLogger("gateway.ledger")
+PURGE_EVERY_S = 3600.0
+CLOSE_TIMEOUT_S = 10.0
+
+
+class UsageStore(Protocol):
+    async def open(self) -> None: ...
+    async def write(self, records: list[UsageRecord]) -> None: ...
+    async def query(self, group_by: str, since: float, until: float) -> list[dict[str, Any]]: ...
+    async def purge(self, before: float) -> int: ...
+    async def close(self) -> None: ...
+
+
+class LedgerWriter:
+    def __init__(self, store: UsageStore, cfg: LedgerConfig, metrics: Metrics | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.wall = wall
+        self._queue: deque[UsageRecord] = deque()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._next_purge = 0.0
+        self._stopping = False
+        self.dropped = self.written = 0
+        self._m_written = self._m_dropped = self._m_errors = self._m_queue = None
+        if metrics is not None:
+            self._m_written = metrics.counter("gateway_ledger_records_written_total", "Usage records stored")
+            self._m_dropped = metrics.counter("gateway_ledger_dropped_total",
+                                              "Usage records dropped because the write queue was full")
+            self._m_errors = metrics.counter("gateway_ledger_write_errors_total", "Failed ledger batch writes")
+            self._m_queue = metrics.gauge("gateway_ledger_queue_records", "Usage records waiting to be written")
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    def sink(self, ex: Exchange) -> None:
+        """The request sink: O(1), never waits, never raises for a full queue."""
+        if len(self._queue) >= self.cfg.max_queue:
+            self._queue.popleft()
+            self.dropped += 1
+            if self._m_dropped is not None:
+                self._m_dropped.inc()
+        self._queue.append(record_of(ex, self.wall(), ex.attrs.get(COST_KEY)))
+        if len(self._queue) >= self.cfg.batch_size:
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.flush_interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+                await self._maybe_purge()
+            except Exception:  # the store failed; records stay queued, the next tick retries
+                log.warning("ledger write failed; will retry", exc_info=True)
+
+    async def flush(self) -> None:
+        """Write everything queued now; raises (keeping the records) if the store fails."""
+        async with self._lock:
+            try:
+                while self._queue:
+                    batch = [self._queue[i] for i in range(min(self.cfg.batch_size, len(self._queue)))]
+                    try:
+                        await self.store.write(batch)
+                    except Exception:
+                        if self._m_errors is not None:
+                            self._m_errors.inc()
+                        raise
+                    for _ in batch:
+                        self._queue.popleft()  # only once stored: a failed batch is retried whole
+                    self.written += len(batch)
+                    if self._m_written is not None:
+                        self._m_written.inc(len(batch))
+            finally:
+                if self._m_queue is not None:
+                    self._m_queue.set(len(self._queue))
+
+    async def _maybe_purge(self) -> None:
+        now = self.wall()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_EVERY_S
+        removed = await self.store.purge(now - self.cfg.retention_days * 86400.0)
+        if removed:
+            log.info("ledger retention purge", extra={"fields": {"event": "ledger_purge", "removed": removed}})
+
+    async def query(self, group_by: str, since: float, until: float) -> list[dict[str, Any]]:
+        """Totals per group; what is still queued is written first, so a caller reads its own traffic."""
+        with contextlib.suppress(Exception):
+            await self.flush()
+        return await self.store.query(group_by, since, until)
+
+    async def close(self) -> None:
+        """Stop the task without cutting a write in half (a cancelled SQLite write still lands), then flush."""
+        self._stopping = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                if self._task is not None:
+                    await self._task
+                await self._final_flush()
+        except TimeoutError:
+            pass
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._queue:
+            log.error("ledger records lost at shutdown", extra={"fields": {"event": "ledger_lost",
+                                                                          "records": len(self._queue)}})
+        await self.store.close()
+
+    async def _final_flush(self) -> None:
+        while self._queue:
+            try:
+                await self.flush()
+            except Exception:  # store briefly unavailable at shutdown: retry until the timeout
+                log.debug("ledger final flush failed; retrying", exc_info=True)
+                await asyncio.sleep(0.2)

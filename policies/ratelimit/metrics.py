@@ -1,0 +1,58 @@
+"""The admission-control metric families (names and labels are the issue's contract).
+
+Label values are bounded: ``scope`` and ``decision`` are fixed sets, ``limit``
+is one of ``LIMIT_NAMES`` (a paused upstream counts under ``rpm``), and
+``upstream`` is a configured upstream name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.telemetry.metrics import LATENCY_BUCKETS, Children, Metrics
+from policies.ratelimit.model import COOLDOWN, LIMIT_NAMES
+
+DECISIONS = ("allowed", "queued", "rejected", "shadow_rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitMetrics:
+    metrics: Metrics
+    decisions: Children  # scope, limit, decision
+    wait: Children  # upstream
+    depth: Children  # upstream
+    reserved: Any  # Counter
+    reconciled: Children  # direction: refund | charge
+    backend_up: Any  # Gauge
+    policy_decisions: Children  # gateway_policy_decisions_total{policy, decision}
+
+    @classmethod
+    def register(cls, m: Metrics) -> RateLimitMetrics:
+        return cls(
+            metrics=m,
+            decisions=Children(m.counter("gateway_rate_limit_decisions_total", "Admission decisions per limit",
+                                         ("scope", "limit", "decision"))),
+            wait=Children(m.histogram("gateway_rate_limit_wait_seconds",
+                                      "Time requests waited in an upstream's admission queue", ("upstream",),
+                                      buckets=(0.0,) + LATENCY_BUCKETS)),
+            depth=Children(m.gauge("gateway_rate_limit_queue_depth", "Requests waiting for an upstream's quota",
+                                   ("upstream",))),
+            reserved=m.counter("gateway_tokens_reserved_total", "Tokens reserved before calls (prompt + max output)"),
+            reconciled=Children(m.counter("gateway_tokens_reconciled_total",
+                                          "Reservation corrections after the answer: refund (unused) or charge "
+                                          "(excess)", ("direction",))),
+            backend_up=m.gauge("gateway_state_backend_up", "1 when the shared state backend answers, else 0",
+                               multiprocess_mode="livemin"),
+            policy_decisions=Children(m.decisions),
+        )
+
+    def decide(self, scope: str, limit: str, decision: str) -> None:
+        self.decisions(scope, "rpm" if limit == COOLDOWN or limit not in LIMIT_NAMES else limit, decision).inc()
+
+    def allowed(self, scope: str, limit_names: tuple[str, ...]) -> None:
+        for name in limit_names:
+            self.decisions(scope, name, "allowed").inc()
+
+    def policy(self, policy: str, decision: str) -> None:
+        """``gateway_policy_decisions_total`` through memoised children (``Metrics.decision`` re-labels)."""
+        self.policy_decisions(policy, decision).inc()

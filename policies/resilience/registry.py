@@ -1,0 +1,103 @@
+"""The long-lived resilience state of the app: one breaker and one retry budget per upstream/tool.
+
+Created by the first policy factory that needs it and kept in
+``state.components["resilience"]``; a config reload re-runs ``sync`` which adds
+breakers for new upstreams and updates the config of existing ones in place, so
+an open breaker stays open across a reload. ``state.components["breakers"]`` is
+the same dict of breakers, for /admin/stats and the dashboard (``.state``,
+``.since``). Tool providers are keyed ``tool:<name>``.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from gateway.appstate import AppState
+from gateway.config_model import Config
+from gateway.exchange import Exchange
+from gateway.telemetry.logging import state_change
+from policies.resilience.breaker import STATE_VALUE, CircuitBreaker
+from policies.resilience.config import CircuitBreakerConfig, RetryConfig
+from policies.resilience.metrics import TIMEOUT_PHASE, ResilienceMetrics
+from policies.resilience.retry_budget import RetryBudget
+
+TOOL_PREFIX = "tool:"
+COMPONENT = "resilience"
+
+
+class Resilience:
+    def __init__(self, metrics: ResilienceMetrics, clock: Callable[[], float],
+                 rand: Callable[[], float] = random.random) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.rand = rand
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.budgets: dict[str, RetryBudget] = {}
+
+    def sync(self, config: Config) -> None:
+        for name, up in config.upstreams.items():
+            self._ensure(name, up.circuit_breaker, up.retry)
+        for name, tool in config.tools.items():
+            self._ensure(TOOL_PREFIX + name, tool.circuit_breaker, tool.retry)
+
+    def breaker(self, key: str) -> CircuitBreaker:
+        found = self.breakers.get(key)
+        return found if found is not None else self._ensure(key, CircuitBreakerConfig(), RetryConfig())
+
+    def budget(self, key: str) -> RetryBudget:
+        found = self.budgets.get(key)
+        if found is None:
+            self._ensure(key, CircuitBreakerConfig(), RetryConfig())
+            found = self.budgets[key]
+        return found
+
+    def _ensure(self, key: str, breaker_cfg: CircuitBreakerConfig, retry_cfg: RetryConfig) -> CircuitBreaker:
+        breaker = self.breakers.get(key)
+        if breaker is None:
+            breaker = self.breakers[key] = CircuitBreaker(key, breaker_cfg, self.clock, self.rand,
+                                                          on_change=self._changed, on_decision=self._decided)
+            self.metrics.child(self.metrics.circuit_state, key).set(0)
+        else:
+            breaker.config = breaker_cfg
+        budget = self.budgets.get(key)
+        if budget is None:
+            self.budgets[key] = RetryBudget(retry_cfg, self.clock)
+        else:
+            budget.configure(retry_cfg)
+        return breaker
+
+    def _changed(self, breaker: CircuitBreaker, old: str, new: str) -> None:
+        self.metrics.state(breaker.name, new, STATE_VALUE[new])
+        fields: dict[str, object] = {"component": "circuit_breaker", "upstream": breaker.name, "from": old,
+                                     "to": new, "enforce": breaker.config.enforce}
+        if new == "open":
+            fields["open_for_s"] = round(max(0.0, breaker.open_until - self.clock()), 3)
+            fields["openings"] = breaker.openings
+        state_change(f"circuit {new}", **fields)
+
+    def _decided(self, breaker: CircuitBreaker, decision: str) -> None:
+        self.metrics.decision("circuit_breaker", decision)
+
+    def on_finished(self, ex: Exchange) -> None:
+        """Sink: count timeouts that cut an answer already on its way (idle/total mid-stream).
+
+        Failures before the commit point are counted by the retry policy; these happen
+        after it, in the relay, so they are read off the finished exchange instead of
+        wrapping every chunk of every stream.
+        """
+        phase = TIMEOUT_PHASE.get(ex.error_kind)
+        if phase is not None and ex.stream_outcome in ("error_event", "cut"):
+            key = TOOL_PREFIX + ex.upstream if ex.operation == "tool" else ex.upstream
+            self.metrics.child(self.metrics.timeouts, key, phase).inc()
+
+
+def resilience_of(state: AppState, config: Config) -> Resilience:
+    """The app's ``Resilience`` (created on first use), synced with ``config``."""
+    res = state.components.get(COMPONENT)
+    if not isinstance(res, Resilience):
+        res = Resilience(ResilienceMetrics(state.metrics), state.clock)
+        state.components[COMPONENT] = res
+        state.components["breakers"] = res.breakers
+        state.sinks.append(res.on_finished)
+    res.sync(config)
+    return res

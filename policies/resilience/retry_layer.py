@@ -1,0 +1,254 @@
+"""Retries with backoff, Retry-After and a budget; failover to the route's fallbacks; the commit point.
+
+For each target of the plan (``policies/resilience/targets.py``: the route's upstream, then
+its fallbacks) the policy calls the inner layers (circuit breaker -> upstream rate
+limit -> upstream) up to ``max_attempts`` times. An attempt fails on a
+connect/reset/timeout failure, a 408/429/5xx, or a stream whose first event is an
+error; it is retried when its reason is in ``retry_on`` (4xx other than 408/429
+never are), attempts remain, the retry budget allows, the breaker is not open and
+the wait fits the total deadline. A ``Retry-After`` (or ``retry-after-ms``,
+``x-ratelimit-reset-*`` on a 429) that does not fit ``min(max_retry_after_s,
+remaining deadline)`` is not waited for: the answer goes back at once with its
+headers (or to the next fallback, when there is one).
+
+THE COMMIT POINT: a 2xx answer is not returned until its first meaningful event
+(``policies/resilience/commit.py``) has been read, within the attempt's first-byte
+timeout. Until then a stall, a reset or an error event is still retryable; once
+this policy returns, nothing is retried, and a later failure ends the stream with
+an error event (the handler does that). The answer carries ``x-gateway-attempts``;
+when the gateway retried and still failed it also carries ``x-should-retry: false``
+so the client SDK does not multiply the attempts.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.appstate import AppState
+from gateway.chain import Next
+from gateway.config_model import Config
+from gateway.errors import LocalReply, UpstreamFailure
+from gateway.exchange import Exchange, UpstreamResponse
+from policies.resilience.backoff import backoff_delay
+from policies.resilience.breaker import CircuitOpen, Ticket
+from policies.resilience.breaker_layer import take_ticket
+from policies.resilience.commit import Replay, close_body, peek
+from policies.resilience.config import RetryConfig
+from policies.resilience.registry import Resilience, resilience_of
+from policies.resilience.retry_after import retry_after_s
+from policies.resilience.retry_budget import RetryBudget
+from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
+
+Planner = Callable[[Exchange], Plan]
+Sleep = Callable[[float], Awaitable[object]]
+_RETRYABLE_4XX = frozenset({"408", "429"})
+# Seen from the client, a failure before the commit point is always "before the response".
+_PRECOMMIT_KIND = {"reset_mid_stream": "reset_before_response", "idle_timeout": "timeout_before_first_byte",
+                   "connect_timeout": "connect_error"}
+
+
+@dataclass(slots=True)
+class _Run:
+    attempts: int = 0  # calls that reached an upstream (breaker rejections are not attempts)
+    failovers: int = 0
+
+
+@dataclass(slots=True)
+class _Failed:
+    """A failed attempt: an exception to raise, or a response to hand back if nothing better comes."""
+
+    reason: str  # a retry_on name: failure kind, status code, "error_event", or "circuit_open"
+    error: Exception | None = None
+    response: UpstreamResponse | None = None
+    retry_after: float | None = None
+
+    async def discard(self) -> None:
+        if self.response is not None:
+            await close_body(self.response.body)
+            self.response = None
+
+
+class RetryPolicy:
+    name = "retry"
+
+    def __init__(self, *, res: Resilience, planner: Planner, clock: Callable[[], float],
+                 sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random) -> None:
+        self.res = res
+        self.metrics = res.metrics
+        self.planner = planner
+        self.clock = clock
+        self.sleep = sleep
+        self.rand = rand
+        self._retry_on: dict[int, frozenset[str]] = {}
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+        plan = self.planner(ex)
+        run = _Run()
+        primary_model = ex.upstream_model
+        failed: _Failed | None = None
+        for _index, target in enumerate(plan):
+            if failed is not None:
+                if failed.reason == "total_timeout" or self.clock() >= ex.deadline:
+                    break
+                await failed.discard()
+                self._fail_over(ex, target, primary_model, run)
+            result = await self._on_target(ex, next, target, run)
+            if isinstance(result, UpstreamResponse):
+                ex.response_headers["x-gateway-attempts"] = str(run.attempts)
+                if run.attempts > 1 or run.failovers:
+                    self.metrics.decision("retry", "recovered")
+                return result
+            failed = result
+        assert failed is not None, "a plan has at least one target"
+        return self._give_up(ex, failed, run)
+
+    async def _on_target(self, ex: Exchange, next: Next, target: Target,
+                         run: _Run) -> UpstreamResponse | _Failed:
+        budget = self.res.budget(target.key)
+        tries = 0
+        while True:
+            tries += 1
+            result = await self._attempt(ex, next, target, run)
+            rejected = isinstance(result, _Failed) and result.reason == "circuit_open"
+            if tries == 1 and not rejected:
+                budget.record_request()  # a request the upstream saw: the base retries are a share of
+            if isinstance(result, UpstreamResponse) or rejected:
+                return result  # a rejection is the breaker's decision (counted there): fail over
+            delay = self._retry_delay(ex, target, result, tries, budget)
+            if delay is None:
+                return result
+            await result.discard()
+            self.metrics.retried(target.key, result.reason)
+            if delay > 0:
+                ex.waited_s += delay
+                await self.sleep(delay)
+
+    async def _attempt(self, ex: Exchange, next: Next, target: Target,
+                       run: _Run) -> UpstreamResponse | _Failed:
+        started, waited_before = self.clock(), ex.waited_s
+        try:
+            resp = await next(ex)
+        except CircuitOpen as exc:
+            return _Failed("circuit_open", error=exc)
+        except UpstreamFailure as failure:
+            run.attempts += 1
+            self.metrics.failure(target.key, failure)
+            return _Failed(_PRECOMMIT_KIND.get(failure.kind, failure.kind), error=failure)
+        run.attempts += 1
+        started += ex.waited_s - waited_before  # time queued by the upstream rate limit is not first-byte time
+        status = resp.status
+        if status < 300:
+            return await self._commit(ex, resp, target, started)
+        if status >= 500 or status in (408, 429):
+            return _Failed(str(status), response=resp, retry_after=retry_after_s(resp.headers, status))
+        return resp  # any other 4xx: the client's problem, passed through untouched
+
+    async def _commit(self, ex: Exchange, resp: UpstreamResponse, target: Target,
+                      started: float) -> UpstreamResponse | _Failed:
+        """Read up to the first meaningful event within the attempt's first-byte timeout."""
+        ticket = take_ticket(ex)
+        try:
+            deadline = min(started + target.first_byte_s, ex.deadline)
+            peeked = await peek(resp.body, resp.is_sse, deadline, self.clock)
+        except TimeoutError:
+            await close_body(resp.body)
+            kind = "total_timeout" if self.clock() >= ex.deadline else "timeout_before_first_byte"
+            if ex.attempts:
+                ex.attempts[-1].outcome = kind
+            return self._broken(ticket, target, UpstreamFailure(
+                kind, f"Upstream {target.upstream}: no first token before the {kind.replace('_', ' ')}",
+                upstream=target.upstream))
+        except UpstreamFailure as failure:
+            await close_body(resp.body)
+            kind = _PRECOMMIT_KIND.get(failure.kind, failure.kind)
+            precommit = UpstreamFailure(kind, failure.message, upstream=failure.upstream)
+            return self._broken(ticket, target, precommit)
+        except BaseException:
+            _settle(ticket, "ignore")
+            await close_body(resp.body)
+            raise
+        if peeked.verdict == "error_event" or (peeked.verdict == "ended" and resp.is_sse):
+            _settle(ticket, "failure")
+            if peeked.verdict == "ended":
+                message = f"Upstream {target.upstream} ended the stream before its first event"
+                return _Failed("reset_before_response", error=UpstreamFailure(
+                    "reset_before_response", message, upstream=target.upstream))
+            body = Replay(peeked.chunks, resp.body)
+            answer = UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
+            return _Failed("error_event", response=answer)
+        _settle(ticket, "success")
+        body = Replay(peeked.chunks, resp.body, ended=peeked.verdict == "ended")
+        return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
+
+    def _broken(self, ticket: Ticket | None, target: Target, failure: UpstreamFailure) -> _Failed:
+        _settle(ticket, "failure")
+        self.metrics.failure(target.key, failure)
+        return _Failed(failure.kind, error=failure)
+
+    def _retry_delay(self, ex: Exchange, target: Target, failed: _Failed, tries: int,
+                     budget: RetryBudget) -> float | None:
+        """Seconds to wait before retrying on the same target, or None to stop (and maybe fail over)."""
+        cfg = target.retry
+        if failed.reason not in self._retryable(cfg):
+            return self._stop("not_retryable")
+        if tries >= cfg.max_attempts:
+            return self._stop("attempts_spent")
+        remaining = ex.deadline - self.clock()
+        backoff = backoff_delay(tries, cfg, self.rand)
+        wait = failed.retry_after if cfg.respect_retry_after else None
+        if wait is not None:
+            if wait > cfg.max_retry_after_s or wait >= remaining:
+                return self._stop("retry_after_too_long")
+            delay = max(wait, backoff) if max(wait, backoff) < remaining else wait
+        elif backoff >= remaining:
+            return self._stop("deadline")
+        else:
+            delay = backoff
+        if self.res.breaker(target.key).rejecting():
+            return self._stop("circuit_open")
+        if not budget.try_spend():
+            self.metrics.child(self.metrics.budget_exhausted, target.key).inc()
+            return self._stop("budget_exhausted")
+        return delay
+
+    def _retryable(self, cfg: RetryConfig) -> frozenset[str]:
+        names = self._retry_on.get(id(cfg))
+        if names is None:
+            names = self._retry_on[id(cfg)] = frozenset(
+                n for n in cfg.retry_on if not (n.startswith("4") and n not in _RETRYABLE_4XX))
+        return names
+
+    def _stop(self, why: str) -> None:
+        self.metrics.decision("retry", why)
+
+    def _fail_over(self, ex: Exchange, target: Target, primary_model: str, run: _Run) -> None:
+        self.metrics.child(self.metrics.fallbacks, ex.route_name, ex.upstream, target.upstream).inc()
+        self.metrics.decision("retry", "fallback")
+        run.failovers += 1
+        switch_to(ex, target, primary_model)
+
+    def _give_up(self, ex: Exchange, failed: _Failed, run: _Run) -> UpstreamResponse:
+        """Every target failed: hand back the last answer, or raise the last failure."""
+        headers = {"x-gateway-attempts": str(run.attempts)}
+        if run.attempts > 1 or run.failovers:
+            headers["x-should-retry"] = "false"  # we already retried: the client's SDK must not multiply it
+            self.metrics.decision("retry", "gave_up")
+        ex.response_headers.update(headers)
+        if failed.response is not None:
+            return failed.response
+        error = failed.error
+        if isinstance(error, LocalReply):
+            error.headers.update(headers)
+        assert error is not None
+        raise error  # an UpstreamFailure: the handler answers 502/504 with ex.response_headers
+
+
+def _settle(ticket: Ticket | None, outcome: str) -> None:
+    if ticket is not None:
+        ticket.settle(outcome)  # type: ignore[arg-type]
+
+
+async def factory(state: AppState, config: Config) -> RetryPolicy:
+    return RetryPolicy(res=resilience_of(state, config), planner=RoutePlanner(config), clock=state.clock)

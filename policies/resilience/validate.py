@@ -1,0 +1,23 @@
+"""Start-up checks of the ``retry`` blocks (per upstream, per route): ``dotted.path: what is wrong``."""
+from __future__ import annotations
+
+from gateway.config_model import Config
+
+
+def problems(cfg: Config) -> list[str]:
+    found: list[str] = []
+    for name, up in cfg.upstreams.items():
+        found += _check_retry_on(f"upstreams.{name}.retry.retry_on", up.retry.retry_on)
+    for i, route in enumerate(cfg.routes):
+        if route.retry is not None:
+            found += _check_retry_on(f"routes[{i}].retry.retry_on", route.retry.retry_on)
+    return found
+
+
+_RETRY_NAMES = frozenset({"connect_error", "connect_timeout", "reset_before_response", "timeout_before_first_byte",
+                          "idle_timeout", "total_timeout", "error_event", "circuit_open"})
+
+
+def _check_retry_on(path: str, names: list[str]) -> list[str]:
+    return [f"{path}: unknown condition {name!r} (a failure kind, error_event, or an HTTP status)"
+            for name in names if name not in _RETRY_NAMES and not (name.isdigit() and 400 <= int(name) <= 599)]

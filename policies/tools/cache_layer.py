@@ -1,0 +1,93 @@
+"""Exact cache for read-only tool routes (``/tools/{name}/...``).
+
+The tool handler (``policies/tools/routes.py``) puts ``state.components["tool_cache"]``
+outermost in each tool chain. Only reads are cached (``ex.attrs["tool_read"]``:
+GET/HEAD, or any method on a ``read_only: true`` tool), keyed per tenant
+namespace on method, path, query and body, with the tool's ``cache_ttl_s``
+(else ``cache.exact.ttl_s``). Only a 200 that ended cleanly is stored, and never
+a ``fallback_response`` (``source == "local"``). The client's cache controls
+apply as for model answers.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from gateway.chain import Next
+from gateway.config_model import Config
+from gateway.exchange import Exchange, UpstreamResponse, single_chunk
+from policies.cache.controls import mode_allows
+from policies.cache.entry import CachedAnswer
+from policies.cache.keys import CacheKey, config_version, make_key
+from policies.cache.request import controls_of
+from policies.cache.runtime import CacheRuntime
+
+MAX_TOOL_ANSWER = 4 * 1024 * 1024
+
+
+class ToolCache:
+    name = "tool_cache"
+
+    def __init__(self, config: Config, rt: CacheRuntime) -> None:
+        self.config = config
+        self.rt = rt
+
+    def key(self, ex: Exchange) -> CacheKey:
+        tool = self.config.tools.get(ex.upstream)
+        version = config_version(getattr(tool, "base_url", ""), getattr(tool, "headers", None))
+        body = hashlib.sha256(ex.raw_body).hexdigest()
+        return make_key(namespace=ex.namespace, upstream=ex.upstream, model="", operation="tool",
+                        config_version=version, fields=[ex.method, ex.upstream_path, ex.query_string, body])
+
+    async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
+        cfg = self.config.cache.exact
+        if not ex.attrs.get("tool_read") or not cfg.enabled or cfg.mode == "off":
+            return await next(ex)
+        controls = controls_of(ex)
+        read, write = mode_allows(cfg.mode, controls)
+        if not (read or write):
+            self._result(ex, "bypass")
+            return await next(ex)
+        key = self.key(ex)
+        if read:
+            answer = await self.rt.tool.get(key)
+            if answer is not None and (controls.max_age_s is None
+                                       or time.time() - answer.created <= controls.max_age_s):
+                self._result(ex, "hit")
+                ex.response_headers["age"] = str(max(0, int(time.time() - answer.created)))
+                ex.source = "cache"
+                body = b"" if ex.method == "HEAD" else answer.body
+                return UpstreamResponse(status=200, headers={"content-type": answer.content_type},
+                                        body=single_chunk(body), source="cache")
+        self._result(ex, "miss")
+        resp = await next(ex)
+        if write and resp.status == 200 and resp.source == "upstream" and ex.method != "HEAD":
+            tool = self.config.tools.get(ex.upstream)
+            ttl = controls.ttl(tool.cache_ttl_s if tool is not None and tool.cache_ttl_s is not None else cfg.ttl_s)
+            content_type = resp.headers.get("content-type", "application/octet-stream")
+            resp = replace(resp, body=self._fill(key, resp.body, ttl, content_type))
+        return resp
+
+    async def _fill(self, key: CacheKey, body: AsyncIterator[bytes], ttl: float,
+                    content_type: str) -> AsyncIterator[bytes]:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in body:
+                size += len(chunk)
+                if size <= MAX_TOOL_ANSWER:
+                    chunks.append(chunk)
+                yield chunk
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if size <= MAX_TOOL_ANSWER:
+            self.rt.tool.set(key, CachedAnswer(operation="tool", body=b"".join(chunks), created=time.time(),
+                                               content_type=content_type), ttl)
+
+    def _result(self, ex: Exchange, result: str) -> None:
+        ex.cache_result = ex.response_headers["x-gateway-cache"] = result
+        self.rt.metrics.request("tool", result, self.name)

@@ -1,0 +1,43 @@
+"""Canonical answers from upstream bodies: which are complete, and how deltas accumulate."""
+from __future__ import annotations
+
+import orjson
+
+from policies.cache.canonical import answer_from_json, answer_from_sse, finish_reasons
+
+
+def sse(*events: dict) -> bytes:  # type: ignore[type-arg]
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def test_json_answers() -> None:
+    """Complete answers parse; errors, truncated JSON and wrong shapes do not."""
+    assert answer_from_json("chat", b'{"choices":[{"index":0}]}') is not None
+    assert answer_from_json("chat", b'{"error":{"message":"x"}}') is None
+    assert answer_from_json("chat", b'{"choices":[{"ind') is None
+    assert answer_from_json("responses", b'{"object":"response","status":"failed"}') is None
+    assert finish_reasons("responses", {"status": "incomplete"}) == ["length"]
+
+
+def test_deltas_accumulate_like_the_sdk() -> None:
+    """Content, reasoning and tool-call argument pieces concatenate; ids and names are kept once."""
+    head = {"id": "x", "created": 1, "model": "m"}
+    body = sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+               {**head, "choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]},
+               {**head, "choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+               {**head, "choices": [{"index": 0, "delta": {"content": "lo"}}]},
+               {**head, "choices": [{"index": 0, "delta": {"tool_calls": [
+                   {"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]},
+               {**head, "choices": [{"index": 0, "delta": {"tool_calls": [
+                   {"index": 0, "function": {"arguments": '{"a":'}}]}}]},
+               {**head, "choices": [{"index": 0, "delta": {"tool_calls": [
+                   {"index": 0, "function": {"arguments": "1}"}}]}}]},
+               {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+               {**head, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+    obj = answer_from_sse("chat", body)
+    assert obj is not None
+    msg = obj["choices"][0]["message"]
+    assert msg["content"] == "Hello" and msg["reasoning_content"] == "hm"
+    assert msg["tool_calls"] == [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
+    assert obj["choices"][0]["finish_reason"] == "tool_calls"
+    assert obj["usage"] == {"prompt_tokens": 1, "completion_tokens": 2}

@@ -1,0 +1,57 @@
+"""The in-memory LRU: bounded by entries and bytes, honours TTLs, evicts least recently used first."""
+from __future__ import annotations
+
+from policies.cache.entry import CachedAnswer
+from policies.cache.keys import CacheKey
+from policies.cache.memory_store import MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def answer(size: int = 10) -> CachedAnswer:
+    return CachedAnswer(operation="chat", body=b"x" * size, created=0.0)
+
+
+def test_ttl_and_lru_eviction() -> None:
+    """Expired entries vanish; past max_entries the least recently used goes."""
+    clock = Clock()
+    store = MemoryStore(2, 10**6, clock)
+    a, b, c = (CacheKey("t:x", d) for d in "abc")
+    store.set(a, answer(), 10)
+    store.set(b, answer(), 100)
+    assert store.get(a) is not None  # a is now most recent
+    store.set(c, answer(), 100)
+    assert store.get(b) is None and store.get(a) is not None
+    clock.now = 11
+    assert store.get(a) is None and len(store) == 1
+
+
+def test_byte_bound() -> None:
+    """The byte bound holds, counting the memoised SSE renderings too; an oversized entry is refused."""
+    store = MemoryStore(100, 1000, Clock())
+    store.set(CacheKey("n", "big"), answer(5000), 10)
+    assert len(store) == 0
+    keys = [CacheKey("n", str(i)) for i in range(5)]
+    for key in keys:
+        store.set(key, answer(200), 10)
+    assert store.bytes <= 1000 and len(store) < 5
+    found = store.get(keys[-1])
+    assert found is not None
+    found[0]._sse[True] = b"y" * 500
+    store.get(keys[-1])
+    assert store.bytes <= 1000
+
+
+def test_encode_round_trip() -> None:
+    """The Redis encoding is compressed and decodes to the same answer; garbage decodes to None."""
+    original = CachedAnswer.from_obj("chat", {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}, 9.5)
+    data = original.encode()
+    back = CachedAnswer.decode(data)
+    assert back is not None and back.body == original.body and back.created == 9.5 and back.tokens == 5
+    assert CachedAnswer.decode(b"nope") is None and CachedAnswer.decode(data[:10]) is None

@@ -1,0 +1,53 @@
+"""The shared store on a real Redis: shared between stores, TTL on every key, Redis down is a miss."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from gateway.config_model import StateConfig
+from gateway.state.redis_client import GuardedRedis
+from policies.cache.entry import CachedAnswer
+from policies.cache.keys import CacheKey
+from policies.cache.memory_store import MemoryStore
+from policies.cache.redis_store import AnswerStore
+from tests.support.servers import RedisServer
+
+
+def store(redis: GuardedRedis, prefix: str) -> AnswerStore:
+    return AnswerStore("exact", MemoryStore(100, 10**6, time.monotonic), redis, prefix)
+
+
+async def test_shared_and_expiring(redis_server: RedisServer) -> None:
+    """An entry written by one store is read by another through Redis, with a TTL."""
+    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
+    prefix = f"u{secrets.token_hex(3)}:"
+    try:
+        a, b = store(redis, prefix), store(redis, prefix)
+        key = CacheKey("t:x", "d1")
+        a.set(key, CachedAnswer(operation="chat", body=b'{"choices":[]}', created=1.0), 30)
+        await a.flush()
+        got = await b.get(key)
+        assert got is not None and got.body == b'{"choices":[]}'
+        assert 0 < await redis.client.ttl(a.redis_key(key)) <= 30
+        assert (await b.get_many([key, CacheKey("t:x", "none")]))[1] is None
+    finally:
+        await redis.close()
+
+
+async def test_redis_down_is_a_quick_miss() -> None:
+    """With nothing listening every call is a miss within the timeout, never an exception."""
+    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url="redis://127.0.0.1:1/0", timeout_ms=50),
+                                     time.monotonic)
+    errors: list[int] = []
+    s = AnswerStore("exact", MemoryStore(10, 10**6, time.monotonic), redis, "x:", on_redis_error=lambda: errors.append(1))
+    try:
+        started = time.monotonic()
+        for i in range(5):
+            assert await s.get(CacheKey("t:x", str(i))) is None
+        s.set(CacheKey("t:x", "w"), CachedAnswer(operation="chat", body=b"{}", created=0.0), 10)
+        await asyncio.wait_for(s.flush(), 2)
+        assert time.monotonic() - started < 2 and errors
+        assert await s.get(CacheKey("t:x", "w")) is not None  # memory still serves
+    finally:
+        await redis.close()

@@ -1,0 +1,80 @@
+"""The semantic cache policy with a scripted embedder: threshold, guards, namespaces, failures."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from policies.cache.embedder import EmbedderUnavailable, MemoEmbedder
+from policies.cache.semantic_layer import PART, factory
+from tests.policies.cache.support import ANSWER, Upstream, drain, exchange, make_state
+
+VECTORS = {"how do i undo a commit": (1.0, 0.0), "how can i undo a commit": (0.99, 0.14),
+           "how do i not undo a commit": (0.99, 0.1), "something else": (0.0, 1.0)}
+
+
+class Scripted:
+    name = "scripted"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+
+    async def embed(self, texts: list[str]) -> Any:
+        if self.fail:
+            raise EmbedderUnavailable("down")
+        return np.array([VECTORS[t] for t in texts], dtype=np.float32) / np.linalg.norm(
+            np.array([VECTORS[t] for t in texts], dtype=np.float32), axis=1, keepdims=True)
+
+    async def close(self) -> None:
+        return None
+
+
+def chat(text: str, system: str = "be brief") -> dict[str, Any]:
+    return {"model": "gpt-4o", "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}]}
+
+
+async def policy_with(embedder: Scripted, **cache: Any):  # type: ignore[no-untyped-def]
+    st = make_state(cache={"semantic": {"enabled": True, **cache}})
+    policy = await factory(st, st.config)
+    assert policy is not None
+    st.components["cache"].parts[PART].embedder = MemoEmbedder(embedder)
+    return st, policy
+
+
+async def test_threshold_guards_and_namespace() -> None:
+    """A close paraphrase hits; a negation above the threshold is vetoed; another system prompt misses."""
+    st, policy = await policy_with(Scripted())
+    up = Upstream()
+    await drain(await policy(exchange(st, chat("how do i undo a commit")), up))
+    hit = exchange(st, chat("how can i undo a commit"))
+    resp = await policy(hit, up)
+    assert hit.cache_result == "semantic-hit" and orjson.loads(await drain(resp)) == ANSWER
+    for ex in (exchange(st, chat("how do i not undo a commit")), exchange(st, chat("how can i undo a commit", "x"))):
+        await drain(await policy(ex, up))
+        assert ex.cache_result == "miss"
+    assert up.calls == 3
+
+
+async def test_threshold_is_config_only() -> None:
+    """A stricter configured threshold turns the paraphrase into a miss."""
+    st, policy = await policy_with(Scripted(), threshold=0.999)
+    up = Upstream()
+    for text in ("how do i undo a commit", "how can i undo a commit"):
+        await drain(await policy(exchange(st, chat(text), headers={"x-gateway-semantic-threshold": "0"}), up))
+    assert up.calls == 2
+
+
+async def test_embedder_failure_is_a_miss() -> None:
+    """When the embedder cannot run the request is still answered (from upstream) and counted."""
+    st, policy = await policy_with(Scripted(fail=True))
+    up = Upstream()
+    assert orjson.loads(await drain(await policy(exchange(st, chat("something else")), up))) == ANSWER
+    value = st.metrics.registry.get_sample_value("gateway_cache_requests_total", {"kind": "semantic", "result": "error"})
+    assert value == 1
+
+
+async def test_disabled_by_default() -> None:
+    """No semantic block enabled: the factory builds nothing."""
+    st = make_state()
+    assert await factory(st, st.config) is None

@@ -1,0 +1,39 @@
+"""The in-memory vector index: per-namespace cosine search, TTLs, a global bound."""
+from __future__ import annotations
+
+import numpy as np
+
+from policies.cache.entry import CachedAnswer
+from policies.cache.vector_index import VectorIndex
+
+
+def unit(*v: float) -> np.ndarray:
+    a = np.array(v, dtype=np.float32)
+    return a / np.linalg.norm(a)
+
+
+def ans(tag: str) -> CachedAnswer:
+    return CachedAnswer(operation="chat", body=tag.encode(), created=0.0)
+
+
+def test_search_is_per_namespace_and_best_first() -> None:
+    """Only the namespace's own vectors are candidates, best score first."""
+    now = [0.0]
+    index = VectorIndex(100, lambda: now[0])
+    index.add("a", unit(1, 0, 0), ans("x"), "x", 10)
+    index.add("a", unit(1, 1, 0), ans("y"), "y", 10)
+    index.add("b", unit(1, 0, 0), ans("z"), "z", 10)
+    found = list(index.candidates("a", unit(1, 0.1, 0)))
+    assert [i.text for _, i in found] == ["x", "y"] and found[0][0] > 0.99
+    assert list(index.candidates("c", unit(1, 0, 0))) == []
+    now[0] = 11
+    assert list(index.candidates("a", unit(1, 0, 0))) == [] and len(index) == 1
+
+
+def test_global_bound_evicts_oldest() -> None:
+    """Past max_entries the oldest entry goes, whatever its namespace; rows are reused."""
+    index = VectorIndex(2, lambda: 0.0)
+    for i, ns in enumerate("aab"):
+        index.add(ns, unit(1, i, 0), ans(str(i)), str(i), 10)
+    assert len(index) == 2
+    assert [i.text for _, i in index.candidates("a", unit(1, 0, 0))] == ["1"]

@@ -1,0 +1,172 @@
+"""The Lua buckets against a real Redis: same arithmetic as memory, shared by replicas, TTLs, fallback."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from gateway.config_model import StateConfig
+from gateway.state.redis_client import GuardedRedis
+from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
+from policies.ratelimit.model import COOLDOWN, NEVER, Limit, LimitSet, client_limits
+from policies.ratelimit.redis_buckets import RedisBuckets
+from tests.support.servers import RedisServer, free_port
+
+RPM6 = Limit("rpm", "bucket", 6.0, 6 / 60)
+TPM600 = Limit("tpm", "bucket", 600.0, 600 / 60, tokens=True)
+CONC2 = Limit("concurrency", "slots", 2.0)
+DAY1000 = Limit("daily_tokens", "day", 1000.0, tokens=True)
+LS = LimitSet("upstream", "u:test", "test", (RPM6, TPM600, CONC2), lease_s=30.0, cooldown=True)
+
+
+def guarded(url: str) -> GuardedRedis:
+    loop = asyncio.get_running_loop()
+    return GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=200), loop.time)
+
+
+def make(g: GuardedRedis, prefix: str, hint: int = 1) -> RedisBuckets:
+    loop = asyncio.get_running_loop()
+    return RedisBuckets(g, prefix, MemoryBuckets(LimiterClock(now=loop.time)), replicas_hint=hint)
+
+
+@pytest_asyncio.fixture
+async def shared(redis_server: RedisServer) -> AsyncIterator[tuple[RedisBuckets, RedisBuckets]]:
+    """Two replicas' buckets on one Redis, under a fresh prefix."""
+    prefix = f"t{secrets.token_hex(4)}:"
+    g1, g2 = guarded(redis_server.url), guarded(redis_server.url)
+    try:
+        yield make(g1, prefix), make(g2, prefix)
+    finally:
+        await g1.close()
+        await g2.close()
+
+
+async def test_acquire_is_all_or_nothing_and_shared(shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """Replicas draw from one bucket; a refused request takes nothing; the wait is the refill time."""
+    a, b = shared
+    v1 = await a.acquire(LS, (1, 500, 1), "m1")
+    assert v1.ok and not v1.local and v1.levels == (5.0, 100.0, 1.0)
+    refused = await b.acquire(LS, (1, 200, 1), "m2")
+    assert not refused.ok and refused.failed == "tpm"
+    assert 9.5 <= refused.wait_s <= 10.0
+    v2 = await b.acquire(LS, (1, 100, 1), "m3")
+    assert v2.ok and v2.levels[0] == 4.0 and v2.levels[2] == 0.0
+    full = await a.acquire(LS, (1, 0, 1), "m4")
+    assert not full.ok and full.failed == "concurrency" and full.wait_s == 0.0
+    too_big = await a.acquire(LS, (1, 601, 0), "m5")
+    assert too_big.wait_s == NEVER
+
+
+async def test_settle_refunds_charges_and_releases(shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """Settling gives back unused tokens (capped), charges excess as debt and frees the slot."""
+    a, b = shared
+    assert (await a.acquire(LS, (1, 500, 1), "m1")).ok
+    await b.settle(LS, (0, 400, 0), "m1")  # another replica may settle: state is shared
+    v = await a.acquire(LS, (1, 0, 1), "m2")
+    assert v.ok and 499 <= v.levels[1] <= 501 and v.levels[2] == 1.0  # m1 released its slot
+    await a.settle(LS, (0, -700, 0), "m2")
+    refused = await a.acquire(LS, (1, 10, 1), "m3")
+    assert not refused.ok and refused.failed == "tpm" and refused.levels[1] < 0
+    assert refused.levels[2] == 2.0  # both slots released
+
+
+async def test_every_key_has_a_ttl_and_no_secret(redis_server: RedisServer,
+                                                 shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """All keys the scripts write expire; client keys are named by tenant and a digest, never the key."""
+    a, _ = shared
+    from gateway.auth import digest
+    from gateway.config_model import AuthKeyConfig
+
+    key_hash = digest("sk-team-secret")
+    ls = client_limits(AuthKeyConfig(key="", tenant="team-a", rpm=5, max_concurrency=2, daily_tokens=100),
+                       key_hash, 30.0)
+    assert ls is not None
+    assert (await a.acquire(ls, ls.amounts(10), "m1")).ok
+    await a.learn(LS, "", None, 1.5)
+    names = await a.guarded.client.keys(a.prefix + "*")
+    assert len(names) == 3  # client hash + client slots + upstream cooldown
+    for name in names:
+        assert await a.guarded.client.pttl(name) > 0
+        assert b"sk-team-secret" not in name and key_hash.encode() not in name
+    assert any(b"rl:c:team-a:" in n for n in names)
+
+
+async def test_day_budget_in_redis(shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """The daily budget is counted per Redis day and refunded on settle."""
+    a, _ = shared
+    ls = LimitSet("client", "c:t:x", "t", (DAY1000,))
+    assert (await a.acquire(ls, (900,), "m1")).ok
+    refused = await a.acquire(ls, (200,), "m2")
+    assert not refused.ok and refused.failed == "daily_tokens" and 0 < refused.wait_s <= 86400
+    await a.settle(ls, (500,), "m1")
+    assert (await a.acquire(ls, (200,), "m2")).ok
+
+
+async def test_pause_is_shared_and_shrink_lowers(shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """A pause learned by one replica refuses the other's requests; a learned level lowers the bucket."""
+    a, b = shared
+    await a.learn(LS, "rpm", 2.0, 0.0)
+    v = await b.acquire(LS, (1, 0, 0), "m1")
+    assert v.ok and v.levels[0] == pytest.approx(1.0, abs=0.01)
+    await a.learn(LS, "", None, 2.0)
+    refused = await b.acquire(LS, (1, 0, 0), "m2")
+    assert not refused.ok and refused.failed == COOLDOWN and 1.8 <= refused.wait_s <= 2.0
+
+
+async def test_scripts_reload_after_flush(shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """A Redis that lost its scripts (restart, SCRIPT FLUSH) is served again without any error."""
+    a, _ = shared
+    assert (await a.acquire(LS, (1, 1, 1), "m1")).ok
+    await a.guarded.client.script_flush()
+    assert (await a.acquire(LS, (1, 1, 1), "m2")).ok
+    await a.settle(LS, (0, 1, 0), "m1")
+    await a.learn(LS, "rpm", 1.0, 0.0)
+
+
+async def test_fallback_when_redis_is_unreachable() -> None:
+    """No Redis: decisions come from local buckets at limit / replicas_hint, and settle goes there too."""
+    g = guarded(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        b = make(g, "x:", hint=2)
+        verdicts = [await b.acquire(LS, (1, 10, 0), f"m{i}") for i in range(4)]
+        assert [v.ok for v in verdicts] == [True, True, True, False]  # 6 rpm / 2 replicas
+        assert all(v.local for v in verdicts)
+        assert (await b.acquire(LS, (0, 0, 1), "s")).ok
+        assert not (await b.acquire(LS, (0, 0, 1), "t")).ok  # 2 slots / 2 replicas
+        await b.settle(LS, (0, 0, 0), "s", local=True)
+        assert (await b.acquire(LS, (0, 0, 1), "t")).ok
+        assert not g.up
+    finally:
+        await g.close()
+
+
+async def test_releases_missed_during_an_outage_are_replayed() -> None:
+    """A slot released while Redis is down is released for real once Redis answers again."""
+    from tests.support.servers import redis_server_binary
+
+    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
+    server.start()
+    g = guarded(server.url)
+    g.cooldown_s = 0.0
+    try:
+        b = make(g, "o:")
+        assert (await b.acquire(LS, (1, 1, 1), "held")).ok
+        server.kill()
+        await b.settle(LS, (0, 1, 0), "held")
+        assert len(b.owed) == 1
+        server.start()
+        await g.client.connection_pool.disconnect()
+        for _ in range(20):
+            verdict = await b.acquire(LS, (1, 1, 1), "next")
+            if not verdict.local:
+                break
+        assert not verdict.local
+        assert b._replaying is not None
+        await b._replaying
+        assert not b.owed
+    finally:
+        await g.close()
+        server.kill()
