@@ -48,6 +48,7 @@ from gateway.tokens.tokenizer import Tokenizer
 from policies.ratelimit import client_layer as rate_limit_client
 from policies.ratelimit import upstream_layer as rate_limit_upstream
 from policies.ratelimit.runtime import COMPONENT, RateLimiter
+from tests.support.exchange import build_exchange
 from tests.support.servers import RedisServer, free_port, gateway_config, redis_server_binary
 
 KEY = "sk-bench"
@@ -111,10 +112,9 @@ def exchange(st: AppState, messages: list[dict[str, str]]) -> Exchange:
     body = {"model": "gpt-4o", "messages": messages, "max_tokens": 256}
     headers = CIMultiDictProxy(CIMultiDict({"authorization": f"Bearer {KEY}"}))
     identity = st.runtime.auth.identify(headers)
-    ex = Exchange(request_id="b", method="POST", path="/v1/chat/completions", operation="chat", headers=headers,
+    ex = build_exchange(request_id="b", method="POST", path="/v1/chat/completions", operation="chat", headers=headers,
                   raw_body=b"", body=body, received_at=0.0, deadline=st.clock() + 600, model="gpt-4o",
-                  upstream="mock", upstream_model="gpt-4o", tenant=identity.tenant, client_key_hash=identity.key_hash)
-    ex.attrs["identity"] = identity
+                  upstream="mock", upstream_model="gpt-4o", identity=identity)
     return ex
 
 

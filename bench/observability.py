@@ -34,6 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.mock import MockConfig, start_mock
+from tests.support.exchange import build_exchange
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "How do sidecars help agents?"}]}
@@ -130,15 +131,15 @@ def micro(iterations: int) -> dict[str, float]:
     from policies.tracing.tracer import create_tracing
 
     def exchange() -> Exchange:
-        ex = Exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
+        ex = build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
                       headers=CIMultiDictProxy(CIMultiDict()), raw_body=b"{}", body=dict(CHAT), received_at=1.0,
                       deadline=600.0, route_name="*", model="gpt-4o", upstream="mock", upstream_model="gpt-4o",
                       status=200, first_token_at=1.2, ended_at=2.0, upstream_s=0.9, usage=Usage(prompt=20,
                                                                                                  completion=16))
         inspector = StreamInspector(lambda: 0.0)
         inspector.gaps = [0.01] * 15
-        ex.attrs["inspector"] = inspector
-        ex.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=1.0, ended=2.0, outcome="ok", status=200))
+        ex.view = inspector
+        ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=1.0, ended=2.0, outcome="ok", status=200))
         return ex
 
     metrics = Metrics({"gpt-4o"}, registry=CollectorRegistry())

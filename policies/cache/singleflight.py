@@ -77,9 +77,7 @@ class Flight:
                 raise
             return
         finally:
-            aclose = getattr(resp.body, "aclose", None)
-            if aclose is not None:
-                await _quiet(aclose())
+            await _quiet(resp.body.aclose())
         self.done = True
         self._wake()
         self._ended()

@@ -72,9 +72,9 @@ class ToolClient(UpstreamClient):
     key_query: str = ""
 
     def url_for(self, ex: Exchange) -> str:
-        url = self.base_url + ex.upstream_path
-        query = f"{ex.query_string}&{self.key_query}" if ex.query_string and self.key_query else (
-            ex.query_string or self.key_query)
+        url = self.base_url + ex.request.upstream_path
+        query = f"{ex.request.query_string}&{self.key_query}" if ex.request.query_string and self.key_query else (
+            ex.request.query_string or self.key_query)
         return f"{url}?{query}" if query else url
 
 

@@ -88,7 +88,7 @@ async def test_503_storm_opens_breaker_fast_rejects_and_probes_once_per_interval
     gw = await make_gateway(upstreams={"mock": upstream(mock_upstream.url, circuit_breaker={
         "consecutive_failures": 5, "open_s": open_s, "max_open_s": open_s})})
     served: list[tuple[str, float]] = []
-    gw.state.sinks.append(lambda ex: served.append((ex.error_kind, ex.ended_at - ex.received_at)))
+    gw.state.sinks.append(lambda ex: served.append((ex.record.error_kind, ex.record.ended_at - ex.request.received_at)))
     await queue_faults(mock_upstream, {"fault": "status=503", "times": -1})
     async with aiohttp.ClientSession() as session:
         async def once() -> aiohttp.ClientResponse:

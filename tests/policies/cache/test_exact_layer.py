@@ -16,7 +16,7 @@ async def test_miss_then_hit_in_both_modes() -> None:
     assert orjson.loads(await drain(await policy(first, up))) == ANSWER
     hit = exchange(st)
     resp = await policy(hit, up)
-    assert resp.source == "cache" and hit.cache_result == "hit" and hit.usage.total == 5
+    assert resp.source == "cache" and hit.record.cache_result == "hit" and hit.record.reported_usage.total == 5
     assert orjson.loads(await drain(resp)) == ANSWER
     assert hit.response_headers["x-gateway-cache-tokens-saved"] == "5"
     streamed = exchange(st, {**first.body, "stream": True})
@@ -48,6 +48,6 @@ async def test_errors_and_tenants() -> None:
     await drain(await policy(exchange(st, key="ka"), good))
     other = exchange(st, key="kb")
     await drain(await policy(other, good))
-    assert other.cache_result == "miss" and good.calls == 2
+    assert other.record.cache_result == "miss" and good.calls == 2
     counted = st.metrics.registry.get_sample_value("gateway_cache_requests_total", {"kind": "exact", "result": "miss"})
     assert counted == 3

@@ -7,6 +7,7 @@ import numpy as np
 import orjson
 
 from policies.cache.embedder import EmbedderUnavailable, MemoEmbedder
+from policies.cache.runtime import COMPONENT as CACHE_COMPONENT
 from policies.cache.semantic_layer import PART, factory
 from tests.policies.cache.support import ANSWER, Upstream, drain, exchange, make_state
 
@@ -38,7 +39,7 @@ async def policy_with(embedder: Scripted, **cache: Any):  # type: ignore[no-unty
     st = make_state(cache={"semantic": {"enabled": True, **cache}})
     policy = await factory(st, st.config)
     assert policy is not None
-    st.components["cache"].parts[PART].embedder = MemoEmbedder(embedder)
+    st.components[CACHE_COMPONENT].parts[PART].embedder = MemoEmbedder(embedder)
     return st, policy
 
 
@@ -49,10 +50,10 @@ async def test_threshold_guards_and_namespace() -> None:
     await drain(await policy(exchange(st, chat("how do i undo a commit")), up))
     hit = exchange(st, chat("how can i undo a commit"))
     resp = await policy(hit, up)
-    assert hit.cache_result == "semantic-hit" and orjson.loads(await drain(resp)) == ANSWER
+    assert hit.record.cache_result == "semantic-hit" and orjson.loads(await drain(resp)) == ANSWER
     for ex in (exchange(st, chat("how do i not undo a commit")), exchange(st, chat("how can i undo a commit", "x"))):
         await drain(await policy(ex, up))
-        assert ex.cache_result == "miss"
+        assert ex.record.cache_result == "miss"
     assert up.calls == 3
 
 

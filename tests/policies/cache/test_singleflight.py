@@ -9,10 +9,11 @@ import pytest
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.singleflight import Flights, TakeOver
+from tests.support.exchange import build_exchange
 
 
 def exchange() -> Exchange:
-    return Exchange(request_id="r", method="POST", path="/", operation="chat", headers=None,  # type: ignore[arg-type]
+    return build_exchange(request_id="r", method="POST", path="/", operation="chat", headers=None,  # type: ignore[arg-type]
                     raw_body=b"", body={}, received_at=0, deadline=1e9)
 
 

@@ -9,9 +9,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.appstate import AppState, Runtime
 from gateway.auth import Authenticator
+from gateway.body import OneChunk
 from gateway.config import ConfigError, parse_config
 from gateway.errors import LocalReply
-from gateway.exchange import Exchange, UpstreamResponse, single_chunk
+from gateway.exchange import Exchange, UpstreamResponse
 from gateway.routing import Router
 from gateway.telemetry.metrics import Metrics
 from gateway.tokens.prompt import prompt_tokens
@@ -20,6 +21,7 @@ from policies.compression import layer as compression_module
 from policies.compression.layer import CompressionPolicy, make_compression
 from policies.compression.turns import tool_call_problems
 from tests.policies.compression.helpers import agent, user
+from tests.support.exchange import build_exchange, replace_route
 from tests.support.servers import gateway_config
 
 TOKENIZER = Tokenizer()
@@ -40,11 +42,11 @@ def make_state(**overrides: Any) -> AppState:
 def exchange(st: AppState, body: dict[str, Any], headers: dict[str, str] | None = None,
              operation: str = "chat") -> Exchange:
     route = st.runtime.router.resolve(body["model"])
-    ex = Exchange(request_id="r", method="POST", path="/v1/chat/completions", operation=operation,
+    ex = build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation=operation,
                   headers=CIMultiDictProxy(CIMultiDict(headers or {})), raw_body=orjson.dumps(body), body=body,
                   received_at=0.0, deadline=1e12, model=body["model"], upstream="mock",
                   upstream_model=body["model"], route_name=route.label if route else "*")
-    ex.attrs["route"] = route
+    ex = replace_route(ex, route)
     return ex
 
 
@@ -56,7 +58,7 @@ class Recorder:
 
     async def __call__(self, ex: Exchange) -> UpstreamResponse:
         self.bodies.append(orjson.loads(ex.body_bytes()))
-        return UpstreamResponse(200, {"content-type": "application/json"}, single_chunk(b"{}"))
+        return UpstreamResponse(200, {"content-type": "application/json"}, OneChunk(b"{}"))
 
 
 async def policy_for(**overrides: Any) -> tuple[CompressionPolicy, AppState]:

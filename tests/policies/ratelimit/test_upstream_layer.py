@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -54,7 +55,7 @@ async def test_waits_in_the_queue_until_a_slot_frees() -> None:
     assert not second.done()
     await drain(first)
     await drain(await second)
-    assert ex.waited_s > 0
+    assert ex.record.waited_s > 0
     assert sample(st, "gateway_rate_limit_decisions_total", scope="upstream", limit="concurrency",
                   decision="queued") == 1
     assert sample(st, "gateway_policy_decisions_total", policy="rate_limit_upstream", decision="queued") == 1
@@ -71,12 +72,12 @@ async def test_gives_up_after_max_queue_wait_and_never_past_the_deadline() -> No
     with pytest.raises(LocalReply) as info:
         await policy(ex, nxt)
     assert info.value.status == 429 and info.value.headers["retry-after"] == "1"
-    assert 0.09 <= ex.waited_s < 1.0
+    assert 0.09 <= ex.record.waited_s < 1.0
     hurried = exchange(st)
-    hurried.deadline = st.clock() + 0.02
+    hurried.request = dataclasses.replace(hurried.request, deadline=st.clock() + 0.02)
     with pytest.raises(LocalReply):
         await policy(hurried, nxt)
-    assert hurried.waited_s < 0.09
+    assert hurried.record.waited_s < 0.09
     assert sample(st, "gateway_rate_limit_decisions_total", scope="upstream", limit="concurrency",
                   decision="rejected") == 2
     await drain(held)
@@ -92,7 +93,7 @@ async def test_provider_429_pauses_the_upstream() -> None:
     with pytest.raises(LocalReply) as info:
         await policy(ex, nxt)
     assert info.value.headers["retry-after"] == "2" and "paused by its provider" in info.value.message
-    assert not nxt.calls and ex.waited_s < 0.1  # type: ignore[attr-defined]
+    assert not nxt.calls and ex.record.waited_s < 0.1  # type: ignore[attr-defined]
 
 
 async def test_remaining_headers_shrink_the_bucket() -> None:
@@ -117,7 +118,7 @@ async def test_shadow_mode_never_queues_or_refuses() -> None:
     for _ in range(3):
         ex = exchange(st)
         await drain(await policy(ex, nxt))
-        assert ex.waited_s == 0
+        assert ex.record.waited_s == 0
     assert len(nxt.calls) == 3  # type: ignore[attr-defined]
     assert sample(st, "gateway_rate_limit_decisions_total", scope="upstream", limit="rpm",
                   decision="shadow_rejected") == 2
@@ -133,7 +134,7 @@ async def test_each_attempt_is_admitted_but_tokens_counted_once() -> None:
     ls = policy.sets["mock"][0]
     assert limiter_of(st).memory.level(ls, "rpm") == 98
     assert limiter_of(st).memory.level(ls, "tpm") == 100_000  # error answers cost no tokens
-    assert sample(st, "gateway_tokens_reserved_total") == ex.attrs["prompt_tokens"] + 50
+    assert sample(st, "gateway_tokens_reserved_total") == ex.record.prompt_tokens + 50
 
 
 async def test_headroom_too_large_and_queue_full() -> None:
