@@ -15,7 +15,7 @@ upstream failure, client gone, or closed unread), with None only for a clean end
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 ChunkFilter = Callable[[bytes], bytes]
@@ -133,7 +133,7 @@ async def close_quietly(body: Body) -> None:
 
 
 def as_body(chunks: AsyncIterator[bytes]) -> Body:
-    """An async iterator without ``aclose`` (tests, plain generators) as a ``Body``."""
+    """An async iterator (an async generator, or one without ``aclose``) as a ``Body``."""
     if isinstance(chunks, Body):
         return chunks
     return _Adapted(chunks)
@@ -152,4 +152,5 @@ class _Adapted:
         return self._it.__anext__()
 
     async def aclose(self) -> None:
-        return None
+        if isinstance(self._it, AsyncGenerator):
+            await self._it.aclose()

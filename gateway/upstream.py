@@ -115,10 +115,11 @@ class UpstreamClient:
         first_byte_deadline = min(attempt.started + t.first_byte_s, ex.request.deadline)
         try:
             async with asyncio.timeout_at(first_byte_deadline):
+                method = ex.request.method
                 resp = await self.session.request(
-                    ex.request.method, self.url_for(ex), data=ex.body_bytes() if ex.request.method not in ("GET", "HEAD") else None,
+                    method, self.url_for(ex), data=ex.body_bytes() if method not in ("GET", "HEAD") else None,
                     headers=headers, allow_redirects=False, auto_decompress=True,
-                    **({} if t is self.timeouts else {"timeout": _connect_timeout(t)}))  # route override
+                    timeout=_connect_timeout(t))  # the session's own, or a route override
         except BaseException as exc:
             attempt.ended = loop.time()
             ex.record.upstream_s += attempt.ended - attempt.started

@@ -53,7 +53,8 @@ class BudgetPolicy:
         if not active(cfg):
             return
         body: dict[str, Any] = ex.body  # type: ignore[assignment]
-        model = body.get("model") if isinstance(body.get("model"), str) else ex.target.model
+        asked = body.get("model")
+        model = asked if isinstance(asked, str) else ex.target.model
         chosen = partial(choose_class, cfg.classes, self.patterns, partial(prompt_tokens, self.state, ex),
                          partial(last_user_text, body, ex.request.operation))
         verdict = decide(body, ex.request.operation, model, cfg, chosen)

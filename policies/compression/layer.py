@@ -102,8 +102,10 @@ class CompressionPolicy:
     def _compress(self, ex: Exchange, body: dict[str, Any], messages: list[dict[str, Any]],
                   cfg: CompressionConfig, limits: PromptBudget) -> Outcome:
         tokenizer = self.state.tokenizer
-        model = body.get("model") if isinstance(body.get("model"), str) else ex.target.model
-        fixed = tokenizer.count_tools(model, body.get("tools")) + tokenizer.count_tools(model, body.get("functions"))
+        asked = body.get("model")
+        model = asked if isinstance(asked, str) else ex.target.model
+        fixed = tokenizer.count_tools(model, body.get("tools") or ()) + \
+            tokenizer.count_tools(model, body.get("functions") or ())
         plan = Plan(budget=limits.budget, tool_output_max_tokens=cfg.tool_output_max_tokens,
                     keep_last_turns=cfg.keep_last_turns, min_saving_tokens=cfg.min_saving_tokens,
                     stable_prefix=cfg.stable_prefix)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from gateway.appstate import AppState
-from gateway.components import BREAKER_STATES
+from gateway.components import BREAKER_STATES, BreakerRows
 from gateway.config_model import Config
 from gateway.exchange import Exchange, StateKey
 from gateway.telemetry.logging import state_change
@@ -104,7 +104,8 @@ def resilience_of(state: AppState, config: Config) -> Resilience:
         res = Resilience(ResilienceMetrics(state.metrics), state.clock)
         state.components.set(COMPONENT, res)
         breakers = res.breakers
-        state.components.set(BREAKER_STATES, partial(_breaker_rows, breakers))
+        rows: BreakerRows = partial(_breaker_rows, breakers)
+        state.components.set(BREAKER_STATES, rows)
         state.sinks.append(res.on_finished)
     res.sync(config)
     return res

@@ -220,8 +220,10 @@ class RetryPolicy:
                 n for n in cfg.retry_on if not (n.startswith("4") and n not in _RETRYABLE_4XX))
         return names
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str) -> float | None:
+        """Count why retrying stops; returns None, the "no delay: stop" answer of ``_retry_delay``."""
         self.metrics.decision("retry", why)
+        return None
 
     def _fail_over(self, ex: Exchange, target: Target, primary_model: str, run: _Run) -> None:
         self.metrics.child(self.metrics.fallbacks, ex.request.route_name, ex.target.upstream, target.upstream).inc()

@@ -96,7 +96,7 @@ class Tracing:
         if type(max_tokens) is int:
             attrs["gen_ai.request.max_tokens"] = max_tokens
         temperature = body.get("temperature")
-        if type(temperature) in (int, float):
+        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
             attrs["gen_ai.request.temperature"] = float(temperature)
         if self.capture_content:
             attrs["gen_ai.input.messages"] = _content(body)

@@ -9,6 +9,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
+from policies.cache.runtime import COMPONENT as CACHE
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
@@ -213,7 +214,7 @@ async def test_control_ttl_only_shortens(client: AsyncOpenAI, gateway: Any) -> N
     await _send(client, {"x-gateway-cache-ttl": "0"})
     assert await _send(client) == "miss"  # stored with ttl 0: not stored at all
     assert await _send(client, {"x-gateway-cache-ttl": "999999999"}) == "hit"
-    store = gateway.state.components["cache"].exact.memory
+    store = gateway.state.components[CACHE].exact.memory
     (slot,) = store._slots.values()
     assert slot.expires - gateway.state.clock() <= 3600
 

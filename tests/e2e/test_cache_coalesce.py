@@ -10,6 +10,7 @@ from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
 from gateway.mock.faults import scripted_fault_from_json
+from policies.cache.runtime import COMPONENT as CACHE
 
 N = 20
 MSGS = [{"role": "user", "content": "plan the next step"}]
@@ -24,7 +25,7 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def subscribers(gw: Any) -> int:
-    flights = gw.state.components["cache"].flights
+    flights = gw.state.components[CACHE].flights
     return max((f.subscribers for f in flights._flights.values()), default=0)
 
 

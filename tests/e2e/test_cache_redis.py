@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
+from policies.cache.runtime import COMPONENT as CACHE
 from tests.support.servers import RedisServer, gateway_config, spawn_gateway, wait_ready
 
 MSGS = [{"role": "user", "content": "what is in the ledger"}]
@@ -56,7 +57,7 @@ async def test_redis_killed_means_misses_not_errors(make_gateway: Any, mock_upst
     """With Redis gone every request still succeeds quickly: misses (or memory hits), never errors."""
     gw = await make_gateway(state=redis_state(redis_server))
     assert await ask(gw.base_url) == "miss"
-    await gw.state.components["cache"].exact.flush()
+    await gw.state.components[CACHE].exact.flush()
     redis_server.kill()
     try:
         started = time.monotonic()

@@ -17,7 +17,9 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from gateway.components import BREAKER_STATES
 from gateway.mock import MockServer
+from policies.ratelimit.runtime import COMPONENT as RATE_LIMIT
 from tests.e2e.conftest import GatewayFactory
 from tests.support.servers import InProcessGateway
 
@@ -93,7 +95,7 @@ async def test_dashboard_shows_live_traffic_in_chromium(make_gateway: GatewayFac
     total = STREAMS + CACHED_CALLS + STORM
     expected = await admin_stats(gw)
     assert expected["requests"]["total"] == total
-    breakers_on = gw.state.components.get("breakers") is not None
+    breakers_on = gw.state.components.get(BREAKER_STATES) is not None
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -128,7 +130,7 @@ async def test_dashboard_shows_live_traffic_in_chromium(make_gateway: GatewayFac
             assert await stat(page, "retried") == str(expected["resilience"]["retried_requests"])
             assert await page.locator("#recent tbody tr[data-status='503'], #recent tbody tr[data-status='502']"
                                       ).count() == STORM
-            if gw.state.components.get("rate_limit") is not None:
+            if gw.state.components.get(RATE_LIMIT) is not None:
                 backoffs = expected["resilience"]["retried_requests"]  # retry backoff is a deliberate wait too
                 assert await stat(page, "waited") == str(STREAMS // 2 + backoffs)
                 assert await page.locator('#queues dd[data-queue="mock"]').inner_text() == "0"

@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 
 from gateway.exchange import Exchange
 from gateway.mock import MockServer
+from policies.resilience.registry import COMPONENT as RESILIENCE
 from tests.support.servers import InProcessGateway, free_port
 
 CHAT = [{"role": "user", "content": "Say hello"}]
@@ -101,7 +102,7 @@ async def test_503_storm_opens_breaker_fast_rejects_and_probes_once_per_interval
         assert first.headers["x-gateway-attempts"] == "3" and first.headers["x-should-retry"] == "false"
         await once()
         assert len(mock_upstream.recorder.attempts) == 5  # 3 + 2: the 5th failure opened it
-        assert gw.state.components["breakers"]["mock"].state == "open"
+        assert gw.state.components[RESILIENCE].breakers["mock"].state == "open"
         rejected = await once()
         assert rejected.status == 503 and int(rejected.headers["retry-after"]) >= 1
         assert rejected.headers["x-gateway-attempts"] == "0" and len(mock_upstream.recorder.attempts) == 5
@@ -326,8 +327,8 @@ async def test_client_disconnect_frees_the_upstream(make_gateway: GatewayFactory
             await asyncio.sleep(0.01)
     assert time.perf_counter() - left_at < 1.0
     expected = "fault:status" if phase == "retry_backoff" else "client_disconnected"
-    assert outcomes(mock_upstream) == [expected] and finished[0].stream_outcome == "client_gone"
-    breaker = gw.state.components["breakers"]["mock"]
+    assert outcomes(mock_upstream) == [expected] and finished[0].record.stream_outcome == "client_gone"
+    breaker = gw.state.components[RESILIENCE].breakers["mock"]
     assert breaker.state == "closed" and not breaker.rejecting()
 
 
@@ -355,7 +356,7 @@ async def test_client_disconnect_while_queued_frees_its_place(make_gateway: Gate
     async with asyncio.timeout(3.0):
         while not finished:
             await asyncio.sleep(0.005)
-    assert time.perf_counter() - left_at < 1.0 and finished[0].stream_outcome == "client_gone"
+    assert time.perf_counter() - left_at < 1.0 and finished[0].record.stream_outcome == "client_gone"
     assert len(recorder.attempts) == 1  # the queued request never reached the provider
     holder.close()
     await holder_session.close()
