@@ -171,7 +171,7 @@ def sync_tool_clients(st: AppState, config: Config) -> None:
 
 
 async def factory(state: AppState, config: Config) -> None:
-    """Not a layer of the LLM onion (returns None): (re)builds the ``/tools/`` handler."""
+    """(Re)builds the ``/tools/`` handler (a route handler of the registry, not a layer)."""
     res = resilience_of(state, config)
     install_sink(state)
     sync_tool_clients(state, config)
