@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -11,17 +10,11 @@ from openai import AsyncOpenAI
 from gateway.mock import MockServer
 from gateway.mock.faults import scripted_fault_from_json
 from policies.cache.runtime import COMPONENT as CACHE
+from tests.support.until import until
 
 N = 20
 MSGS = [{"role": "user", "content": "plan the next step"}]
 SLOW = {"x-mock-fault": "ttft_ms=400"}
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition with a bounded timeout (no fixed sleeps)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 def subscribers(gw: Any) -> int:

@@ -10,6 +10,7 @@ from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
+from tests.support.until import until
 
 CHAT = [{"role": "user", "content": "Tell me about sidecars"}]
 
@@ -104,9 +105,8 @@ async def test_first_chunk_arrives_while_provider_holds_the_rest(gateway: InProc
 async def _wait_outcome(mock: MockServer, outcome: str, timeout: float) -> float:
     loop = asyncio.get_running_loop()
     start = loop.time()
-    async with asyncio.timeout(timeout):
-        while mock.recorder.attempts[-1].outcome != outcome:
-            await asyncio.sleep(0.01)
+    await until(lambda: mock.recorder.attempts[-1].outcome == outcome, timeout=timeout,
+                message=f"upstream attempt outcome {outcome!r}")
     return loop.time() - start
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -13,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.mock import MockServer
 from tests.support.servers import GatewayProcess, free_port, gateway_config, spawn_gateway, wait_ready
+from tests.support.until import until
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
@@ -63,12 +63,6 @@ def worker_env(pid: int, name: str) -> str | None:
     return None
 
 
-async def until(condition: Callable[[], bool], timeout: float = 40.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.05)
-
-
 def serving_workers(gw: GatewayProcess) -> set[int]:
     return {pid for pid in children(gw.proc.pid) if listens_on(pid, gw.port)}
 
@@ -82,9 +76,10 @@ async def requests_total(session: aiohttp.ClientSession, url: str) -> float:
 
 
 async def until_total(session: aiohttp.ClientSession, url: str, expected: float, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while await requests_total(session, url) != expected:
-            await asyncio.sleep(0.05)
+    async def reached() -> bool:
+        return await requests_total(session, url) == expected
+
+    await until(reached, timeout=timeout, interval=0.05, message=f"gateway_requests_total == {expected}")
 
 
 async def send_many(url: str, n: int) -> list[int]:
@@ -106,7 +101,7 @@ async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(mock
     metrics_url = f"http://127.0.0.1:{metrics_port}"
     try:
         await wait_ready(gw.url, timeout=60)
-        await until(lambda: len(serving_workers(gw)) == 2)
+        await until(lambda: len(serving_workers(gw)) == 2, timeout=40.0, interval=0.05)
         first = serving_workers(gw)
         metrics_dir = worker_env(next(iter(first)), "PROMETHEUS_MULTIPROC_DIR")
         assert metrics_dir and Path(metrics_dir).is_dir()
@@ -115,7 +110,8 @@ async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(mock
         assert reply.choices[0].message.content
         assert await send_many(gw.url, 39) == [200] * 39
         # Both workers served (each wrote its own value files), and any scrape reports all 40 requests.
-        await until(lambda: first <= {int(p.stem.rsplit("_", 1)[1]) for p in Path(metrics_dir).glob("counter_*.db")})
+        await until(lambda: first <= {int(p.stem.rsplit("_", 1)[1]) for p in Path(metrics_dir).glob("counter_*.db")},
+                    timeout=40.0, interval=0.05)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             await until_total(session, gw.url, 40)  # the count lands just after each response ends
             for _ in range(4):  # new connections: scrapes land on either worker, on either port
@@ -124,9 +120,10 @@ async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(mock
 
             victim = min(first)
             os.kill(victim, signal.SIGKILL)
-            await until(lambda: victim not in children(gw.proc.pid))
+            await until(lambda: victim not in children(gw.proc.pid), timeout=40.0, interval=0.05)
             assert await send_many(gw.url, 20) == [200] * 20  # the survivor takes all new connections
-            await until(lambda: len(serving_workers(gw)) == 2 and victim not in serving_workers(gw))
+            await until(lambda: len(serving_workers(gw)) == 2 and victim not in serving_workers(gw),
+                        timeout=40.0, interval=0.05)
             assert await send_many(gw.url, 10) == [200] * 10
             await until_total(session, gw.url, 70)
             totals = [await requests_total(session, gw.url) for _ in range(4)]
@@ -145,7 +142,7 @@ async def test_sigterm_drains_every_worker_and_exits_zero(mock_upstream: MockSer
                        extra_args=["--workers", "2"])
     try:
         await wait_ready(gw.url, timeout=60)
-        await until(lambda: len(serving_workers(gw)) == 2)
+        await until(lambda: len(serving_workers(gw)) == 2, timeout=40.0, interval=0.05)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             streams = []
             for _ in range(6):

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from gateway.config import parse_config
 from gateway.mock import MockServer
 from gateway.reload import Reloader, fingerprint, restart_only_changes
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
+from tests.support.until import until
 
 
 def _write(path: Path, cfg: dict[str, Any] | str) -> None:
@@ -43,12 +44,6 @@ def _reloader(gateway: InProcessGateway, path: Path) -> Reloader:
     r = Reloader(gateway.state, path, interval_s=3600)
     r._fingerprint, r._digest = fingerprint(path), ""
     return r
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_unchanged_file_is_not_reloaded(gw: tuple[InProcessGateway, Path, dict[str, Any]]) -> None:
@@ -140,7 +135,7 @@ async def test_pools_unchanged_kept_changed_replaced_after_inflight(
     assert not second_pool.session.closed  # still serving the open stream
     release.set()
     st.lifecycle.active.discard(inflight)
-    await _until(lambda: second_pool.session.closed)
+    await until(lambda: second_pool.session.closed)
 
 
 async def test_removed_upstream_stays_reachable_until_inflight_ends(
@@ -159,7 +154,7 @@ async def test_removed_upstream_stays_reachable_until_inflight_ends(
     assert await reloader.check() == "applied"
     assert st.upstreams.get("old") is old_pool and not old_pool.session.closed
     release.set()
-    await _until(lambda: "old" not in st.upstreams and old_pool.session.closed)
+    await until(lambda: "old" not in st.upstreams and old_pool.session.closed)
 
 
 async def test_a_runtime_that_fails_to_build_is_refused_and_new_pools_closed(
@@ -196,7 +191,7 @@ async def test_sighup_forces_a_reload_and_draining_refuses_changes(
     try:
         runtime = gateway.state.runtime
         os.kill(os.getpid(), signal.SIGHUP)
-        await _until(lambda: gateway.state.runtime is not runtime)
+        await until(lambda: gateway.state.runtime is not runtime)
         gateway.state.lifecycle.draining = True
         assert await reloader.reload() == "unchanged"
     finally:

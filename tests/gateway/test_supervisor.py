@@ -11,12 +11,12 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.supervisor import Supervisor, SupervisorConfig, reserve_port
+from tests.support.until import until
 
 # Records its environment, touches a file on SIGHUP, exits with $STUB_EXIT on SIGTERM.
 STUB = r"""
@@ -54,17 +54,11 @@ def _started(tmp_path: Path) -> dict[int, dict[str, str]]:
     return found
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
 async def test_starts_n_workers_with_their_environment(tmp_path: Path) -> None:
     """Each worker gets GATEWAY_WORKERS=N, its index, the supervisor pid and one shared metrics dir."""
     sup = _supervisor(tmp_path, workers=3)
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 3)
+    await until(lambda: len(_started(tmp_path)) == 3)
     envs = list(_started(tmp_path).values())
     assert {e["GATEWAY_WORKER_INDEX"] for e in envs} == {"0", "1", "2"}
     assert {e["GATEWAY_WORKERS"] for e in envs} == {"3"}
@@ -79,14 +73,14 @@ async def test_a_killed_worker_is_restarted_and_its_live_gauges_dropped(tmp_path
     """SIGKILL one worker: the same slot comes back with a new pid; its gauge_live file is removed."""
     sup = _supervisor(tmp_path, workers=2)
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 2)
+    await until(lambda: len(_started(tmp_path)) == 2)
     victim = sup.slots[0].proc.pid  # type: ignore[union-attr]
     live = Path(sup.metrics_dir) / f"gauge_livesum_{victim}.db"
     kept = Path(sup.metrics_dir) / f"counter_{victim}.db"
     live.write_bytes(b"")
     kept.write_bytes(b"")
     os.kill(victim, signal.SIGKILL)
-    await _until(lambda: len(_started(tmp_path)) == 3)
+    await until(lambda: len(_started(tmp_path)) == 3)
     assert sup.slots[0].proc.pid != victim  # type: ignore[union-attr]
     assert not live.exists() and kept.exists()  # counters stay so totals remain monotonic
     sup.stopping.set()
@@ -98,7 +92,7 @@ async def test_sigterm_is_forwarded_and_a_failed_drain_fails_the_exit_code(tmp_p
     """Every worker gets SIGTERM; one exiting non-zero makes the supervisor exit 1."""
     sup = _supervisor(tmp_path, workers=2, env={"STUB_EXIT": "4"})
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 2)
+    await until(lambda: len(_started(tmp_path)) == 2)
     os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's own handler, as Kubernetes would send it
     assert await run == 1
     assert [s.exit_code for s in sup.slots] == [4, 4]
@@ -108,7 +102,7 @@ async def test_workers_that_ignore_sigterm_are_killed_after_the_budget(tmp_path:
     """A worker that never exits is SIGKILLed once stop_timeout_s has passed; exit code 1."""
     sup = _supervisor(tmp_path, workers=1, env={"STUB_MODE": "stubborn"}, stop_timeout_s=0.5)
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 1)
+    await until(lambda: len(_started(tmp_path)) == 1)
     sup.stopping.set()
     assert await run == 1
     assert sup.slots[0].exit_code == -signal.SIGKILL
@@ -118,10 +112,10 @@ async def test_sighup_is_forwarded_to_every_worker(tmp_path: Path) -> None:
     """SIGHUP to the supervisor reaches each worker (each reloads its config)."""
     sup = _supervisor(tmp_path, workers=2)
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 2)
+    await until(lambda: len(_started(tmp_path)) == 2)
     os.kill(os.getpid(), signal.SIGHUP)
     pids = {s.proc.pid for s in sup.slots}  # type: ignore[union-attr]
-    await _until(lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("hup-*")} == pids)
+    await until(lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("hup-*")} == pids)
     sup.stopping.set()
     assert await run == 0
 

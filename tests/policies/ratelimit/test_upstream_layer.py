@@ -23,6 +23,7 @@ from tests.policies.ratelimit.test_client_layer import (
     sse_chunks,
     usage_body,
 )
+from tests.support.until import until
 
 
 async def policy_for(**rate_limit: Any) -> tuple[UpstreamRateLimit, AppState]:
@@ -36,13 +37,6 @@ def limiter_of(st: AppState) -> RateLimiter:
     return st.components[COMPONENT]
 
 
-async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.001)
-
-
 async def test_waits_in_the_queue_until_a_slot_frees() -> None:
     """Over max_concurrency a request queues (counted, added to waited_s) and goes when the stream ends."""
     policy, st = await policy_for(max_concurrency=1, headroom=1.0)
@@ -50,7 +44,7 @@ async def test_waits_in_the_queue_until_a_slot_frees() -> None:
     first = await policy(exchange(st), nxt)
     ex = exchange(st)
     second = asyncio.create_task(policy(ex, nxt))
-    await until(lambda: limiter_of(st).queues["mock"].depth == 1)
+    await until(lambda: limiter_of(st).queues["mock"].depth == 1, timeout=5.0, interval=0.001)
     assert sample(st, "gateway_rate_limit_queue_depth", upstream="mock") == 1
     assert not second.done()
     await drain(first)
@@ -167,9 +161,9 @@ async def test_high_priority_goes_first() -> None:
         await drain(resp)
 
     normal = asyncio.create_task(one("normal", "normal"))
-    await until(lambda: limiter_of(st).queues["mock"].depth == 1)
+    await until(lambda: limiter_of(st).queues["mock"].depth == 1, timeout=5.0, interval=0.001)
     high = asyncio.create_task(one("high", "HIGH"))
-    await until(lambda: limiter_of(st).queues["mock"].depth == 2)
+    await until(lambda: limiter_of(st).queues["mock"].depth == 2, timeout=5.0, interval=0.001)
     await drain(held)
     await asyncio.gather(normal, high)
     assert order == ["high", "normal"]
