@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from gateway.chain import Policy
 from gateway.exchange import StateKey
 
 RouteHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
@@ -19,3 +20,7 @@ BreakerRows = Callable[[], list[tuple[str, str, float | None]]]
 TOOL_HANDLER: StateKey[RouteHandler] = StateKey("tools.handler")
 BREAKER_STATES: StateKey[BreakerRows] = StateKey("resilience.breaker_states")
 QUEUE_DEPTHS: StateKey[Callable[[], Mapping[str, int]]] = StateKey("ratelimit.queue_depths")
+# The tool routes' read cache (a layer of the cache feature), outermost in each tool chain.
+TOOL_CACHE: StateKey[Policy] = StateKey("tools.cache")
+# Per request: a tool read (GET/HEAD, or a read-only tool), safe to cache; set by the tool routes.
+TOOL_READ: StateKey[bool] = StateKey("tools.read")

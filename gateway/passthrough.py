@@ -11,9 +11,9 @@ from gateway.components import TOOL_HANDLER
 from gateway.errors import LocalReply
 from gateway.exchange import Exchange, RequestFacts, Target
 from gateway.handler import proxy, reject, request_id_of
+from gateway.paths import safe_subpath
 from gateway.request import read_body
 from gateway.telemetry.logging import REQUEST_ID
-from policies.tools.paths import safe_subpath
 
 
 async def handle_other(request: web.Request) -> web.StreamResponse:

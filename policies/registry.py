@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 from gateway.appstate import AppState
 from gateway.chain import Policy
 from gateway.config_model import Config
-from policies.budgets.layer import make_budget
 from policies.cache import coalesce_layer as coalesce
 from policies.cache import embeddings_layer as embeddings_cache
 from policies.cache import exact_layer as exact_cache
 from policies.cache import semantic_layer as semantic_cache
+from policies.compression.budgets_layer import make_budget
 from policies.compression.layer import make_compression
 from policies.ratelimit import client_layer as rate_limit_client
 from policies.ratelimit import upstream_layer as rate_limit_upstream
@@ -48,7 +48,6 @@ LAYERS: tuple[tuple[str, PolicyFactory], ...] = (
     ("rate_limit_upstream", rate_limit_upstream.factory),  # after retry+breaker: each attempt queues for its quota
     ("tracing_upstream", attempt_span_factory),  # keep LAST: one span + traceparent per upstream attempt
 )
-POLICY_FACTORIES = LAYERS  # the name earlier code and tests use
 ROUTE_HANDLERS: tuple[tuple[str, HandlerFactory], ...] = (
     ("tools", tools.factory),  # /tools/{name}/...: retries, breakers, fallbacks and the read cache per tool
 )

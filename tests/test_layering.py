@@ -23,7 +23,7 @@ PACKAGES = ("gateway", "policies")
 
 # (b) Cross-feature imports that are allowed. ``*`` in the importer position means any feature.
 #   - policies.<x>.config: every feature's config dataclasses may be read by any module.
-#   - policies.tools -> policies.resilience.*: tool routes reuse retries and breakers.
+#   - policies.tools -> policies.resilience.*: tool routes reuse retries and breakers (the same layer classes).
 ALLOWED_CROSS_FEATURE: tuple[tuple[str, str], ...] = (
     ("*", "policies.{feature}.config"),
     ("policies.tools", "policies.resilience"),
@@ -38,28 +38,12 @@ COMPOSITION_ROOT: frozenset[str] = frozenset({
     "gateway.telemetry.observability",
 })
 
-# Edges that break the rules in today's code (not fixed here: the source is being reworked). The rule
-# tests are strict xfails while a list is non-empty; test_known_offenses_are_exactly_todays fails on any
-# new edge and on any fixed one still listed, so these lists only ever shrink. Empty list: no xfail.
+# Edges allowed to break the rules for now (none: all were fixed). A non-empty list turns the rule test into
+# a strict xfail; test_known_offenses_are_exactly_todays fails on any new edge and on any fixed one still
+# listed, so these lists only ever shrink.
 KNOWN_CYCLES: tuple[tuple[str, ...], ...] = ()  # none today
-KNOWN_CROSS_FEATURE: tuple[tuple[str, str], ...] = (
-    ("policies.budgets.layer", "policies.compression.prompt_fit"),
-    ("policies.cache.exact_layer", "policies.tools.cache_layer"),
-    ("policies.ledger.writer", "policies.usage.accounting"),
-    ("policies.ratelimit.quota_learning", "policies.resilience.retry_after"),
-    ("policies.tools.cache_layer", "policies.cache.controls"),
-    ("policies.tools.cache_layer", "policies.cache.entry"),
-    ("policies.tools.cache_layer", "policies.cache.keys"),
-    ("policies.tools.cache_layer", "policies.cache.request"),
-    ("policies.tools.cache_layer", "policies.cache.runtime"),
-    ("policies.tracing.tracer", "policies.usage.accounting"),
-)
-KNOWN_CORE_TO_POLICIES: tuple[tuple[str, str], ...] = (
-    ("gateway.passthrough", "policies.tools.paths"),
-    ("gateway.telemetry.live_view", "policies.usage.accounting"),
-    ("gateway.telemetry.live_view", "policies.usage.pricing"),
-    ("gateway.telemetry.metrics_sink", "policies.usage.accounting"),
-)
+KNOWN_CROSS_FEATURE: tuple[tuple[str, str], ...] = ()
+KNOWN_CORE_TO_POLICIES: tuple[tuple[str, str], ...] = ()
 
 Graph = dict[str, set[str]]
 

@@ -15,7 +15,7 @@ from gateway.exchange import Exchange
 from gateway.telemetry import live_window as w
 from gateway.telemetry.live import SERVED_BY_CACHE, LiveStats, Pricer
 from gateway.telemetry.live_window import Hist, Second
-from policies.usage.pricing import cost_usd, price_for
+from gateway.telemetry.pricing import cost_usd, price_for
 
 MAX_LISTED = 100  # models, tenants, breakers shown; all are bounded sets already
 

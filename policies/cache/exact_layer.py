@@ -14,6 +14,7 @@ import time
 
 from gateway.appstate import AppState
 from gateway.chain import Next
+from gateway.components import TOOL_CACHE
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.config import ExactCacheConfig
@@ -24,8 +25,7 @@ from policies.cache.keys import CacheKey
 from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of, deterministic
 from policies.cache.respond import cached_response
 from policies.cache.runtime import CacheRuntime, cache_runtime
-from policies.tools.cache_layer import ToolCache
-from policies.tools.keys import TOOL_CACHE
+from policies.cache.tools_layer import ToolCache
 
 MAX_ENTRY_BYTES = 32 * 1024 * 1024
 

@@ -23,8 +23,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
-from gateway.errors import UpstreamFailure
 from gateway.body import Observed, as_body
+from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, Source, UpstreamResponse
 
 Call = Callable[[Exchange], Awaitable[UpstreamResponse]]

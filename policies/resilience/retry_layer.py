@@ -31,13 +31,13 @@ from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.errors import LocalReply, UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
+from gateway.retry_after import retry_after_s
 from policies.resilience.backoff import backoff_delay
 from policies.resilience.breaker import CircuitOpen, Ticket
 from policies.resilience.breaker_layer import take_ticket
 from policies.resilience.commit import Replay, close_body, peek
 from policies.resilience.config import RetryConfig
 from policies.resilience.registry import Resilience, resilience_of
-from policies.resilience.retry_after import retry_after_s
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
 

@@ -30,12 +30,13 @@ from aiohttp import web
 from gateway.appstate import AppState
 from gateway.body import OneChunk
 from gateway.chain import Next, build_chain
-from gateway.components import TOOL_HANDLER, RouteHandler
+from gateway.components import TOOL_CACHE, TOOL_HANDLER, TOOL_READ, RouteHandler
 from gateway.config_model import Config
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, RequestFacts, StateKey, UpstreamResponse
 from gateway.exchange import Target as ExchangeTarget
 from gateway.handler import not_found, proxy
+from gateway.paths import safe_subpath
 from gateway.request import read_body
 from policies.resilience.breaker import CircuitOpen
 from policies.resilience.breaker_layer import CircuitBreakerPolicy, install_sink
@@ -45,8 +46,7 @@ from policies.resilience.registry import TOOL_PREFIX, Resilience, resilience_of
 from policies.resilience.retry_layer import RetryPolicy
 from policies.resilience.targets import Plan, Target, tool_targets
 from policies.tools.config import FallbackResponse, ToolConfig
-from policies.tools.keys import TOOL_CACHE, TOOL_READ
-from policies.tools.paths import make_tool_client, safe_subpath, split_tool_path, tool_headers, tool_query
+from policies.tools.paths import make_tool_client, split_tool_path, tool_headers, tool_query
 
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _CONFIGS: StateKey[dict[str, ToolConfig]] = StateKey("tools.client_configs")

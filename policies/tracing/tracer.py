@@ -47,9 +47,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from gateway.config_model import Config
 from gateway.exchange import Attempt, Exchange, StateKey
+from gateway.produced import CAPTURE_KEY, produced_texts
 from gateway.telemetry.metrics_sink import attempt_ends
 from policies.tracing.config import TracingConfig
-from policies.usage.accounting import CAPTURE_KEY, produced_texts
 
 SPAN_KEY: StateKey[Span] = StateKey("tracing.span")  # the request's SERVER span
 # One CLIENT span per upstream attempt, with the Attempt the terminal recorded (None: never sent).

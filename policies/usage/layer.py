@@ -30,8 +30,8 @@ from gateway.body import Observed
 from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
+from gateway.produced import CAPTURE_KEY, Capture
 from gateway.usage import usage_from_response_obj
-from policies.usage.accounting import CAPTURE_KEY, Capture
 
 INJECT_OPERATIONS = frozenset({"chat", "completions"})
 CAPTURE_OPERATIONS = frozenset({"chat", "completions", "responses"})

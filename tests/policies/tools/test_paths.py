@@ -7,11 +7,11 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import LocalReply
+from gateway.paths import safe_subpath
 from policies.tools.config import ApiKeyParam, ToolConfig
 from policies.tools.paths import (
     ToolClient,
     make_tool_client,
-    safe_subpath,
     split_tool_path,
     tool_headers,
     tool_query,

@@ -8,7 +8,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.body import OneChunk
-from gateway.components import BREAKER_STATES, TOOL_HANDLER
+from gateway.components import BREAKER_STATES, TOOL_CACHE, TOOL_HANDLER, TOOL_READ
 from gateway.config import parse_config
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, LayerState, UpstreamResponse
@@ -17,7 +17,6 @@ from policies.resilience.breaker import CircuitOpen
 from policies.resilience.config import RetryConfig
 from policies.resilience.metrics import ResilienceMetrics
 from policies.tools.config import ToolConfig
-from policies.tools.keys import TOOL_CACHE, TOOL_READ
 from policies.tools.routes import TOOL_ROUTE, ToolFallback, ToolGateway, ToolRoute, factory, plan_of
 from tests.support.exchange import build_exchange
 

@@ -8,11 +8,12 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway import produced
 from gateway.exchange import Exchange, Usage
+from gateway.produced import CAPTURE_KEY, Capture
 from gateway.sse import StreamInspector
 from gateway.tokens.tokenizer import Tokenizer
-from policies.usage import accounting
-from policies.usage.accounting import CAPTURE_KEY, Capture, make_finalizer
+from policies.usage.accounting import make_finalizer
 from policies.usage.config import PriceConfig
 
 TEXT = "The quick brown fox jumps over the lazy dog, twice: the quick brown fox."
@@ -107,7 +108,7 @@ def test_partial_stream_charges_what_was_produced(tokenizer: Tokenizer,
 def test_capture_overflow_is_extrapolated(tokenizer: Tokenizer, make_exchange: Callable[..., Exchange],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the capture bound, the count scales with the content chunks the inspector saw."""
-    monkeypatch.setattr(accounting, "CAPTURE_LIMIT", 400)
+    monkeypatch.setattr(produced, "CAPTURE_LIMIT", 400)
     ex = make_exchange(status=200)
     cap = sse_capture([" word"] * 20)
     assert cap.overflow

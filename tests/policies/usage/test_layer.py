@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.exchange import Exchange, UpstreamResponse
-from policies.usage.accounting import CAPTURE_KEY
+from gateway.produced import CAPTURE_KEY
 from policies.usage.layer import UsagePolicy, ask_for_usage, strip_usage
 from tests.support.exchange import build_exchange
 

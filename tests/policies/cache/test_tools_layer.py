@@ -4,10 +4,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from gateway.components import TOOL_READ
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.runtime import cache_runtime
-from policies.tools.cache_layer import ToolCache
-from policies.tools.keys import TOOL_READ
+from policies.cache.tools_layer import ToolCache
 from tests.policies.cache.support import body_of, drain, exchange, make_state
 
 

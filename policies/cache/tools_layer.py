@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from gateway.body import Body, Observed, OneChunk
 from gateway.chain import Next
+from gateway.components import TOOL_READ
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.controls import mode_allows
@@ -23,7 +24,6 @@ from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, config_version, make_key
 from policies.cache.request import controls_of
 from policies.cache.runtime import CacheRuntime
-from policies.tools.keys import TOOL_READ
 
 MAX_TOOL_ANSWER = 4 * 1024 * 1024
 

@@ -25,7 +25,7 @@ from gateway.config_model import Config
 from gateway.errors import LocalReply
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.tokens.prompt import prompt_tokens
-from policies.budgets.config import BudgetsConfig
+from policies.compression.budgets_config import BudgetsConfig
 from policies.compression.prompt_fit import BudgetDecision, choose_class, decide, last_user_text
 
 OPERATIONS = frozenset({"chat", "completions", "responses"})
