@@ -119,7 +119,7 @@ class UpstreamClient:
                 resp = await self.session.request(
                     method, self.url_for(ex), data=ex.body_bytes() if method not in ("GET", "HEAD") else None,
                     headers=headers, allow_redirects=False, auto_decompress=True,
-                    timeout=_connect_timeout(t))  # the session's own, or a route override
+                    timeout=self.session.timeout if t is self.timeouts else _connect_timeout(t))  # route override
         except BaseException as exc:
             attempt.ended = loop.time()
             ex.record.upstream_s += attempt.ended - attempt.started
