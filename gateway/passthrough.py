@@ -7,8 +7,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
+from gateway.chain import Next
 from gateway.errors import LocalReply
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, UpstreamResponse
 from gateway.handler import proxy, reject, request_id_of
 from gateway.request import read_body
 from gateway.telemetry.logging import REQUEST_ID
@@ -21,7 +22,9 @@ async def handle_other(request: web.Request) -> web.StreamResponse:
     REQUEST_ID.set(rid)
     tool_handler = st.components.get("tool_handler")
     if tool_handler is not None and request.path.startswith("/tools/"):
-        return await tool_handler(request, rid)
+        # components is an untyped registry; the tool feature registers a request handler there
+        response: web.StreamResponse = await tool_handler(request, rid)
+        return response
     if st.config.passthrough and request.path.startswith("/v1/") and st.upstreams:
         return await proxy(request, st, rid, lambda now: _build(request, st, rid, now), _send_direct(st))
     return reject(st, request, rid, LocalReply(404, f"Invalid URL ({request.method} {request.path[:200]})",
@@ -44,8 +47,8 @@ async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Ex
     )
 
 
-def _send_direct(st: AppState):  # type: ignore[no-untyped-def]
-    async def send(ex: Exchange):  # type: ignore[no-untyped-def]
+def _send_direct(st: AppState) -> Next:
+    async def send(ex: Exchange) -> UpstreamResponse:
         return await st.upstreams[ex.upstream].send(ex)
 
     return send

@@ -163,7 +163,7 @@ class LiveStats:
         if since is not None:
             first = max(first, since + 1)
         offset = self.wall() - self.clock()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for sec in range(first, now):
             b = self._ring[sec % self.window_s]
             if b is None or b.stamp != sec:
@@ -257,9 +257,22 @@ def _add_group(groups: dict[str, list[float]], name: str, failed: bool, ex: Exch
 def _recent_row(ex: Exchange, status: int) -> tuple[Any, ...]:
     usage = ex.usage
     ttft = ex.first_token_at - ex.received_at if ex.first_token_at > 0.0 else None
-    return (ex.ended_at, ex.request_id, ex.tenant, ex.model[:80], ex.upstream, status, ttft,
-            ex.ended_at - ex.received_at, usage.prompt if usage else None, usage.completion if usage else None,
-            ex.cache_result, len(ex.attempts), ex.stream, ex.error_kind)
+    return (
+        ex.ended_at,
+        ex.request_id,
+        ex.tenant,
+        ex.model[:80],
+        ex.upstream,
+        status,
+        ttft,
+        ex.ended_at - ex.received_at,
+        usage.prompt if usage else None,
+        usage.completion if usage else None,
+        ex.cache_result,
+        len(ex.attempts),
+        ex.stream,
+        ex.error_kind,
+    )
 
 
 def _point(b: Second) -> dict[str, Any]:

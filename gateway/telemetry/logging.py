@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", stream: Any = None) -> None:
     # The logging HOWTO's optimisations: no caller lookup (a stack walk per line), no thread/process names.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

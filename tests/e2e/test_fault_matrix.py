@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 
 from gateway.exchange import Exchange
 from gateway.mock import MockServer
+from tests.support.polling import poll_until
 from tests.support.servers import InProcessGateway, free_port
 
 CHAT = [{"role": "user", "content": "Say hello"}]
@@ -313,8 +314,7 @@ async def test_client_disconnect_frees_the_upstream(make_gateway: GatewayFactory
         await recorder.wait_for(lambda: recorder.attempts[0].outcome is not None, 5.0)
     elif phase == "before_first_token":
         async with asyncio.timeout(5.0):  # the role chunk is out: the gateway is peeking for the first token
-            while recorder.attempts[0].events_sent < 1:
-                await asyncio.sleep(0.005)
+            await poll_until(lambda: recorder.attempts[0].events_sent >= 1, 0.005)
     if resp is not None:
         resp.close()
     task.cancel()
@@ -322,8 +322,7 @@ async def test_client_disconnect_frees_the_upstream(make_gateway: GatewayFactory
     left_at = time.perf_counter()  # the client's connection is gone
     await recorder.wait_for(lambda: recorder.attempts[0].outcome is not None, 3.0)
     async with asyncio.timeout(3.0):
-        while gw.state.lifecycle.active or not finished:
-            await asyncio.sleep(0.01)
+        await poll_until(lambda: not gw.state.lifecycle.active and finished, 0.01)
     assert time.perf_counter() - left_at < 1.0
     expected = "fault:status" if phase == "retry_backoff" else "client_disconnected"
     assert outcomes(mock_upstream) == [expected] and finished[0].stream_outcome == "client_gone"
@@ -347,14 +346,12 @@ async def test_client_disconnect_while_queued_frees_its_place(make_gateway: Gate
     queued = asyncio.create_task(queued_session.post(gw.base_url + "/chat/completions",
                                                      json={"model": "gpt-4o", "messages": CHAT}))
     async with asyncio.timeout(5.0):
-        while len(gw.state.lifecycle.active) < 2:
-            await asyncio.sleep(0.005)
+        await poll_until(lambda: len(gw.state.lifecycle.active) >= 2, 0.005)
     left_at = time.perf_counter()
     queued.cancel()
     await queued_session.close()
     async with asyncio.timeout(3.0):
-        while not finished:
-            await asyncio.sleep(0.005)
+        await poll_until(lambda: finished, 0.005)
     assert time.perf_counter() - left_at < 1.0 and finished[0].stream_outcome == "client_gone"
     assert len(recorder.attempts) == 1  # the queued request never reached the provider
     holder.close()

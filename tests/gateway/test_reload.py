@@ -1,4 +1,6 @@
-"""Live reload: a changed file swaps the runtime, a broken one is refused, pools retire after in-flight work."""
+"""Live reload: a changed file swaps the runtime, a broken one is refused,
+pools retire after in-flight work."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,6 +19,7 @@ from gateway import reload as reload_module
 from gateway.config import parse_config
 from gateway.mock import MockServer
 from gateway.reload import Reloader, fingerprint, restart_only_changes
+from tests.support.polling import poll_until
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
 
 
@@ -28,7 +31,9 @@ def _write(path: Path, cfg: dict[str, Any] | str) -> None:
 
 
 @pytest_asyncio.fixture
-async def gw(mock_upstream: MockServer, tmp_path: Path) -> AsyncIterator[tuple[InProcessGateway, Path, dict[str, Any]]]:
+async def gw(
+    mock_upstream: MockServer, tmp_path: Path
+) -> AsyncIterator[tuple[InProcessGateway, Path, dict[str, Any]]]:
     cfg = gateway_config(mock_upstream.url, routes=[{"match": {"model": "gpt-*"}, "upstream": "mock"}])
     path = tmp_path / "config.yaml"
     _write(path, cfg)
@@ -45,10 +50,9 @@ def _reloader(gateway: InProcessGateway, path: Path) -> Reloader:
     return r
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
+async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        await poll_until(condition, 0.01)
 
 
 async def test_unchanged_file_is_not_reloaded(gw: tuple[InProcessGateway, Path, dict[str, Any]]) -> None:
@@ -60,7 +64,9 @@ async def test_unchanged_file_is_not_reloaded(gw: tuple[InProcessGateway, Path, 
     assert gateway.state.runtime is runtime
 
 
-async def test_changed_route_is_applied_in_one_swap(gw: tuple[InProcessGateway, Path, dict[str, Any]]) -> None:
+async def test_changed_route_is_applied_in_one_swap(
+    gw: tuple[InProcessGateway, Path, dict[str, Any]],
+) -> None:
     """A new route appears in the router; the runtime object is replaced whole; the reload is counted."""
     gateway, path, cfg = gw
     reloader = _reloader(gateway, path)
@@ -121,7 +127,8 @@ async def test_configmap_symlink_swap_is_detected(gw: tuple[InProcessGateway, Pa
 
 async def test_pools_unchanged_kept_changed_replaced_after_inflight(
         gw: tuple[InProcessGateway, Path, dict[str, Any]], mock_upstream: MockServer) -> None:
-    """An unchanged upstream keeps its pool; a changed one gets a new pool; the old closes when open work ends."""
+    """An unchanged upstream keeps its pool; a changed one gets a new pool;
+    the old closes when open work ends."""
     gateway, path, cfg = gw
     st = gateway.state
     reloader = _reloader(gateway, path)

@@ -22,7 +22,9 @@ async def test_merges_and_splits() -> None:
         inputs = ex.body["input"]  # type: ignore[index]
         sent.append(inputs)
         data = [{"index": i, "embedding": [float(len(t))]} for i, t in enumerate(inputs)]
-        return UpstreamResponse(200, {}, single_chunk(orjson.dumps({"data": data, "usage": {"prompt_tokens": 10}})))
+        return UpstreamResponse(
+            200, {}, single_chunk(orjson.dumps({"data": data, "usage": {"prompt_tokens": 10}}))
+        )
 
     batcher = Batcher()
     results = await asyncio.gather(*[batcher.submit("k", exchange(), call, "x" * (i + 1), 0.05, 100, len)
@@ -38,5 +40,7 @@ async def test_error_reaches_everyone() -> None:
         return UpstreamResponse(429, {"retry-after": "1"}, single_chunk(b'{"error":{}}'))
 
     batcher = Batcher()
-    results = await asyncio.gather(*[batcher.submit("k", exchange(), call, str(i), 0.05, 2, len) for i in range(2)])
+    results = await asyncio.gather(
+        *[batcher.submit("k", exchange(), call, str(i), 0.05, 2, len) for i in range(2)]
+    )
     assert all(isinstance(r, Failed) and r.status == 429 for r in results)

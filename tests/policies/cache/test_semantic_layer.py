@@ -31,7 +31,10 @@ class Scripted:
 
 
 def chat(text: str, system: str = "be brief") -> dict[str, Any]:
-    return {"model": "gpt-4o", "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}]}
+    return {
+        "model": "gpt-4o",
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
+    }
 
 
 async def policy_with(embedder: Scripted, **cache: Any):  # type: ignore[no-untyped-def]
@@ -50,7 +53,10 @@ async def test_threshold_guards_and_namespace() -> None:
     hit = exchange(st, chat("how can i undo a commit"))
     resp = await policy(hit, up)
     assert hit.cache_result == "semantic-hit" and orjson.loads(await drain(resp)) == ANSWER
-    for ex in (exchange(st, chat("how do i not undo a commit")), exchange(st, chat("how can i undo a commit", "x"))):
+    for ex in (
+        exchange(st, chat("how do i not undo a commit")),
+        exchange(st, chat("how can i undo a commit", "x")),
+    ):
         await drain(await policy(ex, up))
         assert ex.cache_result == "miss"
     assert up.calls == 3
@@ -70,7 +76,9 @@ async def test_embedder_failure_is_a_miss() -> None:
     st, policy = await policy_with(Scripted(fail=True))
     up = Upstream()
     assert orjson.loads(await drain(await policy(exchange(st, chat("something else")), up))) == ANSWER
-    value = st.metrics.registry.get_sample_value("gateway_cache_requests_total", {"kind": "semantic", "result": "error"})
+    value = st.metrics.registry.get_sample_value(
+        "gateway_cache_requests_total", {"kind": "semantic", "result": "error"}
+    )
     assert value == 1
 
 

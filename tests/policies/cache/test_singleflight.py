@@ -1,4 +1,6 @@
-"""Flights: one call shared by every subscriber, each reading at its own pace, failures never look complete."""
+"""Flights: one call shared by every subscriber, each reading at its own pace,
+failures never look complete."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +11,7 @@ import pytest
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.singleflight import Flights, TakeOver
+from tests.support.polling import poll_until
 
 
 def exchange() -> Exchange:
@@ -101,6 +104,5 @@ async def test_last_subscriber_leaving_cancels_the_call() -> None:
     assert await body.__anext__() == b"a"
     await body.aclose()  # type: ignore[attr-defined]
     async with asyncio.timeout(5):
-        while not up.closed:
-            await asyncio.sleep(0.001)
+        await poll_until(lambda: up.closed, 0.001)
     assert flights.get("k") is None

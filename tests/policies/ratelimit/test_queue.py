@@ -31,8 +31,8 @@ def make_queue(max_queue: int = 10, depths: list[int] | None = None) -> Admissio
                           max_sleep_s=30.0)
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.001)
@@ -103,7 +103,8 @@ async def test_gives_up_at_its_deadline() -> None:
 
 
 async def test_hopeless_requests_are_refused_at_once() -> None:
-    """A predicted wait beyond the give-up time, or a request larger than the bucket, fails without waiting."""
+    """A predicted wait beyond the give-up time, or a request larger than the bucket,
+    fails without waiting."""
     loop = asyncio.get_running_loop()
     q = make_queue()
     with pytest.raises(Rejected) as info:

@@ -22,7 +22,11 @@ class Tok:
         return 100
 
     def max_output_tokens(self, body: dict[str, Any]) -> int | None:
-        values = [v for k in ("max_tokens", "max_completion_tokens", "max_output_tokens") if isinstance(v := body.get(k), int)]
+        values = [
+            v
+            for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")
+            if isinstance(v := body.get(k), int)
+        ]
         return max(values) if values else None
 
 
@@ -52,7 +56,8 @@ def grant(tokens: int = 600, prompt: int = 100) -> Grant:
 ])
 def test_estimate(make_exchange: Callable[..., Exchange], operation: str, body: dict[str, Any],
                   expected: int) -> None:
-    """Prompt plus the largest output limit (a default when none; times n choices); embeddings: prompt only."""
+    """Prompt plus the largest output limit (a default when none; times n choices); embeddings:
+    prompt only."""
     ex = make_exchange(body, operation=operation)
     assert estimate(St(), ex, 1024) == (100, expected)  # type: ignore[arg-type]
     assert ex.attrs["prompt_tokens"] == 100  # memoised for every other feature
@@ -83,8 +88,14 @@ async def chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
 async def test_settles_once_at_the_end(make_exchange: Callable[..., Exchange]) -> None:
     """A body read to its end settles once, with usage found in its last chunks."""
     rec = Recorder()
-    body = SettlingBody(chunks([b'{"choices":[],', b'"usage":{"prompt_tokens":5,', b'"completion_tokens":6}}']),
-                        make_exchange(), rec, grant(), 200, sse=False)  # type: ignore[arg-type]
+    body = SettlingBody(
+        chunks([b'{"choices":[],', b'"usage":{"prompt_tokens":5,', b'"completion_tokens":6}}']),
+        make_exchange(),
+        rec,  # type: ignore[arg-type]
+        grant(),
+        200,
+        sse=False,
+    )
     assert [c async for c in body] and rec.settled[0][1] == 11
     await body.aclose()
     assert len(rec.settled) == 1

@@ -35,8 +35,8 @@ def limiter_of(st: AppState) -> RateLimiter:
     return st.components[COMPONENT]
 
 
-async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
+async def until(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.001)
@@ -124,7 +124,8 @@ async def test_shadow_mode_never_queues_or_refuses() -> None:
 
 
 async def test_each_attempt_is_admitted_but_tokens_counted_once() -> None:
-    """A retried exchange takes a request per attempt; gateway_tokens_reserved_total counts the request once."""
+    """A retried exchange takes a request per attempt;
+    gateway_tokens_reserved_total counts the request once."""
     policy, st = await policy_for(rpm=100, tpm=100_000, headroom=1.0)
     freeze(st)
     ex = exchange(st)
@@ -137,7 +138,8 @@ async def test_each_attempt_is_admitted_but_tokens_counted_once() -> None:
 
 
 async def test_headroom_too_large_and_queue_full() -> None:
-    """Limits apply at headroom x quota; a request bigger than the bucket or a full queue is refused at once."""
+    """Limits apply at headroom x quota;
+    a request bigger than the bucket or a full queue is refused at once."""
     policy, st = await policy_for(rpm=10, tpm=200, headroom=0.5, max_queue=0, max_queue_wait_s=60)
     freeze(st)
     nxt = answering([usage_body(1, 1)])

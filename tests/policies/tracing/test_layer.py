@@ -68,10 +68,14 @@ async def test_an_attempt_that_never_left_has_no_attempt(tracing: Any) -> None:
 
 
 async def _ok(ex: Exchange) -> UpstreamResponse:
-    ex.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="ok", status=200))
+    ex.attempts.append(
+        Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="ok", status=200)
+    )
     return UpstreamResponse(status=200, headers={}, body=single_chunk(b"{}"))
 
 
 async def _fails(ex: Exchange) -> UpstreamResponse:
-    ex.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="connect_error"))
+    ex.attempts.append(
+        Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="connect_error")
+    )
     raise UpstreamFailure("connect_error", "down", upstream="mock")

@@ -1,4 +1,6 @@
-"""Tracing: off by default, W3C context continued and propagated, GenAI attributes, content only when asked."""
+"""Tracing: off by default, W3C context continued and propagated, GenAI attributes,
+content only when asked."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
