@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
+# Line coverage of gateway/ and policies/ by the default suite, in-process only (94.30% measured when set;
+# floor = that rounded down, minus 1). A partial run (PYTEST_ARGS=tests/some_file.py) needs COV_FLOOR=0.
+COV_FLOOR ?= 93
 MINUTES ?= 10
 
 .PHONY: run test demo lint bench soak chaos clean
@@ -19,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/gateway serve --config $(CONFIG)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" --cov=gateway --cov=policies --cov-fail-under=$(COV_FLOOR) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

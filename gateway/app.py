@@ -35,9 +35,9 @@ def terminal(st: AppState) -> Next:
     """The innermost layer: send to the exchange's current upstream with its effective timeouts."""
 
     async def send(ex: Exchange) -> UpstreamResponse:
-        route = ex.attrs.get("route")
-        timeouts = route.timeouts if route is not None and route.timeouts and ex.upstream == route.upstream else None
-        return await st.upstreams[ex.upstream].send(ex, timeouts)
+        route = ex.request.route
+        timeouts = route.timeouts if route is not None and route.timeouts and ex.target.upstream == route.upstream else None
+        return await st.upstreams[ex.target.upstream].send(ex, timeouts)
 
     return send
 

@@ -12,17 +12,25 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from gateway.auth import Authenticator
-from gateway.chain import Next
+from gateway.chain import Next, Policy
 from gateway.config_model import Config
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, LayerState
 from gateway.routing import Router
+from gateway.state.redis_client import GuardedRedis
+from gateway.telemetry.metrics import Metrics, RequestMetrics
+from gateway.tokens.tokenizer import Tokenizer
 from gateway.upstream import UpstreamClient
 from gateway.workers import workers_from_env
+
+if TYPE_CHECKING:
+    from gateway.telemetry.live import LiveStats
+    from policies.ledger.writer import LedgerWriter
+    from policies.tracing.tracer import Tracing
 
 Sink = Callable[[Exchange], None]
 Closer = Callable[[], Awaitable[None]]
@@ -34,7 +42,7 @@ class Runtime:
     router: Router
     auth: Authenticator
     chain: Next
-    policies: list[Any] = field(default_factory=list)
+    policies: list[Policy] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -53,7 +61,10 @@ class AppState:
     runtime: Runtime
     upstreams: dict[str, UpstreamClient] = field(default_factory=dict)
     tools: dict[str, UpstreamClient] = field(default_factory=dict)
-    sinks: list[Sink] = field(default_factory=list)  # called with each finished Exchange
+    # Each finished Exchange goes through the finalizers (which settle the record: usage, cost), then the
+    # sinks (which only read it, in any order).
+    finalizers: list[Sink] = field(default_factory=list)
+    sinks: list[Sink] = field(default_factory=list)
     closers: list[Closer] = field(default_factory=list)  # run at shutdown, last registered first
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     # time.monotonic is the event loop's timebase (asyncio uses it; uvloop's libuv clock is CLOCK_MONOTONIC
@@ -65,13 +76,15 @@ class AppState:
     # divide by it so N workers together admit what one process would (docs/kubernetes.md).
     workers: int = field(default_factory=workers_from_env)
     # Long-lived components, filled in by the features that own them (None when off).
-    tokenizer: Any = None
-    metrics: Any = None
-    tracer: Any = None
-    backend: Any = None
-    ledger: Any = None
-    stats: Any = None
-    components: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Tokenizer = field(default_factory=lambda: Tokenizer({}))
+    metrics: Metrics = field(default_factory=lambda: Metrics(set()))
+    request_metrics: RequestMetrics | None = None
+    tracer: Tracing | None = None
+    backend: GuardedRedis | None = None
+    ledger: LedgerWriter | None = None
+    stats: LiveStats | None = None
+    # Feature components under typed keys (``StateKey[T]``), declared by the feature that owns them.
+    components: LayerState = field(default_factory=LayerState)
 
     @property
     def config(self) -> Config:

@@ -28,6 +28,9 @@ class Identity:
     key: AuthKeyConfig | None = None  # the matching configured key, in keys mode
 
 
+ANONYMOUS = Identity(DEFAULT_TENANT, DEFAULT_TENANT, "")  # requests refused before auth ran; tests
+
+
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.config_common import PoolConfig, TimeoutsConfig
-from policies.budgets.config import BudgetsConfig
 from policies.cache.config import CacheConfig
+from policies.compression.budgets_config import BudgetsConfig
 from policies.compression.config import CompressionConfig
 from policies.ledger.config import LedgerConfig
 from policies.ratelimit.config import RateLimitConfig

@@ -1,22 +1,37 @@
-"""The per-request state that flows through the policy onion.
+"""The per-request state that flows through the policy onion, in three typed parts.
 
-An ``Exchange`` is created once per proxied request by the handler. The request
-JSON is parsed once and shared (routing, cache key, tokenizer, compression and
-rate limiting all read ``ex.body``); the original bytes are forwarded unless a
-policy changed the body (``ex.set_body``), so the hot path never re-serialises.
-The same object is the request's record: policies fill in timing, usage and
-outcome fields, and sinks (metrics, ledger, log line) read them at the end.
+- ``ex.request`` (``RequestFacts``, frozen): what the client sent, who it is and which
+  route it matched. Written once by the handler, read by everybody.
+- ``ex.target`` (``Target``): the current routing decision, the upstream and model the
+  next attempt goes to. Only the resilience layers (retry, fallbacks) change it.
+- ``ex.record`` (``Record``): what happened, filled in as the request goes and settled
+  once by the core's ``finalize`` step before the sinks, which only read it.
+
+The request JSON is parsed once (``ex.body``) and the original bytes are forwarded
+unless a layer changed the body (``ex.set_body``), so the hot path never
+re-serialises. Values one layer hands to another that the core does not know are
+kept in ``ex.state`` under typed keys (``StateKey[T]``, in the spirit of aiohttp's
+``AppKey``), declared by the feature that owns them.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import orjson
 from multidict import CIMultiDictProxy
 
+from gateway.auth import ANONYMOUS, Identity
+from gateway.body import Body
+from gateway.config_model import RouteConfig
+
+if TYPE_CHECKING:
+    from gateway.sse import StreamInspector
+
 Source = Literal["upstream", "cache", "local"]
+JsonObject = dict[str, Any]  # a parsed JSON object from the client or a provider (data, not state)
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -46,47 +61,119 @@ class Attempt:
     status: int = 0
 
 
-@dataclass(slots=True, kw_only=True)
-class Exchange:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFacts:
     request_id: str
     method: str
     path: str
-    operation: str  # chat | completions | embeddings | responses | tool | passthrough
+    operation: str  # chat | completions | embeddings | responses | tool | passthrough | other
     headers: CIMultiDictProxy[str]
-    raw_body: bytes
-    body: dict[str, Any] | None
-    received_at: float  # loop.time() at arrival
-    deadline: float  # loop.time() by which everything (queue, retries) must end
-    route_name: str = ""
+    received_at: float  # clock() at arrival
+    deadline: float  # clock() by which everything (queue, retries) must end
     model: str = ""  # as the client asked
-    upstream: str = ""  # current target (retry/fallback may change it)
-    upstream_model: str = ""  # model name sent upstream after rewrites
-    tenant: str = "default"  # bounded label: from auth config, else "default"
-    namespace: str = "default"  # cache isolation key: tenant, or a hash of the client key
-    client_key_hash: str = ""
     stream: bool = False
     query_string: str = ""
     upstream_path: str = ""  # path below the upstream's base_url, e.g. "/chat/completions"
-    modified: bool = False
-    attrs: dict[str, Any] = field(default_factory=dict)  # per-policy scratch, keyed by policy name
-    response_headers: dict[str, str] = field(default_factory=dict)  # added to the client response
-    # --- the record, filled in as the request goes ---
+    identity: Identity = ANONYMOUS
+    route: RouteConfig | None = None
+    route_name: str = ""
+
+    @property
+    def tenant(self) -> str:
+        """Bounded label: from auth config, else ``default``."""
+        return self.identity.tenant
+
+    @property
+    def namespace(self) -> str:
+        """Cache isolation key: the tenant, or a hash of the client's key."""
+        return self.identity.namespace
+
+
+@dataclass(slots=True, kw_only=True)
+class Target:
+    upstream: str = ""  # where the next attempt goes (retry/fallback may change it)
+    model: str = ""  # model name sent upstream after rewrites
+
+
+@dataclass(slots=True, kw_only=True)
+class Record:
+    """What happened. Layers fill in what they decide; ``finalize`` settles usage and cost once."""
+
     status: int = 0
     source: Source = "upstream"
     cache_result: str = "none"  # none | hit | semantic-hit | miss | bypass | coalesced
     first_token_at: float = 0.0
     last_token_at: float = 0.0
     ended_at: float = 0.0
-    usage: Usage | None = None
+    reported_usage: Usage | None = None  # what the provider said, wherever it said it
+    usage: Usage | None = None  # settled by finalize: reported, else estimated when chargeable
+    cost_usd: float | None = None  # settled by finalize
+    prompt_tokens: int | None = None  # counted at most once per request (gateway.tokens.prompt)
     finish_reasons: list[str] = field(default_factory=list)
     response_model: str = ""
     attempts: list[Attempt] = field(default_factory=list)
     waited_s: float = 0.0  # deliberate waits (rate-limit queue, retry backoff): not gateway overhead
     upstream_s: float = 0.0  # time spent waiting on upstreams
     error_kind: str = ""
-    stream_outcome: str = ""  # done | error_event | client_gone | ""
+    stream_outcome: str = ""  # done | error_event | client_gone | cut | ""
 
-    def set_body(self, body: dict[str, Any]) -> None:
+
+class StateKey(Generic[T]):
+    """A typed key for ``ex.state``: ``KEY: StateKey[Ticket] = StateKey("breaker.ticket")``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"StateKey({self.name!r})"
+
+
+class LayerState:
+    """Values handed between layers under typed keys; nothing untyped goes in or comes out."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[StateKey[object], object] = {}
+
+    def get(self, key: StateKey[T]) -> T | None:
+        return cast("T | None", self._values.get(cast("StateKey[object]", key)))
+
+    def set(self, key: StateKey[T], value: T) -> None:
+        self._values[cast("StateKey[object]", key)] = value
+
+    def setdefault(self, key: StateKey[T], default: T) -> T:
+        return cast("T", self._values.setdefault(cast("StateKey[object]", key), default))
+
+    def __getitem__(self, key: StateKey[T]) -> T:
+        return cast("T", self._values[cast("StateKey[object]", key)])
+
+    def __setitem__(self, key: StateKey[T], value: T) -> None:
+        self._values[cast("StateKey[object]", key)] = value
+
+    def pop(self, key: StateKey[T]) -> T | None:
+        return cast("T | None", self._values.pop(cast("StateKey[object]", key), None))
+
+    def __contains__(self, key: StateKey[T]) -> bool:
+        return cast("StateKey[object]", key) in self._values
+
+
+@dataclass(slots=True, kw_only=True)
+class Exchange:
+    request: RequestFacts
+    target: Target
+    raw_body: bytes
+    body: JsonObject | None
+    modified: bool = False
+    upstream_headers: dict[str, str] = field(default_factory=dict)  # added to every upstream attempt
+    response_headers: dict[str, str] = field(default_factory=dict)  # added to the client response
+    record: Record = field(default_factory=Record)
+    view: StreamInspector | None = None  # the inspector of the relayed stream (set by the core relay)
+    state: LayerState = field(default_factory=LayerState)
+
+    def set_body(self, body: JsonObject) -> None:
         """Replace the request body; the upstream then gets a re-serialised copy."""
         self.body = body
         self.modified = True
@@ -107,15 +194,10 @@ class UpstreamResponse:
 
     status: int
     headers: Mapping[str, str]
-    body: AsyncIterator[bytes]
+    body: Body
     source: Source = "upstream"
     upstream: str = ""
 
     @property
     def is_sse(self) -> bool:
         return self.headers.get("content-type", "").startswith("text/event-stream")
-
-
-async def single_chunk(data: bytes) -> AsyncIterator[bytes]:
-    """A body made of one buffer (cache hits, local answers)."""
-    yield data

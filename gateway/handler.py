@@ -20,9 +20,10 @@ import orjson
 from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
+from gateway.body import close_quietly
 from gateway.chain import Next
 from gateway.errors import LocalReply, UpstreamFailure, error_body, sse_error_event
-from gateway.exchange import Exchange, UpstreamResponse
+from gateway.exchange import Exchange, Record, RequestFacts, Target, UpstreamResponse
 from gateway.request import parse_json, read_body, too_large, validate
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
@@ -63,15 +64,16 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
 
 def rejected_exchange(request: web.Request, rid: str, now: float) -> Exchange:
     """The record of a request refused before it was parsed (bad JSON, auth, size, method, path)."""
-    return Exchange(request_id=rid, method=request.method, path=request.path,
-                    operation=OPERATIONS.get(request.path, "other"), headers=request.headers, raw_body=b"",
-                    body=None, received_at=now, deadline=now, source="local")
+    facts = RequestFacts(request_id=rid, method=request.method, path=request.path,
+                         operation=OPERATIONS.get(request.path, "other"), headers=request.headers,
+                         received_at=now, deadline=now)
+    return Exchange(request=facts, target=Target(), raw_body=b"", body=None, record=Record(source="local"))
 
 
 def reject(st: AppState, request: web.Request, rid: str, reply: LocalReply) -> web.Response:
     """Answer ``reply`` for a request that never reached the proxy path, and record it like any other."""
     ex = rejected_exchange(request, rid, st.clock())
-    ex.status, ex.error_kind = reply.status, reply.code or reply.type
+    ex.record.status, ex.record.error_kind = reply.status, reply.code or reply.type
     finish(st, ex)
     return error_response(rid, reply)
 
@@ -94,30 +96,29 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
     ex: Exchange | None = None
     try:
         ex = await build(now)
-        up = await call(ex)
-        return await relay(request, st, ex, up)
+        return await _run(request, st, ex, call)
     except LocalReply as reply:
         if ex is None:  # refused before it became an exchange: still one record for metrics and the ledger
             ex = rejected_exchange(request, rid, now)
-        ex.status, ex.source = reply.status, "local"
-        ex.error_kind = ex.error_kind or (reply.code or reply.type)
+        ex.record.status, ex.record.source = reply.status, "local"
+        ex.record.error_kind = ex.record.error_kind or (reply.code or reply.type)
         return error_response(rid, reply)
     except UpstreamFailure as failure:
         if ex is not None:
-            ex.error_kind = failure.kind
-            ex.status = 504 if failure.is_timeout else 502
-        reply = failure.to_reply()
+            ex.record.error_kind = failure.kind
+            ex.record.status = 504 if failure.is_timeout else 502
+        answer = failure.to_reply()
         if ex is not None:
-            reply.headers.update(ex.response_headers)  # x-gateway-attempts, x-should-retry (policies.resilience.retry_layer)
-        return error_response(rid, reply)
+            answer.headers.update(ex.response_headers)  # x-gateway-attempts, x-should-retry (resilience)
+        return error_response(rid, answer)
     except asyncio.CancelledError:
-        if ex is not None and not ex.status:
-            ex.status, ex.stream_outcome = 499, "client_gone"
+        if ex is not None and not ex.record.status:
+            ex.record.status, ex.record.stream_outcome = 499, "client_gone"
         raise
     except Exception:
         log.exception("unexpected error while proxying", extra={"fields": {"path": request.path[:200]}})
         if ex is not None:
-            ex.status, ex.error_kind = 500, "internal"
+            ex.record.status, ex.record.error_kind = 500, "internal"
         return error_response(rid, LocalReply(500, "The gateway hit an internal error.", type="server_error",
                                               code="internal_error"))
     finally:
@@ -125,6 +126,18 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
             _leave(st, task)
         if ex is not None:
             finish(st, ex)
+
+
+async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> web.StreamResponse:
+    """Call the chain and relay its answer, counted in ``gateway_inflight_requests`` until the relay ends."""
+    gauge = st.request_metrics.inflight(ex.target.upstream) if st.request_metrics is not None else None
+    if gauge is not None:
+        gauge.inc()
+    try:
+        return await relay(request, st, ex, await call(ex))
+    finally:
+        if gauge is not None:
+            gauge.dec()
 
 
 def shed(st: AppState, request: web.Request, rid: str) -> web.Response:
@@ -143,12 +156,13 @@ def _leave(st: AppState, task: asyncio.Task[Any]) -> None:
 
 
 def finish(st: AppState, ex: Exchange) -> None:
-    ex.ended_at = st.clock()
-    for sink in st.sinks:
+    """Settle the record once (``st.finalizers``: usage, cost), then hand it to every sink, which only read."""
+    ex.record.ended_at = st.clock()
+    for step in (*st.finalizers, *st.sinks):
         try:
-            sink(ex)
+            step(ex)
         except Exception:
-            log.exception("request sink failed")
+            log.exception("request finalizer or sink failed")
 
 
 async def build_exchange(request: web.Request, st: AppState, rid: str, operation: str, now: float) -> Exchange:
@@ -165,15 +179,13 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
                          code="model_not_found", param="model")
     upstream_cfg = cfg.upstreams[route.upstream]
     total_s = (route.timeouts or upstream_cfg.timeouts).total_s
-    ex = Exchange(
+    facts = RequestFacts(
         request_id=rid, method="POST", path=request.path, operation=operation, headers=request.headers,
-        raw_body=raw, body=body, received_at=now, deadline=now + total_s, route_name=route.label, model=model,
-        upstream=route.upstream, upstream_model=route.model or model, tenant=identity.tenant,
-        namespace=identity.namespace, client_key_hash=identity.key_hash, stream=body.get("stream") is True,
-        query_string=request.query_string, upstream_path=request.path[3:],
-    )
-    ex.attrs["route"] = route
-    ex.attrs["identity"] = identity
+        received_at=now, deadline=now + total_s, model=model, stream=body.get("stream") is True,
+        query_string=request.query_string, upstream_path=request.path[3:], identity=identity, route=route,
+        route_name=route.label)
+    ex = Exchange(request=facts, target=Target(upstream=route.upstream, model=route.model or model), raw_body=raw,
+                  body=body, view=StreamInspector(st.clock))
     if route.model and route.model != model:
         ex.set_body({**body, "model": route.model})
     return ex
@@ -191,58 +203,58 @@ class _HeadersWithBody(web.StreamResponse):
 
 
 async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamResponse) -> web.StreamResponse:
-    ex.status, ex.source, ex.upstream = up.status, up.source, up.upstream or ex.upstream
-    headers = {**up.headers, **ex.response_headers, "x-request-id": ex.request_id}
+    rec = ex.record
+    rec.status, rec.source, ex.target.upstream = up.status, up.source, up.upstream or ex.target.upstream
+    headers = {**up.headers, **ex.response_headers, "x-request-id": ex.request.request_id}
     if up.upstream:
         headers["x-gateway-upstream"] = up.upstream
-    resp = (web.StreamResponse if up.is_sse else _HeadersWithBody)(status=up.status, headers=headers)
     sse = up.is_sse
-    inspector = StreamInspector(st.clock) if sse else None
-    ex.attrs["inspector"] = inspector
+    resp = (web.StreamResponse if sse else _HeadersWithBody)(status=up.status, headers=headers)
+    view = ex.view if sse else None
     collected: list[bytes] = []
     try:
         await resp.prepare(request)
         async for chunk in up.body:
-            if inspector is not None:
-                inspector.feed(chunk)
+            if view is not None:
+                view.feed(chunk)
             else:
                 if not collected:
-                    ex.first_token_at = st.clock()
+                    rec.first_token_at = st.clock()
                 collected.append(chunk)
             await resp.write(chunk)
         await resp.write_eof()
     except UpstreamFailure as failure:
-        ex.error_kind = failure.kind
+        rec.error_kind = failure.kind
         await _end_broken(request, resp, ex, sse, failure.message, failure.kind)
     except asyncio.CancelledError:
         if not st.lifecycle.drain_expired:
-            ex.stream_outcome = "client_gone"
+            rec.stream_outcome = "client_gone"
             raise
         _uncancel()
-        ex.error_kind = "shutdown"
+        rec.error_kind = "shutdown"
         await _end_broken(request, resp, ex, sse, "The gateway is shutting down; the stream was cut.", "gateway_shutdown")
     except (ConnectionResetError, ConnectionError):
-        ex.stream_outcome = "client_gone"
+        rec.stream_outcome = "client_gone"
     finally:
-        await _close_body(up)
-        _record_outcome(ex, inspector, collected, up)
+        await close_quietly(up.body)
+        _record_outcome(ex, view, collected, up)
     return resp
 
 
 async def _end_broken(request: web.Request, resp: web.StreamResponse, ex: Exchange, sse: bool, message: str,
                       code: str) -> None:
     if not sse or not resp.prepared:
-        ex.stream_outcome = "cut"
+        ex.record.stream_outcome = "cut"
         if request.transport is not None:
             request.transport.abort()  # a truncated body must look truncated, never complete
         return
-    ex.stream_outcome = "error_event"
+    ex.record.stream_outcome = "error_event"
     try:
         await resp.write(sse_error_event(message, "upstream_error" if code != "gateway_shutdown" else "server_error",
                                          code))
         await resp.write_eof()
     except (ConnectionError, RuntimeError):
-        ex.stream_outcome = "client_gone"
+        ex.record.stream_outcome = "client_gone"
 
 
 def _uncancel() -> None:
@@ -251,28 +263,21 @@ def _uncancel() -> None:
         task.uncancel()
 
 
-async def _close_body(up: UpstreamResponse) -> None:
-    aclose = getattr(up.body, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # the body already failed; its error was handled above
-            pass
-
-
-def _record_outcome(ex: Exchange, inspector: StreamInspector | None, collected: list[bytes],
+def _record_outcome(ex: Exchange, view: StreamInspector | None, collected: list[bytes],
                     up: UpstreamResponse) -> None:
-    if inspector is not None:
-        ex.first_token_at = ex.first_token_at or inspector.first_token_at
-        ex.last_token_at = inspector.last_token_at
-        if inspector.usage is not None and ex.usage is None:
-            ex.usage = inspector.usage
-        ex.finish_reasons = inspector.finish_reasons
-        ex.response_model = inspector.model
-        if not ex.stream_outcome:
-            ex.stream_outcome = "done" if inspector.clean_end else ("error_event" if inspector.error_event else "")
-    elif collected and ex.usage is None and up.status < 300:
-        ex.usage = usage_from_json_bytes(collected[-1] if len(collected) == 1 else b"".join(collected))
+    """What the relay itself saw: timings, finish reasons and the provider's usage (stream or JSON tail)."""
+    rec = ex.record
+    if view is not None:
+        rec.first_token_at = rec.first_token_at or view.first_token_at
+        rec.last_token_at = view.last_token_at
+        if view.usage is not None and rec.reported_usage is None:
+            rec.reported_usage = view.usage
+        rec.finish_reasons = view.finish_reasons
+        rec.response_model = view.model
+        if not rec.stream_outcome:
+            rec.stream_outcome = "done" if view.clean_end else ("error_event" if view.error_event else "")
+    elif collected and rec.reported_usage is None and up.status < 300:
+        rec.reported_usage = usage_from_json_bytes(collected[-1] if len(collected) == 1 else b"".join(collected))
 
 
 def json_response(rid: str, payload: Any, status: int = 200) -> web.Response:

@@ -14,10 +14,12 @@ from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
 from gateway.errors import LocalReply
+from gateway.exchange import StateKey
 from gateway.handler import error_response, json_response, method_not_allowed, request_id_of
 
 log = logging.getLogger("gateway.models")
 LIST_TTL_S = 60.0
+MODELS_MEMO: StateKey[dict[str, tuple[float, list[dict[str, Any]]]]] = StateKey("models.memo")  # by upstream
 LIST_TIMEOUT_S = 2.0
 
 
@@ -56,7 +58,7 @@ async def list_models(st: AppState, request: web.Request) -> list[dict[str, Any]
 
 
 async def _upstream_models(st: AppState, name: str, request: web.Request) -> list[dict[str, Any]]:
-    memo: dict[str, tuple[float, list[dict[str, Any]]]] = st.components.setdefault("models_memo", {})
+    memo = st.components.setdefault(MODELS_MEMO, {})
     now = st.clock()
     hit = memo.get(name)
     if hit is not None and now - hit[0] < LIST_TTL_S:

@@ -7,24 +7,22 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
-from gateway.chain import Next
+from gateway.components import TOOL_HANDLER
 from gateway.errors import LocalReply
-from gateway.exchange import Exchange, UpstreamResponse
+from gateway.exchange import Exchange, RequestFacts, Target
 from gateway.handler import proxy, reject, request_id_of
+from gateway.paths import safe_subpath
 from gateway.request import read_body
 from gateway.telemetry.logging import REQUEST_ID
-from policies.tools.paths import safe_subpath
 
 
 async def handle_other(request: web.Request) -> web.StreamResponse:
     st = request.app[APP_STATE]
     rid = request_id_of(request)
     REQUEST_ID.set(rid)
-    tool_handler = st.components.get("tool_handler")
+    tool_handler = st.components.get(TOOL_HANDLER)
     if tool_handler is not None and request.path.startswith("/tools/"):
-        # components is an untyped registry; the tool feature registers a request handler there
-        response: web.StreamResponse = await tool_handler(request, rid)
-        return response
+        return await tool_handler(request, rid)
     if st.config.passthrough and request.path.startswith("/v1/") and st.upstreams:
         return await proxy(request, st, rid, lambda now: _build(request, st, rid, now), _send_direct(st))
     return reject(st, request, rid, LocalReply(404, f"Invalid URL ({request.method} {request.path[:200]})",
@@ -36,19 +34,18 @@ async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Ex
     upstream = next(iter(cfg.upstreams))
     identity = st.runtime.auth.identify(request.headers)
     raw = await read_body(request, cfg.server.max_body_bytes)
-    return Exchange(
+    facts = RequestFacts(
         request_id=rid, method=request.method, path=request.path, operation="passthrough",
-        headers=request.headers, raw_body=raw, body=None, received_at=now,
-        deadline=now + cfg.upstreams[upstream].timeouts.total_s, route_name="passthrough", upstream=upstream,
-        tenant=identity.tenant, namespace=identity.namespace, client_key_hash=identity.key_hash,
+        headers=request.headers, received_at=now, deadline=now + cfg.upstreams[upstream].timeouts.total_s,
+        route_name="passthrough", identity=identity,
         # The raw path, refused when it has dot segments or encoded slashes: request.path is decoded, and
         # "/v1/..%2F..%2Fadmin" would leave the upstream's base path (base_url + "/../../admin").
-        query_string=request.query_string, upstream_path=safe_subpath(request.rel_url.raw_path[3:]),
-    )
+        query_string=request.query_string, upstream_path=safe_subpath(request.rel_url.raw_path[3:]))
+    return Exchange(request=facts, target=Target(upstream=upstream), raw_body=raw, body=None)
 
 
-def _send_direct(st: AppState) -> Next:
-    async def send(ex: Exchange) -> UpstreamResponse:
-        return await st.upstreams[ex.upstream].send(ex)
+def _send_direct(st: AppState):  # type: ignore[no-untyped-def]
+    async def send(ex: Exchange):  # type: ignore[no-untyped-def]
+        return await st.upstreams[ex.target.upstream].send(ex)
 
     return send

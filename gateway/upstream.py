@@ -102,32 +102,33 @@ class UpstreamClient:
         await self.session.close()
 
     def url_for(self, ex: Exchange) -> str:
-        url = self.base_url + ex.upstream_path
-        return f"{url}?{ex.query_string}" if ex.query_string else url
+        url = self.base_url + ex.request.upstream_path
+        return f"{url}?{ex.request.query_string}" if ex.request.query_string else url
 
     async def send(self, ex: Exchange, timeouts: TimeoutsConfig | None = None) -> UpstreamResponse:
         t = timeouts or self.timeouts
         loop = asyncio.get_running_loop()
-        attempt = Attempt(upstream=self.name, model=ex.upstream_model, started=loop.time())
-        ex.attempts.append(attempt)
-        headers = forward_request_headers(ex.headers, self.extra_headers, self.api_key)
-        headers.update(ex.attrs.get("upstream_headers", ()))
-        first_byte_deadline = min(attempt.started + t.first_byte_s, ex.deadline)
+        attempt = Attempt(upstream=self.name, model=ex.target.model, started=loop.time())
+        ex.record.attempts.append(attempt)
+        headers = forward_request_headers(ex.request.headers, self.extra_headers, self.api_key)
+        headers.update(ex.upstream_headers)
+        first_byte_deadline = min(attempt.started + t.first_byte_s, ex.request.deadline)
         try:
             async with asyncio.timeout_at(first_byte_deadline):
+                method = ex.request.method
                 resp = await self.session.request(
-                    ex.method, self.url_for(ex), data=ex.body_bytes() if ex.method not in ("GET", "HEAD") else None,
+                    method, self.url_for(ex), data=ex.body_bytes() if method not in ("GET", "HEAD") else None,
                     headers=headers, allow_redirects=False, auto_decompress=True,
-                    **({} if t is self.timeouts else {"timeout": _connect_timeout(t)}))  # route override
+                    timeout=_connect_timeout(t))  # the session's own, or a route override
         except BaseException as exc:
             attempt.ended = loop.time()
-            ex.upstream_s += attempt.ended - attempt.started
-            failure = _map_send_error(exc, self.name, ex.deadline <= attempt.ended)
+            ex.record.upstream_s += attempt.ended - attempt.started
+            failure = _map_send_error(exc, self.name, ex.request.deadline <= attempt.ended)
             attempt.outcome = failure.kind if failure else "cancelled"
             if failure is None:
                 raise
             raise failure from exc
-        ex.upstream_s += loop.time() - attempt.started
+        ex.record.upstream_s += loop.time() - attempt.started
         attempt.status = resp.status
         if 300 <= resp.status < 400:
             resp.close()
@@ -153,9 +154,9 @@ class UpstreamClient:
                 try:
                     chunk = content.read_nowait()  # already buffered (a small body, a burst): no timer, no wait
                     if not chunk and not content.is_eof():
-                        chunk = await timer.read(content, min(deadline, ex.deadline))
+                        chunk = await timer.read(content, min(deadline, ex.request.deadline))
                 except TimeoutError as exc:
-                    kind = "total_timeout" if loop.time() >= ex.deadline else (
+                    kind = "total_timeout" if loop.time() >= ex.request.deadline else (
                         "idle_timeout" if committed else "timeout_before_first_byte")
                     raise UpstreamFailure(kind, f"Upstream {self.name}: {kind.replace('_', ' ')}",
                                           upstream=self.name, committed=committed) from exc
@@ -163,7 +164,7 @@ class UpstreamClient:
                     kind = "reset_mid_stream" if committed else "reset_before_response"
                     raise UpstreamFailure(kind, f"Upstream {self.name} connection lost: {type(exc).__name__}",
                                           upstream=self.name, committed=committed) from exc
-                ex.upstream_s += loop.time() - waited_from
+                ex.record.upstream_s += loop.time() - waited_from
                 if not chunk:
                     clean = True
                     attempt.outcome = "ok" if resp.status < 400 else f"http_{resp.status}"

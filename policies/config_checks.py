@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from gateway.config_model import Config
-from policies.budgets import validate as budgets
 from policies.cache import validate as cache
+from policies.compression import budgets_validate as budgets
 from policies.compression import validate as compression
 from policies.ratelimit import validate as ratelimit
 from policies.resilience import validate as resilience

@@ -1,12 +1,13 @@
 """The onion's fixed order, outermost first, and how each layer is built.
 
-Users configure policies; they do not reorder them. Each entry is a factory
-``async (state, runtime_config) -> Policy | None`` (None: the policy is off for
-this config). Adding a policy is one line here.
+Users configure policies; they do not reorder them. Each entry of ``LAYERS`` is a
+factory ``async (state, runtime_config) -> Policy | None`` (None: the layer is off
+for this config). Adding a layer is one line here; ``tests/policies/test_registry.py``
+pins the order.
 
-Order (outermost first): metrics -> exact_cache -> semantic_cache -> coalesce
--> rate_limit (client) -> compression/budget -> retry -> circuit_breaker
--> rate_limit (upstream) -> upstream.
+``ROUTE_HANDLERS`` are not layers: they (re)build handlers for other paths
+(``/tools/...``) from the same layer classes, after every layer is built, so
+they can reuse components the layers registered (the tool routes' cache).
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from collections.abc import Awaitable, Callable
 from gateway.appstate import AppState
 from gateway.chain import Policy
 from gateway.config_model import Config
-from policies.budgets.layer import make_budget
 from policies.cache import coalesce_layer as coalesce
 from policies.cache import embeddings_layer as embeddings_cache
 from policies.cache import exact_layer as exact_cache
 from policies.cache import semantic_layer as semantic_cache
+from policies.compression.budgets_layer import make_budget
 from policies.compression.layer import make_compression
 from policies.ratelimit import client_layer as rate_limit_client
 from policies.ratelimit import upstream_layer as rate_limit_upstream
@@ -30,8 +31,9 @@ from policies.tracing.layer import attempt_span_factory, request_span_factory
 from policies.usage.layer import usage_factory
 
 PolicyFactory = Callable[[AppState, Config], Awaitable[Policy | None]]
+HandlerFactory = Callable[[AppState, Config], Awaitable[None]]
 
-POLICY_FACTORIES: list[tuple[str, PolicyFactory]] = [
+LAYERS: tuple[tuple[str, PolicyFactory], ...] = (
     ("usage", usage_factory),  # outermost: inflight, stream usage injected/stripped, chunks kept for estimates
     ("tracing", request_span_factory),  # request span (None when tracing is off)
     ("exact_cache", exact_cache.factory),  # key taken here, before compression changes the body
@@ -44,15 +46,20 @@ POLICY_FACTORIES: list[tuple[str, PolicyFactory]] = [
     ("retry", retry.factory),  # retries, fallbacks and the stream commit point; each attempt goes inward
     ("circuit_breaker", circuit_breaker.factory),  # inside retry: the breaker sees every attempt
     ("rate_limit_upstream", rate_limit_upstream.factory),  # after retry+breaker: each attempt queues for its quota
-    ("tools", tools.factory),  # not a layer (returns None): builds the /tools/{name}/... handler
     ("tracing_upstream", attempt_span_factory),  # keep LAST: one span + traceparent per upstream attempt
-]
+)
+ROUTE_HANDLERS: tuple[tuple[str, HandlerFactory], ...] = (
+    ("tools", tools.factory),  # /tools/{name}/...: retries, breakers, fallbacks and the read cache per tool
+)
 
 
 async def build_policies(state: AppState, config: Config) -> list[Policy]:
+    """The layers this config turns on, outermost first; then the other paths' handlers."""
     built: list[Policy] = []
-    for _name, factory in POLICY_FACTORIES:
+    for _name, factory in LAYERS:
         policy = await factory(state, config)
         if policy is not None:
             built.append(policy)
+    for _name, build_handler in ROUTE_HANDLERS:
+        await build_handler(state, config)
     return built

@@ -70,17 +70,17 @@ class LiveStats:
     # ---- the hot path -------------------------------------------------------------------------
     def record(self, ex: Exchange) -> None:
         """Request sink: add one finished exchange to the bucket of its end second."""
-        end = ex.ended_at
+        end = ex.record.ended_at
         sec = int(end)
         if sec <= self._sealed_to:  # a clock that went back: count it in the current open second
             sec = self._sealed_to + 1
         b = self._bucket(sec)
         self.records += 1
         g = b.g
-        status = ex.status
-        model = self.bounded_model(ex.model)
+        status = ex.record.status
+        model = self.bounded_model(ex.request.model)
         keys = self._model_keys.get(model) or self._keys_for(model)
-        failed = status >= 500 or status == 0 or ex.stream_outcome in ("error_event", "cut")
+        failed = status >= 500 or status == 0 or ex.record.stream_outcome in ("error_event", "cut")
         g[REQ] += 1
         if failed:
             g[ERR] += 1
@@ -88,18 +88,18 @@ class LiveStats:
             g[CLIENT_ERR] += 1
         else:
             g[OK] += 1
-        b.observe("lat", keys[0], end - ex.received_at)
-        from_upstream = ex.source == "upstream"
-        if ex.first_token_at > 0.0 and not failed and status < 400:
-            b.observe("ttft", keys[1] if from_upstream else None, ex.first_token_at - ex.received_at)
-        inspector = ex.attrs.get("inspector")
+        b.observe("lat", keys[0], end - ex.request.received_at)
+        from_upstream = ex.record.source == "upstream"
+        if ex.record.first_token_at > 0.0 and not failed and status < 400:
+            b.observe("ttft", keys[1] if from_upstream else None, ex.record.first_token_at - ex.request.received_at)
+        inspector = ex.view
         if inspector is not None and inspector.content_chunks > 1:  # mean gap: O(1), not per chunk
             b.observe("itl", keys[2],
                       (inspector.last_token_at - inspector.first_token_at) / (inspector.content_chunks - 1))
         cost = self._record_tokens(g, ex, from_upstream)
         _add_group(b.models, model, failed, ex, cost, from_upstream)
-        _add_group(b.tenants, ex.tenant, failed, ex, cost, from_upstream)
-        if ex.attempts or ex.error_kind or ex.waited_s:
+        _add_group(b.tenants, ex.request.tenant, failed, ex, cost, from_upstream)
+        if ex.record.attempts or ex.record.error_kind or ex.record.waited_s:
             _record_resilience(b, ex)
         _record_savings(b, ex)
         inflight = self.inflight() + 1
@@ -123,7 +123,7 @@ class LiveStats:
 
     def _record_tokens(self, g: list[float], ex: Exchange, from_upstream: bool) -> float:
         """Count tokens spent upstream (a cache hit spends none) and return their cost."""
-        usage = ex.usage
+        usage = ex.record.usage
         if usage is None or not from_upstream:
             return 0.0
         g[PROMPT] += usage.prompt
@@ -206,25 +206,25 @@ class LiveStats:
 
 def _record_resilience(b: Second, ex: Exchange) -> None:
     g = b.g
-    attempts = ex.attempts
+    attempts = ex.record.attempts
     if len(attempts) > 1:
         g[w.RETRIED] += 1
         g[w.EXTRA_ATTEMPTS] += len(attempts) - 1
         first = attempts[0]
-        if ex.upstream != first.upstream or attempts[-1].model != first.model:
+        if ex.target.upstream != first.upstream or attempts[-1].model != first.model:
             g[w.FALLBACKS] += 1
-    if "timeout" in ex.error_kind or any("timeout" in a.outcome for a in attempts):
+    if "timeout" in ex.record.error_kind or any("timeout" in a.outcome for a in attempts):
         g[w.TIMEOUTS] += 1
-    if ex.waited_s > 0.0:
+    if ex.record.waited_s > 0.0:
         g[w.WAITED] += 1
-        g[w.WAIT_S] += ex.waited_s
-        b.observe("wait", None, ex.waited_s)
+        g[w.WAIT_S] += ex.record.waited_s
+        b.observe("wait", None, ex.record.waited_s)
 
 
 def _record_savings(b: Second, ex: Exchange) -> None:
-    result = ex.cache_result if ex.cache_result in CACHE_RESULTS else "other"
+    result = ex.record.cache_result if ex.record.cache_result in CACHE_RESULTS else "other"
     b.cache[result] = b.cache.get(result, 0) + 1
-    usage = ex.usage
+    usage = ex.record.usage
     if result in SERVED_BY_CACHE and usage is not None:
         b.g[w.SAVED_CACHE] += usage.prompt + usage.completion
     saved = ex.response_headers.get(TOKENS_SAVED_HEADER)
@@ -246,7 +246,7 @@ def _add_group(groups: dict[str, list[float]], name: str, failed: bool, ex: Exch
     row[w.M_REQ] += 1
     if failed:
         row[w.M_ERR] += 1
-    usage = ex.usage
+    usage = ex.record.usage
     if usage is not None and from_upstream:
         row[w.M_PROMPT] += usage.prompt
         row[w.M_COMPLETION] += usage.completion
@@ -255,24 +255,11 @@ def _add_group(groups: dict[str, list[float]], name: str, failed: bool, ex: Exch
 
 
 def _recent_row(ex: Exchange, status: int) -> tuple[Any, ...]:
-    usage = ex.usage
-    ttft = ex.first_token_at - ex.received_at if ex.first_token_at > 0.0 else None
-    return (
-        ex.ended_at,
-        ex.request_id,
-        ex.tenant,
-        ex.model[:80],
-        ex.upstream,
-        status,
-        ttft,
-        ex.ended_at - ex.received_at,
-        usage.prompt if usage else None,
-        usage.completion if usage else None,
-        ex.cache_result,
-        len(ex.attempts),
-        ex.stream,
-        ex.error_kind,
-    )
+    usage = ex.record.usage
+    ttft = ex.record.first_token_at - ex.request.received_at if ex.record.first_token_at > 0.0 else None
+    return (ex.record.ended_at, ex.request.request_id, ex.request.tenant, ex.request.model[:80], ex.target.upstream, status, ttft,
+            ex.record.ended_at - ex.request.received_at, usage.prompt if usage else None, usage.completion if usage else None,
+            ex.record.cache_result, len(ex.record.attempts), ex.request.stream, ex.record.error_kind)
 
 
 def _point(b: Second) -> dict[str, Any]:

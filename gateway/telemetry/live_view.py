@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.appstate import AppState
+from gateway.components import BREAKER_STATES, QUEUE_DEPTHS
 from gateway.exchange import Exchange
 from gateway.telemetry import live_window as w
 from gateway.telemetry.live import SERVED_BY_CACHE, LiveStats, Pricer
 from gateway.telemetry.live_window import Hist, Second
-from policies.usage.accounting import COST_KEY
-from policies.usage.pricing import cost_usd, price_for
+from gateway.telemetry.pricing import cost_usd, price_for
 
 MAX_LISTED = 100  # models, tenants, breakers shown; all are bounded sets already
 
@@ -27,21 +27,20 @@ def create_live_stats(state: AppState) -> LiveStats:
 
 
 def make_pricer(state: AppState) -> Pricer:
-    """Cost in USD of one answer: the accounting sink's figure when it priced it, else ``pricing:``.
+    """Cost in USD of one answer: the record's settled cost (``finalize``), else ``pricing:``.
 
-    The accounting sink runs first and leaves ``ex.attrs["cost_usd"]``; reading it keeps the
-    dashboard, ``/metrics`` and the ledger in agreement. Prices are read at call time so reloads apply.
+    Reading the settled figure keeps the dashboard, ``/metrics`` and the ledger in agreement.
+    Prices are read at call time so reloads apply.
     """
 
     def price(ex: Exchange) -> float:
-        cost = ex.attrs.get(COST_KEY)
-        if isinstance(cost, (int, float)):
-            return float(cost)
+        if ex.record.cost_usd is not None:
+            return ex.record.cost_usd
         pricing = state.config.pricing
-        if not pricing or ex.usage is None or ex.source != "upstream":
+        if not pricing or ex.record.usage is None or ex.record.source != "upstream":
             return 0.0
-        found = price_for(pricing, ex.upstream_model, ex.model)
-        return cost_usd(found, ex.usage) if found is not None else 0.0
+        found = price_for(pricing, ex.target.model, ex.request.model)
+        return cost_usd(found, ex.record.usage) if found is not None else 0.0
 
     return price
 
@@ -129,24 +128,21 @@ def _cache(t: Second) -> dict[str, Any]:
 
 
 def breaker_states(state: AppState, now: float) -> list[dict[str, Any]] | None:
-    """Circuit breakers as the resilience feature exposes them (``state.components["breakers"]``)."""
-    breakers = state.components.get("breakers")
-    if breakers is None:
+    """Circuit breakers as the resilience feature exposes them (``BREAKER_STATES``)."""
+    rows = state.components.get(BREAKER_STATES)
+    if rows is None:
         return None
-    out = []
-    for name, breaker in sorted(breakers.items(), key=lambda kv: str(kv[0]))[:MAX_LISTED]:
-        value = getattr(breaker, "state", "unknown")
-        value = getattr(value, "value", value)  # an Enum
-        since = getattr(breaker, "since", None)
-        for_s = round(max(0.0, now - since), 1) if isinstance(since, (int, float)) else None
-        out.append({"upstream": str(name), "state": str(value), "for_s": for_s})
+    out: list[dict[str, Any]] = []
+    for name, value, since in sorted(rows(), key=lambda row: row[0])[:MAX_LISTED]:
+        for_s = round(max(0.0, now - since), 1) if since is not None else None
+        out.append({"upstream": name, "state": value, "for_s": for_s})
     return out
 
 
 def _rate_limit(t: Second, state: AppState) -> dict[str, Any]:
     """Queues right now (from the rate limiter) and deliberate waits over the window.
 
-    ``ex.waited_s`` is every deliberate wait of a request: the upstream rate-limit queue and retry
+    ``ex.record.waited_s`` is every deliberate wait of a request: the upstream rate-limit queue and retry
     backoff alike, so the wait figures say "waited", not "was rate limited".
     """
     q = _quantiles(t.hists.get("wait"))
@@ -158,13 +154,10 @@ def _rate_limit(t: Second, state: AppState) -> dict[str, Any]:
 
 def queue_depths(state: AppState) -> dict[str, int] | None:
     """Requests waiting in each upstream's admission queue now; None when no rate limiter runs."""
-    limiter = state.components.get("rate_limit")
-    if limiter is None:
+    depths = state.components.get(QUEUE_DEPTHS)
+    if depths is None:
         return None
-    queues = getattr(limiter, "queues", None)
-    if not isinstance(queues, dict):
-        return None
-    return {str(name): int(getattr(q, "depth", 0)) for name, q in sorted(queues.items())[:MAX_LISTED]}
+    return dict(sorted(depths().items())[:MAX_LISTED])
 
 
 def recent_rows(stats: LiveStats, now: float) -> list[dict[str, Any]]:

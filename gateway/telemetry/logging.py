@@ -63,29 +63,29 @@ def state_change(what: str, **fields: Any) -> None:
 def log_request(ex: Exchange) -> None:
     if not ACCESS.isEnabledFor(logging.INFO):
         return
-    duration = ex.ended_at - ex.received_at
+    duration = ex.record.ended_at - ex.request.received_at
     fields: dict[str, Any] = {
         "event": "request",
-        "request_id": ex.request_id,
-        "method": ex.method,
-        "path": ex.path,
-        "route": ex.route_name,
-        "model": ex.model,
-        "upstream": ex.upstream,
-        "tenant": ex.tenant,
-        "status": ex.status,
+        "request_id": ex.request.request_id,
+        "method": ex.request.method,
+        "path": ex.request.path,
+        "route": ex.request.route_name,
+        "model": ex.request.model,
+        "upstream": ex.target.upstream,
+        "tenant": ex.request.tenant,
+        "status": ex.record.status,
         "duration_ms": round(duration * 1000, 3),
-        "ttft_ms": round((ex.first_token_at - ex.received_at) * 1000, 3) if ex.first_token_at else None,
-        "attempts": len(ex.attempts),
-        "cache": ex.cache_result,
-        "stream": ex.stream,
+        "ttft_ms": round((ex.record.first_token_at - ex.request.received_at) * 1000, 3) if ex.record.first_token_at else None,
+        "attempts": len(ex.record.attempts),
+        "cache": ex.record.cache_result,
+        "stream": ex.request.stream,
     }
-    if ex.usage is not None:
-        fields["prompt_tokens"] = ex.usage.prompt
-        fields["completion_tokens"] = ex.usage.completion
-        fields["usage_estimated"] = ex.usage.estimated
-    if ex.error_kind:
-        fields["error"] = ex.error_kind
-    if ex.stream_outcome:
-        fields["stream_outcome"] = ex.stream_outcome
+    if ex.record.usage is not None:
+        fields["prompt_tokens"] = ex.record.usage.prompt
+        fields["completion_tokens"] = ex.record.usage.completion
+        fields["usage_estimated"] = ex.record.usage.estimated
+    if ex.record.error_kind:
+        fields["error"] = ex.record.error_kind
+    if ex.record.stream_outcome:
+        fields["stream_outcome"] = ex.record.stream_outcome
     ACCESS.info("request", extra={"fields": fields})

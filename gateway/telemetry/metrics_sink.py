@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from gateway.appstate import AppState
 from gateway.exchange import Attempt, Exchange
 from gateway.telemetry.metrics import OTHER, RequestMetrics, bounded, observe_many, status_class
-from policies.usage.accounting import COST_KEY
 
 CACHE_RESULTS = frozenset({"none", "hit", "semantic-hit", "miss", "bypass", "coalesced"})
 ATTEMPT_OUTCOMES = frozenset({
@@ -50,8 +49,8 @@ def attempt_outcome(outcome: str, status: int = 0) -> str:
 
 def attempt_ends(ex: Exchange) -> list[tuple[Attempt, float]]:
     """Each attempt with its end; one dropped unread has none, so it ends when the next one starts."""
-    attempts = ex.attempts
-    return [(a, a.ended or (attempts[i + 1].started if i + 1 < len(attempts) else ex.ended_at))
+    attempts = ex.record.attempts
+    return [(a, a.ended or (attempts[i + 1].started if i + 1 < len(attempts) else ex.record.ended_at))
             for i, a in enumerate(attempts)]
 
 
@@ -61,32 +60,29 @@ class MetricsSink:
     m: RequestMetrics
 
     def __call__(self, ex: Exchange) -> None:
-        inflight = ex.attrs.pop(INFLIGHT_KEY, None)
-        if inflight is not None:
-            inflight.dec()
         m = self.m
-        route = ex.route_name or OTHER
-        upstream = ex.upstream or OTHER
-        model = self.state.metrics.bounded_model(ex.upstream_model or ex.model)
-        duration = max(0.0, ex.ended_at - ex.received_at)
-        m.requests(route, model, upstream, status_class(ex.status), bounded(ex.cache_result, CACHE_RESULTS)).inc()
+        route = ex.request.route_name or OTHER
+        upstream = ex.target.upstream or OTHER
+        model = self.state.metrics.bounded_model(ex.target.model or ex.request.model)
+        duration = max(0.0, ex.record.ended_at - ex.request.received_at)
+        m.requests(route, model, upstream, status_class(ex.record.status), bounded(ex.record.cache_result, CACHE_RESULTS)).inc()
         m.duration(route, model, upstream).observe(duration)
-        m.overhead(route).observe(max(0.0, duration - ex.upstream_s - ex.waited_s))
-        if ex.first_token_at and ex.source in TTFT_SOURCES:
-            m.ttft(model, upstream, ex.source).observe(max(0.0, ex.first_token_at - ex.received_at))
-        inspector = ex.attrs.get("inspector")
+        m.overhead(route).observe(max(0.0, duration - ex.record.upstream_s - ex.record.waited_s))
+        if ex.record.first_token_at and ex.record.source in TTFT_SOURCES:
+            m.ttft(model, upstream, ex.record.source).observe(max(0.0, ex.record.first_token_at - ex.request.received_at))
+        inspector = ex.view
         if inspector is not None and inspector.gaps:
             observe_many(m.inter_token(model, upstream), inspector.gaps)
         for attempt, ended in attempt_ends(ex):
             m.upstream(attempt.upstream, attempt_outcome(attempt.outcome, attempt.status)).observe(
                 max(0.0, ended - attempt.started))
-        if ex.usage is not None and ex.source == "upstream":
+        if ex.record.usage is not None and ex.record.source == "upstream":
             self._tokens(ex, model, upstream)
 
     def _tokens(self, ex: Exchange, model: str, upstream: str) -> None:
-        usage = ex.usage
+        usage = ex.record.usage
         assert usage is not None
-        tenant = ex.tenant
+        tenant = ex.request.tenant
         counts = (usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)
         family = self.m.tokens_estimated if usage.estimated else None
         for kind, count in zip(TOKEN_KINDS, counts):
@@ -94,6 +90,6 @@ class MetricsSink:
                 self.m.tokens(model, upstream, tenant, kind).inc(count)
                 if family is not None:
                     family(model, upstream, tenant, kind).inc(count)
-        cost = ex.attrs.get(COST_KEY)
+        cost = ex.record.cost_usd
         if cost:
             self.m.cost(model, tenant).inc(cost)

@@ -2,9 +2,10 @@
 
 Called once from the app's lifespan, after the metrics registry, tokenizer and
 state backend exist and before the policy chain is built (the usage and
-tracing policies find what they need in ``state``). Sink order matters and is
-fixed here: ``finalize_usage`` runs first so every later sink (log line,
-metrics, trace, ledger) sees the same settled usage and cost.
+tracing policies find what they need in ``state``). ``finalize_usage`` is a
+finalizer, not a sink: it settles usage and cost on the record once, before
+every sink (log line, metrics, trace, ledger, live stats) reads it, so the
+sinks' order does not matter.
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from policies.usage.accounting import make_finalizer
 
 
 async def start_observability(st: AppState, config: Config) -> None:
-    st.sinks.insert(0, make_finalizer(st))
+    st.finalizers.append(make_finalizer(st))
     if config.metrics.enabled:
         families = RequestMetrics.register(st.metrics)
-        st.components["request_metrics"] = families
+        st.request_metrics = families
         st.sinks.append(MetricsSink(st, families))
         await start_metrics_server(st, config)
     st.tracer = create_tracing(config, st.clock)

@@ -33,12 +33,12 @@ class Coalesce:
         self._routes = frozenset(r.label for r in config.routes)
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        if ex.operation not in ANSWER_OPERATIONS or ex.body is None:
+        if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
             return await next(ex)
         cfg = cache_config(ex, self.config.cache).coalesce
         if not cfg.enabled or not controls_of(ex).read or (not cfg.nondeterministic and not deterministic(ex)):
             return await next(ex)
-        fkey = (self.keys.key(ex), ex.stream, wants_usage_chunk(ex), ex.upstream_path)
+        fkey = (self.keys.key(ex), ex.request.stream, wants_usage_chunk(ex), ex.request.upstream_path)
         flights = self.rt.flights
         while True:
             flight = flights.get(fkey)
@@ -59,7 +59,7 @@ class Coalesce:
             except BaseException:
                 flight.leave()
                 raise
-            ex.attrs[CLAIM_KEY] = flight.claim_store
+            ex.state.set(CLAIM_KEY, flight.claim_store)
             if not leader:
                 self._count_follower(ex)
             else:
@@ -67,10 +67,10 @@ class Coalesce:
             return resp
 
     def _count_follower(self, ex: Exchange) -> None:
-        ex.cache_result = ex.response_headers["x-gateway-cache"] = "coalesced"
-        ex.source = "cache"
+        ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "coalesced"
+        ex.record.source = "cache"
         self.state.metrics.decision(self.name, "coalesced")
-        route = ex.route_name if ex.route_name in self._routes else "other"
+        route = ex.request.route_name if ex.request.route_name in self._routes else "other"
         self.rt.metrics.coalesced.labels(route).inc()
 
 

@@ -42,7 +42,7 @@ def params_of(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def input_key(ex: Exchange, version: str, params: dict[str, Any], item: Input) -> CacheKey:
-    return make_key(namespace=ex.namespace, upstream=ex.upstream, model=ex.upstream_model, operation="embedding",
+    return make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model=ex.target.model, operation="embedding",
                     config_version=version, fields=[params, item])
 
 

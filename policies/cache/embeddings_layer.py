@@ -11,14 +11,14 @@ passes through untouched (bytes unchanged) and is stored as it goes by.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 from gateway.appstate import AppState
+from gateway.body import Observed, OneChunk
 from gateway.chain import Next
 from gateway.config_model import Config
-from gateway.exchange import Exchange, Source, UpstreamResponse, Usage, single_chunk
+from gateway.exchange import Exchange, Source, UpstreamResponse, Usage
 from policies.cache.batcher import Batcher, Failed
 from policies.cache.config import EmbeddingsCacheConfig
 from policies.cache.embeddings import (
@@ -53,7 +53,7 @@ class EmbeddingsCache:
         self.keys = KeyMaker(config)
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        if ex.operation != "embeddings" or ex.body is None:
+        if ex.request.operation != "embeddings" or ex.body is None:
             return await next(ex)
         cfg = cache_config(ex, self.config.cache).embeddings
         items = inputs_of(ex.body) if cfg.enabled else None
@@ -67,15 +67,14 @@ class EmbeddingsCache:
         version = self.keys.version(ex)
         keys = [input_key(ex, version, params, item) for item in items]
         found: list[CachedAnswer | None] = (
-            await self.store.get_many(keys) if controls.read else [None] * len(keys)
-        )
+            await self.store.get_many(keys) if controls.read else [None] * len(keys))
         cached = sum(a is not None for a in found)
         ex.response_headers["x-gateway-cache-inputs"] = f"{cached}/{len(items)}"
         ttl = controls.ttl(cfg.ttl_s) if controls.write else 0.0
         if cached == len(items):
             self._result(ex, "hit")
             saved = sum(a.tokens for a in found if a is not None)
-            self.rt.metrics.saved("embeddings", ex.model, saved)
+            self.rt.metrics.saved("embeddings", ex.request.model, saved)
             return self._answer(ex, [a.body for a in found if a is not None], saved, source="cache")
         self._result(ex, "miss" if cached == 0 else "partial")
         if len(items) == 1 and cfg.batch_window_ms > 0 and cfg.max_batch > 1:
@@ -87,19 +86,11 @@ class EmbeddingsCache:
 
     async def _batched(self, ex: Exchange, next: Next, cfg: EmbeddingsCacheConfig, key: CacheKey, item: Input,
                        ttl: float) -> UpstreamResponse:
-        bkey = (
-            ex.namespace,
-            ex.upstream,
-            ex.upstream_model,
-            ex.upstream_path,
-            canonical(params_of(ex.body or {})),
-        )
+        bkey = (ex.request.namespace, ex.target.upstream, ex.target.model, ex.request.upstream_path, canonical(params_of(ex.body or {})))
         share = await self.batcher.submit(bkey, ex, next, item, cfg.batch_window_ms / 1000, cfg.max_batch,
                                           self._counter(ex))
         if isinstance(share, Failed):
-            return UpstreamResponse(
-                status=share.status, headers=dict(share.headers), body=single_chunk(share.body)
-            )
+            return UpstreamResponse(status=share.status, headers=dict(share.headers), body=OneChunk(share.body))
         self._put(key, share.vector, share.tokens, ttl)
         return self._answer(ex, [share.vector], share.tokens)
 
@@ -116,7 +107,7 @@ class EmbeddingsCache:
         data = b"".join([chunk async for chunk in resp.body])
         parsed = parse_answer(data, len(sub)) if resp.status == 200 else None
         if parsed is None:
-            return UpstreamResponse(status=resp.status, headers=resp.headers, body=single_chunk(data),
+            return UpstreamResponse(status=resp.status, headers=resp.headers, body=OneChunk(data),
                                     upstream=resp.upstream)
         vectors, total = parsed
         fresh: dict[CacheKey, tuple[bytes, int]] = {}
@@ -134,21 +125,18 @@ class EmbeddingsCache:
             else:
                 out.append(fresh[key][0])
                 usage += fresh[key][1]
-        self.rt.metrics.saved("embeddings", ex.model, saved)
+        self.rt.metrics.saved("embeddings", ex.request.model, saved)
         return self._answer(ex, out, usage, upstream=resp.upstream)
 
     def _observe(self, ex: Exchange, resp: UpstreamResponse, keys: list[CacheKey], items: list[Input],
                  ttl: float) -> UpstreamResponse:
         self.rt.metrics.batch_size.observe(len(items))
 
-        async def body(inner: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-            chunks: list[bytes] = []
-            try:
-                async for chunk in inner:
-                    chunks.append(chunk)
-                    yield chunk
-            finally:
-                await inner.aclose()  # type: ignore[attr-defined]
+        chunks: list[bytes] = []
+
+        def on_end(error: BaseException | None) -> None:
+            if error is not None:
+                return  # a complete answer only
             parsed = parse_answer(b"".join(chunks), len(items))
             if parsed is not None and ttl > 0:
                 vectors, total = parsed
@@ -156,27 +144,29 @@ class EmbeddingsCache:
                                                strict=True):
                     self._put(key, vector, tokens, ttl)
 
-        return replace(resp, body=body(resp.body))
+        def keep(chunk: bytes) -> bytes:
+            chunks.append(chunk)
+            return chunk
+
+        return replace(resp, body=Observed(resp.body, on_chunk=keep, on_end=on_end))
 
     def _put(self, key: CacheKey, vector: bytes, tokens: int, ttl: float) -> None:
         if ttl > 0:
-            answer = CachedAnswer(
-                operation="embedding", body=vector, created=time.time(), usage=Usage(prompt=tokens)
-            )
+            answer = CachedAnswer(operation="embedding", body=vector, created=time.time(), usage=Usage(prompt=tokens))
             self.store.set(key, answer, ttl)
 
     def _answer(self, ex: Exchange, vectors: list[bytes], tokens: int, upstream: str = "",
                 source: Source = "upstream") -> UpstreamResponse:
-        ex.usage = Usage(prompt=tokens)
-        body = single_chunk(assemble(ex.upstream_model, vectors, tokens))
+        ex.record.reported_usage = Usage(prompt=tokens)
+        body = OneChunk(assemble(ex.target.model, vectors, tokens))
         return UpstreamResponse(status=200, headers=JSON, body=body, source=source, upstream=upstream)
 
     def _result(self, ex: Exchange, result: str) -> None:
-        ex.cache_result = ex.response_headers["x-gateway-cache"] = "miss" if result == "partial" else result
+        ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "miss" if result == "partial" else result
         self.rt.metrics.request("embeddings", result, self.name)
 
     def _counter(self, ex: Exchange) -> Any:
-        tokenizer, model = self.state.tokenizer, ex.upstream_model
+        tokenizer, model = self.state.tokenizer, ex.target.model
         if tokenizer is None:
             return lambda text: max(1, len(text) // 4)
         return lambda text: tokenizer.count_text(model, text)
@@ -192,9 +182,7 @@ def embeddings_parts(state: AppState, config: Config, rt: CacheRuntime) -> tuple
     memory = MemoryStore(cfg.max_entries, cfg.max_bytes, state.clock)
     memory.on_change = rt.metrics.gauge_hook("embeddings")
     redis = state.backend if config.state.backend == "redis" else None
-    store = AnswerStore(
-        "embeddings", memory, redis, config.state.key_prefix, on_redis_error=rt.metrics.redis_errors.inc
-    )
+    store = AnswerStore("embeddings", memory, redis, config.state.key_prefix, on_redis_error=rt.metrics.redis_errors.inc)
     batcher = Batcher(rt.metrics.batch_size.observe)
     state.closers.extend([store.flush, batcher.close])
     rt.parts["embeddings"] = (store, batcher)

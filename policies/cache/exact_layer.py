@@ -14,6 +14,7 @@ import time
 
 from gateway.appstate import AppState
 from gateway.chain import Next
+from gateway.components import TOOL_CACHE
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.config import ExactCacheConfig
@@ -24,7 +25,7 @@ from policies.cache.keys import CacheKey
 from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of, deterministic
 from policies.cache.respond import cached_response
 from policies.cache.runtime import CacheRuntime, cache_runtime
-from policies.tools.cache_layer import ToolCache
+from policies.cache.tools_layer import ToolCache
 
 MAX_ENTRY_BYTES = 32 * 1024 * 1024
 
@@ -39,7 +40,7 @@ class ExactCache:
         self.keys = KeyMaker(config)
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        if ex.operation not in ANSWER_OPERATIONS or ex.body is None:
+        if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
             return await next(ex)
         cfg = cache_config(ex, self.config.cache).exact
         if not cfg.enabled or cfg.mode == "off":
@@ -48,19 +49,19 @@ class ExactCache:
         key = self.keys.key(ex)
         read, write = mode_allows(cfg.mode, controls)
         if not (read or write) or (cfg.deterministic_only and not deterministic(ex)):
-            ex.cache_result = ex.response_headers["x-gateway-cache"] = "bypass"
+            ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "bypass"
             self.rt.metrics.request("exact", "bypass", self.name)
             return await next(ex)
         if read:
             answer = await self.rt.exact.get(key)
             if answer is not None and (controls.max_age_s is None or _age(answer) <= controls.max_age_s):
                 self.rt.metrics.request("exact", "hit", self.name)
-                self.rt.metrics.saved("exact", ex.model, answer.tokens)
+                self.rt.metrics.saved("exact", ex.request.model, answer.tokens)
                 return cached_response(ex, answer, "hit", self.state.clock)
-        ex.cache_result = ex.response_headers["x-gateway-cache"] = "miss"
+        ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "miss"
         self.rt.metrics.request("exact", "miss", self.name)
         resp = await next(ex)
-        if write and ex.cache_result in ("miss", "coalesced"):
+        if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
             resp = attach_fill(ex, resp, self._storer(key, ttl, cfg), min(MAX_ENTRY_BYTES, cfg.max_bytes))
         return resp
@@ -87,5 +88,5 @@ async def factory(state: AppState, config: Config) -> ExactCache | None:
     which the tool handler puts outermost in its own chain.
     """
     rt = cache_runtime(state, config)
-    state.components["tool_cache"] = ToolCache(config, rt)
+    state.components.set(TOOL_CACHE, ToolCache(config, rt))
     return ExactCache(state, config, rt)

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from gateway.exchange import Exchange, UpstreamResponse
+from gateway.body import Body, Observed
+from gateway.exchange import Exchange, StateKey, UpstreamResponse
 from policies.cache.canonical import answer_from_json, answer_from_sse, finish_reasons
 from policies.cache.entry import CachedAnswer
 
 log = logging.getLogger("gateway.cache")
-FILL_KEY = "cache_fill"
-CLAIM_KEY = "cache_fill_claim"  # set by single flight: only one subscriber stores the shared answer
 Callback = Callable[[CachedAnswer, list[str]], None]
 
 
@@ -34,6 +33,11 @@ class Fill:
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     overflow: bool = False
+
+    def keep(self, chunk: bytes) -> bytes:
+        """``add`` as a body filter: the chunk passes unchanged."""
+        self.add(chunk)
+        return chunk
 
     def add(self, chunk: bytes) -> None:
         if self.overflow:
@@ -48,7 +52,7 @@ class Fill:
     def complete(self, ex: Exchange) -> None:
         if self.overflow or not self.callbacks:
             return
-        claim = ex.attrs.get(CLAIM_KEY)
+        claim = ex.state.get(CLAIM_KEY)
         if claim is not None and not claim():
             return
         data = b"".join(self.chunks)
@@ -65,26 +69,27 @@ class Fill:
                 log.exception("cache fill callback failed")
 
 
+FILL_KEY: StateKey[Fill] = StateKey("cache.fill")  # one collector per exchange, shared by the cache layers
+# Set by single flight: only the subscriber whose claim succeeds stores the shared answer.
+CLAIM_KEY: StateKey[Callable[[], bool]] = StateKey("cache.fill_claim")
+
+
 def attach_fill(ex: Exchange, resp: UpstreamResponse, callback: Callback, limit: int) -> UpstreamResponse:
     """Arrange for ``callback`` to get the canonical answer if ``resp`` ends cleanly with a 200."""
     if resp.status != 200:
         return resp
-    fill = ex.attrs.get(FILL_KEY)
-    if isinstance(fill, Fill):
+    fill = ex.state.get(FILL_KEY)
+    if fill is not None:
         fill.callbacks.append(callback)
         return resp
-    fill = Fill(operation=ex.operation, sse=resp.is_sse, limit=limit, callbacks=[callback])
-    ex.attrs[FILL_KEY] = fill
-    return replace(resp, body=_collect(fill, ex, resp.body))
+    fill = Fill(operation=ex.request.operation, sse=resp.is_sse, limit=limit, callbacks=[callback])
+    ex.state.set(FILL_KEY, fill)
+    return replace(resp, body=_observe(fill, ex, resp.body))
 
 
-async def _collect(fill: Fill, ex: Exchange, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in body:
-            fill.add(chunk)
-            yield chunk
-    finally:
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    fill.complete(ex)  # reached only after a normal end of the upstream body
+def _observe(fill: Fill, ex: Exchange, body: Body) -> Body:
+    def on_end(error: BaseException | None) -> None:
+        if error is None:  # a normal end of the upstream body only
+            fill.complete(ex)
+
+    return Observed(body, on_chunk=fill.keep, on_end=on_end)

@@ -1,4 +1,4 @@
-"""Per-request cache facts, computed once and shared by the cache layers via ``ex.attrs``.
+"""Per-request cache facts, computed once and shared by the cache layers via ``ex.state``.
 
 The exact key is taken here, in the outermost cache layer, before compression
 or budgets (further in) can change the body; the config version folds in the
@@ -9,27 +9,28 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config_model import Config
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, StateKey
 from policies.cache.config import CacheConfig
 from policies.cache.controls import CacheControls, parse_controls
 from policies.cache.keys import CacheKey, answer_fields, config_version, is_deterministic, make_key
 
-KEY_ATTR = "cache_key"
-CONTROLS_ATTR = "cache_controls"
+KEY_ATTR: StateKey[CacheKey] = StateKey("cache.key")
+CONTROLS_ATTR: StateKey[CacheControls] = StateKey("cache.controls")
 ANSWER_OPERATIONS = frozenset({"chat", "completions", "responses"})
 
 
 def cache_config(ex: Exchange, default: CacheConfig) -> CacheConfig:
     """The route's cache block (already merged over the global one), else the global one."""
-    route = ex.attrs.get("route")
-    cfg = getattr(route, "cache", None)
+    route = ex.request.route
+    cfg = route.cache if route is not None else None
     return cfg if cfg is not None else default
 
 
 def controls_of(ex: Exchange) -> CacheControls:
-    controls = ex.attrs.get(CONTROLS_ATTR)
+    controls = ex.state.get(CONTROLS_ATTR)
     if controls is None:
-        controls = ex.attrs[CONTROLS_ATTR] = parse_controls(ex.headers)
+        controls = parse_controls(ex.request.headers)
+        ex.state.set(CONTROLS_ATTR, controls)
     return controls
 
 
@@ -41,11 +42,11 @@ class KeyMaker:
         self._versions: dict[tuple[str, str], str] = {}
 
     def version(self, ex: Exchange) -> str:
-        memo = (ex.route_name, ex.upstream)
+        memo = (ex.request.route_name, ex.target.upstream)
         found = self._versions.get(memo)
         if found is None:
-            route = ex.attrs.get("route")
-            upstream = self.config.upstreams.get(ex.upstream)
+            route = ex.request.route
+            upstream = self.config.upstreams.get(ex.target.upstream)
             found = self._versions[memo] = config_version(
                 getattr(upstream, "base_url", ""), getattr(route, "model", None),
                 getattr(route, "compression", None) or self.config.compression,
@@ -53,12 +54,13 @@ class KeyMaker:
         return found
 
     def key(self, ex: Exchange) -> CacheKey:
-        key: CacheKey | None = ex.attrs.get(KEY_ATTR)
+        key = ex.state.get(KEY_ATTR)
         if key is None:
             body: dict[str, Any] = ex.body or {}
-            key = ex.attrs[KEY_ATTR] = make_key(
-                namespace=ex.namespace, upstream=ex.upstream, model=ex.upstream_model, operation=ex.operation,
-                config_version=self.version(ex), fields=answer_fields(body))
+            key = make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model=ex.target.model,
+                           operation=ex.request.operation, config_version=self.version(ex),
+                           fields=answer_fields(body))
+            ex.state.set(KEY_ATTR, key)
         return key
 
 

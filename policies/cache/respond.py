@@ -9,9 +9,10 @@ client sees ``x-gateway-cache``, ``age`` and the tokens the hit saved.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 
+from gateway.body import Body, Observed, OneChunk
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.entry import CachedAnswer
 from policies.cache.replay import render_sse
@@ -26,7 +27,7 @@ def wants_usage_chunk(ex: Exchange) -> bool:
 
 
 def replay_bytes(ex: Exchange, answer: CachedAnswer) -> tuple[bytes, str]:
-    if not ex.stream or answer.operation not in ("chat", "completions", "responses"):
+    if not ex.request.stream or answer.operation not in ("chat", "completions", "responses"):
         return answer.body, answer.content_type
     include_usage = wants_usage_chunk(ex) if answer.operation != "responses" else True
     data = answer._sse.get(include_usage)
@@ -43,14 +44,19 @@ def cached_response(ex: Exchange, answer: CachedAnswer, result: str, clock: Call
     headers["x-gateway-cache"] = result
     headers["age"] = str(age)
     headers[TOKENS_SAVED_HEADER] = str(answer.tokens)
-    ex.cache_result = result
-    ex.source = "cache"
+    ex.record.cache_result = result
+    ex.record.source = "cache"
     if answer.usage is not None:
-        ex.usage = replace(answer.usage)
+        ex.record.reported_usage = replace(answer.usage)
     return UpstreamResponse(status=200, headers={"content-type": content_type}, body=_once(ex, data, clock),
                             source="cache")
 
 
-async def _once(ex: Exchange, data: bytes, clock: Callable[[], float]) -> AsyncIterator[bytes]:
-    ex.first_token_at = clock()
-    yield data
+def _once(ex: Exchange, data: bytes, clock: Callable[[], float]) -> Body:
+    """The replayed answer; its first byte (the whole answer) is the hit's first token."""
+
+    def first(chunk: bytes) -> bytes:
+        ex.record.first_token_at = clock()
+        return chunk
+
+    return Observed(OneChunk(data), on_chunk=first)

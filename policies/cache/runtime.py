@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.appstate import AppState
 from gateway.config_model import Config
+from gateway.exchange import StateKey
 from policies.cache.memory_store import MemoryStore
 from policies.cache.redis_store import AnswerStore
 from policies.cache.singleflight import Flights
 
-COMPONENT = "cache"
+COMPONENT: StateKey[CacheRuntime] = StateKey("cache")
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 TOOL_MAX_ENTRIES = 10000
@@ -75,9 +77,9 @@ class CacheRuntime:
     parts: dict[str, Any] = field(default_factory=dict)  # semantic index, embedder, embeddings store, batcher
 
 
-def cache_runtime(state: Any, config: Config) -> CacheRuntime:
+def cache_runtime(state: AppState, config: Config) -> CacheRuntime:
     """The process's cache parts, created on first use and re-bounded on reload."""
-    rt: CacheRuntime | None = state.components.get(COMPONENT)
+    rt = state.components.get(COMPONENT)
     exact_cfg = config.cache.exact
     if rt is None:
         metrics = CacheMetrics(state.metrics)
@@ -91,7 +93,7 @@ def cache_runtime(state: Any, config: Config) -> CacheRuntime:
 
         rt = CacheRuntime(metrics=metrics, exact=store("exact", exact_cfg.max_entries, exact_cfg.max_bytes),
                           tool=store("tool", TOOL_MAX_ENTRIES, exact_cfg.max_bytes // 4))
-        state.components[COMPONENT] = rt
+        state.components.set(COMPONENT, rt)
         state.closers.append(rt.exact.flush)
         state.closers.append(rt.tool.flush)
     else:

@@ -80,6 +80,6 @@ def split_question(operation: str, body: dict[str, Any], skip_tool_turns: bool) 
 
 def semantic_namespace(ex: Exchange, config_version: str, fields: Any) -> str:
     """The exact part of a semantic lookup; the tenant namespace is its hard prefix."""
-    key = make_key(namespace=ex.namespace, upstream=ex.upstream, model=ex.upstream_model,
-                   operation="semantic:" + ex.operation, config_version=config_version, fields=fields)
+    key = make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model=ex.target.model,
+                   operation="semantic:" + ex.request.operation, config_version=config_version, fields=fields)
     return str(key)

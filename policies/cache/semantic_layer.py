@@ -55,7 +55,7 @@ class SemanticCache:
         self.keys = KeyMaker(config)
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        if ex.operation not in ANSWER_OPERATIONS or ex.body is None:
+        if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
             return await next(ex)
         cache = cache_config(ex, self.config.cache)
         cfg = cache.semantic
@@ -63,7 +63,7 @@ class SemanticCache:
             return await next(ex)
         controls = controls_of(ex)
         read, write = mode_allows(cfg.mode, controls)
-        split = split_question(ex.operation, ex.body, cfg.skip_tool_turns) if read or write else None
+        split = split_question(ex.request.operation, ex.body, cfg.skip_tool_turns) if read or write else None
         if split is None:
             self.state.metrics.decision(self.name, "skip")
             return await next(ex)
@@ -77,12 +77,12 @@ class SemanticCache:
             hit = self._lookup(namespace, vector, question, cfg, controls.max_age_s)
             if hit is not None:
                 self.rt.metrics.request("semantic", "hit", self.name)
-                self.rt.metrics.saved("semantic", ex.model, hit.tokens)
+                self.rt.metrics.saved("semantic", ex.request.model, hit.tokens)
                 return cached_response(ex, hit, "semantic-hit", self.state.clock)
-        ex.cache_result = ex.response_headers["x-gateway-cache"] = "miss"
+        ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "miss"
         self.rt.metrics.request("semantic", "miss", self.name)
         resp = await next(ex)
-        if write and ex.cache_result in ("miss", "coalesced"):
+        if write and ex.record.cache_result in ("miss", "coalesced"):
             store = self._storer(namespace, vector, question, controls.ttl(cfg.ttl_s), cache.exact.cache_truncated)
             resp = attach_fill(ex, resp, store, MAX_ENTRY_BYTES)
         return resp

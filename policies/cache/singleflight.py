@@ -23,6 +23,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
+from gateway.body import Observed, as_body
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, Source, UpstreamResponse
 
@@ -77,9 +78,7 @@ class Flight:
                 raise
             return
         finally:
-            aclose = getattr(resp.body, "aclose", None)
-            if aclose is not None:
-                await _quiet(aclose())
+            await _quiet(resp.body.aclose())
         self.done = True
         self._wake()
         self._ended()
@@ -128,26 +127,25 @@ class Flight:
                                           upstream=self.upstream) from None
                 raise self.error from None
             raise
-        return UpstreamResponse(status=self.status, headers=self.headers, body=self.follow(),
+        # leave() runs once however the body ends, even when it is closed before it was read
+        body = Observed(as_body(self.follow()), on_end=lambda _error: self.leave())
+        return UpstreamResponse(status=self.status, headers=self.headers, body=body,
                                 source=self.source if leader else "cache", upstream=self.upstream)
 
     async def follow(self) -> AsyncIterator[bytes]:
         i = 0
-        try:
-            while True:
-                if i < len(self.chunks):
-                    i += 1
-                    yield self.chunks[i - 1]
-                    continue
-                if self.done:
-                    self._drained = True
-                    self.registry.remove(self)
-                    return
-                if self.error is not None:
-                    raise _as_failure(self.error, self.upstream)
-                await self._changed.wait()
-        finally:
-            self.leave()
+        while True:
+            if i < len(self.chunks):
+                i += 1
+                yield self.chunks[i - 1]
+                continue
+            if self.done:
+                self._drained = True
+                self.registry.remove(self)
+                return
+            if self.error is not None:
+                raise _as_failure(self.error, self.upstream)
+            await self._changed.wait()
 
 
 class Flights:

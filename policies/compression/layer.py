@@ -59,17 +59,17 @@ class CompressionPolicy:
                                   ("route",))
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        if ex.operation == "chat" and ex.body is not None:
+        if ex.request.operation == "chat" and ex.body is not None:
             self.apply(ex)
         return await next(ex)
 
     def apply(self, ex: Exchange) -> None:
         """Compress ``ex`` in place if it is over its budget (or raise the 400)."""
-        route = ex.attrs.get("route")
+        route = ex.request.route
         cfg: CompressionConfig = (route.compression if route is not None else None) or self.config.compression
         if not cfg.enabled:
             return
-        if ex.headers.get(OPT_OUT_HEADER, "").strip().lower() == "off":
+        if ex.request.headers.get(OPT_OUT_HEADER, "").strip().lower() == "off":
             return self._decide("opted_out")
         body: dict[str, Any] = ex.body  # type: ignore[assignment]
         limits = self._limits(ex, body, cfg)
@@ -85,16 +85,16 @@ class CompressionPolicy:
             outcome = self._compress(ex, body, messages, cfg, limits)
         except CompressionBug:
             log.error("compression produced an invalid conversation; request sent unchanged",
-                      extra={"fields": {"route": ex.route_name}})
+                      extra={"fields": {"route": ex.request.route_name}})
             return self._decide("error")
         except Exception:  # a bug here must cost the saving, never the request
-            log.exception("compression failed; request sent unchanged", extra={"fields": {"route": ex.route_name}})
+            log.exception("compression failed; request sent unchanged", extra={"fields": {"route": ex.request.route_name}})
             return self._decide("error")
         self._act(ex, body, cfg, limits, outcome)
 
     def _limits(self, ex: Exchange, body: dict[str, Any], cfg: CompressionConfig) -> PromptBudget | None:
-        info = model_info(self.config.models, ex.upstream_model, ex.model)
-        route = ex.attrs.get("route")
+        info = model_info(self.config.models, ex.target.model, ex.request.model)
+        route = ex.request.route
         budgets = (route.budgets if route is not None else None) or self.config.budgets
         reserve = output_reserve(requested_output(body, "chat"), budgets, info)
         return prompt_budget(cfg, info, reserve)
@@ -102,8 +102,10 @@ class CompressionPolicy:
     def _compress(self, ex: Exchange, body: dict[str, Any], messages: list[dict[str, Any]],
                   cfg: CompressionConfig, limits: PromptBudget) -> Outcome:
         tokenizer = self.state.tokenizer
-        model = body.get("model") if isinstance(body.get("model"), str) else ex.upstream_model
-        fixed = tokenizer.count_tools(model, body.get("tools")) + tokenizer.count_tools(model, body.get("functions"))
+        asked = body.get("model")
+        model = asked if isinstance(asked, str) else ex.target.model
+        fixed = tokenizer.count_tools(model, body.get("tools") or ()) + \
+            tokenizer.count_tools(model, body.get("functions") or ())
         plan = Plan(budget=limits.budget, tool_output_max_tokens=cfg.tool_output_max_tokens,
                     keep_last_turns=cfg.keep_last_turns, min_saving_tokens=cfg.min_saving_tokens,
                     stable_prefix=cfg.stable_prefix)
@@ -115,14 +117,14 @@ class CompressionPolicy:
         if not outcome.fits:
             self._decide(shadow + "rejected")
             if cfg.enforce:
-                self.rejected.labels(ex.route_name).inc()
+                self.rejected.labels(ex.request.route_name).inc()
                 raise context_length_exceeded(limits, outcome)
             return
         self._decide(shadow + "compressed")
         if not cfg.enforce:
             return
         for step, tokens in outcome.saved.items():
-            self.saved.labels(ex.route_name, step).inc(tokens)
+            self.saved.labels(ex.request.route_name, step).inc(tokens)
         self.ratio.observe(outcome.after / outcome.before)
         ex.set_body({**body, "messages": list(outcome.messages)})
         set_prompt_tokens(ex, outcome.after)

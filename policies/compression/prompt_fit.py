@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.config_model import ModelInfo
 from gateway.tokens.tokenizer import normalise_model
-from policies.budgets.config import BudgetClass, BudgetsConfig
+from policies.compression.budgets_config import BudgetClass, BudgetsConfig
 from policies.compression.config import CompressionConfig
 
 # The output-limit field each operation uses. Chat has two spellings: OpenAI's

@@ -62,26 +62,26 @@ COLUMNS = tuple(f.name for f in fields(UsageRecord))
 
 def record_of(ex: Exchange, wall_now: float, cost: float | None) -> UsageRecord:
     """The record of a finished request; ``wall_now`` is the wall clock at its end."""
-    duration = max(0.0, ex.ended_at - ex.received_at)
-    usage = ex.usage
+    duration = max(0.0, ex.record.ended_at - ex.request.received_at)
+    usage = ex.record.usage
     return UsageRecord(
-        ts=wall_now - duration, request_id=ex.request_id[:_MAX_TEXT], tenant=ex.tenant, route=ex.route_name,
-        model=(ex.upstream_model or ex.model)[:_MAX_TEXT], requested_model=ex.model[:_MAX_TEXT],
-        upstream=ex.upstream, operation=ex.operation, stream=ex.stream,
+        ts=wall_now - duration, request_id=ex.request.request_id[:_MAX_TEXT], tenant=ex.request.tenant, route=ex.request.route_name,
+        model=(ex.target.model or ex.request.model)[:_MAX_TEXT], requested_model=ex.request.model[:_MAX_TEXT],
+        upstream=ex.target.upstream, operation=ex.request.operation, stream=ex.request.stream,
         prompt=usage.prompt if usage else 0, completion=usage.completion if usage else 0,
         cached=usage.cached_prompt if usage else 0, reasoning=usage.reasoning if usage else 0,
         estimated=usage.estimated if usage else False, duration_s=duration,
-        ttft_s=(ex.first_token_at - ex.received_at) if ex.first_token_at else None,
-        cache_result=ex.cache_result, source=ex.source, attempts=len(ex.attempts), status=ex.status,
+        ttft_s=(ex.record.first_token_at - ex.request.received_at) if ex.record.first_token_at else None,
+        cache_result=ex.record.cache_result, source=ex.record.source, attempts=len(ex.record.attempts), status=ex.record.status,
         cost_usd=cost, error=_error(ex),
     )
 
 
 def _error(ex: Exchange) -> str:
     """What went wrong, if anything: the failure kind, else how a stream ended when not cleanly."""
-    if ex.error_kind:
-        return ex.error_kind
-    return ex.stream_outcome if ex.stream_outcome not in ("", "done") else ""
+    if ex.record.error_kind:
+        return ex.record.error_kind
+    return ex.record.stream_outcome if ex.record.stream_outcome not in ("", "done") else ""
 
 
 @dataclass(slots=True)

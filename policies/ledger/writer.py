@@ -25,7 +25,6 @@ from gateway.exchange import Exchange
 from gateway.telemetry.metrics import Metrics
 from policies.ledger.config import LedgerConfig
 from policies.ledger.record import UsageRecord, record_of
-from policies.usage.accounting import COST_KEY
 
 log = logging.getLogger("gateway.ledger")
 PURGE_EVERY_S = 3600.0
@@ -72,7 +71,7 @@ class LedgerWriter:
             self.dropped += 1
             if self._m_dropped is not None:
                 self._m_dropped.inc()
-        self._queue.append(record_of(ex, self.wall(), ex.attrs.get(COST_KEY)))
+        self._queue.append(record_of(ex, self.wall(), ex.record.cost_usd))
         if len(self._queue) >= self.cfg.batch_size:
             self._wake.set()
 

@@ -23,7 +23,7 @@ from gateway.exchange import Exchange, UpstreamResponse
 from policies.ratelimit.headers import client_headers, retry_after_value
 from policies.ratelimit.model import NEVER, LimitSet, Verdict, check_key_limits, client_limits
 from policies.ratelimit.runtime import RateLimiter, limiter_for
-from policies.ratelimit.settle import COUNTED, SettlingBody, estimate
+from policies.ratelimit.settle import COUNTED, estimate, settling
 
 DEFAULT_OUTPUT_TOKENS = 1024
 
@@ -41,8 +41,8 @@ class ClientRateLimit:
         self._sets: dict[str, LimitSet | None] = {}  # by key digest; bounded by the configured keys
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        identity = ex.attrs.get("identity")
-        key = identity.key if identity is not None else None
+        identity = ex.request.identity
+        key = identity.key
         if key is None:
             return await next(ex)
         if identity.key_hash in self._sets:
@@ -54,7 +54,7 @@ class ClientRateLimit:
             return await next(ex)
         prompt, tokens = (0, 0)
         if ls.counts_tokens:
-            prompt, tokens = estimate(self.st, ex, self.default_output.get(ex.upstream, DEFAULT_OUTPUT_TOKENS))
+            prompt, tokens = estimate(self.st, ex, self.default_output.get(ex.target.upstream, DEFAULT_OUTPUT_TOKENS))
         amounts = ls.amounts(tokens)
         member = self.limiter.member()
         verdict = await self.limiter.acquire(ls, amounts, member)
@@ -68,9 +68,9 @@ class ClientRateLimit:
             return await next(ex)
         self.limiter.metrics.allowed("client", ls.names)
         self.limiter.metrics.policy(self.name, "allowed")
-        counted = tokens > 0 and COUNTED not in ex.attrs
+        counted = tokens > 0 and COUNTED not in ex.state
         if counted:
-            ex.attrs[COUNTED] = True
+            ex.state.set(COUNTED, True)
         grant = self.limiter.grant(ls, verdict, amounts, member, tokens, prompt, counted)
         ex.response_headers.update(client_headers(ls, verdict, speed))
         try:
@@ -78,7 +78,7 @@ class ClientRateLimit:
         except BaseException:
             self.limiter.settle(grant, 0)  # nothing was produced (our own 429, an upstream failure, a cancel)
             raise
-        body = SettlingBody(resp.body, ex, self.limiter, grant, resp.status, resp.is_sse)
+        body = settling(resp.body, ex, self.limiter, grant, resp.status, resp.is_sse)
         return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
 
 

@@ -3,7 +3,7 @@
 ``x-ratelimit-limit/remaining/reset-requests`` and ``-tokens``, with resets as
 Go-style durations (``20ms``, ``1.5s``, ``6m0s``), and ``Retry-After`` in whole
 seconds: clients' SDK back-off logic works unchanged against the gateway.
-(Reading the provider's headers is ``policies.resilience.retry_after``.)
+(Reading the provider's headers is ``gateway.retry_after``.)
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from policies.resilience.retry_after import parse_duration, retry_after_s
+from gateway.retry_after import parse_duration, retry_after_s
 
 DEFAULT_429_PAUSE_S = 1.0  # a 429 that says nothing about when to come back
 MAX_PAUSE_S = 300.0  # a provider cannot park an upstream longer than this from one answer

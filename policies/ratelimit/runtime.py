@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.appstate import AppState
+from gateway.components import QUEUE_DEPTHS
+from gateway.exchange import StateKey
 from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.logging import state_change
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
@@ -32,7 +34,7 @@ from policies.ratelimit.quota_learning import Pending, lesson
 from policies.ratelimit.redis_buckets import RedisBuckets
 
 log = logging.getLogger("gateway.ratelimit")
-COMPONENT = "rate_limit"
+COMPONENT: StateKey[RateLimiter] = StateKey("rate_limit")
 
 
 @dataclass(slots=True)
@@ -203,7 +205,7 @@ class RateLimiter:
 
 def limiter_for(st: AppState) -> RateLimiter:
     """The process's limiter, created on first use (factories run again on reload and reuse it)."""
-    limiter: RateLimiter | None = st.components.get(COMPONENT)
+    limiter = st.components.get(COMPONENT)
     cfg = st.config.state
     if limiter is None:
         clock = LimiterClock(now=st.clock)
@@ -217,7 +219,9 @@ def limiter_for(st: AppState) -> RateLimiter:
         else:
             metrics.backend_up.set(1)
         limiter = RateLimiter(buckets=buckets, metrics=metrics, clock=clock, loop_time=st.clock)
-        st.components[COMPONENT] = limiter
+        st.components.set(COMPONENT, limiter)
+        queues = limiter.queues
+        st.components.set(QUEUE_DEPTHS, lambda: {str(name): q.depth for name, q in queues.items()})
         st.closers.append(limiter.drain)
     workers = max(1, st.workers)
     if isinstance(limiter.buckets, RedisBuckets):

@@ -8,7 +8,7 @@ really goes to. Limits are ``upstreams.<name>.rate_limit`` (``rpm``, ``tpm``,
 When the bucket is short the request queues (bounded FIFO, ``x-gateway-priority:
 high|normal|low``) until it fits, until ``max_queue_wait_s`` or until its own
 deadline, whichever comes first; only then it gets 429 with ``Retry-After``.
-The time queued is a deliberate wait (``ex.waited_s``), not gateway overhead.
+The time queued is a deliberate wait (``ex.record.waited_s``), not gateway overhead.
 Every answer's ``x-ratelimit-*`` headers and 429s teach the buckets the
 provider's real quota (``policies.ratelimit.quota_learning``). ``enforce:
 false`` never queues or refuses: it counts what it would have done.
@@ -25,7 +25,7 @@ from policies.ratelimit.headers import retry_after_value
 from policies.ratelimit.model import COOLDOWN, LimitSet, Verdict, check_rate_limit, upstream_limits
 from policies.ratelimit.queue import PRIORITY_RANK, Admission, Rejected
 from policies.ratelimit.runtime import RateLimiter, limiter_for
-from policies.ratelimit.settle import COUNTED, SettlingBody, estimate
+from policies.ratelimit.settle import COUNTED, estimate, settling
 
 PRIORITY_HEADER = "x-gateway-priority"
 
@@ -39,7 +39,7 @@ class UpstreamRateLimit:
         self.sets = sets
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        entry = self.sets.get(ex.upstream)
+        entry = self.sets.get(ex.target.upstream)
         if entry is None:
             return await next(ex)
         ls, cfg = entry
@@ -56,9 +56,9 @@ class UpstreamRateLimit:
                 self._decided(ls, verdict.failed, "shadow_rejected")
                 return await next(ex)
             self._allowed(ls, "allowed")
-        counted = tokens > 0 and COUNTED not in ex.attrs
+        counted = tokens > 0 and COUNTED not in ex.state
         if counted:
-            ex.attrs[COUNTED] = True
+            ex.state.set(COUNTED, True)
         grant = self.limiter.grant(ls, verdict, amounts, member, tokens, prompt, counted)
         grant.seq = self.limiter.pending_of(ls).add(tokens)
         try:
@@ -67,7 +67,7 @@ class UpstreamRateLimit:
             self.limiter.settle(grant, 0)
             raise
         self.limiter.observe(grant, resp.status, resp.headers)
-        body = SettlingBody(resp.body, ex, self.limiter, grant, resp.status, resp.is_sse)
+        body = settling(resp.body, ex, self.limiter, grant, resp.status, resp.is_sse)
         return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
 
     async def _admit(self, ex: Exchange, ls: LimitSet, cfg: RateLimitConfig, amounts: tuple[int, ...],
@@ -75,8 +75,8 @@ class UpstreamRateLimit:
         """Queue until the request fits; 429 when it cannot in time."""
         queue = self.limiter.queue(ls.label, cfg.max_queue)
         now = self.limiter.loop_time()
-        give_up_at = min(now + cfg.max_queue_wait_s, ex.deadline)
-        rank = PRIORITY_RANK.get(ex.headers.get(PRIORITY_HEADER, "normal").strip().lower(), 1)
+        give_up_at = min(now + cfg.max_queue_wait_s, ex.request.deadline)
+        rank = PRIORITY_RANK.get(ex.request.headers.get(PRIORITY_HEADER, "normal").strip().lower(), 1)
         try:
             admission: Admission = await queue.admit(lambda: self.limiter.acquire(ls, amounts, member), give_up_at,
                                                      rank)
@@ -94,7 +94,7 @@ class UpstreamRateLimit:
         return admission.verdict
 
     def _waited(self, ex: Exchange, ls: LimitSet, waited_s: float) -> None:
-        ex.waited_s += waited_s
+        ex.record.waited_s += waited_s
         self.limiter.metrics.wait(ls.label).observe(waited_s)
 
     def _decided(self, ls: LimitSet, limit: str, decision: str) -> None:

@@ -1,6 +1,6 @@
 """Circuit breaker layer: sits inside the retry policy, so it sees every attempt.
 
-Each call to the next layer is admitted by the breaker of ``ex.upstream`` (the
+Each call to the next layer is admitted by the breaker of ``ex.target.upstream`` (the
 retry policy may have switched it to a fallback) or rejected at once with
 ``CircuitOpen`` (503 + Retry-After), which the retry policy turns into a
 failover. The outcome is recorded when it is known: a connect/reset/timeout
@@ -17,12 +17,11 @@ from gateway.appstate import AppState
 from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.errors import UpstreamFailure
-from gateway.exchange import Exchange, UpstreamResponse
+from gateway.exchange import Exchange, StateKey, UpstreamResponse
 from policies.resilience.breaker import Ticket
 from policies.resilience.registry import Resilience, resilience_of
 
-PENDING_TICKET = "circuit_breaker.ticket"
-_SINK_INSTALLED = "circuit_breaker.sink"
+PENDING_TICKET: StateKey[Ticket] = StateKey("breaker.ticket")  # settled at the commit point
 
 
 class CircuitBreakerPolicy:
@@ -33,7 +32,7 @@ class CircuitBreakerPolicy:
         self.prefix = key_prefix
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        ticket = self.res.breaker(self.prefix + ex.upstream if self.prefix else ex.upstream).admit()
+        ticket = self.res.breaker(self.prefix + ex.target.upstream if self.prefix else ex.target.upstream).admit()
         try:
             resp = await next(ex)
         except UpstreamFailure:
@@ -44,7 +43,7 @@ class CircuitBreakerPolicy:
             raise
         status = resp.status
         if status < 300:
-            ex.attrs[PENDING_TICKET] = ticket  # settled at the commit point (policies/resilience/retry_layer.py)
+            ex.state.set(PENDING_TICKET, ticket)  # settled at the commit point (resilience/retry_layer.py)
         elif status >= 500:
             ticket.settle("failure")
         elif status in (408, 429):
@@ -56,21 +55,20 @@ class CircuitBreakerPolicy:
 
 def take_ticket(ex: Exchange) -> Ticket | None:
     """The ticket of the last attempt, for the commit point to settle."""
-    return ex.attrs.pop(PENDING_TICKET, None)
+    return ex.state.pop(PENDING_TICKET)
 
 
 def settle_leftover(ex: Exchange) -> None:
-    """Sink: a ticket nobody settled (no retry policy in the chain) is judged by the final status."""
-    ticket = ex.attrs.pop(PENDING_TICKET, None)
+    """Finalizer: a ticket nobody settled (no retry policy in the chain) is judged by the final status."""
+    ticket = ex.state.pop(PENDING_TICKET)
     if ticket is not None:
-        status = ex.status
+        status = ex.record.status
         ticket.settle("ignore" if status in (0, 499) else ("failure" if status >= 500 else "success"))
 
 
 def install_sink(state: AppState) -> None:
-    if not state.components.get(_SINK_INSTALLED):
-        state.components[_SINK_INSTALLED] = True
-        state.sinks.append(settle_leftover)
+    if settle_leftover not in state.finalizers:
+        state.finalizers.append(settle_leftover)
 
 
 async def factory(state: AppState, config: Config) -> CircuitBreakerPolicy:

@@ -10,11 +10,13 @@ the same dict of breakers, for /admin/stats and the dashboard (``.state``,
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 
 from gateway.appstate import AppState
+from gateway.components import BREAKER_STATES, BreakerRows
 from gateway.config_model import Config
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, StateKey
 from gateway.telemetry.logging import state_change
 from policies.resilience.breaker import STATE_VALUE, CircuitBreaker
 from policies.resilience.config import CircuitBreakerConfig, RetryConfig
@@ -22,7 +24,7 @@ from policies.resilience.metrics import TIMEOUT_PHASE, ResilienceMetrics
 from policies.resilience.retry_budget import RetryBudget
 
 TOOL_PREFIX = "tool:"
-COMPONENT = "resilience"
+COMPONENT: StateKey[Resilience] = StateKey("resilience")  # declared before the class: annotations are lazy
 
 
 class Resilience:
@@ -85,19 +87,25 @@ class Resilience:
         after it, in the relay, so they are read off the finished exchange instead of
         wrapping every chunk of every stream.
         """
-        phase = TIMEOUT_PHASE.get(ex.error_kind)
-        if phase is not None and ex.stream_outcome in ("error_event", "cut"):
-            key = TOOL_PREFIX + ex.upstream if ex.operation == "tool" else ex.upstream
+        phase = TIMEOUT_PHASE.get(ex.record.error_kind)
+        if phase is not None and ex.record.stream_outcome in ("error_event", "cut"):
+            key = TOOL_PREFIX + ex.target.upstream if ex.request.operation == "tool" else ex.target.upstream
             self.metrics.child(self.metrics.timeouts, key, phase).inc()
+
+
+def _breaker_rows(breakers: Mapping[str, CircuitBreaker]) -> list[tuple[str, str, float | None]]:
+    return [(str(name), b.state, b.since) for name, b in breakers.items()]
 
 
 def resilience_of(state: AppState, config: Config) -> Resilience:
     """The app's ``Resilience`` (created on first use), synced with ``config``."""
     res = state.components.get(COMPONENT)
-    if not isinstance(res, Resilience):
+    if res is None:
         res = Resilience(ResilienceMetrics(state.metrics), state.clock)
-        state.components[COMPONENT] = res
-        state.components["breakers"] = res.breakers
+        state.components.set(COMPONENT, res)
+        breakers = res.breakers
+        rows: BreakerRows = partial(_breaker_rows, breakers)
+        state.components.set(BREAKER_STATES, rows)
         state.sinks.append(res.on_finished)
     res.sync(config)
     return res

@@ -31,13 +31,13 @@ from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.errors import LocalReply, UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
+from gateway.retry_after import retry_after_s
 from policies.resilience.backoff import backoff_delay
 from policies.resilience.breaker import CircuitOpen, Ticket
 from policies.resilience.breaker_layer import take_ticket
 from policies.resilience.commit import Replay, close_body, peek
 from policies.resilience.config import RetryConfig
 from policies.resilience.registry import Resilience, resilience_of
-from policies.resilience.retry_after import retry_after_s
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
 
@@ -86,11 +86,11 @@ class RetryPolicy:
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         plan = self.planner(ex)
         run = _Run()
-        primary_model = ex.upstream_model
+        primary_model = ex.target.model
         failed: _Failed | None = None
         for _index, target in enumerate(plan):
             if failed is not None:
-                if failed.reason == "total_timeout" or self.clock() >= ex.deadline:
+                if failed.reason == "total_timeout" or self.clock() >= ex.request.deadline:
                     break
                 await failed.discard()
                 self._fail_over(ex, target, primary_model, run)
@@ -122,12 +122,12 @@ class RetryPolicy:
             await result.discard()
             self.metrics.retried(target.key, result.reason)
             if delay > 0:
-                ex.waited_s += delay
+                ex.record.waited_s += delay
                 await self.sleep(delay)
 
     async def _attempt(self, ex: Exchange, next: Next, target: Target,
                        run: _Run) -> UpstreamResponse | _Failed:
-        started, waited_before = self.clock(), ex.waited_s
+        started, waited_before = self.clock(), ex.record.waited_s
         try:
             resp = await next(ex)
         except CircuitOpen as exc:
@@ -137,7 +137,7 @@ class RetryPolicy:
             self.metrics.failure(target.key, failure)
             return _Failed(_PRECOMMIT_KIND.get(failure.kind, failure.kind), error=failure)
         run.attempts += 1
-        started += ex.waited_s - waited_before  # time queued by the upstream rate limit is not first-byte time
+        started += ex.record.waited_s - waited_before  # time queued by the upstream rate limit is not first-byte time
         status = resp.status
         if status < 300:
             return await self._commit(ex, resp, target, started)
@@ -150,13 +150,13 @@ class RetryPolicy:
         """Read up to the first meaningful event within the attempt's first-byte timeout."""
         ticket = take_ticket(ex)
         try:
-            deadline = min(started + target.first_byte_s, ex.deadline)
+            deadline = min(started + target.first_byte_s, ex.request.deadline)
             peeked = await peek(resp.body, resp.is_sse, deadline, self.clock)
         except TimeoutError:
             await close_body(resp.body)
-            kind = "total_timeout" if self.clock() >= ex.deadline else "timeout_before_first_byte"
-            if ex.attempts:
-                ex.attempts[-1].outcome = kind
+            kind = "total_timeout" if self.clock() >= ex.request.deadline else "timeout_before_first_byte"
+            if ex.record.attempts:
+                ex.record.attempts[-1].outcome = kind
             return self._broken(ticket, target, UpstreamFailure(
                 kind, f"Upstream {target.upstream}: no first token before the {kind.replace('_', ' ')}",
                 upstream=target.upstream))
@@ -195,7 +195,7 @@ class RetryPolicy:
             return self._stop("not_retryable")
         if tries >= cfg.max_attempts:
             return self._stop("attempts_spent")
-        remaining = ex.deadline - self.clock()
+        remaining = ex.request.deadline - self.clock()
         backoff = backoff_delay(tries, cfg, self.rand)
         wait = failed.retry_after if cfg.respect_retry_after else None
         if wait is not None:
@@ -220,11 +220,13 @@ class RetryPolicy:
                 n for n in cfg.retry_on if not (n.startswith("4") and n not in _RETRYABLE_4XX))
         return names
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str) -> float | None:
+        """Count why retrying stops; returns None, the "no delay: stop" answer of ``_retry_delay``."""
         self.metrics.decision("retry", why)
+        return None
 
     def _fail_over(self, ex: Exchange, target: Target, primary_model: str, run: _Run) -> None:
-        self.metrics.child(self.metrics.fallbacks, ex.route_name, ex.upstream, target.upstream).inc()
+        self.metrics.child(self.metrics.fallbacks, ex.request.route_name, ex.target.upstream, target.upstream).inc()
         self.metrics.decision("retry", "fallback")
         run.failovers += 1
         switch_to(ex, target, primary_model)

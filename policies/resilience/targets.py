@@ -39,11 +39,11 @@ class RoutePlanner:
         self._memo: dict[tuple[int, str], tuple[Target, ...]] = {}
 
     def __call__(self, ex: Exchange) -> Plan:
-        route: RouteConfig | None = ex.attrs.get("route")
-        key = (id(route), ex.upstream)
+        route = ex.request.route
+        key = (id(route), ex.target.upstream)
         plan = self._memo.get(key)
         if plan is None:
-            plan = self._memo[key] = self._plan(route, ex.upstream)
+            plan = self._memo[key] = self._plan(route, ex.target.upstream)
         return plan
 
     def _plan(self, route: RouteConfig | None, upstream: str) -> tuple[Target, ...]:
@@ -72,9 +72,9 @@ def tool_targets(name: str, key: str, retry: RetryConfig, first_byte_s: float,
 
 def switch_to(ex: Exchange, target: Target, primary_model: str) -> None:
     """Point the exchange at a fallback: upstream, model sent, and the body's ``model``."""
-    ex.upstream = target.upstream
+    ex.target.upstream = target.upstream
     model = target.model or primary_model
-    if model and model != ex.upstream_model:
-        ex.upstream_model = model
+    if model and model != ex.target.model:
+        ex.target.model = model
         if ex.body is not None:
             ex.set_body({**ex.body, "model": model})

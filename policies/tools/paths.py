@@ -17,7 +17,6 @@ from urllib.parse import quote, unquote, unquote_plus
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config_model import UpstreamConfig
-from gateway.errors import bad_request
 from gateway.exchange import Exchange
 from gateway.upstream import UpstreamClient
 from policies.tools.config import ApiKeyParam, ToolConfig
@@ -34,17 +33,6 @@ def split_tool_path(raw_path: str) -> tuple[str, str] | None:
     name, slash, rest = raw_path[len(TOOLS_PREFIX):].partition("/")
     name = unquote(name)
     return (name, slash + rest) if name else None
-
-
-def safe_subpath(raw_rest: str) -> str:
-    """The raw (still percent-encoded) path below the base URL, or a 400 when it could escape it."""
-    for segment in raw_rest.split("/"):
-        decoded = unquote(segment)
-        if decoded in (".", "..") or "/" in decoded or "\\" in decoded or "?" in decoded or "#" in decoded \
-                or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
-            raise bad_request("Invalid tool path: dot segments, encoded slashes and control characters are "
-                              "not allowed.", code="invalid_tool_path")
-    return raw_rest
 
 
 def tool_query(raw_query: str, key: ApiKeyParam | None) -> str:
@@ -72,9 +60,9 @@ class ToolClient(UpstreamClient):
     key_query: str = ""
 
     def url_for(self, ex: Exchange) -> str:
-        url = self.base_url + ex.upstream_path
-        query = f"{ex.query_string}&{self.key_query}" if ex.query_string and self.key_query else (
-            ex.query_string or self.key_query)
+        url = self.base_url + ex.request.upstream_path
+        query = f"{ex.request.query_string}&{self.key_query}" if ex.request.query_string and self.key_query else (
+            ex.request.query_string or self.key_query)
         return f"{url}?{query}" if query else url
 
 

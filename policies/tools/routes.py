@@ -14,9 +14,9 @@ Layers of a tool route, outermost first::
 
 The cache slot is for issue 6: a policy registered as ``state.components["tool_cache"]``
 before this factory runs (the cache factories come earlier in the registry) becomes
-the outermost layer. It should cache only when ``ex.attrs["tool_read"]`` is true and
+the outermost layer. It should cache only when ``ex.state.get(TOOL_READ)`` is true and
 never store a ``source == "local"`` answer (that is a fallback_response).
-``ex.attrs["tool"]`` is the ``ToolRoute``. The relay is the core's
+``ex.state.get(TOOL_ROUTE)`` is the ``ToolRoute``. The relay is the core's
 (``gateway.handler.proxy``), so tool answers stream and are logged like any other.
 """
 from __future__ import annotations
@@ -28,11 +28,15 @@ import orjson
 from aiohttp import web
 
 from gateway.appstate import AppState
+from gateway.body import OneChunk
 from gateway.chain import Next, build_chain
+from gateway.components import TOOL_CACHE, TOOL_HANDLER, TOOL_READ, RouteHandler
 from gateway.config_model import Config
 from gateway.errors import UpstreamFailure
-from gateway.exchange import Exchange, UpstreamResponse, single_chunk
+from gateway.exchange import Exchange, RequestFacts, StateKey, UpstreamResponse
+from gateway.exchange import Target as ExchangeTarget
 from gateway.handler import not_found, proxy
+from gateway.paths import safe_subpath
 from gateway.request import read_body
 from policies.resilience.breaker import CircuitOpen
 from policies.resilience.breaker_layer import CircuitBreakerPolicy, install_sink
@@ -42,12 +46,10 @@ from policies.resilience.registry import TOOL_PREFIX, Resilience, resilience_of
 from policies.resilience.retry_layer import RetryPolicy
 from policies.resilience.targets import Plan, Target, tool_targets
 from policies.tools.config import FallbackResponse, ToolConfig
-from policies.tools.paths import make_tool_client, safe_subpath, split_tool_path, tool_headers, tool_query
+from policies.tools.paths import make_tool_client, split_tool_path, tool_headers, tool_query
 
-TOOL_ATTR = "tool"
-READ_ATTR = "tool_read"
 _READ_METHODS = frozenset({"GET", "HEAD"})
-_CONFIGS = "tool_client_configs"
+_CONFIGS: StateKey[dict[str, ToolConfig]] = StateKey("tools.client_configs")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,9 +75,13 @@ class ToolRoute:
                    write_targets=tool_targets(*args, read=False), fallback_body=body)
 
 
+TOOL_ROUTE: StateKey[ToolRoute] = StateKey("tool.route")
+
+
 def plan_of(ex: Exchange) -> Plan:
-    route: ToolRoute = ex.attrs[TOOL_ATTR]
-    return route.read_targets if ex.attrs[READ_ATTR] else route.write_targets
+    route = ex.state.get(TOOL_ROUTE)
+    assert route is not None, "tool exchanges are built with their route"
+    return route.read_targets if ex.state.get(TOOL_READ) else route.write_targets
 
 
 class ToolFallback:
@@ -87,19 +93,20 @@ class ToolFallback:
         self.metrics = metrics
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        route: ToolRoute = ex.attrs[TOOL_ATTR]
+        route = ex.state.get(TOOL_ROUTE)
+        assert route is not None, "tool exchanges are built with their route"
         fallback = route.config.fallback_response
         if fallback is None or route.fallback_body is None:
             return await next(ex)
         try:
             resp = await next(ex)
         except (UpstreamFailure, CircuitOpen) as exc:
-            ex.error_kind = getattr(exc, "kind", None) or "circuit_open"
+            ex.record.error_kind = getattr(exc, "kind", None) or "circuit_open"
             return self._serve(ex, fallback, route.fallback_body)
         if resp.status < 500:
             return resp
         await close_body(resp.body)
-        ex.error_kind = f"http_{resp.status}"
+        ex.record.error_kind = f"http_{resp.status}"
         return self._serve(ex, fallback, route.fallback_body)
 
     def _serve(self, ex: Exchange, fallback: FallbackResponse, body: bytes) -> UpstreamResponse:
@@ -107,7 +114,7 @@ class ToolFallback:
         ex.response_headers.pop("x-should-retry", None)  # a degraded answer, not a failure to retry
         headers = {"content-type": "application/json", **{k.lower(): v for k, v in fallback.headers.items()},
                    "x-gateway-fallback": "true"}
-        return UpstreamResponse(fallback.status, headers, single_chunk(body), source="local")
+        return UpstreamResponse(fallback.status, headers, OneChunk(body), source="local")
 
 
 class ToolGateway:
@@ -117,7 +124,7 @@ class ToolGateway:
         self.st = st
         self.config = config
         self.routes = {name: ToolRoute.of(name, cfg) for name, cfg in config.tools.items()}
-        layers = [st.components.get("tool_cache"), ToolFallback(res.metrics),
+        layers = [st.components.get(TOOL_CACHE), ToolFallback(res.metrics),
                   RetryPolicy(res=res, planner=plan_of, clock=st.clock),
                   CircuitBreakerPolicy(res, key_prefix=TOOL_PREFIX)]
         self.chain = build_chain([layer for layer in layers if layer is not None], self._send)
@@ -136,25 +143,24 @@ class ToolGateway:
         identity = self.st.runtime.auth.identify(request.headers)
         raw = await read_body(request, self.config.server.max_body_bytes)
         cfg = route.config
-        ex = Exchange(
+        facts = RequestFacts(
             request_id=rid, method=request.method, path=request.path, operation="tool",
-            headers=tool_headers(request.headers), raw_body=raw, body=None, received_at=now,
-            deadline=now + cfg.timeouts.total_s, route_name=route.label, upstream=route.name,
-            tenant=identity.tenant, namespace=identity.namespace, client_key_hash=identity.key_hash,
+            headers=tool_headers(request.headers), received_at=now, deadline=now + cfg.timeouts.total_s,
+            route_name=route.label, identity=identity,
             query_string=tool_query(request.rel_url.raw_query_string, cfg.api_key_param),
-            upstream_path=upstream_path,
-        )
-        ex.attrs[TOOL_ATTR] = route
-        ex.attrs[READ_ATTR] = request.method in _READ_METHODS or cfg.read_only
+            upstream_path=upstream_path)
+        ex = Exchange(request=facts, target=ExchangeTarget(upstream=route.name), raw_body=raw, body=None)
+        ex.state.set(TOOL_ROUTE, route)
+        ex.state.set(TOOL_READ, request.method in _READ_METHODS or cfg.read_only)
         return ex
 
     async def _send(self, ex: Exchange) -> UpstreamResponse:
-        return await self.st.tools[ex.upstream].send(ex)
+        return await self.st.tools[ex.target.upstream].send(ex)
 
 
 def sync_tool_clients(st: AppState, config: Config) -> None:
     """One pooled client per tool; a reload keeps the clients whose config did not change."""
-    known: dict[str, ToolConfig] = st.components.setdefault(_CONFIGS, {})
+    known = st.components.setdefault(_CONFIGS, {})
     for name, cfg in config.tools.items():
         if name in st.tools and known.get(name) == cfg:
             continue
@@ -165,11 +171,12 @@ def sync_tool_clients(st: AppState, config: Config) -> None:
 
 
 async def factory(state: AppState, config: Config) -> None:
-    """Not a layer of the LLM onion (returns None): (re)builds the ``/tools/`` handler."""
+    """(Re)builds the ``/tools/`` handler (a route handler of the registry, not a layer)."""
     res = resilience_of(state, config)
     install_sink(state)
     sync_tool_clients(state, config)
     if config.tools:
-        state.components["tool_handler"] = ToolGateway(state, config, res)
+        handler: RouteHandler = ToolGateway(state, config, res)
+        state.components.set(TOOL_HANDLER, handler)
     else:
-        state.components.pop("tool_handler", None)
+        state.components.pop(TOOL_HANDLER)

@@ -37,13 +37,17 @@ class AttemptSpanPolicy:
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         span = self.tracing.start_attempt(ex)
-        before = len(ex.attempts)
+        before = len(ex.record.attempts)
         try:
             return await next(ex)
         finally:
             # The terminal appends the Attempt (with its times and outcome) as it sends; none: never sent.
-            attempt = ex.attempts[before] if len(ex.attempts) > before else None
-            ex.attrs.setdefault(ATTEMPTS_KEY, []).append((span, attempt))
+            attempt = ex.record.attempts[before] if len(ex.record.attempts) > before else None
+            spans = ex.state.get(ATTEMPTS_KEY)
+            if spans is None:
+                spans = []
+                ex.state.set(ATTEMPTS_KEY, spans)
+            spans.append((span, attempt))
 
 
 async def request_span_factory(state: AppState, config: Config) -> RequestSpanPolicy | None:

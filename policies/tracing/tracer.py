@@ -46,14 +46,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.config_model import Config
-from gateway.exchange import Attempt, Exchange
+from gateway.exchange import Attempt, Exchange, StateKey
+from gateway.produced import CAPTURE_KEY, produced_texts
 from gateway.telemetry.metrics_sink import attempt_ends
 from policies.tracing.config import TracingConfig
-from policies.usage.accounting import CAPTURE_KEY, produced_texts
 
-TRACING_KEY = "tracing"
-SPAN_KEY = "trace.span"
-ATTEMPTS_KEY = "trace.attempts"
+SPAN_KEY: StateKey[Span] = StateKey("tracing.span")  # the request's SERVER span
+# One CLIENT span per upstream attempt, with the Attempt the terminal recorded (None: never sent).
+ATTEMPTS_KEY: StateKey[list[tuple[Span, Attempt | None]]] = StateKey("tracing.attempts")
 GENAI_OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings",
                     "responses": "chat"}
 MAX_CONTENT = 32 * 1024
@@ -75,20 +75,20 @@ class Tracing:
         return time.time_ns() - int((self.clock() - clock_time) * 1e9)
 
     def start_request(self, ex: Exchange) -> Span:
-        parent = self.propagator.extract(ex.headers)
-        op = GENAI_OPERATIONS.get(ex.operation, ex.operation)
-        span = self.tracer.start_span(f"{op} {ex.model[:_MAX_NAME]}".strip(), context=parent, kind=SpanKind.SERVER,
-                                      start_time=self.ns(ex.received_at), attributes=self._request_attrs(ex, op))
-        ex.attrs[SPAN_KEY] = span
-        ex.attrs[TRACING_KEY] = self
+        parent = self.propagator.extract(ex.request.headers)
+        op = GENAI_OPERATIONS.get(ex.request.operation, ex.request.operation)
+        span = self.tracer.start_span(f"{op} {ex.request.model[:_MAX_NAME]}".strip(), context=parent, kind=SpanKind.SERVER,
+                                      start_time=self.ns(ex.request.received_at), attributes=self._request_attrs(ex, op))
+        ex.state.set(SPAN_KEY, span)
+        ex.state.set(TRACER_KEY, self)
         return span
 
     def _request_attrs(self, ex: Exchange, op: str) -> dict[str, Any]:
-        host, port, provider = self.servers.get(ex.upstream, ("", None, ""))
-        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": ex.model[:_MAX_NAME],
+        host, port, provider = self.servers.get(ex.target.upstream, ("", None, ""))
+        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": ex.request.model[:_MAX_NAME],
                                  "gen_ai.provider.name": provider, "server.address": host,
-                                 "gateway.route": ex.route_name, "gateway.tenant": ex.tenant,
-                                 "gateway.request_id": ex.request_id, "gateway.stream": ex.stream}
+                                 "gateway.route": ex.request.route_name, "gateway.tenant": ex.request.tenant,
+                                 "gateway.request_id": ex.request.request_id, "gateway.stream": ex.request.stream}
         if port:
             attrs["server.port"] = port
         body = ex.body or {}
@@ -96,31 +96,31 @@ class Tracing:
         if type(max_tokens) is int:
             attrs["gen_ai.request.max_tokens"] = max_tokens
         temperature = body.get("temperature")
-        if type(temperature) in (int, float):
+        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
             attrs["gen_ai.request.temperature"] = float(temperature)
         if self.capture_content:
             attrs["gen_ai.input.messages"] = _content(body)
         return attrs
 
     def start_attempt(self, ex: Exchange) -> Span:
-        parent = ex.attrs.get(SPAN_KEY)
-        op = GENAI_OPERATIONS.get(ex.operation, ex.operation)
-        host, port, provider = self.servers.get(ex.upstream, ("", None, ""))
-        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": ex.upstream_model[:_MAX_NAME],
+        parent = ex.state.get(SPAN_KEY)
+        op = GENAI_OPERATIONS.get(ex.request.operation, ex.request.operation)
+        host, port, provider = self.servers.get(ex.target.upstream, ("", None, ""))
+        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": ex.target.model[:_MAX_NAME],
                                  "gen_ai.provider.name": provider, "server.address": host, "gateway.upstream":
-                                 ex.upstream}
+                                 ex.target.upstream}
         if port:
             attrs["server.port"] = port
-        span = self.tracer.start_span(f"{op} {ex.upstream_model[:_MAX_NAME]}".strip(), kind=SpanKind.CLIENT,
+        span = self.tracer.start_span(f"{op} {ex.target.model[:_MAX_NAME]}".strip(), kind=SpanKind.CLIENT,
                                       context=set_span_in_context(parent) if parent is not None else None,
                                       attributes=attrs)
         headers: dict[str, str] = {}
         self.propagator.inject(headers, context=set_span_in_context(span))
-        ex.attrs["upstream_headers"] = {**ex.attrs.get("upstream_headers", {}), **headers}
+        ex.upstream_headers.update(headers)
         return span
 
     def child(self, ex: Exchange, name: str, start: float, end: float, attrs: Mapping[str, Any]) -> None:
-        parent = ex.attrs.get(SPAN_KEY)
+        parent = ex.state.get(SPAN_KEY)
         if parent is None:
             return
         span = self.tracer.start_span(name, context=set_span_in_context(parent), start_time=self.ns(start),
@@ -129,41 +129,41 @@ class Tracing:
 
     def finish(self, ex: Exchange) -> None:
         """The request sink: close attempt spans, then the request span, with what the exchange recorded."""
-        span: Span | None = ex.attrs.get(SPAN_KEY)
+        span = ex.state.get(SPAN_KEY)
         if span is None:
             span = self.start_request(ex)  # passthrough: no policy ran, the span is still wanted
         ends = {id(a): end for a, end in attempt_ends(ex)}
-        for attempt_span, attempt in ex.attrs.get(ATTEMPTS_KEY, ()):
-            self._end_attempt(attempt_span, attempt, ends.get(id(attempt), ex.ended_at))
+        for attempt_span, attempt in ex.state.get(ATTEMPTS_KEY) or ():
+            self._end_attempt(attempt_span, attempt, ends.get(id(attempt), ex.record.ended_at))
         if span.is_recording():
             span.set_attributes(self._result_attrs(ex))
-            if ex.first_token_at:
-                span.add_event("gen_ai.first_token", timestamp=self.ns(ex.first_token_at))
-            if ex.status >= 500 or ex.status == 0 or ex.stream_outcome in ("error_event", "cut"):
+            if ex.record.first_token_at:
+                span.add_event("gen_ai.first_token", timestamp=self.ns(ex.record.first_token_at))
+            if ex.record.status >= 500 or ex.record.status == 0 or ex.record.stream_outcome in ("error_event", "cut"):
                 span.set_status(Status(StatusCode.ERROR))
-        span.end(end_time=self.ns(ex.ended_at) if ex.ended_at else None)
+        span.end(end_time=self.ns(ex.record.ended_at) if ex.record.ended_at else None)
 
     def _result_attrs(self, ex: Exchange) -> dict[str, Any]:
-        attrs: dict[str, Any] = {"http.response.status_code": ex.status, "gateway.cache_result": ex.cache_result,
-                                 "gateway.source": ex.source, "gateway.attempts": len(ex.attempts)}
-        if ex.response_model:
-            attrs["gen_ai.response.model"] = ex.response_model[:_MAX_NAME]
-        if ex.finish_reasons:
-            attrs["gen_ai.response.finish_reasons"] = tuple(ex.finish_reasons[:16])
-        if ex.usage is not None:
-            attrs["gen_ai.usage.input_tokens"] = ex.usage.prompt
-            attrs["gen_ai.usage.output_tokens"] = ex.usage.completion
-            attrs["gateway.usage.estimated"] = ex.usage.estimated
-            if ex.usage.cached_prompt:
-                attrs["gen_ai.usage.cache_read.input_tokens"] = ex.usage.cached_prompt
-        if ex.error_kind or (ex.status >= 400):
-            attrs["error.type"] = ex.error_kind or str(ex.status)
-        if ex.stream_outcome:
-            attrs["gateway.stream_outcome"] = ex.stream_outcome
+        attrs: dict[str, Any] = {"http.response.status_code": ex.record.status, "gateway.cache_result": ex.record.cache_result,
+                                 "gateway.source": ex.record.source, "gateway.attempts": len(ex.record.attempts)}
+        if ex.record.response_model:
+            attrs["gen_ai.response.model"] = ex.record.response_model[:_MAX_NAME]
+        if ex.record.finish_reasons:
+            attrs["gen_ai.response.finish_reasons"] = tuple(ex.record.finish_reasons[:16])
+        if ex.record.usage is not None:
+            attrs["gen_ai.usage.input_tokens"] = ex.record.usage.prompt
+            attrs["gen_ai.usage.output_tokens"] = ex.record.usage.completion
+            attrs["gateway.usage.estimated"] = ex.record.usage.estimated
+            if ex.record.usage.cached_prompt:
+                attrs["gen_ai.usage.cache_read.input_tokens"] = ex.record.usage.cached_prompt
+        if ex.record.error_kind or (ex.record.status >= 400):
+            attrs["error.type"] = ex.record.error_kind or str(ex.record.status)
+        if ex.record.stream_outcome:
+            attrs["gateway.stream_outcome"] = ex.record.stream_outcome
         if self.capture_content:
-            capture = ex.attrs.get(CAPTURE_KEY)
+            capture = ex.state.get(CAPTURE_KEY)
             if capture is not None:
-                texts, _ = produced_texts(ex.operation, capture)
+                texts, _ = produced_texts(ex.request.operation, capture)
                 attrs["gen_ai.output.messages"] = "".join(texts)[:MAX_CONTENT]
         return attrs
 
@@ -184,6 +184,9 @@ class Tracing:
         await asyncio.to_thread(self.provider.shutdown)  # flushes the batch processor over the network
 
 
+TRACER_KEY: StateKey[Tracing] = StateKey("tracing.tracer")  # set with the request span (record_span)
+
+
 def _content(body: Mapping[str, Any]) -> str:
     for key in ("messages", "input", "prompt"):
         if key in body:
@@ -194,9 +197,9 @@ def _content(body: Mapping[str, Any]) -> str:
 def record_span(ex: Exchange, name: str, start: float, end: float, **attributes: Any) -> None:
     """Add a finished child span (e.g. ``cache.lookup``, ``rate_limit.wait``) from ``state.clock`` times.
 
-    A no-op costing one dict lookup when tracing is off or the request has no span.
+    A no-op costing one lookup when tracing is off or the request has no span.
     """
-    tracing: Tracing | None = ex.attrs.get(TRACING_KEY)
+    tracing = ex.state.get(TRACER_KEY)
     if tracing is not None:
         tracing.child(ex, name, start, end, attributes)
 

@@ -5,15 +5,14 @@ chat and completions streams whose client did not ask, this layer asks on its
 behalf and then takes the answer back out of the stream: the final usage event
 (``"choices":[]``) is dropped and the ``"usage":null`` field the provider adds
 to every other chunk is removed, so the client receives exactly what it asked
-for. The usage read here is stored on ``ex.usage``.
+for. The usage read here is stored on ``ex.record.usage``.
 
 The injection splices bytes into the client's raw body when nothing else has
 changed it, so an agent's 200 KB prompt is not re-serialised for one flag.
 
 It also keeps references to the relayed chunks (``Capture``) so that a request
 without usage can still be charged for what it produced (see
-``policies.usage.accounting``), and counts the request in
-``gateway_inflight_requests`` (the metrics sink counts it out).
+``policies.usage.accounting``).
 
 Config: ``metrics.inject_stream_usage`` (default true); set it false for a
 provider that rejects ``stream_options``. No decision is taken here (nothing is
@@ -21,20 +20,18 @@ refused), so there is nothing to shadow.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from gateway.appstate import AppState
+from gateway.body import Observed
 from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
-from gateway.telemetry.metrics import Children
-from gateway.telemetry.metrics_sink import INFLIGHT_KEY
+from gateway.produced import CAPTURE_KEY, Capture
 from gateway.usage import usage_from_response_obj
-from policies.usage.accounting import CAPTURE_KEY, Capture
 
 INJECT_OPERATIONS = frozenset({"chat", "completions"})
 CAPTURE_OPERATIONS = frozenset({"chat", "completions", "responses"})
@@ -46,22 +43,20 @@ _MAX_TAIL = 64 * 1024  # an SSE event longer than this (none in practice) disabl
 class UsagePolicy:
     name = "usage"
 
-    def __init__(self, inject: bool, inflight: Children | None) -> None:
+    def __init__(self, inject: bool) -> None:
         self.inject = inject
-        self.inflight = inflight
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        if self.inflight is not None:
-            child = self.inflight(ex.upstream)
-            child.inc()
-            ex.attrs[INFLIGHT_KEY] = child  # the metrics sink decrements it, whatever happens
-        hidden = self.inject and ex.stream and ex.operation in INJECT_OPERATIONS and ask_for_usage(ex)
+        hidden = self.inject and ex.request.stream and ex.request.operation in INJECT_OPERATIONS and ask_for_usage(ex)
         resp = await next(ex)
-        if resp.status >= 300 or ex.operation not in CAPTURE_OPERATIONS:
+        if resp.status >= 300 or ex.request.operation not in CAPTURE_OPERATIONS:
             return resp  # an error answer is not charged; embeddings produce no text
         capture = Capture(sse=resp.is_sse)
-        ex.attrs[CAPTURE_KEY] = capture
-        return replace(resp, body=Relay(resp.body, ex, capture, hidden and resp.is_sse))
+        ex.state.set(CAPTURE_KEY, capture)
+        if hidden and resp.is_sse:
+            stripper = UsageStripper(ex, capture)
+            return replace(resp, body=Observed(resp.body, on_chunk=stripper.chunk, flush=stripper.flush))
+        return replace(resp, body=Observed(resp.body, on_chunk=capture.keep))
 
 
 def ask_for_usage(ex: Exchange) -> bool:
@@ -84,62 +79,37 @@ def ask_for_usage(ex: Exchange) -> bool:
     return True
 
 
-class Relay:
-    """The wrapped body. ``aclose`` always closes the upstream body too: a generator's own ``aclose``
-    skips its ``finally`` when it never started (client gone before the first chunk), which would
-    leave the upstream connection open until garbage collection."""
+class UsageStripper:
+    """Relays whole SSE events without the usage the client did not ask for, keeping chunk references."""
 
-    __slots__ = ("_gen", "_inner")
+    __slots__ = ("capture", "ex", "strip", "tail")
 
-    def __init__(self, inner: AsyncIterator[bytes], ex: Exchange, capture: Capture, strip: bool) -> None:
-        self._inner = inner
-        self._gen = _relay(inner, ex, capture, strip)
+    def __init__(self, ex: Exchange, capture: Capture) -> None:
+        self.ex, self.capture = ex, capture
+        self.strip = True
+        self.tail = b""
 
-    def __aiter__(self) -> Relay:
-        return self
+    def chunk(self, chunk: bytes) -> bytes:
+        self.capture.add(chunk)
+        if self.strip and not self.tail and b"\r\n" in chunk:
+            self.strip = False  # CRLF-framed SSE: relay untouched rather than risk holding events back
+        if not self.strip:
+            return chunk
+        data = self.tail + chunk if self.tail else chunk
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            if len(data) < _MAX_TAIL:
+                self.tail = data
+                return b""
+            cut, self.strip = len(data) - 2, False  # not an SSE stream we understand: pass through
+        ready, self.tail = data[: cut + 2], data[cut + 2 :]
+        if b'"usage"' in ready:
+            ready = strip_usage(ready, self.ex)
+        return ready
 
-    def __anext__(self) -> Awaitable[bytes]:
-        return self._gen.__anext__()
-
-    async def aclose(self) -> None:
-        try:
-            await self._gen.aclose()
-        finally:
-            aclose = getattr(self._inner, "aclose", None)
-            if aclose is not None:
-                await aclose()  # releases (or closes) the upstream connection; idempotent
-
-
-async def _relay(body: AsyncIterator[bytes], ex: Exchange, capture: Capture,
-                 strip: bool) -> AsyncGenerator[bytes, None]:
-    """Yield the body, keeping chunk references; with ``strip``, by whole SSE events without usage."""
-    tail = b""
-    try:
-        async for chunk in body:
-            capture.add(chunk)
-            if strip and not tail and b"\r\n" in chunk:
-                strip = False  # CRLF-framed SSE: relay untouched rather than risk holding events back
-            if not strip:
-                yield chunk
-                continue
-            data = tail + chunk if tail else chunk
-            cut = data.rfind(b"\n\n")
-            if cut < 0:
-                if len(data) < _MAX_TAIL:
-                    tail = data
-                    continue
-                cut, strip = len(data) - 2, False  # not an SSE stream we understand: pass through
-            ready, tail = data[: cut + 2], data[cut + 2 :]
-            if b'"usage"' in ready:
-                ready = strip_usage(ready, ex)
-            if ready:
-                yield ready
-        if tail:
-            yield tail
-    finally:
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()  # releases (or closes) the upstream connection
+    def flush(self) -> bytes:
+        rest, self.tail = self.tail, b""
+        return rest
 
 
 def strip_usage(events: bytes, ex: Exchange) -> bytes:
@@ -173,7 +143,7 @@ def _keep(event: bytes, ex: Exchange) -> bytes | None:
             return event
         usage = usage_from_response_obj(obj)
         if usage is not None:
-            ex.usage = usage
+            ex.record.reported_usage = usage
         if not obj.get("choices"):
             return None
         del obj["usage"]
@@ -182,6 +152,4 @@ def _keep(event: bytes, ex: Exchange) -> bytes | None:
 
 
 async def usage_factory(state: AppState, config: Config) -> UsagePolicy:
-    inflight = state.components.get("request_metrics") if config.metrics.enabled else None
-    return UsagePolicy(inject=config.metrics.inject_stream_usage,
-                       inflight=inflight.inflight if inflight is not None else None)
+    return UsagePolicy(inject=config.metrics.inject_stream_usage)

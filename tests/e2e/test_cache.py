@@ -9,6 +9,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
+from policies.cache.runtime import COMPONENT as CACHE
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
@@ -234,7 +235,7 @@ async def test_control_ttl_only_shortens(client: AsyncOpenAI, gateway: Any) -> N
     await _send(client, {"x-gateway-cache-ttl": "0"})
     assert await _send(client) == "miss"  # stored with ttl 0: not stored at all
     assert await _send(client, {"x-gateway-cache-ttl": "999999999"}) == "hit"
-    store = gateway.state.components["cache"].exact.memory
+    store = gateway.state.components[CACHE].exact.memory
     (slot,) = store._slots.values()
     assert slot.expires - gateway.state.clock() <= 3600
 
@@ -256,7 +257,7 @@ async def test_route_override_disables_cache(make_gateway: Any, mock_upstream: M
 async def test_metrics_and_record(gateway: Any, client: AsyncOpenAI) -> None:
     """Hits are counted in gateway_cache_requests_total and the exchange record says source=cache."""
     seen: list[Any] = []
-    gateway.state.sinks.append(lambda ex: seen.append((ex.source, ex.cache_result, ex.first_token_at > 0)))
+    gateway.state.sinks.append(lambda ex: seen.append((ex.record.source, ex.record.cache_result, ex.record.first_token_at > 0)))
     await _send(client)
     await _send(client)
     assert seen[-1] == ("cache", "hit", True)

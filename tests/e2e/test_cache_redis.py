@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
-from tests.support.polling import poll_until
+from policies.cache.runtime import COMPONENT as CACHE
 from tests.support.servers import RedisServer, gateway_config, spawn_gateway, wait_ready
 
 MSGS = [{"role": "user", "content": "what is in the ledger"}]
@@ -27,11 +27,8 @@ async def ask(base_url: str, content: str = "what is in the ledger") -> str:
         return resp.headers["x-gateway-cache"]
 
 
-async def test_two_gateway_processes_share_entries(
-    mock_upstream: MockServer, redis_server: RedisServer
-) -> None:
-    """An answer cached by one `gateway serve` process is a hit in another;
-    the Redis entry is compressed and expires."""
+async def test_two_gateway_processes_share_entries(mock_upstream: MockServer, redis_server: RedisServer) -> None:
+    """An answer cached by one `gateway serve` process is a hit in another; the Redis entry is compressed and expires."""
     state = redis_state(redis_server)
     procs = [spawn_gateway(gateway_config(mock_upstream.url, state=state)) for _ in range(2)]
     try:
@@ -41,8 +38,8 @@ async def test_two_gateway_processes_share_entries(
         client = aioredis.from_url(redis_server.url)
         try:
             async with asyncio.timeout(10):
-                # the Redis write is a background task
-                await poll_until(lambda: client.keys(state["key_prefix"] + "cache:exact:*"), 0.01)
+                while not await client.keys(state["key_prefix"] + "cache:exact:*"):
+                    await asyncio.sleep(0.01)  # the Redis write is a background task
             (key,) = await client.keys(state["key_prefix"] + "cache:exact:*")
             assert (await client.get(key)).startswith(b"GWC1")
             assert 0 < await client.ttl(key) <= 3600
@@ -60,7 +57,7 @@ async def test_redis_killed_means_misses_not_errors(make_gateway: Any, mock_upst
     """With Redis gone every request still succeeds quickly: misses (or memory hits), never errors."""
     gw = await make_gateway(state=redis_state(redis_server))
     assert await ask(gw.base_url) == "miss"
-    await gw.state.components["cache"].exact.flush()
+    await gw.state.components[CACHE].exact.flush()
     redis_server.kill()
     try:
         started = time.monotonic()

@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 
 from gateway.exchange import Exchange
 from gateway.mock import MockServer
-from tests.support.polling import poll_until
+from policies.resilience.registry import COMPONENT as RESILIENCE
 from tests.support.servers import InProcessGateway, free_port
 
 CHAT = [{"role": "user", "content": "Say hello"}]
@@ -89,7 +89,7 @@ async def test_503_storm_opens_breaker_fast_rejects_and_probes_once_per_interval
     gw = await make_gateway(upstreams={"mock": upstream(mock_upstream.url, circuit_breaker={
         "consecutive_failures": 5, "open_s": open_s, "max_open_s": open_s})})
     served: list[tuple[str, float]] = []
-    gw.state.sinks.append(lambda ex: served.append((ex.error_kind, ex.ended_at - ex.received_at)))
+    gw.state.sinks.append(lambda ex: served.append((ex.record.error_kind, ex.record.ended_at - ex.request.received_at)))
     await queue_faults(mock_upstream, {"fault": "status=503", "times": -1})
     async with aiohttp.ClientSession() as session:
         async def once() -> aiohttp.ClientResponse:
@@ -102,7 +102,7 @@ async def test_503_storm_opens_breaker_fast_rejects_and_probes_once_per_interval
         assert first.headers["x-gateway-attempts"] == "3" and first.headers["x-should-retry"] == "false"
         await once()
         assert len(mock_upstream.recorder.attempts) == 5  # 3 + 2: the 5th failure opened it
-        assert gw.state.components["breakers"]["mock"].state == "open"
+        assert gw.state.components[RESILIENCE].breakers["mock"].state == "open"
         rejected = await once()
         assert rejected.status == 503 and int(rejected.headers["retry-after"]) >= 1
         assert rejected.headers["x-gateway-attempts"] == "0" and len(mock_upstream.recorder.attempts) == 5
@@ -314,7 +314,8 @@ async def test_client_disconnect_frees_the_upstream(make_gateway: GatewayFactory
         await recorder.wait_for(lambda: recorder.attempts[0].outcome is not None, 5.0)
     elif phase == "before_first_token":
         async with asyncio.timeout(5.0):  # the role chunk is out: the gateway is peeking for the first token
-            await poll_until(lambda: recorder.attempts[0].events_sent >= 1, 0.005)
+            while recorder.attempts[0].events_sent < 1:
+                await asyncio.sleep(0.005)
     if resp is not None:
         resp.close()
     task.cancel()
@@ -322,11 +323,12 @@ async def test_client_disconnect_frees_the_upstream(make_gateway: GatewayFactory
     left_at = time.perf_counter()  # the client's connection is gone
     await recorder.wait_for(lambda: recorder.attempts[0].outcome is not None, 3.0)
     async with asyncio.timeout(3.0):
-        await poll_until(lambda: not gw.state.lifecycle.active and finished, 0.01)
+        while gw.state.lifecycle.active or not finished:
+            await asyncio.sleep(0.01)
     assert time.perf_counter() - left_at < 1.0
     expected = "fault:status" if phase == "retry_backoff" else "client_disconnected"
-    assert outcomes(mock_upstream) == [expected] and finished[0].stream_outcome == "client_gone"
-    breaker = gw.state.components["breakers"]["mock"]
+    assert outcomes(mock_upstream) == [expected] and finished[0].record.stream_outcome == "client_gone"
+    breaker = gw.state.components[RESILIENCE].breakers["mock"]
     assert breaker.state == "closed" and not breaker.rejecting()
 
 
@@ -346,13 +348,15 @@ async def test_client_disconnect_while_queued_frees_its_place(make_gateway: Gate
     queued = asyncio.create_task(queued_session.post(gw.base_url + "/chat/completions",
                                                      json={"model": "gpt-4o", "messages": CHAT}))
     async with asyncio.timeout(5.0):
-        await poll_until(lambda: len(gw.state.lifecycle.active) >= 2, 0.005)
+        while len(gw.state.lifecycle.active) < 2:
+            await asyncio.sleep(0.005)
     left_at = time.perf_counter()
     queued.cancel()
     await queued_session.close()
     async with asyncio.timeout(3.0):
-        await poll_until(lambda: finished, 0.005)
-    assert time.perf_counter() - left_at < 1.0 and finished[0].stream_outcome == "client_gone"
+        while not finished:
+            await asyncio.sleep(0.005)
+    assert time.perf_counter() - left_at < 1.0 and finished[0].record.stream_outcome == "client_gone"
     assert len(recorder.attempts) == 1  # the queued request never reached the provider
     holder.close()
     await holder_session.close()

@@ -9,6 +9,7 @@ import aiohttp
 from yarl import URL
 
 from gateway.mock import MockServer
+from policies.resilience.registry import COMPONENT as RESILIENCE
 from tests.support.servers import InProcessGateway, free_port
 
 FAST = {"max_attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}
@@ -100,7 +101,7 @@ async def test_fallback_response_when_provider_down(make_gateway: Any, mock_upst
         assert status == 200 and body == {"note": "quotes temporarily unavailable"}
         assert headers["x-gateway-fallback"] == "true" and "x-gateway-upstream" not in headers
         assert "x-should-retry" not in headers
-    assert gw.state.components["breakers"]["tool:down"].state == "open"
+    assert gw.state.components[RESILIENCE].breakers["tool:down"].state == "open"
     started = time.perf_counter()
     status, headers, _ = await call(gw, "GET", "/tools/down/quote")
     assert status == 200 and headers["x-gateway-fallback"] == "true" and headers["x-gateway-attempts"] == "0"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -12,8 +11,8 @@ from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.mock import MockServer
-from tests.support.polling import poll_until
 from tests.support.servers import GatewayProcess, free_port, gateway_config, spawn_gateway, wait_ready
+from tests.support.until import until
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
@@ -64,11 +63,6 @@ def worker_env(pid: int, name: str) -> str | None:
     return None
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 40.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        await poll_until(condition, 0.05)
-
-
 def serving_workers(gw: GatewayProcess) -> set[int]:
     return {pid for pid in children(gw.proc.pid) if listens_on(pid, gw.port)}
 
@@ -81,14 +75,11 @@ async def requests_total(session: aiohttp.ClientSession, url: str) -> float:
                if s.name == "gateway_requests_total")
 
 
-async def until_total(
-    session: aiohttp.ClientSession, url: str, expected: float, timeout_s: float = 10.0
-) -> None:
-    async with asyncio.timeout(timeout_s):
-        async def reached() -> bool:
-            return await requests_total(session, url) == expected
+async def until_total(session: aiohttp.ClientSession, url: str, expected: float, timeout: float = 10.0) -> None:
+    async def reached() -> bool:
+        return await requests_total(session, url) == expected
 
-        await poll_until(reached, 0.05)
+    await until(reached, timeout=timeout, interval=0.05, message=f"gateway_requests_total == {expected}")
 
 
 async def send_many(url: str, n: int) -> list[int]:
@@ -102,30 +93,25 @@ async def send_many(url: str, n: int) -> list[int]:
         return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(
-    mock_upstream: MockServer,
-) -> None:
+async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(mock_upstream: MockServer) -> None:
     """Both workers listen on one port (and on metrics.port), a SIGKILLed one is replaced, and /metrics
     counts every worker's requests, the dead one's included."""
     metrics_port = free_port()
-    gw = spawn_gateway(
-        gateway_config(mock_upstream.url, metrics={"port": metrics_port}), extra_args=["--workers", "2"]
-    )
+    gw = spawn_gateway(gateway_config(mock_upstream.url, metrics={"port": metrics_port}), extra_args=["--workers", "2"])
     metrics_url = f"http://127.0.0.1:{metrics_port}"
     try:
-        await wait_ready(gw.url, timeout_s=60)
-        await until(lambda: len(serving_workers(gw)) == 2)
+        await wait_ready(gw.url, timeout=60)
+        await until(lambda: len(serving_workers(gw)) == 2, timeout=40.0, interval=0.05)
         first = serving_workers(gw)
         metrics_dir = worker_env(next(iter(first)), "PROMETHEUS_MULTIPROC_DIR")
-        assert metrics_dir and await asyncio.to_thread(Path(metrics_dir).is_dir)
+        assert metrics_dir and Path(metrics_dir).is_dir()
         async with AsyncOpenAI(base_url=gw.url + "/v1", api_key="sk-client", max_retries=0) as client:
             reply = await client.chat.completions.create(**CHAT)
         assert reply.choices[0].message.content
         assert await send_many(gw.url, 39) == [200] * 39
         # Both workers served (each wrote its own value files), and any scrape reports all 40 requests.
-        await until(
-            lambda: first <= {int(p.stem.rsplit("_", 1)[1]) for p in Path(metrics_dir).glob("counter_*.db")}
-        )
+        await until(lambda: first <= {int(p.stem.rsplit("_", 1)[1]) for p in Path(metrics_dir).glob("counter_*.db")},
+                    timeout=40.0, interval=0.05)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             await until_total(session, gw.url, 40)  # the count lands just after each response ends
             for _ in range(4):  # new connections: scrapes land on either worker, on either port
@@ -134,16 +120,17 @@ async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(
 
             victim = min(first)
             os.kill(victim, signal.SIGKILL)
-            await until(lambda: victim not in children(gw.proc.pid))
+            await until(lambda: victim not in children(gw.proc.pid), timeout=40.0, interval=0.05)
             assert await send_many(gw.url, 20) == [200] * 20  # the survivor takes all new connections
-            await until(lambda: len(serving_workers(gw)) == 2 and victim not in serving_workers(gw))
+            await until(lambda: len(serving_workers(gw)) == 2 and victim not in serving_workers(gw),
+                        timeout=40.0, interval=0.05)
             assert await send_many(gw.url, 10) == [200] * 10
             await until_total(session, gw.url, 70)
             totals = [await requests_total(session, gw.url) for _ in range(4)]
         assert totals == [70.0] * 4  # the dead worker's counts are kept: totals never go backwards
         gw.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(gw.proc.wait, 20) == 0
-        assert not await asyncio.to_thread(Path(metrics_dir).exists)
+        assert not Path(metrics_dir).exists()
         assert "worker_restart" in gw.logs()
     finally:
         gw.stop()
@@ -154,16 +141,13 @@ async def test_sigterm_drains_every_worker_and_exits_zero(mock_upstream: MockSer
     gw = spawn_gateway(gateway_config(mock_upstream.url, server={"drain_s": 10, "grace_s": 0.5}),
                        extra_args=["--workers", "2"])
     try:
-        await wait_ready(gw.url, timeout_s=60)
-        await until(lambda: len(serving_workers(gw)) == 2)
+        await wait_ready(gw.url, timeout=60)
+        await until(lambda: len(serving_workers(gw)) == 2, timeout=40.0, interval=0.05)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             streams = []
             for _ in range(6):
-                resp = await session.post(
-                    gw.url + "/v1/chat/completions",
-                    headers={"x-mock-fault": "drip_ms=100"},
-                    json={**CHAT, "stream": True, "max_tokens": 12},
-                )
+                resp = await session.post(gw.url + "/v1/chat/completions", headers={"x-mock-fault": "drip_ms=100"},
+                                          json={**CHAT, "stream": True, "max_tokens": 12})
                 assert resp.status == 200
                 await resp.content.readline()  # open
                 streams.append(resp)

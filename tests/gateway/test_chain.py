@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.body import OneChunk
 from gateway.chain import Next, build_chain
-from gateway.exchange import Exchange, UpstreamResponse, single_chunk
+from gateway.exchange import Exchange, UpstreamResponse
 
 
 @dataclass
@@ -16,7 +17,7 @@ class Recorder:
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         self.log.append(f"in:{self.name}")
         if self.answer:
-            return UpstreamResponse(200, {}, single_chunk(b"local"), source="local")
+            return UpstreamResponse(200, {}, OneChunk(b"local"), source="local")
         resp = await next(ex)
         self.log.append(f"out:{self.name}")
         return resp
@@ -28,7 +29,7 @@ async def test_order_and_short_circuit(make_exchange) -> None:  # type: ignore[n
 
     async def terminal(ex: Exchange) -> UpstreamResponse:
         log.append("terminal")
-        return UpstreamResponse(200, {}, single_chunk(b"up"))
+        return UpstreamResponse(200, {}, OneChunk(b"up"))
 
     outer, inner = Recorder("outer", log), Recorder("inner", log)
     await build_chain([outer, inner], terminal)(make_exchange())

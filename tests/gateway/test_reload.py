@@ -1,13 +1,11 @@
-"""Live reload: a changed file swaps the runtime, a broken one is refused,
-pools retire after in-flight work."""
-
+"""Live reload: a changed file swaps the runtime, a broken one is refused, pools retire after in-flight work."""
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +17,8 @@ from gateway import reload as reload_module
 from gateway.config import parse_config
 from gateway.mock import MockServer
 from gateway.reload import Reloader, fingerprint, restart_only_changes
-from tests.support.polling import poll_until
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
+from tests.support.until import until
 
 
 def _write(path: Path, cfg: dict[str, Any] | str) -> None:
@@ -31,9 +29,7 @@ def _write(path: Path, cfg: dict[str, Any] | str) -> None:
 
 
 @pytest_asyncio.fixture
-async def gw(
-    mock_upstream: MockServer, tmp_path: Path
-) -> AsyncIterator[tuple[InProcessGateway, Path, dict[str, Any]]]:
+async def gw(mock_upstream: MockServer, tmp_path: Path) -> AsyncIterator[tuple[InProcessGateway, Path, dict[str, Any]]]:
     cfg = gateway_config(mock_upstream.url, routes=[{"match": {"model": "gpt-*"}, "upstream": "mock"}])
     path = tmp_path / "config.yaml"
     _write(path, cfg)
@@ -50,11 +46,6 @@ def _reloader(gateway: InProcessGateway, path: Path) -> Reloader:
     return r
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        await poll_until(condition, 0.01)
-
-
 async def test_unchanged_file_is_not_reloaded(gw: tuple[InProcessGateway, Path, dict[str, Any]]) -> None:
     """No change of path, inode, mtime or size: nothing is read or rebuilt."""
     gateway, path, _ = gw
@@ -64,9 +55,7 @@ async def test_unchanged_file_is_not_reloaded(gw: tuple[InProcessGateway, Path, 
     assert gateway.state.runtime is runtime
 
 
-async def test_changed_route_is_applied_in_one_swap(
-    gw: tuple[InProcessGateway, Path, dict[str, Any]],
-) -> None:
+async def test_changed_route_is_applied_in_one_swap(gw: tuple[InProcessGateway, Path, dict[str, Any]]) -> None:
     """A new route appears in the router; the runtime object is replaced whole; the reload is counted."""
     gateway, path, cfg = gw
     reloader = _reloader(gateway, path)
@@ -127,8 +116,7 @@ async def test_configmap_symlink_swap_is_detected(gw: tuple[InProcessGateway, Pa
 
 async def test_pools_unchanged_kept_changed_replaced_after_inflight(
         gw: tuple[InProcessGateway, Path, dict[str, Any]], mock_upstream: MockServer) -> None:
-    """An unchanged upstream keeps its pool; a changed one gets a new pool;
-    the old closes when open work ends."""
+    """An unchanged upstream keeps its pool; a changed one gets a new pool; the old closes when open work ends."""
     gateway, path, cfg = gw
     st = gateway.state
     reloader = _reloader(gateway, path)
@@ -147,7 +135,7 @@ async def test_pools_unchanged_kept_changed_replaced_after_inflight(
     assert not second_pool.session.closed  # still serving the open stream
     release.set()
     st.lifecycle.active.discard(inflight)
-    await _until(lambda: second_pool.session.closed)
+    await until(lambda: second_pool.session.closed)
 
 
 async def test_removed_upstream_stays_reachable_until_inflight_ends(
@@ -166,7 +154,7 @@ async def test_removed_upstream_stays_reachable_until_inflight_ends(
     assert await reloader.check() == "applied"
     assert st.upstreams.get("old") is old_pool and not old_pool.session.closed
     release.set()
-    await _until(lambda: "old" not in st.upstreams and old_pool.session.closed)
+    await until(lambda: "old" not in st.upstreams and old_pool.session.closed)
 
 
 async def test_a_runtime_that_fails_to_build_is_refused_and_new_pools_closed(
@@ -203,7 +191,7 @@ async def test_sighup_forces_a_reload_and_draining_refuses_changes(
     try:
         runtime = gateway.state.runtime
         os.kill(os.getpid(), signal.SIGHUP)
-        await _until(lambda: gateway.state.runtime is not runtime)
+        await until(lambda: gateway.state.runtime is not runtime)
         gateway.state.lifecycle.draining = True
         assert await reloader.reload() == "unchanged"
     finally:

@@ -11,13 +11,12 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.supervisor import Supervisor, SupervisorConfig, reserve_port
-from tests.support.polling import poll_until
+from tests.support.until import until
 
 # Records its environment, touches a file on SIGHUP, exits with $STUB_EXIT on SIGTERM.
 STUB = r"""
@@ -39,19 +38,10 @@ while True:
 
 def _supervisor(tmp_path: Path, workers: int = 2, env: dict[str, str] | None = None,
                 **cfg: float) -> Supervisor:
-    config = SupervisorConfig(
-        workers=workers,
-        host="127.0.0.1",
-        port=0,
-        config_path=None,
-        stop_timeout_s=cfg.pop("stop_timeout_s", 10.0),
-        backoff_s=0.01,
-        max_backoff_s=0.05,
-        **cfg,  # type: ignore[arg-type]
-    )
-    return Supervisor(
-        config, env={**os.environ, **(env or {})}, command=[sys.executable, "-c", STUB, str(tmp_path)]
-    )
+    config = SupervisorConfig(workers=workers, host="127.0.0.1", port=0, config_path=None,
+                              stop_timeout_s=cfg.pop("stop_timeout_s", 10.0), backoff_s=0.01, max_backoff_s=0.05,
+                              **cfg)  # type: ignore[arg-type]
+    return Supervisor(config, env={**os.environ, **(env or {})}, command=[sys.executable, "-c", STUB, str(tmp_path)])
 
 
 def _started(tmp_path: Path) -> dict[int, dict[str, str]]:
@@ -64,22 +54,17 @@ def _started(tmp_path: Path) -> dict[int, dict[str, str]]:
     return found
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        await poll_until(condition, 0.02)
-
-
 async def test_starts_n_workers_with_their_environment(tmp_path: Path) -> None:
     """Each worker gets GATEWAY_WORKERS=N, its index, the supervisor pid and one shared metrics dir."""
     sup = _supervisor(tmp_path, workers=3)
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 3)
+    await until(lambda: len(_started(tmp_path)) == 3)
     envs = list(_started(tmp_path).values())
     assert {e["GATEWAY_WORKER_INDEX"] for e in envs} == {"0", "1", "2"}
     assert {e["GATEWAY_WORKERS"] for e in envs} == {"3"}
     assert {e["GATEWAY_SUPERVISOR_PID"] for e in envs} == {str(os.getpid())}
     dirs = {e["PROMETHEUS_MULTIPROC_DIR"] for e in envs}
-    assert len(dirs) == 1 and await asyncio.to_thread(Path(dirs.pop()).is_dir)
+    assert len(dirs) == 1 and Path(dirs.pop()).is_dir()
     sup.stopping.set()
     assert await run == 0
 
@@ -88,26 +73,26 @@ async def test_a_killed_worker_is_restarted_and_its_live_gauges_dropped(tmp_path
     """SIGKILL one worker: the same slot comes back with a new pid; its gauge_live file is removed."""
     sup = _supervisor(tmp_path, workers=2)
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 2)
+    await until(lambda: len(_started(tmp_path)) == 2)
     victim = sup.slots[0].proc.pid  # type: ignore[union-attr]
     live = Path(sup.metrics_dir) / f"gauge_livesum_{victim}.db"
     kept = Path(sup.metrics_dir) / f"counter_{victim}.db"
     live.write_bytes(b"")
     kept.write_bytes(b"")
     os.kill(victim, signal.SIGKILL)
-    await _until(lambda: len(_started(tmp_path)) == 3)
+    await until(lambda: len(_started(tmp_path)) == 3)
     assert sup.slots[0].proc.pid != victim  # type: ignore[union-attr]
     assert not live.exists() and kept.exists()  # counters stay so totals remain monotonic
     sup.stopping.set()
     assert await run == 0  # the replacement exited 0 on SIGTERM
-    assert not await asyncio.to_thread(Path(sup.metrics_dir).exists)
+    assert not Path(sup.metrics_dir).exists()
 
 
 async def test_sigterm_is_forwarded_and_a_failed_drain_fails_the_exit_code(tmp_path: Path) -> None:
     """Every worker gets SIGTERM; one exiting non-zero makes the supervisor exit 1."""
     sup = _supervisor(tmp_path, workers=2, env={"STUB_EXIT": "4"})
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 2)
+    await until(lambda: len(_started(tmp_path)) == 2)
     os.kill(os.getpid(), signal.SIGTERM)  # the supervisor's own handler, as Kubernetes would send it
     assert await run == 1
     assert [s.exit_code for s in sup.slots] == [4, 4]
@@ -117,7 +102,7 @@ async def test_workers_that_ignore_sigterm_are_killed_after_the_budget(tmp_path:
     """A worker that never exits is SIGKILLed once stop_timeout_s has passed; exit code 1."""
     sup = _supervisor(tmp_path, workers=1, env={"STUB_MODE": "stubborn"}, stop_timeout_s=0.5)
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 1)
+    await until(lambda: len(_started(tmp_path)) == 1)
     sup.stopping.set()
     assert await run == 1
     assert sup.slots[0].exit_code == -signal.SIGKILL
@@ -127,10 +112,10 @@ async def test_sighup_is_forwarded_to_every_worker(tmp_path: Path) -> None:
     """SIGHUP to the supervisor reaches each worker (each reloads its config)."""
     sup = _supervisor(tmp_path, workers=2)
     run = asyncio.create_task(sup.run())
-    await _until(lambda: len(_started(tmp_path)) == 2)
+    await until(lambda: len(_started(tmp_path)) == 2)
     os.kill(os.getpid(), signal.SIGHUP)
     pids = {s.proc.pid for s in sup.slots}  # type: ignore[union-attr]
-    await _until(lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("hup-*")} == pids)
+    await until(lambda: {int(p.name.split("-")[1]) for p in tmp_path.glob("hup-*")} == pids)
     sup.stopping.set()
     assert await run == 0
 
@@ -158,11 +143,8 @@ def test_reserve_port_resolves_port_zero_and_fails_fast_when_taken() -> None:
 
 def test_worker_argv_runs_this_gateway_with_the_resolved_port() -> None:
     """Workers run `python -m gateway serve` on the supervisor's port, with the same config file."""
-    sup = Supervisor(
-        SupervisorConfig(
-            workers=2, host="0.0.0.0", port=8080, config_path="/etc/gateway/config.yaml", stop_timeout_s=30
-        )
-    )
+    sup = Supervisor(SupervisorConfig(workers=2, host="0.0.0.0", port=8080, config_path="/etc/gateway/config.yaml",
+                                      stop_timeout_s=30))
     sup.port = 8080
     argv = sup.worker_argv()
     assert argv[1:4] == ["-m", "gateway", "serve"]

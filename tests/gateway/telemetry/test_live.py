@@ -23,28 +23,18 @@ class Clock:
         return self.now
 
 
-def make_stats(
-    clock: Clock, pricer: Callable[[Exchange], float] = lambda ex: 0.0, inflight: int = 0
-) -> LiveStats:
+def make_stats(clock: Clock, pricer: Callable[[Exchange], float] = lambda ex: 0.0, inflight: int = 0) -> LiveStats:
     return LiveStats(clock=clock, bounded_model=lambda m: m if m in KNOWN else "other", pricer=pricer,
                      inflight=lambda: inflight, wall=lambda: clock.now + 1_700_000_000.0)
 
 
-def finished(
-    make_exchange: Callable[..., Exchange],
-    clock: Clock,
-    *,
-    took: float = 0.5,
-    ttft: float | None = 0.1,
-    status: int = 200,
-    usage: Usage | None = None,
-    **kw: Any,
-) -> Exchange:
+def finished(make_exchange: Callable[..., Exchange], clock: Clock, *, took: float = 0.5, ttft: float | None = 0.1,
+             status: int = 200, usage: Usage | None = None, **kw: Any) -> Exchange:
     ex = make_exchange(received_at=clock.now - took, **kw)
-    ex.status, ex.ended_at = status, clock.now
+    ex.record.status, ex.record.ended_at = status, clock.now
     if ttft is not None:
-        ex.first_token_at = ex.received_at + ttft
-    ex.usage = usage
+        ex.record.first_token_at = ex.request.received_at + ttft
+    ex.record.usage = usage
     return ex
 
 
@@ -54,7 +44,7 @@ def test_outcome_classes(make_exchange: Callable[..., Exchange]) -> None:
     stats = make_stats(clock)
     for status, outcome in ((200, ""), (429, ""), (503, ""), (0, ""), (200, "error_event"), (200, "cut")):
         ex = finished(make_exchange, clock, status=status, ttft=None)
-        ex.stream_outcome = outcome
+        ex.record.stream_outcome = outcome
         stats.record(ex)
     g = stats.window().g
     assert (g[w.REQ], g[w.OK], g[w.CLIENT_ERR], g[w.ERR]) == (6, 1, 1, 4)
@@ -67,7 +57,7 @@ def test_ttft_and_latency_percentiles_per_model(make_exchange: Callable[..., Exc
     for i in range(1, 101):
         stats.record(finished(make_exchange, clock, ttft=i / 1000, took=1.0))
     hit = finished(make_exchange, clock, ttft=0.0005, took=0.001)
-    hit.source = "cache"
+    hit.record.source = "cache"
     stats.record(hit)
     t = stats.window()
     per_model = t.hists[("ttft", "gpt-4o")]
@@ -92,7 +82,7 @@ def test_inter_token_latency_is_the_mean_gap(make_exchange: Callable[..., Exchan
     ex = finished(make_exchange, clock)
     inspector = StreamInspector(clock)
     inspector.first_token_at, inspector.last_token_at, inspector.content_chunks = 10.0, 10.4, 5
-    ex.attrs["inspector"] = inspector
+    ex.view = inspector
     stats.record(ex)
     assert stats.window().hists[("itl", "gpt-4o")].quantile(0.5) == pytest.approx(0.1, rel=0.05)
 
@@ -104,7 +94,7 @@ def test_tokens_and_cost_are_spent_upstream_only(make_exchange: Callable[..., Ex
     usage = Usage(prompt=100, completion=40, cached_prompt=30, reasoning=5)
     stats.record(finished(make_exchange, clock, usage=usage, tenant="alpha"))
     hit = finished(make_exchange, clock, usage=Usage(prompt=100, completion=40), tenant="alpha")
-    hit.source, hit.cache_result = "cache", "hit"
+    hit.record.source, hit.record.cache_result = "cache", "hit"
     stats.record(hit)
     t = stats.window()
     assert (t.g[w.PROMPT], t.g[w.COMPLETION], t.g[w.CACHED], t.g[w.REASONING]) == (100, 40, 30, 5)
@@ -131,14 +121,11 @@ def test_retries_fallbacks_timeouts_and_waits(make_exchange: Callable[..., Excha
     clock = Clock()
     stats = make_stats(clock)
     retried = finished(make_exchange, clock)
-    retried.attempts = [
-        Attempt("mock", "gpt-4o", 0, outcome="http_503"),
-        Attempt("mock", "gpt-4o", 0, outcome="ok"),
-    ]
+    retried.record.attempts = [Attempt("mock", "gpt-4o", 0, outcome="http_503"), Attempt("mock", "gpt-4o", 0, outcome="ok")]
     fallback = finished(make_exchange, clock, upstream="backup")
-    fallback.attempts = [Attempt("mock", "gpt-4o", 0, outcome="idle_timeout"), Attempt("backup", "gpt-4o", 0)]
+    fallback.record.attempts = [Attempt("mock", "gpt-4o", 0, outcome="idle_timeout"), Attempt("backup", "gpt-4o", 0)]
     timed_out = finished(make_exchange, clock, status=504)
-    timed_out.error_kind = "timeout_before_first_byte"
+    timed_out.record.error_kind = "timeout_before_first_byte"
     waited = finished(make_exchange, clock, waited_s=0.3)
     for ex in (retried, fallback, timed_out, waited):
         stats.record(ex)
@@ -206,8 +193,7 @@ def test_window_is_memoised_until_something_changes(make_exchange: Callable[...,
 
 
 def test_rows_per_finished_second(make_exchange: Callable[..., Exchange]) -> None:
-    """Chart rows start at the gateway's start, one per finished second,
-    and ``since`` gives only newer ones."""
+    """Chart rows start at the gateway's start, one per finished second, and ``since`` gives only newer ones."""
     clock = Clock(1000.0)
     stats = make_stats(clock)
     clock.now = 1002.5
@@ -239,9 +225,7 @@ def test_recent_rows_hold_no_request_text(make_exchange: Callable[..., Exchange]
     clock = Clock()
     stats = make_stats(clock)
     secret = "my-secret-prompt-text"
-    ex = finished(
-        make_exchange, clock, body={"model": "gpt-4o", "messages": [{"role": "user", "content": secret}]}
-    )
+    ex = finished(make_exchange, clock, body={"model": "gpt-4o", "messages": [{"role": "user", "content": secret}]})
     stats.record(ex)
     assert secret not in repr(list(stats.recent))
 

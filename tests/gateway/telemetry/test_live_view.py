@@ -10,6 +10,7 @@ import pytest
 
 from gateway.appstate import AppState, Runtime
 from gateway.auth import Authenticator
+from gateway.components import BREAKER_STATES, QUEUE_DEPTHS
 from gateway.config import parse_config
 from gateway.exchange import Exchange, Usage
 from gateway.routing import Router
@@ -51,7 +52,7 @@ def record(st: AppState, make_exchange: Callable[..., Exchange], clock: Clock, *
     status = kw.pop("status", 200)
     usage = kw.pop("usage", Usage(prompt=1000, completion=500))
     ex = make_exchange(received_at=clock.now - 0.2, **kw)
-    ex.status, ex.ended_at, ex.usage, ex.first_token_at = status, clock.now, usage, clock.now - 0.1
+    ex.record.status, ex.record.ended_at, ex.record.usage, ex.record.first_token_at = status, clock.now, usage, clock.now - 0.1
     st.stats.record(ex)
     return ex
 
@@ -65,7 +66,7 @@ def test_summary_has_the_issue_fields(make_exchange: Callable[..., Exchange]) ->
         record(st, make_exchange, clock)
     record(st, make_exchange, clock, status=503, usage=None)
     hit = make_exchange(received_at=clock.now - 0.001, cache_result="hit", source="cache")
-    hit.status, hit.ended_at, hit.usage = 200, clock.now, Usage(prompt=10, completion=5)
+    hit.record.status, hit.record.ended_at, hit.record.usage = 200, clock.now, Usage(prompt=10, completion=5)
     st.stats.record(hit)
     s = summary(st.stats, st)
     assert s["requests"] == {"total": 5, "ok": 4, "client_errors": 0, "errors": 1, "success_rate": 0.8,
@@ -99,12 +100,12 @@ def test_pricer_prefers_the_accounting_figure(make_exchange: Callable[..., Excha
     st = make_state(Clock(), pricing={"gpt-4o": {"input": 1.0, "output": 2.0}})
     price = make_pricer(st)
     ex = make_exchange()
-    ex.usage = Usage(prompt=1_000_000, completion=1_000_000)
+    ex.record.usage = Usage(prompt=1_000_000, completion=1_000_000)
     assert price(ex) == pytest.approx(3.0)
-    ex.attrs["cost_usd"] = 0.5
+    ex.record.cost_usd = 0.5
     assert price(ex) == 0.5
     hit = make_exchange(source="cache")
-    hit.usage = Usage(prompt=10, completion=10)
+    hit.record.usage = Usage(prompt=10, completion=10)
     assert price(hit) == 0.0
 
 
@@ -113,7 +114,7 @@ def test_breaker_states_with_time_in_state() -> None:
     clock = Clock(1000.0)
     st = make_state(clock)
     assert breaker_states(st, clock.now) is None
-    st.components["breakers"] = {"mock": FakeBreaker("open", 970.0), "b": FakeBreaker("closed", 10.0)}
+    st.components[BREAKER_STATES] = lambda: [("mock", "open", 970.0), ("b", "closed", 10.0)]
     assert breaker_states(st, clock.now) == [{"upstream": "b", "state": "closed", "for_s": 990.0},
                                              {"upstream": "mock", "state": "open", "for_s": 30.0}]
 
@@ -131,7 +132,6 @@ def test_queue_depths_from_the_rate_limiter() -> None:
     class Limiter:
         queues: dict[str, Queue]
 
-    st.components["rate_limit"] = Limiter({"mock": Queue(3), "backup": Queue(0)})
+    limiter = Limiter({"mock": Queue(3), "backup": Queue(0)})
+    st.components[QUEUE_DEPTHS] = lambda: {name: q.depth for name, q in limiter.queues.items()}
     assert queue_depths(st) == {"backup": 0, "mock": 3}
-    st.components["rate_limit"] = object()
-    assert queue_depths(st) is None

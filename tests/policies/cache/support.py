@@ -13,6 +13,7 @@ from gateway.config import parse_config
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.routing import Router
 from gateway.telemetry.metrics import Metrics
+from tests.support.exchange import build_exchange, replace_route
 from tests.support.servers import gateway_config
 
 ANSWER = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
@@ -34,12 +35,11 @@ def exchange(st: AppState, body: dict[str, Any] | None = None, key: str = "sk-a"
     body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}], "temperature": 0}
     hdrs = CIMultiDictProxy(CIMultiDict({"authorization": f"Bearer {key}", **(headers or {})}))
     identity = st.runtime.auth.identify(hdrs)
-    ex = Exchange(request_id="r", method="POST", path="/v1/x", operation=operation, headers=hdrs,
+    ex = build_exchange(request_id="r", method="POST", path="/v1/x", operation=operation, headers=hdrs,
                   raw_body=orjson.dumps(body), body=body, received_at=0.0, deadline=1e12, model="gpt-4o",
-                  upstream="mock", upstream_model=body.get("model", "gpt-4o"), tenant=identity.tenant,
-                  namespace=identity.namespace, stream=body.get("stream") is True, route_name="*",
+                  upstream="mock", upstream_model=body.get("model", "gpt-4o"), identity=identity, stream=body.get("stream") is True, route_name="*",
                   upstream_path="/chat/completions")
-    ex.attrs["route"] = st.config.routes[0]
+    ex = replace_route(ex, st.config.routes[0])
     return ex
 
 

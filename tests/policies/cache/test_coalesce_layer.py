@@ -37,7 +37,7 @@ async def test_shares_one_call() -> None:
     up = Gated()
     exs = await run(st, await factory(st, st.config), up, 5)
     assert up.calls == 1
-    assert sorted(ex.cache_result for ex in exs) == ["coalesced"] * 4 + ["none"]
+    assert sorted(ex.record.cache_result for ex in exs) == ["coalesced"] * 4 + ["none"]
 
 
 async def test_bypass_and_nondeterministic_are_not_coalesced() -> None:

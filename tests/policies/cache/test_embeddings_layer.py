@@ -40,7 +40,7 @@ async def test_partial_and_full_hits() -> None:
     assert out["usage"]["prompt_tokens"] == 8 and ex.response_headers["x-gateway-cache-inputs"] == "2/4"
     full = exchange(st, emb(["a", "ccc"]), operation="embeddings")
     resp = await policy(full, up)
-    assert resp.source == "cache" and full.cache_result == "hit" and len(up.sent) == 2
+    assert resp.source == "cache" and full.record.cache_result == "hit" and len(up.sent) == 2
 
 
 async def test_bypass() -> None:
@@ -51,4 +51,4 @@ async def test_bypass() -> None:
     for _ in range(2):
         ex = exchange(st, emb(["a", "b"]), headers={"x-gateway-cache": "bypass"}, operation="embeddings")
         await drain(await policy(ex, up))
-    assert len(up.sent) == 2 and ex.cache_result == "bypass"
+    assert len(up.sent) == 2 and ex.record.cache_result == "bypass"

@@ -7,6 +7,7 @@ import numpy as np
 import orjson
 
 from policies.cache.embedder import EmbedderUnavailable, MemoEmbedder
+from policies.cache.runtime import COMPONENT as CACHE_COMPONENT
 from policies.cache.semantic_layer import PART, factory
 from tests.policies.cache.support import ANSWER, Upstream, drain, exchange, make_state
 
@@ -31,17 +32,14 @@ class Scripted:
 
 
 def chat(text: str, system: str = "be brief") -> dict[str, Any]:
-    return {
-        "model": "gpt-4o",
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}],
-    }
+    return {"model": "gpt-4o", "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}]}
 
 
 async def policy_with(embedder: Scripted, **cache: Any):  # type: ignore[no-untyped-def]
     st = make_state(cache={"semantic": {"enabled": True, **cache}})
     policy = await factory(st, st.config)
     assert policy is not None
-    st.components["cache"].parts[PART].embedder = MemoEmbedder(embedder)
+    st.components[CACHE_COMPONENT].parts[PART].embedder = MemoEmbedder(embedder)
     return st, policy
 
 
@@ -52,13 +50,10 @@ async def test_threshold_guards_and_namespace() -> None:
     await drain(await policy(exchange(st, chat("how do i undo a commit")), up))
     hit = exchange(st, chat("how can i undo a commit"))
     resp = await policy(hit, up)
-    assert hit.cache_result == "semantic-hit" and orjson.loads(await drain(resp)) == ANSWER
-    for ex in (
-        exchange(st, chat("how do i not undo a commit")),
-        exchange(st, chat("how can i undo a commit", "x")),
-    ):
+    assert hit.record.cache_result == "semantic-hit" and orjson.loads(await drain(resp)) == ANSWER
+    for ex in (exchange(st, chat("how do i not undo a commit")), exchange(st, chat("how can i undo a commit", "x"))):
         await drain(await policy(ex, up))
-        assert ex.cache_result == "miss"
+        assert ex.record.cache_result == "miss"
     assert up.calls == 3
 
 
@@ -76,9 +71,7 @@ async def test_embedder_failure_is_a_miss() -> None:
     st, policy = await policy_with(Scripted(fail=True))
     up = Upstream()
     assert orjson.loads(await drain(await policy(exchange(st, chat("something else")), up))) == ANSWER
-    value = st.metrics.registry.get_sample_value(
-        "gateway_cache_requests_total", {"kind": "semantic", "result": "error"}
-    )
+    value = st.metrics.registry.get_sample_value("gateway_cache_requests_total", {"kind": "semantic", "result": "error"})
     assert value == 1
 
 

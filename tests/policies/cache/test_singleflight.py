@@ -1,6 +1,4 @@
-"""Flights: one call shared by every subscriber, each reading at its own pace,
-failures never look complete."""
-
+"""Flights: one call shared by every subscriber, each reading at its own pace, failures never look complete."""
 from __future__ import annotations
 
 import asyncio
@@ -11,11 +9,11 @@ import pytest
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.singleflight import Flights, TakeOver
-from tests.support.polling import poll_until
+from tests.support.exchange import build_exchange
 
 
 def exchange() -> Exchange:
-    return Exchange(request_id="r", method="POST", path="/", operation="chat", headers=None,  # type: ignore[arg-type]
+    return build_exchange(request_id="r", method="POST", path="/", operation="chat", headers=None,  # type: ignore[arg-type]
                     raw_body=b"", body={}, received_at=0, deadline=1e9)
 
 
@@ -104,5 +102,6 @@ async def test_last_subscriber_leaving_cancels_the_call() -> None:
     assert await body.__anext__() == b"a"
     await body.aclose()  # type: ignore[attr-defined]
     async with asyncio.timeout(5):
-        await poll_until(lambda: up.closed, 0.001)
+        while not up.closed:
+            await asyncio.sleep(0.001)
     assert flights.get("k") is None

@@ -9,9 +9,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.appstate import AppState, Runtime
 from gateway.auth import Authenticator
+from gateway.body import OneChunk
 from gateway.config import ConfigError, parse_config
 from gateway.errors import LocalReply
-from gateway.exchange import Exchange, UpstreamResponse, single_chunk
+from gateway.exchange import Exchange, UpstreamResponse
 from gateway.routing import Router
 from gateway.telemetry.metrics import Metrics
 from gateway.tokens.prompt import prompt_tokens
@@ -20,6 +21,7 @@ from policies.compression import layer as compression_module
 from policies.compression.layer import CompressionPolicy, make_compression
 from policies.compression.turns import tool_call_problems
 from tests.policies.compression.helpers import agent, user
+from tests.support.exchange import build_exchange, replace_route
 from tests.support.servers import gateway_config
 
 TOKENIZER = Tokenizer()
@@ -40,22 +42,11 @@ def make_state(**overrides: Any) -> AppState:
 def exchange(st: AppState, body: dict[str, Any], headers: dict[str, str] | None = None,
              operation: str = "chat") -> Exchange:
     route = st.runtime.router.resolve(body["model"])
-    ex = Exchange(
-        request_id="r",
-        method="POST",
-        path="/v1/chat/completions",
-        operation=operation,
-        headers=CIMultiDictProxy(CIMultiDict(headers or {})),
-        raw_body=orjson.dumps(body),
-        body=body,
-        received_at=0.0,
-        deadline=1e12,
-        model=body["model"],
-        upstream="mock",
-        upstream_model=body["model"],
-        route_name=route.label if route else "*",
-    )
-    ex.attrs["route"] = route
+    ex = build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation=operation,
+                  headers=CIMultiDictProxy(CIMultiDict(headers or {})), raw_body=orjson.dumps(body), body=body,
+                  received_at=0.0, deadline=1e12, model=body["model"], upstream="mock",
+                  upstream_model=body["model"], route_name=route.label if route else "*")
+    ex = replace_route(ex, route)
     return ex
 
 
@@ -67,7 +58,7 @@ class Recorder:
 
     async def __call__(self, ex: Exchange) -> UpstreamResponse:
         self.bodies.append(orjson.loads(ex.body_bytes()))
-        return UpstreamResponse(200, {"content-type": "application/json"}, single_chunk(b"{}"))
+        return UpstreamResponse(200, {"content-type": "application/json"}, OneChunk(b"{}"))
 
 
 async def policy_for(**overrides: Any) -> tuple[CompressionPolicy, AppState]:
@@ -94,8 +85,7 @@ async def test_off_when_no_request_can_have_a_budget() -> None:
 
 
 async def test_bad_config_fails_at_start() -> None:
-    """A target outside (0, 1] is refused when the config is loaded (check-config),
-    before any chain is built."""
+    """A target outside (0, 1] is refused when the config is loaded (check-config), before any chain is built."""
     with pytest.raises(ConfigError, match="compression.target"):
         make_state(compression={"target": 0})
 
@@ -136,9 +126,7 @@ async def test_unfittable_request_gets_context_length_exceeded() -> None:
     with pytest.raises(LocalReply) as err:
         await policy(ex, inner)
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
-    assert (
-        "20008 prompt tokens" in err.value.message and "16000 tokens of context window" in err.value.message
-    )
+    assert "20008 prompt tokens" in err.value.message and "16000 tokens of context window" in err.value.message
     assert inner.bodies == []
     assert sample(st, "gateway_compression_rejected_total", route="*") == 1
 
@@ -160,9 +148,7 @@ async def test_shadow_mode_counts_but_sends_as_is() -> None:
     huge = exchange(st, body([user("word " * 20000)]))
     await policy(huge, Recorder())
     assert not big.modified and not huge.modified
-    assert (
-        sample(st, "gateway_policy_decisions_total", policy="compression", decision="shadow_compressed") == 1
-    )
+    assert sample(st, "gateway_policy_decisions_total", policy="compression", decision="shadow_compressed") == 1
     assert sample(st, "gateway_policy_decisions_total", policy="compression", decision="shadow_rejected") == 1
     assert sample(st, "gateway_compression_rejected_total", route="*") == 0
 

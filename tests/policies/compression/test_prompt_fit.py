@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from gateway.config_model import ModelInfo
-from policies.budgets.config import BudgetClass, BudgetClassMatch, BudgetsConfig
+from policies.compression.budgets_config import BudgetClass, BudgetClassMatch, BudgetsConfig
 from policies.compression.config import CompressionConfig
 from policies.compression.prompt_fit import (
     choose_class,

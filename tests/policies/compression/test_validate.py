@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from policies.budgets.validate import problems as budget_problems
+from policies.compression.budgets_validate import problems as budget_problems
 from policies.compression.validate import problems as compression_problems
 
 UPSTREAM = {"upstreams": {"u": {"base_url": "http://127.0.0.1:1"}}}

@@ -44,7 +44,7 @@ def test_record_of_exchange(make_exchange: Callable[..., Exchange]) -> None:
     ex = make_exchange(received_at=50.0, ended_at=52.5, first_token_at=50.5, status=200, tenant="acme",
                        route_name="main", usage=Usage(prompt=9, completion=3, estimated=True),
                        stream_outcome="client_gone")
-    ex.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=50.0))
+    ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=50.0))
     r = record_of(ex, wall_now=1000.0, cost=0.25)
     assert (r.ts, r.duration_s, r.ttft_s, r.prompt, r.completion, r.estimated) == (
         997.5,

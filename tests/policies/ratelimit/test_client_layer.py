@@ -1,6 +1,4 @@
-"""The client rate limit policy: 429 at once with OpenAI headers, slots held to the stream's end,
-reconcile."""
-
+"""The client rate limit policy: 429 at once with OpenAI headers, slots held to the stream's end, reconcile."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +21,7 @@ from gateway.tokens.tokenizer import Tokenizer
 from policies.ratelimit.buckets import LimiterClock
 from policies.ratelimit.client_layer import ClientRateLimit, factory
 from policies.ratelimit.runtime import COMPONENT, RateLimiter
+from tests.support.exchange import build_exchange
 from tests.support.servers import gateway_config
 
 KEY = "sk-team-a"
@@ -63,33 +62,13 @@ def freeze(st: AppState) -> FrozenClock:
 
 
 def exchange(st: AppState, body: dict[str, Any] | None = None, key: str = KEY, **kw: Any) -> Exchange:
-    body = body or {
-        "model": "gpt-4o",
-        "messages": [{"role": "user", "content": "hello there"}],
-        "max_tokens": 50,
-    }
+    body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 50}
     headers = CIMultiDictProxy(CIMultiDict({"authorization": f"Bearer {key}", **kw.pop("headers", {})}))
     identity = st.runtime.auth.identify(headers)
-    ex = Exchange(
-        request_id="r",
-        method="POST",
-        path="/v1/chat/completions",
-        operation="chat",
-        headers=headers,
-        raw_body=orjson.dumps(body),
-        body=body,
-        received_at=0.0,
-        deadline=st.clock() + 600,
-        model="gpt-4o",
-        upstream="mock",
-        upstream_model="gpt-4o",
-        tenant=identity.tenant,
-        client_key_hash=identity.key_hash,
-        stream=body.get("stream") is True,
-        upstream_path="/chat/completions",
-        **kw,
-    )
-    ex.attrs["identity"] = identity
+    ex = build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat", headers=headers,
+                  raw_body=orjson.dumps(body), body=body, received_at=0.0, deadline=st.clock() + 600, model="gpt-4o",
+                  upstream="mock", upstream_model="gpt-4o", identity=identity,
+                  stream=body.get("stream") is True, upstream_path="/chat/completions", **kw)
     return ex
 
 
@@ -130,7 +109,7 @@ async def drain(resp: UpstreamResponse, ex: Exchange | None = None) -> None:
     """Consume like the handler's relay does (feeding the stream inspector for SSE)."""
     inspector = StreamInspector(lambda: 0.0) if resp.is_sse else None
     if ex is not None:
-        ex.attrs["inspector"] = inspector
+        ex.view = inspector
     try:
         async for c in resp.body:
             if inspector is not None:
@@ -171,10 +150,7 @@ async def test_over_the_limit_gets_429_with_openai_headers() -> None:
     assert reply.headers["x-ratelimit-limit-tokens"] == "10000"
     assert int(reply.headers["x-ratelimit-remaining-tokens"]) >= 9_970
     assert len(nxt.calls) == 2  # type: ignore[attr-defined]
-    assert (
-        sample(st, "gateway_rate_limit_decisions_total", scope="client", limit="rpm", decision="rejected")
-        == 1
-    )
+    assert sample(st, "gateway_rate_limit_decisions_total", scope="client", limit="rpm", decision="rejected") == 1
     assert sample(st, "gateway_policy_decisions_total", policy="rate_limit_client", decision="allowed") == 2
 
 
@@ -213,8 +189,8 @@ async def test_reconciles_with_reported_usage() -> None:
     limiter: RateLimiter = st.components[COMPONENT]
     ex = exchange(st)
     resp = await policy(ex, answering([usage_body(7, 20)]))
-    reserved = ex.attrs["prompt_tokens"] + 50
-    ls = policy._sets[ex.client_key_hash]
+    reserved = ex.record.prompt_tokens + 50
+    ls = policy._sets[ex.request.identity.key_hash]
     assert ls is not None
     assert limiter.memory.level(ls, "tpm") == 1000 - reserved
     await drain(resp)
@@ -233,9 +209,9 @@ async def test_cut_stream_is_charged_what_it_produced() -> None:
     resp = await policy(ex, answering(sse_chunks(10), headers=SSE, fail_after=4))
     with pytest.raises(UpstreamFailure):
         await drain(resp, ex)
-    ls = policy._sets[ex.client_key_hash]
+    ls = policy._sets[ex.request.identity.key_hash]
     assert ls is not None
-    assert limiter.memory.level(ls, "tpm") == 1000 - (ex.attrs["prompt_tokens"] + 4)
+    assert limiter.memory.level(ls, "tpm") == 1000 - (ex.record.prompt_tokens + 4)
 
 
 async def test_error_answers_cost_no_tokens_and_inner_failures_release() -> None:
@@ -251,7 +227,7 @@ async def test_error_answers_cost_no_tokens_and_inner_failures_release() -> None
     with pytest.raises(LocalReply):
         await policy(exchange(st), boom)
     ex = exchange(st)
-    ls = policy._sets[ex.client_key_hash]
+    ls = policy._sets[ex.request.identity.key_hash]
     assert ls is not None
     assert limiter.memory.level(ls, "tpm") == 1000 and limiter.memory.level(ls, "concurrency") == 1
 
@@ -281,8 +257,8 @@ async def test_keys_without_limits_skip_the_layer() -> None:
     assert policy is not None
     ex = exchange(st)
     await drain(await policy(ex, answering([usage_body(1, 1)])))
-    assert "prompt_tokens" not in ex.attrs and not ex.response_headers
+    assert ex.record.prompt_tokens is None and not ex.response_headers
     ex = exchange(st, key="sk-b")
     await drain(await policy(ex, answering([usage_body(1, 1)])))
-    assert "prompt_tokens" not in ex.attrs  # rpm only: nothing to count
+    assert ex.record.prompt_tokens is None  # rpm only: nothing to count
     assert ex.response_headers["x-ratelimit-remaining-requests"] == "4"

@@ -7,6 +7,7 @@ import pytest
 
 from policies.ratelimit.model import NEVER, Verdict
 from policies.ratelimit.queue import AdmissionQueue, Rejected
+from tests.support.until import until
 
 
 class Pool:
@@ -29,13 +30,6 @@ def make_queue(max_queue: int = 10, depths: list[int] | None = None) -> Admissio
     loop = asyncio.get_running_loop()
     return AdmissionQueue(max_queue, loop.time, on_depth=depths.append if depths is not None else None,
                           max_sleep_s=30.0)
-
-
-async def wait_for(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.001)
 
 
 async def test_admits_at_once_when_it_fits() -> None:
@@ -62,13 +56,13 @@ async def test_fifo_and_priorities() -> None:
     for name, rank in (("n1", 1), ("l1", 2), ("n2", 1), ("h1", 0), ("n3", 1)):
         tasks.append(asyncio.create_task(one(name, rank)))
         queued = len(tasks)
-        await wait_for(lambda n=queued: q.depth == n)
+        await until(lambda n=queued: q.depth == n, timeout=5.0, interval=0.001)
     asked_before = pool.asked
     for i in range(5):
         pool.free += 1
         q.poke()
         admitted = i + 1
-        await wait_for(lambda n=admitted: len(order) == n)
+        await until(lambda n=admitted: len(order) == n, timeout=5.0, interval=0.001)
     await asyncio.gather(*tasks)
     assert order == ["h1", "n1", "n2", "n3", "l1"]
     assert pool.asked - asked_before <= 10  # only the head asks: no thundering herd
@@ -80,7 +74,7 @@ async def test_bounded_queue_rejects_when_full() -> None:
     pool, q = Pool(0), make_queue(max_queue=1)
     give_up = asyncio.get_running_loop().time() + 10
     waiting = asyncio.create_task(q.admit(pool.attempt, give_up))
-    await wait_for(lambda: q.depth == 1)
+    await until(lambda: q.depth == 1, timeout=5.0, interval=0.001)
     with pytest.raises(Rejected) as info:
         await q.admit(pool.attempt, give_up)
     assert info.value.reason == "queue_full"
@@ -103,8 +97,7 @@ async def test_gives_up_at_its_deadline() -> None:
 
 
 async def test_hopeless_requests_are_refused_at_once() -> None:
-    """A predicted wait beyond the give-up time, or a request larger than the bucket,
-    fails without waiting."""
+    """A predicted wait beyond the give-up time, or a request larger than the bucket, fails without waiting."""
     loop = asyncio.get_running_loop()
     q = make_queue()
     with pytest.raises(Rejected) as info:
@@ -122,7 +115,7 @@ async def test_head_sleeps_the_predicted_wait() -> None:
     loop = asyncio.get_running_loop()
 
     async def refill() -> None:
-        await wait_for(lambda: pool.asked >= 1)
+        await until(lambda: pool.asked >= 1, timeout=5.0, interval=0.001)
         pool.free = 1  # capacity comes back without a poke, like a bucket refilling
 
     filler = asyncio.create_task(refill())

@@ -10,7 +10,7 @@ from gateway.exchange import Exchange, Usage
 from gateway.sse import StreamInspector
 from policies.ratelimit.model import Limit, LimitSet
 from policies.ratelimit.runtime import Grant
-from policies.ratelimit.settle import SettlingBody, estimate, used_tokens
+from policies.ratelimit.settle import estimate, settling, used_tokens
 
 LS = LimitSet("upstream", "u:x", "x", (Limit("tpm", "bucket", 1e6, 1e4, tokens=True),))
 
@@ -22,11 +22,7 @@ class Tok:
         return 100
 
     def max_output_tokens(self, body: dict[str, Any]) -> int | None:
-        values = [
-            v
-            for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")
-            if isinstance(v := body.get(k), int)
-        ]
+        values = [v for k in ("max_tokens", "max_completion_tokens", "max_output_tokens") if isinstance(v := body.get(k), int)]
         return max(values) if values else None
 
 
@@ -56,11 +52,10 @@ def grant(tokens: int = 600, prompt: int = 100) -> Grant:
 ])
 def test_estimate(make_exchange: Callable[..., Exchange], operation: str, body: dict[str, Any],
                   expected: int) -> None:
-    """Prompt plus the largest output limit (a default when none; times n choices); embeddings:
-    prompt only."""
+    """Prompt plus the largest output limit (a default when none; times n choices); embeddings: prompt only."""
     ex = make_exchange(body, operation=operation)
     assert estimate(St(), ex, 1024) == (100, expected)  # type: ignore[arg-type]
-    assert ex.attrs["prompt_tokens"] == 100  # memoised for every other feature
+    assert ex.record.prompt_tokens == 100  # memoised for every other feature
 
 
 def test_used_tokens_sources(make_exchange: Callable[..., Exchange]) -> None:
@@ -72,11 +67,11 @@ def test_used_tokens_sources(make_exchange: Callable[..., Exchange]) -> None:
     inspector = StreamInspector(lambda: 0.0)
     for _ in range(3):  # three content chunks, about a token each
         inspector.feed(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
-    ex.attrs["inspector"] = inspector
+    ex.view = inspector
     assert used_tokens(ex, grant(), 200, b"") == 103
     inspector.usage = Usage(prompt=90, completion=20)
     assert used_tokens(ex, grant(), 200, b"") == 110
-    ex.usage = Usage(prompt=95, completion=30)
+    ex.record.reported_usage = Usage(prompt=95, completion=30)
     assert used_tokens(ex, grant(), 200, b"") == 125
 
 
@@ -88,14 +83,8 @@ async def chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
 async def test_settles_once_at_the_end(make_exchange: Callable[..., Exchange]) -> None:
     """A body read to its end settles once, with usage found in its last chunks."""
     rec = Recorder()
-    body = SettlingBody(
-        chunks([b'{"choices":[],', b'"usage":{"prompt_tokens":5,', b'"completion_tokens":6}}']),
-        make_exchange(),
-        rec,  # type: ignore[arg-type]
-        grant(),
-        200,
-        sse=False,
-    )
+    body = settling(chunks([b'{"choices":[],', b'"usage":{"prompt_tokens":5,', b'"completion_tokens":6}}']),
+                        make_exchange(), rec, grant(), 200, sse=False)  # type: ignore[arg-type]
     assert [c async for c in body] and rec.settled[0][1] == 11
     await body.aclose()
     assert len(rec.settled) == 1
@@ -114,7 +103,7 @@ async def test_closed_unread_body_settles(make_exchange: Callable[..., Exchange]
 
     gen = inner()
     await gen.__anext__()  # started, so aclose runs its finally
-    body = SettlingBody(gen, make_exchange(), rec, grant(), 200, sse=True)  # type: ignore[arg-type]
+    body = settling(gen, make_exchange(), rec, grant(), 200, sse=True)  # type: ignore[arg-type]
     await body.aclose()
     assert closed == [True] and len(rec.settled) == 1
 
@@ -127,7 +116,7 @@ async def test_failure_mid_body_settles(make_exchange: Callable[..., Exchange]) 
         yield b"data: x\n\n"
         raise ConnectionResetError
 
-    body = SettlingBody(broken(), make_exchange(), rec, grant(), 200, sse=True)  # type: ignore[arg-type]
+    body = settling(broken(), make_exchange(), rec, grant(), 200, sse=True)  # type: ignore[arg-type]
     with pytest.raises(ConnectionResetError):
         async for _ in body:
             pass

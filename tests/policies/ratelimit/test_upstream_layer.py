@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from tests.policies.ratelimit.test_client_layer import (
     sse_chunks,
     usage_body,
 )
+from tests.support.until import until
 
 
 async def policy_for(**rate_limit: Any) -> tuple[UpstreamRateLimit, AppState]:
@@ -35,13 +37,6 @@ def limiter_of(st: AppState) -> RateLimiter:
     return st.components[COMPONENT]
 
 
-async def until(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.001)
-
-
 async def test_waits_in_the_queue_until_a_slot_frees() -> None:
     """Over max_concurrency a request queues (counted, added to waited_s) and goes when the stream ends."""
     policy, st = await policy_for(max_concurrency=1, headroom=1.0)
@@ -49,12 +44,12 @@ async def test_waits_in_the_queue_until_a_slot_frees() -> None:
     first = await policy(exchange(st), nxt)
     ex = exchange(st)
     second = asyncio.create_task(policy(ex, nxt))
-    await until(lambda: limiter_of(st).queues["mock"].depth == 1)
+    await until(lambda: limiter_of(st).queues["mock"].depth == 1, timeout=5.0, interval=0.001)
     assert sample(st, "gateway_rate_limit_queue_depth", upstream="mock") == 1
     assert not second.done()
     await drain(first)
     await drain(await second)
-    assert ex.waited_s > 0
+    assert ex.record.waited_s > 0
     assert sample(st, "gateway_rate_limit_decisions_total", scope="upstream", limit="concurrency",
                   decision="queued") == 1
     assert sample(st, "gateway_policy_decisions_total", policy="rate_limit_upstream", decision="queued") == 1
@@ -71,12 +66,12 @@ async def test_gives_up_after_max_queue_wait_and_never_past_the_deadline() -> No
     with pytest.raises(LocalReply) as info:
         await policy(ex, nxt)
     assert info.value.status == 429 and info.value.headers["retry-after"] == "1"
-    assert 0.09 <= ex.waited_s < 1.0
+    assert 0.09 <= ex.record.waited_s < 1.0
     hurried = exchange(st)
-    hurried.deadline = st.clock() + 0.02
+    hurried.request = dataclasses.replace(hurried.request, deadline=st.clock() + 0.02)
     with pytest.raises(LocalReply):
         await policy(hurried, nxt)
-    assert hurried.waited_s < 0.09
+    assert hurried.record.waited_s < 0.09
     assert sample(st, "gateway_rate_limit_decisions_total", scope="upstream", limit="concurrency",
                   decision="rejected") == 2
     await drain(held)
@@ -92,7 +87,7 @@ async def test_provider_429_pauses_the_upstream() -> None:
     with pytest.raises(LocalReply) as info:
         await policy(ex, nxt)
     assert info.value.headers["retry-after"] == "2" and "paused by its provider" in info.value.message
-    assert not nxt.calls and ex.waited_s < 0.1  # type: ignore[attr-defined]
+    assert not nxt.calls and ex.record.waited_s < 0.1  # type: ignore[attr-defined]
 
 
 async def test_remaining_headers_shrink_the_bucket() -> None:
@@ -117,15 +112,14 @@ async def test_shadow_mode_never_queues_or_refuses() -> None:
     for _ in range(3):
         ex = exchange(st)
         await drain(await policy(ex, nxt))
-        assert ex.waited_s == 0
+        assert ex.record.waited_s == 0
     assert len(nxt.calls) == 3  # type: ignore[attr-defined]
     assert sample(st, "gateway_rate_limit_decisions_total", scope="upstream", limit="rpm",
                   decision="shadow_rejected") == 2
 
 
 async def test_each_attempt_is_admitted_but_tokens_counted_once() -> None:
-    """A retried exchange takes a request per attempt;
-    gateway_tokens_reserved_total counts the request once."""
+    """A retried exchange takes a request per attempt; gateway_tokens_reserved_total counts the request once."""
     policy, st = await policy_for(rpm=100, tpm=100_000, headroom=1.0)
     freeze(st)
     ex = exchange(st)
@@ -134,12 +128,11 @@ async def test_each_attempt_is_admitted_but_tokens_counted_once() -> None:
     ls = policy.sets["mock"][0]
     assert limiter_of(st).memory.level(ls, "rpm") == 98
     assert limiter_of(st).memory.level(ls, "tpm") == 100_000  # error answers cost no tokens
-    assert sample(st, "gateway_tokens_reserved_total") == ex.attrs["prompt_tokens"] + 50
+    assert sample(st, "gateway_tokens_reserved_total") == ex.record.prompt_tokens + 50
 
 
 async def test_headroom_too_large_and_queue_full() -> None:
-    """Limits apply at headroom x quota;
-    a request bigger than the bucket or a full queue is refused at once."""
+    """Limits apply at headroom x quota; a request bigger than the bucket or a full queue is refused at once."""
     policy, st = await policy_for(rpm=10, tpm=200, headroom=0.5, max_queue=0, max_queue_wait_s=60)
     freeze(st)
     nxt = answering([usage_body(1, 1)])
@@ -168,9 +161,9 @@ async def test_high_priority_goes_first() -> None:
         await drain(resp)
 
     normal = asyncio.create_task(one("normal", "normal"))
-    await until(lambda: limiter_of(st).queues["mock"].depth == 1)
+    await until(lambda: limiter_of(st).queues["mock"].depth == 1, timeout=5.0, interval=0.001)
     high = asyncio.create_task(one("high", "HIGH"))
-    await until(lambda: limiter_of(st).queues["mock"].depth == 2)
+    await until(lambda: limiter_of(st).queues["mock"].depth == 2, timeout=5.0, interval=0.001)
     await drain(held)
     await asyncio.gather(normal, high)
     assert order == ["high", "normal"]

@@ -6,9 +6,10 @@ import time
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.body import OneChunk
 from gateway.config import parse_config
 from gateway.errors import LocalReply, UpstreamFailure
-from gateway.exchange import Exchange, UpstreamResponse, single_chunk
+from gateway.exchange import Exchange, UpstreamResponse
 from gateway.telemetry.metrics import Metrics
 from policies.resilience.breaker import CircuitOpen
 from policies.resilience.breaker_layer import (
@@ -19,6 +20,7 @@ from policies.resilience.breaker_layer import (
 )
 from policies.resilience.metrics import ResilienceMetrics
 from policies.resilience.registry import Resilience
+from tests.support.exchange import build_exchange
 
 
 def setup(**breaker: object) -> tuple[CircuitBreakerPolicy, Resilience, Metrics]:
@@ -31,14 +33,14 @@ def setup(**breaker: object) -> tuple[CircuitBreakerPolicy, Resilience, Metrics]
 
 
 def exchange() -> Exchange:
-    return Exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
+    return build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
                     headers=CIMultiDictProxy(CIMultiDict()), raw_body=b"{}", body={}, received_at=0.0,
                     deadline=600.0, upstream="a")
 
 
 def answering(status: int):  # type: ignore[no-untyped-def]
     async def next(ex: Exchange) -> UpstreamResponse:
-        return UpstreamResponse(status, {}, single_chunk(b"{}"))
+        return UpstreamResponse(status, {}, OneChunk(b"{}"))
     return next
 
 
@@ -59,7 +61,7 @@ async def test_failures_open_and_open_rejects_fast() -> None:
 
     async def next(ex: Exchange) -> UpstreamResponse:
         called.append(ex)
-        return UpstreamResponse(200, {}, single_chunk(b""))
+        return UpstreamResponse(200, {}, OneChunk(b""))
 
     durations = []
     for _ in range(21):
@@ -97,7 +99,7 @@ async def test_success_ticket_waits_for_commit_point() -> None:
     await policy(ex, answering(200))
     assert res.breakers["a"].consecutive == 1  # not yet settled
     ticket = take_ticket(ex)
-    assert ticket is not None and PENDING_TICKET not in ex.attrs
+    assert ticket is not None and PENDING_TICKET not in ex.state
     ticket.settle("success")
     assert res.breakers["a"].consecutive == 0
 
@@ -109,9 +111,9 @@ async def test_leftover_ticket_settled_by_final_status(status: int, consecutive:
     await policy(exchange(), answering(503))
     ex = exchange()
     await policy(ex, answering(200))
-    ex.status = status
+    ex.record.status = status
     settle_leftover(ex)
-    assert res.breakers["a"].consecutive == consecutive and PENDING_TICKET not in ex.attrs
+    assert res.breakers["a"].consecutive == consecutive and PENDING_TICKET not in ex.state
 
 
 async def test_shadow_mode_counts_but_passes() -> None:
@@ -131,6 +133,6 @@ async def test_tool_prefix_selects_tool_breaker() -> None:
     _, res, _ = setup()
     policy = CircuitBreakerPolicy(res, key_prefix="tool:")
     ex = exchange()
-    ex.upstream = "quotes"
+    ex.target.upstream = "quotes"
     await policy(ex, answering(500))
     assert res.breakers["tool:quotes"].consecutive == 1 and res.breakers["a"].consecutive == 0

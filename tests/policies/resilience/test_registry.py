@@ -6,9 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from gateway.components import BREAKER_STATES
 from gateway.config import parse_config
+from gateway.exchange import LayerState
 from gateway.telemetry.metrics import Metrics
 from policies.resilience.registry import resilience_of
+from tests.support.exchange import build_exchange
 
 
 def config(open_s: float = 30.0):  # type: ignore[no-untyped-def]
@@ -23,14 +26,15 @@ def config(open_s: float = 30.0):  # type: ignore[no-untyped-def]
 
 def state():  # type: ignore[no-untyped-def]
     now = [50.0]
-    return SimpleNamespace(components={}, metrics=Metrics(), clock=lambda: now[0], sinks=[]), now
+    return SimpleNamespace(components=LayerState(), finalizers=[], metrics=Metrics(), clock=lambda: now[0], sinks=[]), now
 
 
 def test_breakers_for_every_upstream_and_tool(caplog: pytest.LogCaptureFixture) -> None:
     """Each upstream and tool gets a breaker; state changes move the gauge and log one line."""
     st, _ = state()
     res = resilience_of(st, config())
-    assert st.components["breakers"] is res.breakers
+    rows = st.components[BREAKER_STATES]()
+    assert {name for name, _, _ in rows} == set(res.breakers)
     assert set(res.breakers) == {"a", "b", "tool:quotes"} and set(res.budgets) == set(res.breakers)
     breaker = res.breakers["a"]
     assert (breaker.state, breaker.since) == ("closed", 50.0)
@@ -68,14 +72,12 @@ def test_mid_stream_timeouts_counted_at_finish() -> None:
     st, _ = state()
     res = resilience_of(st, config())
     assert st.sinks == [res.on_finished]
-    cut = SimpleNamespace(error_kind="idle_timeout", stream_outcome="error_event", operation="chat",
-                          upstream="a")
-    before = SimpleNamespace(error_kind="timeout_before_first_byte", stream_outcome="", operation="chat",
-                             upstream="a")  # counted by the retry policy, not here
-    tool = SimpleNamespace(error_kind="total_timeout", stream_outcome="cut", operation="tool",
-                           upstream="quotes")
+    cut = build_exchange(error_kind="idle_timeout", stream_outcome="error_event", operation="chat", upstream="a")
+    before = build_exchange(error_kind="timeout_before_first_byte", stream_outcome="", operation="chat",
+                            upstream="a")  # counted by the retry policy, not here
+    tool = build_exchange(error_kind="total_timeout", stream_outcome="cut", operation="tool", upstream="quotes")
     for ex in (cut, before, tool):
-        res.on_finished(ex)  # type: ignore[arg-type]
+        res.on_finished(ex)
     sample = st.metrics.registry.get_sample_value
     assert sample("gateway_timeouts_total", {"upstream": "a", "phase": "idle"}) == 1
     assert sample("gateway_timeouts_total", {"upstream": "a", "phase": "first_byte"}) is None

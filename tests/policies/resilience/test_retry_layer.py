@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from policies.resilience.metrics import ResilienceMetrics
 from policies.resilience.registry import Resilience
 from policies.resilience.retry_layer import RetryPolicy
 from policies.resilience.targets import RoutePlanner
-from tests.support.polling import poll_until
+from tests.support.exchange import build_exchange, replace_route
 
 ROLE = b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
 TEXT = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
@@ -100,20 +101,20 @@ class Harness:
 
     async def terminal(self, ex: Exchange) -> UpstreamResponse:
         body_model = ex.body.get("model") if ex.body else ""
-        self.calls.append((ex.upstream, ex.upstream_model, body_model))
-        ex.upstream_s += 0
-        item = self.scripts[ex.upstream].pop(0)
+        self.calls.append((ex.target.upstream, ex.target.model, body_model))
+        ex.record.upstream_s += 0
+        item = self.scripts[ex.target.upstream].pop(0)
         if isinstance(item, BaseException):
             raise item
-        return UpstreamResponse(item.status, item.headers, item.body, item.source, ex.upstream)
+        return UpstreamResponse(item.status, item.headers, item.body, item.source, ex.target.upstream)
 
     def exchange(self, stream: bool = False) -> Exchange:
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-        ex = Exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
+        ex = build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
                       headers=CIMultiDictProxy(CIMultiDict()), raw_body=orjson.dumps(body), body=body,
                       received_at=self.clock.now, deadline=self.clock.now + 600, route_name="gpt-4o",
                       model="gpt-4o", upstream="a", upstream_model="gpt-4o", stream=stream)
-        ex.attrs["route"] = self.config.routes[0]
+        ex = replace_route(ex, self.config.routes[0])
         return ex
 
     def sample(self, name: str, **labels: str) -> float:
@@ -137,7 +138,7 @@ async def test_503_then_200_is_retried_after_backoff() -> None:
     resp = await h.chain(ex)
     assert resp.status == 200 and await read(resp) == b'{"ok":true}'
     assert dropped.body.closed and h.clock.sleeps == [0.05]  # rand 0.5 x base 0.1
-    assert ex.response_headers == {"x-gateway-attempts": "2"} and ex.waited_s == 0.05
+    assert ex.response_headers == {"x-gateway-attempts": "2"} and ex.record.waited_s == 0.05
     assert h.sample("gateway_retries_total", upstream="a", reason="503") == 1
 
 
@@ -182,7 +183,7 @@ async def test_too_long_retry_after_goes_back_at_once(headers: dict[str, str], d
     h = Harness()
     h.scripts["a"] = [answer(429, headers=headers)]
     ex = h.exchange()
-    ex.deadline = h.clock.now + deadline_left
+    ex.request = dataclasses.replace(ex.request, deadline=h.clock.now + deadline_left)
     resp = await h.chain(ex)
     assert resp.status == 429 and resp.headers.items() >= headers.items()
     assert h.clock.sleeps == [] and len(h.calls) == 1
@@ -225,7 +226,7 @@ async def test_backoff_past_deadline_stops() -> None:
     h = Harness(retry={"base_delay_s": 10, "max_delay_s": 10, "jitter": "none"})
     h.scripts["a"] = [answer(503)]
     ex = h.exchange()
-    ex.deadline = h.clock.now + 5
+    ex.request = dataclasses.replace(ex.request, deadline=h.clock.now + 5)
     assert (await h.chain(ex)).status == 503 and h.clock.sleeps == []
 
 
@@ -324,7 +325,7 @@ async def test_fallback_chain_rewrites_model() -> None:
     resp = await h.chain(ex)
     assert resp.status == 200 and resp.upstream == "c"
     assert h.calls == [("a", "gpt-4o", "gpt-4o"), ("b", "small", "small"), ("c", "gpt-4o", "gpt-4o")]
-    assert ex.upstream == "c" and ex.response_headers["x-gateway-attempts"] == "3"
+    assert ex.target.upstream == "c" and ex.response_headers["x-gateway-attempts"] == "3"
 
 
 async def test_open_breaker_fails_over_at_once() -> None:
@@ -380,7 +381,8 @@ async def test_cancel_during_backoff_makes_no_more_attempts() -> None:
 
     h.policy.sleep = forever
     task = asyncio.create_task(h.chain(h.exchange()))
-    await poll_until(lambda: first.body.closed, 0)
+    while not first.body.closed:
+        await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -397,12 +399,13 @@ async def test_cancel_while_peeking_frees_the_probe() -> None:
     h.scripts["a"] = [stalled]
     ex = h.exchange(stream=True)
     task = asyncio.create_task(h.chain(ex))
-    await poll_until(lambda: h.calls, 0)
+    while not h.calls:
+        await asyncio.sleep(0)
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert stalled.body.closed and PENDING_TICKET not in ex.attrs
+    assert stalled.body.closed and PENDING_TICKET not in ex.state
     assert breaker.state == "half_open" and not breaker.rejecting()  # the probe slot is free again
 
 

@@ -7,23 +7,26 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.body import OneChunk
+from gateway.components import BREAKER_STATES, TOOL_CACHE, TOOL_HANDLER, TOOL_READ
 from gateway.config import parse_config
 from gateway.errors import UpstreamFailure
-from gateway.exchange import Exchange, UpstreamResponse, single_chunk
+from gateway.exchange import Exchange, LayerState, UpstreamResponse
 from gateway.telemetry.metrics import Metrics
 from policies.resilience.breaker import CircuitOpen
 from policies.resilience.config import RetryConfig
 from policies.resilience.metrics import ResilienceMetrics
 from policies.tools.config import ToolConfig
-from policies.tools.routes import READ_ATTR, TOOL_ATTR, ToolFallback, ToolGateway, ToolRoute, factory, plan_of
+from policies.tools.routes import TOOL_ROUTE, ToolFallback, ToolGateway, ToolRoute, factory, plan_of
+from tests.support.exchange import build_exchange
 
 
 def tool_exchange(route: ToolRoute, read: bool) -> Exchange:
-    ex = Exchange(request_id="r", method="GET" if read else "POST", path=f"/tools/{route.name}/x",
+    ex = build_exchange(request_id="r", method="GET" if read else "POST", path=f"/tools/{route.name}/x",
                   operation="tool", headers=CIMultiDictProxy(CIMultiDict()), raw_body=b"", body=None,
                   received_at=0.0, deadline=10.0, route_name=route.label, upstream=route.name)
-    ex.attrs[TOOL_ATTR] = route
-    ex.attrs[READ_ATTR] = read
+    ex.state.set(TOOL_ROUTE, route)
+    ex.state.set(TOOL_READ, read)
     return ex
 
 
@@ -74,7 +77,7 @@ async def test_fallback_served_when_down(outcome: Any) -> None:
     assert resp.status == 200 and resp.source == "local"
     assert resp.headers["x-gateway-fallback"] == "true" and resp.headers["x-extra"] == "1"
     assert b"".join([c async for c in resp.body]) == b'{"note":"later"}'
-    assert "x-should-retry" not in ex.response_headers and ex.error_kind
+    assert "x-should-retry" not in ex.response_headers and ex.record.error_kind
     assert body.closed or not isinstance(outcome, int)
     assert metrics.registry.get_sample_value("gateway_policy_decisions_total",
                                              {"policy": "tool_fallback", "decision": "served"}) == 1
@@ -85,7 +88,7 @@ async def test_no_fallback_or_healthy_passes_through() -> None:
     layer = ToolFallback(ResilienceMetrics(Metrics()))
 
     async def not_found(ex: Exchange) -> UpstreamResponse:
-        return UpstreamResponse(404, {}, single_chunk(b"nf"))
+        return UpstreamResponse(404, {}, OneChunk(b"nf"))
 
     assert (await layer(tool_exchange(with_fallback(), True), not_found)).status == 404
 
@@ -98,7 +101,7 @@ async def test_no_fallback_or_healthy_passes_through() -> None:
 
 
 def app_state() -> SimpleNamespace:
-    return SimpleNamespace(components={}, metrics=Metrics(), clock=lambda: 0.0, tools={}, closers=[],
+    return SimpleNamespace(components=LayerState(), finalizers=[], metrics=Metrics(), clock=lambda: 0.0, tools={}, closers=[],
                            sinks=[])
 
 
@@ -112,15 +115,15 @@ async def test_factory_installs_handler_and_reuses_clients_on_reload() -> None:
     """The factory adds the /tools/ handler and one client per tool; a reload keeps unchanged clients."""
     st = app_state()
     assert await factory(st, tools_config()) is None  # type: ignore[arg-type]
-    handler = st.components["tool_handler"]
+    handler = st.components[TOOL_HANDLER]
     assert isinstance(handler, ToolGateway) and set(st.tools) == {"quotes", "news"}
-    assert set(st.components["breakers"]) >= {"tool:quotes", "tool:news"}
+    assert {name for name, _, _ in st.components[BREAKER_STATES]()} >= {"tool:quotes", "tool:news"}
     quotes, news = st.tools["quotes"], st.tools["news"]
     await factory(st, tools_config(read_only=True))  # type: ignore[arg-type]
     assert st.tools["news"] is news and st.tools["quotes"] is not quotes
-    assert st.components["tool_handler"] is not handler and len(st.closers) == 3
+    assert st.components[TOOL_HANDLER] is not handler and len(st.closers) == 3
     await factory(st, parse_config({"upstreams": {"u": {"base_url": "http://127.0.0.1:9"}}}, {}))  # type: ignore[arg-type]
-    assert "tool_handler" not in st.components
+    assert TOOL_HANDLER not in st.components
     for close in st.closers:
         await close()
 
@@ -134,12 +137,12 @@ async def test_tool_cache_slot_is_outermost() -> None:
         name = "tool_cache"
 
         async def __call__(self, ex: Exchange, next: Any) -> UpstreamResponse:
-            seen.append(ex.route_name)
-            return UpstreamResponse(200, {}, single_chunk(b"cached"), source="cache")
+            seen.append(ex.request.route_name)
+            return UpstreamResponse(200, {}, OneChunk(b"cached"), source="cache")
 
-    st.components["tool_cache"] = Cache()
+    st.components[TOOL_CACHE] = Cache()
     await factory(st, tools_config())  # type: ignore[arg-type]
-    gateway: ToolGateway = st.components["tool_handler"]
+    gateway: ToolGateway = st.components[TOOL_HANDLER]
     resp = await gateway.chain(tool_exchange(gateway.routes["quotes"], True))
     assert resp.source == "cache" and seen == ["tool:quotes"]
     for close in st.closers:

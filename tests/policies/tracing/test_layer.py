@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.body import OneChunk
 from gateway.config import parse_config
 from gateway.errors import UpstreamFailure
-from gateway.exchange import Attempt, Exchange, UpstreamResponse, single_chunk
+from gateway.exchange import Attempt, Exchange, UpstreamResponse
 from policies.tracing.layer import (
     AttemptSpanPolicy,
     RequestSpanPolicy,
@@ -17,12 +18,13 @@ from policies.tracing.layer import (
     request_span_factory,
 )
 from policies.tracing.tracer import ATTEMPTS_KEY, SPAN_KEY, create_tracing
+from tests.support.exchange import build_exchange
 from tests.support.servers import gateway_config
 
 
 def exchange() -> Exchange:
     body: dict[str, Any] = {"model": "gpt-4o", "messages": []}
-    return Exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
+    return build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
                     headers=CIMultiDictProxy(CIMultiDict()), raw_body=b"{}", body=body, received_at=0.0,
                     deadline=60.0, model="gpt-4o", upstream="mock", upstream_model="gpt-4o")
 
@@ -48,10 +50,10 @@ async def test_each_attempt_gets_a_span_and_its_attempt(tracing: Any) -> None:
     with pytest.raises(UpstreamFailure):
         await policy(ex, _fails)
     await policy(ex, _ok)
-    pairs = ex.attrs[ATTEMPTS_KEY]
+    pairs = ex.state[ATTEMPTS_KEY]
     assert [a.outcome for _, a in pairs] == ["connect_error", "ok"]
-    assert pairs[0][0] is not pairs[1][0] and SPAN_KEY in ex.attrs
-    assert ex.attrs["upstream_headers"]["traceparent"].split("-")[2] == \
+    assert pairs[0][0] is not pairs[1][0] and SPAN_KEY in ex.state
+    assert ex.upstream_headers["traceparent"].split("-")[2] == \
         f"{pairs[1][0].get_span_context().span_id:016x}"
 
 
@@ -64,18 +66,14 @@ async def test_an_attempt_that_never_left_has_no_attempt(tracing: Any) -> None:
 
     with pytest.raises(UpstreamFailure):
         await AttemptSpanPolicy(tracing)(ex, refused)
-    assert ex.attrs[ATTEMPTS_KEY][0][1] is None
+    assert ex.state[ATTEMPTS_KEY][0][1] is None
 
 
 async def _ok(ex: Exchange) -> UpstreamResponse:
-    ex.attempts.append(
-        Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="ok", status=200)
-    )
-    return UpstreamResponse(status=200, headers={}, body=single_chunk(b"{}"))
+    ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="ok", status=200))
+    return UpstreamResponse(status=200, headers={}, body=OneChunk(b"{}"))
 
 
 async def _fails(ex: Exchange) -> UpstreamResponse:
-    ex.attempts.append(
-        Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="connect_error")
-    )
+    ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="connect_error"))
     raise UpstreamFailure("connect_error", "down", upstream="mock")

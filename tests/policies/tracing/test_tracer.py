@@ -10,7 +10,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import parse_config
 from gateway.exchange import Attempt, Exchange, Usage
-from policies.tracing.tracer import ATTEMPTS_KEY, Tracing, create_tracing, record_span, tracing_enabled
+from policies.tracing.tracer import (
+    ATTEMPTS_KEY,
+    SPAN_KEY,
+    TRACER_KEY,
+    Tracing,
+    create_tracing,
+    record_span,
+    tracing_enabled,
+)
 from tests.support.servers import gateway_config
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -37,7 +45,7 @@ def test_record_span_is_a_noop_without_tracing(make_exchange: Callable[..., Exch
     """Other policies may call record_span unconditionally."""
     ex = make_exchange()
     record_span(ex, "cache.lookup", 1.0, 2.0, result="miss")
-    assert ex.attrs == {}
+    assert SPAN_KEY not in ex.state and TRACER_KEY not in ex.state
 
 
 def test_request_and_attempt_spans(make_exchange: Callable[..., Exchange]) -> None:
@@ -48,14 +56,14 @@ def test_request_and_attempt_spans(make_exchange: Callable[..., Exchange]) -> No
                         "temperature": 0.2}, headers=headers, received_at=99.0, route_name="main")
     span = t.start_request(ex)
     attempt_span = t.start_attempt(ex)
-    traceparent = ex.attrs["upstream_headers"]["traceparent"]
+    traceparent = ex.upstream_headers["traceparent"]
     ctx = attempt_span.get_span_context()
     assert traceparent == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
     attempt = Attempt(upstream="mock", model="gpt-4o", started=100.0, ended=100.8, outcome="ok", status=200)
-    ex.attempts.append(attempt)
-    ex.attrs[ATTEMPTS_KEY] = [(attempt_span, attempt)]
-    ex.status, ex.ended_at, ex.first_token_at = 200, 101.0, 100.5
-    ex.usage, ex.finish_reasons, ex.response_model = Usage(prompt=11, completion=7), ["stop"], "gpt-4o-2024"
+    ex.record.attempts.append(attempt)
+    ex.state[ATTEMPTS_KEY] = [(attempt_span, attempt)]
+    ex.record.status, ex.record.ended_at, ex.record.first_token_at = 200, 101.0, 100.5
+    ex.record.usage, ex.record.finish_reasons, ex.record.response_model = Usage(prompt=11, completion=7), ["stop"], "gpt-4o-2024"
     t.finish(ex)
     spans = {s.kind.name: s for s in t.exporter.get_finished_spans()}  # type: ignore[attr-defined]
     server, client = spans["SERVER"], spans["CLIENT"]
@@ -83,7 +91,7 @@ def test_content_only_when_asked(make_exchange: Callable[..., Exchange]) -> None
     t = tracing(capture_content=True)
     ex = make_exchange({"model": "gpt-4o", "messages": [{"role": "user", "content": "find me"}]})
     t.start_request(ex)
-    ex.status, ex.ended_at = 200, 1.0
+    ex.record.status, ex.record.ended_at = 200, 1.0
     t.finish(ex)
     (span,) = t.exporter.get_finished_spans()  # type: ignore[attr-defined]
     assert "find me" in span.attributes["gen_ai.input.messages"]  # type: ignore[index]
@@ -95,7 +103,7 @@ def test_child_spans_and_errors(make_exchange: Callable[..., Exchange]) -> None:
     ex = make_exchange()
     t.start_request(ex)
     record_span(ex, "cache.lookup", 0.0, 0.001, result="miss")
-    ex.status, ex.error_kind, ex.ended_at = 502, "connect_error", 1.0
+    ex.record.status, ex.record.error_kind, ex.record.ended_at = 502, "connect_error", 1.0
     t.finish(ex)
     spans = {s.name: s for s in t.exporter.get_finished_spans()}  # type: ignore[attr-defined]
     assert spans["cache.lookup"].attributes == {"result": "miss"}

@@ -7,13 +7,11 @@ from typing import Any
 import orjson
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
-from prometheus_client import CollectorRegistry
 
 from gateway.exchange import Exchange, UpstreamResponse
-from gateway.telemetry.metrics import Metrics, RequestMetrics
-from gateway.telemetry.metrics_sink import INFLIGHT_KEY
-from policies.usage.accounting import CAPTURE_KEY
+from gateway.produced import CAPTURE_KEY
 from policies.usage.layer import UsagePolicy, ask_for_usage, strip_usage
+from tests.support.exchange import build_exchange
 
 SSE = {"content-type": "text/event-stream"}
 
@@ -22,22 +20,12 @@ SSE = {"content-type": "text/event-stream"}
 def make_exchange() -> Callable[..., Exchange]:
     def make(body: dict[str, Any] | None = None, **kw: Any) -> Exchange:
         body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-        fields: dict[str, Any] = {
-            "request_id": "r1",
-            "method": "POST",
-            "path": "/v1/chat/completions",
-            "operation": "chat",
-            "headers": CIMultiDictProxy(CIMultiDict()),
-            "raw_body": b"{}",
-            "body": body,
-            "received_at": 0.0,
-            "deadline": 600.0,
-            "model": body.get("model", ""),
-            "upstream": "mock",
-            "upstream_model": body.get("model", ""),
-        }
+        fields: dict[str, Any] = {"request_id": "r1", "method": "POST", "path": "/v1/chat/completions",
+                                  "operation": "chat", "headers": CIMultiDictProxy(CIMultiDict()), "raw_body": b"{}",
+                                  "body": body, "received_at": 0.0, "deadline": 600.0, "model": body.get("model", ""),
+                                  "upstream": "mock", "upstream_model": body.get("model", "")}
         fields.update(kw)
-        return Exchange(**fields)
+        return build_exchange(**fields)
 
     return make
 
@@ -49,12 +37,7 @@ def chunk(obj: dict[str, Any]) -> bytes:
 def provider_stream(include_usage: bool) -> list[bytes]:
     """What OpenAI sends: with include_usage every chunk has "usage":null and a final usage chunk follows."""
     def c(choices: list[Any], usage: Any = "absent") -> bytes:
-        obj: dict[str, Any] = {
-            "id": "x",
-            "object": "chat.completion.chunk",
-            "model": "gpt-4o",
-            "choices": choices,
-        }
+        obj: dict[str, Any] = {"id": "x", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": choices}
         if include_usage:
             obj["usage"] = None if usage == "absent" else usage
         return chunk(obj)
@@ -92,19 +75,13 @@ def stream_exchange(make_exchange: Callable[..., Exchange], body: dict[str, Any]
     return make_exchange(body, raw_body=orjson.dumps(body), stream=body.get("stream") is True)
 
 
-async def test_client_that_did_not_ask_sees_exactly_the_plain_stream(
-    make_exchange: Callable[..., Exchange],
-) -> None:
+async def test_client_that_did_not_ask_sees_exactly_the_plain_stream(make_exchange: Callable[..., Exchange]) -> None:
     """Usage is requested upstream, recorded, and the client's bytes equal a stream without include_usage."""
     ex = stream_exchange(make_exchange)
-    resp = await UsagePolicy(inject=True, inflight=None)(ex, nxt(provider_stream(include_usage=True)))
+    resp = await UsagePolicy(inject=True)(ex, nxt(provider_stream(include_usage=True)))
     got = await drain(resp)
     assert got == b"".join(provider_stream(include_usage=False))
-    assert ex.usage is not None and (ex.usage.prompt, ex.usage.completion, ex.usage.estimated) == (
-        7,
-        3,
-        False,
-    )
+    assert ex.record.reported_usage is not None and (ex.record.reported_usage.prompt, ex.record.reported_usage.completion, ex.record.reported_usage.estimated) == (7, 3, False)
     sent = orjson.loads(ex.body_bytes())
     assert sent["stream_options"] == {"include_usage": True} and sent["messages"] == ex.body["messages"]  # type: ignore[index]
 
@@ -115,9 +92,9 @@ async def test_splitting_chunks_anywhere_changes_nothing(make_exchange: Callable
     for size in (1, 7, 13, 64):
         ex = stream_exchange(make_exchange)
         pieces = [whole[i:i + size] for i in range(0, len(whole), size)]
-        got = await drain(await UsagePolicy(inject=True, inflight=None)(ex, nxt(pieces)))
+        got = await drain(await UsagePolicy(inject=True)(ex, nxt(pieces)))
         assert got == b"".join(provider_stream(include_usage=False)), size
-        assert ex.usage is not None and ex.usage.completion == 3
+        assert ex.record.reported_usage is not None and ex.record.reported_usage.completion == 3
 
 
 async def test_client_that_asked_gets_usage_untouched(make_exchange: Callable[..., Exchange]) -> None:
@@ -125,52 +102,36 @@ async def test_client_that_asked_gets_usage_untouched(make_exchange: Callable[..
     body = {"model": "gpt-4o", "stream": True, "stream_options": {"include_usage": True}, "messages": []}
     ex = stream_exchange(make_exchange, body)
     chunks = provider_stream(include_usage=True)
-    got = await drain(await UsagePolicy(inject=True, inflight=None)(ex, nxt(chunks)))
+    got = await drain(await UsagePolicy(inject=True)(ex, nxt(chunks)))
     assert got == b"".join(chunks) and not ex.modified and ex.raw_body == orjson.dumps(body)
 
 
 def test_injection_splices_raw_bytes_without_reserialising(make_exchange: Callable[..., Exchange]) -> None:
-    """An unmodified body gets the flag spliced in;
-    the result is valid JSON equal to the body plus the flag."""
+    """An unmodified body gets the flag spliced in; the result is valid JSON equal to the body plus the flag."""
     raw = b'  {"model": "gpt-4o",\n "stream": true, "messages": [{"role": "user", "content": "caf\\u00e9"}]}'
     body = orjson.loads(raw)
     ex = make_exchange(body, raw_body=raw, stream=True)
     assert ask_for_usage(ex) is True
-    assert not ex.modified and orjson.loads(ex.body_bytes()) == {
-        **body,
-        "stream_options": {"include_usage": True},
-    }
+    assert not ex.modified and orjson.loads(ex.body_bytes()) == {**body, "stream_options": {"include_usage": True}}
     assert ex.body_bytes().endswith(raw[raw.index(b"{") + 1:])
 
 
 def test_injection_merges_existing_stream_options(make_exchange: Callable[..., Exchange]) -> None:
-    """Other stream_options are kept; include_usage:
-    false from the client is overridden upstream and hidden."""
-    body = {
-        "model": "m",
-        "stream": True,
-        "stream_options": {"include_obfuscation": False, "include_usage": False},
-    }
+    """Other stream_options are kept; include_usage: false from the client is overridden upstream and hidden."""
+    body = {"model": "m", "stream": True, "stream_options": {"include_obfuscation": False, "include_usage": False}}
     ex = make_exchange(body, raw_body=orjson.dumps(body), stream=True)
     assert ask_for_usage(ex) is True and ex.modified
-    assert orjson.loads(ex.body_bytes())["stream_options"] == {
-        "include_obfuscation": False,
-        "include_usage": True,
-    }
+    assert orjson.loads(ex.body_bytes())["stream_options"] == {"include_obfuscation": False, "include_usage": True}
 
 
-async def test_injection_off_and_non_stream_leave_the_body_alone(
-    make_exchange: Callable[..., Exchange],
-) -> None:
+async def test_injection_off_and_non_stream_leave_the_body_alone(make_exchange: Callable[..., Exchange]) -> None:
     """inject=False, or a non-stream request, forwards the client's body unchanged."""
     ex = stream_exchange(make_exchange)
-    await drain(await UsagePolicy(inject=False, inflight=None)(ex, nxt(provider_stream(False))))
+    await drain(await UsagePolicy(inject=False)(ex, nxt(provider_stream(False))))
     assert not ex.modified and b"stream_options" not in ex.body_bytes()
     body = {"model": "gpt-4o", "messages": []}
     ex2 = make_exchange(body, raw_body=orjson.dumps(body))
-    await drain(
-        await UsagePolicy(inject=True, inflight=None)(ex2, nxt([b'{"usage":{}}'], {"content-type": "x"}))
-    )
+    await drain(await UsagePolicy(inject=True)(ex2, nxt([b'{"usage":{}}'], {"content-type": "x"})))
     assert ex2.body_bytes() == orjson.dumps(body)
 
 
@@ -181,7 +142,7 @@ def test_strip_usage_keeps_choices_of_a_mixed_chunk(make_exchange: Callable[...,
                                                                                  "completion_tokens": 1}})
     out = strip_usage(event + b"data: [DONE]\n\n", ex)
     assert b'"usage"' not in out and b'"content":"x"' in out and out.endswith(b"data: [DONE]\n\n")
-    assert ex.usage is not None and ex.usage.prompt == 2
+    assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 2
 
 
 def test_usage_text_inside_content_is_not_touched(make_exchange: Callable[..., Exchange]) -> None:
@@ -195,19 +156,15 @@ async def test_chunks_are_captured_and_errors_are_not(make_exchange: Callable[..
     """Relayed chunks are kept for estimation; an error answer is passed through without a capture."""
     ex = stream_exchange(make_exchange)
     chunks = provider_stream(include_usage=True)
-    await drain(await UsagePolicy(inject=True, inflight=None)(ex, nxt(chunks)))
-    assert ex.attrs[CAPTURE_KEY].data() == b"".join(chunks)
+    await drain(await UsagePolicy(inject=True)(ex, nxt(chunks)))
+    assert ex.state[CAPTURE_KEY].data() == b"".join(chunks)
     ex2 = stream_exchange(make_exchange)
     err = b'{"error": {"message": "stream_options not supported"}}'
-    resp = await UsagePolicy(inject=True, inflight=None)(
-        ex2, nxt([err], {"content-type": "application/json"}, 400)
-    )
-    assert await drain(resp) == err and CAPTURE_KEY not in ex2.attrs
+    resp = await UsagePolicy(inject=True)(ex2, nxt([err], {"content-type": "application/json"}, 400))
+    assert await drain(resp) == err and CAPTURE_KEY not in ex2.state
 
 
-async def test_closing_the_wrapped_body_closes_the_upstream_body(
-    make_exchange: Callable[..., Exchange],
-) -> None:
+async def test_closing_the_wrapped_body_closes_the_upstream_body(make_exchange: Callable[..., Exchange]) -> None:
     """A client gone mid-stream: aclose reaches the upstream generator, so its connection is released."""
     closed: list[bool] = []
 
@@ -222,7 +179,7 @@ async def test_closing_the_wrapped_body_closes_the_upstream_body(
         return UpstreamResponse(status=200, headers=SSE, body=upstream_body())
 
     ex = stream_exchange(make_exchange)
-    resp = await UsagePolicy(inject=True, inflight=None)(ex, call)
+    resp = await UsagePolicy(inject=True)(ex, call)
     it = resp.body.__aiter__()
     await it.__anext__()
     await resp.body.aclose()  # type: ignore[attr-defined]
@@ -243,38 +200,26 @@ async def test_closing_the_wrapped_body_closes_the_upstream_body(
     async def never_read(ex: Exchange) -> UpstreamResponse:
         return UpstreamResponse(status=200, headers=SSE, body=Body())
 
-    resp = await UsagePolicy(inject=True, inflight=None)(stream_exchange(make_exchange), never_read)
+    resp = await UsagePolicy(inject=True)(stream_exchange(make_exchange), never_read)
     await resp.body.aclose()  # type: ignore[attr-defined]  # never started: a bare generator would skip finally
     assert closed == [True, True]
 
 
-async def test_inflight_is_counted_in(make_exchange: Callable[..., Exchange]) -> None:
-    """The request is counted in per upstream at entry; the child is left for the sink to count out."""
-    fams = RequestMetrics.register(Metrics(registry=CollectorRegistry()))
-    ex = stream_exchange(make_exchange)
-    await drain(await UsagePolicy(inject=True, inflight=fams.inflight)(ex, nxt(provider_stream(True))))
-    assert ex.attrs[INFLIGHT_KEY] is fams.inflight("mock")
-    assert fams.inflight("mock")._value.get() == 1
-
-
 @pytest.mark.parametrize("operation", ["embeddings", "responses"])
-async def test_only_chat_and_completions_get_the_flag(
-    make_exchange: Callable[..., Exchange], operation: str
-) -> None:
+async def test_only_chat_and_completions_get_the_flag(make_exchange: Callable[..., Exchange], operation: str) -> None:
     """Embeddings and the Responses API (usage always in response.completed) are never rewritten."""
     body = {"model": "m", "stream": True, "input": "x"}
     ex = make_exchange(body, raw_body=orjson.dumps(body), stream=True, operation=operation)
-    await drain(await UsagePolicy(inject=True, inflight=None)(ex, nxt([b"data: {}\n\n"])))
+    await drain(await UsagePolicy(inject=True)(ex, nxt([b"data: {}\n\n"])))
     assert not ex.modified and ex.raw_body == orjson.dumps(body)
 
 
 async def test_unusual_framing_is_relayed_untouched(make_exchange: Callable[..., Exchange]) -> None:
-    """CRLF-framed events, or an event with no boundary in 64 KiB, pass through as they come:
-    never buffered."""
+    """CRLF-framed events, or an event with no boundary in 64 KiB, pass through as they come: never buffered."""
     crlf = [c.replace(b"\n", b"\r\n") for c in provider_stream(include_usage=True)]
     ex = stream_exchange(make_exchange)
-    assert await drain(await UsagePolicy(inject=True, inflight=None)(ex, nxt(crlf))) == b"".join(crlf)
+    assert await drain(await UsagePolicy(inject=True)(ex, nxt(crlf))) == b"".join(crlf)
     huge = [b"data: " + b"x" * 40_000, b"y" * 40_000, b"\n\n"]
     ex2 = stream_exchange(make_exchange)
-    got = [c async for c in (await UsagePolicy(inject=True, inflight=None)(ex2, nxt(huge))).body]
+    got = [c async for c in (await UsagePolicy(inject=True)(ex2, nxt(huge))).body]
     assert b"".join(got) == b"".join(huge) and len(got) >= 2

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.exchange import Usage
+from gateway.telemetry.pricing import cost_usd, price_for
 from policies.usage.config import PriceConfig
-from policies.usage.pricing import cost_usd, price_for
 
 
 def test_cost_splits_cached_prompt_tokens() -> None:

@@ -1,7 +1,7 @@
 """Exact cache for read-only tool routes (``/tools/{name}/...``).
 
 The tool handler (``policies/tools/routes.py``) puts ``state.components["tool_cache"]``
-outermost in each tool chain. Only reads are cached (``ex.attrs["tool_read"]``:
+outermost in each tool chain. Only reads are cached (``ex.state.get(TOOL_READ)``:
 GET/HEAD, or any method on a ``read_only: true`` tool), keyed per tenant
 namespace on method, path, query and body, with the tool's ``cache_ttl_s``
 (else ``cache.exact.ttl_s``). Only a 200 that ended cleanly is stored, and never
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
+from gateway.body import Body, Observed, OneChunk
 from gateway.chain import Next
+from gateway.components import TOOL_READ
 from gateway.config_model import Config
-from gateway.exchange import Exchange, UpstreamResponse, single_chunk
+from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, config_version, make_key
@@ -35,15 +36,15 @@ class ToolCache:
         self.rt = rt
 
     def key(self, ex: Exchange) -> CacheKey:
-        tool = self.config.tools.get(ex.upstream)
+        tool = self.config.tools.get(ex.target.upstream)
         version = config_version(getattr(tool, "base_url", ""), getattr(tool, "headers", None))
         body = hashlib.sha256(ex.raw_body).hexdigest()
-        return make_key(namespace=ex.namespace, upstream=ex.upstream, model="", operation="tool",
-                        config_version=version, fields=[ex.method, ex.upstream_path, ex.query_string, body])
+        return make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model="", operation="tool",
+                        config_version=version, fields=[ex.request.method, ex.request.upstream_path, ex.request.query_string, body])
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         cfg = self.config.cache.exact
-        if not ex.attrs.get("tool_read") or not cfg.enabled or cfg.mode == "off":
+        if not ex.state.get(TOOL_READ) or not cfg.enabled or cfg.mode == "off":
             return await next(ex)
         controls = controls_of(ex)
         read, write = mode_allows(cfg.mode, controls)
@@ -57,37 +58,37 @@ class ToolCache:
                                        or time.time() - answer.created <= controls.max_age_s):
                 self._result(ex, "hit")
                 ex.response_headers["age"] = str(max(0, int(time.time() - answer.created)))
-                ex.source = "cache"
-                body = b"" if ex.method == "HEAD" else answer.body
+                ex.record.source = "cache"
+                body = b"" if ex.request.method == "HEAD" else answer.body
                 return UpstreamResponse(status=200, headers={"content-type": answer.content_type},
-                                        body=single_chunk(body), source="cache")
+                                        body=OneChunk(body), source="cache")
         self._result(ex, "miss")
         resp = await next(ex)
-        if write and resp.status == 200 and resp.source == "upstream" and ex.method != "HEAD":
-            tool = self.config.tools.get(ex.upstream)
+        if write and resp.status == 200 and resp.source == "upstream" and ex.request.method != "HEAD":
+            tool = self.config.tools.get(ex.target.upstream)
             ttl = controls.ttl(tool.cache_ttl_s if tool is not None and tool.cache_ttl_s is not None else cfg.ttl_s)
             content_type = resp.headers.get("content-type", "application/octet-stream")
             resp = replace(resp, body=self._fill(key, resp.body, ttl, content_type))
         return resp
 
-    async def _fill(self, key: CacheKey, body: AsyncIterator[bytes], ttl: float,
-                    content_type: str) -> AsyncIterator[bytes]:
+    def _fill(self, key: CacheKey, body: Body, ttl: float, content_type: str) -> Body:
         chunks: list[bytes] = []
         size = 0
-        try:
-            async for chunk in body:
-                size += len(chunk)
-                if size <= MAX_TOOL_ANSWER:
-                    chunks.append(chunk)
-                yield chunk
-        finally:
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if size <= MAX_TOOL_ANSWER:
-            self.rt.tool.set(key, CachedAnswer(operation="tool", body=b"".join(chunks), created=time.time(),
-                                               content_type=content_type), ttl)
+
+        def keep(chunk: bytes) -> bytes:
+            nonlocal size
+            size += len(chunk)
+            if size <= MAX_TOOL_ANSWER:
+                chunks.append(chunk)
+            return chunk
+
+        def on_end(error: BaseException | None) -> None:
+            if error is None and size <= MAX_TOOL_ANSWER:  # a complete answer only
+                self.rt.tool.set(key, CachedAnswer(operation="tool", body=b"".join(chunks), created=time.time(),
+                                                   content_type=content_type), ttl)
+
+        return Observed(body, on_chunk=keep, on_end=on_end)
 
     def _result(self, ex: Exchange, result: str) -> None:
-        ex.cache_result = ex.response_headers["x-gateway-cache"] = result
+        ex.record.cache_result = ex.response_headers["x-gateway-cache"] = result
         self.rt.metrics.request("tool", result, self.name)

@@ -25,7 +25,7 @@ from gateway.config_model import Config
 from gateway.errors import LocalReply
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.tokens.prompt import prompt_tokens
-from policies.budgets.config import BudgetsConfig
+from policies.compression.budgets_config import BudgetsConfig
 from policies.compression.prompt_fit import BudgetDecision, choose_class, decide, last_user_text
 
 OPERATIONS = frozenset({"chat", "completions", "responses"})
@@ -42,23 +42,24 @@ class BudgetPolicy:
                                                "Output-limit decisions of the budget policy", ("route", "decision"))
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        if ex.operation in OPERATIONS and ex.body is not None:
+        if ex.request.operation in OPERATIONS and ex.body is not None:
             self.apply(ex)
         return await next(ex)
 
     def apply(self, ex: Exchange) -> None:
         """Set, clamp or refuse the request's output limit (see the module docstring)."""
-        route = ex.attrs.get("route")
+        route = ex.request.route
         cfg: BudgetsConfig = (route.budgets if route is not None else None) or self.config.budgets
         if not active(cfg):
             return
         body: dict[str, Any] = ex.body  # type: ignore[assignment]
-        model = body.get("model") if isinstance(body.get("model"), str) else ex.upstream_model
+        asked = body.get("model")
+        model = asked if isinstance(asked, str) else ex.target.model
         chosen = partial(choose_class, cfg.classes, self.patterns, partial(prompt_tokens, self.state, ex),
-                         partial(last_user_text, body, ex.operation))
-        verdict = decide(body, ex.operation, model, cfg, chosen)
+                         partial(last_user_text, body, ex.request.operation))
+        verdict = decide(body, ex.request.operation, model, cfg, chosen)
         label = verdict.decision if cfg.enforce else "shadow_" + verdict.decision
-        self.decisions.labels(ex.route_name, label).inc()
+        self.decisions.labels(ex.request.route_name, label).inc()
         self.state.metrics.decision(self.name, label)
         if not cfg.enforce:
             return

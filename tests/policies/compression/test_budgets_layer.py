@@ -8,7 +8,7 @@ import pytest
 from gateway.config import ConfigError
 from gateway.errors import LocalReply
 from gateway.tokens.prompt import set_prompt_tokens
-from policies.budgets.layer import BudgetPolicy, make_budget
+from policies.compression.budgets_layer import BudgetPolicy, make_budget
 from tests.policies.compression.test_layer import Recorder, exchange, make_state, sample
 
 CLASSES = [{"match": {"max_prompt_tokens": 50}, "max_tokens": 256},

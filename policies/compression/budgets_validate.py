@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from gateway.config_model import Config
-from policies.budgets.config import BudgetsConfig
+from policies.compression.budgets_config import BudgetsConfig
 
 
 def problems(config: Config) -> list[str]:

@@ -1,11 +1,13 @@
 """The tool-route cache: reads cached per tenant, writes and fallbacks never."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from gateway.components import TOOL_READ
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.runtime import cache_runtime
-from policies.tools.cache_layer import ToolCache
+from policies.cache.tools_layer import ToolCache
 from tests.policies.cache.support import body_of, drain, exchange, make_state
 
 
@@ -23,8 +25,9 @@ class Tool:
 
 def tool_ex(st: Any, read: bool, key: str = "sk-a") -> Exchange:
     ex = exchange(st, key=key, operation="tool")
-    ex.method, ex.upstream, ex.upstream_path, ex.raw_body = "GET", "quotes", "/v1/price", b""
-    ex.attrs["tool_read"] = read
+    ex.request = dataclasses.replace(ex.request, method="GET", upstream_path="/v1/price")
+    ex.target.upstream, ex.raw_body = "quotes", b""
+    ex.state[TOOL_READ] = read
     return ex
 
 
@@ -36,7 +39,7 @@ async def test_reads_cached_per_tenant_writes_not() -> None:
     for key, expect in (("sk-a", "miss"), ("sk-a", "hit"), ("sk-b", "miss")):
         ex = tool_ex(st, True, key)
         assert await drain(await cache(ex, up)) == b'{"q":1}'
-        assert ex.cache_result == expect
+        assert ex.record.cache_result == expect
     writes = Tool()
     for _ in range(2):
         await drain(await cache(tool_ex(st, False), writes))

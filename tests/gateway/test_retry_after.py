@@ -6,7 +6,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from policies.resilience.retry_after import parse_duration, retry_after_s
+from gateway.retry_after import parse_duration, retry_after_s
 
 
 def test_precedence_ms_then_seconds() -> None:

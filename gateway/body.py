@@ -1,0 +1,156 @@
+"""The response body type and the one way every layer observes or filters it.
+
+A ``Body`` is an async iterator of byte chunks with ``aclose``: closing it
+releases (or closes) the upstream connection, and must reach the upstream body
+even when iteration never started (a generator's own ``aclose`` would skip its
+``finally`` then, leaving the connection open until garbage collection).
+
+``Observed`` is the only wrapper layers put around a body: an optional chunk
+filter (returns the bytes to pass on: the chunk itself to observe only, ``b""``
+to hold it back), an optional ``flush`` for held-back bytes at a clean end, and
+an ``on_end`` callback called exactly once however the body ends (clean end,
+upstream failure, client gone, or closed unread), with None only for a clean end
+(closed before its end: a ``BodyClosed``).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+ChunkFilter = Callable[[bytes], bytes]
+
+
+class BodyClosed(Exception):
+    """What ``on_end`` gets when a body was closed before its end (client gone, answer discarded)."""
+
+EndCallback = Callable[[BaseException | None], None]
+
+
+@runtime_checkable
+class Body(Protocol):
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    def __anext__(self) -> Awaitable[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class OneChunk:
+    """A body made of one buffer (cache hits, local answers)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> OneChunk:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
+            raise StopAsyncIteration
+        return data
+
+    async def aclose(self) -> None:
+        self._data = None
+
+
+class Chunks:
+    """A body made of buffers already in memory, yielded one by one (replays, peeked heads)."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = chunks[::-1]
+
+    def __aiter__(self) -> Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop()
+
+    async def aclose(self) -> None:
+        self._chunks.clear()
+
+
+class Observed:
+    """``inner`` as it flows, seen by ``on_chunk`` (a filter) and ended once with ``on_end``."""
+
+    __slots__ = ("_ended", "_flush", "_inner", "_on_chunk", "_on_end")
+
+    def __init__(self, inner: Body, on_chunk: ChunkFilter | None = None, on_end: EndCallback | None = None,
+                 flush: Callable[[], bytes] | None = None) -> None:
+        self._inner = inner
+        self._on_chunk = on_chunk
+        self._on_end = on_end
+        self._flush = flush
+        self._ended = False
+
+    def __aiter__(self) -> Observed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            try:
+                chunk = await self._inner.__anext__()
+            except StopAsyncIteration:
+                rest = self._flush() if self._flush is not None and not self._ended else b""
+                self._flush = None
+                if rest:
+                    return rest
+                self._end(None)
+                raise
+            except BaseException as exc:
+                self._end(exc)
+                raise
+            if self._on_chunk is None:
+                return chunk
+            out = self._on_chunk(chunk)
+            if out:
+                return out
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._end(BodyClosed())
+
+    def _end(self, error: BaseException | None) -> None:
+        if not self._ended:
+            self._ended = True
+            if self._on_end is not None:
+                self._on_end(error)
+
+
+async def close_quietly(body: Body) -> None:
+    """Close a body we will not read further; its own failure was already handled where it happened."""
+    with contextlib.suppress(Exception):
+        await body.aclose()
+
+
+def as_body(chunks: AsyncIterator[bytes]) -> Body:
+    """An async iterator (an async generator, or one without ``aclose``) as a ``Body``."""
+    if isinstance(chunks, Body):
+        return chunks
+    return _Adapted(chunks)
+
+
+class _Adapted:
+    __slots__ = ("_it",)
+
+    def __init__(self, it: AsyncIterator[bytes]) -> None:
+        self._it = it
+
+    def __aiter__(self) -> _Adapted:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        return self._it.__anext__()
+
+    async def aclose(self) -> None:
+        if isinstance(self._it, AsyncGenerator):
+            await self._it.aclose()

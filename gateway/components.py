@@ -1,0 +1,26 @@
+"""Typed keys for the long-lived components that the core reads from features (``state.components``).
+
+A feature registers its component under a key declared here when the core must reach it
+without importing the feature (the dashboard's breaker and queue figures, the ``/tools/``
+handler); keys only one feature uses are declared in that feature's package.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from gateway.chain import Policy
+from gateway.exchange import StateKey
+
+RouteHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+# (name, state, since): since is a clock() time or None
+BreakerRows = Callable[[], list[tuple[str, str, float | None]]]
+
+TOOL_HANDLER: StateKey[RouteHandler] = StateKey("tools.handler")
+BREAKER_STATES: StateKey[BreakerRows] = StateKey("resilience.breaker_states")
+QUEUE_DEPTHS: StateKey[Callable[[], Mapping[str, int]]] = StateKey("ratelimit.queue_depths")
+# The tool routes' read cache (a layer of the cache feature), outermost in each tool chain.
+TOOL_CACHE: StateKey[Policy] = StateKey("tools.cache")
+# Per request: a tool read (GET/HEAD, or a read-only tool), safe to cache; set by the tool routes.
+TOOL_READ: StateKey[bool] = StateKey("tools.read")

@@ -1,0 +1,55 @@
+"""gateway.exchange: the three typed parts of a request and the typed-key state."""
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.auth import ANONYMOUS, Identity
+from gateway.exchange import Exchange, LayerState, Record, RequestFacts, StateKey, Target, Usage
+
+
+def facts(**kw: object) -> RequestFacts:
+    base: dict[str, object] = dict(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
+                                   headers=CIMultiDictProxy(CIMultiDict()), received_at=1.0, deadline=2.0)
+    base.update(kw)
+    return RequestFacts(**base)  # type: ignore[arg-type]
+
+
+def test_request_facts_are_frozen_and_name_the_identity() -> None:
+    req = facts(identity=Identity("acme", "t:acme", "abc"))
+    assert req.tenant == "acme" and req.namespace == "t:acme"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        req.model = "other"  # type: ignore[misc]
+    assert facts().identity is ANONYMOUS and facts().tenant == "default"
+
+
+def test_raw_body_is_forwarded_until_a_layer_changes_it() -> None:
+    raw = b'{"model": "m",  "messages": []}'
+    ex = Exchange(request=facts(), target=Target(upstream="u", model="m"), raw_body=raw,
+                  body=orjson.loads(raw))
+    assert ex.body_bytes() is raw  # the client's exact bytes
+    ex.set_body({"model": "n", "messages": []})
+    assert ex.modified and orjson.loads(ex.body_bytes()) == {"model": "n", "messages": []}
+
+
+def test_record_defaults_and_usage_total() -> None:
+    rec = Record()
+    assert rec.status == 0 and rec.source == "upstream" and rec.usage is None and rec.cost_usd is None
+    assert Usage(prompt=3, completion=4).total == 7
+
+
+def test_layer_state_is_typed_by_key() -> None:
+    counted: StateKey[bool] = StateKey("test.counted")
+    names: StateKey[list[str]] = StateKey("test.names")
+    state = LayerState()
+    assert state.get(counted) is None and counted not in state
+    state.set(counted, True)
+    assert state.get(counted) is True and counted in state and state[counted] is True
+    assert state.setdefault(names, []) == [] and state.setdefault(names, ["x"]) == []
+    assert state.pop(counted) is True and state.pop(counted) is None
+    other: StateKey[bool] = StateKey("test.counted")  # same name, another key: keys are identities
+    state.set(counted, False)
+    assert other not in state and "StateKey('test.counted')" == repr(other)

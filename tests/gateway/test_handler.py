@@ -1,0 +1,67 @@
+"""gateway.handler against the real server: the in-flight gauge, the finalize step, refused requests."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest_asyncio
+from openai import AsyncOpenAI
+
+from gateway.exchange import Exchange, Usage
+from gateway.mock import MockServer
+from tests.support.servers import InProcessGateway, gateway_config, start_gateway
+from tests.support.until import until
+
+
+@pytest_asyncio.fixture
+async def gw(mock_upstream: MockServer) -> AsyncIterator[InProcessGateway]:
+    gateway = await start_gateway(gateway_config(mock_upstream.url))
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
+
+
+def inflight(gw: InProcessGateway) -> float:
+    value = gw.state.metrics.registry.get_sample_value("gateway_inflight_requests", {"upstream": "mock"})
+    return value or 0.0
+
+
+async def test_inflight_counts_a_stream_until_its_relay_ends(gw: InProcessGateway) -> None:
+    """The core counts a request in while it is relayed (a stream until its last byte), and out after."""
+    async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-c", max_retries=0,
+                           default_headers={"x-mock-fault": "stall_after_chunks=2;stall_ms=400"}) as client:
+        stream = await client.chat.completions.create(model="gpt-4o", stream=True,
+                                                      messages=[{"role": "user", "content": "count"}])
+        await stream.__anext__()
+        assert inflight(gw) == 1  # positive control: it is counted while the answer flows
+        async for _ in stream:
+            pass
+    await until(lambda: inflight(gw) == 0, timeout=5.0, message="the gauge is counted out after the stream")
+
+
+async def test_sinks_see_the_settled_record(gw: InProcessGateway) -> None:
+    """Finalizers settle usage and cost before any sink runs, so every sink reads the same figures."""
+    seen: list[tuple[Usage | None, Usage | None]] = []
+
+    def sink(ex: Exchange) -> None:
+        seen.append((ex.record.usage, ex.record.reported_usage))
+
+    gw.state.sinks.insert(0, sink)  # first in the list: it still sees the settled record
+    async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-c", max_retries=0) as client:
+        answer = await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    await until(lambda: bool(seen), timeout=5.0)
+    usage, reported = seen[0]
+    assert usage is not None and reported is not None and answer.usage is not None
+    assert usage.prompt == answer.usage.prompt_tokens and usage.completion == answer.usage.completion_tokens
+
+
+async def test_a_refused_request_is_recorded_once(gw: InProcessGateway) -> None:
+    seen: list[Exchange] = []
+    gw.state.sinks.append(seen.append)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{gw.base_url}/chat/completions", data=b"{not json") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["type"] == "invalid_request_error"
+    await until(lambda: len(seen) == 1, timeout=5.0)
+    assert seen[0].record.status == 400 and seen[0].record.source == "local"

@@ -1,0 +1,166 @@
+"""The server: malformed HTTP answered in the OpenAI error shape, and serve() draining cleanly on stop.
+
+Everything runs on real loopback sockets: the gateway in process (``start_gateway`` uses the same
+``make_runner`` as ``serve``), the fake provider from ``mock_upstream``, raw bytes where no HTTP client
+would send them.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest_asyncio
+
+from gateway.config import parse_config
+from gateway.mock import MockServer
+from gateway.server import serve
+from tests.support.servers import InProcessGateway, bound_socket, gateway_config, start_gateway
+from tests.support.until import until
+
+MAX_HEADER = 2048
+CHAT = [{"role": "user", "content": "drain me"}]
+
+
+@pytest_asyncio.fixture
+async def gw(mock_upstream: MockServer) -> AsyncIterator[InProcessGateway]:
+    gateway = await start_gateway(gateway_config(mock_upstream.url, server={"max_header_bytes": MAX_HEADER}))
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
+
+
+async def send_raw(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data``, read until the server closes; the status, headers (lower-cased) and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+async def test_a_malformed_request_line_is_a_json_400(gw: InProcessGateway) -> None:
+    status, headers, body = await send_raw(gw.port, b"GET /healthz HTTP/1.1 sk-leaked-secret\x01\r\n\r\n")
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    # (send_raw read to EOF: the server closed the connection after answering)
+    error = orjson.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http_request")
+    assert error["message"].startswith("Malformed HTTP request")
+    assert b"sk-leaked-secret" not in body  # the client's bytes are never echoed
+
+
+async def test_an_oversized_header_is_refused_in_json_without_echo(gw: InProcessGateway) -> None:
+    big = b"X-Big: sk-" + b"a" * (MAX_HEADER + 100) + b"\r\n"
+    status, headers, body = await send_raw(gw.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + big + b"\r\n")
+    assert status in (400, 431)  # aiohttp's choice; the shape below is ours
+    assert headers["content-type"].startswith("application/json")
+    assert orjson.loads(body)["error"]["code"] == "invalid_http_request"
+    assert b"aaaaaaaa" not in body
+
+
+async def test_a_header_within_the_limit_is_served(gw: InProcessGateway) -> None:
+    fits = b"X-Big: " + b"a" * (MAX_HEADER // 2) + b"\r\n"
+    status, _, body = await send_raw(gw.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                                              + fits + b"\r\n")
+    assert (status, orjson.loads(body)) == (200, {"status": "ok"})
+
+
+async def test_unknown_paths_still_answer_in_json(gw: InProcessGateway) -> None:
+    async with aiohttp.ClientSession() as session, session.get(gw.url + "/no/such/thing") as resp:
+        assert resp.status == 404
+        assert "error" in await resp.json()
+
+
+# ---------------------------------------------------------------- serve() and drain
+
+async def _open_stream(session: aiohttp.ClientSession, url: str, fault: str) -> aiohttp.ClientResponse:
+    resp = await session.post(url + "/v1/chat/completions", headers={"x-mock-fault": fault},
+                              json={"model": "gpt-4o", "messages": CHAT, "stream": True, "max_tokens": 10})
+    assert resp.status == 200
+    await resp.content.readline()  # the first event arrived: the stream is open
+    return resp
+
+
+async def _status(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url) as resp:
+        return resp.status
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_serve_drains_open_streams_on_stop_and_returns_zero(mock_upstream: MockServer) -> None:
+    """Stop: /readyz 503 at once, a short stream completes, one past drain_s ends with an error event,
+    the port closes and serve() returns 0."""
+    config = parse_config(gateway_config(mock_upstream.url, server={"drain_s": 2.0, "grace_s": 0.5}), {})
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    stop = asyncio.Event()
+    run = asyncio.create_task(serve(config, host="127.0.0.1", port=0, sock=sock, stop=stop))
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            async def ready() -> bool:
+                try:
+                    return await _status(session, url + "/readyz") == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await until(ready, timeout=30, message="serve() became ready")
+            short = await _open_stream(session, url, "drip_ms=60")
+            long = await _open_stream(session, url, "stall_after_chunks=2;stall_ms=60000")
+            stop.set()
+            # readiness flips at once, while new connections are still accepted (the grace period)
+            async def draining() -> bool:
+                return await _status(session, url + "/readyz") == 503
+
+            await until(draining, timeout=0.4, message="/readyz 503 within the grace period")
+            short_body = (await short.read()).decode()
+            long_body = (await long.read()).decode()
+        assert short_body.rstrip().endswith("data: [DONE]")
+        assert "[DONE]" not in long_body
+        assert '"code":"gateway_shutdown"' in long_body.replace(" ", "")
+        assert await asyncio.wait_for(run, 10) == 0
+        assert not _accepts(port)
+    finally:
+        stop.set()
+        if not run.done():
+            await asyncio.wait_for(run, 10)
+
+
+async def test_serve_with_nothing_open_stops_promptly(mock_upstream: MockServer) -> None:
+    config = parse_config(gateway_config(mock_upstream.url, server={"drain_s": 5.0, "grace_s": 0}), {})
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop = asyncio.Event()
+    run = asyncio.create_task(serve(config, host="127.0.0.1", port=0, sock=sock, stop=stop))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def ready() -> bool:
+                try:
+                    return await _status(session, url + "/readyz") == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await until(ready, timeout=30, message="serve() became ready")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stop.set()
+        assert await asyncio.wait_for(run, 10) == 0
+        assert loop.time() - started < 2.0  # no open request: no waiting for drain_s
+    finally:
+        stop.set()
+        if not run.done():
+            await asyncio.wait_for(run, 10)

@@ -1,0 +1,59 @@
+"""The shared test kit behaves as the tests relying on it assume."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.support.fake_body import BodyFailed, FakeBody
+from tests.support.until import until
+
+
+async def test_until_returns_once_a_sync_predicate_holds() -> None:
+    ticks = []
+    await until(lambda: ticks.append(1) or len(ticks) >= 3, timeout=1, interval=0)
+    assert len(ticks) == 3
+
+
+async def test_until_awaits_an_async_predicate() -> None:
+    flag = asyncio.Event()
+    asyncio.get_running_loop().call_soon(flag.set)
+
+    async def is_set() -> bool:
+        return flag.is_set()
+
+    await until(is_set, timeout=1)
+
+
+async def test_until_fails_with_the_message_after_the_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(AssertionError, match="the queue drained"):
+        await until(lambda: False, timeout=0.05, message="the queue drained")
+    assert 0.05 <= loop.time() - started < 1.0
+
+
+async def test_until_looks_once_more_at_the_deadline() -> None:
+    calls = []
+    await until(lambda: calls.append(1) or len(calls) > 1, timeout=0, interval=1)
+    assert len(calls) == 2
+
+
+async def test_fake_body_yields_its_chunks_and_records_close() -> None:
+    body = FakeBody([b"a", b"b"])
+    assert [c async for c in body] == [b"a", b"b"] and body.sent == 2 and not body.closed
+    await body.aclose()
+    await body.aclose()
+    assert body.closed and body.close_calls == 2
+
+
+async def test_fake_body_fails_after_n_chunks() -> None:
+    body = FakeBody([b"a", b"b", b"c"], fail_after=2)
+    got = []
+    with pytest.raises(BodyFailed):
+        async for chunk in body:
+            got.append(chunk)
+    assert got == [b"a", b"b"] and body.sent == 2
+    with pytest.raises(TimeoutError):
+        await FakeBody([b"a"], fail_after=0, error=TimeoutError()).read()
+    assert await FakeBody([b"a", b"b"], fail_after=5).read() == b"ab"  # fewer chunks than fail_after: a clean end
