@@ -257,7 +257,8 @@ async def test_route_override_disables_cache(make_gateway: Any, mock_upstream: M
 async def test_metrics_and_record(gateway: Any, client: AsyncOpenAI) -> None:
     """Hits are counted in gateway_cache_requests_total and the exchange record says source=cache."""
     seen: list[Any] = []
-    gateway.state.sinks.append(lambda ex: seen.append((ex.record.source, ex.record.cache_result, ex.record.first_token_at > 0)))
+    gateway.state.sinks.append(lambda ex: seen.append((ex.record.source, ex.record.cache_result,
+                                                       ex.record.first_token_at > 0)))
     await _send(client)
     await _send(client)
     assert seen[-1] == ("cache", "hit", True)

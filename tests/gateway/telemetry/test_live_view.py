@@ -52,7 +52,8 @@ def record(st: AppState, make_exchange: Callable[..., Exchange], clock: Clock, *
     status = kw.pop("status", 200)
     usage = kw.pop("usage", Usage(prompt=1000, completion=500))
     ex = make_exchange(received_at=clock.now - 0.2, **kw)
-    ex.record.status, ex.record.ended_at, ex.record.usage, ex.record.first_token_at = status, clock.now, usage, clock.now - 0.1
+    ex.record.status, ex.record.ended_at = status, clock.now
+    ex.record.usage, ex.record.first_token_at = usage, clock.now - 0.1
     st.stats.record(ex)
     return ex
 
