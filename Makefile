@@ -27,8 +27,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-lint: $(STAMP)
+lint: $(STAMP)  # ruff, then the typecheck (mypy --strict, configured in pyproject.toml)
 	$(BIN)/ruff check gateway policies tests bench
+	$(BIN)/mypy
 
 bench: $(STAMP)  # BENCH_ARGS='--only small-c1,stream-c1 --reps 5'; wrk and nginx are used when installed
 	$(BIN)/python -m bench.overhead $(BENCH_ARGS)

@@ -53,8 +53,10 @@ from tests.support.servers import RedisServer, free_port, gateway_config, redis_
 
 KEY = "sk-bench"
 BIG = 10**12
-WORDS = [f"{w}{i}" for i, w in enumerate(("alpha", "beta", "gamma", "delta", "sidecar", "token", "queue")) ] + \
-    ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "agents", "call", "tools", "and", "read", "files"]
+WORDS = [f"{w}{i}"
+         for i, w in enumerate(("alpha", "beta", "gamma", "delta", "sidecar", "token", "queue")) ] + \
+    ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "agents", "call", "tools",
+     "and", "read", "files"]
 
 
 def history(tokens: int, seed: int) -> list[dict[str, str]]:
@@ -79,8 +81,8 @@ def config(redis_url: str | None, count_tokens: bool) -> Config:
         "upstreams": {"mock": {"base_url": "http://127.0.0.1:9/v1", "rate_limit": upstream}},
     }
     if redis_url:
-        overrides["state"] = {"backend": "redis", "redis_url": redis_url, "key_prefix": f"b{secrets.token_hex(3)}:",
-                              "timeout_ms": 1000}
+        overrides["state"] = {"backend": "redis", "redis_url": redis_url,
+                              "key_prefix": f"b{secrets.token_hex(3)}:", "timeout_ms": 1000}
     return parse_config(gateway_config("http://127.0.0.1:9/v1", **overrides), {})
 
 
@@ -112,9 +114,9 @@ def exchange(st: AppState, messages: list[dict[str, str]]) -> Exchange:
     body = {"model": "gpt-4o", "messages": messages, "max_tokens": 256}
     headers = CIMultiDictProxy(CIMultiDict({"authorization": f"Bearer {KEY}"}))
     identity = st.runtime.auth.identify(headers)
-    ex = build_exchange(request_id="b", method="POST", path="/v1/chat/completions", operation="chat", headers=headers,
-                  raw_body=b"", body=body, received_at=0.0, deadline=st.clock() + 600, model="gpt-4o",
-                  upstream="mock", upstream_model="gpt-4o", identity=identity)
+    ex = build_exchange(request_id="b", method="POST", path="/v1/chat/completions", operation="chat",
+                        headers=headers, raw_body=b"", body=body, received_at=0.0, deadline=st.clock() + 600,
+                        model="gpt-4o", upstream="mock", upstream_model="gpt-4o", identity=identity)
     return ex
 
 
@@ -177,8 +179,9 @@ async def measure(n: int, redis_url: str | None) -> list[tuple[str, str, str]]:
             if not redis_url:
                 rows.append((f"tokenize {label}", "-", us(run_tokenize(st, requests(size, count, warm)))))
             times, settle = await run_admit(st, chain, requests(size, count, warm, first_seed=10_000))
-            rows.append((f"admit {label}", backend, us(times) + (f" (+{settle * 1e6:,.0f} settle)" if redis_url
-                                                                 else "")))
+            rows.append((f"admit {label}", backend,
+                         us(times) + (f" (+{settle * 1e6:,.0f} settle)" if redis_url
+                                      else "")))
             await close(st)
     st, chain = await build(config(redis_url, False), Tokenizer())
     times, settle = await run_admit(st, chain, requests(1_000, n, False))

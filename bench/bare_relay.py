@@ -48,9 +48,13 @@ def build_app(upstream: str, max_connections: int) -> web.Application:
 
     async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=30)
-        app[SESSION] = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                             timeout=aiohttp.ClientTimeout(total=None),
-                                             skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
+        app[SESSION] = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=True,
+            timeout=aiohttp.ClientTimeout(total=None),
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
         yield
         await app[SESSION].close()
 
@@ -73,8 +77,15 @@ def main() -> None:
         loop = None
     else:
         loop = uvloop.new_event_loop()
-    web.run_app(build_app(args.upstream, args.max_connections), host=args.host, port=args.port, access_log=None,
-                handler_cancellation=True, print=None, loop=loop)
+    web.run_app(
+        build_app(args.upstream, args.max_connections),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        handler_cancellation=True,
+        print=None,
+        loop=loop,
+    )
 
 
 if __name__ == "__main__":

@@ -79,11 +79,16 @@ def pct(values: list[float], q: float) -> float:
 
 def line(name: str, inside: list[float], rtt: list[float]) -> str:
     ms = 1000.0
-    return (f"{name:<34} n={len(inside):<5} inside p50={pct(inside, .5) * ms:.3f} ms p99={pct(inside, .99) * ms:.3f} ms"
-            f" | client rtt p50={pct(rtt, .5) * ms:.3f} ms mean={statistics.mean(rtt) * ms:.3f} ms")
+    return (
+        f"{name:<34} n={len(inside):<5} inside p50={pct(inside, 0.5) * ms:.3f} ms "
+        f"p99={pct(inside, 0.99) * ms:.3f} ms"
+        f" | client rtt p50={pct(rtt, 0.5) * ms:.3f} ms mean={statistics.mean(rtt) * ms:.3f} ms"
+    )
 
 
-async def run(url: str, gw: Any, bodies: list[dict[str, Any]], expect: str) -> tuple[list[float], list[float]]:
+async def run(
+    url: str, gw: Any, bodies: list[dict[str, Any]], expect: str
+) -> tuple[list[float], list[float]]:
     inside: list[float] = gw.app[TIMES]
     inside.clear()
     rtt: list[float] = []
@@ -108,8 +113,12 @@ async def main(args: argparse.Namespace) -> None:
         await run(url, gw, [body], "miss")
         if args.exact:
             print(line("exact hit, non-stream", *await run(url, gw, [body] * args.exact, "hit")))
-            print(line("exact hit, stream (SSE replay)", *await run(url, gw, [{**body, "stream": True}] * args.exact,
-                                                                     "hit")))
+            print(
+                line(
+                    "exact hit, stream (SSE replay)",
+                    *await run(url, gw, [{**body, "stream": True}] * args.exact, "hit"),
+                )
+            )
         if args.semantic:
             sgw = await start_gateway(gateway_config(mock.url, cache={"semantic": {"enabled": True}}))
             gws.append(sgw)

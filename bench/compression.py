@@ -57,7 +57,9 @@ def text_of(messages: Sequence[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def timed(tokenizer: Tokenizer, model: str, messages: list[dict[str, Any]], plan: Plan) -> tuple[Any, float, float]:
+def timed(
+    tokenizer: Tokenizer, model: str, messages: list[dict[str, Any]], plan: Plan
+) -> tuple[Any, float, float]:
     """One compress call: (outcome, wall ms, CPU ms of this thread; the latter ignores other processes)."""
     wall, cpu = time.perf_counter(), time.thread_time()
     outcome = compress(messages, plan, tokenizer_meter(tokenizer, model))
@@ -80,10 +82,19 @@ def fit_row(data: dict[str, Any], checkpoint: dict[str, Any], ratio: float, repe
     assert outcome is not None
     blob = text_of(outcome.messages)
     kept = [f for f in checkpoint["facts"] if f in blob]
-    return {"kind": data["kind"], "size": checkpoint["name"], "before": outcome.before, "after": outcome.after,
-            "fits": outcome.fits, "saved_pct": 100 * (outcome.before - outcome.after) / outcome.before,
-            "facts": f"{len(kept)}/{len(checkpoint['facts'])}", "missing": sorted(set(checkpoint["facts"]) - set(kept)),
-            "steps": ",".join(outcome.saved), "cold": _medians(cold), "warm": _medians(warm)}
+    return {
+        "kind": data["kind"],
+        "size": checkpoint["name"],
+        "before": outcome.before,
+        "after": outcome.after,
+        "fits": outcome.fits,
+        "saved_pct": 100 * (outcome.before - outcome.after) / outcome.before,
+        "facts": f"{len(kept)}/{len(checkpoint['facts'])}",
+        "missing": sorted(set(checkpoint["facts"]) - set(kept)),
+        "steps": ",".join(outcome.saved),
+        "cold": _medians(cold),
+        "warm": _medians(warm),
+    }
 
 
 def _medians(samples: list[tuple[float, float]]) -> str:
@@ -92,8 +103,12 @@ def _medians(samples: list[tuple[float, float]]) -> str:
 
 def request_points(messages: Sequence[dict[str, Any]]) -> list[int]:
     """Prefix lengths at which a model call is due (after a tool result or a user message)."""
-    return [i for i in range(3, len(messages) + 1)
-            if messages[i - 1]["role"] in ("tool", "user") and (i == len(messages) or messages[i]["role"] != "tool")]
+    return [
+        i
+        for i in range(3, len(messages) + 1)
+        if messages[i - 1]["role"] in ("tool", "user")
+        and (i == len(messages) or messages[i]["role"] != "tool")
+    ]
 
 
 def stability(data: dict[str, Any], budget: int, stable: bool, tokenizer: Tokenizer) -> dict[str, Any]:
@@ -135,24 +150,36 @@ def report(data: dict[str, dict[str, Any]], repeat: int, budget: int) -> list[st
                 r = fit_row(d, cp, ratio, repeat)
                 fits = "" if r["fits"] else " (REJECTED)"
                 missing = f" missing {r['missing']}" if r["missing"] else ""
-                lines.append(f"| {kind} | {r['size']} | {r['before']} | {int(ratio * 100)}% | {r['after']}{fits} | "
-                             f"{r['saved_pct']:.0f}% | {r['facts']}{missing} | {r['steps']} | {r['cold']} | {r['warm']} |")
-    lines += ["", f"## Prefix stability (replay request by request, budget {budget} tokens)", "",
-              "| transcript | stable_prefix | compressed pairs | earlier prompt is a prefix | cached share of prompt |",
-              "|---|---|---|---|---|"]
+                lines.append(
+                    f"| {kind} | {r['size']} | {r['before']} | {int(ratio * 100)}% | {r['after']}{fits} | "
+                    f"{r['saved_pct']:.0f}% | {r['facts']}{missing} | {r['steps']} | "
+                    f"{r['cold']} | {r['warm']} |"
+                )
+    lines += [
+        "",
+        f"## Prefix stability (replay request by request, budget {budget} tokens)",
+        "",
+        "| transcript | stable_prefix | compressed pairs | earlier prompt is a prefix "
+        "| cached share of prompt |",
+        "|---|---|---|---|---|",
+    ]
     tokenizer = Tokenizer()
     for kind, d in data.items():
         for stable in (True, False):
             r = stability(d, budget, stable, tokenizer)
-            lines.append(f"| {kind} | {stable} | {r['pairs']} | {r['full_prefix_hits']} ({r['hit_pct']:.0f}%) | "
-                         f"{r['cached_share_pct']:.0f}% |")
+            lines.append(
+                f"| {kind} | {stable} | {r['pairs']} | {r['full_prefix_hits']} ({r['hit_pct']:.0f}%) | "
+                f"{r['cached_share_pct']:.0f}% |"
+            )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="compression benchmark")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--budget", type=int, default=24_000, help="prompt budget of the prefix-stability replay")
+    parser.add_argument(
+        "--budget", type=int, default=24_000, help="prompt budget of the prefix-stability replay"
+    )
     parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
     args = parser.parse_args()
     text = "\n".join(report({kind: load(kind) for kind in KINDS}, args.repeat, args.budget)) + "\n"

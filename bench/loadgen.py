@@ -102,7 +102,8 @@ _WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('WRKJSON {"requests":%d,"duration_us":%d,"errors":%d,"p50":%d,"p90":%d,"p99":%d,'
-    .. '"mean":%f}\\n', summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout + e.status,
+    .. '"mean":%f}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout + e.status,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
 end
 """
@@ -159,8 +160,14 @@ def run_wrk(spec: LoadSpec) -> LoadResult:
 
 def run_asyncio(spec: LoadSpec) -> LoadResult:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run([sys.executable, "-m", "bench.loadgen", spec.to_json()], capture_output=True, text=True,
-                         timeout=spec.duration_s + spec.warmup_s + 120, env=env, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", spec.to_json()],
+        capture_output=True,
+        text=True,
+        timeout=spec.duration_s + spec.warmup_s + 120,
+        env=env,
+        check=False,
+    )
     for line in out.stdout.splitlines():
         if line.startswith("LOADJSON "):
             return LoadResult(**json.loads(line[9:]))
@@ -168,7 +175,7 @@ def run_asyncio(spec: LoadSpec) -> LoadResult:
 
 
 def open_idle(spec: LoadSpec) -> subprocess.Popen[str]:
-    """Start a child that holds ``spec.idle`` streams open; it prints ``READY <n> <errors>`` when all are open.
+    """Start a child that holds ``spec.idle`` streams open; it prints ``READY <n> <errors>`` once all are.
 
     Write a line to its stdin to make it close them and exit.
     """
@@ -259,7 +266,9 @@ async def _hold_idle(spec: LoadSpec) -> None:
     async def open_one() -> None:
         nonlocal errors
         try:
-            resp = await client.session.request(spec.method, spec.url, data=client.body(), headers=spec.headers)
+            resp = await client.session.request(
+                spec.method, spec.url, data=client.body(), headers=spec.headers
+            )
             await resp.content.readany()
             opened.append(resp)
         except Exception:  # noqa: BLE001 - counted and reported

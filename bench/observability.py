@@ -48,7 +48,10 @@ def variants(mock_url: str, otlp_url: str, tmp: Path) -> dict[str, dict[str, Any
         "baseline": {"metrics": {"enabled": False}},
         "metrics": common,
         "metrics+tracing": {**common, "tracing": {"enabled": True, "endpoint": otlp_url}},
-        "metrics+ledger": {**common, "ledger": {"enabled": True, "sqlite_path": str(tmp / "bench-ledger.sqlite3")}},
+        "metrics+ledger": {
+            **common,
+            "ledger": {"enabled": True, "sqlite_path": str(tmp / "bench-ledger.sqlite3")},
+        },
     }
 
 
@@ -70,7 +73,8 @@ async def collector_stub() -> tuple[web.AppRunner, str, list[int]]:
     return runner, f"http://127.0.0.1:{port}/v1/traces", received
 
 
-async def time_requests(session: aiohttp.ClientSession, url: str, body: dict[str, Any], n: int) -> list[float]:
+async def time_requests(session: aiohttp.ClientSession, url: str, body: dict[str, Any],
+                        n: int) -> list[float]:
     """Wall seconds per request; the batch's process CPU seconds per request is appended last."""
     out: list[float] = []
     cpu0 = time.process_time()
@@ -132,24 +136,27 @@ def micro(iterations: int) -> dict[str, float]:
 
     def exchange() -> Exchange:
         ex = build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
-                      headers=CIMultiDictProxy(CIMultiDict()), raw_body=b"{}", body=dict(CHAT), received_at=1.0,
-                      deadline=600.0, route_name="*", model="gpt-4o", upstream="mock", upstream_model="gpt-4o",
-                      status=200, first_token_at=1.2, ended_at=2.0, upstream_s=0.9, usage=Usage(prompt=20,
-                                                                                                 completion=16))
+                            headers=CIMultiDictProxy(CIMultiDict()), raw_body=b"{}", body=dict(CHAT),
+                            received_at=1.0, deadline=600.0, route_name="*", model="gpt-4o", upstream="mock",
+                            upstream_model="gpt-4o", status=200, first_token_at=1.2, ended_at=2.0,
+                            upstream_s=0.9, usage=Usage(prompt=20, completion=16))
         inspector = StreamInspector(lambda: 0.0)
         inspector.gaps = [0.01] * 15
         ex.view = inspector
-        ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=1.0, ended=2.0, outcome="ok", status=200))
+        ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=1.0, ended=2.0,
+                                          outcome="ok", status=200))
         return ex
 
     metrics = Metrics({"gpt-4o"}, registry=CollectorRegistry())
-    sink = MetricsSink(SimpleNamespace(metrics=metrics), RequestMetrics.register(metrics))  # type: ignore[arg-type]
+    sink = MetricsSink(SimpleNamespace(metrics=metrics),
+                       RequestMetrics.register(metrics))  # type: ignore[arg-type]
     exchanges = [exchange() for _ in range(iterations)]
     t0 = time.process_time()
     for ex in exchanges:
         sink(ex)
     metrics_us = (time.process_time() - t0) / iterations * 1e6
-    cfg = parse_config(gateway_config("http://127.0.0.1:9/v1", tracing={"enabled": True, "exporter": "memory"}), {})
+    cfg = parse_config(gateway_config("http://127.0.0.1:9/v1",
+                                      tracing={"enabled": True, "exporter": "memory"}), {})
     tracing = create_tracing(cfg, time.monotonic, env={})
     assert tracing is not None
     exchanges = [exchange() for _ in range(iterations)]
@@ -183,7 +190,8 @@ def report(times: dict[str, dict[str, list[float]]], cpu: dict[str, dict[str, li
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.observability", description=__doc__.split("\n\n")[0])
     p.add_argument("-n", type=int, default=2000, help="requests per variant and kind")
-    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (noise spreads over all variants)")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="interleaved rounds (noise spreads over all variants)")
     p.add_argument("--micro", type=int, default=20000, help="iterations of the sink microbenchmark")
     p.add_argument("--only", help="comma-separated variants besides baseline (default: all)")
     args = p.parse_args(argv)

@@ -36,13 +36,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="comma-separated targets to keep in every scenario (default: all)")
     p.add_argument("--loadgen", choices=("auto", "wrk", "asyncio"), default="auto",
                    help="auto: wrk for plain requests when installed, else the asyncio client")
-    p.add_argument("--no-nginx", action="store_true", help="skip the nginx columns even when nginx is installed")
-    p.add_argument("--quick", action="store_true", help="one 1-second repetition (a smoke run, not a measurement)")
+    p.add_argument(
+        "--no-nginx", action="store_true", help="skip the nginx columns even when nginx is installed"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="one 1-second repetition (a smoke run, not a measurement)"
+    )
     p.add_argument("--out", help="markdown report path (default: bench/results/<date>.md)")
     p.add_argument("--json", help="also write the raw figures as JSON here")
-    p.add_argument("--baseline", metavar="TREE",
-                   help="also run gw-off and gw-all from this source tree (a baseline checkout) as gw-off@base and "
-                        "gw-all@base, in the same run")
+    p.add_argument(
+        "--baseline",
+        metavar="TREE",
+        help="also run gw-off and gw-all from this source tree (a baseline checkout) as gw-off@base and "
+        "gw-all@base, in the same run",
+    )
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return p
 

@@ -77,8 +77,14 @@ def _spawn(name: str, argv: list[str], port: int, env: dict[str, str] | None = N
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     log_path = tmp / "server.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.Popen(argv, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=str(tmp),
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        cwd=str(tmp),
+        stdin=subprocess.DEVNULL,
+    )
     return Server(name=name, proc=proc, port=port, log_path=log_path, tmpdir=tmp, stop_signal=stop_signal)
 
 
@@ -108,8 +114,12 @@ def start_mock(ttft_ms: float = 0.0) -> Server:
 
 def start_bare(upstream_url: str) -> Server:
     port = free_port()
-    server = _spawn("bare", [sys.executable, "-m", "bench.bare_relay", "--upstream", upstream_url, "--port", str(port)],
-                    port, env={"PYTHONPATH": str(ROOT)})
+    server = _spawn(
+        "bare",
+        [sys.executable, "-m", "bench.bare_relay", "--upstream", upstream_url, "--port", str(port)],
+        port,
+        env={"PYTHONPATH": str(ROOT)},
+    )
     wait_http(server, "/_bare/health")
     return server
 
@@ -118,8 +128,8 @@ def start_gateway(name: str, config: dict[str, Any], workers: int | None = None,
                   source_tree: str | None = None) -> Server:
     """``gateway serve`` on a config dict; its JSON log (one line per request) goes to a file.
 
-    ``source_tree``: run the gateway from another copy of the code (a baseline checkout) instead.
-    """
+    ``source_tree``: run the gateway from another copy of the code
+    (a baseline checkout) instead. """
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-cfg-"))
     cfg_path = tmp / "config.yaml"

@@ -24,15 +24,34 @@ from bench import loadgen, procs
 from bench.loadgen import LoadSpec
 from bench.scenarios import CHAT_PATH, GATEWAYS, all_scenarios, gateway_config
 
-CORE_FILES = ("gateway/handler.py", "gateway/upstream.py", "gateway/sse.py", "gateway/request.py", "gateway/auth.py",
-              "gateway/routing.py", "gateway/chain.py", "gateway/server.py", "gateway/exchange.py", "gateway/usage.py",
-              "gateway/errors.py")
-_POLICY_PARTS = ("policies/", "gateway/cache/", "gateway/resilience/", "gateway/ratelimit/", "gateway/compress/",
-                 "gateway/tokens", "tiktoken/", "gateway/tokencount")
+CORE_FILES = (
+    "gateway/handler.py",
+    "gateway/upstream.py",
+    "gateway/sse.py",
+    "gateway/request.py",
+    "gateway/auth.py",
+    "gateway/routing.py",
+    "gateway/chain.py",
+    "gateway/server.py",
+    "gateway/exchange.py",
+    "gateway/usage.py",
+    "gateway/errors.py",
+)
+_POLICY_PARTS = (
+    "policies/",
+    "gateway/cache/",
+    "gateway/resilience/",
+    "gateway/ratelimit/",
+    "gateway/compress/",
+    "gateway/tokens",
+    "tiktoken/",
+    "gateway/tokencount",
+)
 
 
 def owner(path: str) -> str:
-    """Who a frame's self time belongs to: the core, a policy, a sink, or the libraries the bare relay uses too."""
+    """Who a frame's self time belongs to: the core, a policy, a sink,
+    or the libraries the bare relay uses too."""
     if path.endswith(CORE_FILES):
         return "core (handler, upstream, sse, request, auth, routing, exchange, usage)"
     if "telemetry/logging" in path or path.startswith("logging/"):
@@ -135,9 +154,25 @@ def main() -> int:
         load.start()
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(args.out or Path(tmp) / "stacks.txt")
-            subprocess.run([py_spy, "record", "--pid", str(gw.pid), "--duration", str(int(args.seconds)),
-                            "--rate", str(args.rate), "--format", "raw", "--output", str(raw), "--nonblocking"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(gw.pid),
+                    "--duration",
+                    str(int(args.seconds)),
+                    "--rate",
+                    str(args.rate),
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                ],
+                check=True,
+                capture_output=True,
+            )
             load.join()
             tree = f" (code from {args.tree})" if args.tree else ""
             print(f"# {args.variant}{tree}, {scenario.title}, {args.seconds:g} s at {args.rate} Hz")

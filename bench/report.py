@@ -61,7 +61,9 @@ def built_policies(config: dict[str, Any]) -> list[str]:
     for line in out.stdout.splitlines():
         if line.startswith("POLICIES "):
             return list(json.loads(line[9:]))
-    return [f"(could not build: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode})"]
+    return [
+        f"(could not build: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode})"
+    ]
 
 
 def _fmt(value: float | None, digits: int = 3, suffix: str = "") -> str:
@@ -83,38 +85,66 @@ def scenario_table(scenario: Scenario, measured: dict[str, Measured]) -> list[st
         return _idle_table(measured)
     base = measured.get("static" if scenario.kind == "cache" else "direct")
     bare = measured.get("bare")
-    head = ("| target | req/s | x direct | p50 ms | p99 ms | +p50 ms | +p99 ms | TTFT p50 | +TTFT p50 | +TTFT p99 "
-            "| CPU ms/req | x bare CPU | RSS MB |")
+    head = (
+        "| target | req/s | x direct | p50 ms | p99 ms | +p50 ms | +p99 ms "
+        "| TTFT p50 | +TTFT p50 | +TTFT p99 | CPU ms/req | x bare CPU | RSS MB |"
+    )
     if scenario.kind == "cache":
-        head = head.replace("x direct", "x static").replace("+p50", "+p50 vs static").replace("+p99", "+p99 vs static")
+        head = (
+            head.replace("x direct", "x static")
+            .replace("+p50", "+p50 vs static")
+            .replace("+p99", "+p99 vs static")
+        )
         head += " hit ratio | in-gateway p50 ms (hit - healthz) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for target, m in measured.items():
-        row = [target, _fmt(m.median("rps"), 0), _fmt(_ratio(m.median("rps"), base and base.median("rps")), 2),
-               _fmt(m.median("p50_ms")), _fmt(m.median("p99_ms")),
-               _fmt(_diff(m.median("p50_ms"), base and base.median("p50_ms"))),
-               _fmt(_diff(m.median("p99_ms"), base and base.median("p99_ms"))),
-               _fmt(m.median("ttft_p50_ms")),
-               _fmt(_diff(m.median("ttft_p50_ms"), base and base.median("ttft_p50_ms"))),
-               _fmt(_diff(m.median("ttft_p99_ms"), base and base.median("ttft_p99_ms"))),
-               _fmt(m.median("cpu_ms_per_req")),
-               _fmt(_ratio(m.median("cpu_ms_per_req"), bare and bare.median("cpu_ms_per_req")), 2),
-               _fmt(m.median("rss_mb"), 1)]
+        row = [
+            target,
+            _fmt(m.median("rps"), 0),
+            _fmt(_ratio(m.median("rps"), base and base.median("rps")), 2),
+            _fmt(m.median("p50_ms")),
+            _fmt(m.median("p99_ms")),
+            _fmt(_diff(m.median("p50_ms"), base and base.median("p50_ms"))),
+            _fmt(_diff(m.median("p99_ms"), base and base.median("p99_ms"))),
+            _fmt(m.median("ttft_p50_ms")),
+            _fmt(_diff(m.median("ttft_p50_ms"), base and base.median("ttft_p50_ms"))),
+            _fmt(_diff(m.median("ttft_p99_ms"), base and base.median("ttft_p99_ms"))),
+            _fmt(m.median("cpu_ms_per_req")),
+            _fmt(_ratio(m.median("cpu_ms_per_req"), bare and bare.median("cpu_ms_per_req")), 2),
+            _fmt(m.median("rss_mb"), 1),
+        ]
         if scenario.kind == "cache":
             health = measured.get(target.split(":")[0] + ":healthz")
-            inside = _diff(m.median("p50_ms"), health.median("p50_ms")) if health and health is not m else None
+            inside = (
+                _diff(m.median("p50_ms"), health.median("p50_ms")) if health and health is not m else None
+            )
             row += [_fmt(m.median("hit_ratio"), 2), _fmt(inside)]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
 def _idle_table(measured: dict[str, Measured]) -> list[str]:
-    lines = ["| target | streams open | errors | RSS before MB | RSS with streams MB | KB per stream | MB per 1,000 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| target | streams open | errors | RSS before MB | RSS with streams MB "
+        "| KB per stream | MB per 1,000 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for target, m in measured.items():
-        lines.append("| " + " | ".join([target, _fmt(m.median("opened"), 0), _fmt(m.median("errors"), 0),
-                                        _fmt(m.median("rss_before_mb"), 1), _fmt(m.median("rss_mb"), 1),
-                                        _fmt(m.median("kb_per_stream"), 1), _fmt(m.median("mb_per_1000"), 1)]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    target,
+                    _fmt(m.median("opened"), 0),
+                    _fmt(m.median("errors"), 0),
+                    _fmt(m.median("rss_before_mb"), 1),
+                    _fmt(m.median("rss_mb"), 1),
+                    _fmt(m.median("kb_per_stream"), 1),
+                    _fmt(m.median("mb_per_1000"), 1),
+                ]
+            )
+            + " |"
+        )
     return lines
 
 
@@ -125,27 +155,72 @@ def _get(results: Results, scenario: str, target: str, key: str) -> float | None
 
 Check = tuple[str, str, Callable[[Results], float | None], float, str]
 CHECKS: list[Check] = [
-    ("all-policies CPU/req vs bare relay (c=64)", "<= 1.2x",
-     lambda r: _ratio(_get(r, "small-c64", "gw-all", "cpu_ms_per_req"), _get(r, "small-c64", "bare", "cpu_ms_per_req")),
-     1.2, "x"),
-    ("all-policies CPU/req vs bare relay (c=1)", "<= 1.2x",
-     lambda r: _ratio(_get(r, "small-c1", "gw-all", "cpu_ms_per_req"), _get(r, "small-c1", "bare", "cpu_ms_per_req")),
-     1.2, "x"),
-    ("added p50 at c=1, all policies", "<= 0.5 ms",
-     lambda r: _diff(_get(r, "small-c1", "gw-all", "p50_ms"), _get(r, "small-c1", "direct", "p50_ms")), 0.5, " ms"),
-    ("added p50 at c=1, policies off", "<= 0.5 ms (issue 2: < 1 ms)",
-     lambda r: _diff(_get(r, "small-c1", "gw-off", "p50_ms"), _get(r, "small-c1", "direct", "p50_ms")), 0.5, " ms"),
-    ("TTFT added p50 at c=1, all policies", "<= 0.5 ms",
-     lambda r: _diff(_get(r, "stream-c1", "gw-all", "ttft_p50_ms"), _get(r, "stream-c1", "direct", "ttft_p50_ms")),
-     0.5, " ms"),
-    ("TTFT added p99 at c=32, all policies", "<= 5 ms",
-     lambda r: _diff(_get(r, "stream-c32", "gw-all", "ttft_p99_ms"), _get(r, "stream-c32", "direct", "ttft_p99_ms")),
-     5.0, " ms"),
-    ("exact-cache hit inside the gateway, p50 (hit - /healthz on the same gateway)", "<= 0.3 ms",
-     lambda r: _diff(_get(r, "cache-hit", "gw-all", "p50_ms"), _get(r, "cache-hit", "gw-all:healthz", "p50_ms")),
-     0.3, " ms"),
-    ("1,000 idle streams, all policies", "<= 30 MB",
-     lambda r: _get(r, "idle-1000", "gw-all", "mb_per_1000"), 30.0, " MB"),
+    (
+        "all-policies CPU/req vs bare relay (c=64)",
+        "<= 1.2x",
+        lambda r: _ratio(
+            _get(r, "small-c64", "gw-all", "cpu_ms_per_req"), _get(r, "small-c64", "bare", "cpu_ms_per_req")
+        ),
+        1.2,
+        "x",
+    ),
+    (
+        "all-policies CPU/req vs bare relay (c=1)",
+        "<= 1.2x",
+        lambda r: _ratio(
+            _get(r, "small-c1", "gw-all", "cpu_ms_per_req"), _get(r, "small-c1", "bare", "cpu_ms_per_req")
+        ),
+        1.2,
+        "x",
+    ),
+    (
+        "added p50 at c=1, all policies",
+        "<= 0.5 ms",
+        lambda r: _diff(_get(r, "small-c1", "gw-all", "p50_ms"), _get(r, "small-c1", "direct", "p50_ms")),
+        0.5,
+        " ms",
+    ),
+    (
+        "added p50 at c=1, policies off",
+        "<= 0.5 ms (issue 2: < 1 ms)",
+        lambda r: _diff(_get(r, "small-c1", "gw-off", "p50_ms"), _get(r, "small-c1", "direct", "p50_ms")),
+        0.5,
+        " ms",
+    ),
+    (
+        "TTFT added p50 at c=1, all policies",
+        "<= 0.5 ms",
+        lambda r: _diff(
+            _get(r, "stream-c1", "gw-all", "ttft_p50_ms"), _get(r, "stream-c1", "direct", "ttft_p50_ms")
+        ),
+        0.5,
+        " ms",
+    ),
+    (
+        "TTFT added p99 at c=32, all policies",
+        "<= 5 ms",
+        lambda r: _diff(
+            _get(r, "stream-c32", "gw-all", "ttft_p99_ms"), _get(r, "stream-c32", "direct", "ttft_p99_ms")
+        ),
+        5.0,
+        " ms",
+    ),
+    (
+        "exact-cache hit inside the gateway, p50 (hit - /healthz on the same gateway)",
+        "<= 0.3 ms",
+        lambda r: _diff(
+            _get(r, "cache-hit", "gw-all", "p50_ms"), _get(r, "cache-hit", "gw-all:healthz", "p50_ms")
+        ),
+        0.3,
+        " ms",
+    ),
+    (
+        "1,000 idle streams, all policies",
+        "<= 30 MB",
+        lambda r: _get(r, "idle-1000", "gw-all", "mb_per_1000"),
+        30.0,
+        " MB",
+    ),
 ]
 
 
@@ -164,16 +239,30 @@ def targets_table(results: Results) -> list[str]:
 
 def render(results: Results, scenarios: list[Scenario], info: dict[str, str], policies: dict[str, list[str]],
            notes: list[str], command: str, reps: int, duration: float) -> str:
-    out = [f"# Benchmark {info['date']}", "", (f"Command: `{command}` ({reps} repetitions of {duration:g} s per "
-           "target and scenario; figures are medians; every ratio compares targets of the same run)."), ""]
+    out = [
+        f"# Benchmark {info['date']}",
+        "",
+        (
+            f"Command: `{command}` ({reps} repetitions of {duration:g} s per "
+            "target and scenario; figures are medians; every ratio compares targets of the same run)."
+        ),
+        "",
+    ]
     out += [f"- **{k}**: {v}" for k, v in info.items()]
     out += [f"- **policies built** {name}: {', '.join(p) or '(none)'}" for name, p in policies.items()]
     out += [f"- note: {n}" for n in notes]
-    out += ["", ("Targets: `direct` = the fake provider itself; `nginx` = nginx proxying to it; `static` = nginx "
-                 "answering a fixed completion; `bare` = bench/bare_relay.py; `gw-off` = the gateway with every "
-                 "policy off; `gw+<policy>` = that policy alone on; `gw-all` = every policy on. `+` columns are "
-                 "added to `direct` (cache: to `static`)."), "",
-            "## Targets", ""] + targets_table(results)
+    out += [
+        "",
+        (
+            "Targets: `direct` = the fake provider itself; `nginx` = nginx proxying to it; `static` = nginx "
+            "answering a fixed completion; `bare` = bench/bare_relay.py; `gw-off` = the gateway with every "
+            "policy off; `gw+<policy>` = that policy alone on; `gw-all` = every policy on. `+` columns are "
+            "added to `direct` (cache: to `static`)."
+        ),
+        "",
+        "## Targets",
+        "",
+    ] + targets_table(results)
     for scenario in scenarios:
         if scenario.name in results:
             out += ["", f"## {scenario.title}", ""] + scenario_table(scenario, results[scenario.name])

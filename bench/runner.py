@@ -21,9 +21,11 @@ from bench import loadgen, procs
 from bench.loadgen import LoadResult, LoadSpec
 from bench.scenarios import CHAT_PATH, GATEWAYS, SMALL, Scenario, gateway_config
 
-STATIC_ANSWER = (b'{"id":"chatcmpl-static","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini",'
-                 b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the static answer."},'
-                 b'"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":7,"total_tokens":27}}')
+STATIC_ANSWER = (
+    b'{"id":"chatcmpl-static","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the static answer."},'
+    b'"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":7,"total_tokens":27}}'
+)
 
 
 @dataclass
@@ -77,7 +79,9 @@ class Env:
             self.servers[key] = procs.start_gateway(name, gateway_config(base, GATEWAYS[name]), workers,
                                                     source_tree=self.baseline if tree else None)
             if workers > 1 and len(procs.descendants(self.servers[key].pid)) < workers:
-                self.notes.append(f"`--workers {workers}` did not start {workers} processes: not implemented yet?")
+                self.notes.append(
+                    f"`--workers {workers}` did not start {workers} processes: not implemented yet?"
+                )
         return self.servers[key]
 
     def resolve(self, target: str) -> tuple[procs.Server, str, str] | None:
@@ -106,7 +110,8 @@ class Env:
         return gw, gw.url + CHAT_PATH, "POST"
 
     def forget_mock_requests(self) -> None:
-        """The mock records every attempt with its body (10,000 kept): drop them so 50k-token prompts cost no GBs."""
+        """The mock records every attempt with its body (10,000 kept):
+        drop them so 50k-token prompts cost no GBs."""
         if "mock" in self.servers:
             req = urllib.request.Request(self.servers["mock"].url + "/_mock/requests", method="DELETE")
             with urllib.request.urlopen(req, timeout=10):
@@ -149,8 +154,8 @@ def _cache_log_figures(server: procs.Server, offset: int) -> dict[str, Any]:
     """Share of cache hits, from the gateway's own request log lines.
 
     Their ``duration_ms`` is not used: the gateway's clock is the event loop's, which under uvloop
-    moves in whole milliseconds. The in-gateway time of a hit is the hit's p50 minus ``/healthz``'s.
-    """
+    moves in whole milliseconds. The in-gateway time of a hit is the hit's p50 minus
+    ``/healthz``'s. """
     import orjson
 
     with server.log_path.open("rb") as f:
@@ -197,18 +202,34 @@ def run_idle(env: Env, scenario: Scenario) -> dict[str, Measured]:
                                  unique=True), prefer="asyncio")
             time.sleep(0.5)
             rss0 = procs.rss_bytes(server.pid)
-            holder = loadgen.open_idle(LoadSpec(url=url, body=scenario.body, headers=scenario.headers, stream=True,
-                                                unique=True, idle=scenario.idle_streams))
+            holder = loadgen.open_idle(
+                LoadSpec(
+                    url=url,
+                    body=scenario.body,
+                    headers=scenario.headers,
+                    stream=True,
+                    unique=True,
+                    idle=scenario.idle_streams,
+                )
+            )
             opened, errors = _wait_ready(holder)
             time.sleep(1.0)
             rss1 = procs.rss_bytes(server.pid)
             _release(holder)
             per_stream = (rss1 - rss0) / opened if opened else None
-            out[target] = Measured(target, [{"opened": opened, "errors": errors, "rss_before_mb": rss0 / 1e6,
-                                             "rss_mb": rss1 / 1e6,
-                                             "kb_per_stream": per_stream / 1024 if per_stream is not None else None,
-                                             "mb_per_1000": per_stream * 1000 / 1e6 if per_stream is not None
-                                             else None}])
+            out[target] = Measured(
+                target,
+                [
+                    {
+                        "opened": opened,
+                        "errors": errors,
+                        "rss_before_mb": rss0 / 1e6,
+                        "rss_mb": rss1 / 1e6,
+                        "kb_per_stream": per_stream / 1024 if per_stream is not None else None,
+                        "mb_per_1000": per_stream * 1000 / 1e6 if per_stream is not None else None,
+                    }
+                ],
+            )
             _progress(f"  idle {target}: {opened} open, {out[target].reps[0]['mb_per_1000']} MB per 1000")
         finally:
             server.stop()

@@ -29,7 +29,8 @@ CHAT_PATH = "/v1/chat/completions"
 def chat_body(content: str, *, stream: bool = False, max_tokens: int | None = 16) -> bytes:
     """A deterministic (cacheable) chat request; ``NONCE`` is replaced per request when unique.
 
-    ``max_tokens=None`` lets the answer end on ``stop`` rather than ``length``: only complete answers are cached.
+    ``max_tokens=None`` lets the answer end on ``stop`` rather than ``length``: only complete answers
+    are cached.
     """
     stream_part = ',"stream":true' if stream else ""
     limit = f',"max_tokens":{max_tokens}' if max_tokens is not None else ""
@@ -157,22 +158,75 @@ REQUEST_TARGETS = ("direct", "nginx", "bare", "gw-off", "gw-all")
 
 def all_scenarios() -> list[Scenario]:
     return [
-        Scenario(name="small-c1", title="non-stream small chat, c=1", kind="requests", targets=REQUEST_TARGETS),
-        Scenario(name="small-c64", title="non-stream small chat, c=64", kind="requests", targets=REQUEST_TARGETS,
-                 concurrency=64),
-        Scenario(name="stream-c1", title="stream, TTFT 50 ms, 20 chunks, c=1", kind="streams",
-                 targets=REQUEST_TARGETS, body=STREAM, stream=True, fault=STREAM_FAULT, mock_tokens=20, duration_scale=2.0),
-        Scenario(name="stream-c32", title="stream, TTFT 50 ms, 20 chunks, c=32", kind="streams",
-                 targets=REQUEST_TARGETS, body=STREAM, stream=True, fault=STREAM_FAULT, mock_tokens=20, concurrency=32,
-                 duration_scale=1.5),
-        Scenario(name="cache-hit", title="exact-cache hits, c=1", kind="cache",
-                 targets=("static", "gw-all:healthz", "gw-all"), body=CACHED, unique=False),
-        Scenario(name="prompt-50k", title="50k-token prompt, non-stream, c=1", kind="requests",
-                 targets=("direct", "bare", "gw-off", "gw-all"), body=big_prompt_body()),
-        Scenario(name="idle-1000", title="1,000 concurrent idle streams", kind="idle",
-                 targets=("bare", "gw-off", "gw-all"), body=STREAM, stream=True, fault=IDLE_FAULT, idle_streams=1000),
-        Scenario(name="policies", title="each policy alone over all-off, non-stream small chat, c=1",
-                 kind="requests", targets=("direct", "bare", "gw-off", *SINGLE_POLICY, "gw-all")),
-        Scenario(name="workers", title="1 vs 2 workers, non-stream c=64 (upstream: nginx static if present)",
-                 kind="workers", targets=("gw-off:w1", "gw-off:w2"), concurrency=64),
+        Scenario(
+            name="small-c1", title="non-stream small chat, c=1", kind="requests", targets=REQUEST_TARGETS
+        ),
+        Scenario(
+            name="small-c64",
+            title="non-stream small chat, c=64",
+            kind="requests",
+            targets=REQUEST_TARGETS,
+            concurrency=64,
+        ),
+        Scenario(
+            name="stream-c1",
+            title="stream, TTFT 50 ms, 20 chunks, c=1",
+            kind="streams",
+            targets=REQUEST_TARGETS,
+            body=STREAM,
+            stream=True,
+            fault=STREAM_FAULT,
+            mock_tokens=20,
+            duration_scale=2.0,
+        ),
+        Scenario(
+            name="stream-c32",
+            title="stream, TTFT 50 ms, 20 chunks, c=32",
+            kind="streams",
+            targets=REQUEST_TARGETS,
+            body=STREAM,
+            stream=True,
+            fault=STREAM_FAULT,
+            mock_tokens=20,
+            concurrency=32,
+            duration_scale=1.5,
+        ),
+        Scenario(
+            name="cache-hit",
+            title="exact-cache hits, c=1",
+            kind="cache",
+            targets=("static", "gw-all:healthz", "gw-all"),
+            body=CACHED,
+            unique=False,
+        ),
+        Scenario(
+            name="prompt-50k",
+            title="50k-token prompt, non-stream, c=1",
+            kind="requests",
+            targets=("direct", "bare", "gw-off", "gw-all"),
+            body=big_prompt_body(),
+        ),
+        Scenario(
+            name="idle-1000",
+            title="1,000 concurrent idle streams",
+            kind="idle",
+            targets=("bare", "gw-off", "gw-all"),
+            body=STREAM,
+            stream=True,
+            fault=IDLE_FAULT,
+            idle_streams=1000,
+        ),
+        Scenario(
+            name="policies",
+            title="each policy alone over all-off, non-stream small chat, c=1",
+            kind="requests",
+            targets=("direct", "bare", "gw-off", *SINGLE_POLICY, "gw-all"),
+        ),
+        Scenario(
+            name="workers",
+            title="1 vs 2 workers, non-stream c=64 (upstream: nginx static if present)",
+            kind="workers",
+            targets=("gw-off:w1", "gw-off:w2"),
+            concurrency=64,
+        ),
     ]

@@ -1,4 +1,5 @@
-"""``GET /admin/stats`` (live JSON summary) and ``GET /admin/stats/stream`` (the same, once per second, as SSE).
+"""``GET /admin/stats`` (live JSON summary) and ``GET /admin/stats/stream`` (the same, once per second, as
+SSE).
 
 Both read the in-process rolling windows (``gateway.telemetry.live``) and never
 touch the request path. The stream's first event carries the chart rows of the
@@ -61,7 +62,8 @@ async def handle_stats_stream(request: web.Request) -> web.StreamResponse:
         st, stats = _admin_state(request)
     except LocalReply as reply:
         return _reply(reply)
-    resp = web.StreamResponse(headers={"content-type": "text/event-stream", "x-accel-buffering": "no", **NO_STORE})
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream", "x-accel-buffering": "no",
+                                       **NO_STORE})
     await resp.prepare(request)
     last: int | None = None
     try:

@@ -36,7 +36,8 @@ def terminal(st: AppState) -> Next:
 
     async def send(ex: Exchange) -> UpstreamResponse:
         route = ex.request.route
-        timeouts = route.timeouts if route is not None and route.timeouts and ex.target.upstream == route.upstream else None
+        timeouts = (route.timeouts if route is not None and route.timeouts
+                    and ex.target.upstream == route.upstream else None)
         return await st.upstreams[ex.target.upstream].send(ex, timeouts)
 
     return send
@@ -101,7 +102,8 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
 
 
 def known_models(config: Config) -> set[str]:
-    """Model names allowed as metric labels: literal route patterns, rewrites, fallbacks, models:, pricing:."""
+    """Model names allowed as metric labels: literal route patterns, rewrites, fallbacks, models:,
+    pricing:."""
     names = set(config.models) | set(config.pricing) | set(config.metrics.models)
     for route in config.routes:
         if not any(c in route.match.model for c in "*?["):

@@ -124,7 +124,9 @@ def run_mock_upstream(args: argparse.Namespace) -> int:
     from gateway.mock import MockConfig, run_mock
 
     setup_logging("info")
-    run_mock(MockConfig(ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, seed=args.seed), args.host, args.port)
+    run_mock(
+        MockConfig(ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, seed=args.seed), args.host, args.port
+    )
     return 0
 
 

@@ -93,7 +93,7 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(["(root): must be a mapping"])
     raw = interpolate(raw, env)
     raw = _merge_route_overrides(raw, problems)
-    cfg = convert(Config, raw, "", problems)
+    cfg: Config = convert(Config, raw, "", problems)
     if not problems:
         problems.extend(check_semantics(cfg))
     if problems:
@@ -106,7 +106,8 @@ def _merge_route_overrides(raw: dict[str, Any], problems: list[str]) -> dict[str
     routes = raw.get("routes")
     if not isinstance(routes, list):
         return raw
-    upstreams = raw.get("upstreams") if isinstance(raw.get("upstreams"), dict) else {}
+    declared = raw.get("upstreams")
+    upstreams: dict[str, Any] = declared if isinstance(declared, dict) else {}
     merged_routes = []
     for route in routes:
         if not isinstance(route, dict):
@@ -116,7 +117,8 @@ def _merge_route_overrides(raw: dict[str, Any], problems: list[str]) -> dict[str
         for key in ROUTE_OVERRIDABLE:
             if isinstance(route.get(key), dict):
                 route[key] = deep_merge(raw.get(key) or {}, route[key])
-        up = upstreams.get(route.get("upstream")) if isinstance(route.get("upstream"), str) else None
+        upstream_name = route.get("upstream")
+        up = upstreams.get(upstream_name) if isinstance(upstream_name, str) else None
         for key in ROUTE_OVER_UPSTREAM:
             if isinstance(route.get(key), dict):
                 base = (up or {}).get(key) if isinstance(up, dict) else None
@@ -215,6 +217,19 @@ def _convert_dataclass(cls: Any, value: Any, path: str, problems: list[str]) -> 
 
 def check_semantics(cfg: Config) -> list[str]:
     """Cross-field rules that types alone cannot express."""
+    problems = _check_upstreams(cfg)
+    for check in FEATURE_CHECKS:
+        problems += check(cfg)
+    problems += _check_server_limits(cfg)
+    for i, route in enumerate(cfg.routes):
+        problems += _check_route(i, route, cfg)
+    problems += _check_listener(cfg)
+    problems += _check_auth(cfg)
+    problems += _check_state(cfg)
+    return problems
+
+
+def _check_upstreams(cfg: Config) -> list[str]:
     problems: list[str] = []
     if not cfg.upstreams:
         problems.append("upstreams: at least one upstream is required")
@@ -222,26 +237,42 @@ def check_semantics(cfg: Config) -> list[str]:
         problems += check_url(f"upstreams.{name}.base_url", up.base_url)
         if up.pool.max_connections < 1:
             problems.append(f"upstreams.{name}.pool.max_connections: must be >= 1")
-    for check in FEATURE_CHECKS:
-        problems += check(cfg)
+    return problems
+
+
+def _check_server_limits(cfg: Config) -> list[str]:
+    problems: list[str] = []
     if cfg.server.max_inflight < 1:
         problems.append("server.max_inflight: must be >= 1")
     if cfg.server.body_timeout_s <= 0:
         problems.append("server.body_timeout_s: must be > 0")
     if cfg.server.workers is not None and cfg.server.workers < 1:
         problems.append("server.workers: must be >= 1 (or null for one per available core)")
-    for i, route in enumerate(cfg.routes):
-        problems += _check_route(i, route, cfg)
+    return problems
+
+
+def _check_listener(cfg: Config) -> list[str]:
+    problems: list[str] = []
     if not 1 <= cfg.server.port <= 65535:
         problems.append("server.port: must be between 1 and 65535")
     if cfg.server.max_body_bytes < 1024:
         problems.append("server.max_body_bytes: must be at least 1024")
+    return problems
+
+
+def _check_auth(cfg: Config) -> list[str]:
+    problems: list[str] = []
     if cfg.auth.mode == "keys":
         if not cfg.auth.keys:
             problems.append("auth.keys: required when auth.mode is keys")
         for i, key in enumerate(cfg.auth.keys):
             if not key.key:
                 problems.append(f"auth.keys[{i}].key: must not be empty (is its variable set?)")
+    return problems
+
+
+def _check_state(cfg: Config) -> list[str]:
+    problems: list[str] = []
     if cfg.state.replicas_hint < 1:
         problems.append("state.replicas_hint: must be >= 1")
     if cfg.state.backend == "redis" and not cfg.state.redis_url.startswith(("redis://", "rediss://", "unix://")):

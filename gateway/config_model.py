@@ -38,7 +38,8 @@ class ServerConfig:
     # Load shedding: proxied requests in flight in this process beyond which new ones get 503 + Retry-After
     # at once (before their body is read), so overload costs the client a fast retry, not our memory.
     max_inflight: int = 4096
-    body_timeout_s: float = 60.0  # the whole request body must arrive within this; a trickling client gets 408
+    # The whole request body must arrive within this; a trickling client gets 408.
+    body_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +125,8 @@ class MetricsConfig:
     enabled: bool = True
     port: int | None = None  # serve /metrics on a separate port too
     models: list[str] = field(default_factory=list)  # extra model names allowed as labels
-    inject_stream_usage: bool = True  # ask streams for usage (stream_options.include_usage), hidden from clients
+    # Ask streams for usage (stream_options.include_usage), hidden from clients.
+    inject_stream_usage: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -41,8 +41,9 @@ ASSETS: dict[str, tuple[str, str, bool]] = {
     "uPlot.LICENSE.txt": ("vendor/uplot/LICENSE", "text/plain", True),
 }
 SECURITY_HEADERS = {
-    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
     "cache-control": "no-store",
@@ -61,7 +62,8 @@ class DashboardFiles:
 
     @classmethod
     def load(cls, root: Path = STATIC) -> DashboardFiles:
-        assets = {name: ((root / rel).read_bytes(), ctype, public) for name, (rel, ctype, public) in ASSETS.items()}
+        assets = {name: ((root / rel).read_bytes(), ctype,
+                         public) for name, (rel, ctype, public) in ASSETS.items()}
         return cls(index=(root / "dashboard/index.html").read_bytes(),
                    login=(root / "dashboard/login.html").read_bytes(), assets=assets)
 

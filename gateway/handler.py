@@ -48,7 +48,8 @@ def request_id_of(request: web.Request) -> str:
 
 def error_response(rid: str, reply: LocalReply) -> web.Response:
     headers = {**reply.headers, "x-request-id": rid}
-    return web.Response(status=reply.status, body=reply.body(), headers=headers, content_type="application/json")
+    return web.Response(status=reply.status, body=reply.body(), headers=headers,
+                        content_type="application/json")
 
 
 async def handle_api(request: web.Request) -> web.StreamResponse:
@@ -100,32 +101,52 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
     except LocalReply as reply:
         if ex is None:  # refused before it became an exchange: still one record for metrics and the ledger
             ex = rejected_exchange(request, rid, now)
-        ex.record.status, ex.record.source = reply.status, "local"
-        ex.record.error_kind = ex.record.error_kind or (reply.code or reply.type)
-        return error_response(rid, reply)
+        return _local_error(rid, ex, reply)
     except UpstreamFailure as failure:
-        if ex is not None:
-            ex.record.error_kind = failure.kind
-            ex.record.status = 504 if failure.is_timeout else 502
-        answer = failure.to_reply()
-        if ex is not None:
-            answer.headers.update(ex.response_headers)  # x-gateway-attempts, x-should-retry (resilience)
-        return error_response(rid, answer)
+        return _upstream_error(rid, ex, failure)
     except asyncio.CancelledError:
-        if ex is not None and not ex.record.status:
-            ex.record.status, ex.record.stream_outcome = 499, "client_gone"
+        _mark_client_gone(ex)
         raise
     except Exception:
-        log.exception("unexpected error while proxying", extra={"fields": {"path": request.path[:200]}})
-        if ex is not None:
-            ex.record.status, ex.record.error_kind = 500, "internal"
-        return error_response(rid, LocalReply(500, "The gateway hit an internal error.", type="server_error",
-                                              code="internal_error"))
+        return _internal_error(request, rid, ex)
     finally:
         if task is not None:
             _leave(st, task)
         if ex is not None:
             finish(st, ex)
+
+
+def _local_error(rid: str, ex: Exchange, reply: LocalReply) -> web.Response:
+    """A ``LocalReply`` raised while building or answering: recorded as a local answer and sent as is."""
+    ex.record.status, ex.record.source = reply.status, "local"
+    ex.record.error_kind = ex.record.error_kind or (reply.code or reply.type)
+    return error_response(rid, reply)
+
+
+def _upstream_error(rid: str, ex: Exchange | None, failure: UpstreamFailure) -> web.Response:
+    """504 for an upstream timeout, else 502, with the headers the policies set on the exchange."""
+    if ex is not None:
+        ex.record.error_kind = failure.kind
+        ex.record.status = 504 if failure.is_timeout else 502
+    answer = failure.to_reply()
+    if ex is not None:
+        answer.headers.update(ex.response_headers)  # x-gateway-attempts, x-should-retry (resilience)
+    return error_response(rid, answer)
+
+
+def _mark_client_gone(ex: Exchange | None) -> None:
+    """A cancelled handler: the client left (499) unless an answer status was already recorded."""
+    if ex is not None and not ex.record.status:
+        ex.record.status, ex.record.stream_outcome = 499, "client_gone"
+
+
+def _internal_error(request: web.Request, rid: str, ex: Exchange | None) -> web.Response:
+    """An unexpected exception (call from its ``except`` block: it is logged with its traceback): a 500."""
+    log.exception("unexpected error while proxying", extra={"fields": {"path": request.path[:200]}})
+    if ex is not None:
+        ex.record.status, ex.record.error_kind = 500, "internal"
+    return error_response(rid, LocalReply(500, "The gateway hit an internal error.", type="server_error",
+                                          code="internal_error"))
 
 
 async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> web.StreamResponse:
@@ -156,7 +177,8 @@ def _leave(st: AppState, task: asyncio.Task[Any]) -> None:
 
 
 def finish(st: AppState, ex: Exchange) -> None:
-    """Settle the record once (``st.finalizers``: usage, cost), then hand it to every sink, which only read."""
+    """Settle the record once (``st.finalizers``: usage, cost), then hand it to every sink, which only
+    read."""
     ex.record.ended_at = st.clock()
     for step in (*st.finalizers, *st.sinks):
         try:
@@ -165,7 +187,8 @@ def finish(st: AppState, ex: Exchange) -> None:
             log.exception("request finalizer or sink failed")
 
 
-async def build_exchange(request: web.Request, st: AppState, rid: str, operation: str, now: float) -> Exchange:
+async def build_exchange(request: web.Request, st: AppState, rid: str, operation: str,
+                         now: float) -> Exchange:
     runtime = st.runtime
     cfg = runtime.config
     identity = runtime.auth.identify(request.headers)
@@ -184,8 +207,8 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
         received_at=now, deadline=now + total_s, model=model, stream=body.get("stream") is True,
         query_string=request.query_string, upstream_path=request.path[3:], identity=identity, route=route,
         route_name=route.label)
-    ex = Exchange(request=facts, target=Target(upstream=route.upstream, model=route.model or model), raw_body=raw,
-                  body=body, view=StreamInspector(st.clock))
+    ex = Exchange(request=facts, target=Target(upstream=route.upstream, model=route.model or model),
+                  raw_body=raw, body=body, view=StreamInspector(st.clock))
     if route.model and route.model != model:
         ex.set_body({**body, "model": route.model})
     return ex
@@ -232,7 +255,8 @@ async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamRe
             raise
         _uncancel()
         rec.error_kind = "shutdown"
-        await _end_broken(request, resp, ex, sse, "The gateway is shutting down; the stream was cut.", "gateway_shutdown")
+        await _end_broken(request, resp, ex, sse, "The gateway is shutting down; the stream was cut.",
+                          "gateway_shutdown")
     except (ConnectionResetError, ConnectionError):
         rec.stream_outcome = "client_gone"
     finally:
@@ -250,8 +274,9 @@ async def _end_broken(request: web.Request, resp: web.StreamResponse, ex: Exchan
         return
     ex.record.stream_outcome = "error_event"
     try:
-        await resp.write(sse_error_event(message, "upstream_error" if code != "gateway_shutdown" else "server_error",
-                                         code))
+        await resp.write(
+            sse_error_event(message, "upstream_error" if code != "gateway_shutdown" else "server_error", code)
+        )
         await resp.write_eof()
     except (ConnectionError, RuntimeError):
         ex.record.stream_outcome = "client_gone"
@@ -277,7 +302,9 @@ def _record_outcome(ex: Exchange, view: StreamInspector | None, collected: list[
         if not rec.stream_outcome:
             rec.stream_outcome = "done" if view.clean_end else ("error_event" if view.error_event else "")
     elif collected and rec.reported_usage is None and up.status < 300:
-        rec.reported_usage = usage_from_json_bytes(collected[-1] if len(collected) == 1 else b"".join(collected))
+        rec.reported_usage = usage_from_json_bytes(
+            collected[-1] if len(collected) == 1 else b"".join(collected)
+        )
 
 
 def json_response(rid: str, payload: Any, status: int = 200) -> web.Response:
@@ -286,9 +313,11 @@ def json_response(rid: str, payload: Any, status: int = 200) -> web.Response:
 
 
 @web.middleware
-async def openai_errors(request: web.Request,
-                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """aiohttp's own HTTP errors (no route for a target such as ``*`` or ``host:port``) in the OpenAI shape."""
+async def openai_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own HTTP errors (no route for a target such as ``*`` or ``host:port``) in the OpenAI
+    shape."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -302,11 +331,12 @@ async def openai_errors(request: web.Request,
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
-    """``Expect: 100-continue``: answer 413 at once when the announced body is over the limit (the client never
-    uploads it); any other expectation gets 417 in the OpenAI shape instead of aiohttp's text."""
+    """``Expect: 100-continue``: answer 413 at once when the announced body is over the limit (the client
+    never uploads it); any other expectation gets 417 in the OpenAI shape instead of aiohttp's text."""
     if request.headers.get("expect", "").lower() != "100-continue":
-        return error_response(request_id_of(request), LocalReply(417, "Only 'Expect: 100-continue' is supported.",
-                                                                 code="expectation_failed"))
+        return error_response(request_id_of(request),
+                              LocalReply(417, "Only 'Expect: 100-continue' is supported.",
+                                         code="expectation_failed"))
     limit = request.app[APP_STATE].config.server.max_body_bytes
     if request.content_length is not None and request.content_length > limit and \
             not request.headers.get("content-encoding"):

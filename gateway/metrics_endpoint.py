@@ -9,6 +9,8 @@ authentication: metrics carry only bounded labels and no secrets.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,9 +22,12 @@ from gateway.config_model import Config
 
 def render_metrics(state: AppState) -> bytes:
     multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if multiproc_dir:  # one of N workers (gateway.supervisor): every worker's values, whichever one is scraped
+    # One of N workers (gateway.supervisor): every worker's values, whichever one is scraped.
+    if multiproc_dir:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, multiproc_dir)
+        # prometheus_client.multiprocess is untyped: the collector registers itself in ``registry``
+        collect_into = cast(Callable[[CollectorRegistry, str], object], MultiProcessCollector)
+        collect_into(registry, multiproc_dir)
         return generate_latest(registry)
     return generate_latest(state.metrics.registry)
 
@@ -49,6 +54,8 @@ async def start_metrics_server(st: AppState, config: Config) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     # With --workers N every worker binds the metrics port too (SO_REUSEPORT), each answering for all.
-    site = web.TCPSite(runner, config.server.host, port, reuse_address=True, reuse_port=st.workers > 1 or None)
+    site = web.TCPSite(
+        runner, config.server.host, port, reuse_address=True, reuse_port=st.workers > 1 or None
+    )
     await site.start()
     st.closers.append(runner.cleanup)

@@ -75,6 +75,7 @@ async def _upstream_models(st: AppState, name: str, request: web.Request) -> lis
                     data = orjson.loads(await resp.read()).get("data")
                     listed = [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
     except Exception as exc:  # unreachable or odd upstream: list what the routes know
-        log.info("upstream model list unavailable", extra={"fields": {"upstream": name, "error": type(exc).__name__}})
+        log.info("upstream model list unavailable",
+                 extra={"fields": {"upstream": name, "error": type(exc).__name__}})
     memo[name] = (now, listed)
     return listed

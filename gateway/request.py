@@ -27,7 +27,8 @@ MAX_TOKENS_PARAM = 2**31 - 1  # no model writes two billion tokens; beyond it is
 SERVER_DECODED = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Fields that would let a client steer where or how the gateway connects: never accepted.
-FORBIDDEN_FIELDS = frozenset({"api_base", "base_url", "api_key", "api_version", "azure_endpoint", "organization_id"})
+FORBIDDEN_FIELDS = frozenset({"api_base", "base_url", "api_key", "api_version", "azure_endpoint",
+                              "organization_id"})
 
 
 def too_large(limit: int) -> LocalReply:
@@ -147,7 +148,8 @@ def validate(operation: str, body: dict[str, Any]) -> None:
     forbidden = FORBIDDEN_FIELDS.intersection(body)
     if forbidden:
         name = sorted(forbidden)[0]
-        raise bad_request(f"Unrecognized request argument supplied: {name}", param=name, code="forbidden_field")
+        raise bad_request(f"Unrecognized request argument supplied: {name}", param=name,
+                          code="forbidden_field")
     model = body.get("model")
     if model is None:
         raise bad_request("You must provide a model parameter.", param="model", code="missing_model")
@@ -227,15 +229,18 @@ def _check_tools(tools: Any) -> None:
 def _check_chat(body: dict[str, Any]) -> None:
     messages = body.get("messages")
     if messages is None:
-        raise bad_request("Missing required parameter: 'messages'.", param="messages", code="missing_required")
+        raise bad_request("Missing required parameter: 'messages'.", param="messages",
+                          code="missing_required")
     if not isinstance(messages, list):
-        raise bad_request("Invalid type for 'messages': expected an array.", param="messages", code="invalid_type")
+        raise bad_request("Invalid type for 'messages': expected an array.", param="messages",
+                          code="invalid_type")
     if not messages:
-        raise bad_request("'messages' must contain at least one message.", param="messages", code="empty_array")
+        raise bad_request("'messages' must contain at least one message.", param="messages",
+                          code="empty_array")
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
-            raise bad_request(f"Invalid type for 'messages[{i}]': expected an object.", param=f"messages[{i}]",
-                              code="invalid_type")
+            raise bad_request(f"Invalid type for 'messages[{i}]': expected an object.",
+                              param=f"messages[{i}]", code="invalid_type")
         role = msg.get("role")
         if not isinstance(role, str) or role not in CHAT_ROLES:
             raise bad_request(f"Invalid value for 'messages[{i}].role': {str(role)[:40]!r}.",
@@ -268,7 +273,8 @@ def _check_embeddings(body: dict[str, Any]) -> None:
     if isinstance(value, str):
         return
     if not isinstance(value, list) or not value:
-        raise bad_request("'input' must be a string or a non-empty array.", param="input", code="invalid_type")
+        raise bad_request("'input' must be a string or a non-empty array.", param="input",
+                          code="invalid_type")
     first = value[0]
     if isinstance(first, str):
         ok = all(isinstance(v, str) for v in value)
@@ -277,7 +283,8 @@ def _check_embeddings(body: dict[str, Any]) -> None:
     else:
         ok = all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value)
     if not ok:
-        raise bad_request("'input' items must all be strings or token arrays.", param="input", code="invalid_type")
+        raise bad_request("'input' items must all be strings or token arrays.", param="input",
+                          code="invalid_type")
 
 
 def _check_responses(body: dict[str, Any]) -> None:

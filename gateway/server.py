@@ -18,7 +18,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
-from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.app import build_app
 from gateway.appstate import APP_STATE, AppState
@@ -57,9 +56,12 @@ class _JsonErrorHandler(web.RequestHandler):
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")
-        if isinstance(exc, (BadHttpMessage, RequestPayloadError)):
-            # The client's bad bytes (e.g. a body that claims deflate and is not, seen again after the answer).
-            log.debug("malformed HTTP request", extra={"fields": {"event": "bad_http", "error": type(exc).__name__}})
+        if isinstance(exc, (BadHttpMessage, web.RequestPayloadError)):
+            # The client's bad bytes (e.g. a body that claims deflate and is not, seen again after the
+            # answer).
+            log.debug(
+                "malformed HTTP request", extra={"fields": {"event": "bad_http", "error": type(exc).__name__}}
+            )
             return
         super().log_exception(*args, **kw)
 
@@ -139,7 +141,9 @@ async def drain(st: AppState, runner: web.AppRunner, config: Config) -> None:
             pass
     if life.active:
         life.drain_expired = True
-        log.warning("drain deadline reached", extra={"fields": {"event": "drain_expired", "cut": len(life.active)}})
+        log.warning(
+            "drain deadline reached", extra={"fields": {"event": "drain_expired", "cut": len(life.active)}}
+        )
         for task in list(life.active):
             task.cancel()
         await asyncio.wait(list(life.active), timeout=2.0)

@@ -31,8 +31,9 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard, cast
 
 from gateway.workers import WORKER_INDEX_ENV, WORKERS_ENV
 
@@ -72,6 +73,7 @@ class Supervisor:
     command: Sequence[str] | None = None  # the worker command; default: this gateway (tests inject a stub)
     slots: list[_Slot] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    deaths_changed: asyncio.Event = field(default_factory=asyncio.Event)  # some slot's young_deaths moved
     metrics_dir: str = ""
     port: int = 0
 
@@ -134,6 +136,7 @@ class Supervisor:
             except OSError:
                 log.exception("could not start a worker", extra={"fields": {"worker": slot.index}})
                 slot.exit_code, slot.young_deaths = 127, slot.young_deaths + 1
+                self.deaths_changed.set()
                 delay = self._backoff(slot)
                 continue
             if self.stopping.is_set():  # the stop signal arrived while this worker was being spawned
@@ -147,6 +150,7 @@ class Supervisor:
                 return
             lived = loop.time() - slot.started
             slot.young_deaths = slot.young_deaths + 1 if lived < self.cfg.young_s else 0
+            self.deaths_changed.set()
             delay = self._backoff(slot)
             log.warning("worker exited; restarting", extra={"fields": {
                 "event": "state_change", "state": "worker_restart", "worker": slot.index,
@@ -157,7 +161,7 @@ class Supervisor:
         """No delay after a worker that lived; doubling delays while it keeps dying young."""
         if not slot.young_deaths:
             return 0.0
-        return min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2 ** (slot.young_deaths - 1))
+        return min(self.cfg.max_backoff_s, self.cfg.backoff_s * 2.0 ** (slot.young_deaths - 1))
 
     async def _stop_all(self, watchers: Sequence[asyncio.Task[None]]) -> None:
         self._forward(signal.SIGTERM)
@@ -174,12 +178,13 @@ class Supervisor:
         for slot in self.slots:
             if _alive(slot.proc):
                 with contextlib.suppress(ProcessLookupError):
-                    slot.proc.send_signal(sig)  # type: ignore[union-attr]
+                    slot.proc.send_signal(sig)
 
     async def _wait_give_up(self) -> None:
         """Return when every worker keeps dying at start: the orchestrator should see us fail."""
         while not self._all_dying():
-            await asyncio.sleep(0.5)
+            self.deaths_changed.clear()
+            await self.deaths_changed.wait()
         log.error("every worker keeps crashing at start; giving up", extra={"fields": {"event": "give_up"}})
 
     def _all_dying(self) -> bool:
@@ -190,7 +195,9 @@ class Supervisor:
         try:
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(pid, self.metrics_dir)
+            # prometheus_client.multiprocess is untyped: this is the signature it documents
+            mark_dead = cast(Callable[[int, str | None], None], multiprocess.mark_process_dead)
+            mark_dead(pid, self.metrics_dir)
         except Exception:  # metrics bookkeeping must never take the supervisor down
             log.exception("could not clean up a dead worker's metrics")
 
@@ -221,5 +228,5 @@ def bind_to_parent(env: Mapping[str, str] | None = None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _alive(proc: asyncio.subprocess.Process | None) -> bool:
+def _alive(proc: asyncio.subprocess.Process | None) -> TypeGuard[asyncio.subprocess.Process]:
     return proc is not None and proc.returncode is None

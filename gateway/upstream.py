@@ -90,11 +90,14 @@ class UpstreamClient:
 
     @classmethod
     def create(cls, name: str, cfg: UpstreamConfig) -> UpstreamClient:
-        connector = aiohttp.TCPConnector(limit=cfg.pool.max_connections, keepalive_timeout=cfg.pool.keepalive_s,
+        connector = aiohttp.TCPConnector(limit=cfg.pool.max_connections,
+                                         keepalive_timeout=cfg.pool.keepalive_s,
                                          enable_cleanup_closed=True, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
-                                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeouts.connect_s),
-                                        skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
+                                        timeout=aiohttp.ClientTimeout(total=None,
+                                                                      sock_connect=cfg.timeouts.connect_s),
+                                        skip_auto_headers=("User-Agent",),
+                                        cookie_jar=aiohttp.DummyCookieJar())
         return cls(name=name, base_url=cfg.base_url.rstrip("/"), session=session, timeouts=cfg.timeouts,
                    api_key=cfg.api_key or None, extra_headers=dict(cfg.headers))
 
@@ -134,7 +137,8 @@ class UpstreamClient:
             resp.close()
             attempt.outcome, attempt.ended = "redirect", loop.time()
             raise LocalReply(502, f"Upstream {self.name} answered with a redirect ({resp.status}); "
-                                  "redirects are never followed.", type="upstream_error", code="upstream_redirect")
+                                  "redirects are never followed.", type="upstream_error",
+                             code="upstream_redirect")
         decompressed = "content-encoding" in resp.headers
         out_headers = forward_response_headers(resp.headers, decompressed)
         body = _Body(self._body(resp, ex, attempt, t, first_byte_deadline), resp)
@@ -152,7 +156,8 @@ class UpstreamClient:
             while True:
                 waited_from = loop.time()
                 try:
-                    chunk = content.read_nowait()  # already buffered (a small body, a burst): no timer, no wait
+                    # already buffered (a small body, a burst): no timer, no wait
+                    chunk = content.read_nowait()
                     if not chunk and not content.is_eof():
                         chunk = await timer.read(content, min(deadline, ex.request.deadline))
                 except TimeoutError as exc:
@@ -283,12 +288,16 @@ def _map_send_error(exc: BaseException, name: str, past_deadline: bool) -> Upstr
         return UpstreamFailure("connect_timeout", f"Upstream {name}: connect timeout", upstream=name)
     if isinstance(exc, TimeoutError):
         kind = "total_timeout" if past_deadline else "timeout_before_first_byte"
-        return UpstreamFailure(kind, f"Upstream {name}: no response before the first-byte timeout", upstream=name)
+        return UpstreamFailure(kind, f"Upstream {name}: no response before the first-byte timeout",
+                               upstream=name)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamFailure("connect_error", f"Upstream {name} unreachable: {exc.strerror or 'connect failed'}",
+        return UpstreamFailure("connect_error",
+                               f"Upstream {name} unreachable: {exc.strerror or 'connect failed'}",
                                upstream=name)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
-        return UpstreamFailure("reset_before_response",
-                               f"Upstream {name} closed the connection before answering ({type(exc).__name__})",
-                               upstream=name)
+        return UpstreamFailure(
+            "reset_before_response",
+            f"Upstream {name} closed the connection before answering ({type(exc).__name__})",
+            upstream=name,
+        )
     return None

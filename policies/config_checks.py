@@ -17,5 +17,10 @@ from policies.tools import validate as tools
 
 ConfigCheck = Callable[[Config], list[str]]
 FEATURE_CHECKS: Sequence[ConfigCheck] = (
-    ratelimit.problems, resilience.problems, cache.problems, compression.problems, budgets.problems, tools.problems,
+    ratelimit.problems,
+    resilience.problems,
+    cache.problems,
+    compression.problems,
+    budgets.problems,
+    tools.problems,
 )

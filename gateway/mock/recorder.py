@@ -150,13 +150,13 @@ class Recorder:
             by_outcome["in_flight"] = in_flight
         return {"total": total, "by_path": dict(self._by_path), "by_outcome": by_outcome}
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
         """Wait until `predicate()` holds, re-checking after every recorder change.
 
         Lets tests wait for e.g. `client_disconnected` without polling sleeps.
         Raises TimeoutError when it does not happen in time.
         """
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout_s):
             while not predicate():
                 fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._waiters.append(fut)

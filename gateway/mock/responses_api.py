@@ -55,8 +55,9 @@ def _item_text(item: dict[str, Any]) -> str:
     if "content" in item:
         return content_text(item.get("content"))
     for key in ("output", "arguments", "text"):
-        if isinstance(item.get(key), str):
-            return item[key]
+        value = item.get(key)
+        if isinstance(value, str):
+            return value
     return ""
 
 

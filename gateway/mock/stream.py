@@ -154,7 +154,10 @@ async def _flush(transport: asyncio.Transport, timeout_s: float = 2.0) -> None:
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while transport.get_write_buffer_size() > 0 and not transport.is_closing() and loop.time() < deadline:
+    # Polled: a transport signals no "buffer empty" event (drain() only waits for the low-water mark).
+    while loop.time() < deadline:
+        if transport.get_write_buffer_size() == 0 or transport.is_closing():
+            return
         await asyncio.sleep(0.002)
 
 

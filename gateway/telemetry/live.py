@@ -91,7 +91,8 @@ class LiveStats:
         b.observe("lat", keys[0], end - ex.request.received_at)
         from_upstream = ex.record.source == "upstream"
         if ex.record.first_token_at > 0.0 and not failed and status < 400:
-            b.observe("ttft", keys[1] if from_upstream else None, ex.record.first_token_at - ex.request.received_at)
+            b.observe("ttft", keys[1] if from_upstream else None,
+                      ex.record.first_token_at - ex.request.received_at)
         inspector = ex.view
         if inspector is not None and inspector.content_chunks > 1:  # mean gap: O(1), not per chunk
             b.observe("itl", keys[2],
@@ -163,7 +164,7 @@ class LiveStats:
         if since is not None:
             first = max(first, since + 1)
         offset = self.wall() - self.clock()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for sec in range(first, now):
             b = self._ring[sec % self.window_s]
             if b is None or b.stamp != sec:
@@ -257,8 +258,10 @@ def _add_group(groups: dict[str, list[float]], name: str, failed: bool, ex: Exch
 def _recent_row(ex: Exchange, status: int) -> tuple[Any, ...]:
     usage = ex.record.usage
     ttft = ex.record.first_token_at - ex.request.received_at if ex.record.first_token_at > 0.0 else None
-    return (ex.record.ended_at, ex.request.request_id, ex.request.tenant, ex.request.model[:80], ex.target.upstream, status, ttft,
-            ex.record.ended_at - ex.request.received_at, usage.prompt if usage else None, usage.completion if usage else None,
+    return (ex.record.ended_at, ex.request.request_id, ex.request.tenant, ex.request.model[:80],
+            ex.target.upstream, status, ttft,
+            ex.record.ended_at - ex.request.received_at, usage.prompt if usage else None,
+            usage.completion if usage else None,
             ex.record.cache_result, len(ex.record.attempts), ex.request.stream, ex.record.error_kind)
 
 

@@ -167,7 +167,8 @@ def recent_rows(stats: LiveStats, now: float) -> list[dict[str, Any]]:
     for (ended, rid, tenant, model, upstream, status, ttft, duration, prompt, completion, cache, attempts,
          stream, error) in reversed(stats.recent):
         out.append({"time": round(ended + offset, 3), "request_id": rid, "tenant": tenant, "model": model,
-                    "upstream": upstream, "status": status, "ttft_ms": _ms(ttft), "duration_ms": _ms(duration),
+                    "upstream": upstream, "status": status, "ttft_ms": _ms(ttft),
+                    "duration_ms": _ms(duration),
                     "prompt_tokens": prompt, "completion_tokens": completion, "cache": cache,
                     "attempts": attempts, "stream": stream, "error": error})
     return out

@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", stream: Any = None) -> None:
     # The logging HOWTO's optimisations: no caller lookup (a stack walk per line), no thread/process names.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
@@ -75,7 +75,8 @@ def log_request(ex: Exchange) -> None:
         "tenant": ex.request.tenant,
         "status": ex.record.status,
         "duration_ms": round(duration * 1000, 3),
-        "ttft_ms": round((ex.record.first_token_at - ex.request.received_at) * 1000, 3) if ex.record.first_token_at else None,
+        "ttft_ms": round((ex.record.first_token_at - ex.request.received_at) * 1000,
+                         3) if ex.record.first_token_at else None,
         "attempts": len(ex.record.attempts),
         "cache": ex.record.cache_result,
         "stream": ex.request.stream,

@@ -11,20 +11,25 @@ Every feature registers its metrics here through ``counter``/``histogram``/
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # From 5 ms to 5 min: LLM latencies span four orders of magnitude.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+                   120.0, 300.0)
 FAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 # Inter-token gaps are milliseconds to a few seconds.
 GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Gateway overhead: tens of microseconds normally; the tail shows tokenising huge prompts or a stalled loop.
 OVERHEAD_BUCKETS = FAST_BUCKETS + (0.25, 1.0)
 OTHER = "other"
+# How a gauge's per-worker values combine under multi-process metrics (prometheus_client's Gauge modes).
+GaugeMode = Literal["all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum",
+                    "mostrecent", "livemostrecent"]
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 
 class Metrics:
@@ -45,21 +50,25 @@ class Metrics:
         self.decisions.labels(policy, decision).inc()
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
-        return self._get(name, lambda: Counter(name, doc, labels, registry=self.registry))  # type: ignore[return-value]
+        return self._get(name, Counter, lambda: Counter(name, doc, labels, registry=self.registry))
 
-    def gauge(self, name: str, doc: str, labels: Sequence[str] = (), multiprocess_mode: str = "livesum") -> Gauge:
-        return self._get(name, lambda: Gauge(name, doc, labels, registry=self.registry,  # type: ignore[return-value]
-                                             multiprocess_mode=multiprocess_mode))
+    def gauge(self, name: str, doc: str, labels: Sequence[str] = (),
+              multiprocess_mode: GaugeMode = "livesum") -> Gauge:
+        return self._get(name, Gauge, lambda: Gauge(name, doc, labels, registry=self.registry,
+                                                    multiprocess_mode=multiprocess_mode))
 
     def histogram(self, name: str, doc: str, labels: Sequence[str] = (),
                   buckets: Sequence[float] = LATENCY_BUCKETS) -> Histogram:
-        return self._get(name, lambda: Histogram(name, doc, labels, registry=self.registry,  # type: ignore[return-value]
-                                                 buckets=buckets))
+        return self._get(name, Histogram, lambda: Histogram(name, doc, labels, registry=self.registry,
+                                                            buckets=buckets))
 
-    def _get(self, name: str, make):  # type: ignore[no-untyped-def]
+    def _get(self, name: str, kind: type[_Metric], make: Callable[[], _Metric]) -> _Metric:
         metric = self._metrics.get(name)
         if metric is None:
-            metric = self._metrics[name] = make()
+            created = self._metrics[name] = make()
+            return created
+        if not isinstance(metric, kind):
+            raise TypeError(f"metric {name!r} is a {type(metric).__name__}, not a {kind.__name__}")
         return metric
 
 
@@ -137,27 +146,67 @@ class RequestMetrics:
     def register(cls, m: Metrics) -> RequestMetrics:
         """Create (or reuse, by name) the families on ``m``'s registry."""
         return cls(
-            requests=Children(m.counter("gateway_requests_total", "Requests answered, by outcome",
-                                        ("route", "model", "upstream", "status_class", "cache"))),
-            duration=Children(m.histogram("gateway_request_duration_seconds",
-                                          "Whole request as the client saw it", ("route", "model", "upstream"))),
-            ttft=Children(m.histogram("gateway_time_to_first_token_seconds",
-                                      "From request arrival to the first content or tool-call delta sent",
-                                      ("model", "upstream", "source"))),
-            inter_token=Children(m.histogram("gateway_inter_token_latency_seconds", "Gaps between content chunks",
-                                             ("model", "upstream"), buckets=GAP_BUCKETS)),
-            upstream=Children(m.histogram("gateway_upstream_duration_seconds", "One upstream attempt, start to end",
-                                          ("upstream", "outcome"))),
-            overhead=Children(m.histogram("gateway_overhead_seconds",
-                                          "Time spent in the gateway itself (not upstream, not deliberate waits)",
-                                          ("route",), buckets=OVERHEAD_BUCKETS)),
-            tokens=Children(m.counter("gateway_tokens_total", "Tokens processed by upstreams (reported or estimated)",
-                                      ("model", "upstream", "tenant", "kind"))),
-            tokens_estimated=Children(m.counter(
-                "gateway_tokens_estimated_total",
-                "The part of gateway_tokens_total counted by the gateway's tokenizer (no usage from the provider)",
-                ("model", "upstream", "tenant", "kind"))),
+            requests=Children(
+                m.counter(
+                    "gateway_requests_total",
+                    "Requests answered, by outcome",
+                    ("route", "model", "upstream", "status_class", "cache"),
+                )
+            ),
+            duration=Children(
+                m.histogram(
+                    "gateway_request_duration_seconds",
+                    "Whole request as the client saw it",
+                    ("route", "model", "upstream"),
+                )
+            ),
+            ttft=Children(
+                m.histogram(
+                    "gateway_time_to_first_token_seconds",
+                    "From request arrival to the first content or tool-call delta sent",
+                    ("model", "upstream", "source"),
+                )
+            ),
+            inter_token=Children(
+                m.histogram(
+                    "gateway_inter_token_latency_seconds",
+                    "Gaps between content chunks",
+                    ("model", "upstream"),
+                    buckets=GAP_BUCKETS,
+                )
+            ),
+            upstream=Children(
+                m.histogram(
+                    "gateway_upstream_duration_seconds",
+                    "One upstream attempt, start to end",
+                    ("upstream", "outcome"),
+                )
+            ),
+            overhead=Children(
+                m.histogram(
+                    "gateway_overhead_seconds",
+                    "Time spent in the gateway itself (not upstream, not deliberate waits)",
+                    ("route",),
+                    buckets=OVERHEAD_BUCKETS,
+                )
+            ),
+            tokens=Children(
+                m.counter(
+                    "gateway_tokens_total",
+                    "Tokens processed by upstreams (reported or estimated)",
+                    ("model", "upstream", "tenant", "kind"),
+                )
+            ),
+            tokens_estimated=Children(
+                m.counter(
+                    "gateway_tokens_estimated_total",
+                    "The part of gateway_tokens_total counted by the gateway's tokenizer "
+                    "(no usage from the provider)",
+                    ("model", "upstream", "tenant", "kind"),
+                )
+            ),
             inflight=Children(m.gauge("gateway_inflight_requests", "Requests being served", ("upstream",))),
-            cost=Children(m.counter("gateway_cost_usd_total", "Cost from the pricing table, USD",
-                                    ("model", "tenant"))),
+            cost=Children(
+                m.counter("gateway_cost_usd_total", "Cost from the pricing table, USD", ("model", "tenant"))
+            ),
         )

@@ -65,11 +65,13 @@ class MetricsSink:
         upstream = ex.target.upstream or OTHER
         model = self.state.metrics.bounded_model(ex.target.model or ex.request.model)
         duration = max(0.0, ex.record.ended_at - ex.request.received_at)
-        m.requests(route, model, upstream, status_class(ex.record.status), bounded(ex.record.cache_result, CACHE_RESULTS)).inc()
+        m.requests(route, model, upstream, status_class(ex.record.status),
+                   bounded(ex.record.cache_result, CACHE_RESULTS)).inc()
         m.duration(route, model, upstream).observe(duration)
         m.overhead(route).observe(max(0.0, duration - ex.record.upstream_s - ex.record.waited_s))
         if ex.record.first_token_at and ex.record.source in TTFT_SOURCES:
-            m.ttft(model, upstream, ex.record.source).observe(max(0.0, ex.record.first_token_at - ex.request.received_at))
+            m.ttft(model, upstream,
+                   ex.record.source).observe(max(0.0, ex.record.first_token_at - ex.request.received_at))
         inspector = ex.view
         if inspector is not None and inspector.gaps:
             observe_many(m.inter_token(model, upstream), inspector.gaps)

@@ -51,8 +51,8 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_batch = on_batch
 
-    async def submit(self, key: Hashable, ex: Exchange, call: Call, item: Input, window_s: float, max_batch: int,
-                     count: Callable[[str], int]) -> Share | Failed:
+    async def submit(self, key: Hashable, ex: Exchange, call: Call, item: Input, window_s: float,
+                     max_batch: int, count: Callable[[str], int]) -> Share | Failed:
         loop = asyncio.get_running_loop()
         batch = self._open.get(key)
         if batch is None:
@@ -94,7 +94,8 @@ class Batcher:
             return
         parsed = parse_answer(data, n) if resp.status == 200 else None
         if parsed is None:
-            outcome: list[Share | Failed] = [Failed(resp.status if resp.status != 200 else 502, resp.headers, data)] * n
+            outcome: list[Share | Failed] = [Failed(resp.status if resp.status != 200 else 502, resp.headers,
+                                                    data)] * n
         else:
             vectors, total = parsed
             tokens = split_tokens(total, batch.items, batch.count)

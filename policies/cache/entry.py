@@ -36,8 +36,8 @@ class CachedAnswer:
 
     @classmethod
     def from_obj(cls, operation: str, obj: dict[str, Any], created: float) -> CachedAnswer:
-        return cls(operation=operation, body=orjson.dumps(obj), created=created, usage=usage_from_response_obj(obj),
-                   _obj=obj)
+        return cls(operation=operation, body=orjson.dumps(obj), created=created,
+                   usage=usage_from_response_obj(obj), _obj=obj)
 
     def obj(self) -> dict[str, Any]:
         if self._obj is None:

@@ -20,7 +20,8 @@ _NEGATIONS = frozenset({
     "havent", "hadnt", "mustnt", "except", "exclude", "excluding",
 })
 _OPPOSITES = (("enable", "disable"), ("increase", "decrease"), ("add", "remove"), ("before", "after"),
-              ("min", "max"), ("minimum", "maximum"), ("encrypt", "decrypt"), ("true", "false"), ("on", "off"),
+              ("min", "max"), ("minimum", "maximum"), ("encrypt", "decrypt"), ("true", "false"),
+              ("on", "off"),
               ("above", "below"), ("more", "less"), ("import", "export"), ("upload", "download"),
               ("start", "stop"), ("open", "close"), ("buy", "sell"), ("win", "lose"), ("first", "last"))
 

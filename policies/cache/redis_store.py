@@ -26,8 +26,15 @@ log = logging.getLogger("gateway.cache")
 class AnswerStore:
     """One kind of cache (``exact``, ``tool``...): memory, plus Redis when configured."""
 
-    def __init__(self, kind: str, memory: MemoryStore, redis: Any = None, prefix: str = "gw:",
-                 wall: Callable[[], float] = time.time, on_redis_error: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        memory: MemoryStore,
+        redis: Any = None,
+        prefix: str = "gw:",
+        wall: Callable[[], float] = time.time,
+        on_redis_error: Callable[[], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.memory = memory
         self.redis = redis  # GuardedRedis or None

@@ -41,38 +41,44 @@ def render_sse(operation: str, obj: dict[str, Any], include_usage: bool) -> byte
 
 
 def _chat_frames(obj: dict[str, Any], include_usage: bool) -> Iterator[bytes]:
-    base: dict[str, Any] = {"id": obj.get("id", ""), "object": "chat.completion.chunk", "created": obj.get("created", 0),
-                            "model": obj.get("model", "")}
+    base: dict[str, Any] = {"id": obj.get("id", ""), "object": "chat.completion.chunk",
+                            "created": obj.get("created", 0), "model": obj.get("model", "")}
     for name in ("system_fingerprint", "service_tier"):
         if obj.get(name) is not None:
             base[name] = obj[name]
-
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-        return _frame({**base, "choices": [choice]})
-
     for ch in obj.get("choices") or ():
-        index = int(ch.get("index") or 0)
-        msg = ch.get("message") or {}
-        logprobs = ch.get("logprobs")
-        yield chunk(index, {"role": msg.get("role", "assistant"),
-                            "content": "" if isinstance(msg.get("content"), str) else None})
-        for key in _STRING_DELTAS:
-            value = msg.get(key)
-            if isinstance(value, str):
-                for piece in pieces(value):
-                    yield chunk(index, {key: piece}, logprobs=logprobs if key == "content" else None)
-                    if key == "content":
-                        logprobs = None  # the whole list rides on the first content delta
-        for key, value in msg.items():
-            if key not in _SKIP_MESSAGE_KEYS and value not in (None, [], {}):
-                yield chunk(index, {key: value})
-        for position, call in enumerate(msg.get("tool_calls") or ()):
-            yield from (chunk(index, {"tool_calls": [d]}) for d in _call_deltas(position, call))
-        yield chunk(index, {}, ch.get("finish_reason") or "stop", logprobs)
+        yield from _chat_choice_frames(base, ch)
     if include_usage and obj.get("usage") is not None:
         yield _frame({**base, "choices": [], "usage": obj["usage"]})
     yield DONE
+
+
+def _chat_chunk(base: dict[str, Any], index: int, delta: dict[str, Any], finish: str | None = None,
+                logprobs: Any = None) -> bytes:
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    return _frame({**base, "choices": [choice]})
+
+
+def _chat_choice_frames(base: dict[str, Any], ch: dict[str, Any]) -> Iterator[bytes]:
+    """One choice: role delta, string deltas, other message fields, tool call deltas, finish chunk."""
+    index = int(ch.get("index") or 0)
+    msg = ch.get("message") or {}
+    logprobs = ch.get("logprobs")
+    yield _chat_chunk(base, index, {"role": msg.get("role", "assistant"),
+                                    "content": "" if isinstance(msg.get("content"), str) else None})
+    for key in _STRING_DELTAS:
+        value = msg.get(key)
+        if isinstance(value, str):
+            for piece in pieces(value):
+                yield _chat_chunk(base, index, {key: piece}, logprobs=logprobs if key == "content" else None)
+                if key == "content":
+                    logprobs = None  # the whole list rides on the first content delta
+    for key, value in msg.items():
+        if key not in _SKIP_MESSAGE_KEYS and value not in (None, [], {}):
+            yield _chat_chunk(base, index, {key: value})
+    for position, call in enumerate(msg.get("tool_calls") or ()):
+        yield from (_chat_chunk(base, index, {"tool_calls": [d]}) for d in _call_deltas(position, call))
+    yield _chat_chunk(base, index, {}, ch.get("finish_reason") or "stop", logprobs)
 
 
 def _call_deltas(position: int, call: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -134,7 +140,8 @@ def _item_events(ev: _Seq, oi: int, item: dict[str, Any]) -> Iterator[bytes]:
     kind = item.get("type")
     item_id = item.get("id", "")
     if kind == "message":
-        yield ev("response.output_item.added", output_index=oi, item={**item, "status": "in_progress", "content": []})
+        yield ev("response.output_item.added", output_index=oi,
+                 item={**item, "status": "in_progress", "content": []})
         for ci, part in enumerate(item.get("content") or ()):
             yield from _part_events(ev, item_id, oi, ci, part)
     elif kind == "function_call":

@@ -36,7 +36,8 @@ def replay_bytes(ex: Exchange, answer: CachedAnswer) -> tuple[bytes, str]:
     return data, SSE_TYPE
 
 
-def cached_response(ex: Exchange, answer: CachedAnswer, result: str, clock: Callable[[], float]) -> UpstreamResponse:
+def cached_response(ex: Exchange, answer: CachedAnswer, result: str,
+                    clock: Callable[[], float]) -> UpstreamResponse:
     """The response for a hit; ``result`` is ``hit`` or ``semantic-hit``."""
     data, content_type = replay_bytes(ex, answer)
     age = max(0, int(time.time() - answer.created))

@@ -28,7 +28,8 @@ class CacheMetrics:
         self._m = metrics
         self.requests = metrics.counter("gateway_cache_requests_total", "Cache lookups by kind and result",
                                         ("kind", "result"))
-        self.tokens_saved = metrics.counter("gateway_cache_tokens_saved_total", "Tokens not sent upstream thanks "
+        self.tokens_saved = metrics.counter("gateway_cache_tokens_saved_total",
+                                            "Tokens not sent upstream thanks "
                                             "to the cache (the original answer's usage)", ("kind", "model"))
         self.entries = metrics.gauge("gateway_cache_entries", "Entries held in this process's cache",
                                      ("kind",), multiprocess_mode="livesum")
@@ -37,9 +38,11 @@ class CacheMetrics:
         self.coalesced = metrics.counter("gateway_coalesced_requests_total",
                                          "Requests answered by another identical request's upstream call",
                                          ("route",))
-        self.batch_size = metrics.histogram("gateway_embedding_batch_size",
-                                            "Inputs per upstream embeddings call after cache and micro-batching",
-                                            buckets=BATCH_BUCKETS)
+        self.batch_size = metrics.histogram(
+            "gateway_embedding_batch_size",
+            "Inputs per upstream embeddings call after cache and micro-batching",
+            buckets=BATCH_BUCKETS,
+        )
         self.similarity = metrics.histogram("gateway_semantic_similarity",
                                             "Best cosine similarity found per semantic lookup",
                                             buckets=SIMILARITY_BUCKETS)

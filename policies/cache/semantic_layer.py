@@ -83,7 +83,8 @@ class SemanticCache:
         self.rt.metrics.request("semantic", "miss", self.name)
         resp = await next(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
-            store = self._storer(namespace, vector, question, controls.ttl(cfg.ttl_s), cache.exact.cache_truncated)
+            store = self._storer(namespace, vector, question, controls.ttl(cfg.ttl_s),
+                                 cache.exact.cache_truncated)
             resp = attach_fill(ex, resp, store, MAX_ENTRY_BYTES)
         return resp
 
@@ -113,7 +114,8 @@ class SemanticCache:
         self.rt.metrics.similarity.observe(best)
         return found
 
-    def _storer(self, namespace: str, vector: Any, question: str, ttl: float, truncated_ok: bool):  # type: ignore[no-untyped-def]
+    def _storer(self, namespace: str, vector: Any, question: str,  # type: ignore[no-untyped-def]
+                ttl: float, truncated_ok: bool):
         def store(answer: CachedAnswer, reasons: list[str]) -> None:
             if "length" in reasons and not truncated_ok:
                 return
@@ -131,7 +133,8 @@ def semantic_enabled(config: Config) -> SemanticCacheConfig | None:
     return None
 
 
-def semantic_parts(state: AppState, config: Config, rt: CacheRuntime, cfg: SemanticCacheConfig) -> SemanticParts:
+def semantic_parts(state: AppState, config: Config, rt: CacheRuntime,
+                   cfg: SemanticCacheConfig) -> SemanticParts:
     """Create (or reuse across reloads) the embedder and the index; numpy is imported only here."""
     from policies.cache.embedder import MemoEmbedder, make_embedder
     from policies.cache.vector_index import VectorIndex

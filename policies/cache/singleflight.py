@@ -64,7 +64,8 @@ class Flight:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        self.status, self.headers, self.upstream, self.source = resp.status, resp.headers, resp.upstream, resp.source
+        self.status, self.headers = resp.status, resp.headers
+        self.upstream, self.source = resp.upstream, resp.source
         self.ready.set_result(None)
         try:
             async for chunk in resp.body:
@@ -175,8 +176,8 @@ class Flights:
 def _as_failure(exc: BaseException, upstream: str) -> UpstreamFailure:
     if isinstance(exc, UpstreamFailure):
         return UpstreamFailure(exc.kind, exc.message, upstream=exc.upstream, committed=True)
-    return UpstreamFailure("reset_mid_stream", "The shared upstream answer failed mid-way.", upstream=upstream,
-                           committed=True)
+    return UpstreamFailure("reset_mid_stream", "The shared upstream answer failed mid-way.",
+                           upstream=upstream, committed=True)
 
 
 async def _quiet(awaitable: Awaitable[Any]) -> None:

@@ -39,8 +39,9 @@ class ToolCache:
         tool = self.config.tools.get(ex.target.upstream)
         version = config_version(getattr(tool, "base_url", ""), getattr(tool, "headers", None))
         body = hashlib.sha256(ex.raw_body).hexdigest()
-        return make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model="", operation="tool",
-                        config_version=version, fields=[ex.request.method, ex.request.upstream_path, ex.request.query_string, body])
+        return make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model="",
+                        operation="tool", config_version=version,
+                        fields=[ex.request.method, ex.request.upstream_path, ex.request.query_string, body])
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         cfg = self.config.cache.exact
@@ -66,7 +67,9 @@ class ToolCache:
         resp = await next(ex)
         if write and resp.status == 200 and resp.source == "upstream" and ex.request.method != "HEAD":
             tool = self.config.tools.get(ex.target.upstream)
-            ttl = controls.ttl(tool.cache_ttl_s if tool is not None and tool.cache_ttl_s is not None else cfg.ttl_s)
+            ttl = controls.ttl(
+                tool.cache_ttl_s if tool is not None and tool.cache_ttl_s is not None else cfg.ttl_s
+            )
             content_type = resp.headers.get("content-type", "application/octet-stream")
             resp = replace(resp, body=self._fill(key, resp.body, ttl, content_type))
         return resp
@@ -84,8 +87,9 @@ class ToolCache:
 
         def on_end(error: BaseException | None) -> None:
             if error is None and size <= MAX_TOOL_ANSWER:  # a complete answer only
-                self.rt.tool.set(key, CachedAnswer(operation="tool", body=b"".join(chunks), created=time.time(),
-                                                   content_type=content_type), ttl)
+                self.rt.tool.set(key,
+                                 CachedAnswer(operation="tool", body=b"".join(chunks), created=time.time(),
+                                              content_type=content_type), ttl)
 
         return Observed(body, on_chunk=keep, on_end=on_end)
 

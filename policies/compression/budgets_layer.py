@@ -39,7 +39,8 @@ class BudgetPolicy:
         self.config = config
         self.patterns = patterns
         self.decisions = state.metrics.counter("gateway_budget_decisions_total",
-                                               "Output-limit decisions of the budget policy", ("route", "decision"))
+                                               "Output-limit decisions of the budget policy",
+                                               ("route", "decision"))
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation in OPERATIONS and ex.body is not None:

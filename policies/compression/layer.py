@@ -50,10 +50,10 @@ class CompressionPolicy:
         self.state = state
         self.config = config
         m = state.metrics
-        self.saved = m.counter("gateway_compression_tokens_saved_total", "Prompt tokens removed by compression",
-                               ("route", "step"))
-        self.ratio = m.histogram("gateway_compression_ratio", "Prompt tokens after / before, compressed requests",
-                                 buckets=RATIO_BUCKETS)
+        self.saved = m.counter("gateway_compression_tokens_saved_total",
+                               "Prompt tokens removed by compression", ("route", "step"))
+        self.ratio = m.histogram("gateway_compression_ratio",
+                                 "Prompt tokens after / before, compressed requests", buckets=RATIO_BUCKETS)
         self.rejected = m.counter("gateway_compression_rejected_total",
                                   "Requests answered context_length_exceeded because they could not fit",
                                   ("route",))
@@ -88,7 +88,8 @@ class CompressionPolicy:
                       extra={"fields": {"route": ex.request.route_name}})
             return self._decide("error")
         except Exception:  # a bug here must cost the saving, never the request
-            log.exception("compression failed; request sent unchanged", extra={"fields": {"route": ex.request.route_name}})
+            log.exception("compression failed; request sent unchanged",
+                          extra={"fields": {"route": ex.request.route_name}})
             return self._decide("error")
         self._act(ex, body, cfg, limits, outcome)
 
@@ -149,7 +150,8 @@ def context_length_exceeded(limits: PromptBudget, outcome: Outcome) -> LocalRepl
 async def make_compression(state: AppState, config: Config) -> CompressionPolicy | None:
     """The policy, or None when no request could have a budget: no enabled block, or
     no context window in ``models:`` and no ``max_prompt_tokens`` anywhere."""
-    blocks = [b for b in (config.compression, *(r.compression for r in config.routes)) if b is not None and b.enabled]
+    blocks = [b for b in (config.compression,
+                          *(r.compression for r in config.routes)) if b is not None and b.enabled]
     windows = any(m.context_window for m in config.models.values())
     if not blocks or not (windows or any(b.max_prompt_tokens for b in blocks)):
         return None

@@ -26,7 +26,9 @@ class Meter:
 
     __slots__ = ("_costs", "_count", "_count_messages", "_known", "fixed")
 
-    def __init__(self, count: CountFn, fixed: int = 0, count_messages_fn: CountMessagesFn | None = None) -> None:
+    def __init__(
+        self, count: CountFn, fixed: int = 0, count_messages_fn: CountMessagesFn | None = None
+    ) -> None:
         """``count`` counts one string; ``count_messages_fn`` (default: OpenAI's formula over
         ``count``) lets the tokenizer resolve the model's encoding once per message, not per string."""
         self._count = count

@@ -45,7 +45,9 @@ def model_info(models: Mapping[str, ModelInfo], *names: str) -> ModelInfo | None
     return None
 
 
-def prompt_budget(cfg: CompressionConfig, model: ModelInfo | None, output_reserve: int) -> PromptBudget | None:
+def prompt_budget(
+    cfg: CompressionConfig, model: ModelInfo | None, output_reserve: int
+) -> PromptBudget | None:
     """``(context_window - output) * target``, or ``max_prompt_tokens`` (never above the
     window minus the output); None when neither is known: such models are left alone."""
     window = model.context_window if model is not None else None
@@ -93,7 +95,11 @@ class BudgetDecision:
 def fill_key(operation: str, model: str) -> str:
     if operation != "chat":
         return OUTPUT_KEYS[operation][0]
-    return "max_completion_tokens" if normalise_model(model).startswith(_COMPLETION_TOKENS_MODELS) else "max_tokens"
+    return (
+        "max_completion_tokens"
+        if normalise_model(model).startswith(_COMPLETION_TOKENS_MODELS)
+        else "max_tokens"
+    )
 
 
 def decide(body: Mapping[str, Any], operation: str, model: str, cfg: BudgetsConfig,

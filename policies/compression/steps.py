@@ -107,16 +107,24 @@ def _paragraphs(text: str) -> list[str]:
 
 # --- 2. truncate oversized tool outputs --------------------------------------------------------
 
-def oversized(messages: Sequence[Message], max_tokens: int, count: CountFn, stop: int | None = None) -> list[int]:
+def oversized(
+    messages: Sequence[Message], max_tokens: int, count: CountFn, stop: int | None = None
+) -> list[int]:
     """Indices (below ``stop``) of plain-text tool outputs over ``max_tokens`` tokens."""
     found = []
     for i, message in enumerate(messages[:stop]):
-        if role_of(message) in ANSWER_ROLES and (text := tool_text(message)) is not None and count(text) > max_tokens:
+        if (
+            role_of(message) in ANSWER_ROLES
+            and (text := tool_text(message)) is not None
+            and count(text) > max_tokens
+        ):
             found.append(i)
     return found
 
 
-def truncate(messages: Sequence[Message], indices: Iterable[int], max_tokens: int, meter: Meter) -> list[Message]:
+def truncate(
+    messages: Sequence[Message], indices: Iterable[int], max_tokens: int, meter: Meter
+) -> list[Message]:
     """Keep the head and the tail of the tool outputs at ``indices`` (see ``oversized``).
 
     Between them goes a marker with the number of tokens cut. Outputs made of

@@ -115,7 +115,7 @@ def tool_call_problems(messages: Sequence[Message]) -> list[str]:
             call_id = message.get("tool_call_id")
             if call_id not in open_ids:
                 problems.append(f"messages[{i}]: tool message answers no open call ({call_id!r})")
-            open_ids.discard(call_id)  # type: ignore[arg-type]
+            open_ids.discard(call_id)
             continue
         if open_ids:
             problems.append(f"messages[{i}]: calls {sorted(open_ids)} are unanswered")

@@ -49,7 +49,8 @@ async def handle_usage(request: web.Request) -> web.Response:
         check_admin(request)
         ledger = request.app[APP_STATE].ledger
         if ledger is None:
-            raise LocalReply(404, "The usage ledger is disabled (ledger.enabled: false).", code="ledger_disabled")
+            raise LocalReply(404, "The usage ledger is disabled (ledger.enabled: false).",
+                             code="ledger_disabled")
         group_by = request.query.get("group_by", "tenant")
         if group_by not in GROUP_BY:
             raise LocalReply(400, f"`group_by` must be one of {', '.join(GROUP_BY)}.", param="group_by",

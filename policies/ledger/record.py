@@ -65,15 +65,16 @@ def record_of(ex: Exchange, wall_now: float, cost: float | None) -> UsageRecord:
     duration = max(0.0, ex.record.ended_at - ex.request.received_at)
     usage = ex.record.usage
     return UsageRecord(
-        ts=wall_now - duration, request_id=ex.request.request_id[:_MAX_TEXT], tenant=ex.request.tenant, route=ex.request.route_name,
+        ts=wall_now - duration, request_id=ex.request.request_id[:_MAX_TEXT], tenant=ex.request.tenant,
+        route=ex.request.route_name,
         model=(ex.target.model or ex.request.model)[:_MAX_TEXT], requested_model=ex.request.model[:_MAX_TEXT],
         upstream=ex.target.upstream, operation=ex.request.operation, stream=ex.request.stream,
         prompt=usage.prompt if usage else 0, completion=usage.completion if usage else 0,
         cached=usage.cached_prompt if usage else 0, reasoning=usage.reasoning if usage else 0,
         estimated=usage.estimated if usage else False, duration_s=duration,
         ttft_s=(ex.record.first_token_at - ex.request.received_at) if ex.record.first_token_at else None,
-        cache_result=ex.record.cache_result, source=ex.record.source, attempts=len(ex.record.attempts), status=ex.record.status,
-        cost_usd=cost, error=_error(ex),
+        cache_result=ex.record.cache_result, source=ex.record.source, attempts=len(ex.record.attempts),
+        status=ex.record.status, cost_usd=cost, error=_error(ex),
     )
 
 
@@ -123,7 +124,8 @@ class _Totals:
             "cached_prompt_tokens": self.cached, "reasoning_tokens": self.reasoning,
             "total_tokens": self.prompt + self.completion, "estimated_requests": self.estimated,
             "cost_usd": round(self.cost, 8), "cache_hits": self.cache_hits, "tokens_saved": self.saved,
-            "latency_p50_s": percentile(self.durations, 0.5), "latency_p95_s": percentile(self.durations, 0.95),
+            "latency_p50_s": percentile(self.durations, 0.5),
+            "latency_p95_s": percentile(self.durations, 0.95),
             "ttft_p50_s": percentile(self.ttfts, 0.5), "ttft_p95_s": percentile(self.ttfts, 0.95),
         }
 

@@ -14,13 +14,16 @@ Every call goes through ``GuardedRedis``: when Redis is down a write raises
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.state.redis_client import GuardedRedis
 from policies.ledger.record import COLUMNS, GROUP_BY, UsageRecord, aggregate
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 PAGE = 1000
 SKEW_S = 300.0  # clock difference allowed between a gateway host and Redis
@@ -51,7 +54,7 @@ class RedisStore:
         records: list[UsageRecord] = []
         start = f"{max(0, int((since - SKEW_S) * 1000))}-0"
         while True:
-            page = await self.redis.call(lambda c, s=start: c.xrange(self.key, min=s, max="+", count=PAGE))
+            page = await self.redis.call(self._page_from(start))
             for _id, entry in page:
                 record = _decode(entry)
                 if record is not None and since <= record.ts <= until:
@@ -60,6 +63,10 @@ class RedisStore:
                 break
             start = "(" + _text(page[-1][0])  # exclusive: continue after the last id seen
         return await asyncio.to_thread(aggregate, records, group_by)
+
+    def _page_from(self, start: str) -> Callable[[aioredis.Redis], Awaitable[Any]]:
+        """Read one page of the stream from ``start`` (a closure per page, not over the loop variable)."""
+        return lambda client: client.xrange(self.key, min=start, max="+", count=PAGE)
 
     async def purge(self, before: float) -> int:
         minid = f"{max(0, int(before * 1000))}-0"

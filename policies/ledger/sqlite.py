@@ -19,9 +19,18 @@ from policies.ledger.record import COLUMNS, GROUP_BY, UsageRecord, aggregate
 
 T = TypeVar("T")
 _TYPES = {
-    "ts": "REAL NOT NULL", "stream": "INTEGER", "prompt": "INTEGER", "completion": "INTEGER",
-    "cached": "INTEGER", "reasoning": "INTEGER", "estimated": "INTEGER", "duration_s": "REAL", "ttft_s": "REAL",
-    "attempts": "INTEGER", "status": "INTEGER", "cost_usd": "REAL",
+    "ts": "REAL NOT NULL",
+    "stream": "INTEGER",
+    "prompt": "INTEGER",
+    "completion": "INTEGER",
+    "cached": "INTEGER",
+    "reasoning": "INTEGER",
+    "estimated": "INTEGER",
+    "duration_s": "REAL",
+    "ttft_s": "REAL",
+    "attempts": "INTEGER",
+    "status": "INTEGER",
+    "cost_usd": "REAL",
 }
 _SCHEMA = "CREATE TABLE IF NOT EXISTS usage ({})".format(
     ", ".join(f"{name} {_TYPES.get(name, 'TEXT')}" for name in COLUMNS))

@@ -57,8 +57,10 @@ class LedgerWriter:
             self._m_written = metrics.counter("gateway_ledger_records_written_total", "Usage records stored")
             self._m_dropped = metrics.counter("gateway_ledger_dropped_total",
                                               "Usage records dropped because the write queue was full")
-            self._m_errors = metrics.counter("gateway_ledger_write_errors_total", "Failed ledger batch writes")
-            self._m_queue = metrics.gauge("gateway_ledger_queue_records", "Usage records waiting to be written")
+            self._m_errors = metrics.counter("gateway_ledger_write_errors_total",
+                                             "Failed ledger batch writes")
+            self._m_queue = metrics.gauge("gateway_ledger_queue_records",
+                                          "Usage records waiting to be written")
 
     async def start(self) -> None:
         await self.store.open()
@@ -119,7 +121,8 @@ class LedgerWriter:
         self._next_purge = now + PURGE_EVERY_S
         removed = await self.store.purge(now - self.cfg.retention_days * 86400.0)
         if removed:
-            log.info("ledger retention purge", extra={"fields": {"event": "ledger_purge", "removed": removed}})
+            log.info("ledger retention purge",
+                     extra={"fields": {"event": "ledger_purge", "removed": removed}})
 
     async def query(self, group_by: str, since: float, until: float) -> list[dict[str, Any]]:
         """Totals per group; what is still queued is written first, so a caller reads its own traffic."""
@@ -128,7 +131,8 @@ class LedgerWriter:
         return await self.store.query(group_by, since, until)
 
     async def close(self) -> None:
-        """Stop the task without cutting a write in half (a cancelled SQLite write still lands), then flush."""
+        """Stop the task without cutting a write in half (a cancelled SQLite write still lands), then
+        flush."""
         self._stopping = True
         self._wake.set()
         try:

@@ -69,7 +69,8 @@ class MemoryBuckets:
     def _free(self, key: str, lim: Limit, now: float) -> float:
         if lim.kind == "bucket":
             state = self._levels.get((key, lim.name))
-            return lim.capacity if state is None else min(lim.capacity, state[0] + (now - state[1]) * lim.rate)
+            return lim.capacity if state is None else min(lim.capacity,
+                                                          state[0] + (now - state[1]) * lim.rate)
         if lim.kind == "slots":
             held = self._slots.get(key)
             if not held:

@@ -36,8 +36,10 @@ class ClientRateLimit:
         self.limiter = limiter
         self.lease_s = max([u.timeouts.total_s for u in config.upstreams.values()]
                            + [r.timeouts.total_s for r in config.routes if r.timeouts] + [0.0]) + 60
-        self.default_output = {name: (u.rate_limit.default_output_tokens if u.rate_limit else DEFAULT_OUTPUT_TOKENS)
-                               for name, u in config.upstreams.items()}
+        self.default_output = {
+            name: (u.rate_limit.default_output_tokens if u.rate_limit else DEFAULT_OUTPUT_TOKENS)
+            for name, u in config.upstreams.items()
+        }
         self._sets: dict[str, LimitSet | None] = {}  # by key digest; bounded by the configured keys
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
@@ -54,7 +56,8 @@ class ClientRateLimit:
             return await next(ex)
         prompt, tokens = (0, 0)
         if ls.counts_tokens:
-            prompt, tokens = estimate(self.st, ex, self.default_output.get(ex.target.upstream, DEFAULT_OUTPUT_TOKENS))
+            prompt, tokens = estimate(self.st, ex,
+                                      self.default_output.get(ex.target.upstream, DEFAULT_OUTPUT_TOKENS))
         amounts = ls.amounts(tokens)
         member = self.limiter.member()
         verdict = await self.limiter.acquire(ls, amounts, member)
@@ -97,8 +100,10 @@ def _too_many(ls: LimitSet, verdict: Verdict, amounts: tuple[int, ...], speed: f
                    f"requested {amounts[index]}.")
     else:
         when = f" Please try again in {verdict.wait_s:.3g}s." if verdict.wait_s > 0 else ""
-        message = (f"Rate limit reached for {kind} ({lim.name}) of tenant {ls.label}: limit {int(lim.capacity)}, "
-                   f"remaining {level}, requested {amounts[index]}.{when}")
+        message = (
+            f"Rate limit reached for {kind} ({lim.name}) of tenant {ls.label}: limit {int(lim.capacity)}, "
+            f"remaining {level}, requested {amounts[index]}.{when}"
+        )
     return LocalReply(429, message, type=kind, code="rate_limit_exceeded", headers=headers)
 
 

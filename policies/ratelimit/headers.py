@@ -35,7 +35,8 @@ def retry_after_value(wait_s: float) -> str:
     return str(max(1, math.ceil(wait_s - 1e-9)))
 
 
-def reset_s(ls: LimitSet, verdict: Verdict, index: int, speed: float = 1.0, wall: float | None = None) -> float:
+def reset_s(ls: LimitSet, verdict: Verdict, index: int, speed: float = 1.0,
+            wall: float | None = None) -> float:
     """Real seconds until limit ``index`` is whole again (buckets refill; day budgets at UTC midnight)."""
     lim = ls.limits[index]
     level = verdict.levels[index] if index < len(verdict.levels) else lim.capacity

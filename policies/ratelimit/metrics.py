@@ -30,16 +30,18 @@ class RateLimitMetrics:
     def register(cls, m: Metrics) -> RateLimitMetrics:
         return cls(
             metrics=m,
-            decisions=Children(m.counter("gateway_rate_limit_decisions_total", "Admission decisions per limit",
-                                         ("scope", "limit", "decision"))),
+            decisions=Children(m.counter("gateway_rate_limit_decisions_total",
+                                         "Admission decisions per limit", ("scope", "limit", "decision"))),
             wait=Children(m.histogram("gateway_rate_limit_wait_seconds",
                                       "Time requests waited in an upstream's admission queue", ("upstream",),
                                       buckets=(0.0,) + LATENCY_BUCKETS)),
-            depth=Children(m.gauge("gateway_rate_limit_queue_depth", "Requests waiting for an upstream's quota",
-                                   ("upstream",))),
-            reserved=m.counter("gateway_tokens_reserved_total", "Tokens reserved before calls (prompt + max output)"),
+            depth=Children(m.gauge("gateway_rate_limit_queue_depth",
+                                   "Requests waiting for an upstream's quota", ("upstream",))),
+            reserved=m.counter("gateway_tokens_reserved_total",
+                               "Tokens reserved before calls (prompt + max output)"),
             reconciled=Children(m.counter("gateway_tokens_reconciled_total",
-                                          "Reservation corrections after the answer: refund (unused) or charge "
+                                          "Reservation corrections after the answer: refund (unused) "
+                                          "or charge "
                                           "(excess)", ("direction",))),
             backend_up=m.gauge("gateway_state_backend_up", "1 when the shared state backend answers, else 0",
                                multiprocess_mode="livemin"),
@@ -47,7 +49,8 @@ class RateLimitMetrics:
         )
 
     def decide(self, scope: str, limit: str, decision: str) -> None:
-        self.decisions(scope, "rpm" if limit == COOLDOWN or limit not in LIMIT_NAMES else limit, decision).inc()
+        self.decisions(scope, "rpm" if limit == COOLDOWN or limit not in LIMIT_NAMES else limit,
+                       decision).inc()
 
     def allowed(self, scope: str, limit_names: tuple[str, ...]) -> None:
         for name in limit_names:

@@ -125,7 +125,8 @@ def client_limits(key: AuthKeyConfig, key_hash: str, lease_s: float) -> LimitSet
         limits.append(Limit("daily_tokens", "day", float(key.daily_tokens), tokens=True))
     if not limits:
         return None
-    return LimitSet("client", f"c:{key.tenant}:{key_id(key_hash)}", key.tenant, tuple(limits), lease_s=lease_s)
+    return LimitSet("client", f"c:{key.tenant}:{key_id(key_hash)}", key.tenant, tuple(limits),
+                    lease_s=lease_s)
 
 
 def key_id(key_hash: str) -> str:

@@ -28,7 +28,8 @@ Attempt = Callable[[], Awaitable[Verdict]]
 
 
 class Rejected(Exception):
-    """The request cannot be admitted in time; ``reason``: queue_full | too_large | wait_too_long | timeout."""
+    """The request cannot be admitted in time; ``reason``: queue_full | too_large | wait_too_long |
+    timeout."""
 
     def __init__(self, reason: str, verdict: Verdict | None, waited_s: float) -> None:
         super().__init__(reason)
@@ -61,7 +62,8 @@ class _Waiter:
 
 
 class AdmissionQueue:
-    def __init__(self, max_queue: int, time: Callable[[], float], on_depth: Callable[[int], None] | None = None,
+    def __init__(self, max_queue: int, time: Callable[[], float],
+                 on_depth: Callable[[int], None] | None = None,
                  poll_s: float = 0.05, max_sleep_s: float = 1.0) -> None:
         self.max_queue = max_queue
         self.time = time

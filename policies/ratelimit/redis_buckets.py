@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
 from policies.ratelimit.buckets import MemoryBuckets
 from policies.ratelimit.model import COOLDOWN, DAY_S, NEVER, LimitSet, Verdict
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("gateway.ratelimit")
 MAX_OWED = 10_000  # releases kept for replay while Redis is down
@@ -107,7 +110,9 @@ for i = 1, n do
     redis.call('HSET', KEYS[1], f, math.min(cap, bucket(KEYS[1], f, cap, rate) + delta), f .. '@', now)
   elseif delta ~= 0 then
     local v = redis.call('HMGET', KEYS[1], f, f .. '@')
-    if v[1] and tonumber(v[2]) == day then redis.call('HSET', KEYS[1], f, math.max(0, tonumber(v[1]) - delta)) end
+    if v[1] and tonumber(v[2]) == day then
+      redis.call('HSET', KEYS[1], f, math.max(0, tonumber(v[1]) - delta))
+    end
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -134,7 +139,9 @@ _KIND = {"bucket": "b", "slots": "s", "day": "d"}
 class RedisBuckets:
     """The ``Buckets`` of a fleet: Redis first, local fallback at limit / ``replicas_hint``."""
 
-    def __init__(self, guarded: GuardedRedis, prefix: str, fallback: MemoryBuckets, replicas_hint: int = 1) -> None:
+    def __init__(
+        self, guarded: GuardedRedis, prefix: str, fallback: MemoryBuckets, replicas_hint: int = 1
+    ) -> None:
         self.guarded = guarded
         self.prefix = prefix
         self.fallback = fallback
@@ -215,10 +222,14 @@ class RedisBuckets:
         owed, self.owed = self.owed, []
         for i, (keys, args) in enumerate(owed):
             try:
-                await self.guarded.call(lambda r, k=keys, a=args: self._settle(keys=k, args=a, client=r))
+                await self.guarded.call(self._settler(keys, args))
             except RedisUnavailable:
                 self.owed.extend(owed[i:])
                 return
+
+    def _settler(self, keys: list[str], args: list[Any]) -> Callable[[aioredis.Redis], Awaitable[Any]]:
+        """The settle script bound to one release (a closure per call, not over a loop variable)."""
+        return lambda client: self._settle(keys=keys, args=args, client=client)
 
     def _static_args(self, ls: LimitSet) -> tuple[list[Any], int]:
         """Per-limit script arguments that only change with the config, and the hash's TTL."""

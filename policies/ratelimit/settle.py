@@ -25,7 +25,8 @@ from gateway.usage import usage_from_json_bytes
 from policies.ratelimit.runtime import Grant, RateLimiter
 
 _TAIL = 4096  # bytes of a JSON body searched for its usage object
-COUNTED: StateKey[bool] = StateKey("rate_limit.counted")  # the request's tokens are in gateway_tokens_reserved_total
+# the request's tokens are in gateway_tokens_reserved_total
+COUNTED: StateKey[bool] = StateKey("rate_limit.counted")
 
 
 def estimate(st: AppState, ex: Exchange, default_output: int) -> tuple[int, int]:

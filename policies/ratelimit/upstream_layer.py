@@ -33,7 +33,8 @@ PRIORITY_HEADER = "x-gateway-priority"
 class UpstreamRateLimit:
     name = "rate_limit_upstream"
 
-    def __init__(self, st: AppState, limiter: RateLimiter, sets: dict[str, tuple[LimitSet, RateLimitConfig]]) -> None:
+    def __init__(self, st: AppState, limiter: RateLimiter,
+                 sets: dict[str, tuple[LimitSet, RateLimitConfig]]) -> None:
         self.st = st
         self.limiter = limiter
         self.sets = sets
@@ -78,8 +79,8 @@ class UpstreamRateLimit:
         give_up_at = min(now + cfg.max_queue_wait_s, ex.request.deadline)
         rank = PRIORITY_RANK.get(ex.request.headers.get(PRIORITY_HEADER, "normal").strip().lower(), 1)
         try:
-            admission: Admission = await queue.admit(lambda: self.limiter.acquire(ls, amounts, member), give_up_at,
-                                                     rank)
+            admission: Admission = await queue.admit(lambda: self.limiter.acquire(ls, amounts, member),
+                                                     give_up_at, rank)
         except Rejected as rejected:
             self._waited(ex, ls, rejected.waited_s)
             failed = rejected.verdict.failed if rejected.verdict is not None else queue.last_blocked

@@ -16,7 +16,7 @@ _MAX_EXPONENT = 30  # 2**30 * any sane base already exceeds every max_delay_s
 def backoff_delay(retry: int, cfg: RetryConfig, rand: Callable[[], float]) -> float:
     """Seconds to wait before retry number ``retry`` (1 = the first retry)."""
     exponent = min(max(retry - 1, 0), _MAX_EXPONENT)
-    cap = min(cfg.max_delay_s, cfg.base_delay_s * (2 ** exponent))
+    cap = min(cfg.max_delay_s, cfg.base_delay_s * (2.0 ** exponent))
     if cap <= 0:
         return 0.0
     if cfg.jitter == "full":

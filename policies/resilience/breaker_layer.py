@@ -32,7 +32,9 @@ class CircuitBreakerPolicy:
         self.prefix = key_prefix
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        ticket = self.res.breaker(self.prefix + ex.target.upstream if self.prefix else ex.target.upstream).admit()
+        ticket = self.res.breaker(
+            self.prefix + ex.target.upstream if self.prefix else ex.target.upstream
+        ).admit()
         try:
             resp = await next(ex)
         except UpstreamFailure:

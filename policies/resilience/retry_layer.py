@@ -137,7 +137,8 @@ class RetryPolicy:
             self.metrics.failure(target.key, failure)
             return _Failed(_PRECOMMIT_KIND.get(failure.kind, failure.kind), error=failure)
         run.attempts += 1
-        started += ex.record.waited_s - waited_before  # time queued by the upstream rate limit is not first-byte time
+        # time queued by the upstream rate limit is not first-byte time
+        started += ex.record.waited_s - waited_before
         status = resp.status
         if status < 300:
             return await self._commit(ex, resp, target, started)
@@ -226,7 +227,8 @@ class RetryPolicy:
         return None
 
     def _fail_over(self, ex: Exchange, target: Target, primary_model: str, run: _Run) -> None:
-        self.metrics.child(self.metrics.fallbacks, ex.request.route_name, ex.target.upstream, target.upstream).inc()
+        self.metrics.child(self.metrics.fallbacks, ex.request.route_name, ex.target.upstream,
+                           target.upstream).inc()
         self.metrics.decision("retry", "fallback")
         run.failovers += 1
         switch_to(ex, target, primary_model)

@@ -14,10 +14,23 @@ def problems(cfg: Config) -> list[str]:
     return found
 
 
-_RETRY_NAMES = frozenset({"connect_error", "connect_timeout", "reset_before_response", "timeout_before_first_byte",
-                          "idle_timeout", "total_timeout", "error_event", "circuit_open"})
+_RETRY_NAMES = frozenset(
+    {
+        "connect_error",
+        "connect_timeout",
+        "reset_before_response",
+        "timeout_before_first_byte",
+        "idle_timeout",
+        "total_timeout",
+        "error_event",
+        "circuit_open",
+    }
+)
 
 
 def _check_retry_on(path: str, names: list[str]) -> list[str]:
-    return [f"{path}: unknown condition {name!r} (a failure kind, error_event, or an HTTP status)"
-            for name in names if name not in _RETRY_NAMES and not (name.isdigit() and 400 <= int(name) <= 599)]
+    return [
+        f"{path}: unknown condition {name!r} (a failure kind, error_event, or an HTTP status)"
+        for name in names
+        if name not in _RETRY_NAMES and not (name.isdigit() and 400 <= int(name) <= 599)
+    ]

@@ -27,7 +27,9 @@ class ToolConfig:
     headers: dict[str, str] = field(default_factory=dict)
     read_only: bool = False
     pool: PoolConfig = field(default_factory=PoolConfig)
-    timeouts: TimeoutsConfig = field(default_factory=lambda: TimeoutsConfig(connect_s=2, first_byte_s=10, total_s=15))
+    timeouts: TimeoutsConfig = field(
+        default_factory=lambda: TimeoutsConfig(connect_s=2, first_byte_s=10, total_s=15)
+    )
     retry: RetryConfig = field(default_factory=RetryConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     fallback_response: FallbackResponse | None = None

@@ -61,8 +61,11 @@ class ToolClient(UpstreamClient):
 
     def url_for(self, ex: Exchange) -> str:
         url = self.base_url + ex.request.upstream_path
-        query = f"{ex.request.query_string}&{self.key_query}" if ex.request.query_string and self.key_query else (
-            ex.request.query_string or self.key_query)
+        query = (
+            f"{ex.request.query_string}&{self.key_query}"
+            if ex.request.query_string and self.key_query
+            else (ex.request.query_string or self.key_query)
+        )
         return f"{url}?{query}" if query else url
 
 

@@ -1,1 +1,2 @@
-"""OpenTelemetry traces: a request span and one span per upstream attempt (``layer``), the tracer (``tracer``)."""
+"""OpenTelemetry traces: a request span and one span per upstream attempt (``layer``), the tracer
+(``tracer``)."""

@@ -77,22 +77,27 @@ class Tracing:
     def start_request(self, ex: Exchange) -> Span:
         parent = self.propagator.extract(ex.request.headers)
         op = GENAI_OPERATIONS.get(ex.request.operation, ex.request.operation)
-        span = self.tracer.start_span(f"{op} {ex.request.model[:_MAX_NAME]}".strip(), context=parent, kind=SpanKind.SERVER,
-                                      start_time=self.ns(ex.request.received_at), attributes=self._request_attrs(ex, op))
+        span = self.tracer.start_span(f"{op} {ex.request.model[:_MAX_NAME]}".strip(), context=parent,
+                                      kind=SpanKind.SERVER, start_time=self.ns(ex.request.received_at),
+                                      attributes=self._request_attrs(ex, op))
         ex.state.set(SPAN_KEY, span)
         ex.state.set(TRACER_KEY, self)
         return span
 
     def _request_attrs(self, ex: Exchange, op: str) -> dict[str, Any]:
         host, port, provider = self.servers.get(ex.target.upstream, ("", None, ""))
-        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": ex.request.model[:_MAX_NAME],
+        attrs: dict[str, Any] = {"gen_ai.operation.name": op,
+                                 "gen_ai.request.model": ex.request.model[:_MAX_NAME],
                                  "gen_ai.provider.name": provider, "server.address": host,
                                  "gateway.route": ex.request.route_name, "gateway.tenant": ex.request.tenant,
-                                 "gateway.request_id": ex.request.request_id, "gateway.stream": ex.request.stream}
+                                 "gateway.request_id": ex.request.request_id,
+                                 "gateway.stream": ex.request.stream}
         if port:
             attrs["server.port"] = port
         body = ex.body or {}
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+        max_tokens = (
+            body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+        )
         if type(max_tokens) is int:
             attrs["gen_ai.request.max_tokens"] = max_tokens
         temperature = body.get("temperature")
@@ -106,7 +111,8 @@ class Tracing:
         parent = ex.state.get(SPAN_KEY)
         op = GENAI_OPERATIONS.get(ex.request.operation, ex.request.operation)
         host, port, provider = self.servers.get(ex.target.upstream, ("", None, ""))
-        attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": ex.target.model[:_MAX_NAME],
+        attrs: dict[str, Any] = {"gen_ai.operation.name": op,
+                                 "gen_ai.request.model": ex.target.model[:_MAX_NAME],
                                  "gen_ai.provider.name": provider, "server.address": host, "gateway.upstream":
                                  ex.target.upstream}
         if port:
@@ -139,13 +145,16 @@ class Tracing:
             span.set_attributes(self._result_attrs(ex))
             if ex.record.first_token_at:
                 span.add_event("gen_ai.first_token", timestamp=self.ns(ex.record.first_token_at))
-            if ex.record.status >= 500 or ex.record.status == 0 or ex.record.stream_outcome in ("error_event", "cut"):
+            if ex.record.status >= 500 or ex.record.status == 0 or \
+                    ex.record.stream_outcome in ("error_event", "cut"):
                 span.set_status(Status(StatusCode.ERROR))
         span.end(end_time=self.ns(ex.record.ended_at) if ex.record.ended_at else None)
 
     def _result_attrs(self, ex: Exchange) -> dict[str, Any]:
-        attrs: dict[str, Any] = {"http.response.status_code": ex.record.status, "gateway.cache_result": ex.record.cache_result,
-                                 "gateway.source": ex.record.source, "gateway.attempts": len(ex.record.attempts)}
+        attrs: dict[str, Any] = {"http.response.status_code": ex.record.status,
+                                 "gateway.cache_result": ex.record.cache_result,
+                                 "gateway.source": ex.record.source,
+                                 "gateway.attempts": len(ex.record.attempts)}
         if ex.record.response_model:
             attrs["gen_ai.response.model"] = ex.record.response_model[:_MAX_NAME]
         if ex.record.finish_reasons:

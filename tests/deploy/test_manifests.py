@@ -55,18 +55,23 @@ def test_kustomization_builds_and_every_resource_validates(variant: str) -> None
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_gateway_pod_agrees_with_its_config(variant: str, tmp_path: Path) -> None:
-    """check-config passes on the ConfigMap; ports, probes and grace period match server.* and metrics.port."""
+    """check-config passes on the ConfigMap; ports, probes and grace period match server.* and
+    metrics.port."""
     docs = kustomize(K8S / variant)
     gateways = [d for d in find(docs, "Deployment") if _has_gateway(d)]
     assert len(gateways) == 1
     config = check_gateway_pod(gateways[0], docs, tmp_path)
     assert config.state.backend == "redis"
     (redis_svc,) = find(docs, "Service", "gateway-redis")
-    assert f"//{redis_svc['metadata']['name']}:{redis_svc['spec']['ports'][0]['port']}/" in config.state.redis_url
+    assert (
+        f"//{redis_svc['metadata']['name']}:{redis_svc['spec']['ports'][0]['port']}/"
+        in config.state.redis_url
+    )
 
 
 def test_sidecar_is_native_and_the_agent_uses_it() -> None:
-    """The gateway is an init container with restartPolicy Always; the agent has OPENAI_BASE_URL, no provider key."""
+    """The gateway is an init container with restartPolicy Always; the agent has OPENAI_BASE_URL,
+    no provider key."""
     docs = kustomize(K8S / "sidecar")
     (agent,) = find(docs, "Deployment", "agent")
     pod = agent["spec"]["template"]["spec"]

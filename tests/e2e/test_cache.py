@@ -35,8 +35,12 @@ def same_message(a: Any, b: Any) -> None:
 
 async def test_non_stream_hit_after_miss(client: AsyncOpenAI, mock_upstream: MockServer) -> None:
     """A repeated deterministic request is answered from the cache with the original body and usage."""
-    first = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS, temperature=0)
-    second = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS, temperature=0)
+    first = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MSGS, temperature=0
+    )
+    second = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MSGS, temperature=0
+    )
     assert first.headers["x-gateway-cache"] == "miss"
     assert second.headers["x-gateway-cache"] == "hit"
     assert int(second.headers["age"]) >= 0
@@ -47,7 +51,9 @@ async def test_non_stream_hit_after_miss(client: AsyncOpenAI, mock_upstream: Moc
 
 
 @pytest.mark.parametrize("first_stream", [True, False])
-async def test_hit_across_modes_text(client: AsyncOpenAI, mock_upstream: MockServer, first_stream: bool) -> None:
+async def test_hit_across_modes_text(
+    client: AsyncOpenAI, mock_upstream: MockServer, first_stream: bool
+) -> None:
     """An entry made in one mode serves the other mode, and the SDK reassembles the same message."""
     kw = {"model": "gpt-4o", "messages": MSGS, "temperature": 0}
     if first_stream:
@@ -61,10 +67,17 @@ async def test_hit_across_modes_text(client: AsyncOpenAI, mock_upstream: MockSer
 
 
 @pytest.mark.parametrize("first_stream", [True, False])
-async def test_hit_across_modes_tool_calls(client: AsyncOpenAI, mock_upstream: MockServer, first_stream: bool) -> None:
+async def test_hit_across_modes_tool_calls(
+    client: AsyncOpenAI, mock_upstream: MockServer, first_stream: bool
+) -> None:
     """Tool calls (ids, names, arguments) and finish_reason survive a cross-mode replay exactly."""
-    kw = {"model": "gpt-4o", "messages": [{"role": "user", "content": "use a tool"}], "tools": TOOLS, "seed": 7,
-          "extra_headers": {"x-mock-tool-calls": "2"}}
+    kw = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "use a tool"}],
+        "tools": TOOLS,
+        "seed": 7,
+        "extra_headers": {"x-mock-tool-calls": "2"},
+    }
     if first_stream:
         original = await final_stream(client, **kw)
         again = await client.chat.completions.create(**kw)
@@ -78,7 +91,8 @@ async def test_hit_across_modes_tool_calls(client: AsyncOpenAI, mock_upstream: M
 
 
 async def test_stream_replay_has_chunks_usage_and_done(gateway: Any, client: AsyncOpenAI) -> None:
-    """A streamed hit is a real SSE stream: role delta, several content deltas, usage chunk when asked, [DONE]."""
+    """A streamed hit is a real SSE stream: role delta, several content deltas, usage chunk when asked,
+    [DONE]."""
     body = {"model": "gpt-4o", "messages": MSGS, "temperature": 0}
     await client.chat.completions.create(**body)
     async with aiohttp.ClientSession() as http, http.post(gateway.base_url + "/chat/completions", json={
@@ -154,11 +168,15 @@ async def test_error_answer_never_stored(client: AsyncOpenAI, mock_upstream: Moc
 
 async def test_tenants_never_share(make_gateway: Any, mock_upstream: MockServer) -> None:
     """Two tenants (keys mode) asking the same thing each get their own entry."""
-    gw = await make_gateway(auth={"mode": "keys", "keys": [{"key": "ka", "tenant": "a"}, {"key": "kb", "tenant": "b"}]})
+    gw = await make_gateway(
+        auth={"mode": "keys", "keys": [{"key": "ka", "tenant": "a"}, {"key": "kb", "tenant": "b"}]}
+    )
     results = []
     for key in ("ka", "kb", "ka", "kb"):
         async with AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=0) as c:
-            resp = await c.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS, temperature=0)
+            resp = await c.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=MSGS, temperature=0
+            )
             results.append(resp.headers["x-gateway-cache"])
     assert results == ["miss", "miss", "hit", "hit"]
     assert calls(mock_upstream) == 2
@@ -168,14 +186,17 @@ async def test_passthrough_keys_never_share(gateway: Any, mock_upstream: MockSer
     """In passthrough mode two different client keys never share an entry."""
     for key in ("sk-one", "sk-two"):
         async with AsyncOpenAI(base_url=gateway.base_url, api_key=key, max_retries=0) as c:
-            resp = await c.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS, temperature=0)
+            resp = await c.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=MSGS, temperature=0
+            )
             assert resp.headers["x-gateway-cache"] == "miss"
     assert calls(mock_upstream) == 2
 
 
 async def _send(client: AsyncOpenAI, headers: dict[str, str] | None = None) -> str:
-    resp = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS, temperature=0,
-                                                                 extra_headers=headers or {})
+    resp = await client.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=MSGS, temperature=0, extra_headers=headers or {}
+    )
     return resp.headers["x-gateway-cache"]
 
 
@@ -221,10 +242,14 @@ async def test_control_ttl_only_shortens(client: AsyncOpenAI, gateway: Any) -> N
 
 async def test_route_override_disables_cache(make_gateway: Any, mock_upstream: MockServer) -> None:
     """A route's cache block overrides the global one."""
-    gw = await make_gateway(routes=[{"match": {"model": "*"}, "upstream": "mock", "cache": {"exact": {"enabled": False}}}])
+    gw = await make_gateway(
+        routes=[{"match": {"model": "*"}, "upstream": "mock", "cache": {"exact": {"enabled": False}}}]
+    )
     async with AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0) as c:
         for _ in range(2):
-            resp = await c.chat.completions.with_raw_response.create(model="gpt-4o", messages=MSGS, temperature=0)
+            resp = await c.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=MSGS, temperature=0
+            )
             assert "x-gateway-cache" not in resp.headers
     assert calls(mock_upstream) == 2
 
@@ -232,11 +257,14 @@ async def test_route_override_disables_cache(make_gateway: Any, mock_upstream: M
 async def test_metrics_and_record(gateway: Any, client: AsyncOpenAI) -> None:
     """Hits are counted in gateway_cache_requests_total and the exchange record says source=cache."""
     seen: list[Any] = []
-    gateway.state.sinks.append(lambda ex: seen.append((ex.record.source, ex.record.cache_result, ex.record.first_token_at > 0)))
+    gateway.state.sinks.append(lambda ex: seen.append((ex.record.source, ex.record.cache_result,
+                                                       ex.record.first_token_at > 0)))
     await _send(client)
     await _send(client)
     assert seen[-1] == ("cache", "hit", True)
     registry = gateway.state.metrics.registry
     assert registry.get_sample_value("gateway_cache_requests_total", {"kind": "exact", "result": "hit"}) == 1
     assert registry.get_sample_value("gateway_cache_entries", {"kind": "exact"}) == 1
-    assert registry.get_sample_value("gateway_cache_tokens_saved_total", {"kind": "exact", "model": "other"}) > 0
+    assert (
+        registry.get_sample_value("gateway_cache_tokens_saved_total", {"kind": "exact", "model": "other"}) > 0
+    )

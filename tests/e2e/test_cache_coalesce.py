@@ -28,7 +28,8 @@ async def stream_text(client: AsyncOpenAI, headers: dict[str, str] | None = None
     return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
 
-async def test_twenty_non_stream_one_call(gateway: Any, client: AsyncOpenAI, mock_upstream: MockServer) -> None:
+async def test_twenty_non_stream_one_call(gateway: Any, client: AsyncOpenAI,
+                                          mock_upstream: MockServer) -> None:
     """20 identical concurrent non-stream requests: one upstream call, 20 identical answers."""
     tasks = [asyncio.create_task(client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=MSGS, temperature=0, extra_headers=SLOW)) for _ in range(N)]
@@ -69,8 +70,10 @@ async def test_slow_follower_does_not_slow_leader(gateway: Any, mock_upstream: M
     assert mock_upstream.recorder.count() == 1
 
 
-async def test_cancelled_leader_mid_stream(gateway: Any, client: AsyncOpenAI, mock_upstream: MockServer) -> None:
-    """The first client leaves mid-stream: the others still get the complete answer from the one upstream call."""
+async def test_cancelled_leader_mid_stream(gateway: Any, client: AsyncOpenAI,
+                                           mock_upstream: MockServer) -> None:
+    """The first client leaves mid-stream: the others still get the complete answer from the one upstream
+    call."""
     paced = {"x-mock-fault": "tokens_per_s=40"}
     leader = await client.chat.completions.create(model="gpt-4o", messages=MSGS, temperature=0, stream=True,
                                                   extra_headers=paced)
@@ -100,12 +103,14 @@ async def test_cancelled_leader_before_response(gateway: Any, client: AsyncOpenA
 
 
 async def test_leader_failure_one_waiter_takes_over(make_gateway: Any, mock_upstream: MockServer) -> None:
-    """The leader's call fails before a response: it gets the error, one waiter takes over, the rest follow it."""
+    """The leader's call fails before a response: it gets the error, one waiter takes over, the rest follow
+    it."""
     gw = await make_gateway(upstreams={"mock": {"base_url": mock_upstream.url, "retry": {"max_attempts": 1}}})
     mock_upstream.state.faults.extend([scripted_fault_from_json(
         {"fault": "stall_before_first_byte_ms=400;reset_before_headers", "times": 1})])
     async with AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0) as client:
-        lead = asyncio.create_task(client.chat.completions.create(model="gpt-4o", messages=MSGS, temperature=0))
+        lead = asyncio.create_task(client.chat.completions.create(model="gpt-4o", messages=MSGS,
+                                                                  temperature=0))
         await until(lambda: subscribers(gw) == 1)
         others = [asyncio.create_task(client.chat.completions.create(model="gpt-4o", messages=MSGS,
                                                                      temperature=0)) for _ in range(5)]
@@ -116,7 +121,8 @@ async def test_leader_failure_one_waiter_takes_over(make_gateway: Any, mock_upst
     assert mock_upstream.recorder.count() == 2
 
 
-async def test_nondeterministic_not_coalesced_by_default(client: AsyncOpenAI, mock_upstream: MockServer) -> None:
+async def test_nondeterministic_not_coalesced_by_default(client: AsyncOpenAI,
+                                                         mock_upstream: MockServer) -> None:
     """Requests without temperature 0 or a seed each go upstream unless coalesce.nondeterministic is on."""
     await asyncio.gather(*[client.chat.completions.create(model="gpt-4o", messages=MSGS, extra_headers=SLOW)
                            for _ in range(4)])
@@ -127,8 +133,10 @@ async def test_nondeterministic_coalesced_when_enabled(make_gateway: Any, mock_u
     """With coalesce.nondeterministic: true, identical non-deterministic requests share one call."""
     gw = await make_gateway(cache={"coalesce": {"nondeterministic": True}})
     async with AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0) as client:
-        lead = asyncio.create_task(client.chat.completions.create(model="gpt-4o", messages=MSGS, extra_headers=SLOW))
+        lead = asyncio.create_task(client.chat.completions.create(model="gpt-4o", messages=MSGS,
+                                                                  extra_headers=SLOW))
         await until(lambda: subscribers(gw) == 1)
-        rest = [client.chat.completions.create(model="gpt-4o", messages=MSGS, extra_headers=SLOW) for _ in range(3)]
+        rest = [client.chat.completions.create(model="gpt-4o", messages=MSGS,
+                                               extra_headers=SLOW) for _ in range(3)]
         await asyncio.gather(lead, *rest)
     assert mock_upstream.recorder.count() == 1

@@ -1,4 +1,6 @@
-"""The embeddings cache and micro-batching through the real server, compared with the provider's own answers."""
+"""The embeddings cache and micro-batching through the real server,
+compared with the provider's own answers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +15,8 @@ MODEL = "text-embedding-3-small"
 
 async def test_only_unseen_inputs_go_upstream(client: AsyncOpenAI, direct: AsyncOpenAI,
                                               mock_upstream: MockServer) -> None:
-    """100 inputs with 90 seen before: 10 go upstream; order, vectors and usage equal the provider's full answer."""
+    """100 inputs with 90 seen before: 10 go upstream; order,
+    vectors and usage equal the provider's full answer."""
     texts = [f"chunk number {i} of the document" for i in range(100)]
     await client.embeddings.create(model=MODEL, input=texts[:90])
     mock_upstream.recorder.clear()
@@ -28,11 +31,15 @@ async def test_only_unseen_inputs_go_upstream(client: AsyncOpenAI, direct: Async
     assert got.usage.prompt_tokens == want.usage.prompt_tokens
 
 
-async def test_float_format_and_full_hit(client: AsyncOpenAI, direct: AsyncOpenAI, mock_upstream: MockServer) -> None:
+async def test_float_format_and_full_hit(
+    client: AsyncOpenAI, direct: AsyncOpenAI, mock_upstream: MockServer
+) -> None:
     """encoding_format float is cached apart from base64 and a fully cached request makes no call."""
     texts = ["alpha", "beta", "alpha"]
     first = await client.embeddings.create(model=MODEL, input=texts, encoding_format="float")
-    again = await client.embeddings.with_raw_response.create(model=MODEL, input=texts, encoding_format="float")
+    again = await client.embeddings.with_raw_response.create(
+        model=MODEL, input=texts, encoding_format="float"
+    )
     want = await direct.embeddings.create(model=MODEL, input=texts, encoding_format="float")
     assert again.headers["x-gateway-cache"] == "hit"
     assert [d.embedding for d in again.parse().data] == [d.embedding for d in want.data] == \

@@ -1,7 +1,6 @@
 """The cache shared through a real Redis: across gateway processes, compressed, with TTLs, and fail-open."""
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from typing import Any
@@ -12,6 +11,7 @@ from openai import AsyncOpenAI
 from gateway.mock import MockServer
 from policies.cache.runtime import COMPONENT as CACHE
 from tests.support.servers import RedisServer, gateway_config, spawn_gateway, wait_ready
+from tests.support.until import until
 
 MSGS = [{"role": "user", "content": "what is in the ledger"}]
 
@@ -27,8 +27,10 @@ async def ask(base_url: str, content: str = "what is in the ledger") -> str:
         return resp.headers["x-gateway-cache"]
 
 
-async def test_two_gateway_processes_share_entries(mock_upstream: MockServer, redis_server: RedisServer) -> None:
-    """An answer cached by one `gateway serve` process is a hit in another; the Redis entry is compressed and expires."""
+async def test_two_gateway_processes_share_entries(mock_upstream: MockServer,
+                                                   redis_server: RedisServer) -> None:
+    """An answer cached by one `gateway serve` process is a hit in another; the Redis entry is compressed and
+    expires."""
     state = redis_state(redis_server)
     procs = [spawn_gateway(gateway_config(mock_upstream.url, state=state)) for _ in range(2)]
     try:
@@ -37,9 +39,10 @@ async def test_two_gateway_processes_share_entries(mock_upstream: MockServer, re
         assert await ask(procs[0].url + "/v1") == "miss"
         client = aioredis.from_url(redis_server.url)
         try:
-            async with asyncio.timeout(10):
-                while not await client.keys(state["key_prefix"] + "cache:exact:*"):
-                    await asyncio.sleep(0.01)  # the Redis write is a background task
+            async def written() -> bool:  # the Redis write is a background task
+                return bool(await client.keys(state["key_prefix"] + "cache:exact:*"))
+
+            await until(written, timeout=10, message="the cache entry reached Redis")
             (key,) = await client.keys(state["key_prefix"] + "cache:exact:*")
             assert (await client.get(key)).startswith(b"GWC1")
             assert 0 < await client.ttl(key) <= 3600

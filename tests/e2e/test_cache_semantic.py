@@ -18,7 +18,8 @@ async def ask(client: AsyncOpenAI, text: str, system: dict[str, str] = SYSTEM, *
 
 
 async def test_paraphrase_hits_and_near_misses_do_not(make_gateway: Any, mock_upstream: MockServer) -> None:
-    """A paraphrase gets the stored answer (also streamed); a negation, a number change or a new system prompt miss."""
+    """A paraphrase gets the stored answer (also streamed); a negation,
+    a number change or a new system prompt miss."""
     gw = await make_gateway(cache=SEMANTIC)
     async with AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0) as client:
         result, original = await ask(client, "How do I undo the last git commit?")
@@ -36,7 +37,9 @@ async def test_paraphrase_hits_and_near_misses_do_not(make_gateway: Any, mock_up
         assert (await ask(client, "How can I undo my last git commit?", system=other))[0] == "miss"
     assert mock_upstream.recorder.count() == 4
     registry = gw.state.metrics.registry
-    assert registry.get_sample_value("gateway_cache_requests_total", {"kind": "semantic", "result": "hit"}) == 2
+    assert (
+        registry.get_sample_value("gateway_cache_requests_total", {"kind": "semantic", "result": "hit"}) == 2
+    )
     assert registry.get_sample_value("gateway_semantic_similarity_count") >= 5
 
 
@@ -68,7 +71,9 @@ async def test_tool_turns_are_skipped(make_gateway: Any, mock_upstream: MockServ
 
 async def test_upstream_embedder(make_gateway: Any, mock_upstream: MockServer) -> None:
     """embedder: upstream:<name>:<model> embeds through the configured upstream's /embeddings."""
-    gw = await make_gateway(cache={"semantic": {"enabled": True, "embedder": "upstream:mock:text-embedding-3-small"}})
+    gw = await make_gateway(
+        cache={"semantic": {"enabled": True, "embedder": "upstream:mock:text-embedding-3-small"}}
+    )
     async with AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0) as client:
         assert (await ask(client, "What is a harbor?"))[0] == "miss"
         assert (await ask(client, "What is a harbor?"))[0] == "semantic-hit"

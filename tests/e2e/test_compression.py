@@ -1,4 +1,6 @@
-"""End to end through the real server: oversized conversations are compressed (or refused) before the provider."""
+"""End to end through the real server: oversized conversations are compressed
+(or refused) before the provider."""
+
 from __future__ import annotations
 
 import gzip
@@ -70,7 +72,9 @@ async def test_conversation_over_the_window_reaches_the_provider_compressed(
     assert samples[("gateway_budget_decisions_total", (("decision", "filled_default"), ("route", "*")))] == 1
 
 
-async def test_streamed_request_is_compressed_too(make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
+async def test_streamed_request_is_compressed_too(
+    make_gateway: GatewayFactory, mock_upstream: MockServer
+) -> None:
     """A streaming request is compressed the same way and streams to a clean end."""
     _, client = await start(make_gateway)
     messages, _ = conversation()
@@ -87,7 +91,9 @@ async def test_unfittable_request_is_refused_without_calling_the_provider(
     _, client = await start(make_gateway)
     async with client:
         with pytest.raises(openai.BadRequestError) as err:
-            await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 40000}])
+            await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "word " * 40000}]
+            )
     assert err.value.code == "context_length_exceeded" and "after compression" in err.value.message
     assert mock_upstream.recorder.count() == 0
 

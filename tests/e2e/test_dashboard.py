@@ -40,7 +40,8 @@ async def dashboard_gateway(make_gateway: GatewayFactory, mock_upstream: MockSer
                 "retry": {"max_attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02, "jitter": "none"},
                 "circuit_breaker": {"consecutive_failures": 3, "open_s": 120, "max_open_s": 300},
                 "rate_limit": {"max_concurrency": 1}}  # the second stream of each pair queues
-    auth = {"mode": "keys", "keys": [{"key": "sk-alpha", "tenant": "alpha"}, {"key": "sk-beta", "tenant": "beta"}]}
+    auth = {"mode": "keys",
+            "keys": [{"key": "sk-alpha", "tenant": "alpha"}, {"key": "sk-beta", "tenant": "beta"}]}
     return await make_gateway(admin={"api_key": ADMIN_KEY}, upstreams={"mock": upstream}, auth=auth,
                               metrics={"models": ["gpt-4o", "gpt-4o-mini"]},
                               pricing={"gpt-4o": {"input": 2.5, "output": 10.0},
@@ -110,28 +111,37 @@ async def test_dashboard_shows_live_traffic_in_chromium(make_gateway: GatewayFac
             await page.wait_for_function(
                 "n => document.querySelector('[data-stat=\"requests-total\"]').textContent === n",
                 arg=str(total), timeout=15000)
-            await page.wait_for_function("document.querySelectorAll('#recent tbody tr[data-status]').length === "
-                                         f"{total}", timeout=10000)
+            await page.wait_for_function(
+                f"document.querySelectorAll('#recent tbody tr[data-status]').length === {total}",
+                timeout=10000,
+            )
 
             assert await stat(page, "success-rate") == f"{100 * (total - STORM) / total:.1f}%"
             assert await stat(page, "cache-hit-rate") == f"{100 * (CACHED_CALLS - 1) / CACHED_CALLS:.1f}%"
             assert await stat(page, "cache-hits") == str(CACHED_CALLS - 1)
             ttft = await page.locator('#models tr[data-model="gpt-4o"] td').nth(3).inner_text()
-            assert re.fullmatch(r"\d+ ms", ttft) and 70 <= int(ttft.split()[0]) <= 400, ttft  # queued ones: >450 ms
+            assert re.fullmatch(r"\d+ ms",
+                                ttft) and 70 <= int(ttft.split()[0]) <= 400, ttft  # queued ones: >450 ms
             assert await page.locator('#models tr[data-model="gpt-4o-mini"]').count() == 1
             itl = await page.locator('#models tr[data-model="gpt-4o"] td').nth(5).inner_text()
             assert re.fullmatch(r"\d+ ms", itl) and 15 <= int(itl.split()[0]) <= 100, itl
             alpha = page.locator('#tenants tr[data-tenant="alpha"] td')
             assert await alpha.nth(1).inner_text() == str(STREAMS + STORM)
             assert await alpha.nth(2).inner_text() == str(STORM)
-            assert await page.locator('#tenants tr[data-tenant="beta"] td').nth(1).inner_text() == str(CACHED_CALLS)
-            assert await stat(page, "tokens-total") == f"{expected['tokens']['prompt'] + expected['tokens']['completion']:,}"
+            assert await page.locator('#tenants tr[data-tenant="beta"] td').nth(1).inner_text() == str(
+                CACHED_CALLS
+            )
+            assert (
+                await stat(page, "tokens-total")
+                == f"{expected['tokens']['prompt'] + expected['tokens']['completion']:,}"
+            )
             assert (await stat(page, "cost")).startswith("$") and expected["cost_usd"] > 0
             assert await stat(page, "retried") == str(expected["resilience"]["retried_requests"])
-            assert await page.locator("#recent tbody tr[data-status='503'], #recent tbody tr[data-status='502']"
-                                      ).count() == STORM
+            assert await page.locator("#recent tbody tr[data-status='503'], "
+                                      "#recent tbody tr[data-status='502']").count() == STORM
             if gw.state.components.get(RATE_LIMIT) is not None:
-                backoffs = expected["resilience"]["retried_requests"]  # retry backoff is a deliberate wait too
+                # retry backoff is a deliberate wait too
+                backoffs = expected["resilience"]["retried_requests"]
                 assert await stat(page, "waited") == str(STREAMS // 2 + backoffs)
                 assert await page.locator('#queues dd[data-queue="mock"]').inner_text() == "0"
             if breakers_on:
@@ -142,7 +152,8 @@ async def test_dashboard_shows_live_traffic_in_chromium(make_gateway: GatewayFac
             else:
                 assert await page.locator('[data-stat="breakers-na"]').is_visible()
 
-            await page.wait_for_function("document.querySelectorAll('.chart canvas').length >= 4", timeout=10000)
+            await page.wait_for_function("document.querySelectorAll('.chart canvas').length >= 4",
+                                         timeout=10000)
             html = await page.content()
             assert ADMIN_KEY not in html
             assert not errors, errors

@@ -21,6 +21,7 @@ from gateway.exchange import Exchange
 from gateway.mock import MockServer
 from policies.resilience.registry import COMPONENT as RESILIENCE
 from tests.support.servers import InProcessGateway, free_port
+from tests.support.until import until
 
 CHAT = [{"role": "user", "content": "Say hello"}]
 FAST = {"max_attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}
@@ -89,7 +90,8 @@ async def test_503_storm_opens_breaker_fast_rejects_and_probes_once_per_interval
     gw = await make_gateway(upstreams={"mock": upstream(mock_upstream.url, circuit_breaker={
         "consecutive_failures": 5, "open_s": open_s, "max_open_s": open_s})})
     served: list[tuple[str, float]] = []
-    gw.state.sinks.append(lambda ex: served.append((ex.record.error_kind, ex.record.ended_at - ex.request.received_at)))
+    gw.state.sinks.append(lambda ex: served.append((ex.record.error_kind,
+                                                    ex.record.ended_at - ex.request.received_at)))
     await queue_faults(mock_upstream, {"fault": "status=503", "times": -1})
     async with aiohttp.ClientSession() as session:
         async def once() -> aiohttp.ClientResponse:
@@ -313,18 +315,16 @@ async def test_client_disconnect_frees_the_upstream(make_gateway: GatewayFactory
     elif phase == "retry_backoff":
         await recorder.wait_for(lambda: recorder.attempts[0].outcome is not None, 5.0)
     elif phase == "before_first_token":
-        async with asyncio.timeout(5.0):  # the role chunk is out: the gateway is peeking for the first token
-            while recorder.attempts[0].events_sent < 1:
-                await asyncio.sleep(0.005)
+        # the role chunk is out: the gateway is peeking for the first token
+        await until(lambda: recorder.attempts[0].events_sent >= 1, timeout=5.0, interval=0.005)
     if resp is not None:
         resp.close()
     task.cancel()
     await session.close()
     left_at = time.perf_counter()  # the client's connection is gone
     await recorder.wait_for(lambda: recorder.attempts[0].outcome is not None, 3.0)
-    async with asyncio.timeout(3.0):
-        while gw.state.lifecycle.active or not finished:
-            await asyncio.sleep(0.01)
+    await until(lambda: not gw.state.lifecycle.active and finished, timeout=3.0,
+                message="the request ended and was recorded")
     assert time.perf_counter() - left_at < 1.0
     expected = "fault:status" if phase == "retry_backoff" else "client_disconnected"
     assert outcomes(mock_upstream) == [expected] and finished[0].record.stream_outcome == "client_gone"
@@ -347,15 +347,11 @@ async def test_client_disconnect_while_queued_frees_its_place(make_gateway: Gate
     await holder.content.readline()  # the only slot is taken
     queued = asyncio.create_task(queued_session.post(gw.base_url + "/chat/completions",
                                                      json={"model": "gpt-4o", "messages": CHAT}))
-    async with asyncio.timeout(5.0):
-        while len(gw.state.lifecycle.active) < 2:
-            await asyncio.sleep(0.005)
+    await until(lambda: len(gw.state.lifecycle.active) >= 2, timeout=5.0, interval=0.005)
     left_at = time.perf_counter()
     queued.cancel()
     await queued_session.close()
-    async with asyncio.timeout(3.0):
-        while not finished:
-            await asyncio.sleep(0.005)
+    await until(lambda: bool(finished), timeout=3.0, interval=0.005)
     assert time.perf_counter() - left_at < 1.0 and finished[0].record.stream_outcome == "client_gone"
     assert len(recorder.attempts) == 1  # the queued request never reached the provider
     holder.close()

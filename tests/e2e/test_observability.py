@@ -40,10 +40,11 @@ def val(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
-async def settled(url: str, requests: int, timeout: float = 10.0) -> Samples:
-    """Poll until the sinks of ``requests`` requests ran (they run just after the client got its last byte)."""
+async def settled(url: str, requests: int, timeout_s: float = 10.0) -> Samples:
+    """Poll until the sinks of ``requests`` requests ran
+    (they run just after the client got its last byte)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + timeout_s
     while True:
         samples = await scrape(url)
         if val(samples, "gateway_requests_total") >= requests or loop.time() > deadline:
@@ -51,9 +52,17 @@ async def settled(url: str, requests: int, timeout: float = 10.0) -> Samples:
         await asyncio.sleep(0.02)
 
 
-async def raw_stream(gw: InProcessGateway, body: dict[str, Any], headers: dict[str, str] | None = None) -> bytes:
-    async with aiohttp.ClientSession() as s, s.post(gw.base_url + "/chat/completions", json=body,
-                                                    headers={"authorization": "Bearer sk-c", **(headers or {})}) as r:
+async def raw_stream(
+    gw: InProcessGateway, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> bytes:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            gw.base_url + "/chat/completions",
+            json=body,
+            headers={"authorization": "Bearer sk-c", **(headers or {})},
+        ) as r,
+    ):
         assert r.status == 200
         return await r.read()
 
@@ -65,7 +74,9 @@ async def test_counts_tokens_cost_and_histograms_match_the_traffic(make_gateway:
     async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-c", max_retries=0) as client:
         reported = [0, 0]
         for _ in range(3):
-            r = await client.chat.completions.create(model="gpt-4o", messages=CHAT, extra_headers={"x-mock-tokens": "5"})
+            r = await client.chat.completions.create(
+                model="gpt-4o", messages=CHAT, extra_headers={"x-mock-tokens": "5"}
+            )
             assert r.usage is not None
             reported[0] += r.usage.prompt_tokens
             reported[1] += r.usage.completion_tokens
@@ -78,23 +89,38 @@ async def test_counts_tokens_cost_and_histograms_match_the_traffic(make_gateway:
                     reported[0] += chunk.usage.prompt_tokens
                     reported[1] += chunk.usage.completion_tokens
         text = ""
-        stream = await client.chat.completions.create(model="gpt-4o", messages=CHAT, stream=True,
-                                                      extra_headers={"x-mock-tokens": "6", "x-mock-no-usage": "1"})
+        stream = await client.chat.completions.create(
+            model="gpt-4o",
+            messages=CHAT,
+            stream=True,
+            extra_headers={"x-mock-tokens": "6", "x-mock-no-usage": "1"},
+        )
         async for chunk in stream:
             text += chunk.choices[0].delta.content or "" if chunk.choices else ""
     hidden = await raw_stream(gw, {"model": "gpt-4o", "messages": CHAT, "stream": True},
                               {"x-mock-tokens": "4"})
     samples = await settled(gw.url, 7)
-    assert b'"usage"' not in hidden and hidden.endswith(b"data: [DONE]\n\n")  # asked nothing, got nothing extra
+    # asked nothing, got nothing extra
+    assert b'"usage"' not in hidden and hidden.endswith(b"data: [DONE]\n\n")
     reported[0] += _mock_prompt_tokens()  # the hidden stream's usage was read by the gateway, not the client
     reported[1] += 4
     estimated_prompt = tok.count_request("chat", {"model": "gpt-4o", "messages": CHAT})
     estimated_completion = len(tok.encoding("o200k_base").encode_ordinary(text))
     labels = {"model": "gpt-4o", "upstream": "mock", "tenant": "default"}
-    assert val(samples, "gateway_requests_total", status_class="2xx", model="gpt-4o", route="*", cache="none") == 7
+    assert (
+        val(samples, "gateway_requests_total", status_class="2xx", model="gpt-4o", route="*", cache="none")
+        == 7
+    )
     assert val(samples, "gateway_tokens_total", kind="prompt", **labels) == reported[0] + estimated_prompt
-    assert val(samples, "gateway_tokens_total", kind="completion", **labels) == reported[1] + estimated_completion
-    assert val(samples, "gateway_tokens_estimated_total", kind="completion", **labels) == estimated_completion == 6
+    assert (
+        val(samples, "gateway_tokens_total", kind="completion", **labels)
+        == reported[1] + estimated_completion
+    )
+    assert (
+        val(samples, "gateway_tokens_estimated_total", kind="completion", **labels)
+        == estimated_completion
+        == 6
+    )
     cost = ((reported[0] + estimated_prompt) * 2.5 + (reported[1] + estimated_completion) * 10.0) / 1e6
     assert val(samples, "gateway_cost_usd_total", model="gpt-4o", tenant="default") == pytest.approx(cost)
     assert val(samples, "gateway_request_duration_seconds_count", model="gpt-4o") == 7
@@ -148,9 +174,18 @@ async def test_ttft_lands_where_the_provider_puts_it(make_gateway: GatewayFactor
 
 async def test_partial_streams_are_charged_for_what_was_produced(make_gateway: GatewayFactory,
                                                                   mock_upstream: MockServer) -> None:
-    """A client that leaves after 3 chunks, and an upstream reset after 6 events, are charged for those tokens."""
-    gw = await make_gateway(**OBS, upstreams={"mock": {"base_url": mock_upstream.url, "api_key": "sk-upstream-secret",
-                                                       "retry": {"max_attempts": 1}}})
+    """A client that leaves after 3 chunks, and an upstream reset after 6 events,
+    are charged for those tokens."""
+    gw = await make_gateway(
+        **OBS,
+        upstreams={
+            "mock": {
+                "base_url": mock_upstream.url,
+                "api_key": "sk-upstream-secret",
+                "retry": {"max_attempts": 1},
+            }
+        },
+    )
     body = {"model": "gpt-4o", "messages": CHAT, "stream": True}
     async with aiohttp.ClientSession() as s:
         async with s.post(gw.base_url + "/chat/completions", json=body,
@@ -165,7 +200,8 @@ async def test_partial_streams_are_charged_for_what_was_produced(make_gateway: G
     assert b'"error"' in cut and b"[DONE]" not in cut
     labels = {"model": "gpt-4o", "upstream": "mock", "tenant": "default", "kind": "completion"}
     charged = val(samples, "gateway_tokens_estimated_total", **labels)
-    assert 5 + 1 <= charged < 100, charged  # the reset stream produced 5 content chunks; the other some, not all
+    # the reset stream produced 5 content chunks; the other some, not all
+    assert 5 + 1 <= charged < 100, charged
     assert val(samples, "gateway_tokens_estimated_total", model="gpt-4o", kind="prompt") > 0
 
 
@@ -250,7 +286,9 @@ async def test_admin_usage_auth_and_validation(make_gateway: GatewayFactory, tmp
         async with s.get(on.url + "/admin/usage?group_by=request_id",
                          headers={"authorization": "Bearer adm-key"}) as r:
             assert r.status == 400 and (await r.json())["error"]["param"] == "group_by"
-        async with s.get(on.url + "/admin/usage?since=yesterday", headers={"authorization": "Bearer adm-key"}) as r:
+        async with s.get(
+            on.url + "/admin/usage?since=yesterday", headers={"authorization": "Bearer adm-key"}
+        ) as r:
             assert r.status == 400
         async with s.get(on.url + "/admin/usage?group_by=model&since=1h",
                          headers={"authorization": "Bearer adm-key"}) as r:
@@ -259,7 +297,8 @@ async def test_admin_usage_auth_and_validation(make_gateway: GatewayFactory, tmp
 
 async def test_otlp_export_configured_by_otel_variables(make_gateway: GatewayFactory,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """With only OTEL_* variables set, spans are exported over OTLP/HTTP and flushed when the gateway stops."""
+    """With only OTEL_* variables set,
+    spans are exported over OTLP/HTTP and flushed when the gateway stops."""
     from aiohttp import web
 
     bodies: list[tuple[str, bytes]] = []

@@ -1,6 +1,7 @@
 """The log canary: keys and personal data from requests never reach logs, /metrics, spans or the ledger."""
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -64,21 +65,30 @@ async def test_canaries_appear_nowhere(make_gateway: GatewayFactory, mock_upstre
         with pytest.raises(openai.AuthenticationError):
             await stranger.chat.completions.create(model="gpt-4o", messages=prompt)
     async with aiohttp.ClientSession() as s:
-        async with s.post(gw.base_url + "/chat/completions", data=f'{{"model": "gpt-4o", "messages": "{EMAIL}',
-                          headers={"authorization": f"Bearer {CLIENT_KEY}"}) as r:
+        async with s.post(
+            gw.base_url + "/chat/completions",
+            data=f'{{"model": "gpt-4o", "messages": "{EMAIL}',
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+        ) as r:
             assert r.status == 400
         async with s.get(gw.url + "/metrics") as r:
             metrics_text = await r.text()
-        async with s.get(gw.url + "/admin/usage?group_by=tenant", headers={"authorization": "Bearer adm"}) as r:
+        async with s.get(
+            gw.url + "/admin/usage?group_by=tenant", headers={"authorization": "Bearer adm"}
+        ) as r:
             usage_text = await r.text()
     spans = gw.state.tracer.exporter.get_finished_spans()
-    span_text = repr([(s.name, dict(s.attributes or {}), [(e.name, dict(e.attributes or {})) for e in s.events])
-                      for s in spans])
+    span_text = repr(
+        [
+            (s.name, dict(s.attributes or {}), [(e.name, dict(e.attributes or {})) for e in s.events])
+            for s in spans
+        ]
+    )
     await gw.close()  # flushes the ledger
     assert '"key":"acme"' in usage_text and "gateway_requests_total" in metrics_text and len(spans) >= 12
     logs = debug_logs.getvalue()
     assert '"event":"request"' in logs  # the logs were captured at DEBUG
-    stored = db.read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("ledger.sqlite3-*"))
+    stored = await asyncio.to_thread(_ledger_bytes, db, tmp_path)
     for canary in CANARIES:
         assert canary not in logs, canary
         assert canary not in metrics_text, canary
@@ -91,8 +101,15 @@ async def test_content_is_on_spans_only_when_asked(make_gateway: GatewayFactory)
     """tracing.capture_content: true records the prompt and the answer on the request span."""
     gw = await make_gateway(tracing={"enabled": True, "exporter": "memory", "capture_content": True})
     async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-c", max_retries=0) as client:
-        r = await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": EMAIL}])
+        r = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": EMAIL}]
+        )
     await gw.close()
     (server,) = [s for s in gw.state.tracer.exporter.get_finished_spans() if s.kind.name == "SERVER"]
     assert EMAIL in server.attributes["gen_ai.input.messages"]
     assert server.attributes["gen_ai.output.messages"] == r.choices[0].message.content
+
+
+def _ledger_bytes(db: Path, tmp_path: Path) -> bytes:
+    """The ledger database and its side files (journal, WAL), as stored on disk."""
+    return db.read_bytes() + b"".join(p.read_bytes() for p in tmp_path.glob("ledger.sqlite3-*"))

@@ -17,7 +17,9 @@ KNOWN_MODELS = {"gpt-4o", "other"}
 
 
 def junk(rng: random.Random, n: int = 12) -> str:
-    return "".join(rng.choice(string.ascii_letters + string.digits + "-_.:/@é") for _ in range(rng.randint(1, n)))
+    return "".join(
+        rng.choice(string.ascii_letters + string.digits + "-_.:/@é") for _ in range(rng.randint(1, n))
+    )
 
 
 def random_request(rng: random.Random, i: int) -> tuple[str, str, bytes | None, dict[str, str]]:
@@ -33,11 +35,18 @@ def random_request(rng: random.Random, i: int) -> tuple[str, str, bytes | None, 
             model.encode(), junk(rng).encode())
         return "POST", "/v1/chat/completions", body, headers
     if kind == 3:
-        body = b'{"model": "%s", "stream": true, "messages": [{"role": "user", "content": "x"}]}' % model.encode()
+        body = (
+            b'{"model": "%s", "stream": true, "messages": [{"role": "user", "content": "x"}]}'
+            % model.encode()
+        )
         return "POST", "/v1/chat/completions", body, headers
     if kind == 4:
-        return rng.choice(["GET", "POST", "DELETE"]), f"/v1/{junk(rng)}/{junk(rng)}".replace("//", "/x/"), b"{}", \
-            headers
+        return (
+            rng.choice(["GET", "POST", "DELETE"]),
+            f"/v1/{junk(rng)}/{junk(rng)}".replace("//", "/x/"),
+            b"{}",
+            headers,
+        )
     return "POST", "/v1/chat/completions", b'{"model": "' + model.encode() + b'", "messages": [', headers
 
 
@@ -49,7 +58,8 @@ async def series(session: aiohttp.ClientSession, url: str) -> set[tuple[str, tup
 
 
 async def test_random_traffic_adds_no_series(make_gateway: GatewayFactory) -> None:
-    """After a warm-up that saw every kind of request, 9,000 more random ones leave the series set unchanged."""
+    """After a warm-up that saw every kind of request,
+    9,000 more random ones leave the series set unchanged."""
     gw = await make_gateway(metrics={"models": ["gpt-4o"]})
     rng = random.Random(20240611)
     requests = [random_request(rng, i) for i in range(TOTAL)]

@@ -34,36 +34,63 @@ def rule_exprs() -> list[str]:
 
 async def test_every_referenced_metric_is_exported(make_gateway: GatewayFactory, mock_upstream: MockServer,
                                                    tmp_path: Path) -> None:
-    """Each gateway_* name in the dashboard and rules is a family registered by a gateway with every feature on."""
+    """Each gateway_* name in the dashboard and rules is a family registered by a gateway with
+    every feature on."""
     gw = await make_gateway(
         upstreams={"mock": {"base_url": mock_upstream.url, "rate_limit": {"rpm": 1000}}},
-        models={"gpt-4o": {"context_window": 128000}}, ledger={"enabled": True, "sqlite_path": str(tmp_path / "l")})
+        models={"gpt-4o": {"context_window": 128000}},
+        ledger={"enabled": True, "sqlite_path": str(tmp_path / "l")},
+    )
     families = {m.name for m in gw.state.metrics.registry.collect()}
-    used = {_SUFFIX.sub("", name) for expr in dashboard_exprs() + rule_exprs() for name in _NAME.findall(expr)}
+    used = {
+        _SUFFIX.sub("", name) for expr in dashboard_exprs() + rule_exprs() for name in _NAME.findall(expr)
+    }
     assert used and not sorted(used - families)
-    for issue_name in ("gateway_requests", "gateway_request_duration_seconds", "gateway_time_to_first_token_seconds",
-                       "gateway_inter_token_latency_seconds", "gateway_overhead_seconds", "gateway_tokens",
-                       "gateway_cost_usd", "gateway_inflight_requests", "gateway_circuit_state",
-                       "gateway_retries"):
+    for issue_name in (
+        "gateway_requests",
+        "gateway_request_duration_seconds",
+        "gateway_time_to_first_token_seconds",
+        "gateway_inter_token_latency_seconds",
+        "gateway_overhead_seconds",
+        "gateway_tokens",
+        "gateway_cost_usd",
+        "gateway_inflight_requests",
+        "gateway_circuit_state",
+        "gateway_retries",
+    ):
         assert issue_name in used, issue_name
 
 
 def test_dashboard_shape() -> None:
-    """The dashboard is importable JSON: unique panel ids, a Prometheus datasource variable, no overlaps in rows."""
+    """The dashboard is importable JSON: unique panel ids, a Prometheus datasource variable,
+    no overlaps in rows."""
     dash = json.loads(DASHBOARD.read_text())
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids)) and dash["uid"] == "llm-gateway"
     assert any(v["type"] == "datasource" and v["query"] == "prometheus" for v in dash["templating"]["list"])
     titles = " ".join(p["title"] for p in dash["panels"]).lower()
-    for needed in ("time to first token", "inter-token", "tokens/s", "cost", "cache hit", "retries", "circuit breaker",
-                   "overhead", "in-flight"):
+    for needed in (
+        "time to first token",
+        "inter-token",
+        "tokens/s",
+        "cost",
+        "cache hit",
+        "retries",
+        "circuit breaker",
+        "overhead",
+        "in-flight",
+    ):
         assert needed in titles, needed
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed"
+)
 def test_promtool_accepts_rules_and_dashboard_queries(tmp_path: Path) -> None:
     """promtool parses the rules file and every dashboard query (Grafana variables substituted)."""
-    check = subprocess.run(["promtool", "check", "rules", str(RULES)], check=False, capture_output=True, text=True)
+    check = subprocess.run(
+        ["promtool", "check", "rules", str(RULES)], check=False, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     exprs = []
     for expr in dashboard_exprs():
@@ -73,13 +100,22 @@ def test_promtool_accepts_rules_and_dashboard_queries(tmp_path: Path) -> None:
     probe = tmp_path / "dashboard-rules.yaml"
     probe.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:query{i}", "expr": e} for i, e in enumerate(exprs)]}]}))
-    check = subprocess.run(["promtool", "check", "rules", str(probe)], check=False, capture_output=True, text=True)
+    check = subprocess.run(
+        ["promtool", "check", "rules", str(probe)], check=False, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed"
+)
 def test_alerts_fire_on_scripted_series() -> None:
     """promtool's rule unit tests: breaker open, 5xx ratio and TTFT p95 regression fire when they should."""
-    run = subprocess.run(["promtool", "test", "rules", "rules_test.yaml"], cwd=RULES.parent, check=False, capture_output=True,
-                         text=True)
+    run = subprocess.run(
+        ["promtool", "test", "rules", "rules_test.yaml"],
+        cwd=RULES.parent,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -18,8 +18,10 @@ CHAT = [{"role": "user", "content": "ledger me"}]
 
 
 async def usage(url: str, group_by: str = "tenant", **params: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s, s.get(url + "/admin/usage", params={"group_by": group_by, **params},
-                                                   headers=ADMIN) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(url + "/admin/usage", params={"group_by": group_by, **params}, headers=ADMIN) as r,
+    ):
         assert r.status == 200, await r.text()
         return {g["key"]: g for g in (await r.json())["groups"]}
 
@@ -37,8 +39,11 @@ async def chat(base_url: str, n: int, tokens: int = 5, **extra: Any) -> int:
 
 async def test_sqlite_ledger_survives_a_restart(make_gateway: GatewayFactory, tmp_path: Path) -> None:
     """Records written before a graceful stop are all there after a restart, and new ones add up."""
-    cfg = {"ledger": {"enabled": True, "sqlite_path": str(tmp_path / "usage.sqlite3"), "flush_interval_s": 60},
-           "admin": {"api_key": "adm"}, "pricing": {"gpt-4o": {"input": 1.0, "output": 2.0}}}
+    cfg = {
+        "ledger": {"enabled": True, "sqlite_path": str(tmp_path / "usage.sqlite3"), "flush_interval_s": 60},
+        "admin": {"api_key": "adm"},
+        "pricing": {"gpt-4o": {"input": 1.0, "output": 2.0}},
+    }
     first = await make_gateway(**cfg)
     completion = await chat(first.base_url, 4, tokens=5)
     await first.close()  # nothing was flushed yet (60 s interval): the closer must write it all

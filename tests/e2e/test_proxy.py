@@ -102,15 +102,16 @@ async def test_first_chunk_arrives_while_provider_holds_the_rest(gateway: InProc
         await stream.close()
 
 
-async def _wait_outcome(mock: MockServer, outcome: str, timeout: float) -> float:
+async def _wait_outcome(mock: MockServer, outcome: str, within_s: float) -> float:
     loop = asyncio.get_running_loop()
     start = loop.time()
-    await until(lambda: mock.recorder.attempts[-1].outcome == outcome, timeout=timeout,
+    await until(lambda: mock.recorder.attempts[-1].outcome == outcome, timeout=within_s,
                 message=f"upstream attempt outcome {outcome!r}")
     return loop.time() - start
 
 
-async def test_client_disconnect_cancels_upstream(gateway: InProcessGateway, mock_upstream: MockServer) -> None:
+async def test_client_disconnect_cancels_upstream(gateway: InProcessGateway,
+                                                  mock_upstream: MockServer) -> None:
     """Closing the client mid-stream makes the provider see the disconnect within 1 s."""
     async with aiohttp.ClientSession() as session:
         resp = await session.post(gateway.base_url + "/chat/completions",
@@ -118,7 +119,8 @@ async def test_client_disconnect_cancels_upstream(gateway: InProcessGateway, moc
                                   headers={"x-mock-fault": "stall_after_chunks=2;stall_ms=30000"})
         await resp.content.readline()
         resp.close()
-    assert await _wait_outcome(mock_upstream, "client_disconnected", 5.0) < 2.0  # typically ~ms; 1 s promise, slack for a loaded CI
+    assert await _wait_outcome(mock_upstream, "client_disconnected",
+                               5.0) < 2.0  # typically ~ms; 1 s promise, slack for a loaded CI
 
 
 async def test_mid_stream_reset_ends_with_error_event(gateway: InProcessGateway) -> None:
@@ -144,7 +146,8 @@ async def test_upstream_key_replaces_client_key(client: AsyncOpenAI, mock_upstre
     assert "sk-client-secret" not in json.dumps(headers)
 
 
-async def test_client_key_forwarded_when_upstream_has_none(make_gateway, mock_upstream: MockServer) -> None:  # type: ignore[no-untyped-def]
+async def test_client_key_forwarded_when_upstream_has_none(make_gateway,
+                                                           mock_upstream: MockServer) -> None:  # type: ignore[no-untyped-def]
     """Without an upstream key, the client's Authorization is forwarded (passthrough auth)."""
     gw = await make_gateway(upstreams={"mock": {"base_url": mock_upstream.url}})
     async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-own", max_retries=0) as c:
@@ -155,7 +158,8 @@ async def test_client_key_forwarded_when_upstream_has_none(make_gateway, mock_up
 async def test_hop_by_hop_headers_stripped(gateway: InProcessGateway, mock_upstream: MockServer) -> None:
     """Connection-named and hop-by-hop request headers never reach the provider."""
     async with aiohttp.ClientSession() as session:
-        async with session.post(gateway.base_url + "/chat/completions", json={"model": "gpt-4o", "messages": CHAT},
+        async with session.post(gateway.base_url + "/chat/completions",
+                                json={"model": "gpt-4o", "messages": CHAT},
                                 headers={"Connection": "keep-alive, X-Hop-Secret", "X-Hop-Secret": "1",
                                          "Proxy-Authorization": "Basic eA==", "TE": "trailers",
                                          "X-Kept": "yes"}) as resp:
@@ -170,7 +174,8 @@ async def test_hop_by_hop_headers_stripped(gateway: InProcessGateway, mock_upstr
 async def test_redirect_is_not_followed(gateway: InProcessGateway, mock_upstream: MockServer) -> None:
     """A 302 from the provider becomes a 502; the Location is never fetched."""
     async with aiohttp.ClientSession() as session:
-        async with session.post(gateway.base_url + "/chat/completions", json={"model": "gpt-4o", "messages": CHAT},
+        async with session.post(gateway.base_url + "/chat/completions",
+                                json={"model": "gpt-4o", "messages": CHAT},
                                 headers={"x-mock-fault": "redirect=302"}, allow_redirects=False) as resp:
             assert resp.status == 502
             assert (await resp.json())["error"]["code"] == "upstream_redirect"
@@ -192,7 +197,8 @@ async def test_request_id_and_upstream_headers(gateway: InProcessGateway) -> Non
 async def test_upstream_4xx_passes_through_unchanged(gateway: InProcessGateway) -> None:
     """A provider 400 reaches the client with its status and body."""
     async with aiohttp.ClientSession() as session:
-        async with session.post(gateway.base_url + "/chat/completions", json={"model": "gpt-4o", "messages": CHAT},
+        async with session.post(gateway.base_url + "/chat/completions",
+                                json={"model": "gpt-4o", "messages": CHAT},
                                 headers={"x-mock-fault": "status=400"}) as resp:
             assert resp.status == 400
             body = await resp.json()
@@ -230,13 +236,16 @@ async def test_health_and_readiness(gateway: InProcessGateway) -> None:
 
 
 @pytest.mark.parametrize("passthrough", [False, True])
-async def test_other_paths_404_or_passthrough(make_gateway, mock_upstream: MockServer, passthrough: bool) -> None:  # type: ignore[no-untyped-def]
+async def test_other_paths_404_or_passthrough(make_gateway, mock_upstream: MockServer,
+                                              passthrough: bool) -> None:  # type: ignore[no-untyped-def]
     """Unknown paths are 404 in the OpenAI shape, unless passthrough forwards them unchanged."""
     gw = await make_gateway(passthrough=passthrough)
     async with aiohttp.ClientSession() as session:
         async with session.get(gw.base_url + "/files?limit=2") as resp:
             body = await resp.json()
             if passthrough:
-                assert resp.status == 200 and body["path"].endswith("/files") and body["query"] == {"limit": "2"}
+                assert (
+                    resp.status == 200 and body["path"].endswith("/files") and body["query"] == {"limit": "2"}
+                )
             else:
                 assert resp.status == 404 and body["error"]["type"] == "invalid_request_error"

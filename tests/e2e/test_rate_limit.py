@@ -1,4 +1,6 @@
-"""Admission control end to end (memory backend): the openai SDK through the real gateway to the fake provider."""
+"""Admission control end to end (memory backend):
+the openai SDK through the real gateway to the fake provider."""
+
 from __future__ import annotations
 
 import asyncio
@@ -61,7 +63,9 @@ class Frozen:
         return 1000.0
 
 
-async def max_tokens_storm(gw: InProcessGateway, mock: MockServer, n: int, tpm: int, refill_per_s: float) -> None:
+async def max_tokens_storm(
+    gw: InProcessGateway, mock: MockServer, n: int, tpm: int, refill_per_s: float
+) -> None:
     """n concurrent streamed requests; checks what was in flight at the provider and the settled bucket.
 
     A token bucket's promise: what is reserved at once never exceeds the limit plus what refilled
@@ -75,7 +79,9 @@ async def max_tokens_storm(gw: InProcessGateway, mock: MockServer, n: int, tpm: 
         async def watch() -> None:
             nonlocal in_flight_peak
             while not done.is_set():
-                in_flight_peak = max(in_flight_peak, sum(1 for a in mock.recorder.attempts if a.outcome is None))
+                in_flight_peak = max(
+                    in_flight_peak, sum(1 for a in mock.recorder.attempts if a.outcome is None)
+                )
                 await asyncio.sleep(0.002)
 
         async def one(i: int) -> int:
@@ -91,7 +97,9 @@ async def max_tokens_storm(gw: InProcessGateway, mock: MockServer, n: int, tpm: 
         done.set()
         await watcher
     assert all(isinstance(r, int) for r in results), results
-    reservation = gw.state.tokenizer.count_request("chat", {"model": "gpt-4o", "messages": messages(10)}) + 400
+    reservation = (
+        gw.state.tokenizer.count_request("chat", {"model": "gpt-4o", "messages": messages(10)}) + 400
+    )
     refilled = refill_per_s * (asyncio.get_running_loop().time() - started)
     assert in_flight_peak * reservation <= tpm + refilled  # never reserved beyond the limit
     assert in_flight_peak >= tpm // reservation - 2  # and the limit was used, not starved
@@ -146,8 +154,13 @@ async def test_burst_of_3x_rpm_queues_and_provider_never_429s() -> None:
         limiter(gw).set_clock(LimiterClock(now=lambda: time.monotonic() * speed, speed=speed))
         await post_json(mock.base_url + "/_mock/quota", {"rpm": 20})
         async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0) as client:
-            answers = await asyncio.gather(*(client.chat.completions.create(
-                model="gpt-4o", messages=messages(i), max_tokens=5) for i in range(60)), return_exceptions=True)
+            answers = await asyncio.gather(
+                *(
+                    client.chat.completions.create(model="gpt-4o", messages=messages(i), max_tokens=5)
+                    for i in range(60)
+                ),
+                return_exceptions=True,
+            )
         statuses = [getattr(a, "status_code", 200) for a in answers]
         assert statuses == [200] * 60, [a for a in answers if isinstance(a, Exception)][:3]
         outcomes = [a.outcome for a in mock.recorder.attempts]
@@ -170,7 +183,9 @@ async def test_client_over_its_limit_gets_429_with_headers(mock_upstream: MockSe
     try:
         async with AsyncOpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0) as client:
             for i in range(2):
-                raw = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages(i))
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="gpt-4o", messages=messages(i)
+                )
                 assert raw.headers["x-ratelimit-limit-requests"] == "2"
                 assert raw.headers["x-ratelimit-remaining-requests"] == str(1 - i)
                 assert raw.headers["x-ratelimit-limit-tokens"] == "50000"
@@ -178,7 +193,9 @@ async def test_client_over_its_limit_gets_429_with_headers(mock_upstream: MockSe
                 await client.chat.completions.create(model="gpt-4o", messages=messages(3))
         headers = info.value.response.headers
         assert 29 <= int(headers["retry-after"]) <= 30
-        assert headers["x-ratelimit-limit-requests"] == "2" and headers["x-ratelimit-remaining-requests"] == "0"
+        assert (
+            headers["x-ratelimit-limit-requests"] == "2" and headers["x-ratelimit-remaining-requests"] == "0"
+        )
         assert headers["x-ratelimit-reset-requests"].endswith("s")
         assert headers["x-ratelimit-limit-tokens"] == "50000"
         assert 0 < int(headers["x-ratelimit-remaining-tokens"]) < 50000
@@ -216,8 +233,13 @@ async def test_streamed_answer_reconciles_with_real_usage(mock_upstream: MockSer
     try:
         limiter(gw).set_clock(LimiterClock(now=Frozen()))
         async with AsyncOpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0) as client:
-            stream = await client.chat.completions.create(model="gpt-4o", messages=messages(1), max_tokens=300,
-                                                          stream=True, extra_headers={"x-mock-tokens": "7"})
+            stream = await client.chat.completions.create(
+                model="gpt-4o",
+                messages=messages(1),
+                max_tokens=300,
+                stream=True,
+                extra_headers={"x-mock-tokens": "7"},
+            )
             chunks = [c async for c in stream]
         assert all(c.usage is None for c in chunks)  # the client did not ask for usage: hidden from it
         attempt = mock_upstream.recorder.attempts[0]

@@ -26,8 +26,13 @@ from tests.support.servers import (
 
 def shared_state(url: str, **extra: Any) -> dict[str, Any]:
     """A fresh key prefix; a generous timeout so a loaded test machine is not mistaken for a Redis outage."""
-    return {"backend": "redis", "redis_url": url, "key_prefix": f"t{secrets.token_hex(4)}:", "timeout_ms": 1000,
-            **extra}
+    return {
+        "backend": "redis",
+        "redis_url": url,
+        "key_prefix": f"t{secrets.token_hex(4)}:",
+        "timeout_ms": 1000,
+        **extra,
+    }
 
 
 async def statuses(gw: InProcessGateway, n: int, key: str = "sk-client", start: int = 0) -> list[int]:
@@ -50,12 +55,24 @@ async def slow_mock() -> AsyncIterator[MockServer]:
         await server.close()
 
 
-async def test_50_concurrent_against_10k_tpm_in_redis(slow_mock: MockServer, redis_server: RedisServer) -> None:
+async def test_50_concurrent_against_10k_tpm_in_redis(
+    slow_mock: MockServer, redis_server: RedisServer
+) -> None:
     """The 10k-TPM storm holds with the Lua buckets too (real Redis TIME: refill included in the bound)."""
-    gw = await start_gateway(gateway_config(slow_mock.url, cache=NO_CACHE, state=shared_state(redis_server.url),
-                                            upstreams={"mock": {"base_url": slow_mock.url, "api_key": "sk-up",
-                                                                "rate_limit": {"tpm": 10_000, "headroom": 1.0,
-                                                                               "max_queue_wait_s": 20}}}))
+    gw = await start_gateway(
+        gateway_config(
+            slow_mock.url,
+            cache=NO_CACHE,
+            state=shared_state(redis_server.url),
+            upstreams={
+                "mock": {
+                    "base_url": slow_mock.url,
+                    "api_key": "sk-up",
+                    "rate_limit": {"tpm": 10_000, "headroom": 1.0, "max_queue_wait_s": 20},
+                }
+            },
+        )
+    )
     try:
         await max_tokens_storm(gw, slow_mock, 50, 10_000, refill_per_s=10_000 / 60)
     finally:
@@ -65,10 +82,19 @@ async def test_50_concurrent_against_10k_tpm_in_redis(slow_mock: MockServer, red
 async def test_two_gateways_share_one_limit(mock_upstream: MockServer, redis_server: RedisServer) -> None:
     """Two gateways on one Redis admit at most 1.05 x one global limit, client and upstream alike."""
     state = shared_state(redis_server.url)
-    cfg = gateway_config(mock_upstream.url, cache=NO_CACHE, state=state,
-                         auth={"mode": "keys", "keys": [{"key": KEY, "tenant": "team-a", "rpm": 20}]},
-                         upstreams={"mock": {"base_url": mock_upstream.url, "api_key": "sk-up",
-                                             "rate_limit": {"rpm": 60, "headroom": 0.5, "max_queue_wait_s": 0.2}}})
+    cfg = gateway_config(
+        mock_upstream.url,
+        cache=NO_CACHE,
+        state=state,
+        auth={"mode": "keys", "keys": [{"key": KEY, "tenant": "team-a", "rpm": 20}]},
+        upstreams={
+            "mock": {
+                "base_url": mock_upstream.url,
+                "api_key": "sk-up",
+                "rate_limit": {"rpm": 60, "headroom": 0.5, "max_queue_wait_s": 0.2},
+            }
+        },
+    )
     a, b = await start_gateway(cfg), await start_gateway(cfg)
     loop = asyncio.get_running_loop()
     try:
@@ -133,8 +159,12 @@ async def test_provider_429_pauses_the_upstream_for_everyone(mock_upstream: Mock
     state = shared_state(redis_server.url)
     up = {"base_url": mock_upstream.url, "api_key": "sk-up", "retry": {"max_attempts": 1},
           "rate_limit": {"rpm": 1000, "max_queue_wait_s": 5}}
-    a = await start_gateway(gateway_config(mock_upstream.url, cache=NO_CACHE, state=state, upstreams={"mock": up}))
-    b = await start_gateway(gateway_config(mock_upstream.url, cache=NO_CACHE, state=state, upstreams={"mock": up}))
+    a = await start_gateway(
+        gateway_config(mock_upstream.url, cache=NO_CACHE, state=state, upstreams={"mock": up})
+    )
+    b = await start_gateway(
+        gateway_config(mock_upstream.url, cache=NO_CACHE, state=state, upstreams={"mock": up})
+    )
     try:
         await post_json(mock_upstream.base_url + "/_mock/faults", {"fault": "status=429;retry_after=2"})
         assert await statuses(a, 1) == [429]
@@ -151,7 +181,8 @@ async def test_provider_429_pauses_the_upstream_for_everyone(mock_upstream: Mock
 
 
 async def test_redis_killed_mid_load_then_restarted(mock_upstream: MockServer) -> None:
-    """Redis dies: no 5xx, the local share (limit / replicas_hint) holds; back up within 5 s after a restart."""
+    """Redis dies: no 5xx, the local share (limit / replicas_hint) holds;
+    back up within 5 s after a restart."""
     server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
     server.start()
     cfg = gateway_config(mock_upstream.url, cache=NO_CACHE, state=shared_state(server.url, replicas_hint=2),
@@ -184,11 +215,21 @@ async def test_queued_burst_never_sees_a_provider_429_in_redis(mock_upstream: Mo
                                                                redis_server: RedisServer) -> None:
     """With the Lua buckets, a burst over the upstream's rpm queues and the provider answers every one."""
     await post_json(mock_upstream.base_url + "/_mock/quota", {"rpm": 12})
-    gw = await start_gateway(gateway_config(mock_upstream.url, cache=NO_CACHE, state=shared_state(redis_server.url),
-                                            upstreams={"mock": {"base_url": mock_upstream.url, "api_key": "sk-up",
-                                                                "retry": {"max_attempts": 1},
-                                                                "rate_limit": {"rpm": 12, "headroom": 0.5,
-                                                                               "max_queue_wait_s": 0.3}}}))
+    gw = await start_gateway(
+        gateway_config(
+            mock_upstream.url,
+            cache=NO_CACHE,
+            state=shared_state(redis_server.url),
+            upstreams={
+                "mock": {
+                    "base_url": mock_upstream.url,
+                    "api_key": "sk-up",
+                    "retry": {"max_attempts": 1},
+                    "rate_limit": {"rpm": 12, "headroom": 0.5, "max_queue_wait_s": 0.3},
+                }
+            },
+        )
+    )
     try:
         codes = await statuses(gw, 10)
         assert codes.count(200) == 6 and codes.count(429) == 4  # queued, then refused by the gateway in time

@@ -14,6 +14,7 @@ import yaml
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
+from tests.support.polling import poll_until
 from tests.support.servers import gateway_config, spawn_gateway, wait_ready
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -51,12 +52,13 @@ async def _consume(stream: Any, first: asyncio.Event) -> tuple[int, float]:
 
 async def test_reload_applies_a_route_and_refuses_a_broken_file_while_a_stream_stays_open(
         mock_upstream: MockServer, tmp_path: Path) -> None:
-    """File swap -> new route and new upstream pool serve; broken file + SIGHUP -> refused; open stream ends clean."""
+    """File swap -> new route and new upstream pool serve; broken file + SIGHUP -> refused;
+    open stream ends clean."""
     cfg = gateway_config(mock_upstream.url, routes=[{"match": {"model": "gpt-*"}, "upstream": "mock"}])
     mount = ConfigMapMount(tmp_path / "mount", cfg)
     gw = spawn_gateway(cfg, extra_args=["--config", str(mount.path)])
     try:
-        await wait_ready(gw.url, timeout=60)
+        await wait_ready(gw.url, timeout_s=60)
         async with AsyncOpenAI(base_url=gw.url + "/v1", api_key="sk-client", max_retries=0) as client:
             try:
                 await client.chat.completions.create(model="alias", messages=MESSAGES)
@@ -70,24 +72,34 @@ async def test_reload_applies_a_route_and_refuses_a_broken_file_while_a_stream_s
             consumer = asyncio.create_task(_consume(stream, first))
             await asyncio.wait_for(first.wait(), 10)
 
-            new_cfg = {**cfg, "routes": [{"match": {"model": "alias"}, "upstream": "mock", "model": "gpt-4o-mini"},
-                                         *cfg["routes"]],
-                       "upstreams": {"mock": {**cfg["upstreams"]["mock"], "headers": {"x-reloaded": "1"}}}}
+            new_cfg = {
+                **cfg,
+                "routes": [
+                    {"match": {"model": "alias"}, "upstream": "mock", "model": "gpt-4o-mini"},
+                    *cfg["routes"],
+                ],
+                "upstreams": {"mock": {**cfg["upstreams"]["mock"], "headers": {"x-reloaded": "1"}}},
+            }
             mount.publish(new_cfg)  # no signal: the watcher notices the swap
             reply = await _until_routes(client, "alias")
             assert reply.model == "gpt-4o-mini"
-            assert mock_upstream.recorder.attempts[-1].headers.get("x-reloaded") == "1"  # the new pool's headers
+            # the new pool's headers
+            assert mock_upstream.recorder.attempts[-1].headers.get("x-reloaded") == "1"
 
-            mount.publish({**new_cfg, "routes": [{"match": {"model": "*"}, "upstream": "nowhere"}], "typo": 1})
+            mount.publish(
+                {**new_cfg, "routes": [{"match": {"model": "*"}, "upstream": "nowhere"}], "typo": 1}
+            )
             gw.proc.send_signal(signal.SIGHUP)
             async with asyncio.timeout(10):
-                while '"result":"refused"' not in gw.logs():
-                    await asyncio.sleep(0.05)
+                await poll_until(lambda: '"result":"refused"' in gw.logs(), 0.05)
             refused_at = time.monotonic()
-            assert (await client.chat.completions.create(model="alias", messages=MESSAGES)).model == "gpt-4o-mini"
+            assert (
+                await client.chat.completions.create(model="alias", messages=MESSAGES)
+            ).model == "gpt-4o-mini"
             assert not consumer.done()  # the stream opened before both reloads is still open...
 
-            chunks, ended_at = await asyncio.wait_for(consumer, 20)  # ...and ends normally ([DONE] seen by the SDK)
+            # ...and ends normally ([DONE] seen by the SDK)
+            chunks, ended_at = await asyncio.wait_for(consumer, 20)
         assert chunks > 2 and ended_at > refused_at
         refusal = next(line for line in gw.logs().splitlines() if '"result":"refused"' in line)
         assert "typo: unknown key" in refusal  # the problems are in the one log line
@@ -97,8 +109,8 @@ async def test_reload_applies_a_route_and_refuses_a_broken_file_while_a_stream_s
         gw.stop()
 
 
-async def _until_routes(client: AsyncOpenAI, model: str, timeout: float = 10.0) -> Any:
-    async with asyncio.timeout(timeout):
+async def _until_routes(client: AsyncOpenAI, model: str, timeout_s: float = 10.0) -> Any:
+    async with asyncio.timeout(timeout_s):
         while True:
             try:
                 return await client.chat.completions.create(model=model, messages=MESSAGES)

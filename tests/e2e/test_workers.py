@@ -75,11 +75,12 @@ async def requests_total(session: aiohttp.ClientSession, url: str) -> float:
                if s.name == "gateway_requests_total")
 
 
-async def until_total(session: aiohttp.ClientSession, url: str, expected: float, timeout: float = 10.0) -> None:
+async def until_total(session: aiohttp.ClientSession, url: str, expected: float,
+                      within_s: float = 10.0) -> None:
     async def reached() -> bool:
         return await requests_total(session, url) == expected
 
-    await until(reached, timeout=timeout, interval=0.05, message=f"gateway_requests_total == {expected}")
+    await until(reached, timeout=within_s, interval=0.05, message=f"gateway_requests_total == {expected}")
 
 
 async def send_many(url: str, n: int) -> list[int]:
@@ -93,25 +94,31 @@ async def send_many(url: str, n: int) -> list[int]:
         return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
-async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(mock_upstream: MockServer) -> None:
+async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(
+    mock_upstream: MockServer,
+) -> None:
     """Both workers listen on one port (and on metrics.port), a SIGKILLed one is replaced, and /metrics
     counts every worker's requests, the dead one's included."""
     metrics_port = free_port()
-    gw = spawn_gateway(gateway_config(mock_upstream.url, metrics={"port": metrics_port}), extra_args=["--workers", "2"])
+    gw = spawn_gateway(gateway_config(mock_upstream.url, metrics={"port": metrics_port}),
+                       extra_args=["--workers", "2"])
     metrics_url = f"http://127.0.0.1:{metrics_port}"
     try:
-        await wait_ready(gw.url, timeout=60)
+        await wait_ready(gw.url, timeout_s=60)
         await until(lambda: len(serving_workers(gw)) == 2, timeout=40.0, interval=0.05)
         first = serving_workers(gw)
         metrics_dir = worker_env(next(iter(first)), "PROMETHEUS_MULTIPROC_DIR")
-        assert metrics_dir and Path(metrics_dir).is_dir()
+        assert metrics_dir and Path(metrics_dir).is_dir()  # noqa: ASYNC240  one stat of a local dir
         async with AsyncOpenAI(base_url=gw.url + "/v1", api_key="sk-client", max_retries=0) as client:
             reply = await client.chat.completions.create(**CHAT)
         assert reply.choices[0].message.content
         assert await send_many(gw.url, 39) == [200] * 39
         # Both workers served (each wrote its own value files), and any scrape reports all 40 requests.
-        await until(lambda: first <= {int(p.stem.rsplit("_", 1)[1]) for p in Path(metrics_dir).glob("counter_*.db")},
-                    timeout=40.0, interval=0.05)
+        await until(
+            lambda: first <= {int(p.stem.rsplit("_", 1)[1]) for p in Path(metrics_dir).glob("counter_*.db")},
+            timeout=40.0,
+            interval=0.05,
+        )
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             await until_total(session, gw.url, 40)  # the count lands just after each response ends
             for _ in range(4):  # new connections: scrapes land on either worker, on either port
@@ -130,7 +137,7 @@ async def test_two_workers_one_port_survive_a_kill_and_report_the_whole_pod(mock
         assert totals == [70.0] * 4  # the dead worker's counts are kept: totals never go backwards
         gw.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(gw.proc.wait, 20) == 0
-        assert not Path(metrics_dir).exists()
+        assert not Path(metrics_dir).exists()  # noqa: ASYNC240  one stat of a local dir
         assert "worker_restart" in gw.logs()
     finally:
         gw.stop()
@@ -141,12 +148,13 @@ async def test_sigterm_drains_every_worker_and_exits_zero(mock_upstream: MockSer
     gw = spawn_gateway(gateway_config(mock_upstream.url, server={"drain_s": 10, "grace_s": 0.5}),
                        extra_args=["--workers", "2"])
     try:
-        await wait_ready(gw.url, timeout=60)
+        await wait_ready(gw.url, timeout_s=60)
         await until(lambda: len(serving_workers(gw)) == 2, timeout=40.0, interval=0.05)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
             streams = []
             for _ in range(6):
-                resp = await session.post(gw.url + "/v1/chat/completions", headers={"x-mock-fault": "drip_ms=100"},
+                resp = await session.post(gw.url + "/v1/chat/completions",
+                                          headers={"x-mock-fault": "drip_ms=100"},
                                           json={**CHAT, "stream": True, "max_tokens": 12})
                 assert resp.status == 200
                 await resp.content.readline()  # open

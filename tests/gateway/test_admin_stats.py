@@ -31,7 +31,9 @@ async def gw(mock_upstream: MockServer) -> AsyncIterator[InProcessGateway]:
 async def chat(gw: InProcessGateway, n: int, **kw: Any) -> None:
     async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0) as client:
         for _ in range(n):
-            await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], **kw)
+            await client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}], **kw
+            )
 
 
 async def read_event(resp: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -72,7 +74,10 @@ async def test_stats_are_off_without_an_admin_key(mock_upstream: MockServer) -> 
 async def test_summary_counts_the_traffic(gw: InProcessGateway) -> None:
     """After 4 requests the summary shows 4, all successful, with latency, TTFT and tokens."""
     await chat(gw, 4)
-    async with aiohttp.ClientSession() as http, http.get(gw.url + "/admin/stats?series=1", headers=BEARER) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(gw.url + "/admin/stats?series=1", headers=BEARER) as resp,
+    ):
         assert resp.status == 200 and resp.headers["cache-control"] == "no-store"
         s = await resp.json()
     assert s["requests"]["total"] == 4 and s["requests"]["success_rate"] == 1.0
@@ -86,7 +91,10 @@ async def test_stream_sends_history_then_one_event_per_second(gw: InProcessGatew
     """The first event is full (rows of the window), the next ones carry only new seconds; a cookie works."""
     await chat(gw, 2)
     cookies = {COOKIE: session_token(KEY)}
-    async with aiohttp.ClientSession(cookies=cookies) as http, http.get(gw.url + "/admin/stats/stream") as resp:
+    async with (
+        aiohttp.ClientSession(cookies=cookies) as http,
+        http.get(gw.url + "/admin/stats/stream") as resp,
+    ):
         assert resp.status == 200 and resp.headers["content-type"].startswith("text/event-stream")
         first = await read_event(resp)
         assert first["full"] is True and first["summary"]["requests"]["total"] == 2
@@ -99,7 +107,10 @@ async def test_stream_sends_history_then_one_event_per_second(gw: InProcessGatew
 
 async def test_stream_ends_when_the_gateway_drains(gw: InProcessGateway) -> None:
     """An open dashboard never holds up shutdown: the stream ends once draining starts."""
-    async with aiohttp.ClientSession() as http, http.get(gw.url + "/admin/stats/stream", headers=BEARER) as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(gw.url + "/admin/stats/stream", headers=BEARER) as resp,
+    ):
         await read_event(resp)
         gw.state.lifecycle.draining = True
         rest = await asyncio.wait_for(resp.content.read(), 10)

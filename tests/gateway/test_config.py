@@ -106,7 +106,8 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
 
 
 def test_policy_blocks_are_checked_by_check_config() -> None:
-    """Rate-limit ranges, unknown retry_on conditions and server.workers are config errors, not start-up crashes."""
+    """Rate-limit ranges, unknown retry_on conditions and server.workers are config errors,
+    not start-up crashes."""
     raw = {"server": {"workers": 0, "max_inflight": 0},
            "upstreams": {"a": {"base_url": "http://a/v1", "rate_limit": {"headroom": 2, "rpm": -1},
                                "retry": {"retry_on": ["503", "sometimes"]}}},

@@ -86,7 +86,9 @@ async def test_login_form_and_logout(gw: InProcessGateway) -> None:
             assert resp.status == 401
 
 
-async def test_key_never_in_served_files_or_logs(gw: InProcessGateway, caplog: pytest.LogCaptureFixture) -> None:
+async def test_key_never_in_served_files_or_logs(
+    gw: InProcessGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     """Page, scripts and styles never contain the key; the access log of ``?key=`` has it redacted."""
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.INFO, logger="aiohttp.access")
@@ -117,8 +119,9 @@ def test_page_has_no_inline_code() -> None:
 
 def test_redact_filter() -> None:
     """``key=`` values in an access line and its request-line field are blanked."""
-    record = logging.LogRecord("aiohttp.access", logging.INFO, "", 0, f'"GET /admin/dashboard?key={KEY}&x=1 HTTP/1.1"',
-                               None, None)
+    record = logging.LogRecord(
+        "aiohttp.access", logging.INFO, "", 0, f'"GET /admin/dashboard?key={KEY}&x=1 HTTP/1.1"', None, None
+    )
     record.first_request_line = f"GET /admin/dashboard?key={KEY} HTTP/1.1"
     RedactKeyFilter().filter(record)
     assert KEY not in record.getMessage() and "key=[redacted]&x=1" in record.getMessage()
@@ -130,7 +133,11 @@ async def test_dashboard_off_without_admin_key(mock_upstream: MockServer) -> Non
     gw = await start_gateway(gateway_config(mock_upstream.url))
     try:
         async with session() as http:
-            for method, path in (("GET", PAGE), ("POST", PAGE + "/login"), ("GET", PAGE + "/assets/dashboard.css")):
+            for method, path in (
+                ("GET", PAGE),
+                ("POST", PAGE + "/login"),
+                ("GET", PAGE + "/assets/dashboard.css"),
+            ):
                 async with http.request(method, gw.url + path, allow_redirects=False) as resp:
                     assert resp.status == 404
     finally:

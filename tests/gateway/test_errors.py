@@ -30,8 +30,8 @@ def test_local_reply_defaults_and_owns_its_headers() -> None:
 def test_bad_request_is_a_400_invalid_request() -> None:
     reply = bad_request("Missing model.", param="model", code="missing_model")
     assert isinstance(reply, LocalReply)
-    assert (reply.status, reply.type, reply.code, reply.param) == (400, "invalid_request_error", "missing_model",
-                                                                   "model")
+    assert (reply.status, reply.type, reply.code, reply.param) == (400, "invalid_request_error",
+                                                                   "missing_model", "model")
 
 
 def test_error_body_escapes_text() -> None:
@@ -43,7 +43,8 @@ def test_error_body_escapes_text() -> None:
 def test_sse_error_event_is_one_complete_data_event() -> None:
     event = sse_error_event("upstream reset", code="reset_mid_stream")
     assert event.startswith(b"data: ") and event.endswith(b"\n\n") and event.count(b"\n") == 2
-    assert orjson.loads(event[len(b"data: "):]) == {"error": {"message": "upstream reset", "type": "upstream_error",
+    assert orjson.loads(event[len(b"data: "):]) == {"error": {"message": "upstream reset",
+                                                              "type": "upstream_error",
                                                               "code": "reset_mid_stream", "param": None}}
 
 

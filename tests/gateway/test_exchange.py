@@ -12,7 +12,8 @@ from gateway.exchange import Exchange, LayerState, Record, RequestFacts, StateKe
 
 
 def facts(**kw: object) -> RequestFacts:
-    base: dict[str, object] = dict(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
+    base: dict[str, object] = dict(request_id="r", method="POST", path="/v1/chat/completions",
+                                   operation="chat",
                                    headers=CIMultiDictProxy(CIMultiDict()), received_at=1.0, deadline=2.0)
     base.update(kw)
     return RequestFacts(**base)  # type: ignore[arg-type]

@@ -49,7 +49,8 @@ async def test_sinks_see_the_settled_record(gw: InProcessGateway) -> None:
 
     gw.state.sinks.insert(0, sink)  # first in the list: it still sees the settled record
     async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-c", max_retries=0) as client:
-        answer = await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        answer = await client.chat.completions.create(model="gpt-4o",
+                                                      messages=[{"role": "user", "content": "hi"}])
     await until(lambda: bool(seen), timeout=5.0)
     usage, reported = seen[0]
     assert usage is not None and reported is not None and answer.usage is not None

@@ -1,4 +1,5 @@
-"""Live reload: a changed file swaps the runtime, a broken one is refused, pools retire after in-flight work."""
+"""Live reload: a changed file swaps the runtime, a broken one is refused, pools retire after in-flight
+work."""
 from __future__ import annotations
 
 import asyncio
@@ -29,7 +30,8 @@ def _write(path: Path, cfg: dict[str, Any] | str) -> None:
 
 
 @pytest_asyncio.fixture
-async def gw(mock_upstream: MockServer, tmp_path: Path) -> AsyncIterator[tuple[InProcessGateway, Path, dict[str, Any]]]:
+async def gw(mock_upstream: MockServer,
+             tmp_path: Path) -> AsyncIterator[tuple[InProcessGateway, Path, dict[str, Any]]]:
     cfg = gateway_config(mock_upstream.url, routes=[{"match": {"model": "gpt-*"}, "upstream": "mock"}])
     path = tmp_path / "config.yaml"
     _write(path, cfg)
@@ -55,7 +57,9 @@ async def test_unchanged_file_is_not_reloaded(gw: tuple[InProcessGateway, Path, 
     assert gateway.state.runtime is runtime
 
 
-async def test_changed_route_is_applied_in_one_swap(gw: tuple[InProcessGateway, Path, dict[str, Any]]) -> None:
+async def test_changed_route_is_applied_in_one_swap(
+    gw: tuple[InProcessGateway, Path, dict[str, Any]],
+) -> None:
     """A new route appears in the router; the runtime object is replaced whole; the reload is counted."""
     gateway, path, cfg = gw
     reloader = _reloader(gateway, path)
@@ -116,7 +120,8 @@ async def test_configmap_symlink_swap_is_detected(gw: tuple[InProcessGateway, Pa
 
 async def test_pools_unchanged_kept_changed_replaced_after_inflight(
         gw: tuple[InProcessGateway, Path, dict[str, Any]], mock_upstream: MockServer) -> None:
-    """An unchanged upstream keeps its pool; a changed one gets a new pool; the old closes when open work ends."""
+    """An unchanged upstream keeps its pool; a changed one gets a new pool; the old closes when open work
+    ends."""
     gateway, path, cfg = gw
     st = gateway.state
     reloader = _reloader(gateway, path)

@@ -13,7 +13,9 @@ def _event(obj: object) -> bytes:
 
 
 def _chat_stream() -> list[bytes]:
-    chunks = [_event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}], "model": "m-1"})]
+    chunks = [
+        _event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}], "model": "m-1"})
+    ]
     for word in ("Hello", " world"):
         chunks.append(_event({"choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}))
     chunks.append(_event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
@@ -30,7 +32,11 @@ def test_reads_ttft_usage_finish_and_done() -> None:
     for chunk in _chat_stream():
         insp.feed(chunk)
     assert insp.first_token_at == 1.0 and insp.content_chunks == 2 and insp.gaps == [1.0]
-    assert insp.usage is not None and (insp.usage.prompt, insp.usage.completion, insp.usage.cached_prompt) == (7, 2, 3)
+    assert insp.usage is not None and (
+        insp.usage.prompt,
+        insp.usage.completion,
+        insp.usage.cached_prompt,
+    ) == (7, 2, 3)
     assert insp.finish_reasons == ["stop"] and insp.model == "m-1"
     assert insp.done and insp.clean_end
 
@@ -56,7 +62,9 @@ def test_responses_api_events() -> None:
     """Responses API: output_text.delta is a token; response.completed carries usage and ends."""
     insp = StreamInspector(clock=lambda: 2.0)
     insp.feed(b'event: response.created\ndata: {"type":"response.created","response":{"model":"m"}}\n\n')
-    insp.feed(b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}\n\n')
+    insp.feed(
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}\n\n'
+    )
     insp.feed(b'event: response.completed\ndata: {"type":"response.completed","response":{"model":"m",'
               b'"usage":{"input_tokens":4,"output_tokens":1,"output_tokens_details":{"reasoning_tokens":1}}}}\n\n')
     assert insp.first_token_at == 2.0

@@ -33,14 +33,23 @@ def test_client_key_forwarded_without_upstream_key() -> None:
 
 def test_client_steering_headers_dropped() -> None:
     """x-gateway-* headers are for the gateway, never the provider."""
-    out = forward_request_headers(_h(X_Gateway_Cache="bypass", X_Gateway_Priority="high", Accept="a"), {}, None)
+    out = forward_request_headers(
+        _h(X_Gateway_Cache="bypass", X_Gateway_Priority="high", Accept="a"), {}, None
+    )
     assert dict(out) == {"Accept": "a"}
 
 
 def test_response_hop_by_hop_dropped_and_request_id_renamed() -> None:
     """Upstream's x-request-id is kept as x-upstream-request-id; ours is the gateway's."""
-    up = _h(Connection="close, X-Hop", X_Hop="1", Transfer_Encoding="chunked", Content_Type="application/json",
-            X_Request_Id="up-1", Content_Length="5", X_Ratelimit_Remaining_Requests="9")
+    up = _h(
+        Connection="close, X-Hop",
+        X_Hop="1",
+        Transfer_Encoding="chunked",
+        Content_Type="application/json",
+        X_Request_Id="up-1",
+        Content_Length="5",
+        X_Ratelimit_Remaining_Requests="9",
+    )
     out = forward_response_headers(up, decompressed=False)
     assert out == {"content-type": "application/json", "content-length": "5", "x-upstream-request-id": "up-1",
                    "x-ratelimit-remaining-requests": "9"}

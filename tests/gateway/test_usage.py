@@ -8,9 +8,21 @@ from gateway.usage import usage_from_json_bytes, usage_from_obj, usage_from_resp
 
 def test_chat_usage_with_details() -> None:
     """prompt/completion with cached and reasoning details."""
-    u = usage_from_obj({"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 4},
-                        "completion_tokens_details": {"reasoning_tokens": 2}})
-    assert u is not None and (u.prompt, u.completion, u.cached_prompt, u.reasoning, u.total) == (10, 5, 4, 2, 15)
+    u = usage_from_obj(
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 2},
+        }
+    )
+    assert u is not None and (u.prompt, u.completion, u.cached_prompt, u.reasoning, u.total) == (
+        10,
+        5,
+        4,
+        2,
+        15,
+    )
 
 
 def test_responses_usage_shape() -> None:

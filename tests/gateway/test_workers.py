@@ -51,8 +51,9 @@ def test_cgroup_v1_quota_and_unlimited(tmp_path: Path) -> None:
     assert cgroup_cpu_quota(root, proc) is None
 
 
-def test_available_cpus_is_the_smaller_of_affinity_and_floor_of_quota(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_available_cpus_is_the_smaller_of_affinity_and_floor_of_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """8 CPUs in the affinity mask but a 2.5-CPU quota: 2 workers; a 0.5-CPU quota still gives 1."""
     monkeypatch.setattr(workers, "affinity_cpus", lambda: 8)
     root, proc = _cgroup(tmp_path, "/", {"cpu.max": "250000 100000"})

@@ -37,14 +37,17 @@ async def fault_proxy() -> AsyncIterator[ProxyFactory]:
 
 
 class ErrorLog(logging.Handler):
-    """Collects every ERROR (or worse) line the gateway or aiohttp writes: a client's bad bytes must cause none."""
+    """Collects every ERROR (or worse) line the gateway or aiohttp writes:
+    a client's bad bytes must cause none."""
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(("gateway", "aiohttp", "policies")) and not record.name.startswith("gateway.mock"):
+        if record.name.startswith(("gateway", "aiohttp", "policies")) and not record.name.startswith(
+            "gateway.mock"
+        ):
             self.records.append(record)
 
 

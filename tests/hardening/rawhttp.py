@@ -45,12 +45,12 @@ async def read_response(reader: asyncio.StreamReader) -> RawResponse:
     return RawResponse(status, headers, body)
 
 
-async def send_raw(port: int, data: bytes | list[bytes], *, gap_s: float = 0.0, timeout: float = 10.0,
+async def send_raw(port: int, data: bytes | list[bytes], *, gap_s: float = 0.0, timeout_s: float = 10.0,
                    host: str = "127.0.0.1") -> RawResponse:
     """Send ``data`` (pieces with ``gap_s`` between them), return the first response."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout_s):
             pieces = [data] if isinstance(data, bytes) else data
             for i, piece in enumerate(pieces):
                 if i and gap_s:
@@ -65,8 +65,14 @@ async def send_raw(port: int, data: bytes | list[bytes], *, gap_s: float = 0.0, 
         writer.close()
 
 
-def request(target: str, body: bytes | None = None, *, method: str = "POST", headers: dict[str, str] | None = None,
-            version: str = "HTTP/1.1") -> bytes:
+def request(
+    target: str,
+    body: bytes | None = None,
+    *,
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+    version: str = "HTTP/1.1",
+) -> bytes:
     """A well-formed request (unless the arguments say otherwise)."""
     head = {"Host": "gateway.test", "Content-Type": "application/json", **(headers or {})}
     if body is not None and not any(k.lower() in ("content-length", "transfer-encoding") for k in head):

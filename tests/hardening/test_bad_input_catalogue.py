@@ -1,4 +1,4 @@
-"""The bad-input catalogue against one gateway: every named case gets its clean 4xx, nothing reaches the provider.
+"""The bad-input catalogue against one gateway: each named case gets its clean 4xx, none reaches the provider.
 
 One gateway (``auth.mode: keys``) and one fake provider serve the whole module (a module-scoped event
 loop), so 200+ cases take seconds. Framing and slow-client cases that need raw sockets are in
@@ -25,7 +25,14 @@ from tests.hardening.bad_cases import (
 from tests.hardening.bad_schema_cases import schema_cases
 from tests.hardening.conftest import MODULE_LOOP, Env
 
-CATALOGUE = [*auth_cases(), *method_path_cases(), *size_cases(), *json_cases(), *model_cases(), *schema_cases()]
+CATALOGUE = [
+    *auth_cases(),
+    *method_path_cases(),
+    *size_cases(),
+    *json_cases(),
+    *model_cases(),
+    *schema_cases(),
+]
 
 
 async def send(env: Env, case: Case) -> tuple[int, bytes, CIMultiDict[str]]:

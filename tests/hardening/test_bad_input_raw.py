@@ -1,4 +1,6 @@
-"""Framing, header and protocol abuse and slow clients, on raw sockets: a clean OpenAI-style 4xx every time."""
+"""Framing, header and protocol abuse and slow clients, on raw sockets:
+a clean OpenAI-style 4xx every time."""
+
 from __future__ import annotations
 
 import asyncio

@@ -21,7 +21,9 @@ SHORT = "drip_ms=60"  # 16 tokens: ~1 s, well within drain_s
 LONG = "stall_after_chunks=2;stall_ms=60000"
 
 
-async def open_stream(session: aiohttp.ClientSession, gw: GatewayProcess, fault: str, i: int) -> aiohttp.ClientResponse:
+async def open_stream(
+    session: aiohttp.ClientSession, gw: GatewayProcess, fault: str, i: int
+) -> aiohttp.ClientResponse:
     resp = await session.post(gw.url + "/v1/chat/completions", headers={"x-mock-fault": fault},
                               json={"model": "gpt-4o", "stream": True,
                                     "messages": [{"role": "user", "content": f"drain {i}"}]})
@@ -45,8 +47,13 @@ async def outcome(resp: aiohttp.ClientResponse) -> str:
 
 async def drain_run(mock: MockServer, streams: int) -> dict[str, int | float]:
     pool = {"max_connections": max(256, 2 * streams)}  # every stream holds an upstream connection
-    gw = spawn_gateway(gateway_config(mock.url, server={"drain_s": DRAIN_S, "grace_s": GRACE_S},
-                                      upstreams={"mock": {"base_url": mock.url, "api_key": "sk-up", "pool": pool}}))
+    gw = spawn_gateway(
+        gateway_config(
+            mock.url,
+            server={"drain_s": DRAIN_S, "grace_s": GRACE_S},
+            upstreams={"mock": {"base_url": mock.url, "api_key": "sk-up", "pool": pool}},
+        )
+    )
     loop = asyncio.get_running_loop()
     try:
         await wait_ready(gw.url)
@@ -72,7 +79,8 @@ async def drain_run(mock: MockServer, streams: int) -> dict[str, int | float]:
 
 
 async def test_sigterm_with_100_open_streams(mock_upstream: MockServer) -> None:
-    """100 streams at SIGTERM: 50 finish with [DONE], 50 end with the shutdown error event, none cut; exit 0."""
+    """100 streams at SIGTERM: 50 finish with [DONE], 50 end with the shutdown error event, none cut;
+    exit 0."""
     await drain_run(mock_upstream, 100)
 
 

@@ -117,7 +117,8 @@ async def test_blackhole_holds_bytes_then_delivers(fault_proxy: ProxyFactory, ec
 
 
 async def test_reset_after_bytes_sends_rst(fault_proxy: ProxyFactory, echo: int) -> None:
-    """reset_after_bytes=1000: the client gets at most 1000 bytes, then a connection reset (not a clean EOF)."""
+    """reset_after_bytes=1000: the client gets at most 1000 bytes, then a connection reset
+    (not a clean EOF)."""
     proxy = await fault_proxy(echo)
     proxy.set(reset_after_bytes=1000)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)

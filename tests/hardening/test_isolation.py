@@ -1,9 +1,10 @@
 """Tenant isolation of the caches, property-tested: tenant B is never served what tenant A stored.
 
 Hypothesis draws a question and its paraphrases (with a fresh ticket number in every run, so every
-example asks something new) and an order in which tenants A and B ask them. Whatever the order, the first time a
-tenant asks is a miss that reaches the provider, exact and semantic caches alike; a tenant repeating
-its own question is a hit (so the property is never vacuous). Run on the memory and the Redis store.
+example asks something new) and an order in which tenants A and B ask them. Whatever the order, the
+first time a tenant asks is a miss that reaches the provider, exact and semantic caches alike; a tenant
+repeating its own question is a hit (so the property is never vacuous). Run on the memory and the Redis
+store.
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ from tests.support.servers import InProcessGateway, RedisServer, gateway_config,
 
 KEYS = {"a": "sk-tenant-a", "b": "sk-tenant-b"}
 GROUPS = [
-    ("How do I undo the last git commit for ticket {n}?", "How can I undo my last git commit for ticket {n}?"),
+    (
+        "How do I undo the last git commit for ticket {n}?",
+        "How can I undo my last git commit for ticket {n}?",
+    ),
     ("Why is the sky blue, asks ticket {n}?", "Why does the sky look blue, asks ticket {n}?"),
     ("Give me a bread recipe for order {n}.", "Give me a recipe for bread for order {n}."),
     ("What is the capital of France, question {n}?", "Which city is the capital of France, question {n}?"),
@@ -86,22 +90,28 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 
 async def check_scenario(env: Tenants, group: int, steps: list[tuple[str, int]]) -> None:
-    """Every run asks a question never asked before (a fresh ticket, also when Hypothesis replays an example)."""
+    """Every run asks a question never asked before (a fresh ticket,
+    also when Hypothesis replays an example)."""
     ticket = secrets.randbelow(10**9)
     asked: dict[str, set[int]] = {"a": set(), "b": set()}
     for i, (tenant, variant) in enumerate(steps):
         calls = env.mock.recorder.count("/v1/chat/completions")
         result = await ask(env, tenant, GROUPS[group][variant].format(n=ticket))
         if not asked[tenant]:
-            assert result == "miss", (tenant, steps[:i + 1])  # first ask of this tenant: never the other's entry
+            # first ask of this tenant: never the other's entry
+            assert result == "miss", (tenant, steps[:i + 1])
             assert env.mock.recorder.count("/v1/chat/completions") == calls + 1
         elif variant in asked[tenant]:
             assert result in ("hit", "semantic-hit"), (tenant, steps[:i + 1])  # its own repeat
         asked[tenant].add(variant)
 
 
-SETTINGS: dict[str, Any] = {"deadline": None, "derandomize": True, "database": None,
-                            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]}
+SETTINGS: dict[str, Any] = {
+    "deadline": None,
+    "derandomize": True,
+    "database": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+}
 
 
 @MODULE_LOOP
@@ -130,7 +140,9 @@ async def test_tenants_never_share_cache_entries_long(memory_tenants: Tenants, s
 
 
 @MODULE_LOOP
-async def test_concurrent_identical_requests_of_two_tenants_are_not_coalesced(memory_tenants: Tenants) -> None:
+async def test_concurrent_identical_requests_of_two_tenants_are_not_coalesced(
+    memory_tenants: Tenants,
+) -> None:
     """A and B asking the same new question at the same instant each get their own provider call."""
     env = memory_tenants
     before = env.mock.recorder.count("/v1/chat/completions")
@@ -142,7 +154,8 @@ async def test_concurrent_identical_requests_of_two_tenants_are_not_coalesced(me
 
 @MODULE_LOOP
 async def test_paraphrase_hits_for_its_tenant_only(memory_tenants: Tenants) -> None:
-    """The drawn phrasings do hit the semantic cache within a tenant (the property is not vacuous), not across."""
+    """The drawn phrasings do hit the semantic cache within a tenant (the property is not vacuous),
+    not across."""
     ticket = secrets.randbelow(10**9)
     for first, second in GROUPS:
         assert await ask(memory_tenants, "a", first.format(n=ticket)) == "miss"

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.mock import MockServer
 from tests.hardening.procstats import percentile, rss_bytes
+from tests.support.polling import poll_until
 from tests.support.servers import GatewayProcess, gateway_config, spawn_gateway, wait_ready
 
 LIMIT = 32
@@ -125,7 +126,8 @@ def check(normal: Phase, over: Phase, before: int, peak: int, factor: float) -> 
     assert figures["shed_p99_s"] <= 0.25, figures  # refused at once, not after queueing
     expected_shed = 1 - 1 / factor
     assert expected_shed - 0.2 <= figures["shed_ratio"] <= expected_shed + 0.15, figures
-    assert len(over.ok) >= 0.7 * figures["capacity_rps"] * over.elapsed * 0.8, figures  # still serving at capacity
+    # still serving at capacity
+    assert len(over.ok) >= 0.7 * figures["capacity_rps"] * over.elapsed * 0.8, figures
     assert figures["rss_growth_mb"] <= 40, figures
     return figures
 
@@ -143,8 +145,9 @@ async def test_five_times_the_capacity_for_20_s(mock_upstream: MockServer) -> No
 
 
 async def test_max_inflight_sheds_at_once_and_counts_it(make_gateway: Any, mock_upstream: MockServer) -> None:
-    """With server.max_inflight: 2 and two requests in flight, a third gets 503 + Retry-After before its body is
-    even read, counted as gateway_policy_decisions_total{policy="admission",decision="shed"}; then it serves."""
+    """With server.max_inflight: 2 and two requests in flight, a third gets 503 + Retry-After before its
+    body is even read, counted as gateway_policy_decisions_total{policy="admission",decision="shed"};
+    then it serves."""
     gw = await make_gateway(server={"max_inflight": 2})
     async with aiohttp.ClientSession() as session:
         async def slow(i: int) -> int:
@@ -155,8 +158,7 @@ async def test_max_inflight_sheds_at_once_and_counts_it(make_gateway: Any, mock_
 
         held = [asyncio.create_task(slow(i)) for i in range(2)]
         async with asyncio.timeout(5):
-            while len(gw.state.lifecycle.active) < 2:
-                await asyncio.sleep(0.01)
+            await poll_until(lambda: len(gw.state.lifecycle.active) >= 2, 0.01)
         async with session.post(gw.base_url + "/chat/completions", data=b"not even json") as resp:
             assert resp.status == 503 and resp.headers["retry-after"] == "1"
             assert (await resp.json())["error"]["code"] == "gateway_overloaded"
@@ -164,7 +166,17 @@ async def test_max_inflight_sheds_at_once_and_counts_it(make_gateway: Any, mock_
         async with session.post(gw.base_url + "/chat/completions", data=BODY) as resp:
             assert resp.status == 200
     registry = gw.state.metrics.registry
-    assert registry.get_sample_value("gateway_policy_decisions_total", {"policy": "admission", "decision": "shed"}) == 1
-    answered_5xx = sum(s.value for family in registry.collect() if family.name == "gateway_requests"
-                       for s in family.samples if s.name == "gateway_requests_total" and s.labels["status_class"] == "5xx")
+    assert (
+        registry.get_sample_value(
+            "gateway_policy_decisions_total", {"policy": "admission", "decision": "shed"}
+        )
+        == 1
+    )
+    answered_5xx = sum(
+        s.value
+        for family in registry.collect()
+        if family.name == "gateway_requests"
+        for s in family.samples
+        if s.name == "gateway_requests_total" and s.labels["status_class"] == "5xx"
+    )
     assert answered_5xx == 1  # the shed answer is recorded like any other (dashboards see the 503)

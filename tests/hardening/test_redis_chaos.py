@@ -21,6 +21,7 @@ import pytest_asyncio
 from gateway.mock import MockServer
 from tests.hardening.procstats import percentile
 from tests.support.fault_proxy import FaultProxy
+from tests.support.polling import poll_until
 from tests.support.servers import (
     GatewayProcess,
     RedisServer,
@@ -124,13 +125,15 @@ async def backend_up(session: aiohttp.ClientSession, gw: GatewayProcess) -> floa
     return None
 
 
-async def wait_backend(env: Chaos, up: float, timeout: float) -> float:
+async def wait_backend(env: Chaos, up: float, timeout_s: float) -> float:
     """Seconds until both gateways report the backend ``up`` (1) or down (0)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with asyncio.timeout(timeout):
-        while [await backend_up(env.session, gw) for gw in env.gateways] != [up, up]:
-            await asyncio.sleep(0.1)
+    async with asyncio.timeout(timeout_s):
+        async def reported() -> bool:
+            return [await backend_up(env.session, gw) for gw in env.gateways] == [up, up]
+
+        await poll_until(reported, 0.1)
     return loop.time() - started
 
 
@@ -155,7 +158,8 @@ def fault(env: Chaos, name: str) -> tuple[Callable[[], Awaitable[None]], Callabl
 
     async def stop() -> None:
         assert env.redis.proc is not None
-        os.kill(env.redis.proc.pid, signal.SIGSTOP)  # a blackhole: connects and writes succeed, nothing answers
+        # a blackhole: connects and writes succeed, nothing answers
+        os.kill(env.redis.proc.pid, signal.SIGSTOP)
 
     async def cont() -> None:
         assert env.redis.proc is not None

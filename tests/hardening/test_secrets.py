@@ -55,9 +55,22 @@ class PasswordRedis:
 
     async def start(self) -> None:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-            [redis_server_binary() or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--requirepass", REDIS_PASSWORD], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+            [
+                redis_server_binary() or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                REDIS_PASSWORD,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         client = aioredis.from_url(self.url())
         try:
             async with asyncio.timeout(10):
@@ -109,17 +122,24 @@ def debug_logs() -> Iterator[io.StringIO]:
 
 def canary_config(mock: MockServer, redis_url: str) -> dict[str, object]:
     return gateway_config(
-        mock.url, upstreams={"mock": {"base_url": mock.url, "api_key": UPSTREAM_KEY, "retry": {"max_attempts": 1}}},
-        auth={"mode": "keys", "keys": [{"key": CLIENT_KEY, "tenant": "acme", "rpm": 1000, "tpm": 10_000_000}]},
+        mock.url,
+        upstreams={"mock": {"base_url": mock.url, "api_key": UPSTREAM_KEY, "retry": {"max_attempts": 1}}},
+        auth={
+            "mode": "keys",
+            "keys": [{"key": CLIENT_KEY, "tenant": "acme", "rpm": 1000, "tpm": 10_000_000}],
+        },
         state={"backend": "redis", "redis_url": redis_url, "timeout_ms": 500, "key_prefix": "canary:"},
-        tracing={"enabled": True, "exporter": "memory"}, metrics={"models": ["gpt-4o"]})
+        tracing={"enabled": True, "exporter": "memory"},
+        metrics={"models": ["gpt-4o"]},
+    )
 
 
 async def traffic(gw: InProcessGateway) -> None:
     prompt = [{"role": "user", "content": f"Please e-mail {EMAIL} the report."}]
     async with AsyncOpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as client:
         await client.chat.completions.create(model="gpt-4o", messages=prompt, temperature=0)
-        await client.chat.completions.create(model="gpt-4o", messages=prompt, temperature=0)  # cached in Redis
+        # cached in Redis
+        await client.chat.completions.create(model="gpt-4o", messages=prompt, temperature=0)
         async for _ in await client.chat.completions.create(model="gpt-4o", messages=prompt, stream=True):
             pass
         await client.embeddings.create(model="text-embedding-3-small", input=[EMAIL])
@@ -133,8 +153,14 @@ async def traffic(gw: InProcessGateway) -> None:
             gw.base_url + "/chat/completions", data=f'{{"model": "gpt-4o", "messages": "{EMAIL}',
             headers={"authorization": f"Bearer {CLIENT_KEY}"}) as r:
         assert r.status == 400
-    for header in (f"Authorization: Bearer {CLIENT_KEY}\x00", f"X-Note: {EMAIL}\x01", f"Authorization : {CLIENT_KEY}"):
-        raw = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n{header}\r\nContent-Length: 2\r\n\r\n{{}}").encode()
+    for header in (
+        f"Authorization: Bearer {CLIENT_KEY}\x00",
+        f"X-Note: {EMAIL}\x01",
+        f"Authorization : {CLIENT_KEY}",
+    ):
+        raw = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n{header}\r\nContent-Length: 2\r\n\r\n{{}}"
+        ).encode()
         assert (await send_raw(gw.port, raw)).status == 400
 
 
@@ -154,8 +180,12 @@ async def test_canaries_never_reach_logs_metrics_spans_or_redis_keys(
         async with aiohttp.ClientSession() as s, s.get(gw.url + "/metrics") as r:
             metrics_text = await r.text()
         spans = gw.state.tracer.exporter.get_finished_spans()
-        span_text = repr([(s.name, dict(s.attributes or {}), [(e.name, dict(e.attributes or {})) for e in s.events])
-                          for s in spans])
+        span_text = repr(
+            [
+                (s.name, dict(s.attributes or {}), [(e.name, dict(e.attributes or {})) for e in s.events])
+                for s in spans
+            ]
+        )
     finally:
         await gw.close()
         await wrong.close()

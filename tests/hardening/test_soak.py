@@ -1,4 +1,4 @@
-"""The CI soak: two minutes of mixed traffic with 1% provider resets and 1% client aborts (``scripts/soak.py``).
+"""The CI soak (``scripts/soak.py``): two minutes of mixed traffic, 1% provider resets, 1% client aborts.
 
 Not marked slow on purpose: it runs in ``make test``. After a 40 s warm-up nothing may grow (RSS, open
 files), the gateway's tasks and files return to their idle level when traffic stops, its upstream pool

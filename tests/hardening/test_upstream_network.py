@@ -75,8 +75,11 @@ async def test_sliced_latent_and_thin_pipes_deliver_the_same_answer(
     assert status == 200 and body["choices"][0]["message"]["content"]
 
 
-async def test_blackhole_times_out_cleanly_then_recovers(proxied: tuple[InProcessGateway, FaultProxy]) -> None:
-    """Nothing comes back: 504 timeout_before_first_byte after the configured 1 s (per attempt); lifted: 200."""
+async def test_blackhole_times_out_cleanly_then_recovers(
+    proxied: tuple[InProcessGateway, FaultProxy],
+) -> None:
+    """Nothing comes back: 504 timeout_before_first_byte after the configured 1 s (per attempt); lifted:
+    200."""
     gw, proxy = proxied
     proxy.set(blackhole=True)
     loop = asyncio.get_running_loop()
@@ -88,7 +91,9 @@ async def test_blackhole_times_out_cleanly_then_recovers(proxied: tuple[InProces
     assert (await complete(gw))[0] == 200
 
 
-async def test_reset_mid_stream_ends_with_an_error_event(proxied: tuple[InProcessGateway, FaultProxy]) -> None:
+async def test_reset_mid_stream_ends_with_an_error_event(
+    proxied: tuple[InProcessGateway, FaultProxy],
+) -> None:
     """An RST after the stream started: an SSE error event and no [DONE] (never a clean-looking end)."""
     gw, proxy = proxied
     proxy.set(reset_after_bytes=1500)  # headers and a few events through, then RST

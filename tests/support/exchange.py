@@ -27,7 +27,8 @@ def build_exchange(body: Any = _DEFAULT, **kw: Any) -> Exchange:
     if body is _DEFAULT:
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     model = body.get("model", "") if isinstance(body, dict) else ""
-    facts: dict[str, Any] = dict(request_id="r1", method="POST", path="/v1/chat/completions", operation="chat",
+    facts: dict[str, Any] = dict(request_id="r1", method="POST", path="/v1/chat/completions",
+                                 operation="chat",
                                  headers=CIMultiDictProxy(CIMultiDict()), received_at=0.0, deadline=600.0,
                                  model=model, upstream_path="/chat/completions")
     ident = {"tenant": "default", "namespace": "default", "key_hash": ""}

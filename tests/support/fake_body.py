@@ -38,7 +38,9 @@ class FakeBody:
             self.sent += 1
             yield chunk
         if self.fail_after is not None and self.sent >= self.fail_after:
-            raise self.error if self.error is not None else BodyFailed(f"body failed after {self.sent} chunks")
+            raise (
+                self.error if self.error is not None else BodyFailed(f"body failed after {self.sent} chunks")
+            )
 
     async def aclose(self) -> None:
         self.close_calls += 1

@@ -139,7 +139,11 @@ class _Conn:
             piece = min(piece, max(1, f.bandwidth_bps // 20))
         for start in range(0, len(data), piece):
             part = data[start:start + piece]
-            if not up and f.reset_after_bytes is not None and self.down_bytes + len(part) > f.reset_after_bytes:
+            if (
+                not up
+                and f.reset_after_bytes is not None
+                and self.down_bytes + len(part) > f.reset_after_bytes
+            ):
                 part = part[:max(0, f.reset_after_bytes - self.down_bytes)]
                 with contextlib.suppress(ConnectionError, OSError):
                     if part:

@@ -125,15 +125,30 @@ def spawn_gateway(cfg: dict[str, Any], *, extra_args: list[str] | None = None,
     log_path = tmp / "gateway.log"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
-         *(extra_args or [])],
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=full_env, cwd=tmp)
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *(extra_args or []),
+        ],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        cwd=tmp,
+    )
     gw = GatewayProcess(proc=proc, port=port, config_path=path, log_path=log_path, tmpdir=tmp)
     _SPAWNED[gw.url] = gw
     return gw
 
 
-async def wait_ready(url: str, timeout: float = 30.0, path: str = "/readyz") -> None:
+async def wait_ready(url: str, timeout_s: float = 30.0, path: str = "/readyz") -> None:
     """Poll until the server answers (startup of a subprocess: nothing to inject).
 
     When ``url`` belongs to a gateway started by ``spawn_gateway`` that has exited, fail at
@@ -142,7 +157,7 @@ async def wait_ready(url: str, timeout: float = 30.0, path: str = "/readyz") -> 
     import aiohttp
 
     spawned = _SPAWNED.get(url)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if spawned is not None and spawned.proc.poll() is not None:
@@ -156,7 +171,7 @@ async def wait_ready(url: str, timeout: float = 30.0, path: str = "/readyz") -> 
                 pass
             await asyncio.sleep(0.05)
     tail = f"\n{spawned.logs()[-3000:]}" if spawned is not None else ""
-    raise TimeoutError(f"{url} not ready after {timeout}s{tail}")
+    raise TimeoutError(f"{url} not ready after {timeout_s}s{tail}")
 
 
 def redis_server_binary() -> str | None:

@@ -23,7 +23,8 @@ async def _check(predicate: Predicate) -> bool:
     return bool(value)
 
 
-async def until(predicate: Predicate, timeout: float = 10.0, interval: float = 0.01, message: str = "") -> None:
+async def until(predicate: Predicate, timeout: float = 10.0,  # noqa: ASYNC109  fails with ``message``, not cancel
+                interval: float = 0.01, message: str = "") -> None:
     """Wait until ``predicate()`` is truthy; ``AssertionError(message)`` after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -471,7 +471,7 @@ async def test_client_disconnect_is_recorded_while_streaming(
     attempt = server.recorder.attempts[-1]
     assert attempt.outcome is None  # the mock is still holding the rest of the stream
     resp.close()
-    await server.recorder.wait_for(lambda: attempt.outcome is not None, timeout=3)
+    await server.recorder.wait_for(lambda: attempt.outcome is not None, timeout_s=3)
     assert attempt.outcome == "client_disconnected"
 
 

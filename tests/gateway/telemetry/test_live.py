@@ -23,13 +23,14 @@ class Clock:
         return self.now
 
 
-def make_stats(clock: Clock, pricer: Callable[[Exchange], float] = lambda ex: 0.0, inflight: int = 0) -> LiveStats:
+def make_stats(clock: Clock, pricer: Callable[[Exchange], float] = lambda ex: 0.0,
+               inflight: int = 0) -> LiveStats:
     return LiveStats(clock=clock, bounded_model=lambda m: m if m in KNOWN else "other", pricer=pricer,
                      inflight=lambda: inflight, wall=lambda: clock.now + 1_700_000_000.0)
 
 
-def finished(make_exchange: Callable[..., Exchange], clock: Clock, *, took: float = 0.5, ttft: float | None = 0.1,
-             status: int = 200, usage: Usage | None = None, **kw: Any) -> Exchange:
+def finished(make_exchange: Callable[..., Exchange], clock: Clock, *, took: float = 0.5,
+             ttft: float | None = 0.1, status: int = 200, usage: Usage | None = None, **kw: Any) -> Exchange:
     ex = make_exchange(received_at=clock.now - took, **kw)
     ex.record.status, ex.record.ended_at = status, clock.now
     if ttft is not None:
@@ -121,9 +122,11 @@ def test_retries_fallbacks_timeouts_and_waits(make_exchange: Callable[..., Excha
     clock = Clock()
     stats = make_stats(clock)
     retried = finished(make_exchange, clock)
-    retried.record.attempts = [Attempt("mock", "gpt-4o", 0, outcome="http_503"), Attempt("mock", "gpt-4o", 0, outcome="ok")]
+    retried.record.attempts = [Attempt("mock", "gpt-4o", 0, outcome="http_503"),
+                               Attempt("mock", "gpt-4o", 0, outcome="ok")]
     fallback = finished(make_exchange, clock, upstream="backup")
-    fallback.record.attempts = [Attempt("mock", "gpt-4o", 0, outcome="idle_timeout"), Attempt("backup", "gpt-4o", 0)]
+    fallback.record.attempts = [Attempt("mock", "gpt-4o", 0, outcome="idle_timeout"),
+                                Attempt("backup", "gpt-4o", 0)]
     timed_out = finished(make_exchange, clock, status=504)
     timed_out.record.error_kind = "timeout_before_first_byte"
     waited = finished(make_exchange, clock, waited_s=0.3)
@@ -193,7 +196,8 @@ def test_window_is_memoised_until_something_changes(make_exchange: Callable[...,
 
 
 def test_rows_per_finished_second(make_exchange: Callable[..., Exchange]) -> None:
-    """Chart rows start at the gateway's start, one per finished second, and ``since`` gives only newer ones."""
+    """Chart rows start at the gateway's start, one per finished second, and ``since`` gives only newer
+    ones."""
     clock = Clock(1000.0)
     stats = make_stats(clock)
     clock.now = 1002.5
@@ -225,7 +229,8 @@ def test_recent_rows_hold_no_request_text(make_exchange: Callable[..., Exchange]
     clock = Clock()
     stats = make_stats(clock)
     secret = "my-secret-prompt-text"
-    ex = finished(make_exchange, clock, body={"model": "gpt-4o", "messages": [{"role": "user", "content": secret}]})
+    ex = finished(make_exchange, clock,
+                  body={"model": "gpt-4o", "messages": [{"role": "user", "content": secret}]})
     stats.record(ex)
     assert secret not in repr(list(stats.recent))
 

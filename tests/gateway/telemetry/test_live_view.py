@@ -40,7 +40,9 @@ def make_state(clock: Clock, **overrides: Any) -> AppState:
     async def chain(ex: Exchange) -> Any:
         raise AssertionError("not called")
 
-    runtime = Runtime(config=config, router=Router(config.routes), auth=Authenticator(config.auth), chain=chain)
+    runtime = Runtime(
+        config=config, router=Router(config.routes), auth=Authenticator(config.auth), chain=chain
+    )
     st = AppState(runtime=runtime, clock=clock)
     st.metrics = Metrics({"gpt-4o"})
     return st
@@ -50,7 +52,8 @@ def record(st: AppState, make_exchange: Callable[..., Exchange], clock: Clock, *
     status = kw.pop("status", 200)
     usage = kw.pop("usage", Usage(prompt=1000, completion=500))
     ex = make_exchange(received_at=clock.now - 0.2, **kw)
-    ex.record.status, ex.record.ended_at, ex.record.usage, ex.record.first_token_at = status, clock.now, usage, clock.now - 0.1
+    ex.record.status, ex.record.ended_at = status, clock.now
+    ex.record.usage, ex.record.first_token_at = usage, clock.now - 0.1
     st.stats.record(ex)
     return ex
 
@@ -73,7 +76,9 @@ def test_summary_has_the_issue_fields(make_exchange: Callable[..., Exchange]) ->
     assert s["ttft_ms"]["p95"] == pytest.approx(100, rel=0.05)
     assert s["cache"]["hit_rate"] == 1.0 and s["cache"]["tokens_saved"] == 15
     assert s["resilience"]["retried_requests"] == 0
-    assert s["breakers"] is None and s["rate_limit"]["queue_depth"] is None and s["rate_limit"]["queues"] is None
+    assert (
+        s["breakers"] is None and s["rate_limit"]["queue_depth"] is None and s["rate_limit"]["queues"] is None
+    )
     assert s["cost_usd"] == pytest.approx(3 * (1000 * 2.0 + 500 * 8.0) / 1e6)
     assert s["tokens"]["prompt"] == 3000 and s["compression"]["tokens_saved"] == 0
     assert [m["model"] for m in s["models"]] == ["gpt-4o"] and s["models"][0]["requests"] == 5
@@ -91,7 +96,8 @@ def test_cost_is_none_without_pricing(make_exchange: Callable[..., Exchange]) ->
 
 
 def test_pricer_prefers_the_accounting_figure(make_exchange: Callable[..., Exchange]) -> None:
-    """The accounting sink's ``cost_usd`` wins; without it the price table is used; cache hits cost nothing."""
+    """The accounting sink's ``cost_usd`` wins; without it the price table is used;
+    cache hits cost nothing."""
     st = make_state(Clock(), pricing={"gpt-4o": {"input": 1.0, "output": 2.0}})
     price = make_pricer(st)
     ex = make_exchange()

@@ -67,7 +67,9 @@ def test_second_merge_is_reversible() -> None:
     assert total.hists[("ttft", "gpt-4o")].n == 2
     total.merge(s, -1)
     total.merge(s, -1)
-    assert total.g[w.REQ] == 0 and not total.models and not total.tenants and not total.cache and not total.hists
+    assert (
+        total.g[w.REQ] == 0 and not total.models and not total.tenants and not total.cache and not total.hists
+    )
 
 
 def test_copy_is_independent() -> None:

@@ -53,7 +53,15 @@ def test_request_metrics_register_is_idempotent() -> None:
     a, b = RequestMetrics.register(m), RequestMetrics.register(m)
     assert a.requests.family is b.requests.family
     names = {f.name for f in m.registry.collect()}
-    assert {"gateway_requests", "gateway_request_duration_seconds", "gateway_time_to_first_token_seconds",
-            "gateway_inter_token_latency_seconds", "gateway_upstream_duration_seconds", "gateway_overhead_seconds",
-            "gateway_tokens", "gateway_inflight_requests", "gateway_policy_decisions",
-            "gateway_cost_usd"} <= names
+    assert {
+        "gateway_requests",
+        "gateway_request_duration_seconds",
+        "gateway_time_to_first_token_seconds",
+        "gateway_inter_token_latency_seconds",
+        "gateway_upstream_duration_seconds",
+        "gateway_overhead_seconds",
+        "gateway_tokens",
+        "gateway_inflight_requests",
+        "gateway_policy_decisions",
+        "gateway_cost_usd",
+    } <= names

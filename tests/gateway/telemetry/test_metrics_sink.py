@@ -21,35 +21,40 @@ def sample(m: Metrics, name: str, **labels: str) -> float:
 @pytest.fixture
 def sink() -> MetricsSink:
     metrics = Metrics({"gpt-4o"}, registry=CollectorRegistry())
-    return MetricsSink(SimpleNamespace(metrics=metrics), RequestMetrics.register(metrics))  # type: ignore[arg-type]
+    return MetricsSink(SimpleNamespace(metrics=metrics),
+                       RequestMetrics.register(metrics))  # type: ignore[arg-type]
 
 
 def finished(make_exchange: Callable[..., Exchange], **kw: object) -> Exchange:
     fields: dict[str, object] = {"route_name": "main", "status": 200, "received_at": 10.0, "ended_at": 12.0,
-                                     "first_token_at": 10.5, "upstream_s": 1.5, "waited_s": 0.25, "tenant": "acme"}
+                                     "first_token_at": 10.5, "upstream_s": 1.5, "waited_s": 0.25,
+                                 "tenant": "acme"}
     fields.update(kw)
     return make_exchange(**fields)
 
 
-def test_request_counts_durations_and_overhead(sink: MetricsSink, make_exchange: Callable[..., Exchange]) -> None:
+def test_request_counts_durations_and_overhead(sink: MetricsSink,
+                                               make_exchange: Callable[..., Exchange]) -> None:
     """Count, duration, TTFT and overhead (= duration - upstream - deliberate waits) are observed once."""
     m = sink.state.metrics
     sink(finished(make_exchange))
-    assert sample(m, "gateway_requests_total", route="main", model="gpt-4o", upstream="mock", status_class="2xx",
-                  cache="none") == 1
-    assert sample(m, "gateway_request_duration_seconds_sum", route="main", model="gpt-4o", upstream="mock") == 2.0
+    assert sample(m, "gateway_requests_total", route="main", model="gpt-4o", upstream="mock",
+                  status_class="2xx", cache="none") == 1
+    assert sample(m, "gateway_request_duration_seconds_sum", route="main", model="gpt-4o",
+                  upstream="mock") == 2.0
     assert sample(m, "gateway_time_to_first_token_seconds_sum", model="gpt-4o", upstream="mock",
                   source="upstream") == 0.5
     assert sample(m, "gateway_overhead_seconds_sum", route="main") == pytest.approx(0.25)
 
 
-def test_unknown_model_and_odd_values_are_bounded(sink: MetricsSink, make_exchange: Callable[..., Exchange]) -> None:
+def test_unknown_model_and_odd_values_are_bounded(sink: MetricsSink,
+                                                  make_exchange: Callable[..., Exchange]) -> None:
     """A client's model name, a strange cache result and a weird status all map to bounded values."""
     m = sink.state.metrics
     sink(finished(make_exchange, model="my-secret-model", upstream_model="my-secret-model", status=0,
                   cache_result="<script>"))
-    assert sample(m, "gateway_requests_total", route="main", model="other", upstream="mock", status_class="other",
-                  cache="other") == 1
+    assert sample(m, "gateway_requests_total", route="main", model="other", upstream="mock",
+                  status_class="other", cache="other") == 1
 
 
 def test_tokens_cost_and_estimated(sink: MetricsSink, make_exchange: Callable[..., Exchange]) -> None:
@@ -71,25 +76,30 @@ def test_cache_answers_count_no_tokens(sink: MetricsSink, make_exchange: Callabl
     """A cached answer is a request with a cache-sourced TTFT, but no upstream tokens."""
     m = sink.state.metrics
     sink(finished(make_exchange, source="cache", cache_result="hit", usage=Usage(prompt=5, completion=5)))
-    assert sample(m, "gateway_tokens_total", model="gpt-4o", upstream="mock", tenant="acme", kind="prompt") == 0
+    assert sample(m, "gateway_tokens_total", model="gpt-4o", upstream="mock", tenant="acme",
+                  kind="prompt") == 0
     assert sample(m, "gateway_time_to_first_token_seconds_count", model="gpt-4o", upstream="mock",
                   source="cache") == 1
 
 
 def test_inter_token_gaps_and_attempts(sink: MetricsSink, make_exchange: Callable[..., Exchange]) -> None:
-    """Every inspector gap is one ITL observation; every attempt one upstream duration with a bounded outcome."""
+    """Every inspector gap is one ITL observation; every attempt one upstream duration with a bounded
+    outcome."""
     m = sink.state.metrics
     ex = finished(make_exchange)
     inspector = StreamInspector(lambda: 0.0)
     inspector.gaps = [0.01] * 20 + [0.2]
     ex.view = inspector
-    ex.record.attempts = [Attempt(upstream="mock", model="gpt-4o", started=10.0, ended=10.3, outcome="http_503"),
+    ex.record.attempts = [Attempt(upstream="mock", model="gpt-4o", started=10.0, ended=10.3,
+                                  outcome="http_503"),
                    Attempt(upstream="mock", model="gpt-4o", started=10.4, ended=12.0, outcome="ok")]
     sink(ex)
     assert sample(m, "gateway_inter_token_latency_seconds_count", model="gpt-4o", upstream="mock") == 21
-    assert sample(m, "gateway_inter_token_latency_seconds_bucket", model="gpt-4o", upstream="mock", le="0.01") == 20
+    assert sample(m, "gateway_inter_token_latency_seconds_bucket", model="gpt-4o", upstream="mock",
+                  le="0.01") == 20
     assert sample(m, "gateway_upstream_duration_seconds_count", upstream="mock", outcome="http_5xx") == 1
-    assert sample(m, "gateway_upstream_duration_seconds_sum", upstream="mock", outcome="ok") == pytest.approx(1.6)
+    assert sample(m, "gateway_upstream_duration_seconds_sum", upstream="mock",
+                  outcome="ok") == pytest.approx(1.6)
 
 
 @pytest.mark.parametrize(("raw", "label"), [("ok", "ok"), ("http_429", "http_429"), ("http_404", "http_4xx"),
@@ -102,10 +112,12 @@ def test_attempt_outcome_labels(raw: str, label: str) -> None:
 
 def test_attempt_dropped_unread_ends_when_the_next_starts(sink: MetricsSink,
                                                           make_exchange: Callable[..., Exchange]) -> None:
-    """A retried 503 whose body was never read has no end; it is timed up to the retry and labelled by status."""
+    """A retried 503 whose body was never read has no end; it is timed up to the retry and labelled by
+    status."""
     ex = finished(make_exchange)
     ex.record.attempts = [Attempt(upstream="mock", model="gpt-4o", started=10.0, status=503),
-                   Attempt(upstream="mock", model="gpt-4o", started=10.4, ended=12.0, outcome="ok", status=200)]
+                   Attempt(upstream="mock", model="gpt-4o", started=10.4, ended=12.0, outcome="ok",
+                           status=200)]
     sink(ex)
     m = sink.state.metrics
     assert sample(m, "gateway_upstream_duration_seconds_sum", upstream="mock", outcome="http_5xx") == \

@@ -17,7 +17,9 @@ def test_cost_splits_cached_prompt_tokens() -> None:
 
 def test_cached_defaults_to_input_price() -> None:
     """Without cached_input, cached tokens cost the input price."""
-    assert cost_usd(PriceConfig(input=1.0, output=0.0), Usage(prompt=100, cached_prompt=100)) == pytest.approx(1e-4)
+    assert cost_usd(
+        PriceConfig(input=1.0, output=0.0), Usage(prompt=100, cached_prompt=100)
+    ) == pytest.approx(1e-4)
 
 
 def test_price_lookup_order() -> None:

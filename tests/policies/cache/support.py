@@ -37,7 +37,8 @@ def exchange(st: AppState, body: dict[str, Any] | None = None, key: str = "sk-a"
     identity = st.runtime.auth.identify(hdrs)
     ex = build_exchange(request_id="r", method="POST", path="/v1/x", operation=operation, headers=hdrs,
                   raw_body=orjson.dumps(body), body=body, received_at=0.0, deadline=1e12, model="gpt-4o",
-                  upstream="mock", upstream_model=body.get("model", "gpt-4o"), identity=identity, stream=body.get("stream") is True, route_name="*",
+                  upstream="mock", upstream_model=body.get("model", "gpt-4o"), identity=identity,
+                        stream=body.get("stream") is True, route_name="*",
                   upstream_path="/chat/completions")
     ex = replace_route(ex, st.config.routes[0])
     return ex

@@ -12,7 +12,8 @@ from tests.support.exchange import build_exchange
 
 
 def exchange() -> Exchange:
-    return build_exchange(request_id="r", method="POST", path="/", operation="embeddings", headers=None,  # type: ignore[arg-type]
+    return build_exchange(request_id="r", method="POST", path="/", operation="embeddings",
+                          headers=None,  # type: ignore[arg-type]
                     raw_body=b"", body={"model": "m", "input": "x"}, received_at=0, deadline=1e9)
 
 
@@ -24,7 +25,8 @@ async def test_merges_and_splits() -> None:
         inputs = ex.body["input"]  # type: ignore[index]
         sent.append(inputs)
         data = [{"index": i, "embedding": [float(len(t))]} for i, t in enumerate(inputs)]
-        return UpstreamResponse(200, {}, OneChunk(orjson.dumps({"data": data, "usage": {"prompt_tokens": 10}})))
+        return UpstreamResponse(200, {},
+                                OneChunk(orjson.dumps({"data": data, "usage": {"prompt_tokens": 10}})))
 
     batcher = Batcher()
     results = await asyncio.gather(*[batcher.submit("k", exchange(), call, "x" * (i + 1), 0.05, 100, len)
@@ -40,5 +42,6 @@ async def test_error_reaches_everyone() -> None:
         return UpstreamResponse(429, {"retry-after": "1"}, OneChunk(b'{"error":{}}'))
 
     batcher = Batcher()
-    results = await asyncio.gather(*[batcher.submit("k", exchange(), call, str(i), 0.05, 2, len) for i in range(2)])
+    results = await asyncio.gather(*[batcher.submit("k", exchange(), call, str(i), 0.05, 2,
+                                                    len) for i in range(2)])
     assert all(isinstance(r, Failed) and r.status == 429 for r in results)

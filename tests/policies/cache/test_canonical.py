@@ -22,22 +22,50 @@ def test_json_answers() -> None:
 def test_deltas_accumulate_like_the_sdk() -> None:
     """Content, reasoning and tool-call argument pieces concatenate; ids and names are kept once."""
     head = {"id": "x", "created": 1, "model": "m"}
-    body = sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
-               {**head, "choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]},
-               {**head, "choices": [{"index": 0, "delta": {"content": "Hel"}}]},
-               {**head, "choices": [{"index": 0, "delta": {"content": "lo"}}]},
-               {**head, "choices": [{"index": 0, "delta": {"tool_calls": [
-                   {"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]},
-               {**head, "choices": [{"index": 0, "delta": {"tool_calls": [
-                   {"index": 0, "function": {"arguments": '{"a":'}}]}}]},
-               {**head, "choices": [{"index": 0, "delta": {"tool_calls": [
-                   {"index": 0, "function": {"arguments": "1}"}}]}}]},
-               {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
-               {**head, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+    body = sse(
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {**head, "choices": [{"index": 0, "delta": {"reasoning_content": "hm"}}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "lo"}}]},
+        {
+            **head,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "c",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": ""},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+        {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}}
+            ],
+        },
+        {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}
+            ],
+        },
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {**head, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}},
+    )
     obj = answer_from_sse("chat", body)
     assert obj is not None
     msg = obj["choices"][0]["message"]
     assert msg["content"] == "Hello" and msg["reasoning_content"] == "hm"
-    assert msg["tool_calls"] == [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}]
+    assert msg["tool_calls"] == [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
+    ]
     assert obj["choices"][0]["finish_reason"] == "tool_calls"
     assert obj["usage"] == {"prompt_tokens": 1, "completion_tokens": 2}

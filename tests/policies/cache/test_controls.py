@@ -21,7 +21,9 @@ def test_controls(headers: dict[str, str], read: bool, write: bool) -> None:
     assert (c.read, c.write) == (read, write)
 
 
-@pytest.mark.parametrize("raw,expected", [("10", 10.0), ("1e9", 100.0), ("-1", 100.0), ("nan", 100.0), ("x", 100.0)])
+@pytest.mark.parametrize(
+    "raw,expected", [("10", 10.0), ("1e9", 100.0), ("-1", 100.0), ("nan", 100.0), ("x", 100.0)]
+)
 def test_ttl_only_shortens(raw: str, expected: float) -> None:
     """x-gateway-cache-ttl can only shorten the configured TTL; garbage is ignored."""
     assert parse_controls({"x-gateway-cache-ttl": raw}).ttl(100.0) == expected

@@ -15,7 +15,9 @@ class Embeds:
     async def __call__(self, ex: Exchange) -> UpstreamResponse:
         inputs = ex.body["input"] if isinstance(ex.body["input"], list) else [ex.body["input"]]  # type: ignore[index]
         self.sent.append(inputs)
-        data = [{"object": "embedding", "index": i, "embedding": [float(len(t))]} for i, t in enumerate(inputs)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(t))]} for i, t in enumerate(inputs)
+        ]
         payload = {"object": "list", "data": data, "model": "e", "usage": {"prompt_tokens": 2 * len(inputs),
                                                                            "total_tokens": 2 * len(inputs)}}
         return UpstreamResponse(200, {"content-type": "application/json"}, body_of([orjson.dumps(payload)]))

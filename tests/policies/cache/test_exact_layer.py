@@ -16,7 +16,9 @@ async def test_miss_then_hit_in_both_modes() -> None:
     assert orjson.loads(await drain(await policy(first, up))) == ANSWER
     hit = exchange(st)
     resp = await policy(hit, up)
-    assert resp.source == "cache" and hit.record.cache_result == "hit" and hit.record.reported_usage.total == 5
+    assert (
+        resp.source == "cache" and hit.record.cache_result == "hit" and hit.record.reported_usage.total == 5
+    )
     assert orjson.loads(await drain(resp)) == ANSWER
     assert hit.response_headers["x-gateway-cache-tokens-saved"] == "5"
     streamed = exchange(st, {**first.body, "stream": True})
@@ -40,7 +42,8 @@ async def test_modes_and_shadowing() -> None:
 
 async def test_errors_and_tenants() -> None:
     """Non-200 answers are never stored; another tenant's identical request misses."""
-    st = make_state(auth={"mode": "keys", "keys": [{"key": "ka", "tenant": "a"}, {"key": "kb", "tenant": "b"}]})
+    st = make_state(auth={"mode": "keys", "keys": [{"key": "ka", "tenant": "a"},
+                                                   {"key": "kb", "tenant": "b"}]})
     policy = await factory(st, st.config)
     bad = Upstream({"error": {"message": "no"}}, status=500)
     await drain(await policy(exchange(st, key="ka"), bad))
@@ -49,5 +52,6 @@ async def test_errors_and_tenants() -> None:
     other = exchange(st, key="kb")
     await drain(await policy(other, good))
     assert other.record.cache_result == "miss" and good.calls == 2
-    counted = st.metrics.registry.get_sample_value("gateway_cache_requests_total", {"kind": "exact", "result": "miss"})
+    counted = st.metrics.registry.get_sample_value("gateway_cache_requests_total",
+                                                   {"kind": "exact", "result": "miss"})
     assert counted == 3

@@ -1,4 +1,6 @@
-"""Cache keys: every answer-changing field changes the key; key order, whitespace and delivery fields do not."""
+"""Cache keys: every answer-changing field changes the key; key order,
+whitespace and delivery fields do not."""
+
 from __future__ import annotations
 
 import json
@@ -10,20 +12,45 @@ from hypothesis import strategies as st
 
 from policies.cache.keys import answer_fields, is_deterministic, make_key, namespace_token
 
-KEY_FIELDS = ["messages", "tools", "tool_choice", "response_format", "temperature", "top_p", "seed", "max_tokens",
-              "max_completion_tokens", "stop", "n", "logprobs", "modalities", "reasoning_effort"]
+KEY_FIELDS = [
+    "messages",
+    "tools",
+    "tool_choice",
+    "response_format",
+    "temperature",
+    "top_p",
+    "seed",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "n",
+    "logprobs",
+    "modalities",
+    "reasoning_effort",
+]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(0, 2, allow_nan=False),
                     st.text(max_size=8))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-                      max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 bodies = st.fixed_dictionaries({"model": st.just("gpt-4o"), "messages": st.lists(
     st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": st.text(max_size=20)}),
     min_size=1, max_size=3)}, optional={f: values for f in KEY_FIELDS[1:]})
 
 
 def key_of(body: dict[str, Any], **over: str) -> str:
-    parts = {"namespace": "t:a", "upstream": "u", "model": "m", "operation": "chat", "config_version": "v1", **over}
+    parts = {
+        "namespace": "t:a",
+        "upstream": "u",
+        "model": "m",
+        "operation": "chat",
+        "config_version": "v1",
+        **over,
+    }
     return make_key(fields=answer_fields(body), **parts).digest  # type: ignore[arg-type]
 
 
@@ -55,7 +82,9 @@ def test_key_order_and_whitespace_do_not_change_the_key(body: dict[str, Any]) ->
 
 @settings(max_examples=50, deadline=None)
 @given(bodies, st.booleans(), st.text(max_size=10))
-def test_delivery_and_identity_fields_do_not_change_the_key(body: dict[str, Any], stream: bool, user: str) -> None:
+def test_delivery_and_identity_fields_do_not_change_the_key(
+    body: dict[str, Any], stream: bool, user: str
+) -> None:
     """stream, stream_options, user and request ids are not part of the key."""
     other = {**body, "stream": stream, "stream_options": {"include_usage": True}, "user": user,
              "metadata": {"request_id": user}}

@@ -50,7 +50,9 @@ def test_byte_bound() -> None:
 
 def test_encode_round_trip() -> None:
     """The Redis encoding is compressed and decodes to the same answer; garbage decodes to None."""
-    original = CachedAnswer.from_obj("chat", {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}, 9.5)
+    original = CachedAnswer.from_obj(
+        "chat", {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}, 9.5
+    )
     data = original.encode()
     back = CachedAnswer.decode(data)
     assert back is not None and back.body == original.body and back.created == 9.5 and back.tokens == 5

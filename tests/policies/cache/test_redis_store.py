@@ -37,10 +37,13 @@ async def test_shared_and_expiring(redis_server: RedisServer) -> None:
 
 async def test_redis_down_is_a_quick_miss() -> None:
     """With nothing listening every call is a miss within the timeout, never an exception."""
-    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url="redis://127.0.0.1:1/0", timeout_ms=50),
-                                     time.monotonic)
+    redis = GuardedRedis.from_config(
+        StateConfig(backend="redis", redis_url="redis://127.0.0.1:1/0", timeout_ms=50), time.monotonic
+    )
     errors: list[int] = []
-    s = AnswerStore("exact", MemoryStore(10, 10**6, time.monotonic), redis, "x:", on_redis_error=lambda: errors.append(1))
+    s = AnswerStore(
+        "exact", MemoryStore(10, 10**6, time.monotonic), redis, "x:", on_redis_error=lambda: errors.append(1)
+    )
     try:
         started = time.monotonic()
         for i in range(5):

@@ -9,28 +9,82 @@ from policies.cache.canonical import answer_from_sse
 from policies.cache.replay import render_sse
 
 CHAT: dict[str, Any] = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 5, "model": "m", "system_fingerprint": "fp",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, this is a longer answer.",
-                                         "reasoning_content": "First think, then speak."},
-                 "logprobs": None, "finish_reason": "stop"},
-                {"index": 1, "message": {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1, "b": "xyz"}'}},
-                    {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
-                 "logprobs": None, "finish_reason": "tool_calls"}],
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 5,
+    "model": "m",
+    "system_fingerprint": "fp",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Hello there, this is a longer answer.",
+                "reasoning_content": "First think, then speak.",
+            },
+            "logprobs": None,
+            "finish_reason": "stop",
+        },
+        {
+            "index": 1,
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": '{"a": 1, "b": "xyz"}'},
+                    },
+                    {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}},
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+        },
+    ],
     "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12},
 }
-COMPLETION = {"id": "cmpl-1", "object": "text_completion", "created": 5, "model": "m",
-              "choices": [{"text": "once upon a time in a land", "index": 0, "logprobs": None, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 2, "completion_tokens": 7, "total_tokens": 9}}
-RESPONSE = {"id": "resp_1", "object": "response", "created_at": 5, "status": "completed", "model": "m",
-            "output": [{"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
-                        "content": [{"type": "output_text", "text": "a reply of some length", "annotations": []}]},
-                       {"id": "fc_1", "type": "function_call", "status": "completed", "call_id": "c",
-                        "name": "f", "arguments": '{"q": "r"}'}],
-            "usage": {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3}}
+COMPLETION = {
+    "id": "cmpl-1",
+    "object": "text_completion",
+    "created": 5,
+    "model": "m",
+    "choices": [
+        {"text": "once upon a time in a land", "index": 0, "logprobs": None, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 2, "completion_tokens": 7, "total_tokens": 9},
+}
+RESPONSE = {
+    "id": "resp_1",
+    "object": "response",
+    "created_at": 5,
+    "status": "completed",
+    "model": "m",
+    "output": [
+        {
+            "id": "msg_1",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "a reply of some length", "annotations": []}],
+        },
+        {
+            "id": "fc_1",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "c",
+            "name": "f",
+            "arguments": '{"q": "r"}',
+        },
+    ],
+    "usage": {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3},
+}
 
 
-@pytest.mark.parametrize("operation,obj", [("chat", CHAT), ("completions", COMPLETION), ("responses", RESPONSE)])
+@pytest.mark.parametrize(
+    "operation,obj", [("chat", CHAT), ("completions", COMPLETION), ("responses", RESPONSE)]
+)
 def test_round_trip(operation: str, obj: dict[str, Any]) -> None:
     """render_sse then answer_from_sse is the identity on canonical answers."""
     assert answer_from_sse(operation, render_sse(operation, obj, include_usage=True)) == obj
@@ -54,4 +108,6 @@ def test_incomplete_streams_are_rejected() -> None:
     assert answer_from_sse("chat", b'data: {"error": {"message": "x"}}\n\n' + full) is None
     first = full.split(b"\n\n")[0] + b"\n\ndata: [DONE]\n\n"
     assert answer_from_sse("chat", first) is None
-    assert answer_from_sse("responses", render_sse("responses", RESPONSE, True).rsplit(b"event:", 1)[0]) is None
+    assert (
+        answer_from_sse("responses", render_sse("responses", RESPONSE, True).rsplit(b"event:", 1)[0]) is None
+    )

@@ -32,7 +32,8 @@ class Scripted:
 
 
 def chat(text: str, system: str = "be brief") -> dict[str, Any]:
-    return {"model": "gpt-4o", "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}]}
+    return {"model": "gpt-4o",
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}]}
 
 
 async def policy_with(embedder: Scripted, **cache: Any):  # type: ignore[no-untyped-def]
@@ -51,7 +52,8 @@ async def test_threshold_guards_and_namespace() -> None:
     hit = exchange(st, chat("how can i undo a commit"))
     resp = await policy(hit, up)
     assert hit.record.cache_result == "semantic-hit" and orjson.loads(await drain(resp)) == ANSWER
-    for ex in (exchange(st, chat("how do i not undo a commit")), exchange(st, chat("how can i undo a commit", "x"))):
+    for ex in (exchange(st, chat("how do i not undo a commit")),
+               exchange(st, chat("how can i undo a commit", "x"))):
         await drain(await policy(ex, up))
         assert ex.record.cache_result == "miss"
     assert up.calls == 3
@@ -71,7 +73,8 @@ async def test_embedder_failure_is_a_miss() -> None:
     st, policy = await policy_with(Scripted(fail=True))
     up = Upstream()
     assert orjson.loads(await drain(await policy(exchange(st, chat("something else")), up))) == ANSWER
-    value = st.metrics.registry.get_sample_value("gateway_cache_requests_total", {"kind": "semantic", "result": "error"})
+    value = st.metrics.registry.get_sample_value("gateway_cache_requests_total",
+                                                 {"kind": "semantic", "result": "error"})
     assert value == 1
 
 

@@ -1,4 +1,5 @@
-"""Flights: one call shared by every subscriber, each reading at its own pace, failures never look complete."""
+"""Flights: one call shared by every subscriber, each reading at its own pace, failures never look
+complete."""
 from __future__ import annotations
 
 import asyncio
@@ -10,10 +11,12 @@ from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.singleflight import Flights, TakeOver
 from tests.support.exchange import build_exchange
+from tests.support.until import until
 
 
 def exchange() -> Exchange:
-    return build_exchange(request_id="r", method="POST", path="/", operation="chat", headers=None,  # type: ignore[arg-type]
+    return build_exchange(request_id="r", method="POST", path="/", operation="chat",
+                          headers=None,  # type: ignore[arg-type]
                     raw_body=b"", body={}, received_at=0, deadline=1e9)
 
 
@@ -101,7 +104,5 @@ async def test_last_subscriber_leaving_cancels_the_call() -> None:
     body = resp.body
     assert await body.__anext__() == b"a"
     await body.aclose()  # type: ignore[attr-defined]
-    async with asyncio.timeout(5):
-        while not up.closed:
-            await asyncio.sleep(0.001)
+    await until(lambda: up.closed, timeout=5, interval=0.001)
     assert flights.get("k") is None

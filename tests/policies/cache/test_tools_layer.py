@@ -18,7 +18,9 @@ class Tool:
 
     async def __call__(self, ex: Exchange) -> UpstreamResponse:
         self.calls += 1
-        return UpstreamResponse(200, {"content-type": "application/json"}, body_of([b'{"q":1}']), source=self.source)
+        return UpstreamResponse(
+            200, {"content-type": "application/json"}, body_of([b'{"q":1}']), source=self.source
+        )
 
 
 def tool_ex(st: Any, read: bool, key: str = "sk-a") -> Exchange:

@@ -46,7 +46,9 @@ def tool(call_id: str, content: str) -> Msg:
 
 def blob(seed: int, lines: int) -> str:
     """A JSON-ish tool output of about ``lines * 8`` tokens, different for each seed."""
-    return "\n".join(f'{{"row": {i}, "seed": {seed}, "value": "v{seed}-{i}-xxxxxxxxxx"}}' for i in range(lines))
+    return "\n".join(
+        f'{{"row": {i}, "seed": {seed}, "value": "v{seed}-{i}-xxxxxxxxxx"}}' for i in range(lines)
+    )
 
 
 def agent(steps: int, lines: int = 40, task: str = "Audit the orders.") -> list[Msg]:

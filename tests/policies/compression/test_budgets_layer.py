@@ -93,7 +93,9 @@ async def test_limits_above_the_cap_are_refused_with_on_exceed_reject() -> None:
 
 async def test_shadow_mode_counts_and_changes_nothing() -> None:
     """enforce: false records what would happen under shadow_ labels and sends the request as it is."""
-    policy, st = await policy_for(default_max_tokens=700, max_tokens_cap=1000, on_exceed="reject", enforce=False)
+    policy, st = await policy_for(
+        default_max_tokens=700, max_tokens_cap=1000, on_exceed="reject", enforce=False
+    )
     inner = Recorder()
     for body in (chat(), chat(max_tokens=5000)):
         ex = exchange(st, body)
@@ -105,8 +107,15 @@ async def test_shadow_mode_counts_and_changes_nothing() -> None:
 
 async def test_route_budgets_override_and_other_operations() -> None:
     """A route's block applies to its models; embeddings never get an output limit."""
-    routes = [{"match": {"model": "mini-*"}, "upstream": "mock", "name": "mini", "budgets": {"default_max_tokens": 64}},
-              {"match": {"model": "*"}, "upstream": "mock"}]
+    routes = [
+        {
+            "match": {"model": "mini-*"},
+            "upstream": "mock",
+            "name": "mini",
+            "budgets": {"default_max_tokens": 64},
+        },
+        {"match": {"model": "*"}, "upstream": "mock"},
+    ]
     st = make_state(models={}, routes=routes, budgets={"default_max_tokens": 900})
     policy = await make_budget(st, st.config)
     assert policy is not None

@@ -43,7 +43,8 @@ def exchange(st: AppState, body: dict[str, Any], headers: dict[str, str] | None 
              operation: str = "chat") -> Exchange:
     route = st.runtime.router.resolve(body["model"])
     ex = build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation=operation,
-                  headers=CIMultiDictProxy(CIMultiDict(headers or {})), raw_body=orjson.dumps(body), body=body,
+                  headers=CIMultiDictProxy(CIMultiDict(headers or {})), raw_body=orjson.dumps(body),
+                        body=body,
                   received_at=0.0, deadline=1e12, model=body["model"], upstream="mock",
                   upstream_model=body["model"], route_name=route.label if route else "*")
     ex = replace_route(ex, route)
@@ -85,7 +86,8 @@ async def test_off_when_no_request_can_have_a_budget() -> None:
 
 
 async def test_bad_config_fails_at_start() -> None:
-    """A target outside (0, 1] is refused when the config is loaded (check-config), before any chain is built."""
+    """A target outside (0, 1] is refused when the config is loaded (check-config), before any chain is
+    built."""
     with pytest.raises(ConfigError, match="compression.target"):
         make_state(compression={"target": 0})
 
@@ -126,7 +128,9 @@ async def test_unfittable_request_gets_context_length_exceeded() -> None:
     with pytest.raises(LocalReply) as err:
         await policy(ex, inner)
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
-    assert "20008 prompt tokens" in err.value.message and "16000 tokens of context window" in err.value.message
+    assert (
+        "20008 prompt tokens" in err.value.message and "16000 tokens of context window" in err.value.message
+    )
     assert inner.bodies == []
     assert sample(st, "gateway_compression_rejected_total", route="*") == 1
 
@@ -148,7 +152,8 @@ async def test_shadow_mode_counts_but_sends_as_is() -> None:
     huge = exchange(st, body([user("word " * 20000)]))
     await policy(huge, Recorder())
     assert not big.modified and not huge.modified
-    assert sample(st, "gateway_policy_decisions_total", policy="compression", decision="shadow_compressed") == 1
+    assert sample(st, "gateway_policy_decisions_total", policy="compression",
+                  decision="shadow_compressed") == 1
     assert sample(st, "gateway_policy_decisions_total", policy="compression", decision="shadow_rejected") == 1
     assert sample(st, "gateway_compression_rejected_total", route="*") == 0
 

@@ -92,7 +92,9 @@ def test_clamp_or_reject_above_the_cap() -> None:
     assert clamp.decision == "clamped" and clamp.updates == {"max_tokens": 1000}
     reject = decide(body, "chat", "gpt-4o", BudgetsConfig(max_tokens_cap=1000, on_exceed="reject"), none)
     assert reject.decision == "rejected" and (reject.requested, reject.cap) == (5000, 1000)
-    assert decide({"max_tokens": 1000}, "chat", "m", BudgetsConfig(max_tokens_cap=1000), none).decision == "pass"
+    assert (
+        decide({"max_tokens": 1000}, "chat", "m", BudgetsConfig(max_tokens_cap=1000), none).decision == "pass"
+    )
 
 
 def test_class_fills_instead_of_default() -> None:

@@ -58,9 +58,13 @@ def conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 @st.composite
 def plans(draw: st.DrawFn, total: int) -> Plan:
-    return Plan(budget=int(total * draw(st.floats(0.05, 1.2))), tool_output_max_tokens=draw(st.integers(64, 600)),
-                keep_last_turns=draw(st.integers(1, 6)), min_saving_tokens=draw(st.integers(0, 400)),
-                stable_prefix=draw(st.booleans()))
+    return Plan(
+        budget=int(total * draw(st.floats(0.05, 1.2))),
+        tool_output_max_tokens=draw(st.integers(64, 600)),
+        keep_last_turns=draw(st.integers(1, 6)),
+        min_saving_tokens=draw(st.integers(0, 400)),
+        stable_prefix=draw(st.booleans()),
+    )
 
 
 def last_turn_messages(messages: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
@@ -100,7 +104,9 @@ def check(messages: list[dict[str, Any]], plan: Plan, make_meter: Any) -> None:
         assert again.messages is out and not again.changed
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(data=st.data())
 def test_compression_properties(data: st.DataObject) -> None:
     """Fits or is rejected, pairs tool calls, keeps what must survive, deterministic and idempotent."""
@@ -111,7 +117,9 @@ def test_compression_properties(data: st.DataObject) -> None:
 TOKENIZER = Tokenizer()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(data=st.data())
 def test_compression_properties_with_real_token_counts(data: st.DataObject) -> None:
     """The same properties hold with tiktoken counts (exact totals after truncation included)."""

@@ -21,7 +21,8 @@ def test_prune_drops_oldest_turns_and_marks_the_gap() -> None:
     assert out[:2] == messages[:2] and out[-4:] == messages[-4:]
     assert m.total(out) <= m.total(messages) // 2
     marker = out[2]
-    assert marker["role"] == "user" and "earlier turns" in marker["content"]  # next kept message is an assistant
+    # next kept message is an assistant
+    assert marker["role"] == "user" and "earlier turns" in marker["content"]
     dropped = (len(messages) - len(out) + 1) // 2
     assert f"{dropped} earlier turns" in marker["content"]
     assert tool_call_problems(out) == []
@@ -97,7 +98,8 @@ def grow(stable: bool) -> tuple[int, int]:
         messages = full[:end]
         out = prune(messages, layout(messages), spec(budget, keep=2, stable=stable), m)
         assert out is not None and m.total(out) <= budget
-        cuts.append(next(i for i, x in enumerate(messages) if x is out[3]))  # first kept message after the marker
+        # first kept message after the marker
+        cuts.append(next(i for i, x in enumerate(messages) if x is out[3]))
     return len(cuts), len(set(cuts))
 
 

@@ -29,8 +29,12 @@ def test_normalise_collapses_whitespace_runs_but_keeps_indentation() -> None:
 
 def test_normalise_drops_paragraphs_repeated_across_prompts() -> None:
     """An instruction block already given is dropped; a prompt left empty is dropped whole."""
-    messages = [system("Be brief.\n\nAnswer in JSON."), system("Answer   in JSON.\n\nUse EUR.", role="developer"),
-                system("Be brief."), user("Be brief.")]
+    messages = [
+        system("Be brief.\n\nAnswer in JSON."),
+        system("Answer   in JSON.\n\nUse EUR.", role="developer"),
+        system("Be brief."),
+        user("Be brief."),
+    ]
     out = normalise(messages)
     assert [m["content"] for m in out] == ["Be brief.\n\nAnswer in JSON.", "Use EUR.", "Be brief."]
     assert out[1]["role"] == "developer"
@@ -46,7 +50,10 @@ def test_normalise_keeps_fenced_code_verbatim() -> None:
 def test_normalise_handles_text_parts_and_leaves_clean_prompts_alone() -> None:
     """Content parts are normalised part by part; an already clean prompt is the same object."""
     clean = system("Be brief.")
-    parts = {"role": "system", "content": [{"type": "text", "text": "Be  brief."}, {"type": "text", "text": "Be brief."}]}
+    parts = {
+        "role": "system",
+        "content": [{"type": "text", "text": "Be  brief."}, {"type": "text", "text": "Be brief."}],
+    }
     out = normalise([clean, parts])
     assert out[0] is clean
     assert len(out) == 1  # every paragraph of the second prompt repeats the first
@@ -62,7 +69,9 @@ def test_normalise_is_idempotent() -> None:
 
 def test_head_tail_keeps_both_ends_and_reports_the_cut(tok: Tokenizer) -> None:
     """The cut output fits, starts and ends like the original and says how many tokens were cut."""
-    text = json.dumps({"rows": [{"i": i, "v": "x" * 30} for i in range(400)], "next_cursor": "cur_42"}, indent=1)
+    text = json.dumps(
+        {"rows": [{"i": i, "v": "x" * 30} for i in range(400)], "next_cursor": "cur_42"}, indent=1
+    )
     count = partial(tok.count_text, "gpt-4o")
     total = count(text)
     out, tokens = head_tail(text, total, 500, count)
@@ -76,7 +85,9 @@ def test_head_tail_keeps_both_ends_and_reports_the_cut(tok: Tokenizer) -> None:
 def test_head_tail_cuts_at_line_breaks() -> None:
     """Head and tail are whole lines when the text has lines."""
     out, _ = head_tail(blob(1, 200), count_chars(blob(1, 200)), 300, count_chars)
-    head, tail = re.split(r"\n\n\[\.\.\. gateway: \d+ tokens of this tool output were cut here \.\.\.\]\n\n", out)
+    head, tail = re.split(
+        r"\n\n\[\.\.\. gateway: \d+ tokens of this tool output were cut here \.\.\.\]\n\n", out
+    )
     assert head.endswith("}\n") and tail.startswith("{")
 
 
@@ -108,7 +119,14 @@ def test_truncate_joins_text_parts_and_skips_images() -> None:
 def test_dedupe_replaces_repeats_by_a_reference_to_the_first() -> None:
     """The second and third identical outputs point at the first call; the first stays whole."""
     out_text = blob(7, 20)
-    messages = [call("a"), tool("a", out_text), call("b"), tool("b", out_text), call("c"), tool("c", out_text)]
+    messages = [
+        call("a"),
+        tool("a", out_text),
+        call("b"),
+        tool("b", out_text),
+        call("c"),
+        tool("c", out_text),
+    ]
     out = dedupe(messages, count_chars)
     assert out[1] is messages[1]
     assert out[3]["content"] == out[5]["content"] == markers.duplicate_of("a")

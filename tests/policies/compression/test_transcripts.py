@@ -27,8 +27,10 @@ def load(kind: str) -> dict[str, Any]:
 
 
 def text_of(messages: Any) -> str:
-    return "\n".join((m.get("content") or "") + "".join(c["function"]["arguments"] for c in m.get("tool_calls") or [])
-                     for m in messages)
+    return "\n".join(
+        (m.get("content") or "") + "".join(c["function"]["arguments"] for c in m.get("tool_calls") or [])
+        for m in messages
+    )
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -18,8 +18,16 @@ def test_chat_turns_pair_each_user_message_with_its_answer() -> None:
 
 def test_agent_turn_holds_the_call_and_all_its_answers() -> None:
     """An assistant tool_calls message and the tool messages after it are one turn."""
-    messages = [system("s"), user("task"), call("a", "b"), tool("a", "x"), tool("b", "y"), call("c"), tool("c", "z"),
-                assistant("done")]
+    messages = [
+        system("s"),
+        user("task"),
+        call("a", "b"),
+        tool("a", "x"),
+        tool("b", "y"),
+        call("c"),
+        tool("c", "z"),
+        assistant("done"),
+    ]
     assert spans(messages) == (2, [(2, 5), (5, 7), (7, 8)])
 
 
@@ -47,7 +55,9 @@ def test_prunable_excludes_the_last_turns() -> None:
 
 def test_pairing_check_accepts_a_valid_agent_conversation() -> None:
     """Calls answered right after their assistant message are fine."""
-    assert tool_call_problems([user("t"), call("a", "b"), tool("b", "1"), tool("a", "2"), assistant("ok")]) == []
+    assert (
+        tool_call_problems([user("t"), call("a", "b"), tool("b", "1"), tool("a", "2"), assistant("ok")]) == []
+    )
 
 
 def test_pairing_check_finds_orphans_and_unanswered_calls() -> None:

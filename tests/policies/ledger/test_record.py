@@ -11,10 +11,30 @@ from policies.ledger.record import COLUMNS, UsageRecord, aggregate, percentile, 
 
 
 def rec(**kw: object) -> UsageRecord:
-    base = {"ts": 100.0, "request_id": "r", "tenant": "acme", "route": "main", "model": "gpt-4o", "requested_model": "gpt-4o",
-                "upstream": "mock", "operation": "chat", "stream": True, "prompt": 10, "completion": 5, "cached": 2, "reasoning": 1,
-                "estimated": False, "duration_s": 1.0, "ttft_s": 0.2, "cache_result": "none", "source": "upstream", "attempts": 1,
-                "status": 200, "cost_usd": 0.01, "error": ""}
+    base = {
+        "ts": 100.0,
+        "request_id": "r",
+        "tenant": "acme",
+        "route": "main",
+        "model": "gpt-4o",
+        "requested_model": "gpt-4o",
+        "upstream": "mock",
+        "operation": "chat",
+        "stream": True,
+        "prompt": 10,
+        "completion": 5,
+        "cached": 2,
+        "reasoning": 1,
+        "estimated": False,
+        "duration_s": 1.0,
+        "ttft_s": 0.2,
+        "cache_result": "none",
+        "source": "upstream",
+        "attempts": 1,
+        "status": 200,
+        "cost_usd": 0.01,
+        "error": "",
+    }
     base.update(kw)
     return UsageRecord(**base)  # type: ignore[arg-type]
 
@@ -26,7 +46,14 @@ def test_record_of_exchange(make_exchange: Callable[..., Exchange]) -> None:
                        stream_outcome="client_gone")
     ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=50.0))
     r = record_of(ex, wall_now=1000.0, cost=0.25)
-    assert (r.ts, r.duration_s, r.ttft_s, r.prompt, r.completion, r.estimated) == (997.5, 2.5, 0.5, 9, 3, True)
+    assert (r.ts, r.duration_s, r.ttft_s, r.prompt, r.completion, r.estimated) == (
+        997.5,
+        2.5,
+        0.5,
+        9,
+        3,
+        True,
+    )
     assert (r.tenant, r.route, r.attempts, r.cost_usd, r.error) == ("acme", "main", 1, 0.25, "client_gone")
     assert UsageRecord.from_row(r.as_row()) == r and len(r.as_row()) == len(COLUMNS)
 
@@ -38,8 +65,12 @@ def test_aggregate_totals_and_percentiles() -> None:
                 rec(source="cache", cache_result="hit", prompt=7, completion=3)]
     groups = {g["key"]: g for g in aggregate(records, "tenant")}
     acme = groups["acme"]
-    assert (acme["requests"], acme["prompt_tokens"], acme["completion_tokens"], acme["cached_prompt_tokens"]) == \
-        (21, 200, 100, 40)
+    assert (
+        acme["requests"],
+        acme["prompt_tokens"],
+        acme["completion_tokens"],
+        acme["cached_prompt_tokens"],
+    ) == (21, 200, 100, 40)
     assert (acme["cache_hits"], acme["tokens_saved"], acme["cost_usd"]) == (1, 10, pytest.approx(0.2))
     assert (acme["latency_p50_s"], acme["latency_p95_s"]) == (10.0, 19.0)
     assert groups["beta"]["errors"] == 1 and groups["beta"]["ttft_p50_s"] is None

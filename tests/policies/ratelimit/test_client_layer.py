@@ -1,4 +1,5 @@
-"""The client rate limit policy: 429 at once with OpenAI headers, slots held to the stream's end, reconcile."""
+"""The client rate limit policy: 429 at once with OpenAI headers, slots held to the stream's end,
+reconcile."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
@@ -62,11 +63,14 @@ def freeze(st: AppState) -> FrozenClock:
 
 
 def exchange(st: AppState, body: dict[str, Any] | None = None, key: str = KEY, **kw: Any) -> Exchange:
-    body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 50}
+    body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}],
+                    "max_tokens": 50}
     headers = CIMultiDictProxy(CIMultiDict({"authorization": f"Bearer {key}", **kw.pop("headers", {})}))
     identity = st.runtime.auth.identify(headers)
-    ex = build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat", headers=headers,
-                  raw_body=orjson.dumps(body), body=body, received_at=0.0, deadline=st.clock() + 600, model="gpt-4o",
+    ex = build_exchange(request_id="r", method="POST", path="/v1/chat/completions", operation="chat",
+                        headers=headers,
+                  raw_body=orjson.dumps(body), body=body, received_at=0.0, deadline=st.clock() + 600,
+                        model="gpt-4o",
                   upstream="mock", upstream_model="gpt-4o", identity=identity,
                   stream=body.get("stream") is True, upstream_path="/chat/completions", **kw)
     return ex
@@ -150,7 +154,8 @@ async def test_over_the_limit_gets_429_with_openai_headers() -> None:
     assert reply.headers["x-ratelimit-limit-tokens"] == "10000"
     assert int(reply.headers["x-ratelimit-remaining-tokens"]) >= 9_970
     assert len(nxt.calls) == 2  # type: ignore[attr-defined]
-    assert sample(st, "gateway_rate_limit_decisions_total", scope="client", limit="rpm", decision="rejected") == 1
+    assert sample(st, "gateway_rate_limit_decisions_total", scope="client", limit="rpm",
+                  decision="rejected") == 1
     assert sample(st, "gateway_policy_decisions_total", policy="rate_limit_client", decision="allowed") == 2
 
 

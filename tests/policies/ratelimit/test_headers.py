@@ -4,8 +4,16 @@ from __future__ import annotations
 from policies.ratelimit.headers import client_headers, format_duration, reset_s, retry_after_value
 from policies.ratelimit.model import NEVER, Limit, LimitSet, Verdict
 
-LS = LimitSet("client", "c:t:x", "t", (Limit("rpm", "bucket", 60.0, 1.0), Limit("tpm", "bucket", 6000.0, 100.0, True),
-                                      Limit("daily_tokens", "day", 1e6, tokens=True)))
+LS = LimitSet(
+    "client",
+    "c:t:x",
+    "t",
+    (
+        Limit("rpm", "bucket", 60.0, 1.0),
+        Limit("tpm", "bucket", 6000.0, 100.0, True),
+        Limit("daily_tokens", "day", 1e6, tokens=True),
+    ),
+)
 
 
 def test_format_duration_like_openai() -> None:

@@ -97,7 +97,8 @@ async def test_gives_up_at_its_deadline() -> None:
 
 
 async def test_hopeless_requests_are_refused_at_once() -> None:
-    """A predicted wait beyond the give-up time, or a request larger than the bucket, fails without waiting."""
+    """A predicted wait beyond the give-up time, or a request larger than the bucket, fails without
+    waiting."""
     loop = asyncio.get_running_loop()
     q = make_queue()
     with pytest.raises(Rejected) as info:

@@ -22,7 +22,8 @@ class Tok:
         return 100
 
     def max_output_tokens(self, body: dict[str, Any]) -> int | None:
-        values = [v for k in ("max_tokens", "max_completion_tokens", "max_output_tokens") if isinstance(v := body.get(k), int)]
+        values = [v for k in ("max_tokens", "max_completion_tokens",
+                              "max_output_tokens") if isinstance(v := body.get(k), int)]
         return max(values) if values else None
 
 
@@ -52,7 +53,8 @@ def grant(tokens: int = 600, prompt: int = 100) -> Grant:
 ])
 def test_estimate(make_exchange: Callable[..., Exchange], operation: str, body: dict[str, Any],
                   expected: int) -> None:
-    """Prompt plus the largest output limit (a default when none; times n choices); embeddings: prompt only."""
+    """Prompt plus the largest output limit (a default when none; times n choices); embeddings: prompt
+    only."""
     ex = make_exchange(body, operation=operation)
     assert estimate(St(), ex, 1024) == (100, expected)  # type: ignore[arg-type]
     assert ex.record.prompt_tokens == 100  # memoised for every other feature

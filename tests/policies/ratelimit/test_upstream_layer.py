@@ -119,7 +119,8 @@ async def test_shadow_mode_never_queues_or_refuses() -> None:
 
 
 async def test_each_attempt_is_admitted_but_tokens_counted_once() -> None:
-    """A retried exchange takes a request per attempt; gateway_tokens_reserved_total counts the request once."""
+    """A retried exchange takes a request per attempt; gateway_tokens_reserved_total counts the request
+    once."""
     policy, st = await policy_for(rpm=100, tpm=100_000, headroom=1.0)
     freeze(st)
     ex = exchange(st)
@@ -132,7 +133,8 @@ async def test_each_attempt_is_admitted_but_tokens_counted_once() -> None:
 
 
 async def test_headroom_too_large_and_queue_full() -> None:
-    """Limits apply at headroom x quota; a request bigger than the bucket or a full queue is refused at once."""
+    """Limits apply at headroom x quota; a request bigger than the bucket or a full queue is refused at
+    once."""
     policy, st = await policy_for(rpm=10, tpm=200, headroom=0.5, max_queue=0, max_queue_wait_s=60)
     freeze(st)
     nxt = answering([usage_body(1, 1)])

@@ -26,7 +26,8 @@ def config(open_s: float = 30.0):  # type: ignore[no-untyped-def]
 
 def state():  # type: ignore[no-untyped-def]
     now = [50.0]
-    return SimpleNamespace(components=LayerState(), finalizers=[], metrics=Metrics(), clock=lambda: now[0], sinks=[]), now
+    return SimpleNamespace(components=LayerState(), finalizers=[], metrics=Metrics(), clock=lambda: now[0],
+                           sinks=[]), now
 
 
 def test_breakers_for_every_upstream_and_tool(caplog: pytest.LogCaptureFixture) -> None:
@@ -72,10 +73,12 @@ def test_mid_stream_timeouts_counted_at_finish() -> None:
     st, _ = state()
     res = resilience_of(st, config())
     assert st.sinks == [res.on_finished]
-    cut = build_exchange(error_kind="idle_timeout", stream_outcome="error_event", operation="chat", upstream="a")
+    cut = build_exchange(error_kind="idle_timeout", stream_outcome="error_event", operation="chat",
+                         upstream="a")
     before = build_exchange(error_kind="timeout_before_first_byte", stream_outcome="", operation="chat",
                             upstream="a")  # counted by the retry policy, not here
-    tool = build_exchange(error_kind="total_timeout", stream_outcome="cut", operation="tool", upstream="quotes")
+    tool = build_exchange(error_kind="total_timeout", stream_outcome="cut", operation="tool",
+                          upstream="quotes")
     for ex in (cut, before, tool):
         res.on_finished(ex)
     sample = st.metrics.registry.get_sample_value

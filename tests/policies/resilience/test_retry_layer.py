@@ -22,6 +22,7 @@ from policies.resilience.registry import Resilience
 from policies.resilience.retry_layer import RetryPolicy
 from policies.resilience.targets import RoutePlanner
 from tests.support.exchange import build_exchange, replace_route
+from tests.support.until import until
 
 ROLE = b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
 TEXT = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\n'
@@ -381,8 +382,7 @@ async def test_cancel_during_backoff_makes_no_more_attempts() -> None:
 
     h.policy.sleep = forever
     task = asyncio.create_task(h.chain(h.exchange()))
-    while not first.body.closed:
-        await asyncio.sleep(0)
+    await until(lambda: first.body.closed, interval=0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -399,8 +399,7 @@ async def test_cancel_while_peeking_frees_the_probe() -> None:
     h.scripts["a"] = [stalled]
     ex = h.exchange(stream=True)
     task = asyncio.create_task(h.chain(ex))
-    while not h.calls:
-        await asyncio.sleep(0)
+    await until(lambda: bool(h.calls), interval=0)
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

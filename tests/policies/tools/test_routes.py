@@ -101,8 +101,8 @@ async def test_no_fallback_or_healthy_passes_through() -> None:
 
 
 def app_state() -> SimpleNamespace:
-    return SimpleNamespace(components=LayerState(), finalizers=[], metrics=Metrics(), clock=lambda: 0.0, tools={}, closers=[],
-                           sinks=[])
+    return SimpleNamespace(components=LayerState(), finalizers=[], metrics=Metrics(), clock=lambda: 0.0,
+                           tools={}, closers=[], sinks=[])
 
 
 def tools_config(**quotes: Any):  # type: ignore[no-untyped-def]
@@ -122,7 +122,9 @@ async def test_factory_installs_handler_and_reuses_clients_on_reload() -> None:
     await factory(st, tools_config(read_only=True))  # type: ignore[arg-type]
     assert st.tools["news"] is news and st.tools["quotes"] is not quotes
     assert st.components[TOOL_HANDLER] is not handler and len(st.closers) == 3
-    await factory(st, parse_config({"upstreams": {"u": {"base_url": "http://127.0.0.1:9"}}}, {}))  # type: ignore[arg-type]
+    await factory(st,
+                  parse_config({"upstreams": {"u": {"base_url": "http://127.0.0.1:9"}}},
+                               {}))  # type: ignore[arg-type]
     assert TOOL_HANDLER not in st.components
     for close in st.closers:
         await close()

@@ -70,10 +70,12 @@ async def test_an_attempt_that_never_left_has_no_attempt(tracing: Any) -> None:
 
 
 async def _ok(ex: Exchange) -> UpstreamResponse:
-    ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="ok", status=200))
+    ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="ok",
+                                      status=200))
     return UpstreamResponse(status=200, headers={}, body=OneChunk(b"{}"))
 
 
 async def _fails(ex: Exchange) -> UpstreamResponse:
-    ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1, outcome="connect_error"))
+    ex.record.attempts.append(Attempt(upstream="mock", model="gpt-4o", started=0.0, ended=0.1,
+                                      outcome="connect_error"))
     raise UpstreamFailure("connect_error", "down", upstream="mock")

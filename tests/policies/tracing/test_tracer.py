@@ -1,4 +1,6 @@
-"""Tracing: off by default, W3C context continued and propagated, GenAI attributes, content only when asked."""
+"""Tracing: off by default, W3C context continued and propagated, GenAI attributes,
+content only when asked."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -61,7 +63,8 @@ def test_request_and_attempt_spans(make_exchange: Callable[..., Exchange]) -> No
     ex.record.attempts.append(attempt)
     ex.state[ATTEMPTS_KEY] = [(attempt_span, attempt)]
     ex.record.status, ex.record.ended_at, ex.record.first_token_at = 200, 101.0, 100.5
-    ex.record.usage, ex.record.finish_reasons, ex.record.response_model = Usage(prompt=11, completion=7), ["stop"], "gpt-4o-2024"
+    ex.record.usage = Usage(prompt=11, completion=7)
+    ex.record.finish_reasons, ex.record.response_model = ["stop"], "gpt-4o-2024"
     t.finish(ex)
     spans = {s.kind.name: s for s in t.exporter.get_finished_spans()}  # type: ignore[attr-defined]
     server, client = spans["SERVER"], spans["CLIENT"]

@@ -41,7 +41,8 @@ def words_of(text: str) -> list[str]:
     return [parts[0]] + [" " + p for p in parts[1:]]
 
 
-def test_stream_without_usage_is_estimated(tokenizer: Tokenizer, make_exchange: Callable[..., Exchange]) -> None:
+def test_stream_without_usage_is_estimated(tokenizer: Tokenizer,
+                                           make_exchange: Callable[..., Exchange]) -> None:
     """Prompt from the request, completion from the produced deltas, both with the real tokenizer, marked."""
     ex = make_exchange(status=200)
     ex.state[CAPTURE_KEY] = sse_capture(words_of(TEXT))
@@ -60,10 +61,13 @@ def test_escaped_text_is_unescaped(tokenizer: Tokenizer, make_exchange: Callable
     make_finalizer(state(tokenizer))(ex)
     enc = tokenizer.encoding("o200k_base")
     assert ex.record.usage is not None
-    assert ex.record.usage.completion == len(enc.encode_ordinary('say "hi"\n')) + len(enc.encode_ordinary("caf\u00e9 \u2603"))
+    assert ex.record.usage.completion == len(enc.encode_ordinary('say "hi"\n')) + len(
+        enc.encode_ordinary("caf\u00e9 \u2603")
+    )
 
 
-def test_non_stream_answer_without_usage(tokenizer: Tokenizer, make_exchange: Callable[..., Exchange]) -> None:
+def test_non_stream_answer_without_usage(tokenizer: Tokenizer,
+                                         make_exchange: Callable[..., Exchange]) -> None:
     """A JSON answer is parsed once; message content and tool arguments are counted."""
     ex = make_exchange(status=200)
     cap = Capture(sse=False)
@@ -79,7 +83,8 @@ def test_non_stream_answer_without_usage(tokenizer: Tokenizer, make_exchange: Ca
     assert ex.record.usage.completion == len(enc.encode_ordinary(TEXT)) + len(enc.encode_ordinary('{"a": 1}'))
 
 
-def test_reported_usage_is_kept_and_priced(tokenizer: Tokenizer, make_exchange: Callable[..., Exchange]) -> None:
+def test_reported_usage_is_kept_and_priced(tokenizer: Tokenizer,
+                                           make_exchange: Callable[..., Exchange]) -> None:
     """Provider usage is never replaced; cost uses the served model's price."""
     ex = make_exchange(status=200, usage=Usage(prompt=1000, completion=100))
     make_finalizer(state(tokenizer, {"gpt-4o": PriceConfig(input=2.0, output=8.0)}))(ex)
@@ -89,7 +94,8 @@ def test_reported_usage_is_kept_and_priced(tokenizer: Tokenizer, make_exchange: 
 
 @pytest.mark.parametrize("kw", [{"status": 429}, {"status": 200, "source": "cache"}, {"status": 502},
                                 {"status": 200, "operation": "passthrough"}])
-def test_not_charged(tokenizer: Tokenizer, make_exchange: Callable[..., Exchange], kw: dict[str, Any]) -> None:
+def test_not_charged(tokenizer: Tokenizer, make_exchange: Callable[..., Exchange],
+                     kw: dict[str, Any]) -> None:
     """Errors, cache answers and non-LLM requests are not estimated or priced."""
     ex = make_exchange(**kw)
     make_finalizer(state(tokenizer, {"gpt-4o": PriceConfig(input=1.0)}))(ex)
