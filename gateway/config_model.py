@@ -19,6 +19,7 @@ from policies.compression.config import CompressionConfig
 from policies.ledger.config import LedgerConfig
 from policies.ratelimit.config import RateLimitConfig
 from policies.resilience.config import CircuitBreakerConfig, RetryConfig
+from policies.mcp.config import McpConfig
 from policies.tools.config import ToolConfig
 from policies.tracing.config import TracingConfig
 from policies.usage.config import PriceConfig
@@ -150,3 +151,4 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     pricing: dict[str, PriceConfig] = field(default_factory=dict)
     tools: dict[str, ToolConfig] = field(default_factory=dict)
+    mcp: McpConfig = field(default_factory=McpConfig)

@@ -11,6 +11,7 @@ from gateway.config_model import Config
 from policies.cache import validate as cache
 from policies.compression import budgets_validate as budgets
 from policies.compression import validate as compression
+from policies.mcp import validate as mcp
 from policies.ratelimit import validate as ratelimit
 from policies.resilience import validate as resilience
 from policies.tools import validate as tools
@@ -18,4 +19,5 @@ from policies.tools import validate as tools
 ConfigCheck = Callable[[Config], list[str]]
 FEATURE_CHECKS: Sequence[ConfigCheck] = (
     ratelimit.problems, resilience.problems, cache.problems, compression.problems, budgets.problems, tools.problems,
+    mcp.problems,
 )
