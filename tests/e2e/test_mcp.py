@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 import pytest_asyncio
 from mcp.client.session import ClientSession
@@ -172,3 +173,15 @@ async def test_metrics_and_credentials(mcp_gateway: InProcessGateway, mcp_server
     assert 'gateway_mcp_requests_total{method="tools/call",outcome="ok",server="quotes",tool="get_quote"}' in text
     assert 'gateway_mcp_cache_total{kind="catalog",result="hit",server="quotes"}' in text
     assert "server-secret" not in text
+
+
+async def test_cancellation_and_session_end(mcp_gateway: InProcessGateway, mcp_server: McpServerThread) -> None:
+    """A cancelled call is cancelled at the server; leaving the session sends DELETE through the gateway."""
+    async with mcp_session(mcp_gateway.url + "/mcp/quotes") as session:
+        with anyio.move_on_after(0.3):  # the SDK sends notifications/cancelled for the abandoned request
+            await session.call_tool("sleepy", {"seconds": 0.4})
+        await until(lambda: mcp_server.calls["sleepy"] == 1)
+        assert dump(await session.call_tool("lookup", {"key": "k"}))["is_error"] is False  # still usable
+    async with aiohttp.ClientSession() as http, http.get(mcp_gateway.url + "/metrics") as resp:
+        text = await resp.text()
+    assert 'method="DELETE"' in text and 'method="notifications/cancelled"' in text
