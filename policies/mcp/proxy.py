@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gateway.appstate import AppState
 from gateway.errors import LocalReply
@@ -214,7 +215,20 @@ class McpGateway:
         timeout = override.timeout_s if override and override.timeout_s else cfg.timeouts.total_s
         call.deadline = call.started + timeout
         store = self._store_result(call, key, ttl if call.safety == "read_only" else 0.0)
-        return await self._forward_call(request, call, store)
+        tracing = self.st.tracer
+        if tracing is None:
+            return await self._forward_call(request, call, store)
+        span = tracing.tracer.start_span(
+            f"execute_tool {tool[:64]}", context=tracing.propagator.extract(request.headers), kind=SpanKind.INTERNAL,
+            attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool[:64],
+                        "mcp.server": server.name, "mcp.tool.safety": call.safety})
+        try:
+            return await self._forward_call(request, call, store)
+        finally:
+            span.set_attribute("mcp.outcome", call.outcome)
+            if call.outcome not in ("ok", "cached"):
+                span.set_status(Status(StatusCode.ERROR, call.outcome))
+            span.end()
 
     def _store_result(self, call: Call, key: tuple[str, ...], ttl: float) -> Callable[[Any], None]:
         def tap(message: Any) -> None:
@@ -230,6 +244,7 @@ class McpGateway:
         return tap
 
     def _done(self, call: Call, outcome: str) -> None:
+        call.outcome = outcome
         tool = call.server.tool_label(call.msg.tool)
         self.metrics.done(call.server.name, call.msg.method or "", tool, outcome, self.st.clock() - call.started)
         if call.msg.method == "tools/call":

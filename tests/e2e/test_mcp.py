@@ -1,7 +1,7 @@
 """MCP tool providers end to end: the official SDK client, through the gateway and directly, to an SDK server."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +33,10 @@ def mcp_server() -> Any:
 
 @pytest_asyncio.fixture
 async def mcp_gateway(make_gateway: Any, mcp_server: McpServerThread) -> InProcessGateway:
+    return await start_mcp_gateway(make_gateway, mcp_server)
+
+
+async def start_mcp_gateway(make_gateway: Any, mcp_server: McpServerThread, **extra: Any) -> InProcessGateway:
     await until(lambda: mcp_server.server.started, message="the MCP server did not start")
     mcp_server.calls.clear()
     mcp_server.gate.clear()
@@ -46,7 +50,7 @@ async def mcp_gateway(make_gateway: Any, mcp_server: McpServerThread) -> InProce
         "down": {"url": dead, "retry": {"max_attempts": 1},
                  "circuit_breaker": {"consecutive_failures": 2, "open_s": 0.3, "max_open_s": 0.3}},
         "private": {"url": mcp_server.url, "tenants": ["nobody"]},
-    }})
+    }}, **extra)
     return gw
 
 
@@ -185,3 +189,13 @@ async def test_cancellation_and_session_end(mcp_gateway: InProcessGateway, mcp_s
     async with aiohttp.ClientSession() as http, http.get(mcp_gateway.url + "/metrics") as resp:
         text = await resp.text()
     assert 'method="DELETE"' in text and 'method="notifications/cancelled"' in text
+
+
+async def test_tool_call_span(make_gateway: Any, mcp_server: McpServerThread) -> None:
+    gw = await start_mcp_gateway(make_gateway, mcp_server, tracing={"enabled": True, "exporter": "memory"})
+    async with mcp_session(gw.url + "/mcp/quotes") as session:
+        await session.call_tool("get_quote", {"symbol": "IBM"})
+    spans = [s for s in gw.state.tracer.exporter.get_finished_spans() if s.name.startswith("execute_tool")]
+    assert [s.name for s in spans] == ["execute_tool get_quote"]
+    assert spans[0].attributes["gen_ai.operation.name"] == "execute_tool"
+    assert spans[0].attributes["gen_ai.tool.name"] == "get_quote"
