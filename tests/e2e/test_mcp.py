@@ -47,7 +47,7 @@ async def start_mcp_gateway(make_gateway: Any, mcp_server: McpServerThread, **ex
                    "tools": {"sleepy": {"timeout_s": 0.5,
                                         "fallback_result": {"text": "Quotes are unavailable right now."}},
                              "get_quote": {"cache_ttl_s": 30}}},
-        "down": {"url": dead, "retry": {"max_attempts": 1},
+        "down": {"url": dead, "retry": {"max_attempts": 1}, "tools": {"spare": {"fallback_result": {"text": "later"}}},
                  "circuit_breaker": {"consecutive_failures": 2, "open_s": 0.3, "max_open_s": 0.3}},
         "private": {"url": mcp_server.url, "tenants": ["nobody"]},
     }}, **extra)
@@ -199,3 +199,12 @@ async def test_tool_call_span(make_gateway: Any, mcp_server: McpServerThread) ->
     assert [s.name for s in spans] == ["execute_tool get_quote"]
     assert spans[0].attributes["gen_ai.operation.name"] == "execute_tool"
     assert spans[0].attributes["gen_ai.tool.name"] == "get_quote"
+
+
+async def test_fallback_header_on_a_dead_server(mcp_gateway: InProcessGateway) -> None:
+    body = {**CALL, "params": {"name": "spare", "arguments": {}}}
+    status, headers, answer = await raw_call(mcp_gateway, "down", body,
+                                             headers={"Authorization": "Bearer client-secret"})
+    assert status == 200 and headers["x-gateway-fallback"] == "true"
+    assert answer == {"jsonrpc": "2.0", "id": 7,
+                      "result": {"content": [{"type": "text", "text": "later"}], "isError": True}}
