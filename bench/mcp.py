@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--seconds", type=float, default=3.0)
     ns = args.parse_args(argv)
     port = free_port()
-    code = ("import time\nfrom tests.support import mcp_server as m\nm.free_port = lambda: %d\n"
-            "s = m.McpServerThread(); s.start()\nwhile True: time.sleep(1)\n" % port)
+    code = (f"import time\nfrom tests.support import mcp_server as m\nm.free_port = lambda: {port}\n"
+            "s = m.McpServerThread(); s.start()\nwhile True: time.sleep(1)\n")
     server = subprocess.Popen([sys.executable, "-c", code])
     mcp_url = f"http://127.0.0.1:{port}/mcp"
     gw = spawn_gateway(gateway_config("http://127.0.0.1:9/v1", mcp={"servers": {"quotes": {"url": mcp_url}}}))

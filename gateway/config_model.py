@@ -17,9 +17,9 @@ from policies.cache.config import CacheConfig
 from policies.compression.budgets_config import BudgetsConfig
 from policies.compression.config import CompressionConfig
 from policies.ledger.config import LedgerConfig
+from policies.mcp.config import McpConfig
 from policies.ratelimit.config import RateLimitConfig
 from policies.resilience.config import CircuitBreakerConfig, RetryConfig
-from policies.mcp.config import McpConfig
 from policies.tools.config import ToolConfig
 from policies.tracing.config import TracingConfig
 from policies.usage.config import PriceConfig

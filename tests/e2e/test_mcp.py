@@ -66,10 +66,10 @@ def dump(result: Any) -> Any:
 
 
 async def scenario(session: ClientSession) -> dict[str, Any]:
-    progress: list[float] = []
+    seen: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     tools = await session.list_tools()
     return {
@@ -79,7 +79,7 @@ async def scenario(session: ClientSession) -> dict[str, Any]:
         "write": dump(await session.call_tool("place_order", {"symbol": "IBM", "qty": 2})),
         "structured": dump(await session.call_tool("stats", {"symbol": "IBM"})),
         "progress": dump(await session.call_tool("slow_count", {"n": 3}, progress_callback=on_progress)),
-        "progress_seen": list(progress),
+        "progress_seen": list(seen),
         "error": dump(await session.call_tool("boom", {})),
         "ping": dump(await session.send_ping()),
     }
@@ -195,7 +195,10 @@ async def test_tool_call_span(make_gateway: Any, mcp_server: McpServerThread) ->
     gw = await start_mcp_gateway(make_gateway, mcp_server, tracing={"enabled": True, "exporter": "memory"})
     async with mcp_session(gw.url + "/mcp/quotes") as session:
         await session.call_tool("get_quote", {"symbol": "IBM"})
-    spans = [s for s in gw.state.tracer.exporter.get_finished_spans() if s.name.startswith("execute_tool")]
+    tracing = gw.state.tracer
+    assert tracing is not None
+    exporter: Any = tracing.exporter
+    spans = [s for s in exporter.get_finished_spans() if s.name.startswith("execute_tool")]
     assert [s.name for s in spans] == ["execute_tool get_quote"]
     assert spans[0].attributes["gen_ai.operation.name"] == "execute_tool"
     assert spans[0].attributes["gen_ai.tool.name"] == "get_quote"

@@ -28,17 +28,17 @@ class Stats(BaseModel):
 def build(calls: Counter[str], gate: dict[str, Any]) -> MCPServer:
     server = MCPServer("quotes")
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     def get_quote(symbol: str) -> str:
         calls["get_quote"] += 1
         return f"{symbol}: 42.0"
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True))
     def place_order(symbol: str, qty: int) -> str:
         calls["place_order"] += 1
         return f"ordered {qty} {symbol}"
 
-    @server.tool(annotations=ToolAnnotations(idempotentHint=True, destructiveHint=False))
+    @server.tool(annotations=ToolAnnotations(idempotent_hint=True, destructive_hint=False))
     def lookup(key: str) -> str:
         calls["lookup"] += 1
         return f"value of {key}"
@@ -55,12 +55,12 @@ def build(calls: Counter[str], gate: dict[str, Any]) -> MCPServer:
             await ctx.report_progress(i + 1, n, f"step {i + 1}")
         return f"counted {n}"
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     def boom() -> str:
         calls["boom"] += 1
         raise ValueError("boom failed")
 
-    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     async def sleepy(seconds: float) -> str:
         calls["sleepy"] += 1
         await asyncio.sleep(seconds)
