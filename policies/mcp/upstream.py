@@ -59,8 +59,14 @@ class McpServer:
         return out
 
     async def send(self, method: str, headers: dict[str, str], body: bytes | None) -> aiohttp.ClientResponse:
-        """Send and wait for the response head within ``first_byte_s``."""
-        coro = self.session.request(method, self.cfg.url, headers=headers, data=body, allow_redirects=False)
+        """Send and wait for the response head within ``first_byte_s``.
+
+        The server's own ``GET`` stream may stay quiet for long: it has no idle timeout.
+        """
+        t = self.cfg.timeouts
+        timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_read=None if method == "GET" else t.idle_s)
+        coro = self.session.request(method, self.cfg.url, headers=headers, data=body, allow_redirects=False,
+                                    timeout=timeout)
         return await asyncio.wait_for(coro, self.cfg.timeouts.first_byte_s)
 
 
