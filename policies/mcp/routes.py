@@ -17,6 +17,7 @@ from gateway.config_model import Config
 from gateway.exchange import StateKey
 from policies.mcp.metrics import McpMetrics
 from policies.mcp.proxy import McpGateway
+from policies.mcp.safety import Safety
 from policies.mcp.store import TtlStore
 from policies.mcp.upstream import MCP_PREFIX, McpServer, new_buckets, new_session
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
@@ -32,6 +33,7 @@ class McpShared:
     results: TtlStore
     buckets: MemoryBuckets
     sessions: dict[tuple[str, str], aiohttp.ClientSession] = field(default_factory=dict)
+    safety: dict[str, dict[str, Safety]] = field(default_factory=dict)  # server -> tool -> class
 
     async def close(self) -> None:
         for session in self.sessions.values():
@@ -65,6 +67,7 @@ async def factory(st: AppState, config: Config) -> None:
         session = shared.sessions.get((name, cfg.url))
         if session is None or session.closed:
             session = shared.sessions[(name, cfg.url)] = new_session(cfg)
-        servers[name] = McpServer(name, cfg, breaker, shared.buckets, session)
+        learned = shared.safety.setdefault(name, {})
+        servers[name] = McpServer(name, cfg, breaker, shared.buckets, session, learned)
     gateway: RouteHandler = McpGateway(st, servers, shared.metrics, shared.catalogs, shared.results, random.random)
     st.components.set(MCP_HANDLER, gateway)

@@ -28,12 +28,13 @@ class McpServer:
     """The long-lived parts of one configured server (rebuilt per config; the breaker is shared)."""
 
     def __init__(self, name: str, cfg: McpServerConfig, breaker: CircuitBreaker, buckets: MemoryBuckets,
-                 session: aiohttp.ClientSession) -> None:
+                 session: aiohttp.ClientSession, safety: dict[str, Safety] | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.breaker = breaker
         self.buckets = buckets
-        self.safety: dict[str, Safety] = {}  # learned from tools/list answers
+        # learned from tools/list answers; shared across reloads (the catalog outlives a config)
+        self.safety: dict[str, Safety] = {} if safety is None else safety
         self.inflight = 0
         rpm = cfg.rate_limit.rpm
         limits = (Limit("rpm", "bucket", float(rpm), rpm / WINDOW_S),) if rpm else ()
