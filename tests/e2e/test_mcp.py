@@ -104,10 +104,13 @@ async def test_read_only_retried_write_called_once(mcp_gateway: InProcessGateway
         mcp_server.gate["fail"] = 1
         result = await session.call_tool("lookup", {"key": "a"})  # idempotent: retried after the 503
         assert not result.is_error and mcp_server.calls["http_503"] == 1 and mcp_server.calls["lookup"] == 1
+        mcp_server.gate["fail"] = 2
+        quote = await session.call_tool("get_quote", {"symbol": "RETRY"})  # read-only: 2 x 503, then served
+        assert not quote.is_error and mcp_server.calls["http_503"] == 3 and mcp_server.calls["get_quote"] == 1
         mcp_server.gate["fail"] = 1
         with pytest.raises(MCPError, match="http_503"):  # no fallback_result: a JSON-RPC error
             await session.call_tool("place_order", {"symbol": "IBM", "qty": 1})
-        assert mcp_server.calls["http_503"] == 2 and mcp_server.calls["place_order"] == 0  # one attempt
+        assert mcp_server.calls["http_503"] == 4 and mcp_server.calls["place_order"] == 0  # one attempt
 
 
 async def test_read_only_result_cached_per_tenant(mcp_gateway: InProcessGateway,
