@@ -18,6 +18,7 @@ RouteHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 BreakerRows = Callable[[], list[tuple[str, str, float | None]]]
 
 TOOL_HANDLER: StateKey[RouteHandler] = StateKey("tools.handler")
+MCP_HANDLER: StateKey[RouteHandler] = StateKey("mcp.handler")  # /mcp/{server}
 BREAKER_STATES: StateKey[BreakerRows] = StateKey("resilience.breaker_states")
 QUEUE_DEPTHS: StateKey[Callable[[], Mapping[str, int]]] = StateKey("ratelimit.queue_depths")
 # The tool routes' read cache (a layer of the cache feature), outermost in each tool chain.

@@ -17,6 +17,7 @@ from policies.cache.config import CacheConfig
 from policies.compression.budgets_config import BudgetsConfig
 from policies.compression.config import CompressionConfig
 from policies.ledger.config import LedgerConfig
+from policies.mcp.config import McpConfig
 from policies.ratelimit.config import RateLimitConfig
 from policies.resilience.config import CircuitBreakerConfig, RetryConfig
 from policies.tools.config import ToolConfig
@@ -152,3 +153,4 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     pricing: dict[str, PriceConfig] = field(default_factory=dict)
     tools: dict[str, ToolConfig] = field(default_factory=dict)
+    mcp: McpConfig = field(default_factory=McpConfig)

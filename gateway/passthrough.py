@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
-from gateway.components import TOOL_HANDLER
+from gateway.components import MCP_HANDLER, TOOL_HANDLER
 from gateway.errors import LocalReply
 from gateway.exchange import Exchange, RequestFacts, Target
 from gateway.handler import proxy, reject, request_id_of
@@ -23,6 +23,9 @@ async def handle_other(request: web.Request) -> web.StreamResponse:
     tool_handler = st.components.get(TOOL_HANDLER)
     if tool_handler is not None and request.path.startswith("/tools/"):
         return await tool_handler(request, rid)
+    mcp_handler = st.components.get(MCP_HANDLER)
+    if mcp_handler is not None and request.path.startswith("/mcp/"):
+        return await mcp_handler(request, rid)
     if st.config.passthrough and request.path.startswith("/v1/") and st.upstreams:
         return await proxy(request, st, rid, lambda now: _build(request, st, rid, now), _send_direct(st))
     return reject(st, request, rid, LocalReply(404, f"Invalid URL ({request.method} {request.path[:200]})",

@@ -11,6 +11,7 @@ from gateway.config_model import Config
 from policies.cache import validate as cache
 from policies.compression import budgets_validate as budgets
 from policies.compression import validate as compression
+from policies.mcp import validate as mcp
 from policies.ratelimit import validate as ratelimit
 from policies.resilience import validate as resilience
 from policies.tools import validate as tools
@@ -23,4 +24,5 @@ FEATURE_CHECKS: Sequence[ConfigCheck] = (
     compression.problems,
     budgets.problems,
     tools.problems,
+    mcp.problems,
 )

@@ -25,9 +25,13 @@ PACKAGES = ("gateway", "policies")
 #   - policies.<x>.config: every feature's config dataclasses may be read by any module.
 #   - policies.tools -> policies.resilience.*: tool routes reuse retries and breakers
 #     (the same layer classes).
+#   - policies.mcp -> policies.resilience.*, policies.ratelimit.*: MCP servers reuse breakers, backoff,
+#     buckets.
 ALLOWED_CROSS_FEATURE: tuple[tuple[str, str], ...] = (
     ("*", "policies.{feature}.config"),
     ("policies.tools", "policies.resilience"),
+    ("policies.mcp", "policies.resilience"),  # MCP servers reuse the breaker registry and backoff
+    ("policies.mcp", "policies.ratelimit"),  # and the memory token buckets for their rpm
 )
 
 # (c) The only core modules that may import policies (beyond policies.<x>.config).

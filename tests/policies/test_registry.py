@@ -29,7 +29,7 @@ def test_the_onion_order_is_pinned() -> None:
 
 def test_route_handlers_are_not_layers() -> None:
     """The /tools/ handler is built after the layers (it reuses their components), never inside the onion."""
-    assert [name for name, _ in ROUTE_HANDLERS] == ["tools"]
+    assert [name for name, _ in ROUTE_HANDLERS] == ["tools", "mcp"]
     assert not {name for name, _ in ROUTE_HANDLERS} & set(EXPECTED_ORDER)
 
 
