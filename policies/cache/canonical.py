@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from gateway.sse import events_of
+
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 _SET_ONCE = ("id", "type")
 
@@ -43,22 +45,19 @@ def finish_reasons(operation: str, obj: dict[str, Any]) -> list[str]:
 
 
 def sse_payloads(data: bytes) -> list[bytes]:
-    """The ``data:`` payload of every event of a complete SSE body."""
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n")
-    out: list[bytes] = []
-    for event in data.split(b"\n\n"):
-        lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
-        if lines:
-            out.append(b"\n".join(lines))
-    return out
+    """The ``data:`` payload of every event of a complete SSE body (any line ends, comments skipped)."""
+    return [payload for _, payload in events_of(data) if payload is not None]
 
 
 def answer_from_sse(operation: str, data: bytes) -> dict[str, Any] | None:
     """Assemble a streamed answer; ``None`` unless it ended cleanly."""
     events: list[dict[str, Any]] = []
     done = False
-    for payload in sse_payloads(data):
+    for name, payload in events_of(data):
+        if name == b"error":
+            return None
+        if not payload:
+            continue
         if payload == b"[DONE]":
             done = True
             continue

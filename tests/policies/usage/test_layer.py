@@ -214,11 +214,21 @@ async def test_only_chat_and_completions_get_the_flag(make_exchange: Callable[..
     assert not ex.modified and ex.raw_body == orjson.dumps(body)
 
 
-async def test_unusual_framing_is_relayed_untouched(make_exchange: Callable[..., Exchange]) -> None:
-    """CRLF-framed events, or an event with no boundary in 64 KiB, pass through as they come: never buffered."""
-    crlf = [c.replace(b"\n", b"\r\n") for c in provider_stream(include_usage=True)]
+async def test_unusual_framing_is_stripped_or_relayed_untouched(make_exchange: Callable[..., Exchange]) -> None:
+    """CRLF/CR-framed or spaced events are stripped like compact ones (leaving with \\n line ends);
+    an event with no boundary in 64 KiB passes through as it comes: never buffered."""
+    import json
+    for framing in (b"\r\n", b"\r"):
+        crlf = [c.replace(b"\n", framing) for c in provider_stream(include_usage=True)]
+        ex = stream_exchange(make_exchange)
+        assert await drain(await UsagePolicy(inject=True)(ex, nxt(crlf))) == b"".join(provider_stream(False))
+        assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 7
+    spaced = [b"data: " + json.dumps(orjson.loads(c[6:])).encode() + b"\n\n" if c.startswith(b"data: {") else c
+              for c in provider_stream(include_usage=True)]
     ex = stream_exchange(make_exchange)
-    assert await drain(await UsagePolicy(inject=True)(ex, nxt(crlf))) == b"".join(crlf)
+    out = await drain(await UsagePolicy(inject=True)(ex, nxt(spaced)))
+    assert b'"usage"' not in out and out.count(b"data: ") == 6 and b'"content": "Hello"' in out
+    assert ex.record.reported_usage is not None and ex.record.reported_usage.completion == 3
     huge = [b"data: " + b"x" * 40_000, b"y" * 40_000, b"\n\n"]
     ex2 = stream_exchange(make_exchange)
     got = [c async for c in (await UsagePolicy(inject=True)(ex2, nxt(huge))).body]
