@@ -18,7 +18,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from gateway.errors import LocalReply
-from gateway.request import MAX_DEPTH, MAX_TOKENS_PARAM, parse_json, read_body, validate
+from gateway.request import MAX_DEPTH, parse_json, read_body, validate
 from tests.support.servers import gateway_config, start_gateway
 
 LIMIT = 1000
@@ -193,8 +193,11 @@ def test_other_duplicates_pass_the_cheap_guard() -> None:
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 VALID: list[tuple[str, dict[str, Any]]] = [
     ("chat", CHAT),
+    # Value ranges are forwarded: the provider judges them and its own error passes through.
+    ("chat", {**CHAT, "temperature": 3, "top_p": 1.5, "presence_penalty": -2.5, "frequency_penalty": 9, "n": 0,
+              "top_logprobs": 21, "max_tokens": 0, "max_completion_tokens": 2**40}),
     ("chat", {**CHAT, "messages": [{"role": "assistant", "content": None, "tool_calls": []}], "stream": True,
-              "stream_options": {"include_usage": True}, "max_tokens": MAX_TOKENS_PARAM, "n": 128,
+              "stream_options": {"include_usage": True}, "max_tokens": 2**31 - 1, "n": 128,
               "top_logprobs": 0, "temperature": 0, "top_p": 1, "presence_penalty": -2, "frequency_penalty": 2.0,
               "stop": ["a", "b"], "user": "u", "seed": 7}),
     ("chat", {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "stop": "x"}),
@@ -231,15 +234,8 @@ INVALID: list[tuple[str, dict[str, Any], str | None, str]] = [
     ("chat", {**CHAT, "user": 1}, "user", "invalid_type"),
     ("chat", {**CHAT, "max_tokens": True}, "max_tokens", "invalid_type"),
     ("chat", {**CHAT, "max_tokens": 1.5}, "max_tokens", "invalid_type"),
-    ("chat", {**CHAT, "max_tokens": 0}, "max_tokens", "invalid_value"),
-    ("chat", {**CHAT, "max_completion_tokens": MAX_TOKENS_PARAM + 1}, "max_completion_tokens", "invalid_value"),
-    ("chat", {**CHAT, "top_logprobs": 21}, "top_logprobs", "invalid_value"),
-    ("chat", {**CHAT, "n": 0}, "n", "invalid_value"),
-    ("chat", {**CHAT, "n": 129}, "n", "invalid_value"),
-    ("chat", {**CHAT, "temperature": 2.01}, "temperature", "invalid_value"),
     ("chat", {**CHAT, "temperature": "1"}, "temperature", "invalid_type"),
     ("chat", {**CHAT, "top_p": True}, "top_p", "invalid_type"),
-    ("chat", {**CHAT, "presence_penalty": -2.5}, "presence_penalty", "invalid_value"),
     ("chat", {**CHAT, "stop": ["a", 1]}, "stop", "invalid_type"),
     ("chat", {**CHAT, "stop": 3}, "stop", "invalid_type"),
     ("chat", {**CHAT, "tools": {"type": "function"}}, "tools", "invalid_type"),

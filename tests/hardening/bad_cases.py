@@ -139,12 +139,8 @@ def json_cases() -> list[Case]:
             "invalid_json"),
         bad("json: 2**64 max_tokens (a float)", b'{"model":"gpt-4o","messages":[{"role":"user","content":"h"}],'
                                                 b'"max_tokens":18446744073709551616}', "invalid_type"),
-        bad("json: u64 max max_tokens", chat(max_tokens=2**64 - 1), "invalid_value"),
-        bad("json: 2**31 max_tokens", chat(max_tokens=2**31), "invalid_value"),
         bad("json: max_tokens 1e3 (a float)", b'{"model":"gpt-4o","messages":[{"role":"user","content":"h"}],'
                                               b'"max_tokens":1e3}', "invalid_type"),
-        bad("json: temperature 1e308", b'{"model":"gpt-4o","messages":[{"role":"user","content":"h"}],'
-                                       b'"temperature":1e308}', "invalid_value"),
         bad("json: leading zero", b'{"model":"gpt-4o","messages":[],"n":01}', "invalid_json"),
         bad("json: single quotes", b"{'model':'gpt-4o'}", "invalid_json"),
         bad("json: comment", b'{"model":"gpt-4o", /* hi */ "messages":[]}', "invalid_json"),

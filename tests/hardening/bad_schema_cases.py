@@ -33,21 +33,18 @@ def role_and_message_cases() -> list[Case]:
 
 
 def range_cases() -> list[Case]:
+    # Types only: value ranges are forwarded and judged by the provider (issue 17).
     values: list[tuple[str, Any, str]] = [
-        ("temperature", -0.1, "invalid_value"), ("temperature", 2.01, "invalid_value"),
         ("temperature", "1", "invalid_type"), ("temperature", True, "invalid_type"), ("temperature", [1], "invalid_type"),
-        ("top_p", -1, "invalid_value"), ("top_p", 1.5, "invalid_value"), ("top_p", {}, "invalid_type"),
-        ("presence_penalty", 2.5, "invalid_value"), ("presence_penalty", -2.5, "invalid_value"),
-        ("frequency_penalty", 3, "invalid_value"), ("frequency_penalty", "0", "invalid_type"),
-        ("n", -1, "invalid_value"), ("n", 129, "invalid_value"), ("n", 1.5, "invalid_type"), ("n", "2", "invalid_type"),
+        ("top_p", {}, "invalid_type"),
+        ("frequency_penalty", "0", "invalid_type"),
+        ("n", 1.5, "invalid_type"), ("n", "2", "invalid_type"),
         ("n", False, "invalid_type"),
-        ("max_tokens", 0, "invalid_value"), ("max_tokens", -5, "invalid_value"), ("max_tokens", 1.5, "invalid_type"),
+        ("max_tokens", 1.5, "invalid_type"),
         ("max_tokens", True, "invalid_type"), ("max_tokens", [10], "invalid_type"),
-        ("max_completion_tokens", 0, "invalid_value"), ("max_completion_tokens", "many", "invalid_type"),
-        ("max_completion_tokens", 2**40, "invalid_value"),
+        ("max_completion_tokens", "many", "invalid_type"),
         ("seed", "x", "invalid_type"), ("seed", 1.5, "invalid_type"),
-        ("top_logprobs", "x", "invalid_type"), ("top_logprobs", -1, "invalid_value"),
-        ("top_logprobs", 21, "invalid_value"),
+        ("top_logprobs", "x", "invalid_type"),
         ("stop", 5, "invalid_type"), ("stop", {"a": 1}, "invalid_type"), ("stop", ["a", None], "invalid_type"),
         ("stream", "true", "invalid_type"), ("stream", 1, "invalid_type"), ("stream", [True], "invalid_type"),
         ("stream_options", [], "invalid_type"), ("stream_options", "usage", "invalid_type"),
