@@ -75,7 +75,8 @@ def ask_for_usage(ex: Exchange) -> bool:
         at = raw.find(b"{")
         if at >= 0 and not raw[:at].strip():
             ex.body = {**body, "stream_options": {"include_usage": True}}
-            ex.raw_body = raw[: at + 1] + _SPLICE + raw[at + 1 :]  # duplicate keys impossible: none existed
+            # One copy of a large body, not three (no slice copies); duplicate keys impossible: none existed.
+            ex.raw_body = b"".join((memoryview(raw)[: at + 1], _SPLICE, memoryview(raw)[at + 1 :]))
             return True
     merged = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
     ex.set_body({**body, "stream_options": merged})
