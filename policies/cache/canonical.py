@@ -173,7 +173,10 @@ def _merge_logprobs(acc: dict[str, Any] | None, part: dict[str, Any]) -> dict[st
 
 def _chat_choice(index: int, state: dict[str, Any]) -> dict[str, Any]:
     msg = state["message"]
-    message: dict[str, Any] = {"role": msg.pop("role", "assistant"), "content": msg.pop("content", None)}
+    content = msg.pop("content", None)
+    if content == "" and (state["calls"] or msg.get("refusal") or msg.get("function_call")):
+        content = None  # a stream's opening ``"content": ""`` beside tool calls: the provider's JSON says null
+    message: dict[str, Any] = {"role": msg.pop("role", "assistant"), "content": content}
     message.update(msg)
     if state["calls"]:
         message["tool_calls"] = [state["calls"][i] for i in sorted(state["calls"])]
