@@ -138,7 +138,7 @@ def _merge_chat_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
                 if isinstance(call, dict):
                     _merge_call(state["calls"], call)
         elif isinstance(value, str):
-            msg[key] = value if key == "role" else msg.get(key, "") + value
+            msg[key] = value if key == "role" else (msg.get(key) or "") + value  # a null opening delta first
         elif isinstance(value, list):
             msg[key] = [*msg.get(key, []), *value]
         elif value is None:
