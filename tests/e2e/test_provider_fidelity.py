@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from openai import AsyncOpenAI, LengthFinishReasonError
 
 from gateway.mock import MockServer
+from gateway.sse import events_of
 from tests.e2e.conftest import GatewayFactory
 from tests.policies.cache.test_provider_corpus import CASES
 from tests.support.servers import InProcessGateway
@@ -86,3 +88,23 @@ async def _stream(client: AsyncOpenAI, body: dict[str, Any]) -> Any:
         except LengthFinishReasonError as exc:  # the parse helper refuses a truncated answer, either way
             final = repr(exc)
     return chunks, final
+
+
+UNASKED = [(n, c) for n, c in CASES
+           if c["stream"] and c["path"] == "/v1/chat/completions" and c["expect"]["usage"] is not None]
+
+
+@pytest.mark.parametrize(("name", "case"), UNASKED, ids=[n for n, _ in UNASKED])
+async def test_usage_counted_when_the_client_did_not_ask(make_gateway: GatewayFactory, name: str,
+                                                         case: dict[str, Any]) -> None:
+    """The gateway asks for usage itself, counts the provider's figures and hides them from the client."""
+    gw = await make_gateway()
+    body = {k: v for k, v in request_body(case).items() if k != "stream_options"}
+    async with aiohttp.ClientSession() as s, s.post(gw.url + case["path"], json=body, headers={
+            "x-mock-fixture": name, "authorization": "Bearer sk-client"}) as r:
+        got = await r.read()
+    assert r.status == 200 and got.endswith(b"data: [DONE]\n\n")
+    assert [total(gw, "gateway_tokens_total", kind=k) for k in KINDS] == [float(v) for v in case["expect"]["usage"]]
+    assert total(gw, "gateway_tokens_estimated_total") == 0.0
+    payloads = [orjson.loads(p) for _, p in events_of(got) if p and p != b"[DONE]"]
+    assert not any("usage" in p for p in payloads)  # top level only: Groq's own x_groq.usage stays
