@@ -29,7 +29,7 @@ from policies.usage.config import PriceConfig
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8080
-    max_body_bytes: int = 4 * 1024 * 1024
+    max_body_bytes: int = 64 * 1024 * 1024  # multimodal requests (base64 images) reach tens of MB
     drain_s: float = 25.0
     grace_s: float = 2.0  # after SIGTERM, keep accepting new connections this long
     workers: int | None = None  # None: one per available core (deployment issue)

@@ -1,30 +1,146 @@
-"""Watch an SSE stream on its way through without re-encoding it.
+"""Read SSE streams on their way through without re-encoding them.
 
-The inspector sees every chunk exactly as written to the client and only looks
-for what the gateway needs: the first content/tool-call delta (TTFT), the gaps
-between content chunks (inter-token latency), the usage event, finish reasons,
-``[DONE]`` and error events. JSON is parsed only for the few events that carry
-usage or a finish reason; plain content chunks cost a few ``bytes.find`` calls.
-Events split across chunks are reassembled from a small tail buffer.
+Two pieces, shared by everything that looks inside upstream bytes (the relay's
+inspector, usage stripping, the commit point, cache fill):
+
+- ``EventSplitter`` turns arbitrary chunks into complete SSE events: any line
+  end (``\\n``, ``\\r\\n``, ``\\r``, even a ``\\r\\n`` split across two chunks),
+  events and UTF-8 sequences split anywhere. Events come out with ``\\n`` line
+  ends and without their blank line. ``parse_event`` reads one event's fields
+  (``event:``, joined multi-line ``data:``; comments and ``id:`` ignored).
+- ``StreamInspector`` watches the stream the client receives and only looks for
+  what the gateway needs: the first content/tool-call delta (TTFT), the gaps
+  between content chunks (inter-token latency), usage, finish reasons,
+  ``[DONE]``, error events and the model.
+
+Cost: the common event (one compact ``data:`` line, a content delta, no finish
+reason and no usage) is recognised with a few ``bytes.find`` calls; any other
+event (spaced JSON, a finish or usage event, a Responses lifecycle event) is
+parsed with orjson, on its data only. Correctness never depends on the JSON
+being compact: the byte checks only short-cut events they can fully prove.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from gateway.exchange import Usage
 from gateway.usage import usage_from_response_obj
 
-# A delta that carries something the user sees: text, reasoning, tool calls, or a responses API delta.
-_TOKEN_MARKERS = (b'"content":"', b'"tool_calls"', b'"text":"', b'"reasoning_content":"', b'.delta"')
-_EMPTY_CONTENT = b'"content":""'
-# What makes a chunk worth splitting into events (spelled out inline in ``feed``; keep both in step).
-_EVENT_MARKERS = (b'"usage":{', b'"finish_reason":"', b"[DONE]", b'"error"', b'"type":"response.')
-_MAX_EVENT = 1 << 20
-_FINISH = re.compile(rb'"finish_reason":"([a-z_]+)"')
+MAX_EVENT = 1 << 20  # an unterminated event longer than this is handed on, never buffered further
+# Compact markers of a delta that carries something the user sees; each must be followed by a non-empty value.
+_TEXT_MARKERS = (b'"content":"', b'"text":"', b'"reasoning_content":"', b'"reasoning":"', b'"refusal":"')
+_OBJECT_MARKERS = (b'"tool_calls":[{', b'"function_call":{', b'"audio":{')
+_RESPONSES_PREFIX = b'data: {"type":"response.'
+# Responses events parsed even in compact form: they carry the model, usage, the end or a failure.
+_RESPONSES_PARSED = frozenset({b"created", b"in_progress", b"completed", b"incomplete", b"failed", b"queued"})
+_STRING_DELTAS = ("content", "reasoning_content", "reasoning", "refusal")
+
+
+class EventSplitter:
+    """Complete SSE events out of chunks split anywhere, with any of the three SSE line ends."""
+
+    __slots__ = ("_cr", "_tail", "limit", "overflow")
+
+    def __init__(self, limit: int = MAX_EVENT) -> None:
+        self._tail = b""
+        self._cr = False  # the last chunk ended in \r: a \n opening the next one belongs to it
+        self.limit = limit
+        self.overflow = False
+
+    def normalise(self, chunk: bytes) -> bytes:
+        """``chunk`` with ``\\n`` line ends, remembering a trailing ``\\r`` for the next chunk."""
+        if self._cr:
+            self._cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            self._cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        return chunk
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The events ``chunk`` completes, each followed by its blank line (``b""`` when none).
+
+        An unterminated event longer than ``limit`` is returned as it is and ``overflow`` set.
+        """
+        if self._cr or b"\r" in chunk:
+            chunk = self.normalise(chunk)
+        data = self._tail + chunk if self._tail else chunk
+        if data.endswith(b"\n\n"):  # the usual case: whole events, nothing to keep, no copy
+            self._tail = b""
+            return data
+        cut = data.rfind(b"\n\n")
+        if cut < 0:
+            if len(data) < self.limit:
+                self._tail = data
+                return b""
+            self._tail, self.overflow = b"", True
+            return data  # not SSE as we know it: handed on as is rather than buffered
+        self._tail = data[cut + 2:]
+        return data[:cut + 2]
+
+    def events(self, chunk: bytes) -> list[bytes]:
+        """The complete events ``chunk`` finishes, without their blank lines; empty events skipped."""
+        block = self.feed(chunk)
+        return [event for event in block.split(b"\n\n") if event] if block else []
+
+    def rest(self) -> bytes:
+        """What is held back (an unterminated event), handed out once."""
+        rest, self._tail = self._tail, b""
+        return rest
+
+
+def parse_event(event: bytes) -> tuple[bytes, bytes | None]:
+    """(event name, joined ``data:`` value) of one ``\\n``-separated event; data None when it has none."""
+    if event.startswith(b"data:") and b"\n" not in event:
+        return b"", event[5:].strip()
+    name = b""
+    data: list[bytes] = []
+    for line in event.split(b"\n"):
+        fname, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if fname == b"data":
+            data.append(value)
+        elif fname == b"event":
+            name = value.strip()
+    if name == b"" and event.startswith(b"\xef\xbb\xbf"):  # a byte order mark before the first field
+        return parse_event(event[3:])
+    return name, (b"\n".join(data).strip() if data else None)
+
+
+def events_of(body: bytes) -> list[tuple[bytes, bytes | None]]:
+    """Every complete event of a whole SSE body, parsed (a final event without its blank line counts)."""
+    splitter = EventSplitter(limit=len(body) + 2)
+    return [parse_event(event) for event in splitter.events(body + b"\n\n")]
+
+
+def compact_token(payload: bytes) -> bool:
+    """True when a compact JSON chunk has a non-empty text delta or a tool/function call."""
+    for marker in _TEXT_MARKERS:
+        at = payload.find(marker)
+        while at >= 0:
+            if payload[at + len(marker):at + len(marker) + 1] != b'"':
+                return True
+            at = payload.find(marker, at + len(marker))
+    return any(marker in payload for marker in _OBJECT_MARKERS)
+
+
+def choice_has_token(choice: dict[str, Any]) -> bool:
+    """A parsed chat/completions choice carries something the user sees."""
+    text = choice.get("text")
+    if isinstance(text, str) and text:
+        return True
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return False
+    if any(isinstance(delta.get(k), str) and delta[k] for k in _STRING_DELTAS):
+        return True
+    return bool(delta.get("tool_calls") or delta.get("function_call") or delta.get("audio"))
 
 
 @dataclass(slots=True)
@@ -40,10 +156,26 @@ class StreamInspector:
     done: bool = False
     error_event: bool = False
     content_chunks: int = 0
-    _tail: bytes = b""
+    _split: EventSplitter = field(default_factory=EventSplitter)
+    _token: bool = False
 
     def feed(self, chunk: bytes) -> None:
-        if self._is_token_chunk(chunk):
+        split = self._split
+        if split._tail or split._cr or not chunk.endswith(b"\n\n") or b"\r" in chunk:
+            block = split.feed(chunk)
+            if not block:
+                return
+        else:  # the usual case: whole events with \n line ends, nothing held back, no copy
+            block = chunk
+        if block.startswith(b"data:") and block.find(b"\n") == len(block) - 2:  # one single-line event
+            if not self._fast(block):
+                self._parse(block[5:].strip())
+        else:
+            for event in block.split(b"\n\n"):
+                if event:
+                    self._on_event(event)
+        if self._token:  # at most one token per chunk: the gap is between chunks the client receives
+            self._token = False
             now = self.clock()
             if self.first_token_at == 0.0:
                 self.first_token_at = now
@@ -51,65 +183,73 @@ class StreamInspector:
                 self.gaps.append(now - self.last_token_at)
             self.last_token_at = now
             self.content_chunks += 1
-        data = self._tail + chunk if self._tail else chunk
-        if data.endswith(b"\n\n"):  # the usual case: whole events, nothing to keep, no copy
-            complete, self._tail = data, b""
-        else:
-            cut = data.rfind(b"\n\n")
-            if cut < 0:
-                self._tail = data if len(data) < _MAX_EVENT else b""
-                return
-            complete, self._tail = data[:cut], data[cut + 2 :]
-        # Spelled out rather than any(generator): this runs for every chunk of every stream.
-        if (b'"usage":{' in complete or b'"finish_reason":"' in complete or b"[DONE]" in complete
-                or b'"error"' in complete or b'"type":"response.' in complete
-                or (not self.model and b'"model":"' in complete)):
-            for event in complete.split(b"\n\n"):
-                if event:
-                    self._on_event(event)
-
-    @staticmethod
-    def _is_token_chunk(chunk: bytes) -> bool:
-        for marker in _TOKEN_MARKERS:
-            at = chunk.find(marker)
-            if at >= 0:
-                if marker == b'"content":"' and chunk.startswith(_EMPTY_CONTENT, at) \
-                        and chunk.count(b'"content":"') == chunk.count(_EMPTY_CONTENT):
-                    continue
-                return True
-        return False
 
     def _on_event(self, event: bytes) -> None:
-        payload = _data_of(event)
-        if payload is None:
+        if event.startswith(b"data:") and b"\n" not in event:
+            if not self._fast(event):
+                self._parse(event[5:].strip())
             return
-        if payload == b"[DONE]":
-            self.done = True
-            return
-        if payload.startswith(b'{"error"'):
+        name, payload = parse_event(event)
+        if name == b"error":
             self.error_event = True
-            return
-        if b'"type":"response.completed"' in payload:
-            self.done = True
-        elif b'"type":"response.failed"' in payload or b'"type":"error"' in payload:
-            self.error_event = True
-        for reason in _FINISH.findall(payload):
-            self.finish_reasons.append(reason.decode())
-        if b'"usage":{' in payload or (not self.model and b'"model":"' in payload):
+        if payload:
             self._parse(payload)
 
     def _parse(self, payload: bytes) -> None:
+        if payload == b"[DONE]":
+            self.done = True
+            return
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return
-        if not isinstance(obj, dict):
-            return
-        if obj.get("type") == "error":
+        if isinstance(obj, dict):
+            self._on_object(obj)
+
+    def _fast(self, line: bytes) -> bool:
+        """Handle a compact one-line ``data:`` event from its bytes alone; False when it needs parsing.
+
+        Proves "no finish, no usage, model known" from compact markers; anything else (spaced JSON,
+        a finish or usage event, an error, ``[DONE]``) is left to the parser.
+        """
+        if line.startswith(_RESPONSES_PREFIX):
+            kind = line[24:line.find(b'"', 24)]
+            if kind.endswith(b".delta"):
+                self._token = True
+                return True
+            return kind not in _RESPONSES_PARSED and b'"error"' not in line
+        at = line.find(b'"finish_reason":null')
+        if at < 0 or line.find(b'"finish_reason"', at + 20) >= 0:
+            return False  # a finish, several choices, or not compact: parse
+        at = line.find(b'"usage"')
+        if at >= 0 and (not line.startswith(b'"usage":null', at) or line.find(b'"usage"', at + 7) >= 0):
+            return False
+        if not self.model and b'"model"' in line:
+            return False
+        if compact_token(line):
+            self._token = True
+        return True
+
+    def _on_object(self, obj: dict[str, Any]) -> None:
+        kind = obj.get("type")
+        if obj.get("error") is not None or kind in ("error", "response.failed"):
             self.error_event = True
+        if isinstance(kind, str):
+            if kind.endswith(".delta"):
+                self._token = True
+            elif kind in ("response.completed", "response.incomplete"):
+                self.done = True
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    self._token = self._token or choice_has_token(choice)
+                    reason = choice.get("finish_reason")
+                    if isinstance(reason, str) and reason:
+                        self.finish_reasons.append(reason)
         inner = obj.get("response")
         model = inner.get("model") if isinstance(inner, dict) else obj.get("model")
-        if isinstance(model, str) and not self.model:
+        if isinstance(model, str) and model and not self.model:
             self.model = model
         usage = usage_from_response_obj(obj)
         if usage is not None:
@@ -120,11 +260,3 @@ class StreamInspector:
     def clean_end(self) -> bool:
         """True when the stream ended as a provider ends a complete answer."""
         return self.done and not self.error_event
-
-
-def _data_of(event: bytes) -> bytes | None:
-    """The joined ``data:`` lines of one SSE event, or None when it has none."""
-    if event.startswith(b"data: ") and b"\n" not in event:
-        return event[6:].strip()
-    parts = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
-    return b"\n".join(parts).strip() if parts else None

@@ -25,10 +25,11 @@ def usage_from_obj(usage: Any) -> Usage | None:
         in_details, out_details = usage.get("prompt_tokens_details"), usage.get("completion_tokens_details")
     if not isinstance(prompt, int) and not isinstance(completion, int):
         return None
+    cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
     return Usage(
         prompt=_int(prompt),
         completion=_int(completion),
-        cached_prompt=_int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0,
+        cached_prompt=cached or _int(usage.get("prompt_cache_hit_tokens")),  # DeepSeek's name for it
         reasoning=_int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0,
     )
 
@@ -42,6 +43,9 @@ def usage_from_response_obj(obj: Any) -> Usage | None:
     inner = obj.get("response")  # responses API events wrap the response
     if isinstance(inner, dict):
         return usage_from_obj(inner.get("usage"))
+    groq = obj.get("x_groq")  # Groq reports stream usage under x_groq
+    if isinstance(groq, dict):
+        return usage_from_obj(groq.get("usage"))
     return None
 
 

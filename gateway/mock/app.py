@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
 
@@ -29,6 +30,7 @@ from .control import handle_control
 from .embeddings import embeddings_request_tokens, handle_embeddings
 from .errors import MockHTTPError, error_for_status, error_response
 from .faults import NO_FAULT, FaultQueue, FaultSpec, parse_fault_spec
+from .fixtures import DEFAULT_DIR, HEADER, replay_fixture
 from .models import handle_echo, handle_get_model, handle_list_models
 from .quota import SlidingWindowQuota, retry_after_headers
 from .recorder import (
@@ -164,6 +166,10 @@ async def _serve(request: web.Request, state: MockState, attempt: Attempt) -> tu
         early = await _apply_pre_faults(ctx)
         if early is not None:
             return early
+        fixture = request.headers.get(HEADER)
+        if fixture:
+            directory = Path(state.cfg.fixtures_dir) if state.cfg.fixtures_dir else DEFAULT_DIR
+            return await replay_fixture(ctx, directory, fixture), COMPLETED
         return await _route(ctx, state)
     except MockHTTPError as exc:
         return error_response(exc.status, exc.error), NOT_FOUND if exc.status == 404 else BAD_REQUEST

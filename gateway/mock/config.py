@@ -18,3 +18,4 @@ class MockConfig:
     tokens_per_s: float = 0.0  # 0 = as fast as possible; else delay 1/tokens_per_s between content chunks
     seed: int = 0
     default_tokens: int = 16  # completion length when max_tokens absent
+    fixtures_dir: str = ""  # provider fixtures replayed on ``x-mock-fixture`` (empty: tests/data/providers)

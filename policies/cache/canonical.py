@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from gateway.sse import events_of
+
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 _SET_ONCE = ("id", "type")
 
@@ -44,22 +46,19 @@ def finish_reasons(operation: str, obj: dict[str, Any]) -> list[str]:
 
 
 def sse_payloads(data: bytes) -> list[bytes]:
-    """The ``data:`` payload of every event of a complete SSE body."""
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n")
-    out: list[bytes] = []
-    for event in data.split(b"\n\n"):
-        lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
-        if lines:
-            out.append(b"\n".join(lines))
-    return out
+    """The ``data:`` payload of every event of a complete SSE body (any line ends, comments skipped)."""
+    return [payload for _, payload in events_of(data) if payload is not None]
 
 
 def answer_from_sse(operation: str, data: bytes) -> dict[str, Any] | None:
     """Assemble a streamed answer; ``None`` unless it ended cleanly."""
     events: list[dict[str, Any]] = []
     done = False
-    for payload in sse_payloads(data):
+    for name, payload in events_of(data):
+        if name == b"error":
+            return None
+        if not payload:
+            continue
         if payload == b"[DONE]":
             done = True
             continue
@@ -141,7 +140,7 @@ def _merge_chat_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
                 if isinstance(call, dict):
                     _merge_call(state["calls"], call)
         elif isinstance(value, str):
-            msg[key] = value if key == "role" else msg.get(key, "") + value
+            msg[key] = value if key == "role" else (msg.get(key) or "") + value  # a null opening delta first
         elif isinstance(value, list):
             msg[key] = [*msg.get(key, []), *value]
         elif value is None:
@@ -177,7 +176,10 @@ def _merge_logprobs(acc: dict[str, Any] | None, part: dict[str, Any]) -> dict[st
 
 def _chat_choice(index: int, state: dict[str, Any]) -> dict[str, Any]:
     msg = state["message"]
-    message: dict[str, Any] = {"role": msg.pop("role", "assistant"), "content": msg.pop("content", None)}
+    content = msg.pop("content", None)
+    if content == "" and (state["calls"] or msg.get("refusal") or msg.get("function_call")):
+        content = None  # a stream's opening ``"content": ""`` beside tool calls: the provider's JSON says null
+    message: dict[str, Any] = {"role": msg.pop("role", "assistant"), "content": content}
     message.update(msg)
     if state["calls"]:
         message["tool_calls"] = [state["calls"][i] for i in sorted(state["calls"])]

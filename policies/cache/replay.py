@@ -64,8 +64,9 @@ def _chat_choice_frames(base: dict[str, Any], ch: dict[str, Any]) -> Iterator[by
     index = int(ch.get("index") or 0)
     msg = ch.get("message") or {}
     logprobs = ch.get("logprobs")
+    nulls = {k: None for k, v in msg.items() if v is None and k not in ("role", "content")}  # e.g. refusal
     yield _chat_chunk(base, index, {"role": msg.get("role", "assistant"),
-                                    "content": "" if isinstance(msg.get("content"), str) else None})
+                                    "content": "" if isinstance(msg.get("content"), str) else None, **nulls})
     for key in _STRING_DELTAS:
         value = msg.get(key)
         if isinstance(value, str):

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.sse import EventSplitter, parse_event
+
 MAX_PEEK_BYTES = 64 * 1024
 MAX_PEEK_EVENTS = 32
 
@@ -58,7 +60,8 @@ def classify_event(event: bytes) -> EventKind:
     if event.startswith(b"data: ") and b"\n" not in event:
         payload, name = event[6:].strip(), b""
     else:
-        payload, name = _split_event(event)
+        name, data = parse_event(event)
+        payload = data or b""
     delta = payload.find(b'"delta":{') if not name else -1
     if delta >= 0:  # a compact chat chunk: the hot case, decided with a few byte searches
         return "meaningful" if _delta_has_payload(payload, delta) else "skip"
@@ -89,17 +92,6 @@ def _delta_has_payload(payload: bytes, start: int) -> bool:
         if marker in payload:
             return True
     return False
-
-
-def _split_event(event: bytes) -> tuple[bytes, bytes]:
-    data: list[bytes] = []
-    name = b""
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            data.append(line[5:].strip())
-        elif line.startswith(b"event:"):
-            name = line[6:].strip()
-    return b"\n".join(data).strip(), name
 
 
 async def peek(body: AsyncIterator[bytes], sse: bool, deadline: float | None = None,
@@ -149,18 +141,16 @@ async def _read(body: AsyncIterator[bytes], result: Peek, scan: _Scan | None) ->
 class _Scan:
     """Reassembles SSE events across chunks and classifies each complete one."""
 
-    __slots__ = ("buffer", "events", "size")
+    __slots__ = ("events", "size", "split")
 
     def __init__(self) -> None:
-        self.buffer = b""
+        self.split = EventSplitter(limit=MAX_PEEK_BYTES + 1)
         self.events = 0
         self.size = 0
 
     def feed(self, chunk: bytes) -> Verdict | None:
         self.size += len(chunk)
-        self.buffer += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
-        while (cut := self.buffer.find(b"\n\n")) >= 0:
-            event, self.buffer = self.buffer[:cut], self.buffer[cut + 2:]
+        for event in self.split.events(chunk):  # any line end, events split anywhere
             self.events += 1
             kind = classify_event(event)
             if kind == "error":

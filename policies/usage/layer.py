@@ -20,6 +20,7 @@ refused), so there is nothing to shadow.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -31,12 +32,14 @@ from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.produced import CAPTURE_KEY, Capture
+from gateway.sse import EventSplitter, parse_event
 from gateway.usage import usage_from_response_obj
 
 INJECT_OPERATIONS = frozenset({"chat", "completions"})
 CAPTURE_OPERATIONS = frozenset({"chat", "completions", "responses"})
 _SPLICE = b'"stream_options":{"include_usage":true},'
-_NULL_USAGE = (b',"usage":null', b', "usage": null', b',"usage": null')
+# ``"usage": null`` with its comma, in any JSON spacing (a key is never inside a string: quotes there are escaped).
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 _MAX_TAIL = 64 * 1024  # an SSE event longer than this (none in practice) disables stripping: never buffer
 
 
@@ -73,7 +76,8 @@ def ask_for_usage(ex: Exchange) -> bool:
         at = raw.find(b"{")
         if at >= 0 and not raw[:at].strip():
             ex.body = {**body, "stream_options": {"include_usage": True}}
-            ex.raw_body = raw[: at + 1] + _SPLICE + raw[at + 1 :]  # duplicate keys impossible: none existed
+            # One copy of a large body, not three (no slice copies); duplicate keys impossible: none existed.
+            ex.raw_body = b"".join((memoryview(raw)[: at + 1], _SPLICE, memoryview(raw)[at + 1 :]))
             return True
     merged = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
     ex.set_body({**body, "stream_options": merged})
@@ -81,75 +85,64 @@ def ask_for_usage(ex: Exchange) -> bool:
 
 
 class UsageStripper:
-    """Relays whole SSE events without the usage the client did not ask for, keeping chunk references."""
+    """Relays whole SSE events without the usage the client did not ask for, keeping chunk references.
 
-    __slots__ = ("capture", "ex", "strip", "tail")
+    Events are cut with the core SSE splitter (any line end, split anywhere); the stripped
+    stream leaves with ``\n`` line ends. An event longer than ``_MAX_TAIL`` stops stripping.
+    """
+
+    __slots__ = ("capture", "ex", "split", "strip")
 
     def __init__(self, ex: Exchange, capture: Capture) -> None:
         self.ex, self.capture = ex, capture
         self.strip = True
-        self.tail = b""
+        self.split = EventSplitter(limit=_MAX_TAIL)
 
     def chunk(self, chunk: bytes) -> bytes:
         self.capture.add(chunk)
-        if self.strip and not self.tail and b"\r\n" in chunk:
-            self.strip = False  # CRLF-framed SSE: relay untouched rather than risk holding events back
         if not self.strip:
             return chunk
-        data = self.tail + chunk if self.tail else chunk
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            if len(data) < _MAX_TAIL:
-                self.tail = data
-                return b""
-            cut, self.strip = len(data) - 2, False  # not an SSE stream we understand: pass through
-        ready, self.tail = data[: cut + 2], data[cut + 2 :]
+        ready = self.split.feed(chunk)
+        if self.split.overflow:
+            self.strip = False  # not an SSE stream we understand: pass through
+            return ready
         if b'"usage"' in ready:
             ready = strip_usage(ready, self.ex)
         return ready
 
     def flush(self) -> bytes:
-        rest, self.tail = self.tail, b""
-        return rest
+        return self.split.rest()
 
 
 def strip_usage(events: bytes, ex: Exchange) -> bytes:
-    """Remove usage from complete SSE events, recording it on ``ex``."""
-    for null in _NULL_USAGE:
-        if null in events:
-            events = events.replace(null, b"")
+    """Remove usage from complete ``\n``-framed SSE events (each ending in a blank line), recording it."""
+    if b"null" in events:
+        events = _NULL_USAGE.sub(b"", events)
     if b'"usage"' not in events:
         return events
-    kept: list[bytes] = []
-    for event in events.split(b"\n\n"):
-        out = _keep(event, ex)
-        if out is not None:
-            kept.append(out)
-    return b"\n\n".join(kept)
+    kept = [out for event in events.split(b"\n\n") if event and (out := _keep(event, ex)) is not None]
+    return b"".join(event + b"\n\n" for event in kept)
 
 
 def _keep(event: bytes, ex: Exchange) -> bytes | None:
     """The event without its usage (None: it carried nothing else)."""
     if b'"usage"' not in event:
         return event
-    lines = event.split(b"\n")
-    for i, line in enumerate(lines):
-        if not line.startswith(b"data:") or b'"usage"' not in line:
-            continue
-        try:
-            obj: Any = orjson.loads(line[5:])
-        except orjson.JSONDecodeError:
-            return event
-        if not isinstance(obj, dict) or "usage" not in obj:
-            return event
-        usage = usage_from_response_obj(obj)
-        if usage is not None:
-            ex.record.reported_usage = usage
-        if not obj.get("choices"):
-            return None
-        del obj["usage"]
-        lines[i] = b"data: " + orjson.dumps(obj)
-    return b"\n".join(lines)
+    _, payload = parse_event(event)
+    try:
+        obj: Any = orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        return event
+    if not isinstance(obj, dict) or "usage" not in obj:
+        return event
+    usage = usage_from_response_obj(obj)
+    if usage is not None:
+        ex.record.reported_usage = usage
+    if not obj.get("choices"):
+        return None
+    del obj["usage"]
+    fields = [line for line in event.split(b"\n") if not line.startswith(b"data")]
+    return b"\n".join([*fields, b"data: " + orjson.dumps(obj)])
 
 
 async def usage_factory(state: AppState, config: Config) -> UsagePolicy:

@@ -78,3 +78,57 @@ def test_stream_without_done_is_not_clean() -> None:
     for chunk in _chat_stream()[:3]:
         insp.feed(chunk)
     assert not insp.clean_end
+
+
+def _spaced(obj: object) -> bytes:
+    import json
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _variants() -> dict[str, bytes]:
+    """The same chat stream in the shapes providers really send."""
+    compact = b"".join(_chat_stream())
+    spaced = b"".join(_spaced(orjson.loads(c[6:])) if c.startswith(b"data: {") else c for c in _chat_stream())
+    multi = compact.replace(b'data: {"choices"', b'data: {\ndata: "choices"')  # multi-line data fields
+    return {
+        "compact": compact, "spaced": spaced, "crlf": spaced.replace(b"\n", b"\r\n"),
+        "cr": compact.replace(b"\n", b"\r"), "multiline": multi,
+        "comments": b": keep-alive\n\n" + compact.replace(b"data: [DONE]", b"id: 9\nevent: done\n: hi\ndata: [DONE]"),
+    }
+
+
+def test_tolerant_reader_every_shape_and_every_split() -> None:
+    """Spaced JSON, CRLF/CR line ends, multi-line data, comments and id/event lines, split at every byte."""
+    for name, stream in _variants().items():
+        for size in (1, 3, 7, len(stream)):
+            insp = StreamInspector(clock=lambda: 1.0)
+            for at in range(0, len(stream), size):
+                insp.feed(stream[at:at + size])
+            assert insp.content_chunks >= 1, (name, size)
+            assert insp.usage is not None and (insp.usage.prompt, insp.usage.cached_prompt) == (7, 3), (name, size)
+            assert insp.finish_reasons == ["stop"] and insp.model == "m-1" and insp.clean_end, (name, size)
+
+
+def test_token_counts_once_per_chunk_and_responses_spaced() -> None:
+    """Two content events in one chunk are one token arrival; spaced Responses events are read too."""
+    insp = StreamInspector(clock=lambda: 3.0)
+    insp.feed(_chat_stream()[1] + _chat_stream()[2])
+    assert insp.content_chunks == 1
+    insp = StreamInspector(clock=lambda: 3.0)
+    insp.feed(b'event: response.output_text.delta\r\ndata: {"type": "response.output_text.delta", "delta": "x"}\r\n\r\n')
+    insp.feed(b'event: response.completed\r\ndata: {"type": "response.completed", "response": {"model": "m", '
+              b'"usage": {"input_tokens": 4, "output_tokens": 2}}}\r\n\r\n')
+    assert insp.first_token_at == 3.0 and insp.usage is not None and insp.usage.completion == 2 and insp.clean_end
+
+
+def test_named_error_event_and_splitter_rest() -> None:
+    """``event: error`` fails the stream; the splitter hands back an unterminated tail once."""
+    from gateway.sse import EventSplitter, parse_event
+    insp = StreamInspector(clock=lambda: 0.0)
+    insp.feed(b'event: error\ndata: {"message": "x"}\n\n')
+    assert insp.error_event
+    split = EventSplitter()
+    assert split.events(b"data: a\r\n\r\ndata: b\r") == [b"data: a"]
+    assert split.events(b"\ndata: c\n") == []
+    assert split.rest() == b"data: b\ndata: c\n" and split.rest() == b""
+    assert parse_event(b"id: 1\nevent: x\ndata:a\ndata: b\n: note") == (b"x", b"a\nb")

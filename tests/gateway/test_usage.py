@@ -46,3 +46,13 @@ def test_usage_from_large_body_reads_only_the_tail() -> None:
                          "usage": {"prompt_tokens": 42, "total_tokens": 42}})
     u = usage_from_json_bytes(body)
     assert u is not None and u.prompt == 42 and u.completion == 0
+
+
+def test_deepseek_cache_hits_and_groq_x_groq() -> None:
+    """DeepSeek's prompt_cache_hit_tokens is the cached part; Groq's stream usage sits under x_groq."""
+    u = usage_from_obj({"prompt_tokens": 20, "completion_tokens": 4, "prompt_cache_hit_tokens": 16,
+                        "prompt_cache_miss_tokens": 4})
+    assert u is not None and (u.prompt, u.cached_prompt) == (20, 16)
+    g = usage_from_response_obj({"choices": [], "x_groq": {"id": "r", "usage": {"prompt_tokens": 5,
+                                                                              "completion_tokens": 6}}})
+    assert g is not None and (g.prompt, g.completion) == (5, 6)

@@ -121,3 +121,13 @@ async def test_replay_close_and_failures_pass_through() -> None:
     assert got == [b"head", b"more"]
     ended = Replay([b"all"], Tracked(b"never"), ended=True)
     assert [c async for c in ended] == [b"all"]
+
+
+async def test_peek_cr_line_ends_split_inside_a_line_end() -> None:
+    """``\\r`` and ``\\r\\n`` line ends, a ``\\r\\n`` split across chunks: the role delta is still skipped."""
+    role = b'data: {"choices": [{"delta": {"role": "assistant", "content": ""}}]}\r\n\r'
+    content = b'\ndata: {"choices": [{"delta": {"content": "Hi"}}]}\r\r'
+    peeked = await peek(body_of(role, content), sse=True)
+    assert peeked.verdict == "commit" and len(peeked.chunks) == 2
+    peeked = await peek(body_of(role, b"\n: ping\r\r"), sse=True)
+    assert peeked.verdict == "ended"
