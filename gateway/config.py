@@ -5,7 +5,8 @@ dataclass type hints and collects ``dotted.path: what is wrong`` lines, which
 ``gateway check-config`` prints and ``gateway serve`` refuses to start with.
 ``${VAR}`` and ``${VAR:-default}`` are interpolated from the environment; a
 value that is only ``${VAR}`` with VAR unset becomes null (so an optional
-``api_key`` simply falls back to forwarding the client's key).
+``api_key`` falls back to forwarding the client's key in passthrough mode; in keys mode that is an
+error unless the upstream sets ``forward_client_key: true``).
 """
 from __future__ import annotations
 
@@ -236,16 +237,25 @@ def check_semantics(cfg: Config) -> list[str]:
         problems.append("server.port: must be between 1 and 65535")
     if cfg.server.max_body_bytes < 1024:
         problems.append("server.max_body_bytes: must be at least 1024")
-    if cfg.auth.mode == "keys":
-        if not cfg.auth.keys:
-            problems.append("auth.keys: required when auth.mode is keys")
-        for i, key in enumerate(cfg.auth.keys):
-            if not key.key:
-                problems.append(f"auth.keys[{i}].key: must not be empty (is its variable set?)")
+    problems += _check_auth(cfg)
     if cfg.state.replicas_hint < 1:
         problems.append("state.replicas_hint: must be >= 1")
     if cfg.state.backend == "redis" and not cfg.state.redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("state.redis_url: must start with redis://, rediss:// or unix://")
+    return problems
+
+
+def _check_auth(cfg: Config) -> list[str]:
+    if cfg.auth.mode != "keys":
+        return []
+    problems = [] if cfg.auth.keys else ["auth.keys: required when auth.mode is keys"]
+    for i, key in enumerate(cfg.auth.keys):
+        if not key.key:
+            problems.append(f"auth.keys[{i}].key: must not be empty (is its variable set?)")
+    for name, up in cfg.upstreams.items():
+        if not up.api_key and not up.forward_client_key:
+            problems.append(f"upstreams.{name}.api_key: required when auth.mode is keys (the tenants' gateway "
+                            "keys are never forwarded; set forward_client_key: true to forward them on purpose)")
     return problems
 
 

@@ -53,6 +53,9 @@ class UpstreamConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     list_models: bool = True  # include this upstream's /models in GET /v1/models
+    # auth.mode keys without api_key: forward the client's gateway key to this upstream (a check-config
+    # error unless set on purpose; the provider then sees the tenant's key).
+    forward_client_key: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

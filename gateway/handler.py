@@ -168,7 +168,7 @@ def finish(st: AppState, ex: Exchange) -> None:
 async def build_exchange(request: web.Request, st: AppState, rid: str, operation: str, now: float) -> Exchange:
     runtime = st.runtime
     cfg = runtime.config
-    identity = runtime.auth.identify(request.headers)
+    identity = runtime.auth.identify(request.headers, request.query)
     raw = await read_body(request, cfg.server.max_body_bytes)
     body = parse_json(raw)
     validate(operation, body)

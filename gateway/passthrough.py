@@ -32,7 +32,7 @@ async def handle_other(request: web.Request) -> web.StreamResponse:
 async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Exchange:
     cfg = st.config
     upstream = next(iter(cfg.upstreams))
-    identity = st.runtime.auth.identify(request.headers)
+    identity = st.runtime.auth.identify(request.headers, request.query)
     raw = await read_body(request, cfg.server.max_body_bytes)
     facts = RequestFacts(
         request_id=rid, method=request.method, path=request.path, operation="passthrough",

@@ -26,8 +26,11 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "proxy-connection",
 })
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "content-encoding", "expect"}
-_REQUEST_DROP_KEYED = _REQUEST_DROP | {"authorization", "api-key"}  # the upstream has its own key
+# Cookies are never forwarded: no LLM provider authenticates with them, and a browser's cookies for the
+# gateway's origin are the gateway's business only.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "content-encoding", "expect", "cookie"}
+CLIENT_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key", "cookie"})
+_REQUEST_DROP_KEYED = _REQUEST_DROP | CLIENT_CREDENTIALS  # the upstream has its own key, or keys mode
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "content-encoding", "x-request-id"}
 _RESPONSE_DROP_DECOMPRESSED = _RESPONSE_DROP | {"content-length"}  # the length of the compressed body
 _CLIENT_STEERING_PREFIXES = ("x-gateway-",)
@@ -40,9 +43,11 @@ def connection_named(headers: Mapping[str, str]) -> set[str]:
 
 
 def forward_request_headers(client: CIMultiDictProxy[str], extra: Mapping[str, str],
-                            api_key: str | None) -> CIMultiDict[str]:
-    # One set lookup per header (the client's credentials are in the drop set when we have our own key).
-    drop = _REQUEST_DROP if api_key is None else _REQUEST_DROP_KEYED
+                            api_key: str | None, forward_credentials: bool = True) -> CIMultiDict[str]:
+    """The client's headers as the upstream gets them. Its credentials go only when the upstream has no key
+    of its own and ``forward_credentials`` (passthrough mode, or ``forward_client_key: true``)."""
+    # One set lookup per header (the client's credentials are in the drop set when they must not go).
+    drop = _REQUEST_DROP if api_key is None and forward_credentials else _REQUEST_DROP_KEYED
     if "connection" in client:
         drop = drop | connection_named(client)
     out: CIMultiDict[str] = CIMultiDict()
@@ -87,6 +92,7 @@ class UpstreamClient:
     timeouts: TimeoutsConfig
     api_key: str | None = None
     extra_headers: Mapping[str, str] = ()  # type: ignore[assignment]
+    forward_client_key: bool = False  # keys mode: forward the client's gateway key (set on purpose in config)
 
     @classmethod
     def create(cls, name: str, cfg: UpstreamConfig) -> UpstreamClient:
@@ -96,7 +102,8 @@ class UpstreamClient:
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeouts.connect_s),
                                         skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
         return cls(name=name, base_url=cfg.base_url.rstrip("/"), session=session, timeouts=cfg.timeouts,
-                   api_key=cfg.api_key or None, extra_headers=dict(cfg.headers))
+                   api_key=cfg.api_key or None, extra_headers=dict(cfg.headers),
+                   forward_client_key=cfg.forward_client_key)
 
     async def close(self) -> None:
         await self.session.close()
@@ -110,7 +117,9 @@ class UpstreamClient:
         loop = asyncio.get_running_loop()
         attempt = Attempt(upstream=self.name, model=ex.target.model, started=loop.time())
         ex.record.attempts.append(attempt)
-        headers = forward_request_headers(ex.request.headers, self.extra_headers, self.api_key)
+        # In keys mode (the identity carries the matched key) the client's credential is its gateway key.
+        forward = ex.request.identity.key is None or self.forward_client_key
+        headers = forward_request_headers(ex.request.headers, self.extra_headers, self.api_key, forward)
         headers.update(ex.upstream_headers)
         first_byte_deadline = min(attempt.started + t.first_byte_s, ex.request.deadline)
         try:
