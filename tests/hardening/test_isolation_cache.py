@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from gateway.mock import MockServer
-from tests.hardening.scripted import Scripted, chat_answer, scripted  # noqa: F401  (fixture)
+from tests.hardening.scripted import Scripted, chat_answer
 
 CHAT = "/v1/chat/completions"
 
