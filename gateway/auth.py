@@ -1,7 +1,7 @@
 """Client identity: who is calling (tenant) and which cache namespace they get.
 
-With ``auth.mode: keys`` a request must carry one of the configured keys (``Authorization: Bearer``,
-``api-key`` or ``x-api-key``). Keys are kept only as SHA-256 digests; a presented key is hashed and
+With ``auth.mode: keys`` a request must carry one of the configured keys (``Authorization: Bearer``
+or ``api-key``). Keys are kept only as SHA-256 digests; a presented key is hashed and
 looked up by its digest, so the time taken does not depend on how much of a key matched.
 
 In passthrough mode everybody is the ``default`` tenant for metrics, but the cache namespace is
@@ -48,11 +48,11 @@ def digest(secret: str) -> str:
 
 
 def bearer_token(headers: CIMultiDictProxy[str]) -> str:
-    """The gateway key of keys mode: ``Bearer`` (any whitespace after it), else ``api-key``/``x-api-key``."""
+    """The gateway key of keys mode: ``Bearer`` (any whitespace after it), else ``api-key`` (Azure style)."""
     parts = headers.get("authorization", "").split(None, 1)
     if len(parts) == 2 and parts[0].lower() == "bearer":
         return parts[1].strip()
-    return (headers.get("api-key", "") or headers.get("x-api-key", "")).strip()
+    return headers.get("api-key", "").strip()
 
 
 def credential_material(headers: CIMultiDictProxy[str], query: Mapping[str, str] | None) -> str:

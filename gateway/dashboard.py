@@ -164,7 +164,8 @@ async def handle_asset(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={**SECURITY_HEADERS, "content-type": ctype + "; charset=utf-8"})
 
 
-_KEY_IN_QUERY = re.compile(r"([?&]key=)[^&\s\"]*", re.IGNORECASE)
+# The dashboard's ?key= and every query parameter a provider reads a key from (gateway.auth.CREDENTIAL_QUERY).
+_KEY_IN_QUERY = re.compile(r"([?&](?:key|api_key|api-key|apikey|access_token|token)=)[^&\s\"]*", re.IGNORECASE)
 
 
 class RedactKeyFilter(logging.Filter):

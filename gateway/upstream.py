@@ -10,6 +10,7 @@ pool, so an abandoned attempt can never leak half a response into the next one.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 
@@ -294,10 +295,18 @@ def _map_send_error(exc: BaseException, name: str, past_deadline: bool) -> Upstr
         kind = "total_timeout" if past_deadline else "timeout_before_first_byte"
         return UpstreamFailure(kind, f"Upstream {name}: no response before the first-byte timeout", upstream=name)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamFailure("connect_error", f"Upstream {name} unreachable: {exc.strerror or 'connect failed'}",
-                               upstream=name)
+        # Named, never addressed: the OS message ("Connect call failed ('10.0.0.7', 443)") and the DNS one
+        # carry the provider's address, which a client has no business learning.
+        return UpstreamFailure("connect_error", f"Upstream {name} unreachable ({_reason(exc)})", upstream=name)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return UpstreamFailure("reset_before_response",
                                f"Upstream {name} closed the connection before answering ({type(exc).__name__})",
                                upstream=name)
     return None
+
+
+def _reason(exc: aiohttp.ClientConnectorError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "name resolution failed"
+    code = exc.os_error.errno
+    return os.strerror(code).lower() if isinstance(code, int) and code > 0 else "connect failed"

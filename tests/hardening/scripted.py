@@ -1,6 +1,7 @@
 """A provider whose every answer the test scripts: odd bodies the fake provider never sends."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,13 @@ class Scripted:
     default: tuple[int, Any, dict[str, str]] = (200, {}, {})
     seen: list[web.Request] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
+    delay_s: float = 0.0
 
     async def handle(self, request: web.Request) -> web.Response:
         self.seen.append(request)
         self.bodies.append(await request.read())
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         status, payload, headers = self.script.pop(0) if self.script else self.default
         return web.Response(status=status, body=orjson.dumps(payload), headers=headers,
                             content_type="application/json")
