@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.config_model import Config, RouteConfig
+from gateway.config_model import STATEFUL_ENDPOINTS, Config, RouteConfig
 from policies.config_checks import FEATURE_CHECKS
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -252,6 +252,10 @@ def _check_auth(cfg: Config) -> list[str]:
     for i, key in enumerate(cfg.auth.keys):
         if not key.key:
             problems.append(f"auth.keys[{i}].key: must not be empty (is its variable set?)")
+        unknown = sorted(set(key.passthrough) - STATEFUL_ENDPOINTS)
+        if unknown:
+            problems.append(f"auth.keys[{i}].passthrough: unknown endpoint families {unknown}; "
+                            f"known: {sorted(STATEFUL_ENDPOINTS)}")
     for name, up in cfg.upstreams.items():
         if not up.api_key and not up.forward_client_key:
             problems.append(f"upstreams.{name}.api_key: required when auth.mode is keys (the tenants' gateway "

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
+from gateway.auth import Identity
 from gateway.body import close_quietly
 from gateway.chain import Next
 from gateway.errors import LocalReply, UpstreamFailure, error_body, sse_error_event
@@ -172,6 +173,8 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     raw = await read_body(request, cfg.server.max_body_bytes)
     body = parse_json(raw)
     validate(operation, body)
+    if operation == "responses" and body.get("previous_response_id") is not None:
+        _check_stored_responses(st, identity)
     model: str = body["model"]
     route = runtime.router.resolve(model)
     if route is None:
@@ -189,6 +192,16 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     if route.model and route.model != model:
         ex.set_body({**body, "model": route.model})
     return ex
+
+
+def _check_stored_responses(st: AppState, identity: Identity) -> None:
+    """``previous_response_id`` reads a stored response of the provider account: in keys mode only tenants
+    granted ``responses`` may name one (the same rule as ``/v1/responses/{id}`` through passthrough)."""
+    if identity.key is None or "responses" in identity.key.passthrough:
+        return
+    st.metrics.decision("passthrough", "refused_previous_response")
+    raise LocalReply(403, "previous_response_id is not enabled for this key.", type="permission_error",
+                     code="endpoint_not_granted", param="previous_response_id")
 
 
 class _HeadersWithBody(web.StreamResponse):

@@ -1,13 +1,17 @@
 """Paths the gateway does not model: 404 in the OpenAI shape, or, with
 ``passthrough: true``, forwarded unchanged to the first upstream (files,
 batches, fine-tuning...). Passthrough requests skip the policies: they are not
-chat traffic, so caching, budgets and token limits do not apply to them."""
+chat traffic, so caching, budgets and token limits do not apply to them. In keys mode the stateful
+endpoints (``config_model.STATEFUL_ENDPOINTS``) answer 403 unless the key lists the family in
+``auth.keys[].passthrough``."""
 from __future__ import annotations
 
 from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
+from gateway.auth import Identity
 from gateway.components import TOOL_HANDLER
+from gateway.config_model import STATEFUL_ENDPOINTS
 from gateway.errors import LocalReply
 from gateway.exchange import Exchange, RequestFacts, Target
 from gateway.handler import proxy, reject, request_id_of
@@ -33,6 +37,7 @@ async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Ex
     cfg = st.config
     upstream = next(iter(cfg.upstreams))
     identity = st.runtime.auth.identify(request.headers, request.query)
+    _check_grant(st, identity, request.path)
     raw = await read_body(request, cfg.server.max_body_bytes)
     facts = RequestFacts(
         request_id=rid, method=request.method, path=request.path, operation="passthrough",
@@ -42,6 +47,20 @@ async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Ex
         # "/v1/..%2F..%2Fadmin" would leave the upstream's base path (base_url + "/../../admin").
         query_string=request.query_string, upstream_path=safe_subpath(request.rel_url.raw_path[3:]))
     return Exchange(request=facts, target=Target(upstream=upstream), raw_body=raw, body=None)
+
+
+def _check_grant(st: AppState, identity: Identity, path: str) -> None:
+    """Keys mode: stateful provider endpoints hold the provider account's objects, which every tenant would
+    share (list, read, delete) through the gateway's key; only tenants granted the family reach them."""
+    family = path[4:].split("/", 1)[0]
+    if identity.key is None or family not in STATEFUL_ENDPOINTS:
+        return
+    if family in identity.key.passthrough:
+        st.metrics.decision("passthrough", "granted_stateful")
+        return
+    st.metrics.decision("passthrough", "refused_stateful")
+    raise LocalReply(403, f"The /v1/{family} endpoints are not enabled for this key.", type="permission_error",
+                     code="endpoint_not_granted")
 
 
 def _send_direct(st: AppState):  # type: ignore[no-untyped-def]
