@@ -30,9 +30,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/stats/stream", handle_stats_stream)
 
 
-def _admin_state(request: web.Request) -> tuple[AppState, LiveStats]:
+async def _admin_state(request: web.Request) -> tuple[AppState, LiveStats]:
     """Raise ``LocalReply`` unless an admin asks and the live stats run."""
-    check_admin(request)
+    await check_admin(request)
     st = request.app[APP_STATE]
     if st.stats is None:
         raise LocalReply(503, "Live stats are not running.", type="server_error", code="stats_unavailable")
@@ -44,10 +44,19 @@ def _reply(reply: LocalReply) -> web.Response:
                         headers={**reply.headers, **NO_STORE})
 
 
+async def _still_admin(request: web.Request) -> bool:
+    """Checked before every event: a logout or an admin key rotation ends an open stream."""
+    try:
+        await check_admin(request)
+    except LocalReply:
+        return False
+    return True
+
+
 async def handle_stats(request: web.Request) -> web.Response:
     """The live summary; ``?series=1`` adds the per-second chart rows of the window."""
     try:
-        st, stats = _admin_state(request)
+        st, stats = await _admin_state(request)
     except LocalReply as reply:
         return _reply(reply)
     payload: dict[str, Any] = summary(stats, st)
@@ -59,7 +68,7 @@ async def handle_stats(request: web.Request) -> web.Response:
 async def handle_stats_stream(request: web.Request) -> web.StreamResponse:
     """One SSE ``data:`` event per second, aligned just after each second ends."""
     try:
-        st, stats = _admin_state(request)
+        st, stats = await _admin_state(request)
     except LocalReply as reply:
         return _reply(reply)
     resp = web.StreamResponse(headers={"content-type": "text/event-stream", "x-accel-buffering": "no",
@@ -68,7 +77,7 @@ async def handle_stats_stream(request: web.Request) -> web.StreamResponse:
     last: int | None = None
     try:
         await resp.write(b"retry: 2000\n\n")
-        while not st.lifecycle.draining:
+        while not st.lifecycle.draining and await _still_admin(request):
             rows = stats.rows(since=last)
             event = {"full": last is None, "summary": summary(stats, st, exact=False), "rows": rows}
             if rows:

@@ -73,7 +73,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"config error: server.workers: {err}", file=sys.stderr)
         return 2
-    setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", config.server.log_level))
+    setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", config.server.log_level), access_log=config.server.access_log)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     config_path = str(path) if path else None

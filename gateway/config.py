@@ -5,7 +5,8 @@ dataclass type hints and collects ``dotted.path: what is wrong`` lines, which
 ``gateway check-config`` prints and ``gateway serve`` refuses to start with.
 ``${VAR}`` and ``${VAR:-default}`` are interpolated from the environment; a
 value that is only ``${VAR}`` with VAR unset becomes null (so an optional
-``api_key`` simply falls back to forwarding the client's key).
+``api_key`` falls back to forwarding the client's key in passthrough mode; in keys mode that is an
+error unless the upstream sets ``forward_client_key: true``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from gateway.config_model import Config, RouteConfig
+from gateway.config_model import STATEFUL_ENDPOINTS, Config, RouteConfig
 from policies.config_checks import FEATURE_CHECKS
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -260,23 +261,30 @@ def _check_listener(cfg: Config) -> list[str]:
     return problems
 
 
-def _check_auth(cfg: Config) -> list[str]:
-    problems: list[str] = []
-    if cfg.auth.mode == "keys":
-        if not cfg.auth.keys:
-            problems.append("auth.keys: required when auth.mode is keys")
-        for i, key in enumerate(cfg.auth.keys):
-            if not key.key:
-                problems.append(f"auth.keys[{i}].key: must not be empty (is its variable set?)")
-    return problems
-
-
 def _check_state(cfg: Config) -> list[str]:
     problems: list[str] = []
     if cfg.state.replicas_hint < 1:
         problems.append("state.replicas_hint: must be >= 1")
     if cfg.state.backend == "redis" and not cfg.state.redis_url.startswith(("redis://", "rediss://", "unix://")):
         problems.append("state.redis_url: must start with redis://, rediss:// or unix://")
+    return problems
+
+
+def _check_auth(cfg: Config) -> list[str]:
+    if cfg.auth.mode != "keys":
+        return []
+    problems = [] if cfg.auth.keys else ["auth.keys: required when auth.mode is keys"]
+    for i, key in enumerate(cfg.auth.keys):
+        if not key.key:
+            problems.append(f"auth.keys[{i}].key: must not be empty (is its variable set?)")
+        unknown = sorted(set(key.passthrough) - STATEFUL_ENDPOINTS)
+        if unknown:
+            problems.append(f"auth.keys[{i}].passthrough: unknown endpoint families {unknown}; "
+                            f"known: {sorted(STATEFUL_ENDPOINTS)}")
+    for name, up in cfg.upstreams.items():
+        if not up.api_key and not up.forward_client_key:
+            problems.append(f"upstreams.{name}.api_key: required when auth.mode is keys (the tenants' gateway "
+                            "keys are never forwarded; set forward_client_key: true to forward them on purpose)")
     return problems
 
 

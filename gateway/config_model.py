@@ -55,6 +55,9 @@ class UpstreamConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     list_models: bool = True  # include this upstream's /models in GET /v1/models
+    # auth.mode keys without api_key: forward the client's gateway key to this upstream (a check-config
+    # error unless set on purpose; the provider then sees the tenant's key).
+    forward_client_key: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,10 +100,22 @@ class StateConfig:
     key_prefix: str = "gw:"
 
 
+# Provider endpoints that keep objects (files, batches, stored responses...): the first path segment under
+# /v1. In keys mode passthrough never reaches them unless a key lists the family in ``passthrough``.
+STATEFUL_ENDPOINTS = frozenset({
+    "files", "uploads", "batches", "responses", "vector_stores", "fine_tuning", "fine-tunes", "assistants",
+    "threads", "conversations", "containers", "evals",
+})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthKeyConfig:
     key: str
     tenant: str
+    # Stateful provider endpoints (STATEFUL_ENDPOINTS) this tenant may reach through passthrough; also needed
+    # for previous_response_id on /v1/responses. Objects there are the provider account's, shared by every
+    # tenant granted the same family: grant only tenants that may see each other's objects.
+    passthrough: list[str] = field(default_factory=list)
     rpm: int | None = None
     tpm: int | None = None
     max_concurrency: int | None = None

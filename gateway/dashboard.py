@@ -7,8 +7,10 @@ step) plus uPlot, vendored from npm with its licence. It reads
 Access uses the admin key without ever putting it in a page, a script or a log:
 - a login form POSTs the key; ``?key=`` in the URL (what ``make demo`` prints)
   is accepted once and answered with a redirect that drops it from the URL;
-- either way the browser gets an HttpOnly, SameSite=Strict cookie holding an
-  HMAC of the key (``admin_auth.session_token``), never the key itself;
+- either way the browser gets an HttpOnly, SameSite=Strict cookie holding a random
+  session id whose record is server-side (``admin_auth.AdminSessions``: expiry, revoked
+  by logout and by a key rotation), never the key itself;
+- login and logout refuse cross-site requests; wrong keys are throttled per address;
 - without a valid cookie or bearer key the page answers 401 with the login form;
 - the aiohttp access log, when enabled, has any ``key=`` query value redacted.
 The pages send a strict Content-Security-Policy (scripts and styles from this
@@ -16,7 +18,6 @@ origin only, no inline code), and no Referer.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 from dataclasses import dataclass
@@ -24,14 +25,23 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.admin_auth import COOKIE, check_admin, session_token
+from gateway.admin_auth import (
+    COOKIE,
+    SESSION_TTL_S,
+    check_admin,
+    key_matches,
+    same_origin,
+    sessions_of,
+    throttle,
+    wrong_key,
+)
 from gateway.appstate import APP_STATE
 from gateway.errors import LocalReply
 
 STATIC = Path(__file__).parent / "static"
 PAGE = "/admin/dashboard"
 ASSET_PREFIX = "/admin/dashboard/assets/"
-SESSION_MAX_AGE_S = 12 * 3600
+SESSION_MAX_AGE_S = SESSION_TTL_S
 # name in the URL -> (file under static/, content type, served without a session)
 ASSETS: dict[str, tuple[str, str, bool]] = {
     "dashboard.js": ("dashboard/dashboard.js", "text/javascript", False),
@@ -102,19 +112,34 @@ def _configured_key(request: web.Request) -> str:
 
 
 def _key_matches(request: web.Request, presented: str) -> bool:
-    key = _configured_key(request)
-    return bool(key and presented) and hmac.compare_digest(presented.encode(), key.encode())
+    """The admin key? (raises the 429 of a throttled address first; counts a wrong key)."""
+    throttle(request)
+    if key_matches(_configured_key(request), presented):
+        return True
+    wrong_key(request)
+    return False
+
+
+def _cross_site(request: web.Request) -> web.Response | None:
+    if same_origin(request):
+        return None
+    request.app[APP_STATE].metrics.decision("admin_auth", "cross_site")
+    return _disabled(LocalReply(403, "Cross-site admin requests are refused.", type="permission_error",
+                                code="cross_site_request"))
 
 
 def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={**SECURITY_HEADERS, "location": location})
 
 
-def _signed_in(request: web.Request, location: str) -> web.Response:
-    """Redirect with the session cookie: the HMAC of the key, HttpOnly, SameSite=Strict."""
+async def _signed_in(request: web.Request, location: str) -> web.Response:
+    """Redirect with a new session's cookie: a random id, HttpOnly, SameSite=Strict."""
+    st = request.app[APP_STATE]
+    sid = await sessions_of(st).create(st, _configured_key(request))
+    st.metrics.decision("admin_auth", "session_created")
     resp = _redirect(location)
-    resp.set_cookie(COOKIE, session_token(_configured_key(request)), path="/admin", httponly=True,
-                    samesite="Strict", secure=request.secure, max_age=SESSION_MAX_AGE_S)
+    resp.set_cookie(COOKIE, sid, path="/admin", httponly=True, samesite="Strict", secure=request.secure,
+                    max_age=SESSION_MAX_AGE_S)
     return resp
 
 
@@ -123,13 +148,15 @@ async def handle_dashboard(request: web.Request) -> web.Response:
     if not _configured_key(request):
         return _disabled(LocalReply(404, "Admin API is disabled: set admin.api_key to enable it.",
                                     code="admin_disabled"))
-    if "key" in request.query:
-        if _key_matches(request, request.query.get("key", "")):
-            return _signed_in(request, PAGE)
-        return _redirect(PAGE + "?error=1")
     try:
-        check_admin(request)
-    except LocalReply:
+        if "key" in request.query:
+            if _key_matches(request, request.query.get("key", "")):
+                return await _signed_in(request, PAGE)
+            return _redirect(PAGE + "?error=1")
+        await check_admin(request)
+    except LocalReply as reply:
+        if reply.status == 429:
+            return _disabled(reply)
         return _login_page(request, error=request.query.get("error") == "1")
     return _html(request.app[DASHBOARD_FILES].index)
 
@@ -138,14 +165,29 @@ async def handle_login(request: web.Request) -> web.Response:
     """The login form's POST: the key travels in the body, never in a URL."""
     if not _configured_key(request):
         return _disabled(LocalReply(404, "Admin API is disabled.", code="admin_disabled"))
+    refused = _cross_site(request)
+    if refused is not None:
+        return refused
     form = await request.post()
     presented = form.get("key")
-    if isinstance(presented, str) and _key_matches(request, presented.strip()):
-        return _signed_in(request, PAGE)
+    try:
+        if isinstance(presented, str) and _key_matches(request, presented.strip()):
+            return await _signed_in(request, PAGE)
+    except LocalReply as reply:
+        return _disabled(reply)
     return _login_page(request, error=True)
 
 
 async def handle_logout(request: web.Request) -> web.Response:
+    """Revokes the session server-side (the cookie is worthless afterwards, wherever it was copied)."""
+    refused = _cross_site(request)
+    if refused is not None:
+        return refused
+    st = request.app[APP_STATE]
+    sid = request.cookies.get(COOKIE, "")
+    if sid:
+        await sessions_of(st).revoke(st, sid)
+        st.metrics.decision("admin_auth", "session_revoked")
     resp = _redirect(PAGE)
     resp.del_cookie(COOKIE, path="/admin")
     return resp
@@ -160,13 +202,14 @@ async def handle_asset(request: web.Request) -> web.Response:
     body, ctype, public = asset
     if not public:
         try:
-            check_admin(request)
+            await check_admin(request)
         except LocalReply as reply:
             return _disabled(reply)
     return web.Response(body=body, headers={**SECURITY_HEADERS, "content-type": ctype + "; charset=utf-8"})
 
 
-_KEY_IN_QUERY = re.compile(r"([?&]key=)[^&\s\"]*", re.IGNORECASE)
+# The dashboard's ?key= and every query parameter a provider reads a key from (gateway.auth.CREDENTIAL_QUERY).
+_KEY_IN_QUERY = re.compile(r"([?&](?:key|api_key|api-key|apikey|access_token|token)=)[^&\s\"]*", re.IGNORECASE)
 
 
 class RedactKeyFilter(logging.Filter):

@@ -14,16 +14,19 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
+from gateway.auth import Identity
 from gateway.body import close_quietly
 from gateway.chain import Next
-from gateway.errors import LocalReply, UpstreamFailure, error_body, sse_error_event
+from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body, sse_error_event
 from gateway.exchange import Exchange, Record, RequestFacts, Target, UpstreamResponse
+from gateway.ownership import require_owned, tag_response_body
 from gateway.request import parse_json, read_body, too_large, validate
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
@@ -155,7 +158,11 @@ async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> 
     if gauge is not None:
         gauge.inc()
     try:
-        return await relay(request, st, ex, await call(ex))
+        up = await call(ex)
+        identity = ex.request.identity
+        if ex.request.operation == "responses" and identity.key is not None and up.status == 200:
+            up = replace(up, body=tag_response_body(st, identity.tenant, up.body))
+        return await relay(request, st, ex, up)
     finally:
         if gauge is not None:
             gauge.dec()
@@ -191,10 +198,12 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
                          now: float) -> Exchange:
     runtime = st.runtime
     cfg = runtime.config
-    identity = runtime.auth.identify(request.headers)
+    identity = runtime.auth.identify(request.headers, request.query)
     raw = await read_body(request, cfg.server.max_body_bytes)
     body = parse_json(raw)
     validate(operation, body)
+    if operation == "responses" and identity.key is not None and body.get("previous_response_id") is not None:
+        await _check_previous_response(st, identity, body["previous_response_id"])
     model: str = body["model"]
     route = runtime.router.resolve(model)
     if route is None:
@@ -212,6 +221,19 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     if route.model and route.model != model:
         ex.set_body({**body, "model": route.model})
     return ex
+
+
+async def _check_previous_response(st: AppState, identity: Identity, previous: Any) -> None:
+    """``previous_response_id`` reads a stored response of the provider account: in keys mode it must name
+    a response this tenant created through the gateway (else 404, as if it did not exist)."""
+    if not isinstance(previous, str):
+        raise bad_request("Invalid type for 'previous_response_id': expected a string.",
+                          param="previous_response_id", code="invalid_type")
+    try:
+        await require_owned(st, identity.tenant, [previous])
+    except LocalReply as reply:
+        reply.param = "previous_response_id"
+        raise
 
 
 class _HeadersWithBody(web.StreamResponse):

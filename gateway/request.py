@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import orjson
@@ -96,9 +97,33 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise too_deep()
     # The original bytes are forwarded: a duplicated steering key could be read one way here (last wins)
     # and another way by the provider (first wins), so route, limits and cache would see another request.
-    if (raw.count(b'"model"') > 1 or raw.count(b'"stream"') > 1) and _has_duplicate_keys(raw):
+    if _may_steer_twice(raw) and _has_duplicate_keys(raw):
         raise bad_request("The JSON body has a duplicate key.", code="duplicate_key")
     return body
+
+
+_STEERING_KEYS = frozenset({"model", "stream"})
+# An object key of 5 to 36 bytes (the longest spelling of "stream" is six \u escapes): bounded, so the
+# scan stays linear on any body.
+_SHORT_KEY = re.compile(rb'"([^"]{5,36})"\s*:')
+
+
+def _may_steer_twice(raw: bytes) -> bool:
+    """Cheap test for a possibly duplicated steering key, literal or spelled with escapes (``"mod\u0065l"``)."""
+    if raw.count(b'"model"') > 1 or raw.count(b'"stream"') > 1:
+        return True
+    if b"\\u" not in raw:
+        return False
+    for match in _SHORT_KEY.finditer(raw):
+        key = match.group(1)
+        if b"\\u" not in key:
+            continue
+        try:
+            if orjson.loads(b'"' + key + b'"') in _STEERING_KEYS:
+                return True
+        except orjson.JSONDecodeError:
+            continue
+    return False
 
 
 def _has_duplicate_keys(raw: bytes) -> bool:

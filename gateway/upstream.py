@@ -10,6 +10,7 @@ pool, so an abandoned attempt can never leak half a response into the next one.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 
@@ -26,8 +27,11 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
     "transfer-encoding", "upgrade", "proxy-connection",
 })
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "content-encoding", "expect"}
-_REQUEST_DROP_KEYED = _REQUEST_DROP | {"authorization", "api-key"}  # the upstream has its own key
+# Cookies are never forwarded: no LLM provider authenticates with them, and a browser's cookies for the
+# gateway's origin are the gateway's business only.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "content-encoding", "expect", "cookie"}
+CLIENT_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key", "cookie"})
+_REQUEST_DROP_KEYED = _REQUEST_DROP | CLIENT_CREDENTIALS  # the upstream has its own key, or keys mode
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "content-encoding", "x-request-id"}
 _RESPONSE_DROP_DECOMPRESSED = _RESPONSE_DROP | {"content-length"}  # the length of the compressed body
 _CLIENT_STEERING_PREFIXES = ("x-gateway-",)
@@ -40,9 +44,11 @@ def connection_named(headers: Mapping[str, str]) -> set[str]:
 
 
 def forward_request_headers(client: CIMultiDictProxy[str], extra: Mapping[str, str],
-                            api_key: str | None) -> CIMultiDict[str]:
-    # One set lookup per header (the client's credentials are in the drop set when we have our own key).
-    drop = _REQUEST_DROP if api_key is None else _REQUEST_DROP_KEYED
+                            api_key: str | None, forward_credentials: bool = True) -> CIMultiDict[str]:
+    """The client's headers as the upstream gets them. Its credentials go only when the upstream has no key
+    of its own and ``forward_credentials`` (passthrough mode, or ``forward_client_key: true``)."""
+    # One set lookup per header (the client's credentials are in the drop set when they must not go).
+    drop = _REQUEST_DROP if api_key is None and forward_credentials else _REQUEST_DROP_KEYED
     if "connection" in client:
         drop = drop | connection_named(client)
     out: CIMultiDict[str] = CIMultiDict()
@@ -87,6 +93,7 @@ class UpstreamClient:
     timeouts: TimeoutsConfig
     api_key: str | None = None
     extra_headers: Mapping[str, str] = ()  # type: ignore[assignment]
+    forward_client_key: bool = False  # keys mode: forward the client's gateway key (set on purpose in config)
 
     @classmethod
     def create(cls, name: str, cfg: UpstreamConfig) -> UpstreamClient:
@@ -99,7 +106,8 @@ class UpstreamClient:
                                         skip_auto_headers=("User-Agent",),
                                         cookie_jar=aiohttp.DummyCookieJar())
         return cls(name=name, base_url=cfg.base_url.rstrip("/"), session=session, timeouts=cfg.timeouts,
-                   api_key=cfg.api_key or None, extra_headers=dict(cfg.headers))
+                   api_key=cfg.api_key or None, extra_headers=dict(cfg.headers),
+                   forward_client_key=cfg.forward_client_key)
 
     async def close(self) -> None:
         await self.session.close()
@@ -113,7 +121,9 @@ class UpstreamClient:
         loop = asyncio.get_running_loop()
         attempt = Attempt(upstream=self.name, model=ex.target.model, started=loop.time())
         ex.record.attempts.append(attempt)
-        headers = forward_request_headers(ex.request.headers, self.extra_headers, self.api_key)
+        # In keys mode (the identity carries the matched key) the client's credential is its gateway key.
+        forward = ex.request.identity.key is None or self.forward_client_key
+        headers = forward_request_headers(ex.request.headers, self.extra_headers, self.api_key, forward)
         headers.update(ex.upstream_headers)
         first_byte_deadline = min(attempt.started + t.first_byte_s, ex.request.deadline)
         try:
@@ -291,9 +301,9 @@ def _map_send_error(exc: BaseException, name: str, past_deadline: bool) -> Upstr
         return UpstreamFailure(kind, f"Upstream {name}: no response before the first-byte timeout",
                                upstream=name)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamFailure("connect_error",
-                               f"Upstream {name} unreachable: {exc.strerror or 'connect failed'}",
-                               upstream=name)
+        # Named, never addressed: the OS message ("Connect call failed ('10.0.0.7', 443)") and the DNS one
+        # carry the provider's address, which a client has no business learning.
+        return UpstreamFailure("connect_error", f"Upstream {name} unreachable ({_reason(exc)})", upstream=name)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return UpstreamFailure(
             "reset_before_response",
@@ -301,3 +311,10 @@ def _map_send_error(exc: BaseException, name: str, past_deadline: bool) -> Upstr
             upstream=name,
         )
     return None
+
+
+def _reason(exc: aiohttp.ClientConnectorError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "name resolution failed"
+    code = exc.os_error.errno
+    return os.strerror(code).lower() if isinstance(code, int) and code > 0 else "connect failed"

@@ -40,7 +40,8 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
-def setup_logging(level: str = "info", stream: Any = None) -> None:
+def setup_logging(level: str = "info", stream: Any = None, access_log: bool = False) -> None:
+    """JSON lines on stderr; aiohttp's access log at INFO only with ``server.access_log: true``."""
     # The logging HOWTO's optimisations: no caller lookup (a stack walk per line), no thread/process names.
     logging._srcfile = None
     logging.logThreads = False
@@ -51,8 +52,8 @@ def setup_logging(level: str = "info", stream: Any = None) -> None:
     handler.setFormatter(JsonFormatter())
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiohttp.access", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.INFO if access_log else logging.WARNING)
 
 
 def state_change(what: str, **fields: Any) -> None:

@@ -18,6 +18,15 @@ import orjson
 from gateway.sse import events_of
 
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+# Finish reasons of a complete answer: only answers whose every choice ended with one of these are stored
+# (``length`` only with ``cache_truncated``). ``content_filter`` is left out on purpose: a filter verdict
+# is the provider's policy of the day, and a false positive must not be replayed for a whole TTL.
+FINISHED = frozenset({"stop", "length", "tool_calls", "function_call"})
+
+
+def complete(reasons: list[str]) -> bool:
+    """Every choice finished normally (``None``, ``"error"``, a missing reason or no choice: incomplete)."""
+    return bool(reasons) and all(r in FINISHED for r in reasons)
 _SET_ONCE = ("id", "type")
 
 

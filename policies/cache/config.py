@@ -43,6 +43,10 @@ class EmbeddingsCacheConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CacheConfig:
+    # Request headers that change the answer, folded into every cache key on top of the built-in list
+    # (``policies.cache.keys.DEFAULT_KEY_HEADERS``: openai-beta, openai-organization, openai-project,
+    # anthropic-version, anthropic-beta). The forwarded query string is always part of the key.
+    key_headers: list[str] = field(default_factory=list)
     exact: ExactCacheConfig = field(default_factory=ExactCacheConfig)
     semantic: SemanticCacheConfig = field(default_factory=SemanticCacheConfig)
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)

@@ -87,7 +87,7 @@ class EmbeddingsCache:
     async def _batched(self, ex: Exchange, next: Next, cfg: EmbeddingsCacheConfig, key: CacheKey, item: Input,
                        ttl: float) -> UpstreamResponse:
         bkey = (ex.request.namespace, ex.target.upstream, ex.target.model, ex.request.upstream_path,
-                canonical(params_of(ex.body or {})))
+                self.keys.version(ex), canonical(params_of(ex.body or {})))
         share = await self.batcher.submit(bkey, ex, next, item, cfg.batch_window_ms / 1000, cfg.max_batch,
                                           self._counter(ex))
         if isinstance(share, Failed):

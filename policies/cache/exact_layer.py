@@ -20,7 +20,7 @@ from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.config import ExactCacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
-from policies.cache.fill import attach_fill
+from policies.cache.fill import attach_fill, refusal
 from policies.cache.keys import CacheKey
 from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of, deterministic
 from policies.cache.respond import cached_response
@@ -60,16 +60,20 @@ class ExactCache:
                 return cached_response(ex, answer, "hit", self.state.clock)
         ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "miss"
         self.rt.metrics.request("exact", "miss", self.name)
+        primary = (ex.target.upstream, ex.target.model)
         resp = await next(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
-            resp = attach_fill(ex, resp, self._storer(key, ttl, cfg), min(MAX_ENTRY_BYTES, cfg.max_bytes))
+            resp = attach_fill(ex, resp, self._storer(ex, primary, key, ttl, cfg),
+                               min(MAX_ENTRY_BYTES, cfg.max_bytes))
         return resp
 
-    def _storer(self, key: CacheKey, ttl: float, cfg: ExactCacheConfig):  # type: ignore[no-untyped-def]
+    def _storer(self, ex: Exchange, primary: tuple[str, str], key: CacheKey, ttl: float,  # type: ignore[no-untyped-def]
+                cfg: ExactCacheConfig):
         def store(answer: CachedAnswer, reasons: list[str]) -> None:
-            if "length" in reasons and not cfg.cache_truncated:
-                self.state.metrics.decision(self.name, "not_stored_truncated")
+            refused = refusal(ex, primary, reasons, cfg.cache_truncated)
+            if refused is not None:
+                self.state.metrics.decision(self.name, refused)
                 return
             self.rt.exact.set(key, answer, ttl)
             self.state.metrics.decision(self.name, "stored")

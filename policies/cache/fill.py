@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from gateway.body import Body, Observed
 from gateway.exchange import Exchange, StateKey, UpstreamResponse
-from policies.cache.canonical import answer_from_json, answer_from_sse, finish_reasons
+from policies.cache.canonical import answer_from_json, answer_from_sse, complete, finish_reasons
 from policies.cache.entry import CachedAnswer
 
 log = logging.getLogger("gateway.cache")
@@ -72,6 +72,22 @@ class Fill:
 FILL_KEY: StateKey[Fill] = StateKey("cache.fill")  # one collector per exchange, shared by the cache layers
 # Set by single flight: only the subscriber whose claim succeeds stores the shared answer.
 CLAIM_KEY: StateKey[Callable[[], bool]] = StateKey("cache.fill_claim")
+
+
+def refusal(ex: Exchange, primary: tuple[str, str], reasons: list[str], truncated_ok: bool) -> str | None:
+    """Why a finished answer must not be stored (a ``not_stored_*`` decision), or None to store it.
+
+    Incomplete: a choice without a finishing ``finish_reason`` (``null``, ``"error"``, ``{}``...).
+    Fallback: another upstream or model than the key names produced it (``primary``: the target the
+    key was taken for); such answers are not stored at all, so the primary's key never holds them.
+    """
+    if not complete(reasons):
+        return "not_stored_incomplete"
+    if "length" in reasons and not truncated_ok:
+        return "not_stored_truncated"
+    if (ex.target.upstream, ex.target.model) != primary:
+        return "not_stored_fallback"
+    return None
 
 
 def attach_fill(ex: Exchange, resp: UpstreamResponse, callback: Callback, limit: int) -> UpstreamResponse:

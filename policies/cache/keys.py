@@ -27,6 +27,10 @@ IGNORED_FIELDS = frozenset({
     "store",
 })
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+# Forwarded request headers that change the provider's answer: part of every key (extended by
+# ``cache.key_headers``). The forwarded query string (Azure's ``api-version``...) is part of it too.
+DEFAULT_KEY_HEADERS = ("openai-beta", "openai-organization", "openai-project", "anthropic-version",
+                       "anthropic-beta")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,13 @@ def is_deterministic(body: Mapping[str, Any]) -> bool:
         return True
     seed = body.get("seed")
     return isinstance(seed, int) and not isinstance(seed, bool)
+
+
+def request_context(query_string: str, headers: Mapping[str, str], names: tuple[str, ...]) -> list[Any]:
+    """What besides the body changes the answer: the forwarded query and the answer-changing headers
+    (an empty list when there is none, so such requests keep their keys)."""
+    present = [[name, headers[name]] for name in names if name in headers]
+    return [query_string, present] if query_string or present else []
 
 
 def config_version(*parts: Any) -> str:

@@ -12,7 +12,15 @@ from gateway.config_model import Config
 from gateway.exchange import Exchange, StateKey
 from policies.cache.config import CacheConfig
 from policies.cache.controls import CacheControls, parse_controls
-from policies.cache.keys import CacheKey, answer_fields, config_version, is_deterministic, make_key
+from policies.cache.keys import (
+    DEFAULT_KEY_HEADERS,
+    CacheKey,
+    answer_fields,
+    config_version,
+    is_deterministic,
+    make_key,
+    request_context,
+)
 
 KEY_ATTR: StateKey[CacheKey] = StateKey("cache.key")
 CONTROLS_ATTR: StateKey[CacheControls] = StateKey("cache.controls")
@@ -35,11 +43,14 @@ def controls_of(ex: Exchange) -> CacheControls:
 
 
 class KeyMaker:
-    """Exact keys for one config; the config version is memoised per (route, upstream)."""
+    """Exact keys for one config; the config version is memoised per (route, upstream).
+
+    The version also folds in the request's context (forwarded query string, answer-changing headers),
+    so every key built on it (exact, semantic, embeddings) tells such requests apart."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._versions: dict[tuple[str, str], str] = {}
+        self._versions: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}
 
     def version(self, ex: Exchange) -> str:
         memo = (ex.request.route_name, ex.target.upstream)
@@ -47,11 +58,13 @@ class KeyMaker:
         if found is None:
             route = ex.request.route
             upstream = self.config.upstreams.get(ex.target.upstream)
-            found = self._versions[memo] = config_version(
+            names = DEFAULT_KEY_HEADERS + tuple(h.lower() for h in cache_config(ex, self.config.cache).key_headers)
+            found = self._versions[memo] = (config_version(
                 getattr(upstream, "base_url", ""), getattr(route, "model", None),
                 getattr(route, "compression", None) or self.config.compression,
-                getattr(route, "budgets", None) or self.config.budgets)
-        return found
+                getattr(route, "budgets", None) or self.config.budgets), tuple(dict.fromkeys(names)))
+        context = request_context(ex.request.query_string, ex.request.headers, found[1])
+        return found[0] if not context else found[0] + ":" + config_version(context)
 
     def key(self, ex: Exchange) -> CacheKey:
         key = ex.state.get(KEY_ATTR)

@@ -57,6 +57,9 @@ class CacheMetrics:
         child.inc()
         self._m.decision(policy, result)
 
+    def decision(self, policy: str, decision: str) -> None:
+        self._m.decision(policy, decision)
+
     def saved(self, kind: str, model: str, tokens: int) -> None:
         if tokens > 0:
             self.tokens_saved.labels(kind, self._m.bounded_model(model)).inc(tokens)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from gateway.appstate import AppState
@@ -22,7 +24,7 @@ from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.config import SemanticCacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
-from policies.cache.fill import attach_fill
+from policies.cache.fill import attach_fill, refusal
 from policies.cache.guards import compatible
 from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of
 from policies.cache.respond import cached_response
@@ -81,12 +83,21 @@ class SemanticCache:
                 return cached_response(ex, hit, "semantic-hit", self.state.clock)
         ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "miss"
         self.rt.metrics.request("semantic", "miss", self.name)
+        primary = (ex.target.upstream, ex.target.model)
         resp = await next(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
-            store = self._storer(namespace, vector, question, controls.ttl(cfg.ttl_s),
-                                 cache.exact.cache_truncated)
-            resp = attach_fill(ex, resp, store, MAX_ENTRY_BYTES)
+            store = self._storer(namespace, vector, question, controls.ttl(cfg.ttl_s), cache.exact.cache_truncated)
+            resp = attach_fill(ex, resp, partial(self._guarded, ex, primary, cache.exact.cache_truncated, store),
+                               MAX_ENTRY_BYTES)
         return resp
+
+    def _guarded(self, ex: Exchange, primary: tuple[str, str], truncated_ok: bool,
+                 store: Callable[[CachedAnswer, list[str]], None], answer: CachedAnswer, reasons: list[str]) -> None:
+        refused = refusal(ex, primary, reasons, truncated_ok)
+        if refused is not None:
+            self.state.metrics.decision(self.name, refused)
+            return
+        store(answer, reasons)
 
     async def _embed(self, question: str) -> Any:
         try:

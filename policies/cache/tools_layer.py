@@ -4,8 +4,9 @@ The tool handler (``policies/tools/routes.py``) puts ``state.components["tool_ca
 outermost in each tool chain. Only reads are cached (``ex.state.get(TOOL_READ)``:
 GET/HEAD, or any method on a ``read_only: true`` tool), keyed per tenant
 namespace on method, path, query and body, with the tool's ``cache_ttl_s``
-(else ``cache.exact.ttl_s``). Only a 200 that ended cleanly is stored, and never
-a ``fallback_response`` (``source == "local"``). The client's cache controls
+(else ``cache.exact.ttl_s``). Only a 200 that ended cleanly is stored, never
+a ``fallback_response`` (``source == "local"``), and never an answer the tool marked
+``Cache-Control: no-store`` or ``private`` or that sets a cookie. The client's cache controls
 apply as for model answers.
 """
 from __future__ import annotations
@@ -65,7 +66,8 @@ class ToolCache:
                                         body=OneChunk(body), source="cache")
         self._result(ex, "miss")
         resp = await next(ex)
-        if write and resp.status == 200 and resp.source == "upstream" and ex.request.method != "HEAD":
+        if write and resp.status == 200 and resp.source == "upstream" and ex.request.method != "HEAD" \
+                and self._storable(resp):
             tool = self.config.tools.get(ex.target.upstream)
             ttl = controls.ttl(
                 tool.cache_ttl_s if tool is not None and tool.cache_ttl_s is not None else cfg.ttl_s
@@ -73,6 +75,18 @@ class ToolCache:
             content_type = resp.headers.get("content-type", "application/octet-stream")
             resp = replace(resp, body=self._fill(key, resp.body, ttl, content_type))
         return resp
+
+    def _storable(self, resp: UpstreamResponse) -> bool:
+        """The tool's own say: ``Cache-Control: no-store`` or ``private``, or a ``Set-Cookie`` (an answer
+        for one caller), keep the answer out of the shared cache."""
+        directives = {d.strip().split("=", 1)[0].lower() for d in resp.headers.get("cache-control", "").split(",")}
+        if "set-cookie" in resp.headers:
+            self.rt.metrics.decision(self.name, "not_stored_set_cookie")
+            return False
+        if directives & {"no-store", "private"}:
+            self.rt.metrics.decision(self.name, "not_stored_private")
+            return False
+        return True
 
     def _fill(self, key: CacheKey, body: Body, ttl: float, content_type: str) -> Body:
         chunks: list[bytes] = []

@@ -46,7 +46,7 @@ def parse_time(value: str, now: float, param: str) -> float:
 async def handle_usage(request: web.Request) -> web.Response:
     rid = request_id_of(request)
     try:
-        check_admin(request)
+        await check_admin(request)
         ledger = request.app[APP_STATE].ledger
         if ledger is None:
             raise LocalReply(404, "The usage ledger is disabled (ledger.enabled: false).",

@@ -140,7 +140,7 @@ class ToolGateway:
     async def _build(self, request: web.Request, rid: str, route: ToolRoute, raw_rest: str,
                      now: float) -> Exchange:
         upstream_path = safe_subpath(raw_rest)
-        identity = self.st.runtime.auth.identify(request.headers)
+        identity = self.st.runtime.auth.identify(request.headers, request.query)
         raw = await read_body(request, self.config.server.max_body_bytes)
         cfg = route.config
         facts = RequestFacts(

@@ -10,7 +10,7 @@ import orjson
 import pytest_asyncio
 from openai import AsyncOpenAI
 
-from gateway.admin_auth import COOKIE, session_token
+from gateway.admin_auth import COOKIE, sessions_of
 from gateway.mock import MockServer
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
 
@@ -90,11 +90,8 @@ async def test_summary_counts_the_traffic(gw: InProcessGateway) -> None:
 async def test_stream_sends_history_then_one_event_per_second(gw: InProcessGateway) -> None:
     """The first event is full (rows of the window), the next ones carry only new seconds; a cookie works."""
     await chat(gw, 2)
-    cookies = {COOKIE: session_token(KEY)}
-    async with (
-        aiohttp.ClientSession(cookies=cookies) as http,
-        http.get(gw.url + "/admin/stats/stream") as resp,
-    ):
+    cookies = {COOKIE: await sessions_of(gw.state).create(gw.state, KEY)}
+    async with aiohttp.ClientSession(cookies=cookies) as http, http.get(gw.url + "/admin/stats/stream") as resp:
         assert resp.status == 200 and resp.headers["content-type"].startswith("text/event-stream")
         first = await read_event(resp)
         assert first["full"] is True and first["summary"]["requests"]["total"] == 2

@@ -12,6 +12,7 @@ import pytest_asyncio
 from gateway.mock import MockConfig, MockServer, start_mock
 from tests.e2e.conftest import client, direct, gateway, make_gateway  # noqa: F401  (re-exported fixtures)
 from tests.hardening.bad_cases import KEY, LIMIT
+from tests.hardening.scripted import scripted  # noqa: F401  (re-exported fixture: a provider the test scripts)
 from tests.support.fault_proxy import FaultProxy
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
 
