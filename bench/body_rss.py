@@ -44,8 +44,11 @@ async def main(megabytes: int, stream: bool) -> None:
                 status = resp.status
         peak = _status(gw.proc.pid, "VmHWM")
         mb = 1024 * 1024
-        print(f"status={status} body={len(body) / mb:.1f} MB stream={stream} rss_before={before / mb:.1f} MB "
-              f"peak={peak / mb:.1f} MB growth={(peak - before) / mb:.1f} MB = {(peak - before) / len(body):.2f}x body")
+        print(
+            f"status={status} body={len(body) / mb:.1f} MB stream={stream} rss_before={before / mb:.1f} MB "
+            f"peak={peak / mb:.1f} MB growth={(peak - before) / mb:.1f} MB"
+            f" = {(peak - before) / len(body):.2f}x body"
+        )
     finally:
         gw.proc.terminate()
         gw.proc.wait(10)

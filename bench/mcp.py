@@ -36,7 +36,9 @@ async def open_session(http: aiohttp.ClientSession, url: str) -> dict[str, str]:
     return headers
 
 
-async def timed(http: aiohttp.ClientSession, url: str, headers: dict[str, str], body: dict[str, Any]) -> float:
+async def timed(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], body: dict[str, Any]
+) -> float:
     start = time.perf_counter()
     async with http.post(url, json=body, headers=headers) as resp:
         data = await resp.read()
@@ -55,8 +57,15 @@ async def load(url: str, method: str, concurrency: int, seconds: float) -> list[
             i = 0
             while time.perf_counter() < end:
                 i += 1
-                out.append(await timed(http, url, headers, {"jsonrpc": "2.0", "id": n * 10**6 + i,
-                                                            "method": method, "params": params}))
+                out.append(
+                    await timed(
+                        http,
+                        url,
+                        headers,
+                        {"jsonrpc": "2.0", "id": n * 10**6 + i, "method": method, "params": params},
+                    )
+                )
+
         await asyncio.gather(*(worker(n) for n in range(concurrency)))
     return sorted(out)
 
@@ -65,7 +74,7 @@ def row(name: str, values: list[float], base: list[float] | None = None) -> str:
     p50, p99 = percentile(values, 50) * 1e3, percentile(values, 99) * 1e3
     extra = ""
     if base:
-        extra = (f" | +{p50 - percentile(base, 50) * 1e3:.2f} | +{p99 - percentile(base, 99) * 1e3:.2f}")
+        extra = f" | +{p50 - percentile(base, 50) * 1e3:.2f} | +{p99 - percentile(base, 99) * 1e3:.2f}"
     return f"| {name} | {len(values)} | {p50:.2f} | {p99:.2f}{extra} |"
 
 
@@ -85,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     args.add_argument("--seconds", type=float, default=3.0)
     ns = args.parse_args(argv)
     port = free_port()
-    code = (f"import time\nfrom tests.support import mcp_server as m\nm.free_port = lambda: {port}\n"
-            "s = m.McpServerThread(); s.start()\nwhile True: time.sleep(1)\n")
+    code = (
+        f"import time\nfrom tests.support import mcp_server as m\nm.free_port = lambda: {port}\n"
+        "s = m.McpServerThread(); s.start()\nwhile True: time.sleep(1)\n"
+    )
     server = subprocess.Popen([sys.executable, "-c", code])
     mcp_url = f"http://127.0.0.1:{port}/mcp"
     gw = spawn_gateway(gateway_config("http://127.0.0.1:9/v1", mcp={"servers": {"quotes": {"url": mcp_url}}}))

@@ -18,9 +18,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-_OBJ = {"id": "chatcmpl-9x8y7z", "object": "chat.completion.chunk", "created": 1733300000, "model": "gpt-4o-mini",
-        "system_fingerprint": "fp_0ba0d124f1",
-        "choices": [{"index": 0, "delta": {"content": " world"}, "logprobs": None, "finish_reason": None}]}
+_OBJ = {
+    "id": "chatcmpl-9x8y7z",
+    "object": "chat.completion.chunk",
+    "created": 1733300000,
+    "model": "gpt-4o-mini",
+    "system_fingerprint": "fp_0ba0d124f1",
+    "choices": [{"index": 0, "delta": {"content": " world"}, "logprobs": None, "finish_reason": None}],
+}
 COMPACT = b"data: " + json.dumps(_OBJ, separators=(",", ":")).encode() + b"\n\n"
 SPACED = b"data: " + json.dumps(_OBJ).encode() + b"\n\n"
 CRLF = COMPACT.replace(b"\n", b"\r\n")
@@ -54,6 +59,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="git revision whose gateway/sse.py to compare with")
     args = parser.parse_args()
     from gateway import sse
+
     modules: list[tuple[str, Any]] = [("current", sse)]
     if args.baseline:
         modules.insert(0, (args.baseline, load_revision(args.baseline)))

@@ -57,7 +57,9 @@ def bearer_token(headers: CIMultiDictProxy[str]) -> str:
 
 def credential_material(headers: CIMultiDictProxy[str], query: Mapping[str, str] | None) -> str:
     """Every credential a provider could accept, in one canonical string ("" when there is none)."""
-    parts = [f"{name}\x00{v.strip()}" for name in CREDENTIAL_HEADERS for v in headers.getall(name, ()) if v.strip()]
+    parts = [
+        f"{name}\x00{v.strip()}" for name in CREDENTIAL_HEADERS for v in headers.getall(name, ()) if v.strip()
+    ]
     if query:
         parts += [f"?{name}\x00{v}" for name, v in query.items() if name.lower() in CREDENTIAL_QUERY and v]
     return "\x01".join(parts)
@@ -95,10 +97,15 @@ class Authenticator:
             namespace = f"k:{key_hash[:32]}" if key_hash else ANONYMOUS_NAMESPACE
             return Identity(DEFAULT_TENANT, namespace, key_hash)
         if not key_hash:
-            raise LocalReply(401, "Missing API key: send 'Authorization: Bearer <key>'.",
-                             type="invalid_request_error", code="missing_api_key")
+            raise LocalReply(
+                401,
+                "Missing API key: send 'Authorization: Bearer <key>'.",
+                type="invalid_request_error",
+                code="missing_api_key",
+            )
         found = self._keys.get(key_hash)
         if found is None:
-            raise LocalReply(401, "Incorrect API key provided.", type="invalid_request_error",
-                             code="invalid_api_key")
+            raise LocalReply(
+                401, "Incorrect API key provided.", type="invalid_request_error", code="invalid_api_key"
+            )
         return Identity(found.tenant, f"t:{found.tenant}", key_hash, found)

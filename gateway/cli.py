@@ -73,7 +73,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"config error: server.workers: {err}", file=sys.stderr)
         return 2
-    setup_logging(os.environ.get("GATEWAY_LOG_LEVEL", config.server.log_level), access_log=config.server.access_log)
+    setup_logging(
+        os.environ.get("GATEWAY_LOG_LEVEL", config.server.log_level), access_log=config.server.access_log
+    )
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     config_path = str(path) if path else None
@@ -88,8 +90,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from gateway.supervisor import Supervisor, SupervisorConfig
 
     stop_timeout = config.server.grace_s + config.server.drain_s + 10.0
-    sup = Supervisor(SupervisorConfig(workers=workers, host=host, port=port, config_path=config_path,
-                                      stop_timeout_s=stop_timeout))
+    sup = Supervisor(
+        SupervisorConfig(
+            workers=workers, host=host, port=port, config_path=config_path, stop_timeout_s=stop_timeout
+        )
+    )
     try:
         return asyncio.run(sup.run())
     except OSError as err:  # the address is taken or not ours to bind

@@ -283,8 +283,10 @@ def _check_auth(cfg: Config) -> list[str]:
                             f"known: {sorted(STATEFUL_ENDPOINTS)}")
     for name, up in cfg.upstreams.items():
         if not up.api_key and not up.forward_client_key:
-            problems.append(f"upstreams.{name}.api_key: required when auth.mode is keys (the tenants' gateway "
-                            "keys are never forwarded; set forward_client_key: true to forward them on purpose)")
+            problems.append(
+                f"upstreams.{name}.api_key: required when auth.mode is keys (the tenants' gateway "
+                "keys are never forwarded; set forward_client_key: true to forward them on purpose)"
+            )
     return problems
 
 

@@ -209,7 +209,8 @@ async def handle_asset(request: web.Request) -> web.Response:
 
 
 # The dashboard's ?key= and every query parameter a provider reads a key from (gateway.auth.CREDENTIAL_QUERY).
-_KEY_IN_QUERY = re.compile(r"([?&](?:key|api_key|api-key|apikey|access_token|token)=)[^&\s\"]*", re.IGNORECASE)
+_KEY_IN_QUERY = re.compile(r"([?&](?:key|api_key|api-key|apikey|access_token|token)=)[^&\s\"]*",
+                           re.IGNORECASE)
 
 
 class RedactKeyFilter(logging.Filter):

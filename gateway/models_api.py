@@ -85,7 +85,9 @@ async def list_models(st: AppState, request: web.Request, identity: Identity) ->
     return list(seen.values())
 
 
-def _credentials(st: AppState, name: str, request: web.Request, identity: Identity) -> tuple[dict[str, str], str]:
+def _credentials(
+    st: AppState, name: str, request: web.Request, identity: Identity
+) -> tuple[dict[str, str], str]:
     """Headers for the list call and the credential hash its answer is remembered under."""
     client = st.upstreams[name]
     if client.api_key:
@@ -129,12 +131,15 @@ async def _fetch(st: AppState, name: str, headers: dict[str, str]) -> Listed:
     listed: Listed = []
     try:
         async with asyncio.timeout(LIST_TIMEOUT_S):
-            async with client.session.get(client.base_url + "/models", headers=headers,
-                                          allow_redirects=False) as resp:
+            async with client.session.get(
+                client.base_url + "/models", headers=headers, allow_redirects=False
+            ) as resp:
                 if resp.status == 200:
                     data = orjson.loads(await resp.read()).get("data")
                     listed = [m for m in data if isinstance(m, dict)] if isinstance(data, list) else []
     except Exception as exc:  # unreachable or odd upstream: list what the routes know
-        log.info("upstream model list unavailable",
-                 extra={"fields": {"upstream": name, "error": type(exc).__name__}})
+        log.info(
+            "upstream model list unavailable",
+            extra={"fields": {"upstream": name, "error": type(exc).__name__}},
+        )
     return listed

@@ -23,8 +23,27 @@ from gateway.errors import LocalReply
 from gateway.exchange import StateKey
 
 log = logging.getLogger("gateway.ownership")
-ID_PREFIXES = ("file-", "batch_", "resp_", "vs_", "vsfb_", "ftjob-", "ftckpt_", "ft-", "asst_", "thread_", "msg_",
-               "run_", "step_", "conv_", "cntr_", "upload_", "part_", "eval_", "evalrun_")
+ID_PREFIXES = (
+    "file-",
+    "batch_",
+    "resp_",
+    "vs_",
+    "vsfb_",
+    "ftjob-",
+    "ftckpt_",
+    "ft-",
+    "asst_",
+    "thread_",
+    "msg_",
+    "run_",
+    "step_",
+    "conv_",
+    "cntr_",
+    "upload_",
+    "part_",
+    "eval_",
+    "evalrun_",
+)
 TAG_TTL_S = 30 * 86400
 MAX_LOCAL = 100_000
 CAPTURE_BYTES = 64 * 1024
@@ -103,11 +122,20 @@ async def filter_listing(st: AppState, tenant: str, data: bytes) -> bytes:
     if not isinstance(items, list):
         return b'{"object":"list","data":[]}'
     owners = owners_of(st)
-    kept = [i for i in items if isinstance(i, dict) and isinstance(i.get("id"), str)
-            and await owners.owner(st, i["id"]) == tenant]
+    kept = [
+        i
+        for i in items
+        if isinstance(i, dict) and isinstance(i.get("id"), str) and await owners.owner(st, i["id"]) == tenant
+    ]
     st.metrics.decision("ownership", "listing_filtered")
-    return orjson.dumps({**obj, "data": kept, "first_id": kept[0]["id"] if kept else None,
-                         "last_id": kept[-1]["id"] if kept else None})
+    return orjson.dumps(
+        {
+            **obj,
+            "data": kept,
+            "first_id": kept[0]["id"] if kept else None,
+            "last_id": kept[-1]["id"] if kept else None,
+        }
+    )
 
 
 def tag_created_id(st: AppState, tenant: str, data: bytes) -> None:
@@ -125,7 +153,7 @@ def tag_response_body(st: AppState, tenant: str, body: Body) -> Body:
 
     def keep(chunk: bytes) -> bytes:
         if len(head) < CAPTURE_BYTES:
-            head.extend(chunk[:CAPTURE_BYTES - len(head)])
+            head.extend(chunk[: CAPTURE_BYTES - len(head)])
         return chunk
 
     def on_end(error: BaseException | None) -> None:

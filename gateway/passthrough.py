@@ -69,8 +69,12 @@ def _check_grant(st: AppState, identity: Identity, path: str) -> bool:
         st.metrics.decision("passthrough", "granted_stateful")
         return True  # a tenant's own objects only (gateway/ownership.py)
     st.metrics.decision("passthrough", "refused_stateful")
-    raise LocalReply(403, f"The /v1/{family} endpoints are not enabled for this key.", type="permission_error",
-                     code="endpoint_not_granted")
+    raise LocalReply(
+        403,
+        f"The /v1/{family} endpoints are not enabled for this key.",
+        type="permission_error",
+        code="endpoint_not_granted",
+    )
 
 
 def _send_direct(st: AppState):  # type: ignore[no-untyped-def]
@@ -87,8 +91,11 @@ def _send_direct(st: AppState):  # type: ignore[no-untyped-def]
 async def _scoped(st: AppState, ex: Exchange, resp: UpstreamResponse, tenant: str) -> UpstreamResponse:
     """A granted tenant's answer: created objects tagged, collection listings cut to its own objects."""
     listing = ex.request.method == "GET" and not object_ids(ex.request.path)
-    if not 200 <= resp.status < 300 or not (listing or ex.request.method == "POST") \
-            or "json" not in resp.headers.get("content-type", ""):
+    if (
+        not 200 <= resp.status < 300
+        or not (listing or ex.request.method == "POST")
+        or "json" not in resp.headers.get("content-type", "")
+    ):
         return resp
     chunks: list[bytes] = []
     size = 0
@@ -96,8 +103,12 @@ async def _scoped(st: AppState, ex: Exchange, resp: UpstreamResponse, tenant: st
         async for chunk in resp.body:
             size += len(chunk)
             if size > MAX_SCOPED_BYTES:
-                raise LocalReply(502, "The provider's answer is too large to scope to a tenant.",
-                                 type="upstream_error", code="answer_too_large")
+                raise LocalReply(
+                    502,
+                    "The provider's answer is too large to scope to a tenant.",
+                    type="upstream_error",
+                    code="answer_too_large",
+                )
             chunks.append(chunk)
     finally:
         await close_quietly(resp.body)

@@ -109,7 +109,7 @@ _SHORT_KEY = re.compile(rb'"([^"]{5,36})"\s*:')
 
 
 def _may_steer_twice(raw: bytes) -> bool:
-    """Cheap test for a possibly duplicated steering key, literal or spelled with escapes (``"mod\u0065l"``)."""
+    """Cheap test for a possibly duplicated steering key, literal or escaped (``"mod\u0065l"``)."""
     if raw.count(b'"model"') > 1 or raw.count(b'"stream"') > 1:
         return True
     if b"\\u" not in raw:
@@ -128,6 +128,7 @@ def _may_steer_twice(raw: bytes) -> bool:
 
 def _has_duplicate_keys(raw: bytes) -> bool:
     """Exact and slow (the stdlib parser with a hook): only run when a cheap count says it may be so."""
+
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out = dict(pairs)
         if len(out) != len(pairs):
@@ -172,14 +173,18 @@ def validate(operation: str, body: dict[str, Any]) -> None:
     forbidden = FORBIDDEN_FIELDS.intersection(body)
     if forbidden:
         name = sorted(forbidden)[0]
-        raise bad_request(f"Unrecognized request argument supplied: {name}", param=name,
-                          code="forbidden_field")
+        raise bad_request(
+            f"Unrecognized request argument supplied: {name}", param=name, code="forbidden_field"
+        )
     model = body.get("model")
     if model is None:
         raise bad_request("You must provide a model parameter.", param="model", code="missing_model")
     if not isinstance(model, str) or not model or len(model) > 256:
-        raise bad_request("'model' must be a non-empty string of at most 256 characters.", param="model",
-                          code="invalid_type")
+        raise bad_request(
+            "'model' must be a non-empty string of at most 256 characters.",
+            param="model",
+            code="invalid_type",
+        )
     if not model.isprintable():
         raise bad_request("'model' must not contain control characters.", param="model", code="invalid_value")
     _check_common(body)
@@ -196,8 +201,11 @@ def _check_common(body: dict[str, Any]) -> None:
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         _number(body, name)
     stop = body.get("stop")
-    if stop is not None and not isinstance(stop, str) and not (
-            isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
         raise bad_request("'stop' must be a string or a list of strings.", param="stop", code="invalid_type")
     if "tools" in body:
         _check_tools(body["tools"])
@@ -208,8 +216,9 @@ def _typed(body: dict[str, Any], name: str, tp: type) -> None:
     if value is None:
         return
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise bad_request(f"Invalid type for '{name}': expected {_TYPE_NAMES[tp]}.", param=name,
-                          code="invalid_type")
+        raise bad_request(
+            f"Invalid type for '{name}': expected {_TYPE_NAMES[tp]}.", param=name, code="invalid_type"
+        )
 
 
 _TYPE_NAMES = {bool: "a boolean", dict: "an object", str: "a string", int: "an integer", list: "an array"}
@@ -226,41 +235,63 @@ def _check_tools(tools: Any) -> None:
         raise bad_request("Invalid type for 'tools': expected an array.", param="tools", code="invalid_type")
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-            raise bad_request(f"Invalid 'tools[{i}]': expected an object with a 'type'.", param=f"tools[{i}]",
-                              code="invalid_type")
+            raise bad_request(
+                f"Invalid 'tools[{i}]': expected an object with a 'type'.",
+                param=f"tools[{i}]",
+                code="invalid_type",
+            )
         fn = tool.get("function")
-        if tool["type"] == "function" and "name" not in tool and (
-                not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]):
-            raise bad_request(f"Missing 'tools[{i}].function.name'.", param=f"tools[{i}].function.name",
-                              code="invalid_value")
+        if (
+            tool["type"] == "function"
+            and "name" not in tool
+            and (not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"])
+        ):
+            raise bad_request(
+                f"Missing 'tools[{i}].function.name'.",
+                param=f"tools[{i}].function.name",
+                code="invalid_value",
+            )
 
 
 def _check_chat(body: dict[str, Any]) -> None:
     messages = body.get("messages")
     if messages is None:
-        raise bad_request("Missing required parameter: 'messages'.", param="messages",
-                          code="missing_required")
+        raise bad_request(
+            "Missing required parameter: 'messages'.", param="messages", code="missing_required"
+        )
     if not isinstance(messages, list):
-        raise bad_request("Invalid type for 'messages': expected an array.", param="messages",
-                          code="invalid_type")
+        raise bad_request(
+            "Invalid type for 'messages': expected an array.", param="messages", code="invalid_type"
+        )
     if not messages:
-        raise bad_request("'messages' must contain at least one message.", param="messages",
-                          code="empty_array")
+        raise bad_request(
+            "'messages' must contain at least one message.", param="messages", code="empty_array"
+        )
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):
-            raise bad_request(f"Invalid type for 'messages[{i}]': expected an object.",
-                              param=f"messages[{i}]", code="invalid_type")
+            raise bad_request(
+                f"Invalid type for 'messages[{i}]': expected an object.",
+                param=f"messages[{i}]",
+                code="invalid_type",
+            )
         role = msg.get("role")
         if not isinstance(role, str) or role not in CHAT_ROLES:
-            raise bad_request(f"Invalid value for 'messages[{i}].role': {str(role)[:40]!r}.",
-                              param=f"messages[{i}].role", code="invalid_value")
+            raise bad_request(
+                f"Invalid value for 'messages[{i}].role': {str(role)[:40]!r}.",
+                param=f"messages[{i}].role",
+                code="invalid_value",
+            )
         content = msg.get("content")
         if content is not None and not isinstance(content, (str, list)):
-            raise bad_request(f"Invalid type for 'messages[{i}].content': expected a string or an array.",
-                              param=f"messages[{i}].content", code="invalid_type")
+            raise bad_request(
+                f"Invalid type for 'messages[{i}].content': expected a string or an array.",
+                param=f"messages[{i}].content",
+                code="invalid_type",
+            )
         if content is None and role in ("user", "system", "developer"):
-            raise bad_request(f"Missing 'messages[{i}].content'.", param=f"messages[{i}].content",
-                              code="missing_required")
+            raise bad_request(
+                f"Missing 'messages[{i}].content'.", param=f"messages[{i}].content", code="missing_required"
+            )
 
 
 def _check_completions(body: dict[str, Any]) -> None:
@@ -277,13 +308,15 @@ def _check_embeddings(body: dict[str, Any]) -> None:
         raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required")
     _typed(body, "dimensions", int)
     if body.get("encoding_format") not in (None, "float", "base64"):
-        raise bad_request("'encoding_format' must be 'float' or 'base64'.", param="encoding_format",
-                          code="invalid_value")
+        raise bad_request(
+            "'encoding_format' must be 'float' or 'base64'.", param="encoding_format", code="invalid_value"
+        )
     if isinstance(value, str):
         return
     if not isinstance(value, list) or not value:
-        raise bad_request("'input' must be a string or a non-empty array.", param="input",
-                          code="invalid_type")
+        raise bad_request(
+            "'input' must be a string or a non-empty array.", param="input", code="invalid_type"
+        )
     first = value[0]
     if isinstance(first, str):
         ok = all(isinstance(v, str) for v in value)
@@ -292,8 +325,9 @@ def _check_embeddings(body: dict[str, Any]) -> None:
     else:
         ok = all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value)
     if not ok:
-        raise bad_request("'input' items must all be strings or token arrays.", param="input",
-                          code="invalid_type")
+        raise bad_request(
+            "'input' items must all be strings or token arrays.", param="input", code="invalid_type"
+        )
 
 
 def _check_responses(body: dict[str, Any]) -> None:
@@ -301,8 +335,9 @@ def _check_responses(body: dict[str, Any]) -> None:
     if value is None and "previous_response_id" not in body and "prompt" not in body:
         raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required")
     if value is not None and not isinstance(value, (str, list)):
-        raise bad_request("Invalid type for 'input': expected a string or an array.", param="input",
-                          code="invalid_type")
+        raise bad_request(
+            "Invalid type for 'input': expected a string or an array.", param="input", code="invalid_type"
+        )
     _typed(body, "instructions", str)
 
 

@@ -29,7 +29,14 @@ HOP_BY_HOP = frozenset({
 })
 # Cookies are never forwarded: no LLM provider authenticates with them, and a browser's cookies for the
 # gateway's origin are the gateway's business only.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "content-encoding", "expect", "cookie"}
+_REQUEST_DROP = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "accept-encoding",
+    "content-encoding",
+    "expect",
+    "cookie",
+}
 CLIENT_CREDENTIALS = frozenset({"authorization", "api-key", "x-api-key", "cookie"})
 _REQUEST_DROP_KEYED = _REQUEST_DROP | CLIENT_CREDENTIALS  # the upstream has its own key, or keys mode
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "content-encoding", "x-request-id"}
@@ -43,8 +50,12 @@ def connection_named(headers: Mapping[str, str]) -> set[str]:
     return {v.strip().lower() for v in value.split(",") if v.strip()} if value else set()
 
 
-def forward_request_headers(client: CIMultiDictProxy[str], extra: Mapping[str, str],
-                            api_key: str | None, forward_credentials: bool = True) -> CIMultiDict[str]:
+def forward_request_headers(
+    client: CIMultiDictProxy[str],
+    extra: Mapping[str, str],
+    api_key: str | None,
+    forward_credentials: bool = True,
+) -> CIMultiDict[str]:
     """The client's headers as the upstream gets them. Its credentials go only when the upstream has no key
     of its own and ``forward_credentials`` (passthrough mode, or ``forward_client_key: true``)."""
     # One set lookup per header (the client's credentials are in the drop set when they must not go).
@@ -97,17 +108,29 @@ class UpstreamClient:
 
     @classmethod
     def create(cls, name: str, cfg: UpstreamConfig) -> UpstreamClient:
-        connector = aiohttp.TCPConnector(limit=cfg.pool.max_connections,
-                                         keepalive_timeout=cfg.pool.keepalive_s,
-                                         enable_cleanup_closed=True, ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False,
-                                        timeout=aiohttp.ClientTimeout(total=None,
-                                                                      sock_connect=cfg.timeouts.connect_s),
-                                        skip_auto_headers=("User-Agent",),
-                                        cookie_jar=aiohttp.DummyCookieJar())
-        return cls(name=name, base_url=cfg.base_url.rstrip("/"), session=session, timeouts=cfg.timeouts,
-                   api_key=cfg.api_key or None, extra_headers=dict(cfg.headers),
-                   forward_client_key=cfg.forward_client_key)
+        connector = aiohttp.TCPConnector(
+            limit=cfg.pool.max_connections,
+            keepalive_timeout=cfg.pool.keepalive_s,
+            enable_cleanup_closed=True,
+            ttl_dns_cache=300,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=True,
+            trust_env=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeouts.connect_s),
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return cls(
+            name=name,
+            base_url=cfg.base_url.rstrip("/"),
+            session=session,
+            timeouts=cfg.timeouts,
+            api_key=cfg.api_key or None,
+            extra_headers=dict(cfg.headers),
+            forward_client_key=cfg.forward_client_key,
+        )
 
     async def close(self) -> None:
         await self.session.close()
@@ -130,9 +153,14 @@ class UpstreamClient:
             async with asyncio.timeout_at(first_byte_deadline):
                 method = ex.request.method
                 resp = await self.session.request(
-                    method, self.url_for(ex), data=ex.body_bytes() if method not in ("GET", "HEAD") else None,
-                    headers=headers, allow_redirects=False, auto_decompress=True,
-                    timeout=self.session.timeout if t is self.timeouts else _connect_timeout(t))  # route override
+                    method,
+                    self.url_for(ex),
+                    data=ex.body_bytes() if method not in ("GET", "HEAD") else None,
+                    headers=headers,
+                    allow_redirects=False,
+                    auto_decompress=True,
+                    timeout=self.session.timeout if t is self.timeouts else _connect_timeout(t),
+                )  # route override
         except BaseException as exc:
             attempt.ended = loop.time()
             ex.record.upstream_s += attempt.ended - attempt.started
@@ -146,16 +174,26 @@ class UpstreamClient:
         if 300 <= resp.status < 400:
             resp.close()
             attempt.outcome, attempt.ended = "redirect", loop.time()
-            raise LocalReply(502, f"Upstream {self.name} answered with a redirect ({resp.status}); "
-                                  "redirects are never followed.", type="upstream_error",
-                             code="upstream_redirect")
+            raise LocalReply(
+                502,
+                f"Upstream {self.name} answered with a redirect ({resp.status}); "
+                "redirects are never followed.",
+                type="upstream_error",
+                code="upstream_redirect",
+            )
         decompressed = "content-encoding" in resp.headers
         out_headers = forward_response_headers(resp.headers, decompressed)
         body = _Body(self._body(resp, ex, attempt, t, first_byte_deadline), resp)
         return UpstreamResponse(status=resp.status, headers=out_headers, body=body, upstream=self.name)
 
-    async def _body(self, resp: aiohttp.ClientResponse, ex: Exchange, attempt: Attempt, t: TimeoutsConfig,
-                    first_byte_deadline: float) -> AsyncIterator[bytes]:
+    async def _body(
+        self,
+        resp: aiohttp.ClientResponse,
+        ex: Exchange,
+        attempt: Attempt,
+        t: TimeoutsConfig,
+        first_byte_deadline: float,
+    ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         content = resp.content
         timer = _ReadTimer(loop)
@@ -171,14 +209,25 @@ class UpstreamClient:
                     if not chunk and not content.is_eof():
                         chunk = await timer.read(content, min(deadline, ex.request.deadline))
                 except TimeoutError as exc:
-                    kind = "total_timeout" if loop.time() >= ex.request.deadline else (
-                        "idle_timeout" if committed else "timeout_before_first_byte")
-                    raise UpstreamFailure(kind, f"Upstream {self.name}: {kind.replace('_', ' ')}",
-                                          upstream=self.name, committed=committed) from exc
+                    kind = (
+                        "total_timeout"
+                        if loop.time() >= ex.request.deadline
+                        else ("idle_timeout" if committed else "timeout_before_first_byte")
+                    )
+                    raise UpstreamFailure(
+                        kind,
+                        f"Upstream {self.name}: {kind.replace('_', ' ')}",
+                        upstream=self.name,
+                        committed=committed,
+                    ) from exc
                 except (aiohttp.ClientError, OSError) as exc:
                     kind = "reset_mid_stream" if committed else "reset_before_response"
-                    raise UpstreamFailure(kind, f"Upstream {self.name} connection lost: {type(exc).__name__}",
-                                          upstream=self.name, committed=committed) from exc
+                    raise UpstreamFailure(
+                        kind,
+                        f"Upstream {self.name} connection lost: {type(exc).__name__}",
+                        upstream=self.name,
+                        committed=committed,
+                    ) from exc
                 ex.record.upstream_s += loop.time() - waited_from
                 if not chunk:
                     clean = True
@@ -298,12 +347,15 @@ def _map_send_error(exc: BaseException, name: str, past_deadline: bool) -> Upstr
         return UpstreamFailure("connect_timeout", f"Upstream {name}: connect timeout", upstream=name)
     if isinstance(exc, TimeoutError):
         kind = "total_timeout" if past_deadline else "timeout_before_first_byte"
-        return UpstreamFailure(kind, f"Upstream {name}: no response before the first-byte timeout",
-                               upstream=name)
+        return UpstreamFailure(
+            kind, f"Upstream {name}: no response before the first-byte timeout", upstream=name
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         # Named, never addressed: the OS message ("Connect call failed ('10.0.0.7', 443)") and the DNS one
         # carry the provider's address, which a client has no business learning.
-        return UpstreamFailure("connect_error", f"Upstream {name} unreachable ({_reason(exc)})", upstream=name)
+        return UpstreamFailure(
+            "connect_error", f"Upstream {name} unreachable ({_reason(exc)})", upstream=name
+        )
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return UpstreamFailure(
             "reset_before_response",

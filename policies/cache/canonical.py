@@ -187,13 +187,17 @@ def _chat_choice(index: int, state: dict[str, Any]) -> dict[str, Any]:
     msg = state["message"]
     content = msg.pop("content", None)
     if content == "" and (state["calls"] or msg.get("refusal") or msg.get("function_call")):
-        content = None  # a stream's opening ``"content": ""`` beside tool calls: the provider's JSON says null
+        content = None
     message: dict[str, Any] = {"role": msg.pop("role", "assistant"), "content": content}
     message.update(msg)
     if state["calls"]:
         message["tool_calls"] = [state["calls"][i] for i in sorted(state["calls"])]
-    return {"index": index, "message": message, "logprobs": state["logprobs"],
-            "finish_reason": state["finish_reason"]}
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": state["logprobs"],
+        "finish_reason": state["finish_reason"],
+    }
 
 
 def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -202,8 +206,9 @@ def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | No
         for ch in event.get("choices") or ():
             if not isinstance(ch, dict):
                 return None
-            state = choices.setdefault(int(ch.get("index") or 0),
-                                       {"text": "", "finish_reason": None, "logprobs": None})
+            state = choices.setdefault(
+                int(ch.get("index") or 0), {"text": "", "finish_reason": None, "logprobs": None}
+            )
             if isinstance(ch.get("text"), str):
                 state["text"] += ch["text"]
             if ch.get("finish_reason"):
@@ -213,8 +218,15 @@ def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | No
     if not choices or any(s["finish_reason"] is None for s in choices.values()):
         return None
     out = _head(events, "text_completion")
-    out["choices"] = [{"text": choices[i]["text"], "index": i, "logprobs": choices[i]["logprobs"],
-                       "finish_reason": choices[i]["finish_reason"]} for i in sorted(choices)]
+    out["choices"] = [
+        {
+            "text": choices[i]["text"],
+            "index": i,
+            "logprobs": choices[i]["logprobs"],
+            "finish_reason": choices[i]["finish_reason"],
+        }
+        for i in sorted(choices)
+    ]
     usage = _last_usage(events)
     if usage is not None:
         out["usage"] = usage

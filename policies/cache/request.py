@@ -58,11 +58,18 @@ class KeyMaker:
         if found is None:
             route = ex.request.route
             upstream = self.config.upstreams.get(ex.target.upstream)
-            names = DEFAULT_KEY_HEADERS + tuple(h.lower() for h in cache_config(ex, self.config.cache).key_headers)
-            found = self._versions[memo] = (config_version(
-                getattr(upstream, "base_url", ""), getattr(route, "model", None),
-                getattr(route, "compression", None) or self.config.compression,
-                getattr(route, "budgets", None) or self.config.budgets), tuple(dict.fromkeys(names)))
+            names = DEFAULT_KEY_HEADERS + tuple(
+                h.lower() for h in cache_config(ex, self.config.cache).key_headers
+            )
+            found = self._versions[memo] = (
+                config_version(
+                    getattr(upstream, "base_url", ""),
+                    getattr(route, "model", None),
+                    getattr(route, "compression", None) or self.config.compression,
+                    getattr(route, "budgets", None) or self.config.budgets,
+                ),
+                tuple(dict.fromkeys(names)),
+            )
         context = request_context(ex.request.query_string, ex.request.headers, found[1])
         return found[0] if not context else found[0] + ":" + config_version(context)
 
@@ -70,9 +77,14 @@ class KeyMaker:
         key = ex.state.get(KEY_ATTR)
         if key is None:
             body: dict[str, Any] = ex.body or {}
-            key = make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model=ex.target.model,
-                           operation=ex.request.operation, config_version=self.version(ex),
-                           fields=answer_fields(body))
+            key = make_key(
+                namespace=ex.request.namespace,
+                upstream=ex.target.upstream,
+                model=ex.target.model,
+                operation=ex.request.operation,
+                config_version=self.version(ex),
+                fields=answer_fields(body),
+            )
             ex.state.set(KEY_ATTR, key)
         return key
 

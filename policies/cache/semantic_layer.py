@@ -86,13 +86,26 @@ class SemanticCache:
         primary = (ex.target.upstream, ex.target.model)
         resp = await next(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
-            store = self._storer(namespace, vector, question, controls.ttl(cfg.ttl_s), cache.exact.cache_truncated)
-            resp = attach_fill(ex, resp, partial(self._guarded, ex, primary, cache.exact.cache_truncated, store),
-                               MAX_ENTRY_BYTES)
+            store = self._storer(
+                namespace, vector, question, controls.ttl(cfg.ttl_s), cache.exact.cache_truncated
+            )
+            resp = attach_fill(
+                ex,
+                resp,
+                partial(self._guarded, ex, primary, cache.exact.cache_truncated, store),
+                MAX_ENTRY_BYTES,
+            )
         return resp
 
-    def _guarded(self, ex: Exchange, primary: tuple[str, str], truncated_ok: bool,
-                 store: Callable[[CachedAnswer, list[str]], None], answer: CachedAnswer, reasons: list[str]) -> None:
+    def _guarded(
+        self,
+        ex: Exchange,
+        primary: tuple[str, str],
+        truncated_ok: bool,
+        store: Callable[[CachedAnswer, list[str]], None],
+        answer: CachedAnswer,
+        reasons: list[str],
+    ) -> None:
         refused = refusal(ex, primary, reasons, truncated_ok)
         if refused is not None:
             self.state.metrics.decision(self.name, refused)
@@ -108,8 +121,9 @@ class SemanticCache:
                 log.error("semantic cache embedder unavailable: %s", exc)
             return None
 
-    def _lookup(self, namespace: str, vector: Any, question: str, cfg: SemanticCacheConfig,
-                max_age_s: float | None) -> CachedAnswer | None:
+    def _lookup(
+        self, namespace: str, vector: Any, question: str, cfg: SemanticCacheConfig, max_age_s: float | None
+    ) -> CachedAnswer | None:
         best = 0.0
         found: CachedAnswer | None = None
         for score, item in self.parts.index.candidates(namespace, vector):
@@ -125,8 +139,8 @@ class SemanticCache:
         self.rt.metrics.similarity.observe(best)
         return found
 
-    def _storer(self, namespace: str, vector: Any, question: str,  # type: ignore[no-untyped-def]
-                ttl: float, truncated_ok: bool):
+    def _storer(self, namespace: str, vector: Any, question: str, ttl: float,
+                truncated_ok: bool) -> Callable[[CachedAnswer, list[str]], None]:
         def store(answer: CachedAnswer, reasons: list[str]) -> None:
             if "length" in reasons and not truncated_ok:
                 return
@@ -144,8 +158,9 @@ def semantic_enabled(config: Config) -> SemanticCacheConfig | None:
     return None
 
 
-def semantic_parts(state: AppState, config: Config, rt: CacheRuntime,
-                   cfg: SemanticCacheConfig) -> SemanticParts:
+def semantic_parts(
+    state: AppState, config: Config, rt: CacheRuntime, cfg: SemanticCacheConfig
+) -> SemanticParts:
     """Create (or reuse across reloads) the embedder and the index; numpy is imported only here."""
     from policies.cache.embedder import MemoEmbedder, make_embedder
     from policies.cache.vector_index import VectorIndex

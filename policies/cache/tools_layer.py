@@ -79,7 +79,9 @@ class ToolCache:
     def _storable(self, resp: UpstreamResponse) -> bool:
         """The tool's own say: ``Cache-Control: no-store`` or ``private``, or a ``Set-Cookie`` (an answer
         for one caller), keep the answer out of the shared cache."""
-        directives = {d.strip().split("=", 1)[0].lower() for d in resp.headers.get("cache-control", "").split(",")}
+        directives = {
+            d.strip().split("=", 1)[0].lower() for d in resp.headers.get("cache-control", "").split(",")
+        }
         if "set-cookie" in resp.headers:
             self.rt.metrics.decision(self.name, "not_stored_set_cookie")
             return False
@@ -101,9 +103,16 @@ class ToolCache:
 
         def on_end(error: BaseException | None) -> None:
             if error is None and size <= MAX_TOOL_ANSWER:  # a complete answer only
-                self.rt.tool.set(key,
-                                 CachedAnswer(operation="tool", body=b"".join(chunks), created=time.time(),
-                                              content_type=content_type), ttl)
+                self.rt.tool.set(
+                    key,
+                    CachedAnswer(
+                        operation="tool",
+                        body=b"".join(chunks),
+                        created=time.time(),
+                        content_type=content_type,
+                    ),
+                    ttl,
+                )
 
         return Observed(body, on_chunk=keep, on_end=on_end)
 

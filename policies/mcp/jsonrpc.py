@@ -77,7 +77,9 @@ class SseReader:
         out: list[Any] = []
         while b"\n\n" in self._buf:
             event, self._buf = self._buf.split(b"\n\n", 1)
-            data = b"\n".join(line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:"))
+            data = b"\n".join(
+                line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+            )
             if data:
                 try:
                     out.append(orjson.loads(data))

@@ -14,12 +14,25 @@ KNOWN_METHODS = frozenset({
 class McpMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.requests = Children(metrics.counter(
-            "gateway_mcp_requests_total", "MCP messages proxied, by outcome", ("server", "method", "tool", "outcome")))
-        self.duration = Children(metrics.histogram(
-            "gateway_mcp_request_duration_seconds", "MCP message latency", ("server", "method", "tool")))
-        self.cache = Children(metrics.counter(
-            "gateway_mcp_cache_total", "MCP catalog and result cache lookups", ("server", "kind", "result")))
+        self.requests = Children(
+            metrics.counter(
+                "gateway_mcp_requests_total",
+                "MCP messages proxied, by outcome",
+                ("server", "method", "tool", "outcome"),
+            )
+        )
+        self.duration = Children(
+            metrics.histogram(
+                "gateway_mcp_request_duration_seconds", "MCP message latency", ("server", "method", "tool")
+            )
+        )
+        self.cache = Children(
+            metrics.counter(
+                "gateway_mcp_cache_total",
+                "MCP catalog and result cache lookups",
+                ("server", "kind", "result"),
+            )
+        )
 
     def done(self, server: str, method: str, tool: str, outcome: str, seconds: float) -> None:
         method = method if method in KNOWN_METHODS else "other"

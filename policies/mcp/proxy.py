@@ -75,18 +75,25 @@ class McpGateway:
             if server.cfg.tenants is not None and identity.tenant not in server.cfg.tenants:
                 raise LocalReply(403, f"Tenant may not use MCP server {server.name}.", code="forbidden")
         except LocalReply as reply:
-            self.metrics.done(server.name, request.method, "", "forbidden" if reply.status == 403 else "unauthorized",
-                              0.0)
+            self.metrics.done(
+                server.name, request.method, "", "forbidden" if reply.status == 403 else "unauthorized", 0.0
+            )
             return reject(self.st, request, rid, reply)
         if request.method == "POST":
             return await self._post(request, rid, server, identity.namespace)
         if request.method in ("GET", "DELETE"):
             return await self._plain(request, server, request.method, None)
         self.metrics.done(server.name, "other", "", "bad_request", 0.0)
-        return reject(self.st, request, rid, LocalReply(405, f"Method {request.method} not allowed on /mcp/.",
-                                                        code="method_not_allowed"))
+        return reject(
+            self.st,
+            request,
+            rid,
+            LocalReply(405, f"Method {request.method} not allowed on /mcp/.", code="method_not_allowed"),
+        )
 
-    async def _post(self, request: web.Request, rid: str, server: McpServer, namespace: str) -> web.StreamResponse:
+    async def _post(
+        self, request: web.Request, rid: str, server: McpServer, namespace: str
+    ) -> web.StreamResponse:
         try:
             raw = await read_body(request, self.st.config.server.max_body_bytes)
         except LocalReply as reply:
@@ -109,8 +116,9 @@ class McpGateway:
 
     # --- transparent forwarding -----------------------------------------------------------------
 
-    async def _plain(self, request: web.Request, server: McpServer, method: str,
-                     body: bytes | None) -> web.StreamResponse:
+    async def _plain(
+        self, request: web.Request, server: McpServer, method: str, body: bytes | None
+    ) -> web.StreamResponse:
         started = self.st.clock()
         try:
             upstream = await server.send(request.method, server.headers(request.headers), body)
@@ -121,14 +129,26 @@ class McpGateway:
             resp = await self._relay(request, server, upstream, None)
         finally:
             upstream.release()
-        self.metrics.done(server.name, method, "", "ok" if upstream.status < 400 else f"http_{upstream.status // 100}xx",
-                          self.st.clock() - started)
+        self.metrics.done(
+            server.name,
+            method,
+            "",
+            "ok" if upstream.status < 400 else f"http_{upstream.status // 100}xx",
+            self.st.clock() - started,
+        )
         return resp
 
-    async def _relay(self, request: web.Request, server: McpServer, upstream: aiohttp.ClientResponse,
-                     first: bytes | None, call: Call | None = None,
-                     tap: Callable[[Any], None] | None = None) -> web.StreamResponse:
-        """Relay the upstream answer as it arrives; SSE messages are read on the way (list_changed, results)."""
+    async def _relay(
+        self,
+        request: web.Request,
+        server: McpServer,
+        upstream: aiohttp.ClientResponse,
+        first: bytes | None,
+        call: Call | None = None,
+        tap: Callable[[Any], None] | None = None,
+    ) -> web.StreamResponse:
+        """Relay the upstream answer as it arrives; SSE messages are read on the way (list_changed,
+        results)."""
         resp = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream))
         await resp.prepare(request)
         reader = rpc.SseReader() if upstream.content_type == SSE else None
@@ -160,8 +180,11 @@ class McpGateway:
         if not sse:
             return
         text = "The tool call timed out." if fallback is None else fallback.text
-        body = (rpc.fallback(call.msg.id, text) if fallback is not None
-                else rpc.error(call.msg.id, rpc.UPSTREAM_ERROR, text))
+        body = (
+            rpc.fallback(call.msg.id, text)
+            if fallback is not None
+            else rpc.error(call.msg.id, rpc.UPSTREAM_ERROR, text)
+        )
         await resp.write(rpc.sse_event(body))
 
     def _saw(self, server: McpServer, message: Any, tap: Callable[[Any], None] | None) -> None:
@@ -195,6 +218,7 @@ class McpGateway:
                 call.server.safety.update(catalog_safety(result))
             if not (isinstance(result, dict) and result.get("nextCursor")):
                 self.catalogs.put(key, result, call.server.cfg.catalog_ttl_s)
+
         return tap
 
     # --- tools/call -----------------------------------------------------------------------------
@@ -204,7 +228,9 @@ class McpGateway:
         cfg = server.cfg
         call.safety = classify(tool, cfg, server.safety.get(tool))
         override = cfg.tools.get(tool)
-        ttl = (override.cache_ttl_s if override and override.cache_ttl_s is not None else cfg.result_cache_ttl_s)
+        ttl = (
+            override.cache_ttl_s if override and override.cache_ttl_s is not None else cfg.result_cache_ttl_s
+        )
         key = result_key(server.name, call.namespace, tool, call.msg.params.get("arguments") or {})
         if call.safety == "read_only" and ttl > 0:
             hit = self.results.get(key)
@@ -219,9 +245,16 @@ class McpGateway:
         if tracing is None:
             return await self._forward_call(request, call, store)
         span = tracing.tracer.start_span(
-            f"execute_tool {tool[:64]}", context=tracing.propagator.extract(request.headers), kind=SpanKind.INTERNAL,
-            attributes={"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool[:64],
-                        "mcp.server": server.name, "mcp.tool.safety": call.safety})
+            f"execute_tool {tool[:64]}",
+            context=tracing.propagator.extract(request.headers),
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": tool[:64],
+                "mcp.server": server.name,
+                "mcp.tool.safety": call.safety,
+            },
+        )
         try:
             return await self._forward_call(request, call, store)
         finally:
@@ -241,17 +274,24 @@ class McpGateway:
                     self.results.put(key, result, ttl)
             elif isinstance(message, dict) and message.get("id") == call.msg.id and "error" in message:
                 call.outcome = "rpc_error"
+
         return tap
 
     def _done(self, call: Call, outcome: str) -> None:
         call.outcome = outcome
         tool = call.server.tool_label(call.msg.tool)
-        self.metrics.done(call.server.name, call.msg.method or "", tool, outcome, self.st.clock() - call.started)
+        self.metrics.done(
+            call.server.name, call.msg.method or "", tool, outcome, self.st.clock() - call.started
+        )
         if call.msg.method == "tools/call":
-            log.info("mcp tool call", extra={"server": call.server.name, "tool": tool, "outcome": outcome,
-                                              "safety": call.safety})
+            log.info(
+                "mcp tool call",
+                extra={"server": call.server.name, "tool": tool, "outcome": outcome, "safety": call.safety},
+            )
 
-    async def _forward_call(self, request: web.Request, call: Call, tap: Callable[[Any], None]) -> web.StreamResponse:
+    async def _forward_call(
+        self, request: web.Request, call: Call, tap: Callable[[Any], None]
+    ) -> web.StreamResponse:
         """Admit, attempt (retrying only calls safe to repeat), then relay; fallback on failure."""
         server = call.server
         if not call.deadline:
@@ -259,14 +299,18 @@ class McpGateway:
         try:
             server.admit()
         except RateLimited as why:
-            return self._failed(call, "rate_limited", f"MCP server {server.name} is over its rate limit ({why}).")
+            return self._failed(
+                call, "rate_limited", f"MCP server {server.name} is over its rate limit ({why})."
+            )
         server.inflight += 1
         try:
             return await self._attempts(request, call, tap)
         finally:
             server.inflight -= 1
 
-    async def _attempts(self, request: web.Request, call: Call, tap: Callable[[Any], None]) -> web.StreamResponse:
+    async def _attempts(
+        self, request: web.Request, call: Call, tap: Callable[[Any], None]
+    ) -> web.StreamResponse:
         server = call.server
         safe = call.safety != "write" or call.msg.method != "tools/call"
         attempts = server.cfg.retry.max_attempts if safe else 1
@@ -275,7 +319,9 @@ class McpGateway:
             try:
                 ticket = server.breaker.admit()
             except CircuitOpen:
-                return self._failed(call, "circuit_open", f"MCP server {server.name} is unavailable (circuit open).")
+                return self._failed(
+                    call, "circuit_open", f"MCP server {server.name} is unavailable (circuit open)."
+                )
             outcome = await self._attempt(request, call, tap, ticket, headers)
             if isinstance(outcome, web.StreamResponse):
                 return outcome
@@ -287,8 +333,14 @@ class McpGateway:
             await asyncio.sleep(min(delay, max(0.0, call.deadline - self.st.clock())))
         return self._failed(call, "exhausted", "retries exhausted")
 
-    async def _attempt(self, request: web.Request, call: Call, tap: Callable[[Any], None], ticket: Ticket,
-                       headers: dict[str, str]) -> web.StreamResponse | str:
+    async def _attempt(
+        self,
+        request: web.Request,
+        call: Call,
+        tap: Callable[[Any], None],
+        ticket: Ticket,
+        headers: dict[str, str],
+    ) -> web.StreamResponse | str:
         """One attempt: a response (relayed), or why it failed before any byte reached the client."""
         left = call.deadline - self.st.clock()
         try:
@@ -307,11 +359,19 @@ class McpGateway:
         finally:
             upstream.release()
 
-    async def _first_then_relay(self, request: web.Request, call: Call, tap: Callable[[Any], None],
-                                ticket: Ticket, upstream: aiohttp.ClientResponse) -> web.StreamResponse | str:
+    async def _first_then_relay(
+        self,
+        request: web.Request,
+        call: Call,
+        tap: Callable[[Any], None],
+        ticket: Ticket,
+        upstream: aiohttp.ClientResponse,
+    ) -> web.StreamResponse | str:
         """Hold the client's answer until the first bytes come (a fallback can still be a clean answer)."""
         try:
-            first = await asyncio.wait_for(upstream.content.readany(), max(call.deadline - self.st.clock(), 0.001))
+            first = await asyncio.wait_for(
+                upstream.content.readany(), max(call.deadline - self.st.clock(), 0.001)
+            )
         except TimeoutError:
             ticket.settle("failure")
             upstream.close()
@@ -327,10 +387,15 @@ class McpGateway:
 
     def _cancel_upstream(self, call: Call) -> None:
         """Tell the server the gateway gave up on this request (best effort, in the background)."""
-        note = {"jsonrpc": "2.0", "method": "notifications/cancelled",
-                "params": {"requestId": call.msg.id, "reason": "gateway timeout"}}
+        note = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": call.msg.id, "reason": "gateway timeout"},
+        }
         headers = {"content-type": JSON, "accept": f"{JSON}, {SSE}", **call.server.cfg.headers}
-        task = asyncio.get_running_loop().create_task(_post_quietly(call.server, headers, rpc.canonical_json(note)))
+        task = asyncio.get_running_loop().create_task(
+            _post_quietly(call.server, headers, rpc.canonical_json(note))
+        )
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _failed(self, call: Call, outcome: str, text: str) -> web.Response:
@@ -338,8 +403,11 @@ class McpGateway:
         fallback = override.fallback_result if override else None
         if call.msg.method == "tools/call" and fallback is not None:
             self._done(call, f"fallback_{outcome}")
-            return web.Response(body=rpc.fallback(call.msg.id, fallback.text), content_type=JSON,
-                                headers={"x-gateway-fallback": "true"})
+            return web.Response(
+                body=rpc.fallback(call.msg.id, fallback.text),
+                content_type=JSON,
+                headers={"x-gateway-fallback": "true"},
+            )
         self._done(call, outcome)
         return web.Response(body=rpc.error(call.msg.id, rpc.UPSTREAM_ERROR, text), content_type=JSON)
 

@@ -47,8 +47,12 @@ SHARED: StateKey[McpShared] = StateKey("mcp.shared")
 def _shared(st: AppState) -> McpShared:
     shared = st.components.get(SHARED)
     if shared is None:
-        shared = McpShared(metrics=McpMetrics(st.metrics), catalogs=TtlStore(st.clock), results=TtlStore(st.clock),
-                           buckets=new_buckets(LimiterClock(st.clock)))
+        shared = McpShared(
+            metrics=McpMetrics(st.metrics),
+            catalogs=TtlStore(st.clock),
+            results=TtlStore(st.clock),
+            buckets=new_buckets(LimiterClock(st.clock)),
+        )
         st.components.set(SHARED, shared)
         st.closers.append(shared.close)
     return shared
@@ -69,5 +73,7 @@ async def factory(st: AppState, config: Config) -> None:
             session = shared.sessions[(name, cfg.url)] = new_session(cfg)
         learned = shared.safety.setdefault(name, {})
         servers[name] = McpServer(name, cfg, breaker, shared.buckets, session, learned)
-    gateway: RouteHandler = McpGateway(st, servers, shared.metrics, shared.catalogs, shared.results, random.random)
+    gateway: RouteHandler = McpGateway(
+        st, servers, shared.metrics, shared.catalogs, shared.results, random.random
+    )
     st.components.set(MCP_HANDLER, gateway)

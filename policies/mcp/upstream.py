@@ -65,16 +65,21 @@ class McpServer:
         The server's own ``GET`` stream may stay quiet for long: it has no idle timeout.
         """
         t = self.cfg.timeouts
-        timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_read=None if method == "GET" else t.idle_s)
-        coro = self.session.request(method, self.cfg.url, headers=headers, data=body, allow_redirects=False,
-                                    timeout=timeout)
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=t.connect_s, sock_read=None if method == "GET" else t.idle_s
+        )
+        coro = self.session.request(
+            method, self.cfg.url, headers=headers, data=body, allow_redirects=False, timeout=timeout
+        )
         return await asyncio.wait_for(coro, self.cfg.timeouts.first_byte_s)
 
 
 def new_session(cfg: McpServerConfig) -> aiohttp.ClientSession:
     t = cfg.timeouts
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_read=t.idle_s),
-                                 auto_decompress=False)
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_read=t.idle_s),
+        auto_decompress=False,
+    )
 
 
 def new_buckets(clock: LimiterClock) -> MemoryBuckets:

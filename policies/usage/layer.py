@@ -38,7 +38,8 @@ from gateway.usage import usage_from_response_obj
 INJECT_OPERATIONS = frozenset({"chat", "completions"})
 CAPTURE_OPERATIONS = frozenset({"chat", "completions", "responses"})
 _SPLICE = b'"stream_options":{"include_usage":true},'
-# ``"usage": null`` with its comma, in any JSON spacing (a key is never inside a string: quotes there are escaped).
+# ``"usage": null`` with its comma, in any JSON spacing
+# (a key is never inside a string: quotes there are escaped).
 _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 _MAX_TAIL = 64 * 1024  # an SSE event longer than this (none in practice) disables stripping: never buffer
 
@@ -50,8 +51,12 @@ class UsagePolicy:
         self.inject = inject
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        hidden = (self.inject and ex.request.stream and ex.request.operation in INJECT_OPERATIONS
-                  and ask_for_usage(ex))
+        hidden = (
+            self.inject
+            and ex.request.stream
+            and ex.request.operation in INJECT_OPERATIONS
+            and ask_for_usage(ex)
+        )
         resp = await next(ex)
         if resp.status >= 300 or ex.request.operation not in CAPTURE_OPERATIONS:
             return resp  # an error answer is not charged; embeddings produce no text

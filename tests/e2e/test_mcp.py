@@ -1,4 +1,6 @@
-"""MCP tool providers end to end: the official SDK client, through the gateway and directly, to an SDK server."""
+"""MCP tool providers end to end: the official SDK client, through the gateway and directly,
+to an SDK server."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
@@ -41,16 +43,33 @@ async def start_mcp_gateway(make_gateway: Any, mcp_server: McpServerThread, **ex
     mcp_server.calls.clear()
     mcp_server.gate.clear()
     dead = f"http://127.0.0.1:{free_port()}/mcp"
-    gw: InProcessGateway = await make_gateway(mcp={"servers": {
-        "quotes": {"url": mcp_server.url, "retry": FAST, "result_cache_ttl_s": 0,
-                   "headers": {"x-upstream-key": "server-secret"},
-                   "tools": {"sleepy": {"timeout_s": 0.5,
-                                        "fallback_result": {"text": "Quotes are unavailable right now."}},
-                             "get_quote": {"cache_ttl_s": 30}}},
-        "down": {"url": dead, "retry": {"max_attempts": 1}, "tools": {"spare": {"fallback_result": {"text": "later"}}},
-                 "circuit_breaker": {"consecutive_failures": 2, "open_s": 0.3, "max_open_s": 0.3}},
-        "private": {"url": mcp_server.url, "tenants": ["nobody"]},
-    }}, **extra)
+    gw: InProcessGateway = await make_gateway(
+        mcp={
+            "servers": {
+                "quotes": {
+                    "url": mcp_server.url,
+                    "retry": FAST,
+                    "result_cache_ttl_s": 0,
+                    "headers": {"x-upstream-key": "server-secret"},
+                    "tools": {
+                        "sleepy": {
+                            "timeout_s": 0.5,
+                            "fallback_result": {"text": "Quotes are unavailable right now."},
+                        },
+                        "get_quote": {"cache_ttl_s": 30},
+                    },
+                },
+                "down": {
+                    "url": dead,
+                    "retry": {"max_attempts": 1},
+                    "tools": {"spare": {"fallback_result": {"text": "later"}}},
+                    "circuit_breaker": {"consecutive_failures": 2, "open_s": 0.3, "max_open_s": 0.3},
+                },
+                "private": {"url": mcp_server.url, "tenants": ["nobody"]},
+            }
+        },
+        **extra,
+    )
     return gw
 
 
@@ -85,8 +104,9 @@ async def scenario(session: ClientSession) -> dict[str, Any]:
     }
 
 
-async def test_same_results_through_the_gateway_as_directly(mcp_gateway: InProcessGateway,
-                                                            mcp_server: McpServerThread) -> None:
+async def test_same_results_through_the_gateway_as_directly(
+    mcp_gateway: InProcessGateway, mcp_server: McpServerThread
+) -> None:
     async with mcp_session(mcp_server.url) as direct:
         expected = await scenario(direct)
     async with mcp_session(mcp_gateway.url + "/mcp/quotes") as proxied:
@@ -97,8 +117,9 @@ async def test_same_results_through_the_gateway_as_directly(mcp_gateway: InProce
     assert mcp_server.calls["place_order"] == 2  # once directly, once through the gateway
 
 
-async def test_read_only_retried_write_called_once(mcp_gateway: InProcessGateway,
-                                                   mcp_server: McpServerThread) -> None:
+async def test_read_only_retried_write_called_once(
+    mcp_gateway: InProcessGateway, mcp_server: McpServerThread
+) -> None:
     async with mcp_session(mcp_gateway.url + "/mcp/quotes") as session:
         await session.list_tools()  # the catalog tells the gateway which tools are read-only
         mcp_server.gate["fail"] = 1
@@ -113,15 +134,18 @@ async def test_read_only_retried_write_called_once(mcp_gateway: InProcessGateway
         assert mcp_server.calls["http_503"] == 4 and mcp_server.calls["place_order"] == 0  # one attempt
 
 
-async def test_read_only_result_cached_per_tenant(mcp_gateway: InProcessGateway,
-                                                  mcp_server: McpServerThread) -> None:
+async def test_read_only_result_cached_per_tenant(
+    mcp_gateway: InProcessGateway, mcp_server: McpServerThread
+) -> None:
     async with mcp_session(mcp_gateway.url + "/mcp/quotes") as session:
         await session.list_tools()
         first = await session.call_tool("get_quote", {"symbol": "IBM"})
         second = await session.call_tool("get_quote", {"symbol": "IBM"})
         await session.call_tool("boom", {})
         await session.call_tool("boom", {})  # isError results are never cached
-    assert dump(first) == dump(second) and mcp_server.calls["get_quote"] == 1 and mcp_server.calls["boom"] == 2
+    assert (
+        dump(first) == dump(second) and mcp_server.calls["get_quote"] == 1 and mcp_server.calls["boom"] == 2
+    )
 
 
 async def test_fallback_result_at_timeout(mcp_gateway: InProcessGateway, mcp_server: McpServerThread) -> None:
@@ -132,11 +156,17 @@ async def test_fallback_result_at_timeout(mcp_gateway: InProcessGateway, mcp_ser
     assert mcp_server.calls["sleepy"] == 1  # a timed-out call is not repeated
 
 
-async def raw_call(gw: InProcessGateway, server: str, body: Any,
-                   headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
-    async with aiohttp.ClientSession() as http, http.post(
-            f"{gw.url}/mcp/{server}", json=body,
-            headers={"accept": "application/json, text/event-stream", **(headers or {})}) as resp:
+async def raw_call(
+    gw: InProcessGateway, server: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw.url}/mcp/{server}",
+            json=body,
+            headers={"accept": "application/json, text/event-stream", **(headers or {})},
+        ) as resp,
+    ):
         return resp.status, dict(resp.headers), await resp.json(content_type=None)
 
 
@@ -153,6 +183,7 @@ async def test_breaker_opens_and_recovers(mcp_gateway: InProcessGateway) -> None
     async def probing() -> bool:
         _, _, answer = await raw_call(mcp_gateway, "down", CALL)
         return "connect_error" in answer["error"]["message"]  # half-open: one probe reaches the server again
+
     await until(probing, timeout=5, interval=0.1)
 
 
@@ -166,7 +197,9 @@ async def test_bad_input_unknown_server_and_tenants(mcp_gateway: InProcessGatewa
             assert resp.status == 405
     status, _, _ = await raw_call(mcp_gateway, "private", CALL)
     assert status == 403
-    status, _, body = await raw_call(mcp_gateway, "quotes", {"jsonrpc": "2.0", "id": 1, "method": "tools/call"})
+    status, _, body = await raw_call(
+        mcp_gateway, "quotes", {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    )
     assert status == 400 and body["error"]["code"] == -32600
 
 
@@ -177,12 +210,17 @@ async def test_metrics_and_credentials(mcp_gateway: InProcessGateway, mcp_server
         await session.call_tool("get_quote", {"symbol": "X"})
     async with aiohttp.ClientSession() as http, http.get(mcp_gateway.url + "/metrics") as resp:
         text = await resp.text()
-    assert 'gateway_mcp_requests_total{method="tools/call",outcome="ok",server="quotes",tool="get_quote"}' in text
+    assert (
+        'gateway_mcp_requests_total{method="tools/call",outcome="ok",server="quotes",tool="get_quote"}'
+        in text
+    )
     assert 'gateway_mcp_cache_total{kind="catalog",result="hit",server="quotes"}' in text
     assert "server-secret" not in text
 
 
-async def test_cancellation_and_session_end(mcp_gateway: InProcessGateway, mcp_server: McpServerThread) -> None:
+async def test_cancellation_and_session_end(
+    mcp_gateway: InProcessGateway, mcp_server: McpServerThread
+) -> None:
     """A cancelled call is cancelled at the server; leaving the session sends DELETE through the gateway."""
     async with mcp_session(mcp_gateway.url + "/mcp/quotes") as session:
         with anyio.move_on_after(0.3):  # the SDK sends notifications/cancelled for the abandoned request
@@ -209,8 +247,12 @@ async def test_tool_call_span(make_gateway: Any, mcp_server: McpServerThread) ->
 
 async def test_fallback_header_on_a_dead_server(mcp_gateway: InProcessGateway) -> None:
     body = {**CALL, "params": {"name": "spare", "arguments": {}}}
-    status, headers, answer = await raw_call(mcp_gateway, "down", body,
-                                             headers={"Authorization": "Bearer client-secret"})
+    status, headers, answer = await raw_call(
+        mcp_gateway, "down", body, headers={"Authorization": "Bearer client-secret"}
+    )
     assert status == 200 and headers["x-gateway-fallback"] == "true"
-    assert answer == {"jsonrpc": "2.0", "id": 7,
-                      "result": {"content": [{"type": "text", "text": "later"}], "isError": True}}
+    assert answer == {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "result": {"content": [{"type": "text", "text": "later"}], "isError": True},
+    }

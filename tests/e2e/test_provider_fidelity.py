@@ -37,17 +37,29 @@ def request_body(case: dict[str, Any]) -> dict[str, Any]:
     model = case["expect"]["model"] or "m"
     if case["path"] == "/v1/responses":
         return {"model": model, "input": "hi", "stream": case["stream"]}
-    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": case["stream"]}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": case["stream"],
+    }
     if case["stream"] and (case.get("include_usage") or case["expect"]["usage"] is not None):
         body["stream_options"] = {"include_usage": True}
     return body
 
 
 @pytest.mark.parametrize(("name", "case"), CASES, ids=[n for n, _ in CASES])
-async def test_byte_for_byte_and_metrics(make_gateway: GatewayFactory, name: str, case: dict[str, Any]) -> None:
+async def test_byte_for_byte_and_metrics(
+    make_gateway: GatewayFactory, name: str, case: dict[str, Any]
+) -> None:
     gw = await make_gateway()
-    async with aiohttp.ClientSession() as s, s.post(gw.url + case["path"], json=request_body(case), headers={
-            "x-mock-fixture": name, "authorization": "Bearer sk-client"}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            gw.url + case["path"],
+            json=request_body(case),
+            headers={"x-mock-fixture": name, "authorization": "Bearer sk-client"},
+        ) as r,
+    ):
         got = await r.read()
         assert r.status == 200, got[:300]
     assert got == case["body"].encode()
@@ -64,13 +76,15 @@ SDK_CASES = [(n, c) for n, c in CASES if c["path"] == "/v1/chat/completions"]
 
 
 @pytest.mark.parametrize(("name", "case"), SDK_CASES, ids=[n for n, _ in SDK_CASES])
-async def test_openai_sdk_objects_equal(make_gateway: GatewayFactory, mock_upstream: MockServer, name: str,
-                                        case: dict[str, Any]) -> None:
+async def test_openai_sdk_objects_equal(
+    make_gateway: GatewayFactory, mock_upstream: MockServer, name: str, case: dict[str, Any]
+) -> None:
     gw = await make_gateway()
     results = []
     for base in (gw.base_url, mock_upstream.url):
-        async with AsyncOpenAI(base_url=base, api_key="sk-x", max_retries=0,
-                               default_headers={"x-mock-fixture": name}) as client:
+        async with AsyncOpenAI(
+            base_url=base, api_key="sk-x", max_retries=0, default_headers={"x-mock-fixture": name}
+        ) as client:
             body = request_body(case)
             if case["stream"]:
                 results.append(await _stream(client, {k: v for k, v in body.items() if k != "stream"}))
@@ -90,21 +104,33 @@ async def _stream(client: AsyncOpenAI, body: dict[str, Any]) -> Any:
     return chunks, final
 
 
-UNASKED = [(n, c) for n, c in CASES
-           if c["stream"] and c["path"] == "/v1/chat/completions" and c["expect"]["usage"] is not None]
+UNASKED = [
+    (n, c)
+    for n, c in CASES
+    if c["stream"] and c["path"] == "/v1/chat/completions" and c["expect"]["usage"] is not None
+]
 
 
 @pytest.mark.parametrize(("name", "case"), UNASKED, ids=[n for n, _ in UNASKED])
-async def test_usage_counted_when_the_client_did_not_ask(make_gateway: GatewayFactory, name: str,
-                                                         case: dict[str, Any]) -> None:
+async def test_usage_counted_when_the_client_did_not_ask(
+    make_gateway: GatewayFactory, name: str, case: dict[str, Any]
+) -> None:
     """The gateway asks for usage itself, counts the provider's figures and hides them from the client."""
     gw = await make_gateway()
     body = {k: v for k, v in request_body(case).items() if k != "stream_options"}
-    async with aiohttp.ClientSession() as s, s.post(gw.url + case["path"], json=body, headers={
-            "x-mock-fixture": name, "authorization": "Bearer sk-client"}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            gw.url + case["path"],
+            json=body,
+            headers={"x-mock-fixture": name, "authorization": "Bearer sk-client"},
+        ) as r,
+    ):
         got = await r.read()
     assert r.status == 200 and got.endswith(b"data: [DONE]\n\n")
-    assert [total(gw, "gateway_tokens_total", kind=k) for k in KINDS] == [float(v) for v in case["expect"]["usage"]]
+    assert [total(gw, "gateway_tokens_total", kind=k) for k in KINDS] == [
+        float(v) for v in case["expect"]["usage"]
+    ]
     assert total(gw, "gateway_tokens_estimated_total") == 0.0
     payloads = [orjson.loads(p) for _, p in events_of(got) if p and p != b"[DONE]"]
     assert not any("usage" in p for p in payloads)  # top level only: Groq's own x_groq.usage stays

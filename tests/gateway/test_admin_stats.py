@@ -91,7 +91,10 @@ async def test_stream_sends_history_then_one_event_per_second(gw: InProcessGatew
     """The first event is full (rows of the window), the next ones carry only new seconds; a cookie works."""
     await chat(gw, 2)
     cookies = {COOKIE: await sessions_of(gw.state).create(gw.state, KEY)}
-    async with aiohttp.ClientSession(cookies=cookies) as http, http.get(gw.url + "/admin/stats/stream") as resp:
+    async with (
+        aiohttp.ClientSession(cookies=cookies) as http,
+        http.get(gw.url + "/admin/stats/stream") as resp,
+    ):
         assert resp.status == 200 and resp.headers["content-type"].startswith("text/event-stream")
         first = await read_event(resp)
         assert first["full"] is True and first["summary"]["requests"]["total"] == 2

@@ -47,7 +47,8 @@ async def test_page_and_assets_need_a_session(gw: InProcessGateway) -> None:
 
 
 async def test_key_in_url_becomes_a_cookie_and_leaves_the_url(gw: InProcessGateway) -> None:
-    """``?key=`` answers 303 to the bare page with an HttpOnly SameSite=Strict session cookie, never the key."""
+    """``?key=`` answers 303 to the bare page with an HttpOnly SameSite=Strict session cookie,
+    never the key."""
     async with session() as http:
         async with http.get(f"{gw.url}{PAGE}?key={KEY}", allow_redirects=False) as resp:
             assert resp.status == 303 and resp.headers["location"] == PAGE

@@ -41,9 +41,9 @@ async def server() -> AsyncIterator[TestServer]:
 
 
 async def post(srv: TestServer, data: bytes, headers: dict[str, str] | None = None,
-               timeout: float = 5) -> tuple[int, dict[str, Any]]:
+               timeout_s: float = 5) -> tuple[int, dict[str, Any]]:
     async with ClientSession() as session, session.post(
-            srv.make_url(f"/body?timeout={timeout}"), data=data, headers=headers or {}) as resp:
+            srv.make_url(f"/body?timeout={timeout_s}"), data=data, headers=headers or {}) as resp:
         return resp.status, await resp.json(content_type=None)
 
 
@@ -167,11 +167,14 @@ def test_brackets_inside_strings_are_not_depth() -> None:
     assert parse_json(raw)["text"].startswith("[[")
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"model": "a", "model": "b"}',
-    b'{"stream": false, "model": "a", "stream": true}',
-    b'{"model": "a", "meta": {"model": 1, "model": 2}}',  # any duplicate, once the cheap count triggers the check
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "a", "model": "b"}',
+        b'{"stream": false, "model": "a", "stream": true}',
+        b'{"model": "a", "meta": {"model": 1, "model": 2}}',  # any duplicate, once the count triggers
+    ],
+)
 def test_duplicate_steering_keys_are_refused(raw: bytes) -> None:
     with pytest.raises(LocalReply) as exc:
         parse_json(raw)
@@ -194,15 +197,54 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 VALID: list[tuple[str, dict[str, Any]]] = [
     ("chat", CHAT),
     # Value ranges are forwarded: the provider judges them and its own error passes through.
-    ("chat", {**CHAT, "temperature": 3, "top_p": 1.5, "presence_penalty": -2.5, "frequency_penalty": 9, "n": 0,
-              "top_logprobs": 21, "max_tokens": 0, "max_completion_tokens": 2**40}),
-    ("chat", {**CHAT, "messages": [{"role": "assistant", "content": None, "tool_calls": []}], "stream": True,
-              "stream_options": {"include_usage": True}, "max_tokens": 2**31 - 1, "n": 128,
-              "top_logprobs": 0, "temperature": 0, "top_p": 1, "presence_penalty": -2, "frequency_penalty": 2.0,
-              "stop": ["a", "b"], "user": "u", "seed": 7}),
-    ("chat", {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "stop": "x"}),
-    ("chat", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "web_search"},
-                                {"type": "function", "name": "g"}]}),
+    (
+        "chat",
+        {
+            **CHAT,
+            "temperature": 3,
+            "top_p": 1.5,
+            "presence_penalty": -2.5,
+            "frequency_penalty": 9,
+            "n": 0,
+            "top_logprobs": 21,
+            "max_tokens": 0,
+            "max_completion_tokens": 2**40,
+        },
+    ),
+    (
+        "chat",
+        {
+            **CHAT,
+            "messages": [{"role": "assistant", "content": None, "tool_calls": []}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": 2**31 - 1,
+            "n": 128,
+            "top_logprobs": 0,
+            "temperature": 0,
+            "top_p": 1,
+            "presence_penalty": -2,
+            "frequency_penalty": 2.0,
+            "stop": ["a", "b"],
+            "user": "u",
+            "seed": 7,
+        },
+    ),
+    (
+        "chat",
+        {**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "stop": "x"},
+    ),
+    (
+        "chat",
+        {
+            **CHAT,
+            "tools": [
+                {"type": "function", "function": {"name": "f"}},
+                {"type": "web_search"},
+                {"type": "function", "name": "g"},
+            ],
+        },
+    ),
     ("completions", {"model": "m", "prompt": "p"}),
     ("completions", {"model": "m", "prompt": ["p", "q"]}),
     ("embeddings", {"model": "m", "input": "x"}),
@@ -240,22 +282,45 @@ INVALID: list[tuple[str, dict[str, Any], str | None, str]] = [
     ("chat", {**CHAT, "stop": 3}, "stop", "invalid_type"),
     ("chat", {**CHAT, "tools": {"type": "function"}}, "tools", "invalid_type"),
     ("chat", {**CHAT, "tools": [{"function": {"name": "f"}}]}, "tools[0]", "invalid_type"),
-    ("chat", {**CHAT, "tools": [{"type": "function", "function": {"name": ""}}]}, "tools[0].function.name",
-     "invalid_value"),
+    (
+        "chat",
+        {**CHAT, "tools": [{"type": "function", "function": {"name": ""}}]},
+        "tools[0].function.name",
+        "invalid_value",
+    ),
     ("chat", {"model": "m"}, "messages", "missing_required"),
     ("chat", {"model": "m", "messages": "hi"}, "messages", "invalid_type"),
     ("chat", {"model": "m", "messages": []}, "messages", "empty_array"),
     ("chat", {"model": "m", "messages": ["hi"]}, "messages[0]", "invalid_type"),
-    ("chat", {"model": "m", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "invalid_value"),
+    (
+        "chat",
+        {"model": "m", "messages": [{"role": "robot", "content": "x"}]},
+        "messages[0].role",
+        "invalid_value",
+    ),
     ("chat", {"model": "m", "messages": [{"content": "x"}]}, "messages[0].role", "invalid_value"),
-    ("chat", {"model": "m", "messages": [{"role": "user", "content": 3}]}, "messages[0].content", "invalid_type"),
-    ("chat", {"model": "m", "messages": [{"role": "assistant", "content": "ok"}, {"role": "system"}]},
-     "messages[1].content", "missing_required"),
+    (
+        "chat",
+        {"model": "m", "messages": [{"role": "user", "content": 3}]},
+        "messages[0].content",
+        "invalid_type",
+    ),
+    (
+        "chat",
+        {"model": "m", "messages": [{"role": "assistant", "content": "ok"}, {"role": "system"}]},
+        "messages[1].content",
+        "missing_required",
+    ),
     ("completions", {"model": "m"}, "prompt", "missing_required"),
     ("completions", {"model": "m", "prompt": 3}, "prompt", "invalid_type"),
     ("embeddings", {"model": "m"}, "input", "missing_required"),
     ("embeddings", {"model": "m", "input": "x", "dimensions": "8"}, "dimensions", "invalid_type"),
-    ("embeddings", {"model": "m", "input": "x", "encoding_format": "int8"}, "encoding_format", "invalid_value"),
+    (
+        "embeddings",
+        {"model": "m", "input": "x", "encoding_format": "int8"},
+        "encoding_format",
+        "invalid_value",
+    ),
     ("embeddings", {"model": "m", "input": []}, "input", "invalid_type"),
     ("embeddings", {"model": "m", "input": 3}, "input", "invalid_type"),
     ("embeddings", {"model": "m", "input": ["x", 1]}, "input", "invalid_type"),
@@ -267,13 +332,20 @@ INVALID: list[tuple[str, dict[str, Any], str | None, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("operation", "body", "param", "code"), INVALID,
-                         ids=[f"{op}-{code}-{param}-{i}" for i, (op, _, param, code) in enumerate(INVALID)])
+@pytest.mark.parametrize(
+    ("operation", "body", "param", "code"),
+    INVALID,
+    ids=[f"{op}-{code}-{param}-{i}" for i, (op, _, param, code) in enumerate(INVALID)],
+)
 def test_refuses_invalid_bodies(operation: str, body: dict[str, Any], param: str | None, code: str) -> None:
     with pytest.raises(LocalReply) as exc:
         validate(operation, body)
     assert (exc.value.status, exc.value.type, exc.value.param, exc.value.code) == (
-        400, "invalid_request_error", param, code)
+        400,
+        "invalid_request_error",
+        param,
+        code,
+    )
 
 
 def test_forbidden_fields_are_checked_before_anything_else() -> None:

@@ -91,9 +91,13 @@ def _variants() -> dict[str, bytes]:
     spaced = b"".join(_spaced(orjson.loads(c[6:])) if c.startswith(b"data: {") else c for c in _chat_stream())
     multi = compact.replace(b'data: {"choices"', b'data: {\ndata: "choices"')  # multi-line data fields
     return {
-        "compact": compact, "spaced": spaced, "crlf": spaced.replace(b"\n", b"\r\n"),
-        "cr": compact.replace(b"\n", b"\r"), "multiline": multi,
-        "comments": b": keep-alive\n\n" + compact.replace(b"data: [DONE]", b"id: 9\nevent: done\n: hi\ndata: [DONE]"),
+        "compact": compact,
+        "spaced": spaced,
+        "crlf": spaced.replace(b"\n", b"\r\n"),
+        "cr": compact.replace(b"\n", b"\r"),
+        "multiline": multi,
+        "comments": b": keep-alive\n\n"
+        + compact.replace(b"data: [DONE]", b"id: 9\nevent: done\n: hi\ndata: [DONE]"),
     }
 
 
@@ -103,9 +107,12 @@ def test_tolerant_reader_every_shape_and_every_split() -> None:
         for size in (1, 3, 7, len(stream)):
             insp = StreamInspector(clock=lambda: 1.0)
             for at in range(0, len(stream), size):
-                insp.feed(stream[at:at + size])
+                insp.feed(stream[at : at + size])
             assert insp.content_chunks >= 1, (name, size)
-            assert insp.usage is not None and (insp.usage.prompt, insp.usage.cached_prompt) == (7, 3), (name, size)
+            assert insp.usage is not None and (insp.usage.prompt, insp.usage.cached_prompt) == (7, 3), (
+                name,
+                size,
+            )
             assert insp.finish_reasons == ["stop"] and insp.model == "m-1" and insp.clean_end, (name, size)
 
 
@@ -115,15 +122,26 @@ def test_token_counts_once_per_chunk_and_responses_spaced() -> None:
     insp.feed(_chat_stream()[1] + _chat_stream()[2])
     assert insp.content_chunks == 1
     insp = StreamInspector(clock=lambda: 3.0)
-    insp.feed(b'event: response.output_text.delta\r\ndata: {"type": "response.output_text.delta", "delta": "x"}\r\n\r\n')
-    insp.feed(b'event: response.completed\r\ndata: {"type": "response.completed", "response": {"model": "m", '
-              b'"usage": {"input_tokens": 4, "output_tokens": 2}}}\r\n\r\n')
-    assert insp.first_token_at == 3.0 and insp.usage is not None and insp.usage.completion == 2 and insp.clean_end
+    insp.feed(
+        b'event: response.output_text.delta\r\n'
+        b'data: {"type": "response.output_text.delta", "delta": "x"}\r\n\r\n'
+    )
+    insp.feed(
+        b'event: response.completed\r\ndata: {"type": "response.completed", "response": {"model": "m", '
+        b'"usage": {"input_tokens": 4, "output_tokens": 2}}}\r\n\r\n'
+    )
+    assert (
+        insp.first_token_at == 3.0
+        and insp.usage is not None
+        and insp.usage.completion == 2
+        and insp.clean_end
+    )
 
 
 def test_named_error_event_and_splitter_rest() -> None:
     """``event: error`` fails the stream; the splitter hands back an unterminated tail once."""
     from gateway.sse import EventSplitter, parse_event
+
     insp = StreamInspector(clock=lambda: 0.0)
     insp.feed(b'event: error\ndata: {"message": "x"}\n\n')
     assert insp.error_event

@@ -35,8 +35,15 @@ class Scripted:
 def chat_answer(text: str, finish: Any = "stop", **extra: Any) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                               "finish_reason": finish}
-    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
-            "choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}, **extra}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [choice],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        **extra,
+    }
 
 
 @pytest_asyncio.fixture

@@ -65,11 +65,14 @@ async def test_key_rotation_revokes_sessions_and_ends_open_streams(mock_upstream
     try:
         _, sid = await login(gw.url)
         async with aiohttp.ClientSession() as s:
-            async with s.get(gw.url + "/admin/stats/stream", headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            async with s.get(
+                gw.url + "/admin/stats/stream", headers={"Authorization": f"Bearer {KEY}"}
+            ) as resp:
                 assert resp.status == 200
                 await resp.content.readline()  # the stream is open
                 await Reloader(state=gw.state, path=tmp_path / "x.yaml").apply(
-                    parse_config({**cfg, "admin": {"api_key": KEY + "-rotated"}}))
+                    parse_config({**cfg, "admin": {"api_key": KEY + "-rotated"}})
+                )
                 await asyncio.wait_for(resp.read(), 5)  # the open stream ends
         assert await stats(gw.url, sid) == 401
         assert await stats(gw.url, bearer=KEY + "-rotated") == 200
@@ -84,11 +87,17 @@ async def test_wrong_admin_keys_are_throttled_per_address(make_gateway: Any) -> 
         assert await stats(gw.url, bearer="guess") == 401
     assert await stats(gw.url, bearer="guess") == 429
     assert await stats(gw.url, bearer=KEY) == 429  # no more guesses from this address for the window
-    assert gw.state.metrics.registry.get_sample_value(
-        "gateway_policy_decisions_total", {"policy": "admin_auth", "decision": "throttled"}) >= 2
+    assert (
+        gw.state.metrics.registry.get_sample_value(
+            "gateway_policy_decisions_total", {"policy": "admin_auth", "decision": "throttled"}
+        )
+        >= 2
+    )
 
 
-async def test_sessions_are_shared_through_redis(mock_upstream: MockServer, redis_server: RedisServer) -> None:
+async def test_sessions_are_shared_through_redis(
+    mock_upstream: MockServer, redis_server: RedisServer
+) -> None:
     state = {"backend": "redis", "redis_url": redis_server.url, "key_prefix": "adm:", "timeout_ms": 1000}
     one = await start_gateway(gateway_config(mock_upstream.url, admin={"api_key": KEY}, state=state))
     two = await start_gateway(gateway_config(mock_upstream.url, admin={"api_key": KEY}, state=state))
@@ -96,8 +105,9 @@ async def test_sessions_are_shared_through_redis(mock_upstream: MockServer, redi
         _, sid = await login(one.url)
         assert await stats(two.url, sid) == 200  # another replica knows the session
         async with aiohttp.ClientSession() as s:
-            async with s.post(two.url + PAGE + "/logout", headers={"Cookie": f"{COOKIE}={sid}"},
-                              allow_redirects=False) as resp:
+            async with s.post(
+                two.url + PAGE + "/logout", headers={"Cookie": f"{COOKIE}={sid}"}, allow_redirects=False
+            ) as resp:
                 assert resp.status == 303
         assert await stats(one.url, sid) == 401  # revoked on the replica that issued it too
     finally:

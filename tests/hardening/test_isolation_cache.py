@@ -82,10 +82,14 @@ async def test_query_string_and_answer_headers_are_part_of_the_key(make_gateway:
     assert (await ask(gw.url, question, query="api-version=2024-01-01")).headers["x-gateway-cache"] == "miss"
     assert (await ask(gw.url, question, query="api-version=2024-01-01")).headers["x-gateway-cache"] == "hit"
     assert (await ask(gw.url, question, query="api-version=2025-04-01")).headers["x-gateway-cache"] == "miss"
-    assert (await ask(gw.url, question, {"OpenAI-Beta": "assistants=v2"})).headers["x-gateway-cache"] == "miss"
+    assert (await ask(gw.url, question, {"OpenAI-Beta": "assistants=v2"})).headers[
+        "x-gateway-cache"
+    ] == "miss"
     assert (await ask(gw.url, question, {"OpenAI-Beta": "assistants=v2"})).headers["x-gateway-cache"] == "hit"
     assert (await ask(gw.url, question, {"x-custom-variant": "b"})).headers["x-gateway-cache"] == "miss"
-    assert (await ask(gw.url, question, {"x-unrelated": "1"})).headers["x-gateway-cache"] == "miss"  # plain one
+    assert (await ask(gw.url, question, {"x-unrelated": "1"})).headers[
+        "x-gateway-cache"
+    ] == "miss"  # plain one
     assert (await ask(gw.url, question, {"x-unrelated": "2"})).headers["x-gateway-cache"] == "hit"  # ignored
 
 
@@ -97,8 +101,9 @@ TOOL_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(TOOL_CASES))
-async def test_tool_answers_for_one_caller_are_not_cached(make_gateway: Any, scripted: Scripted,
-                                                          name: str) -> None:
+async def test_tool_answers_for_one_caller_are_not_cached(
+    make_gateway: Any, scripted: Scripted, name: str
+) -> None:
     gw = await make_gateway(tools={"search": {"base_url": scripted.url, "read_only": True}})
     scripted.script.append((200, {"secret": "for caller one"}, TOOL_CASES[name]))
     async with aiohttp.ClientSession() as s:

@@ -34,8 +34,11 @@ FORMS: dict[str, tuple[dict[str, str], str]] = {
 async def ask(session: aiohttp.ClientSession, url: str, question: str, headers: dict[str, str] | None = None,
               query: str = "") -> str:
     body = {"model": "gpt-4o", "temperature": 0, "messages": [{"role": "user", "content": question}]}
-    async with session.post(f"{url}/v1/chat/completions" + (f"?{query}" if query else ""), data=orjson.dumps(body),
-                            headers={"content-type": "application/json", **(headers or {})}) as resp:
+    async with session.post(
+        f"{url}/v1/chat/completions" + (f"?{query}" if query else ""),
+        data=orjson.dumps(body),
+        headers={"content-type": "application/json", **(headers or {})},
+    ) as resp:
         assert resp.status == 200, await resp.text()
         return resp.headers["x-gateway-cache"]
 
@@ -46,8 +49,9 @@ def form(name: str, secret: str) -> tuple[dict[str, str], str]:
 
 
 @pytest.mark.parametrize("name", sorted(FORMS))
-async def test_every_credential_form_gets_its_own_namespace(make_gateway: Any, mock_upstream: MockServer,
-                                                            name: str) -> None:
+async def test_every_credential_form_gets_its_own_namespace(
+    make_gateway: Any, mock_upstream: MockServer, name: str
+) -> None:
     """Passthrough mode: a keyed answer is never a hit for an anonymous client or another key."""
     gw = await make_gateway()
     question = f"credential form {name} {secrets.token_hex(4)}"
@@ -74,6 +78,7 @@ async def test_anonymous_answer_is_not_served_to_a_keyed_client(make_gateway: An
 def test_identity_memo_holds_digests_only_and_is_bounded_in_bytes() -> None:
     auth = Authenticator(AuthConfig())
     from multidict import CIMultiDict, CIMultiDictProxy
+
     secret = "sk-raw-secret-" + "x" * 4000
     auth.identify(CIMultiDictProxy(CIMultiDict({"Authorization": "Basic " + secret})))
     assert not any("sk-raw-secret" in k for k in auth._memo)
@@ -86,12 +91,23 @@ def test_identity_memo_holds_digests_only_and_is_bounded_in_bytes() -> None:
 KEYS_AUTH = {"mode": "keys", "keys": [{"key": "sk-gw-tenant-a", "tenant": "a"}]}
 
 
-async def test_keys_mode_never_forwards_client_credentials(make_gateway: Any, mock_upstream: MockServer) -> None:
+async def test_keys_mode_never_forwards_client_credentials(
+    make_gateway: Any, mock_upstream: MockServer
+) -> None:
     """The upstream gets its own key; the tenant's gateway key, x-api-key, api-key and cookies stay here."""
     gw = await make_gateway(auth=KEYS_AUTH)
     async with aiohttp.ClientSession() as s:
-        await ask(s, gw.url, "cred 1", {"Authorization": "Bearer sk-gw-tenant-a", "x-api-key": "sk-client-x",
-                                        "api-key": "sk-client-api", "Cookie": "session=sk-cookie"})
+        await ask(
+            s,
+            gw.url,
+            "cred 1",
+            {
+                "Authorization": "Bearer sk-gw-tenant-a",
+                "x-api-key": "sk-client-x",
+                "api-key": "sk-client-api",
+                "Cookie": "session=sk-cookie",
+            },
+        )
     seen = mock_upstream.recorder.attempts[-1].headers
     lowered = {k.lower(): v for k, v in seen.items()}
     assert lowered["authorization"] == "Bearer sk-upstream-secret"
@@ -99,19 +115,26 @@ async def test_keys_mode_never_forwards_client_credentials(make_gateway: Any, mo
     assert "sk-gw-tenant-a" not in orjson.dumps(seen).decode()
 
 
-async def test_passthrough_with_upstream_key_drops_client_credentials(make_gateway: Any,
-                                                                      mock_upstream: MockServer) -> None:
+async def test_passthrough_with_upstream_key_drops_client_credentials(
+    make_gateway: Any, mock_upstream: MockServer
+) -> None:
     gw = await make_gateway()
     async with aiohttp.ClientSession() as s:
-        await ask(s, gw.url, "cred 2", {"Authorization": "Bearer sk-client", "x-api-key": "sk-client-x",
-                                        "Cookie": "a=b"})
+        await ask(
+            s,
+            gw.url,
+            "cred 2",
+            {"Authorization": "Bearer sk-client", "x-api-key": "sk-client-x", "Cookie": "a=b"},
+        )
     lowered = {k.lower(): v for k, v in mock_upstream.recorder.attempts[-1].headers.items()}
     assert lowered["authorization"] == "Bearer sk-upstream-secret"
     assert "x-api-key" not in lowered and "cookie" not in lowered
 
 
 def test_keys_mode_upstream_without_key_is_a_config_error(mock_upstream: MockServer) -> None:
-    cfg = gateway_config(mock_upstream.url, auth=KEYS_AUTH, upstreams={"mock": {"base_url": mock_upstream.url}})
+    cfg = gateway_config(
+        mock_upstream.url, auth=KEYS_AUTH, upstreams={"mock": {"base_url": mock_upstream.url}}
+    )
     with pytest.raises(ConfigError) as err:
         parse_config(cfg)
     assert any("upstreams.mock.api_key" in p and "forward_client_key" in p for p in err.value.problems)
@@ -119,8 +142,9 @@ def test_keys_mode_upstream_without_key_is_a_config_error(mock_upstream: MockSer
 
 async def test_forward_client_key_forwards_on_purpose(make_gateway: Any, mock_upstream: MockServer) -> None:
     """Positive control: with ``forward_client_key: true`` the provider does see the client's key."""
-    gw = await make_gateway(auth=KEYS_AUTH, upstreams={"mock": {"base_url": mock_upstream.url,
-                                                                "forward_client_key": True}})
+    gw = await make_gateway(
+        auth=KEYS_AUTH, upstreams={"mock": {"base_url": mock_upstream.url, "forward_client_key": True}}
+    )
     async with aiohttp.ClientSession() as s:
         await ask(s, gw.url, "cred 3", {"Authorization": "Bearer sk-gw-tenant-a", "Cookie": "a=b"})
     lowered = {k.lower(): v for k, v in mock_upstream.recorder.attempts[-1].headers.items()}

@@ -32,8 +32,9 @@ async def post_raw(url: str, raw: bytes, headers: dict[str, str] | None = None) 
     rb'{"\u006d\u006f\u0064\u0065\u006c":"gpt-4o-mini","model":"gpt-4o","messages":[{"role":"user","content":"x"}]}',
     rb'{"model":"gpt-4o","stream":false,"stre\u0061m":true,"messages":[{"role":"user","content":"hi"}]}',
 ])
-async def test_duplicate_steering_key_spelled_with_escapes_is_refused(make_gateway: Any,
-                                                                      mock_upstream: MockServer, raw: bytes) -> None:
+async def test_duplicate_steering_key_spelled_with_escapes_is_refused(
+    make_gateway: Any, mock_upstream: MockServer, raw: bytes
+) -> None:
     gw = await make_gateway()
     status, body = await post_raw(gw.url, raw)
     assert status == 400 and body["error"]["code"] == "duplicate_key"
@@ -43,13 +44,22 @@ async def test_duplicate_steering_key_spelled_with_escapes_is_refused(make_gatew
     assert (await post_raw(gw.url, ok))[0] == 200
 
 
-DOT_PATHS = ["/..;/..;/admin", "/%2e%2e;x/admin", "/\uff0e\uff0e/admin", "/%EF%BC%8E%EF%BC%8E/admin",
-             "/%252e%252e/admin", "/\u2025/admin", "/x%EF%BC%8Fy", "/%25252e%25252e/admin"]
+DOT_PATHS = [
+    "/..;/..;/admin",
+    "/%2e%2e;x/admin",
+    "/\uff0e\uff0e/admin",
+    "/%EF%BC%8E%EF%BC%8E/admin",
+    "/%252e%252e/admin",
+    "/\u2025/admin",
+    "/x%EF%BC%8Fy",
+    "/%25252e%25252e/admin",
+]
 
 
 @pytest.mark.parametrize("path", DOT_PATHS)
-async def test_dot_segments_in_every_spelling_are_refused(make_gateway: Any, mock_upstream: MockServer,
-                                                          path: str) -> None:
+async def test_dot_segments_in_every_spelling_are_refused(
+    make_gateway: Any, mock_upstream: MockServer, path: str
+) -> None:
     gw = await make_gateway(passthrough=True, tools={"search": {"base_url": mock_upstream.base_url + "/v0"}})
     async with aiohttp.ClientSession() as s:
         for prefix in ("/tools/search", "/v1/files"):
@@ -65,8 +75,10 @@ async def test_dot_segments_in_every_spelling_are_refused(make_gateway: Any, moc
 
 async def test_502_names_the_upstream_never_its_address(make_gateway: Any) -> None:
     port = free_port()  # nothing listens there
-    gw = await make_gateway(upstreams={"provider-a": {"base_url": f"http://127.0.0.1:{port}/v1", "api_key": "sk"}},
-                            routes=[{"match": {"model": "*"}, "upstream": "provider-a"}])
+    gw = await make_gateway(
+        upstreams={"provider-a": {"base_url": f"http://127.0.0.1:{port}/v1", "api_key": "sk"}},
+        routes=[{"match": {"model": "*"}, "upstream": "provider-a"}],
+    )
     status, body = await post_raw(gw.url, orjson.dumps({"model": "gpt-4o", "messages": CHAT}))
     message = body["error"]["message"]
     assert status == 502 and "provider-a" in message
@@ -100,7 +112,10 @@ async def test_models_list_needs_a_key_in_keys_mode(make_gateway: Any) -> None:
     async with aiohttp.ClientSession() as s:
         for path in ("/v1/models", "/v1/models/gpt-4o"):
             async with s.get(gw.url + path) as resp:
-                assert resp.status == 401 and orjson.loads(await resp.read())["error"]["code"] == "missing_api_key"
+                assert (
+                    resp.status == 401
+                    and orjson.loads(await resp.read())["error"]["code"] == "missing_api_key"
+                )
             async with s.get(gw.url + path, headers={"Authorization": "Bearer sk-gw-a"}) as resp:
                 assert resp.status == 200  # positive control
 
@@ -116,7 +131,9 @@ async def test_model_list_is_never_served_across_credentials(make_gateway: Any, 
     """Passthrough, no upstream key: X's private fine-tune list stays X's, and one fetch serves 50 callers."""
     gw = await make_gateway(upstreams={"mock": {"base_url": scripted.url}})
     scripted.default = (200, {"object": "list", "data": []}, {})
-    scripted.script.append((200, {"object": "list", "data": [{"id": "ft:gpt-4o:x-private", "object": "model"}]}, {}))
+    scripted.script.append(
+        (200, {"object": "list", "data": [{"id": "ft:gpt-4o:x-private", "object": "model"}]}, {})
+    )
     assert "ft:gpt-4o:x-private" in await list_ids(gw.url, {"Authorization": "Bearer sk-x"})
     assert "ft:gpt-4o:x-private" not in await list_ids(gw.url, {"Authorization": "Bearer sk-y"})
     assert "ft:gpt-4o:x-private" not in await list_ids(gw.url, {})

@@ -77,13 +77,39 @@ def test_streamed_tool_call_keeps_null_content_and_ids() -> None:
     """The opening ``"content": ""`` of a tool-call stream becomes the provider's ``null``; ids survive."""
     head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     chunks = [
-        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
-        {**head, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_A", "type": "function",
-                                                                  "function": {"name": "f", "arguments": ""}}]}}]},
-        {**head, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]},
+        {
+            **head,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        },
+        {
+            **head,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_A",
+                                "type": "function",
+                                "function": {"name": "f", "arguments": ""},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+        {
+            **head,
+            "choices": [
+                {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}
+            ],
+        },
         {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
     ]
-    data = b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks) + b"data: [DONE]\r\n\r\n"
+    data = (
+        b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks) + b"data: [DONE]\r\n\r\n"
+    )
     obj = answer_from_sse("chat", data)
     assert obj is not None
     message = obj["choices"][0]["message"]

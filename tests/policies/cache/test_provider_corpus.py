@@ -1,10 +1,12 @@
-"""Every provider fixture (tests/data/providers) read by the core stream reader, the commit point and the cache.
+"""Every provider fixture (tests/data/providers) read by the core stream reader,
+the commit point and the cache.
 
 For each streamed case, delivered in the fixture's own chunks: the inspector finds the first token,
 the provider's usage (cached and reasoning parts included), finish reasons, the model and a clean
 end; the commit point commits; the cache assembles a canonical answer whose replay in the other
 mode assembles back to the same answer (cross-mode replay).
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator

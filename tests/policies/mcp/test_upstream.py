@@ -24,11 +24,23 @@ async def server(**kw: Any) -> McpServer:
 
 async def test_client_credentials_never_forwarded() -> None:
     s = await server(headers={"Authorization": "Bearer upstream"})
-    client = CIMultiDictProxy(CIMultiDict({"Authorization": "Bearer gw-key", "Cookie": "a=1", "Mcp-Session-Id": "x",
-                                           "Accept": "application/json, text/event-stream", "X-Api-Key": "k"}))
+    client = CIMultiDictProxy(
+        CIMultiDict(
+            {
+                "Authorization": "Bearer gw-key",
+                "Cookie": "a=1",
+                "Mcp-Session-Id": "x",
+                "Accept": "application/json, text/event-stream",
+                "X-Api-Key": "k",
+            }
+        )
+    )
     sent = s.headers(client)
-    assert sent == {"accept": "application/json, text/event-stream", "mcp-session-id": "x",
-                    "Authorization": "Bearer upstream"}
+    assert sent == {
+        "accept": "application/json, text/event-stream",
+        "mcp-session-id": "x",
+        "Authorization": "Bearer upstream",
+    }
     await s.session.close()
 
 
@@ -48,8 +60,12 @@ async def test_rate_limit_and_concurrency() -> None:
 async def test_tool_label_is_bounded() -> None:
     s = await server(tools={"configured": McpToolConfig()})
     s.safety["listed"] = "read_only"
-    assert [s.tool_label(n) for n in ("configured", "listed", "anything", None)] == ["configured", "listed",
-                                                                                    "other", ""]
+    assert [s.tool_label(n) for n in ("configured", "listed", "anything", None)] == [
+        "configured",
+        "listed",
+        "other",
+        "",
+    ]
     await s.session.close()
 
 

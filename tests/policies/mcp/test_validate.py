@@ -12,8 +12,12 @@ def test_problems_name_the_dotted_path_and_never_the_url() -> None:
                                rate_limit=McpRateLimit(rpm=0), tools={"t": McpToolConfig(timeout_s=0)}),
     }))
     found = problems(cfg)
-    assert found == ["mcp.servers.bad.url: must be an http(s) URL", "mcp.servers.bad.catalog_ttl_s: must be >= 0",
-                     "mcp.servers.bad.rate_limit.rpm: must be > 0", "mcp.servers.bad.tools.t.timeout_s: must be > 0"]
+    assert found == [
+        "mcp.servers.bad.url: must be an http(s) URL",
+        "mcp.servers.bad.catalog_ttl_s: must be >= 0",
+        "mcp.servers.bad.rate_limit.rpm: must be > 0",
+        "mcp.servers.bad.tools.t.timeout_s: must be > 0",
+    ]
     assert not any("secret" in line for line in found)
 
 
@@ -45,7 +49,10 @@ def test_the_issue_example_loads() -> None:
     cfg = parse_config_text(ISSUE_EXAMPLE, env={"QUOTES_KEY": "k"})
     quotes = cfg.mcp.servers["quotes"]
     assert quotes.headers == {"Authorization": "Bearer k"} and quotes.rate_limit.max_concurrency == 16
-    assert quotes.tools["get_quote"].fallback_result is not None and quotes.tools["place_order"].read_only is False
+    assert (
+        quotes.tools["get_quote"].fallback_result is not None
+        and quotes.tools["place_order"].read_only is False
+    )
 
 
 def test_a_bad_block_is_reported_by_the_loader() -> None:
@@ -54,4 +61,6 @@ def test_a_bad_block_is_reported_by_the_loader() -> None:
     from gateway.config import ConfigError, parse_config_text
 
     with pytest.raises(ConfigError, match=r"mcp\.servers\.q\.url"):
-        parse_config_text('upstreams: {openai: {base_url: "http://127.0.0.1:9/v1"}}\nmcp: {servers: {q: {url: nope}}}\n')
+        parse_config_text(
+            'upstreams: {openai: {base_url: "http://127.0.0.1:9/v1"}}\nmcp: {servers: {q: {url: nope}}}\n'
+        )

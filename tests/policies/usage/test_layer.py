@@ -20,10 +20,20 @@ SSE = {"content-type": "text/event-stream"}
 def make_exchange() -> Callable[..., Exchange]:
     def make(body: dict[str, Any] | None = None, **kw: Any) -> Exchange:
         body = body or {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-        fields: dict[str, Any] = {"request_id": "r1", "method": "POST", "path": "/v1/chat/completions",
-                                  "operation": "chat", "headers": CIMultiDictProxy(CIMultiDict()), "raw_body": b"{}",
-                                  "body": body, "received_at": 0.0, "deadline": 600.0, "model": body.get("model", ""),
-                                  "upstream": "mock", "upstream_model": body.get("model", "")}
+        fields: dict[str, Any] = {
+            "request_id": "r1",
+            "method": "POST",
+            "path": "/v1/chat/completions",
+            "operation": "chat",
+            "headers": CIMultiDictProxy(CIMultiDict()),
+            "raw_body": b"{}",
+            "body": body,
+            "received_at": 0.0,
+            "deadline": 600.0,
+            "model": body.get("model", ""),
+            "upstream": "mock",
+            "upstream_model": body.get("model", ""),
+        }
         fields.update(kw)
         return build_exchange(**fields)
 
@@ -36,8 +46,14 @@ def chunk(obj: dict[str, Any]) -> bytes:
 
 def provider_stream(include_usage: bool) -> list[bytes]:
     """What OpenAI sends: with include_usage every chunk has "usage":null and a final usage chunk follows."""
+
     def c(choices: list[Any], usage: Any = "absent") -> bytes:
-        obj: dict[str, Any] = {"id": "x", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": choices}
+        obj: dict[str, Any] = {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "model": "gpt-4o",
+            "choices": choices,
+        }
         if include_usage:
             obj["usage"] = None if usage == "absent" else usage
         return chunk(obj)
@@ -75,13 +91,19 @@ def stream_exchange(make_exchange: Callable[..., Exchange], body: dict[str, Any]
     return make_exchange(body, raw_body=orjson.dumps(body), stream=body.get("stream") is True)
 
 
-async def test_client_that_did_not_ask_sees_exactly_the_plain_stream(make_exchange: Callable[..., Exchange]) -> None:
+async def test_client_that_did_not_ask_sees_exactly_the_plain_stream(
+    make_exchange: Callable[..., Exchange],
+) -> None:
     """Usage is requested upstream, recorded, and the client's bytes equal a stream without include_usage."""
     ex = stream_exchange(make_exchange)
     resp = await UsagePolicy(inject=True)(ex, nxt(provider_stream(include_usage=True)))
     got = await drain(resp)
     assert got == b"".join(provider_stream(include_usage=False))
-    assert ex.record.reported_usage is not None and (ex.record.reported_usage.prompt, ex.record.reported_usage.completion, ex.record.reported_usage.estimated) == (7, 3, False)
+    assert ex.record.reported_usage is not None and (
+        ex.record.reported_usage.prompt,
+        ex.record.reported_usage.completion,
+        ex.record.reported_usage.estimated,
+    ) == (7, 3, False)
     sent = orjson.loads(ex.body_bytes())
     assert sent["stream_options"] == {"include_usage": True} and sent["messages"] == ex.body["messages"]  # type: ignore[index]
 
@@ -91,7 +113,7 @@ async def test_splitting_chunks_anywhere_changes_nothing(make_exchange: Callable
     whole = b"".join(provider_stream(include_usage=True))
     for size in (1, 7, 13, 64):
         ex = stream_exchange(make_exchange)
-        pieces = [whole[i:i + size] for i in range(0, len(whole), size)]
+        pieces = [whole[i : i + size] for i in range(0, len(whole), size)]
         got = await drain(await UsagePolicy(inject=True)(ex, nxt(pieces)))
         assert got == b"".join(provider_stream(include_usage=False)), size
         assert ex.record.reported_usage is not None and ex.record.reported_usage.completion == 3
@@ -107,24 +129,38 @@ async def test_client_that_asked_gets_usage_untouched(make_exchange: Callable[..
 
 
 def test_injection_splices_raw_bytes_without_reserialising(make_exchange: Callable[..., Exchange]) -> None:
-    """An unmodified body gets the flag spliced in; the result is valid JSON equal to the body plus the flag."""
+    """An unmodified body gets the flag spliced in; the result is valid JSON equal to the body
+    plus the flag."""
     raw = b'  {"model": "gpt-4o",\n "stream": true, "messages": [{"role": "user", "content": "caf\\u00e9"}]}'
     body = orjson.loads(raw)
     ex = make_exchange(body, raw_body=raw, stream=True)
     assert ask_for_usage(ex) is True
-    assert not ex.modified and orjson.loads(ex.body_bytes()) == {**body, "stream_options": {"include_usage": True}}
-    assert ex.body_bytes().endswith(raw[raw.index(b"{") + 1:])
+    assert not ex.modified and orjson.loads(ex.body_bytes()) == {
+        **body,
+        "stream_options": {"include_usage": True},
+    }
+    assert ex.body_bytes().endswith(raw[raw.index(b"{") + 1 :])
 
 
 def test_injection_merges_existing_stream_options(make_exchange: Callable[..., Exchange]) -> None:
-    """Other stream_options are kept; include_usage: false from the client is overridden upstream and hidden."""
-    body = {"model": "m", "stream": True, "stream_options": {"include_obfuscation": False, "include_usage": False}}
+    """Other stream_options are kept; include_usage: false from the client is overridden
+    upstream and hidden."""
+    body = {
+        "model": "m",
+        "stream": True,
+        "stream_options": {"include_obfuscation": False, "include_usage": False},
+    }
     ex = make_exchange(body, raw_body=orjson.dumps(body), stream=True)
     assert ask_for_usage(ex) is True and ex.modified
-    assert orjson.loads(ex.body_bytes())["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert orjson.loads(ex.body_bytes())["stream_options"] == {
+        "include_obfuscation": False,
+        "include_usage": True,
+    }
 
 
-async def test_injection_off_and_non_stream_leave_the_body_alone(make_exchange: Callable[..., Exchange]) -> None:
+async def test_injection_off_and_non_stream_leave_the_body_alone(
+    make_exchange: Callable[..., Exchange],
+) -> None:
     """inject=False, or a non-stream request, forwards the client's body unchanged."""
     ex = stream_exchange(make_exchange)
     await drain(await UsagePolicy(inject=False)(ex, nxt(provider_stream(False))))
@@ -138,8 +174,12 @@ async def test_injection_off_and_non_stream_leave_the_body_alone(make_exchange: 
 def test_strip_usage_keeps_choices_of_a_mixed_chunk(make_exchange: Callable[..., Exchange]) -> None:
     """A provider that puts usage on a chunk that also has choices keeps the choices, loses the usage."""
     ex = make_exchange()
-    event = chunk({"choices": [{"index": 0, "delta": {"content": "x"}}], "usage": {"prompt_tokens": 2,
-                                                                                 "completion_tokens": 1}})
+    event = chunk(
+        {
+            "choices": [{"index": 0, "delta": {"content": "x"}}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 1},
+        }
+    )
     out = strip_usage(event + b"data: [DONE]\n\n", ex)
     assert b'"usage"' not in out and b'"content":"x"' in out and out.endswith(b"data: [DONE]\n\n")
     assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 2
@@ -164,7 +204,9 @@ async def test_chunks_are_captured_and_errors_are_not(make_exchange: Callable[..
     assert await drain(resp) == err and CAPTURE_KEY not in ex2.state
 
 
-async def test_closing_the_wrapped_body_closes_the_upstream_body(make_exchange: Callable[..., Exchange]) -> None:
+async def test_closing_the_wrapped_body_closes_the_upstream_body(
+    make_exchange: Callable[..., Exchange],
+) -> None:
     """A client gone mid-stream: aclose reaches the upstream generator, so its connection is released."""
     closed: list[bool] = []
 
@@ -206,7 +248,9 @@ async def test_closing_the_wrapped_body_closes_the_upstream_body(make_exchange: 
 
 
 @pytest.mark.parametrize("operation", ["embeddings", "responses"])
-async def test_only_chat_and_completions_get_the_flag(make_exchange: Callable[..., Exchange], operation: str) -> None:
+async def test_only_chat_and_completions_get_the_flag(
+    make_exchange: Callable[..., Exchange], operation: str
+) -> None:
     """Embeddings and the Responses API (usage always in response.completed) are never rewritten."""
     body = {"model": "m", "stream": True, "input": "x"}
     ex = make_exchange(body, raw_body=orjson.dumps(body), stream=True, operation=operation)
@@ -214,17 +258,22 @@ async def test_only_chat_and_completions_get_the_flag(make_exchange: Callable[..
     assert not ex.modified and ex.raw_body == orjson.dumps(body)
 
 
-async def test_unusual_framing_is_stripped_or_relayed_untouched(make_exchange: Callable[..., Exchange]) -> None:
+async def test_unusual_framing_is_stripped_or_relayed_untouched(
+    make_exchange: Callable[..., Exchange],
+) -> None:
     """CRLF/CR-framed or spaced events are stripped like compact ones (leaving with \\n line ends);
     an event with no boundary in 64 KiB passes through as it comes: never buffered."""
     import json
+
     for framing in (b"\r\n", b"\r"):
         crlf = [c.replace(b"\n", framing) for c in provider_stream(include_usage=True)]
         ex = stream_exchange(make_exchange)
         assert await drain(await UsagePolicy(inject=True)(ex, nxt(crlf))) == b"".join(provider_stream(False))
         assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 7
-    spaced = [b"data: " + json.dumps(orjson.loads(c[6:])).encode() + b"\n\n" if c.startswith(b"data: {") else c
-              for c in provider_stream(include_usage=True)]
+    spaced = [
+        b"data: " + json.dumps(orjson.loads(c[6:])).encode() + b"\n\n" if c.startswith(b"data: {") else c
+        for c in provider_stream(include_usage=True)
+    ]
     ex = stream_exchange(make_exchange)
     out = await drain(await UsagePolicy(inject=True)(ex, nxt(spaced)))
     assert b'"usage"' not in out and out.count(b"data: ") == 6 and b'"content": "Hello"' in out
