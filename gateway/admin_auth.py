@@ -102,11 +102,7 @@ SESSIONS: StateKey[AdminSessions] = StateKey("admin.sessions")
 
 
 def sessions_of(st: AppState) -> AdminSessions:
-    found = st.components.get(SESSIONS)
-    if found is None:
-        found = AdminSessions()
-        st.components.set(SESSIONS, found)
-    return found
+    return st.components.ensure(SESSIONS, AdminSessions)
 
 
 def client_address(request: web.Request) -> str:

@@ -15,7 +15,7 @@ kept in ``ex.state`` under typed keys (``StateKey[T]``, in the spirit of aiohttp
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
@@ -143,6 +143,14 @@ class LayerState:
 
     def set(self, key: StateKey[T], value: T) -> None:
         self._values[cast("StateKey[object]", key)] = value
+
+    def ensure(self, key: StateKey[T], make: Callable[[], T]) -> T:
+        """The value under ``key``, created by ``make`` on first use (long-lived components)."""
+        value = self.get(key)
+        if value is None:
+            value = make()
+            self.set(key, value)
+        return value
 
     def setdefault(self, key: StateKey[T], default: T) -> T:
         return cast("T", self._values.setdefault(cast("StateKey[object]", key), default))

@@ -99,10 +99,7 @@ def _credentials(
 
 
 async def _upstream_models(st: AppState, name: str, request: web.Request, identity: Identity) -> Listed:
-    lists = st.components.get(MODELS_MEMO)
-    if lists is None:
-        lists = ModelLists()
-        st.components.set(MODELS_MEMO, lists)
+    lists = st.components.ensure(MODELS_MEMO, ModelLists)
     headers, cred = _credentials(st, name, request, identity)
     key = (name, cred)
     now = st.clock()

@@ -92,11 +92,7 @@ OWNERS: StateKey[Owners] = StateKey("ownership.owners")
 
 
 def owners_of(st: AppState) -> Owners:
-    found = st.components.get(OWNERS)
-    if found is None:
-        found = Owners()
-        st.components.set(OWNERS, found)
-    return found
+    return st.components.ensure(OWNERS, Owners)
 
 
 def object_ids(path: str) -> list[str]:

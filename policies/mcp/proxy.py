@@ -413,6 +413,7 @@ class McpGateway:
 
 
 async def _post_quietly(server: McpServer, headers: dict[str, str], body: bytes) -> None:
+    """Best effort (``notifications/cancelled`` upstream): the caller already answered and counted it."""
     try:
         resp = await server.send("POST", headers, body)
         resp.release()

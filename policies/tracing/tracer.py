@@ -7,7 +7,7 @@ When on, the ``tracing`` policy (just inside the usage policy) starts the
 request span, ``{operation} {model}`` of kind SERVER, continuing an incoming
 W3C ``traceparent``; the ``tracing_upstream`` policy (innermost, so it sees
 every retry and fallback) starts a CLIENT span per attempt and sends its
-context upstream in ``traceparent`` (via ``ex.attrs["upstream_headers"]``).
+context upstream in ``traceparent`` (via ``ex.upstream_headers``).
 The request sink ends them at request end with the times the exchange
 recorded (loop clock, converted to epoch ns), adds the GenAI semantic
 convention attributes known only then (response model, usage, finish
