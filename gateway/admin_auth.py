@@ -150,7 +150,9 @@ async def check_admin(request: web.Request) -> None:
 def same_origin(request: web.Request) -> bool:
     """False for a cross-site browser request (CSRF on login/logout); requests without the headers pass."""
     site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
+    if site is not None:  # set by the browser itself; authoritative when present
+        return site in ("same-origin", "none")
+    # Without it, compare Origin. A page served with Referrer-Policy: no-referrer makes the browser send
+    # "Origin: null" on its own form posts, which is why Sec-Fetch-Site is read first.
     origin = request.headers.get("origin")
     return origin is None or origin == f"{request.scheme}://{request.host}"
