@@ -22,6 +22,7 @@ from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
 from gateway.auth import Identity
+from gateway.blobs import extract as extract_blobs
 from gateway.body import close_quietly
 from gateway.chain import Next
 from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body, sse_error_event
@@ -200,7 +201,9 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     cfg = runtime.config
     identity = runtime.auth.identify(request.headers, request.query)
     raw = await read_body(request, cfg.server.max_body_bytes)
-    body = parse_json(raw)
+    parsed, blobs = extract_blobs(raw)  # a large body's base64 images stay out of the parsed JSON
+    body = parse_json(parsed)
+    del parsed
     validate(operation, body)
     if operation == "responses" and identity.key is not None and body.get("previous_response_id") is not None:
         await _check_previous_response(st, identity, body["previous_response_id"])
@@ -217,7 +220,7 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
         query_string=request.query_string, upstream_path=request.path[3:], identity=identity, route=route,
         route_name=route.label)
     ex = Exchange(request=facts, target=Target(upstream=route.upstream, model=route.model or model),
-                  raw_body=raw, body=body, view=StreamInspector(st.clock))
+                  raw_body=raw, body=body, blobs=blobs, view=StreamInspector(st.clock))
     if route.model and route.model != model:
         ex.set_body({**body, "model": route.model})
     return ex

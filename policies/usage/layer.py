@@ -83,6 +83,8 @@ def ask_for_usage(ex: Exchange) -> bool:
             ex.body = {**body, "stream_options": {"include_usage": True}}
             # One copy of a large body, not three (no slice copies); duplicate keys impossible: none existed.
             ex.raw_body = b"".join((memoryview(raw)[: at + 1], _SPLICE, memoryview(raw)[at + 1 :]))
+            if ex.blobs is not None:  # point the blobs into the copy, so the old body can be freed
+                ex.blobs = ex.blobs.moved(ex.raw_body, after=at + 1, by=len(_SPLICE))
             return True
     merged = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
     ex.set_body({**body, "stream_options": merged})
