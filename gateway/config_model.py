@@ -71,6 +71,11 @@ class FallbackConfig:
     model: str | None = None
 
 
+# Value ranges (temperature, top_p, n, max_*tokens...): the provider judges them (``provider``), the gateway
+# answers 400 itself (``strict``), or counts what it would refuse and forwards (``shadow``). gateway/ranges.py
+ValidateMode = Literal["provider", "strict", "shadow"]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
     """A route; the optional policy blocks are already merged over the global ones."""
@@ -85,6 +90,7 @@ class RouteConfig:
     budgets: BudgetsConfig | None = None
     retry: RetryConfig | None = None
     timeouts: TimeoutsConfig | None = None
+    validate: ValidateMode = "provider"
 
     @property
     def label(self) -> str:

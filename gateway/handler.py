@@ -28,6 +28,7 @@ from gateway.chain import Next
 from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body, sse_error_event
 from gateway.exchange import Exchange, Record, RequestFacts, Target, UpstreamResponse
 from gateway.ownership import require_owned, tag_response_body
+from gateway.ranges import check as check_ranges
 from gateway.request import parse_json, read_body, too_large, validate
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
@@ -212,6 +213,7 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     if route is None:
         raise LocalReply(404, f"The model `{model[:256]}` does not exist or you do not have access to it.",
                          code="model_not_found", param="model")
+    check_ranges(route.validate, body, st.metrics)
     upstream_cfg = cfg.upstreams[route.upstream]
     total_s = (route.timeouts or upstream_cfg.timeouts).total_s
     facts = RequestFacts(
