@@ -7,13 +7,14 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
+from policies.mcp.admission import Refused
 from policies.mcp.call import Call, Tap
 from policies.mcp.cancel import cancel_upstream
 from policies.mcp.deps import Deps
 from policies.mcp.fallback import failed
 from policies.mcp.outcome import finish
 from policies.mcp.relay import relay
-from policies.mcp.upstream import RETRY_STATUSES, RateLimited
+from policies.mcp.upstream import RETRY_STATUSES
 from policies.resilience.backoff import backoff_delay
 from policies.resilience.breaker import CircuitOpen, Ticket
 
@@ -23,14 +24,16 @@ async def forward_call(deps: Deps, request: web.Request, call: Call, tap: Tap) -
     if not call.deadline:
         call.deadline = call.started + server.cfg.timeouts.total_s
     try:
-        server.admit()
-    except RateLimited as why:
-        return failed(deps, call, "rate_limited", f"MCP server {server.name} is over its rate limit ({why}).")
-    server.inflight += 1
+        decision = await server.admission.enter(call.deadline - deps.now())
+    except Refused as no:
+        deps.metrics.admission(server.name, "server", no.why)
+        text = f"MCP server {server.name} is over its rate limit ({no.why})."
+        return failed(deps, call, "rate_limited", text)
+    deps.metrics.admission(server.name, "server", decision)
     try:
         return await _attempts(deps, request, call, tap)
     finally:
-        server.inflight -= 1
+        server.admission.leave()
 
 
 async def _attempts(deps: Deps, request: web.Request, call: Call, tap: Tap) -> web.StreamResponse:

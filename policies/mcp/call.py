@@ -5,6 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.auth import Identity
 from policies.mcp import jsonrpc as rpc
 from policies.mcp.config import FallbackResult, McpToolConfig
 from policies.mcp.safety import Safety
@@ -18,8 +19,7 @@ class Call:
     server: McpServer
     msg: rpc.Message
     raw: bytes
-    namespace: str
-    tenant: str
+    identity: Identity
     started: float
     safety: Safety = "write"
     deadline: float = 0.0
@@ -34,6 +34,14 @@ class Call:
             "result" in message or "error" in message
         ):
             self.answered = True
+
+    @property
+    def namespace(self) -> str:
+        return self.identity.namespace
+
+    @property
+    def tenant(self) -> str:
+        return self.identity.tenant
 
     @property
     def override(self) -> McpToolConfig | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.appstate import AppState
 from policies.mcp.metrics import McpMetrics
 from policies.mcp.store import TtlStore
+from policies.mcp.tenants import TenantLimits
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -18,6 +19,7 @@ class Deps:
     metrics: McpMetrics
     catalogs: TtlStore
     results: TtlStore
+    tenants: TenantLimits
     rand: Callable[[], float]
 
     def now(self) -> float:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.appstate import AppState
+from gateway.auth import Identity
 from gateway.errors import LocalReply
 from gateway.handler import not_found, reject
 from gateway.request import read_body
@@ -22,6 +23,7 @@ from policies.mcp.deps import Deps
 from policies.mcp.metrics import McpMetrics
 from policies.mcp.plain import forward, http_error
 from policies.mcp.store import TtlStore
+from policies.mcp.tenants import TenantLimits
 from policies.mcp.toolcall import tool_call
 from policies.mcp.upstream import McpServer
 
@@ -30,9 +32,10 @@ class McpGateway:
     """The ``/mcp/`` handler for one config."""
 
     def __init__(self, st: AppState, servers: dict[str, McpServer], metrics: McpMetrics,
-                 catalogs: TtlStore, results: TtlStore, rand: Callable[[], float]) -> None:
+                 catalogs: TtlStore, results: TtlStore, tenants: TenantLimits,
+                 rand: Callable[[], float]) -> None:
         self.servers = servers
-        self.deps = Deps(st, metrics, catalogs, results, rand)
+        self.deps = Deps(st, metrics, catalogs, results, tenants, rand)
 
     async def __call__(self, request: web.Request, rid: str) -> web.StreamResponse:
         name = request.path[len("/mcp/"):] if request.path.startswith("/mcp/") else ""
@@ -49,15 +52,15 @@ class McpGateway:
             metrics.done(server.name, request.method, "", outcome, 0.0)
             return reject(st, request, rid, reply)
         if request.method == "POST":
-            return await self._post(request, rid, server, identity.tenant, identity.namespace)
+            return await self._post(request, rid, server, identity)
         if request.method in ("GET", "DELETE"):
             return await forward(self.deps, request, server, request.method, None)
         metrics.done(server.name, "other", "", "bad_request", 0.0)
         wrong = LocalReply(405, f"Method {request.method} not allowed on /mcp/.", code="method_not_allowed")
         return reject(st, request, rid, wrong)
 
-    async def _post(self, request: web.Request, rid: str, server: McpServer, tenant: str,
-                    namespace: str) -> web.StreamResponse:
+    async def _post(self, request: web.Request, rid: str, server: McpServer,
+                    identity: Identity) -> web.StreamResponse:
         deps = self.deps
         try:
             raw = await read_body(request, deps.st.config.server.max_body_bytes)
@@ -72,7 +75,7 @@ class McpGateway:
         except rpc.BadMessage as bad:
             deps.metrics.done(server.name, "other", "", "bad_request", 0.0)
             return http_error(400, str(bad), bad.code)
-        call = Call(server=server, msg=msg, raw=raw, namespace=namespace, tenant=tenant, started=deps.now())
+        call = Call(server=server, msg=msg, raw=raw, identity=identity, started=deps.now())
         if msg.is_request and msg.method in rpc.LIST_METHODS:
             return await list_call(deps, request, call)
         if msg.is_request and msg.method == "tools/call":

@@ -13,6 +13,7 @@ from policies.mcp.outcome import finish
 from policies.mcp.safety import classify
 from policies.mcp.span import traced
 from policies.mcp.store import result_key
+from policies.mcp.tenants import TenantVerdict
 
 
 async def tool_call(deps: Deps, request: web.Request, call: Call) -> web.StreamResponse:
@@ -27,10 +28,26 @@ async def tool_call(deps: Deps, request: web.Request, call: Call) -> web.StreamR
         if hit is not None:
             finish(deps, call, "cached")
             return web.Response(body=rpc.result(call.msg.id, hit), content_type=JSON)
+    verdict = deps.tenants.admit(call.identity)
+    if verdict.decision != "unlimited":
+        deps.metrics.admission(server.name, "tenant", verdict.decision)
+    if verdict.decision == "rejected":
+        return tenant_refused(deps, call, verdict)
     timeout = override.timeout_s if override and override.timeout_s else server.cfg.timeouts.total_s
     call.deadline = call.started + timeout
     store = _store(deps, call, key, ttl)
-    return await traced(deps, request, call, lambda: forward_call(deps, request, call, store))
+    try:
+        return await traced(deps, request, call, lambda: forward_call(deps, request, call, store))
+    finally:
+        verdict.release()
+
+
+def tenant_refused(deps: Deps, call: Call, verdict: TenantVerdict) -> web.Response:
+    finish(deps, call, "tenant_rate_limited")
+    text = f"Too many tool calls for this key ({verdict.limit}); retry after {verdict.retry_after_s} s."
+    body = rpc.error(call.msg.id, rpc.UPSTREAM_ERROR, text)
+    headers = {"retry-after": str(verdict.retry_after_s)}
+    return web.Response(status=429, body=body, content_type=JSON, headers=headers)
 
 
 def cache_ttl(call: Call) -> float:
