@@ -95,6 +95,11 @@ async def _first_then_relay(deps: Deps, request: web.Request, call: Call, tap: T
         return "reset"
     ticket.settle("success" if upstream.status < 500 else "failure")
     call.status = upstream.status
-    resp = await relay(deps, request, call.server, upstream, first, call, tap)
-    finish(deps, call, call.outcome if upstream.status < 400 else f"http_{upstream.status // 100}xx")
-    return resp
+    try:
+        return await relay(deps, request, call.server, upstream, first, call, tap)
+    except asyncio.CancelledError:  # the client went away (aiohttp cancels the handler)
+        if not call.answered:
+            call.outcome = "client_disconnected"
+        raise
+    finally:
+        finish(deps, call, call.outcome if upstream.status < 400 else f"http_{upstream.status // 100}xx")

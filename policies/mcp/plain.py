@@ -19,12 +19,11 @@ async def forward(deps: Deps, request: web.Request, server: McpServer, method: s
         deps.metrics.done(server.name, method, "", "upstream_error", deps.now() - started)
         return http_error(502, f"MCP server {server.name} is unreachable ({type(exc).__name__}).")
     try:
-        resp = await relay(deps, request, server, upstream)
+        return await relay(deps, request, server, upstream)
     finally:
         upstream.release()
-    outcome = "ok" if upstream.status < 400 else f"http_{upstream.status // 100}xx"
-    deps.metrics.done(server.name, method, "", outcome, deps.now() - started)
-    return resp
+        outcome = "ok" if upstream.status < 400 else f"http_{upstream.status // 100}xx"
+        deps.metrics.done(server.name, method, "", outcome, deps.now() - started)
 
 
 def http_error(status: int, text: str, code: int = rpc.UPSTREAM_ERROR) -> web.Response:

@@ -8,6 +8,7 @@ else), ``cancel``, ``notices``, ``outcome`` (counters and the log line).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -16,6 +17,7 @@ from gateway.auth import Identity
 from gateway.errors import LocalReply
 from gateway.handler import not_found, reject
 from gateway.request import read_body
+from policies.mcp import batch
 from policies.mcp import jsonrpc as rpc
 from policies.mcp.call import Call
 from policies.mcp.catalog import list_call
@@ -67,13 +69,19 @@ class McpGateway:
         except LocalReply as reply:
             deps.metrics.done(server.name, "other", "", "bad_request", 0.0)
             return reject(deps.st, request, rid, reply)
+        value: Any = None
         try:
             value = rpc.parse(raw)
             if isinstance(value, list):
+                batch.check(request.headers, value)
+                deps.metrics.metrics.decision("mcp_batch", "allowed")
                 return await forward(deps, request, server, "batch", raw)
             msg = rpc.message(value)
         except rpc.BadMessage as bad:
-            deps.metrics.done(server.name, "other", "", "bad_request", 0.0)
+            batched = isinstance(value, list)
+            if batched:
+                deps.metrics.metrics.decision("mcp_batch", "refused")
+            deps.metrics.done(server.name, "batch" if batched else "other", "", "bad_request", 0.0)
             return http_error(400, str(bad), bad.code)
         call = Call(server=server, msg=msg, raw=raw, identity=identity, started=deps.now())
         if msg.is_request and msg.method in rpc.LIST_METHODS:

@@ -6,6 +6,7 @@ stream that stalls past its deadline or breaks (reset) ends with ``fallback.mid_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -45,12 +46,22 @@ async def relay(deps: Deps, request: web.Request, server: McpServer, upstream: a
                 if tap is not None:
                     tap(message)
             await resp.write(chunk)
+        await resp.write_eof()
     except _Cut as cut:
         upstream.close()
         if call is not None and not call.answered:
             await _end_cut(resp, call, cut.cause, reader is not None)
-    await resp.write_eof()
+        await _quietly_eof(resp)
+    except ConnectionResetError:  # the client left (an SDK may close the stream once it has its answer)
+        upstream.close()
+        if call is not None and not call.answered:
+            call.outcome = "client_disconnected"
     return resp
+
+
+async def _quietly_eof(resp: web.StreamResponse) -> None:
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write_eof()
 
 
 async def _next(deps: Deps, chunks: AsyncIterator[bytes], call: Call | None) -> bytes | None:
@@ -74,7 +85,8 @@ async def _end_cut(resp: web.StreamResponse, call: Call, cause: str, sse: bool) 
         cancel_upstream(call)
     event = mid_stream(call, cause)
     if sse:
-        await resp.write(event)
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write(event)
 
 
 async def _chunks(upstream: aiohttp.ClientResponse, first: bytes | None) -> AsyncIterator[bytes]:

@@ -267,3 +267,15 @@ async def test_fallback_header_on_a_dead_server(mcp_gateway: InProcessGateway) -
         "id": 7,
         "result": {"content": [{"type": "text", "text": "later"}], "isError": True},
     }
+
+
+async def test_batches_only_in_the_protocol_version_that_allowed_them(
+    mcp_gateway: InProcessGateway, mcp_server: McpServerThread
+) -> None:
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "method": "ping"}]
+    status, _, body = await raw_call(mcp_gateway, "quotes", batch, {"MCP-Protocol-Version": "2025-06-18"})
+    assert status == 400 and body["error"]["code"] == -32600 and "2025-06-18" in body["error"]["message"]
+    assert mcp_server.calls["http_post"] == 0  # nothing forwarded
+    # positive control: a 2025-03-26 batch is forwarded (the SDK server answers it in its own way)
+    await raw_call(mcp_gateway, "quotes", batch, {"MCP-Protocol-Version": "2025-03-26"})
+    assert mcp_server.calls["http_post"] == 1
