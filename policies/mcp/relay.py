@@ -65,8 +65,8 @@ async def _quietly_eof(resp: web.StreamResponse) -> None:
 
 
 async def _next(deps: Deps, chunks: AsyncIterator[bytes], call: Call | None) -> bytes | None:
-    """The next chunk; None at the end; ``_Cut`` when a call's stream stalls past its deadline or
-    breaks."""
+    """The next chunk; None at the end; ``_Cut`` when the stream breaks or a call's stalls past its
+    deadline."""
     left = None if call is None else max(call.deadline - deps.now(), 0.001)
     try:
         return await asyncio.wait_for(chunks.__anext__(), left)
@@ -74,9 +74,7 @@ async def _next(deps: Deps, chunks: AsyncIterator[bytes], call: Call | None) -> 
         return None
     except TimeoutError as exc:
         raise _Cut("timeout") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        if call is None:
-            raise
+    except (aiohttp.ClientError, OSError) as exc:  # a plain stream (GET) just ends; a call gets its event
         raise _Cut("reset") from exc
 
 
