@@ -83,7 +83,7 @@ class McpGateway:
                 deps.metrics.metrics.decision("mcp_batch", "refused")
             deps.metrics.done(server.name, "batch" if batched else "other", "", "bad_request", 0.0)
             return http_error(400, str(bad), bad.code)
-        call = Call(server=server, msg=msg, raw=raw, identity=identity, started=deps.now())
+        call = Call(server=server, msg=msg, raw=raw, identity=identity, started=deps.now(), request_id=rid)
         if msg.is_request and msg.method in rpc.LIST_METHODS:
             return await list_call(deps, request, call)
         if msg.is_request and msg.method == "tools/call":
