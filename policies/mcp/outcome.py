@@ -19,6 +19,7 @@ def finish(deps: Deps, call: Call, outcome: str) -> None:
             "mcp tool call",
             extra={"server": call.server.name, "tool": tool, "outcome": outcome, "safety": call.safety},
         )
+        deps.tool_stats.add(call.server.name, tool, seconds, outcome)
         _ledger(deps, call, seconds)
 
 

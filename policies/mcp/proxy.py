@@ -27,6 +27,7 @@ from policies.mcp.plain import forward, http_error
 from policies.mcp.store import TtlStore
 from policies.mcp.tenants import TenantLimits
 from policies.mcp.toolcall import tool_call
+from policies.mcp.toolstats import ToolStats
 from policies.mcp.upstream import McpServer
 
 
@@ -34,10 +35,10 @@ class McpGateway:
     """The ``/mcp/`` handler for one config."""
 
     def __init__(self, st: AppState, servers: dict[str, McpServer], metrics: McpMetrics,
-                 catalogs: TtlStore, results: TtlStore, tenants: TenantLimits,
+                 catalogs: TtlStore, results: TtlStore, tenants: TenantLimits, tool_stats: ToolStats,
                  rand: Callable[[], float]) -> None:
         self.servers = servers
-        self.deps = Deps(st, metrics, catalogs, results, tenants, rand)
+        self.deps = Deps(st, metrics, catalogs, results, tenants, tool_stats, rand)
 
     async def __call__(self, request: web.Request, rid: str) -> web.StreamResponse:
         name = request.path[len("/mcp/"):] if request.path.startswith("/mcp/") else ""

@@ -74,6 +74,7 @@
     renderTiles(s);
     renderModels(s.models);
     renderTenants(s.tenants);
+    renderMcpTools(s.mcp_tools);
     renderCache(s);
     renderResilience(s.resilience);
     renderBreakers(s.breakers);
@@ -124,7 +125,8 @@
     });
     if (!rows.length) {
       const tr = document.createElement("tr");
-      const td = cell(id === "breakers" ? "n/a" : "No requests yet", "empty");
+      const empty = { breakers: "n/a", "mcp-tools": "No tool calls yet" }[id] || "No requests yet";
+      const td = cell(empty, "empty");
       td.colSpan = document.querySelectorAll("#" + id + " thead th").length;
       tr.appendChild(td);
       rows.push(tr);
@@ -147,6 +149,17 @@
       [fmtInt(t.completion_tokens)], [fmtInt(t.cached_tokens)],
       [state.summary.cost_usd === null ? "n/a" : fmtUsd(t.cost_usd)],
     ], (tr, t) => { tr.dataset.tenant = t.tenant; });
+  }
+
+  function renderMcpTools(tools) {
+    // null: no MCP server configured (older gateways send no field at all: the same)
+    const none = tools === null || tools === undefined;
+    document.querySelector('[data-stat="mcp-na"]').hidden = !none;
+    document.getElementById("mcp-region").hidden = none;
+    fillTable("mcp-tools", tools || [], (t) => [
+      [t.server, "text"], [t.tool, "text"], [fmtInt(t.calls)], [fmtInt(t.errors)],
+      [fmtMs(t.latency_ms.p50)], [fmtMs(t.latency_ms.p95)],
+    ], (tr, t) => { tr.dataset.tool = t.server + "/" + t.tool; });
   }
 
   function renderCache(s) {
