@@ -113,11 +113,13 @@ class FailFirst:
 class McpServerThread:
     """Run the SDK server's Streamable HTTP app with uvicorn in a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, json_response: bool = False) -> None:
+        """``json_response``: answer requests with ``application/json`` instead of SSE streams."""
         self.calls: Counter[str] = Counter()
         self.gate: dict[str, Any] = {}
         self.port = free_port()
-        app = FailFirst(build(self.calls, self.gate).streamable_http_app(), self.calls, self.gate)
+        mcp_app = build(self.calls, self.gate).streamable_http_app(json_response=json_response)
+        app = FailFirst(mcp_app, self.calls, self.gate)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
