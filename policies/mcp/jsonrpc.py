@@ -62,8 +62,12 @@ def result(id_: Any, value: Any) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": id_, "result": value})
 
 
-def fallback(id_: Any, text: str) -> bytes:
-    return result(id_, {"content": [{"type": "text", "text": text}], "isError": True})
+def fallback(id_: Any, text: str, marked: bool = False) -> bytes:
+    """A tool result the agent's model can read; ``marked`` adds ``_meta`` (when headers are already sent)."""
+    value: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True}
+    if marked:
+        value["_meta"] = {"x-gateway-fallback": True}
+    return result(id_, value)
 
 
 class SseReader:

@@ -19,6 +19,7 @@ from policies.mcp.metrics import McpMetrics
 from policies.mcp.proxy import McpGateway
 from policies.mcp.safety import Safety
 from policies.mcp.store import TtlStore
+from policies.mcp.tenants import TenantLimits
 from policies.mcp.upstream import MCP_PREFIX, McpServer, new_buckets, new_session
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
 from policies.resilience.registry import resilience_of
@@ -32,6 +33,7 @@ class McpShared:
     catalogs: TtlStore
     results: TtlStore
     buckets: MemoryBuckets
+    tenants: TenantLimits
     sessions: dict[tuple[str, str], aiohttp.ClientSession] = field(default_factory=dict)
     safety: dict[str, dict[str, Safety]] = field(default_factory=dict)  # server -> tool -> class
 
@@ -47,11 +49,13 @@ SHARED: StateKey[McpShared] = StateKey("mcp.shared")
 def _shared(st: AppState) -> McpShared:
     shared = st.components.get(SHARED)
     if shared is None:
+        buckets = new_buckets(LimiterClock(st.clock))
         shared = McpShared(
             metrics=McpMetrics(st.metrics),
             catalogs=TtlStore(st.clock),
             results=TtlStore(st.clock),
-            buckets=new_buckets(LimiterClock(st.clock)),
+            buckets=buckets,
+            tenants=TenantLimits(buckets),
         )
         st.components.set(SHARED, shared)
         st.closers.append(shared.close)
@@ -74,6 +78,6 @@ async def factory(st: AppState, config: Config) -> None:
         learned = shared.safety.setdefault(name, {})
         servers[name] = McpServer(name, cfg, breaker, shared.buckets, session, learned)
     gateway: RouteHandler = McpGateway(
-        st, servers, shared.metrics, shared.catalogs, shared.results, random.random
+        st, servers, shared.metrics, shared.catalogs, shared.results, shared.tenants, random.random
     )
     st.components.set(MCP_HANDLER, gateway)

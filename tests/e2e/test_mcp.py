@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.support.mcp_server import McpServerThread
@@ -74,8 +75,12 @@ async def start_mcp_gateway(make_gateway: Any, mcp_server: McpServerThread, **ex
 
 
 @asynccontextmanager
-async def mcp_session(url: str) -> AsyncIterator[ClientSession]:
-    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+async def mcp_session(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[ClientSession]:
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         yield session
 
@@ -203,17 +208,23 @@ async def test_bad_input_unknown_server_and_tenants(mcp_gateway: InProcessGatewa
     assert status == 400 and body["error"]["code"] == -32600
 
 
+async def metrics_text(gw: InProcessGateway) -> str:
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as resp:
+        return await resp.text()
+
+
 async def test_metrics_and_credentials(mcp_gateway: InProcessGateway, mcp_server: McpServerThread) -> None:
     async with mcp_session(mcp_gateway.url + "/mcp/quotes") as session:
         await session.list_tools()
         await session.list_tools()
         await session.call_tool("get_quote", {"symbol": "X"})
-    async with aiohttp.ClientSession() as http, http.get(mcp_gateway.url + "/metrics") as resp:
-        text = await resp.text()
-    assert (
-        'gateway_mcp_requests_total{method="tools/call",outcome="ok",server="quotes",tool="get_quote"}'
-        in text
-    )
+    ok = 'gateway_mcp_requests_total{method="tools/call",outcome="ok",server="quotes",tool="get_quote"}'
+
+    async def counted() -> bool:  # a call is counted when its stream ends, just after the client read it
+        return ok in await metrics_text(mcp_gateway)
+
+    await until(counted)
+    text = await metrics_text(mcp_gateway)
     assert 'gateway_mcp_cache_total{kind="catalog",result="hit",server="quotes"}' in text
     assert "server-secret" not in text
 
@@ -256,3 +267,15 @@ async def test_fallback_header_on_a_dead_server(mcp_gateway: InProcessGateway) -
         "id": 7,
         "result": {"content": [{"type": "text", "text": "later"}], "isError": True},
     }
+
+
+async def test_batches_only_in_the_protocol_version_that_allowed_them(
+    mcp_gateway: InProcessGateway, mcp_server: McpServerThread
+) -> None:
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "method": "ping"}]
+    status, _, body = await raw_call(mcp_gateway, "quotes", batch, {"MCP-Protocol-Version": "2025-06-18"})
+    assert status == 400 and body["error"]["code"] == -32600 and "2025-06-18" in body["error"]["message"]
+    assert mcp_server.calls["http_post"] == 0  # nothing forwarded
+    # positive control: a 2025-03-26 batch is forwarded (the SDK server answers it in its own way)
+    await raw_call(mcp_gateway, "quotes", batch, {"MCP-Protocol-Version": "2025-03-26"})
+    assert mcp_server.calls["http_post"] == 1

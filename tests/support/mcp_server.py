@@ -2,7 +2,8 @@
 
 Tools: ``get_quote`` (read-only), ``place_order`` (a write), ``lookup`` (idempotent), ``stats``
 (structured content), ``slow_count`` (reports progress), ``boom`` (errors), ``sleepy`` (stalls).
-``calls`` counts executions per tool, so tests assert attempt counts at the server.
+``calls`` counts executions per tool, so tests assert attempt counts at the server (and ``http_post``
+every POST that arrived).
 """
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ class FailFirst:
         self.app, self.calls, self.gate = app, calls, gate
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            self.calls["http_post"] += 1  # every POST that reached the server
         if scope["type"] == "http" and scope["method"] == "POST" and self.gate.get("fail", 0) > 0:
             self.gate["fail"] -= 1
             self.calls["http_503"] += 1
