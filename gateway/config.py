@@ -247,6 +247,10 @@ def _check_server_limits(cfg: Config) -> list[str]:
         problems.append("server.max_inflight: must be >= 1")
     if cfg.server.body_timeout_s <= 0:
         problems.append("server.body_timeout_s: must be > 0")
+    if cfg.server.work_threads < 1:
+        problems.append("server.work_threads: must be >= 1")
+    if cfg.server.work_budget_s <= 0:
+        problems.append("server.work_budget_s: must be > 0")
     if cfg.server.workers is not None and cfg.server.workers < 1:
         problems.append("server.workers: must be >= 1 (or null for one per available core)")
     return problems

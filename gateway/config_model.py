@@ -41,6 +41,10 @@ class ServerConfig:
     max_inflight: int = 4096
     # The whole request body must arrive within this; a trickling client gets 408.
     body_timeout_s: float = 60.0
+    # Off-loop work (token counting, compression, embedder input): worker threads, and the time a request
+    # waits for its share before it takes an estimate instead (docs/reliability.md).
+    work_threads: int = 2
+    work_budget_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,6 +30,7 @@ from gateway.ownership import require_owned, tag_response_body
 from gateway.request import parse_json, read_body, too_large, validate
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
+from gateway.tokens.prompt import count_prompt
 from gateway.usage import usage_from_json_bytes
 
 log = logging.getLogger("gateway.handler")
@@ -158,6 +159,7 @@ async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> 
     if gauge is not None:
         gauge.inc()
     try:
+        await count_prompt(st, ex)  # a large prompt is counted off the loop, once
         up = await call(ex)
         identity = ex.request.identity
         if ex.request.operation == "responses" and identity.key is not None and up.status == 200:
