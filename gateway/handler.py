@@ -113,6 +113,10 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
         raise
     except Exception:
         return _internal_error(request, rid, ex)
+    except BaseException as exc:  # a dependency panicked (pyo3 PanicException): a 500, never a dropped socket
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        return _internal_error(request, rid, ex)
     finally:
         if task is not None:
             _leave(st, task)

@@ -22,6 +22,7 @@ class SemanticCacheConfig:
     threshold: float = 0.95
     ttl_s: float = 3600.0
     max_entries: int = 50000
+    max_bytes: int = 32 * 1024 * 1024  # vectors, answers and (cut) questions held in memory
     embedder: str = "local"  # local | upstream:<name>:<model>
     skip_tool_turns: bool = True
     mode: CacheMode = "read_write"
