@@ -238,6 +238,9 @@ def _check_upstreams(cfg: Config) -> list[str]:
         problems += check_url(f"upstreams.{name}.base_url", up.base_url)
         if up.pool.max_connections < 1:
             problems.append(f"upstreams.{name}.pool.max_connections: must be >= 1")
+        for field_name in ("embeddings_max_inputs", "embeddings_max_tokens"):
+            if getattr(up.limits, field_name) < 1:
+                problems.append(f"upstreams.{name}.limits.{field_name}: must be >= 1")
     return problems
 
 

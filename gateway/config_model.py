@@ -48,6 +48,14 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamLimits:
+    """What the provider accepts in one request (OpenAI's figures); refused with a 400 before any work."""
+
+    embeddings_max_inputs: int = 2048
+    embeddings_max_tokens: int = 300_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamConfig:
     base_url: str
     api_key: str | None = None
@@ -62,6 +70,7 @@ class UpstreamConfig:
     # auth.mode keys without api_key: forward the client's gateway key to this upstream (a check-config
     # error unless set on purpose; the provider then sees the tenant's key).
     forward_client_key: bool = False
+    limits: UpstreamLimits = field(default_factory=UpstreamLimits)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from gateway.appstate import APP_STATE, AppState
 from gateway.auth import Identity
 from gateway.body import close_quietly
 from gateway.chain import Next
+from gateway.embeddings_limits import check_inputs, check_tokens
 from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body, sse_error_event
 from gateway.exchange import Exchange, Record, RequestFacts, Target, UpstreamResponse
 from gateway.ownership import require_owned, tag_response_body
@@ -164,6 +165,7 @@ async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> 
         gauge.inc()
     try:
         await count_prompt(st, ex)  # a large prompt is counted off the loop, once
+        check_tokens(st, ex)  # /v1/embeddings over the upstream's token limit: 400
         up = await call(ex)
         identity = ex.request.identity
         if ex.request.operation == "responses" and identity.key is not None and up.status == 200:
@@ -216,6 +218,8 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
         raise LocalReply(404, f"The model `{model[:256]}` does not exist or you do not have access to it.",
                          code="model_not_found", param="model")
     upstream_cfg = cfg.upstreams[route.upstream]
+    if operation == "embeddings":
+        check_inputs(body, upstream_cfg.limits)
     total_s = (route.timeouts or upstream_cfg.timeouts).total_s
     facts = RequestFacts(
         request_id=rid, method="POST", path=request.path, operation=operation, headers=request.headers,
