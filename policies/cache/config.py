@@ -31,6 +31,9 @@ class SemanticCacheConfig:
 class CoalesceConfig:
     enabled: bool = True
     max_waiters: int = 1000
+    # Unread bytes one flight may hold; past it the flight takes no new waiters and reads the upstream at
+    # its slowest reader's pace (docs/reliability.md).
+    max_flight_bytes: int = 256 * 1024
     nondeterministic: bool = False
 
 @dataclass(frozen=True, slots=True, kw_only=True)
