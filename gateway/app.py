@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -23,6 +23,7 @@ from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observability import start_observability
+from gateway.tokens.pool import WorkPool
 from gateway.tokens.tokenizer import Tokenizer
 from gateway.upstream import UpstreamClient
 from policies.ledger.admin import add_usage_route
@@ -80,6 +81,9 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.sinks.append(log_request)
         st.metrics = Metrics(known_models(config))
         st.tokenizer = Tokenizer({name: m.encoding for name, m in config.models.items() if m.encoding})
+        st.work = WorkPool(threads=config.server.work_threads, budget_s=config.server.work_budget_s,
+                           metrics=st.metrics, clock=st.clock)
+        st.closers.insert(0, _closing(st.work))
         if config.state.backend == "redis":
             st.backend = GuardedRedis.from_config(config.state, st.clock)
             st.closers.append(st.backend.close)
@@ -99,6 +103,13 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
                     log.exception("error while closing a component")
 
     return lifespan
+
+
+def _closing(pool: WorkPool) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        pool.close()
+
+    return close
 
 
 def known_models(config: Config) -> set[str]:

@@ -92,8 +92,6 @@ async def serve(config: Config, *, host: str, port: int, config_path: str | None
     app = build_app(config, config_path)
     runner = make_runner(app, config)
     await runner.setup()
-    # Load the tokenizer's encodings before traffic, off the event loop: the first request must not pay it.
-    await asyncio.to_thread(app[APP_STATE].tokenizer.preload)
     site: web.BaseSite
     if sock is not None:
         site = web.SockSite(runner, sock)

@@ -45,7 +45,7 @@ class Coalesce:
             flight = flights.get(fkey)
             leader = flight is None
             if flight is None:
-                flight = flights.lead(fkey, ex, next)
+                flight = flights.lead(fkey, ex, next, cfg.max_flight_bytes)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)

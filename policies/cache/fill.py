@@ -10,6 +10,7 @@ the first one's collector instead of wrapping the body again.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from policies.cache.entry import CachedAnswer
 
 log = logging.getLogger("gateway.cache")
 Callback = Callable[[CachedAnswer, list[str]], None]
+INLINE_FILL_BYTES = 256 * 1024  # larger answers are assembled off the event loop
 
 
 @dataclass(slots=True)
@@ -55,13 +57,26 @@ class Fill:
         claim = ex.state.get(CLAIM_KEY)
         if claim is not None and not claim():
             return
-        data = b"".join(self.chunks)
-        self.chunks = []
+        chunks, self.chunks = self.chunks, []
+        if self.size <= INLINE_FILL_BYTES:
+            self._store(self._assemble(chunks))
+            return
+        # A large answer is parsed in a thread (issue 15: seconds of loop time for big answers); the
+        # callbacks (index, stores) run back on the loop. Nobody waits for it: the client has its answer.
+        done = asyncio.get_running_loop().run_in_executor(None, self._assemble, chunks)
+        done.add_done_callback(lambda fut: self._store(fut.result() if not fut.exception() else None))
+
+    def _assemble(self, chunks: list[bytes]) -> tuple[CachedAnswer, list[str]] | None:
+        data = b"".join(chunks)
         obj = answer_from_sse(self.operation, data) if self.sse else answer_from_json(self.operation, data)
         if obj is None:
+            return None
+        return CachedAnswer.from_obj(self.operation, obj, time.time()), finish_reasons(self.operation, obj)
+
+    def _store(self, assembled: tuple[CachedAnswer, list[str]] | None) -> None:
+        if assembled is None:
             return
-        answer = CachedAnswer.from_obj(self.operation, obj, time.time())
-        reasons = finish_reasons(self.operation, obj)
+        answer, reasons = assembled
         for callback in self.callbacks:
             try:
                 callback(answer, reasons)
