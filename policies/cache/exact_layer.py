@@ -20,7 +20,7 @@ from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.config import ExactCacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
-from policies.cache.fill import attach_fill, refusal
+from policies.cache.fill import Callback, attach_fill, refusal
 from policies.cache.keys import CacheKey
 from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of, deterministic
 from policies.cache.respond import cached_response
@@ -64,13 +64,12 @@ class ExactCache:
         resp = await next(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
-            resp = attach_fill(ex, resp, self._storer(ex, primary, key, ttl, cfg),
+            resp = attach_fill(ex, resp, self._storer(primary, key, ttl, cfg),
                                min(MAX_ENTRY_BYTES, cfg.max_bytes))
         return resp
 
-    def _storer(self, ex: Exchange, primary: tuple[str, str], key: CacheKey, ttl: float,  # type: ignore[no-untyped-def]
-                cfg: ExactCacheConfig):
-        def store(answer: CachedAnswer, reasons: list[str]) -> None:
+    def _storer(self, primary: tuple[str, str], key: CacheKey, ttl: float, cfg: ExactCacheConfig) -> Callback:
+        def store(ex: Exchange, answer: CachedAnswer, reasons: list[str]) -> None:
             refused = refusal(ex, primary, reasons, cfg.cache_truncated)
             if refused is not None:
                 self.state.metrics.decision(self.name, refused)
