@@ -22,7 +22,14 @@ from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
 from policies.cache.fill import Callback, attach_fill, refusal
 from policies.cache.keys import CacheKey
-from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of, deterministic
+from policies.cache.request import (
+    ANSWER_OPERATIONS,
+    KeyMaker,
+    cache_blocks,
+    cache_config,
+    controls_of,
+    deterministic,
+)
 from policies.cache.respond import cached_response
 from policies.cache.runtime import CacheRuntime, cache_runtime
 from policies.cache.tools_layer import ToolCache
@@ -85,11 +92,13 @@ def _age(answer: CachedAnswer) -> float:
 
 
 async def factory(state: AppState, config: Config) -> ExactCache | None:
-    """Always built (routes may enable the cache even when the global block does not).
+    """Built when the exact cache is on in the global block or in a route's own.
 
-    Also registers the read-only tool routes' cache (``state.components["tool_cache"]``),
+    Always registers the read-only tool routes' cache (``state.components["tool_cache"]``),
     which the tool handler puts outermost in its own chain.
     """
     rt = cache_runtime(state, config)
     state.components.set(TOOL_CACHE, ToolCache(config, rt))
+    if not any(b.exact.enabled and b.exact.mode != "off" for b in cache_blocks(config)):
+        return None
     return ExactCache(state, config, rt)
