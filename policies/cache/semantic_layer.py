@@ -92,17 +92,17 @@ class SemanticCache:
             resp = attach_fill(
                 ex,
                 resp,
-                partial(self._guarded, ex, primary, cache.exact.cache_truncated, store),
+                partial(self._guarded, primary, cache.exact.cache_truncated, store),
                 MAX_ENTRY_BYTES,
             )
         return resp
 
     def _guarded(
         self,
-        ex: Exchange,
         primary: tuple[str, str],
         truncated_ok: bool,
         store: Callable[[CachedAnswer, list[str]], None],
+        ex: Exchange,
         answer: CachedAnswer,
         reasons: list[str],
     ) -> None:
