@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -18,6 +19,7 @@ from gateway.metrics_endpoint import add_metrics_route
 from gateway.models_api import handle_models
 from gateway.passthrough import handle_other
 from gateway.routing import Router
+from gateway.state.host_state import HOST_STATE_ENV
 from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
@@ -80,8 +82,8 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.sinks.append(log_request)
         st.metrics = Metrics(known_models(config))
         st.tokenizer = Tokenizer({name: m.encoding for name, m in config.models.items() if m.encoding})
-        if config.state.backend == "redis":
-            st.backend = GuardedRedis.from_config(config.state, st.clock)
+        st.backend = shared_backend(config, st.clock)
+        if st.backend is not None:
             st.closers.append(st.backend.close)
         try:
             await start_observability(st, config)  # metrics sink, usage accounting, tracing, ledger
@@ -99,6 +101,16 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
                     log.exception("error while closing a component")
 
     return lifespan
+
+
+def shared_backend(config: Config, clock: Callable[[], float]) -> GuardedRedis | None:
+    """Redis for the fleet (``state.backend: redis``), else the supervisor's host-local one, else none."""
+    if config.state.backend == "redis":
+        return GuardedRedis.from_config(config.state, clock)
+    host_url = os.environ.get(HOST_STATE_ENV)
+    if host_url:
+        return GuardedRedis.from_config(config.state, clock, url=host_url)
+    return None
 
 
 def known_models(config: Config) -> set[str]:
