@@ -21,6 +21,7 @@ from gateway.passthrough import handle_other
 from gateway.routing import Router
 from gateway.state.host_state import HOST_STATE_ENV
 from gateway.state.redis_client import GuardedRedis
+from gateway.telemetry.live_fleet import start_fleet_stats
 from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
 from gateway.telemetry.metrics import Metrics
@@ -89,6 +90,7 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
             await start_observability(st, config)  # metrics sink, usage accounting, tracing, ledger
             st.stats = create_live_stats(st)  # after accounting: sees the settled usage and cost
             st.sinks.append(st.stats.record)
+            start_fleet_stats(st)  # with a shared backend: publish our windows, read the fleet's
             st.runtime = await build_runtime(st, config)
             st.lifecycle.ready = True
             yield
