@@ -91,7 +91,7 @@ class FleetStats:
 
     def payload(self) -> bytes:
         s = self.stats
-        return encode(self.replica, self.wall(), s.window(exact=False), s.recent_sums(60), s.inflight())
+        return encode(self.replica, self.wall(), s.window(), s.recent_sums(60), s.inflight())
 
     async def publish(self) -> None:
         data = self.payload()

@@ -100,7 +100,9 @@ def mock_process() -> Iterator[str]:
 @pytest.fixture(scope="session", params=["workers", "replicas"])
 def fleet(request: pytest.FixtureRequest, mock_process: str) -> Iterator[Fleet]:
     if request.param == "workers":
-        procs = [spawn_gateway(fleet_config(mock_process), extra_args=["--workers", "2"])]
+        # a generous timeout: a loaded test machine must not be mistaken for a Redis outage
+        state = {"backend": "memory", "timeout_ms": 1000}
+        procs = [spawn_gateway(fleet_config(mock_process, state=state), extra_args=["--workers", "2"])]
         scope = "host"
     else:
         redis: RedisServer = request.getfixturevalue("redis_server")
