@@ -99,7 +99,8 @@ def run_serve(args: argparse.Namespace) -> int:
     stop_timeout = config.server.grace_s + config.server.drain_s + 10.0
     sup = Supervisor(
         SupervisorConfig(
-            workers=workers, host=host, port=port, config_path=config_path, stop_timeout_s=stop_timeout
+            workers=workers, host=host, port=port, config_path=config_path, stop_timeout_s=stop_timeout,
+            host_state=config.state.backend == "memory",
         )
     )
     try:

@@ -186,7 +186,7 @@ def embeddings_parts(state: AppState, config: Config, rt: CacheRuntime) -> tuple
         return found
     memory = MemoryStore(cfg.max_entries, cfg.max_bytes, state.clock)
     memory.on_change = rt.metrics.gauge_hook("embeddings")
-    redis = state.backend if config.state.backend == "redis" else None
+    redis = state.backend  # the fleet's Redis, or the host's (workers)
     store = AnswerStore("embeddings", memory, redis, config.state.key_prefix,
                         on_redis_error=rt.metrics.redis_errors.inc)
     batcher = Batcher(rt.metrics.batch_size.observe)

@@ -71,7 +71,7 @@ class Fill:
         # A large answer is parsed in a thread (issue 15: seconds of loop time for big answers); the
         # callbacks (index, stores) run back on the loop. Nobody waits for it: the client has its answer.
         done = asyncio.get_running_loop().run_in_executor(None, self._assemble, chunks)
-        done.add_done_callback(lambda fut: _store(ex, callbacks, fut.result() if not fut.exception() else None))
+        done.add_done_callback(lambda fut: _store(ex, callbacks, _result(fut)))
 
     def _assemble(self, chunks: list[bytes]) -> tuple[CachedAnswer, list[str]] | None:
         data = b"".join(chunks)
@@ -79,6 +79,15 @@ class Fill:
         if obj is None:
             return None
         return CachedAnswer.from_obj(self.operation, obj, time.time()), finish_reasons(self.operation, obj)
+
+
+Assembled = tuple[CachedAnswer, list[str]] | None
+
+
+def _result(fut: asyncio.Future[Assembled]) -> Assembled:
+    if fut.cancelled() or fut.exception() is not None:
+        return None
+    return fut.result()
 
 
 def _store(ex: Exchange, callbacks: list[Callback], assembled: tuple[CachedAnswer, list[str]] | None) -> None:
