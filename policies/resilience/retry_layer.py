@@ -40,10 +40,13 @@ from policies.resilience.config import RetryConfig
 from policies.resilience.registry import Resilience, resilience_of
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
+from policies.resilience.validate import RETRYABLE_4XX
 
 Planner = Callable[[Exchange], Plan]
 Sleep = Callable[[float], Awaitable[object]]
-_RETRYABLE_4XX = frozenset({"408", "429"})
+# Failures that say "this upstream is slow or silent", not "try again": with a later target in the
+# plan they move on to it at once instead of waiting out the same timeout again on the same upstream.
+MOVE_ON = frozenset({"timeout_before_first_byte", "connect_timeout", "idle_timeout"})
 # Seen from the client, a failure before the commit point is always "before the response".
 _PRECOMMIT_KIND = {"reset_mid_stream": "reset_before_response", "idle_timeout": "timeout_before_first_byte",
                    "connect_timeout": "connect_error"}
@@ -88,13 +91,13 @@ class RetryPolicy:
         run = _Run()
         primary_model = ex.target.model
         failed: _Failed | None = None
-        for _index, target in enumerate(plan):
+        for index, target in enumerate(plan):
             if failed is not None:
                 if failed.reason == "total_timeout" or self.clock() >= ex.request.deadline:
                     break
                 await failed.discard()
                 self._fail_over(ex, target, primary_model, run)
-            result = await self._on_target(ex, next, target, run)
+            result = await self._on_target(ex, next, target, run, last=index == len(plan) - 1)
             if isinstance(result, UpstreamResponse):
                 ex.response_headers["x-gateway-attempts"] = str(run.attempts)
                 if run.attempts > 1 or run.failovers:
@@ -105,7 +108,7 @@ class RetryPolicy:
         return self._give_up(ex, failed, run)
 
     async def _on_target(self, ex: Exchange, next: Next, target: Target,
-                         run: _Run) -> UpstreamResponse | _Failed:
+                         run: _Run, *, last: bool = True) -> UpstreamResponse | _Failed:
         budget = self.res.budget(target.key)
         tries = 0
         while True:
@@ -116,6 +119,9 @@ class RetryPolicy:
                 budget.record_request()  # a request the upstream saw: the base retries are a share of
             if isinstance(result, UpstreamResponse) or rejected:
                 return result  # a rejection is the breaker's decision (counted there): fail over
+            if not last and result.reason in MOVE_ON:
+                self.metrics.decision("retry", "move_on")  # a silent upstream: the next target, at once
+                return result
             delay = self._retry_delay(ex, target, result, tries, budget)
             if delay is None:
                 return result
@@ -218,7 +224,7 @@ class RetryPolicy:
         names = self._retry_on.get(id(cfg))
         if names is None:
             names = self._retry_on[id(cfg)] = frozenset(
-                n for n in cfg.retry_on if not (n.startswith("4") and n not in _RETRYABLE_4XX))
+                n for n in cfg.retry_on if not (n.startswith("4") and n not in RETRYABLE_4XX))
         return names
 
     def _stop(self, why: str) -> float | None:

@@ -28,9 +28,19 @@ _RETRY_NAMES = frozenset(
 )
 
 
+# 4xx answers are the client's problem and are passed through: only these are ever retried.
+RETRYABLE_4XX = frozenset({"408", "429"})
+
+
 def _check_retry_on(path: str, names: list[str]) -> list[str]:
-    return [
-        f"{path}: unknown condition {name!r} (a failure kind, error_event, or an HTTP status)"
-        for name in names
-        if name not in _RETRY_NAMES and not (name.isdigit() and 400 <= int(name) <= 599)
-    ]
+    found: list[str] = []
+    for name in names:
+        if name in _RETRY_NAMES:
+            continue
+        if not (name.isdigit() and 400 <= int(name) <= 599):
+            found.append(f"{path}: unknown condition {name!r} (a failure kind, error_event, or an HTTP "
+                         "status)")
+        elif name.startswith("4") and name not in RETRYABLE_4XX:
+            found.append(f"{path}: {name} is a client error the gateway never retries (only 408 and 429 are; "
+                         "a context_length_exceeded 400 goes to the route's context_fallbacks)")
+    return found

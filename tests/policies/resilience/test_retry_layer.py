@@ -158,8 +158,8 @@ async def test_retries_spent_hand_back_last_answer_with_should_retry_false() -> 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 422])
 async def test_client_errors_never_retried(status: int) -> None:
-    """4xx other than 408/429 pass through untouched, even when listed in retry_on."""
-    h = Harness(retry={"retry_on": ["400", "401", "404", "413", "422", "503"]})
+    """4xx other than 408/429 pass through untouched (check-config refuses them in retry_on)."""
+    h = Harness()
     h.scripts["a"] = [answer(status, b'{"error":{}}')]
     ex = h.exchange()
     resp = await h.chain(ex)
@@ -283,6 +283,31 @@ async def test_stall_after_role_chunk_is_a_first_byte_timeout() -> None:
     assert await read(resp) == ROLE + TEXT + DONE and stalled.body.closed
     assert h.sample("gateway_timeouts_total", upstream="a", phase="first_byte") == 1
     assert h.sample("gateway_retries_total", upstream="a", reason="timeout_before_first_byte") == 1
+
+
+async def test_first_byte_timeout_moves_on_to_the_fallback_at_once() -> None:
+    """A silent primary is not waited for again: its first-byte timeout goes to the next target."""
+    h = Harness(timeouts={"first_byte_s": 0.05}, fallbacks=[{"upstream": "b"}])
+    stalled = answer(200, ROLE, sse=True, stall=True)
+    h.scripts["a"] = [stalled]
+    h.scripts["b"] = [answer(200, ROLE, TEXT, DONE, sse=True)]
+    ex = h.exchange(stream=True)
+    resp = await h.chain(ex)
+    assert await read(resp) == ROLE + TEXT + DONE and stalled.body.closed
+    assert [c[0] for c in h.calls] == ["a", "b"] and h.clock.sleeps == []
+    assert ex.response_headers["x-gateway-attempts"] == "2"
+    assert h.sample("gateway_policy_decisions_total", policy="retry", decision="move_on") == 1
+    assert h.sample("gateway_retries_total", upstream="a", reason="timeout_before_first_byte") == 0
+
+
+async def test_try_again_errors_still_retry_the_same_target_before_failing_over() -> None:
+    """Positive control: a 503 or a reset is retried on the same target even with a fallback."""
+    h = Harness(fallbacks=[{"upstream": "b"}])
+    h.scripts["a"] = [answer(503), failure("reset_before_response"), answer(200)]
+    ex = h.exchange()
+    resp = await h.chain(ex)
+    assert resp.status == 200 and [c[0] for c in h.calls] == ["a", "a", "a"]
+    assert h.sample("gateway_policy_decisions_total", policy="retry", decision="move_on") == 0
 
 
 async def test_reset_after_role_chunk_is_retried_as_before_response() -> None:
