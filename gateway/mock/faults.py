@@ -17,7 +17,7 @@ _FLOAT_KEYS = frozenset(
     {"retry_after", "stall_before_first_byte_ms", "stall_ms", "drip_ms", "ttft_ms", "tokens_per_s"}
 )
 _FLAG_KEYS = frozenset({"reset_before_headers", "malformed_sse", "error_event_first"})
-_STR_KEYS = frozenset({"location"})
+_STR_KEYS = frozenset({"location", "error_code"})
 
 # Faults that replace the normal answer; they name the Attempt outcome (`fault:<name>`).
 _TERMINAL_ORDER = ("reset_before_headers", "redirect", "status", "error_event_first", "reset_after_chunks")
@@ -40,6 +40,7 @@ class FaultSpec:
     error_event_first: bool = False
     redirect: int | None = None
     location: str | None = None
+    error_code: str | None = None  # with status: the error body's code, e.g. context_length_exceeded
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
 

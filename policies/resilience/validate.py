@@ -11,6 +11,8 @@ def problems(cfg: Config) -> list[str]:
     for i, route in enumerate(cfg.routes):
         if route.retry is not None:
             found += _check_retry_on(f"routes[{i}].retry.retry_on", route.retry.retry_on)
+        found += [f"routes[{i}].context_fallbacks[{j}].upstream: unknown upstream {fb.upstream!r}"
+                  for j, fb in enumerate(route.context_fallbacks) if fb.upstream not in cfg.upstreams]
     return found
 
 

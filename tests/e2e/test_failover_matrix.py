@@ -91,10 +91,38 @@ async def test_503_once_is_retried_on_the_same_primary(make_gateway: GatewayFact
 
 async def test_400_passed_through_not_retried(make_gateway: GatewayFactory,
                                               mock_upstream: MockServer) -> None:
-    """A content-filter style 400 goes back to the client once, no fallback."""
-    gw = await two_deployments(make_gateway, mock_upstream)
-    await queue_faults(mock_upstream, "status=400")
+    """A content-filter 400 goes back to the client once: no retry, no fallback, no context fallback."""
+    gw = await two_deployments(make_gateway, mock_upstream,
+                               route={"context_fallbacks": [{"upstream": "backup", "model": "gpt-4.1"}]})
+    await queue_faults(mock_upstream, "status=400;error_code=content_filter")
     async with sdk(gw) as client:
-        with pytest.raises(openai.BadRequestError):
+        with pytest.raises(openai.BadRequestError) as err:
             await client.chat.completions.create(model=PRIMARY, messages=CHAT)
+    assert err.value.code == "content_filter"
     assert seen(mock_upstream) == [PRIMARY]
+
+
+async def test_context_length_exceeded_goes_to_the_larger_window_model(
+        make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
+    """A provider 400 context_length_exceeded is answered by the route's context_fallbacks model."""
+    gw = await two_deployments(make_gateway, mock_upstream,
+                               route={"context_fallbacks": [{"upstream": "backup", "model": "gpt-4.1"}]})
+    await queue_faults(mock_upstream, "status=400;error_code=context_length_exceeded")
+    started = time.perf_counter()
+    async with sdk(gw) as client:
+        raw = await client.chat.completions.with_raw_response.create(model=PRIMARY, messages=CHAT)
+    completion = raw.parse()
+    assert completion.choices[0].message.content and completion.model == "gpt-4.1"
+    assert raw.headers["x-gateway-upstream"] == "backup" and seen(mock_upstream) == [PRIMARY, "gpt-4.1"]
+    assert time.perf_counter() - started < 2.0
+
+
+async def test_context_length_exceeded_without_context_fallbacks_reaches_the_client(
+        make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
+    """Positive control: without context_fallbacks the 400 is the client's answer (no same-size fallback)."""
+    gw = await two_deployments(make_gateway, mock_upstream)
+    await queue_faults(mock_upstream, "status=400;error_code=context_length_exceeded")
+    async with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as err:
+            await client.chat.completions.create(model=PRIMARY, messages=CHAT)
+    assert err.value.code == "context_length_exceeded" and seen(mock_upstream) == [PRIMARY]
