@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from gateway.config_model import Config
+from policies.resilience.config import CircuitBreakerConfig
 
 
 def problems(cfg: Config) -> list[str]:
     found: list[str] = []
     for name, up in cfg.upstreams.items():
         found += _check_retry_on(f"upstreams.{name}.retry.retry_on", up.retry.retry_on)
+        found += _check_breaker(f"upstreams.{name}.circuit_breaker", up.circuit_breaker)
     for i, route in enumerate(cfg.routes):
         if route.retry is not None:
             found += _check_retry_on(f"routes[{i}].retry.retry_on", route.retry.retry_on)
@@ -45,4 +47,13 @@ def _check_retry_on(path: str, names: list[str]) -> list[str]:
         elif name.startswith("4") and name not in RETRYABLE_4XX:
             found.append(f"{path}: {name} is a client error the gateway never retries (only 408 and 429 are; "
                          "a context_length_exceeded 400 goes to the route's context_fallbacks)")
+    return found
+
+
+def _check_breaker(path: str, cb: CircuitBreakerConfig) -> list[str]:
+    found: list[str] = []
+    if cb.open_s <= 0:
+        found.append(f"{path}.open_s: must be > 0")
+    if cb.half_open_probes < 1:
+        found.append(f"{path}.half_open_probes: must be >= 1")
     return found

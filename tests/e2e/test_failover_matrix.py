@@ -8,6 +8,7 @@ SDK, the attempts each deployment saw and the wall time.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
+from policies.resilience.config import CircuitBreakerConfig
 from tests.support.servers import InProcessGateway
 
 CHAT: list[Any] = [{"role": "user", "content": "Say hello"}]
@@ -126,3 +128,33 @@ async def test_context_length_exceeded_without_context_fallbacks_reaches_the_cli
         with pytest.raises(openai.BadRequestError) as err:
             await client.chat.completions.create(model=PRIMARY, messages=CHAT)
     assert err.value.code == "context_length_exceeded" and seen(mock_upstream) == [PRIMARY]
+
+
+async def test_primary_down_then_healthy_gets_traffic_back_soon(make_gateway: GatewayFactory,
+                                                               mock_upstream: MockServer) -> None:
+    """The issue's "down 60 s, a request every 4 s, 20 requests" scaled by 1/20, with the breaker's default
+    intervals scaled the same way (open 4 s -> 0.2 s, cap 6 s -> 0.3 s): every request is answered, and the
+    recovered primary serves again within 0.5 s (10 s scaled) of recovering."""
+    scale = 1 / 20
+    defaults = CircuitBreakerConfig()
+    scaled = {"open_s": defaults.open_s * scale, "max_open_s": defaults.max_open_s * scale}
+    gw = await make_gateway(
+        upstreams={name: {"base_url": mock_upstream.url, "api_key": "k", "retry": FAST,
+                          "circuit_breaker": scaled} for name in ("primary", "backup")},
+        routes=[{"match": {"model": PRIMARY}, "upstream": "primary",
+                 "fallbacks": [{"upstream": "backup", "model": FALLBACK}]}])
+    async with aiohttp.ClientSession() as session:
+        entry = {"fault": "status=503", "times": -1, "match": {"model": PRIMARY}, "for_s": 60 * scale}
+        async with session.post(mock_upstream.base_url + "/_mock/faults", json={"faults": [entry]}) as resp:
+            assert resp.status == 200
+    started = time.time()
+    served_by: list[str] = []
+    async with sdk(gw) as client:
+        for i in range(20):  # paced load: request i leaves at i x 4 s (scaled)
+            await asyncio.sleep(max(0.0, started + i * 4 * scale - time.time()))
+            raw = await client.chat.completions.with_raw_response.create(model=PRIMARY, messages=CHAT)
+            assert raw.parse().choices[0].message.content
+            served_by.append(raw.headers["x-gateway-upstream"])
+    healthy = [a.time for a in mock_upstream.recorder.attempts if a.model == PRIMARY and a.status == 200]
+    assert "backup" in served_by and served_by[-1] == "primary"
+    assert healthy and healthy[0] - (started + 60 * scale) <= 10 * scale, healthy[0] - started

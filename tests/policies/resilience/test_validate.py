@@ -28,3 +28,16 @@ def test_retryable_values_are_accepted() -> None:
         "408", "429", "500", "599", "timeout_before_first_byte", "error_event"]}}},
         "routes": [{"upstream": "a"}]}, env={})
     assert cfg.upstreams["a"].retry.retry_on[0] == "408"
+
+
+def test_breaker_intervals_are_checked() -> None:
+    """A zero open interval or no probes is a check-config error; an open_s above the default cap is not."""
+    raw = {"upstreams": {"a": {"base_url": "http://a/v1", "circuit_breaker": {
+        "open_s": 0, "half_open_probes": 0}}}, "routes": [{"upstream": "a"}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    assert err.value.problems == ["upstreams.a.circuit_breaker.open_s: must be > 0",
+                                  "upstreams.a.circuit_breaker.half_open_probes: must be >= 1"]
+    ok = parse_config({"upstreams": {"a": {"base_url": "http://a/v1", "circuit_breaker": {"open_s": 30}}},
+                       "routes": [{"upstream": "a"}]}, env={})
+    assert ok.upstreams["a"].circuit_breaker.open_s == 30
