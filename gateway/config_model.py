@@ -98,6 +98,8 @@ class RouteConfig:
     name: str | None = None  # metric label; defaults to the match pattern
     model: str | None = None
     fallbacks: list[FallbackConfig] = field(default_factory=list)
+    # Larger-window models for a provider 400 context_length_exceeded (issue 18), tried in order.
+    context_fallbacks: list[FallbackConfig] = field(default_factory=list)
     cache: CacheConfig | None = None
     compression: CompressionConfig | None = None
     budgets: BudgetsConfig | None = None
