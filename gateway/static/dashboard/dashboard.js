@@ -71,6 +71,7 @@
   function render() {
     const s = state.summary;
     if (!s) return;
+    renderScope(s);
     renderTiles(s);
     renderModels(s.models);
     renderTenants(s.tenants);
@@ -81,6 +82,17 @@
     renderRateLimit(s.rate_limit);
     renderRecent(s.recent);
     renderCharts();
+  }
+
+  function renderScope(s) {
+    setStat("scope", s.scope || "worker");
+    const banner = document.getElementById("scope-banner");
+    const text = s.shared && s.shared.banner;
+    banner.hidden = !text;
+    if (text && banner.textContent !== text) banner.textContent = text;
+    fillTable("replicas", s.replicas || [], (r) => [
+      [r.replica + (r.self ? " (this)" : ""), "text"], [fmtInt(r.requests)], [fmtInt(r.errors)],
+      [fmtInt(r.inflight)], [r.age_s + " s ago"]]);
   }
 
   function renderTiles(s) {
@@ -125,7 +137,8 @@
     });
     if (!rows.length) {
       const tr = document.createElement("tr");
-      const empty = { breakers: "n/a", "mcp-tools": "No tool calls yet" }[id] || "No requests yet";
+      const empty = { breakers: "n/a", replicas: "This worker only", "mcp-tools": "No tool calls yet" }[id]
+        || "No requests yet";
       const td = cell(empty, "empty");
       td.colSpan = document.querySelectorAll("#" + id + " thead th").length;
       tr.appendChild(td);
