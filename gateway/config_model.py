@@ -41,6 +41,18 @@ class ServerConfig:
     max_inflight: int = 4096
     # The whole request body must arrive within this; a trickling client gets 408.
     body_timeout_s: float = 60.0
+    # Off-loop work (token counting, compression, embedder input): worker threads, and the time a request
+    # waits for its share before it takes an estimate instead (docs/reliability.md).
+    work_threads: int = 2
+    work_budget_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamLimits:
+    """What the provider accepts in one request (OpenAI's figures); refused with a 400 before any work."""
+
+    embeddings_max_inputs: int = 2048
+    embeddings_max_tokens: int = 300_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +70,7 @@ class UpstreamConfig:
     # auth.mode keys without api_key: forward the client's gateway key to this upstream (a check-config
     # error unless set on purpose; the provider then sees the tenant's key).
     forward_client_key: bool = False
+    limits: UpstreamLimits = field(default_factory=UpstreamLimits)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +98,8 @@ class RouteConfig:
     name: str | None = None  # metric label; defaults to the match pattern
     model: str | None = None
     fallbacks: list[FallbackConfig] = field(default_factory=list)
+    # Larger-window models for a provider 400 context_length_exceeded (issue 18), tried in order.
+    context_fallbacks: list[FallbackConfig] = field(default_factory=list)
     cache: CacheConfig | None = None
     compression: CompressionConfig | None = None
     budgets: BudgetsConfig | None = None

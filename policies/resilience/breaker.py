@@ -3,7 +3,8 @@
 CLOSED opens on ``consecutive_failures`` in a row, or when at least ``min_calls``
 outcomes in the last ``window_s`` have a failure share of ``failure_ratio``. OPEN
 rejects (fast: no I/O) for ``open_s``, doubled with each consecutive opening up to
-``max_open_s`` and shortened by up to 20% of jitter so replicas do not probe in
+``max_open_s`` (short by default, 4 s growing to 6 s, so a recovered upstream gets traffic back
+soon: issue 18) and shortened by up to 20% of jitter so replicas do not probe in
 lock-step. Then HALF_OPEN admits ``half_open_probes`` requests: the first alone,
 the others once it succeeded; as many successes close it, one failure opens it
 again (so a still-broken upstream sees one probe per open interval). Only
@@ -34,6 +35,8 @@ _OPEN_JITTER = 0.2
 ChangeListener = Callable[["CircuitBreaker", str, str], None]
 # (breaker, decision) -> None: "allow" | "probe" | "reject" | "shadow_reject"
 DecisionListener = Callable[["CircuitBreaker", str], None]
+# (breaker, failed) -> None: an outcome counted while closed (the fleet's shared count: resilience.shared)
+OutcomeListener = Callable[["CircuitBreaker", bool], None]
 
 
 class CircuitOpen(LocalReply):
@@ -74,6 +77,7 @@ class CircuitBreaker:
         self._rand = rand
         self._on_change = on_change
         self._on_decision = on_decision
+        self.on_outcome: OutcomeListener | None = None
         self.state: State = "closed"
         self.since = clock()
         self.open_until = 0.0
@@ -146,6 +150,8 @@ class CircuitBreaker:
 
     def _record_closed(self, failed: bool) -> None:
         cfg = self.config
+        if self.on_outcome is not None:
+            self.on_outcome(self, failed)
         bucket = self._bucket()
         bucket[1] += 1
         self._calls += 1
@@ -159,12 +165,32 @@ class CircuitBreaker:
                 self._calls >= cfg.min_calls and self._failures >= cfg.failure_ratio * self._calls):
             self._open()
 
+    # --- the fleet's word (policies.resilience.shared) -------------------------------------------
+    def open_remote(self, until: float) -> None:
+        """Another worker/replica opened this breaker until ``until`` (this clock): reject at once."""
+        if self.state == "open" and self.open_until >= until:
+            return
+        self.openings += 1
+        self.open_until = until
+        self._transition("open")
+
+    def trip(self) -> None:
+        """The fleet's shared failure count reached the threshold: open here (and tell the others)."""
+        if self.state == "closed":
+            self._open()
+
+    def close_remote(self) -> None:
+        """Another worker/replica closed it (its probe succeeded): admit again."""
+        if self.state != "closed":
+            self._transition("closed")
+
     # --- transitions -------------------------------------------------------------------------
 
     def _open(self) -> None:
         cfg = self.config
         self.openings += 1
-        full = min(cfg.max_open_s, cfg.open_s * (2 ** min(self.openings - 1, 30)))
+        cap = max(cfg.max_open_s, cfg.open_s)  # an open_s above the (default) cap just does not grow
+        full = min(cap, cfg.open_s * (2 ** min(self.openings - 1, 30)))
         self.open_until = self._clock() + full * (1.0 - _OPEN_JITTER * self._rand())
         self._transition("open")
 

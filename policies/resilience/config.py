@@ -33,7 +33,9 @@ class CircuitBreakerConfig:
     failure_ratio: float = 0.5
     min_calls: int = 20
     window_s: float = 30.0
-    open_s: float = 30.0
-    max_open_s: float = 300.0
+    # Short and bounded (issue 18): a recovered upstream gets traffic back within max_open_s plus one
+    # request gap; a still-dead one costs one probe per interval (it then fails over as usual).
+    open_s: float = 4.0
+    max_open_s: float = 6.0
     half_open_probes: int = 3
     enforce: bool = True

@@ -37,13 +37,18 @@ from policies.resilience.breaker import CircuitOpen, Ticket
 from policies.resilience.breaker_layer import take_ticket
 from policies.resilience.commit import Replay, close_body, peek
 from policies.resilience.config import RetryConfig
+from policies.resilience.context_window import read_error
 from policies.resilience.registry import Resilience, resilience_of
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
+from policies.resilience.validate import RETRYABLE_4XX
 
 Planner = Callable[[Exchange], Plan]
 Sleep = Callable[[float], Awaitable[object]]
-_RETRYABLE_4XX = frozenset({"408", "429"})
+# Failures that say "this upstream is slow or silent", not "try again": with a later target in the
+# plan they move on to it at once instead of waiting out the same timeout again on the same upstream.
+CONTEXT_EXCEEDED = "context_length_exceeded"  # a provider 400: the prompt does not fit this model
+MOVE_ON = frozenset({"timeout_before_first_byte", "connect_timeout", "idle_timeout"})
 # Seen from the client, a failure before the commit point is always "before the response".
 _PRECOMMIT_KIND = {"reset_mid_stream": "reset_before_response", "idle_timeout": "timeout_before_first_byte",
                    "connect_timeout": "connect_error"}
@@ -53,6 +58,7 @@ _PRECOMMIT_KIND = {"reset_mid_stream": "reset_before_response", "idle_timeout": 
 class _Run:
     attempts: int = 0  # calls that reached an upstream (breaker rejections are not attempts)
     failovers: int = 0
+    context_switched: bool = False  # the plan was replaced by the route's context_fallbacks
 
 
 @dataclass(slots=True)
@@ -74,38 +80,51 @@ class RetryPolicy:
     name = "retry"
 
     def __init__(self, *, res: Resilience, planner: Planner, clock: Callable[[], float],
-                 sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random) -> None:
+                 sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random,
+                 context_planner: Planner | None = None) -> None:
         self.res = res
         self.metrics = res.metrics
         self.planner = planner
+        self.context_planner = context_planner
         self.clock = clock
         self.sleep = sleep
         self.rand = rand
         self._retry_on: dict[int, frozenset[str]] = {}
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        plan = self.planner(ex)
+        targets = list(self.planner(ex))
         run = _Run()
         primary_model = ex.target.model
         failed: _Failed | None = None
-        for _index, target in enumerate(plan):
+        index = 0
+        while index < len(targets):
+            target = targets[index]
             if failed is not None:
                 if failed.reason == "total_timeout" or self.clock() >= ex.request.deadline:
                     break
                 await failed.discard()
                 self._fail_over(ex, target, primary_model, run)
-            result = await self._on_target(ex, next, target, run)
+            result = await self._on_target(ex, next, target, run, last=index == len(targets) - 1)
             if isinstance(result, UpstreamResponse):
                 ex.response_headers["x-gateway-attempts"] = str(run.attempts)
                 if run.attempts > 1 or run.failovers:
                     self.metrics.decision("retry", "recovered")
                 return result
             failed = result
+            index += 1
+            if result.reason == CONTEXT_EXCEEDED and not run.context_switched:
+                self._to_context_plan(ex, targets, index, run)
         assert failed is not None, "a plan has at least one target"
         return self._give_up(ex, failed, run)
 
+    def _to_context_plan(self, ex: Exchange, targets: list[Target], index: int, run: _Run) -> None:
+        """The prompt is too long for this model: only a larger window helps, not same-size fallbacks."""
+        run.context_switched = True
+        targets[index:] = self.context_planner(ex) if self.context_planner is not None else ()
+        self.metrics.decision("retry", "context_fallback" if index < len(targets) else "context_exceeded")
+
     async def _on_target(self, ex: Exchange, next: Next, target: Target,
-                         run: _Run) -> UpstreamResponse | _Failed:
+                         run: _Run, *, last: bool = True) -> UpstreamResponse | _Failed:
         budget = self.res.budget(target.key)
         tries = 0
         while True:
@@ -116,6 +135,11 @@ class RetryPolicy:
                 budget.record_request()  # a request the upstream saw: the base retries are a share of
             if isinstance(result, UpstreamResponse) or rejected:
                 return result  # a rejection is the breaker's decision (counted there): fail over
+            if result.reason == CONTEXT_EXCEEDED:
+                return result  # never retried on the same model; the caller decides where it goes
+            if not last and result.reason in MOVE_ON:
+                self.metrics.decision("retry", "move_on")  # a silent upstream: the next target, at once
+                return result
             delay = self._retry_delay(ex, target, result, tries, budget)
             if delay is None:
                 return result
@@ -144,6 +168,10 @@ class RetryPolicy:
             return await self._commit(ex, resp, target, started)
         if status >= 500 or status in (408, 429):
             return _Failed(str(status), response=resp, retry_after=retry_after_s(resp.headers, status))
+        if status == 400 and self.context_planner is not None and self.context_planner(ex):
+            exceeded, resp = await read_error(resp, ex.request.deadline - self.clock())
+            if exceeded:
+                return _Failed(CONTEXT_EXCEEDED, response=resp)
         return resp  # any other 4xx: the client's problem, passed through untouched
 
     async def _commit(self, ex: Exchange, resp: UpstreamResponse, target: Target,
@@ -218,7 +246,7 @@ class RetryPolicy:
         names = self._retry_on.get(id(cfg))
         if names is None:
             names = self._retry_on[id(cfg)] = frozenset(
-                n for n in cfg.retry_on if not (n.startswith("4") and n not in _RETRYABLE_4XX))
+                n for n in cfg.retry_on if not (n.startswith("4") and n not in RETRYABLE_4XX))
         return names
 
     def _stop(self, why: str) -> float | None:
@@ -255,4 +283,6 @@ def _settle(ticket: Ticket | None, outcome: str) -> None:
 
 
 async def factory(state: AppState, config: Config) -> RetryPolicy:
-    return RetryPolicy(res=resilience_of(state, config), planner=RoutePlanner(config), clock=state.clock)
+    planner = RoutePlanner(config)
+    return RetryPolicy(res=resilience_of(state, config), planner=planner, clock=state.clock,
+                       context_planner=planner.context_plan)

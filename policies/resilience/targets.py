@@ -37,6 +37,7 @@ class RoutePlanner:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._memo: dict[tuple[int, str], tuple[Target, ...]] = {}
+        self._context_memo: dict[int, tuple[Target, ...]] = {}
 
     def __call__(self, ex: Exchange) -> Plan:
         route = ex.request.route
@@ -44,6 +45,18 @@ class RoutePlanner:
         plan = self._memo.get(key)
         if plan is None:
             plan = self._memo[key] = self._plan(route, ex.target.upstream)
+        return plan
+
+    def context_plan(self, ex: Exchange) -> Plan:
+        """The route's ``context_fallbacks``: where a "prompt too long" 400 goes next (may be empty)."""
+        route = ex.request.route
+        if route is None or not route.context_fallbacks:
+            return ()
+        plan = self._context_memo.get(id(route))
+        if plan is None:
+            plan = self._context_memo[id(route)] = tuple(
+                self._target(fb.upstream, fb.model, None) for fb in route.context_fallbacks
+                if fb.upstream in self.config.upstreams)
         return plan
 
     def _plan(self, route: RouteConfig | None, upstream: str) -> tuple[Target, ...]:

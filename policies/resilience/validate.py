@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 from gateway.config_model import Config
+from policies.resilience.config import CircuitBreakerConfig
 
 
 def problems(cfg: Config) -> list[str]:
     found: list[str] = []
     for name, up in cfg.upstreams.items():
         found += _check_retry_on(f"upstreams.{name}.retry.retry_on", up.retry.retry_on)
+        found += _check_breaker(f"upstreams.{name}.circuit_breaker", up.circuit_breaker)
     for i, route in enumerate(cfg.routes):
         if route.retry is not None:
             found += _check_retry_on(f"routes[{i}].retry.retry_on", route.retry.retry_on)
+        found += [f"routes[{i}].context_fallbacks[{j}].upstream: unknown upstream {fb.upstream!r}"
+                  for j, fb in enumerate(route.context_fallbacks) if fb.upstream not in cfg.upstreams]
     return found
 
 
@@ -28,9 +32,28 @@ _RETRY_NAMES = frozenset(
 )
 
 
+# 4xx answers are the client's problem and are passed through: only these are ever retried.
+RETRYABLE_4XX = frozenset({"408", "429"})
+
+
 def _check_retry_on(path: str, names: list[str]) -> list[str]:
-    return [
-        f"{path}: unknown condition {name!r} (a failure kind, error_event, or an HTTP status)"
-        for name in names
-        if name not in _RETRY_NAMES and not (name.isdigit() and 400 <= int(name) <= 599)
-    ]
+    found: list[str] = []
+    for name in names:
+        if name in _RETRY_NAMES:
+            continue
+        if not (name.isdigit() and 400 <= int(name) <= 599):
+            found.append(f"{path}: unknown condition {name!r} (a failure kind, error_event, or an HTTP "
+                         "status)")
+        elif name.startswith("4") and name not in RETRYABLE_4XX:
+            found.append(f"{path}: {name} is a client error the gateway never retries (only 408 and 429 are; "
+                         "a context_length_exceeded 400 goes to the route's context_fallbacks)")
+    return found
+
+
+def _check_breaker(path: str, cb: CircuitBreakerConfig) -> list[str]:
+    found: list[str] = []
+    if cb.open_s <= 0:
+        found.append(f"{path}.open_s: must be > 0")
+    if cb.half_open_probes < 1:
+        found.append(f"{path}.half_open_probes: must be >= 1")
+    return found

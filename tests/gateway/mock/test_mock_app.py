@@ -592,3 +592,12 @@ async def test_fault_spec_grammar() -> None:
         with pytest.raises(ValueError):
             parse_fault_spec(bad)
     assert [format_duration(s) for s in (0.02, 1, 1.5, 360)] == ["20ms", "1s", "1.5s", "6m0s"]
+
+
+async def test_status_fault_with_error_code(client: AsyncOpenAI) -> None:
+    """``error_code`` sets the error body's code (and a provider-like message for known codes)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model="m", messages=CHAT,
+            extra_headers={"x-mock-fault": "status=400;error_code=context_length_exceeded"})
+    assert info.value.code == "context_length_exceeded" and "maximum context length" in info.value.message

@@ -1,0 +1,160 @@
+"""Failover that rescues (issue 18): each fault of the issue's "Why", against the real gateway.
+
+The fake provider plays two deployments: the primary serves model ``gpt-4o`` (upstream
+``primary``), the fallback serves ``gpt-4o-mini`` (upstream ``backup``); scripted faults match
+the primary's model only. Timeouts are scaled down (1 s stands for the issue's 30 s), so the
+whole module runs in a few seconds. Each test asserts the rescued answer through the openai
+SDK, the attempts each deployment saw and the wall time.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from gateway.mock import MockServer
+from policies.resilience.config import CircuitBreakerConfig
+from tests.support.servers import InProcessGateway
+
+CHAT: list[Any] = [{"role": "user", "content": "Say hello"}]
+FAST = {"max_attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}
+PRIMARY, FALLBACK = "gpt-4o", "gpt-4o-mini"
+GatewayFactory = Callable[..., Awaitable[InProcessGateway]]
+
+
+async def two_deployments(make_gateway: GatewayFactory, mock: MockServer, *, first_byte_s: float = 1.0,
+                          route: dict[str, Any] | None = None, **extra: Any) -> InProcessGateway:
+    up = {"base_url": mock.url, "api_key": "sk-upstream-secret", "retry": FAST,
+          "timeouts": {"first_byte_s": first_byte_s, "idle_s": 1.0}}
+    return await make_gateway(
+        upstreams={"primary": up, "backup": up},
+        routes=[{"match": {"model": PRIMARY}, "upstream": "primary",
+                 "fallbacks": [{"upstream": "backup", "model": FALLBACK}], **(route or {})}], **extra)
+
+
+async def queue_faults(mock: MockServer, fault: str, times: int = -1, model: str = PRIMARY) -> None:
+    async with aiohttp.ClientSession() as session:
+        entry = {"fault": fault, "times": times, "match": {"model": model}}
+        async with session.post(mock.base_url + "/_mock/faults", json={"faults": [entry]}) as resp:
+            assert resp.status == 200
+
+
+def sdk(gw: InProcessGateway) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0)
+
+
+def seen(mock: MockServer) -> list[str | None]:
+    """The model of each attempt the provider saw, i.e. which deployment it reached."""
+    return [a.model for a in mock.recorder.attempts]
+
+
+async def stream_text(gw: InProcessGateway, **body: Any) -> tuple[str, dict[str, str], float]:
+    started = time.perf_counter()
+    async with sdk(gw) as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model=PRIMARY, messages=CHAT, stream=True, **body)
+        text = ""
+        async for chunk in raw.parse():
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+    return text, dict(raw.headers), time.perf_counter() - started
+
+
+@pytest.mark.parametrize("fault", ["stall_before_first_byte_ms=20000", "ttft_ms=20000"])
+async def test_silent_primary_moves_on_after_one_first_byte_timeout(
+        make_gateway: GatewayFactory, mock_upstream: MockServer, fault: str) -> None:
+    """No byte (or no first token) from the primary: one first-byte timeout, then the fallback answers.
+
+    Before issue 18 the same dead primary was waited for 3 times (3 x first_byte_s) before failing over.
+    """
+    gw = await two_deployments(make_gateway, mock_upstream)
+    await queue_faults(mock_upstream, fault)
+    text, headers, elapsed = await stream_text(gw)
+    assert text and headers["x-gateway-upstream"] == "backup" and headers["x-gateway-attempts"] == "2"
+    assert seen(mock_upstream) == [PRIMARY, FALLBACK]
+    assert 1.0 <= elapsed < 1.8, elapsed  # one first_byte_s, not three
+
+
+async def test_503_once_is_retried_on_the_same_primary(make_gateway: GatewayFactory,
+                                                       mock_upstream: MockServer) -> None:
+    """Positive control: a "try again" error stays on the primary (a retry, no failover)."""
+    gw = await two_deployments(make_gateway, mock_upstream)
+    await queue_faults(mock_upstream, "status=503", times=1)
+    async with sdk(gw) as client:
+        raw = await client.chat.completions.with_raw_response.create(model=PRIMARY, messages=CHAT)
+    assert raw.parse().choices[0].message.content and raw.headers["x-gateway-upstream"] == "primary"
+    assert seen(mock_upstream) == [PRIMARY, PRIMARY]
+
+
+async def test_400_passed_through_not_retried(make_gateway: GatewayFactory,
+                                              mock_upstream: MockServer) -> None:
+    """A content-filter 400 goes back to the client once: no retry, no fallback, no context fallback."""
+    gw = await two_deployments(make_gateway, mock_upstream,
+                               route={"context_fallbacks": [{"upstream": "backup", "model": "gpt-4.1"}]})
+    await queue_faults(mock_upstream, "status=400;error_code=content_filter")
+    async with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as err:
+            await client.chat.completions.create(model=PRIMARY, messages=CHAT)
+    assert err.value.code == "content_filter"
+    assert seen(mock_upstream) == [PRIMARY]
+
+
+async def test_context_length_exceeded_goes_to_the_larger_window_model(
+        make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
+    """A provider 400 context_length_exceeded is answered by the route's context_fallbacks model."""
+    gw = await two_deployments(make_gateway, mock_upstream,
+                               route={"context_fallbacks": [{"upstream": "backup", "model": "gpt-4.1"}]})
+    await queue_faults(mock_upstream, "status=400;error_code=context_length_exceeded")
+    started = time.perf_counter()
+    async with sdk(gw) as client:
+        raw = await client.chat.completions.with_raw_response.create(model=PRIMARY, messages=CHAT)
+    completion = raw.parse()
+    assert completion.choices[0].message.content and completion.model == "gpt-4.1"
+    assert raw.headers["x-gateway-upstream"] == "backup" and seen(mock_upstream) == [PRIMARY, "gpt-4.1"]
+    assert time.perf_counter() - started < 2.0
+
+
+async def test_context_length_exceeded_without_context_fallbacks_reaches_the_client(
+        make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
+    """Positive control: without context_fallbacks the 400 is the client's answer (no same-size fallback)."""
+    gw = await two_deployments(make_gateway, mock_upstream)
+    await queue_faults(mock_upstream, "status=400;error_code=context_length_exceeded")
+    async with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as err:
+            await client.chat.completions.create(model=PRIMARY, messages=CHAT)
+    assert err.value.code == "context_length_exceeded" and seen(mock_upstream) == [PRIMARY]
+
+
+async def test_primary_down_then_healthy_gets_traffic_back_soon(make_gateway: GatewayFactory,
+                                                               mock_upstream: MockServer) -> None:
+    """The issue's "down 60 s, a request every 4 s, 20 requests" scaled by 1/20, with the breaker's default
+    intervals scaled the same way (open 4 s -> 0.2 s, cap 6 s -> 0.3 s): every request is answered, and the
+    recovered primary serves again within 0.5 s (10 s scaled) of recovering."""
+    scale = 1 / 20
+    defaults = CircuitBreakerConfig()
+    scaled = {"open_s": defaults.open_s * scale, "max_open_s": defaults.max_open_s * scale}
+    gw = await make_gateway(
+        upstreams={name: {"base_url": mock_upstream.url, "api_key": "k", "retry": FAST,
+                          "circuit_breaker": scaled} for name in ("primary", "backup")},
+        routes=[{"match": {"model": PRIMARY}, "upstream": "primary",
+                 "fallbacks": [{"upstream": "backup", "model": FALLBACK}]}])
+    async with aiohttp.ClientSession() as session:
+        entry = {"fault": "status=503", "times": -1, "match": {"model": PRIMARY}, "for_s": 60 * scale}
+        async with session.post(mock_upstream.base_url + "/_mock/faults", json={"faults": [entry]}) as resp:
+            assert resp.status == 200
+    started = time.time()
+    served_by: list[str] = []
+    async with sdk(gw) as client:
+        for i in range(20):  # paced load: request i leaves at i x 4 s (scaled)
+            await asyncio.sleep(max(0.0, started + i * 4 * scale - time.time()))
+            raw = await client.chat.completions.with_raw_response.create(model=PRIMARY, messages=CHAT)
+            assert raw.parse().choices[0].message.content
+            served_by.append(raw.headers["x-gateway-upstream"])
+    healthy = [a.time for a in mock_upstream.recorder.attempts if a.model == PRIMARY and a.status == 200]
+    assert "backup" in served_by and served_by[-1] == "primary"
+    assert healthy and healthy[0] - (started + 60 * scale) <= 10 * scale, healthy[0] - started

@@ -1,0 +1,43 @@
+"""The ``retry`` checks: accepted ``retry_on`` values are values the gateway acts on."""
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, parse_config
+
+
+def _problems(retry_on: list[str]) -> list[str]:
+    raw = {"upstreams": {"a": {"base_url": "http://a/v1", "retry": {"retry_on": retry_on}}},
+           "routes": [{"upstream": "a", "retry": {"retry_on": retry_on}}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    return err.value.problems
+
+
+@pytest.mark.parametrize("status", ["400", "401", "404", "413", "422"])
+def test_client_error_statuses_in_retry_on_are_errors(status: str) -> None:
+    """``retry_on: [400]`` would be silently ignored, so check-config refuses it, for upstreams and routes."""
+    problems = _problems([status, "503"])
+    assert any(p.startswith(f"upstreams.a.retry.retry_on: {status} is a client error") for p in problems)
+    assert any(p.startswith(f"routes[0].retry.retry_on: {status} is a client error") for p in problems)
+
+
+def test_retryable_values_are_accepted() -> None:
+    """Positive control: 408, 429, 5xx and the failure kinds load."""
+    cfg = parse_config({"upstreams": {"a": {"base_url": "http://a/v1", "retry": {"retry_on": [
+        "408", "429", "500", "599", "timeout_before_first_byte", "error_event"]}}},
+        "routes": [{"upstream": "a"}]}, env={})
+    assert cfg.upstreams["a"].retry.retry_on[0] == "408"
+
+
+def test_breaker_intervals_are_checked() -> None:
+    """A zero open interval or no probes is a check-config error; an open_s above the default cap is not."""
+    raw = {"upstreams": {"a": {"base_url": "http://a/v1", "circuit_breaker": {
+        "open_s": 0, "half_open_probes": 0}}}, "routes": [{"upstream": "a"}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    assert err.value.problems == ["upstreams.a.circuit_breaker.open_s: must be > 0",
+                                  "upstreams.a.circuit_breaker.half_open_probes: must be >= 1"]
+    ok = parse_config({"upstreams": {"a": {"base_url": "http://a/v1", "circuit_breaker": {"open_s": 30}}},
+                       "routes": [{"upstream": "a"}]}, env={})
+    assert ok.upstreams["a"].circuit_breaker.open_s == 30
