@@ -19,7 +19,7 @@ from policies.compression.config import CompressionConfig
 from policies.ledger.config import LedgerConfig
 from policies.mcp.config import McpConfig
 from policies.ratelimit.config import RateLimitConfig
-from policies.resilience.config import CircuitBreakerConfig, RetryConfig
+from policies.resilience.config import CircuitBreakerConfig, HedgeConfig, RetryConfig
 from policies.tools.config import ToolConfig
 from policies.tracing.config import TracingConfig
 from policies.usage.config import PriceConfig
@@ -82,6 +82,7 @@ class RouteConfig:
     fallbacks: list[FallbackConfig] = field(default_factory=list)
     # Larger-window models for a provider 400 context_length_exceeded (issue 18), tried in order.
     context_fallbacks: list[FallbackConfig] = field(default_factory=list)
+    hedge: HedgeConfig | None = None  # a late first token starts the request on the next target too
     cache: CacheConfig | None = None
     compression: CompressionConfig | None = None
     budgets: BudgetsConfig | None = None

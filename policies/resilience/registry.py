@@ -20,6 +20,7 @@ from gateway.exchange import Exchange, StateKey
 from gateway.telemetry.logging import state_change
 from policies.resilience.breaker import STATE_VALUE, CircuitBreaker
 from policies.resilience.config import CircuitBreakerConfig, RetryConfig
+from policies.resilience.hedge import TtftWindows
 from policies.resilience.metrics import TIMEOUT_PHASE, ResilienceMetrics
 from policies.resilience.retry_budget import RetryBudget
 
@@ -35,6 +36,7 @@ class Resilience:
         self.rand = rand
         self.breakers: dict[str, CircuitBreaker] = {}
         self.budgets: dict[str, RetryBudget] = {}
+        self.ttft = TtftWindows()  # recent times to first token, for ``hedge: {after: p95}``
 
     def sync(self, config: Config) -> None:
         for name, up in config.upstreams.items():

@@ -38,6 +38,7 @@ from policies.resilience.breaker_layer import take_ticket
 from policies.resilience.commit import Replay, close_body, peek
 from policies.resilience.config import RetryConfig
 from policies.resilience.context_window import read_error
+from policies.resilience.hedge import adopt, fork, hedge_delay, race
 from policies.resilience.registry import Resilience, resilience_of
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
@@ -98,24 +99,51 @@ class RetryPolicy:
         failed: _Failed | None = None
         index = 0
         while index < len(targets):
-            target = targets[index]
             if failed is not None:
                 if failed.reason == "total_timeout" or self.clock() >= ex.request.deadline:
                     break
                 await failed.discard()
-                self._fail_over(ex, target, primary_model, run)
-            result = await self._on_target(ex, next, target, run, last=index == len(targets) - 1)
+                self._fail_over(ex, targets[index], primary_model, run)
+            result, index = await self._next_result(ex, next, targets, index, run, primary_model)
             if isinstance(result, UpstreamResponse):
                 ex.response_headers["x-gateway-attempts"] = str(run.attempts)
                 if run.attempts > 1 or run.failovers:
                     self.metrics.decision("retry", "recovered")
                 return result
             failed = result
-            index += 1
             if result.reason == CONTEXT_EXCEEDED and not run.context_switched:
                 self._to_context_plan(ex, targets, index, run)
         assert failed is not None, "a plan has at least one target"
         return self._give_up(ex, failed, run)
+
+    async def _next_result(self, ex: Exchange, next: Next, targets: list[Target], index: int, run: _Run,
+                           primary_model: str) -> tuple[UpstreamResponse | _Failed, int]:
+        """The outcome of ``targets[index]`` (raced against the next one when the route hedges),
+        and the index of the first target not yet tried."""
+        last = index == len(targets) - 1
+        route = ex.request.route
+        hedge = route.hedge if route is not None and index == 0 and not last else None
+        after = hedge_delay(hedge, self.res.ttft, ex.request.route_name, targets[0].key) if hedge else None
+        if after is None:
+            return await self._on_target(ex, next, targets[index], run, last=last), index + 1
+        twin = fork(ex)
+        hedge_target = targets[index + 1]
+
+        def start_hedge() -> Awaitable[UpstreamResponse | _Failed] | None:
+            if not self.res.budget(targets[index].key).try_spend():  # a hedge is an extra upstream call
+                self.metrics.child(self.metrics.budget_exhausted, targets[index].key).inc()
+                return None
+            switch_to(twin, hedge_target, primary_model)
+            return self._on_target(twin, next, hedge_target, run, last=index + 1 == len(targets) - 1)
+
+        raced = await race(self._on_target(ex, next, targets[index], run, last=False), after, start_hedge,
+                           won=lambda r: isinstance(r, UpstreamResponse), drop=_drop)
+        self.metrics.child(self.metrics.hedges, ex.request.route_name, raced.outcome).inc()
+        if raced.outcome != "not_needed":
+            ex.response_headers["x-gateway-hedge"] = raced.outcome
+        if raced.hedge_result:
+            adopt(ex, twin)
+        return raced.result, index + (1 if raced.outcome in ("not_needed", "budget_exhausted") else 2)
 
     def _to_context_plan(self, ex: Exchange, targets: list[Target], index: int, run: _Run) -> None:
         """The prompt is too long for this model: only a larger window helps, not same-size fallbacks."""
@@ -208,6 +236,10 @@ class RetryPolicy:
             answer = UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
             return _Failed("error_event", response=answer)
         _settle(ticket, "success")
+        route = ex.request.route
+        if route is not None and route.hedge is not None:
+            ttft = self.clock() - started
+            self.res.ttft.record(ex.request.route_name, target.key, ttft, route.hedge.window)
         body = Replay(peeked.chunks, resp.body, ended=peeked.verdict == "ended")
         return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
 
@@ -275,6 +307,14 @@ class RetryPolicy:
             error.headers.update(headers)
         assert error is not None
         raise error  # an UpstreamFailure: the handler answers 502/504 with ex.response_headers
+
+
+async def _drop(result: UpstreamResponse | _Failed) -> None:
+    """Close the answer of a hedge race's loser."""
+    if isinstance(result, UpstreamResponse):
+        await close_body(result.body)
+    else:
+        await result.discard()
 
 
 def _settle(ticket: Ticket | None, outcome: str) -> None:

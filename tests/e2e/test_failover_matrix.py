@@ -158,3 +158,29 @@ async def test_primary_down_then_healthy_gets_traffic_back_soon(make_gateway: Ga
     healthy = [a.time for a in mock_upstream.recorder.attempts if a.model == PRIMARY and a.status == 200]
     assert "backup" in served_by and served_by[-1] == "primary"
     assert healthy and healthy[0] - (started + 60 * scale) <= 10 * scale, healthy[0] - started
+
+
+def sample(gw: InProcessGateway, name: str, **labels: str) -> float:
+    return gw.state.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_hedged_first_token_answers_from_the_fallback_and_closes_the_primary(
+        make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
+    """A first token after 20 s (first_byte_s 30 s as in the issue): with ``hedge: {after_s: 0.3}`` the
+    fallback starts at 0.3 s and answers; the primary's connection is closed; metric, header say so."""
+    gw = await two_deployments(make_gateway, mock_upstream, first_byte_s=30.0,
+                               route={"hedge": {"after_s": 0.3}})
+    await queue_faults(mock_upstream, "ttft_ms=20000", times=1)
+    text, headers, elapsed = await stream_text(gw)
+    assert text and headers["x-gateway-upstream"] == "backup" and headers["x-gateway-hedge"] == "hedge_won"
+    assert headers["x-gateway-attempts"] == "2" and seen(mock_upstream) == [PRIMARY, FALLBACK]
+    assert 0.3 <= elapsed < 1.5, elapsed
+    recorder = mock_upstream.recorder
+    await recorder.wait_for(lambda: recorder.attempts[0].outcome is not None, 3.0)
+    assert recorder.attempts[0].outcome == "client_disconnected"  # the loser's socket was closed
+    assert sample(gw, "gateway_hedges_total", route=PRIMARY, outcome="hedge_won") == 1
+    # positive control: a healthy primary is not hedged
+    text, headers, _ = await stream_text(gw)
+    assert text and headers["x-gateway-upstream"] == "primary" and "x-gateway-hedge" not in headers
+    assert len(recorder.attempts) == 3 and sample(gw, "gateway_hedges_total", route=PRIMARY,
+                                                   outcome="not_needed") == 1
