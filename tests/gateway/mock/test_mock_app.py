@@ -601,3 +601,35 @@ async def test_status_fault_with_error_code(client: AsyncOpenAI) -> None:
             model="m", messages=CHAT,
             extra_headers={"x-mock-fault": "status=400;error_code=context_length_exceeded"})
     assert info.value.code == "context_length_exceeded" and "maximum context length" in info.value.message
+
+
+async def test_prefill_continues_the_same_answer(client: AsyncOpenAI) -> None:
+    """A conversation ending with the first part of an answer gets exactly the rest of that answer."""
+    whole = await client.chat.completions.create(model="m", messages=CHAT, max_tokens=12)
+    text = whole.choices[0].message.content or ""
+    words = text.split(" ")
+    head = " ".join(words[:5])
+    rest = await client.chat.completions.create(
+        model="other", messages=[*CHAT, {"role": "assistant", "content": head}], max_tokens=7)
+    assert head + (rest.choices[0].message.content or "") == text
+    assert rest.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(
+            model="m", messages=[*CHAT, {"role": "assistant", "content": head}],
+            extra_headers={"x-mock-fault": "reject_prefill"})
+
+
+@pytest.mark.parametrize(("fault", "outcome"), [("error_after_chunks=3", "fault:error_after_chunks"),
+                                                ("end_after_chunks=3", "fault:end_after_chunks"),
+                                                ("malformed_after_chunks=3", "fault:malformed_after_chunks")])
+async def test_mid_stream_faults(http: aiohttp.ClientSession, server: MockServer, fault: str,
+                                 outcome: str) -> None:
+    body = {"model": "m", "messages": CHAT, "stream": True}
+    async with await post(http, server, "/chat/completions", body, **{"x-mock-fault": fault}) as resp:
+        raw = (await resp.read()).decode()
+    frames = [f for f in raw.split("\n\n") if f]
+    assert "[DONE]" not in raw if fault != "malformed_after_chunks=3" else raw.endswith("data: [DONE]\n\n")
+    assert ('"error"' in frames[3]) if fault.startswith("error") else True
+    assert len(frames) == 3 if fault.startswith("end") else True
+    assert frames[3].startswith("this is not") if fault.startswith("malformed") else True
+    assert server.recorder.attempts[-1].outcome == outcome
