@@ -58,6 +58,9 @@ class UpstreamConfig:
     # auth.mode keys without api_key: forward the client's gateway key to this upstream (a check-config
     # error unless set on purpose; the provider then sees the tenant's key).
     forward_client_key: bool = False
+    # How this upstream can finish another one's broken stream (issue 18): an assistant prefill message,
+    # vLLM's continue_final_message, or not at all.
+    continuation: Literal["prefill", "continue_final_message", "none"] = "none"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +86,8 @@ class RouteConfig:
     # Larger-window models for a provider 400 context_length_exceeded (issue 18), tried in order.
     context_fallbacks: list[FallbackConfig] = field(default_factory=list)
     hedge: HedgeConfig | None = None  # a late first token starts the request on the next target too
+    # A committed chat stream that breaks is finished by a fallback; None: on when a fallback can continue.
+    continue_on_break: bool | None = None
     cache: CacheConfig | None = None
     compression: CompressionConfig | None = None
     budgets: BudgetsConfig | None = None

@@ -37,7 +37,7 @@ class FaultSpec:
     reset_after_chunks: int | None = None
     stall_before_first_byte_ms: float | None = None
     stall_after_chunks: int | None = None
-    malformed_after_chunks: int | None = None  # a non-SSE line after the N-th event, then the rest
+    malformed_after_chunks: int | None = None  # broken-JSON data event after the N-th, then the rest
     error_after_chunks: int | None = None  # an error event after the N-th event, then a clean close
     end_after_chunks: int | None = None  # a clean close after the N-th event: no rest, no [DONE]
     stall_ms: float | None = None

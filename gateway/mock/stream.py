@@ -23,6 +23,7 @@ from .errors import error_for_status, json_response
 
 DONE_FRAME = b"data: [DONE]\n\n"
 MALFORMED_FRAME = b"this is not an sse line {{{\n\n"
+MALFORMED_DATA_FRAME = b'data: {"choices":[{"index":0,"delta":{"content":"trunc\n\n'  # JSON cut short
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ async def _after_event(ctx: RequestContext, resp: web.StreamResponse, sent: int)
         await _write(resp, MALFORMED_FRAME)
         ctx.success_outcome = "fault:malformed_sse"
     if fault.malformed_after_chunks == sent:
-        await _write(resp, MALFORMED_FRAME)
+        await _write(resp, MALFORMED_DATA_FRAME)
         ctx.success_outcome = "fault:malformed_after_chunks"
     if fault.stall_after_chunks is not None and sent == fault.stall_after_chunks:
         await asyncio.sleep((fault.stall_ms or 0.0) / 1000.0)

@@ -37,6 +37,9 @@ class ResilienceMetrics:
         self.hedges = metrics.counter(
             "gateway_hedges_total", "Hedged first tokens: a late primary raced against the next target",
             ("route", "outcome"))
+        self.continuations = metrics.counter(
+            "gateway_continuations_total", "Broken streams: continued by a fallback, or why not",
+            ("route", "outcome"))
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, family: Any, *labels: str) -> Any:

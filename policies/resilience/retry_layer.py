@@ -22,6 +22,7 @@ so the client SDK does not multiply the attempts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,12 +39,14 @@ from policies.resilience.breaker_layer import take_ticket
 from policies.resilience.commit import Replay, close_body, peek
 from policies.resilience.config import RetryConfig
 from policies.resilience.context_window import read_error
+from policies.resilience.continuation import Mode, Spliced, continuation_body
 from policies.resilience.hedge import adopt, fork, hedge_delay, race
 from policies.resilience.registry import Resilience, resilience_of
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
 from policies.resilience.validate import RETRYABLE_4XX
 
+log = logging.getLogger("gateway.resilience")
 Planner = Callable[[Exchange], Plan]
 Sleep = Callable[[float], Awaitable[object]]
 # Failures that say "this upstream is slow or silent", not "try again": with a later target in the
@@ -109,7 +112,7 @@ class RetryPolicy:
                 ex.response_headers["x-gateway-attempts"] = str(run.attempts)
                 if run.attempts > 1 or run.failovers:
                     self.metrics.decision("retry", "recovered")
-                return result
+                return self._with_continuation(ex, next, result, targets[index:], primary_model, run)
             failed = result
             if result.reason == CONTEXT_EXCEEDED and not run.context_switched:
                 self._to_context_plan(ex, targets, index, run)
@@ -144,6 +147,50 @@ class RetryPolicy:
         if raced.hedge_result:
             adopt(ex, twin)
         return raced.result, index + (1 if raced.outcome in ("not_needed", "budget_exhausted") else 2)
+
+    def _with_continuation(self, ex: Exchange, next: Next, resp: UpstreamResponse, rest: list[Target],
+                           primary_model: str, run: _Run) -> UpstreamResponse:
+        """A committed chat stream, wrapped so that a later break is finished by one of ``rest``."""
+        route = ex.request.route
+        wanted = route.continue_on_break if route is not None else False
+        able = [t for t in rest if t.continuation != "none"]
+        if (not able or wanted is False or route is None or ex.request.operation != "chat" or not resp.is_sse
+                or resp.status >= 300 or ex.body is None):
+            return resp
+        broken_key = ex.target.upstream
+
+        async def resume(text: str, chunks: int) -> tuple[UpstreamResponse, str] | None:
+            if not self.res.budget(broken_key).try_spend():  # a continuation is an extra upstream call
+                self.metrics.child(self.metrics.budget_exhausted, broken_key).inc()
+                return None
+            return await self._resume(ex, next, able, primary_model, run, text, chunks)
+
+        def report(outcome: str, upstream: str) -> None:
+            self.metrics.child(self.metrics.continuations, ex.request.route_name, outcome).inc()
+            if outcome == "continued":
+                log.info("stream continued", extra={"fields": {
+                    "event": "stream_continued", "request_id": ex.request.request_id,
+                    "route": ex.request.route_name, "from": broken_key, "to": upstream}})
+
+        body = Spliced(resp.body, resume, report)
+        return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
+
+    async def _resume(self, ex: Exchange, next: Next, able: list[Target], primary_model: str, run: _Run,
+                      text: str, chunks: int) -> tuple[UpstreamResponse, str] | None:
+        """The rest of a broken answer from the first target that can give it (committed), or None."""
+        for target in able:
+            twin = fork(ex)
+            switch_to(twin, target, primary_model)
+            assert twin.body is not None
+            final = target.continuation == "continue_final_message"
+            mode: Mode = "continue_final_message" if final else "prefill"
+            twin.set_body(continuation_body(twin.body, text, chunks, mode))
+            result = await self._on_target(twin, next, target, run)
+            if isinstance(result, UpstreamResponse) and result.status < 300 and result.is_sse:
+                ex.target.upstream, ex.target.model = twin.target.upstream, twin.target.model
+                return result, target.upstream
+            await _drop(result)  # e.g. a 400: this fallback refuses a prefill; the client never sees it
+        return None
 
     def _to_context_plan(self, ex: Exchange, targets: list[Target], index: int, run: _Run) -> None:
         """The prompt is too long for this model: only a larger window helps, not same-size fallbacks."""

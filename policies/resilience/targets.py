@@ -25,6 +25,7 @@ class Target:
     model: str | None  # model to send; None keeps the model the primary was sent
     retry: RetryConfig
     first_byte_s: float  # per attempt, up to the commit point
+    continuation: str = "none"  # how this upstream can finish a broken stream (UpstreamConfig.continuation)
 
 
 Plan = Sequence[Target]
@@ -73,7 +74,8 @@ class RoutePlanner:
         retry = route.retry if route is not None and route.retry else (up.retry if up else ONE_ATTEMPT)
         timeouts = route.timeouts if route is not None and route.timeouts else (up.timeouts if up else None)
         first_byte_s = timeouts.first_byte_s if timeouts is not None else TimeoutsConfig().first_byte_s
-        return Target(upstream=upstream, key=upstream, model=model, retry=retry, first_byte_s=first_byte_s)
+        return Target(upstream=upstream, key=upstream, model=model, retry=retry, first_byte_s=first_byte_s,
+                      continuation=up.continuation if up else "none")
 
 
 def tool_targets(name: str, key: str, retry: RetryConfig, first_byte_s: float,

@@ -13,6 +13,11 @@ def problems(cfg: Config) -> list[str]:
     for i, route in enumerate(cfg.routes):
         if route.retry is not None:
             found += _check_retry_on(f"routes[{i}].retry.retry_on", route.retry.retry_on)
+        ups = cfg.upstreams
+        if route.continue_on_break and not any(
+                ups[fb.upstream].continuation != "none" for fb in route.fallbacks if fb.upstream in ups):
+            found.append(f"routes[{i}].continue_on_break: no fallback's upstream has continuation set "
+                         "(prefill or continue_final_message)")
         if route.hedge is not None:
             found += _check_hedge(f"routes[{i}].hedge", route.hedge, len(route.fallbacks))
         found += [f"routes[{i}].context_fallbacks[{j}].upstream: unknown upstream {fb.upstream!r}"

@@ -9,6 +9,7 @@ SDK, the attempts each deployment saw and the wall time.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,11 +30,12 @@ GatewayFactory = Callable[..., Awaitable[InProcessGateway]]
 
 
 async def two_deployments(make_gateway: GatewayFactory, mock: MockServer, *, first_byte_s: float = 1.0,
-                          route: dict[str, Any] | None = None, **extra: Any) -> InProcessGateway:
+                          route: dict[str, Any] | None = None, backup: dict[str, Any] | None = None,
+                          **extra: Any) -> InProcessGateway:
     up = {"base_url": mock.url, "api_key": "sk-upstream-secret", "retry": FAST,
           "timeouts": {"first_byte_s": first_byte_s, "idle_s": 1.0}}
     return await make_gateway(
-        upstreams={"primary": up, "backup": up},
+        upstreams={"primary": up, "backup": {**up, **(backup or {})}},
         routes=[{"match": {"model": PRIMARY}, "upstream": "primary",
                  "fallbacks": [{"upstream": "backup", "model": FALLBACK}], **(route or {})}], **extra)
 
@@ -184,3 +186,94 @@ async def test_hedged_first_token_answers_from_the_fallback_and_closes_the_prima
     assert text and headers["x-gateway-upstream"] == "primary" and "x-gateway-hedge" not in headers
     assert len(recorder.attempts) == 3 and sample(gw, "gateway_hedges_total", route=PRIMARY,
                                                    outcome="not_needed") == 1
+
+
+CONTINUES = {"continuation": "prefill"}
+BREAKS = {
+    "cut_after_40_of_60": "reset_after_chunks=41",  # the role chunk, then 40 tokens
+    "stall_mid_answer": "stall_after_chunks=41;stall_ms=30000",  # idle_s is 1 s here (30 s scaled)
+    "malformed_chunk": "malformed_after_chunks=21",
+    "error_event_mid_stream": "error_after_chunks=21",
+    "ends_without_done": "end_after_chunks=21",
+}
+
+
+async def whole_answer(mock: MockServer, max_tokens: int) -> str:
+    async with AsyncOpenAI(base_url=mock.url, api_key="k", max_retries=0) as direct:
+        done = await direct.chat.completions.create(model=PRIMARY, messages=CHAT, max_tokens=max_tokens)
+    mock.recorder.clear()
+    return done.choices[0].message.content or ""
+
+
+@pytest.mark.parametrize("case", list(BREAKS))
+async def test_broken_stream_is_continued_by_the_fallback(make_gateway: GatewayFactory,
+                                                          mock_upstream: MockServer, case: str) -> None:
+    """The client's reassembled text is the unbroken answer: the primary's part, then the fallback's
+    continuation (asked with the text so far as an assistant prefill), same id, no repeat, no loss."""
+    gw = await two_deployments(make_gateway, mock_upstream, backup=CONTINUES)
+    expected = await whole_answer(mock_upstream, 60)
+    await queue_faults(mock_upstream, BREAKS[case])
+    started = time.perf_counter()
+    async with sdk(gw) as client:
+        stream = await client.chat.completions.create(model=PRIMARY, messages=CHAT, stream=True,
+                                                      max_tokens=60)
+        ids, text, finish = set(), "", None
+        async for chunk in stream:
+            ids.add(chunk.id)
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+    assert text == expected and len(ids) == 1 and finish == "length"
+    assert time.perf_counter() - started < 3.0
+    continued = mock_upstream.recorder.attempts[1].json
+    assert seen(mock_upstream) == [PRIMARY, FALLBACK] and continued["messages"][-1]["role"] == "assistant"
+    assert expected.startswith(continued["messages"][-1]["content"]) and continued["max_tokens"] < 60
+    assert sample(gw, "gateway_continuations_total", route=PRIMARY, outcome="continued") == 1
+
+
+async def test_continued_stream_is_marked_and_ends_with_done(make_gateway: GatewayFactory,
+                                                             mock_upstream: MockServer) -> None:
+    """On the wire: one SSE comment names the continuation, then [DONE]; the usage is summed."""
+    gw = await two_deployments(make_gateway, mock_upstream, backup=CONTINUES)
+    await queue_faults(mock_upstream, BREAKS["cut_after_40_of_60"])
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.base_url + "/chat/completions", json={
+                "model": PRIMARY, "messages": CHAT, "stream": True, "max_tokens": 60,
+                "stream_options": {"include_usage": True}}) as resp:
+            raw = (await resp.read()).decode()
+    frames = [f for f in raw.split("\n\n") if f]
+    assert frames[-1] == "data: [DONE]"
+    assert frames[-2] == ": x-gateway-continued upstream=backup after=reset_mid_stream"
+    usage = json.loads(frames[-3].removeprefix("data: "))["usage"]
+    assert usage["completion_tokens"] == 60 and '"error"' not in raw
+
+
+async def test_cut_stream_whose_fallback_rejects_prefill_ends_with_the_original_error(
+        make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
+    """No target can continue: the client's stream ends with the *original* failure, not the 400."""
+    gw = await two_deployments(make_gateway, mock_upstream, backup=CONTINUES)
+    await queue_faults(mock_upstream, BREAKS["cut_after_40_of_60"])
+    await queue_faults(mock_upstream, "reject_prefill", model=FALLBACK)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gw.base_url + "/chat/completions", json={
+                "model": PRIMARY, "messages": CHAT, "stream": True, "max_tokens": 60}) as resp:
+            raw = (await resp.read()).decode()
+    frames = [f for f in raw.split("\n\n") if f]
+    assert "[DONE]" not in raw and json.loads(frames[-1].removeprefix("data: "))["error"]["code"] == \
+        "reset_mid_stream"
+    assert seen(mock_upstream) == [PRIMARY, FALLBACK] and mock_upstream.recorder.attempts[1].status == 400
+    assert sample(gw, "gateway_continuations_total", route=PRIMARY, outcome="no_target") == 1
+
+
+async def test_without_continuation_a_cut_stream_still_ends_with_an_error(make_gateway: GatewayFactory,
+                                                                          mock_upstream: MockServer) -> None:
+    """Positive control: no fallback can continue (the default): error event, no [DONE]."""
+    gw = await two_deployments(make_gateway, mock_upstream)
+    await queue_faults(mock_upstream, BREAKS["cut_after_40_of_60"])
+    async with sdk(gw) as client:
+        stream = await client.chat.completions.create(model=PRIMARY, messages=CHAT, stream=True,
+                                                      max_tokens=60)
+        with pytest.raises(openai.APIError):
+            async for _ in stream:
+                pass
+    assert seen(mock_upstream) == [PRIMARY]
