@@ -3,8 +3,15 @@
 The fake provider plays two deployments: the primary serves model ``gpt-4o`` (upstream
 ``primary``), the fallback serves ``gpt-4o-mini`` (upstream ``backup``); scripted faults match
 the primary's model only. Timeouts are scaled down (1 s stands for the issue's 30 s), so the
-whole module runs in a few seconds. Each test asserts the rescued answer through the openai
-SDK, the attempts each deployment saw and the wall time.
+whole module runs in about 20 s. Each test asserts the rescued answer through the openai
+SDK (or the clean error), the attempts each deployment saw and the wall time.
+
+Cases: 429 with Retry-After once, 429 always, 500 once, 503 always, reset before headers, no
+response at all, first token after 20 s (move on; hedged), stream cut after 40 of 60 tokens,
+stall mid-answer, malformed chunk, error event mid-stream, end without [DONE] (continued),
+a cut stream whose fallback rejects prefill (original error), 400 context_length_exceeded
+(context_fallbacks), 400 content filter (passed through), primary down 60 s then healthy,
+503 then fallback with usage charged to the deployment that answered.
 """
 from __future__ import annotations
 
@@ -19,9 +26,11 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from gateway.exchange import Exchange
 from gateway.mock import MockServer
 from policies.resilience.config import CircuitBreakerConfig
 from tests.support.servers import InProcessGateway
+from tests.support.until import until
 
 CHAT: list[Any] = [{"role": "user", "content": "Say hello"}]
 FAST = {"max_attempts": 3, "base_delay_s": 0.01, "max_delay_s": 0.05}
@@ -277,3 +286,34 @@ async def test_without_continuation_a_cut_stream_still_ends_with_an_error(make_g
             async for _ in stream:
                 pass
     assert seen(mock_upstream) == [PRIMARY]
+
+
+# fault on the primary, how many times, the deployments the provider saw, who answered
+BEFORE_FIRST_BYTE = {
+    "429_retry_after_once": ("status=429;retry_after=1", 1, [PRIMARY, PRIMARY], "primary"),
+    "429_always": ("status=429", -1, [PRIMARY] * 3 + [FALLBACK], "backup"),
+    "500_once": ("status=500", 1, [PRIMARY, PRIMARY], "primary"),
+    "503_always": ("status=503", -1, [PRIMARY] * 3 + [FALLBACK], "backup"),
+    "reset_before_headers": ("reset_before_headers", 1, [PRIMARY, PRIMARY], "primary"),
+}
+
+
+@pytest.mark.parametrize("case", list(BEFORE_FIRST_BYTE))
+async def test_faults_before_the_first_byte(make_gateway: GatewayFactory, mock_upstream: MockServer,
+                                            case: str) -> None:
+    """"Try again" faults stay on the primary; a primary that keeps failing hands over to the fallback,
+    which is charged the usage (the finished record names the deployment that answered)."""
+    gw = await two_deployments(make_gateway, mock_upstream)
+    finished: list[Exchange] = []
+    gw.state.sinks.append(finished.append)
+    fault, times, expected, served_by = BEFORE_FIRST_BYTE[case]
+    await queue_faults(mock_upstream, fault, times=times)
+    started = time.perf_counter()
+    async with sdk(gw) as client:
+        raw = await client.chat.completions.with_raw_response.create(model=PRIMARY, messages=CHAT)
+    assert raw.parse().choices[0].message.content and raw.headers["x-gateway-upstream"] == served_by
+    assert seen(mock_upstream) == expected and time.perf_counter() - started < 3.0
+    await until(lambda: bool(finished), timeout=3.0)
+    record = finished[0]
+    assert record.target.upstream == served_by and record.record.usage is not None
+    assert record.target.model == (FALLBACK if served_by == "backup" else PRIMARY)

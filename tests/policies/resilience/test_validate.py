@@ -59,3 +59,14 @@ def test_hedge_block_is_checked() -> None:
     ok = {**raw, "routes": [{"upstream": "a", "hedge": {"after": "p95", "after_s": 2},
                              "fallbacks": [{"upstream": "a"}]}]}
     assert parse_config(ok, env={}).routes[0].hedge is not None
+
+
+def test_continue_on_break_needs_a_fallback_that_can_continue() -> None:
+    ups = {"a": {"base_url": "http://a/v1"}, "b": {"base_url": "http://b/v1"}}
+    raw = {"upstreams": ups, "routes": [{"upstream": "a", "continue_on_break": True,
+                                         "fallbacks": [{"upstream": "b"}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    assert err.value.problems[0].startswith("routes[0].continue_on_break: no fallback")
+    ok = {**raw, "upstreams": {**ups, "b": {"base_url": "http://b/v1", "continuation": "prefill"}}}
+    assert parse_config(ok, env={}).upstreams["b"].continuation == "prefill"
