@@ -75,6 +75,15 @@ class FallbackConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DeploymentConfig:
+    """One deployment of the route's model (issue 18: routing across deployments)."""
+
+    upstream: str
+    model: str | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
     """A route; the optional policy blocks are already merged over the global ones."""
 
@@ -88,6 +97,10 @@ class RouteConfig:
     hedge: HedgeConfig | None = None  # a late first token starts the request on the next target too
     # A committed chat stream that breaks is finished by a fallback; None: on when a fallback can continue.
     continue_on_break: bool | None = None
+    # Several deployments of the model, balanced (least in-flight x latency EWMA, power of two choices);
+    # ``upstream`` is one of them (added with weight 1 if not listed). Fallbacks come after all of them.
+    targets: list[DeploymentConfig] = field(default_factory=list)
+    affinity: Literal["none", "prefix"] = "none"  # prefix: a long shared prompt prefix keeps its deployment
     cache: CacheConfig | None = None
     compression: CompressionConfig | None = None
     budgets: BudgetsConfig | None = None

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.appstate import AppState
+from gateway.body import Observed
 from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.errors import LocalReply, UpstreamFailure
@@ -99,6 +100,8 @@ class RetryPolicy:
         targets = list(self.planner(ex))
         run = _Run()
         primary_model = ex.target.model
+        if targets[0].balanced:
+            switch_to(ex, targets[0], primary_model)  # the deployment picked for this request (and its model)
         failed: _Failed | None = None
         index = 0
         while index < len(targets):
@@ -226,6 +229,23 @@ class RetryPolicy:
 
     async def _attempt(self, ex: Exchange, next: Next, target: Target,
                        run: _Run) -> UpstreamResponse | _Failed:
+        if not target.balanced:
+            return await self._send(ex, next, target, run)
+        load = self.res.load(target.key)
+        load.begin()
+        try:
+            result = await self._send(ex, next, target, run)
+        except BaseException:
+            load.end()
+            raise
+        if isinstance(result, UpstreamResponse) and result.status < 300:
+            body = Observed(result.body, on_end=lambda _error: load.end())  # in flight until its body ends
+            return UpstreamResponse(result.status, result.headers, body, result.source, result.upstream)
+        load.end()
+        return result
+
+    async def _send(self, ex: Exchange, next: Next, target: Target,
+                    run: _Run) -> UpstreamResponse | _Failed:
         started, waited_before = self.clock(), ex.record.waited_s
         try:
             resp = await next(ex)
@@ -287,6 +307,8 @@ class RetryPolicy:
         if route is not None and route.hedge is not None:
             ttft = self.clock() - started
             self.res.ttft.record(ex.request.route_name, target.key, ttft, route.hedge.window)
+        if target.balanced:
+            self.res.load(target.key).observe(self.clock() - started)
         body = Replay(peeked.chunks, resp.body, ended=peeked.verdict == "ended")
         return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
 
@@ -370,6 +392,7 @@ def _settle(ticket: Ticket | None, outcome: str) -> None:
 
 
 async def factory(state: AppState, config: Config) -> RetryPolicy:
-    planner = RoutePlanner(config)
-    return RetryPolicy(res=resilience_of(state, config), planner=planner, clock=state.clock,
+    res = resilience_of(state, config)
+    planner = RoutePlanner(config, res)
+    return RetryPolicy(res=res, planner=planner, clock=state.clock,
                        context_planner=planner.context_plan)

@@ -1,6 +1,8 @@
 """Start-up checks of the ``retry`` blocks (per upstream, per route): ``dotted.path: what is wrong``."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from gateway.config_model import Config
 from policies.resilience.config import CircuitBreakerConfig, HedgeConfig
 
@@ -18,6 +20,8 @@ def problems(cfg: Config) -> list[str]:
                 ups[fb.upstream].continuation != "none" for fb in route.fallbacks if fb.upstream in ups):
             found.append(f"routes[{i}].continue_on_break: no fallback's upstream has continuation set "
                          "(prefill or continue_final_message)")
+        found += [f"routes[{i}].targets[{j}].{problem}" for j, d in enumerate(route.targets)
+                  for problem in _check_deployment(d.upstream, d.weight, ups)]
         if route.hedge is not None:
             found += _check_hedge(f"routes[{i}].hedge", route.hedge, len(route.fallbacks))
         found += [f"routes[{i}].context_fallbacks[{j}].upstream: unknown upstream {fb.upstream!r}"
@@ -85,3 +89,10 @@ def quantile_of(after: str) -> float | None:
     """``p95`` -> 0.95; None when it is not p50..p99."""
     digits = after[1:] if after.startswith("p") else ""
     return int(digits) / 100 if digits.isdigit() and len(digits) == 2 and 50 <= int(digits) <= 99 else None
+
+
+def _check_deployment(upstream: str, weight: float, upstreams: Mapping[str, object]) -> list[str]:
+    found = [] if upstream in upstreams else [f"upstream: unknown upstream {upstream!r}"]
+    if weight <= 0:
+        found.append("weight: must be > 0")
+    return found

@@ -29,6 +29,7 @@ from openai import AsyncOpenAI
 from gateway.exchange import Exchange
 from gateway.mock import MockServer
 from policies.resilience.config import CircuitBreakerConfig
+from policies.resilience.registry import COMPONENT as RESILIENCE
 from tests.support.servers import InProcessGateway
 from tests.support.until import until
 
@@ -317,3 +318,48 @@ async def test_faults_before_the_first_byte(make_gateway: GatewayFactory, mock_u
     record = finished[0]
     assert record.target.upstream == served_by and record.record.usage is not None
     assert record.target.model == (FALLBACK if served_by == "backup" else PRIMARY)
+
+
+async def deployments_gateway(make_gateway: GatewayFactory, mock: MockServer) -> InProcessGateway:
+    """One route, two deployments of the model (told apart at the provider by the model they get)."""
+    up = {"base_url": mock.url, "api_key": "sk-upstream-secret", "retry": FAST}
+    return await make_gateway(
+        upstreams={"east": up, "west": up},
+        routes=[{"match": {"model": PRIMARY}, "upstream": "east",
+                 "targets": [{"upstream": "east", "model": "gpt-4o-east"},
+                             {"upstream": "west", "model": "gpt-4o-west"}]}])
+
+
+async def test_deployments_share_concurrent_load(make_gateway: GatewayFactory,
+                                                 mock_upstream: MockServer) -> None:
+    """Concurrent slow streams spread over both deployments (least in flight); each answer names its own."""
+    gw = await deployments_gateway(make_gateway, mock_upstream)
+    async with aiohttp.ClientSession() as session:
+        async def one() -> str:
+            async with session.post(gw.base_url + "/chat/completions",
+                                    headers={"x-mock-fault": "ttft_ms=300"},
+                                    json={"model": PRIMARY, "messages": CHAT, "stream": True}) as resp:
+                body = await resp.read()
+                assert resp.status == 200 and body.endswith(b"data: [DONE]\n\n")
+                return resp.headers["x-gateway-upstream"]
+
+        served = await asyncio.gather(*(one() for _ in range(8)))
+    counts = {name: served.count(name) for name in ("east", "west")}
+    assert counts["east"] >= 3 and counts["west"] >= 3, counts
+    by_model = [a.model for a in mock_upstream.recorder.attempts]
+    assert by_model.count("gpt-4o-east") == counts["east"] and by_model.count("gpt-4o-west") == counts["west"]
+    loads = gw.state.components[RESILIENCE].loads
+    assert loads["east"].in_flight == 0 and loads["west"].in_flight == 0  # every body's end was counted
+
+
+async def test_deployment_with_open_breaker_is_skipped(make_gateway: GatewayFactory,
+                                                       mock_upstream: MockServer) -> None:
+    """One deployment 503s: its requests move to the other; once its breaker opens it gets none."""
+    gw = await deployments_gateway(make_gateway, mock_upstream)
+    await queue_faults(mock_upstream, "status=503", model="gpt-4o-east")
+    async with sdk(gw) as client:
+        for _ in range(10):
+            raw = await client.chat.completions.with_raw_response.create(model=PRIMARY, messages=CHAT)
+            assert raw.parse().choices[0].message.content and raw.headers["x-gateway-upstream"] == "west"
+    east = [a for a in mock_upstream.recorder.attempts if a.model == "gpt-4o-east"]
+    assert len(east) <= 5 and gw.state.components[RESILIENCE].breakers["east"].state == "open"

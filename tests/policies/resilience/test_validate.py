@@ -70,3 +70,12 @@ def test_continue_on_break_needs_a_fallback_that_can_continue() -> None:
     assert err.value.problems[0].startswith("routes[0].continue_on_break: no fallback")
     ok = {**raw, "upstreams": {**ups, "b": {"base_url": "http://b/v1", "continuation": "prefill"}}}
     assert parse_config(ok, env={}).upstreams["b"].continuation == "prefill"
+
+
+def test_deployment_targets_are_checked() -> None:
+    raw = {"upstreams": {"a": {"base_url": "http://a/v1"}},
+           "routes": [{"upstream": "a", "targets": [{"upstream": "a", "weight": 0}, {"upstream": "zz"}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    assert err.value.problems == ["routes[0].targets[0].weight: must be > 0",
+                                  "routes[0].targets[1].upstream: unknown upstream 'zz'"]
