@@ -363,3 +363,37 @@ async def test_deployment_with_open_breaker_is_skipped(make_gateway: GatewayFact
             assert raw.parse().choices[0].message.content and raw.headers["x-gateway-upstream"] == "west"
     east = [a for a in mock_upstream.recorder.attempts if a.model == "gpt-4o-east"]
     assert len(east) <= 5 and gw.state.components[RESILIENCE].breakers["east"].state == "open"
+
+
+@pytest.mark.parametrize("phase", ["hedge_race", "continuation"])
+async def test_client_leaving_closes_every_attempt(make_gateway: GatewayFactory, mock_upstream: MockServer,
+                                                   phase: str) -> None:
+    """A client that leaves while a hedge races the primary, or while a continuation streams, frees both
+    provider requests within 1 s and the request is recorded as gone."""
+    gw = await two_deployments(make_gateway, mock_upstream, first_byte_s=30.0, backup=CONTINUES,
+                               route={"hedge": {"after_s": 0.2}})
+    finished: list[Exchange] = []
+    gw.state.sinks.append(finished.append)
+    if phase == "hedge_race":
+        await queue_faults(mock_upstream, "ttft_ms=20000", times=1)
+        await queue_faults(mock_upstream, "ttft_ms=20000", times=1, model=FALLBACK)
+    else:
+        await queue_faults(mock_upstream, BREAKS["cut_after_40_of_60"], times=1)
+        await queue_faults(mock_upstream, "stall_after_chunks=3;stall_ms=20000", times=1, model=FALLBACK)
+    recorder = mock_upstream.recorder
+    session = aiohttp.ClientSession()
+    task = asyncio.create_task(session.post(gw.base_url + "/chat/completions", json={
+        "model": PRIMARY, "messages": CHAT, "stream": True, "max_tokens": 60}))
+    await until(lambda: len(recorder.attempts) == 2 and recorder.attempts[1].events_sent >= 1, timeout=5.0,
+                interval=0.005)
+    resp = await task if phase == "continuation" else None
+    if resp is not None:
+        resp.close()
+    task.cancel()
+    await session.close()
+    left_at = time.perf_counter()
+    await until(lambda: all(a.outcome is not None for a in recorder.attempts) and bool(finished), timeout=3.0)
+    assert time.perf_counter() - left_at < 1.0
+    first = "client_disconnected" if phase == "hedge_race" else "fault:reset_after_chunks"
+    assert [a.outcome for a in recorder.attempts] == [first, "client_disconnected"]
+    assert finished[0].record.stream_outcome == "client_gone" and not gw.state.lifecycle.active
