@@ -397,3 +397,28 @@ async def test_client_leaving_closes_every_attempt(make_gateway: GatewayFactory,
     first = "client_disconnected" if phase == "hedge_race" else "fault:reset_after_chunks"
     assert [a.outcome for a in recorder.attempts] == [first, "client_disconnected"]
     assert finished[0].record.stream_outcome == "client_gone" and not gw.state.lifecycle.active
+
+
+@pytest.mark.parametrize("with_fallback", [True, False])
+async def test_precheck_sends_a_too_long_prompt_to_the_larger_window(
+        make_gateway: GatewayFactory, mock_upstream: MockServer, with_fallback: bool) -> None:
+    """The gateway's own pre-check (compression on, model windows known): a prompt over gpt-4o's budget goes
+    whole to the context_fallbacks model that fits it; without one (control) it gets the gateway's 400
+    context_length_exceeded (this conversation cannot be compressed enough), never a silent truncation."""
+    route = {"context_fallbacks": [{"upstream": "backup", "model": "gpt-4.1"}]} if with_fallback else {}
+    gw = await two_deployments(make_gateway, mock_upstream, route=route, budgets={"default_max_tokens": 100},
+                               models={PRIMARY: {"context_window": 600},
+                                       "gpt-4.1": {"context_window": 100000}})
+    long_chat: list[Any] = [{"role": "user", "content": f"Old question {i}: " + "tell me more " * 30}
+                            for i in range(8)]
+    long_chat += [{"role": "assistant", "content": "Sure."}, {"role": "user", "content": "Say hello"}]
+    async with sdk(gw) as client:
+        if not with_fallback:
+            with pytest.raises(openai.BadRequestError) as err:
+                await client.chat.completions.create(model=PRIMARY, messages=long_chat)
+            assert err.value.code == "context_length_exceeded" and seen(mock_upstream) == []
+            return
+        raw = await client.chat.completions.with_raw_response.create(model=PRIMARY, messages=long_chat)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-gateway-upstream"] == "backup" and seen(mock_upstream) == ["gpt-4.1"]
+    assert mock_upstream.recorder.attempts[-1].json["messages"] == long_chat  # whole: nothing was dropped
