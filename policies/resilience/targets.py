@@ -52,7 +52,9 @@ class RoutePlanner:
 
     def __call__(self, ex: Exchange) -> Plan:
         route = ex.request.route
-        if route is not None and route.targets and self.res is not None:
+        if (route is not None and route.targets and self.res is not None
+                and ex.target.upstream == route.upstream
+                and ex.target.model == (route.model or ex.request.model)):  # not moved to a larger window
             return self._balanced(ex, route, self.res)
         key = (id(route), ex.target.upstream)
         plan = self._memo.get(key)
