@@ -90,7 +90,8 @@ def _prefill(body: dict[str, Any], messages: list[dict[str, Any]]) -> str | None
     return text or None
 
 
-def _continued(seed: int, prefill: str, max_tokens: int | None, default: int) -> tuple[tuple[str, ...], bool]:
+def continued_pieces(seed: int, prefill: str, max_tokens: int | None,
+                     default: int) -> tuple[tuple[str, ...], bool]:
     """The rest of the answer ``prefill`` began: the same pieces the unbroken answer has after it.
 
     ``max_tokens`` counts the continuation's tokens (as providers do); without it the whole answer
@@ -152,7 +153,7 @@ def plan_chat(ctx: RequestContext) -> ChatPlan:
 def _plan_continuation(ctx: RequestContext, body: dict[str, Any], model: str, messages: list[dict[str, Any]],
                        prefill: str, max_tokens: int | None) -> ChatPlan:
     seed = derive_seed(ctx.cfg.seed, messages[:-1])  # the answer the conversation without the prefill gets
-    pieces, hit_limit = _continued(seed, prefill, max_tokens, ctx.cfg.default_tokens)
+    pieces, hit_limit = continued_pieces(seed, prefill, max_tokens, ctx.cfg.default_tokens)
     return ChatPlan(
         id="chatcmpl-" + secrets.token_hex(12), created=int(time.time()), model=model, pieces=pieces,
         tool_calls=(), finish_reason="length" if hit_limit else "stop",

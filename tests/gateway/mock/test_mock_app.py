@@ -633,3 +633,13 @@ async def test_mid_stream_faults(http: aiohttp.ClientSession, server: MockServer
     assert len(frames) == 3 if fault.startswith("end") else True
     assert frames[3].startswith('data: {"choices"') if fault.startswith("malformed") else True
     assert server.recorder.attempts[-1].outcome == outcome
+
+
+async def test_responses_prefill_continues_the_same_answer(client: AsyncOpenAI) -> None:
+    whole = await client.responses.create(model="m", input="Say hello", max_output_tokens=12)
+    words = whole.output_text.split(" ")
+    head = " ".join(words[:5])
+    rest = await client.responses.create(
+        model="m", input=[{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": head}],
+        max_output_tokens=7)
+    assert head + rest.output_text == whole.output_text
