@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -33,6 +33,28 @@ Resume = Callable[[str, int], Awaitable[tuple[UpstreamResponse, str] | None]]
 Report = Callable[[str, str], None]
 Verdict = Literal["ok", "done", "error", "malformed"]
 DONE = b"data: [DONE]\n\n"
+
+
+class Reader(Protocol):
+    """What the client has received of the answer (one per API dialect)."""
+
+    text: list[str]
+    chunks: int
+    plain: bool
+    finished: bool
+    done: bool
+
+    def look(self, event: bytes) -> Verdict: ...
+
+    def closing(self) -> bytes:
+        """The end marker to add when the answer is whole but its end is missing (b"": cannot)."""
+        ...
+
+
+class Writer(Protocol):
+    def event(self, event: bytes) -> tuple[bytes, bool]:
+        """One continuation event as the client must see it, and whether it ends the answer."""
+        ...
 
 
 @dataclass(slots=True)
@@ -86,6 +108,9 @@ class SoFar:
         if choice.get("finish_reason"):
             self.finished = True
 
+    def closing(self) -> bytes:
+        return DONE
+
 
 def continuation_body(body: dict[str, Any], text: str, chunks: int, mode: Mode) -> dict[str, Any]:
     """The request that asks for the rest of ``text``: the same conversation, the answer so far as a
@@ -105,14 +130,16 @@ def continuation_body(body: dict[str, Any], text: str, chunks: int, mode: Mode) 
 class Spliced:
     """The client's body: the primary stream, then (after a break) the continuation's."""
 
-    __slots__ = ("_gen", "_inner", "_report", "_rest", "_resume", "_stop", "so_far")
+    __slots__ = ("_gen", "_inner", "_report", "_rest", "_resume", "_stop", "_writer", "so_far")
 
-    def __init__(self, inner: AsyncIterator[bytes], resume: Resume, report: Report) -> None:
+    def __init__(self, inner: AsyncIterator[bytes], resume: Resume, report: Report,
+                 reader: Reader | None = None, writer: Callable[[Any], Writer] | None = None) -> None:
         self._inner = inner
         self._resume = resume
         self._report = report
         self._rest: AsyncIterator[bytes] | None = None  # the continuation's body, once it started
-        self.so_far = SoFar()
+        self.so_far: Reader = reader if reader is not None else SoFar()
+        self._writer = writer if writer is not None else _Rewrite
         self._stop = False
         self._gen = self._run()
 
@@ -147,8 +174,9 @@ class Spliced:
     async def _on_end(self) -> AsyncGenerator[bytes, None]:
         if self.so_far.done:
             return
-        if self.so_far.finished:  # the whole answer came, only [DONE] is missing
-            yield DONE
+        closing = self.so_far.closing() if self.so_far.finished else b""
+        if closing:  # the whole answer came, only its end marker is missing
+            yield closing
             return
         async for out in self._on_break(b"", None, "ended_without_done"):
             yield out
@@ -197,17 +225,17 @@ class Spliced:
     async def _splice(self, body: AsyncIterator[bytes], upstream: str, failure: UpstreamFailure | None,
                       why: str) -> AsyncGenerator[bytes, None]:
         split = EventSplitter()
-        rewrite = _Rewrite(self.so_far)
+        rewrite = self._writer(self.so_far)
         try:
             async for chunk in body:
                 out = b""
                 for event in split.events(chunk):
-                    piece = rewrite.event(event)
-                    if piece == DONE:
+                    piece, ended = rewrite.event(event)
+                    if ended:
                         self._report("continued", upstream)
                         mark = b": x-gateway-continued upstream=%s after=%s\n\n" % (
                             upstream.encode(), why.encode())
-                        yield out + mark + DONE
+                        yield out + mark + piece
                         return
                     out += piece
                 if out:
@@ -225,15 +253,15 @@ class _Rewrite:
 
     __slots__ = ("so_far",)
 
-    def __init__(self, so_far: SoFar) -> None:
+    def __init__(self, so_far: Any) -> None:
         self.so_far = so_far
 
-    def event(self, event: bytes) -> bytes:
+    def event(self, event: bytes) -> tuple[bytes, bool]:
         _, data = parse_event(event)
         if data is None:
-            return b""
+            return b"", False
         if data == b"[DONE]":
-            return DONE
+            return DONE, True
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -245,17 +273,28 @@ class _Rewrite:
         obj.update(id=so_far.id, created=so_far.created, model=so_far.model)
         choices = [c for c in obj.get("choices") or () if isinstance(c, dict) and not _role_only(c)]
         if obj.get("choices") and not choices:
-            return b""
+            return b"", False
         obj["choices"] = choices
         usage = obj.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             usage["completion_tokens"] += so_far.chunks  # the part the primary produced
             if isinstance(usage.get("total_tokens"), int):
                 usage["total_tokens"] += so_far.chunks
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
+        return b"data: " + orjson.dumps(obj) + b"\n\n", False
 
 
 def _role_only(choice: dict[str, Any]) -> bool:
     delta = choice.get("delta")
     return (isinstance(delta, dict) and "role" in delta and not delta.get("content")
             and not choice.get("finish_reason"))
+
+
+def responses_body(body: dict[str, Any], text: str, chunks: int) -> dict[str, Any]:
+    """The Responses request that asks for the rest of ``text`` (an assistant message appended)."""
+    given = body.get("input")
+    items = [{"role": "user", "content": given}] if isinstance(given, str) else list(given or ())
+    out = {**body, "input": [*items, {"role": "assistant", "content": text}]}
+    limit = out.get("max_output_tokens")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        out["max_output_tokens"] = max(1, limit - chunks)
+    return out

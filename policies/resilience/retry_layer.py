@@ -26,6 +26,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.appstate import AppState
 from gateway.body import Observed
@@ -40,7 +41,8 @@ from policies.resilience.breaker_layer import take_ticket
 from policies.resilience.commit import Replay, close_body, peek
 from policies.resilience.config import RetryConfig
 from policies.resilience.context_window import read_error
-from policies.resilience.continuation import Mode, Spliced, continuation_body
+from policies.resilience.continuation import Mode, Spliced, continuation_body, responses_body
+from policies.resilience.continuation_responses import ResponsesRewrite, ResponsesSoFar
 from policies.resilience.hedge import adopt, fork, hedge_delay, race
 from policies.resilience.registry import Resilience, resilience_of
 from policies.resilience.retry_budget import RetryBudget
@@ -52,6 +54,7 @@ Planner = Callable[[Exchange], Plan]
 Sleep = Callable[[float], Awaitable[object]]
 # Failures that say "this upstream is slow or silent", not "try again": with a later target in the
 # plan they move on to it at once instead of waiting out the same timeout again on the same upstream.
+_CONTINUED = frozenset({"chat", "responses"})  # operations whose broken streams can be continued
 CONTEXT_EXCEEDED = "context_length_exceeded"  # a provider 400: the prompt does not fit this model
 MOVE_ON = frozenset({"timeout_before_first_byte", "connect_timeout", "idle_timeout"})
 # Seen from the client, a failure before the commit point is always "before the response".
@@ -157,8 +160,8 @@ class RetryPolicy:
         route = ex.request.route
         wanted = route.continue_on_break if route is not None else False
         able = [t for t in rest if t.continuation != "none"]
-        if (not able or wanted is False or route is None or ex.request.operation != "chat" or not resp.is_sse
-                or resp.status >= 300 or ex.body is None):
+        if (not able or wanted is False or route is None or ex.request.operation not in _CONTINUED
+                or not resp.is_sse or resp.status >= 300 or ex.body is None):
             return resp
         broken_key = ex.target.upstream
 
@@ -175,7 +178,9 @@ class RetryPolicy:
                     "event": "stream_continued", "request_id": ex.request.request_id,
                     "route": ex.request.route_name, "from": broken_key, "to": upstream}})
 
-        body = Spliced(resp.body, resume, report)
+        responses = ex.request.operation == "responses"
+        body = (Spliced(resp.body, resume, report, ResponsesSoFar(), ResponsesRewrite) if responses
+                else Spliced(resp.body, resume, report))
         return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
 
     async def _resume(self, ex: Exchange, next: Next, able: list[Target], primary_model: str, run: _Run,
@@ -185,9 +190,7 @@ class RetryPolicy:
             twin = fork(ex)
             switch_to(twin, target, primary_model)
             assert twin.body is not None
-            final = target.continuation == "continue_final_message"
-            mode: Mode = "continue_final_message" if final else "prefill"
-            twin.set_body(continuation_body(twin.body, text, chunks, mode))
+            twin.set_body(_continuation_request(ex.request.operation, twin.body, text, chunks, target))
             result = await self._on_target(twin, next, target, run)
             if isinstance(result, UpstreamResponse) and result.status < 300 and result.is_sse:
                 ex.target.upstream, ex.target.model = twin.target.upstream, twin.target.model
@@ -376,6 +379,15 @@ class RetryPolicy:
             error.headers.update(headers)
         assert error is not None
         raise error  # an UpstreamFailure: the handler answers 502/504 with ex.response_headers
+
+
+def _continuation_request(operation: str, body: dict[str, Any], text: str, chunks: int,
+                          target: Target) -> dict[str, Any]:
+    if operation == "responses":
+        return responses_body(body, text, chunks)
+    final = target.continuation == "continue_final_message"
+    mode: Mode = "continue_final_message" if final else "prefill"
+    return continuation_body(body, text, chunks, mode)
 
 
 async def _drop(result: UpstreamResponse | _Failed) -> None:

@@ -422,3 +422,32 @@ async def test_precheck_sends_a_too_long_prompt_to_the_larger_window(
     assert raw.parse().choices[0].message.content
     assert raw.headers["x-gateway-upstream"] == "backup" and seen(mock_upstream) == ["gpt-4.1"]
     assert mock_upstream.recorder.attempts[-1].json["messages"] == long_chat  # whole: nothing was dropped
+
+
+@pytest.mark.parametrize("fault", ["reset_after_chunks=24", "error_after_chunks=24"])
+async def test_broken_responses_stream_is_continued(make_gateway: GatewayFactory, mock_upstream: MockServer,
+                                                    fault: str) -> None:
+    """The Responses API stream: the deltas and the final response's output_text are the unbroken answer,
+    under the primary's response and item ids."""
+    gw = await two_deployments(make_gateway, mock_upstream, backup=CONTINUES)
+    async with AsyncOpenAI(base_url=mock_upstream.url, api_key="k", max_retries=0) as direct:
+        whole = await direct.responses.create(model=PRIMARY, input="Say hello", max_output_tokens=60)
+    expected = whole.output_text
+    mock_upstream.recorder.clear()
+    await queue_faults(mock_upstream, fault)
+    async with sdk(gw) as client:
+        stream = await client.responses.create(model=PRIMARY, input="Say hello", stream=True,
+                                               max_output_tokens=60)
+        deltas, final, ids = "", None, set()
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas += event.delta
+                ids.add(event.item_id)
+            elif event.type == "response.created":
+                created_id = event.response.id
+            elif event.type in ("response.completed", "response.incomplete"):  # incomplete: max_output_tokens
+                final = event.response
+    assert final is not None and deltas == expected and final.output_text == expected
+    assert final.id == created_id and len(ids) == 1 and final.output[0].id in ids
+    assert seen(mock_upstream) == [PRIMARY, FALLBACK]
+    assert mock_upstream.recorder.attempts[1].json["input"][-1]["role"] == "assistant"
