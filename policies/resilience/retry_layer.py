@@ -136,6 +136,7 @@ class RetryPolicy:
         if after is None:
             return await self._on_target(ex, next, targets[index], run, last=last), index + 1
         twin = fork(ex)
+        take_ticket(twin)  # the primary's pending breaker ticket is the primary's to settle
         hedge_target = targets[index + 1]
 
         def start_hedge() -> Awaitable[UpstreamResponse | _Failed] | None:
@@ -188,6 +189,7 @@ class RetryPolicy:
         """The rest of a broken answer from the first target that can give it (committed), or None."""
         for target in able:
             twin = fork(ex)
+            take_ticket(twin)
             switch_to(twin, target, primary_model)
             assert twin.body is not None
             twin.set_body(_continuation_request(ex.request.operation, twin.body, text, chunks, target))

@@ -509,6 +509,9 @@ async def test_hedge_wins_over_a_late_primary_and_the_answer_names_the_fallback(
     assert (ex.target.upstream, ex.target.model) == ("b", "small")
     assert ex.response_headers == {"x-gateway-attempts": "2", "x-gateway-hedge": "hedge_won"}
     assert h.sample("gateway_hedges_total", route="gpt-4o", outcome="hedge_won") == 1
+    # the slow primary lost, it did not fail: its breaker ticket was settled neutral, b's as a success
+    assert h.res.breaker("a").consecutive == 0 and h.res.breaker("a")._calls == 0
+    assert h.res.breaker("b")._calls == 1 and ex.state.get(PENDING_TICKET) is None
 
 
 async def test_hedge_counts_against_the_retry_budget() -> None:
