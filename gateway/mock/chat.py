@@ -44,14 +44,33 @@ class ChatPlan:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
 
-def chat_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def cached_prefix_tokens(ctx: RequestContext, messages: list[dict[str, Any]]) -> int:
+    """Tokens of the longest leading messages this instance saw before (then remembers this prompt's)."""
+    cache, floor = ctx.prompt_cache, ctx.cfg.prompt_cache_min_tokens
+    if cache is None or floor <= 0:
+        return 0
+    texts = [content_text(m.get("content")) for m in messages]
+    digests = [derive_seed(0, messages[:i]).to_bytes(8, "big") for i in range(1, len(messages))]
+    cached = 0
+    for i in range(len(digests), 0, -1):
+        if digests[i - 1] in cache:
+            cached = estimate_prompt_tokens(texts[:i])
+            break
+    for i, digest in enumerate(digests, start=1):
+        if estimate_prompt_tokens(texts[:i]) >= floor:
+            cache.add(digest)
+    return cached if cached >= floor else 0
+
+
+def chat_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
 
@@ -147,6 +166,7 @@ def plan_chat(ctx: RequestContext) -> ChatPlan:
         finish_reason=finish,
         prompt_tokens=chat_prompt_tokens(body),
         completion_tokens=completion_tokens,
+        cached_tokens=cached_prefix_tokens(ctx, messages),
     )
 
 
@@ -189,7 +209,7 @@ def chat_completion_body(plan: ChatPlan, *, with_usage: bool) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}],
     }
     if with_usage:
-        body["usage"] = chat_usage(plan.prompt_tokens, plan.completion_tokens)
+        body["usage"] = chat_usage(plan.prompt_tokens, plan.completion_tokens, plan.cached_tokens)
     return body
 
 
@@ -209,7 +229,8 @@ def chat_stream_events(plan: ChatPlan, *, include_usage: bool) -> list[SSEEvent]
             else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if include_usage:
-            obj["usage"] = chat_usage(plan.prompt_tokens, plan.completion_tokens) if delta is None else None
+            usage = chat_usage(plan.prompt_tokens, plan.completion_tokens, plan.cached_tokens)
+            obj["usage"] = usage if delta is None else None
         return sse_frame(obj)
 
     role = {"role": "assistant", "content": None if plan.tool_calls else ""}

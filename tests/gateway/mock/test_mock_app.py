@@ -643,3 +643,26 @@ async def test_responses_prefill_continues_the_same_answer(client: AsyncOpenAI) 
         model="m", input=[{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": head}],
         max_output_tokens=7)
     assert head + rest.output_text == whole.output_text
+
+
+async def test_prompt_cache_reports_a_seen_prefix_as_cached() -> None:
+    """With prompt_cache_min_tokens, the leading messages seen before come back as cached_tokens."""
+    server = await start_mock(MockConfig(prompt_cache_min_tokens=50))
+    system = {"role": "system", "content": "You are a careful agent. " * 40}
+    try:
+        async with AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0) as c:
+            first = await c.chat.completions.create(model="m", messages=[system, user("a")])
+            again = await c.chat.completions.create(model="m", messages=[system, user("b")])
+            other = await c.chat.completions.create(model="m", messages=[
+                {"role": "system", "content": "Another prompt. " * 40}, user("a")])
+    finally:
+        await server.close()
+    assert first.usage and again.usage and other.usage
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # type: ignore[union-attr]
+    cached = again.usage.prompt_tokens_details.cached_tokens  # type: ignore[union-attr]
+    assert 50 <= cached < again.usage.prompt_tokens
+    assert other.usage.prompt_tokens_details.cached_tokens == 0  # type: ignore[union-attr]
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
