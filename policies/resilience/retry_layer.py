@@ -1,15 +1,22 @@
 """Retries with backoff, Retry-After and a budget; failover to the route's fallbacks; the commit point.
 
-For each target of the plan (``policies/resilience/targets.py``: the route's upstream, then
-its fallbacks) the policy calls the inner layers (circuit breaker -> upstream rate
-limit -> upstream) up to ``max_attempts`` times. An attempt fails on a
-connect/reset/timeout failure, a 408/429/5xx, or a stream whose first event is an
+For each target of the plan (``policies/resilience/targets.py``: the route's upstream, or its
+deployments best first (``balance.py``), then its fallbacks) the policy calls the inner
+layers (circuit breaker -> upstream rate limit -> upstream) up to ``max_attempts`` times.
+An attempt fails on a connect/reset/timeout failure, a 408/429/5xx, or a stream whose first event is an
 error; it is retried when its reason is in ``retry_on`` (4xx other than 408/429
 never are), attempts remain, the retry budget allows, the breaker is not open and
 the wait fits the total deadline. A ``Retry-After`` (or ``retry-after-ms``,
 ``x-ratelimit-reset-*`` on a 429) that does not fit ``min(max_retry_after_s,
 remaining deadline)`` is not waited for: the answer goes back at once with its
 headers (or to the next fallback, when there is one).
+
+Issue 18: a first-byte timeout (a silent upstream) MOVES ON to the next target at once
+instead of waiting on the same one again; a provider 400 ``context_length_exceeded`` goes
+to the route's ``context_fallbacks`` (``context_window.py``) instead of its same-size
+fallbacks; with ``hedge`` a late first token races the next target (``hedge.py``); and
+with a fallback that can continue, a committed stream that later breaks is finished by it
+(``continuation.py``, ``continuation_responses.py``).
 
 THE COMMIT POINT: a 2xx answer is not returned until its first meaningful event
 (``policies/resilience/commit.py``) has been read, within the attempt's first-byte
