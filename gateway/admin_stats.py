@@ -20,6 +20,7 @@ from gateway.admin_auth import check_admin
 from gateway.appstate import APP_STATE, AppState
 from gateway.errors import LocalReply
 from gateway.telemetry.live import LiveStats
+from gateway.telemetry.live_fleet import fleet_view
 from gateway.telemetry.live_view import summary
 
 NO_STORE = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
@@ -59,7 +60,8 @@ async def handle_stats(request: web.Request) -> web.Response:
         st, stats = await _admin_state(request)
     except LocalReply as reply:
         return _reply(reply)
-    payload: dict[str, Any] = summary(stats, st)
+    fleet, banner = await fleet_view(st)
+    payload: dict[str, Any] = summary(stats, st, fleet=fleet, banner=banner)
     if request.query.get("series") in ("1", "true"):
         payload["series"] = stats.rows()
     return web.Response(body=orjson.dumps(payload), content_type="application/json", headers=NO_STORE)
@@ -79,7 +81,9 @@ async def handle_stats_stream(request: web.Request) -> web.StreamResponse:
         await resp.write(b"retry: 2000\n\n")
         while not st.lifecycle.draining and await _still_admin(request):
             rows = stats.rows(since=last)
-            event = {"full": last is None, "summary": summary(stats, st, exact=False), "rows": rows}
+            fleet, banner = await fleet_view(st)
+            event = {"full": last is None, "rows": rows,
+                     "summary": summary(stats, st, exact=False, fleet=fleet, banner=banner)}
             if rows:
                 last = rows[-1]["sec"]
             elif last is None:

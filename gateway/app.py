@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -18,11 +19,14 @@ from gateway.metrics_endpoint import add_metrics_route
 from gateway.models_api import handle_models
 from gateway.passthrough import handle_other
 from gateway.routing import Router
+from gateway.state.host_state import HOST_STATE_ENV
 from gateway.state.redis_client import GuardedRedis
+from gateway.telemetry.live_fleet import start_fleet_stats
 from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observability import start_observability
+from gateway.tokens.pool import WorkPool
 from gateway.tokens.tokenizer import Tokenizer
 from gateway.upstream import UpstreamClient
 from policies.ledger.admin import add_usage_route
@@ -80,13 +84,17 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.sinks.append(log_request)
         st.metrics = Metrics(known_models(config))
         st.tokenizer = Tokenizer({name: m.encoding for name, m in config.models.items() if m.encoding})
-        if config.state.backend == "redis":
-            st.backend = GuardedRedis.from_config(config.state, st.clock)
+        st.work = WorkPool(threads=config.server.work_threads, budget_s=config.server.work_budget_s,
+                           metrics=st.metrics, clock=st.clock)
+        st.closers.insert(0, _closing(st.work))
+        st.backend = shared_backend(config, st.clock)
+        if st.backend is not None:
             st.closers.append(st.backend.close)
         try:
             await start_observability(st, config)  # metrics sink, usage accounting, tracing, ledger
             st.stats = create_live_stats(st)  # after accounting: sees the settled usage and cost
             st.sinks.append(st.stats.record)
+            start_fleet_stats(st)  # with a shared backend: publish our windows, read the fleet's
             st.runtime = await build_runtime(st, config)
             st.lifecycle.ready = True
             yield
@@ -99,6 +107,23 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
                     log.exception("error while closing a component")
 
     return lifespan
+
+
+def _closing(pool: WorkPool) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        pool.close()
+
+    return close
+
+
+def shared_backend(config: Config, clock: Callable[[], float]) -> GuardedRedis | None:
+    """Redis for the fleet (``state.backend: redis``), else the supervisor's host-local one, else none."""
+    if config.state.backend == "redis":
+        return GuardedRedis.from_config(config.state, clock)
+    host_url = os.environ.get(HOST_STATE_ENV)
+    if host_url:
+        return GuardedRedis.from_config(config.state, clock, url=host_url)
+    return None
 
 
 def known_models(config: Config) -> set[str]:

@@ -41,6 +41,18 @@ class ServerConfig:
     max_inflight: int = 4096
     # The whole request body must arrive within this; a trickling client gets 408.
     body_timeout_s: float = 60.0
+    # Off-loop work (token counting, compression, embedder input): worker threads, and the time a request
+    # waits for its share before it takes an estimate instead (docs/reliability.md).
+    work_threads: int = 2
+    work_budget_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamLimits:
+    """What the provider accepts in one request (OpenAI's figures); refused with a 400 before any work."""
+
+    embeddings_max_inputs: int = 2048
+    embeddings_max_tokens: int = 300_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +70,7 @@ class UpstreamConfig:
     # auth.mode keys without api_key: forward the client's gateway key to this upstream (a check-config
     # error unless set on purpose; the provider then sees the tenant's key).
     forward_client_key: bool = False
+    limits: UpstreamLimits = field(default_factory=UpstreamLimits)
     # How this upstream can finish another one's broken stream (issue 18): an assistant prefill message,
     # vLLM's continue_final_message, or not at all.
     continuation: Literal["prefill", "continue_final_message", "none"] = "none"
@@ -72,6 +85,11 @@ class RouteMatch:
 class FallbackConfig:
     upstream: str
     model: str | None = None
+
+
+# Value ranges (temperature, top_p, n, max_*tokens...): the provider judges them (``provider``), the gateway
+# answers 400 itself (``strict``), or counts what it would refuse and forwards (``shadow``). gateway/ranges.py
+ValidateMode = Literal["provider", "strict", "shadow"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +124,7 @@ class RouteConfig:
     budgets: BudgetsConfig | None = None
     retry: RetryConfig | None = None
     timeouts: TimeoutsConfig | None = None
+    validate: ValidateMode = "provider"
 
     @property
     def label(self) -> str:

@@ -23,6 +23,7 @@ import orjson
 from multidict import CIMultiDictProxy
 
 from gateway.auth import ANONYMOUS, Identity
+from gateway.blobs import Blobs
 from gateway.body import Body
 from gateway.config_model import RouteConfig
 
@@ -181,6 +182,7 @@ class Exchange:
     raw_body: bytes
     body: JsonObject | None
     modified: bool = False
+    blobs: Blobs | None = None  # long base64 strings kept out of ``body`` (gateway/blobs.py)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # added to every upstream attempt
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the client response
     record: Record = field(default_factory=Record)
@@ -195,7 +197,8 @@ class Exchange:
     def body_bytes(self) -> bytes:
         if not self.modified:
             return self.raw_body
-        return orjson.dumps(self.body)
+        data = orjson.dumps(self.body)
+        return data if self.blobs is None else self.blobs.restore(data)
 
 
 @dataclass(slots=True)

@@ -18,6 +18,9 @@ all workers), starts the workers, and then only waits for signals and exits.
 - SIGHUP is forwarded, so every worker reloads its config.
 - ``PROMETHEUS_MULTIPROC_DIR`` is a fresh temporary directory per supervisor
   run, removed at exit, so ``/metrics`` on any worker reports the whole pod.
+- With ``host_state`` (``state.backend: memory``), a private Redis on a Unix socket
+  (``gateway/state/host_state.py``) holds the state the workers share; its address is
+  in each worker's ``GATEWAY_HOST_STATE_URL``. It is stopped after the workers.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeGuard, cast
 
+from gateway.state.host_state import HOST_STATE_ENV, HostState, start_host_state
 from gateway.workers import WORKER_INDEX_ENV, WORKERS_ENV
 
 log = logging.getLogger("gateway.supervisor")
@@ -54,6 +58,7 @@ class SupervisorConfig:
     max_backoff_s: float = 10.0
     young_s: float = 10.0  # a worker that lived less than this "died young"
     give_up_after: int = 8  # every worker died young this many times in a row: exit 1
+    host_state: bool = False  # start a private Redis the workers share (state.backend: memory)
 
 
 @dataclass(slots=True)
@@ -76,6 +81,7 @@ class Supervisor:
     deaths_changed: asyncio.Event = field(default_factory=asyncio.Event)  # some slot's young_deaths moved
     metrics_dir: str = ""
     port: int = 0
+    host: HostState | None = None  # the private Redis the workers share, when started
 
     async def run(self) -> int:
         """Start the workers and supervise them until a stop signal; return the exit code."""
@@ -83,6 +89,8 @@ class Supervisor:
         probe = reserve_port(self.cfg.host, self.cfg.port)
         self.port = probe.getsockname()[1]
         self.metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+        if self.cfg.host_state:
+            self.host = await start_host_state()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
@@ -105,10 +113,16 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
             probe.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
+            if self.host is not None:
+                await self.host.stop()
 
     def worker_env(self, index: int) -> dict[str, str]:
-        return {**self.env, WORKERS_ENV: str(self.cfg.workers), WORKER_INDEX_ENV: str(index),
-                MULTIPROC_ENV: self.metrics_dir, SUPERVISOR_PID_ENV: str(os.getpid())}
+        env = {**self.env, WORKERS_ENV: str(self.cfg.workers), WORKER_INDEX_ENV: str(index),
+               MULTIPROC_ENV: self.metrics_dir, SUPERVISOR_PID_ENV: str(os.getpid())}
+        env.pop(HOST_STATE_ENV, None)
+        if self.host is not None:
+            env[HOST_STATE_ENV] = self.host.url
+        return env
 
     def worker_argv(self) -> list[str]:
         if self.command is not None:

@@ -42,12 +42,17 @@ class GuardedRedis:
     _retry_at: float = 0.0
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
 
+    scope: str = "fleet"  # who shares it: "fleet" (state.backend: redis) or "host" (the supervisor's)
+
     @classmethod
-    def from_config(cls, cfg: StateConfig, clock: Callable[[], float]) -> GuardedRedis:
+    def from_config(cls, cfg: StateConfig, clock: Callable[[], float],
+                    url: str | None = None) -> GuardedRedis:
+        """The configured Redis, or (``url``) the host-local one the supervisor started."""
         timeout = cfg.timeout_ms / 1000
-        client = aioredis.from_url(cfg.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                   retry_on_timeout=False, health_check_interval=0, max_connections=512)
-        return cls(client=client, timeout_s=timeout, clock=clock)
+        client = aioredis.from_url(url or cfg.redis_url, socket_timeout=timeout,
+                                   socket_connect_timeout=timeout, retry_on_timeout=False,
+                                   health_check_interval=0, max_connections=512)
+        return cls(client=client, timeout_s=timeout, clock=clock, scope="host" if url else "fleet")
 
     async def call(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``fn(client)`` within the timeout, or raise ``RedisUnavailable``."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.appstate import AppState
-from gateway.components import BREAKER_STATES, QUEUE_DEPTHS
+from gateway.components import BREAKER_STATES, MCP_TOOL_ROWS, QUEUE_DEPTHS
 from gateway.exchange import Exchange
 from gateway.telemetry import live_window as w
 from gateway.telemetry.live import SERVED_BY_CACHE, LiveStats, Pricer
+from gateway.telemetry.live_fleet import FleetView
 from gateway.telemetry.live_window import Hist, Second
 from gateway.telemetry.pricing import cost_usd, price_for
 
@@ -45,23 +46,26 @@ def make_pricer(state: AppState) -> Pricer:
     return price
 
 
-def summary(stats: LiveStats, state: AppState, *, exact: bool = True) -> dict[str, Any]:
+def summary(stats: LiveStats, state: AppState, *, exact: bool = True, fleet: FleetView | None = None,
+            banner: str | None = None) -> dict[str, Any]:
     """The live summary: totals over the window, rates over the last minute, live component state.
 
     ``exact=False`` (the once-a-second stream) may reuse window totals computed earlier in the same second.
+    ``fleet``: the merged figures of every worker/replica (``live_fleet``); without it, this process's.
     """
-    t = stats.window(exact=exact)
+    t = fleet.window if fleet is not None else stats.window(exact=exact)
     g = t.g
     now = stats.clock()
     uptime = now - stats.started_at
     span = max(1.0, min(60.0, uptime))
-    last = stats.recent_sums(60)
+    last = fleet.last60 if fleet is not None else stats.recent_sums(60)
     total = int(g[w.REQ])
-    return {
+    out = {
+        **scopes(state, fleet, banner),
         "generated_at": round(stats.wall(), 3),
         "window_s": stats.window_s,
         "covered_s": round(min(float(stats.window_s), uptime), 1),
-        "inflight": stats.inflight(),
+        "inflight": fleet.inflight if fleet is not None else stats.inflight(),
         "requests": {"total": total, "ok": int(g[w.OK]), "client_errors": int(g[w.CLIENT_ERR]),
                      "errors": int(g[w.ERR]), "success_rate": _ratio(g[w.OK], total),
                      "error_rate": _ratio(g[w.ERR], total), "per_s": round(last[w.REQ] / span, 3),
@@ -83,8 +87,27 @@ def summary(stats: LiveStats, state: AppState, *, exact: bool = True) -> dict[st
                        "hedged": int(g[w.HEDGED])},
         "breakers": breaker_states(state, now),
         "rate_limit": _rate_limit(t, state),
+        "mcp_tools": mcp_tools(state),
         "recent": recent_rows(stats, now),
     }
+    return out
+
+
+def scopes(state: AppState, fleet: FleetView | None, banner: str | None) -> dict[str, Any]:
+    """Which processes each figure covers: ``worker`` (this one), ``host`` (its workers), ``fleet``.
+
+    Window figures cover the fleet view's scope; breaker states are shared whenever a backend answers;
+    queues, the recent requests and the chart rows are this worker's.
+    """
+    scope = fleet.scope if fleet is not None else "worker"
+    breakers = scope if fleet is not None else "worker"
+    names = ("requests", "latency_ms", "ttft_ms", "itl_ms", "tokens", "cost_usd", "models", "tenants",
+             "cache", "compression", "resilience", "inflight")
+    per_figure = {name: scope for name in names}
+    per_figure.update(breakers=breakers, rate_limit=scope, queues="worker", recent="worker", series="worker")
+    replicas = fleet.replicas if fleet is not None else []
+    return {"scope": scope, "scopes": per_figure, "replicas": replicas,
+            "shared": {"local_only": fleet is None, "banner": banner}}
 
 
 def _ratio(part: float, whole: float) -> float | None:
@@ -151,6 +174,16 @@ def _rate_limit(t: Second, state: AppState) -> dict[str, Any]:
     return {"waited_requests": int(t.g[w.WAITED]), "wait_total_s": round(max(0.0, t.g[w.WAIT_S]), 3),
             "wait_p50_ms": q["p50"], "wait_p95_ms": q["p95"],
             "queue_depth": None if queues is None else sum(queues.values()), "queues": queues}
+
+
+def mcp_tools(state: AppState) -> list[dict[str, Any]] | None:
+    """Calls, errors and latency per MCP tool over the window; None when no MCP server is configured."""
+    rows = state.components.get(MCP_TOOL_ROWS)
+    if rows is None or not state.config.mcp.servers:
+        return None
+    return [{"server": server, "tool": tool, "calls": calls, "errors": errors,
+             "latency_ms": {"p50": _ms(p50), "p95": _ms(p95)}}
+            for server, tool, calls, errors, p50, p95 in rows()[:MAX_LISTED]]
 
 
 def queue_depths(state: AppState) -> dict[str, int] | None:

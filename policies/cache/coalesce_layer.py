@@ -16,7 +16,14 @@ from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.fill import CLAIM_KEY
-from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of, deterministic
+from policies.cache.request import (
+    ANSWER_OPERATIONS,
+    KeyMaker,
+    cache_blocks,
+    cache_config,
+    controls_of,
+    deterministic,
+)
 from policies.cache.respond import wants_usage_chunk
 from policies.cache.runtime import CacheRuntime, cache_runtime
 from policies.cache.singleflight import TakeOver
@@ -45,7 +52,7 @@ class Coalesce:
             flight = flights.get(fkey)
             leader = flight is None
             if flight is None:
-                flight = flights.lead(fkey, ex, next)
+                flight = flights.lead(fkey, ex, next, cfg.max_flight_bytes)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)
@@ -76,4 +83,7 @@ class Coalesce:
 
 
 async def factory(state: AppState, config: Config) -> Coalesce | None:
+    """Built when single flight is on in the global cache block or in a route's own."""
+    if not any(b.coalesce.enabled for b in cache_blocks(config)):
+        return None
     return Coalesce(state, config, cache_runtime(state, config))

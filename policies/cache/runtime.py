@@ -89,7 +89,7 @@ def cache_runtime(state: AppState, config: Config) -> CacheRuntime:
     exact_cfg = config.cache.exact
     if rt is None:
         metrics = CacheMetrics(state.metrics)
-        redis = state.backend if config.state.backend == "redis" else None
+        redis = state.backend  # the fleet's Redis, or the host's (workers)
         prefix = config.state.key_prefix
 
         def store(kind: str, entries: int, nbytes: int) -> AnswerStore:

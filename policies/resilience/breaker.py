@@ -35,6 +35,8 @@ _OPEN_JITTER = 0.2
 ChangeListener = Callable[["CircuitBreaker", str, str], None]
 # (breaker, decision) -> None: "allow" | "probe" | "reject" | "shadow_reject"
 DecisionListener = Callable[["CircuitBreaker", str], None]
+# (breaker, failed) -> None: an outcome counted while closed (the fleet's shared count: resilience.shared)
+OutcomeListener = Callable[["CircuitBreaker", bool], None]
 
 
 class CircuitOpen(LocalReply):
@@ -75,6 +77,7 @@ class CircuitBreaker:
         self._rand = rand
         self._on_change = on_change
         self._on_decision = on_decision
+        self.on_outcome: OutcomeListener | None = None
         self.state: State = "closed"
         self.since = clock()
         self.open_until = 0.0
@@ -147,6 +150,8 @@ class CircuitBreaker:
 
     def _record_closed(self, failed: bool) -> None:
         cfg = self.config
+        if self.on_outcome is not None:
+            self.on_outcome(self, failed)
         bucket = self._bucket()
         bucket[1] += 1
         self._calls += 1
@@ -159,6 +164,25 @@ class CircuitBreaker:
         if self.consecutive >= cfg.consecutive_failures or (
                 self._calls >= cfg.min_calls and self._failures >= cfg.failure_ratio * self._calls):
             self._open()
+
+    # --- the fleet's word (policies.resilience.shared) -------------------------------------------
+    def open_remote(self, until: float) -> None:
+        """Another worker/replica opened this breaker until ``until`` (this clock): reject at once."""
+        if self.state == "open" and self.open_until >= until:
+            return
+        self.openings += 1
+        self.open_until = until
+        self._transition("open")
+
+    def trip(self) -> None:
+        """The fleet's shared failure count reached the threshold: open here (and tell the others)."""
+        if self.state == "closed":
+            self._open()
+
+    def close_remote(self) -> None:
+        """Another worker/replica closed it (its probe succeeded): admit again."""
+        if self.state != "closed":
+            self._transition("closed")
 
     # --- transitions -------------------------------------------------------------------------
 

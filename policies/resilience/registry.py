@@ -24,6 +24,7 @@ from policies.resilience.config import CircuitBreakerConfig, RetryConfig
 from policies.resilience.hedge import TtftWindows
 from policies.resilience.metrics import TIMEOUT_PHASE, ResilienceMetrics
 from policies.resilience.retry_budget import RetryBudget
+from policies.resilience.shared import SharedBreakers
 
 TOOL_PREFIX = "tool:"
 COMPONENT: StateKey[Resilience] = StateKey("resilience")  # declared before the class: annotations are lazy
@@ -37,6 +38,7 @@ class Resilience:
         self.rand = rand
         self.breakers: dict[str, CircuitBreaker] = {}
         self.budgets: dict[str, RetryBudget] = {}
+        self.shared: SharedBreakers | None = None  # set when a state backend (host or fleet) runs
         self.ttft = TtftWindows()  # recent times to first token, for ``hedge: {after: p95}``
         self.loads: dict[str, Load] = {}  # per deployment (upstream key): in flight, latency EWMA
 
@@ -72,6 +74,8 @@ class Resilience:
             breaker = self.breakers[key] = CircuitBreaker(key, breaker_cfg, self.clock, self.rand,
                                                           on_change=self._changed, on_decision=self._decided)
             self.metrics.child(self.metrics.circuit_state, key).set(0)
+            if self.shared is not None:
+                self.shared.attach(breaker)
         else:
             breaker.config = breaker_cfg
         budget = self.budgets.get(key)
@@ -89,6 +93,8 @@ class Resilience:
             fields["open_for_s"] = round(max(0.0, breaker.open_until - self.clock()), 3)
             fields["openings"] = breaker.openings
         state_change(f"circuit {new}", **fields)
+        if self.shared is not None:
+            self.shared.changed(breaker, old, new)
 
     def _decided(self, breaker: CircuitBreaker, decision: str) -> None:
         self.metrics.decision("circuit_breaker", decision)
@@ -120,5 +126,9 @@ def resilience_of(state: AppState, config: Config) -> Resilience:
         rows: BreakerRows = partial(_breaker_rows, breakers)
         state.components.set(BREAKER_STATES, rows)
         state.sinks.append(res.on_finished)
+        if state.backend is not None:
+            res.shared = SharedBreakers(state.backend, config.state.key_prefix, res.breakers, state.clock)
+            res.shared.start()
+            state.closers.append(res.shared.close)
     res.sync(config)
     return res

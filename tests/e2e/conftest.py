@@ -8,6 +8,7 @@ import pytest_asyncio
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
+from tests.e2e.fleet import fleet, mock_process, pair  # noqa: F401  the shared-state fleets (issue 20)
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
 
 GatewayFactory = Callable[..., Awaitable[InProcessGateway]]

@@ -25,7 +25,8 @@ out = pathlib.Path(sys.argv[1])
 mode = os.environ.get("STUB_MODE", "ok")
 if mode == "crash":
     sys.exit(3)
-keys = ("GATEWAY_WORKERS", "GATEWAY_WORKER_INDEX", "PROMETHEUS_MULTIPROC_DIR", "GATEWAY_SUPERVISOR_PID")
+keys = ("GATEWAY_WORKERS", "GATEWAY_WORKER_INDEX", "PROMETHEUS_MULTIPROC_DIR", "GATEWAY_SUPERVISOR_PID",
+        "GATEWAY_HOST_STATE_URL")
 def on_term(*_):
     sys.exit(int(os.environ.get("STUB_EXIT", "0")))
 signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on_term)
@@ -40,7 +41,7 @@ def _supervisor(tmp_path: Path, workers: int = 2, env: dict[str, str] | None = N
                 **cfg: float) -> Supervisor:
     config = SupervisorConfig(workers=workers, host="127.0.0.1", port=0, config_path=None,
                               stop_timeout_s=cfg.pop("stop_timeout_s", 10.0), backoff_s=0.01,
-                              max_backoff_s=0.05, **cfg)  # type: ignore[arg-type]
+                              max_backoff_s=0.05, **cfg)  # type: ignore[arg-type]  # host_state: bool
     return Supervisor(config, env={**os.environ, **(env or {})},
                       command=[sys.executable, "-c", STUB, str(tmp_path)])
 
@@ -66,6 +67,31 @@ async def test_starts_n_workers_with_their_environment(tmp_path: Path) -> None:
     assert {e["GATEWAY_SUPERVISOR_PID"] for e in envs} == {str(os.getpid())}
     dirs = {e["PROMETHEUS_MULTIPROC_DIR"] for e in envs}
     assert len(dirs) == 1 and Path(dirs.pop()).is_dir()  # noqa: ASYNC240  one stat of a local dir
+    sup.stopping.set()
+    assert await run == 0
+
+
+async def test_host_state_gives_every_worker_one_private_redis(tmp_path: Path) -> None:
+    """host_state=True: one redis-server on a Unix socket, its URL in every worker's env, gone at stop."""
+    sup = _supervisor(tmp_path, workers=2, host_state=True)
+    run = asyncio.create_task(sup.run())
+    await until(lambda: len(_started(tmp_path)) == 2)
+    urls = {e["GATEWAY_HOST_STATE_URL"] for e in _started(tmp_path).values()}
+    assert len(urls) == 1 and urls.pop().startswith("unix://")
+    assert sup.host is not None and sup.host.proc.returncode is None
+    sup.stopping.set()
+    assert await run == 0
+    assert sup.host.proc.returncode is not None
+    assert not Path(sup.host.directory).exists()  # noqa: ASYNC240  one stat of a local dir
+
+
+async def test_without_host_state_workers_get_no_url(tmp_path: Path) -> None:
+    """Positive control's counterpart: the default (redis backend, or one worker) starts no Redis."""
+    sup = _supervisor(tmp_path, workers=1, env={"GATEWAY_HOST_STATE_URL": "unix:///stale"})
+    run = asyncio.create_task(sup.run())
+    await until(lambda: len(_started(tmp_path)) == 1)
+    assert [e["GATEWAY_HOST_STATE_URL"] for e in _started(tmp_path).values()] == [None]
+    assert sup.host is None
     sup.stopping.set()
     assert await run == 0
 

@@ -71,15 +71,28 @@
   function render() {
     const s = state.summary;
     if (!s) return;
+    renderScope(s);
     renderTiles(s);
     renderModels(s.models);
     renderTenants(s.tenants);
+    renderMcpTools(s.mcp_tools);
     renderCache(s);
     renderResilience(s.resilience);
     renderBreakers(s.breakers);
     renderRateLimit(s.rate_limit);
     renderRecent(s.recent);
     renderCharts();
+  }
+
+  function renderScope(s) {
+    setStat("scope", s.scope || "worker");
+    const banner = document.getElementById("scope-banner");
+    const text = s.shared && s.shared.banner;
+    banner.hidden = !text;
+    if (text && banner.textContent !== text) banner.textContent = text;
+    fillTable("replicas", s.replicas || [], (r) => [
+      [r.replica + (r.self ? " (this)" : ""), "text"], [fmtInt(r.requests)], [fmtInt(r.errors)],
+      [fmtInt(r.inflight)], [r.age_s + " s ago"]]);
   }
 
   function renderTiles(s) {
@@ -124,7 +137,9 @@
     });
     if (!rows.length) {
       const tr = document.createElement("tr");
-      const td = cell(id === "breakers" ? "n/a" : "No requests yet", "empty");
+      const empty = { breakers: "n/a", replicas: "This worker only", "mcp-tools": "No tool calls yet" }[id]
+        || "No requests yet";
+      const td = cell(empty, "empty");
       td.colSpan = document.querySelectorAll("#" + id + " thead th").length;
       tr.appendChild(td);
       rows.push(tr);
@@ -147,6 +162,17 @@
       [fmtInt(t.completion_tokens)], [fmtInt(t.cached_tokens)],
       [state.summary.cost_usd === null ? "n/a" : fmtUsd(t.cost_usd)],
     ], (tr, t) => { tr.dataset.tenant = t.tenant; });
+  }
+
+  function renderMcpTools(tools) {
+    // null: no MCP server configured (older gateways send no field at all: the same)
+    const none = tools === null || tools === undefined;
+    document.querySelector('[data-stat="mcp-na"]').hidden = !none;
+    document.getElementById("mcp-region").hidden = none;
+    fillTable("mcp-tools", tools || [], (t) => [
+      [t.server, "text"], [t.tool, "text"], [fmtInt(t.calls)], [fmtInt(t.errors)],
+      [fmtMs(t.latency_ms.p50)], [fmtMs(t.latency_ms.p95)],
+    ], (tr, t) => { tr.dataset.tool = t.server + "/" + t.tool; });
   }
 
   function renderCache(s) {

@@ -26,7 +26,8 @@ def config(open_s: float = 30.0):  # type: ignore[no-untyped-def]
 
 def state():  # type: ignore[no-untyped-def]
     now = [50.0]
-    return SimpleNamespace(components=LayerState(), finalizers=[], metrics=Metrics(), clock=lambda: now[0],
+    return SimpleNamespace(components=LayerState(), backend=None, finalizers=[], metrics=Metrics(),
+                           clock=lambda: now[0],
                            sinks=[]), now
 
 
