@@ -191,6 +191,7 @@
     setStat("retried", fmtInt(r.retried_requests));
     setStat("extra-attempts", fmtInt(r.extra_attempts));
     setStat("fallbacks", fmtInt(r.fallbacks));
+    setStat("hedged", fmtInt(r.hedged));
     setStat("timeouts", fmtInt(r.timeouts));
   }
 
