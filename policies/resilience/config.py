@@ -47,9 +47,18 @@ class HedgeConfig:
 
     ``after_s`` is a fixed delay; ``after: p95`` (p50..p99) is adaptive, from the route's recent
     time to first token on its primary; with both, ``after_s`` applies until ``min_samples`` were seen.
+    A route with a second target and no ``hedge`` block hedges its streams after ``DEFAULT_HEDGE_AFTER_S``;
+    ``enabled: false`` turns hedging off for the route.
     """
 
+    enabled: bool = True
     after_s: float | None = None
     after: str | None = None
     min_samples: int = 20
     window: int = 200  # recent first-token times kept per route and target
+
+
+# Issue 18: with defaults and one fallback, a silent primary must be answered within 15 s and a first token
+# after 20 s within 40 s; the default first-byte timeout (60 s) is far too late for either.
+DEFAULT_HEDGE_AFTER_S = 10.0
+DEFAULT_HEDGE = HedgeConfig(after_s=DEFAULT_HEDGE_AFTER_S)

@@ -6,7 +6,11 @@ once (cancellation closes its upstream connection) and its answer, if any, is cl
 runs on a twin of the exchange (``fork``): its own target, body and typed state (breaker ticket),
 the same record (attempts), so the two attempts never write each other's fields; ``adopt`` copies
 the winning twin's target back. ``TtftWindows`` keeps the recent times to first token per route and
-target, for ``after: p95``.
+target, for ``after: p95``. ``route_hedge`` is the hedge a request uses: the route's own block, or
+``DEFAULT_HEDGE`` for a stream on a route without one (issue 18: a silent or very late primary is
+raced by the fallback after 10 s instead of being waited for until the 60 s first-byte timeout).
+A non-stream answer has no first-token signal (its first byte is the whole answer), so the default
+leaves it alone: hedging it would re-run every long answer on the fallback.
 """
 from __future__ import annotations
 
@@ -14,10 +18,11 @@ import asyncio
 import dataclasses
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from gateway.config_model import RouteConfig
 from gateway.exchange import Exchange, Target
-from policies.resilience.config import HedgeConfig
+from policies.resilience.config import DEFAULT_HEDGE, HedgeConfig
 from policies.resilience.validate import quantile_of
 
 R = TypeVar("R")
@@ -41,6 +46,15 @@ class TtftWindows:
             return None
         ordered = sorted(window)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def route_hedge(route: RouteConfig | None, stream: bool) -> HedgeConfig | None:
+    """The hedge of a request on ``route`` (the caller checks that a next target exists); None: none."""
+    if route is None:
+        return None
+    if route.hedge is None:
+        return DEFAULT_HEDGE if stream else None
+    return route.hedge if route.hedge.enabled else None
 
 
 def hedge_delay(cfg: HedgeConfig, windows: TtftWindows, route: str, key: str) -> float | None:
@@ -78,13 +92,14 @@ class Race(Generic[R]):
 
 
 async def race(primary: Awaitable[R], after_s: float, start_hedge: Callable[[], Awaitable[R] | None],
-               won: Callable[[R], bool], drop: Callable[[R], Awaitable[None]]) -> Race[R]:
+               won: Callable[[R], bool], drop: Callable[[R], Awaitable[None]],
+               sleep: Callable[[float], Awaitable[object]] | None = None) -> Race[R]:
+    """``sleep`` (injected by tests) waits the hedge delay; by default the loop's own timer does."""
     first = asyncio.ensure_future(primary)
     tasks = [first]
     handled: set[asyncio.Future[R]] = set()  # results returned or dropped
     try:
-        done, _ = await asyncio.wait({first}, timeout=after_s)
-        if done:
+        if await _finished_within(first, after_s, sleep):
             handled.add(first)
             return Race(first.result(), "not_needed")
         hedge = start_hedge()
@@ -101,6 +116,20 @@ async def race(primary: Awaitable[R], after_s: float, start_hedge: Callable[[], 
         for task in tasks:
             if task not in handled:
                 await _drop_leftover(task, drop)
+
+
+async def _finished_within(task: asyncio.Future[R], after_s: float,
+                           sleep: Callable[[float], Awaitable[object]] | None) -> bool:
+    if sleep is None:
+        done, _ = await asyncio.wait({task}, timeout=after_s)
+        return bool(done)
+    timer: asyncio.Future[Any] = asyncio.ensure_future(sleep(after_s))
+    either: set[asyncio.Future[Any]] = {task, timer}
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        timer.cancel()
+    return task.done()
 
 
 async def _first_win(first: asyncio.Future[R], second: asyncio.Future[R], won: Callable[[R], bool],

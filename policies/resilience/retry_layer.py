@@ -50,7 +50,7 @@ from policies.resilience.config import RetryConfig
 from policies.resilience.context_window import read_error
 from policies.resilience.continuation import Mode, Spliced, continuation_body, responses_body
 from policies.resilience.continuation_responses import ResponsesRewrite, ResponsesSoFar
-from policies.resilience.hedge import adopt, fork, hedge_delay, race
+from policies.resilience.hedge import adopt, fork, hedge_delay, race, route_hedge
 from policies.resilience.registry import Resilience, resilience_of
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
@@ -96,7 +96,7 @@ class RetryPolicy:
 
     def __init__(self, *, res: Resilience, planner: Planner, clock: Callable[[], float],
                  sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random,
-                 context_planner: Planner | None = None) -> None:
+                 context_planner: Planner | None = None, hedge_sleep: Sleep | None = None) -> None:
         self.res = res
         self.metrics = res.metrics
         self.planner = planner
@@ -104,6 +104,7 @@ class RetryPolicy:
         self.clock = clock
         self.sleep = sleep
         self.rand = rand
+        self.hedge_sleep = hedge_sleep  # None: the loop's timer (tests inject a clock)
         self._retry_on: dict[int, frozenset[str]] = {}
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
@@ -137,8 +138,7 @@ class RetryPolicy:
         """The outcome of ``targets[index]`` (raced against the next one when the route hedges),
         and the index of the first target not yet tried."""
         last = index == len(targets) - 1
-        route = ex.request.route
-        hedge = route.hedge if route is not None and index == 0 and not last else None
+        hedge = route_hedge(ex.request.route, ex.request.stream) if index == 0 and not last else None
         after = hedge_delay(hedge, self.res.ttft, ex.request.route_name, targets[0].key) if hedge else None
         if after is None:
             return await self._on_target(ex, next, targets[index], run, last=last), index + 1
@@ -154,7 +154,7 @@ class RetryPolicy:
             return self._on_target(twin, next, hedge_target, run, last=index + 1 == len(targets) - 1)
 
         raced = await race(self._on_target(ex, next, targets[index], run, last=False), after, start_hedge,
-                           won=lambda r: isinstance(r, UpstreamResponse), drop=_drop)
+                           won=lambda r: isinstance(r, UpstreamResponse), drop=_drop, sleep=self.hedge_sleep)
         self.metrics.child(self.metrics.hedges, ex.request.route_name, raced.outcome).inc()
         if raced.outcome != "not_needed":
             ex.response_headers["x-gateway-hedge"] = raced.outcome
@@ -315,10 +315,10 @@ class RetryPolicy:
             answer = UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
             return _Failed("error_event", response=answer)
         _settle(ticket, "success")
-        route = ex.request.route
-        if route is not None and route.hedge is not None:
+        hedge = route_hedge(ex.request.route, ex.request.stream)
+        if hedge is not None and hedge.after is not None:  # only an adaptive hedge reads the window
             ttft = self.clock() - started
-            self.res.ttft.record(ex.request.route_name, target.key, ttft, route.hedge.window)
+            self.res.ttft.record(ex.request.route_name, target.key, ttft, hedge.window)
         if target.balanced:
             self.res.load(target.key).observe(self.clock() - started)
         body = Replay(peeked.chunks, resp.body, ended=peeked.verdict == "ended")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.config_model import Config
+from gateway.config_model import Config, RouteConfig
 from policies.resilience.config import CircuitBreakerConfig, HedgeConfig
 
 
@@ -22,8 +22,8 @@ def problems(cfg: Config) -> list[str]:
                          "(prefill or continue_final_message)")
         found += [f"routes[{i}].targets[{j}].{problem}" for j, d in enumerate(route.targets)
                   for problem in _check_deployment(d.upstream, d.weight, ups)]
-        if route.hedge is not None:
-            found += _check_hedge(f"routes[{i}].hedge", route.hedge, len(route.fallbacks))
+        if route.hedge is not None and route.hedge.enabled:
+            found += _check_hedge(f"routes[{i}].hedge", route.hedge, _targets_after_primary(route))
         found += [f"routes[{i}].context_fallbacks[{j}].upstream: unknown upstream {fb.upstream!r}"
                   for j, fb in enumerate(route.context_fallbacks) if fb.upstream not in cfg.upstreams]
     return found
@@ -70,19 +70,25 @@ def _check_breaker(path: str, cb: CircuitBreakerConfig) -> list[str]:
     return found
 
 
-def _check_hedge(path: str, hedge: HedgeConfig, fallbacks: int) -> list[str]:
+def _check_hedge(path: str, hedge: HedgeConfig, others: int) -> list[str]:
     found: list[str] = []
     if hedge.after_s is None and hedge.after is None:
-        found.append(f"{path}: needs after_s (seconds) or after (p50..p99)")
+        found.append(f"{path}: needs after_s (seconds) or after (p50..p99), or enabled: false")
     if hedge.after_s is not None and hedge.after_s <= 0:
         found.append(f"{path}.after_s: must be > 0")
     if hedge.after is not None and quantile_of(hedge.after) is None:
         found.append(f"{path}.after: must be a percentile p50..p99, got {hedge.after!r}")
     if hedge.min_samples < 1 or hedge.window < hedge.min_samples:
         found.append(f"{path}.window: must be >= min_samples >= 1")
-    if fallbacks == 0:
-        found.append(f"{path}: the route has no fallbacks to hedge to")
+    if others == 0:
+        found.append(f"{path}: the route has no fallbacks or other targets to hedge to")
     return found
+
+
+def _targets_after_primary(route: RouteConfig) -> int:
+    """How many targets a request may move on (or hedge) to: other deployments, then fallbacks."""
+    listed = len(route.targets) + (0 if any(d.upstream == route.upstream for d in route.targets) else 1)
+    return (listed - 1 if route.targets else 0) + len(route.fallbacks)
 
 
 def quantile_of(after: str) -> float | None:

@@ -3,11 +3,12 @@
 The fake provider plays two deployments: the primary serves model ``gpt-4o`` (upstream
 ``primary``), the fallback serves ``gpt-4o-mini`` (upstream ``backup``); scripted faults match
 the primary's model only. Timeouts are scaled down (1 s stands for the issue's 30 s), so the
-whole module runs in about 20 s. Each test asserts the rescued answer through the openai
+whole module runs in about 30 s. Each test asserts the rescued answer through the openai
 SDK (or the clean error), the attempts each deployment saw and the wall time.
 
 Cases: 429 with Retry-After once, 429 always, 500 once, 503 always, reset before headers, no
-response at all, first token after 20 s (move on; hedged), stream cut after 40 of 60 tokens,
+response at all, first token after 20 s (move on; hedged; both with the default settings, in real
+time: the one 10 s test), stream cut after 40 of 60 tokens,
 stall mid-answer, malformed chunk, error event mid-stream, end without [DONE] (continued),
 a cut stream whose fallback rejects prefill (original error), 400 context_length_exceeded
 (context_fallbacks), 400 content filter (passed through), primary down 60 s then healthy,
@@ -196,6 +197,31 @@ async def test_hedged_first_token_answers_from_the_fallback_and_closes_the_prima
     assert text and headers["x-gateway-upstream"] == "primary" and "x-gateway-hedge" not in headers
     assert len(recorder.attempts) == 3 and sample(gw, "gateway_hedges_total", route=PRIMARY,
                                                    outcome="not_needed") == 1
+
+
+async def test_with_default_settings_a_silent_or_late_primary_is_answered_by_the_fallback(
+        make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
+    """The issue's bar with DEFAULT settings plus one fallback (no hedge block, first_byte_s 60 s): a primary
+    that sends no byte (for 120 s) is answered within 15 s, one whose first token comes after 20 s within
+    40 s. Both run at once, in real time (the default hedge starts the fallback after 10 s)."""
+    up = {"base_url": mock_upstream.url, "api_key": "sk-upstream-secret"}
+    gw = await make_gateway(upstreams={"primary": up, "backup": up}, routes=[
+        {"match": {"model": PRIMARY}, "upstream": "primary", "fallbacks": [{"upstream": "backup",
+                                                                            "model": FALLBACK}]}])
+    await queue_faults(mock_upstream, "stall_before_first_byte_ms=120000", times=1)
+    await queue_faults(mock_upstream, "ttft_ms=20000", times=1)
+    answers = await asyncio.gather(stream_text(gw), stream_text(gw))
+    for text, headers, elapsed in answers:
+        assert text and headers["x-gateway-upstream"] == "backup"
+        assert headers["x-gateway-hedge"] == "hedge_won" and 10.0 <= elapsed < 15.0, elapsed
+    assert sorted(seen(mock_upstream)) == [PRIMARY, PRIMARY, FALLBACK, FALLBACK]
+    recorder = mock_upstream.recorder
+    await recorder.wait_for(lambda: all(a.outcome is not None for a in recorder.attempts), 3.0)
+    assert [a.outcome for a in recorder.attempts if a.model == PRIMARY] == ["client_disconnected"] * 2
+    # positive control: a healthy primary answers itself, unhedged, at once
+    text, headers, elapsed = await stream_text(gw)
+    assert text and headers["x-gateway-upstream"] == "primary" and "x-gateway-hedge" not in headers
+    assert elapsed < 2.0 and sample(gw, "gateway_hedges_total", route=PRIMARY, outcome="not_needed") == 1
 
 
 CONTINUES = {"continuation": "prefill"}

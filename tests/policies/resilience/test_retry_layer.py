@@ -85,7 +85,7 @@ class Harness:
                  fallbacks: list[dict[str, Any]] | None = None,
                  timeouts: dict[str, Any] | None = None,
                  context_fallbacks: list[dict[str, Any]] | None = None,
-                 hedge: dict[str, Any] | None = None) -> None:
+                 hedge: dict[str, Any] | None = None, fake_hedge_timer: bool = False) -> None:
         retry = {"base_delay_s": 0.1, "max_delay_s": 1.0, "budget_floor": 100, **(retry or {})}
         breaker = {"consecutive_failures": 100, "min_calls": 1000, **(breaker or {})}
         ups = {name: {"base_url": "http://127.0.0.1:9/v1", "retry": retry, "circuit_breaker": breaker,
@@ -94,13 +94,15 @@ class Harness:
             {"match": {"model": "*"}, "upstream": "a", "fallbacks": fallbacks or [],
              "context_fallbacks": context_fallbacks or [], **({"hedge": hedge} if hedge else {})}]}, {})
         self.clock = Clock()
+        self.hedge_delays: list[float] = []  # with fake_hedge_timer: the hedge delays (each returns at once)
         self.metrics = Metrics()
         self.res = Resilience(ResilienceMetrics(self.metrics), self.clock, rand=lambda: 0.5)
         self.res.sync(self.config)
         planner = RoutePlanner(self.config)
         self.policy = RetryPolicy(res=self.res, planner=planner, clock=self.clock,
                                   sleep=self.clock.sleep, rand=lambda: 0.5,
-                                  context_planner=planner.context_plan)
+                                  context_planner=planner.context_plan,
+                                  hedge_sleep=self.hedge_timer if fake_hedge_timer else None)
         self.scripts: dict[str, Script] = {"a": [], "b": [], "c": []}
         self.calls: list[tuple[str, str, str]] = []
         self.chain = build_chain([self.policy, CircuitBreakerPolicy(self.res)], self.terminal)
@@ -122,6 +124,10 @@ class Harness:
                       model="gpt-4o", upstream="a", upstream_model="gpt-4o", stream=stream)
         ex = replace_route(ex, self.config.routes[0])
         return ex
+
+    async def hedge_timer(self, seconds: float) -> None:
+        self.hedge_delays.append(seconds)
+        self.clock.now += seconds
 
     def sample(self, name: str, **labels: str) -> float:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
@@ -532,3 +538,36 @@ async def test_hedge_counts_against_the_retry_budget() -> None:
     assert await read(resp) == ROLE + TEXT + DONE and [c[0] for c in h.calls] == ["a"]
     assert ex.response_headers["x-gateway-hedge"] == "budget_exhausted"
     assert h.sample("gateway_retry_budget_exhausted_total", upstream="a") == 1
+
+
+async def test_a_stream_on_a_route_with_a_fallback_is_hedged_after_10_s_by_default() -> None:
+    """No ``hedge`` block: a stream whose first token is late races the fallback after 10 s (on the fake
+    timer), not after the 60 s first-byte timeout; the late primary is closed."""
+    h = Harness(fallbacks=[{"upstream": "b"}], fake_hedge_timer=True)
+    late = answer(200, ROLE, sse=True, stall=True)
+    h.scripts["a"] = [late]
+    h.scripts["b"] = [answer(200, ROLE, TEXT, DONE, sse=True)]
+    ex = h.exchange(stream=True)
+    resp = await h.chain(ex)
+    assert await read(resp) == ROLE + TEXT + DONE and late.body.closed and h.hedge_delays == [10.0]
+    assert ex.target.upstream == "b" and ex.response_headers["x-gateway-hedge"] == "hedge_won"
+    assert h.res.ttft._windows == {}  # a fixed delay keeps no TTFT window
+
+
+async def test_default_hedge_leaves_non_streams_and_disabled_routes_alone() -> None:
+    """Positive controls of the default: a non-stream answer (no first-token signal) is not hedged, nor is
+    a stream on a route with ``hedge: {enabled: false}``, whose silent primary waits for first_byte_s."""
+    h = Harness(fallbacks=[{"upstream": "b"}], fake_hedge_timer=True)
+    h.scripts["a"] = [answer(200)]
+    ex = h.exchange()
+    assert await read(await h.chain(ex)) == b'{"ok":true}' and h.hedge_delays == []
+    assert "x-gateway-hedge" not in ex.response_headers and ex.target.upstream == "a"
+    off = Harness(fallbacks=[{"upstream": "b"}], hedge={"enabled": False}, timeouts={"first_byte_s": 0.05},
+                  fake_hedge_timer=True)
+    late = answer(200, ROLE, sse=True, stall=True)
+    off.scripts["a"] = [late]
+    off.scripts["b"] = [answer(200, ROLE, TEXT, DONE, sse=True)]
+    ex = off.exchange(stream=True)
+    assert await read(await off.chain(ex)) == ROLE + TEXT + DONE and late.body.closed
+    assert off.hedge_delays == [] and "x-gateway-hedge" not in ex.response_headers
+    assert ex.response_headers["x-gateway-attempts"] == "2"  # moved on after the first-byte timeout

@@ -53,12 +53,33 @@ def test_hedge_block_is_checked() -> None:
         parse_config(raw, env={})
     assert err.value.problems == [
         "routes[0].hedge.after: must be a percentile p50..p99, got 'p100'",
-        "routes[0].hedge: the route has no fallbacks to hedge to",
+        "routes[0].hedge: the route has no fallbacks or other targets to hedge to",
         "routes[1].hedge.after_s: must be > 0",
     ]
     ok = {**raw, "routes": [{"upstream": "a", "hedge": {"after": "p95", "after_s": 2},
                              "fallbacks": [{"upstream": "a"}]}]}
     assert parse_config(ok, env={}).routes[0].hedge is not None
+
+
+def test_hedge_can_be_turned_off_and_may_go_to_another_deployment() -> None:
+    """``enabled: false`` needs nothing else; a second deployment is somewhere to hedge to."""
+    ups = {"a": {"base_url": "http://a/v1"}, "b": {"base_url": "http://b/v1"}}
+    raw = {"upstreams": ups, "routes": [
+        {"upstream": "a", "hedge": {"enabled": False}},
+        {"upstream": "a", "hedge": {"after_s": 1}, "targets": [{"upstream": "b"}]},
+        {"upstream": "a", "hedge": {"after_s": 1}, "targets": [{"upstream": "a"}, {"upstream": "b"}]}]}
+    cfg = parse_config(raw, env={})
+    assert [r.hedge.enabled for r in cfg.routes if r.hedge] == [False, True, True]
+    # positive control: the same hedge on a single-deployment route without fallbacks is refused
+    lone = {"upstreams": ups, "routes": [{"upstream": "a", "hedge": {"after_s": 1},
+                                          "targets": [{"upstream": "a"}]}, {"upstream": "a", "hedge": {}}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(lone, env={})
+    assert err.value.problems == [
+        "routes[0].hedge: the route has no fallbacks or other targets to hedge to",
+        "routes[1].hedge: needs after_s (seconds) or after (p50..p99), or enabled: false",
+        "routes[1].hedge: the route has no fallbacks or other targets to hedge to",
+    ]
 
 
 def test_continue_on_break_needs_a_fallback_that_can_continue() -> None:
