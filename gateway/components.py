@@ -24,6 +24,10 @@ McpToolRows = Callable[[], list[tuple[str, str, int, int, float | None, float | 
 MCP_TOOL_ROWS: StateKey[McpToolRows] = StateKey("mcp.tool_rows")
 BREAKER_STATES: StateKey[BreakerRows] = StateKey("resilience.breaker_states")
 QUEUE_DEPTHS: StateKey[Callable[[], Mapping[str, int]]] = StateKey("ratelimit.queue_depths")
+# Seconds an upstream's rate-limit quota stays paused after its provider's 429 (0: not paused), as this
+# process knows it; set by the rate-limit feature, read by resilience to skip paused deployments.
+QuotaPaused = Callable[[str], float]
+QUOTA_PAUSED: StateKey[QuotaPaused] = StateKey("ratelimit.quota_paused")
 # The tool routes' read cache (a layer of the cache feature), outermost in each tool chain.
 TOOL_CACHE: StateKey[Policy] = StateKey("tools.cache")
 # Per request: a tool read (GET/HEAD, or a read-only tool), safe to cache; set by the tool routes.

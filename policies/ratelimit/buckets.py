@@ -137,7 +137,12 @@ class MemoryBuckets:
             self._cool[ls.key] = max(self._cool.get(ls.key, 0.0), now + cooldown_s)
 
     def cooldown_left(self, ls: LimitSet) -> float:
-        return max(0.0, self._cool.get(ls.key, 0.0) - self.clock.now())
+        return self.cooldown_left_of(ls.key)
+
+    def cooldown_left_of(self, key: str) -> float:
+        """Limiter seconds the entity ``key`` stays paused (0: not paused)."""
+        until = self._cool.get(key)
+        return 0.0 if until is None else max(0.0, until - self.clock.now())
 
     def level(self, ls: LimitSet, name: str) -> float:
         """What a limit has left now (tests and the admin view)."""

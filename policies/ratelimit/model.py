@@ -109,7 +109,12 @@ def upstream_limits(name: str, cfg: RateLimitConfig, lease_s: float) -> LimitSet
         limits.append(Limit("concurrency", "slots", float(cfg.max_concurrency)))
     if not limits:
         return None
-    return LimitSet("upstream", f"u:{name}", name, tuple(limits), lease_s=lease_s, cooldown=True)
+    return LimitSet("upstream", upstream_key(name), name, tuple(limits), lease_s=lease_s, cooldown=True)
+
+
+def upstream_key(name: str) -> str:
+    """The storage key of an upstream's limits (its buckets and its pause)."""
+    return f"u:{name}"
 
 
 def client_limits(key: AuthKeyConfig, key_hash: str, lease_s: float) -> LimitSet | None:

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.appstate import AppState
-from gateway.components import QUEUE_DEPTHS
+from gateway.components import QUEUE_DEPTHS, QUOTA_PAUSED
 from gateway.exchange import StateKey
 from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.logging import state_change
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
 from policies.ratelimit.metrics import RateLimitMetrics
-from policies.ratelimit.model import LimitSet, Verdict
+from policies.ratelimit.model import LimitSet, Verdict, upstream_key
 from policies.ratelimit.queue import AdmissionQueue
 from policies.ratelimit.quota_learning import Pending, lesson
 from policies.ratelimit.redis_buckets import RedisBuckets
@@ -178,6 +178,11 @@ class RateLimiter:
                 return min(lim.capacity, seen[0][i] + (self.clock.now() - seen[1]) * lim.rate)
         return float("-inf")  # no such bucket: nothing to shrink
 
+    def paused_for(self, upstream: str) -> float:
+        """Seconds ``upstream``'s quota stays paused after a provider 429, as this process learned it (with
+        Redis, a pause learned by another replica is only seen when this one next asks for the quota)."""
+        return self.memory.cooldown_left_of(upstream_key(upstream)) / self.clock.speed
+
     def set_clock(self, clock: LimiterClock) -> None:
         """Tests: run the limiter on another clock (e.g. a minute per real second)."""
         self.clock = clock
@@ -222,6 +227,7 @@ def limiter_for(st: AppState) -> RateLimiter:
         st.components.set(COMPONENT, limiter)
         queues = limiter.queues
         st.components.set(QUEUE_DEPTHS, lambda: {str(name): q.depth for name, q in queues.items()})
+        st.components.set(QUOTA_PAUSED, limiter.paused_for)
         st.closers.append(limiter.drain)
     workers = max(1, st.workers)
     if isinstance(limiter.buckets, RedisBuckets):

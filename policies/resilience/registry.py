@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from functools import partial
 
 from gateway.appstate import AppState
-from gateway.components import BREAKER_STATES, BreakerRows
+from gateway.components import BREAKER_STATES, QUOTA_PAUSED, BreakerRows, QuotaPaused
 from gateway.config_model import Config
-from gateway.exchange import Exchange, StateKey
+from gateway.exchange import Exchange, LayerState, StateKey
 from gateway.telemetry.logging import state_change
 from policies.resilience.balance import Load
 from policies.resilience.breaker import STATE_VALUE, CircuitBreaker
@@ -41,6 +41,7 @@ class Resilience:
         self.shared: SharedBreakers | None = None  # set when a state backend (host or fleet) runs
         self.ttft = TtftWindows()  # recent times to first token, for ``hedge: {after: p95}``
         self.loads: dict[str, Load] = {}  # per deployment (upstream key): in flight, latency EWMA
+        self.quota_paused: QuotaPaused = _never_paused  # the rate-limit feature's view (QUOTA_PAUSED)
 
     def sync(self, config: Config) -> None:
         for name, up in config.upstreams.items():
@@ -59,7 +60,14 @@ class Resilience:
         return found
 
     def admits(self, key: str) -> bool:
-        return not self.breaker(key).rejecting()
+        """Should a balanced route send here first? Not while its breaker is open or its quota is paused
+        after a provider 429 (such deployments go after the others, before the fallbacks)."""
+        if self.breaker(key).rejecting():
+            return False
+        if self.quota_paused(key) > 0:
+            self.metrics.decision("balance", "skip_paused_quota")
+            return False
+        return True
 
     def budget(self, key: str) -> RetryBudget:
         found = self.budgets.get(key)
@@ -112,6 +120,16 @@ class Resilience:
             self.metrics.child(self.metrics.timeouts, key, phase).inc()
 
 
+def _never_paused(_upstream: str) -> float:
+    return 0.0
+
+
+def _paused_in(components: LayerState, upstream: str) -> float:
+    """The rate-limit feature's pause of ``upstream``, looked up per call (it may start later, or never)."""
+    paused = components.get(QUOTA_PAUSED)
+    return paused(upstream) if paused is not None else 0.0
+
+
 def _breaker_rows(breakers: Mapping[str, CircuitBreaker]) -> list[tuple[str, str, float | None]]:
     return [(str(name), b.state, b.since) for name, b in breakers.items()]
 
@@ -126,6 +144,7 @@ def resilience_of(state: AppState, config: Config) -> Resilience:
         rows: BreakerRows = partial(_breaker_rows, breakers)
         state.components.set(BREAKER_STATES, rows)
         state.sinks.append(res.on_finished)
+        res.quota_paused = partial(_paused_in, state.components)
         if state.backend is not None:
             res.shared = SharedBreakers(state.backend, config.state.key_prefix, res.breakers, state.clock)
             res.shared.start()

@@ -391,6 +391,41 @@ async def test_deployment_with_open_breaker_is_skipped(make_gateway: GatewayFact
     assert len(east) <= 5 and gw.state.components[RESILIENCE].breakers["east"].state == "open"
 
 
+async def test_deployment_with_a_paused_quota_is_skipped(make_gateway: GatewayFactory,
+                                                         mock_upstream: MockServer) -> None:
+    """East is the faster deployment, so it is picked first; a provider 429 (Retry-After 30 s) pauses its
+    quota: that request moves on to west, and the next ones go to west first while the pause lasts."""
+    up = {"base_url": mock_upstream.url, "api_key": "sk-upstream-secret", "rate_limit": {"rpm": 6000},
+          "retry": {**FAST, "max_retry_after_s": 1}}  # 30 s does not fit: the 429 moves on at once
+    gw = await make_gateway(upstreams={"east": up, "west": up}, routes=[
+        {"match": {"model": PRIMARY}, "upstream": "east", "targets": [
+            {"upstream": "east", "model": "gpt-4o-east"}, {"upstream": "west", "model": "gpt-4o-west"}]}])
+    await queue_faults(mock_upstream, "ttft_ms=100", model="gpt-4o-west")
+
+    async def served_by() -> tuple[str, str]:
+        async with sdk(gw) as client:
+            raw = await client.chat.completions.with_raw_response.create(model=PRIMARY, messages=CHAT)
+        assert raw.parse().choices[0].message.content
+        return raw.headers["x-gateway-upstream"], raw.headers["x-gateway-attempts"]
+
+    for _ in range(4):  # until both deployments' latencies are known (an unknown one is tried first)
+        await served_by()
+    assert {"gpt-4o-east", "gpt-4o-west"} <= set(seen(mock_upstream))
+    assert [await served_by() for _ in range(3)] == [("east", "1")] * 3  # positive control: east first
+    await queue_faults(mock_upstream, "status=429;retry_after=30", times=1, model="gpt-4o-east")
+    assert await served_by() == ("west", "2")  # east's 429, then west
+    mock_upstream.recorder.clear()
+    assert [await served_by() for _ in range(3)] == [("west", "1")] * 3
+    assert seen(mock_upstream) == ["gpt-4o-west"] * 3  # east was not even asked
+    assert sample(gw, "gateway_policy_decisions_total", policy="balance", decision="skip_paused_quota") == 3
+    # positive control: without the skip, east (still first by latency) answers 429 from its paused queue
+    gw.state.components[RESILIENCE].quota_paused = lambda _upstream: 0.0
+    async with sdk(gw) as client:
+        with pytest.raises(openai.RateLimitError, match="paused by its provider"):
+            await client.chat.completions.create(model=PRIMARY, messages=CHAT)
+    assert seen(mock_upstream) == ["gpt-4o-west"] * 3
+
+
 @pytest.mark.parametrize("phase", ["hedge_race", "continuation"])
 async def test_client_leaving_closes_every_attempt(make_gateway: GatewayFactory, mock_upstream: MockServer,
                                                    phase: str) -> None:

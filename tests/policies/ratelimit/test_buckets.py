@@ -127,6 +127,16 @@ def test_pause_blocks_everything_until_it_ends(buckets: MemoryBuckets, clock: Cl
     assert buckets.acquire_now(ls, (1,), "a").ok
 
 
+def test_pause_left_by_key(buckets: MemoryBuckets, clock: Clock) -> None:
+    """What routing reads: the seconds left of an entity's pause, 0 before, after, and for others."""
+    ls = limits(RPM10, cooldown=True)
+    assert buckets.cooldown_left_of("u:test") == 0.0
+    buckets.learn_now(ls, "", None, 2.0)
+    assert buckets.cooldown_left_of("u:test") == pytest.approx(2.0) and buckets.cooldown_left_of("u:x") == 0.0
+    clock.advance(2.5)
+    assert buckets.cooldown_left_of("u:test") == 0.0
+
+
 def test_learning_only_shrinks(buckets: MemoryBuckets) -> None:
     """The provider's view lowers a bucket (even into debt) but never raises it."""
     ls = limits(RPM10)

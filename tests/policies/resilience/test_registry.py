@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.components import BREAKER_STATES
+from gateway.components import BREAKER_STATES, QUOTA_PAUSED
 from gateway.config import parse_config
 from gateway.exchange import LayerState
 from gateway.telemetry.metrics import Metrics
@@ -86,3 +86,19 @@ def test_mid_stream_timeouts_counted_at_finish() -> None:
     assert sample("gateway_timeouts_total", {"upstream": "a", "phase": "idle"}) == 1
     assert sample("gateway_timeouts_total", {"upstream": "a", "phase": "first_byte"}) is None
     assert sample("gateway_timeouts_total", {"upstream": "tool:quotes", "phase": "total"}) == 1
+
+
+def test_a_deployment_with_a_paused_quota_is_not_admitted_first() -> None:
+    """``admits`` (the balancer's first choice) refuses an open breaker or a quota the rate-limit feature
+    reports paused (counted); without that feature, or unpaused, it admits."""
+    st, _ = state()
+    res = resilience_of(st, config())
+    assert res.admits("a") and res.admits("b")  # no rate-limit component: nothing is paused
+    pauses = {"b": 12.0}
+    st.components.set(QUOTA_PAUSED, lambda upstream: pauses.get(upstream, 0.0))
+    assert res.admits("a") and not res.admits("b")
+    sample = st.metrics.registry.get_sample_value
+    skipped = {"policy": "balance", "decision": "skip_paused_quota"}
+    assert sample("gateway_policy_decisions_total", skipped) == 1
+    pauses["b"] = 0.0
+    assert res.admits("b")
