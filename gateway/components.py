@@ -30,5 +30,8 @@ QuotaPaused = Callable[[str], float]
 QUOTA_PAUSED: StateKey[QuotaPaused] = StateKey("ratelimit.quota_paused")
 # The tool routes' read cache (a layer of the cache feature), outermost in each tool chain.
 TOOL_CACHE: StateKey[Policy] = StateKey("tools.cache")
+# Per request: the upstream whose committed stream broke and was finished by another (issue 18); set by
+# resilience when it splices a continuation, read by the request log line and the ledger record.
+CONTINUED_FROM: StateKey[str] = StateKey("resilience.continued_from")
 # Per request: a tool read (GET/HEAD, or a read-only tool), safe to cache; set by the tool routes.
 TOOL_READ: StateKey[bool] = StateKey("tools.read")

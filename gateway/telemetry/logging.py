@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from gateway.components import CONTINUED_FROM
 from gateway.exchange import Exchange
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -131,4 +132,7 @@ def request_fields(ex: Exchange) -> dict[str, Any]:
         fields["error"] = ex.record.error_kind
     if ex.record.stream_outcome:
         fields["stream_outcome"] = ex.record.stream_outcome
+    continued_from = ex.state.get(CONTINUED_FROM)
+    if continued_from is not None:  # a broken stream finished by ``upstream``; usage is the sum of both
+        fields["continued_from"] = continued_from
     return fields

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from gateway.components import CONTINUED_FROM
 from gateway.exchange import Exchange
 
 GROUP_BY = ("tenant", "model", "route", "upstream")
@@ -46,6 +47,9 @@ class UsageRecord:
     status: int
     cost_usd: float | None
     error: str
+    # The upstream whose stream broke and was finished by ``upstream`` (issue 18), "" if none; usage is then
+    # the sum of both. Last, with a default: rows stored before it existed still load.
+    continued_from: str = ""
 
     def as_row(self) -> tuple[Any, ...]:
         return tuple([getattr(self, name) for name in COLUMNS])  # dataclasses.astuple deep-copies: 10x slower
@@ -75,6 +79,7 @@ def record_of(ex: Exchange, wall_now: float, cost: float | None) -> UsageRecord:
         ttft_s=(ex.record.first_token_at - ex.request.received_at) if ex.record.first_token_at else None,
         cache_result=ex.record.cache_result, source=ex.record.source, attempts=len(ex.record.attempts),
         status=ex.record.status, cost_usd=cost, error=_error(ex),
+        continued_from=(ex.state.get(CONTINUED_FROM) or "")[:_MAX_TEXT],
     )
 
 

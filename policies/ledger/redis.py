@@ -86,6 +86,7 @@ def _decode(entry: dict[Any, Any]) -> UsageRecord | None:
         return None
     try:
         row = orjson.loads(payload)
-        return UsageRecord.from_row(row) if len(row) == len(COLUMNS) else None
+        # a row written before ``continued_from`` existed has one column fewer; it takes the default
+        return UsageRecord.from_row(row) if len(COLUMNS) - 1 <= len(row) <= len(COLUMNS) else None
     except (orjson.JSONDecodeError, TypeError, ValueError):
         return None

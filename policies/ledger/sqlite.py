@@ -63,6 +63,7 @@ class SqliteStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute(_SCHEMA)
+        _add_missing_columns(conn)
         conn.execute("CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts)")
         self._conn = conn
 
@@ -100,3 +101,16 @@ class SqliteStore:
             await self._run(self._conn.close)
             self._conn = None
         self._pool.shutdown(wait=True)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A file written by an older version lacks the newer columns (e.g. ``continued_from``): add them."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    for name in COLUMNS:
+        if name not in have:
+            try:
+                kind = _TYPES.get(name, "TEXT")
+                default = " DEFAULT ''" if kind == "TEXT" else ""
+                conn.execute(f"ALTER TABLE usage ADD COLUMN {name} {kind}{default}")
+            except sqlite3.OperationalError:  # another process added it meanwhile
+                pass

@@ -38,6 +38,7 @@ from typing import Any
 from gateway.appstate import AppState
 from gateway.body import Observed
 from gateway.chain import Next
+from gateway.components import CONTINUED_FROM
 from gateway.config_model import Config
 from gateway.errors import LocalReply, UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
@@ -182,6 +183,7 @@ class RetryPolicy:
         def report(outcome: str, upstream: str) -> None:
             self.metrics.child(self.metrics.continuations, ex.request.route_name, outcome).inc()
             if outcome == "continued":
+                ex.state.set(CONTINUED_FROM, broken_key)  # the log line and the ledger record say so
                 log.info("stream continued", extra={"fields": {
                     "event": "stream_continued", "request_id": ex.request.request_id,
                     "route": ex.request.route_name, "from": broken_key, "to": upstream}})

@@ -29,6 +29,8 @@ from openai import AsyncOpenAI
 
 from gateway.exchange import Exchange
 from gateway.mock import MockServer
+from gateway.telemetry.logging import request_fields
+from policies.ledger.record import record_of
 from policies.resilience.config import CircuitBreakerConfig
 from policies.resilience.registry import COMPONENT as RESILIENCE
 from tests.support.servers import InProcessGateway
@@ -269,8 +271,11 @@ async def test_broken_stream_is_continued_by_the_fallback(make_gateway: GatewayF
 
 async def test_continued_stream_is_marked_and_ends_with_done(make_gateway: GatewayFactory,
                                                              mock_upstream: MockServer) -> None:
-    """On the wire: one SSE comment names the continuation, then [DONE]; the usage is summed."""
+    """On the wire: one SSE comment names the continuation, then [DONE]; the usage is summed. The request's
+    log line and ledger record name the upstream whose stream broke and carry the same summed usage."""
     gw = await two_deployments(make_gateway, mock_upstream, backup=CONTINUES)
+    finished: list[Exchange] = []
+    gw.state.sinks.append(finished.append)
     await queue_faults(mock_upstream, BREAKS["cut_after_40_of_60"])
     async with aiohttp.ClientSession() as session:
         async with session.post(gw.base_url + "/chat/completions", json={
@@ -282,6 +287,11 @@ async def test_continued_stream_is_marked_and_ends_with_done(make_gateway: Gatew
     assert frames[-2] == ": x-gateway-continued upstream=backup after=reset_mid_stream"
     usage = json.loads(frames[-3].removeprefix("data: "))["usage"]
     assert usage["completion_tokens"] == 60 and '"error"' not in raw
+    await until(lambda: bool(finished), timeout=3.0)
+    line, record = request_fields(finished[0]), record_of(finished[0], time.time(), None)
+    assert (line["upstream"], line["continued_from"], line["completion_tokens"]) == ("backup", "primary", 60)
+    assert (record.upstream, record.continued_from, record.completion) == ("backup", "primary", 60)
+    assert record.prompt == usage["prompt_tokens"]
 
 
 async def test_cut_stream_whose_fallback_rejects_prefill_ends_with_the_original_error(

@@ -8,8 +8,16 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from gateway.components import CONTINUED_FROM
 from gateway.exchange import Exchange, Usage
-from gateway.telemetry.logging import ACCESS, REQUEST_ID, direct_handler, log_request, setup_logging
+from gateway.telemetry.logging import (
+    ACCESS,
+    REQUEST_ID,
+    direct_handler,
+    log_request,
+    request_fields,
+    setup_logging,
+)
 from tests.support.exchange import build_exchange
 
 
@@ -61,3 +69,11 @@ def test_no_line_below_info_and_a_filter_takes_the_logging_path(root_logging: No
     assert direct_handler() is None
     log_request(_exchange())
     assert out.getvalue() == ""  # the filter was honoured: the line went through logging
+
+
+def test_a_continued_stream_is_marked_in_the_line() -> None:
+    """The upstream whose stream broke is named (``upstream`` finished it); an unbroken one has no field."""
+    ex = _exchange()
+    assert "continued_from" not in request_fields(ex)
+    ex.state.set(CONTINUED_FROM, "primary")
+    assert request_fields(ex)["continued_from"] == "primary"

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from gateway.components import CONTINUED_FROM
 from gateway.exchange import Attempt, Exchange, Usage
 from policies.ledger.record import (
     COLUMNS,
@@ -64,6 +65,11 @@ def test_record_of_exchange(make_exchange: Callable[..., Exchange]) -> None:
     )
     assert (r.tenant, r.route, r.attempts, r.cost_usd, r.error) == ("acme", "main", 1, 0.25, "client_gone")
     assert UsageRecord.from_row(r.as_row()) == r and len(r.as_row()) == len(COLUMNS)
+    assert r.continued_from == ""
+    ex.state.set(CONTINUED_FROM, "primary")
+    assert record_of(ex, wall_now=1000.0, cost=0.25).continued_from == "primary"
+    # a row stored before the column existed still loads
+    assert UsageRecord.from_row(r.as_row()[:-1]) == r
 
 
 def test_aggregate_totals_and_percentiles() -> None:

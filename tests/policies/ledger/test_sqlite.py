@@ -1,10 +1,12 @@
 """The SQLite ledger store: batches, queries by window and group, retention, reopening."""
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from policies.ledger.record import COLUMNS
 from policies.ledger.sqlite import SqliteStore
 from tests.policies.ledger.test_record import rec
 
@@ -46,4 +48,22 @@ async def test_unwritable_path_fails_with_the_config_key(tmp_path: Path) -> None
     store = SqliteStore(blocker / "ledger.sqlite3")
     with pytest.raises(RuntimeError, match="ledger.sqlite_path"):
         await store.open()
+    await store.close()
+
+
+async def test_a_file_from_before_continued_from_gets_the_column(tmp_path: Path) -> None:
+    """An older file (no ``continued_from`` column) opens, keeps its rows, and takes new records."""
+    path = tmp_path / "old.sqlite3"
+    old = [c for c in COLUMNS if c != "continued_from"]
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"CREATE TABLE usage ({', '.join(old)})")
+        conn.execute(f"INSERT INTO usage VALUES ({', '.join('?' for _ in old)})", rec().as_row()[:-1])
+    conn.close()
+    store = SqliteStore(path)
+    await store.open()
+    await store.write([rec(request_id="new", continued_from="primary")])
+    assert sum(g["requests"] for g in await store.query("model", 0, 1e12)) == 2
+    rows = await store._run(lambda: store._db().execute(
+        "SELECT request_id, continued_from FROM usage ORDER BY request_id").fetchall())
+    assert rows == [("new", "primary"), ("r", "")]
     await store.close()
