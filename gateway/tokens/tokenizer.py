@@ -25,6 +25,7 @@ from typing import Any
 
 import tiktoken
 
+from gateway.memory import trim_heap
 from gateway.tokens.bpe import BPE_FILES, load_encoding
 from gateway.tokens.request import (
     IMAGE_PART_TOKENS,
@@ -220,7 +221,11 @@ class Tokenizer:
         enc = self._encodings.get(name)
         if enc is None:
             enc = load_encoding(name)
+            # tiktoken keeps a Python dict of the ~200k ranks only to pickle the encoding (its Rust core
+            # holds its own copy): ~21 MB per encoding. Encodings are never pickled here.
+            enc._mergeable_ranks = {}
             self._encodings[name] = enc
+            trim_heap()  # the file's text and the parse's temporaries back to the OS
         return enc
 
     def is_loaded(self, model: str) -> bool:
