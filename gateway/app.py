@@ -51,8 +51,9 @@ async def build_runtime(st: AppState, config: Config) -> Runtime:
     """Everything derived from one config; a reload builds a new one and swaps it in."""
     policies = await build_policies(st, config)
     chain = build_chain(policies, terminal(st))
+    counts = any(getattr(p, "counts_prompts", False) for p in policies)
     return Runtime(config=config, router=Router(config.routes), auth=Authenticator(config.auth), chain=chain,
-                   policies=policies)
+                   policies=policies, counts_prompts=counts)
 
 
 def build_app(config: Config, config_path: str | None = None) -> web.Application:

@@ -44,6 +44,10 @@ class Runtime:
     auth: Authenticator
     chain: Next
     policies: list[Policy] = field(default_factory=list)
+    # A built layer reads every request's prompt size (``counts_prompts = True`` on its class: rate limits,
+    # budgets, compression): the first request loads the encoding off the loop. Without one, nothing is
+    # counted up front and encodings load only if a count is ever asked for.
+    counts_prompts: bool = False
 
 
 @dataclass(slots=True)

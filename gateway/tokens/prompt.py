@@ -9,7 +9,9 @@ new count with ``set_prompt_tokens`` so later layers see the real size.
 Large prompts are counted off the event loop: ``count_prompt`` (awaited by the handler before
 the chain) sends any body whose byte bound exceeds ``INLINE_MAX_BYTES`` to the work pool, which
 falls back to an estimate over budget or on a tokenizer failure; the synchronous
-``prompt_tokens`` then only reads the figure. Small bodies are counted inline, lazily, as before.
+``prompt_tokens`` then only reads the figure. Small bodies are counted inline, lazily, as before;
+their first count loads the encoding off the loop only when a built layer counts every request
+(``Runtime.counts_prompts``), so a config without one never loads an encoding up front.
 """
 from __future__ import annotations
 
@@ -50,8 +52,9 @@ async def count_prompt(st: AppState, ex: Exchange) -> None:
     body = ex.body if "model" in ex.body else {**ex.body, "model": ex.target.model}
     model = body.get("model")
     bound = prompt_bound(ex)
-    if bound <= INLINE_MAX_BYTES and st.tokenizer.is_loaded(model if isinstance(model, str) else ""):
-        return  # counted lazily, inline, if anyone asks
+    if bound <= INLINE_MAX_BYTES and (not st.runtime.counts_prompts or
+                                      st.tokenizer.is_loaded(model if isinstance(model, str) else "")):
+        return  # counted lazily, inline, if anyone asks (no layer asks for every request's count)
     operation = ex.request.operation
     ex.record.prompt_tokens = await st.work.run(
         ex.request.namespace, "prompt_tokens",

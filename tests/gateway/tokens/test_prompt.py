@@ -15,10 +15,10 @@ from gateway.tokens.prompt import count_prompt, prompt_tokens
 from tests.gateway.tokens.test_pool import outcomes
 
 
-def state(budget_s: float = 30.0) -> AppState:
+def state(budget_s: float = 30.0, counts_prompts: bool = True) -> AppState:
     config = Config()
     runtime = Runtime(config=config, router=Router(config.routes), auth=Authenticator(AuthConfig()),
-                      chain=None)  # type: ignore[arg-type]
+                      chain=None, counts_prompts=counts_prompts)  # type: ignore[arg-type]
     metrics = Metrics()
     return AppState(runtime=runtime, metrics=metrics, work=WorkPool(budget_s=budget_s, metrics=metrics))
 
@@ -47,6 +47,18 @@ async def test_the_first_count_loads_the_encoding_off_the_loop(
     await count_prompt(st, ex)
     assert ex.record.prompt_tokens is not None and outcomes(st.metrics, "prompt_tokens") == {"done": 1.0}
     assert st.tokenizer.is_loaded("gpt-4o")
+    st.work.close()
+
+
+async def test_without_a_layer_that_counts_every_prompt_no_encoding_is_loaded(
+        make_exchange: Callable[..., Exchange]) -> None:
+    st = state(counts_prompts=False)
+    small = make_exchange(chat("hello"))
+    await count_prompt(st, small)
+    assert small.record.prompt_tokens is None and not st.tokenizer.is_loaded("gpt-4o")
+    large = make_exchange(chat("hello world " * 4000))  # control: a large prompt is still counted
+    await count_prompt(st, large)
+    assert large.record.prompt_tokens is not None and outcomes(st.metrics, "prompt_tokens") == {"done": 1.0}
     st.work.close()
 
 
