@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 COV_FLOOR ?= 93
 MINUTES ?= 10
 
-.PHONY: run test demo lint bench soak chaos clean
+.PHONY: run test demo lint bench bench-peers soak chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ lint: $(DEV_STAMP)  # ruff, then the typecheck (mypy --strict, configured in pyp
 
 bench: $(DEV_STAMP)  # BENCH_ARGS='--only small-c1,stream-c1 --reps 5'; wrk and nginx are used when installed
 	$(BIN)/python -m bench.overhead $(BENCH_ARGS)
+
+# LiteLLM's proxy (own virtualenv) and the Portkey gateway (npm, hono pinned 4.9.x) into bench/peers/ (git-ignored):
+# `make bench` then adds their columns. Needs network once; they run offline against the mock.
+bench-peers: $(DEV_STAMP)
+	$(PYTHON) -m venv bench/peers/litellm/.venv
+	bench/peers/litellm/.venv/bin/pip install --quiet 'litellm[proxy]'
+	mkdir -p bench/peers/portkey
+	printf '{"name":"bench-peers","private":true,"overrides":{"hono":"~4.9.0"}}\n' > bench/peers/portkey/package.json
+	cd bench/peers/portkey && npm install --silent --no-audit --no-fund @portkey-ai/gateway 'hono@~4.9.0'
 
 soak: $(DEV_STAMP)  # MINUTES=N of mixed traffic with faults; prints RSS, files, tasks, pool, CLOSE_WAIT over time
 	$(BIN)/python -m scripts.soak --minutes $(MINUTES)

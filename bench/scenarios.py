@@ -167,7 +167,8 @@ class Scenario:
         return out
 
 
-REQUEST_TARGETS = ("direct", "nginx", "bare", "gw-off", "gw-default", "gw-all")
+# portkey and litellm: peer gateways, when installed (``make bench-peers``; bench/peer_procs.py)
+REQUEST_TARGETS = ("direct", "nginx", "bare", "portkey", "litellm", "gw-off", "gw-default", "gw-all")
 
 
 def all_scenarios() -> list[Scenario]:
