@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from bench import procs
+from bench.scenarios import HEADERS
 
 PEERS_DIR = procs.ROOT / "bench" / "peers"
 LITELLM_BIN = PEERS_DIR / "litellm" / ".venv" / "bin" / "litellm"
@@ -60,6 +61,7 @@ def _start_litellm(upstream_url: str) -> procs.Server:
         "model_list": [{"model_name": "*", "litellm_params": {
             "model": "openai/*", "api_base": upstream_url + "/v1", "api_key": "sk-upstream-secret"}}],
         "litellm_settings": {"drop_params": True, "telemetry": False},
+        "general_settings": {"master_key": HEADERS["Authorization"].removeprefix("Bearer ")},  # bench key
     }))
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true",
            "PYTHONPATH": ""}
