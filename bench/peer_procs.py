@@ -6,8 +6,8 @@ peer is not installed its column is skipped, as nginx's is. Both run fully offli
 fake provider as every other target:
 
 - LiteLLM: one worker, ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no cost map download at start), a
-  catch-all model pointing at the mock; the mock's fault headers travel as ``x-pass-*`` (LiteLLM
-  forwards those, prefix stripped).
+  catch-all model pointing at the mock, the bench's client key as master key, and
+  ``forward_client_headers_to_llm_api`` so the mock's ``x-mock-*`` fault headers reach it.
 - Portkey: ``build/start-server.js --headless``; the provider and the mock's address are request
   headers (``x-portkey-provider``, ``x-portkey-custom-host``), the fault headers are listed in
   ``x-portkey-forward-headers``.
@@ -45,7 +45,7 @@ def start(name: str, upstream_url: str) -> procs.Server | None:
 def request_headers(name: str, headers: dict[str, str], upstream_url: str) -> dict[str, str]:
     """``headers`` as the peer needs them to reach the mock with the scenario's fault headers."""
     if name == "litellm":
-        return {("x-pass-" + k if k.lower() in MOCK_HEADERS else k): v for k, v in headers.items()}
+        return headers
     if name == "portkey":
         forward = ",".join(k for k in headers if k.lower() in MOCK_HEADERS)
         extra = {"x-portkey-provider": "openai", "x-portkey-custom-host": upstream_url + "/v1"}
@@ -61,7 +61,9 @@ def _start_litellm(upstream_url: str) -> procs.Server:
         "model_list": [{"model_name": "*", "litellm_params": {
             "model": "openai/*", "api_base": upstream_url + "/v1", "api_key": "sk-upstream-secret"}}],
         "litellm_settings": {"drop_params": True, "telemetry": False},
-        "general_settings": {"master_key": HEADERS["Authorization"].removeprefix("Bearer ")},  # bench key
+        # the bench's key; x-* headers (the mock's faults) forwarded to the provider
+        "general_settings": {"master_key": HEADERS["Authorization"].removeprefix("Bearer "),
+                             "forward_client_headers_to_llm_api": True},
     }))
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true",
            "PYTHONPATH": ""}
