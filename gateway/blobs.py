@@ -89,7 +89,7 @@ def _string_end(raw: bytes, quote: int) -> int:
     end = raw.find(b'"', quote + 1)
     while end > 0 and raw[end - 1] == 0x5C:
         first = end - 1
-        while raw[first - 1] == 0x5C:
+        while first > 0 and raw[first - 1] == 0x5C:
             first -= 1
         if (end - first) % 2 == 0:  # an even run of backslashes escapes only itself
             break

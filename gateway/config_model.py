@@ -19,7 +19,7 @@ from policies.compression.config import CompressionConfig
 from policies.ledger.config import LedgerConfig
 from policies.mcp.config import McpConfig
 from policies.ratelimit.config import RateLimitConfig
-from policies.resilience.config import CircuitBreakerConfig, RetryConfig
+from policies.resilience.config import CircuitBreakerConfig, HedgeConfig, RetryConfig
 from policies.tools.config import ToolConfig
 from policies.tracing.config import TracingConfig
 from policies.usage.config import PriceConfig
@@ -71,6 +71,9 @@ class UpstreamConfig:
     # error unless set on purpose; the provider then sees the tenant's key).
     forward_client_key: bool = False
     limits: UpstreamLimits = field(default_factory=UpstreamLimits)
+    # How this upstream can finish another one's broken stream (issue 18): an assistant prefill message,
+    # vLLM's continue_final_message, or not at all.
+    continuation: Literal["prefill", "continue_final_message", "none"] = "none"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +93,15 @@ ValidateMode = Literal["provider", "strict", "shadow"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DeploymentConfig:
+    """One deployment of the route's model (issue 18: routing across deployments)."""
+
+    upstream: str
+    model: str | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
     """A route; the optional policy blocks are already merged over the global ones."""
 
@@ -100,6 +112,13 @@ class RouteConfig:
     fallbacks: list[FallbackConfig] = field(default_factory=list)
     # Larger-window models for a provider 400 context_length_exceeded (issue 18), tried in order.
     context_fallbacks: list[FallbackConfig] = field(default_factory=list)
+    hedge: HedgeConfig | None = None  # a late first token starts the request on the next target too
+    # A committed chat stream that breaks is finished by a fallback; None: on when a fallback can continue.
+    continue_on_break: bool | None = None
+    # Several deployments of the model, balanced (least in-flight x latency EWMA, power of two choices);
+    # ``upstream`` is one of them (added with weight 1 if not listed). Fallbacks come after all of them.
+    targets: list[DeploymentConfig] = field(default_factory=list)
+    affinity: Literal["none", "prefix"] = "none"  # prefix: a long shared prompt prefix keeps its deployment
     cache: CacheConfig | None = None
     compression: CompressionConfig | None = None
     budgets: BudgetsConfig | None = None

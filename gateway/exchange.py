@@ -168,6 +168,12 @@ class LayerState:
     def __contains__(self, key: StateKey[T]) -> bool:
         return cast("StateKey[object]", key) in self._values
 
+    def copy(self) -> LayerState:
+        """A shallow copy (a hedged attempt's own state: resilience.hedge.fork)."""
+        twin = LayerState()
+        twin._values.update(self._values)
+        return twin
+
 
 @dataclass(slots=True, kw_only=True)
 class Exchange:

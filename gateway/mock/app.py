@@ -67,6 +67,7 @@ class MockState:
     faults: FaultQueue
     quota: SlidingWindowQuota
     seen_models: set[str] = field(default_factory=set)
+    prompt_cache: set[bytes] = field(default_factory=set)  # message-prefix digests (prompt_cache_min_tokens)
 
 
 STATE_KEY = web.AppKey("gateway_mock_state", MockState)
@@ -196,6 +197,7 @@ def _make_context(request: web.Request, state: MockState, attempt: Attempt) -> R
     attempt.fault = fault.describe() or None
     return RequestContext(
         request=request,
+        prompt_cache=state.prompt_cache,
         cfg=state.cfg,
         recorder=state.recorder,
         attempt=attempt,

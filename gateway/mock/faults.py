@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-_INT_KEYS = frozenset({"status", "retry_after_ms", "reset_after_chunks", "stall_after_chunks", "redirect"})
+_INT_KEYS = frozenset({"status", "retry_after_ms", "reset_after_chunks", "stall_after_chunks", "redirect",
+                       "malformed_after_chunks", "error_after_chunks", "end_after_chunks"})
 _FLOAT_KEYS = frozenset(
     {"retry_after", "stall_before_first_byte_ms", "stall_ms", "drip_ms", "ttft_ms", "tokens_per_s"}
 )
-_FLAG_KEYS = frozenset({"reset_before_headers", "malformed_sse", "error_event_first"})
+_FLAG_KEYS = frozenset({"reset_before_headers", "malformed_sse", "error_event_first", "reject_prefill"})
 _STR_KEYS = frozenset({"location", "error_code"})
 
 # Faults that replace the normal answer; they name the Attempt outcome (`fault:<name>`).
@@ -36,10 +37,14 @@ class FaultSpec:
     reset_after_chunks: int | None = None
     stall_before_first_byte_ms: float | None = None
     stall_after_chunks: int | None = None
+    malformed_after_chunks: int | None = None  # broken-JSON data event after the N-th, then the rest
+    error_after_chunks: int | None = None  # an error event after the N-th event, then a clean close
+    end_after_chunks: int | None = None  # a clean close after the N-th event: no rest, no [DONE]
     stall_ms: float | None = None
     drip_ms: float | None = None
     malformed_sse: bool = False
     error_event_first: bool = False
+    reject_prefill: bool = False  # 400 for a conversation ending with an assistant message
     redirect: int | None = None
     location: str | None = None
     error_code: str | None = None  # with status: the error body's code, e.g. context_length_exceeded

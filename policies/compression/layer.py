@@ -109,6 +109,9 @@ class CompressionPolicy:
             ex.response_headers[SAVED_HEADER] = "0"
             self._decide("fits")
             return None
+        if cfg.enforce and self._to_larger_window(ex, body, cfg):
+            self._decide("context_fallback")
+            return None
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             self._decide("not_applicable")  # malformed: the provider will say what is wrong
@@ -134,6 +137,24 @@ class CompressionPolicy:
             log.exception("compression failed; request sent unchanged",
                           extra={"fields": {"route": ex.request.route_name}})
             return None
+
+    def _to_larger_window(self, ex: Exchange, body: dict[str, Any], cfg: CompressionConfig) -> bool:
+        """Send a prompt too long for its model to the first ``context_fallbacks`` model it fits whole
+        (issue 18): a larger window loses nothing, compression would. The retry policy then plans from it."""
+        route = ex.request.route
+        if route is None or not route.context_fallbacks:
+            return False
+        tokens = prompt_tokens(self.state, ex)
+        budgets = route.budgets or self.config.budgets
+        for fb in route.context_fallbacks:
+            model = fb.model or ex.target.model
+            info = model_info(self.config.models, model)
+            limits = prompt_budget(cfg, info, output_reserve(requested_output(body, "chat"), budgets, info))
+            if limits is not None and tokens <= limits.budget and fb.upstream in self.config.upstreams:
+                ex.target.upstream, ex.target.model = fb.upstream, model
+                ex.set_body({**body, "model": model})
+                return True
+        return False
 
     def _limits(self, ex: Exchange, body: dict[str, Any], cfg: CompressionConfig) -> PromptBudget | None:
         info = model_info(self.config.models, ex.target.model, ex.request.model)

@@ -21,6 +21,7 @@ class Call:
     raw: bytes
     identity: Identity
     started: float
+    request_id: str = ""
     safety: Safety = "write"
     deadline: float = 0.0
     outcome: str = "ok"

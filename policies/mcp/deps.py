@@ -8,6 +8,7 @@ from gateway.appstate import AppState
 from policies.mcp.metrics import McpMetrics
 from policies.mcp.store import TtlStore
 from policies.mcp.tenants import TenantLimits
+from policies.mcp.toolstats import ToolStats
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -20,6 +21,7 @@ class Deps:
     catalogs: TtlStore
     results: TtlStore
     tenants: TenantLimits
+    tool_stats: ToolStats
     rand: Callable[[], float]
 
     def now(self) -> float:

@@ -92,6 +92,33 @@ class SseReader:
         return out
 
 
+class JsonReader:
+    """Feed an ``application/json`` answer's bytes; at the end, its JSON-RPC messages (one or a batch).
+
+    Bodies past ``limit`` bytes are not kept (their messages are not read: no cache, no catalog).
+    """
+
+    def __init__(self, limit: int = 4 << 20) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        self._size += len(chunk)
+        if self._size <= self._limit:
+            self._parts.append(chunk)
+        return []
+
+    def end(self) -> list[Any]:
+        if self._size > self._limit or not self._parts:
+            return []
+        try:
+            value = orjson.loads(b"".join(self._parts))
+        except orjson.JSONDecodeError:
+            return []
+        return value if isinstance(value, list) else [value]
+
+
 def sse_event(payload: bytes) -> bytes:
     return b"event: message\ndata: " + payload + b"\n\n"
 

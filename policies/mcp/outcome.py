@@ -19,3 +19,15 @@ def finish(deps: Deps, call: Call, outcome: str) -> None:
             "mcp tool call",
             extra={"server": call.server.name, "tool": tool, "outcome": outcome, "safety": call.safety},
         )
+        deps.tool_stats.add(call.server.name, tool, seconds, outcome)
+        _ledger(deps, call, seconds)
+
+
+def _ledger(deps: Deps, call: Call, seconds: float) -> None:
+    ledger = deps.st.ledger
+    if ledger is None:
+        return
+    ledger.tool_call(
+        request_id=call.request_id, tenant=call.tenant, server=call.server.name, tool=call.msg.tool or "",
+        duration_s=seconds, outcome=call.outcome, attempts=call.attempts, status=call.status,
+    )

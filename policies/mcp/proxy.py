@@ -27,6 +27,7 @@ from policies.mcp.plain import forward, http_error
 from policies.mcp.store import TtlStore
 from policies.mcp.tenants import TenantLimits
 from policies.mcp.toolcall import tool_call
+from policies.mcp.toolstats import ToolStats
 from policies.mcp.upstream import McpServer
 
 
@@ -34,10 +35,10 @@ class McpGateway:
     """The ``/mcp/`` handler for one config."""
 
     def __init__(self, st: AppState, servers: dict[str, McpServer], metrics: McpMetrics,
-                 catalogs: TtlStore, results: TtlStore, tenants: TenantLimits,
+                 catalogs: TtlStore, results: TtlStore, tenants: TenantLimits, tool_stats: ToolStats,
                  rand: Callable[[], float]) -> None:
         self.servers = servers
-        self.deps = Deps(st, metrics, catalogs, results, tenants, rand)
+        self.deps = Deps(st, metrics, catalogs, results, tenants, tool_stats, rand)
 
     async def __call__(self, request: web.Request, rid: str) -> web.StreamResponse:
         name = request.path[len("/mcp/"):] if request.path.startswith("/mcp/") else ""
@@ -83,7 +84,7 @@ class McpGateway:
                 deps.metrics.metrics.decision("mcp_batch", "refused")
             deps.metrics.done(server.name, "batch" if batched else "other", "", "bad_request", 0.0)
             return http_error(400, str(bad), bad.code)
-        call = Call(server=server, msg=msg, raw=raw, identity=identity, started=deps.now())
+        call = Call(server=server, msg=msg, raw=raw, identity=identity, started=deps.now(), request_id=rid)
         if msg.is_request and msg.method in rpc.LIST_METHODS:
             return await list_call(deps, request, call)
         if msg.is_request and msg.method == "tools/call":

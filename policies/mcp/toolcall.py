@@ -43,6 +43,7 @@ async def tool_call(deps: Deps, request: web.Request, call: Call) -> web.StreamR
 
 
 def tenant_refused(deps: Deps, call: Call, verdict: TenantVerdict) -> web.Response:
+    call.status = 429
     finish(deps, call, "tenant_rate_limited")
     text = f"Too many tool calls for this key ({verdict.limit}); retry after {verdict.retry_after_s} s."
     body = rpc.error(call.msg.id, rpc.UPSTREAM_ERROR, text)

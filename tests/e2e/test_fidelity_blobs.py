@@ -61,3 +61,18 @@ async def test_provider_receives_the_identical_image(
         assert attempt.body == raw  # the client's own bytes
     if sent.get("stream"):
         assert got["stream_options"] == {"include_usage": True}
+
+
+async def test_a_large_body_that_is_not_json_is_still_a_400(
+    make_gateway: GatewayFactory, mock_upstream: MockServer
+) -> None:
+    gw = await make_gateway()
+    broken = orjson.dumps(body("gpt-4o"))[:-3]  # cut inside the closing brackets
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(gw.url + "/v1/chat/completions", data=broken,
+               headers={"content-type": "application/json", "authorization": "Bearer sk-c"}) as r,
+    ):
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "invalid_json"
+    assert mock_upstream.recorder.count("/v1/chat/completions") == 0

@@ -94,3 +94,11 @@ def test_exchange_body_bytes_restores_blobs_after_set_body() -> None:
     assert ex.body_bytes() is raw  # unchanged: the client's bytes
     ex.set_body({**orjson.loads(parsed), "model": "gpt-4o-2024-08-06"})
     assert url_of(orjson.loads(ex.body_bytes())) == "data:image/png;base64," + IMAGE
+
+
+def test_malformed_large_bodies_never_raise() -> None:
+    """Extraction runs before the JSON is parsed: any bytes go through, and the parser judges them."""
+    for raw in (b"\\" * MIN_BODY + b'"', b'"' + b"\\" * MIN_BODY + b'"', b"x" * MIN_BODY, b'"' * MIN_BODY,
+                b'{"a":"' + IMAGE.encode()):
+        parsed, blobs = extract(raw)
+        assert blobs is None or PREFIX in parsed

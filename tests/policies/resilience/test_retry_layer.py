@@ -84,14 +84,15 @@ class Harness:
     def __init__(self, *, retry: dict[str, Any] | None = None, breaker: dict[str, Any] | None = None,
                  fallbacks: list[dict[str, Any]] | None = None,
                  timeouts: dict[str, Any] | None = None,
-                 context_fallbacks: list[dict[str, Any]] | None = None) -> None:
+                 context_fallbacks: list[dict[str, Any]] | None = None,
+                 hedge: dict[str, Any] | None = None) -> None:
         retry = {"base_delay_s": 0.1, "max_delay_s": 1.0, "budget_floor": 100, **(retry or {})}
         breaker = {"consecutive_failures": 100, "min_calls": 1000, **(breaker or {})}
         ups = {name: {"base_url": "http://127.0.0.1:9/v1", "retry": retry, "circuit_breaker": breaker,
                       "timeouts": timeouts or {}} for name in "abc"}
         self.config = parse_config({"upstreams": ups, "routes": [
             {"match": {"model": "*"}, "upstream": "a", "fallbacks": fallbacks or [],
-             "context_fallbacks": context_fallbacks or []}]}, {})
+             "context_fallbacks": context_fallbacks or [], **({"hedge": hedge} if hedge else {})}]}, {})
         self.clock = Clock()
         self.metrics = Metrics()
         self.res = Resilience(ResilienceMetrics(self.metrics), self.clock, rand=lambda: 0.5)
@@ -494,3 +495,40 @@ async def test_context_length_exceeded_without_context_fallbacks_is_not_read() -
     h.scripts["a"] = [answer(400, TOO_LONG)]
     resp = await h.chain(h.exchange())
     assert resp.status == 400 and await read(resp) == TOO_LONG and len(h.calls) == 1
+
+
+async def test_hedge_wins_over_a_late_primary_and_the_answer_names_the_fallback() -> None:
+    """The primary's first token is late: the hedge on b commits first; a's body is closed."""
+    h = Harness(fallbacks=[{"upstream": "b", "model": "small"}], hedge={"after_s": 0.01})
+    late = answer(200, ROLE, sse=True, stall=True)
+    h.scripts["a"] = [late]
+    h.scripts["b"] = [answer(200, ROLE, TEXT, DONE, sse=True)]
+    ex = h.exchange(stream=True)
+    resp = await h.chain(ex)
+    assert await read(resp) == ROLE + TEXT + DONE and late.body.closed
+    assert (ex.target.upstream, ex.target.model) == ("b", "small")
+    assert ex.response_headers == {"x-gateway-attempts": "2", "x-gateway-hedge": "hedge_won"}
+    assert h.sample("gateway_hedges_total", route="gpt-4o", outcome="hedge_won") == 1
+    # the slow primary lost, it did not fail: its breaker ticket was settled neutral, b's as a success
+    assert h.res.breaker("a").consecutive == 0 and h.res.breaker("a")._calls == 0
+    assert h.res.breaker("b")._calls == 1 and ex.state.get(PENDING_TICKET) is None
+
+
+async def test_hedge_counts_against_the_retry_budget() -> None:
+    """With the budget spent, the late primary is waited for, not hedged (and it is counted)."""
+    h = Harness(retry={"budget_floor": 0, "budget_ratio": 0.0}, fallbacks=[{"upstream": "b"}],
+                hedge={"after_s": 0.01})
+    gate = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, gate.set)
+
+    class Late(Body):
+        async def __anext__(self) -> bytes:
+            await gate.wait()
+            return await super().__anext__()
+
+    h.scripts["a"] = [UpstreamResponse(200, {"content-type": "text/event-stream"}, Late(ROLE, TEXT, DONE))]
+    ex = h.exchange(stream=True)
+    resp = await h.chain(ex)
+    assert await read(resp) == ROLE + TEXT + DONE and [c[0] for c in h.calls] == ["a"]
+    assert ex.response_headers["x-gateway-hedge"] == "budget_exhausted"
+    assert h.sample("gateway_retry_budget_exhausted_total", upstream="a") == 1

@@ -41,3 +41,41 @@ def test_breaker_intervals_are_checked() -> None:
     ok = parse_config({"upstreams": {"a": {"base_url": "http://a/v1", "circuit_breaker": {"open_s": 30}}},
                        "routes": [{"upstream": "a"}]}, env={})
     assert ok.upstreams["a"].circuit_breaker.open_s == 30
+
+
+
+def test_hedge_block_is_checked() -> None:
+    """A hedge needs a delay or a percentile, and a fallback to hedge to."""
+    raw = {"upstreams": {"a": {"base_url": "http://a/v1"}},
+           "routes": [{"upstream": "a", "hedge": {"after": "p100"}},
+                      {"upstream": "a", "hedge": {"after_s": 0}, "fallbacks": [{"upstream": "a"}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    assert err.value.problems == [
+        "routes[0].hedge.after: must be a percentile p50..p99, got 'p100'",
+        "routes[0].hedge: the route has no fallbacks to hedge to",
+        "routes[1].hedge.after_s: must be > 0",
+    ]
+    ok = {**raw, "routes": [{"upstream": "a", "hedge": {"after": "p95", "after_s": 2},
+                             "fallbacks": [{"upstream": "a"}]}]}
+    assert parse_config(ok, env={}).routes[0].hedge is not None
+
+
+def test_continue_on_break_needs_a_fallback_that_can_continue() -> None:
+    ups = {"a": {"base_url": "http://a/v1"}, "b": {"base_url": "http://b/v1"}}
+    raw = {"upstreams": ups, "routes": [{"upstream": "a", "continue_on_break": True,
+                                         "fallbacks": [{"upstream": "b"}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    assert err.value.problems[0].startswith("routes[0].continue_on_break: no fallback")
+    ok = {**raw, "upstreams": {**ups, "b": {"base_url": "http://b/v1", "continuation": "prefill"}}}
+    assert parse_config(ok, env={}).upstreams["b"].continuation == "prefill"
+
+
+def test_deployment_targets_are_checked() -> None:
+    raw = {"upstreams": {"a": {"base_url": "http://a/v1"}},
+           "routes": [{"upstream": "a", "targets": [{"upstream": "a", "weight": 0}, {"upstream": "zz"}]}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    assert err.value.problems == ["routes[0].targets[0].weight: must be > 0",
+                                  "routes[0].targets[1].upstream: unknown upstream 'zz'"]
