@@ -69,7 +69,7 @@ class Pinned:
 
 
 def fleet_config(mock_url: str, **overrides: Any) -> dict[str, Any]:
-    upstream = {"base_url": mock_url, "api_key": "sk-upstream-secret", "retry": {"max_attempts": 1},
+    upstream = {"base_url": mock_url + "/v1", "api_key": "sk-upstream-secret", "retry": {"max_attempts": 1},
                 "circuit_breaker": BREAKER}
     return gateway_config(
         mock_url, admin={"api_key": ADMIN},
