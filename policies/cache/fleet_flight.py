@@ -2,16 +2,18 @@
 
 Single flight (``singleflight``) shares one upstream call among the requests of one process. Across
 processes the exact cache is the meeting point: the process that leads a flight locally first claims
-the key in Redis (``SET <entry key>:flight NX PX``). If it wins, it calls the provider; when the
-answer has been relayed the claim is kept ``GRACE_S`` more (the exact cache writes the entry just
-after). If another process holds the claim, this one waits, bounded by ``coalesce.fleet_wait_s``
-(<= 10 s), for the entry to appear and answers from it (``x-gateway-cache: coalesced``); when the
-claim is gone without an entry (the leader's answer was not cacheable, or it failed: at most
-``GRACE_S`` after its end) or the wait runs out, it calls the provider itself.
+the key in Redis (``SET <prefix>flight:exact:<tenant token>:<digest> NX PX``). If it wins, it calls
+the provider; when the answer has been relayed the claim is kept ``GRACE_S`` more (the exact cache
+writes the entry just after). If another process holds the claim, this one waits, bounded by
+``coalesce.fleet_wait_s`` (<= 10 s), for the entry to appear and answers from it
+(``x-gateway-cache: coalesced``); when the claim is gone without an entry (the leader's answer was
+not cacheable, or it failed: at most ``GRACE_S`` after its end) or the wait runs out, it calls the
+provider itself.
 
 Only requests the exact cache would store take part (cache enabled, read and write allowed,
 deterministic unless ``deterministic_only: false``). Redis away: each process coalesces locally.
-The claim key is the entry's key (tenant namespace token + digest: no prompt text, no secret).
+The claim key names the entry the way its cache key does (tenant token + digest: no prompt text, no
+secret), outside the ``cache:`` keyspace.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from gateway.chain import Next
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
 from policies.cache.entry import CachedAnswer
-from policies.cache.keys import CacheKey
+from policies.cache.keys import CacheKey, namespace_token
 from policies.cache.redis_store import AnswerStore
 from policies.cache.respond import cached_response
 
@@ -43,7 +45,7 @@ class FleetFlight:
 
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry)."""
-        claim = self.store.redis_key(key) + ":flight"
+        claim = f"{self.store.prefix}flight:{self.store.kind}:{namespace_token(key.namespace)}:{key.digest}"
         try:
             won = await self.backend.call(lambda r: r.set(claim, self.owner, nx=True, px=int(wait_s * 1000)))
         except RedisUnavailable:
