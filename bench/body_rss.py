@@ -1,8 +1,9 @@
 """Peak RSS of a gateway process serving one large request: ``python -m bench.body_rss [MB] [--stream]``.
 
 Starts the fake provider here and ``gateway serve`` as a subprocess, sends one chat request carrying
-a base64 image of MB megabytes, and prints the gateway's resident memory before and its peak
-(``VmHWM``) after, and the growth as a multiple of the body size.
+a base64 image of MB megabytes (after one small warm-up request, so lazily loaded parts such as the
+tokenizer are not counted), and prints the gateway's resident memory before and its peak (``VmHWM``)
+after, and the growth as a multiple of the body size.
 """
 from __future__ import annotations
 
@@ -36,8 +37,12 @@ async def main(megabytes: int, stream: bool) -> None:
             {"type": "text", "text": "What is in this image?"},
             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + image}}]}]})
         del image
-        before = _status(gw.proc.pid, "VmRSS")
         async with aiohttp.ClientSession() as session:
+            # Warm up first (tokenizer, pools, lazily loaded modules): only the large body's cost is measured.
+            warm = {"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+            async with session.post(gw.url + "/v1/chat/completions", json=warm) as resp:
+                await resp.read()
+            before = _status(gw.proc.pid, "VmRSS")
             async with session.post(gw.url + "/v1/chat/completions", data=body,
                                     headers={"content-type": "application/json"}) as resp:
                 await resp.read()

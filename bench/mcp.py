@@ -2,14 +2,17 @@
 
 Starts the test MCP server (official SDK, Streamable HTTP, SSE answers) and the gateway as separate
 processes, opens one MCP session on each target with raw HTTP, and times ``tools/call get_quote`` at
-concurrency 1 and 32; then the catalog-cache hit (``tools/list`` answered by the gateway).
+concurrency 1 and 32; then the catalog-cache hit (``tools/list`` answered by the gateway). The
+machine may be shared: besides latency, each gateway row gives the gateway process's CPU time per
+call (user + system, from ``/proc``), which other load disturbs much less.
 
-    python -m bench.mcp --seconds 3
+    python -m bench.mcp --seconds 2
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -70,23 +73,54 @@ async def load(url: str, method: str, concurrency: int, seconds: float) -> list[
     return sorted(out)
 
 
-def row(name: str, values: list[float], base: list[float] | None = None) -> str:
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def row(name: str, values: list[float], base: list[float] | None = None, cpu: float | None = None) -> str:
     p50, p99 = percentile(values, 50) * 1e3, percentile(values, 99) * 1e3
-    extra = ""
+    added = "| |"
     if base:
-        extra = f" | +{p50 - percentile(base, 50) * 1e3:.2f} | +{p99 - percentile(base, 99) * 1e3:.2f}"
-    return f"| {name} | {len(values)} | {p50:.2f} | {p99:.2f}{extra} |"
+        added = f"| {p50 - percentile(base, 50) * 1e3:+.2f} | {p99 - percentile(base, 99) * 1e3:+.2f} |"
+    per_call = f" {cpu * 1e3 / len(values):.3f} |" if cpu is not None and values else " |"
+    return f"| {name} | {len(values)} | {p50:.2f} | {p99:.2f} {added}{per_call}"
 
 
-async def run(seconds: float, mcp_url: str, gw_url: str) -> None:
-    print("| target | calls | p50 ms | p99 ms | added p50 ms | added p99 ms |\n|---|---|---|---|---|---|")
+async def through(pid: int, url: str, method: str, c: int, seconds: float) -> tuple[list[float], float]:
+    before = cpu_s(pid)
+    values = await load(url, method, c, seconds)
+    return values, cpu_s(pid) - before
+
+
+async def run(seconds: float, mcp_url: str, gw_url: str, gw_pid: int) -> None:
+    print("| target | calls | p50 ms | p99 ms | added p50 ms | added p99 ms | gateway CPU ms/call |")
+    print("|---|---|---|---|---|---|---|")
     for c in (1, 32):
         direct = await load(mcp_url, "tools/call", c, seconds)
-        through = await load(gw_url, "tools/call", c, seconds)
+        proxied, cpu = await through(gw_pid, gw_url, "tools/call", c, seconds)
         print(row(f"direct tools/call c={c}", direct))
-        print(row(f"gateway tools/call c={c}", through, direct))
-    print(row("direct tools/list c=1", await load(mcp_url, "tools/list", 1, seconds)))
-    print(row("gateway tools/list (catalog hit) c=1", await load(gw_url, "tools/list", 1, seconds)))
+        print(row(f"gateway tools/call c={c}", proxied, direct, cpu))
+    direct = await load(mcp_url, "tools/list", 1, seconds)
+    hits, cpu = await through(gw_pid, gw_url, "tools/list", 1, seconds)
+    print(row("direct tools/list c=1", direct))
+    print(row("gateway tools/list (catalog hit) c=1", hits, direct, cpu))
+
+
+async def port_open(port: int, timeout_s: float = 20.0) -> None:
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         f"import time\nfrom tests.support import mcp_server as m\nm.free_port = lambda: {port}\n"
         "s = m.McpServerThread(); s.start()\nwhile True: time.sleep(1)\n"
     )
-    server = subprocess.Popen([sys.executable, "-c", code])
+    quiet = subprocess.DEVNULL
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=quiet, stderr=quiet)
     mcp_url = f"http://127.0.0.1:{port}/mcp"
     gw = spawn_gateway(gateway_config("http://127.0.0.1:9/v1", mcp={"servers": {"quotes": {"url": mcp_url}}}))
     try:
         asyncio.run(wait_ready(gw.url))
-        time.sleep(1.0)  # the server thread binds its port
-        asyncio.run(run(ns.seconds, mcp_url, gw.url + "/mcp/quotes"))
+        asyncio.run(port_open(port))
+        asyncio.run(run(ns.seconds, mcp_url, gw.url + "/mcp/quotes", gw.proc.pid))
     finally:
         gw.stop()
         server.terminate()

@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline",
         metavar="TREE",
-        help="also run gw-off and gw-all from this source tree (a baseline checkout) as gw-off@base and "
-        "gw-all@base, in the same run",
+        help="also run gw-off, gw-default and gw-all from this source tree (a baseline checkout) as "
+        "gw-off@base, gw-default@base and gw-all@base, in the same run",
     )
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     return p
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         scenarios = [s for s in scenarios if s.name in wanted]
     if args.baseline:
-        extra = ("gw-off@base", "gw-all@base")
+        extra = ("gw-off@base", "gw-default@base", "gw-all@base")
         scenarios = [replace(s, targets=s.targets + extra) if s.kind in ("requests", "streams") and
                      s.name != "policies" else s for s in scenarios]
     if args.targets:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     info = report.machine_info()
     used = {t.split(":")[0] for s in scenarios for t in s.targets}
     policies = {name: report.built_policies(gateway_config("http://127.0.0.1:9/v1", GATEWAYS[name]))
-                for name in ("gw-off", "gw-all") if name in used}
+                for name in ("gw-off", "gw-default", "gw-all") if name in used}
     results: report.Results = {}
     try:
         for scenario in scenarios:

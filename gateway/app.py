@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -26,6 +26,7 @@ from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observability import start_observability
+from gateway.tokens.pool import WorkPool
 from gateway.tokens.tokenizer import Tokenizer
 from gateway.upstream import UpstreamClient
 from policies.ledger.admin import add_usage_route
@@ -83,6 +84,9 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.sinks.append(log_request)
         st.metrics = Metrics(known_models(config))
         st.tokenizer = Tokenizer({name: m.encoding for name, m in config.models.items() if m.encoding})
+        st.work = WorkPool(threads=config.server.work_threads, budget_s=config.server.work_budget_s,
+                           metrics=st.metrics, clock=st.clock)
+        st.closers.insert(0, _closing(st.work))
         st.backend = shared_backend(config, st.clock)
         if st.backend is not None:
             st.closers.append(st.backend.close)
@@ -103,6 +107,13 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
                     log.exception("error while closing a component")
 
     return lifespan
+
+
+def _closing(pool: WorkPool) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        pool.close()
+
+    return close
 
 
 def shared_backend(config: Config, clock: Callable[[], float]) -> GuardedRedis | None:

@@ -23,6 +23,7 @@ from gateway.exchange import Exchange, LayerState
 from gateway.routing import Router
 from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.metrics import Metrics, RequestMetrics
+from gateway.tokens.pool import WorkPool
 from gateway.tokens.tokenizer import Tokenizer
 from gateway.upstream import UpstreamClient
 from gateway.workers import workers_from_env
@@ -78,6 +79,7 @@ class AppState:
     # Long-lived components, filled in by the features that own them (None when off).
     tokenizer: Tokenizer = field(default_factory=lambda: Tokenizer({}))
     metrics: Metrics = field(default_factory=lambda: Metrics(set()))
+    work: WorkPool = field(default_factory=WorkPool)  # off-loop CPU work, fair between tenants
     request_metrics: RequestMetrics | None = None
     tracer: Tracing | None = None
     backend: GuardedRedis | None = None

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from gateway.config import ConfigError, load_config, resolve_config_path
 from gateway.config_model import Config
+from gateway.memory_caps import warnings as memory_warnings
 from gateway.telemetry.logging import setup_logging
 from gateway.workers import WORKER_INDEX_ENV, resolve_workers
 
@@ -50,11 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def check_config(path: str) -> int:
     try:
-        load_config(path)
+        config = load_config(path)
     except ConfigError as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         return 2
+    try:
+        workers = resolve_workers(None, config.server.workers)
+    except ValueError:
+        workers = 1
+    for warning in memory_warnings(config, workers):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{path}: ok")
     return 0
 

@@ -19,6 +19,9 @@ BreakerRows = Callable[[], list[tuple[str, str, float | None]]]
 
 TOOL_HANDLER: StateKey[RouteHandler] = StateKey("tools.handler")
 MCP_HANDLER: StateKey[RouteHandler] = StateKey("mcp.handler")  # /mcp/{server}
+# The dashboard's "MCP tools" rows: (server, tool, calls, errors, p50_s, p95_s) over the window.
+McpToolRows = Callable[[], list[tuple[str, str, int, int, float | None, float | None]]]
+MCP_TOOL_ROWS: StateKey[McpToolRows] = StateKey("mcp.tool_rows")
 BREAKER_STATES: StateKey[BreakerRows] = StateKey("resilience.breaker_states")
 QUEUE_DEPTHS: StateKey[Callable[[], Mapping[str, int]]] = StateKey("ratelimit.queue_depths")
 # The tool routes' read cache (a layer of the cache feature), outermost in each tool chain.

@@ -238,6 +238,9 @@ def _check_upstreams(cfg: Config) -> list[str]:
         problems += check_url(f"upstreams.{name}.base_url", up.base_url)
         if up.pool.max_connections < 1:
             problems.append(f"upstreams.{name}.pool.max_connections: must be >= 1")
+        for field_name in ("embeddings_max_inputs", "embeddings_max_tokens"):
+            if getattr(up.limits, field_name) < 1:
+                problems.append(f"upstreams.{name}.limits.{field_name}: must be >= 1")
     return problems
 
 
@@ -247,6 +250,10 @@ def _check_server_limits(cfg: Config) -> list[str]:
         problems.append("server.max_inflight: must be >= 1")
     if cfg.server.body_timeout_s <= 0:
         problems.append("server.body_timeout_s: must be > 0")
+    if cfg.server.work_threads < 1:
+        problems.append("server.work_threads: must be >= 1")
+    if cfg.server.work_budget_s <= 0:
+        problems.append("server.work_budget_s: must be > 0")
     if cfg.server.workers is not None and cfg.server.workers < 1:
         problems.append("server.workers: must be >= 1 (or null for one per available core)")
     return problems

@@ -19,7 +19,7 @@ from policies.compression.config import CompressionConfig
 from policies.ledger.config import LedgerConfig
 from policies.mcp.config import McpConfig
 from policies.ratelimit.config import RateLimitConfig
-from policies.resilience.config import CircuitBreakerConfig, RetryConfig
+from policies.resilience.config import CircuitBreakerConfig, HedgeConfig, RetryConfig
 from policies.tools.config import ToolConfig
 from policies.tracing.config import TracingConfig
 from policies.usage.config import PriceConfig
@@ -41,6 +41,18 @@ class ServerConfig:
     max_inflight: int = 4096
     # The whole request body must arrive within this; a trickling client gets 408.
     body_timeout_s: float = 60.0
+    # Off-loop work (token counting, compression, embedder input): worker threads, and the time a request
+    # waits for its share before it takes an estimate instead (docs/reliability.md).
+    work_threads: int = 2
+    work_budget_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamLimits:
+    """What the provider accepts in one request (OpenAI's figures); refused with a 400 before any work."""
+
+    embeddings_max_inputs: int = 2048
+    embeddings_max_tokens: int = 300_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +70,10 @@ class UpstreamConfig:
     # auth.mode keys without api_key: forward the client's gateway key to this upstream (a check-config
     # error unless set on purpose; the provider then sees the tenant's key).
     forward_client_key: bool = False
+    limits: UpstreamLimits = field(default_factory=UpstreamLimits)
+    # How this upstream can finish another one's broken stream (issue 18): an assistant prefill message,
+    # vLLM's continue_final_message, or not at all.
+    continuation: Literal["prefill", "continue_final_message", "none"] = "none"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +87,20 @@ class FallbackConfig:
     model: str | None = None
 
 
+# Value ranges (temperature, top_p, n, max_*tokens...): the provider judges them (``provider``), the gateway
+# answers 400 itself (``strict``), or counts what it would refuse and forwards (``shadow``). gateway/ranges.py
+ValidateMode = Literal["provider", "strict", "shadow"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeploymentConfig:
+    """One deployment of the route's model (issue 18: routing across deployments)."""
+
+    upstream: str
+    model: str | None = None
+    weight: float = 1.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
     """A route; the optional policy blocks are already merged over the global ones."""
@@ -80,11 +110,21 @@ class RouteConfig:
     name: str | None = None  # metric label; defaults to the match pattern
     model: str | None = None
     fallbacks: list[FallbackConfig] = field(default_factory=list)
+    # Larger-window models for a provider 400 context_length_exceeded (issue 18), tried in order.
+    context_fallbacks: list[FallbackConfig] = field(default_factory=list)
+    hedge: HedgeConfig | None = None  # a late first token starts the request on the next target too
+    # A committed chat stream that breaks is finished by a fallback; None: on when a fallback can continue.
+    continue_on_break: bool | None = None
+    # Several deployments of the model, balanced (least in-flight x latency EWMA, power of two choices);
+    # ``upstream`` is one of them (added with weight 1 if not listed). Fallbacks come after all of them.
+    targets: list[DeploymentConfig] = field(default_factory=list)
+    affinity: Literal["none", "prefix"] = "none"  # prefix: a long shared prompt prefix keeps its deployment
     cache: CacheConfig | None = None
     compression: CompressionConfig | None = None
     budgets: BudgetsConfig | None = None
     retry: RetryConfig | None = None
     timeouts: TimeoutsConfig | None = None
+    validate: ValidateMode = "provider"
 
     @property
     def label(self) -> str:

@@ -23,6 +23,7 @@ import orjson
 from multidict import CIMultiDictProxy
 
 from gateway.auth import ANONYMOUS, Identity
+from gateway.blobs import Blobs
 from gateway.body import Body
 from gateway.config_model import RouteConfig
 
@@ -167,6 +168,12 @@ class LayerState:
     def __contains__(self, key: StateKey[T]) -> bool:
         return cast("StateKey[object]", key) in self._values
 
+    def copy(self) -> LayerState:
+        """A shallow copy (a hedged attempt's own state: resilience.hedge.fork)."""
+        twin = LayerState()
+        twin._values.update(self._values)
+        return twin
+
 
 @dataclass(slots=True, kw_only=True)
 class Exchange:
@@ -175,6 +182,7 @@ class Exchange:
     raw_body: bytes
     body: JsonObject | None
     modified: bool = False
+    blobs: Blobs | None = None  # long base64 strings kept out of ``body`` (gateway/blobs.py)
     upstream_headers: dict[str, str] = field(default_factory=dict)  # added to every upstream attempt
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the client response
     record: Record = field(default_factory=Record)
@@ -189,7 +197,8 @@ class Exchange:
     def body_bytes(self) -> bytes:
         if not self.modified:
             return self.raw_body
-        return orjson.dumps(self.body)
+        data = orjson.dumps(self.body)
+        return data if self.blobs is None else self.blobs.restore(data)
 
 
 @dataclass(slots=True)

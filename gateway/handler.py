@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -22,14 +22,18 @@ from aiohttp import web
 
 from gateway.appstate import APP_STATE, AppState
 from gateway.auth import Identity
+from gateway.blobs import extract as extract_blobs
 from gateway.body import close_quietly
 from gateway.chain import Next
+from gateway.embeddings_limits import check_inputs, check_tokens
 from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body, sse_error_event
 from gateway.exchange import Exchange, Record, RequestFacts, Target, UpstreamResponse
 from gateway.ownership import require_owned, tag_response_body
+from gateway.ranges import check as check_ranges
 from gateway.request import parse_json, read_body, too_large, validate
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
+from gateway.tokens.prompt import count_prompt
 from gateway.usage import usage_from_json_bytes
 
 log = logging.getLogger("gateway.handler")
@@ -46,7 +50,7 @@ def request_id_of(request: web.Request) -> str:
     rid = request.headers.get("x-request-id", "")
     if 0 < len(rid) <= 128 and rid.isascii() and rid.isprintable():
         return rid
-    return secrets.token_hex(12)
+    return f"{random.getrandbits(96):024x}"  # unique, not secret: no system call per request
 
 
 def error_response(rid: str, reply: LocalReply) -> web.Response:
@@ -112,6 +116,10 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
         raise
     except Exception:
         return _internal_error(request, rid, ex)
+    except BaseException as exc:  # a dependency panicked (pyo3 PanicException): a 500, never a dropped socket
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        return _internal_error(request, rid, ex)
     finally:
         if task is not None:
             _leave(st, task)
@@ -158,6 +166,8 @@ async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> 
     if gauge is not None:
         gauge.inc()
     try:
+        await count_prompt(st, ex)  # a large prompt is counted off the loop, once
+        check_tokens(st, ex)  # /v1/embeddings over the upstream's token limit: 400
         up = await call(ex)
         identity = ex.request.identity
         if ex.request.operation == "responses" and identity.key is not None and up.status == 200:
@@ -200,7 +210,9 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     cfg = runtime.config
     identity = runtime.auth.identify(request.headers, request.query)
     raw = await read_body(request, cfg.server.max_body_bytes)
-    body = parse_json(raw)
+    parsed, blobs = extract_blobs(raw)  # a large body's base64 images stay out of the parsed JSON
+    body = parse_json(parsed)
+    del parsed
     validate(operation, body)
     if operation == "responses" and identity.key is not None and body.get("previous_response_id") is not None:
         await _check_previous_response(st, identity, body["previous_response_id"])
@@ -209,7 +221,10 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     if route is None:
         raise LocalReply(404, f"The model `{model[:256]}` does not exist or you do not have access to it.",
                          code="model_not_found", param="model")
+    check_ranges(route.validate, body, st.metrics)
     upstream_cfg = cfg.upstreams[route.upstream]
+    if operation == "embeddings":
+        check_inputs(body, upstream_cfg.limits)
     total_s = (route.timeouts or upstream_cfg.timeouts).total_s
     facts = RequestFacts(
         request_id=rid, method="POST", path=request.path, operation=operation, headers=request.headers,
@@ -217,7 +232,7 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
         query_string=request.query_string, upstream_path=request.path[3:], identity=identity, route=route,
         route_name=route.label)
     ex = Exchange(request=facts, target=Target(upstream=route.upstream, model=route.model or model),
-                  raw_body=raw, body=body, view=StreamInspector(st.clock))
+                  raw_body=raw, body=body, blobs=blobs, view=StreamInspector(st.clock))
     if route.model and route.model != model:
         ex.set_body({**body, "model": route.model})
     return ex

@@ -13,10 +13,11 @@ inspector, usage stripping, the commit point, cache fill):
   between content chunks (inter-token latency), usage, finish reasons,
   ``[DONE]``, error events and the model.
 
-Cost: the common event (one compact ``data:`` line, a content delta, no finish
-reason and no usage) is recognised with a few ``bytes.find`` calls; any other
-event (spaced JSON, a finish or usage event, a Responses lifecycle event) is
-parsed with orjson, on its data only. Correctness never depends on the JSON
+Cost: the common event (one ``data:`` line, a content delta, no finish reason
+and no usage, in compact JSON or Python's default ``": "`` spacing) is
+recognised with a few ``bytes.find`` calls; any other event (other spacing, a
+finish or usage event, a Responses lifecycle event) is parsed with orjson, on
+its data only. Correctness never depends on the JSON
 being compact: the byte checks only short-cut events they can fully prove.
 """
 from __future__ import annotations
@@ -34,7 +35,11 @@ MAX_EVENT = 1 << 20  # an unterminated event longer than this is handed on, neve
 # Compact markers of a delta that carries something the user sees; each must be followed by a non-empty value.
 _TEXT_MARKERS = (b'"content":"', b'"text":"', b'"reasoning_content":"', b'"reasoning":"', b'"refusal":"')
 _OBJECT_MARKERS = (b'"tool_calls":[{', b'"function_call":{', b'"audio":{')
+# The same markers as Python's ``json.dumps`` writes them by default (a space after ``:`` and ``,``).
+_SPACED_TEXT = tuple(m.replace(b'":', b'": ') for m in _TEXT_MARKERS)
+_SPACED_OBJECT = tuple(m.replace(b'":', b'": ') for m in _OBJECT_MARKERS)
 _RESPONSES_PREFIX = b'data: {"type":"response.'
+_SPACED_RESPONSES_PREFIX = b'data: {"type": "response.'
 # Responses events parsed even in compact form: they carry the model, usage, the end or a failure.
 _RESPONSES_PARSED = frozenset({b"created", b"in_progress", b"completed", b"incomplete", b"failed", b"queued"})
 _STRING_DELTAS = ("content", "reasoning_content", "reasoning", "refusal")
@@ -119,15 +124,16 @@ def events_of(body: bytes) -> list[tuple[bytes, bytes | None]]:
     return [parse_event(event) for event in splitter.events(body + b"\n\n")]
 
 
-def compact_token(payload: bytes) -> bool:
+def compact_token(payload: bytes, text: tuple[bytes, ...] = _TEXT_MARKERS,
+                  objects: tuple[bytes, ...] = _OBJECT_MARKERS) -> bool:
     """True when a compact JSON chunk has a non-empty text delta or a tool/function call."""
-    for marker in _TEXT_MARKERS:
+    for marker in text:
         at = payload.find(marker)
         while at >= 0:
             if payload[at + len(marker):at + len(marker) + 1] != b'"':
                 return True
             at = payload.find(marker, at + len(marker))
-    return any(marker in payload for marker in _OBJECT_MARKERS)
+    return any(marker in payload for marker in objects)
 
 
 def choice_has_token(choice: dict[str, Any]) -> bool:
@@ -207,26 +213,40 @@ class StreamInspector:
             self._on_object(obj)
 
     def _fast(self, line: bytes) -> bool:
-        """Handle a compact one-line ``data:`` event from its bytes alone; False when it needs parsing.
+        """Handle a one-line ``data:`` event from its bytes alone; False when it needs parsing.
 
-        Proves "no finish, no usage, model known" from compact markers; anything else (spaced JSON,
-        a finish or usage event, an error, ``[DONE]``) is left to the parser.
+        Proves "no finish, no usage, model known" from markers in compact JSON or in Python's default
+        spacing (``": "``); anything else (other spacing, a finish or usage event, an error, ``[DONE]``)
+        is left to the parser. A spaced event is only short-cut when a token marker proves its token.
         """
-        if line.startswith(_RESPONSES_PREFIX):
-            kind = line[24:line.find(b'"', 24)]
-            if kind.endswith(b".delta"):
-                self._token = True
-                return True
-            return kind not in _RESPONSES_PARSED and b'"error"' not in line
-        at = line.find(b'"finish_reason":null')
-        if at < 0 or line.find(b'"finish_reason"', at + 20) >= 0:
-            return False  # a finish, several choices, or not compact: parse
+        if line.startswith(b'data: {"type":'):  # a Responses event, compact or spaced
+            start = 24 if line.startswith(_RESPONSES_PREFIX) else 25
+            if start == 24 or line.startswith(_SPACED_RESPONSES_PREFIX):
+                kind = line[start:line.find(b'"', start)]
+                if kind.endswith(b".delta"):
+                    self._token = True
+                    return True
+                return kind not in _RESPONSES_PARSED and b'"error"' not in line
+        spaced = False
+        end = line.find(b'"finish_reason":null') + 20
+        if end < 20:
+            spaced = True
+            end = line.find(b'"finish_reason": null') + 21
+            if end < 21:
+                return False
+        if line.find(b'"finish_reason"', end) >= 0:
+            return False  # a finish, several choices: parse
         at = line.find(b'"usage"')
-        if at >= 0 and (not line.startswith(b'"usage":null', at) or line.find(b'"usage"', at + 7) >= 0):
+        if at >= 0 and (not line.startswith(b'"usage": null' if spaced else b'"usage":null', at)
+                        or line.find(b'"usage"', at + 7) >= 0):
             return False
         if not self.model and b'"model"' in line:
             return False
-        if compact_token(line):
+        if spaced:
+            if not compact_token(line, _SPACED_TEXT, _SPACED_OBJECT):
+                return False  # no token proven in this spelling: the parser decides
+            self._token = True
+        elif compact_token(line):
             self._token = True
         return True
 

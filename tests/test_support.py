@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from tests.support.fake_body import BodyFailed, FakeBody
+from tests.support.sdk_oracle import differences
 from tests.support.until import until
 
 
@@ -58,3 +59,29 @@ async def test_fake_body_fails_after_n_chunks() -> None:
         await FakeBody([b"a"], fail_after=0, error=TimeoutError()).read()
     assert await FakeBody([b"a", b"b"],
                           fail_after=5).read() == b"ab"  # fewer chunks than fail_after: a clean end
+
+
+_ANSWER = {"id": "c1", "object": "chat.completion", "model": "m", "x_groq": {"id": "r1"}, "choices": [
+    {"index": 0, "finish_reason": "tool_calls", "logprobs": None, "content_filter_results": {},
+     "message": {"role": "assistant", "content": None, "tool_calls": [
+         {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]}
+
+
+def test_sdk_oracle_tolerates_only_the_stream_accumulation_artifacts() -> None:
+    streamed = {**_ANSWER, "choices": [{**_ANSWER["choices"][0], "message": {
+        **_ANSWER["choices"][0]["message"], "role": "assistantassistant",
+        "tool_calls": [{**_ANSWER["choices"][0]["message"]["tool_calls"][0], "index": 0}]}}]}
+    richer = {**_ANSWER, "x_groq": {"id": "r1", "usage": {}}, "timings": {"n": 1},
+              "choices": [{**_ANSWER["choices"][0], "content_filter_results": {"hate": {}}}]}
+    assert differences(streamed, richer) == []
+
+
+@pytest.mark.parametrize("change", [
+    {"id": "c2"},
+    {"x_groq": {"id": "other"}},
+    {"choices": []},
+    {"choices": [{**_ANSWER["choices"][0], "message": {**_ANSWER["choices"][0]["message"], "content": ""}}]},
+    {"choices": [{**_ANSWER["choices"][0], "finish_reason": "stop"}]},
+])
+def test_sdk_oracle_reports_what_a_client_would_see(change: dict[str, object]) -> None:
+    assert differences(_ANSWER, {**_ANSWER, **change}) != []

@@ -10,6 +10,7 @@ one process (e.g. primary and fallback providers in a test).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -66,6 +67,7 @@ class MockState:
     faults: FaultQueue
     quota: SlidingWindowQuota
     seen_models: set[str] = field(default_factory=set)
+    prompt_cache: set[bytes] = field(default_factory=set)  # message-prefix digests (prompt_cache_min_tokens)
 
 
 STATE_KEY = web.AppKey("gateway_mock_state", MockState)
@@ -195,6 +197,7 @@ def _make_context(request: web.Request, state: MockState, attempt: Attempt) -> R
     attempt.fault = fault.describe() or None
     return RequestContext(
         request=request,
+        prompt_cache=state.prompt_cache,
         cfg=state.cfg,
         recorder=state.recorder,
         attempt=attempt,
@@ -233,7 +236,18 @@ def _status_fault_response(fault: FaultSpec) -> web.Response:
         headers["Retry-After"] = str(int(ra)) if float(ra).is_integer() else str(ra)
     if fault.retry_after_ms is not None:
         headers["retry-after-ms"] = str(fault.retry_after_ms)
-    return error_response(fault.status, error_for_status(fault.status), headers)
+    error = error_for_status(fault.status)
+    if fault.error_code is not None:
+        error = dataclasses.replace(error, code=fault.error_code, message=_CODE_MESSAGES.get(
+            fault.error_code, error.message))
+    return error_response(fault.status, error, headers)
+
+
+_CODE_MESSAGES = {
+    "context_length_exceeded": "This model's maximum context length is 8192 tokens. However, your messages "
+                               "resulted in 9000 tokens. Please reduce the length of the messages.",
+    "content_filter": "The response was filtered due to the prompt triggering content management policy.",
+}
 
 
 async def _route(ctx: RequestContext, state: MockState) -> tuple[web.StreamResponse, str]:

@@ -17,6 +17,7 @@ from aiohttp import web
 from .context import RequestContext
 from .errors import MockHTTPError
 from .generate import (
+    NATURAL_MAX_TOKENS,
     ToolCallPlan,
     completion_length,
     content_text,
@@ -43,14 +44,33 @@ class ChatPlan:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
 
-def chat_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def cached_prefix_tokens(ctx: RequestContext, messages: list[dict[str, Any]]) -> int:
+    """Tokens of the longest leading messages this instance saw before (then remembers this prompt's)."""
+    cache, floor = ctx.prompt_cache, ctx.cfg.prompt_cache_min_tokens
+    if cache is None or floor <= 0:
+        return 0
+    texts = [content_text(m.get("content")) for m in messages]
+    digests = [derive_seed(0, messages[:i]).to_bytes(8, "big") for i in range(1, len(messages))]
+    cached = 0
+    for i in range(len(digests), 0, -1):
+        if digests[i - 1] in cache:
+            cached = estimate_prompt_tokens(texts[:i])
+            break
+    for i, digest in enumerate(digests, start=1):
+        if estimate_prompt_tokens(texts[:i]) >= floor:
+            cache.add(digest)
+    return cached if cached >= floor else 0
+
+
+def chat_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
 
@@ -80,11 +100,44 @@ def chat_request_tokens(body: Any, default_tokens: int) -> int:
     return chat_prompt_tokens(body) + (limit if isinstance(limit, int) else default_tokens)
 
 
+def _prefill(body: dict[str, Any], messages: list[dict[str, Any]]) -> str | None:
+    """The text of a final assistant message to continue (prefill, vLLM ``continue_final_message``)."""
+    last = messages[-1]
+    if last.get("role") != "assistant" or last.get("tool_calls") or len(messages) < 2:
+        return None
+    text = content_text(last.get("content"))
+    return text or None
+
+
+def continued_pieces(seed: int, prefill: str, max_tokens: int | None,
+                     default: int) -> tuple[tuple[str, ...], bool]:
+    """The rest of the answer ``prefill`` began: the same pieces the unbroken answer has after it.
+
+    ``max_tokens`` counts the continuation's tokens (as providers do); without it the whole answer
+    is the default length. A prefill that is not a prefix of this answer gets a fresh answer.
+    """
+    pieces = text_pieces(seed, NATURAL_MAX_TOKENS)
+    done, k = "", 0
+    while len(done) < len(prefill) and k < len(pieces):
+        done += pieces[k]
+        k += 1
+    if done != prefill:
+        return tuple(pieces[:default]), False
+    total = k + max_tokens if max_tokens is not None else max(default, k)
+    return tuple(pieces[k:total]), max_tokens is not None and total <= NATURAL_MAX_TOKENS
+
+
 def plan_chat(ctx: RequestContext) -> ChatPlan:
     body = ctx.json_body()
     model = ctx.require_model()
     messages = _messages(body)
     max_tokens = ctx.optional_int("max_completion_tokens", "max_tokens")
+    prefill = _prefill(body, messages)
+    if prefill is not None:
+        if ctx.fault.reject_prefill:
+            raise MockHTTPError(400, "This model does not support assistant message prefill: the "
+                                "conversation must end with a user message.", param="messages")
+        return _plan_continuation(ctx, body, model, messages, prefill, max_tokens)
     seed = derive_seed(ctx.cfg.seed, messages)
     calls = plan_tool_calls(
         seed=seed,
@@ -113,6 +166,18 @@ def plan_chat(ctx: RequestContext) -> ChatPlan:
         finish_reason=finish,
         prompt_tokens=chat_prompt_tokens(body),
         completion_tokens=completion_tokens,
+        cached_tokens=cached_prefix_tokens(ctx, messages),
+    )
+
+
+def _plan_continuation(ctx: RequestContext, body: dict[str, Any], model: str, messages: list[dict[str, Any]],
+                       prefill: str, max_tokens: int | None) -> ChatPlan:
+    seed = derive_seed(ctx.cfg.seed, messages[:-1])  # the answer the conversation without the prefill gets
+    pieces, hit_limit = continued_pieces(seed, prefill, max_tokens, ctx.cfg.default_tokens)
+    return ChatPlan(
+        id="chatcmpl-" + secrets.token_hex(12), created=int(time.time()), model=model, pieces=pieces,
+        tool_calls=(), finish_reason="length" if hit_limit else "stop",
+        prompt_tokens=chat_prompt_tokens(body), completion_tokens=len(pieces),
     )
 
 
@@ -144,7 +209,7 @@ def chat_completion_body(plan: ChatPlan, *, with_usage: bool) -> dict[str, Any]:
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}],
     }
     if with_usage:
-        body["usage"] = chat_usage(plan.prompt_tokens, plan.completion_tokens)
+        body["usage"] = chat_usage(plan.prompt_tokens, plan.completion_tokens, plan.cached_tokens)
     return body
 
 
@@ -164,7 +229,8 @@ def chat_stream_events(plan: ChatPlan, *, include_usage: bool) -> list[SSEEvent]
             else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
         }
         if include_usage:
-            obj["usage"] = chat_usage(plan.prompt_tokens, plan.completion_tokens) if delta is None else None
+            usage = chat_usage(plan.prompt_tokens, plan.completion_tokens, plan.cached_tokens)
+            obj["usage"] = usage if delta is None else None
         return sse_frame(obj)
 
     role = {"role": "assistant", "content": None if plan.tool_calls else ""}

@@ -18,4 +18,7 @@ class MockConfig:
     tokens_per_s: float = 0.0  # 0 = as fast as possible; else delay 1/tokens_per_s between content chunks
     seed: int = 0
     default_tokens: int = 16  # completion length when max_tokens absent
+    # > 0: a provider-like prompt cache per mock instance: a chat request whose leading messages were
+    # seen before (at least this many prompt tokens of them) reports them as cached_tokens.
+    prompt_cache_min_tokens: int = 0
     fixtures_dir: str = ""  # provider fixtures replayed on ``x-mock-fixture`` (empty: tests/data/providers)

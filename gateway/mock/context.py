@@ -30,6 +30,7 @@ class RequestContext:
     tool_calls_header: int | None
     no_usage: bool
     success_outcome: str = "completed"
+    prompt_cache: set[bytes] | None = None  # the instance's prompt cache (MockConfig.prompt_cache_min_tokens)
 
     @property
     def ttft_s(self) -> float:

@@ -9,15 +9,18 @@ for requests the test does not control directly (e.g. the gateway's retries).
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-_INT_KEYS = frozenset({"status", "retry_after_ms", "reset_after_chunks", "stall_after_chunks", "redirect"})
+_INT_KEYS = frozenset({"status", "retry_after_ms", "reset_after_chunks", "stall_after_chunks", "redirect",
+                       "malformed_after_chunks", "error_after_chunks", "end_after_chunks"})
 _FLOAT_KEYS = frozenset(
     {"retry_after", "stall_before_first_byte_ms", "stall_ms", "drip_ms", "ttft_ms", "tokens_per_s"}
 )
-_FLAG_KEYS = frozenset({"reset_before_headers", "malformed_sse", "error_event_first"})
-_STR_KEYS = frozenset({"location"})
+_FLAG_KEYS = frozenset({"reset_before_headers", "malformed_sse", "error_event_first", "reject_prefill"})
+_STR_KEYS = frozenset({"location", "error_code"})
 
 # Faults that replace the normal answer; they name the Attempt outcome (`fault:<name>`).
 _TERMINAL_ORDER = ("reset_before_headers", "redirect", "status", "error_event_first", "reset_after_chunks")
@@ -34,12 +37,17 @@ class FaultSpec:
     reset_after_chunks: int | None = None
     stall_before_first_byte_ms: float | None = None
     stall_after_chunks: int | None = None
+    malformed_after_chunks: int | None = None  # broken-JSON data event after the N-th, then the rest
+    error_after_chunks: int | None = None  # an error event after the N-th event, then a clean close
+    end_after_chunks: int | None = None  # a clean close after the N-th event: no rest, no [DONE]
     stall_ms: float | None = None
     drip_ms: float | None = None
     malformed_sse: bool = False
     error_event_first: bool = False
+    reject_prefill: bool = False  # 400 for a conversation ending with an assistant message
     redirect: int | None = None
     location: str | None = None
+    error_code: str | None = None  # with status: the error body's code, e.g. context_length_exceeded
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
 
@@ -171,6 +179,8 @@ class ScriptedFault:
     raw: str
     times: int = 1
     match: FaultMatch = field(default_factory=FaultMatch)
+    for_s: float | None = None  # "down for T, then healthy": the entry expires T s after it was queued
+    expires_at: float | None = None  # set by FaultQueue.extend from for_s
 
     def to_json(self) -> dict[str, Any]:
         m = self.match
@@ -179,14 +189,17 @@ class ScriptedFault:
             for k, v in (("path", m.path), ("method", m.method), ("model", m.model), ("stream", m.stream))
             if v is not None
         }
-        return {"fault": self.raw, "times": self.times, "match": match}
+        out: dict[str, Any] = {"fault": self.raw, "times": self.times, "match": match}
+        if self.for_s is not None:
+            out["for_s"] = self.for_s
+        return out
 
 
 def scripted_fault_from_json(obj: Any) -> ScriptedFault:
     """Validate one `/_mock/faults` entry; raises ValueError/TypeError with a readable reason."""
     if not isinstance(obj, dict) or not isinstance(obj.get("fault"), str):
         raise TypeError("each fault needs a string 'fault' spec")
-    unknown = set(obj) - {"fault", "times", "match"}
+    unknown = set(obj) - {"fault", "times", "match", "for_s"}
     if unknown:
         raise ValueError(f"unknown fault entry keys: {sorted(unknown)}")
     times = obj.get("times", 1)
@@ -199,30 +212,46 @@ def scripted_fault_from_json(obj: Any) -> ScriptedFault:
         expected = bool if key == "stream" else str
         if value is not None and not isinstance(value, expected):
             raise TypeError(f"match.{key} must be a {expected.__name__}")
+    for_s = obj.get("for_s")
+    if for_s is not None and (isinstance(for_s, bool) or not isinstance(for_s, int | float) or for_s <= 0):
+        raise ValueError("'for_s' must be a positive number of seconds")
     return ScriptedFault(
-        spec=parse_fault_spec(obj["fault"]), raw=obj["fault"], times=times, match=FaultMatch(**match_obj)
+        spec=parse_fault_spec(obj["fault"]), raw=obj["fault"], times=times, match=FaultMatch(**match_obj),
+        for_s=None if for_s is None else float(for_s),
     )
 
 
 class FaultQueue:
     """FIFO of scripted faults; the first entry matching a request is consumed once."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._entries: list[ScriptedFault] = []
+        self._clock = clock
 
     def extend(self, entries: list[ScriptedFault]) -> None:
+        now = self._clock()
+        for entry in entries:
+            if entry.for_s is not None:
+                entry.expires_at = now + entry.for_s
         self._entries.extend(entries)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        self._entries = [e for e in self._entries if e.expires_at is None or now < e.expires_at]
 
     def clear(self) -> None:
         self._entries.clear()
 
     def __len__(self) -> int:
+        self._expire()
         return len(self._entries)
 
     def snapshot(self) -> list[dict[str, Any]]:
+        self._expire()
         return [entry.to_json() for entry in self._entries]
 
     def take(self, *, path: str, method: str, model: str | None, stream: bool) -> FaultSpec | None:
+        self._expire()
         for i, entry in enumerate(self._entries):
             if entry.match.matches(path=path, method=method, model=model, stream=stream):
                 if entry.times > 0:

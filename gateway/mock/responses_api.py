@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .chat import continued_pieces
 from .context import RequestContext
 from .errors import MockHTTPError
 from .generate import (
@@ -87,11 +88,33 @@ def _last_user_text(items: list[dict[str, Any]]) -> str | None:
     return content_text(last.get("content"))
 
 
+def _prefill(items: list[dict[str, Any]]) -> str | None:
+    """The text of a final assistant message to continue (the gateway's continuation of a broken stream)."""
+    last = items[-1] if len(items) > 1 else {}
+    if last.get("type", "message") != "message" or last.get("role") != "assistant":
+        return None
+    return content_text(last.get("content")) or None
+
+
+def _continuation_plan(ctx: RequestContext, body: dict[str, Any], items: list[dict[str, Any]], prefill: str,
+                       max_tokens: int | None) -> ResponsePlan:
+    seed = derive_seed(ctx.cfg.seed, "responses", body.get("instructions"), items[:-1])
+    pieces, hit_limit = continued_pieces(seed, prefill, max_tokens, ctx.cfg.default_tokens)
+    return ResponsePlan(id="resp_" + secrets.token_hex(16), message_id="msg_" + secrets.token_hex(16),
+                        created_at=int(time.time()), pieces=pieces, tool_calls=(), incomplete=hit_limit,
+                        input_tokens=responses_input_tokens(body), output_tokens=len(pieces))
+
+
 def plan_response(ctx: RequestContext) -> ResponsePlan:
     body = ctx.json_body()
     ctx.require_model()
     items = input_items(body)
     max_tokens = ctx.optional_int("max_output_tokens")
+    prefill = _prefill(items)
+    if prefill is not None:
+        if ctx.fault.reject_prefill:
+            raise MockHTTPError(400, "The input must end with a user message.", param="input")
+        return _continuation_plan(ctx, body, items, prefill, max_tokens)
     seed = derive_seed(ctx.cfg.seed, "responses", body.get("instructions"), items)
     calls = plan_tool_calls(
         seed=seed,

@@ -23,6 +23,7 @@ from .errors import error_for_status, json_response
 
 DONE_FRAME = b"data: [DONE]\n\n"
 MALFORMED_FRAME = b"this is not an sse line {{{\n\n"
+MALFORMED_DATA_FRAME = b'data: {"choices":[{"index":0,"delta":{"content":"trunc\n\n'  # JSON cut short
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,17 +55,37 @@ async def stream_events(ctx: RequestContext, events: list[SSEEvent]) -> web.Stre
         await _write(resp, event.frame)
         sent = index + 1
         ctx.attempt.events_sent = sent
-        if fault.malformed_sse and sent == 1:
-            await _write(resp, MALFORMED_FRAME)
-            ctx.success_outcome = "fault:malformed_sse"
-        if fault.stall_after_chunks is not None and sent == fault.stall_after_chunks:
-            await asyncio.sleep((fault.stall_ms or 0.0) / 1000.0)
+        if await _after_event(ctx, resp, sent):
+            return resp
     if fault.reset_after_chunks is not None:
         # Asked to reset after more events than the answer has: cut before the terminal chunk.
         await abort_connection(ctx, resp=resp, outcome="fault:reset_after_chunks")
         return resp
     await resp.write_eof()
     return resp
+
+
+async def _after_event(ctx: RequestContext, resp: web.StreamResponse, sent: int) -> bool:
+    """Faults that strike after the ``sent``-th event; True when the stream ends here."""
+    fault = ctx.fault
+    if fault.malformed_sse and sent == 1:
+        await _write(resp, MALFORMED_FRAME)
+        ctx.success_outcome = "fault:malformed_sse"
+    if fault.malformed_after_chunks == sent:
+        await _write(resp, MALFORMED_DATA_FRAME)
+        ctx.success_outcome = "fault:malformed_after_chunks"
+    if fault.stall_after_chunks is not None and sent == fault.stall_after_chunks:
+        await asyncio.sleep((fault.stall_ms or 0.0) / 1000.0)
+    if fault.error_after_chunks == sent:
+        await _write(resp, sse_frame(error_for_status(500).body()))
+        ctx.success_outcome = "fault:error_after_chunks"
+        await resp.write_eof()
+        return True
+    if fault.end_after_chunks == sent:
+        ctx.success_outcome = "fault:end_after_chunks"  # a clean close, without the rest nor [DONE]
+        await resp.write_eof()
+        return True
+    return False
 
 
 def _delay_before(ctx: RequestContext, event: SSEEvent, *, first_event: bool, content_seen: bool) -> float:

@@ -205,6 +205,9 @@ class LiveStats:
             self._totals.merge(b, -1)
 
 
+_HEDGE_RACED = frozenset({"hedge_won", "primary_won", "both_failed"})  # x-gateway-hedge: a hedge was sent
+
+
 def _record_resilience(b: Second, ex: Exchange) -> None:
     g = b.g
     attempts = ex.record.attempts
@@ -214,6 +217,8 @@ def _record_resilience(b: Second, ex: Exchange) -> None:
         first = attempts[0]
         if ex.target.upstream != first.upstream or attempts[-1].model != first.model:
             g[w.FALLBACKS] += 1
+    if ex.response_headers.get("x-gateway-hedge") in _HEDGE_RACED:
+        g[w.HEDGED] += 1
     if "timeout" in ex.record.error_kind or any("timeout" in a.outcome for a in attempts):
         g[w.TIMEOUTS] += 1
     if ex.record.waited_s > 0.0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.appstate import AppState
-from gateway.components import BREAKER_STATES, QUEUE_DEPTHS
+from gateway.components import BREAKER_STATES, MCP_TOOL_ROWS, QUEUE_DEPTHS
 from gateway.exchange import Exchange
 from gateway.telemetry import live_window as w
 from gateway.telemetry.live import SERVED_BY_CACHE, LiveStats, Pricer
@@ -83,9 +83,11 @@ def summary(stats: LiveStats, state: AppState, *, exact: bool = True, fleet: Fle
         "cache": _cache(t),
         "compression": {"requests": int(g[w.COMP_REQ]), "tokens_saved": int(g[w.SAVED_COMP])},
         "resilience": {"retried_requests": int(g[w.RETRIED]), "extra_attempts": int(g[w.EXTRA_ATTEMPTS]),
-                       "fallbacks": int(g[w.FALLBACKS]), "timeouts": int(g[w.TIMEOUTS])},
+                       "fallbacks": int(g[w.FALLBACKS]), "timeouts": int(g[w.TIMEOUTS]),
+                       "hedged": int(g[w.HEDGED])},
         "breakers": breaker_states(state, now),
         "rate_limit": _rate_limit(t, state),
+        "mcp_tools": mcp_tools(state),
         "recent": recent_rows(stats, now),
     }
     return out
@@ -172,6 +174,16 @@ def _rate_limit(t: Second, state: AppState) -> dict[str, Any]:
     return {"waited_requests": int(t.g[w.WAITED]), "wait_total_s": round(max(0.0, t.g[w.WAIT_S]), 3),
             "wait_p50_ms": q["p50"], "wait_p95_ms": q["p95"],
             "queue_depth": None if queues is None else sum(queues.values()), "queues": queues}
+
+
+def mcp_tools(state: AppState) -> list[dict[str, Any]] | None:
+    """Calls, errors and latency per MCP tool over the window; None when no MCP server is configured."""
+    rows = state.components.get(MCP_TOOL_ROWS)
+    if rows is None or not state.config.mcp.servers:
+        return None
+    return [{"server": server, "tool": tool, "calls": calls, "errors": errors,
+             "latency_ms": {"p50": _ms(p50), "p95": _ms(p95)}}
+            for server, tool, calls, errors, p50, p95 in rows()[:MAX_LISTED]]
 
 
 def queue_depths(state: AppState) -> dict[str, int] | None:

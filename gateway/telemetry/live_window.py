@@ -23,7 +23,8 @@ MAX_BIN = int(math.log(3600.0 / MIN_S) * _INV_LOG_STEP)  # an hour: anything lon
 # Global counters of a Second, by index (a list is faster than a dict on the hot path).
 REQ, OK, CLIENT_ERR, ERR, PROMPT, COMPLETION, CACHED, REASONING, COST = range(9)
 RETRIED, EXTRA_ATTEMPTS, FALLBACKS, TIMEOUTS, WAITED, WAIT_S, SAVED_CACHE, SAVED_COMP, COMP_REQ = range(9, 18)
-N_GLOBAL = 18
+HEDGED = 18  # requests whose first token was hedged on a second target
+N_GLOBAL = 19
 # Per model and per tenant counters.
 M_REQ, M_ERR, M_PROMPT, M_COMPLETION, M_CACHED, M_COST = range(6)
 N_GROUP = 6

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -64,6 +65,46 @@ def state_change(what: str, **fields: Any) -> None:
 def log_request(ex: Exchange) -> None:
     if not ACCESS.isEnabledFor(logging.INFO):
         return
+    fields = request_fields(ex)
+    handler = direct_handler()
+    if handler is None:
+        ACCESS.info("request", extra={"fields": fields})
+        return
+    # The same line JsonFormatter writes, without a LogRecord, a format call and the handler chain.
+    line = {"ts": round(time.time(), 3), "level": "info", "logger": ACCESS.name, "msg": "request", **fields}
+    text = orjson.dumps(line).decode() + handler.terminator
+    handler.acquire()
+    try:
+        handler.stream.write(text)
+        handler.flush()
+    except Exception:  # noqa: BLE001 - as StreamHandler.emit: a broken log stream must not fail a request
+        handler.handleError(logging.makeLogRecord({"msg": "request", "name": ACCESS.name}))
+    finally:
+        handler.release()
+
+
+def direct_handler() -> logging.StreamHandler[Any] | None:
+    """The one handler an access line reaches when logging is set up as ``setup_logging`` does it (a
+    single JSON stream handler on the root, no filters), else None: then the line goes through
+    ``logging`` as usual (tests capturing logs, another handler added by an embedding application)."""
+    logger: logging.Logger | None = ACCESS
+    found: logging.StreamHandler[Any] | None = None
+    while logger is not None:
+        if logger.filters:
+            return None
+        for handler in logger.handlers:
+            if found is not None or type(handler) is not logging.StreamHandler or handler.filters \
+                    or type(handler.formatter) is not JsonFormatter or handler.level > logging.INFO:
+                return None
+            found = handler
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return found
+
+
+def request_fields(ex: Exchange) -> dict[str, Any]:
+    """The fields of the per-request log line."""
     duration = ex.record.ended_at - ex.request.received_at
     fields: dict[str, Any] = {
         "event": "request",
@@ -90,4 +131,4 @@ def log_request(ex: Exchange) -> None:
         fields["error"] = ex.record.error_kind
     if ex.record.stream_outcome:
         fields["stream_outcome"] = ex.record.stream_outcome
-    ACCESS.info("request", extra={"fields": fields})
+    return fields

@@ -192,8 +192,9 @@ class Tokenizer:
     """Counts prompt tokens for models and request bodies.
 
     Created once by the app and passed to whoever needs it; holds the lazily loaded
-    encodings and the count memo. Call :meth:`preload` at start-up to keep the
-    ~0.15-0.3 s encoding load off the first request.
+    encodings and the count memo. Encodings load on first use (the gateway does that in its
+    work pool, off the event loop: ``gateway.tokens.prompt.count_prompt``); :meth:`preload` loads
+    them now.
     """
 
     def __init__(
@@ -221,6 +222,10 @@ class Tokenizer:
             enc = load_encoding(name)
             self._encodings[name] = enc
         return enc
+
+    def is_loaded(self, model: str) -> bool:
+        """Whether ``model``'s encoding is loaded (else the first count pays ~0.2 s loading it)."""
+        return self.encoding_name_for(model) in self._encodings
 
     def encoding_name_for(self, model: str) -> str:
         """Encoding for ``model``: config override, then prefix table, then o200k_base."""

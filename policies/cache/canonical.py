@@ -18,6 +18,10 @@ import orjson
 from gateway.sse import events_of
 
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+# What the assembly itself builds; any other field of a chunk or of its choices is a provider extra
+# (Azure ``prompt_filter_results``/``content_filter_results``, Groq ``x_groq``, vLLM ``stop_reason``...).
+_BUILT_TOP = frozenset({*_HEAD_FIELDS, "object", "choices", "usage"})
+_BUILT_CHOICE = frozenset({"index", "delta", "text", "finish_reason", "logprobs"})
 # Finish reasons of a complete answer: only answers whose every choice ended with one of these are stored
 # (``length`` only with ``cache_truncated``). ``content_filter`` is left out on purpose: a filter verdict
 # is the provider's policy of the day, and a false positive must not be replayed for a whole TTL.
@@ -103,9 +107,23 @@ def _head(events: list[dict[str, Any]], obj_type: str) -> dict[str, Any]:
         for name in _HEAD_FIELDS:
             if name not in head and event.get(name) is not None:
                 head[name] = event[name]
-    out: dict[str, Any] = {"id": head.get("id", ""), "object": obj_type}
+    out: dict[str, Any] = {"id": head["id"]} if "id" in head else {}  # a provider without ids: none
+    out["object"] = obj_type
     out.update((k, head[k]) for k in _HEAD_FIELDS[1:] if k in head)
     return out
+
+
+def merge_extras(acc: dict[str, Any], obj: dict[str, Any], built: frozenset[str]) -> None:
+    """Keep ``obj``'s provider extras in ``acc`` as a non-stream answer carries them: objects merged
+    key by key (Groq's ``x_groq`` id, then its usage), other values the last non-null one, nulls kept."""
+    for key, value in obj.items():
+        if key in built:
+            continue
+        old = acc.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            acc[key] = {**old, **value}
+        elif value is not None or key not in acc:
+            acc[key] = value
 
 
 def _last_usage(events: list[dict[str, Any]]) -> Any:
@@ -118,12 +136,15 @@ def _last_usage(events: list[dict[str, Any]]) -> Any:
 
 def _chat_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     choices: dict[int, dict[str, Any]] = {}
+    extras: dict[str, Any] = {}
     for event in events:
+        merge_extras(extras, event, _BUILT_TOP)
         for ch in event.get("choices") or ():
             if not isinstance(ch, dict):
                 return None
-            state = choices.setdefault(int(ch.get("index") or 0),
-                                       {"message": {}, "calls": {}, "finish_reason": None, "logprobs": None})
+            state = choices.setdefault(int(ch.get("index") or 0), {"message": {}, "calls": {},
+                                       "finish_reason": None, "logprobs": None, "extras": {}})
+            merge_extras(state["extras"], ch, _BUILT_CHOICE)
             delta = ch.get("delta")
             if isinstance(delta, dict):
                 _merge_chat_delta(state, delta)
@@ -138,6 +159,7 @@ def _chat_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     usage = _last_usage(events)
     if usage is not None:
         out["usage"] = usage
+    out.update(extras)
     return out
 
 
@@ -197,18 +219,22 @@ def _chat_choice(index: int, state: dict[str, Any]) -> dict[str, Any]:
         "message": message,
         "logprobs": state["logprobs"],
         "finish_reason": state["finish_reason"],
+        **state["extras"],
     }
 
 
 def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     choices: dict[int, dict[str, Any]] = {}
+    extras: dict[str, Any] = {}
     for event in events:
+        merge_extras(extras, event, _BUILT_TOP)
         for ch in event.get("choices") or ():
             if not isinstance(ch, dict):
                 return None
             state = choices.setdefault(
-                int(ch.get("index") or 0), {"text": "", "finish_reason": None, "logprobs": None}
+                int(ch.get("index") or 0), {"text": "", "finish_reason": None, "logprobs": None, "extras": {}}
             )
+            merge_extras(state["extras"], ch, _BUILT_CHOICE)
             if isinstance(ch.get("text"), str):
                 state["text"] += ch["text"]
             if ch.get("finish_reason"):
@@ -224,10 +250,12 @@ def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | No
             "index": i,
             "logprobs": choices[i]["logprobs"],
             "finish_reason": choices[i]["finish_reason"],
+            **choices[i]["extras"],
         }
         for i in sorted(choices)
     ]
     usage = _last_usage(events)
     if usage is not None:
         out["usage"] = usage
+    out.update(extras)
     return out

@@ -22,7 +22,14 @@ from policies.cache.config import CoalesceConfig
 from policies.cache.controls import mode_allows
 from policies.cache.fill import CLAIM_KEY
 from policies.cache.fleet_flight import FleetFlight
-from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of, deterministic
+from policies.cache.request import (
+    ANSWER_OPERATIONS,
+    KeyMaker,
+    cache_blocks,
+    cache_config,
+    controls_of,
+    deterministic,
+)
 from policies.cache.respond import wants_usage_chunk
 from policies.cache.runtime import CacheRuntime, cache_runtime
 from policies.cache.singleflight import TakeOver
@@ -53,7 +60,7 @@ class Coalesce:
             flight = flights.get(fkey)
             leader = flight is None
             if flight is None:
-                flight = flights.lead(fkey, ex, self._leader_call(ex, next, cfg))
+                flight = flights.lead(fkey, ex, self._leader_call(ex, next, cfg), cfg.max_flight_bytes)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)
@@ -94,4 +101,7 @@ class Coalesce:
 
 
 async def factory(state: AppState, config: Config) -> Coalesce | None:
+    """Built when single flight is on in the global cache block or in a route's own."""
+    if not any(b.coalesce.enabled for b in cache_blocks(config)):
+        return None
     return Coalesce(state, config, cache_runtime(state, config))

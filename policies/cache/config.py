@@ -11,7 +11,7 @@ class ExactCacheConfig:
     enabled: bool = True
     ttl_s: float = 3600.0
     max_entries: int = 10000
-    max_bytes: int = 256 * 1024 * 1024
+    max_bytes: int = 64 * 1024 * 1024  # the caps' sum fits the sidecar's 512Mi (gateway.memory_caps)
     deterministic_only: bool = True
     cache_truncated: bool = False
     mode: CacheMode = "read_write"
@@ -22,6 +22,7 @@ class SemanticCacheConfig:
     threshold: float = 0.95
     ttl_s: float = 3600.0
     max_entries: int = 50000
+    max_bytes: int = 32 * 1024 * 1024  # vectors, answers and (cut) questions held in memory
     embedder: str = "local"  # local | upstream:<name>:<model>
     skip_tool_turns: bool = True
     mode: CacheMode = "read_write"
@@ -30,6 +31,9 @@ class SemanticCacheConfig:
 class CoalesceConfig:
     enabled: bool = True
     max_waiters: int = 1000
+    # Unread bytes one flight may hold; past it the flight takes no new waiters and reads the upstream at
+    # its slowest reader's pace (docs/reliability.md).
+    max_flight_bytes: int = 256 * 1024
     nondeterministic: bool = False
     # Across workers/replicas (a shared state backend): how long a follower waits for the leader's cache
     # entry before it calls the provider itself; 0 turns fleet coalescing off.
@@ -42,7 +46,7 @@ class EmbeddingsCacheConfig:
     batch_window_ms: float = 5.0
     max_batch: int = 256
     max_entries: int = 200000  # per-input vectors held in memory
-    max_bytes: int = 512 * 1024 * 1024
+    max_bytes: int = 32 * 1024 * 1024
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CacheConfig:

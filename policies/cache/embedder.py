@@ -8,6 +8,11 @@ first use and always off the event loop (in its own one-thread executor, so a
 burst of queries cannot take both cores from the proxy); ~0.5 s to load, 5-10 ms
 per query, no network. ``upstream:<name>:<model>`` asks a configured upstream.
 Both return float32 unit vectors, so a dot product is the cosine.
+
+Bounded work (issue 15): the model reads 256 tokens, so the text is cut to ``MAX_CHARS``
+characters before tokenising (tokenising 4 MB to keep 256 tokens took 7 s); ``MemoEmbedder``
+gives each embedding ``timeout_s`` (a timeout is a cache miss, not a wait) and remembers vectors
+under the SHA-256 of the text, bounded in bytes, never the text itself.
 """
 from __future__ import annotations
 
@@ -23,7 +28,20 @@ import numpy as np
 TOKENIZER_PATH = Path(__file__).resolve().parent / "data" / "minilm" / "tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 MAX_TOKENS = 256  # the model's max_seq_length
+MAX_CHARS = 4096  # 256 BERT word pieces are never more than ~4k characters of text
 MEMO_SIZE = 4096
+MEMO_MAX_BYTES = 8 * 1024 * 1024
+EMBED_TIMEOUT_S = 2.0
+_ENTRY_OVERHEAD = 200  # an OrderedDict slot, the digest bytes object, the ndarray header
+
+
+def clip(text: str) -> str:
+    """The part of ``text`` the model can read (what gets tokenised and embedded)."""
+    return text[:MAX_CHARS]
+
+
+def text_digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 class EmbedderUnavailable(Exception):
@@ -95,7 +113,8 @@ class LocalEmbedder:
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         await self.load()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._embed_sync, texts)
+        clipped = [clip(text) for text in texts]
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._embed_sync, clipped)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -116,7 +135,7 @@ class UpstreamEmbedder:
         headers = dict(self.client.extra_headers)
         if self.client.api_key:
             headers["Authorization"] = f"Bearer {self.client.api_key}"
-        payload = {"model": self.model, "input": texts, "encoding_format": "float"}
+        payload = {"model": self.model, "input": [clip(text) for text in texts], "encoding_format": "float"}
         try:
             async with asyncio.timeout(self.timeout_s):
                 async with self.client.session.post(self.client.base_url + "/embeddings", json=payload,
@@ -135,24 +154,42 @@ class UpstreamEmbedder:
         return None
 
 
-class MemoEmbedder:
-    """Remembers the vectors of recent texts: a repeated question is embedded once."""
+class EmbedTimeout(EmbedderUnavailable, TimeoutError):
+    """The embedder took longer than its budget: this question is a cache miss."""
 
-    def __init__(self, inner: Embedder, size: int = MEMO_SIZE) -> None:
+
+class MemoEmbedder:
+    """Remembers the vectors of recent texts (by SHA-256, bounded in entries and bytes): a repeated
+    question is embedded once; an embedding that takes over ``timeout_s`` raises ``EmbedTimeout``."""
+
+    def __init__(self, inner: Embedder, size: int = MEMO_SIZE, max_bytes: int = MEMO_MAX_BYTES,
+                 timeout_s: float = EMBED_TIMEOUT_S) -> None:
         self.inner = inner
         self.name = inner.name
         self.size = size
-        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.bytes = 0
+        self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
 
     async def embed_one(self, text: str) -> np.ndarray:
-        found = self._memo.get(text)
+        text = clip(text)
+        key = text_digest(text)
+        found = self._memo.get(key)
         if found is not None:
-            self._memo.move_to_end(text)
+            self._memo.move_to_end(key)
             return found
-        vector: np.ndarray = (await self.inner.embed([text]))[0]  # row 0 of a 2-D array: a 1-D array
-        self._memo[text] = vector
-        if len(self._memo) > self.size:
-            self._memo.popitem(last=False)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                vectors = await self.inner.embed([text])
+        except TimeoutError as exc:
+            raise EmbedTimeout(f"{self.name} took over {self.timeout_s} s") from exc
+        vector: np.ndarray = vectors[0]  # row 0 of a 2-D array: a 1-D array
+        self._memo[key] = vector
+        self.bytes += vector.nbytes + _ENTRY_OVERHEAD
+        while self._memo and (len(self._memo) > self.size or self.bytes > self.max_bytes):
+            _, old = self._memo.popitem(last=False)
+            self.bytes -= old.nbytes + _ENTRY_OVERHEAD
         return vector
 
     async def close(self) -> None:

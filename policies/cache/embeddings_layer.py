@@ -34,7 +34,7 @@ from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, canonical
 from policies.cache.memory_store import MemoryStore
 from policies.cache.redis_store import AnswerStore
-from policies.cache.request import KeyMaker, cache_config, controls_of
+from policies.cache.request import KeyMaker, cache_blocks, cache_config, controls_of
 from policies.cache.runtime import CacheRuntime, cache_runtime
 
 JSON = {"content-type": "application/json"}
@@ -196,6 +196,9 @@ def embeddings_parts(state: AppState, config: Config, rt: CacheRuntime) -> tuple
 
 
 async def factory(state: AppState, config: Config) -> EmbeddingsCache | None:
+    """Built when the embeddings cache is on in the global cache block or in a route's own."""
+    if not any(b.embeddings.enabled for b in cache_blocks(config)):
+        return None
     rt = cache_runtime(state, config)
     store, batcher = embeddings_parts(state, config, rt)
     return EmbeddingsCache(state, config, rt, store, batcher)

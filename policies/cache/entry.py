@@ -7,11 +7,17 @@ produced; a streamed request is served by replaying that body as SSE
 non-stream call and the reverse, and the entry is never stored twice. The
 rendered SSE bytes are memoised on the in-memory object so a hot entry is
 rendered once.
+
+An entry holds bytes, not the parsed answer: a cache of thousands of parsed
+JSON trees is millions of objects the cyclic garbage collector walks on every
+full collection. The body is parsed when it is needed (an SSE replay, once per
+entry and mode; reading the usage of a shared-store entry).
 """
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,22 +37,34 @@ class CachedAnswer:
     content_type: str = "application/json"
     usage: Usage | None = None
     text: str = ""  # the question's text, for semantic-cache guards (never sent to clients)
-    _obj: dict[str, Any] | None = None
-    _sse: dict[bool, bytes] = field(default_factory=dict)
+    _sse_usage: bytes | None = None  # the SSE replay with a usage chunk, once rendered
+    _sse_plain: bytes | None = None  # ... and without
 
     @classmethod
     def from_obj(cls, operation: str, obj: dict[str, Any], created: float) -> CachedAnswer:
         return cls(operation=operation, body=orjson.dumps(obj), created=created,
-                   usage=usage_from_response_obj(obj), _obj=obj)
+                   usage=usage_from_response_obj(obj))
 
     def obj(self) -> dict[str, Any]:
-        if self._obj is None:
-            self._obj = orjson.loads(self.body)
-        return self._obj
+        """The body parsed (a fresh object each call: nothing parsed is kept)."""
+        parsed: dict[str, Any] = orjson.loads(self.body)
+        return parsed
+
+    def sse(self, include_usage: bool, render: Callable[[str, dict[str, Any], bool], bytes]) -> bytes:
+        """The SSE replay of this answer, rendered by ``render`` on first use and memoised."""
+        data = self._sse_usage if include_usage else self._sse_plain
+        if data is None:
+            data = render(self.operation, self.obj(), include_usage)
+            if include_usage:
+                self._sse_usage = data
+            else:
+                self._sse_plain = data
+        return data
 
     @property
     def size(self) -> int:
-        return len(self.body) + sum(len(v) for v in self._sse.values()) + len(self.text) + 200
+        rendered = len(self._sse_usage or b"") + len(self._sse_plain or b"")
+        return len(self.body) + rendered + len(self.text) + 200
 
     @property
     def tokens(self) -> int:

@@ -20,9 +20,16 @@ from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.config import ExactCacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
-from policies.cache.fill import attach_fill, refusal
+from policies.cache.fill import Callback, attach_fill, refusal
 from policies.cache.keys import CacheKey
-from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of, deterministic
+from policies.cache.request import (
+    ANSWER_OPERATIONS,
+    KeyMaker,
+    cache_blocks,
+    cache_config,
+    controls_of,
+    deterministic,
+)
 from policies.cache.respond import cached_response
 from policies.cache.runtime import CacheRuntime, cache_runtime
 from policies.cache.tools_layer import ToolCache
@@ -64,13 +71,12 @@ class ExactCache:
         resp = await next(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
-            resp = attach_fill(ex, resp, self._storer(ex, primary, key, ttl, cfg),
+            resp = attach_fill(ex, resp, self._storer(primary, key, ttl, cfg),
                                min(MAX_ENTRY_BYTES, cfg.max_bytes))
         return resp
 
-    def _storer(self, ex: Exchange, primary: tuple[str, str], key: CacheKey, ttl: float,  # type: ignore[no-untyped-def]
-                cfg: ExactCacheConfig):
-        def store(answer: CachedAnswer, reasons: list[str]) -> None:
+    def _storer(self, primary: tuple[str, str], key: CacheKey, ttl: float, cfg: ExactCacheConfig) -> Callback:
+        def store(ex: Exchange, answer: CachedAnswer, reasons: list[str]) -> None:
             refused = refusal(ex, primary, reasons, cfg.cache_truncated)
             if refused is not None:
                 self.state.metrics.decision(self.name, refused)
@@ -86,11 +92,13 @@ def _age(answer: CachedAnswer) -> float:
 
 
 async def factory(state: AppState, config: Config) -> ExactCache | None:
-    """Always built (routes may enable the cache even when the global block does not).
+    """Built when the exact cache is on in the global block or in a route's own.
 
-    Also registers the read-only tool routes' cache (``state.components["tool_cache"]``),
+    Always registers the read-only tool routes' cache (``state.components["tool_cache"]``),
     which the tool handler puts outermost in its own chain.
     """
     rt = cache_runtime(state, config)
     state.components.set(TOOL_CACHE, ToolCache(config, rt))
+    if not any(b.exact.enabled and b.exact.mode != "off" for b in cache_blocks(config)):
+        return None
     return ExactCache(state, config, rt)

@@ -7,9 +7,16 @@ to the registered callbacks (exact cache, semantic cache). An error raised by
 the body, a client disconnect (``aclose``/cancel) or an oversized answer stores
 nothing. One collector per exchange: a second cache layer adds its callback to
 the first one's collector instead of wrapping the body again.
+
+Nothing here keeps the exchange alive: the collector lives in ``ex.state`` and
+callbacks receive the exchange as an argument instead of closing over it, so a
+finished request is freed by reference counting alone (a cycle
+``ex -> state -> fill -> callback -> ex`` made the cyclic GC walk every
+request's objects: 1.3 s of GC pauses per 15k requests).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +28,8 @@ from policies.cache.canonical import answer_from_json, answer_from_sse, complete
 from policies.cache.entry import CachedAnswer
 
 log = logging.getLogger("gateway.cache")
-Callback = Callable[[CachedAnswer, list[str]], None]
+Callback = Callable[[Exchange, CachedAnswer, list[str]], None]
+INLINE_FILL_BYTES = 256 * 1024  # larger answers are assembled off the event loop
 
 
 @dataclass(slots=True)
@@ -55,18 +63,42 @@ class Fill:
         claim = ex.state.get(CLAIM_KEY)
         if claim is not None and not claim():
             return
-        data = b"".join(self.chunks)
-        self.chunks = []
+        callbacks, self.callbacks = self.callbacks, []
+        chunks, self.chunks = self.chunks, []
+        if self.size <= INLINE_FILL_BYTES:
+            _store(ex, callbacks, self._assemble(chunks))
+            return
+        # A large answer is parsed in a thread (issue 15: seconds of loop time for big answers); the
+        # callbacks (index, stores) run back on the loop. Nobody waits for it: the client has its answer.
+        done = asyncio.get_running_loop().run_in_executor(None, self._assemble, chunks)
+        done.add_done_callback(lambda fut: _store(ex, callbacks, _result(fut)))
+
+    def _assemble(self, chunks: list[bytes]) -> tuple[CachedAnswer, list[str]] | None:
+        data = b"".join(chunks)
         obj = answer_from_sse(self.operation, data) if self.sse else answer_from_json(self.operation, data)
         if obj is None:
-            return
-        answer = CachedAnswer.from_obj(self.operation, obj, time.time())
-        reasons = finish_reasons(self.operation, obj)
-        for callback in self.callbacks:
-            try:
-                callback(answer, reasons)
-            except Exception:
-                log.exception("cache fill callback failed")
+            return None
+        return CachedAnswer.from_obj(self.operation, obj, time.time()), finish_reasons(self.operation, obj)
+
+
+Assembled = tuple[CachedAnswer, list[str]] | None
+
+
+def _result(fut: asyncio.Future[Assembled]) -> Assembled:
+    if fut.cancelled() or fut.exception() is not None:
+        return None
+    return fut.result()
+
+
+def _store(ex: Exchange, callbacks: list[Callback], assembled: tuple[CachedAnswer, list[str]] | None) -> None:
+    if assembled is None:
+        return
+    answer, reasons = assembled
+    for callback in callbacks:
+        try:
+            callback(ex, answer, reasons)
+        except Exception:
+            log.exception("cache fill callback failed")
 
 
 FILL_KEY: StateKey[Fill] = StateKey("cache.fill")  # one collector per exchange, shared by the cache layers

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+TEXT_CHARS = 4096  # how much of a question the semantic index keeps for these checks
 _WORD = re.compile(r"[A-Za-z0-9']+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _NEGATIONS = frozenset({

@@ -19,6 +19,20 @@ PIECE_CHARS = 16  # small enough to look like token deltas, large enough to stay
 DONE = b"data: [DONE]\n\n"
 _STRING_DELTAS = ("reasoning_content", "reasoning", "content", "refusal")
 _SKIP_MESSAGE_KEYS = frozenset({"role", "tool_calls", *_STRING_DELTAS})
+# Fields the renderer builds; any other top-level or choice field is a provider extra, sent once on the
+# first chunk (where the openai SDK's accumulation takes them from).
+_BUILT_TOP = frozenset({"id", "object", "created", "model", "system_fingerprint", "service_tier", "choices",
+                        "usage"})
+_BUILT_CHOICE = frozenset({"index", "message", "text", "finish_reason", "logprobs"})
+
+
+def _id(obj: dict[str, Any]) -> dict[str, Any]:
+    """The answer's id, or none when the provider gave none (as it streamed it)."""
+    return {"id": obj["id"]} if "id" in obj else {}
+
+
+def _extras(obj: dict[str, Any], built: frozenset[str]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in built}
 
 
 def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
@@ -41,32 +55,37 @@ def render_sse(operation: str, obj: dict[str, Any], include_usage: bool) -> byte
 
 
 def _chat_frames(obj: dict[str, Any], include_usage: bool) -> Iterator[bytes]:
-    base: dict[str, Any] = {"id": obj.get("id", ""), "object": "chat.completion.chunk",
-                            "created": obj.get("created", 0), "model": obj.get("model", "")}
+    base: dict[str, Any] = {**_id(obj), "object": "chat.completion.chunk", "created": obj.get("created", 0),
+                            "model": obj.get("model", "")}
     for name in ("system_fingerprint", "service_tier"):
         if obj.get(name) is not None:
             base[name] = obj[name]
+    top = _extras(obj, _BUILT_TOP)
     for ch in obj.get("choices") or ():
-        yield from _chat_choice_frames(base, ch)
+        yield from _chat_choice_frames(base, ch, top)
+        top = {}
     if include_usage and obj.get("usage") is not None:
         yield _frame({**base, "choices": [], "usage": obj["usage"]})
     yield DONE
 
 
 def _chat_chunk(base: dict[str, Any], index: int, delta: dict[str, Any], finish: str | None = None,
-                logprobs: Any = None) -> bytes:
-    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-    return _frame({**base, "choices": [choice]})
+                logprobs: Any = None, extras: tuple[dict[str, Any], dict[str, Any]] = ({}, {})) -> bytes:
+    """One chunk; ``extras``: the provider's top-level and choice fields (first chunk only)."""
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish, **extras[1]}
+    return _frame({**base, "choices": [choice], **extras[0]})
 
 
-def _chat_choice_frames(base: dict[str, Any], ch: dict[str, Any]) -> Iterator[bytes]:
+def _chat_choice_frames(base: dict[str, Any], ch: dict[str, Any], top: dict[str, Any]) -> Iterator[bytes]:
     """One choice: role delta, string deltas, other message fields, tool call deltas, finish chunk."""
     index = int(ch.get("index") or 0)
     msg = ch.get("message") or {}
     logprobs = ch.get("logprobs")
-    nulls = {k: None for k, v in msg.items() if v is None and k not in ("role", "content")}  # e.g. refusal
+    # Nulls and empty values (``refusal: null``, ``annotations: []``) ride on the role delta, as sent.
+    empty = {k: v for k, v in msg.items() if v in (None, [], {}) and k not in ("role", "content")}
     yield _chat_chunk(base, index, {"role": msg.get("role", "assistant"),
-                                    "content": "" if isinstance(msg.get("content"), str) else None, **nulls})
+                                    "content": "" if isinstance(msg.get("content"), str) else None, **empty},
+                      extras=(top, _extras(ch, _BUILT_CHOICE)))
     for key in _STRING_DELTAS:
         value = msg.get(key)
         if isinstance(value, str):
@@ -92,19 +111,20 @@ def _call_deltas(position: int, call: dict[str, Any]) -> Iterator[dict[str, Any]
 
 
 def _completion_frames(obj: dict[str, Any], include_usage: bool) -> Iterator[bytes]:
-    base = {"id": obj.get("id", ""), "object": "text_completion", "created": obj.get("created", 0),
+    base = {**_id(obj), "object": "text_completion", "created": obj.get("created", 0),
             "model": obj.get("model", "")}
     if obj.get("system_fingerprint") is not None:
         base["system_fingerprint"] = obj["system_fingerprint"]
+    top = _extras(obj, _BUILT_TOP)
     for ch in obj.get("choices") or ():
         index = int(ch.get("index") or 0)
         logprobs = ch.get("logprobs")
-        for piece in pieces(ch.get("text") or ""):
-            yield _frame({**base, "choices": [{"text": piece, "index": index, "logprobs": logprobs,
-                                               "finish_reason": None}]})
-            logprobs = None
-        yield _frame({**base, "choices": [{"text": "", "index": index, "logprobs": logprobs,
-                                           "finish_reason": ch.get("finish_reason") or "stop"}]})
+        extras = _extras(ch, _BUILT_CHOICE)  # the provider's own fields, on the choice's first chunk
+        for text in [*pieces(ch.get("text") or ""), None]:
+            choice = {"text": text or "", "index": index, "logprobs": logprobs,
+                      "finish_reason": (ch.get("finish_reason") or "stop") if text is None else None}
+            yield _frame({**base, "choices": [{**choice, **extras}], **top})
+            logprobs, extras, top = None, {}, {}
     if include_usage and obj.get("usage") is not None:
         yield _frame({**base, "choices": [], "usage": obj["usage"]})
     yield DONE

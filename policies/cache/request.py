@@ -27,6 +27,12 @@ CONTROLS_ATTR: StateKey[CacheControls] = StateKey("cache.controls")
 ANSWER_OPERATIONS = frozenset({"chat", "completions", "responses"})
 
 
+def cache_blocks(config: Config) -> list[CacheConfig]:
+    """The global cache block and every route's own: a layer whose feature is off in all of them is not
+    built at all (nothing to run per request)."""
+    return [config.cache, *(r.cache for r in config.routes if r.cache is not None)]
+
+
 def cache_config(ex: Exchange, default: CacheConfig) -> CacheConfig:
     """The route's cache block (already merged over the global one), else the global one."""
     route = ex.request.route

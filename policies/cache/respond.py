@@ -30,10 +30,7 @@ def replay_bytes(ex: Exchange, answer: CachedAnswer) -> tuple[bytes, str]:
     if not ex.request.stream or answer.operation not in ("chat", "completions", "responses"):
         return answer.body, answer.content_type
     include_usage = wants_usage_chunk(ex) if answer.operation != "responses" else True
-    data = answer._sse.get(include_usage)
-    if data is None:
-        data = answer._sse[include_usage] = render_sse(answer.operation, answer.obj(), include_usage)
-    return data, SSE_TYPE
+    return answer.sse(include_usage, render_sse), SSE_TYPE
 
 
 def cached_response(ex: Exchange, answer: CachedAnswer, result: str,

@@ -25,7 +25,7 @@ from policies.cache.config import SemanticCacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
 from policies.cache.fill import attach_fill, refusal
-from policies.cache.guards import compatible
+from policies.cache.guards import TEXT_CHARS, compatible
 from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of
 from policies.cache.respond import cached_response
 from policies.cache.runtime import CacheRuntime, cache_runtime
@@ -100,17 +100,17 @@ class SemanticCache:
             resp = attach_fill(
                 ex,
                 resp,
-                partial(self._guarded, ex, primary, cache.exact.cache_truncated, store),
+                partial(self._guarded, primary, cache.exact.cache_truncated, store),
                 MAX_ENTRY_BYTES,
             )
         return resp
 
     def _guarded(
         self,
-        ex: Exchange,
         primary: tuple[str, str],
         truncated_ok: bool,
         store: Callable[[CachedAnswer, list[str]], None],
+        ex: Exchange,
         answer: CachedAnswer,
         reasons: list[str],
     ) -> None:
@@ -123,6 +123,9 @@ class SemanticCache:
     async def _embed(self, question: str) -> Any:
         try:
             return await self.parts.embedder.embed_one(question)
+        except TimeoutError:  # the embedder's EmbedTimeout
+            self.state.metrics.decision(self.name, "embed_timeout")  # a miss, not a wait
+            return None
         except Exception as exc:  # noqa: BLE001 - EmbedderUnavailable, or a broken model: a miss, logged once
             if not self.parts.failed_logged:
                 self.parts.failed_logged = True
@@ -141,7 +144,7 @@ class SemanticCache:
                 break
             if max_age_s is not None and time.time() - item.answer.created > max_age_s:
                 continue
-            if compatible(question, item.text):
+            if compatible(question[:TEXT_CHARS], item.text) and item.same_tail(question):
                 found = item.answer
                 break
             self.state.metrics.decision(self.name, "vetoed_by_guard")
@@ -179,10 +182,10 @@ def semantic_parts(
 
     parts: SemanticParts | None = rt.parts.get(PART)
     if parts is not None and parts.spec == cfg.embedder:
-        parts.index.max_entries = cfg.max_entries
+        parts.index.max_entries, parts.index.max_bytes = cfg.max_entries, cfg.max_bytes
         return parts
     embedder = MemoEmbedder(make_embedder(cfg.embedder, state.upstreams))
-    index = VectorIndex(cfg.max_entries, state.clock)
+    index = VectorIndex(cfg.max_entries, state.clock, cfg.max_bytes)
     index.on_change = rt.metrics.gauge_hook("semantic")
     if parts is not None:
         state.closers.append(parts.embedder.close)

@@ -25,8 +25,9 @@ import numpy as np
 
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
 from policies.cache.entry import CachedAnswer
+from policies.cache.guards import TEXT_CHARS
 from policies.cache.keys import namespace_token
-from policies.cache.vector_index import TOP_K, Item
+from policies.cache.vector_index import TOP_K, Item, question_digest
 
 log = logging.getLogger("gateway.cache")
 SEARCH_COUNT = TOP_K * 4  # near-duplicates the guards veto must not hide the right entry
@@ -67,7 +68,8 @@ class SharedVectors:
             if answer is None:
                 gone.append(name)
                 continue
-            out.append((2.0 * score - 1.0, Item(answer, answer.text, 0.0)))  # VSIM score = (1 + cos) / 2
+            digest = bytes.fromhex(name[1:]) if name.startswith("l") else b""  # see add()
+            out.append((2.0 * score - 1.0, Item(answer, answer.text, 0.0, digest)))  # score = (1 + cos) / 2
         if gone:
             self._spawn(self._call(lambda r: r.execute_command("VREM", vkey, *gone)))
         return out
@@ -77,9 +79,12 @@ class SharedVectors:
         if self.available is False or ttl_s <= 0:
             return
         vkey, akey = self.keys(namespace)
-        name = hashlib.sha256(text.encode()).hexdigest()[:32]
+        # As the local index: the guards read at most TEXT_CHARS of the question; a longer one is named by
+        # its whole SHA-256 ("l" + hex), which a candidate's question must then match exactly.
+        digest = question_digest(text)
+        name = "l" + digest.hex() if digest else "s" + hashlib.sha256(text.encode()).hexdigest()[:32]
         blob = np.asarray(vector, dtype=np.float32).tobytes()
-        data, ms = replace(answer, text=text).encode(), max(1, int(ttl_s * 1000))  # the guards read the text
+        data, ms = replace(answer, text=text[:TEXT_CHARS]).encode(), max(1, int(ttl_s * 1000))
 
         async def write(r: Any) -> None:
             async with r.pipeline(transaction=False) as pipe:

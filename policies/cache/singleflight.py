@@ -16,10 +16,17 @@ Failure rules, so nobody is handed a partial answer as if it were complete:
 - the body fails after it started: every subscriber raises ``UpstreamFailure``
   when it reaches that point (an SSE error event and no ``[DONE]``, or a cut
   body), exactly as the upstream failure itself would have ended it.
+
+Bounded in bytes (issue 15: 60 unread 2 MB answers held +259 MB): a flight holds at most
+``max_bytes`` of chunks not yet read by every subscriber. Past that it takes no new
+subscribers (a new identical request makes its own flight) and the pump reads on only as the
+slowest subscriber frees room: the upstream is read at the readers' pace, as without
+coalescing, and chunks every subscriber has read are let go.
 """
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
@@ -30,15 +37,31 @@ from gateway.exchange import Exchange, Source, UpstreamResponse
 Call = Callable[[Exchange], Awaitable[UpstreamResponse]]
 
 
+DEFAULT_MAX_BYTES = 256 * 1024
+
+
 class TakeOver(Exception):
     """The leader failed before a response: start over (and maybe lead)."""
 
 
+class _Cursor:
+    __slots__ = ("pos",)
+
+    def __init__(self, pos: int) -> None:
+        self.pos = pos  # absolute index of the next chunk this subscriber reads
+
+
 class Flight:
-    def __init__(self, registry: Flights, key: Hashable) -> None:
+    def __init__(self, registry: Flights, key: Hashable, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.registry = registry
         self.key = key
+        self.max_bytes = max_bytes
         self.chunks: list[bytes] = []
+        self.first = 0  # absolute index of chunks[0] (earlier ones were read by everybody and dropped)
+        self.buffered = 0  # bytes in chunks
+        self.detached = False  # over max_bytes once: no new subscribers
+        self._cursors: set[_Cursor] = set()
+        self._room = asyncio.Event()
         self.status = 0
         self.headers: Mapping[str, str] = {}
         self.upstream = ""
@@ -70,7 +93,10 @@ class Flight:
         try:
             async for chunk in resp.body:
                 self.chunks.append(chunk)
+                self.buffered += len(chunk)
                 self._wake()
+                if self.buffered > self.max_bytes:
+                    await self._wait_for_room()
         except BaseException as exc:
             self.error = exc
             self._wake()
@@ -91,6 +117,31 @@ class Flight:
             self.ready.exception()  # mark retrieved: nobody may be waiting
         self.registry.remove(self)
 
+    async def _wait_for_room(self) -> None:
+        """Over the byte bound: stop taking subscribers; read on once the slowest one freed room."""
+        if not self.detached:
+            self.detached = True
+            self.registry.over_bytes += 1
+            self.registry.remove(self)
+            self.registry.detached.add(self)
+        self._trim()
+        while self.buffered > self.max_bytes and self.subscribers > 0:
+            self._room.clear()
+            await self._room.wait()
+
+    def _trim(self) -> None:
+        """Drop the chunks every subscriber has read (none while a subscriber has no cursor yet)."""
+        if self.subscribers > len(self._cursors) or not self.chunks:
+            return
+        low = min((c.pos for c in self._cursors), default=self.first + len(self.chunks))
+        n = low - self.first
+        if n > 0:
+            self.buffered -= sum(len(c) for c in self.chunks[:n])
+            del self.chunks[:n]
+            self.first = low
+        if self.buffered <= self.max_bytes:
+            self._room.set()
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed.clear()
@@ -103,12 +154,17 @@ class Flight:
     def join(self) -> None:
         self.subscribers += 1
 
-    def leave(self) -> None:
+    def leave(self, cursor: _Cursor | None = None) -> None:
         self.subscribers -= 1
+        self._cursors.discard(cursor)
         if self.subscribers <= 0:
             if self.task is not None and not self.task.done():
                 self.task.cancel()  # nobody listens any more: free the upstream
             self.registry.remove(self)
+            self.chunks, self.buffered = [], 0
+            self._room.set()
+        elif self.detached:
+            self._trim()
 
     def claim_store(self) -> bool:
         """True for the first subscriber that finished the whole answer: it fills the cache."""
@@ -129,16 +185,22 @@ class Flight:
                 raise self.error from None
             raise
         # leave() runs once however the body ends, even when it is closed before it was read
-        body = Observed(as_body(self.follow()), on_end=lambda _error: self.leave())
+        cursor = _Cursor(self.first)
+        self._cursors.add(cursor)
+        body = Observed(as_body(self.follow(cursor)), on_end=lambda _error: self.leave(cursor))
         return UpstreamResponse(status=self.status, headers=self.headers, body=body,
                                 source=self.source if leader else "cache", upstream=self.upstream)
 
-    async def follow(self) -> AsyncIterator[bytes]:
-        i = 0
+    async def follow(self, cursor: _Cursor | None = None) -> AsyncIterator[bytes]:
+        cursor = cursor or _Cursor(self.first)
         while True:
+            i = cursor.pos - self.first
             if i < len(self.chunks):
-                i += 1
-                yield self.chunks[i - 1]
+                chunk = self.chunks[i]
+                yield chunk
+                cursor.pos += 1  # read: may be let go once every subscriber has read it
+                if self.detached:
+                    self._trim()
                 continue
             if self.done:
                 self._drained = True
@@ -154,6 +216,12 @@ class Flights:
 
     def __init__(self) -> None:
         self._flights: dict[Hashable, Flight] = {}
+        self.over_bytes = 0  # flights that reached their byte bound (then read at the readers' pace)
+        self.detached: weakref.WeakSet[Flight] = weakref.WeakSet()  # those still alive
+
+    def held_bytes(self) -> int:
+        """Bytes buffered by every live flight (for tests and the memory figures)."""
+        return sum(f.buffered for f in [*self._flights.values(), *self.detached])
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -161,8 +229,8 @@ class Flights:
     def get(self, key: Hashable) -> Flight | None:
         return self._flights.get(key)
 
-    def lead(self, key: Hashable, ex: Exchange, call: Call) -> Flight:
-        flight = Flight(self, key)
+    def lead(self, key: Hashable, ex: Exchange, call: Call, max_bytes: int = DEFAULT_MAX_BYTES) -> Flight:
+        flight = Flight(self, key, max_bytes)
         self._flights[key] = flight
         flight.join()
         flight.start(ex, call)

@@ -7,9 +7,14 @@ model + system prompt + tools + earlier turns + parameters, hashed) has its own
 matrix, so a search never even sees another tenant's vectors. Freed rows are
 zeroed (they score 0, below any threshold) and reused; the global bound evicts
 the oldest entries first.
+
+Memory is bounded in bytes too (``max_bytes``: vector, answer, question text and bookkeeping per
+entry); an item keeps at most ``TEXT_CHARS`` of its question for the guards, plus the SHA-256
+of a longer question, which must then match exactly (issue 15: 1 MB questions were kept whole).
 """
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,16 +22,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.cache.entry import CachedAnswer
+from policies.cache.guards import TEXT_CHARS
 
 INITIAL_ROWS = 16
 TOP_K = 4
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+_ENTRY_OVERHEAD = 300  # the Item, its order slot, the digest
 
 
 @dataclass(slots=True)
 class Item:
     answer: CachedAnswer
-    text: str
+    text: str  # the question, cut to TEXT_CHARS
     expires: float
+    digest: bytes = b""  # sha256 of the whole question when it was longer than TEXT_CHARS
+
+    @property
+    def size(self) -> int:
+        return self.answer.size + len(self.text) + len(self.digest) + _ENTRY_OVERHEAD
+
+    def same_tail(self, question: str) -> bool:
+        """A question longer than what is kept must be the very same question."""
+        return question_digest(question) == self.digest
+
+
+def question_digest(question: str) -> bytes:
+    if len(question) <= TEXT_CHARS:
+        return b""
+    return hashlib.sha256(question.encode("utf-8", "surrogatepass")).digest()
 
 
 class _Space:
@@ -62,11 +85,14 @@ class _Space:
 
 
 class VectorIndex:
-    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+    def __init__(self, max_entries: int, clock: Callable[[], float],
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.clock = clock
         self._spaces: dict[str, _Space] = {}
         self._order: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._bytes = 0  # entries' sizes plus vectors (matrix rows), kept as entries come and go
         self.on_change: Callable[[int, int], None] | None = None
 
     def __len__(self) -> int:
@@ -74,7 +100,7 @@ class VectorIndex:
 
     @property
     def bytes(self) -> int:
-        return sum(s.matrix.nbytes + sum(i.answer.size for i in s.items if i) for s in self._spaces.values())
+        return self._bytes
 
     def candidates(self, namespace: str, vector: np.ndarray) -> Iterator[tuple[float, Item]]:
         """Live entries of ``namespace``, best score first, lazily: ``TOP_K`` at first, then four times
@@ -108,9 +134,13 @@ class VectorIndex:
             space = self._spaces[namespace] = _Space(vector.shape[0])
         elif space.matrix.shape[1] != vector.shape[0]:
             return  # another embedder's dimension: never mix vector spaces
-        row = space.add(vector, Item(answer, text, self.clock() + ttl_s))
+        item = Item(answer, text[:TEXT_CHARS], self.clock() + ttl_s, question_digest(text))
+        if item.size + vector.nbytes > self.max_bytes:
+            return
+        row = space.add(vector, item)
+        self._bytes += item.size + vector.nbytes
         self._order[(namespace, row)] = None
-        while len(self._order) > self.max_entries:
+        while len(self._order) > self.max_entries or self._bytes > self.max_bytes:
             (ns, old), _ = self._order.popitem(last=False)
             self._remove(ns, old, ordered=False)
         self._changed()
@@ -119,6 +149,9 @@ class VectorIndex:
         space = self._spaces.get(namespace)
         if space is None:
             return
+        item = space.items[row] if row < len(space.items) else None
+        if item is not None:
+            self._bytes -= item.size + space.matrix.shape[1] * space.matrix.itemsize
         space.remove(row)
         if ordered:
             self._order.pop((namespace, row), None)
@@ -129,8 +162,9 @@ class VectorIndex:
     def clear(self) -> None:
         self._spaces.clear()
         self._order.clear()
+        self._bytes = 0
         self._changed()
 
     def _changed(self) -> None:
         if self.on_change is not None:
-            self.on_change(len(self._order), 0)
+            self.on_change(len(self._order), self._bytes)

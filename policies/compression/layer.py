@@ -18,6 +18,8 @@ says ``x-gateway-tokens-saved: N`` whenever the request had a budget.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from gateway.appstate import AppState
@@ -25,7 +27,8 @@ from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.errors import LocalReply
 from gateway.exchange import Exchange, UpstreamResponse
-from gateway.tokens.prompt import prompt_tokens, set_prompt_tokens
+from gateway.tokens.pool import INLINE_MAX_BYTES
+from gateway.tokens.prompt import prompt_bound, prompt_tokens, set_prompt_tokens
 from policies.compression.config import CompressionConfig
 from policies.compression.engine import CompressionBug, Outcome, Plan, compress
 from policies.compression.meter import tokenizer_meter
@@ -41,6 +44,14 @@ log = logging.getLogger("gateway.compression")
 OPT_OUT_HEADER = "x-gateway-compression"
 SAVED_HEADER = "x-gateway-tokens-saved"
 RATIO_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    body: dict[str, Any]
+    messages: list[dict[str, Any]]
+    cfg: CompressionConfig
+    limits: PromptBudget
 
 
 class CompressionPolicy:
@@ -60,38 +71,89 @@ class CompressionPolicy:
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation == "chat" and ex.body is not None:
-            self.apply(ex)
+            job = self.prepare(ex)
+            if job is not None and prompt_bound(ex) > INLINE_MAX_BYTES:  # a large prompt: off the loop
+                outcome = await self.state.work.run(ex.request.namespace, "compression",
+                                                    partial(self._run, ex, job), lambda: None)
+                if outcome is None:
+                    self._decide("error")
+                else:
+                    self._act(ex, job.body, job.cfg, job.limits, outcome)
+            elif job is not None:
+                self._finish(ex, job)
         return await next(ex)
 
     def apply(self, ex: Exchange) -> None:
         """Compress ``ex`` in place if it is over its budget (or raise the 400)."""
+        job = self.prepare(ex)
+        if job is not None:
+            self._finish(ex, job)
+
+    def prepare(self, ex: Exchange) -> _Job | None:
+        """What compressing ``ex`` needs, or None when it is not compressed (decision counted)."""
         route = ex.request.route
         cfg: CompressionConfig = (route.compression if route is not None else None) or self.config.compression
         if not cfg.enabled:
-            return
+            return None
         if ex.request.headers.get(OPT_OUT_HEADER, "").strip().lower() == "off":
-            return self._decide("opted_out")
+            self._decide("opted_out")
+            return None
         body: dict[str, Any] = ex.body  # type: ignore[assignment]
         limits = self._limits(ex, body, cfg)
         if limits is None:
-            return self._decide("no_budget")
-        if prompt_tokens(self.state, ex) <= limits.budget:
+            self._decide("no_budget")
+            return None
+        # The byte bound answers "fits" for most requests without counting (a 40 KB prompt fits 128k).
+        if prompt_bound(ex) <= limits.budget or prompt_tokens(self.state, ex) <= limits.budget:
             ex.response_headers[SAVED_HEADER] = "0"
-            return self._decide("fits")
+            self._decide("fits")
+            return None
+        if cfg.enforce and self._to_larger_window(ex, body, cfg):
+            self._decide("context_fallback")
+            return None
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            return self._decide("not_applicable")  # malformed: the provider will say what is wrong
+            self._decide("not_applicable")  # malformed: the provider will say what is wrong
+            return None
+        return _Job(body, messages, cfg, limits)
+
+    def _finish(self, ex: Exchange, job: _Job) -> None:
+        outcome = self._run(ex, job)
+        if outcome is None:
+            self._decide("error")
+        else:
+            self._act(ex, job.body, job.cfg, job.limits, outcome)
+
+    def _run(self, ex: Exchange, job: _Job) -> Outcome | None:
+        """The compression itself (pure: reads ``ex``, changes nothing); None when it failed."""
         try:
-            outcome = self._compress(ex, body, messages, cfg, limits)
+            return self._compress(ex, job.body, job.messages, job.cfg, job.limits)
         except CompressionBug:
             log.error("compression produced an invalid conversation; request sent unchanged",
                       extra={"fields": {"route": ex.request.route_name}})
-            return self._decide("error")
+            return None
         except Exception:  # a bug here must cost the saving, never the request
             log.exception("compression failed; request sent unchanged",
                           extra={"fields": {"route": ex.request.route_name}})
-            return self._decide("error")
-        self._act(ex, body, cfg, limits, outcome)
+            return None
+
+    def _to_larger_window(self, ex: Exchange, body: dict[str, Any], cfg: CompressionConfig) -> bool:
+        """Send a prompt too long for its model to the first ``context_fallbacks`` model it fits whole
+        (issue 18): a larger window loses nothing, compression would. The retry policy then plans from it."""
+        route = ex.request.route
+        if route is None or not route.context_fallbacks:
+            return False
+        tokens = prompt_tokens(self.state, ex)
+        budgets = route.budgets or self.config.budgets
+        for fb in route.context_fallbacks:
+            model = fb.model or ex.target.model
+            info = model_info(self.config.models, model)
+            limits = prompt_budget(cfg, info, output_reserve(requested_output(body, "chat"), budgets, info))
+            if limits is not None and tokens <= limits.budget and fb.upstream in self.config.upstreams:
+                ex.target.upstream, ex.target.model = fb.upstream, model
+                ex.set_body({**body, "model": model})
+                return True
+        return False
 
     def _limits(self, ex: Exchange, body: dict[str, Any], cfg: CompressionConfig) -> PromptBudget | None:
         info = model_info(self.config.models, ex.target.model, ex.request.model)

@@ -78,6 +78,34 @@ def record_of(ex: Exchange, wall_now: float, cost: float | None) -> UsageRecord:
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall:
+    """What the MCP proxy knows of one finished ``tools/call`` (plain values; no arguments, no results)."""
+
+    request_id: str
+    tenant: str
+    server: str
+    tool: str
+    duration_s: float
+    outcome: str  # ok, cached, tool_error, fallback_timeout, ...
+    attempts: int
+    status: int  # the HTTP status the client got
+
+
+def tool_call_record(call: ToolCall, wall_now: float) -> UsageRecord:
+    """A ledger row for a tool call: upstream ``mcp:<server>``, the tool in the model column, no tokens."""
+    tool = call.tool[:_MAX_TEXT]
+    cached = call.outcome == "cached"
+    return UsageRecord(
+        ts=wall_now - call.duration_s, request_id=call.request_id[:_MAX_TEXT], tenant=call.tenant,
+        route="mcp", model=tool, requested_model=tool, upstream=f"mcp:{call.server}", operation="tools/call",
+        stream=False, prompt=0, completion=0, cached=0, reasoning=0, estimated=False,
+        duration_s=call.duration_s, ttft_s=None, cache_result="hit" if cached else "",
+        source="cache" if cached else "upstream", attempts=call.attempts, status=call.status, cost_usd=None,
+        error="" if call.outcome in ("ok", "cached") else call.outcome[:_MAX_TEXT],
+    )
+
+
 def _error(ex: Exchange) -> str:
     """What went wrong, if anything: the failure kind, else how a stream ended when not cleanly."""
     if ex.record.error_kind:

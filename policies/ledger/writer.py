@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from gateway.exchange import Exchange
 from gateway.telemetry.metrics import Metrics
 from policies.ledger.config import LedgerConfig
-from policies.ledger.record import UsageRecord, record_of
+from policies.ledger.record import ToolCall, UsageRecord, record_of, tool_call_record
 
 log = logging.getLogger("gateway.ledger")
 PURGE_EVERY_S = 3600.0
@@ -68,12 +68,23 @@ class LedgerWriter:
 
     def sink(self, ex: Exchange) -> None:
         """The request sink: O(1), never waits, never raises for a full queue."""
+        self._append(record_of(ex, self.wall(), ex.record.cost_usd))
+
+    def tool_call(self, *, request_id: str, tenant: str, server: str, tool: str, duration_s: float,
+                  outcome: str, attempts: int, status: int) -> None:
+        """One MCP ``tools/call`` (they bypass the request sinks): O(1), never waits. Plain keyword
+        values, so the MCP feature needs nothing from this package."""
+        call = ToolCall(request_id=request_id, tenant=tenant, server=server, tool=tool, duration_s=duration_s,
+                        outcome=outcome, attempts=attempts, status=status)
+        self._append(tool_call_record(call, self.wall()))
+
+    def _append(self, record: UsageRecord) -> None:
         if len(self._queue) >= self.cfg.max_queue:
             self._queue.popleft()
             self.dropped += 1
             if self._m_dropped is not None:
                 self._m_dropped.inc()
-        self._queue.append(record_of(ex, self.wall(), ex.record.cost_usd))
+        self._queue.append(record)
         if len(self._queue) >= self.cfg.batch_size:
             self._wake.set()
 

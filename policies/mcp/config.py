@@ -25,6 +25,9 @@ class McpToolConfig:
 class McpRateLimit:
     rpm: int | None = None
     max_concurrency: int | None = None
+    max_queue: int = 64  # calls waiting for a place beyond these limits; more are refused at once
+    max_queue_wait_s: float = 10.0  # the longest wait in the queue (also bounded by the call's timeout)
+    enforce: bool = True  # false: shadow mode, count what would have waited or been refused, let it through
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

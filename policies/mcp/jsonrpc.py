@@ -62,8 +62,12 @@ def result(id_: Any, value: Any) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": id_, "result": value})
 
 
-def fallback(id_: Any, text: str) -> bytes:
-    return result(id_, {"content": [{"type": "text", "text": text}], "isError": True})
+def fallback(id_: Any, text: str, marked: bool = False) -> bytes:
+    """A tool result the agent's model can read; ``marked`` adds ``_meta`` (when headers are already sent)."""
+    value: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True}
+    if marked:
+        value["_meta"] = {"x-gateway-fallback": True}
+    return result(id_, value)
 
 
 class SseReader:
@@ -86,6 +90,33 @@ class SseReader:
                 except orjson.JSONDecodeError:
                     continue
         return out
+
+
+class JsonReader:
+    """Feed an ``application/json`` answer's bytes; at the end, its JSON-RPC messages (one or a batch).
+
+    Bodies past ``limit`` bytes are not kept (their messages are not read: no cache, no catalog).
+    """
+
+    def __init__(self, limit: int = 4 << 20) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        self._size += len(chunk)
+        if self._size <= self._limit:
+            self._parts.append(chunk)
+        return []
+
+    def end(self) -> list[Any]:
+        if self._size > self._limit or not self._parts:
+            return []
+        try:
+            value = orjson.loads(b"".join(self._parts))
+        except orjson.JSONDecodeError:
+            return []
+        return value if isinstance(value, list) else [value]
 
 
 def sse_event(payload: bytes) -> bytes:

@@ -26,6 +26,13 @@ class McpMetrics:
                 "gateway_mcp_request_duration_seconds", "MCP message latency", ("server", "method", "tool")
             )
         )
+        self.admitted = Children(
+            metrics.counter(
+                "gateway_mcp_admission_total",
+                "MCP rate-limit decisions (server queue, tenant limits)",
+                ("server", "scope", "decision"),
+            )
+        )
         self.cache = Children(
             metrics.counter(
                 "gateway_mcp_cache_total",
@@ -33,6 +40,11 @@ class McpMetrics:
                 ("server", "kind", "result"),
             )
         )
+
+    def admission(self, server: str, scope: str, decision: str) -> None:
+        """A rate-limit decision: scope ``server`` (the queue) or ``tenant`` (the key's own limits)."""
+        self.admitted(server, scope, decision).inc()
+        self.metrics.decision("mcp_admission", f"{scope}_{decision}")
 
     def done(self, server: str, method: str, tool: str, outcome: str, seconds: float) -> None:
         method = method if method in KNOWN_METHODS else "other"

@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from gateway.appstate import AppState
-from gateway.components import MCP_HANDLER, RouteHandler
+from gateway.components import MCP_HANDLER, MCP_TOOL_ROWS, RouteHandler
 from gateway.config_model import Config
 from gateway.exchange import StateKey
 from policies.mcp.metrics import McpMetrics
 from policies.mcp.proxy import McpGateway
 from policies.mcp.safety import Safety
 from policies.mcp.store import TtlStore
+from policies.mcp.tenants import TenantLimits
+from policies.mcp.toolstats import ToolStats
 from policies.mcp.upstream import MCP_PREFIX, McpServer, new_buckets, new_session
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
 from policies.resilience.registry import resilience_of
@@ -32,6 +34,8 @@ class McpShared:
     catalogs: TtlStore
     results: TtlStore
     buckets: MemoryBuckets
+    tenants: TenantLimits
+    tool_stats: ToolStats
     sessions: dict[tuple[str, str], aiohttp.ClientSession] = field(default_factory=dict)
     safety: dict[str, dict[str, Safety]] = field(default_factory=dict)  # server -> tool -> class
 
@@ -47,13 +51,17 @@ SHARED: StateKey[McpShared] = StateKey("mcp.shared")
 def _shared(st: AppState) -> McpShared:
     shared = st.components.get(SHARED)
     if shared is None:
+        buckets = new_buckets(LimiterClock(st.clock))
         shared = McpShared(
             metrics=McpMetrics(st.metrics),
             catalogs=TtlStore(st.clock),
             results=TtlStore(st.clock),
-            buckets=new_buckets(LimiterClock(st.clock)),
+            buckets=buckets,
+            tenants=TenantLimits(buckets),
+            tool_stats=ToolStats(st.clock),
         )
         st.components.set(SHARED, shared)
+        st.components.set(MCP_TOOL_ROWS, shared.tool_stats.rows)
         st.closers.append(shared.close)
     return shared
 
@@ -74,6 +82,7 @@ async def factory(st: AppState, config: Config) -> None:
         learned = shared.safety.setdefault(name, {})
         servers[name] = McpServer(name, cfg, breaker, shared.buckets, session, learned)
     gateway: RouteHandler = McpGateway(
-        st, servers, shared.metrics, shared.catalogs, shared.results, random.random
+        st, servers, shared.metrics, shared.catalogs, shared.results, shared.tenants,
+        shared.tool_stats, random.random
     )
     st.components.set(MCP_HANDLER, gateway)

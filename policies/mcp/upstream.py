@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from policies.mcp.admission import Admission
 from policies.mcp.config import McpServerConfig
 from policies.mcp.safety import Safety
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
-from policies.ratelimit.model import WINDOW_S, Limit, LimitSet
 from policies.resilience.breaker import CircuitBreaker
 
 MCP_PREFIX = "mcp:"
@@ -18,10 +18,6 @@ MCP_PREFIX = "mcp:"
 FORWARD_REQUEST = ("accept", "content-type", "mcp-session-id", "mcp-protocol-version", "last-event-id")
 FORWARD_RESPONSE = ("content-type", "mcp-session-id", "mcp-protocol-version", "cache-control")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-class RateLimited(Exception):
-    pass
 
 
 class McpServer:
@@ -35,24 +31,13 @@ class McpServer:
         self.buckets = buckets
         # learned from tools/list answers; shared across reloads (the catalog outlives a config)
         self.safety: dict[str, Safety] = {} if safety is None else safety
-        self.inflight = 0
-        rpm = cfg.rate_limit.rpm
-        limits = (Limit("rpm", "bucket", float(rpm), rpm / WINDOW_S),) if rpm else ()
-        self.limits = LimitSet("upstream", MCP_PREFIX + name, MCP_PREFIX + name, limits) if limits else None
+        self.admission = Admission(MCP_PREFIX + name, cfg.rate_limit, buckets)
         self.session = session
 
     def tool_label(self, tool: str | None) -> str:
         if tool is None:
             return ""
         return tool if tool in self.safety or tool in self.cfg.tools else "other"
-
-    def admit(self) -> None:
-        """Take this server's rate limit (rpm, concurrency) or raise ``RateLimited``."""
-        limit = self.cfg.rate_limit.max_concurrency
-        if limit is not None and self.inflight >= limit:
-            raise RateLimited("concurrency")
-        if self.limits is not None and not self.buckets.acquire_now(self.limits, (1,), "").ok:
-            raise RateLimited("rpm")
 
     def headers(self, client: CIMultiDictProxy[str] | Mapping[str, str]) -> dict[str, str]:
         out = {k: client[k] for k in FORWARD_REQUEST if k in client}

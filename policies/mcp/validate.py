@@ -5,7 +5,7 @@ import re
 from urllib.parse import urlsplit
 
 from gateway.config_model import Config
-from policies.mcp.config import McpServerConfig
+from policies.mcp.config import McpRateLimit, McpServerConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -29,14 +29,22 @@ def server_problems(at: str, name: str, server: McpServerConfig) -> list[str]:
     for key in ("catalog_ttl_s", "result_cache_ttl_s"):
         if getattr(server, key) < 0:
             found.append(f"{at}.{key}: must be >= 0")
-    rl = server.rate_limit
-    if rl.rpm is not None and rl.rpm <= 0:
-        found.append(f"{at}.rate_limit.rpm: must be > 0")
-    if rl.max_concurrency is not None and rl.max_concurrency <= 0:
-        found.append(f"{at}.rate_limit.max_concurrency: must be > 0")
+    found.extend(rate_limit_problems(f"{at}.rate_limit", server.rate_limit))
     for tool, tc in server.tools.items():
         if tc.timeout_s is not None and tc.timeout_s <= 0:
             found.append(f"{at}.tools.{tool}.timeout_s: must be > 0")
         if tc.cache_ttl_s is not None and tc.cache_ttl_s < 0:
             found.append(f"{at}.tools.{tool}.cache_ttl_s: must be >= 0")
+    return found
+
+
+def rate_limit_problems(at: str, rl: McpRateLimit) -> list[str]:
+    found: list[str] = []
+    for key in ("rpm", "max_concurrency"):
+        value = getattr(rl, key)
+        if value is not None and value <= 0:
+            found.append(f"{at}.{key}: must be > 0")
+    for key in ("max_queue", "max_queue_wait_s"):
+        if getattr(rl, key) < 0:
+            found.append(f"{at}.{key}: must be >= 0")
     return found

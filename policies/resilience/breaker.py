@@ -3,7 +3,8 @@
 CLOSED opens on ``consecutive_failures`` in a row, or when at least ``min_calls``
 outcomes in the last ``window_s`` have a failure share of ``failure_ratio``. OPEN
 rejects (fast: no I/O) for ``open_s``, doubled with each consecutive opening up to
-``max_open_s`` and shortened by up to 20% of jitter so replicas do not probe in
+``max_open_s`` (short by default, 4 s growing to 6 s, so a recovered upstream gets traffic back
+soon: issue 18) and shortened by up to 20% of jitter so replicas do not probe in
 lock-step. Then HALF_OPEN admits ``half_open_probes`` requests: the first alone,
 the others once it succeeded; as many successes close it, one failure opens it
 again (so a still-broken upstream sees one probe per open interval). Only
@@ -188,7 +189,8 @@ class CircuitBreaker:
     def _open(self) -> None:
         cfg = self.config
         self.openings += 1
-        full = min(cfg.max_open_s, cfg.open_s * (2 ** min(self.openings - 1, 30)))
+        cap = max(cfg.max_open_s, cfg.open_s)  # an open_s above the (default) cap just does not grow
+        full = min(cap, cfg.open_s * (2 ** min(self.openings - 1, 30)))
         self.open_until = self._clock() + full * (1.0 - _OPEN_JITTER * self._rand())
         self._transition("open")
 

@@ -33,7 +33,23 @@ class CircuitBreakerConfig:
     failure_ratio: float = 0.5
     min_calls: int = 20
     window_s: float = 30.0
-    open_s: float = 30.0
-    max_open_s: float = 300.0
+    # Short and bounded (issue 18): a recovered upstream gets traffic back within max_open_s plus one
+    # request gap; a still-dead one costs one probe per interval (it then fails over as usual).
+    open_s: float = 4.0
+    max_open_s: float = 6.0
     half_open_probes: int = 3
     enforce: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HedgeConfig:
+    """Per route: start the same request on the next target when the first token is late (issue 18).
+
+    ``after_s`` is a fixed delay; ``after: p95`` (p50..p99) is adaptive, from the route's recent
+    time to first token on its primary; with both, ``after_s`` applies until ``min_samples`` were seen.
+    """
+
+    after_s: float | None = None
+    after: str | None = None
+    min_samples: int = 20
+    window: int = 200  # recent first-token times kept per route and target

@@ -34,6 +34,12 @@ class ResilienceMetrics:
             "gateway_fallbacks_total", "Requests failed over to a fallback upstream", ("route", "from", "to"))
         self.timeouts = metrics.counter("gateway_timeouts_total", "Upstream timeouts, by phase",
                                         ("upstream", "phase"))
+        self.hedges = metrics.counter(
+            "gateway_hedges_total", "Hedged first tokens: a late primary raced against the next target",
+            ("route", "outcome"))
+        self.continuations = metrics.counter(
+            "gateway_continuations_total", "Broken streams: continued by a fallback, or why not",
+            ("route", "outcome"))
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, family: Any, *labels: str) -> Any:

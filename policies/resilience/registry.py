@@ -18,8 +18,10 @@ from gateway.components import BREAKER_STATES, BreakerRows
 from gateway.config_model import Config
 from gateway.exchange import Exchange, StateKey
 from gateway.telemetry.logging import state_change
+from policies.resilience.balance import Load
 from policies.resilience.breaker import STATE_VALUE, CircuitBreaker
 from policies.resilience.config import CircuitBreakerConfig, RetryConfig
+from policies.resilience.hedge import TtftWindows
 from policies.resilience.metrics import TIMEOUT_PHASE, ResilienceMetrics
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.shared import SharedBreakers
@@ -37,6 +39,8 @@ class Resilience:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.budgets: dict[str, RetryBudget] = {}
         self.shared: SharedBreakers | None = None  # set when a state backend (host or fleet) runs
+        self.ttft = TtftWindows()  # recent times to first token, for ``hedge: {after: p95}``
+        self.loads: dict[str, Load] = {}  # per deployment (upstream key): in flight, latency EWMA
 
     def sync(self, config: Config) -> None:
         for name, up in config.upstreams.items():
@@ -47,6 +51,15 @@ class Resilience:
     def breaker(self, key: str) -> CircuitBreaker:
         found = self.breakers.get(key)
         return found if found is not None else self._ensure(key, CircuitBreakerConfig(), RetryConfig())
+
+    def load(self, key: str) -> Load:
+        found = self.loads.get(key)
+        if found is None:
+            found = self.loads[key] = Load()
+        return found
+
+    def admits(self, key: str) -> bool:
+        return not self.breaker(key).rejecting()
 
     def budget(self, key: str) -> RetryBudget:
         found = self.budgets.get(key)

@@ -1,15 +1,22 @@
 """Retries with backoff, Retry-After and a budget; failover to the route's fallbacks; the commit point.
 
-For each target of the plan (``policies/resilience/targets.py``: the route's upstream, then
-its fallbacks) the policy calls the inner layers (circuit breaker -> upstream rate
-limit -> upstream) up to ``max_attempts`` times. An attempt fails on a
-connect/reset/timeout failure, a 408/429/5xx, or a stream whose first event is an
+For each target of the plan (``policies/resilience/targets.py``: the route's upstream, or its
+deployments best first (``balance.py``), then its fallbacks) the policy calls the inner
+layers (circuit breaker -> upstream rate limit -> upstream) up to ``max_attempts`` times.
+An attempt fails on a connect/reset/timeout failure, a 408/429/5xx, or a stream whose first event is an
 error; it is retried when its reason is in ``retry_on`` (4xx other than 408/429
 never are), attempts remain, the retry budget allows, the breaker is not open and
 the wait fits the total deadline. A ``Retry-After`` (or ``retry-after-ms``,
 ``x-ratelimit-reset-*`` on a 429) that does not fit ``min(max_retry_after_s,
 remaining deadline)`` is not waited for: the answer goes back at once with its
 headers (or to the next fallback, when there is one).
+
+Issue 18: a first-byte timeout (a silent upstream) MOVES ON to the next target at once
+instead of waiting on the same one again; a provider 400 ``context_length_exceeded`` goes
+to the route's ``context_fallbacks`` (``context_window.py``) instead of its same-size
+fallbacks; with ``hedge`` a late first token races the next target (``hedge.py``); and
+with a fallback that can continue, a committed stream that later breaks is finished by it
+(``continuation.py``, ``continuation_responses.py``).
 
 THE COMMIT POINT: a 2xx answer is not returned until its first meaningful event
 (``policies/resilience/commit.py``) has been read, within the attempt's first-byte
@@ -22,11 +29,14 @@ so the client SDK does not multiply the attempts.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.appstate import AppState
+from gateway.body import Observed
 from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.errors import LocalReply, UpstreamFailure
@@ -37,13 +47,23 @@ from policies.resilience.breaker import CircuitOpen, Ticket
 from policies.resilience.breaker_layer import take_ticket
 from policies.resilience.commit import Replay, close_body, peek
 from policies.resilience.config import RetryConfig
+from policies.resilience.context_window import read_error
+from policies.resilience.continuation import Mode, Spliced, continuation_body, responses_body
+from policies.resilience.continuation_responses import ResponsesRewrite, ResponsesSoFar
+from policies.resilience.hedge import adopt, fork, hedge_delay, race
 from policies.resilience.registry import Resilience, resilience_of
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
+from policies.resilience.validate import RETRYABLE_4XX
 
+log = logging.getLogger("gateway.resilience")
 Planner = Callable[[Exchange], Plan]
 Sleep = Callable[[float], Awaitable[object]]
-_RETRYABLE_4XX = frozenset({"408", "429"})
+# Failures that say "this upstream is slow or silent", not "try again": with a later target in the
+# plan they move on to it at once instead of waiting out the same timeout again on the same upstream.
+_CONTINUED = frozenset({"chat", "responses"})  # operations whose broken streams can be continued
+CONTEXT_EXCEEDED = "context_length_exceeded"  # a provider 400: the prompt does not fit this model
+MOVE_ON = frozenset({"timeout_before_first_byte", "connect_timeout", "idle_timeout"})
 # Seen from the client, a failure before the commit point is always "before the response".
 _PRECOMMIT_KIND = {"reset_mid_stream": "reset_before_response", "idle_timeout": "timeout_before_first_byte",
                    "connect_timeout": "connect_error"}
@@ -53,6 +73,7 @@ _PRECOMMIT_KIND = {"reset_mid_stream": "reset_before_response", "idle_timeout": 
 class _Run:
     attempts: int = 0  # calls that reached an upstream (breaker rejections are not attempts)
     failovers: int = 0
+    context_switched: bool = False  # the plan was replaced by the route's context_fallbacks
 
 
 @dataclass(slots=True)
@@ -74,38 +95,126 @@ class RetryPolicy:
     name = "retry"
 
     def __init__(self, *, res: Resilience, planner: Planner, clock: Callable[[], float],
-                 sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random) -> None:
+                 sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random,
+                 context_planner: Planner | None = None) -> None:
         self.res = res
         self.metrics = res.metrics
         self.planner = planner
+        self.context_planner = context_planner
         self.clock = clock
         self.sleep = sleep
         self.rand = rand
         self._retry_on: dict[int, frozenset[str]] = {}
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
-        plan = self.planner(ex)
+        targets = list(self.planner(ex))
         run = _Run()
         primary_model = ex.target.model
+        if targets[0].balanced:
+            switch_to(ex, targets[0], primary_model)  # the deployment picked for this request (and its model)
         failed: _Failed | None = None
-        for _index, target in enumerate(plan):
+        index = 0
+        while index < len(targets):
             if failed is not None:
                 if failed.reason == "total_timeout" or self.clock() >= ex.request.deadline:
                     break
                 await failed.discard()
-                self._fail_over(ex, target, primary_model, run)
-            result = await self._on_target(ex, next, target, run)
+                self._fail_over(ex, targets[index], primary_model, run)
+            result, index = await self._next_result(ex, next, targets, index, run, primary_model)
             if isinstance(result, UpstreamResponse):
                 ex.response_headers["x-gateway-attempts"] = str(run.attempts)
                 if run.attempts > 1 or run.failovers:
                     self.metrics.decision("retry", "recovered")
-                return result
+                return self._with_continuation(ex, next, result, targets[index:], primary_model, run)
             failed = result
+            if result.reason == CONTEXT_EXCEEDED and not run.context_switched:
+                self._to_context_plan(ex, targets, index, run)
         assert failed is not None, "a plan has at least one target"
         return self._give_up(ex, failed, run)
 
+    async def _next_result(self, ex: Exchange, next: Next, targets: list[Target], index: int, run: _Run,
+                           primary_model: str) -> tuple[UpstreamResponse | _Failed, int]:
+        """The outcome of ``targets[index]`` (raced against the next one when the route hedges),
+        and the index of the first target not yet tried."""
+        last = index == len(targets) - 1
+        route = ex.request.route
+        hedge = route.hedge if route is not None and index == 0 and not last else None
+        after = hedge_delay(hedge, self.res.ttft, ex.request.route_name, targets[0].key) if hedge else None
+        if after is None:
+            return await self._on_target(ex, next, targets[index], run, last=last), index + 1
+        twin = fork(ex)
+        take_ticket(twin)  # the primary's pending breaker ticket is the primary's to settle
+        hedge_target = targets[index + 1]
+
+        def start_hedge() -> Awaitable[UpstreamResponse | _Failed] | None:
+            if not self.res.budget(targets[index].key).try_spend():  # a hedge is an extra upstream call
+                self.metrics.child(self.metrics.budget_exhausted, targets[index].key).inc()
+                return None
+            switch_to(twin, hedge_target, primary_model)
+            return self._on_target(twin, next, hedge_target, run, last=index + 1 == len(targets) - 1)
+
+        raced = await race(self._on_target(ex, next, targets[index], run, last=False), after, start_hedge,
+                           won=lambda r: isinstance(r, UpstreamResponse), drop=_drop)
+        self.metrics.child(self.metrics.hedges, ex.request.route_name, raced.outcome).inc()
+        if raced.outcome != "not_needed":
+            ex.response_headers["x-gateway-hedge"] = raced.outcome
+        if raced.hedge_result:
+            adopt(ex, twin)
+        return raced.result, index + (1 if raced.outcome in ("not_needed", "budget_exhausted") else 2)
+
+    def _with_continuation(self, ex: Exchange, next: Next, resp: UpstreamResponse, rest: list[Target],
+                           primary_model: str, run: _Run) -> UpstreamResponse:
+        """A committed chat stream, wrapped so that a later break is finished by one of ``rest``."""
+        route = ex.request.route
+        wanted = route.continue_on_break if route is not None else False
+        able = [t for t in rest if t.continuation != "none"]
+        if (not able or wanted is False or route is None or ex.request.operation not in _CONTINUED
+                or not resp.is_sse or resp.status >= 300 or ex.body is None):
+            return resp
+        broken_key = ex.target.upstream
+
+        async def resume(text: str, chunks: int) -> tuple[UpstreamResponse, str] | None:
+            if not self.res.budget(broken_key).try_spend():  # a continuation is an extra upstream call
+                self.metrics.child(self.metrics.budget_exhausted, broken_key).inc()
+                return None
+            return await self._resume(ex, next, able, primary_model, run, text, chunks)
+
+        def report(outcome: str, upstream: str) -> None:
+            self.metrics.child(self.metrics.continuations, ex.request.route_name, outcome).inc()
+            if outcome == "continued":
+                log.info("stream continued", extra={"fields": {
+                    "event": "stream_continued", "request_id": ex.request.request_id,
+                    "route": ex.request.route_name, "from": broken_key, "to": upstream}})
+
+        responses = ex.request.operation == "responses"
+        body = (Spliced(resp.body, resume, report, ResponsesSoFar(), ResponsesRewrite) if responses
+                else Spliced(resp.body, resume, report))
+        return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
+
+    async def _resume(self, ex: Exchange, next: Next, able: list[Target], primary_model: str, run: _Run,
+                      text: str, chunks: int) -> tuple[UpstreamResponse, str] | None:
+        """The rest of a broken answer from the first target that can give it (committed), or None."""
+        for target in able:
+            twin = fork(ex)
+            take_ticket(twin)
+            switch_to(twin, target, primary_model)
+            assert twin.body is not None
+            twin.set_body(_continuation_request(ex.request.operation, twin.body, text, chunks, target))
+            result = await self._on_target(twin, next, target, run)
+            if isinstance(result, UpstreamResponse) and result.status < 300 and result.is_sse:
+                ex.target.upstream, ex.target.model = twin.target.upstream, twin.target.model
+                return result, target.upstream
+            await _drop(result)  # e.g. a 400: this fallback refuses a prefill; the client never sees it
+        return None
+
+    def _to_context_plan(self, ex: Exchange, targets: list[Target], index: int, run: _Run) -> None:
+        """The prompt is too long for this model: only a larger window helps, not same-size fallbacks."""
+        run.context_switched = True
+        targets[index:] = self.context_planner(ex) if self.context_planner is not None else ()
+        self.metrics.decision("retry", "context_fallback" if index < len(targets) else "context_exceeded")
+
     async def _on_target(self, ex: Exchange, next: Next, target: Target,
-                         run: _Run) -> UpstreamResponse | _Failed:
+                         run: _Run, *, last: bool = True) -> UpstreamResponse | _Failed:
         budget = self.res.budget(target.key)
         tries = 0
         while True:
@@ -116,6 +225,11 @@ class RetryPolicy:
                 budget.record_request()  # a request the upstream saw: the base retries are a share of
             if isinstance(result, UpstreamResponse) or rejected:
                 return result  # a rejection is the breaker's decision (counted there): fail over
+            if result.reason == CONTEXT_EXCEEDED:
+                return result  # never retried on the same model; the caller decides where it goes
+            if not last and result.reason in MOVE_ON:
+                self.metrics.decision("retry", "move_on")  # a silent upstream: the next target, at once
+                return result
             delay = self._retry_delay(ex, target, result, tries, budget)
             if delay is None:
                 return result
@@ -127,6 +241,23 @@ class RetryPolicy:
 
     async def _attempt(self, ex: Exchange, next: Next, target: Target,
                        run: _Run) -> UpstreamResponse | _Failed:
+        if not target.balanced:
+            return await self._send(ex, next, target, run)
+        load = self.res.load(target.key)
+        load.begin()
+        try:
+            result = await self._send(ex, next, target, run)
+        except BaseException:
+            load.end()
+            raise
+        if isinstance(result, UpstreamResponse) and result.status < 300:
+            body = Observed(result.body, on_end=lambda _error: load.end())  # in flight until its body ends
+            return UpstreamResponse(result.status, result.headers, body, result.source, result.upstream)
+        load.end()
+        return result
+
+    async def _send(self, ex: Exchange, next: Next, target: Target,
+                    run: _Run) -> UpstreamResponse | _Failed:
         started, waited_before = self.clock(), ex.record.waited_s
         try:
             resp = await next(ex)
@@ -144,6 +275,10 @@ class RetryPolicy:
             return await self._commit(ex, resp, target, started)
         if status >= 500 or status in (408, 429):
             return _Failed(str(status), response=resp, retry_after=retry_after_s(resp.headers, status))
+        if status == 400 and self.context_planner is not None and self.context_planner(ex):
+            exceeded, resp = await read_error(resp, ex.request.deadline - self.clock())
+            if exceeded:
+                return _Failed(CONTEXT_EXCEEDED, response=resp)
         return resp  # any other 4xx: the client's problem, passed through untouched
 
     async def _commit(self, ex: Exchange, resp: UpstreamResponse, target: Target,
@@ -180,6 +315,12 @@ class RetryPolicy:
             answer = UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
             return _Failed("error_event", response=answer)
         _settle(ticket, "success")
+        route = ex.request.route
+        if route is not None and route.hedge is not None:
+            ttft = self.clock() - started
+            self.res.ttft.record(ex.request.route_name, target.key, ttft, route.hedge.window)
+        if target.balanced:
+            self.res.load(target.key).observe(self.clock() - started)
         body = Replay(peeked.chunks, resp.body, ended=peeked.verdict == "ended")
         return UpstreamResponse(resp.status, resp.headers, body, resp.source, resp.upstream)
 
@@ -218,7 +359,7 @@ class RetryPolicy:
         names = self._retry_on.get(id(cfg))
         if names is None:
             names = self._retry_on[id(cfg)] = frozenset(
-                n for n in cfg.retry_on if not (n.startswith("4") and n not in _RETRYABLE_4XX))
+                n for n in cfg.retry_on if not (n.startswith("4") and n not in RETRYABLE_4XX))
         return names
 
     def _stop(self, why: str) -> float | None:
@@ -249,10 +390,30 @@ class RetryPolicy:
         raise error  # an UpstreamFailure: the handler answers 502/504 with ex.response_headers
 
 
+def _continuation_request(operation: str, body: dict[str, Any], text: str, chunks: int,
+                          target: Target) -> dict[str, Any]:
+    if operation == "responses":
+        return responses_body(body, text, chunks)
+    final = target.continuation == "continue_final_message"
+    mode: Mode = "continue_final_message" if final else "prefill"
+    return continuation_body(body, text, chunks, mode)
+
+
+async def _drop(result: UpstreamResponse | _Failed) -> None:
+    """Close the answer of a hedge race's loser."""
+    if isinstance(result, UpstreamResponse):
+        await close_body(result.body)
+    else:
+        await result.discard()
+
+
 def _settle(ticket: Ticket | None, outcome: str) -> None:
     if ticket is not None:
         ticket.settle(outcome)  # type: ignore[arg-type]
 
 
 async def factory(state: AppState, config: Config) -> RetryPolicy:
-    return RetryPolicy(res=resilience_of(state, config), planner=RoutePlanner(config), clock=state.clock)
+    res = resilience_of(state, config)
+    planner = RoutePlanner(config, res)
+    return RetryPolicy(res=res, planner=planner, clock=state.clock,
+                       context_planner=planner.context_plan)

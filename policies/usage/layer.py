@@ -83,6 +83,8 @@ def ask_for_usage(ex: Exchange) -> bool:
             ex.body = {**body, "stream_options": {"include_usage": True}}
             # One copy of a large body, not three (no slice copies); duplicate keys impossible: none existed.
             ex.raw_body = b"".join((memoryview(raw)[: at + 1], _SPLICE, memoryview(raw)[at + 1 :]))
+            if ex.blobs is not None:  # point the blobs into the copy, so the old body can be freed
+                ex.blobs = ex.blobs.moved(ex.raw_body, after=at + 1, by=len(_SPLICE))
             return True
     merged = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
     ex.set_body({**body, "stream_options": merged})
@@ -121,7 +123,9 @@ class UsageStripper:
 
 def strip_usage(events: bytes, ex: Exchange) -> bytes:
     """Remove usage from complete ``\n``-framed SSE events (each ending in a blank line), recording it."""
-    if b"null" in events:
+    if b',"usage":null' in events:  # the providers' compact form: plain byte replaces, no regex
+        events = events.replace(b',"usage":null}', b"}").replace(b',"usage":null,', b",")
+    if b"null" in events and b'"usage"' in events:
         events = _NULL_USAGE.sub(b"", events)
     if b'"usage"' not in events:
         return events

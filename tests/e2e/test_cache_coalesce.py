@@ -49,11 +49,17 @@ async def test_twenty_streams_one_call(client: AsyncOpenAI, mock_upstream: MockS
     assert mock_upstream.recorder.count() == 1
 
 
-async def test_slow_follower_does_not_slow_leader(gateway: Any, mock_upstream: MockServer) -> None:
-    """A follower that stops reading does not hold up the leader; it later gets the whole answer."""
+
+
+async def test_slow_follower_holds_bounded_memory_then_gets_the_whole_answer(
+        gateway: Any, mock_upstream: MockServer) -> None:
+    """A follower that stops reading no longer makes the flight buffer the whole 4 MB answer (issue 15):
+    past cache.coalesce.max_flight_bytes the flight reads the upstream at its slowest reader's pace.
+    Both clients still get the whole, identical answer from one upstream call."""
     body = {"model": "gpt-4o", "messages": MSGS, "temperature": 0, "stream": True, "max_tokens": 50000}
     headers = {"authorization": "Bearer k", "x-mock-tokens": "30000", **SLOW}
     url = gateway.base_url + "/chat/completions"
+    flights = gateway.state.components[CACHE].flights
     async with aiohttp.ClientSession() as http:
         async def leader() -> bytes:
             async with http.post(url, json=body, headers=headers) as resp:
@@ -62,12 +68,16 @@ async def test_slow_follower_does_not_slow_leader(gateway: Any, mock_upstream: M
         lead = asyncio.create_task(leader())
         await until(lambda: subscribers(gateway) == 1)
         async with http.post(url, json=body, headers=headers) as slow:
-            first = await slow.content.readany()  # then stop reading until the leader is completely done
-            leader_body = await asyncio.wait_for(lead, 30)
+            first = await slow.content.readany()  # then stop reading
+            await until(lambda: flights.over_bytes == 1)
+            assert 0 < flights.held_bytes() <= 256 * 1024 + 64 * 1024  # bounded, not 4 MB
+            assert not lead.done()  # the leader waits for the reader (the price of the bound)
             rest = await slow.read()
+            leader_body = await asyncio.wait_for(lead, 30)
     assert leader_body.endswith(b"data: [DONE]\n\n") and len(leader_body) > 4_000_000
     assert first + rest == leader_body
     assert mock_upstream.recorder.count() == 1
+    await until(lambda: flights.held_bytes() == 0)  # memory returned once the clients are done
 
 
 async def test_cancelled_leader_mid_stream(gateway: Any, client: AsyncOpenAI,

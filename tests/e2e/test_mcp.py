@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from tests.support.mcp_server import McpServerThread
@@ -74,8 +75,12 @@ async def start_mcp_gateway(make_gateway: Any, mcp_server: McpServerThread, **ex
 
 
 @asynccontextmanager
-async def mcp_session(url: str) -> AsyncIterator[ClientSession]:
-    async with streamable_http_client(url) as (read, write), ClientSession(read, write) as session:
+async def mcp_session(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[ClientSession]:
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
         await session.initialize()
         yield session
 
@@ -203,17 +208,23 @@ async def test_bad_input_unknown_server_and_tenants(mcp_gateway: InProcessGatewa
     assert status == 400 and body["error"]["code"] == -32600
 
 
+async def metrics_text(gw: InProcessGateway) -> str:
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as resp:
+        return await resp.text()
+
+
 async def test_metrics_and_credentials(mcp_gateway: InProcessGateway, mcp_server: McpServerThread) -> None:
     async with mcp_session(mcp_gateway.url + "/mcp/quotes") as session:
         await session.list_tools()
         await session.list_tools()
         await session.call_tool("get_quote", {"symbol": "X"})
-    async with aiohttp.ClientSession() as http, http.get(mcp_gateway.url + "/metrics") as resp:
-        text = await resp.text()
-    assert (
-        'gateway_mcp_requests_total{method="tools/call",outcome="ok",server="quotes",tool="get_quote"}'
-        in text
-    )
+    ok = 'gateway_mcp_requests_total{method="tools/call",outcome="ok",server="quotes",tool="get_quote"}'
+
+    async def counted() -> bool:  # a call is counted when its stream ends, just after the client read it
+        return ok in await metrics_text(mcp_gateway)
+
+    await until(counted)
+    text = await metrics_text(mcp_gateway)
     assert 'gateway_mcp_cache_total{kind="catalog",result="hit",server="quotes"}' in text
     assert "server-secret" not in text
 
@@ -256,3 +267,78 @@ async def test_fallback_header_on_a_dead_server(mcp_gateway: InProcessGateway) -
         "id": 7,
         "result": {"content": [{"type": "text", "text": "later"}], "isError": True},
     }
+
+
+async def test_batches_only_in_the_protocol_version_that_allowed_them(
+    mcp_gateway: InProcessGateway, mcp_server: McpServerThread
+) -> None:
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": 2, "method": "ping"}]
+    status, _, body = await raw_call(mcp_gateway, "quotes", batch, {"MCP-Protocol-Version": "2025-06-18"})
+    assert status == 400 and body["error"]["code"] == -32600 and "2025-06-18" in body["error"]["message"]
+    assert mcp_server.calls["http_post"] == 0  # nothing forwarded
+    # positive control: a 2025-03-26 batch is forwarded (the SDK server answers it in its own way)
+    await raw_call(mcp_gateway, "quotes", batch, {"MCP-Protocol-Version": "2025-03-26"})
+    assert mcp_server.calls["http_post"] == 1
+
+
+async def test_a_ledger_record_per_tool_call(
+    make_gateway: Any, mcp_server: McpServerThread, tmp_path: Any
+) -> None:
+    ledger = {"enabled": True, "sqlite_path": str(tmp_path / "usage.sqlite3"), "flush_interval_s": 60}
+    gw = await start_mcp_gateway(make_gateway, mcp_server, ledger=ledger)
+    async with mcp_session(gw.url + "/mcp/quotes") as session:
+        await session.list_tools()  # not a tool call: no record
+        await session.call_tool("get_quote", {"symbol": "L"})
+        await session.call_tool("get_quote", {"symbol": "L"})  # cached
+        await session.call_tool("sleepy", {"seconds": 3})  # the fallback at 0.5 s
+    writer = gw.state.ledger
+    assert writer is not None
+
+    async def rows() -> list[dict[str, Any]]:
+        return await writer.query("model", 0.0, 1e12)
+
+    await until(lambda: _three(rows), message="three tool-call records")
+    by_tool = {r["key"]: r for r in await rows()}
+    assert by_tool["get_quote"]["requests"] == 2 and by_tool["get_quote"]["cache_hits"] == 1
+    assert by_tool["sleepy"]["requests"] == 1 and by_tool["sleepy"]["latency_p50_s"] >= 0.5
+    upstreams = await writer.query("upstream", 0.0, 1e12)
+    assert [(u["key"], u["requests"]) for u in upstreams] == [("mcp:quotes", 3)]
+
+
+async def _three(rows: Callable[[], Any]) -> bool:
+    return sum(r["requests"] for r in await rows()) == 3
+
+
+@pytest.fixture(scope="module")
+def mcp_json_server() -> Any:
+    server = McpServerThread(json_response=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_json_answers_feed_the_caches_and_the_catalog(
+    make_gateway: Any, mcp_json_server: McpServerThread
+) -> None:
+    """A server answering application/json (not SSE): results cached, annotations learned, same answers."""
+    await until(lambda: mcp_json_server.server.started, message="the MCP server did not start")
+    gw = await make_gateway(mcp={"servers": {"quotes": {
+        "url": mcp_json_server.url, "retry": FAST, "catalog_ttl_s": 60,
+        "tools": {"get_quote": {"cache_ttl_s": 30}}}}})
+    async with mcp_session(mcp_json_server.url) as direct:
+        expected = dump(await direct.call_tool("get_quote", {"symbol": "J"}))
+    async with mcp_session(gw.url + "/mcp/quotes") as session:
+        await session.list_tools()
+        await session.list_tools()  # a catalog hit
+        first = dump(await session.call_tool("get_quote", {"symbol": "J"}))
+        second = dump(await session.call_tool("get_quote", {"symbol": "J"}))
+        mcp_json_server.gate["fail"] = 1
+        looked = await session.call_tool("lookup", {"key": "j"})  # idempotent (learned): retried after a 503
+    assert first == second == expected and mcp_json_server.calls["get_quote"] == 2  # once direct, once here
+    assert not looked.is_error and mcp_json_server.calls["lookup"] == 1
+    assert mcp_json_server.calls["http_503"] == 1
+    hits = gw.state.metrics.registry.get_sample_value(
+        "gateway_mcp_cache_total", {"server": "quotes", "kind": "catalog", "result": "hit"})
+    assert hits == 1

@@ -37,11 +37,11 @@ def request_body(case: dict[str, Any]) -> dict[str, Any]:
     model = case["expect"]["model"] or "m"
     if case["path"] == "/v1/responses":
         return {"model": model, "input": "hi", "stream": case["stream"]}
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [{"role": "user", "content": "hi"}],
-        "stream": case["stream"],
-    }
+    body: dict[str, Any] = {"model": model, "stream": case["stream"]}
+    if case["path"] == "/v1/completions":
+        body["prompt"] = "hi"
+    else:
+        body["messages"] = [{"role": "user", "content": "hi"}]
     if case["stream"] and (case.get("include_usage") or case["expect"]["usage"] is not None):
         body["stream_options"] = {"include_usage": True}
     return body

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import orjson
 
@@ -150,3 +151,32 @@ def test_named_error_event_and_splitter_rest() -> None:
     assert split.events(b"\ndata: c\n") == []
     assert split.rest() == b"data: b\ndata: c\n" and split.rest() == b""
     assert parse_event(b"id: 1\nevent: x\ndata:a\ndata: b\n: note") == (b"x", b"a\nb")
+
+
+def _spaced(obj: dict) -> bytes:  # type: ignore[type-arg]
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"  # Python's default: ": " and ", "
+
+
+def test_spaced_json_fast_path_agrees_with_the_parser() -> None:
+    """Events in ``json.dumps`` spacing: tokens, role-only deltas, finish and usage come out right,
+    whether the byte short-cut or the parser handles them (mixed spacing falls back to the parser)."""
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    role = _spaced({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                         "finish_reason": None}]})
+    word = _spaced({**head, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+                    "usage": None})
+    call = _spaced({**head, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t"}]},
+                                         "finish_reason": None}]})
+    mixed = word.replace(b'"content": "hi"', b'"content":"hi"')  # finish spaced, content compact
+    end = _spaced({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    usage = _spaced({**head, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+    ticks = itertools.count(1.0)
+    insp = StreamInspector(clock=lambda: float(next(ticks)))
+    for chunk in (role, word, call, mixed, end, usage, b"data: [DONE]\n\n"):
+        insp.feed(chunk)
+    assert insp.content_chunks == 3 and insp.first_token_at == 1.0  # word, call, mixed; not the role delta
+    assert insp.finish_reasons == ["stop"] and insp.model == "m" and insp.clean_end
+    assert insp.usage is not None and (insp.usage.prompt, insp.usage.completion) == (3, 4)
+    responses = StreamInspector(clock=lambda: 1.0)
+    responses.feed(_spaced({"type": "response.output_text.delta", "delta": "x", "sequence_number": 3}))
+    assert responses.content_chunks == 1

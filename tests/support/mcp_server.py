@@ -1,8 +1,10 @@
 """A real MCP server built with the official SDK (``MCPServer``), served on loopback by uvicorn in a thread.
 
 Tools: ``get_quote`` (read-only), ``place_order`` (a write), ``lookup`` (idempotent), ``stats``
-(structured content), ``slow_count`` (reports progress), ``boom`` (errors), ``sleepy`` (stalls).
-``calls`` counts executions per tool, so tests assert attempt counts at the server.
+(structured content), ``slow_count`` (reports progress), ``boom`` (errors), ``sleepy`` (stalls),
+``hold``/``hold_write`` (read-only/write: the answer's stream begins, then stalls until released).
+``calls`` counts executions per tool, so tests assert attempt counts at the server (and ``http_post``
+every POST that arrived).
 """
 from __future__ import annotations
 
@@ -66,7 +68,28 @@ def build(calls: Counter[str], gate: dict[str, Any]) -> MCPServer:
         await asyncio.sleep(seconds)
         return "woke"
 
+    add_hold_tools(server, calls, gate)
     return server
+
+
+def add_hold_tools(server: MCPServer, calls: Counter[str], gate: dict[str, Any]) -> None:
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
+    async def hold(ctx: Context) -> str:
+        return await _hold("hold", ctx)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True))
+    async def hold_write(ctx: Context) -> str:
+        return await _hold("hold_write", ctx)
+
+    async def _hold(name: str, ctx: Context) -> str:
+        """Begin the answer's stream (a progress event), then hold it until ``gate["release"]`` (5 s max)."""
+        calls[name] += 1
+        await ctx.report_progress(1, 2, "started")
+        for _ in range(500):
+            if gate.get("release"):
+                break
+            await asyncio.sleep(0.01)
+        return "released"
 
 
 class FailFirst:
@@ -76,6 +99,8 @@ class FailFirst:
         self.app, self.calls, self.gate = app, calls, gate
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            self.calls["http_post"] += 1  # every POST that reached the server
         if scope["type"] == "http" and scope["method"] == "POST" and self.gate.get("fail", 0) > 0:
             self.gate["fail"] -= 1
             self.calls["http_503"] += 1
@@ -88,11 +113,13 @@ class FailFirst:
 class McpServerThread:
     """Run the SDK server's Streamable HTTP app with uvicorn in a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, json_response: bool = False) -> None:
+        """``json_response``: answer requests with ``application/json`` instead of SSE streams."""
         self.calls: Counter[str] = Counter()
         self.gate: dict[str, Any] = {}
         self.port = free_port()
-        app = FailFirst(build(self.calls, self.gate).streamable_http_app(), self.calls, self.gate)
+        mcp_app = build(self.calls, self.gate).streamable_http_app(json_response=json_response)
+        app = FailFirst(mcp_app, self.calls, self.gate)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

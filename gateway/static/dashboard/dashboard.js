@@ -75,6 +75,7 @@
     renderTiles(s);
     renderModels(s.models);
     renderTenants(s.tenants);
+    renderMcpTools(s.mcp_tools);
     renderCache(s);
     renderResilience(s.resilience);
     renderBreakers(s.breakers);
@@ -136,7 +137,8 @@
     });
     if (!rows.length) {
       const tr = document.createElement("tr");
-      const empty = { breakers: "n/a", replicas: "This worker only" }[id] || "No requests yet";
+      const empty = { breakers: "n/a", replicas: "This worker only", "mcp-tools": "No tool calls yet" }[id]
+        || "No requests yet";
       const td = cell(empty, "empty");
       td.colSpan = document.querySelectorAll("#" + id + " thead th").length;
       tr.appendChild(td);
@@ -162,6 +164,17 @@
     ], (tr, t) => { tr.dataset.tenant = t.tenant; });
   }
 
+  function renderMcpTools(tools) {
+    // null: no MCP server configured (older gateways send no field at all: the same)
+    const none = tools === null || tools === undefined;
+    document.querySelector('[data-stat="mcp-na"]').hidden = !none;
+    document.getElementById("mcp-region").hidden = none;
+    fillTable("mcp-tools", tools || [], (t) => [
+      [t.server, "text"], [t.tool, "text"], [fmtInt(t.calls)], [fmtInt(t.errors)],
+      [fmtMs(t.latency_ms.p50)], [fmtMs(t.latency_ms.p95)],
+    ], (tr, t) => { tr.dataset.tool = t.server + "/" + t.tool; });
+  }
+
   function renderCache(s) {
     const c = s.cache;
     const rate = (kind) => (c.lookups ? fmtPct(c.rate_by_kind[kind]) : "n/a");
@@ -178,6 +191,7 @@
     setStat("retried", fmtInt(r.retried_requests));
     setStat("extra-attempts", fmtInt(r.extra_attempts));
     setStat("fallbacks", fmtInt(r.fallbacks));
+    setStat("hedged", fmtInt(r.hedged));
     setStat("timeouts", fmtInt(r.timeouts));
   }
 

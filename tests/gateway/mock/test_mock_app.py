@@ -592,3 +592,77 @@ async def test_fault_spec_grammar() -> None:
         with pytest.raises(ValueError):
             parse_fault_spec(bad)
     assert [format_duration(s) for s in (0.02, 1, 1.5, 360)] == ["20ms", "1s", "1.5s", "6m0s"]
+
+
+async def test_status_fault_with_error_code(client: AsyncOpenAI) -> None:
+    """``error_code`` sets the error body's code (and a provider-like message for known codes)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.chat.completions.create(
+            model="m", messages=CHAT,
+            extra_headers={"x-mock-fault": "status=400;error_code=context_length_exceeded"})
+    assert info.value.code == "context_length_exceeded" and "maximum context length" in info.value.message
+
+
+async def test_prefill_continues_the_same_answer(client: AsyncOpenAI) -> None:
+    """A conversation ending with the first part of an answer gets exactly the rest of that answer."""
+    whole = await client.chat.completions.create(model="m", messages=CHAT, max_tokens=12)
+    text = whole.choices[0].message.content or ""
+    words = text.split(" ")
+    head = " ".join(words[:5])
+    rest = await client.chat.completions.create(
+        model="other", messages=[*CHAT, {"role": "assistant", "content": head}], max_tokens=7)
+    assert head + (rest.choices[0].message.content or "") == text
+    assert rest.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(
+            model="m", messages=[*CHAT, {"role": "assistant", "content": head}],
+            extra_headers={"x-mock-fault": "reject_prefill"})
+
+
+@pytest.mark.parametrize(("fault", "outcome"), [("error_after_chunks=3", "fault:error_after_chunks"),
+                                                ("end_after_chunks=3", "fault:end_after_chunks"),
+                                                ("malformed_after_chunks=3", "fault:malformed_after_chunks")])
+async def test_mid_stream_faults(http: aiohttp.ClientSession, server: MockServer, fault: str,
+                                 outcome: str) -> None:
+    body = {"model": "m", "messages": CHAT, "stream": True}
+    async with await post(http, server, "/chat/completions", body, **{"x-mock-fault": fault}) as resp:
+        raw = (await resp.read()).decode()
+    frames = [f for f in raw.split("\n\n") if f]
+    assert "[DONE]" not in raw if fault != "malformed_after_chunks=3" else raw.endswith("data: [DONE]\n\n")
+    assert ('"error"' in frames[3]) if fault.startswith("error") else True
+    assert len(frames) == 3 if fault.startswith("end") else True
+    assert frames[3].startswith('data: {"choices"') if fault.startswith("malformed") else True
+    assert server.recorder.attempts[-1].outcome == outcome
+
+
+async def test_responses_prefill_continues_the_same_answer(client: AsyncOpenAI) -> None:
+    whole = await client.responses.create(model="m", input="Say hello", max_output_tokens=12)
+    words = whole.output_text.split(" ")
+    head = " ".join(words[:5])
+    rest = await client.responses.create(
+        model="m", input=[{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": head}],
+        max_output_tokens=7)
+    assert head + rest.output_text == whole.output_text
+
+
+async def test_prompt_cache_reports_a_seen_prefix_as_cached() -> None:
+    """With prompt_cache_min_tokens, the leading messages seen before come back as cached_tokens."""
+    server = await start_mock(MockConfig(prompt_cache_min_tokens=50))
+    system = {"role": "system", "content": "You are a careful agent. " * 40}
+    try:
+        async with AsyncOpenAI(base_url=server.url, api_key="k", max_retries=0) as c:
+            first = await c.chat.completions.create(model="m", messages=[system, user("a")])
+            again = await c.chat.completions.create(model="m", messages=[system, user("b")])
+            other = await c.chat.completions.create(model="m", messages=[
+                {"role": "system", "content": "Another prompt. " * 40}, user("a")])
+    finally:
+        await server.close()
+    assert first.usage and again.usage and other.usage
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # type: ignore[union-attr]
+    cached = again.usage.prompt_tokens_details.cached_tokens  # type: ignore[union-attr]
+    assert 50 <= cached < again.usage.prompt_tokens
+    assert other.usage.prompt_tokens_details.cached_tokens == 0  # type: ignore[union-attr]
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}

@@ -130,10 +130,13 @@ def test_retries_fallbacks_timeouts_and_waits(make_exchange: Callable[..., Excha
     timed_out = finished(make_exchange, clock, status=504)
     timed_out.record.error_kind = "timeout_before_first_byte"
     waited = finished(make_exchange, clock, waited_s=0.3)
+    fallback.response_headers["x-gateway-hedge"] = "hedge_won"
+    waited.response_headers["x-gateway-hedge"] = "not_needed"  # no hedge was sent: not counted
     for ex in (retried, fallback, timed_out, waited):
         stats.record(ex)
     t = stats.window()
     assert (t.g[w.RETRIED], t.g[w.EXTRA_ATTEMPTS], t.g[w.FALLBACKS], t.g[w.TIMEOUTS]) == (2, 2, 1, 2)
+    assert t.g[w.HEDGED] == 1
     assert t.g[w.WAITED] == 1 and t.g[w.WAIT_S] == pytest.approx(0.3) and t.hists["wait"].n == 1
 
 

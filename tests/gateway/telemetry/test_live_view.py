@@ -10,11 +10,18 @@ import pytest
 
 from gateway.appstate import AppState, Runtime
 from gateway.auth import Authenticator
-from gateway.components import BREAKER_STATES, QUEUE_DEPTHS
+from gateway.components import BREAKER_STATES, MCP_TOOL_ROWS, QUEUE_DEPTHS
 from gateway.config import parse_config
 from gateway.exchange import Exchange, Usage
 from gateway.routing import Router
-from gateway.telemetry.live_view import breaker_states, create_live_stats, make_pricer, queue_depths, summary
+from gateway.telemetry.live_view import (
+    breaker_states,
+    create_live_stats,
+    make_pricer,
+    mcp_tools,
+    queue_depths,
+    summary,
+)
 from gateway.telemetry.metrics import Metrics
 
 
@@ -136,3 +143,15 @@ def test_queue_depths_from_the_rate_limiter() -> None:
     limiter = Limiter({"mock": Queue(3), "backup": Queue(0)})
     st.components[QUEUE_DEPTHS] = lambda: {name: q.depth for name, q in limiter.queues.items()}
     assert queue_depths(st) == {"backup": 0, "mock": 3}
+
+
+def test_mcp_tools_rows_in_ms_and_na_without_servers() -> None:
+    """The MCP feature's rows, read at read time; n/a (None) when no MCP server is configured."""
+    st = make_state(Clock())
+    st.components[MCP_TOOL_ROWS] = lambda: [("quotes", "get_quote", 3, 1, 0.0012, 0.25)]
+    assert mcp_tools(st) is None  # registered, but the config has no servers (removed by a reload)
+    st = make_state(Clock(), mcp={"servers": {"quotes": {"url": "http://127.0.0.1:1/mcp"}}})
+    assert mcp_tools(st) is None  # no component yet
+    st.components[MCP_TOOL_ROWS] = lambda: [("quotes", "get_quote", 3, 1, 0.0012, 0.25)]
+    assert mcp_tools(st) == [{"server": "quotes", "tool": "get_quote", "calls": 3, "errors": 1,
+                              "latency_ms": {"p50": 1.2, "p95": 250.0}}]

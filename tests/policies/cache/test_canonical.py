@@ -115,3 +115,33 @@ def test_streamed_tool_call_keeps_null_content_and_ids() -> None:
     message = obj["choices"][0]["message"]
     assert message["content"] is None and message["tool_calls"][0]["id"] == "call_A"
     assert message["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
+
+
+def test_provider_extras_kept_as_a_non_stream_answer_carries_them() -> None:
+    """Azure filter results, Groq ``x_groq`` (merged: id first, usage last), vLLM ``stop_reason: null``."""
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    verdict = {"hate": {"filtered": False, "severity": "safe"}}
+    answer = answer_from_sse("chat", sse(
+        {"id": "", "object": "", "created": 0, "model": "", "choices": [],
+         "prompt_filter_results": [verdict]},
+        {**head, "x_groq": {"id": "r1"}, "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "hi"}, "content_filter_results": {}}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": "!"}, "content_filter_results": verdict}]},
+        {**head, "x_groq": {"id": "r1", "usage": {"queue_time": 0.1}},
+         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": None}]},
+    ))
+    assert answer is not None
+    assert answer["prompt_filter_results"] == [verdict]
+    assert answer["x_groq"] == {"id": "r1", "usage": {"queue_time": 0.1}}
+    choice = answer["choices"][0]
+    assert choice["content_filter_results"] == verdict and "stop_reason" in choice
+    assert choice["stop_reason"] is None and choice["message"] == {"role": "assistant", "content": "hi!"}
+
+
+def test_a_provider_without_ids_gets_none_invented() -> None:
+    chunk = {"object": "chat.completion.chunk", "created": 1, "model": "gemini-2.0-flash", "choices": [
+        {"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+    answer = answer_from_sse("chat", sse(chunk))
+    assert answer is not None and "id" not in answer
+    assert answer_from_sse("chat", sse({**chunk, "id": "x"})) is not None  # positive control
+    assert answer_from_sse("chat", sse({**chunk, "id": "x"}))["id"] == "x"  # type: ignore[index]

@@ -1,10 +1,12 @@
 """The local embedder: unit vectors that put paraphrases close and unrelated text far; config parsing."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
-from policies.cache.embedder import LocalEmbedder, MemoEmbedder, make_embedder
+from policies.cache.embedder import MAX_CHARS, EmbedTimeout, LocalEmbedder, MemoEmbedder, make_embedder
 
 
 async def test_local_vectors(local_embedder: LocalEmbedder) -> None:
@@ -31,3 +33,45 @@ def test_make_embedder_validates() -> None:
         make_embedder("upstream:nope:m", {})
     with pytest.raises(ValueError):
         make_embedder("cloud", {})
+
+
+class CountingEmbedder:
+    """A real-shaped inner embedder that records what it was asked (and can be made slow)."""
+
+    name = "counting"
+
+    def __init__(self, delay: asyncio.Event | None = None) -> None:
+        self.seen: list[str] = []
+        self.delay = delay
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        self.seen.extend(texts)
+        if self.delay is not None:
+            await self.delay.wait()
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_memo_is_keyed_by_digest_bounded_in_bytes_and_clips_the_text() -> None:
+    inner = CountingEmbedder()
+    memo = MemoEmbedder(inner, max_bytes=3 * (16 + 200))
+    big = "word " * 200_000
+    await memo.embed_one(big)
+    assert inner.seen == [big[:MAX_CHARS]]  # cut before the model sees (tokenises) it
+    assert all(isinstance(key, bytes) and len(key) == 32 for key in memo._memo)  # no text is kept
+    await memo.embed_one(big)
+    assert len(inner.seen) == 1  # control: the memo answers the repeat
+    for i in range(5):
+        await memo.embed_one(f"question {i}")
+    assert len(memo._memo) == 3 and memo.bytes == 3 * (16 + 200)
+
+
+async def test_a_slow_embedding_times_out_as_a_miss() -> None:
+    gate = asyncio.Event()
+    memo = MemoEmbedder(CountingEmbedder(gate), timeout_s=0.02)
+    with pytest.raises(EmbedTimeout):
+        await memo.embed_one("slow")
+    gate.set()
+    assert (await memo.embed_one("slow")).shape == (4,)  # control: the same text embeds once it is fast

@@ -28,16 +28,27 @@ async def test_miss_then_hit_in_both_modes() -> None:
 
 
 async def test_modes_and_shadowing() -> None:
-    """mode read_only never writes; mode off does nothing at all."""
-    for mode, header in (("read_only", "miss"), ("off", None)):
+    """mode read_only never writes; mode off does nothing at all (the layer is not even built)."""
+    for mode, header in (("read_only", "miss"),):
         st = make_state(cache={"exact": {"mode": mode}})
         policy = await factory(st, st.config)
+        assert policy is not None
         up = Upstream()
         for _ in range(2):
             ex = exchange(st)
             await drain(await policy(ex, up))
             assert ex.response_headers.get("x-gateway-cache") == header
         assert up.calls == 2
+    st = make_state(cache={"exact": {"mode": "off"}})
+    assert await factory(st, st.config) is None
+
+
+async def test_built_when_only_a_route_enables_it() -> None:
+    route = {"match": {"model": "*"}, "upstream": "mock", "cache": {"exact": {"enabled": True}}}
+    st = make_state(cache={"exact": {"enabled": False}}, routes=[route])
+    assert await factory(st, st.config) is not None
+    st = make_state(cache={"exact": {"enabled": False}})
+    assert await factory(st, st.config) is None
 
 
 async def test_errors_and_tenants() -> None:

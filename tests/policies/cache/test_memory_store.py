@@ -43,7 +43,7 @@ def test_byte_bound() -> None:
     assert store.bytes <= 1000 and len(store) < 5
     found = store.get(keys[-1])
     assert found is not None
-    found[0]._sse[True] = b"y" * 500
+    found[0]._sse_usage = b"y" * 500
     store.get(keys[-1])
     assert store.bytes <= 1000
 

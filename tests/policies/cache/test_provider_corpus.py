@@ -36,7 +36,7 @@ STREAMS = [(n, c) for n, c in CASES if c["stream"]]
 
 
 def operation(case: dict[str, Any]) -> str:
-    return "responses" if case["path"] == "/v1/responses" else "chat"
+    return {"/v1/responses": "responses", "/v1/completions": "completions"}.get(case["path"], "chat")
 
 
 @pytest.mark.parametrize(("name", "case"), STREAMS, ids=[n for n, _ in STREAMS])

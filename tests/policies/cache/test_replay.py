@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from policies.cache.canonical import answer_from_sse
@@ -111,3 +112,18 @@ def test_incomplete_streams_are_rejected() -> None:
     assert (
         answer_from_sse("responses", render_sse("responses", RESPONSE, True).rsplit(b"event:", 1)[0]) is None
     )
+
+
+def test_provider_extras_and_empty_fields_ride_on_the_first_chunk() -> None:
+    message = {"role": "assistant", "content": "hello", "refusal": None, "annotations": []}
+    choice = {"index": 0, "finish_reason": "stop", "logprobs": None, "content_filter_results": {"a": 1},
+              "message": message}
+    obj = {"id": "c", "object": "chat.completion", "created": 1, "model": "m", "x_groq": {"id": "r"},
+           "choices": [choice]}
+    sse = render_sse("chat", obj, include_usage=False)
+    frames = [f for f in sse.split(b"\n\n") if f.startswith(b"data: {")]
+    first = orjson.loads(frames[0][6:])
+    assert first["x_groq"] == {"id": "r"} and first["choices"][0]["content_filter_results"] == {"a": 1}
+    assert first["choices"][0]["delta"] == {**message, "content": ""}
+    assert all(b"x_groq" not in f and b"content_filter_results" not in f for f in frames[1:])
+    assert answer_from_sse("chat", sse) == obj

@@ -68,3 +68,14 @@ async def test_redis_without_vector_sets_leaves_each_replica_its_own(redis_serve
     await a.flush()
     assert a.available is False
     assert await a.candidates("t:team-a:" + "ef" * 32, unit(1, 0, 0)) == []
+
+
+async def test_a_long_question_is_kept_cut_and_must_match_whole(redis8_server: RedisServer) -> None:
+    """As the local index: 4 KiB of a long question kept for the guards, plus its digest."""
+    a = replica(redis8_server.url, f"v{secrets.token_hex(3)}:")
+    ns, question = f"t:team-a:{'aa' * 32}", "why " * 5000
+    a.add(ns, unit(1, 0, 0), answer(""), question, 30)
+    await a.flush()
+    (_, item), = await a.candidates(ns, unit(1, 0, 0))
+    assert len(item.text) == 4096 and item.same_tail(question)
+    assert not item.same_tail(question + "?")

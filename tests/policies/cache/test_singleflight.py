@@ -106,3 +106,36 @@ async def test_last_subscriber_leaving_cancels_the_call() -> None:
     await body.aclose()  # type: ignore[attr-defined]
     await until(lambda: up.closed, timeout=5, interval=0.001)
     assert flights.get("k") is None
+
+
+async def test_a_flight_holds_at_most_max_bytes_unread_and_frees_them_when_clients_leave() -> None:
+    """Past ``max_bytes`` the flight takes no new subscribers and reads on only as its slowest
+    reader frees room; a subscriber that leaves returns the memory."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up, max_bytes=10)
+    for _ in range(6):
+        up.queue.put_nowait(b"x" * 4)
+    resp = await flight.wait(leader=True)  # the leader does not read yet
+    await until(lambda: flight.detached)
+    assert flight.buffered == 12 and up.queue.qsize() == 3  # stopped after 12 bytes > 10, not 24
+    assert flights.get("k") is None  # a new identical request would start its own flight
+    reader = resp.body.__aiter__()
+    assert await reader.__anext__() == b"xxxx"
+    assert await reader.__anext__() == b"xxxx"  # asking for the second chunk releases the first
+    await until(lambda: up.queue.qsize() == 2)  # one chunk let go -> one more taken upstream
+    assert flight.buffered <= 12 and flights.held_bytes() == flight.buffered
+    await resp.body.aclose()  # the client leaves
+    assert flights.held_bytes() == 0 and flight.chunks == []
+    await until(lambda: up.closed)  # and the upstream call is cancelled
+
+
+async def test_under_max_bytes_a_reader_that_waits_does_not_hold_the_flight() -> None:
+    """Control: below the bound the pump reads the whole answer whatever the readers do."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up, max_bytes=100)
+    for chunk in (b"a" * 10, b"b" * 10, None):
+        up.queue.put_nowait(chunk)
+    resp = await flight.wait(leader=True)
+    await until(lambda: flight.done)
+    assert not flight.detached and flights.over_bytes == 0
+    assert await read_all(resp) == b"a" * 10 + b"b" * 10

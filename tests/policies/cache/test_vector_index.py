@@ -50,3 +50,23 @@ def test_candidates_go_past_top_k_when_asked() -> None:
     assert found == [f"dup{i}" for i in range(10)] + ["right"]
     first = next(iter(index.candidates("a", unit(1, 0, 0))))  # control: lazily, the best comes first
     assert first[1].text == "dup0"
+
+
+def test_bounded_in_bytes_and_long_questions_kept_cut() -> None:
+    """Past max_bytes the oldest entries go; a 1 MB question is kept as 4 KiB plus its digest,
+    and ``bytes`` (gateway_cache_bytes{kind="semantic"}) reports what is held."""
+    reported: list[tuple[int, int]] = []
+    index = VectorIndex(100, lambda: 0.0, max_bytes=30_000)
+    index.on_change = lambda n, size: reported.append((n, size))
+    long_question = "why " * 250_000
+    index.add("a", unit(1, 0, 0), ans("big"), long_question, 10)
+    item = next(i for _, i in index.candidates("a", unit(1, 0, 0)))
+    assert len(item.text) == 4096 and item.same_tail(long_question)
+    assert not item.same_tail(long_question + "?")
+    assert 4096 < index.bytes < 6000 and reported[-1] == (1, index.bytes)
+    for i in range(10):
+        index.add("b", unit(1, i, 0), ans(str(i)), "q" * 3000, 10)
+    assert index.bytes <= 30_000 and len(index) < 11
+    assert list(index.candidates("a", unit(1, 0, 0))) == []  # the oldest went first
+    index.clear()
+    assert index.bytes == 0 and reported[-1] == (0, 0)

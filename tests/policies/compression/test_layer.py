@@ -214,3 +214,21 @@ async def test_a_compressor_failure_sends_the_request_unchanged(monkeypatch: pyt
     await policy(ex, inner)
     assert not ex.modified and len(inner.bodies) == 1
     assert sample(st, "gateway_policy_decisions_total", policy="compression", decision="error") == 1
+
+
+async def test_oversized_request_goes_whole_to_a_context_fallback_that_fits() -> None:
+    """With ``context_fallbacks``, a prompt over budget is sent uncompressed to the first larger window
+    it fits (none too small is chosen); the target and the body's model follow."""
+    policy, st = await policy_for(
+        budgets={"default_max_tokens": 500},
+        models={**SMALL, "m-mid": {"context_window": 20000}, "m-big": {"context_window": 200000}},
+        routes=[{"match": {"model": "*"}, "upstream": "mock",
+                 "context_fallbacks": [{"upstream": "mock", "model": "m-mid"},
+                                       {"upstream": "mock", "model": "m-big"}]}])
+    ex = exchange(st, body(agent(BIG, lines=60) + [user("and now?")]))
+    inner = Recorder()
+    await policy(ex, inner)
+    assert ex.target.model == "m-big" and inner.bodies[0]["model"] == "m-big"
+    assert len(inner.bodies[0]["messages"]) == 2 + 2 * BIG + 1  # whole: nothing compressed away
+    decisions = {"policy": "compression", "decision": "context_fallback"}
+    assert sample(st, "gateway_policy_decisions_total", **decisions) == 1

@@ -7,7 +7,15 @@ from dataclasses import replace
 import pytest
 
 from gateway.exchange import Attempt, Exchange, Usage
-from policies.ledger.record import COLUMNS, UsageRecord, aggregate, percentile, record_of
+from policies.ledger.record import (
+    COLUMNS,
+    ToolCall,
+    UsageRecord,
+    aggregate,
+    percentile,
+    record_of,
+    tool_call_record,
+)
 
 
 def rec(**kw: object) -> UsageRecord:
@@ -88,3 +96,19 @@ def test_percentile() -> None:
     """Nearest rank, None for nothing."""
     assert percentile([], 0.5) is None and percentile([3.0], 0.95) == 3.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+
+
+def test_tool_call_record() -> None:
+    ok = tool_call_record(ToolCall(request_id="r1", tenant="acme", server="quotes", tool="get_quote",
+                                   duration_s=0.25, outcome="ok", attempts=2, status=200), wall_now=100.0)
+    assert (ok.ts, ok.upstream, ok.model, ok.operation, ok.route) == (99.75, "mcp:quotes", "get_quote",
+                                                                      "tools/call", "mcp")
+    assert (ok.attempts, ok.error, ok.source, ok.prompt, ok.cost_usd) == (2, "", "upstream", 0, None)
+    hit = tool_call_record(ToolCall(request_id="r2", tenant="acme", server="quotes", tool="t" * 500,
+                                    duration_s=0.0, outcome="cached", attempts=0, status=200), wall_now=1.0)
+    assert (hit.source, hit.cache_result, len(hit.model)) == ("cache", "hit", 200)
+    late = ToolCall(request_id="r3", tenant="acme", server="quotes", tool="x", duration_s=1.0,
+                    outcome="fallback_timeout", attempts=1, status=200)
+    failed = tool_call_record(late, 5.0)
+    assert failed.error == "fallback_timeout"
+    assert aggregate([ok, hit, failed], "upstream")[0]["requests"] == 3

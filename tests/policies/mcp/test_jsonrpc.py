@@ -32,3 +32,19 @@ def test_sse_reader_handles_split_events() -> None:
     assert reader.feed(b"event: message\r\ndata: {\"a\"") == []
     assert reader.feed(b": 1}\r\n\r\nid: 2\ndata: nope\n\n: comment\n\n") == [{"a": 1}]
     assert rpc.SseReader().feed(rpc.sse_event(b'{"x":1}')) == [{"x": 1}]
+
+
+def test_json_reader_reads_a_whole_body_once() -> None:
+    reader = rpc.JsonReader()
+    assert reader.feed(b'{"jsonrpc": "2.0", "id": 1, ') == []
+    assert reader.feed(b'"result": {}}') == []
+    assert reader.end() == [{"jsonrpc": "2.0", "id": 1, "result": {}}]
+    batch = rpc.JsonReader()
+    batch.feed(b'[{"id": 1}, {"id": 2}]')
+    assert batch.end() == [{"id": 1}, {"id": 2}]
+    big = rpc.JsonReader(limit=4)
+    big.feed(b'{"id": 1}')  # past the limit: not kept, not read
+    assert big.end() == []
+    bad = rpc.JsonReader()
+    bad.feed(b"{nope")
+    assert bad.end() == []

@@ -8,9 +8,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import generate_latest
 
 from gateway.telemetry.metrics import Metrics
+from policies.mcp.admission import Refused
 from policies.mcp.config import McpRateLimit, McpServerConfig, McpToolConfig
 from policies.mcp.metrics import McpMetrics
-from policies.mcp.upstream import McpServer, RateLimited, new_buckets
+from policies.mcp.upstream import McpServer, new_buckets
 from policies.ratelimit.buckets import LimiterClock
 from policies.resilience.breaker import CircuitBreaker
 from policies.resilience.config import CircuitBreakerConfig
@@ -45,15 +46,15 @@ async def test_client_credentials_never_forwarded() -> None:
 
 
 async def test_rate_limit_and_concurrency() -> None:
-    s = await server(rate_limit=McpRateLimit(rpm=2, max_concurrency=1))
-    s.admit()
-    s.inflight = 1
-    with pytest.raises(RateLimited, match="concurrency"):
-        s.admit()
-    s.inflight = 0
-    s.admit()
-    with pytest.raises(RateLimited, match="rpm"):
-        s.admit()
+    s = await server(rate_limit=McpRateLimit(rpm=2, max_concurrency=1, max_queue=0))
+    assert await s.admission.enter(1.0) == "admitted"
+    with pytest.raises(Refused, match="queue_full"):  # concurrency 1, no queue
+        await s.admission.enter(1.0)
+    s.admission.leave()
+    assert await s.admission.enter(1.0) == "admitted"
+    s.admission.leave()
+    with pytest.raises(Refused, match="queue_full"):  # rpm 2 spent
+        await s.admission.enter(1.0)
     await s.session.close()
 
 

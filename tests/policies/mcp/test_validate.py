@@ -64,3 +64,14 @@ def test_a_bad_block_is_reported_by_the_loader() -> None:
         parse_config_text(
             'upstreams: {openai: {base_url: "http://127.0.0.1:9/v1"}}\nmcp: {servers: {q: {url: nope}}}\n'
         )
+
+
+def test_queue_settings_are_checked() -> None:
+    rl = McpRateLimit(max_queue=-1, max_queue_wait_s=-0.5, max_concurrency=0)
+    cfg = Config(mcp=McpConfig(servers={"s": McpServerConfig(url="http://h/mcp", rate_limit=rl)}))
+    assert problems(cfg) == [
+        "mcp.servers.s.rate_limit.max_concurrency: must be > 0",
+        "mcp.servers.s.rate_limit.max_queue: must be >= 0",
+        "mcp.servers.s.rate_limit.max_queue_wait_s: must be >= 0",
+    ]
+    assert problems(Config(mcp=McpConfig(servers={"s": McpServerConfig(url="http://h/mcp")}))) == []

@@ -150,3 +150,52 @@ def test_shadow_mode_never_rejects_but_tracks_state() -> None:
     passed.settle("success")  # uncounted: does not close it
     assert breaker.state == "open"
     assert decisions == ["allow", "allow", "shadow_reject"]
+
+
+def _outage(config: CircuitBreakerConfig, recovered_at: float, rand: float) -> list[float]:
+    """The issue's scenario on a fake clock: a request every 4 s for 80 s, each trying the primary up to
+    3 times while admitted (else it goes to the fallback); the primary fails until ``recovered_at``.
+    Returns the times at which the primary answered."""
+    clock = Clock()
+    start = clock.now
+    breaker = CircuitBreaker("up", config, clock, lambda: rand)
+    served: list[float] = []
+    for i in range(20):
+        clock.now = start + 4.0 * i
+        for _ in range(3):
+            try:
+                ticket = breaker.admit()
+            except CircuitOpen:
+                break  # the fallback answers this one
+            ok = clock.now - start >= recovered_at
+            ticket.settle("success" if ok else "failure")
+            if ok:
+                served.append(clock.now - start)
+                break
+    return served
+
+
+@pytest.mark.parametrize("rand", [0.0, 0.5, 0.999])
+def test_defaults_give_a_recovered_primary_traffic_within_10s(rand: float) -> None:
+    """With default settings, a primary down for ~60 s gets traffic again within 10 s of recovering,
+    wherever the recovery falls between two requests and whatever the jitter."""
+    for tenth in range(560, 650, 3):
+        recovered = tenth / 10
+        served = _outage(CircuitBreakerConfig(), recovered, rand)
+        assert served and served[0] - recovered <= 10.0, (recovered, served[:1])
+
+
+def test_unbounded_growth_is_what_starved_recovery() -> None:
+    """Control: the old defaults (open 30 s doubling to 300 s) send no request to the recovered primary."""
+    assert _outage(CircuitBreakerConfig(open_s=30.0, max_open_s=300.0), 60.0, 0.5) == []
+
+
+def test_open_s_above_max_open_s_does_not_grow() -> None:
+    """An operator's open_s: 30 with the short default cap keeps 30 s (it neither grows nor shrinks)."""
+    clock = Clock()
+    breaker, _ = make(clock, open_s=30.0, max_open_s=6.0)
+    fail(breaker, 3)
+    assert breaker.open_until == clock.now + 30.0
+    clock.now = breaker.open_until
+    fail(breaker)  # the probe fails: opens again, same interval
+    assert breaker.open_until == clock.now + 30.0

@@ -83,19 +83,24 @@ class Harness:
 
     def __init__(self, *, retry: dict[str, Any] | None = None, breaker: dict[str, Any] | None = None,
                  fallbacks: list[dict[str, Any]] | None = None,
-                 timeouts: dict[str, Any] | None = None) -> None:
+                 timeouts: dict[str, Any] | None = None,
+                 context_fallbacks: list[dict[str, Any]] | None = None,
+                 hedge: dict[str, Any] | None = None) -> None:
         retry = {"base_delay_s": 0.1, "max_delay_s": 1.0, "budget_floor": 100, **(retry or {})}
         breaker = {"consecutive_failures": 100, "min_calls": 1000, **(breaker or {})}
         ups = {name: {"base_url": "http://127.0.0.1:9/v1", "retry": retry, "circuit_breaker": breaker,
                       "timeouts": timeouts or {}} for name in "abc"}
         self.config = parse_config({"upstreams": ups, "routes": [
-            {"match": {"model": "*"}, "upstream": "a", "fallbacks": fallbacks or []}]}, {})
+            {"match": {"model": "*"}, "upstream": "a", "fallbacks": fallbacks or [],
+             "context_fallbacks": context_fallbacks or [], **({"hedge": hedge} if hedge else {})}]}, {})
         self.clock = Clock()
         self.metrics = Metrics()
         self.res = Resilience(ResilienceMetrics(self.metrics), self.clock, rand=lambda: 0.5)
         self.res.sync(self.config)
-        self.policy = RetryPolicy(res=self.res, planner=RoutePlanner(self.config), clock=self.clock,
-                                  sleep=self.clock.sleep, rand=lambda: 0.5)
+        planner = RoutePlanner(self.config)
+        self.policy = RetryPolicy(res=self.res, planner=planner, clock=self.clock,
+                                  sleep=self.clock.sleep, rand=lambda: 0.5,
+                                  context_planner=planner.context_plan)
         self.scripts: dict[str, Script] = {"a": [], "b": [], "c": []}
         self.calls: list[tuple[str, str, str]] = []
         self.chain = build_chain([self.policy, CircuitBreakerPolicy(self.res)], self.terminal)
@@ -158,8 +163,8 @@ async def test_retries_spent_hand_back_last_answer_with_should_retry_false() -> 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 422])
 async def test_client_errors_never_retried(status: int) -> None:
-    """4xx other than 408/429 pass through untouched, even when listed in retry_on."""
-    h = Harness(retry={"retry_on": ["400", "401", "404", "413", "422", "503"]})
+    """4xx other than 408/429 pass through untouched (check-config refuses them in retry_on)."""
+    h = Harness()
     h.scripts["a"] = [answer(status, b'{"error":{}}')]
     ex = h.exchange()
     resp = await h.chain(ex)
@@ -283,6 +288,31 @@ async def test_stall_after_role_chunk_is_a_first_byte_timeout() -> None:
     assert await read(resp) == ROLE + TEXT + DONE and stalled.body.closed
     assert h.sample("gateway_timeouts_total", upstream="a", phase="first_byte") == 1
     assert h.sample("gateway_retries_total", upstream="a", reason="timeout_before_first_byte") == 1
+
+
+async def test_first_byte_timeout_moves_on_to_the_fallback_at_once() -> None:
+    """A silent primary is not waited for again: its first-byte timeout goes to the next target."""
+    h = Harness(timeouts={"first_byte_s": 0.05}, fallbacks=[{"upstream": "b"}])
+    stalled = answer(200, ROLE, sse=True, stall=True)
+    h.scripts["a"] = [stalled]
+    h.scripts["b"] = [answer(200, ROLE, TEXT, DONE, sse=True)]
+    ex = h.exchange(stream=True)
+    resp = await h.chain(ex)
+    assert await read(resp) == ROLE + TEXT + DONE and stalled.body.closed
+    assert [c[0] for c in h.calls] == ["a", "b"] and h.clock.sleeps == []
+    assert ex.response_headers["x-gateway-attempts"] == "2"
+    assert h.sample("gateway_policy_decisions_total", policy="retry", decision="move_on") == 1
+    assert h.sample("gateway_retries_total", upstream="a", reason="timeout_before_first_byte") == 0
+
+
+async def test_try_again_errors_still_retry_the_same_target_before_failing_over() -> None:
+    """Positive control: a 503 or a reset is retried on the same target even with a fallback."""
+    h = Harness(fallbacks=[{"upstream": "b"}])
+    h.scripts["a"] = [answer(503), failure("reset_before_response"), answer(200)]
+    ex = h.exchange()
+    resp = await h.chain(ex)
+    assert resp.status == 200 and [c[0] for c in h.calls] == ["a", "a", "a"]
+    assert h.sample("gateway_policy_decisions_total", policy="retry", decision="move_on") == 0
 
 
 async def test_reset_after_role_chunk_is_retried_as_before_response() -> None:
@@ -421,3 +451,84 @@ async def test_decisions_counted() -> None:
     count = decisions(h)
     assert count("retry") == 2 and count("recovered") == 1 and count("attempts_spent") == 1
     assert count("gave_up") == 1
+
+
+TOO_LONG = b'{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}'
+
+
+async def test_context_length_exceeded_goes_to_the_context_fallback_not_the_fallbacks() -> None:
+    """A "prompt too long" 400 skips the same-size fallbacks and goes to the larger-window model, once."""
+    h = Harness(fallbacks=[{"upstream": "b"}], context_fallbacks=[{"upstream": "c", "model": "big"}])
+    rejected = answer(400, TOO_LONG)
+    h.scripts["a"] = [rejected]
+    h.scripts["c"] = [answer(200)]
+    ex = h.exchange()
+    resp = await h.chain(ex)
+    assert resp.status == 200 and rejected.body.closed
+    assert h.calls == [("a", "gpt-4o", "gpt-4o"), ("c", "big", "big")]
+    assert h.sample("gateway_policy_decisions_total", policy="retry", decision="context_fallback") == 1
+
+
+async def test_context_fallbacks_tried_in_order_then_the_last_400_goes_back() -> None:
+    """Each context fallback is tried once; when none fits, the client gets the last 400 byte for byte."""
+    h = Harness(context_fallbacks=[{"upstream": "b", "model": "big"}, {"upstream": "c", "model": "bigger"}])
+    h.scripts["a"] = [answer(400, TOO_LONG)]
+    h.scripts["b"] = [answer(400, TOO_LONG)]
+    h.scripts["c"] = [answer(400, TOO_LONG)]
+    resp = await h.chain(h.exchange())
+    assert resp.status == 400 and await read(resp) == TOO_LONG
+    assert [c[1] for c in h.calls] == ["gpt-4o", "big", "bigger"]
+
+
+async def test_other_400_passes_through_even_with_context_fallbacks() -> None:
+    """A content-filter 400 (read to classify it) still reaches the client untouched, one call."""
+    h = Harness(context_fallbacks=[{"upstream": "c", "model": "big"}])
+    filtered = b'{"error":{"message":"filtered","type":"invalid_request_error","code":"content_filter"}}'
+    h.scripts["a"] = [answer(400, filtered)]
+    resp = await h.chain(h.exchange())
+    assert resp.status == 400 and await read(resp) == filtered and len(h.calls) == 1
+
+
+async def test_context_length_exceeded_without_context_fallbacks_is_not_read() -> None:
+    """Positive control of the opt-in: no context_fallbacks, the 400 passes through, no fallback used."""
+    h = Harness(fallbacks=[{"upstream": "b"}])
+    h.scripts["a"] = [answer(400, TOO_LONG)]
+    resp = await h.chain(h.exchange())
+    assert resp.status == 400 and await read(resp) == TOO_LONG and len(h.calls) == 1
+
+
+async def test_hedge_wins_over_a_late_primary_and_the_answer_names_the_fallback() -> None:
+    """The primary's first token is late: the hedge on b commits first; a's body is closed."""
+    h = Harness(fallbacks=[{"upstream": "b", "model": "small"}], hedge={"after_s": 0.01})
+    late = answer(200, ROLE, sse=True, stall=True)
+    h.scripts["a"] = [late]
+    h.scripts["b"] = [answer(200, ROLE, TEXT, DONE, sse=True)]
+    ex = h.exchange(stream=True)
+    resp = await h.chain(ex)
+    assert await read(resp) == ROLE + TEXT + DONE and late.body.closed
+    assert (ex.target.upstream, ex.target.model) == ("b", "small")
+    assert ex.response_headers == {"x-gateway-attempts": "2", "x-gateway-hedge": "hedge_won"}
+    assert h.sample("gateway_hedges_total", route="gpt-4o", outcome="hedge_won") == 1
+    # the slow primary lost, it did not fail: its breaker ticket was settled neutral, b's as a success
+    assert h.res.breaker("a").consecutive == 0 and h.res.breaker("a")._calls == 0
+    assert h.res.breaker("b")._calls == 1 and ex.state.get(PENDING_TICKET) is None
+
+
+async def test_hedge_counts_against_the_retry_budget() -> None:
+    """With the budget spent, the late primary is waited for, not hedged (and it is counted)."""
+    h = Harness(retry={"budget_floor": 0, "budget_ratio": 0.0}, fallbacks=[{"upstream": "b"}],
+                hedge={"after_s": 0.01})
+    gate = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, gate.set)
+
+    class Late(Body):
+        async def __anext__(self) -> bytes:
+            await gate.wait()
+            return await super().__anext__()
+
+    h.scripts["a"] = [UpstreamResponse(200, {"content-type": "text/event-stream"}, Late(ROLE, TEXT, DONE))]
+    ex = h.exchange(stream=True)
+    resp = await h.chain(ex)
+    assert await read(resp) == ROLE + TEXT + DONE and [c[0] for c in h.calls] == ["a"]
+    assert ex.response_headers["x-gateway-hedge"] == "budget_exhausted"
+    assert h.sample("gateway_retry_budget_exhausted_total", upstream="a") == 1

@@ -101,8 +101,8 @@ async def test_no_fallback_or_healthy_passes_through() -> None:
 
 
 def app_state() -> SimpleNamespace:
-    return SimpleNamespace(components=LayerState(), backend=None, finalizers=[], metrics=Metrics(),
-                           clock=lambda: 0.0, tools={}, closers=[], sinks=[])
+    return SimpleNamespace(components=LayerState(), finalizers=[], metrics=Metrics(), clock=lambda: 0.0,
+                           tools={}, closers=[], sinks=[], backend=None)
 
 
 def tools_config(**quotes: Any):  # type: ignore[no-untyped-def]

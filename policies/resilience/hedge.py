@@ -1,0 +1,133 @@
+"""Hedged first token: when the first token is late, the same request also starts on the next target.
+
+``race`` runs the primary attempt; if it has not finished (committed or failed) within the
+hedge delay, it starts the hedge and relays whichever commits first; the other is cancelled at
+once (cancellation closes its upstream connection) and its answer, if any, is closed. The hedge
+runs on a twin of the exchange (``fork``): its own target, body and typed state (breaker ticket),
+the same record (attempts), so the two attempts never write each other's fields; ``adopt`` copies
+the winning twin's target back. ``TtftWindows`` keeps the recent times to first token per route and
+target, for ``after: p95``.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from gateway.exchange import Exchange, Target
+from policies.resilience.config import HedgeConfig
+from policies.resilience.validate import quantile_of
+
+R = TypeVar("R")
+
+
+class TtftWindows:
+    """Recent times to first token, per (route, target key); bounded."""
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, str], deque[float]] = {}
+
+    def record(self, route: str, key: str, seconds: float, size: int) -> None:
+        window = self._windows.get((route, key))
+        if window is None or window.maxlen != size:
+            window = self._windows[(route, key)] = deque(window or (), maxlen=size)
+        window.append(seconds)
+
+    def quantile(self, route: str, key: str, q: float, min_samples: int) -> float | None:
+        window = self._windows.get((route, key))
+        if window is None or len(window) < min_samples:
+            return None
+        ordered = sorted(window)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def hedge_delay(cfg: HedgeConfig, windows: TtftWindows, route: str, key: str) -> float | None:
+    """Seconds to wait for the primary's first token before hedging; None: do not hedge (yet)."""
+    q = quantile_of(cfg.after) if cfg.after is not None else None
+    if q is not None:
+        adaptive = windows.quantile(route, key, q, cfg.min_samples)
+        if adaptive is not None:
+            return adaptive
+    return cfg.after_s
+
+
+def fork(ex: Exchange) -> Exchange:
+    """A twin for the hedge attempt: own target, headers and typed state; the same record and view."""
+    return dataclasses.replace(ex, target=Target(upstream=ex.target.upstream, model=ex.target.model),
+                               upstream_headers=dict(ex.upstream_headers), response_headers={},
+                               state=ex.state.copy())
+
+
+def adopt(ex: Exchange, twin: Exchange) -> None:
+    """The hedge won: the exchange now describes the target that answered."""
+    ex.target.upstream, ex.target.model = twin.target.upstream, twin.target.model
+    ex.response_headers.update(twin.response_headers)
+    if twin.modified and twin.body is not None:
+        ex.set_body(twin.body)
+
+
+@dataclasses.dataclass(slots=True)
+class Race(Generic[R]):
+    """How a race ended: the result to use, and ``outcome`` for ``gateway_hedges_total``."""
+
+    result: R
+    outcome: str  # not_needed | budget_exhausted | primary_won | hedge_won | both_failed
+    hedge_result: bool = False  # the result came from the hedge
+
+
+async def race(primary: Awaitable[R], after_s: float, start_hedge: Callable[[], Awaitable[R] | None],
+               won: Callable[[R], bool], drop: Callable[[R], Awaitable[None]]) -> Race[R]:
+    first = asyncio.ensure_future(primary)
+    tasks = [first]
+    handled: set[asyncio.Future[R]] = set()  # results returned or dropped
+    try:
+        done, _ = await asyncio.wait({first}, timeout=after_s)
+        if done:
+            handled.add(first)
+            return Race(first.result(), "not_needed")
+        hedge = start_hedge()
+        if hedge is None:
+            handled.add(first)
+            return Race(await first, "budget_exhausted")
+        second = asyncio.ensure_future(hedge)
+        tasks.append(second)
+        return await _first_win(first, second, won, drop, handled)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()  # the loser: cancelling its send/peek closes its upstream connection
+        for task in tasks:
+            if task not in handled:
+                await _drop_leftover(task, drop)
+
+
+async def _first_win(first: asyncio.Future[R], second: asyncio.Future[R], won: Callable[[R], bool],
+                     drop: Callable[[R], Awaitable[None]], handled: set[asyncio.Future[R]]) -> Race[R]:
+    pending: set[asyncio.Future[R]] = {first, second}
+    failed: dict[asyncio.Future[R], R] = {}
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in (first, second):  # the primary first on a tie
+            if task not in done:
+                continue
+            result = task.result()
+            handled.add(task)
+            if won(result):
+                for earlier in failed.values():
+                    await drop(earlier)
+                by_hedge = task is second
+                return Race(result, "hedge_won" if by_hedge else "primary_won", hedge_result=by_hedge)
+            failed[task] = result
+    await drop(failed[first])  # both failed: the hedge's (the later target's) failure is the answer
+    return Race(failed[second], "both_failed", hedge_result=True)
+
+
+async def _drop_leftover(task: asyncio.Future[R], drop: Callable[[R], Awaitable[None]]) -> None:
+    """Wait for a cancelled loser to end; an answer it produced meanwhile is closed, never relayed."""
+    try:
+        result = await task
+    except (asyncio.CancelledError, Exception):
+        return
+    await drop(result)

@@ -1,0 +1,59 @@
+"""Tests for gateway.tokens.prompt: large prompts are counted in the work pool, small ones inline."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.appstate import AppState, Runtime
+from gateway.auth import Authenticator
+from gateway.config_model import AuthConfig, Config
+from gateway.exchange import Exchange
+from gateway.routing import Router
+from gateway.telemetry.metrics import Metrics
+from gateway.tokens.bounds import estimate, upper_bound
+from gateway.tokens.pool import WorkPool
+from gateway.tokens.prompt import count_prompt, prompt_tokens
+from tests.gateway.tokens.test_pool import outcomes
+
+
+def state(budget_s: float = 30.0) -> AppState:
+    config = Config()
+    runtime = Runtime(config=config, router=Router(config.routes), auth=Authenticator(AuthConfig()),
+                      chain=None)  # type: ignore[arg-type]
+    metrics = Metrics()
+    return AppState(runtime=runtime, metrics=metrics, work=WorkPool(budget_s=budget_s, metrics=metrics))
+
+
+def chat(text: str) -> dict[str, object]:
+    return {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+
+
+async def test_a_large_prompt_is_counted_in_the_pool(make_exchange: Callable[..., Exchange]) -> None:
+    st = state()
+    st.tokenizer.preload(["o200k_base"])
+    ex = make_exchange(chat("hello world " * 4000))
+    await count_prompt(st, ex)
+    assert ex.record.prompt_tokens == st.tokenizer.count_request("chat", ex.body or {})
+    small = make_exchange(chat("hello"))
+    await count_prompt(st, small)  # control: a small prompt stays lazy, inline
+    assert small.record.prompt_tokens is None and prompt_tokens(st, small) > 0
+    assert outcomes(st.metrics, "prompt_tokens") == {"done": 1.0}
+    st.work.close()
+
+
+async def test_the_first_count_loads_the_encoding_off_the_loop(
+        make_exchange: Callable[..., Exchange]) -> None:
+    st = state()
+    ex = make_exchange(chat("hello"))
+    await count_prompt(st, ex)
+    assert ex.record.prompt_tokens is not None and outcomes(st.metrics, "prompt_tokens") == {"done": 1.0}
+    assert st.tokenizer.is_loaded("gpt-4o")
+    st.work.close()
+
+
+async def test_a_panic_falls_back_to_the_estimate(make_exchange: Callable[..., Exchange]) -> None:
+    st = state()
+    ex = make_exchange(chat(" " * 1_300_000))
+    await count_prompt(st, ex)
+    assert ex.record.prompt_tokens == estimate(upper_bound("chat", ex.body or {})) == 325_003
+    assert outcomes(st.metrics, "prompt_tokens") == {"failed": 1.0}
+    st.work.close()

@@ -1,0 +1,118 @@
+"""The cache fill collector: stores a clean answer once, and never keeps a finished exchange alive."""
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from gateway.body import Chunks
+from gateway.exchange import Exchange, StateKey, UpstreamResponse
+from policies.cache.entry import CachedAnswer
+from policies.cache.fill import attach_fill
+from tests.support.exchange import build_exchange
+
+ANSWER = orjson.dumps({"id": "c1", "object": "chat.completion", "model": "gpt-4o",
+                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                    "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+
+class Sentinel:
+    """Lives in ``ex.state`` exactly as long as the exchange."""
+
+
+SENTINEL: StateKey[Sentinel] = StateKey("test.sentinel")
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """Only reference counting frees objects while a test runs: what a cycle keeps alive stays alive."""
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+async def _serve_once(stored: list[CachedAnswer], closes_over_exchange: bool,
+                      read_to_end: bool = True) -> weakref.ref[Sentinel]:
+    ex: Exchange | None = build_exchange()
+    assert ex is not None
+    sentinel = Sentinel()
+    ex.state.set(SENTINEL, sentinel)
+    ref = weakref.ref(sentinel)
+    del sentinel
+
+    captured = ex if closes_over_exchange else None  # the old shape of the storers: a closure over ex
+
+    def store(_ex: Exchange, answer: CachedAnswer, _reasons: list[str]) -> None:
+        stored.append(answer)
+        assert captured is None or captured is _ex
+
+    resp: UpstreamResponse | None = UpstreamResponse(200, {"content-type": "application/json"},
+                                                     Chunks([ANSWER[:20], ANSWER[20:]]))
+    assert resp is not None
+    resp = attach_fill(ex, resp, store, 1 << 20)
+    if read_to_end:
+        assert b"".join([chunk async for chunk in resp.body]) == ANSWER
+    else:  # the client went away after the first chunk: nothing is stored
+        assert await resp.body.__anext__() == ANSWER[:20]
+        await resp.body.aclose()
+    del resp, ex, store
+    return ref
+
+
+@pytest.mark.parametrize("read_to_end", [True, False])
+async def test_a_finished_fill_is_freed_by_reference_counting(no_gc: None, read_to_end: bool) -> None:
+    stored: list[CachedAnswer] = []
+    ref = await _serve_once(stored, closes_over_exchange=False, read_to_end=read_to_end)
+    assert [a.body for a in stored] == ([ANSWER] if read_to_end else [])
+    assert ref() is None  # no cycle: freed without the cyclic collector
+
+
+async def test_positive_control_a_callback_closing_over_the_exchange_is_a_cycle(no_gc: None) -> None:
+    stored: list[CachedAnswer] = []
+    ref = await _serve_once(stored, closes_over_exchange=True, read_to_end=False)
+    assert stored == []
+    assert ref() is not None  # ex -> state -> fill -> callback -> ex: only the collector can free it
+    gc.collect()
+    assert ref() is None
+
+
+async def test_a_second_layer_joins_the_first_collector_and_each_callback_runs_once() -> None:
+    ex = build_exchange()
+    calls: list[str] = []
+    resp = UpstreamResponse(200, {"content-type": "application/json"}, Chunks([ANSWER]))
+    resp = attach_fill(ex, resp, lambda _ex, _a, _r: calls.append("exact"), 1 << 20)
+    resp = attach_fill(ex, resp, lambda _ex, _a, _r: calls.append("semantic"), 1 << 20)
+    assert b"".join([chunk async for chunk in resp.body]) == ANSWER
+    assert calls == ["exact", "semantic"]
+
+
+async def test_an_answer_over_the_limit_is_not_stored() -> None:
+    ex = build_exchange()
+    calls: list[CachedAnswer] = []
+    resp = UpstreamResponse(200, {"content-type": "application/json"}, Chunks([ANSWER]))
+    resp = attach_fill(ex, resp, lambda _ex, a, _r: calls.append(a), len(ANSWER) - 1)
+    assert b"".join([chunk async for chunk in resp.body]) == ANSWER
+    assert calls == []
+
+
+def test_an_entry_keeps_bytes_and_renders_its_replay_once() -> None:
+    answer = CachedAnswer.from_obj("chat", orjson.loads(ANSWER), 0.0)
+    renders: list[bool] = []
+
+    def render(_op: str, obj: dict[str, object], include_usage: bool) -> bytes:
+        renders.append(include_usage)
+        return orjson.dumps(obj) + (b"u" if include_usage else b"")
+
+    assert not hasattr(answer, "__dict__") and answer.obj() == orjson.loads(ANSWER)
+    assert answer.sse(True, render).endswith(b"u") and answer.sse(True, render).endswith(b"u")
+    assert not answer.sse(False, render).endswith(b"u")
+    assert renders == [True, False]
