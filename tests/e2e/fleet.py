@@ -138,7 +138,7 @@ async def pair(fleet: Fleet) -> AsyncIterator[tuple[Pinned, Pinned]]:
             pins = [Pinned(url, pinned_http()) for url in fleet.urls]
             opened.extend(pins)
         else:
-            pins = await _two_workers(fleet.urls[0], opened)
+            pins = await two_workers(fleet.urls[0], opened)
         for pin in pins:
             pin.replica = await whoami(pin)
         assert pins[0].replica != pins[1].replica
@@ -148,7 +148,7 @@ async def pair(fleet: Fleet) -> AsyncIterator[tuple[Pinned, Pinned]]:
             await pin.http.aclose()
 
 
-async def _two_workers(url: str, opened: list[Pinned]) -> list[Pinned]:
+async def two_workers(url: str, opened: list[Pinned]) -> list[Pinned]:
     """New connections until two land on different workers (SO_REUSEPORT spreads them by hash)."""
     seen: dict[str, Pinned] = {}
     for _ in range(64):
