@@ -21,6 +21,7 @@ from gateway.routing import Router
 from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
+from gateway.telemetry.loop_lag import start_lag_probe
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observability import start_observability
 from gateway.tokens.pool import WorkPool
@@ -84,6 +85,7 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.work = WorkPool(threads=config.server.work_threads, budget_s=config.server.work_budget_s,
                            metrics=st.metrics, clock=st.clock)
         st.closers.insert(0, _closing(st.work))
+        st.closers.append(start_lag_probe(st.metrics, st.clock))
         if config.state.backend == "redis":
             st.backend = GuardedRedis.from_config(config.state, st.clock)
             st.closers.append(st.backend.close)

@@ -58,3 +58,28 @@ async def test_fake_body_fails_after_n_chunks() -> None:
         await FakeBody([b"a"], fail_after=0, error=TimeoutError()).read()
     assert await FakeBody([b"a", b"b"],
                           fail_after=5).read() == b"ab"  # fewer chunks than fail_after: a clean end
+
+
+@pytest.mark.blocks_loop("checks that the watchdog sees a gateway callback that blocks the loop")
+async def test_loop_watchdog_catches_a_gateway_callback_and_spares_others() -> None:
+    import time
+
+    from gateway.tokens.tokenizer import Tokenizer
+    from tests.support.loop_watchdog import LoopWatchdog
+
+    tokenizer = Tokenizer()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def test_code() -> None:  # CPU on the loop, but not the gateway's: not an offence
+        end = time.monotonic() + 0.15
+        while time.monotonic() < end:
+            pass
+
+    with LoopWatchdog().watching() as watchdog:
+        loop.call_soon(test_code)
+        loop.call_soon(tokenizer.count_text, "gpt-4o", "word " * 400_000)  # loads an encoding + 400k tokens
+        loop.call_soon(done.set)
+        await done.wait()
+    assert [o.what for o in watchdog.offences] == ["Tokenizer.count_text"]
+    assert watchdog.offences[0].cpu_s > 0.1
