@@ -73,6 +73,7 @@ class WorkPool:
     _running: dict[str, int] = field(default_factory=dict)
     _seq: int = 0
     _busy: int = 0
+    _once: dict[str, asyncio.Future[object]] = field(default_factory=dict)
     _executor: ThreadPoolExecutor | None = None
 
     def count(self, kind: str, outcome: str) -> None:
@@ -114,6 +115,18 @@ class WorkPool:
             raise
         self.count(kind, "done")
         return result
+
+    async def once(self, key: str, fn: Callable[[], object]) -> None:
+        """Run ``fn`` (a one-time load, e.g. an encoding) in a thread, shared by every caller
+        that asks for ``key`` meanwhile; not queued, not budgeted (callers need its result)."""
+        future = self._once.get(key)
+        if future is None:
+            future = self._once[key] = asyncio.ensure_future(asyncio.to_thread(_call, fn))
+            future.add_done_callback(lambda _f: self._once.pop(key, None))
+        try:
+            await asyncio.shield(future)
+        except JobFailed:
+            pass  # the caller's own call raises the real error where it is handled
 
     def _pump(self) -> None:
         """Start queued jobs, round-robin over tenants, while a worker is free."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from gateway.appstate import AppState
 from gateway.exchange import Exchange
-from gateway.tokens.bounds import estimate, upper_bound
+from gateway.tokens.bounds import upper_bound
 from gateway.tokens.pool import INLINE_MAX_BYTES
 
 COUNTED_OPERATIONS = ("chat", "completions", "embeddings", "responses")
@@ -49,13 +49,18 @@ async def count_prompt(st: AppState, ex: Exchange) -> None:
         return
     body = ex.body if "model" in ex.body else {**ex.body, "model": ex.target.model}
     model = body.get("model")
+    name = st.tokenizer.encoding_name_for(model if isinstance(model, str) else "")
+    if not st.tokenizer.is_loaded(name):  # the first use loads it (~0.2 s): off the loop, once
+        await st.work.once(name, lambda: st.tokenizer.encoding(name))
     bound = prompt_bound(ex)
-    if bound <= INLINE_MAX_BYTES and st.tokenizer.is_loaded(model if isinstance(model, str) else ""):
+    if bound <= INLINE_MAX_BYTES:
         return  # counted lazily, inline, if anyone asks
     operation = ex.request.operation
-    ex.record.prompt_tokens = await st.work.run(
-        ex.request.namespace, "prompt_tokens",
-        lambda: st.tokenizer.count_request(operation, body), lambda: estimate(bound))
+    # Over budget, queue full or a tokenizer failure: the byte bound, never an undercount, so a token
+    # rate limit still holds (the provider's usage settles the real cost).
+    ex.record.prompt_tokens = await st.work.run(ex.request.namespace, "prompt_tokens",
+                                                lambda: st.tokenizer.count_request(operation, body),
+                                                lambda: bound)
 
 
 def set_prompt_tokens(ex: Exchange, count: int) -> None:
