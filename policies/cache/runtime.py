@@ -13,6 +13,7 @@ from typing import Any
 from gateway.appstate import AppState
 from gateway.config_model import Config
 from gateway.exchange import StateKey
+from policies.cache.fill import FillBudget
 from policies.cache.memory_store import MemoryStore
 from policies.cache.redis_store import AnswerStore
 from policies.cache.singleflight import Flights
@@ -80,6 +81,7 @@ class CacheRuntime:
     exact: AnswerStore
     tool: AnswerStore
     flights: Flights = field(default_factory=Flights)
+    fills: FillBudget = field(default_factory=FillBudget)  # bytes of answers being collected, all together
     parts: dict[str, Any] = field(default_factory=dict)  # semantic index, embedder, embeddings store, batcher
 
 

@@ -94,6 +94,7 @@ class SemanticCache:
                 resp,
                 partial(self._guarded, ex, primary, cache.exact.cache_truncated, store),
                 MAX_ENTRY_BYTES,
+                self.rt.fills,
             )
         return resp
 
