@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from gateway.body import Body, Observed
@@ -34,6 +35,19 @@ class FillBudget:
 
     max_bytes: int = DEFAULT_FILL_BUDGET
     used: int = 0
+    # Large answers are assembled here, one at a time: parsing a 2 MB answer holds ~20 MB for a moment,
+    # so running them all at once (the default executor's 6 threads) multiplied that peak.
+    executor: ThreadPoolExecutor | None = None
+
+    async def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+
+    def assembler(self) -> ThreadPoolExecutor:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="cache-fill")
+        return self.executor
 
 
 @dataclass(slots=True)
@@ -85,7 +99,8 @@ class Fill:
             return
         # A large answer is parsed in a thread (issue 15: seconds of loop time for big answers); the
         # callbacks (index, stores) run back on the loop. Nobody waits for it: the client has its answer.
-        done = asyncio.get_running_loop().run_in_executor(None, self._assemble, chunks)
+        executor = self.budget.assembler() if self.budget is not None else None
+        done = asyncio.get_running_loop().run_in_executor(executor, self._assemble, chunks)
         done.add_done_callback(lambda fut: self._store(fut.result() if not fut.exception() else None))
 
     def _assemble(self, chunks: list[bytes]) -> tuple[CachedAnswer, list[str]] | None:

@@ -104,6 +104,7 @@ def cache_runtime(state: AppState, config: Config) -> CacheRuntime:
         state.components.set(COMPONENT, rt)
         state.closers.append(rt.exact.flush)
         state.closers.append(rt.tool.flush)
+        state.closers.append(rt.fills.close)
     else:
         rt.exact.memory.max_entries, rt.exact.memory.max_bytes = exact_cfg.max_entries, exact_cfg.max_bytes
     return rt
