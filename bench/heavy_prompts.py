@@ -26,13 +26,17 @@ WORDS = ("agent tool result order customer invoice shipping status pending refun
          "the a of to and in is for on with that this it as be by are was from at or an").split()
 
 
+MARK = b"@@REQUEST@@"
+
+
 def heavy_body(i: int, target_bytes: int = 500_000) -> bytes:
+    """One client's conversation, made once; ``MARK`` is replaced per request (unique, cheaply)."""
     rng = random.Random(i)
     messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a helpful agent."}]
     size = 0
     turn = 0
     while size < target_bytes:
-        text = " ".join(rng.choice(WORDS) for _ in range(1500)) + f" turn {turn} request {i}"
+        text = " ".join(rng.choice(WORDS) for _ in range(1500)) + f" turn {turn} @@REQUEST@@"
         messages.append({"role": "user" if turn % 2 == 0 else "assistant", "content": text})
         size += len(text)
         turn += 1
@@ -53,11 +57,13 @@ async def light_client(session: aiohttp.ClientSession, url: str, end: float, ttf
             await resp.read()
 
 
-async def heavy_client(session: aiohttp.ClientSession, url: str, end: float, n: int, done: list[int]) -> None:
+async def heavy_client(session: aiohttp.ClientSession, url: str, end: float, n: int, base: bytes,
+                       done: list[int]) -> None:
     loop = asyncio.get_running_loop()
-    i = n * 1000
+    i = 0
     while loop.time() < end:
-        async with session.post(url, data=heavy_body(i), headers={"authorization": "Bearer heavy"}) as resp:
+        body = base.replace(MARK, f"{n}-{i}".encode())
+        async with session.post(url, data=body, headers={"authorization": "Bearer heavy"}) as resp:
             await resp.read()
             done.append(resp.status)
         i += 1
@@ -71,10 +77,11 @@ def pct(values: list[float], p: float) -> float:
 async def phase(url: str, seconds: float, heavy: int) -> dict[str, Any]:
     ttfts: list[float] = []
     done: list[int] = []
+    bases = [heavy_body(n) for n in range(heavy)]  # built before the clock runs; requests only swap MARK
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         end = asyncio.get_running_loop().time() + seconds
         await asyncio.gather(*(light_client(session, url, end, ttfts) for _ in range(32)),
-                             *(heavy_client(session, url, end, n, done) for n in range(heavy)))
+                             *(heavy_client(session, url, end, n, bases[n], done) for n in range(heavy)))
     return {"light_ttft_p50_ms": pct(ttfts, 50) * 1000, "light_ttft_p99_ms": pct(ttfts, 99) * 1000,
             "light_requests": len(ttfts), "heavy_requests": len(done),
             "heavy_statuses": sorted(set(done))}
