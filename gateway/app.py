@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 
@@ -25,7 +26,7 @@ from gateway.telemetry.loop_lag import start_lag_probe
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observability import start_observability
 from gateway.tokens.pool import WorkPool
-from gateway.tokens.tokenizer import Tokenizer
+from gateway.tokens.tokenizer import DEFAULT_ENCODING, Tokenizer
 from gateway.upstream import UpstreamClient
 from policies.ledger.admin import add_usage_route
 from policies.registry import build_policies
@@ -86,6 +87,9 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
                            metrics=st.metrics, clock=st.clock)
         st.closers.insert(0, _closing(st.work))
         st.closers.append(start_lag_probe(st.metrics, st.clock))
+        # Start loading the default encoding in a thread now, without waiting for it: start-up is not
+        # delayed, and the first requests rarely wait (they await the same load, off the loop).
+        st.work.warm(DEFAULT_ENCODING, partial(st.tokenizer.encoding, DEFAULT_ENCODING))
         if config.state.backend == "redis":
             st.backend = GuardedRedis.from_config(config.state, st.clock)
             st.closers.append(st.backend.close)

@@ -116,13 +116,26 @@ class WorkPool:
         self.count(kind, "done")
         return result
 
-    async def once(self, key: str, fn: Callable[[], object]) -> None:
-        """Run ``fn`` (a one-time load, e.g. an encoding) in a thread, shared by every caller
-        that asks for ``key`` meanwhile; not queued, not budgeted (callers need its result)."""
+    def warm(self, key: str, fn: Callable[[], object]) -> asyncio.Future[object]:
+        """Start ``fn`` in a thread unless it already runs for ``key`` (``once`` without waiting)."""
         future = self._once.get(key)
         if future is None:
             future = self._once[key] = asyncio.ensure_future(asyncio.to_thread(_call, fn))
-            future.add_done_callback(lambda _f: self._once.pop(key, None))
+            future.add_done_callback(self._warmed(key))
+        return future
+
+    def _warmed(self, key: str) -> Callable[[asyncio.Future[object]], None]:
+        def done(future: asyncio.Future[object]) -> None:
+            self._once.pop(key, None)
+            if not future.cancelled():
+                future.exception()  # retrieved: a failed load is raised again where it is used
+
+        return done
+
+    async def once(self, key: str, fn: Callable[[], object]) -> None:
+        """Run ``fn`` (a one-time load, e.g. an encoding) in a thread, shared by every caller
+        that asks for ``key`` meanwhile; not queued, not budgeted (callers need its result)."""
+        future = self.warm(key, fn)
         try:
             await asyncio.shield(future)
         except JobFailed:
