@@ -25,6 +25,7 @@ from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.live_fleet import start_fleet_stats
 from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
+from gateway.telemetry.loop_lag import start_lag_probe
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observability import start_observability
 from gateway.tokens.pool import WorkPool
@@ -102,6 +103,7 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.work = WorkPool(threads=config.server.work_threads, budget_s=config.server.work_budget_s,
                            metrics=st.metrics, clock=st.clock)
         st.closers.insert(0, _closing(st.work))
+        st.closers.append(start_lag_probe(st.metrics, st.clock))
         st.backend = shared_backend(config, st.clock)
         if st.backend is not None:
             st.closers.append(st.backend.close)

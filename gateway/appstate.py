@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.chain import Next, Policy
 from gateway.config_model import Config
@@ -84,6 +85,7 @@ class AppState:
     tokenizer: Tokenizer = field(default_factory=lambda: Tokenizer({}))
     metrics: Metrics = field(default_factory=lambda: Metrics(set()))
     work: WorkPool = field(default_factory=WorkPool)  # off-loop CPU work, fair between tenants
+    admission: Admission = field(default_factory=Admission)  # per-client in-flight and body-reading counts
     request_metrics: RequestMetrics | None = None
     tracer: Tracing | None = None
     backend: GuardedRedis | None = None

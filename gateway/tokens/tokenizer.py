@@ -228,9 +228,9 @@ class Tokenizer:
             trim_heap()  # the file's text and the parse's temporaries back to the OS
         return enc
 
-    def is_loaded(self, model: str) -> bool:
-        """Whether ``model``'s encoding is loaded (else the first count pays ~0.2 s loading it)."""
-        return self.encoding_name_for(model) in self._encodings
+    def is_loaded(self, encoding: str) -> bool:
+        """Whether ``encoding`` is loaded (else the first count pays ~0.2 s loading it)."""
+        return encoding in self._encodings
 
     def encoding_name_for(self, model: str) -> str:
         """Encoding for ``model``: config override, then prefix table, then o200k_base."""

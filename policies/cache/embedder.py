@@ -182,6 +182,9 @@ class MemoEmbedder:
         if found is not None:
             self._memo.move_to_end(key)
             return found
+        load = getattr(self.inner, "load", None)
+        if load is not None:
+            await load()  # once, ~0.5 s: not part of an embedding's budget
         try:
             async with asyncio.timeout(self.timeout_s):
                 vectors = await self.inner.embed([text])

@@ -102,6 +102,7 @@ class SemanticCache:
                 resp,
                 partial(self._guarded, primary, cache.exact.cache_truncated, store),
                 MAX_ENTRY_BYTES,
+                self.rt.fills,
             )
         return resp
 

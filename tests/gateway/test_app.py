@@ -9,7 +9,7 @@ from tests.support.servers import gateway_config, start_gateway
 async def _loaded(mock_upstream: MockServer, **overrides: object) -> bool:
     gw = await start_gateway(gateway_config(mock_upstream.url, **overrides))
     try:
-        return gw.app[APP_STATE].tokenizer.is_loaded("gpt-4o")
+        return gw.app[APP_STATE].tokenizer.is_loaded("o200k_base")
     finally:
         await gw.close()
 
