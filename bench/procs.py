@@ -125,7 +125,7 @@ def start_bare(upstream_url: str) -> Server:
 
 
 def start_gateway(name: str, config: dict[str, Any], workers: int | None = None,
-                  source_tree: str | None = None) -> Server:
+                  source_tree: str | None = None, env: dict[str, str] | None = None) -> Server:
     """``gateway serve`` on a config dict; its JSON log (one line per request) goes to a file.
 
     ``source_tree``: run the gateway from another copy of the code
@@ -138,7 +138,8 @@ def start_gateway(name: str, config: dict[str, Any], workers: int | None = None,
             "--port", str(port)]
     if workers is not None:
         argv += ["--workers", str(workers)]
-    server = _spawn(name, argv, port, env={"PYTHONPATH": source_tree} if source_tree else None)
+    extra = {**(env or {}), **({"PYTHONPATH": source_tree} if source_tree else {})}
+    server = _spawn(name, argv, port, env=extra or None)
     server.meta["config"] = config
     wait_http(server, "/readyz", timeout=120.0)  # a busy shared machine can take a while to import everything
     _wait_ready(server, timeout=120.0)

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import loadgen, procs
+from bench import loadgen, peer_procs, procs
 from bench.loadgen import LoadResult, LoadSpec
 from bench.scenarios import CHAT_PATH, GATEWAYS, SMALL, Scenario, gateway_config
 
@@ -94,6 +94,8 @@ class Env:
             if ngx is None:
                 return None
             return ngx, ngx.url + ("/static/v1/chat/completions" if name == "static" else CHAT_PATH), "POST"
+        if name in peer_procs.PEERS:
+            return self.peer(name)
         if name == "bare":
             if "bare" not in self.servers:
                 self.servers["bare"] = procs.start_bare(self.mock.url)
@@ -108,6 +110,16 @@ class Env:
             return gw, gw.url + CHAT_PATH, "POST"
         gw = self.gateway(name)
         return gw, gw.url + CHAT_PATH, "POST"
+
+    def peer(self, name: str) -> tuple[procs.Server, str, str] | None:
+        """A peer gateway (``make bench-peers``), or None (column skipped) when it is not installed."""
+        if name not in self.servers:
+            server = peer_procs.start(name, self.mock.url)
+            if server is None:
+                self.notes.append(f"{name} is not installed (`make bench-peers`): its column is skipped.")
+                return None
+            self.servers[name] = server
+        return self.servers[name], self.servers[name].url + CHAT_PATH, "POST"
 
     def forget_mock_requests(self) -> None:
         """The mock records every attempt with its body (10,000 kept):
@@ -130,7 +142,8 @@ def measure_once(env: Env, scenario: Scenario, target: str) -> dict[str, Any] | 
     body = scenario.body if method == "POST" else b""
     if scenario.kind == "workers":
         body = SMALL
-    spec = LoadSpec(url=url, body=body, headers=scenario.headers if method == "POST" else {}, method=method,
+    headers = peer_procs.request_headers(target, scenario.headers, env.mock.url) if method == "POST" else {}
+    spec = LoadSpec(url=url, body=body, headers=headers, method=method,
                     concurrency=scenario.concurrency, duration_s=env.duration_s * scenario.duration_scale,
                     stream=scenario.stream, unique=scenario.unique)
     log_offset = server.log_path.stat().st_size if server.log_path.exists() else 0

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.admission import Admission
 from gateway.auth import Authenticator
 from gateway.chain import Next, Policy
 from gateway.config_model import Config
@@ -44,6 +45,10 @@ class Runtime:
     auth: Authenticator
     chain: Next
     policies: list[Policy] = field(default_factory=list)
+    # A built layer reads every request's prompt size (``counts_prompts = True`` on its class: rate limits,
+    # budgets, compression): the first request loads the encoding off the loop. Without one, nothing is
+    # counted up front and encodings load only if a count is ever asked for.
+    counts_prompts: bool = False
 
 
 @dataclass(slots=True)
@@ -80,6 +85,7 @@ class AppState:
     tokenizer: Tokenizer = field(default_factory=lambda: Tokenizer({}))
     metrics: Metrics = field(default_factory=lambda: Metrics(set()))
     work: WorkPool = field(default_factory=WorkPool)  # off-loop CPU work, fair between tenants
+    admission: Admission = field(default_factory=Admission)  # per-client in-flight and body-reading counts
     request_metrics: RequestMetrics | None = None
     tracer: Tracing | None = None
     backend: GuardedRedis | None = None

@@ -250,6 +250,11 @@ def _check_server_limits(cfg: Config) -> list[str]:
         problems.append("server.max_inflight: must be >= 1")
     if cfg.server.body_timeout_s <= 0:
         problems.append("server.body_timeout_s: must be > 0")
+    for name in ("client_max_inflight", "client_max_reading"):
+        if getattr(cfg.server, name) < 1:
+            problems.append(f"server.{name}: must be >= 1")
+    if cfg.server.header_timeout_s <= 0:
+        problems.append("server.header_timeout_s: must be > 0")
     if cfg.server.work_threads < 1:
         problems.append("server.work_threads: must be >= 1")
     if cfg.server.work_budget_s <= 0:

@@ -44,6 +44,11 @@ class ServerConfig:
     # Off-loop work (token counting, compression, embedder input): worker threads, and the time a request
     # waits for its share before it takes an estimate instead (docs/reliability.md).
     work_threads: int = 2
+    # Per client (its key, else its address), before max_inflight: requests in flight, bodies being read
+    # (429 + Retry-After over either); a request head must be complete within header_timeout_s (408).
+    client_max_inflight: int = 1024
+    client_max_reading: int = 16
+    header_timeout_s: float = 10.0
     work_budget_s: float = 2.0
 
 

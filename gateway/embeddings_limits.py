@@ -16,7 +16,7 @@ from gateway.appstate import AppState
 from gateway.config_model import UpstreamLimits
 from gateway.errors import LocalReply, bad_request
 from gateway.exchange import Exchange
-from gateway.tokens.prompt import prompt_bound, prompt_tokens
+from gateway.tokens.prompt import exact_prompt_tokens, prompt_bound
 
 
 def input_count(body: Mapping[str, Any]) -> int:
@@ -34,7 +34,7 @@ def check_inputs(body: Mapping[str, Any], limits: UpstreamLimits) -> None:
                         "allowed in one embeddings request (upstreams.<name>.limits.embeddings_max_inputs).")
 
 
-def check_tokens(st: AppState, ex: Exchange) -> None:
+async def check_tokens(st: AppState, ex: Exchange) -> None:
     """Over the upstream's token limit: 400. The byte bound decides first; only a body that might be
     over it is counted (already done off the loop by ``count_prompt`` for a large one)."""
     upstream = st.config.upstreams.get(ex.target.upstream)
@@ -43,7 +43,7 @@ def check_tokens(st: AppState, ex: Exchange) -> None:
     limits = upstream.limits
     if prompt_bound(ex) <= limits.embeddings_max_tokens:
         return
-    tokens = prompt_tokens(st, ex)
+    tokens = await exact_prompt_tokens(st, ex)
     if tokens > limits.embeddings_max_tokens:
         raise _too_many(f"Requested {tokens} tokens; at most {limits.embeddings_max_tokens} tokens are "
                         "allowed in one embeddings request (upstreams.<name>.limits.embeddings_max_tokens).")

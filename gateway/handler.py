@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.admission import client_key
 from gateway.appstate import APP_STATE, AppState
 from gateway.auth import Identity
 from gateway.blobs import extract as extract_blobs
@@ -95,8 +96,11 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
                 call: Next | None = None) -> web.StreamResponse:
     """Run one proxied request: ``build`` parses it, ``call`` (the policy chain by default) answers it."""
     call = call or st.runtime.chain
-    if len(st.lifecycle.active) >= st.config.server.max_inflight:
-        return shed(st, request, rid)
+    key = client_key(request)
+    refused = admit(st, request, rid, key)
+    if refused is not None:
+        return refused
+    reading = True
     now = st.clock()
     task = asyncio.current_task()
     if task is not None:
@@ -104,6 +108,8 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
     ex: Exchange | None = None
     try:
         ex = await build(now)
+        st.admission.done_reading(key)
+        reading = False
         return await _run(request, st, ex, call)
     except LocalReply as reply:
         if ex is None:  # refused before it became an exchange: still one record for metrics and the ledger
@@ -121,10 +127,26 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
             raise
         return _internal_error(request, rid, ex)
     finally:
+        st.admission.leave(key, reading)
         if task is not None:
             _leave(st, task)
         if ex is not None:
             finish(st, ex)
+
+
+def admit(st: AppState, request: web.Request, rid: str, key: str) -> web.Response | None:
+    """Per-client caps first (429), so one client's slow bodies cannot take the global slots; then
+    ``server.max_inflight`` (503). None: admitted, holding an in-flight and a reading slot."""
+    server = st.config.server
+    try:
+        st.admission.enter(key, server.client_max_inflight, server.client_max_reading)
+    except LocalReply as reply:
+        st.metrics.decision("admission", "client_limited")
+        return reject(st, request, rid, reply)
+    if len(st.lifecycle.active) >= server.max_inflight:
+        st.admission.leave(key, still_reading=True)
+        return shed(st, request, rid)
+    return None
 
 
 def _local_error(rid: str, ex: Exchange, reply: LocalReply) -> web.Response:
@@ -167,7 +189,7 @@ async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> 
         gauge.inc()
     try:
         await count_prompt(st, ex)  # a large prompt is counted off the loop, once
-        check_tokens(st, ex)  # /v1/embeddings over the upstream's token limit: 400
+        await check_tokens(st, ex)  # /v1/embeddings over the upstream's token limit: 400
         up = await call(ex)
         identity = ex.request.identity
         if ex.request.operation == "responses" and identity.key is not None and up.status == 200:

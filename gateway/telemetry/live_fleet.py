@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,8 +37,9 @@ KEY_TTL_S = 60
 
 
 def process_id() -> str:
-    """This process in the breakdown: host name (the pod) and pid (the worker)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process in the breakdown: host name (the pod), pid (the worker), and a short random tag (two
+    apps in one process, a pid reused after a restart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
 
 @dataclass(slots=True, kw_only=True)

@@ -39,6 +39,7 @@ class Metrics:
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self.decisions = self.counter("gateway_policy_decisions_total", "Decisions taken by policies",
                                       ("policy", "decision"))
+        self._decision = Children(self.decisions)  # several decisions per request: no labels() call each
 
     def set_known_models(self, models: Iterable[str]) -> None:
         self._known_models = frozenset(models)
@@ -47,7 +48,7 @@ class Metrics:
         return model if model in self._known_models else OTHER
 
     def decision(self, policy: str, decision: str) -> None:
-        self.decisions.labels(policy, decision).inc()
+        self._decision(policy, decision).inc()
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return self._get(name, Counter, lambda: Counter(name, doc, labels, registry=self.registry))

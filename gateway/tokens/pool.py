@@ -73,6 +73,7 @@ class WorkPool:
     _running: dict[str, int] = field(default_factory=dict)
     _seq: int = 0
     _busy: int = 0
+    _once: dict[str, asyncio.Future[object]] = field(default_factory=dict)
     _executor: ThreadPoolExecutor | None = None
 
     def count(self, kind: str, outcome: str) -> None:
@@ -114,6 +115,31 @@ class WorkPool:
             raise
         self.count(kind, "done")
         return result
+
+    def warm(self, key: str, fn: Callable[[], object]) -> asyncio.Future[object]:
+        """Start ``fn`` in a thread unless it already runs for ``key`` (``once`` without waiting)."""
+        future = self._once.get(key)
+        if future is None:
+            future = self._once[key] = asyncio.ensure_future(asyncio.to_thread(_call, fn))
+            future.add_done_callback(self._warmed(key))
+        return future
+
+    def _warmed(self, key: str) -> Callable[[asyncio.Future[object]], None]:
+        def done(future: asyncio.Future[object]) -> None:
+            self._once.pop(key, None)
+            if not future.cancelled():
+                future.exception()  # retrieved: a failed load is raised again where it is used
+
+        return done
+
+    async def once(self, key: str, fn: Callable[[], object]) -> None:
+        """Run ``fn`` (a one-time load, e.g. an encoding) in a thread, shared by every caller
+        that asks for ``key`` meanwhile; not queued, not budgeted (callers need its result)."""
+        future = self.warm(key, fn)
+        try:
+            await asyncio.shield(future)
+        except JobFailed:
+            pass  # the caller's own call raises the real error where it is handled
 
     def _pump(self) -> None:
         """Start queued jobs, round-robin over tenants, while a worker is free."""

@@ -9,9 +9,14 @@ new count with ``set_prompt_tokens`` so later layers see the real size.
 Large prompts are counted off the event loop: ``count_prompt`` (awaited by the handler before
 the chain) sends any body whose byte bound exceeds ``INLINE_MAX_BYTES`` to the work pool, which
 falls back to an estimate over budget or on a tokenizer failure; the synchronous
-``prompt_tokens`` then only reads the figure. Small bodies are counted inline, lazily, as before.
+``prompt_tokens`` then only reads the figure. Small bodies are counted inline, lazily, as before;
+their first count loads the encoding off the loop only when a built layer counts every request
+(``Runtime.counts_prompts``), so a config without one never loads an encoding up front.
 """
 from __future__ import annotations
+
+import asyncio
+from functools import partial
 
 from gateway.appstate import AppState
 from gateway.exchange import Exchange
@@ -36,9 +41,27 @@ def prompt_tokens(st: AppState, ex: Exchange) -> int:
             cached = 0
         else:
             body = ex.body if "model" in ex.body else {**ex.body, "model": ex.target.model}
-            cached = st.tokenizer.count_request(ex.request.operation, body)
+            model = body.get("model")
+            if loaded(st, model if isinstance(model, str) else ""):
+                cached = st.tokenizer.count_request(ex.request.operation, body)
+            else:  # never load an encoding on the loop: estimate this one, the next ones count
+                cached = estimate(prompt_bound(ex))
         ex.record.prompt_tokens = cached
     return cached
+
+
+def loaded(st: AppState, model: str) -> bool:
+    """Whether ``model``'s encoding is loaded; if not, its load starts in a thread (not waited for)."""
+    name = st.tokenizer.encoding_name_for(model)
+    if st.tokenizer.is_loaded(name):
+        return True
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # in a worker thread already: loading here blocks nobody
+        st.tokenizer.encoding(name)
+        return True
+    st.work.warm(name, partial(st.tokenizer.encoding, name))
+    return False
 
 
 async def count_prompt(st: AppState, ex: Exchange) -> None:
@@ -50,12 +73,29 @@ async def count_prompt(st: AppState, ex: Exchange) -> None:
     body = ex.body if "model" in ex.body else {**ex.body, "model": ex.target.model}
     model = body.get("model")
     bound = prompt_bound(ex)
-    if bound <= INLINE_MAX_BYTES and st.tokenizer.is_loaded(model if isinstance(model, str) else ""):
-        return  # counted lazily, inline, if anyone asks
+    if bound <= INLINE_MAX_BYTES and not st.runtime.counts_prompts:
+        return  # nobody reads every request's count: a small one is counted lazily, if anyone asks
+    name = st.tokenizer.encoding_name_for(model if isinstance(model, str) else "")
+    if not st.tokenizer.is_loaded(name):  # the first use loads it (~0.2 s): off the loop, once
+        await st.work.once(name, lambda: st.tokenizer.encoding(name))
+    if bound <= INLINE_MAX_BYTES:
+        return  # counted lazily, inline, when a layer asks (the encoding is loaded now)
     operation = ex.request.operation
-    ex.record.prompt_tokens = await st.work.run(
-        ex.request.namespace, "prompt_tokens",
-        lambda: st.tokenizer.count_request(operation, body), lambda: estimate(bound))
+    # Over budget, queue full or a tokenizer failure: the byte bound, never an undercount, so a token
+    # rate limit still holds (the provider's usage settles the real cost).
+    ex.record.prompt_tokens = await st.work.run(ex.request.namespace, "prompt_tokens",
+                                                lambda: st.tokenizer.count_request(operation, body),
+                                                lambda: bound)
+
+
+async def exact_prompt_tokens(st: AppState, ex: Exchange) -> int:
+    """``prompt_tokens``, but never an estimate for want of a loaded encoding (it loads, off the loop)."""
+    if ex.record.prompt_tokens is None and ex.body is not None:
+        model = ex.body.get("model", ex.target.model)
+        name = st.tokenizer.encoding_name_for(model if isinstance(model, str) else "")
+        if not st.tokenizer.is_loaded(name):
+            await st.work.once(name, partial(st.tokenizer.encoding, name))
+    return prompt_tokens(st, ex)
 
 
 def set_prompt_tokens(ex: Exchange, count: int) -> None:

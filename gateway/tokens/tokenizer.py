@@ -25,6 +25,7 @@ from typing import Any
 
 import tiktoken
 
+from gateway.memory import trim_heap
 from gateway.tokens.bpe import BPE_FILES, load_encoding
 from gateway.tokens.request import (
     IMAGE_PART_TOKENS,
@@ -220,12 +221,16 @@ class Tokenizer:
         enc = self._encodings.get(name)
         if enc is None:
             enc = load_encoding(name)
+            # tiktoken keeps a Python dict of the ~200k ranks only to pickle the encoding (its Rust core
+            # holds its own copy): ~21 MB per encoding. Encodings are never pickled here.
+            enc._mergeable_ranks = {}
             self._encodings[name] = enc
+            trim_heap()  # the file's text and the parse's temporaries back to the OS
         return enc
 
-    def is_loaded(self, model: str) -> bool:
-        """Whether ``model``'s encoding is loaded (else the first count pays ~0.2 s loading it)."""
-        return self.encoding_name_for(model) in self._encodings
+    def is_loaded(self, encoding: str) -> bool:
+        """Whether ``encoding`` is loaded (else the first count pays ~0.2 s loading it)."""
+        return encoding in self._encodings
 
     def encoding_name_for(self, model: str) -> str:
         """Encoding for ``model``: config override, then prefix table, then o200k_base."""

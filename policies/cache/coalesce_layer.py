@@ -7,15 +7,21 @@ bytes in its own format. Non-deterministic requests are coalesced only with
 ``coalesce.nondeterministic: true``: two such requests are allowed different
 answers. A client that asked to skip the cache (``no-cache``, ``refresh``,
 ``bypass``...) is not coalesced either. The mechanics are in
-``policies.cache.singleflight``.
+``policies.cache.singleflight``; across workers and replicas (a shared state backend), the local
+leader first claims the key fleet-wide (``policies.cache.fleet_flight``).
 """
 from __future__ import annotations
+
+from functools import partial
 
 from gateway.appstate import AppState
 from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
+from policies.cache.config import CoalesceConfig
+from policies.cache.controls import mode_allows
 from policies.cache.fill import CLAIM_KEY
+from policies.cache.fleet_flight import FleetFlight
 from policies.cache.request import (
     ANSWER_OPERATIONS,
     KeyMaker,
@@ -38,6 +44,8 @@ class Coalesce:
         self.rt = rt
         self.keys = KeyMaker(config)
         self._routes = frozenset(r.label for r in config.routes)
+        self.fleet = None if state.backend is None else FleetFlight(
+            state.backend, rt.exact, state.clock, partial(state.metrics.decision, self.name))
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
@@ -52,7 +60,7 @@ class Coalesce:
             flight = flights.get(fkey)
             leader = flight is None
             if flight is None:
-                flight = flights.lead(fkey, ex, next, cfg.max_flight_bytes)
+                flight = flights.lead(fkey, ex, self._leader_call(ex, next, cfg), cfg.max_flight_bytes)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)
@@ -68,11 +76,21 @@ class Coalesce:
                 flight.leave()
                 raise
             ex.state.set(CLAIM_KEY, flight.claim_store)
-            if not leader:
+            if not leader or ex.record.cache_result == "coalesced":  # followed here, or another process
                 self._count_follower(ex)
             else:
                 self.state.metrics.decision(self.name, "leader")
             return resp
+
+    def _leader_call(self, ex: Exchange, next: Next, cfg: CoalesceConfig) -> Next:
+        """What the local leader calls: the chain, or the fleet claim around it when the exact cache
+        would store this answer (the entry is where other processes pick it up)."""
+        exact = cache_config(ex, self.config.cache).exact
+        if self.fleet is None or cfg.fleet_wait_s <= 0 or not exact.enabled or \
+                (exact.deterministic_only and not deterministic(ex)) or \
+                mode_allows(exact.mode, controls_of(ex)) != (True, True):
+            return next
+        return partial(self.fleet.call, next=next, key=self.keys.key(ex), wait_s=cfg.fleet_wait_s)
 
     def _count_follower(self, ex: Exchange) -> None:
         ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "coalesced"

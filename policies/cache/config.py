@@ -35,6 +35,9 @@ class CoalesceConfig:
     # its slowest reader's pace (docs/reliability.md).
     max_flight_bytes: int = 256 * 1024
     nondeterministic: bool = False
+    # Across workers/replicas (a shared state backend): how long a follower waits for the leader's cache
+    # entry before it calls the provider itself; 0 turns fleet coalescing off.
+    fleet_wait_s: float = 10.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EmbeddingsCacheConfig:

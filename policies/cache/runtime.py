@@ -13,6 +13,7 @@ from typing import Any
 from gateway.appstate import AppState
 from gateway.config_model import Config
 from gateway.exchange import StateKey
+from policies.cache.fill import FillBudget
 from policies.cache.memory_store import MemoryStore
 from policies.cache.redis_store import AnswerStore
 from policies.cache.singleflight import Flights
@@ -80,6 +81,7 @@ class CacheRuntime:
     exact: AnswerStore
     tool: AnswerStore
     flights: Flights = field(default_factory=Flights)
+    fills: FillBudget = field(default_factory=FillBudget)  # bytes of answers being collected, all together
     parts: dict[str, Any] = field(default_factory=dict)  # semantic index, embedder, embeddings store, batcher
 
 
@@ -102,6 +104,7 @@ def cache_runtime(state: AppState, config: Config) -> CacheRuntime:
         state.components.set(COMPONENT, rt)
         state.closers.append(rt.exact.flush)
         state.closers.append(rt.tool.flush)
+        state.closers.append(rt.fills.close)
     else:
         rt.exact.memory.max_entries, rt.exact.memory.max_bytes = exact_cfg.max_entries, exact_cfg.max_bytes
     return rt

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.appstate import AppState
 from gateway.chain import Next
@@ -31,6 +31,9 @@ from policies.cache.respond import cached_response
 from policies.cache.runtime import CacheRuntime, cache_runtime
 from policies.cache.semantic_key import semantic_namespace, split_question
 
+if TYPE_CHECKING:
+    from policies.cache.shared_vectors import SharedVectors
+
 log = logging.getLogger("gateway.cache")
 PART = "semantic"
 MAX_ENTRY_BYTES = 8 * 1024 * 1024
@@ -39,10 +42,11 @@ MAX_ENTRY_BYTES = 8 * 1024 * 1024
 class SemanticParts:
     """The embedder and index of one process (replaced if the embedder changes)."""
 
-    def __init__(self, spec: str, embedder: Any, index: Any) -> None:
+    def __init__(self, spec: str, embedder: Any, index: Any, shared: SharedVectors | None = None) -> None:
         self.spec = spec
         self.embedder = embedder
         self.index = index
+        self.shared = shared  # the replicas' index in Redis (state backend), behind the local one
         self.failed_logged = False
 
 
@@ -76,7 +80,11 @@ class SemanticCache:
             self.rt.metrics.request("semantic", "error", self.name)
             return await next(ex)
         if read:
-            hit = self._lookup(namespace, vector, question, cfg, controls.max_age_s)
+            local = self.parts.index.candidates(namespace, vector)
+            hit = self._lookup(local, question, cfg, controls.max_age_s)
+            if hit is None and self.parts.shared is not None:  # the other replicas' entries
+                found = await self.parts.shared.candidates(namespace, vector)
+                hit = self._lookup(iter(found), question, cfg, controls.max_age_s)
             if hit is not None:
                 self.rt.metrics.request("semantic", "hit", self.name)
                 self.rt.metrics.saved("semantic", ex.request.model, hit.tokens)
@@ -94,6 +102,7 @@ class SemanticCache:
                 resp,
                 partial(self._guarded, primary, cache.exact.cache_truncated, store),
                 MAX_ENTRY_BYTES,
+                self.rt.fills,
             )
         return resp
 
@@ -125,11 +134,12 @@ class SemanticCache:
             return None
 
     def _lookup(
-        self, namespace: str, vector: Any, question: str, cfg: SemanticCacheConfig, max_age_s: float | None
+        self, candidates: Iterator[tuple[float, Any]], question: str, cfg: SemanticCacheConfig,
+        max_age_s: float | None
     ) -> CachedAnswer | None:
         best = 0.0
         found: CachedAnswer | None = None
-        for score, item in self.parts.index.candidates(namespace, vector):
+        for score, item in candidates:
             best = max(best, score)
             if score < cfg.threshold:
                 break
@@ -148,6 +158,8 @@ class SemanticCache:
             if "length" in reasons and not truncated_ok:
                 return
             self.parts.index.add(namespace, vector, answer, question, ttl)
+            if self.parts.shared is not None:
+                self.parts.shared.add(namespace, vector, answer, question, ttl)
             self.state.metrics.decision(self.name, "stored")
 
         return store
@@ -166,6 +178,7 @@ def semantic_parts(
 ) -> SemanticParts:
     """Create (or reuse across reloads) the embedder and the index; numpy is imported only here."""
     from policies.cache.embedder import MemoEmbedder, make_embedder
+    from policies.cache.shared_vectors import SharedVectors
     from policies.cache.vector_index import VectorIndex
 
     parts: SemanticParts | None = rt.parts.get(PART)
@@ -177,7 +190,11 @@ def semantic_parts(
     index.on_change = rt.metrics.gauge_hook("semantic")
     if parts is not None:
         state.closers.append(parts.embedder.close)
-    parts = rt.parts[PART] = SemanticParts(cfg.embedder, embedder, index)
+    shared = None
+    if state.backend is not None:
+        shared = SharedVectors(state.backend, config.state.key_prefix, time.time, rt.metrics.redis_errors.inc)
+        state.closers.append(shared.flush)
+    parts = rt.parts[PART] = SemanticParts(cfg.embedder, embedder, index, shared)
     state.closers.append(embedder.close)
     return parts
 

@@ -5,7 +5,10 @@ from gateway.config_model import Config
 
 
 def problems(cfg: Config) -> list[str]:
+    found = []
     sem = cfg.cache.semantic.embedder
     if sem != "local" and not (sem.startswith("upstream:") and sem.count(":") >= 2):
-        return ["cache.semantic.embedder: must be 'local' or 'upstream:<name>:<model>'"]
-    return []
+        found.append("cache.semantic.embedder: must be 'local' or 'upstream:<name>:<model>'")
+    if not 0 <= cfg.cache.coalesce.fleet_wait_s <= 10:
+        found.append("cache.coalesce.fleet_wait_s: must be between 0 and 10 seconds")
+    return found

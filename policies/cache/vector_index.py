@@ -103,23 +103,28 @@ class VectorIndex:
         return self._bytes
 
     def candidates(self, namespace: str, vector: np.ndarray) -> Iterator[tuple[float, Item]]:
-        """Live entries of ``namespace``, best score first (at most ``TOP_K``)."""
+        """Live entries of ``namespace``, best score first, lazily: ``TOP_K`` at first, then four times
+        as many each time the caller wants more (it stops below its threshold). So near-duplicates the
+        guards veto (the same question about another order number) never hide the right entry."""
         space = self._spaces.get(namespace)
         if space is None or space.used == 0:
             return
         n = len(space.items)
         scores = space.matrix[:n] @ vector
-        k = min(TOP_K, n)
-        top = np.argpartition(-scores, k - 1)[:k] if n > k else np.arange(n)
         now = self.clock()
-        for row in sorted(top, key=lambda r: -scores[r]):
-            item = space.items[row]
-            if item is None:
-                continue
-            if item.expires <= now:
-                self._remove(namespace, int(row))
-                continue
-            yield float(scores[row]), item
+        done, k = 0, TOP_K
+        while done < n:
+            k = min(k, n)
+            top = np.argpartition(-scores, k - 1)[:k] if n > k else np.arange(n)
+            for row in sorted(top, key=lambda r: -scores[r])[done:]:
+                item = space.items[row]
+                if item is None:
+                    continue
+                if item.expires <= now:
+                    self._remove(namespace, int(row))
+                    continue
+                yield float(scores[row]), item
+            done, k = k, k * 4
 
     def add(self, namespace: str, vector: np.ndarray, answer: CachedAnswer, text: str, ttl_s: float) -> None:
         if ttl_s <= 0 or self.max_entries <= 0:

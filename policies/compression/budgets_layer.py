@@ -33,6 +33,7 @@ OPERATIONS = frozenset({"chat", "completions", "responses"})
 
 class BudgetPolicy:
     name = "budget"
+    counts_prompts = True  # reads every request's prompt size: see Runtime.counts_prompts
 
     def __init__(self, state: AppState, config: Config, patterns: dict[str, re.Pattern[str]]) -> None:
         self.state = state

@@ -56,6 +56,7 @@ class _Job:
 
 class CompressionPolicy:
     name = "compression"
+    counts_prompts = True  # reads every request's prompt size: see Runtime.counts_prompts
 
     def __init__(self, state: AppState, config: Config) -> None:
         self.state = state

@@ -30,6 +30,7 @@ DEFAULT_OUTPUT_TOKENS = 1024
 
 class ClientRateLimit:
     name = "rate_limit_client"
+    counts_prompts = True  # reads every request's prompt size: see Runtime.counts_prompts
 
     def __init__(self, st: AppState, limiter: RateLimiter, config: Config) -> None:
         self.st = st

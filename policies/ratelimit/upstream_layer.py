@@ -32,6 +32,7 @@ PRIORITY_HEADER = "x-gateway-priority"
 
 class UpstreamRateLimit:
     name = "rate_limit_upstream"
+    counts_prompts = True  # reads every request's prompt size: see Runtime.counts_prompts
 
     def __init__(self, st: AppState, limiter: RateLimiter,
                  sets: dict[str, tuple[LimitSet, RateLimitConfig]]) -> None:

@@ -146,7 +146,8 @@ def resilience_of(state: AppState, config: Config) -> Resilience:
         state.sinks.append(res.on_finished)
         res.quota_paused = partial(_paused_in, state.components)
         if state.backend is not None:
-            res.shared = SharedBreakers(state.backend, config.state.key_prefix, res.breakers, state.clock)
+            res.shared = SharedBreakers(state.backend, config.state.key_prefix, res.breakers, state.clock,
+                                        decision=partial(res.metrics.decision, "circuit_breaker"))
             res.shared.start()
             state.closers.append(res.shared.close)
     res.sync(config)

@@ -31,8 +31,9 @@ POLL_S = 0.25
 class SharedBreakers:
     def __init__(self, backend: GuardedRedis, prefix: str, breakers: Mapping[str, CircuitBreaker],
                  clock: Callable[[], float], wall: Callable[[], float] = time.time,
-                 poll_s: float = POLL_S) -> None:
+                 poll_s: float = POLL_S, decision: Callable[[str], None] | None = None) -> None:
         self.backend, self.breakers = backend, breakers
+        self.decision = decision or (lambda name: None)  # fleet_trip | fleet_open | fleet_close
         self.clock, self.wall, self.poll_s = clock, wall, poll_s
         self._fails = prefix + "cb:fails:"
         self._open_key, self._ver_key = prefix + "cb:open", prefix + "cb:ver"
@@ -67,7 +68,8 @@ class SharedBreakers:
         with contextlib.suppress(RedisUnavailable):
             count = await self.backend.call(incr)
             self._dirty.add(breaker.name)
-            if count >= breaker.config.consecutive_failures:
+            if count >= breaker.config.consecutive_failures and breaker.state == "closed":
+                self.decision("fleet_trip")
                 breaker.trip()
 
     def changed(self, breaker: CircuitBreaker, old: str, new: str) -> None:
@@ -119,8 +121,11 @@ class SharedBreakers:
             for name, breaker in self.breakers.items():
                 until = fleet.get(name)
                 if until is not None and until > now_wall:
+                    if breaker.state != "open":
+                        self.decision("fleet_open")
                     breaker.open_remote(now + (until - now_wall))
-                elif until is None and name in self._known:
+                elif until is None and name in self._known and breaker.state != "closed":
+                    self.decision("fleet_close")
                     breaker.close_remote()
         finally:
             self._applying = False

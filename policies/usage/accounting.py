@@ -23,7 +23,8 @@ from gateway.appstate import AppState
 from gateway.exchange import Exchange, Usage
 from gateway.produced import CAPTURE_KEY, Capture, produced_texts
 from gateway.telemetry.pricing import cost_usd, price_for
-from gateway.tokens.prompt import prompt_tokens
+from gateway.tokens.bounds import estimate, utf8_bytes
+from gateway.tokens.prompt import loaded, prompt_tokens
 
 LLM_OPERATIONS = frozenset({"chat", "completions", "embeddings", "responses"})
 _MODEL = re.compile(rb'"model":\s*"([^"\\]{1,200})"')
@@ -73,7 +74,10 @@ def completion_tokens(st: AppState, ex: Exchange, capture: Capture) -> int:
     if not texts:
         return 0
     tokenizer = st.tokenizer
-    encoding = tokenizer.encoding(tokenizer.encoding_name_for(ex.target.model or ex.request.model))
+    model = ex.target.model or ex.request.model
+    if not loaded(st, model):  # an estimate rather than loading an encoding on the loop
+        return estimate(sum(utf8_bytes(text) for text in texts if text))
+    encoding = tokenizer.encoding(tokenizer.encoding_name_for(model))
     # Straight to the encoding: completions are unique text, the prompt memo would only churn.
     count = sum(len(encoding.encode_ordinary(text)) for text in texts if text)
     inspector = ex.view

@@ -90,6 +90,18 @@ def test_sidecar_values_render_the_agent_with_a_native_sidecar() -> None:
     assert pod["terminationGracePeriodSeconds"] == 2 + 2 + 25 + 5 + 25
 
 
+def test_sidecar_runs_one_worker_unless_told_otherwise() -> None:
+    """Sidecar mode: server.workers defaults to 1; an explicit value wins; standalone keeps one per CPU."""
+    def workers(values: dict[str, Any]) -> Any:
+        config = yaml.safe_load(find(render(values), "ConfigMap")[0]["data"]["config.yaml"])
+        return config["server"]["workers"]
+
+    sidecar = {k: v for k, v in SIDECAR_VALUES.items() if k != "server"}
+    assert workers(sidecar) == 1
+    assert workers({**sidecar, "server": {"workers": 3}}) == 3
+    assert workers({}) is None  # standalone: null, one worker per CPU of the limit
+
+
 def test_probes_ports_and_grace_follow_the_server_values(tmp_path: Path) -> None:
     """Changing server.port, drainSeconds and metrics.port moves probes,
     ports and the grace period with them."""

@@ -69,7 +69,7 @@ class Pinned:
 
 
 def fleet_config(mock_url: str, **overrides: Any) -> dict[str, Any]:
-    upstream = {"base_url": mock_url, "api_key": "sk-upstream-secret", "retry": {"max_attempts": 1},
+    upstream = {"base_url": mock_url + "/v1", "api_key": "sk-upstream-secret", "retry": {"max_attempts": 1},
                 "circuit_breaker": BREAKER}
     return gateway_config(
         mock_url, admin={"api_key": ADMIN},
@@ -138,7 +138,7 @@ async def pair(fleet: Fleet) -> AsyncIterator[tuple[Pinned, Pinned]]:
             pins = [Pinned(url, pinned_http()) for url in fleet.urls]
             opened.extend(pins)
         else:
-            pins = await _two_workers(fleet.urls[0], opened)
+            pins = await two_workers(fleet.urls[0], opened)
         for pin in pins:
             pin.replica = await whoami(pin)
         assert pins[0].replica != pins[1].replica
@@ -148,7 +148,7 @@ async def pair(fleet: Fleet) -> AsyncIterator[tuple[Pinned, Pinned]]:
             await pin.http.aclose()
 
 
-async def _two_workers(url: str, opened: list[Pinned]) -> list[Pinned]:
+async def two_workers(url: str, opened: list[Pinned]) -> list[Pinned]:
     """New connections until two land on different workers (SO_REUSEPORT spreads them by hash)."""
     seen: dict[str, Pinned] = {}
     for _ in range(64):

@@ -137,6 +137,8 @@ async def test_dashboard_shows_live_traffic_in_chromium(make_gateway: GatewayFac
             )
             assert (await stat(page, "cost")).startswith("$") and expected["cost_usd"] > 0
             assert await stat(page, "retried") == str(expected["resilience"]["retried_requests"])
+            assert await stat(page, "scope") == "worker"  # one process, no shared backend: says so
+            assert not await page.locator("#scope-banner").is_visible()  # ...and that is not a fallback
             assert await page.locator("#recent tbody tr[data-status='503'], "
                                       "#recent tbody tr[data-status='502']").count() == STORM
             if gw.state.components.get(RATE_LIMIT) is not None:

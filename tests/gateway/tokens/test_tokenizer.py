@@ -504,3 +504,13 @@ def test_count_properties(tok: Tokenizer, plain_tok: Tokenizer, text: str, model
     assert first == plain_tok.count_text(model, text)
     assert first == len(tok.encoding(tok.encoding_name_for(model)).encode_ordinary(text))
     assert (first == 0) == (text == "")
+
+
+def test_a_loaded_encoding_keeps_no_python_copy_of_its_ranks_and_still_counts(
+    tok: Tokenizer, reference: dict[str, tiktoken.Encoding]
+) -> None:
+    enc = tok.encoding("cl100k_base")
+    assert enc._mergeable_ranks == {}  # the Rust core has its own copy
+    assert reference["cl100k_base"]._mergeable_ranks  # positive control: tiktoken's own keeps it
+    text = "hello world, héllo wörld 123"
+    assert enc.encode(text) == reference["cl100k_base"].encode(text)

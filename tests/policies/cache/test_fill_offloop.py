@@ -8,7 +8,7 @@ import orjson
 
 from gateway.exchange import Exchange
 from policies.cache.entry import CachedAnswer
-from policies.cache.fill import INLINE_FILL_BYTES, Fill
+from policies.cache.fill import INLINE_FILL_BYTES, Fill, FillBudget
 from tests.support.until import until
 
 
@@ -41,3 +41,20 @@ async def test_a_large_answer_is_assembled_off_the_loop_then_stored_on_it(
     await until(lambda: got)
     assert got[0][1] == threading.get_ident()  # the stores are touched on the loop's thread only
     assert b"word word" in got[0][0].body
+
+
+async def test_answers_being_collected_share_a_byte_budget(make_exchange: Callable[..., Exchange]) -> None:
+    """Past the shared budget an answer gives up caching (and its bytes); ending returns what it held."""
+    budget = FillBudget(max_bytes=100)
+    first = Fill(operation="chat", sse=False, limit=1000, budget=budget)
+    second = Fill(operation="chat", sse=False, limit=1000, budget=budget)
+    first.add(b"x" * 60)
+    second.add(b"y" * 30)
+    assert budget.used == 90 and not second.overflow
+    second.add(b"y" * 30)  # 120 > 100: this answer will not be cached
+    assert second.overflow and second.chunks == [] and budget.used == 60
+    first.release()  # the first body ended (any way)
+    assert budget.used == 0
+    third = Fill(operation="chat", sse=False, limit=1000, budget=budget)
+    third.add(b"z" * 90)  # control: room again
+    assert not third.overflow and budget.used == 90

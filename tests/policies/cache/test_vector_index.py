@@ -39,6 +39,19 @@ def test_global_bound_evicts_oldest() -> None:
     assert [i.text for _, i in index.candidates("a", unit(1, 0, 0))] == ["1"]
 
 
+def test_candidates_go_past_top_k_when_asked() -> None:
+    """Ten near-duplicates scoring higher (the guards would veto them) do not hide the 11th entry:
+    a caller that keeps reading gets every entry, best first, each once."""
+    index = VectorIndex(100, lambda: 0.0)
+    for i in range(10):
+        index.add("a", unit(1, 0.01 * i, 0), ans(f"dup{i}"), f"dup{i}", 10)
+    index.add("a", unit(1, 0.5, 0), ans("right"), "right", 10)
+    found = [i.text for _, i in index.candidates("a", unit(1, 0, 0))]
+    assert found == [f"dup{i}" for i in range(10)] + ["right"]
+    first = next(iter(index.candidates("a", unit(1, 0, 0))))  # control: lazily, the best comes first
+    assert first[1].text == "dup0"
+
+
 def test_bounded_in_bytes_and_long_questions_kept_cut() -> None:
     """Past max_bytes the oldest entries go; a 1 MB question is kept as 4 KiB plus its digest,
     and ``bytes`` (gateway_cache_bytes{kind="semantic"}) reports what is held."""

@@ -16,7 +16,13 @@ LS = LimitSet("upstream", "u:x", "x", (Limit("tpm", "bucket", 1e6, 1e4, tokens=T
 
 
 class Tok:
-    """The two tokenizer calls estimate() makes, with fixed answers."""
+    """The tokenizer calls estimate() makes, with fixed answers (its encoding is loaded)."""
+
+    def encoding_name_for(self, model: str) -> str:
+        return "o200k_base"
+
+    def is_loaded(self, encoding: str) -> bool:
+        return True
 
     def count_request(self, operation: str, body: dict[str, Any]) -> int:
         return 100

@@ -22,11 +22,13 @@ class Clock:
 CFG = CircuitBreakerConfig(consecutive_failures=3, min_calls=1000, open_s=10.0, half_open_probes=1)
 
 
-def process(url: str, prefix: str, clock: Clock, wall: Clock) -> tuple[CircuitBreaker, SharedBreakers]:
+def process(url: str, prefix: str, clock: Clock, wall: Clock,
+            decisions: list[str] | None = None) -> tuple[CircuitBreaker, SharedBreakers]:
     """One worker's view: its own breaker for upstream ``up`` and its sharing."""
     backend = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=1000), clock)
     breakers: dict[str, CircuitBreaker] = {}
-    shared = SharedBreakers(backend, prefix, breakers, clock, wall=wall)
+    sink = decisions if decisions is not None else []
+    shared = SharedBreakers(backend, prefix, breakers, clock, wall=wall, decision=sink.append)
     breaker = CircuitBreaker("up", CFG, clock, lambda: 0.0, on_change=shared.changed)
     breakers["up"] = breaker
     shared.attach(breaker)
@@ -41,8 +43,10 @@ def fail(breaker: CircuitBreaker, n: int = 1) -> None:
 async def test_failures_count_across_processes_and_the_open_reaches_everyone(
         redis_server: RedisServer) -> None:
     prefix, clock, wall = f"t{secrets.token_hex(4)}:", Clock(), Clock(1.7e9)
-    a, shared_a = process(redis_server.url, prefix, clock, wall)
-    b, shared_b = process(redis_server.url, prefix, Clock(5.0), wall)  # another process: its own clock
+    seen_a: list[str] = []
+    seen_b: list[str] = []
+    a, shared_a = process(redis_server.url, prefix, clock, wall, seen_a)
+    b, shared_b = process(redis_server.url, prefix, Clock(5.0), wall, seen_b)  # another process, clock
     fail(a, 1)
     fail(b, 1)
     await shared_a.drain()
@@ -66,6 +70,7 @@ async def test_failures_count_across_processes_and_the_open_reaches_everyone(
     await shared_a.drain()
     await shared_b.poll()
     assert b.state == "closed"
+    assert seen_a == ["fleet_trip"] and seen_b == ["fleet_open", "fleet_close"]  # every decision counted
     await shared_a.close()
     await shared_b.close()
 

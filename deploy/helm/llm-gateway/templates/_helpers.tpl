@@ -31,7 +31,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The gateway's config.yaml, built from the values (server block, upstreams, routes, state, metrics). */}}
 {{- define "llm-gateway.config" -}}
-{{- $server := dict "host" "0.0.0.0" "port" (int .Values.server.port) "drain_s" .Values.server.drainSeconds "grace_s" .Values.server.graceSeconds "workers" .Values.server.workers -}}
+{{- $workers := .Values.server.workers -}}
+{{- if and (eq .Values.mode "sidecar") (kindIs "invalid" $workers) -}}
+{{- $workers = 1 -}}{{/* a sidecar serves one agent pod: one worker unless told otherwise (docs/scaling.md) */}}
+{{- end -}}
+{{- $server := dict "host" "0.0.0.0" "port" (int .Values.server.port) "drain_s" .Values.server.drainSeconds "grace_s" .Values.server.graceSeconds "workers" $workers -}}
 {{- $state := dict "backend" "memory" -}}
 {{- if .Values.redis.deploy -}}
 {{- $state = dict "backend" "redis" "redis_url" (printf "redis://%s:6379/0" (include "llm-gateway.redisName" .)) "timeout_ms" .Values.redis.timeoutMs -}}
