@@ -17,10 +17,13 @@ are ``EVALSHA``'d and re-loaded on ``NOSCRIPT`` (a restarted Redis).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError
 
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
 from policies.ratelimit.buckets import MemoryBuckets
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.ratelimit")
 MAX_OWED = 10_000  # releases kept for replay while Redis is down
+REPLAY_BATCH = 500  # owed releases sent per round trip once Redis is back
 
 _PRELUDE = """
 redis.replicate_commands()
@@ -136,6 +140,41 @@ return 1
 _KIND = {"bucket": "b", "slots": "s", "day": "d"}
 
 
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One settlement or lesson for Redis: a script, its keys and arguments."""
+
+    script: Any  # redis.commands.core.AsyncScript
+    keys: list[str]
+    args: list[Any]
+    owed: bool  # replayed after an outage (settlements), or dropped (lessons: the fallback has them)
+
+
+async def _send(client: aioredis.Redis, updates: Sequence[Update]) -> None:
+    """Run ``updates`` in one round trip; scripts Redis lost are loaded and their updates re-sent."""
+    if len(updates) == 1:
+        u = updates[0]
+        await u.script(keys=u.keys, args=u.args, client=client)  # re-loads itself on NOSCRIPT
+        return
+    pending = list(updates)
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for u in pending:
+            pipe.execute_command("EVALSHA", u.script.sha, len(u.keys), *u.keys, *u.args)
+        results = await pipe.execute(raise_on_error=False)
+        missing = [u for u, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
+        errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
+        if errors:
+            raise errors[0]
+        if not missing or attempt:
+            break
+        for source in {u.script.script for u in missing}:
+            await client.script_load(source)
+        pending = missing
+    if missing:
+        raise NoScriptError("scripts did not load")
+
+
 class RedisBuckets:
     """The ``Buckets`` of a fleet: Redis first, local fallback at limit / ``replicas_hint``."""
 
@@ -153,7 +192,7 @@ class RedisBuckets:
         # Keyed by entity, checked by identity: a reloaded config brings new LimitSet objects.
         self._static: dict[str, tuple[LimitSet, list[Any], int]] = {}
         self._local: dict[str, tuple[LimitSet, int, LimitSet]] = {}
-        self.owed: list[tuple[list[str], list[Any]]] = []
+        self.owed: list[Update] = []
         self._replaying: asyncio.Task[None] | None = None
 
     def keys(self, ls: LimitSet) -> tuple[str, str, str]:
@@ -191,45 +230,57 @@ class RedisBuckets:
         if local:
             self.fallback.settle_now(self.local(ls), tuple(deltas), member)
             return
+        await self.apply([self.settle_update(ls, deltas, member)])
+
+    def settle_update(self, ls: LimitSet, deltas: Sequence[int], member: str) -> Update:
+        """The Redis side of a settlement, to send with others in one round trip (``apply``)."""
         static, ttl_ms = self._static_args(ls)
         args: list[Any] = [len(ls.limits), member, ttl_ms]
         for i, delta in enumerate(deltas):
             args.extend(static[i * 4: i * 4 + 4])
             args.append(delta)
-        keys = list(self.keys(ls)[:2])
-        try:
-            await self.guarded.call(lambda r: self._settle(keys=keys, args=args, client=r))
-        except RedisUnavailable:
-            if len(self.owed) < MAX_OWED:
-                self.owed.append((keys, args))
+        return Update(self._settle, list(self.keys(ls)[:2]), args, owed=True)
 
     async def learn(self, ls: LimitSet, name: str, level: float | None, cooldown_s: float) -> None:
         """Shrink a shared bucket / pause the entity for everyone; the local fallback learns it too."""
+        await self.apply([self.learn_update(ls, name, level, cooldown_s)])
+
+    def learn_update(self, ls: LimitSet, name: str, level: float | None, cooldown_s: float) -> Update:
+        """The local fallback learns at once; the returned update teaches Redis (``apply``)."""
         self.fallback.learn_now(self.local(ls), name, level, cooldown_s)
         lim = ls.find(name)
         _, ttl_ms = self._static_args(ls)
         field = name if level is not None and lim is not None and lim.kind == "bucket" else ""
-        args = [field, lim.capacity if lim else 0, lim.rate / 1000 if lim else 0, level or 0,
-                int(cooldown_s * 1000), ttl_ms]
+        args: list[Any] = [field, lim.capacity if lim else 0, lim.rate / 1000 if lim else 0, level or 0,
+                           int(cooldown_s * 1000), ttl_ms]
         keys = [self.keys(ls)[0], self.keys(ls)[2]]
+        return Update(self._learn, keys, args, owed=False)
+
+    async def apply(self, updates: Sequence[Update]) -> None:
+        """Send settlements and lessons in one round trip (a non-transactional pipeline of ``EVALSHA``).
+
+        Each update stays one atomic script; only the round trips are shared. Redis away: settlements
+        are kept for replay (``owed``), lessons are dropped (the local fallback has them already).
+        """
+        if not updates:
+            return
         try:
-            await self.guarded.call(lambda r: self._learn(keys=keys, args=args, client=r))
+            await self.guarded.call(lambda r: _send(r, updates))
         except RedisUnavailable:
-            pass
+            for u in updates:
+                if u.owed and len(self.owed) < MAX_OWED:
+                    self.owed.append(u)
 
     async def _replay(self) -> None:
         """Send the releases that failed while Redis was down (harmless if Redis lost its data)."""
         owed, self.owed = self.owed, []
-        for i, (keys, args) in enumerate(owed):
+        for start in range(0, len(owed), REPLAY_BATCH):
+            chunk = owed[start: start + REPLAY_BATCH]
             try:
-                await self.guarded.call(self._settler(keys, args))
+                await self.guarded.call(functools.partial(_send, updates=chunk))
             except RedisUnavailable:
-                self.owed.extend(owed[i:])
+                self.owed.extend(owed[start:])
                 return
-
-    def _settler(self, keys: list[str], args: list[Any]) -> Callable[[aioredis.Redis], Awaitable[Any]]:
-        """The settle script bound to one release (a closure per call, not over a loop variable)."""
-        return lambda client: self._settle(keys=keys, args=args, client=client)
 
     def _static_args(self, ls: LimitSet) -> tuple[list[Any], int]:
         """Per-limit script arguments that only change with the config, and the hash's TTL."""

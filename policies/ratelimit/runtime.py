@@ -5,7 +5,8 @@ kept on ``AppState.components`` across config reloads: it owns the buckets
 (memory, or Redis with a local fallback), one admission queue and one
 ``Pending`` book per upstream, the metrics, and the background tasks that
 settle reservations in Redis after an answer has ended (the client's last
-byte is never held back by a Redis round trip).
+byte is never held back by a Redis round trip). The settlements and quota
+lessons queued in one event-loop iteration go to Redis in one round trip.
 
 A ``Grant`` is one admitted reservation. ``settle(grant, used)`` ends it
 exactly once: slots are released and tokens reconciled against what the
@@ -31,7 +32,7 @@ from policies.ratelimit.metrics import RateLimitMetrics
 from policies.ratelimit.model import LimitSet, Verdict
 from policies.ratelimit.queue import AdmissionQueue
 from policies.ratelimit.quota_learning import Pending, lesson
-from policies.ratelimit.redis_buckets import RedisBuckets
+from policies.ratelimit.redis_buckets import RedisBuckets, Update
 
 log = logging.getLogger("gateway.ratelimit")
 COMPONENT: StateKey[RateLimiter] = StateKey("rate_limit")
@@ -62,6 +63,7 @@ class RateLimiter:
     pending: dict[str, Pending] = field(default_factory=dict)
     levels: dict[str, tuple[tuple[float, ...], float]] = field(default_factory=dict)  # last seen, per entity
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    updates: list[tuple[Update, LimitSet | None]] = field(default_factory=list)  # for Redis, next flush
     # Worker processes on this port that each hold their own memory buckets: each enforces 1/share.
     worker_share: int = 1
     _prefix: str = field(default_factory=lambda: secrets.token_hex(6))  # this process, among replicas
@@ -110,11 +112,21 @@ class RateLimiter:
             self.buckets.fallback.settle_now(self.buckets.local(grant.ls), deltas, grant.member)
             self._poke(grant.ls)
         else:
-            self.spawn(self._settle_shared(grant.ls, deltas, grant.member))
+            self._send(self.buckets.settle_update(grant.ls, deltas, grant.member), grant.ls)
 
-    async def _settle_shared(self, ls: LimitSet, deltas: tuple[int, ...], member: str) -> None:
-        await self.buckets.settle(ls, deltas, member)
-        self._poke(ls)
+    def _send(self, update: Update, poke: LimitSet | None) -> None:
+        """Queue an update for Redis: the updates queued in one loop iteration share one round trip."""
+        if not self.updates:
+            self.spawn(self._flush())  # runs after this iteration's callbacks: they join the batch
+        self.updates.append((update, poke))
+
+    async def _flush(self) -> None:
+        batch, self.updates = self.updates, []
+        if isinstance(self.buckets, RedisBuckets):
+            await self.buckets.apply([u for u, _ in batch])
+        for _, ls in batch:
+            if ls is not None:
+                self._poke(ls)
 
     def _poke(self, ls: LimitSet) -> None:
         if ls.scope == "upstream":
@@ -163,7 +175,7 @@ class RateLimiter:
         if isinstance(self.buckets, MemoryBuckets):
             self.buckets.learn_now(ls, name, level, pause_s)
         else:
-            self.spawn(self.buckets.learn(ls, name, level, pause_s))
+            self._send(self.buckets.learn_update(ls, name, level, pause_s), None)
 
     def _local(self, ls: LimitSet) -> LimitSet:
         return self.buckets.local(ls) if isinstance(self.buckets, RedisBuckets) else ls
