@@ -19,18 +19,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
-
-from redis.exceptions import NoScriptError
+from typing import Any
 
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.write_behind import Write, evalsha, send
 from policies.ratelimit.buckets import MemoryBuckets
 from policies.ratelimit.model import COOLDOWN, DAY_S, NEVER, LimitSet, Verdict
-
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
 
 log = logging.getLogger("gateway.ratelimit")
 MAX_OWED = 10_000  # releases kept for replay while Redis is down
@@ -149,30 +145,8 @@ class Update:
     args: list[Any]
     owed: bool  # replayed after an outage (settlements), or dropped (lessons: the fallback has them)
 
-
-async def _send(client: aioredis.Redis, updates: Sequence[Update]) -> None:
-    """Run ``updates`` in one round trip; scripts Redis lost are loaded and their updates re-sent."""
-    if len(updates) == 1:
-        u = updates[0]
-        await u.script(keys=u.keys, args=u.args, client=client)  # re-loads itself on NOSCRIPT
-        return
-    pending = list(updates)
-    for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for u in pending:
-            pipe.execute_command("EVALSHA", u.script.sha, len(u.keys), *u.keys, *u.args)
-        results = await pipe.execute(raise_on_error=False)
-        missing = [u for u, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
-        errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
-        if errors:
-            raise errors[0]
-        if not missing or attempt:
-            break
-        for source in {u.script.script for u in missing}:
-            await client.script_load(source)
-        pending = missing
-    if missing:
-        raise NoScriptError("scripts did not load")
+    def write(self, **hooks: Any) -> Write:
+        return evalsha(self.script, self.keys, self.args, **hooks)
 
 
 class RedisBuckets:
@@ -264,12 +238,21 @@ class RedisBuckets:
         """
         if not updates:
             return
+        writes = [u.write() for u in updates]
         try:
-            await self.guarded.call(lambda r: _send(r, updates))
+            await self.guarded.call(functools.partial(send, writes=writes))
         except RedisUnavailable:
             for u in updates:
-                if u.owed and len(self.owed) < MAX_OWED:
-                    self.owed.append(u)
+                self.owe(u)
+
+    def defer(self, update: Update, on_done: Callable[[], None] | None = None) -> None:
+        """Send ``update`` without waiting, sharing a round trip with other deferred writes."""
+        self.guarded.defer(update.write(on_failure=functools.partial(self.owe, update), on_done=on_done))
+
+    def owe(self, update: Update) -> None:
+        """A settlement Redis did not get: replayed once Redis answers again."""
+        if update.owed and len(self.owed) < MAX_OWED:
+            self.owed.append(update)
 
     async def _replay(self) -> None:
         """Send the releases that failed while Redis was down (harmless if Redis lost its data)."""
@@ -277,7 +260,7 @@ class RedisBuckets:
         for start in range(0, len(owed), REPLAY_BATCH):
             chunk = owed[start: start + REPLAY_BATCH]
             try:
-                await self.guarded.call(functools.partial(_send, updates=chunk))
+                await self.guarded.call(functools.partial(send, writes=[u.write() for u in chunk]))
             except RedisUnavailable:
                 self.owed.extend(owed[start:])
                 return

@@ -6,7 +6,8 @@ kept on ``AppState.components`` across config reloads: it owns the buckets
 ``Pending`` book per upstream, the metrics, and the background tasks that
 settle reservations in Redis after an answer has ended (the client's last
 byte is never held back by a Redis round trip). The settlements and quota
-lessons queued in one event-loop iteration go to Redis in one round trip.
+lessons go to Redis as deferred writes (``GuardedRedis.defer``): those of one
+event-loop iteration share one round trip.
 
 A ``Grant`` is one admitted reservation. ``settle(grant, used)`` ends it
 exactly once: slots are released and tokens reconciled against what the
@@ -15,6 +16,7 @@ answer really used.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -63,7 +65,6 @@ class RateLimiter:
     pending: dict[str, Pending] = field(default_factory=dict)
     levels: dict[str, tuple[tuple[float, ...], float]] = field(default_factory=dict)  # last seen, per entity
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    updates: list[tuple[Update, LimitSet | None]] = field(default_factory=list)  # for Redis, next flush
     # Worker processes on this port that each hold their own memory buckets: each enforces 1/share.
     worker_share: int = 1
     _prefix: str = field(default_factory=lambda: secrets.token_hex(6))  # this process, among replicas
@@ -115,18 +116,9 @@ class RateLimiter:
             self._send(self.buckets.settle_update(grant.ls, deltas, grant.member), grant.ls)
 
     def _send(self, update: Update, poke: LimitSet | None) -> None:
-        """Queue an update for Redis: the updates queued in one loop iteration share one round trip."""
-        if not self.updates:
-            self.spawn(self._flush())  # runs after this iteration's callbacks: they join the batch
-        self.updates.append((update, poke))
-
-    async def _flush(self) -> None:
-        batch, self.updates = self.updates, []
+        """Send an update to Redis without waiting (it shares a round trip with other deferred writes)."""
         if isinstance(self.buckets, RedisBuckets):
-            await self.buckets.apply([u for u, _ in batch])
-        for _, ls in batch:
-            if ls is not None:
-                self._poke(ls)
+            self.buckets.defer(update, None if poke is None else functools.partial(self._poke, poke))
 
     def _poke(self, ls: LimitSet) -> None:
         if ls.scope == "upstream":
@@ -209,6 +201,8 @@ class RateLimiter:
         """Wait for background settlements (shutdown, tests)."""
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        if isinstance(self.buckets, RedisBuckets):
+            await self.buckets.guarded.drain()
 
     def member(self) -> str:
         """A request's id in concurrency-slot sets: unique across replicas, cheap to make."""
