@@ -46,7 +46,8 @@ class GuardedRedis:
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
 
     scope: str = "fleet"  # who shares it: "fleet" (state.backend: redis) or "host" (the supervisor's)
-    _writes: list[Write] = field(default_factory=list)  # deferred, sent at the end of this loop iteration
+    defer_s: float = 0.001  # deferred writes wait this long for company (a request's answer, its neighbours)
+    _writes: list[Write] = field(default_factory=list)  # deferred, not sent yet
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
@@ -97,14 +98,15 @@ class GuardedRedis:
         return self.client.register_script(source)
 
     def defer(self, write: Write) -> None:
-        """Send ``write`` without waiting: the writes deferred in one loop iteration share a round trip."""
+        """Send ``write`` without waiting: the writes deferred within ``defer_s`` share a round trip."""
         if not self._writes:
-            task = asyncio.get_running_loop().create_task(self._flush())  # after this iteration's callbacks
+            task = asyncio.get_running_loop().create_task(self._flush())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._writes.append(write)
 
     async def _flush(self) -> None:
+        await asyncio.sleep(self.defer_s)  # the writes of the next few callbacks join this round trip
         writes, self._writes = self._writes, []
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH]

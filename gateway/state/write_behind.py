@@ -4,8 +4,10 @@ Several features write to Redis after an answer has ended and wait for no
 result: rate-limit settlements and quota lessons, the exact cache's fill, the
 release of a coalescing claim. Each used to cost a round trip of its own (a
 syscall on both sides and a pass through the client). ``GuardedRedis.defer``
-queues a ``Write``; the writes queued during one event-loop iteration go out
-together in one non-transactional pipeline, in the order they were queued.
+queues a ``Write``; the writes queued within ``defer_s`` (1 ms: a request's
+quota lesson at its headers and its settlements at its end, and those of its
+neighbours under load) go out together in one non-transactional pipeline, in
+the order they were queued.
 Each write stays one atomic command (a Lua script is one); only the round
 trip is shared. A script Redis has lost (restart, ``SCRIPT FLUSH``) is loaded
 and its writes sent again. When the round trip fails, every write's

@@ -6,8 +6,8 @@ kept on ``AppState.components`` across config reloads: it owns the buckets
 ``Pending`` book per upstream, the metrics, and the background tasks that
 settle reservations in Redis after an answer has ended (the client's last
 byte is never held back by a Redis round trip). The settlements and quota
-lessons go to Redis as deferred writes (``GuardedRedis.defer``): those of one
-event-loop iteration share one round trip.
+lessons go to Redis as deferred writes (``GuardedRedis.defer``), which share
+round trips with each other and with the cache's writes.
 
 A ``Grant`` is one admitted reservation. ``settle(grant, used)`` ends it
 exactly once: slots are released and tokens reconciled against what the
