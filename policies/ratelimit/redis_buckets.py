@@ -272,7 +272,9 @@ class RedisBuckets:
             static: list[Any] = []
             ttl_s = 60.0
             for lim in ls.limits:
-                static += [_KIND[lim.kind], lim.name, lim.capacity, lim.rate / 1000]
+                # Encoded once: the client packs bytes as they are (no repr of floats per request).
+                static += [_KIND[lim.kind].encode(), lim.name.encode(), repr(lim.capacity).encode(),
+                           repr(lim.rate / 1000).encode()]
                 if lim.kind == "bucket" and lim.rate > 0:
                     ttl_s = max(ttl_s, lim.capacity / lim.rate + 60)
                 elif lim.kind == "day":
