@@ -8,11 +8,13 @@ or a cache miss. The first call after the cooldown probes Redis; success flips
 it back up. Up/down changes are logged once and reported to listeners (the
 ``gateway_state_backend_up`` gauge). Lua scripts are run through
 ``redis.asyncio``'s Script objects, which re-load themselves after ``NOSCRIPT``
-(a restarted Redis that lost its scripts).
+(a restarted Redis that lost its scripts). Writes nobody waits for go through
+``defer`` and share round trips (``gateway.state.write_behind``).
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config_model import StateConfig
+from gateway.state.write_behind import MAX_BATCH, Write, send
 from gateway.telemetry.logging import state_change
 
 T = TypeVar("T")
@@ -43,6 +46,9 @@ class GuardedRedis:
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
 
     scope: str = "fleet"  # who shares it: "fleet" (state.backend: redis) or "host" (the supervisor's)
+    defer_s: float = 0.001  # deferred writes wait this long for company (a request's answer, its neighbours)
+    _writes: list[Write] = field(default_factory=list)  # deferred, not sent yet
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     def from_config(cls, cfg: StateConfig, clock: Callable[[], float],
@@ -91,5 +97,34 @@ class GuardedRedis:
     def script(self, source: str) -> Any:
         return self.client.register_script(source)
 
+    def defer(self, write: Write) -> None:
+        """Send ``write`` without waiting: the writes deferred within ``defer_s`` share a round trip."""
+        if not self._writes:
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._writes.append(write)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self.defer_s)  # the writes of the next few callbacks join this round trip
+        writes, self._writes = self._writes, []
+        for start in range(0, len(writes), MAX_BATCH):
+            batch = writes[start: start + MAX_BATCH]
+            try:
+                await self.call(functools.partial(send, writes=batch))
+            except RedisUnavailable:
+                for w in batch:
+                    if w.on_failure is not None:
+                        w.on_failure()
+            for w in batch:
+                if w.on_done is not None:
+                    w.on_done()
+
+    async def drain(self) -> None:
+        """Wait until every deferred write has been sent (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def close(self) -> None:
+        await self.drain()
         await self.client.aclose()

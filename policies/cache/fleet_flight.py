@@ -18,7 +18,6 @@ secret), outside the ``cache:`` keyspace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable
 
@@ -26,6 +25,7 @@ from gateway.body import Observed
 from gateway.chain import Next
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.write_behind import Write
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, namespace_token
 from policies.cache.redis_store import AnswerStore
@@ -41,7 +41,6 @@ class FleetFlight:
         self.backend, self.store, self.clock = backend, store, clock
         self.decision, self.poll_s = decision, poll_s
         self.owner = f"{os.getpid()}"
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry)."""
@@ -75,16 +74,11 @@ class FleetFlight:
         return None
 
     def _release_at_end(self, resp: UpstreamResponse, claim: str) -> UpstreamResponse:
+        """Keep the claim for a short grace: the exact cache writes the entry just after the relay, and a
+        request arriving in between must wait for it, not call the provider again. A deferred write: it
+        shares a round trip with the answer's other end-of-answer writes (the entry's among them)."""
         def on_end(error: BaseException | None) -> None:
-            task = asyncio.get_running_loop().create_task(self._release(claim))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.backend.defer(Write(("SET", claim, "done", "PX", int(GRACE_S * 1000), "XX")))
 
         resp.body = Observed(resp.body, on_end=on_end)
         return resp
-
-    async def _release(self, claim: str) -> None:
-        """Keep the claim for a short grace: the exact cache writes the entry just after the relay, and a
-        request arriving in between must wait for it, not call the provider again."""
-        with contextlib.suppress(RedisUnavailable):
-            await self.backend.call(lambda r: r.set(claim, "done", px=int(GRACE_S * 1000), xx=True))

@@ -2,7 +2,8 @@
 
 Reads try memory first, then Redis (one round trip: ``GET`` + ``PTTL``), and a
 Redis hit is copied into memory for its remaining TTL. Writes go to memory at
-once and to Redis in a background task, so a slow Redis never delays an
+once and to Redis as a deferred write (``GuardedRedis.defer``: it shares a round
+trip with the request's other end-of-answer writes), so a slow Redis never delays an
 answer. Every Redis key has a TTL (``SET ... PX``) and entries are compressed.
 Redis trouble of any kind is a miss, never an error or a stall: calls go
 through ``GuardedRedis`` (short timeout, its own breaker) and every failure is
@@ -10,12 +11,12 @@ swallowed here and counted.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.state.write_behind import Write
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, namespace_token
 from policies.cache.memory_store import MemoryStore
@@ -41,7 +42,6 @@ class AnswerStore:
         self.prefix = prefix
         self.wall = wall
         self.on_redis_error = on_redis_error
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def redis_key(self, key: CacheKey) -> str:
         return f"{self.prefix}cache:{self.kind}:{namespace_token(key.namespace)}:{key.digest}"
@@ -94,23 +94,14 @@ class AnswerStore:
         return answer
 
     def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
-        """Store now in memory; in Redis from a background task."""
+        """Store now in memory; in Redis as a deferred write (it shares a round trip, nobody waits)."""
         if ttl_s <= 0:
             return
         self.memory.set(key, answer, ttl_s)
         if self.redis is not None:
-            task = asyncio.get_running_loop().create_task(self._set_shared(key, answer, ttl_s))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _set_shared(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
-        rkey = self.redis_key(key)
-        data = answer.encode()
-        ms = max(1, int(ttl_s * 1000))
-        try:
-            await self.redis.call(lambda r: r.set(rkey, data, px=ms))
-        except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
-            self._redis_failed()
+            ms = max(1, int(ttl_s * 1000))
+            self.redis.defer(Write(("SET", self.redis_key(key), answer.encode(), "PX", ms),
+                                   on_failure=self._redis_failed))
 
     async def delete(self, key: CacheKey) -> None:
         self.memory.delete(key)
@@ -127,8 +118,8 @@ class AnswerStore:
 
     async def flush(self) -> None:
         """Wait for pending background writes (shutdown, tests)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self.redis is not None:
+            await self.redis.drain()
 
 
 async def _get_with_ttl(r: Any, rkey: str) -> tuple[bytes | None, int]:

@@ -17,20 +17,20 @@ are ``EVALSHA``'d and re-loaded on ``NOSCRIPT`` (a restarted Redis).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.write_behind import Write, evalsha, send
 from policies.ratelimit.buckets import MemoryBuckets
 from policies.ratelimit.model import COOLDOWN, DAY_S, NEVER, LimitSet, Verdict
 
-if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
 log = logging.getLogger("gateway.ratelimit")
 MAX_OWED = 10_000  # releases kept for replay while Redis is down
+REPLAY_BATCH = 500  # owed releases sent per round trip once Redis is back
 
 _PRELUDE = """
 redis.replicate_commands()
@@ -136,6 +136,19 @@ return 1
 _KIND = {"bucket": "b", "slots": "s", "day": "d"}
 
 
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One settlement or lesson for Redis: a script, its keys and arguments."""
+
+    script: Any  # redis.commands.core.AsyncScript
+    keys: list[str]
+    args: list[Any]
+    owed: bool  # replayed after an outage (settlements), or dropped (lessons: the fallback has them)
+
+    def write(self, **hooks: Any) -> Write:
+        return evalsha(self.script, self.keys, self.args, **hooks)
+
+
 class RedisBuckets:
     """The ``Buckets`` of a fleet: Redis first, local fallback at limit / ``replicas_hint``."""
 
@@ -153,7 +166,7 @@ class RedisBuckets:
         # Keyed by entity, checked by identity: a reloaded config brings new LimitSet objects.
         self._static: dict[str, tuple[LimitSet, list[Any], int]] = {}
         self._local: dict[str, tuple[LimitSet, int, LimitSet]] = {}
-        self.owed: list[tuple[list[str], list[Any]]] = []
+        self.owed: list[Update] = []
         self._replaying: asyncio.Task[None] | None = None
 
     def keys(self, ls: LimitSet) -> tuple[str, str, str]:
@@ -191,45 +204,66 @@ class RedisBuckets:
         if local:
             self.fallback.settle_now(self.local(ls), tuple(deltas), member)
             return
+        await self.apply([self.settle_update(ls, deltas, member)])
+
+    def settle_update(self, ls: LimitSet, deltas: Sequence[int], member: str) -> Update:
+        """The Redis side of a settlement, to send with others in one round trip (``apply``)."""
         static, ttl_ms = self._static_args(ls)
         args: list[Any] = [len(ls.limits), member, ttl_ms]
         for i, delta in enumerate(deltas):
             args.extend(static[i * 4: i * 4 + 4])
             args.append(delta)
-        keys = list(self.keys(ls)[:2])
-        try:
-            await self.guarded.call(lambda r: self._settle(keys=keys, args=args, client=r))
-        except RedisUnavailable:
-            if len(self.owed) < MAX_OWED:
-                self.owed.append((keys, args))
+        return Update(self._settle, list(self.keys(ls)[:2]), args, owed=True)
 
     async def learn(self, ls: LimitSet, name: str, level: float | None, cooldown_s: float) -> None:
         """Shrink a shared bucket / pause the entity for everyone; the local fallback learns it too."""
+        await self.apply([self.learn_update(ls, name, level, cooldown_s)])
+
+    def learn_update(self, ls: LimitSet, name: str, level: float | None, cooldown_s: float) -> Update:
+        """The local fallback learns at once; the returned update teaches Redis (``apply``)."""
         self.fallback.learn_now(self.local(ls), name, level, cooldown_s)
         lim = ls.find(name)
         _, ttl_ms = self._static_args(ls)
         field = name if level is not None and lim is not None and lim.kind == "bucket" else ""
-        args = [field, lim.capacity if lim else 0, lim.rate / 1000 if lim else 0, level or 0,
-                int(cooldown_s * 1000), ttl_ms]
+        args: list[Any] = [field, lim.capacity if lim else 0, lim.rate / 1000 if lim else 0, level or 0,
+                           int(cooldown_s * 1000), ttl_ms]
         keys = [self.keys(ls)[0], self.keys(ls)[2]]
+        return Update(self._learn, keys, args, owed=False)
+
+    async def apply(self, updates: Sequence[Update]) -> None:
+        """Send settlements and lessons in one round trip (a non-transactional pipeline of ``EVALSHA``).
+
+        Each update stays one atomic script; only the round trips are shared. Redis away: settlements
+        are kept for replay (``owed``), lessons are dropped (the local fallback has them already).
+        """
+        if not updates:
+            return
+        writes = [u.write() for u in updates]
         try:
-            await self.guarded.call(lambda r: self._learn(keys=keys, args=args, client=r))
+            await self.guarded.call(functools.partial(send, writes=writes))
         except RedisUnavailable:
-            pass
+            for u in updates:
+                self.owe(u)
+
+    def defer(self, update: Update, on_done: Callable[[], None] | None = None) -> None:
+        """Send ``update`` without waiting, sharing a round trip with other deferred writes."""
+        self.guarded.defer(update.write(on_failure=functools.partial(self.owe, update), on_done=on_done))
+
+    def owe(self, update: Update) -> None:
+        """A settlement Redis did not get: replayed once Redis answers again."""
+        if update.owed and len(self.owed) < MAX_OWED:
+            self.owed.append(update)
 
     async def _replay(self) -> None:
         """Send the releases that failed while Redis was down (harmless if Redis lost its data)."""
         owed, self.owed = self.owed, []
-        for i, (keys, args) in enumerate(owed):
+        for start in range(0, len(owed), REPLAY_BATCH):
+            chunk = owed[start: start + REPLAY_BATCH]
             try:
-                await self.guarded.call(self._settler(keys, args))
+                await self.guarded.call(functools.partial(send, writes=[u.write() for u in chunk]))
             except RedisUnavailable:
-                self.owed.extend(owed[i:])
+                self.owed.extend(owed[start:])
                 return
-
-    def _settler(self, keys: list[str], args: list[Any]) -> Callable[[aioredis.Redis], Awaitable[Any]]:
-        """The settle script bound to one release (a closure per call, not over a loop variable)."""
-        return lambda client: self._settle(keys=keys, args=args, client=client)
 
     def _static_args(self, ls: LimitSet) -> tuple[list[Any], int]:
         """Per-limit script arguments that only change with the config, and the hash's TTL."""
@@ -238,7 +272,9 @@ class RedisBuckets:
             static: list[Any] = []
             ttl_s = 60.0
             for lim in ls.limits:
-                static += [_KIND[lim.kind], lim.name, lim.capacity, lim.rate / 1000]
+                # Encoded once: the client packs bytes as they are (no repr of floats per request).
+                static += [_KIND[lim.kind].encode(), lim.name.encode(), repr(lim.capacity).encode(),
+                           repr(lim.rate / 1000).encode()]
                 if lim.kind == "bucket" and lim.rate > 0:
                     ttl_s = max(ttl_s, lim.capacity / lim.rate + 60)
                 elif lim.kind == "day":

@@ -5,7 +5,9 @@ kept on ``AppState.components`` across config reloads: it owns the buckets
 (memory, or Redis with a local fallback), one admission queue and one
 ``Pending`` book per upstream, the metrics, and the background tasks that
 settle reservations in Redis after an answer has ended (the client's last
-byte is never held back by a Redis round trip).
+byte is never held back by a Redis round trip). The settlements and quota
+lessons go to Redis as deferred writes (``GuardedRedis.defer``), which share
+round trips with each other and with the cache's writes.
 
 A ``Grant`` is one admitted reservation. ``settle(grant, used)`` ends it
 exactly once: slots are released and tokens reconciled against what the
@@ -14,6 +16,7 @@ answer really used.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -31,7 +34,7 @@ from policies.ratelimit.metrics import RateLimitMetrics
 from policies.ratelimit.model import LimitSet, Verdict, upstream_key
 from policies.ratelimit.queue import AdmissionQueue
 from policies.ratelimit.quota_learning import Pending, lesson
-from policies.ratelimit.redis_buckets import RedisBuckets
+from policies.ratelimit.redis_buckets import RedisBuckets, Update
 
 log = logging.getLogger("gateway.ratelimit")
 COMPONENT: StateKey[RateLimiter] = StateKey("rate_limit")
@@ -110,11 +113,12 @@ class RateLimiter:
             self.buckets.fallback.settle_now(self.buckets.local(grant.ls), deltas, grant.member)
             self._poke(grant.ls)
         else:
-            self.spawn(self._settle_shared(grant.ls, deltas, grant.member))
+            self._send(self.buckets.settle_update(grant.ls, deltas, grant.member), grant.ls)
 
-    async def _settle_shared(self, ls: LimitSet, deltas: tuple[int, ...], member: str) -> None:
-        await self.buckets.settle(ls, deltas, member)
-        self._poke(ls)
+    def _send(self, update: Update, poke: LimitSet | None) -> None:
+        """Send an update to Redis without waiting (it shares a round trip with other deferred writes)."""
+        if isinstance(self.buckets, RedisBuckets):
+            self.buckets.defer(update, None if poke is None else functools.partial(self._poke, poke))
 
     def _poke(self, ls: LimitSet) -> None:
         if ls.scope == "upstream":
@@ -163,7 +167,7 @@ class RateLimiter:
         if isinstance(self.buckets, MemoryBuckets):
             self.buckets.learn_now(ls, name, level, pause_s)
         else:
-            self.spawn(self.buckets.learn(ls, name, level, pause_s))
+            self._send(self.buckets.learn_update(ls, name, level, pause_s), None)
 
     def _local(self, ls: LimitSet) -> LimitSet:
         return self.buckets.local(ls) if isinstance(self.buckets, RedisBuckets) else ls
@@ -202,6 +206,8 @@ class RateLimiter:
         """Wait for background settlements (shutdown, tests)."""
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        if isinstance(self.buckets, RedisBuckets):
+            await self.buckets.guarded.drain()
 
     def member(self) -> str:
         """A request's id in concurrency-slot sets: unique across replicas, cheap to make."""

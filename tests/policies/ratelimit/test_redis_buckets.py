@@ -126,6 +126,24 @@ async def test_scripts_reload_after_flush(shared: tuple[RedisBuckets, RedisBucke
     await a.learn(LS, "rpm", 1.0, 0.0)
 
 
+async def test_updates_share_one_round_trip_and_survive_a_script_flush(
+        shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """Settlements and lessons sent together all apply, also when Redis lost the scripts in between."""
+    a, b = shared
+    for flush in (False, True):
+        assert (await a.acquire(LS, (1, 300, 1), "m1")).ok
+        assert (await a.acquire(LS, (1, 300, 1), "m2")).ok
+        assert not (await b.acquire(LS, (0, 0, 1), "m3")).ok  # both slots taken
+        if flush:
+            await a.guarded.client.script_flush()
+        await a.apply([a.settle_update(LS, (0, 300, 0), "m1"), a.settle_update(LS, (0, 200, 0), "m2"),
+                       a.learn_update(LS, "rpm", 1.0, 0.0)])
+        refill = await b.acquire(LS, (1, 0, 1), "m3")  # slots free, tokens back, rpm learned down to 1
+        assert refill.ok and refill.levels[0] < 1.0 and refill.levels[1] >= 500
+        await b.settle(LS, (0, 0, 0), "m3")
+        await a.guarded.client.delete(*a.keys(LS))
+
+
 async def test_fallback_when_redis_is_unreachable() -> None:
     """No Redis: decisions come from local buckets at limit / replicas_hint, and settle goes there too."""
     g = guarded(f"redis://127.0.0.1:{free_port()}/0")

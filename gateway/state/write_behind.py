@@ -1,0 +1,64 @@
+"""Fire-and-forget Redis writes that share round trips.
+
+Several features write to Redis after an answer has ended and wait for no
+result: rate-limit settlements and quota lessons, the exact cache's fill, the
+release of a coalescing claim. Each used to cost a round trip of its own (a
+syscall on both sides and a pass through the client). ``GuardedRedis.defer``
+queues a ``Write``; the writes queued within ``defer_s`` (1 ms: a request's
+quota lesson at its headers and its settlements at its end, and those of its
+neighbours under load) go out together in one non-transactional pipeline, in
+the order they were queued.
+Each write stays one atomic command (a Lua script is one); only the round
+trip is shared. A script Redis has lost (restart, ``SCRIPT FLUSH``) is loaded
+and its writes sent again. When the round trip fails, every write's
+``on_failure`` runs (a settlement is kept for replay; a cache fill counts a
+Redis error); ``on_done`` runs after the round trip either way.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+MAX_BATCH = 256  # writes per round trip
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One Redis command sent without waiting for its answer."""
+
+    args: tuple[Any, ...]
+    script: Any = None  # the registered script (redis-py ``AsyncScript``) an EVALSHA runs
+    on_failure: Callable[[], None] | None = None
+    on_done: Callable[[], None] | None = None
+
+
+def evalsha(script: Any, keys: Sequence[str], args: Sequence[Any], **hooks: Any) -> Write:
+    """A write that runs ``script`` (loaded again if Redis lost it)."""
+    return Write(("EVALSHA", script.sha, len(keys), *keys, *args), script, **hooks)
+
+
+async def send(client: aioredis.Redis, writes: Sequence[Write]) -> None:
+    """Run ``writes`` in one round trip; scripts Redis lost are loaded and their writes re-sent once."""
+    pending = list(writes)
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for w in pending:
+            pipe.execute_command(*w.args)
+        results = await pipe.execute(raise_on_error=False)
+        missing = [w for w, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
+        errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
+        if errors:
+            raise errors[0]
+        if not missing:
+            return
+        if attempt:
+            raise NoScriptError("a script did not load")
+        for source in {w.script.script for w in missing if w.script is not None}:
+            await client.script_load(source)
+        pending = missing
