@@ -34,7 +34,7 @@ from gateway.ranges import check as check_ranges
 from gateway.request import parse_json, read_body, too_large, validate
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
-from gateway.tokens.prompt import count_prompt
+from gateway.tokens.prompt import count_prompt, loading_for_estimate
 from gateway.usage import usage_from_json_bytes
 
 log = logging.getLogger("gateway.handler")
@@ -131,7 +131,7 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
         if task is not None:
             _leave(st, task)
         if ex is not None:
-            finish(st, ex)
+            _settle(st, ex)
 
 
 def admit(st: AppState, request: web.Request, rid: str, key: str) -> web.Response | None:
@@ -213,6 +213,15 @@ def _leave(st: AppState, task: asyncio.Task[Any]) -> None:
     st.lifecycle.active.discard(task)
     if not st.lifecycle.active:
         st.lifecycle.idle.set()
+
+
+def _settle(st: AppState, ex: Exchange) -> None:
+    """``finish`` now, or once the encoding its usage estimate needs has loaded (off the loop, once)."""
+    loading = loading_for_estimate(st, ex)
+    if loading is None:
+        finish(st, ex)
+    else:
+        loading.add_done_callback(lambda _loaded: finish(st, ex))
 
 
 def finish(st: AppState, ex: Exchange) -> None:

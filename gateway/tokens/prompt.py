@@ -98,5 +98,20 @@ async def exact_prompt_tokens(st: AppState, ex: Exchange) -> int:
     return prompt_tokens(st, ex)
 
 
+def loading_for_estimate(st: AppState, ex: Exchange) -> asyncio.Future[object] | None:
+    """For a finished exchange whose usage must be estimated (an upstream answered 2xx without reporting
+    any) while the model's encoding is not loaded: the load, started in a thread; settle the record when
+    it is done, so the estimate is a real count. None: settle now. Once per encoding and process."""
+    rec = ex.record
+    if rec.reported_usage is not None or rec.source != "upstream" or not 200 <= rec.status < 300:
+        return None
+    if ex.request.operation not in COUNTED_OPERATIONS:
+        return None
+    name = st.tokenizer.encoding_name_for(ex.target.model or ex.request.model)
+    if st.tokenizer.is_loaded(name):
+        return None
+    return st.work.warm(name, partial(st.tokenizer.encoding, name))
+
+
 def set_prompt_tokens(ex: Exchange, count: int) -> None:
     ex.record.prompt_tokens = count

@@ -6,12 +6,12 @@ from collections.abc import Callable
 from gateway.appstate import AppState, Runtime
 from gateway.auth import Authenticator
 from gateway.config_model import AuthConfig, Config
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, Usage
 from gateway.routing import Router
 from gateway.telemetry.metrics import Metrics
 from gateway.tokens.bounds import upper_bound
 from gateway.tokens.pool import WorkPool
-from gateway.tokens.prompt import count_prompt, prompt_tokens
+from gateway.tokens.prompt import count_prompt, loading_for_estimate, prompt_tokens
 from tests.gateway.tokens.test_pool import outcomes
 
 
@@ -68,4 +68,20 @@ async def test_a_panic_falls_back_to_the_byte_bound(make_exchange: Callable[...,
     await count_prompt(st, ex)
     assert ex.record.prompt_tokens == upper_bound("chat", ex.body or {}) == 1_300_010  # never an undercount
     assert outcomes(st.metrics, "prompt_tokens") == {"failed": 1.0}
+    st.work.close()
+
+
+async def test_an_answer_without_usage_waits_for_its_encoding_before_it_is_settled(
+        make_exchange: Callable[..., Exchange]) -> None:
+    st = state(counts_prompts=False)
+    reported = make_exchange(chat("hello"))
+    reported.record.source, reported.record.status = "upstream", 200
+    reported.record.reported_usage = Usage(prompt=3, completion=2)
+    assert loading_for_estimate(st, reported) is None  # control: the provider's figures need no encoding
+    ex = make_exchange(chat("hello"))
+    ex.record.source, ex.record.status = "upstream", 200
+    loading = loading_for_estimate(st, ex)
+    assert loading is not None
+    await loading
+    assert st.tokenizer.is_loaded("o200k_base") and loading_for_estimate(st, ex) is None
     st.work.close()
