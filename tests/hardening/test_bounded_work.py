@@ -64,7 +64,7 @@ def config(mock_url: str) -> dict[str, Any]:
     return gateway_config(
         mock_url,
         server={"drain_s": 2, "grace_s": 0, "workers": 1, "max_inflight": 32, "client_max_reading": 8,
-                "header_timeout_s": 1.0, "body_timeout_s": 30},
+                "header_timeout_s": 2.0, "body_timeout_s": 30},
         auth={"mode": "keys", "keys": [{"key": ATTACKER, "tenant": "attacker"},
                                        {"key": BYSTANDER, "tenant": "bystander"}]},
         cache={"exact": {"enabled": True, "max_bytes": EXACT_MAX_BYTES}, "coalesce": {"enabled": True},
