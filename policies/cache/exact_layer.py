@@ -53,7 +53,7 @@ class ExactCache:
         if not cfg.enabled or cfg.mode == "off":
             return await next(ex)
         controls = controls_of(ex)
-        key = self.keys.key(ex)
+        key = await self.keys.key_off_loop(ex)
         read, write = mode_allows(cfg.mode, controls)
         if not (read or write) or (cfg.deterministic_only and not deterministic(ex)):
             ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "bypass"

@@ -9,6 +9,7 @@ of the same words. These only ever turn hits into misses.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 
@@ -63,3 +64,10 @@ def compatible(query: str, cached: str) -> bool:
     if qn and cn and qn != cn:
         return False
     return _opposites(set(qw)) == _opposites(set(cw))
+
+
+def question_digest(question: str) -> bytes:
+    """SHA-256 of a question longer than TEXT_CHARS (the index keeps only its head), else empty."""
+    if len(question) <= TEXT_CHARS:
+        return b""
+    return hashlib.sha256(question.encode("utf-8", "surrogatepass")).digest()

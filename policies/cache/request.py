@@ -6,6 +6,7 @@ settings of those layers instead, so changing them still changes the key.
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from gateway.config_model import Config
@@ -23,6 +24,7 @@ from policies.cache.keys import (
 )
 
 KEY_ATTR: StateKey[CacheKey] = StateKey("cache.key")
+KEY_INLINE_MAX_BYTES = 256 * 1024  # below this, hashing on the loop costs less than a thread hop
 CONTROLS_ATTR: StateKey[CacheControls] = StateKey("cache.controls")
 ANSWER_OPERATIONS = frozenset({"chat", "completions", "responses"})
 
@@ -82,17 +84,28 @@ class KeyMaker:
     def key(self, ex: Exchange) -> CacheKey:
         key = ex.state.get(KEY_ATTR)
         if key is None:
-            body: dict[str, Any] = ex.body or {}
-            key = make_key(
-                namespace=ex.request.namespace,
-                upstream=ex.target.upstream,
-                model=ex.target.model,
-                operation=ex.request.operation,
-                config_version=self.version(ex),
-                fields=answer_fields(body),
-            )
+            key = self._make(ex, self.version(ex))
             ex.state.set(KEY_ATTR, key)
         return key
+
+    async def key_off_loop(self, ex: Exchange) -> CacheKey:
+        """:meth:`key`, with a large body canonicalised and hashed in a thread (issue 15: megabytes of
+        sorting and hashing on the loop stall every tenant)."""
+        key = ex.state.get(KEY_ATTR)
+        if key is None:
+            version = self.version(ex)  # memoised on the loop; only the body's pass moves
+            if len(ex.raw_body) < KEY_INLINE_MAX_BYTES:
+                key = self._make(ex, version)
+            else:
+                key = await asyncio.to_thread(self._make, ex, version)
+            ex.state.set(KEY_ATTR, key)
+        return key
+
+    @staticmethod
+    def _make(ex: Exchange, version: str) -> CacheKey:
+        body: dict[str, Any] = ex.body or {}
+        return make_key(namespace=ex.request.namespace, upstream=ex.target.upstream, model=ex.target.model,
+                        operation=ex.request.operation, config_version=version, fields=answer_fields(body))
 
 
 def deterministic(ex: Exchange) -> bool:

@@ -11,6 +11,7 @@ is served as a miss and counted (``result="error"``), never failed.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from policies.cache.config import SemanticCacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
 from policies.cache.fill import attach_fill, refusal
-from policies.cache.guards import TEXT_CHARS, compatible
+from policies.cache.guards import TEXT_CHARS, compatible, question_digest
 from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of
 from policies.cache.respond import cached_response
 from policies.cache.runtime import CacheRuntime, cache_runtime
@@ -74,6 +75,7 @@ class SemanticCache:
             self.state.metrics.decision(self.name, "skip")
             return await next(ex)
         question, fields = split
+        digest = await _digest(question)
         namespace = semantic_namespace(ex, self.keys.version(ex), fields)
         vector = await self._embed(question)
         if vector is None:
@@ -81,10 +83,10 @@ class SemanticCache:
             return await next(ex)
         if read:
             local = self.parts.index.candidates(namespace, vector)
-            hit = self._lookup(local, question, cfg, controls.max_age_s)
+            hit = self._lookup(local, question, digest, cfg, controls.max_age_s)
             if hit is None and self.parts.shared is not None:  # the other replicas' entries
                 found = await self.parts.shared.candidates(namespace, vector)
-                hit = self._lookup(iter(found), question, cfg, controls.max_age_s)
+                hit = self._lookup(iter(found), question, digest, cfg, controls.max_age_s)
             if hit is not None:
                 self.rt.metrics.request("semantic", "hit", self.name)
                 self.rt.metrics.saved("semantic", ex.request.model, hit.tokens)
@@ -95,7 +97,7 @@ class SemanticCache:
         resp = await next(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
             store = self._storer(
-                namespace, vector, question, controls.ttl(cfg.ttl_s), cache.exact.cache_truncated
+                namespace, vector, question, digest, controls.ttl(cfg.ttl_s), cache.exact.cache_truncated
             )
             resp = attach_fill(
                 ex,
@@ -134,7 +136,7 @@ class SemanticCache:
             return None
 
     def _lookup(
-        self, candidates: Iterator[tuple[float, Any]], question: str, cfg: SemanticCacheConfig,
+        self, candidates: Iterator[tuple[float, Any]], question: str, digest: bytes, cfg: SemanticCacheConfig,
         max_age_s: float | None
     ) -> CachedAnswer | None:
         best = 0.0
@@ -145,24 +147,34 @@ class SemanticCache:
                 break
             if max_age_s is not None and time.time() - item.answer.created > max_age_s:
                 continue
-            if compatible(question[:TEXT_CHARS], item.text) and item.same_tail(question):
+            if compatible(question[:TEXT_CHARS], item.text) and item.digest == digest:
                 found = item.answer
                 break
             self.state.metrics.decision(self.name, "vetoed_by_guard")
         self.rt.metrics.similarity.observe(best)
         return found
 
-    def _storer(self, namespace: str, vector: Any, question: str, ttl: float,
+    def _storer(self, namespace: str, vector: Any, question: str, digest: bytes, ttl: float,
                 truncated_ok: bool) -> Callable[[CachedAnswer, list[str]], None]:
         def store(answer: CachedAnswer, reasons: list[str]) -> None:
             if "length" in reasons and not truncated_ok:
                 return
-            self.parts.index.add(namespace, vector, answer, question, ttl)
+            self.parts.index.add(namespace, vector, answer, question, ttl, digest)
             if self.parts.shared is not None:
-                self.parts.shared.add(namespace, vector, answer, question, ttl)
+                self.parts.shared.add(namespace, vector, answer, question, ttl, digest)
             self.state.metrics.decision(self.name, "stored")
 
         return store
+
+
+DIGEST_INLINE_MAX_CHARS = 256 * 1024  # below this, hashing on the loop costs less than a thread hop
+
+
+async def _digest(question: str) -> bytes:
+    """The question's digest once per request (a long one is hashed in a thread, issue 15)."""
+    if len(question) < DIGEST_INLINE_MAX_CHARS:
+        return question_digest(question)
+    return await asyncio.to_thread(question_digest, question)
 
 
 def semantic_enabled(config: Config) -> SemanticCacheConfig | None:

@@ -25,9 +25,9 @@ import numpy as np
 
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
 from policies.cache.entry import CachedAnswer
-from policies.cache.guards import TEXT_CHARS
+from policies.cache.guards import TEXT_CHARS, question_digest
 from policies.cache.keys import namespace_token
-from policies.cache.vector_index import TOP_K, Item, question_digest
+from policies.cache.vector_index import TOP_K, Item
 
 log = logging.getLogger("gateway.cache")
 SEARCH_COUNT = TOP_K * 4  # near-duplicates the guards veto must not hide the right entry
@@ -74,14 +74,16 @@ class SharedVectors:
             self._spawn(self._call(lambda r: r.execute_command("VREM", vkey, *gone)))
         return out
 
-    def add(self, namespace: str, vector: np.ndarray, answer: CachedAnswer, text: str, ttl_s: float) -> None:
-        """Store in the background: the answer key (with its TTL) first, then the vector."""
+    def add(self, namespace: str, vector: np.ndarray, answer: CachedAnswer, text: str, ttl_s: float,
+            digest: bytes | None = None) -> None:
+        """Store in the background: the answer key (with its TTL) first, then the vector (``digest`` as
+        :meth:`VectorIndex.add`)."""
         if self.available is False or ttl_s <= 0:
             return
         vkey, akey = self.keys(namespace)
         # As the local index: the guards read at most TEXT_CHARS of the question; a longer one is named by
         # its whole SHA-256 ("l" + hex), which a candidate's question must then match exactly.
-        digest = question_digest(text)
+        digest = question_digest(text) if digest is None else digest
         name = "l" + digest.hex() if digest else "s" + hashlib.sha256(text.encode()).hexdigest()[:32]
         blob = np.asarray(vector, dtype=np.float32).tobytes()
         data, ms = replace(answer, text=text[:TEXT_CHARS]).encode(), max(1, int(ttl_s * 1000))

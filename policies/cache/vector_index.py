@@ -14,7 +14,7 @@ of a longer question, which must then match exactly (issue 15: 1 MB questions we
 """
 from __future__ import annotations
 
-import hashlib
+import builtins
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policies.cache.entry import CachedAnswer
-from policies.cache.guards import TEXT_CHARS
+from policies.cache.guards import TEXT_CHARS, question_digest
 
 INITIAL_ROWS = 16
 TOP_K = 4
@@ -44,12 +44,6 @@ class Item:
     def same_tail(self, question: str) -> bool:
         """A question longer than what is kept must be the very same question."""
         return question_digest(question) == self.digest
-
-
-def question_digest(question: str) -> bytes:
-    if len(question) <= TEXT_CHARS:
-        return b""
-    return hashlib.sha256(question.encode("utf-8", "surrogatepass")).digest()
 
 
 class _Space:
@@ -126,7 +120,9 @@ class VectorIndex:
                 yield float(scores[row]), item
             done, k = k, k * 4
 
-    def add(self, namespace: str, vector: np.ndarray, answer: CachedAnswer, text: str, ttl_s: float) -> None:
+    def add(self, namespace: str, vector: np.ndarray, answer: CachedAnswer, text: str, ttl_s: float,
+            digest: builtins.bytes | None = None) -> None:
+        """``digest``: :func:`question_digest` of ``text`` when the caller has it (computed off the loop)."""
         if ttl_s <= 0 or self.max_entries <= 0:
             return
         space = self._spaces.get(namespace)
@@ -134,7 +130,8 @@ class VectorIndex:
             space = self._spaces[namespace] = _Space(vector.shape[0])
         elif space.matrix.shape[1] != vector.shape[0]:
             return  # another embedder's dimension: never mix vector spaces
-        item = Item(answer, text[:TEXT_CHARS], self.clock() + ttl_s, question_digest(text))
+        item = Item(answer, text[:TEXT_CHARS], self.clock() + ttl_s,
+                    question_digest(text) if digest is None else digest)
         if item.size + vector.nbytes > self.max_bytes:
             return
         row = space.add(vector, item)

@@ -82,3 +82,22 @@ async def test_disabled_by_default() -> None:
     """No semantic block enabled: the factory builds nothing."""
     st = make_state()
     assert await factory(st, st.config) is None
+
+
+class Constant(Scripted):
+    async def embed(self, texts: list[str]) -> Any:
+        return np.array([[1.0, 0.0]] * len(texts), dtype=np.float32)
+
+
+async def test_a_long_question_hits_only_itself() -> None:
+    """Past 256 Ki characters the question is hashed once per request, in a thread: the very same question
+    hits; the same head with another tail (the same vector) is a miss."""
+    st, policy = await policy_with(Constant())
+    up = Upstream()
+    long = "why is the invoice late " * 20_000  # 480,000 characters
+    await drain(await policy(exchange(st, chat(long)), up))
+    same, other = exchange(st, chat(long)), exchange(st, chat(long + "?"))
+    for ex in (same, other):
+        await drain(await policy(ex, up))
+    assert same.record.cache_result == "semantic-hit" and other.record.cache_result == "miss"
+    assert up.calls == 2

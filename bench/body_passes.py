@@ -1,0 +1,89 @@
+"""Loop time per MB of each pass a large chat body goes through (issue 15), in this process.
+
+For two bodies (3.5 MB of whitespace messages, escaped to ~5 MB of JSON; one 4 MB question of words)
+prints, per step, the best-of-5 CPU milliseconds per MB, and the longest stall of an event loop
+ticking while the step runs inline or in a thread. A step that holds the GIL (orjson's parse and
+canonical dump) stalls the loop as long in a thread as inline; hashing releases it.
+
+Run: ``python -m bench.body_passes``.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+
+import orjson
+
+from gateway.handler import decode
+from policies.cache.guards import question_digest
+from policies.cache.keys import answer_fields, make_key
+
+
+def chat(contents: list[str]) -> bytes:
+    return orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": c} for c in contents]})
+
+
+def best_ms(fn: Callable[[], object], runs: int = 5) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
+async def stall_ms(fn: Callable[[], object], thread: bool) -> float:
+    """The longest gap between two loop iterations while ``fn`` runs 5 times."""
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
+    for _ in range(5):
+        if thread:
+            await asyncio.to_thread(fn)
+        else:
+            fn()
+            await asyncio.sleep(0)
+    done.set()
+    await ticker
+    return max(gaps) * 1000
+
+
+def steps(raw: bytes) -> dict[str, Callable[[], object]]:
+    body, _ = decode(raw, "chat")
+    question = body["messages"][-1]["content"]
+    return {
+        "decode (blobs+parse+validate)": lambda: decode(raw, "chat"),
+        "exact cache key": lambda: make_key(namespace="n", upstream="u", model="m", operation="chat",
+                                            config_version="v", fields=answer_fields(body)),
+        "semantic question digest": lambda: question_digest(question),
+        "re-serialise (orjson.dumps)": lambda: orjson.dumps(body),
+        "sha256(raw)": lambda: hashlib.sha256(raw).digest(),
+    }
+
+
+async def main() -> None:
+    words = ("invoice order refund status customer shipping " * 90_000)[:4_000_000]
+    bodies = {"whitespace 3.5MB": chat([" \n" * 50_000] * 35), "words 4MB": chat(["q: " + words])}
+    for name, raw in bodies.items():
+        mb = len(raw) / 2**20
+        print(f"{name} ({mb:.2f} MB of JSON)")
+        for step, fn in steps(raw).items():
+            inline, threaded = await stall_ms(fn, False), await stall_ms(fn, True)
+            print(f"  {step:32} {best_ms(fn) / mb:6.2f} ms/MB   loop stall inline {inline:6.1f} ms,"
+                  f" in a thread {threaded:6.1f} ms")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
