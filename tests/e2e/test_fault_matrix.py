@@ -218,6 +218,8 @@ async def test_stall_mid_stream_cut_at_idle_timeout(make_gateway: GatewayFactory
     assert status == 200 and "[DONE]" not in body.decode() and 0.3 <= elapsed < 2.0
     assert json.loads(events[-1].removeprefix("data: "))["error"]["code"] == "idle_timeout"
     assert len(events) == 4 and len(mock_upstream.recorder.attempts) == 1
+    # recorded once the partial answer's usage estimate has its encoding (loaded in a thread, first time only)
+    await until(lambda: sample(gw, "gateway_timeouts_total", upstream="mock", phase="idle") > 0)
     assert sample(gw, "gateway_timeouts_total", upstream="mock", phase="idle") == 1
 
 
