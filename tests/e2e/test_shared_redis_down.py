@@ -14,9 +14,9 @@ from gateway.mock import MockServer
 from tests.support.servers import (
     InProcessGateway,
     RedisServer,
-    free_port,
     gateway_config,
     redis_server_binary,
+    running_redis,
     start_gateway,
 )
 from tests.support.until import until
@@ -28,12 +28,8 @@ ADMIN = "adm-redis-down-e2e"
 async def redis() -> AsyncIterator[RedisServer]:
     binary = redis_server_binary()
     assert binary is not None
-    server = RedisServer(port=free_port(), binary=binary)
-    server.start()
-    try:
+    with running_redis(binary) as server:
         yield server
-    finally:
-        server.kill()
 
 
 async def stats(gw: InProcessGateway) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,3 +235,14 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
+
+
+@contextmanager
+def running_redis(binary: str) -> Iterator[RedisServer]:
+    """A real redis-server from ``binary`` on a free loopback port, killed on exit."""
+    server = RedisServer(port=free_port(), binary=binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
