@@ -9,6 +9,7 @@ import pytest_asyncio
 from gateway.exchange import Exchange
 from gateway.mock import MockConfig, MockServer, start_mock
 from tests.support.exchange import build_exchange
+from tests.support.hang_report import reporting_hangs
 from tests.support.loop_watchdog import LoopWatchdog
 from tests.support.servers import RedisServer, redis8_server_binary, redis_server_binary, running_redis
 
@@ -23,6 +24,16 @@ def loop_watchdog(request: pytest.FixtureRequest) -> Iterator[LoopWatchdog]:
     if watchdog.offences and request.node.get_closest_marker("blocks_loop") is None:
         listed = "; ".join(str(o) for o in watchdog.offences[:5])
         pytest.fail(f"the event loop was blocked by gateway code: {listed}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def hang_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test about to hit pytest-timeout prints its pending asyncio tasks (``support/hang_report.py``)."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = marker.args[0] if marker is not None and marker.args else request.config.getini("timeout")
+    timeout = float(limit)
+    with reporting_hangs(timeout):
+        yield
 
 
 @pytest_asyncio.fixture

@@ -110,3 +110,46 @@ async def test_loop_watchdog_catches_a_gateway_callback_and_spares_others() -> N
         await done.wait()
     assert [o.what for o in watchdog.offences] == ["Tokenizer.count_text"]
     assert watchdog.offences[0].cpu_s > 0.1
+
+
+async def test_hang_report_names_where_a_pending_task_waits() -> None:
+    from tests.support.hang_report import pending_tasks_report
+
+    gate = asyncio.Event()
+
+    async def stuck_on_the_gate() -> None:
+        await gate.wait()
+
+    task = asyncio.get_running_loop().create_task(stuck_on_the_gate())
+    await asyncio.sleep(0)
+    try:
+        report = pending_tasks_report()
+        assert ", in stuck_on_the_gate\n" in report and "gate.wait()" in report
+    finally:
+        gate.set()
+        await task
+    assert ", in stuck_on_the_gate\n" not in pending_tasks_report()  # a finished task is not listed
+
+
+def test_hang_report_fires_only_when_the_block_outlives_its_time(capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from tests.support import hang_report
+
+    fired = threading.Event()
+    original = hang_report.pending_tasks_report
+
+    def spy() -> str:
+        fired.set()
+        return original()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hang_report, "LEAD_S", 0.0)
+        mp.setattr(hang_report, "pending_tasks_report", spy)
+        with hang_report.reporting_hangs(0.01):
+            assert fired.wait(5.0)
+        fired.clear()
+        with hang_report.reporting_hangs(30.0):
+            pass
+        assert not fired.wait(0.1)
+    assert "pending asyncio tasks" in capsys.readouterr().err
