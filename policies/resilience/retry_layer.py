@@ -75,6 +75,9 @@ class _Run:
     attempts: int = 0  # calls that reached an upstream (breaker rejections are not attempts)
     failovers: int = 0
     context_switched: bool = False  # the plan was replaced by the route's context_fallbacks
+    # A balanced target counted in flight when it was picked, before its attempt's task started
+    # (a hedged primary runs in a task of its own): its first attempt does not count it again.
+    reserved: str | None = None
 
 
 @dataclass(slots=True)
@@ -154,8 +157,18 @@ class RetryPolicy:
             switch_to(twin, hedge_target, primary_model)
             return self._on_target(twin, next, hedge_target, run, last=index + 1 == len(targets) - 1)
 
-        raced = await race(self._on_target(ex, next, targets[index], run, last=False), after, start_hedge,
-                           won=lambda r: isinstance(r, UpstreamResponse), drop=_drop, sleep=self.hedge_sleep)
+        primary = targets[index]
+        if primary.balanced:  # counted now: requests arriving before its task starts must see it
+            self.res.load(primary.key).begin()
+            run.reserved = primary.key
+        try:
+            raced = await race(self._on_target(ex, next, primary, run, last=False), after, start_hedge,
+                               won=lambda r: isinstance(r, UpstreamResponse), drop=_drop,
+                               sleep=self.hedge_sleep)
+        finally:
+            if run.reserved is not None:  # the primary's task never started (cancelled at once)
+                self.res.load(run.reserved).end()
+                run.reserved = None
         self.metrics.child(self.metrics.hedges, ex.request.route_name, raced.outcome).inc()
         if raced.outcome != "not_needed":
             ex.response_headers["x-gateway-hedge"] = raced.outcome
@@ -246,7 +259,10 @@ class RetryPolicy:
         if not target.balanced:
             return await self._send(ex, next, target, run)
         load = self.res.load(target.key)
-        load.begin()
+        if run.reserved == target.key:
+            run.reserved = None  # counted when it was picked
+        else:
+            load.begin()
         try:
             result = await self._send(ex, next, target, run)
         except BaseException:

@@ -85,20 +85,22 @@ class Harness:
                  fallbacks: list[dict[str, Any]] | None = None,
                  timeouts: dict[str, Any] | None = None,
                  context_fallbacks: list[dict[str, Any]] | None = None,
-                 hedge: dict[str, Any] | None = None, fake_hedge_timer: bool = False) -> None:
+                 hedge: dict[str, Any] | None = None, fake_hedge_timer: bool = False,
+                 targets: list[dict[str, Any]] | None = None) -> None:
         retry = {"base_delay_s": 0.1, "max_delay_s": 1.0, "budget_floor": 100, **(retry or {})}
         breaker = {"consecutive_failures": 100, "min_calls": 1000, **(breaker or {})}
         ups = {name: {"base_url": "http://127.0.0.1:9/v1", "retry": retry, "circuit_breaker": breaker,
                       "timeouts": timeouts or {}} for name in "abc"}
         self.config = parse_config({"upstreams": ups, "routes": [
             {"match": {"model": "*"}, "upstream": "a", "fallbacks": fallbacks or [],
-             "context_fallbacks": context_fallbacks or [], **({"hedge": hedge} if hedge else {})}]}, {})
+             "context_fallbacks": context_fallbacks or [], **({"hedge": hedge} if hedge else {}),
+             **({"targets": targets} if targets else {})}]}, {})
         self.clock = Clock()
         self.hedge_delays: list[float] = []  # with fake_hedge_timer: the hedge delays (each returns at once)
         self.metrics = Metrics()
         self.res = Resilience(ResilienceMetrics(self.metrics), self.clock, rand=lambda: 0.5)
         self.res.sync(self.config)
-        planner = RoutePlanner(self.config)
+        planner = RoutePlanner(self.config, self.res, rand=lambda: 0.25)
         self.policy = RetryPolicy(res=self.res, planner=planner, clock=self.clock,
                                   sleep=self.clock.sleep, rand=lambda: 0.5,
                                   context_planner=planner.context_plan,
@@ -518,6 +520,46 @@ async def test_hedge_wins_over_a_late_primary_and_the_answer_names_the_fallback(
     # the slow primary lost, it did not fail: its breaker ticket was settled neutral, b's as a success
     assert h.res.breaker("a").consecutive == 0 and h.res.breaker("a")._calls == 0
     assert h.res.breaker("b")._calls == 1 and ex.state.get(PENDING_TICKET) is None
+
+
+async def test_a_hedged_primary_is_in_flight_from_its_pick() -> None:
+    """Two streams arrive together on a route of two deployments: the second one's pick sees the first
+    one's deployment in flight, although the first one's attempt runs in the race's task, not started yet."""
+    h = Harness(targets=[{"upstream": "a"}, {"upstream": "b"}], fallbacks=[{"upstream": "c"}],
+                hedge={"after_s": 5.0})
+    for name in "ab":
+        h.scripts[name] = [answer(200, ROLE, TEXT, DONE, sse=True)]
+    first, second = await asyncio.gather(h.chain(h.exchange(stream=True)), h.chain(h.exchange(stream=True)))
+    assert sorted(ex_upstream for ex_upstream, _, _ in h.calls) == ["a", "b"]  # one each, not both on one
+    assert (h.res.load("a").in_flight, h.res.load("b").in_flight) == (1, 1)  # their bodies are open
+    await read(first)
+    await read(second)
+    assert (h.res.load("a").in_flight, h.res.load("b").in_flight) == (0, 0)
+
+
+async def test_a_hedged_request_cancelled_in_the_race_is_not_left_in_flight() -> None:
+    h = Harness(targets=[{"upstream": "a"}, {"upstream": "b"}], hedge={"after_s": 5.0})
+    h.scripts["a"] = h.scripts["b"] = [answer(200, ROLE, sse=True, stall=True)]
+    task = asyncio.ensure_future(h.chain(h.exchange(stream=True)))
+    await asyncio.sleep(0)  # the request has picked and is in the race
+    assert h.res.load("a").in_flight + h.res.load("b").in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (h.res.load("a").in_flight, h.res.load("b").in_flight) == (0, 0)
+
+
+async def test_a_race_that_fails_before_the_primary_ran_gives_its_pick_back() -> None:
+    """The primary's task never ran (the race failed first): the count taken at the pick is returned."""
+    h = Harness(targets=[{"upstream": "a"}, {"upstream": "b"}], hedge={"after_s": 5.0}, fake_hedge_timer=True)
+
+    def broken_timer(seconds: float) -> Any:
+        raise RuntimeError("no timer")
+
+    h.policy.hedge_sleep = broken_timer
+    with pytest.raises(RuntimeError):
+        await h.chain(h.exchange(stream=True))
+    assert h.calls == [] and (h.res.load("a").in_flight, h.res.load("b").in_flight) == (0, 0)
 
 
 async def test_hedge_counts_against_the_retry_budget() -> None:
