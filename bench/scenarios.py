@@ -26,7 +26,10 @@ Kind = Literal["requests", "streams", "cache", "idle", "workers"]
 
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench-client"}
 STREAM_FAULT = "ttft_ms=50;tokens_per_s=1000"  # 50 ms to the first token, then 1 ms between chunks
-IDLE_FAULT = "stall_after_chunks=1;stall_ms=300000"  # role chunk, then nothing for five minutes
+# The role chunk and a first token, then nothing for five minutes. One chunk is not enough: the gateway
+# commits a stream at its first meaningful event, so a role-only stream was still waiting for its headers
+# and ended as an upstream error (the idle figure then measured finished requests, not open streams).
+IDLE_FAULT = "stall_after_chunks=2;stall_ms=300000"
 CHAT_PATH = "/v1/chat/completions"
 
 
