@@ -6,7 +6,9 @@ streaming chats and measure the time to the first SSE byte. The same light load 
 first (the baseline), so "added by heavy prompts" is a same-run difference. Mock provider and
 gateway run in their own processes; gateway CPU seconds are read from ``/proc``.
 
-Run: ``python -m bench.heavy_prompts --seconds 5 [--source-tree /path/to/other/checkout]``.
+Run: ``python -m bench.heavy_prompts --seconds 5 [--heavy-rps 20] [--source-tree /path/to/other/checkout]``.
+The heavy clients go back to back by default (a closed loop: a faster gateway gets more heavy
+load); ``--heavy-rps`` offers the same heavy load to any tree.
 """
 from __future__ import annotations
 
@@ -58,15 +60,21 @@ async def light_client(session: aiohttp.ClientSession, url: str, end: float, ttf
 
 
 async def heavy_client(session: aiohttp.ClientSession, url: str, end: float, n: int, base: bytes,
-                       done: list[int]) -> None:
+                       done: list[int], interval_s: float = 0.0) -> None:
+    """Back to back, or one request every ``interval_s`` (an open loop: the same heavy load whatever
+    the gateway's speed, so two trees are compared at the same offered load)."""
     loop = asyncio.get_running_loop()
     i = 0
+    next_at = loop.time()
     while loop.time() < end:
         body = base.replace(MARK, f"{n}-{i}".encode())
         async with session.post(url, data=body, headers={"authorization": "Bearer heavy"}) as resp:
             await resp.read()
             done.append(resp.status)
         i += 1
+        if interval_s > 0:
+            next_at += interval_s
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -74,20 +82,22 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
 
 
-async def phase(url: str, seconds: float, heavy: int) -> dict[str, Any]:
+async def phase(url: str, seconds: float, heavy: int, heavy_rps: float = 0.0) -> dict[str, Any]:
     ttfts: list[float] = []
     done: list[int] = []
     bases = [heavy_body(n) for n in range(heavy)]  # built before the clock runs; requests only swap MARK
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         end = asyncio.get_running_loop().time() + seconds
+        interval = heavy / heavy_rps if heavy_rps else 0.0
         await asyncio.gather(*(light_client(session, url, end, ttfts) for _ in range(32)),
-                             *(heavy_client(session, url, end, n, bases[n], done) for n in range(heavy)))
+                             *(heavy_client(session, url, end, n, bases[n], done, interval)
+                               for n in range(heavy)))
     return {"light_ttft_p50_ms": pct(ttfts, 50) * 1000, "light_ttft_p99_ms": pct(ttfts, 99) * 1000,
             "light_requests": len(ttfts), "heavy_requests": len(done),
             "heavy_statuses": sorted(set(done))}
 
 
-def run(seconds: float, source_tree: str | None) -> dict[str, Any]:
+def run(seconds: float, source_tree: str | None, heavy_rps: float = 0.0) -> dict[str, Any]:
     mock = start_mock()
     gateway: Server | None = None
     try:
@@ -99,9 +109,10 @@ def run(seconds: float, source_tree: str | None) -> dict[str, Any]:
         asyncio.run(phase(url, 1.0, 0))  # warm up (encodings, pools)
         baseline = asyncio.run(phase(url, seconds, 0))
         cpu = cpu_seconds(gateway.pid)
-        heavy = asyncio.run(phase(url, seconds, 16))
+        heavy = asyncio.run(phase(url, seconds, 16, heavy_rps))
         heavy_cpu = cpu_seconds(gateway.pid) - cpu
-        return {"seconds": seconds, "source_tree": source_tree or "this tree", "baseline": baseline,
+        return {"seconds": seconds, "source_tree": source_tree or "this tree",
+                "heavy_rps": heavy_rps or "max", "baseline": baseline,
                 "with_16_heavy": heavy,
                 "added_ttft_p99_ms": heavy["light_ttft_p99_ms"] - baseline["light_ttft_p99_ms"],
                 "gateway_cpu_s_per_heavy_request": heavy_cpu / max(1, heavy["heavy_requests"])}
@@ -115,8 +126,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--source-tree", help="run the gateway from another checkout (a baseline)")
+    parser.add_argument("--heavy-rps", type=float, default=0.0,
+                        help="heavy requests per second in all (default: back to back)")
     args = parser.parse_args()
-    print(json.dumps(run(args.seconds, args.source_tree), indent=2))
+    print(json.dumps(run(args.seconds, args.source_tree, args.heavy_rps), indent=2))
 
 
 if __name__ == "__main__":

@@ -56,9 +56,12 @@ async def test_without_a_layer_that_counts_every_prompt_no_encoding_is_loaded(
     small = make_exchange(chat("hello"))
     await count_prompt(st, small)
     assert small.record.prompt_tokens is None and not st.tokenizer.is_loaded("o200k_base")
-    large = make_exchange(chat("hello world " * 4000))  # control: a large prompt is still counted
+    large = make_exchange(chat("hello world " * 4000))  # nor is a large one: nobody reads the figure
     await count_prompt(st, large)
-    assert large.record.prompt_tokens is not None and outcomes(st.metrics, "prompt_tokens") == {"done": 1.0}
+    assert large.record.prompt_tokens is None and not st.tokenizer.is_loaded("o200k_base")
+    await count_prompt(st, large, needed=True)  # control: a caller that reads it gets it, from the pool
+    assert large.record.prompt_tokens == st.tokenizer.count_request("chat", large.body or {})
+    assert outcomes(st.metrics, "prompt_tokens") == {"done": 1.0}
     st.work.close()
 
 
@@ -84,4 +87,21 @@ async def test_an_answer_without_usage_waits_for_its_encoding_before_it_is_settl
     assert loading is not None
     await loading
     assert st.tokenizer.is_loaded("o200k_base") and loading_for_estimate(st, ex) is None
+    st.work.close()
+
+
+async def test_a_large_prompt_without_usage_is_counted_in_the_pool_before_it_is_settled(
+        make_exchange: Callable[..., Exchange]) -> None:
+    st = state(counts_prompts=False)
+    st.tokenizer.preload(["o200k_base"])
+    small = make_exchange(chat("hello"))
+    small.record.source, small.record.status = "upstream", 200
+    assert loading_for_estimate(st, small) is None  # control: loaded encoding, small prompt: settle now
+    ex = make_exchange(chat("hello world " * 4000))
+    ex.record.source, ex.record.status = "upstream", 200
+    counting = loading_for_estimate(st, ex)
+    assert counting is not None and ex.record.prompt_tokens is None
+    await counting
+    assert ex.record.prompt_tokens == st.tokenizer.count_request("chat", ex.body or {})
+    assert outcomes(st.metrics, "prompt_tokens") == {"done": 1.0} and loading_for_estimate(st, ex) is None
     st.work.close()
