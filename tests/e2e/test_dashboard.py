@@ -22,6 +22,7 @@ from gateway.mock import MockServer
 from policies.ratelimit.runtime import COMPONENT as RATE_LIMIT
 from tests.e2e.conftest import GatewayFactory
 from tests.support.servers import InProcessGateway
+from tests.support.until import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
@@ -82,6 +83,18 @@ async def admin_stats(gw: InProcessGateway) -> dict[str, Any]:
         return await resp.json()  # type: ignore[no-any-return]
 
 
+async def page_until(page: Any, expression: str, within: float, arg: Any = None) -> None:
+    """Poll a JavaScript predicate from here; each look is one ``page.evaluate`` (a DevTools call).
+
+    Not ``page.wait_for_function``: it re-runs the predicate from the page's own timers through
+    ``eval``, which the dashboard's CSP (``script-src 'self'``) blocks, so it fails whenever the
+    predicate is not already true at its first look (a slow machine).
+    """
+    async def holds() -> bool:
+        return bool(await page.evaluate(expression, arg))
+    await until(holds, timeout=within, interval=0.05, message=expression)
+
+
 async def stat(page: Any, name: str) -> str:
     return (await page.locator(f'[data-stat="{name}"]').first.inner_text()).strip()
 
@@ -108,13 +121,11 @@ async def test_dashboard_shows_live_traffic_in_chromium(make_gateway: GatewayFac
             resp = await page.goto(f"{gw.url}/admin/dashboard?key={ADMIN_KEY}")
             assert resp is not None and resp.status == 200
             assert page.url == f"{gw.url}/admin/dashboard", "the key must be dropped from the URL"
-            await page.wait_for_function(
-                "n => document.querySelector('[data-stat=\"requests-total\"]').textContent === n",
-                arg=str(total), timeout=15000)
-            await page.wait_for_function(
-                f"document.querySelectorAll('#recent tbody tr[data-status]').length === {total}",
-                timeout=10000,
-            )
+            await page_until(
+                page, "n => document.querySelector('[data-stat=\"requests-total\"]')?.textContent === n",
+                15, arg=str(total))
+            await page_until(
+                page, f"document.querySelectorAll('#recent tbody tr[data-status]').length === {total}", 10)
 
             assert await stat(page, "success-rate") == f"{100 * (total - STORM) / total:.1f}%"
             assert await stat(page, "cache-hit-rate") == f"{100 * (CACHED_CALLS - 1) / CACHED_CALLS:.1f}%"
@@ -154,8 +165,7 @@ async def test_dashboard_shows_live_traffic_in_chromium(make_gateway: GatewayFac
             else:
                 assert await page.locator('[data-stat="breakers-na"]').is_visible()
 
-            await page.wait_for_function("document.querySelectorAll('.chart canvas').length >= 4",
-                                         timeout=10000)
+            await page_until(page, "document.querySelectorAll('.chart canvas').length >= 4", 10)
             html = await page.content()
             assert ADMIN_KEY not in html
             assert not errors, errors
@@ -188,7 +198,7 @@ async def check_phone_and_dark(browser: Any, page: Any) -> None:
         await phone.add_cookies(cookies)
         p = await phone.new_page()
         await p.goto(page.url)
-        await p.wait_for_function("document.querySelectorAll('.chart canvas').length >= 4", timeout=10000)
+        await page_until(p, "document.querySelectorAll('.chart canvas').length >= 4", 10)
         assert await p.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
         dark_bg = await p.evaluate("getComputedStyle(document.body).backgroundColor")
         light_bg = await page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -221,5 +231,31 @@ async def test_login_form_sets_cookie_without_key_in_page(make_gateway: GatewayF
             assert ADMIN_KEY not in await page.content()
             await asyncio.wait_for(page.click("text=Sign out"), 10)
             await page.wait_for_selector("#key", timeout=10000)
+        finally:
+            await browser.close()
+
+
+async def test_page_until_polls_under_the_dashboards_csp(make_gateway: GatewayFactory,
+                                                         mock_upstream: MockServer) -> None:
+    """A predicate that becomes true only later is still seen under the page's CSP (no eval in the page)."""
+    from playwright.async_api import async_playwright
+
+    gw = await dashboard_gateway(make_gateway, mock_upstream)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            resp = await page.goto(f"{gw.url}/admin/dashboard?key={ADMIN_KEY}")
+            assert resp is not None and "script-src 'self'" in resp.headers["content-security-policy"]
+            assert not await page.evaluate("document.body.dataset.late === '1'")
+
+            async def later() -> None:
+                await asyncio.sleep(0.3)
+                await page.evaluate("document.body.dataset.late = '1'")
+            task = asyncio.create_task(later())
+            await page_until(page, "document.body.dataset.late === '1'", 5)
+            await task
+            with pytest.raises(AssertionError, match="never"):
+                await page_until(page, "document.body.dataset.never === '1'", 0.2)
         finally:
             await browser.close()
