@@ -19,9 +19,8 @@ from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.config import CoalesceConfig
-from policies.cache.controls import mode_allows
 from policies.cache.fill import CLAIM_KEY
-from policies.cache.fleet_flight import FleetFlight
+from policies.cache.fleet_flight import PRE_CLAIM, FleetFlight, fleet_wait_s
 from policies.cache.request import (
     ANSWER_OPERATIONS,
     KeyMaker,
@@ -45,7 +44,8 @@ class Coalesce:
         self.keys = KeyMaker(config)
         self._routes = frozenset(r.label for r in config.routes)
         self.fleet = None if state.backend is None else FleetFlight(
-            state.backend, rt.exact, state.clock, partial(state.metrics.decision, self.name))
+            state.backend, rt.exact, state.clock, partial(state.metrics.decision, self.name),
+            owner=rt.fleet_owner)
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
@@ -55,6 +55,9 @@ class Coalesce:
                 (not cfg.nondeterministic and not deterministic(ex)):
             return await next(ex)
         fkey = (self.keys.key(ex), ex.request.stream, wants_usage_chunk(ex), ex.request.upstream_path)
+        pre = ex.state.get(PRE_CLAIM)
+        if pre is not None:  # a claim the lookup took: the flight's leader releases it (or this request)
+            pre.used = True
         flights = self.rt.flights
         while True:
             flight = flights.get(fkey)
@@ -85,12 +88,10 @@ class Coalesce:
     def _leader_call(self, ex: Exchange, next: Next, cfg: CoalesceConfig) -> Next:
         """What the local leader calls: the chain, or the fleet claim around it when the exact cache
         would store this answer (the entry is where other processes pick it up)."""
-        exact = cache_config(ex, self.config.cache).exact
-        if self.fleet is None or cfg.fleet_wait_s <= 0 or not exact.enabled or \
-                (exact.deterministic_only and not deterministic(ex)) or \
-                mode_allows(exact.mode, controls_of(ex)) != (True, True):
+        wait_s = fleet_wait_s(ex, cache_config(ex, self.config.cache))
+        if self.fleet is None or wait_s <= 0:
             return next
-        return partial(self.fleet.call, next=next, key=self.keys.key(ex), wait_s=cfg.fleet_wait_s)
+        return partial(self.fleet.call, next=next, key=self.keys.key(ex), wait_s=wait_s)
 
     def _count_follower(self, ex: Exchange) -> None:
         ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "coalesced"

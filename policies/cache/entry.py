@@ -25,7 +25,9 @@ import orjson
 from gateway.exchange import Usage
 from gateway.usage import usage_from_response_obj
 
-_MAGIC = b"GWC1"
+_MAGIC = b"GWC1"  # zlib-compressed
+_PLAIN = b"GWC0"  # stored as is: below COMPRESS_MIN_BYTES, zlib's set-up costs more than the bytes it saves
+COMPRESS_MIN_BYTES = 4096
 OPAQUE_USAGE = frozenset({"tool", "embedding"})  # bodies without a usage object of their own
 
 
@@ -74,15 +76,18 @@ class CachedAnswer:
         """Compressed bytes for a shared store: a small JSON header, a newline, the body."""
         head = orjson.dumps({"op": self.operation, "created": self.created, "ct": self.content_type,
                              "text": self.text, "tok": self.usage.prompt if self.usage is not None else None})
+        if len(self.body) < COMPRESS_MIN_BYTES:
+            return b"".join((_PLAIN, head, b"\n", self.body))
         return _MAGIC + zlib.compress(head + b"\n" + self.body, 3)
 
     @classmethod
     def decode(cls, data: bytes) -> CachedAnswer | None:
         """The inverse of :meth:`encode`; ``None`` for anything damaged or of another format."""
-        if not data.startswith(_MAGIC):
+        plain = data.startswith(_PLAIN)
+        if not plain and not data.startswith(_MAGIC):
             return None
         try:
-            raw = zlib.decompress(data[len(_MAGIC):])
+            raw = data[len(_PLAIN):] if plain else zlib.decompress(data[len(_MAGIC):])
             head_bytes, _, body = raw.partition(b"\n")
             head = orjson.loads(head_bytes)
         except (zlib.error, orjson.JSONDecodeError):

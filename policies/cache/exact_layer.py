@@ -21,6 +21,7 @@ from policies.cache.config import ExactCacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
 from policies.cache.fill import Callback, attach_fill, refusal
+from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, fleet_wait_s, release_unused
 from policies.cache.keys import CacheKey
 from policies.cache.request import (
     ANSWER_OPERATIONS,
@@ -45,6 +46,9 @@ class ExactCache:
         self.config = config
         self.rt = rt
         self.keys = KeyMaker(config)
+        # fleet coalescing is on: a miss takes its claim in the lookup's round trip
+        self.claims = state.backend is not None and any(b.coalesce.enabled for b in cache_blocks(config))
+        self._release = state.backend.script(RELEASE_IF_MINE) if self.claims and state.backend else None
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
@@ -60,7 +64,7 @@ class ExactCache:
             self.rt.metrics.request("exact", "bypass", self.name)
             return await next(ex)
         if read:
-            answer = await self.rt.exact.get(key)
+            answer = await self._lookup(ex, key)
             if answer is not None and (controls.max_age_s is None or _age(answer) <= controls.max_age_s):
                 self.rt.metrics.request("exact", "hit", self.name)
                 self.rt.metrics.saved("exact", ex.request.model, answer.tokens)
@@ -68,12 +72,33 @@ class ExactCache:
         ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "miss"
         self.rt.metrics.request("exact", "miss", self.name)
         primary = (ex.target.upstream, ex.target.model)
-        resp = await next(ex)
+        try:
+            resp = await next(ex)
+        finally:
+            self._release_unused(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
             resp = attach_fill(ex, resp, self._storer(primary, key, ttl, cfg),
                                min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills)
         return resp
+
+    async def _lookup(self, ex: Exchange, key: CacheKey) -> CachedAnswer | None:
+        """The entry; on a miss, the fleet's coalescing claim too when this request would take one."""
+        wait_s = fleet_wait_s(ex, cache_config(ex, self.config.cache)) if self.claims else 0.0
+        if wait_s <= 0:
+            return await self.rt.exact.get(key)
+        answer, claim = await self.rt.exact.get_or_claim(key, self.rt.fleet_owner, int(wait_s * 1000))
+        if claim is not None:
+            ex.state.set(PRE_CLAIM, claim)
+        return answer
+
+    def _release_unused(self, ex: Exchange) -> None:
+        """A claim whose request never reached single flight (a semantic hit, an error) is given back."""
+        claim = ex.state.get(PRE_CLAIM)
+        backend = self.state.backend
+        if claim is not None and backend is not None and \
+                release_unused(backend, self._release, claim, self.rt.fleet_owner):
+            self.state.metrics.decision("coalesce", "fleet_claim_unused")
 
     def _storer(self, primary: tuple[str, str], key: CacheKey, ttl: float, cfg: ExactCacheConfig) -> Callback:
         def store(ex: Exchange, answer: CachedAnswer, reasons: list[str]) -> None:

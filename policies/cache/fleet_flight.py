@@ -2,7 +2,9 @@
 
 Single flight (``singleflight``) shares one upstream call among the requests of one process. Across
 processes the exact cache is the meeting point: the process that leads a flight locally first claims
-the key in Redis (``SET <prefix>flight:exact:<tenant token>:<digest> NX PX``). If it wins, it calls
+the key in Redis (``SET <prefix>flight:exact:<tenant token>:<digest> NX PX``). The exact cache's
+lookup already takes that claim on a miss, in the same round trip (``AnswerStore.get_or_claim``,
+``PRE_CLAIM``), so a cacheable miss pays one round trip for both. If it wins, it calls
 the provider; when the answer has been relayed the claim is kept ``GRACE_S`` more (the exact cache
 writes the entry just after). If another process holds the claim, this one waits, bounded by
 ``coalesce.fleet_wait_s`` (<= 10 s), for the entry to appear and answers from it
@@ -13,42 +15,93 @@ provider itself.
 Only requests the exact cache would store take part (cache enabled, read and write allowed,
 deterministic unless ``deterministic_only: false``). Redis away: each process coalesces locally.
 The claim key names the entry the way its cache key does (tenant token + digest: no prompt text, no
-secret), outside the ``cache:`` keyspace.
+secret), outside the ``cache:`` keyspace. Its value is the claiming process's id (random per process:
+replicas in containers share pids). A local leader whose lookup found the claim held by its own process
+leads: the holder is a request of this process that became this flight's follower (their lookups'
+answers can arrive in either order), or a flight in another delivery mode; waiting would be waiting on
+itself. A claim taken by a lookup whose request never reached the coalescing layer (a semantic hit,
+an error) is released when that request ends (``release_unused``).
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import Callable
+from typing import Any
 
 from gateway.body import Observed
 from gateway.chain import Next
-from gateway.exchange import Exchange, UpstreamResponse
+from gateway.exchange import Exchange, StateKey, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
-from gateway.state.write_behind import Write
+from gateway.state.write_behind import Write, evalsha
+from policies.cache.config import CacheConfig
+from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
-from policies.cache.keys import CacheKey, namespace_token
-from policies.cache.redis_store import AnswerStore
+from policies.cache.keys import CacheKey
+from policies.cache.redis_store import AnswerStore, Claim
+from policies.cache.request import controls_of, deterministic
 from policies.cache.respond import cached_response
 
 POLL_S = 0.025
 GRACE_S = 1.0  # the claim outlives the answer by this much: the entry's write may still be on its way
+PRE_CLAIM: StateKey[Claim] = StateKey("cache.fleet_claim")  # taken by the exact cache's lookup
+RELEASE_IF_MINE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def process_id() -> str:
+    """This process's claim value: unique across replicas (containers often share pids)."""
+    return f"{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def fleet_wait_s(ex: Exchange, cfg: CacheConfig) -> float:
+    """How long this request's fleet claim lasts; 0 when it takes no part (same gates as the layers:
+    coalesced at all, and an answer the exact cache would store, where other processes find it)."""
+    co, exact = cfg.coalesce, cfg.exact
+    if not co.enabled or co.fleet_wait_s <= 0 or not exact.enabled:
+        return 0.0
+    controls = controls_of(ex)
+    if not controls.read or (not co.nondeterministic and not deterministic(ex)):
+        return 0.0
+    if exact.deterministic_only and not deterministic(ex):
+        return 0.0
+    if mode_allows(exact.mode, controls) != (True, True):
+        return 0.0
+    return co.fleet_wait_s
+
+
+def release_unused(backend: GuardedRedis, script: Any, claim: Claim, owner: str) -> bool:
+    """Give back a claim the lookup took for a request that never led a flight (deferred, owner-checked)."""
+    if not claim.won or claim.used:
+        return False
+    backend.defer(evalsha(script, [claim.key], [owner]))
+    return True
 
 
 class FleetFlight:
     def __init__(self, backend: GuardedRedis, store: AnswerStore, clock: Callable[[], float],
-                 decision: Callable[[str], None], poll_s: float = POLL_S) -> None:
+                 decision: Callable[[str], None], poll_s: float = POLL_S, owner: str | None = None) -> None:
         self.backend, self.store, self.clock = backend, store, clock
         self.decision, self.poll_s = decision, poll_s
-        self.owner = f"{os.getpid()}"
+        self.owner = owner or process_id()
+        self._mine = self.owner.encode()
 
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry)."""
-        claim = f"{self.store.prefix}flight:{self.store.kind}:{namespace_token(key.namespace)}:{key.digest}"
-        try:
-            won = await self.backend.call(lambda r: r.set(claim, self.owner, nx=True, px=int(wait_s * 1000)))
-        except RedisUnavailable:
-            return await next(ex)
+        claim = self.store.claim_key(key)
+        pre = ex.state.get(PRE_CLAIM)
+        if pre is not None and pre.key == claim:
+            pre.used = True
+            won = pre.won or pre.holder == self._mine  # held by this process: see the module's docstring
+        else:
+            try:
+                won = bool(await self.backend.call(
+                    lambda r: r.set(claim, self.owner, nx=True, px=int(wait_s * 1000))))
+            except RedisUnavailable:
+                return await next(ex)
         if won:
             self.decision("fleet_leader")
             return self._release_at_end(await next(ex), claim)

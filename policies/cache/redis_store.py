@@ -1,7 +1,9 @@
 """Shared answer store: the in-memory LRU in front of Redis (when ``state.backend: redis``).
 
 Reads try memory first, then Redis (one round trip: ``GET`` + ``PTTL``), and a
-Redis hit is copied into memory for its remaining TTL. Writes go to memory at
+Redis hit is copied into memory for its remaining TTL. ``get_or_claim`` is the
+same read that, on a miss, also takes the fleet's coalescing claim for the key in
+the same round trip (one Lua script; ``policies.cache.fleet_flight``). Writes go to memory at
 once and to Redis as a deferred write (``GuardedRedis.defer``: it shares a round
 trip with the request's other end-of-answer writes), so a slow Redis never delays an
 answer. Every Redis key has a TTL (``SET ... PX``) and entries are compressed.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.state.write_behind import Write
@@ -22,6 +25,25 @@ from policies.cache.keys import CacheKey, namespace_token
 from policies.cache.memory_store import MemoryStore
 
 log = logging.getLogger("gateway.cache")
+
+# KEYS: the entry, the claim. ARGV: the claimer, the claim's life in ms.
+# A hit: {entry, its PTTL}. A miss: {false, 1} when this call took the claim, else {false, 0, holder}.
+LOOKUP_OR_CLAIM = """
+local entry = redis.call('GET', KEYS[1])
+if entry then return {entry, redis.call('PTTL', KEYS[1])} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
+return {false, 0, redis.call('GET', KEYS[2])}
+"""
+
+
+@dataclass(slots=True)
+class Claim:
+    """The fleet claim as a cache lookup left it: taken by this lookup, or held by ``holder``."""
+
+    key: str
+    won: bool
+    holder: bytes | None  # the claimer's id, b"done" in its grace, None when it just ended
+    used: bool = False  # the coalescing layer took it over (it releases the claim at the answer's end)
 
 
 class AnswerStore:
@@ -42,9 +64,45 @@ class AnswerStore:
         self.prefix = prefix
         self.wall = wall
         self.on_redis_error = on_redis_error
+        self._lookup_or_claim: Any = None  # the registered script, on first use
 
     def redis_key(self, key: CacheKey) -> str:
         return f"{self.prefix}cache:{self.kind}:{namespace_token(key.namespace)}:{key.digest}"
+
+    def claim_key(self, key: CacheKey) -> str:
+        """The fleet's coalescing claim for ``key`` (outside the ``cache:`` keyspace; no text, no secret)."""
+        return f"{self.prefix}flight:{self.kind}:{namespace_token(key.namespace)}:{key.digest}"
+
+    async def get_or_claim(self, key: CacheKey, owner: str, claim_ms: int) -> tuple[CachedAnswer | None,
+                                                                                   Claim | None]:
+        """``get``; on a miss in Redis, also the claim (``SET NX PX``), in the same round trip.
+
+        ``(answer, None)`` on a hit, ``(None, Claim)`` on a miss, ``(None, None)`` when Redis was not
+        asked (no Redis, a memory hit) or failed: the caller then claims the usual way, or not at all.
+        """
+        found = self.memory.get(key)
+        if found is not None:
+            return found[0], None
+        if self.redis is None:
+            return None, None
+        if self._lookup_or_claim is None:
+            self._lookup_or_claim = self.redis.script(LOOKUP_OR_CLAIM)
+        script, keys = self._lookup_or_claim, [self.redis_key(key), self.claim_key(key)]
+        try:
+            row = await self.redis.call(lambda r: script(keys=keys, args=[owner, claim_ms], client=r))
+        except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
+            self._redis_failed()
+            return None, None
+        if row[0]:
+            return self._remember(key, row[0], row[1]), None
+        return None, Claim(keys[1], won=row[1] == 1, holder=row[2] if len(row) > 2 else None)
+
+    def _remember(self, key: CacheKey, data: bytes, pttl: Any) -> CachedAnswer | None:
+        """Decode an entry read from Redis and keep it in memory for its remaining TTL."""
+        answer = CachedAnswer.decode(data)
+        if answer is not None and isinstance(pttl, int) and pttl > 0:
+            self.memory.set(key, answer, pttl / 1000)
+        return answer
 
     async def get(self, key: CacheKey) -> CachedAnswer | None:
         found = self.memory.get(key)
@@ -86,12 +144,7 @@ class AnswerStore:
             return None
         if not data:
             return None
-        answer = CachedAnswer.decode(data)
-        if answer is None:
-            return None
-        if isinstance(pttl, int) and pttl > 0:
-            self.memory.set(key, answer, pttl / 1000)
-        return answer
+        return self._remember(key, data, pttl)
 
     def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
         """Store now in memory; in Redis as a deferred write (it shares a round trip, nobody waits)."""

@@ -14,6 +14,7 @@ from gateway.appstate import AppState
 from gateway.config_model import Config
 from gateway.exchange import StateKey
 from policies.cache.fill import FillBudget
+from policies.cache.fleet_flight import process_id
 from policies.cache.memory_store import MemoryStore
 from policies.cache.redis_store import AnswerStore
 from policies.cache.singleflight import Flights
@@ -83,6 +84,7 @@ class CacheRuntime:
     flights: Flights = field(default_factory=Flights)
     fills: FillBudget = field(default_factory=FillBudget)  # bytes of answers being collected, all together
     parts: dict[str, Any] = field(default_factory=dict)  # semantic index, embedder, embeddings store, batcher
+    fleet_owner: str = field(default_factory=process_id)  # this process's value in fleet coalescing claims
 
 
 def cache_runtime(state: AppState, config: Config) -> CacheRuntime:

@@ -47,3 +47,23 @@ async def test_failures_become_unavailable_and_open_the_guard(error: Exception) 
     clock.now = 2.0
     assert await guard.call(healthy) == "PONG"
     assert guard.up and seen == [False, True]
+
+
+async def test_a_call_cut_by_the_timeout_leaves_no_reply_behind(redis_server: Any) -> None:
+    """The client has no per-read socket timeout: ``call`` bounds the whole call. A read it cuts short
+    must not leave its late reply on a pooled connection for the next command to read as its own."""
+    import time
+
+    from gateway.config_model import StateConfig
+
+    guard = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url, timeout_ms=100),
+                                     time.monotonic)
+    try:
+        await guard.call(lambda r: r.set("cut:k", "v"))
+        assert guard.client.connection_pool.connection_kwargs.get("socket_timeout") is None
+        with pytest.raises(RedisUnavailable):  # the server answers BLPOP (nil) after 0.4 s: cut at 0.1 s
+            await guard.call(lambda r: r.blpop(["cut:empty"], timeout=0.4))
+        # a reused connection, had it been kept, would hand this GET the BLPOP's late nil
+        assert await guard.call(lambda r: r.get("cut:k")) == b"v"
+    finally:
+        await guard.close()

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
 
 import orjson
 
 from gateway.exchange import Exchange, UpstreamResponse
+from gateway.state.redis_client import GuardedRedis
 from policies.cache.coalesce_layer import factory
+from policies.cache.fleet_flight import PRE_CLAIM
+from policies.cache.redis_store import Claim
 from tests.policies.cache.support import ANSWER, body_of, drain, exchange, make_state
+from tests.support.servers import RedisServer
+from tests.support.until import until
 
 
 class Gated:
@@ -49,3 +56,37 @@ async def test_bypass_and_nondeterministic_are_not_coalesced() -> None:
     up2 = Gated()
     await run(st, policy, up2, 3, body={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})
     assert (up.calls, up2.calls) == (3, 3)
+
+
+async def test_lookups_answered_out_of_order_do_not_wait_on_themselves(redis_server: RedisServer) -> None:
+    """Two identical requests of one process: A's lookup took the fleet claim, B's found it held (by this
+    process). B reaches single flight first and leads; A joins B's flight. B must not wait for an entry
+    that only its own flight will write (the fleet wait is 10 s): one provider call, answered at once."""
+    st = make_state(state={"backend": "redis", "redis_url": redis_server.url,
+                           "key_prefix": f"o{secrets.token_hex(3)}:"})
+    st.backend = GuardedRedis.from_config(st.config.state, time.monotonic)
+    try:
+        policy = await factory(st, st.config)
+        assert policy is not None and policy.fleet is not None
+        rt = policy.rt
+        a, b = exchange(st), exchange(st)
+        claim_key = rt.exact.claim_key(policy.keys.key(a))
+        await st.backend.client.set(claim_key, rt.fleet_owner, px=10_000)  # what A's lookup did
+        pre_a = Claim(claim_key, won=True, holder=None)
+        pre_b = Claim(claim_key, won=False, holder=rt.fleet_owner.encode())
+        a.state.set(PRE_CLAIM, pre_a)
+        b.state.set(PRE_CLAIM, pre_b)
+        up = Gated()
+        started = time.monotonic()
+        first = asyncio.create_task(policy(b, up))
+        await until(lambda: up.calls == 1)  # B leads: the provider is asked, not the fleet waited on
+        second = asyncio.create_task(policy(a, up))
+        up.gate.set()
+        for resp in await asyncio.gather(first, second):
+            assert orjson.loads(await drain(resp)) == ANSWER
+        assert up.calls == 1 and time.monotonic() - started < 2.0
+        assert a.record.cache_result == "coalesced" and pre_a.used and pre_b.used
+        await st.backend.drain()
+        assert await st.backend.client.get(claim_key) == b"done"  # B's flight released it for both
+    finally:
+        await st.backend.close()

@@ -1,10 +1,18 @@
 """The exact cache policy: stores clean answers, serves them in both modes, respects modes and tenants."""
 from __future__ import annotations
 
+import secrets
+import time
+
 import orjson
 
+from gateway.exchange import Exchange, UpstreamResponse
+from gateway.state.redis_client import GuardedRedis
 from policies.cache.exact_layer import factory
+from policies.cache.fleet_flight import PRE_CLAIM
+from policies.cache.redis_store import Claim
 from tests.policies.cache.support import ANSWER, Upstream, drain, exchange, make_state
+from tests.support.servers import RedisServer
 
 
 async def test_miss_then_hit_in_both_modes() -> None:
@@ -66,3 +74,50 @@ async def test_errors_and_tenants() -> None:
     counted = st.metrics.registry.get_sample_value("gateway_cache_requests_total",
                                                    {"kind": "exact", "result": "miss"})
     assert counted == 3
+
+
+async def test_a_miss_takes_the_fleet_claim_and_gives_it_back_when_unused(redis_server: RedisServer) -> None:
+    """With a shared backend, the lookup of a cacheable miss also claims the key for fleet coalescing.
+    A request that never reaches single flight (here next() answers itself, as a semantic hit would)
+    gives the claim back at once; one that single flight took over keeps it for the flight's leader."""
+    st = make_state(state={"backend": "redis", "redis_url": redis_server.url,
+                           "key_prefix": f"x{secrets.token_hex(3)}:"})
+    st.backend = GuardedRedis.from_config(st.config.state, time.monotonic)
+    try:
+        policy = await factory(st, st.config)
+        assert policy is not None and policy.claims
+        seen: list[Claim | None] = []
+
+        async def answers_itself(ex: Exchange) -> UpstreamResponse:
+            seen.append(ex.state.get(PRE_CLAIM))
+            return await Upstream()(ex)
+
+        await drain(await policy(exchange(st, {"model": "gpt-4o", "temperature": 0,
+                                               "messages": [{"role": "user", "content": "one"}]}),
+                                 answers_itself))
+        await st.backend.drain()
+        claim = seen[0]
+        assert claim is not None and claim.won and not claim.used
+        assert await st.backend.client.exists(claim.key) == 0
+        assert st.metrics.registry.get_sample_value(
+            "gateway_policy_decisions_total", {"policy": "coalesce", "decision": "fleet_claim_unused"}) == 1
+
+        async def coalesced(ex: Exchange) -> UpstreamResponse:
+            pre = ex.state.get(PRE_CLAIM)
+            assert pre is not None
+            pre.used = True  # what the coalescing layer does
+            seen.append(pre)
+            return await Upstream()(ex)
+
+        await drain(await policy(exchange(st, {"model": "gpt-4o", "temperature": 0,
+                                               "messages": [{"role": "user", "content": "two"}]}), coalesced))
+        await st.backend.drain()
+        used = seen[1]
+        assert used is not None and used.won and await st.backend.client.exists(used.key) == 1
+
+        await drain(await policy(exchange(st, {"model": "gpt-4o", "temperature": 0.7,
+                                               "messages": [{"role": "user", "content": "three"}]}),
+                                 answers_itself))
+        assert seen[2] is None  # not deterministic: not cached, not coalesced, no claim
+    finally:
+        await st.backend.close()

@@ -12,10 +12,10 @@ from gateway.config_model import StateConfig
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis
 from policies.cache.entry import CachedAnswer
-from policies.cache.fleet_flight import FleetFlight
+from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, FleetFlight, release_unused
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
-from policies.cache.redis_store import AnswerStore
+from policies.cache.redis_store import AnswerStore, Claim
 from tests.support.servers import RedisServer
 from tests.support.until import until
 
@@ -77,3 +77,66 @@ async def test_follower_gives_up_when_nothing_is_stored(redis_server: RedisServe
     await drain(await b.call(make_exchange(), pb, key, 5.0))
     assert pb.calls == 1 and decisions == ["fleet_leader", "fleet_gave_up"]
     assert time.monotonic() - started < 3.0  # within the grace, not the whole wait
+
+
+async def test_a_claim_taken_by_the_lookup_is_used_not_taken_again(
+        redis_server: RedisServer, make_exchange: Callable[..., Exchange]) -> None:
+    """The exact cache's lookup took the claim: the leader makes no SET of its own (the claim key stays
+    absent here, where a SET NX would have written it), and marks the claim used."""
+    prefix, key, decisions = f"f{secrets.token_hex(3)}:", CacheKey("t:team-a", "d3"), list[str]()
+    a = process(redis_server.url, prefix, decisions)
+    pa = Provider()
+    pa.release.set()
+    ex = make_exchange()
+    pre = Claim(a.store.claim_key(key), won=True, holder=None)
+    ex.state.set(PRE_CLAIM, pre)
+    await drain(await a.call(ex, pa, key, 5.0))
+    await a.backend.drain()
+    assert pa.calls == 1 and decisions == ["fleet_leader"] and pre.used
+    assert await a.backend.client.exists(pre.key) == 0
+    control = make_exchange()  # no claim from the lookup: the leader claims itself
+    await drain(await a.call(control, pa, CacheKey("t:team-a", "d4"), 5.0))
+    assert await a.backend.client.exists(a.store.claim_key(CacheKey("t:team-a", "d4"))) == 1
+
+
+async def test_a_claim_held_by_this_process_is_led_one_held_elsewhere_is_followed(
+        redis_server: RedisServer, make_exchange: Callable[..., Exchange]) -> None:
+    """Held by a request of this process (it became this flight's follower): lead, do not wait on
+    yourself. Held by another process: follow its entry."""
+    prefix, decisions = f"f{secrets.token_hex(3)}:", list[str]()
+    a, b = process(redis_server.url, prefix, decisions), process(redis_server.url, prefix, decisions)
+    pa, pb = Provider(), Provider()
+    pa.release.set()
+    mine = CacheKey("t:team-a", "d5")
+    ex = make_exchange()
+    ex.state.set(PRE_CLAIM, Claim(a.store.claim_key(mine), won=False, holder=a.owner.encode()))
+    started = time.monotonic()
+    await drain(await a.call(ex, pa, mine, 5.0))
+    assert pa.calls == 1 and decisions == ["fleet_leader"] and time.monotonic() - started < 1.0
+
+    theirs = CacheKey("t:team-a", "d6")
+    await a.backend.client.set(a.store.claim_key(theirs), b.owner, px=5000)
+    follower_ex = make_exchange()
+    follower_ex.state.set(PRE_CLAIM, Claim(a.store.claim_key(theirs), won=False, holder=b.owner.encode()))
+    follower = asyncio.create_task(a.call(follower_ex, pa, theirs, 5.0))
+    b.store.set(theirs, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)  # b's entry
+    assert await drain(await follower) == ANSWER and pa.calls == 1 and pb.calls == 0
+    assert decisions == ["fleet_leader", "fleet_follower"]
+
+
+async def test_release_unused_gives_back_only_an_unused_claim_of_its_own(redis_server: RedisServer) -> None:
+    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
+    script = redis.script(RELEASE_IF_MINE)
+    prefix = f"r{secrets.token_hex(3)}:"
+    try:
+        for name, holder, won, used, kept in (("unused", "me", True, False, False),
+                                              ("used", "me", True, True, True),
+                                              ("not-won", "other", False, False, True),
+                                              ("taken-over", "other", True, False, True)):
+            key = f"{prefix}{name}"
+            await redis.client.set(key, holder, px=5000)
+            release_unused(redis, script, Claim(key, won=won, holder=None, used=used), "me")
+            await redis.drain()
+            assert await redis.client.exists(key) == int(kept), name
+    finally:
+        await redis.close()

@@ -52,5 +52,34 @@ async def test_redis_down_is_a_quick_miss() -> None:
         await asyncio.wait_for(s.flush(), 2)
         assert time.monotonic() - started < 2 and errors
         assert await s.get(CacheKey("t:x", "w")) is not None  # memory still serves
+        assert await s.get_or_claim(CacheKey("t:x", "c"), "p1", 1000) == (None, None)  # no claim, no error
+    finally:
+        await redis.close()
+
+
+async def test_get_or_claim_takes_the_claim_only_on_a_miss(redis_server: RedisServer) -> None:
+    """One round trip: a miss claims (NX, with the claim's life), a second claimer sees the holder, a hit
+    in Redis or in memory claims nothing."""
+    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
+    prefix = f"c{secrets.token_hex(3)}:"
+    try:
+        a, b = store(redis, prefix), store(redis, prefix)
+        miss = CacheKey("t:x", "miss")
+        answer, claim = await a.get_or_claim(miss, "p1", 5000)
+        assert answer is None and claim is not None and claim.won and claim.key == a.claim_key(miss)
+        assert await redis.client.get(claim.key) == b"p1" and 0 < await redis.client.pttl(claim.key) <= 5000
+        answer, held = await b.get_or_claim(miss, "p2", 5000)
+        assert answer is None and held is not None and not held.won and held.holder == b"p1"
+        assert await redis.client.get(claim.key) == b"p1"  # NX: the first claim stands
+
+        hit = CacheKey("t:x", "hit")
+        a.set(hit, CachedAnswer(operation="chat", body=b'{"choices":[]}', created=1.0), 30)
+        await a.flush()
+        answer, none = await b.get_or_claim(hit, "p2", 5000)  # from Redis: kept in b's memory after
+        assert answer is not None and answer.body == b'{"choices":[]}' and none is None
+        assert await redis.client.exists(b.claim_key(hit)) == 0
+        await redis.client.delete(b.redis_key(hit))
+        answer, none = await b.get_or_claim(hit, "p2", 5000)  # from memory: Redis is not asked
+        assert answer is not None and none is None and await redis.client.exists(b.claim_key(hit)) == 0
     finally:
         await redis.close()
