@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.exchange import Exchange, UpstreamResponse
-from policies.cache.embeddings import Input, parse_answer, split_tokens
+from policies.cache.embeddings import Input
 
 Call = Callable[[Exchange], Awaitable[UpstreamResponse]]
+# The answer's bytes and the batch's inputs -> each input's vector and token share (None: unusable answer);
+# the embeddings layer parses a large answer in the work pool.
+ShareOut = Callable[[bytes, list[Input]], Awaitable[tuple[list[bytes], list[int]] | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ class Failed:
 class _Batch:
     ex: Exchange
     call: Call
-    count: Callable[[str], int]
+    share: ShareOut
     items: list[Input] = field(default_factory=list)
     futures: list[asyncio.Future[Share | Failed]] = field(default_factory=list)
     handle: asyncio.TimerHandle | None = None
@@ -52,11 +55,11 @@ class Batcher:
         self.on_batch = on_batch
 
     async def submit(self, key: Hashable, ex: Exchange, call: Call, item: Input, window_s: float,
-                     max_batch: int, count: Callable[[str], int]) -> Share | Failed:
+                     max_batch: int, share: ShareOut) -> Share | Failed:
         loop = asyncio.get_running_loop()
         batch = self._open.get(key)
         if batch is None:
-            batch = self._open[key] = _Batch(ex, call, count)
+            batch = self._open[key] = _Batch(ex, call, share)
             batch.handle = loop.call_later(window_s, self._fire, key, batch)
         future: asyncio.Future[Share | Failed] = loop.create_future()
         batch.items.append(item)
@@ -84,6 +87,7 @@ class Batcher:
         try:
             resp = await batch.call(ex)
             data = b"".join([chunk async for chunk in resp.body])
+            parsed = await batch.share(data, batch.items) if resp.status == 200 else None
         except BaseException as exc:
             for future in batch.futures:
                 if not future.done():
@@ -92,13 +96,11 @@ class Batcher:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        parsed = parse_answer(data, n) if resp.status == 200 else None
         if parsed is None:
             outcome: list[Share | Failed] = [Failed(resp.status if resp.status != 200 else 502, resp.headers,
                                                     data)] * n
         else:
-            vectors, total = parsed
-            tokens = split_tokens(total, batch.items, batch.count)
+            vectors, tokens = parsed
             outcome = [Share(v, t) for v, t in zip(vectors, tokens, strict=True)]
         for future, result in zip(batch.futures, outcome, strict=True):
             if not future.done():

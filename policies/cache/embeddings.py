@@ -84,6 +84,25 @@ def parse_answer(data: bytes, n: int) -> tuple[list[bytes], int] | None:
     return [v for v in vectors if v is not None], tokens if isinstance(tokens, int) else 0
 
 
+def shares(data: bytes, items: Sequence[Input],
+           count: Callable[[str], int]) -> tuple[list[bytes], list[int]] | None:
+    """Each input's vector (JSON) and share of the answer's prompt tokens; None for an unusable answer."""
+    parsed = parse_answer(data, len(items))
+    if parsed is None:
+        return None
+    vectors, total = parsed
+    return vectors, split_tokens(total, items, count)
+
+
+def rough_count(text: str) -> int:
+    """A share weight without the tokenizer (the work pool was busy): about 4 characters a token."""
+    return max(1, len(text) // 4)
+
+
+def text_bytes(items: Sequence[Input]) -> int:
+    return sum(len(i) for i in items if isinstance(i, str))
+
+
 def assemble(model: str, vectors: Sequence[bytes], tokens: int) -> bytes:
     data = [{"object": "embedding", "index": i,
              "embedding": orjson.Fragment(v)} for i, v in enumerate(vectors)]

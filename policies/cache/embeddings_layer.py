@@ -7,11 +7,19 @@ request. A request for exactly one unseen input waits up to ``batch_window_ms``
 for identical-shaped requests and shares one upstream call with them
 (``policies.cache.batcher``). A request with nothing cached and no repeated input
 passes through untouched (bytes unchanged) and is stored as it goes by.
+
+Bounded work: the provider's total is shared out over the inputs by their token counts. The model's
+encoding is loaded off the loop before the call; an answer over 256 KiB (2,048 vectors are tens of MB
+of JSON) is parsed and shared out in the work pool, its entries encoded for Redis there too, and
+stored just after its relay (over the pool's budget: shared by characters).
 """
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from gateway.appstate import AppState
@@ -19,6 +27,7 @@ from gateway.body import Observed, OneChunk
 from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.exchange import Exchange, Source, UpstreamResponse, Usage
+from gateway.tokens.pool import INLINE_MAX_BYTES
 from policies.cache.batcher import Batcher, Failed
 from policies.cache.config import EmbeddingsCacheConfig
 from policies.cache.embeddings import (
@@ -27,8 +36,9 @@ from policies.cache.embeddings import (
     input_key,
     inputs_of,
     params_of,
-    parse_answer,
-    split_tokens,
+    rough_count,
+    shares,
+    text_bytes,
 )
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, canonical
@@ -38,6 +48,10 @@ from policies.cache.request import KeyMaker, cache_blocks, cache_config, control
 from policies.cache.runtime import CacheRuntime, cache_runtime
 
 JSON = {"content-type": "application/json"}
+# An answer up to this size is parsed and shared on the loop; a larger one (2,048 vectors of 1,536
+# floats are ~60 MB of JSON) in the work pool, and its entries encoded for Redis there too.
+ANSWER_INLINE_MAX_BYTES = 256 * 1024
+Shared = tuple[list[bytes], list[int]]
 
 
 class EmbeddingsCache:
@@ -51,6 +65,7 @@ class EmbeddingsCache:
         self.store = store
         self.batcher = batcher
         self.keys = KeyMaker(config)
+        self._storing: set[asyncio.Task[None]] = set()  # large answers being stored after their relay
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation != "embeddings" or ex.body is None:
@@ -77,7 +92,10 @@ class EmbeddingsCache:
             self.rt.metrics.saved("embeddings", ex.request.model, saved)
             return self._answer(ex, [a.body for a in found if a is not None], saved, source="cache")
         self._result(ex, "miss" if cached == 0 else "partial")
-        if len(items) == 1 and cfg.batch_window_ms > 0 and cfg.max_batch > 1:
+        batched = len(items) == 1 and cfg.batch_window_ms > 0 and cfg.max_batch > 1
+        if batched or len(items) > 1:  # the answer's tokens will be shared out by token counts
+            await self._encoding_loaded(ex)
+        if batched:
             return await self._batched(ex, next, cfg, keys[0], items[0], ttl)
         if cached == 0 and len(set(keys)) == len(keys):
             resp = await next(ex)
@@ -89,7 +107,7 @@ class EmbeddingsCache:
         bkey = (ex.request.namespace, ex.target.upstream, ex.target.model, ex.request.upstream_path,
                 self.keys.version(ex), canonical(params_of(ex.body or {})))
         share = await self.batcher.submit(bkey, ex, next, item, cfg.batch_window_ms / 1000, cfg.max_batch,
-                                          self._counter(ex))
+                                          partial(self._shares, ex))
         if isinstance(share, Failed):
             return UpstreamResponse(status=share.status, headers=dict(share.headers),
                                     body=OneChunk(share.body))
@@ -107,16 +125,12 @@ class EmbeddingsCache:
         self.rt.metrics.batch_size.observe(len(sub))
         resp = await next(ex)
         data = b"".join([chunk async for chunk in resp.body])
-        parsed = parse_answer(data, len(sub)) if resp.status == 200 else None
+        parsed = await self._shares(ex, data, sub) if resp.status == 200 else None
         if parsed is None:
             return UpstreamResponse(status=resp.status, headers=resp.headers, body=OneChunk(data),
                                     upstream=resp.upstream)
-        vectors, total = parsed
-        fresh: dict[CacheKey, tuple[bytes, int]] = {}
-        for key, _item, vector, tokens in zip(todo, sub, vectors, split_tokens(total, sub, self._counter(ex)),
-                                             strict=True):
-            fresh[key] = (vector, tokens)
-            self._put(key, vector, tokens, ttl)
+        fresh = dict(zip(todo, zip(*parsed, strict=True), strict=True))
+        await self._put_all(ex, list(todo), parsed, ttl)
         out: list[bytes] = []
         usage = saved = 0
         for key, answer in zip(keys, found, strict=True):
@@ -137,14 +151,18 @@ class EmbeddingsCache:
         chunks: list[bytes] = []
 
         def on_end(error: BaseException | None) -> None:
-            if error is not None:
+            if error is not None or ttl <= 0:
                 return  # a complete answer only
-            parsed = parse_answer(b"".join(chunks), len(items))
-            if parsed is not None and ttl > 0:
-                vectors, total = parsed
-                for key, vector, tokens in zip(keys, vectors, split_tokens(total, items, self._counter(ex)),
-                                               strict=True):
-                    self._put(key, vector, tokens, ttl)
+            data = b"".join(chunks)
+            if self._inline(ex, data, items):
+                parsed = shares(data, items, self._counter(ex))
+                if parsed is not None:
+                    for key, vector, tokens in zip(keys, *parsed, strict=True):
+                        self._put(key, vector, tokens, ttl)
+                return
+            task = asyncio.get_running_loop().create_task(self._store_later(ex, data, keys, items, ttl))
+            self._storing.add(task)
+            task.add_done_callback(self._storing.discard)
 
         def keep(chunk: bytes) -> bytes:
             chunks.append(chunk)
@@ -152,11 +170,61 @@ class EmbeddingsCache:
 
         return replace(resp, body=Observed(resp.body, on_chunk=keep, on_end=on_end))
 
+    async def _encoding_loaded(self, ex: Exchange) -> None:
+        """The answer's tokens are shared out by each input's token count: the model's encoding is
+        loaded now, off the loop (once per process), not by the first share on the loop."""
+        tokenizer = self.state.tokenizer
+        if tokenizer is not None:
+            name = tokenizer.encoding_name_for(ex.target.model)
+            if not tokenizer.is_loaded(name):
+                await self.state.work.once(name, partial(tokenizer.encoding, name))
+
+    def _inline(self, ex: Exchange, data: bytes, items: Sequence[Input]) -> bool:
+        """Whether sharing this answer out is cheap enough for the loop (small, encoding loaded)."""
+        if len(data) > ANSWER_INLINE_MAX_BYTES:
+            return False
+        if len(items) < 2:
+            return True  # nothing to share out: no count
+        tokenizer = self.state.tokenizer
+        return text_bytes(items) <= INLINE_MAX_BYTES and \
+            (tokenizer is None or tokenizer.is_loaded(tokenizer.encoding_name_for(ex.target.model)))
+
+    async def _shares(self, ex: Exchange, data: bytes, items: list[Input]) -> Shared | None:
+        """The answer's vectors and each input's token share: inline when cheap, else in the work pool
+        (the encoding's first load included); over the pool's budget, shared by characters instead."""
+        if self._inline(ex, data, items):
+            return shares(data, items, self._counter(ex))
+        await self._encoding_loaded(ex)
+        return await self.state.work.run(ex.request.namespace, "embeddings_answer",
+                                         partial(shares, data, items, self._counter(ex)),
+                                         partial(shares, data, items, rough_count))
+
+    async def _store_later(self, ex: Exchange, data: bytes, keys: list[CacheKey], items: list[Input],
+                           ttl: float) -> None:
+        parsed = await self._shares(ex, data, items)
+        if parsed is not None:
+            await self._put_all(ex, keys, parsed, ttl)
+
+    async def _put_all(self, ex: Exchange, keys: list[CacheKey], parsed: Shared, ttl: float) -> None:
+        """Store fresh vectors; with Redis, a large batch's entries are encoded in the work pool."""
+        if ttl <= 0:
+            return
+        answers = [self._entry(vector, tokens) for vector, tokens in zip(*parsed, strict=True)]
+        encoded: list[bytes | None] = [None] * len(answers)
+        if self.store.redis is not None and sum(len(v) for v in parsed[0]) > ANSWER_INLINE_MAX_BYTES:
+            encoded = await self.state.work.run(ex.request.namespace, "embeddings_answer",
+                                                lambda: [a.encode() for a in answers], lambda: encoded)
+        for key, answer, data in zip(keys, answers, encoded, strict=True):
+            self.store.set(key, answer, ttl, encoded=data)
+
     def _put(self, key: CacheKey, vector: bytes, tokens: int, ttl: float) -> None:
         if ttl > 0:
-            answer = CachedAnswer(operation="embedding", body=vector, created=time.time(),
-                                  usage=Usage(prompt=tokens))
-            self.store.set(key, answer, ttl)
+            self.store.set(key, self._entry(vector, tokens), ttl)
+
+    @staticmethod
+    def _entry(vector: bytes, tokens: int) -> CachedAnswer:
+        return CachedAnswer(operation="embedding", body=vector, created=time.time(),
+                            usage=Usage(prompt=tokens))
 
     def _answer(self, ex: Exchange, vectors: list[bytes], tokens: int, upstream: str = "",
                 source: Source = "upstream") -> UpstreamResponse:
@@ -178,8 +246,7 @@ class EmbeddingsCache:
 
 
 def embeddings_parts(state: AppState, config: Config, rt: CacheRuntime) -> tuple[AnswerStore, Batcher]:
-    # rt.parts holds one untyped slot per feature; this one is the embeddings store and batcher
-    found: tuple[AnswerStore, Batcher] | None = rt.parts.get("embeddings")
+    found = rt.embeddings
     cfg = config.cache.embeddings
     if found is not None:
         found[0].memory.max_entries, found[0].memory.max_bytes = cfg.max_entries, cfg.max_bytes
@@ -191,7 +258,7 @@ def embeddings_parts(state: AppState, config: Config, rt: CacheRuntime) -> tuple
                         on_redis_error=rt.metrics.redis_errors.inc)
     batcher = Batcher(rt.metrics.batch_size.observe)
     state.closers.extend([store.flush, batcher.close])
-    rt.parts["embeddings"] = (store, batcher)
+    rt.embeddings = (store, batcher)
     return store, batcher
 
 

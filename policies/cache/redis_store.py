@@ -146,14 +146,16 @@ class AnswerStore:
             return None
         return self._remember(key, data, pttl)
 
-    def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
-        """Store now in memory; in Redis as a deferred write (it shares a round trip, nobody waits)."""
+    def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float, encoded: bytes | None = None) -> None:
+        """Store now in memory; in Redis as a deferred write (it shares a round trip, nobody waits).
+        ``encoded``: ``answer.encode()`` already done (off the loop, for a large batch of entries)."""
         if ttl_s <= 0:
             return
         self.memory.set(key, answer, ttl_s)
         if self.redis is not None:
             ms = max(1, int(ttl_s * 1000))
-            self.redis.defer(Write(("SET", self.redis_key(key), answer.encode(), "PX", ms),
+            data = encoded if encoded is not None else answer.encode()
+            self.redis.defer(Write(("SET", self.redis_key(key), data, "PX", ms),
                                    on_failure=self._redis_failed))
 
     async def delete(self, key: CacheKey) -> None:

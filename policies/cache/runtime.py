@@ -8,7 +8,7 @@ existing stores instead of dropping what they hold. Metrics are bound here once
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.appstate import AppState
 from gateway.config_model import Config
@@ -18,6 +18,10 @@ from policies.cache.fleet_flight import process_id
 from policies.cache.memory_store import MemoryStore
 from policies.cache.redis_store import AnswerStore
 from policies.cache.singleflight import Flights
+
+if TYPE_CHECKING:  # created by their layers, which import this module
+    from policies.cache.batcher import Batcher
+    from policies.cache.semantic_layer import SemanticParts
 
 COMPONENT: StateKey[CacheRuntime] = StateKey("cache")
 SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
@@ -83,7 +87,8 @@ class CacheRuntime:
     tool: AnswerStore
     flights: Flights = field(default_factory=Flights)
     fills: FillBudget = field(default_factory=FillBudget)  # bytes of answers being collected, all together
-    parts: dict[str, Any] = field(default_factory=dict)  # semantic index, embedder, embeddings store, batcher
+    semantic: SemanticParts | None = None  # the embedder and the index (semantic_layer.semantic_parts)
+    embeddings: tuple[AnswerStore, Batcher] | None = None  # per-input store, micro-batcher (embeddings_layer)
     fleet_owner: str = field(default_factory=process_id)  # this process's value in fleet coalescing claims
 
 

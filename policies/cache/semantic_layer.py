@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from policies.cache.shared_vectors import SharedVectors
 
 log = logging.getLogger("gateway.cache")
-PART = "semantic"
 MAX_ENTRY_BYTES = 8 * 1024 * 1024
 
 
@@ -193,7 +192,7 @@ def semantic_parts(
     from policies.cache.shared_vectors import SharedVectors
     from policies.cache.vector_index import VectorIndex
 
-    parts: SemanticParts | None = rt.parts.get(PART)
+    parts = rt.semantic
     if parts is not None and parts.spec == cfg.embedder:
         parts.index.max_entries, parts.index.max_bytes = cfg.max_entries, cfg.max_bytes
         return parts
@@ -206,7 +205,7 @@ def semantic_parts(
     if state.backend is not None:
         shared = SharedVectors(state.backend, config.state.key_prefix, time.time, rt.metrics.redis_errors.inc)
         state.closers.append(shared.flush)
-    parts = rt.parts[PART] = SemanticParts(cfg.embedder, embedder, index, shared)
+    parts = rt.semantic = SemanticParts(cfg.embedder, embedder, index, shared)
     state.closers.append(embedder.close)
     return parts
 

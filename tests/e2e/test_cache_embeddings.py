@@ -9,16 +9,26 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
+from policies.cache.runtime import COMPONENT as CACHE
+from tests.support.servers import InProcessGateway
+from tests.support.until import until
 
 MODEL = "text-embedding-3-small"
 
 
+def stored(gateway: InProcessGateway) -> int:
+    rt = gateway.state.components.get(CACHE)
+    return 0 if rt is None or rt.embeddings is None else len(rt.embeddings[0].memory)
+
+
 async def test_only_unseen_inputs_go_upstream(client: AsyncOpenAI, direct: AsyncOpenAI,
-                                              mock_upstream: MockServer) -> None:
+                                              mock_upstream: MockServer, gateway: InProcessGateway) -> None:
     """100 inputs with 90 seen before: 10 go upstream; order,
     vectors and usage equal the provider's full answer."""
     texts = [f"chunk number {i} of the document" for i in range(100)]
     await client.embeddings.create(model=MODEL, input=texts[:90])
+    # 90 base64 vectors are ~720 KB: shared out and stored in the work pool, just after the answer
+    await until(lambda: stored(gateway) == 90, message="the 90 vectors are stored")
     mock_upstream.recorder.clear()
     resp = await client.embeddings.with_raw_response.create(model=MODEL, input=texts)
     got = resp.parse()

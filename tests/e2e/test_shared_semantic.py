@@ -34,8 +34,8 @@ async def replicas(mock_upstream: MockServer,
 
 def shared_index(gw: InProcessGateway) -> SharedVectors:
     rt = gw.state.components.get(COMPONENT)
-    assert rt is not None
-    shared = rt.parts["semantic"].shared
+    assert rt is not None and rt.semantic is not None
+    shared = rt.semantic.shared
     assert shared is not None
     return shared
 

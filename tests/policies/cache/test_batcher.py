@@ -8,7 +8,13 @@ import orjson
 from gateway.body import OneChunk
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.batcher import Batcher, Failed, Share
+from policies.cache.embeddings import Input, shares
 from tests.support.exchange import build_exchange
+
+
+async def by_length(data: bytes, items: list[Input]) -> tuple[list[bytes], list[int]] | None:
+    """What the embeddings layer hands the batcher: parse the answer, share its tokens (here by length)."""
+    return shares(data, items, len)
 
 
 def exchange() -> Exchange:
@@ -29,7 +35,8 @@ async def test_merges_and_splits() -> None:
                                 OneChunk(orjson.dumps({"data": data, "usage": {"prompt_tokens": 10}})))
 
     batcher = Batcher()
-    results = await asyncio.gather(*[batcher.submit("k", exchange(), call, "x" * (i + 1), 0.05, 100, len)
+    results = await asyncio.gather(*[batcher.submit("k", exchange(), call, "x" * (i + 1), 0.05, 100,
+                                                    by_length)
                                      for i in range(4)])
     assert sent == [["x", "xx", "xxx", "xxxx"]]
     assert [r.vector for r in results if isinstance(r, Share)] == [b"[1.0]", b"[2.0]", b"[3.0]", b"[4.0]"]
@@ -43,5 +50,16 @@ async def test_error_reaches_everyone() -> None:
 
     batcher = Batcher()
     results = await asyncio.gather(*[batcher.submit("k", exchange(), call, str(i), 0.05, 2,
-                                                    len) for i in range(2)])
+                                                    by_length) for i in range(2)])
     assert all(isinstance(r, Failed) and r.status == 429 for r in results)
+
+
+async def test_an_unusable_answer_fails_everyone_with_502() -> None:
+    """A 200 whose vectors cannot be shared out (wrong count) is a 502 for each caller, not a crash."""
+    async def call(ex: Exchange) -> UpstreamResponse:
+        return UpstreamResponse(200, {}, OneChunk(b'{"data":[],"usage":{"prompt_tokens":1}}'))
+
+    batcher = Batcher()
+    results = await asyncio.gather(*[batcher.submit("k", exchange(), call, str(i), 0.05, 2,
+                                                    by_length) for i in range(2)])
+    assert all(isinstance(r, Failed) and r.status == 502 for r in results)

@@ -8,7 +8,7 @@ import orjson
 
 from policies.cache.embedder import EmbedderUnavailable, MemoEmbedder
 from policies.cache.runtime import COMPONENT as CACHE_COMPONENT
-from policies.cache.semantic_layer import PART, factory
+from policies.cache.semantic_layer import factory
 from tests.policies.cache.support import ANSWER, Upstream, drain, exchange, make_state
 
 VECTORS = {"how do i undo a commit": (1.0, 0.0), "how can i undo a commit": (0.99, 0.14),
@@ -40,7 +40,9 @@ async def policy_with(embedder: Scripted, **cache: Any):  # type: ignore[no-unty
     st = make_state(cache={"semantic": {"enabled": True, **cache}})
     policy = await factory(st, st.config)
     assert policy is not None
-    st.components[CACHE_COMPONENT].parts[PART].embedder = MemoEmbedder(embedder)
+    parts = st.components[CACHE_COMPONENT].semantic
+    assert parts is not None
+    parts.embedder = MemoEmbedder(embedder)
     return st, policy
 
 
