@@ -41,6 +41,7 @@ class CachedAnswer:
     text: str = ""  # the question's text, for semantic-cache guards (never sent to clients)
     _sse_usage: bytes | None = None  # the SSE replay with a usage chunk, once rendered
     _sse_plain: bytes | None = None  # ... and without
+    encoded: bytes | None = None  # ``encode()`` done ahead, off the loop; taken (and dropped) by the store
 
     @classmethod
     def from_obj(cls, operation: str, obj: dict[str, Any], created: float) -> CachedAnswer:

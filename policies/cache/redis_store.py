@@ -148,13 +148,15 @@ class AnswerStore:
 
     def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float, encoded: bytes | None = None) -> None:
         """Store now in memory; in Redis as a deferred write (it shares a round trip, nobody waits).
-        ``encoded``: ``answer.encode()`` already done (off the loop, for a large batch of entries)."""
+        ``encoded`` (or ``answer.encoded``): ``answer.encode()`` already done off the loop (a large answer,
+        a large batch of embeddings)."""
         if ttl_s <= 0:
             return
         self.memory.set(key, answer, ttl_s)
         if self.redis is not None:
             ms = max(1, int(ttl_s * 1000))
-            data = encoded if encoded is not None else answer.encode()
+            data = encoded if encoded is not None else answer.encoded or answer.encode()
+            answer.encoded = None  # not kept in memory beside the answer
             self.redis.defer(Write(("SET", self.redis_key(key), data, "PX", ms),
                                    on_failure=self._redis_failed))
 

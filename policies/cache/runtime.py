@@ -107,7 +107,8 @@ def cache_runtime(state: AppState, config: Config) -> CacheRuntime:
             return AnswerStore(kind, memory, redis, prefix, on_redis_error=metrics.redis_errors.inc)
 
         rt = CacheRuntime(metrics=metrics, exact=store("exact", exact_cfg.max_entries, exact_cfg.max_bytes),
-                          tool=store("tool", TOOL_MAX_ENTRIES, exact_cfg.max_bytes // 4))
+                          tool=store("tool", TOOL_MAX_ENTRIES, exact_cfg.max_bytes // 4),
+                          fills=FillBudget(shared=redis is not None))
         state.components.set(COMPONENT, rt)
         state.closers.append(rt.exact.flush)
         state.closers.append(rt.tool.flush)

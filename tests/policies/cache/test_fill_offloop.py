@@ -58,3 +58,26 @@ async def test_answers_being_collected_share_a_byte_budget(make_exchange: Callab
     third = Fill(operation="chat", sse=False, limit=1000, budget=budget)
     third.add(b"z" * 90)  # control: room again
     assert not third.overflow and budget.used == 90
+
+
+async def stored_large(make_exchange: Callable[..., Exchange],
+                       shared: bool) -> tuple[bytes | None, CachedAnswer]:
+    """A large answer through a fill; what ``encoded`` the storer saw, and the answer after the callbacks."""
+    kept: list[tuple[bytes | None, CachedAnswer]] = []
+    fill = Fill(operation="chat", sse=False, limit=32 * 1024 * 1024, budget=FillBudget(shared=shared),
+                callbacks=[lambda _ex, a, _r: kept.append((a.encoded, a))])
+    fill.add(answer("word " * 200_000))
+    fill.complete(make_exchange())
+    await until(lambda: kept)
+    return kept[0]
+
+
+async def test_with_a_shared_store_a_large_answer_is_also_encoded_off_the_loop(
+        make_exchange: Callable[..., Exchange]) -> None:
+    """Redis behind the stores: the assembler's thread also encodes the entry (zlib), so the store's
+    ``set`` on the loop only sends it; the copy is dropped after the callbacks. Without Redis (control),
+    nothing is encoded for nobody."""
+    encoded, after = await stored_large(make_exchange, shared=True)
+    assert encoded is not None and CachedAnswer.decode(encoded) is not None and after.encoded is None
+    encoded, _ = await stored_large(make_exchange, shared=False)
+    assert encoded is None

@@ -83,3 +83,18 @@ async def test_get_or_claim_takes_the_claim_only_on_a_miss(redis_server: RedisSe
         assert answer is not None and none is None and await redis.client.exists(b.claim_key(hit)) == 0
     finally:
         await redis.close()
+
+
+async def test_an_entry_encoded_ahead_is_sent_as_is_and_not_kept(redis_server: RedisServer) -> None:
+    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
+    prefix = f"e{secrets.token_hex(3)}:"
+    try:
+        s = store(redis, prefix)
+        answer = CachedAnswer(operation="chat", body=b'{"choices":[]}', created=1.0)
+        ahead = answer.encoded = b"GWC0-encoded-ahead"  # what the fill's thread did (a marker here)
+        s.set(CacheKey("t:x", "ahead"), answer, 30)
+        assert answer.encoded is None  # the memory entry does not keep a second copy
+        await s.flush()
+        assert await redis.client.get(s.redis_key(CacheKey("t:x", "ahead"))) == ahead
+    finally:
+        await redis.close()
