@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,19 @@ STREAMS, CACHED_CALLS, STORM = 6, 3, 6
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="chromium is not installed: apt-get install chromium (see .ci/run)")
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Any]:
+    """Debian's Chromium, headless, driven by playwright; closed on the way out."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 async def dashboard_gateway(make_gateway: GatewayFactory, mock_upstream: MockServer) -> InProcessGateway:
@@ -210,52 +225,40 @@ async def check_phone_and_dark(browser: Any, page: Any) -> None:
 async def test_login_form_sets_cookie_without_key_in_page(make_gateway: GatewayFactory,
                                                          mock_upstream: MockServer) -> None:
     """Without a session the page is the 401 login form; signing in through it shows the dashboard."""
-    from playwright.async_api import async_playwright
-
     gw = await dashboard_gateway(make_gateway, mock_upstream)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            resp = await page.goto(f"{gw.url}/admin/dashboard")
-            assert resp is not None and resp.status == 401
-            await page.fill("#key", "wrong-key")
-            await page.click("button[type=submit]")
-            assert await page.locator(".login-error").is_visible()
-            await page.fill("#key", ADMIN_KEY)
-            await page.click("button[type=submit]")
-            await page.wait_for_selector("#conn[data-state=live]", timeout=10000)
-            assert page.url == f"{gw.url}/admin/dashboard"
-            cookie = next(c for c in await page.context.cookies() if c["name"] == "gw_admin")
-            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and ADMIN_KEY not in cookie["value"]
-            assert ADMIN_KEY not in await page.content()
-            await asyncio.wait_for(page.click("text=Sign out"), 10)
-            await page.wait_for_selector("#key", timeout=10000)
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        page = await browser.new_page()
+        resp = await page.goto(f"{gw.url}/admin/dashboard")
+        assert resp is not None and resp.status == 401
+        await page.fill("#key", "wrong-key")
+        await page.click("button[type=submit]")
+        assert await page.locator(".login-error").is_visible()
+        await page.fill("#key", ADMIN_KEY)
+        await page.click("button[type=submit]")
+        await page.wait_for_selector("#conn[data-state=live]", timeout=10000)
+        assert page.url == f"{gw.url}/admin/dashboard"
+        cookie = next(c for c in await page.context.cookies() if c["name"] == "gw_admin")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and ADMIN_KEY not in cookie["value"]
+        assert ADMIN_KEY not in await page.content()
+        await asyncio.wait_for(page.click("text=Sign out"), 10)
+        await page.wait_for_selector("#key", timeout=10000)
 
 
 async def test_page_until_polls_under_the_dashboards_csp(make_gateway: GatewayFactory,
                                                          mock_upstream: MockServer) -> None:
     """A predicate that becomes true only later is still seen under the page's CSP (no eval in the page)."""
-    from playwright.async_api import async_playwright
-
     gw = await dashboard_gateway(make_gateway, mock_upstream)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page()
-            resp = await page.goto(f"{gw.url}/admin/dashboard?key={ADMIN_KEY}")
-            assert resp is not None and "script-src 'self'" in resp.headers["content-security-policy"]
-            assert not await page.evaluate("document.body.dataset.late === '1'")
+    async with chromium() as browser:
+        page = await browser.new_page()
+        resp = await page.goto(f"{gw.url}/admin/dashboard?key={ADMIN_KEY}")
+        assert resp is not None and "script-src 'self'" in resp.headers["content-security-policy"]
+        assert not await page.evaluate("document.body.dataset.late === '1'")
 
-            async def later() -> None:
-                await asyncio.sleep(0.3)
-                await page.evaluate("document.body.dataset.late = '1'")
-            task = asyncio.create_task(later())
-            await page_until(page, "document.body.dataset.late === '1'", 5)
-            await task
-            with pytest.raises(AssertionError, match="never"):
-                await page_until(page, "document.body.dataset.never === '1'", 0.2)
-        finally:
-            await browser.close()
+        async def later() -> None:
+            await asyncio.sleep(0.3)
+            await page.evaluate("document.body.dataset.late = '1'")
+        task = asyncio.create_task(later())
+        await page_until(page, "document.body.dataset.late === '1'", 5)
+        await task
+        with pytest.raises(AssertionError, match="never"):
+            await page_until(page, "document.body.dataset.never === '1'", 0.2)
