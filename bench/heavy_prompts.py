@@ -6,9 +6,14 @@ streaming chats and measure the time to the first SSE byte. The same light load 
 first (the baseline), so "added by heavy prompts" is a same-run difference. Mock provider and
 gateway run in their own processes; gateway CPU seconds are read from ``/proc``.
 
-Run: ``python -m bench.heavy_prompts --seconds 5 [--heavy-rps 20] [--source-tree /path/to/other/checkout]``.
+The same two phases also run straight against the mock provider (``direct``), whose own parse and
+token count of each 500 KB prompt share the machine's cores: "added by the gateway" is the light
+streams' TTFT through the gateway minus direct, under the same offered heavy load (``--heavy-rps``).
+
+Run: ``python -m bench.heavy_prompts --seconds 5 [--heavy-rps 16] [--light-rps 320] [--source-tree DIR]``.
 The heavy clients go back to back by default (a closed loop: a faster gateway gets more heavy
-load); ``--heavy-rps`` offers the same heavy load to any tree.
+load); ``--heavy-rps`` offers the same heavy load to any tree. The light clients too; ``--light-rps``
+paces them (10/s each at 320), so their TTFT measures latency, not the machine's capacity.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ WORDS = ("agent tool result order customer invoice shipping status pending refun
 
 
 MARK = b"@@REQUEST@@"
+LIGHT_CLIENTS = 32
 
 
 def heavy_body(i: int, target_bytes: int = 500_000) -> bytes:
@@ -49,14 +55,20 @@ LIGHT = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content"
                       "max_tokens": 8})
 
 
-async def light_client(session: aiohttp.ClientSession, url: str, end: float, ttfts: list[float]) -> None:
+async def light_client(session: aiohttp.ClientSession, url: str, end: float, ttfts: list[float],
+                       interval_s: float = 0.0) -> None:
+    """Back to back (a closed loop: at 32 clients that measures the machine's capacity more than
+    latency), or one stream every ``interval_s`` (an agent that thinks between calls)."""
     loop = asyncio.get_running_loop()
+    next_at = loop.time() + random.random() * interval_s  # spread the clients' phases
     while loop.time() < end:
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
         started = time.perf_counter()
         async with session.post(url, data=LIGHT, headers={"authorization": "Bearer light"}) as resp:
             await resp.content.readany()
             ttfts.append(time.perf_counter() - started)
             await resp.read()
+        next_at += interval_s
 
 
 async def heavy_client(session: aiohttp.ClientSession, url: str, end: float, n: int, base: bytes,
@@ -82,14 +94,17 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else 0.0
 
 
-async def phase(url: str, seconds: float, heavy: int, heavy_rps: float = 0.0) -> dict[str, Any]:
+async def phase(url: str, seconds: float, heavy: int, heavy_rps: float = 0.0,
+                light_rps: float = 0.0) -> dict[str, Any]:
     ttfts: list[float] = []
     done: list[int] = []
     bases = [heavy_body(n) for n in range(heavy)]  # built before the clock runs; requests only swap MARK
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         end = asyncio.get_running_loop().time() + seconds
         interval = heavy / heavy_rps if heavy_rps else 0.0
-        await asyncio.gather(*(light_client(session, url, end, ttfts) for _ in range(32)),
+        light_interval = LIGHT_CLIENTS / light_rps if light_rps else 0.0
+        await asyncio.gather(*(light_client(session, url, end, ttfts, light_interval)
+                               for _ in range(LIGHT_CLIENTS)),
                              *(heavy_client(session, url, end, n, bases[n], done, interval)
                                for n in range(heavy)))
     return {"light_ttft_p50_ms": pct(ttfts, 50) * 1000, "light_ttft_p99_ms": pct(ttfts, 99) * 1000,
@@ -97,25 +112,43 @@ async def phase(url: str, seconds: float, heavy: int, heavy_rps: float = 0.0) ->
             "heavy_statuses": sorted(set(done))}
 
 
-def run(seconds: float, source_tree: str | None, heavy_rps: float = 0.0) -> dict[str, Any]:
+def two_phases(url: str, seconds: float, heavy_rps: float, light_rps: float = 0.0,
+               pid: int | None = None) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """The light load alone (after a warm-up), then with 16 heavy clients; ``pid``'s CPU seconds in
+    the second phase (light clients included, as they run beside the heavy ones)."""
+    asyncio.run(phase(url, 1.0, 0, light_rps=light_rps))  # warm up (encodings, pools)
+    alone = asyncio.run(phase(url, seconds, 0, light_rps=light_rps))
+    cpu = cpu_seconds(pid) if pid else 0.0
+    loaded = asyncio.run(phase(url, seconds, 16, heavy_rps, light_rps))
+    return alone, loaded, (cpu_seconds(pid) - cpu) if pid else 0.0
+
+
+def run(seconds: float, source_tree: str | None, heavy_rps: float = 0.0,
+        direct: bool = True, light_rps: float = 0.0) -> dict[str, Any]:
     mock = start_mock()
     gateway: Server | None = None
     try:
+        reference: dict[str, Any] = {}
+        if direct:
+            alone, loaded, _ = two_phases(mock.url + "/v1/chat/completions", seconds, heavy_rps, light_rps)
+            reference = {"direct": {"baseline": alone, "with_16_heavy": loaded}}
         config = {"server": {"drain_s": 1, "grace_s": 0, "workers": 1},
                   "upstreams": {"mock": {"base_url": mock.url + "/v1", "api_key": "sk-bench"}},
                   "routes": [{"match": {"model": "*"}, "upstream": "mock"}], "ledger": {"enabled": False}}
         gateway = start_gateway("gateway", config, source_tree=source_tree)
         url = gateway.url + "/v1/chat/completions"
-        asyncio.run(phase(url, 1.0, 0))  # warm up (encodings, pools)
-        baseline = asyncio.run(phase(url, seconds, 0))
-        cpu = cpu_seconds(gateway.pid)
-        heavy = asyncio.run(phase(url, seconds, 16, heavy_rps))
-        heavy_cpu = cpu_seconds(gateway.pid) - cpu
-        return {"seconds": seconds, "source_tree": source_tree or "this tree",
-                "heavy_rps": heavy_rps or "max", "baseline": baseline,
-                "with_16_heavy": heavy,
-                "added_ttft_p99_ms": heavy["light_ttft_p99_ms"] - baseline["light_ttft_p99_ms"],
-                "gateway_cpu_s_per_heavy_request": heavy_cpu / max(1, heavy["heavy_requests"])}
+        baseline, heavy, heavy_cpu = two_phases(url, seconds, heavy_rps, light_rps, gateway.pid)
+        out = {"seconds": seconds, "source_tree": source_tree or "this tree",
+               "heavy_rps": heavy_rps or "max", "light_rps": light_rps or "max", "baseline": baseline,
+               "with_16_heavy": heavy,
+               "added_ttft_p99_ms": heavy["light_ttft_p99_ms"] - baseline["light_ttft_p99_ms"],
+               "gateway_cpu_s_per_heavy_request": heavy_cpu / max(1, heavy["heavy_requests"]), **reference}
+        if reference:
+            loaded = reference["direct"]["with_16_heavy"]
+            for p in ("p50", "p99"):
+                out[f"added_by_gateway_under_load_{p}_ms"] = (heavy[f"light_ttft_{p}_ms"]
+                                                              - loaded[f"light_ttft_{p}_ms"])
+        return out
     finally:
         if gateway is not None:
             gateway.stop()
@@ -128,8 +161,12 @@ def main() -> None:
     parser.add_argument("--source-tree", help="run the gateway from another checkout (a baseline)")
     parser.add_argument("--heavy-rps", type=float, default=0.0,
                         help="heavy requests per second in all (default: back to back)")
+    parser.add_argument("--light-rps", type=float, default=0.0,
+                        help="light streams per second in all, over 32 clients (default: back to back)")
+    parser.add_argument("--no-direct", action="store_true", help="skip the phases straight to the mock")
     args = parser.parse_args()
-    print(json.dumps(run(args.seconds, args.source_tree, args.heavy_rps), indent=2))
+    print(json.dumps(run(args.seconds, args.source_tree, args.heavy_rps, not args.no_direct, args.light_rps),
+                     indent=2))
 
 
 if __name__ == "__main__":
