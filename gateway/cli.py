@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--ttft-ms", type=float, default=0.0)
     mock.add_argument("--tokens-per-s", type=float, default=0.0)
     mock.add_argument("--seed", type=int, default=0)
+    mock.add_argument("--ttft-sigma", type=float, default=0.0,
+                      help="log-normal spread of each answer's TTFT around --ttft-ms (0: exact)")
     return parser
 
 
@@ -138,7 +140,8 @@ def run_mock_upstream(args: argparse.Namespace) -> int:
 
     setup_logging("info")
     run_mock(
-        MockConfig(ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, seed=args.seed), args.host, args.port
+        MockConfig(ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, seed=args.seed,
+                   ttft_sigma=args.ttft_sigma), args.host, args.port
     )
     return 0
 

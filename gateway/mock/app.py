@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -68,6 +69,7 @@ class MockState:
     quota: SlidingWindowQuota
     seen_models: set[str] = field(default_factory=set)
     prompt_cache: set[bytes] = field(default_factory=set)  # message-prefix digests (prompt_cache_min_tokens)
+    rng: random.Random = field(default_factory=random.Random)  # seeded from cfg.seed (make_app)
 
 
 STATE_KEY = web.AppKey("gateway_mock_state", MockState)
@@ -104,6 +106,7 @@ def build_mock_app(
         recorder=Recorder(max_recorded),
         faults=FaultQueue(),
         quota=SlidingWindowQuota(clock or time.monotonic),
+        rng=random.Random(cfg.seed),
     )
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     app.on_response_prepare.append(_add_standard_headers)
@@ -198,6 +201,7 @@ def _make_context(request: web.Request, state: MockState, attempt: Attempt) -> R
     return RequestContext(
         request=request,
         prompt_cache=state.prompt_cache,
+        rng=state.rng,
         cfg=state.cfg,
         recorder=state.recorder,
         attempt=attempt,

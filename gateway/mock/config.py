@@ -9,12 +9,16 @@ from dataclasses import dataclass
 class MockConfig:
     """Knobs that shape the mock's latency profile and output.
 
-    Latency is explicit (not random) so benchmarks measure the gateway, not noise.
+    Latency is explicit (not random) so benchmarks measure the gateway, not noise, unless
+    ``ttft_sigma`` asks for a real provider's spread.
     """
 
     # Delay before the first content token (streams: after headers + role chunk;
     # non-stream: before the response).
     ttft_ms: float = 0.0
+    # > 0: each answer's TTFT is ttft_ms x a log-normal draw of this sigma (median ttft_ms), seeded by
+    # ``seed``: real providers' first tokens vary (0.3 puts the p99 at ~2x the median).
+    ttft_sigma: float = 0.0
     tokens_per_s: float = 0.0  # 0 = as fast as possible; else delay 1/tokens_per_s between content chunks
     seed: int = 0
     default_tokens: int = 16  # completion length when max_tokens absent

@@ -7,6 +7,7 @@ functions of it and no state leaks between requests.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +32,20 @@ class RequestContext:
     no_usage: bool
     success_outcome: str = "completed"
     prompt_cache: set[bytes] | None = None  # the instance's prompt cache (MockConfig.prompt_cache_min_tokens)
+    rng: random.Random | None = None  # the instance's seeded draws (MockConfig.ttft_sigma)
+    _ttft: float | None = None  # this answer's TTFT, drawn once
 
     @property
     def ttft_s(self) -> float:
-        ms = self.fault.ttft_ms if self.fault.ttft_ms is not None else self.cfg.ttft_ms
-        return max(0.0, ms) / 1000.0
+        if self._ttft is None:
+            if self.fault.ttft_ms is not None:
+                ms = self.fault.ttft_ms  # a scripted fault's TTFT is exact
+            else:
+                spread = self.rng.lognormvariate(0.0, self.cfg.ttft_sigma) \
+                    if self.rng is not None and self.cfg.ttft_sigma > 0 else 1.0
+                ms = self.cfg.ttft_ms * spread
+            self._ttft = max(0.0, ms) / 1000.0
+        return self._ttft
 
     @property
     def token_interval_s(self) -> float:
