@@ -18,7 +18,6 @@ from gateway.appstate import AppState
 from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
-from policies.cache.config import CoalesceConfig
 from policies.cache.fill import CLAIM_KEY
 from policies.cache.fleet_flight import PRE_CLAIM, FleetFlight, fleet_wait_s
 from policies.cache.request import (
@@ -63,7 +62,7 @@ class Coalesce:
             flight = flights.get(fkey)
             leader = flight is None
             if flight is None:
-                flight = flights.lead(fkey, ex, self._leader_call(ex, next, cfg), cfg.max_flight_bytes)
+                flight = flights.lead(fkey, ex, self._leader_call(ex, next), cfg.max_flight_bytes)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)
@@ -85,7 +84,7 @@ class Coalesce:
                 self.state.metrics.decision(self.name, "leader")
             return resp
 
-    def _leader_call(self, ex: Exchange, next: Next, cfg: CoalesceConfig) -> Next:
+    def _leader_call(self, ex: Exchange, next: Next) -> Next:
         """What the local leader calls: the chain, or the fleet claim around it when the exact cache
         would store this answer (the entry is where other processes pick it up)."""
         wait_s = fleet_wait_s(ex, cache_config(ex, self.config.cache))

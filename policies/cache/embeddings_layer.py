@@ -191,10 +191,9 @@ class EmbeddingsCache:
 
     async def _shares(self, ex: Exchange, data: bytes, items: list[Input]) -> Shared | None:
         """The answer's vectors and each input's token share: inline when cheap, else in the work pool
-        (the encoding's first load included); over the pool's budget, shared by characters instead."""
+        (the encoding was loaded before the call); over the pool's budget, shared by characters instead."""
         if self._inline(ex, data, items):
             return shares(data, items, self._counter(ex))
-        await self._encoding_loaded(ex)
         return await self.state.work.run(ex.request.namespace, "embeddings_answer",
                                          partial(shares, data, items, self._counter(ex)),
                                          partial(shares, data, items, rough_count))
@@ -210,12 +209,11 @@ class EmbeddingsCache:
         if ttl <= 0:
             return
         answers = [self._entry(vector, tokens) for vector, tokens in zip(*parsed, strict=True)]
-        encoded: list[bytes | None] = [None] * len(answers)
         if self.store.redis is not None and sum(len(v) for v in parsed[0]) > ANSWER_INLINE_MAX_BYTES:
-            encoded = await self.state.work.run(ex.request.namespace, "embeddings_answer",
-                                                lambda: [a.encode() for a in answers], lambda: encoded)
-        for key, answer, data in zip(keys, answers, encoded, strict=True):
-            self.store.set(key, answer, ttl, encoded=data)
+            await self.state.work.run(ex.request.namespace, "embeddings_answer",
+                                      partial(_encode_ahead, answers), lambda: None)
+        for key, answer in zip(keys, answers, strict=True):
+            self.store.set(key, answer, ttl)
 
     def _put(self, key: CacheKey, vector: bytes, tokens: int, ttl: float) -> None:
         if ttl > 0:
@@ -243,6 +241,12 @@ class EmbeddingsCache:
         if tokenizer is None:
             return lambda text: max(1, len(text) // 4)
         return lambda text: tokenizer.count_text(model, text)
+
+
+def _encode_ahead(answers: list[CachedAnswer]) -> None:
+    """In the work pool: each entry's Redis form, taken by ``AnswerStore.set`` on the loop."""
+    for answer in answers:
+        answer.encoded = answer.encode()
 
 
 def embeddings_parts(state: AppState, config: Config, rt: CacheRuntime) -> tuple[AnswerStore, Batcher]:

@@ -46,9 +46,10 @@ class ExactCache:
         self.config = config
         self.rt = rt
         self.keys = KeyMaker(config)
-        # fleet coalescing is on: a miss takes its claim in the lookup's round trip
-        self.claims = state.backend is not None and any(b.coalesce.enabled for b in cache_blocks(config))
-        self._release = state.backend.script(RELEASE_IF_MINE) if self.claims and state.backend else None
+        # The shared backend when fleet coalescing is on: a miss takes its claim in the lookup's round trip.
+        claims = any(b.coalesce.enabled for b in cache_blocks(config))
+        self.claims = state.backend if claims else None
+        self._release = self.claims.script(RELEASE_IF_MINE) if self.claims is not None else None
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
@@ -84,7 +85,7 @@ class ExactCache:
 
     async def _lookup(self, ex: Exchange, key: CacheKey) -> CachedAnswer | None:
         """The entry; on a miss, the fleet's coalescing claim too when this request would take one."""
-        wait_s = fleet_wait_s(ex, cache_config(ex, self.config.cache)) if self.claims else 0.0
+        wait_s = fleet_wait_s(ex, cache_config(ex, self.config.cache)) if self.claims is not None else 0.0
         if wait_s <= 0:
             return await self.rt.exact.get(key)
         answer, claim = await self.rt.exact.get_or_claim(key, self.rt.fleet_owner, int(wait_s * 1000))
@@ -95,9 +96,8 @@ class ExactCache:
     def _release_unused(self, ex: Exchange) -> None:
         """A claim whose request never reached single flight (a semantic hit, an error) is given back."""
         claim = ex.state.get(PRE_CLAIM)
-        backend = self.state.backend
-        if claim is not None and backend is not None and \
-                release_unused(backend, self._release, claim, self.rt.fleet_owner):
+        if claim is not None and self.claims is not None and \
+                release_unused(self.claims, self._release, claim, self.rt.fleet_owner):
             self.state.metrics.decision("coalesce", "fleet_claim_unused")
 
     def _storer(self, primary: tuple[str, str], key: CacheKey, ttl: float, cfg: ExactCacheConfig) -> Callback:

@@ -6,7 +6,7 @@ same read that, on a miss, also takes the fleet's coalescing claim for the key i
 the same round trip (one Lua script; ``policies.cache.fleet_flight``). Writes go to memory at
 once and to Redis as a deferred write (``GuardedRedis.defer``: it shares a round
 trip with the request's other end-of-answer writes), so a slow Redis never delays an
-answer. Every Redis key has a TTL (``SET ... PX``) and entries are compressed.
+answer. Every Redis key has a TTL (``SET ... PX``) and entries from 4 KiB are compressed.
 Redis trouble of any kind is a miss, never an error or a stall: calls go
 through ``GuardedRedis`` (short timeout, its own breaker) and every failure is
 swallowed here and counted.
@@ -146,16 +146,16 @@ class AnswerStore:
             return None
         return self._remember(key, data, pttl)
 
-    def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float, encoded: bytes | None = None) -> None:
+    def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
         """Store now in memory; in Redis as a deferred write (it shares a round trip, nobody waits).
-        ``encoded`` (or ``answer.encoded``): ``answer.encode()`` already done off the loop (a large answer,
-        a large batch of embeddings)."""
+        ``answer.encoded``, when set, is ``answer.encode()`` already done off the loop (a large answer, a
+        large batch of embeddings); it is taken here and not kept beside the entry."""
         if ttl_s <= 0:
             return
         self.memory.set(key, answer, ttl_s)
         if self.redis is not None:
             ms = max(1, int(ttl_s * 1000))
-            data = encoded if encoded is not None else answer.encoded or answer.encode()
+            data = answer.encoded or answer.encode()
             answer.encoded = None  # not kept in memory beside the answer
             self.redis.defer(Write(("SET", self.redis_key(key), data, "PX", ms),
                                    on_failure=self._redis_failed))
