@@ -20,6 +20,7 @@ answers on top.
     python -m bench.hedge                             # 400 requests, ttft 20 ms, hedge after p95
     python -m bench.hedge --hedge p90 p95 p97 0.025   # several triggers (0.025: a fixed 25 ms)
     python -m bench.hedge --ttft-sigma 0.3 --n 1000   # a provider whose TTFT varies
+    python -m bench.hedge --hedge x0.08               # max_extra: 0.08 (hedge ~8% of requests)
 """
 from __future__ import annotations
 
@@ -82,7 +83,12 @@ async def one_run(mock: MockServer, hedge: dict[str, Any], n: int, slow_ms: floa
 
 
 def trigger(spec: str) -> dict[str, Any]:
-    return {"after": spec, "min_samples": 20} if spec.startswith("p") else {"after_s": float(spec)}
+    """``p95``: after the primary's p95; ``x0.08``: max_extra 8%; else a fixed delay in seconds."""
+    if spec.startswith("p"):
+        return {"after": spec, "min_samples": 20}
+    if spec.startswith("x"):
+        return {"max_extra": float(spec[1:]), "min_samples": 20}
+    return {"after_s": float(spec)}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -104,5 +110,6 @@ if __name__ == "__main__":
     parser.add_argument("--ttft-ms", type=float, default=20.0)
     parser.add_argument("--ttft-sigma", type=float, default=0.0,
                         help="log-normal spread of the healthy TTFT (0: every answer at --ttft-ms)")
-    parser.add_argument("--hedge", nargs="+", default=["p95"], help="percentiles (p95) or seconds (0.025)")
+    parser.add_argument("--hedge", nargs="+", default=["p95"],
+                        help="percentiles (p95), max_extra (x0.08) or seconds (0.025)")
     asyncio.run(main(parser.parse_args()))

@@ -47,6 +47,9 @@ class HedgeConfig:
 
     ``after_s`` is a fixed delay; ``after: p95`` (p50..p99) is adaptive, from the route's recent
     time to first token on its primary; with both, ``after_s`` applies until ``min_samples`` were seen.
+    ``max_extra: 0.08`` states the cost instead (Finagle's backup requests): the trigger is the primary's
+    recent TTFT quantile at ``1 - max_extra``, over a window that also holds the primaries that lost a
+    race (at the time they were cancelled, a lower bound), so about that share of requests is hedged.
     A route with a second target and no ``hedge`` block hedges its streams after ``DEFAULT_HEDGE_AFTER_S``;
     ``enabled: false`` turns hedging off for the route.
     """
@@ -54,8 +57,9 @@ class HedgeConfig:
     enabled: bool = True
     after_s: float | None = None
     after: str | None = None
+    max_extra: float | None = None  # the share of requests hedged (0.08: at most ~8% extra upstream calls)
     min_samples: int = 20
-    window: int = 200  # recent first-token times kept per route and target
+    window: int = 500  # recent first-token times kept per route and target
 
 
 # Issue 18: with defaults and one fallback, a silent primary must be answered within 15 s and a first token

@@ -6,15 +6,17 @@ once (cancellation closes its upstream connection) and its answer, if any, is cl
 runs on a twin of the exchange (``fork``): its own target, body and typed state (breaker ticket),
 the same record (attempts), so the two attempts never write each other's fields; ``adopt`` copies
 the winning twin's target back. ``TtftWindows`` keeps the recent times to first token per route and
-target, for ``after: p95``. ``route_hedge`` is the hedge a request uses: the route's own block, or
-``DEFAULT_HEDGE`` for a stream on a route without one (issue 18: a silent or very late primary is
-raced by the fallback after 10 s instead of being waited for until the 60 s first-byte timeout).
+target, for ``after: p95`` and ``max_extra``. ``route_hedge`` is the hedge a request uses: the route's
+own block, or ``DEFAULT_HEDGE`` for a stream on a route without one (issue 18: a silent or very late
+primary is raced by the fallback after 10 s instead of being waited for until the 60 s first-byte
+timeout).
 A non-stream answer has no first-token signal (its first byte is the whole answer), so the default
 leaves it alone: hedging it would re-run every long answer on the fallback.
 """
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,22 +31,28 @@ R = TypeVar("R")
 
 
 class TtftWindows:
-    """Recent times to first token, per (route, target key); bounded."""
+    """Recent times to first token, per (route, target key); bounded, kept sorted as well as in order
+    (a quantile is an index, not a sort per request)."""
 
     def __init__(self) -> None:
-        self._windows: dict[tuple[str, str], deque[float]] = {}
+        self._windows: dict[tuple[str, str], tuple[deque[float], list[float]]] = {}
 
     def record(self, route: str, key: str, seconds: float, size: int) -> None:
         window = self._windows.get((route, key))
-        if window is None or window.maxlen != size:
-            window = self._windows[(route, key)] = deque(window or (), maxlen=size)
-        window.append(seconds)
+        if window is None or window[0].maxlen != size:
+            kept = list(window[0])[-size:] if window is not None else []
+            window = self._windows[(route, key)] = (deque(kept, maxlen=size), sorted(kept))
+        order, ordered = window
+        if len(order) == size:
+            del ordered[bisect.bisect_left(ordered, order[0])]  # the oldest leaves both
+        order.append(seconds)
+        bisect.insort(ordered, seconds)
 
     def quantile(self, route: str, key: str, q: float, min_samples: int) -> float | None:
         window = self._windows.get((route, key))
-        if window is None or len(window) < min_samples:
+        if window is None or len(window[1]) < min_samples:
             return None
-        ordered = sorted(window)
+        ordered = window[1]
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
@@ -57,9 +65,16 @@ def route_hedge(route: RouteConfig | None, stream: bool) -> HedgeConfig | None:
     return route.hedge if route.hedge.enabled else None
 
 
+def adaptive(cfg: HedgeConfig) -> bool:
+    """The hedge reads the route's TTFT window (``after: pNN`` or ``max_extra``)."""
+    return cfg.after is not None or cfg.max_extra is not None
+
+
 def hedge_delay(cfg: HedgeConfig, windows: TtftWindows, route: str, key: str) -> float | None:
     """Seconds to wait for the primary's first token before hedging; None: do not hedge (yet)."""
     q = quantile_of(cfg.after) if cfg.after is not None else None
+    if cfg.max_extra is not None:
+        q = 1.0 - cfg.max_extra
     if q is not None:
         adaptive = windows.quantile(route, key, q, cfg.min_samples)
         if adaptive is not None:

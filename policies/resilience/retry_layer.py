@@ -51,7 +51,7 @@ from policies.resilience.config import RetryConfig
 from policies.resilience.context_window import read_error
 from policies.resilience.continuation import Mode, Spliced, continuation_body, responses_body
 from policies.resilience.continuation_responses import ResponsesRewrite, ResponsesSoFar
-from policies.resilience.hedge import adopt, fork, hedge_delay, race, route_hedge
+from policies.resilience.hedge import adaptive, adopt, fork, hedge_delay, race, route_hedge
 from policies.resilience.registry import Resilience, resilience_of
 from policies.resilience.retry_budget import RetryBudget
 from policies.resilience.targets import Plan, RoutePlanner, Target, switch_to
@@ -161,6 +161,7 @@ class RetryPolicy:
         if primary.balanced:  # counted now: requests arriving before its task starts must see it
             self.res.load(primary.key).begin()
             run.reserved = primary.key
+        started = self.clock()
         try:
             raced = await race(self._on_target(ex, next, primary, run, last=False), after, start_hedge,
                                won=lambda r: isinstance(r, UpstreamResponse), drop=_drop,
@@ -169,6 +170,10 @@ class RetryPolicy:
             if run.reserved is not None:  # the primary's task never started (cancelled at once)
                 self.res.load(run.reserved).end()
                 run.reserved = None
+        if raced.outcome == "hedge_won" and hedge is not None and hedge.max_extra is not None:
+            # the primary's first token was at least this late: without it, the window would only hold
+            # the primaries fast enough to win, and its 1 - max_extra quantile would hedge more than that
+            self.res.ttft.record(ex.request.route_name, primary.key, self.clock() - started, hedge.window)
         self.metrics.child(self.metrics.hedges, ex.request.route_name, raced.outcome).inc()
         if raced.outcome != "not_needed":
             ex.response_headers["x-gateway-hedge"] = raced.outcome
@@ -334,7 +339,7 @@ class RetryPolicy:
             return _Failed("error_event", response=answer)
         _settle(ticket, "success")
         hedge = route_hedge(ex.request.route, ex.request.stream)
-        if hedge is not None and hedge.after is not None:  # only an adaptive hedge reads the window
+        if hedge is not None and adaptive(hedge):  # only an adaptive hedge reads the window
             ttft = self.clock() - started
             self.res.ttft.record(ex.request.route_name, target.key, ttft, hedge.window)
         if target.balanced:

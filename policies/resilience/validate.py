@@ -72,8 +72,12 @@ def _check_breaker(path: str, cb: CircuitBreakerConfig) -> list[str]:
 
 def _check_hedge(path: str, hedge: HedgeConfig, others: int) -> list[str]:
     found: list[str] = []
-    if hedge.after_s is None and hedge.after is None:
-        found.append(f"{path}: needs after_s (seconds) or after (p50..p99), or enabled: false")
+    if hedge.after_s is None and hedge.after is None and hedge.max_extra is None:
+        found.append(f"{path}: needs after_s (seconds), after (p50..p99) or max_extra, or enabled: false")
+    if hedge.after is not None and hedge.max_extra is not None:
+        found.append(f"{path}: after and max_extra both choose the percentile: keep one")
+    if hedge.max_extra is not None and not 0 < hedge.max_extra <= 0.5:
+        found.append(f"{path}.max_extra: must be a share of requests in (0, 0.5], got {hedge.max_extra!r}")
     if hedge.after_s is not None and hedge.after_s <= 0:
         found.append(f"{path}.after_s: must be > 0")
     if hedge.after is not None and quantile_of(hedge.after) is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -111,11 +112,39 @@ def test_ttft_quantile_needs_min_samples_and_is_bounded() -> None:
     assert w.quantile("r", "a", 0.95, min_samples=10) == 0.2 and w.quantile("r", "b", 0.5, 1) is None
 
 
+def test_max_extra_hedges_that_share_of_the_window() -> None:
+    """``max_extra: 0.08`` waits for the window's 92nd percentile: 8 of 100 recorded times are at or
+    above it."""
+    w = TtftWindows()
+    for i in range(100, 0, -1):
+        w.record("r", "a", i / 100, size=100)
+    delay = hedge_delay(HedgeConfig(max_extra=0.08), w, "r", "a")
+    assert delay == 0.93 and sum(1 for i in range(1, 101) if i / 100 >= delay) == 8
+    assert hedge_delay(HedgeConfig(max_extra=0.5), w, "r", "a") == 0.51
+
+
+def test_ttft_window_stays_sorted_as_it_slides_and_resizes() -> None:
+    """The sorted copy always equals the window's last ``size`` times, sorted (the quantile reads it)."""
+    rng = random.Random(7)
+    w = TtftWindows()
+    seen: list[float] = []
+    for i in range(600):
+        size = 50 if i < 300 else 20  # a config reload shrinks the window
+        value = round(rng.random(), 2)  # repeated values: removal must take out exactly one
+        seen.append(value)
+        w.record("r", "a", value, size=size)
+        order, ordered = w._windows[("r", "a")]
+        assert list(order) == seen[-size:] and ordered == sorted(seen[-size:])
+    assert w.quantile("r", "a", 0.99, min_samples=20) == max(seen[-20:])
+
+
 @pytest.mark.parametrize(("cfg", "samples", "expected"), [
     (HedgeConfig(after_s=2.0), 0, 2.0),
     (HedgeConfig(after="p95"), 0, None),  # adaptive, not enough samples yet: no hedge
     (HedgeConfig(after="p95", after_s=2.0), 0, 2.0),  # after_s until the window has min_samples
     (HedgeConfig(after="p95", after_s=2.0), 20, 0.3),
+    (HedgeConfig(max_extra=0.08), 19, None),  # not enough samples, no after_s
+    (HedgeConfig(max_extra=0.08, after_s=2.0), 20, 0.3),
 ])
 def test_hedge_delay(cfg: HedgeConfig, samples: int, expected: float | None) -> None:
     w = TtftWindows()

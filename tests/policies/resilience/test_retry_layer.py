@@ -596,6 +596,25 @@ async def test_a_stream_on_a_route_with_a_fallback_is_hedged_after_10_s_by_defau
     assert h.res.ttft._windows == {}  # a fixed delay keeps no TTFT window
 
 
+async def test_a_primary_that_lost_the_race_is_recorded_for_max_extra_only() -> None:
+    """With ``max_extra`` the window must hold the slow primaries too (at the time they lost, a lower
+    bound), or its 1 - max_extra quantile would hedge more than max_extra; ``after: p95`` (the control)
+    keeps only the primaries that committed, so a slow mode does not drag its percentile up."""
+    cases = (({"max_extra": 0.1, "after_s": 0.5}, [0.5]), ({"after": "p95", "after_s": 0.5}, []))
+    for hedge, recorded in cases:
+        h = Harness(fallbacks=[{"upstream": "b"}], hedge=hedge, fake_hedge_timer=True)
+        late = answer(200, ROLE, sse=True, stall=True)
+        h.scripts["a"] = [late]
+        h.scripts["b"] = [answer(200, ROLE, TEXT, DONE, sse=True)]
+        ex = h.exchange(stream=True)
+        resp = await h.chain(ex)
+        assert await read(resp) == ROLE + TEXT + DONE
+        assert ex.response_headers["x-gateway-hedge"] == "hedge_won"
+        windows = {key: list(order) for (_, key), (order, _) in h.res.ttft._windows.items()}
+        assert h.hedge_delays == [0.5] and windows.get("a", []) == recorded, hedge
+        assert "b" in windows  # the hedge's own first token is recorded under its target either way
+
+
 async def test_default_hedge_leaves_non_streams_and_disabled_routes_alone() -> None:
     """Positive controls of the default: a non-stream answer (no first-token signal) is not hedged, nor is
     a stream on a route with ``hedge: {enabled: false}``, whose silent primary waits for first_byte_s."""

@@ -61,6 +61,25 @@ def test_hedge_block_is_checked() -> None:
     assert parse_config(ok, env={}).routes[0].hedge is not None
 
 
+def test_hedge_max_extra_is_checked() -> None:
+    """``max_extra`` is a share in (0, 0.5] and chooses the percentile itself, so not with ``after``."""
+    fb = [{"upstream": "a"}]
+    raw = {"upstreams": {"a": {"base_url": "http://a/v1"}},
+           "routes": [{"upstream": "a", "hedge": {"max_extra": 0}, "fallbacks": fb},
+                      {"upstream": "a", "hedge": {"max_extra": 0.9}, "fallbacks": fb},
+                      {"upstream": "a", "hedge": {"max_extra": 0.08, "after": "p95"}, "fallbacks": fb}]}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env={})
+    assert err.value.problems == [
+        "routes[0].hedge.max_extra: must be a share of requests in (0, 0.5], got 0.0",
+        "routes[1].hedge.max_extra: must be a share of requests in (0, 0.5], got 0.9",
+        "routes[2].hedge: after and max_extra both choose the percentile: keep one",
+    ]
+    ok = {**raw, "routes": [{"upstream": "a", "hedge": {"max_extra": 0.08}, "fallbacks": fb}]}
+    hedge = parse_config(ok, env={}).routes[0].hedge
+    assert hedge is not None and hedge.max_extra == 0.08
+
+
 def test_hedge_can_be_turned_off_and_may_go_to_another_deployment() -> None:
     """``enabled: false`` needs nothing else; a second deployment is somewhere to hedge to."""
     ups = {"a": {"base_url": "http://a/v1"}, "b": {"base_url": "http://b/v1"}}
@@ -77,7 +96,7 @@ def test_hedge_can_be_turned_off_and_may_go_to_another_deployment() -> None:
         parse_config(lone, env={})
     assert err.value.problems == [
         "routes[0].hedge: the route has no fallbacks or other targets to hedge to",
-        "routes[1].hedge: needs after_s (seconds) or after (p50..p99), or enabled: false",
+        "routes[1].hedge: needs after_s (seconds), after (p50..p99) or max_extra, or enabled: false",
         "routes[1].hedge: the route has no fallbacks or other targets to hedge to",
     ]
 
