@@ -201,6 +201,24 @@ async def test_hedged_first_token_answers_from_the_fallback_and_closes_the_prima
                                                    outcome="not_needed") == 1
 
 
+async def test_max_extra_hedges_after_the_routes_own_percentile(
+        make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
+    """``hedge: {max_extra: 0.25, after_s: 5}``: before 4 first tokens were seen the fixed 5 s applies
+    (the healthy ones are not hedged: the control); then the trigger is the route's 75th percentile, a few
+    ms, so a first token after 20 s is raced at once and answered by the fallback well before 5 s."""
+    gw = await two_deployments(make_gateway, mock_upstream, first_byte_s=30.0,
+                               route={"hedge": {"max_extra": 0.25, "after_s": 5.0, "min_samples": 4}})
+    for _ in range(4):
+        text, headers, _ = await stream_text(gw)
+        assert text and headers["x-gateway-upstream"] == "primary" and "x-gateway-hedge" not in headers
+    await queue_faults(mock_upstream, "ttft_ms=20000", times=1)
+    text, headers, elapsed = await stream_text(gw)
+    assert text and headers["x-gateway-upstream"] == "backup" and headers["x-gateway-hedge"] == "hedge_won"
+    assert elapsed < 2.0, elapsed  # the adaptive trigger, not after_s (5 s)
+    assert seen(mock_upstream) == [PRIMARY] * 5 + [FALLBACK]
+    assert sample(gw, "gateway_hedges_total", route=PRIMARY, outcome="not_needed") == 4
+
+
 async def test_with_default_settings_a_silent_or_late_primary_is_answered_by_the_fallback(
         make_gateway: GatewayFactory, mock_upstream: MockServer) -> None:
     """The issue's bar with DEFAULT settings plus one fallback (no hedge block, first_byte_s 60 s): a primary
