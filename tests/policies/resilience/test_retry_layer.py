@@ -418,7 +418,7 @@ async def test_cancel_during_backoff_makes_no_more_attempts() -> None:
     async def forever(_: float) -> None:
         await asyncio.Event().wait()
 
-    h.policy.sleep = forever
+    h.policy.attempts.sleep = forever
     task = asyncio.create_task(h.chain(h.exchange()))
     await until(lambda: first.body.closed, interval=0)
     task.cancel()
