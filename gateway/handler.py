@@ -192,6 +192,7 @@ async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> 
         await count_prompt(st, ex)  # a large prompt is counted off the loop, once
         await check_tokens(st, ex)  # /v1/embeddings over the upstream's token limit: 400
         up = await call(ex)
+        ex.drop_raw_body()  # committed: a stream can stay open for minutes, its request bytes need not
         identity = ex.request.identity
         if ex.request.operation == "responses" and identity.key is not None and up.status == 200:
             up = replace(up, body=tag_response_body(st, identity.tenant, up.body))
