@@ -200,6 +200,16 @@ class Exchange:
         data = orjson.dumps(self.body)
         return data if self.blobs is None else self.blobs.restore(data)
 
+    def drop_raw_body(self) -> None:
+        """The answer is committed: let go of the client's bytes for the rest of a (long) stream.
+
+        Nothing forwards them again (a continuation re-serialises a changed ``body``); should anything
+        send this exchange once more, ``body_bytes`` re-serialises ``body``. Kept when there is no parsed
+        body to re-serialise (passthrough, tools).
+        """
+        if self.body is not None:
+            self.raw_body, self.modified = b"", True
+
 
 @dataclass(slots=True)
 class UpstreamResponse:

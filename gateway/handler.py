@@ -192,6 +192,7 @@ async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> 
         await count_prompt(st, ex)  # a large prompt is counted off the loop, once
         await check_tokens(st, ex)  # /v1/embeddings over the upstream's token limit: 400
         up = await call(ex)
+        ex.drop_raw_body()  # committed: a stream can stay open for minutes, its request bytes need not
         identity = ex.request.identity
         if ex.request.operation == "responses" and identity.key is not None and up.status == 200:
             up = replace(up, body=tag_response_body(st, identity.tenant, up.body))
@@ -309,11 +310,9 @@ class _HeadersWithBody(web.StreamResponse):
 async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamResponse) -> web.StreamResponse:
     rec = ex.record
     rec.status, rec.source, ex.target.upstream = up.status, up.source, up.upstream or ex.target.upstream
-    headers = {**up.headers, **ex.response_headers, "x-request-id": ex.request.request_id}
-    if up.upstream:
-        headers["x-gateway-upstream"] = up.upstream
     sse = up.is_sse
-    resp = (web.StreamResponse if sse else _HeadersWithBody)(status=up.status, headers=headers)
+    response = web.StreamResponse if sse else _HeadersWithBody
+    resp = response(status=up.status, headers=_response_headers(ex, up))
     view = ex.view if sse else None
     collected: list[bytes] = []
     try:
@@ -344,6 +343,15 @@ async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamRe
         await close_quietly(up.body)
         _record_outcome(ex, view, collected, up)
     return resp
+
+
+def _response_headers(ex: Exchange, up: UpstreamResponse) -> dict[str, str]:
+    """The client's response headers; built outside ``relay`` so this dict is not kept for a stream's life
+    (the response holds its own copy)."""
+    headers = {**up.headers, **ex.response_headers, "x-request-id": ex.request.request_id}
+    if up.upstream:
+        headers["x-gateway-upstream"] = up.upstream
+    return headers
 
 
 async def _end_broken(request: web.Request, resp: web.StreamResponse, ex: Exchange, sse: bool, message: str,

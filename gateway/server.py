@@ -47,7 +47,10 @@ class _JsonErrorHandler(web.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         in_body = self._payload is not None and not self._payload.is_eof()
-        if not in_body:
+        # b"": aiohttp resuming its parser (StreamReader -> resume_reading) while a body is read, no new
+        # head; arming then left a timer on every open stream, and could 408 the idle keep-alive
+        # connection afterwards.
+        if not in_body and data:
             self._arm_head_timer()  # these bytes start (or continue) a request head
         before = self._request_count
         super().data_received(data)

@@ -36,6 +36,17 @@ def test_raw_body_is_forwarded_until_a_layer_changes_it() -> None:
     assert ex.modified and orjson.loads(ex.body_bytes()) == {"model": "n", "messages": []}
 
 
+def test_dropping_the_raw_body_keeps_what_would_be_sent() -> None:
+    raw = b'{"model": "m",  "messages": []}'
+    ex = Exchange(request=facts(), target=Target(upstream="u", model="m"), raw_body=raw,
+                  body=orjson.loads(raw))
+    ex.drop_raw_body()
+    assert ex.raw_body == b"" and orjson.loads(ex.body_bytes()) == {"model": "m", "messages": []}
+    passthrough = Exchange(request=facts(), target=Target(upstream="u"), raw_body=raw, body=None)
+    passthrough.drop_raw_body()  # nothing to re-serialise: the bytes stay
+    assert passthrough.body_bytes() is raw
+
+
 def test_record_defaults_and_usage_total() -> None:
     rec = Record()
     assert rec.status == 0 and rec.source == "upstream" and rec.usage is None and rec.cost_usd is None

@@ -7,7 +7,7 @@ import aiohttp
 import pytest_asyncio
 from openai import AsyncOpenAI
 
-from gateway.exchange import Exchange, Usage
+from gateway.exchange import Exchange, UpstreamResponse, Usage
 from gateway.mock import MockServer
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
 from tests.support.until import until
@@ -38,6 +38,31 @@ async def test_inflight_counts_a_stream_until_its_relay_ends(gw: InProcessGatewa
         async for _ in stream:
             pass
     await until(lambda: inflight(gw) == 0, timeout=5.0, message="the gauge is counted out after the stream")
+
+
+async def test_an_open_stream_lets_go_of_the_request_bytes(gw: InProcessGateway) -> None:
+    """Issue 21: once the answer is committed, an open stream keeps the parsed body (usage, limits,
+    continuation read it) but not the client's bytes, which nothing forwards again."""
+    seen: list[Exchange] = []
+    sent: list[int] = []
+    chain = gw.state.runtime.chain
+
+    async def spy(ex: Exchange) -> UpstreamResponse:
+        seen.append(ex)
+        sent.append(len(ex.body_bytes()))
+        return await chain(ex)
+
+    gw.state.runtime.chain = spy
+    async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-c", max_retries=0,
+                           default_headers={"x-mock-fault": "stall_after_chunks=2;stall_ms=400"}) as client:
+        stream = await client.chat.completions.create(model="gpt-4o", stream=True,
+                                                      messages=[{"role": "user", "content": "count"}])
+        await stream.__anext__()
+        assert sent[0] > 0  # positive control: the bytes were there for the upstream call
+        ex = seen[0]
+        assert ex.raw_body == b"" and ex.body is not None and ex.body["messages"][0]["content"] == "count"
+        async for _ in stream:
+            pass
 
 
 async def test_sinks_see_the_settled_record(gw: InProcessGateway) -> None:

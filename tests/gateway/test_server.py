@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from gateway.config import parse_config
 from gateway.mock import MockServer
-from gateway.server import serve
+from gateway.server import _JsonErrorHandler, serve
 from tests.support.servers import InProcessGateway, bound_socket, gateway_config, start_gateway
 from tests.support.until import until
 
@@ -164,3 +164,27 @@ async def test_serve_with_nothing_open_stops_promptly(mock_upstream: MockServer)
         stop.set()
         if not run.done():
             await asyncio.wait_for(run, 10)
+
+
+def _handlers(gw: InProcessGateway) -> list[_JsonErrorHandler]:
+    server = gw.runner.server
+    assert server is not None
+    return [h for h in server.connections if isinstance(h, _JsonErrorHandler)]
+
+
+async def test_a_served_request_leaves_no_head_timer(gw: InProcessGateway) -> None:
+    """aiohttp resumes its parser with ``data_received(b"")`` while a handler reads the body: no bytes of a
+    new head, so no head timer (one was left on every open stream, and could 408 an idle keep-alive
+    connection header_timeout_s after its last request)."""
+    body = orjson.dumps({"model": "gpt-4o", "messages": CHAT})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    _, unfinished = await asyncio.open_connection("127.0.0.1", gw.port)
+    unfinished.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # control: a head still coming
+    await until(lambda: any(h._head_timer is not None for h in _handlers(gw)), timeout=5.0)
+    served = [h for h in _handlers(gw) if h._request_count == 1]
+    assert len(served) == 1 and served[0]._head_timer is None
+    for w in (writer, unfinished):
+        w.close()
