@@ -169,14 +169,14 @@ _AMOUNTS = slice(8, None, 5)  # where the per-limit amounts (deltas) go in ACQUI
 class Update:
     """One settlement or lesson for Redis: an ``APPLY`` operation, its two keys and its arguments."""
 
-    keys: tuple[str, str]
+    keys: tuple[bytes, bytes]
     args: list[Any]  # the operation (b"s" settle, b"l" learn), then its arguments
     owed: bool  # replayed after an outage (settlements), or dropped (lessons: the fallback has them)
 
 
 def _command(script: Any, updates: Sequence[Update]) -> tuple[Any, ...]:
     """The ``EVALSHA`` of ``APPLY`` that runs ``updates`` in order."""
-    keys: list[str] = []
+    keys: list[bytes] = []
     args: list[Any] = []
     for u in updates:
         keys += u.keys
@@ -221,20 +221,21 @@ class _Batch:
 
 @dataclass(frozen=True, slots=True)
 class _Args:
-    """A limit set's keys and script arguments that only change with the config; ``None`` is filled in
-    per request (the member, the amounts or deltas at ``_AMOUNTS``)."""
+    """A limit set's keys and script arguments that only change with the config, encoded once (the client
+    packs bytes as they are); ``None`` is filled in per request (the member, the amounts or deltas at
+    ``_AMOUNTS``)."""
 
     ls: LimitSet
-    acquire_keys: tuple[str, ...]  # without the cooldown flag for entities that cannot be paused
+    acquire_keys: tuple[bytes, ...]  # without the cooldown flag for entities that cannot be paused
     acquire: list[Any]  # n, member, lease_ms, hash_ttl_ms, n x (kind, field, capacity, rate, amount)
-    settle_keys: tuple[str, str]
+    settle_keys: tuple[bytes, bytes]
     settle: list[Any]  # b"s", n, member, hash_ttl_ms, n x (kind, field, capacity, rate, delta)
-    learn_keys: tuple[str, str]
-    buckets: dict[str, tuple[bytes, bytes]]  # bucket name -> capacity, rate per ms (encoded)
-    ttl_ms: int
+    learn_keys: tuple[bytes, bytes]
+    buckets: dict[str, tuple[bytes, bytes, bytes]]  # bucket name -> field, capacity, rate per ms
+    ttl_ms: bytes
 
 
-async def _evalsha(client: Any, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+async def _evalsha(client: Any, script: Any, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
     """Run ``script``, loading it again if Redis lost it (``AsyncScript.__call__`` without its per-call
     imports and copies)."""
     try:
@@ -324,7 +325,7 @@ class RedisBuckets:
             self.fallback.learn_now(local, name, level, 0.0)
             encoded = static.buckets.get(name)
             if encoded is not None:
-                args += [name, *encoded, level]
+                args += [*encoded, level]
                 args[1] += 1
         if cooldown_s > 0:
             self.fallback.learn_now(local, "", None, cooldown_s)
@@ -380,23 +381,24 @@ class RedisBuckets:
         if cached is not None and cached.ls is ls:
             return cached
         per_limit: list[Any] = []
-        buckets: dict[str, tuple[bytes, bytes]] = {}
+        buckets: dict[str, tuple[bytes, bytes, bytes]] = {}
         ttl_s = 60.0
         for lim in ls.limits:
-            capacity, rate = repr(lim.capacity).encode(), repr(lim.rate / 1000).encode()
-            per_limit += [_KIND[lim.kind], lim.name.encode(), capacity, rate, None]
+            name, capacity = lim.name.encode(), repr(lim.capacity).encode()
+            rate = repr(lim.rate / 1000).encode()
+            per_limit += [_KIND[lim.kind], name, capacity, rate, None]
             if lim.kind == "bucket":
-                buckets[lim.name] = (capacity, rate)
+                buckets[lim.name] = (name, capacity, rate)
                 if lim.rate > 0:
                     ttl_s = max(ttl_s, lim.capacity / lim.rate + 60)
             elif lim.kind == "day":
                 ttl_s = max(ttl_s, DAY_S + 3600)
-        ttl_ms = int(ttl_s * 1000)
-        h, slots, cool = self.keys(ls)
+        ttl_ms = str(int(ttl_s * 1000)).encode()
+        h, slots, cool = (k.encode() for k in self.keys(ls))
+        n, lease_ms = str(len(ls.limits)).encode(), str(int(ls.lease_s * 1000)).encode()
         cached = self._args_of[ls.key] = _Args(
-            ls, (h, slots, cool) if ls.cooldown else (h, slots),
-            [len(ls.limits), None, int(ls.lease_s * 1000), ttl_ms, *per_limit], (h, slots),
-            [b"s", len(ls.limits), None, ttl_ms, *per_limit], (h, cool), buckets, ttl_ms)
+            ls, (h, slots, cool) if ls.cooldown else (h, slots), [n, None, lease_ms, ttl_ms, *per_limit],
+            (h, slots), [b"s", n, None, ttl_ms, *per_limit], (h, cool), buckets, ttl_ms)
         return cached
 
 
