@@ -7,7 +7,8 @@ syscall on both sides and a pass through the client). ``GuardedRedis.defer``
 queues a ``Write``; the writes queued within ``defer_s`` (1 ms: a request's
 quota lesson at its headers and its settlements at its end, and those of its
 neighbours under load) go out together in one non-transactional pipeline, in
-the order they were queued.
+the order they were queued. A write may make its arguments only then (``build``),
+so it can gather everything deferred to it until its round trip leaves.
 Each write stays one atomic command (a Lua script is one); only the round
 trip is shared. A script Redis has lost (restart, ``SCRIPT FLUSH``) is loaded
 and its writes sent again. When the round trip fails, every write's
@@ -36,6 +37,9 @@ class Write:
     script: Any = None  # the registered script (redis-py ``AsyncScript``) an EVALSHA runs
     on_failure: Callable[[], None] | None = None
     on_done: Callable[[], None] | None = None
+    # Makes ``args`` when the round trip is built (same answer if asked again): a write that gathers the
+    # updates deferred until then into one command (``policies.ratelimit.redis_buckets``).
+    build: Callable[[], tuple[Any, ...]] | None = None
 
 
 def evalsha(script: Any, keys: Sequence[str], args: Sequence[Any], **hooks: Any) -> Write:
@@ -49,7 +53,7 @@ async def send(client: aioredis.Redis, writes: Sequence[Write]) -> None:
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
         for w in pending:
-            pipe.execute_command(*w.args)
+            pipe.execute_command(*(w.args if w.build is None else w.build()))
         results = await pipe.execute(raise_on_error=False)
         missing = [w for w, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
         errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]

@@ -13,6 +13,13 @@ buckets at limit / ``replicas_hint``. A reservation is settled where it was
 made; a Redis release that fails is remembered and replayed once Redis answers
 again, so concurrency slots do not stay taken until their leases end. Scripts
 are ``EVALSHA``'d and re-loaded on ``NOSCRIPT`` (a restarted Redis).
+
+Admissions are one ``ACQUIRE`` call each (the caller waits for the verdict).
+Settlements and quota lessons are operations of one ``APPLY`` script: the
+updates deferred to one round trip (an answer's lesson at its headers, its
+settlements at its end, and those of its neighbours under load) run as one
+call, in the order they were made; each operation does exactly what a call
+of its own would.
 """
 from __future__ import annotations
 
@@ -20,11 +27,13 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
-from gateway.state.write_behind import Write, evalsha, send
+from gateway.state.write_behind import Write, send
 from policies.ratelimit.buckets import MemoryBuckets
 from policies.ratelimit.model import COOLDOWN, DAY_S, NEVER, LimitSet, Verdict
 
@@ -44,14 +53,16 @@ local function bucket(key, f, cap, rate)
 end
 """
 
-# KEYS: hash, slots zset, cooldown flag. ARGV: n, member, lease_ms, hash_ttl_ms, then n x
-# (kind b|s|d, field, capacity, rate per ms, amount). Returns {ok, failed index (-1 cooldown), wait ms
-# (-1 never), free per limit...}; takes from every limit or from none.
+# KEYS: hash, slots zset, and the cooldown flag for entities that can be paused. ARGV: n, member, lease_ms,
+# hash_ttl_ms, then n x (kind b|s|d, field, capacity, rate per ms, amount). Returns {ok, failed index (-1
+# cooldown), wait ms (-1 never), free per limit...}; takes from every limit or from none.
 ACQUIRE = _PRELUDE + """
 local n = tonumber(ARGV[1])
 local failed, wait = 0, 0
-local cool = redis.call('PTTL', KEYS[3])
-if cool > 0 then failed, wait = -1, cool end
+if KEYS[3] then
+  local cool = redis.call('PTTL', KEYS[3])
+  if cool > 0 then failed, wait = -1, cool end
+end
 local free = {}
 for i = 1, n do
   local b = 4 + (i - 1) * 5
@@ -78,75 +89,160 @@ end
 local out = {0, failed, math.ceil(wait)}
 if failed == 0 then
   out[1] = 1
+  local h = {}
   for i = 1, n do
     local b = 4 + (i - 1) * 5
     local kind, f, cap, amt = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 5])
     if kind == 'b' then
-      redis.call('HSET', KEYS[1], f, free[i] - amt, f .. '@', now)
+      h[#h + 1], h[#h + 2], h[#h + 3], h[#h + 4] = f, free[i] - amt, f .. '@', now
     elseif kind == 's' and amt > 0 then
       redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
       redis.call('PEXPIRE', KEYS[2], ARGV[3])
     elseif kind == 'd' then
-      redis.call('HSET', KEYS[1], f, cap - free[i] + amt, f .. '@', day)
+      h[#h + 1], h[#h + 2], h[#h + 3], h[#h + 4] = f, cap - free[i] + amt, f .. '@', day
     end
     free[i] = free[i] - amt
   end
+  if #h > 0 then redis.call('HSET', KEYS[1], unpack(h)) end
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 for i = 1, n do out[3 + i] = math.floor(free[i]) end
 return out
 """
 
-# KEYS: hash, slots zset. ARGV: n, member, hash_ttl_ms, then n x (kind, field, capacity, rate per ms, delta).
-SETTLE = _PRELUDE + """
-local n = tonumber(ARGV[1])
-for i = 1, n do
-  local b = 3 + (i - 1) * 5
-  local kind, f, cap, rate, delta = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]),
-    tonumber(ARGV[b + 5])
-  if kind == 's' then
-    redis.call('ZREM', KEYS[2], ARGV[2])
-  elseif delta ~= 0 and kind == 'b' then
-    redis.call('HSET', KEYS[1], f, math.min(cap, bucket(KEYS[1], f, cap, rate) + delta), f .. '@', now)
-  elseif delta ~= 0 then
-    local v = redis.call('HMGET', KEYS[1], f, f .. '@')
-    if v[1] and tonumber(v[2]) == day then
-      redis.call('HSET', KEYS[1], f, math.max(0, tonumber(v[1]) - delta))
+# Settlements and lessons, in order, in one call (one TIME). Each operation takes two KEYS and starts its
+# ARGV with its name:
+# - settle: KEYS hash, slots zset. ARGV 's', n, member, hash_ttl_ms, then n x (kind, field, capacity,
+#   rate per ms, delta).
+# - learn: KEYS hash, cooldown flag. ARGV 'l', n, cooldown_ms, hash_ttl_ms, then n x (field, capacity,
+#   rate per ms, level): each bucket is lowered to its level (never raised); a pause is never shortened.
+APPLY = _PRELUDE + """
+local function settle(h, s, a)
+  local n = tonumber(ARGV[a + 1])
+  for i = 1, n do
+    local b = a + 4 + (i - 1) * 5
+    local kind, f, delta = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 4])
+    if kind == 's' then
+      redis.call('ZREM', s, ARGV[a + 2])
+    elseif delta ~= 0 and kind == 'b' then
+      local cap = tonumber(ARGV[b + 2])
+      redis.call('HSET', h, f, math.min(cap, bucket(h, f, cap, tonumber(ARGV[b + 3])) + delta), f .. '@', now)
+    elseif delta ~= 0 then
+      local v = redis.call('HMGET', h, f, f .. '@')
+      if v[1] and tonumber(v[2]) == day then
+        redis.call('HSET', h, f, math.max(0, tonumber(v[1]) - delta))
+      end
     end
   end
+  redis.call('PEXPIRE', h, ARGV[a + 3])
+  return a + 4 + n * 5
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-# KEYS: hash, cooldown flag. ARGV: field ('' none), capacity, rate per ms, level, cooldown_ms, hash_ttl_ms.
-LEARN = _PRELUDE + """
-if ARGV[1] ~= '' then
-  local level = tonumber(ARGV[4])
-  if level < bucket(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])) then
-    redis.call('HSET', KEYS[1], ARGV[1], level, ARGV[1] .. '@', now)
-    redis.call('PEXPIRE', KEYS[1], ARGV[6])
+local function learn(h, c, a)
+  local n, lowered = tonumber(ARGV[a + 1]), false
+  for i = 1, n do
+    local b = a + 4 + (i - 1) * 4
+    local f, level = ARGV[b], tonumber(ARGV[b + 3])
+    if level < bucket(h, f, tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])) then
+      redis.call('HSET', h, f, level, f .. '@', now)
+      lowered = true
+    end
   end
+  if lowered then redis.call('PEXPIRE', h, ARGV[a + 3]) end
+  local ms = tonumber(ARGV[a + 2])
+  if ms > 0 and redis.call('PTTL', c) < ms then redis.call('SET', c, '1', 'PX', ms) end
+  return a + 4 + n * 4
 end
-local ms = tonumber(ARGV[5])
-if ms > 0 and redis.call('PTTL', KEYS[2]) < ms then redis.call('SET', KEYS[2], '1', 'PX', ms) end
+local a, k = 1, 1
+while a <= #ARGV do
+  if ARGV[a] == 's' then a = settle(KEYS[k], KEYS[k + 1], a) else a = learn(KEYS[k], KEYS[k + 1], a) end
+  k = k + 2
+end
 return 1
 """
 
-_KIND = {"bucket": "b", "slots": "s", "day": "d"}
+_KIND = {"bucket": b"b", "slots": b"s", "day": b"d"}
+MAX_UPDATES = 256  # updates per APPLY call
+_AMOUNTS = slice(8, None, 5)  # where the per-limit amounts (deltas) go in ACQUIRE's (a settlement's) args
 
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """One settlement or lesson for Redis: a script, its keys and arguments."""
+    """One settlement or lesson for Redis: an ``APPLY`` operation, its two keys and its arguments."""
 
-    script: Any  # redis.commands.core.AsyncScript
-    keys: list[str]
-    args: list[Any]
+    keys: tuple[bytes, bytes]
+    args: list[Any]  # the operation (b"s" settle, b"l" learn), then its arguments
     owed: bool  # replayed after an outage (settlements), or dropped (lessons: the fallback has them)
 
-    def write(self, **hooks: Any) -> Write:
-        return evalsha(self.script, self.keys, self.args, **hooks)
+
+def _command(script: Any, updates: Sequence[Update]) -> tuple[Any, ...]:
+    """The ``EVALSHA`` of ``APPLY`` that runs ``updates`` in order."""
+    keys: list[bytes] = []
+    args: list[Any] = []
+    for u in updates:
+        keys += u.keys
+        args += u.args
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Updates deferred to one round trip, sent as one ``APPLY`` call made when the round trip is built.
+
+    Closed then (or when the round trip failed or ended without building it): the next update opens a
+    new batch. A failed round trip owes each settlement (``RedisBuckets.owe``) and drops the lessons.
+    """
+
+    script: Any
+    owe: Callable[[Update], None]
+    updates: list[Update] = field(default_factory=list)
+    done: list[Callable[[], None]] = field(default_factory=list)
+    command: tuple[Any, ...] | None = None
+    closed: bool = False
+
+    def write(self) -> Write:
+        return Write((), self.script, on_failure=self.failed, on_done=self.finished, build=self.build)
+
+    def build(self) -> tuple[Any, ...]:
+        self.closed = True
+        if self.command is None:
+            self.command = _command(self.script, self.updates)
+        return self.command
+
+    def failed(self) -> None:
+        self.closed = True
+        for u in self.updates:
+            self.owe(u)
+
+    def finished(self) -> None:
+        self.closed = True
+        for on_done in self.done:
+            on_done()
+
+
+@dataclass(frozen=True, slots=True)
+class _Args:
+    """A limit set's keys and script arguments that only change with the config, encoded once (the client
+    packs bytes as they are); ``None`` is filled in per request (the member, the amounts or deltas at
+    ``_AMOUNTS``)."""
+
+    ls: LimitSet
+    acquire_keys: tuple[bytes, ...]  # without the cooldown flag for entities that cannot be paused
+    acquire: list[Any]  # n, member, lease_ms, hash_ttl_ms, n x (kind, field, capacity, rate, amount)
+    settle_keys: tuple[bytes, bytes]
+    settle: list[Any]  # b"s", n, member, hash_ttl_ms, n x (kind, field, capacity, rate, delta)
+    learn_keys: tuple[bytes, bytes]
+    buckets: dict[str, tuple[bytes, bytes, bytes]]  # bucket name -> field, capacity, rate per ms
+    ttl_ms: bytes
+
+
+async def _evalsha(client: Any, script: Any, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+    """Run ``script``, loading it again if Redis lost it (``AsyncScript.__call__`` without its per-call
+    imports and copies)."""
+    try:
+        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        await client.script_load(script.script)
+        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 class RedisBuckets:
@@ -160,12 +256,12 @@ class RedisBuckets:
         self.fallback = fallback
         self.replicas_hint = replicas_hint
         self._acquire = guarded.script(ACQUIRE)
-        self._settle = guarded.script(SETTLE)
-        self._learn = guarded.script(LEARN)
+        self._apply = guarded.script(APPLY)
         self._keys: dict[str, tuple[str, str, str]] = {}
         # Keyed by entity, checked by identity: a reloaded config brings new LimitSet objects.
-        self._static: dict[str, tuple[LimitSet, list[Any], int]] = {}
+        self._args_of: dict[str, _Args] = {}
         self._local: dict[str, tuple[LimitSet, int, LimitSet]] = {}
+        self._batch: _Batch | None = None  # deferred updates waiting for their round trip
         self.owed: list[Update] = []
         self._replaying: asyncio.Task[None] | None = None
 
@@ -186,14 +282,13 @@ class RedisBuckets:
         return scaled
 
     async def acquire(self, ls: LimitSet, amounts: tuple[int, ...], member: str) -> Verdict:
-        static, ttl_ms = self._static_args(ls)
-        args: list[Any] = [len(ls.limits), member, int(ls.lease_s * 1000), ttl_ms]
-        for i, amount in enumerate(amounts):
-            args.extend(static[i * 4: i * 4 + 4])
-            args.append(amount)
-        keys = self.keys(ls)
+        static = self._args(ls)
+        args = static.acquire.copy()
+        args[1] = member
+        args[_AMOUNTS] = amounts
         try:
-            raw = await self.guarded.call(lambda r: self._acquire(keys=keys, args=args, client=r))
+            raw = await self.guarded.call(
+                functools.partial(_evalsha, script=self._acquire, keys=static.acquire_keys, args=args))
         except RedisUnavailable:
             return replace(self.fallback.acquire_now(self.local(ls), amounts, member), local=True)
         if self.owed and (self._replaying is None or self._replaying.done()):
@@ -207,47 +302,60 @@ class RedisBuckets:
         await self.apply([self.settle_update(ls, deltas, member)])
 
     def settle_update(self, ls: LimitSet, deltas: Sequence[int], member: str) -> Update:
-        """The Redis side of a settlement, to send with others in one round trip (``apply``)."""
-        static, ttl_ms = self._static_args(ls)
-        args: list[Any] = [len(ls.limits), member, ttl_ms]
-        for i, delta in enumerate(deltas):
-            args.extend(static[i * 4: i * 4 + 4])
-            args.append(delta)
-        return Update(self._settle, list(self.keys(ls)[:2]), args, owed=True)
+        """The Redis side of a settlement, to send with others in one call (``apply``, ``defer``)."""
+        static = self._args(ls)
+        args = static.settle.copy()
+        args[2] = member
+        args[_AMOUNTS] = deltas
+        return Update(static.settle_keys, args, owed=True)
 
     async def learn(self, ls: LimitSet, name: str, level: float | None, cooldown_s: float) -> None:
         """Shrink a shared bucket / pause the entity for everyone; the local fallback learns it too."""
-        await self.apply([self.learn_update(ls, name, level, cooldown_s)])
+        await self.apply([self.learn_update(ls, [] if level is None else [(name, level)], cooldown_s)])
 
-    def learn_update(self, ls: LimitSet, name: str, level: float | None, cooldown_s: float) -> Update:
-        """The local fallback learns at once; the returned update teaches Redis (``apply``)."""
-        self.fallback.learn_now(self.local(ls), name, level, cooldown_s)
-        lim = ls.find(name)
-        _, ttl_ms = self._static_args(ls)
-        field = name if level is not None and lim is not None and lim.kind == "bucket" else ""
-        args: list[Any] = [field, lim.capacity if lim else 0, lim.rate / 1000 if lim else 0, level or 0,
-                           int(cooldown_s * 1000), ttl_ms]
-        keys = [self.keys(ls)[0], self.keys(ls)[2]]
-        return Update(self._learn, keys, args, owed=False)
+    def learn_update(self, ls: LimitSet, levels: Sequence[tuple[str, float]], cooldown_s: float) -> Update:
+        """Lower buckets (name, level) and pause the entity for ``cooldown_s`` (0: no pause), in one call.
+
+        The local fallback learns at once; the returned update teaches Redis (``apply``, ``defer``).
+        """
+        local = self.local(ls)
+        static = self._args(ls)
+        args: list[Any] = [b"l", 0, int(cooldown_s * 1000), static.ttl_ms]
+        for name, level in levels:
+            self.fallback.learn_now(local, name, level, 0.0)
+            encoded = static.buckets.get(name)
+            if encoded is not None:
+                args += [*encoded, level]
+                args[1] += 1
+        if cooldown_s > 0:
+            self.fallback.learn_now(local, "", None, cooldown_s)
+        return Update(static.learn_keys, args, owed=False)
 
     async def apply(self, updates: Sequence[Update]) -> None:
-        """Send settlements and lessons in one round trip (a non-transactional pipeline of ``EVALSHA``).
+        """Send settlements and lessons in one round trip and one ``APPLY`` call.
 
-        Each update stays one atomic script; only the round trips are shared. Redis away: settlements
-        are kept for replay (``owed``), lessons are dropped (the local fallback has them already).
+        Each update is applied as its own script would (in order, under one ``TIME``). Redis away:
+        settlements are kept for replay (``owed``), lessons are dropped (the local fallback has them).
         """
         if not updates:
             return
-        writes = [u.write() for u in updates]
+        write = Write(_command(self._apply, updates), self._apply)
         try:
-            await self.guarded.call(functools.partial(send, writes=writes))
+            await self.guarded.call(functools.partial(send, writes=[write]))
         except RedisUnavailable:
             for u in updates:
                 self.owe(u)
 
     def defer(self, update: Update, on_done: Callable[[], None] | None = None) -> None:
-        """Send ``update`` without waiting, sharing a round trip with other deferred writes."""
-        self.guarded.defer(update.write(on_failure=functools.partial(self.owe, update), on_done=on_done))
+        """Send ``update`` without waiting: the updates deferred to one round trip go in one ``APPLY`` call,
+        which shares that round trip with other deferred writes (``GuardedRedis.defer``)."""
+        batch = self._batch
+        if batch is None or batch.closed or len(batch.updates) >= MAX_UPDATES:
+            batch = self._batch = _Batch(self._apply, self.owe)
+            self.guarded.defer(batch.write())
+        batch.updates.append(update)
+        if on_done is not None:
+            batch.done.append(on_done)
 
     def owe(self, update: Update) -> None:
         """A settlement Redis did not get: replayed once Redis answers again."""
@@ -260,27 +368,38 @@ class RedisBuckets:
         for start in range(0, len(owed), REPLAY_BATCH):
             chunk = owed[start: start + REPLAY_BATCH]
             try:
-                await self.guarded.call(functools.partial(send, writes=[u.write() for u in chunk]))
+                await self.guarded.call(
+                    functools.partial(send, writes=[Write(_command(self._apply, chunk), self._apply)]))
             except RedisUnavailable:
                 self.owed.extend(owed[start:])
                 return
 
-    def _static_args(self, ls: LimitSet) -> tuple[list[Any], int]:
-        """Per-limit script arguments that only change with the config, and the hash's TTL."""
-        cached = self._static.get(ls.key)
-        if cached is None or cached[0] is not ls:
-            static: list[Any] = []
-            ttl_s = 60.0
-            for lim in ls.limits:
-                # Encoded once: the client packs bytes as they are (no repr of floats per request).
-                static += [_KIND[lim.kind].encode(), lim.name.encode(), repr(lim.capacity).encode(),
-                           repr(lim.rate / 1000).encode()]
-                if lim.kind == "bucket" and lim.rate > 0:
+    def _args(self, ls: LimitSet) -> _Args:
+        """The limit set's static keys and arguments, made once per config (floats encoded once: no repr
+        per request)."""
+        cached = self._args_of.get(ls.key)
+        if cached is not None and cached.ls is ls:
+            return cached
+        per_limit: list[Any] = []
+        buckets: dict[str, tuple[bytes, bytes, bytes]] = {}
+        ttl_s = 60.0
+        for lim in ls.limits:
+            name, capacity = lim.name.encode(), repr(lim.capacity).encode()
+            rate = repr(lim.rate / 1000).encode()
+            per_limit += [_KIND[lim.kind], name, capacity, rate, None]
+            if lim.kind == "bucket":
+                buckets[lim.name] = (name, capacity, rate)
+                if lim.rate > 0:
                     ttl_s = max(ttl_s, lim.capacity / lim.rate + 60)
-                elif lim.kind == "day":
-                    ttl_s = max(ttl_s, DAY_S + 3600)
-            cached = self._static[ls.key] = (ls, static, int(ttl_s * 1000))
-        return cached[1], cached[2]
+            elif lim.kind == "day":
+                ttl_s = max(ttl_s, DAY_S + 3600)
+        ttl_ms = str(int(ttl_s * 1000)).encode()
+        h, slots, cool = (k.encode() for k in self.keys(ls))
+        n, lease_ms = str(len(ls.limits)).encode(), str(int(ls.lease_s * 1000)).encode()
+        cached = self._args_of[ls.key] = _Args(
+            ls, (h, slots, cool) if ls.cooldown else (h, slots), [n, None, lease_ms, ttl_ms, *per_limit],
+            (h, slots), [b"s", n, None, ttl_ms, *per_limit], (h, cool), buckets, ttl_ms)
+        return cached
 
 
 def _verdict(ls: LimitSet, raw: Sequence[Any]) -> Verdict:

@@ -6,8 +6,10 @@ kept on ``AppState.components`` across config reloads: it owns the buckets
 ``Pending`` book per upstream, the metrics, and the background tasks that
 settle reservations in Redis after an answer has ended (the client's last
 byte is never held back by a Redis round trip). The settlements and quota
-lessons go to Redis as deferred writes (``GuardedRedis.defer``), which share
-round trips with each other and with the cache's writes.
+lessons go to Redis as deferred updates (``RedisBuckets.defer``): those of one
+round trip run as one script call, and the round trip is shared with the
+cache's writes (``GuardedRedis.defer``). One answer's lesson (requests, tokens
+and pause) is one update.
 
 A ``Grant`` is one admitted reservation. ``settle(grant, used)`` ends it
 exactly once: slots are released and tokens reconciled against what the
@@ -144,6 +146,7 @@ class RateLimiter:
         learned = lesson(status, headers, uncounted)
         if learned is None:
             return
+        levels: list[tuple[str, float]] = []  # buckets to lower: requests and tokens, taught in one call
         for name, level in (("rpm", learned.requests), ("tpm", learned.tokens)):
             lim = grant.ls.find(name)
             if lim is None:
@@ -155,19 +158,24 @@ class RateLimiter:
                 at_reset = 0.0 if lim.tokens else 1.0
                 level = min(at_reset if level is None else level, at_reset - lim.rate * learned.pause_s)
             if level is not None and level < self._projected(grant.ls, name):
-                self._learn(grant.ls, name, level, 0.0)
+                levels.append((name, level))
+        if learned.pause_s > 0 and self.memory.cooldown_left(self._local(grant.ls)) <= 0:
+            state_change("upstream paused by its provider", upstream=grant.ls.label,
+                         seconds=round(learned.pause_s, 3), status=status)
+        if levels or learned.pause_s > 0:
+            self._learn(grant.ls, levels, learned.pause_s)
         if learned.pause_s > 0:
-            if self.memory.cooldown_left(self._local(grant.ls)) <= 0:
-                state_change("upstream paused by its provider", upstream=grant.ls.label,
-                             seconds=round(learned.pause_s, 3), status=status)
-            self._learn(grant.ls, "", None, learned.pause_s)
             self._poke(grant.ls)  # the head re-asks now and learns how long the pause is
 
-    def _learn(self, ls: LimitSet, name: str, level: float | None, pause_s: float) -> None:
+    def _learn(self, ls: LimitSet, levels: list[tuple[str, float]], pause_s: float) -> None:
+        """Lower ``levels`` (name, level) and pause for ``pause_s`` (0: none): one update for Redis."""
         if isinstance(self.buckets, MemoryBuckets):
-            self.buckets.learn_now(ls, name, level, pause_s)
+            for name, level in levels:
+                self.buckets.learn_now(ls, name, level, 0.0)
+            if pause_s > 0:
+                self.buckets.learn_now(ls, "", None, pause_s)
         else:
-            self._send(self.buckets.learn_update(ls, name, level, pause_s), None)
+            self._send(self.buckets.learn_update(ls, levels, pause_s), None)
 
     def _local(self, ls: LimitSet) -> LimitSet:
         return self.buckets.local(ls) if isinstance(self.buckets, RedisBuckets) else ls

@@ -69,3 +69,26 @@ async def test_a_failed_round_trip_reports_every_write() -> None:
         assert failed == [0, 1, 2] and done == [0, 1, 2]
     finally:
         await g.close()
+
+
+async def test_a_write_made_when_its_round_trip_leaves(redis_server: RedisServer) -> None:
+    """``build`` makes the command when the round trip is built (not when deferred), and again for the
+    re-send after a NOSCRIPT."""
+    g = _guarded(redis_server.url)
+    built: list[int] = []
+    try:
+        script = g.script(INCR_BY)
+        await g.client.delete("wb:b")
+        await g.client.script_flush()
+        amount = [1]
+
+        def build() -> tuple[Any, ...]:
+            built.append(amount[0])
+            return ("EVALSHA", script.sha, 1, "wb:b", amount[0])
+
+        g.defer(Write((), script, build=build))
+        amount[0] = 4  # changed after the defer, before the round trip: the write carries 4
+        await g.drain()
+        assert await g.client.get("wb:b") == b"4" and built == [4, 4]  # NOSCRIPT: sent again, as built
+    finally:
+        await g.close()

@@ -12,7 +12,8 @@ from gateway.config_model import StateConfig
 from gateway.state.redis_client import GuardedRedis
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
 from policies.ratelimit.model import COOLDOWN, NEVER, Limit, LimitSet, client_limits
-from policies.ratelimit.redis_buckets import RedisBuckets
+from policies.ratelimit.redis_buckets import APPLY, RedisBuckets, Update
+from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer, free_port
 
 RPM6 = Limit("rpm", "bucket", 6.0, 6 / 60)
@@ -137,7 +138,7 @@ async def test_updates_share_one_round_trip_and_survive_a_script_flush(
         if flush:
             await a.guarded.client.script_flush()
         await a.apply([a.settle_update(LS, (0, 300, 0), "m1"), a.settle_update(LS, (0, 200, 0), "m2"),
-                       a.learn_update(LS, "rpm", 1.0, 0.0)])
+                       a.learn_update(LS, [("rpm", 1.0)], 0.0)])
         refill = await b.acquire(LS, (1, 0, 1), "m3")  # slots free, tokens back, rpm learned down to 1
         assert refill.ok and refill.levels[0] < 1.0 and refill.levels[1] >= 500
         await b.settle(LS, (0, 0, 0), "m3")
@@ -188,3 +189,106 @@ async def test_releases_missed_during_an_outage_are_replayed() -> None:
     finally:
         await g.close()
         server.kill()
+
+
+# The lesson script as it was before lessons became operations of APPLY: one call per bucket (reference).
+LEARN_ONE = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local function bucket(key, f, cap, rate)
+  local v = redis.call('HMGET', key, f, f .. '@')
+  if not v[1] then return cap end
+  return math.min(cap, tonumber(v[1]) + (now - tonumber(v[2])) * rate)
+end
+if ARGV[1] ~= '' then
+  local level = tonumber(ARGV[4])
+  if level < bucket(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])) then
+    redis.call('HSET', KEYS[1], ARGV[1], level, ARGV[1] .. '@', now)
+    redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  end
+end
+local ms = tonumber(ARGV[5])
+if ms > 0 and redis.call('PTTL', KEYS[2]) < ms then redis.call('SET', KEYS[2], '1', 'PX', ms) end
+return 1
+"""
+
+
+async def test_one_lesson_sets_both_buckets_and_the_pause_as_separate_calls_did(
+        shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """requests + tokens + pause in one call leave exactly what three calls of the old script left."""
+    a, _ = shared
+    two = LimitSet("upstream", "u:two", "two", LS.limits, lease_s=30.0, cooldown=True)
+    one = LimitSet("upstream", "u:one", "one", LS.limits, lease_s=30.0, cooldown=True)
+    r = a.guarded.client
+    for ls in (two, one):
+        assert (await a.acquire(ls, (1, 100, 0), "m")).ok  # both buckets exist: 5 rpm, 500 tpm left
+    hash_two, _, cool_two = a.keys(two)
+    reference = r.register_script(LEARN_ONE)
+    for args in (["rpm", "6.0", "0.1", 2.0, 0, 120000], ["tpm", "600.0", "10.0", 123.0, 0, 120000],
+                 ["tpm", "600.0", "10.0", 900.0, 0, 120000],  # above the level: never raises it
+                 ["", 0, 0, 0, 1500, 120000]):
+        await reference(keys=[hash_two, cool_two], args=args)
+    await a.apply([a.learn_update(one, [("rpm", 2.0), ("tpm", 123.0), ("tpm", 900.0)], 1.5)])
+    hash_one, _, cool_one = a.keys(one)
+    assert await r.hmget(hash_one, "rpm", "tpm") == await r.hmget(hash_two, "rpm", "tpm") == [b"2", b"123"]
+    assert 1400 <= await r.pttl(cool_one) <= 1500 and 1400 <= await r.pttl(cool_two) <= 1500
+    refused = await a.acquire(one, (1, 0, 0), "n")
+    assert not refused.ok and refused.failed == COOLDOWN
+
+
+async def test_deferred_updates_go_in_one_call(shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """Settlements and lessons deferred together: one round trip, one EVALSHA, each applied in order as
+    an ``apply`` of its own would (compared on a second entity); every ``on_done`` runs."""
+    a, b = shared
+    batched = LS
+    alone = LimitSet("upstream", "u:alone", "alone", LS.limits, lease_s=30.0, cooldown=True)
+    for ls in (batched, alone):
+        assert (await a.acquire(ls, (1, 300, 1), "m1")).ok
+        assert (await a.acquire(ls, (1, 200, 1), "m2")).ok
+    await a.guarded.client.script_load(APPLY)  # else the first call counts a NOSCRIPT round trip
+    trips = round_trips(a.guarded)
+    done: list[str] = []
+
+    def updates(ls: LimitSet) -> list[Update]:
+        return [a.settle_update(ls, (0, 250, 0), "m1"), a.learn_update(ls, [("tpm", 50.0)], 0.0),
+                a.settle_update(ls, (0, -100, 0), "m2")]
+
+    for i, u in enumerate(updates(batched)):
+        a.defer(u, on_done=lambda i=i: done.append(f"u{i}"))
+    await a.guarded.drain()
+    assert trips == [["EVALSHA"]] and done == ["u0", "u1", "u2"]
+    for u in updates(alone):
+        await a.apply([u])
+    got, want = await b.acquire(batched, (0, 0, 1), "x"), await b.acquire(alone, (0, 0, 1), "x")
+    assert got.failed == want.failed == "tpm"  # lowered to 50, then charged 100: in debt
+    assert got.levels == pytest.approx(want.levels, abs=0.1) and got.levels[1] == pytest.approx(-50, abs=0.1)
+    assert got.levels[2] == 2.0  # both slots released
+
+
+async def test_a_failed_batch_owes_its_settlements_and_the_next_update_starts_a_new_one() -> None:
+    """Redis down: the batch's settlements are kept for replay, its lessons dropped; nothing deferred
+    after the failure is lost with the old batch."""
+    g = guarded(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        b = make(g, "f:")
+        b.defer(b.settle_update(LS, (0, 5, 0), "m1"))
+        b.defer(b.learn_update(LS, [("rpm", 1.0)], 2.0))
+        await g.drain()
+        assert [u.args[0] for u in b.owed] == [b"s"]
+        b.defer(b.settle_update(LS, (0, 7, 0), "m2"))
+        await g.drain()
+        assert [u.args[2] for u in b.owed] == ["m1", "m2"]
+        assert b.fallback.cooldown_left(b.local(LS)) > 0  # the lesson reached the fallback at once
+    finally:
+        await g.close()
+
+
+async def test_a_client_set_reads_no_cooldown_flag(shared: tuple[RedisBuckets, RedisBuckets]) -> None:
+    """Only entities that can be paused ask for their flag (as the memory buckets do)."""
+    a, _ = shared
+    ls = LimitSet("client", "c:t:y", "t", (RPM6,))
+    paused = LimitSet("upstream", "c:t:y", "t", (RPM6,), cooldown=True)  # same keys, can be paused
+    await a.learn(paused, "", None, 5.0)
+    assert (await a.acquire(ls, (1,), "m1")).ok
+    assert (await a.acquire(paused, (1,), "m2")).failed == COOLDOWN
