@@ -1,12 +1,8 @@
-"""The proxy handler: parse once, build the Exchange, run the onion, relay.
+"""The proxy handler: parse once, build the Exchange, run the onion, relay (``relay.py``).
 
-The response is relayed chunk by chunk as the upstream produces it; a slow
-client slows the upstream read through the awaited ``write``. A client that
-goes away cancels this task (``handler_cancellation``), which closes the
-upstream body and its socket. A failure after the response has started ends an
-SSE stream with an error event and no ``[DONE]``; a non-stream body is cut,
-so the client can see that it is truncated. Nothing here may raise past the
-handler except a cancellation: every other error becomes an OpenAI-style 4xx/5xx.
+A client that goes away cancels this task (``handler_cancellation``), which closes the upstream body
+and its socket. Nothing here may raise past the handler except a cancellation: every other error
+becomes an OpenAI-style 4xx/5xx.
 """
 from __future__ import annotations
 
@@ -25,18 +21,17 @@ from gateway.appstate import APP_STATE, AppState
 from gateway.auth import Identity
 from gateway.blobs import Blobs
 from gateway.blobs import extract as extract_blobs
-from gateway.body import close_quietly
 from gateway.chain import Next
 from gateway.embeddings_limits import check_inputs, check_tokens
-from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body, sse_error_event
-from gateway.exchange import Exchange, Record, RequestFacts, Target, UpstreamResponse
+from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body
+from gateway.exchange import Exchange, Record, RequestFacts, Target
 from gateway.ownership import require_owned, tag_response_body
 from gateway.ranges import check as check_ranges
+from gateway.relay import relay
 from gateway.request import parse_json, read_body, too_large, validate
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
 from gateway.tokens.prompt import count_prompt, loading_for_estimate
-from gateway.usage import usage_from_json_bytes
 
 log = logging.getLogger("gateway.handler")
 OPERATIONS = {
@@ -294,106 +289,6 @@ async def _check_previous_response(st: AppState, identity: Identity, previous: A
     except LocalReply as reply:
         reply.param = "previous_response_id"
         raise
-
-
-class _HeadersWithBody(web.StreamResponse):
-    """A relayed non-stream answer: its headers leave with the first body bytes, in one write.
-
-    A JSON answer is useless to a client before its body, and providers send both together,
-    so this saves a syscall and a client wake-up per request. Streams keep aiohttp's default
-    (headers at once), so an SSE client sees the status before the first token.
-    """
-
-    _send_headers_immediately = False  # aiohttp >= 3.10; older versions ignore it (headers at once)
-
-
-async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamResponse) -> web.StreamResponse:
-    rec = ex.record
-    rec.status, rec.source, ex.target.upstream = up.status, up.source, up.upstream or ex.target.upstream
-    sse = up.is_sse
-    response = web.StreamResponse if sse else _HeadersWithBody
-    resp = response(status=up.status, headers=_response_headers(ex, up))
-    view = ex.view if sse else None
-    collected: list[bytes] = []
-    try:
-        await resp.prepare(request)
-        async for chunk in up.body:
-            if view is not None:
-                view.feed(chunk)
-            else:
-                if not collected:
-                    rec.first_token_at = st.clock()
-                collected.append(chunk)
-            await resp.write(chunk)
-        await resp.write_eof()
-    except UpstreamFailure as failure:
-        rec.error_kind = failure.kind
-        await _end_broken(request, resp, ex, sse, failure.message, failure.kind)
-    except asyncio.CancelledError:
-        if not st.lifecycle.drain_expired:
-            rec.stream_outcome = "client_gone"
-            raise
-        _uncancel()
-        rec.error_kind = "shutdown"
-        await _end_broken(request, resp, ex, sse, "The gateway is shutting down; the stream was cut.",
-                          "gateway_shutdown")
-    except (ConnectionResetError, ConnectionError):
-        rec.stream_outcome = "client_gone"
-    finally:
-        await close_quietly(up.body)
-        _record_outcome(ex, view, collected, up)
-    return resp
-
-
-def _response_headers(ex: Exchange, up: UpstreamResponse) -> dict[str, str]:
-    """The client's response headers; built outside ``relay`` so this dict is not kept for a stream's life
-    (the response holds its own copy)."""
-    headers = {**up.headers, **ex.response_headers, "x-request-id": ex.request.request_id}
-    if up.upstream:
-        headers["x-gateway-upstream"] = up.upstream
-    return headers
-
-
-async def _end_broken(request: web.Request, resp: web.StreamResponse, ex: Exchange, sse: bool, message: str,
-                      code: str) -> None:
-    if not sse or not resp.prepared:
-        ex.record.stream_outcome = "cut"
-        if request.transport is not None:
-            request.transport.abort()  # a truncated body must look truncated, never complete
-        return
-    ex.record.stream_outcome = "error_event"
-    try:
-        await resp.write(
-            sse_error_event(message, "upstream_error" if code != "gateway_shutdown" else "server_error", code)
-        )
-        await resp.write_eof()
-    except (ConnectionError, RuntimeError):
-        ex.record.stream_outcome = "client_gone"
-
-
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
-
-
-def _record_outcome(ex: Exchange, view: StreamInspector | None, collected: list[bytes],
-                    up: UpstreamResponse) -> None:
-    """What the relay itself saw: timings, finish reasons and the provider's usage (stream or JSON tail)."""
-    rec = ex.record
-    if view is not None:
-        rec.first_token_at = rec.first_token_at or view.first_token_at
-        rec.last_token_at = view.last_token_at
-        if view.usage is not None and rec.reported_usage is None:
-            rec.reported_usage = view.usage
-        rec.finish_reasons = view.finish_reasons
-        rec.response_model = view.model
-        if not rec.stream_outcome:
-            rec.stream_outcome = "done" if view.clean_end else ("error_event" if view.error_event else "")
-    elif collected and rec.reported_usage is None and up.status < 300:
-        rec.reported_usage = usage_from_json_bytes(
-            collected[-1] if len(collected) == 1 else b"".join(collected)
-        )
 
 
 def json_response(rid: str, payload: Any, status: int = 200) -> web.Response:
