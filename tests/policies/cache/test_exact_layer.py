@@ -11,6 +11,7 @@ from gateway.state.redis_client import GuardedRedis
 from policies.cache.exact_layer import factory
 from policies.cache.fleet_flight import PRE_CLAIM
 from policies.cache.redis_store import Claim
+from policies.cache.request import KEY_ATTR
 from tests.policies.cache.support import ANSWER, Upstream, drain, exchange, make_state
 from tests.support.servers import RedisServer
 
@@ -33,6 +34,21 @@ async def test_miss_then_hit_in_both_modes() -> None:
     sse = await drain(await policy(streamed, up))
     assert sse.endswith(b"data: [DONE]\n\n") and b'"content":"hi there"' in sse
     assert up.calls == 1
+
+
+async def test_a_bypassed_request_gets_no_key() -> None:
+    """A non-deterministic request is bypassed before its key is made (an agent's 500 KB prompt would
+    pay a canonical dump holding the GIL for nothing); a deterministic one (the control) gets its key."""
+    st = make_state()
+    policy = await factory(st, st.config)
+    up = Upstream()
+    chat = [{"role": "user", "content": "hi"}]
+    sampled = exchange(st, {"model": "gpt-4o", "messages": chat, "temperature": 1})
+    await drain(await policy(sampled, up))
+    assert sampled.record.cache_result == "bypass" and sampled.state.get(KEY_ATTR) is None
+    fixed = exchange(st)
+    await drain(await policy(fixed, up))
+    assert fixed.record.cache_result == "miss" and fixed.state.get(KEY_ATTR) is not None
 
 
 async def test_modes_and_shadowing() -> None:
