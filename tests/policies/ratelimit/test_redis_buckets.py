@@ -12,7 +12,8 @@ from gateway.config_model import StateConfig
 from gateway.state.redis_client import GuardedRedis
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
 from policies.ratelimit.model import COOLDOWN, NEVER, Limit, LimitSet, client_limits
-from policies.ratelimit.redis_buckets import APPLY, RedisBuckets, Update
+from policies.ratelimit.redis_buckets import RedisBuckets, Update
+from policies.ratelimit.redis_scripts import APPLY
 from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer, free_port
 

@@ -17,7 +17,8 @@ from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
 from policies.ratelimit.config import RateLimitConfig
 from policies.ratelimit.metrics import RateLimitMetrics
 from policies.ratelimit.model import upstream_limits
-from policies.ratelimit.redis_buckets import APPLY, RedisBuckets
+from policies.ratelimit.redis_buckets import RedisBuckets
+from policies.ratelimit.redis_scripts import APPLY
 from policies.ratelimit.runtime import RateLimiter, limiter_for
 from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer
