@@ -76,9 +76,9 @@ def hedge_delay(cfg: HedgeConfig, windows: TtftWindows, route: str, key: str) ->
     if cfg.max_extra is not None:
         q = 1.0 - cfg.max_extra
     if q is not None:
-        adaptive = windows.quantile(route, key, q, cfg.min_samples)
-        if adaptive is not None:
-            return adaptive
+        recent = windows.quantile(route, key, q, cfg.min_samples)
+        if recent is not None:
+            return recent
     return cfg.after_s
 
 
