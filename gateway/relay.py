@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from gateway.appstate import AppState
 from gateway.body import close_quietly
@@ -21,11 +22,13 @@ from gateway.usage import usage_from_json_bytes
 
 
 class _HeadersWithBody(web.StreamResponse):
-    """A relayed non-stream answer: its headers leave with the first body bytes, in one write.
+    """A relayed answer whose headers leave with its first body bytes, in one write.
 
-    A JSON answer is useless to a client before its body, and providers send both together,
-    so this saves a syscall and a client wake-up per request. Streams keep aiohttp's default
-    (headers at once), so an SSE client sees the status before the first token.
+    A JSON answer is useless to a client before its body, and providers send both together, so this
+    saves a syscall and a client wake-up per request. A stream's first chunk is usually in hand when
+    the relay starts (the commit point read it before the answer came out of the chain): it leaves
+    with the headers too, off the time to first token. When it is not, ``_headers_soon`` sends the
+    headers on the loop's next turn, so an SSE client still sees the status before the first token.
     """
 
     _send_headers_immediately = False  # aiohttp >= 3.10; older versions ignore it (headers at once)
@@ -35,12 +38,13 @@ async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamRe
     rec = ex.record
     rec.status, rec.source, ex.target.upstream = up.status, up.source, up.upstream or ex.target.upstream
     sse = up.is_sse
-    response = web.StreamResponse if sse else _HeadersWithBody
-    resp = response(status=up.status, headers=_response_headers(ex, up))
+    resp = _HeadersWithBody(status=up.status, headers=_response_headers(ex, up))
     view = ex.view if sse else None
     collected: list[bytes] = []
     try:
-        await resp.prepare(request)
+        writer = await resp.prepare(request)
+        if sse and writer is not None:
+            asyncio.get_running_loop().call_soon(_headers_soon, writer)
         async for chunk in up.body:
             if view is not None:
                 view.feed(chunk)
@@ -67,6 +71,16 @@ async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamRe
         await close_quietly(up.body)
         _record_outcome(ex, view, collected, up)
     return resp
+
+
+def _headers_soon(writer: AbstractStreamWriter) -> None:
+    """A stream's headers, if its first chunk has not taken them yet (a no-op once it has)."""
+    send = getattr(writer, "send_headers", None)  # aiohttp < 3.12 has none: its headers left at once
+    try:
+        if send is not None:
+            send()
+    except ConnectionError:  # the client left first: the relay sees it on its next write
+        pass
 
 
 def _response_headers(ex: Exchange, up: UpstreamResponse) -> dict[str, str]:

@@ -47,16 +47,18 @@ class _JsonErrorHandler(web.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         in_body = self._payload is not None and not self._payload.is_eof()
-        # b"": aiohttp resuming its parser (StreamReader -> resume_reading) while a body is read, no new
-        # head; arming then left a timer on every open stream, and could 408 the idle keep-alive
-        # connection afterwards.
-        if not in_body and data:
-            self._arm_head_timer()  # these bytes start (or continue) a request head
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:  # a head is complete: its body has body_timeout_s
             self._cancel_head_timer()
             self._payload = self._messages[-1][1] if self._messages else None
+        elif not in_body and data:
+            # These bytes start (or continue) a head that is still incomplete. A head that arrives whole
+            # (most requests) needs no timer: arming before parsing made and cancelled one per request
+            # (issue 21). b"": aiohttp resuming its parser (StreamReader -> resume_reading) while a body
+            # is read, no new head; arming then left a timer on every open stream, and could 408 the
+            # idle keep-alive connection afterwards.
+            self._arm_head_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()

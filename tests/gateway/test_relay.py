@@ -1,14 +1,23 @@
-"""What the relay records of an answer it saw (``_record_outcome``); the relay itself runs against the
-real server in ``test_handler.py`` and the e2e streaming tests."""
+"""What the relay records of an answer it saw (``_record_outcome``) and how its first bytes leave (on a
+recording transport); the relay runs against the real server in ``test_handler.py`` and the e2e
+streaming tests."""
 from __future__ import annotations
 
-import orjson
+import asyncio
+from collections.abc import AsyncIterator
+from unittest import mock
 
+import orjson
+from aiohttp.http_writer import StreamWriter
+from aiohttp.test_utils import make_mocked_request
+
+from gateway.appstate import AppState
 from gateway.exchange import UpstreamResponse, Usage
-from gateway.relay import _record_outcome, _response_headers
+from gateway.relay import _record_outcome, _response_headers, relay
 from gateway.sse import StreamInspector
 from tests.support.exchange import build_exchange
 from tests.support.fake_body import FakeBody
+from tests.support.until import until
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
@@ -61,3 +70,56 @@ def test_response_headers_name_the_request_and_the_upstream() -> None:
     headers = _response_headers(ex, answer())
     assert headers == {"content-type": "application/json", "x-gateway-attempts": "2",
                        "x-request-id": "req-1", "x-gateway-upstream": "a"}
+
+
+class Wire:
+    """The client's side of the socket: one entry per transport write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.writes.append(b"".join(chunks))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+async def relayed(body: AsyncIterator[bytes], wire: Wire) -> None:
+    protocol = mock.Mock(transport=wire, _paused=False)
+    writer = StreamWriter(protocol, asyncio.get_running_loop())
+    request = make_mocked_request("POST", "/v1/chat/completions", writer=writer, transport=wire,
+                                  protocol=protocol)
+    up = UpstreamResponse(200, {"content-type": "text/event-stream"}, body, "upstream", "a")
+    await relay(request, AppState(runtime=mock.Mock()), build_exchange(), up)
+
+
+async def test_a_streams_first_chunk_in_hand_leaves_with_its_headers() -> None:
+    """Issue 21: one write, not two, for the status and the first token (the commit point holds it)."""
+    wire = Wire()
+    await relayed(FakeBody([sse({"choices": [{"delta": {"content": "hi"}}]}), sse(b"[DONE]")]), wire)
+    assert wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and b'"content":"hi"' in wire.writes[0]
+    assert len(wire.writes) == 3  # + [DONE], the chunked end
+
+
+async def test_a_stream_not_yet_started_sends_its_headers_first() -> None:
+    """The control: while the first chunk is still awaited, the client gets the status on its own."""
+    wire = Wire()
+    first = asyncio.Event()
+
+    async def later() -> AsyncIterator[bytes]:
+        await first.wait()
+        yield sse({"choices": [{"delta": {"content": "hi"}}]})
+
+    task = asyncio.create_task(relayed(later(), wire))
+    await until(lambda: wire.writes, message="the headers are sent before the first chunk exists")
+    assert wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and b"data:" not in wire.writes[0]
+    first.set()
+    await task
+    assert b'"content":"hi"' in wire.writes[1]

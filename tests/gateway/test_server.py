@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
+import pytest
 import pytest_asyncio
 
 from gateway.config import parse_config
@@ -187,4 +188,30 @@ async def test_a_served_request_leaves_no_head_timer(gw: InProcessGateway) -> No
     served = [h for h in _handlers(gw) if h._request_count == 1]
     assert len(served) == 1 and served[0]._head_timer is None
     for w in (writer, unfinished):
+        w.close()
+
+
+async def test_a_head_that_arrives_whole_arms_no_timer(gw: InProcessGateway,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: a request head complete in one read needs no head timer (one was made and cancelled per
+    request, before its handler ran); a head arriving in pieces is timed from its first piece."""
+    armed: list[_JsonErrorHandler] = []
+    arm = _JsonErrorHandler._arm_head_timer
+
+    def counting(self: _JsonErrorHandler) -> None:
+        armed.append(self)
+        arm(self)
+
+    monkeypatch.setattr(_JsonErrorHandler, "_arm_head_timer", counting)
+    body = orjson.dumps({"model": "gpt-4o", "messages": CHAT})
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    whole = head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(whole)
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    assert len(armed) == 1  # connection_made's only (a connection that sends nothing is timed too)
+    _, pieces = await asyncio.open_connection("127.0.0.1", gw.port)
+    pieces.write(head)  # the control: the rest of this head is still to come
+    await until(lambda: len(armed) == 3, timeout=5.0, message="a partial head is timed")
+    for w in (writer, pieces):
         w.close()

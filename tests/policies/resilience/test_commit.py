@@ -54,7 +54,16 @@ async def test_peek_stops_at_first_content_across_split_chunks() -> None:
     peeked = await peek(body, sse=True)
     assert peeked.verdict == "commit" and len(peeked.chunks) == 3
     replay = Replay(peeked.chunks, body)
-    assert b"".join([c async for c in replay]) == role + content + rest
+    # the peeked chunks leave as one (one write to the client), then the rest as it comes
+    assert [c async for c in replay] == [role + content, rest]
+
+
+async def test_replay_hands_on_a_single_peeked_chunk_as_it_is() -> None:
+    """The control: nothing to join, the one chunk is the one read (no copy)."""
+    head = b'{"a": 1}'
+    replay = Replay([head], body_of(b"more"))
+    chunks = [c async for c in replay]
+    assert chunks == [head, b"more"] and chunks[0] is head
 
 
 async def test_peek_error_event_first_and_crlf() -> None:
