@@ -200,11 +200,11 @@ class Flight:
 
     def serve(self, reader: _Reader) -> bool:
         """Settle ``reader``'s waiter with its next chunk or the end; False: it waits for the pump."""
-        waiter = reader.waiter
+        waiter, reader.waiter = reader.waiter, None
         assert waiter is not None
         i = reader.pos - self.first
         if i < len(self.chunks):
-            reader.held, reader.waiter = True, None
+            reader.held = True
             waiter.set_result(self.chunks[i])
             return True
         if self.done:
@@ -217,6 +217,7 @@ class Flight:
             reader.end()
             waiter.set_exception(_as_failure(self.error, self.upstream))
             return True
+        reader.waiter = waiter
         self._changed.append(reader)
         return False
 
@@ -261,9 +262,12 @@ class _Reader:
             self.end()
 
     def end(self) -> None:
-        flight, self.flight, self.waiter = self.flight, None, None
+        """Leave the flight (once); a read still waiting (the body closed under it) ends with the body."""
+        flight, waiter, self.flight, self.waiter = self.flight, self.waiter, None, None
         if flight is not None:
             flight.leave(self)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(StopAsyncIteration())
 
     async def aclose(self) -> None:
         self.end()

@@ -167,3 +167,24 @@ async def test_a_subscriber_cancelled_while_it_waits_leaves_the_flight() -> None
     waiting.cancel()
     await until(lambda: up.closed)  # the last subscriber gone: the upstream call is cancelled
     assert flight.subscribers == 0 and flights.get("k") is None
+
+
+async def test_a_body_closed_under_a_waiting_read_ends_that_read() -> None:
+    """``aclose`` while another task waits for the next chunk: that read ends (it does not hang) and the
+    subscriber leaves; a read that is not closed under gets its chunk (the control)."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    flight.join()
+    closed, kept = await flight.wait(leader=True), await flight.wait(leader=False)
+
+    async def next_chunk(resp: UpstreamResponse) -> bytes:
+        return await resp.body.__anext__()
+
+    waiting, control = asyncio.create_task(next_chunk(closed)), asyncio.create_task(next_chunk(kept))
+    await until(lambda: len(flight._changed) == 2)
+    await closed.body.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await waiting
+    assert flight.subscribers == 1 and not up.closed
+    up.queue.put_nowait(b"a")
+    assert await control == b"a"
