@@ -89,7 +89,7 @@ def forward_response_headers(upstream: CIMultiDictProxy[str], decompressed: bool
             if lower == "x-request-id" and upstream_rid is None:
                 upstream_rid = value
             continue
-        out[sys.intern(lower)] = value  # one shared name, not a lowered copy per stream (~0.4 KB each)
+        out[sys.intern(lower)] = value  # shared names: a stream kept its own lowered copies (~0.4 KB)
     if upstream_rid is not None:
         out["x-upstream-request-id"] = upstream_rid
     return out

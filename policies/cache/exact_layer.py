@@ -100,7 +100,6 @@ class ExactCache:
             self.state.metrics.decision("coalesce", "fleet_claim_unused")
 
 
-
 class _Store:
     """The fill's callback for one answer: stored under ``key`` unless refused. A slotted object, not a
     closure: a stream holds it until its end (a closure's function and five cells: ~0.4 KB, this ~0.1 KB)."""
