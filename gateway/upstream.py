@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 
@@ -88,7 +89,7 @@ def forward_response_headers(upstream: CIMultiDictProxy[str], decompressed: bool
             if lower == "x-request-id" and upstream_rid is None:
                 upstream_rid = value
             continue
-        out[lower] = value
+        out[sys.intern(lower)] = value  # shared names: a stream kept its own lowered copies (~0.4 KB)
     if upstream_rid is not None:
         out["x-upstream-request-id"] = upstream_rid
     return out

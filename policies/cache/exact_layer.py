@@ -17,10 +17,9 @@ from gateway.chain import Next
 from gateway.components import TOOL_CACHE
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
-from policies.cache.config import ExactCacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
-from policies.cache.fill import Callback, attach_fill, refusal
+from policies.cache.fill import attach_fill, refusal
 from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, fleet_wait_s, release_unused
 from policies.cache.keys import CacheKey
 from policies.cache.request import (
@@ -79,7 +78,7 @@ class ExactCache:
             self._release_unused(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
-            resp = attach_fill(ex, resp, self._storer(primary, key, ttl, cfg),
+            resp = attach_fill(ex, resp, _Store(self, primary, key, ttl, cfg.cache_truncated),
                                min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills)
         return resp
 
@@ -100,16 +99,26 @@ class ExactCache:
                 release_unused(self.claims, self._release, claim, self.rt.fleet_owner):
             self.state.metrics.decision("coalesce", "fleet_claim_unused")
 
-    def _storer(self, primary: tuple[str, str], key: CacheKey, ttl: float, cfg: ExactCacheConfig) -> Callback:
-        def store(ex: Exchange, answer: CachedAnswer, reasons: list[str]) -> None:
-            refused = refusal(ex, primary, reasons, cfg.cache_truncated)
-            if refused is not None:
-                self.state.metrics.decision(self.name, refused)
-                return
-            self.rt.exact.set(key, answer, ttl)
-            self.state.metrics.decision(self.name, "stored")
 
-        return store
+class _Store:
+    """The fill's callback for one answer: stored under ``key`` unless refused. A slotted object, not a
+    closure: a stream holds it until its end (a closure's function and five cells: ~0.4 KB, this ~0.1 KB)."""
+
+    __slots__ = ("key", "layer", "primary", "truncated_ok", "ttl")
+
+    def __init__(self, layer: ExactCache, primary: tuple[str, str], key: CacheKey, ttl: float,
+                 truncated_ok: bool) -> None:
+        self.layer, self.primary, self.key = layer, primary, key
+        self.ttl, self.truncated_ok = ttl, truncated_ok
+
+    def __call__(self, ex: Exchange, answer: CachedAnswer, reasons: list[str]) -> None:
+        layer = self.layer
+        refused = refusal(ex, self.primary, reasons, self.truncated_ok)
+        if refused is not None:
+            layer.state.metrics.decision(layer.name, refused)
+            return
+        layer.rt.exact.set(self.key, answer, self.ttl)
+        layer.state.metrics.decision(layer.name, "stored")
 
 
 def _age(answer: CachedAnswer) -> float:

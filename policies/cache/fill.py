@@ -183,9 +183,20 @@ def attach_fill(ex: Exchange, resp: UpstreamResponse, callback: Callback, limit:
 
 
 def _observe(fill: Fill, ex: Exchange, body: Body) -> Body:
-    def on_end(error: BaseException | None) -> None:
-        if error is None:  # a normal end of the upstream body only
-            fill.complete(ex)
-        fill.release()
+    return Observed(body, on_chunk=fill.keep, on_end=_FillEnd(fill, ex))
 
-    return Observed(body, on_chunk=fill.keep, on_end=on_end)
+
+class _FillEnd:
+    """``on_end`` of a collected body: a normal end completes the fill; however it ends, the bytes go
+    back to the budget. Slotted, not a closure (a stream holds it until its end: ~0.1 KB less)."""
+
+    __slots__ = ("ex", "fill")
+
+    def __init__(self, fill: Fill, ex: Exchange) -> None:
+        self.fill, self.ex = fill, ex
+
+    def __call__(self, error: BaseException | None) -> None:
+        fill = self.fill
+        if error is None:  # a normal end of the upstream body only
+            fill.complete(self.ex)
+        fill.release()

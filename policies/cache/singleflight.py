@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
-from gateway.body import Observed, as_body
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, Source, UpstreamResponse
 
@@ -44,23 +43,24 @@ class TakeOver(Exception):
     """The leader failed before a response: start over (and maybe lead)."""
 
 
-class _Cursor:
-    __slots__ = ("pos",)
-
-    def __init__(self, pos: int) -> None:
-        self.pos = pos  # absolute index of the next chunk this subscriber reads
+_PENDING, _READY, _FAILED = 0, 1, 2  # a flight's response: awaited, here, or the call failed before it
 
 
 class Flight:
+    __slots__ = ("__weakref__", "_changed", "_drained", "_readers", "_room", "_stored", "_waiters",
+                 "buffered", "chunks", "detached", "done", "error", "first", "headers", "key", "loop",
+                 "max_bytes", "registry", "response", "source", "status", "subscribers", "task", "upstream")
+
     def __init__(self, registry: Flights, key: Hashable, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.registry = registry
         self.key = key
         self.max_bytes = max_bytes
+        self.loop = asyncio.get_running_loop()
         self.chunks: list[bytes] = []
         self.first = 0  # absolute index of chunks[0] (earlier ones were read by everybody and dropped)
         self.buffered = 0  # bytes in chunks
         self.detached = False  # over max_bytes once: no new subscribers
-        self._cursors: set[_Cursor] = set()
+        self._readers: list[_Reader] = []
         self._room: list[asyncio.Future[None]] = []  # the pump waiting for room (futures made on demand)
         self.status = 0
         self.headers: Mapping[str, str] = {}
@@ -70,15 +70,15 @@ class Flight:
         self.error: BaseException | None = None
         self.subscribers = 0
         self.task: asyncio.Task[None] | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters: list[asyncio.Future[None]] = []  # one per subscriber waiting for ``ready``
-        self._changed: list[asyncio.Future[None]] = []  # subscribers waiting for a chunk or the end
+        self.response = _PENDING
+        self._waiters: list[asyncio.Future[None]] = []  # one per subscriber waiting for the response
+        self._changed: list[_Reader] = []  # subscribers waiting for a chunk or the end
         self._stored = False
         self._drained = False
 
     # --- pump side ---------------------------------------------------------------
     def start(self, ex: Exchange, call: Call) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._pump(ex, call))
+        self.task = self.loop.create_task(self._pump(ex, call))
 
     async def _pump(self, ex: Exchange, call: Call) -> None:
         try:
@@ -88,12 +88,15 @@ class Flight:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        del ex, call  # the pump keeps only the body it reads
         self.status, self.headers = resp.status, resp.headers
         self.upstream, self.source = resp.upstream, resp.source
-        self.ready.set_result(None)
-        self._release_waiters()
+        self.response = _READY
+        _release(self._waiters)
+        body = resp.body
+        del resp
         try:
-            async for chunk in resp.body:
+            async for chunk in body:
                 self.chunks.append(chunk)
                 self.buffered += len(chunk)
                 self._wake()
@@ -107,17 +110,15 @@ class Flight:
                 raise
             return
         finally:
-            await _quiet(resp.body.aclose())
+            await _quiet(body.aclose())
         self.done = True
         self._wake()
         self._ended()
 
     def _fail_before(self, exc: BaseException) -> None:
         self.error = exc
-        if not self.ready.done():
-            self.ready.set_exception(TakeOver())
-            self.ready.exception()  # mark retrieved: nobody may be waiting
-            self._release_waiters()
+        self.response = _FAILED
+        _release(self._waiters)
         self.registry.remove(self)
 
     async def _wait_for_room(self) -> None:
@@ -127,15 +128,15 @@ class Flight:
             self.registry.over_bytes += 1
             self.registry.remove(self)
             self.registry.detached.add(self)
-        self._trim()
+        self.trim()
         while self.buffered > self.max_bytes and self.subscribers > 0:
             await _wait_on(self._room)
 
-    def _trim(self) -> None:
-        """Drop the chunks every subscriber has read (none while a subscriber has no cursor yet)."""
-        if self.subscribers > len(self._cursors) or not self.chunks:
+    def trim(self) -> None:
+        """Drop the chunks every subscriber has read (none while a subscriber has no reader yet)."""
+        if self.subscribers > len(self._readers) or not self.chunks:
             return
-        low = min((c.pos for c in self._cursors), default=self.first + len(self.chunks))
+        low = min((r.pos for r in self._readers), default=self.first + len(self.chunks))
         n = low - self.first
         if n > 0:
             self.buffered -= sum(len(c) for c in self.chunks[:n])
@@ -146,7 +147,10 @@ class Flight:
 
     def _wake(self) -> None:
         if self._changed:
-            _release(self._changed)
+            waiting, self._changed = self._changed, []
+            for reader in waiting:
+                if reader.waiter is not None and not reader.waiter.done():
+                    self.serve(reader)
 
     def _ended(self) -> None:
         if self.error is not None or self._drained or self.subscribers == 0:
@@ -156,9 +160,10 @@ class Flight:
     def join(self) -> None:
         self.subscribers += 1
 
-    def leave(self, cursor: _Cursor | None = None) -> None:
+    def leave(self, reader: _Reader | None = None) -> None:
         self.subscribers -= 1
-        self._cursors.discard(cursor)
+        if reader is not None and reader in self._readers:
+            self._readers.remove(reader)
         if self.subscribers <= 0:
             if self.task is not None and not self.task.done():
                 self.task.cancel()  # nobody listens any more: free the upstream
@@ -166,7 +171,7 @@ class Flight:
             self.chunks, self.buffered = [], 0
             _release(self._room)
         elif self.detached:
-            self._trim()
+            self.trim()
 
     def claim_store(self) -> bool:
         """True for the first subscriber that finished the whole answer: it fills the cache."""
@@ -177,50 +182,95 @@ class Flight:
 
     async def wait(self, leader: bool) -> UpstreamResponse:
         """The shared response, once the pump has one; raises ``TakeOver`` for a waiter after a failure."""
-        try:
-            await self._until_ready()
-        except TakeOver:
+        if self.response == _PENDING:
+            # a future of one's own: a cancelled waiter cancels only that, never anybody else's wait
+            await _wait_on(self._waiters)
+        if self.response == _FAILED:
             if leader and self.error is not None:
                 if isinstance(self.error, asyncio.CancelledError):
                     raise UpstreamFailure("reset_before_response", "The upstream call was cancelled.",
                                           upstream=self.upstream) from None
                 raise self.error from None
-            raise
-        # leave() runs once however the body ends, even when it is closed before it was read
-        cursor = _Cursor(self.first)
-        self._cursors.add(cursor)
-        body = Observed(as_body(self.follow(cursor)), on_end=lambda _error: self.leave(cursor))
-        return UpstreamResponse(status=self.status, headers=self.headers, body=body,
+            raise TakeOver
+        # the reader leaves the flight once however its body ends, even when it is closed unread
+        reader = _Reader(self, self.first)
+        self._readers.append(reader)
+        return UpstreamResponse(status=self.status, headers=self.headers, body=reader,
                                 source=self.source if leader else "cache", upstream=self.upstream)
 
-    async def _until_ready(self) -> None:
-        """Wait for ``ready`` (raising its ``TakeOver``) with a future of one's own: a cancelled waiter
-        cancels only that, never the shared one (what ``asyncio.shield`` did, at a third of its cost)."""
-        if not self.ready.done():
-            await _wait_on(self._waiters)
-        self.ready.result()
+    def serve(self, reader: _Reader) -> bool:
+        """Settle ``reader``'s waiter with its next chunk or the end; False: it waits for the pump."""
+        waiter, reader.waiter = reader.waiter, None
+        assert waiter is not None
+        i = reader.pos - self.first
+        if i < len(self.chunks):
+            reader.held = True
+            waiter.set_result(self.chunks[i])
+            return True
+        if self.done:
+            self._drained = True
+            self.registry.remove(self)
+            reader.end()
+            waiter.set_exception(StopAsyncIteration())
+            return True
+        if self.error is not None:
+            reader.end()
+            waiter.set_exception(_as_failure(self.error, self.upstream))
+            return True
+        reader.waiter = waiter
+        self._changed.append(reader)
+        return False
 
-    def _release_waiters(self) -> None:
-        _release(self._waiters)
 
-    async def follow(self, cursor: _Cursor | None = None) -> AsyncIterator[bytes]:
-        cursor = cursor or _Cursor(self.first)
-        while True:
-            i = cursor.pos - self.first
-            if i < len(self.chunks):
-                chunk = self.chunks[i]
-                yield chunk
-                cursor.pos += 1  # read: may be let go once every subscriber has read it
-                if self.detached:
-                    self._trim()
-                continue
-            if self.done:
-                self._drained = True
-                self.registry.remove(self)
-                return
-            if self.error is not None:
-                raise _as_failure(self.error, self.upstream)
-            await _wait_on(self._changed)
+class _Reader:
+    """One subscriber's body: the flight's chunks from the first, at its own pace.
+
+    No generator and no wrapper per subscriber: ``__anext__`` hands out a future, done at once when
+    the next chunk is there, else completed by the pump (what an idle stream holds is that future).
+    A subscriber leaves the flight once, however its body ends: the end, a failure, ``aclose``, or its
+    task cancelled while it waited (as a generator's ``Observed`` wrapper did).
+    """
+
+    __slots__ = ("flight", "held", "pos", "waiter")
+
+    def __init__(self, flight: Flight, pos: int) -> None:
+        self.flight: Flight | None = flight  # None once ended
+        self.pos = pos  # absolute index of the next chunk this subscriber reads
+        self.held = False  # the chunk at ``pos`` was handed out: read once the next one is asked for
+        self.waiter: asyncio.Future[bytes] | None = None
+
+    def __aiter__(self) -> _Reader:
+        return self
+
+    def __anext__(self) -> asyncio.Future[bytes]:
+        flight = self.flight
+        if flight is None:
+            raise StopAsyncIteration
+        if self.held:
+            self.held = False
+            self.pos += 1  # read: may be let go once every subscriber has read it
+            if flight.detached:
+                flight.trim()
+        waiter: asyncio.Future[bytes] = flight.loop.create_future()
+        self.waiter = waiter
+        if not flight.serve(self):
+            waiter.add_done_callback(self._gone)
+        return waiter
+
+    def _gone(self, waiter: asyncio.Future[bytes]) -> None:
+        if waiter.cancelled():
+            self.end()
+
+    def end(self) -> None:
+        """Leave the flight (once); a read still waiting (the body closed under it) ends with the body."""
+        flight, waiter, self.flight, self.waiter = self.flight, self.waiter, None, None
+        if flight is not None:
+            flight.leave(self)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(StopAsyncIteration())
+
+    async def aclose(self) -> None:
+        self.end()
 
 
 class Flights:
