@@ -66,18 +66,24 @@ def state_change(what: str, **fields: Any) -> None:
 def log_request(ex: Exchange) -> None:
     if not ACCESS.isEnabledFor(logging.INFO):
         return
-    fields = request_fields(ex)
     handler = direct_handler()
     if handler is None:
-        ACCESS.info("request", extra={"fields": fields})
+        ACCESS.info("request", extra={"fields": request_fields(ex)})
         return
-    # The same line JsonFormatter writes, without a LogRecord, a format call and the handler chain.
-    line = {"ts": round(time.time(), 3), "level": "info", "logger": ACCESS.name, "msg": "request", **fields}
-    text = orjson.dumps(line).decode() + handler.terminator
+    # The same line JsonFormatter writes, without a LogRecord, a format call and the handler chain; the
+    # head and the fields in one dict (no second dict merged into it).
+    head = {"ts": round(time.time(), 3), "level": "info", "logger": ACCESS.name, "msg": "request"}
+    line = _fields(ex, head)
+    if handler.terminator == "\n":
+        text = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE).decode()
+    else:
+        text = orjson.dumps(line).decode() + handler.terminator
     handler.acquire()
     try:
-        handler.stream.write(text)
-        handler.flush()
+        stream = handler.stream
+        stream.write(text)
+        if hasattr(stream, "flush"):  # what handler.flush() does, under the lock already held
+            stream.flush()
     except Exception:  # noqa: BLE001 - as StreamHandler.emit: a broken log stream must not fail a request
         handler.handleError(logging.makeLogRecord({"msg": "request", "name": ACCESS.name}))
     finally:
@@ -106,32 +112,40 @@ def direct_handler() -> logging.StreamHandler[Any] | None:
 
 def request_fields(ex: Exchange) -> dict[str, Any]:
     """The fields of the per-request log line."""
-    duration = ex.record.ended_at - ex.request.received_at
+    return _fields(ex, {})
+
+
+def _fields(ex: Exchange, head: dict[str, Any]) -> dict[str, Any]:
+    """``head`` followed by the request's fields, in one dict."""
+    request, record = ex.request, ex.record
+    received = request.received_at
+    first_token_at = record.first_token_at
     fields: dict[str, Any] = {
+        **head,
         "event": "request",
-        "request_id": ex.request.request_id,
-        "method": ex.request.method,
-        "path": ex.request.path,
-        "route": ex.request.route_name,
-        "model": ex.request.model,
+        "request_id": request.request_id,
+        "method": request.method,
+        "path": request.path,
+        "route": request.route_name,
+        "model": request.model,
         "upstream": ex.target.upstream,
-        "tenant": ex.request.tenant,
-        "status": ex.record.status,
-        "duration_ms": round(duration * 1000, 3),
-        "ttft_ms": round((ex.record.first_token_at - ex.request.received_at) * 1000,
-                         3) if ex.record.first_token_at else None,
-        "attempts": len(ex.record.attempts),
-        "cache": ex.record.cache_result,
-        "stream": ex.request.stream,
+        "tenant": request.identity.tenant,
+        "status": record.status,
+        "duration_ms": round((record.ended_at - received) * 1000, 3),
+        "ttft_ms": round((first_token_at - received) * 1000, 3) if first_token_at else None,
+        "attempts": len(record.attempts),
+        "cache": record.cache_result,
+        "stream": request.stream,
     }
-    if ex.record.usage is not None:
-        fields["prompt_tokens"] = ex.record.usage.prompt
-        fields["completion_tokens"] = ex.record.usage.completion
-        fields["usage_estimated"] = ex.record.usage.estimated
-    if ex.record.error_kind:
-        fields["error"] = ex.record.error_kind
-    if ex.record.stream_outcome:
-        fields["stream_outcome"] = ex.record.stream_outcome
+    usage = record.usage
+    if usage is not None:
+        fields["prompt_tokens"] = usage.prompt
+        fields["completion_tokens"] = usage.completion
+        fields["usage_estimated"] = usage.estimated
+    if record.error_kind:
+        fields["error"] = record.error_kind
+    if record.stream_outcome:
+        fields["stream_outcome"] = record.stream_outcome
     continued_from = ex.state.get(CONTINUED_FROM)
     if continued_from is not None:  # a broken stream finished by ``upstream``; usage is the sum of both
         fields["continued_from"] = continued_from

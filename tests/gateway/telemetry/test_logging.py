@@ -77,3 +77,20 @@ def test_a_continued_stream_is_marked_in_the_line() -> None:
     assert "continued_from" not in request_fields(ex)
     ex.state.set(CONTINUED_FROM, "primary")
     assert request_fields(ex)["continued_from"] == "primary"
+
+
+def test_direct_line_field_order(root_logging: None) -> None:
+    """The direct line is one JSON object: the head, then the request's fields in their fixed order."""
+    out = io.StringIO()
+    setup_logging("info", stream=out)
+    ex = _exchange()
+    ex.record.error_kind = "idle_timeout"
+    ex.state.set(CONTINUED_FROM, "primary")
+    log_request(ex)
+    line = orjson.loads(out.getvalue())
+    assert list(line) == ["ts", "level", "logger", "msg", "event", "request_id", "method", "path", "route",
+                          "model", "upstream", "tenant", "status", "duration_ms", "ttft_ms", "attempts",
+                          "cache", "stream", "prompt_tokens", "completion_tokens", "usage_estimated", "error",
+                          "stream_outcome", "continued_from"]
+    head = (line["level"], line["logger"], line["msg"], line["ttft_ms"])
+    assert head == ("info", "gateway.access", "request", None)
