@@ -71,11 +71,13 @@ class JsonLines(logging.StreamHandler[TextIO]):
     def flush(self) -> None:
         self.acquire()
         try:
-            if self._pending:
-                text = "".join(self._pending)
-                self._pending.clear()
+            pending = self._pending
+            if pending:
+                text = pending[0] if len(pending) == 1 else "".join(pending)
+                pending.clear()
                 self.stream.write(text)
-            super().flush()
+            if self.stream and hasattr(self.stream, "flush"):  # StreamHandler.flush, under the lock held
+                self.stream.flush()
         except Exception:  # noqa: BLE001 - as StreamHandler.emit: a broken log stream must not fail a request
             self.handleError(logging.makeLogRecord({"msg": "request", "name": ACCESS.name}))
         finally:
