@@ -115,13 +115,17 @@ class LedgerWriter:
                 log.warning("ledger write failed; will retry", exc_info=True)
 
     async def flush(self, *, full_batches_only: bool = False) -> None:
-        """Write everything queued now (only whole batches with ``full_batches_only``); raises (keeping the
-        records) if the store fails."""
+        """Write what is queued when the write starts (only whole batches with ``full_batches_only``; what
+        arrives meanwhile waits for its own batch); raises (keeping the records) if the store fails."""
         size = self.cfg.batch_size
         async with self._lock:
+            left = len(self._queue)
             try:
-                while self._queue and (not full_batches_only or len(self._queue) >= size):
-                    batch = [self._queue[i] for i in range(min(size, len(self._queue)))]
+                while left and (not full_batches_only or left >= size):
+                    batch = [self._queue[i] for i in range(min(size, left, len(self._queue)))]
+                    if not batch:  # dropped meanwhile (max_queue)
+                        break
+                    left -= len(batch)
                     try:
                         await self.store.write(batch)
                     except Exception:
