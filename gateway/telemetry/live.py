@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from gateway.exchange import Exchange
+from gateway.exchange import Attempt, Exchange
 from gateway.telemetry import live_window as w
 from gateway.telemetry.live_window import (
     CACHED,
@@ -70,17 +70,18 @@ class LiveStats:
     # ---- the hot path -------------------------------------------------------------------------
     def record(self, ex: Exchange) -> None:
         """Request sink: add one finished exchange to the bucket of its end second."""
-        end = ex.record.ended_at
+        rec, request = ex.record, ex.request
+        end = rec.ended_at
         sec = int(end)
         if sec <= self._sealed_to:  # a clock that went back: count it in the current open second
             sec = self._sealed_to + 1
         b = self._bucket(sec)
         self.records += 1
         g = b.g
-        status = ex.record.status
-        model = self.bounded_model(ex.request.model)
+        status = rec.status
+        model = self.bounded_model(request.model)
         keys = self._model_keys.get(model) or self._keys_for(model)
-        failed = status >= 500 or status == 0 or ex.record.stream_outcome in ("error_event", "cut")
+        failed = status >= 500 or status == 0 or rec.stream_outcome in ("error_event", "cut")
         g[REQ] += 1
         if failed:
             g[ERR] += 1
@@ -88,19 +89,18 @@ class LiveStats:
             g[CLIENT_ERR] += 1
         else:
             g[OK] += 1
-        b.observe("lat", keys[0], end - ex.request.received_at)
-        from_upstream = ex.record.source == "upstream"
-        if ex.record.first_token_at > 0.0 and not failed and status < 400:
-            b.observe("ttft", keys[1] if from_upstream else None,
-                      ex.record.first_token_at - ex.request.received_at)
+        b.observe("lat", keys[0], end - request.received_at)
+        from_upstream = rec.source == "upstream"
+        if rec.first_token_at > 0.0 and not failed and status < 400:
+            b.observe("ttft", keys[1] if from_upstream else None, rec.first_token_at - request.received_at)
         inspector = ex.view
         if inspector is not None and inspector.content_chunks > 1:  # mean gap: O(1), not per chunk
             b.observe("itl", keys[2],
                       (inspector.last_token_at - inspector.first_token_at) / (inspector.content_chunks - 1))
         cost = self._record_tokens(g, ex, from_upstream)
         _add_group(b.models, model, failed, ex, cost, from_upstream)
-        _add_group(b.tenants, ex.request.tenant, failed, ex, cost, from_upstream)
-        if ex.record.attempts or ex.record.error_kind or ex.record.waited_s:
+        _add_group(b.tenants, request.identity.tenant, failed, ex, cost, from_upstream)
+        if rec.attempts or rec.error_kind or rec.waited_s:
             _record_resilience(b, ex)
         _record_savings(b, ex)
         inflight = self.inflight() + 1
@@ -210,21 +210,30 @@ _HEDGE_RACED = frozenset({"hedge_won", "primary_won", "both_failed"})  # x-gatew
 
 def _record_resilience(b: Second, ex: Exchange) -> None:
     g = b.g
-    attempts = ex.record.attempts
+    record = ex.record
+    attempts = record.attempts
     if len(attempts) > 1:
         g[w.RETRIED] += 1
         g[w.EXTRA_ATTEMPTS] += len(attempts) - 1
         first = attempts[0]
         if ex.target.upstream != first.upstream or attempts[-1].model != first.model:
             g[w.FALLBACKS] += 1
-    if ex.response_headers.get("x-gateway-hedge") in _HEDGE_RACED:
+    headers = ex.response_headers
+    if headers and headers.get("x-gateway-hedge") in _HEDGE_RACED:
         g[w.HEDGED] += 1
-    if "timeout" in ex.record.error_kind or any("timeout" in a.outcome for a in attempts):
+    if "timeout" in record.error_kind or _timed_out(attempts):
         g[w.TIMEOUTS] += 1
-    if ex.record.waited_s > 0.0:
+    if record.waited_s > 0.0:
         g[w.WAITED] += 1
-        g[w.WAIT_S] += ex.record.waited_s
-        b.observe("wait", None, ex.record.waited_s)
+        g[w.WAIT_S] += record.waited_s
+        b.observe("wait", None, record.waited_s)
+
+
+def _timed_out(attempts: list[Attempt]) -> bool:
+    for attempt in attempts:  # a loop, not any(generator): one attempt is the common case
+        if "timeout" in attempt.outcome:
+            return True
+    return False
 
 
 def _record_savings(b: Second, ex: Exchange) -> None:

@@ -7,11 +7,12 @@ prompt text is not part of any line at INFO.
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -42,6 +43,52 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
+class JsonLines(logging.StreamHandler[TextIO]):
+    """The stream handler ``setup_logging`` installs. Request lines written on the event loop
+    (``write_soon``) are gathered and written together when the loop's current pass is over: one write
+    (one syscall on a line-buffered stderr) for every request that ended in that pass, instead of one each.
+    Any other line, a flush and logging's shutdown write what is pending first, so lines keep their order.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def write_soon(self, text: str) -> None:
+        """Queue one finished line (with its terminator); the first of a pass schedules the write."""
+        self.acquire()
+        try:
+            self._pending.append(text)
+            first = len(self._pending) == 1
+        finally:
+            self.release()
+        if first:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # not on a loop (a tool, a test): written at once
+                self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            pending = self._pending
+            if pending:
+                text = pending[0] if len(pending) == 1 else "".join(pending)
+                pending.clear()
+                self.stream.write(text)
+            if self.stream and hasattr(self.stream, "flush"):  # StreamHandler.flush, under the lock held
+                self.stream.flush()
+        except Exception:  # noqa: BLE001 - as StreamHandler.emit: a broken log stream must not fail a request
+            self.handleError(logging.makeLogRecord({"msg": "request", "name": ACCESS.name}))
+        finally:
+            self.release()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._pending:  # the request lines queued before this one go first
+            self.flush()
+        super().emit(record)
+
+
 def setup_logging(level: str = "info", stream: Any = None, access_log: bool = False) -> None:
     """JSON lines on stderr; aiohttp's access log at INFO only with ``server.access_log: true``."""
     # The logging HOWTO's optimisations: no caller lookup (a stack walk per line), no thread/process names.
@@ -50,7 +97,9 @@ def setup_logging(level: str = "info", stream: Any = None, access_log: bool = Fa
     logging.logProcesses = False
     logging.logMultiprocessing = False
     root = logging.getLogger()
-    handler = logging.StreamHandler(stream or sys.stderr)
+    for old in root.handlers:
+        old.flush()  # lines a replaced JsonLines still holds
+    handler = JsonLines(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -66,22 +115,34 @@ def state_change(what: str, **fields: Any) -> None:
 def log_request(ex: Exchange) -> None:
     if not ACCESS.isEnabledFor(logging.INFO):
         return
-    fields = request_fields(ex)
     handler = direct_handler()
     if handler is None:
-        ACCESS.info("request", extra={"fields": fields})
+        ACCESS.info("request", extra={"fields": request_fields(ex)})
         return
-    # The same line JsonFormatter writes, without a LogRecord, a format call and the handler chain.
-    line = {"ts": round(time.time(), 3), "level": "info", "logger": ACCESS.name, "msg": "request", **fields}
-    text = orjson.dumps(line).decode() + handler.terminator
+    # The same line JsonFormatter writes, without a LogRecord, a format call and the handler chain; the
+    # head and the fields in one dict (no second dict merged into it).
+    head = {"ts": round(time.time(), 3), "level": "info", "logger": ACCESS.name, "msg": "request"}
+    line = _fields(ex, head)
+    if handler.terminator == "\n":
+        text = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE).decode()
+    else:
+        text = orjson.dumps(line).decode() + handler.terminator
+    if type(handler) is JsonLines:
+        handler.write_soon(text)
+        return
     handler.acquire()
     try:
-        handler.stream.write(text)
-        handler.flush()
+        stream = handler.stream
+        stream.write(text)
+        if hasattr(stream, "flush"):  # what handler.flush() does, under the lock already held
+            stream.flush()
     except Exception:  # noqa: BLE001 - as StreamHandler.emit: a broken log stream must not fail a request
         handler.handleError(logging.makeLogRecord({"msg": "request", "name": ACCESS.name}))
     finally:
         handler.release()
+
+
+_DIRECT = (logging.StreamHandler, JsonLines)  # exactly these: a subclass may write differently
 
 
 def direct_handler() -> logging.StreamHandler[Any] | None:
@@ -94,7 +155,8 @@ def direct_handler() -> logging.StreamHandler[Any] | None:
         if logger.filters:
             return None
         for handler in logger.handlers:
-            if found is not None or type(handler) is not logging.StreamHandler or handler.filters \
+            if found is not None or not isinstance(handler, logging.StreamHandler) \
+                    or type(handler) not in _DIRECT or handler.filters \
                     or type(handler.formatter) is not JsonFormatter or handler.level > logging.INFO:
                 return None
             found = handler
@@ -106,32 +168,40 @@ def direct_handler() -> logging.StreamHandler[Any] | None:
 
 def request_fields(ex: Exchange) -> dict[str, Any]:
     """The fields of the per-request log line."""
-    duration = ex.record.ended_at - ex.request.received_at
+    return _fields(ex, {})
+
+
+def _fields(ex: Exchange, head: dict[str, Any]) -> dict[str, Any]:
+    """``head`` followed by the request's fields, in one dict."""
+    request, record = ex.request, ex.record
+    received = request.received_at
+    first_token_at = record.first_token_at
     fields: dict[str, Any] = {
+        **head,
         "event": "request",
-        "request_id": ex.request.request_id,
-        "method": ex.request.method,
-        "path": ex.request.path,
-        "route": ex.request.route_name,
-        "model": ex.request.model,
+        "request_id": request.request_id,
+        "method": request.method,
+        "path": request.path,
+        "route": request.route_name,
+        "model": request.model,
         "upstream": ex.target.upstream,
-        "tenant": ex.request.tenant,
-        "status": ex.record.status,
-        "duration_ms": round(duration * 1000, 3),
-        "ttft_ms": round((ex.record.first_token_at - ex.request.received_at) * 1000,
-                         3) if ex.record.first_token_at else None,
-        "attempts": len(ex.record.attempts),
-        "cache": ex.record.cache_result,
-        "stream": ex.request.stream,
+        "tenant": request.identity.tenant,
+        "status": record.status,
+        "duration_ms": round((record.ended_at - received) * 1000, 3),
+        "ttft_ms": round((first_token_at - received) * 1000, 3) if first_token_at else None,
+        "attempts": len(record.attempts),
+        "cache": record.cache_result,
+        "stream": request.stream,
     }
-    if ex.record.usage is not None:
-        fields["prompt_tokens"] = ex.record.usage.prompt
-        fields["completion_tokens"] = ex.record.usage.completion
-        fields["usage_estimated"] = ex.record.usage.estimated
-    if ex.record.error_kind:
-        fields["error"] = ex.record.error_kind
-    if ex.record.stream_outcome:
-        fields["stream_outcome"] = ex.record.stream_outcome
+    usage = record.usage
+    if usage is not None:
+        fields["prompt_tokens"] = usage.prompt
+        fields["completion_tokens"] = usage.completion
+        fields["usage_estimated"] = usage.estimated
+    if record.error_kind:
+        fields["error"] = record.error_kind
+    if record.stream_outcome:
+        fields["stream_outcome"] = record.stream_outcome
     continued_from = ex.state.get(CONTINUED_FROM)
     if continued_from is not None:  # a broken stream finished by ``upstream``; usage is the sum of both
         fields["continued_from"] = continued_from

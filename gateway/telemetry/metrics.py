@@ -39,7 +39,8 @@ class Metrics:
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self.decisions = self.counter("gateway_policy_decisions_total", "Decisions taken by policies",
                                       ("policy", "decision"))
-        self._decision = Children(self.decisions)  # several decisions per request: no labels() call each
+        # Several decisions per request: no labels() call, no Counter.inc checks each (``counter_slot``).
+        self._decision: dict[tuple[str, str], Any] = {}
 
     def set_known_models(self, models: Iterable[str]) -> None:
         self._known_models = frozenset(models)
@@ -48,7 +49,11 @@ class Metrics:
         return model if model in self._known_models else OTHER
 
     def decision(self, policy: str, decision: str) -> None:
-        self._decision(policy, decision).inc()
+        key = (policy, decision)
+        slot = self._decision.get(key)
+        if slot is None:
+            slot = self._decision[key] = counter_slot(self.decisions.labels(policy, decision))
+        slot.inc(1)
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return self._get(name, Counter, lambda: Counter(name, doc, labels, registry=self.registry))
@@ -102,6 +107,42 @@ class Children:
         if child is None:
             child = self._memo[labels] = self.family.labels(*labels)
         return child
+
+
+def counter_slot(child: Any) -> Any:
+    """What a counter child's ``inc(amount)`` ends in, for a caller that passes amounts >= 0 itself.
+
+    ``Counter.inc`` checks that its child may be observed, that the amount is not negative and whether an
+    exemplar came (~0.55 us); its value slot's ``inc`` only takes the value's lock (or, in multiprocess mode,
+    writes the value to its mmap file): ~0.2 us. Falls back to the child if a client renames the slot.
+    """
+    value = getattr(child, "_value", None)
+    return value if value is not None and callable(getattr(value, "inc", None)) else child
+
+
+class HistogramSlot:
+    """``observe(value)`` of one histogram child on the client's value slots: the bucket found by bisection
+    (the client scans its bounds), then the bucket and the sum bumped; the same slots ``observe_many`` uses,
+    so the exposition is that of ``child.observe``."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, bounds: Sequence[float], buckets: Sequence[Any], total: Any) -> None:
+        self._bounds, self._buckets, self._sum = bounds, buckets, total
+
+    def observe(self, value: float) -> None:
+        self._buckets[bisect_left(self._bounds, value)].inc(1)
+        self._sum.inc(value)
+
+
+def histogram_slot(child: Any) -> Any:
+    """A ``HistogramSlot`` of ``child``, or the child itself if the client's slots are not there."""
+    bounds, buckets = getattr(child, "_upper_bounds", None), getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets) or not bounds \
+            or bounds[-1] != float("inf"):
+        return child
+    return HistogramSlot(bounds, buckets, total)
 
 
 def observe_many(child: Any, values: Sequence[float]) -> None:

@@ -17,11 +17,20 @@ gateway's work but cannot be told apart without instrumenting every write.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.appstate import AppState
-from gateway.exchange import Attempt, Exchange
-from gateway.telemetry.metrics import OTHER, RequestMetrics, bounded, observe_many, status_class
+from gateway.exchange import Attempt, Exchange, Usage
+from gateway.telemetry.metrics import (
+    OTHER,
+    Children,
+    RequestMetrics,
+    counter_slot,
+    histogram_slot,
+    observe_many,
+    status_class,
+)
 
 CACHE_RESULTS = frozenset({"none", "hit", "semantic-hit", "miss", "bypass", "coalesced"})
 ATTEMPT_OUTCOMES = frozenset({
@@ -54,44 +63,86 @@ def attempt_ends(ex: Exchange) -> list[tuple[Attempt, float]]:
             for i, a in enumerate(attempts)]
 
 
+class _Series:
+    """The fast slots (``counter_slot``, ``histogram_slot``) one key of bounded labels reaches: what every
+    request touches is made with the key; the TTFT child at its first use (a child made is a series shown)."""
+
+    __slots__ = ("duration", "overhead", "requests", "ttft")
+
+    def __init__(self, requests: Any, duration: Any, overhead: Any) -> None:
+        self.requests, self.duration, self.overhead = requests, duration, overhead
+        self.ttft: Any = None
+
+
 @dataclass(slots=True)
 class MetricsSink:
+    """The request families' updates, each label tuple's children looked up once per process (one dict
+    lookup per request for the request families, one per attempt and per token kind counted)."""
+
     state: AppState
     m: RequestMetrics
+    _series: dict[tuple[str, str, str, str, str, str], _Series] = field(default_factory=dict, init=False)
+    _slots: dict[tuple[str, ...], Any] = field(default_factory=dict, init=False)  # (family tag, *labels)
 
     def __call__(self, ex: Exchange) -> None:
-        m = self.m
-        route = ex.request.route_name or OTHER
+        request, record = ex.request, ex.record
         upstream = ex.target.upstream or OTHER
-        model = self.state.metrics.bounded_model(ex.target.model or ex.request.model)
-        duration = max(0.0, ex.record.ended_at - ex.request.received_at)
-        m.requests(route, model, upstream, status_class(ex.record.status),
-                   bounded(ex.record.cache_result, CACHE_RESULTS)).inc()
-        m.duration(route, model, upstream).observe(duration)
-        m.overhead(route).observe(max(0.0, duration - ex.record.upstream_s - ex.record.waited_s))
-        if ex.record.first_token_at and ex.record.source in TTFT_SOURCES:
-            m.ttft(model, upstream,
-                   ex.record.source).observe(max(0.0, ex.record.first_token_at - ex.request.received_at))
+        model = self.state.metrics.bounded_model(ex.target.model or request.model)
+        source = record.source
+        key = (request.route_name or OTHER, model, upstream, status_class(record.status),
+               record.cache_result if record.cache_result in CACHE_RESULTS else OTHER,
+               source if source in TTFT_SOURCES else "")
+        series = self._series.get(key) or self._new_series(key)
+        series.requests.inc(1)
+        duration = max(0.0, record.ended_at - request.received_at)
+        series.duration.observe(duration)
+        series.overhead.observe(max(0.0, duration - record.upstream_s - record.waited_s))
+        if record.first_token_at and key[5]:
+            ttft = series.ttft
+            if ttft is None:
+                ttft = series.ttft = histogram_slot(self.m.ttft(model, upstream, source))
+            ttft.observe(max(0.0, record.first_token_at - request.received_at))
         inspector = ex.view
         if inspector is not None and inspector.gaps:
-            observe_many(m.inter_token(model, upstream), inspector.gaps)
-        for attempt, ended in attempt_ends(ex):
-            m.upstream(attempt.upstream, attempt_outcome(attempt.outcome, attempt.status)).observe(
-                max(0.0, ended - attempt.started))
-        if ex.record.usage is not None and ex.record.source == "upstream":
-            self._tokens(ex, model, upstream)
+            observe_many(self.m.inter_token(model, upstream), inspector.gaps)
+        if record.attempts:
+            self._attempts(record.attempts, record.ended_at)
+        if record.usage is not None and source == "upstream":
+            self._tokens(record.usage, record.cost_usd, model, upstream, request.tenant)
 
-    def _tokens(self, ex: Exchange, model: str, upstream: str) -> None:
-        usage = ex.record.usage
-        assert usage is not None
-        tenant = ex.request.tenant
+    def _new_series(self, key: tuple[str, str, str, str, str, str]) -> _Series:
+        route, model, upstream, status, cache, _source = key
+        m = self.m
+        series = self._series[key] = _Series(counter_slot(m.requests(route, model, upstream, status, cache)),
+                                             histogram_slot(m.duration(route, model, upstream)),
+                                             histogram_slot(m.overhead(route)))
+        return series
+
+    def _attempts(self, attempts: list[Attempt], end: float) -> None:
+        """Each attempt's duration; one dropped unread has no end, so it ends when the next one starts."""
+        slots, last = self._slots, len(attempts) - 1
+        for i, attempt in enumerate(attempts):
+            ended = attempt.ended or (attempts[i + 1].started if i < last else end)
+            key = ("attempt", attempt.upstream, attempt_outcome(attempt.outcome, attempt.status))
+            slot = slots.get(key)
+            if slot is None:
+                slot = slots[key] = histogram_slot(self.m.upstream(key[1], key[2]))
+            slot.observe(max(0.0, ended - attempt.started))
+
+    def _tokens(self, usage: Usage, cost: float | None, model: str, upstream: str, tenant: str) -> None:
         counts = (usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)
-        family = self.m.tokens_estimated if usage.estimated else None
         for kind, count in zip(TOKEN_KINDS, counts):
-            if count:
-                self.m.tokens(model, upstream, tenant, kind).inc(count)
-                if family is not None:
-                    family(model, upstream, tenant, kind).inc(count)
-        cost = ex.record.cost_usd
-        if cost:
-            self.m.cost(model, tenant).inc(cost)
+            if count > 0:  # a provider's negative figure is skipped (Counter.inc raised for it)
+                self._inc(self.m.tokens, ("tokens", model, upstream, tenant, kind), count)
+                if usage.estimated:
+                    self._inc(self.m.tokens_estimated, ("estimated", model, upstream, tenant, kind), count)
+        if cost is not None and cost > 0.0:
+            self._inc(self.m.cost, ("cost", model, tenant), cost)
+
+    def _inc(self, family: Children, key: tuple[str, ...], amount: float) -> None:
+        """Add ``amount`` (> 0) to the counter of ``family`` labelled by ``key[1:]`` (``key[0]`` names the
+        family: the memo is shared)."""
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = counter_slot(family(*key[1:]))
+        slot.inc(amount)

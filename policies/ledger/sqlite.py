@@ -73,13 +73,13 @@ class SqliteStore:
         return self._conn
 
     async def write(self, records: Sequence[UsageRecord]) -> None:
-        await self._run(self._write, [r.as_row() for r in records])
+        await self._run(self._write, records)  # a record is its row: nothing to build on the loop
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, rows: Sequence[tuple[Any, ...]]) -> None:
         db = self._db()
         with db:  # one transaction per batch: one fsync, all or nothing
             db.execute("BEGIN")
-            db.executemany(_INSERT, rows)
+            db.executemany(_INSERT, map(tuple, rows))  # sqlite3 binds an exact tuple faster than a subclass
 
     async def query(self, group_by: str, since: float, until: float) -> list[dict[str, Any]]:
         if group_by not in GROUP_BY:

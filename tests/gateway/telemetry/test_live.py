@@ -140,6 +140,22 @@ def test_retries_fallbacks_timeouts_and_waits(make_exchange: Callable[..., Excha
     assert t.g[w.WAITED] == 1 and t.g[w.WAIT_S] == pytest.approx(0.3) and t.hists["wait"].n == 1
 
 
+def test_a_timeout_in_any_attempt_counts(make_exchange: Callable[..., Exchange]) -> None:
+    """An attempt that timed out counts the request once, whichever attempt it was (the control: none did)."""
+    clock = Clock()
+    stats = make_stats(clock)
+    late = finished(make_exchange, clock)
+    late.record.attempts = [Attempt("mock", "gpt-4o", 0, outcome="http_503"),
+                            Attempt("mock", "gpt-4o", 0, outcome="total_timeout"),
+                            Attempt("mock", "gpt-4o", 0, outcome="ok")]
+    clean = finished(make_exchange, clock)
+    clean.record.attempts = [Attempt("mock", "gpt-4o", 0, outcome="ok")]
+    stats.record(clean)
+    assert stats.window().g[w.TIMEOUTS] == 0
+    stats.record(late)
+    assert stats.window().g[w.TIMEOUTS] == 1
+
+
 def test_model_labels_stay_bounded(make_exchange: Callable[..., Exchange]) -> None:
     """10,000 random model names add one ``other`` group, and the recent list stays at 50 rows."""
     clock = Clock()

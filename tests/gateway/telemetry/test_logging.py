@@ -13,12 +13,14 @@ from gateway.exchange import Exchange, Usage
 from gateway.telemetry.logging import (
     ACCESS,
     REQUEST_ID,
+    JsonLines,
     direct_handler,
     log_request,
     request_fields,
     setup_logging,
 )
 from tests.support.exchange import build_exchange
+from tests.support.until import until
 
 
 @pytest.fixture
@@ -77,3 +79,67 @@ def test_a_continued_stream_is_marked_in_the_line() -> None:
     assert "continued_from" not in request_fields(ex)
     ex.state.set(CONTINUED_FROM, "primary")
     assert request_fields(ex)["continued_from"] == "primary"
+
+
+def test_direct_line_field_order(root_logging: None) -> None:
+    """The direct line is one JSON object: the head, then the request's fields in their fixed order."""
+    out = io.StringIO()
+    setup_logging("info", stream=out)
+    ex = _exchange()
+    ex.record.error_kind = "idle_timeout"
+    ex.state.set(CONTINUED_FROM, "primary")
+    log_request(ex)
+    line = orjson.loads(out.getvalue())
+    assert list(line) == ["ts", "level", "logger", "msg", "event", "request_id", "method", "path", "route",
+                          "model", "upstream", "tenant", "status", "duration_ms", "ttft_ms", "attempts",
+                          "cache", "stream", "prompt_tokens", "completion_tokens", "usage_estimated", "error",
+                          "stream_outcome", "continued_from"]
+    head = (line["level"], line["logger"], line["msg"], line["ttft_ms"])
+    assert head == ("info", "gateway.access", "request", None)
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (one write is one syscall on a real stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_lines_of_one_loop_pass_are_written_together(root_logging: None) -> None:
+    """On the loop, the request lines of one pass wait for its end and go out in one write."""
+    out = CountingStream()
+    setup_logging("info", stream=out)
+    assert type(direct_handler()) is JsonLines
+    for _ in range(3):
+        log_request(_exchange())
+    assert out.getvalue() == "" and out.writes == 0
+    await until(lambda: out.getvalue().count("\n") == 3)
+    assert out.writes == 1
+    assert [orjson.loads(line)["request_id"] for line in out.getvalue().splitlines()] == ["rid-1"] * 3
+
+
+def test_off_the_loop_a_line_is_written_at_once(root_logging: None) -> None:
+    """The control: with no running loop the line is written before ``log_request`` returns."""
+    out = CountingStream()
+    setup_logging("info", stream=out)
+    log_request(_exchange())
+    assert out.getvalue().count("\n") == 1 and out.writes == 1
+
+
+async def test_other_lines_keep_their_order(root_logging: None) -> None:
+    """A line logged the usual way writes the pending request lines first; so does a flush, and replacing
+    the handler (``setup_logging`` again) loses none of them."""
+    out = io.StringIO()
+    setup_logging("info", stream=out)
+    log_request(_exchange())
+    logging.getLogger("gateway").warning("after")
+    assert [orjson.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["request", "after"]
+    log_request(_exchange())
+    setup_logging("info", stream=io.StringIO())
+    assert [orjson.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["request", "after",
+                                                                                  "request"]

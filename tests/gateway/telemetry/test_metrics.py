@@ -1,14 +1,19 @@
 """The metrics registry helpers: bounded labels, memoised children, batched histogram observation."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from types import SimpleNamespace
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from gateway.telemetry.metrics import (
     OTHER,
     Children,
+    HistogramSlot,
     Metrics,
     RequestMetrics,
     bounded,
+    counter_slot,
+    histogram_slot,
     observe_many,
     status_class,
 )
@@ -65,3 +70,45 @@ def test_request_metrics_register_is_idempotent() -> None:
         "gateway_policy_decisions",
         "gateway_cost_usd",
     } <= names
+
+
+def _exposition(registry: CollectorRegistry) -> list[str]:
+    return [ln for ln in generate_latest(registry).decode().splitlines() if "_created" not in ln]
+
+
+def test_slots_equal_the_client_calls() -> None:
+    """A counter's and a histogram's fast slots give exactly the exposition of ``inc`` and ``observe``
+    (values on bounds, between them, past the last one)."""
+    values = [0.0, 0.001, 0.0011, 0.005, 0.3, 7.0, 1e6]
+    r1, r2 = CollectorRegistry(), CollectorRegistry()
+    (c1, h1), (c2, h2) = [(Counter("c", "c", ("l",), registry=r), Histogram(
+        "h", "h", ("l",), registry=r, buckets=(0.001, 0.005, 0.02, 1.0))) for r in (r1, r2)]
+    counter, histogram = counter_slot(c2.labels("a")), histogram_slot(h2.labels("a"))
+    assert isinstance(histogram, HistogramSlot)
+    for v in values:
+        c1.labels("a").inc(v)
+        h1.labels("a").observe(v)
+        counter.inc(v)
+        histogram.observe(v)
+    assert _exposition(r1) == _exposition(r2)
+
+
+def test_slots_fall_back_to_the_child() -> None:
+    """A child without the client's value slots is used as it is (the control: a real child has them)."""
+    odd = SimpleNamespace(inc=lambda amount: None, observe=lambda value: None)
+    assert counter_slot(odd) is odd and histogram_slot(odd) is odd
+    registry = CollectorRegistry()
+    histogram = Histogram("h", "h", ("l",), registry=registry).labels("a")
+    counter = Counter("c", "c", ("l",), registry=registry).labels("a")
+    assert histogram_slot(histogram) is not histogram and counter_slot(counter) is not counter
+
+
+def test_decisions_are_counted() -> None:
+    """``Metrics.decision`` counts each (policy, decision) pair in its own series."""
+    m = Metrics(registry=CollectorRegistry())
+    for _ in range(3):
+        m.decision("cache", "miss")
+    m.decision("cache", "hit")
+    value = m.registry.get_sample_value
+    assert value("gateway_policy_decisions_total", {"policy": "cache", "decision": "miss"}) == 3
+    assert value("gateway_policy_decisions_total", {"policy": "cache", "decision": "hit"}) == 1

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.exchange import Attempt, Exchange, Usage
 from gateway.sse import StreamInspector
@@ -122,3 +122,42 @@ def test_attempt_dropped_unread_ends_when_the_next_starts(sink: MetricsSink,
     m = sink.state.metrics
     assert sample(m, "gateway_upstream_duration_seconds_sum", upstream="mock", outcome="http_5xx") == \
         pytest.approx(0.4)
+
+
+def test_repeated_requests_add_up(sink: MetricsSink, make_exchange: Callable[..., Exchange]) -> None:
+    """The children a label tuple reaches are kept: a second identical request adds to the same series, a
+    request with other labels gets its own."""
+    m = sink.state.metrics
+    for _ in range(2):
+        sink(finished(make_exchange))
+    sink(finished(make_exchange, status=502, cache_result="miss"))
+    labels = {"route": "main", "model": "gpt-4o", "upstream": "mock"}
+    assert sample(m, "gateway_requests_total", status_class="2xx", cache="none", **labels) == 2
+    assert sample(m, "gateway_requests_total", status_class="5xx", cache="miss", **labels) == 1
+    assert sample(m, "gateway_request_duration_seconds_count", **labels) == 3
+    assert sample(m, "gateway_overhead_seconds_count", route="main") == 3
+
+
+def test_no_ttft_series_without_a_first_token(make_exchange: Callable[..., Exchange]) -> None:
+    """A request that produced no token shows no TTFT series at all; the control, one that did, does."""
+    metrics = Metrics({"gpt-4o"}, registry=CollectorRegistry())
+    sink = MetricsSink(SimpleNamespace(metrics=metrics), RequestMetrics.register(metrics))  # type: ignore[arg-type]
+    sink(finished(make_exchange, first_token_at=0.0))
+    text = generate_latest(metrics.registry).decode()
+    assert "gateway_time_to_first_token_seconds_count{" not in text
+    sink(finished(make_exchange))
+    assert "gateway_time_to_first_token_seconds_count{" in generate_latest(metrics.registry).decode()
+
+
+def test_negative_reported_tokens_are_skipped(sink: MetricsSink,
+                                              make_exchange: Callable[..., Exchange]) -> None:
+    """A provider's negative token figure adds nothing (a counter never goes down); the positive ones of the
+    same answer still count, and so does its cost."""
+    m = sink.state.metrics
+    ex = finished(make_exchange, usage=Usage(prompt=-7, completion=3))
+    ex.record.cost_usd = 0.25
+    sink(ex)
+    labels = {"model": "gpt-4o", "upstream": "mock", "tenant": "acme"}
+    assert sample(m, "gateway_tokens_total", kind="prompt", **labels) == 0
+    assert sample(m, "gateway_tokens_total", kind="completion", **labels) == 3
+    assert sample(m, "gateway_cost_usd_total", model="gpt-4o", tenant="acme") == 0.25

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import pytest
 
@@ -72,6 +71,22 @@ def test_record_of_exchange(make_exchange: Callable[..., Exchange]) -> None:
     assert UsageRecord.from_row(r.as_row()[:-1]) == r
 
 
+def test_record_of_without_usage(make_exchange: Callable[..., Exchange]) -> None:
+    """No settled usage: zero tokens, not estimated; each value lands in its own column (the record is built
+    positionally), and the record is a plain-valued row as stored."""
+    ex = make_exchange(received_at=50.0, ended_at=49.0, status=502, tenant="acme", route_name="main",
+                       upstream="mock", upstream_model="gpt-4o-2024", error_kind="connect_error")
+    r = record_of(ex, wall_now=1000.0, cost=None)
+    assert (r.prompt, r.completion, r.cached, r.reasoning, r.estimated) == (0, 0, 0, 0, False)
+    assert dict(zip(COLUMNS, r.as_row())) == {
+        "ts": 1000.0, "request_id": "r1", "tenant": "acme", "route": "main", "model": "gpt-4o-2024",
+        "requested_model": "gpt-4o", "upstream": "mock", "operation": "chat", "stream": False, "prompt": 0,
+        "completion": 0, "cached": 0, "reasoning": 0, "estimated": False, "duration_s": 0.0, "ttft_s": None,
+        "cache_result": "none", "source": "upstream", "attempts": 0, "status": 502, "cost_usd": None,
+        "error": "connect_error", "continued_from": ""}
+    assert type(r.as_row()) is tuple
+
+
 def test_aggregate_totals_and_percentiles() -> None:
     """Sums per group, nearest-rank p50/p95, cache answers counted as saved tokens not spent ones."""
     records = [rec(duration_s=float(i), ttft_s=i / 10) for i in range(1, 21)]
@@ -95,7 +110,7 @@ def test_group_by_is_checked() -> None:
     """Only the four documented groupings are accepted."""
     with pytest.raises(ValueError):
         aggregate([rec()], "request_id")
-    assert aggregate([rec(), replace(rec(), model="x")], "model")[0]["requests"] == 1
+    assert aggregate([rec(), rec()._replace(model="x")], "model")[0]["requests"] == 1
 
 
 def test_percentile() -> None:

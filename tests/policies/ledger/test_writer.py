@@ -12,6 +12,7 @@ from gateway.telemetry.metrics import Metrics
 from policies.ledger.config import LedgerConfig
 from policies.ledger.record import UsageRecord, aggregate
 from policies.ledger.writer import LedgerWriter
+from tests.support.until import until
 
 
 class FakeStore:
@@ -53,20 +54,66 @@ def cfg(**kw: Any) -> LedgerConfig:
 
 async def test_full_batch_is_written_without_waiting_for_the_interval(
         make_exchange: Callable[..., Exchange]) -> None:
-    """Reaching batch_size wakes the writer; records go in batches of at most batch_size."""
+    """Reaching batch_size wakes the writer, which writes the full batches at once; the rest waits for the
+    interval (here an hour), or for close."""
     store = FakeStore()
     writer = LedgerWriter(store, cfg(), wall=lambda: 1000.0)
     await writer.start()
     for _ in range(25):
         writer.sink(make_exchange())
-    async with asyncio.timeout(5):
-        while store.count < 25:
-            store.wrote.clear()
-            await store.wrote.wait()
-    assert [len(b) for b in store.batches] == [10, 10, 5] and writer.pending == 0
+    await until(lambda: store.count == 20)
+    assert [len(b) for b in store.batches] == [10, 10] and writer.pending == 5
     await writer.close()
-    assert store.count == 25 and store.closed
+    assert [len(b) for b in store.batches] == [10, 10, 5] and store.count == 25 and store.closed
     assert store.purged == [1000.0 - 30 * 86400]
+
+
+async def test_the_rest_is_written_at_the_interval(make_exchange: Callable[..., Exchange]) -> None:
+    """Fewer records than a batch are written when the interval is over (the control of the test above:
+    with a short interval the partial batch does go)."""
+    store = FakeStore()
+    writer = LedgerWriter(store, cfg(flush_interval_s=0.05), wall=lambda: 1000.0)
+    await writer.start()
+    for _ in range(3):
+        writer.sink(make_exchange())
+    await until(lambda: store.count == 3)
+    assert [len(b) for b in store.batches] == [3] and writer.pending == 0
+    await writer.close()
+
+
+async def test_records_arriving_during_a_write_wait_for_a_full_batch(
+        make_exchange: Callable[..., Exchange]) -> None:
+    """Records that arrive while a batch is being written are not drained in a small batch of their own
+    (one transaction each under load): they wait for their batch to fill."""
+    store = SlowStore()
+    writer = LedgerWriter(store, cfg(), wall=lambda: 1000.0)
+    await writer.start()
+    for _ in range(10):
+        writer.sink(make_exchange())
+    await until(lambda: store.started == 1)
+    for _ in range(3):  # while the first batch is in the store
+        writer.sink(make_exchange())
+    store.gate.set()
+    await until(lambda: store.count == 10)
+    for _ in range(7):  # the second batch fills up
+        writer.sink(make_exchange())
+    await until(lambda: store.count == 20)
+    assert [len(b) for b in store.batches] == [10, 10] and writer.pending == 0
+    await writer.close()
+
+
+class SlowStore(FakeStore):
+    """A store whose writes wait for ``gate``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.started = 0
+
+    async def write(self, records: list[UsageRecord]) -> None:
+        self.started += 1
+        await self.gate.wait()
+        await super().write(records)
 
 
 async def test_failed_batches_are_kept_and_retried(make_exchange: Callable[..., Exchange]) -> None:
