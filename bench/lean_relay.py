@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -410,14 +411,14 @@ class RawServerConn(BaseProtocol):
             return keep
         ok = False
         try:
-            keep = await self._relay(up, msg, keep)
+            keep = await self._relay(up, msg.method, msg.version[1] >= 1, keep)
             ok = True
         finally:
             up.release(ok)
         return keep
 
-    async def _relay(self, up: UpResponse, msg: RawRequestMessage, keep: bool) -> bool:
-        head, no_body, chunked, keep = _response_head(up, msg, keep)
+    async def _relay(self, up: UpResponse, method: str, http11: bool, keep: bool) -> bool:
+        head, no_body, chunked, keep = _response_head(up, method, http11, keep)
         if no_body:
             self._write(head)
             return keep
@@ -447,18 +448,18 @@ class RawServerConn(BaseProtocol):
             out = b"%x\r\n" % len(data) + data + b"\r\n" if chunked else data
 
 
-def _response_head(up: UpResponse, msg: RawRequestMessage, keep: bool) -> tuple[bytes, bool, bool, bool]:
+def _response_head(up: UpResponse, method: str, http11: bool, keep: bool) -> tuple[bytes, bool, bool, bool]:
     """(head, no body, chunked, keep-alive): the status line built once, the upstream's raw headers."""
     parts = [status_line(up.status, up.reason)]
     parts += [k + b": " + v + b"\r\n" for k, v in up.raw_headers if k.lower() not in RESP_DROP]
     length = up.length
-    no_body = msg.method == "HEAD" or up.status in (204, 304)
+    no_body = method == "HEAD" or up.status in (204, 304)
     chunked = False
     if length is not None:
         parts.append(b"Content-Length: %d\r\n" % length)
     elif no_body:
         pass
-    elif msg.version[1] >= 1:
+    elif http11:
         parts.append(b"Transfer-Encoding: chunked\r\n")
         chunked = True
     else:
@@ -467,10 +468,119 @@ def _response_head(up: UpResponse, msg: RawRequestMessage, keep: bool) -> tuple[
     return b"".join(parts), no_body, chunked, keep
 
 
-async def serve_raw(client: Client, host: str, port: int) -> asyncio.Server:
+class HttptoolsServerConn(RawServerConn):
+    """The raw server with ``httptools`` (llhttp, callbacks) for a parser instead of aiohttp's: no header
+    multidict, URL, message tuple or StreamReader per request; the body is gathered in a list."""
+
+    __slots__ = ("url", "headers", "body", "size", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: Client) -> None:
+        BaseProtocol.__init__(self, loop)
+        self.rp = importlib.import_module("httptools").HttpRequestParser(self)
+        self.client = client
+        self.task = None
+        self.queue = collections.deque()
+        self.closing = False
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.pending: collections.deque[tuple[str, str, list[tuple[bytes, bytes]], bytes, bool, bool]] = (
+            collections.deque())
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.body = []
+        self.size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= 128:
+            raise ValueError("too many headers")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        for name, value in self.headers:
+            if name.lower() == b"expect" and value.lower() == b"100-continue" and self.transport is not None:
+                self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > 64 * 1024 * 1024:
+            raise ValueError("body too large")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        rp = self.rp
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        request = (rp.get_method().decode(), self.url.decode("latin-1"), self.headers, body,
+                   rp.should_keep_alive(), rp.get_http_version() != "1.0")
+        if self.task is None:
+            self._start_ht(request)
+        else:
+            self.pending.append(request)
+            if len(self.pending) > 16 and self.transport is not None:
+                self.transport.pause_reading()  # a client pipelining far ahead waits
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.rp.feed_data(data)
+        except Exception:  # httptools.HttpParserError, an upgrade, a callback's limit
+            self._bad_request()
+
+    def _start_ht(self, request: tuple[str, str, list[tuple[bytes, bytes]], bytes, bool, bool]) -> None:
+        task = self.task = self._loop.create_task(self.handle_ht(*request))
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[bool]) -> None:
+        self.task = None
+        keep = not task.cancelled() and task.exception() is None and task.result()
+        if not keep:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.pending:
+            self._start_ht(self.pending.popleft())
+            if len(self.pending) <= 16 and self.transport is not None:
+                self.transport.resume_reading()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        BaseProtocol.connection_lost(self, exc)
+        self.closing = True
+        if self.task is not None:
+            self.task.cancel()
+
+    async def handle_ht(self, method: str, path: str, raw: list[tuple[bytes, bytes]], body: bytes, keep: bool,
+                        http11: bool) -> bool:
+        if path == HEALTH:
+            self._write(_HEALTH + (_KEEP if keep else _CLOSE) + b"ok")
+            return keep
+        headers = [(k, v) for k, v in raw if k.lower() not in HOP]
+        try:
+            up = await self.client.request(method, path, headers, body)
+        except (OSError, HttpProcessingError, aiohttp.ClientError):
+            self._write(_BAD_GATEWAY + (_KEEP if keep else _CLOSE) + b"Bad Gateway")
+            return keep
+        ok = False
+        try:
+            keep = await self._relay(up, method, http11, keep)
+            ok = True
+        finally:
+            up.release(ok)
+        return keep
+
+
+async def serve_raw(client: Client, host: str, port: int, parser: str = "aiohttp") -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: RawServerConn(loop, client), host, port, backlog=2048,
-                                    reuse_address=True)
+    conn = HttptoolsServerConn if parser == "httptools" else RawServerConn
+    return await loop.create_server(lambda: conn(loop, client), host, port, backlog=2048, reuse_address=True)
 
 
 # -------------------------------------------------------------------------------------- aiohttp server
@@ -522,7 +632,7 @@ def build_app(client_factory: Callable[[], Client]) -> web.Application:
 
 async def _run_raw(args: argparse.Namespace) -> None:
     client = make_client(args.client, args.upstream)
-    server = await serve_raw(client, args.host, args.port)
+    server = await serve_raw(client, args.host, args.port, args.parser)
     try:
         await asyncio.Event().wait()
     finally:
@@ -537,6 +647,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8082)
     parser.add_argument("--server", choices=("raw", "aiohttp"), default="raw")
     parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw")
+    parser.add_argument("--parser", choices=("aiohttp", "httptools"), default="aiohttp",
+                        help="the raw server's request parser (httptools: when installed)")
     args = parser.parse_args(argv)
     try:
         import uvloop

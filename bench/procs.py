@@ -124,6 +124,22 @@ def start_bare(upstream_url: str) -> Server:
     return server
 
 
+def start_lean(upstream_url: str, server: str = "raw", client: str = "raw", name: str = "lean",
+               parser: str = "aiohttp", extra_path: str | None = None) -> Server:
+    """``bench.lean_relay`` with the given server and client halves (``raw`` or ``aiohttp``); ``extra_path``:
+    a site-packages appended to its ``PYTHONPATH`` (httptools for ``parser="httptools"``)."""
+    port = free_port()
+    proc = _spawn(
+        name,
+        [sys.executable, "-m", "bench.lean_relay", "--upstream", upstream_url, "--port", str(port),
+         "--server", server, "--client", client, "--parser", parser],
+        port,
+        env={"PYTHONPATH": str(ROOT) + (f":{extra_path}" if extra_path else "")},
+    )
+    wait_http(proc, "/_bare/health")
+    return proc
+
+
 def start_gateway(name: str, config: dict[str, Any], workers: int | None = None,
                   source_tree: str | None = None, env: dict[str, str] | None = None) -> Server:
     """``gateway serve`` on a config dict; its JSON log (one line per request) goes to a file.

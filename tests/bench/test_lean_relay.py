@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,13 +26,18 @@ class Relay:
     client: RawClient | None
 
 
-@pytest_asyncio.fixture(params=["raw/raw", "raw/aiohttp", "aiohttp/raw", "aiohttp/aiohttp"])
+# httptools is no dependency: its server is tested where it is installed
+HTTPTOOLS = ["httptools/raw"] if importlib.util.find_spec("httptools") else []
+
+
+@pytest_asyncio.fixture(params=["raw/raw", "raw/aiohttp", "aiohttp/raw", "aiohttp/aiohttp", *HTTPTOOLS])
 async def relay(request: pytest.FixtureRequest, mock_upstream: MockServer) -> AsyncIterator[Relay]:
     server_kind, client_kind = request.param.split("/")
     port = free_port()
-    if server_kind == "raw":
+    if server_kind in ("raw", "httptools"):
         client = make_client(client_kind, mock_upstream.base_url)
-        server = await serve_raw(client, "127.0.0.1", port)
+        parser = "httptools" if server_kind == "httptools" else "aiohttp"
+        server = await serve_raw(client, "127.0.0.1", port, parser)
         try:
             yield Relay(f"http://127.0.0.1:{port}", client if isinstance(client, RawClient) else None)
         finally:
