@@ -27,7 +27,8 @@ from bench.runner import Env, Measured, _progress, _release, _wait_ready, run_sc
 from bench.scenarios import CHAT_PATH, SMALL, Scenario, all_scenarios
 
 LEAN = {"lean-rr": ("raw", "raw"), "lean-ra": ("raw", "aiohttp"), "lean-ar": ("aiohttp", "raw"),
-        "lean-aa": ("aiohttp", "aiohttp"), "lean-hr": ("raw", "raw")}  # lean-hr: httptools parses requests
+        "lean-aa": ("aiohttp", "aiohttp"), "lean-hr": ("raw", "raw"), "lean-hs": ("splice", "raw")}
+# lean-hr: httptools parses the requests; lean-hs: bench.lean_splice (httptools callbacks both ways)
 HTTPTOOLS_PATH: list[str] = []  # --httptools-path: where httptools is installed (it is no dependency)
 TARGETS = ("direct", "bare", "lean-rr", "lean-ra", "lean-ar", "lean-aa")
 SCENARIOS = ("small-c1", "small-c64", "stream-c1", "stream-c32")
@@ -46,7 +47,7 @@ def start(env: Env, target: str) -> procs.Server:
     if target == "bare":
         return procs.start_bare(env.mock.url)
     server, client = LEAN[target]
-    if target == "lean-hr":
+    if target in ("lean-hr", "lean-hs"):
         return procs.start_lean(env.mock.url, server, client, name=target, parser="httptools",
                                 extra_path=HTTPTOOLS_PATH[0])
     return procs.start_lean(env.mock.url, server, client, name=target)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--only", default=",".join((*SCENARIOS, "idle-1000")))
     p.add_argument("--httptools-path", metavar="DIR",
-                   help="site-packages with httptools: adds lean-hr (raw server, httptools parser)")
+                   help="site-packages with httptools: adds lean-hr and lean-hs (httptools parsers)")
     p.add_argument("--quick", action="store_true", help="one 1-second repetition, 50 idle streams (smoke)")
     p.add_argument("--out", help="markdown file for the tables (default: print only)")
     p.add_argument("--json", help="raw figures of every run as JSON")
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = tuple(args.targets.split(","))
     if args.httptools_path:
         HTTPTOOLS_PATH.append(args.httptools_path)
-        targets = (*targets, "lean-hr") if "lean-hr" not in targets else targets
+        targets = (*targets, *(t for t in ("lean-hr", "lean-hs") if t not in targets))
     wanted = set(args.only.split(","))
     reps, duration, idle = (1, 1.0, 50) if args.quick else (args.reps, args.duration, args.idle_streams)
     by_name = {s.name: s for s in all_scenarios()}

@@ -631,6 +631,11 @@ def build_app(client_factory: Callable[[], Client]) -> web.Application:
 
 
 async def _run_raw(args: argparse.Namespace) -> None:
+    if args.server == "splice":
+        from bench.lean_splice import serve_splice
+
+        await serve_splice(args.upstream, args.host, args.port)
+        await asyncio.Event().wait()
     client = make_client(args.client, args.upstream)
     server = await serve_raw(client, args.host, args.port, args.parser)
     try:
@@ -645,7 +650,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--upstream", required=True, help="root URL of the upstream, e.g. http://127.0.0.1:9000")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8082)
-    parser.add_argument("--server", choices=("raw", "aiohttp"), default="raw")
+    parser.add_argument("--server", choices=("raw", "aiohttp", "splice"), default="raw",
+                        help="splice: bench.lean_splice, httptools callbacks both ways (--client ignored)")
     parser.add_argument("--client", choices=("raw", "aiohttp"), default="raw")
     parser.add_argument("--parser", choices=("aiohttp", "httptools"), default="aiohttp",
                         help="the raw server's request parser (httptools: when installed)")

@@ -27,14 +27,22 @@ class Relay:
 
 
 # httptools is no dependency: its server is tested where it is installed
-HTTPTOOLS = ["httptools/raw"] if importlib.util.find_spec("httptools") else []
+HTTPTOOLS = ["httptools/raw", "splice/-"] if importlib.util.find_spec("httptools") else []
 
 
 @pytest_asyncio.fixture(params=["raw/raw", "raw/aiohttp", "aiohttp/raw", "aiohttp/aiohttp", *HTTPTOOLS])
 async def relay(request: pytest.FixtureRequest, mock_upstream: MockServer) -> AsyncIterator[Relay]:
     server_kind, client_kind = request.param.split("/")
     port = free_port()
-    if server_kind in ("raw", "httptools"):
+    if server_kind == "splice":
+        from bench.lean_splice import serve_splice
+
+        splice, _ = await serve_splice(mock_upstream.base_url, "127.0.0.1", port)
+        try:
+            yield Relay(f"http://127.0.0.1:{port}", None)
+        finally:
+            splice.close()
+    elif server_kind in ("raw", "httptools"):
         client = make_client(client_kind, mock_upstream.base_url)
         parser = "httptools" if server_kind == "httptools" else "aiohttp"
         server = await serve_raw(client, "127.0.0.1", port, parser)
