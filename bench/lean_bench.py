@@ -10,6 +10,14 @@ each run gets its own table, and ratios are taken within a run (the machine is s
 
     python -m bench.lean_bench --runs 3 --out bench/results/lean.md
     python -m bench.lean_bench --quick                 # smoke: one short repetition, 50 idle streams
+
+httptools is no dependency; to add ``lean-hr`` (raw server, httptools request parser) and ``lean-hs``
+(``bench.lean_splice``), install it apart and name its site-packages:
+
+    python -m venv /tmp/lean-venv && /tmp/lean-venv/bin/pip install httptools
+    python -m bench.lean_bench --runs 3 --httptools-path /tmp/lean-venv/lib/python3.11/site-packages
+
+Results and conclusions: ``bench/results/2026-12-06-lean-relay.md``.
 """
 from __future__ import annotations
 

@@ -22,9 +22,12 @@ buffered. Each half of aiohttp can be swapped out separately, so the four combin
 Both clients pass the answer's bytes through undecoded (no auto-decompression: ``Content-Encoding`` is
 forwarded), unlike the bare relay, which decompresses and drops it.
 
+``--server raw --parser httptools`` parses requests with httptools instead (when installed), and
+``--server splice`` runs ``bench.lean_splice`` (httptools callbacks both ways, no task per request).
+
 Not a product: no timeouts, no header-size policy beyond the parser's defaults (8 KB lines, 128 headers),
-no trailers forwarded, no upgrades. ``bench/results/2026-12-06-lean-relay.md`` lists what a server on
-this path would still need.
+no request-body size limit, no trailers forwarded, no upgrades. ``bench/results/2026-12-06-lean-relay.md``
+has the measurements and lists what a server on this path would still need.
 
     python -m bench.lean_relay --upstream http://127.0.0.1:9000 --port 8082 --server raw --client raw
     python -m bench.lean_bench --reps 3        # the four combinations against bare and direct

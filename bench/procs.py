@@ -1,4 +1,4 @@
-"""The processes a benchmark measures: mock provider, nginx, bare relay, gateway.
+"""The processes a benchmark measures: mock provider, nginx, bare relay, lean relay, gateway.
 
 Each server runs in its own process so its CPU time can be read from ``/proc``
 (scheduler nanoseconds summed over all threads of the process and of its
