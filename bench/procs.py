@@ -1,4 +1,4 @@
-"""The processes a benchmark measures: mock provider, nginx, bare relay, gateway.
+"""The processes a benchmark measures: mock provider, nginx, bare relay, lean relay, gateway.
 
 Each server runs in its own process so its CPU time can be read from ``/proc``
 (scheduler nanoseconds summed over all threads of the process and of its
@@ -122,6 +122,22 @@ def start_bare(upstream_url: str) -> Server:
     )
     wait_http(server, "/_bare/health")
     return server
+
+
+def start_lean(upstream_url: str, server: str = "raw", client: str = "raw", name: str = "lean",
+               parser: str = "aiohttp", extra_path: str | None = None) -> Server:
+    """``bench.lean_relay`` with the given server and client halves (``raw`` or ``aiohttp``); ``extra_path``:
+    a site-packages appended to its ``PYTHONPATH`` (httptools for ``parser="httptools"``)."""
+    port = free_port()
+    proc = _spawn(
+        name,
+        [sys.executable, "-m", "bench.lean_relay", "--upstream", upstream_url, "--port", str(port),
+         "--server", server, "--client", client, "--parser", parser],
+        port,
+        env={"PYTHONPATH": str(ROOT) + (f":{extra_path}" if extra_path else "")},
+    )
+    wait_http(proc, "/_bare/health")
+    return proc
 
 
 def start_gateway(name: str, config: dict[str, Any], workers: int | None = None,
