@@ -171,13 +171,14 @@ def _rps_vs(target: str, peer: str) -> Callable[[Results], float | None]:
 
 
 _VARIANTS = (("default config", "gw-default", 1.3), ("all policies", "gw-all", 1.6))
+_CORES = ("default config, one worker per core", "gw-default:cores", 1.3)  # as `make run` starts it
 CHECKS: list[Check] = [
     *[(f"CPU/req vs bare relay, {label} ({c})", f"<= {limit}x", _cpu_vs_bare(f"small-{c}", target), limit,
-       "x", False) for label, target, limit in _VARIANTS for c in ("c1", "c64")],
+       "x", False) for label, target, limit in (*_VARIANTS, _CORES) for c in ("c1", "c64")],
     ("req/s at c=64 vs Portkey, default config", ">= 2x", _rps_vs("gw-default", "portkey"), 2.0, "x", True),
     ("req/s at c=64 vs LiteLLM, default config", ">= 20x", _rps_vs("gw-default", "litellm"), 20.0, "x", True),
     *[(f"TTFT added p50 at c=1, {label}", "<= 0.5 ms", _ttft_added("stream-c1", target, "ttft_p50_ms"), 0.5,
-       " ms", False) for label, target, _ in _VARIANTS],
+       " ms", False) for label, target, _ in (*_VARIANTS, _CORES)],
     *[(f"TTFT added p99 at c=32, {label}", "<= 5 ms", _ttft_added("stream-c32", target, "ttft_p99_ms"), 5.0,
        " ms", False) for label, target, _ in _VARIANTS],
     *[(f"CPU per 20-chunk stream vs bare relay, {label} (c=1)", "<= 1.3x", _cpu_vs_bare("stream-c1", target),
@@ -249,7 +250,9 @@ def render(results: Results, scenarios: list[Scenario], info: dict[str, str], po
             "Targets: `direct` = the fake provider itself; `nginx` = nginx proxying to it; `static` = nginx "
             "answering a fixed completion; `bare` = bench/bare_relay.py; `portkey`, `litellm` = those "
             "gateways when installed (`make bench-peers`); `gw-off` = the gateway with every policy off; "
-            "`gw-default` = the config `make run` serves; `gw+<policy>` = that policy alone on; "
+            "`gw-default` = the config `make run` serves, at one worker; `gw-default:cores` = the same as "
+            "`make run` starts it, one worker per core sharing state through the supervisor's host Redis; "
+            "`gw+<policy>` = that policy alone on; "
             "`gw-all` = every policy on. `+` columns are added to `direct` (cache: to `static`)."
         ),
         "",

@@ -71,14 +71,17 @@ class Env:
             self.servers["nginx"] = server
         return self.servers["nginx"]
 
-    def gateway(self, variant: str, workers: int = 1, upstream: str | None = None) -> procs.Server:
-        key = f"{variant}:w{workers}:{upstream or 'mock'}"
+    def gateway(self, variant: str, workers: int | None = 1, upstream: str | None = None) -> procs.Server:
+        """A gateway variant; ``workers=None``: no ``--workers``, one worker per core as ``make run`` starts
+        it (the workers then share state through the supervisor's host Redis)."""
+        key = f"{variant}:w{workers or 'cores'}:{upstream or 'mock'}"
         if key not in self.servers:
             base = upstream or self.mock.url + "/v1"
             name, _, tree = variant.partition("@")
             self.servers[key] = procs.start_gateway(name, gateway_config(base, GATEWAYS[name]), workers,
                                                     source_tree=self.baseline if tree else None)
-            if workers > 1 and len(procs.descendants(self.servers[key].pid)) < workers:
+            started = len(procs.descendants(self.servers[key].pid))
+            if workers is not None and workers > 1 and started < workers:
                 self.notes.append(
                     f"`--workers {workers}` did not start {workers} processes: not implemented yet?"
                 )
@@ -108,7 +111,7 @@ class Env:
             upstream = ngx.url + "/static/v1" if ngx is not None else None
             gw = self.gateway(name, int(variant[1:]), upstream)
             return gw, gw.url + CHAT_PATH, "POST"
-        gw = self.gateway(name)
+        gw = self.gateway(name, None if variant == "cores" else 1)
         return gw, gw.url + CHAT_PATH, "POST"
 
     def peer(self, name: str) -> tuple[procs.Server, str, str] | None:

@@ -171,7 +171,10 @@ class Scenario:
 
 
 # portkey and litellm: peer gateways, when installed (``make bench-peers``; bench/peer_procs.py)
-REQUEST_TARGETS = ("direct", "nginx", "bare", "portkey", "litellm", "gw-off", "gw-default", "gw-all")
+# gw-default:cores: the default config as `make run` starts it, one worker per core (shared state through the
+# supervisor's host Redis); every other gateway target runs one worker.
+REQUEST_TARGETS = ("direct", "nginx", "bare", "portkey", "litellm", "gw-off", "gw-default",
+                   "gw-default:cores", "gw-all")
 # Portkey 1.15 answers every stream with a 500 on Node 20 ("TypeError: immutable" appending its headers to the
 # provider's response): its stream columns would time errors, so streams compare LiteLLM only.
 STREAM_TARGETS = tuple(t for t in REQUEST_TARGETS if t != "portkey")

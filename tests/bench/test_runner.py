@@ -1,0 +1,39 @@
+"""bench.runner: which gateway process a target names (no process is started here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from bench import procs, runner
+
+
+@dataclass
+class _Server:
+    url: str
+    pid: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def test_cores_target_starts_the_gateway_as_make_run_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[tuple[str, int | None]] = []
+
+    def start_gateway(name: str, config: dict[str, Any], workers: int | None = None, **_: Any) -> _Server:
+        started.append((name, workers))
+        return _Server(url=f"http://gw-{len(started)}")
+
+    monkeypatch.setattr(procs, "start_gateway", start_gateway)
+    monkeypatch.setattr(procs, "descendants", lambda pid: [])
+    env = runner.Env(use_nginx=False)
+    env.servers["mock"] = _Server(url="http://mock")  # type: ignore[assignment]
+
+    one = env.resolve("gw-default")
+    cores = env.resolve("gw-default:cores")
+    again = env.resolve("gw-default:cores")
+
+    # the control: every other gateway target runs one worker; ``cores`` passes no --workers at all
+    assert started == [("gw-default", 1), ("gw-default", None)]
+    assert one is not None and cores is not None and again is not None
+    assert one[0] is not cores[0] and again[0] is cores[0]  # its own process, started once
+    assert cores[1] == "http://gw-2/v1/chat/completions"
