@@ -24,15 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, procs, report
-from bench.loadgen import LoadSpec
-from bench.runner import Env, Measured, _progress, _release, _wait_ready, run_scenario
-from bench.scenarios import CHAT_PATH, SMALL, Scenario, all_scenarios
+from bench import procs, report, runner
+from bench.runner import Env, Measured, _progress, run_scenario
+from bench.scenarios import CHAT_PATH, Scenario, all_scenarios
 
 LEAN = {"lean-rr": ("raw", "raw"), "lean-ra": ("raw", "aiohttp"), "lean-ar": ("aiohttp", "raw"),
         "lean-aa": ("aiohttp", "aiohttp"), "lean-hr": ("raw", "raw"), "lean-hs": ("splice", "raw")}
@@ -63,27 +61,7 @@ def start(env: Env, target: str) -> procs.Server:
 
 def run_idle(env: Env, scenario: Scenario, targets: tuple[str, ...]) -> dict[str, Measured]:
     """RSS of ``idle_streams`` open streams, as ``bench.runner.run_idle`` measures it, bare and lean."""
-    out: dict[str, Measured] = {}
-    for target in targets:
-        server = start(env, target)
-        try:
-            url = server.url + CHAT_PATH
-            loadgen.run(LoadSpec(url=url, body=SMALL, headers=scenario.headers, concurrency=4, duration_s=1.0,
-                                 unique=True), prefer="asyncio")
-            time.sleep(0.5)
-            rss0 = procs.rss_bytes(server.pid)
-            holder = loadgen.open_idle(LoadSpec(url=url, body=scenario.body, headers=scenario.headers,
-                                                stream=True, unique=True, idle=scenario.idle_streams))
-            opened, errors = _wait_ready(holder)
-            time.sleep(1.0)
-            rss1 = procs.rss_bytes(server.pid)
-            _release(holder)
-            out[target] = Measured(target, [{"opened": opened, "errors": errors, "rss_before_mb": rss0 / 1e6,
-                                             "rss_mb": rss1 / 1e6, "added_mb": (rss1 - rss0) / 1e6}])
-            _progress(f"  idle {target}: {opened} open ({errors} errors), +{(rss1 - rss0) / 1e6:.1f} MB")
-        finally:
-            server.stop()
-    return out
+    return runner.run_idle(env, replace(scenario, targets=targets), start=start)
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:

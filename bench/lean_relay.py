@@ -460,12 +460,10 @@ def _response_head(up: UpResponse, method: str, http11: bool, keep: bool) -> tup
     chunked = False
     if length is not None:
         parts.append(b"Content-Length: %d\r\n" % length)
-    elif no_body:
-        pass
-    elif http11:
+    elif not no_body and http11:
         parts.append(b"Transfer-Encoding: chunked\r\n")
         chunked = True
-    else:
+    elif not no_body:
         keep = False  # HTTP/1.0 and no length: the end of the body is the end of the connection
     parts.append(_KEEP if keep else _CLOSE)
     return b"".join(parts), no_body, chunked, keep

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,52 +205,52 @@ def run_scenario(env: Env, scenario: Scenario) -> dict[str, Measured]:
     return {t: m for t, m in out.items() if m.reps}
 
 
-def run_idle(env: Env, scenario: Scenario) -> dict[str, Measured]:
-    """RSS per open stream: a fresh server per target, warmed, then ``idle_streams`` held open at once."""
+def run_idle(env: Env, scenario: Scenario,
+             start: Callable[[Env, str], procs.Server] | None = None) -> dict[str, Measured]:
+    """RSS per open stream: a fresh server per target (``start``: how a target's server is started), warmed,
+    then ``idle_streams`` held open at once."""
     out: dict[str, Measured] = {}
     for target in scenario.targets:
-        if target == "bare":
-            server = procs.start_bare(env.mock.url)
-        else:
-            server = procs.start_gateway(target, gateway_config(env.mock.url + "/v1", GATEWAYS[target]), 1)
+        server = (start or _start_idle_target)(env, target)
         try:
-            url = server.url + CHAT_PATH
-            loadgen.run(LoadSpec(url=url, body=SMALL, headers=scenario.headers, concurrency=4, duration_s=1.0,
-                                 unique=True), prefer="asyncio")
-            time.sleep(0.5)
-            rss0 = procs.rss_bytes(server.pid)
-            holder = loadgen.open_idle(
-                LoadSpec(
-                    url=url,
-                    body=scenario.body,
-                    headers=scenario.headers,
-                    stream=True,
-                    unique=True,
-                    idle=scenario.idle_streams,
-                )
-            )
-            opened, errors = _wait_ready(holder)
-            time.sleep(1.0)
-            rss1 = procs.rss_bytes(server.pid)
-            _release(holder)
-            per_stream = (rss1 - rss0) / opened if opened else None
-            out[target] = Measured(
-                target,
-                [
-                    {
-                        "opened": opened,
-                        "errors": errors,
-                        "rss_before_mb": rss0 / 1e6,
-                        "rss_mb": rss1 / 1e6,
-                        "kb_per_stream": per_stream / 1024 if per_stream is not None else None,
-                        "mb_per_1000": per_stream * 1000 / 1e6 if per_stream is not None else None,
-                    }
-                ],
-            )
-            _progress(f"  idle {target}: {opened} open, {out[target].reps[0]['mb_per_1000']} MB per 1000")
+            row = idle_figures(server, scenario)
+            out[target] = Measured(target, [row])
+            _progress(f"  idle {target}: {row['opened']} open ({row['errors']} errors), "
+                      f"+{row['added_mb']:.1f} MB, {row['mb_per_1000']} MB per 1000")
         finally:
             server.stop()
     return out
+
+
+def _start_idle_target(env: Env, target: str) -> procs.Server:
+    if target == "bare":
+        return procs.start_bare(env.mock.url)
+    return procs.start_gateway(target, gateway_config(env.mock.url + "/v1", GATEWAYS[target]), 1)
+
+
+def idle_figures(server: procs.Server, scenario: Scenario) -> dict[str, Any]:
+    """The RSS ``scenario.idle_streams`` open streams add to a warmed ``server``."""
+    url = server.url + CHAT_PATH
+    loadgen.run(LoadSpec(url=url, body=SMALL, headers=scenario.headers, concurrency=4, duration_s=1.0,
+                         unique=True), prefer="asyncio")
+    time.sleep(0.5)
+    rss0 = procs.rss_bytes(server.pid)
+    holder = loadgen.open_idle(LoadSpec(url=url, body=scenario.body, headers=scenario.headers, stream=True,
+                                        unique=True, idle=scenario.idle_streams))
+    opened, errors = _wait_ready(holder)
+    time.sleep(1.0)
+    rss1 = procs.rss_bytes(server.pid)
+    _release(holder)
+    per_stream = (rss1 - rss0) / opened if opened else None
+    return {
+        "opened": opened,
+        "errors": errors,
+        "rss_before_mb": rss0 / 1e6,
+        "rss_mb": rss1 / 1e6,
+        "added_mb": (rss1 - rss0) / 1e6,
+        "kb_per_stream": per_stream / 1024 if per_stream is not None else None,
+        "mb_per_1000": per_stream * 1000 / 1e6 if per_stream is not None else None,
+    }
 
 
 def _wait_ready(holder: subprocess.Popen[str], timeout: float = 120.0) -> tuple[int, int]:
