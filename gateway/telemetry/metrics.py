@@ -39,8 +39,8 @@ class Metrics:
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self.decisions = self.counter("gateway_policy_decisions_total", "Decisions taken by policies",
                                       ("policy", "decision"))
-        # Several decisions per request: no labels() call, no Counter.inc checks each (``counter_slot``).
-        self._decision: dict[tuple[str, str], Any] = {}
+        # Several decisions per request: no labels() call, no Counter.inc checks each (``Children.slot``).
+        self._decision = Children(self.decisions)
 
     def set_known_models(self, models: Iterable[str]) -> None:
         self._known_models = frozenset(models)
@@ -49,11 +49,7 @@ class Metrics:
         return model if model in self._known_models else OTHER
 
     def decision(self, policy: str, decision: str) -> None:
-        key = (policy, decision)
-        slot = self._decision.get(key)
-        if slot is None:
-            slot = self._decision[key] = counter_slot(self.decisions.labels(policy, decision))
-        slot.inc(1)
+        self._decision.slot(policy, decision).inc(1)
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return self._get(name, Counter, lambda: Counter(name, doc, labels, registry=self.registry))
@@ -96,17 +92,27 @@ class Children:
     children it has seen. The memo is as bounded as the label values are.
     """
 
-    __slots__ = ("_memo", "family")
+    __slots__ = ("_memo", "_slots", "family")
 
     def __init__(self, family: Any) -> None:
         self.family = family
         self._memo: dict[tuple[str, ...], Any] = {}
+        self._slots: dict[tuple[str, ...], Any] = {}
 
     def __call__(self, *labels: str) -> Any:
         child = self._memo.get(labels)
         if child is None:
             child = self._memo[labels] = self.family.labels(*labels)
         return child
+
+    def slot(self, *labels: str) -> Any:
+        """The child's fast update slot, memoised: ``counter_slot`` of a counter (``inc`` of an amount >= 0),
+        ``histogram_slot`` of a histogram (``observe``)."""
+        found = self._slots.get(labels)
+        if found is None:
+            make = histogram_slot if isinstance(self.family, Histogram) else counter_slot
+            found = self._slots[labels] = make(self(*labels))
+        return found
 
 
 def counter_slot(child: Any) -> Any:

@@ -24,10 +24,7 @@ from gateway.appstate import AppState
 from gateway.exchange import Attempt, Exchange, Usage
 from gateway.telemetry.metrics import (
     OTHER,
-    Children,
     RequestMetrics,
-    counter_slot,
-    histogram_slot,
     observe_many,
     status_class,
 )
@@ -64,7 +61,7 @@ def attempt_ends(ex: Exchange) -> list[tuple[Attempt, float]]:
 
 
 class _Series:
-    """The fast slots (``counter_slot``, ``histogram_slot``) one key of bounded labels reaches: what every
+    """The fast slots (``Children.slot``) one key of bounded labels reaches: what every
     request touches is made with the key; the TTFT child at its first use (a child made is a series shown)."""
 
     __slots__ = ("duration", "overhead", "requests", "ttft")
@@ -82,7 +79,6 @@ class MetricsSink:
     state: AppState
     m: RequestMetrics
     _series: dict[tuple[str, str, str, str, str, str], _Series] = field(default_factory=dict, init=False)
-    _slots: dict[tuple[str, ...], Any] = field(default_factory=dict, init=False)  # (family tag, *labels)
 
     def __call__(self, ex: Exchange) -> None:
         request, record = ex.request, ex.record
@@ -100,7 +96,7 @@ class MetricsSink:
         if record.first_token_at and key[5]:
             ttft = series.ttft
             if ttft is None:
-                ttft = series.ttft = histogram_slot(self.m.ttft(model, upstream, source))
+                ttft = series.ttft = self.m.ttft.slot(model, upstream, source)
             ttft.observe(max(0.0, record.first_token_at - request.received_at))
         inspector = ex.view
         if inspector is not None and inspector.gaps:
@@ -113,36 +109,24 @@ class MetricsSink:
     def _new_series(self, key: tuple[str, str, str, str, str, str]) -> _Series:
         route, model, upstream, status, cache, _source = key
         m = self.m
-        series = self._series[key] = _Series(counter_slot(m.requests(route, model, upstream, status, cache)),
-                                             histogram_slot(m.duration(route, model, upstream)),
-                                             histogram_slot(m.overhead(route)))
+        series = self._series[key] = _Series(m.requests.slot(route, model, upstream, status, cache),
+                                             m.duration.slot(route, model, upstream), m.overhead.slot(route))
         return series
 
     def _attempts(self, attempts: list[Attempt], end: float) -> None:
         """Each attempt's duration; one dropped unread has no end, so it ends when the next one starts."""
-        slots, last = self._slots, len(attempts) - 1
+        upstream, last = self.m.upstream, len(attempts) - 1
         for i, attempt in enumerate(attempts):
             ended = attempt.ended or (attempts[i + 1].started if i < last else end)
-            key = ("attempt", attempt.upstream, attempt_outcome(attempt.outcome, attempt.status))
-            slot = slots.get(key)
-            if slot is None:
-                slot = slots[key] = histogram_slot(self.m.upstream(key[1], key[2]))
-            slot.observe(max(0.0, ended - attempt.started))
+            outcome = attempt_outcome(attempt.outcome, attempt.status)
+            upstream.slot(attempt.upstream, outcome).observe(max(0.0, ended - attempt.started))
 
     def _tokens(self, usage: Usage, cost: float | None, model: str, upstream: str, tenant: str) -> None:
         counts = (usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)
         for kind, count in zip(TOKEN_KINDS, counts):
             if count > 0:  # a provider's negative figure is skipped (Counter.inc raised for it)
-                self._inc(self.m.tokens, ("tokens", model, upstream, tenant, kind), count)
+                self.m.tokens.slot(model, upstream, tenant, kind).inc(count)
                 if usage.estimated:
-                    self._inc(self.m.tokens_estimated, ("estimated", model, upstream, tenant, kind), count)
+                    self.m.tokens_estimated.slot(model, upstream, tenant, kind).inc(count)
         if cost is not None and cost > 0.0:
-            self._inc(self.m.cost, ("cost", model, tenant), cost)
-
-    def _inc(self, family: Children, key: tuple[str, ...], amount: float) -> None:
-        """Add ``amount`` (> 0) to the counter of ``family`` labelled by ``key[1:]`` (``key[0]`` names the
-        family: the memo is shared)."""
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = counter_slot(family(*key[1:]))
-        slot.inc(amount)
+            self.m.cost.slot(model, tenant).inc(cost)

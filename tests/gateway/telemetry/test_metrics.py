@@ -39,6 +39,22 @@ def test_children_are_memoised() -> None:
     assert kids("x") is kids("x") and kids("x") is not kids("y")
 
 
+def test_children_slots_are_memoised_and_fit_their_family() -> None:
+    """``slot`` gives each label tuple one fast slot, made once: a histogram family's bisects (a
+    ``HistogramSlot``), a counter family's bumps its value; both land in the family's own child."""
+    m = Metrics(registry=CollectorRegistry())
+    counters = Children(m.counter("s_total", "s", ("a",)))
+    histograms = Children(m.histogram("s_seconds", "s", ("a",), (0.1, 1.0)))
+    assert counters.slot("x") is counters.slot("x") and counters.slot("x") is not counters.slot("y")
+    assert isinstance(histograms.slot("x"), HistogramSlot)
+    assert not isinstance(counters.slot("x"), HistogramSlot)
+    counters.slot("x").inc(2)
+    histograms.slot("x").observe(0.5)
+    assert counters("x")._value.get() == 2.0  # noqa: SLF001 - the child the public API reads
+    assert m.registry.get_sample_value("s_seconds_bucket", {"a": "x", "le": "1.0"}) == 1.0
+    assert m.registry.get_sample_value("s_seconds_bucket", {"a": "x", "le": "0.1"}) == 0.0
+
+
 def test_observe_many_equals_observe() -> None:
     """Binned observation produces exactly the exposition of one observe per value."""
     values = [0.0, 0.001, 0.0011, 0.02, 0.02, 0.3, 7.0, 1e6, 0.005, 0.005, 0.0049]
