@@ -6,6 +6,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 CONFIG ?= config.yaml
+# `make run` serves with one worker, as the sidecar manifests do: on a laptop one event loop serves far more than an
+# agent sends, and N workers share state through a private Redis that costs CPU per request (measured in
+# bench/results/2026-12-06-performance.md: 3.5x the bare relay at 2 workers vs 1.9x at one). WORKERS=auto: one per
+# core, as `gateway serve` without --workers.
+WORKERS ?= 1
 PYTEST_ARGS ?=
 # Line coverage of gateway/ and policies/ by the default suite, in-process only (94.30% measured when set;
 # floor = that rounded down, minus 1). A partial run (PYTEST_ARGS=tests/some_file.py) needs COV_FLOOR=0.
@@ -28,7 +33,7 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	touch $(DEV_STAMP) $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/gateway serve --config $(CONFIG)
+	$(BIN)/gateway serve --config $(CONFIG) $(if $(filter auto,$(WORKERS)),,--workers $(WORKERS))
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" --cov=gateway --cov=policies --cov-fail-under=$(COV_FLOOR) $(PYTEST_ARGS)

@@ -171,7 +171,7 @@ def _rps_vs(target: str, peer: str) -> Callable[[Results], float | None]:
 
 
 _VARIANTS = (("default config", "gw-default", 1.3), ("all policies", "gw-all", 1.6))
-_CORES = ("default config, one worker per core", "gw-default:cores", 1.3)  # as `make run` starts it
+_CORES = ("default config, one worker per core", "gw-default:cores", 1.3)  # `make run WORKERS=auto`
 CHECKS: list[Check] = [
     *[(f"CPU/req vs bare relay, {label} ({c})", f"<= {limit}x", _cpu_vs_bare(f"small-{c}", target), limit,
        "x", False) for label, target, limit in (*_VARIANTS, _CORES) for c in ("c1", "c64")],
@@ -250,8 +250,9 @@ def render(results: Results, scenarios: list[Scenario], info: dict[str, str], po
             "Targets: `direct` = the fake provider itself; `nginx` = nginx proxying to it; `static` = nginx "
             "answering a fixed completion; `bare` = bench/bare_relay.py; `portkey`, `litellm` = those "
             "gateways when installed (`make bench-peers`); `gw-off` = the gateway with every policy off; "
-            "`gw-default` = the config `make run` serves, at one worker; `gw-default:cores` = the same as "
-            "`make run` starts it, one worker per core sharing state through the supervisor's host Redis; "
+            "`gw-default` = the config `make run` serves, at one worker as `make run` starts it; "
+            "`gw-default:cores` = the same as `make run WORKERS=auto` starts it, one worker per core sharing "
+            "state through the supervisor's host Redis; "
             "`gw+<policy>` = that policy alone on; "
             "`gw-all` = every policy on. `+` columns are added to `direct` (cache: to `static`)."
         ),

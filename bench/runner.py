@@ -73,8 +73,8 @@ class Env:
         return self.servers["nginx"]
 
     def gateway(self, variant: str, workers: int | None = 1, upstream: str | None = None) -> procs.Server:
-        """A gateway variant; ``workers=None``: no ``--workers``, one worker per core as ``make run`` starts
-        it (the workers then share state through the supervisor's host Redis)."""
+        """A gateway variant; ``workers=None``: no ``--workers``, one worker per core as ``make run
+        WORKERS=auto`` starts it (the workers then share state through the supervisor's host Redis)."""
         key = f"{variant}:w{workers or 'cores'}:{upstream or 'mock'}"
         if key not in self.servers:
             base = upstream or self.mock.url + "/v1"

@@ -171,8 +171,8 @@ class Scenario:
 
 
 # portkey and litellm: peer gateways, when installed (``make bench-peers``; bench/peer_procs.py)
-# gw-default:cores: the default config as `make run` starts it, one worker per core (shared state through the
-# supervisor's host Redis); every other gateway target runs one worker.
+# gw-default:cores: the default config as `make run WORKERS=auto` starts it, one worker per core (shared state
+# through the supervisor's host Redis); every other gateway target runs one worker, as `make run` does.
 REQUEST_TARGETS = ("direct", "nginx", "bare", "portkey", "litellm", "gw-off", "gw-default",
                    "gw-default:cores", "gw-all")
 # Portkey 1.15 answers every stream with a 500 on Node 20 ("TypeError: immutable" appending its headers to the
