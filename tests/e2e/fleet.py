@@ -101,12 +101,12 @@ def mock_process() -> Iterator[str]:
 def fleet(request: pytest.FixtureRequest, mock_process: str) -> Iterator[Fleet]:
     if request.param == "workers":
         # a generous timeout: a loaded test machine must not be mistaken for a Redis outage
-        state = {"backend": "memory", "timeout_ms": 1000}
+        state = {"backend": "memory", "timeout_ms": 5000}
         procs = [spawn_gateway(fleet_config(mock_process, state=state), extra_args=["--workers", "2"])]
         scope = "host"
     else:
         redis: RedisServer = request.getfixturevalue("redis_server")
-        state = {"backend": "redis", "redis_url": redis.url, "key_prefix": "fleet-e2e:", "timeout_ms": 1000}
+        state = {"backend": "redis", "redis_url": redis.url, "key_prefix": "fleet-e2e:", "timeout_ms": 5000}
         procs = [spawn_gateway(fleet_config(mock_process, state=state)) for _ in range(2)]
         scope = "fleet"
     try:

@@ -20,7 +20,7 @@ KEYS = {"a": "sk-sem-tenant-a", "b": "sk-sem-tenant-b"}
 async def replicas(mock_upstream: MockServer,
                    redis8_server: RedisServer) -> AsyncIterator[tuple[InProcessGateway, InProcessGateway]]:
     state = {"backend": "redis", "redis_url": redis8_server.url, "key_prefix": f"s{secrets.token_hex(3)}:",
-             "timeout_ms": 1000}
+             "timeout_ms": 5000}
     cfg = gateway_config(mock_upstream.url, state=state, cache={"semantic": {"enabled": True}},
                          auth={"mode": "keys", "keys": [{"key": k, "tenant": t} for t, k in KEYS.items()]})
     first = await start_gateway(cfg)

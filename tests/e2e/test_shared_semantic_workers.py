@@ -38,7 +38,7 @@ async def test_semantic_entry_of_one_worker_hits_on_the_other(mock_process: str)
     binary = redis8_server_binary()
     assert binary is not None
     cfg = fleet_config(mock_process, cache={"semantic": {"enabled": True}},
-                       state={"backend": "memory", "timeout_ms": 1000})
+                       state={"backend": "memory", "timeout_ms": 5000})
     gw = spawn_gateway(cfg, extra_args=["--workers", "2"], env={"GATEWAY_REDIS_SERVER": binary})
     opened: list[Pinned] = []
     try:

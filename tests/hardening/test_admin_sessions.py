@@ -98,7 +98,7 @@ async def test_wrong_admin_keys_are_throttled_per_address(make_gateway: Any) -> 
 async def test_sessions_are_shared_through_redis(
     mock_upstream: MockServer, redis_server: RedisServer
 ) -> None:
-    state = {"backend": "redis", "redis_url": redis_server.url, "key_prefix": "adm:", "timeout_ms": 1000}
+    state = {"backend": "redis", "redis_url": redis_server.url, "key_prefix": "adm:", "timeout_ms": 5000}
     one = await start_gateway(gateway_config(mock_upstream.url, admin={"api_key": KEY}, state=state))
     two = await start_gateway(gateway_config(mock_upstream.url, admin={"api_key": KEY}, state=state))
     try:

@@ -68,7 +68,7 @@ async def memory_tenants() -> AsyncIterator[Tenants]:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def redis_tenants(redis_server: RedisServer) -> AsyncIterator[Tenants]:
     async for env in tenants_env({"backend": "redis", "redis_url": redis_server.url, "key_prefix": "iso:",
-                                  "timeout_ms": 1000}):
+                                  "timeout_ms": 5000}):
         yield env
 
 

@@ -15,7 +15,7 @@ from tests.support.servers import RedisServer, free_port
 
 
 def backend(url: str, clock: Clock) -> GuardedRedis:
-    return GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=1000), clock)
+    return GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=5000), clock)
 
 
 def process(url: str, prefix: str, clock: Clock, name: str, make_exchange: Callable[..., Exchange],

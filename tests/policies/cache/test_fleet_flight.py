@@ -23,7 +23,7 @@ ANSWER = b'{"id":"x","object":"chat.completion","choices":[]}'
 
 
 def process(url: str, prefix: str, decisions: list[str]) -> FleetFlight:
-    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=1000),
+    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=5000),
                                      time.monotonic)
     store = AnswerStore("exact", MemoryStore(100, 10**6, time.monotonic), redis, prefix)
     return FleetFlight(redis, store, time.monotonic, decisions.append, poll_s=0.005)

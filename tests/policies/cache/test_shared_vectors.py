@@ -20,7 +20,7 @@ def unit(*v: float) -> np.ndarray:
 
 
 def replica(url: str, prefix: str) -> SharedVectors:
-    backend = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=1000),
+    backend = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=5000),
                                        time.monotonic)
     return SharedVectors(backend, prefix, time.time)
 

@@ -25,7 +25,7 @@ CFG = CircuitBreakerConfig(consecutive_failures=3, min_calls=1000, open_s=10.0, 
 def process(url: str, prefix: str, clock: Clock, wall: Clock,
             decisions: list[str] | None = None) -> tuple[CircuitBreaker, SharedBreakers]:
     """One worker's view: its own breaker for upstream ``up`` and its sharing."""
-    backend = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=1000), clock)
+    backend = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=5000), clock)
     breakers: dict[str, CircuitBreaker] = {}
     sink = decisions if decisions is not None else []
     shared = SharedBreakers(backend, prefix, breakers, clock, wall=wall, decision=sink.append)
