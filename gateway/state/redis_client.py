@@ -9,7 +9,9 @@ it back up. Up/down changes are logged once and reported to listeners (the
 ``gateway_state_backend_up`` gauge). Lua scripts are run through
 ``redis.asyncio``'s Script objects, which re-load themselves after ``NOSCRIPT``
 (a restarted Redis that lost its scripts). Writes nobody waits for go through
-``defer`` and share round trips (``gateway.state.write_behind``).
+``defer`` and share round trips (``gateway.state.write_behind``); awaited single
+commands go through ``execute`` and share a round trip with the other commands
+of the same loop pass (``gateway.state.pipelining``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config_model import StateConfig
+from gateway.state.pipelining import Call, CommandRefused, send_calls
 from gateway.state.write_behind import MAX_BATCH, Write, send
 from gateway.telemetry.logging import state_change
 
@@ -49,6 +52,7 @@ class GuardedRedis:
     defer_s: float = 0.001  # deferred writes wait this long for company (a request's answer, its neighbours)
     _writes: list[Write] = field(default_factory=list)  # deferred, not sent yet
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _calls: list[Call] = field(default_factory=list)  # awaited commands of this loop pass, not sent yet
 
     @classmethod
     def from_config(cls, cfg: StateConfig, clock: Callable[[], float],
@@ -76,6 +80,45 @@ class GuardedRedis:
             raise RedisUnavailable(type(exc).__name__) from exc
         self._succeeded()
         return result
+
+    async def execute(self, *args: Any, script: Any = None) -> Any:
+        """One command (``script``: the registered script an ``EVALSHA`` runs), sent with the other
+        commands of this loop pass in one round trip; its reply, or ``RedisUnavailable``."""
+        if not self.up and self.clock() < self._retry_at:
+            raise RedisUnavailable("redis cooling off")
+        loop = asyncio.get_running_loop()
+        if not self._calls:
+            loop.call_soon(self._send_pass)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.append(Call(args, future, script))
+        try:
+            return await future
+        except CommandRefused as exc:
+            self._failed(exc)
+            raise RedisUnavailable(str(exc)) from exc
+
+    def _send_pass(self) -> None:
+        calls, self._calls = self._calls, []
+        for start in range(0, len(calls), MAX_BATCH):
+            task = asyncio.get_running_loop().create_task(self._round_trip(calls[start: start + MAX_BATCH]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _round_trip(self, calls: list[Call]) -> None:
+        try:
+            await self.call(functools.partial(send_calls, calls=calls))
+        except RedisUnavailable as exc:
+            if exc.__cause__ is not None:  # a real failure, not the cooling off: each command counts
+                for _ in calls[1:]:  # as one, as when they went one by one
+                    self._failed(exc.__cause__)
+            for c in calls:
+                if not c.future.done():
+                    c.future.set_exception(RedisUnavailable(str(exc)))
+        except BaseException:
+            for c in calls:  # cancelled at shutdown: nobody may wait forever
+                if not c.future.done():
+                    c.future.set_exception(RedisUnavailable("closing"))
+            raise
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1

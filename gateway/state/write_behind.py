@@ -67,12 +67,3 @@ async def send(client: aioredis.Redis, writes: Sequence[Write]) -> None:
             await client.script_load(source)
         pending = missing
 
-
-async def run_script(client: Any, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-    """One ``EVALSHA`` of a registered script, loaded again if Redis lost it (a restart, ``SCRIPT FLUSH``):
-    redis-py's ``AsyncScript.__call__`` without its per-call imports and copies."""
-    try:
-        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        await client.script_load(script.script)
-        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)

@@ -30,8 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.state.pipelining import evalsha_args
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
-from gateway.state.write_behind import Write, run_script, send
+from gateway.state.write_behind import Write, send
 from policies.ratelimit.buckets import MemoryBuckets
 from policies.ratelimit.model import COOLDOWN, DAY_S, NEVER, LimitSet, Verdict
 from policies.ratelimit.redis_scripts import ACQUIRE, APPLY
@@ -157,8 +158,8 @@ class RedisBuckets:
         args[1] = member
         args[_AMOUNTS] = amounts
         try:
-            raw = await self.guarded.call(
-                functools.partial(run_script, script=self._acquire, keys=static.acquire_keys, args=args))
+            raw = await self.guarded.execute(*evalsha_args(self._acquire, static.acquire_keys, args),
+                                             script=self._acquire)
         except RedisUnavailable:
             return replace(self.fallback.acquire_now(self.local(ls), amounts, member), local=True)
         if self.owed and (self._replaying is None or self._replaying.done()):

@@ -6,7 +6,7 @@ from typing import Any
 
 from gateway.config_model import StateConfig
 from gateway.state.redis_client import GuardedRedis
-from gateway.state.write_behind import Write, evalsha, run_script
+from gateway.state.write_behind import Write, evalsha
 from tests.support.servers import RedisServer, free_port
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -93,18 +93,3 @@ async def test_a_write_made_when_its_round_trip_leaves(redis_server: RedisServer
     finally:
         await g.close()
 
-
-async def test_run_script_loads_a_script_redis_lost(redis_server: RedisServer) -> None:
-    """One ``EVALSHA`` when Redis has the script; after ``SCRIPT FLUSH`` (a restarted Redis) it is loaded
-    and run again, once."""
-    g = _guarded(redis_server.url)
-    try:
-        script = g.script(INCR_BY)
-        await g.client.delete("wb:r")
-        await g.client.script_load(INCR_BY)
-        assert await run_script(g.client, script, ["wb:r"], [2]) == 2
-        await g.client.script_flush()
-        assert await run_script(g.client, script, ["wb:r"], [3]) == 5
-        assert await g.client.script_exists(script.sha) == [True]
-    finally:
-        await g.close()

@@ -1,0 +1,77 @@
+"""Awaited Redis commands of one event-loop pass share one round trip (auto-pipelining).
+
+A request waits on Redis for its admissions (a rate-limit script each) and its
+exact-cache lookup-and-claim. Sent one by one, each command checks a
+connection out of the pool, writes, reads and checks it back in: ~40-55 µs of
+client CPU per command here, and a burst of N concurrent requests opens N
+connections (a cold replica's first burst then waits on N handshakes). Queued
+instead and sent at the end of the loop pass as one non-transactional
+pipeline, the commands of concurrent requests share a connection, a write and
+a read: ~8-12 µs per command at 16-64 commands a pass, and 45 µs at one
+(``redis-py`` 8, measured by the note's microbenchmark).
+
+Each command stays one atomic command (a Lua script is one); only the round
+trip is shared, so no caller sees another's effects differently than it would
+have one command earlier or later. Every caller gets its own reply; a command
+Redis refuses (``WRONGTYPE``...) fails only its caller. A script Redis has
+lost (restart, ``SCRIPT FLUSH``) is loaded and its commands sent again once.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One awaited command: its arguments, the script an ``EVALSHA`` runs, and where its reply goes."""
+
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    script: Any = None  # the registered script (redis-py ``AsyncScript``) of an EVALSHA
+
+
+class CommandRefused(Exception):
+    """Redis answered this one command with an error; the connection and the other commands are fine."""
+
+
+async def send_calls(client: aioredis.Redis, calls: Sequence[Call]) -> None:
+    """Send ``calls`` in one round trip and hand each its reply (or its own error)."""
+    pending = [c for c in calls if not c.future.done()]  # a caller cancelled before we left needs nothing
+    for attempt in range(2):
+        if not pending:
+            return
+        pipe = client.pipeline(transaction=False)
+        for c in pending:
+            pipe.execute_command(*c.args)
+        replies = await pipe.execute(raise_on_error=False)
+        missing: list[Call] = []
+        for c, reply in zip(pending, replies, strict=True):
+            if isinstance(reply, NoScriptError) and not attempt and c.script is not None:
+                missing.append(c)
+            else:
+                _settle(c, reply)
+        for source in {c.script.script for c in missing}:
+            await client.script_load(source)
+        pending = missing
+
+
+def _settle(call: Call, reply: Any) -> None:
+    if call.future.done():
+        return  # its caller was cancelled meanwhile
+    if isinstance(reply, RedisError):
+        call.future.set_exception(CommandRefused(type(reply).__name__))
+    else:
+        call.future.set_result(reply)
+
+
+def evalsha_args(script: Any, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:
+    """The arguments of one ``EVALSHA`` of a registered script."""
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
