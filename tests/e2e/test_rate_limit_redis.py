@@ -27,9 +27,10 @@ from tests.support.servers import (
 def shared_state(url: str, **extra: Any) -> dict[str, Any]:
     """A fresh key prefix; a generous timeout so a loaded test machine is not mistaken for a Redis outage.
 
-    A cold gateway's first burst opens one Redis connection per concurrent request: on a 2-core machine
-    under coverage and load, calls took up to 0.92 s (and a CI run timed one out at 1 s, fell back to the
-    local share and admitted 54 of a shared 30). A killed Redis is still seen at once (connection refused).
+    Before auto-pipelining a cold gateway's first burst opened one Redis connection per concurrent request:
+    on a 2-core machine under coverage and load, calls took up to 0.92 s (and a CI run timed one out at 1 s,
+    fell back to the local share and admitted 54 of a shared 30). A burst now shares one pipeline, but a
+    loaded test machine is still no Redis outage. A killed Redis is still seen at once (connection refused).
     """
     return {
         "backend": "redis",
