@@ -14,7 +14,8 @@ made; a Redis release that fails is remembered and replayed once Redis answers
 again, so concurrency slots do not stay taken until their leases end. Scripts
 are ``EVALSHA``'d and re-loaded on ``NOSCRIPT`` (a restarted Redis).
 
-Admissions are one ``ACQUIRE`` call each (the caller waits for the verdict).
+Admissions are one ``ACQUIRE`` call each (the caller waits for the verdict); one may also take a
+process's lease of the buckets (``policies.ratelimit.lease``), returned later as a settlement.
 Settlements and quota lessons are operations of one ``APPLY`` script: the
 updates deferred to one round trip (an answer's lesson at its headers, its
 settlements at its end, and those of its neighbours under load) run as one
@@ -152,11 +153,15 @@ class RedisBuckets:
         self._local[ls.key] = (ls, self.replicas_hint, scaled)
         return scaled
 
-    async def acquire(self, ls: LimitSet, amounts: tuple[int, ...], member: str) -> Verdict:
+    async def acquire(self, ls: LimitSet, amounts: tuple[int, ...], member: str,
+                      lease: tuple[int, ...] = ()) -> Verdict:
+        """Admit one request; with ``lease`` (sizes per limit) also ask for a lease of that much."""
         static = self._args(ls)
         args = static.acquire.copy()
         args[1] = member
         args[_AMOUNTS] = amounts
+        if lease:
+            args += lease
         try:
             raw = await self.guarded.execute(*evalsha_args(self._acquire, static.acquire_keys, args),
                                              script=self._acquire)
@@ -275,8 +280,9 @@ class RedisBuckets:
 
 def _verdict(ls: LimitSet, raw: Sequence[Any]) -> Verdict:
     ok, failed, wait_ms = int(raw[0]), int(raw[1]), int(raw[2])
-    levels = tuple(float(x) for x in raw[3:])
+    n = len(ls.limits)
+    levels = tuple(float(x) for x in raw[3: 3 + n])
     if ok:
-        return Verdict(True, "", 0.0, levels)
+        return Verdict(True, "", 0.0, levels, leased=len(raw) > 3 + n and int(raw[3 + n]) == 1)
     name = COOLDOWN if failed == -1 else ls.limits[failed - 1].name
     return Verdict(False, name, NEVER if wait_ms < 0 else wait_ms / 1000, levels)

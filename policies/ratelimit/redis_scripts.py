@@ -1,8 +1,8 @@
 """The Lua scripts behind the shared rate limits (``redis_buckets.py`` sends them).
 
 ``ACQUIRE`` admits one request against all of its limit set's limits atomically (takes from every limit
-or from none); ``APPLY`` runs settlements and quota lessons, in order, under one ``TIME``: the updates
-deferred to one round trip go in one call.
+or from none), and may take a process's lease of the buckets with it; ``APPLY`` runs settlements and
+quota lessons, in order, under one ``TIME``: the updates deferred to one round trip go in one call.
 """
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ end
 """
 
 # KEYS: hash, slots zset, and the cooldown flag for entities that can be paused. ARGV: n, member, lease_ms,
-# hash_ttl_ms, then n x (kind b|s|d, field, capacity, rate per ms, amount). Returns {ok, failed index (-1
-# cooldown), wait ms (-1 never), free per limit...}; takes from every limit or from none.
+# hash_ttl_ms, then n x (kind b|s|d, field, capacity, rate per ms, amount), then optionally n lease sizes.
+# Returns {ok, failed index (-1 cooldown), wait ms (-1 never), free per limit..., leased}; takes from every
+# limit or from none. With lease sizes, an admitted request also takes a lease (the sizes on top of its
+# amounts, ``policies.ratelimit.lease``) when every bucket keeps at least LEASE_FLOOR x its capacity after
+# both; free per limit is then what is left after the lease.
+LEASE_FLOOR = 0.5
 ACQUIRE = PRELUDE + """
 local n = tonumber(ARGV[1])
 local failed, wait = 0, 0
@@ -52,12 +56,24 @@ for i = 1, n do
   end
 end
 local out = {0, failed, math.ceil(wait)}
+local leased, sizes = 0, 4 + n * 5
+if failed == 0 and ARGV[sizes + 1] then
+  leased = 1
+  for i = 1, n do
+    local b = 4 + (i - 1) * 5
+    local size = tonumber(ARGV[sizes + i])
+    if free[i] - tonumber(ARGV[b + 5]) - size < tonumber(ARGV[b + 3]) * """ + repr(LEASE_FLOOR) + """ then
+      leased = 0
+    end
+  end
+end
 if failed == 0 then
   out[1] = 1
   local h = {}
   for i = 1, n do
     local b = 4 + (i - 1) * 5
     local kind, f, cap, amt = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 5])
+    if leased == 1 then amt = amt + tonumber(ARGV[sizes + i]) end
     if kind == 'b' then
       h[#h + 1], h[#h + 2], h[#h + 3], h[#h + 4] = f, free[i] - amt, f .. '@', now
     elseif kind == 's' and amt > 0 then
@@ -72,6 +88,7 @@ if failed == 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 for i = 1, n do out[3 + i] = math.floor(free[i]) end
+out[4 + n] = leased
 return out
 """
 

@@ -1,0 +1,143 @@
+"""Per-process leases of shared rate-limit capacity: most admissions need no Redis round trip.
+
+With shared state every admission was one ``ACQUIRE`` call. A process may instead take a *lease*: a small
+share of each bucket (``LimitSet.lease_size``, ``rate_limit.lease`` x capacity) taken out of the shared
+bucket atomically by the ``ACQUIRE`` of the request that asks for it, then spent locally by later requests
+with no round trip. Only sets of rpm/tpm buckets are leased: concurrency slots and daily budgets are
+checked in the shared state by every request.
+
+Exactness: a lease's tokens leave the shared bucket before any request spends them, so processes together
+never admit more than the limit. Redis grants none when a bucket would keep less than half its capacity
+after the lease (``redis_scripts.LEASE_FLOOR``): small limits (a lease under one unit) and limits near
+exhaustion are admitted per request, exactly as without leases. What a lease costs is under-admission,
+bounded by one lease per set and process (one request at a time asks, ``asking``), for at most its
+lifetime (``ttl_s``) since its last grant: then its unused remainder goes back to the shared bucket as a
+settlement (the deferred ``APPLY`` path; owed and replayed if Redis is down). A quota lesson or a pause
+from the provider voids the lease at once (nothing is given back: the provider's figure is the truth).
+Each decision is counted in ``gateway_rate_limit_lease_total{scope, outcome}``.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from policies.ratelimit.model import LimitSet, Verdict
+
+LEASE_TTL_S = 1.0  # limiter seconds a lease lives after its last grant
+OUTCOMES = ("granted", "refused", "spent", "returned", "voided")
+
+
+@dataclass(slots=True)
+class Lease:
+    ls: LimitSet
+    left: list[int]  # per limit: what may still be admitted locally
+    shared: tuple[float, ...]  # the shared levels after the last grant (for the x-ratelimit headers)
+    expires: float  # limiter clock
+
+
+@dataclass(slots=True)
+class Leases:
+    """This process's leases, one per limit set at most."""
+
+    now: Callable[[], float]  # the limiter clock
+    speed: Callable[[], float]  # limiter seconds per real second (timers run on the loop's clock)
+    give_back: Callable[[LimitSet, tuple[int, ...]], None]  # the unused remainder, to the shared bucket
+    count: Callable[[str, str], None]  # (scope, outcome)
+    ttl_s: float = LEASE_TTL_S
+    held: dict[str, Lease] = field(default_factory=dict)
+    asking: set[str] = field(default_factory=set)  # sets whose lease request is on its way
+    _timer: asyncio.TimerHandle | None = None
+
+    def take(self, ls: LimitSet, amounts: tuple[int, ...]) -> Verdict | None:
+        """Admit from the lease with no round trip; None when there is none or it is short."""
+        lease = self.held.get(ls.key)
+        if lease is None:
+            return None
+        if lease.ls is not ls or self.now() >= lease.expires:
+            self._return(lease)
+            return None
+        left = lease.left
+        for i, amount in enumerate(amounts):
+            if left[i] < amount:
+                return None
+        for i, amount in enumerate(amounts):
+            left[i] -= amount
+        self.count(ls.scope, "spent")
+        return Verdict(True, "", 0.0, tuple(s + x for s, x in zip(lease.shared, left)))
+
+    def ask(self, ls: LimitSet, amounts: tuple[int, ...]) -> tuple[int, ...]:
+        """The lease to ask for with this admission: () for none (not leased, one already asked, or the
+        lease would not cover one more such request)."""
+        size = ls.lease_size
+        if not size or ls.key in self.asking:
+            return ()
+        for amount, most in zip(amounts, size):
+            if amount > most:
+                return ()
+        self.asking.add(ls.key)
+        return size
+
+    def answered(self, ls: LimitSet, size: tuple[int, ...], verdict: Verdict) -> Verdict:
+        """The admission that asked for ``size`` came back; keep the lease if granted. The verdict's levels
+        then count the lease as available (what a single process would have said)."""
+        self.asking.discard(ls.key)
+        if not verdict.leased:
+            if verdict.ok and not verdict.local:
+                self.count(ls.scope, "refused")
+            return verdict
+        self.count(ls.scope, "granted")
+        lease = self.held.get(ls.key)
+        if lease is not None and lease.ls is not ls:
+            self._return(lease)
+            lease = None
+        if lease is None:
+            lease = self.held[ls.key] = Lease(ls, list(size), verdict.levels, 0.0)
+        else:
+            lease.left = [x + s for x, s in zip(lease.left, size)]
+            lease.shared = verdict.levels
+        lease.expires = self.now() + self.ttl_s
+        self._arm()
+        return replace(verdict, levels=tuple(v + x for v, x in zip(verdict.levels, lease.left)))
+
+    def failed(self, ls: LimitSet) -> None:
+        """The admission that asked for a lease did not come back (cancelled, an error)."""
+        self.asking.discard(ls.key)
+
+    def void(self, ls: LimitSet) -> None:
+        """Drop ``ls``'s lease without giving it back: the provider said the quota is lower (or paused)."""
+        lease = self.held.pop(ls.key, None)
+        if lease is not None:
+            self.count(ls.scope, "voided")
+
+    def sweep(self) -> None:
+        """Give back the remainders of the leases that have expired; wake up again for the next one."""
+        self._timer = None
+        now = self.now()
+        for lease in [x for x in self.held.values() if now >= x.expires]:
+            self._return(lease)
+        self._arm()
+
+    def release_all(self) -> None:
+        """Shutdown: give every lease back."""
+        for lease in list(self.held.values()):
+            self._return(lease)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _return(self, lease: Lease) -> None:
+        if self.held.get(lease.ls.key) is lease:
+            del self.held[lease.ls.key]
+        left = tuple(max(0, x) for x in lease.left)
+        if any(left):
+            self.give_back(lease.ls, left)
+            self.count(lease.ls.scope, "returned")
+
+    def _arm(self) -> None:
+        """One timer for the earliest expiry (the loop's clock: real seconds)."""
+        if self._timer is not None or not self.held:
+            return
+        first = min(x.expires for x in self.held.values())
+        delay = max(0.0, first - self.now()) / self.speed() + 0.001
+        self._timer = asyncio.get_running_loop().call_later(delay, self.sweep)
