@@ -10,9 +10,12 @@ Exactness: a lease's tokens leave the shared bucket before any request spends th
 never admit more than the limit. Redis grants none when a bucket would keep less than half its capacity
 after the lease (``redis_scripts.LEASE_FLOOR``): small limits (a lease under one unit) and limits near
 exhaustion are admitted per request, exactly as without leases. What a lease costs is under-admission,
-bounded by one lease per set and process (one request at a time asks, ``asking``), for at most its
+bounded by two leases per set and process (one request at a time asks, ``asking``), for at most its
 lifetime (``ttl_s``) since its last grant: then its unused remainder goes back to the shared bucket as a
-settlement (the deferred ``APPLY`` path; owed and replayed if Redis is down). A quota lesson or a pause
+settlement (the deferred ``APPLY`` path; owed and replayed if Redis is down). An answer's unused
+reservation is kept in a live lease rather than sent (``refund``: a refund that comes late is only
+under-admission; a lease holds at most twice its size); a charge (an answer that used more than it
+reserved) goes to the shared bucket at once, as without leases. A quota lesson or a pause
 from the provider voids the lease at once (nothing is given back: the provider's figure is the truth).
 Each decision is counted in ``gateway_rate_limit_lease_total{scope, outcome}``.
 """
@@ -96,9 +99,24 @@ class Leases:
         else:
             lease.left = [x + s for x, s in zip(lease.left, size)]
             lease.shared = verdict.levels
+            self._trim(lease)
         lease.expires = self.now() + self.ttl_s
         self._arm()
         return replace(verdict, levels=tuple(v + x for v, x in zip(verdict.levels, lease.left)))
+
+    def refund(self, ls: LimitSet, deltas: tuple[int, ...]) -> bool:
+        """Keep an answer's unused reservation in the lease instead of sending it to Redis; False when it
+        must go there (no live lease, a charge, or the lease would hold more than twice its size)."""
+        lease = self.held.get(ls.key)
+        if lease is None or lease.ls is not ls or self.now() >= lease.expires:
+            return False
+        left, size = lease.left, ls.lease_size
+        for i, delta in enumerate(deltas):
+            if delta < 0 or left[i] + delta > 2 * size[i]:
+                return False
+        for i, delta in enumerate(deltas):
+            left[i] += delta
+        return True
 
     def failed(self, ls: LimitSet) -> None:
         """The admission that asked for a lease did not come back (cancelled, an error)."""
@@ -125,6 +143,16 @@ class Leases:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _trim(self, lease: Lease) -> None:
+        """A lease holds at most twice its size per limit (one limit may run short while another is not
+        spent): the excess goes back at once."""
+        size = lease.ls.lease_size
+        excess = tuple(max(0, x - 2 * s) for x, s in zip(lease.left, size))
+        if any(excess):
+            lease.left = [x - e for x, e in zip(lease.left, excess)]
+            self.give_back(lease.ls, excess)
+            self.count(lease.ls.scope, "returned")
 
     def _return(self, lease: Lease) -> None:
         if self.held.get(lease.ls.key) is lease:

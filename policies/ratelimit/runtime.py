@@ -146,6 +146,8 @@ class RateLimiter:
         elif grant.local:
             self.buckets.fallback.settle_now(self.buckets.local(grant.ls), deltas, grant.member)
             self._poke(grant.ls)
+        elif self.leases is not None and self.leases.refund(grant.ls, deltas):
+            self._poke(grant.ls)  # kept in this process's lease: no Redis write
         else:
             self._send(self.buckets.settle_update(grant.ls, deltas, grant.member), grant.ls)
 

@@ -239,3 +239,40 @@ async def test_one_lease_request_at_a_time(pair: tuple[Process, Process], cancel
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not leases.asking
+
+
+async def test_a_refund_stays_in_the_lease_and_a_charge_goes_to_redis(pair: tuple[Process, Process]) -> None:
+    """An answer that used less than it reserved gives the rest to the lease (no Redis write); one that used
+    more is charged to the shared bucket at once."""
+    a, _ = pair
+    tpm = Limit("tpm", "bucket", 60_000.0, 1000.0, tokens=True)
+    ls = LimitSet("client", "c:t:tokens", "t", (RPM600, tpm), lease=0.02)  # leases: 12 requests, 1,200 tokens
+    await a.admit(WARM, 1)
+    grants = []
+    for i in range(2):
+        verdict = await a.limiter.acquire(ls, ls.amounts(500), f"m{i}")
+        grants.append(a.limiter.grant(ls, verdict, ls.amounts(500), f"m{i}", 500, 10, False))
+    leases = a.limiter.leases
+    assert leases is not None and leases.held[ls.key].left == [11, 700]
+    await a.limiter.drain()
+    trips = round_trips(a.guarded)
+    a.limiter.settle(grants[0], 100)
+    assert leases.held[ls.key].left == [11, 1100]
+    a.limiter.settle(grants[1], 900)  # 400 over its reservation
+    await a.limiter.drain()
+    assert leases.held[ls.key].left == [11, 1100] and [t[0] for t in trips] == ["EVALSHA"]
+    level = await a.guarded.client.hget(a.limiter.buckets.keys(ls)[0], "tpm")  # type: ignore[union-attr]
+    assert float(level) < 60_000 - 500 - 1200 - 400 + 100  # the charge reached Redis (plus a little refill)
+
+
+async def test_a_lease_holds_at_most_twice_its_size(pair: tuple[Process, Process]) -> None:
+    """Requests too big for the token lease keep asking for leases: the request lease that piles up is
+    trimmed to twice its size and the excess given back at once."""
+    a, _ = pair
+    tpm = Limit("tpm", "bucket", 600_000.0, 10_000.0, tokens=True)
+    ls = LimitSet("client", "c:t:pile", "t", (RPM600, tpm), lease=0.02)  # leases: 12 requests, 12,000 tokens
+    for i in range(5):
+        assert (await a.limiter.acquire(ls, ls.amounts(12_000), f"m{i}")).ok
+    leases = a.limiter.leases
+    assert leases is not None and leases.held[ls.key].left[0] <= 24
+    assert a.count("returned") >= 1
