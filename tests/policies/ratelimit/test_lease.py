@@ -276,3 +276,18 @@ async def test_a_lease_holds_at_most_twice_its_size(pair: tuple[Process, Process
     leases = a.limiter.leases
     assert leases is not None and leases.held[ls.key].left[0] <= 24
     assert a.count("returned") >= 1
+
+
+async def test_a_reload_or_a_shutdown_gives_the_lease_back(pair: tuple[Process, Process]) -> None:
+    """A reloaded config brings a new limit set: the old one's lease goes back; so does every lease at
+    shutdown (``close``), and the other process can spend what came back."""
+    a, b = pair
+    await a.admit(BIG, 1)
+    reloaded = LimitSet("client", BIG.key, "t", (RPM600,), lease=0.02)
+    assert (await a.limiter.acquire(reloaded, (1,), "r")).ok
+    assert a.count("returned") == 1 and a.count("granted") == 2
+    await a.limiter.close()
+    assert a.count("returned") == 2
+    leases = a.limiter.leases
+    assert leases is not None and not leases.held
+    assert await b.admit(BIG, 700) >= 598  # all but a's two requests (plus refill)
