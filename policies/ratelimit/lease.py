@@ -35,6 +35,7 @@ OUTCOMES = ("granted", "refused", "spent", "returned", "voided")
 class Lease:
     ls: LimitSet
     left: list[int]  # per limit: what may still be admitted locally
+    granted: list[int]  # per limit: what the shared state counts as held by this lease (>= left)
     shared: tuple[float, ...]  # the shared levels after the last grant (for the x-ratelimit headers)
     expires: float  # limiter clock
 
@@ -45,11 +46,13 @@ class Leases:
 
     now: Callable[[], float]  # the limiter clock
     speed: Callable[[], float]  # limiter seconds per real second (timers run on the loop's clock)
-    give_back: Callable[[LimitSet, tuple[int, ...]], None]  # the unused remainder, to the shared bucket
+    # A lease ends: (its set, the unused rest, what it was granted) go to the shared bucket.
+    give_back: Callable[[LimitSet, tuple[int, ...], tuple[int, ...]], None]
     count: Callable[[str, str], None]  # (scope, outcome)
     ttl_s: float = LEASE_TTL_S
     held: dict[str, Lease] = field(default_factory=dict)
     asking: set[str] = field(default_factory=set)  # sets whose lease request is on its way
+    stale: set[str] = field(default_factory=set)  # ... and was voided meanwhile
     _timer: asyncio.TimerHandle | None = None
 
     def take(self, ls: LimitSet, amounts: tuple[int, ...]) -> Verdict | None:
@@ -90,14 +93,19 @@ class Leases:
                 self.count(ls.scope, "refused")
             return verdict
         self.count(ls.scope, "granted")
+        if ls.key in self.stale:  # voided while on its way
+            self.stale.discard(ls.key)
+            self._end(Lease(ls, [0] * len(size), list(size), verdict.levels, 0.0), voided=True)
+            return verdict
         lease = self.held.get(ls.key)
         if lease is not None and lease.ls is not ls:
             self._return(lease)
             lease = None
         if lease is None:
-            lease = self.held[ls.key] = Lease(ls, list(size), verdict.levels, 0.0)
+            lease = self.held[ls.key] = Lease(ls, list(size), list(size), verdict.levels, 0.0)
         else:
             lease.left = [x + s for x, s in zip(lease.left, size)]
+            lease.granted = [x + s for x, s in zip(lease.granted, size)]
             lease.shared = verdict.levels
             self._trim(lease)
         lease.expires = self.now() + self.ttl_s
@@ -106,27 +114,32 @@ class Leases:
 
     def refund(self, ls: LimitSet, deltas: tuple[int, ...]) -> bool:
         """Keep an answer's unused reservation in the lease instead of sending it to Redis; False when it
-        must go there (no live lease, a charge, or the lease would hold more than twice its size)."""
+        must go there (no live lease, a charge, or the lease would hold more than it was granted)."""
         lease = self.held.get(ls.key)
         if lease is None or lease.ls is not ls or self.now() >= lease.expires:
             return False
-        left, size = lease.left, ls.lease_size
+        left, granted = lease.left, lease.granted
         for i, delta in enumerate(deltas):
-            if delta < 0 or left[i] + delta > 2 * size[i]:
+            if delta < 0 or left[i] + delta > granted[i]:
                 return False
         for i, delta in enumerate(deltas):
             left[i] += delta
         return True
 
     def failed(self, ls: LimitSet) -> None:
-        """The admission that asked for a lease did not come back (cancelled, an error)."""
+        """The admission that asked for a lease did not come back (cancelled, an error): if Redis granted
+        it, its held figure lapses after ``hold_ms``."""
         self.asking.discard(ls.key)
+        self.stale.discard(ls.key)
 
     def void(self, ls: LimitSet) -> None:
-        """Drop ``ls``'s lease without giving it back: the provider said the quota is lower (or paused)."""
+        """Drop ``ls``'s lease without giving its rest back: the provider said the quota is lower (or
+        paused). A lease on its way is dropped when it comes (``stale``)."""
+        if ls.key in self.asking:
+            self.stale.add(ls.key)
         lease = self.held.pop(ls.key, None)
         if lease is not None:
-            self.count(ls.scope, "voided")
+            self._end(lease, voided=True)
 
     def sweep(self) -> None:
         """Give back the remainders of the leases that have expired; wake up again for the next one."""
@@ -151,16 +164,20 @@ class Leases:
         excess = tuple(max(0, x - 2 * s) for x, s in zip(lease.left, size))
         if any(excess):
             lease.left = [x - e for x, e in zip(lease.left, excess)]
-            self.give_back(lease.ls, excess)
+            lease.granted = [x - e for x, e in zip(lease.granted, excess)]
+            self.give_back(lease.ls, excess, excess)
             self.count(lease.ls.scope, "returned")
 
     def _return(self, lease: Lease) -> None:
         if self.held.get(lease.ls.key) is lease:
             del self.held[lease.ls.key]
-        left = tuple(max(0, x) for x in lease.left)
-        if any(left):
-            self.give_back(lease.ls, left)
-            self.count(lease.ls.scope, "returned")
+        self._end(lease, voided=False)
+
+    def _end(self, lease: Lease, voided: bool) -> None:
+        """The shared state stops counting the lease as held; its rest goes back unless voided."""
+        rest = tuple(0 if voided else max(0, x) for x in lease.left)
+        self.give_back(lease.ls, rest, tuple(lease.granted))
+        self.count(lease.ls.scope, "voided" if voided else "returned")
 
     def _arm(self) -> None:
         """One timer for the earliest expiry (the loop's clock: real seconds)."""

@@ -154,14 +154,15 @@ class RedisBuckets:
         return scaled
 
     async def acquire(self, ls: LimitSet, amounts: tuple[int, ...], member: str,
-                      lease: tuple[int, ...] = ()) -> Verdict:
-        """Admit one request; with ``lease`` (sizes per limit) also ask for a lease of that much."""
+                      lease: tuple[int, ...] = (), hold_ms: int = 0) -> Verdict:
+        """Admit one request; with ``lease`` (sizes per limit) also ask for a lease of that much, counted as
+        held for ``hold_ms`` (until it has surely expired)."""
         static = self._args(ls)
         args = static.acquire.copy()
         args[1] = member
         args[_AMOUNTS] = amounts
         if lease:
-            args += lease
+            args += [*lease, hold_ms]
         try:
             raw = await self.guarded.execute(*evalsha_args(self._acquire, static.acquire_keys, args),
                                              script=self._acquire)
@@ -183,6 +184,15 @@ class RedisBuckets:
         args = static.settle.copy()
         args[2] = member
         args[_AMOUNTS] = deltas
+        return Update(static.settle_keys, args, owed=True)
+
+    def give_back_update(self, ls: LimitSet, rest: Sequence[int], granted: Sequence[int]) -> Update:
+        """A lease ends: its unused ``rest`` goes back to the buckets and its ``granted`` total stops counting
+        as held (a settlement: owed and replayed if Redis is away)."""
+        static = self._args(ls)
+        args: list[Any] = [b"r", len(ls.limits), static.ttl_ms]
+        for lim, r, g in zip(ls.limits, rest, granted):
+            args += [*static.buckets[lim.name], r, g]
         return Update(static.settle_keys, args, owed=True)
 
     async def learn(self, ls: LimitSet, name: str, level: float | None, cooldown_s: float) -> None:

@@ -41,6 +41,7 @@ from policies.ratelimit.quota_learning import Pending, lesson
 from policies.ratelimit.redis_buckets import RedisBuckets, Update
 
 log = logging.getLogger("gateway.ratelimit")
+HOLD_MARGIN_MS = 1000  # Redis counts a lease as held this long past its expiry (the give-back, a slow loop)
 COMPONENT: StateKey[RateLimiter] = StateKey("rate_limit")
 
 
@@ -109,17 +110,18 @@ class RateLimiter:
         size = leases.ask(ls, amounts)
         if not size:
             return await buckets.acquire(ls, amounts, member)
+        hold_ms = int(leases.ttl_s / self.clock.speed * 1000) + HOLD_MARGIN_MS
         try:
-            verdict = await buckets.acquire(ls, amounts, member, size)
+            verdict = await buckets.acquire(ls, amounts, member, size, hold_ms)
         except BaseException:
             leases.failed(ls)
             raise
         return leases.answered(ls, size, verdict)
 
-    def _give_back(self, ls: LimitSet, left: tuple[int, ...]) -> None:
-        """A lease's unused remainder goes back to the shared bucket (a deferred settlement)."""
+    def _give_back(self, ls: LimitSet, rest: tuple[int, ...], granted: tuple[int, ...]) -> None:
+        """A lease ends: its unused rest goes back to the shared bucket (a deferred settlement)."""
         if isinstance(self.buckets, RedisBuckets):
-            self._send(self.buckets.settle_update(ls, left, ""), ls)
+            self._send(self.buckets.give_back_update(ls, rest, granted), ls)
 
     def grant(self, ls: LimitSet, verdict: Verdict, amounts: tuple[int, ...], member: str, tokens: int,
               prompt: int, counted: bool) -> Grant:

@@ -17,8 +17,9 @@ from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.metrics import Metrics
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
 from policies.ratelimit.config import RateLimitConfig
+from policies.ratelimit.lease import Leases
 from policies.ratelimit.metrics import RateLimitMetrics
-from policies.ratelimit.model import Limit, LimitSet, client_limits, upstream_limits
+from policies.ratelimit.model import Limit, LimitSet, Verdict, client_limits, upstream_limits
 from policies.ratelimit.redis_buckets import RedisBuckets
 from policies.ratelimit.runtime import RateLimiter
 from tests.support.redis_trips import round_trips
@@ -153,6 +154,27 @@ async def test_an_unused_lease_comes_back_for_the_other_process(pair: tuple[Proc
     assert await b.admit(BIG, 12) == 12
 
 
+async def test_the_bucket_never_refills_over_what_leases_hold(pair: tuple[Process, Process]) -> None:
+    """While a's lease holds 12 requests, refunds and refill stop at 600 - 12: the shared level plus the
+    leases never exceeds the capacity (a burst can take no more than one bucket would give). The held figure
+    goes when the lease is given back."""
+    a, b = pair
+    await a.admit(BIG, 1)
+    buckets = b.limiter.buckets
+    assert isinstance(buckets, RedisBuckets)
+    await buckets.settle(BIG, (100,), "")  # a refund larger than the room left
+    key = buckets.keys(BIG)[0]
+    assert float(await b.guarded.client.hget(key, "rpm")) == 588.0
+    assert float(await b.guarded.client.hget(key, "rpm~")) == 12.0
+    a.now[0] += 1.5
+    leases = a.limiter.leases
+    assert leases is not None
+    leases.sweep()
+    await a.limiter.drain()
+    assert float(await b.guarded.client.hget(key, "rpm~")) == 0.0
+    assert 599.0 <= float(await b.guarded.client.hget(key, "rpm")) <= 600.0  # 588 + the rest of 11
+
+
 async def test_the_lease_expires_on_its_own_timer(pair: tuple[Process, Process]) -> None:
     """Nobody asks again: the loop's timer returns the lease once the limiter's clock says it expired."""
     a, _ = pair
@@ -216,8 +238,8 @@ async def test_redis_down_spends_the_lease_then_falls_back() -> None:
         assert verdict.ok and verdict.local  # the fallback's share
         await p.limiter.drain()
         buckets = p.limiter.buckets
-        assert isinstance(buckets, RedisBuckets) and len(buckets.owed) == 1  # the lease's rest of 7
-        assert buckets.owed[0].args[-1] == 7
+        assert isinstance(buckets, RedisBuckets) and len(buckets.owed) == 1  # the lease's rest of 7 (of 12)
+        assert buckets.owed[0].args[-2:] == [7, 12]
     finally:
         await p.guarded.close()
         server.kill()
@@ -291,3 +313,18 @@ async def test_a_reload_or_a_shutdown_gives_the_lease_back(pair: tuple[Process, 
     leases = a.limiter.leases
     assert leases is not None and not leases.held
     assert await b.admit(BIG, 700) >= 598  # all but a's two requests (plus refill)
+
+
+def test_a_lease_voided_on_its_way_is_dropped_when_it_comes() -> None:
+    """A quota lesson while the lease request is in flight: the granted lease is not kept, and the shared
+    state is told it is not held."""
+    given: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    counted: list[str] = []
+    leases = Leases(now=lambda: 0.0, speed=lambda: 1.0, give_back=lambda ls, r, g: given.append((r, g)),
+                    count=lambda scope, outcome: counted.append(outcome))
+    size = leases.ask(BIG, (1,))
+    assert size == (12,) and leases.ask(BIG, (1,)) == ()  # one request asks at a time
+    leases.void(BIG)
+    verdict = leases.answered(BIG, size, Verdict(True, "", 0.0, (587.0,), leased=True))
+    assert verdict.levels == (587.0,) and not leases.held and not leases.asking
+    assert given == [((0,), (12,))] and counted == ["granted", "voided"]
