@@ -6,17 +6,20 @@ bucket atomically by the ``ACQUIRE`` of the request that asks for it, then spent
 with no round trip. Only sets of rpm/tpm buckets are leased: concurrency slots and daily budgets are
 checked in the shared state by every request.
 
-Exactness: a lease's tokens leave the shared bucket before any request spends them, so processes together
-never admit more than the limit. Redis grants none when a bucket would keep less than half its capacity
-after the lease (``redis_scripts.LEASE_FLOOR``): small limits (a lease under one unit) and limits near
-exhaustion are admitted per request, exactly as without leases. What a lease costs is under-admission,
-bounded by two leases per set and process (one request at a time asks, ``asking``), for at most its
-lifetime (``ttl_s``) since its last grant: then its unused remainder goes back to the shared bucket as a
-settlement (the deferred ``APPLY`` path; owed and replayed if Redis is down). An answer's unused
-reservation is kept in a live lease rather than sent (``refund``: a refund that comes late is only
-under-admission; a lease holds at most twice its size); a charge (an answer that used more than it
-reserved) goes to the shared bucket at once, as without leases. A quota lesson or a pause
-from the provider voids the lease at once (nothing is given back: the provider's figure is the truth).
+Exactness: a lease's tokens leave the shared bucket before any request spends them, and Redis counts what
+leases hold per bucket (``redis_scripts``: a bucket never refills above its capacity minus what is held),
+so the shared level plus every process's lease never exceeds the capacity: together the processes admit
+nothing a single bucket would not have. Redis grants none when a bucket would keep less than half its
+capacity after the lease (``redis_scripts.LEASE_FLOOR``): small limits (a lease under one unit) and limits
+near exhaustion are admitted per request, exactly as without leases. What a lease costs is
+under-admission, bounded by two leases per set and process (one request at a time asks, ``asking``; a
+lease topped up while one bucket ran short is trimmed to twice its size) for at most its lifetime
+(``ttl_s``) since its last grant: then its unused rest goes back to the shared bucket (an ``APPLY``
+operation on the deferred path; owed and replayed if Redis is down; a process that dies holding one
+stops counting as held ``HOLD_MARGIN_MS`` after). An answer's unused reservation is kept in a live
+lease rather than sent (``refund``, up to what the lease was granted); a charge (an answer that used
+more than it reserved) goes to the shared bucket at once, as without leases. A quota lesson or a pause
+from the provider voids the lease at once (its rest is not given back: the provider's figure is the truth).
 Each decision is counted in ``gateway_rate_limit_lease_total{scope, outcome}``.
 """
 from __future__ import annotations
