@@ -6,8 +6,8 @@ kept on ``AppState.components`` across config reloads: it owns the buckets
 ``Pending`` book per upstream, the metrics, and the background tasks that
 settle reservations in Redis after an answer has ended (the client's last
 byte is never held back by a Redis round trip). With Redis, large rpm/tpm
-limits are mostly admitted from this process's lease (``policies.ratelimit.lease``). The settlements and quota
-lessons go to Redis as deferred updates (``RedisBuckets.defer``): those of one
+limits are mostly admitted from this process's lease (``policies.ratelimit.lease``).
+The settlements and quota lessons go to Redis as deferred updates (``RedisBuckets.defer``): those of one
 round trip run as one script call, and the round trip is shared with the
 cache's writes (``GuardedRedis.defer``). One answer's lesson (requests, tokens
 and pause) is one update.
