@@ -15,11 +15,12 @@ near exhaustion are admitted per request, exactly as without leases. What a leas
 under-admission, bounded by two leases per set and process (one request at a time asks, ``asking``; a
 lease topped up while one bucket ran short is trimmed to twice its size) for at most its lifetime
 (``ttl_s``) since its last grant: then its unused rest goes back to the shared bucket (an ``APPLY``
-operation on the deferred path; owed and replayed if Redis is down; a process that dies holding one
-stops counting as held ``HOLD_MARGIN_MS`` after). An answer's unused reservation is kept in a live
-lease rather than sent (``refund``, up to what the lease was granted); a charge (an answer that used
-more than it reserved) goes to the shared bucket at once, as without leases. A quota lesson or a pause
-from the provider voids the lease at once (its rest is not given back: the provider's figure is the truth).
+operation on the deferred path; dropped if Redis is down, like the lease of a process that dies: what
+it held stops counting as held ``HOLD_MARGIN_MS`` after its expiry). An answer's unused reservation
+is kept in a live lease rather than sent (``refund``, up to what the lease was granted); a charge (an
+answer that used more than it reserved) goes to the shared bucket at once, as without leases. A quota
+lesson or a pause from the provider voids the lease at once (its rest is not given back: the provider's
+figure is the truth).
 Each decision is counted in ``gateway_rate_limit_lease_total{scope, outcome}``.
 """
 from __future__ import annotations

@@ -188,12 +188,13 @@ class RedisBuckets:
 
     def give_back_update(self, ls: LimitSet, rest: Sequence[int], granted: Sequence[int]) -> Update:
         """A lease ends: its unused ``rest`` goes back to the buckets and its ``granted`` total stops counting
-        as held (a settlement: owed and replayed if Redis is away)."""
+        as held. Not replayed after an outage: the held figure lapses by itself, and a late one could take
+        another process's newer lease out of it."""
         static = self._args(ls)
         args: list[Any] = [b"r", len(ls.limits), static.ttl_ms]
         for lim, r, g in zip(ls.limits, rest, granted):
             args += [*static.buckets[lim.name], r, g]
-        return Update(static.settle_keys, args, owed=True)
+        return Update(static.settle_keys, args, owed=False)
 
     async def learn(self, ls: LimitSet, name: str, level: float | None, cooldown_s: float) -> None:
         """Shrink a shared bucket / pause the entity for everyone; the local fallback learns it too."""

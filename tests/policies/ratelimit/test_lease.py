@@ -238,8 +238,8 @@ async def test_redis_down_spends_the_lease_then_falls_back() -> None:
         assert verdict.ok and verdict.local  # the fallback's share
         await p.limiter.drain()
         buckets = p.limiter.buckets
-        assert isinstance(buckets, RedisBuckets) and len(buckets.owed) == 1  # the lease's rest of 7 (of 12)
-        assert buckets.owed[0].args[-2:] == [7, 12]
+        assert isinstance(buckets, RedisBuckets) and not buckets.owed  # the give-back is not replayed:
+        # Redis stops counting the lease as held by itself (HOLD_MARGIN_MS after its expiry)
     finally:
         await p.guarded.close()
         server.kill()
