@@ -32,7 +32,17 @@ from dataclasses import dataclass, field, replace
 from policies.ratelimit.model import LimitSet, Verdict
 
 LEASE_TTL_S = 1.0  # limiter seconds a lease lives after its last grant
+HOLD_MARGIN_MS = 1000  # Redis counts a lease as held this long past its expiry (the give-back, a slow loop)
 OUTCOMES = ("granted", "refused", "spent", "returned", "voided")
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseAsk:
+    """A lease asked for with one admission (``ACQUIRE``'s extra arguments)."""
+
+    size: tuple[int, ...]  # per limit
+    release: tuple[int, ...]  # per limit: spent from the current lease since the last ask (no longer held)
+    hold_ms: int  # Redis counts the lease as held this long (past its expiry on our clock)
 
 
 @dataclass(slots=True)
@@ -76,17 +86,23 @@ class Leases:
         self.count(ls.scope, "spent")
         return Verdict(True, "", 0.0, tuple(s + x for s, x in zip(lease.shared, left)))
 
-    def ask(self, ls: LimitSet, amounts: tuple[int, ...]) -> tuple[int, ...]:
-        """The lease to ask for with this admission: () for none (not leased, one already asked, or the
-        lease would not cover one more such request)."""
+    def ask(self, ls: LimitSet, amounts: tuple[int, ...]) -> LeaseAsk | None:
+        """The lease to ask for with this admission: None for none (not leased, one already asked, or the
+        lease would not cover one more such request). It tells Redis what the live lease has spent since
+        the last ask: spent tokens are no longer held."""
         size = ls.lease_size
         if not size or ls.key in self.asking:
-            return ()
+            return None
         for amount, most in zip(amounts, size):
             if amount > most:
-                return ()
+                return None
         self.asking.add(ls.key)
-        return size
+        lease = self.held.get(ls.key)
+        release = (0,) * len(size)
+        if lease is not None and lease.ls is ls:
+            release = tuple(max(0, g - x) for g, x in zip(lease.granted, lease.left))
+            lease.granted = [g - r for g, r in zip(lease.granted, release)]
+        return LeaseAsk(size, release, int(self.ttl_s / self.speed() * 1000) + HOLD_MARGIN_MS)
 
     def answered(self, ls: LimitSet, size: tuple[int, ...], verdict: Verdict) -> Verdict:
         """The admission that asked for ``size`` came back; keep the lease if granted. The verdict's levels

@@ -35,6 +35,7 @@ from gateway.state.pipelining import evalsha_args
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
 from gateway.state.write_behind import Write, send
 from policies.ratelimit.buckets import MemoryBuckets
+from policies.ratelimit.lease import LeaseAsk
 from policies.ratelimit.model import COOLDOWN, DAY_S, NEVER, LimitSet, Verdict
 from policies.ratelimit.redis_scripts import ACQUIRE, APPLY
 
@@ -154,15 +155,14 @@ class RedisBuckets:
         return scaled
 
     async def acquire(self, ls: LimitSet, amounts: tuple[int, ...], member: str,
-                      lease: tuple[int, ...] = (), hold_ms: int = 0) -> Verdict:
-        """Admit one request; with ``lease`` (sizes per limit) also ask for a lease of that much, counted as
-        held for ``hold_ms`` (until it has surely expired)."""
+                      lease: LeaseAsk | None = None) -> Verdict:
+        """Admit one request; with ``lease`` also ask for a lease (``policies.ratelimit.lease``)."""
         static = self._args(ls)
         args = static.acquire.copy()
         args[1] = member
         args[_AMOUNTS] = amounts
-        if lease:
-            args += [*lease, hold_ms]
+        if lease is not None:
+            args += [*lease.size, *lease.release, lease.hold_ms]
         try:
             raw = await self.guarded.execute(*evalsha_args(self._acquire, static.acquire_keys, args),
                                              script=self._acquire)

@@ -23,9 +23,10 @@ end
 # KEYS: hash, slots zset, and the cooldown flag for entities that can be paused. ARGV: n, member, lease_ms,
 # hash_ttl_ms, then n x (kind b|s|d, field, capacity, rate per ms, amount), then optionally n lease sizes.
 # Returns {ok, failed index (-1 cooldown), wait ms (-1 never), free per limit..., leased}; takes from every
-# limit or from none. With n lease sizes and hold_ms, an admitted request also takes a lease (the sizes on
-# top of its amounts, ``policies.ratelimit.lease``) when every bucket keeps at least LEASE_FLOOR x its
-# capacity after both; free per limit is then what is left after the lease.
+# limit or from none. With n lease sizes, n releases and hold_ms, an admitted request also takes a lease
+# (the sizes on top of its amounts, ``policies.ratelimit.lease``) when every bucket keeps at least
+# LEASE_FLOOR x its capacity after both; free per limit is then what is left after the lease. Either way
+# the releases (what the asking process has spent from its lease since it last asked) stop counting as held.
 #
 # Leases held: a bucket's field ``f~`` is what processes hold in leases (granted, not yet given back) and
 # ``f~@`` when that figure lapses (every lease has expired by then: ``hold_ms`` past the latest grant). A
@@ -81,12 +82,7 @@ if failed == 0 then
     local b = 4 + (i - 1) * 5
     local kind, f, cap, amt = ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 5])
     if kind == 'b' then
-      if leased == 1 then
-        local size = tonumber(ARGV[sizes + i])
-        amt = amt + size
-        h[#h + 1], h[#h + 2], h[#h + 3], h[#h + 4] = f .. '~', held[i] + size, f .. '~@',
-          now + tonumber(ARGV[sizes + n + 1])
-      end
+      if leased == 1 then amt = amt + tonumber(ARGV[sizes + i]) end
       h[#h + 1], h[#h + 2], h[#h + 3], h[#h + 4] = f, free[i] - amt, f .. '@', now
     elseif kind == 's' and amt > 0 then
       redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
@@ -97,6 +93,23 @@ if failed == 0 then
     free[i] = free[i] - amt
   end
   if #h > 0 then redis.call('HSET', KEYS[1], unpack(h)) end
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+if ARGV[sizes + 1] then
+  local h = {}
+  for i = 1, n do
+    if held[i] then
+      local f = ARGV[4 + (i - 1) * 5 + 2]
+      local keep = math.max(0, held[i] - tonumber(ARGV[sizes + n + i]))
+      if leased == 1 then
+        h[#h + 1], h[#h + 2], h[#h + 3], h[#h + 4] = f .. '~', keep + tonumber(ARGV[sizes + i]), f .. '~@',
+          now + tonumber(ARGV[sizes + 2 * n + 1])
+      else
+        h[#h + 1], h[#h + 2] = f .. '~', keep
+      end
+    end
+  end
+  redis.call('HSET', KEYS[1], unpack(h))
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 for i = 1, n do out[3 + i] = math.floor(free[i]) end

@@ -33,7 +33,7 @@ from gateway.exchange import StateKey
 from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.logging import state_change
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
-from policies.ratelimit.lease import Leases
+from policies.ratelimit.lease import LeaseAsk, Leases
 from policies.ratelimit.metrics import RateLimitMetrics
 from policies.ratelimit.model import LimitSet, Verdict, upstream_key
 from policies.ratelimit.queue import AdmissionQueue
@@ -41,7 +41,6 @@ from policies.ratelimit.quota_learning import Pending, lesson
 from policies.ratelimit.redis_buckets import RedisBuckets, Update
 
 log = logging.getLogger("gateway.ratelimit")
-HOLD_MARGIN_MS = 1000  # Redis counts a lease as held this long past its expiry (the give-back, a slow loop)
 COMPONENT: StateKey[RateLimiter] = StateKey("rate_limit")
 
 
@@ -107,16 +106,21 @@ class RateLimiter:
         """One admission in Redis, asking for a lease with it when one is worth having."""
         buckets = self.buckets
         assert isinstance(buckets, RedisBuckets)
-        size = leases.ask(ls, amounts)
-        if not size:
+        ask = leases.ask(ls, amounts)
+        if ask is None:
             return await buckets.acquire(ls, amounts, member)
-        hold_ms = int(leases.ttl_s / self.clock.speed * 1000) + HOLD_MARGIN_MS
+        # Shielded: a caller cancelled meanwhile must not lose a lease Redis granted (it would stay held).
+        return await asyncio.shield(self._ask(leases, buckets, ls, amounts, member, ask))
+
+    @staticmethod
+    async def _ask(leases: Leases, buckets: RedisBuckets, ls: LimitSet, amounts: tuple[int, ...], member: str,
+                   ask: LeaseAsk) -> Verdict:
         try:
-            verdict = await buckets.acquire(ls, amounts, member, size, hold_ms)
+            verdict = await buckets.acquire(ls, amounts, member, ask)
         except BaseException:
             leases.failed(ls)
             raise
-        return leases.answered(ls, size, verdict)
+        return leases.answered(ls, ask.size, verdict)
 
     def _give_back(self, ls: LimitSet, rest: tuple[int, ...], granted: tuple[int, ...]) -> None:
         """A lease ends: its unused rest goes back to the shared bucket (a deferred settlement)."""

@@ -175,6 +175,20 @@ async def test_the_bucket_never_refills_over_what_leases_hold(pair: tuple[Proces
     assert 599.0 <= float(await b.guarded.client.hget(key, "rpm")) <= 600.0  # 588 + the rest of 11
 
 
+async def test_what_a_lease_spent_stops_counting_as_held_at_the_next_ask(
+        pair: tuple[Process, Process]) -> None:
+    """Spent tokens are gone, not held: the next lease request releases them, so what Redis counts as held
+    stays at most what this process may still admit (under-admission does not grow with traffic)."""
+    a, _ = pair
+    await a.admit(BIG, 13)  # takes a lease of 12 and spends it
+    key = a.limiter.buckets.keys(BIG)[0]  # type: ignore[union-attr]
+    assert float(await a.guarded.client.hget(key, "rpm~")) == 12.0
+    await a.admit(BIG, 1)  # asks again: releases the 12 spent, holds the new 12
+    assert float(await a.guarded.client.hget(key, "rpm~")) == 12.0 and a.count("granted") == 2
+    await a.admit(BIG, 40)
+    assert float(await a.guarded.client.hget(key, "rpm~")) <= 12.0
+
+
 async def test_the_lease_expires_on_its_own_timer(pair: tuple[Process, Process]) -> None:
     """Nobody asks again: the loop's timer returns the lease once the limiter's clock says it expired."""
     a, _ = pair
@@ -260,7 +274,8 @@ async def test_one_lease_request_at_a_time(pair: tuple[Process, Process], cancel
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert not leases.asking
+        await until(lambda: not leases.asking, timeout=5, message="the shielded lease request ends")
+        assert a.count("granted") == 2 and BIG.key in leases.held  # the lease Redis granted is kept
 
 
 async def test_a_refund_stays_in_the_lease_and_a_charge_goes_to_redis(pair: tuple[Process, Process]) -> None:
@@ -322,9 +337,10 @@ def test_a_lease_voided_on_its_way_is_dropped_when_it_comes() -> None:
     counted: list[str] = []
     leases = Leases(now=lambda: 0.0, speed=lambda: 1.0, give_back=lambda ls, r, g: given.append((r, g)),
                     count=lambda scope, outcome: counted.append(outcome))
-    size = leases.ask(BIG, (1,))
-    assert size == (12,) and leases.ask(BIG, (1,)) == ()  # one request asks at a time
+    ask = leases.ask(BIG, (1,))
+    assert ask is not None and ask.size == (12,) and ask.release == (0,)
+    assert leases.ask(BIG, (1,)) is None  # one request asks at a time
     leases.void(BIG)
-    verdict = leases.answered(BIG, size, Verdict(True, "", 0.0, (587.0,), leased=True))
+    verdict = leases.answered(BIG, ask.size, Verdict(True, "", 0.0, (587.0,), leased=True))
     assert verdict.levels == (587.0,) and not leases.held and not leases.asking
     assert given == [((0,), (12,))] and counted == ["granted", "voided"]
