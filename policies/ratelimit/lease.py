@@ -7,7 +7,8 @@ with no round trip. Only sets of rpm/tpm buckets are leased: concurrency slots a
 checked in the shared state by every request.
 
 Exactness: a lease's tokens leave the shared bucket before any request spends them, and Redis counts what
-leases hold per bucket (``redis_scripts``: a bucket never refills above its capacity minus what is held),
+leases hold per bucket (``redis_scripts``: a bucket never refills above its capacity minus what is held;
+each lease request releases what the process spent from its lease since its previous one, ``ask``),
 so the shared level plus every process's lease never exceeds the capacity: together the processes admit
 nothing a single bucket would not have. Redis grants none when a bucket would keep less than half its
 capacity after the lease (``redis_scripts.LEASE_FLOOR``): small limits (a lease under one unit) and limits
