@@ -109,8 +109,10 @@ if ARGV[sizes + 1] then
       end
     end
   end
-  redis.call('HSET', KEYS[1], unpack(h))
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  if #h > 0 then
+    redis.call('HSET', KEYS[1], unpack(h))
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  end
 end
 for i = 1, n do out[3 + i] = math.floor(free[i]) end
 out[4 + n] = leased
