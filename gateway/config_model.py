@@ -166,6 +166,7 @@ class AuthKeyConfig:
     max_concurrency: int | None = None
     daily_tokens: int | None = None
     enforce: bool = True  # false: shadow mode for this key's limits (counted, never refused)
+    lease: float = 0.02  # with shared state: the fraction of rpm/tpm a process may lease (0: off)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,3 +14,5 @@ class RateLimitConfig:
     max_queue_wait_s: float = 10.0
     enforce: bool = True
     default_output_tokens: int = 1024  # reserved when the request names no output limit
+    # With shared state: the fraction of rpm/tpm a process may take at once and admit locally (0: off)
+    lease: float = 0.02

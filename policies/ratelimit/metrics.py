@@ -1,6 +1,6 @@
 """The admission-control metric families (names and labels are the issue's contract).
 
-Label values are bounded: ``scope`` and ``decision`` are fixed sets, ``limit``
+Label values are bounded: ``scope``, ``decision`` and a lease's ``outcome`` are fixed sets, ``limit``
 is one of ``LIMIT_NAMES`` (a paused upstream counts under ``rpm``), and
 ``upstream`` is a configured upstream name.
 """
@@ -25,6 +25,7 @@ class RateLimitMetrics:
     reconciled: Children  # direction: refund | charge
     backend_up: Any  # Gauge
     policy_decisions: Children  # gateway_policy_decisions_total{policy, decision}
+    leases: Children  # scope, outcome (``lease.OUTCOMES``)
 
     @classmethod
     def register(cls, m: Metrics) -> RateLimitMetrics:
@@ -46,7 +47,15 @@ class RateLimitMetrics:
             backend_up=m.gauge("gateway_state_backend_up", "1 when the shared state backend answers, else 0",
                                multiprocess_mode="livemin"),
             policy_decisions=Children(m.decisions),
+            leases=Children(m.counter("gateway_rate_limit_lease_total",
+                                      "Leases of shared rate-limit capacity: granted, refused (near "
+                                      "exhaustion), spent (a request admitted from one), returned (the "
+                                      "unused rest given back), voided (by a quota lesson)",
+                                      ("scope", "outcome"))),
         )
+
+    def lease(self, scope: str, outcome: str) -> None:
+        self.leases.slot(scope, outcome).inc(1)
 
     def decide(self, scope: str, limit: str, decision: str) -> None:
         self.decisions(scope, "rpm" if limit == COOLDOWN or limit not in LIMIT_NAMES else limit,

@@ -30,7 +30,10 @@ LIMIT_NAMES = ("rpm", "tpm", "concurrency", "daily_tokens")
 COOLDOWN = "cooldown"  # the pseudo-limit of a paused upstream (reported under the ``rpm`` metric label)
 NEVER = math.inf  # wait of a request that can never fit (larger than the bucket)
 DAY_S = 86400.0
-WINDOW_S = 60.0  # rpm/tpm are per minute: a full bucket refills in one minute
+WINDOW_S = 60.0
+# A lease is a small share of a bucket, and none is granted below half of it (``redis_scripts.LEASE_FLOOR``):
+# larger fractions would let a few processes hold the whole limit.
+MAX_LEASE = 0.1  # rpm/tpm are per minute: a full bucket refills in one minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +55,15 @@ class LimitSet:
     limits: tuple[Limit, ...]
     lease_s: float = 660.0  # how long a concurrency slot survives a replica that died holding it
     cooldown: bool = False  # upstreams can be paused by the provider's 429s
+    lease: float = 0.0  # fraction of each bucket a process may lease from the shared state (0: never)
     counts_tokens: bool = field(init=False, compare=False)  # some limit needs the prompt counted
     names: tuple[str, ...] = field(init=False, compare=False)
     holds_slots: bool = field(init=False, compare=False)  # something to release when the answer ends
+    lease_size: tuple[int, ...] = field(init=False, compare=False)  # per limit; () when never leased
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "counts_tokens", any(lim.tokens for lim in self.limits))
+        object.__setattr__(self, "lease_size", lease_size(self.limits, self.lease))
         object.__setattr__(self, "holds_slots", any(lim.kind == "slots" for lim in self.limits))
         object.__setattr__(self, "names", tuple(lim.name for lim in self.limits))
 
@@ -93,6 +99,17 @@ class Verdict:
     wait_s: float = 0.0
     levels: tuple[float, ...] = ()
     local: bool = False  # decided by the local fallback (Redis unreachable)
+    leased: bool = False  # the shared state granted a lease with it (``policies.ratelimit.lease``)
+
+
+def lease_size(limits: tuple[Limit, ...], fraction: float) -> tuple[int, ...]:
+    """What one lease takes per limit: ``fraction`` of each bucket, whole units; () when the set is never
+    leased (no fraction, a concurrency or daily limit, which every request must check in the shared state,
+    or a bucket too small to give a whole unit: small limits stay exact per request)."""
+    if fraction <= 0 or any(lim.kind != "bucket" for lim in limits):
+        return ()
+    size = tuple(int(fraction * lim.capacity) for lim in limits)
+    return size if size and min(size) >= 1 else ()
 
 
 def upstream_limits(name: str, cfg: RateLimitConfig, lease_s: float) -> LimitSet | None:
@@ -109,7 +126,8 @@ def upstream_limits(name: str, cfg: RateLimitConfig, lease_s: float) -> LimitSet
         limits.append(Limit("concurrency", "slots", float(cfg.max_concurrency)))
     if not limits:
         return None
-    return LimitSet("upstream", upstream_key(name), name, tuple(limits), lease_s=lease_s, cooldown=True)
+    return LimitSet("upstream", upstream_key(name), name, tuple(limits), lease_s=lease_s, cooldown=True,
+                    lease=cfg.lease)
 
 
 def upstream_key(name: str) -> str:
@@ -131,7 +149,7 @@ def client_limits(key: AuthKeyConfig, key_hash: str, lease_s: float) -> LimitSet
     if not limits:
         return None
     return LimitSet("client", f"c:{key.tenant}:{key_id(key_hash)}", key.tenant, tuple(limits),
-                    lease_s=lease_s)
+                    lease_s=lease_s, lease=key.lease)
 
 
 def key_id(key_hash: str) -> str:
@@ -144,6 +162,8 @@ def check_rate_limit(path: str, cfg: RateLimitConfig) -> list[str]:
     problems = []
     if not 0 < cfg.headroom <= 1:
         problems.append(f"{path}.headroom: must be in (0, 1]")
+    if not 0 <= cfg.lease <= MAX_LEASE:
+        problems.append(f"{path}.lease: must be in [0, {MAX_LEASE:g}] (a fraction of each limit; 0: off)")
     if cfg.max_queue < 0 or cfg.max_queue_wait_s < 0:
         problems.append(f"{path}.max_queue/max_queue_wait_s: must be >= 0")
     for name in ("rpm", "tpm", "max_concurrency"):
@@ -156,6 +176,8 @@ def check_rate_limit(path: str, cfg: RateLimitConfig) -> list[str]:
 def check_key_limits(path: str, keys: Iterable[AuthKeyConfig]) -> list[str]:
     problems = []
     for i, key in enumerate(keys):
+        if not 0 <= key.lease <= MAX_LEASE:
+            problems.append(f"{path}[{i}].lease: must be in [0, {MAX_LEASE:g}] (a fraction of each limit)")
         for name in ("rpm", "tpm", "max_concurrency", "daily_tokens"):
             value = getattr(key, name)
             if value is not None and value < 0:

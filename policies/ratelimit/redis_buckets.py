@@ -14,7 +14,8 @@ made; a Redis release that fails is remembered and replayed once Redis answers
 again, so concurrency slots do not stay taken until their leases end. Scripts
 are ``EVALSHA``'d and re-loaded on ``NOSCRIPT`` (a restarted Redis).
 
-Admissions are one ``ACQUIRE`` call each (the caller waits for the verdict).
+Admissions are one ``ACQUIRE`` call each (the caller waits for the verdict); one may also take a
+process's lease of the buckets (``policies.ratelimit.lease``), returned later as a settlement.
 Settlements and quota lessons are operations of one ``APPLY`` script: the
 updates deferred to one round trip (an answer's lesson at its headers, its
 settlements at its end, and those of its neighbours under load) run as one
@@ -34,6 +35,7 @@ from gateway.state.pipelining import evalsha_args
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
 from gateway.state.write_behind import Write, send
 from policies.ratelimit.buckets import MemoryBuckets
+from policies.ratelimit.lease import LeaseAsk
 from policies.ratelimit.model import COOLDOWN, DAY_S, NEVER, LimitSet, Verdict
 from policies.ratelimit.redis_scripts import ACQUIRE, APPLY
 
@@ -152,11 +154,15 @@ class RedisBuckets:
         self._local[ls.key] = (ls, self.replicas_hint, scaled)
         return scaled
 
-    async def acquire(self, ls: LimitSet, amounts: tuple[int, ...], member: str) -> Verdict:
+    async def acquire(self, ls: LimitSet, amounts: tuple[int, ...], member: str,
+                      lease: LeaseAsk | None = None) -> Verdict:
+        """Admit one request; with ``lease`` also ask for a lease (``policies.ratelimit.lease``)."""
         static = self._args(ls)
         args = static.acquire.copy()
         args[1] = member
         args[_AMOUNTS] = amounts
+        if lease is not None:
+            args += [*lease.size, *lease.release, lease.hold_ms]
         try:
             raw = await self.guarded.execute(*evalsha_args(self._acquire, static.acquire_keys, args),
                                              script=self._acquire)
@@ -179,6 +185,16 @@ class RedisBuckets:
         args[2] = member
         args[_AMOUNTS] = deltas
         return Update(static.settle_keys, args, owed=True)
+
+    def give_back_update(self, ls: LimitSet, rest: Sequence[int], granted: Sequence[int]) -> Update:
+        """A lease ends: its unused ``rest`` goes back to the buckets and its ``granted`` total stops counting
+        as held. Not replayed after an outage: the held figure lapses by itself, and a late one could take
+        another process's newer lease out of it."""
+        static = self._args(ls)
+        args: list[Any] = [b"r", len(ls.limits), static.ttl_ms]
+        for lim, r, g in zip(ls.limits, rest, granted):
+            args += [*static.buckets[lim.name], r, g]
+        return Update(static.settle_keys, args, owed=False)
 
     async def learn(self, ls: LimitSet, name: str, level: float | None, cooldown_s: float) -> None:
         """Shrink a shared bucket / pause the entity for everyone; the local fallback learns it too."""
@@ -275,8 +291,9 @@ class RedisBuckets:
 
 def _verdict(ls: LimitSet, raw: Sequence[Any]) -> Verdict:
     ok, failed, wait_ms = int(raw[0]), int(raw[1]), int(raw[2])
-    levels = tuple(float(x) for x in raw[3:])
+    n = len(ls.limits)
+    levels = tuple(float(x) for x in raw[3: 3 + n])
     if ok:
-        return Verdict(True, "", 0.0, levels)
+        return Verdict(True, "", 0.0, levels, leased=len(raw) > 3 + n and int(raw[3 + n]) == 1)
     name = COOLDOWN if failed == -1 else ls.limits[failed - 1].name
     return Verdict(False, name, NEVER if wait_ms < 0 else wait_ms / 1000, levels)

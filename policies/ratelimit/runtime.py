@@ -5,8 +5,9 @@ kept on ``AppState.components`` across config reloads: it owns the buckets
 (memory, or Redis with a local fallback), one admission queue and one
 ``Pending`` book per upstream, the metrics, and the background tasks that
 settle reservations in Redis after an answer has ended (the client's last
-byte is never held back by a Redis round trip). The settlements and quota
-lessons go to Redis as deferred updates (``RedisBuckets.defer``): those of one
+byte is never held back by a Redis round trip). With Redis, large rpm/tpm
+limits are mostly admitted from this process's lease (``policies.ratelimit.lease``).
+The settlements and quota lessons go to Redis as deferred updates (``RedisBuckets.defer``): those of one
 round trip run as one script call, and the round trip is shared with the
 cache's writes (``GuardedRedis.defer``). One answer's lesson (requests, tokens
 and pause) is one update.
@@ -32,6 +33,7 @@ from gateway.exchange import StateKey
 from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.logging import state_change
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
+from policies.ratelimit.lease import LeaseAsk, Leases
 from policies.ratelimit.metrics import RateLimitMetrics
 from policies.ratelimit.model import LimitSet, Verdict, upstream_key
 from policies.ratelimit.queue import AdmissionQueue
@@ -71,6 +73,12 @@ class RateLimiter:
     worker_share: int = 1
     _prefix: str = field(default_factory=lambda: secrets.token_hex(6))  # this process, among replicas
     _ids: itertools.count[int] = field(default_factory=itertools.count)
+    leases: Leases | None = None  # with Redis: this process's leases of the shared buckets
+
+    def __post_init__(self) -> None:
+        if isinstance(self.buckets, RedisBuckets) and self.leases is None:
+            self.leases = Leases(now=lambda: self.clock.now(), speed=lambda: self.clock.speed,
+                                 give_back=self._give_back, count=self.metrics.lease)
 
     @property
     def memory(self) -> MemoryBuckets:
@@ -85,9 +93,39 @@ class RateLimiter:
         return q
 
     async def acquire(self, ls: LimitSet, amounts: tuple[int, ...], member: str) -> Verdict:
-        verdict = await self.buckets.acquire(ls, amounts, member)
+        leases = self.leases
+        if leases is None or not ls.lease_size:
+            verdict = await self.buckets.acquire(ls, amounts, member)
+        else:
+            verdict = leases.take(ls, amounts) or await self._acquire_leasing(leases, ls, amounts, member)
         self.levels[ls.key] = (verdict.levels, self.clock.now())
         return verdict
+
+    async def _acquire_leasing(self, leases: Leases, ls: LimitSet, amounts: tuple[int, ...],
+                               member: str) -> Verdict:
+        """One admission in Redis, asking for a lease with it when one is worth having."""
+        buckets = self.buckets
+        assert isinstance(buckets, RedisBuckets)
+        ask = leases.ask(ls, amounts)
+        if ask is None:
+            return await buckets.acquire(ls, amounts, member)
+        # Shielded: a caller cancelled meanwhile must not lose a lease Redis granted (it would stay held).
+        return await asyncio.shield(self._ask(leases, buckets, ls, amounts, member, ask))
+
+    @staticmethod
+    async def _ask(leases: Leases, buckets: RedisBuckets, ls: LimitSet, amounts: tuple[int, ...], member: str,
+                   ask: LeaseAsk) -> Verdict:
+        try:
+            verdict = await buckets.acquire(ls, amounts, member, ask)
+        except BaseException:
+            leases.failed(ls)
+            raise
+        return leases.answered(ls, ask.size, verdict)
+
+    def _give_back(self, ls: LimitSet, rest: tuple[int, ...], granted: tuple[int, ...]) -> None:
+        """A lease ends: its unused rest goes back to the shared bucket (a deferred settlement)."""
+        if isinstance(self.buckets, RedisBuckets):
+            self._send(self.buckets.give_back_update(ls, rest, granted), ls)
 
     def grant(self, ls: LimitSet, verdict: Verdict, amounts: tuple[int, ...], member: str, tokens: int,
               prompt: int, counted: bool) -> Grant:
@@ -114,6 +152,8 @@ class RateLimiter:
         elif grant.local:
             self.buckets.fallback.settle_now(self.buckets.local(grant.ls), deltas, grant.member)
             self._poke(grant.ls)
+        elif self.leases is not None and self.leases.refund(grant.ls, deltas):
+            self._poke(grant.ls)  # kept in this process's lease: no Redis write
         else:
             self._send(self.buckets.settle_update(grant.ls, deltas, grant.member), grant.ls)
 
@@ -168,7 +208,10 @@ class RateLimiter:
             self._poke(grant.ls)  # the head re-asks now and learns how long the pause is
 
     def _learn(self, ls: LimitSet, levels: list[tuple[str, float]], pause_s: float) -> None:
-        """Lower ``levels`` (name, level) and pause for ``pause_s`` (0: none): one update for Redis."""
+        """Lower ``levels`` (name, level) and pause for ``pause_s`` (0: none): one update for Redis.
+        This process's lease of ``ls`` is voided: the provider's figure does not know it."""
+        if self.leases is not None:
+            self.leases.void(ls)
         if isinstance(self.buckets, MemoryBuckets):
             for name, level in levels:
                 self.buckets.learn_now(ls, name, level, 0.0)
@@ -210,6 +253,12 @@ class RateLimiter:
         if not task.cancelled() and task.exception() is not None:
             log.error("rate-limit background update failed", exc_info=task.exception())
 
+    async def close(self) -> None:
+        """Shutdown: give the leases back, then send every pending update."""
+        if self.leases is not None:
+            self.leases.release_all()
+        await self.drain()
+
     async def drain(self) -> None:
         """Wait for background settlements (shutdown, tests)."""
         while self.tasks:
@@ -242,7 +291,7 @@ def limiter_for(st: AppState) -> RateLimiter:
         queues = limiter.queues
         st.components.set(QUEUE_DEPTHS, lambda: {str(name): q.depth for name, q in queues.items()})
         st.components.set(QUOTA_PAUSED, limiter.paused_for)
-        st.closers.append(limiter.drain)
+        st.closers.append(limiter.close)
     workers = max(1, st.workers)
     if isinstance(limiter.buckets, RedisBuckets):
         limiter.buckets.replicas_hint = cfg.replicas_hint * workers  # the fallback share of one worker

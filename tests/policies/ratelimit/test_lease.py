@@ -1,0 +1,346 @@
+"""Leases of shared rate-limit capacity, against a real Redis: no round trip from a lease, small limits stay
+per request, two processes never admit more than the limit, a lease's rest comes back, a quota lesson voids
+it, and Redis down falls back. The limiter's clock is injected: a lease expires when the test says so."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+
+from gateway.config import ConfigError, parse_config
+from gateway.config_model import AuthKeyConfig, StateConfig
+from gateway.state.redis_client import GuardedRedis
+from gateway.telemetry.metrics import Metrics
+from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
+from policies.ratelimit.config import RateLimitConfig
+from policies.ratelimit.lease import Leases
+from policies.ratelimit.metrics import RateLimitMetrics
+from policies.ratelimit.model import Limit, LimitSet, Verdict, client_limits, upstream_limits
+from policies.ratelimit.redis_buckets import RedisBuckets
+from policies.ratelimit.runtime import RateLimiter
+from tests.support.redis_trips import round_trips
+from tests.support.servers import RedisServer, free_port, redis_server_binary
+from tests.support.until import until
+
+RPM600 = Limit("rpm", "bucket", 600.0, 10.0)
+BIG = LimitSet("client", "c:t:big", "t", (RPM600,), lease=0.02)  # leases of 12 requests
+SMALL = LimitSet("client", "c:t:small", "t", (Limit("rpm", "bucket", 6.0, 0.1),), lease=0.02)
+WARM = LimitSet("client", "c:t:warm", "t", (Limit("rpm", "bucket", 6.0, 0.1),))
+
+
+@dataclass
+class Process:
+    """One process's limiter on the shared Redis, on a clock the test moves."""
+
+    limiter: RateLimiter
+    guarded: GuardedRedis
+    now: list[float]
+
+    @property
+    def metrics(self) -> RateLimitMetrics:
+        return self.limiter.metrics
+
+    def count(self, outcome: str) -> float:
+        return float(self.metrics.leases("client", outcome)._value.get())
+
+    async def admit(self, ls: LimitSet, n: int, tokens: int = 0) -> int:
+        """How many of ``n`` requests are admitted."""
+        admitted = 0
+        for i in range(n):
+            verdict = await self.limiter.acquire(ls, ls.amounts(tokens), f"m{i}")
+            admitted += verdict.ok
+        return admitted
+
+
+def process(url: str, prefix: str) -> Process:
+    loop = asyncio.get_running_loop()
+    g = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=5000), loop.time)
+    now = [1000.0]
+    clock = LimiterClock(now=lambda: now[0])
+    limiter = RateLimiter(buckets=RedisBuckets(g, prefix, MemoryBuckets(clock)),
+                          metrics=RateLimitMetrics.register(Metrics()), clock=clock, loop_time=loop.time)
+    return Process(limiter, g, now)
+
+
+@pytest_asyncio.fixture
+async def pair(redis_server: RedisServer) -> AsyncIterator[tuple[Process, Process]]:
+    """Two processes' limiters on one Redis, under a fresh prefix."""
+    prefix = f"l{secrets.token_hex(4)}:"
+    a, b = process(redis_server.url, prefix), process(redis_server.url, prefix)
+    try:
+        yield a, b
+    finally:
+        for p in (a, b):
+            await p.limiter.drain()
+            await p.guarded.close()
+
+
+def test_lease_sizes_and_config() -> None:
+    """A lease is a fraction of each bucket in whole units; small limits, concurrency and daily budgets are
+    never leased; the setting is validated for upstreams and client keys."""
+    assert BIG.lease_size == (12,) and SMALL.lease_size == ()
+    up = upstream_limits("a", RateLimitConfig(rpm=10_000, tpm=1_000_000), 60.0)
+    assert up is not None and up.lease_size == (180, 18_000)  # 2% of 0.9 x the quota
+    conc = upstream_limits("a", RateLimitConfig(rpm=10_000, max_concurrency=8), 60.0)
+    assert conc is not None and conc.lease_size == ()
+    off = upstream_limits("a", RateLimitConfig(rpm=10_000, lease=0), 60.0)
+    assert off is not None and off.lease_size == ()
+    key = client_limits(AuthKeyConfig(key="k", tenant="t", rpm=1000), "h", 60.0)
+    assert key is not None and key.lease_size == (20,)
+    daily = client_limits(AuthKeyConfig(key="k", tenant="t", rpm=1000, daily_tokens=10**6), "h", 60.0)
+    assert daily is not None and daily.lease_size == ()
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"upstreams": {"a": {"base_url": "http://127.0.0.1:9/v1", "api_key": "x",
+                                          "rate_limit": {"rpm": 60, "lease": 0.5}}},
+                      "routes": [{"upstream": "a"}],
+                      "auth": {"mode": "keys",
+                               "keys": [{"key": "k", "tenant": "t", "rpm": 5, "lease": -1}]}}, {})
+    assert "upstreams.a.rate_limit.lease: must be in [0, 0.1]" in str(raised.value)
+    assert "auth.keys[0].lease: must be in [0, 0.1]" in str(raised.value)
+
+
+async def test_a_large_limit_is_admitted_from_the_lease_without_a_round_trip(
+        pair: tuple[Process, Process]) -> None:
+    """The first request takes the lease with its own admission; the next 12 need no Redis; the small
+    limit's control makes one round trip per request."""
+    a, _ = pair
+    await a.admit(WARM, 1)  # the script is loaded (the first call of a new script takes two round trips)
+    trips = round_trips(a.guarded)
+    first = await a.limiter.acquire(BIG, (1,), "m")
+    assert first.ok and first.levels == (599.0,)  # what one process alone would report
+    assert len(trips) == 1 and a.count("granted") == 1
+    levels = [(await a.limiter.acquire(BIG, (1,), f"m{i}")).levels[0] for i in range(12)]
+    assert levels == [598.0 - i for i in range(12)]
+    assert len(trips) == 1 and a.count("spent") == 12
+    assert (await a.limiter.acquire(BIG, (1,), "n")).ok  # the lease is spent: the next asks again
+    assert len(trips) == 2 and a.count("granted") == 2
+    assert await a.admit(SMALL, 7) == 6  # exact, one round trip each
+    assert len(trips) == 9 and a.count("refused") == 0
+
+
+async def test_two_processes_never_admit_more_than_the_limit(pair: tuple[Process, Process]) -> None:
+    """Interleaved until both are refused: exactly the limit (plus what refilled meanwhile), and the last
+    half of the bucket went per request (leases refused below half of it)."""
+    a, b = pair
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    admitted = 0
+    refused = 0
+    while refused < 4:
+        verdicts = await asyncio.gather(*(p.limiter.acquire(BIG, (1,), "m") for p in (a, b, a, b)))
+        admitted += sum(v.ok for v in verdicts)
+        refused = sum(not v.ok for v in verdicts)
+    refill = RPM600.rate * (loop.time() - start)
+    assert 600 <= admitted <= 600 + refill + 1
+    assert a.count("granted") + b.count("granted") <= 300 // 12 + 2  # none below half the bucket
+    assert a.count("refused") + b.count("refused") > 0
+
+
+async def test_an_unused_lease_comes_back_for_the_other_process(pair: tuple[Process, Process]) -> None:
+    """Process a holds 12 leased requests; b drains the bucket and is refused; a's lease expires, its rest
+    goes back, and b is admitted from it."""
+    a, b = pair
+    assert await a.admit(BIG, 1) == 1 and a.limiter.leases is not None and a.limiter.leases.held
+    assert await b.admit(BIG, 700) >= 587  # everything but a's request and its lease (plus refill)
+    assert await b.admit(BIG, 1) == 0
+    a.now[0] += 1.5  # the lease's lifetime has passed on a's clock
+    a.limiter.leases.sweep()
+    assert not a.limiter.leases.held and a.count("returned") == 1
+    await a.limiter.drain()  # the deferred settlement has reached Redis
+    assert await b.admit(BIG, 12) == 12
+
+
+async def test_the_bucket_never_refills_over_what_leases_hold(pair: tuple[Process, Process]) -> None:
+    """While a's lease holds 12 requests, refunds and refill stop at 600 - 12: the shared level plus the
+    leases never exceeds the capacity (a burst can take no more than one bucket would give). The held figure
+    goes when the lease is given back."""
+    a, b = pair
+    await a.admit(BIG, 1)
+    buckets = b.limiter.buckets
+    assert isinstance(buckets, RedisBuckets)
+    await buckets.settle(BIG, (100,), "")  # a refund larger than the room left
+    key = buckets.keys(BIG)[0]
+    assert float(await b.guarded.client.hget(key, "rpm")) == 588.0
+    assert float(await b.guarded.client.hget(key, "rpm~")) == 12.0
+    a.now[0] += 1.5
+    leases = a.limiter.leases
+    assert leases is not None
+    leases.sweep()
+    await a.limiter.drain()
+    assert float(await b.guarded.client.hget(key, "rpm~")) == 0.0
+    assert 599.0 <= float(await b.guarded.client.hget(key, "rpm")) <= 600.0  # 588 + the rest of 11
+
+
+async def test_what_a_lease_spent_stops_counting_as_held_at_the_next_ask(
+        pair: tuple[Process, Process]) -> None:
+    """Spent tokens are gone, not held: the next lease request releases them, so what Redis counts as held
+    stays at most what this process may still admit (under-admission does not grow with traffic)."""
+    a, _ = pair
+    await a.admit(BIG, 13)  # takes a lease of 12 and spends it
+    key = a.limiter.buckets.keys(BIG)[0]  # type: ignore[union-attr]
+    assert float(await a.guarded.client.hget(key, "rpm~")) == 12.0
+    await a.admit(BIG, 1)  # asks again: releases the 12 spent, holds the new 12
+    assert float(await a.guarded.client.hget(key, "rpm~")) == 12.0 and a.count("granted") == 2
+    await a.admit(BIG, 40)
+    assert float(await a.guarded.client.hget(key, "rpm~")) <= 12.0
+
+
+async def test_the_lease_expires_on_its_own_timer(pair: tuple[Process, Process]) -> None:
+    """Nobody asks again: the loop's timer returns the lease once the limiter's clock says it expired."""
+    a, _ = pair
+    await a.admit(BIG, 1)
+    leases = a.limiter.leases
+    assert leases is not None and leases.held
+    a.now[0] += 1.5
+    await until(lambda: not leases.held, timeout=5, message="the expired lease is given back")
+    assert a.count("returned") == 1
+
+
+async def test_a_quota_lesson_or_a_pause_voids_the_lease(pair: tuple[Process, Process]) -> None:
+    """A provider's 429 drops the lease at once: the next request asks Redis and finds the pause."""
+    a, _ = pair
+    ls = upstream_limits("p", RateLimitConfig(rpm=60_000, tpm=6_000_000), 60.0)
+    assert ls is not None and ls.lease_size
+    amounts = ls.amounts(100)
+    grant = a.limiter.grant(ls, await a.limiter.acquire(ls, amounts, "m"), amounts, "m", 100, 10, False)
+    grant.seq = a.limiter.pending_of(ls).add(100)
+    leases = a.limiter.leases
+    assert leases is not None and ls.key in leases.held
+    assert (await a.limiter.acquire(ls, amounts, "n")).ok  # from the lease
+    a.limiter.observe(grant, 429, {"retry-after": "30"})
+    assert ls.key not in leases.held and a.metrics.leases("upstream", "voided")._value.get() == 1
+    await a.limiter.drain()
+    trips = round_trips(a.guarded)
+    refused = await a.limiter.acquire(ls, amounts, "o")
+    assert not refused.ok and refused.wait_s >= 29 and len(trips) == 1  # paused (buckets held down too)
+
+
+async def test_a_lesson_of_lower_remaining_voids_the_lease(pair: tuple[Process, Process]) -> None:
+    """x-ratelimit-remaining below what we thought: the lease goes (the provider did not count it)."""
+    a, _ = pair
+    ls = upstream_limits("q", RateLimitConfig(rpm=6_000), 60.0)  # leases of 108 requests
+    assert ls is not None
+    loop = asyncio.get_running_loop()
+    grant = a.limiter.grant(ls, await a.limiter.acquire(ls, (1,), "m"), (1,), "m", 0, 0, False)
+    grant.seq = a.limiter.pending_of(ls).add(0)
+    a.limiter.observe(grant, 200, {"x-ratelimit-remaining-requests": "5"})
+    leases = a.limiter.leases
+    assert leases is not None and ls.key not in leases.held
+    taught = loop.time()
+    await a.limiter.drain()
+    admitted = await a.admit(ls, 10)
+    assert 5 <= admitted <= 5 + ls.limits[0].rate * (loop.time() - taught) + 1
+
+
+async def test_redis_down_spends_the_lease_then_falls_back() -> None:
+    """The lease's tokens were taken already: it keeps admitting while Redis is down; then the local
+    fallback decides, and the lease's rest is owed to Redis."""
+    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
+    server.start()
+    p = process(server.url, "d:")
+    p.guarded.timeout_s = 0.5
+    try:
+        assert await p.admit(BIG, 1) == 1
+        server.kill()
+        assert await p.admit(BIG, 5) == 5  # from the lease: no Redis needed
+        p.now[0] += 1.5
+        verdict = await p.limiter.acquire(BIG, (1,), "x")
+        assert verdict.ok and verdict.local  # the fallback's share
+        await p.limiter.drain()
+        buckets = p.limiter.buckets
+        assert isinstance(buckets, RedisBuckets) and not buckets.owed  # the give-back is not replayed:
+        # Redis stops counting the lease as held by itself (HOLD_MARGIN_MS after its expiry)
+    finally:
+        await p.guarded.close()
+        server.kill()
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+async def test_one_lease_request_at_a_time(pair: tuple[Process, Process], cancel: bool) -> None:
+    """Concurrent admissions of one set ask for one lease between them (bounded under-admission)."""
+    a, _ = pair
+    verdicts = await asyncio.gather(*(a.limiter.acquire(BIG, (1,), f"m{i}") for i in range(8)))
+    assert all(v.ok for v in verdicts) and a.count("granted") == 1
+    leases = a.limiter.leases
+    assert leases is not None and not leases.asking
+    if cancel:
+        a.now[0] += 1.5
+        task = asyncio.ensure_future(a.limiter.acquire(BIG, (1,), "c"))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await until(lambda: not leases.asking, timeout=5, message="the shielded lease request ends")
+        assert a.count("granted") == 2 and BIG.key in leases.held  # the lease Redis granted is kept
+
+
+async def test_a_refund_stays_in_the_lease_and_a_charge_goes_to_redis(pair: tuple[Process, Process]) -> None:
+    """An answer that used less than it reserved gives the rest to the lease (no Redis write); one that used
+    more is charged to the shared bucket at once."""
+    a, _ = pair
+    tpm = Limit("tpm", "bucket", 60_000.0, 1000.0, tokens=True)
+    ls = LimitSet("client", "c:t:tokens", "t", (RPM600, tpm), lease=0.02)  # leases: 12 requests, 1,200 tokens
+    await a.admit(WARM, 1)
+    grants = []
+    for i in range(2):
+        verdict = await a.limiter.acquire(ls, ls.amounts(500), f"m{i}")
+        grants.append(a.limiter.grant(ls, verdict, ls.amounts(500), f"m{i}", 500, 10, False))
+    leases = a.limiter.leases
+    assert leases is not None and leases.held[ls.key].left == [11, 700]
+    await a.limiter.drain()
+    trips = round_trips(a.guarded)
+    a.limiter.settle(grants[0], 100)
+    assert leases.held[ls.key].left == [11, 1100]
+    a.limiter.settle(grants[1], 900)  # 400 over its reservation
+    await a.limiter.drain()
+    assert leases.held[ls.key].left == [11, 1100] and [t[0] for t in trips] == ["EVALSHA"]
+    level = await a.guarded.client.hget(a.limiter.buckets.keys(ls)[0], "tpm")  # type: ignore[union-attr]
+    assert float(level) < 60_000 - 500 - 1200 - 400 + 100  # the charge reached Redis (plus a little refill)
+
+
+async def test_a_lease_holds_at_most_twice_its_size(pair: tuple[Process, Process]) -> None:
+    """Requests too big for the token lease keep asking for leases: the request lease that piles up is
+    trimmed to twice its size and the excess given back at once."""
+    a, _ = pair
+    tpm = Limit("tpm", "bucket", 600_000.0, 10_000.0, tokens=True)
+    ls = LimitSet("client", "c:t:pile", "t", (RPM600, tpm), lease=0.02)  # leases: 12 requests, 12,000 tokens
+    for i in range(5):
+        assert (await a.limiter.acquire(ls, ls.amounts(12_000), f"m{i}")).ok
+    leases = a.limiter.leases
+    assert leases is not None and leases.held[ls.key].left[0] <= 24
+    assert a.count("returned") >= 1
+
+
+async def test_a_reload_or_a_shutdown_gives_the_lease_back(pair: tuple[Process, Process]) -> None:
+    """A reloaded config brings a new limit set: the old one's lease goes back; so does every lease at
+    shutdown (``close``), and the other process can spend what came back."""
+    a, b = pair
+    await a.admit(BIG, 1)
+    reloaded = LimitSet("client", BIG.key, "t", (RPM600,), lease=0.02)
+    assert (await a.limiter.acquire(reloaded, (1,), "r")).ok
+    assert a.count("returned") == 1 and a.count("granted") == 2
+    await a.limiter.close()
+    assert a.count("returned") == 2
+    leases = a.limiter.leases
+    assert leases is not None and not leases.held
+    assert await b.admit(BIG, 700) >= 598  # all but a's two requests (plus refill)
+
+
+def test_a_lease_voided_on_its_way_is_dropped_when_it_comes() -> None:
+    """A quota lesson while the lease request is in flight: the granted lease is not kept, and the shared
+    state is told it is not held."""
+    given: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    counted: list[str] = []
+    leases = Leases(now=lambda: 0.0, speed=lambda: 1.0, give_back=lambda ls, r, g: given.append((r, g)),
+                    count=lambda scope, outcome: counted.append(outcome))
+    ask = leases.ask(BIG, (1,))
+    assert ask is not None and ask.size == (12,) and ask.release == (0,)
+    assert leases.ask(BIG, (1,)) is None  # one request asks at a time
+    leases.void(BIG)
+    verdict = leases.answered(BIG, ask.size, Verdict(True, "", 0.0, (587.0,), leased=True))
+    assert verdict.levels == (587.0,) and not leases.held and not leases.asking
+    assert given == [((0,), (12,))] and counted == ["granted", "voided"]
