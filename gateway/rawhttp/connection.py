@@ -40,6 +40,11 @@ class RawConnection(BaseProtocol):
         self.message: RawResponseMessage | None = None
         self.payload: StreamReader | None = None
 
+    @property
+    def reading_paused(self) -> bool:
+        """The body's buffer is past its high-water mark: the transport is not read until it drains."""
+        return self._reading_paused
+
     def _new_parser(self) -> HttpResponseParser:
         return HttpResponseParser(self, self._loop, BUFFER_LIMIT, response_with_body=not self._head_only,
                                   read_until_eof=True, auto_decompress=True)

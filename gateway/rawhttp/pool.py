@@ -40,6 +40,14 @@ class RawPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a connection (the pool is at ``max_connections``)."""
+        return len(self._waiters)
+
+    def connections(self) -> tuple[RawConnection, ...]:
+        return tuple(self._open)
+
     async def acquire(self, connect_s: float, fresh: bool = False) -> RawConnection:
         """An idle connection, else a new one below the limit, else the next one released.
         ``fresh``: a new connection, made room for by closing the oldest idle one at the limit."""
