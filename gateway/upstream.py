@@ -228,7 +228,8 @@ class UpstreamClient:
             headers["Accept"] = "*/*"  # as aiohttp sends it
         if "accept-encoding" not in headers:
             headers["Accept-Encoding"] = "identity"  # a compressed answer is still decoded by the parser
-        target = request_target(raw.origin.prefix, ex.request.upstream_path, ex.request.query_string)
+        # url_for is base_url + the rest (a subclass may add to the query: ToolClient's key parameter)
+        target = request_target(raw.origin.prefix + self.url_for(ex)[len(self.base_url):])
         head = request_head(method, target, raw.origin.host_header, headers.items(),
                             None if body is None else len(body))
         if body and len(body) <= _RAW_ONE_WRITE:

@@ -8,9 +8,8 @@ from yarl import URL
 _PLAIN_TARGET_BAD = frozenset(" \"<>\\^`{|}")
 
 
-def request_target(prefix: str, path: str, query: str) -> str:
-    """``prefix + path [? query]``, percent-encoded as aiohttp (yarl) would when it is not plain already."""
-    target = prefix + path + ("?" + query if query else "")
+def request_target(target: str) -> str:
+    """The path and query as sent, percent-encoded as aiohttp (yarl) would when not plain already."""
     if target.isascii() and target.isprintable() and _PLAIN_TARGET_BAD.isdisjoint(target):
         return target
     return URL(target).raw_path_qs

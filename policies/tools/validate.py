@@ -12,6 +12,4 @@ def problems(cfg: Config) -> list[str]:
         parts = urlsplit(tool.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             found.append(f"tools.{name}.base_url: must be an http(s) URL, got {tool.base_url!r}")
-        if tool.pool.client != "aiohttp":
-            found.append(f"tools.{name}.pool.client: only aiohttp (the raw client serves LLM upstreams)")
     return found

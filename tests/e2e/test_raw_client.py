@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
@@ -39,3 +40,15 @@ async def test_completion_and_stream_through_the_raw_client(make_gateway: Gatewa
     assert text == plain.choices[0].message.content and finish == "length" and chunks > 2
     assert pool.open_count == 1 and pool.idle_count == 1  # one connection, kept alive between requests
     assert [a.outcome for a in mock_upstream.recorder.attempts][-3:] == ["completed"] * 3
+
+
+async def test_a_tool_on_the_raw_client_gets_its_query_key(make_gateway: GatewayFactory,
+                                                           mock_upstream: MockServer) -> None:
+    """A tool route's client adds its key to the query in ``url_for``: the raw client sends that URL too."""
+    gw = await make_gateway(tools={"quotes": {"base_url": mock_upstream.base_url, "pool": {"client": "raw"},
+                                              "api_key_param": {"query": "apikey", "value": "tool-secret"}}})
+    async with aiohttp.ClientSession() as session, session.get(
+            gw.url + "/tools/quotes/query?symbol=IBM&apikey=evil") as resp:
+        assert resp.status == 200
+        body = await resp.json(content_type=None)
+    assert body["path"] == "/query" and body["query"] == {"symbol": "IBM", "apikey": "tool-secret"}

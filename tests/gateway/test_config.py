@@ -130,7 +130,7 @@ def test_policy_blocks_are_checked_by_check_config() -> None:
 
 def test_pool_client_is_aiohttp_by_default_and_raw_on_request() -> None:
     """``pool.client`` selects the upstream client: aiohttp unless ``raw`` is asked for; anything else is
-    refused with its dotted path, as are a raw client without a usable URL and a raw tool pool."""
+    refused with its dotted path, as is a raw client without a usable URL."""
     def parsed(upstreams: dict[str, Any], **extra: Any) -> Config:
         return parse_config({"routes": [{"upstream": "a"}], "upstreams": upstreams, **extra}, env={})
 
@@ -142,9 +142,7 @@ def test_pool_client_is_aiohttp_by_default_and_raw_on_request() -> None:
     assert "upstreams.a.pool.client: must be one of 'aiohttp', 'raw', got 'curl'" in err.value.problems
     with pytest.raises(ConfigError) as err:
         parsed({"a": {"base_url": "http://a/v1", "pool": {"keepalive_s": 0}},
-                "b": {"base_url": "http://b:port/v1", "pool": {"client": "raw"}}},
-               tools={"t": {"base_url": "http://t/mcp", "pool": {"client": "raw"}}})
+                "b": {"base_url": "http://b:port/v1", "pool": {"client": "raw"}}})
     problems = err.value.problems
     assert "upstreams.a.pool.keepalive_s: must be > 0" in problems
     assert any(p.startswith("upstreams.b.pool.client: raw: ") for p in problems)
-    assert "tools.t.pool.client: only aiohttp (the raw client serves LLM upstreams)" in problems
