@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config_common import TimeoutsConfig
@@ -270,7 +271,7 @@ class UpstreamClient:
                         upstream=self.name,
                         committed=committed,
                     ) from exc
-                except (aiohttp.ClientError, OSError) as exc:
+                except (aiohttp.ClientError, OSError, HttpProcessingError) as exc:  # the last: raw, pure Python
                     kind = "reset_mid_stream" if committed else "reset_before_response"
                     raise UpstreamFailure(
                         kind,

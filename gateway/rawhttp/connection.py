@@ -46,8 +46,10 @@ class RawConnection(BaseProtocol):
         return self._reading_paused
 
     def _new_parser(self) -> HttpResponseParser:
+        # payload_exception: a broken body (framing, decompression) fails the reader as MalformedResponse
         return HttpResponseParser(self, self._loop, BUFFER_LIMIT, response_with_body=not self._head_only,
-                                  read_until_eof=True, auto_decompress=True)
+                                  read_until_eof=True, auto_decompress=True,
+                                  payload_exception=MalformedResponse)
 
     def start(self, data: bytes, body: bytes | None, head_only: bool) -> asyncio.Future[None]:
         """Write one request (``data``; a large ``body`` in a second write, not copied behind the head);
