@@ -271,7 +271,8 @@ class UpstreamClient:
                         upstream=self.name,
                         committed=committed,
                     ) from exc
-                except (aiohttp.ClientError, OSError, HttpProcessingError) as exc:  # the last: raw, pure Python
+                # HttpProcessingError: the raw client on aiohttp's pure-Python parser (no C extension)
+                except (aiohttp.ClientError, OSError, HttpProcessingError) as exc:
                     kind = "reset_mid_stream" if committed else "reset_before_response"
                     raise UpstreamFailure(
                         kind,
