@@ -231,8 +231,8 @@ class UpstreamClient:
             headers["Accept-Encoding"] = "identity"  # a compressed answer is still decoded by the parser
         # url_for is base_url + the rest (a subclass may add to the query: ToolClient's key parameter)
         target = request_target(raw.origin.prefix + self.url_for(ex)[len(self.base_url):])
-        head = request_head(method, target, raw.origin.host_header, headers.items(),
-                            None if body is None else len(body))
+        host = headers.popone("Host", raw.origin.host_header)  # a configured Host wins, as on aiohttp
+        head = request_head(method, target, host, headers.items(), None if body is None else len(body))
         if body and len(body) <= _RAW_ONE_WRITE:
             head, body = head + body, None
         return await fetch(raw, head, body or None, method == "HEAD", t.connect_s)

@@ -298,3 +298,15 @@ async def test_a_redirect_is_a_502_and_never_followed(kind: str, serve: Any, cli
         await make_client(clients, kind, server.url).send(ex)
     assert err.value.status == 502 and ex.record.attempts[0].outcome == "redirect"
     assert len(server.heads) == 1
+
+
+async def test_a_configured_host_header_replaces_the_default_one(kind: str, serve: Any, clients: Any) -> None:
+    """``headers: {Host: ...}`` in the upstream's config (virtual hosting): exactly one Host, that one."""
+    server = await serve(keep_answering)
+    cfg = UpstreamConfig(base_url=server.url, headers={"Host": "virtual.example"},
+                         pool=PoolConfig(client=kind))  # type: ignore[arg-type]
+    client = UpstreamClient.create("up", cfg)
+    clients.append(client)
+    assert await read_all(await client.send(exchange())) == b"ok"
+    hosts = [line for line in server.heads[0].split("\r\n") if line.lower().startswith("host:")]
+    assert hosts == ["Host: virtual.example"]
