@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.config_model import STATEFUL_ENDPOINTS, Config, RouteConfig
+from gateway.rawhttp.origin import Origin
 from policies.config_checks import FEATURE_CHECKS
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -238,10 +239,22 @@ def _check_upstreams(cfg: Config) -> list[str]:
         problems += check_url(f"upstreams.{name}.base_url", up.base_url)
         if up.pool.max_connections < 1:
             problems.append(f"upstreams.{name}.pool.max_connections: must be >= 1")
+        if up.pool.keepalive_s <= 0:
+            problems.append(f"upstreams.{name}.pool.keepalive_s: must be > 0")
+        if up.pool.client == "raw":
+            problems += _raw_origin_problems(name, up.base_url)
         for field_name in ("embeddings_max_inputs", "embeddings_max_tokens"):
             if getattr(up.limits, field_name) < 1:
                 problems.append(f"upstreams.{name}.limits.{field_name}: must be >= 1")
     return problems
+
+
+def _raw_origin_problems(name: str, base_url: str) -> list[str]:
+    try:
+        Origin.from_url(base_url)
+    except ValueError as exc:
+        return [f"upstreams.{name}.pool.client: raw: {exc}"]
+    return []
 
 
 def _check_server_limits(cfg: Config) -> list[str]:

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolConfig:
     max_connections: int = 256
     keepalive_s: float = 30.0
+    # aiohttp: aiohttp.ClientSession; raw: gateway/rawhttp (an asyncio.Protocol client, less CPU per request)
+    client: Literal["aiohttp", "raw"] = "aiohttp"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimeoutsConfig:

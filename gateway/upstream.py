@@ -14,14 +14,18 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config_common import TimeoutsConfig
 from gateway.config_model import UpstreamConfig
 from gateway.errors import LocalReply, UpstreamFailure
 from gateway.exchange import Attempt, Exchange, UpstreamResponse
+from gateway.rawhttp import ConnectFailed, ConnectTimeout, Origin, RawPool, RawResponse, fetch, request_head
+from gateway.rawhttp.head import request_target
 
 # RFC 9110 hop-by-hop fields, plus what we set ourselves.
 HOP_BY_HOP = frozenset({
@@ -95,6 +99,26 @@ def forward_response_headers(upstream: CIMultiDictProxy[str], decompressed: bool
     return out
 
 
+class _Response(Protocol):
+    """What ``send`` and the body need of an answer: ``aiohttp.ClientResponse`` or the raw client's."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def content(self) -> aiohttp.StreamReader: ...
+
+    def release(self) -> object: ...
+
+    def close(self) -> None: ...
+
+
+_RAW_ONE_WRITE = 1 << 16  # a request body up to this size is copied behind its head: one write
+
+
 @dataclass(slots=True)
 class UpstreamClient:
     """The pooled client of one named upstream (or tool provider)."""
@@ -106,6 +130,7 @@ class UpstreamClient:
     api_key: str | None = None
     extra_headers: Mapping[str, str] = ()  # type: ignore[assignment]
     forward_client_key: bool = False  # keys mode: forward the client's gateway key (set on purpose in config)
+    raw: RawPool | None = None  # ``pool.client: raw``: ``send`` goes through gateway/rawhttp, not ``session``
 
     @classmethod
     def create(cls, name: str, cfg: UpstreamConfig) -> UpstreamClient:
@@ -131,9 +156,12 @@ class UpstreamClient:
             api_key=cfg.api_key or None,
             extra_headers=dict(cfg.headers),
             forward_client_key=cfg.forward_client_key,
+            raw=_raw_pool(cfg) if cfg.pool.client == "raw" else None,
         )
 
     async def close(self) -> None:
+        if self.raw is not None:
+            await self.raw.close()
         await self.session.close()
 
     def url_for(self, ex: Exchange) -> str:
@@ -150,18 +178,22 @@ class UpstreamClient:
         headers = forward_request_headers(ex.request.headers, self.extra_headers, self.api_key, forward)
         headers.update(ex.upstream_headers)
         first_byte_deadline = min(attempt.started + t.first_byte_s, ex.request.deadline)
+        resp: _Response
         try:
             async with asyncio.timeout_at(first_byte_deadline):
                 method = ex.request.method
-                resp = await self.session.request(
-                    method,
-                    self.url_for(ex),
-                    data=ex.body_bytes() if method not in ("GET", "HEAD") else None,
-                    headers=headers,
-                    allow_redirects=False,
-                    auto_decompress=True,
-                    timeout=self.session.timeout if t is self.timeouts else _connect_timeout(t),
-                )  # route override
+                if self.raw is not None:
+                    resp = await self._send_raw(self.raw, ex, headers, t)
+                else:
+                    resp = await self.session.request(
+                        method,
+                        self.url_for(ex),
+                        data=ex.body_bytes() if method not in ("GET", "HEAD") else None,
+                        headers=headers,
+                        allow_redirects=False,
+                        auto_decompress=True,
+                        timeout=self.session.timeout if t is self.timeouts else _connect_timeout(t),
+                    )  # route override
         except BaseException as exc:
             attempt.ended = loop.time()
             ex.record.upstream_s += attempt.ended - attempt.started
@@ -187,9 +219,27 @@ class UpstreamClient:
         body = _Body(self._body(resp, ex, attempt, t, first_byte_deadline), resp)
         return UpstreamResponse(status=resp.status, headers=out_headers, body=body, upstream=self.name)
 
+    async def _send_raw(
+        self, raw: RawPool, ex: Exchange, headers: CIMultiDict[str], t: TimeoutsConfig
+    ) -> RawResponse:
+        """The request on the raw client: head (and a small body) in one write, the answer's head back."""
+        method = ex.request.method
+        body = ex.body_bytes() if method not in ("GET", "HEAD") else None
+        if "accept" not in headers:
+            headers["Accept"] = "*/*"  # as aiohttp sends it
+        if "accept-encoding" not in headers:
+            headers["Accept-Encoding"] = "identity"  # a compressed answer is still decoded by the parser
+        # url_for is base_url + the rest (a subclass may add to the query: ToolClient's key parameter)
+        target = request_target(raw.origin.prefix + self.url_for(ex)[len(self.base_url):])
+        host = headers.popone("Host", raw.origin.host_header)  # a configured Host wins, as on aiohttp
+        head = request_head(method, target, host, headers.items(), None if body is None else len(body))
+        if body and len(body) <= _RAW_ONE_WRITE:
+            head, body = head + body, None
+        return await fetch(raw, head, body or None, method == "HEAD", t.connect_s)
+
     async def _body(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: _Response,
         ex: Exchange,
         attempt: Attempt,
         t: TimeoutsConfig,
@@ -221,7 +271,8 @@ class UpstreamClient:
                         upstream=self.name,
                         committed=committed,
                     ) from exc
-                except (aiohttp.ClientError, OSError) as exc:
+                # HttpProcessingError: the raw client on aiohttp's pure-Python parser (no C extension)
+                except (aiohttp.ClientError, OSError, HttpProcessingError) as exc:
                     kind = "reset_mid_stream" if committed else "reset_before_response"
                     raise UpstreamFailure(
                         kind,
@@ -315,6 +366,11 @@ class _ReadTimer:
             self._handle = None
 
 
+def _raw_pool(cfg: UpstreamConfig) -> RawPool:
+    origin = Origin.from_url(cfg.base_url)
+    return RawPool(origin, cfg.pool.max_connections, cfg.pool.keepalive_s)
+
+
 def _connect_timeout(t: TimeoutsConfig) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s)
 
@@ -327,7 +383,7 @@ class _Body:
 
     __slots__ = ("_gen", "_resp")
 
-    def __init__(self, gen: AsyncIterator[bytes], resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, gen: AsyncIterator[bytes], resp: _Response) -> None:
         self._gen, self._resp = gen, resp
 
     def __aiter__(self) -> _Body:
@@ -344,7 +400,7 @@ class _Body:
 
 
 def _map_send_error(exc: BaseException, name: str, past_deadline: bool) -> UpstreamFailure | None:
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, (aiohttp.ConnectionTimeoutError, ConnectTimeout)):
         return UpstreamFailure("connect_timeout", f"Upstream {name}: connect timeout", upstream=name)
     if isinstance(exc, TimeoutError):
         kind = "total_timeout" if past_deadline else "timeout_before_first_byte"
@@ -357,6 +413,8 @@ def _map_send_error(exc: BaseException, name: str, past_deadline: bool) -> Upstr
         return UpstreamFailure(
             "connect_error", f"Upstream {name} unreachable ({_reason(exc)})", upstream=name
         )
+    if isinstance(exc, ConnectFailed):
+        return UpstreamFailure("connect_error", f"Upstream {name} unreachable ({exc.reason})", upstream=name)
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return UpstreamFailure(
             "reset_before_response",

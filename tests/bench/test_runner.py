@@ -37,3 +37,14 @@ def test_cores_target_starts_the_gateway_as_make_run_does(monkeypatch: pytest.Mo
     assert one is not None and cores is not None and again is not None
     assert one[0] is not cores[0] and again[0] is cores[0]  # its own process, started once
     assert cores[1] == "http://gw-2/v1/chat/completions"
+
+
+def test_the_raw_client_target_is_the_default_config_on_pool_client_raw() -> None:
+    """``gw-default-raw`` differs from ``gw-default`` only by ``pool.client: raw`` (issue #21)."""
+    from bench.scenarios import GATEWAYS, gateway_config
+    from gateway.config import parse_config
+
+    raw = parse_config(gateway_config("http://127.0.0.1:9/v1", GATEWAYS["gw-default-raw"]), env={})
+    default = parse_config(gateway_config("http://127.0.0.1:9/v1", GATEWAYS["gw-default"]), env={})
+    assert raw.upstreams["mock"].pool.client == "raw" and default.upstreams["mock"].pool.client == "aiohttp"
+    assert raw.routes == default.routes and raw.cache == default.cache

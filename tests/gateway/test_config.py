@@ -4,10 +4,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config, parse_config_text, resolve_config_path
+from gateway.config_model import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,3 +126,23 @@ def test_policy_blocks_are_checked_by_check_config() -> None:
     assert "auth.keys[0].tpm: must be >= 0" in problems
     assert any(p.startswith("server.workers: must be >= 1") for p in problems)
     assert "server.max_inflight: must be >= 1" in problems
+
+
+def test_pool_client_is_aiohttp_by_default_and_raw_on_request() -> None:
+    """``pool.client`` selects the upstream client: aiohttp unless ``raw`` is asked for; anything else is
+    refused with its dotted path, as is a raw client without a usable URL."""
+    def parsed(upstreams: dict[str, Any], **extra: Any) -> Config:
+        return parse_config({"routes": [{"upstream": "a"}], "upstreams": upstreams, **extra}, env={})
+
+    assert parsed({"a": {"base_url": "http://a/v1"}}).upstreams["a"].pool.client == "aiohttp"
+    raw = parsed({"a": {"base_url": "http://a/v1", "pool": {"client": "raw"}}})
+    assert raw.upstreams["a"].pool.client == "raw"
+    with pytest.raises(ConfigError) as err:
+        parsed({"a": {"base_url": "http://a/v1", "pool": {"client": "curl"}}})
+    assert "upstreams.a.pool.client: must be one of 'aiohttp', 'raw', got 'curl'" in err.value.problems
+    with pytest.raises(ConfigError) as err:
+        parsed({"a": {"base_url": "http://a/v1", "pool": {"keepalive_s": 0}},
+                "b": {"base_url": "http://b:port/v1", "pool": {"client": "raw"}}})
+    problems = err.value.problems
+    assert "upstreams.a.pool.keepalive_s: must be > 0" in problems
+    assert any(p.startswith("upstreams.b.pool.client: raw: ") for p in problems)

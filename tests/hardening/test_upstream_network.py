@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 import pytest_asyncio
 from openai import AsyncOpenAI
 
@@ -23,12 +24,13 @@ from tests.support.servers import InProcessGateway
 CHAT = [{"role": "user", "content": "tell me about networks"}]
 
 
-@pytest_asyncio.fixture
-async def proxied(make_gateway: Any, mock_upstream: MockServer,
+@pytest_asyncio.fixture(params=["aiohttp", "raw"])  # both upstream clients (pool.client, issue #21)
+async def proxied(request: pytest.FixtureRequest, make_gateway: Any, mock_upstream: MockServer,
                   fault_proxy: ProxyFactory) -> tuple[InProcessGateway, FaultProxy]:
     proxy = await fault_proxy(mock_upstream.port)
     gw = await make_gateway(
         upstreams={"mock": {"base_url": proxy.url + "/v1", "api_key": "sk-up",
+                            "pool": {"client": request.param},
                             "retry": {"max_attempts": 2, "base_delay_s": 0.01, "max_delay_s": 0.02},
                             "timeouts": {"connect_s": 1, "first_byte_s": 1, "idle_s": 2, "total_s": 20}}},
         cache={"exact": {"enabled": False}, "coalesce": {"enabled": False}})

@@ -1,0 +1,126 @@
+"""One upstream connection: a request written in one piece, its answer parsed by aiohttp's parser.
+
+The parser is aiohttp's C one (llhttp) when compiled, else its pure-Python twin: ``HttpResponseParser``
+in ``aiohttp.http_parser`` is whichever is available. The body goes into the parser's ``StreamReader``,
+which pauses the transport past twice ``BUFFER_LIMIT`` unread bytes and resumes it when the reader
+catches up (back-pressure on a slow consumer). The connection never raises into the event loop: a
+malformed answer or a loss becomes an exception on the pending head or on the body.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+
+from gateway.rawhttp.errors import MalformedResponse
+
+BUFFER_LIMIT = 2**15  # the body's low-water mark; reading pauses past 64 KiB unread
+_NO_BODY = frozenset({204, 304})
+
+
+class RawConnection(BaseProtocol):
+    """States: idle (nothing expected: any byte closes it), waiting for a head, reading a body."""
+
+    __slots__ = ("_head_only", "_on_lost", "busy", "idle_since", "message", "payload", "received", "reused",
+                 "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[RawConnection], None]) -> None:
+        super().__init__(loop)
+        self._on_lost = on_lost
+        self._head_only = False
+        self._parser = self._new_parser()
+        self.busy = False
+        self.reused = False  # served an answer before: a failure before any byte may be a stale keep-alive
+        self.received = False  # a byte of the current answer arrived
+        self.idle_since = 0.0
+        self.waiter: asyncio.Future[None] | None = None
+        self.message: RawResponseMessage | None = None
+        self.payload: StreamReader | None = None
+
+    @property
+    def reading_paused(self) -> bool:
+        """The body's buffer is past its high-water mark: the transport is not read until it drains."""
+        return self._reading_paused
+
+    def _new_parser(self) -> HttpResponseParser:
+        # payload_exception: a broken body (framing, decompression) fails the reader as MalformedResponse
+        return HttpResponseParser(self, self._loop, BUFFER_LIMIT, response_with_body=not self._head_only,
+                                  read_until_eof=True, auto_decompress=True,
+                                  payload_exception=MalformedResponse)
+
+    def start(self, data: bytes, body: bytes | None, head_only: bool) -> asyncio.Future[None]:
+        """Write one request (``data``; a large ``body`` in a second write, not copied behind the head);
+        the future resolves when the answer's head is parsed."""
+        if head_only != self._head_only:  # a HEAD answer has no body, whatever its Content-Length says
+            self._head_only = head_only
+            self._parser = self._new_parser()
+        self.busy, self.received, self.message, self.payload = True, False, None, None
+        waiter = self.waiter = self._loop.create_future()
+        if self.transport is None or self.transport.is_closing():
+            waiter.set_exception(ConnectionResetError("the connection is closed"))
+        else:
+            self.transport.write(data)
+            if body is not None:
+                self.transport.write(body)
+        return waiter
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:  # nothing was asked: an unsolicited byte makes the connection unusable
+            if data and self.transport is not None:
+                self.transport.close()
+            return
+        if data:
+            self.received = True
+        try:
+            assert self._parser is not None
+            messages, upgraded, _ = self._parser.feed_data(data)
+        except Exception as exc:  # noqa: BLE001  any parser error is a malformed answer
+            self.fail(MalformedResponse(f"malformed response: {type(exc).__name__}"))
+            return
+        if upgraded:
+            self.fail(MalformedResponse("unexpected protocol upgrade"))
+            return
+        for message, payload in messages:
+            self._got(message, payload)
+
+    def _got(self, message: RawResponseMessage, payload: StreamReader) -> None:
+        if 100 <= message.code < 200:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        if self.message is not None:
+            self.fail(MalformedResponse("more than one response to one request"))
+            return
+        self.message = message
+        self.payload = EMPTY_PAYLOAD if message.code in _NO_BODY else payload
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the exchange with ``exc`` (on the head or the body) and close the connection."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        payload = self.payload
+        if payload is not None and not payload.is_eof() and payload.exception() is None:
+            payload.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        payload = self.payload
+        if payload is not None and not payload.is_eof() and payload.exception() is None:
+            try:
+                assert self._parser is not None
+                self._parser.feed_eof()  # a body delimited by the connection's end ends here
+            except Exception:  # noqa: BLE001  cut short: a Content-Length or chunked body not complete
+                payload.set_exception(ConnectionResetError("the upstream closed the connection mid-body"))
+            if not payload.is_eof() and payload.exception() is None:
+                payload.set_exception(ConnectionResetError("the upstream closed the connection mid-body"))
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("the upstream closed the connection before answering"))
+        self._on_lost(self)

@@ -1,0 +1,84 @@
+"""One raw connection's answers: interim 1xx answers skipped, a byte the upstream sends unasked (while the
+connection idles in the pool) closes it, a second answer to one request is malformed. The pure-Python
+parser (``AIOHTTP_NO_EXTENSIONS=1``) is exercised by running this package's tests with that variable."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+
+from gateway.rawhttp import Origin, RawPool, fetch
+from tests.support.raw_server import Handler, Peer, RawServer, answer, keep_answering
+from tests.support.until import until
+
+
+@pytest_asyncio.fixture
+async def serve() -> AsyncIterator[Any]:
+    servers: list[RawServer] = []
+    pools: list[RawPool] = []
+
+    async def start(handler: Handler) -> tuple[RawServer, RawPool]:
+        server = await RawServer(handler).start()
+        servers.append(server)
+        pools.append(RawPool(Origin.from_url(server.url), max_connections=4, keepalive_s=30))
+        return server, pools[-1]
+
+    yield start
+    for pool in pools:
+        await pool.close()
+    for server in servers:
+        await server.close()
+
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def body_of(pool: RawPool) -> bytes:
+    resp = await fetch(pool, REQUEST, None, False, 5.0)
+    try:
+        return await resp.content.read()
+    finally:
+        resp.release()
+
+
+async def test_interim_answers_are_skipped(serve: Any) -> None:
+    async def handler(peer: Peer) -> None:
+        interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        await keep_answering(peer, interim + answer(b"final"))
+
+    server, pool = await serve(handler)
+    assert await body_of(pool) == b"final"
+    assert await body_of(pool) == b"final" and server.accepted == 1  # the connection stayed usable
+
+
+async def test_a_byte_sent_unasked_to_an_idle_connection_closes_it(serve: Any) -> None:
+    extra = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        if peer.index > 0:
+            await keep_answering(peer)
+            return
+        await peer.request()
+        await peer.send(answer(b"one"))
+        await extra.wait()
+        await peer.send(b"HTTP/1.1 200 OK\r\n")
+        await keep_answering(peer)
+
+    server, pool = await serve(handler)
+    assert await body_of(pool) == b"one" and pool.idle_count == 1  # control: kept after a clean answer
+    extra.set()
+    await until(lambda: pool.open_count == 0, message="the idle connection closed")
+    assert await body_of(pool) == b"ok" and server.accepted == 2
+
+
+async def test_a_second_answer_to_one_request_closes_the_connection(serve: Any) -> None:
+    """The first (complete) answer is delivered; the connection it came on is never reused."""
+    async def handler(peer: Peer) -> None:
+        await keep_answering(peer, answer(b"one") + answer(b"two"))
+
+    server, pool = await serve(handler)
+    assert await body_of(pool) == b"one"
+    await until(lambda: pool.open_count == 0, message="closed, not pooled")
+    assert await body_of(pool) == b"one" and server.accepted == 2
