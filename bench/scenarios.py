@@ -140,10 +140,11 @@ def default_overrides(path: Path = ROOT / "config.yaml") -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k not in ("upstreams", "routes", "server")}
 
 
-# gw-default-raw: the default config on the raw upstream client (issue #21, ``pool.client: raw``).
-RAW_CLIENT: dict[str, Any] = {"upstreams": {"mock": {"pool": {"client": "raw"}}}}
+# gw-default-aiohttp: the default config on the aiohttp upstream client (``pool.client: aiohttp``; the default
+# is the raw client since issue #21, bench/results/2026-12-06-raw-client.md measured both).
+AIOHTTP_CLIENT: dict[str, Any] = {"upstreams": {"mock": {"pool": {"client": "aiohttp"}}}}
 GATEWAYS: dict[str, dict[str, Any]] = {"gw-off": ALL_OFF, "gw-default": default_overrides(), "gw-all": ALL_ON,
-                                       "gw-default-raw": _merge(default_overrides(), RAW_CLIENT),
+                                       "gw-default-aiohttp": _merge(default_overrides(), AIOHTTP_CLIENT),
                                        **SINGLE_POLICY}
 
 
@@ -177,7 +178,7 @@ class Scenario:
 # gw-default:cores: the default config as `make run WORKERS=auto` starts it, one worker per core (shared state
 # through the supervisor's host Redis); every other gateway target runs one worker, as `make run` does.
 REQUEST_TARGETS = ("direct", "nginx", "bare", "portkey", "litellm", "gw-off", "gw-default",
-                   "gw-default-raw", "gw-default:cores", "gw-all")
+                   "gw-default-aiohttp", "gw-default:cores", "gw-all")
 # Portkey 1.15 answers every stream with a 500 on Node 20 ("TypeError: immutable" appending its headers to the
 # provider's response): its stream columns would time errors, so streams compare LiteLLM only.
 STREAM_TARGETS = tuple(t for t in REQUEST_TARGETS if t != "portkey")

@@ -9,8 +9,9 @@ from typing import Literal
 class PoolConfig:
     max_connections: int = 256
     keepalive_s: float = 30.0
-    # aiohttp: aiohttp.ClientSession; raw: gateway/rawhttp (an asyncio.Protocol client, less CPU per request)
-    client: Literal["aiohttp", "raw"] = "aiohttp"
+    # raw: gateway/rawhttp (an asyncio.Protocol client on aiohttp's C parser: ~0.1 ms less CPU per request,
+    # bench/results/2026-12-06-raw-client.md); aiohttp: aiohttp.ClientSession, as before
+    client: Literal["aiohttp", "raw"] = "raw"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimeoutsConfig:

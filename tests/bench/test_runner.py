@@ -39,12 +39,13 @@ def test_cores_target_starts_the_gateway_as_make_run_does(monkeypatch: pytest.Mo
     assert cores[1] == "http://gw-2/v1/chat/completions"
 
 
-def test_the_raw_client_target_is_the_default_config_on_pool_client_raw() -> None:
-    """``gw-default-raw`` differs from ``gw-default`` only by ``pool.client: raw`` (issue #21)."""
+def test_the_aiohttp_client_target_is_the_default_config_on_pool_client_aiohttp() -> None:
+    """``gw-default-aiohttp`` differs from ``gw-default`` only by ``pool.client: aiohttp`` (the default is
+    raw since issue #21)."""
     from bench.scenarios import GATEWAYS, gateway_config
     from gateway.config import parse_config
 
-    raw = parse_config(gateway_config("http://127.0.0.1:9/v1", GATEWAYS["gw-default-raw"]), env={})
+    other = parse_config(gateway_config("http://127.0.0.1:9/v1", GATEWAYS["gw-default-aiohttp"]), env={})
     default = parse_config(gateway_config("http://127.0.0.1:9/v1", GATEWAYS["gw-default"]), env={})
-    assert raw.upstreams["mock"].pool.client == "raw" and default.upstreams["mock"].pool.client == "aiohttp"
-    assert raw.routes == default.routes and raw.cache == default.cache
+    assert other.upstreams["mock"].pool.client == "aiohttp" and default.upstreams["mock"].pool.client == "raw"
+    assert other.routes == default.routes and other.cache == default.cache

@@ -128,21 +128,21 @@ def test_policy_blocks_are_checked_by_check_config() -> None:
     assert "server.max_inflight: must be >= 1" in problems
 
 
-def test_pool_client_is_aiohttp_by_default_and_raw_on_request() -> None:
-    """``pool.client`` selects the upstream client: aiohttp unless ``raw`` is asked for; anything else is
+def test_pool_client_is_raw_by_default_and_aiohttp_on_request() -> None:
+    """``pool.client`` selects the upstream client: raw unless ``aiohttp`` is asked for; anything else is
     refused with its dotted path, as is a raw client without a usable URL."""
     def parsed(upstreams: dict[str, Any], **extra: Any) -> Config:
         return parse_config({"routes": [{"upstream": "a"}], "upstreams": upstreams, **extra}, env={})
 
-    assert parsed({"a": {"base_url": "http://a/v1"}}).upstreams["a"].pool.client == "aiohttp"
-    raw = parsed({"a": {"base_url": "http://a/v1", "pool": {"client": "raw"}}})
-    assert raw.upstreams["a"].pool.client == "raw"
+    assert parsed({"a": {"base_url": "http://a/v1"}}).upstreams["a"].pool.client == "raw"
+    chosen = parsed({"a": {"base_url": "http://a/v1", "pool": {"client": "aiohttp"}}})
+    assert chosen.upstreams["a"].pool.client == "aiohttp"
     with pytest.raises(ConfigError) as err:
         parsed({"a": {"base_url": "http://a/v1", "pool": {"client": "curl"}}})
     assert "upstreams.a.pool.client: must be one of 'aiohttp', 'raw', got 'curl'" in err.value.problems
     with pytest.raises(ConfigError) as err:
         parsed({"a": {"base_url": "http://a/v1", "pool": {"keepalive_s": 0}},
-                "b": {"base_url": "http://b:port/v1", "pool": {"client": "raw"}}})
+                "b": {"base_url": "http://b:port/v1"}})
     problems = err.value.problems
     assert "upstreams.a.pool.keepalive_s: must be > 0" in problems
     assert any(p.startswith("upstreams.b.pool.client: raw: ") for p in problems)

@@ -144,26 +144,34 @@ async def test_pools_unchanged_kept_changed_replaced_after_inflight(
     await until(lambda: second_pool.session.closed)
 
 
-async def test_switching_to_the_raw_client_replaces_the_pool_and_closes_the_old_raw_one(
+async def test_switching_the_upstream_client_replaces_the_pool_and_closes_the_old_raw_one(
         gw: tuple[InProcessGateway, Path, dict[str, Any]], mock_upstream: MockServer) -> None:
-    """``pool.client: raw`` applied by a reload: a new client on the raw pool serves; switched back, the
-    retired client's raw connections are closed too."""
+    """``pool.client`` changed by a reload: the default raw pool serves, keeps its connection alive, and
+    is closed once a reload switches to ``aiohttp``; switched back, a new raw pool serves."""
     gateway, path, cfg = gw
     st = gateway.state
     reloader = _reloader(gateway, path)
-    raw_cfg = {**cfg, "upstreams": {"mock": {**cfg["upstreams"]["mock"], "pool": {"client": "raw"}}}}
-    _write(path, raw_cfg)
-    assert await reloader.check() == "applied"
+
+    async def chat() -> None:
+        async with aiohttp.ClientSession() as http, http.post(gateway.base_url + "/chat/completions", json={
+                "model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}) as resp:
+            assert resp.status == 200
+
     raw = st.upstreams["mock"].raw
-    assert raw is not None
-    async with aiohttp.ClientSession() as http, http.post(gateway.base_url + "/chat/completions", json={
-            "model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}) as resp:
-        assert resp.status == 200
+    assert raw is not None  # the default
+    await chat()
     assert raw.open_count == 1  # the request went through the raw pool, kept alive
-    _write(path, cfg)
+    _write(path, {**cfg, "upstreams": {"mock": {**cfg["upstreams"]["mock"], "pool": {"client": "aiohttp"}}}})
     assert await reloader.check() == "applied"
     assert st.upstreams["mock"].raw is None
+    await chat()  # served by aiohttp's session
     await until(lambda: raw.open_count == 0, message="the retired raw pool closed")
+    _write(path, cfg)
+    assert await reloader.check() == "applied"
+    again = st.upstreams["mock"].raw
+    assert again is not None and again is not raw
+    await chat()
+    assert again.open_count == 1
 
 
 async def test_removed_upstream_stays_reachable_until_inflight_ends(
