@@ -20,7 +20,14 @@ from gateway.errors import LocalReply, UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.upstream import UpstreamClient
 from tests.support.exchange import build_exchange
-from tests.support.raw_server import Handler, Peer, RawServer, answer, chunk_of, chunked, keep_answering
+from tests.support.raw_server import (
+    Peer,
+    answer,
+    chunk_of,
+    chunked,
+    keep_answering,
+    raw_servers,
+)
 from tests.support.until import until
 
 CLIENTS = ("aiohttp", "raw")
@@ -33,16 +40,8 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @pytest_asyncio.fixture
 async def serve() -> AsyncIterator[Any]:
-    servers: list[RawServer] = []
-
-    async def start(handler: Handler) -> RawServer:
-        server = await RawServer(handler).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
+    async with raw_servers() as start:
+        yield start
 
 
 @pytest_asyncio.fixture

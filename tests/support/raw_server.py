@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 Handler = Callable[["Peer"], Awaitable[None]]
 
@@ -103,3 +104,20 @@ async def keep_answering(peer: Peer, reply: bytes = b"") -> None:
     """Answer each request on the connection with ``reply`` (default ``answer()``) until the client closes."""
     while await peer.request() is not None:
         await peer.send(reply or answer())
+
+
+@asynccontextmanager
+async def raw_servers() -> AsyncIterator[Callable[[Handler], Awaitable[RawServer]]]:
+    """``start(handler)`` starts a ``RawServer``; every one started is closed on the way out."""
+    servers: list[RawServer] = []
+
+    async def start(handler: Handler) -> RawServer:
+        server = await RawServer(handler).start()
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            await server.close()
