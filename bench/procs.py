@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from bench.scenarios import UPSTREAM_RPM, UPSTREAM_TPM
+
 ROOT = Path(__file__).resolve().parents[1]
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -105,9 +107,11 @@ def wait_http(server: Server, path: str, timeout: float = 30.0) -> None:
 
 
 def start_mock(ttft_ms: float = 0.0) -> Server:
+    """The fake provider; its rate-limit headers advertise the limits the bench's configs name."""
     port = free_port()
     server = _spawn("mock", [sys.executable, "-m", "gateway", "mock-upstream", "--host", "127.0.0.1",
-                             "--port", str(port), "--ttft-ms", str(ttft_ms)], port)
+                             "--port", str(port), "--ttft-ms", str(ttft_ms), "--advertise-rpm",
+                             str(UPSTREAM_RPM), "--advertise-tpm", str(UPSTREAM_TPM)], port)
     wait_http(server, "/v1/models")
     return server
 

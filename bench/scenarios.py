@@ -100,6 +100,10 @@ ALL_OFF: dict[str, Any] = {
 # never bite), retry, breaker, compression (a context window makes it count every prompt; nothing to compress
 # in small prompts: the check is what costs) and a max_tokens budget. Tracing stays off (it needs a collector)
 # and so does the semantic cache (opt-in, an embedding model per request).
+# The upstream's limits in ALL_ON, which the bench's mock provider also advertises in its x-ratelimit-*
+# headers (``procs.start_mock``): a provider whose headers said less would teach the bucket down on every
+# answer (below half of it, where rate-limit leases stop).
+UPSTREAM_RPM, UPSTREAM_TPM = 100_000_000, 100_000_000_000
 ALL_ON: dict[str, Any] = {
     "metrics": {"enabled": True},
     "ledger": {"enabled": True},
@@ -110,7 +114,7 @@ ALL_ON: dict[str, Any] = {
                                        "tpm": 100_000_000_000}]},
     "cache": {"exact": {"enabled": True}, "semantic": {"enabled": False}, "coalesce": {"enabled": True}},
     "compression": {"enabled": True},
-    "upstreams": {"mock": {"rate_limit": {"rpm": 100_000_000, "tpm": 100_000_000_000},
+    "upstreams": {"mock": {"rate_limit": {"rpm": UPSTREAM_RPM, "tpm": UPSTREAM_TPM},
                            "retry": {"max_attempts": 3}, "circuit_breaker": {"consecutive_failures": 5}}},
 }
 

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     mock.add_argument("--seed", type=int, default=0)
     mock.add_argument("--ttft-sigma", type=float, default=0.0,
                       help="log-normal spread of each answer's TTFT around --ttft-ms (0: exact)")
+    mock.add_argument("--advertise-rpm", type=int,
+                      help="x-ratelimit-limit-requests with no quota set (default 10000)")
+    mock.add_argument("--advertise-tpm", type=int,
+                      help="x-ratelimit-limit-tokens with no quota set (default 10M)")
     return parser
 
 
@@ -139,9 +143,11 @@ def run_mock_upstream(args: argparse.Namespace) -> int:
     from gateway.mock import MockConfig, run_mock
 
     setup_logging("info")
+    pairs = (("advertised_rpm", args.advertise_rpm), ("advertised_tpm", args.advertise_tpm))
+    advertised = {name: value for name, value in pairs if value is not None}
     run_mock(
         MockConfig(ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s, seed=args.seed,
-                   ttft_sigma=args.ttft_sigma), args.host, args.port
+                   ttft_sigma=args.ttft_sigma, **advertised), args.host, args.port
     )
     return 0
 

@@ -105,7 +105,7 @@ def build_mock_app(
         cfg=cfg,
         recorder=Recorder(max_recorded),
         faults=FaultQueue(),
-        quota=SlidingWindowQuota(clock or time.monotonic),
+        quota=SlidingWindowQuota(clock or time.monotonic, cfg.advertised_rpm, cfg.advertised_tpm),
         rng=random.Random(cfg.seed),
     )
     app.router.add_route("*", "/{tail:.*}", _dispatch)

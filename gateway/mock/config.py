@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .quota import DEFAULT_RPM, DEFAULT_TPM
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MockConfig:
@@ -25,4 +27,8 @@ class MockConfig:
     # > 0: a provider-like prompt cache per mock instance: a chat request whose leading messages were
     # seen before (at least this many prompt tokens of them) reports them as cached_tokens.
     prompt_cache_min_tokens: int = 0
+    # What the x-ratelimit-* headers advertise when no quota is configured (a bench whose gateway config
+    # names larger limits sets these to agree with it: otherwise every answer teaches its buckets down).
+    advertised_rpm: int = DEFAULT_RPM
+    advertised_tpm: int = DEFAULT_TPM
     fixtures_dir: str = ""  # provider fixtures replayed on ``x-mock-fixture`` (empty: tests/data/providers)

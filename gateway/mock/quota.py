@@ -45,9 +45,11 @@ class SlidingWindowQuota:
     that many seconds the same request will be admitted (absent other traffic).
     """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], default_rpm: int = DEFAULT_RPM,
+                 default_tpm: int = DEFAULT_TPM) -> None:
         self._clock = clock
         self.limits = QuotaLimits()
+        self.default_rpm, self.default_tpm = default_rpm, default_tpm  # advertised when no quota is set
         self._window: deque[tuple[float, int]] = deque()
         self._tokens_in_window = 0
 
@@ -104,19 +106,20 @@ class SlidingWindowQuota:
     def headers(self) -> dict[str, str]:
         """OpenAI-style `x-ratelimit-*` headers reflecting the current window."""
         if self.limits.unlimited:
+            rpm, tpm = self.default_rpm, self.default_tpm
             return {
-                "x-ratelimit-limit-requests": str(DEFAULT_RPM),
-                "x-ratelimit-remaining-requests": str(DEFAULT_RPM - 1),
+                "x-ratelimit-limit-requests": str(rpm),
+                "x-ratelimit-remaining-requests": str(rpm - 1),
                 "x-ratelimit-reset-requests": "6ms",
-                "x-ratelimit-limit-tokens": str(DEFAULT_TPM),
-                "x-ratelimit-remaining-tokens": str(DEFAULT_TPM - 1000),
+                "x-ratelimit-limit-tokens": str(tpm),
+                "x-ratelimit-remaining-tokens": str(tpm - 1000),
                 "x-ratelimit-reset-tokens": "6ms",
             }
         now = self._clock()
         self._prune(now)
         oldest_reset = (self._window[0][0] + WINDOW_S - now) if self._window else 0.0
-        rpm = self.limits.rpm if self.limits.rpm is not None else DEFAULT_RPM
-        tpm = self.limits.tpm if self.limits.tpm is not None else DEFAULT_TPM
+        rpm = self.limits.rpm if self.limits.rpm is not None else self.default_rpm
+        tpm = self.limits.tpm if self.limits.tpm is not None else self.default_tpm
         return {
             "x-ratelimit-limit-requests": str(rpm),
             "x-ratelimit-remaining-requests": str(max(0, rpm - len(self._window))),

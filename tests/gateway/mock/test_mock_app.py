@@ -546,6 +546,19 @@ async def test_recording_and_control_endpoints(http: aiohttp.ClientSession, serv
     assert server.recorder.count() == 0  # control calls themselves are never recorded
 
 
+async def test_advertised_limits_without_a_quota(http: aiohttp.ClientSession) -> None:
+    """With no quota set the headers advertise ``advertised_rpm``/``_tpm`` (a bench agreeing with its
+    gateway's config); a default mock advertises a high tier's 10,000 rpm (the control)."""
+    body = {"model": "m", "messages": CHAT, "max_tokens": 5}
+    for cfg, rpm, tpm in ((MockConfig(advertised_rpm=10**8, advertised_tpm=10**11), 10**8, 10**11),
+                          (MockConfig(), 10_000, 10_000_000)):
+        async with await start_mock(cfg) as srv, await post(http, srv, "/chat/completions", body) as resp:
+            assert resp.status == 200
+            assert resp.headers["x-ratelimit-limit-requests"] == str(rpm)
+            assert resp.headers["x-ratelimit-remaining-requests"] == str(rpm - 1)
+            assert resp.headers["x-ratelimit-limit-tokens"] == str(tpm)
+
+
 async def test_quota_sliding_window_with_injected_clock(http: aiohttp.ClientSession) -> None:
     clock = FakeClock()
     async with await start_mock(MockConfig(), clock=clock) as srv:
