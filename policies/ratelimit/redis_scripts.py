@@ -14,7 +14,7 @@ local day = math.floor(now / 86400000)
 local function bucket(key, f, cap, rate)
   local v = redis.call('HMGET', key, f, f .. '@', f .. '~', f .. '~@')
   local held = 0
-  if v[3] and tonumber(v[4]) > now then held = tonumber(v[3]) end
+  if v[3] and v[4] and tonumber(v[4]) > now then held = tonumber(v[3]) end  -- never granted: no expiry
   if not v[1] then return cap - held, held end
   return math.min(cap - held, tonumber(v[1]) + (now - tonumber(v[2])) * rate), held
 end

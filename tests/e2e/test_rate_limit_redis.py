@@ -128,6 +128,42 @@ async def test_two_gateways_share_one_limit(mock_upstream: MockServer, redis_ser
         await b.close()
 
 
+async def test_two_gateways_leasing_a_large_limit_admit_one_limit(mock_upstream: MockServer,
+                                                                  redis_server: RedisServer) -> None:
+    """A key's 200 rpm leased in 10s (``lease: 0.05``) by two gateways on one Redis, each sending 130 requests
+    5 at a time: they admit from their leases (the control: leases granted and spent in both) and together
+    exactly one limit, give or take its refill and what leases may hold unspent at the end (two leases per
+    gateway)."""
+    cfg = gateway_config(
+        mock_upstream.url,
+        cache=NO_CACHE,
+        state=shared_state(redis_server.url),
+        auth={"mode": "keys", "keys": [{"key": KEY, "tenant": "team-a", "rpm": 200, "lease": 0.05}]},
+        upstreams={"mock": {"base_url": mock_upstream.url, "api_key": "sk-up"}},
+    )
+    a, b = await start_gateway(cfg), await start_gateway(cfg)
+    loop = asyncio.get_running_loop()
+
+    async def waves(gw: InProcessGateway, n: int, start: int) -> list[int]:
+        """``n`` requests 5 at a time (one burst of 130 would drain half the bucket before any lease)."""
+        return [code for i in range(0, n, 5) for code in await statuses(gw, 5, KEY, start + i)]
+
+    try:
+        started = loop.time()
+        codes = await asyncio.gather(waves(a, 130, 0), waves(b, 130, 130))
+        admitted = codes[0].count(200) + codes[1].count(200)
+        refill = (loop.time() - started) * 200 / 60
+        assert 200 - 2 * 2 * 10 <= admitted <= 200 + refill + 1  # over the run: the limit plus its refill
+        assert codes[0].count(429) + codes[1].count(429) == 260 - admitted
+        for gw in (a, b):
+            metrics = limiter(gw).metrics
+            assert metrics.leases("client", "granted")._value.get() >= 1
+            assert metrics.leases("client", "spent")._value.get() >= 1
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_two_gateway_processes_share_one_client_limit(mock_upstream: MockServer,
                                                              redis_server: RedisServer) -> None:
     """Two real ``gateway serve`` processes on one Redis admit a key's 20 rpm once, not twice."""

@@ -122,6 +122,20 @@ async def test_a_large_limit_is_admitted_from_the_lease_without_a_round_trip(
     assert len(trips) == 9 and a.count("refused") == 0
 
 
+async def test_a_first_ask_refused_below_half_leaves_the_bucket_usable(pair: tuple[Process, Process]) -> None:
+    """A bucket drained below half before anyone got a lease (a burst's plain admissions ahead of the one
+    asking, as in one pipeline): the refused ask records no lease, and the next admissions still run in
+    Redis (a held figure with no expiry once made every later script call fail: Redis counted as down, each
+    process fell back to its local share and over-admitted). The control: the drained half was admitted."""
+    a, b = pair
+    plain = LimitSet("client", BIG.key, "t", BIG.limits)  # the same bucket, never leased
+    assert await b.admit(plain, 320) == 320
+    refused = await a.limiter.acquire(BIG, (1,), "m")
+    assert refused.ok and not refused.leased and not refused.local and a.count("refused") == 1
+    after = [await a.limiter.acquire(BIG, (1,), f"n{i}") for i in range(3)]
+    assert all(v.ok and not v.local for v in after) and a.guarded.up and a.count("granted") == 0
+
+
 async def test_two_processes_never_admit_more_than_the_limit(pair: tuple[Process, Process]) -> None:
     """Interleaved until both are refused: exactly the limit (plus what refilled meanwhile), and the last
     half of the bucket went per request (leases refused below half of it)."""
