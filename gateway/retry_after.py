@@ -3,7 +3,7 @@
 Precedence follows precision: OpenAI's ``retry-after-ms`` first, then the standard
 ``Retry-After`` (seconds or an HTTP date), then, on a 429 only, OpenAI's
 ``x-ratelimit-reset-requests`` / ``-tokens`` Go-style durations (``"1s"``, ``"6m0s"``,
-``"20ms"``). Headers arrive lower-cased (``gateway.upstream.forward_response_headers``).
+``"20ms"``). Headers arrive lower-cased (``gateway.forward_headers.forward_response_headers``).
 Anything unparsable is ignored: a bad header must never turn into a long sleep.
 """
 from __future__ import annotations
