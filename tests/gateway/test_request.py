@@ -18,7 +18,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from gateway.errors import LocalReply
-from gateway.request import MAX_DEPTH, parse_json, read_body, validate
+from gateway.request import MAX_DEPTH, WALK_BUDGET, parse_json, read_body, validate, walk_depth
 from tests.support.servers import gateway_config, start_gateway
 
 LIMIT = 1000
@@ -162,6 +162,32 @@ def test_depth_beyond_the_parser_limit_is_also_too_deep() -> None:
     assert _code(exc) == (400, "json_too_deep")
 
 
+def test_depth_is_judged_past_the_walk_budget_too() -> None:
+    """A body wider than the walk's budget (a long token array) is judged by brackets, then the full walk."""
+    wide = list(range(WALK_BUDGET + 10))
+    deep = orjson.loads(_nested(MAX_DEPTH + 1))
+    shallow = orjson.loads(_nested(MAX_DEPTH - 1))  # one level more under "b"
+    # "input" last: the walk meets the wide array first, gives up, and the bracket count decides
+    for body in ({"model": "m", "b": shallow, "input": wide}, {"model": "m", "b": deep, "input": wide}):
+        assert walk_depth(body, MAX_DEPTH, WALK_BUDGET) is None
+    assert parse_json(orjson.dumps({"model": "m", "b": shallow, "input": wide}))["input"] == wide
+    with pytest.raises(LocalReply) as exc:
+        parse_json(orjson.dumps({"model": "m", "b": deep, "input": wide}))
+    assert _code(exc) == (400, "json_too_deep")
+
+
+def test_the_walk_sees_depth_below_wide_containers() -> None:
+    """Within the budget: containers beside scalars are still walked (a message list, then its parts)."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "text", "text": "x"}]}
+                                      for _ in range(200)]
+    body = {"model": "m", "messages": messages}
+    assert parse_json(orjson.dumps(body))["messages"] == messages
+    messages[150]["content"][0]["deep"] = orjson.loads(_nested(MAX_DEPTH - 4))  # 5 levels above it
+    with pytest.raises(LocalReply) as exc:
+        parse_json(orjson.dumps(body))
+    assert _code(exc) == (400, "json_too_deep")
+
+
 def test_brackets_inside_strings_are_not_depth() -> None:
     raw = orjson.dumps({"model": "m", "text": "[" * 500 + "{" * 500})
     assert parse_json(raw)["text"].startswith("[[")
@@ -178,6 +204,37 @@ def test_brackets_inside_strings_are_not_depth() -> None:
 def test_duplicate_steering_keys_are_refused(raw: bytes) -> None:
     with pytest.raises(LocalReply) as exc:
         parse_json(raw)
+    assert _code(exc) == (400, "duplicate_key")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        rb'{"model": "a", "mod\u0065l": "b"}',
+        rb'{"stream": false, "model": "a", "stre\u0061m": true}',
+        rb'{"\u006d\u006F\u0064\u0065\u006c": "b", "model": "a"}',
+    ],
+)
+def test_escaped_spellings_of_steering_keys_are_refused(raw: bytes) -> None:
+    with pytest.raises(LocalReply) as exc:
+        parse_json(raw)
+    assert _code(exc) == (400, "duplicate_key")
+
+
+def test_text_escapes_do_not_trigger_the_key_scan() -> None:
+    """Escapes of non-ASCII or control characters spell no key: the body passes; an escaped letter in a
+    key that is not a steering key passes the key scan (the control: the scan runs and finds nothing)."""
+    text = rb'{"model": "a", "messages": [{"content": "caf\u00e9 \n \"q\" \u2615"}]}'
+    assert parse_json(text)["messages"][0]["content"] == "caf\u00e9 \n \"q\" \u2615"
+    assert parse_json(rb'{"model": "a", "us\u0065r": "u1"}')["user"] == "u1"
+
+
+def test_a_nested_stream_key_is_not_a_steering_key() -> None:
+    """Without a top-level ``stream`` no spelling of it steers: nested repeats are the provider's to judge."""
+    raw = b'{"model": "a", "metadata": {"stream": 1, "stream": 2}}'
+    assert parse_json(raw)["metadata"] == {"stream": 2}
+    with pytest.raises(LocalReply) as exc:  # the control: with a top-level stream the count triggers
+        parse_json(b'{"model": "a", "stream": true, "metadata": {"stream": 1, "stream": 2}}')
     assert _code(exc) == (400, "duplicate_key")
 
 
@@ -326,6 +383,10 @@ INVALID: list[tuple[str, dict[str, Any], str | None, str]] = [
     ("embeddings", {"model": "m", "input": ["x", 1]}, "input", "invalid_type"),
     ("embeddings", {"model": "m", "input": [1, True]}, "input", "invalid_type"),
     ("embeddings", {"model": "m", "input": [[1], ["x"]]}, "input", "invalid_type"),
+    ("embeddings", {"model": "m", "input": [[1, True]]}, "input", "invalid_type"),
+    ("embeddings", {"model": "m", "input": [[1], 2]}, "input", "invalid_type"),
+    ("embeddings", {"model": "m", "input": [True]}, "input", "invalid_type"),
+    ("embeddings", {"model": "m", "input": [1.5]}, "input", "invalid_type"),
     ("responses", {"model": "m"}, "input", "missing_required"),
     ("responses", {"model": "m", "input": 3}, "input", "invalid_type"),
     ("responses", {"model": "m", "input": "x", "instructions": ["be brief"]}, "instructions", "invalid_type"),
