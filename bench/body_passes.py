@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import orjson
 
-from gateway.handler import decode
+from gateway.decode import decode
 from policies.cache.guards import question_digest
 from policies.cache.keys import answer_fields, make_key
 

@@ -19,16 +19,15 @@ from aiohttp import web
 from gateway.admission import client_key
 from gateway.appstate import APP_STATE, AppState
 from gateway.auth import Identity
-from gateway.blobs import Blobs
-from gateway.blobs import extract as extract_blobs
 from gateway.chain import Next
+from gateway.decode import decode_body
 from gateway.embeddings_limits import check_inputs, check_tokens
 from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body
 from gateway.exchange import Exchange, Record, RequestFacts, Target
 from gateway.ownership import require_owned, tag_response_body
 from gateway.ranges import check as check_ranges
 from gateway.relay import relay
-from gateway.request import parse_json, read_body, too_large, validate
+from gateway.request import read_body, too_large
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
 from gateway.tokens.prompt import count_prompt, loading_for_estimate
@@ -232,28 +231,13 @@ def finish(st: AppState, ex: Exchange) -> None:
             log.exception("request finalizer or sink failed")
 
 
-DECODE_INLINE_MAX_BYTES = 256 * 1024  # below this, decoding on the loop costs less than a thread hop
-
-
-def decode(raw: bytes, operation: str) -> tuple[dict[str, Any], Blobs | None]:
-    """Blobs out, JSON parsed, shape validated: every pass over a body's bytes but the read."""
-    parsed, blobs = extract_blobs(raw)  # a large body's base64 images stay out of the parsed JSON
-    body = parse_json(parsed)
-    del parsed
-    validate(operation, body)
-    return body, blobs
-
-
 async def build_exchange(request: web.Request, st: AppState, rid: str, operation: str,
                          now: float) -> Exchange:
     runtime = st.runtime
     cfg = runtime.config
     identity = runtime.auth.identify(request.headers, request.query)
     raw = await read_body(request, cfg.server.max_body_bytes)
-    if len(raw) < DECODE_INLINE_MAX_BYTES:
-        body, blobs = decode(raw, operation)
-    else:  # parsing megabytes on the loop stalls every tenant (issue 15): one thread job per request
-        body, blobs = await asyncio.to_thread(decode, raw, operation)
+    body, blobs = await decode_body(st.work, identity.namespace, raw, operation)
     if operation == "responses" and identity.key is not None and body.get("previous_response_id") is not None:
         await _check_previous_response(st, identity, body["previous_response_id"])
     model: str = body["model"]

@@ -1,0 +1,64 @@
+"""A client's request body, decoded once: on the loop when small, in the fair work pool when large.
+
+``decode`` is every pass over a body's bytes but the read: large base64 strings set aside
+(``gateway/blobs.py``), the JSON parsed and checked (``gateway/request.py``), the shape validated.
+Below ``DECODE_INLINE_MAX_BYTES`` that costs less than a thread hop and runs on the loop. Above it,
+the job goes to the gateway's ``WorkPool`` (``gateway/tokens/pool.py``) under the client's tenant
+namespace (issue 15), not to an unbounded executor:
+
+- a few threads at most: the parse holds the GIL, so more threads only made the event loop wait
+  behind more of them for the GIL (16 prompts of 500 KB at once, each decoded in its own thread,
+  stalled every other client's stream);
+- fair: a tenant's queue of large bodies delays another tenant's job by at most the jobs running;
+- bounded: past the pool's queue per tenant or its time budget the request is answered 503 with
+  ``Retry-After`` (``gateway_busy``), counted in ``gateway_work_total{kind="decode"}``.
+
+A refusal found while decoding (bad JSON, too deep, a wrong type) comes back as the same 400.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from gateway.blobs import Blobs
+from gateway.blobs import extract as extract_blobs
+from gateway.errors import LocalReply
+from gateway.request import parse_json, validate
+from gateway.tokens.pool import WorkPool
+
+DECODE_INLINE_MAX_BYTES = 256 * 1024  # below this, decoding on the loop costs less than a thread hop
+Decoded = tuple[dict[str, Any], Blobs | None]
+
+
+def decode(raw: bytes, operation: str) -> Decoded:
+    """Blobs out, JSON parsed, shape validated; raises ``LocalReply`` (400) on bad input."""
+    parsed, blobs = extract_blobs(raw)  # a large body's base64 images stay out of the parsed JSON
+    body = parse_json(parsed)
+    del parsed
+    validate(operation, body)
+    return body, blobs
+
+
+async def decode_body(work: WorkPool, tenant: str, raw: bytes, operation: str) -> Decoded:
+    """``decode`` on the loop for a small body, else in ``work`` (fair per ``tenant``, budgeted)."""
+    if len(raw) < DECODE_INLINE_MAX_BYTES:
+        return decode(raw, operation)
+    outcome = await work.run(tenant, "decode", partial(_decode_or_refusal, raw, operation), _busy)
+    if isinstance(outcome, LocalReply):
+        raise outcome
+    return outcome
+
+
+def _decode_or_refusal(raw: bytes, operation: str) -> Decoded | LocalReply:
+    """In a worker: the refusal is a value, so the pool hands it back instead of its fallback."""
+    try:
+        return decode(raw, operation)
+    except LocalReply as refusal:
+        return refusal
+
+
+def _busy() -> Decoded | LocalReply:
+    """The pool's fallback (queue full, over budget, or the job failed): nothing was decoded."""
+    raise LocalReply(503, "The gateway is busy decoding large request bodies; retry after the delay in "
+                     "Retry-After.", type="server_error", code="gateway_busy",
+                     headers={"retry-after": "1", "x-should-retry": "true"})

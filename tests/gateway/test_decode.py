@@ -1,0 +1,94 @@
+"""Tests for gateway.decode: small bodies on the loop, large ones in the fair work pool, refusals kept."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import orjson
+import pytest
+
+from gateway.decode import DECODE_INLINE_MAX_BYTES, decode, decode_body
+from gateway.errors import LocalReply
+from gateway.telemetry.metrics import Metrics
+from gateway.tokens.pool import WorkPool
+from tests.gateway.tokens.test_pool import outcomes
+from tests.support.until import until
+
+
+def chat_body(size: int) -> bytes:
+    text = "word " * (size // 5)
+    return orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]})
+
+
+SMALL = chat_body(1_000)
+LARGE = chat_body(DECODE_INLINE_MAX_BYTES + 1_000)
+
+
+async def test_a_small_body_is_decoded_on_the_loop() -> None:
+    metrics = Metrics()
+    pool = WorkPool(threads=1, metrics=metrics)
+    body, blobs = await decode_body(pool, "t", SMALL, "chat")
+    assert body["model"] == "gpt-4o" and blobs is None
+    assert outcomes(metrics, "decode") == {}  # no pool job
+    pool.close()
+
+
+async def test_a_large_body_is_decoded_in_the_pool() -> None:
+    metrics = Metrics()
+    pool = WorkPool(threads=1, metrics=metrics)
+    body, _ = await decode_body(pool, "t", LARGE, "chat")
+    assert body == decode(LARGE, "chat")[0]
+    assert outcomes(metrics, "decode") == {"done": 1.0}
+    pool.close()
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"{" + b" " * DECODE_INLINE_MAX_BYTES, "invalid_json"),
+    (b'{"model": 1, "pad": "' + b"x" * DECODE_INLINE_MAX_BYTES + b'"}', "invalid_type"),
+])
+async def test_a_refusal_found_in_the_pool_is_the_same_400(raw: bytes, code: str) -> None:
+    metrics = Metrics()
+    pool = WorkPool(threads=1, metrics=metrics)
+    with pytest.raises(LocalReply) as exc:
+        await decode_body(pool, "t", raw, "chat")
+    assert (exc.value.status, exc.value.code) == (400, code)
+    assert outcomes(metrics, "decode") == {"done": 1.0}  # the job ran; its answer was the refusal
+    pool.close()
+
+
+async def test_a_tenant_past_its_queue_gets_503_and_another_tenant_is_decoded() -> None:
+    metrics = Metrics()
+    pool = WorkPool(threads=1, max_queued=1, budget_s=30, metrics=metrics)
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(pool.run("a", "other", lambda: gate.wait(10), lambda: False))
+    await until(lambda: pool.busy == 1)
+    queued = asyncio.ensure_future(decode_body(pool, "a", LARGE, "chat"))
+    await until(lambda: pool.queued("a") == 1)
+    with pytest.raises(LocalReply) as exc:  # a's queue is full: answered at once
+        await decode_body(pool, "a", LARGE, "chat")
+    assert (exc.value.status, exc.value.code) == (503, "gateway_busy")
+    assert exc.value.headers["retry-after"] == "1"
+    other = asyncio.ensure_future(decode_body(pool, "b", LARGE, "chat"))  # the control: b still queues
+    await until(lambda: pool.queued("b") == 1)
+    gate.set()
+    assert (await other)[0]["model"] == "gpt-4o"
+    assert (await queued)[0]["model"] == "gpt-4o"
+    await blocker
+    assert outcomes(metrics, "decode") == {"queue_full": 1.0, "done": 2.0}
+    pool.close()
+
+
+async def test_over_the_budget_is_503_not_a_wait() -> None:
+    metrics = Metrics()
+    pool = WorkPool(threads=1, budget_s=0.05, metrics=metrics)
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(pool.run("a", "other", lambda: gate.wait(10), lambda: False))
+    await until(lambda: pool.busy == 1)
+    with pytest.raises(LocalReply) as exc:
+        await decode_body(pool, "a", LARGE, "chat")
+    assert exc.value.status == 503
+    gate.set()
+    await blocker
+    assert (await decode_body(pool, "a", LARGE, "chat"))[0]["model"] == "gpt-4o"  # the control
+    assert outcomes(metrics, "decode") == {"over_budget": 1.0, "done": 1.0}
+    pool.close()
