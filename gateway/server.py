@@ -24,7 +24,7 @@ from gateway.app import build_app
 from gateway.appstate import APP_STATE, AppState
 from gateway.config_model import Config
 from gateway.errors import error_body
-from gateway.memory import trim_heap
+from gateway.memory import pin_malloc_thresholds, trim_heap
 from gateway.reload import Reloader
 
 log = logging.getLogger("gateway.server")
@@ -222,6 +222,7 @@ def settle_memory() -> None:
     # young generation every 10,000 allocations instead of 700, so a request's objects are mostly freed
     # by reference counting before a collection has to look at them.
     gc.set_threshold(10_000, 10, 10)
+    pin_malloc_thresholds()
     trim_heap()
 
 
