@@ -41,8 +41,9 @@ class ServerConfig:
     max_inflight: int = 4096
     # The whole request body must arrive within this; a trickling client gets 408.
     body_timeout_s: float = 60.0
-    # Off-loop work (token counting, compression, embedder input): worker threads, and the time a request
-    # waits for its share before it takes an estimate instead (docs/reliability.md).
+    # Off-loop work (token counting, compression, embedder input, decoding bodies over 256 KiB): worker
+    # threads, and the time a request waits for its share before it takes an estimate instead (a body
+    # not decoded in time: 503 gateway_busy; docs/reliability.md).
     work_threads: int = 2
     # Per client (its key, else its address), before max_inflight: requests in flight, bodies being read
     # (429 + Retry-After over either); a request head must be complete within header_timeout_s (408).
