@@ -1,7 +1,9 @@
 """Loop time per MB of each pass a large chat body goes through (issue 15), in this process.
 
-For two bodies (3.5 MB of whitespace messages, escaped to ~5 MB of JSON; one 4 MB question of words)
-prints, per step, the best-of-5 CPU milliseconds per MB, and the longest stall of an event loop
+For four bodies (3.5 MB of whitespace messages, escaped to ~5 MB of JSON; one 4 MB question of words;
+``bench.heavy_prompts``' 500 KB conversation; a 500 KB agent conversation of tool calls and tool results
+whose JSON text is escaped, non-ASCII included) prints,
+per step, the best-of-5 CPU milliseconds per MB, and the longest stall of an event loop
 ticking while the step runs inline or in a thread. A step that holds the GIL (orjson's parse and
 canonical dump) stalls the loop as long in a thread as inline; hashing releases it.
 
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
+from bench.heavy_prompts import heavy_body
 from gateway.decode import decode
 from policies.cache.guards import question_digest
 from policies.cache.keys import answer_fields, make_key
@@ -23,6 +28,18 @@ from policies.cache.keys import answer_fields, make_key
 
 def chat(contents: list[str]) -> bytes:
     return orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": c} for c in contents]})
+
+
+def agent_conversation(target_bytes: int = 500_000) -> bytes:
+    """Tool calls and their JSON results (escaped quotes, ``\\n``, ``\\u`` escapes), as agents send them."""
+    rows = json.dumps({"rows": [{"id": i, "name": "café ☕ item", "note": "line1\nline2"}
+                                for i in range(20)]})
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are an agent.\nUse tools."}]
+    while len(orjson.dumps(messages)) < target_bytes:
+        call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"a": 1}'}}
+        messages.append({"role": "assistant", "content": 'Looking at "rows":\n- ok', "tool_calls": [call]})
+        messages.append({"role": "tool", "tool_call_id": "call_1", "content": rows})
+    return orjson.dumps({"model": "gpt-4o", "messages": messages, "stream": True})
 
 
 def best_ms(fn: Callable[[], object], runs: int = 5) -> float:
@@ -75,7 +92,8 @@ def steps(raw: bytes) -> dict[str, Callable[[], object]]:
 
 async def main() -> None:
     words = ("invoice order refund status customer shipping " * 90_000)[:4_000_000]
-    bodies = {"whitespace 3.5MB": chat([" \n" * 50_000] * 35), "words 4MB": chat(["q: " + words])}
+    bodies = {"whitespace 3.5MB": chat([" \n" * 50_000] * 35), "words 4MB": chat(["q: " + words]),
+              "heavy_prompts 500KB": heavy_body(0), "agent tool calls 500KB": agent_conversation()}
     for name, raw in bodies.items():
         mb = len(raw) / 2**20
         print(f"{name} ({mb:.2f} MB of JSON)")
