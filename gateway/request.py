@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from itertools import compress
 from typing import Any
 
 import orjson
@@ -121,26 +122,28 @@ def _nests_too_deep(raw: bytes, body: dict[str, Any]) -> bool:
     return raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and walk_depth(body, MAX_DEPTH) is True
 
 
-_CONTAINERS = (dict, list)
+_IS_CONTAINER = frozenset({dict, list}).__contains__
 
 
 def walk_depth(value: dict[str, Any], limit: int, budget: float = float("inf")) -> bool | None:
     """True/False when containers nest deeper than ``limit``; None once ``budget`` elements were seen.
 
-    Each container's element types are read at C speed (``map(type, ...)``); only containers holding
-    containers are iterated in Python."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
+    Level by level; a container's children are sifted at C speed (``compress`` over their types), so
+    only containers cost Python work (~0.2 us each), never the strings and numbers inside them."""
+    level: list[Any] = [value]
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        children = node.values() if type(node) is dict else node
-        budget -= len(children)
-        if budget < 0:
-            return None
-        kinds = set(map(type, children))
-        if dict in kinds or list in kinds:
-            stack.extend((child, depth + 1) for child in children if type(child) in _CONTAINERS)
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if type(node) is dict else node
+            budget -= len(children)
+            if budget < 0:
+                return None
+            below.extend(compress(children, map(_IS_CONTAINER, map(type, children))))
+        level = below
+        depth += 1
     return False
 
 
