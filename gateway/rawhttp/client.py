@@ -13,7 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.rawhttp.connection import RawConnection
 from gateway.rawhttp.pool import RawPool
 
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())  # empty, read-only: shared by every handle
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())  # empty, read-only: one for all
 
 
 class RawResponse:
@@ -32,7 +32,7 @@ class RawResponse:
         self._pool, self._conn, self._done = pool, conn, False
 
     def forget_headers(self) -> None:
-        """The caller copied what it forwards: let the parsed head go, so a long body keeps only its reader."""
+        """The caller copied what it forwards: the parsed head goes, a long body keeps only its reader."""
         self.headers = _NO_HEADERS
 
     def release(self) -> None:
