@@ -103,6 +103,7 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
     ex: Exchange | None = None
     try:
         ex = await build(now)
+        del build  # its closure (request, state, id) is not kept for a stream's life
         st.admission.done_reading(key)
         reading = False
         return await _run(request, st, ex, call)

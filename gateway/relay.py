@@ -43,6 +43,7 @@ async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamRe
     collected: list[bytes] = []
     try:
         writer = await resp.prepare(request)
+        resp.headers.clear()  # serialised into the writer: a long stream need not keep them (issue 21)
         if sse and writer is not None:
             asyncio.get_running_loop().call_soon(_headers_soon, writer)
         async for chunk in up.body:
@@ -53,6 +54,7 @@ async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamRe
                     rec.first_token_at = st.clock()
                 collected.append(chunk)
             await resp.write(chunk)
+            del chunk  # written: an idle stream does not hold the last chunk while it waits for the next
         await resp.write_eof()
     except UpstreamFailure as failure:
         rec.error_kind = failure.kind

@@ -22,6 +22,7 @@ being compact: the byte checks only short-cut events they can fully prove.
 """
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,7 @@ class StreamInspector:
     clock: Callable[[], float]
     first_token_at: float = 0.0
     last_token_at: float = 0.0
-    gaps: list[float] = field(default_factory=list)
+    gaps: array[float] = field(default_factory=lambda: array("d"))  # 8 bytes a token, not a float object's 32
     usage: Usage | None = None
     usage_events: int = 0
     finish_reasons: list[str] = field(default_factory=list)

@@ -145,6 +145,8 @@ class UpstreamClient:
             )
         decompressed = "content-encoding" in resp.headers
         out_headers = forward_response_headers(resp.headers, decompressed)
+        if isinstance(resp, RawResponse):
+            resp.forget_headers()  # a stream can stay open for minutes: its parsed head need not
         body = _Body(self._body(resp, ex, attempt, t, first_byte_deadline), resp)
         return UpstreamResponse(status=resp.status, headers=out_headers, body=body, upstream=self.name)
 

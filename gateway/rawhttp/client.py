@@ -8,10 +8,12 @@ caller's (and the retry policy's) business.
 from __future__ import annotations
 
 from aiohttp.streams import StreamReader
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.rawhttp.connection import RawConnection
 from gateway.rawhttp.pool import RawPool
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())  # empty, read-only: one for all
 
 
 class RawResponse:
@@ -22,11 +24,16 @@ class RawResponse:
     def __init__(self, pool: RawPool, conn: RawConnection) -> None:
         message, payload = conn.message, conn.payload
         assert message is not None and payload is not None
+        conn.message = None  # the parsed head (raw header lines, multidict) is this handle's from now on
         self.status: int = message.code
         self.headers: CIMultiDictProxy[str] = message.headers
         self.content: StreamReader = payload
         self._should_close: bool = message.should_close
         self._pool, self._conn, self._done = pool, conn, False
+
+    def forget_headers(self) -> None:
+        """The caller copied what it forwards: the parsed head goes, a long body keeps only its reader."""
+        self.headers = _NO_HEADERS
 
     def release(self) -> None:
         """Back to the pool when the body was read to its end cleanly and nobody asked to close."""

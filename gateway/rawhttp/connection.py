@@ -89,7 +89,7 @@ class RawConnection(BaseProtocol):
     def _got(self, message: RawResponseMessage, payload: StreamReader) -> None:
         if 100 <= message.code < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-        if self.message is not None:
+        if self.payload is not None:  # set with ``message``, and kept after the response handle took that
             self.fail(MalformedResponse("more than one response to one request"))
             return
         self.message = message

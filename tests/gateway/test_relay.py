@@ -4,6 +4,8 @@ streaming tests."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import types
 from collections.abc import AsyncIterator
 from unittest import mock
 
@@ -13,7 +15,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway.appstate import AppState
 from gateway.exchange import UpstreamResponse, Usage
-from gateway.relay import _record_outcome, _response_headers, relay
+from gateway.relay import _HeadersWithBody, _record_outcome, _response_headers, relay
 from gateway.sse import StreamInspector
 from tests.support.exchange import build_exchange
 from tests.support.fake_body import FakeBody
@@ -123,3 +125,49 @@ async def test_a_stream_not_yet_started_sends_its_headers_first() -> None:
     first.set()
     await task
     assert b'"content":"hi"' in wire.writes[1]
+
+
+class Stalling:
+    """A stream body that hands out ``chunk`` (keeping no reference to it) and then waits until closed."""
+
+    def __init__(self, chunk: bytes) -> None:
+        self.chunk: bytes | None = chunk
+        self.closed = asyncio.Event()
+        self.waiting = False
+
+    def __aiter__(self) -> Stalling:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk, self.chunk = self.chunk, None
+        if chunk is not None:
+            return chunk
+        self.waiting = True
+        await self.closed.wait()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+def relay_holds(obj: object) -> bool:
+    """Whether a suspended ``relay`` coroutine refers to ``obj`` (one of its locals)."""
+    return any(isinstance(r, types.CoroutineType) and r.cr_code is relay.__code__
+               for r in gc.get_referrers(obj))
+
+
+async def test_an_idle_stream_keeps_neither_its_last_chunk_nor_its_response_headers() -> None:
+    """Issue 21: a stream stalled after its first token holds what it needs for the next one, not the chunk
+    already written nor the header multidict already serialised."""
+    chunk = sse({"choices": [{"delta": {"content": "hi"}}]})
+    wire, body = Wire(), Stalling(chunk)
+    task = asyncio.create_task(relayed(body, wire))
+    await until(lambda: body.waiting, message="the relay waits for the second chunk")
+    assert chunk in wire.writes[0] and b"x-request-id" in wire.writes[0].lower()  # headers and chunk sent
+    (resp,) = [o for o in gc.get_objects() if isinstance(o, _HeadersWithBody)]
+    assert relay_holds(resp)  # control: the probe does see the waiting relay's locals
+    assert not relay_holds(chunk)
+    assert len(resp.headers) == 0 and resp.prepared
+    await body.aclose()
+    await task
+    assert wire.writes[-1] == b"0\r\n\r\n"  # the stream still ends normally

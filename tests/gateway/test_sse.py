@@ -32,7 +32,7 @@ def test_reads_ttft_usage_finish_and_done() -> None:
     insp = StreamInspector(clock=lambda: float(next(ticks)))
     for chunk in _chat_stream():
         insp.feed(chunk)
-    assert insp.first_token_at == 1.0 and insp.content_chunks == 2 and insp.gaps == [1.0]
+    assert insp.first_token_at == 1.0 and insp.content_chunks == 2 and list(insp.gaps) == [1.0]
     assert insp.usage is not None and (
         insp.usage.prompt,
         insp.usage.completion,
@@ -40,6 +40,18 @@ def test_reads_ttft_usage_finish_and_done() -> None:
     ) == (7, 2, 3)
     assert insp.finish_reasons == ["stop"] and insp.model == "m-1"
     assert insp.done and insp.clean_end
+
+
+def test_a_long_streams_gaps_cost_eight_bytes_each() -> None:
+    """Issue 21: an open stream's inter-token gaps are doubles in one buffer (8 bytes a token), not a list of
+    float objects (~32 bytes a token: a 10,000-token generation held ~320 KB until its end)."""
+    ticks = itertools.count(1.0)
+    insp = StreamInspector(clock=lambda: float(next(ticks)))
+    token = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n'
+    for _ in range(1001):
+        insp.feed(token)
+    assert len(insp.gaps) == 1000 and sum(insp.gaps) == 1000.0  # control: every gap is recorded
+    assert insp.gaps.itemsize == 8 and insp.gaps.typecode == "d"
 
 
 def test_events_split_across_chunks_are_reassembled() -> None:

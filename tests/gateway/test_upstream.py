@@ -165,6 +165,18 @@ async def test_stream_chunks_arrive_one_by_one(kind: str, serve: Any, clients: A
     assert [chunk async for chunk in chunks] == [b"data: two\n\n"]  # the positive control
 
 
+async def test_a_raw_answer_keeps_no_parsed_head_once_sent(serve: Any, clients: Any) -> None:
+    """Issue 21: ``send`` copies the headers it forwards, then the raw handle lets its parsed head go (a
+    stream can stay open for minutes); the body still reads and the connection still goes back to the pool."""
+    server = await serve(lambda peer: keep_answering(peer, answer(b"ok", headers="X-Up: 1\r\n")))
+    client = make_client(clients, "raw", server.url)
+    resp = await client.send(exchange())
+    assert resp.headers["x-up"] == "1"  # control: what is forwarded was copied
+    assert len(resp.body._resp.headers) == 0  # type: ignore[attr-defined]
+    assert await read_all(resp) == b"ok"
+    assert client.raw is not None and client.raw.idle_count == 1
+
+
 @pytest.fixture
 def refused_port() -> Iterator[int]:
     sock = socket.socket()

@@ -1,6 +1,7 @@
 """The metrics sink: one finished exchange updates exactly the families of the issue, with bounded labels."""
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -88,7 +89,7 @@ def test_inter_token_gaps_and_attempts(sink: MetricsSink, make_exchange: Callabl
     m = sink.state.metrics
     ex = finished(make_exchange)
     inspector = StreamInspector(lambda: 0.0)
-    inspector.gaps = [0.01] * 20 + [0.2]
+    inspector.gaps = array("d", [0.01] * 20 + [0.2])
     ex.view = inspector
     ex.record.attempts = [Attempt(upstream="mock", model="gpt-4o", started=10.0, ended=10.3,
                                   outcome="http_503"),
