@@ -11,7 +11,8 @@ it back up. Up/down changes are logged once and reported to listeners (the
 (a restarted Redis that lost its scripts). Writes nobody waits for go through
 ``defer`` and share round trips (``gateway.state.write_behind``); awaited single
 commands go through ``execute`` and share a round trip with the other commands
-of the same loop pass (``gateway.state.pipelining``).
+of the same loop pass (``gateway.state.pipelining``). Both travel on the ``Lane``
+(``gateway.state.lane``), one connection with hiredis packing and parsing; ``call`` uses redis-py's pool.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config_model import StateConfig
+from gateway.state.lane import Lane
 from gateway.state.pipelining import Call, CommandRefused, send_calls
 from gateway.state.write_behind import MAX_BATCH, Write, send
 from gateway.telemetry.logging import state_change
@@ -53,6 +55,7 @@ class GuardedRedis:
     _writes: list[Write] = field(default_factory=list)  # deferred, not sent yet
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _calls: list[Call] = field(default_factory=list)  # awaited commands of this loop pass, not sent yet
+    lane: Lane | None = None  # the connection of ``execute``, ``defer`` and ``send`` (from the client's pool)
 
     @classmethod
     def from_config(cls, cfg: StateConfig, clock: Callable[[], float],
@@ -65,15 +68,28 @@ class GuardedRedis:
         client = aioredis.from_url(url or cfg.redis_url, socket_timeout=None,
                                    socket_connect_timeout=timeout, retry_on_timeout=False,
                                    health_check_interval=0, max_connections=512)
-        return cls(client=client, timeout_s=timeout, clock=clock, scope="host" if url else "fleet")
+        return cls(client=client, timeout_s=timeout, clock=clock, scope="host" if url else "fleet",
+                   lane=Lane(client.connection_pool))
 
     async def call(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``fn(client)`` within the timeout, or raise ``RedisUnavailable``."""
+        return await self._bounded(fn, self.client)
+
+    async def send(self, writes: list[Write]) -> None:
+        """Run ``writes`` now, in one round trip on the lane (an awaited ``defer``); or RedisUnavailable."""
+        await self._bounded(functools.partial(send, writes=writes), self._lane())
+
+    def _lane(self) -> Lane:
+        if self.lane is None:
+            self.lane = Lane(self.client.connection_pool)
+        return self.lane
+
+    async def _bounded(self, fn: Callable[[Any], Awaitable[T]], target: Any) -> T:
         if not self.up and self.clock() < self._retry_at:
             raise RedisUnavailable("redis cooling off")
         try:
             async with asyncio.timeout(self.timeout_s):
-                result = await fn(self.client)
+                result = await fn(target)
         # RuntimeError: uvloop refuses writes on a transport that a dying Redis just closed.
         except (RedisError, OSError, TimeoutError, RuntimeError) as exc:
             self._failed(exc)
@@ -106,7 +122,7 @@ class GuardedRedis:
 
     async def _round_trip(self, calls: list[Call]) -> None:
         try:
-            await self.call(functools.partial(send_calls, calls=calls))
+            await self._bounded(functools.partial(send_calls, calls=calls), self._lane())
         except RedisUnavailable as exc:
             if exc.__cause__ is not None:  # a real failure, not the cooling off: each command counts
                 for _ in calls[1:]:  # as one, as when they went one by one
@@ -157,7 +173,7 @@ class GuardedRedis:
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH]
             try:
-                await self.call(functools.partial(send, writes=batch))
+                await self.send(batch)
             except RedisUnavailable:
                 for w in batch:
                     if w.on_failure is not None:
@@ -173,4 +189,6 @@ class GuardedRedis:
 
     async def close(self) -> None:
         await self.drain()
+        if self.lane is not None:
+            self.lane.close()
         await self.client.aclose()

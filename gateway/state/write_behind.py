@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+    from gateway.state.lane import Lane
 
 MAX_BATCH = 256  # writes per round trip
 
@@ -47,14 +47,11 @@ def evalsha(script: Any, keys: Sequence[str], args: Sequence[Any], **hooks: Any)
     return Write(("EVALSHA", script.sha, len(keys), *keys, *args), script, **hooks)
 
 
-async def send(client: aioredis.Redis, writes: Sequence[Write]) -> None:
+async def send(lane: Lane, writes: Sequence[Write]) -> None:
     """Run ``writes`` in one round trip; scripts Redis lost are loaded and their writes re-sent once."""
     pending = list(writes)
     for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for w in pending:
-            pipe.execute_command(*(w.args if w.build is None else w.build()))
-        results = await pipe.execute(raise_on_error=False)
+        results = await lane.run([w.args if w.build is None else w.build() for w in pending])
         missing = [w for w, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
         errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
         if errors:
@@ -64,6 +61,6 @@ async def send(client: aioredis.Redis, writes: Sequence[Write]) -> None:
         if attempt:
             raise NoScriptError("a script did not load")
         for source in {w.script.script for w in missing if w.script is not None}:
-            await client.script_load(source)
+            await lane.load(source)
         pending = missing
 

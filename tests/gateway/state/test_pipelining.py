@@ -9,6 +9,7 @@ import pytest
 from gateway.config_model import StateConfig
 from gateway.state.pipelining import evalsha_args
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer, free_port
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -20,22 +21,16 @@ def _guarded(url: str, timeout_ms: int = 5000) -> GuardedRedis:
     return GuardedRedis.from_config(cfg, loop.time)
 
 
-def _pipelines(g: GuardedRedis) -> list[int]:
-    """Pipelines sent (each is one round trip)."""
-    sent: list[int] = []
-    real = g.client.pipeline
-
-    def pipeline(*args: Any, **kwargs: Any) -> Any:
-        sent.append(1)
-        return real(*args, **kwargs)
-
-    g.client.pipeline = pipeline  # type: ignore[method-assign]
-    return sent
+def _pipelines(g: GuardedRedis) -> list[list[str]]:
+    """Batches sent on the lane (each is one round trip)."""
+    return round_trips(g)
 
 
 async def _connections(g: GuardedRedis) -> int:
+    """Connections open: the pool's (``call``) and the lane's (``execute``, ``defer``)."""
     pool: Any = g.client.connection_pool
-    return len(pool._available_connections) + len(pool._in_use_connections)
+    lane = 0 if g.lane is None or g.lane._protocol is None or g.lane._protocol.closed else 1
+    return len(pool._available_connections) + len(pool._in_use_connections) + lane
 
 
 async def test_one_pass_of_commands_is_one_round_trip_on_one_connection(redis_server: RedisServer) -> None:
@@ -44,10 +39,10 @@ async def test_one_pass_of_commands_is_one_round_trip_on_one_connection(redis_se
     g = _guarded(redis_server.url)
     try:
         sent = _pipelines(g)
-        await g.client.delete("pl:n")
+        await g.client.delete("pl:n")  # one connection of the pool
         replies = await asyncio.gather(*(g.execute("INCRBY", "pl:n", 1) for _ in range(50)))
         assert sorted(replies) == list(range(1, 51)) and len(sent) == 1
-        assert await _connections(g) == 1
+        assert await _connections(g) == 2  # that one and the lane's: the 50 commands took no other
         await asyncio.gather(*(g.call(lambda r: r.incrby("pl:n", 1)) for _ in range(50)))
         assert await _connections(g) > 10
         assert await g.client.get("pl:n") == b"100"
@@ -61,7 +56,7 @@ async def test_passes_apart_are_round_trips_apart(redis_server: RedisServer) -> 
     try:
         sent = _pipelines(g)
         for i in range(3):
-            assert await g.execute("SET", f"pl:k{i}", i) is True
+            assert await g.execute("SET", f"pl:k{i}", i) == b"OK"  # Redis's own reply (no redis-py callbacks)
         assert len(sent) == 3
     finally:
         await g.close()

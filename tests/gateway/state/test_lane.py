@@ -1,0 +1,141 @@
+"""The lane: batches on one connection, replies in order, refused commands as replies, and a connection it
+cannot trust (cancelled batch, lost connection) closed and replaced."""
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, NoScriptError, ResponseError
+
+from gateway.state.lane import Lane
+from tests.support.servers import RedisServer, free_port
+
+
+def _lane(url: str) -> tuple[aioredis.Redis, Lane]:
+    client = aioredis.from_url(url, socket_timeout=None)
+    return client, Lane(client.connection_pool)
+
+
+async def _client_id(lane: Lane) -> int:
+    reply = (await lane.run([("CLIENT", "ID")]))[0]
+    assert isinstance(reply, int)
+    return reply
+
+
+async def test_concurrent_batches_get_their_own_replies_in_order(redis_server: RedisServer) -> None:
+    client, lane = _lane(redis_server.url)
+    try:
+        await lane.run([("DEL", "ln:n")])
+        replies = await asyncio.gather(*(lane.run([("INCR", "ln:n"), ("INCR", "ln:n")]) for _ in range(20)))
+        assert all(b - a == 1 for a, b in replies)  # a batch's commands are consecutive
+        assert sorted(x for r in replies for x in r) == list(range(1, 41))
+        assert await lane.run([]) == []
+    finally:
+        lane.close()
+        await client.aclose()
+
+
+async def test_concurrent_first_batches_share_one_connection(redis_server: RedisServer) -> None:
+    """Control: after ``close`` the next batch opens another connection (another client id)."""
+    client, lane = _lane(redis_server.url)
+    try:
+        ids = await asyncio.gather(*(_client_id(lane) for _ in range(5)))
+        assert len(set(ids)) == 1
+        lane.close()
+        assert await _client_id(lane) != ids[0]
+    finally:
+        lane.close()
+        await client.aclose()
+
+
+async def test_a_refused_command_is_its_reply(redis_server: RedisServer) -> None:
+    client, lane = _lane(redis_server.url)
+    try:
+        await lane.run([("DEL", "ln:list"), ("RPUSH", "ln:list", "a")])
+        replies = await lane.run([("SET", "ln:x", 1), ("INCR", "ln:list"), ("EVALSHA", "0" * 40, 0),
+                                  ("GET", "ln:x")])
+        assert replies[0] == b"OK" and replies[3] == b"1"
+        assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
+        assert isinstance(replies[2], NoScriptError)
+    finally:
+        lane.close()
+        await client.aclose()
+
+
+async def test_an_argument_redis_cannot_take_sends_nothing(redis_server: RedisServer) -> None:
+    client, lane = _lane(redis_server.url)
+    try:
+        await lane.run([("DEL", "ln:d")])
+        with pytest.raises(DataError):
+            await lane.run([("SET", "ln:d", "sent?"), ("SET", "ln:e", None)])
+        assert await lane.run([("GET", "ln:d")]) == [None]
+        assert await lane.run([("SET", "ln:d", "yes"), ("GET", "ln:d")]) == [b"OK", b"yes"]  # control
+    finally:
+        lane.close()
+        await client.aclose()
+
+
+async def test_the_connection_outlives_the_redis_py_connection_that_opened_it(
+        redis_server: RedisServer) -> None:
+    """redis-py's connection (and its StreamWriter) close their transport when collected: the lane keeps it.
+    Control: ``close`` does end the connection."""
+    client, lane = _lane(redis_server.url)
+    try:
+        first = await _client_id(lane)
+        gc.collect()
+        assert await _client_id(lane) == first
+        lane.close()
+        assert await _client_id(lane) != first
+    finally:
+        lane.close()
+        await client.aclose()
+
+
+async def test_a_cancelled_batch_closes_the_connection_and_fails_those_behind_it(
+        redis_server: RedisServer) -> None:
+    """A batch abandoned while waiting leaves the replies out of step: the batch written after it fails too,
+    and the next batch gets a fresh connection."""
+    client, lane = _lane(redis_server.url)
+    try:
+        first = await _client_id(lane)
+        blocked = asyncio.ensure_future(lane.run([("BLPOP", "ln:never", 0)]))
+        behind = asyncio.ensure_future(lane.run([("PING",)]))
+        await asyncio.sleep(0)  # both written
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        with pytest.raises(RedisConnectionError):
+            await behind
+        assert await _client_id(lane) != first
+        assert await lane.run([("PING",)]) == [b"PONG"]
+    finally:
+        lane.close()
+        await client.aclose()
+
+
+async def test_a_lost_connection_fails_its_batches_and_the_next_reconnects(redis_server: RedisServer) -> None:
+    client, lane = _lane(redis_server.url)
+    try:
+        first = await _client_id(lane)
+        waiting = asyncio.ensure_future(lane.run([("BLPOP", "ln:never", 0)]))
+        await asyncio.sleep(0)
+        await client.client_kill_filter(_id=first)
+        with pytest.raises(RedisConnectionError):
+            await waiting
+        assert await _client_id(lane) != first
+    finally:
+        lane.close()
+        await client.aclose()
+
+
+async def test_nothing_listening_is_a_connection_error() -> None:
+    client, lane = _lane(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(RedisConnectionError):
+            await lane.run([("PING",)])
+    finally:
+        lane.close()
+        await client.aclose()
