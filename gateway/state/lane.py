@@ -8,6 +8,7 @@ one call, written straight to the transport, and the replies are parsed by a ``h
 from ``data_received``; the batch's one future gets them all (~11 µs for the same batch, measured in
 ``bench/results/2026-12-06-shared-state-cost.md``). Redis answers a connection's commands in the order
 it read them, so batches written one after another need no lock: each waits in a FIFO for its replies.
+The batches of one loop pass (the awaited commands', the deferred writes') leave in one write.
 
 The connection is opened by redis-py (its URL parsing, ``AUTH``, ``SELECT``, TLS), then its transport is
 handed to this protocol. Any failure (connection lost, a batch cancelled or timed out while waiting)
@@ -48,7 +49,18 @@ class _Protocol(asyncio.Protocol):
         self.opener = opener
         self.reader = hiredis.Reader()
         self.waiting: deque[_Batch] = deque()
+        self.out: list[bytes] = []  # the batches of this loop pass, written together at its end
         self.closed = False
+
+    def queue(self, data: bytes) -> None:
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.write_out)
+        self.out.append(data)
+
+    def write_out(self) -> None:
+        out, self.out = self.out, []
+        if not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         reader, waiting = self.reader, self.waiting
@@ -109,7 +121,7 @@ class Lane:
             protocol = await self._open()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         protocol.waiting.append(_Batch(len(commands), future))
-        protocol.transport.write(data)
+        protocol.queue(data)
         try:
             return await future
         except BaseException as exc:  # cancelled or timed out: the connection's replies are out of step

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -53,6 +53,7 @@ class GuardedRedis:
     scope: str = "fleet"  # who shares it: "fleet" (state.backend: redis) or "host" (the supervisor's)
     defer_s: float = 0.001  # deferred writes wait this long for company (a request's answer, its neighbours)
     _writes: list[Write] = field(default_factory=list)  # deferred, not sent yet
+    _flush_at: asyncio.TimerHandle | None = None  # the deferred writes leave then, unless a pass takes them
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _calls: list[Call] = field(default_factory=list)  # awaited commands of this loop pass, not sent yet
     lane: Lane | None = None  # the connection of ``execute``, ``defer`` and ``send`` (from the client's pool)
@@ -114,11 +115,18 @@ class GuardedRedis:
             raise RedisUnavailable(str(exc)) from exc
 
     def _send_pass(self) -> None:
+        """The awaited commands of the pass; the deferred writes still waiting for their round trip go first,
+        in the same one (the lane writes the batches of one pass together)."""
         calls, self._calls = self._calls, []
+        if self._writes:
+            self._spawn(self._send_writes(self._take_writes()))
         for start in range(0, len(calls), MAX_BATCH):
-            task = asyncio.get_running_loop().create_task(self._round_trip(calls[start: start + MAX_BATCH]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._round_trip(calls[start: start + MAX_BATCH]))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _round_trip(self, calls: list[Call]) -> None:
         try:
@@ -160,16 +168,26 @@ class GuardedRedis:
         return self.client.register_script(source)
 
     def defer(self, write: Write) -> None:
-        """Send ``write`` without waiting: the writes deferred within ``defer_s`` share a round trip."""
-        if not self._writes:
-            task = asyncio.get_running_loop().create_task(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Send ``write`` without waiting: the writes deferred within ``defer_s`` share a round trip (sooner
+        when awaited commands leave before: they take the waiting writes along)."""
+        if not self._writes:  # the writes of the next few callbacks join this round trip
+            self._flush_at = asyncio.get_running_loop().call_later(self.defer_s, self._flush_due)
         self._writes.append(write)
 
-    async def _flush(self) -> None:
-        await asyncio.sleep(self.defer_s)  # the writes of the next few callbacks join this round trip
+    def _flush_due(self) -> None:
+        self._flush_at = None
+        if self._writes:
+            self._spawn(self._send_writes(self._take_writes()))
+
+    def _take_writes(self) -> list[Write]:
+        """The deferred writes, now on their way (their timer, if still pending, has nothing left to do)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
         writes, self._writes = self._writes, []
+        return writes
+
+    async def _send_writes(self, writes: list[Write]) -> None:
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH]
             try:
@@ -184,7 +202,9 @@ class GuardedRedis:
 
     async def drain(self) -> None:
         """Wait until every deferred write has been sent (shutdown, tests)."""
-        while self._tasks:
+        while self._tasks or self._writes:
+            if self._writes:
+                self._spawn(self._send_writes(self._take_writes()))
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -46,6 +47,37 @@ async def test_concurrent_first_batches_share_one_connection(redis_server: Redis
         assert len(set(ids)) == 1
         lane.close()
         assert await _client_id(lane) != ids[0]
+    finally:
+        lane.close()
+        await client.aclose()
+
+
+class _CountingTransport:
+    """The lane's transport, counting its writes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.writes = inner, 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.inner.write(data)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def test_the_batches_of_one_loop_pass_leave_in_one_write(redis_server: RedisServer) -> None:
+    """Control: batches awaited one after the other are a write each."""
+    client, lane = _lane(redis_server.url)
+    try:
+        await lane.run([("PING",)])
+        assert lane._protocol is not None
+        counting = _CountingTransport(lane._protocol.transport)
+        lane._protocol.transport = counting  # type: ignore[assignment]
+        replies = await asyncio.gather(lane.run([("ECHO", "a")]), lane.run([("ECHO", "b"), ("ECHO", "c")]))
+        assert replies == [[b"a"], [b"b", b"c"]] and counting.writes == 1
+        assert await lane.run([("ECHO", "d")]) == [b"d"] and await lane.run([("ECHO", "e")]) == [b"e"]
+        assert counting.writes == 3
     finally:
         lane.close()
         await client.aclose()

@@ -9,8 +9,10 @@ import pytest
 from gateway.config_model import StateConfig
 from gateway.state.pipelining import evalsha_args
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.write_behind import Write
 from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer, free_port
+from tests.support.until import until
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
@@ -125,5 +127,27 @@ async def test_redis_away_fails_the_whole_pass_and_counts_each_command() -> None
         with pytest.raises(RedisUnavailable, match="cooling off"):
             await g.execute("GET", "pl:x")
         assert len(sent) == 2
+    finally:
+        await g.close()
+
+
+async def test_a_pass_takes_the_waiting_deferred_writes_along(redis_server: RedisServer) -> None:
+    """Deferred writes still waiting for their timer leave with the next pass's awaited commands, ahead of
+    them (the GET sees the SET, though the writes' timer is 10 s away), and the timer then sends nothing.
+    Control: writes with no awaited company leave alone when their timer fires."""
+    g = _guarded(redis_server.url)
+    try:
+        await g.client.delete("pl:w")
+        trips = _pipelines(g)
+        g.defer_s = 10.0
+        done: list[int] = []
+        g.defer(Write(("SET", "pl:w", "deferred"), on_done=lambda: done.append(1)))
+        assert await g.execute("GET", "pl:w") == b"deferred"
+        assert trips == [["SET"], ["GET"]] and g._flush_at is None
+        await until(lambda: done == [1])
+        g.defer_s = 0.01
+        g.defer(Write(("SET", "pl:w", "alone"), on_done=lambda: done.append(2)))
+        await until(lambda: done == [1, 2])
+        assert trips[2:] == [["SET"]] and await g.client.get("pl:w") == b"alone"
     finally:
         await g.close()
