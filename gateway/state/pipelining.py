@@ -5,10 +5,12 @@ exact-cache lookup-and-claim. Sent one by one, each command checks a
 connection out of the pool, writes, reads and checks it back in: ~40-55 µs of
 client CPU per command here, and a burst of N concurrent requests opens N
 connections (a cold replica's first burst then waits on N handshakes). Queued
-instead and sent at the end of the loop pass as one non-transactional
-pipeline, the commands of concurrent requests share a connection, a write and
-a read: ~8-12 µs per command at 16-64 commands a pass, and 45 µs at one
-(``redis-py`` 8, measured by the note's microbenchmark).
+instead and sent at the end of the loop pass as one batch, the commands of
+concurrent requests share a connection, a write and a read: ~8-12 µs per command
+at 16-64 commands a pass, and 45 µs at one, as redis-py pipelines (``redis-py`` 8,
+measured by the note's microbenchmark). On the lane, ``execute`` measured whole: ~37 µs per pass of
+one command and ~13 µs per command at four, against 61-73 µs and ~25 µs through redis-py pipelines
+(``bench/results/2026-12-06-shared-state-cost.md``).
 
 Each command stays one atomic command (a Lua script is one); only the round
 trip is shared, so no caller sees another's effects differently than it would

@@ -6,8 +6,10 @@ release of a coalescing claim. Each used to cost a round trip of its own (a
 syscall on both sides and a pass through the client). ``GuardedRedis.defer``
 queues a ``Write``; the writes queued within ``defer_s`` (1 ms: a request's
 quota lesson at its headers and its settlements at its end, and those of its
-neighbours under load) go out together in one non-transactional pipeline, in
-the order they were queued. A write may make its arguments only then (``build``),
+neighbours under load) go out together in one batch on the lane (``gateway.state.lane``), in
+the order they were queued, or sooner: a loop pass whose awaited commands leave first takes the
+waiting writes along, ahead of its commands, in the same write (``GuardedRedis._send_pass``).
+A write may make its arguments only then (``build``),
 so it can gather everything deferred to it until its round trip leaves.
 Each write stays one atomic command (a Lua script is one); only the round
 trip is shared. A script Redis has lost (restart, ``SCRIPT FLUSH``) is loaded

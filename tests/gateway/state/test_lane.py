@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from gateway.state.lane import Lane
+from tests.gateway.rawhttp.test_tls import self_signed
 from tests.support.servers import RedisServer, free_port
 
 
@@ -171,3 +174,39 @@ async def test_nothing_listening_is_a_connection_error() -> None:
     finally:
         lane.close()
         await client.aclose()
+
+
+async def test_a_tls_connection_is_taken_over_too(redis_server: RedisServer, tmp_path: Path) -> None:
+    """``rediss://``: redis-py's TLS handshake, then the lane's batches over the same TLS transport (here a
+    TLS-terminating forwarder in front of the test Redis). Control: the forwarder saw the lane's commands
+    arrive over TLS (it counts decrypted bytes)."""
+    cert_file, key_file = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    seen: list[int] = []
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", redis_server.port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, count: bool) -> None:
+            while data := await src.read(65536):
+                if count:
+                    seen.append(len(data))
+                dst.write(data)
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer, True), pump(up_reader, writer, False),
+                             return_exceptions=True)
+
+    server = await asyncio.start_server(forward, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    client, lane = _lane(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none")
+    try:
+        assert await lane.run([("SET", "ln:tls", "yes"), ("GET", "ln:tls")]) == [b"OK", b"yes"]
+        before = sum(seen)  # the handshake and the first batch
+        assert await lane.run([("ECHO", "again")]) == [b"again"]
+        assert sum(seen) - before == len(b"*2\r\n$4\r\nECHO\r\n$5\r\nagain\r\n")
+    finally:
+        lane.close()
+        await client.aclose()
+        server.close()
