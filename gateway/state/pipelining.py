@@ -5,16 +5,20 @@ exact-cache lookup-and-claim. Sent one by one, each command checks a
 connection out of the pool, writes, reads and checks it back in: ~40-55 µs of
 client CPU per command here, and a burst of N concurrent requests opens N
 connections (a cold replica's first burst then waits on N handshakes). Queued
-instead and sent at the end of the loop pass as one non-transactional
-pipeline, the commands of concurrent requests share a connection, a write and
-a read: ~8-12 µs per command at 16-64 commands a pass, and 45 µs at one
-(``redis-py`` 8, measured by the note's microbenchmark).
+instead and sent at the end of the loop pass as one batch, the commands of
+concurrent requests share a connection, a write and a read: ~8-12 µs per command
+at 16-64 commands a pass, and 45 µs at one, as redis-py pipelines (``redis-py`` 8,
+measured by the note's microbenchmark). On the lane, ``execute`` measured whole: ~37 µs per pass of
+one command and ~13 µs per command at four, against 61-73 µs and ~25 µs through redis-py pipelines
+(``bench/results/2026-12-06-shared-state-cost.md``).
 
 Each command stays one atomic command (a Lua script is one); only the round
 trip is shared, so no caller sees another's effects differently than it would
 have one command earlier or later. Every caller gets its own reply; a command
 Redis refuses (``WRONGTYPE``...) fails only its caller. A script Redis has
-lost (restart, ``SCRIPT FLUSH``) is loaded and its commands sent again once.
+lost (restart, ``SCRIPT FLUSH``) is loaded and its commands sent again once. The round trip goes over
+the ``Lane`` (``gateway.state.lane``: one connection, hiredis packing and parsing, no redis-py pipeline
+object per pass).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError, RedisError
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+    from gateway.state.lane import Lane
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +46,13 @@ class CommandRefused(Exception):
     """Redis answered this one command with an error; the connection and the other commands are fine."""
 
 
-async def send_calls(client: aioredis.Redis, calls: Sequence[Call]) -> None:
+async def send_calls(lane: Lane, calls: Sequence[Call]) -> None:
     """Send ``calls`` in one round trip and hand each its reply (or its own error)."""
     pending = [c for c in calls if not c.future.done()]  # a caller cancelled before we left needs nothing
     for attempt in range(2):
         if not pending:
             return
-        pipe = client.pipeline(transaction=False)
-        for c in pending:
-            pipe.execute_command(*c.args)
-        replies = await pipe.execute(raise_on_error=False)
+        replies = await lane.run([c.args for c in pending])
         missing: list[Call] = []
         for c, reply in zip(pending, replies, strict=True):
             if isinstance(reply, NoScriptError) and not attempt and c.script is not None:
@@ -59,7 +60,7 @@ async def send_calls(client: aioredis.Redis, calls: Sequence[Call]) -> None:
             else:
                 _settle(c, reply)
         for source in {c.script.script for c in missing}:
-            await client.script_load(source)
+            await lane.load(source)
         pending = missing
 
 

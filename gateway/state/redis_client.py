@@ -11,13 +11,14 @@ it back up. Up/down changes are logged once and reported to listeners (the
 (a restarted Redis that lost its scripts). Writes nobody waits for go through
 ``defer`` and share round trips (``gateway.state.write_behind``); awaited single
 commands go through ``execute`` and share a round trip with the other commands
-of the same loop pass (``gateway.state.pipelining``).
+of the same loop pass (``gateway.state.pipelining``). Both travel on the ``Lane``
+(``gateway.state.lane``), one connection with hiredis packing and parsing; ``call`` uses redis-py's pool.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config_model import StateConfig
+from gateway.state.lane import Lane
 from gateway.state.pipelining import Call, CommandRefused, send_calls
 from gateway.state.write_behind import MAX_BATCH, Write, send
 from gateway.telemetry.logging import state_change
@@ -51,8 +53,10 @@ class GuardedRedis:
     scope: str = "fleet"  # who shares it: "fleet" (state.backend: redis) or "host" (the supervisor's)
     defer_s: float = 0.001  # deferred writes wait this long for company (a request's answer, its neighbours)
     _writes: list[Write] = field(default_factory=list)  # deferred, not sent yet
+    _flush_at: asyncio.TimerHandle | None = None  # the deferred writes leave then, unless a pass takes them
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _calls: list[Call] = field(default_factory=list)  # awaited commands of this loop pass, not sent yet
+    lane: Lane | None = None  # the connection of ``execute``, ``defer`` and ``send`` (from the client's pool)
 
     @classmethod
     def from_config(cls, cfg: StateConfig, clock: Callable[[], float],
@@ -65,15 +69,28 @@ class GuardedRedis:
         client = aioredis.from_url(url or cfg.redis_url, socket_timeout=None,
                                    socket_connect_timeout=timeout, retry_on_timeout=False,
                                    health_check_interval=0, max_connections=512)
-        return cls(client=client, timeout_s=timeout, clock=clock, scope="host" if url else "fleet")
+        return cls(client=client, timeout_s=timeout, clock=clock, scope="host" if url else "fleet",
+                   lane=Lane(client.connection_pool))
 
     async def call(self, fn: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run ``fn(client)`` within the timeout, or raise ``RedisUnavailable``."""
+        return await self._bounded(fn, self.client)
+
+    async def send(self, writes: list[Write]) -> None:
+        """Run ``writes`` now, in one round trip on the lane (an awaited ``defer``); or RedisUnavailable."""
+        await self._bounded(functools.partial(send, writes=writes), self._lane())
+
+    def _lane(self) -> Lane:
+        if self.lane is None:
+            self.lane = Lane(self.client.connection_pool)
+        return self.lane
+
+    async def _bounded(self, fn: Callable[[Any], Awaitable[T]], target: Any) -> T:
         if not self.up and self.clock() < self._retry_at:
             raise RedisUnavailable("redis cooling off")
         try:
             async with asyncio.timeout(self.timeout_s):
-                result = await fn(self.client)
+                result = await fn(target)
         # RuntimeError: uvloop refuses writes on a transport that a dying Redis just closed.
         except (RedisError, OSError, TimeoutError, RuntimeError) as exc:
             self._failed(exc)
@@ -98,15 +115,22 @@ class GuardedRedis:
             raise RedisUnavailable(str(exc)) from exc
 
     def _send_pass(self) -> None:
+        """The awaited commands of the pass; the deferred writes still waiting for their round trip go first,
+        in the same one (the lane writes the batches of one pass together)."""
         calls, self._calls = self._calls, []
+        if self._writes:
+            self._spawn(self._send_writes(self._take_writes()))
         for start in range(0, len(calls), MAX_BATCH):
-            task = asyncio.get_running_loop().create_task(self._round_trip(calls[start: start + MAX_BATCH]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._round_trip(calls[start: start + MAX_BATCH]))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _round_trip(self, calls: list[Call]) -> None:
         try:
-            await self.call(functools.partial(send_calls, calls=calls))
+            await self._bounded(functools.partial(send_calls, calls=calls), self._lane())
         except RedisUnavailable as exc:
             if exc.__cause__ is not None:  # a real failure, not the cooling off: each command counts
                 for _ in calls[1:]:  # as one, as when they went one by one
@@ -144,20 +168,30 @@ class GuardedRedis:
         return self.client.register_script(source)
 
     def defer(self, write: Write) -> None:
-        """Send ``write`` without waiting: the writes deferred within ``defer_s`` share a round trip."""
-        if not self._writes:
-            task = asyncio.get_running_loop().create_task(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Send ``write`` without waiting: the writes deferred within ``defer_s`` share a round trip (sooner
+        when awaited commands leave before: they take the waiting writes along)."""
+        if not self._writes:  # the writes of the next few callbacks join this round trip
+            self._flush_at = asyncio.get_running_loop().call_later(self.defer_s, self._flush_due)
         self._writes.append(write)
 
-    async def _flush(self) -> None:
-        await asyncio.sleep(self.defer_s)  # the writes of the next few callbacks join this round trip
+    def _flush_due(self) -> None:
+        self._flush_at = None
+        if self._writes:
+            self._spawn(self._send_writes(self._take_writes()))
+
+    def _take_writes(self) -> list[Write]:
+        """The deferred writes, now on their way (their timer, if still pending, has nothing left to do)."""
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
         writes, self._writes = self._writes, []
+        return writes
+
+    async def _send_writes(self, writes: list[Write]) -> None:
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH]
             try:
-                await self.call(functools.partial(send, writes=batch))
+                await self.send(batch)
             except RedisUnavailable:
                 for w in batch:
                     if w.on_failure is not None:
@@ -168,9 +202,13 @@ class GuardedRedis:
 
     async def drain(self) -> None:
         """Wait until every deferred write has been sent (shutdown, tests)."""
-        while self._tasks:
+        while self._tasks or self._writes:
+            if self._writes:
+                self._spawn(self._send_writes(self._take_writes()))
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self) -> None:
         await self.drain()
+        if self.lane is not None:
+            self.lane.close()
         await self.client.aclose()

@@ -6,8 +6,10 @@ release of a coalescing claim. Each used to cost a round trip of its own (a
 syscall on both sides and a pass through the client). ``GuardedRedis.defer``
 queues a ``Write``; the writes queued within ``defer_s`` (1 ms: a request's
 quota lesson at its headers and its settlements at its end, and those of its
-neighbours under load) go out together in one non-transactional pipeline, in
-the order they were queued. A write may make its arguments only then (``build``),
+neighbours under load) go out together in one batch on the lane (``gateway.state.lane``), in
+the order they were queued, or sooner: a loop pass whose awaited commands leave first takes the
+waiting writes along, ahead of its commands, in the same write (``GuardedRedis._send_pass``).
+A write may make its arguments only then (``build``),
 so it can gather everything deferred to it until its round trip leaves.
 Each write stays one atomic command (a Lua script is one); only the round
 trip is shared. A script Redis has lost (restart, ``SCRIPT FLUSH``) is loaded
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+    from gateway.state.lane import Lane
 
 MAX_BATCH = 256  # writes per round trip
 
@@ -47,14 +49,11 @@ def evalsha(script: Any, keys: Sequence[str], args: Sequence[Any], **hooks: Any)
     return Write(("EVALSHA", script.sha, len(keys), *keys, *args), script, **hooks)
 
 
-async def send(client: aioredis.Redis, writes: Sequence[Write]) -> None:
+async def send(lane: Lane, writes: Sequence[Write]) -> None:
     """Run ``writes`` in one round trip; scripts Redis lost are loaded and their writes re-sent once."""
     pending = list(writes)
     for attempt in range(2):
-        pipe = client.pipeline(transaction=False)
-        for w in pending:
-            pipe.execute_command(*(w.args if w.build is None else w.build()))
-        results = await pipe.execute(raise_on_error=False)
+        results = await lane.run([w.args if w.build is None else w.build() for w in pending])
         missing = [w for w, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
         errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
         if errors:
@@ -64,6 +63,6 @@ async def send(client: aioredis.Redis, writes: Sequence[Write]) -> None:
         if attempt:
             raise NoScriptError("a script did not load")
         for source in {w.script.script for w in missing if w.script is not None}:
-            await client.script_load(source)
+            await lane.load(source)
         pending = missing
 

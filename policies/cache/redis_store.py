@@ -26,6 +26,7 @@ from policies.cache.keys import CacheKey, namespace_token
 from policies.cache.memory_store import MemoryStore
 
 log = logging.getLogger("gateway.cache")
+MAX_TOKENS = 4096  # namespace tokens remembered per store
 
 # KEYS: the entry, the claim. ARGV: the claimer, the claim's life in ms.
 # A hit: {entry, its PTTL}. A miss: {false, 1} when this call took the claim, else {false, 0, holder}.
@@ -66,13 +67,22 @@ class AnswerStore:
         self.wall = wall
         self.on_redis_error = on_redis_error
         self._lookup_or_claim: Any = None  # the registered script, on first use
+        self._tokens: dict[str, str] = {}  # namespace -> its Redis key token (4 uses per cacheable miss)
 
     def redis_key(self, key: CacheKey) -> str:
-        return f"{self.prefix}cache:{self.kind}:{namespace_token(key.namespace)}:{key.digest}"
+        return f"{self.prefix}cache:{self.kind}:{self._token(key.namespace)}:{key.digest}"
 
     def claim_key(self, key: CacheKey) -> str:
         """The fleet's coalescing claim for ``key`` (outside the ``cache:`` keyspace; no text, no secret)."""
-        return f"{self.prefix}flight:{self.kind}:{namespace_token(key.namespace)}:{key.digest}"
+        return f"{self.prefix}flight:{self.kind}:{self._token(key.namespace)}:{key.digest}"
+
+    def _token(self, namespace: str) -> str:
+        token = self._tokens.get(namespace)
+        if token is None:
+            if len(self._tokens) >= MAX_TOKENS:  # namespaces from client keys: bounded, not an LRU
+                self._tokens.clear()
+            token = self._tokens[namespace] = namespace_token(namespace)
+        return token
 
     async def get_or_claim(self, key: CacheKey, owner: str, claim_ms: int) -> tuple[CachedAnswer | None,
                                                                                    Claim | None]:

@@ -25,7 +25,6 @@ of its own would.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +32,7 @@ from typing import Any
 
 from gateway.state.pipelining import evalsha_args
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
-from gateway.state.write_behind import Write, send
+from gateway.state.write_behind import Write
 from policies.ratelimit.buckets import MemoryBuckets
 from policies.ratelimit.lease import LeaseAsk
 from policies.ratelimit.model import COOLDOWN, DAY_S, NEVER, LimitSet, Verdict
@@ -228,7 +227,7 @@ class RedisBuckets:
             return
         write = Write(_command(self._apply, updates), self._apply)
         try:
-            await self.guarded.call(functools.partial(send, writes=[write]))
+            await self.guarded.send([write])
         except RedisUnavailable:
             for u in updates:
                 self.owe(u)
@@ -255,8 +254,7 @@ class RedisBuckets:
         for start in range(0, len(owed), REPLAY_BATCH):
             chunk = owed[start: start + REPLAY_BATCH]
             try:
-                await self.guarded.call(
-                    functools.partial(send, writes=[Write(_command(self._apply, chunk), self._apply)]))
+                await self.guarded.send([Write(_command(self._apply, chunk), self._apply)])
             except RedisUnavailable:
                 self.owed.extend(owed[start:])
                 return

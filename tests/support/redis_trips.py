@@ -1,26 +1,23 @@
-"""Count a ``GuardedRedis``'s round trips: the commands of each pipeline it sends, by name."""
+"""Count a ``GuardedRedis``'s round trips: the commands of each batch it sends on its lane, by name."""
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from gateway.state.redis_client import GuardedRedis
 
 
 def round_trips(g: GuardedRedis) -> list[list[str]]:
-    """From now on, each pipeline ``g`` sends (one round trip) appends the list of its commands' names."""
+    """From now on, each batch ``g`` sends on its lane (one round trip) appends the list of its commands'
+    names (a script loaded again after ``NOSCRIPT`` is not counted)."""
     trips: list[list[str]] = []
-    real = g.client.pipeline
+    lane = g.lane
+    assert lane is not None
+    real = lane.run
 
-    def pipeline(*args: object, **kwargs: object) -> object:
-        pipe = real(*args, **kwargs)  # type: ignore[arg-type]
-        names: list[str] = []
-        trips.append(names)
-        queue = pipe.execute_command
+    async def run(commands: Sequence[Sequence[Any]]) -> list[Any]:
+        trips.append([str(c[0]) for c in commands])
+        return await real(commands)
 
-        def execute_command(*command: object, **options: object) -> object:
-            names.append(str(command[0]))
-            return queue(*command, **options)
-
-        pipe.execute_command = execute_command  # type: ignore[method-assign]
-        return pipe
-
-    g.client.pipeline = pipeline  # type: ignore[method-assign]
+    lane.run = run  # type: ignore[method-assign]
     return trips

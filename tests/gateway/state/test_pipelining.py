@@ -9,7 +9,10 @@ import pytest
 from gateway.config_model import StateConfig
 from gateway.state.pipelining import evalsha_args
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.write_behind import Write
+from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer, free_port
+from tests.support.until import until
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
@@ -20,22 +23,16 @@ def _guarded(url: str, timeout_ms: int = 5000) -> GuardedRedis:
     return GuardedRedis.from_config(cfg, loop.time)
 
 
-def _pipelines(g: GuardedRedis) -> list[int]:
-    """Pipelines sent (each is one round trip)."""
-    sent: list[int] = []
-    real = g.client.pipeline
-
-    def pipeline(*args: Any, **kwargs: Any) -> Any:
-        sent.append(1)
-        return real(*args, **kwargs)
-
-    g.client.pipeline = pipeline  # type: ignore[method-assign]
-    return sent
+def _pipelines(g: GuardedRedis) -> list[list[str]]:
+    """Batches sent on the lane (each is one round trip)."""
+    return round_trips(g)
 
 
 async def _connections(g: GuardedRedis) -> int:
+    """Connections open: the pool's (``call``) and the lane's (``execute``, ``defer``)."""
     pool: Any = g.client.connection_pool
-    return len(pool._available_connections) + len(pool._in_use_connections)
+    lane = 0 if g.lane is None or g.lane._protocol is None or g.lane._protocol.closed else 1
+    return len(pool._available_connections) + len(pool._in_use_connections) + lane
 
 
 async def test_one_pass_of_commands_is_one_round_trip_on_one_connection(redis_server: RedisServer) -> None:
@@ -44,10 +41,10 @@ async def test_one_pass_of_commands_is_one_round_trip_on_one_connection(redis_se
     g = _guarded(redis_server.url)
     try:
         sent = _pipelines(g)
-        await g.client.delete("pl:n")
+        await g.client.delete("pl:n")  # one connection of the pool
         replies = await asyncio.gather(*(g.execute("INCRBY", "pl:n", 1) for _ in range(50)))
         assert sorted(replies) == list(range(1, 51)) and len(sent) == 1
-        assert await _connections(g) == 1
+        assert await _connections(g) == 2  # that one and the lane's: the 50 commands took no other
         await asyncio.gather(*(g.call(lambda r: r.incrby("pl:n", 1)) for _ in range(50)))
         assert await _connections(g) > 10
         assert await g.client.get("pl:n") == b"100"
@@ -61,7 +58,7 @@ async def test_passes_apart_are_round_trips_apart(redis_server: RedisServer) -> 
     try:
         sent = _pipelines(g)
         for i in range(3):
-            assert await g.execute("SET", f"pl:k{i}", i) is True
+            assert await g.execute("SET", f"pl:k{i}", i) == b"OK"  # Redis's own reply (no redis-py callbacks)
         assert len(sent) == 3
     finally:
         await g.close()
@@ -130,5 +127,27 @@ async def test_redis_away_fails_the_whole_pass_and_counts_each_command() -> None
         with pytest.raises(RedisUnavailable, match="cooling off"):
             await g.execute("GET", "pl:x")
         assert len(sent) == 2
+    finally:
+        await g.close()
+
+
+async def test_a_pass_takes_the_waiting_deferred_writes_along(redis_server: RedisServer) -> None:
+    """Deferred writes still waiting for their timer leave with the next pass's awaited commands, ahead of
+    them (the GET sees the SET, though the writes' timer is 10 s away), and the timer then sends nothing.
+    Control: writes with no awaited company leave alone when their timer fires."""
+    g = _guarded(redis_server.url)
+    try:
+        await g.client.delete("pl:w")
+        trips = _pipelines(g)
+        g.defer_s = 10.0
+        done: list[int] = []
+        g.defer(Write(("SET", "pl:w", "deferred"), on_done=lambda: done.append(1)))
+        assert await g.execute("GET", "pl:w") == b"deferred"
+        assert trips == [["SET"], ["GET"]] and g._flush_at is None
+        await until(lambda: done == [1])
+        g.defer_s = 0.01
+        g.defer(Write(("SET", "pl:w", "alone"), on_done=lambda: done.append(2)))
+        await until(lambda: done == [1, 2])
+        assert trips[2:] == [["SET"]] and await g.client.get("pl:w") == b"alone"
     finally:
         await g.close()

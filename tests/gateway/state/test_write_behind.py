@@ -7,6 +7,7 @@ from typing import Any
 from gateway.config_model import StateConfig
 from gateway.state.redis_client import GuardedRedis
 from gateway.state.write_behind import Write, evalsha
+from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer, free_port
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -17,17 +18,9 @@ def _guarded(url: str) -> GuardedRedis:
     return GuardedRedis.from_config(StateConfig(backend="redis", redis_url=url, timeout_ms=200), loop.time)
 
 
-def _counting(g: GuardedRedis) -> list[int]:
-    """Pipelines sent (each is one round trip)."""
-    calls: list[int] = []
-    real = g.client.pipeline
-
-    def pipeline(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    g.client.pipeline = pipeline  # type: ignore[method-assign]
-    return calls
+def _counting(g: GuardedRedis) -> list[list[str]]:
+    """Batches sent on the lane (each is one round trip)."""
+    return round_trips(g)
 
 
 async def test_writes_of_one_iteration_share_one_round_trip(redis_server: RedisServer) -> None:

@@ -10,7 +10,7 @@ from gateway.state.redis_client import GuardedRedis
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
-from policies.cache.redis_store import AnswerStore
+from policies.cache.redis_store import MAX_TOKENS, AnswerStore
 from tests.support.servers import RedisServer
 
 
@@ -98,3 +98,18 @@ async def test_an_entry_encoded_ahead_is_sent_as_is_and_not_kept(redis_server: R
         assert await redis.client.get(s.redis_key(CacheKey("t:x", "ahead"))) == ahead
     finally:
         await redis.close()
+
+
+def test_key_tokens_stay_per_namespace_secret_free_and_bounded() -> None:
+    """The remembered namespace tokens: two tenants never share a key, a client key's namespace is hashed
+    (no secret in a key name), the same namespace always gives the same key, and the memory is bounded."""
+    s = AnswerStore("exact", MemoryStore(100, 10**6, time.monotonic), None, "p:")
+    a, b = s.redis_key(CacheKey("t:a", "d")), s.redis_key(CacheKey("t:b", "d"))
+    assert a == "p:cache:exact:t:a:d" and b == "p:cache:exact:t:b:d"
+    hidden = s.claim_key(CacheKey("k:sk-live-secret", "d"))
+    assert "secret" not in hidden and hidden.startswith("p:flight:exact:h:")
+    assert s.claim_key(CacheKey("k:sk-live-secret", "d")) == hidden
+    for i in range(MAX_TOKENS + 10):
+        s.redis_key(CacheKey(f"t:n{i}", "d"))
+    assert 0 < len(s._tokens) <= MAX_TOKENS
+    assert s.redis_key(CacheKey("t:a", "d")) == a and s.claim_key(CacheKey("k:sk-live-secret", "d")) == hidden

@@ -1,0 +1,163 @@
+"""One multiplexed Redis connection for the hot path: a batch of commands is one write, replies come in order.
+
+The awaited commands of a loop pass (``gateway.state.pipelining``) and the deferred writes
+(``gateway.state.write_behind``) used to go out as redis-py pipelines: a ``Pipeline`` object, a pool
+checkout, a ``StreamWriter`` write and a coroutine reading each reply through the ``StreamReader``,
+~50 µs of client CPU per round trip of 3 commands here. On a ``Lane`` a batch is packed by hiredis in
+one call, written straight to the transport, and the replies are parsed by a ``hiredis.Reader`` fed
+from ``data_received``; the batch's one future gets them all (~11 µs for the same batch, measured in
+``bench/results/2026-12-06-shared-state-cost.md``). Redis answers a connection's commands in the order
+it read them, so batches written one after another need no lock: each waits in a FIFO for its replies.
+The batches of one loop pass (the awaited commands', the deferred writes') leave in one write.
+
+The connection is opened by redis-py (its URL parsing, ``AUTH``, ``SELECT``, TLS), then its transport is
+handed to this protocol. Any failure (connection lost, a batch cancelled or timed out while waiting)
+closes it and fails every batch still waiting, as redis-py does with a connection it cannot trust to be
+in step; the next batch opens a new one. A command Redis refuses is that command's reply (a
+``RedisError`` instance), like ``Pipeline.execute(raise_on_error=False)``; replies are raw (bytes, ints,
+lists: no redis-py response callbacks).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import hiredis
+from redis._parsers.base import BaseParser
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One write's commands: how many replies it still waits for, and where they go."""
+
+    left: int
+    future: asyncio.Future[list[Any]]
+    replies: list[Any] = field(default_factory=list)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, transport: asyncio.WriteTransport, opener: AbstractConnection) -> None:
+        self.transport = transport
+        # The redis-py connection that opened the transport, kept while it is ours: it (and its StreamWriter)
+        # would close the transport when garbage-collected.
+        self.opener = opener
+        self.reader = hiredis.Reader()
+        self.waiting: deque[_Batch] = deque()
+        self.out: list[bytes] = []  # the batches of this loop pass, written together at its end
+        self.closed = False
+
+    def queue(self, data: bytes) -> None:
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.write_out)
+        self.out.append(data)
+
+    def write_out(self) -> None:
+        out, self.out = self.out, []
+        if not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def data_received(self, data: bytes) -> None:
+        reader, waiting = self.reader, self.waiting
+        reader.feed(data)
+        while (reply := reader.gets()) is not False:
+            if not waiting:  # a reply nobody asked for: out of step, trust nothing more
+                self.close(RedisConnectionError("unexpected reply"))
+                return
+            batch = waiting[0]
+            batch.replies.append(_error(reply) if isinstance(reply, hiredis.ReplyError) else reply)
+            batch.left -= 1
+            if not batch.left:
+                waiting.popleft()
+                if not batch.future.done():
+                    batch.future.set_result(batch.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(RedisConnectionError(f"connection lost: {exc!r}"))
+
+    def close(self, exc: BaseException) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+            self.opener._writer = self.opener._reader = None  # noqa: SLF001 - closed: nothing left to warn about
+        while self.waiting:
+            future = self.waiting.popleft().future
+            if not future.done():
+                future.set_exception(exc)
+
+
+def _error(reply: hiredis.ReplyError) -> Exception:
+    """Redis's error reply as redis-py's exception (``NoScriptError`` for ``NOSCRIPT``...)."""
+    error: Exception = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+    return error
+
+
+class Lane:
+    """Batches of commands on one connection of ``pool``'s address, opened on first use."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._protocol: _Protocol | None = None
+        self._opening: asyncio.Future[_Protocol] | None = None
+
+    async def run(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` in one write; their replies in order (a refused command's: its exception)."""
+        return await self._send(commands)
+
+    async def _send(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        if not commands:
+            return []
+        try:
+            data = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
+        except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
+            raise DataError(str(exc)) from exc
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._open()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        protocol.waiting.append(_Batch(len(commands), future))
+        protocol.queue(data)
+        try:
+            return await future
+        except BaseException as exc:  # cancelled or timed out: the connection's replies are out of step
+            protocol.close(exc if isinstance(exc, Exception) else RedisConnectionError("batch abandoned"))
+            raise
+
+    async def _open(self) -> _Protocol:
+        """One connection at a time: concurrent first batches share its opening."""
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._connect())
+        opening = self._opening
+        try:
+            return await asyncio.shield(opening)
+        finally:
+            if opening.done():
+                self._opening = None
+
+    async def _connect(self) -> _Protocol:
+        conn: AbstractConnection = self.pool.make_connection()  # type: ignore[no-untyped-call]
+        await conn.connect()  # type: ignore[no-untyped-call]  # redis-py's handshake: AUTH, SELECT, TLS
+        writer = conn._writer  # noqa: SLF001 - the transport is taken over once the handshake is done
+        if writer is None:
+            raise RedisConnectionError("no transport after connect")
+        transport = writer.transport
+        protocol = _Protocol(transport, conn)
+        transport.set_protocol(protocol)
+        self._protocol = protocol
+        return protocol
+
+    async def load(self, source: str) -> None:
+        """``SCRIPT LOAD`` (a script Redis lost: restart, ``SCRIPT FLUSH``)."""
+        reply = (await self._send([("SCRIPT", "LOAD", source)]))[0]
+        if isinstance(reply, Exception):
+            raise reply
+
+    def close(self) -> None:
+        if self._protocol is not None:
+            self._protocol.close(RedisConnectionError("lane closed"))
+            self._protocol = None
