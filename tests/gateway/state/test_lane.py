@@ -14,8 +14,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from gateway.state.lane import Lane
-from tests.gateway.rawhttp.test_tls import self_signed
 from tests.support.servers import RedisServer, free_port
+from tests.support.tls import self_signed
 
 
 def _lane(url: str) -> tuple[aioredis.Redis, Lane]:
