@@ -178,23 +178,18 @@ def _may_steer_twice(raw: bytes, body: dict[str, Any]) -> bool:
 
 
 def _has_duplicate_keys(raw: bytes) -> bool:
-    """Exact and slow (the stdlib parser with a hook): only run when a cheap count says it may be so."""
+    """Exact and slow (the stdlib parser with a hook): is a steering key repeated in the top-level object?
 
-    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(pairs)
-        if len(out) != len(pairs):
-            raise _DuplicateKey
-        return out
+    Only run when a cheap count says it may be. Objects are built inside out, so the hook's last call is
+    the top-level object; nested objects are not built at all (their repeats are not ours to judge)."""
+    last: list[list[tuple[str, Any]]] = []
 
-    try:
-        json.loads(raw, object_pairs_hook=pairs_hook)
-    except _DuplicateKey:
-        return True
-    return False
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> None:
+        last[:] = [pairs]
 
-
-class _DuplicateKey(Exception):
-    pass
+    json.loads(raw, object_pairs_hook=pairs_hook)
+    steering = [key for key, _ in last[0] if key in _STEERING_KEYS] if last else []
+    return len(steering) != len(set(steering))
 
 
 def too_deep() -> LocalReply:

@@ -198,7 +198,6 @@ def test_brackets_inside_strings_are_not_depth() -> None:
     [
         b'{"model": "a", "model": "b"}',
         b'{"stream": false, "model": "a", "stream": true}',
-        b'{"model": "a", "meta": {"model": 1, "model": 2}}',  # any duplicate, once the count triggers
     ],
 )
 def test_duplicate_steering_keys_are_refused(raw: bytes) -> None:
@@ -230,11 +229,23 @@ def test_text_escapes_do_not_trigger_the_key_scan() -> None:
 
 
 def test_a_nested_stream_key_is_not_a_steering_key() -> None:
-    """Without a top-level ``stream`` no spelling of it steers: nested repeats are the provider's to judge."""
-    raw = b'{"model": "a", "metadata": {"stream": 1, "stream": 2}}'
-    assert parse_json(raw)["metadata"] == {"stream": 2}
-    with pytest.raises(LocalReply) as exc:  # the control: with a top-level stream the count triggers
-        parse_json(b'{"model": "a", "stream": true, "metadata": {"stream": 1, "stream": 2}}')
+    """Without a top-level ``stream`` its count is skipped; with one, the exact check still judges only the
+    top level: nested repeats are the provider's to judge."""
+    assert parse_json(b'{"model": "a", "metadata": {"stream": 1, "stream": 2}}')["metadata"] == {"stream": 2}
+    raw = b'{"model": "a", "stream": true, "metadata": {"stream": 1, "stream": 2}}'
+    assert parse_json(raw)["stream"] is True
+    with pytest.raises(LocalReply) as exc:  # the control: a top-level repeat
+        parse_json(b'{"model": "a", "stream": true, "metadata": {"stream": 1}, "stream": false}')
+    assert _code(exc) == (400, "duplicate_key")
+
+
+def test_nested_repeats_pass_even_when_the_count_triggers() -> None:
+    """The exact check judges the top-level object only: a nested object's repeated ``model`` (a tool's
+    schema, metadata) is the provider's to judge, though the cheap count sends the body to the check."""
+    assert parse_json(b'{"model": "a", "meta": {"model": 1, "model": 2}}')["meta"] == {"model": 2}
+    assert parse_json(b'{"meta": {"model": 1, "user": 2, "user": 3}, "model": "a"}')["model"] == "a"
+    with pytest.raises(LocalReply) as exc:  # the control: the same body with the repeat at the top level
+        parse_json(b'{"model": "a", "meta": {"model": 1}, "model": "b"}')
     assert _code(exc) == (400, "duplicate_key")
 
 
