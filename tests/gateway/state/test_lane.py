@@ -3,8 +3,10 @@ cannot trust (cancelled batch, lost connection) closed and replaced."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,16 @@ from tests.support.servers import RedisServer, free_port
 from tests.support.tls import self_signed
 
 
-def _lane(url: str) -> tuple[aioredis.Redis, Lane]:
+@contextlib.asynccontextmanager
+async def lane_at(url: str) -> AsyncIterator[tuple[aioredis.Redis, Lane]]:
+    """A lane on ``url``'s pool (and the redis-py client that owns the pool), both closed after."""
     client = aioredis.from_url(url, socket_timeout=None)
-    return client, Lane(client.connection_pool)
+    lane = Lane(client.connection_pool)
+    try:
+        yield client, lane
+    finally:
+        lane.close()
+        await client.aclose()
 
 
 async def _client_id(lane: Lane) -> int:
@@ -30,29 +39,21 @@ async def _client_id(lane: Lane) -> int:
 
 
 async def test_concurrent_batches_get_their_own_replies_in_order(redis_server: RedisServer) -> None:
-    client, lane = _lane(redis_server.url)
-    try:
+    async with lane_at(redis_server.url) as (client, lane):
         await lane.run([("DEL", "ln:n")])
         replies = await asyncio.gather(*(lane.run([("INCR", "ln:n"), ("INCR", "ln:n")]) for _ in range(20)))
         assert all(b - a == 1 for a, b in replies)  # a batch's commands are consecutive
         assert sorted(x for r in replies for x in r) == list(range(1, 41))
         assert await lane.run([]) == []
-    finally:
-        lane.close()
-        await client.aclose()
 
 
 async def test_concurrent_first_batches_share_one_connection(redis_server: RedisServer) -> None:
     """Control: after ``close`` the next batch opens another connection (another client id)."""
-    client, lane = _lane(redis_server.url)
-    try:
+    async with lane_at(redis_server.url) as (client, lane):
         ids = await asyncio.gather(*(_client_id(lane) for _ in range(5)))
         assert len(set(ids)) == 1
         lane.close()
         assert await _client_id(lane) != ids[0]
-    finally:
-        lane.close()
-        await client.aclose()
 
 
 class _CountingTransport:
@@ -71,8 +72,7 @@ class _CountingTransport:
 
 async def test_the_batches_of_one_loop_pass_leave_in_one_write(redis_server: RedisServer) -> None:
     """Control: batches awaited one after the other are a write each."""
-    client, lane = _lane(redis_server.url)
-    try:
+    async with lane_at(redis_server.url) as (client, lane):
         await lane.run([("PING",)])
         assert lane._protocol is not None
         counting = _CountingTransport(lane._protocol.transport)
@@ -81,60 +81,44 @@ async def test_the_batches_of_one_loop_pass_leave_in_one_write(redis_server: Red
         assert replies == [[b"a"], [b"b", b"c"]] and counting.writes == 1
         assert await lane.run([("ECHO", "d")]) == [b"d"] and await lane.run([("ECHO", "e")]) == [b"e"]
         assert counting.writes == 3
-    finally:
-        lane.close()
-        await client.aclose()
 
 
 async def test_a_refused_command_is_its_reply(redis_server: RedisServer) -> None:
-    client, lane = _lane(redis_server.url)
-    try:
+    async with lane_at(redis_server.url) as (client, lane):
         await lane.run([("DEL", "ln:list"), ("RPUSH", "ln:list", "a")])
         replies = await lane.run([("SET", "ln:x", 1), ("INCR", "ln:list"), ("EVALSHA", "0" * 40, 0),
                                   ("GET", "ln:x")])
         assert replies[0] == b"OK" and replies[3] == b"1"
         assert isinstance(replies[1], ResponseError) and "WRONGTYPE" in str(replies[1])
         assert isinstance(replies[2], NoScriptError)
-    finally:
-        lane.close()
-        await client.aclose()
 
 
 async def test_an_argument_redis_cannot_take_sends_nothing(redis_server: RedisServer) -> None:
-    client, lane = _lane(redis_server.url)
-    try:
+    async with lane_at(redis_server.url) as (client, lane):
         await lane.run([("DEL", "ln:d")])
         with pytest.raises(DataError):
             await lane.run([("SET", "ln:d", "sent?"), ("SET", "ln:e", None)])
         assert await lane.run([("GET", "ln:d")]) == [None]
         assert await lane.run([("SET", "ln:d", "yes"), ("GET", "ln:d")]) == [b"OK", b"yes"]  # control
-    finally:
-        lane.close()
-        await client.aclose()
 
 
 async def test_the_connection_outlives_the_redis_py_connection_that_opened_it(
         redis_server: RedisServer) -> None:
     """redis-py's connection (and its StreamWriter) close their transport when collected: the lane keeps it.
     Control: ``close`` does end the connection."""
-    client, lane = _lane(redis_server.url)
-    try:
+    async with lane_at(redis_server.url) as (client, lane):
         first = await _client_id(lane)
         gc.collect()
         assert await _client_id(lane) == first
         lane.close()
         assert await _client_id(lane) != first
-    finally:
-        lane.close()
-        await client.aclose()
 
 
 async def test_a_cancelled_batch_closes_the_connection_and_fails_those_behind_it(
         redis_server: RedisServer) -> None:
     """A batch abandoned while waiting leaves the replies out of step: the batch written after it fails too,
     and the next batch gets a fresh connection."""
-    client, lane = _lane(redis_server.url)
-    try:
+    async with lane_at(redis_server.url) as (client, lane):
         first = await _client_id(lane)
         blocked = asyncio.ensure_future(lane.run([("BLPOP", "ln:never", 0)]))
         behind = asyncio.ensure_future(lane.run([("PING",)]))
@@ -146,14 +130,10 @@ async def test_a_cancelled_batch_closes_the_connection_and_fails_those_behind_it
             await behind
         assert await _client_id(lane) != first
         assert await lane.run([("PING",)]) == [b"PONG"]
-    finally:
-        lane.close()
-        await client.aclose()
 
 
 async def test_a_lost_connection_fails_its_batches_and_the_next_reconnects(redis_server: RedisServer) -> None:
-    client, lane = _lane(redis_server.url)
-    try:
+    async with lane_at(redis_server.url) as (client, lane):
         first = await _client_id(lane)
         waiting = asyncio.ensure_future(lane.run([("BLPOP", "ln:never", 0)]))
         await asyncio.sleep(0)
@@ -161,19 +141,12 @@ async def test_a_lost_connection_fails_its_batches_and_the_next_reconnects(redis
         with pytest.raises(RedisConnectionError):
             await waiting
         assert await _client_id(lane) != first
-    finally:
-        lane.close()
-        await client.aclose()
 
 
 async def test_nothing_listening_is_a_connection_error() -> None:
-    client, lane = _lane(f"redis://127.0.0.1:{free_port()}/0")
-    try:
+    async with lane_at(f"redis://127.0.0.1:{free_port()}/0") as (client, lane):
         with pytest.raises(RedisConnectionError):
             await lane.run([("PING",)])
-    finally:
-        lane.close()
-        await client.aclose()
 
 
 async def test_a_tls_connection_is_taken_over_too(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -200,13 +173,9 @@ async def test_a_tls_connection_is_taken_over_too(redis_server: RedisServer, tmp
 
     server = await asyncio.start_server(forward, "127.0.0.1", 0, ssl=context)
     port = server.sockets[0].getsockname()[1]
-    client, lane = _lane(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none")
-    try:
+    async with lane_at(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none") as (client, lane):
         assert await lane.run([("SET", "ln:tls", "yes"), ("GET", "ln:tls")]) == [b"OK", b"yes"]
         before = sum(seen)  # the handshake and the first batch
         assert await lane.run([("ECHO", "again")]) == [b"again"]
         assert sum(seen) - before == len(b"*2\r\n$4\r\nECHO\r\n$5\r\nagain\r\n")
-    finally:
-        lane.close()
-        await client.aclose()
         server.close()
