@@ -7,12 +7,14 @@ marker naming its SHA-256 (so cache keys still depend on the image). The parsed 
 few dozen bytes where it held megabytes, and the blob stays a span of the raw body (no copy).
 The raw body is forwarded unchanged; a re-serialised body gets its blobs back with ``restore``.
 
-One pass: ``find`` jumps from string to string (escaped quotes skipped); only strings long enough
-are checked (in slices of ``_SLICE`` bytes, so no copy of the whole string is made) and hashed.
+At C speed: a quote search per window of 64 KiB finds the quote-free runs a blob needs; only the
+strings around them are checked (in slices of ``_SLICE`` bytes, so no copy of the whole string is
+made) and hashed (``hashlib`` releases the GIL).
 """
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 MIN_BODY = 1 << 20
@@ -21,6 +23,8 @@ PREFIX = b"gw-blob:sha256:"
 MARKER_LEN = len(PREFIX) + 64
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 _SLICE = 1 << 20
+_WINDOW = MIN_BLOB // 4  # a blob covers at least _WINDOWS whole aligned windows of this size
+_WINDOWS = 3
 _DATA_URL_HEAD = 256  # "data:<media type>;base64," is short; a comma further in is not its end
 
 
@@ -63,14 +67,8 @@ def extract(raw: bytes) -> tuple[bytes, Blobs | None]:
     view = memoryview(raw)
     spans: dict[bytes, tuple[int, int]] = {}
     pieces: list[bytes | memoryview] = []
-    done = scan = 0
-    while (quote := raw.find(b'"', scan)) >= 0:
-        end = _string_end(raw, quote)
-        if end < 0:
-            break
-        scan = end + 1
-        if end - quote - 1 < MIN_BLOB:
-            continue
+    done = 0
+    for quote, end in _long_strings(raw):
         start = _payload_start(raw, quote + 1, end)
         if end - start < MIN_BLOB or not _all_base64(raw, start, end):
             continue
@@ -84,17 +82,39 @@ def extract(raw: bytes) -> tuple[bytes, Blobs | None]:
     return b"".join(pieces), Blobs(raw, spans)
 
 
-def _string_end(raw: bytes, quote: int) -> int:
-    """The closing quote of the JSON string opened at ``quote`` (escaped quotes skipped), or -1."""
-    end = raw.find(b'"', quote + 1)
-    while end > 0 and raw[end - 1] == 0x5C:
-        first = end - 1
-        while first > 0 and raw[first - 1] == 0x5C:
-            first -= 1
-        if (end - first) % 2 == 0:  # an even run of backslashes escapes only itself
-            break
-        end = raw.find(b'"', end + 1)
-    return end
+def _long_strings(raw: bytes) -> Iterator[tuple[int, int]]:
+    """``(opening quote, closing quote)`` of each string that may hold a blob, found at C speed.
+
+    A blob has no quote in it, so it covers ``_WINDOWS`` whole aligned windows of ``_WINDOW`` bytes
+    without a quote: only runs of such windows are looked at (a quote search per window, stopped by
+    the window's first quote), not every string of the body (100k short strings cost 40 ms walked
+    one by one). The quote before a run opens its string when no backslash escapes it; in valid JSON
+    a quote closing a string is followed by a separator (not base64) before the next quote.
+    """
+    n, after = len(raw), 0
+    run = 0
+    for at in range(0, n - _WINDOW + 1, _WINDOW):
+        if raw.find(b'"', at, at + _WINDOW) >= 0:
+            run = 0
+            continue
+        run += 1
+        if run != _WINDOWS or at < after:
+            continue
+        quote = raw.rfind(b'"', 0, at)
+        end = raw.find(b'"', at + _WINDOW)
+        if end < 0:
+            return
+        after = end
+        if quote >= 0 and not _escaped(raw, quote):
+            yield quote, end
+
+
+def _escaped(raw: bytes, quote: int) -> bool:
+    """Whether the quote at ``quote`` is escaped (an odd run of backslashes before it)."""
+    first = quote
+    while first > 0 and raw[first - 1] == 0x5C:
+        first -= 1
+    return (quote - first) % 2 == 1
 
 
 def _payload_start(raw: bytes, start: int, end: int) -> int:

@@ -62,7 +62,21 @@ def test_escaped_quotes_never_break_the_json() -> None:
         parsed, blobs = extract(raw)
         assert blobs is not None  # positive control: "x" always is replaced
         assert orjson.loads(parsed)["x"].startswith(PREFIX.decode())
+        assert orjson.loads(parsed)["prompt"] == prompt  # base64 beside an escaped quote is text
         assert blobs.restore(orjson.dumps(orjson.loads(parsed))) == raw
+
+
+def test_a_blob_among_many_short_strings_is_found_and_nothing_else() -> None:
+    """The search looks at quote-free runs of the body, not at each of its 100k strings."""
+    items = [f"item {i}" for i in range(100_000)]
+    raw = orjson.dumps({"model": "m", "input": items, "image": IMAGE, "tail": "x"})
+    parsed, blobs = extract(raw)
+    assert blobs is not None and len(blobs.spans) == 1
+    body = orjson.loads(parsed)
+    assert body["input"] == items and body["tail"] == "x" and body["image"].startswith(PREFIX.decode())
+    assert blobs.restore(parsed) == raw
+    control = orjson.dumps({"model": "m", "input": items, "note": "no image " * 200_000})
+    assert len(control) > MIN_BODY and extract(control) == (control, None)
 
 
 def test_two_images_and_unknown_markers() -> None:
