@@ -161,9 +161,9 @@ def _may_steer_twice(raw: bytes, body: dict[str, Any]) -> bool:
 
     A key the parsed body lacks is in no top-level spelling of the bytes: only the keys it has are
     counted (a body without ``stream`` costs one count)."""
-    if raw.count(b'"model"') > 1 or ("stream" in body and raw.count(b'"stream"') > 1):
+    if _more_than_one(raw, b'"model"') or ("stream" in body and _more_than_one(raw, b'"stream"')):
         return True
-    if raw.find(b"\\") < 0 or _ESCAPED_LETTER.search(raw) is None:
+    if raw.find(b"\\") < 0 or not _has_escaped_letter(raw):
         return False
     for match in _SHORT_KEY.finditer(raw):
         key = match.group(1)
@@ -175,6 +175,28 @@ def _may_steer_twice(raw: bytes, body: dict[str, Any]) -> bool:
         except orjson.JSONDecodeError:
             continue
     return False
+
+
+# Passes over a large body's bytes run in slices: the GIL can go to the event loop between two slices
+# (at the switch interval), not only after a whole multi-megabyte C call (issue 15).
+SLICE_BYTES = 1 << 20
+
+
+def _more_than_one(raw: bytes, needle: bytes) -> bool:
+    """``raw.count(needle) > 1``, counted slice by slice (``needle`` must not overlap itself)."""
+    seen, n, reach = 0, len(raw), len(needle) - 1
+    for at in range(0, n, SLICE_BYTES):
+        seen += raw.count(needle, at, min(at + SLICE_BYTES + reach, n))
+        if seen > 1:
+            return True
+    return False
+
+
+def _has_escaped_letter(raw: bytes) -> bool:
+    """``_ESCAPED_LETTER.search(raw)``, slice by slice (a match starting in a slice may end past it)."""
+    n = len(raw)
+    return any(_ESCAPED_LETTER.search(raw, at, min(at + SLICE_BYTES + 5, n)) is not None
+               for at in range(0, n, SLICE_BYTES))
 
 
 def _has_duplicate_keys(raw: bytes) -> bool:

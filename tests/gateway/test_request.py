@@ -415,3 +415,21 @@ def test_forbidden_fields_are_checked_before_anything_else() -> None:
     with pytest.raises(LocalReply) as exc:
         validate("chat", {"azure_endpoint": "x", "api_base": "y"})
     assert (exc.value.code, exc.value.param) == ("forbidden_field", "api_base")
+
+
+@pytest.mark.parametrize("at", range(0, 12))
+def test_steering_scans_in_slices_see_keys_across_slice_edges(monkeypatch: pytest.MonkeyPatch,
+                                                               at: int) -> None:
+    """Large bodies are scanned slice by slice; a repeated or escaped key across an edge is still seen."""
+    import gateway.request as request
+
+    monkeypatch.setattr(request, "SLICE_BYTES", 16)
+    pad = "x" * at
+    twice = f'{{"p":"{pad}","model":"a","model":"b"}}'.encode()
+    with pytest.raises(LocalReply) as err:
+        parse_json(twice)
+    assert err.value.code == "duplicate_key"
+    escaped = f'{{"p":"{pad}","model":"a","mod\\u0065l":"b"}}'.encode()
+    with pytest.raises(LocalReply):
+        parse_json(escaped)
+    assert parse_json(f'{{"p":"{pad}","model":"a","mode":"b"}}'.encode())["model"] == "a"  # control
