@@ -102,6 +102,7 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.tokenizer = Tokenizer({name: m.encoding for name, m in config.models.items() if m.encoding})
         st.work = WorkPool(threads=config.server.work_threads, budget_s=config.server.work_budget_s,
                            metrics=st.metrics, clock=st.clock)
+        st.work.start()
         st.closers.insert(0, _closing(st.work))
         st.closers.append(start_lag_probe(st.metrics, st.clock))
         st.backend = shared_backend(config, st.clock)

@@ -43,7 +43,8 @@ async def decode_body(work: WorkPool, tenant: str, raw: bytes, operation: str) -
     """``decode`` on the loop for a small body, else in ``work`` (fair per ``tenant``, budgeted)."""
     if len(raw) < DECODE_INLINE_MAX_BYTES:
         return decode(raw, operation)
-    outcome = await work.run(tenant, "decode", partial(_decode_or_refusal, raw, operation), _busy)
+    outcome = await work.run(tenant, "decode", partial(_decode_or_refusal, raw, operation), _busy,
+                             holds_gil=True)
     if isinstance(outcome, LocalReply):
         raise outcome
     return outcome

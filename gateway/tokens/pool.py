@@ -18,7 +18,9 @@ Every outcome is counted in ``gateway_work_total{kind, outcome}``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,7 +49,14 @@ class JobFailed(Exception):
 class _Job(Generic[T]):
     fn: Callable[[], T]
     future: asyncio.Future[T]
+    holds_gil: bool = False
     cancelled: bool = False
+
+
+def _meet(ready: threading.Barrier) -> None:
+    """A start-up job: holds its thread until every worker thread exists (bounded wait)."""
+    with contextlib.suppress(threading.BrokenBarrierError):
+        ready.wait(timeout=5.0)
 
 
 def _call(fn: Callable[[], T]) -> T:
@@ -73,6 +82,7 @@ class WorkPool:
     _running: dict[str, int] = field(default_factory=dict)
     _seq: int = 0
     _busy: int = 0
+    _gil_busy: int = 0  # jobs running that hold the GIL (at most one: see ``run``)
     _once: dict[str, asyncio.Future[object]] = field(default_factory=dict)
     _executor: ThreadPoolExecutor | None = None
 
@@ -90,13 +100,28 @@ class WorkPool:
         queue = self._queues.get(tenant)
         return len(queue) if queue is not None else 0
 
-    async def run(self, tenant: str, kind: str, fn: Callable[[], T], fallback: Callable[[], T]) -> T:
-        """``fn()`` in a worker within the budget, else ``fallback()`` (counted either way)."""
+    def start(self) -> None:
+        """Start the worker threads now, not on the first jobs: a thread started while others hold the
+        GIL keeps the event loop waiting in ``Thread.start`` until it runs (seen under a 5 MB attack)."""
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="gateway-work")
+        ready = threading.Barrier(self.threads)  # each submit meets no idle thread, so starts one
+        for _ in range(self.threads):
+            self._executor.submit(_meet, ready)
+
+    async def run(self, tenant: str, kind: str, fn: Callable[[], T], fallback: Callable[[], T],
+                  *, holds_gil: bool = False) -> T:
+        """``fn()`` in a worker within the budget, else ``fallback()`` (counted either way).
+
+        ``holds_gil``: ``fn`` is long C calls that keep the GIL (a JSON parse of megabytes). Such jobs
+        run one at a time: two only queue behind each other for the GIL, and the event loop, which
+        must take the GIL back between them, would wait behind both."""
         queue = self._queues.setdefault(tenant, deque())
         if len(queue) >= self.max_queued:
             self.count(kind, "queue_full")
             return fallback()
-        job: _Job[T] = _Job(fn, asyncio.get_running_loop().create_future())
+        job: _Job[T] = _Job(fn, asyncio.get_running_loop().create_future(), holds_gil)
         queue.append(job)  # type: ignore[arg-type]
         self._pump()
         try:
@@ -143,19 +168,29 @@ class WorkPool:
 
     def _pump(self) -> None:
         """Start queued jobs, round-robin over tenants, while a worker is free."""
-        while self._busy < self.threads and self._queues:
-            tenant = min(self._queues, key=lambda name: self._served.get(name, -1))
-            queue = self._queues[tenant]
-            job = queue.popleft() if queue else None
-            if not queue:
-                del self._queues[tenant]
-            if job is None or job.cancelled:
-                self._forget(tenant)
-                continue
+        while self._busy < self.threads and (picked := self._next()) is not None:
+            tenant, job = picked
             self._seq += 1
             self._served[tenant] = self._seq
             self._running[tenant] = self._running.get(tenant, 0) + 1
             self._start(tenant, job)
+
+    def _next(self) -> tuple[str, _Job[object]] | None:
+        """The next job to start: the head of the queue of the tenant served least recently whose head
+        can start now (a GIL-holding job waits while another one runs; other tenants' jobs go first)."""
+        for tenant in sorted(self._queues, key=lambda name: self._served.get(name, -1)):
+            queue = self._queues[tenant]
+            while queue and queue[0].cancelled:
+                queue.popleft()
+            if not queue:
+                del self._queues[tenant]
+                self._forget(tenant)
+            elif not (queue[0].holds_gil and self._gil_busy):
+                job = queue.popleft()
+                if not queue:
+                    del self._queues[tenant]
+                return tenant, job
+        return None
 
     def _forget(self, tenant: str) -> None:
         """Drop a tenant's bookkeeping once it has nothing queued or running (bounded by live tenants)."""
@@ -164,14 +199,16 @@ class WorkPool:
             self._served.pop(tenant, None)
 
     def _start(self, tenant: str, job: _Job[object]) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="gateway-work")
+        self.start()
+        assert self._executor is not None
         self._busy += 1
+        self._gil_busy += job.holds_gil
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._executor, _call, job.fn)
 
         def finished(fut: asyncio.Future[object]) -> None:
             self._busy -= 1
+            self._gil_busy -= job.holds_gil
             self._running[tenant] -= 1
             self._forget(tenant)
             if job.cancelled or job.future.done():  # the caller took its fallback; drop the answer

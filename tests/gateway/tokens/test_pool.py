@@ -95,3 +95,47 @@ async def test_a_tokenizer_panic_becomes_the_fallback() -> None:
     assert await pool.run("a", "t", lambda: tokenizer.count_text("gpt-4o", "hi"), lambda: -1) == 1  # control
     assert outcomes(metrics, "t") == {"failed": 1.0, "done": 1.0}
     pool.close()
+
+
+def work_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("gateway-work")}
+
+
+async def test_start_makes_every_worker_thread_before_any_job() -> None:
+    before = work_threads()  # other tests' pools may still be ending theirs
+    pool = WorkPool(threads=2)
+    assert not work_threads() - before  # control: nothing started yet
+    pool.start()
+    await until(lambda: len(work_threads() - before) == 2)
+    mine = work_threads() - before
+    ran_on: list[threading.Thread] = []
+    def job() -> str:
+        ran_on.append(threading.current_thread())
+        return "ran"
+
+    assert await pool.run("a", "t", job, lambda: "") == "ran"
+    assert ran_on[0] in mine and work_threads() - before == mine  # a started thread ran it; none added
+    pool.close()
+
+
+async def test_jobs_that_hold_the_gil_run_one_at_a_time_beside_other_jobs() -> None:
+    pool = WorkPool(threads=2, budget_s=30)
+    gate = threading.Event()
+    started: list[str] = []
+
+    def job(name: str) -> str:
+        started.append(name)
+        if name == "parse-a":
+            gate.wait(10)
+        return name
+
+    first = asyncio.ensure_future(pool.run("a", "t", lambda: job("parse-a"), lambda: "", holds_gil=True))
+    await until(lambda: started == ["parse-a"])
+    second = asyncio.ensure_future(pool.run("b", "t", lambda: job("parse-b"), lambda: "", holds_gil=True))
+    other = asyncio.ensure_future(pool.run("c", "t", lambda: job("count-c"), lambda: ""))
+    assert await other == "count-c"  # control: the free worker serves a job that releases the GIL
+    assert started == ["parse-a", "count-c"] and pool.queued("b") == 1  # parse-b waits for parse-a
+    gate.set()
+    assert await asyncio.gather(first, second) == ["parse-a", "parse-b"]
+    assert started == ["parse-a", "count-c", "parse-b"]
+    pool.close()
