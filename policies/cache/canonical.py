@@ -116,10 +116,11 @@ def _head(events: list[dict[str, Any]], obj_type: str) -> dict[str, Any]:
 def merge_extras(acc: dict[str, Any], obj: dict[str, Any], built: frozenset[str]) -> None:
     """Keep ``obj``'s provider extras in ``acc`` as a non-stream answer carries them: objects merged
     key by key (Groq's ``x_groq`` id, then its usage), other values the last non-null one, nulls kept."""
-    for key, value in obj.items():
-        if key in built:
-            continue
-        old = acc.get(key)
+    extra = obj.keys() - built  # at C speed: most chunks have none
+    if not extra:
+        return
+    for key in sorted(extra, key=list(obj).index) if len(extra) > 1 else extra:  # in the chunk's order
+        value, old = obj[key], acc.get(key)
         if isinstance(value, dict) and isinstance(old, dict):
             acc[key] = {**old, **value}
         elif value is not None or key not in acc:
@@ -142,8 +143,11 @@ def _chat_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | None:
         for ch in event.get("choices") or ():
             if not isinstance(ch, dict):
                 return None
-            state = choices.setdefault(int(ch.get("index") or 0), {"message": {}, "calls": {},
-                                       "finish_reason": None, "logprobs": None, "extras": {}})
+            index = int(ch.get("index") or 0)
+            state = choices.get(index)
+            if state is None:
+                state = choices[index] = {"message": {}, "calls": {}, "finish_reason": None, "logprobs": None,
+                                          "extras": {}}
             merge_extras(state["extras"], ch, _BUILT_CHOICE)
             delta = ch.get("delta")
             if isinstance(delta, dict):
@@ -163,6 +167,24 @@ def _chat_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     return out
 
 
+class _Pieces(list[str]):
+    """A streamed string's pieces, joined once at the end: adding each piece to the string so far
+    copied it every time (a 15,000-token answer: ~700 MB of copies in the fill's thread)."""
+
+
+def _joined(value: Any) -> Any:
+    return "".join(value) if type(value) is _Pieces else value
+
+
+def _append(holder: dict[str, Any], key: str, piece: str) -> None:
+    """``holder[key] += piece`` in pieces (a missing or null value counts as "")."""
+    held = holder.get(key)
+    if type(held) is _Pieces:
+        held.append(piece)
+    else:
+        holder[key] = _Pieces((held, piece) if isinstance(held, str) and held else (piece,))
+
+
 def _merge_chat_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
     msg = state["message"]
     for key, value in delta.items():
@@ -171,7 +193,10 @@ def _merge_chat_delta(state: dict[str, Any], delta: dict[str, Any]) -> None:
                 if isinstance(call, dict):
                     _merge_call(state["calls"], call)
         elif isinstance(value, str):
-            msg[key] = value if key == "role" else (msg.get(key) or "") + value  # a null opening delta first
+            if key == "role":
+                msg[key] = value
+            else:
+                _append(msg, key, value)  # a null opening delta first
         elif isinstance(value, list):
             msg[key] = [*msg.get(key, []), *value]
         elif value is None:
@@ -192,21 +217,29 @@ def _merge_call(calls: dict[int, dict[str, Any]], delta: dict[str, Any]) -> None
         if fn.get("name") and not call["function"]["name"]:
             call["function"]["name"] = fn["name"]
         if isinstance(fn.get("arguments"), str):
-            call["function"]["arguments"] += fn["arguments"]
+            _append(call["function"], "arguments", fn["arguments"])
 
 
 def _merge_logprobs(acc: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
-    acc = dict(acc or {})
+    """``part``'s lists appended to ``acc``'s (made here on the first part, so its lists are ours to extend:
+    a new list per chunk copied every entry so far each time)."""
+    acc = {} if acc is None else acc
     for key, value in part.items():
         if isinstance(value, list):
-            acc[key] = [*(acc.get(key) or []), *value]
+            held = acc.get(key)
+            if type(held) is list:
+                held.extend(value)
+            else:
+                acc[key] = list(value)
         elif key not in acc:
             acc[key] = value
     return acc
 
 
 def _chat_choice(index: int, state: dict[str, Any]) -> dict[str, Any]:
-    msg = state["message"]
+    msg = {key: _joined(value) for key, value in state["message"].items()}
+    for call in state["calls"].values():
+        call["function"]["arguments"] = _joined(call["function"]["arguments"])
     content = msg.pop("content", None)
     if content == "" and (state["calls"] or msg.get("refusal") or msg.get("function_call")):
         content = None
@@ -236,7 +269,7 @@ def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | No
             )
             merge_extras(state["extras"], ch, _BUILT_CHOICE)
             if isinstance(ch.get("text"), str):
-                state["text"] += ch["text"]
+                _append(state, "text", ch["text"])
             if ch.get("finish_reason"):
                 state["finish_reason"] = ch["finish_reason"]
             if isinstance(ch.get("logprobs"), dict):
@@ -246,7 +279,7 @@ def _completion_from_chunks(events: list[dict[str, Any]]) -> dict[str, Any] | No
     out = _head(events, "text_completion")
     out["choices"] = [
         {
-            "text": choices[i]["text"],
+            "text": _joined(choices[i]["text"]),
             "index": i,
             "logprobs": choices[i]["logprobs"],
             "finish_reason": choices[i]["finish_reason"],

@@ -145,3 +145,26 @@ def test_a_provider_without_ids_gets_none_invented() -> None:
     assert answer is not None and "id" not in answer
     assert answer_from_sse("chat", sse({**chunk, "id": "x"})) is not None  # positive control
     assert answer_from_sse("chat", sse({**chunk, "id": "x"}))["id"] == "x"  # type: ignore[index]
+
+
+def test_a_long_stream_is_assembled_piece_by_piece() -> None:
+    """Thousands of pieces of content, tool arguments, completion text and logprobs, joined once."""
+    words = [f" w{i}" for i in range(3000)]
+    head = {"id": "c", "object": "chat.completion.chunk", "model": "m"}
+    chunks = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]}]
+    chunks += [{**head, "choices": [{"index": 0, "delta": {"content": w},
+                                     "logprobs": {"content": [{"token": w}]}}]} for w in words]
+    first = {"id": "call", "type": "function"}
+    calls = [{"index": 0, "function": {"arguments": w}, **(first if not i else {})}
+             for i, w in enumerate(words)]
+    chunks += [{**head, "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]} for call in calls]
+    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    choice = answer_from_sse("chat", sse(*chunks))["choices"][0]  # type: ignore[index]
+    assert choice["message"]["content"] == "".join(words)
+    assert choice["message"]["tool_calls"][0]["function"]["arguments"] == "".join(words)
+    assert choice["logprobs"]["content"] == [{"token": w} for w in words]
+    text = [{"id": "c", "object": "text_completion", "choices": [{"index": 0, "text": w}]} for w in words]
+    text.append({"id": "c", "object": "text_completion",
+                 "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+    completion = answer_from_sse("completions", sse(*text))
+    assert completion is not None and completion["choices"][0]["text"] == "".join(words)
