@@ -26,6 +26,7 @@ from gateway.config_model import Config
 from gateway.errors import error_body
 from gateway.memory import pin_malloc_thresholds, trim_heap
 from gateway.reload import Reloader
+from gateway.switching import share_the_gil
 
 log = logging.getLogger("gateway.server")
 
@@ -164,6 +165,7 @@ async def serve(config: Config, *, host: str, port: int, config_path: str | None
                            reuse_port=reuse_port or None)
     await site.start()
     settle_memory()
+    share_the_gil()
     st = app[APP_STATE]
     reloader = Reloader(st, Path(config_path)) if config_path else None
     if reloader is not None:

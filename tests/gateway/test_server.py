@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -18,6 +19,7 @@ import pytest_asyncio
 from gateway.config import parse_config
 from gateway.mock import MockServer
 from gateway.server import _JsonErrorHandler, serve
+from gateway.switching import SWITCH_INTERVAL_S
 from tests.support.servers import InProcessGateway, bound_socket, gateway_config, start_gateway
 from tests.support.until import until
 
@@ -142,10 +144,13 @@ async def test_serve_drains_open_streams_on_stop_and_returns_zero(mock_upstream:
 
 
 async def test_serve_with_nothing_open_stops_promptly(mock_upstream: MockServer) -> None:
+    """... and a serving process asks for the short GIL switch interval (gateway/switching.py)."""
     config = parse_config(gateway_config(mock_upstream.url, server={"drain_s": 5.0, "grace_s": 0}), {})
     sock = bound_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     stop = asyncio.Event()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)  # CPython's default, whatever ran before
     run = asyncio.create_task(serve(config, host="127.0.0.1", port=0, sock=sock, stop=stop))
     try:
         async with aiohttp.ClientSession() as session:
@@ -156,12 +161,14 @@ async def test_serve_with_nothing_open_stops_promptly(mock_upstream: MockServer)
                     return False
 
             await until(ready, timeout=30, message="serve() became ready")
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
         loop = asyncio.get_running_loop()
         started = loop.time()
         stop.set()
         assert await asyncio.wait_for(run, 10) == 0
         assert loop.time() - started < 2.0  # no open request: no waiting for drain_s
     finally:
+        sys.setswitchinterval(interval)
         stop.set()
         if not run.done():
             await asyncio.wait_for(run, 10)
