@@ -1,9 +1,11 @@
 """Issue 15's attacks against a real gateway process, each with a bystander tenant watching.
 
 One gateway (``gateway serve``, keys mode: an attacker and a bystander tenant, semantic cache on with
-the local embedder, compression on) in front of the fake provider, both in subprocesses, so this process
-only runs clients. A no-attack baseline of the bystander's chat latency is taken first; during each
-attack the bystander keeps sending small chats and ``/healthz`` is probed. Asserted per attack:
+the local embedder, compression on) in front of the fake provider, both in subprocesses; the bystander
+has its own fake provider (a real one is not stalled for one customer by another's prompt) and its own
+client process (``bystander.py``), so its figures are the gateway's. A no-attack baseline of the
+bystander's chat latency is taken first; during each attack the bystander keeps sending small chats
+and ``/healthz`` is probed; the calls that overlapped the attack count. Asserted per attack:
 bystander p99 <= 2 x baseline + 20 ms (plus ``SHARED_SLACK_S`` because the test machine is shared with
 other jobs), ``/healthz`` answered, every attacking request answered (a status, the OpenAI error shape
 for 4xx/5xx, never a dropped connection), nothing refused reaches the provider, and the RSS growth stays
@@ -18,6 +20,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,17 +28,22 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from tests.hardening.bystander import Watch
 from tests.hardening.procstats import open_fds, percentile, rss_bytes
 from tests.support.servers import GatewayProcess, free_port, gateway_config, spawn_gateway, wait_ready
 from tests.support.until import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 ATTACKER, BYSTANDER = "sk-attacker-key", "sk-bystander-key"
+# The bystander's model is served by its own fake provider process: a real provider is not stalled for
+# one customer by another's 3.5 MB prompt, but the fake one (one Python process) would be, and the
+# figures would measure the fake provider instead of the gateway.
+BYSTANDER_MODEL = "gpt-4o-mini"
 SHARED_SLACK_S = float(os.environ.get("BOUNDED_SLACK_S", "0.1"))  # 2 cores shared with other jobs
-# Attacks that make the gateway move megabytes (parse 14 MB of JSON, relay 60 MB of SSE) cost CPU that
-# the bystander shares on 2 cores: the issue's 2x + 20 ms is not met there (docs/reliability.md has the
-# figures); asserted instead: no stall of the "before" kind (3.7 s to 24 s).
-HEAVY_SLACK_S = float(os.environ.get("BOUNDED_HEAVY_SLACK_S", "2.0"))
+# Relaying 60 MB of SSE (30 unread 2 MB streams) costs CPU that the bystander shares on 2 cores with the
+# fake providers: the issue's 2x + 20 ms is not met there (docs/reliability.md has the figures); asserted
+# with this slack instead. The other attacks are held to the shared slack since 2026-12-07.
+HEAVY_SLACK_S = float(os.environ.get("BOUNDED_HEAVY_SLACK_S", "0.5"))
 MIB = 1024 * 1024
 EXACT_MAX_BYTES = 16 * MIB
 
@@ -43,7 +51,7 @@ EXACT_MAX_BYTES = 16 * MIB
 @dataclass
 class Env:
     gw: GatewayProcess
-    mock_url: str
+    mock_url: str  # the attacker's provider
     session: aiohttp.ClientSession
     baseline_p99: float = 0.0
     figures: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -60,9 +68,13 @@ class Env:
             return len((await resp.json())["requests"])
 
 
-def config(mock_url: str) -> dict[str, Any]:
+def config(mock_url: str, quiet_url: str) -> dict[str, Any]:
     return gateway_config(
         mock_url,
+        upstreams={"mock": {"base_url": mock_url, "api_key": "sk-upstream-secret"},
+                   "quiet": {"base_url": quiet_url, "api_key": "sk-upstream-secret"}},
+        routes=[{"match": {"model": BYSTANDER_MODEL}, "upstream": "quiet"},
+                {"match": {"model": "*"}, "upstream": "mock"}],
         server={"drain_s": 2, "grace_s": 0, "workers": 1, "max_inflight": 32, "client_max_reading": 8,
                 "header_timeout_s": 2.0, "body_timeout_s": 30},
         auth={"mode": "keys", "keys": [{"key": ATTACKER, "tenant": "attacker"},
@@ -79,72 +91,83 @@ def mock_process(port: int) -> subprocess.Popen[bytes]:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def env() -> AsyncIterator[Env]:
-    port = free_port()
-    mock = mock_process(port)
-    mock_url = f"http://127.0.0.1:{port}"
+    port, quiet_port = free_port(), free_port()
+    mock, quiet = mock_process(port), mock_process(quiet_port)
+    mock_url, quiet_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{quiet_port}"
     # BOUNDED_GATEWAY_PYTHONPATH=/path/to/other/checkout runs the same attacks against another version
     # (the "before" figures in docs/reliability.md).
     other = os.environ.get("BOUNDED_GATEWAY_PYTHONPATH")
-    cfg = config(mock_url + "/v1")
+    cfg = config(mock_url + "/v1", quiet_url + "/v1")
     if other:  # an older version does not know the settings this suite adds
         for name in ("client_max_reading", "header_timeout_s"):
             cfg["server"].pop(name)
     gw = spawn_gateway(cfg, env={"PYTHONPATH": other} if other else None)
     try:
         await wait_ready(mock_url, path="/_mock/stats")
+        await wait_ready(quiet_url, path="/_mock/stats")
         await wait_ready(gw.url)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             env = Env(gw, mock_url, session)
             await answered(env, env.chat_url, chat(["load the embedder"]))  # the model loads once (~150 MB)
-            await bystander(env, 0.5)  # warm up
-            env.baseline_p99 = percentile((await bystander(env, 2.0)).latencies, 99)
+            env.baseline_p99 = await baseline_p99(env, 2.0)
             yield env
             print("\nbounded-work figures (baseline p99 %.1f ms):" % (env.baseline_p99 * 1000))
             for name, fig in env.figures.items():
                 print(f"  {name}: " + ", ".join(f"{k}={v:.3g}" for k, v in fig.items()))
     finally:
         gw.stop()
-        mock.terminate()
-        mock.wait(10)
+        for provider in (mock, quiet):
+            provider.terminate()
+            provider.wait(10)
 
 
-@dataclass
-class Watch:
-    latencies: list[float] = field(default_factory=list)
-    healthz: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+ROOT = Path(__file__).resolve().parents[2]
 
 
-async def bystander(env: Env, seconds: float, stop: asyncio.Event | None = None) -> Watch:
-    """Small chats one after another (and /healthz every 50 ms) for ``seconds`` or until ``stop``."""
-    watch = Watch()
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    body = orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "ping"}]})
+class Bystander:
+    """The bystander's small chats (and /healthz every 50 ms), sent from its own process
+    (``tests/hardening/bystander.py``): this process's loop is busy with the attack."""
 
-    def running() -> bool:
-        return loop.time() < end and not (stop is not None and stop.is_set())
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
 
-    async def chats() -> None:
-        while running():
-            started = time.perf_counter()
-            headers = {**env.headers(BYSTANDER), "x-gateway-cache": "bypass"}  # a real provider round trip
-            async with env.session.post(env.chat_url, data=body, headers=headers) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    watch.failures.append(f"chat {resp.status}")
-            watch.latencies.append(time.perf_counter() - started)
+    @classmethod
+    async def start(cls, env: Env) -> Bystander:
+        """Started and ready: its first chat was answered."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.hardening.bystander", env.gw.url, BYSTANDER, BYSTANDER_MODEL,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT, limit=64 * MIB)
+        started = cls(proc)
+        try:
+            assert proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"ready\n"
+        except BaseException:
+            await started.kill()
+            raise
+        return started
 
-    async def health() -> None:
-        while running():
-            started = time.perf_counter()
-            async with env.session.get(env.gw.url + "/healthz") as resp:
-                await resp.read()
-            watch.healthz.append(time.perf_counter() - started)
-            await asyncio.sleep(0.05)
+    async def stop(self) -> Watch:
+        """Everything it measured since it started."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(b"stop\n")
+            await self.proc.stdin.drain()
+            return Watch(**orjson.loads(await asyncio.wait_for(self.proc.stdout.readline(), 30)))
+        finally:
+            await self.kill()
 
-    await asyncio.gather(chats(), health())
-    return watch
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+
+
+async def baseline_p99(env: Env, seconds: float) -> float:
+    """The bystander's chat p99 with no attack (after a 0.5 s warm-up)."""
+    watcher = await Bystander.start(env)
+    begin = time.monotonic() + 0.5
+    await asyncio.sleep(0.5 + seconds)  # the measurement's length, not a wait for a condition
+    return percentile((await watcher.stop()).during(begin, time.monotonic()).latencies, 99)
 
 
 async def answered(env: Env, url: str, body: bytes) -> int:
@@ -169,19 +192,23 @@ async def attack(env: Env, name: str, run: Callable[[], Awaitable[Any]],
             peak.append(rss_bytes(env.gw.proc.pid))
             await asyncio.sleep(0.1)
 
-    watcher = asyncio.gather(bystander(env, 30.0, stop), sample())
+    watcher = await Bystander.start(env)
+    sampler = asyncio.ensure_future(sample())
+    begin = time.monotonic()
     try:
         result = await run()
     finally:
+        end = time.monotonic()
         stop.set()
-        watch, _ = await watcher
+        await sampler
+        watch = (await watcher.stop()).during(begin, end)  # the calls the attack overlapped
     p99 = percentile(watch.latencies, 99)
     env.figures[name] = {"bystander_p99_ms": p99 * 1000, "bystander_n": len(watch.latencies),
-                         "healthz_max_ms": max(watch.healthz, default=0) * 1000,
+                         "healthz_max_ms": watch.healthz_max * 1000, "attack_s": end - begin,
                          "rss_growth_mb": (max(peak) - rss_before) / MIB}
     assert not watch.failures, watch.failures[:5]
     assert p99 <= 2 * env.baseline_p99 + 0.02 + slack_s, env.figures[name]
-    assert max(watch.healthz, default=0) <= 0.1 + slack_s, env.figures[name]
+    assert watch.healthz_max <= 0.1 + slack_s, env.figures[name]
     return result
 
 
@@ -197,7 +224,7 @@ async def test_whitespace_prompts_do_not_stall_the_loop(env: Env) -> None:
     async def run() -> list[int]:
         return await asyncio.gather(*(answered(env, env.chat_url, body) for _ in range(4)))
 
-    statuses = await attack(env, "whitespace_3.5MB_x4", run, HEAVY_SLACK_S)
+    statuses = await attack(env, "whitespace_3.5MB_x4", run)
     assert all(s in (200, 400) for s in statuses), statuses
 
 
@@ -208,7 +235,7 @@ async def test_a_tokenizer_panic_is_an_answer_not_a_dropped_connection(env: Env)
     async def run() -> list[int]:
         return await asyncio.gather(*(answered(env, env.chat_url, body) for _ in range(2)))
 
-    statuses = await attack(env, "panic_1.3MB_x2", run, HEAVY_SLACK_S)
+    statuses = await attack(env, "panic_1.3MB_x2", run)
     assert all(s in (200, 400) for s in statuses), statuses
 
 
@@ -221,7 +248,7 @@ async def test_a_4mb_question_does_not_hold_the_semantic_embedder(env: Env) -> N
     async def run() -> list[int]:
         return await asyncio.gather(*(answered(env, env.chat_url, body) for body in bodies))
 
-    statuses = await attack(env, "semantic_4MB_question_x2", run, HEAVY_SLACK_S)
+    statuses = await attack(env, "semantic_4MB_question_x2", run)
     assert all(s in (200, 400) for s in statuses), statuses
 
 
@@ -232,7 +259,7 @@ async def test_100k_embedding_inputs_are_refused_before_any_work(env: Env) -> No
     async def run() -> list[int]:
         return await asyncio.gather(*(answered(env, env.gw.url + "/v1/embeddings", body) for _ in range(4)))
 
-    assert await attack(env, "embeddings_100k_x4", run, HEAVY_SLACK_S) == [400] * 4
+    assert await attack(env, "embeddings_100k_x4", run) == [400] * 4
     assert await env.provider_calls("/v1/embeddings") == before  # nothing refused reached the provider
     assert env.figures["embeddings_100k_x4"]["rss_growth_mb"] < 100
 
