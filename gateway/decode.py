@@ -13,7 +13,8 @@ namespace (issue 15), not to an unbounded executor:
 - bounded: past the pool's queue per tenant or its time budget the request is answered 503 with
   ``Retry-After`` (``gateway_busy``), counted in ``gateway_work_total{kind="decode"}``.
 
-A refusal found while decoding (bad JSON, too deep, a wrong type) comes back as the same 400.
+A refusal found while decoding (bad JSON, too deep, a wrong type) comes back as the same 400, and
+any other error as the same 500 as on the loop.
 """
 from __future__ import annotations
 
@@ -43,22 +44,23 @@ async def decode_body(work: WorkPool, tenant: str, raw: bytes, operation: str) -
     """``decode`` on the loop for a small body, else in ``work`` (fair per ``tenant``, budgeted)."""
     if len(raw) < DECODE_INLINE_MAX_BYTES:
         return decode(raw, operation)
-    outcome = await work.run(tenant, "decode", partial(_decode_or_refusal, raw, operation), _busy,
+    outcome = await work.run(tenant, "decode", partial(_decode_or_error, raw, operation), _busy,
                              holds_gil=True)
-    if isinstance(outcome, LocalReply):
+    if isinstance(outcome, Exception):
         raise outcome
     return outcome
 
 
-def _decode_or_refusal(raw: bytes, operation: str) -> Decoded | LocalReply:
-    """In a worker: the refusal is a value, so the pool hands it back instead of its fallback."""
+def _decode_or_error(raw: bytes, operation: str) -> Decoded | Exception:
+    """In a worker: the refusal (or a failure: a bug is a 500, as on the loop, not a "busy" 503) is a
+    value, so the pool hands it back instead of its fallback."""
     try:
         return decode(raw, operation)
-    except LocalReply as refusal:
-        return refusal
+    except Exception as error:  # noqa: BLE001 - raised again on the loop, where the handler answers it
+        return error
 
 
-def _busy() -> Decoded | LocalReply:
+def _busy() -> Decoded | Exception:
     """The pool's fallback (queue full, over budget, or the job failed): nothing was decoded."""
     raise LocalReply(503, "The gateway is busy decoding large request bodies; retry after the delay in "
                      "Retry-After.", type="server_error", code="gateway_busy",

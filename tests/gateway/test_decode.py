@@ -92,3 +92,22 @@ async def test_over_the_budget_is_503_not_a_wait() -> None:
     assert (await decode_body(pool, "a", LARGE, "chat"))[0]["model"] == "gpt-4o"  # the control
     assert outcomes(metrics, "decode") == {"over_budget": 1.0, "done": 1.0}
     pool.close()
+
+
+async def test_a_failure_in_the_pool_is_raised_as_on_the_loop_not_a_busy_503(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in decoding is the handler's 500 (logged), wherever it ran; the 503 says "busy", not "broken"."""
+    import gateway.decode as module
+
+    def broken(raw: bytes, operation: str) -> module.Decoded:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(module, "decode", broken)
+    metrics = Metrics()
+    pool = WorkPool(threads=1, metrics=metrics)
+    with pytest.raises(ZeroDivisionError):
+        await decode_body(pool, "t", LARGE, "chat")
+    with pytest.raises(ZeroDivisionError):  # control: the same error inline
+        await decode_body(pool, "t", SMALL, "chat")
+    assert outcomes(metrics, "decode") == {"done": 1.0}
+    pool.close()

@@ -136,6 +136,6 @@ async def test_jobs_that_hold_the_gil_run_one_at_a_time_beside_other_jobs() -> N
     assert await other == "count-c"  # control: the free worker serves a job that releases the GIL
     assert started == ["parse-a", "count-c"] and pool.queued("b") == 1  # parse-b waits for parse-a
     gate.set()
-    assert await asyncio.gather(first, second) == ["parse-a", "parse-b"]
+    assert list(await asyncio.gather(first, second)) == ["parse-a", "parse-b"]
     assert started == ["parse-a", "count-c", "parse-b"]
     pool.close()
