@@ -1,11 +1,16 @@
 """GuardedRedis: any failure of a Redis call becomes RedisUnavailable; the guard opens and recovers."""
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Any
 
 import pytest
 
+from gateway.config_model import StateConfig
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.write_behind import Write
+from tests.support.until import until
 
 
 class _Clock:
@@ -67,3 +72,24 @@ async def test_a_call_cut_by_the_timeout_leaves_no_reply_behind(redis_server: An
         assert await guard.call(lambda r: r.get("cut:k")) == b"v"
     finally:
         await guard.close()
+
+
+async def test_a_held_write_goes_out_after_its_hold_unless_dropped(redis_server: Any) -> None:
+    """``hold``: deferred once its hold is over; ``drop`` before that cancels it (the positive control, held
+    alongside, arrives); ``drain`` sends what is still held at once."""
+    g = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
+    prefix = f"hold{secrets.token_hex(3)}:"
+    try:
+        for name in ("kept", "dropped", "drained"):
+            await g.client.delete(prefix + name)
+        g.hold("dropped", Write(("SET", prefix + "dropped", "1")), 0.05)
+        g.hold("kept", Write(("SET", prefix + "kept", "1")), 0.05)
+        assert g.drop("dropped") and not g.drop("dropped") and not g.drop("never-held")
+        await until(lambda: g.client.exists(prefix + "kept"))  # sent once its hold was over
+        await g.drain()
+        assert await g.client.exists(prefix + "dropped") == 0
+        g.hold("drained", Write(("SET", prefix + "drained", "1")), 60.0)
+        await g.drain()
+        assert await g.client.exists(prefix + "drained") == 1 and not g._held
+    finally:
+        await g.close()

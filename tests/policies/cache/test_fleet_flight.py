@@ -81,8 +81,8 @@ async def test_follower_gives_up_when_nothing_is_stored(redis_server: RedisServe
 
 async def test_a_claim_taken_by_the_lookup_is_used_not_taken_again(
         redis_server: RedisServer, make_exchange: Callable[..., Exchange]) -> None:
-    """The exact cache's lookup took the claim: the leader makes no SET of its own (the claim key stays
-    absent here, where a SET NX would have written it), and marks the claim used."""
+    """The exact cache's lookup took the claim: the leader makes no SET of its own (the key stays absent
+    here, where a SET NX would have written it), and marks the claim used."""
     prefix, key, decisions = f"f{secrets.token_hex(3)}:", CacheKey("t:team-a", "d3"), list[str]()
     a = process(redis_server.url, prefix, decisions)
     pa = Provider()

@@ -10,12 +10,18 @@ from gateway.state.redis_client import GuardedRedis
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
-from policies.cache.redis_store import MAX_TOKENS, AnswerStore
+from policies.cache.redis_store import ENTRY_MAGIC, MAX_TOKENS, AnswerStore
 from tests.support.servers import RedisServer
 
 
 def store(redis: GuardedRedis, prefix: str) -> AnswerStore:
     return AnswerStore("exact", MemoryStore(100, 10**6, time.monotonic), redis, prefix)
+
+
+async def raw(redis: GuardedRedis, key: str) -> bytes:
+    value = await redis.client.get(key)
+    assert isinstance(value, bytes)
+    return value
 
 
 async def test_shared_and_expiring(redis_server: RedisServer) -> None:
@@ -58,8 +64,8 @@ async def test_redis_down_is_a_quick_miss() -> None:
 
 
 async def test_get_or_claim_takes_the_claim_only_on_a_miss(redis_server: RedisServer) -> None:
-    """One round trip: a miss claims (NX, with the claim's life), a second claimer sees the holder, a hit
-    in Redis or in memory claims nothing."""
+    """One round trip: a miss claims (at the entry's key, with the claim's life), a second claimer sees the
+    holder, a hit in Redis or in memory claims nothing (the entry stays as it was)."""
     redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
     prefix = f"c{secrets.token_hex(3)}:"
     try:
@@ -77,7 +83,7 @@ async def test_get_or_claim_takes_the_claim_only_on_a_miss(redis_server: RedisSe
         await a.flush()
         answer, none = await b.get_or_claim(hit, "p2", 5000)  # from Redis: kept in b's memory after
         assert answer is not None and answer.body == b'{"choices":[]}' and none is None
-        assert await redis.client.exists(b.claim_key(hit)) == 0
+        assert (await raw(redis, b.claim_key(hit))).startswith(ENTRY_MAGIC)  # the entry, unclaimed
         await redis.client.delete(b.redis_key(hit))
         answer, none = await b.get_or_claim(hit, "p2", 5000)  # from memory: Redis is not asked
         assert answer is not None and none is None and await redis.client.exists(b.claim_key(hit)) == 0
@@ -107,9 +113,47 @@ def test_key_tokens_stay_per_namespace_secret_free_and_bounded() -> None:
     a, b = s.redis_key(CacheKey("t:a", "d")), s.redis_key(CacheKey("t:b", "d"))
     assert a == "p:cache:exact:t:a:d" and b == "p:cache:exact:t:b:d"
     hidden = s.claim_key(CacheKey("k:sk-live-secret", "d"))
-    assert "secret" not in hidden and hidden.startswith("p:flight:exact:h:")
+    assert "secret" not in hidden and hidden.startswith("p:cache:exact:h:")
+    assert hidden == s.redis_key(CacheKey("k:sk-live-secret", "d"))  # the claim lives at its entry's key
     assert s.claim_key(CacheKey("k:sk-live-secret", "d")) == hidden
     for i in range(MAX_TOKENS + 10):
         s.redis_key(CacheKey(f"t:n{i}", "d"))
     assert 0 < len(s._tokens) <= MAX_TOKENS
     assert s.redis_key(CacheKey("t:a", "d")) == a and s.claim_key(CacheKey("k:sk-live-secret", "d")) == hidden
+
+
+async def test_the_entry_ends_the_claim_and_its_held_release(redis_server: RedisServer) -> None:
+    """The entry's write replaces its claim and drops the claim's held release (no write of its own); with
+    no entry, the release turns this claimer's claim into ``done`` for the grace, never an entry or another's
+    claim. A follower's ``peek`` reads entry, claim or nothing in one read."""
+    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
+    prefix = f"h{secrets.token_hex(3)}:"
+    try:
+        s, follower = store(redis, prefix), store(redis, prefix)
+        stored, refused, theirs = CacheKey("t:x", "stored"), CacheKey("t:x", "refused"), CacheKey("t:x", "t")
+        for key in (stored, refused):
+            assert (await s.get_or_claim(key, "p1", 5000))[1] is not None
+            s.release_claim(s.claim_key(key), "p1", 5.0, 1.0)  # held: well past this test's end
+        assert await follower.peek(stored) == (None, True)  # the claim holds the key
+        s.set(stored, CachedAnswer(operation="chat", body=b'{"choices":[]}', created=1.0), 30)
+        assert list(redis._held) == [s.claim_key(refused)]  # the entry's write dropped its release
+        await s.flush()  # sends the held release too (positive control: the refused answer's claim)
+        answer, held = await follower.peek(stored)
+        assert answer is not None and answer.body == b'{"choices":[]}' and not held
+        assert await redis.client.get(s.claim_key(refused)) == b"done"
+        assert 0 < await redis.client.pttl(s.claim_key(refused)) <= 1000
+        assert await follower.peek(refused) == (None, True)  # done: in its grace
+        await redis.client.set(s.claim_key(theirs), "p2", px=5000)
+        s.release_claim(s.claim_key(theirs), "p1", 0.0, 1.0)  # not ours: left alone
+        s.release_claim(s.claim_key(stored), "p1", 0.0, 1.0)  # an entry: left alone
+        await s.flush()
+        assert await redis.client.get(s.claim_key(theirs)) == b"p2"
+        assert (await raw(redis, s.claim_key(stored))).startswith(ENTRY_MAGIC)
+        assert await follower.peek(CacheKey("t:x", "none")) == (None, False)
+    finally:
+        await redis.close()
+
+
+def test_an_encoded_entry_starts_with_the_magic_a_claim_never_does() -> None:
+    for body in (b"{}", b"x" * 10_000):  # stored as is, compressed
+        assert CachedAnswer(operation="chat", body=body, created=1.0).encode().startswith(ENTRY_MAGIC)
