@@ -16,6 +16,7 @@ from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, FleetFlight,
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
 from policies.cache.redis_store import AnswerStore, Claim
+from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer
 from tests.support.until import until
 
@@ -140,3 +141,27 @@ async def test_release_unused_gives_back_only_an_unused_claim_of_its_own(redis_s
             assert await redis.client.exists(key) == int(kept), name
     finally:
         await redis.close()
+
+
+async def test_a_stored_answer_ends_its_claim_with_no_release_write(
+        redis_server: RedisServer, make_exchange: Callable[..., Exchange]) -> None:
+    """The entry's write replaces the claim at its key: the leader's held release is dropped and never sent.
+    Positive control: an answer that is not stored sends its release (the claim turns ``done``)."""
+    prefix, decisions = f"f{secrets.token_hex(3)}:", list[str]()
+    a = process(redis_server.url, prefix, decisions)
+    pa = Provider()
+    pa.release.set()
+    stored, refused = CacheKey("t:team-a", "d7"), CacheKey("t:team-a", "d8")
+    try:
+        trips = round_trips(a.backend)  # what goes over the lane: the deferred and held writes
+        for key in (stored, refused):
+            await drain(await a.call(make_exchange(), pa, key, 5.0))
+        a.store.set(stored, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)
+        await a.backend.drain()
+        sent = [name for trip in trips for name in trip]
+        assert sent.count("EVALSHA") == 1 and sent.count("SET") == 1  # the refused one's release, the entry
+        assert await a.backend.client.get(a.store.claim_key(refused)) == b"done"
+        answer, held = await a.store.peek(stored)
+        assert answer is not None and not held
+    finally:
+        await a.backend.close()
