@@ -57,8 +57,8 @@ class GuardedRedis:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _calls: list[Call] = field(default_factory=list)  # awaited commands of this loop pass, not sent yet
     lane: Lane | None = None  # the connection of ``execute``, ``defer`` and ``send`` (from the client's pool)
-    # Writes held back (``hold``): tag -> (when it is deferred, the write), oldest first; ``drop`` cancels.
-    _held: dict[str, tuple[float, Write]] = field(default_factory=dict)
+    # Writes held back (``hold``): tag -> (when deferred, what makes it), oldest first; ``drop`` cancels.
+    _held: dict[str, tuple[float, Callable[[str], Write]]] = field(default_factory=dict)
     _held_at: asyncio.TimerHandle | None = None  # the oldest held write is due then
 
     @classmethod
@@ -177,14 +177,15 @@ class GuardedRedis:
             self._flush_at = asyncio.get_running_loop().call_later(self.defer_s, self._flush_due)
         self._writes.append(write)
 
-    def hold(self, tag: str, write: Write, hold_s: float) -> None:
-        """``defer`` ``write`` in ``hold_s``, unless ``drop(tag)`` comes first: a write that a later one may
-        make unnecessary (a coalescing claim's release, ended by the entry's own write). ``drain`` sends it
-        at once. A write held again under the same tag replaces the first (one ``hold_s`` for all: the
-        oldest is due first)."""
+    def hold(self, tag: str, hold_s: float, make: Callable[[str], Write]) -> None:
+        """``defer`` ``make(tag)`` in ``hold_s``, unless ``drop(tag)`` comes first: a write that a later one
+        may make unnecessary (a coalescing claim's release, ended by the entry's own write); made only if
+        sent.
+        ``drain`` sends it at once. Held again under the same tag, the later replaces the first (one
+        ``hold_s`` for all: the oldest is due first)."""
         loop = asyncio.get_running_loop()
         self._held.pop(tag, None)  # re-inserted last: the dict stays in due order
-        self._held[tag] = (loop.time() + hold_s, write)
+        self._held[tag] = (loop.time() + hold_s, make)
         if self._held_at is None:
             self._held_at = loop.call_later(hold_s, self._held_due)
 
@@ -197,12 +198,12 @@ class GuardedRedis:
         loop = asyncio.get_running_loop()
         now, held = loop.time(), self._held
         while held:
-            tag, (due, write) = next(iter(held.items()))
+            tag, (due, make) = next(iter(held.items()))
             if due > now:
                 self._held_at = loop.call_later(due - now, self._held_due)
                 return
             del held[tag]
-            self.defer(write)
+            self.defer(make(tag))
 
     def _release_held(self) -> None:
         """Every held write, deferred now (``drain``: shutdown, tests)."""
@@ -210,8 +211,8 @@ class GuardedRedis:
             self._held_at.cancel()
             self._held_at = None
         held, self._held = self._held, {}
-        for _, write in held.values():
-            self.defer(write)
+        for tag, (_, make) in held.items():
+            self.defer(make(tag))
 
     def _flush_due(self) -> None:
         self._flush_at = None

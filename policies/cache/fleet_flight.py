@@ -39,7 +39,7 @@ from gateway.body import Observed
 from gateway.chain import Next
 from gateway.exchange import Exchange, StateKey, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
-from gateway.state.write_behind import evalsha
+from gateway.state.write_behind import Write, evalsha
 from policies.cache.config import CacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
@@ -54,6 +54,12 @@ GRACE_S = 1.0  # then the claim outlives it by this much: the entry's write may 
 PRE_CLAIM: StateKey[Claim] = StateKey("cache.fleet_claim")  # taken by the exact cache's lookup
 RELEASE_IF_MINE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: the key. ARGV: the claimer, the grace in ms. A claim still this claimer's is kept the grace as
+# ``done`` (the entry's write may still be on its way), then gone; an entry or another's claim is left alone.
+RELEASE_TO_GRACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2]) end
 return 0
 """
 
@@ -94,6 +100,8 @@ class FleetFlight:
         self.decision, self.poll_s = decision, poll_s
         self.owner = owner or process_id()
         self._mine = self.owner.encode()
+        self._release = backend.script(RELEASE_TO_GRACE)
+        self._release_of = self.release  # one bound method, held with every leader's claim
 
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry)."""
@@ -133,10 +141,17 @@ class FleetFlight:
         """Release the claim once the answer is relayed. The exact cache writes the entry just after, which
         ends the claim: the release is held until then (``HOLD_S``) and dropped by that write; a request
         arriving in between waits for the entry, it does not call the provider again."""
-        hold_s = HOLD_S if resp.status == 200 else 0.0  # only a 200 is stored
+        stored = resp.status == 200  # only a 200 is stored
 
         def on_end(error: BaseException | None) -> None:
-            self.store.release_claim(claim, self.owner, hold_s if error is None else 0.0, GRACE_S)
+            if stored and error is None:
+                self.backend.hold(claim, HOLD_S, self._release_of)  # made only if no entry came first
+            else:
+                self.backend.defer(self.release(claim))
 
         resp.body = Observed(resp.body, on_end=on_end)
         return resp
+
+    def release(self, claim: str) -> Write:
+        """The claim's release: ``done`` for ``GRACE_S`` if still this process's; an entry is left alone."""
+        return evalsha(self._release, [claim], [self.owner, int(GRACE_S * 1000)])

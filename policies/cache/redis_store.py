@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.state.pipelining import evalsha_args
-from gateway.state.write_behind import Write, evalsha
+from gateway.state.write_behind import Write
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, namespace_token
 from policies.cache.memory_store import MemoryStore
@@ -42,12 +42,6 @@ if not value then
 end
 if string.sub(value, 1, 3) == 'GWC' then return {value, redis.call('PTTL', KEYS[1])} end
 return {false, 0, value}
-"""
-# KEYS: the key. ARGV: the claimer, the grace in ms. A claim still this claimer's is kept the grace as
-# ``done`` (the entry's write may still be on its way), then gone; an entry or another's claim is left alone.
-RELEASE_TO_GRACE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2]) end
-return 0
 """
 
 
@@ -79,8 +73,7 @@ class AnswerStore:
         self.prefix = prefix
         self.wall = wall
         self.on_redis_error = on_redis_error
-        self._lookup_or_claim: Any = None  # the registered scripts, on first use
-        self._release: Any = None
+        self._lookup_or_claim: Any = None  # the registered script, on first use
         self._tokens: dict[str, str] = {}  # namespace -> its Redis key token (4 uses per cacheable miss)
 
     def redis_key(self, key: CacheKey) -> str:
@@ -204,17 +197,6 @@ class AnswerStore:
             rkey = self.redis_key(key)
             self.redis.drop(rkey)  # this write ends the key's claim: its held release is not needed
             self.redis.defer(Write(("SET", rkey, data, "PX", ms), on_failure=self._redis_failed))
-
-    def release_claim(self, key: str, owner: str, hold_s: float, grace_s: float) -> None:
-        """End this process's claim on ``key`` once its answer is relayed: held ``hold_s`` (the entry's write,
-        normally that soon, ends the claim itself and drops it), then kept ``grace_s`` as ``done``."""
-        if self._release is None:
-            self._release = self.redis.script(RELEASE_TO_GRACE)
-        release = evalsha(self._release, [key], [owner, max(1, int(grace_s * 1000))])
-        if hold_s > 0:
-            self.redis.hold(key, release, hold_s)
-        else:  # no entry will come (a failed or refused answer)
-            self.redis.defer(release)
 
     async def delete(self, key: CacheKey) -> None:
         self.memory.delete(key)

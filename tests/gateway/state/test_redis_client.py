@@ -75,20 +75,24 @@ async def test_a_call_cut_by_the_timeout_leaves_no_reply_behind(redis_server: An
 
 
 async def test_a_held_write_goes_out_after_its_hold_unless_dropped(redis_server: Any) -> None:
-    """``hold``: deferred once its hold is over; ``drop`` before that cancels it (the positive control, held
-    alongside, arrives); ``drain`` sends what is still held at once."""
+    """``hold``: made and deferred once its hold is over; ``drop`` before that cancels it (the positive
+    control, held alongside, arrives); ``drain`` sends what is still held at once."""
     g = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
     prefix = f"hold{secrets.token_hex(3)}:"
+    made: list[str] = []
+
+    def make(tag: str) -> Write:
+        made.append(tag)
+        return Write(("SET", prefix + tag, "1"))
+
     try:
-        for name in ("kept", "dropped", "drained"):
-            await g.client.delete(prefix + name)
-        g.hold("dropped", Write(("SET", prefix + "dropped", "1")), 0.05)
-        g.hold("kept", Write(("SET", prefix + "kept", "1")), 0.05)
+        g.hold("dropped", 0.05, make)
+        g.hold("kept", 0.05, make)
         assert g.drop("dropped") and not g.drop("dropped") and not g.drop("never-held")
         await until(lambda: g.client.exists(prefix + "kept"))  # sent once its hold was over
         await g.drain()
-        assert await g.client.exists(prefix + "dropped") == 0
-        g.hold("drained", Write(("SET", prefix + "drained", "1")), 60.0)
+        assert await g.client.exists(prefix + "dropped") == 0 and made == ["kept"]  # never even made
+        g.hold("drained", 60.0, make)
         await g.drain()
         assert await g.client.exists(prefix + "drained") == 1 and not g._held
     finally:

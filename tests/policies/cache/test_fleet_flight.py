@@ -15,7 +15,7 @@ from policies.cache.entry import CachedAnswer
 from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, FleetFlight, release_unused
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
-from policies.cache.redis_store import AnswerStore, Claim
+from policies.cache.redis_store import ENTRY_MAGIC, AnswerStore, Claim
 from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer
 from tests.support.until import until
@@ -163,5 +163,28 @@ async def test_a_stored_answer_ends_its_claim_with_no_release_write(
         assert await a.backend.client.get(a.store.claim_key(refused)) == b"done"
         answer, held = await a.store.peek(stored)
         assert answer is not None and not held
+    finally:
+        await a.backend.close()
+
+
+async def test_the_release_turns_only_this_processs_claim_into_done(redis_server: RedisServer) -> None:
+    """Sent when no entry came: this process's claim is kept ``done`` for the grace; another process's claim
+    and an entry are left as they are."""
+    prefix, decisions = f"f{secrets.token_hex(3)}:", list[str]()
+    a = process(redis_server.url, prefix, decisions)
+    mine, theirs, entry = CacheKey("t:team-a", "m"), CacheKey("t:team-a", "t"), CacheKey("t:team-a", "e")
+    try:
+        await a.backend.client.set(a.store.claim_key(mine), a.owner, px=5000)
+        await a.backend.client.set(a.store.claim_key(theirs), "someone-else", px=5000)
+        a.store.set(entry, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)
+        await a.backend.drain()
+        for key in (mine, theirs, entry):
+            a.backend.defer(a.release(a.store.claim_key(key)))
+        await a.backend.drain()
+        assert await a.backend.client.get(a.store.claim_key(mine)) == b"done"
+        assert 0 < await a.backend.client.pttl(a.store.claim_key(mine)) <= 1000
+        assert await a.backend.client.get(a.store.claim_key(theirs)) == b"someone-else"
+        raw = await a.backend.client.get(a.store.claim_key(entry))
+        assert isinstance(raw, bytes) and raw.startswith(ENTRY_MAGIC)  # the entry, as written
     finally:
         await a.backend.close()

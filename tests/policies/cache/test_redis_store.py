@@ -7,6 +7,7 @@ import time
 
 from gateway.config_model import StateConfig
 from gateway.state.redis_client import GuardedRedis
+from gateway.state.write_behind import Write
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
@@ -122,33 +123,27 @@ def test_key_tokens_stay_per_namespace_secret_free_and_bounded() -> None:
     assert s.redis_key(CacheKey("t:a", "d")) == a and s.claim_key(CacheKey("k:sk-live-secret", "d")) == hidden
 
 
-async def test_the_entry_ends_the_claim_and_its_held_release(redis_server: RedisServer) -> None:
-    """The entry's write replaces its claim and drops the claim's held release (no write of its own); with
-    no entry, the release turns this claimer's claim into ``done`` for the grace, never an entry or another's
-    claim. A follower's ``peek`` reads entry, claim or nothing in one read."""
+async def test_the_entrys_write_drops_what_is_held_under_its_key(redis_server: RedisServer) -> None:
+    """The entry's write replaces its claim (same key) and drops the write held under that key (the claim's
+    release, ``fleet_flight``); the positive control, held under another key, is sent. A follower's ``peek``
+    reads entry, claim or nothing in one read."""
     redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
     prefix = f"h{secrets.token_hex(3)}:"
     try:
         s, follower = store(redis, prefix), store(redis, prefix)
-        stored, refused, theirs = CacheKey("t:x", "stored"), CacheKey("t:x", "refused"), CacheKey("t:x", "t")
+        stored, refused = CacheKey("t:x", "stored"), CacheKey("t:x", "refused")
         for key in (stored, refused):
             assert (await s.get_or_claim(key, "p1", 5000))[1] is not None
-            s.release_claim(s.claim_key(key), "p1", 5.0, 1.0)  # held: well past this test's end
+            redis.hold(s.claim_key(key), 60.0, lambda k: Write(("SET", k + ":released", "1")))
         assert await follower.peek(stored) == (None, True)  # the claim holds the key
         s.set(stored, CachedAnswer(operation="chat", body=b'{"choices":[]}', created=1.0), 30)
-        assert list(redis._held) == [s.claim_key(refused)]  # the entry's write dropped its release
-        await s.flush()  # sends the held release too (positive control: the refused answer's claim)
+        assert list(redis._held) == [s.claim_key(refused)]  # the entry's write dropped what was held
+        await s.flush()  # sends what is still held
+        assert await redis.client.exists(s.claim_key(stored) + ":released") == 0
+        assert await redis.client.exists(s.claim_key(refused) + ":released") == 1
         answer, held = await follower.peek(stored)
         assert answer is not None and answer.body == b'{"choices":[]}' and not held
-        assert await redis.client.get(s.claim_key(refused)) == b"done"
-        assert 0 < await redis.client.pttl(s.claim_key(refused)) <= 1000
-        assert await follower.peek(refused) == (None, True)  # done: in its grace
-        await redis.client.set(s.claim_key(theirs), "p2", px=5000)
-        s.release_claim(s.claim_key(theirs), "p1", 0.0, 1.0)  # not ours: left alone
-        s.release_claim(s.claim_key(stored), "p1", 0.0, 1.0)  # an entry: left alone
-        await s.flush()
-        assert await redis.client.get(s.claim_key(theirs)) == b"p2"
-        assert (await raw(redis, s.claim_key(stored))).startswith(ENTRY_MAGIC)
+        assert await follower.peek(refused) == (None, True)  # still claimed (nothing released it here)
         assert await follower.peek(CacheKey("t:x", "none")) == (None, False)
     finally:
         await redis.close()
