@@ -179,10 +179,9 @@ class GuardedRedis:
 
     def hold(self, tag: str, hold_s: float, make: Callable[[str], Write]) -> None:
         """``defer`` ``make(tag)`` in ``hold_s``, unless ``drop(tag)`` comes first: a write that a later one
-        may make unnecessary (a coalescing claim's release, ended by the entry's own write); made only if
-        sent.
-        ``drain`` sends it at once. Held again under the same tag, the later replaces the first (one
-        ``hold_s`` for all: the oldest is due first)."""
+        may make unnecessary (a coalescing claim's release, ended by the entry's own write), made only if
+        it is sent. ``drain`` sends it at once. Held again under the same tag, the later replaces the first
+        (one ``hold_s`` for all: the oldest is due first)."""
         loop = asyncio.get_running_loop()
         self._held.pop(tag, None)  # re-inserted last: the dict stays in due order
         self._held[tag] = (loop.time() + hold_s, make)
