@@ -57,6 +57,9 @@ class GuardedRedis:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _calls: list[Call] = field(default_factory=list)  # awaited commands of this loop pass, not sent yet
     lane: Lane | None = None  # the connection of ``execute``, ``defer`` and ``send`` (from the client's pool)
+    # Writes held back (``hold``): tag -> (when deferred, what makes it), oldest first; ``drop`` cancels.
+    _held: dict[str, tuple[float, Callable[[str], Write]]] = field(default_factory=dict)
+    _held_at: asyncio.TimerHandle | None = None  # the oldest held write is due then
 
     @classmethod
     def from_config(cls, cfg: StateConfig, clock: Callable[[], float],
@@ -174,6 +177,42 @@ class GuardedRedis:
             self._flush_at = asyncio.get_running_loop().call_later(self.defer_s, self._flush_due)
         self._writes.append(write)
 
+    def hold(self, tag: str, hold_s: float, make: Callable[[str], Write]) -> None:
+        """``defer`` ``make(tag)`` in ``hold_s``, unless ``drop(tag)`` comes first: a write that a later one
+        may make unnecessary (a coalescing claim's release, ended by the entry's own write), made only if
+        it is sent. ``drain`` sends it at once. Held again under the same tag, the later replaces the first
+        (one ``hold_s`` for all: the oldest is due first)."""
+        loop = asyncio.get_running_loop()
+        self._held.pop(tag, None)  # re-inserted last: the dict stays in due order
+        self._held[tag] = (loop.time() + hold_s, make)
+        if self._held_at is None:
+            self._held_at = loop.call_later(hold_s, self._held_due)
+
+    def drop(self, tag: str) -> bool:
+        """Cancel the write held under ``tag``; True when there was one."""
+        return bool(self._held) and self._held.pop(tag, None) is not None
+
+    def _held_due(self) -> None:
+        self._held_at = None
+        loop = asyncio.get_running_loop()
+        now, held = loop.time(), self._held
+        while held:
+            tag, (due, make) = next(iter(held.items()))
+            if due > now:
+                self._held_at = loop.call_later(due - now, self._held_due)
+                return
+            del held[tag]
+            self.defer(make(tag))
+
+    def _release_held(self) -> None:
+        """Every held write, deferred now (``drain``: shutdown, tests)."""
+        if self._held_at is not None:
+            self._held_at.cancel()
+            self._held_at = None
+        held, self._held = self._held, {}
+        for tag, (_, make) in held.items():
+            self.defer(make(tag))
+
     def _flush_due(self) -> None:
         self._flush_at = None
         if self._writes:
@@ -201,7 +240,8 @@ class GuardedRedis:
                     w.on_done()
 
     async def drain(self) -> None:
-        """Wait until every deferred write has been sent (shutdown, tests)."""
+        """Wait until every deferred write has been sent, the held ones too (shutdown, tests)."""
+        self._release_held()
         while self._tasks or self._writes:
             if self._writes:
                 self._spawn(self._send_writes(self._take_writes()))

@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 MAX_BATCH = 256  # writes per round trip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1.4 µs more (one per write)
 class Write:
-    """One Redis command sent without waiting for its answer."""
+    """One Redis command sent without waiting for its answer (not changed once made)."""
 
     args: tuple[Any, ...]
     script: Any = None  # the registered script (redis-py ``AsyncScript``) an EVALSHA runs

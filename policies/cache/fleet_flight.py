@@ -2,20 +2,25 @@
 
 Single flight (``singleflight``) shares one upstream call among the requests of one process. Across
 processes the exact cache is the meeting point: the process that leads a flight locally first claims
-the key in Redis (``SET <prefix>flight:exact:<tenant token>:<digest> NX PX``). The exact cache's
+the key in Redis: its claimer's id, ``PX``, at the entry's own key
+(``<prefix>cache:exact:<tenant token>:<digest>``), where no entry is yet. The exact cache's
 lookup already takes that claim on a miss, in the same round trip (``AnswerStore.get_or_claim``,
 ``PRE_CLAIM``), so a cacheable miss pays one round trip for both. If it wins, it calls
-the provider; when the answer has been relayed the claim is kept ``GRACE_S`` more (the exact cache
-writes the entry just after). If another process holds the claim, this one waits, bounded by
-``coalesce.fleet_wait_s`` (<= 10 s), for the entry to appear and answers from it
+the provider. The exact cache's write of the entry ends the claim (the entry replaces it): no write
+of its own. So when the answer has been relayed the claim's release is held ``HOLD_S``
+(``GuardedRedis.hold``) and dropped when the entry's write comes first (the usual case, a few loop
+passes later); otherwise (the answer was not stored, or is being assembled off the loop) it turns the
+claim, if still this process's, into ``done`` for ``GRACE_S`` (a late entry may still be on its way).
+A failed or non-200 answer releases it that way at once. If another process holds the claim, this one
+waits, bounded by ``coalesce.fleet_wait_s`` (<= 10 s), for the entry to appear and answers from it
 (``x-gateway-cache: coalesced``); when the claim is gone without an entry (the leader's answer was
-not cacheable, or it failed: at most ``GRACE_S`` after its end) or the wait runs out, it calls the
-provider itself.
+not cacheable, or it failed: at most ``HOLD_S`` + ``GRACE_S`` after its end) or the wait runs out, it
+calls the provider itself.
 
 Only requests the exact cache would store take part (cache enabled, read and write allowed,
 deterministic unless ``deterministic_only: false``). Redis away: each process coalesces locally.
-The claim key names the entry the way its cache key does (tenant token + digest: no prompt text, no
-secret), outside the ``cache:`` keyspace. Its value is the claiming process's id (random per process:
+The claim is at the entry's key (tenant token + digest: no prompt text, no secret); an entry's value
+starts with ``GWC``, a claim's never. Its value is the claiming process's id (random per process:
 replicas in containers share pids). A local leader whose lookup found the claim held by its own process
 leads: the holder is a request of this process that became this flight's follower (their lookups'
 answers can arrive in either order), or a flight in another delivery mode; waiting would be waiting on
@@ -44,10 +49,17 @@ from policies.cache.request import controls_of, deterministic
 from policies.cache.respond import cached_response
 
 POLL_S = 0.025
-GRACE_S = 1.0  # the claim outlives the answer by this much: the entry's write may still be on its way
+HOLD_S = 0.25  # a relayed answer's claim release waits this long for the entry's write (which ends the claim)
+GRACE_S = 1.0  # then the claim outlives it by this much: the entry's write may still be on its way
 PRE_CLAIM: StateKey[Claim] = StateKey("cache.fleet_claim")  # taken by the exact cache's lookup
 RELEASE_IF_MINE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: the key. ARGV: the claimer, the grace in ms. A claim still this claimer's is kept the grace as
+# ``done`` (the entry's write may still be on its way), then gone; an entry or another's claim is left alone.
+RELEASE_TO_GRACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2]) end
 return 0
 """
 
@@ -88,6 +100,8 @@ class FleetFlight:
         self.decision, self.poll_s = decision, poll_s
         self.owner = owner or process_id()
         self._mine = self.owner.encode()
+        self._release = backend.script(RELEASE_TO_GRACE)
+        self._release_of = self.release  # one bound method, held with every leader's claim
 
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry)."""
@@ -105,33 +119,39 @@ class FleetFlight:
         if won:
             self.decision("fleet_leader")
             return self._release_at_end(await next(ex), claim)
-        answer = await self._wait(key, claim, wait_s)
+        answer = await self._wait(key, wait_s)
         if answer is None:
             self.decision("fleet_gave_up")
             return await next(ex)
         self.decision("fleet_follower")
         return cached_response(ex, answer, "coalesced", self.clock)
 
-    async def _wait(self, key: CacheKey, claim: str, wait_s: float) -> CachedAnswer | None:
+    async def _wait(self, key: CacheKey, wait_s: float) -> CachedAnswer | None:
         deadline = self.clock() + wait_s
         while self.clock() < deadline:
-            answer = await self.store.get(key)
+            answer, held = await self.store.peek(key)  # the entry, or its claim (one read: the same key)
             if answer is not None:
                 return answer
-            try:
-                if not await self.backend.call(lambda r: r.exists(claim)):
-                    return None  # released and its grace over: the answer was not stored
-            except RedisUnavailable:
-                return None
+            if not held:
+                return None  # released and its grace over (the answer was not stored), or Redis away
             await asyncio.sleep(self.poll_s)  # no notification to wait on: a short, bounded poll
         return None
 
     def _release_at_end(self, resp: UpstreamResponse, claim: str) -> UpstreamResponse:
-        """Keep the claim for a short grace: the exact cache writes the entry just after the relay, and a
-        request arriving in between must wait for it, not call the provider again. A deferred write: it
-        shares a round trip with the answer's other end-of-answer writes (the entry's among them)."""
+        """Release the claim once the answer is relayed. The exact cache writes the entry just after, which
+        ends the claim: the release is held until then (``HOLD_S``) and dropped by that write; a request
+        arriving in between waits for the entry, it does not call the provider again."""
+        stored = resp.status == 200  # only a 200 is stored
+
         def on_end(error: BaseException | None) -> None:
-            self.backend.defer(Write(("SET", claim, "done", "PX", int(GRACE_S * 1000), "XX")))
+            if stored and error is None:
+                self.backend.hold(claim, HOLD_S, self._release_of)  # made only if no entry came first
+            else:
+                self.backend.defer(self.release(claim))
 
         resp.body = Observed(resp.body, on_end=on_end)
         return resp
+
+    def release(self, claim: str) -> Write:
+        """The claim's release: ``done`` for ``GRACE_S`` if still this process's; an entry is left alone."""
+        return evalsha(self._release, [claim], [self.owner, int(GRACE_S * 1000)])

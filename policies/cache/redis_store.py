@@ -3,7 +3,10 @@
 Reads try memory first, then Redis (one round trip: ``GET`` + ``PTTL``), and a
 Redis hit is copied into memory for its remaining TTL. ``get_or_claim`` is the
 same read that, on a miss, also takes the fleet's coalescing claim for the key in
-the same round trip (one Lua script; ``policies.cache.fleet_flight``). Writes go to memory at
+the same round trip (one Lua script; ``policies.cache.fleet_flight``). The claim lives
+at the entry's own key, as a placeholder value (the claimer's id, or ``done`` in its grace:
+never an entry, whose encoding starts with ``GWC``): writing the entry ends it, with no write
+of its own. Writes go to memory at
 once and to Redis as a deferred write (``GuardedRedis.defer``: it shares a round
 trip with the request's other end-of-answer writes), so a slow Redis never delays an
 answer. Every Redis key has a TTL (``SET ... PX``) and entries from 4 KiB are compressed.
@@ -28,13 +31,17 @@ from policies.cache.memory_store import MemoryStore
 log = logging.getLogger("gateway.cache")
 MAX_TOKENS = 4096  # namespace tokens remembered per store
 
-# KEYS: the entry, the claim. ARGV: the claimer, the claim's life in ms.
+ENTRY_MAGIC = b"GWC"  # every encoded entry starts so (``CachedAnswer.encode``); a claim never does
+# KEYS: the entry (where its claim lives too). ARGV: the claimer, the claim's life in ms.
 # A hit: {entry, its PTTL}. A miss: {false, 1} when this call took the claim, else {false, 0, holder}.
 LOOKUP_OR_CLAIM = """
-local entry = redis.call('GET', KEYS[1])
-if entry then return {entry, redis.call('PTTL', KEYS[1])} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
-return {false, 0, redis.call('GET', KEYS[2])}
+local value = redis.call('GET', KEYS[1])
+if not value then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {false, 1}
+end
+if string.sub(value, 1, 3) == 'GWC' then return {value, redis.call('PTTL', KEYS[1])} end
+return {false, 0, value}
 """
 
 
@@ -44,7 +51,7 @@ class Claim:
 
     key: str
     won: bool
-    holder: bytes | None  # the claimer's id, b"done" in its grace, None when it just ended
+    holder: bytes | None  # the claimer's id, b"done" in its grace, None when this lookup took it
     used: bool = False  # the coalescing layer took it over (it releases the claim at the answer's end)
 
 
@@ -73,8 +80,8 @@ class AnswerStore:
         return f"{self.prefix}cache:{self.kind}:{self._token(key.namespace)}:{key.digest}"
 
     def claim_key(self, key: CacheKey) -> str:
-        """The fleet's coalescing claim for ``key`` (outside the ``cache:`` keyspace; no text, no secret)."""
-        return f"{self.prefix}flight:{self.kind}:{self._token(key.namespace)}:{key.digest}"
+        """Where the fleet's coalescing claim for ``key`` lives: the entry's own key (no text, no secret)."""
+        return self.redis_key(key)
 
     def _token(self, namespace: str) -> str:
         token = self._tokens.get(namespace)
@@ -98,15 +105,15 @@ class AnswerStore:
             return None, None
         if self._lookup_or_claim is None:
             self._lookup_or_claim = self.redis.script(LOOKUP_OR_CLAIM)
-        script, keys = self._lookup_or_claim, [self.redis_key(key), self.claim_key(key)]
+        script, rkey = self._lookup_or_claim, self.redis_key(key)
         try:
-            row = await self.redis.execute(*evalsha_args(script, keys, [owner, claim_ms]), script=script)
+            row = await self.redis.execute(*evalsha_args(script, [rkey], [owner, claim_ms]), script=script)
         except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
             self._redis_failed()
             return None, None
         if row[0]:
             return self._remember(key, row[0], row[1]), None
-        return None, Claim(keys[1], won=row[1] == 1, holder=row[2] if len(row) > 2 else None)
+        return None, Claim(rkey, won=row[1] == 1, holder=row[2] if len(row) > 2 else None)
 
     def _remember(self, key: CacheKey, data: bytes, pttl: Any) -> CachedAnswer | None:
         """Decode an entry read from Redis and keep it in memory for its remaining TTL."""
@@ -122,6 +129,25 @@ class AnswerStore:
         if self.redis is None:
             return None
         return await self._get_shared(key)
+
+    async def peek(self, key: CacheKey) -> tuple[CachedAnswer | None, bool]:
+        """``get`` for a fleet follower: the entry, or whether a claim still holds its key (one read)."""
+        found = self.memory.get(key)
+        if found is not None:
+            return found[0], False
+        if self.redis is None:
+            return None, False
+        rkey = self.redis_key(key)
+        try:
+            data, pttl = await self.redis.call(lambda r: _get_with_ttl(r, rkey))
+        except Exception:  # noqa: BLE001 - RedisUnavailable or anything odd from the client: nothing held
+            self._redis_failed()
+            return None, False
+        if not data:
+            return None, False
+        if not data.startswith(ENTRY_MAGIC):
+            return None, True
+        return self._remember(key, data, pttl), False
 
     async def get_many(self, keys: list[CacheKey]) -> list[CachedAnswer | None]:
         """Memory first, then one Redis round trip for everything memory did not have."""
@@ -168,8 +194,9 @@ class AnswerStore:
             ms = max(1, int(ttl_s * 1000))
             data = answer.encoded or answer.encode()
             answer.encoded = None  # not kept in memory beside the answer
-            self.redis.defer(Write(("SET", self.redis_key(key), data, "PX", ms),
-                                   on_failure=self._redis_failed))
+            rkey = self.redis_key(key)
+            self.redis.drop(rkey)  # this write ends the key's claim: its held release is not needed
+            self.redis.defer(Write(("SET", rkey, data, "PX", ms), on_failure=self._redis_failed))
 
     async def delete(self, key: CacheKey) -> None:
         self.memory.delete(key)

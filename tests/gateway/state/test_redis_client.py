@@ -1,11 +1,16 @@
 """GuardedRedis: any failure of a Redis call becomes RedisUnavailable; the guard opens and recovers."""
 from __future__ import annotations
 
+import secrets
+import time
 from typing import Any
 
 import pytest
 
+from gateway.config_model import StateConfig
 from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.write_behind import Write
+from tests.support.until import until
 
 
 class _Clock:
@@ -67,3 +72,28 @@ async def test_a_call_cut_by_the_timeout_leaves_no_reply_behind(redis_server: An
         assert await guard.call(lambda r: r.get("cut:k")) == b"v"
     finally:
         await guard.close()
+
+
+async def test_a_held_write_goes_out_after_its_hold_unless_dropped(redis_server: Any) -> None:
+    """``hold``: made and deferred once its hold is over; ``drop`` before that cancels it (the positive
+    control, held alongside, arrives); ``drain`` sends what is still held at once."""
+    g = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
+    prefix = f"hold{secrets.token_hex(3)}:"
+    made: list[str] = []
+
+    def make(tag: str) -> Write:
+        made.append(tag)
+        return Write(("SET", prefix + tag, "1"))
+
+    try:
+        g.hold("dropped", 0.05, make)
+        g.hold("kept", 0.05, make)
+        assert g.drop("dropped") and not g.drop("dropped") and not g.drop("never-held")
+        await until(lambda: g.client.exists(prefix + "kept"))  # sent once its hold was over
+        await g.drain()
+        assert await g.client.exists(prefix + "dropped") == 0 and made == ["kept"]  # never even made
+        g.hold("drained", 60.0, make)
+        await g.drain()
+        assert await g.client.exists(prefix + "drained") == 1 and not g._held
+    finally:
+        await g.close()

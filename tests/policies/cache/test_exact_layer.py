@@ -108,13 +108,13 @@ async def test_a_miss_takes_the_fleet_claim_and_gives_it_back_when_unused(redis_
             seen.append(ex.state.get(PRE_CLAIM))
             return await Upstream()(ex)
 
-        await drain(await policy(exchange(st, {"model": "gpt-4o", "temperature": 0,
-                                               "messages": [{"role": "user", "content": "one"}]}),
-                                 answers_itself))
-        await st.backend.drain()
+        resp = await policy(exchange(st, {"model": "gpt-4o", "temperature": 0,
+                                          "messages": [{"role": "user", "content": "one"}]}), answers_itself)
+        await st.backend.drain()  # before the body ends (the entry, written then, takes the key after)
         claim = seen[0]
         assert claim is not None and claim.won and not claim.used
         assert await st.backend.client.exists(claim.key) == 0
+        await drain(resp)
         assert st.metrics.registry.get_sample_value(
             "gateway_policy_decisions_total", {"policy": "coalesce", "decision": "fleet_claim_unused"}) == 1
 
@@ -125,11 +125,13 @@ async def test_a_miss_takes_the_fleet_claim_and_gives_it_back_when_unused(redis_
             seen.append(pre)
             return await Upstream()(ex)
 
-        await drain(await policy(exchange(st, {"model": "gpt-4o", "temperature": 0,
-                                               "messages": [{"role": "user", "content": "two"}]}), coalesced))
+        resp = await policy(exchange(st, {"model": "gpt-4o", "temperature": 0,
+                                          "messages": [{"role": "user", "content": "two"}]}), coalesced)
         await st.backend.drain()
         used = seen[1]
-        assert used is not None and used.won and await st.backend.client.exists(used.key) == 1
+        assert used is not None and used.won
+        assert await st.backend.client.get(used.key) == policy.rt.fleet_owner.encode()  # still claimed
+        await drain(resp)
 
         await drain(await policy(exchange(st, {"model": "gpt-4o", "temperature": 0.7,
                                                "messages": [{"role": "user", "content": "three"}]}),

@@ -15,7 +15,8 @@ from policies.cache.entry import CachedAnswer
 from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, FleetFlight, release_unused
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
-from policies.cache.redis_store import AnswerStore, Claim
+from policies.cache.redis_store import ENTRY_MAGIC, AnswerStore, Claim
+from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer
 from tests.support.until import until
 
@@ -81,8 +82,8 @@ async def test_follower_gives_up_when_nothing_is_stored(redis_server: RedisServe
 
 async def test_a_claim_taken_by_the_lookup_is_used_not_taken_again(
         redis_server: RedisServer, make_exchange: Callable[..., Exchange]) -> None:
-    """The exact cache's lookup took the claim: the leader makes no SET of its own (the claim key stays
-    absent here, where a SET NX would have written it), and marks the claim used."""
+    """The exact cache's lookup took the claim: the leader makes no SET of its own (the key stays absent
+    here, where a SET NX would have written it), and marks the claim used."""
     prefix, key, decisions = f"f{secrets.token_hex(3)}:", CacheKey("t:team-a", "d3"), list[str]()
     a = process(redis_server.url, prefix, decisions)
     pa = Provider()
@@ -140,3 +141,50 @@ async def test_release_unused_gives_back_only_an_unused_claim_of_its_own(redis_s
             assert await redis.client.exists(key) == int(kept), name
     finally:
         await redis.close()
+
+
+async def test_a_stored_answer_ends_its_claim_with_no_release_write(
+        redis_server: RedisServer, make_exchange: Callable[..., Exchange]) -> None:
+    """The entry's write replaces the claim at its key: the leader's held release is dropped and never sent.
+    Positive control: an answer that is not stored sends its release (the claim turns ``done``)."""
+    prefix, decisions = f"f{secrets.token_hex(3)}:", list[str]()
+    a = process(redis_server.url, prefix, decisions)
+    pa = Provider()
+    pa.release.set()
+    stored, refused = CacheKey("t:team-a", "d7"), CacheKey("t:team-a", "d8")
+    try:
+        trips = round_trips(a.backend)  # what goes over the lane: the deferred and held writes
+        for key in (stored, refused):
+            await drain(await a.call(make_exchange(), pa, key, 5.0))
+        a.store.set(stored, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)
+        await a.backend.drain()
+        sent = [name for trip in trips for name in trip]
+        assert sent.count("EVALSHA") == 1 and sent.count("SET") == 1  # the refused one's release, the entry
+        assert await a.backend.client.get(a.store.claim_key(refused)) == b"done"
+        answer, held = await a.store.peek(stored)
+        assert answer is not None and not held
+    finally:
+        await a.backend.close()
+
+
+async def test_the_release_turns_only_this_processs_claim_into_done(redis_server: RedisServer) -> None:
+    """Sent when no entry came: this process's claim is kept ``done`` for the grace; another process's claim
+    and an entry are left as they are."""
+    prefix, decisions = f"f{secrets.token_hex(3)}:", list[str]()
+    a = process(redis_server.url, prefix, decisions)
+    mine, theirs, entry = CacheKey("t:team-a", "m"), CacheKey("t:team-a", "t"), CacheKey("t:team-a", "e")
+    try:
+        await a.backend.client.set(a.store.claim_key(mine), a.owner, px=5000)
+        await a.backend.client.set(a.store.claim_key(theirs), "someone-else", px=5000)
+        a.store.set(entry, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)
+        await a.backend.drain()
+        for key in (mine, theirs, entry):
+            a.backend.defer(a.release(a.store.claim_key(key)))
+        await a.backend.drain()
+        assert await a.backend.client.get(a.store.claim_key(mine)) == b"done"
+        assert 0 < await a.backend.client.pttl(a.store.claim_key(mine)) <= 1000
+        assert await a.backend.client.get(a.store.claim_key(theirs)) == b"someone-else"
+        raw = await a.backend.client.get(a.store.claim_key(entry))
+        assert isinstance(raw, bytes) and raw.startswith(ENTRY_MAGIC)  # the entry, as written
+    finally:
+        await a.backend.close()

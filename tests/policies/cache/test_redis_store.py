@@ -7,15 +7,22 @@ import time
 
 from gateway.config_model import StateConfig
 from gateway.state.redis_client import GuardedRedis
+from gateway.state.write_behind import Write
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
-from policies.cache.redis_store import MAX_TOKENS, AnswerStore
+from policies.cache.redis_store import ENTRY_MAGIC, MAX_TOKENS, AnswerStore
 from tests.support.servers import RedisServer
 
 
 def store(redis: GuardedRedis, prefix: str) -> AnswerStore:
     return AnswerStore("exact", MemoryStore(100, 10**6, time.monotonic), redis, prefix)
+
+
+async def raw(redis: GuardedRedis, key: str) -> bytes:
+    value = await redis.client.get(key)
+    assert isinstance(value, bytes)
+    return value
 
 
 async def test_shared_and_expiring(redis_server: RedisServer) -> None:
@@ -58,8 +65,8 @@ async def test_redis_down_is_a_quick_miss() -> None:
 
 
 async def test_get_or_claim_takes_the_claim_only_on_a_miss(redis_server: RedisServer) -> None:
-    """One round trip: a miss claims (NX, with the claim's life), a second claimer sees the holder, a hit
-    in Redis or in memory claims nothing."""
+    """One round trip: a miss claims (at the entry's key, with the claim's life), a second claimer sees the
+    holder, a hit in Redis or in memory claims nothing (the entry stays as it was)."""
     redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
     prefix = f"c{secrets.token_hex(3)}:"
     try:
@@ -77,7 +84,7 @@ async def test_get_or_claim_takes_the_claim_only_on_a_miss(redis_server: RedisSe
         await a.flush()
         answer, none = await b.get_or_claim(hit, "p2", 5000)  # from Redis: kept in b's memory after
         assert answer is not None and answer.body == b'{"choices":[]}' and none is None
-        assert await redis.client.exists(b.claim_key(hit)) == 0
+        assert (await raw(redis, b.claim_key(hit))).startswith(ENTRY_MAGIC)  # the entry, unclaimed
         await redis.client.delete(b.redis_key(hit))
         answer, none = await b.get_or_claim(hit, "p2", 5000)  # from memory: Redis is not asked
         assert answer is not None and none is None and await redis.client.exists(b.claim_key(hit)) == 0
@@ -107,9 +114,41 @@ def test_key_tokens_stay_per_namespace_secret_free_and_bounded() -> None:
     a, b = s.redis_key(CacheKey("t:a", "d")), s.redis_key(CacheKey("t:b", "d"))
     assert a == "p:cache:exact:t:a:d" and b == "p:cache:exact:t:b:d"
     hidden = s.claim_key(CacheKey("k:sk-live-secret", "d"))
-    assert "secret" not in hidden and hidden.startswith("p:flight:exact:h:")
+    assert "secret" not in hidden and hidden.startswith("p:cache:exact:h:")
+    assert hidden == s.redis_key(CacheKey("k:sk-live-secret", "d"))  # the claim lives at its entry's key
     assert s.claim_key(CacheKey("k:sk-live-secret", "d")) == hidden
     for i in range(MAX_TOKENS + 10):
         s.redis_key(CacheKey(f"t:n{i}", "d"))
     assert 0 < len(s._tokens) <= MAX_TOKENS
     assert s.redis_key(CacheKey("t:a", "d")) == a and s.claim_key(CacheKey("k:sk-live-secret", "d")) == hidden
+
+
+async def test_the_entrys_write_drops_what_is_held_under_its_key(redis_server: RedisServer) -> None:
+    """The entry's write replaces its claim (same key) and drops the write held under that key (the claim's
+    release, ``fleet_flight``); the positive control, held under another key, is sent. A follower's ``peek``
+    reads entry, claim or nothing in one read."""
+    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
+    prefix = f"h{secrets.token_hex(3)}:"
+    try:
+        s, follower = store(redis, prefix), store(redis, prefix)
+        stored, refused = CacheKey("t:x", "stored"), CacheKey("t:x", "refused")
+        for key in (stored, refused):
+            assert (await s.get_or_claim(key, "p1", 5000))[1] is not None
+            redis.hold(s.claim_key(key), 60.0, lambda k: Write(("SET", k + ":released", "1")))
+        assert await follower.peek(stored) == (None, True)  # the claim holds the key
+        s.set(stored, CachedAnswer(operation="chat", body=b'{"choices":[]}', created=1.0), 30)
+        assert list(redis._held) == [s.claim_key(refused)]  # the entry's write dropped what was held
+        await s.flush()  # sends what is still held
+        assert await redis.client.exists(s.claim_key(stored) + ":released") == 0
+        assert await redis.client.exists(s.claim_key(refused) + ":released") == 1
+        answer, held = await follower.peek(stored)
+        assert answer is not None and answer.body == b'{"choices":[]}' and not held
+        assert await follower.peek(refused) == (None, True)  # still claimed (nothing released it here)
+        assert await follower.peek(CacheKey("t:x", "none")) == (None, False)
+    finally:
+        await redis.close()
+
+
+def test_an_encoded_entry_starts_with_the_magic_a_claim_never_does() -> None:
+    for body in (b"{}", b"x" * 10_000):  # stored as is, compressed
+        assert CachedAnswer(operation="chat", body=body, created=1.0).encode().startswith(ENTRY_MAGIC)
