@@ -240,6 +240,7 @@ class Flight:
         reader = _Reader(self, self.first)
         self._readers.append(reader)
         if self.body is not None:  # the only subscriber: it reads the upstream body itself
+            assert self.direct is None and not self.chunks  # a direct reader reads from the body's start
             self.direct = reader
         return UpstreamResponse(status=self.status, headers=self.headers, body=reader,
                                 source=self.source if leader else "cache", upstream=self.upstream)

@@ -343,3 +343,24 @@ async def read_into(resp: UpstreamResponse, into: list[bytes]) -> None:
 
 async def follow(flight: Flight, into: list[bytes]) -> None:
     await read_into(await flight.wait(leader=False), into)
+
+
+async def test_a_follower_that_leaves_while_it_waits_on_a_direct_read_costs_the_reader_nothing() -> None:
+    """A newcomer cancelled while it waits for the direct read to end only leaves; the reader gets the
+    whole answer (the control: the newcomer was really waiting on that read)."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    first = await flight.wait(leader=True)
+    reading = asyncio.create_task(read_all(first))
+    await until(lambda: flight.reading)
+    flight.join()
+    follower = asyncio.create_task(flight.wait(leader=False))
+    await until(lambda: len(flight._handoff) == 1)  # control: it waits on the read
+    follower.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    flight.leave()  # what the coalescing layer does for a subscriber whose wait failed
+    for chunk in (b"a", b"b", None):
+        up.queue.put_nowait(chunk)
+    assert await reading == b"ab"
+    assert up.calls == 1 and up.closed and flight.subscribers == 0 and len(flights) == 0
