@@ -48,12 +48,15 @@ async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamRe
             asyncio.get_running_loop().call_soon(_headers_soon, writer)
         async for chunk in up.body:
             if view is not None:
-                view.feed(chunk)
+                try:
+                    await resp.write(chunk)
+                finally:  # looked at once it left (off the time to first token), even when the write failed
+                    view.feed(chunk)
             else:
                 if not collected:
                     rec.first_token_at = st.clock()
                 collected.append(chunk)
-            await resp.write(chunk)
+                await resp.write(chunk)
             del chunk  # written: an idle stream does not hold the last chunk while it waits for the next
         await resp.write_eof()
     except UpstreamFailure as failure:

@@ -88,8 +88,10 @@ class Coalesce:
     def _leader_call(self, ex: Exchange, next: Next) -> Next:
         """What the local leader calls: the chain, or the fleet claim around it when the exact cache
         would store this answer (the entry is where other processes pick it up)."""
+        if self.fleet is None:  # one process (no shared state): nothing to claim, nothing to compute
+            return next
         wait_s = fleet_wait_s(ex, cache_config(ex, self.config.cache))
-        if self.fleet is None or wait_s <= 0:
+        if wait_s <= 0:
             return next
         return partial(self.fleet.call, next=next, key=self.keys.key(ex), wait_s=wait_s)
 

@@ -9,6 +9,17 @@ is cancelled when the last subscriber leaves, which closes the upstream
 connection. So a cancelled first request does not cost the others their answer
 nor a second upstream call.
 
+A flight with one subscriber when its response arrives (every flight that coalesces nothing) has
+no pump for its body: that subscriber reads the upstream body itself, in its own task, still
+appending to the shared list (issue 21: the pump cost a task wake-up per chunk, ~60 us of CPU per
+20-chunk stream). A second subscriber makes the pump: at once when the reader is between
+reads, else when its read ends (the newcomer waits for that). The one exception to the rule above:
+a direct reader cancelled during the very read a newcomer waits on took the upstream body with it
+(asyncio cancels the read it awaits); that newcomer has been handed nothing yet and starts over
+("one waiter takes over"): a second upstream call, never a lost answer. The call itself (up to the
+commit point's first token) stays in the pump: identical requests mostly come while it waits for that,
+and a first request that leaves then must not take it down.
+
 Failure rules, so nobody is handed a partial answer as if it were complete:
 - the call fails before a response (exception from the chain): the first
   request gets the error; the waiters start over, and the first of them becomes
@@ -30,6 +41,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
+from gateway.body import Body
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, Source, UpstreamResponse
 
@@ -47,9 +59,10 @@ _PENDING, _READY, _FAILED = 0, 1, 2  # a flight's response: awaited, here, or th
 
 
 class Flight:
-    __slots__ = ("__weakref__", "_changed", "_drained", "_readers", "_room", "_stored", "_waiters",
-                 "buffered", "chunks", "detached", "done", "error", "first", "headers", "key", "loop",
-                 "max_bytes", "registry", "response", "source", "status", "subscribers", "task", "upstream")
+    __slots__ = ("__weakref__", "_changed", "_drained", "_handoff", "_readers", "_room", "_stored",
+                 "_waiters", "body", "broken", "buffered", "chunks", "detached", "direct", "done", "error",
+                 "first", "headers", "key", "loop", "max_bytes", "reading", "registry", "response", "source",
+                 "status", "subscribers", "task", "upstream")
 
     def __init__(self, registry: Flights, key: Hashable, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.registry = registry
@@ -75,6 +88,11 @@ class Flight:
         self._changed: list[_Reader] = []  # subscribers waiting for a chunk or the end
         self._stored = False
         self._drained = False
+        self.body: Body | None = None  # the upstream body while its one subscriber reads it (no pump)
+        self.direct: _Reader | None = None  # that subscriber's reader
+        self.reading = False  # the direct reader is inside a read of ``body``
+        self.broken = False  # that read was cancelled: the body went with it
+        self._handoff: list[asyncio.Future[None]] = []  # newcomers waiting for the direct read to end
 
     # --- pump side ---------------------------------------------------------------
     def start(self, ex: Exchange, call: Call) -> None:
@@ -92,9 +110,17 @@ class Flight:
         self.status, self.headers = resp.status, resp.headers
         self.upstream, self.source = resp.upstream, resp.source
         self.response = _READY
-        _release(self._waiters)
         body = resp.body
         del resp
+        if self.subscribers == 1:  # nobody to share with: its subscriber reads the body itself
+            self.body = body
+            _release(self._waiters)
+            return
+        _release(self._waiters)
+        await self._read(body)
+
+    async def _read(self, body: Body) -> None:
+        """Read ``body`` into the shared list (the pump's loop), waiting for room past the byte bound."""
         try:
             async for chunk in body:
                 self.chunks.append(chunk)
@@ -115,6 +141,12 @@ class Flight:
         self._wake()
         self._ended()
 
+    def _to_pump(self) -> None:
+        """A second subscriber: the pump reads the body on from here; the direct reader is one of many."""
+        body, self.body, self.direct = self.body, None, None
+        assert body is not None
+        self.task = self.loop.create_task(self._read(body))
+
     def _fail_before(self, exc: BaseException) -> None:
         self.error = exc
         self.response = _FAILED
@@ -123,14 +155,17 @@ class Flight:
 
     async def _wait_for_room(self) -> None:
         """Over the byte bound: stop taking subscribers; read on once the slowest one freed room."""
+        self._detach()
+        self.trim()
+        while self.buffered > self.max_bytes and self.subscribers > 0:
+            await _wait_on(self._room)
+
+    def _detach(self) -> None:
         if not self.detached:
             self.detached = True
             self.registry.over_bytes += 1
             self.registry.remove(self)
             self.registry.detached.add(self)
-        self.trim()
-        while self.buffered > self.max_bytes and self.subscribers > 0:
-            await _wait_on(self._room)
 
     def trim(self) -> None:
         """Drop the chunks every subscriber has read (none while a subscriber has no reader yet)."""
@@ -159,6 +194,8 @@ class Flight:
     # --- subscriber side ---------------------------------------------------------
     def join(self) -> None:
         self.subscribers += 1
+        if self.body is not None and not self.reading:
+            self._to_pump()  # no longer alone: share the body (during a direct read: when it ends, ``wait``)
 
     def leave(self, reader: _Reader | None = None) -> None:
         self.subscribers -= 1
@@ -170,6 +207,9 @@ class Flight:
             self.registry.remove(self)
             self.chunks, self.buffered = [], 0
             _release(self._room)
+            if self.body is not None and not self.reading:  # left before reading it: close it
+                body, self.body, self.direct = self.body, None, None
+                self.task = self.loop.create_task(_quiet(body.aclose()))
         elif self.detached:
             self.trim()
 
@@ -192,11 +232,74 @@ class Flight:
                                           upstream=self.upstream) from None
                 raise self.error from None
             raise TakeOver
+        if self.reading:  # the body's one reader is inside a read: the pump takes over once it ends
+            await _wait_on(self._handoff)
+            if self.broken:  # that read was cancelled, with the body: nothing was handed out yet
+                raise TakeOver
         # the reader leaves the flight once however its body ends, even when it is closed unread
         reader = _Reader(self, self.first)
         self._readers.append(reader)
+        if self.body is not None:  # the only subscriber: it reads the upstream body itself
+            assert self.direct is None and not self.chunks  # a direct reader reads from the body's start
+            self.direct = reader
         return UpstreamResponse(status=self.status, headers=self.headers, body=reader,
                                 source=self.source if leader else "cache", upstream=self.upstream)
+
+    async def pull(self, reader: _Reader) -> bytes:
+        """The direct reader's next chunk, read from the upstream body in its own task (no pump)."""
+        body = self.body
+        assert body is not None
+        self.reading = True
+        try:
+            chunk = await body.__anext__()
+        except BaseException as exc:
+            self.reading = False
+            await self._direct_end(reader, exc)
+            if isinstance(exc, (StopAsyncIteration, asyncio.CancelledError)):
+                raise
+            raise _as_failure(exc, self.upstream) from exc
+        self.reading = False
+        if reader.flight is None and not self._handoff:  # closed under this read, and nobody else wants it
+            await self._drop_body()
+            raise StopAsyncIteration
+        self.chunks.append(chunk)
+        self.buffered += len(chunk)
+        if self.buffered > self.max_bytes:
+            self._detach()  # its one reader has read it all: ``trim`` lets it go as it reads on
+        if self._handoff:  # newcomers waited for this read: the pump reads on, for everybody
+            self._to_pump()
+            _release(self._handoff)
+        if reader.flight is None:
+            raise StopAsyncIteration
+        reader.held = True
+        return chunk
+
+    async def _direct_end(self, reader: _Reader, exc: BaseException) -> None:
+        """The direct read ended the body: its end, a failure, or its task cancelled (the body with it)."""
+        body, self.body, self.direct = self.body, None, None
+        if isinstance(exc, StopAsyncIteration):
+            self.done = self._drained = True
+        elif isinstance(exc, asyncio.CancelledError):
+            self.broken = True
+        else:
+            self.error = exc
+        self.registry.remove(self)
+        _release(self._handoff)  # before leaving: the chunks stay for the newcomers
+        reader.end()
+        if body is not None:
+            await _quiet(body.aclose())
+
+    def take_body(self, reader: _Reader) -> Body | None:
+        """The upstream body, for its direct reader to close when it leaves between reads."""
+        if self.direct is not reader or self.reading:
+            return None
+        body, self.body, self.direct = self.body, None, None
+        return body
+
+    async def _drop_body(self) -> None:
+        body, self.body, self.direct = self.body, None, None
+        if body is not None:
+            await _quiet(body.aclose())
 
     def serve(self, reader: _Reader) -> bool:
         """Settle ``reader``'s waiter with its next chunk or the end; False: it waits for the pump."""
@@ -242,7 +345,7 @@ class _Reader:
     def __aiter__(self) -> _Reader:
         return self
 
-    def __anext__(self) -> asyncio.Future[bytes]:
+    def __anext__(self) -> Awaitable[bytes]:
         flight = self.flight
         if flight is None:
             raise StopAsyncIteration
@@ -251,6 +354,8 @@ class _Reader:
             self.pos += 1  # read: may be let go once every subscriber has read it
             if flight.detached:
                 flight.trim()
+        if flight.direct is self:
+            return flight.pull(self)
         waiter: asyncio.Future[bytes] = flight.loop.create_future()
         self.waiter = waiter
         if not flight.serve(self):
@@ -270,7 +375,10 @@ class _Reader:
             waiter.set_exception(StopAsyncIteration())
 
     async def aclose(self) -> None:
+        body = self.flight.take_body(self) if self.flight is not None else None
         self.end()
+        if body is not None:
+            await _quiet(body.aclose())
 
 
 class Flights:

@@ -23,6 +23,13 @@ def subscribers(gw: Any) -> int:
     return max((f.subscribers for f in flights._flights.values()), default=0)
 
 
+def readers(gw: Any) -> int:
+    """The readers of the busiest flight: a subscriber that joined during its one reader's read gets one
+    once that read ends (``policies/cache/singleflight.py``)."""
+    flights = gw.state.components[CACHE].flights
+    return max((len(f._readers) for f in flights._flights.values()), default=0)
+
+
 async def stream_text(client: AsyncOpenAI, headers: dict[str, str] | None = None, **kw: Any) -> str:
     stream = await client.chat.completions.create(model="gpt-4o", messages=MSGS, temperature=0, stream=True,
                                                   extra_headers=headers or SLOW, **kw)
@@ -95,13 +102,15 @@ async def test_slow_follower_holds_bounded_memory_then_gets_the_whole_answer(
 async def test_cancelled_leader_mid_stream(gateway: Any, client: AsyncOpenAI,
                                            mock_upstream: MockServer) -> None:
     """The first client leaves mid-stream: the others still get the complete answer from the one upstream
-    call."""
+    call. (The leader read its body itself until they came; they share it once that read ended: a leader
+    cancelled inside that very read takes the body with it, and they start over, tests/policies/cache/
+    test_singleflight.py.)"""
     paced = {"x-mock-fault": "tokens_per_s=40"}
     leader = await client.chat.completions.create(model="gpt-4o", messages=MSGS, temperature=0, stream=True,
                                                   extra_headers=paced)
     await leader.__anext__()
     followers = [asyncio.create_task(stream_text(client, paced)) for _ in range(N - 1)]
-    await until(lambda: subscribers(gateway) == N)
+    await until(lambda: readers(gateway) == N)
     await leader.close()
     texts = await asyncio.gather(*followers)
     assert len(set(texts)) == 1 and len(texts[0].split()) == 16

@@ -14,7 +14,7 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.appstate import AppState
-from gateway.exchange import UpstreamResponse, Usage
+from gateway.exchange import Exchange, UpstreamResponse, Usage
 from gateway.relay import _HeadersWithBody, _record_outcome, _response_headers, relay
 from gateway.sse import StreamInspector
 from tests.support.exchange import build_exchange
@@ -93,13 +93,13 @@ class Wire:
         return default
 
 
-async def relayed(body: AsyncIterator[bytes], wire: Wire) -> None:
+async def relayed(body: AsyncIterator[bytes], wire: Wire, ex: Exchange | None = None) -> None:
     protocol = mock.Mock(transport=wire, _paused=False)
     writer = StreamWriter(protocol, asyncio.get_running_loop())
     request = make_mocked_request("POST", "/v1/chat/completions", writer=writer, transport=wire,
                                   protocol=protocol)
     up = UpstreamResponse(200, {"content-type": "text/event-stream"}, body, "upstream", "a")
-    await relay(request, AppState(runtime=mock.Mock()), build_exchange(), up)
+    await relay(request, AppState(runtime=mock.Mock()), ex or build_exchange(), up)
 
 
 async def test_a_streams_first_chunk_in_hand_leaves_with_its_headers() -> None:
@@ -125,6 +125,43 @@ async def test_a_stream_not_yet_started_sends_its_headers_first() -> None:
     first.set()
     await task
     assert b'"content":"hi"' in wire.writes[1]
+
+
+async def test_a_token_is_written_before_the_inspector_reads_it() -> None:
+    """Issue 21: the stream inspector (TTFT, usage, finish reasons) looks at a chunk once it left, not in
+    front of it. Its clock here is the number of writes the client got: the first token is stamped after
+    the write that carried it (1), not before (0)."""
+    wire = Wire()
+    ex = build_exchange(view=StreamInspector(clock=lambda: float(len(wire.writes))))
+    await relayed(FakeBody([sse({"choices": [{"delta": {"content": "hi"}}]}), sse(b"[DONE]")]), wire, ex)
+    assert ex.record.first_token_at == 1.0 and ex.record.stream_outcome == "done"
+
+
+class Failing(Wire):
+    """A client that is gone by its ``fail_at``-th write."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+
+    def write(self, data: bytes) -> None:
+        self.writelines([data])
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        if len(self.writes) == self.fail_at:
+            raise ConnectionResetError
+        super().writelines(chunks)
+
+
+async def test_a_chunk_whose_write_failed_is_still_inspected() -> None:
+    """The provider's usage in the chunk the client never got still reaches the record (the ledger counts
+    what the provider billed)."""
+    wire = Failing(fail_at=1)
+    ex = build_exchange(view=StreamInspector(clock=lambda: 1.0))
+    usage = sse({"model": "m", "choices": [], "usage": USAGE})
+    await relayed(FakeBody([sse({"choices": [{"delta": {"content": "hi"}}]}), usage]), wire, ex)
+    assert len(wire.writes) == 1 and ex.record.stream_outcome == "client_gone"
+    assert ex.record.reported_usage == Usage(prompt=7, completion=3)
 
 
 class Stalling:

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
-from policies.cache.singleflight import Flights, TakeOver
+from policies.cache.singleflight import Flight, Flights, TakeOver
 from tests.support.exchange import build_exchange
 from tests.support.until import until
 
@@ -113,15 +113,18 @@ async def test_a_flight_holds_at_most_max_bytes_unread_and_frees_them_when_clien
     reader frees room; a subscriber that leaves returns the memory."""
     flights, up = Flights(), Upstream()
     flight = flights.lead("k", exchange(), up, max_bytes=10)
+    flight.join()  # two subscribers when the response comes: the pump reads for both
     for _ in range(6):
         up.queue.put_nowait(b"x" * 4)
-    resp = await flight.wait(leader=True)  # the leader does not read yet
+    resp, other = await flight.wait(leader=True), await flight.wait(leader=False)  # neither reads yet
     await until(lambda: flight.detached)
     assert flight.buffered == 12 and up.queue.qsize() == 3  # stopped after 12 bytes > 10, not 24
     assert flights.get("k") is None  # a new identical request would start its own flight
     reader = resp.body.__aiter__()
     assert await reader.__anext__() == b"xxxx"
-    assert await reader.__anext__() == b"xxxx"  # asking for the second chunk releases the first
+    assert await reader.__anext__() == b"xxxx"  # the first chunk is read by one of two: still held
+    assert flight.buffered == 12 and up.queue.qsize() == 3
+    await other.body.aclose()  # control: the other subscriber leaves, the first chunk is let go
     await until(lambda: up.queue.qsize() == 2)  # one chunk let go -> one more taken upstream
     assert flight.buffered <= 12 and flights.held_bytes() == flight.buffered
     await resp.body.aclose()  # the client leaves
@@ -133,6 +136,7 @@ async def test_under_max_bytes_a_reader_that_waits_does_not_hold_the_flight() ->
     """Control: below the bound the pump reads the whole answer whatever the readers do."""
     flights, up = Flights(), Upstream()
     flight = flights.lead("k", exchange(), up, max_bytes=100)
+    flight.join()  # shared: a pump reads
     for chunk in (b"a" * 10, b"b" * 10, None):
         up.queue.put_nowait(chunk)
     resp = await flight.wait(leader=True)
@@ -188,3 +192,175 @@ async def test_a_body_closed_under_a_waiting_read_ends_that_read() -> None:
     assert flight.subscribers == 1 and not up.closed
     up.queue.put_nowait(b"a")
     assert await control == b"a"
+
+
+# --- one subscriber reads the upstream body itself (no pump) until a second one comes ---------------
+
+async def test_a_lone_subscriber_reads_the_upstream_body_itself_at_its_own_pace() -> None:
+    """No pump for the body of a flight nobody shares: the chunks are read when its subscriber asks."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    for chunk in (b"a", b"b", None):
+        up.queue.put_nowait(chunk)
+    resp = await flight.wait(leader=True)
+    assert flight.task is not None and flight.task.done() and flight.direct is not None  # the pump ended
+    assert up.queue.qsize() == 3  # nothing read ahead of the reader...
+    reader = resp.body.__aiter__()
+    assert await reader.__anext__() == b"a"
+    assert up.queue.qsize() == 2  # ...control: it reads as it is asked
+    assert await read_all(resp) == b"b"
+    assert up.calls == 1 and up.closed and len(flights) == 0
+
+
+async def test_a_follower_joining_mid_stream_gets_every_chunk_from_the_first() -> None:
+    """A follower that comes between two reads of the direct reader makes the pump: both read it all."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    up.queue.put_nowait(b"a")
+    first = await flight.wait(leader=True)
+    assert await first.body.__anext__() == b"a"
+    assert flights.get("k") is flight
+    flight.join()
+    second = await flight.wait(leader=False)
+    assert flight.direct is None and flight.task is not None and not flight.task.done()  # the pump reads on
+    for chunk in (b"b", b"c", None):
+        up.queue.put_nowait(chunk)
+    assert (await read_all(second), await read_all(first)) == (b"abc", b"bc")
+    assert up.calls == 1 and up.closed and len(flights) == 0
+
+
+async def test_a_follower_joining_during_a_direct_read_waits_for_it_then_shares() -> None:
+    """A follower that comes while the direct reader waits for a chunk gets its reader once that chunk is
+    in; from there the pump reads for both."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    first = await flight.wait(leader=True)
+    reading = asyncio.create_task(read_all(first))
+    await until(lambda: flight.reading)
+
+    async def follow() -> bytes:
+        flight.join()
+        return await read_all(await flight.wait(leader=False))
+
+    follower = asyncio.create_task(follow())
+    await until(lambda: len(flight._handoff) == 1)
+    for chunk in (b"a", b"b", None):
+        up.queue.put_nowait(chunk)
+    assert await follower == b"ab" and await reading == b"ab"
+    assert up.calls == 1 and up.closed and len(flights) == 0
+
+
+async def test_a_leader_cancelled_mid_stream_costs_its_followers_nothing() -> None:
+    """The direct reader's client leaves after a follower joined: the follower reads the whole answer from
+    the one call (control: a request for another key does make a call)."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    up.queue.put_nowait(b"a")
+    first = await flight.wait(leader=True)
+    assert await first.body.__anext__() == b"a"
+    flight.join()
+    second = await flight.wait(leader=False)
+    leader = asyncio.create_task(read_all(first))
+    await until(lambda: len(flight._changed) == 1)  # the leader waits for the next chunk
+    leader.cancel()
+    await until(lambda: flight.subscribers == 1)
+    for chunk in (b"b", None):
+        up.queue.put_nowait(chunk)
+    assert await read_all(second) == b"ab"
+    assert up.calls == 1 and up.closed
+    flights.lead("other", exchange(), up)
+    await until(lambda: up.calls == 2)  # control
+
+
+async def test_a_direct_read_cancelled_under_a_waiting_follower_makes_it_start_over() -> None:
+    """The one case a cancelled leader costs a second call: its task is cancelled inside the read a
+    follower waits on, so the body goes with it. The follower was handed nothing: it takes over (never a
+    partial answer); the body is closed and the flight gone."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    first = await flight.wait(leader=True)
+    leader = asyncio.create_task(read_all(first))
+    await until(lambda: flight.reading)
+    flight.join()
+    follower = asyncio.create_task(flight.wait(leader=False))
+    await until(lambda: len(flight._handoff) == 1)
+    leader.cancel()
+    with pytest.raises(TakeOver):
+        await follower
+    assert up.closed and flights.get("k") is None and flight.broken
+
+
+async def test_a_direct_reader_holds_at_most_max_bytes_and_detaches() -> None:
+    """The byte bound with no pump: past it the flight takes no new subscriber and keeps only what its
+    reader has not read (the chunk in hand); the whole answer still arrives."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up, max_bytes=10)
+    for chunk in [b"x" * 4] * 6 + [None]:
+        up.queue.put_nowait(chunk)
+    resp = await flight.wait(leader=True)
+    reader = resp.body.__aiter__()
+    got = [await reader.__anext__() for _ in range(2)]
+    assert not flight.detached and flights.get("k") is flight  # control: under the bound, still joinable
+    got.append(await reader.__anext__())
+    assert flight.detached and flights.get("k") is None and flights.over_bytes == 1
+    held = []
+    async for chunk in reader:
+        got.append(chunk)
+        held.append(flights.held_bytes())
+    assert b"".join(got) == b"x" * 24 and max(held) == 4 and flights.held_bytes() == 0
+
+
+@pytest.mark.parametrize("fail_at", [0, 1])
+async def test_a_direct_reader_and_its_waiting_follower_see_a_failure_as_a_failure(fail_at: int) -> None:
+    """The body fails before or after its first chunk while a follower waits on the direct read: both get
+    the chunks before the failure, then ``UpstreamFailure`` (committed: never a complete-looking answer)."""
+    flights, up = Flights(), Upstream(fail_at=fail_at)
+    flight = flights.lead("k", exchange(), up)
+    first = await flight.wait(leader=True)
+    got: list[bytes] = []
+    if fail_at:
+        up.queue.put_nowait(b"a")
+        got.append(await first.body.__anext__())
+    leader = asyncio.create_task(read_into(first, got))
+    await until(lambda: flight.reading)
+    flight.join()
+    follower_got: list[bytes] = []
+    follower = asyncio.create_task(follow(flight, follower_got))
+    await until(lambda: len(flight._handoff) == 1)
+    up.queue.put_nowait(b"b")
+    for task in (leader, follower):
+        with pytest.raises(UpstreamFailure) as failure:
+            await task
+        assert failure.value.committed
+    assert got == follower_got == [b"a"][:fail_at]
+    assert up.closed and flights.get("k") is None
+
+
+async def read_into(resp: UpstreamResponse, into: list[bytes]) -> None:
+    async for chunk in resp.body:
+        into.append(chunk)
+
+
+async def follow(flight: Flight, into: list[bytes]) -> None:
+    await read_into(await flight.wait(leader=False), into)
+
+
+async def test_a_follower_that_leaves_while_it_waits_on_a_direct_read_costs_the_reader_nothing() -> None:
+    """A newcomer cancelled while it waits for the direct read to end only leaves; the reader gets the
+    whole answer (the control: the newcomer was really waiting on that read)."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    first = await flight.wait(leader=True)
+    reading = asyncio.create_task(read_all(first))
+    await until(lambda: flight.reading)
+    flight.join()
+    follower = asyncio.create_task(flight.wait(leader=False))
+    await until(lambda: len(flight._handoff) == 1)  # control: it waits on the read
+    follower.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    flight.leave()  # what the coalescing layer does for a subscriber whose wait failed
+    for chunk in (b"a", b"b", None):
+        up.queue.put_nowait(chunk)
+    assert await reading == b"ab"
+    assert up.calls == 1 and up.closed and flight.subscribers == 0 and len(flights) == 0
