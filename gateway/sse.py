@@ -44,6 +44,7 @@ _SPACED_RESPONSES_PREFIX = b'data: {"type": "response.'
 # Responses events parsed even in compact form: they carry the model, usage, the end or a failure.
 _RESPONSES_PARSED = frozenset({b"created", b"in_progress", b"completed", b"incomplete", b"failed", b"queued"})
 _STRING_DELTAS = ("content", "reasoning_content", "reasoning", "refusal")
+_BULK_MIN_EVENTS = 4  # fewer events in a chunk: looked at one by one (counting costs more than it saves)
 
 
 class EventSplitter:
@@ -177,7 +178,7 @@ class StreamInspector:
         if block.startswith(b"data:") and block.find(b"\n") == len(block) - 2:  # one single-line event
             if not self._fast(block):
                 self._parse(block[5:].strip())
-        else:
+        elif not self._bulk(block):
             for event in block.split(b"\n\n"):
                 if event:
                     self._on_event(event)
@@ -190,6 +191,20 @@ class StreamInspector:
                 self.gaps.append(now - self.last_token_at)
             self.last_token_at = now
             self.content_chunks += 1
+
+    def _bulk(self, block: bytes) -> bool:
+        """Many compact chat events in one chunk (a fast provider, a client reading slowly). Counted at C
+        speed: each event has a null ``finish_reason`` and every ``finish_reason`` is null (no choice ends),
+        every ``usage`` is null, no ``error`` and no ``[DONE]``; with the model known, the only thing left
+        to learn is whether the chunk has a token (one counts per chunk), and its first event tells.
+        False: look at each event. ~300 events in 64 KiB: 0.50 -> ~0.2 ms."""
+        events = block.count(b"\n\n")
+        if (events < _BULK_MIN_EVENTS or not self.model or block.endswith(b"[DONE]\n\n")
+                or block.count(b'"finish_reason":null') != events
+                or block.count(b'"finish_reason":') != events or b'"error"' in block
+                or block.count(b'"usage"') != block.count(b'"usage":null')):
+            return False
+        return self._fast(block[:block.find(b"\n\n")]) and self._token
 
     def _on_event(self, event: bytes) -> None:
         if event.startswith(b"data:") and b"\n" not in event:

@@ -5,6 +5,7 @@ import itertools
 import json
 
 import orjson
+import pytest
 
 from gateway.sse import StreamInspector
 
@@ -192,3 +193,66 @@ def test_spaced_json_fast_path_agrees_with_the_parser() -> None:
     responses = StreamInspector(clock=lambda: 1.0)
     responses.feed(_spaced({"type": "response.output_text.delta", "delta": "x", "sequence_number": 3}))
     assert responses.content_chunks == 1
+
+
+def _chunk(i: int, delta: dict[str, object], reason: object = None, **extra: object) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": reason}
+    return _event({"id": "c", "model": "m-1", "choices": [choice], "usage": None, **extra})
+
+
+BULK_BLOCKS = {
+    "tokens only (the bulk path)": [_chunk(i, {"content": f" w{i}"}) for i in range(8)],
+    "a role delta first": [_chunk(0, {"role": "assistant", "content": ""}),
+                           *(_chunk(i, {"content": f" w{i}"}) for i in range(1, 8))],
+    "a finish in the middle": [*(_chunk(i, {"content": "x"}) for i in range(4)), _chunk(4, {}, "stop"),
+                               *(_chunk(i, {"content": "y"}) for i in range(5, 8))],
+    "usage at the end": [*(_chunk(i, {"content": "x"}) for i in range(6)),
+                         _event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 6}})],
+    "an error event": [*(_chunk(i, {"content": "x"}) for i in range(6)),
+                       b'event: error\ndata: {"error": {}}\n\n'],
+    "[DONE] last": [*(_chunk(i, {"content": "x"}) for i in range(6)), b"data: [DONE]\n\n"],
+    "spaced JSON": [b"data: " + json.dumps({"model": "m-1", "choices": [
+        {"index": 0, "delta": {"content": "z"}, "finish_reason": None}]}).encode() + b"\n\n"] * 6,
+    "two choices a chunk": [_event({"model": "m-1", "choices": [
+        {"index": 0, "delta": {"content": "a"}, "finish_reason": None},
+        {"index": 1, "delta": {"content": "b"}, "finish_reason": "stop" if i == 5 else None}]})
+        for i in range(6)],
+}
+
+
+def _inspect(blocks: list[bytes], bulk: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    if not bulk:
+        monkeypatch.setattr(StreamInspector, "_bulk", lambda self, block: False)
+    ticks = itertools.count(1.0)
+    insp = StreamInspector(clock=lambda: float(next(ticks)))
+    insp.feed(_chunk(0, {"role": "assistant"}))  # the model is known before the bulk of the stream
+    for block in blocks:
+        insp.feed(block)
+    monkeypatch.undo()
+    return {name: getattr(insp, name) for name in ("first_token_at", "last_token_at", "usage", "usage_events",
+            "finish_reasons", "model", "done", "error_event", "content_chunks")} | {"gaps": list(insp.gaps)}
+
+
+@pytest.mark.parametrize("name", list(BULK_BLOCKS))
+def test_a_chunk_of_many_events_reads_the_same_in_bulk(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk of many events (a fast provider, a slow reader) proven plain by counts is not looked at
+    event by event; whatever the chunk holds, the record is the same as looking at each event."""
+    events = BULK_BLOCKS[name]
+    blocks = [b"".join(events), b"".join(events)]
+    assert _inspect(blocks, True, monkeypatch) == _inspect(blocks, False, monkeypatch)
+
+
+def test_the_bulk_path_is_taken_for_a_plain_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    original = StreamInspector._bulk
+
+    def spy(self: StreamInspector, block: bytes) -> bool:
+        seen.append(original(self, block))
+        return seen[-1]
+
+    monkeypatch.setattr(StreamInspector, "_bulk", spy)
+    insp = StreamInspector(clock=lambda: 1.0)
+    insp.feed(_chunk(0, {"role": "assistant"}))
+    insp.feed(b"".join(BULK_BLOCKS["tokens only (the bulk path)"]))
+    insp.feed(b"".join(BULK_BLOCKS["a finish in the middle"]))  # control: looked at event by event
+    assert seen == [True, False] and insp.content_chunks == 2 and insp.finish_reasons == ["stop"]
