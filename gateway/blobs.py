@@ -7,7 +7,8 @@ marker naming its SHA-256 (so cache keys still depend on the image). The parsed 
 few dozen bytes where it held megabytes, and the blob stays a span of the raw body (no copy).
 The raw body is forwarded unchanged; a re-serialised body gets its blobs back with ``restore``.
 
-At C speed: a quote search per window of 64 KiB finds the quote-free runs a blob needs; only the
+At C speed: a quote search per window of 64 KiB finds the quote-free runs a blob needs
+(``quote_free_strings``, also used by ``gateway/long_strings.py``); only the
 strings around them are checked (in slices of ``_SLICE`` bytes, so no copy of the whole string is
 made) and hashed (``hashlib`` releases the GIL).
 """
@@ -68,7 +69,7 @@ def extract(raw: bytes) -> tuple[bytes, Blobs | None]:
     spans: dict[bytes, tuple[int, int]] = {}
     pieces: list[bytes | memoryview] = []
     done = 0
-    for quote, end in _long_strings(raw):
+    for quote, end in quote_free_strings(raw, _WINDOW):
         start = _payload_start(raw, quote + 1, end)
         if end - start < MIN_BLOB or not _all_base64(raw, start, end):
             continue
@@ -82,39 +83,41 @@ def extract(raw: bytes) -> tuple[bytes, Blobs | None]:
     return b"".join(pieces), Blobs(raw, spans)
 
 
-def _long_strings(raw: bytes) -> Iterator[tuple[int, int]]:
-    """``(opening quote, closing quote)`` of each string that may hold a blob, found at C speed.
-
-    A blob has no quote in it, so it covers ``_WINDOWS`` whole aligned windows of ``_WINDOW`` bytes
-    without a quote: only runs of such windows are looked at (a quote search per window, stopped by
-    the window's first quote), not every string of the body (100k short strings cost 40 ms walked
-    one by one). The quote before a run opens its string when no backslash escapes it; in valid JSON
-    a quote closing a string is followed by a separator (not base64) before the next quote.
+def quote_free_strings(raw: bytes, window: int) -> Iterator[tuple[int, int]]:
+    """``(quote before, quote after)`` of each run of ``_WINDOWS`` or more aligned ``window``-byte windows
+    without a quote, found at C speed: a string that long with no quote in it (a blob, long text) covers
+    such a run. One quote search per window (stopped by its first quote), not a walk of every string of
+    the body (100k short strings cost 40 ms walked one by one). The two quotes are consecutive in the
+    body; the one before is not escaped. In valid JSON they open and close one string, or close one and
+    open the next (a separator between them): the caller tells which.
     """
     n, after = len(raw), 0
     run = 0
-    for at in range(0, n - _WINDOW + 1, _WINDOW):
-        if raw.find(b'"', at, at + _WINDOW) >= 0:
+    for at in range(0, n - window + 1, window):
+        if raw.find(b'"', at, at + window) >= 0:
             run = 0
             continue
         run += 1
         if run != _WINDOWS or at < after:
             continue
         quote = raw.rfind(b'"', 0, at)
-        end = raw.find(b'"', at + _WINDOW)
+        end = raw.find(b'"', at + window)
         if end < 0:
             return
         after = end
-        if quote >= 0 and not _escaped(raw, quote):
+        if quote >= 0 and not escaped(raw, quote):
             yield quote, end
 
 
-def _escaped(raw: bytes, quote: int) -> bool:
-    """Whether the quote at ``quote`` is escaped (an odd run of backslashes before it)."""
-    first = quote
-    while first > 0 and raw[first - 1] == 0x5C:
-        first -= 1
-    return (quote - first) % 2 == 1
+_BACKSLASHES_SEEN = 4096
+
+
+def escaped(raw: bytes, quote: int) -> bool:
+    """Whether the byte at ``quote`` is escaped (an odd run of backslashes before it). A run longer than
+    ``_BACKSLASHES_SEEN`` counts as escaping it: the callers then leave the string alone (safe)."""
+    before = raw[max(0, quote - _BACKSLASHES_SEEN):quote]
+    run = len(before) - len(before.rstrip(b"\\"))
+    return run % 2 == 1 or run == _BACKSLASHES_SEEN
 
 
 def _payload_start(raw: bytes, start: int, end: int) -> int:

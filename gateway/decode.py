@@ -21,6 +21,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from gateway import long_strings
 from gateway.blobs import Blobs
 from gateway.blobs import extract as extract_blobs
 from gateway.errors import LocalReply
@@ -34,10 +35,26 @@ Decoded = tuple[dict[str, Any], Blobs | None]
 def decode(raw: bytes, operation: str) -> Decoded:
     """Blobs out, JSON parsed, shape validated; raises ``LocalReply`` (400) on bad input."""
     parsed, blobs = extract_blobs(raw)  # a large body's base64 images stay out of the parsed JSON
-    body = parse_json(parsed)
+    body = _parse(parsed)
     del parsed
     validate(operation, body)
     return body, blobs
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    """``parse_json``; a large body's long strings decoded one by one (``gateway/long_strings.py``), so a
+    worker gives the GIL up between them; on any doubt, the whole body parsed at once decides."""
+    split = long_strings.cut(raw)
+    if split is not None:
+        skeleton, spans = split
+        try:
+            body = parse_json(skeleton)
+        except LocalReply:
+            pass  # a bad body, or a wrong cut: the whole parse gives the answer
+        else:
+            if long_strings.put_back(body, raw, spans):
+                return body
+    return parse_json(raw)
 
 
 async def decode_body(work: WorkPool, tenant: str, raw: bytes, operation: str) -> Decoded:
