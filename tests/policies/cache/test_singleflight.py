@@ -272,18 +272,25 @@ async def test_a_leader_cancelled_mid_stream_costs_its_followers_nothing() -> No
     await until(lambda: up.calls == 2)  # control
 
 
+async def direct_read_with_a_waiting_follower() -> tuple[
+        Flights, Upstream, Flight, asyncio.Task[bytes], asyncio.Task[UpstreamResponse]]:
+    """A flight's only subscriber inside a direct read of the body, and a newcomer waiting on that read."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    first = await flight.wait(leader=True)
+    reader = asyncio.create_task(read_all(first))
+    await until(lambda: flight.reading)
+    flight.join()
+    follower = asyncio.create_task(flight.wait(leader=False))
+    await until(lambda: len(flight._handoff) == 1)  # it waits on the read
+    return flights, up, flight, reader, follower
+
+
 async def test_a_direct_read_cancelled_under_a_waiting_follower_makes_it_start_over() -> None:
     """The one case a cancelled leader costs a second call: its task is cancelled inside the read a
     follower waits on, so the body goes with it. The follower was handed nothing: it takes over (never a
     partial answer); the body is closed and the flight gone."""
-    flights, up = Flights(), Upstream()
-    flight = flights.lead("k", exchange(), up)
-    first = await flight.wait(leader=True)
-    leader = asyncio.create_task(read_all(first))
-    await until(lambda: flight.reading)
-    flight.join()
-    follower = asyncio.create_task(flight.wait(leader=False))
-    await until(lambda: len(flight._handoff) == 1)
+    flights, up, flight, leader, follower = await direct_read_with_a_waiting_follower()
     leader.cancel()
     with pytest.raises(TakeOver):
         await follower
@@ -348,14 +355,7 @@ async def follow(flight: Flight, into: list[bytes]) -> None:
 async def test_a_follower_that_leaves_while_it_waits_on_a_direct_read_costs_the_reader_nothing() -> None:
     """A newcomer cancelled while it waits for the direct read to end only leaves; the reader gets the
     whole answer (the control: the newcomer was really waiting on that read)."""
-    flights, up = Flights(), Upstream()
-    flight = flights.lead("k", exchange(), up)
-    first = await flight.wait(leader=True)
-    reading = asyncio.create_task(read_all(first))
-    await until(lambda: flight.reading)
-    flight.join()
-    follower = asyncio.create_task(flight.wait(leader=False))
-    await until(lambda: len(flight._handoff) == 1)  # control: it waits on the read
+    flights, up, flight, reading, follower = await direct_read_with_a_waiting_follower()
     follower.cancel()
     with pytest.raises(asyncio.CancelledError):
         await follower
