@@ -1,7 +1,8 @@
 """A client's request body, decoded once: on the loop when small, in the fair work pool when large.
 
 ``decode`` is every pass over a body's bytes but the read: large base64 strings set aside
-(``gateway/blobs.py``), the JSON parsed and checked (``gateway/request.py``), the shape validated.
+(``gateway/blobs.py``), the JSON parsed and checked (``gateway/request_json.py``), the shape validated
+(``gateway/request_schema.py``).
 Below ``DECODE_INLINE_MAX_BYTES`` that costs less than a thread hop and runs on the loop. Above it,
 the job goes to the gateway's ``WorkPool`` (``gateway/tokens/pool.py``) under the client's tenant
 namespace (issue 15), not to an unbounded executor:
@@ -25,7 +26,8 @@ from gateway import long_strings
 from gateway.blobs import Blobs
 from gateway.blobs import extract as extract_blobs
 from gateway.errors import LocalReply
-from gateway.request import parse_json, validate
+from gateway.request_json import parse_json
+from gateway.request_schema import validate
 from gateway.tokens.pool import WorkPool
 
 DECODE_INLINE_MAX_BYTES = 256 * 1024  # below this, decoding on the loop costs less than a thread hop
@@ -35,26 +37,13 @@ Decoded = tuple[dict[str, Any], Blobs | None]
 def decode(raw: bytes, operation: str) -> Decoded:
     """Blobs out, JSON parsed, shape validated; raises ``LocalReply`` (400) on bad input."""
     parsed, blobs = extract_blobs(raw)  # a large body's base64 images stay out of the parsed JSON
-    body = _parse(parsed)
+    # a large body's long strings decoded one by one (the GIL given up between them); else one parse
+    body = long_strings.parse(parsed)
+    if body is None:
+        body = parse_json(parsed)
     del parsed
     validate(operation, body)
     return body, blobs
-
-
-def _parse(raw: bytes) -> dict[str, Any]:
-    """``parse_json``; a large body's long strings decoded one by one (``gateway/long_strings.py``), so a
-    worker gives the GIL up between them; on any doubt, the whole body parsed at once decides."""
-    split = long_strings.cut(raw)
-    if split is not None:
-        skeleton, spans = split
-        try:
-            body = parse_json(skeleton)
-        except LocalReply:
-            pass  # a bad body, or a wrong cut: the whole parse gives the answer
-        else:
-            if long_strings.put_back(body, raw, spans):
-                return body
-    return parse_json(raw)
 
 
 async def decode_body(work: WorkPool, tenant: str, raw: bytes, operation: str) -> Decoded:

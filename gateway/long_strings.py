@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 
 from gateway.blobs import escaped, quote_free_strings
+from gateway.errors import LocalReply
+from gateway.request_json import parse_json
 
 MIN_BODY = 1 << 20
 WINDOW = 16 << 10  # strings with a quote-free run of 3 windows (48 KiB or more) are cut
@@ -56,6 +58,20 @@ def _is_key(raw: bytes, end: int) -> bool:
     after = raw[end + 1:end + 1 + _KEY_LOOKAHEAD]
     rest = after.lstrip()
     return rest[:1] == b":" or (not rest and len(after) == _KEY_LOOKAHEAD)
+
+
+def parse(raw: bytes) -> dict[str, Any] | None:
+    """``parse_json`` of ``raw`` with its long strings cut and put back; None when nothing was cut or in
+    doubt (the skeleton does not parse, a string does not decode): the caller parses ``raw`` whole."""
+    split = cut(raw)
+    if split is None:
+        return None
+    skeleton, spans = split
+    try:
+        body = parse_json(skeleton)
+    except LocalReply:  # a bad body or a wrong cut: the whole parse gives the answer (or the error)
+        return None
+    return body if put_back(body, raw, spans) else None
 
 
 def put_back(body: dict[str, Any], raw: bytes, spans: Spans) -> bool:

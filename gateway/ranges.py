@@ -4,7 +4,8 @@ Providers differ in what they accept (a temperature of 3, ``n`` above 128, a hug
 so by default (``routes[].validate: provider``) the gateway forwards such values and the provider's
 own error passes through unchanged. ``strict`` answers out-of-range values with the gateway's own
 400 ``invalid_value`` (OpenAI's documented ranges) before anything is spent; ``shadow`` only counts
-what ``strict`` would refuse. Types are always checked (``gateway/request.py``): the gateway reads them.
+what ``strict`` would refuse. Types are always checked (``gateway/request_schema.py``): the gateway
+reads them.
 
 Decisions are counted in ``gateway_policy_decisions_total{policy="validation"}``: ``ok``,
 ``refused`` (strict) and ``would_refuse`` (shadow).

@@ -34,7 +34,7 @@ def test_out_of_range_values_get_the_openai_style_400(name: str, value: float) -
 
 def test_edges_and_other_types_pass() -> None:
     assert out_of_range({**CHAT, **EDGES}) is None
-    # Other types are the type check's (gateway/request.py), not this module's.
+    # Other types are the type check's (gateway/request_schema.py), not this module's.
     assert out_of_range({**CHAT, "temperature": "3", "n": True, "max_tokens": None}) is None
 
 
