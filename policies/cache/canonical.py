@@ -119,7 +119,7 @@ def merge_extras(acc: dict[str, Any], obj: dict[str, Any], built: frozenset[str]
     extra = obj.keys() - built  # at C speed: most chunks have none
     if not extra:
         return
-    for key in sorted(extra, key=list(obj).index) if len(extra) > 1 else extra:  # in the chunk's order
+    for key in [key for key in obj if key in extra]:  # in the chunk's order
         value, old = obj[key], acc.get(key)
         if isinstance(value, dict) and isinstance(old, dict):
             acc[key] = {**old, **value}
