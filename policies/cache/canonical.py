@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from gateway.sse import events_of
+from policies.cache.chunk_runs import Unfit, parse_chunks
 
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 # What the assembly itself builds; any other field of a chunk or of its choices is a provider extra
@@ -65,29 +66,51 @@ def sse_payloads(data: bytes) -> list[bytes]:
 
 def answer_from_sse(operation: str, data: bytes) -> dict[str, Any] | None:
     """Assemble a streamed answer; ``None`` unless it ended cleanly."""
-    events: list[dict[str, Any]] = []
-    done = False
-    for name, payload in events_of(data):
-        if name == b"error":
-            return None
-        if not payload:
-            continue
-        if payload == b"[DONE]":
-            done = True
-            continue
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(obj,
-                          dict) or obj.get("error") is not None and obj.get("type") != "response.completed":
-            return None
-        events.append(obj)
+    found = _payloads(data)
+    if found is None:
+        return None
+    payloads, done = found
+    try:
+        events = parse_chunks(operation, payloads)  # runs of chunks that differ only in text: as one
+    except Unfit:
+        return None
     if operation == "responses":
         return _response_from_events(events)
     if not done or not events:
         return None
     return _chat_from_chunks(events) if operation == "chat" else _completion_from_chunks(events)
+
+
+def _payloads(data: bytes) -> tuple[list[bytes], bool] | None:
+    """The non-empty payloads before and after ``[DONE]``, and whether it came; None at an error event."""
+    lines = _data_lines(data)
+    if lines is not None:
+        return [line for line in lines if line and line != b"[DONE]"], b"[DONE]" in lines
+    payloads: list[bytes] = []
+    done = False
+    for name, payload in events_of(data):
+        if name == b"error":
+            return None
+        if payload == b"[DONE]":
+            done = True
+        elif payload:
+            payloads.append(payload)
+    return payloads, done
+
+
+def _data_lines(data: bytes) -> list[bytes] | None:
+    """Every event's payload when each event is one ``data:`` line (as providers send them), found at
+    C speed; None for anything else (``events_of`` reads it then)."""
+    if b"\r" in data:
+        return None
+    blocks = data.split(b"\n\n")
+    if data.count(b"\n") != 2 * (len(blocks) - 1):  # a newline inside an event, or three in a row
+        return None
+    if blocks[-1] == b"":
+        blocks.pop()
+    if not all(block.startswith(b"data:") for block in blocks):
+        return None
+    return [block[5:].strip() for block in blocks]
 
 
 def _response_from_events(events: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 
 import orjson
+import pytest
 
+from gateway.sse import events_of
+from policies.cache import canonical
 from policies.cache.canonical import answer_from_json, answer_from_sse, finish_reasons
 
 
@@ -168,3 +171,41 @@ def test_a_long_stream_is_assembled_piece_by_piece() -> None:
                  "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
     completion = answer_from_sse("completions", sse(*text))
     assert completion is not None and completion["choices"][0]["text"] == "".join(words)
+
+
+def _reference_payloads(body: bytes) -> tuple[list[bytes], bool] | None:
+    """What the assembly reads, by the SSE grammar (``events_of``), event by event."""
+    payloads, done = [], False
+    for name, payload in events_of(body):
+        if name == b"error":
+            return None
+        if payload == b"[DONE]":
+            done = True
+        elif payload:
+            payloads.append(payload)
+    return payloads, done
+
+
+@pytest.mark.parametrize("body", [
+    b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: [DONE]\n\n',  # the usual: the fast path
+    b'data:{"a":1}\n\ndata:  {"b":2}  \n\ndata: [DONE]',  # no space, spaces, no final blank line
+    b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n',  # CRLF
+    b': keep-alive\n\ndata: {"a":1}\n\ndata: [DONE]\n\n',  # a comment
+    b'event: error\ndata: {"error":{}}\n\n',  # a named error event
+    b'data: {"a":\ndata: 1}\n\ndata: [DONE]\n\n',  # one payload on two data lines
+    b'data: {"a":1}\n\n\ndata: [DONE]\n\n',  # three newlines
+    b'\xef\xbb\xbfdata: {"a":1}\n\ndata: [DONE]\n\n',  # a byte order mark
+    b'\n\ndata: {"a":1}\n\n',  # a leading blank line
+    b'data: {"a":1}\n\ndata:\n\ndata: [DONE]\n\ndata: {"late":1}\n\n',  # empty data, an event after [DONE]
+    b'id: 7\ndata: {"a":1}\n\n',  # another field
+    b'',
+])
+def test_payloads_are_read_as_the_sse_grammar_says(body: bytes) -> None:
+    """The C-speed path for one-line ``data:`` events and the event-by-event path agree."""
+    assert canonical._payloads(body) == _reference_payloads(body)
+
+
+def test_one_line_events_take_the_fast_path() -> None:
+    """Positive control: the usual body is read by ``_data_lines``; a multi-line event is not."""
+    assert canonical._data_lines(b'data: {"a":1}\n\ndata: [DONE]\n\n') == [b'{"a":1}', b"[DONE]"]
+    assert canonical._data_lines(b'data: {"a":\ndata: 1}\n\n') is None

@@ -1,0 +1,226 @@
+"""Parse a streamed answer's chunk payloads, consecutive chunks that differ only in their text as one.
+
+A long streamed answer is thousands of chunks that are byte for byte the same but for one text piece
+(``{"id":"x",...,"delta":{"content":"<piece>"},...}``). Parsing each one (an orjson call, a dict per
+chunk, and the assembly's Python per chunk) cost the cache fill's thread ~4.5 µs a chunk: a 15,000-token
+answer held the GIL for ~70 ms beside the event loop (issue 15). Here such a run is found with two byte
+comparisons per chunk, its pieces are decoded by one orjson call, and the run becomes one chunk whose text
+is the pieces joined: for the assembly in ``canonical`` that is the same answer (see ``_Template.plain``).
+
+Exactness. A template is learnt from a parsed chunk ``obj``: ``head`` is its bytes up to the text's
+opening quote, ``tail`` its bytes from the closing quote. It is kept only if ``head + SENTINEL + tail``
+parses to ``obj`` with the sentinel as its text, which proves the split is that string. A chunk
+``head + m + tail`` then parses to ``obj`` with ``m``'s string as its text whenever ``m`` is a complete
+string body: JSON is read left to right, ``head`` leaves the reader inside that string,
+``m`` leaves it there (no unescaped quote, no escape left open), and ``tail`` is read as before. The
+run's pieces are decoded as ``["m1","m2",...]``: when no backslash stands before a separator's quote, those
+``2 k`` quotes are unescaped, and ``k`` strings out of it need exactly ``2 k`` unescaped quotes: so a piece
+has none, and each string is exactly one piece. Any doubt (a piece ending in a backslash, a bad escape,
+invalid UTF-8) and the run's chunks are parsed one by one, as before, with the same result or error.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+# Where each operation's text piece sits (chat: ``delta.content``; completions: ``text``).
+_MARKERS = {"chat": b'"content":"', "completions": b'"text":"'}
+_SENTINEL, _SENTINEL_TEXT = b"gw\\u0000run", "gw\x00run"
+_BACKOFF = 32  # chunks parsed one by one after two templates in a row matched nothing
+
+
+class Unfit(Exception):
+    """A payload that is not a chunk of a streamed answer: the answer is not stored."""
+
+
+def parse_chunk(payload: bytes) -> dict[str, Any]:
+    """One chunk, as the fill accepts it (a JSON object without an error; a completed Response may carry
+    ``error: null``-like fields)."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise Unfit from None
+    if not isinstance(obj, dict) or obj.get("error") is not None and obj.get("type") != "response.completed":
+        raise Unfit
+    return obj
+
+
+@dataclass(slots=True)
+class _Template:
+    head: bytes
+    tail: bytes
+    obj: dict[str, Any]
+    operation: str
+    size: int = field(init=False)  # the length of a chunk with an empty text
+
+    def __post_init__(self) -> None:
+        self.size = len(self.head) + len(self.tail)
+
+    def pieces(self, payloads: list[bytes]) -> list[bytes]:
+        start, cut = len(self.head), len(self.tail)
+        return [payload[start:len(payload) - cut] for payload in payloads]
+
+    def with_text(self, text: str) -> dict[str, Any]:
+        """A copy of ``obj`` with ``text`` as its piece (``obj`` itself is an event already)."""
+        choice = self.obj["choices"][0]
+        if self.operation == "chat":
+            choice = {**choice, "delta": {**choice["delta"], "content": text}}
+        else:
+            choice = {**choice, "text": text}
+        return {**self.obj, "choices": [choice]}
+
+    def text_of(self, obj: dict[str, Any]) -> Any:
+        choice = obj["choices"][0]
+        return choice["delta"].get("content") if self.operation == "chat" else choice.get("text")
+
+
+def _plain(operation: str, obj: dict[str, Any]) -> bool:
+    """Chunks like ``obj`` that differ only in their text assemble like one chunk with the texts joined:
+    one choice, its text a string, no logprobs (their lists extend), and in a chat delta no other
+    value that accumulates (strings other than ``role`` concatenate, lists extend). Everything else in a
+    chunk (head fields, finish reason, usage, provider extras) is taken as the same value every time."""
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        return False
+    choice = choices[0]
+    if isinstance(choice.get("logprobs"), dict):
+        return False
+    if operation == "completions":
+        return isinstance(choice.get("text"), str)
+    delta = choice.get("delta")
+    if not isinstance(delta, dict) or not isinstance(delta.get("content"), str):
+        return False
+    return all(key in ("content", "role") or value is None or not isinstance(value, (str, list))
+               for key, value in delta.items())
+
+
+def _string_end(payload: bytes, start: int) -> int:
+    """Index of the quote closing the JSON string that starts at ``start`` (-1 if none)."""
+    at = payload.find(b'"', start)
+    while at >= 0:
+        slashes = 0
+        while payload[at - 1 - slashes] == 0x5C:  # a backslash
+            slashes += 1
+        if slashes % 2 == 0:
+            return at
+        at = payload.find(b'"', at + 1)
+    return -1
+
+
+def _learn(operation: str, payload: bytes, obj: dict[str, Any]) -> _Template | None:
+    marker = _MARKERS.get(operation)
+    if marker is None or not _plain(operation, obj):
+        return None
+    at = payload.find(marker)
+    if at < 0:
+        return None
+    start = at + len(marker)
+    end = _string_end(payload, start)
+    if end < 0:
+        return None
+    template = _Template(payload[:start], payload[end:], obj, operation)
+    try:
+        probe = orjson.loads(template.head + _SENTINEL + template.tail)
+    except orjson.JSONDecodeError:
+        return None
+    if (not isinstance(probe, dict) or not _plain(operation, probe)
+            or template.text_of(probe) != _SENTINEL_TEXT):
+        return None
+    # The probe with the chunk's own text back is the chunk: the split is exactly that string.
+    same = _Template(template.head, template.tail, probe, operation).with_text(template.text_of(obj)) == obj
+    return template if same else None
+
+
+def _pieces(pieces: list[bytes]) -> list[str] | None:
+    """The pieces decoded by one orjson call, or None unless each is exactly one string body."""
+    blob = b'["' + b'","'.join(pieces) + b'"]'
+    if b'\\","' in blob or blob.endswith(b'\\"]'):  # a separator's quote might be escaped: in doubt
+        return None
+    try:
+        texts = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        return None
+    # No separator quote is escaped, so k strings out used all 2 k of them and no quote of a piece:
+    # each string is exactly one piece.
+    if not isinstance(texts, list) or len(texts) != len(pieces) or not all(type(t) is str for t in texts):
+        return None
+    return texts
+
+
+def parse_chunks(operation: str, payloads: list[bytes]) -> list[dict[str, Any]]:
+    """Every payload parsed (``Unfit`` at the first that is not a chunk), each run of chunks that differ
+    only in their text as one chunk with the texts joined."""
+    parser = _Parser(operation)
+    run = parser.run
+    for payload in payloads:
+        template = parser.template  # the match inlined: this loop runs once per chunk of a long answer
+        if (template is not None and len(payload) >= template.size and payload.startswith(template.head)
+                and payload.endswith(template.tail)):
+            run.append(payload)
+        else:
+            parser.add(payload)
+            run = parser.run
+    parser.flush()
+    return parser.events
+
+
+class _Parser:
+    __slots__ = ("operation", "learns", "events", "template", "run", "misses", "skip")
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        self.learns = operation in _MARKERS
+        self.events: list[dict[str, Any]] = []
+        self.template: _Template | None = None
+        self.run: list[bytes] = []
+        self.misses = 0  # templates in a row that matched no chunk
+        self.skip = 0  # chunks left to parse without learning
+
+    def add(self, payload: bytes) -> None:
+        """A chunk that is not in the current run: parsed, and a template learnt from it."""
+        template = self.template
+        matched = self.flush()
+        obj = parse_chunk(payload)
+        self.events.append(obj)
+        if not self.learns:
+            return
+        if template is not None:  # this chunk ended the template's use
+            self.misses = 0 if matched else self.misses + 1
+        self.template = None
+        if self.skip > 0:
+            self.skip -= 1
+        elif self.misses >= 2:  # chunks that differ in more than their text (a per-chunk field)
+            self.misses, self.skip = 0, _BACKOFF
+        else:
+            self.template = _learn(self.operation, payload, obj)
+
+    def flush(self) -> bool:
+        """The run so far as one chunk; whether there was one."""
+        run, template = self.run, self.template
+        if not run or template is None:
+            return False
+        self.run = []
+        pieces = template.pieces(run)
+        texts = _pieces(pieces)
+        if texts is not None:
+            self.events.append(template.with_text("".join(texts)))
+            return True
+        # In doubt: the chunks whose piece ends in a backslash one by one, the others in runs between them
+        start = 0
+        for at, piece in enumerate(pieces):
+            if piece.endswith(b"\\"):
+                self._merge(template, run[start:at], pieces[start:at])
+                self.events.append(parse_chunk(run[at]))
+                start = at + 1
+        self._merge(template, run[start:], pieces[start:])
+        return True
+
+    def _merge(self, template: _Template, run: list[bytes], pieces: list[bytes]) -> None:
+        """``run`` as one chunk, or one by one if its pieces are still in doubt (a bad escape)."""
+        texts = _pieces(pieces) if run else []
+        if texts is None:
+            self.events.extend(parse_chunk(payload) for payload in run)
+        elif texts:
+            self.events.append(template.with_text("".join(texts)))
