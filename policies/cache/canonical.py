@@ -85,7 +85,7 @@ def _payloads(data: bytes) -> tuple[list[bytes], bool] | None:
     """The non-empty payloads before and after ``[DONE]``, and whether it came; None at an error event."""
     lines = _data_lines(data)
     if lines is not None:
-        return [line for line in lines if line and line != b"[DONE]"], b"[DONE]" in lines
+        return _kept(lines)
     payloads: list[bytes] = []
     done = False
     for name, payload in events_of(data):
@@ -99,18 +99,30 @@ def _payloads(data: bytes) -> tuple[list[bytes], bool] | None:
 
 
 def _data_lines(data: bytes) -> list[bytes] | None:
-    """Every event's payload when each event is one ``data:`` line (as providers send them), found at
-    C speed; None for anything else (``events_of`` reads it then)."""
-    if b"\r" in data:
+    """Every event's ``data:`` value, unstripped, when each event is one ``data: <payload>`` line (as
+    providers send them), found at C speed; None for anything else (``events_of`` reads it then)."""
+    if not data.startswith(b"data: ") or not data.endswith(b"\n\n") or b"\r" in data:
         return None
-    blocks = data.split(b"\n\n")
-    if data.count(b"\n") != 2 * (len(blocks) - 1):  # a newline inside an event, or three in a row
-        return None
-    if blocks[-1] == b"":
-        blocks.pop()
-    if not all(block.startswith(b"data:") for block in blocks):
-        return None
-    return [block[5:].strip() for block in blocks]
+    lines = data[6:-2].split(b"\n\ndata: ")
+    # Two newlines per separator and two at the end are all there are: no other line, no blank event.
+    return lines if data.count(b"\n") == 2 * len(lines) else None
+
+
+def _kept(lines: list[bytes]) -> tuple[list[bytes], bool]:
+    """The payloads as the grammar reads them (stripped; empty ones and ``[DONE]`` taken out). A JSON
+    object's line starts with ``{`` and ends with ``}``: stripping leaves it as it is."""
+    payloads: list[bytes] = []
+    done = False
+    for line in lines:
+        if line[:1] != b"{" or line[-1:] != b"}":
+            line = line.strip()
+            if line == b"[DONE]":
+                done = True
+                continue
+            if not line:
+                continue
+        payloads.append(line)
+    return payloads, done
 
 
 def _response_from_events(events: list[dict[str, Any]]) -> dict[str, Any] | None:

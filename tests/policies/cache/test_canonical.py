@@ -5,6 +5,8 @@ import json
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.sse import events_of
 from policies.cache import canonical
@@ -198,10 +200,27 @@ def _reference_payloads(body: bytes) -> tuple[list[bytes], bool] | None:
     b'\n\ndata: {"a":1}\n\n',  # a leading blank line
     b'data: {"a":1}\n\ndata:\n\ndata: [DONE]\n\ndata: {"late":1}\n\n',  # empty data, an event after [DONE]
     b'id: 7\ndata: {"a":1}\n\n',  # another field
+    b'data:  [DONE] \n\ndata: \t\n\ndata: {"a":1} \n\ndata:  {"b":2}\n\n',  # padding strip() takes off
+    b'data: \n\ndata: {"a":1}\n\n\n\ndata: [DONE]\n\n',  # an empty payload, a blank event
     b'',
 ])
 def test_payloads_are_read_as_the_sse_grammar_says(body: bytes) -> None:
     """The C-speed path for one-line ``data:`` events and the event-by-event path agree."""
+    assert canonical._payloads(body) == _reference_payloads(body)
+
+
+_event = st.builds(lambda pre, payload, post: b"data:" + pre + payload + post + b"\n\n",
+                   st.sampled_from([b" ", b" ", b"", b"  ", b" \t"]),
+                   st.sampled_from([b'{"a":1}', b'{"b": 2}', b"[DONE]", b""]),
+                   st.sampled_from([b"", b"", b"", b" ", b"\x0b"]))
+_other = st.sampled_from([b": c\n\n", b"\n", b"event: error\n", b"\r\n", b"\xef\xbb\xbf", b"id: 1\n",
+                          b"data: x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_event, _event, _event, _event, _other), max_size=30))
+def test_any_body_reads_as_the_sse_grammar_says(parts: list[bytes]) -> None:
+    body = b"".join(parts)
     assert canonical._payloads(body) == _reference_payloads(body)
 
 
