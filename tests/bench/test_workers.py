@@ -1,0 +1,43 @@
+"""bench.workers: runs in which the shared state backend tripped are flagged and kept out of the medians."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import procs, workers
+
+
+def row(cpu_ms: float, trips: int) -> dict[str, float]:
+    return {"rps": 1000.0, "cpu_ms": cpu_ms, "p50_ms": 5.0, "errors": 0.0, "trips": float(trips)}
+
+
+def test_tripped_runs_are_left_out_of_the_medians() -> None:
+    summary = workers.summarise([row(0.60, 0), row(0.40, 2), row(0.62, 0)])
+    assert summary["cpu_ms"] == 0.61  # the tripped run's 0.40 ms (Redis skipped) is not the figure
+    assert (summary["tripped"], summary["runs"]) == (1, 3)
+    every = workers.summarise([row(0.40, 1), row(0.50, 1)])
+    assert every["cpu_ms"] == 0.45 and every["tripped"] == 2  # nothing clean: all kept, and said so
+
+
+def test_trips_are_counted_from_the_servers_log(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    log.write_bytes(b'{"msg":"state backend down"}\n')
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    server = procs.Server(name="gw", proc=proc, port=1, log_path=log, tmpdir=tmp_path)
+    start = workers._log_size(server)
+    assert workers._trips(server, 0) == 1  # control: the line is found
+    with log.open("ab") as out:
+        out.write(b'{"msg":"request"}\n{"msg":"state backend down"}\n{"msg":"state backend up"}\n')
+    assert workers._trips(server, start) == 1  # only what the run wrote
+
+
+def test_the_report_says_which_runs_tripped() -> None:
+    results = {"local-1w": workers.summarise([row(0.5, 0)]),
+               "host-1w": workers.summarise([row(0.55, 0), row(0.45, 1)])}
+    text = workers.render(results, "python -m bench.workers", 2, 3.0)
+    assert "| host-1w | 0.550 | 1.10x |" in text and "1 of 2 |" in text
+    assert "left out of the medians" in text
+    quiet = workers.render({"local-1w": workers.summarise([row(0.5, 0)])}, "cmd", 1, 3.0)
+    assert "left out of the medians" not in quiet
