@@ -12,7 +12,13 @@ from gateway.mock import MockConfig, MockServer, start_mock
 from tests.support.exchange import build_exchange
 from tests.support.hang_report import reporting_hangs
 from tests.support.loop_watchdog import LoopWatchdog
-from tests.support.servers import RedisServer, redis8_server_binary, redis_server_binary, running_redis
+from tests.support.servers import (
+    RedisServer,
+    forget_applications,
+    redis8_server_binary,
+    redis_server_binary,
+    running_redis,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,7 +30,10 @@ def collector_sees_this_module_only() -> Iterator[None]:
     long enough to fail ``test_overload``'s latency bound (admitted p99 1.7 s against 2 x 0.32 s) or the
     loop watchdog when it lands in a timed phase. The collection here is cheap: only what the previous
     module allocated is still tracked. (Cycles among frozen objects that die later are not collected.)
+    aiohttp's memo of middleware chains is dropped first: it kept every application (and all its
+    gateway held) alive, and they would have been frozen with it.
     """
+    forget_applications()
     gc.collect()
     gc.freeze()
     yield

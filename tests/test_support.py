@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
+import aiohttp
 import pytest
 
+from gateway.mock import MockServer
 from tests.support.fake_body import BodyFailed, FakeBody
 from tests.support.sdk_oracle import differences
+from tests.support.servers import gateway_config, start_gateway
 from tests.support.until import until
 
 
@@ -166,3 +171,20 @@ def test_hang_report_fires_only_when_the_block_outlives_its_time() -> None:
             pass
         assert not called.wait(0.1)
     assert "pending asyncio tasks" in "".join(stderr.text)
+
+
+async def test_a_closed_in_process_gateway_is_freed(mock_upstream: MockServer) -> None:
+    """aiohttp memoises middleware chains by application: without ``forget_applications`` every closed
+    gateway stayed alive (with the semantic cache: its ~94 MB model each; the suite grew to ~4 GB)."""
+    gw = await start_gateway(gateway_config(mock_upstream.url))
+    app = weakref.ref(gw.app)
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+        async with http.post(gw.base_url + "/chat/completions", json=body) as resp:
+            assert resp.status == 200
+    gc.collect()
+    assert app() is not None  # control: alive while open (and in aiohttp's memo once it served)
+    await gw.close()
+    del gw
+    gc.collect()
+    assert app() is None
