@@ -59,11 +59,6 @@ def finish_reasons(operation: str, obj: dict[str, Any]) -> list[str]:
     return [str(c.get("finish_reason")) for c in obj.get("choices") or () if isinstance(c, dict)]
 
 
-def sse_payloads(data: bytes) -> list[bytes]:
-    """The ``data:`` payload of every event of a complete SSE body (any line ends, comments skipped)."""
-    return [payload for _, payload in events_of(data) if payload is not None]
-
-
 def answer_from_sse(operation: str, data: bytes) -> dict[str, Any] | None:
     """Assemble a streamed answer; ``None`` unless it ended cleanly."""
     found = _payloads(data)
