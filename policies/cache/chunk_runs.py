@@ -1,22 +1,25 @@
 """Parse a streamed answer's chunk payloads, consecutive chunks that differ only in their text as one.
 
 A long streamed answer is thousands of chunks that are byte for byte the same but for one text piece
-(``{"id":"x",...,"delta":{"content":"<piece>"},...}``). Parsing each one (an orjson call, a dict per
-chunk, and the assembly's Python per chunk) cost the cache fill's thread ~4.5 µs a chunk: a 15,000-token
-answer held the GIL for ~70 ms beside the event loop (issue 15). Here such a run is found with two byte
-comparisons per chunk, its pieces are decoded by one orjson call, and the run becomes one chunk whose text
-is the pieces joined: for the assembly in ``canonical`` that is the same answer (see ``_Template.plain``).
+(``{"id":"x",...,"delta":{"content":"<piece>"},...}``; OpenAI's also end with random padding, a second
+hole). Parsing each one (an orjson call, a dict per chunk, and the assembly's Python per chunk) cost the
+cache fill's thread ~4.5 µs a chunk: a 15,000-token answer held the GIL for ~70 ms beside the event loop
+(issue 15). Here such a run is found with two byte comparisons per chunk, its pieces are decoded by one
+orjson call, and the run becomes one chunk whose text is the pieces joined: for the assembly in
+``canonical`` that is the same answer (``_plain`` says which chunks allow it).
 
 Exactness. A template is learnt from a parsed chunk ``obj``: ``head`` is its bytes up to the text's
-opening quote, ``tail`` its bytes from the closing quote. It is kept only if ``head + SENTINEL + tail``
-parses to ``obj`` with the sentinel as its text, which proves the split is that string. A chunk
-``head + m + tail`` then parses to ``obj`` with ``m``'s string as its text whenever ``m`` is a complete
-string body: JSON is read left to right, ``head`` leaves the reader inside that string,
-``m`` leaves it there (no unescaped quote, no escape left open), and ``tail`` is read as before. The
-run's pieces are decoded as ``["m1","m2",...]``: when no backslash stands before a separator's quote, those
+opening quote, ``tail`` its bytes from the closing quote (with padding: ``mid`` up to the padding's
+opening quote, ``tail`` from its closing one). It is kept only if the template with sentinels in its holes
+parses to ``obj`` with the sentinels as those strings, which proves each hole is exactly that string. A
+chunk ``head + m + tail`` then parses to ``obj`` with ``m``'s string as its text whenever ``m`` is a
+complete string body: JSON is read left to right, ``head`` leaves the reader inside that string, ``m``
+leaves it there (no unescaped quote, no escape left open), and ``tail`` is read as before. The run's
+pieces are decoded as ``["m1","m2",...]``: when no backslash stands before a separator's quote, those
 ``2 k`` quotes are unescaped, and ``k`` strings out of it need exactly ``2 k`` unescaped quotes: so a piece
 has none, and each string is exactly one piece. Any doubt (a piece ending in a backslash, a bad escape,
-invalid UTF-8) and the run's chunks are parsed one by one, as before, with the same result or error.
+invalid UTF-8, no ``mid`` found) and those chunks are parsed one by one, as before, with the same result
+or error.
 """
 from __future__ import annotations
 
@@ -27,7 +30,12 @@ import orjson
 
 # Where each operation's text piece sits (chat: ``delta.content``; completions: ``text``).
 _MARKERS = {"chat": b'"content":"', "completions": b'"text":"'}
+# OpenAI's Chat Completions chunks carry random padding by default (``stream_options.include_obfuscation``):
+# a top-level string after the choices that differs in every chunk. A template may have it as a second
+# hole; the run keeps its last chunk's value, as the assembly keeps the last value of a provider extra.
+_PADDING_KEY, _PADDING_MARKER = "obfuscation", b'"obfuscation":"'
 _SENTINEL, _SENTINEL_TEXT = b"gw\\u0000run", "gw\x00run"
+_SENTINEL_PAD, _SENTINEL_PAD_TEXT = b"gw\\u0000pad", "gw\x00pad"
 _BACKOFF = 32  # chunks parsed one by one after two templates in a row matched nothing
 
 
@@ -47,29 +55,40 @@ def parse_chunk(payload: bytes) -> dict[str, Any]:
     return obj
 
 
+Split = tuple[bytes, bytes]  # a chunk's text piece and padding piece (b"" without padding), as JSON bytes
+
+
 @dataclass(slots=True)
 class _Template:
-    head: bytes
-    tail: bytes
+    head: bytes  # up to the text's opening quote
+    mid: bytes  # from the text's closing quote to the padding's opening quote (b"": no padding hole)
+    tail: bytes  # from the last hole's closing quote to the end
     obj: dict[str, Any]
     operation: str
-    size: int = field(init=False)  # the length of a chunk with an empty text
+    size: int = field(init=False)  # the length of a chunk with empty holes
 
     def __post_init__(self) -> None:
-        self.size = len(self.head) + len(self.tail)
+        self.size = len(self.head) + len(self.mid) + len(self.tail)
 
-    def pieces(self, payloads: list[bytes]) -> list[bytes]:
-        start, cut = len(self.head), len(self.tail)
-        return [payload[start:len(payload) - cut] for payload in payloads]
+    def split(self, payload: bytes) -> Split | None:
+        """The holes of a chunk that starts with ``head`` and ends with ``tail`` (None: no ``mid``)."""
+        end = len(payload) - len(self.tail)
+        if not self.mid:
+            return payload[len(self.head):end], b""
+        at = payload.rfind(self.mid, len(self.head), end)
+        return None if at < 0 else (payload[len(self.head):at], payload[at + len(self.mid):end])
 
-    def with_text(self, text: str) -> dict[str, Any]:
-        """A copy of ``obj`` with ``text`` as its piece (``obj`` itself is an event already)."""
+    def with_values(self, text: str, padding: str) -> dict[str, Any]:
+        """A copy of ``obj`` with these holes (``obj`` itself is an event already)."""
         choice = self.obj["choices"][0]
         if self.operation == "chat":
             choice = {**choice, "delta": {**choice["delta"], "content": text}}
         else:
             choice = {**choice, "text": text}
-        return {**self.obj, "choices": [choice]}
+        out = {**self.obj, "choices": [choice]}
+        if self.mid:
+            out[_PADDING_KEY] = padding
+        return out
 
     def text_of(self, obj: dict[str, Any]) -> Any:
         choice = obj["choices"][0]
@@ -113,24 +132,33 @@ def _learn(operation: str, payload: bytes, obj: dict[str, Any]) -> _Template | N
     marker = _MARKERS.get(operation)
     if marker is None or not _plain(operation, obj):
         return None
-    at = payload.find(marker)
-    if at < 0:
-        return None
-    start = at + len(marker)
-    end = _string_end(payload, start)
+    start = payload.find(marker) + len(marker)
+    end = _string_end(payload, start) if start >= len(marker) else -1
     if end < 0:
         return None
-    template = _Template(payload[:start], payload[end:], obj, operation)
+    padding = obj.get(_PADDING_KEY)
+    if isinstance(padding, str):  # its hole must come after the text's
+        pad_start = payload.find(_PADDING_MARKER, end) + len(_PADDING_MARKER)
+        pad_end = _string_end(payload, pad_start) if pad_start >= len(_PADDING_MARKER) else -1
+        if pad_end < 0:
+            return None
+        template = _Template(payload[:start], payload[end:pad_start], payload[pad_end:], obj, operation)
+        probe_bytes = template.head + _SENTINEL + template.mid + _SENTINEL_PAD + template.tail
+    else:
+        padding = ""
+        template = _Template(payload[:start], b"", payload[end:], obj, operation)
+        probe_bytes = template.head + _SENTINEL + template.tail
     try:
-        probe = orjson.loads(template.head + _SENTINEL + template.tail)
+        probe = orjson.loads(probe_bytes)
     except orjson.JSONDecodeError:
         return None
     if (not isinstance(probe, dict) or not _plain(operation, probe)
-            or template.text_of(probe) != _SENTINEL_TEXT):
+            or template.text_of(probe) != _SENTINEL_TEXT
+            or template.mid and probe.get(_PADDING_KEY) != _SENTINEL_PAD_TEXT):
         return None
-    # The probe with the chunk's own text back is the chunk: the split is exactly that string.
-    same = _Template(template.head, template.tail, probe, operation).with_text(template.text_of(obj)) == obj
-    return template if same else None
+    # The probe with the chunk's own values back is the chunk: each hole is exactly that string.
+    back = _Template(template.head, template.mid, template.tail, probe, operation)
+    return template if back.with_values(template.text_of(obj), padding) == obj else None
 
 
 def _pieces(pieces: list[bytes]) -> list[str] | None:
@@ -202,25 +230,37 @@ class _Parser:
         if not run or template is None:
             return False
         self.run = []
-        pieces = template.pieces(run)
-        texts = _pieces(pieces)
-        if texts is not None:
-            self.events.append(template.with_text("".join(texts)))
+        splits = [template.split(payload) for payload in run]
+        values = _values(splits, bool(template.mid)) if None not in splits else None
+        if values is not None:
+            self.events.append(template.with_values(*values))
             return True
-        # In doubt: the chunks whose piece ends in a backslash one by one, the others in runs between them
+        # In doubt: the chunks with no middle or a piece ending in a backslash one by one, the others in
+        # runs between them
         start = 0
-        for at, piece in enumerate(pieces):
-            if piece.endswith(b"\\"):
-                self._merge(template, run[start:at], pieces[start:at])
+        for at, split in enumerate(splits):
+            if split is None or split[0].endswith(b"\\") or split[1].endswith(b"\\"):
+                self._merge(template, run[start:at], splits[start:at])
                 self.events.append(parse_chunk(run[at]))
                 start = at + 1
-        self._merge(template, run[start:], pieces[start:])
+        self._merge(template, run[start:], splits[start:])
         return True
 
-    def _merge(self, template: _Template, run: list[bytes], pieces: list[bytes]) -> None:
+    def _merge(self, template: _Template, run: list[bytes], splits: list[Split | None]) -> None:
         """``run`` as one chunk, or one by one if its pieces are still in doubt (a bad escape)."""
-        texts = _pieces(pieces) if run else []
-        if texts is None:
+        if not run:
+            return
+        values = _values(splits, bool(template.mid))
+        if values is None:
             self.events.extend(parse_chunk(payload) for payload in run)
-        elif texts:
-            self.events.append(template.with_text("".join(texts)))
+        else:
+            self.events.append(template.with_values(*values))
+
+
+def _values(splits: list[Split | None], padded: bool) -> tuple[str, str] | None:
+    """The run's text (its pieces joined) and its last padding, decoded in one call; None in doubt."""
+    pieces = [piece for split in splits if split is not None for piece in (split if padded else split[:1])]
+    texts = _pieces(pieces)
+    if texts is None:
+        return None
+    return ("".join(texts[0::2]), texts[-1]) if padded else ("".join(texts), "")

@@ -88,9 +88,9 @@ def test_a_marker_inside_another_string_is_not_a_template() -> None:
 
 
 def test_chunks_that_differ_elsewhere_back_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A per-chunk field (OpenAI's ``obfuscation``): two templates that match nothing, then 32 chunks
-    parsed without learning; the answer is the same."""
-    payloads = [dump({**chunk(f"t{i}"), "obfuscation": f"{i:08d}"}) for i in range(100)]
+    """A per-chunk field that is not a hole (a trace id): two templates that match nothing, then 32
+    chunks parsed without learning; the answer is the same."""
+    payloads = [dump({**chunk(f"t{i}"), "x_trace": i}) for i in range(100)]
     learnt = []
     original = chunk_runs._learn
 
@@ -101,6 +101,19 @@ def test_chunks_that_differ_elsewhere_back_off(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(chunk_runs, "_learn", counting)
     assert in_runs("chat", payloads) == one_by_one("chat", payloads)
     assert 6 <= len(learnt) <= 10  # not once per chunk (100)
+
+
+def test_openai_padding_is_a_second_hole() -> None:
+    """OpenAI's chunks end with random padding (``obfuscation``, on by default): still one run, with the
+    last chunk's padding, as the one-by-one assembly keeps the last value of a provider extra."""
+    payloads = [dump({**chunk(f" w{i}"), "usage": None, "obfuscation": "xyz"[: i % 4]}) for i in range(200)]
+    payloads.append(dump({**chunk("", finish_reason="stop"), "usage": None, "obfuscation": "Q"}))
+    assert len(parse_chunks("chat", payloads)) == 3  # the template's chunk, the other 199, the finish
+    assert in_runs("chat", payloads) == one_by_one("chat", payloads)
+    assert in_runs("chat", payloads)["obfuscation"] == "Q"
+    # the padding before the text: not a hole, the chunks are parsed one by one (and agree)
+    early = [dump({"obfuscation": "ab"[: i % 3], **chunk(f"t{i}")}) for i in range(20)]
+    assert in_runs("chat", early) == one_by_one("chat", early)
 
 
 @pytest.mark.parametrize("delta", [
@@ -139,10 +152,12 @@ def test_responses_events_are_parsed_one_by_one() -> None:
 
 texts = st.text(alphabet=st.sampled_from(list('ab "\\\n/é\u2028😀\x00')), max_size=6)
 plain = st.builds(lambda t, a: dump(chunk(t), a), texts, st.booleans())
+padded = st.builds(lambda t, p, a: dump({**chunk(t), "obfuscation": p}, a), texts, texts, st.booleans())
 other = st.one_of(
     st.builds(lambda t: dump(chunk(t, finish_reason="stop")), texts),
     st.builds(lambda t: dump({**chunk(t), "usage": {"total_tokens": 3}}), texts),
     st.builds(lambda t, i: dump({**chunk(t), "obfuscation": i}), texts, st.text(max_size=3)),
+    st.builds(lambda t, i: dump({**chunk(t), "obfuscation": i, "usage": None}), texts, texts),
     st.builds(lambda t: dump({**HEAD, "choices": [{"index": 0, "delta": {"role": "assistant",
                                                                           "content": t}}]}), texts),
     st.builds(lambda t: dump(chunk(t, logprobs={"content": [{"token": t}]})), texts),
@@ -170,7 +185,7 @@ def test_the_same_answer_as_one_by_one(payloads: list[bytes], operation: str) ->
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(plain, valid_splice), min_size=2, max_size=80))
+@given(st.lists(st.one_of(plain, valid_splice, padded), min_size=2, max_size=80))
 def test_long_runs_the_same_answer(payloads: list[bytes]) -> None:
     finish = dump(chunk("", finish_reason="stop"))
     assert in_runs("chat", [*payloads, finish]) == one_by_one("chat", [*payloads, finish])
