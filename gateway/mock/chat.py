@@ -184,7 +184,8 @@ def _plan_continuation(ctx: RequestContext, body: dict[str, Any], model: str, me
 async def handle_chat(ctx: RequestContext) -> web.StreamResponse:
     plan = plan_chat(ctx)
     if ctx.wants_stream():
-        return await stream_events(ctx, chat_stream_events(plan, include_usage=ctx.include_usage()))
+        return await stream_events(ctx, chat_stream_events(plan, include_usage=ctx.include_usage(),
+                                                           padded=ctx.include_obfuscation()))
     return await send_json(
         ctx, chat_completion_body(plan, with_usage=not ctx.no_usage), n_tokens=plan.completion_tokens
     )
@@ -213,8 +214,14 @@ def chat_completion_body(plan: ChatPlan, *, with_usage: bool) -> dict[str, Any]:
     return body
 
 
-def chat_stream_events(plan: ChatPlan, *, include_usage: bool) -> list[SSEEvent]:
-    """Role chunk, content (or tool-call) deltas, finish chunk, optional usage chunk, [DONE]."""
+_PADDING = "kQ7vXa2LmZ9pRt4WbN3c"
+
+
+def chat_stream_events(plan: ChatPlan, *, include_usage: bool, padded: bool = False) -> list[SSEEvent]:
+    """Role chunk, content (or tool-call) deltas, finish chunk, optional usage chunk, [DONE]. ``padded``:
+    each delta chunk ends with OpenAI's ``obfuscation`` padding (random characters of varying length, on
+    unless ``stream_options.include_obfuscation`` is false); here derived from the chunk's position."""
+    serial = iter(range(1 << 30))
 
     def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> bytes:
         obj: dict[str, Any] = {
@@ -231,6 +238,9 @@ def chat_stream_events(plan: ChatPlan, *, include_usage: bool) -> list[SSEEvent]
         if include_usage:
             usage = chat_usage(plan.prompt_tokens, plan.completion_tokens, plan.cached_tokens)
             obj["usage"] = usage if delta is None else None
+        if padded and delta is not None:
+            n = next(serial)
+            obj["obfuscation"] = _PADDING[n % 7: n % 7 + 1 + (n * 5) % 11]
         return sse_frame(obj)
 
     role = {"role": "assistant", "content": None if plan.tool_calls else ""}

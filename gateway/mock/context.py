@@ -88,6 +88,11 @@ class RequestContext:
     def wants_stream(self) -> bool:
         return isinstance(self.body, dict) and self.body.get("stream") is True
 
+    def include_obfuscation(self) -> bool:
+        """OpenAI pads stream chunks unless ``stream_options.include_obfuscation`` is false."""
+        opts = self.body.get("stream_options") if isinstance(self.body, dict) else None
+        return not (isinstance(opts, dict) and opts.get("include_obfuscation") is False)
+
     def include_usage(self) -> bool:
         opts = self.body.get("stream_options") if isinstance(self.body, dict) else None
         return isinstance(opts, dict) and opts.get("include_usage") is True and not self.no_usage

@@ -154,6 +154,19 @@ async def test_stream_raw_wire_format(http: aiohttp.ClientSession, server: MockS
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 16
     assert {c["id"] for c in chunks} == {chunks[0]["id"]}
     assert all(c["choices"][0]["logprobs"] is None for c in chunks[:-1])
+    # OpenAI's padding, on by default: a string of varying length on every delta chunk, not on usage
+    pads = [c["obfuscation"] for c in chunks[:-1]]
+    assert all(isinstance(p, str) and p for p in pads) and len({len(p) for p in pads}) > 3
+    assert "obfuscation" not in chunks[-1] and list(chunks[0])[-1] == "obfuscation"
+
+
+async def test_stream_padding_can_be_turned_off(http: aiohttp.ClientSession, server: MockServer) -> None:
+    body = {"model": "gpt-4o", "messages": CHAT, "stream": True,
+            "stream_options": {"include_obfuscation": False}}
+    async with await post(http, server, "/chat/completions", body) as resp:
+        data, err = await read_sse(resp)
+    assert err is None and len(data) > 3
+    assert not any("obfuscation" in json.loads(d) for d in data[:-1])
 
 
 async def test_finish_reason_length_and_token_headers(client: AsyncOpenAI) -> None:
