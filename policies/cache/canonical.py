@@ -21,7 +21,9 @@ from policies.cache.chunk_runs import Unfit, parse_chunks
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 # What the assembly itself builds; any other field of a chunk or of its choices is a provider extra
 # (Azure ``prompt_filter_results``/``content_filter_results``, Groq ``x_groq``, vLLM ``stop_reason``...).
-_BUILT_TOP = frozenset({*_HEAD_FIELDS, "object", "choices", "usage"})
+# ``obfuscation`` is OpenAI's per-chunk random padding (a side-channel mitigation on the wire, on by default):
+# not part of the answer, which a non-stream response never carries; left out like the fields built here.
+_BUILT_TOP = frozenset({*_HEAD_FIELDS, "object", "choices", "usage", "obfuscation"})
 _BUILT_CHOICE = frozenset({"index", "delta", "text", "finish_reason", "logprobs"})
 # Finish reasons of a complete answer: only answers whose every choice ended with one of these are stored
 # (``length`` only with ``cache_truncated``). ``content_filter`` is left out on purpose: a filter verdict

@@ -32,7 +32,8 @@ import orjson
 _MARKERS = {"chat": b'"content":"', "completions": b'"text":"'}
 # OpenAI's Chat Completions chunks carry random padding by default (``stream_options.include_obfuscation``):
 # a top-level string after the choices that differs in every chunk. A template may have it as a second
-# hole; the run keeps its last chunk's value, as the assembly keeps the last value of a provider extra.
+# hole; the run keeps its last chunk's value (the last value wins, for any provider extra; the assembly
+# leaves this one out of the answer).
 _PADDING_KEY, _PADDING_MARKER = "obfuscation", b'"obfuscation":"'
 _SENTINEL, _SENTINEL_TEXT = b"gw\\u0000run", "gw\x00run"
 _SENTINEL_PAD, _SENTINEL_PAD_TEXT = b"gw\\u0000pad", "gw\x00pad"

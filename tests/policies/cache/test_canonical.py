@@ -175,6 +175,20 @@ def test_a_long_stream_is_assembled_piece_by_piece() -> None:
     assert completion is not None and completion["choices"][0]["text"] == "".join(words)
 
 
+def test_openai_padding_is_not_part_of_the_answer() -> None:
+    """``obfuscation`` pads each OpenAI chunk on the wire; the stored answer (replayed to non-stream
+    clients too) has none. Another provider extra is kept (control)."""
+    head = {"id": "x", "created": 1, "model": "m"}
+    body = sse(
+        {**head, "choices": [{"index": 0, "delta": {"content": "Hi"}}], "obfuscation": "k2",
+         "x_groq": {"id": "g"}},
+        {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "obfuscation": "Q"},
+    )
+    answer = answer_from_sse("chat", body)
+    assert answer is not None and "obfuscation" not in answer and answer["x_groq"] == {"id": "g"}
+    assert answer["choices"][0]["message"]["content"] == "Hi"
+
+
 def _reference_payloads(body: bytes) -> tuple[list[bytes], bool] | None:
     """What the assembly reads, by the SSE grammar (``events_of``), event by event."""
     payloads, done = [], False

@@ -105,12 +105,14 @@ def test_chunks_that_differ_elsewhere_back_off(monkeypatch: pytest.MonkeyPatch) 
 
 def test_openai_padding_is_a_second_hole() -> None:
     """OpenAI's chunks end with random padding (``obfuscation``, on by default): still one run, with the
-    last chunk's padding, as the one-by-one assembly keeps the last value of a provider extra."""
+    last chunk's padding; the assembled answer has none (a non-stream answer never does)."""
     payloads = [dump({**chunk(f" w{i}"), "usage": None, "obfuscation": "xyz"[: i % 4]}) for i in range(200)]
     payloads.append(dump({**chunk("", finish_reason="stop"), "usage": None, "obfuscation": "Q"}))
-    assert len(parse_chunks("chat", payloads)) == 3  # the template's chunk, the other 199, the finish
+    events = parse_chunks("chat", payloads)
+    assert len(events) == 3  # the template's chunk, the other 199, the finish
+    assert events[1]["obfuscation"] == "xyz"[: 199 % 4]
     assert in_runs("chat", payloads) == one_by_one("chat", payloads)
-    assert in_runs("chat", payloads)["obfuscation"] == "Q"
+    assert "obfuscation" not in in_runs("chat", payloads)
     # the padding before the text: not a hole, the chunks are parsed one by one (and agree)
     early = [dump({"obfuscation": "ab"[: i % 3], **chunk(f"t{i}")}) for i in range(20)]
     assert in_runs("chat", early) == one_by_one("chat", early)
