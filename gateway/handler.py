@@ -185,8 +185,10 @@ async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> 
     if gauge is not None:
         gauge.inc(1)
     try:
-        await count_prompt(st, ex)  # a large prompt is counted off the loop, once
-        await check_tokens(st, ex)  # /v1/embeddings over the upstream's token limit: 400
+        if st.runtime.counts_prompts:  # else nobody reads every request's count: counted when asked
+            await count_prompt(st, ex)  # a large prompt is counted off the loop, once
+        if ex.request.operation == "embeddings":
+            await check_tokens(st, ex)  # over the upstream's token limit: 400
         up = await call(ex)
         ex.drop_raw_body()  # committed: a stream can stay open for minutes, its request bytes need not
         identity = ex.request.identity
