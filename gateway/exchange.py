@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import orjson
 from multidict import CIMultiDictProxy
@@ -132,41 +132,47 @@ class StateKey(Generic[T]):
 
 
 class LayerState:
-    """Values handed between layers under typed keys; nothing untyped goes in or comes out."""
+    """Values handed between layers under typed keys; nothing untyped goes in or comes out.
+
+    The typing is in the signatures (``StateKey[T]`` in, ``T`` out); the methods hold no ``cast`` calls,
+    which are real function calls at run time (a request makes a few dozen of these lookups)."""
 
     __slots__ = ("_values",)
 
     def __init__(self) -> None:
-        self._values: dict[StateKey[object], object] = {}
+        self._values: dict[StateKey[Any], Any] = {}
 
     def get(self, key: StateKey[T]) -> T | None:
-        return cast("T | None", self._values.get(cast("StateKey[object]", key)))
+        value: T | None = self._values.get(key)
+        return value
 
     def set(self, key: StateKey[T], value: T) -> None:
-        self._values[cast("StateKey[object]", key)] = value
+        self._values[key] = value
 
     def ensure(self, key: StateKey[T], make: Callable[[], T]) -> T:
         """The value under ``key``, created by ``make`` on first use (long-lived components)."""
-        value = self.get(key)
+        value: T | None = self._values.get(key)
         if value is None:
-            value = make()
-            self.set(key, value)
+            value = self._values[key] = make()
         return value
 
     def setdefault(self, key: StateKey[T], default: T) -> T:
-        return cast("T", self._values.setdefault(cast("StateKey[object]", key), default))
+        value: T = self._values.setdefault(key, default)
+        return value
 
     def __getitem__(self, key: StateKey[T]) -> T:
-        return cast("T", self._values[cast("StateKey[object]", key)])
+        value: T = self._values[key]
+        return value
 
     def __setitem__(self, key: StateKey[T], value: T) -> None:
-        self._values[cast("StateKey[object]", key)] = value
+        self._values[key] = value
 
     def pop(self, key: StateKey[T]) -> T | None:
-        return cast("T | None", self._values.pop(cast("StateKey[object]", key), None))
+        value: T | None = self._values.pop(key, None)
+        return value
 
     def __contains__(self, key: StateKey[T]) -> bool:
-        return cast("StateKey[object]", key) in self._values
+        return key in self._values
 
     def copy(self) -> LayerState:
         """A shallow copy (a hedged attempt's own state: resilience.hedge.fork)."""

@@ -20,14 +20,14 @@ from gateway.admission import client_key
 from gateway.appstate import APP_STATE, AppState
 from gateway.auth import Identity
 from gateway.chain import Next
-from gateway.decode import decode_body
+from gateway.decode import DECODE_INLINE_MAX_BYTES, decode, decode_body
 from gateway.embeddings_limits import check_inputs, check_tokens
 from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body
 from gateway.exchange import Exchange, Record, RequestFacts, Target
 from gateway.ownership import require_owned, tag_response_body
 from gateway.ranges import check as check_ranges
 from gateway.relay import relay
-from gateway.request import read_body, too_large
+from gateway.request import body_if_whole, read_body, too_large
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
 from gateway.tokens.prompt import count_prompt, loading_for_estimate
@@ -180,12 +180,15 @@ def _internal_error(request: web.Request, rid: str, ex: Exchange | None) -> web.
 
 async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> web.StreamResponse:
     """Call the chain and relay its answer, counted in ``gateway_inflight_requests`` until the relay ends."""
-    gauge = st.request_metrics.inflight(ex.target.upstream) if st.request_metrics is not None else None
+    # the gauge child's value slot (``Children.slot``): no ``Gauge.inc`` checks, twice per request
+    gauge = st.request_metrics.inflight.slot(ex.target.upstream) if st.request_metrics is not None else None
     if gauge is not None:
-        gauge.inc()
+        gauge.inc(1)
     try:
-        await count_prompt(st, ex)  # a large prompt is counted off the loop, once
-        await check_tokens(st, ex)  # /v1/embeddings over the upstream's token limit: 400
+        if st.runtime.counts_prompts:  # else nobody reads every request's count: counted when asked
+            await count_prompt(st, ex)  # a large prompt is counted off the loop, once
+        if ex.request.operation == "embeddings":
+            await check_tokens(st, ex)  # over the upstream's token limit: 400
         up = await call(ex)
         ex.drop_raw_body()  # committed: a stream can stay open for minutes, its request bytes need not
         identity = ex.request.identity
@@ -194,7 +197,7 @@ async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> 
         return await relay(request, st, ex, up)
     finally:
         if gauge is not None:
-            gauge.dec()
+            gauge.inc(-1)
 
 
 def shed(st: AppState, request: web.Request, rid: str) -> web.Response:
@@ -237,8 +240,13 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     runtime = st.runtime
     cfg = runtime.config
     identity = runtime.auth.identify(request.headers, request.query)
-    raw = await read_body(request, cfg.server.max_body_bytes)
-    body, blobs = await decode_body(st.work, identity.namespace, raw, operation)
+    limit = cfg.server.max_body_bytes
+    raw = body_if_whole(request, limit)  # most bodies are whole when the handler starts: no coroutine
+    if raw is None:
+        raw = await read_body(request, limit)
+    # a small body is decoded inline (what decode_body does for it), without its coroutine
+    body, blobs = decode(raw, operation) if len(raw) < DECODE_INLINE_MAX_BYTES else \
+        await decode_body(st.work, identity.namespace, raw, operation)
     if operation == "responses" and identity.key is not None and body.get("previous_response_id") is not None:
         await _check_previous_response(st, identity, body["previous_response_id"])
     model: str = body["model"]

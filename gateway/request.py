@@ -46,17 +46,44 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
                          type="invalid_request_error", code="request_timeout") from exc
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+def body_if_whole(request: web.Request, limit: int) -> bytes | None:
+    """``read_body`` without a coroutine when the whole body is already here (most requests): taken in one
+    piece, with the same checks and refusals; None when it is still arriving."""
+    encoding = _checked_encoding(request, limit)
+    content = request.content
+    if not content.is_eof():
+        return None
+    try:
+        data = content.read_nowait()
+    except (RequestPayloadError, ContentEncodingError) as exc:
+        raise _undecodable(encoding) from exc
+    if len(data) > limit:
+        raise too_large(limit)
+    return data
+
+
+def _checked_encoding(request: web.Request, limit: int) -> str:
+    """The body's content encoding, refused (415) when the server cannot decode it; a declared length
+    over ``limit`` of an uncompressed body is refused (413) before anything is read."""
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding and encoding not in SERVER_DECODED:
         raise LocalReply(415, f"Unsupported Content-Encoding {encoding[:32]!r}: use gzip, deflate or none.",
                          type="invalid_request_error", code="unsupported_content_encoding")
     if not encoding and request.content_length is not None and request.content_length > limit:
         raise too_large(limit)
+    return encoding
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    whole = body_if_whole(request, limit)
+    if whole is not None:
+        return whole
+    encoding = _checked_encoding(request, limit)
+    content = request.content
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.content.iter_any():
+        async for chunk in content.iter_any():
             size += len(chunk)
             if size > limit:
                 raise too_large(limit)
@@ -64,6 +91,10 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     except web.HTTPException:
         raise
     except (RequestPayloadError, ContentEncodingError) as exc:
-        raise bad_request(f"Request body could not be decoded ({encoding or 'identity'}).",
-                          code="invalid_encoding") from exc
+        raise _undecodable(encoding) from exc
     return b"".join(chunks)
+
+
+def _undecodable(encoding: str) -> LocalReply:
+    return bad_request(f"Request body could not be decoded ({encoding or 'identity'}).",
+                       code="invalid_encoding")

@@ -49,11 +49,16 @@ def parse_json(raw: bytes) -> dict[str, Any]:
 # Elements the depth walk may look at before it lets a bracket count decide instead: an agent's
 # conversation of hundreds of messages fits; a long token array or an adversarial body does not.
 WALK_BUDGET = 16_384
+# Up to this size the brackets are counted first (two passes at C speed, ~0.1 us here): nesting is at most
+# their number, so most small bodies need no walk at all.
+SMALL_BODY_BYTES = 16 * 1024
 
 
 def _nests_too_deep(raw: bytes, body: dict[str, Any]) -> bool:
     """Deeper than ``MAX_DEPTH``? The budgeted walk decides most bodies without a pass over the bytes;
     past its budget, brackets (an upper bound on depth) decide whether the full walk is needed."""
+    if len(raw) <= SMALL_BODY_BYTES and raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH:
+        return False  # fewer brackets than the limit, strings included: no walk needed
     verdict = walk_depth(body, MAX_DEPTH, WALK_BUDGET)
     if verdict is not None:
         return verdict
@@ -122,7 +127,10 @@ SLICE_BYTES = 1 << 20
 
 def _more_than_one(raw: bytes, needle: bytes) -> bool:
     """``raw.count(needle) > 1``, counted slice by slice (``needle`` must not overlap itself)."""
-    seen, n, reach = 0, len(raw), len(needle) - 1
+    n = len(raw)
+    if n <= SLICE_BYTES:
+        return raw.count(needle) > 1
+    seen, reach = 0, len(needle) - 1
     for at in range(0, n, SLICE_BYTES):
         seen += raw.count(needle, at, min(at + SLICE_BYTES + reach, n))
         if seen > 1:

@@ -39,15 +39,26 @@ def validate(operation: str, body: dict[str, Any]) -> None:
     VALIDATORS[operation](body)
 
 
+# The typed common fields, in the order they are checked (the first wrong one is reported); ``float``
+# stands for "a number". Value ranges are the provider's to judge (they differ between providers): only
+# types are checked here.
+_COMMON_TYPES: dict[str, type] = {
+    "stream": bool, "stream_options": dict, "user": str,
+    **dict.fromkeys(("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed", "top_logprobs"),
+                    int),
+    **dict.fromkeys(("temperature", "top_p", "presence_penalty", "frequency_penalty"), float),
+}
+_COMMON_NAMES = frozenset(_COMMON_TYPES)
+
+
 def _check_common(body: dict[str, Any]) -> None:
-    _typed(body, "stream", bool)
-    _typed(body, "stream_options", dict)
-    _typed(body, "user", str)
-    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens", "n", "seed", "top_logprobs"):
-        _typed(body, name, int)
-    # Value ranges are the provider's to judge (they differ between providers): only types are checked here.
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-        _number(body, name)
+    if not _COMMON_NAMES.isdisjoint(body):  # most bodies name one or two of them: only those are looked at
+        for name, tp in _COMMON_TYPES.items():
+            if name in body:
+                if tp is float:
+                    _number(body, name)
+                else:
+                    _typed(body, name, tp)
     stop = body.get("stop")
     if (
         stop is not None

@@ -61,6 +61,9 @@ def usage_from_json_bytes(data: bytes) -> Usage | None:
     start = data.find(b"{", at)
     if start < 0 or data[at + 7 : start].strip(b" \t\r\n:"):
         return None
+    usage = _closing_last(data, start)
+    if usage is not None:
+        return usage
     end = _balanced_end(data, start)
     if end < 0:
         return None
@@ -70,11 +73,28 @@ def usage_from_json_bytes(data: bytes) -> Usage | None:
         return None
 
 
+def _closing_last(data: bytes, start: int) -> Usage | None:
+    """The common shape first, at C speed: the usage object is the body's last member, closed by the
+    ``}`` before the body's own. A slice from ``start`` that parses as JSON ends at the brace that closes
+    the object opened there, which is what ``_balanced_end`` finds (within its window); anything else
+    (another shape, a parse error) is left to it."""
+    end = data.rfind(b"}", start, data.rfind(b"}")) + 1
+    if end <= start or end - start > _WINDOW:
+        return None
+    try:
+        return usage_from_obj(orjson.loads(data[start:end]))
+    except orjson.JSONDecodeError:
+        return None
+
+
+_WINDOW = 4096  # bytes from the usage object's ``{`` within which it must close
+
+
 def _balanced_end(data: bytes, start: int) -> int:
     depth = 0
     in_str = False
     escaped = False
-    for i in range(start, min(len(data), start + 4096)):
+    for i in range(start, min(len(data), start + _WINDOW)):
         c = data[i]
         if in_str:
             if escaped:

@@ -11,6 +11,7 @@ import asyncio
 import contextvars
 import logging
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -53,15 +54,14 @@ class JsonLines(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
+        self._lock = self.lock if self.lock is not None else threading.RLock()
 
     def write_soon(self, text: str) -> None:
         """Queue one finished line (with its terminator); the first of a pass schedules the write."""
-        self.acquire()
-        try:
-            self._pending.append(text)
-            first = len(self._pending) == 1
-        finally:
-            self.release()
+        with self._lock:  # the handler's RLock itself: no acquire()/release() method calls per line
+            pending = self._pending
+            pending.append(text)
+            first = len(pending) == 1
         if first:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)

@@ -49,6 +49,8 @@ class ExactCache:
         claims = any(b.coalesce.enabled for b in cache_blocks(config))
         self.claims = state.backend if claims else None
         self._release = self.claims.script(RELEASE_IF_MINE) if self.claims is not None else None
+        # One process, no shared state: a lookup is a memory read (no claim, no Redis), done inline.
+        self._memory_only = self.claims is None and rt.exact.redis is None
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
@@ -62,9 +64,10 @@ class ExactCache:
             ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "bypass"
             self.rt.metrics.request("exact", "bypass", self.name)
             return await next(ex)  # no key: a 500 KB agent prompt's canonical dump costs ~1.2 ms of GIL
-        key = await self.keys.key_off_loop(ex)
+        keys = self.keys
+        key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
         if read:
-            answer = await self._lookup(ex, key)
+            answer = self._remembered(key) if self._memory_only else await self._lookup(ex, key)
             if answer is not None and (controls.max_age_s is None or _age(answer) <= controls.max_age_s):
                 self.rt.metrics.request("exact", "hit", self.name)
                 self.rt.metrics.saved("exact", ex.request.model, answer.tokens)
@@ -75,12 +78,18 @@ class ExactCache:
         try:
             resp = await next(ex)
         finally:
-            self._release_unused(ex)
+            if self.claims is not None:
+                self._release_unused(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
             resp = attach_fill(ex, resp, _Store(self, primary, key, ttl, cfg.cache_truncated),
                                min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills)
         return resp
+
+    def _remembered(self, key: CacheKey) -> CachedAnswer | None:
+        """``AnswerStore.get`` of a store without Redis (what it answers then), with no coroutine."""
+        found = self.rt.exact.memory.get(key)
+        return found[0] if found is not None else None
 
     async def _lookup(self, ex: Exchange, key: CacheKey) -> CachedAnswer | None:
         """The entry; on a miss, the fleet's coalescing claim too when this request would take one."""

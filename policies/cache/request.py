@@ -88,6 +88,12 @@ class KeyMaker:
             ex.state.set(KEY_ATTR, key)
         return key
 
+    @staticmethod
+    def inline(ex: Exchange) -> bool:
+        """Whether :meth:`key` may run on the loop (made already, or a body below the thread hop's cost):
+        then the caller takes it without the coroutine of :meth:`key_off_loop`."""
+        return len(ex.raw_body) < KEY_INLINE_MAX_BYTES or KEY_ATTR in ex.state
+
     async def key_off_loop(self, ex: Exchange) -> CacheKey:
         """:meth:`key`, with a large body canonicalised and hashed in a thread (issue 15: megabytes of
         sorting and hashing on the loop stall every tenant)."""

@@ -24,8 +24,9 @@ from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.errors import LocalReply
 from gateway.exchange import Exchange, UpstreamResponse
+from gateway.telemetry.metrics import Children
 from gateway.tokens.prompt import prompt_tokens
-from policies.compression.budgets_config import BudgetsConfig
+from policies.compression.budgets_config import BudgetClass, BudgetsConfig
 from policies.compression.prompt_fit import BudgetDecision, choose_class, decide, last_user_text
 
 OPERATIONS = frozenset({"chat", "completions", "responses"})
@@ -39,9 +40,9 @@ class BudgetPolicy:
         self.state = state
         self.config = config
         self.patterns = patterns
-        self.decisions = state.metrics.counter("gateway_budget_decisions_total",
-                                               "Output-limit decisions of the budget policy",
-                                               ("route", "decision"))
+        self.decisions = Children(state.metrics.counter("gateway_budget_decisions_total",
+                                                        "Output-limit decisions of the budget policy",
+                                                        ("route", "decision")))
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation in OPERATIONS and ex.body is not None:
@@ -58,10 +59,10 @@ class BudgetPolicy:
         asked = body.get("model")
         model = asked if isinstance(asked, str) else ex.target.model
         chosen = partial(choose_class, cfg.classes, self.patterns, partial(prompt_tokens, self.state, ex),
-                         partial(last_user_text, body, ex.request.operation))
+                         partial(last_user_text, body, ex.request.operation)) if cfg.classes else _no_class
         verdict = decide(body, ex.request.operation, model, cfg, chosen)
         label = verdict.decision if cfg.enforce else "shadow_" + verdict.decision
-        self.decisions.labels(ex.request.route_name, label).inc()
+        self.decisions.slot(ex.request.route_name, label).inc(1)
         self.state.metrics.decision(self.name, label)
         if not cfg.enforce:
             return
@@ -69,6 +70,11 @@ class BudgetPolicy:
             raise too_many_tokens(verdict)
         if verdict.updates:
             ex.set_body({**body, **verdict.updates})
+
+
+def _no_class() -> BudgetClass | None:
+    """No classes configured: nothing to choose (``decide`` does not ask), so no closures are built."""
+    return None
 
 
 def active(cfg: BudgetsConfig) -> bool:

@@ -104,8 +104,14 @@ class CompressionPolicy:
         if limits is None:
             self._decide("no_budget")
             return None
-        # The byte bound answers "fits" for most requests without counting (a 40 KB prompt fits 128k).
-        if prompt_bound(ex) <= limits.budget or prompt_tokens(self.state, ex) <= limits.budget:
+        # A count already taken (a token rate limit) answers at once; else the byte bound answers "fits" for
+        # most requests without counting (a 40 KB prompt fits 128k). The count is never above the bound.
+        counted = ex.record.prompt_tokens
+        if counted is not None:
+            fits = counted <= limits.budget
+        else:
+            fits = prompt_bound(ex) <= limits.budget or prompt_tokens(self.state, ex) <= limits.budget
+        if fits:
             ex.response_headers[SAVED_HEADER] = "0"
             self._decide("fits")
             return None

@@ -62,7 +62,7 @@ class MemoryBuckets:
         if failed:
             return Verdict(False, failed, wait / self.clock.speed if wait != NEVER else NEVER, tuple(levels))
         for i, (lim, amount) in enumerate(zip(ls.limits, amounts)):
-            self._take(ls, lim, amount, member, now)
+            self._take(ls, lim, amount, member, now, levels[i])
             levels[i] -= amount
         return Verdict(True, "", 0.0, tuple(levels))
 
@@ -94,9 +94,10 @@ class MemoryBuckets:
             return ((wall // DAY_S + 1) * DAY_S - wall) * self.clock.speed
         return 0.0
 
-    def _take(self, ls: LimitSet, lim: Limit, amount: int, member: str, now: float) -> None:
+    def _take(self, ls: LimitSet, lim: Limit, amount: int, member: str, now: float, free: float) -> None:
+        """Take ``amount`` from ``lim``, whose level at ``now`` is ``free`` (just computed by the caller)."""
         if lim.kind == "bucket":
-            level = self._free(ls.key, lim, now)
+            level = free
             self._levels[(ls.key, lim.name)] = [level - amount, now]
         elif lim.kind == "slots":
             if amount > 0:

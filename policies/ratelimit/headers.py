@@ -58,12 +58,17 @@ def client_headers(ls: LimitSet, verdict: Verdict, speed: float = 1.0) -> dict[s
             requests = i
         elif lim.name == "tpm" or (lim.name == "daily_tokens" and tokens < 0):
             tokens = i
-    for kind, i in (("requests", requests), ("tokens", tokens)):
+    for (limit_name, remaining_name, reset_name), i in zip(_CLIENT_HEADER_NAMES, (requests, tokens)):
         if i < 0:
             continue
         lim = ls.limits[i]
         level = verdict.levels[i] if i < len(verdict.levels) else lim.capacity
-        out[f"x-ratelimit-limit-{kind}"] = str(int(lim.capacity))
-        out[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(level)))
-        out[f"x-ratelimit-reset-{kind}"] = format_duration(reset_s(ls, verdict, i, speed))
+        out[limit_name] = str(int(lim.capacity))
+        out[remaining_name] = str(max(0, int(level)))
+        out[reset_name] = format_duration(reset_s(ls, verdict, i, speed))
     return out
+
+
+# (limit, remaining, reset) header names of requests and of tokens: built once, not per answer
+_CLIENT_HEADER_NAMES = tuple((f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
+                              f"x-ratelimit-reset-{kind}") for kind in ("requests", "tokens"))

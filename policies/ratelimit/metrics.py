@@ -62,9 +62,10 @@ class RateLimitMetrics:
                        decision).inc()
 
     def allowed(self, scope: str, limit_names: tuple[str, ...]) -> None:
+        """Every admitted request, once per limit: the children's fast slots (``Children.slot``)."""
         for name in limit_names:
-            self.decisions(scope, name, "allowed").inc()
+            self.decisions.slot(scope, name, "allowed").inc(1)
 
     def policy(self, policy: str, decision: str) -> None:
         """``gateway_policy_decisions_total`` through memoised children (``Metrics.decision`` re-labels)."""
-        self.policy_decisions(policy, decision).inc()
+        self.policy_decisions.slot(policy, decision).inc(1)

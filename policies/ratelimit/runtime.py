@@ -95,7 +95,9 @@ class RateLimiter:
     async def acquire(self, ls: LimitSet, amounts: tuple[int, ...], member: str) -> Verdict:
         leases = self.leases
         if leases is None or not ls.lease_size:
-            verdict = await self.buckets.acquire(ls, amounts, member)
+            buckets = self.buckets
+            verdict = buckets.acquire_now(ls, amounts, member) if isinstance(buckets, MemoryBuckets) \
+                else await buckets.acquire(ls, amounts, member)  # in-process buckets: no coroutine
         else:
             verdict = leases.take(ls, amounts) or await self._acquire_leasing(leases, ls, amounts, member)
         self.levels[ls.key] = (verdict.levels, self.clock.now())

@@ -9,7 +9,7 @@ really ended, not until the handler returned the first byte:
 - the body ends cleanly, fails mid-stream, is cancelled by a client that went
   away, or is closed without being read (a retry discarding an attempt): all
   settle exactly once;
-- the cost is the provider's usage when it reported one (``ex.record.usage`` set by
+- the cost is the provider's usage when it reported one (``ex.record.reported_usage`` set by
   the usage policy, the stream inspector, or the tail of a JSON body); a
   stream cut short without usage is charged its prompt plus the content
   chunks already produced (about one token each); an error answer costs no
@@ -42,8 +42,12 @@ def estimate(st: AppState, ex: Exchange, default_output: int) -> tuple[int, int]
     return prompt, prompt + output
 
 
-def used_tokens(ex: Exchange, grant: Grant, status: int, tail: bytes) -> int:
-    """What the answer cost, as well as the gateway can tell (see the module docstring)."""
+def used_tokens(ex: Exchange, grant: Grant, status: int, tail: bytes, clean: bool = False) -> int:
+    """What the answer cost, as well as the gateway can tell (see the module docstring).
+
+    A usage read from the tail of a complete (``clean``) 2xx JSON answer is the provider's figure for this
+    request: it goes into ``ex.record.reported_usage`` at once, so the other settlements and the relay do
+    not search the same bytes again (the relay reads the same suffix of the same answer)."""
     if status >= 400:
         return 0
     usage = ex.record.reported_usage
@@ -52,6 +56,8 @@ def used_tokens(ex: Exchange, grant: Grant, status: int, tail: bytes) -> int:
         usage = inspector.usage
     if usage is None and tail:
         usage = usage_from_json_bytes(tail)
+        if usage is not None and clean and status < 300:
+            ex.record.reported_usage = usage
     if usage is not None and (usage.prompt or usage.completion):
         return usage.total
     if inspector is not None:
@@ -70,9 +76,9 @@ def settling(body: Body, ex: Exchange, limiter: RateLimiter, grant: Grant, statu
             del tail[0]
         return chunk
 
-    def on_end(_error: BaseException | None) -> None:
+    def on_end(error: BaseException | None) -> None:
         if not grant.settled:
             data = b"".join(c[-_TAIL:] for c in tail)[-_TAIL:] if tail else b""
-            limiter.settle(grant, used_tokens(ex, grant, status, data))
+            limiter.settle(grant, used_tokens(ex, grant, status, data, clean=error is None))
 
     return Observed(body, on_chunk=on_chunk if keep_tail else None, on_end=on_end)

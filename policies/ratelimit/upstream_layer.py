@@ -97,7 +97,7 @@ class UpstreamRateLimit:
 
     def _waited(self, ex: Exchange, ls: LimitSet, waited_s: float) -> None:
         ex.record.waited_s += waited_s
-        self.limiter.metrics.wait(ls.label).observe(waited_s)
+        self.limiter.metrics.wait.slot(ls.label).observe(waited_s)  # every admitted request: the fast slot
 
     def _decided(self, ls: LimitSet, limit: str, decision: str) -> None:
         self.limiter.metrics.decide("upstream", limit, decision)

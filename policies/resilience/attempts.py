@@ -91,7 +91,9 @@ class TargetAttempts:
         tries = 0
         while True:
             tries += 1
-            result = await self.attempt(ex, next, target, run)
+            # an unbalanced target's attempt is its send: no coroutine of ``attempt`` in between
+            result = await (self.attempt(ex, next, target, run) if target.balanced
+                            else self.send(ex, next, target, run))
             rejected = isinstance(result, Failed) and result.reason == "circuit_open"
             if tries == 1 and not rejected:
                 budget.record_request()  # a request the upstream saw: the base retries are a share of

@@ -108,8 +108,14 @@ async def peek(body: AsyncIterator[bytes], sse: bool, deadline: float | None = N
     """
     result = Peek()
     scan = _Scan() if sse else None
-    if await _read(body, result, scan):
+    try:  # the first read inline (``_read``'s body): a non-stream answer is committed by it, no coroutine
+        chunk = await body.__anext__()
+    except StopAsyncIteration:
+        result.verdict = "ended"
         return result
+    if _took(chunk, result, scan):
+        return result
+    del chunk
     if deadline is None:
         while not await _read(body, result, scan):
             pass
@@ -128,6 +134,11 @@ async def _read(body: AsyncIterator[bytes], result: Peek, scan: _Scan | None) ->
     except StopAsyncIteration:
         result.verdict = "ended"
         return True
+    return _took(chunk, result, scan)
+
+
+def _took(chunk: bytes, result: Peek, scan: _Scan | None) -> bool:
+    """Keep one chunk read; True once the commit point is reached."""
     result.chunks.append(chunk)
     if scan is None:
         return True  # a non-stream body is committed by its first chunk

@@ -18,7 +18,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from gateway.errors import LocalReply
-from gateway.request import read_body
+from gateway.request import body_if_whole, read_body
 from tests.support.servers import gateway_config, start_gateway
 
 LIMIT = 1000
@@ -32,10 +32,21 @@ async def _echo_size(request: web.Request) -> web.Response:
     return web.json_response({"size": len(body), "head": body[:20].decode(errors="replace")})
 
 
+async def _whole_or_read(request: web.Request) -> web.Response:
+    """``body_if_whole`` first, as the handler does; then ``read_body`` for a body still arriving."""
+    try:
+        whole = body_if_whole(request, LIMIT)
+        body = whole if whole is not None else await read_body(request, LIMIT, timeout_s=5)
+    except LocalReply as reply:
+        return web.Response(status=reply.status, body=reply.body(), content_type="application/json")
+    return web.json_response({"size": len(body), "whole": whole is not None})
+
+
 @pytest_asyncio.fixture
 async def server() -> AsyncIterator[TestServer]:
     app = web.Application()
     app.router.add_post("/body", _echo_size)
+    app.router.add_post("/whole", _whole_or_read)
     async with TestServer(app, host="127.0.0.1") as srv:
         yield srv
 
@@ -101,6 +112,36 @@ async def test_a_trickled_body_gets_408(server: TestServer) -> None:
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"408", answer
     assert orjson.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+
+
+async def test_a_body_in_pieces_is_read_whole(server: TestServer) -> None:
+    """A body still arriving when the read starts is read piece by piece (a body already whole is taken in
+    one piece); both give the same bytes."""
+    head = (b"POST /body?timeout=5 HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\n\r\n")
+    answer = await raw_exchange(server, [head, b'{"a":', b' "bcd"}'], gap_s=0.01)
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"200", answer
+    assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"size": 12, "head": '{"a": "bcd"}'}
+
+
+async def test_a_whole_body_is_taken_without_reading_and_refused_alike(server: TestServer) -> None:
+    """A body already whole is taken at once; one still arriving is left to ``read_body``; the refusals
+    (unknown encoding, declared or inflated size over the limit) are those of ``read_body``."""
+    async with ClientSession() as session:
+        async with session.post(server.make_url("/whole"), data=b"x" * 100) as resp:
+            assert await resp.json() == {"size": 100, "whole": True}
+        async with session.post(server.make_url("/whole"), data=b"{}",
+                                headers={"content-encoding": "x-compress-9000"}) as resp:
+            assert resp.status == 415
+        async with session.post(server.make_url("/whole"), data=b"x" * (LIMIT + 1)) as resp:
+            assert resp.status == 413
+        async with session.post(server.make_url("/whole"), data=gzip.compress(b"0" * 200_000),
+                                headers={"content-encoding": "gzip"}) as resp:
+            assert resp.status == 413
+    head = (b"POST /whole HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\n\r\n")
+    answer = await raw_exchange(server, [head, b'{"a":', b' "bcd"}'], gap_s=0.01)
+    assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"size": 12, "whole": False}
 
 
 async def test_body_timeout_comes_from_the_config(mock_upstream: Any) -> None:

@@ -154,3 +154,22 @@ def test_steering_scans_in_slices_see_keys_across_slice_edges(monkeypatch: pytes
     with pytest.raises(LocalReply):
         parse_json(escaped)
     assert parse_json(f'{{"p":"{pad}","model":"a","mode":"b"}}'.encode())["model"] == "a"  # control
+
+
+def test_a_small_body_with_few_brackets_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nesting is at most the number of brackets: a small body with fewer than the limit needs no walk;
+    one with more is still walked (and refused when it is too deep)."""
+    import gateway.request_json as request_json
+
+    walked: list[int] = []
+
+    def counting(value: dict[str, Any], limit: int, budget: float = float("inf")) -> bool | None:
+        walked.append(1)
+        return walk_depth(value, limit, budget)
+
+    monkeypatch.setattr(request_json, "walk_depth", counting)
+    assert parse_json(b'{"model":"m","messages":[{"role":"user","content":"[{["}]}')["model"] == "m"
+    assert walked == []
+    with pytest.raises(LocalReply) as exc:
+        parse_json(_nested(MAX_DEPTH + 1))
+    assert _code(exc) == (400, "json_too_deep") and walked

@@ -172,3 +172,17 @@ def test_forbidden_fields_are_checked_before_anything_else() -> None:
     with pytest.raises(LocalReply) as exc:
         validate("chat", {"azure_endpoint": "x", "api_base": "y"})
     assert (exc.value.code, exc.value.param) == ("forbidden_field", "api_base")
+
+
+def test_common_fields_are_checked_in_a_fixed_order_whatever_the_body_order() -> None:
+    """Only the common fields a body names are looked at, but the first wrong one in the fixed order
+    (stream, ..., the numbers last) is the one reported; ``null`` values pass as before."""
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(LocalReply) as exc:
+        validate("chat", {"temperature": "hot", "n": "2", "stream": "yes", "model": "m",
+                          "messages": messages})
+    assert exc.value.param == "stream"
+    with pytest.raises(LocalReply) as exc:
+        validate("chat", {"temperature": "hot", "n": True, "model": "m", "messages": messages})
+    assert exc.value.param == "n"
+    validate("chat", {"model": "m", "messages": messages, "stream": None, "top_p": None, "seed": None})

@@ -101,6 +101,23 @@ async def test_request_that_fits_is_forwarded_untouched() -> None:
     assert sample(st, "gateway_policy_decisions_total", policy="compression", decision="fits") == 1
 
 
+async def test_a_count_already_taken_decides_without_the_byte_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt counted before compression (a token rate limit) is judged by that count: the byte bound,
+    which is never below it, is not walked again."""
+    import policies.compression.layer as layer
+
+    def no_bound(ex: Exchange) -> int:
+        raise AssertionError("the byte bound was walked")
+
+    policy, st = await policy_for()
+    ex = exchange(st, body([user("hi")]))
+    prompt_tokens(st, ex)
+    monkeypatch.setattr(layer, "prompt_bound", no_bound)
+    await policy(ex, Recorder())
+    assert not ex.modified and ex.response_headers["x-gateway-tokens-saved"] == "0"
+    assert sample(st, "gateway_policy_decisions_total", policy="compression", decision="fits") == 1
+
+
 async def test_oversized_conversation_is_compressed_and_counted() -> None:
     """The inner layer gets a valid conversation within budget; size, header and metrics agree."""
     policy, st = await policy_for(budgets={"default_max_tokens": 500})

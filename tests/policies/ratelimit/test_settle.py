@@ -1,6 +1,7 @@
 """Estimating a request before the call and settling it when the answer ends, however it ends."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -96,6 +97,39 @@ async def test_settles_once_at_the_end(make_exchange: Callable[..., Exchange]) -
     assert [c async for c in body] and rec.settled[0][1] == 11
     await body.aclose()
     assert len(rec.settled) == 1
+
+
+async def test_clean_json_answer_reports_its_usage_once(make_exchange: Callable[..., Exchange]) -> None:
+    """The usage read from a complete 2xx JSON answer becomes ``reported_usage``: a second settlement of
+    the same answer (client and upstream limits) and the relay read it instead of the bytes again."""
+    rec = Recorder()
+    ex = make_exchange()
+    parts = [b'{"choices":[],', b'"usage":{"prompt_tokens":5,', b'"completion_tokens":6}}']
+    inner = settling(chunks(parts), ex, rec, grant(), 200, sse=False)  # type: ignore[arg-type]
+    outer = settling(inner, ex, rec, grant(), 200, sse=False)  # type: ignore[arg-type]
+    assert b"".join([c async for c in outer]) == b"".join(parts)
+    assert ex.record.reported_usage == Usage(prompt=5, completion=6)
+    assert [used for _, used in rec.settled] == [11, 11]
+
+
+@pytest.mark.parametrize("status", [200, 302])
+async def test_cut_or_non_2xx_answer_reports_nothing(make_exchange: Callable[..., Exchange],
+                                                     status: int) -> None:
+    """A JSON answer that failed mid-body, or a non-2xx one, is still charged its tail's usage, but that
+    figure is not recorded as the provider's report of the request."""
+    rec = Recorder()
+    ex = make_exchange()
+
+    async def cut() -> AsyncIterator[bytes]:
+        yield b'{"usage":{"prompt_tokens":5,"completion_tokens":6}}'
+        if status == 200:
+            raise ConnectionResetError
+
+    body = settling(cut(), ex, rec, grant(), status, sse=False)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionResetError) if status == 200 else contextlib.nullcontext():
+        async for _ in body:
+            pass
+    assert rec.settled[0][1] == 11 and ex.record.reported_usage is None
 
 
 async def test_closed_unread_body_settles(make_exchange: Callable[..., Exchange]) -> None:
