@@ -176,48 +176,35 @@ class UpstreamClient:
         t: TimeoutsConfig,
         first_byte_deadline: float,
     ) -> AsyncIterator[bytes]:
+        """The answer's chunks as they arrive. Per chunk: one ``readany`` (at once when the chunk is already
+        buffered), the timer's two attribute updates and one clock read; no coroutine of our own."""
         loop = asyncio.get_running_loop()
         content = resp.content
         timer = _ReadTimer(loop)
+        record, total = ex.record, ex.request.deadline
         clean = False
         committed = False
         deadline = first_byte_deadline
         try:
             while True:
                 waited_from = loop.time()
+                timer.arm(deadline if deadline < total else total)
                 try:
-                    # already buffered (a small body, a burst): no timer, no wait
-                    chunk = content.read_nowait()
-                    if not chunk and not content.is_eof():
-                        chunk = await timer.read(content, min(deadline, ex.request.deadline))
-                except TimeoutError as exc:
-                    kind = (
-                        "total_timeout"
-                        if loop.time() >= ex.request.deadline
-                        else ("idle_timeout" if committed else "timeout_before_first_byte")
-                    )
-                    raise UpstreamFailure(
-                        kind,
-                        f"Upstream {self.name}: {kind.replace('_', ' ')}",
-                        upstream=self.name,
-                        committed=committed,
-                    ) from exc
-                # HttpProcessingError: the raw client on aiohttp's pure-Python parser (no C extension)
-                except (aiohttp.ClientError, OSError, HttpProcessingError) as exc:
-                    kind = "reset_mid_stream" if committed else "reset_before_response"
-                    raise UpstreamFailure(
-                        kind,
-                        f"Upstream {self.name} connection lost: {type(exc).__name__}",
-                        upstream=self.name,
-                        committed=committed,
-                    ) from exc
-                ex.record.upstream_s += loop.time() - waited_from
+                    chunk = await content.readany()
+                except BaseException as exc:
+                    failure = self._read_failure(exc, timer.disarm(), loop.time() >= total, committed)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                timer.disarm()
+                now = loop.time()
+                record.upstream_s += now - waited_from
                 if not chunk:
                     clean = True
                     attempt.outcome = "ok" if resp.status < 400 else f"http_{resp.status}"
                     return
                 committed = True
-                deadline = loop.time() + t.idle_s
+                deadline = now + t.idle_s
                 yield chunk
         except UpstreamFailure as failure:
             attempt.outcome = failure.kind
@@ -233,6 +220,22 @@ class UpstreamClient:
             else:
                 resp.close()  # never return a half-read connection to the pool
 
+    def _read_failure(self, exc: BaseException, timed_out: bool, past_total: bool,
+                      committed: bool) -> UpstreamFailure | None:
+        """What a failed read raises instead of ``exc`` (None: ``exc`` itself): our timer's cancellation (or
+        any ``TimeoutError``) as a timeout, a lost or broken connection as a reset (``HttpProcessingError``:
+        the raw client on aiohttp's pure-Python parser)."""
+        if (timed_out and isinstance(exc, asyncio.CancelledError)) or isinstance(exc, TimeoutError):
+            kind = "total_timeout" if past_total else (
+                "idle_timeout" if committed else "timeout_before_first_byte")
+            return UpstreamFailure(kind, f"Upstream {self.name}: {kind.replace('_', ' ')}",
+                                   upstream=self.name, committed=committed)
+        if isinstance(exc, (aiohttp.ClientError, OSError, HttpProcessingError)):
+            kind = "reset_mid_stream" if committed else "reset_before_response"
+            return UpstreamFailure(kind, f"Upstream {self.name} connection lost: {type(exc).__name__}",
+                                   upstream=self.name, committed=committed)
+        return None
+
 
 class _ReadTimer:
     """The read deadline of one body, kept with (mostly) one timer handle.
@@ -241,9 +244,14 @@ class _ReadTimer:
     chunk (~5 us, the largest per-chunk cost of the relay). Here the handle stays
     in place while deadlines only move later, and when it fires early it re-arms
     for the current deadline. It cancels the reading task only while that task is
-    waiting on a read (never while the consumer writes the last chunk to a slow
-    client), and turns that cancellation into ``TimeoutError`` exactly as
-    ``asyncio.timeout`` does, so a client disconnect at the same moment still wins.
+    waiting on a read (between ``arm`` and ``disarm``: never while the consumer
+    writes the last chunk to a slow client), and ``disarm`` tells when that
+    cancellation was its own and nobody else asked to cancel, which the reader
+    turns into a timeout exactly as ``asyncio.timeout`` does, so a client
+    disconnect at the same moment still wins. Arming is two attribute writes
+    and a dict lookup (``current_task`` given the loop: no ``getpid`` system
+    call, which ``get_running_loop`` makes on every call); the read itself is
+    the stream reader's own, with no coroutine of ours around it.
     """
 
     __slots__ = ("_cancelling", "_expired", "_handle", "_handle_when", "_loop", "_task", "_when")
@@ -257,26 +265,19 @@ class _ReadTimer:
         self._cancelling = 0
         self._expired = False
 
-    async def read(self, content: aiohttp.StreamReader, when: float) -> bytes:
-        task = asyncio.current_task()
+    def arm(self, when: float) -> None:
+        """The current task is about to wait on a read that must end by ``when``."""
+        task = asyncio.current_task(self._loop)
         assert task is not None
         self._task, self._when, self._cancelling, self._expired = task, when, task.cancelling(), False
         if self._handle is None or when < self._handle_when:
             self.cancel()
             self._handle, self._handle_when = self._loop.call_at(when, self._fire), when
-        try:
-            data = await content.readany()
-        except BaseException as exc:
-            if self._release(task) and isinstance(exc, asyncio.CancelledError):
-                raise TimeoutError from exc
-            raise
-        self._release(task)
-        return data
 
-    def _release(self, task: asyncio.Task[object]) -> bool:
-        """After a read: True when our timer cancelled it and nobody else asked to cancel the task."""
-        self._task = None
-        if not self._expired:
+    def disarm(self) -> bool:
+        """After the read: True when our timer cancelled it and nobody else asked to cancel the task."""
+        task, self._task = self._task, None
+        if not self._expired or task is None:
             return False
         self._expired = False
         return task.uncancel() <= self._cancelling

@@ -125,6 +125,8 @@ def strip_usage(events: bytes, ex: Exchange) -> bytes:
     """Remove usage from complete ``\n``-framed SSE events (each ending in a blank line), recording it."""
     if b',"usage":null' in events:  # the providers' compact form: plain byte replaces, no regex
         events = events.replace(b',"usage":null}', b"}").replace(b',"usage":null,', b",")
+        if b'"usage"' not in events:
+            return events  # the usual chunk: done, no further scan for other spellings
     if b"null" in events and b'"usage"' in events:
         events = _NULL_USAGE.sub(b"", events)
     if b'"usage"' not in events:

@@ -243,6 +243,35 @@ async def test_a_stall_between_chunks_is_an_idle_timeout(kind: str, serve: Any, 
     assert failure.kind == "idle_timeout" and failure.committed
 
 
+async def test_a_cancelled_read_stays_a_cancellation_and_closes_the_connection(kind: str, serve: Any,
+                                                                               clients: Any) -> None:
+    """A client that leaves cancels the reading task while it waits on a chunk: that is a cancellation
+    (never turned into a timeout by the read deadline's timer), and the half-read connection is closed."""
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(chunked()[:-5] + chunk_of(b"data: one\n\n"))
+        await peer.request()  # None once the client closed the connection (counted)
+
+    server = await serve(handler)
+    client = make_client(clients, kind, server.url, idle_s=30.0)
+    ex = exchange()
+    resp = await client.send(ex)
+    got: list[bytes] = []
+
+    async def read() -> None:
+        async for chunk in resp.body:
+            got.append(chunk)
+
+    task = asyncio.get_running_loop().create_task(read())
+    await until(lambda: got == [b"data: one\n\n"], message="the first chunk arrived")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await resp.body.aclose()
+    assert ex.record.attempts[-1].outcome == "cancelled"
+    await until(lambda: server.client_closed == 1, message="the half-read connection closed")
+
+
 @pytest.mark.parametrize("cut", ["close", "reset"])
 async def test_a_connection_lost_before_or_during_the_answer(kind: str, serve: Any, clients: Any,
                                                              cut: str) -> None:
