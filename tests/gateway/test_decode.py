@@ -7,6 +7,7 @@ import threading
 import orjson
 import pytest
 
+import gateway.decode as decode_module
 from gateway.decode import DECODE_INLINE_MAX_BYTES, decode, decode_body
 from gateway.errors import LocalReply
 from gateway.telemetry.metrics import Metrics
@@ -27,8 +28,8 @@ LARGE = chat_body(DECODE_INLINE_MAX_BYTES + 1_000)
 async def test_a_small_body_is_decoded_on_the_loop() -> None:
     metrics = Metrics()
     pool = WorkPool(threads=1, metrics=metrics)
-    body, blobs = await decode_body(pool, "t", SMALL, "chat")
-    assert body["model"] == "gpt-4o" and blobs is None
+    raw, body, blobs = await decode_body(pool, "t", SMALL, "chat")
+    assert raw is SMALL and body["model"] == "gpt-4o" and blobs is None
     assert outcomes(metrics, "decode") == {}  # no pool job
     pool.close()
 
@@ -36,8 +37,32 @@ async def test_a_small_body_is_decoded_on_the_loop() -> None:
 async def test_a_large_body_is_decoded_in_the_pool() -> None:
     metrics = Metrics()
     pool = WorkPool(threads=1, metrics=metrics)
-    body, _ = await decode_body(pool, "t", LARGE, "chat")
-    assert body == decode(LARGE, "chat")[0]
+    raw, body, _ = await decode_body(pool, "t", LARGE, "chat")
+    assert raw is LARGE and body == decode(LARGE, "chat")[0]
+    assert outcomes(metrics, "decode") == {"done": 1.0}
+    pool.close()
+
+
+async def test_a_large_body_in_pieces_is_joined_in_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The received pieces of a large body are joined by the pool's thread, not on the loop; a small one
+    in pieces is joined and decoded inline (control)."""
+    metrics = Metrics()
+    pool = WorkPool(threads=1, metrics=metrics)
+    joined_on: list[str] = []
+    pieces = [LARGE[:100_000], LARGE[100_000:200_000], LARGE[200_000:]]
+    original = decode_module._joined
+
+    def spying(raw: bytes | list[bytes]) -> bytes:
+        joined_on.append(threading.current_thread().name)
+        return original(raw)
+
+    monkeypatch.setattr(decode_module, "_joined", spying)
+    raw, body, _ = await decode_body(pool, "t", pieces, "chat")
+    small_raw, small, _ = await decode_body(pool, "t", [SMALL[:10], SMALL[10:]], "chat")
+    assert raw == LARGE and body == decode(LARGE, "chat")[0]
+    assert small_raw == SMALL and small["model"] == "gpt-4o"
+    assert joined_on[0] != threading.current_thread().name  # the large one: in the pool's thread
+    assert joined_on[1] == threading.current_thread().name  # the small one: inline
     assert outcomes(metrics, "decode") == {"done": 1.0}
     pool.close()
 
@@ -71,8 +96,8 @@ async def test_a_tenant_past_its_queue_gets_503_and_another_tenant_is_decoded() 
     other = asyncio.ensure_future(decode_body(pool, "b", LARGE, "chat"))  # the control: b still queues
     await until(lambda: pool.queued("b") == 1)
     gate.set()
-    assert (await other)[0]["model"] == "gpt-4o"
-    assert (await queued)[0]["model"] == "gpt-4o"
+    assert (await other)[1]["model"] == "gpt-4o"
+    assert (await queued)[1]["model"] == "gpt-4o"
     await blocker
     assert outcomes(metrics, "decode") == {"queue_full": 1.0, "done": 2.0}
     pool.close()
@@ -89,7 +114,7 @@ async def test_over_the_budget_is_503_not_a_wait() -> None:
     assert exc.value.status == 503
     gate.set()
     await blocker
-    assert (await decode_body(pool, "a", LARGE, "chat"))[0]["model"] == "gpt-4o"  # the control
+    assert (await decode_body(pool, "a", LARGE, "chat"))[1]["model"] == "gpt-4o"  # the control
     assert outcomes(metrics, "decode") == {"over_budget": 1.0, "done": 1.0}
     pool.close()
 

@@ -18,7 +18,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from gateway.errors import LocalReply
-from gateway.request import body_if_whole, read_body
+from gateway.request import body_if_whole, read_body, read_pieces
 from tests.support.servers import gateway_config, start_gateway
 
 LIMIT = 1000
@@ -124,6 +124,17 @@ async def test_a_body_in_pieces_is_read_whole(server: TestServer) -> None:
     assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"size": 12, "head": '{"a": "bcd"}'}
 
 
+async def test_a_chunked_body_in_pieces_is_read_whole(server: TestServer) -> None:
+    """Transfer-Encoding: chunked, its chunks split across writes: the pieces read one at a time (no
+    join per step) give the body's bytes in order."""
+    head = (b"POST /body?timeout=5 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\nContent-Type: application/json\r\n\r\n")
+    chunks = b"a\r\naaaaaaaaaa\r\n" + b"a\r\nbbbbbbbbbb\r\n" + b"a\r\ncccccccccc\r\n0\r\n\r\n"
+    answer = await raw_exchange(server, [head, chunks[:20], chunks[20:41], chunks[41:]], gap_s=0.01)
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"200", answer
+    assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"size": 30, "head": "a" * 10 + "b" * 10}
+
+
 async def test_a_whole_body_is_taken_without_reading_and_refused_alike(server: TestServer) -> None:
     """A body already whole is taken at once; one still arriving is left to ``read_body``; the refusals
     (unknown encoding, declared or inflated size over the limit) are those of ``read_body``."""
@@ -142,6 +153,24 @@ async def test_a_whole_body_is_taken_without_reading_and_refused_alike(server: T
             b"Content-Type: application/json\r\n\r\n")
     answer = await raw_exchange(server, [head, b'{"a":', b' "bcd"}'], gap_s=0.01)
     assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"size": 12, "whole": False}
+
+
+async def test_a_large_body_is_read_in_its_pieces() -> None:
+    """A body declared >= 256 KiB is not taken by ``body_if_whole`` (its join would run on the loop):
+    ``read_pieces`` gives it as received, unjoined; ``read_body`` joins them (the same bytes)."""
+    big = bytes(range(256)) * 2048  # 512 KiB
+
+    async def pieces(request: web.Request) -> web.Response:
+        assert body_if_whole(request, 1 << 24) is None
+        got = await read_pieces(request, 1 << 24, timeout_s=5)
+        return web.json_response({"pieces": len(got), "same": b"".join(got) == big})
+
+    app = web.Application()
+    app.router.add_post("/pieces", pieces)
+    async with TestServer(app, host="127.0.0.1") as srv, ClientSession() as session:
+        async with session.post(srv.make_url("/pieces"), data=big) as resp:
+            answer = await resp.json()
+    assert answer["same"] is True and answer["pieces"] >= 1
 
 
 async def test_body_timeout_comes_from_the_config(mock_upstream: Any) -> None:
