@@ -39,11 +39,9 @@ ATTACKER, BYSTANDER = "sk-attacker-key", "sk-bystander-key"
 # one customer by another's 3.5 MB prompt, but the fake one (one Python process) would be, and the
 # figures would measure the fake provider instead of the gateway.
 BYSTANDER_MODEL = "gpt-4o-mini"
-SHARED_SLACK_S = float(os.environ.get("BOUNDED_SLACK_S", "0.1"))  # 2 cores shared with other jobs
-# Relaying 60 MB of SSE (30 unread 2 MB streams) costs CPU that the bystander shares on 2 cores with the
-# fake providers: the issue's 2x + 20 ms is not met there (docs/reliability.md has the figures); asserted
-# with this slack instead. The other attacks are held to the shared slack since 2026-12-07.
-HEAVY_SLACK_S = float(os.environ.get("BOUNDED_HEAVY_SLACK_S", "0.5"))
+# Every attack is held to the issue's 2x + 20 ms plus this slack: 2 cores shared with other jobs (the 30
+# unread streams, at a 0.5 s slack until stop 31, too: docs/reliability.md has the figures).
+SHARED_SLACK_S = float(os.environ.get("BOUNDED_SLACK_S", "0.1"))
 MIB = 1024 * 1024
 EXACT_MAX_BYTES = 16 * MIB
 
@@ -83,16 +81,21 @@ def config(mock_url: str, quiet_url: str) -> dict[str, Any]:
                "semantic": {"enabled": True}})
 
 
-def mock_process(port: int) -> subprocess.Popen[bytes]:
-    """The fake provider in its own process: its parsing of megabyte prompts must not slow the clients."""
-    return subprocess.Popen([sys.executable, "-m", "gateway", "mock-upstream", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def mock_process(port: int, niceness: int = 0) -> subprocess.Popen[bytes]:
+    """The fake provider in its own process: its parsing of megabyte prompts must not slow the clients.
+
+    ``niceness``: the attacker's provider stands for a remote service, but here it shares the 2 cores:
+    answering 4 x 5 MB prompts took it ~135 ms of CPU per attack (the gateway: ~100 ms), and 60 MB of
+    SSE ~3.4 s. At the lowest priority it gets what the gateway and the bystander leave, so the
+    bystander's figures measure the gateway, as against a provider on another machine."""
+    return subprocess.Popen(["nice", "-n", str(niceness), sys.executable, "-m", "gateway", "mock-upstream",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def env() -> AsyncIterator[Env]:
     port, quiet_port = free_port(), free_port()
-    mock, quiet = mock_process(port), mock_process(quiet_port)
+    mock, quiet = mock_process(port, niceness=19), mock_process(quiet_port)
     mock_url, quiet_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{quiet_port}"
     # BOUNDED_GATEWAY_PYTHONPATH=/path/to/other/checkout runs the same attacks against another version
     # (the "before" figures in docs/reliability.md).
@@ -279,7 +282,7 @@ async def test_unread_deterministic_streams_hold_bounded_memory(env: Env) -> Non
         for resp in held:
             resp.close()
 
-    await attack(env, "unread_streams_2MB_x30", run, HEAVY_SLACK_S)
+    await attack(env, "unread_streams_2MB_x30", run)
     # Unbounded, 30 x 2 MB answers were held twice (flight + fill, +259 MB for 60 in the issue). Bounded: the
     # exact cache's cap, the fill budget (32 MiB) and 30 flights x 256 KiB, +10%, + 10 MB of allocator slack.
     caps_mb = (EXACT_MAX_BYTES + 32 * MIB + 30 * 256 * 1024) / MIB
