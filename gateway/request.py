@@ -91,14 +91,19 @@ async def _read_pieces(request: web.Request, limit: int) -> list[bytes]:
     pieces: list[bytes] = []
     size = 0
     try:
-        # one buffered piece at a time: ``iter_any`` joined whatever was buffered at each step, a second
-        # copy of a multi-MB body on the loop (issue 15)
-        async for piece, _ in content.iter_chunks():
+        # One buffered piece at a time: ``iter_any`` joined whatever was buffered at each step, a second
+        # copy of a multi-MB body on the loop (issue 15). Not ``iter_chunks``: on the shared empty payload
+        # of a request without a body it never ends (its end-of-body marker is given out once per process).
+        while True:
+            piece, _ = await content.readchunk()
+            if not piece:
+                if content.at_eof():
+                    break
+                continue  # the end of an HTTP chunk
             size += len(piece)
             if size > limit:
                 raise too_large(limit)
-            if piece:
-                pieces.append(piece)
+            pieces.append(piece)
     except web.HTTPException:
         raise
     except (RequestPayloadError, ContentEncodingError) as exc:
