@@ -11,6 +11,7 @@ request in ``policies.cache.controls``.
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from gateway.appstate import AppState
 from gateway.chain import Next
@@ -51,6 +52,7 @@ class ExactCache:
         self._release = self.claims.script(RELEASE_IF_MINE) if self.claims is not None else None
         # One process, no shared state: a lookup is a memory read (no claim, no Redis), done inline.
         self._memory_only = self.claims is None and rt.exact.redis is None
+        self._refused = partial(state.metrics.decision, self.name)  # an answer the fill could not store
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
@@ -83,7 +85,7 @@ class ExactCache:
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
             resp = attach_fill(ex, resp, _Store(self, primary, key, ttl, cfg.cache_truncated),
-                               min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills)
+                               min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills, self._refused)
         return resp
 
     def _remembered(self, key: CacheKey) -> CachedAnswer | None:

@@ -30,6 +30,7 @@ from policies.cache.entry import CachedAnswer
 
 log = logging.getLogger("gateway.cache")
 Callback = Callable[[Exchange, CachedAnswer, list[str]], None]
+Refused = Callable[[str], None]  # a layer's decision counter: the answer it wanted was not stored, and why
 INLINE_FILL_BYTES = 256 * 1024  # larger answers are assembled off the event loop
 DEFAULT_FILL_BUDGET = 32 * 1024 * 1024
 
@@ -65,6 +66,7 @@ class Fill:
     sse: bool
     limit: int
     callbacks: list[Callback] = field(default_factory=list)
+    refusals: list[Refused] = field(default_factory=list)  # each layer's decision counter, when not stored
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0
     overflow: bool = False
@@ -96,23 +98,27 @@ class Fill:
         self.chunks = []
 
     def complete(self, ex: Exchange) -> None:
-        if self.overflow or not self.callbacks:
+        if not self.callbacks:
+            return
+        if self.overflow:  # over the entry's cap or the fills' budget: given up while it streamed
+            _refuse(self.refusals, "not_stored_too_large")
             return
         claim = ex.state.get(CLAIM_KEY)
         if claim is not None and not claim():
             return
         callbacks, self.callbacks = self.callbacks, []
+        refusals, self.refusals = self.refusals, []
         chunks = self.chunks
         self.release()
         if self.size <= INLINE_FILL_BYTES:
-            _store(ex, callbacks, self._assemble(chunks))
+            _store(ex, callbacks, refusals, self._assemble(chunks))
             return
         # A large answer is parsed in a thread (issue 15: seconds of loop time for big answers); the
         # callbacks (index, stores) run back on the loop. Nobody waits for it: the client has its answer.
         executor = self.budget.assembler() if self.budget is not None else None
         encode = self.budget is not None and self.budget.shared
         done = asyncio.get_running_loop().run_in_executor(executor, self._assemble, chunks, encode)
-        done.add_done_callback(lambda fut: _store(ex, callbacks, _result(fut)))
+        done.add_done_callback(lambda fut: _store(ex, callbacks, refusals, _result(fut)))
 
     def _assemble(self, chunks: list[bytes], encode: bool = False) -> tuple[CachedAnswer, list[str]] | None:
         data = b"".join(chunks)
@@ -134,8 +140,9 @@ def _result(fut: asyncio.Future[Assembled]) -> Assembled:
     return fut.result()
 
 
-def _store(ex: Exchange, callbacks: list[Callback], assembled: tuple[CachedAnswer, list[str]] | None) -> None:
-    if assembled is None:
+def _store(ex: Exchange, callbacks: list[Callback], refusals: list[Refused], assembled: Assembled) -> None:
+    if assembled is None:  # not a complete, clean answer (no [DONE], an error event, a broken chunk)
+        _refuse(refusals, "not_stored_incomplete")
         return
     answer, reasons = assembled
     for callback in callbacks:
@@ -144,6 +151,11 @@ def _store(ex: Exchange, callbacks: list[Callback], assembled: tuple[CachedAnswe
         except Exception:
             log.exception("cache fill callback failed")
     answer.encoded = None  # a store that did not take it must not keep it
+
+
+def _refuse(refusals: list[Refused], decision: str) -> None:
+    for refused in refusals:
+        refused(decision)
 
 
 FILL_KEY: StateKey[Fill] = StateKey("cache.fill")  # one collector per exchange, shared by the cache layers
@@ -168,16 +180,19 @@ def refusal(ex: Exchange, primary: tuple[str, str], reasons: list[str], truncate
 
 
 def attach_fill(ex: Exchange, resp: UpstreamResponse, callback: Callback, limit: int,
-                budget: FillBudget | None = None) -> UpstreamResponse:
-    """Arrange for ``callback`` to get the canonical answer if ``resp`` ends cleanly with a 200."""
+                budget: FillBudget | None = None, refused: Refused | None = None) -> UpstreamResponse:
+    """Arrange for ``callback`` to get the canonical answer if ``resp`` ends cleanly with a 200; else
+    ``refused`` hears why it was not stored (too large for the collector, or not a complete answer)."""
     if resp.status != 200:
         return resp
     fill = ex.state.get(FILL_KEY)
     if fill is not None:
         fill.callbacks.append(callback)
+        if refused is not None:
+            fill.refusals.append(refused)
         return resp
     fill = Fill(operation=ex.request.operation, sse=resp.is_sse, limit=limit, callbacks=[callback],
-                budget=budget)
+                refusals=[refused] if refused is not None else [], budget=budget)
     ex.state.set(FILL_KEY, fill)
     return replace(resp, body=_observe(fill, ex, resp.body))
 

@@ -59,6 +59,7 @@ class SemanticCache:
         self.rt = rt
         self.parts = parts
         self.keys = KeyMaker(config)
+        self._refused = partial(state.metrics.decision, self.name)  # an answer the fill could not store
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
@@ -104,6 +105,7 @@ class SemanticCache:
                 partial(self._guarded, primary, cache.exact.cache_truncated, store),
                 MAX_ENTRY_BYTES,
                 self.rt.fills,
+                self._refused,
             )
         return resp
 

@@ -116,3 +116,26 @@ def test_an_entry_keeps_bytes_and_renders_its_replay_once() -> None:
     assert answer.sse(True, render).endswith(b"u") and answer.sse(True, render).endswith(b"u")
     assert not answer.sse(False, render).endswith(b"u")
     assert renders == [True, False]
+
+
+async def test_each_layer_hears_why_an_answer_was_not_stored() -> None:
+    """Too large for the collector: ``not_stored_too_large``; a stream that did not end cleanly (no
+    ``[DONE]``): ``not_stored_incomplete``; each layer that asked hears it once. A stored answer: nothing
+    (control)."""
+    async def serve(body: bytes, content_type: str, limit: int) -> tuple[list[str], int]:
+        ex = build_exchange()
+        heard: list[str] = []
+        stored: list[CachedAnswer] = []
+        resp = UpstreamResponse(200, {"content-type": content_type}, Chunks([body]))
+        for layer in ("exact", "semantic"):
+            resp = attach_fill(ex, resp, lambda _ex, a, _r: stored.append(a), limit,
+                               refused=lambda decision, layer=layer: heard.append(f"{layer}:{decision}"))
+        assert b"".join([chunk async for chunk in resp.body]) == body
+        return heard, len(stored)
+
+    assert await serve(ANSWER, "application/json", 1 << 20) == ([], 2)
+    assert await serve(ANSWER, "application/json", len(ANSWER) - 1) == (
+        ["exact:not_stored_too_large", "semantic:not_stored_too_large"], 0)
+    cut = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'  # no [DONE]
+    assert await serve(cut, "text/event-stream", 1 << 20) == (
+        ["exact:not_stored_incomplete", "semantic:not_stored_incomplete"], 0)
