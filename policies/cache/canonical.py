@@ -81,8 +81,11 @@ def answer_from_sse(operation: str, data: bytes) -> dict[str, Any] | None:
 def _payloads(data: bytes) -> tuple[list[bytes], bool] | None:
     """The non-empty payloads before and after ``[DONE]``, and whether it came; None at an error event."""
     lines = _data_lines(data)
-    if lines is not None:
-        return _kept(lines)
+    return _kept(lines) if lines is not None else grammar_payloads(data)
+
+
+def grammar_payloads(data: bytes) -> tuple[list[bytes], bool] | None:
+    """``_payloads`` read by the SSE grammar, event by event (``events_of``): any body."""
     payloads: list[bytes] = []
     done = False
     for name, payload in events_of(data):

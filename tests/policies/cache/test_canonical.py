@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sse import events_of
 from policies.cache import canonical
 from policies.cache.canonical import answer_from_json, answer_from_sse, finish_reasons
 
@@ -189,19 +188,6 @@ def test_openai_padding_is_not_part_of_the_answer() -> None:
     assert answer["choices"][0]["message"]["content"] == "Hi"
 
 
-def _reference_payloads(body: bytes) -> tuple[list[bytes], bool] | None:
-    """What the assembly reads, by the SSE grammar (``events_of``), event by event."""
-    payloads, done = [], False
-    for name, payload in events_of(body):
-        if name == b"error":
-            return None
-        if payload == b"[DONE]":
-            done = True
-        elif payload:
-            payloads.append(payload)
-    return payloads, done
-
-
 @pytest.mark.parametrize("body", [
     b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: [DONE]\n\n',  # the usual: the fast path
     b'data:{"a":1}\n\ndata:  {"b":2}  \n\ndata: [DONE]',  # no space, spaces, no final blank line
@@ -219,8 +205,8 @@ def _reference_payloads(body: bytes) -> tuple[list[bytes], bool] | None:
     b'',
 ])
 def test_payloads_are_read_as_the_sse_grammar_says(body: bytes) -> None:
-    """The C-speed path for one-line ``data:`` events and the event-by-event path agree."""
-    assert canonical._payloads(body) == _reference_payloads(body)
+    """The C-speed path for one-line ``data:`` events and the grammar's event-by-event path agree."""
+    assert canonical._payloads(body) == canonical.grammar_payloads(body)
 
 
 _event = st.builds(lambda pre, payload, post: b"data:" + pre + payload + post + b"\n\n",
@@ -235,7 +221,7 @@ _other = st.sampled_from([b": c\n\n", b"\n", b"event: error\n", b"\r\n", b"\xef\
 @given(st.lists(st.one_of(_event, _event, _event, _event, _other), max_size=30))
 def test_any_body_reads_as_the_sse_grammar_says(parts: list[bytes]) -> None:
     body = b"".join(parts)
-    assert canonical._payloads(body) == _reference_payloads(body)
+    assert canonical._payloads(body) == canonical.grammar_payloads(body)
 
 
 def test_one_line_events_take_the_fast_path() -> None:
