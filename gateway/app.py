@@ -108,6 +108,7 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.backend = shared_backend(config, st.clock)
         if st.backend is not None:
             st.closers.append(st.backend.close)
+            count_transitions(st)
         try:
             await start_observability(st, config)  # metrics sink, usage accounting, tracing, ledger
             st.stats = create_live_stats(st)  # after accounting: sees the settled usage and cost
@@ -142,6 +143,18 @@ def shared_backend(config: Config, clock: Callable[[], float]) -> GuardedRedis |
     if host_url:
         return GuardedRedis.from_config(config.state, clock, url=host_url)
     return None
+
+
+def count_transitions(st: AppState) -> None:
+    """``gateway_state_backend_transitions_total{to}``: each time the shared state backend is declared
+    down (its breaker opened: every feature falls back to local state) or up again. The gauge
+    ``gateway_state_backend_up`` says where it is; this says how often it flapped between scrapes."""
+    if st.metrics is None or st.backend is None:
+        return
+    family = st.metrics.counter("gateway_state_backend_transitions_total",
+                                "Times the shared state backend was declared down or up again", ("to",))
+    down, up = family.labels("down"), family.labels("up")
+    st.backend.listeners.append(lambda is_up: (up if is_up else down).inc())
 
 
 def known_models(config: Config) -> set[str]:

@@ -233,11 +233,14 @@ async def test_redis_killed_mid_load_then_restarted(mock_upstream: MockServer) -
     try:
         assert await statuses(gw, 10, KEY) == [200] * 10
         assert sample(gw, "gateway_state_backend_up") == 1
+        transitions = "gateway_state_backend_transitions_total"
+        assert (sample(gw, transitions, to="down"), sample(gw, transitions, to="up")) == (0, 0)
         server.kill()
         during = await statuses(gw, 40, KEY, 10)
         assert all(code in (200, 429) for code in during), during  # never a 5xx because of Redis
         assert 19 <= during.count(200) <= 21  # the local share: 40 rpm / 2 replicas
         assert sample(gw, "gateway_state_backend_up") == 0
+        assert (sample(gw, transitions, to="down"), sample(gw, transitions, to="up")) == (1, 0)
         server.start()
         loop = asyncio.get_running_loop()
         restarted = loop.time()
@@ -247,6 +250,7 @@ async def test_redis_killed_mid_load_then_restarted(mock_upstream: MockServer) -
             assert codes[0] in (200, 429)
             await asyncio.sleep(0.05)
         assert await statuses(gw, 5, KEY, 200) == [200] * 5  # a fresh Redis: the shared bucket is whole again
+        assert (sample(gw, transitions, to="down"), sample(gw, transitions, to="up")) == (1, 1)
         assert await limiter(gw).buckets.guarded.client.keys("*")  # type: ignore[union-attr]
     finally:
         await gw.close()
