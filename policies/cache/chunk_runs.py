@@ -232,9 +232,7 @@ class _Parser:
             return False
         self.run = []
         splits = [template.split(payload) for payload in run]
-        values = _values(splits, bool(template.mid)) if None not in splits else None
-        if values is not None:
-            self.events.append(template.with_values(*values))
+        if None not in splits and self._merged(template, splits):  # the usual case: the run at once
             return True
         # In doubt: the chunks with no middle or a piece ending in a backslash one by one, the others in
         # runs between them
@@ -249,13 +247,15 @@ class _Parser:
 
     def _merge(self, template: _Template, run: list[bytes], splits: list[Split | None]) -> None:
         """``run`` as one chunk, or one by one if its pieces are still in doubt (a bad escape)."""
-        if not run:
-            return
-        values = _values(splits, bool(template.mid))
-        if values is None:
+        if run and not self._merged(template, splits):
             self.events.extend(parse_chunk(payload) for payload in run)
-        else:
+
+    def _merged(self, template: _Template, splits: list[Split | None]) -> bool:
+        """The run of these pieces added as one chunk, if they decode as one string each."""
+        values = _values(splits, bool(template.mid))
+        if values is not None:
             self.events.append(template.with_values(*values))
+        return values is not None
 
 
 def _values(splits: list[Split | None], padded: bool) -> tuple[str, str] | None:
