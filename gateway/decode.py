@@ -47,8 +47,7 @@ def decode(raw: bytes, operation: str) -> Decoded:
     return body, blobs
 
 
-async def decode_body(work: WorkPool, tenant: str, raw: bytes | list[bytes],
-                      operation: str) -> tuple[bytes, dict[str, Any], Blobs | None]:
+async def decode_body(work: WorkPool, tenant: str, raw: bytes | list[bytes], operation: str) -> Joined:
     """The body's bytes, ``decode``d: on the loop for a small body, else in ``work`` (fair per ``tenant``,
     budgeted). A body still in its received pieces is joined there too: a multi-MB join is one C call
     that keeps the GIL ~3-5 ms (fresh pages), and four bodies that arrived together were joined back to
@@ -65,9 +64,7 @@ async def decode_body(work: WorkPool, tenant: str, raw: bytes | list[bytes],
 
 
 def _joined(raw: bytes | list[bytes]) -> bytes:
-    if isinstance(raw, bytes):
-        return raw
-    return raw[0] if len(raw) == 1 else b"".join(raw)
+    return raw if isinstance(raw, bytes) else b"".join(raw)  # one piece: itself, not a copy
 
 
 def _decode_or_error(raw: bytes | list[bytes], operation: str) -> Joined | Exception:

@@ -15,11 +15,10 @@ from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.appstate import APP_STATE
+from gateway.decode import DECODE_INLINE_MAX_BYTES
 from gateway.errors import LocalReply, bad_request
 
 SERVER_DECODED = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
-# A body declared at least this large is read in pieces and joined off the loop (``read_pieces``)
-JOIN_ON_LOOP_MAX_BYTES = 256 * 1024
 
 
 def too_large(limit: int) -> LocalReply:
@@ -36,8 +35,7 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
     within ``timeout_s`` (None: ``server.body_timeout_s``): a client that trickles
     its body gets 408 instead of holding a task and a buffer forever.
     """
-    pieces = await read_pieces(request, limit, timeout_s)
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return b"".join(await read_pieces(request, limit, timeout_s))  # one piece: itself, not a copy
 
 
 async def read_pieces(request: web.Request, limit: int, timeout_s: float | None = None) -> list[bytes]:
@@ -62,7 +60,7 @@ def body_if_whole(request: web.Request, limit: int) -> bytes | None:
     encoding = _checked_encoding(request, limit)
     content = request.content
     declared = request.content_length
-    if not content.is_eof() or declared is None or declared >= JOIN_ON_LOOP_MAX_BYTES:
+    if not content.is_eof() or declared is None or declared >= DECODE_INLINE_MAX_BYTES:
         return None
     try:
         data = content.read_nowait()
