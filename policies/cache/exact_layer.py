@@ -69,7 +69,7 @@ class ExactCache:
         keys = self.keys
         key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
         if read:
-            answer = self._remembered(key) if self._memory_only else await self._lookup(ex, key)
+            answer = self.rt.exact.local(key) if self._memory_only else await self._lookup(ex, key)
             if answer is not None and (controls.max_age_s is None or _age(answer) <= controls.max_age_s):
                 self.rt.metrics.request("exact", "hit", self.name)
                 self.rt.metrics.saved("exact", ex.request.model, answer.tokens)
@@ -87,11 +87,6 @@ class ExactCache:
             resp = attach_fill(ex, resp, _Store(self, primary, key, ttl, cfg.cache_truncated),
                                min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills, self._refused)
         return resp
-
-    def _remembered(self, key: CacheKey) -> CachedAnswer | None:
-        """``AnswerStore.get`` of a store without Redis (what it answers then), with no coroutine."""
-        found = self.rt.exact.memory.get(key)
-        return found[0] if found is not None else None
 
     async def _lookup(self, ex: Exchange, key: CacheKey) -> CachedAnswer | None:
         """The entry; on a miss, the fleet's coalescing claim too when this request would take one."""

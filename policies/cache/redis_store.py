@@ -98,11 +98,9 @@ class AnswerStore:
         ``(answer, None)`` on a hit, ``(None, Claim)`` on a miss, ``(None, None)`` when Redis was not
         asked (no Redis, a memory hit) or failed: the caller then claims the usual way, or not at all.
         """
-        found = self.memory.get(key)
-        if found is not None:
-            return found[0], None
-        if self.redis is None:
-            return None, None
+        answer = self.local(key)
+        if answer is not None or self.redis is None:
+            return answer, None
         if self._lookup_or_claim is None:
             self._lookup_or_claim = self.redis.script(LOOKUP_OR_CLAIM)
         script, rkey = self._lookup_or_claim, self.redis_key(key)
@@ -122,21 +120,22 @@ class AnswerStore:
             self.memory.set(key, answer, pttl / 1000)
         return answer
 
-    async def get(self, key: CacheKey) -> CachedAnswer | None:
+    def local(self, key: CacheKey) -> CachedAnswer | None:
+        """This process's entry, if it holds one (all ``get`` answers without Redis; no coroutine)."""
         found = self.memory.get(key)
-        if found is not None:
-            return found[0]
-        if self.redis is None:
-            return None
+        return found[0] if found is not None else None
+
+    async def get(self, key: CacheKey) -> CachedAnswer | None:
+        answer = self.local(key)
+        if answer is not None or self.redis is None:
+            return answer
         return await self._get_shared(key)
 
     async def peek(self, key: CacheKey) -> tuple[CachedAnswer | None, bool]:
         """``get`` for a fleet follower: the entry, or whether a claim still holds its key (one read)."""
-        found = self.memory.get(key)
-        if found is not None:
-            return found[0], False
-        if self.redis is None:
-            return None, False
+        answer = self.local(key)
+        if answer is not None or self.redis is None:
+            return answer, False
         rkey = self.redis_key(key)
         try:
             data, pttl = await self.redis.call(lambda r: _get_with_ttl(r, rkey))
@@ -151,10 +150,7 @@ class AnswerStore:
 
     async def get_many(self, keys: list[CacheKey]) -> list[CachedAnswer | None]:
         """Memory first, then one Redis round trip for everything memory did not have."""
-        out: list[CachedAnswer | None] = []
-        for key in keys:
-            found = self.memory.get(key)
-            out.append(found[0] if found is not None else None)
+        out = [self.local(key) for key in keys]
         missing = [i for i, a in enumerate(out) if a is None]
         if not missing or self.redis is None:
             return out
