@@ -7,6 +7,7 @@ streamed and non-streamed answers to the same request are identical.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from dataclasses import dataclass
@@ -221,7 +222,7 @@ def chat_stream_events(plan: ChatPlan, *, include_usage: bool, padded: bool = Fa
     """Role chunk, content (or tool-call) deltas, finish chunk, optional usage chunk, [DONE]. ``padded``:
     each delta chunk ends with OpenAI's ``obfuscation`` padding (random characters of varying length, on
     unless ``stream_options.include_obfuscation`` is false); here derived from the chunk's position."""
-    serial = iter(range(1 << 30))
+    serial = itertools.count()
 
     def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> bytes:
         obj: dict[str, Any] = {
