@@ -5,6 +5,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -21,7 +22,6 @@ from gateway.models_api import handle_models
 from gateway.passthrough import handle_other
 from gateway.routing import Router
 from gateway.state.host_state import HOST_STATE_ENV
-from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.live_fleet import start_fleet_stats
 from gateway.telemetry.live_view import create_live_stats
 from gateway.telemetry.logging import log_request
@@ -33,6 +33,9 @@ from gateway.tokens.tokenizer import DEFAULT_ENCODING, Tokenizer
 from gateway.upstream import UpstreamClient
 from policies.ledger.admin import add_usage_route
 from policies.registry import build_policies
+
+if TYPE_CHECKING:
+    from gateway.state.redis_client import GuardedRedis
 
 log = logging.getLogger("gateway.app")
 
@@ -136,13 +139,15 @@ def _closing(pool: WorkPool) -> Callable[[], Awaitable[None]]:
 
 
 def shared_backend(config: Config, clock: Callable[[], float]) -> GuardedRedis | None:
-    """Redis for the fleet (``state.backend: redis``), else the supervisor's host-local one, else none."""
-    if config.state.backend == "redis":
-        return GuardedRedis.from_config(config.state, clock)
-    host_url = os.environ.get(HOST_STATE_ENV)
-    if host_url:
-        return GuardedRedis.from_config(config.state, clock, url=host_url)
-    return None
+    """Redis for the fleet (``state.backend: redis``), else the supervisor's host-local one, else none.
+
+    redis-py is imported only when one is used (``gateway.state.errors`` says why)."""
+    host_url = None if config.state.backend == "redis" else os.environ.get(HOST_STATE_ENV)
+    if config.state.backend != "redis" and not host_url:
+        return None
+    from gateway.state.redis_client import GuardedRedis  # noqa: PLC0415 - not imported unless used
+
+    return GuardedRedis.from_config(config.state, clock, url=host_url)
 
 
 def count_transitions(st: AppState) -> None:

@@ -22,7 +22,6 @@ from gateway.chain import Next, Policy
 from gateway.config_model import Config
 from gateway.exchange import Exchange, LayerState
 from gateway.routing import Router
-from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.metrics import Metrics, RequestMetrics
 from gateway.tokens.pool import WorkPool
 from gateway.tokens.tokenizer import Tokenizer
@@ -30,6 +29,7 @@ from gateway.upstream import UpstreamClient
 from gateway.workers import workers_from_env
 
 if TYPE_CHECKING:
+    from gateway.state.redis_client import GuardedRedis
     from gateway.telemetry.live import LiveStats
     from policies.ledger.writer import LedgerWriter
     from policies.tracing.tracer import Tracing

@@ -27,8 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, RedisError
-
 if TYPE_CHECKING:
     from gateway.state.lane import Lane
 
@@ -49,6 +47,8 @@ class CommandRefused(Exception):
 
 async def send_calls(lane: Lane, calls: Sequence[Call]) -> None:
     """Send ``calls`` in one round trip and hand each its reply (or its own error)."""
+    from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
+
     pending = [c for c in calls if not c.future.done()]  # a caller cancelled before we left needs nothing
     for attempt in range(2):
         if not pending:
@@ -68,7 +68,7 @@ async def send_calls(lane: Lane, calls: Sequence[Call]) -> None:
 def _settle(call: Call, reply: Any) -> None:
     if call.future.done():
         return  # its caller was cancelled meanwhile
-    if isinstance(reply, RedisError):
+    if isinstance(reply, Exception):  # the lane's replies: raw values, or a redis-py error per command
         call.future.set_exception(CommandRefused(type(reply).__name__))
     else:
         call.future.set_result(reply)

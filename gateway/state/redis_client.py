@@ -26,16 +26,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config_model import StateConfig
+from gateway.state.errors import RedisUnavailable
 from gateway.state.lane import Lane
 from gateway.state.pipelining import Call, CommandRefused, send_calls
 from gateway.state.write_behind import MAX_BATCH, Write, send
 from gateway.telemetry.logging import state_change
 
 T = TypeVar("T")
-
-
-class RedisUnavailable(Exception):
-    """Redis is down, slow or cooling off: use the local fallback."""
 
 
 @dataclass(slots=True)

@@ -23,8 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
-
 if TYPE_CHECKING:
     from gateway.state.lane import Lane
 
@@ -51,6 +49,8 @@ def evalsha(script: Any, keys: Sequence[str], args: Sequence[Any], **hooks: Any)
 
 async def send(lane: Lane, writes: Sequence[Write]) -> None:
     """Run ``writes`` in one round trip; scripts Redis lost are loaded and their writes re-sent once."""
+    from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
+
     pending = list(writes)
     for attempt in range(2):
         results = await lane.run([w.args if w.build is None else w.build() for w in pending])

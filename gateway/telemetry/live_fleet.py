@@ -20,16 +20,19 @@ import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.appstate import AppState
 from gateway.exchange import StateKey
-from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.errors import RedisUnavailable
 from gateway.telemetry import live_window as w
 from gateway.telemetry.live import LiveStats
 from gateway.telemetry.live_window import Hist, Second
+
+if TYPE_CHECKING:
+    from gateway.state.redis_client import GuardedRedis
 
 PUBLISH_S = 1.0
 STALE_S = 5.0

@@ -9,13 +9,15 @@ sinks' order does not matter.
 """
 from __future__ import annotations
 
+import os
+
 from gateway.appstate import AppState
 from gateway.config_model import Config
 from gateway.metrics_endpoint import start_metrics_server
 from gateway.telemetry.metrics import RequestMetrics
 from gateway.telemetry.metrics_sink import MetricsSink
 from policies.ledger.setup import open_ledger
-from policies.tracing.tracer import create_tracing
+from policies.tracing.config import tracing_enabled
 from policies.usage.accounting import make_finalizer
 
 
@@ -26,7 +28,10 @@ async def start_observability(st: AppState, config: Config) -> None:
         st.request_metrics = families
         st.sinks.append(MetricsSink(st, families))
         await start_metrics_server(st, config)
-    st.tracer = create_tracing(config, st.clock)
+    if tracing_enabled(config.tracing, os.environ):  # OpenTelemetry is imported only when it is on
+        from policies.tracing.tracer import create_tracing  # noqa: PLC0415
+
+        st.tracer = create_tracing(config, st.clock)
     if st.tracer is not None:
         st.sinks.append(st.tracer.finish)
         st.closers.append(st.tracer.close)

@@ -21,10 +21,10 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tiktoken
-from tiktoken_ext import openai_public
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = [
     "BPE_FILES",
@@ -134,6 +134,8 @@ def _tiktoken_params(encoding: str, ranks_loader: Callable[..., dict[bytes, int]
     mutated, so this is safe under threads) reuses tiktoken's definitions verbatim
     while ``ranks_loader`` serves the shipped file instead of the URL.
     """
+    from tiktoken_ext import openai_public  # noqa: PLC0415 - tiktoken only once an encoding loads
+
     constructor = openai_public.ENCODING_CONSTRUCTORS.get(encoding)
     if not isinstance(constructor, types.FunctionType):
         raise BpeFileError(f"installed tiktoken has no constructor for {encoding!r}")
@@ -168,6 +170,8 @@ def build_encoding(encoding: str, data: bytes) -> tiktoken.Encoding:
                 f"gateway ships {spec.sha256}; update gateway/data/tiktoken to match tiktoken"
             )
         return parse_mergeable_ranks(data)
+
+    import tiktoken  # noqa: PLC0415 - a gateway that never counts never imports it (~1.4 MB)
 
     params = _tiktoken_params(encoding, ranks_loader)
     extra = {"explicit_n_vocab": params["explicit_n_vocab"]} if "explicit_n_vocab" in params else {}

@@ -21,9 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import tiktoken
+from typing import TYPE_CHECKING, Any
 
 from gateway.memory import trim_heap
 from gateway.tokens.bpe import BPE_FILES, load_encoding
@@ -34,6 +32,9 @@ from gateway.tokens.request import (
     count_token_input,
     count_tools,
 )
+
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = [
     "CL100K_BASE",

@@ -33,12 +33,12 @@ import asyncio
 import os
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.body import Observed
 from gateway.chain import Next
 from gateway.exchange import Exchange, StateKey, UpstreamResponse
-from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.errors import RedisUnavailable
 from gateway.state.write_behind import Write, evalsha
 from policies.cache.config import CacheConfig
 from policies.cache.controls import mode_allows
@@ -47,6 +47,9 @@ from policies.cache.keys import CacheKey
 from policies.cache.redis_store import AnswerStore, Claim
 from policies.cache.request import controls_of, deterministic
 from policies.cache.respond import cached_response
+
+if TYPE_CHECKING:
+    from gateway.state.redis_client import GuardedRedis
 
 POLL_S = 0.025
 HOLD_S = 0.25  # a relayed answer's claim release waits this long for the entry's write (which ends the claim)

@@ -19,15 +19,18 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.errors import RedisUnavailable
 from policies.cache.entry import CachedAnswer
 from policies.cache.guards import TEXT_CHARS, question_digest
 from policies.cache.keys import namespace_token
 from policies.cache.vector_index import TOP_K, Item
+
+if TYPE_CHECKING:
+    from gateway.state.redis_client import GuardedRedis
 
 log = logging.getLogger("gateway.cache")
 SEARCH_COUNT = TOP_K * 4  # near-duplicates the guards veto must not hide the right entry

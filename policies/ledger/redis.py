@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.state.redis_client import GuardedRedis
 from policies.ledger.record import COLUMNS, GROUP_BY, UsageRecord, aggregate
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+
+    from gateway.state.redis_client import GuardedRedis
 
 PAGE = 1000
 SKEW_S = 300.0  # clock difference allowed between a gateway host and Redis

@@ -5,7 +5,6 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from policies.mcp.call import Call
 from policies.mcp.deps import Deps
@@ -17,6 +16,8 @@ async def traced(deps: Deps, request: web.Request, call: Call, run: Callable[[],
     tracing = deps.st.tracer
     if tracing is None:
         return await run()
+    from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: PLC0415 - only with tracing on
+
     tool = (call.msg.tool or "")[:64]
     span = tracing.tracer.start_span(
         f"execute_tool {tool}",

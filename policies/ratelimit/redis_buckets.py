@@ -28,15 +28,18 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gateway.state.errors import RedisUnavailable
 from gateway.state.pipelining import evalsha_args
-from gateway.state.redis_client import GuardedRedis, RedisUnavailable
 from gateway.state.write_behind import Write
 from policies.ratelimit.buckets import MemoryBuckets
 from policies.ratelimit.lease import LeaseAsk
 from policies.ratelimit.model import COOLDOWN, DAY_S, NEVER, LimitSet, Verdict
 from policies.ratelimit.redis_scripts import ACQUIRE, APPLY
+
+if TYPE_CHECKING:
+    from gateway.state.redis_client import GuardedRedis
 
 log = logging.getLogger("gateway.ratelimit")
 MAX_OWED = 10_000  # releases kept for replay while Redis is down

@@ -30,7 +30,6 @@ from typing import Any
 from gateway.appstate import AppState
 from gateway.components import QUEUE_DEPTHS, QUOTA_PAUSED
 from gateway.exchange import StateKey
-from gateway.state.redis_client import GuardedRedis
 from gateway.telemetry.logging import state_change
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
 from policies.ratelimit.lease import LeaseAsk, Leases
@@ -282,7 +281,7 @@ def limiter_for(st: AppState) -> RateLimiter:
         metrics = RateLimitMetrics.register(st.metrics)
         memory = MemoryBuckets(clock)
         buckets: MemoryBuckets | RedisBuckets = memory
-        if isinstance(st.backend, GuardedRedis):
+        if st.backend is not None:
             buckets = RedisBuckets(st.backend, cfg.key_prefix, memory, cfg.replicas_hint)
             metrics.backend_up.set(1 if st.backend.up else 0)
             st.backend.listeners.append(lambda up: metrics.backend_up.set(1 if up else 0))

@@ -19,10 +19,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.errors import RedisUnavailable
 from policies.resilience.breaker import CircuitBreaker
+
+if TYPE_CHECKING:
+    from gateway.state.redis_client import GuardedRedis
 
 log = logging.getLogger("policies.resilience.shared")
 POLL_S = 0.25

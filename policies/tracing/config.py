@@ -1,6 +1,7 @@
 """The ``tracing`` block."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,3 +15,9 @@ class TracingConfig:
     sample_ratio: float = 1.0
     capture_content: bool = False
     exporter: Literal["otlp", "console", "memory"] = "otlp"  # memory: kept in-process (tests, debugging)
+
+
+def tracing_enabled(cfg: TracingConfig, env: Mapping[str, str]) -> bool:
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return cfg.enabled or env.get("OTEL_TRACES_EXPORTER", "").strip().lower() in ("otlp", "console")

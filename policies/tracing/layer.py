@@ -7,11 +7,16 @@ outcome, usage and timings are known; see ``policies.tracing.tracer``.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from gateway.appstate import AppState
 from gateway.chain import Next
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
-from policies.tracing.tracer import ATTEMPTS_KEY, Tracing
+from policies.tracing.keys import ATTEMPTS_KEY
+
+if TYPE_CHECKING:
+    from policies.tracing.tracer import Tracing
 
 
 class RequestSpanPolicy:

@@ -49,11 +49,10 @@ from gateway.config_model import Config
 from gateway.exchange import Attempt, Exchange, StateKey
 from gateway.produced import CAPTURE_KEY, produced_texts
 from gateway.telemetry.metrics_sink import attempt_ends
-from policies.tracing.config import TracingConfig
+from policies.tracing.config import tracing_enabled
+from policies.tracing.keys import ATTEMPTS_KEY
 
 SPAN_KEY: StateKey[Span] = StateKey("tracing.span")  # the request's SERVER span
-# One CLIENT span per upstream attempt, with the Attempt the terminal recorded (None: never sent).
-ATTEMPTS_KEY: StateKey[list[tuple[Span, Attempt | None]]] = StateKey("tracing.attempts")
 GENAI_OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings",
                     "responses": "chat"}
 MAX_CONTENT = 32 * 1024
@@ -211,12 +210,6 @@ def record_span(ex: Exchange, name: str, start: float, end: float, **attributes:
     tracing = ex.state.get(TRACER_KEY)
     if tracing is not None:
         tracing.child(ex, name, start, end, attributes)
-
-
-def tracing_enabled(cfg: TracingConfig, env: Mapping[str, str]) -> bool:
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    return cfg.enabled or env.get("OTEL_TRACES_EXPORTER", "").strip().lower() in ("otlp", "console")
 
 
 def create_tracing(config: Config, clock: Callable[[], float],

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from gateway.config_model import StateConfig
+from gateway.state.errors import RedisUnavailable
 from gateway.state.pipelining import evalsha_args
-from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.redis_client import GuardedRedis
 from gateway.state.write_behind import Write
 from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer, free_port

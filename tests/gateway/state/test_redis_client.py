@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.config_model import StateConfig
-from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.errors import RedisUnavailable
+from gateway.state.redis_client import GuardedRedis
 from gateway.state.write_behind import Write
 from tests.support.until import until
 

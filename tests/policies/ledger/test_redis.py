@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from gateway.config_model import StateConfig
-from gateway.state.redis_client import GuardedRedis, RedisUnavailable
+from gateway.state.errors import RedisUnavailable
+from gateway.state.redis_client import GuardedRedis
 from policies.ledger.redis import RedisStore
 from tests.policies.ledger.test_record import rec
 from tests.support.servers import RedisServer

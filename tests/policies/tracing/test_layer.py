@@ -11,13 +11,14 @@ from gateway.body import OneChunk
 from gateway.config import parse_config
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Attempt, Exchange, UpstreamResponse
+from policies.tracing.keys import ATTEMPTS_KEY
 from policies.tracing.layer import (
     AttemptSpanPolicy,
     RequestSpanPolicy,
     attempt_span_factory,
     request_span_factory,
 )
-from policies.tracing.tracer import ATTEMPTS_KEY, SPAN_KEY, create_tracing
+from policies.tracing.tracer import SPAN_KEY, create_tracing
 from tests.support.exchange import build_exchange
 from tests.support.servers import gateway_config
 

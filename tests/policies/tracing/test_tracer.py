@@ -10,14 +10,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import parse_config
 from gateway.exchange import Attempt, Exchange, Usage
+from policies.tracing.config import tracing_enabled
+from policies.tracing.keys import ATTEMPTS_KEY
 from policies.tracing.tracer import (
-    ATTEMPTS_KEY,
     SPAN_KEY,
     TRACER_KEY,
     Tracing,
     create_tracing,
     record_span,
-    tracing_enabled,
 )
 from tests.support.servers import gateway_config
 
