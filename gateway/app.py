@@ -111,7 +111,7 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         st.backend = shared_backend(config, st.clock)
         if st.backend is not None:
             st.closers.append(st.backend.close)
-            count_transitions(st)
+            watch_backend(st)
         try:
             await start_observability(st, config)  # metrics sink, usage accounting, tracing, ledger
             st.stats = create_live_stats(st)  # after accounting: sees the settled usage and cost
@@ -150,16 +150,25 @@ def shared_backend(config: Config, clock: Callable[[], float]) -> GuardedRedis |
     return GuardedRedis.from_config(config.state, clock, url=host_url)
 
 
-def count_transitions(st: AppState) -> None:
-    """``gateway_state_backend_transitions_total{to}``: each time the shared state backend is declared
-    down (its breaker opened: every feature falls back to local state) or up again. The gauge
-    ``gateway_state_backend_up`` says where it is; this says how often it flapped between scrapes."""
+def watch_backend(st: AppState) -> None:
+    """``gateway_state_backend_up`` (1 while the shared state backend answers) and
+    ``gateway_state_backend_transitions_total{to}`` (each time it is declared down, its breaker open and
+    every feature on local state, or up again: the flaps between scrapes). Whichever features use the
+    backend: a gateway sharing only its breakers or caches reports it too (it was once the rate limiter's)."""
     if st.metrics is None or st.backend is None:
         return
+    gauge = st.metrics.gauge("gateway_state_backend_up", "1 when the shared state backend answers, else 0",
+                             multiprocess_mode="livemin")
     family = st.metrics.counter("gateway_state_backend_transitions_total",
                                 "Times the shared state backend was declared down or up again", ("to",))
     down, up = family.labels("down"), family.labels("up")
-    st.backend.listeners.append(lambda is_up: (up if is_up else down).inc())
+    gauge.set(1 if st.backend.up else 0)
+
+    def changed(is_up: bool) -> None:
+        gauge.set(1 if is_up else 0)
+        (up if is_up else down).inc()
+
+    st.backend.listeners.append(changed)
 
 
 def known_models(config: Config) -> set[str]:

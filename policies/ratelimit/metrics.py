@@ -23,7 +23,6 @@ class RateLimitMetrics:
     depth: Children  # upstream
     reserved: Any  # Counter
     reconciled: Children  # direction: refund | charge
-    backend_up: Any  # Gauge
     policy_decisions: Children  # gateway_policy_decisions_total{policy, decision}
     leases: Children  # scope, outcome (``lease.OUTCOMES``)
 
@@ -44,8 +43,6 @@ class RateLimitMetrics:
                                           "Reservation corrections after the answer: refund (unused) "
                                           "or charge "
                                           "(excess)", ("direction",))),
-            backend_up=m.gauge("gateway_state_backend_up", "1 when the shared state backend answers, else 0",
-                               multiprocess_mode="livemin"),
             policy_decisions=Children(m.decisions),
             leases=Children(m.counter("gateway_rate_limit_lease_total",
                                       "Leases of shared rate-limit capacity: granted, refused (near "

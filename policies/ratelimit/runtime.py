@@ -283,10 +283,6 @@ def limiter_for(st: AppState) -> RateLimiter:
         buckets: MemoryBuckets | RedisBuckets = memory
         if st.backend is not None:
             buckets = RedisBuckets(st.backend, cfg.key_prefix, memory, cfg.replicas_hint)
-            metrics.backend_up.set(1 if st.backend.up else 0)
-            st.backend.listeners.append(lambda up: metrics.backend_up.set(1 if up else 0))
-        else:
-            metrics.backend_up.set(1)
         limiter = RateLimiter(buckets=buckets, metrics=metrics, clock=clock, loop_time=st.clock)
         st.components.set(COMPONENT, limiter)
         queues = limiter.queues

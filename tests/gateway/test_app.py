@@ -1,9 +1,21 @@
-"""gateway.app: encodings are loaded before serving only when a built layer counts every prompt."""
+"""gateway.app: encodings are loaded before serving only when a built layer counts every prompt; the
+shared state backend's gauge and transitions."""
 from __future__ import annotations
+
+from openai import AsyncOpenAI
 
 from gateway.appstate import APP_STATE
 from gateway.mock import MockServer
-from tests.support.servers import gateway_config, start_gateway
+from policies.ratelimit.runtime import COMPONENT as LIMITER
+from tests.support.servers import (
+    InProcessGateway,
+    RedisServer,
+    free_port,
+    gateway_config,
+    redis_server_binary,
+    start_gateway,
+)
+from tests.support.until import until
 
 
 async def _loaded(mock_upstream: MockServer, **overrides: object) -> bool:
@@ -22,3 +34,43 @@ async def test_a_prompt_counting_layer_gets_its_encoding_before_the_first_reques
 
 async def test_a_config_that_never_counts_prompts_loads_nothing(mock_upstream: MockServer) -> None:
     assert not await _loaded(mock_upstream)  # the default config: idle memory stays small (issue 21)
+
+
+def _sample(gw: InProcessGateway, name: str, **labels: str) -> float | None:
+    return gw.state.metrics.registry.get_sample_value(name, labels)
+
+
+async def test_a_gateway_sharing_only_its_caches_reports_its_backend(mock_upstream: MockServer) -> None:
+    """``gateway_state_backend_up`` and its transitions come with the backend, not with the rate limiter:
+    a replica sharing only its caches and breakers (no limits configured) says when Redis is away."""
+    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
+    server.start()
+    state = {"backend": "redis", "redis_url": server.url, "key_prefix": "app-gauge:", "timeout_ms": 500}
+    gw = await start_gateway(gateway_config(mock_upstream.url, state=state))
+    try:
+        assert gw.state.components.get(LIMITER) is None  # no rate limiter was built
+        assert _sample(gw, "gateway_state_backend_up") == 1
+        server.kill()
+        client = AsyncOpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0)
+
+        async def declared_down() -> bool:
+            await client.chat.completions.create(  # each cache lookup fails fast against the dead port
+                model="gpt-4o-mini", temperature=0, messages=[{"role": "user", "content": "gauge"}])
+            return _sample(gw, "gateway_state_backend_up") == 0
+
+        await until(declared_down, timeout=10.0, interval=0.01, message="backend declared down")
+        assert _sample(gw, "gateway_state_backend_transitions_total", to="down") == 1
+        await client.close()
+    finally:
+        await gw.close()
+        server.kill()
+
+
+async def test_a_gateway_without_shared_state_reports_no_backend(mock_upstream: MockServer) -> None:
+    limits = {"mock": {"base_url": mock_upstream.url, "rate_limit": {"rpm": 100}}}
+    gw = await start_gateway(gateway_config(mock_upstream.url, upstreams=limits))
+    try:
+        assert gw.state.components.get(LIMITER) is not None  # limits alone no longer make the gauge up
+        assert _sample(gw, "gateway_state_backend_up") is None
+    finally:
+        await gw.close()
