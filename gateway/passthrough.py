@@ -48,7 +48,7 @@ async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Ex
     identity = st.runtime.auth.identify(request.headers, request.query)
     if _check_grant(st, identity, request.path):
         await require_owned(st, identity.tenant, object_ids(request.path))
-    raw = await read_body(request, cfg.server.max_body_bytes)
+    raw = await read_body(request, cfg.server.max_body_bytes, work=st.work, tenant=identity.namespace)
     facts = RequestFacts(
         request_id=rid, method=request.method, path=request.path, operation="passthrough",
         headers=request.headers, received_at=now, deadline=now + cfg.upstreams[upstream].timeouts.total_s,

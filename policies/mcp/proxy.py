@@ -66,7 +66,8 @@ class McpGateway:
                     identity: Identity) -> web.StreamResponse:
         deps = self.deps
         try:
-            raw = await read_body(request, deps.st.config.server.max_body_bytes)
+            raw = await read_body(request, deps.st.config.server.max_body_bytes, work=deps.st.work,
+                                  tenant=identity.namespace)
         except LocalReply as reply:
             deps.metrics.done(server.name, "other", "", "bad_request", 0.0)
             return reject(deps.st, request, rid, reply)

@@ -141,7 +141,8 @@ class ToolGateway:
                      now: float) -> Exchange:
         upstream_path = safe_subpath(raw_rest)
         identity = self.st.runtime.auth.identify(request.headers, request.query)
-        raw = await read_body(request, self.config.server.max_body_bytes)
+        raw = await read_body(request, self.config.server.max_body_bytes, work=self.st.work,
+                              tenant=identity.namespace)
         cfg = route.config
         facts = RequestFacts(
             request_id=rid, method=request.method, path=request.path, operation="tool",

@@ -20,6 +20,8 @@ from aiohttp.test_utils import TestServer
 
 from gateway.errors import LocalReply
 from gateway.request import body_if_whole, read_body, read_pieces
+from gateway.telemetry.metrics import Metrics
+from gateway.tokens.pool import WorkPool
 from tests.support.servers import gateway_config, start_gateway
 
 LIMIT = 1000
@@ -181,6 +183,38 @@ async def test_a_large_body_is_read_in_its_pieces() -> None:
         async with session.post(srv.make_url("/pieces"), data=big) as resp:
             answer = await resp.json()
     assert answer["same"] is True and answer["pieces"] >= 1
+
+
+async def test_a_large_body_is_joined_in_the_work_pool() -> None:
+    """With a pool (the passthrough, tools and MCP routes), a large body's pieces are joined there
+    (``gateway_work_total{kind="join"}``); a small one on the loop, where it costs nothing."""
+    big = bytes(range(256)) * 2048  # 512 KiB, sent in 32 KiB chunks: many pieces
+    metrics = Metrics()
+    pool = WorkPool(threads=1, metrics=metrics)
+
+    async def joined(request: web.Request) -> web.Response:
+        body = await read_body(request, 1 << 24, timeout_s=5, work=pool, tenant="t")
+        return web.json_response({"size": len(body), "same": body in (big, b"small")})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(big), 32768):
+            yield big[i:i + 32768]
+
+    def joins() -> float | None:
+        return metrics.registry.get_sample_value("gateway_work_total", {"kind": "join", "outcome": "done"})
+
+    app = web.Application()
+    app.router.add_post("/joined", joined)
+    try:
+        async with TestServer(app, host="127.0.0.1") as srv, ClientSession() as session:
+            async with session.post(srv.make_url("/joined"), data=b"small") as resp:
+                assert await resp.json() == {"size": 5, "same": True}
+            assert joins() is None  # a small body: joined on the loop
+            async with session.post(srv.make_url("/joined"), data=chunks()) as resp:
+                assert await resp.json() == {"size": len(big), "same": True}
+            assert joins() == 1
+    finally:
+        pool.close()
 
 
 async def test_body_timeout_comes_from_the_config(mock_upstream: Any) -> None:
