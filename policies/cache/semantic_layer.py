@@ -96,9 +96,7 @@ class SemanticCache:
         primary = (ex.target.upstream, ex.target.model)
         resp = await next(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
-            store = self._storer(
-                namespace, vector, question, digest, controls.ttl(cfg.ttl_s), cache.exact.cache_truncated
-            )
+            store = self._storer(namespace, vector, question, digest, controls.ttl(cfg.ttl_s))
             resp = attach_fill(
                 ex,
                 resp,
@@ -155,11 +153,9 @@ class SemanticCache:
         self.rt.metrics.similarity.observe(best)
         return found
 
-    def _storer(self, namespace: str, vector: Any, question: str, digest: bytes, ttl: float,
-                truncated_ok: bool) -> Callable[[CachedAnswer, list[str]], None]:
-        def store(answer: CachedAnswer, reasons: list[str]) -> None:
-            if "length" in reasons and not truncated_ok:
-                return
+    def _storer(self, namespace: str, vector: Any, question: str, digest: bytes,
+                ttl: float) -> Callable[[CachedAnswer, list[str]], None]:
+        def store(answer: CachedAnswer, reasons: list[str]) -> None:  # after ``_guarded``'s refusals
             self.parts.index.add(namespace, vector, answer, question, ttl, digest)
             if self.parts.shared is not None:
                 self.parts.shared.add(namespace, vector, answer, question, ttl, digest)

@@ -79,3 +79,17 @@ async def test_upstream_embedder(make_gateway: Any, mock_upstream: MockServer) -
         assert (await ask(client, "What is a harbor?"))[0] == "semantic-hit"
     assert mock_upstream.recorder.count("/v1/embeddings") == 1  # the repeated question's vector is memoised
     assert mock_upstream.recorder.count("/v1/chat/completions") == 1
+
+
+async def test_a_truncated_answer_is_not_stored_unless_allowed(make_gateway: Any,
+                                                               mock_upstream: MockServer) -> None:
+    """An answer cut by ``max_tokens`` (finish_reason ``length``) is no answer to a paraphrase: not stored
+    (``not_stored_truncated``), unless ``cache.exact.cache_truncated`` (the positive control)."""
+    for allowed, expected in ((False, "miss"), (True, "semantic-hit")):
+        gw = await make_gateway(cache={**SEMANTIC, "exact": {"cache_truncated": allowed}})
+        async with AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0) as client:
+            assert (await ask(client, "Which river flows through Vienna?", max_tokens=3))[0] == "miss"
+            assert (await ask(client, "Which river runs through Vienna?", max_tokens=3))[0] == expected
+        labels = {"policy": "semantic_cache", "decision": "not_stored_truncated"}
+        refused = gw.state.metrics.registry.get_sample_value("gateway_policy_decisions_total", labels)
+        assert (refused or 0) == (0 if allowed else 2)  # both misses refused
