@@ -12,6 +12,10 @@ Every policy on (``bench.scenarios.ALL_ON``), small non-stream chat requests tha
 CPU ms per request is the gateway's process tree plus the Redis server's, from ``/proc``, divided by
 every request sent (warm-up included): it does not depend on how busy the shared machine is, unlike
 requests/s. Medians of ``--reps`` runs; the report goes to ``bench/results/<date>-workers.md``.
+
+``--upstream nginx`` answers every call with nginx's fixed completion instead of the fake provider, and
+wrk (when installed) drives the load: on a 2-core machine the Python provider and load generator take
+about as much CPU as the gateway, so what a second worker buys is only visible with cheap neighbours.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from typing import Any
 
 from bench import loadgen, procs
 from bench.loadgen import LoadSpec
+from bench.runner import STATIC_ANSWER
 from bench.scenarios import ALL_ON, HEADERS, SMALL, gateway_config
 from gateway.state.host_state import redis_binary, server_argv
 
@@ -98,10 +103,13 @@ def measure(server: procs.Server, redis: RedisProc | None, duration_s: float,
     spec = LoadSpec(url=server.url + "/v1/chat/completions", body=SMALL, headers=dict(HEADERS),
                     concurrency=concurrency, duration_s=duration_s, unique=True)
     log_from = _log_size(server)
-    cpu0 = procs.cpu_seconds(server.pid) + (procs.cpu_seconds(redis.proc.pid) if redis else 0.0)
+    redis0 = procs.cpu_seconds(redis.proc.pid) if redis else 0.0
+    cpu0 = procs.cpu_seconds(server.pid) + redis0
     result = loadgen.run(spec)
-    cpu = procs.cpu_seconds(server.pid) + (procs.cpu_seconds(redis.proc.pid) if redis else 0.0) - cpu0
-    return {"rps": result.rps, "cpu_ms": cpu * 1000 / max(1, result.total_requests),
+    redis_cpu = (procs.cpu_seconds(redis.proc.pid) if redis else 0.0) - redis0
+    cpu = procs.cpu_seconds(server.pid) + redis_cpu + redis0 - cpu0
+    per = 1000 / max(1, result.total_requests)
+    return {"rps": result.rps, "cpu_ms": cpu * per, "redis_ms": redis_cpu * per,
             "p50_ms": result.p50_ms, "errors": float(result.errors), "trips": float(_trips(server, log_from))}
 
 
@@ -120,13 +128,19 @@ def _trips(server: procs.Server, start: int) -> int:
         return log.read().count(b"state backend down")
 
 
-def run(variants: list[str], reps: int, duration_s: float, concurrency: int) -> dict[str, dict[str, float]]:
+def run(variants: list[str], reps: int, duration_s: float, concurrency: int,
+        upstream: str = "mock") -> dict[str, dict[str, float]]:
     mock = procs.start_mock()
+    nginx = procs.start_nginx(mock.url, STATIC_ANSWER) if upstream == "nginx" else None
+    if upstream == "nginx" and nginx is None:
+        mock.stop()
+        raise SystemExit("--upstream nginx: nginx not found")
+    provider = nginx.url + "/static" if nginx is not None else mock.url
     out: dict[str, dict[str, float]] = {}
     try:
         for name in variants:
             print(f"== {name}", file=sys.stderr, flush=True)
-            server, redis = start_variant(name, mock.url)
+            server, redis = start_variant(name, provider)
             try:
                 measure(server, redis, 1.0, concurrency)  # warm-up: imports, pools, JIT-free but cold caches
                 rows = [measure(server, redis, duration_s, concurrency) for _ in range(reps)]
@@ -136,6 +150,8 @@ def run(variants: list[str], reps: int, duration_s: float, concurrency: int) -> 
                     redis.stop()
             out[name] = summarise(rows)
     finally:
+        if nginx is not None:
+            nginx.stop()
         mock.stop()
     return out
 
@@ -155,11 +171,13 @@ def render(results: dict[str, dict[str, float]], command: str, reps: int, durati
     lines = [f"# Shared state and workers ({dt.date.today().isoformat()})", "",
              f"`{command}` · {reps} runs of {duration_s:g} s (medians) · cores: {os.cpu_count()} "
              "(shared with other jobs: requests/s is noisy, CPU ms/request is not)", "",
-             "| variant | CPU ms/request | vs local-1w | requests/s | p50 ms | errors | Redis tripped |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| variant | CPU ms/request | of which Redis | vs local-1w | requests/s | p50 ms | errors "
+             "| Redis tripped |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         ratio = f"{r['cpu_ms'] / base['cpu_ms']:.2f}x" if base else "n/a"
-        lines.append(f"| {name} | {r['cpu_ms']:.3f} | {ratio} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+        lines.append(f"| {name} | {r['cpu_ms']:.3f} | {r['redis_ms']:.3f} | {ratio} | {r['rps']:.0f} | "
+                     f"{r['p50_ms']:.2f} | "
                      f"{r['errors']:.0f} | {r['tripped']:.0f} of {r['runs']:.0f} |")
     if any(r["tripped"] for r in results.values()):
         lines += ["", "Runs in which the state backend was declared down (its `state.timeout_ms` exceeded: "
@@ -181,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--upstream", choices=("mock", "nginx"), default="mock",
+                   help="the provider: the fake one, or nginx's fixed completion (cheaper neighbours)")
     p.add_argument("--out", help="markdown report (default: bench/results/<date>-workers.md)")
     args = p.parse_args(argv)
     variants = [v for v in args.variants.split(",") if v]
@@ -188,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown variant(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    results = run(variants, args.reps, args.duration, args.concurrency)
+    results = run(variants, args.reps, args.duration, args.concurrency, args.upstream)
     command = "python -m bench.workers " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(results, command.strip(), args.reps, args.duration)
     out = Path(args.out) if args.out else RESULTS_DIR / f"{dt.date.today().isoformat()}-workers.md"
