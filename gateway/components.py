@@ -6,14 +6,18 @@ handler); keys only one feature uses are declared in that feature's package.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-
-from aiohttp import web
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from gateway.chain import Policy
 from gateway.exchange import StateKey
 
-RouteHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+if TYPE_CHECKING:  # aiohttp's server is not imported by the supervisor, which reads logging's keys
+    from collections.abc import Awaitable
+
+    from aiohttp import web
+
+    RouteHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 # (name, state, since): since is a clock() time or None
 BreakerRows = Callable[[], list[tuple[str, str, float | None]]]
 

@@ -24,8 +24,11 @@ from gateway.config_model import UpstreamConfig
 from gateway.errors import LocalReply, UpstreamFailure
 from gateway.exchange import Attempt, Exchange, UpstreamResponse
 from gateway.forward_headers import forward_request_headers, forward_response_headers
-from gateway.rawhttp import ConnectFailed, ConnectTimeout, Origin, RawPool, RawResponse, fetch, request_head
-from gateway.rawhttp.head import request_target
+from gateway.rawhttp.client import RawResponse, fetch
+from gateway.rawhttp.errors import ConnectFailed, ConnectTimeout
+from gateway.rawhttp.head import request_head, request_target
+from gateway.rawhttp.origin import Origin
+from gateway.rawhttp.pool import RawPool
 
 
 class _Response(Protocol):

@@ -4,16 +4,7 @@ keep-alive pool (issue #21). ``gateway/upstream.py`` sends through it when ``poo
 Modules: ``origin`` (where to connect, from ``base_url``), ``head`` (the request head),
 ``connection`` (one connection: parse, back-pressure, loss), ``pool`` (keep-alive, limit, expiry),
 ``client`` (one request: the stale-connection retry, the response handle), ``errors``.
+
+Imported from those modules: the config's check of ``base_url`` (``origin``) must not load aiohttp's
+client in the supervisor, which only validates the config and starts workers.
 """
-from __future__ import annotations
-
-from gateway.rawhttp.client import RawResponse, fetch
-from gateway.rawhttp.errors import ConnectFailed, ConnectTimeout, MalformedResponse
-from gateway.rawhttp.head import request_head
-from gateway.rawhttp.origin import Origin
-from gateway.rawhttp.pool import RawPool
-
-__all__ = [
-    "ConnectFailed", "ConnectTimeout", "MalformedResponse", "Origin", "RawPool", "RawResponse", "fetch",
-    "request_head",
-]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from gateway.appstate import AppState
-from gateway.components import MCP_HANDLER, MCP_TOOL_ROWS, RouteHandler
+from gateway.components import MCP_HANDLER, MCP_TOOL_ROWS
 from gateway.config_model import Config
 from gateway.exchange import StateKey
 from policies.mcp.metrics import McpMetrics
@@ -24,6 +25,9 @@ from policies.mcp.toolstats import ToolStats
 from policies.mcp.upstream import MCP_PREFIX, McpServer, new_buckets, new_session
 from policies.ratelimit.buckets import LimiterClock, MemoryBuckets
 from policies.resilience.registry import resilience_of
+
+if TYPE_CHECKING:
+    from gateway.components import RouteHandler
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -30,7 +31,7 @@ from aiohttp import web
 from gateway.appstate import AppState
 from gateway.body import OneChunk
 from gateway.chain import Next, build_chain
-from gateway.components import TOOL_CACHE, TOOL_HANDLER, TOOL_READ, RouteHandler
+from gateway.components import TOOL_CACHE, TOOL_HANDLER, TOOL_READ
 from gateway.config_model import Config
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, RequestFacts, StateKey, UpstreamResponse
@@ -47,6 +48,9 @@ from policies.resilience.retry_layer import RetryPolicy
 from policies.resilience.targets import Plan, Target, tool_targets
 from policies.tools.config import FallbackResponse, ToolConfig
 from policies.tools.paths import make_tool_client, split_tool_path, tool_headers, tool_query
+
+if TYPE_CHECKING:
+    from gateway.components import RouteHandler
 
 _READ_METHODS = frozenset({"GET", "HEAD"})
 _CONFIGS: StateKey[dict[str, ToolConfig]] = StateKey("tools.client_configs")

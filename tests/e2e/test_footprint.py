@@ -26,7 +26,7 @@ HEAVY = ("redis", "opentelemetry", "tiktoken")
 HOOK = """
 import os, signal, sys
 def _dump(sig, frame):
-    path = os.environ["FOOTPRINT_OUT"]
+    path = os.environ["FOOTPRINT_OUT"] + "." + str(os.getpid())
     with open(path + ".tmp", "w") as f:
         f.write("\\n".join(sorted(sys.modules)))
     os.replace(path + ".tmp", path)
@@ -41,12 +41,24 @@ def shipped_config(**extra: Any) -> dict[str, Any]:
     return {**cfg, **extra}
 
 
-async def modules_after_traffic(cfg: dict[str, Any], mock: MockServer, tmp_path: Path) -> set[str]:
+def spawn(cfg: dict[str, Any], mock: MockServer, tmp_path: Path, workers: int) -> GatewayProcess:
+    """``gateway serve`` whose every Python process writes its modules to ``tmp_path/modules.<pid>`` on
+    SIGUSR2."""
     (tmp_path / "sitecustomize.py").write_text(HOOK)
-    out = tmp_path / "modules.txt"
-    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "FOOTPRINT_OUT": str(out),
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "FOOTPRINT_OUT": str(tmp_path / "modules"),
            "OPENAI_BASE_URL_UPSTREAM": mock.url, "OPENAI_API_KEY": "sk-upstream-secret"}
-    gw: GatewayProcess = spawn_gateway(cfg, extra_args=["--workers", "1"], env=env)
+    return spawn_gateway(cfg, extra_args=["--workers", str(workers)], env=env)
+
+
+async def modules_of(pid: int, tmp_path: Path) -> set[str]:
+    out = tmp_path / f"modules.{pid}"
+    os.kill(pid, signal.SIGUSR2)
+    await until(out.exists, timeout=10.0, interval=0.02, message=f"process {pid} wrote its modules")
+    return {name.split(".")[0] for name in out.read_text().split()}
+
+
+async def modules_after_traffic(cfg: dict[str, Any], mock: MockServer, tmp_path: Path) -> set[str]:
+    gw = spawn(cfg, mock, tmp_path, workers=1)
     try:
         await wait_ready(gw.url)
         client = AsyncOpenAI(base_url=gw.url + "/v1", api_key="sk-client", max_retries=0)
@@ -57,9 +69,7 @@ async def modules_after_traffic(cfg: dict[str, Any], mock: MockServer, tmp_path:
             model="gpt-4o-mini", messages=[{"role": "user", "content": "footprint stream"}], stream=True)
         assert [chunk async for chunk in stream]
         await client.close()
-        os.kill(gw.proc.pid, signal.SIGUSR2)
-        await until(out.exists, timeout=10.0, interval=0.02, message="the gateway wrote its modules")
-        return {name.split(".")[0] for name in out.read_text().split()}
+        return await modules_of(gw.proc.pid, tmp_path)
     finally:
         gw.stop()
 
@@ -78,3 +88,27 @@ async def test_the_features_that_need_them_load_them(mock_upstream: MockServer, 
     cfg["upstreams"]["openai"]["rate_limit"] = {"tpm": 1_000_000}
     loaded = await modules_after_traffic(cfg, mock_upstream, tmp_path)
     assert set(HEAVY) <= loaded
+
+
+async def test_the_supervisor_loads_no_http_server(mock_upstream: MockServer, tmp_path: Path) -> None:
+    """``--workers 2``: the supervisor validates the config (the features' config modules) and starts
+    workers; it never serves, so it imports no aiohttp (~14 MB less). Its workers do (the positive
+    control)."""
+    gw = spawn(shipped_config(), mock_upstream, tmp_path, workers=2)
+    try:
+        await wait_ready(gw.url)
+        await until(lambda: len(worker_pids(gw.proc.pid)) == 2, timeout=30.0, interval=0.05,
+                    message="two workers")
+        supervisor = await modules_of(gw.proc.pid, tmp_path)
+        worker = await modules_of(worker_pids(gw.proc.pid)[0], tmp_path)
+    finally:
+        gw.stop()
+    assert "gateway" in supervisor and not {"aiohttp", *HEAVY} & supervisor
+    assert "aiohttp" in worker
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's Python children (its host-state Redis is a child too)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    serve = b"-m\x00gateway\x00serve"  # the Redis's socket path has "gateway" in it too
+    return [int(pid) for pid in children if serve in Path(f"/proc/{pid}/cmdline").read_bytes()]

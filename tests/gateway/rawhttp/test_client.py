@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from gateway.rawhttp import Origin, RawPool, fetch
+from gateway.rawhttp.client import fetch
+from gateway.rawhttp.origin import Origin
+from gateway.rawhttp.pool import RawPool
 from tests.support.raw_server import RawServer, answer, keep_answering
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest_asyncio
 
-from gateway.rawhttp import Origin, RawPool, fetch
+from gateway.rawhttp.client import fetch
+from gateway.rawhttp.origin import Origin
+from gateway.rawhttp.pool import RawPool
 from tests.support.raw_server import Handler, Peer, RawServer, answer, keep_answering
 from tests.support.until import until
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.rawhttp import Origin, request_head
-from gateway.rawhttp.head import request_target
+from gateway.rawhttp.head import request_head, request_target
+from gateway.rawhttp.origin import Origin
 
 
 def test_head_with_and_without_a_body() -> None:

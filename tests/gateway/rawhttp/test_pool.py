@@ -14,7 +14,7 @@ from gateway.config_common import PoolConfig, TimeoutsConfig
 from gateway.config_model import UpstreamConfig
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
-from gateway.rawhttp import RawPool
+from gateway.rawhttp.pool import RawPool
 from gateway.upstream import UpstreamClient
 from tests.support.exchange import build_exchange
 from tests.support.raw_server import (
