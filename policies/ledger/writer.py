@@ -2,8 +2,9 @@
 
 The request sink only builds a record and appends it to an in-memory queue.
 A background task writes the queue to the store in batches of
-``ledger.batch_size``: each full batch as soon as it is full, the rest every
-``ledger.flush_interval_s``; and it purges records older than
+``ledger.batch_size``: each full batch as soon as it is full, the rest
+``ledger.flush_interval_s`` after the first of them arrived (an idle writer
+sleeps); and it purges records older than
 ``ledger.retention_days`` once an hour. It does not drain the queue after each
 batch: under load a batch's write is slow (the SQLite thread waits for the GIL
 the busy loop holds), and draining wrote what arrived meanwhile as many small
@@ -90,24 +91,29 @@ class LedgerWriter:
             if self._m_dropped is not None:
                 self._m_dropped.inc()
         self._queue.append(record)
-        if len(self._queue) >= self.cfg.batch_size:
-            self._wake.set()
+        if len(self._queue) >= self.cfg.batch_size or len(self._queue) == 1:  # a full batch, or a first
+            self._wake.set()  # record: the idle writer arms its flush timer
 
     @property
     def pending(self) -> int:
         return len(self._queue)
 
     async def _run(self) -> None:
+        """Wakes for a full batch, at the interval after the first queued record, and for the hourly
+        purge; an idle gateway's writer sleeps (it woke every interval for an empty queue)."""
         loop = asyncio.get_running_loop()
-        drain_at = loop.time() + self.cfg.flush_interval_s
+        drain_at: float | None = None  # armed while records wait
         while not self._stopping:
+            if drain_at is None and self._queue:
+                drain_at = loop.time() + self.cfg.flush_interval_s
+            purge_at = loop.time() + max(0.0, self._next_purge - self.wall())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(drain_at):
+                async with asyncio.timeout_at(purge_at if drain_at is None else min(drain_at, purge_at)):
                     await self._wake.wait()
             self._wake.clear()
-            drain = loop.time() >= drain_at
+            drain = drain_at is not None and loop.time() >= drain_at
             if drain:
-                drain_at = loop.time() + self.cfg.flush_interval_s
+                drain_at = None
             try:
                 await self.flush(full_batches_only=not drain)
                 await self._maybe_purge()

@@ -164,3 +164,27 @@ async def test_query_reads_its_own_writes(make_exchange: Callable[..., Exchange]
     writer = LedgerWriter(FakeStore(), cfg(), wall=lambda: 0.0)
     writer.sink(make_exchange(tenant="acme"))
     assert [g["key"] for g in await writer.query("tenant", 0, 1)] == ["acme"]
+
+
+class CountingWriter(LedgerWriter):
+    flushes = 0
+
+    async def flush(self, *, full_batches_only: bool = False) -> None:
+        self.flushes += 1
+        await super().flush(full_batches_only=full_batches_only)
+
+
+async def test_an_idle_writer_sleeps(make_exchange: Callable[..., Exchange]) -> None:
+    """No record, no wake-up: the writer used to flush an empty queue every interval, a sidecar's idle
+    CPU. A record arms the interval (the positive control: it is written without a full batch)."""
+    store = FakeStore()
+    writer = CountingWriter(store, cfg(flush_interval_s=0.01), wall=lambda: 1000.0)
+    await writer.start()
+    await until(lambda: store.purged)  # the first pass: the purge is due at once, then in an hour
+    first = writer.flushes
+    await asyncio.sleep(0.2)  # 20 intervals with nothing queued (a window for nothing to happen)
+    assert writer.flushes == first
+    writer.sink(make_exchange())
+    await until(lambda: store.count == 1)
+    assert writer.flushes - first <= 3  # woken by the record, then the interval's drain
+    await writer.close()
