@@ -8,8 +8,9 @@ from pathlib import Path
 from bench import procs, workers
 
 
-def row(cpu_ms: float, trips: int) -> dict[str, float]:
-    return {"rps": 1000.0, "cpu_ms": cpu_ms, "p50_ms": 5.0, "errors": 0.0, "trips": float(trips)}
+def row(cpu_ms: float, trips: int, redis_ms: float = 0.0) -> dict[str, float]:
+    return {"rps": 1000.0, "cpu_ms": cpu_ms, "redis_ms": redis_ms, "p50_ms": 5.0, "errors": 0.0,
+            "trips": float(trips)}
 
 
 def test_tripped_runs_are_left_out_of_the_medians() -> None:
@@ -35,9 +36,9 @@ def test_trips_are_counted_from_the_servers_log(tmp_path: Path) -> None:
 
 def test_the_report_says_which_runs_tripped() -> None:
     results = {"local-1w": workers.summarise([row(0.5, 0)]),
-               "host-1w": workers.summarise([row(0.55, 0), row(0.45, 1)])}
+               "host-1w": workers.summarise([row(0.55, 0, 0.02), row(0.45, 1)])}
     text = workers.render(results, "python -m bench.workers", 2, 3.0)
-    assert "| host-1w | 0.550 | 1.10x |" in text and "1 of 2 |" in text
+    assert "| host-1w | 0.550 | 0.020 | 1.10x |" in text and "1 of 2 |" in text  # Redis's own share too
     assert "left out of the medians" in text
     quiet = workers.render({"local-1w": workers.summarise([row(0.5, 0)])}, "cmd", 1, 3.0)
     assert "left out of the medians" not in quiet
