@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from gateway.mock import MockServer
-from tests.support.servers import ROOT, InProcessGateway
+from tests.support.servers import ROOT, InProcessGateway, RedisServer
 
 GatewayFactory = Callable[..., Awaitable[InProcessGateway]]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
@@ -33,13 +33,14 @@ def rule_exprs() -> list[str]:
 
 
 async def test_every_referenced_metric_is_exported(make_gateway: GatewayFactory, mock_upstream: MockServer,
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, redis_server: RedisServer) -> None:
     """Each gateway_* name in the dashboard and rules is a family registered by a gateway with
-    every feature on."""
+    every feature on (a shared state backend included: its gauge comes with it)."""
     gw = await make_gateway(
         upstreams={"mock": {"base_url": mock_upstream.url, "rate_limit": {"rpm": 1000}}},
         models={"gpt-4o": {"context_window": 128000}},
         ledger={"enabled": True, "sqlite_path": str(tmp_path / "l")},
+        state={"backend": "redis", "redis_url": redis_server.url, "key_prefix": "deploy-metrics:"},
     )
     families = {m.name for m in gw.state.metrics.registry.collect()}
     used = {
