@@ -16,6 +16,7 @@ does not decode) and the caller parses the whole body as before, which gives the
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ MIN_BODY = 1 << 20
 WINDOW = 16 << 10  # strings with a quote-free run of 3 windows (48 KiB or more) are cut
 MARK = "\x00gw-long:"  # a decoded marker: the index of its string follows
 _MARK_JSON = b"\\u0000gw-long:"  # the same in the skeleton's JSON (a NUL is always escaped in JSON)
+PIECE = 256 << 10  # a longer string is decoded in pieces of about this size (fresh pages: see ``parse``)
 _KEY_LOOKAHEAD = 64  # bytes after a closing quote searched for the ':' of a key (more spaces: not cut)
 
 Spans = list[tuple[int, int]]  # (first byte, closing quote) of each string cut, by marker index
@@ -97,9 +99,44 @@ def put_back(body: dict[str, Any], raw: bytes, spans: Spans) -> bool:
 
 
 def _decode(raw: bytes, spans: Spans, marker: str) -> str | None:
+    """The string at ``marker``'s span: decoded from a view of ``raw`` (its quotes included: no copy), in
+    pieces when it is longer than ``PIECE``."""
     try:
         start, end = spans[int(marker[len(MARK):])]
-        text = orjson.loads(b'"' + raw[start:end] + b'"')
-    except (ValueError, IndexError, orjson.JSONDecodeError):
+    except (ValueError, IndexError):
+        return None
+    view = memoryview(raw)
+    if end - start <= PIECE:
+        return _loads(view[start - 1:end + 1])
+    parts = []
+    for low, high in pieces(raw, start, end):
+        part = _loads(b'"' + view[low:high] + b'"')
+        if part is None:
+            return None
+        parts.append(part)
+    return "".join(parts)
+
+
+def pieces(raw: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """``raw[start:end]`` in pieces of about ``PIECE`` bytes, each cut just before a space: a space is
+    never part of an escape or of a multi-byte UTF-8 character, so the pieces decode to the whole string's
+    parts (a body where an escape is cut was invalid: a piece does not decode, and the whole parse answers).
+    A stretch without a space is not cut."""
+    low = start
+    while end - low > PIECE:
+        cut = raw.rfind(b" ", low + 1, low + PIECE)
+        if cut < 0:
+            cut = raw.find(b" ", low + PIECE, end)
+        if cut < 0:
+            break
+        yield low, cut
+        low = cut
+    yield low, end
+
+
+def _loads(quoted: bytes | memoryview) -> str | None:
+    try:
+        text = orjson.loads(quoted)
+    except orjson.JSONDecodeError:
         return None
     return text if type(text) is str else None

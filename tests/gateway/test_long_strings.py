@@ -100,3 +100,37 @@ def test_any_body_decodes_as_one_parse_would(values: list[Any]) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": filler}], "extra": values}
     for raw in (orjson.dumps(body), json.dumps(body).encode()):
         assert decode(raw, "chat")[0] == orjson.loads(raw)
+
+
+HUGE = "Ünïcode ✓ \\ tab\t 😀 word " * 50_000  # ~1.4 MB of JSON with escapes and non-ASCII, quote-free
+
+
+def test_a_string_longer_than_a_piece_is_decoded_in_pieces_cut_before_spaces() -> None:
+    raw = chat(HUGE)
+    split = long_strings.cut(raw)
+    assert split is not None and len(split[1]) == 1
+    start, end = split[1][0]
+    cuts = list(long_strings.pieces(raw, start, end))
+    assert len(cuts) > 3 and cuts[0][0] == start and cuts[-1][1] == end  # control: really in pieces
+    assert all(high - low <= long_strings.PIECE and raw[high:high + 1] == b" " for low, high in cuts[:-1])
+    assert all(cuts[i][1] == cuts[i + 1][0] for i in range(len(cuts) - 1))  # nothing lost or repeated
+    assert decode(raw, "chat")[0] == orjson.loads(raw)
+
+
+def test_a_long_string_without_spaces_is_one_piece() -> None:
+    raw = chat("x." * 1_000_000)  # not base64: a blob would be set aside
+    split = long_strings.cut(raw)
+    assert split is not None
+    start, end = split[1][0]
+    assert list(long_strings.pieces(raw, start, end)) == [(start, end)]
+    assert decode(raw, "chat")[0] == orjson.loads(raw)
+
+
+def test_an_escape_cut_at_a_piece_boundary_is_the_whole_parse_400() -> None:
+    """A backslash before a space (invalid JSON) ends a piece with a bad escape: the whole parse answers."""
+    raw = chat("ab" * 200_000 + "\\" + " cd" * 200_000).replace(b"\\\\ ", b"\\ ", 1)
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(raw)  # control: the body really is bad
+    with pytest.raises(LocalReply) as error:
+        decode(raw, "chat")
+    assert (error.value.status, error.value.code) == (400, "invalid_json")
