@@ -78,11 +78,20 @@ def test_put_back_reports_a_missing_marker() -> None:
     raw = chat(*([LONG] * 12))
     split = long_strings.cut(raw)
     assert split is not None
-    skeleton, spans = split
+    skeleton, spans, tag = split
     body = orjson.loads(skeleton)
-    assert long_strings.put_back(body, raw, spans + [(0, 1)]) is False  # one more span than markers
+    assert long_strings.put_back(body, raw, spans + [(0, 1)], tag) is False  # one more span than markers
     body = orjson.loads(skeleton)
-    assert long_strings.put_back(body, raw, spans) is True and body == orjson.loads(raw)
+    assert long_strings.put_back(body, raw, spans, tag) is True and body == orjson.loads(raw)
+
+
+def test_a_marker_spelled_with_escapes_is_only_text() -> None:
+    """``\\u0067`` for the ``g``: the guard on the marker's bytes does not see it, but the cut's random tag
+    is not in it, so it stays the body's text (it took the first long string's place before)."""
+    raw = chat(*([LONG] * 12))[:-1] + b',"metadata":{"note":"\\u0000gw-lon\\u0067:0"}}'
+    split = long_strings.cut(raw)
+    assert split is not None and orjson.loads(raw)["metadata"]["note"] == long_strings.MARK + "0"  # control
+    assert decode(raw, "chat")[0] == orjson.loads(raw)
 
 
 _pieces = st.one_of(st.text(max_size=20), st.text(min_size=1, max_size=3).map(lambda t: t * 30_000))
