@@ -1,11 +1,13 @@
 """Loop time per MB of each pass a large chat body goes through (issue 15), in this process.
 
-For four bodies (3.5 MB of whitespace messages, escaped to ~5 MB of JSON; one 4 MB question of words;
+For five bodies (3.5 MB of whitespace messages, escaped to ~5 MB of JSON; one 4 MB question of words;
 ``bench.heavy_prompts``' 500 KB conversation; a 500 KB agent conversation of tool calls and tool results
-whose JSON text is escaped, non-ASCII included) prints,
+whose JSON text is escaped, non-ASCII included; 100k embeddings inputs) prints,
 per step, the best-of-5 CPU milliseconds per MB, and the longest stall of an event loop
 ticking while the step runs inline or in a thread. A step that holds the GIL (orjson's parse and
-canonical dump) stalls the loop as long in a thread as inline; hashing releases it.
+canonical dump) stalls the loop as long in a thread as inline; hashing releases it. The process takes
+the serving process's GIL switch interval and malloc thresholds first (``gateway/switching.py``,
+``gateway/memory.py``): with CPython's default 5 ms interval every threaded step would show ~5 ms.
 
 Run: ``python -m bench.body_passes``.
 """
@@ -22,6 +24,8 @@ import orjson
 
 from bench.heavy_prompts import heavy_body
 from gateway.decode import decode
+from gateway.memory import pin_malloc_thresholds
+from gateway.switching import share_the_gil
 from policies.cache.guards import question_digest
 from policies.cache.keys import answer_fields, make_key
 
@@ -77,7 +81,9 @@ async def stall_ms(fn: Callable[[], object], thread: bool) -> float:
     return max(gaps) * 1000
 
 
-def steps(raw: bytes) -> dict[str, Callable[[], object]]:
+def steps(raw: bytes, operation: str = "chat") -> dict[str, Callable[[], object]]:
+    if operation != "chat":
+        return {"decode (blobs+parse+validate)": lambda: decode(raw, operation)}
     body, _ = decode(raw, "chat")
     question = body["messages"][-1]["content"]
     return {
@@ -91,13 +97,18 @@ def steps(raw: bytes) -> dict[str, Callable[[], object]]:
 
 
 async def main() -> None:
+    pin_malloc_thresholds()
+    share_the_gil()
     words = ("invoice order refund status customer shipping " * 90_000)[:4_000_000]
-    bodies = {"whitespace 3.5MB": chat([" \n" * 50_000] * 35), "words 4MB": chat(["q: " + words]),
-              "heavy_prompts 500KB": heavy_body(0), "agent tool calls 500KB": agent_conversation()}
-    for name, raw in bodies.items():
+    inputs = orjson.dumps({"model": "text-embedding-3-small", "input": [f"item {i}" for i in range(100_000)]})
+    bodies = {"whitespace 3.5MB": (chat([" \n" * 50_000] * 35), "chat"),
+              "words 4MB": (chat(["q: " + words]), "chat"), "heavy_prompts 500KB": (heavy_body(0), "chat"),
+              "agent tool calls 500KB": (agent_conversation(), "chat"),
+              "embeddings 100k inputs": (inputs, "embeddings")}
+    for name, (raw, operation) in bodies.items():
         mb = len(raw) / 2**20
         print(f"{name} ({mb:.2f} MB of JSON)")
-        for step, fn in steps(raw).items():
+        for step, fn in steps(raw, operation).items():
             inline, threaded = await stall_ms(fn, False), await stall_ms(fn, True)
             print(f"  {step:32} {best_ms(fn) / mb:6.2f} ms/MB   loop stall inline {inline:6.1f} ms,"
                   f" in a thread {threaded:6.1f} ms")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from gateway import long_strings
+from gateway import long_arrays, long_strings
 from gateway.blobs import Blobs
 from gateway.blobs import extract as extract_blobs
 from gateway.errors import LocalReply
@@ -38,8 +38,11 @@ Joined = tuple[bytes, dict[str, Any], Blobs | None]  # the body's bytes too, whe
 def decode(raw: bytes, operation: str) -> Decoded:
     """Blobs out, JSON parsed, shape validated; raises ``LocalReply`` (400) on bad input."""
     parsed, blobs = extract_blobs(raw)  # a large body's base64 images stay out of the parsed JSON
-    # a large body's long strings decoded one by one (the GIL given up between them); else one parse
+    # a large body's long strings decoded one by one, or its long ``input`` array of strings parsed in
+    # pieces (the GIL given up between them); else one parse
     body = long_strings.parse(parsed)
+    if body is None:
+        body = long_arrays.parse(parsed)
     if body is None:
         body = parse_json(parsed)
     del parsed

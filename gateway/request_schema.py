@@ -6,6 +6,7 @@ steer it, ``FORBIDDEN_FIELDS``) are refused with a 400 in the OpenAI error shape
 """
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 from gateway.errors import bad_request
@@ -164,6 +165,19 @@ def _check_completions(body: dict[str, Any]) -> None:
 _STR, _INT, _LIST = frozenset({str}), frozenset({int}), frozenset({list})
 
 
+TYPES_SLICE = 8192  # elements whose types are read in one C call (the GIL can go to the loop between)
+
+
+def element_types(values: list[Any]) -> set[type]:
+    """The types of ``values``' elements, read at C speed (``map(type, ...)``: 100k token ids cost ~1 ms,
+    not ~13 ms) ``TYPES_SLICE`` at a time: one call over 100k strings kept the GIL for 4-5 ms (issue 15)."""
+    kinds: set[type] = set()
+    types = map(type, values)
+    for _ in range(0, len(values), TYPES_SLICE):
+        kinds.update(islice(types, TYPES_SLICE))
+    return kinds
+
+
 def _check_embeddings(body: dict[str, Any]) -> None:
     value = body.get("input")
     if value is None:
@@ -179,8 +193,7 @@ def _check_embeddings(body: dict[str, Any]) -> None:
         raise bad_request(
             "'input' must be a string or a non-empty array.", param="input", code="invalid_type"
         )
-    # Element types are read at C speed (``map(type, ...)``): 100k token ids cost ~1 ms, not ~13 ms.
-    kinds = set(map(type, value))
+    kinds = element_types(value)
     if kinds == _LIST:
         ok = all(set(map(type, v)) <= _INT for v in value)
     else:

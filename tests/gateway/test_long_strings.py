@@ -78,11 +78,20 @@ def test_put_back_reports_a_missing_marker() -> None:
     raw = chat(*([LONG] * 12))
     split = long_strings.cut(raw)
     assert split is not None
-    skeleton, spans = split
+    skeleton, spans, tag = split
     body = orjson.loads(skeleton)
-    assert long_strings.put_back(body, raw, spans + [(0, 1)]) is False  # one more span than markers
+    assert long_strings.put_back(body, raw, spans + [(0, 1)], tag) is False  # one more span than markers
     body = orjson.loads(skeleton)
-    assert long_strings.put_back(body, raw, spans) is True and body == orjson.loads(raw)
+    assert long_strings.put_back(body, raw, spans, tag) is True and body == orjson.loads(raw)
+
+
+def test_a_marker_spelled_with_escapes_is_only_text() -> None:
+    """``\\u0067`` for the ``g``: the guard on the marker's bytes does not see it, but the cut's random tag
+    is not in it, so it stays the body's text (it took the first long string's place before)."""
+    raw = chat(*([LONG] * 12))[:-1] + b',"metadata":{"note":"\\u0000gw-lon\\u0067:0"}}'
+    split = long_strings.cut(raw)
+    assert split is not None and orjson.loads(raw)["metadata"]["note"] == long_strings.MARK + "0"  # control
+    assert decode(raw, "chat")[0] == orjson.loads(raw)
 
 
 _pieces = st.one_of(st.text(max_size=20), st.text(min_size=1, max_size=3).map(lambda t: t * 30_000))
@@ -100,3 +109,37 @@ def test_any_body_decodes_as_one_parse_would(values: list[Any]) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": filler}], "extra": values}
     for raw in (orjson.dumps(body), json.dumps(body).encode()):
         assert decode(raw, "chat")[0] == orjson.loads(raw)
+
+
+HUGE = "Ünïcode ✓ \\ tab\t 😀 word " * 50_000  # ~1.4 MB of JSON with escapes and non-ASCII, quote-free
+
+
+def test_a_string_longer_than_a_piece_is_decoded_in_pieces_cut_before_spaces() -> None:
+    raw = chat(HUGE)
+    split = long_strings.cut(raw)
+    assert split is not None and len(split[1]) == 1
+    start, end = split[1][0]
+    cuts = list(long_strings.pieces(raw, start, end))
+    assert len(cuts) > 3 and cuts[0][0] == start and cuts[-1][1] == end  # control: really in pieces
+    assert all(high - low <= long_strings.PIECE and raw[high:high + 1] == b" " for low, high in cuts[:-1])
+    assert all(cuts[i][1] == cuts[i + 1][0] for i in range(len(cuts) - 1))  # nothing lost or repeated
+    assert decode(raw, "chat")[0] == orjson.loads(raw)
+
+
+def test_a_long_string_without_spaces_is_one_piece() -> None:
+    raw = chat("x." * 1_000_000)  # not base64: a blob would be set aside
+    split = long_strings.cut(raw)
+    assert split is not None
+    start, end = split[1][0]
+    assert list(long_strings.pieces(raw, start, end)) == [(start, end)]
+    assert decode(raw, "chat")[0] == orjson.loads(raw)
+
+
+def test_an_escape_cut_at_a_piece_boundary_is_the_whole_parse_400() -> None:
+    """A backslash before a space (invalid JSON) ends a piece with a bad escape: the whole parse answers."""
+    raw = chat("ab" * 200_000 + "\\" + " cd" * 200_000).replace(b"\\\\ ", b"\\ ", 1)
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(raw)  # control: the body really is bad
+    with pytest.raises(LocalReply) as error:
+        decode(raw, "chat")
+    assert (error.value.status, error.value.code) == (400, "invalid_json")

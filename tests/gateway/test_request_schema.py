@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import LocalReply
-from gateway.request_schema import validate
+from gateway.request_schema import TYPES_SLICE, element_types, validate
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 VALID: list[tuple[str, dict[str, Any]]] = [
@@ -186,3 +186,12 @@ def test_common_fields_are_checked_in_a_fixed_order_whatever_the_body_order() ->
         validate("chat", {"temperature": "hot", "n": True, "model": "m", "messages": messages})
     assert exc.value.param == "n"
     validate("chat", {"model": "m", "messages": messages, "stream": None, "top_p": None, "seed": None})
+
+
+def test_element_types_are_read_a_slice_at_a_time_with_every_type_seen() -> None:
+    values: list[Any] = ["s"] * (3 * TYPES_SLICE) + [1]  # the odd one in the last slice
+    assert element_types(values) == {str, int}
+    assert element_types(["s"] * (2 * TYPES_SLICE)) == {str}
+    assert element_types([]) == set()
+    with pytest.raises(LocalReply):  # control: a mixed embeddings input is still refused
+        validate("embeddings", {"model": "m", "input": values})

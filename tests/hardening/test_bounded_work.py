@@ -7,9 +7,10 @@ client process (``bystander.py``), so its figures are the gateway's. A no-attack
 bystander's chat latency is taken first; during each attack the bystander keeps sending small chats
 and ``/healthz`` is probed; the calls that overlapped the attack count. Asserted per attack:
 bystander p99 <= 2 x baseline + 20 ms (plus ``SHARED_SLACK_S`` because the test machine is shared with
-other jobs), ``/healthz`` answered, every attacking request answered (a status, the OpenAI error shape
-for 4xx/5xx, never a dropped connection), nothing refused reaches the provider, and the RSS growth stays
-within the configured caps. Figures are printed (``-s``) for the notes.
+other jobs; the 100k embeddings inputs without it), ``/healthz`` answered, every attacking request
+answered (a status, the OpenAI error shape for 4xx/5xx, never a dropped connection), nothing refused
+reaches the provider, and the RSS growth stays within the configured caps. Figures are printed (``-s``)
+for the notes.
 """
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ ATTACKER, BYSTANDER = "sk-attacker-key", "sk-bystander-key"
 # figures would measure the fake provider instead of the gateway.
 BYSTANDER_MODEL = "gpt-4o-mini"
 # Every attack is held to the issue's 2x + 20 ms plus this slack: 2 cores shared with other jobs (the 30
-# unread streams, at a 0.5 s slack until stop 31, too: docs/reliability.md has the figures).
+# unread streams, at a 0.5 s slack until stop 31, too: docs/reliability.md has the figures). The 100k
+# embeddings inputs are held to the issue's bound itself since their parse runs in pieces
+# (gateway/long_arrays.py): under it in every run since, on the shared machine.
 SHARED_SLACK_S = float(os.environ.get("BOUNDED_SLACK_S", "0.1"))
 MIB = 1024 * 1024
 EXACT_MAX_BYTES = 16 * MIB
@@ -262,7 +265,7 @@ async def test_100k_embedding_inputs_are_refused_before_any_work(env: Env) -> No
     async def run() -> list[int]:
         return await asyncio.gather(*(answered(env, env.gw.url + "/v1/embeddings", body) for _ in range(4)))
 
-    assert await attack(env, "embeddings_100k_x4", run) == [400] * 4
+    assert await attack(env, "embeddings_100k_x4", run, slack_s=0.0) == [400] * 4  # the issue's bound itself
     assert await env.provider_calls("/v1/embeddings") == before  # nothing refused reached the provider
     assert env.figures["embeddings_100k_x4"]["rss_growth_mb"] < 100
 
