@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from gateway.body import Body, Observed
 from gateway.exchange import Exchange, StateKey, UpstreamResponse
@@ -194,7 +194,7 @@ def attach_fill(ex: Exchange, resp: UpstreamResponse, callback: Callback, limit:
     fill = Fill(operation=ex.request.operation, sse=resp.is_sse, limit=limit, callbacks=[callback],
                 refusals=[refused] if refused is not None else [], budget=budget)
     ex.state.set(FILL_KEY, fill)
-    return replace(resp, body=_observe(fill, ex, resp.body))
+    return resp.with_body(_observe(fill, ex, resp.body))
 
 
 def _observe(fill: Fill, ex: Exchange, body: Body) -> Body:
