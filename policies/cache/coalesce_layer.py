@@ -53,7 +53,8 @@ class Coalesce:
         if not cfg.enabled or not controls_of(ex).read or \
                 (not cfg.nondeterministic and not deterministic(ex)):
             return await next(ex)
-        key = await self.keys.key_off_loop(ex)  # in a thread for a large body (or made by the exact layer)
+        keys = self.keys  # made by the exact layer (or here: in a thread for a large body)
+        key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
         fkey = (key, ex.request.stream, wants_usage_chunk(ex), ex.request.upstream_path)
         pre = ex.state.get(PRE_CLAIM)
         if pre is not None:  # a claim the lookup took: the flight's leader releases it (or this request)

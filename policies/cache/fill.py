@@ -73,23 +73,22 @@ class Fill:
     budget: FillBudget | None = None
 
     def keep(self, chunk: bytes) -> bytes:
-        """``add`` as a body filter: the chunk passes unchanged."""
-        self.add(chunk)
+        """``add`` as a body filter: the chunk passes unchanged (the body's per-chunk call: one, not two)."""
+        if self.overflow:
+            return chunk
+        budget, n = self.budget, len(chunk)
+        if self.size + n > self.limit or (budget is not None and budget.used + n > budget.max_bytes):
+            self.overflow = True
+            self.release()
+            return chunk
+        self.size += n
+        if budget is not None:
+            budget.used += n
+        self.chunks.append(chunk)
         return chunk
 
     def add(self, chunk: bytes) -> None:
-        if self.overflow:
-            return
-        budget = self.budget
-        if self.size + len(chunk) > self.limit or (
-                budget is not None and budget.used + len(chunk) > budget.max_bytes):
-            self.overflow = True
-            self.release()
-            return
-        self.size += len(chunk)
-        if budget is not None:
-            budget.used += len(chunk)
-        self.chunks.append(chunk)
+        self.keep(chunk)
 
     def release(self) -> None:
         """Give the collected bytes back to the budget (at the end, however the body ended)."""
