@@ -92,8 +92,8 @@ class Fill:
 
     def release(self) -> None:
         """Give the collected bytes back to the budget (at the end, however the body ended)."""
-        if self.budget is not None:
-            self.budget.used -= sum(len(c) for c in self.chunks)
+        if self.budget is not None and self.chunks:
+            self.budget.used -= sum(map(len, self.chunks))
         self.chunks = []
 
     def complete(self, ex: Exchange) -> None:

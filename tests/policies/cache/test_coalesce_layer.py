@@ -113,3 +113,25 @@ async def test_a_small_body_takes_its_key_inline_and_a_large_one_off_the_loop() 
     up = Gated()
     await run(st, policy, up, 2, body=big)
     assert len(hops) == 2 and min(hops) > 256 * 1024 and up.calls == 1
+
+
+async def test_flights_are_per_tenant_and_keyed_by_strings() -> None:
+    """Two tenants' identical requests never share a flight (the flight key carries the namespace, as the
+    ``CacheKey`` did); the control: the same tenant's do. The key holds the ``CacheKey``'s two strings, so
+    a flight's dict operations hash no dataclass (issue 21)."""
+    keys = [{"key": "ka", "tenant": "a"}, {"key": "kb", "tenant": "b"}]
+    st = make_state(auth={"mode": "keys", "keys": keys})
+    policy = await factory(st, st.config)
+    assert policy is not None
+    up = Gated()
+    exs = [exchange(st, key=k) for k in ("ka", "kb", "ka")]
+    tasks = [asyncio.create_task(policy(ex, up)) for ex in exs]
+    await until(lambda: len(policy.rt.flights) == 2)
+    fkeys = list(policy.rt.flights._flights)
+    assert all(type(part) is str for fkey in fkeys for part in fkey[:2])
+    assert {fkey[0] for fkey in fkeys} == {ex.request.namespace for ex in exs}
+    up.gate.set()
+    for resp in await asyncio.gather(*tasks):
+        assert orjson.loads(await drain(resp)) == ANSWER
+    assert up.calls == 2
+    assert sorted(ex.record.cache_result for ex in exs) == ["coalesced", "none", "none"]
