@@ -234,3 +234,8 @@ class UpstreamResponse:
     @property
     def is_sse(self) -> bool:
         return self.headers.get("content-type", "").startswith("text/event-stream")
+
+    def with_body(self, body: Body) -> UpstreamResponse:
+        """This response with another body (a layer's wrapper): ``dataclasses.replace`` costs ~1 us of
+        field introspection per call, this ~0.15 us; every field is named (a test checks none is missed)."""
+        return UpstreamResponse(self.status, self.headers, body, self.source, self.upstream)

@@ -185,6 +185,8 @@ def parse_chunks(operation: str, payloads: list[bytes]) -> list[dict[str, Any]]:
     run = parser.run
     for payload in payloads:
         template = parser.template  # the match inlined: this loop runs once per chunk of a long answer
+        if template is None and parser.held is not None:
+            template = parser.learn_for(payload)
         if (template is not None and len(payload) >= template.size and payload.startswith(template.head)
                 and payload.endswith(template.tail)):
             run.append(payload)
@@ -196,7 +198,7 @@ def parse_chunks(operation: str, payloads: list[bytes]) -> list[dict[str, Any]]:
 
 
 class _Parser:
-    __slots__ = ("operation", "learns", "events", "template", "run", "misses", "skip")
+    __slots__ = ("operation", "learns", "events", "template", "run", "misses", "skip", "held")
 
     def __init__(self, operation: str) -> None:
         self.operation = operation
@@ -206,9 +208,11 @@ class _Parser:
         self.run: list[bytes] = []
         self.misses = 0  # templates in a row that matched no chunk
         self.skip = 0  # chunks left to parse without learning
+        self.held: tuple[bytes, dict[str, Any]] | None = None  # the chunk to learn from, once the next comes
 
     def add(self, payload: bytes) -> None:
-        """A chunk that is not in the current run: parsed, and a template learnt from it."""
+        """A chunk that is not in the current run: parsed, and held to learn a template from when the next
+        chunk may continue it (``learn_for``)."""
         template = self.template
         matched = self.flush()
         obj = parse_chunk(payload)
@@ -217,13 +221,27 @@ class _Parser:
             return
         if template is not None:  # this chunk ended the template's use
             self.misses = 0 if matched else self.misses + 1
-        self.template = None
+        self.template = self.held = None
         if self.skip > 0:
             self.skip -= 1
         elif self.misses >= 2:  # chunks that differ in more than their text (a per-chunk field)
             self.misses, self.skip = 0, _BACKOFF
         else:
-            self.template = _learn(self.operation, payload, obj)
+            self.held = payload, obj
+
+    def learn_for(self, payload: bytes) -> _Template | None:
+        """The held chunk's template, learnt only when ``payload`` starts as that chunk does up to its text:
+        else the template could not match it, and its learning (a probe parsed) would be lost. A short
+        answer learns once, not three times (its role and finish chunks start no run; issue 21)."""
+        held, self.held = self.held, None
+        assert held is not None
+        chunk, obj = held
+        marker = _MARKERS[self.operation]
+        start = chunk.find(marker)
+        if start < 0 or not payload.startswith(chunk[:start + len(marker)]):
+            return None
+        self.template = _learn(self.operation, chunk, obj)
+        return self.template
 
     def flush(self) -> bool:
         """The run so far as one chunk; whether there was one."""

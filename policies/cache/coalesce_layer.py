@@ -53,8 +53,11 @@ class Coalesce:
         if not cfg.enabled or not controls_of(ex).read or \
                 (not cfg.nondeterministic and not deterministic(ex)):
             return await next(ex)
-        key = await self.keys.key_off_loop(ex)  # in a thread for a large body (or made by the exact layer)
-        fkey = (key, ex.request.stream, wants_usage_chunk(ex), ex.request.upstream_path)
+        keys = self.keys  # made by the exact layer (or here: in a thread for a large body)
+        key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
+        # The key's two strings, not the ``CacheKey``: a frozen dataclass hashes in Python (a call per dict
+        # operation, four per flight); strings keep their hash. The same flights: the digest covers them all.
+        fkey = (key.namespace, key.digest, ex.request.stream, wants_usage_chunk(ex), ex.request.upstream_path)
         pre = ex.state.get(PRE_CLAIM)
         if pre is not None:  # a claim the lookup took: the flight's leader releases it (or this request)
             pre.used = True

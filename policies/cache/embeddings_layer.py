@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -168,7 +167,7 @@ class EmbeddingsCache:
             chunks.append(chunk)
             return chunk
 
-        return replace(resp, body=Observed(resp.body, on_chunk=keep, on_end=on_end))
+        return resp.with_body(Observed(resp.body, on_chunk=keep, on_end=on_end))
 
     async def _encoding_loaded(self, ex: Exchange) -> None:
         """The answer's tokens are shared out by each input's token count: the model's encoding is

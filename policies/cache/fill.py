@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from gateway.body import Body, Observed
 from gateway.exchange import Exchange, StateKey, UpstreamResponse
@@ -73,28 +73,27 @@ class Fill:
     budget: FillBudget | None = None
 
     def keep(self, chunk: bytes) -> bytes:
-        """``add`` as a body filter: the chunk passes unchanged."""
-        self.add(chunk)
+        """``add`` as a body filter: the chunk passes unchanged (the body's per-chunk call: one, not two)."""
+        if self.overflow:
+            return chunk
+        budget, n = self.budget, len(chunk)
+        if self.size + n > self.limit or (budget is not None and budget.used + n > budget.max_bytes):
+            self.overflow = True
+            self.release()
+            return chunk
+        self.size += n
+        if budget is not None:
+            budget.used += n
+        self.chunks.append(chunk)
         return chunk
 
     def add(self, chunk: bytes) -> None:
-        if self.overflow:
-            return
-        budget = self.budget
-        if self.size + len(chunk) > self.limit or (
-                budget is not None and budget.used + len(chunk) > budget.max_bytes):
-            self.overflow = True
-            self.release()
-            return
-        self.size += len(chunk)
-        if budget is not None:
-            budget.used += len(chunk)
-        self.chunks.append(chunk)
+        self.keep(chunk)
 
     def release(self) -> None:
         """Give the collected bytes back to the budget (at the end, however the body ended)."""
-        if self.budget is not None:
-            self.budget.used -= sum(len(c) for c in self.chunks)
+        if self.budget is not None and self.chunks:
+            self.budget.used -= sum(map(len, self.chunks))
         self.chunks = []
 
     def complete(self, ex: Exchange) -> None:
@@ -194,7 +193,7 @@ def attach_fill(ex: Exchange, resp: UpstreamResponse, callback: Callback, limit:
     fill = Fill(operation=ex.request.operation, sse=resp.is_sse, limit=limit, callbacks=[callback],
                 refusals=[refused] if refused is not None else [], budget=budget)
     ex.state.set(FILL_KEY, fill)
-    return replace(resp, body=_observe(fill, ex, resp.body))
+    return resp.with_body(_observe(fill, ex, resp.body))
 
 
 def _observe(fill: Fill, ex: Exchange, body: Body) -> Body:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.appstate import AppState
 from gateway.config_model import Config
 from gateway.exchange import StateKey
-from gateway.telemetry.metrics import Children
+from gateway.telemetry.metrics import Children, gauge_slot
 from policies.cache.fill import FillBudget
 from policies.cache.fleet_flight import process_id
 from policies.cache.memory_store import MemoryStore
@@ -70,11 +70,11 @@ class CacheMetrics:
             self.tokens_saved.labels(kind, self._m.bounded_model(model)).inc(tokens)
 
     def gauge_hook(self, kind: str):  # type: ignore[no-untyped-def]
-        entries, size = self.entries.labels(kind), self.bytes.labels(kind)
+        entries, size = gauge_slot(self.entries.labels(kind)), gauge_slot(self.bytes.labels(kind))
 
-        def changed(n: int, nbytes: int) -> None:
-            entries.set(n)
-            size.set(nbytes)
+        def changed(n: int, nbytes: int) -> None:  # every store: the value slots, not ``Gauge.set``'s checks
+            entries.set(float(n))
+            size.set(float(nbytes))
 
         return changed
 

@@ -252,10 +252,15 @@ class Flight:
         self.reading = True
         try:
             chunk = await body.__anext__()
+        except StopAsyncIteration:
+            self.reading = False
+            self._direct_end(reader, None)  # ended on its own: nothing to close (no coroutine to await)
+            raise
         except BaseException as exc:
             self.reading = False
-            await self._direct_end(reader, exc)
-            if isinstance(exc, (StopAsyncIteration, asyncio.CancelledError)):
+            self._direct_end(reader, exc)
+            await _quiet(body.aclose())
+            if isinstance(exc, asyncio.CancelledError):
                 raise
             raise _as_failure(exc, self.upstream) from exc
         self.reading = False
@@ -274,10 +279,11 @@ class Flight:
         reader.held = True
         return chunk
 
-    async def _direct_end(self, reader: _Reader, exc: BaseException) -> None:
-        """The direct read ended the body: its end, a failure, or its task cancelled (the body with it)."""
-        body, self.body, self.direct = self.body, None, None
-        if isinstance(exc, StopAsyncIteration):
+    def _direct_end(self, reader: _Reader, exc: BaseException | None) -> None:
+        """The direct read ended the body: its end (``exc`` None), a failure, or its task cancelled (the body
+        with it). The caller closes the body after a failure; a body that ended on its own needs no close."""
+        self.body, self.direct = None, None
+        if exc is None:
             self.done = self._drained = True
         elif isinstance(exc, asyncio.CancelledError):
             self.broken = True
@@ -286,8 +292,6 @@ class Flight:
         self.registry.remove(self)
         _release(self._handoff)  # before leaving: the chunks stay for the newcomers
         reader.end()
-        if body is not None:
-            await _quiet(body.aclose())
 
     def take_body(self, reader: _Reader) -> Body | None:
         """The upstream body, for its direct reader to close when it leaves between reads."""
@@ -427,6 +431,8 @@ async def _wait_on(waiters: list[asyncio.Future[None]]) -> None:
 
 
 def _release(waiters: list[asyncio.Future[None]]) -> None:
+    if not waiters:  # the common case (nobody waits): no copy
+        return
     pending = waiters[:]
     waiters.clear()
     for waiter in pending:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import replace
 
 from gateway.body import Body, Observed, OneChunk
 from gateway.chain import Next
@@ -73,7 +72,7 @@ class ToolCache:
                 tool.cache_ttl_s if tool is not None and tool.cache_ttl_s is not None else cfg.ttl_s
             )
             content_type = resp.headers.get("content-type", "application/octet-stream")
-            resp = replace(resp, body=self._fill(key, resp.body, ttl, content_type))
+            resp = resp.with_body(self._fill(key, resp.body, ttl, content_type))
         return resp
 
     def _storable(self, resp: UpstreamResponse) -> bool:

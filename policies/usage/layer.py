@@ -21,7 +21,6 @@ refused), so there is nothing to shadow.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -64,8 +63,8 @@ class UsagePolicy:
         ex.state.set(CAPTURE_KEY, capture)
         if hidden and resp.is_sse:
             stripper = UsageStripper(ex, capture)
-            return replace(resp, body=Observed(resp.body, on_chunk=stripper.chunk, flush=stripper.flush))
-        return replace(resp, body=Observed(resp.body, on_chunk=capture.keep))
+            return resp.with_body(Observed(resp.body, on_chunk=stripper.chunk, flush=stripper.flush))
+        return resp.with_body(Observed(resp.body, on_chunk=capture.keep))
 
 
 def ask_for_usage(ex: Exchange) -> bool:

@@ -8,7 +8,17 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth import ANONYMOUS, Identity
-from gateway.exchange import Exchange, LayerState, Record, RequestFacts, StateKey, Target, Usage
+from gateway.body import OneChunk
+from gateway.exchange import (
+    Exchange,
+    LayerState,
+    Record,
+    RequestFacts,
+    StateKey,
+    Target,
+    UpstreamResponse,
+    Usage,
+)
 
 
 def facts(**kw: object) -> RequestFacts:
@@ -65,3 +75,16 @@ def test_layer_state_is_typed_by_key() -> None:
     other: StateKey[bool] = StateKey("test.counted")  # same name, another key: keys are identities
     state.set(counted, False)
     assert other not in state and "StateKey('test.counted')" == repr(other)
+
+
+def test_with_body_keeps_every_other_field() -> None:
+    """``with_body`` names the fields by hand (for speed): each one but ``body`` is carried over, so a field
+    added to ``UpstreamResponse`` and forgotten there fails here (control: the body is the new one)."""
+    old_body, new_body = OneChunk(b"a"), OneChunk(b"b")
+    resp = UpstreamResponse(201, {"content-type": "text/event-stream"}, old_body, "cache", "u")
+    out = resp.with_body(new_body)
+    assert out is not resp and out.body is new_body and resp.body is old_body
+    for f in dataclasses.fields(UpstreamResponse):
+        if f.name != "body":
+            assert getattr(out, f.name) == getattr(resp, f.name), f.name
+    assert dataclasses.replace(resp, body=new_body) == out  # the same as the generic copy

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.telemetry.metrics import (
     OTHER,
@@ -13,6 +13,7 @@ from gateway.telemetry.metrics import (
     RequestMetrics,
     bounded,
     counter_slot,
+    gauge_slot,
     histogram_slot,
     observe_many,
     status_class,
@@ -128,3 +129,19 @@ def test_decisions_are_counted() -> None:
     value = m.registry.get_sample_value
     assert value("gateway_policy_decisions_total", {"policy": "cache", "decision": "miss"}) == 3
     assert value("gateway_policy_decisions_total", {"policy": "cache", "decision": "hit"}) == 1
+
+
+def test_gauge_slot_equals_set_and_keeps_stamped_gauges_on_the_child() -> None:
+    """A gauge's value slot gives the exposition of ``Gauge.set``; the control: a child without the client's
+    slot, or one whose values are stamped (``mostrecent`` in multiprocess mode), is used as it is."""
+    r1, r2 = CollectorRegistry(), CollectorRegistry()
+    g1, g2 = (Gauge("g", "g", ("l",), registry=r) for r in (r1, r2))
+    slot = gauge_slot(g2.labels("a"))
+    assert slot is not g2.labels("a")
+    for v in (3, 0, 12.5, 7):
+        g1.labels("a").set(v)
+        slot.set(float(v))
+    assert _exposition(r1) == _exposition(r2)
+    odd = SimpleNamespace(set=lambda value: None)
+    stamped = SimpleNamespace(_value=SimpleNamespace(set=lambda value: None), _is_most_recent=True)
+    assert gauge_slot(odd) is odd and gauge_slot(stamped) is stamped

@@ -83,7 +83,10 @@ def test_a_marker_inside_another_string_is_not_a_template() -> None:
     assert payload.find(b'"content":"') < payload.find(b'"choices"')  # the first marker is the extra's
     parser = chunk_runs._Parser("chat")
     parser.add(payload)
-    assert parser.template is None
+    assert parser.learn_for(payload) is None and parser.template is None
+    assert in_runs("chat", [payload] * 3) == one_by_one("chat", [payload] * 3)
+    parser.add(dump(chunk("x")))  # the control: a plain chunk, followed by one like it, is a template
+    assert parser.learn_for(dump(chunk("y"))) is not None
     assert in_runs("chat", [payload] * 3) == one_by_one("chat", [payload] * 3)
 
 
@@ -101,6 +104,27 @@ def test_chunks_that_differ_elsewhere_back_off(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(chunk_runs, "_learn", counting)
     assert in_runs("chat", payloads) == one_by_one("chat", payloads)
     assert 6 <= len(learnt) <= 10  # not once per chunk (100)
+
+
+def test_a_template_is_learnt_only_when_the_next_chunk_may_follow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short answer (a role chunk, text chunks, a finish chunk) learns once: from the first text chunk,
+    when the second one starts like it; the role chunk and the finish chunk, followed by chunks that start
+    otherwise (or by nothing), teach nothing (issue 21: each learning parses a probe). The control: the
+    run is still found, and the answer is the one-by-one answer."""
+    learnt: list[bytes] = []
+    original = chunk_runs._learn
+
+    def counting(operation: str, payload: bytes, obj: dict[str, Any]) -> Any:
+        learnt.append(payload)
+        return original(operation, payload, obj)
+
+    monkeypatch.setattr(chunk_runs, "_learn", counting)
+    payloads = [dump(chunk("", delta={"role": "assistant", "content": ""}))]
+    payloads += [dump({**chunk(f"t{i}"), "obfuscation": "x" * (i % 5)}) for i in range(18)]
+    payloads.append(dump({**HEAD, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    assert len(parse_chunks("chat", payloads)) == 4  # role, the template's own chunk, the run, the finish
+    assert learnt == [payloads[1]]
+    assert in_runs("chat", payloads) == one_by_one("chat", payloads)
 
 
 def test_openai_padding_is_a_second_hole() -> None:

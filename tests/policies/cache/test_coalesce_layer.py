@@ -11,6 +11,7 @@ from gateway.exchange import Exchange, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis
 from policies.cache.coalesce_layer import factory
 from policies.cache.fleet_flight import PRE_CLAIM
+from policies.cache.keys import CacheKey
 from policies.cache.redis_store import Claim
 from tests.policies.cache.support import ANSWER, body_of, drain, exchange, make_state
 from tests.support.servers import RedisServer
@@ -90,3 +91,47 @@ async def test_lookups_answered_out_of_order_do_not_wait_on_themselves(redis_ser
         assert await st.backend.client.get(claim_key) == b"done"  # B's flight released it for both
     finally:
         await st.backend.close()
+
+
+async def test_a_small_body_takes_its_key_inline_and_a_large_one_off_the_loop() -> None:
+    """The flight's key is made inline below the thread hop's threshold (no ``key_off_loop`` coroutine per
+    request, issue 21); the control: a body past it still goes through ``key_off_loop`` (its thread)."""
+    st = make_state()
+    policy = await factory(st, st.config)
+    assert policy is not None
+    off_loop = policy.keys.key_off_loop
+    hops: list[int] = []
+
+    async def counted(ex: Exchange) -> CacheKey:
+        hops.append(len(ex.raw_body))
+        return await off_loop(ex)
+
+    policy.keys.key_off_loop = counted  # type: ignore[method-assign]
+    await run(st, policy, Gated(), 2)
+    assert hops == []
+    big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 300_000}], "temperature": 0}
+    up = Gated()
+    await run(st, policy, up, 2, body=big)
+    assert len(hops) == 2 and min(hops) > 256 * 1024 and up.calls == 1
+
+
+async def test_flights_are_per_tenant_and_keyed_by_strings() -> None:
+    """Two tenants' identical requests never share a flight (the flight key carries the namespace, as the
+    ``CacheKey`` did); the control: the same tenant's do. The key holds the ``CacheKey``'s two strings, so
+    a flight's dict operations hash no dataclass (issue 21)."""
+    keys = [{"key": "ka", "tenant": "a"}, {"key": "kb", "tenant": "b"}]
+    st = make_state(auth={"mode": "keys", "keys": keys})
+    policy = await factory(st, st.config)
+    assert policy is not None
+    up = Gated()
+    exs = [exchange(st, key=k) for k in ("ka", "kb", "ka")]
+    tasks = [asyncio.create_task(policy(ex, up)) for ex in exs]
+    await until(lambda: len(policy.rt.flights) == 2)
+    fkeys = list(policy.rt.flights._flights)
+    assert all(type(part) is str for fkey in fkeys for part in fkey[:2])
+    assert {fkey[0] for fkey in fkeys} == {ex.request.namespace for ex in exs}
+    up.gate.set()
+    for resp in await asyncio.gather(*tasks):
+        assert orjson.loads(await drain(resp)) == ANSWER
+    assert up.calls == 2
+    assert sorted(ex.record.cache_result for ex in exs) == ["coalesced", "none", "none"]

@@ -364,3 +364,47 @@ async def test_a_follower_that_leaves_while_it_waits_on_a_direct_read_costs_the_
         up.queue.put_nowait(chunk)
     assert await reading == b"ab"
     assert up.calls == 1 and up.closed and flight.subscribers == 0 and len(flights) == 0
+
+
+class CountingBody:
+    """An upstream body that counts its ``aclose`` calls; it fails at ``fail_at`` if given."""
+
+    def __init__(self, chunks: list[bytes], fail_at: int | None = None) -> None:
+        self.chunks, self.fail_at, self.n, self.closes = chunks, fail_at, 0, 0
+
+    def __aiter__(self) -> CountingBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        await asyncio.sleep(0)  # a read that waits, as a socket's does
+        if self.n == self.fail_at:
+            raise UpstreamFailure("reset_mid_stream", "boom", committed=True)
+        if self.n == len(self.chunks):
+            raise StopAsyncIteration
+        self.n += 1
+        return self.chunks[self.n - 1]
+
+    async def aclose(self) -> None:
+        self.closes += 1
+
+
+@pytest.mark.parametrize("fail_at", [None, 1])
+async def test_a_direct_reader_closes_the_body_only_when_it_did_not_end_itself(fail_at: int | None) -> None:
+    """A body read to its end needs no ``aclose`` (the flight skips that coroutine per request, issue 21);
+    the control: a body that failed mid-way is closed once, and its reader gets the failure."""
+    body = CountingBody([b"a", b"b"], fail_at)
+
+    async def call(ex: Exchange) -> UpstreamResponse:
+        return UpstreamResponse(200, {}, body)
+
+    flights = Flights()
+    resp = await flights.lead("k", exchange(), call).wait(leader=True)
+    if fail_at is None:
+        assert await read_all(resp) == b"ab"
+        await resp.body.aclose()  # what the handler does after the end: nothing left to close
+        assert body.closes == 0
+    else:
+        with pytest.raises(UpstreamFailure) as failure:
+            await read_all(resp)
+        assert failure.value.committed and body.closes == 1
+    assert len(flights) == 0 and flights.held_bytes() == 0

@@ -1,0 +1,140 @@
+"""Instructions per request of an in-process gateway, counted by valgrind (callgrind): a figure the
+machine's load does not move, for A/B runs on a shared machine where CPU-time figures vary by 10-20%.
+
+Each measurement is a child process under ``valgrind --tool=callgrind --instr-atstart=no``: it serves one
+gateway variant of ``bench.scenarios`` in front of the fake provider (``start_gateway``, as the tests do,
+then ``settle_memory`` as ``gateway serve`` does), drives it from a client subprocess (unique
+deterministic requests: every one a cache miss that is stored), warms up, and counts only the measured
+requests (``callgrind_control -i on/off`` around them). Runs of the same tree differ by ~1-2%.
+Instructions are not time (a cache miss costs more than an add), but a change that executes less code
+shows here without the noise.
+
+    python -m bench.instr_cost --variants gw-off,gw-default --kinds small,stream --baseline /tmp/base
+
+Needs ``valgrind`` (``apt-get install valgrind``); ~20 s per measurement. The children run this file by
+its path, so a baseline tree without it is measured by the same harness. ``stream`` is the fake provider's
+default answer streamed (16 tokens: 19 events).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import procs
+from bench.scenarios import CHAT_PATH, GATEWAYS, HEADERS, chat_body, gateway_config
+
+ROOT = Path(__file__).resolve().parents[1]
+_RUN_FILE = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+_COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
+
+
+async def client(url: str, stream: bool) -> None:
+    """Reads a count per stdin line, sends that many unique requests one by one, answers ``done``."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    n = 0
+    async with aiohttp.ClientSession() as session:
+        while (line := await loop.run_in_executor(None, sys.stdin.readline)).strip():
+            for _ in range(int(line)):
+                n += 1
+                body = chat_body(f"NONCE {os.getpid()} {n}", stream=stream, max_tokens=None)
+                async with session.post(url + CHAT_PATH, data=body, headers=HEADERS) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise SystemExit(f"status {resp.status}")
+            sys.stdout.write("done\n")
+            sys.stdout.flush()
+
+
+async def serve(upstream: str, variant: str, kind: str, warmup: int, n: int) -> None:
+    """The measured process: the gateway, counted only while the client's ``n`` requests run."""
+    from gateway.server import settle_memory
+    from tests.support.servers import start_gateway
+
+    gw = await start_gateway(gateway_config(upstream, GATEWAYS[variant]))
+    settle_memory()
+    child = await asyncio.create_subprocess_exec(
+        *self_argv("--client", gw.url, "--kinds", kind), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE)
+    stdin, stdout = child.stdin, child.stdout
+    assert stdin is not None and stdout is not None
+
+    async def batch(count: int) -> None:
+        stdin.write(f"{count}\n".encode())
+        await stdin.drain()
+        if (await stdout.readline()).strip() != b"done":
+            raise SystemExit("the client failed")
+
+    await batch(warmup)
+    toggle(True)
+    await batch(n)
+    toggle(False)
+    stdin.write(b"\n")
+    await child.wait()
+    await gw.close()
+
+
+def self_argv(*args: str) -> list[str]:
+    """This file run by path (``-m bench.instr_cost`` would find the measured tree's bench package)."""
+    return [sys.executable, "-c", _RUN_FILE, str(Path(__file__).resolve()), *args]
+
+
+def toggle(on: bool) -> None:
+    subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(os.getpid())],
+                   capture_output=True, check=False)
+
+
+def measure(tree: Path, upstream: str, variant: str, kind: str, warmup: int, n: int) -> float:
+    """Instructions per request of ``tree`` (its own checkout on PYTHONPATH)."""
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
+            *self_argv("--serve", upstream, "--variants", variant, "--kinds", kind, "--warmup", str(warmup),
+                       "--requests", str(n))]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, check=False)
+    found = _COLLECTED.search(out.stderr)
+    if found is None:
+        raise SystemExit(f"no count for {tree} {variant} {kind}:\n{out.stderr[-2000:]}")
+    return int(found.group(1).replace(",", "")) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="gw-off,gw-default,gw-all")
+    parser.add_argument("--kinds", default="small,stream", help="small (chat) and/or stream")
+    parser.add_argument("--baseline", help="a baseline source tree, measured alternately with this one")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        asyncio.run(client(args.client, args.kinds == "stream"))
+        return
+    if args.serve:
+        import uvloop
+
+        uvloop.run(serve(args.serve, args.variants, args.kinds, args.warmup, args.requests))
+        return
+    trees = {"this": ROOT, **({"base": Path(args.baseline).resolve()} if args.baseline else {})}
+    mock = procs.start_mock()
+    try:
+        for kind in args.kinds.split(","):
+            for variant in args.variants.split(","):
+                counts = {name: measure(tree, mock.url + "/v1", variant, kind, args.warmup, args.requests)
+                          for name, tree in trees.items()}
+                delta = f" ({counts['this'] / counts['base'] - 1:+.1%} vs base)" if "base" in counts else ""
+                figures = "  ".join(f"{name}: {count / 1000:8.1f}k" for name, count in counts.items())
+                print(f"{kind:6s} {variant:12s} {figures} instructions per request{delta}", flush=True)
+    finally:
+        mock.stop()
+
+
+if __name__ == "__main__":
+    main()
