@@ -18,6 +18,7 @@ import yaml
 from openai import AsyncOpenAI
 
 from gateway.mock import MockServer
+from tests.e2e.test_workers import serving_workers
 from tests.support.servers import GatewayProcess, free_port, spawn_gateway, wait_ready
 from tests.support.until import until
 
@@ -97,18 +98,12 @@ async def test_the_supervisor_loads_no_http_server(mock_upstream: MockServer, tm
     gw = spawn(shipped_config(), mock_upstream, tmp_path, workers=2)
     try:
         await wait_ready(gw.url)
-        await until(lambda: len(worker_pids(gw.proc.pid)) == 2, timeout=30.0, interval=0.05,
-                    message="two workers")
+        # Serving: a worker signalled before its hook is installed would die of SIGUSR2 (its default).
+        await until(lambda: len(serving_workers(gw)) == 2, timeout=30.0, interval=0.05, message="two workers")
         supervisor = await modules_of(gw.proc.pid, tmp_path)
-        worker = await modules_of(worker_pids(gw.proc.pid)[0], tmp_path)
+        worker = await modules_of(min(serving_workers(gw)), tmp_path)
     finally:
         gw.stop()
     assert "gateway" in supervisor and not {"aiohttp", *HEAVY} & supervisor
     assert "aiohttp" in worker
 
-
-def worker_pids(supervisor: int) -> list[int]:
-    """The supervisor's Python children (its host-state Redis is a child too)."""
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    serve = b"-m\x00gateway\x00serve"  # the Redis's socket path has "gateway" in it too
-    return [int(pid) for pid in children if serve in Path(f"/proc/{pid}/cmdline").read_bytes()]
