@@ -22,7 +22,7 @@ from policies.cache import exact_layer as exact_cache
 from policies.cache import semantic_layer as semantic_cache
 from policies.compression.budgets_layer import make_budget
 from policies.compression.layer import make_compression
-from policies.mcp import routes as mcp
+from policies.mcp import entry as mcp
 from policies.ratelimit import client_layer as rate_limit_client
 from policies.ratelimit import upstream_layer as rate_limit_upstream
 from policies.resilience import breaker_layer as circuit_breaker

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.exchange import Exchange
+from gateway.right_size import right_sized
 from policies.cache.keys import CacheKey, make_key
 
 Input = str | list[int]
@@ -76,7 +77,7 @@ def parse_answer(data: bytes, n: int) -> tuple[list[bytes], int] | None:
         index = row.get("index") if isinstance(row, dict) else None
         if not isinstance(index, int) or not 0 <= index < n or "embedding" not in row:
             return None
-        vectors[index] = orjson.dumps(row["embedding"])
+        vectors[index] = right_sized(orjson.dumps(row["embedding"]))  # kept in the cache
     if any(v is None for v in vectors):
         return None
     usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else {}

@@ -49,3 +49,23 @@ def test_damaged_or_foreign_data_is_a_miss() -> None:
     assert CachedAnswer.decode(b"GWC0{not json\n{}") is None
     assert CachedAnswer.decode(b"GWC0" + orjson.dumps({"no": "op"}) + b"\n{}") is None
     assert CachedAnswer.decode(b'{"id":"x"}') is None
+
+
+def test_an_entry_holds_about_what_the_cache_counts() -> None:
+    """The exact cache's byte bound bounds its memory: a small answer's entry (its bytes, the object, its
+    usage) holds less than its ``size`` (which also counts the key and the store's slot). Before
+    ``right_sized`` its body alone held orjson's 4 KiB buffer, ~5x what was counted."""
+    import tracemalloc
+
+    obj = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "message": {
+        "role": "assistant", "content": "a short answer"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [CachedAnswer.from_obj("chat", obj, 0.0) for _ in range(1000)]
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / 1000
+    finally:
+        tracemalloc.stop()
+    assert len(kept[0].body) < 300 < per_entry  # control: the object and its usage are measured
+    assert per_entry < kept[0].size

@@ -34,18 +34,18 @@ def test_ttl_and_lru_eviction() -> None:
 
 def test_byte_bound() -> None:
     """The byte bound holds, counting the memoised SSE renderings too; an oversized entry is refused."""
-    store = MemoryStore(100, 1000, Clock())
+    store = MemoryStore(100, 4000, Clock())  # an entry counts its bytes + ENTRY_OVERHEAD (900)
     store.set(CacheKey("n", "big"), answer(5000), 10)
     assert len(store) == 0
     keys = [CacheKey("n", str(i)) for i in range(5)]
     for key in keys:
         store.set(key, answer(200), 10)
-    assert store.bytes <= 1000 and len(store) < 5
+    assert store.bytes <= 4000 and len(store) == 3
     found = store.get(keys[-1])
     assert found is not None
-    found[0]._sse_usage = b"y" * 500
+    found[0]._sse_usage = b"y" * 1500  # 3 x 1,100 + 1,500: past the bound once re-measured
     store.get(keys[-1])
-    assert store.bytes <= 1000
+    assert store.bytes <= 4000 and len(store) == 2
 
 
 def test_encode_round_trip() -> None:
