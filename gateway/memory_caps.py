@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway.config_model import Config
 from gateway.tokens.tokenizer import DEFAULT_MEMO_MAX_CHARS
+from policies.mcp.config import STORE_MAX_BYTES
 
 MIB = 1024 * 1024
 # RSS of an idle worker with the tokenizer encodings and the local embedder loaded (measured: ~170 MB).
@@ -43,6 +44,8 @@ def configured_caps(config: Config, workers: int = 1) -> Caps:
         "cache.embeddings.max_bytes": cache.embeddings.max_bytes if cache.embeddings.enabled else 0,
         "token count memo": DEFAULT_MEMO_MAX_CHARS,
     }
+    if config.mcp.servers:
+        parts["MCP catalog and result caches"] = 2 * STORE_MAX_BYTES
     semantic = [cache.semantic, *(r.cache.semantic for r in config.routes if r.cache is not None)]
     if any(s.enabled and s.mode != "off" for s in semantic):
         parts["cache.semantic.max_bytes"] = max(s.max_bytes for s in semantic)

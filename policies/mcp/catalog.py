@@ -34,7 +34,9 @@ def _store(deps: Deps, call: Call, key: tuple[str, ...]) -> Tap:
         result = message["result"]
         if call.msg.method == "tools/list" and isinstance(result, dict):
             call.server.safety.update(catalog_safety(result))
-        if not (isinstance(result, dict) and result.get("nextCursor")):
-            deps.catalogs.put(key, result, call.server.cfg.catalog_ttl_s)
+        ttl = call.server.cfg.catalog_ttl_s
+        if not (isinstance(result, dict) and result.get("nextCursor")) and ttl > 0 \
+                and not deps.catalogs.put(key, result, ttl):
+            deps.metrics.cache_lookup(call.server.name, "catalog", "not_stored_too_large")
 
     return tap

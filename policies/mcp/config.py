@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from gateway.config_common import TimeoutsConfig
 from policies.resilience.config import CircuitBreakerConfig, RetryConfig
 
+# Each of the proxy's two caches (catalogs, read-only results) keeps at most this many bytes per worker
+# (``policies/mcp/store.py``; ``gateway/memory_caps.py`` counts them when MCP servers are configured).
+STORE_MAX_BYTES = 8 << 20
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FallbackResult:

@@ -71,7 +71,7 @@ def _store(deps: Deps, call: Call, key: tuple[str, ...], ttl: float) -> Tap:
             result = call.result = message["result"]
             if isinstance(result, dict) and result.get("isError"):
                 call.outcome = "tool_error"
-            elif ttl > 0:
-                deps.results.put(key, result, ttl)
+            elif ttl > 0 and not deps.results.put(key, result, ttl):
+                deps.metrics.cache_lookup(call.server.name, "result", "not_stored_too_large")
 
     return tap

@@ -36,3 +36,10 @@ def test_cgroup_limit_v2_v1_and_unlimited(tmp_path: Path) -> None:
     assert cgroup_limit((v2, v1)) == 256 * MIB
     v1.write_text(str(1 << 62))
     assert cgroup_limit((v1,)) is None
+
+
+def test_the_mcp_caches_count_when_servers_are_configured() -> None:
+    mcp = {"mcp": {"servers": {"files": {"url": "http://127.0.0.1:9/mcp"}}}}
+    assert "MCP catalog and result caches" not in configured_caps(parse_config(BASE, {})).parts  # control
+    caps = configured_caps(parse_config({**BASE, **mcp}, {}))
+    assert caps.parts["MCP catalog and result caches"] == 16 * MIB
