@@ -7,7 +7,10 @@ Every policy on (``bench.scenarios.ALL_ON``), small non-stream chat requests tha
 - ``host-1w``:  one worker using a private redis-server on a Unix socket (what ``--workers N`` gives
   each worker: limits, breakers, coalescing claims, caches and live stats in Redis);
 - ``fleet-1w``: one worker with ``state.backend: redis`` over TCP loopback (what replicas share);
-- ``host-2w``:  ``gateway serve --workers 2`` (memory backend: the supervisor's private Redis).
+- ``host-2w``:  ``gateway serve --workers 2`` (memory backend: the supervisor's private Redis);
+- ``local-2w``: ``gateway serve --workers 2`` with no redis-server for the supervisor to start
+  (``GATEWAY_REDIS_SERVER`` names a missing file), so each worker keeps its own state: the control that
+  separates what a second process costs on this machine from what sharing the state costs.
 
 CPU ms per request is the gateway's process tree plus the Redis server's, from ``/proc``, divided by
 every request sent (warm-up included): it does not depend on how busy the shared machine is, unlike
@@ -37,10 +40,11 @@ from bench import loadgen, procs
 from bench.loadgen import LoadSpec
 from bench.runner import STATIC_ANSWER
 from bench.scenarios import ALL_ON, HEADERS, SMALL, gateway_config
-from gateway.state.host_state import redis_binary, server_argv
+from gateway.state.host_state import BINARY_ENV, redis_binary, server_argv
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-VARIANTS = ("local-1w", "host-1w", "fleet-1w", "host-2w")
+VARIANTS = ("local-1w", "host-1w", "fleet-1w", "host-2w", "local-2w")
+NO_REDIS_BINARY = "/nonexistent/redis-server"  # local-2w: the supervisor finds no binary, shares nothing
 
 
 @dataclass
@@ -93,6 +97,9 @@ def start_variant(name: str, mock_url: str) -> tuple[procs.Server, RedisProc | N
         overrides["state"] = {"backend": "redis", "redis_url": redis.url}
     elif name == "host-2w":
         workers = 2
+    elif name == "local-2w":
+        workers = 2
+        env = {BINARY_ENV: NO_REDIS_BINARY}
     config = gateway_config(mock_url + "/v1", overrides)
     server = procs.start_gateway(name, config, workers=workers, env=env)
     return server, redis
@@ -190,6 +197,11 @@ def render(results: dict[str, dict[str, float]], command: str, reps: int, durati
         extra = results["host-1w"]["cpu_ms"] / base["cpu_ms"] - 1
         lines.append(f"Shared host state costs {extra * 100:+.0f}% CPU per request vs the single-process "
                      "memory backend (target: within 10%).")
+    if "host-2w" in results and "local-2w" in results:
+        shared = results["host-2w"]["cpu_ms"] / results["local-2w"]["cpu_ms"] - 1
+        lines.append(f"At 2 workers, sharing the state costs {shared * 100:+.0f}% CPU per request vs 2 "
+                     "workers that each keep their own (local-2w: what a second process costs here without "
+                     "sharing).")
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,8 @@ Every feature registers its metrics here through ``counter``/``histogram``/
 """
 from __future__ import annotations
 
+import struct
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ OTHER = "other"
 GaugeMode = Literal["all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum",
                     "mostrecent", "livemostrecent"]
 _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
+_LOCK_TYPE = type(threading.Lock())
+_PACK_VALUE = struct.Struct("dd").pack  # a multiprocess value's record in its mmap file: value, timestamp
 
 
 class Metrics:
@@ -120,10 +124,49 @@ def counter_slot(child: Any) -> Any:
 
     ``Counter.inc`` checks that its child may be observed, that the amount is not negative and whether an
     exemplar came (~0.55 us); its value slot's ``inc`` only takes the value's lock (or, in multiprocess mode,
-    writes the value to its mmap file): ~0.2 us. Falls back to the child if a client renames the slot.
+    writes the value to its mmap file: ``MmapSlot``): ~0.2 us. Falls back to the child if a client renames
+    the slot.
     """
     value = getattr(child, "_value", None)
-    return value if value is not None and callable(getattr(value, "inc", None)) else child
+    return value_slot(value) if value is not None and callable(getattr(value, "inc", None)) else child
+
+
+class MmapSlot:
+    """``inc`` of one multiprocess value (``--workers N``: every worker writes its values to its own mmap
+    file, which any worker's ``/metrics`` reads), without the client's per-call pid check.
+
+    prometheus_client's ``MmapedValue.inc`` calls ``os.getpid()`` on every increment (a system call: glibc
+    no longer caches it) to notice a fork, then looks the key's offset up again: ~1.0 us against ~0.2 us for
+    a single-process value, and ~20 increments a request. Slots are made lazily in the serving worker (after
+    any fork), so the pid cannot change under one. Same lock as the client's (a thread using
+    ``child.inc`` on the same value cannot lose an update), same record (value, timestamp 0), same value
+    kept in the client's object; the mmap is looked up per call (the client replaces it when it grows).
+    """
+
+    __slots__ = ("_file", "_lock", "_pos", "_value")
+
+    def __init__(self, value: Any, file: Any, pos: int, lock: Any) -> None:
+        self._value, self._file, self._pos, self._lock = value, file, pos, lock
+
+    def inc(self, amount: float) -> None:
+        value, pos = self._value, self._pos
+        with self._lock:
+            total = value._value = value._value + amount
+            value._timestamp = 0.0
+            self._file._m[pos:pos + 16] = _PACK_VALUE(total, 0.0)
+
+
+def value_slot(value: Any) -> Any:
+    """A multiprocess value's ``MmapSlot``; any other value (or one whose internals are not the client's
+    known ones) is its own slot."""
+    file, key = getattr(value, "_file", None), getattr(value, "_key", None)
+    positions = getattr(file, "_positions", None)
+    if file is None or not isinstance(positions, dict) or key not in positions or not hasattr(file, "_m") \
+            or not hasattr(value, "_timestamp"):
+        return value
+    lock = next((cell.cell_contents for cell in getattr(type(value).inc, "__closure__", None) or ()
+                 if isinstance(cell.cell_contents, _LOCK_TYPE)), None)
+    return value if lock is None else MmapSlot(value, file, positions[key], lock)
 
 
 def gauge_slot(child: Any) -> Any:
@@ -159,7 +202,7 @@ def histogram_slot(child: Any) -> Any:
     if bounds is None or buckets is None or total is None or len(bounds) != len(buckets) or not bounds \
             or bounds[-1] != float("inf"):
         return child
-    return HistogramSlot(bounds, buckets, total)
+    return HistogramSlot(bounds, [value_slot(bucket) for bucket in buckets], value_slot(total))
 
 
 def observe_many(child: Any, values: Sequence[float]) -> None:

@@ -42,3 +42,21 @@ def test_the_report_says_which_runs_tripped() -> None:
     assert "left out of the medians" in text
     quiet = workers.render({"local-1w": workers.summarise([row(0.5, 0)])}, "cmd", 1, 3.0)
     assert "left out of the medians" not in quiet
+
+
+def test_the_report_separates_sharing_from_the_second_process() -> None:
+    results = {"local-1w": workers.summarise([row(0.40, 0)]),
+               "host-2w": workers.summarise([row(0.52, 0)]),
+               "local-2w": workers.summarise([row(0.50, 0)])}
+    text = workers.render(results, "cmd", 1, 3.0)
+    assert "| local-2w | 0.500 |" in text and "1.25x" in text
+    assert "At 2 workers, sharing the state costs +4% CPU per request" in text
+    alone = workers.render({k: v for k, v in results.items() if k != "local-2w"}, "cmd", 1, 3.0)
+    assert "At 2 workers" not in alone  # control: no local-2w, no comparison
+
+
+def test_local_2w_leaves_the_supervisor_no_redis_to_start() -> None:
+    from gateway.state.host_state import redis_binary
+
+    assert redis_binary({"GATEWAY_REDIS_SERVER": workers.NO_REDIS_BINARY}) is None
+    assert redis_binary({}) is not None  # control: this machine has one (the host-state extra)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -145,3 +146,50 @@ def test_gauge_slot_equals_set_and_keeps_stamped_gauges_on_the_child() -> None:
     odd = SimpleNamespace(set=lambda value: None)
     stamped = SimpleNamespace(_value=SimpleNamespace(set=lambda value: None), _is_most_recent=True)
     assert gauge_slot(odd) is odd and gauge_slot(stamped) is stamped
+
+
+def _multiprocess_exposition(path: str) -> list[str]:
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return sorted(ln for ln in generate_latest(registry).decode().splitlines() if not ln.startswith("#"))
+
+
+def test_multiprocess_slots_write_what_the_client_writes(tmp_path: Any, monkeypatch: Any) -> None:
+    """``--workers N``: counter and histogram slots on multiprocess values are ``MmapSlot``s (no pid check
+    per increment), and the mmap files they write expose exactly what the client's own ``inc``/``observe``
+    give, read back by the collector any worker's ``/metrics`` uses; the client's in-object value agrees."""
+    from prometheus_client import values
+
+    from gateway.telemetry.metrics import MmapSlot, value_slot
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())
+    plain, fast = CollectorRegistry(), CollectorRegistry()
+    made = [(Counter(f"c{n}", "c", ("l",), registry=r), Histogram(f"h{n}", "h", ("l",), registry=r,
+             buckets=(0.001, 0.005, 0.02, 1.0))) for n, r in (("1", plain), ("2", fast))]
+    (c1, h1), (c2, h2) = made
+    counter, histogram = counter_slot(c2.labels("a")), histogram_slot(h2.labels("a"))
+    assert isinstance(counter, MmapSlot) and isinstance(histogram, HistogramSlot)
+    values_seen = [0.0, 0.001, 0.0011, 0.005, 0.3, 7.0, 1e6] * 50  # enough keys to grow the mmap file
+    for v in values_seen:
+        c1.labels("a").inc(v)
+        h1.labels("a").observe(v)
+        counter.inc(v)
+        histogram.observe(v)
+    mapped = counter._file._m  # noqa: SLF001
+    for n in range(3000):  # more series after the slots were made: the file is remapped, slots keep writing
+        Counter(f"grow{n}", "g", registry=fast).inc()
+    assert counter._file._m is not mapped  # noqa: SLF001 - the control that the remap happened
+    counter.inc(1.5)
+    c1.labels("a").inc(1.5)
+    exposed = _multiprocess_exposition(str(tmp_path))
+    mine = [ln.replace("c2", "c1").replace("h2", "h1") for ln in exposed if ln.startswith(("c2", "h2"))]
+    theirs = [ln for ln in exposed if ln.startswith(("c1", "h1"))]
+    assert mine == theirs and any(ln.startswith("h1_bucket") for ln in theirs)
+    assert c2.labels("a")._value.get() == c1.labels("a")._value.get()  # noqa: SLF001
+    single = CollectorRegistry()
+    monkeypatch.setattr(values, "ValueClass", values.MutexValue)
+    control = Counter("c3", "c", ("l",), registry=single).labels("a")._value  # noqa: SLF001
+    assert value_slot(control) is control  # control: a single-process value is its own slot
