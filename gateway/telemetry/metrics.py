@@ -155,6 +155,14 @@ class MmapSlot:
             value._timestamp = 0.0
             self._file._m[pos:pos + 16] = _PACK_VALUE(total, 0.0)
 
+    def set(self, new: float) -> None:
+        """A gauge's ``set`` (not a ``mostrecent`` one: those stamp their values and keep the child's)."""
+        value, pos = self._value, self._pos
+        with self._lock:
+            value._value = new
+            value._timestamp = 0.0
+            self._file._m[pos:pos + 16] = _PACK_VALUE(new, 0.0)
+
 
 def value_slot(value: Any) -> Any:
     """A multiprocess value's ``MmapSlot``; any other value (or one whose internals are not the client's
@@ -177,7 +185,7 @@ def gauge_slot(child: Any) -> Any:
     value = getattr(child, "_value", None)
     if value is None or getattr(child, "_is_most_recent", True) or not callable(getattr(value, "set", None)):
         return child
-    return value
+    return value_slot(value)
 
 
 class HistogramSlot:

@@ -189,6 +189,15 @@ def test_multiprocess_slots_write_what_the_client_writes(tmp_path: Any, monkeypa
     theirs = [ln for ln in exposed if ln.startswith(("c1", "h1"))]
     assert mine == theirs and any(ln.startswith("h1_bucket") for ln in theirs)
     assert c2.labels("a")._value.get() == c1.labels("a")._value.get()  # noqa: SLF001
+    g1, g2 = (Gauge(f"g{n}", "g", ("l",), registry=r, multiprocess_mode="livesum") for n, r in (("1", plain),
+                                                                                            ("2", fast)))
+    gauge = gauge_slot(g2.labels("a"))
+    assert isinstance(gauge, MmapSlot)
+    g1.labels("a").set(7.5)
+    gauge.set(7.5)
+    exposed = _multiprocess_exposition(str(tmp_path))
+    assert [ln.replace("g2", "g1") for ln in exposed if ln.startswith("g2")] == \
+        [ln for ln in exposed if ln.startswith("g1")] != []
     single = CollectorRegistry()
     monkeypatch.setattr(values, "ValueClass", values.MutexValue)
     control = Counter("c3", "c", ("l",), registry=single).labels("a")._value  # noqa: SLF001
