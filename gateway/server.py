@@ -25,6 +25,7 @@ from gateway.appstate import APP_STATE, AppState
 from gateway.config_model import Config
 from gateway.errors import error_body
 from gateway.memory import pin_malloc_thresholds, trim_heap
+from gateway.parsed_head import forget_parsed_head
 from gateway.reload import Reloader
 from gateway.switching import share_the_gil
 
@@ -53,6 +54,7 @@ class _JsonErrorHandler(web.RequestHandler):
         if self._request_count != before:  # a head is complete: its body has body_timeout_s
             self._cancel_head_timer()
             self._payload = self._messages[-1][1] if self._messages else None
+            self._forget_parsed_head()
         elif not in_body and data:
             # These bytes start (or continue) a head that is still incomplete. A head that arrives whole
             # (most requests) needs no timer: arming before parsing made and cancelled one per request
@@ -60,6 +62,14 @@ class _JsonErrorHandler(web.RequestHandler):
             # is read, no new head; arming then left a timer on every open stream, and could 408 the
             # idle keep-alive connection afterwards.
             self._arm_head_timer()
+
+    def _forget_parsed_head(self) -> None:
+        """The parser's copy of the head just parsed (the request keeps its own): not for a stream's life."""
+        message = self._messages[-1][0] if self._messages else None
+        raw_headers = getattr(message, "raw_headers", None)  # a parse error queues an error marker instead
+        parser = self._parser  # aiohttp's request parser: None once the connection closed
+        if raw_headers is not None and parser is not None:
+            forget_parsed_head(parser, raw_headers, message.headers)  # type: ignore[union-attr]
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()

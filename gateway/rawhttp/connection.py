@@ -15,6 +15,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
+from gateway.parsed_head import forget_parsed_head
 from gateway.rawhttp.errors import MalformedResponse
 
 BUFFER_LIMIT = 2**15  # the body's low-water mark; reading pauses past 64 KiB unread
@@ -94,6 +95,7 @@ class RawConnection(BaseProtocol):
             return
         self.message = message
         self.payload = EMPTY_PAYLOAD if message.code in _NO_BODY else payload
+        forget_parsed_head(self._parser, message.raw_headers, message.headers)  # issue 21
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -124,3 +126,4 @@ class RawConnection(BaseProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("the upstream closed the connection before answering"))
         self._on_lost(self)
+

@@ -7,6 +7,7 @@ would send them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
+from aiohttp.http_parser import HttpRequestParser
 
 from gateway.config import parse_config
 from gateway.mock import MockServer
@@ -221,4 +223,30 @@ async def test_a_head_that_arrives_whole_arms_no_timer(gw: InProcessGateway,
     pieces.write(head)  # the control: the rest of this head is still to come
     await until(lambda: len(armed) == 3, timeout=5.0, message="a partial head is timed")
     for w in (writer, pieces):
+        w.close()
+
+
+def _parser_pairs(handler: _JsonErrorHandler) -> int:
+    """Header pairs in the lists of the connection's request parser (aiohttp's private C attributes)."""
+    parser = handler._parser
+    return sum(len(ref) for ref in gc.get_referents(parser) if type(ref) is list)
+
+
+@pytest.mark.skipif(HttpRequestParser.__module__ != "aiohttp._http_parser", reason="the C parser keeps them")
+async def test_an_open_stream_leaves_no_copy_of_its_head_in_the_parser(gw: InProcessGateway) -> None:
+    """Issue 21: the C parser keeps a head's pairs until the connection's next request; an open stream's
+    connection let them go (the request keeps its own headers). Control: a head being parsed is there."""
+    body = orjson.dumps({"model": "gpt-4o", "messages": CHAT, "stream": True})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"X-Mock-Fault: stall_after_chunks=2;stall_ms=2000\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    _, unfinished = await asyncio.open_connection("127.0.0.1", gw.port)
+    unfinished.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-B: 2\r\n")
+    await until(lambda: any(_parser_pairs(h) >= 2 for h in _handlers(gw)), timeout=5.0,
+                message="the control: a head still coming is in the parser's lists")
+    served = [h for h in _handlers(gw) if h._request_count == 1]
+    assert len(served) == 1 and _parser_pairs(served[0]) == 0
+    for w in (writer, unfinished):
         w.close()

@@ -4,6 +4,7 @@ parser (``AIOHTTP_NO_EXTENSIONS=1``) is exercised by running this package's test
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest_asyncio
 from gateway.rawhttp.client import fetch
 from gateway.rawhttp.origin import Origin
 from gateway.rawhttp.pool import RawPool
-from tests.support.raw_server import Handler, Peer, RawServer, answer, keep_answering
+from tests.support.raw_server import Handler, Peer, RawServer, answer, chunked, keep_answering
 from tests.support.until import until
 
 
@@ -84,3 +85,18 @@ async def test_a_second_answer_to_one_request_closes_the_connection(serve: Any) 
     assert await body_of(pool) == b"one"
     await until(lambda: pool.open_count == 0, message="closed, not pooled")
     assert await body_of(pool) == b"one" and server.accepted == 2
+
+
+async def test_an_answers_head_is_not_kept_twice_by_the_parser(serve: Any) -> None:
+    """Issue 21: once the head is parsed the parser's own lists of it are emptied; the response handle
+    keeps its headers (control) and the body reads on, the connection is reused as before."""
+    async def handler(peer: Peer) -> None:
+        await keep_answering(peer, chunked(b"hello", b" world", headers="X-One: 1\r\nX-Two: 2\r\n"))
+
+    server, pool = await serve(handler)
+    resp = await fetch(pool, REQUEST, None, False, 5.0)
+    parser_lists = [ref for ref in gc.get_referents(resp._conn._parser) if type(ref) is list]
+    assert resp.headers["x-two"] == "2" and parser_lists and not any(parser_lists)
+    assert await resp.content.read() == b"hello world"
+    resp.release()
+    assert await body_of(pool) == b"hello world" and server.accepted == 1
