@@ -58,14 +58,24 @@ def error_response(rid: str, reply: LocalReply) -> web.Response:
 
 async def handle_api(request: web.Request) -> web.StreamResponse:
     """POST /v1/{chat/completions,completions,embeddings,responses}."""
+    return await start_api(request)
+
+
+def start_api(request: web.Request) -> Awaitable[web.StreamResponse]:
+    """``handle_api``'s work, handing back what answers the request (``proxy``'s coroutine, or a refusal):
+    the error middleware awaits it directly, so an open stream keeps no frame of ``handle_api`` (issue 21)."""
     st = request.app[APP_STATE]
     rid = request_id_of(request)
     REQUEST_ID.set(rid)
     if request.method != "POST":
-        return reject(st, request, rid, method_not_allowed(request, "POST"))
+        return _answered(reject(st, request, rid, method_not_allowed(request, "POST")))
     operation = OPERATIONS[request.path]
     # a partial, not a lambda: a lambda's free variables would be cells kept for a stream's life (issue 21)
-    return await proxy(request, st, rid, partial(build_exchange, request, st, rid, operation))
+    return proxy(request, st, rid, partial(build_exchange, request, st, rid, operation))
+
+
+async def _answered(response: web.StreamResponse) -> web.StreamResponse:
+    return response
 
 
 def rejected_exchange(request: web.Request, rid: str, now: float) -> Exchange:
@@ -304,10 +314,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 def openai_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     """aiohttp's own HTTP errors (no route for a target such as ``*`` or ``host:port``) in the OpenAI
-    shape. ``handle_api`` raises none (``proxy`` answers every error itself): its coroutine is handed
-    back as it is, so an open stream holds no frame of this middleware (issue 21)."""
+    shape. ``handle_api`` raises none (``proxy`` answers every error itself): what answers it is handed
+    back as it is (``start_api``), so an open stream holds no frame of this middleware nor of
+    ``handle_api`` (issue 21)."""
     if handler is handle_api:
-        return handler(request)
+        return start_api(request)
     return _openai_errors(request, handler)
 
 
