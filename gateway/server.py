@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,18 @@ from gateway.switching import share_the_gil
 log = logging.getLogger("gateway.server")
 
 
+class _MessageQueue(list[Any]):
+    """aiohttp's queue of the requests parsed on one connection (it appends, pops from the left, and asks
+    for the length): a list, 56 bytes empty, instead of a ``deque``, which always holds a 64-slot block
+    (~760 bytes per connection: an open stream's, an idle keep-alive one's; issue 21). It holds one
+    request, a few when a client pipelines."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 class _JsonErrorHandler(web.RequestHandler):
     """aiohttp answers malformed HTTP (framing, bad or oversized headers) itself, before any route or
     middleware runs, in text/plain, with an ERROR line quoting the offending bytes (maybe a header with a
@@ -44,6 +57,8 @@ class _JsonErrorHandler(web.RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._head_timer: asyncio.TimerHandle | None = None
         self._payload: Any = None
+        if type(self._messages) is deque and not self._messages:
+            self._messages = _MessageQueue()  # type: ignore[assignment]
         super().connection_made(transport)
         self._arm_head_timer()
 

@@ -10,6 +10,7 @@ import asyncio
 import gc
 import socket
 import sys
+from collections import deque
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -250,3 +251,20 @@ async def test_an_open_stream_leaves_no_copy_of_its_head_in_the_parser(gw: InPro
     assert len(served) == 1 and _parser_pairs(served[0]) == 0
     for w in (writer, unfinished):
         w.close()
+
+
+async def test_pipelined_requests_are_queued_in_a_small_list(gw: InProcessGateway) -> None:
+    """Issue 21: a connection's queue of parsed requests is a list (56 bytes empty), not aiohttp's deque
+    (~760: the control); requests a client pipelines are still answered one by one, in order."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+                 b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answers = (await asyncio.wait_for(reader.read(), 10)).split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"404", b"200"]
+    writer.close()
+    _, idle = await asyncio.open_connection("127.0.0.1", gw.port)
+    idle.write(b"GET /healthz HTTP/1.1\r\n")
+    await until(lambda: any(h._head_timer is not None for h in _handlers(gw)), timeout=5.0)
+    queues = [h._messages for h in _handlers(gw)]
+    assert queues and all(sys.getsizeof(q) < 100 < 600 < sys.getsizeof(deque()) for q in queues)
+    idle.close()
