@@ -9,7 +9,9 @@ malformed answer or a loss becomes an exception on the pending head or on the bo
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
@@ -96,6 +98,8 @@ class RawConnection(BaseProtocol):
         self.message = message
         self.payload = EMPTY_PAYLOAD if message.code in _NO_BODY else payload
         forget_parsed_head(self._parser, message.raw_headers, message.headers)  # issue 21
+        if payload is not EMPTY_PAYLOAD:
+            _small_chunk_splits(payload)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -127,3 +131,24 @@ class RawConnection(BaseProtocol):
             waiter.set_exception(ConnectionResetError("the upstream closed the connection before answering"))
         self._on_lost(self)
 
+
+
+class _ChunkSplits(list[int]):
+    """The body reader's record of where each HTTP chunk ends (``StreamReader._http_chunk_splits``: it
+    appends, pops from the left, reads both ends and the length; past ``limit // 16`` unread chunks it
+    pauses the transport). A list, 56 bytes empty, instead of the ``deque`` the reader makes at the first
+    chunk, which always holds a 64-slot block: ~760 bytes per open stream (issue 21)."""
+
+    __slots__ = ()
+
+    def popleft(self) -> int:
+        return self.pop(0)
+
+
+def _small_chunk_splits(payload: StreamReader) -> None:
+    """Give ``payload`` a ``_ChunkSplits`` (taking over the splits already recorded), when it has aiohttp's
+    layout: none yet, or the deque of a first chunk parsed with the head. A reader laid out otherwise keeps
+    its own. An empty record reads as none does (no split to pass, under the low-water mark)."""
+    splits: Any = getattr(payload, "_http_chunk_splits", ())
+    if splits is None or type(splits) is deque:
+        payload._http_chunk_splits = _ChunkSplits(splits or ())  # type: ignore[assignment]
