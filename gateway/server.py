@@ -28,21 +28,10 @@ from gateway.errors import error_body
 from gateway.memory import pin_malloc_thresholds, trim_heap
 from gateway.parsed_head import forget_parsed_head
 from gateway.reload import Reloader
+from gateway.small_queue import SmallQueue
 from gateway.switching import share_the_gil
 
 log = logging.getLogger("gateway.server")
-
-
-class _MessageQueue(list[Any]):
-    """aiohttp's queue of the requests parsed on one connection (it appends, pops from the left, and asks
-    for the length): a list, 56 bytes empty, instead of a ``deque``, which always holds a 64-slot block
-    (~760 bytes per connection: an open stream's, an idle keep-alive one's; issue 21). It holds one
-    request, a few when a client pipelines."""
-
-    __slots__ = ()
-
-    def popleft(self) -> Any:
-        return self.pop(0)
 
 
 class _JsonErrorHandler(web.RequestHandler):
@@ -57,8 +46,8 @@ class _JsonErrorHandler(web.RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._head_timer: asyncio.TimerHandle | None = None
         self._payload: Any = None
-        if type(self._messages) is deque and not self._messages:
-            self._messages = _MessageQueue()  # type: ignore[assignment]
+        if type(self._messages) is deque and not self._messages:  # aiohttp's queue of parsed requests
+            self._messages = SmallQueue()  # type: ignore[assignment]  # one request, a few when pipelined
         super().connection_made(transport)
         self._arm_head_timer()
 

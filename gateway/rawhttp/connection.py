@@ -19,6 +19,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from gateway.parsed_head import forget_parsed_head
 from gateway.rawhttp.errors import MalformedResponse
+from gateway.small_queue import SmallQueue
 
 BUFFER_LIMIT = 2**15  # the body's low-water mark; reading pauses past 64 KiB unread
 _NO_BODY = frozenset({204, 304})
@@ -133,22 +134,11 @@ class RawConnection(BaseProtocol):
 
 
 
-class _ChunkSplits(list[int]):
-    """The body reader's record of where each HTTP chunk ends (``StreamReader._http_chunk_splits``: it
-    appends, pops from the left, reads both ends and the length; past ``limit // 16`` unread chunks it
-    pauses the transport). A list, 56 bytes empty, instead of the ``deque`` the reader makes at the first
-    chunk, which always holds a 64-slot block: ~760 bytes per open stream (issue 21)."""
-
-    __slots__ = ()
-
-    def popleft(self) -> int:
-        return self.pop(0)
-
-
 def _small_chunk_splits(payload: StreamReader) -> None:
-    """Give ``payload`` a ``_ChunkSplits`` (taking over the splits already recorded), when it has aiohttp's
-    layout: none yet, or the deque of a first chunk parsed with the head. A reader laid out otherwise keeps
-    its own. An empty record reads as none does (no split to pass, under the low-water mark)."""
+    """The body reader's record of where each HTTP chunk ends, in a ``SmallQueue`` (it stays short: the
+    reader pauses the transport past ``limit // 16`` unread chunks), not the deque it makes at the first
+    chunk (~760 bytes per open stream, issue 21). Taken over from that deque when a first chunk came with
+    the head; only when the reader has aiohttp's layout. An empty record reads as none does."""
     splits: Any = getattr(payload, "_http_chunk_splits", ())
     if splits is None or type(splits) is deque:
-        payload._http_chunk_splits = _ChunkSplits(splits or ())  # type: ignore[assignment]
+        payload._http_chunk_splits = SmallQueue(splits or ())  # type: ignore[assignment]

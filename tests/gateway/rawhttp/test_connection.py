@@ -15,6 +15,7 @@ import pytest_asyncio
 from gateway.rawhttp.client import fetch
 from gateway.rawhttp.origin import Origin
 from gateway.rawhttp.pool import RawPool
+from gateway.small_queue import SmallQueue
 from tests.support.raw_server import Handler, Peer, RawServer, answer, chunked, keep_answering
 from tests.support.until import until
 
@@ -122,7 +123,7 @@ async def test_many_small_chunks_still_pause_reading_with_the_small_splits_recor
 
     server, pool = await serve(handler)
     resp = await fetch(pool, REQUEST, None, False, 5.0)
-    assert type(resp.content._http_chunk_splits).__name__ == "_ChunkSplits"
+    assert type(resp.content._http_chunk_splits) is SmallQueue
     conn = resp._conn
     await until(lambda: conn.reading_paused, message="reading paused on the chunk count")
     assert resp.content._size < 2**15  # control: not the bytes
