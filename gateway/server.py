@@ -68,12 +68,18 @@ class _JsonErrorHandler(web.RequestHandler):
             self._arm_head_timer()
 
     def _forget_parsed_head(self) -> None:
-        """The parser's copy of the head just parsed (the request keeps its own): not for a stream's life."""
-        message = self._messages[-1][0] if self._messages else None
-        raw_headers = getattr(message, "raw_headers", None)  # a parse error queues an error marker instead
-        parser = self._parser  # aiohttp's request parser: None once the connection closed
-        if raw_headers is not None and parser is not None:
-            forget_parsed_head(parser, raw_headers, message.headers)  # type: ignore[union-attr]
+        """A head just parsed is kept once, as the request's headers: not also as the parser's lists of it
+        nor as the message's raw pairs (bytes), for a stream's life (issue 21). ``request.raw_headers`` is
+        then empty: nothing reads it (aiohttp's server does not, the gateway reads ``request.headers``)."""
+        messages: Any = self._messages
+        for i, (message, payload) in enumerate(messages):
+            raw_headers = getattr(message, "raw_headers", None)  # a parse error queues an error marker
+            if not raw_headers:
+                continue
+            parser = self._parser  # aiohttp's request parser: None once the connection closed
+            if parser is not None and i == len(messages) - 1:  # the parser holds the last head only
+                forget_parsed_head(parser, raw_headers, message.headers)
+            messages[i] = (message._replace(raw_headers=()), payload)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()

@@ -235,8 +235,9 @@ def _parser_pairs(handler: _JsonErrorHandler) -> int:
 
 @pytest.mark.skipif(HttpRequestParser.__module__ != "aiohttp._http_parser", reason="the C parser keeps them")
 async def test_an_open_stream_leaves_no_copy_of_its_head_in_the_parser(gw: InProcessGateway) -> None:
-    """Issue 21: the C parser keeps a head's pairs until the connection's next request; an open stream's
-    connection let them go (the request keeps its own headers). Control: a head being parsed is there."""
+    """Issue 21: the C parser keeps a head's pairs until the connection's next request, and the message its
+    raw pairs (bytes) beside the decoded headers; an open stream keeps the decoded headers only. Control:
+    a head being parsed is in the parser's lists."""
     body = orjson.dumps({"model": "gpt-4o", "messages": CHAT, "stream": True})
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -249,6 +250,9 @@ async def test_an_open_stream_leaves_no_copy_of_its_head_in_the_parser(gw: InPro
                 message="the control: a head still coming is in the parser's lists")
     served = [h for h in _handlers(gw) if h._request_count == 1]
     assert len(served) == 1 and _parser_pairs(served[0]) == 0
+    request = served[0]._current_request  # the open stream's: its headers once, not also as raw bytes
+    assert request is not None and request.raw_headers == ()
+    assert request.headers["x-mock-fault"].startswith("stall") and len(request.headers) == 4
     for w in (writer, unfinished):
         w.close()
 
