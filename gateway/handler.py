@@ -11,6 +11,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from gateway.chain import Next
 from gateway.decode import DECODE_INLINE_MAX_BYTES, decode, decode_body
 from gateway.embeddings_limits import check_inputs, check_tokens
 from gateway.errors import LocalReply, UpstreamFailure, bad_request, error_body
-from gateway.exchange import Exchange, Record, RequestFacts, Target
+from gateway.exchange import Exchange, Record, RequestFacts, Target, UpstreamResponse
 from gateway.ownership import require_owned, tag_response_body
 from gateway.ranges import check as check_ranges
 from gateway.relay import relay
@@ -57,13 +58,24 @@ def error_response(rid: str, reply: LocalReply) -> web.Response:
 
 async def handle_api(request: web.Request) -> web.StreamResponse:
     """POST /v1/{chat/completions,completions,embeddings,responses}."""
+    return await start_api(request)
+
+
+def start_api(request: web.Request) -> Awaitable[web.StreamResponse]:
+    """``handle_api``'s work, handing back what answers the request (``proxy``'s coroutine, or a refusal):
+    the error middleware awaits it directly, so an open stream keeps no frame of ``handle_api`` (issue 21)."""
     st = request.app[APP_STATE]
     rid = request_id_of(request)
     REQUEST_ID.set(rid)
     if request.method != "POST":
-        return reject(st, request, rid, method_not_allowed(request, "POST"))
+        return _answered(reject(st, request, rid, method_not_allowed(request, "POST")))
     operation = OPERATIONS[request.path]
-    return await proxy(request, st, rid, lambda now: build_exchange(request, st, rid, operation, now))
+    # a partial, not a lambda: a lambda's free variables would be cells kept for a stream's life (issue 21)
+    return proxy(request, st, rid, partial(build_exchange, request, st, rid, operation))
+
+
+async def _answered(response: web.StreamResponse) -> web.StreamResponse:
+    return response
 
 
 def rejected_exchange(request: web.Request, rid: str, now: float) -> Exchange:
@@ -101,12 +113,15 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
     if task is not None:
         st.lifecycle.active.add(task)
     ex: Exchange | None = None
+    gauge: Any = None  # ``gateway_inflight_requests``'s child slot, held until the relay ends
     try:
         ex = await build(now)
         del build  # its closure (request, state, id) is not kept for a stream's life
         st.admission.done_reading(key)
         reading = False
-        return await _run(request, st, ex, call)
+        gauge = _count_inflight(st, ex)
+        up = await _answer(st, ex, call)
+        return await relay(request, st, ex, up)  # relayed from this frame: no frame of its own (issue 21)
     except LocalReply as reply:
         if ex is None:  # refused before it became an exchange: still one record for metrics and the ledger
             ex = rejected_exchange(request, rid, now)
@@ -123,9 +138,10 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
             raise
         return _internal_error(request, rid, ex)
     finally:
+        if gauge is not None:
+            gauge.inc(-1)
         st.admission.leave(key, reading)
-        if task is not None:
-            _leave(st, task)
+        _leave(st, task)
         if ex is not None:
             _settle(st, ex)
 
@@ -178,26 +194,27 @@ def _internal_error(request: web.Request, rid: str, ex: Exchange | None) -> web.
                                           code="internal_error"))
 
 
-async def _run(request: web.Request, st: AppState, ex: Exchange, call: Next) -> web.StreamResponse:
-    """Call the chain and relay its answer, counted in ``gateway_inflight_requests`` until the relay ends."""
-    # the gauge child's value slot (``Children.slot``): no ``Gauge.inc`` checks, twice per request
+def _count_inflight(st: AppState, ex: Exchange) -> Any:
+    """Count ``ex`` in ``gateway_inflight_requests`` (its upstream's child, through the child's value slot:
+    no ``Gauge.inc`` checks, twice per request); the slot to decrement when the relay ends, or None."""
     gauge = st.request_metrics.inflight.slot(ex.target.upstream) if st.request_metrics is not None else None
     if gauge is not None:
         gauge.inc(1)
-    try:
-        if st.runtime.counts_prompts:  # else nobody reads every request's count: counted when asked
-            await count_prompt(st, ex)  # a large prompt is counted off the loop, once
-        if ex.request.operation == "embeddings":
-            await check_tokens(st, ex)  # over the upstream's token limit: 400
-        up = await call(ex)
-        ex.drop_raw_body()  # committed: a stream can stay open for minutes, its request bytes need not
-        identity = ex.request.identity
-        if ex.request.operation == "responses" and identity.key is not None and up.status == 200:
-            up = replace(up, body=tag_response_body(st, identity.tenant, up.body))
-        return await relay(request, st, ex, up)
-    finally:
-        if gauge is not None:
-            gauge.inc(-1)
+    return gauge
+
+
+async def _answer(st: AppState, ex: Exchange, call: Next) -> UpstreamResponse:
+    """Call the chain; the committed answer, its request bytes let go."""
+    if st.runtime.counts_prompts:  # else nobody reads every request's count: counted when asked
+        await count_prompt(st, ex)  # a large prompt is counted off the loop, once
+    if ex.request.operation == "embeddings":
+        await check_tokens(st, ex)  # over the upstream's token limit: 400
+    up = await call(ex)
+    ex.drop_raw_body()  # committed: a stream can stay open for minutes, its request bytes need not
+    identity = ex.request.identity
+    if ex.request.operation == "responses" and identity.key is not None and up.status == 200:
+        up = replace(up, body=tag_response_body(st, identity.tenant, up.body))
+    return up
 
 
 def shed(st: AppState, request: web.Request, rid: str) -> web.Response:
@@ -209,7 +226,9 @@ def shed(st: AppState, request: web.Request, rid: str) -> web.Response:
         code="gateway_overloaded", headers={"retry-after": "1", "x-should-retry": "true"}))
 
 
-def _leave(st: AppState, task: asyncio.Task[Any]) -> None:
+def _leave(st: AppState, task: asyncio.Task[Any] | None) -> None:
+    if task is None:
+        return
     st.lifecycle.active.discard(task)
     if not st.lifecycle.active:
         st.lifecycle.idle.set()
@@ -289,12 +308,21 @@ def json_response(rid: str, payload: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @web.middleware
-async def openai_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def openai_errors(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     """aiohttp's own HTTP errors (no route for a target such as ``*`` or ``host:port``) in the OpenAI
-    shape."""
+    shape. ``handle_api`` raises none (``proxy`` answers every error itself): what answers it is handed
+    back as it is (``start_api``), so an open stream holds no frame of this middleware nor of
+    ``handle_api`` (issue 21)."""
+    if handler is handle_api:
+        return start_api(request)
+    return _openai_errors(request, handler)
+
+
+async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:

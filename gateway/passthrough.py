@@ -7,6 +7,7 @@ endpoints (``config_model.STATEFUL_ENDPOINTS``) answer 403 unless the key lists 
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 from aiohttp import web
 
@@ -37,7 +38,7 @@ async def handle_other(request: web.Request) -> web.StreamResponse:
     if mcp_handler is not None and request.path.startswith("/mcp/"):
         return await mcp_handler(request, rid)
     if st.config.passthrough and request.path.startswith("/v1/") and st.upstreams:
-        return await proxy(request, st, rid, lambda now: _build(request, st, rid, now), _send_direct(st))
+        return await proxy(request, st, rid, partial(_build, request, st, rid), _send_direct(st))  # no cells
     return reject(st, request, rid, LocalReply(404, f"Invalid URL ({request.method} {request.path[:200]})",
                                                code="unknown_url"))
 

@@ -9,16 +9,19 @@ and the right 4xx.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.appstate import APP_STATE
 from gateway.decode import DECODE_INLINE_MAX_BYTES
 from gateway.errors import LocalReply, bad_request
+from gateway.small_queue import SmallQueue
 
 if TYPE_CHECKING:
     from gateway.tokens.pool import WorkPool
@@ -82,6 +85,7 @@ def body_if_whole(request: web.Request, limit: int) -> bytes | None:
         raise _undecodable(encoding) from exc
     if len(data) > limit:
         raise too_large(limit)
+    _small_buffer(content)
     return data
 
 
@@ -120,7 +124,17 @@ async def _read_pieces(request: web.Request, limit: int) -> list[bytes]:
         raise
     except (RequestPayloadError, ContentEncodingError) as exc:
         raise _undecodable(encoding) from exc
+    _small_buffer(content)
     return pieces
+
+
+def _small_buffer(content: StreamReader) -> None:
+    """The body was read to its end: its reader's buffer, a deque (~760 bytes even empty) the request keeps
+    for its life (an open stream's: issue 21), becomes an empty ``SmallQueue``; nothing is buffered after
+    the end. Only for aiohttp's own reader with its usual layout."""
+    buffer = getattr(content, "_buffer", None)
+    if type(content) is StreamReader and type(buffer) is deque and content.at_eof():
+        content._buffer = SmallQueue()  # type: ignore[assignment]
 
 
 def _undecodable(encoding: str) -> LocalReply:

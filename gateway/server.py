@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from gateway.appstate import APP_STATE, AppState
 from gateway.config_model import Config
 from gateway.errors import error_body
 from gateway.memory import pin_malloc_thresholds, trim_heap
+from gateway.parsed_head import forget_parsed_head
 from gateway.reload import Reloader
+from gateway.small_queue import SmallQueue
 from gateway.switching import share_the_gil
 
 log = logging.getLogger("gateway.server")
@@ -43,6 +46,8 @@ class _JsonErrorHandler(web.RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._head_timer: asyncio.TimerHandle | None = None
         self._payload: Any = None
+        if type(self._messages) is deque and not self._messages:  # aiohttp's queue of parsed requests
+            self._messages = SmallQueue()  # type: ignore[assignment]  # one request, a few when pipelined
         super().connection_made(transport)
         self._arm_head_timer()
 
@@ -53,6 +58,7 @@ class _JsonErrorHandler(web.RequestHandler):
         if self._request_count != before:  # a head is complete: its body has body_timeout_s
             self._cancel_head_timer()
             self._payload = self._messages[-1][1] if self._messages else None
+            self._forget_parsed_head()
         elif not in_body and data:
             # These bytes start (or continue) a head that is still incomplete. A head that arrives whole
             # (most requests) needs no timer: arming before parsing made and cancelled one per request
@@ -60,6 +66,20 @@ class _JsonErrorHandler(web.RequestHandler):
             # is read, no new head; arming then left a timer on every open stream, and could 408 the
             # idle keep-alive connection afterwards.
             self._arm_head_timer()
+
+    def _forget_parsed_head(self) -> None:
+        """A head just parsed is kept once, as the request's headers: not also as the parser's lists of it
+        nor as the message's raw pairs (bytes), for a stream's life (issue 21). ``request.raw_headers`` is
+        then empty: nothing reads it (aiohttp's server does not, the gateway reads ``request.headers``)."""
+        messages: Any = self._messages
+        for i, (message, payload) in enumerate(messages):
+            raw_headers = getattr(message, "raw_headers", None)  # a parse error queues an error marker
+            if not raw_headers:
+                continue
+            parser = self._parser  # aiohttp's request parser: None once the connection closed
+            if parser is not None and i == len(messages) - 1:  # the parser holds the last head only
+                forget_parsed_head(parser, raw_headers, message.headers)
+            messages[i] = (message._replace(raw_headers=()), payload)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()

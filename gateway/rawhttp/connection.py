@@ -9,13 +9,17 @@ malformed answer or a loss becomes an exception on the pending head or on the bo
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
+from gateway.parsed_head import forget_parsed_head
 from gateway.rawhttp.errors import MalformedResponse
+from gateway.small_queue import SmallQueue
 
 BUFFER_LIMIT = 2**15  # the body's low-water mark; reading pauses past 64 KiB unread
 _NO_BODY = frozenset({204, 304})
@@ -94,6 +98,9 @@ class RawConnection(BaseProtocol):
             return
         self.message = message
         self.payload = EMPTY_PAYLOAD if message.code in _NO_BODY else payload
+        forget_parsed_head(self._parser, message.raw_headers, message.headers)  # issue 21
+        if payload is not EMPTY_PAYLOAD:
+            _small_chunk_splits(payload)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -124,3 +131,14 @@ class RawConnection(BaseProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("the upstream closed the connection before answering"))
         self._on_lost(self)
+
+
+
+def _small_chunk_splits(payload: StreamReader) -> None:
+    """The body reader's record of where each HTTP chunk ends, in a ``SmallQueue`` (it stays short: the
+    reader pauses the transport past ``limit // 16`` unread chunks), not the deque it makes at the first
+    chunk (~760 bytes per open stream, issue 21). Taken over from that deque when a first chunk came with
+    the head; only when the reader has aiohttp's layout. An empty record reads as none does."""
+    splits: Any = getattr(payload, "_http_chunk_splits", ())
+    if splits is None or type(splits) is deque:
+        payload._http_chunk_splits = SmallQueue(splits or ())  # type: ignore[assignment]

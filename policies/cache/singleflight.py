@@ -74,7 +74,9 @@ class Flight:
         self.buffered = 0  # bytes in chunks
         self.detached = False  # over max_bytes once: no new subscribers
         self._readers: list[_Reader] = []
-        self._room: list[asyncio.Future[None]] = []  # the pump waiting for room (futures made on demand)
+        # The wait lists below are made when somebody first waits and let go once released (None): an idle
+        # stream's flight holds none of them (issue 21).
+        self._room: list[asyncio.Future[None]] | None = None  # the pump waiting for room
         self.status = 0
         self.headers: Mapping[str, str] = {}
         self.upstream = ""
@@ -84,15 +86,15 @@ class Flight:
         self.subscribers = 0
         self.task: asyncio.Task[None] | None = None
         self.response = _PENDING
-        self._waiters: list[asyncio.Future[None]] = []  # one per subscriber waiting for the response
-        self._changed: list[_Reader] = []  # subscribers waiting for a chunk or the end
+        self._waiters: list[asyncio.Future[None]] | None = None  # one per subscriber waiting for the response
+        self._changed: list[_Reader] | None = None  # subscribers waiting for a chunk or the end
         self._stored = False
         self._drained = False
         self.body: Body | None = None  # the upstream body while its one subscriber reads it (no pump)
         self.direct: _Reader | None = None  # that subscriber's reader
         self.reading = False  # the direct reader is inside a read of ``body``
         self.broken = False  # that read was cancelled: the body went with it
-        self._handoff: list[asyncio.Future[None]] = []  # newcomers waiting for the direct read to end
+        self._handoff: list[asyncio.Future[None]] | None = None  # newcomers waiting for the direct read
 
     # --- pump side ---------------------------------------------------------------
     def start(self, ex: Exchange, call: Call) -> None:
@@ -114,9 +116,12 @@ class Flight:
         del resp
         if self.subscribers == 1:  # nobody to share with: its subscriber reads the body itself
             self.body = body
+            self.task = None  # ends here: a long stream's flight does not keep the finished task (issue 21)
             _release(self._waiters)
+            self._waiters = None
             return
         _release(self._waiters)
+        self._waiters = None
         await self._read(body)
 
     async def _read(self, body: Body) -> None:
@@ -151,6 +156,7 @@ class Flight:
         self.error = exc
         self.response = _FAILED
         _release(self._waiters)
+        self._waiters = None
         self.registry.remove(self)
 
     async def _wait_for_room(self) -> None:
@@ -158,6 +164,7 @@ class Flight:
         self._detach()
         self.trim()
         while self.buffered > self.max_bytes and self.subscribers > 0:
+            self._room = self._room if self._room is not None else []
             await _wait_on(self._room)
 
     def _detach(self) -> None:
@@ -179,10 +186,11 @@ class Flight:
             self.first = low
         if self.buffered <= self.max_bytes:
             _release(self._room)
+            self._room = None
 
     def _wake(self) -> None:
         if self._changed:
-            waiting, self._changed = self._changed, []
+            waiting, self._changed = self._changed, None
             for reader in waiting:
                 if reader.waiter is not None and not reader.waiter.done():
                     self.serve(reader)
@@ -207,6 +215,7 @@ class Flight:
             self.registry.remove(self)
             self.chunks, self.buffered = [], 0
             _release(self._room)
+            self._room = None
             if self.body is not None and not self.reading:  # left before reading it: close it
                 body, self.body, self.direct = self.body, None, None
                 self.task = self.loop.create_task(_quiet(body.aclose()))
@@ -224,6 +233,7 @@ class Flight:
         """The shared response, once the pump has one; raises ``TakeOver`` for a waiter after a failure."""
         if self.response == _PENDING:
             # a future of one's own: a cancelled waiter cancels only that, never anybody else's wait
+            self._waiters = self._waiters if self._waiters is not None else []
             await _wait_on(self._waiters)
         if self.response == _FAILED:
             if leader and self.error is not None:
@@ -233,6 +243,7 @@ class Flight:
                 raise self.error from None
             raise TakeOver
         if self.reading:  # the body's one reader is inside a read: the pump takes over once it ends
+            self._handoff = self._handoff if self._handoff is not None else []
             await _wait_on(self._handoff)
             if self.broken:  # that read was cancelled, with the body: nothing was handed out yet
                 raise TakeOver
@@ -274,6 +285,7 @@ class Flight:
         if self._handoff:  # newcomers waited for this read: the pump reads on, for everybody
             self._to_pump()
             _release(self._handoff)
+            self._handoff = None
         if reader.flight is None:
             raise StopAsyncIteration
         reader.held = True
@@ -291,6 +303,7 @@ class Flight:
             self.error = exc
         self.registry.remove(self)
         _release(self._handoff)  # before leaving: the chunks stay for the newcomers
+        self._handoff = None
         reader.end()
 
     def take_body(self, reader: _Reader) -> Body | None:
@@ -325,7 +338,10 @@ class Flight:
             waiter.set_exception(_as_failure(self.error, self.upstream))
             return True
         reader.waiter = waiter
-        self._changed.append(reader)
+        if self._changed is None:
+            self._changed = [reader]
+        else:
+            self._changed.append(reader)
         return False
 
 
@@ -430,7 +446,8 @@ async def _wait_on(waiters: list[asyncio.Future[None]]) -> None:
     await waiter
 
 
-def _release(waiters: list[asyncio.Future[None]]) -> None:
+def _release(waiters: list[asyncio.Future[None]] | None) -> None:
+    """Wake every waiter (the caller then lets its list go: None until somebody waits again)."""
     if not waiters:  # the common case (nobody waits): no copy
         return
     pending = waiters[:]

@@ -1,13 +1,18 @@
 """gateway.handler against the real server: the in-flight gauge, the finalize step, refused requests."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from openai import AsyncOpenAI
 
 from gateway.exchange import Exchange, UpstreamResponse, Usage
+from gateway.handler import handle_api, openai_errors
 from gateway.mock import MockServer
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
 from tests.support.until import until
@@ -91,3 +96,44 @@ async def test_a_refused_request_is_recorded_once(gw: InProcessGateway) -> None:
             assert (await resp.json())["error"]["type"] == "invalid_request_error"
     await until(lambda: len(seen) == 1, timeout=5.0)
     assert seen[0].record.status == 400 and seen[0].record.source == "local"
+
+
+def _awaiting(task: asyncio.Task[Any]) -> list[str]:
+    """The names of the coroutines (and async generators) a task is suspended in, outermost first."""
+    names: list[str] = []
+    frame: Any = task.get_coro()
+    while frame is not None:
+        names.append(getattr(frame, "__qualname__", type(frame).__name__))
+        frame = getattr(frame, "cr_await", None) or getattr(frame, "ag_await", None)
+    return names
+
+
+async def test_an_open_stream_waits_in_no_frame_of_the_middleware_or_a_helper(gw: InProcessGateway) -> None:
+    """Issue 21: an idle stream holds one coroutine per level it waits in; the error middleware awaits
+    ``proxy`` without a frame of its own or of ``handle_api``, and ``proxy`` relays from its own frame
+    (no ``_run`` between)."""
+    async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-c", max_retries=0,
+                           default_headers={"x-mock-fault": "stall_after_chunks=2;stall_ms=2000"}) as client:
+        stream = await client.chat.completions.create(model="gpt-4o", stream=True,
+                                                      messages=[{"role": "user", "content": "count"}])
+        await stream.__anext__()
+        (task,) = gw.state.lifecycle.active
+        names = _awaiting(task)
+        assert {"proxy", "relay"} <= set(names)  # control: the chain is walked to the relay
+        assert not {"openai_errors", "_openai_errors", "handle_api", "_run"} & set(names)
+        await stream.close()
+
+
+async def test_the_error_middleware_still_wraps_the_other_handlers(gw: InProcessGateway) -> None:
+    """The control: any other handler runs inside the middleware's coroutine (its HTTP errors in JSON)."""
+    async def other(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed("PUT", ["GET"])
+
+    request = make_mocked_request("PUT", "/healthz")
+    wrapped = openai_errors(request, other)
+    assert getattr(wrapped, "__qualname__", "") == "_openai_errors"
+    resp = await wrapped
+    assert resp.status == 405 and resp.content_type == "application/json"
+    get = make_mocked_request("GET", "/v1/chat/completions", app=gw.app)
+    refused = await openai_errors(get, handle_api)  # the API handler's own answers, without its frame
+    assert refused.status == 405 and refused.headers["allow"] == "POST"

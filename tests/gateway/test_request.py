@@ -45,11 +45,22 @@ async def _whole_or_read(request: web.Request) -> web.Response:
     return web.json_response({"size": len(body), "whole": whole is not None})
 
 
+async def _buffer_kept(request: web.Request) -> web.Response:
+    """The body reader's buffer type before and after the body was read (and what reading again gives)."""
+    before = type(request.content._buffer).__name__
+    whole = body_if_whole(request, LIMIT)
+    body = whole if whole is not None else await read_body(request, LIMIT, timeout_s=5)
+    again = await request.content.read() + request.content.read_nowait()
+    return web.json_response({"before": before, "after": type(request.content._buffer).__name__,
+                              "size": len(body), "again": len(again), "whole": whole is not None})
+
+
 @pytest_asyncio.fixture
 async def server() -> AsyncIterator[TestServer]:
     app = web.Application()
     app.router.add_post("/body", _echo_size)
     app.router.add_post("/whole", _whole_or_read)
+    app.router.add_post("/buffer", _buffer_kept)
     async with TestServer(app, host="127.0.0.1") as srv:
         yield srv
 
@@ -156,6 +167,17 @@ async def test_a_whole_body_is_taken_without_reading_and_refused_alike(server: T
             b"Content-Type: application/json\r\n\r\n")
     answer = await raw_exchange(server, [head, b'{"a":', b' "bcd"}'], gap_s=0.01)
     assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"size": 12, "whole": False}
+
+
+async def test_a_body_read_to_its_end_lets_its_readers_deque_go(server: TestServer) -> None:
+    """Issue 21: once the body is read (whole, or in pieces), its reader's buffer is an empty SmallQueue
+    (56 bytes) instead of aiohttp's deque (~760, the control before reading); reading again gives nothing."""
+    expected = {"before": "deque", "after": "SmallQueue", "size": 100, "again": 0}
+    async with ClientSession() as session, session.post(server.make_url("/buffer"), data=b"x" * 100) as resp:
+        assert await resp.json() == {**expected, "whole": True}
+    head = (b"POST /buffer HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\nConnection: close\r\n\r\n")
+    answer = await raw_exchange(server, [head, b"x" * 50, b"x" * 50], gap_s=0.01)
+    assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1]) == {**expected, "whole": False}
 
 
 async def test_a_request_without_a_body_reads_empty_every_time(server: TestServer) -> None:

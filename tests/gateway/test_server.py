@@ -7,14 +7,17 @@ would send them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import sys
+from collections import deque
 from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
+from aiohttp.http_parser import HttpRequestParser
 
 from gateway.config import parse_config
 from gateway.mock import MockServer
@@ -222,3 +225,50 @@ async def test_a_head_that_arrives_whole_arms_no_timer(gw: InProcessGateway,
     await until(lambda: len(armed) == 3, timeout=5.0, message="a partial head is timed")
     for w in (writer, pieces):
         w.close()
+
+
+def _parser_pairs(handler: _JsonErrorHandler) -> int:
+    """Header pairs in the lists of the connection's request parser (aiohttp's private C attributes)."""
+    parser = handler._parser
+    return sum(len(ref) for ref in gc.get_referents(parser) if type(ref) is list)
+
+
+@pytest.mark.skipif(HttpRequestParser.__module__ != "aiohttp._http_parser", reason="the C parser keeps them")
+async def test_an_open_stream_leaves_no_copy_of_its_head_in_the_parser(gw: InProcessGateway) -> None:
+    """Issue 21: the C parser keeps a head's pairs until the connection's next request, and the message its
+    raw pairs (bytes) beside the decoded headers; an open stream keeps the decoded headers only. Control:
+    a head being parsed is in the parser's lists."""
+    body = orjson.dumps({"model": "gpt-4o", "messages": CHAT, "stream": True})
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"X-Mock-Fault: stall_after_chunks=2;stall_ms=2000\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    _, unfinished = await asyncio.open_connection("127.0.0.1", gw.port)
+    unfinished.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-B: 2\r\n")
+    await until(lambda: any(_parser_pairs(h) >= 2 for h in _handlers(gw)), timeout=5.0,
+                message="the control: a head still coming is in the parser's lists")
+    served = [h for h in _handlers(gw) if h._request_count == 1]
+    assert len(served) == 1 and _parser_pairs(served[0]) == 0
+    request = served[0]._current_request  # the open stream's: its headers once, not also as raw bytes
+    assert request is not None and request.raw_headers == ()
+    assert request.headers["x-mock-fault"].startswith("stall") and len(request.headers) == 4
+    for w in (writer, unfinished):
+        w.close()
+
+
+async def test_pipelined_requests_are_queued_in_a_small_list(gw: InProcessGateway) -> None:
+    """Issue 21: a connection's queue of parsed requests is a list (56 bytes empty), not aiohttp's deque
+    (~760: the control); requests a client pipelines are still answered one by one, in order."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+                 b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answers = (await asyncio.wait_for(reader.read(), 10)).split(b"HTTP/1.1 ")[1:]
+    assert [a[:3] for a in answers] == [b"200", b"404", b"200"]
+    writer.close()
+    _, idle = await asyncio.open_connection("127.0.0.1", gw.port)
+    idle.write(b"GET /healthz HTTP/1.1\r\n")
+    await until(lambda: any(h._head_timer is not None for h in _handlers(gw)), timeout=5.0)
+    queues = [h._messages for h in _handlers(gw)]
+    assert queues and all(sys.getsizeof(q) < 100 < 600 < sys.getsizeof(deque()) for q in queues)
+    idle.close()

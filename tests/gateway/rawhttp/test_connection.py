@@ -4,6 +4,9 @@ parser (``AIOHTTP_NO_EXTENSIONS=1``) is exercised by running this package's test
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +15,8 @@ import pytest_asyncio
 from gateway.rawhttp.client import fetch
 from gateway.rawhttp.origin import Origin
 from gateway.rawhttp.pool import RawPool
-from tests.support.raw_server import Handler, Peer, RawServer, answer, keep_answering
+from gateway.small_queue import SmallQueue
+from tests.support.raw_server import Handler, Peer, RawServer, answer, chunked, keep_answering
 from tests.support.until import until
 
 
@@ -84,3 +88,45 @@ async def test_a_second_answer_to_one_request_closes_the_connection(serve: Any) 
     assert await body_of(pool) == b"one"
     await until(lambda: pool.open_count == 0, message="closed, not pooled")
     assert await body_of(pool) == b"one" and server.accepted == 2
+
+
+async def test_an_answers_head_is_not_kept_twice_by_the_parser(serve: Any) -> None:
+    """Issue 21: once the head is parsed the parser's own lists of it are emptied, and the body's record of
+    chunk ends is a small list; the response handle keeps its headers (control) and the body reads on,
+    the connection is reused as before."""
+    async def handler(peer: Peer) -> None:
+        await keep_answering(peer, chunked(b"hello", b" world", headers="X-One: 1\r\nX-Two: 2\r\n"))
+
+    server, pool = await serve(handler)
+    resp = await fetch(pool, REQUEST, None, False, 5.0)
+    parser_lists = [ref for ref in gc.get_referents(resp._conn._parser) if type(ref) is list]
+    assert resp.headers["x-two"] == "2" and parser_lists and not any(parser_lists)
+    splits = resp.content._http_chunk_splits  # a list, not a deque with its 64-slot block (the control)
+    assert splits is not None and sys.getsizeof(splits) < 200 < 600 < sys.getsizeof(deque())
+    assert await resp.content.read() == b"hello world"
+    resp.release()
+    assert await body_of(pool) == b"hello world" and server.accepted == 1
+
+
+async def test_many_small_chunks_still_pause_reading_with_the_small_splits_record(serve: Any) -> None:
+    """Issue 21: the body's record of chunk ends is a small list, not a 760-byte deque; it still does its
+    job: 4,000 unread 1-byte chunks (4 KB, far below the byte mark) pause reading past 2,048 chunks, and
+    reading them all resumes it, the body whole and the connection reused."""
+    many = 4000
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(head)
+        await peer.send(b"1\r\nx\r\n" * many + b"0\r\n\r\n")
+        await keep_answering(peer)
+
+    server, pool = await serve(handler)
+    resp = await fetch(pool, REQUEST, None, False, 5.0)
+    assert type(resp.content._http_chunk_splits) is SmallQueue
+    conn = resp._conn
+    await until(lambda: conn.reading_paused, message="reading paused on the chunk count")
+    assert resp.content._size < 2**15  # control: not the bytes
+    assert await resp.content.read() == b"x" * many and not conn.reading_paused
+    resp.release()
+    assert await body_of(pool) == b"ok" and server.accepted == 1

@@ -3,6 +3,8 @@ complete."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
@@ -158,7 +160,7 @@ async def test_a_subscriber_cancelled_while_it_waits_leaves_the_flight() -> None
         return [await resp.body.__anext__(), await resp.body.__anext__()]
 
     cancelled, kept = asyncio.create_task(read_two(first)), asyncio.create_task(read_two(second))
-    await until(lambda: len(flight._changed) == 2)  # both wait for the second chunk
+    await until(lambda: len(flight._changed or ()) == 2)  # both wait for the second chunk
     cancelled.cancel()
     await until(lambda: flight.subscribers == 1)
     assert not up.closed  # control: the other subscriber still holds the call
@@ -167,7 +169,7 @@ async def test_a_subscriber_cancelled_while_it_waits_leaves_the_flight() -> None
     with pytest.raises(StopAsyncIteration):
         await first.body.__anext__()  # a reader that left reads nothing more
     waiting = asyncio.create_task(read_two(second))
-    await until(lambda: len(flight._changed) == 1)
+    await until(lambda: len(flight._changed or ()) == 1)
     waiting.cancel()
     await until(lambda: up.closed)  # the last subscriber gone: the upstream call is cancelled
     assert flight.subscribers == 0 and flights.get("k") is None
@@ -185,7 +187,7 @@ async def test_a_body_closed_under_a_waiting_read_ends_that_read() -> None:
         return await resp.body.__anext__()
 
     waiting, control = asyncio.create_task(next_chunk(closed)), asyncio.create_task(next_chunk(kept))
-    await until(lambda: len(flight._changed) == 2)
+    await until(lambda: len(flight._changed or ()) == 2)
     await closed.body.aclose()
     with pytest.raises(StopAsyncIteration):
         await waiting
@@ -203,7 +205,7 @@ async def test_a_lone_subscriber_reads_the_upstream_body_itself_at_its_own_pace(
     for chunk in (b"a", b"b", None):
         up.queue.put_nowait(chunk)
     resp = await flight.wait(leader=True)
-    assert flight.task is not None and flight.task.done() and flight.direct is not None  # the pump ended
+    assert flight.task is None and flight.direct is not None  # the pump ended
     assert up.queue.qsize() == 3  # nothing read ahead of the reader...
     reader = resp.body.__aiter__()
     assert await reader.__anext__() == b"a"
@@ -243,7 +245,7 @@ async def test_a_follower_joining_during_a_direct_read_waits_for_it_then_shares(
         return await read_all(await flight.wait(leader=False))
 
     follower = asyncio.create_task(follow())
-    await until(lambda: len(flight._handoff) == 1)
+    await until(lambda: len(flight._handoff or ()) == 1)
     for chunk in (b"a", b"b", None):
         up.queue.put_nowait(chunk)
     assert await follower == b"ab" and await reading == b"ab"
@@ -261,7 +263,7 @@ async def test_a_leader_cancelled_mid_stream_costs_its_followers_nothing() -> No
     flight.join()
     second = await flight.wait(leader=False)
     leader = asyncio.create_task(read_all(first))
-    await until(lambda: len(flight._changed) == 1)  # the leader waits for the next chunk
+    await until(lambda: len(flight._changed or ()) == 1)  # the leader waits for the next chunk
     leader.cancel()
     await until(lambda: flight.subscribers == 1)
     for chunk in (b"b", None):
@@ -282,7 +284,7 @@ async def direct_read_with_a_waiting_follower() -> tuple[
     await until(lambda: flight.reading)
     flight.join()
     follower = asyncio.create_task(flight.wait(leader=False))
-    await until(lambda: len(flight._handoff) == 1)  # it waits on the read
+    await until(lambda: len(flight._handoff or ()) == 1)  # it waits on the read
     return flights, up, flight, reader, follower
 
 
@@ -333,7 +335,7 @@ async def test_a_direct_reader_and_its_waiting_follower_see_a_failure_as_a_failu
     flight.join()
     follower_got: list[bytes] = []
     follower = asyncio.create_task(follow(flight, follower_got))
-    await until(lambda: len(flight._handoff) == 1)
+    await until(lambda: len(flight._handoff or ()) == 1)
     up.queue.put_nowait(b"b")
     for task in (leader, follower):
         with pytest.raises(UpstreamFailure) as failure:
@@ -408,3 +410,25 @@ async def test_a_direct_reader_closes_the_body_only_when_it_did_not_end_itself(f
             await read_all(resp)
         assert failure.value.committed and body.closes == 1
     assert len(flights) == 0 and flights.held_bytes() == 0
+
+
+async def test_a_lone_subscribers_flight_lets_the_finished_pump_task_go() -> None:
+    """Issue 21: an idle stream's flight does not keep its ended pump task (its coroutine, its context)
+    nor empty wait lists; control: a shared flight's pump task, which reads on, is kept."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    assert flight.task is not None
+    pump = weakref.ref(flight.task)
+    up.queue.put_nowait(b"a")
+    first = await flight.wait(leader=True)
+    assert await first.body.__anext__() == b"a"
+    gc.collect()
+    assert pump() is None and flight.task is None
+    assert (flight._waiters, flight._room, flight._changed, flight._handoff) == (None,) * 4  # no wait lists
+    flight.join()
+    second = await flight.wait(leader=False)
+    reader = weakref.ref(flight.task) if flight.task is not None else None
+    gc.collect()
+    assert reader is not None and reader() is not None and not reader().done()  # control: kept while it reads
+    up.queue.put_nowait(None)
+    assert (await read_all(second), await read_all(first)) == (b"a", b"")
