@@ -33,26 +33,32 @@ _RUN_FILE = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv
 _COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
 
 
-async def client(url: str, stream: bool) -> None:
-    """Reads a count per stdin line, sends that many unique requests one by one, answers ``done``."""
+async def client(url: str, stream: bool, concurrency: int = 1) -> None:
+    """Reads a count per stdin line, sends that many unique requests (``concurrency`` at a time), answers
+    ``done``."""
     import aiohttp
 
     loop = asyncio.get_running_loop()
-    n = 0
+    sent = [0]
+
+    async def worker(session: aiohttp.ClientSession, count: int) -> None:
+        while sent[0] < count:
+            sent[0] += 1
+            body = chat_body(f"NONCE {os.getpid()} {sent[0]}", stream=stream, max_tokens=None)
+            async with session.post(url + CHAT_PATH, data=body, headers=HEADERS) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise SystemExit(f"status {resp.status}")
+
     async with aiohttp.ClientSession() as session:
         while (line := await loop.run_in_executor(None, sys.stdin.readline)).strip():
-            for _ in range(int(line)):
-                n += 1
-                body = chat_body(f"NONCE {os.getpid()} {n}", stream=stream, max_tokens=None)
-                async with session.post(url + CHAT_PATH, data=body, headers=HEADERS) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        raise SystemExit(f"status {resp.status}")
+            target = sent[0] + int(line)
+            await asyncio.gather(*(worker(session, target) for _ in range(concurrency)))
             sys.stdout.write("done\n")
             sys.stdout.flush()
 
 
-async def serve(upstream: str, variant: str, kind: str, warmup: int, n: int) -> None:
+async def serve(upstream: str, variant: str, kind: str, warmup: int, n: int, concurrency: int = 1) -> None:
     """The measured process: the gateway, counted only while the client's ``n`` requests run."""
     from gateway.server import settle_memory
     from tests.support.servers import start_gateway
@@ -60,7 +66,8 @@ async def serve(upstream: str, variant: str, kind: str, warmup: int, n: int) -> 
     gw = await start_gateway(gateway_config(upstream, GATEWAYS[variant]))
     settle_memory()
     child = await asyncio.create_subprocess_exec(
-        *self_argv("--client", gw.url, "--kinds", kind), stdin=asyncio.subprocess.PIPE,
+        *self_argv("--client", gw.url, "--kinds", kind, "--concurrency", str(concurrency)),
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE)
     stdin, stdout = child.stdin, child.stdout
     assert stdin is not None and stdout is not None
@@ -90,11 +97,12 @@ def toggle(on: bool) -> None:
                    capture_output=True, check=False)
 
 
-def measure(tree: Path, upstream: str, variant: str, kind: str, warmup: int, n: int) -> float:
+def measure(tree: Path, upstream: str, variant: str, kind: str, warmup: int, n: int,
+            concurrency: int = 1) -> float:
     """Instructions per request of ``tree`` (its own checkout on PYTHONPATH)."""
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
             *self_argv("--serve", upstream, "--variants", variant, "--kinds", kind, "--warmup", str(warmup),
-                       "--requests", str(n))]
+                       "--requests", str(n), "--concurrency", str(concurrency))]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, check=False)
     found = _COLLECTED.search(out.stderr)
@@ -111,24 +119,25 @@ def main() -> None:
     parser.add_argument("--baseline", help="a baseline source tree, measured alternately with this one")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        asyncio.run(client(args.client, args.kinds == "stream"))
+        asyncio.run(client(args.client, args.kinds == "stream", args.concurrency))
         return
     if args.serve:
         import uvloop
 
-        uvloop.run(serve(args.serve, args.variants, args.kinds, args.warmup, args.requests))
+        uvloop.run(serve(args.serve, args.variants, args.kinds, args.warmup, args.requests, args.concurrency))
         return
     trees = {"this": ROOT, **({"base": Path(args.baseline).resolve()} if args.baseline else {})}
     mock = procs.start_mock()
     try:
         for kind in args.kinds.split(","):
             for variant in args.variants.split(","):
-                counts = {name: measure(tree, mock.url + "/v1", variant, kind, args.warmup, args.requests)
-                          for name, tree in trees.items()}
+                counts = {name: measure(tree, mock.url + "/v1", variant, kind, args.warmup, args.requests,
+                                        args.concurrency) for name, tree in trees.items()}
                 delta = f" ({counts['this'] / counts['base'] - 1:+.1%} vs base)" if "base" in counts else ""
                 figures = "  ".join(f"{name}: {count / 1000:8.1f}k" for name, count in counts.items())
                 print(f"{kind:6s} {variant:12s} {figures} instructions per request{delta}", flush=True)

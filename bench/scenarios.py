@@ -147,9 +147,16 @@ def default_overrides(path: Path = ROOT / "config.yaml") -> dict[str, Any]:
 # gw-default-aiohttp: the default config on the aiohttp upstream client (``pool.client: aiohttp``; the default
 # is the raw client since issue #21, bench/results/2026-12-06-raw-client.md measured both).
 AIOHTTP_CLIENT: dict[str, Any] = {"upstreams": {"mock": {"pool": {"client": "aiohttp"}}}}
+# The default config with one cache feature off: what each adds (bench.ttft_load_ab, bench.instr_cost).
+DEFAULT_WITHOUT: dict[str, dict[str, Any]] = {
+    "def-nocoal": _merge(default_overrides(), {"cache": {"coalesce": {"enabled": False}}}),
+    "def-noexact": _merge(default_overrides(), {"cache": {"exact": {"enabled": False}}}),
+    "def-nocache": _merge(default_overrides(), {"cache": {"exact": {"enabled": False},
+                                                          "coalesce": {"enabled": False}}}),
+}
 GATEWAYS: dict[str, dict[str, Any]] = {"gw-off": ALL_OFF, "gw-default": default_overrides(), "gw-all": ALL_ON,
                                        "gw-default-aiohttp": _merge(default_overrides(), AIOHTTP_CLIENT),
-                                       **SINGLE_POLICY}
+                                       **SINGLE_POLICY, **DEFAULT_WITHOUT}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -181,6 +181,31 @@ class LayerState:
         return twin
 
 
+class DisconnectGuard:
+    """Work other requests wait for, that its client's disconnect must not cut: a coalescing leader's
+    upstream call, made in the leader's own task (issue 21). While ``holding()`` is true, the server
+    (``gateway.server``) does not cancel the handler when the client goes away: it hands its cancel here,
+    and ``release`` (the work is over) delivers it, so the handler stops at its next await."""
+
+    __slots__ = ("_cancel", "holding")
+
+    def __init__(self, holding: Callable[[], bool]) -> None:
+        self.holding = holding
+        self._cancel: Callable[[], object] | None = None
+
+    def defer(self, cancel: Callable[[], object]) -> bool:
+        """The client left: keep ``cancel`` for ``release`` if others wait on this work (True), else False."""
+        if not self.holding():
+            return False
+        self._cancel = cancel
+        return True
+
+    def release(self) -> None:
+        cancel, self._cancel = self._cancel, None
+        if cancel is not None:
+            cancel()
+
+
 @dataclass(slots=True, kw_only=True)
 class Exchange:
     request: RequestFacts
@@ -194,6 +219,7 @@ class Exchange:
     record: Record = field(default_factory=Record)
     view: StreamInspector | None = None  # the inspector of the relayed stream (set by the core relay)
     state: LayerState = field(default_factory=LayerState)
+    guard: DisconnectGuard | None = None  # set while the request does work others wait for (single flight)
 
     def set_body(self, body: JsonObject) -> None:
         """Replace the request body; the upstream then gets a re-serialised copy."""

@@ -34,6 +34,7 @@ from gateway.telemetry.logging import REQUEST_ID
 from gateway.tokens.prompt import count_prompt, loading_for_estimate
 
 log = logging.getLogger("gateway.handler")
+EXCHANGE = web.RequestKey("exchange", Exchange)  # the request's exchange, once built
 OPERATIONS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
@@ -117,6 +118,7 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
     try:
         ex = await build(now)
         del build  # its closure (request, state, id) is not kept for a stream's life
+        request[EXCHANGE] = ex  # for the server's disconnect handling (``Exchange.guard``)
         st.admission.done_reading(key)
         reading = False
         gauge = _count_inflight(st, ex)

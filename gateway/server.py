@@ -25,6 +25,7 @@ from gateway.app import build_app
 from gateway.appstate import APP_STATE, AppState
 from gateway.config_model import Config
 from gateway.errors import error_body
+from gateway.handler import EXCHANGE
 from gateway.memory import pin_malloc_thresholds, trim_heap
 from gateway.parsed_head import forget_parsed_head
 from gateway.reload import Reloader
@@ -83,7 +84,17 @@ class _JsonErrorHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()
+        self._defer_cancel()
         super().connection_lost(exc)
+
+    def _defer_cancel(self) -> None:
+        """A handler doing work other requests wait for (``Exchange.guard``: a coalescing leader's upstream
+        call) is cancelled when that work is over, not now: aiohttp cancels the task it holds, so it holds
+        none. Every other handler is cancelled at once (``handler_cancellation``)."""
+        task, request = self._task_handler, self._current_request
+        ex = request.get(EXCHANGE) if isinstance(request, web.Request) else None
+        if task is not None and ex is not None and ex.guard is not None and ex.guard.defer(task.cancel):
+            self._task_handler = None
 
     def _arm_head_timer(self) -> None:
         server = self._manager

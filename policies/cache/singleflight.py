@@ -1,24 +1,28 @@
 """Single flight: identical requests in flight share one upstream call.
 
-The first request for a key starts a *pump* task that calls the rest of the
-chain and reads the upstream body into a shared, append-only list of chunks.
-Every request for the key, the first included, is a subscriber that reads that
-list at its own pace: a slow subscriber never slows the pump or anybody else,
-and a subscriber that goes away (client disconnect) only unsubscribes; the pump
-is cancelled when the last subscriber leaves, which closes the upstream
-connection. So a cancelled first request does not cost the others their answer
-nor a second upstream call.
+The first request for a key (the leader) makes the call, up to the commit point's first token, in
+its own task. Once the response is there, a flight with several subscribers has a *pump* task that
+reads the upstream body into a shared, append-only list of chunks; every subscriber, the leader
+included, reads that list at its own pace: a slow subscriber never slows the pump or anybody else, and
+a subscriber that goes away (client disconnect) only unsubscribes; the pump is cancelled when the last
+subscriber leaves, which closes the upstream connection.
+
+Issue 21: the call used to run in the pump task too, which cost every request two loop turns on its
+way to the first token (the task's start before the request left, and the leader's wake-up after the
+first token came); under concurrency a loop turn is every other stream's work of that turn. A leader
+whose client leaves during its call while others wait for it is not cancelled then: the server hands
+that cancel to ``ex.guard`` (``gateway.exchange.DisconnectGuard``) and it is delivered once the call is
+over, so a cancelled first request still costs the others neither their answer nor a second upstream
+call. (Only a drain that ran out of time cancels such a leader at once: its waiters then take over.)
 
 A flight with one subscriber when its response arrives (every flight that coalesces nothing) has
 no pump for its body: that subscriber reads the upstream body itself, in its own task, still
-appending to the shared list (issue 21: the pump cost a task wake-up per chunk, ~60 us of CPU per
+appending to the shared list (the pump cost a task wake-up per chunk, ~60 us of CPU per
 20-chunk stream). A second subscriber makes the pump: at once when the reader is between
 reads, else when its read ends (the newcomer waits for that). The one exception to the rule above:
 a direct reader cancelled during the very read a newcomer waits on took the upstream body with it
 (asyncio cancels the read it awaits); that newcomer has been handed nothing yet and starts over
-("one waiter takes over"): a second upstream call, never a lost answer. The call itself (up to the
-commit point's first token) stays in the pump: identical requests mostly come while it waits for that,
-and a first request that leaves then must not take it down.
+("one waiter takes over"): a second upstream call, never a lost answer.
 
 Failure rules, so nobody is handed a partial answer as if it were complete:
 - the call fails before a response (exception from the chain): the first
@@ -43,7 +47,7 @@ from typing import Any
 
 from gateway.body import Body
 from gateway.errors import UpstreamFailure
-from gateway.exchange import Exchange, Source, UpstreamResponse
+from gateway.exchange import DisconnectGuard, Exchange, Source, UpstreamResponse
 
 Call = Callable[[Exchange], Awaitable[UpstreamResponse]]
 
@@ -59,7 +63,7 @@ _PENDING, _READY, _FAILED = 0, 1, 2  # a flight's response: awaited, here, or th
 
 
 class Flight:
-    __slots__ = ("__weakref__", "_changed", "_drained", "_handoff", "_readers", "_room", "_stored",
+    __slots__ = ("__weakref__", "_call", "_changed", "_drained", "_handoff", "_readers", "_room", "_stored",
                  "_waiters", "body", "broken", "buffered", "chunks", "detached", "direct", "done", "error",
                  "first", "headers", "key", "loop", "max_bytes", "reading", "registry", "response", "source",
                  "status", "subscribers", "task", "upstream")
@@ -95,34 +99,45 @@ class Flight:
         self.reading = False  # the direct reader is inside a read of ``body``
         self.broken = False  # that read was cancelled: the body went with it
         self._handoff: list[asyncio.Future[None]] | None = None  # newcomers waiting for the direct read
+        self._call: tuple[Exchange, Call] | None = None  # the leader's call, until the leader makes it
 
-    # --- pump side ---------------------------------------------------------------
-    def start(self, ex: Exchange, call: Call) -> None:
-        self.task = self.loop.create_task(self._pump(ex, call))
-
-    async def _pump(self, ex: Exchange, call: Call) -> None:
+    # --- leader side -------------------------------------------------------------
+    async def lead(self) -> None:
+        """The call, in the leader's own task: no task to start (a loop turn before the request leaves)
+        and none to wake the leader from (a loop turn before its first token), issue 21. While others
+        wait for it, the leader's client leaving does not cut it (``ex.guard``: the server delivers that
+        cancel once the call is over), so followers lose neither their answer nor a second call."""
+        assert self._call is not None
+        ex, call = self._call
+        self._call = None
+        guard = ex.guard = DisconnectGuard(self._shared)
         try:
             resp = await call(ex)
         except BaseException as exc:
             self._fail_before(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        del ex, call  # the pump keeps only the body it reads
+            raise
+        finally:
+            ex.guard = None
+            guard.release()
+        del ex, call
+        self._got(resp)
+
+    def _shared(self) -> bool:
+        return self.subscribers > 1
+
+    def _got(self, resp: UpstreamResponse) -> None:
+        """The response: read by its one subscriber itself, or by a pump task for several."""
         self.status, self.headers = resp.status, resp.headers
         self.upstream, self.source = resp.upstream, resp.source
         self.response = _READY
-        body = resp.body
-        del resp
         if self.subscribers == 1:  # nobody to share with: its subscriber reads the body itself
-            self.body = body
-            self.task = None  # ends here: a long stream's flight does not keep the finished task (issue 21)
-            _release(self._waiters)
-            self._waiters = None
-            return
+            self.body = resp.body
+        else:
+            self.task = self.loop.create_task(self._read(resp.body))
         _release(self._waiters)
         self._waiters = None
-        await self._read(body)
+
+    # --- pump side ---------------------------------------------------------------
 
     async def _read(self, body: Body) -> None:
         """Read ``body`` into the shared list (the pump's loop), waiting for room past the byte bound."""
@@ -232,9 +247,12 @@ class Flight:
     async def wait(self, leader: bool) -> UpstreamResponse:
         """The shared response, once the pump has one; raises ``TakeOver`` for a waiter after a failure."""
         if self.response == _PENDING:
-            # a future of one's own: a cancelled waiter cancels only that, never anybody else's wait
-            self._waiters = self._waiters if self._waiters is not None else []
-            await _wait_on(self._waiters)
+            if leader and self._call is not None:
+                await self.lead()  # raises the call's error (the waiters take over)
+            else:
+                # a future of one's own: a cancelled waiter cancels only that, never anybody else's wait
+                self._waiters = self._waiters if self._waiters is not None else []
+                await _wait_on(self._waiters)
         if self.response == _FAILED:
             if leader and self.error is not None:
                 if isinstance(self.error, asyncio.CancelledError):
@@ -420,10 +438,11 @@ class Flights:
         return self._flights.get(key)
 
     def lead(self, key: Hashable, ex: Exchange, call: Call, max_bytes: int = DEFAULT_MAX_BYTES) -> Flight:
+        """A new flight, its call made by the leader's ``wait(leader=True)``."""
         flight = Flight(self, key, max_bytes)
         self._flights[key] = flight
         flight.join()
-        flight.start(ex, call)
+        flight._call = (ex, call)
         return flight
 
     def remove(self, flight: Flight) -> None:

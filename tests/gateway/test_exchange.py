@@ -10,6 +10,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.auth import ANONYMOUS, Identity
 from gateway.body import OneChunk
 from gateway.exchange import (
+    DisconnectGuard,
     Exchange,
     LayerState,
     Record,
@@ -88,3 +89,18 @@ def test_with_body_keeps_every_other_field() -> None:
         if f.name != "body":
             assert getattr(out, f.name) == getattr(resp, f.name), f.name
     assert dataclasses.replace(resp, body=new_body) == out  # the same as the generic copy
+
+
+def test_a_guard_keeps_a_cancel_only_while_it_holds_and_delivers_it_once_on_release() -> None:
+    """The server hands a disconnect's cancel to the guard: kept while others wait, delivered on release."""
+    held, cancels = [True], []
+    guard = DisconnectGuard(lambda: held[0])
+    assert guard.defer(lambda: cancels.append(1)) is True
+    assert cancels == []
+    guard.release()
+    guard.release()
+    assert cancels == [1]  # once
+    held[0] = False  # control: nobody waits, the server cancels at once
+    assert guard.defer(lambda: cancels.append(2)) is False
+    guard.release()
+    assert cancels == [1]

@@ -18,11 +18,15 @@ import orjson
 import pytest
 import pytest_asyncio
 from aiohttp.http_parser import HttpRequestParser
+from aiohttp.test_utils import make_mocked_request
 
 from gateway.config import parse_config
+from gateway.exchange import DisconnectGuard
+from gateway.handler import EXCHANGE
 from gateway.mock import MockServer
 from gateway.server import _JsonErrorHandler, serve
 from gateway.switching import SWITCH_INTERVAL_S
+from tests.support.exchange import build_exchange
 from tests.support.servers import InProcessGateway, bound_socket, gateway_config, start_gateway
 from tests.support.until import until
 
@@ -272,3 +276,26 @@ async def test_pipelined_requests_are_queued_in_a_small_list(gw: InProcessGatewa
     queues = [h._messages for h in _handlers(gw)]
     assert queues and all(sys.getsizeof(q) < 100 < 600 < sys.getsizeof(deque()) for q in queues)
     idle.close()
+@pytest.mark.parametrize("holding", [True, False])
+async def test_a_disconnect_while_a_guard_holds_cancels_the_handler_only_on_release(holding: bool) -> None:
+    """A coalescing leader's call others wait for (``Exchange.guard`` holding): the client's disconnect
+    leaves the handler to its guard, which cancels it on release; control: a guard that does not hold leaves
+    the cancel to aiohttp (at once)."""
+    handler = object.__new__(_JsonErrorHandler)
+    task = asyncio.create_task(asyncio.sleep(10))
+    request = make_mocked_request("POST", "/v1/chat/completions")
+    ex = build_exchange()
+    ex.guard = DisconnectGuard(lambda: holding)
+    request[EXCHANGE] = ex
+    handler._task_handler, handler._current_request = task, request
+    handler._defer_cancel()
+    if not holding:
+        assert handler._task_handler is task  # aiohttp's connection_lost cancels it
+        task.cancel()
+        return
+    assert handler._task_handler is None
+    await asyncio.sleep(0)
+    assert not task.done()
+    ex.guard.release()
+    await until(task.done)
+    assert task.cancelled()

@@ -205,7 +205,7 @@ async def test_a_lone_subscriber_reads_the_upstream_body_itself_at_its_own_pace(
     for chunk in (b"a", b"b", None):
         up.queue.put_nowait(chunk)
     resp = await flight.wait(leader=True)
-    assert flight.task is None and flight.direct is not None  # the pump ended
+    assert flight.task is None and flight.direct is not None  # no task: the leader called, it reads
     assert up.queue.qsize() == 3  # nothing read ahead of the reader...
     reader = resp.body.__aiter__()
     assert await reader.__anext__() == b"a"
@@ -270,8 +270,8 @@ async def test_a_leader_cancelled_mid_stream_costs_its_followers_nothing() -> No
         up.queue.put_nowait(chunk)
     assert await read_all(second) == b"ab"
     assert up.calls == 1 and up.closed
-    flights.lead("other", exchange(), up)
-    await until(lambda: up.calls == 2)  # control
+    await flights.lead("other", exchange(), up).wait(leader=True)
+    assert up.calls == 2  # control
 
 
 async def direct_read_with_a_waiting_follower() -> tuple[
@@ -412,18 +412,15 @@ async def test_a_direct_reader_closes_the_body_only_when_it_did_not_end_itself(f
     assert len(flights) == 0 and flights.held_bytes() == 0
 
 
-async def test_a_lone_subscribers_flight_lets_the_finished_pump_task_go() -> None:
-    """Issue 21: an idle stream's flight does not keep its ended pump task (its coroutine, its context)
-    nor empty wait lists; control: a shared flight's pump task, which reads on, is kept."""
+async def test_a_lone_subscribers_flight_holds_no_task_nor_wait_lists() -> None:
+    """Issue 21: an idle stream's flight keeps no task (the leader made the call in its own) nor empty
+    wait lists; control: a shared flight's pump task, which reads on, is kept."""
     flights, up = Flights(), Upstream()
     flight = flights.lead("k", exchange(), up)
-    assert flight.task is not None
-    pump = weakref.ref(flight.task)
     up.queue.put_nowait(b"a")
     first = await flight.wait(leader=True)
     assert await first.body.__anext__() == b"a"
-    gc.collect()
-    assert pump() is None and flight.task is None
+    assert flight.task is None
     assert (flight._waiters, flight._room, flight._changed, flight._handoff) == (None,) * 4  # no wait lists
     flight.join()
     second = await flight.wait(leader=False)
@@ -432,3 +429,34 @@ async def test_a_lone_subscribers_flight_lets_the_finished_pump_task_go() -> Non
     assert reader is not None and reader() is not None and not reader().done()  # control: kept while it reads
     up.queue.put_nowait(None)
     assert (await read_all(second), await read_all(first)) == (b"a", b"")
+
+
+# --- the leader makes the call in its own task ---------------------------------------------------------
+
+async def test_the_leader_calls_in_its_own_task_and_guards_it_while_others_wait() -> None:
+    """No task for the call: it runs in the leader's task; its guard holds only while a follower waits,
+    and a cancel handed to it then is delivered once the call is over (the followers have their answer)."""
+    flights, up = Flights(), Upstream()
+    ex = exchange()
+    seen: list[tuple[asyncio.Task[object] | None, bool]] = []
+
+    async def call(e: Exchange) -> UpstreamResponse:
+        assert e.guard is not None
+        seen.append((asyncio.current_task(), e.guard.holding()))
+        flight.join()  # a follower comes during the call
+        seen.append((asyncio.current_task(), e.guard.holding()))
+        assert e.guard.defer(lambda: cancels.append("cancel"))  # the leader's client left: kept for later
+        assert cancels == []
+        return await up(e)
+
+    cancels: list[str] = []
+    flight = flights.lead("k", ex, call)
+    leader = asyncio.create_task(flight.wait(leader=True))
+    resp = await leader
+    assert seen == [(leader, False), (leader, True)]  # control: alone, nothing held
+    assert cancels == ["cancel"]  # delivered once the call was over
+    assert ex.guard is None and up.calls == 1
+    follower = await flight.wait(leader=False)
+    up.queue.put_nowait(b"a")
+    up.queue.put_nowait(None)
+    assert (await read_all(follower), await read_all(resp)) == (b"a", b"a")
