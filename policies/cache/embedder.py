@@ -46,6 +46,19 @@ def text_digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
+def digest_vector(digest: bytes, dimension: int) -> np.ndarray:
+    """A unit vector drawn from ``digest`` (a long question's SHA-256) instead of the model's.
+
+    A question longer than ``TEXT_CHARS`` hits only the very same question (its digest must match,
+    ``policies/cache/guards.py``), whose vector would be the same: the model's run (~40-80 ms of a core
+    for 256 tokens, issue 15's 4 MB question) cannot change the answer. The same digest gives the same
+    vector (score 1.0); another one, or a model's vector, scores ~0 against it (two random unit vectors
+    of 384 dimensions: cosine ~N(0, 0.05)), far below any threshold, and the digest decides anyway."""
+    rng = np.random.default_rng(int.from_bytes(digest[:16], "big"))
+    vector: np.ndarray = normalise(rng.standard_normal((1, dimension)))[0]
+    return vector
+
+
 class EmbedderUnavailable(Exception):
     """The embedder cannot run (package missing, upstream failing): treat as a miss."""
 
@@ -173,6 +186,7 @@ class MemoEmbedder:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.bytes = 0
+        self.dimension: int | None = None  # the vectors' length, once one was made
         self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
 
     async def embed_one(self, text: str) -> np.ndarray:
@@ -191,6 +205,7 @@ class MemoEmbedder:
         except TimeoutError as exc:
             raise EmbedTimeout(f"{self.name} took over {self.timeout_s} s") from exc
         vector: np.ndarray = vectors[0]  # row 0 of a 2-D array: a 1-D array
+        self.dimension = vector.shape[0]
         self._memo[key] = vector
         self.bytes += vector.nbytes + _ENTRY_OVERHEAD
         while self._memo and (len(self._memo) > self.size or self.bytes > self.max_bytes):

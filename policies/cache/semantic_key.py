@@ -73,7 +73,7 @@ def split_question(operation: str, body: dict[str, Any], skip_tool_turns: bool) 
         question, fields["prompt"] = body["prompt"], _PLACEHOLDER
     else:
         return None
-    if question is None or not question.strip():
+    if question is None or not question or question.isspace():  # no copy of a 4 MB question
         return None
     return question, fields
 

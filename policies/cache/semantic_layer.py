@@ -77,7 +77,7 @@ class SemanticCache:
         question, fields = split
         digest = await _digest(question)
         namespace = semantic_namespace(ex, self.keys.version(ex), fields)
-        vector = await self._embed(question)
+        vector = await self._vector(question, digest)
         if vector is None:
             self.rt.metrics.request("semantic", "error", self.name)
             return await next(ex)
@@ -121,6 +121,22 @@ class SemanticCache:
             self.state.metrics.decision(self.name, refused)
             return
         store(answer, reasons)
+
+    async def _vector(self, question: str, digest: bytes) -> Any:
+        """The question's vector (None: a miss). A long one (it has a ``digest``) can hit only the very
+        same question, so its vector is drawn from its digest (``embedder.digest_vector``), not the model's:
+        the model runs only while no vector gave their length yet (issue 15: the 4 MB question)."""
+        from policies.cache.embedder import digest_vector
+
+        dimension = getattr(self.parts.embedder, "dimension", None)
+        if not digest or dimension is None:
+            vector = await self._embed(question)
+            if vector is None or not digest:
+                return vector
+            dimension = vector.shape[0]
+        else:
+            self.state.metrics.decision(self.name, "embed_skipped_long")
+        return digest_vector(digest, dimension)
 
     async def _embed(self, question: str) -> Any:
         try:

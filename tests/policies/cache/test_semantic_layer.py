@@ -103,3 +103,49 @@ async def test_a_long_question_hits_only_itself() -> None:
         await drain(await policy(ex, up))
     assert same.record.cache_result == "semantic-hit" and other.record.cache_result == "miss"
     assert up.calls == 2
+
+
+class Counting(Constant):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    async def embed(self, texts: list[str]) -> Any:
+        self.seen.extend(texts)
+        return await super().embed(texts)
+
+
+async def test_a_long_question_is_not_run_through_the_model() -> None:
+    """Past TEXT_CHARS only the very same question can hit, so its vector is drawn from its digest:
+    the model runs for the short question (and learns the vectors' length), never for the long ones."""
+    embedder = Counting()
+    st, policy = await policy_with(embedder)
+    up = Upstream()
+    long = "where is my refund for order " * 1_000  # 29,000 characters: past TEXT_CHARS (4,096)
+    first = exchange(st, chat(long))
+    await drain(await policy(first, up))
+    assert embedder.seen == [long[:4096]]  # control: before any vector the model runs (length unknown)
+    await drain(await policy(exchange(st, chat("how do i undo a commit")), up))
+    results = []
+    for text in (long + "?", long, long + "!", long + "?"):
+        ex = exchange(st, chat(text))
+        await drain(await policy(ex, up))
+        results.append(ex.record.cache_result)
+    assert results == ["miss", "semantic-hit", "miss", "semantic-hit"]  # the very same question only
+    assert len(embedder.seen) == 2  # the model ran for the first long question and the short one
+    skipped = st.metrics.registry.get_sample_value(
+        "gateway_policy_decisions_total", {"policy": "semantic_cache", "decision": "embed_skipped_long"})
+    assert skipped == 4
+    assert up.calls == 4
+
+
+async def test_a_blank_question_is_skipped_without_a_copy() -> None:
+    """Only whitespace (any Unicode space): no question, skipped; a question with trailing spaces is one."""
+    embedder = Counting()
+    st, policy = await policy_with(embedder)
+    up = Upstream()
+    for text in (" \n\t\u3000 ", "", "how do i undo a commit \n"):
+        await drain(await policy(exchange(st, chat(text)), up))
+    skips = st.metrics.registry.get_sample_value("gateway_policy_decisions_total",
+                                                 {"policy": "semantic_cache", "decision": "skip"})
+    assert skips == 2 and embedder.seen == ["how do i undo a commit \n"]
