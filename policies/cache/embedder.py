@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.memory import trim_heap
+from gateway.thread_priority import lower_this_thread
 
 TOKENIZER_PATH = Path(__file__).resolve().parent / "data" / "minilm" / "tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
@@ -85,7 +86,8 @@ class LocalEmbedder:
         self._session: Any = None
         self._tokenizer: Any = None
         self._lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="embedder")
+        # its own thread, at a lower CPU priority than the event loop (the model runs without the GIL)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="embedder", initializer=lower_this_thread)
 
     async def load(self) -> None:
         if self._session is not None:

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
 
+from gateway.thread_priority import BACKGROUND_NICE, MAX_NICE
 from policies.cache.embedder import (
     MAX_CHARS,
     EmbedTimeout,
@@ -103,3 +107,13 @@ async def test_the_memo_learns_the_vectors_length() -> None:
     await memo.embed_one("hello")
     assert memo.dimension == 4
 
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+async def test_the_model_runs_at_a_lower_cpu_priority_than_the_loop(local_embedder: LocalEmbedder) -> None:
+    """The model runs without the GIL for tens of ms: its thread yields a core to the event loop."""
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    await local_embedder.embed(["warm"])
+    model_thread = await asyncio.get_running_loop().run_in_executor(local_embedder._executor, nice)
+    assert model_thread == min(nice() + BACKGROUND_NICE, MAX_NICE) > nice()  # control: the loop's own
