@@ -26,6 +26,7 @@ from gateway import long_arrays, long_strings
 from gateway.blobs import Blobs
 from gateway.blobs import extract as extract_blobs
 from gateway.errors import LocalReply
+from gateway.received import Received
 from gateway.request_json import parse_json
 from gateway.request_schema import validate
 from gateway.tokens.pool import WorkPool
@@ -33,6 +34,7 @@ from gateway.tokens.pool import WorkPool
 DECODE_INLINE_MAX_BYTES = 256 * 1024  # below this, decoding on the loop costs less than a thread hop
 Decoded = tuple[dict[str, Any], Blobs | None]
 Joined = tuple[bytes, dict[str, Any], Blobs | None]  # the body's bytes too, when it came in pieces
+Raw = bytes | list[bytes] | Received  # whole, its received pieces, or a buffer it was received into
 
 
 def decode(raw: bytes, operation: str) -> Decoded:
@@ -50,12 +52,12 @@ def decode(raw: bytes, operation: str) -> Decoded:
     return body, blobs
 
 
-async def decode_body(work: WorkPool, tenant: str, raw: bytes | list[bytes], operation: str) -> Joined:
+async def decode_body(work: WorkPool, tenant: str, raw: Raw, operation: str) -> Joined:
     """The body's bytes, ``decode``d: on the loop for a small body, else in ``work`` (fair per ``tenant``,
     budgeted). A body still in its received pieces is joined there too: a multi-MB join is one C call
     that keeps the GIL ~3-5 ms (fresh pages), and four bodies that arrived together were joined back to
     back on the loop (issue 15)."""
-    size = len(raw) if isinstance(raw, bytes) else sum(map(len, raw))
+    size = _size(raw)
     if size < DECODE_INLINE_MAX_BYTES:
         whole = _joined(raw)
         return (whole, *decode(whole, operation))
@@ -66,11 +68,19 @@ async def decode_body(work: WorkPool, tenant: str, raw: bytes | list[bytes], ope
     return outcome
 
 
-def _joined(raw: bytes | list[bytes]) -> bytes:
+def _size(raw: Raw) -> int:
+    if isinstance(raw, Received):
+        return raw.size
+    return len(raw) if isinstance(raw, bytes) else sum(map(len, raw))
+
+
+def _joined(raw: Raw) -> bytes:
+    if isinstance(raw, Received):
+        return raw.take()
     return raw if isinstance(raw, bytes) else b"".join(raw)  # one piece: itself, not a copy
 
 
-def _decode_or_error(raw: bytes | list[bytes], operation: str) -> Joined | Exception:
+def _decode_or_error(raw: Raw, operation: str) -> Joined | Exception:
     """In a worker: the refusal (or a failure: a bug is a 500, as on the loop, not a "busy" 503) is a
     value, so the pool hands it back instead of its fallback."""
     try:

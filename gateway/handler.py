@@ -28,7 +28,7 @@ from gateway.exchange import Exchange, Record, RequestFacts, Target, UpstreamRes
 from gateway.ownership import require_owned, tag_response_body
 from gateway.ranges import check as check_ranges
 from gateway.relay import relay
-from gateway.request import body_if_whole, read_pieces, too_large
+from gateway.request import body_if_whole, read_large, too_large
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
 from gateway.tokens.prompt import count_prompt, loading_for_estimate
@@ -266,7 +266,7 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     if raw is not None and len(raw) < DECODE_INLINE_MAX_BYTES:
         body, blobs = decode(raw, operation)  # what decode_body does for it, without its coroutine
     else:  # a large body is joined (if in pieces) and decoded in the work pool
-        received = raw if raw is not None else await read_pieces(request, limit)
+        received = raw if raw is not None else await read_large(request, limit, st.work, identity.namespace)
         raw, body, blobs = await decode_body(st.work, identity.namespace, received, operation)
     if operation == "responses" and identity.key is not None and body.get("previous_response_id") is not None:
         await _check_previous_response(st, identity, body["previous_response_id"])

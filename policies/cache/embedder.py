@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from gateway.memory import trim_heap
+from gateway.thread_priority import lower_this_thread
 
 TOKENIZER_PATH = Path(__file__).resolve().parent / "data" / "minilm" / "tokenizer.json"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
@@ -44,6 +45,19 @@ def clip(text: str) -> str:
 
 def text_digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+
+
+def digest_vector(digest: bytes, dimension: int) -> np.ndarray:
+    """A unit vector drawn from ``digest`` (a long question's SHA-256) instead of the model's.
+
+    A question longer than ``TEXT_CHARS`` hits only the very same question (its digest must match,
+    ``policies/cache/guards.py``), whose vector would be the same: the model's run (~40-80 ms of a core
+    for 256 tokens, issue 15's 4 MB question) cannot change the answer. The same digest gives the same
+    vector (score 1.0); another one, or a model's vector, scores ~0 against it (two random unit vectors
+    of 384 dimensions: cosine ~N(0, 0.05)), far below any threshold, and the digest decides anyway."""
+    rng = np.random.default_rng(int.from_bytes(digest[:16], "big"))
+    vector: np.ndarray = normalise(rng.standard_normal((1, dimension)))[0]
+    return vector
 
 
 class EmbedderUnavailable(Exception):
@@ -72,7 +86,8 @@ class LocalEmbedder:
         self._session: Any = None
         self._tokenizer: Any = None
         self._lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="embedder")
+        # its own thread, at a lower CPU priority than the event loop (the model runs without the GIL)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="embedder", initializer=lower_this_thread)
 
     async def load(self) -> None:
         if self._session is not None:
@@ -173,6 +188,7 @@ class MemoEmbedder:
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.bytes = 0
+        self.dimension: int | None = None  # the vectors' length, once one was made
         self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
 
     async def embed_one(self, text: str) -> np.ndarray:
@@ -191,6 +207,7 @@ class MemoEmbedder:
         except TimeoutError as exc:
             raise EmbedTimeout(f"{self.name} took over {self.timeout_s} s") from exc
         vector: np.ndarray = vectors[0]  # row 0 of a 2-D array: a 1-D array
+        self.dimension = vector.shape[0]
         self._memo[key] = vector
         self.bytes += vector.nbytes + _ENTRY_OVERHEAD
         while self._memo and (len(self._memo) > self.size or self.bytes > self.max_bytes):

@@ -27,7 +27,13 @@ from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
 from policies.cache.fill import attach_fill, refusal
 from policies.cache.guards import TEXT_CHARS, compatible, question_digest
-from policies.cache.request import ANSWER_OPERATIONS, KeyMaker, cache_config, controls_of
+from policies.cache.request import (
+    ANSWER_OPERATIONS,
+    KEY_INLINE_MAX_BYTES,
+    KeyMaker,
+    cache_config,
+    controls_of,
+)
 from policies.cache.respond import cached_response
 from policies.cache.runtime import CacheRuntime, cache_runtime
 from policies.cache.semantic_key import semantic_namespace, split_question
@@ -76,8 +82,11 @@ class SemanticCache:
             return await next(ex)
         question, fields = split
         digest = await _digest(question)
-        namespace = semantic_namespace(ex, self.keys.version(ex), fields)
-        vector = await self._embed(question)
+        namespace = await self._namespace(ex, question, fields)
+        if namespace is None:
+            self.state.metrics.decision(self.name, "skip_busy")
+            return await next(ex)
+        vector = await self._vector(question, digest)
         if vector is None:
             self.rt.metrics.request("semantic", "error", self.name)
             return await next(ex)
@@ -122,6 +131,33 @@ class SemanticCache:
             return
         store(answer, reasons)
 
+    async def _namespace(self, ex: Exchange, question: str, fields: dict[str, Any]) -> str | None:
+        """``semantic_namespace``; in the work pool when the body less its question is large (fair per
+        tenant; its turns are dumped one by one there, so the GIL comes back to the loop between them).
+        None: the pool is busy for this tenant (past its queue or the budget)."""
+        version = self.keys.version(ex)  # memoised on the loop; only the body's pass moves
+        if len(ex.raw_body) - len(question) < KEY_INLINE_MAX_BYTES:
+            return semantic_namespace(ex, version, fields)
+        made: Callable[[], str | None] = partial(semantic_namespace, ex, version, fields)
+        return await self.state.work.run(ex.request.namespace, "semantic_namespace", made, _no_namespace,
+                                         holds_gil=True)
+
+    async def _vector(self, question: str, digest: bytes) -> Any:
+        """The question's vector (None: a miss). A long one (it has a ``digest``) can hit only the very
+        same question, so its vector is drawn from its digest (``embedder.digest_vector``), not the model's:
+        the model runs only while no vector gave their length yet (issue 15: the 4 MB question)."""
+        from policies.cache.embedder import digest_vector
+
+        dimension = getattr(self.parts.embedder, "dimension", None)
+        if not digest or dimension is None:
+            vector = await self._embed(question)
+            if vector is None or not digest:
+                return vector
+            dimension = vector.shape[0]
+        else:
+            self.state.metrics.decision(self.name, "embed_skipped_long")
+        return digest_vector(digest, dimension)
+
     async def _embed(self, question: str) -> Any:
         try:
             return await self.parts.embedder.embed_one(question)
@@ -162,6 +198,11 @@ class SemanticCache:
             self.state.metrics.decision(self.name, "stored")
 
         return store
+
+
+def _no_namespace() -> str | None:
+    """The work pool's fallback (busy for this tenant): no namespace, the request skips the cache."""
+    return None
 
 
 DIGEST_INLINE_MAX_CHARS = 256 * 1024  # below this, hashing on the loop costs less than a thread hop

@@ -10,6 +10,7 @@ import pytest
 import gateway.decode as decode_module
 from gateway.decode import DECODE_INLINE_MAX_BYTES, decode, decode_body
 from gateway.errors import LocalReply
+from gateway.received import Received
 from gateway.telemetry.metrics import Metrics
 from gateway.tokens.pool import WorkPool
 from tests.gateway.tokens.test_pool import outcomes
@@ -134,5 +135,19 @@ async def test_a_failure_in_the_pool_is_raised_as_on_the_loop_not_a_busy_503(
         await decode_body(pool, "t", LARGE, "chat")
     with pytest.raises(ZeroDivisionError):  # control: the same error inline
         await decode_body(pool, "t", SMALL, "chat")
+    assert outcomes(metrics, "decode") == {"done": 1.0}
+    pool.close()
+
+
+async def test_a_body_received_into_a_buffer_is_taken_and_decoded_in_the_pool() -> None:
+    """A ``Received`` buffer (``read_large``): its bytes taken out (the buffer unmapped) and decoded in the
+    pool, as the same body whole."""
+    metrics = Metrics()
+    pool = WorkPool(threads=1, metrics=metrics)
+    received = Received(len(LARGE))
+    for start in range(0, len(LARGE), 65536):
+        assert received.add(LARGE[start:start + 65536])
+    raw, body, _ = await decode_body(pool, "t", received, "chat")
+    assert raw == LARGE and body == decode(LARGE, "chat")[0] and received.buffer.closed
     assert outcomes(metrics, "decode") == {"done": 1.0}
     pool.close()

@@ -19,7 +19,8 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.test_utils import TestServer
 
 from gateway.errors import LocalReply
-from gateway.request import body_if_whole, read_body, read_pieces
+from gateway.received import Received
+from gateway.request import body_if_whole, read_body, read_large, read_pieces
 from gateway.telemetry.metrics import Metrics
 from gateway.tokens.pool import WorkPool
 from tests.support.servers import gateway_config, start_gateway
@@ -253,3 +254,46 @@ async def test_body_timeout_comes_from_the_config(mock_upstream: Any) -> None:
         await gw.close()
     assert answer.split(b"\r\n", 1)[0].split()[1] == b"408", answer
     assert b"request_timeout" in answer
+
+
+async def test_a_large_declared_body_is_received_into_a_prefaulted_buffer() -> None:
+    """``read_large``: a body with a declared length goes into a ``Received`` buffer prefaulted in the
+    pool (the same bytes); with the tenant's queue full it still does, unprefaulted; a chunked or a
+    compressed body (no length to size it by) comes back in its pieces."""
+    big = bytes(range(256)) * 2048  # 512 KiB
+    metrics = Metrics()
+    pool = WorkPool(threads=1, metrics=metrics)
+
+    async def large(request: web.Request) -> web.Response:
+        got = await read_large(request, 1 << 24, pool, "t", timeout_s=5)
+        kind = type(got).__name__
+        body = got.take() if isinstance(got, Received) else b"".join(got)
+        return web.json_response({"kind": kind, "same": body == big})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(big), 32768):
+            yield big[i:i + 32768]
+
+    def prefaults(outcome: str) -> float | None:
+        return metrics.registry.get_sample_value("gateway_work_total",
+                                                 {"kind": "prefault", "outcome": outcome})
+
+    app = web.Application(client_max_size=1 << 24)
+    app.router.add_post("/large", large)
+    try:
+        async with TestServer(app, host="127.0.0.1") as srv, ClientSession() as session:
+            async def send(data: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
+                async with session.post(srv.make_url("/large"), data=data, headers=headers or {}) as resp:
+                    answer: dict[str, Any] = await resp.json()
+                    return answer
+
+            assert await send(big) == {"kind": "Received", "same": True}
+            assert prefaults("done") == 1
+            assert await send(chunks()) == {"kind": "list", "same": True}  # chunked: no declared length
+            gz = {"content-encoding": "gzip"}
+            assert await send(gzip.compress(big), gz) == {"kind": "list", "same": True}
+            pool.max_queued = 0
+            assert await send(big) == {"kind": "Received", "same": True}  # busy: not prefaulted, same bytes
+            assert prefaults("queue_full") == 1 and prefaults("done") == 1
+    finally:
+        pool.close()

@@ -335,3 +335,16 @@ async def test_unfinished_heads_are_answered_408_and_closed(env: Env) -> None:
     answers = await attack(env, "unfinished_heads_x200", run)
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers)
     await until(lambda: open_fds(env.gw.proc.pid) <= fds_before + 5)
+
+
+async def test_a_whitespace_conversation_before_a_question_is_hashed_off_the_loop(env: Env) -> None:
+    """The same 3.5 MB of whitespace turns, then a short question: the semantic cache's namespace covers
+    the earlier turns (a 5 MB canonical dump, ~20 ms keeping the GIL, on the event loop until 2026-12-07:
+    the bystander's p99 was over the bound in 8 runs of 8); now in a thread, a turn at a time."""
+    body = chat([" \n" * 50_000] * 35 + ["and what is the status of my order?"])
+
+    async def run() -> list[int]:
+        return await asyncio.gather(*(answered(env, env.chat_url, body) for _ in range(4)))
+
+    statuses = await attack(env, "whitespace_turns_then_question_x4", run)
+    assert all(s in (200, 400) for s in statuses), statuses

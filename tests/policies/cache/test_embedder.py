@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
 
-from policies.cache.embedder import MAX_CHARS, EmbedTimeout, LocalEmbedder, MemoEmbedder, make_embedder
+from gateway.thread_priority import BACKGROUND_NICE, MAX_NICE
+from policies.cache.embedder import (
+    MAX_CHARS,
+    EmbedTimeout,
+    LocalEmbedder,
+    MemoEmbedder,
+    digest_vector,
+    make_embedder,
+)
 
 
 async def test_local_vectors(local_embedder: LocalEmbedder) -> None:
@@ -75,3 +87,33 @@ async def test_a_slow_embedding_times_out_as_a_miss() -> None:
         await memo.embed_one("slow")
     gate.set()
     assert (await memo.embed_one("slow")).shape == (4,)  # control: the same text embeds once it is fast
+
+
+def test_a_digest_vector_is_the_same_for_one_question_and_far_from_others() -> None:
+    """A long question's stand-in vector: unit length, stable for its digest, ~orthogonal to any other."""
+    one, two = (hashlib.sha256(text.encode()).digest() for text in ("question one", "question two"))
+    a = digest_vector(one, 384)
+    assert a.shape == (384,) and a.dtype == np.float32
+    assert abs(float(np.linalg.norm(a)) - 1.0) < 1e-5
+    assert np.array_equal(a, digest_vector(one, 384))  # same digest, same vector: score 1.0
+    assert float(a @ a) > 0.999
+    others = [digest_vector(hashlib.sha256(f"other {i}".encode()).digest(), 384) for i in range(200)]
+    assert max(abs(float(a @ b)) for b in [digest_vector(two, 384), *others]) < 0.35  # threshold: 0.95
+
+
+async def test_the_memo_learns_the_vectors_length() -> None:
+    memo = MemoEmbedder(CountingEmbedder())
+    assert memo.dimension is None  # control: unknown before any embedding
+    await memo.embed_one("hello")
+    assert memo.dimension == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+async def test_the_model_runs_at_a_lower_cpu_priority_than_the_loop(local_embedder: LocalEmbedder) -> None:
+    """The model runs without the GIL for tens of ms: its thread yields a core to the event loop."""
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    await local_embedder.embed(["warm"])
+    model_thread = await asyncio.get_running_loop().run_in_executor(local_embedder._executor, nice)
+    assert model_thread == min(nice() + BACKGROUND_NICE, MAX_NICE) > nice()  # control: the loop's own

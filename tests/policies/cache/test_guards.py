@@ -1,9 +1,11 @@
 """Semantic guards veto matches that differ in numbers, negation, names, opposites or word order."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
-from policies.cache.guards import compatible
+from policies.cache.guards import DIGEST_PIECE_CHARS, compatible, question_digest
 
 
 @pytest.mark.parametrize("a,b", [
@@ -27,3 +29,14 @@ def test_vetoes(a: str, b: str) -> None:
 def test_paraphrases_pass(a: str, b: str) -> None:
     """Real paraphrases are left alone."""
     assert compatible(a, b)
+
+
+def test_a_long_question_is_hashed_in_pieces_as_a_whole() -> None:
+    """The digest encodes and hashes 64 Ki-character pieces: the same bytes as the whole question, with
+    a multi-byte character and a lone surrogate (a client's ``\\ud800``) at a piece's edge."""
+    edge = DIGEST_PIECE_CHARS
+    for question in ("a" * (edge - 1) + "é€" + "b" * edge, "x" * (edge - 1) + "\ud800\udc00" + "y" * 10,
+                     "why " * 50_000):
+        whole = hashlib.sha256(question.encode("utf-8", "surrogatepass")).digest()
+        assert question_digest(question) == whole
+    assert question_digest("short question") == b""  # control: the index keeps a short one whole
