@@ -21,6 +21,7 @@ from gateway.auth import Authenticator
 from gateway.chain import Next, Policy
 from gateway.config_model import Config
 from gateway.exchange import Exchange, LayerState
+from gateway.received import ReceiveBudget
 from gateway.routing import Router
 from gateway.telemetry.metrics import Metrics, RequestMetrics
 from gateway.tokens.pool import WorkPool
@@ -86,6 +87,7 @@ class AppState:
     metrics: Metrics = field(default_factory=lambda: Metrics(set()))
     work: WorkPool = field(default_factory=WorkPool)  # off-loop CPU work, fair between tenants
     admission: Admission = field(default_factory=Admission)  # per-client in-flight and body-reading counts
+    receiving: ReceiveBudget = field(default_factory=ReceiveBudget)  # bytes of prefaulted bodies arriving
     request_metrics: RequestMetrics | None = None
     tracer: Tracing | None = None
     backend: GuardedRedis | None = None

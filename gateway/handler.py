@@ -266,7 +266,8 @@ async def build_exchange(request: web.Request, st: AppState, rid: str, operation
     if raw is not None and len(raw) < DECODE_INLINE_MAX_BYTES:
         body, blobs = decode(raw, operation)  # what decode_body does for it, without its coroutine
     else:  # a large body is joined (if in pieces) and decoded in the work pool
-        received = raw if raw is not None else await read_large(request, limit, st.work, identity.namespace)
+        received = raw if raw is not None else await read_large(request, limit, st.work, identity.namespace,
+                                                                   budget=st.receiving, metrics=st.metrics)
         raw, body, blobs = await decode_body(st.work, identity.namespace, received, operation)
     if operation == "responses" and identity.key is not None and body.get("previous_response_id") is not None:
         await _check_previous_response(st, identity, body["previous_response_id"])

@@ -14,6 +14,30 @@ from __future__ import annotations
 import ctypes
 import mmap
 
+# Bytes of bodies being received into prefaulted buffers at once, per worker. ``prefault`` makes a body's
+# whole declared length resident before its bytes arrive, so a client trickling bodies that declare the
+# maximum size would otherwise hold client_max_reading x max_body_bytes (16 x 64 MiB) for a few bytes
+# sent; past this budget a body is received in pieces as before (memory grows only as bytes arrive).
+PREFAULT_MAX_BYTES = 32 * 1024 * 1024
+
+
+class ReceiveBudget:
+    """The bytes of prefaulted buffers still receiving (one per worker, used on the event loop only)."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int = PREFAULT_MAX_BYTES) -> None:
+        self.limit, self.held = limit, 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
 
 class Received:
     """A body of ``declared`` bytes, filled as it arrives."""

@@ -21,10 +21,11 @@ from aiohttp.web_protocol import RequestPayloadError
 from gateway.appstate import APP_STATE
 from gateway.decode import DECODE_INLINE_MAX_BYTES
 from gateway.errors import LocalReply, bad_request
-from gateway.received import Received, prefault
+from gateway.received import ReceiveBudget, Received, prefault
 from gateway.small_queue import SmallQueue
 
 if TYPE_CHECKING:
+    from gateway.telemetry.metrics import Metrics
     from gateway.tokens.pool import WorkPool
 
 SERVER_DECODED = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
@@ -57,20 +58,31 @@ async def read_body(request: web.Request, limit: int, timeout_s: float | None = 
 
 
 async def read_large(request: web.Request, limit: int, work: WorkPool, tenant: str,
-                     timeout_s: float | None = None) -> list[bytes] | Received:
+                     timeout_s: float | None = None, *, budget: ReceiveBudget | None = None,
+                     metrics: Metrics | None = None) -> list[bytes] | Received:
     """A large body for the handler's decode: with a declared length and no content encoding, in a
     ``Received`` buffer whose pages a pool thread touched first (``gateway/received.py``: the pieces kept
     until the body was whole cost the loop ~5,000 page faults per 4 x 5 MB), counted in
     ``gateway_work_total{kind="prefault"}`` (busy: the loop faults the pages as it copies, as before);
-    otherwise its received pieces (``read_pieces``)."""
+    otherwise its received pieces (``read_pieces``). Prefaulted buffers still receiving hold at most
+    ``budget`` (the worker's ``ReceiveBudget``; past it: pieces, counted in ``metrics`` as the decision
+    ``receive/prefault_over_budget``)."""
     declared = request.content_length
     if declared is None or declared > limit or declared < DECODE_INLINE_MAX_BYTES \
             or request.headers.get("content-encoding", "").strip():
         return await read_pieces(request, limit, timeout_s)
-    into = Received(declared)
-    if not await work.run(tenant, "prefault", partial(prefault, into), _not_prefaulted):
-        into = Received(declared)  # the first may still be being zeroed (over budget): never share it
-    await read_pieces(request, limit, timeout_s, into=into)
+    budget = budget if budget is not None else ReceiveBudget(limit)
+    if not budget.take(declared):
+        if metrics is not None:
+            metrics.decision("receive", "prefault_over_budget")
+        return await read_pieces(request, limit, timeout_s)
+    try:
+        into = Received(declared)
+        if not await work.run(tenant, "prefault", partial(prefault, into), _not_prefaulted):
+            into = Received(declared)  # the first may still be being zeroed (over budget): never share it
+        await read_pieces(request, limit, timeout_s, into=into)
+    finally:
+        budget.give(declared)
     return into
 
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from gateway.received import Received, prefault
+from gateway.received import ReceiveBudget, Received, prefault
 
 
 def test_pieces_copied_in_come_out_as_the_joined_bytes() -> None:
@@ -56,3 +56,14 @@ def test_after_prefault_the_copies_fault_nothing() -> None:
     assert _faults() - before < 64 < size // 4096 // 2 < fresh_faults
     assert touched.take() == piece * (size // len(piece))
     fresh.take()
+
+
+def test_the_receive_budget_bounds_the_bytes_held_at_once() -> None:
+    """``ReceiveBudget``: what is taken is held until given back; past the limit nothing is taken (the body
+    is then received in pieces). Control: after a give, the same size fits again."""
+    budget = ReceiveBudget(limit=10)
+    assert budget.take(6) and budget.held == 6
+    assert not budget.take(5) and budget.held == 6  # 11 > 10: refused, nothing held for it
+    assert budget.take(4) and budget.held == 10
+    budget.give(6)
+    assert budget.take(5) and budget.held == 9

@@ -19,7 +19,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.test_utils import TestServer
 
 from gateway.errors import LocalReply
-from gateway.received import Received
+from gateway.received import ReceiveBudget, Received
 from gateway.request import body_if_whole, read_body, read_large, read_pieces
 from gateway.telemetry.metrics import Metrics
 from gateway.tokens.pool import WorkPool
@@ -295,5 +295,51 @@ async def test_a_large_declared_body_is_received_into_a_prefaulted_buffer() -> N
             pool.max_queued = 0
             assert await send(big) == {"kind": "Received", "same": True}  # busy: not prefaulted, same bytes
             assert prefaults("queue_full") == 1 and prefaults("done") == 1
+    finally:
+        pool.close()
+
+
+async def test_prefaulted_bodies_being_received_stay_within_the_budget() -> None:
+    """A client trickling bodies that declare the maximum size must not make that size resident for a few
+    bytes sent: past ``budget`` a large body is received in pieces (counted); the budget is given back when
+    a body is read, and when its read fails. Control: within the budget, the body is prefaulted."""
+    big = bytes(range(256)) * 2048  # 512 KiB
+    metrics = Metrics()
+    pool = WorkPool(threads=1, metrics=metrics)
+    budget = ReceiveBudget(limit=len(big) + 1000)
+
+    async def large(request: web.Request) -> web.Response:
+        try:
+            got = await read_large(request, 1 << 24, pool, "t", timeout_s=0.5, budget=budget, metrics=metrics)
+        except LocalReply as reply:
+            return web.json_response({"status": reply.status})
+        body = got.take() if isinstance(got, Received) else b"".join(got)
+        return web.json_response({"kind": type(got).__name__, "same": body == big})
+
+    def refused() -> float | None:
+        return metrics.registry.get_sample_value("gateway_policy_decisions_total",
+                                                 {"policy": "receive", "decision": "prefault_over_budget"})
+
+    app = web.Application(client_max_size=1 << 24)
+    app.router.add_post("/large", large)
+    try:
+        async with TestServer(app, host="127.0.0.1") as srv, ClientSession() as session:
+            async def send(data: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
+                async with session.post(srv.make_url("/large"), data=data, headers=headers or {}) as resp:
+                    answer: dict[str, Any] = await resp.json()
+                    return answer
+
+            assert await send(big) == {"kind": "Received", "same": True}  # control: within the budget
+            assert budget.held == 0 and refused() is None
+            assert budget.take(2000)  # another body still arriving
+            assert await send(big) == {"kind": "list", "same": True}  # over: in pieces, the same bytes
+            assert refused() == 1.0 and budget.held == 2000
+            budget.give(2000)
+            reader, writer = await asyncio.open_connection(srv.host, srv.port)
+            writer.write(b"POST /large HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\nabc" % len(big))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)  # the body never comes: 408
+            assert head.startswith(b"HTTP/1.1 200") and b"408" in await reader.read(100)
+            assert budget.held == 0  # given back when the read failed
+            writer.close()
     finally:
         pool.close()
