@@ -19,7 +19,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from gateway.parsed_head import forget_parsed_head
 from gateway.rawhttp.errors import MalformedResponse
-from gateway.small_queue import SmallQueue
+from gateway.small_queue import GROW_AT, GrowingQueue
 
 BUFFER_LIMIT = 2**15  # the body's low-water mark; reading pauses past 64 KiB unread
 _NO_BODY = frozenset({204, 304})
@@ -100,7 +100,7 @@ class RawConnection(BaseProtocol):
         self.payload = EMPTY_PAYLOAD if message.code in _NO_BODY else payload
         forget_parsed_head(self._parser, message.raw_headers, message.headers)  # issue 21
         if payload is not EMPTY_PAYLOAD:
-            _small_chunk_splits(payload)
+            _small_queues(payload)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -134,11 +134,16 @@ class RawConnection(BaseProtocol):
 
 
 
-def _small_chunk_splits(payload: StreamReader) -> None:
-    """The body reader's record of where each HTTP chunk ends, in a ``SmallQueue`` (it stays short: the
-    reader pauses the transport past ``limit // 16`` unread chunks), not the deque it makes at the first
-    chunk (~760 bytes per open stream, issue 21). Taken over from that deque when a first chunk came with
-    the head; only when the reader has aiohttp's layout. An empty record reads as none does."""
+def _small_queues(payload: StreamReader) -> None:
+    """The body reader's queues in ``GrowingQueue``s (issue 21): its chunks and its record of where each
+    HTTP chunk ends, not the deques it makes (~760 bytes each per open stream, even empty). An open stream
+    holds a few chunks at a time; a burst of many (a read of tiny chunks) puts a deque back in their place.
+    Taken over with what they hold (a first chunk may have come with the head); only when the reader has
+    aiohttp's layout. An empty record of chunk ends reads as none does."""
     splits: Any = getattr(payload, "_http_chunk_splits", ())
-    if splits is None or type(splits) is deque:
-        payload._http_chunk_splits = SmallQueue(splits or ())  # type: ignore[assignment]
+    if splits is None or (type(splits) is deque and len(splits) <= GROW_AT):
+        payload._http_chunk_splits = GrowingQueue(  # type: ignore[assignment]
+            payload, "_http_chunk_splits", splits or ())
+    chunks: Any = getattr(payload, "_buffer", None)
+    if type(chunks) is deque and len(chunks) <= GROW_AT:  # a burst that came with the head keeps its deque
+        payload._buffer = GrowingQueue(payload, "_buffer", chunks)  # type: ignore[assignment]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from collections import deque
 
-from gateway.small_queue import SmallQueue
+from gateway.small_queue import GROW_AT, GrowingQueue, SmallQueue
 
 
 def test_it_queues_first_in_first_out_like_a_deque() -> None:
@@ -24,3 +24,29 @@ def test_it_takes_over_what_a_deque_held() -> None:
 
 def test_an_empty_one_is_a_fraction_of_an_empty_deque() -> None:
     assert sys.getsizeof(SmallQueue()) <= 64 and sys.getsizeof(deque()) > 600  # the control: a 64-slot block
+
+
+def test_appendleft_puts_an_item_first() -> None:
+    queue: SmallQueue[int] = SmallQueue([2])
+    queue.appendleft(1)
+    assert queue == [1, 2] and queue.popleft() == 1
+
+
+class _Owner:
+    queue: object = None
+
+
+def test_a_growing_queue_puts_a_deque_in_its_place_past_the_limit() -> None:
+    """``pop(0)`` on a long list is quadratic to drain (a burst of tiny chunks in one read); past
+    ``GROW_AT`` items the owner's attribute becomes a deque with the same items, in order. Control: at
+    ``GROW_AT`` it is still the small list."""
+    owner = _Owner()
+    queue: GrowingQueue[int] = GrowingQueue(owner, "queue", [0])
+    owner.queue = queue
+    for i in range(1, GROW_AT):
+        queue.append(i)
+    assert owner.queue is queue and len(queue) == GROW_AT  # the control
+    queue.append(GROW_AT)
+    grown = owner.queue
+    assert type(grown) is deque and list(grown) == list(range(GROW_AT + 1))
+    assert grown.popleft() == 0

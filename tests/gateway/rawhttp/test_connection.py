@@ -15,7 +15,7 @@ import pytest_asyncio
 from gateway.rawhttp.client import fetch
 from gateway.rawhttp.origin import Origin
 from gateway.rawhttp.pool import RawPool
-from gateway.small_queue import SmallQueue
+from gateway.small_queue import GrowingQueue
 from tests.support.raw_server import Handler, Peer, RawServer, answer, chunked, keep_answering
 from tests.support.until import until
 
@@ -103,6 +103,7 @@ async def test_an_answers_head_is_not_kept_twice_by_the_parser(serve: Any) -> No
     assert resp.headers["x-two"] == "2" and parser_lists and not any(parser_lists)
     splits = resp.content._http_chunk_splits  # a list, not a deque with its 64-slot block (the control)
     assert splits is not None and sys.getsizeof(splits) < 200 < 600 < sys.getsizeof(deque())
+    assert sys.getsizeof(resp.content._buffer) < 200  # the body's chunks too
     assert await resp.content.read() == b"hello world"
     resp.release()
     assert await body_of(pool) == b"hello world" and server.accepted == 1
@@ -115,18 +116,24 @@ async def test_many_small_chunks_still_pause_reading_with_the_small_splits_recor
     many = 4000
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
+    fetched = asyncio.Event()
+
     async def handler(peer: Peer) -> None:
         await peer.request()
-        await peer.send(head)
-        await peer.send(b"1\r\nx\r\n" * many + b"0\r\n\r\n")
+        await peer.send(head + b"1\r\nx\r\n")
+        await fetched.wait()  # the burst comes after the head was taken: into the small queues first
+        await peer.send(b"1\r\nx\r\n" * (many - 1) + b"0\r\n\r\n")
         await keep_answering(peer)
 
     server, pool = await serve(handler)
     resp = await fetch(pool, REQUEST, None, False, 5.0)
-    assert type(resp.content._http_chunk_splits) is SmallQueue
+    assert type(resp.content._http_chunk_splits) is GrowingQueue  # the control: small before the burst
+    fetched.set()
     conn = resp._conn
     await until(lambda: conn.reading_paused, message="reading paused on the chunk count")
     assert resp.content._size < 2**15  # control: not the bytes
+    # a burst of chunks past GROW_AT: deques again (popleft O(1); a list's pop(0) would be quadratic)
+    assert type(resp.content._http_chunk_splits) is deque and type(resp.content._buffer) is deque
     assert await resp.content.read() == b"x" * many and not conn.reading_paused
     resp.release()
     assert await body_of(pool) == b"ok" and server.accepted == 1
