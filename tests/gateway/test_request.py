@@ -9,6 +9,7 @@ import asyncio
 import gzip
 import zlib
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import orjson
@@ -282,11 +283,7 @@ async def test_a_large_declared_body_is_received_into_a_prefaulted_buffer() -> N
     app.router.add_post("/large", large)
     try:
         async with TestServer(app, host="127.0.0.1") as srv, ClientSession() as session:
-            async def send(data: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
-                async with session.post(srv.make_url("/large"), data=data, headers=headers or {}) as resp:
-                    answer: dict[str, Any] = await resp.json()
-                    return answer
-
+            send = partial(_post_json, session, srv.make_url("/large"))
             assert await send(big) == {"kind": "Received", "same": True}
             assert prefaults("done") == 1
             assert await send(chunks()) == {"kind": "list", "same": True}  # chunked: no declared length
@@ -324,11 +321,7 @@ async def test_prefaulted_bodies_being_received_stay_within_the_budget() -> None
     app.router.add_post("/large", large)
     try:
         async with TestServer(app, host="127.0.0.1") as srv, ClientSession() as session:
-            async def send(data: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
-                async with session.post(srv.make_url("/large"), data=data, headers=headers or {}) as resp:
-                    answer: dict[str, Any] = await resp.json()
-                    return answer
-
+            send = partial(_post_json, session, srv.make_url("/large"))
             assert await send(big) == {"kind": "Received", "same": True}  # control: within the budget
             assert budget.held == 0 and refused() is None
             assert budget.take(2000)  # another body still arriving
@@ -343,3 +336,10 @@ async def test_prefaulted_bodies_being_received_stay_within_the_budget() -> None
             writer.close()
     finally:
         pool.close()
+
+
+async def _post_json(session: ClientSession, url: Any, data: Any,
+                     headers: dict[str, str] | None = None) -> dict[str, Any]:
+    async with session.post(url, data=data, headers=headers or {}) as resp:
+        answer: dict[str, Any] = await resp.json()
+        return answer
