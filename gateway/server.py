@@ -48,7 +48,8 @@ class _JsonErrorHandler(web.RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._payload: Any = None
         if type(self._messages) is deque and not self._messages:  # aiohttp's queue of parsed requests
-            self._messages = SmallQueue()  # type: ignore[assignment]  # one request, a few when pipelined
+            # one request, a few when pipelined: aiohttp stops parsing past MAX_MSG_QUEUE_SIZE (32) queued
+            self._messages = SmallQueue()  # type: ignore[assignment]
         super().connection_made(transport)
         self._arm_head_timer()
 

@@ -133,7 +133,6 @@ class RawConnection(BaseProtocol):
         self._on_lost(self)
 
 
-
 def _small_queues(payload: StreamReader) -> None:
     """The body reader's queues in ``GrowingQueue``s (issue 21): its chunks and its record of where each
     HTTP chunk ends, not the deques it makes (~760 bytes each per open stream, even empty). An open stream

@@ -276,6 +276,8 @@ async def test_pipelined_requests_are_queued_in_a_small_list(gw: InProcessGatewa
     queues = [h._messages for h in _handlers(gw)]
     assert queues and all(sys.getsizeof(q) < 100 < 600 < sys.getsizeof(deque()) for q in queues)
     idle.close()
+
+
 @pytest.mark.parametrize("holding", [True, False])
 async def test_a_disconnect_while_a_guard_holds_cancels_the_handler_only_on_release(holding: bool) -> None:
     """A coalescing leader's call others wait for (``Exchange.guard`` holding): the client's disconnect
