@@ -28,10 +28,11 @@ class Watch:
     healthz: list[Span] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
-    def during(self, start: float, end: float) -> Watch:
-        """The calls that overlapped ``[start, end]``."""
+    def during(self, *windows: Span) -> Watch:
+        """The calls that overlapped any of ``windows`` (each ``(start, end)``)."""
         def overlap(spans: list[Span]) -> list[Span]:
-            return [span for span in spans if span[1] >= start and span[0] <= end]
+            return [span for span in spans
+                    if any(span[1] >= start and span[0] <= end for start, end in windows)]
 
         return Watch(overlap(self.chats), overlap(self.healthz), self.failures)
 

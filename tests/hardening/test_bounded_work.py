@@ -5,7 +5,8 @@ the local embedder, compression on) in front of the fake provider, both in subpr
 has its own fake provider (a real one is not stalled for one customer by another's prompt) and its own
 client process (``bystander.py``), so its figures are the gateway's. A no-attack baseline of the
 bystander's chat latency is taken first; during each attack the bystander keeps sending small chats
-and ``/healthz`` is probed; the calls that overlapped the attack count. Asserted per attack:
+and ``/healthz`` is probed; the calls that overlapped the attack count (a short attack runs
+``ROUNDS`` times, so that its p99 is a percentile, not its one slowest call). Asserted per attack:
 bystander p99 <= 2 x baseline + 20 ms (plus ``SHARED_SLACK_S`` because the test machine is shared with
 other jobs; the 100k embeddings inputs without it), ``/healthz`` answered, every attacking request
 answered (a status, the OpenAI error shape for 4xx/5xx, never a dropped connection), nothing refused
@@ -22,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -46,6 +47,7 @@ BYSTANDER_MODEL = "gpt-4o-mini"
 # (gateway/long_arrays.py): under it in every run since, on the shared machine.
 SHARED_SLACK_S = float(os.environ.get("BOUNDED_SLACK_S", "0.1"))
 MIB = 1024 * 1024
+ROUNDS = 5  # rounds of each short attack (``attacks``)
 EXACT_MAX_BYTES = 16 * MIB
 
 
@@ -128,6 +130,7 @@ async def env() -> AsyncIterator[Env]:
 
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 class Bystander:
@@ -173,7 +176,7 @@ async def baseline_p99(env: Env, seconds: float) -> float:
     watcher = await Bystander.start(env)
     begin = time.monotonic() + 0.5
     await asyncio.sleep(0.5 + seconds)  # the measurement's length, not a wait for a condition
-    return percentile((await watcher.stop()).during(begin, time.monotonic()).latencies, 99)
+    return percentile((await watcher.stop()).during((begin, time.monotonic())).latencies, 99)
 
 
 async def answered(env: Env, url: str, body: bytes) -> int:
@@ -186,9 +189,18 @@ async def answered(env: Env, url: str, body: bytes) -> int:
         return resp.status
 
 
-async def attack(env: Env, name: str, run: Callable[[], Awaitable[Any]],
-                 slack_s: float = SHARED_SLACK_S) -> Any:
-    """Run ``run`` while the bystander watches; check and record the figures."""
+async def attack(env: Env, name: str, run: Callable[[], Awaitable[T]],
+                 slack_s: float = SHARED_SLACK_S) -> T:
+    """Run ``run`` once while the bystander watches; check and record the figures."""
+    return (await attacks(env, name, lambda _: run(), 1, slack_s))[0]
+
+
+async def attacks(env: Env, name: str, run: Callable[[int], Awaitable[T]], rounds: int = ROUNDS,
+                  slack_s: float = SHARED_SLACK_S) -> list[T]:
+    """Run ``run(0)`` .. ``run(rounds - 1)`` one after another while the bystander watches; the
+    bystander's calls that overlapped any round count. A short attack (0.05-0.5 s) overlaps 10-300
+    bystander calls, so one round's p99 is its one or two slowest calls: a single scheduling hiccup of
+    the shared machine decides it. Rounds give the p99 the samples a percentile needs."""
     stop = asyncio.Event()
     rss_before = rss_bytes(env.gw.proc.pid)
     peak = [rss_before]
@@ -200,22 +212,28 @@ async def attack(env: Env, name: str, run: Callable[[], Awaitable[Any]],
 
     watcher = await Bystander.start(env)
     sampler = asyncio.ensure_future(sample())
-    begin = time.monotonic()
+    windows: list[tuple[float, float]] = []
+    results: list[T] = []
     try:
-        result = await run()
+        for round_no in range(rounds):
+            begin = time.monotonic()
+            try:
+                results.append(await run(round_no))
+            finally:
+                windows.append((begin, time.monotonic()))
     finally:
-        end = time.monotonic()
         stop.set()
         await sampler
-        watch = (await watcher.stop()).during(begin, end)  # the calls the attack overlapped
+        watch = (await watcher.stop()).during(*windows)  # the calls the attack overlapped
     p99 = percentile(watch.latencies, 99)
     env.figures[name] = {"bystander_p99_ms": p99 * 1000, "bystander_n": len(watch.latencies),
-                         "healthz_max_ms": watch.healthz_max * 1000, "attack_s": end - begin,
+                         "healthz_max_ms": watch.healthz_max * 1000, "rounds": rounds,
+                         "attack_s": sum(end - begin for begin, end in windows),
                          "rss_growth_mb": (max(peak) - rss_before) / MIB}
     assert not watch.failures, watch.failures[:5]
     assert p99 <= 2 * env.baseline_p99 + 0.02 + slack_s, env.figures[name]
     assert watch.healthz_max <= 0.1 + slack_s, env.figures[name]
-    return result
+    return results
 
 
 def chat(content: list[str], **extra: Any) -> bytes:
@@ -225,47 +243,48 @@ def chat(content: list[str], **extra: Any) -> bytes:
 
 async def test_whitespace_prompts_do_not_stall_the_loop(env: Env) -> None:
     """3.5 MB of whitespace messages, 4 at once: counted off the loop, answered."""
-    body = chat([" \n" * 50_000] * 35)
+    bodies = [chat([f"round {r}" + " \n" * 50_000] + [" \n" * 50_000] * 34) for r in range(ROUNDS)]
 
-    async def run() -> list[int]:
-        return await asyncio.gather(*(answered(env, env.chat_url, body) for _ in range(4)))
+    async def run(r: int) -> list[int]:
+        return await asyncio.gather(*(answered(env, env.chat_url, bodies[r]) for _ in range(4)))
 
-    statuses = await attack(env, "whitespace_3.5MB_x4", run)
-    assert all(s in (200, 400) for s in statuses), statuses
+    statuses = [s for round_ in await attacks(env, "whitespace_3.5MB_x4", run) for s in round_]
+    assert len(statuses) == 4 * ROUNDS and all(s in (200, 400) for s in statuses), statuses
 
 
 async def test_a_tokenizer_panic_is_an_answer_not_a_dropped_connection(env: Env) -> None:
     """1.3 MB of one whitespace run overflows tiktoken's regex stack (a Rust panic)."""
-    body = chat([" " * 1_300_000])
+    bodies = [chat([f"{r}" + " " * 1_300_000]) for r in range(ROUNDS)]
 
-    async def run() -> list[int]:
-        return await asyncio.gather(*(answered(env, env.chat_url, body) for _ in range(2)))
+    async def run(r: int) -> list[int]:
+        return await asyncio.gather(*(answered(env, env.chat_url, bodies[r]) for _ in range(2)))
 
-    statuses = await attack(env, "panic_1.3MB_x2", run)
-    assert all(s in (200, 400) for s in statuses), statuses
+    statuses = [s for round_ in await attacks(env, "panic_1.3MB_x2", run) for s in round_]
+    assert len(statuses) == 2 * ROUNDS and all(s in (200, 400) for s in statuses), statuses
 
 
 async def test_a_4mb_question_does_not_hold_the_semantic_embedder(env: Env) -> None:
     """The embedder cuts the text to 4,096 characters before tokenising (it tokenised 4 MB to keep 256
     tokens: 7 s, bystander p50 10 s) and gives up after 2 s (a miss)."""
     words = ("invoice order refund status customer shipping " * 90_000)[:4_000_000]
-    bodies = [chat([f"question {i}: {words}"]) for i in range(2)]
+    bodies = [[chat([f"question {r}-{i}: {words}"]) for i in range(2)] for r in range(ROUNDS)]
 
-    async def run() -> list[int]:
-        return await asyncio.gather(*(answered(env, env.chat_url, body) for body in bodies))
+    async def run(r: int) -> list[int]:
+        return await asyncio.gather(*(answered(env, env.chat_url, body) for body in bodies[r]))
 
-    statuses = await attack(env, "semantic_4MB_question_x2", run)
-    assert all(s in (200, 400) for s in statuses), statuses
+    statuses = [s for round_ in await attacks(env, "semantic_4MB_question_x2", run) for s in round_]
+    assert len(statuses) == 2 * ROUNDS and all(s in (200, 400) for s in statuses), statuses
 
 
 async def test_100k_embedding_inputs_are_refused_before_any_work(env: Env) -> None:
     body = orjson.dumps({"model": "text-embedding-3-small", "input": [f"item {i}" for i in range(100_000)]})
     before = await env.provider_calls("/v1/embeddings")
 
-    async def run() -> list[int]:
+    async def run(_: int) -> list[int]:
         return await asyncio.gather(*(answered(env, env.gw.url + "/v1/embeddings", body) for _ in range(4)))
 
-    assert await attack(env, "embeddings_100k_x4", run, slack_s=0.0) == [400] * 4  # the issue's bound itself
+    refused = await attacks(env, "embeddings_100k_x4", run, slack_s=0.0)  # the issue's bound itself
+    assert refused == [[400] * 4] * ROUNDS
     assert await env.provider_calls("/v1/embeddings") == before  # nothing refused reached the provider
     assert env.figures["embeddings_100k_x4"]["rss_growth_mb"] < 100
 
@@ -341,10 +360,11 @@ async def test_a_whitespace_conversation_before_a_question_is_hashed_off_the_loo
     """The same 3.5 MB of whitespace turns, then a short question: the semantic cache's namespace covers
     the earlier turns (a 5 MB canonical dump, ~20 ms keeping the GIL, on the event loop until 2026-12-07:
     the bystander's p99 was over the bound in 8 runs of 8); now in a thread, a turn at a time."""
-    body = chat([" \n" * 50_000] * 35 + ["and what is the status of my order?"])
+    turns = [" \n" * 50_000] * 35
+    bodies = [chat([*turns, f"and what is the status of my order {r}?"]) for r in range(ROUNDS)]
 
-    async def run() -> list[int]:
-        return await asyncio.gather(*(answered(env, env.chat_url, body) for _ in range(4)))
+    async def run(r: int) -> list[int]:
+        return await asyncio.gather(*(answered(env, env.chat_url, bodies[r]) for _ in range(4)))
 
-    statuses = await attack(env, "whitespace_turns_then_question_x4", run)
-    assert all(s in (200, 400) for s in statuses), statuses
+    statuses = [s for round_ in await attacks(env, "whitespace_turns_then_question_x4", run) for s in round_]
+    assert len(statuses) == 4 * ROUNDS and all(s in (200, 400) for s in statuses), statuses
