@@ -45,6 +45,7 @@ _MAX_TAIL = 64 * 1024  # an SSE event longer than this (none in practice) disabl
 
 class UsagePolicy:
     name = "usage"
+    operations = CAPTURE_OPERATIONS  # embeddings pass untouched: their chain leaves it out (gateway.chain)
 
     def __init__(self, inject: bool) -> None:
         self.inject = inject
