@@ -55,12 +55,14 @@ def terminal(st: AppState) -> Next:
 async def build_runtime(st: AppState, config: Config) -> Runtime:
     """Everything derived from one config; a reload builds a new one and swaps it in."""
     policies = await build_policies(st, config)
-    chain = build_chain(policies, terminal(st))
+    innermost = terminal(st)
+    chain = build_chain(policies, innermost)
+    chains = {operation: build_chain(policies, innermost, operation) for operation in OPERATIONS.values()}
     counts = any(getattr(p, "counts_prompts", False) for p in policies)
     if counts:
         await warm_encodings(st, config)
     return Runtime(config=config, router=Router(config.routes), auth=Authenticator(config.auth), chain=chain,
-                   policies=policies, counts_prompts=counts)
+                   policies=policies, chains=chains, counts_prompts=counts)
 
 
 async def warm_encodings(st: AppState, config: Config) -> None:

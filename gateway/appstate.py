@@ -46,10 +46,16 @@ class Runtime:
     auth: Authenticator
     chain: Next
     policies: list[Policy] = field(default_factory=list)
+    # Per operation of the API paths, the chain without the layers that pass its requests on untouched
+    # (``gateway.chain.build_chain``); an operation not listed takes ``chain``.
+    chains: dict[str, Next] = field(default_factory=dict)
     # A built layer reads every request's prompt size (``counts_prompts = True`` on its class: rate limits,
     # budgets, compression): the first request loads the encoding off the loop. Without one, nothing is
     # counted up front and encodings load only if a count is ever asked for.
     counts_prompts: bool = False
+
+    def chain_for(self, operation: str) -> Next:
+        return self.chains.get(operation) or self.chain
 
 
 @dataclass(slots=True)

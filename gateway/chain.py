@@ -24,12 +24,22 @@ class Policy(Protocol):
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse: ...
 
 
-def build_chain(policies: Sequence[Policy], terminal: Next) -> Next:
-    """Compose outermost-first ``policies`` around ``terminal`` once, at start-up."""
+def build_chain(policies: Sequence[Policy], terminal: Next, operation: str | None = None) -> Next:
+    """Compose outermost-first ``policies`` around ``terminal`` once, at start-up. With ``operation``, the
+    chain of that operation only: a layer that declares the ``operations`` it acts on (a frozenset class
+    attribute) and leaves every other request untouched is left out of the others' chains, instead of being
+    entered and passing the request on (a coroutine per request and layer, issue 21)."""
     call = terminal
     for policy in reversed(policies):
-        call = _bind(policy, call)
+        if operation is None or serves(policy, operation):
+            call = _bind(policy, call)
     return call
+
+
+def serves(policy: Policy, operation: str) -> bool:
+    """Whether ``policy`` acts on requests of ``operation`` (a layer that declares nothing acts on all)."""
+    operations: frozenset[str] | None = getattr(policy, "operations", None)
+    return operations is None or operation in operations
 
 
 def _bind(policy: Policy, inner: Next) -> Next:

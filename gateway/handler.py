@@ -72,7 +72,8 @@ def start_api(request: web.Request) -> Awaitable[web.StreamResponse]:
         return _answered(reject(st, request, rid, method_not_allowed(request, "POST")))
     operation = OPERATIONS[request.path]
     # a partial, not a lambda: a lambda's free variables would be cells kept for a stream's life (issue 21)
-    return proxy(request, st, rid, partial(build_exchange, request, st, rid, operation))
+    return proxy(request, st, rid, partial(build_exchange, request, st, rid, operation),
+                 st.runtime.chain_for(operation))
 
 
 async def _answered(response: web.StreamResponse) -> web.StreamResponse:

@@ -17,6 +17,7 @@ from gateway.appstate import AppState
 from gateway.body import close_quietly
 from gateway.errors import UpstreamFailure, sse_error_event
 from gateway.exchange import Exchange, UpstreamResponse
+from gateway.produced import CAPTURE_KEY
 from gateway.sse import StreamInspector
 from gateway.usage import usage_from_json_bytes
 
@@ -133,7 +134,12 @@ def _record_outcome(ex: Exchange, view: StreamInspector | None, collected: list[
         rec.response_model = view.model
         if not rec.stream_outcome:
             rec.stream_outcome = "done" if view.clean_end else ("error_event" if view.error_event else "")
-    elif collected and rec.reported_usage is None and up.status < 300:
-        rec.reported_usage = usage_from_json_bytes(
-            collected[-1] if len(collected) == 1 else b"".join(collected)
-        )
+    else:
+        capture = ex.state.get(CAPTURE_KEY)  # the usage layer's, for a JSON answer: fed here, not per chunk
+        if capture is not None:
+            for chunk in collected:
+                capture.add(chunk)
+        if collected and rec.reported_usage is None and up.status < 300:
+            rec.reported_usage = usage_from_json_bytes(
+                collected[-1] if len(collected) == 1 else b"".join(collected)
+            )

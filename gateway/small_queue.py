@@ -6,7 +6,9 @@ handler, a request body's read buffer once the body was read, the record of wher
 body ends. On 1,000 idle streams that was ~2 MB (issue 21). Those queues hold a handful of items at a
 time, so ``pop(0)`` is as cheap as a deque's ``popleft``. One that can grow long in one read (the upstream
 body's record of chunk ends: a 256 KB read of 1-byte chunks is ~40,000 of them, and ``pop(0)`` over those
-is quadratic, ~150 ms) is a ``GrowingQueue``: past ``GROW_AT`` items it puts a deque in its place.
+is quadratic, ~150 ms) is checked by its filler after each read (``outgrow``): past ``GROW_AT`` items a
+deque takes its place. (The queue itself once did that, holding its owner: a reference cycle per upstream
+answer, its reader freed only by the cyclic collector, issue 21.)
 """
 from __future__ import annotations
 
@@ -31,18 +33,10 @@ class SmallQueue(list[T]):
 GROW_AT = 64  # items: pop(0) moves at most this many pointers (~0.1 us), a deque's block is ~760 bytes
 
 
-class GrowingQueue(SmallQueue[T]):
-    """A ``SmallQueue`` standing in an owner's attribute (``owner.<name>``) that puts a ``deque`` with its
-    items there once it holds more than ``GROW_AT``: its owner reads the attribute on every use (aiohttp's
-    ``StreamReader`` does), so from then on every ``popleft`` is O(1) again."""
-
-    __slots__ = ("_name", "_owner")
-
-    def __init__(self, owner: Any, name: str, items: Any = ()) -> None:
-        super().__init__(items)
-        self._owner, self._name = owner, name
-
-    def append(self, item: T) -> None:
-        super().append(item)
-        if len(self) > GROW_AT:
-            setattr(self._owner, self._name, deque(self))
+def outgrow(owner: Any, name: str) -> None:
+    """``owner.<name>``, a ``SmallQueue`` holding more than ``GROW_AT`` items, replaced by a ``deque`` with
+    them: its owner reads the attribute on every use (aiohttp's ``StreamReader`` does), so from then on every
+    ``popleft`` is O(1) again."""
+    queue = getattr(owner, name, None)
+    if type(queue) is SmallQueue and len(queue) > GROW_AT:
+        setattr(owner, name, deque(queue))

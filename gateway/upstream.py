@@ -110,23 +110,30 @@ class UpstreamClient:
         headers = forward_request_headers(ex.request.headers, self.extra_headers, self.api_key, forward)
         headers.update(ex.upstream_headers)
         first_byte_deadline = min(attempt.started + t.first_byte_s, ex.request.deadline)
+        # The first-byte deadline is kept by the body's own read timer, armed here: its first read waits for
+        # the same deadline, so the handle scheduled now serves it too. ``asyncio.timeout_at`` cost a Timeout,
+        # a timer scheduled and cancelled and its context manager, ~10 us a request under uvloop (issue 21).
+        timer = _ReadTimer(loop)
+        timer.arm(first_byte_deadline)
         resp: _Response
         try:
-            async with asyncio.timeout_at(first_byte_deadline):
-                method = ex.request.method
-                if self.raw is not None:
-                    resp = await self._send_raw(self.raw, ex, headers, t)
-                else:
-                    resp = await self.session.request(
-                        method,
-                        self.url_for(ex),
-                        data=ex.body_bytes() if method not in ("GET", "HEAD") else None,
-                        headers=headers,
-                        allow_redirects=False,
-                        auto_decompress=True,
-                        timeout=self.session.timeout if t is self.timeouts else _connect_timeout(t),
-                    )  # route override
+            method = ex.request.method
+            if self.raw is not None:
+                resp = await self._send_raw(self.raw, ex, headers, t)
+            else:
+                resp = await self.session.request(
+                    method,
+                    self.url_for(ex),
+                    data=ex.body_bytes() if method not in ("GET", "HEAD") else None,
+                    headers=headers,
+                    allow_redirects=False,
+                    auto_decompress=True,
+                    timeout=self.session.timeout if t is self.timeouts else _connect_timeout(t),
+                )  # route override
         except BaseException as exc:
+            timer.cancel()
+            if timer.disarm() and isinstance(exc, asyncio.CancelledError):
+                exc = TimeoutError()  # our deadline cancelled the send, as ``asyncio.timeout_at`` reports it
             attempt.ended = loop.time()
             ex.record.upstream_s += attempt.ended - attempt.started
             failure = _map_send_error(exc, self.name, ex.request.deadline <= attempt.ended)
@@ -134,9 +141,11 @@ class UpstreamClient:
             if failure is None:
                 raise
             raise failure from exc
+        timer.disarm()  # a deadline that passed as the answer came is let go, as ``asyncio.timeout_at`` does
         ex.record.upstream_s += loop.time() - attempt.started
         attempt.status = resp.status
         if 300 <= resp.status < 400:
+            timer.cancel()
             resp.close()
             attempt.outcome, attempt.ended = "redirect", loop.time()
             raise LocalReply(
@@ -150,7 +159,7 @@ class UpstreamClient:
         out_headers = forward_response_headers(resp.headers, decompressed)
         if isinstance(resp, RawResponse):
             resp.forget_headers()  # a stream can stay open for minutes: its parsed head need not
-        body = _Body(self._body(resp, ex, attempt, t, first_byte_deadline), resp)
+        body = _Body(self._body(resp, ex, attempt, t, first_byte_deadline, timer), resp, timer)
         return UpstreamResponse(status=resp.status, headers=out_headers, body=body, upstream=self.name)
 
     async def _send_raw(
@@ -178,12 +187,13 @@ class UpstreamClient:
         attempt: Attempt,
         t: TimeoutsConfig,
         first_byte_deadline: float,
+        timer: _ReadTimer,
     ) -> AsyncIterator[bytes]:
         """The answer's chunks as they arrive. Per chunk: one ``readany`` (at once when the chunk is already
-        buffered), the timer's two attribute updates and one clock read; no coroutine of our own."""
+        buffered), the timer's two attribute updates and one clock read; no coroutine of our own. ``timer`` is
+        the send's, still scheduled for the first-byte deadline."""
         loop = asyncio.get_running_loop()
         content = resp.content
-        timer = _ReadTimer(loop)
         record, total = ex.record, ex.request.deadline
         clean = False
         committed = False
@@ -316,10 +326,10 @@ class _Body:
     until garbage collection; this closes the response whatever happened. ``__anext__``
     hands out the generator's own awaitable: no extra frame per chunk."""
 
-    __slots__ = ("_gen", "_resp")
+    __slots__ = ("_gen", "_resp", "_timer")
 
-    def __init__(self, gen: AsyncIterator[bytes], resp: _Response) -> None:
-        self._gen, self._resp = gen, resp
+    def __init__(self, gen: AsyncIterator[bytes], resp: _Response, timer: _ReadTimer) -> None:
+        self._gen, self._resp, self._timer = gen, resp, timer
 
     def __aiter__(self) -> _Body:
         return self
@@ -331,6 +341,7 @@ class _Body:
         try:
             await self._gen.aclose()  # type: ignore[attr-defined]
         finally:
+            self._timer.cancel()  # a body dropped unread: its first-byte timer is still scheduled
             self._resp.close()  # no-op after a clean release
 
 

@@ -19,7 +19,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from gateway.parsed_head import forget_parsed_head
 from gateway.rawhttp.errors import MalformedResponse
-from gateway.small_queue import GROW_AT, GrowingQueue
+from gateway.small_queue import GROW_AT, SmallQueue, outgrow
 
 BUFFER_LIMIT = 2**15  # the body's low-water mark; reading pauses past 64 KiB unread
 _NO_BODY = frozenset({204, 304})
@@ -89,6 +89,10 @@ class RawConnection(BaseProtocol):
             return
         for message, payload in messages:
             self._got(message, payload)
+        body = self.payload
+        if body is not None and body is not EMPTY_PAYLOAD:  # a burst of tiny chunks: deques again
+            outgrow(body, "_buffer")
+            outgrow(body, "_http_chunk_splits")
 
     def _got(self, message: RawResponseMessage, payload: StreamReader) -> None:
         if 100 <= message.code < 200:
@@ -134,15 +138,15 @@ class RawConnection(BaseProtocol):
 
 
 def _small_queues(payload: StreamReader) -> None:
-    """The body reader's queues in ``GrowingQueue``s (issue 21): its chunks and its record of where each
+    """The body reader's queues in ``SmallQueue``s (issue 21): its chunks and its record of where each
     HTTP chunk ends, not the deques it makes (~760 bytes each per open stream, even empty). An open stream
-    holds a few chunks at a time; a burst of many (a read of tiny chunks) puts a deque back in their place.
+    holds a few chunks at a time; a burst of many (a read of tiny chunks) puts a deque back in their place
+    (``data_received``, after each read).
     Taken over with what they hold (a first chunk may have come with the head); only when the reader has
     aiohttp's layout. An empty record of chunk ends reads as none does."""
     splits: Any = getattr(payload, "_http_chunk_splits", ())
     if splits is None or (type(splits) is deque and len(splits) <= GROW_AT):
-        payload._http_chunk_splits = GrowingQueue(  # type: ignore[assignment]
-            payload, "_http_chunk_splits", splits or ())
+        payload._http_chunk_splits = SmallQueue(splits or ())  # type: ignore[assignment]
     chunks: Any = getattr(payload, "_buffer", None)
     if type(chunks) is deque and len(chunks) <= GROW_AT:  # a burst that came with the head keeps its deque
-        payload._buffer = GrowingQueue(payload, "_buffer", chunks)  # type: ignore[assignment]
+        payload._buffer = SmallQueue(chunks)  # type: ignore[assignment]

@@ -121,7 +121,7 @@ def log_request(ex: Exchange) -> None:
         return
     # The same line JsonFormatter writes, without a LogRecord, a format call and the handler chain; the
     # head and the fields in one dict (no second dict merged into it).
-    head = {"ts": round(time.time(), 3), "level": "info", "logger": ACCESS.name, "msg": "request"}
+    head = {"ts": _wall_ms(), "level": "info", "logger": ACCESS.name, "msg": "request"}
     line = _fields(ex, head)
     if handler.terminator == "\n":
         text = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE).decode()
@@ -166,6 +166,18 @@ def direct_handler() -> logging.StreamHandler[Any] | None:
     return found
 
 
+def _wall_ms() -> float:
+    """The wall clock in seconds, to the millisecond: ``round(time.time(), 3)`` in integers (``round`` with
+    digits formats the float as decimal text to round it: ~0.7 us, twice this)."""
+    return (time.time_ns() + 500_000) // 1_000_000 / 1000
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds to three decimals: ``round(seconds * 1000, 3)`` without its decimal formatting (~0.6 us
+    against ~0.13; the same figure but when the exact value is within a rounding error of a half)."""
+    return round(seconds * 1_000_000) / 1000
+
+
 def request_fields(ex: Exchange) -> dict[str, Any]:
     """The fields of the per-request log line."""
     return _fields(ex, {})
@@ -187,8 +199,8 @@ def _fields(ex: Exchange, head: dict[str, Any]) -> dict[str, Any]:
         "upstream": ex.target.upstream,
         "tenant": request.identity.tenant,
         "status": record.status,
-        "duration_ms": round((record.ended_at - received) * 1000, 3),
-        "ttft_ms": round((first_token_at - received) * 1000, 3) if first_token_at else None,
+        "duration_ms": _ms(record.ended_at - received),
+        "ttft_ms": _ms(first_token_at - received) if first_token_at else None,
         "attempts": len(record.attempts),
         "cache": record.cache_result,
         "stream": request.stream,

@@ -35,6 +35,7 @@ from policies.cache.singleflight import TakeOver
 
 class Coalesce:
     name = "coalesce"
+    operations = ANSWER_OPERATIONS  # the other operations' chains leave it out (gateway.chain)
 
     def __init__(self, state: AppState, config: Config, rt: CacheRuntime) -> None:
         self.state = state

@@ -55,6 +55,7 @@ Shared = tuple[list[bytes], list[int]]
 
 class EmbeddingsCache:
     name = "embeddings_cache"
+    operations = frozenset({"embeddings"})  # the other operations' chains leave it out (gateway.chain)
 
     def __init__(self, state: AppState, config: Config, rt: CacheRuntime, store: AnswerStore,
                  batcher: Batcher) -> None:

@@ -40,6 +40,7 @@ MAX_ENTRY_BYTES = 32 * 1024 * 1024
 
 class ExactCache:
     name = "exact_cache"
+    operations = ANSWER_OPERATIONS  # the other operations' chains leave it out (gateway.chain)
 
     def __init__(self, state: AppState, config: Config, rt: CacheRuntime) -> None:
         self.state = state

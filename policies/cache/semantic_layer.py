@@ -58,6 +58,7 @@ class SemanticParts:
 
 class SemanticCache:
     name = "semantic_cache"
+    operations = ANSWER_OPERATIONS  # the other operations' chains leave it out (gateway.chain)
 
     def __init__(self, state: AppState, config: Config, rt: CacheRuntime, parts: SemanticParts) -> None:
         self.state = state

@@ -45,6 +45,7 @@ _MAX_TAIL = 64 * 1024  # an SSE event longer than this (none in practice) disabl
 
 class UsagePolicy:
     name = "usage"
+    operations = CAPTURE_OPERATIONS  # embeddings pass untouched: their chain leaves it out (gateway.chain)
 
     def __init__(self, inject: bool) -> None:
         self.inject = inject
@@ -59,9 +60,12 @@ class UsagePolicy:
         resp = await next(ex)
         if resp.status >= 300 or ex.request.operation not in CAPTURE_OPERATIONS:
             return resp  # an error answer is not charged; embeddings produce no text
-        capture = Capture(sse=resp.is_sse)
+        sse = resp.is_sse
+        capture = Capture(sse=sse)
         ex.state.set(CAPTURE_KEY, capture)
-        if hidden and resp.is_sse:
+        if not sse:  # the relay keeps a JSON answer's chunks anyway and hands them to the capture at its end
+            return resp  # (``gateway.relay``): no wrapper, no call per chunk
+        if hidden:
             stripper = UsageStripper(ex, capture)
             return resp.with_body(Observed(resp.body, on_chunk=stripper.chunk, flush=stripper.flush))
         return resp.with_body(Observed(resp.body, on_chunk=capture.keep))

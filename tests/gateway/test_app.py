@@ -2,6 +2,9 @@
 shared state backend's gauge and transitions."""
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from openai import AsyncOpenAI
 
 from gateway.appstate import APP_STATE
@@ -34,6 +37,30 @@ async def test_a_prompt_counting_layer_gets_its_encoding_before_the_first_reques
 
 async def test_a_config_that_never_counts_prompts_loads_nothing(mock_upstream: MockServer) -> None:
     assert not await _loaded(mock_upstream)  # the default config: idle memory stays small (issue 21)
+
+
+def _layers(chain: Any) -> list[str]:
+    names = []
+    while isinstance(chain, partial):  # gateway.chain binds each layer as a partial around the next one
+        names.append(chain.func.__self__.name)
+        chain = chain.keywords["next"]
+    return names
+
+
+async def test_each_operation_has_its_chain_without_the_layers_that_pass_it_on(
+        mock_upstream: MockServer) -> None:
+    """The default config: chat requests do not enter the embeddings cache, embeddings requests neither the
+    answer caches nor the usage layer; the full chain (other paths) keeps every layer (control)."""
+    gw = await start_gateway(gateway_config(mock_upstream.url))
+    try:
+        runtime = gw.app[APP_STATE].runtime
+        full, chat, embeddings = (_layers(runtime.chain), _layers(runtime.chain_for("chat")),
+                                  _layers(runtime.chain_for("embeddings")))
+    finally:
+        await gw.close()
+    assert {"usage", "exact_cache", "embeddings_cache", "coalesce", "retry"} <= set(full)
+    assert chat == [name for name in full if name != "embeddings_cache"]
+    assert embeddings == [name for name in full if name not in ("usage", "exact_cache", "coalesce")]
 
 
 def _sample(gw: InProcessGateway, name: str, **labels: str) -> float | None:

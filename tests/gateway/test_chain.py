@@ -38,3 +38,24 @@ async def test_order_and_short_circuit(make_exchange) -> None:  # type: ignore[n
     inner.answer = True
     resp = await build_chain([outer, inner], terminal)(make_exchange())
     assert resp.source == "local" and log == ["in:outer", "in:inner", "out:outer"]
+
+
+async def test_an_operations_chain_leaves_out_the_layers_that_do_not_act_on_it(make_exchange) -> None:  # type: ignore[no-untyped-def]
+    """A layer declaring the ``operations`` it acts on is in those operations' chains and in the full chain
+    (control), not in another operation's; a layer that declares nothing is in every chain."""
+    log: list[str] = []
+
+    async def terminal(ex: Exchange) -> UpstreamResponse:
+        return UpstreamResponse(200, {}, OneChunk(b"up"))
+
+    only_embeddings, everywhere = Recorder("embeddings", log), Recorder("all", log)
+    only_embeddings.operations = frozenset({"embeddings"})  # type: ignore[attr-defined]
+    layers = [only_embeddings, everywhere]
+    await build_chain(layers, terminal, "chat")(make_exchange())
+    assert log == ["in:all", "out:all"]
+    log.clear()
+    await build_chain(layers, terminal, "embeddings")(make_exchange())
+    assert log == ["in:embeddings", "in:all", "out:all", "out:embeddings"]
+    log.clear()
+    await build_chain(layers, terminal)(make_exchange())
+    assert log[0] == "in:embeddings" and len(log) == 4

@@ -50,14 +50,14 @@ async def test_an_open_stream_lets_go_of_the_request_bytes(gw: InProcessGateway)
     continuation read it) but not the client's bytes, which nothing forwards again."""
     seen: list[Exchange] = []
     sent: list[int] = []
-    chain = gw.state.runtime.chain
+    chain = gw.state.runtime.chain_for("chat")
 
     async def spy(ex: Exchange) -> UpstreamResponse:
         seen.append(ex)
         sent.append(len(ex.body_bytes()))
         return await chain(ex)
 
-    gw.state.runtime.chain = spy
+    gw.state.runtime.chains["chat"] = spy
     async with AsyncOpenAI(base_url=gw.base_url, api_key="sk-c", max_retries=0,
                            default_headers={"x-mock-fault": "stall_after_chunks=2;stall_ms=400"}) as client:
         stream = await client.chat.completions.create(model="gpt-4o", stream=True,

@@ -15,6 +15,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway.appstate import AppState
 from gateway.exchange import Exchange, UpstreamResponse, Usage
+from gateway.produced import CAPTURE_KEY, Capture
 from gateway.relay import _HeadersWithBody, _record_outcome, _response_headers, relay
 from gateway.sse import StreamInspector
 from tests.support.exchange import build_exchange
@@ -64,6 +65,20 @@ def test_a_json_answer_gives_its_usage_and_an_error_does_not() -> None:
     failed = build_exchange()  # the control: a 5xx body's usage-like field is not the answer's usage
     _record_outcome(failed, None, [body], answer(status=500))
     assert failed.record.reported_usage is None
+
+
+def test_a_json_answers_chunks_go_to_the_usage_capture_and_a_streams_do_not() -> None:
+    """The usage layer leaves a JSON answer unwrapped: the relay hands it the chunks it kept (a stream's
+    capture is fed by the layer's own wrapper, chunk by chunk, so the relay adds nothing to it)."""
+    body = orjson.dumps({"id": "c", "choices": [], "usage": USAGE})
+    ex = build_exchange()
+    ex.state.set(CAPTURE_KEY, capture := Capture(sse=False))
+    _record_outcome(ex, None, [body[:10], body[10:]], answer())
+    assert capture.data() == body
+    streamed = build_exchange()
+    streamed.state.set(CAPTURE_KEY, stream_capture := Capture(sse=True))
+    _record_outcome(streamed, StreamInspector(clock=lambda: 1.0), [], answer(sse_stream=True))
+    assert stream_capture.chunks == []
 
 
 def test_response_headers_name_the_request_and_the_upstream() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from collections import deque
 
-from gateway.small_queue import GROW_AT, GrowingQueue, SmallQueue
+from gateway.small_queue import GROW_AT, SmallQueue, outgrow
 
 
 def test_it_queues_first_in_first_out_like_a_deque() -> None:
@@ -36,17 +36,19 @@ class _Owner:
     queue: object = None
 
 
-def test_a_growing_queue_puts_a_deque_in_its_place_past_the_limit() -> None:
+def test_outgrow_puts_a_deque_in_the_owners_attribute_past_the_limit() -> None:
     """``pop(0)`` on a long list is quadratic to drain (a burst of tiny chunks in one read); past
     ``GROW_AT`` items the owner's attribute becomes a deque with the same items, in order. Control: at
     ``GROW_AT`` it is still the small list."""
     owner = _Owner()
-    queue: GrowingQueue[int] = GrowingQueue(owner, "queue", [0])
+    queue: SmallQueue[int] = SmallQueue(range(GROW_AT))
     owner.queue = queue
-    for i in range(1, GROW_AT):
-        queue.append(i)
+    outgrow(owner, "queue")
     assert owner.queue is queue and len(queue) == GROW_AT  # the control
     queue.append(GROW_AT)
+    outgrow(owner, "queue")
     grown = owner.queue
     assert type(grown) is deque and list(grown) == list(range(GROW_AT + 1))
     assert grown.popleft() == 0
+    outgrow(owner, "queue")  # a deque already: left as it is
+    assert owner.queue is grown

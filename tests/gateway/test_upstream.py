@@ -9,6 +9,7 @@ import asyncio
 import gzip
 import socket
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -229,6 +230,41 @@ async def test_no_answer_is_a_first_byte_timeout_or_the_total_deadline(kind: str
     assert (await failure_of(client, exchange())).kind == "timeout_before_first_byte"
     assert (await failure_of(client, exchange(deadline_s=0.2))).kind == "total_timeout"
     await until(lambda: server.client_closed == 2, message="both connections closed by the client")
+
+
+async def test_a_send_cancelled_before_the_first_byte_stays_a_cancellation(kind: str, serve: Any,
+                                                                          clients: Any) -> None:
+    """The first-byte deadline's timer cancels the send only when it expires: a client that leaves while
+    the upstream has not answered yet is a cancellation, not a timeout (the control: the same stall with a
+    short first-byte timeout is ``timeout_before_first_byte``, above)."""
+    asked: list[bytes | None] = []
+
+    async def stall(peer: Peer) -> None:
+        asked.append(await peer.request())
+        await _stall(peer)
+
+    server = await serve(stall)
+    client = make_client(clients, kind, server.url, first_byte_s=30.0)
+    ex = exchange()
+    task = asyncio.get_running_loop().create_task(client.send(ex))
+    await until(lambda: bool(asked), message="the request reached the stalled upstream")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ex.record.attempts[-1].outcome == "cancelled"
+
+
+async def test_a_body_dropped_unread_lets_go_of_its_first_byte_timer(kind: str, serve: Any,
+                                                                    clients: Any) -> None:
+    """The send arms the body's read timer for the first-byte deadline; an answer dropped unread (a retried
+    503) cancels that timer with the body instead of leaving it scheduled for ``first_byte_s``."""
+    server = await serve(partial(keep_answering, reply=answer(b"busy", "503 Service Unavailable")))
+    client = make_client(clients, kind, server.url, first_byte_s=60.0)
+    resp = await client.send(exchange())
+    timer = resp.body._timer  # type: ignore[attr-defined]
+    assert timer._handle is not None  # the control: scheduled while the body waits to be read
+    await resp.body.aclose()
+    assert timer._handle is None
 
 
 async def test_a_stall_between_chunks_is_an_idle_timeout(kind: str, serve: Any, clients: Any) -> None:

@@ -15,7 +15,7 @@ import pytest_asyncio
 from gateway.rawhttp.client import fetch
 from gateway.rawhttp.origin import Origin
 from gateway.rawhttp.pool import RawPool
-from gateway.small_queue import GrowingQueue
+from gateway.small_queue import SmallQueue
 from tests.support.raw_server import Handler, Peer, RawServer, answer, chunked, keep_answering
 from tests.support.until import until
 
@@ -127,7 +127,7 @@ async def test_many_small_chunks_still_pause_reading_with_the_small_splits_recor
 
     server, pool = await serve(handler)
     resp = await fetch(pool, REQUEST, None, False, 5.0)
-    assert type(resp.content._http_chunk_splits) is GrowingQueue  # the control: small before the burst
+    assert type(resp.content._http_chunk_splits) is SmallQueue  # the control: small before the burst
     fetched.set()
     conn = resp._conn
     await until(lambda: conn.reading_paused, message="reading paused on the chunk count")
@@ -137,3 +137,34 @@ async def test_many_small_chunks_still_pause_reading_with_the_small_splits_recor
     assert await resp.content.read() == b"x" * many and not conn.reading_paused
     resp.release()
     assert await body_of(pool) == b"ok" and server.accepted == 1
+
+
+async def test_a_finished_answers_reader_is_freed_without_the_cyclic_collector(serve: Any) -> None:
+    """Issue 21: the body reader and its small queues make no reference cycle (a queue that held its owner
+    did: every upstream answer's reader was left for the cyclic collector). Control: the same shape with a
+    queue holding its owner is found as cyclic garbage."""
+    server, pool = await serve(keep_answering)
+
+    class Owning(list):  # type: ignore[type-arg]
+        owner: object = None
+
+    async def answered() -> None:
+        resp = await fetch(pool, REQUEST, None, False, 5.0)
+        assert await resp.content.read() == b"ok"
+        resp.release()
+
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        await answered()
+        await answered()  # the pooled connection lets go of the first answer's reader for the second one's
+        queue = Owning()  # the control
+        queue.owner = [queue]
+        del queue
+        gc.collect()
+        garbage = [type(o).__name__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert "Owning" in garbage and "StreamReader" not in garbage
+    assert server.accepted == 1

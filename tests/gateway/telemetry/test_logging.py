@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import logging
+import random
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -14,6 +16,8 @@ from gateway.telemetry.logging import (
     ACCESS,
     REQUEST_ID,
     JsonLines,
+    _ms,
+    _wall_ms,
     direct_handler,
     log_request,
     request_fields,
@@ -143,3 +147,16 @@ async def test_other_lines_keep_their_order(root_logging: None) -> None:
     setup_logging("info", stream=io.StringIO())
     assert [orjson.loads(line)["msg"] for line in out.getvalue().splitlines()] == ["request", "after",
                                                                                   "request"]
+
+
+def test_the_lines_times_are_rounded_to_the_millisecond_as_round_does() -> None:
+    """``_ms`` and ``_wall_ms`` give ``round(x, 3)``'s figures without its decimal formatting."""
+    rng = random.Random(21)
+    for _ in range(100_000):
+        seconds = rng.random() * rng.choice((0.01, 1.0, 100.0, 10_000.0))
+        assert _ms(seconds) == round(seconds * 1000, 3)
+    assert _ms(0.0) == 0.0 and _ms(1.0) == 1000.0 and _ms(0.0123456) == 12.346
+    before = round(time.time(), 3)
+    assert before - 0.001 <= _wall_ms() <= round(time.time(), 3) + 0.001
+    now = _wall_ms()
+    assert now == round(now, 3)  # whole milliseconds

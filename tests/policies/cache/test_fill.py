@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from gateway.body import Chunks
-from gateway.exchange import Exchange, StateKey, UpstreamResponse
+from gateway.exchange import Exchange, StateKey, UpstreamResponse, Usage
 from policies.cache.entry import CachedAnswer
 from policies.cache.fill import attach_fill
 from tests.support.exchange import build_exchange
@@ -139,3 +139,21 @@ async def test_each_layer_hears_why_an_answer_was_not_stored() -> None:
     cut = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'  # no [DONE]
     assert await serve(cut, "text/event-stream", 1 << 20) == (
         ["exact:not_stored_incomplete", "semantic:not_stored_incomplete"], 0)
+
+
+async def test_a_stored_json_answer_reports_its_usage_once_parsed() -> None:
+    """The parse the entry needs gives the provider's usage to the record (the relay then does not search
+    the bytes again); a usage already recorded is kept (control: a stream's usage stays the inspector's)."""
+    ex = build_exchange()
+    resp = attach_fill(ex, UpstreamResponse(200, {"content-type": "application/json"}, Chunks([ANSWER])),
+                       lambda _ex, _a, _r: None, 1 << 20)
+    assert ex.record.reported_usage is None
+    assert b"".join([chunk async for chunk in resp.body]) == ANSWER
+    usage = ex.record.reported_usage
+    assert usage is not None and (usage.prompt, usage.completion) == (3, 1)
+    known = build_exchange()
+    known.record.reported_usage = first = Usage(prompt=9)
+    resp = attach_fill(known, UpstreamResponse(200, {"content-type": "application/json"}, Chunks([ANSWER])),
+                       lambda _ex, _a, _r: None, 1 << 20)
+    assert b"".join([chunk async for chunk in resp.body]) == ANSWER
+    assert known.record.reported_usage is first

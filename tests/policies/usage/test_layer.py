@@ -12,6 +12,7 @@ from gateway.exchange import Exchange, UpstreamResponse
 from gateway.produced import CAPTURE_KEY
 from policies.usage.layer import UsagePolicy, ask_for_usage, strip_usage
 from tests.support.exchange import build_exchange
+from tests.support.fake_body import FakeBody
 
 SSE = {"content-type": "text/event-stream"}
 
@@ -198,6 +199,10 @@ async def test_chunks_are_captured_and_errors_are_not(make_exchange: Callable[..
     chunks = provider_stream(include_usage=True)
     await drain(await UsagePolicy(inject=True)(ex, nxt(chunks)))
     assert ex.state[CAPTURE_KEY].data() == b"".join(chunks)
+    json_ex = make_exchange()  # a JSON answer passes unwrapped: the relay hands its chunks to the capture
+    json_resp = UpstreamResponse(200, {"content-type": "application/json"}, FakeBody([b"{}"]))
+    assert await UsagePolicy(inject=True)(json_ex, lambda _ex: _answer(json_resp)) is json_resp
+    assert json_ex.state[CAPTURE_KEY].chunks == [] and not json_ex.state[CAPTURE_KEY].sse
     ex2 = stream_exchange(make_exchange)
     err = b'{"error": {"message": "stream_options not supported"}}'
     resp = await UsagePolicy(inject=True)(ex2, nxt([err], {"content-type": "application/json"}, 400))
@@ -282,3 +287,7 @@ async def test_unusual_framing_is_stripped_or_relayed_untouched(
     ex2 = stream_exchange(make_exchange)
     got = [c async for c in (await UsagePolicy(inject=True)(ex2, nxt(huge))).body]
     assert b"".join(got) == b"".join(huge) and len(got) >= 2
+
+
+async def _answer(resp: UpstreamResponse) -> UpstreamResponse:
+    return resp
