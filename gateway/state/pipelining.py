@@ -45,24 +45,34 @@ class CommandRefused(Exception):
     """Redis answered this one command with an error; the connection and the other commands are fine."""
 
 
-async def send_calls(lane: Lane, calls: Sequence[Call]) -> None:
-    """Send ``calls`` in one round trip and hand each its reply (or its own error)."""
-    from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
-
+async def send_calls(lane: Lane, calls: Sequence[Call], reload: bool = False) -> None:
+    """Send ``calls`` in one round trip and hand each its reply (or its own error); ``reload``: their
+    scripts first (Redis answered ``NOSCRIPT`` to them already)."""
     pending = [c for c in calls if not c.future.done()]  # a caller cancelled before we left needs nothing
+    if reload:
+        for source in {c.script.script for c in pending if c.script is not None}:
+            await lane.load(source)
     for attempt in range(2):
         if not pending:
             return
-        replies = await lane.run([c.args for c in pending])
-        missing: list[Call] = []
-        for c, reply in zip(pending, replies, strict=True):
-            if isinstance(reply, NoScriptError) and not attempt and c.script is not None:
-                missing.append(c)
-            else:
-                _settle(c, reply)
+        missing = settle_calls(pending, await lane.run([c.args for c in pending]), attempt == 0)
         for source in {c.script.script for c in missing}:
             await lane.load(source)
         pending = missing
+
+
+def settle_calls(calls: Sequence[Call], replies: list[Any], retry: bool = True) -> list[Call]:
+    """Hand each call its reply; the calls whose script Redis lost (``NOSCRIPT``), unsettled when ``retry``
+    (their script is loaded and they are sent again)."""
+    from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
+
+    missing: list[Call] = []
+    for c, reply in zip(calls, replies, strict=True):
+        if retry and c.script is not None and isinstance(reply, NoScriptError):
+            missing.append(c)
+        else:
+            _settle(c, reply)
+    return missing
 
 
 def _settle(call: Call, reply: Any) -> None:

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
 
 from gateway.config_model import StateConfig
 from gateway.state.errors import RedisUnavailable
 from gateway.state.lane import Lane
-from gateway.state.pipelining import Call, CommandRefused, send_calls
-from gateway.state.write_behind import MAX_BATCH, Write, send
+from gateway.state.pipelining import Call, CommandRefused, send_calls, settle_calls
+from gateway.state.write_behind import MAX_BATCH, Write, commands, outcome, send
 from gateway.telemetry.logging import state_change
 
 T = TypeVar("T")
@@ -57,6 +57,8 @@ class GuardedRedis:
     # Writes held back (``hold``): tag -> (when deferred, what makes it), oldest first; ``drop`` cancels.
     _held: dict[str, tuple[float, Callable[[str], Write]]] = field(default_factory=dict)
     _held_at: asyncio.TimerHandle | None = None  # the oldest held write is due then
+    _inflight: int = 0  # batches submitted to the lane without a task (``_submit``), not settled yet
+    _idle: asyncio.Future[None] | None = None  # ``drain`` waits on it for the last of them
 
     @classmethod
     def from_config(cls, cfg: StateConfig, clock: Callable[[], float],
@@ -76,9 +78,10 @@ class GuardedRedis:
         """Run ``fn(client)`` within the timeout, or raise ``RedisUnavailable``."""
         return await self._bounded(fn, self.client)
 
-    async def send(self, writes: list[Write]) -> None:
-        """Run ``writes`` now, in one round trip on the lane (an awaited ``defer``); or RedisUnavailable."""
-        await self._bounded(functools.partial(send, writes=writes), self._lane())
+    async def send(self, writes: list[Write], reload: bool = False) -> None:
+        """Run ``writes`` now, in one round trip on the lane (an awaited ``defer``); or RedisUnavailable.
+        ``reload``: load their scripts first (Redis answered ``NOSCRIPT`` to them)."""
+        await self._bounded(functools.partial(send, writes=writes, reload=reload), self._lane())
 
     def _lane(self) -> Lane:
         if self.lane is None:
@@ -119,18 +122,61 @@ class GuardedRedis:
         in the same one (the lane writes the batches of one pass together)."""
         calls, self._calls = self._calls, []
         if self._writes:
-            self._spawn(self._send_writes(self._take_writes()))
+            self._flush(self._take_writes())
+        lane = self._lane()
         for start in range(0, len(calls), MAX_BATCH):
-            self._spawn(self._round_trip(calls[start: start + MAX_BATCH]))
+            chunk = calls[start: start + MAX_BATCH]
+            if lane.ready and self.up:
+                self._submit_calls(lane, chunk)
+            else:  # connecting, or probing after the cooling off: the task path
+                self._spawn(self._round_trip(chunk))
+
+    def _submit_calls(self, lane: Lane, calls: list[Call]) -> None:
+        """``_round_trip`` on an open lane without a task, a coroutine or ``asyncio.timeout``: the batch is
+        settled from the lane's ``data_received`` and bounded by a timer (~half the client work of a round
+        trip at one command a pass; ``bench/results/2026-12-07-host-state-cost.md``)."""
+        pending = [c for c in calls if not c.future.done()]  # a caller cancelled before we left needs nothing
+        if not pending:
+            return
+        self._submit(lane, [c.args for c in pending], functools.partial(self._calls_done, pending))
+
+    def _calls_done(self, calls: list[Call], result: list[Any] | BaseException) -> None:
+        if isinstance(result, BaseException):  # each command counts as one failure, as sent one by one
+            for _ in calls:
+                self._failed(result)
+            for c in calls:
+                if not c.future.done():
+                    c.future.set_exception(RedisUnavailable(type(result).__name__))
+            return
+        self._succeeded()
+        missing = settle_calls(calls, result)
+        if missing:  # a script Redis lost: the task path loads it and sends them again
+            self._spawn(self._round_trip(missing, reload=True))
+
+    def _submit(self, lane: Lane, commands: list[tuple[Any, ...]], settle: Callable[[Any], None]) -> None:
+        sent = _Sent(self, settle)
+        try:
+            abandon = lane.submit(commands, sent)
+        except DataError as exc:  # an argument Redis cannot take: the batch fails, as on the task path
+            settle(exc)
+            return
+        sent.timer = asyncio.get_running_loop().call_later(self.timeout_s, abandon)
+        self._inflight += 1
+
+    def _landed(self) -> None:
+        """A submitted batch is settled; ``drain`` waits for the last one."""
+        self._inflight -= 1
+        if not self._inflight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _round_trip(self, calls: list[Call]) -> None:
+    async def _round_trip(self, calls: list[Call], reload: bool = False) -> None:
         try:
-            await self._bounded(functools.partial(send_calls, calls=calls), self._lane())
+            await self._bounded(functools.partial(send_calls, calls=calls, reload=reload), self._lane())
         except RedisUnavailable as exc:
             if exc.__cause__ is not None:  # a real failure, not the cooling off: each command counts
                 for _ in calls[1:]:  # as one, as when they went one by one
@@ -213,7 +259,36 @@ class GuardedRedis:
     def _flush_due(self) -> None:
         self._flush_at = None
         if self._writes:
-            self._spawn(self._send_writes(self._take_writes()))
+            self._flush(self._take_writes())
+
+    def _flush(self, writes: list[Write]) -> None:
+        """Send deferred writes: straight onto an open lane, else through the task path (which connects)."""
+        lane = self._lane()
+        if not (lane.ready and self.up):
+            self._spawn(self._send_writes(writes))
+            return
+        for start in range(0, len(writes), MAX_BATCH):
+            batch = writes[start: start + MAX_BATCH]
+            self._submit(lane, commands(batch), functools.partial(self._writes_done, batch))
+
+    def _writes_done(self, writes: list[Write], result: list[Any] | BaseException) -> None:
+        """``_send_writes``' verdict for a batch sent by ``_flush``: its hooks, and lost scripts' writes sent
+        again through the task path (which loads them)."""
+        error, missing = (result, []) if isinstance(result, BaseException) else outcome(writes, result)
+        if error is not None:
+            self._failed(error)
+            for w in writes:
+                if w.on_failure is not None:
+                    w.on_failure()
+        else:
+            self._succeeded()
+        if missing:
+            self._spawn(self._send_writes(missing, reload=True))
+            sent_again = {id(w) for w in missing}
+            writes = [w for w in writes if id(w) not in sent_again]
+        for w in writes:
+            if w.on_done is not None:
+                w.on_done()
 
     def _take_writes(self) -> list[Write]:
         """The deferred writes, now on their way (their timer, if still pending, has nothing left to do)."""
@@ -223,11 +298,11 @@ class GuardedRedis:
         writes, self._writes = self._writes, []
         return writes
 
-    async def _send_writes(self, writes: list[Write]) -> None:
+    async def _send_writes(self, writes: list[Write], reload: bool = False) -> None:
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH]
             try:
-                await self.send(batch)
+                await self.send(batch, reload)
             except RedisUnavailable:
                 for w in batch:
                     if w.on_failure is not None:
@@ -239,13 +314,36 @@ class GuardedRedis:
     async def drain(self) -> None:
         """Wait until every deferred write has been sent, the held ones too (shutdown, tests)."""
         self._release_held()
-        while self._tasks or self._writes:
+        while self._tasks or self._writes or self._inflight:
             if self._writes:
-                self._spawn(self._send_writes(self._take_writes()))
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                self._flush(self._take_writes())
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            elif self._inflight:  # batches on the lane: their replies, or their timers, settle them
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
+                self._idle = None
 
     async def close(self) -> None:
         await self.drain()
         if self.lane is not None:
             self.lane.close()
         await self.client.aclose()
+
+
+class _Sent:
+    """A batch submitted to the lane: its timeout timer, then its settling (``GuardedRedis._submit``)."""
+
+    __slots__ = ("guard", "settle", "timer")
+
+    def __init__(self, guard: GuardedRedis, settle: Callable[[Any], None]) -> None:
+        self.guard, self.settle = guard, settle
+        self.timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, result: list[Any] | BaseException) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        try:
+            self.settle(result)
+        finally:
+            self.guard._landed()  # noqa: SLF001 - the guard's own bookkeeping
