@@ -28,7 +28,7 @@ from redis.exceptions import DataError, RedisError
 from gateway.config_model import StateConfig
 from gateway.state.errors import RedisUnavailable
 from gateway.state.lane import Lane
-from gateway.state.pipelining import Call, CommandRefused, send_calls, settle_calls
+from gateway.state.pipelining import Call, send_calls, settle_calls
 from gateway.state.write_behind import MAX_BATCH, Write, commands, outcome, send
 from gateway.telemetry.logging import state_change
 
@@ -101,21 +101,19 @@ class GuardedRedis:
         self._succeeded()
         return result
 
-    async def execute(self, *args: Any, script: Any = None) -> Any:
+    def execute(self, *args: Any, script: Any = None) -> asyncio.Future[Any]:
         """One command (``script``: the registered script an ``EVALSHA`` runs), sent with the other
-        commands of this loop pass in one round trip; its reply, or ``RedisUnavailable``."""
-        if not self.up and self.clock() < self._retry_at:
-            raise RedisUnavailable("redis cooling off")
+        commands of this loop pass in one round trip: a future of its reply, or of ``RedisUnavailable``
+        (a future, not a coroutine: one frame less between the caller and the reply)."""
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self.up and self.clock() < self._retry_at:
+            future.set_exception(RedisUnavailable("redis cooling off"))
+            return future
         if not self._calls:
             loop.call_soon(self._send_pass)
-        future: asyncio.Future[Any] = loop.create_future()
         self._calls.append(Call(args, future, script))
-        try:
-            return await future
-        except CommandRefused as exc:
-            self._failed(exc)
-            raise RedisUnavailable(str(exc)) from exc
+        return future
 
     def _send_pass(self) -> None:
         """The awaited commands of the pass; the deferred writes still waiting for their round trip go first,
@@ -149,7 +147,7 @@ class GuardedRedis:
                     c.future.set_exception(RedisUnavailable(type(result).__name__))
             return
         self._succeeded()
-        missing = settle_calls(calls, result)
+        missing = settle_calls(calls, result, self._failed)
         if missing:  # a script Redis lost: the task path loads it and sends them again
             self._spawn(self._round_trip(missing, reload=True))
 
@@ -176,7 +174,8 @@ class GuardedRedis:
 
     async def _round_trip(self, calls: list[Call], reload: bool = False) -> None:
         try:
-            await self._bounded(functools.partial(send_calls, calls=calls, reload=reload), self._lane())
+            send = functools.partial(send_calls, calls=calls, refused=self._failed, reload=reload)
+            await self._bounded(send, self._lane())
         except RedisUnavailable as exc:
             if exc.__cause__ is not None:  # a real failure, not the cooling off: each command counts
                 for _ in calls[1:]:  # as one, as when they went one by one

@@ -77,11 +77,11 @@ def commands(writes: Sequence[Write]) -> list[tuple[Any, ...]]:
 def outcome(writes: Sequence[Write], results: list[Any]) -> tuple[Exception | None, list[Write]]:
     """A round trip's verdict: the first error Redis answered (the batch failed), and the writes whose
     script Redis lost (to send again once it is loaded)."""
-    from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
-
     missing: list[Write] = []
     for w, r in zip(writes, results, strict=True):
         if isinstance(r, Exception):
+            from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
+
             if not isinstance(r, NoScriptError):
                 return r, []
             missing.append(w)

@@ -39,6 +39,7 @@ from gateway.body import Observed
 from gateway.chain import Next
 from gateway.exchange import Exchange, StateKey, UpstreamResponse
 from gateway.state.errors import RedisUnavailable
+from gateway.state.pipelining import evalsha_args
 from gateway.state.write_behind import Write, evalsha
 from policies.cache.config import CacheConfig
 from policies.cache.controls import mode_allows
@@ -57,6 +58,12 @@ GRACE_S = 1.0  # then the claim outlives it by this much: the entry's write may 
 PRE_CLAIM: StateKey[Claim] = StateKey("cache.fleet_claim")  # taken by the exact cache's lookup
 RELEASE_IF_MINE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: the key. ARGV: the claimer, the claim's life in ms. 1 when the claim is (now) the claimer's.
+CLAIM_OR_MINE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 return 0
 """
 # KEYS: the key. ARGV: the claimer, the grace in ms. A claim still this claimer's is kept the grace as
@@ -104,19 +111,21 @@ class FleetFlight:
         self.owner = owner or process_id()
         self._mine = self.owner.encode()
         self._release = backend.script(RELEASE_TO_GRACE)
+        self._claim = backend.script(CLAIM_OR_MINE)
         self._release_of = self.release  # one bound method, held with every leader's claim
 
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry)."""
-        claim = self.store.claim_key(key)
         pre = ex.state.get(PRE_CLAIM)
-        if pre is not None and pre.key == claim:
-            pre.used = True
+        if pre is not None and pre.of == key:
+            pre.used, claim = True, pre.key
             won = pre.won or pre.holder == self._mine  # held by this process: see the module's docstring
-        else:
+        else:  # the lookup took no claim (it failed): claim now; a claim already this process's is won (a
+            # lookup that timed out may have taken it: waiting on it would be waiting on itself for wait_s)
+            claim = self.store.claim_key(key)
             try:
-                won = bool(await self.backend.call(
-                    lambda r: r.set(claim, self.owner, nx=True, px=int(wait_s * 1000))))
+                won = await self.backend.execute(*evalsha_args(
+                    self._claim, [claim], [self.owner, int(wait_s * 1000)]), script=self._claim) == 1
             except RedisUnavailable:
                 return await next(ex)
         if won:

@@ -52,6 +52,8 @@ class Claim:
     key: str
     won: bool
     holder: bytes | None  # the claimer's id, b"done" in its grace, None when this lookup took it
+    of: CacheKey  # the cache key it was taken for (the coalescing layer's check: no Redis key made again)
+    life_ms: int  # how long it lasts: ``fleet_wait_s`` (the coalescing layer need not work it out again)
     used: bool = False  # the coalescing layer took it over (it releases the claim at the answer's end)
 
 
@@ -111,7 +113,8 @@ class AnswerStore:
             return None, None
         if row[0]:
             return self._remember(key, row[0], row[1]), None
-        return None, Claim(rkey, won=row[1] == 1, holder=row[2] if len(row) > 2 else None)
+        return None, Claim(rkey, won=row[1] == 1, holder=row[2] if len(row) > 2 else None, of=key,
+                           life_ms=claim_ms)
 
     def _remember(self, key: CacheKey, data: bytes, pttl: Any) -> CachedAnswer | None:
         """Decode an entry read from Redis and keep it in memory for its remaining TTL."""
