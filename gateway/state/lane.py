@@ -32,6 +32,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
+_PACK = hiredis.pack_command
 # Called once per batch: with its replies in order, or with the exception that lost the connection.
 Done = Callable[[list[Any] | BaseException], None]
 
@@ -129,18 +130,23 @@ class Lane:
 
     @property
     def ready(self) -> bool:
-        """Connected: ``submit`` can take a batch now (else ``run`` opens the connection first)."""
+        """Connected: ``submit`` takes a batch now."""
         return self._protocol is not None and not self._protocol.closed
 
-    def submit(self, commands: Sequence[Sequence[Any]], done: Done) -> Callable[[], None]:
-        """Queue ``commands`` in one write on the open connection (``ready``); ``done`` gets their replies
-        (or the connection's failure; ``DataError`` at once for an argument Redis cannot take). No task,
-        no future: the hot path's awaited commands and deferred writes settle from ``data_received``.
-        Returns what abandons the batch (its timeout): closing the connection, which fails it and every
-        batch behind it, as a cancelled ``run`` does."""
-        data = pack(commands)
+    def submit(self, commands: Sequence[tuple[Any, ...]], done: Done) -> Callable[[], None] | None:
+        """Queue ``commands`` in one write on the open connection; ``done`` gets their replies (or the
+        connection's failure; ``DataError`` at once for an argument Redis cannot take). No task, no future:
+        the hot path's awaited commands and deferred writes settle from ``data_received``. Returns what
+        abandons the batch (its timeout: closing the connection, which fails it and every batch behind it,
+        as a cancelled ``run`` does); None, with nothing queued, when no connection is open (``run`` opens
+        one)."""
         protocol = self._protocol
-        assert protocol is not None
+        if protocol is None or protocol.closed:
+            return None
+        try:  # one command (a lookup, a lone write) needs no join
+            data = _PACK(commands[0]) if len(commands) == 1 else b"".join(map(_PACK, commands))
+        except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
+            raise DataError(str(exc)) from exc
         protocol.waiting.append(_Batch(len(commands), done))
         protocol.queue(data)
         return protocol.abandon

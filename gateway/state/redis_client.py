@@ -121,51 +121,41 @@ class GuardedRedis:
         calls, self._calls = self._calls, []
         if self._writes:
             self._flush(self._take_writes())
-        lane = self._lane()
         for start in range(0, len(calls), MAX_BATCH):
-            chunk = calls[start: start + MAX_BATCH]
-            if lane.ready and self.up:
-                self._submit_calls(lane, chunk)
-            else:  # connecting, or probing after the cooling off: the task path
-                self._spawn(self._round_trip(chunk))
+            chunk = calls[start: start + MAX_BATCH] if len(calls) > MAX_BATCH else calls
+            pending = [c for c in chunk if not c.future.done()]  # a cancelled caller needs nothing
+            if pending and not self._submit(_SentCalls(self, pending), [c.args for c in pending]):
+                self._spawn(self._round_trip(pending))
 
-    def _submit_calls(self, lane: Lane, calls: list[Call]) -> None:
-        """``_round_trip`` on an open lane without a task, a coroutine or ``asyncio.timeout``: the batch is
-        settled from the lane's ``data_received`` and bounded by a timer (~half the client work of a round
-        trip at one command a pass; ``bench/results/2026-12-07-host-state-cost.md``)."""
-        pending = [c for c in calls if not c.future.done()]  # a caller cancelled before we left needs nothing
-        if not pending:
-            return
-        self._submit(lane, [c.args for c in pending], functools.partial(self._calls_done, pending))
-
-    def _calls_done(self, calls: list[Call], result: list[Any] | BaseException) -> None:
-        if isinstance(result, BaseException):  # each command counts as one failure, as sent one by one
-            for _ in calls:
-                self._failed(result)
-            for c in calls:
-                if not c.future.done():
-                    c.future.set_exception(RedisUnavailable(type(result).__name__))
-            return
-        self._succeeded()
-        missing = settle_calls(calls, result, self._failed)
-        if missing:  # a script Redis lost: the task path loads it and sends them again
-            self._spawn(self._round_trip(missing, reload=True))
-
-    def _submit(self, lane: Lane, commands: list[tuple[Any, ...]], settle: Callable[[Any], None]) -> None:
-        sent = _Sent(self, settle)
+    def _submit(self, sent: _Sent, commands: list[tuple[Any, ...]]) -> bool:
+        """``sent``'s batch straight onto the open lane: no task, no coroutine, no ``asyncio.timeout`` (it is
+        settled from the lane's ``data_received``, bounded by a timer; ~a third of the client work of the
+        task path, ``bench/results/2026-12-07-host-state-cost.md``). False when the lane is not open or
+        Redis is cooling off: the caller takes the task path, which connects or probes."""
+        lane = self.lane
+        if lane is None or not self.up:
+            return False
         try:
             abandon = lane.submit(commands, sent)
         except DataError as exc:  # an argument Redis cannot take: the batch fails, as on the task path
-            settle(exc)
-            return
+            sent.settle(exc)
+            return True
+        if abandon is None:
+            return False
         sent.timer = asyncio.get_running_loop().call_later(self.timeout_s, abandon)
         self._inflight += 1
+        return True
 
     def _landed(self) -> None:
         """A submitted batch is settled; ``drain`` waits for the last one."""
         self._inflight -= 1
         if not self._inflight and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
+
+    def _answered(self) -> None:
+        """A round trip came back: ``_succeeded`` (a call less per round trip while nothing failed)."""
+        if self._failures or not self.up:
+            self._succeeded()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -261,33 +251,13 @@ class GuardedRedis:
             self._flush(self._take_writes())
 
     def _flush(self, writes: list[Write]) -> None:
-        """Send deferred writes: straight onto an open lane, else through the task path (which connects)."""
-        lane = self._lane()
-        if not (lane.ready and self.up):
-            self._spawn(self._send_writes(writes))
-            return
+        """Send deferred writes: straight onto an open lane, else through the task path (which connects).
+        Checked first: a write that ``build``s its command is built once per round trip."""
+        ready = self.up and self.lane is not None and self.lane.ready
         for start in range(0, len(writes), MAX_BATCH):
-            batch = writes[start: start + MAX_BATCH]
-            self._submit(lane, commands(batch), functools.partial(self._writes_done, batch))
-
-    def _writes_done(self, writes: list[Write], result: list[Any] | BaseException) -> None:
-        """``_send_writes``' verdict for a batch sent by ``_flush``: its hooks, and lost scripts' writes sent
-        again through the task path (which loads them)."""
-        error, missing = (result, []) if isinstance(result, BaseException) else outcome(writes, result)
-        if error is not None:
-            self._failed(error)
-            for w in writes:
-                if w.on_failure is not None:
-                    w.on_failure()
-        else:
-            self._succeeded()
-        if missing:
-            self._spawn(self._send_writes(missing, reload=True))
-            sent_again = {id(w) for w in missing}
-            writes = [w for w in writes if id(w) not in sent_again]
-        for w in writes:
-            if w.on_done is not None:
-                w.on_done()
+            batch = writes[start: start + MAX_BATCH] if len(writes) > MAX_BATCH else writes
+            if not (ready and self._submit(_SentWrites(self, batch), commands(batch))):
+                self._spawn(self._send_writes(batch))
 
     def _take_writes(self) -> list[Write]:
         """The deferred writes, now on their way (their timer, if still pending, has nothing left to do)."""
@@ -331,12 +301,12 @@ class GuardedRedis:
 
 
 class _Sent:
-    """A batch submitted to the lane: its timeout timer, then its settling (``GuardedRedis._submit``)."""
+    """A batch submitted to the lane (``GuardedRedis._submit``): its timeout timer, then its settling."""
 
-    __slots__ = ("guard", "settle", "timer")
+    __slots__ = ("guard", "timer")
 
-    def __init__(self, guard: GuardedRedis, settle: Callable[[Any], None]) -> None:
-        self.guard, self.settle = guard, settle
+    def __init__(self, guard: GuardedRedis) -> None:
+        self.guard = guard
         self.timer: asyncio.TimerHandle | None = None
 
     def __call__(self, result: list[Any] | BaseException) -> None:
@@ -346,3 +316,58 @@ class _Sent:
             self.settle(result)
         finally:
             self.guard._landed()  # noqa: SLF001 - the guard's own bookkeeping
+
+    def settle(self, result: list[Any] | BaseException) -> None:
+        raise NotImplementedError
+
+
+class _SentCalls(_Sent):
+    """Awaited commands: each caller gets its reply (``_round_trip`` without its task)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, guard: GuardedRedis, calls: list[Call]) -> None:
+        super().__init__(guard)
+        self.calls = calls
+
+    def settle(self, result: list[Any] | BaseException) -> None:
+        guard, calls = self.guard, self.calls
+        if isinstance(result, BaseException):  # each command counts as one failure, as sent one by one
+            for _ in calls:
+                guard._failed(result)  # noqa: SLF001
+            for c in calls:
+                if not c.future.done():
+                    c.future.set_exception(RedisUnavailable(type(result).__name__))
+            return
+        guard._answered()  # noqa: SLF001
+        missing = settle_calls(calls, result, guard._failed)  # noqa: SLF001
+        if missing:  # a script Redis lost: the task path loads it and sends them again
+            guard._spawn(guard._round_trip(missing, reload=True))  # noqa: SLF001
+
+
+class _SentWrites(_Sent):
+    """Deferred writes: their hooks (``_send_writes`` without its task)."""
+
+    __slots__ = ("writes",)
+
+    def __init__(self, guard: GuardedRedis, writes: list[Write]) -> None:
+        super().__init__(guard)
+        self.writes = writes
+
+    def settle(self, result: list[Any] | BaseException) -> None:
+        guard, writes = self.guard, self.writes
+        error, missing = (result, []) if isinstance(result, BaseException) else outcome(writes, result)
+        if error is not None:
+            guard._failed(error)  # noqa: SLF001
+            for w in writes:
+                if w.on_failure is not None:
+                    w.on_failure()
+        else:
+            guard._answered()  # noqa: SLF001
+        if missing:  # a script Redis lost: the task path loads it and sends them again (and their hooks)
+            guard._spawn(guard._send_writes(missing, reload=True))  # noqa: SLF001
+            sent_again = {id(w) for w in missing}
+            writes = [w for w in writes if id(w) not in sent_again]
+        for w in writes:
+            if w.on_done is not None:
+                w.on_done()

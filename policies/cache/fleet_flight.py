@@ -82,17 +82,19 @@ def process_id() -> str:
 def fleet_wait_s(ex: Exchange, cfg: CacheConfig) -> float:
     """How long this request's fleet claim lasts; 0 when it takes no part (same gates as the layers:
     coalesced at all, and an answer the exact cache would store, where other processes find it)."""
-    co, exact = cfg.coalesce, cfg.exact
-    if not co.enabled or co.fleet_wait_s <= 0 or not exact.enabled:
-        return 0.0
     controls = controls_of(ex)
-    if not controls.read or (not co.nondeterministic and not deterministic(ex)):
+    return claim_life(cfg, controls.read, mode_allows(cfg.exact.mode, controls), deterministic(ex))
+
+
+def claim_life(cfg: CacheConfig, read: bool, allowed: tuple[bool, bool], det: bool) -> float:
+    """``fleet_wait_s`` from what the exact cache's layer has worked out already: the client's read control,
+    ``mode_allows`` of the exact cache's mode, and whether the request is deterministic."""
+    co, exact = cfg.coalesce, cfg.exact
+    if not co.enabled or co.fleet_wait_s <= 0 or not exact.enabled or not read:
         return 0.0
-    if exact.deterministic_only and not deterministic(ex):
+    if not (det or co.nondeterministic) or (exact.deterministic_only and not det):
         return 0.0
-    if mode_allows(exact.mode, controls) != (True, True):
-        return 0.0
-    return co.fleet_wait_s
+    return co.fleet_wait_s if allowed == (True, True) else 0.0
 
 
 def release_unused(backend: GuardedRedis, script: Any, claim: Claim, owner: str) -> bool:

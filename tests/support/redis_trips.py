@@ -20,8 +20,10 @@ def round_trips(g: GuardedRedis) -> list[list[str]]:
         return await real(commands)
 
     def submit(commands: Sequence[Sequence[Any]], done: Any) -> Any:
-        trips.append([str(c[0]) for c in commands])
-        return real_submit(commands, done)
+        abandon = real_submit(commands, done)
+        if abandon is not None:  # None: not connected, nothing sent (the task path's ``run`` sends it)
+            trips.append([str(c[0]) for c in commands])
+        return abandon
 
     real_submit = lane.submit
     lane.run = run  # type: ignore[method-assign]
