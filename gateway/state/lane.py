@@ -148,7 +148,10 @@ class Lane:
         except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
             raise DataError(str(exc)) from exc
         protocol.waiting.append(_Batch(len(commands), done))
-        protocol.queue(data)
+        out = protocol.out  # ``queue``, inline: a call less per batch
+        if not out:
+            asyncio.get_running_loop().call_soon(protocol.write_out)
+        out.append(data)
         return protocol.abandon
 
     async def run(self, commands: Sequence[Sequence[Any]]) -> list[Any]:

@@ -146,17 +146,6 @@ class GuardedRedis:
         self._inflight += 1
         return True
 
-    def _landed(self) -> None:
-        """A submitted batch is settled; ``drain`` waits for the last one."""
-        self._inflight -= 1
-        if not self._inflight and self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
-
-    def _answered(self) -> None:
-        """A round trip came back: ``_succeeded`` (a call less per round trip while nothing failed)."""
-        if self._failures or not self.up:
-            self._succeeded()
-
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
@@ -305,17 +294,19 @@ class _Sent:
 
     __slots__ = ("guard", "timer")
 
-    def __init__(self, guard: GuardedRedis) -> None:
-        self.guard = guard
-        self.timer: asyncio.TimerHandle | None = None
+    guard: GuardedRedis
+    timer: asyncio.TimerHandle | None
 
     def __call__(self, result: list[Any] | BaseException) -> None:
+        guard = self.guard
         if self.timer is not None:
             self.timer.cancel()
         try:
             self.settle(result)
-        finally:
-            self.guard._landed()  # noqa: SLF001 - the guard's own bookkeeping
+        finally:  # what ``drain`` waits for (inline: a call less per round trip)
+            guard._inflight -= 1  # noqa: SLF001 - the guard's own bookkeeping
+            if not guard._inflight and guard._idle is not None and not guard._idle.done():  # noqa: SLF001
+                guard._idle.set_result(None)  # noqa: SLF001
 
     def settle(self, result: list[Any] | BaseException) -> None:
         raise NotImplementedError
@@ -327,8 +318,7 @@ class _SentCalls(_Sent):
     __slots__ = ("calls",)
 
     def __init__(self, guard: GuardedRedis, calls: list[Call]) -> None:
-        super().__init__(guard)
-        self.calls = calls
+        self.guard, self.timer, self.calls = guard, None, calls
 
     def settle(self, result: list[Any] | BaseException) -> None:
         guard, calls = self.guard, self.calls
@@ -339,7 +329,8 @@ class _SentCalls(_Sent):
                 if not c.future.done():
                     c.future.set_exception(RedisUnavailable(type(result).__name__))
             return
-        guard._answered()  # noqa: SLF001
+        if guard._failures or not guard.up:  # noqa: SLF001 - a call less per round trip while all is well
+            guard._succeeded()  # noqa: SLF001
         missing = settle_calls(calls, result, guard._failed)  # noqa: SLF001
         if missing:  # a script Redis lost: the task path loads it and sends them again
             guard._spawn(guard._round_trip(missing, reload=True))  # noqa: SLF001
@@ -351,8 +342,7 @@ class _SentWrites(_Sent):
     __slots__ = ("writes",)
 
     def __init__(self, guard: GuardedRedis, writes: list[Write]) -> None:
-        super().__init__(guard)
-        self.writes = writes
+        self.guard, self.timer, self.writes = guard, None, writes
 
     def settle(self, result: list[Any] | BaseException) -> None:
         guard, writes = self.guard, self.writes
@@ -362,8 +352,8 @@ class _SentWrites(_Sent):
             for w in writes:
                 if w.on_failure is not None:
                     w.on_failure()
-        else:
-            guard._answered()  # noqa: SLF001
+        elif guard._failures or not guard.up:  # noqa: SLF001
+            guard._succeeded()  # noqa: SLF001
         if missing:  # a script Redis lost: the task path loads it and sends them again (and their hooks)
             guard._spawn(guard._send_writes(missing, reload=True))  # noqa: SLF001
             sent_again = {id(w) for w in missing}

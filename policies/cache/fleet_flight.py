@@ -119,7 +119,7 @@ class FleetFlight:
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry)."""
         pre = ex.state.get(PRE_CLAIM)
-        if pre is not None and pre.of == key:
+        if pre is not None and (pre.of is key or pre.of == key):  # the same object: made once per request
             pre.used, claim = True, pre.key
             won = pre.won or pre.holder == self._mine  # held by this process: see the module's docstring
         else:  # the lookup took no claim (it failed): claim now; a claim already this process's is won (a
