@@ -5,9 +5,12 @@ The awaited commands of a loop pass (``gateway.state.pipelining``) and the defer
 checkout, a ``StreamWriter`` write and a coroutine reading each reply through the ``StreamReader``,
 ~50 µs of client CPU per round trip of 3 commands here. On a ``Lane`` a batch is packed by hiredis in
 one call, written straight to the transport, and the replies are parsed by a ``hiredis.Reader`` fed
-from ``data_received``; the batch's one future gets them all (~11 µs for the same batch, measured in
-``bench/results/2026-12-06-shared-state-cost.md``). Redis answers a connection's commands in the order
-it read them, so batches written one after another need no lock: each waits in a FIFO for its replies.
+from ``data_received``; the batch's callback gets them all (~11 µs for the same batch, measured in
+``bench/results/2026-12-06-shared-state-cost.md``): ``submit`` takes the hot path's batches from the loop
+callback that has them (no task, no future; ``bench/results/2026-12-07-host-state-cost.md``), ``run`` awaits
+a future (connecting, ``NOSCRIPT`` reloads, everything off the hot path). Redis answers a connection's
+commands in the order it read them, so batches written one after another need no lock: each waits in a FIFO
+for its replies.
 The batches of one loop pass (the awaited commands', the deferred writes') leave in one write.
 
 The connection is opened by redis-py (its URL parsing, ``AUTH``, ``SELECT``, TLS), then its transport is

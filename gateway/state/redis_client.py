@@ -12,7 +12,10 @@ it back up. Up/down changes are logged once and reported to listeners (the
 ``defer`` and share round trips (``gateway.state.write_behind``); awaited single
 commands go through ``execute`` and share a round trip with the other commands
 of the same loop pass (``gateway.state.pipelining``). Both travel on the ``Lane``
-(``gateway.state.lane``), one connection with hiredis packing and parsing; ``call`` uses redis-py's pool.
+(``gateway.state.lane``), one connection with hiredis packing and parsing; on an open lane a batch is
+submitted from the loop callback that has it and settled from the lane's ``data_received`` (``_SentCalls``,
+``_SentWrites``; a timer bounds it), with no task or ``asyncio.timeout`` per round trip; connecting, probing
+after the cooling off and re-sending after ``NOSCRIPT`` take the task path. ``call`` uses redis-py's pool.
 """
 from __future__ import annotations
 
