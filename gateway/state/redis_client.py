@@ -19,6 +19,7 @@ after the cooling off and re-sending after ``NOSCRIPT`` take the task path. ``ca
 """
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
@@ -292,7 +293,7 @@ class GuardedRedis:
         await self.client.aclose()
 
 
-class _Sent:
+class _Sent(abc.ABC):
     """A batch submitted to the lane (``GuardedRedis._submit``): its timeout timer, then its settling."""
 
     __slots__ = ("guard", "timer")
@@ -311,8 +312,9 @@ class _Sent:
             if not guard._inflight and guard._idle is not None and not guard._idle.done():  # noqa: SLF001
                 guard._idle.set_result(None)  # noqa: SLF001
 
+    @abc.abstractmethod
     def settle(self, result: list[Any] | BaseException) -> None:
-        raise NotImplementedError
+        """Hand the batch's replies (or its failure) to whoever waits for them."""
 
 
 class _SentCalls(_Sent):
