@@ -5,9 +5,12 @@ The awaited commands of a loop pass (``gateway.state.pipelining``) and the defer
 checkout, a ``StreamWriter`` write and a coroutine reading each reply through the ``StreamReader``,
 ~50 µs of client CPU per round trip of 3 commands here. On a ``Lane`` a batch is packed by hiredis in
 one call, written straight to the transport, and the replies are parsed by a ``hiredis.Reader`` fed
-from ``data_received``; the batch's one future gets them all (~11 µs for the same batch, measured in
-``bench/results/2026-12-06-shared-state-cost.md``). Redis answers a connection's commands in the order
-it read them, so batches written one after another need no lock: each waits in a FIFO for its replies.
+from ``data_received``; the batch's callback gets them all (~11 µs for the same batch, measured in
+``bench/results/2026-12-06-shared-state-cost.md``): ``submit`` takes the hot path's batches from the loop
+callback that has them (no task, no future; ``bench/results/2026-12-07-host-state-cost.md``), ``run`` awaits
+a future (connecting, ``NOSCRIPT`` reloads, everything off the hot path). Redis answers a connection's
+commands in the order it read them, so batches written one after another need no lock: each waits in a FIFO
+for its replies.
 The batches of one loop pass (the awaited commands', the deferred writes') leave in one write.
 
 The connection is opened by redis-py (its URL parsing, ``AUTH``, ``SELECT``, TLS), then its transport is
@@ -20,8 +23,9 @@ lists: no redis-py response callbacks).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +35,17 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
+_PACK = hiredis.pack_command
+# Called once per batch: with its replies in order, or with the exception that lost the connection.
+Done = Callable[[list[Any] | BaseException], None]
+
 
 @dataclass(slots=True)
 class _Batch:
-    """One write's commands: how many replies it still waits for, and where they go."""
+    """One write's commands: how many replies it still waits for, and who gets them."""
 
     left: int
-    future: asyncio.Future[list[Any]]
+    done: Done
     replies: list[Any] = field(default_factory=list)
 
 
@@ -74,8 +82,11 @@ class _Protocol(asyncio.Protocol):
             batch.left -= 1
             if not batch.left:
                 waiting.popleft()
-                if not batch.future.done():
-                    batch.future.set_result(batch.replies)
+                batch.done(batch.replies)
+
+    def abandon(self) -> None:
+        """A batch's time ran out: its reply is still coming, so nothing behind it can be trusted."""
+        self.close(TimeoutError("redis reply timed out"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close(RedisConnectionError(f"connection lost: {exc!r}"))
@@ -86,9 +97,24 @@ class _Protocol(asyncio.Protocol):
             self.transport.close()
             self.opener._writer = self.opener._reader = None  # noqa: SLF001 - closed: nothing left to warn about
         while self.waiting:
-            future = self.waiting.popleft().future
-            if not future.done():
-                future.set_exception(exc)
+            self.waiting.popleft().done(exc)
+
+
+def pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    """The commands in Redis's protocol, one buffer (hiredis: one C call per command)."""
+    try:
+        return b"".join([hiredis.pack_command(c if isinstance(c, tuple) else tuple(c)) for c in commands])
+    except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
+        raise DataError(str(exc)) from exc
+
+
+def _resolve(future: asyncio.Future[list[Any]], result: list[Any] | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def _error(reply: hiredis.ReplyError) -> Exception:
@@ -105,6 +131,32 @@ class Lane:
         self._protocol: _Protocol | None = None
         self._opening: asyncio.Future[_Protocol] | None = None
 
+    @property
+    def ready(self) -> bool:
+        """Connected: ``submit`` takes a batch now."""
+        return self._protocol is not None and not self._protocol.closed
+
+    def submit(self, commands: Sequence[tuple[Any, ...]], done: Done) -> Callable[[], None] | None:
+        """Queue ``commands`` in one write on the open connection; ``done`` gets their replies (or the
+        connection's failure; ``DataError`` at once for an argument Redis cannot take). No task, no future:
+        the hot path's awaited commands and deferred writes settle from ``data_received``. Returns what
+        abandons the batch (its timeout: closing the connection, which fails it and every batch behind it,
+        as a cancelled ``run`` does); None, with nothing queued, when no connection is open (``run`` opens
+        one)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            return None
+        try:  # one command (a lookup, a lone write) needs no join
+            data = _PACK(commands[0]) if len(commands) == 1 else b"".join(map(_PACK, commands))
+        except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
+            raise DataError(str(exc)) from exc
+        protocol.waiting.append(_Batch(len(commands), done))
+        out = protocol.out  # ``queue``, inline: a call less per batch
+        if not out:
+            asyncio.get_running_loop().call_soon(protocol.write_out)
+        out.append(data)
+        return protocol.abandon
+
     async def run(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` in one write; their replies in order (a refused command's: its exception)."""
         return await self._send(commands)
@@ -112,15 +164,12 @@ class Lane:
     async def _send(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         if not commands:
             return []
-        try:
-            data = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
-        except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
-            raise DataError(str(exc)) from exc
+        data = pack(commands)
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._open()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        protocol.waiting.append(_Batch(len(commands), future))
+        protocol.waiting.append(_Batch(len(commands), functools.partial(_resolve, future)))
         protocol.queue(data)
         try:
             return await future

@@ -23,9 +23,11 @@ object per pass).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from gateway.state.errors import RedisUnavailable
 
 if TYPE_CHECKING:
     from gateway.state.lane import Lane
@@ -41,37 +43,48 @@ class Call:
     script: Any = None  # the registered script (redis-py ``AsyncScript``) of an EVALSHA
 
 
-class CommandRefused(Exception):
-    """Redis answered this one command with an error; the connection and the other commands are fine."""
+Refused = Callable[[BaseException], None]  # told of each command Redis refused (the guard counts a failure)
 
 
-async def send_calls(lane: Lane, calls: Sequence[Call]) -> None:
-    """Send ``calls`` in one round trip and hand each its reply (or its own error)."""
-    from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
-
+async def send_calls(lane: Lane, calls: Sequence[Call], refused: Refused, reload: bool = False) -> None:
+    """Send ``calls`` in one round trip and hand each its reply (or its own error); ``reload``: their
+    scripts first (Redis answered ``NOSCRIPT`` to them already)."""
     pending = [c for c in calls if not c.future.done()]  # a caller cancelled before we left needs nothing
+    if reload:
+        for source in {c.script.script for c in pending if c.script is not None}:
+            await lane.load(source)
     for attempt in range(2):
         if not pending:
             return
-        replies = await lane.run([c.args for c in pending])
-        missing: list[Call] = []
-        for c, reply in zip(pending, replies, strict=True):
-            if isinstance(reply, NoScriptError) and not attempt and c.script is not None:
-                missing.append(c)
-            else:
-                _settle(c, reply)
+        missing = settle_calls(pending, await lane.run([c.args for c in pending]), refused, attempt == 0)
         for source in {c.script.script for c in missing}:
             await lane.load(source)
         pending = missing
 
 
-def _settle(call: Call, reply: Any) -> None:
-    if call.future.done():
-        return  # its caller was cancelled meanwhile
-    if isinstance(reply, Exception):  # the lane's replies: raw values, or a redis-py error per command
-        call.future.set_exception(CommandRefused(type(reply).__name__))
-    else:
-        call.future.set_result(reply)
+def settle_calls(calls: Sequence[Call], replies: list[Any], refused: Refused,
+                 retry: bool = True) -> list[Call]:
+    """Hand each call its reply; a command Redis refused fails only its caller (``RedisUnavailable``: it falls
+    back), the connection and the other commands are fine. Returns the calls whose script Redis lost
+    (``NOSCRIPT``), unsettled when ``retry`` (their script is loaded and they are sent again)."""
+    missing: list[Call] = []
+    for c, reply in zip(calls, replies, strict=True):
+        if c.future.done():
+            continue  # its caller was cancelled meanwhile
+        if not isinstance(reply, Exception):  # the lane's replies: raw values, or a redis-py error each
+            c.future.set_result(reply)
+        elif retry and c.script is not None and _lost_script(reply):
+            missing.append(c)
+        else:
+            refused(reply)
+            c.future.set_exception(RedisUnavailable(type(reply).__name__))
+    return missing
+
+
+def _lost_script(reply: Exception) -> bool:
+    from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
+
+    return isinstance(reply, NoScriptError)
 
 
 def evalsha_args(script: Any, keys: Sequence[Any], args: Sequence[Any]) -> tuple[Any, ...]:

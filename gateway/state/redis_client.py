@@ -12,10 +12,14 @@ it back up. Up/down changes are logged once and reported to listeners (the
 ``defer`` and share round trips (``gateway.state.write_behind``); awaited single
 commands go through ``execute`` and share a round trip with the other commands
 of the same loop pass (``gateway.state.pipelining``). Both travel on the ``Lane``
-(``gateway.state.lane``), one connection with hiredis packing and parsing; ``call`` uses redis-py's pool.
+(``gateway.state.lane``), one connection with hiredis packing and parsing; on an open lane a batch is
+submitted from the loop callback that has it and settled from the lane's ``data_received`` (``_SentCalls``,
+``_SentWrites``; a timer bounds it), with no task or ``asyncio.timeout`` per round trip; connecting, probing
+after the cooling off and re-sending after ``NOSCRIPT`` take the task path. ``call`` uses redis-py's pool.
 """
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
@@ -23,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
 
 from gateway.config_model import StateConfig
 from gateway.state.errors import RedisUnavailable
 from gateway.state.lane import Lane
-from gateway.state.pipelining import Call, CommandRefused, send_calls
-from gateway.state.write_behind import MAX_BATCH, Write, send
+from gateway.state.pipelining import Call, send_calls, settle_calls
+from gateway.state.write_behind import MAX_BATCH, Write, commands, outcome, send
 from gateway.telemetry.logging import state_change
 
 T = TypeVar("T")
@@ -57,6 +61,8 @@ class GuardedRedis:
     # Writes held back (``hold``): tag -> (when deferred, what makes it), oldest first; ``drop`` cancels.
     _held: dict[str, tuple[float, Callable[[str], Write]]] = field(default_factory=dict)
     _held_at: asyncio.TimerHandle | None = None  # the oldest held write is due then
+    _inflight: int = 0  # batches submitted to the lane without a task (``_submit``), not settled yet
+    _idle: asyncio.Future[None] | None = None  # ``drain`` waits on it for the last of them
 
     @classmethod
     def from_config(cls, cfg: StateConfig, clock: Callable[[], float],
@@ -76,9 +82,10 @@ class GuardedRedis:
         """Run ``fn(client)`` within the timeout, or raise ``RedisUnavailable``."""
         return await self._bounded(fn, self.client)
 
-    async def send(self, writes: list[Write]) -> None:
-        """Run ``writes`` now, in one round trip on the lane (an awaited ``defer``); or RedisUnavailable."""
-        await self._bounded(functools.partial(send, writes=writes), self._lane())
+    async def send(self, writes: list[Write], reload: bool = False) -> None:
+        """Run ``writes`` now, in one round trip on the lane (an awaited ``defer``); or RedisUnavailable.
+        ``reload``: load their scripts first (Redis answered ``NOSCRIPT`` to them)."""
+        await self._bounded(functools.partial(send, writes=writes, reload=reload), self._lane())
 
     def _lane(self) -> Lane:
         if self.lane is None:
@@ -98,39 +105,60 @@ class GuardedRedis:
         self._succeeded()
         return result
 
-    async def execute(self, *args: Any, script: Any = None) -> Any:
+    def execute(self, *args: Any, script: Any = None) -> asyncio.Future[Any]:
         """One command (``script``: the registered script an ``EVALSHA`` runs), sent with the other
-        commands of this loop pass in one round trip; its reply, or ``RedisUnavailable``."""
-        if not self.up and self.clock() < self._retry_at:
-            raise RedisUnavailable("redis cooling off")
+        commands of this loop pass in one round trip: a future of its reply, or of ``RedisUnavailable``
+        (a future, not a coroutine: one frame less between the caller and the reply)."""
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self.up and self.clock() < self._retry_at:
+            future.set_exception(RedisUnavailable("redis cooling off"))
+            return future
         if not self._calls:
             loop.call_soon(self._send_pass)
-        future: asyncio.Future[Any] = loop.create_future()
         self._calls.append(Call(args, future, script))
-        try:
-            return await future
-        except CommandRefused as exc:
-            self._failed(exc)
-            raise RedisUnavailable(str(exc)) from exc
+        return future
 
     def _send_pass(self) -> None:
         """The awaited commands of the pass; the deferred writes still waiting for their round trip go first,
         in the same one (the lane writes the batches of one pass together)."""
         calls, self._calls = self._calls, []
         if self._writes:
-            self._spawn(self._send_writes(self._take_writes()))
+            self._flush(self._take_writes())
         for start in range(0, len(calls), MAX_BATCH):
-            self._spawn(self._round_trip(calls[start: start + MAX_BATCH]))
+            chunk = calls[start: start + MAX_BATCH] if len(calls) > MAX_BATCH else calls
+            pending = [c for c in chunk if not c.future.done()]  # a cancelled caller needs nothing
+            if pending and not self._submit(_SentCalls(self, pending), [c.args for c in pending]):
+                self._spawn(self._round_trip(pending))
+
+    def _submit(self, sent: _Sent, commands: list[tuple[Any, ...]]) -> bool:
+        """``sent``'s batch straight onto the open lane: no task, no coroutine, no ``asyncio.timeout`` (it is
+        settled from the lane's ``data_received``, bounded by a timer; ~a third of the client work of the
+        task path, ``bench/results/2026-12-07-host-state-cost.md``). False when the lane is not open or
+        Redis is cooling off: the caller takes the task path, which connects or probes."""
+        lane = self.lane
+        if lane is None or not self.up:
+            return False
+        try:
+            abandon = lane.submit(commands, sent)
+        except DataError as exc:  # an argument Redis cannot take: the batch fails, as on the task path
+            sent.settle(exc)
+            return True
+        if abandon is None:
+            return False
+        sent.timer = asyncio.get_running_loop().call_later(self.timeout_s, abandon)
+        self._inflight += 1
+        return True
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _round_trip(self, calls: list[Call]) -> None:
+    async def _round_trip(self, calls: list[Call], reload: bool = False) -> None:
         try:
-            await self._bounded(functools.partial(send_calls, calls=calls), self._lane())
+            send = functools.partial(send_calls, calls=calls, refused=self._failed, reload=reload)
+            await self._bounded(send, self._lane())
         except RedisUnavailable as exc:
             if exc.__cause__ is not None:  # a real failure, not the cooling off: each command counts
                 for _ in calls[1:]:  # as one, as when they went one by one
@@ -213,7 +241,16 @@ class GuardedRedis:
     def _flush_due(self) -> None:
         self._flush_at = None
         if self._writes:
-            self._spawn(self._send_writes(self._take_writes()))
+            self._flush(self._take_writes())
+
+    def _flush(self, writes: list[Write]) -> None:
+        """Send deferred writes: straight onto an open lane, else through the task path (which connects).
+        Checked first: a write that ``build``s its command is built once per round trip."""
+        ready = self.up and self.lane is not None and self.lane.ready
+        for start in range(0, len(writes), MAX_BATCH):
+            batch = writes[start: start + MAX_BATCH] if len(writes) > MAX_BATCH else writes
+            if not (ready and self._submit(_SentWrites(self, batch), commands(batch))):
+                self._spawn(self._send_writes(batch))
 
     def _take_writes(self) -> list[Write]:
         """The deferred writes, now on their way (their timer, if still pending, has nothing left to do)."""
@@ -223,11 +260,11 @@ class GuardedRedis:
         writes, self._writes = self._writes, []
         return writes
 
-    async def _send_writes(self, writes: list[Write]) -> None:
+    async def _send_writes(self, writes: list[Write], reload: bool = False) -> None:
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH]
             try:
-                await self.send(batch)
+                await self.send(batch, reload)
             except RedisUnavailable:
                 for w in batch:
                     if w.on_failure is not None:
@@ -239,13 +276,93 @@ class GuardedRedis:
     async def drain(self) -> None:
         """Wait until every deferred write has been sent, the held ones too (shutdown, tests)."""
         self._release_held()
-        while self._tasks or self._writes:
+        while self._tasks or self._writes or self._inflight:
             if self._writes:
-                self._spawn(self._send_writes(self._take_writes()))
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                self._flush(self._take_writes())
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            elif self._inflight:  # batches on the lane: their replies, or their timers, settle them
+                self._idle = asyncio.get_running_loop().create_future()
+                await self._idle
+                self._idle = None
 
     async def close(self) -> None:
         await self.drain()
         if self.lane is not None:
             self.lane.close()
         await self.client.aclose()
+
+
+class _Sent(abc.ABC):
+    """A batch submitted to the lane (``GuardedRedis._submit``): its timeout timer, then its settling."""
+
+    __slots__ = ("guard", "timer")
+
+    guard: GuardedRedis
+    timer: asyncio.TimerHandle | None
+
+    def __call__(self, result: list[Any] | BaseException) -> None:
+        guard = self.guard
+        if self.timer is not None:
+            self.timer.cancel()
+        try:
+            self.settle(result)
+        finally:  # what ``drain`` waits for (inline: a call less per round trip)
+            guard._inflight -= 1  # noqa: SLF001 - the guard's own bookkeeping
+            if not guard._inflight and guard._idle is not None and not guard._idle.done():  # noqa: SLF001
+                guard._idle.set_result(None)  # noqa: SLF001
+
+    @abc.abstractmethod
+    def settle(self, result: list[Any] | BaseException) -> None:
+        """Hand the batch's replies (or its failure) to whoever waits for them."""
+
+
+class _SentCalls(_Sent):
+    """Awaited commands: each caller gets its reply (``_round_trip`` without its task)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, guard: GuardedRedis, calls: list[Call]) -> None:
+        self.guard, self.timer, self.calls = guard, None, calls
+
+    def settle(self, result: list[Any] | BaseException) -> None:
+        guard, calls = self.guard, self.calls
+        if isinstance(result, BaseException):  # each command counts as one failure, as sent one by one
+            for _ in calls:
+                guard._failed(result)  # noqa: SLF001
+            for c in calls:
+                if not c.future.done():
+                    c.future.set_exception(RedisUnavailable(type(result).__name__))
+            return
+        if guard._failures or not guard.up:  # noqa: SLF001 - a call less per round trip while all is well
+            guard._succeeded()  # noqa: SLF001
+        missing = settle_calls(calls, result, guard._failed)  # noqa: SLF001
+        if missing:  # a script Redis lost: the task path loads it and sends them again
+            guard._spawn(guard._round_trip(missing, reload=True))  # noqa: SLF001
+
+
+class _SentWrites(_Sent):
+    """Deferred writes: their hooks (``_send_writes`` without its task)."""
+
+    __slots__ = ("writes",)
+
+    def __init__(self, guard: GuardedRedis, writes: list[Write]) -> None:
+        self.guard, self.timer, self.writes = guard, None, writes
+
+    def settle(self, result: list[Any] | BaseException) -> None:
+        guard, writes = self.guard, self.writes
+        error, missing = (result, []) if isinstance(result, BaseException) else outcome(writes, result)
+        if error is not None:
+            guard._failed(error)  # noqa: SLF001
+            for w in writes:
+                if w.on_failure is not None:
+                    w.on_failure()
+        elif guard._failures or not guard.up:  # noqa: SLF001
+            guard._succeeded()  # noqa: SLF001
+        if missing:  # a script Redis lost: the task path loads it and sends them again (and their hooks)
+            guard._spawn(guard._send_writes(missing, reload=True))  # noqa: SLF001
+            sent_again = {id(w) for w in missing}
+            writes = [w for w in writes if id(w) not in sent_again]
+        for w in writes:
+            if w.on_done is not None:
+                w.on_done()

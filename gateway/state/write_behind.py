@@ -47,17 +47,19 @@ def evalsha(script: Any, keys: Sequence[str], args: Sequence[Any], **hooks: Any)
     return Write(("EVALSHA", script.sha, len(keys), *keys, *args), script, **hooks)
 
 
-async def send(lane: Lane, writes: Sequence[Write]) -> None:
-    """Run ``writes`` in one round trip; scripts Redis lost are loaded and their writes re-sent once."""
+async def send(lane: Lane, writes: Sequence[Write], reload: bool = False) -> None:
+    """Run ``writes`` in one round trip; scripts Redis lost are loaded and their writes re-sent once.
+    ``reload``: their scripts first (Redis answered ``NOSCRIPT`` to them already)."""
     from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
 
     pending = list(writes)
+    if reload:
+        for source in {w.script.script for w in pending if w.script is not None}:
+            await lane.load(source)
     for attempt in range(2):
-        results = await lane.run([w.args if w.build is None else w.build() for w in pending])
-        missing = [w for w, r in zip(pending, results, strict=True) if isinstance(r, NoScriptError)]
-        errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, NoScriptError)]
-        if errors:
-            raise errors[0]
+        error, missing = outcome(pending, await lane.run(commands(pending)))
+        if error is not None:
+            raise error
         if not missing:
             return
         if attempt:
@@ -66,3 +68,21 @@ async def send(lane: Lane, writes: Sequence[Write]) -> None:
             await lane.load(source)
         pending = missing
 
+
+def commands(writes: Sequence[Write]) -> list[tuple[Any, ...]]:
+    """Each write's command (made now for the writes that ``build`` theirs)."""
+    return [w.args if w.build is None else w.build() for w in writes]
+
+
+def outcome(writes: Sequence[Write], results: list[Any]) -> tuple[Exception | None, list[Write]]:
+    """A round trip's verdict: the first error Redis answered (the batch failed), and the writes whose
+    script Redis lost (to send again once it is loaded)."""
+    missing: list[Write] = []
+    for w, r in zip(writes, results, strict=True):
+        if isinstance(r, Exception):
+            from redis.exceptions import NoScriptError  # noqa: PLC0415 - redis-py only once Redis is used
+
+            if not isinstance(r, NoScriptError):
+                return r, []
+            missing.append(w)
+    return None, missing

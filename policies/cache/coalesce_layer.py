@@ -94,7 +94,9 @@ class Coalesce:
         would store this answer (the entry is where other processes pick it up)."""
         if self.fleet is None:  # one process (no shared state): nothing to claim, nothing to compute
             return next
-        wait_s = fleet_wait_s(ex, cache_config(ex, self.config.cache))
+        pre = ex.state.get(PRE_CLAIM)  # the exact cache's lookup worked the claim's life out already
+        cfg = self.config.cache
+        wait_s = pre.life_ms / 1000 if pre is not None else fleet_wait_s(ex, cache_config(ex, cfg))
         if wait_s <= 0:
             return next
         return partial(self.fleet.call, next=next, key=self.keys.key(ex), wait_s=wait_s)

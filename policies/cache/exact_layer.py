@@ -21,7 +21,7 @@ from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
 from policies.cache.fill import attach_fill, refusal
-from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, fleet_wait_s, release_unused
+from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, claim_life, release_unused
 from policies.cache.keys import CacheKey
 from policies.cache.request import (
     ANSWER_OPERATIONS,
@@ -63,14 +63,16 @@ class ExactCache:
             return await next(ex)
         controls = controls_of(ex)
         read, write = mode_allows(cfg.mode, controls)
-        if not (read or write) or (cfg.deterministic_only and not deterministic(ex)):
+        det = deterministic(ex)
+        if not (read or write) or (cfg.deterministic_only and not det):
             ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "bypass"
             self.rt.metrics.request("exact", "bypass", self.name)
             return await next(ex)  # no key: a 500 KB agent prompt's canonical dump costs ~1.2 ms of GIL
         keys = self.keys
         key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
         if read:
-            answer = self.rt.exact.local(key) if self._memory_only else await self._lookup(ex, key)
+            answer = self.rt.exact.local(key) if self._memory_only else \
+                await self._lookup(ex, key, controls.read, (read, write), det)
             if answer is not None and (controls.max_age_s is None or _age(answer) <= controls.max_age_s):
                 self.rt.metrics.request("exact", "hit", self.name)
                 self.rt.metrics.saved("exact", ex.request.model, answer.tokens)
@@ -89,9 +91,11 @@ class ExactCache:
                                min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills, self._refused)
         return resp
 
-    async def _lookup(self, ex: Exchange, key: CacheKey) -> CachedAnswer | None:
+    async def _lookup(self, ex: Exchange, key: CacheKey, read: bool, allowed: tuple[bool, bool],
+                      det: bool) -> CachedAnswer | None:
         """The entry; on a miss, the fleet's coalescing claim too when this request would take one."""
-        wait_s = fleet_wait_s(ex, cache_config(ex, self.config.cache)) if self.claims is not None else 0.0
+        wait_s = 0.0 if self.claims is None else \
+            claim_life(cache_config(ex, self.config.cache), read, allowed, det)
         if wait_s <= 0:
             return await self.rt.exact.get(key)
         answer, claim = await self.rt.exact.get_or_claim(key, self.rt.fleet_owner, int(wait_s * 1000))

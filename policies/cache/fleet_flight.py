@@ -39,6 +39,7 @@ from gateway.body import Observed
 from gateway.chain import Next
 from gateway.exchange import Exchange, StateKey, UpstreamResponse
 from gateway.state.errors import RedisUnavailable
+from gateway.state.pipelining import evalsha_args
 from gateway.state.write_behind import Write, evalsha
 from policies.cache.config import CacheConfig
 from policies.cache.controls import mode_allows
@@ -59,6 +60,12 @@ RELEASE_IF_MINE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
+# KEYS: the key. ARGV: the claimer, the claim's life in ms. 1 when the claim is (now) the claimer's.
+CLAIM_OR_MINE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
 # KEYS: the key. ARGV: the claimer, the grace in ms. A claim still this claimer's is kept the grace as
 # ``done`` (the entry's write may still be on its way), then gone; an entry or another's claim is left alone.
 RELEASE_TO_GRACE = """
@@ -75,17 +82,19 @@ def process_id() -> str:
 def fleet_wait_s(ex: Exchange, cfg: CacheConfig) -> float:
     """How long this request's fleet claim lasts; 0 when it takes no part (same gates as the layers:
     coalesced at all, and an answer the exact cache would store, where other processes find it)."""
-    co, exact = cfg.coalesce, cfg.exact
-    if not co.enabled or co.fleet_wait_s <= 0 or not exact.enabled:
-        return 0.0
     controls = controls_of(ex)
-    if not controls.read or (not co.nondeterministic and not deterministic(ex)):
+    return claim_life(cfg, controls.read, mode_allows(cfg.exact.mode, controls), deterministic(ex))
+
+
+def claim_life(cfg: CacheConfig, read: bool, allowed: tuple[bool, bool], det: bool) -> float:
+    """``fleet_wait_s`` from what the exact cache's layer has worked out already: the client's read control,
+    ``mode_allows`` of the exact cache's mode, and whether the request is deterministic."""
+    co, exact = cfg.coalesce, cfg.exact
+    if not co.enabled or co.fleet_wait_s <= 0 or not exact.enabled or not read:
         return 0.0
-    if exact.deterministic_only and not deterministic(ex):
+    if not (det or co.nondeterministic) or (exact.deterministic_only and not det):
         return 0.0
-    if mode_allows(exact.mode, controls) != (True, True):
-        return 0.0
-    return co.fleet_wait_s
+    return co.fleet_wait_s if allowed == (True, True) else 0.0
 
 
 def release_unused(backend: GuardedRedis, script: Any, claim: Claim, owner: str) -> bool:
@@ -104,19 +113,21 @@ class FleetFlight:
         self.owner = owner or process_id()
         self._mine = self.owner.encode()
         self._release = backend.script(RELEASE_TO_GRACE)
+        self._claim = backend.script(CLAIM_OR_MINE)
         self._release_of = self.release  # one bound method, held with every leader's claim
 
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry)."""
-        claim = self.store.claim_key(key)
         pre = ex.state.get(PRE_CLAIM)
-        if pre is not None and pre.key == claim:
-            pre.used = True
+        if pre is not None and (pre.of is key or pre.of == key):  # the same object: made once per request
+            pre.used, claim = True, pre.key
             won = pre.won or pre.holder == self._mine  # held by this process: see the module's docstring
-        else:
+        else:  # the lookup took no claim (it failed): claim now; a claim already this process's is won (a
+            # lookup that timed out may have taken it: waiting on it would be waiting on itself for wait_s)
+            claim = self.store.claim_key(key)
             try:
-                won = bool(await self.backend.call(
-                    lambda r: r.set(claim, self.owner, nx=True, px=int(wait_s * 1000))))
+                won = await self.backend.execute(*evalsha_args(
+                    self._claim, [claim], [self.owner, int(wait_s * 1000)]), script=self._claim) == 1
             except RedisUnavailable:
                 return await next(ex)
         if won:

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.state.pipelining import evalsha_args
 from gateway.state.write_behind import Write
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, namespace_token
@@ -52,6 +51,8 @@ class Claim:
     key: str
     won: bool
     holder: bytes | None  # the claimer's id, b"done" in its grace, None when this lookup took it
+    of: CacheKey  # the cache key it was taken for (the coalescing layer's check: no Redis key made again)
+    life_ms: int  # how long it lasts: ``fleet_wait_s`` (the coalescing layer need not work it out again)
     used: bool = False  # the coalescing layer took it over (it releases the claim at the answer's end)
 
 
@@ -105,13 +106,14 @@ class AnswerStore:
             self._lookup_or_claim = self.redis.script(LOOKUP_OR_CLAIM)
         script, rkey = self._lookup_or_claim, self.redis_key(key)
         try:
-            row = await self.redis.execute(*evalsha_args(script, [rkey], [owner, claim_ms]), script=script)
+            row = await self.redis.execute("EVALSHA", script.sha, 1, rkey, owner, claim_ms, script=script)
         except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
             self._redis_failed()
             return None, None
         if row[0]:
             return self._remember(key, row[0], row[1]), None
-        return None, Claim(rkey, won=row[1] == 1, holder=row[2] if len(row) > 2 else None)
+        return None, Claim(rkey, won=row[1] == 1, holder=row[2] if len(row) > 2 else None, of=key,
+                           life_ms=claim_ms)
 
     def _remember(self, key: CacheKey, data: bytes, pttl: Any) -> CachedAnswer | None:
         """Decode an entry read from Redis and keep it in memory for its remaining TTL."""

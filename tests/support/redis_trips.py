@@ -8,8 +8,8 @@ from gateway.state.redis_client import GuardedRedis
 
 
 def round_trips(g: GuardedRedis) -> list[list[str]]:
-    """From now on, each batch ``g`` sends on its lane (one round trip) appends the list of its commands'
-    names (a script loaded again after ``NOSCRIPT`` is not counted)."""
+    """From now on, each batch ``g`` sends on its lane (``run`` or ``submit``: one round trip) appends the
+    list of its commands' names (a script loaded again after ``NOSCRIPT`` is not counted)."""
     trips: list[list[str]] = []
     lane = g.lane
     assert lane is not None
@@ -19,5 +19,13 @@ def round_trips(g: GuardedRedis) -> list[list[str]]:
         trips.append([str(c[0]) for c in commands])
         return await real(commands)
 
+    def submit(commands: Sequence[Sequence[Any]], done: Any) -> Any:
+        abandon = real_submit(commands, done)
+        if abandon is not None:  # None: not connected, nothing sent (the task path's ``run`` sends it)
+            trips.append([str(c[0]) for c in commands])
+        return abandon
+
+    real_submit = lane.submit
     lane.run = run  # type: ignore[method-assign]
+    lane.submit = submit  # type: ignore[method-assign]
     return trips

@@ -152,3 +152,27 @@ async def test_a_pass_takes_the_waiting_deferred_writes_along(redis_server: Redi
         assert trips[2:] == [["SET"]] and await g.client.get("pl:w") == b"alone"
     finally:
         await g.close()
+
+
+async def test_a_pass_on_the_open_lane_that_times_out_fails_its_callers_and_the_next_reconnects(
+        redis_server: RedisServer) -> None:
+    """A pass submitted straight onto the open lane (no task) is bounded by its timer: a reply slower than the
+    timeout fails its callers with RedisUnavailable and counts a failure each, the connection is dropped
+    (its late reply must not answer the next command), and the next pass reconnects and gets its own reply.
+    Control: the same quick command on the open lane, before, answers."""
+    g = _guarded(redis_server.url, timeout_ms=150)
+    try:
+        await g.client.delete("pl:t", "pl:q")
+        assert await g.execute("SET", "pl:t", "x") == b"OK"  # opens the lane (the task path)
+        protocol = g.lane._protocol if g.lane is not None else None
+        assert protocol is not None and not protocol.closed
+        assert await g.execute("GET", "pl:t") == b"x"  # control: on the open lane, answered in time
+        results = await asyncio.gather(g.execute("BLPOP", "pl:q", 1), g.execute("GET", "pl:t"),
+                                       return_exceptions=True)
+        assert all(isinstance(r, RedisUnavailable) and "TimeoutError" in str(r) for r in results)
+        assert g._failures == 2 and protocol.closed and g._inflight == 0
+        await g.client.rpush("pl:q", "late")  # what the abandoned BLPOP would have taken, had it been read
+        assert await g.execute("GET", "pl:t") == b"x"  # a new connection, in step
+        assert g._failures == 0 and g.up
+    finally:
+        await g.close()

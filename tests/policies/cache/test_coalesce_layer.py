@@ -73,8 +73,9 @@ async def test_lookups_answered_out_of_order_do_not_wait_on_themselves(redis_ser
         a, b = exchange(st), exchange(st)
         claim_key = rt.exact.claim_key(policy.keys.key(a))
         await st.backend.client.set(claim_key, rt.fleet_owner, px=10_000)  # what A's lookup did
-        pre_a = Claim(claim_key, won=True, holder=None)
-        pre_b = Claim(claim_key, won=False, holder=rt.fleet_owner.encode())
+        key = policy.keys.key(a)
+        pre_a = Claim(claim_key, won=True, holder=None, of=key, life_ms=10_000)
+        pre_b = Claim(claim_key, won=False, holder=rt.fleet_owner.encode(), of=key, life_ms=10_000)
         a.state.set(PRE_CLAIM, pre_a)
         b.state.set(PRE_CLAIM, pre_b)
         up = Gated()

@@ -89,7 +89,7 @@ async def test_a_claim_taken_by_the_lookup_is_used_not_taken_again(
     pa = Provider()
     pa.release.set()
     ex = make_exchange()
-    pre = Claim(a.store.claim_key(key), won=True, holder=None)
+    pre = Claim(a.store.claim_key(key), won=True, holder=None, of=key, life_ms=5000)
     ex.state.set(PRE_CLAIM, pre)
     await drain(await a.call(ex, pa, key, 5.0))
     await a.backend.drain()
@@ -110,7 +110,8 @@ async def test_a_claim_held_by_this_process_is_led_one_held_elsewhere_is_followe
     pa.release.set()
     mine = CacheKey("t:team-a", "d5")
     ex = make_exchange()
-    ex.state.set(PRE_CLAIM, Claim(a.store.claim_key(mine), won=False, holder=a.owner.encode()))
+    ex.state.set(PRE_CLAIM, Claim(a.store.claim_key(mine), won=False, holder=a.owner.encode(), of=mine,
+                                  life_ms=5000))
     started = time.monotonic()
     await drain(await a.call(ex, pa, mine, 5.0))
     assert pa.calls == 1 and decisions == ["fleet_leader"] and time.monotonic() - started < 1.0
@@ -118,10 +119,34 @@ async def test_a_claim_held_by_this_process_is_led_one_held_elsewhere_is_followe
     theirs = CacheKey("t:team-a", "d6")
     await a.backend.client.set(a.store.claim_key(theirs), b.owner, px=5000)
     follower_ex = make_exchange()
-    follower_ex.state.set(PRE_CLAIM, Claim(a.store.claim_key(theirs), won=False, holder=b.owner.encode()))
+    follower_ex.state.set(PRE_CLAIM, Claim(a.store.claim_key(theirs), won=False, holder=b.owner.encode(),
+                                           of=theirs, life_ms=5000))
     follower = asyncio.create_task(a.call(follower_ex, pa, theirs, 5.0))
     b.store.set(theirs, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)  # b's entry
     assert await drain(await follower) == ANSWER and pa.calls == 1 and pb.calls == 0
+    assert decisions == ["fleet_leader", "fleet_follower"]
+
+
+async def test_without_the_lookups_claim_a_claim_of_this_process_is_led_anothers_followed(
+        redis_server: RedisServer, make_exchange: Callable[..., Exchange]) -> None:
+    """No claim from the lookup (it failed: say it timed out after Redis had run it, leaving this process's
+    claim behind): a claim that is already this process's is led at once, not waited on for the whole
+    wait. Control: another process's claim is followed (its entry answers)."""
+    prefix, decisions = f"f{secrets.token_hex(3)}:", list[str]()
+    a, b = process(redis_server.url, prefix, decisions), process(redis_server.url, prefix, decisions)
+    pa = Provider()
+    pa.release.set()
+    mine, theirs = CacheKey("t:team-a", "d7"), CacheKey("t:team-a", "d8")
+    await a.backend.client.set(a.store.claim_key(mine), a.owner, px=5000)  # what the timed-out lookup left
+    started = time.monotonic()
+    await drain(await a.call(make_exchange(), pa, mine, 5.0))
+    assert pa.calls == 1 and decisions == ["fleet_leader"] and time.monotonic() - started < 1.0
+
+    await a.backend.client.set(a.store.claim_key(theirs), b.owner, px=5000)
+    follower = asyncio.create_task(a.call(make_exchange(), pa, theirs, 5.0))
+    await until(lambda: len(decisions) == 1 and not follower.done())
+    b.store.set(theirs, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)  # b's entry
+    assert await drain(await follower) == ANSWER and pa.calls == 1
     assert decisions == ["fleet_leader", "fleet_follower"]
 
 
@@ -136,7 +161,8 @@ async def test_release_unused_gives_back_only_an_unused_claim_of_its_own(redis_s
                                               ("taken-over", "other", True, False, True)):
             key = f"{prefix}{name}"
             await redis.client.set(key, holder, px=5000)
-            release_unused(redis, script, Claim(key, won=won, holder=None, used=used), "me")
+            release_unused(redis, script, Claim(key, won=won, holder=None, of=CacheKey("t", name),
+                                                 life_ms=1000, used=used), "me")
             await redis.drain()
             assert await redis.client.exists(key) == int(kept), name
     finally:
@@ -159,7 +185,8 @@ async def test_a_stored_answer_ends_its_claim_with_no_release_write(
         a.store.set(stored, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)
         await a.backend.drain()
         sent = [name for trip in trips for name in trip]
-        assert sent.count("EVALSHA") == 1 and sent.count("SET") == 1  # the refused one's release, the entry
+        # The two claims (no lookup took them here), the refused one's release; the entry.
+        assert sent.count("EVALSHA") == 3 and sent.count("SET") == 1
         assert await a.backend.client.get(a.store.claim_key(refused)) == b"done"
         answer, held = await a.store.peek(stored)
         assert answer is not None and not held
