@@ -13,7 +13,9 @@ shows here without the noise.
 
 Needs ``valgrind`` (``apt-get install valgrind``); ~20 s per measurement. The children run this file by
 its path, so a baseline tree without it is measured by the same harness. ``stream`` is the fake provider's
-default answer streamed (16 tokens: 19 events).
+default answer streamed (16 tokens: 19 events), which reaches the gateway in one or two reads; ``stream20``
+is a paced stream of 20 tokens (the mock waits 20 ms between content chunks, so even under valgrind each
+arrives in its own read): per-chunk work counts 20 times, as in ``bench.overhead``'s stream scenarios.
 """
 from __future__ import annotations
 
@@ -33,19 +35,24 @@ _RUN_FILE = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv
 _COLLECTED = re.compile(r"Collected\s*:\s*([\d,]+)")
 
 
-async def client(url: str, stream: bool, concurrency: int = 1) -> None:
+PACED = {"x-mock-fault": "ttft_ms=0;tokens_per_s=50", "x-mock-tokens": "20"}  # the ``stream20`` kind
+
+
+async def client(url: str, kind: str, concurrency: int = 1) -> None:
     """Reads a count per stdin line, sends that many unique requests (``concurrency`` at a time), answers
     ``done``."""
     import aiohttp
 
     loop = asyncio.get_running_loop()
     sent = [0]
+    stream = kind.startswith("stream")
+    headers = {**HEADERS, **PACED} if kind == "stream20" else HEADERS
 
     async def worker(session: aiohttp.ClientSession, count: int) -> None:
         while sent[0] < count:
             sent[0] += 1
             body = chat_body(f"NONCE {os.getpid()} {sent[0]}", stream=stream, max_tokens=None)
-            async with session.post(url + CHAT_PATH, data=body, headers=HEADERS) as resp:
+            async with session.post(url + CHAT_PATH, data=body, headers=headers) as resp:
                 await resp.read()
                 if resp.status != 200:
                     raise SystemExit(f"status {resp.status}")
@@ -115,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="gw-off,gw-default,gw-all")
-    parser.add_argument("--kinds", default="small,stream", help="small (chat) and/or stream")
+    parser.add_argument("--kinds", default="small,stream", help="small (chat), stream and/or stream20")
     parser.add_argument("--baseline", help="a baseline source tree, measured alternately with this one")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--requests", type=int, default=200)
@@ -124,7 +131,7 @@ def main() -> None:
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        asyncio.run(client(args.client, args.kinds == "stream", args.concurrency))
+        asyncio.run(client(args.client, args.kinds, args.concurrency))
         return
     if args.serve:
         import uvloop

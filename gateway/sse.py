@@ -236,20 +236,21 @@ class StreamInspector:
         is left to the parser. A spaced event is only short-cut when a token marker proves its token.
         """
         if line.startswith(b'data: {"type":'):  # a Responses event, compact or spaced
-            start = 24 if line.startswith(_RESPONSES_PREFIX) else 25
-            if start == 24 or line.startswith(_SPACED_RESPONSES_PREFIX):
-                kind = line[start:line.find(b'"', start)]
-                if kind.endswith(b".delta"):
-                    self._token = True
-                    return True
-                return kind not in _RESPONSES_PARSED and b'"error"' not in line
-        spaced = False
-        end = line.find(b'"finish_reason":null') + 20
-        if end < 20:
-            spaced = True
-            end = line.find(b'"finish_reason": null') + 21
-            if end < 21:
-                return False
+            known = self._fast_responses(line)
+            if known is not None:
+                return known
+        # The event's first finish_reason must be null and no other may follow: a finish before a null one
+        # (two choices, the first ending) is an event to parse, not a token.
+        end = line.find(b'"finish_reason"') + 15
+        if end < 15:
+            return False
+        spaced = not line.startswith(b":null", end)
+        if not spaced:
+            end += 5
+        elif line.startswith(b": null", end):
+            end += 6
+        else:
+            return False
         if line.find(b'"finish_reason"', end) >= 0:
             return False  # a finish, several choices: parse
         at = line.find(b'"usage"')
@@ -262,9 +263,22 @@ class StreamInspector:
             if not compact_token(line, _SPACED_TEXT, _SPACED_OBJECT):
                 return False  # no token proven in this spelling: the parser decides
             self._token = True
-        elif compact_token(line):
+            return True
+        at = line.find(b'"content":"')  # the usual chunk's token, proven here without a call (issue 21)
+        if (at >= 0 and line[at + 11:at + 12] != b'"') or compact_token(line):
             self._token = True
         return True
+
+    def _fast_responses(self, line: bytes) -> bool | None:
+        """``_fast`` for a Responses event (None: not one in a spelling known here)."""
+        start = 24 if line.startswith(_RESPONSES_PREFIX) else 25
+        if start == 24 or line.startswith(_SPACED_RESPONSES_PREFIX):
+            kind = line[start:line.find(b'"', start)]
+            if kind.endswith(b".delta"):
+                self._token = True
+                return True
+            return kind not in _RESPONSES_PARSED and b'"error"' not in line
+        return None
 
     def _on_object(self, obj: dict[str, Any]) -> None:
         kind = obj.get("type")

@@ -256,3 +256,19 @@ def test_the_bulk_path_is_taken_for_a_plain_chunk(monkeypatch: pytest.MonkeyPatc
     insp.feed(b"".join(BULK_BLOCKS["tokens only (the bulk path)"]))
     insp.feed(b"".join(BULK_BLOCKS["a finish in the middle"]))  # control: looked at event by event
     assert seen == [True, False] and insp.content_chunks == 2 and insp.finish_reasons == ["stop"]
+
+
+@pytest.mark.parametrize("spacing", ["compact", "spaced"])
+def test_a_finish_before_a_null_finish_in_one_event_is_read(spacing: str) -> None:
+    """Two choices in one event, the first finishing, the second still streaming: the byte short-cut must
+    not take the event for a plain token (its first ``finish_reason`` is the one it checks); a finish after
+    the null one (the positive control) was always read."""
+    for reasons, expected in ((("stop", None), ["stop"]), ((None, "length"), ["length"])):
+        obj = {"model": "m-1", "choices": [
+            {"index": 0, "delta": {"content": "a"}, "finish_reason": reasons[0]},
+            {"index": 1, "delta": {"content": "b"}, "finish_reason": reasons[1]}]}
+        event = _event(obj) if spacing == "compact" else b"data: " + json.dumps(obj).encode() + b"\n\n"
+        insp = StreamInspector(clock=lambda: 1.0)
+        insp.feed(_chunk(0, {"role": "assistant"}))  # the model known: the short-cut is open
+        insp.feed(event)
+        assert insp.finish_reasons == expected and insp.content_chunks == 1, reasons

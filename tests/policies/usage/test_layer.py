@@ -289,5 +289,29 @@ async def test_unusual_framing_is_stripped_or_relayed_untouched(
     assert b"".join(got) == b"".join(huge) and len(got) >= 2
 
 
+async def test_a_burst_of_events_is_stripped_like_single_events(
+    make_exchange: Callable[..., Exchange],
+) -> None:
+    """Many events in one chunk (a fast provider, a whole answer read at once), with the null usage before
+    another member as OpenAI sends it (``"obfuscation"``) or last: the client gets the plain stream. A spaced
+    null usage in such a burst is still removed (the one case the byte checks leave to the regex)."""
+    import json
+
+    obfuscated = [c.replace(b',"usage":null}', b',"usage":null,"obfuscation":"k"}') if i % 2 else c
+                  for i, c in enumerate(provider_stream(include_usage=True))]
+    expected = b"".join(c.replace(b',"usage":null', b"") for c in obfuscated[:-2]) + b"data: [DONE]\n\n"
+    for chunks in (obfuscated, [b"".join(obfuscated)]):
+        ex = stream_exchange(make_exchange)
+        assert await drain(await UsagePolicy(inject=True)(ex, nxt(chunks))) == expected
+        assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 7
+    spaced = b"".join(b"data: " + json.dumps(orjson.loads(c[6:])).encode() + b"\n\n"
+                      if c.startswith(b"data: {") else c for c in provider_stream(include_usage=True))
+    assert b'"usage": null' in spaced  # the spelling only the regex removes
+    ex = stream_exchange(make_exchange)
+    out = await drain(await UsagePolicy(inject=True)(ex, nxt([spaced])))
+    assert b'"usage"' not in out and out.count(b"data: ") == 6 and b'"content": "Hello"' in out
+    assert ex.record.reported_usage is not None and ex.record.reported_usage.completion == 3
+
+
 async def _answer(resp: UpstreamResponse) -> UpstreamResponse:
     return resp
