@@ -17,11 +17,9 @@ from __future__ import annotations
 import contextlib
 import types
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from functools import partial
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 ChunkFilter = Callable[[bytes], bytes]
-_T = TypeVar("_T")
 
 
 class BodyClosed(Exception):
@@ -80,147 +78,53 @@ class Chunks:
         self._chunks.clear()
 
 
-class _Stage:
-    """One layer's part of an ``Observed`` body: its filter, its flush and its end callback."""
-
-    __slots__ = ("ended", "flush", "on_chunk", "on_end")
-
-    def __init__(self, on_chunk: ChunkFilter | None, on_end: EndCallback | None,
-                 flush: Callable[[], bytes] | None) -> None:
-        self.on_chunk, self.on_end, self.flush = on_chunk, on_end, flush
-        self.ended = False
-
-    def end(self, error: BaseException | None) -> None:
-        if not self.ended:
-            self.ended = True
-            if self.on_end is not None:
-                self.on_end(error)
-
-
 class Observed:
-    """``inner`` as it flows, seen by ``on_chunk`` (a filter) and ended once with ``on_end``.
+    """``inner`` as it flows, seen by ``on_chunk`` (a filter) and ended once with ``on_end``."""
 
-    An ``Observed`` around an ``Observed`` not yet read takes its stages over instead of nesting: one
-    frame per chunk however many layers observe the body (issue 21: the default config's usage and cache
-    layers; rate-limit settlement too with all policies on), with the chunks and the ends of nested
-    wrappers, in their order: stages innermost first, a filter's output is the next one's input, bytes
-    held back wait for the next chunk, flushes cascade outwards at a clean end, and a failure (of the body,
-    or of a filter, flush or end callback) ends the stages after the one it came from. The wrapper taken
-    over forwards to the one that took it (its layer returned it: nobody reads it any more).
-    """
-
-    __slots__ = ("_filters", "_fresh", "_inner", "_stages")
-    _fresh: bool
-    _filters: tuple[tuple[int, ChunkFilter], ...]
+    __slots__ = ("_ended", "_flush", "_inner", "_on_chunk", "_on_end")
 
     def __init__(self, inner: Body, on_chunk: ChunkFilter | None = None, on_end: EndCallback | None = None,
                  flush: Callable[[], bytes] | None = None) -> None:
-        stage = _Stage(on_chunk, on_end, flush)
-        if type(inner) is Observed and inner._fresh:
-            self._inner: Body = inner._inner
-            self._stages: tuple[_Stage, ...] = (*inner._stages, stage)
-            filters = inner._filters
-            inner._inner, inner._stages, inner._filters = self, (), ()
-        else:
-            self._inner, self._stages, filters = inner, (stage,), ()
-        self._filters = filters if on_chunk is None else (*filters, (len(self._stages) - 1, on_chunk))
-        self._fresh = True
+        self._inner = inner
+        self._on_chunk = on_chunk
+        self._on_end = on_end
+        self._flush = flush
+        self._ended = False
 
     def __aiter__(self) -> Observed:
         return self
 
     async def __anext__(self) -> bytes:
-        self._fresh = False
         while True:
             try:
                 chunk = await self._inner.__anext__()
             except StopAsyncIteration:
-                rest = self._stopped()
+                rest = self._flush() if self._flush is not None and not self._ended else b""
+                self._flush = None
                 if rest:
                     return rest
+                self._end(None)
                 raise
             except BaseException as exc:
-                failure = self._failed(0, exc)
-                if failure is exc:
-                    raise
-                raise failure from exc
-            stage = -1
-            try:
-                for stage, on_chunk in self._filters:  # noqa: B007 (read by the handler below)
-                    chunk = on_chunk(chunk)
-                    if not chunk:
-                        break
-                else:
-                    return chunk
-            except BaseException as exc:
-                failure = self._failed(stage + 1, exc)
-                if failure is exc:
-                    raise
-                raise failure from exc
-
-    def _passed(self, chunk: bytes, first: int) -> bytes:
-        """``chunk`` through the filters of the stages from ``first`` on (b"": held back)."""
-        stage = first - 1
-        try:
-            for stage, on_chunk in self._filters:
-                if stage >= first:
-                    chunk = on_chunk(chunk)
-                    if not chunk:
-                        return b""
-        except BaseException as exc:
-            failure = self._failed(stage + 1, exc)
-            if failure is exc:
+                self._end(exc)
                 raise
-            raise failure from exc
-        return chunk
-
-    def _stopped(self) -> bytes:
-        """The body ended cleanly: each stage in turn flushes (its bytes go through the stages after it; the
-        first bytes out are returned, the rest on the next call) and ends. b"" once every stage ended."""
-        for i, stage in enumerate(self._stages):
-            if stage.ended:
-                continue
-            flush, stage.flush = stage.flush, None
-            if flush is not None:
-                rest = self._guarded(i, flush)
-                if rest and (rest := self._passed(rest, i + 1)):
-                    return rest
-            self._guarded(i, partial(stage.end, None))
-        return b""
-
-    def _guarded(self, i: int, call: Callable[[], _T]) -> _T:
-        """``call()`` of stage ``i``; its failure ends the stages after ``i`` and propagates."""
-        try:
-            return call()
-        except BaseException as exc:
-            failure = self._failed(i + 1, exc)
-            if failure is exc:
-                raise
-            raise failure from exc
-
-    def _failed(self, first: int, exc: BaseException) -> BaseException:
-        """End the stages from ``first`` on with ``exc`` (an end callback's own failure replaces it for the
-        stages after it); the exception to raise."""
-        for stage in self._stages[first:]:
-            try:
-                stage.end(exc)
-            except BaseException as failure:
-                exc = failure
-        return exc
+            if self._on_chunk is None:
+                return chunk
+            out = self._on_chunk(chunk)
+            if out:
+                return out
 
     async def aclose(self) -> None:
-        self._fresh = False
         try:
             await self._inner.aclose()
         finally:
-            failure: BaseException | None = None
-            for stage in self._stages:
-                try:
-                    stage.end(BodyClosed())
-                except BaseException as exc:
-                    failure = exc
-            if failure is not None:
-                raise failure
+            self._end(BodyClosed())
+
+    def _end(self, error: BaseException | None) -> None:
+        if not self._ended:
+            self._ended = True
+            if self._on_end is not None:
+                self._on_end(error)
 
 
 async def close_quietly(body: Body) -> None:
