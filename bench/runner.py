@@ -1,9 +1,11 @@
 """Run scenarios: start what they need once, measure each target several times, keep medians.
 
 Targets of one scenario are measured back to back, in a rotated order on each
-repetition, so slow drift on a shared machine (other processes, thermal state)
-spreads over all of them; every figure in the report is the median of the
-repetitions, and every comparison is made between targets of the same run.
+repetition (reversed on every other one, so that no target always runs right after
+the same neighbour), so slow drift on a shared machine (other processes, thermal
+state, what the previous target left running) spreads over all of them; every
+figure in the report is the median of the repetitions, and every comparison is made
+between targets of the same run.
 CPU per request is the target's process-tree CPU time (from ``/proc``) over the
 requests it served, warm-up included.
 """
@@ -189,14 +191,22 @@ def _cache_log_figures(server: procs.Server, offset: int) -> dict[str, Any]:
     return {"hit_ratio": hits / lines if lines else 0.0}
 
 
+def rep_order(targets: list[str], rep: int) -> list[str]:
+    """The targets' order in repetition ``rep``: rotated by ``rep // 2``, reversed on odd repetitions. A plain
+    rotation kept every target's predecessor (gw-default always right after gw-off: stop 34 saw a c=1 bias
+    between two trees that instructions did not show); reversing swaps each target's two neighbours."""
+    shift = (rep // 2) % len(targets)
+    order = targets[shift:] + targets[:shift]
+    return order[::-1] if rep % 2 else order
+
+
 def run_scenario(env: Env, scenario: Scenario) -> dict[str, Measured]:
     if scenario.kind == "idle":
         return run_idle(env, scenario)
     out: dict[str, Measured] = {t: Measured(t) for t in scenario.targets}
     targets = list(scenario.targets)
     for rep in range(env.reps):
-        shift = rep % len(targets)
-        for target in targets[shift:] + targets[:shift]:
+        for target in rep_order(targets, rep):
             row = measure_once(env, scenario, target)
             if row is not None:
                 out[target].reps.append(row)

@@ -49,3 +49,16 @@ def test_the_aiohttp_client_target_is_the_default_config_on_pool_client_aiohttp(
     default = parse_config(gateway_config("http://127.0.0.1:9/v1", GATEWAYS["gw-default"]), env={})
     assert other.upstreams["mock"].pool.client == "aiohttp" and default.upstreams["mock"].pool.client == "raw"
     assert other.routes == default.routes and other.cache == default.cache
+
+
+def test_rep_order_changes_every_targets_predecessor() -> None:
+    targets = ["bare", "gw-off", "gw-default", "gw-all"]
+    orders = [runner.rep_order(targets, rep) for rep in range(4)]
+    assert all(sorted(order) == sorted(targets) for order in orders)  # every target once per repetition
+
+    def predecessors(target: str) -> set[str | None]:
+        return {order[order.index(target) - 1] if order.index(target) else None for order in orders}
+
+    assert all(len(predecessors(t)) >= 2 for t in targets)
+    rotated = [targets[rep:] + targets[:rep] for rep in range(4)]  # the plain rotation it replaced: control
+    assert {o[o.index("gw-default") - 1] for o in rotated if o.index("gw-default")} == {"gw-off"}
