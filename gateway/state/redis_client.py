@@ -13,13 +13,13 @@ it back up. Up/down changes are logged once and reported to listeners (the
 commands go through ``execute`` and share a round trip with the other commands
 of the same loop pass (``gateway.state.pipelining``). Both travel on the ``Lane``
 (``gateway.state.lane``), one connection with hiredis packing and parsing; on an open lane a batch is
-submitted from the loop callback that has it and settled from the lane's ``data_received`` (``_SentCalls``,
-``_SentWrites``; a timer bounds it), with no task or ``asyncio.timeout`` per round trip; connecting, probing
-after the cooling off and re-sending after ``NOSCRIPT`` take the task path. ``call`` uses redis-py's pool.
+submitted from the loop callback that has it and settled from the lane's ``data_received``
+(``gateway.state.settling``; a timer bounds it), with no task or ``asyncio.timeout`` per round trip;
+connecting, probing after the cooling off and re-sending after ``NOSCRIPT`` take the task path. ``call``
+uses redis-py's pool.
 """
 from __future__ import annotations
 
-import abc
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
@@ -32,8 +32,9 @@ from redis.exceptions import DataError, RedisError
 from gateway.config_model import StateConfig
 from gateway.state.errors import RedisUnavailable
 from gateway.state.lane import Lane
-from gateway.state.pipelining import Call, send_calls, settle_calls
-from gateway.state.write_behind import MAX_BATCH, Write, commands, outcome, send
+from gateway.state.pipelining import Call, send_calls
+from gateway.state.settling import Sent, SentCalls, SentWrites
+from gateway.state.write_behind import MAX_BATCH, Write, commands, send
 from gateway.telemetry.logging import state_change
 
 T = TypeVar("T")
@@ -100,7 +101,7 @@ class GuardedRedis:
                 result = await fn(target)
         # RuntimeError: uvloop refuses writes on a transport that a dying Redis just closed.
         except (RedisError, OSError, TimeoutError, RuntimeError) as exc:
-            self._failed(exc)
+            self.failed(exc)
             raise RedisUnavailable(type(exc).__name__) from exc
         self._succeeded()
         return result
@@ -128,10 +129,10 @@ class GuardedRedis:
         for start in range(0, len(calls), MAX_BATCH):
             chunk = calls[start: start + MAX_BATCH] if len(calls) > MAX_BATCH else calls
             pending = [c for c in chunk if not c.future.done()]  # a cancelled caller needs nothing
-            if pending and not self._submit(_SentCalls(self, pending), [c.args for c in pending]):
+            if pending and not self._submit(SentCalls(self, pending), [c.args for c in pending]):
                 self._spawn(self._round_trip(pending))
 
-    def _submit(self, sent: _Sent, commands: list[tuple[Any, ...]]) -> bool:
+    def _submit(self, sent: Sent, commands: list[tuple[Any, ...]]) -> bool:
         """``sent``'s batch straight onto the open lane: no task, no coroutine, no ``asyncio.timeout`` (it is
         settled from the lane's ``data_received``, bounded by a timer; ~a third of the client work of the
         task path, ``bench/results/2026-12-07-host-state-cost.md``). False when the lane is not open or
@@ -157,12 +158,12 @@ class GuardedRedis:
 
     async def _round_trip(self, calls: list[Call], reload: bool = False) -> None:
         try:
-            send = functools.partial(send_calls, calls=calls, refused=self._failed, reload=reload)
+            send = functools.partial(send_calls, calls=calls, refused=self.failed, reload=reload)
             await self._bounded(send, self._lane())
         except RedisUnavailable as exc:
             if exc.__cause__ is not None:  # a real failure, not the cooling off: each command counts
                 for _ in calls[1:]:  # as one, as when they went one by one
-                    self._failed(exc.__cause__)
+                    self.failed(exc.__cause__)
             for c in calls:
                 if not c.future.done():
                     c.future.set_exception(RedisUnavailable(str(exc)))
@@ -172,7 +173,8 @@ class GuardedRedis:
                     c.future.set_exception(RedisUnavailable("closing"))
             raise
 
-    def _failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException) -> None:
+        """A command or round trip failed: counts towards the cooling off."""
         self._failures += 1
         if self.up and self._failures >= self.failure_threshold:
             self.up = False
@@ -180,6 +182,25 @@ class GuardedRedis:
             self._notify(False)
         if not self.up:
             self._retry_at = self.clock() + self.cooldown_s
+
+    def answered(self) -> None:
+        """A batch on the lane was answered: Redis is there (nothing to do while all is well)."""
+        if self._failures or not self.up:
+            self._succeeded()
+
+    def resend_calls(self, calls: list[Call]) -> None:
+        """Awaited commands whose script Redis lost (``NOSCRIPT``): loaded and sent again on the task path."""
+        self._spawn(self._round_trip(calls, reload=True))
+
+    def resend_writes(self, writes: list[Write]) -> None:
+        """Deferred writes whose script Redis lost: loaded, sent again with their hooks, on the task path."""
+        self._spawn(self._send_writes(writes, reload=True))
+
+    def batch_done(self) -> None:
+        """A batch submitted to the lane settled (``drain`` waits for the last one)."""
+        self._inflight -= 1
+        if not self._inflight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _succeeded(self) -> None:
         self._failures = 0
@@ -249,7 +270,7 @@ class GuardedRedis:
         ready = self.up and self.lane is not None and self.lane.ready
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH] if len(writes) > MAX_BATCH else writes
-            if not (ready and self._submit(_SentWrites(self, batch), commands(batch))):
+            if not (ready and self._submit(SentWrites(self, batch), commands(batch))):
                 self._spawn(self._send_writes(batch))
 
     def _take_writes(self) -> list[Write]:
@@ -291,78 +312,3 @@ class GuardedRedis:
         if self.lane is not None:
             self.lane.close()
         await self.client.aclose()
-
-
-class _Sent(abc.ABC):
-    """A batch submitted to the lane (``GuardedRedis._submit``): its timeout timer, then its settling."""
-
-    __slots__ = ("guard", "timer")
-
-    guard: GuardedRedis
-    timer: asyncio.TimerHandle | None
-
-    def __call__(self, result: list[Any] | BaseException) -> None:
-        guard = self.guard
-        if self.timer is not None:
-            self.timer.cancel()
-        try:
-            self.settle(result)
-        finally:  # what ``drain`` waits for (inline: a call less per round trip)
-            guard._inflight -= 1  # noqa: SLF001 - the guard's own bookkeeping
-            if not guard._inflight and guard._idle is not None and not guard._idle.done():  # noqa: SLF001
-                guard._idle.set_result(None)  # noqa: SLF001
-
-    @abc.abstractmethod
-    def settle(self, result: list[Any] | BaseException) -> None:
-        """Hand the batch's replies (or its failure) to whoever waits for them."""
-
-
-class _SentCalls(_Sent):
-    """Awaited commands: each caller gets its reply (``_round_trip`` without its task)."""
-
-    __slots__ = ("calls",)
-
-    def __init__(self, guard: GuardedRedis, calls: list[Call]) -> None:
-        self.guard, self.timer, self.calls = guard, None, calls
-
-    def settle(self, result: list[Any] | BaseException) -> None:
-        guard, calls = self.guard, self.calls
-        if isinstance(result, BaseException):  # each command counts as one failure, as sent one by one
-            for _ in calls:
-                guard._failed(result)  # noqa: SLF001
-            for c in calls:
-                if not c.future.done():
-                    c.future.set_exception(RedisUnavailable(type(result).__name__))
-            return
-        if guard._failures or not guard.up:  # noqa: SLF001 - a call less per round trip while all is well
-            guard._succeeded()  # noqa: SLF001
-        missing = settle_calls(calls, result, guard._failed)  # noqa: SLF001
-        if missing:  # a script Redis lost: the task path loads it and sends them again
-            guard._spawn(guard._round_trip(missing, reload=True))  # noqa: SLF001
-
-
-class _SentWrites(_Sent):
-    """Deferred writes: their hooks (``_send_writes`` without its task)."""
-
-    __slots__ = ("writes",)
-
-    def __init__(self, guard: GuardedRedis, writes: list[Write]) -> None:
-        self.guard, self.timer, self.writes = guard, None, writes
-
-    def settle(self, result: list[Any] | BaseException) -> None:
-        guard, writes = self.guard, self.writes
-        error, missing = (result, []) if isinstance(result, BaseException) else outcome(writes, result)
-        if error is not None:
-            guard._failed(error)  # noqa: SLF001
-            for w in writes:
-                if w.on_failure is not None:
-                    w.on_failure()
-        elif guard._failures or not guard.up:  # noqa: SLF001
-            guard._succeeded()  # noqa: SLF001
-        if missing:  # a script Redis lost: the task path loads it and sends them again (and their hooks)
-            guard._spawn(guard._send_writes(missing, reload=True))  # noqa: SLF001
-            sent_again = {id(w) for w in missing}
-            writes = [w for w in writes if id(w) not in sent_again]
-        for w in writes:
-            if w.on_done is not None:
-                w.on_done()

@@ -1,0 +1,102 @@
+"""Batches submitted to the open lane (``GuardedRedis._submit``), settled from its ``data_received``.
+
+The hot path's awaited commands and deferred writes travel without a task, a coroutine or an
+``asyncio.timeout`` per round trip (``bench/results/2026-12-07-host-state-cost.md``: about a third of the
+task path's client work): the lane calls the batch's ``Sent`` with its replies in order, or with the
+failure that lost the connection; a timer (armed by the guard) bounds the wait. What a settled batch
+reports goes to its guard through ``Guard``: failures count towards its cooling off, an answer ends it,
+commands whose script Redis lost go back to the task path, and ``drain`` learns when the last batch is in.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+from typing import Any, Protocol
+
+from gateway.state.errors import RedisUnavailable
+from gateway.state.pipelining import Call, settle_calls
+from gateway.state.write_behind import Write, outcome
+
+
+class Guard(Protocol):
+    """What a settled batch tells the guard it was submitted by (``GuardedRedis``)."""
+
+    def failed(self, exc: BaseException) -> None: ...
+    def answered(self) -> None: ...
+    def resend_calls(self, calls: list[Call]) -> None: ...
+    def resend_writes(self, writes: list[Write]) -> None: ...
+    def batch_done(self) -> None: ...
+
+
+class Sent(abc.ABC):
+    """A batch on the lane: its timeout timer (set by the guard once submitted), then its settling."""
+
+    __slots__ = ("guard", "timer")
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard: Guard = guard
+        self.timer: asyncio.TimerHandle | None = None
+
+    def __call__(self, result: list[Any] | BaseException) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        try:
+            self.settle(result)
+        finally:
+            self.guard.batch_done()
+
+    @abc.abstractmethod
+    def settle(self, result: list[Any] | BaseException) -> None:
+        """Hand the batch's replies (or its failure) to whoever waits for them."""
+
+
+class SentCalls(Sent):
+    """Awaited commands: each caller gets its reply, or ``RedisUnavailable``."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, guard: Guard, calls: list[Call]) -> None:
+        super().__init__(guard)
+        self.calls = calls
+
+    def settle(self, result: list[Any] | BaseException) -> None:
+        guard, calls = self.guard, self.calls
+        if isinstance(result, BaseException):  # each command counts as one failure, as sent one by one
+            for _ in calls:
+                guard.failed(result)
+            for c in calls:
+                if not c.future.done():
+                    c.future.set_exception(RedisUnavailable(type(result).__name__))
+            return
+        guard.answered()
+        missing = settle_calls(calls, result, guard.failed)
+        if missing:  # a script Redis lost: the task path loads it and sends them again
+            guard.resend_calls(missing)
+
+
+class SentWrites(Sent):
+    """Deferred writes: their hooks (``on_failure`` when the batch failed, then ``on_done``)."""
+
+    __slots__ = ("writes",)
+
+    def __init__(self, guard: Guard, writes: list[Write]) -> None:
+        super().__init__(guard)
+        self.writes = writes
+
+    def settle(self, result: list[Any] | BaseException) -> None:
+        guard, writes = self.guard, self.writes
+        error, missing = (result, []) if isinstance(result, BaseException) else outcome(writes, result)
+        if error is not None:
+            guard.failed(error)
+            for w in writes:
+                if w.on_failure is not None:
+                    w.on_failure()
+        else:
+            guard.answered()
+        if missing:  # a script Redis lost: sent again on the task path, whose hooks then run for them
+            guard.resend_writes(missing)
+            sent_again = {id(w) for w in missing}
+            writes = [w for w in writes if id(w) not in sent_again]
+        for w in writes:
+            if w.on_done is not None:
+                w.on_done()
