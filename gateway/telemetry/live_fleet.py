@@ -99,11 +99,15 @@ class FleetStats:
         return encode(self.replica, self.wall(), s.window(), s.recent_sums(60), s.inflight())
 
     async def publish(self) -> None:
-        data, backend = self.payload(), self.backend
-        # On the lane, both in one round trip (gathered in one loop pass): not a redis-py pipeline from the
-        # pool, several times the client CPU, once a second per process.
-        await asyncio.gather(backend.execute("HSET", self.key, self.replica, data),
-                             backend.execute("EXPIRE", self.key, KEY_TTL_S))
+        data = self.payload()
+
+        async def write(r: Any) -> None:
+            async with r.pipeline(transaction=False) as pipe:
+                pipe.hset(self.key, self.replica, data)
+                pipe.expire(self.key, KEY_TTL_S)
+                await pipe.execute()
+
+        await self.backend.call(write)
 
     async def view(self) -> FleetView | None:
         """Fleet totals (this process's entry fresh), or None when Redis does not answer."""

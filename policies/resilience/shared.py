@@ -108,9 +108,8 @@ class SharedBreakers:
             await asyncio.sleep(self.poll_s)
 
     async def poll(self) -> None:
-        """One GET of the version (on the lane: a pooled redis-py call costs several times its client CPU,
-        four times a second per process); the hash of open breakers only when it moved."""
-        version: Any = await self.backend.execute("GET", self._ver_key)
+        """One GET of the version; the hash of open breakers only when it moved."""
+        version: Any = await self.backend.call(lambda r: r.get(self._ver_key))
         if version == self._version:
             return
         raw: Any = await self.backend.call(lambda r: r.hgetall(self._open_key))
