@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from gateway.state.redis_client import GuardedRedis
 
 log = logging.getLogger("gateway.app")
+# A shared backend's first connect, made at start-up (``GuardedRedis.warm``): bounded so that a Redis that is
+# away (refused at once) or silent (blackholed) delays start-up by at most this.
+WARM_S = 1.0
 
 
 def terminal(st: AppState) -> Next:
@@ -114,6 +117,7 @@ def _lifespan(config: Config, config_path: str | None):  # type: ignore[no-untyp
         if st.backend is not None:
             st.closers.append(st.backend.close)
             watch_backend(st)
+            await st.backend.warm(WARM_S)  # the first burst must not pay (and count) the first connect
         try:
             await start_observability(st, config)  # metrics sink, usage accounting, tracing, ledger
             st.stats = create_live_stats(st)  # after accounting: sees the settled usage and cost

@@ -83,6 +83,19 @@ class GuardedRedis:
         """Run ``fn(client)`` within the timeout, or raise ``RedisUnavailable``."""
         return await self._bounded(fn, self.client)
 
+    async def warm(self, within_s: float) -> bool:
+        """Open the lane before the first request (start-up), within ``within_s``. A process's first connect
+        (redis-py's handshake, code run for the first time) can take longer than ``timeout_ms`` on a loaded
+        machine, and a first loop pass of many commands failing on it counts a failure per command: the
+        backend would cool off for ``cooldown_s`` from the first burst. A failure here counts nothing (the
+        first request's pass probes as usual). True when the lane is open."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._lane().run([("PING",)])
+        except (RedisError, OSError, TimeoutError, RuntimeError):
+            return False
+        return True
+
     async def send(self, writes: list[Write], reload: bool = False) -> None:
         """Run ``writes`` now, in one round trip on the lane (an awaited ``defer``); or RedisUnavailable.
         ``reload``: load their scripts first (Redis answered ``NOSCRIPT`` to them)."""

@@ -42,7 +42,9 @@ async def test_a_config_that_never_counts_prompts_loads_nothing(mock_upstream: M
 def _layers(chain: Any) -> list[str]:
     names = []
     while isinstance(chain, partial):  # gateway.chain binds each layer as a partial around the next one
-        names.append(chain.func.__self__.name)
+        bound: Any = chain.func  # a layer's bound ``__call__``
+        layer = bound.__self__
+        names.append(layer.name)
         chain = chain.keywords["next"]
     return names
 
@@ -91,6 +93,18 @@ async def test_a_gateway_sharing_only_its_caches_reports_its_backend(mock_upstre
     finally:
         await gw.close()
         server.kill()
+
+
+async def test_a_shared_backend_is_connected_before_the_gateway_is_ready(mock_upstream: MockServer,
+                                                                          redis_server: RedisServer) -> None:
+    """Start-up opens the state lane (``GuardedRedis.warm``): the first burst does not pay for the connect."""
+    state = {"backend": "redis", "redis_url": redis_server.url, "key_prefix": "app-warm:"}
+    gw = await start_gateway(gateway_config(mock_upstream.url, state=state))
+    try:
+        backend = gw.state.backend
+        assert backend is not None and backend.lane is not None and backend.lane.ready and backend.up
+    finally:
+        await gw.close()
 
 
 async def test_a_gateway_without_shared_state_reports_no_backend(mock_upstream: MockServer) -> None:

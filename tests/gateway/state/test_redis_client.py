@@ -11,6 +11,7 @@ from gateway.config_model import StateConfig
 from gateway.state.errors import RedisUnavailable
 from gateway.state.redis_client import GuardedRedis
 from gateway.state.write_behind import Write
+from tests.support.servers import free_port
 from tests.support.until import until
 
 
@@ -96,5 +97,32 @@ async def test_a_held_write_goes_out_after_its_hold_unless_dropped(redis_server:
         g.hold("drained", 60.0, make)
         await g.drain()
         assert await g.client.exists(prefix + "drained") == 1 and not g._held
+    finally:
+        await g.close()
+
+
+async def test_warm_opens_the_lane_before_any_command(redis_server: Any) -> None:
+    """Start-up opens the lane (a first burst must not pay for, and count failures on, the first connect)."""
+    cfg = StateConfig(backend="redis", redis_url=redis_server.url, timeout_ms=50)
+    g = GuardedRedis.from_config(cfg, time.monotonic)
+    try:
+        assert g.lane is not None and not g.lane.ready  # control: nothing opened it yet
+        assert await g.warm(1.0)
+        assert g.lane.ready and g.up
+    finally:
+        await g.close()
+
+
+async def test_warm_against_no_redis_counts_nothing() -> None:
+    """Nothing listening: ``warm`` says so at once and leaves the guard as it was; a command then counts."""
+    cfg = StateConfig(backend="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0", timeout_ms=200)
+    g = GuardedRedis.from_config(cfg, time.monotonic)
+    try:
+        started = time.monotonic()
+        assert not await g.warm(1.0)
+        assert time.monotonic() - started < 0.5 and g._failures == 0 and g.up
+        with pytest.raises(RedisUnavailable):
+            await g.execute("GET", "k")
+        assert g._failures == 1  # control: a request's pass does count
     finally:
         await g.close()
