@@ -39,7 +39,9 @@ from policies.cache.runtime import CacheRuntime, cache_runtime
 from policies.cache.semantic_key import semantic_namespace, split_question
 
 if TYPE_CHECKING:
+    from policies.cache.embedder import MemoEmbedder
     from policies.cache.shared_vectors import SharedVectors
+    from policies.cache.vector_index import VectorIndex
 
 log = logging.getLogger("gateway.cache")
 MAX_ENTRY_BYTES = 8 * 1024 * 1024
@@ -48,7 +50,8 @@ MAX_ENTRY_BYTES = 8 * 1024 * 1024
 class SemanticParts:
     """The embedder and index of one process (replaced if the embedder changes)."""
 
-    def __init__(self, spec: str, embedder: Any, index: Any, shared: SharedVectors | None = None) -> None:
+    def __init__(self, spec: str, embedder: MemoEmbedder, index: VectorIndex,
+                 shared: SharedVectors | None = None) -> None:
         self.spec = spec
         self.embedder = embedder
         self.index = index
@@ -149,7 +152,7 @@ class SemanticCache:
         the model runs only while no vector gave their length yet (issue 15: the 4 MB question)."""
         from policies.cache.embedder import digest_vector
 
-        dimension = getattr(self.parts.embedder, "dimension", None)
+        dimension = self.parts.embedder.dimension
         if not digest or dimension is None:
             vector = await self._embed(question)
             if vector is None or not digest:
