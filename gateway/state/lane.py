@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,9 +101,13 @@ class _Protocol(asyncio.Protocol):
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:
-    """The commands in Redis's protocol, one buffer (hiredis: one C call per command)."""
+    """The commands in Redis's protocol, one buffer (hiredis: one C call per command; one command, the hot
+    path's lookup or lone write, needs no join)."""
     try:
-        return b"".join([hiredis.pack_command(c if isinstance(c, tuple) else tuple(c)) for c in commands])
+        if len(commands) == 1:
+            one: bytes = _PACK(tuple(commands[0]))
+            return one
+        return b"".join([_PACK(c if isinstance(c, tuple) else tuple(c)) for c in commands])
     except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
         raise DataError(str(exc)) from exc
 
@@ -146,10 +150,7 @@ class Lane:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             return None
-        try:  # one command (a lookup, a lone write) needs no join
-            data = _PACK(commands[0]) if len(commands) == 1 else b"".join(map(_PACK, commands))
-        except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
-            raise DataError(str(exc)) from exc
+        data = pack(commands)
         protocol.waiting.append(_Batch(len(commands), done))
         out = protocol.out  # ``queue``, inline: a call less per batch
         if not out:
@@ -199,6 +200,11 @@ class Lane:
         transport.set_protocol(protocol)
         self._protocol = protocol
         return protocol
+
+    async def load_scripts(self, scripts: Iterable[Any]) -> None:
+        """``load`` each distinct source of ``scripts`` (registered redis-py scripts; None: none)."""
+        for source in {script.script for script in scripts if script is not None}:
+            await self.load(source)
 
     async def load(self, source: str) -> None:
         """``SCRIPT LOAD`` (a script Redis lost: restart, ``SCRIPT FLUSH``)."""

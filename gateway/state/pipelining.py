@@ -51,14 +51,12 @@ async def send_calls(lane: Lane, calls: Sequence[Call], refused: Refused, reload
     scripts first (Redis answered ``NOSCRIPT`` to them already)."""
     pending = [c for c in calls if not c.future.done()]  # a caller cancelled before we left needs nothing
     if reload:
-        for source in {c.script.script for c in pending if c.script is not None}:
-            await lane.load(source)
+        await lane.load_scripts(c.script for c in pending)
     for attempt in range(2):
         if not pending:
             return
         missing = settle_calls(pending, await lane.run([c.args for c in pending]), refused, attempt == 0)
-        for source in {c.script.script for c in missing}:
-            await lane.load(source)
+        await lane.load_scripts(c.script for c in missing)
         pending = missing
 
 

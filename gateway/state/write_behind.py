@@ -54,8 +54,7 @@ async def send(lane: Lane, writes: Sequence[Write], reload: bool = False) -> Non
 
     pending = list(writes)
     if reload:
-        for source in {w.script.script for w in pending if w.script is not None}:
-            await lane.load(source)
+        await lane.load_scripts(w.script for w in pending)
     for attempt in range(2):
         error, missing = outcome(pending, await lane.run(commands(pending)))
         if error is not None:
@@ -64,8 +63,7 @@ async def send(lane: Lane, writes: Sequence[Write], reload: bool = False) -> Non
             return
         if attempt:
             raise NoScriptError("a script did not load")
-        for source in {w.script.script for w in missing if w.script is not None}:
-            await lane.load(source)
+        await lane.load_scripts(w.script for w in missing)
         pending = missing
 
 

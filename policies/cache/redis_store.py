@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.state.pipelining import evalsha_args
 from gateway.state.write_behind import Write
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, namespace_token
@@ -106,7 +107,7 @@ class AnswerStore:
             self._lookup_or_claim = self.redis.script(LOOKUP_OR_CLAIM)
         script, rkey = self._lookup_or_claim, self.redis_key(key)
         try:
-            row = await self.redis.execute("EVALSHA", script.sha, 1, rkey, owner, claim_ms, script=script)
+            row = await self.redis.execute(*evalsha_args(script, [rkey], [owner, claim_ms]), script=script)
         except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
             self._redis_failed()
             return None, None
