@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Protocol
 
 from bench import procs
 from bench.scenarios import CHAT_PATH, GATEWAYS, HEADERS, chat_body, gateway_config
@@ -65,13 +66,46 @@ async def client(url: str, kind: str, concurrency: int = 1) -> None:
             sys.stdout.flush()
 
 
-async def serve(upstream: str, variant: str, kind: str, warmup: int, n: int, concurrency: int = 1) -> None:
-    """The measured process: the gateway, counted only while the client's ``n`` requests run."""
+class Served(Protocol):
+    url: str
+
+    async def close(self) -> None: ...
+
+
+class _Bare:
+    """``bench/bare_relay.py`` served in this process, as ``start_gateway`` serves the gateway."""
+
+    def __init__(self, runner: Any, port: int) -> None:
+        self.runner, self.url = runner, f"http://127.0.0.1:{port}"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_target(upstream: str, variant: str) -> Served:
+    """The gateway variant (or ``bare``: the bare relay) listening on loopback."""
+    if variant == "bare":
+        from aiohttp import web
+
+        from bench.bare_relay import build_app
+
+        runner = web.AppRunner(build_app(upstream.removesuffix("/v1"), 2048), access_log=None,
+                               handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return _Bare(runner, site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
     from gateway.server import settle_memory
     from tests.support.servers import start_gateway
 
     gw = await start_gateway(gateway_config(upstream, GATEWAYS[variant]))
     settle_memory()
+    return gw
+
+
+async def serve(upstream: str, variant: str, kind: str, warmup: int, n: int, concurrency: int = 1) -> None:
+    """The measured process: the target, counted only while the client's ``n`` requests run."""
+    gw = await start_target(upstream, variant)
     child = await asyncio.create_subprocess_exec(
         *self_argv("--client", gw.url, "--kinds", kind, "--concurrency", str(concurrency)),
         stdin=asyncio.subprocess.PIPE,
@@ -105,11 +139,11 @@ def toggle(on: bool) -> None:
 
 
 def measure(tree: Path, upstream: str, variant: str, kind: str, warmup: int, n: int,
-            concurrency: int = 1) -> float:
+            concurrency: int = 1, log: bool = False) -> float:
     """Instructions per request of ``tree`` (its own checkout on PYTHONPATH)."""
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null",
             *self_argv("--serve", upstream, "--variants", variant, "--kinds", kind, "--warmup", str(warmup),
-                       "--requests", str(n), "--concurrency", str(concurrency))]
+                       "--requests", str(n), "--concurrency", str(concurrency), *(["--log"] if log else []))]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, check=False)
     found = _COLLECTED.search(out.stderr)
@@ -121,12 +155,15 @@ def measure(tree: Path, upstream: str, variant: str, kind: str, warmup: int, n: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="gw-off,gw-default,gw-all")
+    parser.add_argument("--variants", default="gw-off,gw-default,gw-all",
+                        help="gateway variants of bench.scenarios, and/or bare (bench/bare_relay.py)")
     parser.add_argument("--kinds", default="small,stream", help="small (chat), stream and/or stream20")
     parser.add_argument("--baseline", help="a baseline source tree, measured alternately with this one")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
+    parser.add_argument("--log", action="store_true",
+                        help="write the request log line (to /dev/null) as gateway serve does")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -136,6 +173,10 @@ def main() -> None:
     if args.serve:
         import uvloop
 
+        if args.log:  # the request log line written as ``gateway serve`` writes it, to /dev/null
+            from gateway.telemetry.logging import setup_logging
+
+            setup_logging("info", stream=open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the process)
         uvloop.run(serve(args.serve, args.variants, args.kinds, args.warmup, args.requests, args.concurrency))
         return
     trees = {"this": ROOT, **({"base": Path(args.baseline).resolve()} if args.baseline else {})}
@@ -144,7 +185,7 @@ def main() -> None:
         for kind in args.kinds.split(","):
             for variant in args.variants.split(","):
                 counts = {name: measure(tree, mock.url + "/v1", variant, kind, args.warmup, args.requests,
-                                        args.concurrency) for name, tree in trees.items()}
+                                        args.concurrency, args.log) for name, tree in trees.items()}
                 delta = f" ({counts['this'] / counts['base'] - 1:+.1%} vs base)" if "base" in counts else ""
                 figures = "  ".join(f"{name}: {count / 1000:8.1f}k" for name, count in counts.items())
                 print(f"{kind:6s} {variant:12s} {figures} instructions per request{delta}", flush=True)

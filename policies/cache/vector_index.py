@@ -41,10 +41,6 @@ class Item:
     def size(self) -> int:
         return self.answer.size + len(self.text) + len(self.digest) + _ENTRY_OVERHEAD
 
-    def same_tail(self, question: str) -> bool:
-        """A question longer than what is kept must be the very same question."""
-        return question_digest(question) == self.digest
-
 
 class _Space:
     __slots__ = ("free", "items", "matrix", "used")

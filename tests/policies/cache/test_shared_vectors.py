@@ -10,6 +10,7 @@ import numpy as np
 from gateway.config_model import StateConfig
 from gateway.state.redis_client import GuardedRedis
 from policies.cache.entry import CachedAnswer
+from policies.cache.guards import question_digest
 from policies.cache.shared_vectors import SharedVectors
 from tests.support.servers import RedisServer
 
@@ -77,5 +78,5 @@ async def test_a_long_question_is_kept_cut_and_must_match_whole(redis8_server: R
     a.add(ns, unit(1, 0, 0), answer(""), question, 30)
     await a.flush()
     (_, item), = await a.candidates(ns, unit(1, 0, 0))
-    assert len(item.text) == 4096 and item.same_tail(question)
-    assert not item.same_tail(question + "?")
+    assert len(item.text) == 4096 and item.digest == question_digest(question)
+    assert question_digest(question + "?") != item.digest  # the layer's check: the very same question
