@@ -14,6 +14,7 @@ from gateway.appstate import APP_STATE, AppState, Runtime
 from gateway.auth import Authenticator
 from gateway.chain import Next, build_chain
 from gateway.config_model import Config
+from gateway.dispatch import API_ROUTES, api_route
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.handler import OPERATIONS, expect_continue, handle_api, openai_errors
 from gateway.health import handle_healthz, handle_readyz
@@ -82,8 +83,9 @@ async def warm_encodings(st: AppState, config: Config) -> None:
 def build_app(config: Config, config_path: str | None = None) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes + 1024, handler_args=None,
                           middlewares=[openai_errors])
-    for path in OPERATIONS:
-        app.router.add_route("*", path, handle_api, expect_handler=expect_continue)
+    app[API_ROUTES] = {path: api_route(app, app.router.add_route("*", path, handle_api,
+                                                                 expect_handler=expect_continue), operation)
+                       for path, operation in OPERATIONS.items()}
     app.router.add_route("*", "/v1/models", handle_models)
     app.router.add_route("*", "/v1/models/{model_id:.+}", handle_models)
     app.router.add_get("/healthz", handle_healthz)

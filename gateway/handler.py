@@ -66,11 +66,18 @@ def start_api(request: web.Request) -> Awaitable[web.StreamResponse]:
     """``handle_api``'s work, handing back what answers the request (``proxy``'s coroutine, or a refusal):
     the error middleware awaits it directly, so an open stream keeps no frame of ``handle_api`` (issue 21)."""
     st = request.app[APP_STATE]
+    if request.method != "POST":
+        rid = request_id_of(request)
+        REQUEST_ID.set(rid)
+        return _answered(reject(st, request, rid, method_not_allowed(request, "POST")))
+    return start_post(request, st, OPERATIONS[request.path])
+
+
+def start_post(request: web.Request, st: AppState, operation: str) -> Awaitable[web.StreamResponse]:
+    """A ``POST`` of ``operation``: ``proxy``'s coroutine. ``gateway.dispatch`` calls it directly for the
+    requests aiohttp's router would give ``handle_api``."""
     rid = request_id_of(request)
     REQUEST_ID.set(rid)
-    if request.method != "POST":
-        return _answered(reject(st, request, rid, method_not_allowed(request, "POST")))
-    operation = OPERATIONS[request.path]
     # a partial, not a lambda: a lambda's free variables would be cells kept for a stream's life (issue 21)
     return proxy(request, st, rid, partial(build_exchange, request, st, rid, operation),
                  st.runtime.chain_for(operation))

@@ -14,9 +14,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from gateway.appstate import AppState
-from gateway.body import close_quietly
+from gateway.body import Body, close_quietly
 from gateway.errors import UpstreamFailure, sse_error_event
-from gateway.exchange import Exchange, UpstreamResponse
+from gateway.exchange import Exchange, Record, UpstreamResponse
 from gateway.produced import CAPTURE_KEY
 from gateway.sse import StreamInspector
 from gateway.usage import usage_from_json_bytes
@@ -47,17 +47,15 @@ async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamRe
         resp.headers.clear()  # serialised into the writer: a long stream need not keep them (issue 21)
         if sse and writer is not None:
             asyncio.get_running_loop().call_soon(_headers_soon, writer)
-        async for chunk in up.body:
-            if view is not None:
-                try:
-                    await resp.write(chunk)
-                finally:  # looked at once it left (off the time to first token), even when the write failed
-                    view.feed(chunk)
-            else:
-                if not collected:
-                    rec.first_token_at = st.clock()
-                collected.append(chunk)
+        if not sse:
+            await _relay_whole(st, rec, resp, up.body, collected)
+            return resp
+        async for chunk in up.body:  # in this frame: an open stream waits in no helper's frame (issue 21)
+            try:
                 await resp.write(chunk)
+            finally:  # looked at once it left (off the time to first token), even when the write failed
+                if view is not None:
+                    view.feed(chunk)
             del chunk  # written: an idle stream does not hold the last chunk while it waits for the next
         await resp.write_eof()
     except UpstreamFailure as failure:
@@ -77,6 +75,23 @@ async def relay(request: web.Request, st: AppState, ex: Exchange, up: UpstreamRe
         await close_quietly(up.body)
         _record_outcome(ex, view, collected, up)
     return resp
+
+
+async def _relay_whole(st: AppState, rec: Record, resp: web.StreamResponse, body: Body,
+                       collected: list[bytes]) -> None:
+    """A non-stream answer, each chunk written once the next one has come: the last goes with ``write_eof``,
+    which sends it with the headers and, for a chunked answer, the end marker in one write (a body read in
+    one piece: a cache hit, an upstream that chunks its JSON) where it took two (issue 21). A JSON answer is
+    of no use to its client before its end; a stream is never held."""
+    held = b""
+    async for chunk in body:
+        if not collected:
+            rec.first_token_at = st.clock()
+        collected.append(chunk)
+        if held:
+            await resp.write(held)
+        held = chunk
+    await resp.write_eof(held)
 
 
 def _headers_soon(writer: AbstractStreamWriter) -> None:

@@ -24,6 +24,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from gateway.app import build_app
 from gateway.appstate import APP_STATE, AppState
 from gateway.config_model import Config
+from gateway.dispatch import API_ROUTES, dispatcher
 from gateway.errors import error_body
 from gateway.handler import EXCHANGE
 from gateway.memory import pin_malloc_thresholds, trim_heap
@@ -166,6 +167,8 @@ class GatewayRunner(web.AppRunner):
         server.__class__ = _JsonErrorServer  # the same server; only its protocol factory differs
         server.head_timeout_s = self.head_timeout_s  # type: ignore[attr-defined]
         server.on_head_timeout = self._count_head_timeout  # type: ignore[attr-defined]
+        if API_ROUTES in self.app:  # the API operations past the router and the middleware chain
+            server.request_handler = dispatcher(self.app, server.request_handler)
         return server
 
     def _count_head_timeout(self) -> None:

@@ -108,12 +108,13 @@ class Wire:
         return default
 
 
-async def relayed(body: AsyncIterator[bytes], wire: Wire, ex: Exchange | None = None) -> None:
+async def relayed(body: AsyncIterator[bytes], wire: Wire, ex: Exchange | None = None,
+                  content_type: str = "text/event-stream") -> None:
     protocol = mock.Mock(transport=wire, _paused=False)
     writer = StreamWriter(protocol, asyncio.get_running_loop())
     request = make_mocked_request("POST", "/v1/chat/completions", writer=writer, transport=wire,
                                   protocol=protocol)
-    up = UpstreamResponse(200, {"content-type": "text/event-stream"}, body, "upstream", "a")
+    up = UpstreamResponse(200, {"content-type": content_type}, body, "upstream", "a")
     await relay(request, AppState(runtime=mock.Mock()), ex or build_exchange(), up)
 
 
@@ -123,6 +124,28 @@ async def test_a_streams_first_chunk_in_hand_leaves_with_its_headers() -> None:
     await relayed(FakeBody([sse({"choices": [{"delta": {"content": "hi"}}]}), sse(b"[DONE]")]), wire)
     assert wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and b'"content":"hi"' in wire.writes[0]
     assert len(wire.writes) == 3  # + [DONE], the chunked end
+
+
+async def test_a_chunked_json_answer_read_whole_leaves_in_one_write() -> None:
+    """Issue 21: a JSON answer without a length (a cache hit, an upstream that chunks it) read in one piece
+    goes out as headers, body and the chunked end in one write, not two."""
+    wire = Wire()
+    body = orjson.dumps({"id": "c", "choices": [], "usage": USAGE})
+    await relayed(FakeBody([body]), wire, content_type="application/json")
+    assert len(wire.writes) == 1
+    assert wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding: chunked" in wire.writes[0].lower()
+    assert wire.writes[0].endswith(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+
+
+async def test_a_json_answer_in_pieces_is_written_one_piece_behind() -> None:
+    """The control: each piece is written once the next has come, the last with the end (nothing lost or
+    reordered; a stream's chunks are never held, see above)."""
+    wire = Wire()
+    await relayed(FakeBody([b'{"id":', b'"c",', b'"choices":[]}']), wire, content_type="application/json")
+    assert len(wire.writes) == 3
+    assert wire.writes[0].endswith(b'6\r\n{"id":\r\n') and wire.writes[1] == b'4\r\n"c",\r\n'
+    assert wire.writes[2] == b'd\r\n"choices":[]}\r\n0\r\n\r\n'
 
 
 async def test_a_stream_not_yet_started_sends_its_headers_first() -> None:
