@@ -140,6 +140,10 @@ class GuardedRedis:
         calls, self._calls = self._calls, []
         if self._writes:
             self._flush(self._take_writes())
+        if len(calls) == 1:  # the usual pass at low load: one lookup (no slicing, no comprehensions)
+            if not calls[0].future.done() and not self._submit(SentCalls(self, calls), [calls[0].args]):
+                self._spawn(self._round_trip(calls))
+            calls = []
         for start in range(0, len(calls), MAX_BATCH):
             chunk = calls[start: start + MAX_BATCH] if len(calls) > MAX_BATCH else calls
             pending = [c for c in chunk if not c.future.done()]  # a cancelled caller needs nothing

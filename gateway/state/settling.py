@@ -51,8 +51,8 @@ class SentCalls(Sent):
 
     __slots__ = ("calls",)
 
-    def __init__(self, guard: Guard, calls: list[Call]) -> None:
-        super().__init__(guard)
+    def __init__(self, guard: Guard, calls: list[Call]) -> None:  # no super() call: one per batch
+        self.guard: Guard = guard
         self.calls = calls
 
     def settle(self, result: list[Any] | BaseException) -> None:
@@ -65,6 +65,11 @@ class SentCalls(Sent):
                     c.future.set_exception(RedisUnavailable(type(result).__name__))
             return
         guard.answered()
+        if len(calls) == 1 and not isinstance(result[0], Exception):  # the usual lone lookup: no loop
+            future = calls[0].future
+            if not future.done():
+                future.set_result(result[0])
+            return
         missing = settle_calls(calls, result, guard.failed)
         if missing:  # a script Redis lost: the task path loads it and sends them again
             guard.resend_calls(missing)
@@ -75,8 +80,8 @@ class SentWrites(Sent):
 
     __slots__ = ("writes",)
 
-    def __init__(self, guard: Guard, writes: list[Write]) -> None:
-        super().__init__(guard)
+    def __init__(self, guard: Guard, writes: list[Write]) -> None:  # no super() call: one per batch
+        self.guard: Guard = guard
         self.writes = writes
 
     def settle(self, result: list[Any] | BaseException) -> None:
