@@ -11,9 +11,8 @@ callback that has them (no task, no future; ``bench/results/2026-12-07-host-stat
 a future (connecting, ``NOSCRIPT`` reloads, everything off the hot path). Redis answers a connection's
 commands in the order it read them, so batches written one after another need no lock: each waits in a FIFO
 for its replies.
-The batches a callback submits (a pass's awaited commands and the deferred writes it takes along) leave in
-one write at that callback's end (``flush``); ``run``'s batches of one loop pass leave together at its end.
-One watchdog timer per connection bounds the submitted batches (``_Protocol.watch``).
+The batches of one loop pass (the awaited commands', the deferred writes') leave in one write. One watchdog
+timer per connection bounds the submitted batches (``_Protocol.watch``).
 
 The connection is opened by redis-py (its URL parsing, ``AUTH``, ``SELECT``, TLS), then its transport is
 handed to this protocol. Any failure (connection lost, a batch cancelled or timed out while waiting)
@@ -73,7 +72,7 @@ class _Protocol(asyncio.Protocol):
 
     def write_out(self) -> None:
         out, self.out = self.out, []
-        if out and not self.closed:  # empty: a ``Lane.flush`` wrote it already
+        if not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def watch(self, deadline: float) -> None:
@@ -172,8 +171,7 @@ class Lane:
         return self._protocol is not None and not self._protocol.closed
 
     def submit(self, commands: Sequence[tuple[Any, ...]], done: Done, deadline: float) -> bool:
-        """Queue ``commands`` as one batch on the open connection, written by the next ``flush`` (the
-        caller's, at the end of its callback: no loop pass between the batch and its write); ``done`` gets
+        """Queue ``commands`` as one batch in this loop pass's write on the open connection; ``done`` gets
         their replies (or the connection's failure; ``DataError`` at once for an argument Redis cannot take).
         No task, no future: the hot path's awaited commands and deferred writes settle from
         ``data_received``. A reply not there by ``deadline`` (the loop's clock) abandons the connection, which
@@ -184,18 +182,13 @@ class Lane:
             return False
         data = pack(commands)
         protocol.waiting.append(_Batch(len(commands), done, deadline))
-        protocol.out.append(data)
+        out = protocol.out  # ``queue``, inline: a call less per batch
+        if not out:
+            asyncio.get_running_loop().call_soon(protocol.write_out)
+        out.append(data)
         if protocol.watchdog is None:
             protocol.watch(deadline)
         return True
-
-    def flush(self) -> None:
-        """Write what ``submit`` queued (with any ``run`` batch of this pass not written yet) now."""
-        protocol = self._protocol
-        if protocol is not None and protocol.out:
-            out, protocol.out = protocol.out, []  # ``write_out``, inline: a call less per pass
-            if not protocol.closed:
-                protocol.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def run(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` in one write; their replies in order (a refused command's: its exception)."""

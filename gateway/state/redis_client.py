@@ -15,7 +15,7 @@ of the same loop pass (``gateway.state.pipelining``). Both travel on the ``Lane`
 (``gateway.state.lane``), one connection with hiredis packing and parsing; on an open lane a batch is
 submitted from the loop callback that has it and settled from the lane's ``data_received``
 (``gateway.state.settling``; the lane's one watchdog timer bounds it), with no task or ``asyncio.timeout``
-per round trip, and written at the end of the callback that submitted it;
+per round trip;
 connecting, probing after the cooling off and re-sending after ``NOSCRIPT`` take the task path. ``call``
 uses redis-py's pool.
 """
@@ -149,15 +149,12 @@ class GuardedRedis:
             pending = [c for c in chunk if not c.future.done()]  # a cancelled caller needs nothing
             if pending and not self._submit(SentCalls(self, pending), [c.args for c in pending]):
                 self._spawn(self._round_trip(pending))
-        if self.lane is not None:
-            self.lane.flush()
 
     def _submit(self, sent: Sent, commands: list[tuple[Any, ...]]) -> bool:
         """``sent``'s batch straight onto the open lane: no task, no coroutine, no ``asyncio.timeout`` (it is
         settled from the lane's ``data_received``, bounded by the lane's watchdog; ~a third of the client work
-        of the task path, ``bench/results/2026-12-07-host-state-cost.md``); the caller flushes the lane at the
-        end of its callback. False when the lane is not open or Redis is cooling off: the caller takes the
-        task path, which connects or probes."""
+        of the task path, ``bench/results/2026-12-07-host-state-cost.md``). False when the lane is not open or
+        Redis is cooling off: the caller takes the task path, which connects or probes."""
         lane = self.lane
         if lane is None or not self.up:
             return False
@@ -282,13 +279,10 @@ class GuardedRedis:
         self._flush_at = None
         if self._writes:
             self._flush(self._take_writes())
-            if self.lane is not None:
-                self.lane.flush()
 
     def _flush(self, writes: list[Write]) -> None:
-        """Send deferred writes: straight onto an open lane (written by the caller's ``lane.flush``), else
-        through the task path (which connects). Checked first: a write that ``build``s its command is built
-        once per round trip."""
+        """Send deferred writes: straight onto an open lane, else through the task path (which connects).
+        Checked first: a write that ``build``s its command is built once per round trip."""
         ready = self.up and self.lane is not None and self.lane.ready
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH] if len(writes) > MAX_BATCH else writes
@@ -322,8 +316,6 @@ class GuardedRedis:
         while self._tasks or self._writes or self._inflight:
             if self._writes:
                 self._flush(self._take_writes())
-                if self.lane is not None:
-                    self.lane.flush()
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             elif self._inflight:  # batches on the lane: their replies, or the lane's watchdog, settle them

@@ -147,14 +147,12 @@ async def test_submitted_batches_share_one_watchdog_that_abandons_a_batch_past_i
         watchdog = protocol.watchdog
         assert lane.submit([("ECHO", "b"), ("ECHO", "c")], got.append, loop.time() + 0.3)
         assert protocol.watchdog is watchdog and watchdog is not None and not protocol.closed
-        lane.flush()
         await until(lambda: len(got) == 2)
         assert got == [[b"a"], [b"b", b"c"]] and protocol.watchdog is watchdog
         await until(lambda: protocol.watchdog is None)  # due, nothing late, nothing waiting: not armed again
         assert not protocol.closed and await lane.run([("ECHO", "d")]) == [b"d"]
         assert lane.submit([("BLPOP", "ln:late", 0)], got.append, loop.time() + 0.1)
         assert lane.submit([("PING",)], got.append, loop.time() + 60)
-        lane.flush()
         await until(lambda: len(got) == 4)
         assert all(isinstance(r, TimeoutError) for r in got[2:]) and protocol.closed
         assert await lane.run([("ECHO", "e")]) == [b"e"]  # a new connection, in step
