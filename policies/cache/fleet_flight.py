@@ -7,7 +7,8 @@ the key in Redis: its claimer's id, ``PX``, at the entry's own key
 lookup already takes that claim on a miss, in the same round trip (``AnswerStore.get_or_claim``,
 ``PRE_CLAIM``), so a cacheable miss pays one round trip for both. If it wins, it calls
 the provider. The exact cache's write of the entry ends the claim (the entry replaces it): no write
-of its own. So when the answer has been relayed the claim's release is held ``HOLD_S``
+of its own. So when the answer has been relayed (its end as the leader's single flight tells it,
+``Flight.on_body_end``: no body wrapper) the claim's release is held ``HOLD_S``
 (``GuardedRedis.hold``) and dropped when the entry's write comes first (the usual case, a few loop
 passes later); otherwise (the answer was not stored, or is being assembled off the loop) it turns the
 claim, if still this process's, into ``done`` for ``GRACE_S`` (a late entry may still be on its way).
