@@ -11,7 +11,8 @@ callback that has them (no task, no future; ``bench/results/2026-12-07-host-stat
 a future (connecting, ``NOSCRIPT`` reloads, everything off the hot path). Redis answers a connection's
 commands in the order it read them, so batches written one after another need no lock: each waits in a FIFO
 for its replies.
-The batches of one loop pass (the awaited commands', the deferred writes') leave in one write.
+The batches of one loop pass (the awaited commands', the deferred writes') leave in one write. One watchdog
+timer per connection bounds the submitted batches (``_Protocol.watch``).
 
 The connection is opened by redis-py (its URL parsing, ``AUTH``, ``SELECT``, TLS), then its transport is
 handed to this protocol. Any failure (connection lost, a batch cancelled or timed out while waiting)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,10 +44,12 @@ Done = Callable[[list[Any] | BaseException], None]
 
 @dataclass(slots=True)
 class _Batch:
-    """One write's commands: how many replies it still waits for, and who gets them."""
+    """One write's commands: how many replies it still waits for, who gets them, and by when (a ``submit``'s
+    deadline on the loop's clock; a ``run`` is bounded by its caller)."""
 
     left: int
     done: Done
+    deadline: float = math.inf
     replies: list[Any] = field(default_factory=list)
 
 
@@ -59,6 +63,7 @@ class _Protocol(asyncio.Protocol):
         self.waiting: deque[_Batch] = deque()
         self.out: list[bytes] = []  # the batches of this loop pass, written together at its end
         self.closed = False
+        self.watchdog: asyncio.TimerHandle | None = None  # due at the oldest submitted batch's deadline
 
     def queue(self, data: bytes) -> None:
         if not self.out:
@@ -69,6 +74,28 @@ class _Protocol(asyncio.Protocol):
         out, self.out = self.out, []
         if not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def watch(self, deadline: float) -> None:
+        """Bound a submitted batch: one timer for the lane, not one made and cancelled per batch
+        (``bench/results/2026-12-07-host-state-cost-2.md``). Armed for the oldest deadline; when due it
+        abandons the connection if a batch is past its deadline, else it is armed again for the oldest still
+        waiting. Batches answered in time cost it nothing."""
+        if self.watchdog is None:
+            self.watchdog = asyncio.get_running_loop().call_at(deadline, self.check)
+
+    def check(self) -> None:
+        self.watchdog = None
+        if self.closed:
+            return
+        now = asyncio.get_running_loop().time()
+        soonest = math.inf
+        for batch in self.waiting:
+            if batch.deadline <= now:
+                self.abandon()
+                return
+            soonest = min(soonest, batch.deadline)
+        if soonest != math.inf:
+            self.watch(soonest)
 
     def data_received(self, data: bytes) -> None:
         reader, waiting = self.reader, self.waiting
@@ -94,6 +121,9 @@ class _Protocol(asyncio.Protocol):
     def close(self, exc: BaseException) -> None:
         if not self.closed:
             self.closed = True
+            if self.watchdog is not None:
+                self.watchdog.cancel()
+                self.watchdog = None
             self.transport.close()
             self.opener._writer = self.opener._reader = None  # noqa: SLF001 - closed: nothing left to warn about
         while self.waiting:
@@ -140,23 +170,25 @@ class Lane:
         """Connected: ``submit`` takes a batch now."""
         return self._protocol is not None and not self._protocol.closed
 
-    def submit(self, commands: Sequence[tuple[Any, ...]], done: Done) -> Callable[[], None] | None:
-        """Queue ``commands`` in one write on the open connection; ``done`` gets their replies (or the
-        connection's failure; ``DataError`` at once for an argument Redis cannot take). No task, no future:
-        the hot path's awaited commands and deferred writes settle from ``data_received``. Returns what
-        abandons the batch (its timeout: closing the connection, which fails it and every batch behind it,
-        as a cancelled ``run`` does); None, with nothing queued, when no connection is open (``run`` opens
-        one)."""
+    def submit(self, commands: Sequence[tuple[Any, ...]], done: Done, deadline: float) -> bool:
+        """Queue ``commands`` as one batch in this loop pass's write on the open connection; ``done`` gets
+        their replies (or the connection's failure; ``DataError`` at once for an argument Redis cannot take).
+        No task, no future: the hot path's awaited commands and deferred writes settle from
+        ``data_received``. A reply not there by ``deadline`` (the loop's clock) abandons the connection, which
+        fails the batch and every batch behind it, as a cancelled ``run`` does. False, with nothing queued,
+        when no connection is open (``run`` opens one)."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
-            return None
+            return False
         data = pack(commands)
-        protocol.waiting.append(_Batch(len(commands), done))
+        protocol.waiting.append(_Batch(len(commands), done, deadline))
         out = protocol.out  # ``queue``, inline: a call less per batch
         if not out:
             asyncio.get_running_loop().call_soon(protocol.write_out)
         out.append(data)
-        return protocol.abandon
+        if protocol.watchdog is None:
+            protocol.watch(deadline)
+        return True
 
     async def run(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` in one write; their replies in order (a refused command's: its exception)."""

@@ -14,7 +14,8 @@ commands go through ``execute`` and share a round trip with the other commands
 of the same loop pass (``gateway.state.pipelining``). Both travel on the ``Lane``
 (``gateway.state.lane``), one connection with hiredis packing and parsing; on an open lane a batch is
 submitted from the loop callback that has it and settled from the lane's ``data_received``
-(``gateway.state.settling``; a timer bounds it), with no task or ``asyncio.timeout`` per round trip;
+(``gateway.state.settling``; the lane's one watchdog timer bounds it), with no task or ``asyncio.timeout``
+per round trip;
 connecting, probing after the cooling off and re-sending after ``NOSCRIPT`` take the task path. ``call``
 uses redis-py's pool.
 """
@@ -139,6 +140,10 @@ class GuardedRedis:
         calls, self._calls = self._calls, []
         if self._writes:
             self._flush(self._take_writes())
+        if len(calls) == 1:  # the usual pass at low load: one lookup (no slicing, no comprehensions)
+            if not calls[0].future.done() and not self._submit(SentCalls(self, calls), [calls[0].args]):
+                self._spawn(self._round_trip(calls))
+            calls = []
         for start in range(0, len(calls), MAX_BATCH):
             chunk = calls[start: start + MAX_BATCH] if len(calls) > MAX_BATCH else calls
             pending = [c for c in chunk if not c.future.done()]  # a cancelled caller needs nothing
@@ -147,20 +152,18 @@ class GuardedRedis:
 
     def _submit(self, sent: Sent, commands: list[tuple[Any, ...]]) -> bool:
         """``sent``'s batch straight onto the open lane: no task, no coroutine, no ``asyncio.timeout`` (it is
-        settled from the lane's ``data_received``, bounded by a timer; ~a third of the client work of the
-        task path, ``bench/results/2026-12-07-host-state-cost.md``). False when the lane is not open or
+        settled from the lane's ``data_received``, bounded by the lane's watchdog; ~a third of the client work
+        of the task path, ``bench/results/2026-12-07-host-state-cost.md``). False when the lane is not open or
         Redis is cooling off: the caller takes the task path, which connects or probes."""
         lane = self.lane
         if lane is None or not self.up:
             return False
         try:
-            abandon = lane.submit(commands, sent)
+            if not lane.submit(commands, sent, asyncio.get_running_loop().time() + self.timeout_s):
+                return False
         except DataError as exc:  # an argument Redis cannot take: the batch fails, as on the task path
             sent.settle(exc)
             return True
-        if abandon is None:
-            return False
-        sent.timer = asyncio.get_running_loop().call_later(self.timeout_s, abandon)
         self._inflight += 1
         return True
 
@@ -315,7 +318,7 @@ class GuardedRedis:
                 self._flush(self._take_writes())
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            elif self._inflight:  # batches on the lane: their replies, or their timers, settle them
+            elif self._inflight:  # batches on the lane: their replies, or the lane's watchdog, settle them
                 self._idle = asyncio.get_running_loop().create_future()
                 await self._idle
                 self._idle = None

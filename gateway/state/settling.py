@@ -3,14 +3,13 @@
 The hot path's awaited commands and deferred writes travel without a task, a coroutine or an
 ``asyncio.timeout`` per round trip (``bench/results/2026-12-07-host-state-cost.md``: about a third of the
 task path's client work): the lane calls the batch's ``Sent`` with its replies in order, or with the
-failure that lost the connection; a timer (armed by the guard) bounds the wait. What a settled batch
+failure that lost the connection; the lane's watchdog bounds the wait. What a settled batch
 reports goes to its guard through ``Guard``: failures count towards its cooling off, an answer ends it,
 commands whose script Redis lost go back to the task path, and ``drain`` learns when the last batch is in.
 """
 from __future__ import annotations
 
 import abc
-import asyncio
 from typing import Any, Protocol
 
 from gateway.state.errors import RedisUnavailable
@@ -29,17 +28,14 @@ class Guard(Protocol):
 
 
 class Sent(abc.ABC):
-    """A batch on the lane: its timeout timer (set by the guard once submitted), then its settling."""
+    """A batch on the lane (bounded by the lane's watchdog), then its settling."""
 
-    __slots__ = ("guard", "timer")
+    __slots__ = ("guard",)
 
     def __init__(self, guard: Guard) -> None:
         self.guard: Guard = guard
-        self.timer: asyncio.TimerHandle | None = None
 
     def __call__(self, result: list[Any] | BaseException) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
         try:
             self.settle(result)
         finally:
@@ -55,8 +51,8 @@ class SentCalls(Sent):
 
     __slots__ = ("calls",)
 
-    def __init__(self, guard: Guard, calls: list[Call]) -> None:
-        super().__init__(guard)
+    def __init__(self, guard: Guard, calls: list[Call]) -> None:  # no super() call: one per batch
+        self.guard: Guard = guard
         self.calls = calls
 
     def settle(self, result: list[Any] | BaseException) -> None:
@@ -69,6 +65,11 @@ class SentCalls(Sent):
                     c.future.set_exception(RedisUnavailable(type(result).__name__))
             return
         guard.answered()
+        if len(calls) == 1 and not isinstance(result[0], Exception):  # the usual lone lookup: no loop
+            future = calls[0].future
+            if not future.done():
+                future.set_result(result[0])
+            return
         missing = settle_calls(calls, result, guard.failed)
         if missing:  # a script Redis lost: the task path loads it and sends them again
             guard.resend_calls(missing)
@@ -79,8 +80,8 @@ class SentWrites(Sent):
 
     __slots__ = ("writes",)
 
-    def __init__(self, guard: Guard, writes: list[Write]) -> None:
-        super().__init__(guard)
+    def __init__(self, guard: Guard, writes: list[Write]) -> None:  # no super() call: one per batch
+        self.guard: Guard = guard
         self.writes = writes
 
     def settle(self, result: list[Any] | BaseException) -> None:

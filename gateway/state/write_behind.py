@@ -69,6 +69,9 @@ async def send(lane: Lane, writes: Sequence[Write], reload: bool = False) -> Non
 
 def commands(writes: Sequence[Write]) -> list[tuple[Any, ...]]:
     """Each write's command (made now for the writes that ``build`` theirs)."""
+    if len(writes) == 1:  # the usual batch at low load (the entry's ``SET``): no comprehension
+        w = writes[0]
+        return [w.args if w.build is None else w.build()]
     return [w.args if w.build is None else w.build() for w in writes]
 
 

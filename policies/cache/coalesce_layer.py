@@ -30,7 +30,7 @@ from policies.cache.request import (
 )
 from policies.cache.respond import wants_usage_chunk
 from policies.cache.runtime import CacheRuntime, cache_runtime
-from policies.cache.singleflight import TakeOver
+from policies.cache.singleflight import Flight, TakeOver
 
 
 class Coalesce:
@@ -67,7 +67,8 @@ class Coalesce:
             flight = flights.get(fkey)
             leader = flight is None
             if flight is None:
-                flight = flights.lead(fkey, ex, self._leader_call(ex, next), cfg.max_flight_bytes)
+                flight = flights.lead(fkey, ex, next, cfg.max_flight_bytes)
+                self._lead_fleet(ex, next, flight)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)
@@ -89,17 +90,17 @@ class Coalesce:
                 self.state.metrics.decision(self.name, "leader")
             return resp
 
-    def _leader_call(self, ex: Exchange, next: Next) -> Next:
-        """What the local leader calls: the chain, or the fleet claim around it when the exact cache
+    def _lead_fleet(self, ex: Exchange, next: Next, flight: Flight) -> None:
+        """What the local leader calls: the chain (as led), or the fleet claim around it when the exact cache
         would store this answer (the entry is where other processes pick it up)."""
         if self.fleet is None:  # one process (no shared state): nothing to claim, nothing to compute
-            return next
+            return
         pre = ex.state.get(PRE_CLAIM)  # the exact cache's lookup worked the claim's life out already
         cfg = self.config.cache
         wait_s = pre.life_ms / 1000 if pre is not None else fleet_wait_s(ex, cache_config(ex, cfg))
-        if wait_s <= 0:
-            return next
-        return partial(self.fleet.call, next=next, key=self.keys.key(ex), wait_s=wait_s)
+        if wait_s > 0:
+            flight.lead_with(ex, partial(self.fleet.call, next=next, key=self.keys.key(ex), wait_s=wait_s,
+                                         flight=flight))
 
     def _count_follower(self, ex: Exchange) -> None:
         ex.record.cache_result = ex.response_headers["x-gateway-cache"] = "coalesced"

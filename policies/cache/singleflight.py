@@ -45,7 +45,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
-from gateway.body import Body
+from gateway.body import Body, BodyClosed, EndCallback
 from gateway.errors import UpstreamFailure
 from gateway.exchange import DisconnectGuard, Exchange, Source, UpstreamResponse
 
@@ -65,8 +65,8 @@ _PENDING, _READY, _FAILED = 0, 1, 2  # a flight's response: awaited, here, or th
 class Flight:
     __slots__ = ("__weakref__", "_call", "_changed", "_drained", "_handoff", "_readers", "_room", "_stored",
                  "_waiters", "body", "broken", "buffered", "chunks", "detached", "direct", "done", "error",
-                 "first", "headers", "key", "loop", "max_bytes", "reading", "registry", "response", "source",
-                 "status", "subscribers", "task", "upstream")
+                 "first", "headers", "key", "loop", "max_bytes", "on_body_end", "reading", "registry",
+                 "response", "source", "status", "subscribers", "task", "upstream")
 
     def __init__(self, registry: Flights, key: Hashable, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.registry = registry
@@ -100,6 +100,10 @@ class Flight:
         self.broken = False  # that read was cancelled: the body went with it
         self._handoff: list[asyncio.Future[None]] | None = None  # newcomers waiting for the direct read
         self._call: tuple[Exchange, Call] | None = None  # the leader's call, until the leader makes it
+        # Told once when the upstream body ends, as an ``Observed`` wrapper's ``on_end`` would be (None at its
+        # clean end, the failure, ``BodyClosed`` when closed before its end), without a wrapper's frame and
+        # exception per chunk: the fleet leader's claim release (``fleet_flight``).
+        self.on_body_end: EndCallback | None = None
 
     # --- leader side -------------------------------------------------------------
     async def lead(self) -> None:
@@ -121,6 +125,12 @@ class Flight:
             guard.release()
         del ex, call
         self._got(resp)
+
+    def lead_with(self, ex: Exchange, call: Call) -> None:
+        """The leader's call, instead of the one given to ``Flights.lead`` (before the leader makes it): one
+        that needs the flight (``fleet_flight``: its body's end)."""
+        if self._call is not None:
+            self._call = (ex, call)
 
     def _shared(self) -> bool:
         return self.subscribers > 1
@@ -150,16 +160,24 @@ class Flight:
                     await self._wait_for_room()
         except BaseException as exc:
             self.error = exc
+            self._body_end(exc)
             self._wake()
             self._ended()
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        else:
+            self._body_end(None)
         finally:
             await _quiet(body.aclose())
         self.done = True
         self._wake()
         self._ended()
+
+    def _body_end(self, error: BaseException | None) -> None:
+        hook, self.on_body_end = self.on_body_end, None
+        if hook is not None:
+            hook(error)
 
     def _to_pump(self) -> None:
         """A second subscriber: the pump reads the body on from here; the direct reader is one of many."""
@@ -233,6 +251,7 @@ class Flight:
             self._room = None
             if self.body is not None and not self.reading:  # left before reading it: close it
                 body, self.body, self.direct = self.body, None, None
+                self._body_end(BodyClosed())
                 self.task = self.loop.create_task(_quiet(body.aclose()))
         elif self.detached:
             self.trim()
@@ -313,6 +332,7 @@ class Flight:
         """The direct read ended the body: its end (``exc`` None), a failure, or its task cancelled (the body
         with it). The caller closes the body after a failure; a body that ended on its own needs no close."""
         self.body, self.direct = None, None
+        self._body_end(exc)
         if exc is None:
             self.done = self._drained = True
         elif isinstance(exc, asyncio.CancelledError):
@@ -329,11 +349,13 @@ class Flight:
         if self.direct is not reader or self.reading:
             return None
         body, self.body, self.direct = self.body, None, None
+        self._body_end(BodyClosed())
         return body
 
     async def _drop_body(self) -> None:
         body, self.body, self.direct = self.body, None, None
         if body is not None:
+            self._body_end(BodyClosed())
             await _quiet(body.aclose())
 
     def serve(self, reader: _Reader) -> bool:

@@ -19,11 +19,11 @@ def round_trips(g: GuardedRedis) -> list[list[str]]:
         trips.append([str(c[0]) for c in commands])
         return await real(commands)
 
-    def submit(commands: Sequence[Sequence[Any]], done: Any) -> Any:
-        abandon = real_submit(commands, done)
-        if abandon is not None:  # None: not connected, nothing sent (the task path's ``run`` sends it)
+    def submit(commands: Sequence[Sequence[Any]], done: Any, deadline: float) -> bool:
+        queued = real_submit(commands, done, deadline)
+        if queued:  # False: not connected, nothing sent (the task path's ``run`` sends it)
             trips.append([str(c[0]) for c in commands])
-        return abandon
+        return queued
 
     real_submit = lane.submit
     lane.run = run  # type: ignore[method-assign]

@@ -18,6 +18,7 @@ from redis.exceptions import DataError, NoScriptError, ResponseError
 from gateway.state.lane import Lane
 from tests.support.servers import RedisServer, free_port
 from tests.support.tls import self_signed
+from tests.support.until import until
 
 
 @contextlib.asynccontextmanager
@@ -130,6 +131,31 @@ async def test_a_cancelled_batch_closes_the_connection_and_fails_those_behind_it
             await behind
         assert await _client_id(lane) != first
         assert await lane.run([("PING",)]) == [b"PONG"]
+
+
+async def test_submitted_batches_share_one_watchdog_that_abandons_a_batch_past_its_deadline(
+        redis_server: RedisServer) -> None:
+    """Batches submitted on the open lane are bounded by one timer, not one each: answered in time, they
+    settle and the timer stays as it was (nothing to cancel); when it is due and nothing waits, it is not
+    armed again and the connection stays. A batch still waiting at its deadline closes the connection and
+    fails every batch behind it (control: the batches answered before it got their replies)."""
+    async with lane_at(redis_server.url) as (client, lane):
+        await lane.run([("DEL", "ln:late")])
+        protocol, loop, got = lane._protocol, asyncio.get_running_loop(), list[Any]()
+        assert protocol is not None and protocol.watchdog is None
+        assert lane.submit([("ECHO", "a")], got.append, loop.time() + 0.2)
+        watchdog = protocol.watchdog
+        assert lane.submit([("ECHO", "b"), ("ECHO", "c")], got.append, loop.time() + 0.3)
+        assert protocol.watchdog is watchdog and watchdog is not None and not protocol.closed
+        await until(lambda: len(got) == 2)
+        assert got == [[b"a"], [b"b", b"c"]] and protocol.watchdog is watchdog
+        await until(lambda: protocol.watchdog is None)  # due, nothing late, nothing waiting: not armed again
+        assert not protocol.closed and await lane.run([("ECHO", "d")]) == [b"d"]
+        assert lane.submit([("BLPOP", "ln:late", 0)], got.append, loop.time() + 0.1)
+        assert lane.submit([("PING",)], got.append, loop.time() + 60)
+        await until(lambda: len(got) == 4)
+        assert all(isinstance(r, TimeoutError) for r in got[2:]) and protocol.closed
+        assert await lane.run([("ECHO", "e")]) == [b"e"]  # a new connection, in step
 
 
 async def test_a_lost_connection_fails_its_batches_and_the_next_reconnects(redis_server: RedisServer) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 
 from gateway.body import OneChunk
 from gateway.config_model import StateConfig
@@ -16,6 +17,7 @@ from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, FleetFlight,
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
 from policies.cache.redis_store import ENTRY_MAGIC, AnswerStore, Claim
+from policies.cache.singleflight import Flights
 from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer
 from tests.support.until import until
@@ -213,5 +215,48 @@ async def test_the_release_turns_only_this_processs_claim_into_done(redis_server
         assert await a.backend.client.get(a.store.claim_key(theirs)) == b"someone-else"
         raw = await a.backend.client.get(a.store.claim_key(entry))
         assert isinstance(raw, bytes) and raw.startswith(ENTRY_MAGIC)  # the entry, as written
+    finally:
+        await a.backend.close()
+
+
+async def test_led_through_a_flight_the_release_is_armed_by_the_flights_body_end(
+        redis_server: RedisServer, make_exchange: Callable[..., Exchange]) -> None:
+    """Led through single flight, the provider's body is read as it is (no wrapper): the flight tells of its
+    end, which holds the release; the entry's write drops it (nothing sent), and an answer that is not stored
+    sends it (the claim turns ``done``). A non-200 answer releases the claim at once (control: before its
+    body is read)."""
+    prefix, decisions = f"f{secrets.token_hex(3)}:", list[str]()
+    a = process(redis_server.url, prefix, decisions)
+    pa = Provider()
+    pa.release.set()
+    stored, refused, failed = (CacheKey("t:team-a", d) for d in ("d9", "d10", "d11"))
+    try:
+        trips = round_trips(a.backend)
+        for key in (stored, refused):
+            ex = make_exchange()
+            flight = Flights().lead(key.digest, ex, pa)
+            flight.lead_with(ex, partial(a.call, next=pa, key=key, wait_s=5.0, flight=flight))
+            resp = await flight.wait(leader=True)
+            assert isinstance(flight.body, OneChunk) and flight.on_body_end is not None  # the provider's body
+            assert await drain(resp) == ANSWER and flight.on_body_end is None
+        a.store.set(stored, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)
+        await a.backend.drain()
+        sent = [name for trip in trips for name in trip]
+        assert sent.count("EVALSHA") == 3 and sent.count("SET") == 1  # two claims, the refused one's release
+        assert await a.backend.client.get(a.store.claim_key(refused)) == b"done"
+        answer, held = await a.store.peek(stored)
+        assert answer is not None and not held
+
+        async def error(ex: Exchange) -> UpstreamResponse:
+            return UpstreamResponse(status=500, headers={}, body=OneChunk(b"{}"))
+
+        ex = make_exchange()
+        flight = Flights().lead(failed.digest, ex, error)
+        flight.lead_with(ex, partial(a.call, next=error, key=failed, wait_s=5.0, flight=flight))
+        resp = await flight.wait(leader=True)
+        assert flight.on_body_end is None
+        await a.backend.drain()
+        assert await a.backend.client.get(a.store.claim_key(failed)) == b"done"
+        assert await drain(resp) == b"{}"
     finally:
         await a.backend.close()

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.body import BodyClosed
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.singleflight import Flight, Flights, TakeOver
@@ -460,3 +461,72 @@ async def test_the_leader_calls_in_its_own_task_and_guards_it_while_others_wait(
     up.queue.put_nowait(b"a")
     up.queue.put_nowait(None)
     assert (await read_all(follower), await read_all(resp)) == (b"a", b"a")
+
+
+def _ends(flight: Flight) -> list[BaseException | None]:
+    """What the flight's ``on_body_end`` is told."""
+    told: list[BaseException | None] = []
+    flight.on_body_end = told.append
+    return told
+
+
+async def test_the_body_end_is_told_once_as_a_wrapper_would_be_for_its_one_reader() -> None:
+    """One subscriber reads the upstream body itself: its clean end is told None, once; a failure mid-body is
+    told the failure; a body closed between reads, or left unread, is told ``BodyClosed``. Control: nothing is
+    told while the body is still being read."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    told = _ends(flight)
+    for chunk in (b"a", b"b", None):
+        up.queue.put_nowait(chunk)
+    resp = await flight.wait(leader=True)
+    assert await resp.body.__anext__() == b"a" and told == []
+    assert await read_all(resp) == b"b" and told == [None]
+    await resp.body.aclose()  # type: ignore[attr-defined]
+    assert told == [None]  # once
+
+    failing = Upstream(fail_at=1)
+    flight = flights.lead("f", exchange(), failing)
+    told = _ends(flight)
+    for chunk in (b"a", b"b", None):
+        failing.queue.put_nowait(chunk)
+    with pytest.raises(UpstreamFailure):
+        await read_all(await flight.wait(leader=True))
+    assert len(told) == 1 and isinstance(told[0], UpstreamFailure)
+
+    for unread in (False, True):
+        up = Upstream()
+        flight = flights.lead("c", exchange(), up)
+        told = _ends(flight)
+        up.queue.put_nowait(b"a")
+        resp = await flight.wait(leader=True)
+        if not unread:
+            assert await resp.body.__anext__() == b"a"
+        await resp.body.aclose()  # type: ignore[attr-defined]
+        assert len(told) == 1 and isinstance(told[0], BodyClosed)
+
+
+async def test_the_body_end_is_told_by_the_pump_for_several_subscribers() -> None:
+    """Two subscribers when the response comes: the pump reads the body, and its end is told once, None, when
+    the last chunk is in (control: not before); a pump cancelled because everybody left is told that."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    flight.join()
+    told = _ends(flight)
+    up.queue.put_nowait(b"a")
+    first, second = await flight.wait(leader=True), await flight.wait(leader=False)
+    assert await first.body.__anext__() == b"a" and told == []
+    up.queue.put_nowait(None)
+    assert await read_all(first) == b"" and await read_all(second) == b"a" and told == [None]
+
+    up = Upstream()
+    flight = flights.lead("c", exchange(), up)
+    flight.join()
+    told = _ends(flight)
+    up.queue.put_nowait(b"a")
+    first, second = await flight.wait(leader=True), await flight.wait(leader=False)
+    assert await first.body.__anext__() == b"a"
+    await first.body.aclose()  # type: ignore[attr-defined]
+    await second.body.aclose()  # type: ignore[attr-defined]
+    await until(lambda: len(told) == 1, timeout=5, interval=0.001)
+    assert isinstance(told[0], asyncio.CancelledError)
