@@ -12,6 +12,13 @@ An entry holds bytes, not the parsed answer: a cache of thousands of parsed
 JSON trees is millions of objects the cyclic garbage collector walks on every
 full collection. The body is parsed when it is needed (an SSE replay, once per
 entry and mode; reading the usage of a shared-store entry).
+
+A streamed chat or completions answer in the providers' usual form is stored as
+it came (``raw``, its SSE bytes, with the finish reason read from them at store
+time): it is assembled into the canonical body on its first hit (``ready``,
+memoised), not at every streamed miss whether or not anybody ever asks again
+(issue 21). A stream hit replays ``raw`` itself when it fits the request (a
+usage chunk asked for, or none in it): no rendering.
 """
 from __future__ import annotations
 
@@ -25,9 +32,15 @@ import orjson
 from gateway.exchange import Usage
 from gateway.right_size import right_sized
 from gateway.usage import usage_from_response_obj
+from policies.cache.canonical import answer_from_sse, finish_reasons
 
 _MAGIC = b"GWC1"  # zlib-compressed
 _PLAIN = b"GWC0"  # stored as is: below COMPRESS_MIN_BYTES, zlib's set-up costs more than the bytes it saves
+# A stream stored raw, not assembled yet: as is / zlib-compressed. A gateway before these reads them as
+# foreign data, a clean miss (``decode``: None); every encoding starts with ``GWC`` (``redis_store``: claims).
+_RAW_PLAIN, _RAW_MAGIC = b"GWC2", b"GWC3"
+RAW_OPERATIONS = frozenset({"chat", "completions"})
+RAW_MAX_BYTES = 256 * 1024  # streams stored raw: those the fill assembled inline (``fill.INLINE_FILL_BYTES``)
 COMPRESS_MIN_BYTES = 4096
 OPAQUE_USAGE = frozenset({"tool", "embedding"})  # bodies without a usage object of their own
 # What an entry holds besides its bytes: this object, its Usage, its key (an object and a 64-character
@@ -48,11 +61,33 @@ class CachedAnswer:
     _sse_usage: bytes | None = None  # the SSE replay with a usage chunk, once rendered
     _sse_plain: bytes | None = None  # ... and without
     encoded: bytes | None = None  # ``encode()`` done ahead, off the loop; taken (and dropped) by the store
+    raw: bytes | None = None  # a stream's SSE bytes as stored (``body`` is b"" until ``ready`` assembles it)
+    reasons: tuple[str, ...] = ()  # ``raw``'s finish reasons as read at store time: its assembly must agree
 
     @classmethod
     def from_obj(cls, operation: str, obj: dict[str, Any], created: float) -> CachedAnswer:
         return cls(operation=operation, body=right_sized(orjson.dumps(obj)), created=created,
                    usage=usage_from_response_obj(obj))
+
+    @classmethod
+    def from_stream(cls, operation: str, raw: bytes, reasons: list[str], created: float) -> CachedAnswer:
+        """A streamed answer kept as it came (``canonical.stream_reasons`` read ``reasons`` from it)."""
+        return cls(operation=operation, body=b"", created=created, raw=raw, reasons=tuple(reasons))
+
+    def ready(self) -> bool:
+        """The canonical body, assembled from ``raw`` on first use and kept. False: ``raw`` is not the
+        complete answer its store-time reading promised (a broken chunk, another finish reason, several
+        choices); the store then drops the entry and the request is a miss (``dropped_unassemblable``).
+        A raw entry is at most ``RAW_MAX_BYTES``: assembled inline, ~50 µs for a 20-chunk answer."""
+        raw = self.raw
+        if raw is None or self.body:
+            return True
+        obj = answer_from_sse(self.operation, raw)
+        if obj is None or finish_reasons(self.operation, obj) != list(self.reasons):
+            return False
+        self.body = right_sized(orjson.dumps(obj))
+        self.usage = usage_from_response_obj(obj)
+        return True
 
     def obj(self) -> dict[str, Any]:
         """The body parsed (a fresh object each call: nothing parsed is kept)."""
@@ -60,7 +95,11 @@ class CachedAnswer:
         return parsed
 
     def sse(self, include_usage: bool, render: Callable[[str, dict[str, Any], bool], bytes]) -> bytes:
-        """The SSE replay of this answer, rendered by ``render`` on first use and memoised."""
+        """The SSE replay of this answer: the stream as stored when it fits (a usage chunk asked for, or
+        no usage in it), else rendered by ``render`` on first use and memoised."""
+        raw = self.raw
+        if raw is not None and (include_usage or b'"usage"' not in raw):
+            return raw
         data = self._sse_usage if include_usage else self._sse_plain
         if data is None:
             data = render(self.operation, self.obj(), include_usage)
@@ -73,7 +112,7 @@ class CachedAnswer:
     @property
     def size(self) -> int:
         rendered = len(self._sse_usage or b"") + len(self._sse_plain or b"")
-        return len(self.body) + rendered + len(self.text) + ENTRY_OVERHEAD
+        return len(self.body) + len(self.raw or b"") + rendered + len(self.text) + ENTRY_OVERHEAD
 
     @property
     def tokens(self) -> int:
@@ -81,20 +120,26 @@ class CachedAnswer:
 
     def encode(self) -> bytes:
         """Compressed bytes for a shared store: a small JSON header, a newline, the body."""
-        head = orjson.dumps({"op": self.operation, "created": self.created, "ct": self.content_type,
-                             "text": self.text, "tok": self.usage.prompt if self.usage is not None else None})
-        if len(self.body) < COMPRESS_MIN_BYTES:
-            return b"".join((_PLAIN, head, b"\n", self.body))
-        return _MAGIC + zlib.compress(head + b"\n" + self.body, 3)
+        tok = self.usage.prompt if self.usage is not None else None
+        fields: dict[str, Any] = {"op": self.operation, "created": self.created, "ct": self.content_type,
+                                  "text": self.text, "tok": tok}
+        body, plain, packed = self.body, _PLAIN, _MAGIC
+        if self.raw is not None and not body:  # not assembled yet: stored raw, its reasons in the head
+            body, plain, packed = self.raw, _RAW_PLAIN, _RAW_MAGIC
+            fields["fr"] = self.reasons
+        head = orjson.dumps(fields)
+        if len(body) < COMPRESS_MIN_BYTES:
+            return b"".join((plain, head, b"\n", body))
+        return packed + zlib.compress(head + b"\n" + body, 3)
 
     @classmethod
     def decode(cls, data: bytes) -> CachedAnswer | None:
         """The inverse of :meth:`encode`; ``None`` for anything damaged or of another format."""
-        plain = data.startswith(_PLAIN)
-        if not plain and not data.startswith(_MAGIC):
+        magic = data[:4]
+        if magic not in _MAGICS:
             return None
         try:
-            raw = data[len(_PLAIN):] if plain else zlib.decompress(data[len(_MAGIC):])
+            raw = data[4:] if magic in (_PLAIN, _RAW_PLAIN) else zlib.decompress(data[4:])
             head_bytes, _, body = raw.partition(b"\n")
             head = orjson.loads(head_bytes)
         except (zlib.error, orjson.JSONDecodeError):
@@ -103,6 +148,8 @@ class CachedAnswer:
             return None
         answer = cls(operation=head["op"], body=body, created=float(head.get("created") or 0.0),
                      content_type=str(head.get("ct") or "application/json"), text=str(head.get("text") or ""))
+        if magic in (_RAW_PLAIN, _RAW_MAGIC):
+            return _raw_entry(answer, head.get("fr"))
         if isinstance(head.get("tok"), int) and answer.operation in OPAQUE_USAGE:
             answer.usage = Usage(prompt=head["tok"])
         elif answer.content_type == "application/json" and answer.operation not in OPAQUE_USAGE:
@@ -111,3 +158,16 @@ class CachedAnswer:
             except orjson.JSONDecodeError:
                 return None
         return answer
+
+
+_MAGICS = (_PLAIN, _MAGIC, _RAW_PLAIN, _RAW_MAGIC)
+
+
+def _raw_entry(answer: CachedAnswer, reasons: Any) -> CachedAnswer | None:
+    """A raw stream read back: its bytes move from ``body`` to ``raw`` (assembled by ``ready`` on its hit,
+    inline: one larger than ``RAW_MAX_BYTES`` is no entry this gateway writes, and a miss)."""
+    if (answer.operation not in RAW_OPERATIONS or len(answer.body) > RAW_MAX_BYTES
+            or not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons)):
+        return None
+    answer.raw, answer.body, answer.reasons = answer.body, b"", tuple(reasons)
+    return answer

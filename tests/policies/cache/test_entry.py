@@ -69,3 +69,74 @@ def test_an_entry_holds_about_what_the_cache_counts() -> None:
         tracemalloc.stop()
     assert len(kept[0].body) < 300 < per_entry  # control: the object and its usage are measured
     assert per_entry < kept[0].size
+
+
+def _stream(content: str, finish: str = "stop", usage: bool = True) -> bytes:
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m"}
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                    "finish_reason": None}]}]
+    events += [{**head, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+               for word in content.split(" ")]
+    events.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    if usage:
+        events.append({**head, "choices": [], "usage": USAGE})
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+def test_a_raw_stream_is_assembled_on_first_use_to_the_body_an_eager_fill_stored() -> None:
+    from policies.cache.canonical import answer_from_sse
+
+    data = _stream("hello there")
+    entry = CachedAnswer.from_stream("chat", data, ["stop"], 3.0)
+    assert entry.body == b"" and entry.usage is None and entry.size >= len(data)
+    assert entry.ready() and entry.ready()
+    eager = CachedAnswer.from_obj("chat", answer_from_sse("chat", data) or {}, 3.0)
+    assert entry.body == eager.body and entry.usage == eager.usage and entry.tokens == 4
+    assert entry.size == len(data) + len(entry.body) + 900
+
+
+def test_a_raw_stream_that_does_not_assemble_as_read_is_not_ready() -> None:
+    assert not CachedAnswer.from_stream("chat", _stream("hi"), ["length"], 0.0).ready()  # another reason
+    broken = _stream("hi").replace(b'"content":"hi"', b'"content":"hi')
+    assert not CachedAnswer.from_stream("chat", broken, ["stop"], 0.0).ready()
+    assert CachedAnswer.from_stream("chat", _stream("hi"), ["stop"], 0.0).ready()  # the control
+
+
+def test_a_stream_hit_replays_the_raw_stream_when_it_fits_the_request() -> None:
+    """A usage chunk asked for, or none stored: the bytes as stored. Else rendered without the usage."""
+    renders: list[bool] = []
+
+    def render(_op: str, _obj: dict[str, object], include_usage: bool) -> bytes:
+        renders.append(include_usage)
+        return b"rendered"
+
+    with_usage = CachedAnswer.from_stream("chat", _stream("hi"), ["stop"], 0.0)
+    assert with_usage.ready() and with_usage.sse(True, render) is with_usage.raw
+    assert with_usage.sse(False, render) == b"rendered" and renders == [False]
+    without = CachedAnswer.from_stream("chat", _stream("hi", usage=False), ["stop"], 0.0)
+    assert without.ready() and without.sse(False, render) is without.raw and renders == [False]
+
+
+def test_raw_streams_are_encoded_raw_and_read_back_raw() -> None:
+    """Small: ``GWC2`` as is; from 4 KiB: ``GWC3`` compressed. Read back, assembled on first use. An
+    assembled entry is written in the canonical form, which gateways before raw entries read too."""
+    for content, magic in (("hi", b"GWC2"), ("word " * 400, b"GWC3")):
+        entry = CachedAnswer.from_stream("chat", _stream(content), ["stop"], 5.0)
+        entry.text = "q"
+        data = entry.encode()
+        assert data.startswith(magic)
+        back = CachedAnswer.decode(data)
+        assert back is not None and back.raw == entry.raw and back.body == b"" and back.reasons == ("stop",)
+        assert back.text == "q" and back.created == 5.0 and back.ready() and back.usage is not None
+        assert back.encode().startswith((b"GWC0", b"GWC1"))  # assembled: the canonical form
+        assert CachedAnswer.decode(back.encode()) is not None
+
+
+def test_damaged_raw_entries_are_a_miss() -> None:
+    good = CachedAnswer.from_stream("chat", _stream("hi"), ["stop"], 0.0).encode()
+    head, _, body = good[4:].partition(b"\n")
+    assert CachedAnswer.decode(good) is not None  # the control
+    for old, new in ((b'"fr":["stop"]', b'"fr":"stop"'), (b'"op":"chat"', b'"op":"responses"')):
+        assert CachedAnswer.decode(b"GWC2" + head.replace(old, new) + b"\n" + body) is None
+    assert CachedAnswer.decode(b"GWC2" + head + b"\n" + body + b" " * (256 * 1024)) is None  # never written
+    assert CachedAnswer.decode(b"GWC3" + b"not zlib") is None

@@ -157,3 +157,36 @@ async def test_a_stored_json_answer_reports_its_usage_once_parsed() -> None:
                        lambda _ex, _a, _r: None, 1 << 20)
     assert b"".join([chunk async for chunk in resp.body]) == ANSWER
     assert known.record.reported_usage is first
+
+
+STREAM = (b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":'
+          b'{"content":"hi"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk",'
+          b'"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\ndata: [DONE]\n\n')
+
+
+async def _fill_stream(data: bytes, body: dict[str, object] | None = None) -> tuple[CachedAnswer, list[str]]:
+    ex = build_exchange(body) if body is not None else build_exchange()
+    stored: list[tuple[CachedAnswer, list[str]]] = []
+    resp = UpstreamResponse(200, {"content-type": "text/event-stream"}, Chunks([data[:50], data[50:]]))
+    resp = attach_fill(ex, resp, lambda _ex, a, reasons: stored.append((a, reasons)), 1 << 20)
+    assert b"".join([chunk async for chunk in resp.body]) == data
+    assert len(stored) == 1
+    return stored[0]
+
+
+async def test_a_usual_stream_is_stored_raw_with_its_finish_reason_and_not_assembled() -> None:
+    answer, reasons = await _fill_stream(STREAM)
+    assert answer.raw == STREAM and answer.body == b""
+    assert reasons == ["length"] and answer.reasons == ("length",)
+
+
+async def test_streams_the_bytes_cannot_tell_are_assembled_at_once_as_before() -> None:
+    """Several choices asked for (``n``), or a form ``stream_reasons`` does not read: the canonical body now.
+    The control: the same stream with one choice is stored raw."""
+    chat = [{"role": "user", "content": "hi"}]
+    several, _ = await _fill_stream(STREAM, {"model": "m", "messages": chat, "n": 2})
+    assert several.raw is None and b'"finish_reason":"length"' in several.body
+    spaced, reasons = await _fill_stream(STREAM.replace(b'"finish_reason":null', b'"finish_reason": null'))
+    assert spaced.raw is None and spaced.body and reasons == ["length"]
+    one, _ = await _fill_stream(STREAM, {"model": "m", "messages": chat, "n": 1})
+    assert one.raw == STREAM
