@@ -13,12 +13,13 @@ JSON trees is millions of objects the cyclic garbage collector walks on every
 full collection. The body is parsed when it is needed (an SSE replay, once per
 entry and mode; reading the usage of a shared-store entry).
 
-A streamed chat or completions answer in the providers' usual form is stored as
-it came (``raw``, its SSE bytes, with the finish reason read from them at store
-time): it is assembled into the canonical body on its first hit (``ready``,
-memoised), not at every streamed miss whether or not anybody ever asks again
-(issue 21). A stream hit replays ``raw`` itself when it fits the request (a
-usage chunk asked for, or none in it): no rendering.
+A short streamed chat or completions answer in the providers' usual form is
+stored as it came (``raw``, its SSE bytes, with the finish reason read from them
+at store time): it is assembled into the canonical body on its first hit
+(``ready``), not at every streamed miss whether or not anybody ever asks again
+(issue 21). The raw bytes are then dropped: a stream's SSE is ~15x its canonical
+body (280-byte chunks per token), 2.6x the replay rendered from it, so an entry
+that is hit holds what it held before (``bench/results/2026-12-07-stream-store.md``).
 """
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ _PLAIN = b"GWC0"  # stored as is: below COMPRESS_MIN_BYTES, zlib's set-up costs 
 # foreign data, a clean miss (``decode``: None); every encoding starts with ``GWC`` (``redis_store``: claims).
 _RAW_PLAIN, _RAW_MAGIC = b"GWC2", b"GWC3"
 RAW_OPERATIONS = frozenset({"chat", "completions"})
-RAW_MAX_BYTES = 256 * 1024  # streams stored raw: those the fill assembled inline (``fill.INLINE_FILL_BYTES``)
+# Streams stored raw: up to ~100 tokens of 300-byte chunks. The assembly's fixed cost is what weighs on a
+# short stream (~50 µs of a 20-chunk stream's ~1 ms); past this its ~1 µs a chunk is small beside the relay's
+# own per-chunk cost, and the raw bytes (~15x the canonical body) would cut how many answers the cache holds.
+RAW_MAX_BYTES = 32 * 1024
 COMPRESS_MIN_BYTES = 4096
 OPAQUE_USAGE = frozenset({"tool", "embedding"})  # bodies without a usage object of their own
 # What an entry holds besides its bytes: this object, its Usage, its key (an object and a 64-character
@@ -75,18 +79,19 @@ class CachedAnswer:
         return cls(operation=operation, body=b"", created=created, raw=raw, reasons=tuple(reasons))
 
     def ready(self) -> bool:
-        """The canonical body, assembled from ``raw`` on first use and kept. False: ``raw`` is not the
-        complete answer its store-time reading promised (a broken chunk, another finish reason, several
-        choices); the store then drops the entry and the request is a miss (``dropped_unassemblable``).
-        A raw entry is at most ``RAW_MAX_BYTES``: assembled inline, ~50 µs for a 20-chunk answer."""
+        """The canonical body, assembled from ``raw`` on first use (then ``raw`` is dropped). False: ``raw``
+        is not the complete answer its store-time reading promised (a broken chunk, another finish reason,
+        several choices); the store then drops the entry and the request is a miss
+        (``dropped_unassemblable``). At most ``RAW_MAX_BYTES``: inline, ~50 µs for a 20-chunk answer."""
         raw = self.raw
-        if raw is None or self.body:
+        if raw is None:
             return True
         obj = answer_from_sse(self.operation, raw)
         if obj is None or finish_reasons(self.operation, obj) != list(self.reasons):
             return False
         self.body = right_sized(orjson.dumps(obj))
         self.usage = usage_from_response_obj(obj)
+        self.raw, self.reasons = None, ()
         return True
 
     def obj(self) -> dict[str, Any]:
@@ -95,11 +100,7 @@ class CachedAnswer:
         return parsed
 
     def sse(self, include_usage: bool, render: Callable[[str, dict[str, Any], bool], bytes]) -> bytes:
-        """The SSE replay of this answer: the stream as stored when it fits (a usage chunk asked for, or
-        no usage in it), else rendered by ``render`` on first use and memoised."""
-        raw = self.raw
-        if raw is not None and (include_usage or b'"usage"' not in raw):
-            return raw
+        """The SSE replay of this answer, rendered by ``render`` on first use and memoised."""
         data = self._sse_usage if include_usage else self._sse_plain
         if data is None:
             data = render(self.operation, self.obj(), include_usage)
@@ -124,7 +125,7 @@ class CachedAnswer:
         fields: dict[str, Any] = {"op": self.operation, "created": self.created, "ct": self.content_type,
                                   "text": self.text, "tok": tok}
         body, plain, packed = self.body, _PLAIN, _MAGIC
-        if self.raw is not None and not body:  # not assembled yet: stored raw, its reasons in the head
+        if self.raw is not None:  # not assembled yet: stored raw, its reasons in the head
             body, plain, packed = self.raw, _RAW_PLAIN, _RAW_MAGIC
             fields["fr"] = self.reasons
         head = orjson.dumps(fields)
@@ -165,7 +166,7 @@ _MAGICS = (_PLAIN, _MAGIC, _RAW_PLAIN, _RAW_MAGIC)
 
 def _raw_entry(answer: CachedAnswer, reasons: Any) -> CachedAnswer | None:
     """A raw stream read back: its bytes move from ``body`` to ``raw`` (assembled by ``ready`` on its hit,
-    inline: one larger than ``RAW_MAX_BYTES`` is no entry this gateway writes, and a miss)."""
+    inline; one larger than ``RAW_MAX_BYTES`` is no entry this gateway writes: a miss)."""
     if (answer.operation not in RAW_OPERATIONS or len(answer.body) > RAW_MAX_BYTES
             or not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons)):
         return None

@@ -3,8 +3,8 @@
 The body is wrapped by one async generator that yields every chunk unchanged
 and keeps a reference to it (no copy, no parsing). Only when the upstream body
 ended normally is the answer assembled (``policies.cache.canonical``) and handed
-to the registered callbacks (exact cache, semantic cache). A one-choice chat or
-completions stream in the providers' usual form is not assembled here: it is
+to the registered callbacks (exact cache, semantic cache). A short one-choice chat
+or completions stream in the providers' usual form is not assembled here: it is
 handed over as its raw bytes with the finish reason read from them
 (``canonical.stream_reasons``), and assembled on its first hit
 (``CachedAnswer.ready``; issue 21: the assembly, its dump and the templates were
@@ -42,7 +42,7 @@ from policies.cache.entry import RAW_MAX_BYTES, RAW_OPERATIONS, CachedAnswer
 log = logging.getLogger("gateway.cache")
 Callback = Callable[[Exchange, CachedAnswer, list[str]], None]
 Refused = Callable[[str], None]  # a layer's decision counter: the answer it wanted was not stored, and why
-INLINE_FILL_BYTES = RAW_MAX_BYTES  # larger answers are assembled off the event loop (and never stored raw)
+INLINE_FILL_BYTES = 256 * 1024  # larger answers are assembled off the event loop
 DEFAULT_FILL_BUDGET = 32 * 1024 * 1024
 Assembled = tuple[CachedAnswer, list[str]] | None  # the entry and its finish reasons; None: not complete
 
@@ -138,7 +138,7 @@ class Fill:
     def _raw(self, ex: Exchange, data: bytes) -> tuple[CachedAnswer, list[str]] | None:
         """The stream as it came, when its bytes tell its finish reason (None: assemble it now). Only for
         one choice: ``n`` asks for more, whose reasons the bytes cannot pair with their choices."""
-        if not self.sse or self.operation not in RAW_OPERATIONS:
+        if not self.sse or self.operation not in RAW_OPERATIONS or len(data) > RAW_MAX_BYTES:
             return None
         n = ex.body.get("n") if ex.body is not None else None
         reasons = stream_reasons(data) if n is None or n == 1 else None

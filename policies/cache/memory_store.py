@@ -49,7 +49,7 @@ class MemoryStore:
             self._drop(key)
             return None
         answer = slot.answer
-        if not answer.body and not answer.ready():  # ``body`` set: the one check a ready entry costs
+        if answer.raw is not None and not answer.ready():  # the one check an assembled entry costs
             self._drop(key)
             self.unusable()
             return None

@@ -244,6 +244,10 @@ def test_stream_reasons_reads_the_usual_stream_from_its_bytes() -> None:
     assert canonical.stream_reasons(body) == ["stop"]
     assert finish_reasons("chat", answer_from_sse("chat", body) or {}) == ["stop"]
     assert canonical.stream_reasons(sse(_chunk("a"), _chunk(None, "length"))) == ["length"]
+    spaced_nulls = sse(_chunk("a"), _chunk(None, "stop"), _chunk(None)).replace(b'"finish_reason":null',
+                                                                              b'"finish_reason": null')
+    assert canonical.stream_reasons(spaced_nulls) == ["stop"] == finish_reasons(
+        "chat", answer_from_sse("chat", spaced_nulls) or {})
 
 
 @pytest.mark.parametrize("body", [
@@ -253,8 +257,10 @@ def test_stream_reasons_reads_the_usual_stream_from_its_bytes() -> None:
     sse(_chunk("a"), _chunk(None, "error")),  # an error finish
     sse(_chunk("a")),  # no finish at all
     sse(_chunk("a"), _chunk(None, "")),  # an empty finish
-    sse(_chunk("a"), _chunk(None, "stop")).replace(b'"finish_reason":null', b'"finish_reason": null'),
+    sse(_chunk("a"), _chunk(None, "stop"), _chunk(None)).replace(b'"finish_reason":null}]}\n\ndata: [DONE]',
+                                                            b'"finish_reason": "length"}]}\n\ndata: [DONE]'),
     b"event: message\n" + sse(_chunk("a"), _chunk(None, "stop")),  # another line than data
+    sse(_chunk("a"), _chunk(None, "stop")).replace(b"\n\ndata: {", b"\n\nevent: error\ndata: {", 1),
     b"data: [1]\n\n" + sse(_chunk("a"), _chunk(None, "stop")),  # a line that is not an object
     b": keep-alive\n\n" + sse(_chunk("a"), _chunk(None, "stop")),  # a comment
     sse(_chunk("a"), _chunk(None, "stop")).replace(b"\n", b"\r\n"),

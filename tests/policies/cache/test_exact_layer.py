@@ -9,6 +9,7 @@ import orjson
 from gateway.appstate import AppState
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis
+from policies.cache.canonical import answer_from_sse
 from policies.cache.exact_layer import factory
 from policies.cache.fleet_flight import PRE_CLAIM
 from policies.cache.redis_store import Claim
@@ -172,8 +173,8 @@ def _decisions(st: AppState, decision: str) -> float | None:
 
 async def test_a_stream_stored_raw_serves_both_modes_as_an_eager_store_did() -> None:
     """A streamed miss is stored as it came; the first hit assembles it: a JSON hit gets the very body a
-    JSON miss stores, a stream hit asking for usage gets the stream as stored, one not asking gets the
-    replay without usage. ``stored`` counts once, at the miss; the cache's bytes follow the assembly."""
+    JSON miss stores, a stream hit the replay of the same answer, with usage only when asked. ``stored``
+    counts once, at the miss; the cache's bytes follow the assembly."""
     st = make_state()
     policy = await factory(st, st.config)
     assert policy is not None
@@ -184,7 +185,9 @@ async def test_a_stream_stored_raw_serves_both_modes_as_an_eager_store_did() -> 
     entry = policy.rt.exact.memory._slots[next(iter(policy.rt.exact.memory._slots))].answer
     assert entry.raw == miss and entry.body == b"" and _decisions(st, "stored") == 1
     hit = exchange(st, asked)
-    assert await drain(await policy(hit, up)) == miss and hit.record.cache_result == "hit"
+    replayed = await drain(await policy(hit, up))
+    assert answer_from_sse("chat", replayed) == answer_from_sse("chat", miss) and b'"usage":{' in replayed
+    assert hit.record.cache_result == "hit" and entry.raw is None
     assert hit.record.reported_usage is not None and hit.record.reported_usage.total == 5
     json_st = make_state()
     json_policy = await factory(json_st, json_st.config)

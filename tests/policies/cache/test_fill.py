@@ -186,7 +186,19 @@ async def test_streams_the_bytes_cannot_tell_are_assembled_at_once_as_before() -
     chat = [{"role": "user", "content": "hi"}]
     several, _ = await _fill_stream(STREAM, {"model": "m", "messages": chat, "n": 2})
     assert several.raw is None and b'"finish_reason":"length"' in several.body
-    spaced, reasons = await _fill_stream(STREAM.replace(b'"finish_reason":null', b'"finish_reason": null'))
-    assert spaced.raw is None and spaced.body and reasons == ["length"]
+    crlf, reasons = await _fill_stream(STREAM.replace(b"\n", b"\r\n"))
+    assert crlf.raw is None and crlf.body and reasons == ["length"]
     one, _ = await _fill_stream(STREAM, {"model": "m", "messages": chat, "n": 1})
     assert one.raw == STREAM
+
+
+async def test_a_long_stream_is_assembled_at_once_as_before() -> None:
+    """Past ``RAW_MAX_BYTES`` the raw bytes (~15x the answer) are not kept: assembled at the store."""
+    from policies.cache.entry import RAW_MAX_BYTES
+
+    one = STREAM.split(b"\n\n")[0] + b"\n\n"
+    long = one * (RAW_MAX_BYTES // len(one) + 1) + STREAM
+    answer, reasons = await _fill_stream(long)
+    assert answer.raw is None and answer.body and reasons == ["length"]
+    short, _ = await _fill_stream(one * (RAW_MAX_BYTES // len(one) - 2) + STREAM)  # the control
+    assert short.raw is not None

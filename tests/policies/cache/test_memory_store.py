@@ -66,15 +66,16 @@ def _raw_stream(content: str) -> bytes:
 
 
 def test_a_raw_stream_is_assembled_at_its_first_hit_and_measured_at_once() -> None:
-    """The byte count grows by the assembled body on the hit that assembled it (not at a later touch)."""
+    """The byte count follows the assembly on the hit that made it (the raw bytes out, the body in), not
+    at a later touch."""
     store = MemoryStore(100, 10**6, Clock())
     key = CacheKey("n", "raw")
     raw = CachedAnswer.from_stream("chat", _raw_stream("hi"), ["stop"], 0.0)
     store.set(key, raw, 10)
     before = store.bytes
     found = store.get(key)
-    assert found is not None and found[0].body and store.bytes == before + len(found[0].body)
-    assert store.bytes == found[0].size
+    assert found is not None and found[0].body and found[0].raw is None
+    assert store.bytes == found[0].size == before - len(_raw_stream("hi")) + len(found[0].body)
 
 
 def test_a_raw_stream_that_does_not_assemble_is_dropped_and_counted() -> None:
