@@ -13,13 +13,16 @@ JSON trees is millions of objects the cyclic garbage collector walks on every
 full collection. The body is parsed when it is needed (an SSE replay, once per
 entry and mode; reading the usage of a shared-store entry).
 
-A short streamed chat or completions answer in the providers' usual form is
-stored as it came (``raw``, its SSE bytes, with the finish reason read from them
-at store time): it is assembled into the canonical body on its first hit
+A streamed chat or completions answer in the providers' usual form is stored as
+it came (``raw``: its SSE bytes, zlib-compressed, with the finish reason read from
+them at store time): it is assembled into the canonical body on its first hit
 (``ready``), not at every streamed miss whether or not anybody ever asks again
-(issue 21). The raw bytes are then dropped: a stream's SSE is ~15x its canonical
-body (280-byte chunks per token), 2.6x the replay rendered from it, so an entry
-that is hit holds what it held before (``bench/results/2026-12-07-stream-store.md``).
+(issue 21: 53 -> 18 µs at the miss of a 20-chunk stream, +55 µs at its first hit).
+Compressed because a stream's SSE is ~15x its canonical body (~300-byte chunks per
+token): kept as is it cut how many answers the cache holds 5-15x; compressed it
+holds what the body did (434 against 428 bytes for 20 chunks), and is the Redis
+value's payload as it is. Once assembled the raw bytes are dropped
+(``bench/results/2026-12-07-stream-store.md``).
 """
 from __future__ import annotations
 
@@ -37,14 +40,15 @@ from policies.cache.canonical import answer_from_sse, finish_reasons
 
 _MAGIC = b"GWC1"  # zlib-compressed
 _PLAIN = b"GWC0"  # stored as is: below COMPRESS_MIN_BYTES, zlib's set-up costs more than the bytes it saves
-# A stream stored raw, not assembled yet: as is / zlib-compressed. A gateway before these reads them as
-# foreign data, a clean miss (``decode``: None); every encoding starts with ``GWC`` (``redis_store``: claims).
-_RAW_PLAIN, _RAW_MAGIC = b"GWC2", b"GWC3"
+# A stream stored raw, not assembled yet: a plain head, a newline, the compressed stream. A gateway before
+# this reads it as foreign data, a clean miss (``decode``: None); every encoding starts with ``GWC``
+# (``redis_store`` tells entries from claims so).
+_RAW = b"GWC2"
 RAW_OPERATIONS = frozenset({"chat", "completions"})
-# Streams stored raw: up to ~100 tokens of 300-byte chunks. The assembly's fixed cost is what weighs on a
-# short stream (~50 µs of a 20-chunk stream's ~1 ms); past this its ~1 µs a chunk is small beside the relay's
-# own per-chunk cost, and the raw bytes (~15x the canonical body) would cut how many answers the cache holds.
-RAW_MAX_BYTES = 32 * 1024
+# Streams stored raw: those the fill assembled inline before (``fill.INLINE_FILL_BYTES``); their first hit
+# assembles them inline in the same bound. Larger ones are assembled off the loop at the store, as before.
+RAW_MAX_BYTES = 256 * 1024
+RAW_LEVEL = 1  # zlib level: ~10 µs for 6.4 KB, as small as level 3 on SSE (434 against 433 bytes)
 COMPRESS_MIN_BYTES = 4096
 OPAQUE_USAGE = frozenset({"tool", "embedding"})  # bodies without a usage object of their own
 # What an entry holds besides its bytes: this object, its Usage, its key (an object and a 64-character
@@ -65,7 +69,7 @@ class CachedAnswer:
     _sse_usage: bytes | None = None  # the SSE replay with a usage chunk, once rendered
     _sse_plain: bytes | None = None  # ... and without
     encoded: bytes | None = None  # ``encode()`` done ahead, off the loop; taken (and dropped) by the store
-    raw: bytes | None = None  # a stream's SSE bytes as stored (``body`` is b"" until ``ready`` assembles it)
+    raw: bytes | None = None  # a stream's SSE, compressed (``body`` is b"" until ``ready`` assembles it)
     reasons: tuple[str, ...] = ()  # ``raw``'s finish reasons as read at store time: its assembly must agree
 
     @classmethod
@@ -74,19 +78,31 @@ class CachedAnswer:
                    usage=usage_from_response_obj(obj))
 
     @classmethod
-    def from_stream(cls, operation: str, raw: bytes, reasons: list[str], created: float) -> CachedAnswer:
+    def from_stream(cls, operation: str, data: bytes, reasons: list[str], created: float) -> CachedAnswer:
         """A streamed answer kept as it came (``canonical.stream_reasons`` read ``reasons`` from it)."""
-        return cls(operation=operation, body=b"", created=created, raw=raw, reasons=tuple(reasons))
+        return cls(operation=operation, body=b"", created=created,
+                   raw=right_sized(zlib.compress(data, RAW_LEVEL)), reasons=tuple(reasons))
+
+    def stream(self) -> bytes | None:
+        """The raw stream as it came (None: no raw stream, or damaged, or over ``RAW_MAX_BYTES``)."""
+        if self.raw is None:
+            return None
+        inflater = zlib.decompressobj()
+        try:
+            data = inflater.decompress(self.raw, RAW_MAX_BYTES + 1)  # bounded: no bomb from a shared store
+        except zlib.error:
+            return None
+        return data if inflater.eof and len(data) <= RAW_MAX_BYTES else None
 
     def ready(self) -> bool:
         """The canonical body, assembled from ``raw`` on first use (then ``raw`` is dropped). False: ``raw``
         is not the complete answer its store-time reading promised (a broken chunk, another finish reason,
         several choices); the store then drops the entry and the request is a miss
         (``dropped_unassemblable``). At most ``RAW_MAX_BYTES``: inline, ~50 µs for a 20-chunk answer."""
-        raw = self.raw
-        if raw is None:
+        if self.raw is None:
             return True
-        obj = answer_from_sse(self.operation, raw)
+        data = self.stream()
+        obj = answer_from_sse(self.operation, data) if data is not None else None
         if obj is None or finish_reasons(self.operation, obj) != list(self.reasons):
             return False
         self.body = right_sized(orjson.dumps(obj))
@@ -124,14 +140,13 @@ class CachedAnswer:
         tok = self.usage.prompt if self.usage is not None else None
         fields: dict[str, Any] = {"op": self.operation, "created": self.created, "ct": self.content_type,
                                   "text": self.text, "tok": tok}
-        body, plain, packed = self.body, _PLAIN, _MAGIC
-        if self.raw is not None:  # not assembled yet: stored raw, its reasons in the head
-            body, plain, packed = self.raw, _RAW_PLAIN, _RAW_MAGIC
+        if self.raw is not None:  # not assembled: its compressed bytes as they are, its reasons in the head
             fields["fr"] = self.reasons
+            return b"".join((_RAW, orjson.dumps(fields), b"\n", self.raw))
         head = orjson.dumps(fields)
-        if len(body) < COMPRESS_MIN_BYTES:
-            return b"".join((plain, head, b"\n", body))
-        return packed + zlib.compress(head + b"\n" + body, 3)
+        if len(self.body) < COMPRESS_MIN_BYTES:
+            return b"".join((_PLAIN, head, b"\n", self.body))
+        return _MAGIC + zlib.compress(head + b"\n" + self.body, 3)
 
     @classmethod
     def decode(cls, data: bytes) -> CachedAnswer | None:
@@ -140,7 +155,7 @@ class CachedAnswer:
         if magic not in _MAGICS:
             return None
         try:
-            raw = data[4:] if magic in (_PLAIN, _RAW_PLAIN) else zlib.decompress(data[4:])
+            raw = data[4:] if magic != _MAGIC else zlib.decompress(data[4:])
             head_bytes, _, body = raw.partition(b"\n")
             head = orjson.loads(head_bytes)
         except (zlib.error, orjson.JSONDecodeError):
@@ -149,7 +164,7 @@ class CachedAnswer:
             return None
         answer = cls(operation=head["op"], body=body, created=float(head.get("created") or 0.0),
                      content_type=str(head.get("ct") or "application/json"), text=str(head.get("text") or ""))
-        if magic in (_RAW_PLAIN, _RAW_MAGIC):
+        if magic == _RAW:
             return _raw_entry(answer, head.get("fr"))
         if isinstance(head.get("tok"), int) and answer.operation in OPAQUE_USAGE:
             answer.usage = Usage(prompt=head["tok"])
@@ -161,13 +176,13 @@ class CachedAnswer:
         return answer
 
 
-_MAGICS = (_PLAIN, _MAGIC, _RAW_PLAIN, _RAW_MAGIC)
+_MAGICS = (_PLAIN, _MAGIC, _RAW)
 
 
 def _raw_entry(answer: CachedAnswer, reasons: Any) -> CachedAnswer | None:
-    """A raw stream read back: its bytes move from ``body`` to ``raw`` (assembled by ``ready`` on its hit,
-    inline; one larger than ``RAW_MAX_BYTES`` is no entry this gateway writes: a miss)."""
-    if (answer.operation not in RAW_OPERATIONS or len(answer.body) > RAW_MAX_BYTES
+    """A raw stream read back: its compressed bytes move from ``body`` to ``raw`` (assembled by ``ready`` on
+    its hit, inline; one inflating past ``RAW_MAX_BYTES`` is no entry this gateway writes: a miss then)."""
+    if (answer.operation not in RAW_OPERATIONS or not answer.body
             or not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons)):
         return None
     answer.raw, answer.body, answer.reasons = answer.body, b"", tuple(reasons)

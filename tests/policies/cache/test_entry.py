@@ -5,7 +5,7 @@ import zlib
 
 import orjson
 
-from policies.cache.entry import COMPRESS_MIN_BYTES, CachedAnswer
+from policies.cache.entry import COMPRESS_MIN_BYTES, RAW_MAX_BYTES, CachedAnswer
 
 USAGE = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
 
@@ -88,7 +88,8 @@ def test_a_raw_stream_is_assembled_on_first_use_to_the_body_an_eager_fill_stored
 
     data = _stream("hello there")
     entry = CachedAnswer.from_stream("chat", data, ["stop"], 3.0)
-    assert entry.body == b"" and entry.usage is None and entry.size >= len(data)
+    assert entry.body == b"" and entry.usage is None and entry.stream() == data
+    assert entry.raw is not None and entry.size == len(entry.raw) + 900 and len(entry.raw) < len(data) / 3
     assert entry.ready() and entry.ready()
     eager = CachedAnswer.from_obj("chat", answer_from_sse("chat", data) or {}, 3.0)
     assert entry.body == eager.body and entry.usage == eager.usage and entry.tokens == 4
@@ -103,15 +104,17 @@ def test_a_raw_stream_that_does_not_assemble_as_read_is_not_ready() -> None:
 
 
 def test_raw_streams_are_encoded_raw_and_read_back_raw() -> None:
-    """Small: ``GWC2`` as is; from 4 KiB: ``GWC3`` compressed. Read back, assembled on first use. An
-    assembled entry is written in the canonical form, which gateways before raw entries read too."""
-    for content, magic in (("hi", b"GWC2"), ("word " * 60, b"GWC3")):
+    """``GWC2``: a plain head and the compressed stream as the entry holds it (no compression at the write).
+    Read back, assembled on first use. An assembled entry is written in the canonical form, which gateways
+    before raw entries read too."""
+    for content, magic in (("hi", b"GWC2"), ("word " * 600, b"GWC2")):
         entry = CachedAnswer.from_stream("chat", _stream(content), ["stop"], 5.0)
         entry.text = "q"
         data = entry.encode()
         assert data.startswith(magic)
         back = CachedAnswer.decode(data)
         assert back is not None and back.raw == entry.raw and back.body == b"" and back.reasons == ("stop",)
+        assert entry.raw is not None and data.endswith(b"\n" + entry.raw)
         assert entry.encode().startswith(magic)  # written raw until assembled
         assert back.text == "q" and back.created == 5.0 and back.ready() and back.usage is not None
         assert back.encode().startswith((b"GWC0", b"GWC1"))  # assembled: the canonical form
@@ -124,5 +127,7 @@ def test_damaged_raw_entries_are_a_miss() -> None:
     assert CachedAnswer.decode(good) is not None  # the control
     for old, new in ((b'"fr":["stop"]', b'"fr":"stop"'), (b'"op":"chat"', b'"op":"responses"')):
         assert CachedAnswer.decode(b"GWC2" + head.replace(old, new) + b"\n" + body) is None
-    assert CachedAnswer.decode(b"GWC2" + head + b"\n" + body + b" " * (32 * 1024)) is None  # never written
-    assert CachedAnswer.decode(b"GWC3" + b"not zlib") is None
+    assert CachedAnswer.decode(b"GWC3" + head + b"\n" + body) is None  # no such format
+    for packed in (b"not zlib", zlib.compress(b" " * (RAW_MAX_BYTES + 1)), body[:-3]):  # damaged, a bomb, cut
+        back = CachedAnswer.decode(b"GWC2" + head + b"\n" + packed)
+        assert back is not None and not back.ready()  # a miss at its hit (``dropped_unassemblable``)

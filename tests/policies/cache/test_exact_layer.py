@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import zlib
 
 import orjson
 
@@ -183,7 +184,7 @@ async def test_a_stream_stored_raw_serves_both_modes_as_an_eager_store_did() -> 
     asked = {**chat, "stream": True, "stream_options": {"include_usage": True}}
     miss = await drain(await policy(exchange(st, asked), up))
     entry = policy.rt.exact.memory._slots[next(iter(policy.rt.exact.memory._slots))].answer
-    assert entry.raw == miss and entry.body == b"" and _decisions(st, "stored") == 1
+    assert entry.stream() == miss and entry.body == b"" and _decisions(st, "stored") == 1
     hit = exchange(st, asked)
     replayed = await drain(await policy(hit, up))
     assert answer_from_sse("chat", replayed) == answer_from_sse("chat", miss) and b'"usage":{' in replayed
@@ -214,8 +215,9 @@ async def test_a_raw_stream_that_does_not_assemble_is_a_counted_miss_never_an_er
              "stream": True}
     await drain(await policy(exchange(st, asked), up))
     entry = next(iter(policy.rt.exact.memory._slots.values())).answer
-    assert entry.raw is not None
-    entry.raw = entry.raw.replace(b'"content":"hi"', b'"content":"hi')  # damaged in memory
+    stored = entry.stream()
+    assert stored is not None
+    entry.raw = zlib.compress(stored.replace(b'"content":"hi"', b'"content":"hi'))  # damaged in memory
     again = exchange(st, asked)
     body = await drain(await policy(again, up))
     assert again.record.cache_result == "miss" and up.calls == 2 and body.endswith(b"data: [DONE]\n\n")

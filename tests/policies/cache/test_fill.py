@@ -176,7 +176,7 @@ async def _fill_stream(data: bytes, body: dict[str, object] | None = None) -> tu
 
 async def test_a_usual_stream_is_stored_raw_with_its_finish_reason_and_not_assembled() -> None:
     answer, reasons = await _fill_stream(STREAM)
-    assert answer.raw == STREAM and answer.body == b""
+    assert answer.stream() == STREAM and answer.body == b""
     assert reasons == ["length"] and answer.reasons == ("length",)
 
 
@@ -189,16 +189,31 @@ async def test_streams_the_bytes_cannot_tell_are_assembled_at_once_as_before() -
     crlf, reasons = await _fill_stream(STREAM.replace(b"\n", b"\r\n"))
     assert crlf.raw is None and crlf.body and reasons == ["length"]
     one, _ = await _fill_stream(STREAM, {"model": "m", "messages": chat, "n": 1})
-    assert one.raw == STREAM
+    assert one.stream() == STREAM
 
 
-async def test_a_long_stream_is_assembled_at_once_as_before() -> None:
-    """Past ``RAW_MAX_BYTES`` the raw bytes (~15x the answer) are not kept: assembled at the store."""
+async def test_a_stream_past_the_inline_bound_is_assembled_off_the_loop_as_before() -> None:
+    """Past ``RAW_MAX_BYTES`` (the fill's inline bound) a stream is not stored raw: assembled in the fills'
+    thread at the store, as before. The control, just under it, is stored raw."""
     from policies.cache.entry import RAW_MAX_BYTES
+    from policies.cache.fill import FillBudget
+    from tests.support.until import until
 
     one = STREAM.split(b"\n\n")[0] + b"\n\n"
-    long = one * (RAW_MAX_BYTES // len(one) + 1) + STREAM
-    answer, reasons = await _fill_stream(long)
-    assert answer.raw is None and answer.body and reasons == ["length"]
-    short, _ = await _fill_stream(one * (RAW_MAX_BYTES // len(one) - 2) + STREAM)  # the control
-    assert short.raw is not None
+    budget = FillBudget()
+    stored: list[CachedAnswer] = []
+
+    async def fill(repeat: int) -> CachedAnswer:
+        data = one * repeat + STREAM
+        resp = UpstreamResponse(200, {"content-type": "text/event-stream"}, Chunks([data]))
+        resp = attach_fill(build_exchange(), resp, lambda _ex, a, _r: stored.append(a), 1 << 22, budget)
+        assert b"".join([chunk async for chunk in resp.body]) == data
+        await until(lambda: bool(stored), timeout=10)
+        return stored.pop()
+
+    try:
+        long = await fill(RAW_MAX_BYTES // len(one) + 1)
+        short = await fill(RAW_MAX_BYTES // len(one) - 4)
+    finally:
+        await budget.close()
+    assert long.raw is None and long.body and short.raw is not None and not short.body

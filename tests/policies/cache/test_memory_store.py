@@ -71,11 +71,12 @@ def test_a_raw_stream_is_assembled_at_its_first_hit_and_measured_at_once() -> No
     store = MemoryStore(100, 10**6, Clock())
     key = CacheKey("n", "raw")
     raw = CachedAnswer.from_stream("chat", _raw_stream("hi"), ["stop"], 0.0)
+    packed = len(raw.raw or b"")
     store.set(key, raw, 10)
     before = store.bytes
     found = store.get(key)
     assert found is not None and found[0].body and found[0].raw is None
-    assert store.bytes == found[0].size == before - len(_raw_stream("hi")) + len(found[0].body)
+    assert store.bytes == found[0].size == before - packed + len(found[0].body)
 
 
 def test_a_raw_stream_that_does_not_assemble_is_dropped_and_counted() -> None:
