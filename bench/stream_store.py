@@ -11,7 +11,12 @@ cost the first hit instead (``encode`` of the canonical entry; the ``SET`` itsel
 
     python -m bench.stream_store --tokens 20 --rounds 2000
 
-Figures are µs per operation, the best of ``--repeat`` timings (timeit), so load moves them little.
+Figures are µs per operation, the best of ``--repeat`` timings (timeit), so load moves them little. For
+instruction counts, ``--op NAME --count K`` runs one operation K times and nothing else (one fresh entry
+each): under ``valgrind --tool=callgrind``, the count with K less the count with 0, over K, is its cost:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+        python -m bench.stream_store --op raw-store --count 1000
 """
 from __future__ import annotations
 
@@ -122,13 +127,30 @@ def report(tokens: int, rounds: int, repeat: int) -> None:
     print(f"{'Redis value bytes':66s} {len(old_data):8d} {len(new_data):8d}")
 
 
+def ops(data: bytes) -> dict[str, Callable[[], object]]:
+    """The operations ``--op`` runs: each store, and each first hit on a fresh copy of its entry."""
+    old, new = eager(data)[0], raw(data)[0]
+    return {"eager-store": lambda: eager(data), "raw-store": lambda: raw(data),
+            "eager-first-stream-hit": lambda: first_stream_hit(fresh(old), True),
+            "raw-first-stream-hit": lambda: first_stream_hit(fresh(new), True),
+            "eager-first-json-hit": lambda: first_json_hit(fresh(old)),
+            "raw-first-json-hit": lambda: first_json_hit(fresh(new))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="20", help="content chunks per stream, comma-separated")
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--op", help="run only this operation --count times (for valgrind)")
+    parser.add_argument("--count", type=int, default=0)
     args = parser.parse_args()
+    if args.op:
+        run = ops(stream(int(args.tokens)))[args.op]
+        for _ in range(args.count):
+            run()
+        return
     for tokens in args.tokens.split(","):
         report(int(tokens), args.rounds, args.repeat)
         print()
