@@ -75,7 +75,7 @@ def best(fn: Callable[[], object], rounds: int, repeat: int) -> float:
 def fresh(made: CachedAnswer) -> CachedAnswer:
     """A copy as stored, before any hit (nothing assembled or rendered)."""
     return CachedAnswer(operation=made.operation, body=made.body, created=made.created, usage=made.usage,
-                        raw=made.raw, reasons=made.reasons)
+                        raw=made.raw, packed=made.packed, reasons=made.reasons)
 
 
 def first_stream_hit(entry: CachedAnswer, include_usage: bool) -> bytes:

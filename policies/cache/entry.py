@@ -14,14 +14,15 @@ full collection. The body is parsed when it is needed (an SSE replay, once per
 entry and mode; reading the usage of a shared-store entry).
 
 A streamed chat or completions answer in the providers' usual form is stored as
-it came (``raw``: its SSE bytes, zlib-compressed, with the finish reason read from
-them at store time): it is assembled into the canonical body on its first hit
-(``ready``), not at every streamed miss whether or not anybody ever asks again
-(issue 21: 53 -> 18 µs at the miss of a 20-chunk stream, +55 µs at its first hit).
-Compressed because a stream's SSE is ~15x its canonical body (~300-byte chunks per
-token): kept as is it cut how many answers the cache holds 5-15x; compressed it
-holds what the body did (434 against 428 bytes for 20 chunks), and is the Redis
-value's payload as it is. Once assembled the raw bytes are dropped
+it came (``raw``: its SSE bytes, with the finish reason read from them at store
+time): it is assembled into the canonical body on its first hit (``ready``), not
+at every streamed miss whether or not anybody ever asks again (issue 21: 54 -> 7
+µs at the miss of a 20-chunk stream, ~+55 µs at its first hit). A stream's SSE is
+~15x its canonical body (~300-byte chunks per token), so past ``RAW_PLAIN_MAX_BYTES``
+it is held zlib-compressed (what the body would count, and the Redis value's
+payload as it is); below, as is (6.4 KB for 20 chunks, within the default cache's
+6.7 KB per entry): compressing costs ~35 instructions a byte, which took back
+half of what the lazy assembly saves. Once assembled the raw bytes are dropped
 (``bench/results/2026-12-07-stream-store.md``).
 """
 from __future__ import annotations
@@ -40,14 +41,15 @@ from policies.cache.canonical import answer_from_sse, finish_reasons
 
 _MAGIC = b"GWC1"  # zlib-compressed
 _PLAIN = b"GWC0"  # stored as is: below COMPRESS_MIN_BYTES, zlib's set-up costs more than the bytes it saves
-# A stream stored raw, not assembled yet: a plain head, a newline, the compressed stream. A gateway before
-# this reads it as foreign data, a clean miss (``decode``: None); every encoding starts with ``GWC``
-# (``redis_store`` tells entries from claims so).
-_RAW = b"GWC2"
+# A stream stored raw, not assembled yet: a plain head, a newline, the stream as is / zlib-compressed. A
+# gateway before these reads them as foreign data, a clean miss (``decode``: None); every encoding starts
+# with ``GWC`` (``redis_store`` tells entries from claims so).
+_RAW_PLAIN, _RAW_PACKED = b"GWC2", b"GWC3"
 RAW_OPERATIONS = frozenset({"chat", "completions"})
 # Streams stored raw: those the fill assembled inline before (``fill.INLINE_FILL_BYTES``); their first hit
 # assembles them inline in the same bound. Larger ones are assembled off the loop at the store, as before.
 RAW_MAX_BYTES = 256 * 1024
+RAW_PLAIN_MAX_BYTES = 8 * 1024  # held as is up to here (~25 chunks), compressed past it
 RAW_LEVEL = 1  # zlib level: ~10 µs for 6.4 KB, as small as level 3 on SSE (434 against 433 bytes)
 COMPRESS_MIN_BYTES = 4096
 OPAQUE_USAGE = frozenset({"tool", "embedding"})  # bodies without a usage object of their own
@@ -69,7 +71,8 @@ class CachedAnswer:
     _sse_usage: bytes | None = None  # the SSE replay with a usage chunk, once rendered
     _sse_plain: bytes | None = None  # ... and without
     encoded: bytes | None = None  # ``encode()`` done ahead, off the loop; taken (and dropped) by the store
-    raw: bytes | None = None  # a stream's SSE, compressed (``body`` is b"" until ``ready`` assembles it)
+    raw: bytes | None = None  # a stream's SSE (``body`` is b"" until ``ready`` assembles it)
+    packed: bool = False  # ``raw`` is zlib-compressed
     reasons: tuple[str, ...] = ()  # ``raw``'s finish reasons as read at store time: its assembly must agree
 
     @classmethod
@@ -80,13 +83,15 @@ class CachedAnswer:
     @classmethod
     def from_stream(cls, operation: str, data: bytes, reasons: list[str], created: float) -> CachedAnswer:
         """A streamed answer kept as it came (``canonical.stream_reasons`` read ``reasons`` from it)."""
-        return cls(operation=operation, body=b"", created=created,
-                   raw=right_sized(zlib.compress(data, RAW_LEVEL)), reasons=tuple(reasons))
+        packed = len(data) > RAW_PLAIN_MAX_BYTES
+        raw = right_sized(zlib.compress(data, RAW_LEVEL)) if packed else data
+        return cls(operation=operation, body=b"", created=created, raw=raw, packed=packed,
+                   reasons=tuple(reasons))
 
     def stream(self) -> bytes | None:
         """The raw stream as it came (None: no raw stream, or damaged, or over ``RAW_MAX_BYTES``)."""
-        if self.raw is None:
-            return None
+        if self.raw is None or not self.packed:
+            return self.raw
         inflater = zlib.decompressobj()
         try:
             data = inflater.decompress(self.raw, RAW_MAX_BYTES + 1)  # bounded: no bomb from a shared store
@@ -107,7 +112,7 @@ class CachedAnswer:
             return False
         self.body = right_sized(orjson.dumps(obj))
         self.usage = usage_from_response_obj(obj)
-        self.raw, self.reasons = None, ()
+        self.raw, self.packed, self.reasons = None, False, ()
         return True
 
     def obj(self) -> dict[str, Any]:
@@ -140,9 +145,13 @@ class CachedAnswer:
         tok = self.usage.prompt if self.usage is not None else None
         fields: dict[str, Any] = {"op": self.operation, "created": self.created, "ct": self.content_type,
                                   "text": self.text, "tok": tok}
-        if self.raw is not None:  # not assembled: its compressed bytes as they are, its reasons in the head
+        raw = self.raw
+        if raw is not None:  # not assembled: the stream (compressed from 4 KiB), its reasons in the head
             fields["fr"] = self.reasons
-            return b"".join((_RAW, orjson.dumps(fields), b"\n", self.raw))
+            magic = _RAW_PACKED if self.packed or len(raw) >= COMPRESS_MIN_BYTES else _RAW_PLAIN
+            if magic == _RAW_PACKED and not self.packed:
+                raw = zlib.compress(raw, RAW_LEVEL)
+            return b"".join((magic, orjson.dumps(fields), b"\n", raw))
         head = orjson.dumps(fields)
         if len(self.body) < COMPRESS_MIN_BYTES:
             return b"".join((_PLAIN, head, b"\n", self.body))
@@ -164,8 +173,8 @@ class CachedAnswer:
             return None
         answer = cls(operation=head["op"], body=body, created=float(head.get("created") or 0.0),
                      content_type=str(head.get("ct") or "application/json"), text=str(head.get("text") or ""))
-        if magic == _RAW:
-            return _raw_entry(answer, head.get("fr"))
+        if magic in (_RAW_PLAIN, _RAW_PACKED):
+            return _raw_entry(answer, head.get("fr"), magic == _RAW_PACKED)
         if isinstance(head.get("tok"), int) and answer.operation in OPAQUE_USAGE:
             answer.usage = Usage(prompt=head["tok"])
         elif answer.content_type == "application/json" and answer.operation not in OPAQUE_USAGE:
@@ -176,14 +185,14 @@ class CachedAnswer:
         return answer
 
 
-_MAGICS = (_PLAIN, _MAGIC, _RAW)
+_MAGICS = (_PLAIN, _MAGIC, _RAW_PLAIN, _RAW_PACKED)
 
 
-def _raw_entry(answer: CachedAnswer, reasons: Any) -> CachedAnswer | None:
-    """A raw stream read back: its compressed bytes move from ``body`` to ``raw`` (assembled by ``ready`` on
-    its hit, inline; one inflating past ``RAW_MAX_BYTES`` is no entry this gateway writes: a miss then)."""
-    if (answer.operation not in RAW_OPERATIONS or not answer.body
+def _raw_entry(answer: CachedAnswer, reasons: Any, packed: bool) -> CachedAnswer | None:
+    """A raw stream read back: its bytes move from ``body`` to ``raw``, compressed as they came (assembled by
+    ``ready`` on its hit, inline; one past ``RAW_MAX_BYTES`` is no entry this gateway writes: a miss)."""
+    if (answer.operation not in RAW_OPERATIONS or not answer.body or len(answer.body) > RAW_MAX_BYTES
             or not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons)):
         return None
-    answer.raw, answer.body, answer.reasons = answer.body, b"", tuple(reasons)
+    answer.raw, answer.body, answer.packed, answer.reasons = answer.body, b"", packed, tuple(reasons)
     return answer

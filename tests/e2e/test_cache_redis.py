@@ -77,7 +77,7 @@ async def test_redis_killed_means_misses_not_errors(make_gateway: Any, mock_upst
 
 async def test_a_stream_stored_raw_by_one_process_is_a_hit_in_both_modes_in_another(
         mock_upstream: MockServer, redis_server: RedisServer) -> None:
-    """A streamed miss is written as it came (``GWC2``: no assembly at the miss); the other
+    """A streamed miss is written as it came (``GWC2``/``GWC3``: no assembly at the miss); the other
     process assembles it on its first hit: the same message as JSON and as a stream (openai SDK)."""
     state = redis_state(redis_server)
     procs = [spawn_gateway(gateway_config(mock_upstream.url, state=state)) for _ in range(2)]
@@ -96,7 +96,7 @@ async def test_a_stream_stored_raw_by_one_process_is_a_hit_in_both_modes_in_anot
 
             await until(written, timeout=10, message="the raw entry reached Redis")
             (key,) = await client.keys(state["key_prefix"] + "cache:exact:*")
-            assert (await client.get(key)).startswith(b"GWC2")
+            assert (await client.get(key))[:4] in (b"GWC2", b"GWC3")  # the stream as is / compressed
         finally:
             await client.aclose()
         async with AsyncOpenAI(base_url=procs[1].url + "/v1", api_key="sk-shared", max_retries=0) as other:

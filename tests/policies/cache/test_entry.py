@@ -86,14 +86,16 @@ def _stream(content: str, finish: str = "stop", usage: bool = True) -> bytes:
 def test_a_raw_stream_is_assembled_on_first_use_to_the_body_an_eager_fill_stored() -> None:
     from policies.cache.canonical import answer_from_sse
 
-    data = _stream("hello there")
-    entry = CachedAnswer.from_stream("chat", data, ["stop"], 3.0)
-    assert entry.body == b"" and entry.usage is None and entry.stream() == data
-    assert entry.raw is not None and entry.size == len(entry.raw) + 900 and len(entry.raw) < len(data) / 3
-    assert entry.ready() and entry.ready()
-    eager = CachedAnswer.from_obj("chat", answer_from_sse("chat", data) or {}, 3.0)
-    assert entry.body == eager.body and entry.usage == eager.usage and entry.tokens == 4
-    assert entry.raw is None and entry.size == eager.size  # once assembled it holds what an eager store held
+    for content, packed in (("hello there", False), ("word " * 100, True)):  # held as is / compressed
+        data = _stream(content)
+        entry = CachedAnswer.from_stream("chat", data, ["stop"], 3.0)
+        assert entry.body == b"" and entry.usage is None and entry.stream() == data and entry.packed == packed
+        assert entry.raw is not None and entry.size == len(entry.raw) + 900
+        assert (len(entry.raw) < len(data) / 3) == packed
+        assert entry.ready() and entry.ready()
+        eager = CachedAnswer.from_obj("chat", answer_from_sse("chat", data) or {}, 3.0)
+        assert entry.body == eager.body and entry.usage == eager.usage and entry.tokens == 4
+        assert entry.raw is None and entry.size == eager.size  # once assembled: what an eager store held
 
 
 def test_a_raw_stream_that_does_not_assemble_as_read_is_not_ready() -> None:
@@ -104,17 +106,19 @@ def test_a_raw_stream_that_does_not_assemble_as_read_is_not_ready() -> None:
 
 
 def test_raw_streams_are_encoded_raw_and_read_back_raw() -> None:
-    """``GWC2``: a plain head and the compressed stream as the entry holds it (no compression at the write).
-    Read back, assembled on first use. An assembled entry is written in the canonical form, which gateways
-    before raw entries read too."""
-    for content, magic in (("hi", b"GWC2"), ("word " * 600, b"GWC2")):
+    """A plain head, then the stream: as is below 4 KiB (``GWC2``), compressed from there (``GWC3``; held
+    compressed already past 8 KiB: sent as it is held). Read back, assembled on first use. An assembled
+    entry is written in the canonical form, which gateways before raw entries read too."""
+    for content, magic in (("hi", b"GWC2"), ("word " * 30, b"GWC3"), ("word " * 100, b"GWC3")):
         entry = CachedAnswer.from_stream("chat", _stream(content), ["stop"], 5.0)
         entry.text = "q"
         data = entry.encode()
         assert data.startswith(magic)
         back = CachedAnswer.decode(data)
-        assert back is not None and back.raw == entry.raw and back.body == b"" and back.reasons == ("stop",)
-        assert entry.raw is not None and data.endswith(b"\n" + entry.raw)
+        assert back is not None and back.stream() == entry.stream() and back.body == b""
+        assert back.reasons == ("stop",) and back.packed == (magic == b"GWC3")
+        as_held = entry.packed or magic == b"GWC2"  # no compression at the write
+        assert entry.raw is not None and data.endswith(b"\n" + entry.raw) == as_held
         assert entry.encode().startswith(magic)  # written raw until assembled
         assert back.text == "q" and back.created == 5.0 and back.ready() and back.usage is not None
         assert back.encode().startswith((b"GWC0", b"GWC1"))  # assembled: the canonical form
@@ -127,7 +131,10 @@ def test_damaged_raw_entries_are_a_miss() -> None:
     assert CachedAnswer.decode(good) is not None  # the control
     for old, new in ((b'"fr":["stop"]', b'"fr":"stop"'), (b'"op":"chat"', b'"op":"responses"')):
         assert CachedAnswer.decode(b"GWC2" + head.replace(old, new) + b"\n" + body) is None
-    assert CachedAnswer.decode(b"GWC3" + head + b"\n" + body) is None  # no such format
-    for packed in (b"not zlib", zlib.compress(b" " * (RAW_MAX_BYTES + 1)), body[:-3]):  # damaged, a bomb, cut
-        back = CachedAnswer.decode(b"GWC2" + head + b"\n" + packed)
+    assert CachedAnswer.decode(b"GWC2" + head + b"\n" + b" " * (RAW_MAX_BYTES + 1)) is None  # never written
+    packed = zlib.compress(body)
+    assert CachedAnswer.decode(b"GWC3" + head + b"\n" + packed).ready()  # type: ignore[union-attr]
+    for bad in (b"not zlib", zlib.compress(b" " * (RAW_MAX_BYTES + 1)), packed[:-3]):  # damaged, a bomb, cut
+        back = CachedAnswer.decode(b"GWC3" + head + b"\n" + bad)
         assert back is not None and not back.ready()  # a miss at its hit (``dropped_unassemblable``)
+    assert not CachedAnswer.decode(b"GWC2" + head + b"\n" + body[:-3]).ready()  # type: ignore[union-attr]
