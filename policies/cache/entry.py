@@ -16,14 +16,14 @@ entry and mode; reading the usage of a shared-store entry).
 A streamed chat or completions answer in the providers' usual form is stored as
 it came (``raw``: its SSE bytes, with the finish reason read from them at store
 time): it is assembled into the canonical body on its first hit (``ready``), not
-at every streamed miss whether or not anybody ever asks again (issue 21: 54 -> 7
-µs at the miss of a 20-chunk stream, ~+55 µs at its first hit). A stream's SSE is
-~15x its canonical body (~300-byte chunks per token), so past ``RAW_PLAIN_MAX_BYTES``
-it is held zlib-compressed (what the body would count, and the Redis value's
-payload as it is); below, as is (6.4 KB for 20 chunks, within the default cache's
-6.7 KB per entry): compressing costs ~35 instructions a byte, which took back
-half of what the lazy assembly saves. Once assembled the raw bytes are dropped
-(``bench/results/2026-12-07-stream-store.md``).
+at every streamed miss whether or not anybody ever asks again (issue 21: 547k ->
+51k instructions at the miss of a 20-chunk stream, +39k in all if it is ever hit).
+Only up to ``RAW_MAX_BYTES``: a stream's SSE is ~15x its canonical body (~300-byte
+chunks per token), kept as is (6.4 KB for 20 chunks: within the default cache's
+6.7 KB per entry); compressing it costs ~35 instructions a byte and inflating it
+again at the hit made a hit entry cost ~40% more than an eager store
+(``bench/results/2026-12-07-stream-store.md``). Once assembled the raw bytes are
+dropped. In Redis a raw stream from 4 KiB is compressed, as bodies are.
 """
 from __future__ import annotations
 
@@ -46,11 +46,10 @@ _PLAIN = b"GWC0"  # stored as is: below COMPRESS_MIN_BYTES, zlib's set-up costs 
 # with ``GWC`` (``redis_store`` tells entries from claims so).
 _RAW_PLAIN, _RAW_PACKED = b"GWC2", b"GWC3"
 RAW_OPERATIONS = frozenset({"chat", "completions"})
-# Streams stored raw: those the fill assembled inline before (``fill.INLINE_FILL_BYTES``); their first hit
-# assembles them inline in the same bound. Larger ones are assembled off the loop at the store, as before.
-RAW_MAX_BYTES = 256 * 1024
-RAW_PLAIN_MAX_BYTES = 8 * 1024  # held as is up to here (~25 chunks), compressed past it
-RAW_LEVEL = 1  # zlib level: ~10 µs for 6.4 KB, as small as level 3 on SSE (434 against 433 bytes)
+# Streams stored raw (~25 chunks): where the assembly's fixed cost weighs (15-20% of a 20-chunk stream's
+# instructions); longer ones are assembled at the store as before, inline or off the loop past 256 KiB.
+RAW_MAX_BYTES = 8 * 1024
+RAW_LEVEL = 1  # zlib level for Redis: ~10 µs for 6.4 KB, as small as level 3 on SSE (434 against 433 bytes)
 COMPRESS_MIN_BYTES = 4096
 OPAQUE_USAGE = frozenset({"tool", "embedding"})  # bodies without a usage object of their own
 # What an entry holds besides its bytes: this object, its Usage, its key (an object and a 64-character
@@ -72,7 +71,7 @@ class CachedAnswer:
     _sse_plain: bytes | None = None  # ... and without
     encoded: bytes | None = None  # ``encode()`` done ahead, off the loop; taken (and dropped) by the store
     raw: bytes | None = None  # a stream's SSE (``body`` is b"" until ``ready`` assembles it)
-    packed: bool = False  # ``raw`` is zlib-compressed
+    packed: bool = False  # ``raw`` is zlib-compressed (as read from Redis: inflated by ``ready``, bounded)
     reasons: tuple[str, ...] = ()  # ``raw``'s finish reasons as read at store time: its assembly must agree
 
     @classmethod
@@ -83,10 +82,7 @@ class CachedAnswer:
     @classmethod
     def from_stream(cls, operation: str, data: bytes, reasons: list[str], created: float) -> CachedAnswer:
         """A streamed answer kept as it came (``canonical.stream_reasons`` read ``reasons`` from it)."""
-        packed = len(data) > RAW_PLAIN_MAX_BYTES
-        raw = right_sized(zlib.compress(data, RAW_LEVEL)) if packed else data
-        return cls(operation=operation, body=b"", created=created, raw=raw, packed=packed,
-                   reasons=tuple(reasons))
+        return cls(operation=operation, body=b"", created=created, raw=data, reasons=tuple(reasons))
 
     def stream(self) -> bytes | None:
         """The raw stream as it came (None: no raw stream, or damaged, or over ``RAW_MAX_BYTES``)."""

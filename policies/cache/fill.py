@@ -3,9 +3,9 @@
 The body is wrapped by one async generator that yields every chunk unchanged
 and keeps a reference to it (no copy, no parsing). Only when the upstream body
 ended normally is the answer assembled (``policies.cache.canonical``) and handed
-to the registered callbacks (exact cache, semantic cache). A one-choice chat or
-completions stream in the providers' usual form is not assembled here: it is
-handed over as its raw bytes (compressed) with the finish reason read from them
+to the registered callbacks (exact cache, semantic cache). A short (up to 8 KiB)
+one-choice chat or completions stream in the providers' usual form is not
+assembled here: it is handed over as its raw bytes with the finish reason read from them
 (``canonical.stream_reasons``), and assembled on its first hit
 (``CachedAnswer.ready``; issue 21: the assembly, its dump and the templates were
 15-20% of a streamed miss's instructions in the default config). An error raised by
@@ -42,7 +42,7 @@ from policies.cache.entry import RAW_MAX_BYTES, RAW_OPERATIONS, CachedAnswer
 log = logging.getLogger("gateway.cache")
 Callback = Callable[[Exchange, CachedAnswer, list[str]], None]
 Refused = Callable[[str], None]  # a layer's decision counter: the answer it wanted was not stored, and why
-INLINE_FILL_BYTES = RAW_MAX_BYTES  # larger answers are assembled off the event loop (and never stored raw)
+INLINE_FILL_BYTES = 256 * 1024  # larger answers are assembled off the event loop
 DEFAULT_FILL_BUDGET = 32 * 1024 * 1024
 Assembled = tuple[CachedAnswer, list[str]] | None  # the entry and its finish reasons; None: not complete
 

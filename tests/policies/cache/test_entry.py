@@ -86,12 +86,11 @@ def _stream(content: str, finish: str = "stop", usage: bool = True) -> bytes:
 def test_a_raw_stream_is_assembled_on_first_use_to_the_body_an_eager_fill_stored() -> None:
     from policies.cache.canonical import answer_from_sse
 
-    for content, packed in (("hello there", False), ("word " * 100, True)):  # held as is / compressed
+    for content in ("hello there", "word " * 30):
         data = _stream(content)
         entry = CachedAnswer.from_stream("chat", data, ["stop"], 3.0)
-        assert entry.body == b"" and entry.usage is None and entry.stream() == data and entry.packed == packed
-        assert entry.raw is not None and entry.size == len(entry.raw) + 900
-        assert (len(entry.raw) < len(data) / 3) == packed
+        assert entry.body == b"" and entry.usage is None and entry.raw == data and not entry.packed
+        assert entry.size == len(data) + 900
         assert entry.ready() and entry.ready()
         eager = CachedAnswer.from_obj("chat", answer_from_sse("chat", data) or {}, 3.0)
         assert entry.body == eager.body and entry.usage == eager.usage and entry.tokens == 4
@@ -106,10 +105,10 @@ def test_a_raw_stream_that_does_not_assemble_as_read_is_not_ready() -> None:
 
 
 def test_raw_streams_are_encoded_raw_and_read_back_raw() -> None:
-    """A plain head, then the stream: as is below 4 KiB (``GWC2``), compressed from there (``GWC3``; held
-    compressed already past 8 KiB: sent as it is held). Read back, assembled on first use. An assembled
-    entry is written in the canonical form, which gateways before raw entries read too."""
-    for content, magic in (("hi", b"GWC2"), ("word " * 30, b"GWC3"), ("word " * 100, b"GWC3")):
+    """A plain head, then the stream: as is below 4 KiB (``GWC2``), compressed from there (``GWC3``, read
+    back compressed and inflated by the first hit). Read back, assembled on first use. An assembled entry
+    is written in the canonical form, which gateways before raw entries read too."""
+    for content, magic in (("hi", b"GWC2"), ("word " * 30, b"GWC3")):
         entry = CachedAnswer.from_stream("chat", _stream(content), ["stop"], 5.0)
         entry.text = "q"
         data = entry.encode()
@@ -117,8 +116,7 @@ def test_raw_streams_are_encoded_raw_and_read_back_raw() -> None:
         back = CachedAnswer.decode(data)
         assert back is not None and back.stream() == entry.stream() and back.body == b""
         assert back.reasons == ("stop",) and back.packed == (magic == b"GWC3")
-        as_held = entry.packed or magic == b"GWC2"  # no compression at the write
-        assert entry.raw is not None and data.endswith(b"\n" + entry.raw) == as_held
+        assert entry.raw is not None and data.endswith(b"\n" + entry.raw) == (magic == b"GWC2")
         assert entry.encode().startswith(magic)  # written raw until assembled
         assert back.text == "q" and back.created == 5.0 and back.ready() and back.usage is not None
         assert back.encode().startswith((b"GWC0", b"GWC1"))  # assembled: the canonical form

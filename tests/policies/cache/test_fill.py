@@ -192,9 +192,9 @@ async def test_streams_the_bytes_cannot_tell_are_assembled_at_once_as_before() -
     assert one.stream() == STREAM
 
 
-async def test_a_stream_past_the_inline_bound_is_assembled_off_the_loop_as_before() -> None:
-    """Past ``RAW_MAX_BYTES`` (the fill's inline bound) a stream is not stored raw: assembled in the fills'
-    thread at the store, as before. The control, just under it, is stored raw."""
+async def test_a_stream_past_the_raw_bound_is_assembled_at_the_store_as_before() -> None:
+    """Past ``RAW_MAX_BYTES`` (~25 chunks) a stream is not stored raw: assembled at the store, as before
+    (its raw bytes, ~15x the answer, would cut what the cache holds). The control, just under it, is raw."""
     from policies.cache.entry import RAW_MAX_BYTES
     from policies.cache.fill import FillBudget
     from tests.support.until import until
