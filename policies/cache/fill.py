@@ -5,8 +5,8 @@ and keeps a reference to it (no copy, no parsing). Only when the upstream body
 ended normally is the answer assembled (``policies.cache.canonical``) and handed
 to the registered callbacks (exact cache, semantic cache). A short (up to 8 KiB)
 one-choice chat or completions stream in the providers' usual form is not
-assembled here: it is handed over as its raw bytes with the finish reason read from them
-(``canonical.stream_reasons``), and assembled on its first hit
+assembled here: it is handed over as its raw bytes with the finish reason read
+from them (``canonical.stream_reasons``), and assembled on its first hit
 (``CachedAnswer.ready``; issue 21: the assembly, its dump and the templates were
 15-20% of a streamed miss's instructions in the default config). An error raised by
 the body, a client disconnect (``aclose``/cancel) or an oversized answer stores
@@ -135,7 +135,7 @@ class Fill:
         done = asyncio.get_running_loop().run_in_executor(executor, self._assemble_chunks, chunks, encode)
         done.add_done_callback(lambda fut: _store(ex, callbacks, refusals, _result(fut)))
 
-    def _raw(self, ex: Exchange, data: bytes) -> tuple[CachedAnswer, list[str]] | None:
+    def _raw(self, ex: Exchange, data: bytes) -> Assembled:
         """The stream as it came, when its bytes tell its finish reason (None: assemble it now). Only for
         one choice: ``n`` asks for more, whose reasons the bytes cannot pair with their choices."""
         if not self.sse or self.operation not in RAW_OPERATIONS or len(data) > RAW_MAX_BYTES:
@@ -157,7 +157,6 @@ class Fill:
         if encode:
             answer.encoded = answer.encode()  # taken by the shared store's ``set``
         return answer, finish_reasons(self.operation, obj)
-
 
 
 def _result(fut: asyncio.Future[Assembled]) -> Assembled:
