@@ -117,7 +117,7 @@ def report(tokens: int, rounds: int, repeat: int) -> None:
                  best(lambda: CachedAnswer.decode(back), rounds, repeat)))
     print(f"{tokens}-token stream: {len(data)} bytes; canonical body {len(old.body)} bytes")
     if len(data) > RAW_MAX_BYTES:
-        print(f"(over RAW_MAX_BYTES = {RAW_MAX_BYTES}: the fill stores it eagerly; 'raw' is what it would cost)")
+        print(f"(over RAW_MAX_BYTES = {RAW_MAX_BYTES}: the fill assembles it; 'raw': what it'd cost)")
     print(f"{'µs per operation':66s} {'eager':>8s} {'raw':>8s}")
     for name, before, after in rows:
         print(f"{name:66s} {before:8.2f} {after:8.2f}")
