@@ -108,6 +108,43 @@ def _data_lines(data: bytes) -> list[bytes] | None:
     return lines if data.count(b"\n") == 2 * len(lines) else None
 
 
+_REASON = b'"finish_reason":"'
+_STREAM_END = b"}\n\ndata: [DONE]\n\n"
+
+
+def stream_reasons(data: bytes) -> list[str] | None:
+    """The finish reason of a one-choice chat or completions stream in the providers' usual form, read
+    from its bytes without parsing it (issue 21: the assembly at every streamed miss was 15-20% of a
+    20-chunk stream's instructions in the default config). None: not that form (parse it to know).
+
+    The form: ``data:`` events with ``\n`` line ends, a JSON object first and last, then ``[DONE]``; no
+    ``event:`` line and no ``"error"`` anywhere (an error object, an ``"error"`` finish reason); the last
+    non-null ``finish_reason`` a compact plain string with no other finish reason after it. A key is never
+    inside a JSON string (quotes there are escaped), so that is the one the assembly keeps (the last one
+    wins). Three scans and a search from the end: ~6 µs for a 20-chunk stream. What the bytes do not prove
+    (one choice, each line one valid chunk) is checked when the entry is assembled on its first hit
+    (``CachedAnswer.ready``): an answer that does not assemble to this reason is then dropped as a miss.
+    """
+    if not data.startswith(b"data: {") or not data.endswith(_STREAM_END):
+        return None
+    if b"\r" in data or b'"error"' in data or b"\nevent:" in data:
+        return None
+    at = data.rfind(_REASON) + len(_REASON)
+    if at < len(_REASON):
+        return None
+    close = data.find(b'"', at)
+    reason = data[at:close]
+    if not reason.replace(b"_", b"").isalnum():  # ASCII letters and digits: no escape, no empty string
+        return None
+    later = data.find(b'"finish_reason"', close)  # a later one: null, else another spelling (``": "x"``)
+    while later >= 0:
+        later += 15
+        if not data.startswith((b":null", b": null"), later):
+            return None
+        later = data.find(b'"finish_reason"', later)
+    return [reason.decode()]
+
+
 def _kept(lines: list[bytes]) -> tuple[list[bytes], bool]:
     """The payloads as the grammar reads them (stripped; empty ones and ``[DONE]`` taken out). A JSON
     object's line starts with ``{`` and ends with ``}``: stripping leaves it as it is."""

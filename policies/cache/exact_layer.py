@@ -3,7 +3,8 @@
 Only clean 200 answers are stored (non-stream: a complete JSON answer; stream:
 ``[DONE]`` seen and no error event), by default only for deterministic requests
 (``temperature: 0`` or a ``seed``) and never an answer cut by ``max_tokens``
-unless ``cache_truncated``. One canonical form serves both modes. Hits spend
+unless ``cache_truncated``. One canonical form serves both modes (a stream is
+stored raw and assembled into it on its first hit: ``CachedAnswer.ready``). Hits spend
 no quota and make no upstream call (this layer sits outside rate limiting).
 Client controls (``Cache-Control``, ``x-gateway-cache``...) are read once per
 request in ``policies.cache.controls``.
@@ -54,6 +55,8 @@ class ExactCache:
         # One process, no shared state: a lookup is a memory read (no claim, no Redis), done inline.
         self._memory_only = self.claims is None and rt.exact.redis is None
         self._refused = partial(state.metrics.decision, self.name)  # an answer the fill could not store
+        # A stream stored raw that did not assemble at its first hit (``CachedAnswer.ready``): a miss.
+        rt.exact.memory.on_unusable = partial(state.metrics.decision, self.name, "dropped_unassemblable")
 
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:

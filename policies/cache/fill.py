@@ -3,7 +3,12 @@
 The body is wrapped by one async generator that yields every chunk unchanged
 and keeps a reference to it (no copy, no parsing). Only when the upstream body
 ended normally is the answer assembled (``policies.cache.canonical``) and handed
-to the registered callbacks (exact cache, semantic cache). An error raised by
+to the registered callbacks (exact cache, semantic cache). A short (up to 8 KiB)
+one-choice chat or completions stream in the providers' usual form is not
+assembled here: it is handed over as its raw bytes with the finish reason read
+from them (``canonical.stream_reasons``), and assembled on its first hit
+(``CachedAnswer.ready``; issue 21: the assembly, its dump and the templates were
+15-20% of a streamed miss's instructions in the default config). An error raised by
 the body, a client disconnect (``aclose``/cancel) or an oversized answer stores
 nothing. One collector per exchange: a second cache layer adds its callback to
 the first one's collector instead of wrapping the body again.
@@ -25,14 +30,21 @@ from dataclasses import dataclass, field
 
 from gateway.body import Body, Observed
 from gateway.exchange import Exchange, StateKey, UpstreamResponse
-from policies.cache.canonical import answer_from_json, answer_from_sse, complete, finish_reasons
-from policies.cache.entry import CachedAnswer
+from policies.cache.canonical import (
+    answer_from_json,
+    answer_from_sse,
+    complete,
+    finish_reasons,
+    stream_reasons,
+)
+from policies.cache.entry import RAW_MAX_BYTES, RAW_OPERATIONS, CachedAnswer
 
 log = logging.getLogger("gateway.cache")
 Callback = Callable[[Exchange, CachedAnswer, list[str]], None]
 Refused = Callable[[str], None]  # a layer's decision counter: the answer it wanted was not stored, and why
 INLINE_FILL_BYTES = 256 * 1024  # larger answers are assembled off the event loop
 DEFAULT_FILL_BUDGET = 32 * 1024 * 1024
+Assembled = tuple[CachedAnswer, list[str]] | None  # the entry and its finish reasons; None: not complete
 
 
 @dataclass(slots=True)
@@ -110,7 +122,8 @@ class Fill:
         chunks = self.chunks
         self.release()
         if self.size <= INLINE_FILL_BYTES:
-            assembled = self._assemble(chunks)
+            data = b"".join(chunks)
+            assembled = self._raw(ex, data) or self._assemble(data)
             if assembled is not None and not self.sse:
                 _report_usage(ex, assembled[0])
             _store(ex, callbacks, refusals, assembled)
@@ -119,11 +132,24 @@ class Fill:
         # callbacks (index, stores) run back on the loop. Nobody waits for it: the client has its answer.
         executor = self.budget.assembler() if self.budget is not None else None
         encode = self.budget is not None and self.budget.shared
-        done = asyncio.get_running_loop().run_in_executor(executor, self._assemble, chunks, encode)
+        done = asyncio.get_running_loop().run_in_executor(executor, self._assemble_chunks, chunks, encode)
         done.add_done_callback(lambda fut: _store(ex, callbacks, refusals, _result(fut)))
 
-    def _assemble(self, chunks: list[bytes], encode: bool = False) -> tuple[CachedAnswer, list[str]] | None:
-        data = b"".join(chunks)
+    def _raw(self, ex: Exchange, data: bytes) -> Assembled:
+        """The stream as it came, when its bytes tell its finish reason (None: assemble it now). Only for
+        one choice: ``n`` asks for more, whose reasons the bytes cannot pair with their choices."""
+        if not self.sse or self.operation not in RAW_OPERATIONS or len(data) > RAW_MAX_BYTES:
+            return None
+        n = ex.body.get("n") if ex.body is not None else None
+        reasons = stream_reasons(data) if n is None or n == 1 else None
+        if reasons is None:
+            return None
+        return CachedAnswer.from_stream(self.operation, data, reasons, time.time()), reasons
+
+    def _assemble_chunks(self, chunks: list[bytes], encode: bool = False) -> Assembled:
+        return self._assemble(b"".join(chunks), encode)
+
+    def _assemble(self, data: bytes, encode: bool = False) -> Assembled:
         obj = answer_from_sse(self.operation, data) if self.sse else answer_from_json(self.operation, data)
         if obj is None:
             return None
@@ -131,9 +157,6 @@ class Fill:
         if encode:
             answer.encoded = answer.encode()  # taken by the shared store's ``set``
         return answer, finish_reasons(self.operation, obj)
-
-
-Assembled = tuple[CachedAnswer, list[str]] | None
 
 
 def _result(fut: asyncio.Future[Assembled]) -> Assembled:

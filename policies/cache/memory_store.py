@@ -4,7 +4,10 @@ Lookups are a dict probe and a move-to-end: a hit costs microseconds and no
 copies (the same ``CachedAnswer`` object, with its memoised SSE rendering, is
 handed out). Expired entries are dropped when met; the byte bound counts the
 body plus its renderings (``CachedAnswer.size``), re-measured when an entry is
-touched, so memoised SSE forms cannot grow past the bound unnoticed.
+touched, so memoised SSE forms cannot grow past the bound unnoticed. A stream
+stored raw is assembled here on its first hit (``CachedAnswer.ready``) and
+re-measured at once; one that does not assemble is dropped, counted
+(``on_unusable``), and the lookup is a miss.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class MemoryStore:
         self._slots: OrderedDict[CacheKey, _Slot] = OrderedDict()
         self.bytes = 0
         self.on_change: Callable[[int, int], None] | None = None  # (entries, bytes), for the gauges
+        self.on_unusable: Callable[[], None] | None = None  # an entry dropped at its hit: it did not assemble
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -44,13 +48,23 @@ class MemoryStore:
         if left <= 0:
             self._drop(key)
             return None
+        answer = slot.answer
+        if answer.raw is not None and not answer.ready():  # the one check an assembled entry costs
+            self._drop(key)
+            self.unusable()
+            return None
         self._slots.move_to_end(key)
-        size = slot.answer.size
+        size = answer.size
         if size != slot.size:
             self.bytes += size - slot.size
             slot.size = size
             self._evict()
-        return slot.answer, left
+        return answer, left
+
+    def unusable(self) -> None:
+        """Count an entry that could not be served (it did not assemble, or did not decode)."""
+        if self.on_unusable is not None:
+            self.on_unusable()
 
     def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
         if ttl_s <= 0 or self.max_entries <= 0:

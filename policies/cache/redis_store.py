@@ -117,9 +117,15 @@ class AnswerStore:
                            life_ms=claim_ms)
 
     def _remember(self, key: CacheKey, data: bytes, pttl: Any) -> CachedAnswer | None:
-        """Decode an entry read from Redis and keep it in memory for its remaining TTL."""
+        """Decode an entry read from Redis and keep it in memory for its remaining TTL. A stream stored raw
+        is assembled here, by each process on its own first hit (no write back: see ``CachedAnswer``); one
+        that does not decode or assemble is a miss, counted."""
         answer = CachedAnswer.decode(data)
-        if answer is not None and isinstance(pttl, int) and pttl > 0:
+        if answer is None or not answer.ready():
+            if data.startswith(ENTRY_MAGIC):  # an entry, not a claim's placeholder
+                self.memory.unusable()
+            return None
+        if isinstance(pttl, int) and pttl > 0:
             self.memory.set(key, answer, pttl / 1000)
         return answer
 

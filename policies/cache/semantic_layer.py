@@ -196,6 +196,9 @@ class SemanticCache:
     def _storer(self, namespace: str, vector: Any, question: str, digest: bytes,
                 ttl: float) -> Callable[[CachedAnswer, list[str]], None]:
         def store(answer: CachedAnswer, reasons: list[str]) -> None:  # after ``_guarded``'s refusals
+            if not answer.ready():  # a stream handed over raw: the index keeps assembled answers only
+                self.state.metrics.decision(self.name, "not_stored_incomplete")
+                return
             self.parts.index.add(namespace, vector, answer, question, ttl, digest)
             if self.parts.shared is not None:
                 self.parts.shared.add(namespace, vector, answer, question, ttl, digest)

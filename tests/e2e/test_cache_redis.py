@@ -73,3 +73,44 @@ async def test_redis_killed_means_misses_not_errors(make_gateway: Any, mock_upst
         assert errors and errors > 0
     finally:
         redis_server.start()
+
+
+async def test_a_stream_stored_raw_by_one_process_is_a_hit_in_both_modes_in_another(
+        mock_upstream: MockServer, redis_server: RedisServer) -> None:
+    """A streamed miss is written as it came (``GWC2``/``GWC3``: no assembly at the miss); the other
+    process assembles it on its first hit: the same message as JSON and as a stream (openai SDK)."""
+    state = redis_state(redis_server)
+    procs = [spawn_gateway(gateway_config(mock_upstream.url, state=state)) for _ in range(2)]
+    content = "a stream shared raw"
+    try:
+        for p in procs:
+            await wait_ready(p.url)
+        async with AsyncOpenAI(base_url=procs[0].url + "/v1", api_key="sk-shared", max_retries=0) as first:
+            stream = await first.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": content}], temperature=0, stream=True)
+            streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        client = aioredis.from_url(redis_server.url)
+        try:
+            async def written() -> bool:
+                return bool(await client.keys(state["key_prefix"] + "cache:exact:*"))
+
+            await until(written, timeout=10, message="the raw entry reached Redis")
+            (key,) = await client.keys(state["key_prefix"] + "cache:exact:*")
+            assert (await client.get(key))[:4] in (b"GWC2", b"GWC3")  # the stream as is / compressed
+        finally:
+            await client.aclose()
+        async with AsyncOpenAI(base_url=procs[1].url + "/v1", api_key="sk-shared", max_retries=0) as other:
+            resp = await other.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": content}], temperature=0)
+            assert resp.headers["x-gateway-cache"] == "hit"
+            assert resp.parse().choices[0].message.content == streamed and streamed
+            again = await other.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": content}], temperature=0, stream=True,
+                stream_options={"include_usage": True})
+            chunks = [c async for c in again]
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == streamed
+            assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+        assert mock_upstream.recorder.count() == 1
+    finally:
+        for p in procs:
+            p.stop()

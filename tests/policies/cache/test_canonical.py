@@ -228,3 +228,61 @@ def test_one_line_events_take_the_fast_path() -> None:
     """Positive control: the usual body is read by ``_data_lines``; a multi-line event is not."""
     assert canonical._data_lines(b'data: {"a":1}\n\ndata: [DONE]\n\n') == [b'{"a":1}', b"[DONE]"]
     assert canonical._data_lines(b'data: {"a":\ndata: 1}\n\n') is None
+
+
+def _chunk(content: str | None, finish: str | None = None, **extra: object) -> dict:  # type: ignore[type-arg]
+    delta = {} if content is None else {"content": content}
+    return {"id": "x", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+
+
+def test_stream_reasons_reads_the_usual_stream_from_its_bytes() -> None:
+    """A one-choice stream in the providers' form: its finish reason, from the bytes, with text that spells
+    a finish reason in between (quotes in a string are escaped: never read as a key)."""
+    body = sse(_chunk("say \"finish_reason\":\"length\" "), _chunk("ok"), _chunk(None, "stop"),
+               {"id": "x", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+    assert canonical.stream_reasons(body) == ["stop"]
+    assert finish_reasons("chat", answer_from_sse("chat", body) or {}) == ["stop"]
+    assert canonical.stream_reasons(sse(_chunk("a"), _chunk(None, "length"))) == ["length"]
+    spaced_nulls = sse(_chunk("a"), _chunk(None, "stop"), _chunk(None)).replace(b'"finish_reason":null',
+                                                                              b'"finish_reason": null')
+    assert canonical.stream_reasons(spaced_nulls) == ["stop"] == finish_reasons(
+        "chat", answer_from_sse("chat", spaced_nulls) or {})
+
+
+@pytest.mark.parametrize("body", [
+    sse(_chunk("a"), _chunk(None, "stop"))[:-len(b"data: [DONE]\n\n")],  # no [DONE]
+    sse(_chunk("a"))[:-len(b"data: [DONE]\n\n")] + b"data: [DONE]\n\n" + b"data: {}\n\n",  # [DONE] not last
+    sse(_chunk("a"), {"error": {"message": "overloaded"}}, _chunk(None, "stop")),  # an error object
+    sse(_chunk("a"), _chunk(None, "error")),  # an error finish
+    sse(_chunk("a")),  # no finish at all
+    sse(_chunk("a"), _chunk(None, "")),  # an empty finish
+    sse(_chunk("a"), _chunk(None, "stop"), _chunk(None)).replace(b'"finish_reason":null}]}\n\ndata: [DONE]',
+                                                            b'"finish_reason": "length"}]}\n\ndata: [DONE]'),
+    b"event: message\n" + sse(_chunk("a"), _chunk(None, "stop")),  # another line than data
+    sse(_chunk("a"), _chunk(None, "stop")).replace(b"\n\ndata: {", b"\n\nevent: error\ndata: {", 1),
+    b"data: [1]\n\n" + sse(_chunk("a"), _chunk(None, "stop")),  # a line that is not an object
+    b": keep-alive\n\n" + sse(_chunk("a"), _chunk(None, "stop")),  # a comment
+    sse(_chunk("a"), _chunk(None, "stop")).replace(b"\n", b"\r\n"),
+])
+def test_stream_reasons_leaves_any_other_form_to_the_assembly(body: bytes) -> None:
+    assert canonical.stream_reasons(body) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.text(alphabet='ab"\\:,{}_ ' + "\u00e9", max_size=12), max_size=5),
+       finish=st.sampled_from(["stop", "length", "tool_calls", None]), extra_finish=st.booleans())
+def test_stream_reasons_agrees_with_the_assembly_whenever_it_answers(pieces: list[str], finish: str | None,
+                                                                    extra_finish: bool) -> None:
+    """What the bytes say is what the assembly finds: text full of quotes, backslashes and key-like
+    spellings never moves it. (A second finish chunk: the last one wins in both.)"""
+    chunks = [_chunk(p) for p in pieces] + [_chunk(None, finish)]
+    if extra_finish:
+        chunks.append(_chunk('"finish_reason":"length"', "stop"))
+    body = sse(*chunks)
+    found = canonical.stream_reasons(body)
+    assembled = answer_from_sse("chat", body)
+    if found is not None:
+        assert assembled is not None and finish_reasons("chat", assembled) == found
+    else:
+        assert finish is None and not extra_finish  # the positive control: every finished stream is read

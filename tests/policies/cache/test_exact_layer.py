@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import secrets
 import time
+import zlib
 
 import orjson
 
+from gateway.appstate import AppState
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis
+from policies.cache.canonical import answer_from_sse
 from policies.cache.exact_layer import factory
 from policies.cache.fleet_flight import PRE_CLAIM
 from policies.cache.redis_store import Claim
 from policies.cache.request import KEY_ATTR
-from tests.policies.cache.support import ANSWER, Upstream, drain, exchange, make_state
+from tests.policies.cache.support import ANSWER, Upstream, body_of, drain, exchange, make_state
 from tests.support.servers import RedisServer
 
 
@@ -139,3 +142,86 @@ async def test_a_miss_takes_the_fleet_claim_and_gives_it_back_when_unused(redis_
         assert seen[2] is None  # not deterministic: not cached, not coalesced, no claim
     finally:
         await st.backend.close()
+
+
+class StreamUpstream:
+    """Streams ``ANSWER`` as a provider does (a usage chunk when asked), in one chunk per event."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def events(self, include_usage: bool) -> list[bytes]:
+        head = {"id": ANSWER["id"], "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+        deltas = [({"role": "assistant", "content": ""}, None), ({"content": "hi"}, None),
+                  ({"content": " there"}, None), ({}, "stop")]
+        out = [{**head, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": f}]}
+               for d, f in deltas]
+        if include_usage:
+            out.append({**head, "choices": [], "usage": ANSWER["usage"]})
+        return [b"data: " + orjson.dumps(e) + b"\n\n" for e in out] + [b"data: [DONE]\n\n"]
+
+    async def __call__(self, ex: Exchange) -> UpstreamResponse:
+        self.calls += 1
+        opts = (ex.body or {}).get("stream_options") or {}
+        return UpstreamResponse(200, {"content-type": "text/event-stream"},
+                                body_of(self.events(opts.get("include_usage") is True)))
+
+
+def _decisions(st: AppState, decision: str) -> float | None:
+    return st.metrics.registry.get_sample_value("gateway_policy_decisions_total",
+                                                {"policy": "exact_cache", "decision": decision})
+
+
+async def test_a_stream_stored_raw_serves_both_modes_as_an_eager_store_did() -> None:
+    """A streamed miss is stored as it came; the first hit assembles it: a JSON hit gets the very body a
+    JSON miss stores, a stream hit the replay of the same answer, with usage only when asked. ``stored``
+    counts once, at the miss; the cache's bytes follow the assembly."""
+    st = make_state()
+    policy = await factory(st, st.config)
+    assert policy is not None
+    up = StreamUpstream()
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}], "temperature": 0}
+    asked = {**chat, "stream": True, "stream_options": {"include_usage": True}}
+    miss = await drain(await policy(exchange(st, asked), up))
+    entry = policy.rt.exact.memory._slots[next(iter(policy.rt.exact.memory._slots))].answer
+    assert entry.stream() == miss and entry.body == b"" and _decisions(st, "stored") == 1
+    hit = exchange(st, asked)
+    replayed = await drain(await policy(hit, up))
+    assert answer_from_sse("chat", replayed) == answer_from_sse("chat", miss) and b'"usage":{' in replayed
+    assert hit.record.cache_result == "hit" and entry.raw is None
+    assert hit.record.reported_usage is not None and hit.record.reported_usage.total == 5
+    json_st = make_state()
+    json_policy = await factory(json_st, json_st.config)
+    assert json_policy is not None
+    await drain(await json_policy(exchange(json_st, chat), Upstream()))
+    eager = next(iter(json_policy.rt.exact.memory._slots.values())).answer.body
+    assert entry.body == eager  # what the non-stream miss stored, byte for byte
+    plain = await drain(await policy(exchange(st, {**chat, "stream": True}), up))
+    assert b'"usage"' not in plain and plain.endswith(b"data: [DONE]\n\n")
+    assert b'"content":"hi there"' in plain
+    assert orjson.loads(await drain(await policy(exchange(st, chat), up))) == ANSWER
+    assert up.calls == 1 and _decisions(st, "stored") == 1
+    memory = policy.rt.exact.memory
+    assert memory.bytes == entry.size == sum(slot.size for slot in memory._slots.values())
+    assert st.metrics.registry.get_sample_value("gateway_cache_bytes", {"kind": "exact"}) == memory.bytes
+
+
+async def test_a_raw_stream_that_does_not_assemble_is_a_counted_miss_never_an_error() -> None:
+    st = make_state()
+    policy = await factory(st, st.config)
+    assert policy is not None
+    up = StreamUpstream()
+    asked = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}], "temperature": 0,
+             "stream": True}
+    await drain(await policy(exchange(st, asked), up))
+    entry = next(iter(policy.rt.exact.memory._slots.values())).answer
+    stored = entry.stream()
+    assert stored is not None
+    entry.raw = zlib.compress(stored.replace(b'"content":"hi"', b'"content":"hi'))  # damaged in memory
+    again = exchange(st, asked)
+    body = await drain(await policy(again, up))
+    assert again.record.cache_result == "miss" and up.calls == 2 and body.endswith(b"data: [DONE]\n\n")
+    assert _decisions(st, "dropped_unassemblable") == 1 and _decisions(st, "stored") == 2  # stored again
+    control = exchange(st, asked)
+    await drain(await policy(control, up))
+    assert control.record.cache_result == "hit" and _decisions(st, "dropped_unassemblable") == 1

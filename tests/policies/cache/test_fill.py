@@ -157,3 +157,63 @@ async def test_a_stored_json_answer_reports_its_usage_once_parsed() -> None:
                        lambda _ex, _a, _r: None, 1 << 20)
     assert b"".join([chunk async for chunk in resp.body]) == ANSWER
     assert known.record.reported_usage is first
+
+
+STREAM = (b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":'
+          b'{"content":"hi"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk",'
+          b'"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\ndata: [DONE]\n\n')
+
+
+async def _fill_stream(data: bytes, body: dict[str, object] | None = None) -> tuple[CachedAnswer, list[str]]:
+    ex = build_exchange(body) if body is not None else build_exchange()
+    stored: list[tuple[CachedAnswer, list[str]]] = []
+    resp = UpstreamResponse(200, {"content-type": "text/event-stream"}, Chunks([data[:50], data[50:]]))
+    resp = attach_fill(ex, resp, lambda _ex, a, reasons: stored.append((a, reasons)), 1 << 20)
+    assert b"".join([chunk async for chunk in resp.body]) == data
+    assert len(stored) == 1
+    return stored[0]
+
+
+async def test_a_usual_stream_is_stored_raw_with_its_finish_reason_and_not_assembled() -> None:
+    answer, reasons = await _fill_stream(STREAM)
+    assert answer.stream() == STREAM and answer.body == b""
+    assert reasons == ["length"] and answer.reasons == ("length",)
+
+
+async def test_streams_the_bytes_cannot_tell_are_assembled_at_once_as_before() -> None:
+    """Several choices asked for (``n``), or a form ``stream_reasons`` does not read: the canonical body now.
+    The control: the same stream with one choice is stored raw."""
+    chat = [{"role": "user", "content": "hi"}]
+    several, _ = await _fill_stream(STREAM, {"model": "m", "messages": chat, "n": 2})
+    assert several.raw is None and b'"finish_reason":"length"' in several.body
+    crlf, reasons = await _fill_stream(STREAM.replace(b"\n", b"\r\n"))
+    assert crlf.raw is None and crlf.body and reasons == ["length"]
+    one, _ = await _fill_stream(STREAM, {"model": "m", "messages": chat, "n": 1})
+    assert one.stream() == STREAM
+
+
+async def test_a_stream_past_the_raw_bound_is_assembled_at_the_store_as_before() -> None:
+    """Past ``RAW_MAX_BYTES`` (~25 chunks) a stream is not stored raw: assembled at the store, as before
+    (its raw bytes, ~15x the answer, would cut what the cache holds). The control, just under it, is raw."""
+    from policies.cache.entry import RAW_MAX_BYTES
+    from policies.cache.fill import FillBudget
+    from tests.support.until import until
+
+    one = STREAM.split(b"\n\n")[0] + b"\n\n"
+    budget = FillBudget()
+    stored: list[CachedAnswer] = []
+
+    async def fill(repeat: int) -> CachedAnswer:
+        data = one * repeat + STREAM
+        resp = UpstreamResponse(200, {"content-type": "text/event-stream"}, Chunks([data]))
+        resp = attach_fill(build_exchange(), resp, lambda _ex, a, _r: stored.append(a), 1 << 22, budget)
+        assert b"".join([chunk async for chunk in resp.body]) == data
+        await until(lambda: bool(stored), timeout=10)
+        return stored.pop()
+
+    try:
+        long = await fill(RAW_MAX_BYTES // len(one) + 1)
+        short = await fill(RAW_MAX_BYTES // len(one) - 4)
+    finally:
+        await budget.close()
+    assert long.raw is None and long.body and short.raw is not None and not short.body

@@ -57,3 +57,35 @@ def test_encode_round_trip() -> None:
     back = CachedAnswer.decode(data)
     assert back is not None and back.body == original.body and back.created == 9.5 and back.tokens == 5
     assert CachedAnswer.decode(b"nope") is None and CachedAnswer.decode(data[:10]) is None
+
+
+def _raw_stream(content: str) -> bytes:
+    head = b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+    return (head + b'"delta":{"content":"' + content.encode() + b'"},"finish_reason":null}]}\n\n'
+            + head + b'"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+
+
+def test_a_raw_stream_is_assembled_at_its_first_hit_and_measured_at_once() -> None:
+    """The byte count follows the assembly on the hit that made it (the raw bytes out, the body in), not
+    at a later touch."""
+    store = MemoryStore(100, 10**6, Clock())
+    key = CacheKey("n", "raw")
+    raw = CachedAnswer.from_stream("chat", _raw_stream("hi"), ["stop"], 0.0)
+    packed = len(raw.raw or b"")
+    store.set(key, raw, 10)
+    before = store.bytes
+    found = store.get(key)
+    assert found is not None and found[0].body and found[0].raw is None
+    assert store.bytes == found[0].size == before - packed + len(found[0].body)
+
+
+def test_a_raw_stream_that_does_not_assemble_is_dropped_and_counted() -> None:
+    store = MemoryStore(100, 10**6, Clock())
+    dropped: list[int] = []
+    store.on_unusable = lambda: dropped.append(1)
+    broken, good = CacheKey("n", "broken"), CacheKey("n", "good")
+    store.set(broken, CachedAnswer.from_stream("chat", _raw_stream('bad"'), ["stop"], 0.0), 10)
+    store.set(good, CachedAnswer.from_stream("chat", _raw_stream("ok"), ["stop"], 0.0), 10)
+    assert store.get(good) is not None and dropped == []  # the control
+    assert store.get(broken) is None and dropped == [1] and len(store) == 1
+    assert store.bytes == store.get(good)[0].size  # type: ignore[index]

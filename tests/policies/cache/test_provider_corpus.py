@@ -73,3 +73,22 @@ async def test_commit_point_and_cross_mode_replay(name: str, case: dict[str, Any
         message = answer["choices"][0]["message"]
         if message.get("tool_calls"):
             assert message["content"] is None and all(c["id"] for c in message["tool_calls"])
+
+
+def test_stream_reasons_agrees_with_the_assembly_on_every_provider() -> None:
+    """Where the store-time reading of a stream's bytes answers, the assembly finds the same finish reasons;
+    most providers' streams are in the form it reads (the rest are assembled at store time, as before)."""
+    from policies.cache.canonical import finish_reasons, stream_reasons
+
+    read = 0
+    for _name, case in STREAMS:
+        op = operation(case)
+        if op == "responses":
+            continue
+        body = case["body"].encode()
+        found = stream_reasons(body)
+        assembled = answer_from_sse(op, body)
+        if found is not None:
+            read += 1
+            assert assembled is not None and finish_reasons(op, assembled) == found, _name
+    assert read >= 5

@@ -152,3 +152,32 @@ async def test_the_entrys_write_drops_what_is_held_under_its_key(redis_server: R
 def test_an_encoded_entry_starts_with_the_magic_a_claim_never_does() -> None:
     for body in (b"{}", b"x" * 10_000):  # stored as is, compressed
         assert CachedAnswer(operation="chat", body=body, created=1.0).encode().startswith(ENTRY_MAGIC)
+
+
+RAW = (b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":'
+       b'{"content":"hi"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk",'
+       b'"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+
+
+async def test_a_raw_stream_is_shared_raw_and_each_reader_assembles_it(redis_server: RedisServer) -> None:
+    """Written raw (``GWC2``), read by another process (a fresh store) and assembled there on its hit, with no
+    write back; a raw entry that does not assemble is a miss, counted, and a claim's placeholder is not."""
+    redis = GuardedRedis.from_config(StateConfig(backend="redis", redis_url=redis_server.url), time.monotonic)
+    prefix = f"r{secrets.token_hex(3)}:"
+    try:
+        a, b = store(redis, prefix), store(redis, prefix)
+        dropped: list[int] = []
+        b.memory.on_unusable = lambda: dropped.append(1)
+        good, bad, claimed = CacheKey("t:x", "good"), CacheKey("t:x", "bad"), CacheKey("t:x", "claimed")
+        a.set(good, CachedAnswer.from_stream("chat", RAW, ["stop"], 1.0), 30)
+        a.set(bad, CachedAnswer.from_stream("chat", RAW.replace(b'"hi"', b'"hi'), ["stop"], 1.0), 30)
+        await a.flush()
+        assert (await raw(redis, a.redis_key(good))).startswith(b"GWC2")
+        got = await b.get(good)
+        assert got is not None and b'"content":"hi"' in got.body and got.raw is None and dropped == []
+        assert (await raw(redis, a.redis_key(good))).startswith(b"GWC2")  # not written back
+        assert await b.get(bad) is None and dropped == [1]
+        assert (await b.get_or_claim(claimed, "p1", 5000))[1] is not None
+        assert await b.get(claimed) is None and await b.peek(claimed) == (None, True) and dropped == [1]
+    finally:
+        await redis.close()
