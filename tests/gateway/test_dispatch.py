@@ -2,29 +2,18 @@
 other request still takes them (404/405/417 and 100-continue unchanged)."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from aiohttp import web
 from aiohttp.web_urldispatcher import UrlDispatcher
 from openai import AsyncOpenAI
 
 from gateway.dispatch import API_ROUTES
 from gateway.handler import OPERATIONS
-from gateway.mock import MockServer
-from tests.support.servers import InProcessGateway, gateway_config, start_gateway
-
-
-@pytest_asyncio.fixture
-async def gw(mock_upstream: MockServer) -> AsyncIterator[InProcessGateway]:
-    gateway = await start_gateway(gateway_config(mock_upstream.url))
-    try:
-        yield gateway
-    finally:
-        await gateway.close()
+from tests.support.servers import InProcessGateway
 
 
 @pytest.fixture

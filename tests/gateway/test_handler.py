@@ -2,29 +2,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from openai import AsyncOpenAI
 
 from gateway.exchange import Exchange, UpstreamResponse, Usage
 from gateway.handler import handle_api, openai_errors
-from gateway.mock import MockServer
-from tests.support.servers import InProcessGateway, gateway_config, start_gateway
+from tests.support.servers import InProcessGateway
 from tests.support.until import until
-
-
-@pytest_asyncio.fixture
-async def gw(mock_upstream: MockServer) -> AsyncIterator[InProcessGateway]:
-    gateway = await start_gateway(gateway_config(mock_upstream.url))
-    try:
-        yield gateway
-    finally:
-        await gateway.close()
 
 
 def inflight(gw: InProcessGateway) -> float:

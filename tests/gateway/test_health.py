@@ -1,22 +1,10 @@
 """/healthz says the process serves; /readyz follows the lifecycle (starting, ready, draining)."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
-import pytest_asyncio
 
 from gateway.mock import MockServer
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
-
-
-@pytest_asyncio.fixture
-async def gw(mock_upstream: MockServer) -> AsyncIterator[InProcessGateway]:
-    gateway = await start_gateway(gateway_config(mock_upstream.url))
-    try:
-        yield gateway
-    finally:
-        await gateway.close()
 
 
 async def probe(gw: InProcessGateway, path: str) -> tuple[int, dict[str, str]]:
