@@ -99,9 +99,14 @@ async def test_stream_sends_history_then_one_event_per_second(gw: InProcessGatew
         first = await read_event(resp)
         assert first["full"] is True and first["summary"]["requests"]["total"] == 2
         await chat(gw, 1)
-        second = await read_event(resp)
-        assert second["full"] is False and second["summary"]["requests"]["total"] == 3
-        secs = [r["sec"] for r in first["rows"] + second["rows"]]
+        # A tick may fall while that request runs (a loaded machine): its event still says 2. The request
+        # shows in one of the next events; each of them carries only new seconds.
+        later = [await read_event(resp)]
+        while later[-1]["summary"]["requests"]["total"] == 2 and len(later) < 5:
+            later.append(await read_event(resp))
+        assert later[-1]["summary"]["requests"]["total"] == 3
+        assert all(event["full"] is False for event in later)
+        secs = [r["sec"] for event in (first, *later) for r in event["rows"]]
         assert secs == list(range(secs[0], secs[0] + len(secs))), "rows are contiguous, never repeated"
 
 
