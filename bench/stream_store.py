@@ -23,11 +23,8 @@ from __future__ import annotations
 import argparse
 import timeit
 from collections.abc import Callable
-from typing import Any
 
-import orjson
-
-from gateway.mock.chat import SYSTEM_FINGERPRINT
+from gateway.mock.chat import ChatPlan, chat_stream_events
 from policies.cache.canonical import answer_from_sse, finish_reasons, stream_reasons
 from policies.cache.entry import RAW_MAX_BYTES, CachedAnswer
 from policies.cache.replay import render_sse
@@ -37,20 +34,10 @@ WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", 
 
 def stream(tokens: int) -> bytes:
     """The fake provider's stream with a usage chunk (``gateway.mock.chat.chat_stream_events``)."""
-    head = {"id": "chatcmpl-bench0123456789", "object": "chat.completion.chunk", "created": 1733300000,
-            "model": "gpt-4o-mini", "system_fingerprint": SYSTEM_FINGERPRINT, "service_tier": "default"}
-
-    def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> bytes:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
-                                             "finish_reason": finish}]
-        usage = {"prompt_tokens": 12, "completion_tokens": tokens, "total_tokens": 12 + tokens}
-        obj = {**head, "choices": choices, "usage": usage if delta is None else None}
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-    events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": WORDS[i % len(WORDS)]}) for i in range(tokens)]
-    events += [chunk({}, "stop"), chunk(None), b"data: [DONE]\n\n"]
-    return b"".join(events)
+    plan = ChatPlan(id="chatcmpl-bench0123456789", created=1733300000, model="gpt-4o-mini",
+                    pieces=tuple(WORDS[i % len(WORDS)] for i in range(tokens)), tool_calls=(),
+                    finish_reason="stop", prompt_tokens=12, completion_tokens=tokens)
+    return b"".join(event.frame for event in chat_stream_events(plan, include_usage=True))
 
 
 def eager(data: bytes) -> tuple[CachedAnswer, list[str]]:
