@@ -26,7 +26,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from aiohttp import web
 
 from bench import procs
 from bench.scenarios import CHAT_PATH, GATEWAYS, HEADERS, chat_body, gateway_config
@@ -75,7 +77,7 @@ class Served(Protocol):
 class _Bare:
     """``bench/bare_relay.py`` served in this process, as ``start_gateway`` serves the gateway."""
 
-    def __init__(self, runner: Any, port: int) -> None:
+    def __init__(self, runner: web.AppRunner, port: int) -> None:
         self.runner, self.url = runner, f"http://127.0.0.1:{port}"
 
     async def close(self) -> None:
@@ -84,19 +86,18 @@ class _Bare:
 
 async def start_target(upstream: str, variant: str) -> Served:
     """The gateway variant (or ``bare``: the bare relay) listening on loopback."""
-    if variant == "bare":
-        from aiohttp import web
+    from tests.support.servers import bound_socket, start_gateway
 
+    if variant == "bare":
         from bench.bare_relay import build_app
 
         runner = web.AppRunner(build_app(upstream.removesuffix("/v1"), 2048), access_log=None,
                                handler_cancellation=True)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return _Bare(runner, site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        sock = bound_socket()
+        await web.SockSite(runner, sock).start()
+        return _Bare(runner, sock.getsockname()[1])
     from gateway.server import settle_memory
-    from tests.support.servers import start_gateway
 
     gw = await start_gateway(gateway_config(upstream, GATEWAYS[variant]))
     settle_memory()
