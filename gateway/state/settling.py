@@ -28,12 +28,11 @@ class Guard(Protocol):
 
 
 class Sent(abc.ABC):
-    """A batch on the lane (bounded by the lane's watchdog), then its settling."""
+    """A batch on the lane (bounded by the lane's watchdog), then its settling. Each kind sets ``guard`` in
+    its own ``__init__`` (one batch each: no ``super()`` call)."""
 
     __slots__ = ("guard",)
-
-    def __init__(self, guard: Guard) -> None:
-        self.guard: Guard = guard
+    guard: Guard
 
     def __call__(self, result: list[Any] | BaseException) -> None:
         try:
@@ -51,8 +50,8 @@ class SentCalls(Sent):
 
     __slots__ = ("calls",)
 
-    def __init__(self, guard: Guard, calls: list[Call]) -> None:  # no super() call: one per batch
-        self.guard: Guard = guard
+    def __init__(self, guard: Guard, calls: list[Call]) -> None:
+        self.guard = guard
         self.calls = calls
 
     def settle(self, result: list[Any] | BaseException) -> None:
@@ -80,8 +79,8 @@ class SentWrites(Sent):
 
     __slots__ = ("writes",)
 
-    def __init__(self, guard: Guard, writes: list[Write]) -> None:  # no super() call: one per batch
-        self.guard: Guard = guard
+    def __init__(self, guard: Guard, writes: list[Write]) -> None:
+        self.guard = guard
         self.writes = writes
 
     def settle(self, result: list[Any] | BaseException) -> None:
