@@ -91,8 +91,9 @@ class Coalesce:
             return resp
 
     def _lead_fleet(self, ex: Exchange, next: Next, flight: Flight) -> None:
-        """What the local leader calls: the chain (as led), or the fleet claim around it when the exact cache
-        would store this answer (the entry is where other processes pick it up)."""
+        """The fleet claim around the local leader's call (``flight.lead_with``) when the exact cache would
+        store this answer (the entry is where other processes pick it up); otherwise the leader calls the
+        chain as ``Flights.lead`` was given it."""
         if self.fleet is None:  # one process (no shared state): nothing to claim, nothing to compute
             return
         pre = ex.state.get(PRE_CLAIM)  # the exact cache's lookup worked the claim's life out already
