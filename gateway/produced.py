@@ -103,7 +103,7 @@ def _add_str(texts: list[str], value: Any) -> None:
 
 
 def _unescape(raw: bytes) -> str:
-    if b"\\" not in raw:
+    if raw.find(b"\\") < 0:  # not ``in``: see ``gateway.sse.CR``
         return raw.decode(errors="replace")
     try:
         return str(orjson.loads(b'"' + raw + b'"'))

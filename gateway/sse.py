@@ -33,6 +33,11 @@ from gateway.exchange import Usage
 from gateway.usage import usage_from_response_obj
 
 MAX_EVENT = 1 << 20  # an unterminated event longer than this is handed on, never buffered further
+# Bytes looked for with ``in`` as integers, longer needles with ``find``: on CPython 3.11, ``b"\r" in chunk``
+# first tries the needle as an integer and builds (and drops) a formatted TypeError, ~1,700 instructions a
+# test (~390 ns against ~65 ns for ``13 in chunk``, a memchr, and ~180 ns for ``find``). Two such tests per
+# chunk were 3.4% of a 20-chunk stream's instructions (issue 21).
+CR, LF = ord("\r"), ord("\n")
 # Compact markers of a delta that carries something the user sees; each must be followed by a non-empty value.
 _TEXT_MARKERS = (b'"content":"', b'"text":"', b'"reasoning_content":"', b'"reasoning":"', b'"refusal":"')
 _OBJECT_MARKERS = (b'"tool_calls":[{', b'"function_call":{', b'"audio":{')
@@ -64,7 +69,7 @@ class EventSplitter:
             self._cr = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        if b"\r" in chunk:
+        if CR in chunk:
             self._cr = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         return chunk
@@ -74,7 +79,7 @@ class EventSplitter:
 
         An unterminated event longer than ``limit`` is returned as it is and ``overflow`` set.
         """
-        if self._cr or b"\r" in chunk:
+        if self._cr or CR in chunk:
             chunk = self.normalise(chunk)
         data = self._tail + chunk if self._tail else chunk
         if data.endswith(b"\n\n"):  # the usual case: whole events, nothing to keep, no copy
@@ -103,7 +108,7 @@ class EventSplitter:
 
 def parse_event(event: bytes) -> tuple[bytes, bytes | None]:
     """(event name, joined ``data:`` value) of one ``\\n``-separated event; data None when it has none."""
-    if event.startswith(b"data:") and b"\n" not in event:
+    if event.startswith(b"data:") and LF not in event:
         return b"", event[5:].strip()
     name = b""
     data: list[bytes] = []
@@ -135,7 +140,7 @@ def compact_token(payload: bytes, text: tuple[bytes, ...] = _TEXT_MARKERS,
             if payload[at + len(marker):at + len(marker) + 1] != b'"':
                 return True
             at = payload.find(marker, at + len(marker))
-    return any(marker in payload for marker in objects)
+    return any(payload.find(marker) >= 0 for marker in objects)
 
 
 def choice_has_token(choice: dict[str, Any]) -> bool:
@@ -169,7 +174,7 @@ class StreamInspector:
 
     def feed(self, chunk: bytes) -> None:
         split = self._split
-        if split._tail or split._cr or not chunk.endswith(b"\n\n") or b"\r" in chunk:
+        if split._tail or split._cr or not chunk.endswith(b"\n\n") or CR in chunk:
             block = split.feed(chunk)
             if not block:
                 return
@@ -201,13 +206,13 @@ class StreamInspector:
         events = block.count(b"\n\n")
         if (events < _BULK_MIN_EVENTS or not self.model or block.endswith(b"[DONE]\n\n")
                 or block.count(b'"finish_reason":null') != events
-                or block.count(b'"finish_reason":') != events or b'"error"' in block
+                or block.count(b'"finish_reason":') != events or block.find(b'"error"') >= 0
                 or block.count(b'"usage"') != block.count(b'"usage":null')):
             return False
         return self._fast(block[:block.find(b"\n\n")]) and self._token
 
     def _on_event(self, event: bytes) -> None:
-        if event.startswith(b"data:") and b"\n" not in event:
+        if event.startswith(b"data:") and LF not in event:
             if not self._fast(event):
                 self._parse(event[5:].strip())
             return
@@ -257,7 +262,7 @@ class StreamInspector:
         if at >= 0 and (not line.startswith(b'"usage": null' if spaced else b'"usage":null', at)
                         or line.find(b'"usage"', at + 7) >= 0):
             return False
-        if not self.model and b'"model"' in line:
+        if not self.model and line.find(b'"model"') >= 0:
             return False
         if spaced:
             if not compact_token(line, _SPACED_TEXT, _SPACED_OBJECT):
@@ -277,7 +282,7 @@ class StreamInspector:
             if kind.endswith(b".delta"):
                 self._token = True
                 return True
-            return kind not in _RESPONSES_PARSED and b'"error"' not in line
+            return kind not in _RESPONSES_PARSED and line.find(b'"error"') < 0
         return None
 
     def _on_object(self, obj: dict[str, Any]) -> None:

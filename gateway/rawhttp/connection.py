@@ -94,6 +94,15 @@ class RawConnection(BaseProtocol):
             outgrow(body, "_buffer")
             outgrow(body, "_http_chunk_splits")
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """Only a paused connection has anything to resume. aiohttp's body reader calls this after every
+        read below its low-water mark, paused or not, and aiohttp's own version then feeds the parser an
+        empty buffer and asks the transport to read again: a Python call into the parser and one into the
+        transport per chunk, on the first token's way to the client too (issue 21). The parser only holds
+        bytes back after ``pause_reading``, which sets ``_reading_paused``: unset, nothing is held."""
+        if self._reading_paused:
+            super().resume_reading(resume_parser)
+
     def _got(self, message: RawResponseMessage, payload: StreamReader) -> None:
         if 100 <= message.code < 200:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.sse import events_of
+from gateway.sse import CR, events_of
 from policies.cache.chunk_runs import Unfit, parse_chunks
 
 _HEAD_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
@@ -101,7 +101,7 @@ def grammar_payloads(data: bytes) -> tuple[list[bytes], bool] | None:
 def _data_lines(data: bytes) -> list[bytes] | None:
     """Every event's ``data:`` value, unstripped, when each event is one ``data: <payload>`` line (as
     providers send them), found at C speed; None for anything else (``events_of`` reads it then)."""
-    if not data.startswith(b"data: ") or not data.endswith(b"\n\n") or b"\r" in data:
+    if not data.startswith(b"data: ") or not data.endswith(b"\n\n") or CR in data:
         return None
     lines = data[6:-2].split(b"\n\ndata: ")
     # Two newlines per separator and two at the end are all there are: no other line, no blank event.
@@ -127,7 +127,7 @@ def stream_reasons(data: bytes) -> list[str] | None:
     """
     if not data.startswith(b"data: {") or not data.endswith(_STREAM_END):
         return None
-    if b"\r" in data or b'"error"' in data or b"\nevent:" in data:
+    if CR in data or data.find(b'"error"') >= 0 or data.find(b"\nevent:") >= 0:  # not ``in``: gateway.sse.CR
         return None
     at = data.rfind(_REASON) + len(_REASON)
     if at < len(_REASON):

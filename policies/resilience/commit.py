@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.sse import EventSplitter, parse_event
+from gateway.sse import LF, EventSplitter, parse_event
 
 MAX_PEEK_BYTES = 64 * 1024
 MAX_PEEK_EVENTS = 32
@@ -57,7 +57,7 @@ class Peek:
 
 def classify_event(event: bytes) -> EventKind:
     """Is this complete SSE event (without its blank line) meaningful, an error, or skippable?"""
-    if event.startswith(b"data: ") and b"\n" not in event:
+    if event.startswith(b"data: ") and LF not in event:
         payload, name = event[6:].strip(), b""
     else:
         name, data = parse_event(event)
@@ -71,11 +71,11 @@ def classify_event(event: bytes) -> EventKind:
         return "skip"  # comments, keep-alives, an event name without data
     if payload == b"[DONE]":
         return "done"
-    if (b"error" in payload or b'.failed"' in payload) and _ERROR.search(payload):
+    if (payload.find(b"error") >= 0 or payload.find(b'.failed"') >= 0) and _ERROR.search(payload):
         return "error"
-    if b'"response.' in payload and _LIFECYCLE.search(payload):
+    if payload.find(b'"response.') >= 0 and _LIFECYCLE.search(payload):
         return "skip"
-    if b'"delta"' in payload and _CHAT_DELTA.search(payload) and not _PAYLOAD.search(payload):
+    if payload.find(b'"delta"') >= 0 and _CHAT_DELTA.search(payload) and not _PAYLOAD.search(payload):
         return "skip"  # a spaced chat chunk with nothing in its delta
     return "meaningful"
 
@@ -89,7 +89,7 @@ def _delta_has_payload(payload: bytes, start: int) -> bool:
         if at >= 0 and payload[at + len(marker):at + len(marker) + 1] != b'"':
             return True
     for marker in _FAST_OTHER:
-        if marker in payload:
+        if payload.find(marker) >= 0:  # not ``in``: see ``gateway.sse.CR``
             return True
     return False
 

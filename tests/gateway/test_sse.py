@@ -272,3 +272,28 @@ def test_a_finish_before_a_null_finish_in_one_event_is_read(spacing: str) -> Non
         insp.feed(_chunk(0, {"role": "assistant"}))  # the model known: the short-cut is open
         insp.feed(event)
         assert insp.finish_reasons == expected and insp.content_chunks == 1, reasons
+
+
+_STREAM_PATH = ("gateway/sse.py", "gateway/produced.py", "policies/resilience/commit.py",
+                "policies/usage/layer.py", "policies/cache/canonical.py")
+
+
+def _bytes_in_bytes(source: str) -> list[int]:
+    """Lines testing a bytes literal with ``in``/``not in`` (CPython 3.11 builds a TypeError for each)."""
+    import ast
+
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Compare)
+            and isinstance(node.left, ast.Constant) and isinstance(node.left.value, bytes)
+            and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)]
+
+
+def test_the_stream_path_tests_no_bytes_literal_with_in() -> None:
+    """Issue 21: ``b"\\r" in chunk`` costs ~1,700 instructions on CPython 3.11 (the needle is first tried as
+    an integer, and the TypeError's message formatted); the per-chunk readers use ``CR in chunk`` or
+    ``find``. Control: the check finds both spellings in a sample."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    assert _bytes_in_bytes('x = b"\\r" in c\ny = 1\nz = b"ab" not in c\nw = 13 in c') == [1, 3]  # the control
+    found = {path: lines for path in _STREAM_PATH if (lines := _bytes_in_bytes((root / path).read_text()))}
+    assert found == {}

@@ -168,3 +168,54 @@ async def test_a_finished_answers_reader_is_freed_without_the_cyclic_collector(s
         gc.garbage.clear()
     assert "Owning" in garbage and "StreamReader" not in garbage
     assert server.accepted == 1
+
+
+class _CountingParser:
+    """The connection's parser, with its empty feeds (what a resume without a pause costs) counted."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.empty_feeds = 0
+
+    def feed_data(self, data: bytes) -> Any:
+        self.empty_feeds += not data
+        return self.parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
+async def test_reads_resume_nothing_unless_reading_was_paused(serve: Any) -> None:
+    """Issue 21: aiohttp's body reader asks for a resume after every read; the connection feeds its parser
+    again only after a pause. Three chunks read one by one: no empty feed. Control: a burst of 4,000 unread
+    chunks pauses reading (on the chunk count), and the reads that drain it resume the parser (an empty
+    feed) and the body arrives whole."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    many = 4000
+    next_chunk = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(head)
+        for _ in range(3):
+            await next_chunk.wait()
+            next_chunk.clear()
+            await peer.send(b"5\r\nchunk\r\n")
+        await next_chunk.wait()
+        await peer.send(b"1\r\ny\r\n" * many + b"0\r\n\r\n")
+        await keep_answering(peer)
+
+    server, pool = await serve(handler)
+    resp = await fetch(pool, REQUEST, None, False, 5.0)
+    conn = resp._conn
+    counting = conn._parser = _CountingParser(conn._parser)
+    for _ in range(3):
+        next_chunk.set()
+        assert await resp.content.readany() == b"chunk"
+    assert counting.empty_feeds == 0 and not conn.reading_paused
+    next_chunk.set()
+    await until(lambda: conn.reading_paused, message="reading paused on the chunk count")
+    assert await resp.content.read() == b"y" * many
+    assert counting.empty_feeds >= 1 and not conn.reading_paused  # the control: a paused parser resumed
+    resp.release()
+    assert await body_of(pool) == b"ok" and server.accepted == 1
