@@ -43,11 +43,12 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Mapping
-from typing import Any
 
-from gateway.body import Body, BodyClosed, EndCallback
+from gateway.body import Body, BodyClosed, EndCallback, close_quietly
 from gateway.errors import UpstreamFailure
 from gateway.exchange import DisconnectGuard, Exchange, Source, UpstreamResponse
+from policies.cache.flight_reader import Reader
+from policies.cache.waiters import release, wait_on
 
 Call = Callable[[Exchange], Awaitable[UpstreamResponse]]
 
@@ -77,7 +78,7 @@ class Flight:
         self.first = 0  # absolute index of chunks[0] (earlier ones were read by everybody and dropped)
         self.buffered = 0  # bytes in chunks
         self.detached = False  # over max_bytes once: no new subscribers
-        self._readers: list[_Reader] = []
+        self._readers: list[Reader] = []
         # The wait lists below are made when somebody first waits and let go once released (None): an idle
         # stream's flight holds none of them (issue 21).
         self._room: list[asyncio.Future[None]] | None = None  # the pump waiting for room
@@ -91,11 +92,11 @@ class Flight:
         self.task: asyncio.Task[None] | None = None
         self.response = _PENDING
         self._waiters: list[asyncio.Future[None]] | None = None  # one per subscriber waiting for the response
-        self._changed: list[_Reader] | None = None  # subscribers waiting for a chunk or the end
+        self._changed: list[Reader] | None = None  # subscribers waiting for a chunk or the end
         self._stored = False
         self._drained = False
         self.body: Body | None = None  # the upstream body while its one subscriber reads it (no pump)
-        self.direct: _Reader | None = None  # that subscriber's reader
+        self.direct: Reader | None = None  # that subscriber's reader
         self.reading = False  # the direct reader is inside a read of ``body``
         self.broken = False  # that read was cancelled: the body went with it
         self._handoff: list[asyncio.Future[None]] | None = None  # newcomers waiting for the direct read
@@ -144,7 +145,7 @@ class Flight:
             self.body = resp.body
         else:
             self.task = self.loop.create_task(self._read(resp.body))
-        _release(self._waiters)
+        release(self._waiters)
         self._waiters = None
 
     # --- pump side ---------------------------------------------------------------
@@ -169,7 +170,7 @@ class Flight:
         else:
             self._body_end(None)
         finally:
-            await _quiet(body.aclose())
+            await close_quietly(body)
         self.done = True
         self._wake()
         self._ended()
@@ -188,7 +189,7 @@ class Flight:
     def _fail_before(self, exc: BaseException) -> None:
         self.error = exc
         self.response = _FAILED
-        _release(self._waiters)
+        release(self._waiters)
         self._waiters = None
         self.registry.remove(self)
 
@@ -198,7 +199,7 @@ class Flight:
         self.trim()
         while self.buffered > self.max_bytes and self.subscribers > 0:
             self._room = self._room if self._room is not None else []
-            await _wait_on(self._room)
+            await wait_on(self._room)
 
     def _detach(self) -> None:
         if not self.detached:
@@ -218,7 +219,7 @@ class Flight:
             del self.chunks[:n]
             self.first = low
         if self.buffered <= self.max_bytes:
-            _release(self._room)
+            release(self._room)
             self._room = None
 
     def _wake(self) -> None:
@@ -238,7 +239,7 @@ class Flight:
         if self.body is not None and not self.reading:
             self._to_pump()  # no longer alone: share the body (during a direct read: when it ends, ``wait``)
 
-    def leave(self, reader: _Reader | None = None) -> None:
+    def leave(self, reader: Reader | None = None) -> None:
         self.subscribers -= 1
         if reader is not None and reader in self._readers:
             self._readers.remove(reader)
@@ -247,12 +248,12 @@ class Flight:
                 self.task.cancel()  # nobody listens any more: free the upstream
             self.registry.remove(self)
             self.chunks, self.buffered = [], 0
-            _release(self._room)
+            release(self._room)
             self._room = None
             if self.body is not None and not self.reading:  # left before reading it: close it
                 body, self.body, self.direct = self.body, None, None
                 self._body_end(BodyClosed())
-                self.task = self.loop.create_task(_quiet(body.aclose()))
+                self.task = self.loop.create_task(close_quietly(body))
         elif self.detached:
             self.trim()
 
@@ -271,7 +272,7 @@ class Flight:
             else:
                 # a future of one's own: a cancelled waiter cancels only that, never anybody else's wait
                 self._waiters = self._waiters if self._waiters is not None else []
-                await _wait_on(self._waiters)
+                await wait_on(self._waiters)
         if self.response == _FAILED:
             if leader and self.error is not None:
                 if isinstance(self.error, asyncio.CancelledError):
@@ -281,11 +282,11 @@ class Flight:
             raise TakeOver
         if self.reading:  # the body's one reader is inside a read: the pump takes over once it ends
             self._handoff = self._handoff if self._handoff is not None else []
-            await _wait_on(self._handoff)
+            await wait_on(self._handoff)
             if self.broken:  # that read was cancelled, with the body: nothing was handed out yet
                 raise TakeOver
         # the reader leaves the flight once however its body ends, even when it is closed unread
-        reader = _Reader(self, self.first)
+        reader = Reader(self, self.first)
         self._readers.append(reader)
         if self.body is not None:  # the only subscriber: it reads the upstream body itself
             assert self.direct is None and not self.chunks  # a direct reader reads from the body's start
@@ -293,7 +294,7 @@ class Flight:
         return UpstreamResponse(status=self.status, headers=self.headers, body=reader,
                                 source=self.source if leader else "cache", upstream=self.upstream)
 
-    async def pull(self, reader: _Reader) -> bytes:
+    async def pull(self, reader: Reader) -> bytes:
         """The direct reader's next chunk, read from the upstream body in its own task (no pump)."""
         body = self.body
         assert body is not None
@@ -307,7 +308,7 @@ class Flight:
         except BaseException as exc:
             self.reading = False
             self._direct_end(reader, exc)
-            await _quiet(body.aclose())
+            await close_quietly(body)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise _as_failure(exc, self.upstream) from exc
@@ -321,14 +322,14 @@ class Flight:
             self._detach()  # its one reader has read it all: ``trim`` lets it go as it reads on
         if self._handoff:  # newcomers waited for this read: the pump reads on, for everybody
             self._to_pump()
-            _release(self._handoff)
+            release(self._handoff)
             self._handoff = None
         if reader.flight is None:
             raise StopAsyncIteration
         reader.held = True
         return chunk
 
-    def _direct_end(self, reader: _Reader, exc: BaseException | None) -> None:
+    def _direct_end(self, reader: Reader, exc: BaseException | None) -> None:
         """The direct read ended the body: its end (``exc`` None), a failure, or its task cancelled (the body
         with it). The caller closes the body after a failure; a body that ended on its own needs no close."""
         self.body, self.direct = None, None
@@ -340,11 +341,11 @@ class Flight:
         else:
             self.error = exc
         self.registry.remove(self)
-        _release(self._handoff)  # before leaving: the chunks stay for the newcomers
+        release(self._handoff)  # before leaving: the chunks stay for the newcomers
         self._handoff = None
         reader.end()
 
-    def take_body(self, reader: _Reader) -> Body | None:
+    def take_body(self, reader: Reader) -> Body | None:
         """The upstream body, for its direct reader to close when it leaves between reads."""
         if self.direct is not reader or self.reading:
             return None
@@ -356,9 +357,9 @@ class Flight:
         body, self.body, self.direct = self.body, None, None
         if body is not None:
             self._body_end(BodyClosed())
-            await _quiet(body.aclose())
+            await close_quietly(body)
 
-    def serve(self, reader: _Reader) -> bool:
+    def serve(self, reader: Reader) -> bool:
         """Settle ``reader``'s waiter with its next chunk or the end; False: it waits for the pump."""
         waiter, reader.waiter = reader.waiter, None
         assert waiter is not None
@@ -383,62 +384,6 @@ class Flight:
         else:
             self._changed.append(reader)
         return False
-
-
-class _Reader:
-    """One subscriber's body: the flight's chunks from the first, at its own pace.
-
-    No generator and no wrapper per subscriber: ``__anext__`` hands out a future, done at once when
-    the next chunk is there, else completed by the pump (what an idle stream holds is that future).
-    A subscriber leaves the flight once, however its body ends: the end, a failure, ``aclose``, or its
-    task cancelled while it waited (as a generator's ``Observed`` wrapper did).
-    """
-
-    __slots__ = ("flight", "held", "pos", "waiter")
-
-    def __init__(self, flight: Flight, pos: int) -> None:
-        self.flight: Flight | None = flight  # None once ended
-        self.pos = pos  # absolute index of the next chunk this subscriber reads
-        self.held = False  # the chunk at ``pos`` was handed out: read once the next one is asked for
-        self.waiter: asyncio.Future[bytes] | None = None
-
-    def __aiter__(self) -> _Reader:
-        return self
-
-    def __anext__(self) -> Awaitable[bytes]:
-        flight = self.flight
-        if flight is None:
-            raise StopAsyncIteration
-        if self.held:
-            self.held = False
-            self.pos += 1  # read: may be let go once every subscriber has read it
-            if flight.detached:
-                flight.trim()
-        if flight.direct is self:
-            return flight.pull(self)
-        waiter: asyncio.Future[bytes] = flight.loop.create_future()
-        self.waiter = waiter
-        if not flight.serve(self):
-            waiter.add_done_callback(self._gone)
-        return waiter
-
-    def _gone(self, waiter: asyncio.Future[bytes]) -> None:
-        if waiter.cancelled():
-            self.end()
-
-    def end(self) -> None:
-        """Leave the flight (once); a read still waiting (the body closed under it) ends with the body."""
-        flight, waiter, self.flight, self.waiter = self.flight, self.waiter, None, None
-        if flight is not None:
-            flight.leave(self)
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(StopAsyncIteration())
-
-    async def aclose(self) -> None:
-        body = self.flight.take_body(self) if self.flight is not None else None
-        self.end()
-        if body is not None:
-            await _quiet(body.aclose())
 
 
 class Flights:
@@ -477,29 +422,3 @@ def _as_failure(exc: BaseException, upstream: str) -> UpstreamFailure:
         return UpstreamFailure(exc.kind, exc.message, upstream=exc.upstream, committed=True)
     return UpstreamFailure("reset_mid_stream", "The shared upstream answer failed mid-way.",
                            upstream=upstream, committed=True)
-
-
-async def _wait_on(waiters: list[asyncio.Future[None]]) -> None:
-    """Wait until ``_release(waiters)``, with a future of one's own (cancelling it touches nobody else;
-    cheaper than an ``asyncio.Event`` per flight when nobody ever waits)."""
-    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    waiters.append(waiter)
-    await waiter
-
-
-def _release(waiters: list[asyncio.Future[None]] | None) -> None:
-    """Wake every waiter (the caller then lets its list go: None until somebody waits again)."""
-    if not waiters:  # the common case (nobody waits): no copy
-        return
-    pending = waiters[:]
-    waiters.clear()
-    for waiter in pending:
-        if not waiter.done():
-            waiter.set_result(None)
-
-
-async def _quiet(awaitable: Awaitable[Any]) -> None:
-    try:
-        await awaitable
-    except Exception:  # noqa: BLE001, S110 - the body already failed or ended; its outcome is recorded
-        pass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,43 +12,8 @@ from gateway.body import BodyClosed
 from gateway.errors import UpstreamFailure
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.singleflight import Flight, Flights, TakeOver
-from tests.support.exchange import build_exchange
+from tests.policies.cache.flight_support import Upstream, exchange, read_all
 from tests.support.until import until
-
-
-def exchange() -> Exchange:
-    return build_exchange(request_id="r", method="POST", path="/", operation="chat",
-                          headers=None,  # type: ignore[arg-type]
-                    raw_body=b"", body={}, received_at=0, deadline=1e9)
-
-
-class Upstream:
-    """A controllable upstream: chunks are released by the test."""
-
-    def __init__(self, fail_at: int | None = None) -> None:
-        self.calls = 0
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.fail_at = fail_at
-        self.closed = False
-
-    async def __call__(self, ex: Exchange) -> UpstreamResponse:
-        self.calls += 1
-        return UpstreamResponse(200, {}, self.body())
-
-    async def body(self) -> AsyncIterator[bytes]:
-        n = 0
-        try:
-            while (chunk := await self.queue.get()) is not None:
-                if self.fail_at == n:
-                    raise UpstreamFailure("reset_mid_stream", "boom", committed=True)
-                n += 1
-                yield chunk
-        finally:
-            self.closed = True
-
-
-async def read_all(resp: UpstreamResponse) -> bytes:
-    return b"".join([c async for c in resp.body])
 
 
 async def test_followers_share_one_call_and_read_at_their_own_pace() -> None:
@@ -146,55 +110,6 @@ async def test_under_max_bytes_a_reader_that_waits_does_not_hold_the_flight() ->
     await until(lambda: flight.done)
     assert not flight.detached and flights.over_bytes == 0
     assert await read_all(resp) == b"a" * 10 + b"b" * 10
-
-
-async def test_a_subscriber_cancelled_while_it_waits_leaves_the_flight() -> None:
-    """A reader's task cancelled while it waits for the next chunk leaves at once (the last one to
-    leave frees the upstream); a reader still waiting beside it is not touched and reads on."""
-    flights, up = Flights(), Upstream()
-    flight = flights.lead("k", exchange(), up)
-    flight.join()
-    up.queue.put_nowait(b"a")
-    first, second = await flight.wait(leader=True), await flight.wait(leader=False)
-
-    async def read_two(resp: UpstreamResponse) -> list[bytes]:
-        return [await resp.body.__anext__(), await resp.body.__anext__()]
-
-    cancelled, kept = asyncio.create_task(read_two(first)), asyncio.create_task(read_two(second))
-    await until(lambda: len(flight._changed or ()) == 2)  # both wait for the second chunk
-    cancelled.cancel()
-    await until(lambda: flight.subscribers == 1)
-    assert not up.closed  # control: the other subscriber still holds the call
-    up.queue.put_nowait(b"b")
-    assert await kept == [b"a", b"b"]
-    with pytest.raises(StopAsyncIteration):
-        await first.body.__anext__()  # a reader that left reads nothing more
-    waiting = asyncio.create_task(read_two(second))
-    await until(lambda: len(flight._changed or ()) == 1)
-    waiting.cancel()
-    await until(lambda: up.closed)  # the last subscriber gone: the upstream call is cancelled
-    assert flight.subscribers == 0 and flights.get("k") is None
-
-
-async def test_a_body_closed_under_a_waiting_read_ends_that_read() -> None:
-    """``aclose`` while another task waits for the next chunk: that read ends (it does not hang) and the
-    subscriber leaves; a read that is not closed under gets its chunk (the control)."""
-    flights, up = Flights(), Upstream()
-    flight = flights.lead("k", exchange(), up)
-    flight.join()
-    closed, kept = await flight.wait(leader=True), await flight.wait(leader=False)
-
-    async def next_chunk(resp: UpstreamResponse) -> bytes:
-        return await resp.body.__anext__()
-
-    waiting, control = asyncio.create_task(next_chunk(closed)), asyncio.create_task(next_chunk(kept))
-    await until(lambda: len(flight._changed or ()) == 2)
-    await closed.body.aclose()
-    with pytest.raises(StopAsyncIteration):
-        await waiting
-    assert flight.subscribers == 1 and not up.closed
-    up.queue.put_nowait(b"a")
-    assert await control == b"a"
 
 
 # --- one subscriber reads the upstream body itself (no pump) until a second one comes ---------------
