@@ -47,6 +47,7 @@ class Metrics:
         # Several decisions per request, all counted on the event loop: no labels() call, no Counter.inc
         # checks, no lock each (``Children.slot`` of a ``loop`` family).
         self._decision = Children(self.decisions, loop=True)
+        self._decision_slots: dict[tuple[str, str], Any] = {}  # the same slots, reached without a call
 
     def set_known_models(self, models: Iterable[str]) -> None:
         self._known_models = frozenset(models)
@@ -55,7 +56,10 @@ class Metrics:
         return model if model in self._known_models else OTHER
 
     def decision(self, policy: str, decision: str) -> None:
-        self._decision.slot(policy, decision).inc(1)  # decisions are counted on the loop only
+        slot = self._decision_slots.get((policy, decision))
+        if slot is None:
+            slot = self._decision_slots[policy, decision] = self._decision.slot(policy, decision)
+        slot.inc(1)
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return self._get(name, Counter, lambda: Counter(name, doc, labels, registry=self.registry))
