@@ -153,6 +153,9 @@ DEFAULT_WITHOUT: dict[str, dict[str, Any]] = {
     "def-noexact": _merge(default_overrides(), {"cache": {"exact": {"enabled": False}}}),
     "def-nocache": _merge(default_overrides(), {"cache": {"exact": {"enabled": False},
                                                           "coalesce": {"enabled": False}}}),
+    "def-noledger": _merge(default_overrides(), {"ledger": {"enabled": False}}),
+    "def-nometrics": _merge(default_overrides(), {"metrics": {"enabled": False}}),
+    "def-noretry": _merge(default_overrides(), {"upstreams": {"mock": {"retry": {"max_attempts": 1}}}}),
 }
 GATEWAYS: dict[str, dict[str, Any]] = {"gw-off": ALL_OFF, "gw-default": default_overrides(), "gw-all": ALL_ON,
                                        "gw-default-aiohttp": _merge(default_overrides(), AIOHTTP_CLIENT),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.values import MutexValue
 
 # From 5 ms to 5 min: LLM latencies span four orders of magnitude.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
@@ -43,8 +44,10 @@ class Metrics:
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self.decisions = self.counter("gateway_policy_decisions_total", "Decisions taken by policies",
                                       ("policy", "decision"))
-        # Several decisions per request: no labels() call, no Counter.inc checks each (``Children.slot``).
-        self._decision = Children(self.decisions)
+        # Several decisions per request, all counted on the event loop: no labels() call, no Counter.inc
+        # checks, no lock each (``Children.slot`` of a ``loop`` family).
+        self._decision = Children(self.decisions, loop=True)
+        self._decision_slots: dict[tuple[str, str], Any] = {}  # the same slots, reached without a call
 
     def set_known_models(self, models: Iterable[str]) -> None:
         self._known_models = frozenset(models)
@@ -53,7 +56,10 @@ class Metrics:
         return model if model in self._known_models else OTHER
 
     def decision(self, policy: str, decision: str) -> None:
-        self._decision.slot(policy, decision).inc(1)
+        slot = self._decision_slots.get((policy, decision))
+        if slot is None:
+            slot = self._decision_slots[policy, decision] = self._decision.slot(policy, decision)
+        slot.inc(1)
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return self._get(name, Counter, lambda: Counter(name, doc, labels, registry=self.registry))
@@ -94,12 +100,16 @@ class Children:
     ``family.labels(...)`` validates and takes a lock on every call (~2 us);
     the request sink touches ten families per request, so it keeps the
     children it has seen. The memo is as bounded as the label values are.
+
+    ``loop``: every update of the family's values goes through the event loop's thread (the request sinks,
+    the handler, the layers), so its slots may skip the client's per-value lock (``LoopValue``).
     """
 
-    __slots__ = ("_memo", "_slots", "family")
+    __slots__ = ("_memo", "_slots", "family", "loop")
 
-    def __init__(self, family: Any) -> None:
+    def __init__(self, family: Any, *, loop: bool = False) -> None:
         self.family = family
+        self.loop = loop
         self._memo: dict[tuple[str, ...], Any] = {}
         self._slots: dict[tuple[str, ...], Any] = {}
 
@@ -115,20 +125,21 @@ class Children:
         found = self._slots.get(labels)
         if found is None:
             make = histogram_slot if isinstance(self.family, Histogram) else counter_slot
-            found = self._slots[labels] = make(self(*labels))
+            found = self._slots[labels] = make(self(*labels), loop=self.loop)
         return found
 
 
-def counter_slot(child: Any) -> Any:
+def counter_slot(child: Any, *, loop: bool = False) -> Any:
     """What a counter child's ``inc(amount)`` ends in, for a caller that passes amounts >= 0 itself.
 
     ``Counter.inc`` checks that its child may be observed, that the amount is not negative and whether an
     exemplar came (~0.55 us); its value slot's ``inc`` only takes the value's lock (or, in multiprocess mode,
     writes the value to its mmap file: ``MmapSlot``): ~0.2 us. Falls back to the child if a client renames
-    the slot.
+    the slot. ``loop``: see ``LoopValue``.
     """
     value = getattr(child, "_value", None)
-    return value_slot(value) if value is not None and callable(getattr(value, "inc", None)) else child
+    return value_slot(value, loop=loop) if value is not None and callable(getattr(value, "inc", None)) \
+        else child
 
 
 class MmapSlot:
@@ -164,9 +175,30 @@ class MmapSlot:
             self._file._m[pos:pos + 16] = _PACK_VALUE(new, 0.0)
 
 
-def value_slot(value: Any) -> Any:
-    """A multiprocess value's ``MmapSlot``; any other value (or one whose internals are not the client's
-    known ones) is its own slot."""
+class LoopValue:
+    """``inc``/``set`` of one single-process value (the client's ``MutexValue``) whose every update is made on
+    the event loop's thread: the value's lock orders writers of several threads, and there is one, so it is
+    not taken (a reader gets one float either way). 2.7k -> 0.7k instructions an increment (valgrind, in
+    process): ~20 a request with the default config (issue 21)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: MutexValue) -> None:
+        self._value = value
+
+    def inc(self, amount: float) -> None:
+        self._value._value += amount
+
+    def set(self, new: float) -> None:
+        self._value._value = new
+
+
+def value_slot(value: Any, *, loop: bool = False) -> Any:
+    """A multiprocess value's ``MmapSlot``; a single-process one's ``LoopValue`` when ``loop`` (its updates
+    are all made on the event loop); any other value (or one whose internals are not the client's known
+    ones) is its own slot."""
+    if loop and type(value) is MutexValue and isinstance(getattr(value, "_value", None), float):
+        return LoopValue(value)
     file, key = getattr(value, "_file", None), getattr(value, "_key", None)
     positions = getattr(file, "_positions", None)
     if file is None or not isinstance(positions, dict) or key not in positions or not hasattr(file, "_m") \
@@ -177,7 +209,7 @@ def value_slot(value: Any) -> Any:
     return value if lock is None else MmapSlot(value, file, positions[key], lock)
 
 
-def gauge_slot(child: Any) -> Any:
+def gauge_slot(child: Any, *, loop: bool = False) -> Any:
     """What a gauge child's ``set(value)`` ends in, for a caller that passes floats itself: ``Gauge.set``
     checks that its child may be observed first (~0.5 us, twice per cache store for the entries and bytes
     gauges). A ``mostrecent`` multiprocess gauge stamps its values, so it keeps its child's ``set``; so does
@@ -185,7 +217,7 @@ def gauge_slot(child: Any) -> Any:
     value = getattr(child, "_value", None)
     if value is None or getattr(child, "_is_most_recent", True) or not callable(getattr(value, "set", None)):
         return child
-    return value_slot(value)
+    return value_slot(value, loop=loop)
 
 
 class HistogramSlot:
@@ -203,14 +235,35 @@ class HistogramSlot:
         self._sum.inc(value)
 
 
-def histogram_slot(child: Any) -> Any:
-    """A ``HistogramSlot`` of ``child``, or the child itself if the client's slots are not there."""
+class LoopHistogramSlot:
+    """``HistogramSlot`` on single-process values updated on the event loop only (``LoopValue``): the bucket
+    and the sum bumped in place, no call each. 6.7k -> 1.9k instructions an observation."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, bounds: Sequence[float], buckets: Sequence[MutexValue], total: MutexValue) -> None:
+        self._bounds, self._buckets, self._sum = bounds, buckets, total
+
+    def observe(self, value: float) -> None:
+        self._buckets[bisect_left(self._bounds, value)]._value += 1
+        self._sum._value += value
+
+
+def histogram_slot(child: Any, *, loop: bool = False) -> Any:
+    """A ``HistogramSlot`` of ``child`` (a ``LoopHistogramSlot`` when ``loop`` and its values are the
+    single-process ones), or the child itself if the client's slots are not there."""
     bounds, buckets = getattr(child, "_upper_bounds", None), getattr(child, "_buckets", None)
     total = getattr(child, "_sum", None)
     if bounds is None or buckets is None or total is None or len(bounds) != len(buckets) or not bounds \
             or bounds[-1] != float("inf"):
         return child
+    if loop and all(isinstance(slot, LoopValue) for slot in (*map(_loop_value, buckets), _loop_value(total))):
+        return LoopHistogramSlot(bounds, list(buckets), total)
     return HistogramSlot(bounds, [value_slot(bucket) for bucket in buckets], value_slot(total))
+
+
+def _loop_value(value: Any) -> Any:
+    return value_slot(value, loop=True)
 
 
 def observe_many(child: Any, values: Sequence[float]) -> None:
@@ -254,30 +307,31 @@ class RequestMetrics:
 
     @classmethod
     def register(cls, m: Metrics) -> RequestMetrics:
-        """Create (or reuse, by name) the families on ``m``'s registry."""
+        """Create (or reuse, by name) the families on ``m``'s registry. Their every update is made on the
+        event loop (the request sink, the handler's in-flight count): loop slots (``LoopValue``)."""
         return cls(
-            requests=Children(
+            requests=_on_loop(
                 m.counter(
                     "gateway_requests_total",
                     "Requests answered, by outcome",
                     ("route", "model", "upstream", "status_class", "cache"),
                 )
             ),
-            duration=Children(
+            duration=_on_loop(
                 m.histogram(
                     "gateway_request_duration_seconds",
                     "Whole request as the client saw it",
                     ("route", "model", "upstream"),
                 )
             ),
-            ttft=Children(
+            ttft=_on_loop(
                 m.histogram(
                     "gateway_time_to_first_token_seconds",
                     "From request arrival to the first content or tool-call delta sent",
                     ("model", "upstream", "source"),
                 )
             ),
-            inter_token=Children(
+            inter_token=_on_loop(
                 m.histogram(
                     "gateway_inter_token_latency_seconds",
                     "Gaps between content chunks",
@@ -285,14 +339,14 @@ class RequestMetrics:
                     buckets=GAP_BUCKETS,
                 )
             ),
-            upstream=Children(
+            upstream=_on_loop(
                 m.histogram(
                     "gateway_upstream_duration_seconds",
                     "One upstream attempt, start to end",
                     ("upstream", "outcome"),
                 )
             ),
-            overhead=Children(
+            overhead=_on_loop(
                 m.histogram(
                     "gateway_overhead_seconds",
                     "Time spent in the gateway itself (not upstream, not deliberate waits)",
@@ -300,14 +354,14 @@ class RequestMetrics:
                     buckets=OVERHEAD_BUCKETS,
                 )
             ),
-            tokens=Children(
+            tokens=_on_loop(
                 m.counter(
                     "gateway_tokens_total",
                     "Tokens processed by upstreams (reported or estimated)",
                     ("model", "upstream", "tenant", "kind"),
                 )
             ),
-            tokens_estimated=Children(
+            tokens_estimated=_on_loop(
                 m.counter(
                     "gateway_tokens_estimated_total",
                     "The part of gateway_tokens_total counted by the gateway's tokenizer "
@@ -315,8 +369,12 @@ class RequestMetrics:
                     ("model", "upstream", "tenant", "kind"),
                 )
             ),
-            inflight=Children(m.gauge("gateway_inflight_requests", "Requests being served", ("upstream",))),
-            cost=Children(
+            inflight=_on_loop(m.gauge("gateway_inflight_requests", "Requests being served", ("upstream",))),
+            cost=_on_loop(
                 m.counter("gateway_cost_usd_total", "Cost from the pricing table, USD", ("model", "tenant"))
             ),
         )
+
+
+def _on_loop(family: Any) -> Children:
+    return Children(family, loop=True)

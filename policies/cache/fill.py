@@ -153,7 +153,10 @@ class Fill:
         obj = answer_from_sse(self.operation, data) if self.sse else answer_from_json(self.operation, data)
         if obj is None:
             return None
-        answer = CachedAnswer.from_obj(self.operation, obj, time.time())
+        created = time.time()
+        # a JSON answer is stored as it came: checked and read once, not serialised again (issue 21)
+        answer = CachedAnswer.from_obj(self.operation, obj, created) if self.sse else \
+            CachedAnswer.from_json(self.operation, data, obj, created)
         if encode:
             answer.encoded = answer.encode()  # taken by the shared store's ``set``
         return answer, finish_reasons(self.operation, obj)

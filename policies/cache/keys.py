@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -33,9 +32,12 @@ DEFAULT_KEY_HEADERS = ("openai-beta", "openai-organization", "openai-project", "
                        "anthropic-beta")
 
 
-@dataclass(frozen=True, slots=True)
-class CacheKey:
-    """``namespace`` is the hard tenant prefix; ``digest`` covers everything (namespace included)."""
+class CacheKey(NamedTuple):
+    """``namespace`` is the hard tenant prefix; ``digest`` covers everything (namespace included).
+
+    A named tuple, not a frozen dataclass: the stores' dicts hash and compare it in C (a dataclass's
+    ``__hash__`` and ``__eq__`` are Python functions: a call per dict operation, three per stored miss) and
+    it is built without ``object.__setattr__`` per field (issue 21)."""
 
     namespace: str
     digest: str

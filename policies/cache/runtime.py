@@ -55,7 +55,7 @@ class CacheMetrics:
                                             buckets=SIMILARITY_BUCKETS)
         self.redis_errors = metrics.counter("gateway_cache_redis_errors_total",
                                             "Cache calls to Redis that failed and were treated as misses")
-        self._requests = Children(self.requests)
+        self._requests = Children(self.requests, loop=True)  # counted on the event loop only
 
     def request(self, kind: str, result: str, policy: str) -> None:
         """One lookup's result (every cacheable request): memoised fast slots, no ``Counter.inc`` checks."""
@@ -70,7 +70,9 @@ class CacheMetrics:
             self.tokens_saved.labels(kind, self._m.bounded_model(model)).inc(tokens)
 
     def gauge_hook(self, kind: str):  # type: ignore[no-untyped-def]
-        entries, size = gauge_slot(self.entries.labels(kind)), gauge_slot(self.bytes.labels(kind))
+        # set on the loop only (stores, drops and evictions run there)
+        entries = gauge_slot(self.entries.labels(kind), loop=True)
+        size = gauge_slot(self.bytes.labels(kind), loop=True)
 
         def changed(n: int, nbytes: int) -> None:  # every store: the value slots, not ``Gauge.set``'s checks
             entries.set(float(n))

@@ -36,6 +36,7 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS usage ({})".format(
     ", ".join(f"{name} {_TYPES.get(name, 'TEXT')}" for name in COLUMNS))
 _INSERT = "INSERT INTO usage ({}) VALUES ({})".format(", ".join(COLUMNS), ", ".join("?" for _ in COLUMNS))
 _SELECT = "SELECT {} FROM usage WHERE ts >= ? AND ts <= ?".format(", ".join(COLUMNS))
+_STREAM, _ESTIMATED = COLUMNS.index("stream"), COLUMNS.index("estimated")
 
 
 class SqliteStore:
@@ -79,7 +80,7 @@ class SqliteStore:
         db = self._db()
         with db:  # one transaction per batch: one fsync, all or nothing
             db.execute("BEGIN")
-            db.executemany(_INSERT, map(tuple, rows))  # sqlite3 binds an exact tuple faster than a subclass
+            db.executemany(_INSERT, map(_row, rows))
 
     async def query(self, group_by: str, since: float, until: float) -> list[dict[str, Any]]:
         if group_by not in GROUP_BY:
@@ -101,6 +102,15 @@ class SqliteStore:
             await self._run(self._conn.close)
             self._conn = None
         self._pool.shutdown(wait=True)
+
+
+def _row(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A record as sqlite3 binds it cheapest: a plain tuple (faster than a subclass), its two flags as 0/1.
+    sqlite3 binds an exact int, float or str at once but first tries to adapt anything else (a registry
+    lookup, then ``__adapt__``/``__conform__`` looked up): ~3.3k instructions for each bool (valgrind), which
+    it then binds as an int all the same. The stored row is unchanged. 38.6k -> 35.0k instructions a row."""
+    return (*record[:_STREAM], 1 if record[_STREAM] else 0, *record[_STREAM + 1:_ESTIMATED],
+            1 if record[_ESTIMATED] else 0, *record[_ESTIMATED + 1:])
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

@@ -10,6 +10,8 @@ from gateway.telemetry.metrics import (
     OTHER,
     Children,
     HistogramSlot,
+    LoopHistogramSlot,
+    LoopValue,
     Metrics,
     RequestMetrics,
     bounded,
@@ -111,6 +113,46 @@ def test_slots_equal_the_client_calls() -> None:
     assert _exposition(r1) == _exposition(r2)
 
 
+def test_loop_slots_equal_the_client_calls() -> None:
+    """The slots of a ``loop`` family (updated on the event loop only: no lock) give exactly the exposition of
+    ``inc``, ``observe`` and ``set``; the control: the same family without ``loop`` keeps the client's
+    values as its slots."""
+    values = [0.0, 0.001, 0.0011, 0.005, 0.3, 7.0, 1e6]
+    r1, r2 = CollectorRegistry(), CollectorRegistry()
+    (c1, h1, g1), (c2, h2, g2) = [(Counter("c", "c", ("l",), registry=r), Histogram(
+        "h", "h", ("l",), registry=r, buckets=(0.001, 0.005, 0.02, 1.0)), Gauge("g", "g", ("l",), registry=r))
+        for r in (r1, r2)]
+    counters, histograms = Children(c2, loop=True), Children(h2, loop=True)
+    counter, histogram = counters.slot("a"), histograms.slot("a")
+    gauge = gauge_slot(g2.labels("a"), loop=True)
+    assert isinstance(counter, LoopValue) and isinstance(histogram, LoopHistogramSlot)
+    assert isinstance(gauge, LoopValue)
+    for v in values:
+        c1.labels("a").inc(v)
+        h1.labels("a").observe(v)
+        g1.labels("a").set(v)
+        counter.inc(v)
+        histogram.observe(v)
+        gauge.set(v)
+    assert _exposition(r1) == _exposition(r2)
+    assert c2.labels("a")._value.get() == c1.labels("a")._value.get()  # noqa: SLF001
+    plain = Children(Counter("p", "p", ("l",), registry=CollectorRegistry()))
+    assert plain.slot("a") is plain("a")._value  # noqa: SLF001 - the control: not a loop family
+
+
+def test_request_families_and_decisions_use_loop_slots() -> None:
+    """The request sink's families and the decision counter are ``loop`` families: every update of them is
+    made on the event loop (the sink, the handler, the layers)."""
+    m = Metrics(registry=CollectorRegistry())
+    families = RequestMetrics.register(m)
+    assert all(getattr(families, name).loop for name in families.__slots__)
+    assert isinstance(families.duration.slot("r", "m", "u"), LoopHistogramSlot)
+    m.decision("cache", "miss")
+    assert m._decision.loop and isinstance(m._decision.slot("cache", "miss"), LoopValue)  # noqa: SLF001
+    assert m.registry.get_sample_value("gateway_policy_decisions_total",
+                                       {"policy": "cache", "decision": "miss"}) == 1
+
+
 def test_slots_fall_back_to_the_child() -> None:
     """A child without the client's value slots is used as it is (the control: a real child has them)."""
     odd = SimpleNamespace(inc=lambda amount: None, observe=lambda value: None)
@@ -198,6 +240,9 @@ def test_multiprocess_slots_write_what_the_client_writes(tmp_path: Any, monkeypa
     exposed = _multiprocess_exposition(str(tmp_path))
     assert [ln.replace("g2", "g1") for ln in exposed if ln.startswith("g2")] == \
         [ln for ln in exposed if ln.startswith("g1")] != []
+    # a loop family's slots on multiprocess values are the same: they must write the mmap file
+    assert isinstance(counter_slot(c2.labels("b"), loop=True), MmapSlot)
+    assert type(histogram_slot(h2.labels("b"), loop=True)) is HistogramSlot
     single = CollectorRegistry()
     monkeypatch.setattr(values, "ValueClass", values.MutexValue)
     control = Counter("c3", "c", ("l",), registry=single).labels("a")._value  # noqa: SLF001

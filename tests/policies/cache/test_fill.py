@@ -159,6 +159,24 @@ async def test_a_stored_json_answer_reports_its_usage_once_parsed() -> None:
     assert known.record.reported_usage is first
 
 
+async def test_a_json_answer_is_stored_as_its_bytes_came() -> None:
+    """A JSON answer's entry is the provider's bytes (spacing included), checked and read once, not serialised
+    again; its usage and finish reasons are read from that parse. The control: a stream's entry is the
+    assembly's own serialisation."""
+    spaced = orjson.dumps(orjson.loads(ANSWER), option=orjson.OPT_INDENT_2)
+    ex, stored = build_exchange(), list[tuple[CachedAnswer, list[str]]]()
+    resp = attach_fill(ex, UpstreamResponse(200, {"content-type": "application/json"},
+                                            Chunks([spaced[:30], spaced[30:]])),
+                       lambda _ex, a, reasons: stored.append((a, reasons)), 1 << 20)
+    assert b"".join([chunk async for chunk in resp.body]) == spaced
+    [(answer, reasons)] = stored
+    assert answer.body == spaced != ANSWER and reasons == ["stop"]
+    assert answer.usage is not None and (answer.usage.prompt, answer.usage.completion) == (3, 1)
+    assert orjson.loads(answer.body) == orjson.loads(ANSWER)
+    streamed, _ = await _fill_stream(STREAM)
+    assert streamed.ready() and streamed.body == orjson.dumps(orjson.loads(streamed.body))
+
+
 STREAM = (b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":'
           b'{"content":"hi"},"finish_reason":null}]}\n\ndata: {"id":"c","object":"chat.completion.chunk",'
           b'"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\ndata: [DONE]\n\n')

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from policies.ledger.record import COLUMNS
+from policies.ledger.record import COLUMNS, UsageRecord
 from policies.ledger.sqlite import SqliteStore
 from tests.policies.ledger.test_record import rec
 
@@ -27,6 +27,24 @@ async def test_write_query_purge_and_reopen(tmp_path: Path) -> None:
     assert await again.purge(50.0) == 50
     assert sum(g["requests"] for g in await again.query("model", 0, 1e12)) == 51
     await again.close()
+
+
+async def test_flags_are_stored_as_the_integers_a_bool_binds_to(tmp_path: Path) -> None:
+    """``stream`` and ``estimated`` go in as 0/1 (as sqlite3 binds a bool itself, so files written before
+    read the same) and come back as bools; the other values are stored as they are (``None`` as NULL)."""
+    store = SqliteStore(tmp_path / "ledger.sqlite3")
+    await store.open()
+    records = [rec(ts=1.0, stream=True, estimated=False, cost_usd=None),
+               rec(ts=2.0, stream=False, estimated=True, cost_usd=0.5)]
+    await store.write(records)
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite3")
+    stored = conn.execute("SELECT stream, typeof(stream), estimated, typeof(estimated), cost_usd FROM usage "
+                          "ORDER BY ts").fetchall()
+    assert stored == [(1, "integer", 0, "integer", None), (0, "integer", 1, "integer", 0.5)]
+    rows = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM usage ORDER BY ts").fetchall()
+    conn.close()
+    assert [UsageRecord.from_row(row) for row in rows] == records
 
 
 async def test_two_stores_share_one_file(tmp_path: Path) -> None:
