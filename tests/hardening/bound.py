@@ -35,12 +35,12 @@ class Verdict:
     def bound(self, slack_s: float = 0.0) -> float:
         return FACTOR * self.baseline_p99 + ADDED_S + slack_s
 
-    def over(self, slack_s: float = 0.0) -> list[str]:
+    def over(self, slack_s: float = 0.0, healthz_slack_s: float = 0.0) -> list[str]:
         """Which of the issue's checks the attack failed: ``"p99"``, ``"healthz"`` (empty: within)."""
         failed = []
         if self.p99 > self.bound(slack_s):
             failed.append("p99")
-        if self.healthz_max > HEALTHZ_MAX_S + slack_s:
+        if self.healthz_max > HEALTHZ_MAX_S + healthz_slack_s:
             failed.append("healthz")
         return failed
 

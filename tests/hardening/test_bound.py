@@ -43,6 +43,7 @@ def test_the_bound_is_the_issues() -> None:
     assert verdict(0.030, 0.005).over() == []  # 30 ms against 2 x 5 + 20 = 30 ms: within
     assert verdict(0.0301, 0.005).over() == ["p99"]
     assert verdict(0.0301, 0.005).over(slack_s=0.1) == []
+    assert verdict(0.0301, 0.005, healthz_max=0.15).over(healthz_slack_s=0.1) == ["p99"]
     assert verdict(0.010, 0.005, healthz_max=0.1).over() == []
     assert verdict(0.010, 0.005, healthz_max=0.101).over() == ["healthz"]
     assert verdict(0.2, 0.005, healthz_max=0.2).over() == ["p99", "healthz"]

@@ -7,9 +7,9 @@ client process (``bystander.py``), so its figures are the gateway's. During each
 keeps sending small chats and ``/healthz`` is probed; the calls that overlapped the attack count (a
 short attack runs ``ROUNDS`` times, so that its p99 is a percentile, not its one slowest call). Each
 round is followed by a no-attack window of its length, whose calls are the baseline
-(``tests/hardening/bound.py``: the same machine load, minutes closer than one baseline at the start).
-Asserted per attack: bystander p99 <= 2 x baseline + 20 ms and ``/healthz`` max <= 100 ms (plus
-``SHARED_SLACK_S`` for the attacks given it), every attacking request answered (a status, the OpenAI error
+(``tests/hardening/bound.py``: the machine's load of the same seconds, not of one baseline at the start).
+Asserted per attack: bystander p99 <= 2 x baseline + 20 ms and ``/healthz`` max <= 100 ms (for two
+attacks plus ``SHARED_SLACK_S``), every attacking request answered (a status, the OpenAI error
 shape for 4xx/5xx, never a dropped connection), nothing refused reaches the provider, and the RSS growth
 stays within the configured caps. A positive control stops the gateway for 200 ms per round and expects
 both checks to fail. Figures are printed (``-s``) for the notes.
@@ -44,10 +44,11 @@ ATTACKER, BYSTANDER = "sk-attacker-key", "sk-bystander-key"
 # one customer by another's 3.5 MB prompt, but the fake one (one Python process) would be, and the
 # figures would measure the fake provider instead of the gateway.
 BYSTANDER_MODEL = "gpt-4o-mini"
-# Every attack is held to the issue's 2x + 20 ms plus this slack: 2 cores shared with other jobs (the 30
-# unread streams, at a 0.5 s slack until stop 31, too: docs/reliability.md has the figures). The 100k
-# embeddings inputs are held to the issue's bound itself since their parse runs in pieces
-# (gateway/long_arrays.py): under it in every run since, on the shared machine.
+# Every attack's p99 is held to the issue's bound itself (2x the p99 of the no-attack windows between its
+# rounds + 20 ms), and its /healthz max to 100 ms, but for two attacks' /healthz max, which keep this
+# slack: the 30 unread streams (relaying 30 x 4.4 MB) and the whitespace turns then a question; on 2 cores
+# shared with other jobs they were over 100 ms in 2 of 7 runs each at load 4-12 (their p99 in none:
+# docs/reliability.md, "The baseline beside the attack").
 SHARED_SLACK_S = float(os.environ.get("BOUNDED_SLACK_S", "0.1"))
 MIB = 1024 * 1024
 ROUNDS = 5  # rounds of each short attack (``attacks``)
@@ -182,21 +183,21 @@ async def answered(env: Env, url: str, body: bytes) -> int:
         return resp.status
 
 
-async def attack(env: Env, name: str, run: Callable[[], Awaitable[T]],
-                 slack_s: float = SHARED_SLACK_S) -> T:
+async def attack(env: Env, name: str, run: Callable[[], Awaitable[T]], healthz_slack_s: float = 0.0) -> T:
     """Run ``run`` once while the bystander watches; check and record the figures."""
-    return (await attacks(env, name, lambda _: run(), 1, slack_s))[0]
+    return (await attacks(env, name, lambda _: run(), 1, healthz_slack_s))[0]
 
 
 async def attacks(env: Env, name: str, run: Callable[[int], Awaitable[T]], rounds: int = ROUNDS,
-                  slack_s: float = SHARED_SLACK_S) -> list[T]:
+                  healthz_slack_s: float = 0.0) -> list[T]:
     """Run ``run(0)`` .. ``run(rounds - 1)`` while the bystander watches (``measure``); check the issue's
     bound against the no-attack windows between the rounds and record the figures."""
     measured = await measure(env, run, rounds)
     env.figures[name] = fig = {**measured.verdict.figures(), "rounds": rounds, "attack_s": measured.attack_s,
                                "rss_growth_mb": measured.rss_growth_mb}
     assert not measured.failures, measured.failures[:5]
-    assert not measured.verdict.over(slack_s), (measured.verdict.over(slack_s), fig)
+    over = measured.verdict.over(healthz_slack_s=healthz_slack_s)
+    assert not over, (over, fig)
     return measured.results
 
 
@@ -301,7 +302,7 @@ async def test_100k_embedding_inputs_are_refused_before_any_work(env: Env) -> No
     async def run(_: int) -> list[int]:
         return await asyncio.gather(*(answered(env, env.gw.url + "/v1/embeddings", body) for _ in range(4)))
 
-    refused = await attacks(env, "embeddings_100k_x4", run, slack_s=0.0)  # the issue's bound itself
+    refused = await attacks(env, "embeddings_100k_x4", run)
     assert refused == [[400] * 4] * ROUNDS
     assert await env.provider_calls("/v1/embeddings") == before  # nothing refused reached the provider
     assert env.figures["embeddings_100k_x4"]["rss_growth_mb"] < 100
@@ -322,7 +323,7 @@ async def test_unread_deterministic_streams_hold_bounded_memory(env: Env) -> Non
         for resp in held:
             resp.close()
 
-    await attack(env, "unread_streams_2MB_x30", run)
+    await attack(env, "unread_streams_2MB_x30", run, healthz_slack_s=SHARED_SLACK_S)
     # Unbounded, 30 x 2 MB answers were held twice (flight + fill, +259 MB for 60 in the issue). Bounded: the
     # exact cache's cap, the fill budget (32 MiB) and 30 flights x 256 KiB, +10%, + 10 MB of allocator slack.
     caps_mb = (EXACT_MAX_BYTES + 32 * MIB + 30 * 256 * 1024) / MIB
@@ -384,7 +385,8 @@ async def test_a_whitespace_conversation_before_a_question_is_hashed_off_the_loo
     async def run(r: int) -> list[int]:
         return await asyncio.gather(*(answered(env, env.chat_url, bodies[r]) for _ in range(4)))
 
-    statuses = [s for round_ in await attacks(env, "whitespace_turns_then_question_x4", run) for s in round_]
+    rounds = await attacks(env, "whitespace_turns_then_question_x4", run, healthz_slack_s=SHARED_SLACK_S)
+    statuses = [s for round_ in rounds for s in round_]
     assert len(statuses) == 4 * ROUNDS and all(s in (200, 400) for s in statuses), statuses
 
 
