@@ -30,11 +30,18 @@ class Watch:
 
     def during(self, *windows: Span) -> Watch:
         """The calls that overlapped any of ``windows`` (each ``(start, end)``)."""
-        def overlap(spans: list[Span]) -> list[Span]:
-            return [span for span in spans
-                    if any(span[1] >= start and span[0] <= end for start, end in windows)]
+        return self._kept(windows, overlapping=True)
 
-        return Watch(overlap(self.chats), overlap(self.healthz), self.failures)
+    def outside(self, *windows: Span) -> Watch:
+        """The calls that overlapped none of ``windows``."""
+        return self._kept(windows, overlapping=False)
+
+    def _kept(self, windows: tuple[Span, ...], *, overlapping: bool) -> Watch:
+        def keep(spans: list[Span]) -> list[Span]:
+            return [span for span in spans
+                    if any(span[1] >= start and span[0] <= end for start, end in windows) is overlapping]
+
+        return Watch(keep(self.chats), keep(self.healthz), self.failures)
 
     @property
     def latencies(self) -> list[float]:

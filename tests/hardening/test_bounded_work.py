@@ -3,35 +3,38 @@
 One gateway (``gateway serve``, keys mode: an attacker and a bystander tenant, semantic cache on with
 the local embedder, compression on) in front of the fake provider, both in subprocesses; the bystander
 has its own fake provider (a real one is not stalled for one customer by another's prompt) and its own
-client process (``bystander.py``), so its figures are the gateway's. A no-attack baseline of the
-bystander's chat latency is taken first; during each attack the bystander keeps sending small chats
-and ``/healthz`` is probed; the calls that overlapped the attack count (a short attack runs
-``ROUNDS`` times, so that its p99 is a percentile, not its one slowest call). Asserted per attack:
-bystander p99 <= 2 x baseline + 20 ms (plus ``SHARED_SLACK_S`` because the test machine is shared with
-other jobs; the 100k embeddings inputs without it), ``/healthz`` answered, every attacking request
-answered (a status, the OpenAI error shape for 4xx/5xx, never a dropped connection), nothing refused
-reaches the provider, and the RSS growth stays within the configured caps. Figures are printed (``-s``)
-for the notes.
+client process (``bystander.py``), so its figures are the gateway's. During each attack the bystander
+keeps sending small chats and ``/healthz`` is probed; the calls that overlapped the attack count (a
+short attack runs ``ROUNDS`` times, so that its p99 is a percentile, not its one slowest call). Each
+round is followed by a no-attack window of its length, whose calls are the baseline
+(``tests/hardening/bound.py``: the machine's load of the same seconds, not of one baseline at the start).
+Asserted per attack: bystander p99 <= 2 x baseline + 20 ms and ``/healthz`` max <= 100 ms (for two
+attacks plus ``SHARED_SLACK_S``), every attacking request answered (a status, the OpenAI error
+shape for 4xx/5xx, never a dropped connection), nothing refused reaches the provider, and the RSS growth
+stays within the configured caps. A positive control stops the gateway for 200 ms per round and expects
+both checks to fail. Figures are printed (``-s``) for the notes.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
 
-from tests.hardening.bystander import Watch
-from tests.hardening.procstats import open_fds, percentile, rss_bytes
+from tests.hardening.bound import SETTLE_S, Verdict, judge
+from tests.hardening.bystander import Span, Watch
+from tests.hardening.procstats import open_fds, rss_bytes
 from tests.support.servers import GatewayProcess, free_port, gateway_config, spawn_gateway, wait_ready
 from tests.support.until import until
 
@@ -41,10 +44,11 @@ ATTACKER, BYSTANDER = "sk-attacker-key", "sk-bystander-key"
 # one customer by another's 3.5 MB prompt, but the fake one (one Python process) would be, and the
 # figures would measure the fake provider instead of the gateway.
 BYSTANDER_MODEL = "gpt-4o-mini"
-# Every attack is held to the issue's 2x + 20 ms plus this slack: 2 cores shared with other jobs (the 30
-# unread streams, at a 0.5 s slack until stop 31, too: docs/reliability.md has the figures). The 100k
-# embeddings inputs are held to the issue's bound itself since their parse runs in pieces
-# (gateway/long_arrays.py): under it in every run since, on the shared machine.
+# Every attack's p99 is held to the issue's bound itself (2x the p99 of the no-attack windows between its
+# rounds + 20 ms), and its /healthz max to 100 ms, but for two attacks' /healthz max, which keep this
+# slack: the 30 unread streams (relaying 30 x 4.4 MB) and the whitespace turns then a question; on 2 cores
+# shared with other jobs they were over 100 ms in 2 of 7 runs each at load 4-12 (their p99 in none:
+# docs/reliability.md, "The baseline beside the attack").
 SHARED_SLACK_S = float(os.environ.get("BOUNDED_SLACK_S", "0.1"))
 MIB = 1024 * 1024
 ROUNDS = 5  # rounds of each short attack (``attacks``)
@@ -56,7 +60,6 @@ class Env:
     gw: GatewayProcess
     mock_url: str  # the attacker's provider
     session: aiohttp.ClientSession
-    baseline_p99: float = 0.0
     figures: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
@@ -117,9 +120,8 @@ async def env() -> AsyncIterator[Env]:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             env = Env(gw, mock_url, session)
             await answered(env, env.chat_url, chat(["load the embedder"]))  # the model loads once (~150 MB)
-            env.baseline_p99 = await baseline_p99(env, 2.0)
             yield env
-            print("\nbounded-work figures (baseline p99 %.1f ms):" % (env.baseline_p99 * 1000))
+            print("\nbounded-work figures (baseline: the no-attack windows between each attack's rounds):")
             for name, fig in env.figures.items():
                 print(f"  {name}: " + ", ".join(f"{k}={v:.3g}" for k, v in fig.items()))
     finally:
@@ -171,14 +173,6 @@ class Bystander:
         await self.proc.wait()
 
 
-async def baseline_p99(env: Env, seconds: float) -> float:
-    """The bystander's chat p99 with no attack (after a 0.5 s warm-up)."""
-    watcher = await Bystander.start(env)
-    begin = time.monotonic() + 0.5
-    await asyncio.sleep(0.5 + seconds)  # the measurement's length, not a wait for a condition
-    return percentile((await watcher.stop()).during((begin, time.monotonic())).latencies, 99)
-
-
 async def answered(env: Env, url: str, body: bytes) -> int:
     """Send as the attacker; the answer must be a status (the OpenAI error shape when >= 400)."""
     async with env.session.post(url, data=body, headers=env.headers(ATTACKER)) as resp:
@@ -189,51 +183,83 @@ async def answered(env: Env, url: str, body: bytes) -> int:
         return resp.status
 
 
-async def attack(env: Env, name: str, run: Callable[[], Awaitable[T]],
-                 slack_s: float = SHARED_SLACK_S) -> T:
+async def attack(env: Env, name: str, run: Callable[[], Awaitable[T]], healthz_slack_s: float = 0.0) -> T:
     """Run ``run`` once while the bystander watches; check and record the figures."""
-    return (await attacks(env, name, lambda _: run(), 1, slack_s))[0]
+    return (await attacks(env, name, lambda _: run(), 1, healthz_slack_s))[0]
 
 
 async def attacks(env: Env, name: str, run: Callable[[int], Awaitable[T]], rounds: int = ROUNDS,
-                  slack_s: float = SHARED_SLACK_S) -> list[T]:
-    """Run ``run(0)`` .. ``run(rounds - 1)`` one after another while the bystander watches; the
-    bystander's calls that overlapped any round count. A short attack (0.05-0.5 s) overlaps 10-300
-    bystander calls, so one round's p99 is its one or two slowest calls: a single scheduling hiccup of
-    the shared machine decides it. Rounds give the p99 the samples a percentile needs."""
-    stop = asyncio.Event()
+                  healthz_slack_s: float = 0.0) -> list[T]:
+    """Run ``run(0)`` .. ``run(rounds - 1)`` while the bystander watches (``measure``); check the issue's
+    bound against the no-attack windows between the rounds and record the figures."""
+    measured = await measure(env, run, rounds)
+    env.figures[name] = fig = {**measured.verdict.figures(), "rounds": rounds, "attack_s": measured.attack_s,
+                               "rss_growth_mb": measured.rss_growth_mb,
+                               "rss_growth_all_mb": measured.rss_growth_all_mb}
+    assert not measured.failures, measured.failures[:5]
+    over = measured.verdict.over(healthz_slack_s=healthz_slack_s)
+    assert not over, (over, fig)
+    return measured.results
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measured(Generic[T]):
+    results: list[T]
+    verdict: Verdict
+    failures: list[str]  # the bystander's calls that were not answered 200
+    attack_s: float
+    rss_growth_mb: float  # the peak while a round ran
+    rss_growth_all_mb: float  # the peak through the no-attack windows too (a figure, not asserted)
+
+
+async def measure(env: Env, run: Callable[[int], Awaitable[T]], rounds: int) -> Measured[T]:
+    """Run ``run(0)`` .. ``run(rounds - 1)`` under one bystander, each round followed by a no-attack window
+    of its length (``tests/hardening/bound.py``); the bystander's calls that overlapped any round count.
+    A short attack (0.05-0.5 s) overlaps 10-300 bystander calls, so one round's p99 is its one or two
+    slowest calls: a single scheduling hiccup of the shared machine decides it. Rounds give the p99 the
+    samples a percentile needs."""
+    stop, attacking = asyncio.Event(), asyncio.Event()
     rss_before = rss_bytes(env.gw.proc.pid)
-    peak = [rss_before]
+    peak, peak_all = [rss_before], [rss_before]  # during the rounds (asserted, as before), and throughout
 
     async def sample() -> None:
         while not stop.is_set():
-            peak.append(rss_bytes(env.gw.proc.pid))
+            peak_all.append(rss_bytes(env.gw.proc.pid))
+            if attacking.is_set():
+                peak.append(peak_all[-1])
             await asyncio.sleep(0.1)
 
     watcher = await Bystander.start(env)
     sampler = asyncio.ensure_future(sample())
-    windows: list[tuple[float, float]] = []
+    windows: list[Span] = []
+    quiet: list[Span] = []
     results: list[T] = []
     try:
         for round_no in range(rounds):
             begin = time.monotonic()
+            attacking.set()
             try:
                 results.append(await run(round_no))
             finally:
+                attacking.clear()
                 windows.append((begin, time.monotonic()))
+            quiet.append(await no_attack_window(windows[-1][1] - begin))
     finally:
         stop.set()
         await sampler
-        watch = (await watcher.stop()).during(*windows)  # the calls the attack overlapped
-    p99 = percentile(watch.latencies, 99)
-    env.figures[name] = {"bystander_p99_ms": p99 * 1000, "bystander_n": len(watch.latencies),
-                         "healthz_max_ms": watch.healthz_max * 1000, "rounds": rounds,
-                         "attack_s": sum(end - begin for begin, end in windows),
-                         "rss_growth_mb": (max(peak) - rss_before) / MIB}
-    assert not watch.failures, watch.failures[:5]
-    assert p99 <= 2 * env.baseline_p99 + 0.02 + slack_s, env.figures[name]
-    assert watch.healthz_max <= 0.1 + slack_s, env.figures[name]
-    return results
+        watch = await watcher.stop()
+    return Measured(results=results, verdict=judge(watch, windows, quiet), failures=watch.failures,
+                    attack_s=sum(end - begin for begin, end in windows),
+                    rss_growth_mb=(max(peak) - rss_before) / MIB,
+                    rss_growth_all_mb=(max(peak_all) - rss_before) / MIB)
+
+
+async def no_attack_window(seconds: float) -> Span:
+    """``SETTLE_S`` for the round's deferred work, then ``seconds`` with no attack: the window's span."""
+    await asyncio.sleep(SETTLE_S)  # the measurement's design, not a wait for a condition
+    begin = time.monotonic()
+    await asyncio.sleep(seconds)
+    return begin, time.monotonic()
 
 
 def chat(content: list[str], **extra: Any) -> bytes:
@@ -283,15 +309,16 @@ async def test_100k_embedding_inputs_are_refused_before_any_work(env: Env) -> No
     async def run(_: int) -> list[int]:
         return await asyncio.gather(*(answered(env, env.gw.url + "/v1/embeddings", body) for _ in range(4)))
 
-    refused = await attacks(env, "embeddings_100k_x4", run, slack_s=0.0)  # the issue's bound itself
+    refused = await attacks(env, "embeddings_100k_x4", run)
     assert refused == [[400] * 4] * ROUNDS
     assert await env.provider_calls("/v1/embeddings") == before  # nothing refused reached the provider
     assert env.figures["embeddings_100k_x4"]["rss_growth_mb"] < 100
 
 
 async def test_unread_deterministic_streams_hold_bounded_memory(env: Env) -> None:
-    """30 identical-shaped deterministic 2 MB streams whose clients never read: each flight holds at
-    most cache.coalesce.max_flight_bytes (256 KiB) instead of the whole answer."""
+    """30 identical-shaped deterministic streams whose clients never read (15,000 tokens: 4.4 MB each from
+    the fake provider, with OpenAI's padding; the figures' name says 2 MB, as the issue did): each flight
+    holds at most cache.coalesce.max_flight_bytes (256 KiB) instead of the whole answer."""
     async def run() -> None:
         held = []
         for i in range(30):
@@ -304,7 +331,7 @@ async def test_unread_deterministic_streams_hold_bounded_memory(env: Env) -> Non
         for resp in held:
             resp.close()
 
-    await attack(env, "unread_streams_2MB_x30", run)
+    await attack(env, "unread_streams_2MB_x30", run, healthz_slack_s=SHARED_SLACK_S)
     # Unbounded, 30 x 2 MB answers were held twice (flight + fill, +259 MB for 60 in the issue). Bounded: the
     # exact cache's cap, the fill budget (32 MiB) and 30 flights x 256 KiB, +10%, + 10 MB of allocator slack.
     caps_mb = (EXACT_MAX_BYTES + 32 * MIB + 30 * 256 * 1024) / MIB
@@ -366,5 +393,23 @@ async def test_a_whitespace_conversation_before_a_question_is_hashed_off_the_loo
     async def run(r: int) -> list[int]:
         return await asyncio.gather(*(answered(env, env.chat_url, bodies[r]) for _ in range(4)))
 
-    statuses = [s for round_ in await attacks(env, "whitespace_turns_then_question_x4", run) for s in round_]
+    rounds = await attacks(env, "whitespace_turns_then_question_x4", run, healthz_slack_s=SHARED_SLACK_S)
+    statuses = [s for round_ in rounds for s in round_]
     assert len(statuses) == 4 * ROUNDS and all(s in (200, 400) for s in statuses), statuses
+
+
+async def test_the_bound_catches_a_gateway_stalled_for_200ms(env: Env) -> None:
+    """Positive control of the measurement: the gateway process stopped (SIGSTOP) for 200 ms in each
+    round, as a loop blocked that long would be, fails both of the issue's checks against the no-attack
+    windows between the rounds (the windows must not take the stall into the baseline)."""
+    async def stall(_: int) -> None:
+        os.kill(env.gw.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.2)  # the stall's length
+        finally:
+            os.kill(env.gw.proc.pid, signal.SIGCONT)
+
+    verdict = (await measure(env, stall, ROUNDS)).verdict
+    env.figures["stalled_200ms_control"] = verdict.figures()
+    assert verdict.over() == ["p99", "healthz"], verdict
+    assert verdict.p99 >= 0.15, verdict  # the stall's calls, not a hiccup of the machine
