@@ -2,7 +2,7 @@
 
 The hot path's awaited commands and deferred writes travel without a task, a coroutine or an
 ``asyncio.timeout`` per round trip (``bench/results/2026-12-07-host-state-cost.md``: about a third of the
-task path's client work): the lane calls the batch's ``Sent`` with its replies in order, or with the
+task path's client work): the lane calls the batch's ``Sent.done`` with its replies in order, or with the
 failure that lost the connection; the lane's watchdog bounds the wait. What a settled batch
 reports goes to its guard through ``Guard``: failures count towards its cooling off, an answer ends it,
 commands whose script Redis lost go back to the task path, and ``drain`` learns when the last batch is in.
@@ -13,6 +13,7 @@ import abc
 from typing import Any, Protocol
 
 from gateway.state.errors import RedisUnavailable
+from gateway.state.lane import Batch
 from gateway.state.pipelining import Call, settle_calls
 from gateway.state.write_behind import Write, outcome
 
@@ -27,14 +28,14 @@ class Guard(Protocol):
     def batch_done(self) -> None: ...
 
 
-class Sent(abc.ABC):
-    """A batch on the lane (bounded by the lane's watchdog), then its settling. Each kind sets ``guard`` in
-    its own ``__init__`` (one batch each: no ``super()`` call)."""
+class Sent(Batch, abc.ABC):
+    """A batch on the lane (bounded by the lane's watchdog; the lane's record of it too), then its settling.
+    Each kind sets ``guard`` in its own ``__init__`` (one batch each: no ``super()`` call)."""
 
     __slots__ = ("guard",)
     guard: Guard
 
-    def __call__(self, result: list[Any] | BaseException) -> None:
+    def done(self, result: list[Any] | BaseException) -> None:
         try:
             self.settle(result)
         finally:
