@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from typing import Any
 
 from gateway.appstate import AppState
 from gateway.chain import Next
@@ -74,8 +75,17 @@ class ExactCache:
         keys = self.keys
         key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
         if read:
-            answer = self.rt.exact.local(key) if self._memory_only else \
-                await self._lookup(ex, key, controls.read, (read, write), det)
+            answer = self.rt.exact.local(key)
+            if answer is None and not self._memory_only:
+                claim = self._claim(ex, key, controls.read, (read, write), det)
+                if claim is None:
+                    answer = await self.rt.exact.get(key)
+                else:  # awaited here: the reply resumes this frame, none between (``AnswerStore.ask``)
+                    try:
+                        row = await self.rt.exact.ask(claim[0], self.rt.fleet_owner, claim[1])
+                    except Exception:  # noqa: BLE001 - Redis trouble is a miss (``claimed`` counts it)
+                        row = None
+                    answer = self._claimed(ex, key, claim, row)
             if answer is not None and (controls.max_age_s is None or _age(answer) <= controls.max_age_s):
                 self.rt.metrics.request("exact", "hit", self.name)
                 self.rt.metrics.saved("exact", ex.request.model, answer.tokens)
@@ -94,16 +104,21 @@ class ExactCache:
                                min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills, self._refused)
         return resp
 
-    async def _lookup(self, ex: Exchange, key: CacheKey, read: bool, allowed: tuple[bool, bool],
-                      det: bool) -> CachedAnswer | None:
-        """The entry; on a miss, the fleet's coalescing claim too when this request would take one."""
-        wait_s = 0.0 if self.claims is None else \
+    def _claim(self, ex: Exchange, key: CacheKey, read: bool, allowed: tuple[bool, bool],
+               det: bool) -> tuple[str, int] | None:
+        """When this request would take the fleet's coalescing claim: the Redis key whose lookup takes it too,
+        and the claim's life in ms. None: a plain lookup."""
+        wait_s = 0.0 if self.claims is None or self.rt.exact.redis is None else \
             claim_life(cache_config(ex, self.config.cache), read, allowed, det)
         if wait_s <= 0:
-            return await self.rt.exact.get(key)
-        answer, claim = await self.rt.exact.get_or_claim(key, self.rt.fleet_owner, int(wait_s * 1000))
-        if claim is not None:
-            ex.state.set(PRE_CLAIM, claim)
+            return None
+        return self.rt.exact.redis_key(key), int(wait_s * 1000)
+
+    def _claimed(self, ex: Exchange, key: CacheKey, claim: tuple[str, int], row: Any) -> CachedAnswer | None:
+        """The lookup's row: the entry, or None (the claim it took, or found held, goes to ``PRE_CLAIM``)."""
+        answer, taken = self.rt.exact.claimed(key, claim[0], row, claim[1])
+        if taken is not None:
+            ex.state.set(PRE_CLAIM, taken)
         return answer
 
     def _release_unused(self, ex: Exchange) -> None:
