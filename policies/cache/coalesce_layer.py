@@ -20,6 +20,8 @@ from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.fill import CLAIM_KEY
 from policies.cache.fleet_flight import PRE_CLAIM, FleetFlight, fleet_wait_s
+from policies.cache.keys import CacheKey
+from policies.cache.redis_store import Claim
 from policies.cache.request import (
     ANSWER_OPERATIONS,
     KeyMaker,
@@ -68,7 +70,7 @@ class Coalesce:
             leader = flight is None
             if flight is None:
                 flight = flights.lead(fkey, ex, next, cfg.max_flight_bytes)
-                self._lead_fleet(ex, next, flight)
+                self._lead_fleet(ex, next, flight, key, pre)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)
@@ -90,17 +92,19 @@ class Coalesce:
                 self.state.metrics.decision(self.name, "leader")
             return resp
 
-    def _lead_fleet(self, ex: Exchange, next: Next, flight: Flight) -> None:
+    def _lead_fleet(self, ex: Exchange, next: Next, flight: Flight, key: CacheKey, pre: Claim | None) -> None:
         """The fleet claim around the local leader's call (``flight.lead_with``) when the exact cache would
         store this answer (the entry is where other processes pick it up); otherwise the leader calls the
-        chain as ``Flights.lead`` was given it."""
+        chain as ``Flights.lead`` was given it. A claim the exact cache's lookup took (``pre``) that makes
+        this process the leader needs no ``call`` around the chain (``FleetFlight.lead_claimed``)."""
         if self.fleet is None:  # one process (no shared state): nothing to claim, nothing to compute
             return
-        pre = ex.state.get(PRE_CLAIM)  # the exact cache's lookup worked the claim's life out already
-        cfg = self.config.cache
+        if pre is not None and self.fleet.lead_claimed(pre, key, flight):
+            return
+        cfg = self.config.cache  # the exact cache's lookup worked the claim's life out already
         wait_s = pre.life_ms / 1000 if pre is not None else fleet_wait_s(ex, cache_config(ex, cfg))
         if wait_s > 0:
-            flight.lead_with(ex, partial(self.fleet.call, next=next, key=self.keys.key(ex), wait_s=wait_s,
+            flight.lead_with(ex, partial(self.fleet.call, next=next, key=key, wait_s=wait_s,
                                          flight=flight))
 
     def _count_follower(self, ex: Exchange) -> None:

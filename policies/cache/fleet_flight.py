@@ -118,6 +118,19 @@ class FleetFlight:
         self._claim = backend.script(CLAIM_OR_MINE)
         self._release_of = self.release  # one bound method, held with every leader's claim
 
+    def lead_claimed(self, pre: Claim, key: CacheKey, flight: Flight) -> bool:
+        """The lookup's claim, when it makes this process the leader (taken by the lookup, or held by this
+        process: see the module's docstring): ``flight`` leads with the chain it was given, with no ``call``
+        frame around the provider's call (``bench/results/2026-12-07-host-state-cost-3.md``), and its body's
+        end releases the claim as ``call``'s would; a non-200 answer's at its body's end (``call`` releases
+        it at its head). False: ``call`` decides."""
+        if not (pre.won or pre.holder == self._mine) or not (pre.of is key or pre.of == key):
+            return False
+        pre.used = True
+        self.decision("fleet_leader")
+        flight.on_body_end = _ReleaseAtEnd(self, pre.key, flight)
+        return True
+
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float,
                    flight: Flight | None = None) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry).
@@ -179,16 +192,17 @@ class FleetFlight:
 
 class _ReleaseAtEnd:
     """A leader's answer ended: at its clean end the release is held for the entry's write (made only if no
-    entry comes first), after a failure it is sent at once. A slotted object, not a closure."""
+    entry comes first), after a failure (or when ``flight``'s answer was not a 200: never stored) it is sent
+    at once. A slotted object, not a closure."""
 
-    __slots__ = ("claim", "fleet")
+    __slots__ = ("claim", "fleet", "flight")
 
-    def __init__(self, fleet: FleetFlight, claim: str) -> None:
-        self.fleet, self.claim = fleet, claim
+    def __init__(self, fleet: FleetFlight, claim: str, flight: Flight | None = None) -> None:
+        self.fleet, self.claim, self.flight = fleet, claim, flight
 
     def __call__(self, error: BaseException | None) -> None:
         fleet = self.fleet
-        if error is None:
+        if error is None and (self.flight is None or self.flight.status == 200):
             fleet.backend.hold(self.claim, HOLD_S, fleet._release_of)  # noqa: SLF001 - its own helper
         else:
             fleet.backend.defer(fleet.release(self.claim))
