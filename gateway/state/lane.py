@@ -91,7 +91,7 @@ class _Protocol(asyncio.Protocol):
 
     def write_out(self) -> None:
         out, self.out = self.out, []
-        if not self.closed:
+        if out and not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def watch(self, deadline: float) -> None:
@@ -180,23 +180,35 @@ class Lane:
         """Connected: ``submit`` takes a batch now."""
         return self._protocol is not None and not self._protocol.closed
 
-    def submit(self, commands: Sequence[tuple[Any, ...]], batch: Batch, deadline: float) -> bool:
+    def submit(self, commands: Sequence[tuple[Any, ...]], batch: Batch, deadline: float,
+               write: bool = False) -> bool:
         """Queue ``commands`` as one batch in this loop pass's write on the open connection; ``batch.done``
         gets their replies (or the connection's failure; ``DataError`` at once for an argument Redis cannot
         take). No task, no future: the hot path's awaited commands and deferred writes settle from
         ``data_received``. A reply not there by ``deadline`` (the loop's clock) abandons the connection, which
         fails the batch and every batch behind it, as a cancelled ``run`` does. False, with nothing queued,
-        when no connection is open (``run`` opens one)."""
+        when no connection is open (``run`` opens one). ``write``: the caller ends its pass's batches
+        (``GuardedRedis._send_pass``): this one and those queued before it are written now, not a loop turn
+        later (``bench/results/2026-12-07-host-state-cost-3.md``)."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             return False
-        data = pack(commands)
+        try:  # ``pack``, inline: a call less per batch
+            data = _PACK(commands[0]) if len(commands) == 1 else b"".join([_PACK(c) for c in commands])
+        except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
+            raise DataError(str(exc)) from exc
         batch.left, batch.replies, batch.deadline = len(commands), [], deadline
         protocol.waiting.append(batch)
-        out = protocol.out  # ``queue``, inline: a call less per batch
-        if not out:
-            asyncio.get_running_loop().call_soon(protocol.write_out)
-        out.append(data)
+        out = protocol.out  # ``queue``, inline
+        if write:
+            if out:  # the write already due at the pass's end finds nothing left
+                out.append(data)
+                data, protocol.out = b"".join(out), []
+            protocol.transport.write(data)
+        else:
+            if not out:
+                asyncio.get_running_loop().call_soon(protocol.write_out)
+            out.append(data)
         if protocol.watchdog is None:
             protocol.watch(deadline)
         return True

@@ -136,30 +136,33 @@ class GuardedRedis:
 
     def _send_pass(self) -> None:
         """The awaited commands of the pass; the deferred writes still waiting for their round trip go first,
-        in the same one (the lane writes the batches of one pass together)."""
+        in the same one. Written at once: this callback is the pass's end (queued by its first ``execute``),
+        no loop turn more before they leave."""
         calls, self._calls = self._calls, []
         if self._writes:
             self._flush(self._take_writes())
         if len(calls) == 1:  # the usual pass at low load: one lookup (no slicing, no comprehensions)
-            if not calls[0].future.done() and not self._submit(SentCalls(self, calls), [calls[0].args]):
+            if not calls[0].future.done() and not self._submit(SentCalls(self, calls), [calls[0].args], True):
                 self._spawn(self._round_trip(calls))
-            calls = []
+            return
         for start in range(0, len(calls), MAX_BATCH):
             chunk = calls[start: start + MAX_BATCH] if len(calls) > MAX_BATCH else calls
             pending = [c for c in chunk if not c.future.done()]  # a cancelled caller needs nothing
-            if pending and not self._submit(SentCalls(self, pending), [c.args for c in pending]):
+            last = start + MAX_BATCH >= len(calls)
+            if pending and not self._submit(SentCalls(self, pending), [c.args for c in pending], last):
                 self._spawn(self._round_trip(pending))
 
-    def _submit(self, sent: Sent, commands: list[tuple[Any, ...]]) -> bool:
+    def _submit(self, sent: Sent, commands: list[tuple[Any, ...]], write: bool = False) -> bool:
         """``sent``'s batch straight onto the open lane: no task, no coroutine, no ``asyncio.timeout`` (it is
         settled from the lane's ``data_received``, bounded by the lane's watchdog; ~a third of the client work
         of the task path, ``bench/results/2026-12-07-host-state-cost.md``). False when the lane is not open or
-        Redis is cooling off: the caller takes the task path, which connects or probes."""
+        Redis is cooling off: the caller takes the task path, which connects or probes. ``write``: written
+        now (``Lane.submit``)."""
         lane = self.lane
         if lane is None or not self.up:
             return False
         try:
-            if not lane.submit(commands, sent, asyncio.get_running_loop().time() + self.timeout_s):
+            if not lane.submit(commands, sent, asyncio.get_running_loop().time() + self.timeout_s, write):
                 return False
         except DataError as exc:  # an argument Redis cannot take: the batch fails, as on the task path
             sent.settle(exc)
