@@ -215,6 +215,15 @@ class GuardedRedis:
         """Deferred writes whose script Redis lost: loaded, sent again with their hooks, on the task path."""
         self._spawn(self._send_writes(writes, reload=True))
 
+    def batch_answered(self) -> None:
+        """A batch submitted to the lane was answered and settled: ``answered`` and ``batch_done`` in one call
+        (the usual batch: ``bench/results/2026-12-07-host-state-cost-3.md``)."""
+        if self._failures or not self.up:
+            self._succeeded()
+        self._inflight -= 1  # ``batch_done``, inline
+        if not self._inflight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
     def batch_done(self) -> None:
         """A batch submitted to the lane settled (``drain`` waits for the last one)."""
         self._inflight -= 1

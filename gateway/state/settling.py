@@ -26,6 +26,7 @@ class Guard(Protocol):
     def resend_calls(self, calls: list[Call]) -> None: ...
     def resend_writes(self, writes: list[Write]) -> None: ...
     def batch_done(self) -> None: ...
+    def batch_answered(self) -> None: ...  # ``answered`` then ``batch_done``: the usual batch, one call
 
 
 class Sent(Batch, abc.ABC):
@@ -55,6 +56,16 @@ class SentCalls(Sent):
         self.guard = guard
         self.calls = calls
 
+    def done(self, result: list[Any] | BaseException) -> None:
+        calls = self.calls
+        if len(calls) == 1 and type(result) is list and not isinstance(result[0], Exception):
+            future = calls[0].future  # the usual lone lookup, answered: two calls (this and the guard's)
+            if not future.done():
+                future.set_result(result[0])
+            self.guard.batch_answered()
+            return
+        Sent.done(self, result)
+
     def settle(self, result: list[Any] | BaseException) -> None:
         guard, calls = self.guard, self.calls
         if isinstance(result, BaseException):  # each command counts as one failure, as sent one by one
@@ -65,11 +76,6 @@ class SentCalls(Sent):
                     c.future.set_exception(RedisUnavailable(type(result).__name__))
             return
         guard.answered()
-        if len(calls) == 1 and not isinstance(result[0], Exception):  # the usual lone lookup: no loop
-            future = calls[0].future
-            if not future.done():
-                future.set_result(result[0])
-            return
         missing = settle_calls(calls, result, guard.failed)
         if missing:  # a script Redis lost: the task path loads it and sends them again
             guard.resend_calls(missing)
@@ -83,6 +89,16 @@ class SentWrites(Sent):
     def __init__(self, guard: Guard, writes: list[Write]) -> None:
         self.guard = guard
         self.writes = writes
+
+    def done(self, result: list[Any] | BaseException) -> None:
+        writes = self.writes
+        if len(writes) == 1 and type(result) is list and not isinstance(result[0], Exception):
+            self.guard.batch_answered()  # the usual lone write (the entry's ``SET``), answered
+            on_done = writes[0].on_done
+            if on_done is not None:
+                on_done()
+            return
+        Sent.done(self, result)
 
     def settle(self, result: list[Any] | BaseException) -> None:
         guard, writes = self.guard, self.writes

@@ -37,6 +37,10 @@ class FakeGuard:
     def batch_done(self) -> None:
         self.done += 1
 
+    def batch_answered(self) -> None:
+        self.answered()
+        self.batch_done()
+
 
 def _calls(n: int, script: object = None) -> list[Call]:
     loop = asyncio.get_running_loop()
@@ -75,6 +79,23 @@ async def test_a_cancelled_caller_is_skipped() -> None:
     assert calls[0].future.cancelled() and calls[1].future.result() == b"b"
 
 
+async def test_a_lone_command_settles_as_in_a_batch() -> None:
+    """The usual pass, one command: its reply, the guard told of one answered batch; refused, lost with the
+    connection or its script lost, as in a batch of several (control: the same outcomes as above)."""
+    guard, calls = FakeGuard(), _calls(1)
+    SentCalls(guard, calls).done([b"a"])
+    assert calls[0].future.result() == b"a" and (guard.answers, guard.done, guard.failures) == (1, 1, [])
+    guard, calls = FakeGuard(), _calls(1)
+    SentCalls(guard, calls).done([ResponseError("WRONGTYPE")])
+    assert isinstance(calls[0].future.exception(), RedisUnavailable) and len(guard.failures) == 1
+    guard, calls = FakeGuard(), _calls(1)
+    SentCalls(guard, calls).done(ConnectionError("lost"))
+    assert isinstance(calls[0].future.exception(), RedisUnavailable) and (guard.answers, guard.done) == (0, 1)
+    guard, scripted = FakeGuard(), _calls(1, script=object())
+    SentCalls(guard, scripted).done([NoScriptError("NOSCRIPT")])
+    assert guard.calls_again == scripted and not scripted[0].future.done()
+
+
 def _writes(log: list[str], n: int, script: object = None) -> list[Write]:
     return [Write(("SET", f"k{i}", "v"), script, on_failure=partial(log.append, f"failed {i}"),
                   on_done=partial(log.append, f"done {i}")) for i in range(n)]
@@ -84,6 +105,17 @@ def test_writes_run_their_done_hooks_on_success() -> None:
     guard, log = FakeGuard(), list[str]()
     SentWrites(guard, _writes(log, 2)).done([b"OK", b"OK"])
     assert log == ["done 0", "done 1"] and guard.answers == 1 and not guard.failures and guard.done == 1
+
+
+def test_a_lone_write_settles_as_in_a_batch() -> None:
+    """The usual deferred batch, one write (the entry's ``SET``): its done hook, one answered batch; refused,
+    its failure hook first, as in a batch of several."""
+    guard, log = FakeGuard(), list[str]()
+    SentWrites(guard, _writes(log, 1)).done([b"OK"])
+    assert log == ["done 0"] and (guard.answers, guard.done, guard.failures) == (1, 1, [])
+    guard, log = FakeGuard(), list[str]()
+    SentWrites(guard, _writes(log, 1)).done([ResponseError("OOM")])
+    assert log == ["failed 0", "done 0"] and guard.answers == 0 and len(guard.failures) == 1
 
 
 def test_a_failed_batch_runs_every_failure_hook_then_the_done_hooks() -> None:
