@@ -288,17 +288,22 @@ class GuardedRedis:
             self.defer(make(tag))
 
     def _flush_due(self) -> None:
+        """The deferred writes' time is up (``_take_writes`` inline: this timer has just fired). They leave at
+        once: this timer is their pass's end, nothing else comes to join them in it."""
         self._flush_at = None
-        if self._writes:
-            self._flush(self._take_writes())
+        writes, self._writes = self._writes, []
+        if writes:
+            self._flush(writes, write=True)
 
-    def _flush(self, writes: list[Write]) -> None:
+    def _flush(self, writes: list[Write], write: bool = False) -> None:
         """Send deferred writes: straight onto an open lane, else through the task path (which connects).
-        Checked first: a write that ``build``s its command is built once per round trip."""
+        Checked first: a write that ``build``s its command is built once per round trip. ``write``: written
+        now (``Lane.submit``), not at the end of the pass."""
         ready = self.up and self.lane is not None and self.lane.ready
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH] if len(writes) > MAX_BATCH else writes
-            if not (ready and self._submit(SentWrites(self, batch), commands(batch))):
+            last = write and start + MAX_BATCH >= len(writes)
+            if not (ready and self._submit(SentWrites(self, batch), commands(batch), last)):
                 self._spawn(self._send_writes(batch))
 
     def _take_writes(self) -> list[Write]:
