@@ -74,6 +74,7 @@ class ExactCache:
             return await next(ex)  # no key: a 500 KB agent prompt's canonical dump costs ~1.2 ms of GIL
         keys = self.keys
         key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
+        claim = None  # a claiming lookup's Redis key and claim life (the entry's write reuses the key)
         if read:
             answer = self.rt.exact.local(key)
             if answer is None and not self._memory_only:
@@ -100,8 +101,9 @@ class ExactCache:
                 self._release_unused(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
-            resp = attach_fill(ex, resp, _Store(self, primary, key, ttl, cfg.cache_truncated),
-                               min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills, self._refused)
+            store = _Store(self, primary, key, ttl, cfg.cache_truncated, claim[0] if claim else None)
+            resp = attach_fill(ex, resp, store, min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills,
+                               self._refused)
         return resp
 
     def _claim(self, ex: Exchange, key: CacheKey, read: bool, allowed: tuple[bool, bool],
@@ -124,8 +126,9 @@ class ExactCache:
     def _release_unused(self, ex: Exchange) -> None:
         """A claim whose request never reached single flight (a semantic hit, an error) is given back."""
         claim = ex.state.get(PRE_CLAIM)
-        if claim is not None and self.claims is not None and \
-                release_unused(self.claims, self._release, claim, self.rt.fleet_owner):
+        if claim is None or claim.used or not claim.won:  # the usual case, without a call
+            return
+        if self.claims is not None and release_unused(self.claims, self._release, claim, self.rt.fleet_owner):
             self.state.metrics.decision("coalesce", "fleet_claim_unused")
 
 
@@ -133,12 +136,12 @@ class _Store:
     """The fill's callback for one answer: stored under ``key`` unless refused. A slotted object, not a
     closure: a stream holds it until its end (a closure's function and five cells: ~0.4 KB, this ~0.1 KB)."""
 
-    __slots__ = ("key", "layer", "primary", "truncated_ok", "ttl")
+    __slots__ = ("key", "layer", "primary", "rkey", "truncated_ok", "ttl")
 
     def __init__(self, layer: ExactCache, primary: tuple[str, str], key: CacheKey, ttl: float,
-                 truncated_ok: bool) -> None:
+                 truncated_ok: bool, rkey: str | None = None) -> None:
         self.layer, self.primary, self.key = layer, primary, key
-        self.ttl, self.truncated_ok = ttl, truncated_ok
+        self.ttl, self.truncated_ok, self.rkey = ttl, truncated_ok, rkey
 
     def __call__(self, ex: Exchange, answer: CachedAnswer, reasons: list[str]) -> None:
         layer = self.layer
@@ -146,7 +149,7 @@ class _Store:
         if refused is not None:
             layer.state.metrics.decision(layer.name, refused)
             return
-        layer.rt.exact.set(self.key, answer, self.ttl)
+        layer.rt.exact.set(self.key, answer, self.ttl, self.rkey)
         layer.state.metrics.decision(layer.name, "stored")
 
 

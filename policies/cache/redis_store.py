@@ -206,10 +206,11 @@ class AnswerStore:
             return None
         return self._remember(key, data, pttl)
 
-    def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
+    def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float, rkey: str | None = None) -> None:
         """Store now in memory; in Redis as a deferred write (it shares a round trip, nobody waits).
         ``answer.encoded``, when set, is ``answer.encode()`` already done off the loop (a large answer, a
-        large batch of embeddings); it is taken here and not kept beside the entry."""
+        large batch of embeddings); it is taken here and not kept beside the entry. ``rkey``: ``key``'s
+        ``redis_key``, when the caller has it already (the exact cache's lookup)."""
         if ttl_s <= 0:
             return
         self.memory.set(key, answer, ttl_s)
@@ -217,7 +218,7 @@ class AnswerStore:
             ms = max(1, int(ttl_s * 1000))
             data = answer.encoded or answer.encode()
             answer.encoded = None  # not kept in memory beside the answer
-            rkey = self.redis_key(key)
+            rkey = rkey or self.redis_key(key)
             self.redis.drop(rkey)  # this write ends the key's claim: its held release is not needed
             self.redis.defer(Write(("SET", rkey, data, "PX", ms), on_failure=self._redis_failed))
 
