@@ -70,7 +70,8 @@ class Coalesce:
             leader = flight is None
             if flight is None:
                 flight = flights.lead(fkey, ex, next, cfg.max_flight_bytes)
-                self._lead_fleet(ex, next, flight, key, pre)
+                if self.fleet is not None and (pre is None or not self.fleet.lead_claimed(pre, key, flight)):
+                    self._lead_fleet(ex, next, flight, key, pre)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)
@@ -95,11 +96,10 @@ class Coalesce:
     def _lead_fleet(self, ex: Exchange, next: Next, flight: Flight, key: CacheKey, pre: Claim | None) -> None:
         """The fleet claim around the local leader's call (``flight.lead_with``) when the exact cache would
         store this answer (the entry is where other processes pick it up); otherwise the leader calls the
-        chain as ``Flights.lead`` was given it. A claim the exact cache's lookup took (``pre``) that makes
-        this process the leader needs no ``call`` around the chain (``FleetFlight.lead_claimed``)."""
-        if self.fleet is None:  # one process (no shared state): nothing to claim, nothing to compute
-            return
-        if pre is not None and self.fleet.lead_claimed(pre, key, flight):
+        chain as ``Flights.lead`` was given it. Not called for one process (no shared state: nothing to
+        claim), nor when the exact cache's lookup took a claim that makes this process the leader: that flight
+        needs no ``call`` around its chain (``FleetFlight.lead_claimed``, in the layer's frame)."""
+        if self.fleet is None:
             return
         cfg = self.config.cache  # the exact cache's lookup worked the claim's life out already
         wait_s = pre.life_ms / 1000 if pre is not None else fleet_wait_s(ex, cache_config(ex, cfg))

@@ -20,6 +20,7 @@ from gateway.chain import Next
 from gateway.components import TOOL_CACHE
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
+from policies.cache.config import CacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
 from policies.cache.fill import attach_fill, refusal
@@ -62,7 +63,8 @@ class ExactCache:
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
             return await next(ex)
-        cfg = cache_config(ex, self.config.cache).exact
+        block = cache_config(ex, self.config.cache)
+        cfg = block.exact
         if not cfg.enabled or cfg.mode == "off":
             return await next(ex)
         controls = controls_of(ex)
@@ -78,7 +80,7 @@ class ExactCache:
         if read:
             answer = self.rt.exact.local(key)
             if answer is None and not self._memory_only:
-                claim = self._claim(ex, key, controls.read, (read, write), det)
+                claim = self._claim(block, key, controls.read, (read, write), det)
                 if claim is None:
                     answer = await self.rt.exact.get(key)
                 else:  # awaited here: the reply resumes this frame, none between (``AnswerStore.ask``)
@@ -106,12 +108,12 @@ class ExactCache:
                                self._refused)
         return resp
 
-    def _claim(self, ex: Exchange, key: CacheKey, read: bool, allowed: tuple[bool, bool],
+    def _claim(self, block: CacheConfig, key: CacheKey, read: bool, allowed: tuple[bool, bool],
                det: bool) -> tuple[str, int] | None:
-        """When this request would take the fleet's coalescing claim: the Redis key whose lookup takes it too,
-        and the claim's life in ms. None: a plain lookup."""
+        """When this request would take the fleet's coalescing claim (``block``: its cache config): the Redis
+        key whose lookup takes it too, and the claim's life in ms. None: a plain lookup."""
         wait_s = 0.0 if self.claims is None or self.rt.exact.redis is None else \
-            claim_life(cache_config(ex, self.config.cache), read, allowed, det)
+            claim_life(block, read, allowed, det)
         if wait_s <= 0:
             return None
         return self.rt.exact.redis_key(key), int(wait_s * 1000)
