@@ -1,22 +1,23 @@
 """Coalescing across workers and replicas: a follower elsewhere waits for the leader's cache entry.
 
 Single flight (``singleflight``) shares one upstream call among the requests of one process. Across
-processes the exact cache is the meeting point: the process that leads a flight locally first claims
-the key in Redis: its claimer's id, ``PX``, at the entry's own key
-(``<prefix>cache:exact:<tenant token>:<digest>``), where no entry is yet. The exact cache's
-lookup already takes that claim on a miss, in the same round trip (``AnswerStore.get_or_claim``,
-``PRE_CLAIM``), so a cacheable miss pays one round trip for both. If it wins, it calls
-the provider. The exact cache's write of the entry ends the claim (the entry replaces it): no write
-of its own. So when the answer has been relayed (its end as the leader's single flight tells it,
-``Flight.on_body_end``: no body wrapper) the claim's release is held ``HOLD_S``
-(``GuardedRedis.hold``) and dropped when the entry's write comes first (the usual case, a few loop
-passes later); otherwise (the answer was not stored, or is being assembled off the loop) it turns the
-claim, if still this process's, into ``done`` for ``GRACE_S`` (a late entry may still be on its way).
-A failed or non-200 answer releases it that way at once. If another process holds the claim, this one
-waits, bounded by ``coalesce.fleet_wait_s`` (<= 10 s), for the entry to appear and answers from it
-(``x-gateway-cache: coalesced``); when the claim is gone without an entry (the leader's answer was
-not cacheable, or it failed: at most ``HOLD_S`` + ``GRACE_S`` after its end) or the wait runs out, it
-calls the provider itself.
+processes the exact cache is the meeting point: the process that leads a flight locally first claims the key
+in Redis: its claimer's id, ``PX``, at the entry's own key
+(``<prefix>cache:exact:<tenant token>:<digest>``), where no entry is yet. The exact cache's lookup already
+takes that claim on a miss, in the same round trip (``AnswerStore.get_or_claim``, ``PRE_CLAIM``), so a
+cacheable miss pays one round trip for both. If it wins, it calls the provider (the flight then leads with
+its chain as given, ``lead_claimed``: no ``call`` around it). The exact cache's write of the entry ends the
+claim (the entry replaces it): no write of its own. So when the answer has been relayed (its end as the
+leader's single flight tells it, ``Flight.on_body_end``: no body wrapper) the claim's release is held
+``HOLD_S`` (``GuardedRedis.hold``) and dropped when the entry's write comes first (the usual case, a few
+loop passes later); otherwise (the answer was not stored, or is being assembled off the loop) it turns the
+claim, if still this process's, into ``done`` for ``GRACE_S`` (a late entry may still be on its way). A
+failed or non-200 answer releases it that way at once (at its head through ``call``; at its body's end, a
+small error body read in the same pass, when the lookup's claim led). If another process holds the claim,
+this one waits, bounded by ``coalesce.fleet_wait_s`` (<= 10 s), for the entry to appear and answers from it
+(``x-gateway-cache: coalesced``); when the claim is gone without an entry (the leader's answer was not
+cacheable, or it failed: at most ``HOLD_S`` + ``GRACE_S`` after its end) or the wait runs out, it calls the
+provider itself.
 
 Only requests the exact cache would store take part (cache enabled, read and write allowed,
 deterministic unless ``deterministic_only: false``). Redis away: each process coalesces locally.
