@@ -199,18 +199,23 @@ class Lane:
             raise DataError(str(exc)) from exc
         batch.left, batch.replies, batch.deadline = len(commands), [], deadline
         protocol.waiting.append(batch)
+        if protocol.watchdog is None:
+            protocol.watch(deadline)
         out = protocol.out  # ``queue``, inline
-        if write:
-            if out:  # the write already due at the pass's end finds nothing left
-                out.append(data)
-                data, protocol.out = b"".join(out), []
-            protocol.transport.write(data)
-        else:
+        if not write:
             if not out:
                 asyncio.get_running_loop().call_soon(protocol.write_out)
             out.append(data)
-        if protocol.watchdog is None:
-            protocol.watch(deadline)
+            return True
+        if out:  # the write already due at the pass's end finds nothing left
+            out.append(data)
+            data, protocol.out = b"".join(out), []
+        try:
+            protocol.transport.write(data)
+        except RuntimeError as exc:  # uvloop: a transport a dying Redis just closed. Its batches fail once
+            # the caller has counted this one in (a loop turn on), as when ``write_out`` met it
+            lost = RedisConnectionError(f"write refused: {exc}")
+            asyncio.get_running_loop().call_soon(protocol.close, lost)
         return True
 
     async def run(self, commands: Sequence[Sequence[Any]]) -> list[Any]:

@@ -170,6 +170,29 @@ async def test_submitted_batches_share_one_watchdog_that_abandons_a_batch_past_i
         assert await lane.run([("ECHO", "e")]) == [b"e"]  # a new connection, in step
 
 
+async def test_a_batch_written_at_once_on_a_transport_that_refuses_fails_a_loop_turn_later(
+        redis_server: RedisServer) -> None:
+    """``submit(write=True)`` writes now; a transport that refuses the write (uvloop, closed under us by a
+    dying Redis) fails the batch and those behind it as a lost connection, after the submit has returned
+    (control: written at once, a batch is answered, and nothing waits for the end of the pass)."""
+    async with lane_at(redis_server.url) as (client, lane):
+        await lane.run([("PING",)])
+        protocol, loop, got = lane._protocol, asyncio.get_running_loop(), list[Any]()
+        assert protocol is not None
+        assert lane.submit([("ECHO", "now")], _Got(got), loop.time() + 5, write=True) and not protocol.out
+        await until(lambda: got == [[b"now"]])
+
+        def refuse(data: bytes) -> None:
+            raise RuntimeError("unable to perform operation: the handler is closed")
+
+        protocol.transport.write = refuse  # type: ignore[method-assign]
+        assert lane.submit([("ECHO", "lost")], _Got(got), loop.time() + 5, write=True)
+        assert len(got) == 1  # not failed inside the submit
+        await until(lambda: len(got) == 2)
+        assert isinstance(got[1], RedisConnectionError) and protocol.closed
+        assert await lane.run([("ECHO", "again")]) == [b"again"]  # the next batch reconnects
+
+
 async def test_a_lost_connection_fails_its_batches_and_the_next_reconnects(redis_server: RedisServer) -> None:
     async with lane_at(redis_server.url) as (client, lane):
         first = await _client_id(lane)
