@@ -24,11 +24,9 @@ lists: no redis-py response callbacks).
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import hiredis
@@ -38,19 +36,40 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 
 _PACK = hiredis.pack_command
-# Called once per batch: with its replies in order, or with the exception that lost the connection.
-Done = Callable[[list[Any] | BaseException], None]
 
 
-@dataclass(slots=True)
-class _Batch:
-    """One write's commands: how many replies it still waits for, who gets them, and by when (a ``submit``'s
-    deadline on the loop's clock; a ``run`` is bounded by its caller)."""
+class Batch:
+    """One write's commands on the lane: how many replies it still waits for, those in so far, and by when (a
+    ``submit``'s deadline on the loop's clock; a ``run`` is bounded by its caller). Each kind of batch is a
+    subclass whose ``done`` gets the replies in order, or the exception that lost the connection: one object
+    per batch (a separate record and a callback were two, ``bench/results/2026-12-07-host-state-cost-3.md``).
+    The lane sets the fields when the batch is queued."""
 
+    __slots__ = ("deadline", "left", "replies")
+    deadline: float
     left: int
-    done: Done
-    deadline: float = math.inf
-    replies: list[Any] = field(default_factory=list)
+    replies: list[Any]
+
+    def done(self, result: list[Any] | BaseException) -> None:
+        raise NotImplementedError
+
+
+class _Awaited(Batch):
+    """A ``run``'s batch: its caller awaits ``future``."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[list[Any]]) -> None:
+        self.future = future
+
+    def done(self, result: list[Any] | BaseException) -> None:
+        future = self.future
+        if future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
 
 
 class _Protocol(asyncio.Protocol):
@@ -60,7 +79,7 @@ class _Protocol(asyncio.Protocol):
         # would close the transport when garbage-collected.
         self.opener = opener
         self.reader = hiredis.Reader()
-        self.waiting: deque[_Batch] = deque()
+        self.waiting: deque[Batch] = deque()
         self.out: list[bytes] = []  # the batches of this loop pass, written together at its end
         self.closed = False
         self.watchdog: asyncio.TimerHandle | None = None  # due at the oldest submitted batch's deadline
@@ -72,7 +91,7 @@ class _Protocol(asyncio.Protocol):
 
     def write_out(self) -> None:
         out, self.out = self.out, []
-        if not self.closed:
+        if out and not self.closed:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def watch(self, deadline: float) -> None:
@@ -142,15 +161,6 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
         raise DataError(str(exc)) from exc
 
 
-def _resolve(future: asyncio.Future[list[Any]], result: list[Any] | BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
-
-
 def _error(reply: hiredis.ReplyError) -> Exception:
     """Redis's error reply as redis-py's exception (``NoScriptError`` for ``NOSCRIPT``...)."""
     error: Exception = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
@@ -170,24 +180,42 @@ class Lane:
         """Connected: ``submit`` takes a batch now."""
         return self._protocol is not None and not self._protocol.closed
 
-    def submit(self, commands: Sequence[tuple[Any, ...]], done: Done, deadline: float) -> bool:
-        """Queue ``commands`` as one batch in this loop pass's write on the open connection; ``done`` gets
-        their replies (or the connection's failure; ``DataError`` at once for an argument Redis cannot take).
-        No task, no future: the hot path's awaited commands and deferred writes settle from
+    def submit(self, commands: Sequence[tuple[Any, ...]], batch: Batch, deadline: float,
+               write: bool = False) -> bool:
+        """Queue ``commands`` as one batch in this loop pass's write on the open connection; ``batch.done``
+        gets their replies (or the connection's failure; ``DataError`` at once for an argument Redis cannot
+        take). No task, no future: the hot path's awaited commands and deferred writes settle from
         ``data_received``. A reply not there by ``deadline`` (the loop's clock) abandons the connection, which
         fails the batch and every batch behind it, as a cancelled ``run`` does. False, with nothing queued,
-        when no connection is open (``run`` opens one)."""
+        when no connection is open (``run`` opens one). ``write``: the caller ends its pass's batches
+        (``GuardedRedis._send_pass``): this one and those queued before it are written now, not a loop turn
+        later (``bench/results/2026-12-07-host-state-cost-3.md``)."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             return False
-        data = pack(commands)
-        protocol.waiting.append(_Batch(len(commands), done, deadline))
-        out = protocol.out  # ``queue``, inline: a call less per batch
-        if not out:
-            asyncio.get_running_loop().call_soon(protocol.write_out)
-        out.append(data)
+        try:  # ``pack``, inline: a call less per batch
+            data = _PACK(commands[0]) if len(commands) == 1 else b"".join([_PACK(c) for c in commands])
+        except TypeError as exc:  # an argument Redis cannot take (None, a bool): redis-py's DataError
+            raise DataError(str(exc)) from exc
+        batch.left, batch.replies, batch.deadline = len(commands), [], deadline
+        protocol.waiting.append(batch)
         if protocol.watchdog is None:
             protocol.watch(deadline)
+        out = protocol.out  # ``queue``, inline
+        if not write:
+            if not out:
+                asyncio.get_running_loop().call_soon(protocol.write_out)
+            out.append(data)
+            return True
+        if out:  # the write already due at the pass's end finds nothing left
+            out.append(data)
+            data, protocol.out = b"".join(out), []
+        try:
+            protocol.transport.write(data)
+        except RuntimeError as exc:  # uvloop: a transport a dying Redis just closed. Its batches fail once
+            # the caller has counted this one in (a loop turn on), as when ``write_out`` met it
+            lost = RedisConnectionError(f"write refused: {exc}")
+            asyncio.get_running_loop().call_soon(protocol.close, lost)
         return True
 
     async def run(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -202,7 +230,9 @@ class Lane:
         if protocol is None or protocol.closed:
             protocol = await self._open()
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        protocol.waiting.append(_Batch(len(commands), functools.partial(_resolve, future)))
+        batch = _Awaited(future)
+        batch.left, batch.replies, batch.deadline = len(commands), [], math.inf
+        protocol.waiting.append(batch)
         protocol.queue(data)
         try:
             return await future

@@ -136,30 +136,33 @@ class GuardedRedis:
 
     def _send_pass(self) -> None:
         """The awaited commands of the pass; the deferred writes still waiting for their round trip go first,
-        in the same one (the lane writes the batches of one pass together)."""
+        in the same one. Written at once: this callback is the pass's end (queued by its first ``execute``),
+        no loop turn more before they leave."""
         calls, self._calls = self._calls, []
         if self._writes:
             self._flush(self._take_writes())
         if len(calls) == 1:  # the usual pass at low load: one lookup (no slicing, no comprehensions)
-            if not calls[0].future.done() and not self._submit(SentCalls(self, calls), [calls[0].args]):
+            if not calls[0].future.done() and not self._submit(SentCalls(self, calls), [calls[0].args], True):
                 self._spawn(self._round_trip(calls))
-            calls = []
+            return
         for start in range(0, len(calls), MAX_BATCH):
             chunk = calls[start: start + MAX_BATCH] if len(calls) > MAX_BATCH else calls
             pending = [c for c in chunk if not c.future.done()]  # a cancelled caller needs nothing
-            if pending and not self._submit(SentCalls(self, pending), [c.args for c in pending]):
+            last = start + MAX_BATCH >= len(calls)
+            if pending and not self._submit(SentCalls(self, pending), [c.args for c in pending], last):
                 self._spawn(self._round_trip(pending))
 
-    def _submit(self, sent: Sent, commands: list[tuple[Any, ...]]) -> bool:
+    def _submit(self, sent: Sent, commands: list[tuple[Any, ...]], write: bool = False) -> bool:
         """``sent``'s batch straight onto the open lane: no task, no coroutine, no ``asyncio.timeout`` (it is
         settled from the lane's ``data_received``, bounded by the lane's watchdog; ~a third of the client work
         of the task path, ``bench/results/2026-12-07-host-state-cost.md``). False when the lane is not open or
-        Redis is cooling off: the caller takes the task path, which connects or probes."""
+        Redis is cooling off: the caller takes the task path, which connects or probes. ``write``: written
+        now (``Lane.submit``)."""
         lane = self.lane
         if lane is None or not self.up:
             return False
         try:
-            if not lane.submit(commands, sent, asyncio.get_running_loop().time() + self.timeout_s):
+            if not lane.submit(commands, sent, asyncio.get_running_loop().time() + self.timeout_s, write):
                 return False
         except DataError as exc:  # an argument Redis cannot take: the batch fails, as on the task path
             sent.settle(exc)
@@ -211,6 +214,15 @@ class GuardedRedis:
     def resend_writes(self, writes: list[Write]) -> None:
         """Deferred writes whose script Redis lost: loaded, sent again with their hooks, on the task path."""
         self._spawn(self._send_writes(writes, reload=True))
+
+    def batch_answered(self) -> None:
+        """A batch submitted to the lane was answered and settled: ``answered`` and ``batch_done`` in one call
+        (the usual batch: ``bench/results/2026-12-07-host-state-cost-3.md``)."""
+        if self._failures or not self.up:
+            self._succeeded()
+        self._inflight -= 1  # ``batch_done``, inline
+        if not self._inflight and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def batch_done(self) -> None:
         """A batch submitted to the lane settled (``drain`` waits for the last one)."""
@@ -276,17 +288,22 @@ class GuardedRedis:
             self.defer(make(tag))
 
     def _flush_due(self) -> None:
+        """The deferred writes' time is up (``_take_writes`` inline: this timer has just fired). They leave at
+        once: this timer is their pass's end, nothing else comes to join them in it."""
         self._flush_at = None
-        if self._writes:
-            self._flush(self._take_writes())
+        writes, self._writes = self._writes, []
+        if writes:
+            self._flush(writes, write=True)
 
-    def _flush(self, writes: list[Write]) -> None:
+    def _flush(self, writes: list[Write], write: bool = False) -> None:
         """Send deferred writes: straight onto an open lane, else through the task path (which connects).
-        Checked first: a write that ``build``s its command is built once per round trip."""
+        Checked first: a write that ``build``s its command is built once per round trip. ``write``: written
+        now (``Lane.submit``), not at the end of the pass."""
         ready = self.up and self.lane is not None and self.lane.ready
         for start in range(0, len(writes), MAX_BATCH):
             batch = writes[start: start + MAX_BATCH] if len(writes) > MAX_BATCH else writes
-            if not (ready and self._submit(SentWrites(self, batch), commands(batch))):
+            last = write and start + MAX_BATCH >= len(writes)
+            if not (ready and self._submit(SentWrites(self, batch), commands(batch), last)):
                 self._spawn(self._send_writes(batch))
 
     def _take_writes(self) -> list[Write]:

@@ -20,6 +20,8 @@ from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
 from policies.cache.fill import CLAIM_KEY
 from policies.cache.fleet_flight import PRE_CLAIM, FleetFlight, fleet_wait_s
+from policies.cache.keys import CacheKey
+from policies.cache.redis_store import Claim
 from policies.cache.request import (
     ANSWER_OPERATIONS,
     KeyMaker,
@@ -68,7 +70,8 @@ class Coalesce:
             leader = flight is None
             if flight is None:
                 flight = flights.lead(fkey, ex, next, cfg.max_flight_bytes)
-                self._lead_fleet(ex, next, flight)
+                if self.fleet is not None and (pre is None or not self.fleet.lead_claimed(pre, key, flight)):
+                    self._lead_fleet(ex, next, flight, key, pre)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)
@@ -90,17 +93,18 @@ class Coalesce:
                 self.state.metrics.decision(self.name, "leader")
             return resp
 
-    def _lead_fleet(self, ex: Exchange, next: Next, flight: Flight) -> None:
+    def _lead_fleet(self, ex: Exchange, next: Next, flight: Flight, key: CacheKey, pre: Claim | None) -> None:
         """The fleet claim around the local leader's call (``flight.lead_with``) when the exact cache would
         store this answer (the entry is where other processes pick it up); otherwise the leader calls the
-        chain as ``Flights.lead`` was given it."""
-        if self.fleet is None:  # one process (no shared state): nothing to claim, nothing to compute
+        chain as ``Flights.lead`` was given it. Not called for one process (no shared state: nothing to
+        claim), nor when the exact cache's lookup took a claim that makes this process the leader: that flight
+        needs no ``call`` around its chain (``FleetFlight.lead_claimed``, in the layer's frame)."""
+        if self.fleet is None:
             return
-        pre = ex.state.get(PRE_CLAIM)  # the exact cache's lookup worked the claim's life out already
-        cfg = self.config.cache
+        cfg = self.config.cache  # the exact cache's lookup worked the claim's life out already
         wait_s = pre.life_ms / 1000 if pre is not None else fleet_wait_s(ex, cache_config(ex, cfg))
         if wait_s > 0:
-            flight.lead_with(ex, partial(self.fleet.call, next=next, key=self.keys.key(ex), wait_s=wait_s,
+            flight.lead_with(ex, partial(self.fleet.call, next=next, key=key, wait_s=wait_s,
                                          flight=flight))
 
     def _count_follower(self, ex: Exchange) -> None:

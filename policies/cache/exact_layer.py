@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from typing import Any
 
 from gateway.appstate import AppState
 from gateway.chain import Next
 from gateway.components import TOOL_CACHE
 from gateway.config_model import Config
 from gateway.exchange import Exchange, UpstreamResponse
+from policies.cache.config import CacheConfig
 from policies.cache.controls import mode_allows
 from policies.cache.entry import CachedAnswer
 from policies.cache.fill import attach_fill, refusal
@@ -61,7 +63,8 @@ class ExactCache:
     async def __call__(self, ex: Exchange, next: Next) -> UpstreamResponse:
         if ex.request.operation not in ANSWER_OPERATIONS or ex.body is None:
             return await next(ex)
-        cfg = cache_config(ex, self.config.cache).exact
+        block = cache_config(ex, self.config.cache)
+        cfg = block.exact
         if not cfg.enabled or cfg.mode == "off":
             return await next(ex)
         controls = controls_of(ex)
@@ -73,9 +76,19 @@ class ExactCache:
             return await next(ex)  # no key: a 500 KB agent prompt's canonical dump costs ~1.2 ms of GIL
         keys = self.keys
         key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
+        claim = None  # a claiming lookup's Redis key and claim life (the entry's write reuses the key)
         if read:
-            answer = self.rt.exact.local(key) if self._memory_only else \
-                await self._lookup(ex, key, controls.read, (read, write), det)
+            answer = self.rt.exact.local(key)
+            if answer is None and not self._memory_only:
+                claim = self._claim(block, key, controls.read, (read, write), det)
+                if claim is None:
+                    answer = await self.rt.exact.get(key)
+                else:  # awaited here: the reply resumes this frame, none between (``AnswerStore.ask``)
+                    try:
+                        row = await self.rt.exact.ask(claim[0], self.rt.fleet_owner, claim[1])
+                    except Exception:  # noqa: BLE001 - Redis trouble is a miss (``claimed`` counts it)
+                        row = None
+                    answer = self._claimed(ex, key, claim, row)
             if answer is not None and (controls.max_age_s is None or _age(answer) <= controls.max_age_s):
                 self.rt.metrics.request("exact", "hit", self.name)
                 self.rt.metrics.saved("exact", ex.request.model, answer.tokens)
@@ -90,27 +103,34 @@ class ExactCache:
                 self._release_unused(ex)
         if write and ex.record.cache_result in ("miss", "coalesced"):
             ttl = controls.ttl(cfg.ttl_s)
-            resp = attach_fill(ex, resp, _Store(self, primary, key, ttl, cfg.cache_truncated),
-                               min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills, self._refused)
+            store = _Store(self, primary, key, ttl, cfg.cache_truncated, claim[0] if claim else None)
+            resp = attach_fill(ex, resp, store, min(MAX_ENTRY_BYTES, cfg.max_bytes), self.rt.fills,
+                               self._refused)
         return resp
 
-    async def _lookup(self, ex: Exchange, key: CacheKey, read: bool, allowed: tuple[bool, bool],
-                      det: bool) -> CachedAnswer | None:
-        """The entry; on a miss, the fleet's coalescing claim too when this request would take one."""
-        wait_s = 0.0 if self.claims is None else \
-            claim_life(cache_config(ex, self.config.cache), read, allowed, det)
+    def _claim(self, block: CacheConfig, key: CacheKey, read: bool, allowed: tuple[bool, bool],
+               det: bool) -> tuple[str, int] | None:
+        """When this request would take the fleet's coalescing claim (``block``: its cache config): the Redis
+        key whose lookup takes it too, and the claim's life in ms. None: a plain lookup."""
+        wait_s = 0.0 if self.claims is None or self.rt.exact.redis is None else \
+            claim_life(block, read, allowed, det)
         if wait_s <= 0:
-            return await self.rt.exact.get(key)
-        answer, claim = await self.rt.exact.get_or_claim(key, self.rt.fleet_owner, int(wait_s * 1000))
-        if claim is not None:
-            ex.state.set(PRE_CLAIM, claim)
+            return None
+        return self.rt.exact.redis_key(key), int(wait_s * 1000)
+
+    def _claimed(self, ex: Exchange, key: CacheKey, claim: tuple[str, int], row: Any) -> CachedAnswer | None:
+        """The lookup's row: the entry, or None (the claim it took, or found held, goes to ``PRE_CLAIM``)."""
+        answer, taken = self.rt.exact.claimed(key, claim[0], row, claim[1])
+        if taken is not None:
+            ex.state.set(PRE_CLAIM, taken)
         return answer
 
     def _release_unused(self, ex: Exchange) -> None:
         """A claim whose request never reached single flight (a semantic hit, an error) is given back."""
         claim = ex.state.get(PRE_CLAIM)
-        if claim is not None and self.claims is not None and \
-                release_unused(self.claims, self._release, claim, self.rt.fleet_owner):
+        if claim is None or claim.used or not claim.won:  # the usual case, without a call
+            return
+        if self.claims is not None and release_unused(self.claims, self._release, claim, self.rt.fleet_owner):
             self.state.metrics.decision("coalesce", "fleet_claim_unused")
 
 
@@ -118,12 +138,12 @@ class _Store:
     """The fill's callback for one answer: stored under ``key`` unless refused. A slotted object, not a
     closure: a stream holds it until its end (a closure's function and five cells: ~0.4 KB, this ~0.1 KB)."""
 
-    __slots__ = ("key", "layer", "primary", "truncated_ok", "ttl")
+    __slots__ = ("key", "layer", "primary", "rkey", "truncated_ok", "ttl")
 
     def __init__(self, layer: ExactCache, primary: tuple[str, str], key: CacheKey, ttl: float,
-                 truncated_ok: bool) -> None:
+                 truncated_ok: bool, rkey: str | None = None) -> None:
         self.layer, self.primary, self.key = layer, primary, key
-        self.ttl, self.truncated_ok = ttl, truncated_ok
+        self.ttl, self.truncated_ok, self.rkey = ttl, truncated_ok, rkey
 
     def __call__(self, ex: Exchange, answer: CachedAnswer, reasons: list[str]) -> None:
         layer = self.layer
@@ -131,7 +151,7 @@ class _Store:
         if refused is not None:
             layer.state.metrics.decision(layer.name, refused)
             return
-        layer.rt.exact.set(self.key, answer, self.ttl)
+        layer.rt.exact.set(self.key, answer, self.ttl, self.rkey)
         layer.state.metrics.decision(layer.name, "stored")
 
 

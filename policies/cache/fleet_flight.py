@@ -1,22 +1,23 @@
 """Coalescing across workers and replicas: a follower elsewhere waits for the leader's cache entry.
 
 Single flight (``singleflight``) shares one upstream call among the requests of one process. Across
-processes the exact cache is the meeting point: the process that leads a flight locally first claims
-the key in Redis: its claimer's id, ``PX``, at the entry's own key
-(``<prefix>cache:exact:<tenant token>:<digest>``), where no entry is yet. The exact cache's
-lookup already takes that claim on a miss, in the same round trip (``AnswerStore.get_or_claim``,
-``PRE_CLAIM``), so a cacheable miss pays one round trip for both. If it wins, it calls
-the provider. The exact cache's write of the entry ends the claim (the entry replaces it): no write
-of its own. So when the answer has been relayed (its end as the leader's single flight tells it,
-``Flight.on_body_end``: no body wrapper) the claim's release is held ``HOLD_S``
-(``GuardedRedis.hold``) and dropped when the entry's write comes first (the usual case, a few loop
-passes later); otherwise (the answer was not stored, or is being assembled off the loop) it turns the
-claim, if still this process's, into ``done`` for ``GRACE_S`` (a late entry may still be on its way).
-A failed or non-200 answer releases it that way at once. If another process holds the claim, this one
-waits, bounded by ``coalesce.fleet_wait_s`` (<= 10 s), for the entry to appear and answers from it
-(``x-gateway-cache: coalesced``); when the claim is gone without an entry (the leader's answer was
-not cacheable, or it failed: at most ``HOLD_S`` + ``GRACE_S`` after its end) or the wait runs out, it
-calls the provider itself.
+processes the exact cache is the meeting point: the process that leads a flight locally first claims the key
+in Redis: its claimer's id, ``PX``, at the entry's own key
+(``<prefix>cache:exact:<tenant token>:<digest>``), where no entry is yet. The exact cache's lookup already
+takes that claim on a miss, in the same round trip (``AnswerStore.get_or_claim``, ``PRE_CLAIM``), so a
+cacheable miss pays one round trip for both. If it wins, it calls the provider (the flight then leads with
+its chain as given, ``lead_claimed``: no ``call`` around it). The exact cache's write of the entry ends the
+claim (the entry replaces it): no write of its own. So when the answer has been relayed (its end as the
+leader's single flight tells it, ``Flight.on_body_end``: no body wrapper) the claim's release is held
+``HOLD_S`` (``GuardedRedis.hold``) and dropped when the entry's write comes first (the usual case, a few
+loop passes later); otherwise (the answer was not stored, or is being assembled off the loop) it turns the
+claim, if still this process's, into ``done`` for ``GRACE_S`` (a late entry may still be on its way). A
+failed or non-200 answer releases it that way at once (at its head through ``call``; at its body's end, a
+small error body read in the same pass, when the lookup's claim led). If another process holds the claim,
+this one waits, bounded by ``coalesce.fleet_wait_s`` (<= 10 s), for the entry to appear and answers from it
+(``x-gateway-cache: coalesced``); when the claim is gone without an entry (the leader's answer was not
+cacheable, or it failed: at most ``HOLD_S`` + ``GRACE_S`` after its end) or the wait runs out, it calls the
+provider itself.
 
 Only requests the exact cache would store take part (cache enabled, read and write allowed,
 deterministic unless ``deterministic_only: false``). Redis away: each process coalesces locally.
@@ -118,6 +119,19 @@ class FleetFlight:
         self._claim = backend.script(CLAIM_OR_MINE)
         self._release_of = self.release  # one bound method, held with every leader's claim
 
+    def lead_claimed(self, pre: Claim, key: CacheKey, flight: Flight) -> bool:
+        """The lookup's claim, when it makes this process the leader (taken by the lookup, or held by this
+        process: see the module's docstring): ``flight`` leads with the chain it was given, with no ``call``
+        frame around the provider's call (``bench/results/2026-12-07-host-state-cost-3.md``), and its body's
+        end releases the claim as ``call``'s would; a non-200 answer's at its body's end (``call`` releases
+        it at its head). False: ``call`` decides."""
+        if not (pre.won or pre.holder == self._mine) or not (pre.of is key or pre.of == key):
+            return False
+        pre.used = True
+        self.decision("fleet_leader")
+        flight.on_body_end = _ReleaseAtEnd(self, pre.key, flight)
+        return True
+
     async def call(self, ex: Exchange, next: Next, key: CacheKey, wait_s: float,
                    flight: Flight | None = None) -> UpstreamResponse:
         """Lead (call the provider, then release the claim) or follow (answer from the leader's entry).
@@ -179,16 +193,17 @@ class FleetFlight:
 
 class _ReleaseAtEnd:
     """A leader's answer ended: at its clean end the release is held for the entry's write (made only if no
-    entry comes first), after a failure it is sent at once. A slotted object, not a closure."""
+    entry comes first), after a failure (or when ``flight``'s answer was not a 200: never stored) it is sent
+    at once. A slotted object, not a closure."""
 
-    __slots__ = ("claim", "fleet")
+    __slots__ = ("claim", "fleet", "flight")
 
-    def __init__(self, fleet: FleetFlight, claim: str) -> None:
-        self.fleet, self.claim = fleet, claim
+    def __init__(self, fleet: FleetFlight, claim: str, flight: Flight | None = None) -> None:
+        self.fleet, self.claim, self.flight = fleet, claim, flight
 
     def __call__(self, error: BaseException | None) -> None:
         fleet = self.fleet
-        if error is None:
+        if error is None and (self.flight is None or self.flight.status == 200):
             fleet.backend.hold(self.claim, HOLD_S, fleet._release_of)  # noqa: SLF001 - its own helper
         else:
             fleet.backend.defer(fleet.release(self.claim))

@@ -1,7 +1,7 @@
 """Shared answer store: the in-memory LRU in front of Redis (when ``state.backend: redis``).
 
 Reads try memory first, then Redis (one round trip: ``GET`` + ``PTTL``), and a
-Redis hit is copied into memory for its remaining TTL. ``get_or_claim`` is the
+Redis hit is copied into memory for its remaining TTL. ``get_or_claim`` (``ask``, then ``claimed``) is the
 same read that, on a miss, also takes the fleet's coalescing claim for the key in
 the same round trip (one Lua script; ``policies.cache.fleet_flight``). The claim lives
 at the entry's own key, as a placeholder value (the claimer's id, or ``done`` in its grace:
@@ -16,13 +16,13 @@ swallowed here and counted.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.state.pipelining import evalsha_args
 from gateway.state.write_behind import Write
 from policies.cache.entry import CachedAnswer
 from policies.cache.keys import CacheKey, namespace_token
@@ -99,16 +99,34 @@ class AnswerStore:
 
         ``(answer, None)`` on a hit, ``(None, Claim)`` on a miss, ``(None, None)`` when Redis was not
         asked (no Redis, a memory hit) or failed: the caller then claims the usual way, or not at all.
+        (The exact cache's layer makes the same two steps, ``ask`` and ``claimed``, in its own frame.)
         """
         answer = self.local(key)
         if answer is not None or self.redis is None:
             return answer, None
+        rkey = self.redis_key(key)
+        try:
+            row = await self.ask(rkey, owner, claim_ms)
+        except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
+            row = None
+        return self.claimed(key, rkey, row, claim_ms)
+
+    def ask(self, rkey: str, owner: str, claim_ms: int) -> asyncio.Future[Any]:
+        """The lookup-and-claim script for ``rkey`` (``redis_key``), sent with this loop pass's other
+        commands: a future of its row, for ``claimed`` (a future, not a coroutine: the reply resumes its
+        awaiter with no frame between; ``bench/results/2026-12-07-host-state-cost-3.md``). Needs ``redis``."""
         if self._lookup_or_claim is None:
             self._lookup_or_claim = self.redis.script(LOOKUP_OR_CLAIM)
-        script, rkey = self._lookup_or_claim, self.redis_key(key)
-        try:
-            row = await self.redis.execute(*evalsha_args(script, [rkey], [owner, claim_ms]), script=script)
-        except Exception:  # noqa: BLE001 - Redis trouble is a miss, never an error
+        script = self._lookup_or_claim
+        future: asyncio.Future[Any] = self.redis.execute("EVALSHA", script.sha, 1, rkey, owner, claim_ms,
+                                                          script=script)
+        return future
+
+    def claimed(self, key: CacheKey, rkey: str, row: Any, claim_ms: int) -> tuple[CachedAnswer | None,
+                                                                                  Claim | None]:
+        """``ask``'s row read: the entry on a hit, the claim on a miss; ``row`` None (Redis failed): neither,
+        counted."""
+        if row is None:
             self._redis_failed()
             return None, None
         if row[0]:
@@ -188,10 +206,11 @@ class AnswerStore:
             return None
         return self._remember(key, data, pttl)
 
-    def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float) -> None:
+    def set(self, key: CacheKey, answer: CachedAnswer, ttl_s: float, rkey: str | None = None) -> None:
         """Store now in memory; in Redis as a deferred write (it shares a round trip, nobody waits).
         ``answer.encoded``, when set, is ``answer.encode()`` already done off the loop (a large answer, a
-        large batch of embeddings); it is taken here and not kept beside the entry."""
+        large batch of embeddings); it is taken here and not kept beside the entry. ``rkey``: ``key``'s
+        ``redis_key``, when the caller has it already (the exact cache's lookup)."""
         if ttl_s <= 0:
             return
         self.memory.set(key, answer, ttl_s)
@@ -199,7 +218,7 @@ class AnswerStore:
             ms = max(1, int(ttl_s * 1000))
             data = answer.encoded or answer.encode()
             answer.encoded = None  # not kept in memory beside the answer
-            rkey = self.redis_key(key)
+            rkey = rkey or self.redis_key(key)
             self.redis.drop(rkey)  # this write ends the key's claim: its held release is not needed
             self.redis.defer(Write(("SET", rkey, data, "PX", ms), on_failure=self._redis_failed))
 

@@ -19,8 +19,8 @@ def round_trips(g: GuardedRedis) -> list[list[str]]:
         trips.append([str(c[0]) for c in commands])
         return await real(commands)
 
-    def submit(commands: Sequence[Sequence[Any]], done: Any, deadline: float) -> bool:
-        queued = real_submit(commands, done, deadline)
+    def submit(commands: Sequence[Sequence[Any]], batch: Any, deadline: float, write: bool = False) -> bool:
+        queued = real_submit(commands, batch, deadline, write)
         if queued:  # False: not connected, nothing sent (the task path's ``run`` sends it)
             trips.append([str(c[0]) for c in commands])
         return queued

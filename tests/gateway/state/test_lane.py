@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
-from gateway.state.lane import Lane
+from gateway.state.lane import Batch, Lane
 from tests.support.servers import RedisServer, free_port
 from tests.support.tls import self_signed
 from tests.support.until import until
@@ -31,6 +31,18 @@ async def lane_at(url: str) -> AsyncIterator[tuple[aioredis.Redis, Lane]]:
     finally:
         lane.close()
         await client.aclose()
+
+
+class _Got(Batch):
+    """A submitted batch that appends what it is told to ``got``."""
+
+    __slots__ = ("got",)
+
+    def __init__(self, got: list[Any]) -> None:
+        self.got = got
+
+    def done(self, result: list[Any] | BaseException) -> None:
+        self.got.append(result)
 
 
 async def _client_id(lane: Lane) -> int:
@@ -143,19 +155,42 @@ async def test_submitted_batches_share_one_watchdog_that_abandons_a_batch_past_i
         await lane.run([("DEL", "ln:late")])
         protocol, loop, got = lane._protocol, asyncio.get_running_loop(), list[Any]()
         assert protocol is not None and protocol.watchdog is None
-        assert lane.submit([("ECHO", "a")], got.append, loop.time() + 0.2)
+        assert lane.submit([("ECHO", "a")], _Got(got), loop.time() + 0.2)
         watchdog = protocol.watchdog
-        assert lane.submit([("ECHO", "b"), ("ECHO", "c")], got.append, loop.time() + 0.3)
+        assert lane.submit([("ECHO", "b"), ("ECHO", "c")], _Got(got), loop.time() + 0.3)
         assert protocol.watchdog is watchdog and watchdog is not None and not protocol.closed
         await until(lambda: len(got) == 2)
         assert got == [[b"a"], [b"b", b"c"]] and protocol.watchdog is watchdog
         await until(lambda: protocol.watchdog is None)  # due, nothing late, nothing waiting: not armed again
         assert not protocol.closed and await lane.run([("ECHO", "d")]) == [b"d"]
-        assert lane.submit([("BLPOP", "ln:late", 0)], got.append, loop.time() + 0.1)
-        assert lane.submit([("PING",)], got.append, loop.time() + 60)
+        assert lane.submit([("BLPOP", "ln:late", 0)], _Got(got), loop.time() + 0.1)
+        assert lane.submit([("PING",)], _Got(got), loop.time() + 60)
         await until(lambda: len(got) == 4)
         assert all(isinstance(r, TimeoutError) for r in got[2:]) and protocol.closed
         assert await lane.run([("ECHO", "e")]) == [b"e"]  # a new connection, in step
+
+
+async def test_a_batch_written_at_once_on_a_transport_that_refuses_fails_a_loop_turn_later(
+        redis_server: RedisServer) -> None:
+    """``submit(write=True)`` writes now; a transport that refuses the write (uvloop, closed under us by a
+    dying Redis) fails the batch and those behind it as a lost connection, after the submit has returned
+    (control: written at once, a batch is answered, and nothing waits for the end of the pass)."""
+    async with lane_at(redis_server.url) as (client, lane):
+        await lane.run([("PING",)])
+        protocol, loop, got = lane._protocol, asyncio.get_running_loop(), list[Any]()
+        assert protocol is not None
+        assert lane.submit([("ECHO", "now")], _Got(got), loop.time() + 5, write=True) and not protocol.out
+        await until(lambda: got == [[b"now"]])
+
+        def refuse(data: bytes) -> None:
+            raise RuntimeError("unable to perform operation: the handler is closed")
+
+        protocol.transport.write = refuse  # type: ignore[method-assign]
+        assert lane.submit([("ECHO", "lost")], _Got(got), loop.time() + 5, write=True)
+        assert len(got) == 1  # not failed inside the submit
+        await until(lambda: len(got) == 2)
+        assert isinstance(got[1], RedisConnectionError) and protocol.closed
+        assert await lane.run([("ECHO", "again")]) == [b"again"]  # the next batch reconnects
 
 
 async def test_a_lost_connection_fails_its_batches_and_the_next_reconnects(redis_server: RedisServer) -> None:

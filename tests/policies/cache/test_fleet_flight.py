@@ -7,16 +7,23 @@ import secrets
 import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from gateway.body import OneChunk
 from gateway.config_model import StateConfig
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis
 from policies.cache.entry import CachedAnswer
-from policies.cache.fleet_flight import PRE_CLAIM, RELEASE_IF_MINE, FleetFlight, release_unused
+from policies.cache.fleet_flight import (
+    PRE_CLAIM,
+    RELEASE_IF_MINE,
+    RELEASE_TO_GRACE,
+    FleetFlight,
+    release_unused,
+)
 from policies.cache.keys import CacheKey
 from policies.cache.memory_store import MemoryStore
-from policies.cache.redis_store import ENTRY_MAGIC, AnswerStore, Claim
+from policies.cache.redis_store import ENTRY_MAGIC, LOOKUP_OR_CLAIM, AnswerStore, Claim
 from policies.cache.singleflight import Flights
 from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer
@@ -262,5 +269,57 @@ async def test_led_through_a_flight_the_release_is_armed_by_the_flights_body_end
         await a.backend.drain()
         assert await a.backend.client.get(a.store.claim_key(failed)) == b"done"
         assert await drain(resp) == b"{}"
+    finally:
+        await a.backend.close()
+
+
+async def test_a_lookups_claim_leads_the_flight_as_given_and_its_body_end_releases_it(
+        redis_server: RedisServer, make_exchange: Callable[..., Exchange]) -> None:
+    """A claim the lookup took (or found this process's) makes the flight lead with its chain as given, no
+    ``call`` around it: its body's end holds the release (dropped by the entry's write: nothing sent), an
+    answer not stored sends it, a non-200 answer's is sent at its body's end, not held (control: not before
+    it). Another process's claim, or one for another key, is left to ``call`` (nothing changed)."""
+    prefix, decisions = f"f{secrets.token_hex(3)}:", list[str]()
+    a = process(redis_server.url, prefix, decisions)
+    pa = Provider()
+    pa.release.set()
+    stored, refused, failed = (CacheKey("t:team-a", d) for d in ("d12", "d13", "d14"))
+
+    async def error(ex: Exchange) -> UpstreamResponse:
+        return UpstreamResponse(status=500, headers={}, body=OneChunk(b"{}"))
+
+    async def lead(key: CacheKey, call: Callable[[Exchange], Any]) -> UpstreamResponse:
+        answer, claim = await a.store.get_or_claim(key, a.owner, 5000)
+        assert answer is None and claim is not None and claim.won
+        flight = Flights().lead(key.digest, make_exchange(), call)
+        assert a.lead_claimed(claim, key, flight) and claim.used
+        assert flight.on_body_end is not None
+        return await flight.wait(leader=True)
+
+    try:
+        assert a.backend.lane is not None
+        for source in (LOOKUP_OR_CLAIM, RELEASE_TO_GRACE):  # loaded: no NOSCRIPT sends one twice below
+            await a.backend.lane.load(source)
+        trips = round_trips(a.backend)
+        for key in (stored, refused):
+            assert await drain(await lead(key, pa)) == ANSWER
+        a.store.set(stored, CachedAnswer(operation="chat", body=ANSWER, created=time.time()), 30)
+        await a.backend.drain()
+        sent = [name for trip in trips for name in trip]
+        assert sent.count("EVALSHA") == 3 and sent.count("SET") == 1  # two lookups, the refused one's release
+        assert await a.backend.client.get(a.store.claim_key(refused)) == b"done"
+        assert (await a.store.peek(stored))[0] is not None and pa.calls == 2
+        resp = await lead(failed, error)
+        await a.backend.drain()
+        assert await a.backend.client.get(a.store.claim_key(failed)) == a.owner.encode()  # not before its end
+        assert await drain(resp) == b"{}"
+        await a.backend.drain()
+        assert await a.backend.client.get(a.store.claim_key(failed)) == b"done"
+        assert decisions == ["fleet_leader"] * 3
+        other = Claim("k", won=False, holder=b"another", of=stored, life_ms=5000)
+        mine = Claim("k", won=True, holder=None, of=stored, life_ms=5000)
+        flight = Flights().lead("x", make_exchange(), pa)
+        assert not a.lead_claimed(other, stored, flight) and not a.lead_claimed(mine, refused, flight)
+        assert flight.on_body_end is None and not other.used and not mine.used
     finally:
         await a.backend.close()
