@@ -12,6 +12,7 @@ leader first claims the key fleet-wide (``policies.cache.fleet_flight``).
 """
 from __future__ import annotations
 
+from collections.abc import Hashable
 from functools import partial
 
 from gateway.appstate import AppState
@@ -69,9 +70,7 @@ class Coalesce:
             flight = flights.get(fkey)
             leader = flight is None
             if flight is None:
-                flight = flights.lead(fkey, ex, next, cfg.max_flight_bytes)
-                if self.fleet is not None and (pre is None or not self.fleet.lead_claimed(pre, key, flight)):
-                    self._lead_fleet(ex, next, flight, key, pre)
+                flight = self._lead(ex, next, fkey, cfg.max_flight_bytes, key, pre)
             elif flight.subscribers >= cfg.max_waiters:
                 self.state.metrics.decision(self.name, "too_many_waiters")
                 return await next(ex)
@@ -92,6 +91,21 @@ class Coalesce:
             else:
                 self.state.metrics.decision(self.name, "leader")
             return resp
+
+    def _lead(self, ex: Exchange, next: Next, fkey: Hashable, max_bytes: int, key: CacheKey,
+              pre: Claim | None) -> Flight:
+        """A new flight led by ``ex``, with its fleet claim set up when there is shared state. A set-up that
+        raises abandons the flight: registered with a leader that never calls, it would keep every later
+        identical request waiting."""
+        flight = self.rt.flights.lead(fkey, ex, next, max_bytes)
+        if self.fleet is not None:
+            try:
+                if pre is None or not self.fleet.lead_claimed(pre, key, flight):
+                    self._lead_fleet(ex, next, flight, key, pre)
+            except BaseException as exc:
+                flight.abandon(exc)
+                raise
+        return flight
 
     def _lead_fleet(self, ex: Exchange, next: Next, flight: Flight, key: CacheKey, pre: Claim | None) -> None:
         """The fleet claim around the local leader's call (``flight.lead_with``) when the exact cache would

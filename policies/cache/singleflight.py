@@ -133,6 +133,14 @@ class Flight:
         if self._call is not None:
             self._call = (ex, call)
 
+    def abandon(self, exc: BaseException) -> None:
+        """The leader's set-up raised before its call (``coalesce_layer``): the flight leaves the registry
+        with that failure, as after a call that failed before a response, and its leader leaves it; nobody
+        is left waiting for a call that will never be made."""
+        self._call = None
+        self._fail_before(exc)
+        self.leave()
+
     def _shared(self) -> bool:
         return self.subscribers > 1
 

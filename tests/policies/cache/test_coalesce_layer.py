@@ -136,3 +136,36 @@ async def test_flights_are_per_tenant_and_keyed_by_strings() -> None:
         assert orjson.loads(await drain(resp)) == ANSWER
     assert up.calls == 2
     assert sorted(ex.record.cache_result for ex in exs) == ["coalesced", "none", "none"]
+
+
+async def test_a_leader_whose_fleet_set_up_raises_leaves_no_flight_behind(redis_server: RedisServer) -> None:
+    """The fleet claim's set-up raising after the flight was registered: the request fails, and the flight
+    is gone, so the next identical request leads its own call instead of waiting on a leader that never
+    calls. Control: a leader that set up fine is registered while its call is out."""
+    st = make_state(state={"backend": "redis", "redis_url": redis_server.url,
+                           "key_prefix": f"a{secrets.token_hex(3)}:"})
+    st.backend = GuardedRedis.from_config(st.config.state, time.monotonic)
+    try:
+        policy = await factory(st, st.config)
+        assert policy is not None and policy.fleet is not None
+        set_up = policy._lead_fleet
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("set-up failed")
+
+        policy._lead_fleet = broken  # type: ignore[method-assign]
+        up = Gated()
+        try:
+            await policy(exchange(st), up)
+            raise AssertionError("the set-up's failure was swallowed")
+        except RuntimeError as exc:
+            assert str(exc) == "set-up failed"
+        assert len(policy.rt.flights) == 0 and up.calls == 0
+        policy._lead_fleet = set_up  # type: ignore[method-assign]
+        task = asyncio.create_task(policy(exchange(st), up))
+        await until(lambda: up.calls == 1)
+        assert len(policy.rt.flights) == 1  # control: a leader's flight is registered while it calls
+        up.gate.set()
+        assert orjson.loads(await drain(await asyncio.wait_for(task, 5))) == ANSWER
+    finally:
+        await st.backend.close()

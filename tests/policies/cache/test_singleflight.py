@@ -445,3 +445,18 @@ async def test_the_body_end_is_told_by_the_pump_for_several_subscribers() -> Non
     await second.body.aclose()  # type: ignore[attr-defined]
     await until(lambda: len(told) == 1, timeout=5, interval=0.001)
     assert isinstance(told[0], asyncio.CancelledError)
+
+
+async def test_an_abandoned_flight_leaves_the_registry_and_its_waiters_take_over() -> None:
+    """``abandon`` (the leader's set-up raised before its call): nothing calls, a waiter gets ``TakeOver``
+    and the key is free for a new flight. Control: before it, the flight is registered, the waiter waits."""
+    flights, up = Flights(), Upstream()
+    flight = flights.lead("k", exchange(), up)
+    flight.join()
+    waiter = asyncio.create_task(flight.wait(leader=False))
+    await until(lambda: bool(flight._waiters))
+    assert flights.get("k") is flight and not waiter.done()
+    flight.abandon(RuntimeError("set-up failed"))
+    with pytest.raises(TakeOver):
+        await waiter
+    assert flights.get("k") is None and up.calls == 0 and flight.subscribers == 1  # the waiter's, left next
