@@ -82,7 +82,7 @@ class ExactCache:
             if answer is None and not self._memory_only:
                 claim = self._claim(block, key, controls.read, (read, write), det)
                 if claim is None:
-                    answer = await self.rt.exact.get(key)
+                    answer = await self.rt.exact.shared(key)  # ``local`` was read just above
                 else:  # awaited here: the reply resumes this frame, none between (``AnswerStore.ask``)
                     try:
                         row = await self.rt.exact.ask(claim[0], self.rt.fleet_owner, claim[1])

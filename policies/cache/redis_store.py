@@ -156,7 +156,7 @@ class AnswerStore:
         answer = self.local(key)
         if answer is not None or self.redis is None:
             return answer
-        return await self._get_shared(key)
+        return await self.shared(key)
 
     async def peek(self, key: CacheKey) -> tuple[CachedAnswer | None, bool]:
         """``get`` for a fleet follower: the entry, or whether a claim still holds its key (one read)."""
@@ -195,7 +195,10 @@ class AnswerStore:
                     self.memory.set(keys[i], answer, pttl / 1000)
         return out
 
-    async def _get_shared(self, key: CacheKey) -> CachedAnswer | None:
+    async def shared(self, key: CacheKey) -> CachedAnswer | None:
+        """The entry from Redis only (None without Redis): ``get`` for a caller that read ``local`` first."""
+        if self.redis is None:
+            return None
         rkey = self.redis_key(key)
         try:
             data, pttl = await self.redis.call(lambda r: _get_with_ttl(r, rkey))
