@@ -4,12 +4,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import AsyncIterator
 
 import orjson
+import pytest_asyncio
 
+from gateway.appstate import AppState
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.state.redis_client import GuardedRedis
-from policies.cache.coalesce_layer import factory
+from policies.cache.coalesce_layer import Coalesce, factory
 from policies.cache.fleet_flight import PRE_CLAIM
 from policies.cache.keys import CacheKey
 from policies.cache.redis_store import Claim
@@ -27,6 +30,23 @@ class Gated:
         self.calls += 1
         await self.gate.wait()
         return UpstreamResponse(200, {"content-type": "application/json"}, body_of([orjson.dumps(ANSWER)]))
+
+
+Fleet = tuple[AppState, Coalesce]  # the state and a coalescing policy on a real Redis
+
+
+@pytest_asyncio.fixture
+async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
+    """A coalescing policy with shared state: a real Redis, a key prefix of its own."""
+    st = make_state(state={"backend": "redis", "redis_url": redis_server.url,
+                           "key_prefix": f"c{secrets.token_hex(3)}:"})
+    st.backend = GuardedRedis.from_config(st.config.state, time.monotonic)
+    try:
+        policy = await factory(st, st.config)
+        assert policy is not None and policy.fleet is not None
+        yield st, policy
+    finally:
+        await st.backend.close()
 
 
 async def run(st, policy, up: Gated, n: int, **kw) -> list[Exchange]:  # type: ignore[no-untyped-def]
@@ -59,39 +79,32 @@ async def test_bypass_and_nondeterministic_are_not_coalesced() -> None:
     assert (up.calls, up2.calls) == (3, 3)
 
 
-async def test_lookups_answered_out_of_order_do_not_wait_on_themselves(redis_server: RedisServer) -> None:
+async def test_lookups_answered_out_of_order_do_not_wait_on_themselves(fleet: Fleet) -> None:
     """Two identical requests of one process: A's lookup took the fleet claim, B's found it held (by this
     process). B reaches single flight first and leads; A joins B's flight. B must not wait for an entry
     that only its own flight will write (the fleet wait is 10 s): one provider call, answered at once."""
-    st = make_state(state={"backend": "redis", "redis_url": redis_server.url,
-                           "key_prefix": f"o{secrets.token_hex(3)}:"})
-    st.backend = GuardedRedis.from_config(st.config.state, time.monotonic)
-    try:
-        policy = await factory(st, st.config)
-        assert policy is not None and policy.fleet is not None
-        rt = policy.rt
-        a, b = exchange(st), exchange(st)
-        claim_key = rt.exact.claim_key(policy.keys.key(a))
-        await st.backend.client.set(claim_key, rt.fleet_owner, px=10_000)  # what A's lookup did
-        key = policy.keys.key(a)
-        pre_a = Claim(claim_key, won=True, holder=None, of=key, life_ms=10_000)
-        pre_b = Claim(claim_key, won=False, holder=rt.fleet_owner.encode(), of=key, life_ms=10_000)
-        a.state.set(PRE_CLAIM, pre_a)
-        b.state.set(PRE_CLAIM, pre_b)
-        up = Gated()
-        started = time.monotonic()
-        first = asyncio.create_task(policy(b, up))
-        await until(lambda: up.calls == 1)  # B leads: the provider is asked, not the fleet waited on
-        second = asyncio.create_task(policy(a, up))
-        up.gate.set()
-        for resp in await asyncio.gather(first, second):
-            assert orjson.loads(await drain(resp)) == ANSWER
-        assert up.calls == 1 and time.monotonic() - started < 2.0
-        assert a.record.cache_result == "coalesced" and pre_a.used and pre_b.used
-        await st.backend.drain()
-        assert await st.backend.client.get(claim_key) == b"done"  # B's flight released it for both
-    finally:
-        await st.backend.close()
+    st, policy = fleet
+    rt = policy.rt
+    a, b = exchange(st), exchange(st)
+    claim_key = rt.exact.claim_key(policy.keys.key(a))
+    await st.backend.client.set(claim_key, rt.fleet_owner, px=10_000)  # what A's lookup did
+    key = policy.keys.key(a)
+    pre_a = Claim(claim_key, won=True, holder=None, of=key, life_ms=10_000)
+    pre_b = Claim(claim_key, won=False, holder=rt.fleet_owner.encode(), of=key, life_ms=10_000)
+    a.state.set(PRE_CLAIM, pre_a)
+    b.state.set(PRE_CLAIM, pre_b)
+    up = Gated()
+    started = time.monotonic()
+    first = asyncio.create_task(policy(b, up))
+    await until(lambda: up.calls == 1)  # B leads: the provider is asked, not the fleet waited on
+    second = asyncio.create_task(policy(a, up))
+    up.gate.set()
+    for resp in await asyncio.gather(first, second):
+        assert orjson.loads(await drain(resp)) == ANSWER
+    assert up.calls == 1 and time.monotonic() - started < 2.0
+    assert a.record.cache_result == "coalesced" and pre_a.used and pre_b.used
+    await st.backend.drain()
+    assert await st.backend.client.get(claim_key) == b"done"  # B's flight released it for both
 
 
 async def test_a_small_body_takes_its_key_inline_and_a_large_one_off_the_loop() -> None:
@@ -138,34 +151,27 @@ async def test_flights_are_per_tenant_and_keyed_by_strings() -> None:
     assert sorted(ex.record.cache_result for ex in exs) == ["coalesced", "none", "none"]
 
 
-async def test_a_leader_whose_fleet_set_up_raises_leaves_no_flight_behind(redis_server: RedisServer) -> None:
+async def test_a_leader_whose_fleet_set_up_raises_leaves_no_flight_behind(fleet: Fleet) -> None:
     """The fleet claim's set-up raising after the flight was registered: the request fails, and the flight
     is gone, so the next identical request leads its own call instead of waiting on a leader that never
     calls. Control: a leader that set up fine is registered while its call is out."""
-    st = make_state(state={"backend": "redis", "redis_url": redis_server.url,
-                           "key_prefix": f"a{secrets.token_hex(3)}:"})
-    st.backend = GuardedRedis.from_config(st.config.state, time.monotonic)
+    st, policy = fleet
+    set_up = policy._lead_fleet
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("set-up failed")
+
+    policy._lead_fleet = broken  # type: ignore[method-assign]
+    up = Gated()
     try:
-        policy = await factory(st, st.config)
-        assert policy is not None and policy.fleet is not None
-        set_up = policy._lead_fleet
-
-        def broken(*args: object) -> None:
-            raise RuntimeError("set-up failed")
-
-        policy._lead_fleet = broken  # type: ignore[method-assign]
-        up = Gated()
-        try:
-            await policy(exchange(st), up)
-            raise AssertionError("the set-up's failure was swallowed")
-        except RuntimeError as exc:
-            assert str(exc) == "set-up failed"
-        assert len(policy.rt.flights) == 0 and up.calls == 0
-        policy._lead_fleet = set_up  # type: ignore[method-assign]
-        task = asyncio.create_task(policy(exchange(st), up))
-        await until(lambda: up.calls == 1)
-        assert len(policy.rt.flights) == 1  # control: a leader's flight is registered while it calls
-        up.gate.set()
-        assert orjson.loads(await drain(await asyncio.wait_for(task, 5))) == ANSWER
-    finally:
-        await st.backend.close()
+        await policy(exchange(st), up)
+        raise AssertionError("the set-up's failure was swallowed")
+    except RuntimeError as exc:
+        assert str(exc) == "set-up failed"
+    assert len(policy.rt.flights) == 0 and up.calls == 0
+    policy._lead_fleet = set_up  # type: ignore[method-assign]
+    task = asyncio.create_task(policy(exchange(st), up))
+    await until(lambda: up.calls == 1)
+    assert len(policy.rt.flights) == 1  # control: a leader's flight is registered while it calls
+    up.gate.set()
+    assert orjson.loads(await drain(await asyncio.wait_for(task, 5))) == ANSWER
