@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
+from aiohttp.http_parser import HttpResponseParser, HttpResponseParserPy, RawResponseMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from gateway.parsed_head import forget_parsed_head
@@ -28,13 +28,14 @@ _NO_BODY = frozenset({204, 304})
 class RawConnection(BaseProtocol):
     """States: idle (nothing expected: any byte closes it), waiting for a head, reading a body."""
 
-    __slots__ = ("_head_only", "_on_lost", "busy", "idle_since", "message", "payload", "received", "reused",
-                 "waiter")
+    __slots__ = ("_head_only", "_on_lost", "_pure", "busy", "idle_since", "message", "payload", "received",
+                 "reused", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[RawConnection], None]) -> None:
         super().__init__(loop)
         self._on_lost = on_lost
         self._head_only = False
+        self._pure = False  # set with the parser: aiohttp's pure-Python one (see ``_feed``)
         self._parser = self._new_parser()
         self.busy = False
         self.reused = False  # served an answer before: a failure before any byte may be a stale keep-alive
@@ -51,9 +52,11 @@ class RawConnection(BaseProtocol):
 
     def _new_parser(self) -> HttpResponseParser:
         # payload_exception: a broken body (framing, decompression) fails the reader as MalformedResponse
-        return HttpResponseParser(self, self._loop, BUFFER_LIMIT, response_with_body=not self._head_only,
-                                  read_until_eof=True, auto_decompress=True,
-                                  payload_exception=MalformedResponse)
+        parser = HttpResponseParser(self, self._loop, BUFFER_LIMIT, response_with_body=not self._head_only,
+                                    read_until_eof=True, auto_decompress=True,
+                                    payload_exception=MalformedResponse)
+        self._pure = isinstance(parser, HttpResponseParserPy)
+        return parser
 
     def start(self, data: bytes, body: bytes | None, head_only: bool) -> asyncio.Future[None]:
         """Write one request (``data``; a large ``body`` in a second write, not copied behind the head);
@@ -79,8 +82,7 @@ class RawConnection(BaseProtocol):
         if data:
             self.received = True
         try:
-            assert self._parser is not None
-            messages, upgraded, _ = self._parser.feed_data(data)
+            messages, upgraded = self._feed(data)
         except Exception as exc:  # noqa: BLE001  any parser error is a malformed answer
             self.fail(MalformedResponse(f"malformed response: {type(exc).__name__}"))
             return
@@ -93,6 +95,21 @@ class RawConnection(BaseProtocol):
         if body is not None and body is not EMPTY_PAYLOAD:  # a burst of tiny chunks: deques again
             outgrow(body, "_buffer")
             outgrow(body, "_http_chunk_splits")
+
+    def _feed(self, data: bytes) -> tuple[list[tuple[RawResponseMessage, StreamReader]], bool]:
+        """The parser fed ``data``; with aiohttp's pure-Python parser, fed again while it holds input back
+        and reading is not paused. That parser's pause flag outlives the pause it was set for: the body's
+        next chunk after a resume is held "until the reader drains" although nothing is paused, and with
+        no further read below the low-water mark nothing ever feeds it again (measured: a 100 KB chunk
+        read, then the last chunk and the end marker in one piece, waited for ever; aiohttp 3.14.5). The
+        C parser (llhttp) holds nothing unless paused."""
+        parser = self._parser
+        assert parser is not None
+        messages, upgraded, _ = parser.feed_data(data)
+        while self._pure and not self._reading_paused and parser._payload_has_more_data and not upgraded:
+            more, upgraded, _ = parser.feed_data(b"")
+            messages = [*messages, *more]
+        return messages, upgraded
 
     def resume_reading(self, resume_parser: bool = True) -> None:
         """Only a paused connection has anything to resume. aiohttp's body reader calls this after every

@@ -10,8 +10,11 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_asyncio
+from aiohttp import http_parser
 
+from gateway.rawhttp import connection
 from gateway.rawhttp.client import fetch
 from gateway.rawhttp.origin import Origin
 from gateway.rawhttp.pool import RawPool
@@ -219,3 +222,66 @@ async def test_reads_resume_nothing_unless_reading_was_paused(serve: Any) -> Non
     assert counting.empty_feeds >= 1 and not conn.reading_paused  # the control: a paused parser resumed
     resp.release()
     assert await body_of(pool) == b"ok" and server.accepted == 1
+
+
+
+def _parsers() -> list[Any]:
+    found: list[Any] = [http_parser.HttpResponseParserPy]
+    c_parser = getattr(http_parser, "HttpResponseParserC", None)  # None where aiohttp has no C extension
+    return found if c_parser is None else [*found, c_parser]
+
+
+async def _paused_then_read(serve: Any, parser: Any, monkeypatch: Any) -> tuple[Any, asyncio.Event]:
+    """A chunked answer whose 100 KB chunk pauses reading (past the 64 KiB mark) and is read (a resume);
+    the returned event sends the last chunk and the end marker in one piece."""
+    monkeypatch.setattr(connection, "HttpResponseParser", parser)
+    big, rest = asyncio.Event(), asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await big.wait()
+        await peer.send(b"%x\r\n" % 100_000 + b"x" * 100_000 + b"\r\n")
+        await rest.wait()
+        await peer.send(b"5\r\nhello\r\n0\r\n\r\n")
+        await keep_answering(peer)
+
+    _, pool = await serve(handler)
+    resp = await fetch(pool, REQUEST, None, False, 5.0)
+    assert isinstance(resp._conn._parser, parser)
+    big.set()
+    await until(lambda: resp._conn.reading_paused, message="reading paused past the high-water mark")
+    got = b""
+    while len(got) < 100_000:
+        got += await resp.content.readany()
+    assert got == b"x" * 100_000 and not resp._conn.reading_paused
+    return resp, rest
+
+
+@pytest.mark.parametrize("parser", _parsers(), ids=lambda p: p.__module__)
+async def test_the_last_chunk_after_a_pause_arrives_with_either_parser(serve: Any, monkeypatch: Any,
+                                                                      parser: Any) -> None:
+    """aiohttp's pure-Python parser keeps its pause flag after the resume and holds the piece that follows
+    back with reading not paused; nothing fed it again and the body never ended (before the fix: for
+    ever). With either parser the body is whole (the control below shows the held state arising)."""
+    resp, rest = await _paused_then_read(serve, parser, monkeypatch)
+    assert resp._conn._pure == (parser is http_parser.HttpResponseParserPy)
+    rest.set()
+    assert await asyncio.wait_for(resp.content.read(), 5) == b"hello"
+    resp.release()
+
+
+async def test_the_pure_python_parser_holds_the_last_chunk_without_the_refeed(serve: Any,
+                                                                            monkeypatch: Any) -> None:
+    """The control: the same answer with the connection's re-feed off holds the last piece in the parser
+    (reading not paused, nothing in the body's buffer), which the test above would wait on for ever."""
+    resp, rest = await _paused_then_read(serve, http_parser.HttpResponseParserPy, monkeypatch)
+    conn = resp._conn
+    conn._pure = False  # the re-feed off
+    rest.set()
+    await until(lambda: bool(conn._parser._payload_has_more_data), message="the last piece held back")
+    assert not conn.reading_paused and resp.content._size == 0 and not resp.content.is_eof()
+    conn._pure = True
+    conn.data_received(b"")  # what the fix does on the piece's arrival: it comes out
+    assert await asyncio.wait_for(resp.content.read(), 5) == b"hello"
+    resp.release()
