@@ -243,4 +243,5 @@ class _FillEnd:
         fill = self.fill
         if error is None:  # a normal end of the upstream body only
             fill.complete(self.ex)
-        fill.release()
+        if fill.chunks:  # (``complete`` gave them back already, as a rule)
+            fill.release()
