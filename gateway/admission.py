@@ -1,26 +1,26 @@
 """Per-client admission: one client cannot take the global slots (issue 15).
 
-``server.max_inflight`` sheds load for the whole process; before it, each client (its gateway key,
-hashed, else its address) may have at most ``server.client_max_inflight`` requests in flight and
-at most ``server.client_max_reading`` request bodies still being read. Over either: 429 with
-Retry-After at once, before its body is read, so a tenant trickling slow bodies holds at most
-``client_max_reading`` slots and the other tenants keep theirs. Counts live in this process
-(per worker), in dicts that drop a client as soon as it has nothing in flight.
+``server.max_inflight`` sheds load for the whole process; before it, each client (the digest of its
+credentials that ``gateway.auth`` took, else its address) may have at most ``server.client_max_inflight``
+requests in flight and at most ``server.client_max_reading`` request bodies still being read. Over
+either: 429 with Retry-After at once, before its body is read, so a tenant trickling slow bodies holds at
+most ``client_max_reading`` slots and the other tenants keep theirs. Counts live in this process (per
+worker), in dicts that drop a client as soon as it has nothing in flight.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.auth import Identity
 from gateway.errors import LocalReply
 
 
-def client_key(request: web.Request) -> str:
-    """A bounded, non-secret key for the client: a digest of its credential, else its address."""
-    secret = request.headers.get("authorization") or request.headers.get("api-key") or ""
-    return "k:" + hashlib.sha256(secret.encode()).hexdigest()[:32] if secret else f"ip:{request.remote or ''}"
+def client_key(identity: Identity, request: web.Request) -> str:
+    """A bounded, non-secret key for the client: the digest ``auth`` took of its credential (not a second
+    SHA-256 of it per request: issue 21), else its address."""
+    return "k:" + identity.key_hash[:32] if identity.key_hash else f"ip:{request.remote or ''}"
 
 
 def too_many(what: str, limit: int, setting: str) -> LocalReply:

@@ -41,7 +41,7 @@ OPERATIONS = {
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
 }
-ExchangeBuilder = Callable[[float], Awaitable[Exchange]]
+ExchangeBuilder = Callable[[float, Identity], Awaitable[Exchange]]  # (arrival, the client's identity)
 
 
 def request_id_of(request: web.Request) -> str:
@@ -112,10 +112,10 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
                 call: Next | None = None) -> web.StreamResponse:
     """Run one proxied request: ``build`` parses it, ``call`` (the policy chain by default) answers it."""
     call = call or st.runtime.chain
-    key = client_key(request)
-    refused = admit(st, request, rid, key)
-    if refused is not None:
-        return refused
+    admitted = admit(st, request, rid)
+    if isinstance(admitted, web.Response):
+        return admitted
+    identity, key = admitted
     reading = True
     now = st.clock()
     task = asyncio.current_task()
@@ -124,7 +124,7 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
     ex: Exchange | None = None
     gauge: Any = None  # ``gateway_inflight_requests``'s child slot, held until the relay ends
     try:
-        ex = await build(now)
+        ex = await build(now, identity)
         del build  # its closure (request, state, id) is not kept for a stream's life
         request[EXCHANGE] = ex  # for the server's disconnect handling (``Exchange.guard``)
         st.admission.done_reading(key)
@@ -156,9 +156,16 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
             _settle(st, ex)
 
 
-def admit(st: AppState, request: web.Request, rid: str, key: str) -> web.Response | None:
-    """Per-client caps first (429), so one client's slow bodies cannot take the global slots; then
-    ``server.max_inflight`` (503). None: admitted, holding an in-flight and a reading slot."""
+def admit(st: AppState, request: web.Request, rid: str) -> tuple[Identity, str] | web.Response:
+    """The client identified (a refused credential: 401 before anything else), once: its admission key is
+    the digest its identity holds, not a second SHA-256 of its credential (issue 21). Then per-client caps
+    (429), so one client's slow bodies cannot take the global slots; then ``server.max_inflight`` (503).
+    Admitted: its identity and key, holding an in-flight and a reading slot; else the refusal."""
+    try:
+        identity = st.runtime.auth.identify(request.headers, request.query)
+    except LocalReply as reply:
+        return reject(st, request, rid, reply)
+    key = client_key(identity, request)
     server = st.config.server
     try:
         st.admission.enter(key, server.client_max_inflight, server.client_max_reading)
@@ -168,7 +175,7 @@ def admit(st: AppState, request: web.Request, rid: str, key: str) -> web.Respons
     if len(st.lifecycle.active) >= server.max_inflight:
         st.admission.leave(key, still_reading=True)
         return shed(st, request, rid)
-    return None
+    return identity, key
 
 
 def _local_error(rid: str, ex: Exchange, reply: LocalReply) -> web.Response:
@@ -265,10 +272,9 @@ def finish(st: AppState, ex: Exchange) -> None:
 
 
 async def build_exchange(request: web.Request, st: AppState, rid: str, operation: str,
-                         now: float) -> Exchange:
+                         now: float, identity: Identity) -> Exchange:
     runtime = st.runtime
     cfg = runtime.config
-    identity = runtime.auth.identify(request.headers, request.query)
     limit = cfg.server.max_body_bytes
     raw = body_if_whole(request, limit)  # most bodies are whole when the handler starts: no coroutine
     if raw is not None and len(raw) < DECODE_INLINE_MAX_BYTES:

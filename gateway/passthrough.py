@@ -43,10 +43,9 @@ async def handle_other(request: web.Request) -> web.StreamResponse:
                                                code="unknown_url"))
 
 
-async def _build(request: web.Request, st: AppState, rid: str, now: float) -> Exchange:
+async def _build(request: web.Request, st: AppState, rid: str, now: float, identity: Identity) -> Exchange:
     cfg = st.config
     upstream = next(iter(cfg.upstreams))
-    identity = st.runtime.auth.identify(request.headers, request.query)
     if _check_grant(st, identity, request.path):
         await require_owned(st, identity.tenant, object_ids(request.path))
     raw = await read_body(request, cfg.server.max_body_bytes, work=st.work, tenant=identity.namespace)

@@ -62,23 +62,31 @@ def attempt_ends(ex: Exchange) -> list[tuple[Attempt, float]]:
 
 class _Series:
     """The fast slots (``Children.slot``) one key of bounded labels reaches: what every
-    request touches is made with the key; the TTFT child at its first use (a child made is a series shown)."""
+    request touches is made with the key; the TTFT child and each token kind's at their first use (a child
+    made is a series shown)."""
 
-    __slots__ = ("duration", "overhead", "requests", "ttft")
+    __slots__ = ("duration", "overhead", "requests", "tokens", "ttft")
 
     def __init__(self, requests: Any, duration: Any, overhead: Any) -> None:
         self.requests, self.duration, self.overhead = requests, duration, overhead
         self.ttft: Any = None
+        self.tokens: list[Any] = [None] * len(TOKEN_KINDS)  # ``gateway_tokens_total``'s, by TOKEN_KINDS
+
+
+# route, model, upstream, status class, cache result, TTFT source, tenant
+SeriesKey = tuple[str, str, str, str, str, str, str]
 
 
 @dataclass(slots=True)
 class MetricsSink:
-    """The request families' updates, each label tuple's children looked up once per process (one dict
-    lookup per request for the request families, one per attempt and per token kind counted)."""
+    """The request families' updates, each label tuple's children looked up once per process: one dict
+    lookup per request for the request families and the tokens, one per attempt."""
 
     state: AppState
     m: RequestMetrics
-    _series: dict[tuple[str, str, str, str, str, str], _Series] = field(default_factory=dict, init=False)
+    _series: dict[SeriesKey, _Series] = field(default_factory=dict, init=False)
+    # ``gateway_upstream_duration_seconds``' slots by (upstream, outcome)
+    _attempt_slots: dict[tuple[str, str], Any] = field(default_factory=dict, init=False)
 
     def __call__(self, ex: Exchange) -> None:
         request, record = ex.request, ex.record
@@ -87,7 +95,7 @@ class MetricsSink:
         source = record.source
         key = (request.route_name or OTHER, model, upstream, status_class(record.status),
                record.cache_result if record.cache_result in CACHE_RESULTS else OTHER,
-               source if source in TTFT_SOURCES else "")
+               source if source in TTFT_SOURCES else "", request.identity.tenant)
         series = self._series.get(key) or self._new_series(key)
         series.requests.inc(1)
         duration = max(0.0, record.ended_at - request.received_at)
@@ -104,10 +112,10 @@ class MetricsSink:
         if record.attempts:
             self._attempts(record.attempts, record.ended_at)
         if record.usage is not None and source == "upstream":
-            self._tokens(record.usage, record.cost_usd, model, upstream, request.tenant)
+            self._tokens(series, record.usage, record.cost_usd, key)
 
-    def _new_series(self, key: tuple[str, str, str, str, str, str]) -> _Series:
-        route, model, upstream, status, cache, _source = key
+    def _new_series(self, key: SeriesKey) -> _Series:
+        route, model, upstream, status, cache, _source, _tenant = key
         m = self.m
         series = self._series[key] = _Series(m.requests.slot(route, model, upstream, status, cache),
                                              m.duration.slot(route, model, upstream), m.overhead.slot(route))
@@ -115,18 +123,28 @@ class MetricsSink:
 
     def _attempts(self, attempts: list[Attempt], end: float) -> None:
         """Each attempt's duration; one dropped unread has no end, so it ends when the next one starts."""
-        upstream, last = self.m.upstream, len(attempts) - 1
+        slots, last = self._attempt_slots, len(attempts) - 1
         for i, attempt in enumerate(attempts):
             ended = attempt.ended or (attempts[i + 1].started if i < last else end)
-            outcome = attempt_outcome(attempt.outcome, attempt.status)
-            upstream.slot(attempt.upstream, outcome).observe(max(0.0, ended - attempt.started))
+            outcome = attempt.outcome
+            if outcome != "ok":  # the usual outcome is its own label
+                outcome = attempt_outcome(outcome, attempt.status)
+            labels = (attempt.upstream, outcome)
+            slot = slots.get(labels)
+            if slot is None:
+                slot = slots[labels] = self.m.upstream.slot(*labels)
+            slot.observe(max(0.0, ended - attempt.started))
 
-    def _tokens(self, usage: Usage, cost: float | None, model: str, upstream: str, tenant: str) -> None:
-        counts = (usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)
-        for kind, count in zip(TOKEN_KINDS, counts):
+    def _tokens(self, series: _Series, usage: Usage, cost: float | None, key: SeriesKey) -> None:
+        _route, model, upstream, _status, _cache, _source, tenant = key
+        slots = series.tokens
+        for i, count in enumerate((usage.prompt, usage.completion, usage.cached_prompt, usage.reasoning)):
             if count > 0:  # a provider's negative figure is skipped (Counter.inc raised for it)
-                self.m.tokens.slot(model, upstream, tenant, kind).inc(count)
+                slot = slots[i]
+                if slot is None:
+                    slot = slots[i] = self.m.tokens.slot(model, upstream, tenant, TOKEN_KINDS[i])
+                slot.inc(count)
                 if usage.estimated:
-                    self.m.tokens_estimated.slot(model, upstream, tenant, kind).inc(count)
+                    self.m.tokens_estimated.slot(model, upstream, tenant, TOKEN_KINDS[i]).inc(count)
         if cost is not None and cost > 0.0:
             self.m.cost.slot(model, tenant).inc(cost)

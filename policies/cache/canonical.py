@@ -33,7 +33,7 @@ FINISHED = frozenset({"stop", "length", "tool_calls", "function_call"})
 
 def complete(reasons: list[str]) -> bool:
     """Every choice finished normally (``None``, ``"error"``, a missing reason or no choice: incomplete)."""
-    return bool(reasons) and all(r in FINISHED for r in reasons)
+    return bool(reasons) and FINISHED.issuperset(reasons)  # in C: no generator per stored answer
 _SET_ONCE = ("id", "type")
 
 
@@ -49,8 +49,11 @@ def answer_from_json(operation: str, data: bytes) -> dict[str, Any] | None:
         done = obj.get("object") == "response" and obj.get("status") in ("completed", "incomplete")
         return obj if done else None
     choices = obj.get("choices")
-    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+    if not isinstance(choices, list) or not choices:
         return None
+    for choice in choices:  # a loop, not all(generator): one choice is the common case
+        if not isinstance(choice, dict):
+            return None
     return obj
 
 

@@ -25,6 +25,7 @@ from policies.cache.keys import CacheKey
 from policies.cache.redis_store import Claim
 from policies.cache.request import (
     ANSWER_OPERATIONS,
+    KEY_ATTR,
     KeyMaker,
     cache_blocks,
     cache_config,
@@ -57,8 +58,10 @@ class Coalesce:
         if not cfg.enabled or not controls_of(ex).read or \
                 (not cfg.nondeterministic and not deterministic(ex)):
             return await next(ex)
-        keys = self.keys  # made by the exact layer (or here: in a thread for a large body)
-        key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
+        key = ex.state.get(KEY_ATTR)  # made by the exact layer (else here: in a thread for a large body)
+        if key is None:
+            keys = self.keys
+            key = keys.key(ex) if keys.inline(ex) else await keys.key_off_loop(ex)
         # The key's two strings, not the ``CacheKey``: a frozen dataclass hashes in Python (a call per dict
         # operation, four per flight); strings keep their hash. The same flights: the digest covers them all.
         fkey = (key.namespace, key.digest, ex.request.stream, wants_usage_chunk(ex), ex.request.upstream_path)

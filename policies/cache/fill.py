@@ -123,9 +123,10 @@ class Fill:
         self.release()
         if self.size <= INLINE_FILL_BYTES:
             data = b"".join(chunks)
-            assembled = self._raw(ex, data) or self._assemble(data)
-            if assembled is not None and not self.sse:
-                _report_usage(ex, assembled[0])
+            assembled = (self.sse and self._raw(ex, data)) or self._assemble(data)
+            if assembled is not None and not self.sse and ex.record.reported_usage is None:
+                # the usage of the parse the entry needed anyway: the relay then does not search the bytes
+                ex.record.reported_usage = assembled[0].usage
             _store(ex, callbacks, refusals, assembled)
             return
         # A large answer is parsed in a thread (issue 15: seconds of loop time for big answers); the
@@ -166,13 +167,6 @@ def _result(fut: asyncio.Future[Assembled]) -> Assembled:
     if fut.cancelled() or fut.exception() is not None:
         return None
     return fut.result()
-
-
-def _report_usage(ex: Exchange, answer: CachedAnswer) -> None:
-    """The provider's usage of a JSON answer, from the parse the entry needed anyway: the relay then does
-    not search the same bytes for it again (``gateway.relay``: only when no usage was recorded yet)."""
-    if ex.record.reported_usage is None and answer.usage is not None:
-        ex.record.reported_usage = answer.usage
 
 
 def _store(ex: Exchange, callbacks: list[Callback], refusals: list[Refused], assembled: Assembled) -> None:
@@ -249,4 +243,5 @@ class _FillEnd:
         fill = self.fill
         if error is None:  # a normal end of the upstream body only
             fill.complete(self.ex)
-        fill.release()
+        if fill.chunks:  # (``complete`` gave them back already, as a rule)
+            fill.release()

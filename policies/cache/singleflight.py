@@ -153,7 +153,8 @@ class Flight:
             self.body = resp.body
         else:
             self.task = self.loop.create_task(self._read(resp.body))
-        release(self._waiters)
+        if self._waiters:  # the wait lists below are released with a call only when somebody waits (issue 21)
+            release(self._waiters)
         self._waiters = None
 
     # --- pump side ---------------------------------------------------------------
@@ -256,7 +257,8 @@ class Flight:
                 self.task.cancel()  # nobody listens any more: free the upstream
             self.registry.remove(self)
             self.chunks, self.buffered = [], 0
-            release(self._room)
+            if self._room:
+                release(self._room)
             self._room = None
             if self.body is not None and not self.reading:  # left before reading it: close it
                 body, self.body, self.direct = self.body, None, None
@@ -341,7 +343,8 @@ class Flight:
         """The direct read ended the body: its end (``exc`` None), a failure, or its task cancelled (the body
         with it). The caller closes the body after a failure; a body that ended on its own needs no close."""
         self.body, self.direct = None, None
-        self._body_end(exc)
+        if self.on_body_end is not None:
+            self._body_end(exc)
         if exc is None:
             self.done = self._drained = True
         elif isinstance(exc, asyncio.CancelledError):
@@ -349,7 +352,8 @@ class Flight:
         else:
             self.error = exc
         self.registry.remove(self)
-        release(self._handoff)  # before leaving: the chunks stay for the newcomers
+        if self._handoff:
+            release(self._handoff)  # before leaving: the chunks stay for the newcomers
         self._handoff = None
         reader.end()
 

@@ -29,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from gateway.appstate import AppState
+from gateway.auth import Identity
 from gateway.body import OneChunk
 from gateway.chain import Next, build_chain
 from gateway.components import TOOL_CACHE, TOOL_HANDLER, TOOL_READ
@@ -142,9 +143,8 @@ class ToolGateway:
         return await proxy(request, self.st, rid, build, self.chain)
 
     async def _build(self, request: web.Request, rid: str, route: ToolRoute, raw_rest: str,
-                     now: float) -> Exchange:
+                     now: float, identity: Identity) -> Exchange:
         upstream_path = safe_subpath(raw_rest)
-        identity = self.st.runtime.auth.identify(request.headers, request.query)
         raw = await read_body(request, self.config.server.max_body_bytes, work=self.st.work,
                               tenant=identity.namespace)
         cfg = route.config

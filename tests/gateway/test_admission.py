@@ -5,9 +5,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
+import pytest
 import pytest_asyncio
 from openai import AsyncOpenAI, RateLimitError
 
+from gateway import auth
 from gateway.admission import Admission
 from gateway.mock import MockServer
 from tests.support.servers import InProcessGateway, gateway_config, start_gateway
@@ -67,6 +69,33 @@ async def test_slow_bodies_cannot_take_the_global_slots(gw: InProcessGateway) ->
         assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
         writer.close()
     assert gw.state.admission.reading == {}
+
+
+async def test_a_client_is_keyed_by_the_digest_auth_took_once(gw: InProcessGateway,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """One SHA-256 of a client's credential per request (issue 21): admission keys the client by the digest
+    its identity holds (the same for every credential ``auth`` reads), not a second hash of its own; a client
+    without a credential by its address (the control)."""
+    digests: list[str] = []
+    real = auth.digest
+
+    def counted(secret: str) -> str:
+        digests.append(real(secret))
+        return digests[-1]
+
+    monkeypatch.setattr(auth, "digest", counted)
+    for with_key in (True, False):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        request = head("sk-one")
+        if not with_key:
+            request = request.replace(b"Authorization: Bearer sk-one\r\n", b"")
+        writer.write(request + BODY[:5])
+        await until(lambda: bool(gw.state.admission.reading))
+        expected = f"k:{digests[0][:32]}" if with_key else "ip:127.0.0.1"
+        assert list(gw.state.admission.reading) == [expected] and len(digests) == 1
+        writer.write(BODY[5:])
+        assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
 
 
 async def test_an_unfinished_head_gets_408_and_is_closed(gw: InProcessGateway) -> None:

@@ -9,7 +9,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.auth import Identity
 from gateway.exchange import Exchange, Record, RequestFacts, Target
 
-_FACTS = {f.name for f in dataclasses.fields(RequestFacts)}
+_FACTS = set(RequestFacts._fields)
 _RECORD = {f.name for f in dataclasses.fields(Record)}
 _TOP = {f.name for f in dataclasses.fields(Exchange)} - {"request", "target", "record"}
 
@@ -62,5 +62,5 @@ def build_exchange(body: Any = _DEFAULT, **kw: Any) -> Exchange:
 def replace_route(ex: Exchange, route: Any) -> Exchange:
     """``ex`` with its request facts naming ``route`` (a ``RouteConfig`` or None)."""
     name = route.label if route is not None else ex.request.route_name
-    ex.request = dataclasses.replace(ex.request, route=route, route_name=ex.request.route_name or name)
+    ex.request = ex.request._replace(route=route, route_name=ex.request.route_name or name)
     return ex

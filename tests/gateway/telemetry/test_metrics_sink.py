@@ -73,6 +73,25 @@ def test_tokens_cost_and_estimated(sink: MetricsSink, make_exchange: Callable[..
     assert sample(m, "gateway_cost_usd_total", model="gpt-4o", tenant="acme") == 0.5
 
 
+def test_tokens_stay_per_tenant_and_a_kind_never_counted_shows_no_series(
+        sink: MetricsSink, make_exchange: Callable[..., Exchange]) -> None:
+    """The sink keeps the token slots with each series (issue 21: no lookup per kind per request): two tenants
+    on the same route, model and status keep their own counts, and a kind with nothing counted makes no series
+    (the control: one counted later appears then)."""
+    m = sink.state.metrics
+    for tenant, prompt in (("acme", 7), ("beta", 3), ("acme", 1)):
+        sink(finished(make_exchange, tenant=tenant, usage=Usage(prompt=prompt, completion=1)))
+    labels = {"model": "gpt-4o", "upstream": "mock"}
+    assert sample(m, "gateway_tokens_total", kind="prompt", tenant="acme", **labels) == 8
+    assert sample(m, "gateway_tokens_total", kind="prompt", tenant="beta", **labels) == 3
+    assert sample(m, "gateway_tokens_total", kind="completion", tenant="acme", **labels) == 2
+    exposed = generate_latest(m.registry)
+    assert b'kind="reasoning"' not in exposed and b'kind="cached_prompt"' not in exposed
+    sink(finished(make_exchange, tenant="beta", usage=Usage(prompt=1, reasoning=4)))
+    assert sample(m, "gateway_tokens_total", kind="reasoning", tenant="beta", **labels) == 4
+    assert b'kind="reasoning"' in generate_latest(m.registry)
+
+
 def test_cache_answers_count_no_tokens(sink: MetricsSink, make_exchange: Callable[..., Exchange]) -> None:
     """A cached answer is a request with a cache-sourced TTFT, but no upstream tokens."""
     m = sink.state.metrics

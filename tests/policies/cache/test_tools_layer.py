@@ -1,7 +1,6 @@
 """The tool-route cache: reads cached per tenant, writes and fallbacks never."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from gateway.components import TOOL_READ
@@ -25,7 +24,7 @@ class Tool:
 
 def tool_ex(st: Any, read: bool, key: str = "sk-a") -> Exchange:
     ex = exchange(st, key=key, operation="tool")
-    ex.request = dataclasses.replace(ex.request, method="GET", upstream_path="/v1/price")
+    ex.request = ex.request._replace(method="GET", upstream_path="/v1/price")
     ex.target.upstream, ex.raw_body = "quotes", b""
     ex.state[TOOL_READ] = read
     return ex

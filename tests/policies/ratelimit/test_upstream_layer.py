@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any
 
 import pytest
@@ -68,7 +67,7 @@ async def test_gives_up_after_max_queue_wait_and_never_past_the_deadline() -> No
     assert info.value.status == 429 and info.value.headers["retry-after"] == "1"
     assert 0.09 <= ex.record.waited_s < 1.0
     hurried = exchange(st)
-    hurried.request = dataclasses.replace(hurried.request, deadline=st.clock() + 0.02)
+    hurried.request = hurried.request._replace(deadline=st.clock() + 0.02)
     with pytest.raises(LocalReply):
         await policy(hurried, nxt)
     assert hurried.record.waited_s < 0.09

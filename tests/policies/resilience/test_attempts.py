@@ -16,7 +16,7 @@ from tests.policies.resilience.test_retry_layer import Harness
 
 def decide(h: Harness, failed: Failed, tries: int = 1, deadline_in: float = 600.0) -> float | None:
     ex = h.exchange()
-    ex = dataclasses.replace(ex, request=dataclasses.replace(ex.request, deadline=h.clock.now + deadline_in))
+    ex = dataclasses.replace(ex, request=ex.request._replace(deadline=h.clock.now + deadline_in))
     target = h.policy.planner(ex)[0]
     return h.policy.attempts.retry_delay(ex, target, failed, tries, h.res.budget(target.key))
 

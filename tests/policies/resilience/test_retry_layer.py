@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -197,7 +196,7 @@ async def test_too_long_retry_after_goes_back_at_once(headers: dict[str, str], d
     h = Harness()
     h.scripts["a"] = [answer(429, headers=headers)]
     ex = h.exchange()
-    ex.request = dataclasses.replace(ex.request, deadline=h.clock.now + deadline_left)
+    ex.request = ex.request._replace(deadline=h.clock.now + deadline_left)
     resp = await h.chain(ex)
     assert resp.status == 429 and resp.headers.items() >= headers.items()
     assert h.clock.sleeps == [] and len(h.calls) == 1
@@ -240,7 +239,7 @@ async def test_backoff_past_deadline_stops() -> None:
     h = Harness(retry={"base_delay_s": 10, "max_delay_s": 10, "jitter": "none"})
     h.scripts["a"] = [answer(503)]
     ex = h.exchange()
-    ex.request = dataclasses.replace(ex.request, deadline=h.clock.now + 5)
+    ex.request = ex.request._replace(deadline=h.clock.now + 5)
     assert (await h.chain(ex)).status == 503 and h.clock.sleeps == []
 
 
