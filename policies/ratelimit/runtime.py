@@ -77,7 +77,7 @@ class RateLimiter:
     def __post_init__(self) -> None:
         if isinstance(self.buckets, RedisBuckets) and self.leases is None:
             self.leases = Leases(now=lambda: self.clock.now(), speed=lambda: self.clock.speed,
-                                 give_back=self._give_back, count=self.metrics.lease)
+                                 give_back=self._give_back, count=self.metrics.lease, renew=self._renew)
 
     @property
     def memory(self) -> MemoryBuckets:
@@ -109,6 +109,12 @@ class RateLimiter:
         assert isinstance(buckets, RedisBuckets)
         ask = leases.ask(ls, amounts)
         if ask is None:
+            waiter = leases.join(ls, amounts)
+            if waiter is not None:  # the lease on its way is likely to cover this one too
+                await waiter
+                verdict = leases.take(ls, amounts)
+                if verdict is not None:
+                    return verdict
             return await buckets.acquire(ls, amounts, member)
         # Shielded: a caller cancelled meanwhile must not lose a lease Redis granted (it would stay held).
         return await asyncio.shield(self._ask(leases, buckets, ls, amounts, member, ask))
@@ -122,6 +128,21 @@ class RateLimiter:
             leases.failed(ls)
             raise
         return leases.answered(ls, ask.size, verdict)
+
+    def _renew(self, ls: LimitSet) -> None:
+        """The lease of ``ls`` is half through its life: ask for the next (an admission of nothing, off any
+        request's path; its answer extends the lease and tops it up to its size)."""
+        leases, buckets = self.leases, self.buckets
+        nothing = (0,) * len(ls.limits)
+        if leases is None or not isinstance(buckets, RedisBuckets):
+            return
+        ask = leases.ask(ls, nothing)
+        if ask is not None:
+            self.spawn(self._renewing(leases, buckets, ls, nothing, ask))
+
+    async def _renewing(self, leases: Leases, buckets: RedisBuckets, ls: LimitSet, nothing: tuple[int, ...],
+                        ask: LeaseAsk) -> None:
+        await self._ask(leases, buckets, ls, nothing, self.member(), ask)
 
     def _give_back(self, ls: LimitSet, rest: tuple[int, ...], granted: tuple[int, ...]) -> None:
         """A lease ends: its unused rest goes back to the shared bucket (a deferred settlement)."""
@@ -255,8 +276,9 @@ class RateLimiter:
             log.error("rate-limit background update failed", exc_info=task.exception())
 
     async def close(self) -> None:
-        """Shutdown: give the leases back, then send every pending update."""
+        """Shutdown: give the leases back (after any renewal on its way), then send every pending update."""
         if self.leases is not None:
+            await self.drain()
             self.leases.release_all()
         await self.drain()
 
