@@ -37,7 +37,7 @@ from policies.ratelimit.metrics import RateLimitMetrics
 from policies.ratelimit.model import LimitSet, Verdict, upstream_key
 from policies.ratelimit.queue import AdmissionQueue
 from policies.ratelimit.quota_learning import Pending, lesson
-from policies.ratelimit.redis_buckets import RedisBuckets, Update
+from policies.ratelimit.redis_buckets import RedisBuckets, Update, acquire_verdict
 
 log = logging.getLogger("gateway.ratelimit")
 COMPONENT: StateKey[RateLimiter] = StateKey("rate_limit")
@@ -133,16 +133,18 @@ class RateLimiter:
         """The lease of ``ls`` is half through its life: ask for the next (an admission of nothing, off any
         request's path; its answer extends the lease and tops it up to its size)."""
         leases, buckets = self.leases, self.buckets
-        nothing = (0,) * len(ls.limits)
         if leases is None or not isinstance(buckets, RedisBuckets):
             return
-        ask = leases.ask(ls, nothing)
+        ask = leases.ask(ls, (0,) * len(ls.limits))
         if ask is not None:
-            self.spawn(self._renewing(leases, buckets, ls, nothing, ask))
+            buckets.renew(ls, ask).add_done_callback(functools.partial(self._renewed, leases, ls, ask))
 
-    async def _renewing(self, leases: Leases, buckets: RedisBuckets, ls: LimitSet, nothing: tuple[int, ...],
-                        ask: LeaseAsk) -> None:
-        await self._ask(leases, buckets, ls, nothing, self.member(), ask)
+    @staticmethod
+    def _renewed(leases: Leases, ls: LimitSet, ask: LeaseAsk, reply: asyncio.Future[Any]) -> None:
+        if reply.cancelled() or reply.exception() is not None:  # Redis away: no lease came
+            leases.failed(ls)
+            return
+        leases.answered(ls, ask.size, acquire_verdict(ls, reply.result()))
 
     def _give_back(self, ls: LimitSet, rest: tuple[int, ...], granted: tuple[int, ...]) -> None:
         """A lease ends: its unused rest goes back to the shared bucket (a deferred settlement)."""

@@ -273,6 +273,33 @@ async def test_redis_down_spends_the_lease_then_falls_back() -> None:
         server.kill()
 
 
+async def test_a_renewal_redis_does_not_answer_leaves_the_lease_to_expire() -> None:
+    """Redis dies: the renewal fails (no retry in the lease's life), the lease keeps admitting until it
+    expires, then the fallback decides. The control: the renewal was asked."""
+    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
+    server.start()
+    p = process(server.url, "r:")
+    p.guarded.timeout_s = 0.5
+    try:
+        assert await p.admit(BIG, 3) == 3
+        leases = p.limiter.leases
+        assert leases is not None
+        server.kill()
+        p.now[0] += 0.6
+        leases.sweep()
+        assert BIG.key in leases.asking  # the control: asked
+        await until(lambda: BIG.key not in leases.asking, timeout=5, message="the renewal fails")
+        lease = leases.held[BIG.key]
+        assert lease.renew_at == lease.expires and p.count("granted") == 1
+        assert await p.admit(BIG, 2) == 2 and p.count("spent") == 4  # still from the lease
+        p.now[0] += 0.5
+        verdict = await p.limiter.acquire(BIG, (1,), "x")
+        assert verdict.ok and verdict.local and BIG.key not in leases.held
+    finally:
+        await p.guarded.close()
+        server.kill()
+
+
 @pytest.mark.parametrize("cancel", [True, False])
 async def test_one_lease_request_at_a_time(pair: tuple[Process, Process], cancel: bool) -> None:
     """Concurrent admissions of one set ask for one lease between them (bounded under-admission)."""
