@@ -35,6 +35,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from operator import add
+from typing import Protocol
 
 from policies.ratelimit.model import LimitSet, Verdict
 
@@ -42,6 +44,12 @@ LEASE_TTL_S = 1.0  # limiter seconds a lease lives after its last grant
 HOLD_MARGIN_MS = 1000  # Redis counts a lease as held this long past its expiry (the give-back, a slow loop)
 RENEW_AT = 0.5  # of a lease's lifetime: then a lease spent from since its grant is renewed in the background
 OUTCOMES = ("granted", "refused", "spent", "returned", "voided", "joined")
+
+
+class Counted(Protocol):
+    """A counter's fast slot (``gateway.telemetry.metrics.Children.slot``)."""
+
+    def inc(self, amount: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,7 @@ class Lease:
     expires: float  # limiter clock
     renew_at: float = 0.0  # limiter clock: the timer renews it then if it was spent from (``used``)
     used: bool = False  # a request was admitted from it since its last grant
+    spent: Counted | None = None  # its set's ``spent`` counter, resolved once per lease (one call a take)
 
 
 @dataclass(slots=True)
@@ -72,7 +81,7 @@ class Leases:
     speed: Callable[[], float]  # limiter seconds per real second (timers run on the loop's clock)
     # A lease ends: (its set, the unused rest, what it was granted) go to the shared bucket.
     give_back: Callable[[LimitSet, tuple[int, ...], tuple[int, ...]], None]
-    count: Callable[[str, str], None]  # (scope, outcome)
+    counter: Callable[[str, str], Counted]  # (scope, outcome) -> the counter's slot
     renew: Callable[[LimitSet], None]  # ask Redis for ``ls``'s next lease in the background (``ask``)
     ttl_s: float = LEASE_TTL_S
     held: dict[str, Lease] = field(default_factory=dict)
@@ -100,8 +109,11 @@ class Leases:
         for i, amount in enumerate(amounts):
             left[i] -= amount
         lease.used = True
-        self.count(ls.scope, "spent")
-        return Verdict(True, "", 0.0, tuple(s + x for s, x in zip(lease.shared, left)))
+        spent = lease.spent
+        if spent is None:
+            spent = lease.spent = self.counter(ls.scope, "spent")
+        spent.inc(1)
+        return Verdict(True, "", 0.0, tuple(map(add, lease.shared, left)))
 
     def ask(self, ls: LimitSet, amounts: tuple[int, ...]) -> LeaseAsk | None:
         """The lease to ask for with this admission: None for none (not leased, one already asked, or the
@@ -209,6 +221,9 @@ class Leases:
         waiters.append(waiter)
         self.count(ls.scope, "joined")
         return waiter
+
+    def count(self, scope: str, outcome: str) -> None:
+        self.counter(scope, outcome).inc(1)
 
     def _wake(self, ls: LimitSet) -> None:
         """The lease request of ``ls`` is answered (or failed): the admissions that joined it go on."""

@@ -77,7 +77,8 @@ class RateLimiter:
     def __post_init__(self) -> None:
         if isinstance(self.buckets, RedisBuckets) and self.leases is None:
             self.leases = Leases(now=lambda: self.clock.now(), speed=lambda: self.clock.speed,
-                                 give_back=self._give_back, count=self.metrics.lease, renew=self._renew)
+                                 give_back=self._give_back, counter=self.metrics.leases.slot,
+                                 renew=self._renew)
 
     @property
     def memory(self) -> MemoryBuckets:

@@ -486,8 +486,16 @@ def test_a_lease_voided_on_its_way_is_dropped_when_it_comes() -> None:
     state is told it is not held."""
     given: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     counted: list[str] = []
+
+    @dataclass
+    class Counting:
+        outcome: str
+
+        def inc(self, amount: float) -> None:
+            counted.append(self.outcome)
+
     leases = Leases(now=lambda: 0.0, speed=lambda: 1.0, give_back=lambda ls, r, g: given.append((r, g)),
-                    count=lambda scope, outcome: counted.append(outcome), renew=lambda ls: None)
+                    counter=lambda scope, outcome: Counting(outcome), renew=lambda ls: None)
     ask = leases.ask(BIG, (1,))
     assert ask is not None and ask.size == (12,) and ask.release == (0,)
     assert leases.ask(BIG, (1,)) is None  # one request asks at a time
