@@ -86,7 +86,7 @@ class Leases:
     ttl_s: float = LEASE_TTL_S
     held: dict[str, Lease] = field(default_factory=dict)
     # Sets whose lease request is on its way -> the admissions waiting for its answer (``join``).
-    asking: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
+    asking: dict[str, list[asyncio.Future[bool]]] = field(default_factory=dict)
     stale: set[str] = field(default_factory=set)  # ... and was voided meanwhile
     refused: set[str] = field(default_factory=set)  # sets whose last lease request was not granted
     _timer: asyncio.TimerHandle | None = None
@@ -145,7 +145,7 @@ class Leases:
     def answered(self, ls: LimitSet, size: tuple[int, ...], verdict: Verdict) -> Verdict:
         """The admission that asked for ``size`` came back; keep the lease if granted. The verdict's levels
         then count the lease as available (what a single process would have said)."""
-        self._wake(ls)
+        self._wake(ls, reached=not verdict.local)
         if not verdict.leased:
             if verdict.ok and not verdict.local:
                 self.count(ls.scope, "refused")
@@ -190,7 +190,7 @@ class Leases:
     def failed(self, ls: LimitSet) -> None:
         """The admission that asked for a lease did not come back (cancelled, an error): if Redis granted
         it, its held figure lapses after ``hold_ms``."""
-        self._wake(ls)
+        self._wake(ls, reached=False)
         self.stale.discard(ls.key)
         self._renewal_failed(ls)
 
@@ -206,11 +206,12 @@ class Leases:
             lease.renew_at = lease.expires
             self._arm()
 
-    def join(self, ls: LimitSet, amounts: tuple[int, ...]) -> asyncio.Future[None] | None:
+    def join(self, ls: LimitSet, amounts: tuple[int, ...]) -> asyncio.Future[bool] | None:
         """An admission the lease cannot take while a lease request of its set is on its way: a future
-        resolved when that request is answered (then ``take`` again), instead of a round trip of its own.
-        None when none is on its way, the last was refused (near exhaustion: each goes to Redis), or a lease
-        would not cover this request."""
+        resolved when that request is answered (then ``take`` again), instead of a round trip of its own;
+        its result says whether Redis answered it (False: Redis is away, decide locally rather than wait
+        for it a second time). None when none is on its way, the last was refused (near exhaustion: each
+        goes to Redis), or a lease would not cover this request."""
         waiters = self.asking.get(ls.key)
         if waiters is None or ls.key in self.refused:
             return None
@@ -225,11 +226,11 @@ class Leases:
     def count(self, scope: str, outcome: str) -> None:
         self.counter(scope, outcome).inc(1)
 
-    def _wake(self, ls: LimitSet) -> None:
+    def _wake(self, ls: LimitSet, reached: bool) -> None:
         """The lease request of ``ls`` is answered (or failed): the admissions that joined it go on."""
         for waiter in self.asking.pop(ls.key, ()):
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(reached)
 
     def void(self, ls: LimitSet) -> None:
         """Drop ``ls``'s lease without giving its rest back: the provider said the quota is lower (or

@@ -169,10 +169,14 @@ class RedisBuckets:
             raw = await self.guarded.execute(*evalsha_args(self._acquire, static.acquire_keys, args),
                                              script=self._acquire)
         except RedisUnavailable:
-            return replace(self.fallback.acquire_now(self.local(ls), amounts, member), local=True)
+            return self.acquire_local(ls, amounts, member)
         if self.owed and (self._replaying is None or self._replaying.done()):
             self._replaying = asyncio.get_running_loop().create_task(self._replay())  # off the request's path
         return acquire_verdict(ls, raw)
+
+    def acquire_local(self, ls: LimitSet, amounts: tuple[int, ...], member: str) -> Verdict:
+        """The local fallback's verdict (this replica's share), as when Redis does not answer."""
+        return replace(self.fallback.acquire_now(self.local(ls), amounts, member), local=True)
 
     def renew(self, ls: LimitSet, lease: LeaseAsk) -> asyncio.Future[Any]:
         """Ask for ``lease`` with an admission of nothing (a lease's renewal, off any request's path): the

@@ -112,10 +112,12 @@ class RateLimiter:
         if ask is None:
             waiter = leases.join(ls, amounts)
             if waiter is not None:  # the lease on its way is likely to cover this one too
-                await waiter
+                reached = await waiter
                 verdict = leases.take(ls, amounts)
                 if verdict is not None:
                     return verdict
+                if not reached:  # Redis did not answer the lease request: the local fallback, at once
+                    return buckets.acquire_local(ls, amounts, member)
             return await buckets.acquire(ls, amounts, member)
         # Shielded: a caller cancelled meanwhile must not lose a lease Redis granted (it would stay held).
         return await asyncio.shield(self._ask(leases, buckets, ls, amounts, member, ask))

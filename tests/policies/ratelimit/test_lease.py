@@ -300,6 +300,26 @@ async def test_a_renewal_redis_does_not_answer_leaves_the_lease_to_expire() -> N
         server.kill()
 
 
+async def test_admissions_that_joined_a_lease_request_redis_did_not_answer_decide_locally() -> None:
+    """Redis dies as a lease request leaves: the admissions that joined it take the local fallback's
+    verdict when it fails, instead of a second round trip each to a Redis that is not there. The control:
+    they joined, and the one that asked went to Redis."""
+    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
+    server.start()
+    p = process(server.url, "j:")
+    p.guarded.timeout_s = 0.5
+    try:
+        await p.admit(WARM, 1)
+        server.kill()
+        trips = round_trips(p.guarded)
+        verdicts = await asyncio.gather(*(p.limiter.acquire(BIG, (1,), f"m{i}") for i in range(4)))
+        assert all(v.ok and v.local for v in verdicts) and p.count("joined") == 3
+        assert len(trips) == 1
+    finally:
+        await p.guarded.close()
+        server.kill()
+
+
 @pytest.mark.parametrize("cancel", [True, False])
 async def test_one_lease_request_at_a_time(pair: tuple[Process, Process], cancel: bool) -> None:
     """Concurrent admissions of one set ask for one lease between them (bounded under-admission)."""
