@@ -154,6 +154,31 @@ async def test_two_processes_never_admit_more_than_the_limit(pair: tuple[Process
     assert a.count("refused") + b.count("refused") > 0
 
 
+async def test_renewals_and_joins_never_admit_more_than_the_limit(pair: tuple[Process, Process]) -> None:
+    """Two processes, bursts of eight concurrent admissions each (joins), their clocks moved so that leases
+    are renewed and expire between bursts: together they admit exactly the limit (plus what refilled), no
+    more. The control: renewals and joins happened."""
+    a, b = pair
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    admitted, refused_rounds = 0, 0
+    while refused_rounds < 3:
+        bursts = [p.limiter.acquire(BIG, (1,), f"m{i}") for p in (a, b) for i in range(8)]
+        verdicts = await asyncio.gather(*bursts)
+        admitted += sum(v.ok for v in verdicts)
+        refused_rounds += all(not v.ok for v in verdicts)
+        for p in (a, b):
+            p.now[0] += 0.3
+            leases = p.limiter.leases
+            assert leases is not None
+            leases.sweep()
+            await p.limiter.drain()
+    refill = RPM600.rate * (loop.time() - start)
+    assert 600 <= admitted <= 600 + refill + 1
+    assert a.count("joined") + b.count("joined") > 0
+    assert a.count("granted") + b.count("granted") > 2 and a.count("refused") + b.count("refused") > 0
+
+
 async def test_an_unused_lease_comes_back_for_the_other_process(pair: tuple[Process, Process]) -> None:
     """Process a holds 12 leased requests; b drains the bucket and is refused; a's lease expires, its rest
     goes back, and b is admitted from it."""
