@@ -16,7 +16,8 @@ near exhaustion are admitted per request, exactly as without leases. What a leas
 under-admission, bounded by two leases per set and process (one request at a time asks, ``asking``; a
 lease request asks for what brings each bucket's lease back to its size, and a token bucket's spent tokens
 stay held only up to what keeps the lease within twice its size, as room for the refunds of answers still
-in flight) for at most its lifetime (``ttl_s``) since its last grant: then its unused rest goes back to
+in flight) while the process spends from it, and for at most its lifetime (``ttl_s``) after its last grant
+once nobody does (a lease nobody spent from is not renewed): then its unused rest goes back to
 the shared bucket (an ``APPLY`` operation on the deferred path; dropped if Redis is down, like the lease
 of a process that dies: what it held stops counting as held ``HOLD_MARGIN_MS`` after its expiry).
 A lease spent from is renewed in the background half through its life (``sweep``: an admission of
