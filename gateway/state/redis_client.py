@@ -292,7 +292,11 @@ class GuardedRedis:
         once: this timer is their pass's end, nothing else comes to join them in it."""
         self._flush_at = None
         writes, self._writes = self._writes, []
-        if writes:
+        if len(writes) == 1:  # the usual at low load, the entry's ``SET`` alone: ``_flush`` inline, no
+            w = writes[0]  # ``commands`` nor ``ready`` (a write that ``build``s gives the same command twice)
+            if not self._submit(SentWrites(self, writes), [w.args if w.build is None else w.build()], True):
+                self._spawn(self._send_writes(writes))
+        elif writes:
             self._flush(writes, write=True)
 
     def _flush(self, writes: list[Write], write: bool = False) -> None:

@@ -51,9 +51,6 @@ class RateLimitMetrics:
                                       ("scope", "outcome"))),
         )
 
-    def lease(self, scope: str, outcome: str) -> None:
-        self.leases.slot(scope, outcome).inc(1)
-
     def decide(self, scope: str, limit: str, decision: str) -> None:
         self.decisions(scope, "rpm" if limit == COOLDOWN or limit not in LIMIT_NAMES else limit,
                        decision).inc()

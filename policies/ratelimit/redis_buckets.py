@@ -169,10 +169,26 @@ class RedisBuckets:
             raw = await self.guarded.execute(*evalsha_args(self._acquire, static.acquire_keys, args),
                                              script=self._acquire)
         except RedisUnavailable:
-            return replace(self.fallback.acquire_now(self.local(ls), amounts, member), local=True)
+            return self.acquire_local(ls, amounts, member)
         if self.owed and (self._replaying is None or self._replaying.done()):
             self._replaying = asyncio.get_running_loop().create_task(self._replay())  # off the request's path
-        return _verdict(ls, raw)
+        return acquire_verdict(ls, raw)
+
+    def acquire_local(self, ls: LimitSet, amounts: tuple[int, ...], member: str) -> Verdict:
+        """The local fallback's verdict (this replica's share), as when Redis does not answer."""
+        return replace(self.fallback.acquire_now(self.local(ls), amounts, member), local=True)
+
+    def renew(self, ls: LimitSet, lease: LeaseAsk) -> asyncio.Future[Any]:
+        """Ask for ``lease`` with an admission of nothing (a lease's renewal, off any request's path): the
+        future of the script's reply (``acquire_verdict``), or of ``RedisUnavailable``; no coroutine, no
+        task."""
+        static = self._args(ls)
+        args = static.acquire.copy()
+        args[1] = b""
+        args[_AMOUNTS] = (0,) * len(ls.limits)
+        args += [*lease.size, *lease.release, lease.hold_ms]
+        command = evalsha_args(self._acquire, static.acquire_keys, args)
+        return self.guarded.execute(*command, script=self._acquire)
 
     async def settle(self, ls: LimitSet, deltas: Sequence[int], member: str, local: bool = False) -> None:
         if local:
@@ -290,7 +306,8 @@ class RedisBuckets:
         return cached
 
 
-def _verdict(ls: LimitSet, raw: Sequence[Any]) -> Verdict:
+def acquire_verdict(ls: LimitSet, raw: Sequence[Any]) -> Verdict:
+    """``ACQUIRE``'s reply as a verdict."""
     ok, failed, wait_ms = int(raw[0]), int(raw[1]), int(raw[2])
     n = len(ls.limits)
     levels = tuple(float(x) for x in raw[3: 3 + n])

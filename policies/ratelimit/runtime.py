@@ -37,7 +37,7 @@ from policies.ratelimit.metrics import RateLimitMetrics
 from policies.ratelimit.model import LimitSet, Verdict, upstream_key
 from policies.ratelimit.queue import AdmissionQueue
 from policies.ratelimit.quota_learning import Pending, lesson
-from policies.ratelimit.redis_buckets import RedisBuckets, Update
+from policies.ratelimit.redis_buckets import RedisBuckets, Update, acquire_verdict
 
 log = logging.getLogger("gateway.ratelimit")
 COMPONENT: StateKey[RateLimiter] = StateKey("rate_limit")
@@ -77,7 +77,8 @@ class RateLimiter:
     def __post_init__(self) -> None:
         if isinstance(self.buckets, RedisBuckets) and self.leases is None:
             self.leases = Leases(now=lambda: self.clock.now(), speed=lambda: self.clock.speed,
-                                 give_back=self._give_back, count=self.metrics.lease)
+                                 give_back=self._give_back, counter=self.metrics.leases.slot,
+                                 renew=self._renew)
 
     @property
     def memory(self) -> MemoryBuckets:
@@ -109,6 +110,14 @@ class RateLimiter:
         assert isinstance(buckets, RedisBuckets)
         ask = leases.ask(ls, amounts)
         if ask is None:
+            waiter = leases.join(ls, amounts)
+            if waiter is not None:  # the lease on its way is likely to cover this one too
+                reached = await waiter
+                verdict = leases.take(ls, amounts)
+                if verdict is not None:
+                    return verdict
+                if not reached:  # Redis did not answer the lease request: the local fallback, at once
+                    return buckets.acquire_local(ls, amounts, member)
             return await buckets.acquire(ls, amounts, member)
         # Shielded: a caller cancelled meanwhile must not lose a lease Redis granted (it would stay held).
         return await asyncio.shield(self._ask(leases, buckets, ls, amounts, member, ask))
@@ -122,6 +131,23 @@ class RateLimiter:
             leases.failed(ls)
             raise
         return leases.answered(ls, ask.size, verdict)
+
+    def _renew(self, ls: LimitSet) -> None:
+        """The lease of ``ls`` is half through its life: ask for the next (an admission of nothing, off any
+        request's path; its answer extends the lease and tops it up to its size)."""
+        leases, buckets = self.leases, self.buckets
+        if leases is None or not isinstance(buckets, RedisBuckets):
+            return
+        ask = leases.ask(ls, (0,) * len(ls.limits))
+        if ask is not None:
+            buckets.renew(ls, ask).add_done_callback(functools.partial(self._renewed, leases, ls, ask))
+
+    @staticmethod
+    def _renewed(leases: Leases, ls: LimitSet, ask: LeaseAsk, reply: asyncio.Future[Any]) -> None:
+        if reply.cancelled() or reply.exception() is not None:  # Redis away: no lease came
+            leases.failed(ls)
+            return
+        leases.answered(ls, ask.size, acquire_verdict(ls, reply.result()))
 
     def _give_back(self, ls: LimitSet, rest: tuple[int, ...], granted: tuple[int, ...]) -> None:
         """A lease ends: its unused rest goes back to the shared bucket (a deferred settlement)."""
@@ -255,8 +281,9 @@ class RateLimiter:
             log.error("rate-limit background update failed", exc_info=task.exception())
 
     async def close(self) -> None:
-        """Shutdown: give the leases back, then send every pending update."""
+        """Shutdown: give the leases back (after any renewal on its way), then send every pending update."""
         if self.leases is not None:
+            await self.drain()
             self.leases.release_all()
         await self.drain()
 

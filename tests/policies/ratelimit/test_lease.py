@@ -154,6 +154,31 @@ async def test_two_processes_never_admit_more_than_the_limit(pair: tuple[Process
     assert a.count("refused") + b.count("refused") > 0
 
 
+async def test_renewals_and_joins_never_admit_more_than_the_limit(pair: tuple[Process, Process]) -> None:
+    """Two processes, bursts of eight concurrent admissions each (joins), their clocks moved so that leases
+    are renewed and expire between bursts: together they admit exactly the limit (plus what refilled), no
+    more. The control: renewals and joins happened."""
+    a, b = pair
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    admitted, refused_rounds = 0, 0
+    while refused_rounds < 3:
+        bursts = [p.limiter.acquire(BIG, (1,), f"m{i}") for p in (a, b) for i in range(8)]
+        verdicts = await asyncio.gather(*bursts)
+        admitted += sum(v.ok for v in verdicts)
+        refused_rounds += all(not v.ok for v in verdicts)
+        for p in (a, b):
+            p.now[0] += 0.3
+            leases = p.limiter.leases
+            assert leases is not None
+            leases.sweep()
+            await p.limiter.drain()
+    refill = RPM600.rate * (loop.time() - start)
+    assert 600 <= admitted <= 600 + refill + 1
+    assert a.count("joined") + b.count("joined") > 0
+    assert a.count("granted") + b.count("granted") > 2 and a.count("refused") + b.count("refused") > 0
+
+
 async def test_an_unused_lease_comes_back_for_the_other_process(pair: tuple[Process, Process]) -> None:
     """Process a holds 12 leased requests; b drains the bucket and is refused; a's lease expires, its rest
     goes back, and b is admitted from it."""
@@ -273,6 +298,53 @@ async def test_redis_down_spends_the_lease_then_falls_back() -> None:
         server.kill()
 
 
+async def test_a_renewal_redis_does_not_answer_leaves_the_lease_to_expire() -> None:
+    """Redis dies: the renewal fails (no retry in the lease's life), the lease keeps admitting until it
+    expires, then the fallback decides. The control: the renewal was asked."""
+    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
+    server.start()
+    p = process(server.url, "r:")
+    p.guarded.timeout_s = 0.5
+    try:
+        assert await p.admit(BIG, 3) == 3
+        leases = p.limiter.leases
+        assert leases is not None
+        server.kill()
+        p.now[0] += 0.6
+        leases.sweep()
+        assert BIG.key in leases.asking  # the control: asked
+        await until(lambda: BIG.key not in leases.asking, timeout=5, message="the renewal fails")
+        lease = leases.held[BIG.key]
+        assert lease.renew_at == lease.expires and p.count("granted") == 1
+        assert await p.admit(BIG, 2) == 2 and p.count("spent") == 4  # still from the lease
+        p.now[0] += 0.5
+        verdict = await p.limiter.acquire(BIG, (1,), "x")
+        assert verdict.ok and verdict.local and BIG.key not in leases.held
+    finally:
+        await p.guarded.close()
+        server.kill()
+
+
+async def test_admissions_that_joined_a_lease_request_redis_did_not_answer_decide_locally() -> None:
+    """Redis dies as a lease request leaves: the admissions that joined it take the local fallback's
+    verdict when it fails, instead of a second round trip each to a Redis that is not there. The control:
+    they joined, and the one that asked went to Redis."""
+    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
+    server.start()
+    p = process(server.url, "j:")
+    p.guarded.timeout_s = 0.5
+    try:
+        await p.admit(WARM, 1)
+        server.kill()
+        trips = round_trips(p.guarded)
+        verdicts = await asyncio.gather(*(p.limiter.acquire(BIG, (1,), f"m{i}") for i in range(4)))
+        assert all(v.ok and v.local for v in verdicts) and p.count("joined") == 3
+        assert len(trips) == 1
+    finally:
+        await p.guarded.close()
+        server.kill()
+
+
 @pytest.mark.parametrize("cancel", [True, False])
 async def test_one_lease_request_at_a_time(pair: tuple[Process, Process], cancel: bool) -> None:
     """Concurrent admissions of one set ask for one lease between them (bounded under-admission)."""
@@ -316,17 +388,127 @@ async def test_a_refund_stays_in_the_lease_and_a_charge_goes_to_redis(pair: tupl
     assert float(level) < 60_000 - 500 - 1200 - 400 + 100  # the charge reached Redis (plus a little refill)
 
 
-async def test_a_lease_holds_at_most_twice_its_size(pair: tuple[Process, Process]) -> None:
-    """Requests too big for the token lease keep asking for leases: the request lease that piles up is
-    trimmed to twice its size and the excess given back at once."""
+async def test_a_top_up_brings_the_lease_back_to_its_size(pair: tuple[Process, Process]) -> None:
+    """Requests too big for what is left of the token lease keep asking for leases: each top-up asks only
+    what brings every bucket's lease back to its size, so nothing piles up to be given back."""
     a, _ = pair
     tpm = Limit("tpm", "bucket", 600_000.0, 10_000.0, tokens=True)
     ls = LimitSet("client", "c:t:pile", "t", (RPM600, tpm), lease=0.02)  # leases: 12 requests, 12,000 tokens
+    trips = round_trips(a.guarded)
     for i in range(5):
         assert (await a.limiter.acquire(ls, ls.amounts(12_000), f"m{i}")).ok
     leases = a.limiter.leases
-    assert leases is not None and leases.held[ls.key].left[0] <= 24
-    assert a.count("returned") >= 1
+    assert leases is not None and leases.held[ls.key].left == [12, 12_000]  # asked 1 and 12,000 each time
+    assert len(trips) == 3 and a.count("granted") == 3 and a.count("spent") == 2 and a.count("returned") == 0
+    key = a.limiter.buckets.keys(ls)[0]  # type: ignore[union-attr]
+    assert float(await a.guarded.client.hget(key, "rpm~")) == 12.0  # one lease held, the spent released
+
+
+async def test_admissions_while_a_lease_is_asked_for_wait_for_it(pair: tuple[Process, Process]) -> None:
+    """Admissions that find no lease while one is on its way wait for it instead of each making a round
+    trip: one ACQUIRE for eight concurrent requests. The control: once leases are refused (below half the
+    bucket), concurrent admissions go to Redis each."""
+    a, b = pair
+    await a.admit(WARM, 1)
+    trips = round_trips(a.guarded)
+    verdicts = await asyncio.gather(*(a.limiter.acquire(BIG, (1,), f"m{i}") for i in range(8)))
+    assert all(v.ok for v in verdicts) and trips == [["EVALSHA"]]
+    assert a.count("granted") == 1 and a.count("joined") == 7 and a.count("spent") == 7
+    plain = LimitSet("client", BIG.key, "t", BIG.limits)  # the same bucket, never leased
+    assert await b.admit(plain, 300) == 300  # below half: the next lease request is refused
+    a.now[0] += 1.5
+    leases = a.limiter.leases
+    assert leases is not None
+    leases.sweep()
+    await a.limiter.drain()
+    assert (await a.limiter.acquire(BIG, (1,), "r")).ok and a.count("refused") == 1
+    trips.clear()
+    verdicts = await asyncio.gather(*(a.limiter.acquire(BIG, (1,), f"n{i}") for i in range(4)))
+    assert all(v.ok for v in verdicts) and sum(map(len, trips)) == 4 and a.count("joined") == 7
+
+
+async def test_a_lease_in_use_is_renewed_before_it_expires(pair: tuple[Process, Process]) -> None:
+    """Half through its life a lease spent from is renewed in the background (an admission of nothing):
+    its life is extended and it is topped up to its size, with no request waiting or going to Redis. A
+    lease nobody spent from since its grant is not renewed: it expires and goes back (the control)."""
+    a, _ = pair
+    await a.admit(BIG, 4)  # the first takes the lease, three are spent from it
+    leases = a.limiter.leases
+    assert leases is not None
+    lease = leases.held[BIG.key]
+    assert lease.left == [9] and a.count("granted") == 1
+    trips = round_trips(a.guarded)
+    a.now[0] += 0.6
+    leases.sweep()
+    await until(lambda: BIG.key not in leases.asking and a.count("granted") == 2, timeout=5,
+                message="the renewal is answered")
+    assert leases.held[BIG.key] is lease and lease.left == [12] and lease.expires == a.now[0] + 1.0
+    assert len(trips) == 1 and trips[0] == ["EVALSHA"]
+    key = a.limiter.buckets.keys(BIG)[0]  # type: ignore[union-attr]
+    assert float(await a.guarded.client.hget(key, "rpm~")) == 12.0  # the 3 spent released, 3 topped up
+    a.now[0] += 0.6  # half through the renewed lease's life, nothing spent from it
+    leases.sweep()
+    await a.limiter.drain()
+    assert a.count("granted") == 2 and len(trips) == 1
+    a.now[0] += 0.5
+    leases.sweep()
+    assert BIG.key not in leases.held and a.count("returned") == 1
+
+
+async def test_a_lease_that_expires_while_its_renewal_is_on_its_way_waits_for_it(
+        pair: tuple[Process, Process]) -> None:
+    """The renewal was asked while the lease lived, so Redis still counts it as held when the renewal runs:
+    the lease is not given back at its expiry but spends nothing until the answer, which extends it; an
+    admission meanwhile waits for that answer and is then admitted from the lease."""
+    a, _ = pair
+    await a.admit(BIG, 2)
+    leases = a.limiter.leases
+    assert leases is not None
+    a.now[0] += 0.6
+    leases.sweep()  # the renewal is on its way (a task not started yet)
+    assert BIG.key in leases.asking
+    a.now[0] += 0.5  # past the lease's expiry
+    trips = round_trips(a.guarded)
+    assert leases.take(BIG, (1,)) is None and BIG.key in leases.held  # kept, not spent from
+    verdict = await a.limiter.acquire(BIG, (1,), "w")
+    assert verdict.ok and a.count("joined") == 1 and a.count("granted") == 2 and a.count("returned") == 0
+    assert leases.held[BIG.key].left == [11] and len(trips) == 1  # the renewal only
+
+
+async def test_a_refund_after_the_next_ask_stays_in_the_lease(pair: tuple[Process, Process]) -> None:
+    """An answer still in flight when its lease was renewed gives its unused tokens back to the lease: the
+    renewal kept room for it (the spent tokens of a token bucket stay held up to one lease), where it once
+    went to Redis; the spent requests are released as before. The control: once the lease is given back,
+    such a refund goes to Redis."""
+    a, _ = pair
+    tpm = Limit("tpm", "bucket", 60_000.0, 1000.0, tokens=True)
+    ls = LimitSet("client", "c:t:flight", "t", (RPM600, tpm), lease=0.02)  # leases: 12 requests, 1,200 tokens
+    await a.admit(WARM, 1)
+    grants = []
+    for i in range(3):
+        verdict = await a.limiter.acquire(ls, ls.amounts(300), f"m{i}")
+        grants.append(a.limiter.grant(ls, verdict, ls.amounts(300), f"m{i}", 300, 10, False))
+    leases = a.limiter.leases
+    assert leases is not None and leases.held[ls.key].left == [10, 600]
+    a.now[0] += 0.6
+    leases.sweep()
+    await until(lambda: a.count("granted") == 2, timeout=5, message="the renewal is answered")
+    await a.limiter.drain()
+    lease = leases.held[ls.key]
+    assert lease.left == [12, 1200] and lease.granted == [12, 1800]  # 600 spent kept as room
+    key = a.limiter.buckets.keys(ls)[0]  # type: ignore[union-attr]
+    assert float(await a.guarded.client.hget(key, "tpm~")) == 1800.0
+    assert float(await a.guarded.client.hget(key, "rpm~")) == 12.0
+    trips = round_trips(a.guarded)
+    a.limiter.settle(grants[1], 100)
+    assert lease.left == [12, 1400]
+    await a.limiter.drain()
+    assert trips == []
+    leases.release_all()
+    a.limiter.settle(grants[2], 100)
+    await a.limiter.drain()
+    assert trips == [["EVALSHA"]]  # the give-back and the refund: one APPLY
+    assert float(await a.guarded.client.hget(key, "tpm~")) == 0.0
 
 
 async def test_a_reload_or_a_shutdown_gives_the_lease_back(pair: tuple[Process, Process]) -> None:
@@ -349,8 +531,16 @@ def test_a_lease_voided_on_its_way_is_dropped_when_it_comes() -> None:
     state is told it is not held."""
     given: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     counted: list[str] = []
+
+    @dataclass
+    class Counting:
+        outcome: str
+
+        def inc(self, amount: float) -> None:
+            counted.append(self.outcome)
+
     leases = Leases(now=lambda: 0.0, speed=lambda: 1.0, give_back=lambda ls, r, g: given.append((r, g)),
-                    count=lambda scope, outcome: counted.append(outcome))
+                    counter=lambda scope, outcome: Counting(outcome), renew=lambda ls: None)
     ask = leases.ask(BIG, (1,))
     assert ask is not None and ask.size == (12,) and ask.release == (0,)
     assert leases.ask(BIG, (1,)) is None  # one request asks at a time
