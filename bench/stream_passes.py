@@ -27,9 +27,11 @@ from gateway.exchange import Exchange
 from gateway.produced import Capture
 from gateway.sse import StreamInspector
 from policies.cache.fill import Fill, FillBudget
+from policies.usage import layer as usage_layer
 from policies.usage.layer import UsageStripper
 from tests.support.exchange import build_exchange
 
+PIECE_BYTES: int = getattr(usage_layer, "PIECE_BYTES", 0)
 _ID = "chatcmpl-88d2f60080bb825510e061cf"
 _HEAD = ('{"id":"' + _ID + '","object":"chat.completion.chunk","created":1796687163,"model":"gpt-4o",'
          '"system_fingerprint":"fp_mock0001","service_tier":"default","choices":[{"index":0,"delta":')
@@ -121,7 +123,8 @@ async def _relay(ex: Exchange, chunks: list[bytes]) -> None:
     fill = Fill(operation="chat", sse=True, limit=1 << 30, budget=FillBudget(max_bytes=1 << 30))
     body = Observed(Chunks(list(chunks)), on_chunk=fill.keep)
     stripper = UsageStripper(ex, Capture(sse=True))
-    body = Observed(body, on_chunk=stripper.chunk, flush=stripper.flush)
+    pieces = {"piece_bytes": PIECE_BYTES} if PIECE_BYTES else {}  # as the usage layer builds it
+    body = Observed(body, on_chunk=stripper.chunk, flush=stripper.flush, **pieces)
     view = ex.view = StreamInspector(clock=time.monotonic)
     async for chunk in body:
         view.feed(chunk)

@@ -43,6 +43,9 @@ _NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null
 _COMPACT_NULL = b',"usage":null'
 _CLOSERS = (b"}", b",")  # what may follow a compact null usage: its object's end or the next member
 _REPLACES = ((b',"usage":null,', b","), (b',"usage":null}', b"}"))  # a compact null usage and its closer
+# A read longer than this is stripped, inspected and written in pieces of whole events, one loop turn apart
+# (``gateway.body.Observed``): the outermost layer, so every step after the read is paced.
+PIECE_BYTES = 16 * 1024
 _MAX_TAIL = 64 * 1024  # an SSE event longer than this (none in practice) disables stripping: never buffer
 
 
@@ -70,8 +73,9 @@ class UsagePolicy:
             return resp  # (``gateway.relay``): no wrapper, no call per chunk
         if hidden:
             stripper = UsageStripper(ex, capture)
-            return resp.with_body(Observed(resp.body, on_chunk=stripper.chunk, flush=stripper.flush))
-        return resp.with_body(Observed(resp.body, on_chunk=capture.keep))
+            return resp.with_body(Observed(resp.body, on_chunk=stripper.chunk, flush=stripper.flush,
+                                           piece_bytes=PIECE_BYTES))
+        return resp.with_body(Observed(resp.body, on_chunk=capture.keep, piece_bytes=PIECE_BYTES))
 
 
 def ask_for_usage(ex: Exchange) -> bool:
