@@ -109,7 +109,7 @@ def stages(chunks: list[bytes]) -> dict[str, Callable[[], None]]:
         loop.close()
 
     return {"stripper": strip, "inspector": inspect, "vouched": inspect_vouched, "fill.keep": keep,
-            "chain": chain}
+            "chain": chain, "noop": lambda: None}
 
 
 def stage_times(chunks: list[bytes], number: int) -> dict[str, float]:
@@ -175,11 +175,14 @@ def instructions(tree: str, block: int, case: str, stage: str, number: int) -> f
 
 
 def count_all(trees: dict[str, str], block: int, names: list[str]) -> None:
+    """Instructions per stream of each stage, less those of an empty stage (the toggles' own work)."""
     for case, number in (("4.4MB in blocks", 2), ("20 events, one a chunk", 50)):
         print(f"{case} (thousand instructions per stream)")
+        empty = {name: instructions(tree, block, case, "noop", number) for name, tree in trees.items()}
         for stage in names:
-            row = "  ".join(f"{name} {instructions(tree, block, case, stage, number) / 1e3:10.1f}"
-                            for name, tree in trees.items())
+            counts = {name: instructions(tree, block, case, stage, number) - empty[name]
+                      for name, tree in trees.items()}
+            row = "  ".join(f"{name} {count / 1e3:10.1f}" for name, count in counts.items())
             print(f"  {stage:10s} {row}", flush=True)
 
 
