@@ -187,6 +187,21 @@ def test_strip_usage_keeps_choices_of_a_mixed_chunk(make_exchange: Callable[...,
     assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 2
 
 
+def test_null_usages_with_either_closer_around_a_usage_object_are_all_stripped(
+    make_exchange: Callable[..., Exchange],
+) -> None:
+    """The stripper replaces the null usage spelling its first event shows, the other one only when the next
+    usage key left is such a null: one left after a usage object still goes (the steps after the replaces)."""
+    padded = chunk({"choices": [{"delta": {"content": "a"}}], "usage": None, "obfuscation": "k"})
+    last = chunk({"choices": [{"delta": {"content": "b"}}], "usage": None})
+    usage = chunk({"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}})
+    for events in ([padded, usage, last], [last, usage, padded], [padded, last, usage], [last, padded, usage]):
+        ex = make_exchange()
+        out = strip_usage(b"".join(events), ex)
+        assert out == b"".join(e.replace(b',"usage":null', b"") for e in events if e != usage), events
+        assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 2
+
+
 def test_usage_text_inside_content_is_not_touched(make_exchange: Callable[..., Exchange]) -> None:
     """The literal text "usage":null inside a message is escaped JSON, so it survives."""
     ex = make_exchange()
