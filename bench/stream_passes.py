@@ -91,10 +91,10 @@ def stages(chunks: list[bytes]) -> dict[str, Callable[[], None]]:
 
     def inspect_vouched() -> None:  # as behind the usage stripper, which proves its output has no usage key
         view = StreamInspector(clock=time.monotonic)
-        vouch = getattr(view, "vouch", None)  # a tree without it: as ``inspect``
+        vouch = hasattr(view, "vouched")  # a tree without it: as ``inspect``
         for c in out:
-            if vouch is not None:
-                vouch(c)
+            if vouch:
+                view.vouched = c
             view.feed(c)
 
     def keep() -> None:

@@ -318,7 +318,7 @@ def _usage_read(blocks: list[bytes], vouch_each: bool) -> object:
     insp.feed(_chunk(0, {"role": "assistant"}))
     for block in blocks:
         if vouch_each:
-            insp.vouch(block)
+            insp.vouched = block
         insp.feed(block)
     return insp.usage
 
@@ -334,11 +334,11 @@ def test_a_vouched_chunk_is_not_searched_for_usage_and_only_that_chunk(many: boo
     assert _usage_read([block], vouch_each=True) is None
     insp = StreamInspector(clock=lambda: 1.0)
     insp.feed(_chunk(0, {"role": "assistant"}))
-    insp.vouch(bytes(bytearray(block)))  # equal bytes, another object
+    insp.vouched = bytes(bytearray(block))  # equal bytes, another object
     insp.feed(block)
     assert insp.usage is not None
     insp.usage = None
-    insp.vouch(block)
+    insp.vouched = block
     insp.feed(b"data: {}\n\n")  # the next chunk was another one: the mark is gone
     insp.feed(block)
     assert insp.usage is not None
@@ -357,7 +357,7 @@ def test_vouched_usage_free_chunks_read_as_unvouched_ones(name: str) -> None:
         insp.feed(_chunk(0, {"role": "assistant"}))
         for block in blocks:
             if vouch_each:
-                insp.vouch(block)
+                insp.vouched = block
             insp.feed(block)
         return {name: getattr(insp, name) for name in ("first_token_at", "last_token_at", "finish_reasons",
                 "model", "done", "error_event", "content_chunks")} | {"gaps": list(insp.gaps)}

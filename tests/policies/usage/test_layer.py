@@ -195,7 +195,8 @@ def test_null_usages_with_either_closer_around_a_usage_object_are_all_stripped(
     padded = chunk({"choices": [{"delta": {"content": "a"}}], "usage": None, "obfuscation": "k"})
     last = chunk({"choices": [{"delta": {"content": "b"}}], "usage": None})
     usage = chunk({"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}})
-    for events in ([padded, usage, last], [last, usage, padded], [padded, last, usage], [last, padded, usage]):
+    orders = ([padded, usage, last], [last, usage, padded], [padded, last, usage], [last, padded, usage])
+    for events in orders:
         ex = make_exchange()
         out = strip_usage(b"".join(events), ex)
         assert out == b"".join(e.replace(b',"usage":null', b"") for e in events if e != usage), events
@@ -347,7 +348,7 @@ async def test_the_inspector_is_told_which_chunks_hold_no_usage_key(
         view = ex.view = StreamInspector(clock=lambda: 1.0)
         vouched: list[bool] = []
         async for chunk in (await UsagePolicy(inject=True)(ex, nxt(chunks))).body:
-            vouched.append(view._vouched is chunk)
+            vouched.append(view.vouched is chunk)
             view.feed(chunk)
         assert vouched == ([True] * 5 + [False, True] if len(chunks) > 1 else [False])
         assert view.done and view.finish_reasons == ["stop"]
