@@ -110,7 +110,11 @@ class Observed:
     async def __anext__(self) -> bytes:
         while True:
             if self._held:
-                await asyncio.sleep(0)  # a loop turn for everybody else between two pieces of one read
+                try:
+                    await asyncio.sleep(0)  # a loop turn for everybody else between two pieces of one read
+                except BaseException as exc:  # cancelled there: ended as if while waiting for the inner body
+                    self._end(exc)
+                    raise
                 chunk = self._piece()
             else:
                 try:

@@ -164,3 +164,17 @@ async def test_closing_drops_the_pieces_not_handed_on_and_ends_once() -> None:
     assert inner.closed == 1 and len(ends) == 1 and isinstance(ends[0], BodyClosed)
     with pytest.raises(StopAsyncIteration):
         await body.__anext__()
+
+
+async def test_cancelled_between_two_pieces_ends_with_the_cancellation() -> None:
+    """As when cancelled while waiting for the inner body: ``on_end`` hears the cancellation, once."""
+    ends: list[BaseException | None] = []
+    body = Observed(Recorded([b"".join(_events([600] * 4))]), on_end=ends.append, piece_bytes=1000)
+    await body.__anext__()
+    waiting = asyncio.ensure_future(body.__anext__())
+    await asyncio.sleep(0)  # the task reaches the turn between the pieces
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await body.aclose()
+    assert len(ends) == 1 and isinstance(ends[0], asyncio.CancelledError)
