@@ -1,6 +1,7 @@
 """gateway.body: the Body protocol, the in-memory bodies and the one observing wrapper."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -108,3 +109,72 @@ async def test_as_body_closes_generators_and_close_quietly_swallows() -> None:
             raise RuntimeError("already failed")
 
     await close_quietly(Broken([]))  # no exception escapes
+
+
+def _events(sizes: list[int]) -> list[bytes]:
+    return [b"data: " + b"x" * (size - 8) + b"\n\n" for size in sizes]
+
+
+@pytest.mark.parametrize(("sizes", "pieces"), [
+    ([300] * 10, [[300] * 3, [300] * 3, [300] * 3, [300]]),  # whole events, at most 1,000 bytes a piece
+    ([300, 2500, 300], [[300], [2500], [300]]),  # an event longer than a piece: whole
+    ([300] * 3, [[300] * 3]),  # not longer than a piece: as it came
+])
+async def test_a_long_chunk_goes_on_in_pieces_of_whole_events(sizes: list[int],
+                                                              pieces: list[list[int]]) -> None:
+    events = _events(sizes)
+    seen: list[bytes] = []
+    body = Observed(Recorded([b"".join(events), b"tail"]), on_chunk=lambda c: seen.append(c) or c,
+                    piece_bytes=1000)
+    got = await read(body)
+    expected = [b"".join(events[sum(map(len, pieces[:i])):sum(map(len, pieces[:i + 1]))])
+                for i in range(len(pieces))]
+    assert got == [*expected, b"tail"] and seen == got  # the filter sees each piece
+
+
+async def test_a_long_chunk_without_an_event_end_goes_on_whole() -> None:
+    """Not SSE as we know it (no blank line): nothing to cut at, handed on as it came, after its first
+    piece's end is looked for past the limit."""
+    chunk = b"data: " + b"x" * 5000
+    cut_late = b"data: " + b"x" * 1500 + b"\n\n" + b"y" * 10
+    assert await read(Observed(Recorded([chunk]), piece_bytes=1000)) == [chunk]
+    assert await read(Observed(Recorded([cut_late]), piece_bytes=1000)) == [cut_late[:1508], b"y" * 10]
+
+
+async def test_the_loop_turns_between_two_pieces() -> None:
+    """Everybody else's ready work runs between two pieces of one read; without pieces (the control) a
+    read goes on in one go."""
+    for piece_bytes, expected in ((1000, ["piece", "turn", "piece"]), (0, ["piece", "piece"])):
+        order: list[str] = []
+        body = Observed(Recorded([b"".join(_events([600, 600])), b"tail"]), piece_bytes=piece_bytes)
+        first = await body.__anext__()
+        order.append("piece")
+        asyncio.get_running_loop().call_soon(order.append, "turn")
+        second = await body.__anext__()
+        order.append("piece")
+        assert order == expected and len(first) + len(second) > 600
+
+
+async def test_closing_drops_the_pieces_not_handed_on_and_ends_once() -> None:
+    ends: list[BaseException | None] = []
+    inner = Recorded([b"".join(_events([600] * 4))])
+    body = Observed(inner, on_end=ends.append, piece_bytes=1000)
+    assert len(await body.__anext__()) == 600
+    await body.aclose()
+    assert inner.closed == 1 and len(ends) == 1 and isinstance(ends[0], BodyClosed)
+    with pytest.raises(StopAsyncIteration):
+        await body.__anext__()
+
+
+async def test_cancelled_between_two_pieces_ends_with_the_cancellation() -> None:
+    """As when cancelled while waiting for the inner body: ``on_end`` hears the cancellation, once."""
+    ends: list[BaseException | None] = []
+    body = Observed(Recorded([b"".join(_events([600] * 4))]), on_end=ends.append, piece_bytes=1000)
+    await body.__anext__()
+    waiting = asyncio.ensure_future(body.__anext__())
+    await asyncio.sleep(0)  # the task reaches the turn between the pieces
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await body.aclose()
+    assert len(ends) == 1 and isinstance(ends[0], asyncio.CancelledError)

@@ -7,7 +7,7 @@ import json
 import orjson
 import pytest
 
-from gateway.sse import StreamInspector
+from gateway.sse import StreamInspector, one_line_events
 
 
 def _event(obj: object) -> bytes:
@@ -222,7 +222,7 @@ BULK_BLOCKS = {
 
 def _inspect(blocks: list[bytes], bulk: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     if not bulk:
-        monkeypatch.setattr(StreamInspector, "_bulk", lambda self, block: False)
+        monkeypatch.setattr(StreamInspector, "_bulk", lambda self, block, usage_free=False: False)
     ticks = itertools.count(1.0)
     insp = StreamInspector(clock=lambda: float(next(ticks)))
     insp.feed(_chunk(0, {"role": "assistant"}))  # the model is known before the bulk of the stream
@@ -246,8 +246,8 @@ def test_the_bulk_path_is_taken_for_a_plain_chunk(monkeypatch: pytest.MonkeyPatc
     seen: list[bool] = []
     original = StreamInspector._bulk
 
-    def spy(self: StreamInspector, block: bytes) -> bool:
-        seen.append(original(self, block))
+    def spy(self: StreamInspector, block: bytes, usage_free: bool = False) -> bool:
+        seen.append(original(self, block, usage_free))
         return seen[-1]
 
     monkeypatch.setattr(StreamInspector, "_bulk", spy)
@@ -297,3 +297,69 @@ def test_the_stream_path_tests_no_bytes_literal_with_in() -> None:
     assert _bytes_in_bytes('x = b"\\r" in c\ny = 1\nz = b"ab" not in c\nw = 13 in c') == [1, 3]  # the control
     found = {path: lines for path in _STREAM_PATH if (lines := _bytes_in_bytes((root / path).read_text()))}
     assert found == {}
+
+
+@pytest.mark.parametrize(("block", "events"), [
+    (b"data: {}\n\n", 1),
+    (b"data: {}\n\ndata: {}\n\ndata: [DONE]\n\n", 3),
+    (b"data: {}\n\nevent: error\ndata: {}\n\n", 0),  # a second line in an event
+    (b"data: {}\n\n: a comment\n\n", 0),  # an event that is not a data line
+    (b"data: {}\n\n\ndata: {}\n\n", 0),  # a blank line too many
+    (b"data: {}\n\ndata: {}\n", 0),  # not ended by a blank line
+    (b"data:{}\n\n", 0),  # no space: not the providers' spelling
+    (b"", 0),
+])
+def test_one_line_events_are_counted_and_anything_else_is_not(block: bytes, events: int) -> None:
+    assert one_line_events(block) == events
+
+
+def _usage_read(blocks: list[bytes], vouch_each: bool) -> object:
+    insp = StreamInspector(clock=lambda: 1.0)
+    insp.feed(_chunk(0, {"role": "assistant"}))
+    for block in blocks:
+        if vouch_each:
+            insp.vouched = block
+        insp.feed(block)
+    return insp.usage
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_vouched_chunk_is_not_searched_for_usage_and_only_that_chunk(many: bool) -> None:
+    """The usage stripper vouches for the chunks it emptied of usage keys: the inspector then skips its
+    search (shown by a chunk vouched for falsely: its usage is not read). The mark is for that very object,
+    once: an equal chunk, or the same one fed again, is searched as before."""
+    events = [_chunk(i, {"content": "x"}) for i in range(6 if many else 1)]
+    block = b"".join(events).replace(b'"usage":null', b'"usage":{"prompt_tokens":3,"completion_tokens":1}')
+    assert _usage_read([block], vouch_each=False) is not None  # the control: an unvouched chunk is read
+    assert _usage_read([block], vouch_each=True) is None
+    insp = StreamInspector(clock=lambda: 1.0)
+    insp.feed(_chunk(0, {"role": "assistant"}))
+    insp.vouched = bytes(bytearray(block))  # equal bytes, another object
+    insp.feed(block)
+    assert insp.usage is not None
+    insp.usage = None
+    insp.vouched = block
+    insp.feed(b"data: {}\n\n")  # the next chunk was another one: the mark is gone
+    insp.feed(block)
+    assert insp.usage is not None
+
+
+@pytest.mark.parametrize("name", list(BULK_BLOCKS))
+def test_vouched_usage_free_chunks_read_as_unvouched_ones(name: str) -> None:
+    """What the stripper vouches for (no usage key left) reads exactly as it does unvouched."""
+    blocks = [b"".join(BULK_BLOCKS[name]).replace(b',"usage":null', b"")] * 2
+    if any(b'"usage"' in block for block in blocks):
+        blocks = [block for block in blocks if b'"usage"' not in block] or [b"data: {}\n\n"]
+
+    def record(vouch_each: bool) -> dict[str, object]:
+        ticks = itertools.count(1.0)
+        insp = StreamInspector(clock=lambda: float(next(ticks)))
+        insp.feed(_chunk(0, {"role": "assistant"}))
+        for block in blocks:
+            if vouch_each:
+                insp.vouched = block
+            insp.feed(block)
+        return {name: getattr(insp, name) for name in ("first_token_at", "last_token_at", "finish_reasons",
+                "model", "done", "error_event", "content_chunks")} | {"gaps": list(insp.gaps)}
+
+    assert record(True) == record(False)

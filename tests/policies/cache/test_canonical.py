@@ -224,6 +224,17 @@ def test_any_body_reads_as_the_sse_grammar_says(parts: list[bytes]) -> None:
     assert canonical._payloads(body) == canonical.grammar_payloads(body)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_event, _event, _event, _event, _other), max_size=30), st.integers(1, 64))
+def test_a_body_split_in_steps_reads_the_same(parts: list[bytes], step: int) -> None:
+    """A large answer is split into its events a step at a time (the fill's thread holds the GIL in short
+    calls): any step, down to a byte, gives what the grammar reads."""
+    body = b"".join(parts)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(canonical, "_SPLIT_BYTES", step)
+        assert canonical._payloads(body) == canonical.grammar_payloads(body)
+
+
 def test_one_line_events_take_the_fast_path() -> None:
     """Positive control: the usual body is read by ``_data_lines``; a multi-line event is not."""
     assert canonical._data_lines(b'data: {"a":1}\n\ndata: [DONE]\n\n') == [b'{"a":1}', b"[DONE]"]

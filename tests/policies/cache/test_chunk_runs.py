@@ -221,3 +221,14 @@ def test_long_runs_the_same_answer(payloads: list[bytes]) -> None:
 @given(st.lists(st.one_of(plain, plain, plain, valid_splice, broken), max_size=20))
 def test_the_same_failure_as_one_by_one(payloads: list[bytes]) -> None:
     assert in_runs("chat", payloads) == one_by_one("chat", payloads)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(plain, valid_splice, padded, broken), min_size=2, max_size=80), st.integers(1, 7))
+def test_runs_decoded_in_batches_read_the_same(payloads: list[bytes], batch: int) -> None:
+    """A long run's pieces are decoded a batch at a time (the fill's thread holds the GIL in short calls):
+    any batch size gives the answer, or the failure, of parsing each chunk."""
+    finish = dump(chunk("", finish_reason="stop"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chunk_runs, "_DECODE_PIECES", batch)
+        assert in_runs("chat", [*payloads, finish]) == one_by_one("chat", [*payloads, finish])

@@ -10,6 +10,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.exchange import Exchange, UpstreamResponse
 from gateway.produced import CAPTURE_KEY
+from gateway.sse import StreamInspector
 from policies.usage.layer import UsagePolicy, ask_for_usage, strip_usage
 from tests.support.exchange import build_exchange
 from tests.support.fake_body import FakeBody
@@ -186,6 +187,22 @@ def test_strip_usage_keeps_choices_of_a_mixed_chunk(make_exchange: Callable[...,
     assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 2
 
 
+def test_null_usages_with_either_closer_around_a_usage_object_are_all_stripped(
+    make_exchange: Callable[..., Exchange],
+) -> None:
+    """The stripper replaces the null usage spelling its first event shows, the other one only when the next
+    usage key left is such a null: one left after a usage object still goes (the steps after the replaces)."""
+    padded = chunk({"choices": [{"delta": {"content": "a"}}], "usage": None, "obfuscation": "k"})
+    last = chunk({"choices": [{"delta": {"content": "b"}}], "usage": None})
+    usage = chunk({"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}})
+    orders = ([padded, usage, last], [last, usage, padded], [padded, last, usage], [last, padded, usage])
+    for events in orders:
+        ex = make_exchange()
+        out = strip_usage(b"".join(events), ex)
+        assert out == b"".join(e.replace(b',"usage":null', b"") for e in events if e != usage), events
+        assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 2
+
+
 def test_usage_text_inside_content_is_not_touched(make_exchange: Callable[..., Exchange]) -> None:
     """The literal text "usage":null inside a message is escaped JSON, so it survives."""
     ex = make_exchange()
@@ -297,13 +314,14 @@ async def test_a_burst_of_events_is_stripped_like_single_events(
     null usage in such a burst is still removed (the one case the byte checks leave to the regex)."""
     import json
 
-    obfuscated = [c.replace(b',"usage":null}', b',"usage":null,"obfuscation":"k"}') if i % 2 else c
-                  for i, c in enumerate(provider_stream(include_usage=True))]
-    expected = b"".join(c.replace(b',"usage":null', b"") for c in obfuscated[:-2]) + b"data: [DONE]\n\n"
-    for chunks in (obfuscated, [b"".join(obfuscated)]):
-        ex = stream_exchange(make_exchange)
-        assert await drain(await UsagePolicy(inject=True)(ex, nxt(chunks))) == expected
-        assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 7
+    for padded in (0, 1):  # the first null usage last in its object, or before the padding
+        obfuscated = [c.replace(b',"usage":null}', b',"usage":null,"obfuscation":"k"}') if i % 2 == padded
+                      else c for i, c in enumerate(provider_stream(include_usage=True))]
+        expected = b"".join(c.replace(b',"usage":null', b"") for c in obfuscated[:-2]) + b"data: [DONE]\n\n"
+        for chunks in (obfuscated, [b"".join(obfuscated)]):
+            ex = stream_exchange(make_exchange)
+            assert await drain(await UsagePolicy(inject=True)(ex, nxt(chunks))) == expected
+            assert ex.record.reported_usage is not None and ex.record.reported_usage.prompt == 7
     spaced = b"".join(b"data: " + json.dumps(orjson.loads(c[6:])).encode() + b"\n\n"
                       if c.startswith(b"data: {") else c for c in provider_stream(include_usage=True))
     assert b'"usage": null' in spaced  # the spelling only the regex removes
@@ -315,3 +333,22 @@ async def test_a_burst_of_events_is_stripped_like_single_events(
 
 async def _answer(resp: UpstreamResponse) -> UpstreamResponse:
     return resp
+
+
+async def test_the_inspector_is_told_which_chunks_hold_no_usage_key(
+    make_exchange: Callable[..., Exchange],
+) -> None:
+    """Each chunk the stripper proved free of usage keys is vouched for to the exchange's inspector (which
+    then does not search it again); a chunk it cannot prove so (a data line that is not JSON, keeping its
+    ``"usage"`` text) is not: the inspector looks at it itself."""
+    odd = b'data: not json, "usage":1\n\n'
+    stream = provider_stream(include_usage=True)
+    for chunks in (stream[:-1] + [odd, stream[-1]], [b"".join(stream[:-1]) + odd + stream[-1]]):
+        ex = stream_exchange(make_exchange)
+        view = ex.view = StreamInspector(clock=lambda: 1.0)
+        vouched: list[bool] = []
+        async for chunk in (await UsagePolicy(inject=True)(ex, nxt(chunks))).body:
+            vouched.append(view.vouched is chunk)
+            view.feed(chunk)
+        assert vouched == ([True] * 5 + [False, True] if len(chunks) > 1 else [False])
+        assert view.done and view.finish_reasons == ["stop"]
