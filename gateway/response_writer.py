@@ -26,9 +26,10 @@ from types import MappingProxyType
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion, HttpVersion10, HttpVersion11
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 _REASONS: Mapping[int, str] = MappingProxyType({s.value: s.phrase for s in HTTPStatus})  # aiohttp's phrases
 _STATUS_11: Mapping[int, bytes] = MappingProxyType(
@@ -77,6 +78,7 @@ class LeanResponse(web.StreamResponse):
         self._request = request
         self._empty = False  # no body may follow the head (HEAD, 1xx, 204, 304)
         self._writer: AbstractStreamWriter | None = None  # the request's, once the head is written
+        self._protocol: BaseProtocol | None = None  # aiohttp's connection handler, then too
 
     # --- what aiohttp reads --------------------------------------------------------------------------
     @property
@@ -84,13 +86,13 @@ class LeanResponse(web.StreamResponse):
         return _REASONS.get(self._status, "")
 
     @property
-    def headers(self) -> CIMultiDict[str]:
-        """A copy, for readers (the access log's ``%{name}o``, ``content_type``); changing it changes
-        nothing sent. Empty once a stream's head has left."""
-        return CIMultiDict(self._fields or ())
+    def headers(self) -> CIMultiDictProxy[str]:  # type: ignore[override]
+        """Read only (the access log's ``%{name}o``, ``content_type``): a change after the handler would
+        never be sent, so it raises instead. Empty once a stream's head has left."""
+        return CIMultiDictProxy(CIMultiDict(self._fields or ()))
 
     @property
-    def _headers(self) -> CIMultiDict[str]:  # type: ignore[override]  # HeadersMixin's reads
+    def _headers(self) -> CIMultiDictProxy[str]:  # type: ignore[override]  # HeadersMixin's reads
         return self.headers
 
     @property
@@ -234,14 +236,14 @@ class LeanResponse(web.StreamResponse):
 
     def _out(self, data: bytes) -> bool:
         """Write ``data`` to the client's transport; True when the transport asks the writer to wait."""
-        request = self._bound()
-        protocol = request.protocol
+        protocol, writer = self._protocol, self._writer
+        if protocol is None or writer is None:  # the first write
+            request = self._bound()
+            self._protocol = protocol = request.protocol
+            self._writer = writer = request.writer
         transport = protocol.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")
-        writer = self._writer
-        if writer is None:
-            self._writer = writer = request.writer
         size = len(data)
         writer.output_size += size  # aiohttp's handle_error: an answer has started
         self._body_length += size

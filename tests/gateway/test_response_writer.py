@@ -231,3 +231,11 @@ async def test_a_cut_answer_closes_the_kept_connection(server: Server) -> None:
     server.handler = handler
     data = await exchange(server.port, req() + req())  # the second request is never answered
     assert data.count(b"HTTP/1.1 200") == 1 and not data.endswith(b"0\r\n\r\n")
+
+
+def test_its_headers_are_read_only() -> None:
+    """A change after the handler returned would never be sent: it raises instead of being lost."""
+    resp = LeanResponse(200, {"content-type": "application/json"}, body=b"{}")
+    assert resp.headers["Content-Type"] == "application/json" and resp.content_type == "application/json"
+    with pytest.raises(TypeError):
+        resp.headers["x-late"] = "1"  # type: ignore[index]
