@@ -105,6 +105,11 @@ class LeanResponse(web.StreamResponse):
         if self._eof_sent or self._writer is not None:
             return None
         self._request = request
+        if request.writer.output_size:  # another answer to this request started (a relay that failed,
+            self.cut()  # then the handler's 500): a second head would corrupt the connection
+            if request.transport is not None:
+                request.transport.abort()
+            return None
         if self._whole is not None:
             if self.send(self._whole):
                 await self.drain()

@@ -239,3 +239,16 @@ def test_its_headers_are_read_only() -> None:
     assert resp.headers["Content-Type"] == "application/json" and resp.content_type == "application/json"
     with pytest.raises(TypeError):
         resp.headers["x-late"] = "1"  # type: ignore[index]
+
+
+async def test_an_answer_after_another_started_cuts_the_connection(server: Server) -> None:
+    """A handler that started a stream and then returns another answer (the gateway's 500 after an
+    unexpected error mid-relay) gets the connection cut, not a second head inside the first answer."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        started = LeanResponse(200, {"content-type": "text/event-stream"}, request=request)
+        started.put(b"data: 1\n\n")
+        return LeanResponse(500, {"content-type": "application/json"}, body=b'{"error":{}}')
+
+    server.handler = handler
+    data = await exchange(server.port, req(extra=CLOSE))  # closed after the answer either way
+    assert data.count(b"HTTP/1.1 ") == 1 and data.endswith(b"data: 1\n\n\r\n") and b"500" not in data
