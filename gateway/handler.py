@@ -29,6 +29,7 @@ from gateway.ownership import require_owned, tag_response_body
 from gateway.ranges import check as check_ranges
 from gateway.relay import relay
 from gateway.request import body_if_whole, read_large, too_large
+from gateway.response_writer import LeanResponse
 from gateway.sse import StreamInspector
 from gateway.telemetry.logging import REQUEST_ID
 from gateway.tokens.prompt import count_prompt, loading_for_estimate
@@ -51,10 +52,10 @@ def request_id_of(request: web.Request) -> str:
     return f"{random.getrandbits(96):024x}"  # unique, not secret: no system call per request
 
 
-def error_response(rid: str, reply: LocalReply) -> web.Response:
-    headers = {**reply.headers, "x-request-id": rid}
-    return web.Response(status=reply.status, body=reply.body(), headers=headers,
-                        content_type="application/json")
+def error_response(rid: str, reply: LocalReply) -> web.StreamResponse:
+    """A local JSON answer, head and body written in one piece by ``gateway.response_writer``."""
+    fields = {**reply.headers, "x-request-id": rid, "content-type": "application/json"}
+    return LeanResponse(reply.status, fields, body=reply.body())
 
 
 async def handle_api(request: web.Request) -> web.StreamResponse:
@@ -95,7 +96,7 @@ def rejected_exchange(request: web.Request, rid: str, now: float) -> Exchange:
     return Exchange(request=facts, target=Target(), raw_body=b"", body=None, record=Record(source="local"))
 
 
-def reject(st: AppState, request: web.Request, rid: str, reply: LocalReply) -> web.Response:
+def reject(st: AppState, request: web.Request, rid: str, reply: LocalReply) -> web.StreamResponse:
     """Answer ``reply`` for a request that never reached the proxy path, and record it like any other."""
     ex = rejected_exchange(request, rid, st.clock())
     ex.record.status, ex.record.error_kind = reply.status, reply.code or reply.type
@@ -113,7 +114,7 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
     """Run one proxied request: ``build`` parses it, ``call`` (the policy chain by default) answers it."""
     call = call or st.runtime.chain
     admitted = admit(st, request, rid)
-    if isinstance(admitted, web.Response):
+    if isinstance(admitted, web.StreamResponse):
         return admitted
     identity, key = admitted
     reading = True
@@ -156,7 +157,7 @@ async def proxy(request: web.Request, st: AppState, rid: str, build: ExchangeBui
             _settle(st, ex)
 
 
-def admit(st: AppState, request: web.Request, rid: str) -> tuple[Identity, str] | web.Response:
+def admit(st: AppState, request: web.Request, rid: str) -> tuple[Identity, str] | web.StreamResponse:
     """The client identified (a refused credential: 401 before anything else), once: its admission key is
     the digest its identity holds, not a second SHA-256 of its credential (issue 21). Then per-client caps
     (429), so one client's slow bodies cannot take the global slots; then ``server.max_inflight`` (503).
@@ -178,14 +179,14 @@ def admit(st: AppState, request: web.Request, rid: str) -> tuple[Identity, str] 
     return identity, key
 
 
-def _local_error(rid: str, ex: Exchange, reply: LocalReply) -> web.Response:
+def _local_error(rid: str, ex: Exchange, reply: LocalReply) -> web.StreamResponse:
     """A ``LocalReply`` raised while building or answering: recorded as a local answer and sent as is."""
     ex.record.status, ex.record.source = reply.status, "local"
     ex.record.error_kind = ex.record.error_kind or (reply.code or reply.type)
     return error_response(rid, reply)
 
 
-def _upstream_error(rid: str, ex: Exchange | None, failure: UpstreamFailure) -> web.Response:
+def _upstream_error(rid: str, ex: Exchange | None, failure: UpstreamFailure) -> web.StreamResponse:
     """504 for an upstream timeout, else 502, with the headers the policies set on the exchange."""
     if ex is not None:
         ex.record.error_kind = failure.kind
@@ -202,7 +203,7 @@ def _mark_client_gone(ex: Exchange | None) -> None:
         ex.record.status, ex.record.stream_outcome = 499, "client_gone"
 
 
-def _internal_error(request: web.Request, rid: str, ex: Exchange | None) -> web.Response:
+def _internal_error(request: web.Request, rid: str, ex: Exchange | None) -> web.StreamResponse:
     """An unexpected exception (call from its ``except`` block: it is logged with its traceback): a 500."""
     log.exception("unexpected error while proxying", extra={"fields": {"path": request.path[:200]}})
     if ex is not None:
@@ -234,7 +235,7 @@ async def _answer(st: AppState, ex: Exchange, call: Next) -> UpstreamResponse:
     return up
 
 
-def shed(st: AppState, request: web.Request, rid: str) -> web.Response:
+def shed(st: AppState, request: web.Request, rid: str) -> web.StreamResponse:
     """Over ``server.max_inflight``: 503 + Retry-After at once, before the body is read or anything queues
     (recorded like any refused request, so the 5xx shows on the dashboards)."""
     st.metrics.decision("admission", "shed")
@@ -320,9 +321,9 @@ async def _check_previous_response(st: AppState, identity: Identity, previous: A
         raise
 
 
-def json_response(rid: str, payload: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), headers={"x-request-id": rid},
-                        content_type="application/json")
+def json_response(rid: str, payload: Any, status: int = 200) -> web.StreamResponse:
+    return LeanResponse(status, {"x-request-id": rid, "content-type": "application/json"},
+                        body=orjson.dumps(payload))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -369,7 +370,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-def not_found(rid: str, request: web.Request) -> web.Response:
-    return web.Response(status=404, headers={"x-request-id": rid}, content_type="application/json",
+def not_found(rid: str, request: web.Request) -> web.StreamResponse:
+    return LeanResponse(404, {"x-request-id": rid, "content-type": "application/json"},
                         body=error_body(f"Invalid URL ({request.method} {request.path[:200]})",
                                         "invalid_request_error", "unknown_url"))

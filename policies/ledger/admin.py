@@ -43,7 +43,7 @@ def parse_time(value: str, now: float, param: str) -> float:
     return parsed.timestamp()
 
 
-async def handle_usage(request: web.Request) -> web.Response:
+async def handle_usage(request: web.Request) -> web.StreamResponse:
     rid = request_id_of(request)
     try:
         await check_admin(request)

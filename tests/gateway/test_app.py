@@ -115,3 +115,19 @@ async def test_a_gateway_without_shared_state_reports_no_backend(mock_upstream: 
         assert _sample(gw, "gateway_state_backend_up") is None
     finally:
         await gw.close()
+
+
+def _prepare_signals(app: Any) -> int:
+    """``on_response_prepare`` receivers of ``app`` and its sub-applications."""
+    return len(app.on_response_prepare) + sum(_prepare_signals(sub) for sub in app._subapps)
+
+
+async def test_the_gateway_registers_no_response_prepare_signal(mock_upstream: MockServer) -> None:
+    """``gateway.response_writer`` sends none: a receiver added to the gateway would never run on its
+    answers. The control: the fake provider's app has one, and the count sees it."""
+    assert _prepare_signals(mock_upstream.app) > 0
+    gw = await start_gateway(gateway_config(mock_upstream.url))
+    try:
+        assert _prepare_signals(gw.app) == 0
+    finally:
+        await gw.close()

@@ -16,7 +16,8 @@ from aiohttp.test_utils import make_mocked_request
 from gateway.appstate import AppState
 from gateway.exchange import Exchange, UpstreamResponse, Usage
 from gateway.produced import CAPTURE_KEY, Capture
-from gateway.relay import _HeadersWithBody, _record_outcome, _response_headers, relay
+from gateway.relay import _record_outcome, _response_headers, relay
+from gateway.response_writer import LeanResponse
 from gateway.sse import StreamInspector
 from tests.support.exchange import build_exchange
 from tests.support.fake_body import FakeBody
@@ -89,6 +90,15 @@ def test_response_headers_name_the_request_and_the_upstream() -> None:
                        "x-request-id": "req-1", "x-gateway-upstream": "a"}
 
 
+def test_the_upstreams_content_length_is_not_the_clients() -> None:
+    """The writer frames what it sends (a layer may have changed the body); the upstream's other headers
+    pass (the control)."""
+    up = UpstreamResponse(200, {"content-type": "application/json", "content-length": "12", "x-a": "1"},
+                          FakeBody(), "upstream", "a")
+    headers = _response_headers(build_exchange(), up)
+    assert "content-length" not in headers and headers["x-a"] == "1"
+
+
 class Wire:
     """The client's side of the socket: one entry per transport write."""
 
@@ -126,26 +136,28 @@ async def test_a_streams_first_chunk_in_hand_leaves_with_its_headers() -> None:
     assert len(wire.writes) == 3  # + [DONE], the chunked end
 
 
-async def test_a_chunked_json_answer_read_whole_leaves_in_one_write() -> None:
-    """Issue 21: a JSON answer without a length (a cache hit, an upstream that chunks it) read in one piece
-    goes out as headers, body and the chunked end in one write, not two."""
+async def test_a_json_answer_read_whole_leaves_in_one_write_with_its_length() -> None:
+    """Issue 21: a JSON answer (a cache hit, an upstream's answer) goes out as head and body in one write,
+    framed by Content-Length."""
     wire = Wire()
     body = orjson.dumps({"id": "c", "choices": [], "usage": USAGE})
     await relayed(FakeBody([body]), wire, content_type="application/json")
     assert len(wire.writes) == 1
     assert wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
-    assert b"transfer-encoding: chunked" in wire.writes[0].lower()
-    assert wire.writes[0].endswith(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert b"content-length: %d\r\n" % len(body) in wire.writes[0].lower()
+    assert b"transfer-encoding" not in wire.writes[0].lower() and wire.writes[0].endswith(b"\r\n\r\n" + body)
 
 
-async def test_a_json_answer_in_pieces_is_written_one_piece_behind() -> None:
-    """The control: each piece is written once the next has come, the last with the end (nothing lost or
-    reordered; a stream's chunks are never held, see above)."""
+async def test_a_json_answer_in_pieces_leaves_whole_at_its_end() -> None:
+    """Pieces are joined in order and sent once the last has come, nothing lost or reordered (a stream's
+    chunks are never held, see above); the usage reader gets the body once, joined."""
     wire = Wire()
-    await relayed(FakeBody([b'{"id":', b'"c",', b'"choices":[]}']), wire, content_type="application/json")
-    assert len(wire.writes) == 3
-    assert wire.writes[0].endswith(b'6\r\n{"id":\r\n') and wire.writes[1] == b'4\r\n"c",\r\n'
-    assert wire.writes[2] == b'd\r\n"choices":[]}\r\n0\r\n\r\n'
+    ex = build_exchange()
+    ex.state.set(CAPTURE_KEY, capture := Capture(sse=False))
+    await relayed(FakeBody([b'{"id":', b'"c",', b'"choices":[]}']), wire, ex, content_type="application/json")
+    assert len(wire.writes) == 1
+    assert wire.writes[0].endswith(b'Content-Length: 23\r\n\r\n{"id":"c","choices":[]}')
+    assert capture.chunks == [b'{"id":"c","choices":[]}']
 
 
 async def test_a_stream_not_yet_started_sends_its_headers_first() -> None:
@@ -239,7 +251,7 @@ async def test_an_idle_stream_keeps_neither_its_last_chunk_nor_its_response_head
     task = asyncio.create_task(relayed(body, wire))
     await until(lambda: body.waiting, message="the relay waits for the second chunk")
     assert chunk in wire.writes[0] and b"x-request-id" in wire.writes[0].lower()  # headers and chunk sent
-    (resp,) = [o for o in gc.get_objects() if isinstance(o, _HeadersWithBody)]
+    (resp,) = [o for o in gc.get_objects() if isinstance(o, LeanResponse)]
     assert relay_holds(resp)  # control: the probe does see the waiting relay's locals
     assert not relay_holds(chunk)
     assert len(resp.headers) == 0 and resp.prepared
