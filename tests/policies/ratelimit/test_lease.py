@@ -21,7 +21,7 @@ from policies.ratelimit.lease import Leases
 from policies.ratelimit.metrics import RateLimitMetrics
 from policies.ratelimit.model import Limit, LimitSet, Verdict, client_limits, upstream_limits
 from policies.ratelimit.redis_buckets import RedisBuckets
-from policies.ratelimit.runtime import RateLimiter
+from policies.ratelimit.runtime import Grant, RateLimiter
 from tests.support.redis_trips import round_trips
 from tests.support.servers import RedisServer, free_port, redis_server_binary
 from tests.support.until import until
@@ -77,6 +77,20 @@ async def pair(redis_server: RedisServer) -> AsyncIterator[tuple[Process, Proces
         for p in (a, b):
             await p.limiter.drain()
             await p.guarded.close()
+
+
+@pytest_asyncio.fixture
+async def killable() -> AsyncIterator[tuple[RedisServer, Process]]:
+    """A process on a Redis of its own, which the test may kill (the client's timeout 0.5 s)."""
+    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
+    server.start()
+    p = process(server.url, "k:")
+    p.guarded.timeout_s = 0.5
+    try:
+        yield server, p
+    finally:
+        await p.guarded.close()
+        server.kill()
 
 
 def test_lease_sizes_and_config() -> None:
@@ -275,74 +289,55 @@ async def test_a_lesson_of_lower_remaining_voids_the_lease(pair: tuple[Process, 
     assert 5 <= admitted <= 5 + ls.limits[0].rate * (loop.time() - taught) + 1
 
 
-async def test_redis_down_spends_the_lease_then_falls_back() -> None:
+async def test_redis_down_spends_the_lease_then_falls_back(killable: tuple[RedisServer, Process]) -> None:
     """The lease's tokens were taken already: it keeps admitting while Redis is down; then the local
     fallback decides, and the lease's rest is owed to Redis."""
-    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
-    server.start()
-    p = process(server.url, "d:")
-    p.guarded.timeout_s = 0.5
-    try:
-        assert await p.admit(BIG, 1) == 1
-        server.kill()
-        assert await p.admit(BIG, 5) == 5  # from the lease: no Redis needed
-        p.now[0] += 1.5
-        verdict = await p.limiter.acquire(BIG, (1,), "x")
-        assert verdict.ok and verdict.local  # the fallback's share
-        await p.limiter.drain()
-        buckets = p.limiter.buckets
-        assert isinstance(buckets, RedisBuckets) and not buckets.owed  # the give-back is not replayed:
-        # Redis stops counting the lease as held by itself (HOLD_MARGIN_MS after its expiry)
-    finally:
-        await p.guarded.close()
-        server.kill()
+    server, p = killable
+    assert await p.admit(BIG, 1) == 1
+    server.kill()
+    assert await p.admit(BIG, 5) == 5  # from the lease: no Redis needed
+    p.now[0] += 1.5
+    verdict = await p.limiter.acquire(BIG, (1,), "x")
+    assert verdict.ok and verdict.local  # the fallback's share
+    await p.limiter.drain()
+    buckets = p.limiter.buckets
+    assert isinstance(buckets, RedisBuckets) and not buckets.owed  # the give-back is not replayed:
+    # Redis stops counting the lease as held by itself (HOLD_MARGIN_MS after its expiry)
 
 
-async def test_a_renewal_redis_does_not_answer_leaves_the_lease_to_expire() -> None:
+async def test_a_renewal_redis_does_not_answer_leaves_the_lease_to_expire(
+        killable: tuple[RedisServer, Process]) -> None:
     """Redis dies: the renewal fails (no retry in the lease's life), the lease keeps admitting until it
     expires, then the fallback decides. The control: the renewal was asked."""
-    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
-    server.start()
-    p = process(server.url, "r:")
-    p.guarded.timeout_s = 0.5
-    try:
-        assert await p.admit(BIG, 3) == 3
-        leases = p.limiter.leases
-        assert leases is not None
-        server.kill()
-        p.now[0] += 0.6
-        leases.sweep()
-        assert BIG.key in leases.asking  # the control: asked
-        await until(lambda: BIG.key not in leases.asking, timeout=5, message="the renewal fails")
-        lease = leases.held[BIG.key]
-        assert lease.renew_at == lease.expires and p.count("granted") == 1
-        assert await p.admit(BIG, 2) == 2 and p.count("spent") == 4  # still from the lease
-        p.now[0] += 0.5
-        verdict = await p.limiter.acquire(BIG, (1,), "x")
-        assert verdict.ok and verdict.local and BIG.key not in leases.held
-    finally:
-        await p.guarded.close()
-        server.kill()
+    server, p = killable
+    assert await p.admit(BIG, 3) == 3
+    leases = p.limiter.leases
+    assert leases is not None
+    server.kill()
+    p.now[0] += 0.6
+    leases.sweep()
+    assert BIG.key in leases.asking  # the control: asked
+    await until(lambda: BIG.key not in leases.asking, timeout=5, message="the renewal fails")
+    lease = leases.held[BIG.key]
+    assert lease.renew_at == lease.expires and p.count("granted") == 1
+    assert await p.admit(BIG, 2) == 2 and p.count("spent") == 4  # still from the lease
+    p.now[0] += 0.5
+    verdict = await p.limiter.acquire(BIG, (1,), "x")
+    assert verdict.ok and verdict.local and BIG.key not in leases.held
 
 
-async def test_admissions_that_joined_a_lease_request_redis_did_not_answer_decide_locally() -> None:
+async def test_admissions_that_joined_a_lease_request_redis_did_not_answer_decide_locally(
+        killable: tuple[RedisServer, Process]) -> None:
     """Redis dies as a lease request leaves: the admissions that joined it take the local fallback's
     verdict when it fails, instead of a second round trip each to a Redis that is not there. The control:
     they joined, and the one that asked went to Redis."""
-    server = RedisServer(port=free_port(), binary=redis_server_binary() or "")
-    server.start()
-    p = process(server.url, "j:")
-    p.guarded.timeout_s = 0.5
-    try:
-        await p.admit(WARM, 1)
-        server.kill()
-        trips = round_trips(p.guarded)
-        verdicts = await asyncio.gather(*(p.limiter.acquire(BIG, (1,), f"m{i}") for i in range(4)))
-        assert all(v.ok and v.local for v in verdicts) and p.count("joined") == 3
-        assert len(trips) == 1
-    finally:
-        await p.guarded.close()
-        server.kill()
+    server, p = killable
+    await p.admit(WARM, 1)
+    server.kill()
+    trips = round_trips(p.guarded)
+    verdicts = await asyncio.gather(*(p.limiter.acquire(BIG, (1,), f"m{i}") for i in range(4)))
+    assert all(v.ok and v.local for v in verdicts) and p.count("joined") == 3
+    assert len(trips) == 1
 
 
 @pytest.mark.parametrize("cancel", [True, False])
@@ -364,17 +359,23 @@ async def test_one_lease_request_at_a_time(pair: tuple[Process, Process], cancel
         assert a.count("granted") == 2 and BIG.key in leases.held  # the lease Redis granted is kept
 
 
+async def _token_grants(a: Process, key: str, n: int, tokens: int) -> tuple[LimitSet, list[Grant]]:
+    """``n`` admissions of ``tokens`` each, 600 rpm and 60,000 tpm, leased (12 requests, 1,200 tokens)."""
+    tpm = Limit("tpm", "bucket", 60_000.0, 1000.0, tokens=True)
+    ls = LimitSet("client", key, "t", (RPM600, tpm), lease=0.02)
+    await a.admit(WARM, 1)
+    grants = []
+    for i in range(n):
+        verdict = await a.limiter.acquire(ls, ls.amounts(tokens), f"m{i}")
+        grants.append(a.limiter.grant(ls, verdict, ls.amounts(tokens), f"m{i}", tokens, 10, False))
+    return ls, grants
+
+
 async def test_a_refund_stays_in_the_lease_and_a_charge_goes_to_redis(pair: tuple[Process, Process]) -> None:
     """An answer that used less than it reserved gives the rest to the lease (no Redis write); one that used
     more is charged to the shared bucket at once."""
     a, _ = pair
-    tpm = Limit("tpm", "bucket", 60_000.0, 1000.0, tokens=True)
-    ls = LimitSet("client", "c:t:tokens", "t", (RPM600, tpm), lease=0.02)  # leases: 12 requests, 1,200 tokens
-    await a.admit(WARM, 1)
-    grants = []
-    for i in range(2):
-        verdict = await a.limiter.acquire(ls, ls.amounts(500), f"m{i}")
-        grants.append(a.limiter.grant(ls, verdict, ls.amounts(500), f"m{i}", 500, 10, False))
+    ls, grants = await _token_grants(a, "c:t:tokens", 2, 500)
     leases = a.limiter.leases
     assert leases is not None and leases.held[ls.key].left == [11, 700]
     await a.limiter.drain()
@@ -481,13 +482,7 @@ async def test_a_refund_after_the_next_ask_stays_in_the_lease(pair: tuple[Proces
     went to Redis; the spent requests are released as before. The control: once the lease is given back,
     such a refund goes to Redis."""
     a, _ = pair
-    tpm = Limit("tpm", "bucket", 60_000.0, 1000.0, tokens=True)
-    ls = LimitSet("client", "c:t:flight", "t", (RPM600, tpm), lease=0.02)  # leases: 12 requests, 1,200 tokens
-    await a.admit(WARM, 1)
-    grants = []
-    for i in range(3):
-        verdict = await a.limiter.acquire(ls, ls.amounts(300), f"m{i}")
-        grants.append(a.limiter.grant(ls, verdict, ls.amounts(300), f"m{i}", 300, 10, False))
+    ls, grants = await _token_grants(a, "c:t:flight", 3, 300)
     leases = a.limiter.leases
     assert leases is not None and leases.held[ls.key].left == [10, 600]
     a.now[0] += 0.6
