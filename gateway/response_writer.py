@@ -27,7 +27,7 @@ from types import MappingProxyType
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.helpers import EMPTY_BODY_STATUS_CODES, must_be_empty_body, rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion, HttpVersion10, HttpVersion11
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -37,7 +37,6 @@ _STATUS_11: Mapping[int, bytes] = MappingProxyType(
 _STATUS_10: Mapping[int, bytes] = MappingProxyType(
     {code: f"HTTP/1.0 {code} {phrase}\r\n".encode() for code, phrase in _REASONS.items()})
 _SERVER = f"\r\nServer: {SERVER_SOFTWARE}"
-_NO_BODY_STATUS = frozenset((204, 304, *range(100, 200)))  # aiohttp's EMPTY_BODY_STATUS_CODES
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # aiohttp's forbidden set, CR and LF counted apart
 _CHUNKED_END = b"0\r\n\r\n"
 
@@ -132,9 +131,9 @@ class LeanResponse(web.StreamResponse):
         """The whole answer, head and body in one write, with its Content-Length. True: drain."""
         request = self._bound()
         status = self._status
-        self._empty = empty = status in _NO_BODY_STATUS or request.method == "HEAD"
+        self._empty = empty = must_be_empty_body(request.method, status)
         # aiohttp's Response: no length for 1xx/204/304, nor for a HEAD answer without a body
-        no_length = status in _NO_BODY_STATUS or (empty and not body)
+        no_length = status in EMPTY_BODY_STATUS_CODES or (empty and not body)
         length = "" if no_length else f"\r\nContent-Length: {len(body)}"
         head = self._head(request, length, keep_alive=self._wants_keep_alive(request))
         self._eof_sent = True
@@ -201,7 +200,7 @@ class LeanResponse(web.StreamResponse):
 
     def _stream_head(self, request: web.BaseRequest) -> bytes:
         """Chunked on HTTP/1.1; on HTTP/1.0 the body ends with the connection (aiohttp's choice)."""
-        self._empty = empty = self._status in _NO_BODY_STATUS or request.method == "HEAD"
+        self._empty = empty = must_be_empty_body(request.method, self._status)
         keep_alive = self._wants_keep_alive(request)
         framing = ""
         if not empty:
